@@ -33,7 +33,7 @@ wire_type! {
     f64 => "float",
     Uuid => "UUID",
     JobId => "UUID",
-    JobType => "HostJobType (storage|v2v)",
+    JobType => "HostJobType (storage, v2v)",
     Value => "any",
     Map<String, Value> => "object",
 }
@@ -57,14 +57,14 @@ pub struct ParamSpec {
     pub name: &'static str,
     pub ty: String,
     pub required: bool,
-    pub doc: &'static str,
+    pub doc: String,
 }
 
 /// One verb, for the docs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MethodSpec {
     pub name: &'static str,
-    pub doc: &'static str,
+    pub doc: String,
     pub params: Vec<ParamSpec>,
     pub result: &'static str,
 }
@@ -86,10 +86,9 @@ fn bad(name: &str, e: serde_json::Error) -> ApiError {
     ApiError::new(Code::InvalidParams, format!("parameter '{name}': {e}"))
 }
 
-fn doc_of(lines: &[&'static str]) -> &'static str {
-    // Doc comments arrive one line at a time with a leading space; the first
-    // line is the summary the docs show.
-    lines.first().map(|l| l.trim_start()).unwrap_or("")
+fn doc_of(lines: &[&'static str]) -> String {
+    // Doc comments arrive one line at a time, each with a leading space.
+    lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ")
 }
 
 macro_rules! verbs {

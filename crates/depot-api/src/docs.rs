@@ -32,7 +32,7 @@ pub fn render_api_md() -> String {
                     p.name,
                     p.ty,
                     if p.required { "yes" } else { "no" },
-                    p.doc
+                    p.doc.replace('|', "\\|")
                 );
             }
             s.push('\n');

@@ -169,6 +169,9 @@ mod tests {
         let e = ApiError::new(Code::NoSuchJob, "'abc'");
         assert_eq!(e.message(), "Job Id does not exists: 'abc'");
         assert_eq!(e.to_wire().code, 66);
-        assert_eq!(ApiError::new(Code::GenerationMismatch, "").message(), "Generation mismatch");
+        assert_eq!(
+            ApiError::new(Code::GenerationMismatch, "").message(),
+            "Generation mismatch"
+        );
     }
 }

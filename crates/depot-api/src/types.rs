@@ -109,7 +109,10 @@ pub enum JobStatus {
 impl JobStatus {
     /// Done, failed and aborted jobs never change again.
     pub fn is_final(self) -> bool {
-        matches!(self, JobStatus::Done | JobStatus::Failed | JobStatus::Aborted)
+        matches!(
+            self,
+            JobStatus::Done | JobStatus::Failed | JobStatus::Aborted
+        )
     }
 }
 
