@@ -1,1 +1,82 @@
-fn main() {}
+//! `depotd`: parse the command line, load the config, run the daemon.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use depotd::config::{Config, DEFAULT_CONFIG_PATH};
+
+#[derive(Parser)]
+#[command(name = "depotd", version, about = "depot storage agent daemon")]
+struct Args {
+    /// Config file. Default: /etc/depot/depot.toml (optional in --dev mode).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run without root: state, repository, certificates and the local
+    /// socket under --dev-dir, TLS on 127.0.0.1.
+    #[arg(long)]
+    dev: bool,
+    /// The directory dev mode uses.
+    #[arg(long, default_value = "depot-dev", requires = "dev")]
+    dev_dir: PathBuf,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("depotd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        match toml::to_string_pretty(&config) {
+            Ok(text) => {
+                print!("{text}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("depotd: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    depotd::logging::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("depotd")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("depotd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(depotd::daemon::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "depotd failed to start");
+            eprintln!("depotd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(args: &Args) -> Result<Config, Box<dyn std::error::Error>> {
+    let base = if args.dev {
+        let dir = std::path::absolute(&args.dev_dir)?;
+        Config::dev(&dir)
+    } else {
+        Config::production()
+    };
+    match (&args.config, args.dev) {
+        (Some(path), _) => Ok(Config::load(&base, path)?),
+        (None, true) => Ok(base),
+        (None, false) => Ok(Config::load(&base, DEFAULT_CONFIG_PATH.as_ref())?),
+    }
+}

@@ -1,0 +1,296 @@
+//! The daemon's configuration: `/etc/depot/depot.toml` (or `--config`).
+//!
+//! Every key has a default (docs/config.md lists them). Dev mode starts from
+//! different defaults (everything under one local directory, loopback only)
+//! and the file, if given, is merged over them key by key, so one test
+//! config can change a single limit. An unknown key is an error at start
+//! that names the key.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/depot/depot.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    pub limits: Limits,
+    pub jobs: JobsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Persistent state: jobs, generated dev certificates, the bound address.
+    pub state_dir: PathBuf,
+    /// Root of mount points and run links, VDSM's `/rhev/data-center`.
+    pub repository: PathBuf,
+    /// Seconds that SIGTERM waits for in-flight requests and jobs.
+    pub shutdown_grace_s: f64,
+    /// Dev mode: generate a CA, server and client certificate into
+    /// `<state_dir>/pki` on first start. Set by `--dev`.
+    pub generate_certs: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Address of the TLS listener, VDSM's `management_ip`.
+    pub address: IpAddr,
+    /// Port of the TLS listener; 0 picks a free one (written to
+    /// `<state_dir>/listen-address`).
+    pub port: u16,
+    /// The local admin socket; created owner-only (0600).
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA that signs the clients' certificates (the engine's CA).
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest JSON-RPC request (one message or one batch), in bytes.
+    pub max_request_bytes: usize,
+    /// Most calls in one batch.
+    pub max_batch: usize,
+    /// Calls that run at once on one connection; more wait.
+    pub max_concurrent_per_connection: usize,
+    /// Open connections (TLS and local socket together); more are refused.
+    pub max_connections: usize,
+    /// Seconds a new connection has for the TLS handshake and its first
+    /// bytes.
+    pub handshake_timeout_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Seconds a finished job stays listed, VDSM's `autodelete_delay`.
+    pub autodelete_delay_s: f64,
+    /// Jobs that run at once; more stay pending.
+    pub max_running: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. "info" or "info,depotd=debug". `RUST_LOG`
+    /// overrides it.
+    pub level: String,
+    /// "auto" (journald under systemd, stderr otherwise), "journald" or
+    /// "stderr".
+    pub target: LogTarget,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    Auto,
+    Journald,
+    Stderr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Production defaults: VDSM's paths and port.
+    pub fn production() -> Config {
+        Config {
+            daemon: DaemonConfig {
+                state_dir: "/var/lib/depot".into(),
+                repository: "/rhev/data-center".into(),
+                shutdown_grace_s: 30.0,
+                generate_certs: false,
+            },
+            listen: ListenConfig {
+                address: "::".parse().expect("literal address"),
+                port: depot_api::DEFAULT_PORT,
+                socket: "/run/depot/depotd.sock".into(),
+            },
+            tls: TlsConfig {
+                ca_file: "/etc/pki/depot/certs/cacert.pem".into(),
+                cert_file: "/etc/pki/depot/certs/depotcert.pem".into(),
+                key_file: "/etc/pki/depot/keys/depotkey.pem".into(),
+            },
+            limits: Limits {
+                max_request_bytes: 8 << 20,
+                max_batch: 100,
+                max_concurrent_per_connection: 16,
+                max_connections: 512,
+                handshake_timeout_s: 10.0,
+            },
+            jobs: JobsConfig {
+                autodelete_delay_s: 3600.0,
+                max_running: 4,
+            },
+            log: LogConfig {
+                level: "info".into(),
+                target: LogTarget::Auto,
+            },
+        }
+    }
+
+    /// Dev defaults: no root needed, everything under `dir`, loopback only,
+    /// certificates generated on first start.
+    pub fn dev(dir: &Path) -> Config {
+        let mut c = Config::production();
+        let pki = dir.join("state/pki");
+        c.daemon.state_dir = dir.join("state");
+        c.daemon.repository = dir.join("repository");
+        c.daemon.generate_certs = true;
+        c.listen.address = "127.0.0.1".parse().expect("literal address");
+        c.listen.socket = dir.join("depotd.sock");
+        c.tls.ca_file = pki.join("ca.pem");
+        c.tls.cert_file = pki.join("server.pem");
+        c.tls.key_file = pki.join("server-key.pem");
+        c.log.target = LogTarget::Stderr;
+        c
+    }
+
+    /// Merges the TOML text over `base`, key by key, and checks the result.
+    pub fn merge_toml(base: &Config, text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let overlay: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        let mut merged = toml::Table::try_from(base).map_err(|e| invalid(e.to_string()))?;
+        merge(&mut merged, overlay);
+        let config: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    pub fn load(base: &Config, path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::merge_toml(base, &text, path)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        for (name, v) in [
+            ("limits.max_request_bytes", l.max_request_bytes),
+            ("limits.max_batch", l.max_batch),
+            (
+                "limits.max_concurrent_per_connection",
+                l.max_concurrent_per_connection,
+            ),
+            ("limits.max_connections", l.max_connections),
+            ("jobs.max_running", self.jobs.max_running),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        for (name, v) in [
+            ("daemon.shutdown_grace_s", self.daemon.shutdown_grace_s),
+            ("limits.handshake_timeout_s", l.handshake_timeout_s),
+            ("jobs.autodelete_delay_s", self.jobs.autodelete_delay_s),
+        ] {
+            if !(v.is_finite() && v >= 0.0 && v < 1e9) {
+                return Err(format!("{name} must be a number of seconds, not {v}"));
+            }
+        }
+        // A relative path would depend on the daemon's working directory.
+        for (name, path) in [
+            ("listen.socket", &self.listen.socket),
+            ("daemon.state_dir", &self.daemon.state_dir),
+            ("daemon.repository", &self.daemon.repository),
+        ] {
+            if !path.is_absolute() {
+                return Err(format!("{name} must be an absolute path"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.daemon.shutdown_grace_s)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.limits.handshake_timeout_s)
+    }
+}
+
+/// Overlays `over` on `base`: tables merge recursively, other values replace.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> &'static Path {
+        Path::new("test.toml")
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let base = Config::production();
+        assert_eq!(Config::merge_toml(&base, "", p()).unwrap(), base);
+    }
+
+    #[test]
+    fn one_key_overrides_only_itself() {
+        let base = Config::dev(Path::new("/tmp/d"));
+        let c = Config::merge_toml(&base, "[limits]\nmax_batch = 3\n", p()).unwrap();
+        assert_eq!(c.limits.max_batch, 3);
+        assert_eq!(c.limits.max_connections, base.limits.max_connections);
+        assert_eq!(c.daemon.state_dir, Path::new("/tmp/d/state"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let base = Config::production();
+        let e = Config::merge_toml(&base, "[limits]\nmax_bach = 3\n", p()).unwrap_err();
+        assert!(e.to_string().contains("max_bach"), "{e}");
+        let e = Config::merge_toml(&base, "[nosuch]\nx = 1\n", p()).unwrap_err();
+        assert!(e.to_string().contains("nosuch"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_zero_limits_are_refused() {
+        let base = Config::production();
+        assert!(Config::merge_toml(&base, "[listen]\nport = \"x\"\n", p()).is_err());
+        assert!(Config::merge_toml(&base, "[limits]\nmax_batch = 0\n", p()).is_err());
+        assert!(Config::merge_toml(&base, "[jobs]\nautodelete_delay_s = -1\n", p()).is_err());
+    }
+}

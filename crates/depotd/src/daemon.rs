@@ -1,0 +1,169 @@
+//! Start-up and shutdown: recover state, bind, announce READY, serve until
+//! SIGTERM, then stop accepting, let in-flight work finish or persist, exit.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use depot_jobs::{JobManager, JobsConfig, SleepJob};
+
+use crate::config::Config;
+use crate::events::EventBus;
+use crate::pki;
+use crate::router::Router;
+use crate::rpc::RpcEngine;
+use crate::server::{self, Shared};
+use crate::systemd;
+
+/// The file, in the state directory, that holds the bound TLS address: port
+/// 0 in the config picks a free port, and clients (tests, depotctl in dev
+/// mode) read it from here.
+pub const LISTEN_ADDRESS_FILE: &str = "listen-address";
+
+/// Events that may queue per slow subscriber.
+const EVENT_QUEUE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("cannot recover jobs: {0}")]
+    Jobs(#[from] depot_jobs::JobsError),
+    #[error("cannot listen on {what}: {source}")]
+    Bind {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let state_dir = &config.daemon.state_dir;
+    make_dir(state_dir, 0o700)?;
+    make_dir(&config.daemon.repository, 0o755)?;
+    if config.daemon.generate_certs {
+        let dir = config.tls.ca_file.parent().unwrap_or(state_dir);
+        if pki::ensure_dev_pki(dir, "depotctl")? {
+            tracing::info!(dir = %dir.display(), "generated a dev CA, server and client certificate");
+        }
+    }
+    let tls = TlsAcceptor::from(pki::server_config(&config.tls)?);
+
+    // Signals first: a SIGTERM during recovery must not kill us mid-write.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+
+    let jobs_config = JobsConfig {
+        autodelete: Duration::from_secs_f64(config.jobs.autodelete_delay_s),
+        max_running: config.jobs.max_running,
+    };
+    let (jobs, recovery) =
+        JobManager::open(state_dir, jobs_config, vec![Arc::new(SleepJob)]).await?;
+    tracing::info!(%recovery, "jobs recovered");
+
+    let events = EventBus::new(EVENT_QUEUE);
+    let forwarder = events.forward_jobs(&jobs);
+
+    let addr = SocketAddr::new(config.listen.address, config.listen.port);
+    let tcp = server::bind_tcp(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: addr.to_string(),
+            source,
+        })?;
+    let bound = tcp.local_addr().map_err(|source| StartError::Bind {
+        what: addr.to_string(),
+        source,
+    })?;
+    let unix = server::bind_unix(&config.listen.socket)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: config.listen.socket.display().to_string(),
+            source,
+        })?;
+    write_listen_address(state_dir, bound);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        engine: RpcEngine::new(Router::new(jobs.clone()), config.limits.max_batch),
+        events,
+        shutdown: stop_rx,
+        max_request_bytes: config.limits.max_request_bytes,
+        max_concurrent_per_connection: config.limits.max_concurrent_per_connection,
+        handshake_timeout: config.handshake_timeout(),
+        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        max_connections: config.limits.max_connections,
+    });
+    let tcp_task = tokio::spawn(server::serve_tcp(tcp, tls, shared.clone()));
+    let unix_task = tokio::spawn(server::serve_unix(
+        unix,
+        config.listen.socket.clone(),
+        shared.clone(),
+    ));
+
+    tracing::info!(
+        tls = %bound,
+        socket = %config.listen.socket.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "depotd ready"
+    );
+    systemd::notify_or_log(&format!("READY=1\nSTATUS=serving on {bound}"));
+    if let Some(interval) = systemd::watchdog_interval() {
+        systemd::spawn_watchdog(tokio::runtime::Handle::current(), interval);
+    }
+
+    let which = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    let grace = config.shutdown_grace();
+    tracing::info!(signal = which, grace_s = grace.as_secs_f64(), "stopping");
+    systemd::notify_or_log("STOPPING=1\nSTATUS=stopping");
+
+    // Stop accepting, let requests in flight answer, then stop the jobs;
+    // jobs that do not end in time stay persisted as running and are
+    // resumed or failed by the next start.
+    let _ = stop_tx.send(true);
+    let _ = tcp_task.await;
+    let _ = unix_task.await;
+    if !shared.drain(grace).await {
+        tracing::warn!("connections still open after the grace period; closing them");
+    }
+    jobs.shutdown(grace).await;
+    forwarder.abort();
+    let _ = std::fs::remove_file(state_dir.join(LISTEN_ADDRESS_FILE));
+    tracing::info!("depotd stopped");
+    Ok(())
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), StartError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|source| StartError::Dir {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn write_listen_address(state_dir: &Path, addr: SocketAddr) {
+    let path = state_dir.join(LISTEN_ADDRESS_FILE);
+    let tmp = state_dir.join(format!("{LISTEN_ADDRESS_FILE}.tmp"));
+    let written =
+        std::fs::write(&tmp, format!("{addr}\n")).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot record the listen address");
+    }
+}

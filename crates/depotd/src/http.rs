@@ -1,0 +1,219 @@
+//! HTTP/1.1 on a detected connection: `POST /` carries JSON-RPC, `GET /`
+//! with `Upgrade: websocket` switches to a WebSocket. `PUT /` and plain
+//! `GET /` are reserved for the OVF streams (a later issue) and answer 501
+//! in VDSM's error shape until then.
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use depot_api::{ApiError, Code};
+
+use crate::rpc::{error_response, CallCtx};
+use crate::server::{self, Conn};
+use crate::ws;
+
+/// VDSM's flow id header.
+pub const FLOW_ID_HEADER: &str = "ovirtCorrelationId";
+
+type Body = Full<Bytes>;
+
+pub async fn serve<S>(stream: S, conn: Arc<Conn>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_conn = conn.clone();
+    let svc = service_fn(move |req| {
+        let conn = svc_conn.clone();
+        async move { Ok::<_, Infallible>(route(req, conn).await) }
+    });
+    let http = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(conn.shared.handshake_timeout)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(http);
+    let mut shutdown = conn.shared.shutdown.clone();
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            r = http.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %conn.peer, error = %e, "HTTP connection ended");
+                }
+                break;
+            }
+            _ = server::stopping(&mut shutdown), if !stopping => {
+                // Finish the request in flight, then close.
+                stopping = true;
+                http.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+async fn route(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
+    let is_root = req.uri().path() == "/";
+    match (req.method(), is_root) {
+        (&Method::POST, true) => post_jsonrpc(req, &conn).await,
+        (&Method::GET, true) if wants_websocket(&req) => upgrade(req, conn),
+        (&Method::GET, true) | (&Method::PUT, true) => vdsm_error(
+            StatusCode::NOT_IMPLEMENTED,
+            &ApiError::new(
+                Code::GeneralException,
+                "image streams are not implemented yet",
+            ),
+        ),
+        (_, true) => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        (_, false) => plain(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+async fn post_jsonrpc(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
+    let limit = conn.shared.max_request_bytes;
+    let flow_id = flow_id(&req);
+    let too_large = |len: String| {
+        jsonrpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &ApiError::new(
+                Code::InvalidRequest,
+                format!("request of {len} bytes exceeds the limit of {limit}"),
+            ),
+        )
+    };
+    // Refuse at once when the client says how big it is.
+    if let Some(len) = content_length(&req) {
+        if len > limit as u64 {
+            return too_large(len.to_string());
+        }
+    }
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return too_large("more than".into())
+        }
+        Err(e) => {
+            tracing::debug!(peer = %conn.peer, error = %e, "request body read failed");
+            return plain(StatusCode::BAD_REQUEST, "cannot read the request body\n");
+        }
+    };
+    let ctx = CallCtx {
+        peer: conn.peer.clone(),
+        flow_id,
+        permits: conn.permits.clone(),
+        subscriber: None,
+    };
+    match conn.shared.engine.handle(&body, &ctx).await {
+        Some(text) => json_response(StatusCode::OK, text),
+        None => Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(Body::default())
+            .unwrap_or_default(),
+    }
+}
+
+fn upgrade(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
+    let version_ok = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let Some(key) = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| version_ok)
+    else {
+        return plain(StatusCode::BAD_REQUEST, "bad WebSocket handshake\n");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let flow_id = flow_id(&req);
+    let mut config = WebSocketConfig::default();
+    config.max_message_size = Some(conn.shared.max_request_bytes);
+    config.max_frame_size = Some(conn.shared.max_request_bytes);
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let stream = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                ws::serve(stream, conn, flow_id).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::default())
+        .unwrap_or_default()
+}
+
+fn wants_websocket<B>(req: &Request<B>) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+}
+
+fn flow_id<B>(req: &Request<B>) -> Option<String> {
+    req.headers()
+        .get(FLOW_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(128).collect())
+}
+
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn json_response(status: StatusCode, text: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(text))
+        .unwrap_or_default()
+}
+
+fn jsonrpc_error(status: StatusCode, err: &ApiError) -> Response<Body> {
+    json_response(
+        status,
+        error_response(serde_json::Value::Null, err).to_string(),
+    )
+}
+
+/// VDSM's HTTP error body: `{"status": {"code": N, "message": "..."}}`.
+fn vdsm_error(status: StatusCode, err: &ApiError) -> Response<Body> {
+    json_response(status, json!({"status": err.to_wire()}).to_string())
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(text))
+        .unwrap_or_default()
+}

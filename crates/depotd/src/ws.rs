@@ -1,0 +1,163 @@
+//! JSON-RPC over a WebSocket: each text (or binary) message is a request or
+//! a batch; responses and events go back as text messages. Calls of one
+//! connection run concurrently up to the per-connection limit; when the limit
+//! is reached the server stops reading, which pushes back on the client.
+
+use futures_util::{SinkExt, StreamExt};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::events::EventBus;
+use crate::rpc::CallCtx;
+use crate::server::{self, Conn};
+
+/// Outgoing messages queued per connection before writers wait.
+const OUT_QUEUE: usize = 256;
+
+pub async fn serve<S>(stream: WebSocketStream<S>, conn: Arc<Conn>, flow_id: Option<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut incoming) = stream.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Message>(OUT_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            let closing = matches!(msg, Message::Close(_));
+            if sink.send(msg).await.is_err() || closing {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let max = conn.shared.max_concurrent_per_connection;
+    let in_flight = Arc::new(Semaphore::new(max));
+    let ctx = Arc::new(CallCtx {
+        peer: conn.peer.clone(),
+        flow_id,
+        permits: conn.permits.clone(),
+        subscriber: Some(Arc::new(Subscriber::new(
+            out_tx.clone(),
+            conn.shared.events.clone(),
+        ))),
+    });
+    let mut shutdown = conn.shared.shutdown.clone();
+    let close = loop {
+        // Wait for a free slot before reading the next message.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break None;
+        };
+        let msg = tokio::select! {
+            m = incoming.next() => m,
+            _ = server::stopping(&mut shutdown) => break Some(close_frame(CloseCode::Away, "depotd is shutting down")),
+        };
+        let body = match msg {
+            Some(Ok(Message::Text(t))) => t.into_bytes(),
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Close(_))) | None => break None,
+            // Pings are answered by the library.
+            Some(Ok(_)) => continue,
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                tracing::info!(peer = %conn.peer, size, max_size, "WebSocket message too large");
+                break Some(close_frame(
+                    CloseCode::Size,
+                    "message exceeds the request size limit",
+                ));
+            }
+            Some(Err(e)) => {
+                tracing::debug!(peer = %conn.peer, error = %e, "WebSocket read failed");
+                break None;
+            }
+        };
+        let (ctx, out, shared) = (ctx.clone(), out_tx.clone(), conn.shared.clone());
+        tokio::spawn(async move {
+            if let Some(text) = shared.engine.handle(&body, &ctx).await {
+                let _ = out.send(Message::Text(text)).await;
+            }
+            drop(permit);
+        });
+    };
+    // Let calls in flight answer before the close frame goes out.
+    let _ = in_flight.acquire_many(max as u32).await;
+    if let Some(sub) = &ctx.subscriber {
+        sub.stop();
+    }
+    // The writer stops after a close frame, whoever still holds a sender.
+    let _ = out_tx.send(Message::Close(close)).await;
+    let _ = writer.await;
+}
+
+fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame<'static> {
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// The event subscription of one WebSocket connection.
+pub struct Subscriber {
+    out: mpsc::Sender<Message>,
+    bus: EventBus,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Subscriber {
+    fn new(out: mpsc::Sender<Message>, bus: EventBus) -> Self {
+        Subscriber {
+            out,
+            bus,
+            task: Mutex::new(None),
+        }
+    }
+
+    /// Starts (or replaces) the subscription. An empty list means all events.
+    pub fn subscribe(&self, prefixes: Vec<String>) {
+        let mut rx = self.bus.subscribe();
+        let out = self.out.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        if prefixes.is_empty()
+                            || prefixes.iter().any(|p| ev.name.starts_with(p.as_str()))
+                        {
+                            if out.send(Message::Text(ev.text.clone())).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "a slow WebSocket client missed events");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        if let Ok(mut slot) = self.task.lock() {
+            if let Some(old) = slot.replace(task) {
+                old.abort();
+            }
+        }
+    }
+
+    fn stop(&self) {
+        if let Ok(mut slot) = self.task.lock() {
+            if let Some(t) = slot.take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
