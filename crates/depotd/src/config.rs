@@ -216,7 +216,7 @@ impl Config {
             ("limits.handshake_timeout_s", l.handshake_timeout_s),
             ("jobs.autodelete_delay_s", self.jobs.autodelete_delay_s),
         ] {
-            if !(v.is_finite() && v >= 0.0 && v < 1e9) {
+            if !(0.0..1e9).contains(&v) {
                 return Err(format!("{name} must be a number of seconds, not {v}"));
             }
         }
@@ -284,6 +284,24 @@ mod tests {
         assert!(e.to_string().contains("max_bach"), "{e}");
         let e = Config::merge_toml(&base, "[nosuch]\nx = 1\n", p()).unwrap_err();
         assert!(e.to_string().contains("nosuch"), "{e}");
+    }
+
+    #[test]
+    fn config_doc_lists_every_key() {
+        let doc = include_str!("../../../docs/config.md");
+        let table = toml::Table::try_from(Config::production()).unwrap();
+        for (section, keys) in &table {
+            assert!(
+                doc.contains(&format!("## `[{section}]`")),
+                "docs/config.md lacks [{section}]"
+            );
+            for key in keys.as_table().unwrap().keys() {
+                assert!(
+                    doc.contains(&format!("| `{key}` |")),
+                    "docs/config.md lacks {section}.{key}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub enum StartError {
         what: String,
         source: std::io::Error,
     },
+    #[error("state directory {path} is in use by another depotd ({source})")]
+    Locked {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -51,6 +56,9 @@ pub enum StartError {
 pub async fn run(config: Config) -> Result<(), StartError> {
     let state_dir = &config.daemon.state_dir;
     make_dir(state_dir, 0o700)?;
+    // Held until exit: two daemons on one state directory would each
+    // "recover" the other's running jobs.
+    let _lock = lock_state_dir(state_dir)?;
     make_dir(&config.daemon.repository, 0o755)?;
     if config.daemon.generate_certs {
         let dir = config.tls.ca_file.parent().unwrap_or(state_dir);
@@ -156,6 +164,25 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), StartError> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, StartError> {
+    let path = state_dir.join("depotd.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StartError::Dir {
+            path: path.clone(),
+            source,
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| StartError::Locked {
+            path: state_dir.to_path_buf(),
+            source: errno.into(),
+        },
+    )
 }
 
 fn write_listen_address(state_dir: &Path, addr: SocketAddr) {

@@ -123,6 +123,7 @@ async fn post_jsonrpc(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
     }
 }
 
+#[allow(clippy::field_reassign_with_default)]
 fn upgrade(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     let version_ok = req
         .headers()
@@ -137,6 +138,8 @@ fn upgrade(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     };
     let accept = derive_accept_key(key.as_bytes());
     let flow_id = flow_id(&req);
+    // WebSocketConfig is non_exhaustive in newer versions; set fields on
+    // the default instead of naming them all.
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(conn.shared.max_request_bytes);
     config.max_frame_size = Some(conn.shared.max_request_bytes);

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -189,6 +189,14 @@ where
             let frame = b"ERROR\nmessage:STOMP is not supported yet\ncontent-length:0\n\n\0";
             let _ = stream.write_all(frame).await;
             let _ = stream.shutdown().await;
+            // Read what the client already sent before closing: closing
+            // with unread bytes resets the connection and can destroy the
+            // ERROR frame before the client reads it.
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
             tracing::info!(peer = %conn.peer, "STOMP connection refused: not supported yet");
         }
         Ok(Err(e)) => tracing::info!(peer = %conn.peer, error = %e, "connection dropped"),

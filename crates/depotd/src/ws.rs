@@ -125,12 +125,10 @@ impl Subscriber {
             loop {
                 match rx.recv().await {
                     Ok(ev) => {
-                        if prefixes.is_empty()
-                            || prefixes.iter().any(|p| ev.name.starts_with(p.as_str()))
-                        {
-                            if out.send(Message::Text(ev.text.clone())).await.is_err() {
-                                break;
-                            }
+                        let wanted = prefixes.is_empty()
+                            || prefixes.iter().any(|p| ev.name.starts_with(p.as_str()));
+                        if wanted && out.send(Message::Text(ev.text.clone())).await.is_err() {
+                            break;
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {

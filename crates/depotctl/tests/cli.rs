@@ -1,0 +1,413 @@
+//! depotctl against a real depotd in dev mode.
+//!
+//! The daemon binary is taken from next to depotctl's (`target/<profile>/
+//! depotd`); build it first (`cargo build -p depotd`, or test the whole
+//! workspace). When it is missing the tests say so and pass without running.
+
+use depot_client::{Client, ClientError, Endpoint, Options, TlsIdentity};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn depotctl() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_depotctl"))
+}
+
+/// The daemon binary built next to depotctl. A missing one fails the test:
+/// `tests/run` builds the whole workspace first, and a test that passes
+/// without running proves nothing.
+fn depotd() -> PathBuf {
+    let p = depotctl().parent().expect("binary dir").join("depotd");
+    assert!(
+        p.exists(),
+        "no depotd binary at {}; run `cargo build -p depotd` first",
+        p.display()
+    );
+    p
+}
+
+/// A private directory under the system temp dir, removed on drop (short
+/// enough for a Unix socket path).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "depotctl-cli-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Daemon {
+    child: Option<Child>,
+    tmp: TempDir,
+}
+
+impl Daemon {
+    fn start(bin: &Path) -> Daemon {
+        let tmp = TempDir::new();
+        let config = tmp.0.join("t.toml");
+        std::fs::write(&config, "[listen]\nport = 0\n").unwrap();
+        let log = std::fs::File::create(tmp.0.join("depotd.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("--dev")
+            .arg("--dev-dir")
+            .arg(tmp.0.join("dev"))
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn depotd");
+        let mut d = Daemon {
+            child: Some(child),
+            tmp,
+        };
+        d.wait_listening();
+        d
+    }
+
+    fn dev(&self) -> PathBuf {
+        self.tmp.0.join("dev")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dev().join("depotd.sock")
+    }
+
+    fn pki(&self) -> PathBuf {
+        self.dev().join("state/pki")
+    }
+
+    fn tls_addr(&self) -> String {
+        std::fs::read_to_string(self.dev().join("state/listen-address"))
+            .expect("listen-address")
+            .trim()
+            .to_string()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.0.join("depotd.log")).unwrap_or_default()
+    }
+
+    /// Polls for the socket and the TLS address (up to 30 s).
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        let addr = self.dev().join("state/listen-address");
+        while !(self.socket().exists() && addr.exists()) {
+            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
+                panic!(
+                    "depotd exited with {status} before listening; log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "depotd not listening after {WAIT:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and the daemon must exit 0.
+    fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -TERM failed");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "depotd exited with {status}; log:\n{}",
+                    self.log()
+                );
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("depotd ignored SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs depotctl in the daemon's temp dir (so no ./depot-dev of the
+    /// caller's is picked up), killing it if it runs past 30 s.
+    fn ctl(&self, args: &[&str]) -> Run {
+        self.ctl_env(args, None)
+    }
+
+    fn ctl_env(&self, args: &[&str], socket_env: Option<&Path>) -> Run {
+        let mut cmd = Command::new(depotctl());
+        cmd.args(args)
+            .current_dir(&self.tmp.0)
+            .env_remove("DEPOT_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(s) = socket_env {
+            cmd.env("DEPOT_SOCKET", s);
+        }
+        let mut child = cmd.spawn().expect("spawn depotctl");
+        let deadline = Instant::now() + WAIT;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out: Output = child.wait_with_output().unwrap();
+        let run = Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        eprintln!("$ depotctl {}\n{run:?}", args.join(" "));
+        run
+    }
+
+    fn sock_args(&self) -> Vec<String> {
+        vec!["--socket".into(), self.socket().display().to_string()]
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn with<'a>(base: &'a [String], more: &[&'a str]) -> Vec<&'a str> {
+    base.iter()
+        .map(String::as_str)
+        .chain(more.iter().copied())
+        .collect()
+}
+
+#[test]
+fn cli_against_a_dev_daemon() {
+    let bin = depotd();
+    let mut d = Daemon::start(&bin);
+    let s = d.sock_args();
+
+    let r = d.ctl(&with(&s, &["ping"]));
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), "ok\n"), "{r:?}");
+
+    // $DEPOT_SOCKET instead of --socket.
+    let r = d.ctl_env(&["ping"], Some(&d.socket()));
+    assert_eq!(r.code, Some(0), "{r:?}");
+
+    let r = d.ctl(&with(&s, &["call", "Host.getJobs", "--json"]));
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), "{}\n"), "{r:?}");
+
+    let id = uuid::Uuid::new_v4().to_string();
+    let job_id = format!("job_id={id}");
+    let r = d.ctl(&with(
+        &s,
+        &["call", "Host.sleepJob", &job_id, "duration=0.3"],
+    ));
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), "true\n"), "{r:?}");
+
+    // Not a terminal: one line per change, ending with the job done.
+    let started = Instant::now();
+    let r = d.ctl(&with(&s, &["jobs", "--watch", "--interval", "5"]));
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let last = r.stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with(&id) && last.contains(" done "), "{r:?}");
+    assert!(last.contains("[##########] 100%"), "{r:?}");
+    // Events, not the 5 s poll, told it the job ended.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let r = d.ctl(&with(&s, &["jobs"]));
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.starts_with("JOB ID"), "{r:?}");
+    assert!(r.stdout.contains(&id) && r.stdout.contains("done"), "{r:?}");
+
+    let r = d.ctl(&with(
+        &s,
+        &[
+            "call",
+            "Host.getJobs",
+            &format!("job_ids=[\"{id}\"]"),
+            "--json",
+        ],
+    ));
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v[&id]["status"], "done", "{v}");
+
+    let r = d.ctl(&with(&s, &["call", "No.such"]));
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.starts_with("error -32601: "), "{r:?}");
+
+    let r = d.ctl(&with(&s, &["call", "Host.abortJob", "notakeyvalue"]));
+    assert_eq!(r.code, Some(2), "{r:?}");
+
+    let missing = d.tmp.0.join("missing.sock").display().to_string();
+    let r = d.ctl(&["--socket", &missing, "ping"]);
+    assert_eq!(r.code, Some(3), "{r:?}");
+
+    let addr = d.tls_addr();
+    let pki = d.pki().display().to_string();
+    let r = d.ctl(&["--host", &addr, "--pki", &pki, "ping"]);
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), "ok\n"), "{r:?}");
+    let r = d.ctl(&[
+        "--host",
+        &addr,
+        "--pki",
+        &pki,
+        "--flow-id",
+        "cli-test",
+        "call",
+        "Host.getJobs",
+        "--json",
+    ]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+
+    d.stop();
+}
+
+#[tokio::test]
+async fn tls_refuses_missing_and_foreign_client_certificates() {
+    let bin = depotd();
+    let (mut a, mut b) = (Daemon::start(&bin), Daemon::start(&bin));
+    let opts = Options::with_timeout(Duration::from_secs(10));
+    let good = Endpoint::tls_from_pki_dir(a.tls_addr(), a.pki());
+
+    let c = Client::connect_with(&good, opts).await.unwrap();
+    assert_eq!(c.call("Host.ping2", json!({})).await.unwrap(), json!(true));
+
+    // No certificate, then one signed by the other daemon's CA: refused,
+    // during the handshake (TLS 1.2) or at the first read (TLS 1.3).
+    let foreign = TlsIdentity {
+        cert: b.pki().join("client.pem"),
+        key: b.pki().join("client-key.pem"),
+    };
+    for identity in [None, Some(foreign)] {
+        let ep = good.clone().with_identity(identity.clone());
+        let r = match Client::connect_with(&ep, opts).await {
+            Ok(c) => c.call("Host.ping2", json!({})).await,
+            Err(e) => Err(e),
+        };
+        assert!(matches!(r, Err(ClientError::Tls(_))), "{identity:?}: {r:?}");
+    }
+
+    // A server whose certificate another CA signed is refused by us.
+    let wrong_ca = Endpoint::tls_from_pki_dir(b.tls_addr(), a.pki());
+    let r = Client::connect_with(&wrong_ca, opts).await;
+    assert!(matches!(r, Err(ClientError::Tls(_))), "{:?}", r.err());
+
+    drop(c);
+    a.stop();
+    b.stop();
+}
+
+#[tokio::test]
+async fn client_library_over_http_and_websocket() {
+    let bin = depotd();
+    let mut d = Daemon::start(&bin);
+    let opts = Options::with_timeout(Duration::from_secs(10));
+    let ep = Endpoint::Unix(d.socket());
+
+    // HTTP: raw bodies, notifications, flow ids.
+    let c = Client::connect_with(&ep, opts).await.unwrap();
+    let (status, body) = c.post_raw(b"{nope".to_vec()).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, v["error"]["code"].as_i64()),
+        (200, Some(-32700)),
+        "{v}"
+    );
+    c.notify("Host.ping2", serde_json::Value::Null)
+        .await
+        .unwrap();
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "Host.ping2"},
+        {"jsonrpc": "2.0", "id": 2, "method": "No.such"},
+    ]);
+    let (status, body) = c.post_raw(batch.to_string().into_bytes()).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, v.as_array().map(Vec::len)), (200, Some(2)), "{v}");
+    let e = c
+        .call_with_flow_id("No.such", json!({}), "f-1")
+        .await
+        .unwrap_err();
+    assert_eq!(e.rpc_code(), Some(-32601), "{e}");
+    // Events need a WebSocket.
+    let e = c.call("Host.subscribeEvents", json!({})).await.unwrap_err();
+    assert_eq!(e.rpc_code(), Some(9002), "{e}");
+
+    // WebSocket: concurrent calls from clones, events, raw messages.
+    let ws = depot_client::WsClient::connect_with(&ep, opts)
+        .await
+        .unwrap();
+    ws.subscribe(&["|jobs|status|"]).await.unwrap();
+    let calls = (0..20).map(|_| {
+        let ws = ws.clone();
+        tokio::spawn(async move { ws.call("Host.ping2", json!({})).await })
+    });
+    for t in calls {
+        assert_eq!(t.await.unwrap().unwrap(), json!(true));
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    ws.call("Host.sleepJob", json!({"job_id": id, "duration": 0.1}))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (name, params) = ws.next_event(WAIT).await.expect("an event");
+        assert_eq!(name, format!("|jobs|status|{id}"));
+        if params["status"] == "done" {
+            assert!(params["notify_time"].is_u64(), "{params}");
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    ws.send_raw("{nope").await.unwrap();
+    let v = ws.recv_raw(WAIT).await.expect("an answer to broken JSON");
+    assert_eq!(v["error"]["code"], -32700, "{v}");
+
+    d.stop();
+    // The daemon is gone: calls fail instead of hanging.
+    let e = ws.call("Host.ping2", json!({})).await.unwrap_err();
+    assert!(!e.is_rpc(), "{e}");
+}

@@ -1,0 +1,141 @@
+//! Start, READY, STOPPING, SIGTERM, config errors, request logging.
+
+mod common;
+
+use common::{Daemon, WAIT};
+use depot_client::Client;
+use serde_json::json;
+use std::process::Command;
+
+#[tokio::test]
+async fn ready_only_after_bind_and_clean_sigterm() {
+    let mut d = Daemon::start("");
+    // READY=1 has arrived: both listeners must answer right now, without
+    // any retry.
+    let c = Client::connect(&d.unix())
+        .await
+        .expect("socket bound at READY");
+    assert_eq!(c.call("Host.ping2", json!({})).await.unwrap(), json!(true));
+    let t = Client::connect(&d.tls()).await.expect("TLS bound at READY");
+    assert_eq!(t.call("Host.ping2", json!({})).await.unwrap(), json!(true));
+    drop((c, t));
+
+    let status = d.stop();
+    assert_eq!(status.code(), Some(0), "log:\n{}", d.log());
+    assert!(
+        d.notifications.iter().any(|n| n.contains("STOPPING=1"))
+            || d.wait_notification("STOPPING=1", WAIT)
+    );
+    assert!(!d.socket().exists(), "socket file left behind");
+    // READY came before STOPPING.
+    let ready = d.notifications.iter().position(|n| n.contains("READY=1"));
+    let stopping = d
+        .notifications
+        .iter()
+        .position(|n| n.contains("STOPPING=1"));
+    assert!(ready < stopping, "{:?}", d.notifications);
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_call_answer() {
+    let mut d = Daemon::start("");
+    let ws = d.ws().await;
+    ws.subscribe(&["|jobs|status|"]).await.unwrap();
+    // A call that is answered while shutdown begins: ping over an open
+    // keep-alive connection right after SIGTERM must not be cut mid-write;
+    // the daemon still exits 0.
+    let c = d.client().await;
+    c.call("Host.ping2", json!({})).await.unwrap();
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait_exit(WAIT).code(), Some(0), "log:\n{}", d.log());
+}
+
+#[test]
+fn unknown_config_key_is_named_and_nothing_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[limits]\nmax_bach = 3\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_depotd"))
+        .args(["--dev", "--dev-dir"])
+        .arg(dir.path().join("dev"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_bach"), "{err}");
+    assert!(
+        !dir.path().join("dev").exists(),
+        "a bad config created state"
+    );
+}
+
+#[test]
+fn print_config_shows_merged_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[jobs]\nmax_running = 7\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_depotd"))
+        .args(["--dev", "--dev-dir"])
+        .arg(dir.path().join("dev"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("max_running = 7"), "{text}");
+    assert!(text.contains("autodelete_delay_s = 3600"), "{text}");
+}
+
+#[tokio::test]
+async fn each_request_is_logged_once_with_peer_and_flow_id() {
+    let mut d = Daemon::start("");
+    let c = d.tls_client().await;
+    c.call_with_flow_id("Host.getJobs", json!({}), "flow-7f3a")
+        .await
+        .unwrap();
+    let e = c
+        .call(
+            "Host.abortJob",
+            json!({"job_id": "5c1b1f0e-7a8d-4c1e-9b0a-3f2e1d0c9b8a"}),
+        )
+        .await;
+    assert_eq!(e.unwrap_err().rpc_code(), Some(66));
+    d.stop();
+    let log = d.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("flow-7f3a")).collect();
+    assert_eq!(lines.len(), 1, "log:\n{log}");
+    let line = lines[0];
+    for part in ["Host.getJobs", "CN=depotctl", "code=0", "duration_ms="] {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
+    let abort: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("method=Host.abortJob"))
+        .collect();
+    assert_eq!(abort.len(), 1, "log:\n{log}");
+    assert!(abort[0].contains("code=66"), "{}", abort[0]);
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_socket_refuses_to_start() {
+    let d = Daemon::start("");
+    let out = Command::new(env!("CARGO_BIN_EXE_depotd"))
+        .args(["--dev", "--dev-dir"])
+        .arg(d.dev_dir())
+        .arg("--config")
+        .arg(d.dir.path().join("test.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+    // The first one still serves.
+    d.client()
+        .await
+        .call("Host.ping2", json!({}))
+        .await
+        .unwrap();
+}
