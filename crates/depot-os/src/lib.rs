@@ -3,9 +3,28 @@
 //! Every external program depot runs (mount, lvm, iscsiadm, multipath,
 //! qemu-img, ...) goes through [`CommandRunner::run`], so that argv handling,
 //! secret redaction, timeouts, output limits and logging are done once, here.
+//!
+//! The other modules build on it or sit next to it:
+//! [`mount`] (mount/umount and the mount table), [`direct`] (aligned
+//! `O_DIRECT` I/O), [`fsutil`] (atomic writes, fsync, statvfs, fallocate),
+//! [`qemu_img`] (image create/info/check) and [`worker`] (running I/O that
+//! may hang with a timeout).
 
 pub mod command;
+pub mod direct;
+pub mod fsutil;
+pub mod mount;
+pub mod qemu_img;
+pub mod worker;
 
 pub use command::{
     Cmd, CmdError, CommandRunner, ExitStatus, Output, DEFAULT_STDOUT_LIMIT, STDERR_TAIL_LIMIT,
 };
+pub use direct::{
+    open_direct, probe_alignment, read_at_direct, sync_and_close, write_at_direct, AlignedBuf,
+    Alignment, AlignmentSource, DirectError,
+};
+pub use fsutil::{is_stale_handle, write_atomic, FsError, FsStats, ZeroMethod};
+pub use mount::{MountEntry, MountError, Mounter};
+pub use qemu_img::{CheckResult, ImageFormat, ImageInfo, Preallocation, QemuImg, QemuImgError};
+pub use worker::{IoWorker, WorkerError, WorkerStats};
