@@ -50,6 +50,34 @@ async fn sigterm_lets_an_in_flight_call_answer() {
     assert_eq!(d.wait_exit(WAIT).code(), Some(0), "log:\n{}", d.log());
 }
 
+#[tokio::test]
+async fn watchdog_pings_while_the_runtime_answers() {
+    // 400 ms: depotd pings every 200 ms.
+    let mut d = Daemon::start_with_env("", &[("WATCHDOG_USEC", "400000")]);
+    let pings = |d: &Daemon| {
+        d.notifications
+            .iter()
+            .filter(|n| n.contains("WATCHDOG=1"))
+            .count()
+    };
+    assert!(
+        d.wait_notification("WATCHDOG=1", WAIT),
+        "{:?}",
+        d.notifications
+    );
+    let first = pings(&d);
+    // Collect for a while; pings keep coming.
+    d.wait_notification("never sent", std::time::Duration::from_millis(1200));
+    assert!(pings(&d) >= first + 3, "{:?}", d.notifications);
+    assert_eq!(d.stop().code(), Some(0));
+}
+
+#[tokio::test]
+async fn watchdog_meant_for_another_pid_is_ignored() {
+    let mut d = Daemon::start_with_env("", &[("WATCHDOG_USEC", "400000"), ("WATCHDOG_PID", "1")]);
+    assert!(!d.wait_notification("WATCHDOG=1", std::time::Duration::from_millis(1200)));
+}
+
 #[test]
 fn unknown_config_key_is_named_and_nothing_starts() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,6 +17,7 @@ pub struct Daemon {
     child: Option<Child>,
     notify: UnixDatagram,
     extra_config: String,
+    env: Vec<(String, String)>,
     /// Notifications received so far, in order.
     pub notifications: Vec<String>,
 }
@@ -25,6 +26,11 @@ impl Daemon {
     /// Starts depotd with `extra_config` (TOML) merged over the test
     /// defaults, and waits for READY=1.
     pub fn start(extra_config: &str) -> Daemon {
+        Daemon::start_with_env(extra_config, &[])
+    }
+
+    /// Like `start`, with extra environment variables for the daemon.
+    pub fn start_with_env(extra_config: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let notify = UnixDatagram::bind(dir.path().join("notify.sock")).expect("notify socket");
         notify
@@ -35,6 +41,10 @@ impl Daemon {
             child: None,
             notify,
             extra_config: extra_config.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             notifications: Vec::new(),
         };
         d.spawn();
@@ -123,6 +133,7 @@ impl Daemon {
             .arg(&config)
             .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,0 +1,110 @@
+//! Starts a depotd in dev mode on a temporary directory for a benchmark.
+
+use depot_client::{Client, Endpoint};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn sibling_depotd() -> PathBuf {
+    let me = std::env::current_exe().expect("current exe");
+    me.with_file_name("depotd")
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Daemon {
+    pub async fn start(bin: &Path, extra_config: &str) -> Result<Daemon, String> {
+        if !bin.exists() {
+            return Err(format!(
+                "no depotd at {}; run `cargo build --release -p depotd -p depot-bench`",
+                bin.display()
+            ));
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let config = dir.path().join("bench.toml");
+        std::fs::write(&config, format!("[listen]\nport = 0\n{extra_config}"))
+            .map_err(|e| e.to_string())?;
+        let log =
+            std::fs::File::create(dir.path().join("depotd.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(bin)
+            .arg("--dev")
+            .arg("--dev-dir")
+            .arg(dir.path().join("dev"))
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let d = Daemon { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(c) = Client::connect(&d.unix()).await {
+                if c.call("Host.ping2", serde_json::json!({})).await.is_ok() {
+                    return Ok(d);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err("depotd did not answer in 30 s".into())
+    }
+
+    fn dev(&self) -> PathBuf {
+        self.dir.path().join("dev")
+    }
+
+    pub fn unix(&self) -> Endpoint {
+        Endpoint::Unix(self.dev().join("depotd.sock"))
+    }
+
+    pub fn tls(&self) -> Endpoint {
+        let addr =
+            std::fs::read_to_string(self.dev().join("state/listen-address")).unwrap_or_default();
+        Endpoint::tls_from_pki_dir(addr.trim(), self.dev().join("state/pki"))
+    }
+
+    /// CPU time (user + system) the daemon has used, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th fields overall, in clock ticks (100 per second).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

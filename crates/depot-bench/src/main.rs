@@ -1,0 +1,45 @@
+//! `depot-bench`: benchmarks that run a real depotd and print figures.
+//! Not timed tests: they report, docs/performance.md records.
+//!
+//! Build both binaries first: `cargo build --release -p depotd -p depot-bench`.
+
+mod daemon;
+mod ping;
+mod stats;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "depot-bench")]
+struct Args {
+    /// The depotd binary (default: next to this one).
+    #[arg(long, global = true)]
+    depotd: Option<PathBuf>,
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Host.ping2 over mutual TLS from many concurrent clients.
+    Ping(ping::PingArgs),
+}
+
+fn main() {
+    let args = Args::parse();
+    let depotd = args.depotd.unwrap_or_else(daemon::sibling_depotd);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match args.bench {
+            Bench::Ping(a) => ping::run(&depotd, a).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("depot-bench: {e}");
+        std::process::exit(1);
+    }
+}
