@@ -67,12 +67,74 @@ codes! {
     /// The job already ended, so it cannot be aborted.
     JobNotActive = 84, "Job is not active";
 
-    // VDSM storage errors (lib/vdsm/storage/exception.py).
+    // VDSM storage errors (lib/vdsm/storage/exception.py, HEAD fd4b0df2).
     GeneralException = 100, "General Exception";
-    StorageException = 200, "Storage Exception";
+    StorageException = 200, "General Storage Exception";
+    VolumeDoesNotExist = 201, "Volume does not exist";
+    IncorrectFormat = 202, "Incorrect Volume format";
+    VolumeIsBusy = 203, "Volume is busy";
+    VolumeImageHasChildren = 204, "Cannot delete volume which has children (non-ethical)";
+    VolumeCreationError = 205, "Error creating a new volume";
+    VolumeExtendingError = 206, "Error extending volume";
+    VolumeMetadataReadError = 207, "Error while processing volume meta data";
+    VolumeMetadataWriteError = 208, "Error while updating volume meta data";
+    VolumeAlreadyExists = 212, "Volume already exists";
+    CannotDeleteVolume = 222, "Volume deletion error";
+    PrepareIllegalVolumeError = 227, "Cannot prepare illegal volume";
+    CreateVolumeSizeError = 229, "Requested size is too small. Must be larger or equal to 1";
+    IncorrectType = 231, "Incorrect Volume Preallocate Type";
+    VolumeResizeValueError = 232, "Incorrect size value for volume resize";
+    ImagePathError = 254, "Image path does not exist or cannot be accessed/created";
+    ImageDeleteError = 256, "Could not remove all image's volumes";
+    ImageDoesNotExistInSD = 268, "Image does not exist in domain";
+    StoragePoolActionError = 300, "Error storage pool action";
+    StoragePoolCreationError = 301, "Error creating a storage pool";
+    StoragePoolUnknown = 309, "Unknown pool id, pool not connected";
+    StoragePoolNotConnected = 313, "Storage pool not connected";
+    StoragePoolAlreadyExists = 316, "Error creating a storage pool - pool already exists";
+    IsoCannotBeMasterDomain = 317, "ISO domain cannot be a master storage domain";
+    BackupCannotBeMasterDomain = 319, "Backup domain cannot be a master storage domain";
+    StorageDomainActionError = 350, "Error in storage domain action";
+    StorageDomainCreationError = 351, "Error creating a storage domain";
+    StorageDomainFormatError = 352, "Error formatting a storage domain";
+    StorageDomainAttachError = 354, "Error attaching storage domain";
+    StorageDomainDetachError = 356, "Error detaching storage domain";
+    StorageDomainDoesNotExist = 358, "Storage domain does not exist";
+    StorageDomainActivateError = 359, "Error activating storage domain";
+    StorageDomainFSNotMounted = 360, "Storage domain remote path not mounted";
+    StorageDomainNotEmpty = 361, "Storage domain is not empty - requires cleaning";
+    StorageDomainAlreadyExists = 365, "Storage domain already exists";
+    StorageDomainNotActive = 369, "Storage domain not active";
+    StorageDomainLayoutError = 371, "Storage domain layout corrupted";
+    StorageDomainTypeError = 372, "Unsupported Storage Domain type";
+    StorageDomainCheckError = 377, "Domain has errors";
+    StorageDomainActive = 382, "Illegal action, domain active";
+    FileStorageDomainStaleNFSHandle = 384, "Stale NFS handle on underlying NFS server";
+    StorageDomainInsufficientPermissions = 385, "Insufficient access permissions to underlying storage";
+    StorageDomainClassError = 386, "Invalid domain class value";
+    StorageDomainDescriptionTooLongError = 387, "Storage domain description is too long";
+    UnsupportedDomainVersion = 394, "Domain version is unsupported by this version of depot";
     /// A job was aborted on request.
     TaskAborted = 411, "Task is aborted";
-    GenerationMismatch = 911, "Generation mismatch";
+    StorageServerConnectionError = 451, "Error storage server connection";
+    StorageServerDisconnectionError = 452, "Error storage server disconnection";
+    StorageServerValidationError = 453, "The specified path does not exist or cannot be reached.";
+    StorageServerAccessPermissionError = 469, "Permission settings on the specified path do not allow";
+    MountTypeError = 470, "Mount type error";
+    MountParsingError = 471, "Mount parsing error";
+    MountError = 477, "Problem while trying to mount target";
+    MetaDataGeneralError = 749, "General Meta data error";
+    MetaDataKeyError = 750, "Meta data key error";
+    /// VDSM raises `MetaDataSealIsBroken` (a subclass of 749) with 752.
+    MetaDataSealIsBroken = 752, "Meta Data seal is broken (checksum mismatch)";
+    MetaDataValidationError = 753, "Meta Data self-validation failed";
+    MetadataOverflowError = 756, "Metadata is too big. Cannot change Metadata";
+    MetadataCleared = 757, "Metadata was cleared, volume is partly deleted";
+    ResourceTimeout = 851, "Resource timeout";
+    GenerationMismatch = 911, "The provided generation does not match the actual generation";
+    InvalidParameterException = 1000, "Invalid parameter";
+    MiscFileReadException = 2001, "Internal file read failure";
+    MiscFileWriteException = 2002, "Internal file write failure";
 
     // depot's own errors.
     /// The daemon stopped (crash or restart) while the job was running, and
@@ -171,7 +233,7 @@ mod tests {
         assert_eq!(e.to_wire().code, 66);
         assert_eq!(
             ApiError::new(Code::GenerationMismatch, "").message(),
-            "Generation mismatch"
+            "The provided generation does not match the actual generation"
         );
     }
 }

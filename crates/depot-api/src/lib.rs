@@ -7,6 +7,7 @@
 pub mod catalogue;
 pub mod docs;
 pub mod error;
+pub mod storage;
 pub mod types;
 
 pub use catalogue::{methods, params, Call, MethodSpec, ParamSpec};

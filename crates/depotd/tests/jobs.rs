@@ -132,7 +132,7 @@ async fn failing_job_reports_its_error() {
     assert!(failed["error"]["message"]
         .as_str()
         .unwrap()
-        .starts_with("Generation mismatch"));
+        .starts_with("The provided generation does not match"));
 }
 
 #[tokio::test]

@@ -1,0 +1,255 @@
+//! The storage vocabulary shared by the wire and the storage layer: ids and
+//! VDSM's enumerations, each with the names (and numbers) VDSM uses on the
+//! wire and in metadata. Parsing is strict: a value VDSM would not write is
+//! refused.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
+
+use crate::types::{BadUuid, Uuid};
+
+macro_rules! id_type {
+    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl FromStr for $name {
+            type Err = BadUuid;
+            fn from_str(s: &str) -> Result<Self, BadUuid> {
+                s.parse().map($name)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    )*};
+}
+
+id_type! {
+    /// A storage domain (`sdUUID`); also the directory name of a file domain
+    /// and the VG name of a block domain.
+    SdUuid;
+    /// A storage pool, VDSM's data center (`spUUID`).
+    SpUuid;
+    /// An image: the chain of volumes of one disk (`imgUUID`).
+    ImgUuid;
+    /// A volume: one layer of a disk (`volUUID`).
+    VolUuid;
+}
+
+impl VolUuid {
+    /// VDSM's BLANK_UUID: "no parent".
+    pub const BLANK: VolUuid = VolUuid(Uuid::nil());
+
+    pub fn is_blank(&self) -> bool {
+        *self == VolUuid::BLANK
+    }
+}
+
+/// A VDSM enumeration written as a name (and sometimes sent as a number).
+macro_rules! named_enum {
+    (
+        $(#[$doc:meta])*
+        $name:ident { $( $(#[$vdoc:meta])* $variant:ident = $text:literal $(/ $num:literal)? ),* $(,)? }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $( $(#[$vdoc])* $variant, )* }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[ $( $name::$variant, )* ];
+
+            pub fn name(self) -> &'static str {
+                match self { $( $name::$variant => $text, )* }
+            }
+
+            /// VDSM's number for the value, where it has one.
+            #[allow(unreachable_patterns)]
+            pub fn number(self) -> Option<i64> {
+                match self { $( $( $name::$variant => Some($num), )? )* _ => None }
+            }
+
+            #[allow(unused_variables, unreachable_code)]
+            pub fn from_number(n: i64) -> Option<$name> {
+                $( $( if n == $num { return Some($name::$variant); } )? )*
+                None
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $( $text => Ok($name::$variant), )*
+                    _ => Err(format!(
+                        "{:?} is not a {}; expected one of {}",
+                        s.chars().take(64).collect::<String>(),
+                        stringify!($name),
+                        [$($text),*].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        /// Accepts the name, or VDSM's number where it has one (the engine
+        /// sends `domainType` and `domainClass` as numbers).
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                match serde_json::Value::deserialize(d)? {
+                    serde_json::Value::String(s) => s.parse().map_err(serde::de::Error::custom),
+                    serde_json::Value::Number(n) => n
+                        .as_i64()
+                        .and_then($name::from_number)
+                        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a {} number", stringify!($name)))),
+                    other => Err(serde::de::Error::custom(format!("expected a {} name, got {other}", stringify!($name)))),
+                }
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// `domainType`: VDSM's storage types.
+    DomainType {
+        Nfs = "NFS" / 1,
+        Fcp = "FCP" / 2,
+        Iscsi = "ISCSI" / 3,
+        LocalFs = "LOCALFS" / 4,
+        Cifs = "CIFS" / 5,
+        PosixFs = "POSIXFS" / 6,
+        GlusterFs = "GLUSTERFS" / 7,
+    }
+}
+
+impl DomainType {
+    /// File domains: a directory tree on a mounted (or local) file system.
+    pub fn is_file(self) -> bool {
+        matches!(
+            self,
+            DomainType::Nfs
+                | DomainType::LocalFs
+                | DomainType::PosixFs
+                | DomainType::GlusterFs
+                | DomainType::Cifs
+        )
+    }
+}
+
+named_enum! {
+    /// `domainClass`. `Backup` is VDSM's legacy export domain, not the
+    /// backup storage domain flag.
+    DomainClass {
+        Data = "Data" / 1,
+        Iso = "Iso" / 2,
+        Backup = "Backup" / 3,
+    }
+}
+
+named_enum! {
+    /// A domain's role in its pool.
+    DomainRole {
+        Master = "Master",
+        Regular = "Regular",
+    }
+}
+
+named_enum! {
+    /// `volFormat`, and FORMAT in volume metadata.
+    VolumeFormat {
+        Cow = "COW" / 4,
+        Raw = "RAW" / 5,
+    }
+}
+
+named_enum! {
+    /// `preallocate`, and TYPE in volume metadata.
+    AllocType {
+        Preallocated = "PREALLOCATED" / 1,
+        Sparse = "SPARSE" / 2,
+    }
+}
+
+named_enum! {
+    /// DISKTYPE: what a volume holds.
+    DiskType {
+        Data = "DATA",
+        /// An OVF_STORE volume.
+        Ovfs = "OVFS",
+        /// Memory dump of a snapshot.
+        Memd = "MEMD",
+        /// Memory metadata of a snapshot.
+        Memm = "MEMM",
+        Isof = "ISOF",
+        /// Hosted-engine disks.
+        Hevd = "HEVD",
+        Hesd = "HESD",
+        Hemd = "HEMD",
+        Heci = "HECI",
+        Scrd = "SCRD",
+    }
+}
+
+named_enum! {
+    /// LEGALITY: whether a volume's data can be trusted.
+    Legality {
+        Legal = "LEGAL",
+        Illegal = "ILLEGAL",
+        Fake = "FAKE",
+    }
+}
+
+named_enum! {
+    /// VOLTYPE: the volume's place in its chain.
+    VolType {
+        Leaf = "LEAF",
+        Internal = "INTERNAL",
+        Shared = "SHARED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_and_numbers() {
+        for t in DomainType::ALL {
+            assert_eq!(t.name().parse::<DomainType>().unwrap(), *t);
+            assert_eq!(DomainType::from_number(t.number().unwrap()), Some(*t));
+        }
+        let t: DomainType = serde_json::from_value(json!(4)).unwrap();
+        assert_eq!(t, DomainType::LocalFs);
+        let t: DomainType = serde_json::from_value(json!("GLUSTERFS")).unwrap();
+        assert_eq!(t, DomainType::GlusterFs);
+        assert!(serde_json::from_value::<DomainType>(json!(9)).is_err());
+        assert!(serde_json::from_value::<DomainType>(json!("nfs")).is_err());
+        let f: VolumeFormat = serde_json::from_value(json!("COW")).unwrap();
+        assert_eq!(serde_json::to_value(f).unwrap(), json!("COW"));
+        assert!(DomainType::Nfs.is_file() && !DomainType::Iscsi.is_file());
+    }
+
+    #[test]
+    fn blank_volume() {
+        let b: VolUuid = "00000000-0000-0000-0000-000000000000".parse().unwrap();
+        assert!(b.is_blank());
+    }
+}
