@@ -1,1 +1,13 @@
-//! depot-storage
+//! depot-storage: connections, storage domains, volumes and images (and
+//! later the OVF store and the copy engine).
+//!
+//! No JSON and no process spawning here: the daemon hands in typed calls
+//! (ids and enumerations from `depot_api::storage`), and every OS call goes
+//! through `depot-os`. Functions here are blocking: they do file I/O that
+//! can hang on a dead server, so the daemon calls them from blocking threads,
+//! and the calls that touch a mount run through `depot_os::IoWorker` with a
+//! timeout.
+
+pub mod error;
+
+pub use error::{StorageError, StorageResult};
