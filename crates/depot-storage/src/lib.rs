@@ -9,5 +9,9 @@
 //! timeout.
 
 pub mod error;
+pub mod layout;
+pub mod lock;
+pub mod metadata;
+pub mod monitor;
 
 pub use error::{StorageError, StorageResult};

@@ -1,0 +1,409 @@
+//! The monitor thread of one domain and the state it shares with
+//! [`Monitor`](super::Monitor).
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use depot_api::storage::SdUuid;
+use depot_api::Code;
+use depot_os::{IoWorker, Mounter, WorkerError};
+
+use super::check::{self, CheckTarget, Probe, Problem};
+use super::{DomainHealth, MonitorConfig};
+
+/// Threads of a domain's worker. One check runs at a time; the second
+/// thread covers the unmount on `ESTALE` and the moment a stuck check
+/// returns but is not yet counted back.
+const WORKER_THREADS: usize = 2;
+
+/// Timeout of the `umount` run on `ESTALE`.
+const UMOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// While a domain stays stale, the unmount is retried this often (it fails
+/// while the mount is busy, e.g. with running VMs).
+const UMOUNT_RETRY: Duration = Duration::from_secs(60);
+
+/// The smallest interval the loop accepts (a zero interval would spin).
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+struct State {
+    health: DomainHealth,
+    /// Set by stop: the thread exits and never publishes again.
+    stopped: bool,
+}
+
+struct Shared {
+    sd: SdUuid,
+    state: Mutex<State>,
+    /// Wakes the monitor thread early when it is stopped.
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One monitored domain, as the [`Monitor`](super::Monitor) holds it.
+pub(super) struct DomainMonitor {
+    shared: Arc<Shared>,
+    target: CheckTarget,
+}
+
+impl DomainMonitor {
+    pub fn spawn(sd: SdUuid, target: CheckTarget, config: &MonitorConfig) -> io::Result<Self> {
+        let shared = Arc::new(Shared {
+            sd,
+            state: Mutex::new(State {
+                health: DomainHealth::initial(Instant::now()),
+                stopped: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let looper = Looper {
+            shared: Arc::clone(&shared),
+            target: target.clone(),
+            interval: config.interval.max(MIN_INTERVAL),
+            check_timeout: config.check_timeout,
+            mounter: config.mounter.clone(),
+            last_umount: None,
+        };
+        let short: String = sd.to_string().chars().take(7).collect();
+        thread::Builder::new()
+            .name(format!("monitor/{short}"))
+            .spawn(move || looper.run())?;
+        Ok(DomainMonitor { shared, target })
+    }
+
+    pub fn target(&self) -> &CheckTarget {
+        &self.target
+    }
+
+    pub fn health(&self) -> DomainHealth {
+        self.shared.lock().health.clone()
+    }
+
+    pub fn set_version(&self, version: u32) {
+        self.shared.lock().health.version = Some(version);
+    }
+
+    /// Tells the thread to exit; does not wait for it.
+    pub fn stop(&self) {
+        self.shared.lock().stopped = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+/// Clears the flag when dropped: when the check returns, or when the worker
+/// drops a check that never started.
+struct BusyGuard(Arc<AtomicBool>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// How a check ended, for [`Looper::publish`].
+enum Outcome {
+    /// The check returned.
+    Completed { at: Instant, probe: Probe },
+    /// The check call failed without a probe (timeout, worker refused or
+    /// panicked).
+    Failed { completed_at: Option<Instant> },
+}
+
+/// The monitor thread's own state.
+struct Looper {
+    shared: Arc<Shared>,
+    target: CheckTarget,
+    interval: Duration,
+    check_timeout: Duration,
+    mounter: Option<Mounter>,
+    /// The last unmount attempt of the current stale episode.
+    last_umount: Option<Instant>,
+}
+
+impl Looper {
+    fn run(mut self) {
+        let sd = self.shared.sd;
+        tracing::debug!(%sd, "domain monitor started");
+        let worker = IoWorker::new(format!("monitor/{sd}"), WORKER_THREADS);
+        // True while a check runs on the worker, including one abandoned
+        // after its timeout.
+        let busy = Arc::new(AtomicBool::new(false));
+        // When the check that is still hanging started.
+        let mut blocked_since: Option<Instant> = None;
+        let mut next = Instant::now();
+        loop {
+            if self.shared.lock().stopped {
+                break;
+            }
+            if busy.load(Ordering::Acquire) {
+                // As VDSM's checker: no new check while one hangs.
+                let since = blocked_since.unwrap_or(next);
+                let msg = format!(
+                    "Read timeout: the check of {} has been blocked for {:.1} s",
+                    self.target.read_path.display(),
+                    since.elapsed().as_secs_f64()
+                );
+                tracing::debug!(%sd, "{msg}");
+                self.update(|h| h.error = Some(msg));
+            } else {
+                blocked_since = None;
+                busy.store(true, Ordering::Release);
+                let guard = BusyGuard(Arc::clone(&busy));
+                let target = self.target.clone();
+                let started = Instant::now();
+                let result = worker.run(self.check_timeout, move || {
+                    let _busy = guard;
+                    check::probe(&target)
+                });
+                let (outcome, verdict) = match result {
+                    Ok(probe) => {
+                        let verdict = check::classify(&probe, &self.target, is_mounted);
+                        let at = Instant::now();
+                        (Outcome::Completed { at, probe }, verdict)
+                    }
+                    Err(e) => {
+                        let completed_at =
+                            matches!(e, WorkerError::Panicked { .. }).then(Instant::now);
+                        if e.is_timeout() {
+                            blocked_since = Some(started);
+                        }
+                        (
+                            Outcome::Failed { completed_at },
+                            Err(worker_problem(&self.target, &e)),
+                        )
+                    }
+                };
+                let stale = matches!(&verdict,
+                    Err(p) if p.code == Code::FileStorageDomainStaleNFSHandle);
+                if !self.publish(outcome, verdict) {
+                    break;
+                }
+                if stale {
+                    self.unmount_stale(&worker);
+                } else {
+                    self.last_umount = None;
+                }
+            }
+            next = next_tick(next, self.interval, Instant::now());
+            if !self.sleep_until(next) {
+                break;
+            }
+        }
+        tracing::debug!(%sd, "domain monitor stopped");
+    }
+
+    /// Waits until `deadline`; false if stopped meanwhile.
+    fn sleep_until(&self, deadline: Instant) -> bool {
+        let mut st = self.shared.lock();
+        loop {
+            if st.stopped {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            st = self
+                .shared
+                .wake
+                .wait_timeout(st, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Changes the health unless stopped; false if stopped.
+    fn update(&self, f: impl FnOnce(&mut DomainHealth)) -> bool {
+        let mut st = self.shared.lock();
+        if st.stopped {
+            return false;
+        }
+        f(&mut st.health);
+        true
+    }
+
+    /// Records a check's outcome and logs a change of state once. False if
+    /// the domain was stopped meanwhile (nothing is recorded then).
+    fn publish(&self, outcome: Outcome, verdict: Result<(), Problem>) -> bool {
+        let sd = self.shared.sd;
+        let mut st = self.shared.lock();
+        if st.stopped {
+            return false;
+        }
+        let h = &mut st.health;
+        let (was_actual, was_code) = (h.actual, h.code);
+        match outcome {
+            Outcome::Completed { at, probe } => {
+                h.last_check = Some(at);
+                h.delay = probe.read.as_ref().copied().unwrap_or(Duration::ZERO);
+                match probe.stat {
+                    Ok(s) => {
+                        h.disk_total = Some(s.total_bytes);
+                        h.disk_free = Some(s.free_bytes);
+                    }
+                    Err(_) => {
+                        h.disk_total = None;
+                        h.disk_free = None;
+                    }
+                }
+            }
+            Outcome::Failed { completed_at } => {
+                if completed_at.is_some() {
+                    h.last_check = completed_at;
+                }
+                h.delay = Duration::ZERO;
+            }
+        }
+        // A failed check is an actual status even before the first check
+        // completes, as in VDSM.
+        h.actual = true;
+        match verdict {
+            Ok(()) => {
+                h.code = 0;
+                h.error = None;
+            }
+            Err(p) => {
+                h.code = p.code.number();
+                h.error = Some(p.message);
+            }
+        }
+        h.valid = h.code == 0;
+        if !was_actual || was_code != h.code {
+            match (&h.error, was_actual) {
+                (None, false) => tracing::info!(%sd, "domain became VALID"),
+                (None, true) => {
+                    tracing::info!(%sd, previous_code = was_code, "domain became VALID again")
+                }
+                (Some(err), _) => tracing::warn!(%sd, code = h.code,
+                    previous_code = was_code, error = %err, "domain became INVALID"),
+            }
+        }
+        true
+    }
+
+    /// Unmounts the domain's mount after `ESTALE`, as VDSM's
+    /// `fileSD.selftest`: a plain `umount` (not lazy, not forced), so a
+    /// mount still used by VMs stays and the unmount is retried every
+    /// [`UMOUNT_RETRY`] while the domain is stale. Runs on the domain's
+    /// worker, so a hanging umount costs a worker thread, not the monitor.
+    fn unmount_stale(&mut self, worker: &IoWorker) {
+        let (Some(mounter), Some(mp)) = (&self.mounter, &self.target.mount_point) else {
+            return;
+        };
+        if self.last_umount.is_some_and(|t| t.elapsed() < UMOUNT_RETRY) {
+            return;
+        }
+        self.last_umount = Some(Instant::now());
+        if is_mounted(mp) != Some(true) {
+            return;
+        }
+        let sd = self.shared.sd;
+        tracing::warn!(%sd, mount_point = %mp.display(), "unmounting stale file system");
+        let (mounter, target) = (mounter.clone(), mp.clone());
+        let result = worker.run(UMOUNT_TIMEOUT + Duration::from_secs(5), move || {
+            mounter.umount(&target, false, false, UMOUNT_TIMEOUT)
+        });
+        match result {
+            Ok(Ok(())) => {
+                tracing::info!(%sd, mount_point = %mp.display(), "stale file system unmounted")
+            }
+            Ok(Err(e)) => tracing::warn!(%sd, error = %e, "cannot unmount stale file system"),
+            Err(e) => tracing::warn!(%sd, error = %e, "cannot unmount stale file system"),
+        }
+    }
+}
+
+/// The problem a failed worker call stands for.
+fn worker_problem(target: &CheckTarget, e: &WorkerError) -> Problem {
+    match e {
+        // VDSM's checker reports a check that outlives the interval as
+        // "Read timeout", a MiscFileReadException.
+        WorkerError::Timeout { timeout, .. } => Problem::new(
+            Code::MiscFileReadException,
+            format!(
+                "Read timeout: no answer from {} within {timeout:?}",
+                target.read_path.display()
+            ),
+        ),
+        WorkerError::Hung { .. } => Problem::new(
+            Code::MiscFileReadException,
+            format!("Read timeout: {}: {e}", target.read_path.display()),
+        ),
+        _ => Problem::new(Code::StorageException, e.to_string()),
+    }
+}
+
+/// Whether `mount_point` is in the mount table; `None` if it cannot be
+/// read. Reads `/proc`, never the (maybe hung) mount itself.
+fn is_mounted(mount_point: &Path) -> Option<bool> {
+    match depot_os::mount::find_by_target(mount_point) {
+        Ok(found) => Some(found.is_some()),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the mount table");
+            None
+        }
+    }
+}
+
+/// The first tick after `now` on the grid `prev + k * interval`: checks
+/// start every interval, and an overrun skips ticks instead of bunching
+/// checks up (as VDSM's checker).
+fn next_tick(prev: Instant, interval: Duration, now: Instant) -> Instant {
+    let mut next = prev + interval;
+    if next <= now {
+        let behind = now.duration_since(next).as_nanos();
+        let skip = behind / interval.as_nanos() + 1;
+        next += interval * u32::try_from(skip).unwrap_or(u32::MAX);
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_stay_on_the_grid() {
+        let t0 = Instant::now();
+        let i = Duration::from_millis(100);
+        assert_eq!(next_tick(t0, i, t0), t0 + i);
+        assert_eq!(next_tick(t0, i, t0 + Duration::from_millis(99)), t0 + i);
+        assert_eq!(next_tick(t0, i, t0 + i), t0 + 2 * i);
+        assert_eq!(
+            next_tick(t0, i, t0 + Duration::from_millis(350)),
+            t0 + 4 * i
+        );
+    }
+
+    #[test]
+    fn timeout_is_a_read_timeout() {
+        let t = CheckTarget::file_domain("/x/sd", None);
+        let p = worker_problem(
+            &t,
+            &WorkerError::Timeout {
+                worker: "w".into(),
+                timeout: Duration::from_secs(10),
+                started: true,
+            },
+        );
+        assert_eq!(p.code, Code::MiscFileReadException);
+        assert!(p.message.starts_with("Read timeout"), "{}", p.message);
+        let p = worker_problem(
+            &t,
+            &WorkerError::Panicked {
+                worker: "w".into(),
+                message: "boom".into(),
+            },
+        );
+        assert_eq!(p.code, Code::StorageException);
+    }
+}

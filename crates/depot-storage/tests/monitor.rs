@@ -1,0 +1,339 @@
+//! The domain monitor against real files, and a real hang (a FIFO: opening
+//! one for reading blocks until a writer comes).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use depot_api::storage::SdUuid;
+use depot_api::types::Uuid;
+use depot_api::Code;
+use depot_storage::monitor::{CheckTarget, DomainHealth, Monitor, MonitorConfig};
+
+const INTERVAL: Duration = Duration::from_millis(100);
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn config(check_timeout: Duration) -> MonitorConfig {
+    MonitorConfig {
+        interval: INTERVAL,
+        check_timeout,
+        mounter: None,
+    }
+}
+
+/// A file domain `<root>/<sd>` with `dom_md/metadata`.
+fn make_domain(root: &Path) -> (SdUuid, PathBuf) {
+    let sd = SdUuid(Uuid::new_v4());
+    let dir = root.join(sd.to_string());
+    fs::create_dir_all(dir.join("dom_md")).unwrap();
+    fs::write(dir.join("dom_md/metadata"), b"CLASS=Data\nVERSION=5\n").unwrap();
+    (sd, dir)
+}
+
+fn wait_for(
+    m: &Monitor,
+    sd: SdUuid,
+    what: &str,
+    mut cond: impl FnMut(&DomainHealth) -> bool,
+) -> DomainHealth {
+    let end = Instant::now() + LIMIT;
+    loop {
+        let h = m.status(sd).expect("domain is monitored");
+        if cond(&h) {
+            return h;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}: {h:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let st = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(st.success());
+}
+
+/// Lets a reader blocked in open() on the FIFO go, so the abandoned worker
+/// thread ends (not needed for correctness; keeps the test process tidy).
+fn release_fifo(path: PathBuf) {
+    thread::spawn(move || {
+        for _ in 0..20 {
+            let _ = fs::OpenOptions::new().write(true).open(&path);
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+}
+
+#[test]
+fn healthy_domain_reports_ok_with_delay_and_disk() {
+    let root = tempfile::tempdir().unwrap();
+    let (sd, dir) = make_domain(root.path());
+    let m = Monitor::new(config(Duration::from_secs(5)));
+    let before = Instant::now();
+    m.start(sd, CheckTarget::file_domain(&dir, None)).unwrap();
+
+    let h = wait_for(&m, sd, "first check", |h| h.actual);
+    assert_eq!(h.code, 0, "{h:?}");
+    assert!(h.valid && h.error.is_none(), "{h:?}");
+    assert!(h.delay > Duration::ZERO, "{h:?}");
+    assert!(h.delay < Duration::from_secs(1), "{h:?}");
+    assert!(h.disk_total.unwrap() > 0, "{h:?}");
+    assert!(h.disk_free.unwrap() <= h.disk_total.unwrap(), "{h:?}");
+    assert!(!h.acquired);
+    assert_eq!(h.version, None);
+    let first = h.last_check.unwrap();
+    assert!(first >= before);
+
+    // Checks repeat every interval.
+    let h = wait_for(&m, sd, "a later check", |h| h.last_check.unwrap() > first);
+    assert!(h.last_check_age(Instant::now()) < Duration::from_secs(2));
+    assert!(h.last_check_str(Instant::now()).parse::<f64>().unwrap() < 2.0);
+
+    assert!(m.set_version(sd, 5));
+    assert_eq!(m.status(sd).unwrap().version, Some(5));
+    assert!(!m.set_version(SdUuid(Uuid::new_v4()), 5));
+}
+
+#[test]
+fn status_before_the_first_check_is_valid_but_not_actual() {
+    let root = tempfile::tempdir().unwrap();
+    let (sd, dir) = make_domain(root.path());
+    // A long interval and a FIFO: the first check cannot complete.
+    let fifo = dir.join("dom_md/metadata");
+    fs::remove_file(&fifo).unwrap();
+    mkfifo(&fifo);
+    let m = Monitor::new(MonitorConfig {
+        interval: Duration::from_secs(60),
+        check_timeout: Duration::from_secs(60),
+        mounter: None,
+    });
+    m.start(sd, CheckTarget::file_domain(&dir, None)).unwrap();
+    let h = m.status(sd).unwrap();
+    assert!(!h.actual && h.valid && h.code == 0, "{h:?}");
+    assert_eq!(h.last_check, None);
+    let start = Instant::now();
+    m.shutdown();
+    assert!(start.elapsed() < Duration::from_millis(100));
+    release_fifo(fifo);
+}
+
+#[test]
+fn missing_metadata_fails_and_recovers() {
+    let root = tempfile::tempdir().unwrap();
+    let (sd, dir) = make_domain(root.path());
+    let md = dir.join("dom_md/metadata");
+    let m = Monitor::new(config(Duration::from_secs(5)));
+    m.start(sd, CheckTarget::file_domain(&dir, None)).unwrap();
+    wait_for(&m, sd, "healthy", |h| h.actual && h.code == 0);
+
+    let content = fs::read(&md).unwrap();
+    fs::remove_file(&md).unwrap();
+    let removed = Instant::now();
+    let h = wait_for(&m, sd, "failure", |h| h.code != 0);
+    assert!(removed.elapsed() < 5 * INTERVAL + Duration::from_millis(500));
+    assert_eq!(h.code, Code::MiscFileReadException.number(), "{h:?}");
+    assert!(!h.valid && h.actual, "{h:?}");
+    assert!(h.error.as_deref().unwrap().contains("metadata"), "{h:?}");
+    assert_eq!(h.delay, Duration::ZERO);
+    // The directory is still there: statvfs worked.
+    assert!(h.disk_total.is_some(), "{h:?}");
+    assert!(h.last_check.is_some());
+
+    fs::write(&md, content).unwrap();
+    let h = wait_for(&m, sd, "recovery", |h| h.code == 0);
+    assert!(
+        h.valid && h.error.is_none() && h.delay > Duration::ZERO,
+        "{h:?}"
+    );
+}
+
+#[test]
+fn missing_domain_dir_and_missing_mount() {
+    let root = tempfile::tempdir().unwrap();
+    let (sd, dir) = make_domain(root.path());
+    let m = Monitor::new(config(Duration::from_secs(5)));
+    m.start(sd, CheckTarget::file_domain(&dir, None)).unwrap();
+    wait_for(&m, sd, "healthy", |h| h.actual && h.code == 0);
+    fs::remove_dir_all(&dir).unwrap();
+    let h = wait_for(&m, sd, "domain gone", |h| h.code != 0);
+    assert_eq!(h.code, Code::StorageDomainDoesNotExist.number(), "{h:?}");
+    assert_eq!(h.disk_total, None);
+
+    // The same, for a domain whose mount point is not mounted: 360. (The
+    // temp dir is a plain directory, never in the mount table.)
+    let (sd2, dir2) = make_domain(root.path());
+    fs::remove_dir_all(&dir2).unwrap();
+    m.start(
+        sd2,
+        CheckTarget::file_domain(&dir2, Some(root.path().to_owned())),
+    )
+    .unwrap();
+    let h = wait_for(&m, sd2, "first check", |h| h.actual);
+    assert_eq!(h.code, Code::StorageDomainFSNotMounted.number(), "{h:?}");
+    assert!(h.error.as_deref().unwrap().contains("not mounted"), "{h:?}");
+}
+
+#[test]
+fn hanging_check_times_out_without_blocking_anyone() {
+    let root = tempfile::tempdir().unwrap();
+    let (hung, hung_dir) = make_domain(root.path());
+    let (good, good_dir) = make_domain(root.path());
+    let m = Monitor::new(config(Duration::from_millis(300)));
+    m.start(hung, CheckTarget::file_domain(&hung_dir, None))
+        .unwrap();
+    m.start(good, CheckTarget::file_domain(&good_dir, None))
+        .unwrap();
+    let h = wait_for(&m, hung, "healthy", |h| h.actual && h.code == 0);
+    let last_ok = h.last_check.unwrap();
+
+    // The server "dies": the metadata becomes a FIFO, whose open blocks.
+    let md = hung_dir.join("dom_md/metadata");
+    fs::remove_file(&md).unwrap();
+    mkfifo(&md);
+
+    let h = wait_for(&m, hung, "read timeout", |h| h.code != 0);
+    assert_eq!(h.code, Code::MiscFileReadException.number(), "{h:?}");
+    assert!(
+        h.error.as_deref().unwrap().starts_with("Read timeout"),
+        "{h:?}"
+    );
+    assert!(!h.valid && h.actual, "{h:?}");
+    // No check has completed since the hang began.
+    let stuck_at = h.last_check.unwrap();
+    assert!(stuck_at <= last_ok + 2 * INTERVAL, "{h:?}");
+
+    // lastCheck keeps growing while the other domain stays fresh.
+    let age1 = h.last_check_age(Instant::now());
+    thread::sleep(Duration::from_millis(600));
+    let h = m.status(hung).unwrap();
+    assert_eq!(h.last_check, Some(stuck_at));
+    assert!(h.last_check_age(Instant::now()) >= age1 + Duration::from_millis(600));
+    assert_eq!(h.code, Code::MiscFileReadException.number());
+    // One hung check, not one per interval: later ticks wait for it.
+    assert!(
+        h.error.as_deref().unwrap().contains("has been blocked for"),
+        "{h:?}"
+    );
+    let g = m.status(good).unwrap();
+    assert_eq!(g.code, 0, "{g:?}");
+    assert!(
+        g.last_check_age(Instant::now()) < 5 * INTERVAL,
+        "the healthy domain is still checked: {g:?}"
+    );
+
+    // Callers are never blocked by the hung domain.
+    let start = Instant::now();
+    for _ in 0..100 {
+        m.status(hung).unwrap();
+        m.all();
+    }
+    assert!(start.elapsed() < Duration::from_millis(200));
+
+    // stop returns at once, although the hung domain's worker thread is
+    // stuck in open() (it is abandoned, not joined).
+    let start = Instant::now();
+    assert!(m.stop(hung));
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(m.status(hung).is_none());
+    let g = wait_for(&m, good, "fresh check after stop", |g| {
+        g.last_check_age(Instant::now()) < 2 * INTERVAL
+    });
+    assert_eq!(g.code, 0);
+    release_fifo(md);
+}
+
+#[test]
+fn stop_and_shutdown_return_while_a_check_hangs() {
+    let root = tempfile::tempdir().unwrap();
+    // check_timeout far beyond the test: the monitor threads are inside
+    // IoWorker::run, waiting on a hung open(), when we stop them.
+    let m = Monitor::new(config(Duration::from_secs(3600)));
+    let mut fifos = Vec::new();
+    let mut sds = Vec::new();
+    for _ in 0..3 {
+        let (sd, dir) = make_domain(root.path());
+        let md = dir.join("dom_md/metadata");
+        fs::remove_file(&md).unwrap();
+        mkfifo(&md);
+        m.start(sd, CheckTarget::file_domain(&dir, None)).unwrap();
+        fifos.push(md);
+        sds.push(sd);
+    }
+    thread::sleep(Duration::from_millis(300));
+    for sd in &sds {
+        let h = m.status(*sd).unwrap();
+        assert!(!h.actual && h.last_check.is_none(), "{h:?}");
+    }
+
+    let start = Instant::now();
+    assert!(m.stop(sds[0]));
+    assert!(start.elapsed() < Duration::from_millis(100));
+
+    let start = Instant::now();
+    m.shutdown();
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(m.all().is_empty());
+    let err = m
+        .start(sds[0], CheckTarget::file_domain(root.path(), None))
+        .unwrap_err();
+    assert_eq!(err.code, Code::ShuttingDown);
+    m.shutdown(); // twice is fine
+    for f in fifos {
+        release_fifo(f);
+    }
+}
+
+#[test]
+fn start_twice_is_one_monitor_and_stop_removes_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (sd, dir) = make_domain(root.path());
+    let (other, other_dir) = make_domain(root.path());
+    let m = Monitor::new(config(Duration::from_secs(5)));
+    m.start(sd, CheckTarget::file_domain(&dir, None)).unwrap();
+    m.start(sd, CheckTarget::file_domain(&dir, None)).unwrap();
+    // A second start with another target keeps the first.
+    m.start(sd, CheckTarget::file_domain(&other_dir, None))
+        .unwrap();
+    m.start(other, CheckTarget::file_domain(&other_dir, None))
+        .unwrap();
+    let all = m.all();
+    assert_eq!(all.len(), 2);
+    let mut expected = vec![sd, other];
+    expected.sort();
+    assert_eq!(all.iter().map(|(s, _)| *s).collect::<Vec<_>>(), expected);
+    assert!(m.is_monitoring(sd));
+
+    wait_for(&m, sd, "healthy", |h| h.actual && h.code == 0);
+    assert!(m.stop(sd));
+    assert!(!m.stop(sd));
+    assert!(!m.is_monitoring(sd));
+    assert!(m.status(sd).is_none());
+    assert_eq!(m.all().len(), 1);
+
+    // Started again: a fresh status.
+    m.start(sd, CheckTarget::file_domain(&dir, None)).unwrap();
+    let h = m.status(sd).unwrap();
+    assert!(h.last_check.is_none() || h.actual);
+    wait_for(&m, sd, "healthy again", |h| h.actual && h.code == 0);
+}
+
+#[test]
+fn dropping_the_monitor_stops_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (sd, dir) = make_domain(root.path());
+    let m = Monitor::new(config(Duration::from_secs(5)));
+    m.start(sd, CheckTarget::file_domain(&dir, None)).unwrap();
+    wait_for(&m, sd, "healthy", |h| h.actual);
+    let start = Instant::now();
+    drop(m);
+    assert!(start.elapsed() < Duration::from_millis(100));
+}
