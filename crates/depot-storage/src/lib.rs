@@ -8,6 +8,8 @@
 //! and the calls that touch a mount run through `depot_os::IoWorker` with a
 //! timeout.
 
+pub mod connection;
+pub mod domain;
 pub mod error;
 pub mod layout;
 pub mod lock;

@@ -1,0 +1,224 @@
+//! POSIXFS connections on real ext4 and xfs file systems on loop devices.
+//! Root only: prints `SKIP: needs root` otherwise. Needs e2fsprogs and
+//! xfsprogs (mkfs.ext4, mkfs.xfs) and util-linux (losetup, mount).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use depot_api::storage::DomainType;
+use depot_api::Code;
+use depot_os::mount::{find_by_target, read_mountinfo};
+use depot_os::{CommandRunner, Mounter};
+use depot_storage::connection::{Connection, ConnectionParams, Connector};
+use support::run;
+
+const ID: &str = "8d0c5f4e-2a1b-4c3d-9e8f-0a1b2c3d4e5f";
+const SD: &str = "5b4a3928-1706-4f5e-9d8c-7b6a59483726";
+const T: Duration = Duration::from_secs(120);
+
+/// A loop device over a sparse image with a fresh file system; detached
+/// (after a lazy unmount of anything left on it) on drop.
+struct LoopFs {
+    dev: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopFs {
+    fn new(fstype: &str, size: u64) -> LoopFs {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        std::fs::File::create(&img).unwrap().set_len(size).unwrap();
+        let dev = run(
+            "losetup",
+            &["-f", "--show", img.to_str().unwrap()],
+            Duration::from_secs(30),
+        )
+        .expect("losetup")
+        .trim()
+        .to_owned();
+        let fs = LoopFs { dev, _dir: dir };
+        let mkfs = format!("mkfs.{fstype}");
+        run(&mkfs, &["-q", &fs.dev], T).unwrap_or_else(|e| {
+            panic!(
+                "{mkfs} {} failed (apt-get install e2fsprogs xfsprogs): {e}",
+                fs.dev
+            )
+        });
+        fs
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if let Ok(table) = read_mountinfo() {
+            for e in table.iter().rev().filter(|e| e.source == self.dev) {
+                let _ = run("umount", &["-l", "--", e.target.to_str().unwrap()], T);
+            }
+        }
+        let _ = run("losetup", &["-d", &self.dev], Duration::from_secs(30));
+    }
+}
+
+fn connector(repo: &Path) -> Connector {
+    Connector::new(repo, Mounter::new(CommandRunner::new()))
+}
+
+fn params(dev: &str, vfs: &str) -> ConnectionParams {
+    ConnectionParams {
+        id: ID.into(),
+        connection: dev.into(),
+        vfs_type: Some(vfs.into()),
+        mnt_options: Some("noatime,nosuid,nodev".into()),
+        ..Default::default()
+    }
+}
+
+fn mounts_at(target: &Path) -> usize {
+    read_mountinfo()
+        .unwrap()
+        .iter()
+        .filter(|e| e.target == target)
+        .count()
+}
+
+fn lifecycle(fstype: &str, size: u64) {
+    let t0 = Instant::now();
+    let fs = LoopFs::new(fstype, size);
+    let t_mkfs = t0.elapsed();
+    let repo = tempfile::tempdir().unwrap();
+    let c = connector(repo.path());
+    let p = params(&fs.dev, fstype);
+    let conn = c.prepare(DomainType::PosixFs, &p).unwrap();
+    let mp: PathBuf = repo
+        .path()
+        .join("mnt")
+        .join(fs.dev.replace('_', "__").replace('/', "_"));
+    assert_eq!(conn.mount_point(), mp);
+
+    // Connect, twice: one mount.
+    let t = Instant::now();
+    c.connect(&conn).unwrap();
+    let t_connect = t.elapsed();
+    c.connect(&conn).unwrap();
+    let st = c.connect_all(DomainType::PosixFs, std::slice::from_ref(&p));
+    assert_eq!(st[0].status, 0);
+    assert_eq!(mounts_at(&mp), 1);
+    let e = find_by_target(&mp).unwrap().unwrap();
+    assert_eq!(e.fstype, fstype);
+    assert_eq!(e.source, fs.dev);
+    assert!(e.options.iter().any(|o| o == "noatime"), "{e:?}");
+    assert!(e.options.iter().any(|o| o == "nosuid"), "{e:?}");
+
+    // A domain on it is found by the scan.
+    let md = mp.join(SD).join("dom_md");
+    std::fs::create_dir_all(&md).unwrap();
+    std::fs::write(md.join("metadata"), b"x\n").unwrap();
+    assert_eq!(c.mounted_domains(), vec![md.join("metadata")]);
+
+    // Busy: a file held open in the mount. umount fails, the mount stays.
+    let held = std::fs::File::open(md.join("metadata")).unwrap();
+    let err = c.disconnect(&conn).unwrap_err();
+    assert_eq!(err.code, Code::StorageServerDisconnectionError, "{err}");
+    assert!(err.detail.contains("busy"), "{err}");
+    assert_eq!(mounts_at(&mp), 1, "still mounted");
+    assert!(md.join("metadata").is_file());
+    drop(held);
+
+    // Disconnect, twice.
+    let t = Instant::now();
+    c.disconnect(&conn).unwrap();
+    let t_disconnect = t.elapsed();
+    assert_eq!(mounts_at(&mp), 0);
+    assert!(!mp.exists(), "mount point removed");
+    c.disconnect(&conn).unwrap();
+    let st = c.disconnect_all(DomainType::PosixFs, std::slice::from_ref(&p), |_| Ok(()));
+    assert_eq!(st[0].status, 0);
+    eprintln!(
+        "{fstype}: mkfs+losetup {t_mkfs:?}, connect {t_connect:?}, disconnect {t_disconnect:?}"
+    );
+}
+
+#[test]
+fn connection_posix_ext4_lifecycle() {
+    require_root!();
+    lifecycle("ext4", 64 << 20);
+}
+
+#[test]
+fn connection_posix_xfs_lifecycle() {
+    require_root!();
+    // mkfs.xfs refuses file systems smaller than 300 MiB.
+    lifecycle("xfs", 512 << 20);
+}
+
+#[test]
+fn connection_mount_point_held_by_another_source_is_refused() {
+    require_root!();
+    let fs = LoopFs::new("ext4", 64 << 20);
+    let repo = tempfile::tempdir().unwrap();
+    let c = connector(repo.path());
+    let conn: Connection = c
+        .prepare(DomainType::PosixFs, &params(&fs.dev, "ext4"))
+        .unwrap();
+    let mp = conn.mount_point().to_owned();
+    std::fs::create_dir_all(&mp).unwrap();
+    // Someone else's mount at our mount point.
+    let m = Mounter::new(CommandRunner::new());
+    m.mount("intruder", &mp, Some("tmpfs"), &["size=1m".into()], T)
+        .unwrap();
+
+    let err = c.connect(&conn).unwrap_err();
+    assert_eq!(err.code, Code::StorageServerConnectionError, "{err}");
+    assert!(err.detail.contains("intruder"), "{err}");
+    assert_eq!(mounts_at(&mp), 1, "nothing mounted over it");
+
+    let err = c.disconnect(&conn).unwrap_err();
+    assert_eq!(err.code, Code::StorageServerDisconnectionError, "{err}");
+    assert_eq!(mounts_at(&mp), 1, "not unmounted");
+    assert!(!c.is_connected(&conn).unwrap());
+
+    m.umount(&mp, false, false, T).unwrap();
+    // Now free: connect works.
+    c.connect(&conn).unwrap();
+    assert!(c.is_connected(&conn).unwrap());
+    c.disconnect(&conn).unwrap();
+}
+
+#[test]
+fn connection_failed_mount_is_mount_error_and_leaves_no_directory() {
+    require_root!();
+    // An ext4 device mounted as xfs.
+    let fs = LoopFs::new("ext4", 64 << 20);
+    let repo = tempfile::tempdir().unwrap();
+    let c = connector(repo.path());
+    let conn = c
+        .prepare(DomainType::PosixFs, &params(&fs.dev, "xfs"))
+        .unwrap();
+    let err = c.connect(&conn).unwrap_err();
+    assert_eq!(err.code, Code::MountError, "{err}");
+    assert!(err.detail.contains(&fs.dev), "{err}");
+    assert!(!conn.mount_point().exists());
+    assert_eq!(mounts_at(conn.mount_point()), 0);
+}
+
+#[test]
+fn connection_through_a_symlinked_repository_stays_idempotent() {
+    require_root!();
+    let fs = LoopFs::new("ext4", 64 << 20);
+    let real = tempfile::tempdir().unwrap();
+    let links = tempfile::tempdir().unwrap();
+    let repo = links.path().join("repo");
+    std::os::unix::fs::symlink(real.path(), &repo).unwrap();
+    let c = connector(&repo);
+    let conn = c
+        .prepare(DomainType::PosixFs, &params(&fs.dev, "ext4"))
+        .unwrap();
+    assert!(conn.mount_point().starts_with(real.path()));
+    c.connect(&conn).unwrap();
+    c.connect(&conn).unwrap();
+    assert_eq!(mounts_at(conn.mount_point()), 1);
+    c.disconnect(&conn).unwrap();
+    assert_eq!(mounts_at(conn.mount_point()), 0);
+}

@@ -1,0 +1,122 @@
+//! Helpers shared by depot-storage's integration tests. A test file uses
+//! them with `mod support;`. Not every file uses every helper.
+#![allow(dead_code)]
+
+pub mod gluster;
+
+use std::path::Path;
+use std::time::Duration;
+
+use depot_os::{Cmd, CommandRunner};
+
+/// Whether the tests run as root (effective uid 0), read from
+/// `/proc/self/status` so no libc binding is needed.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Prints `SKIP: needs root` and returns from the test when not root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::support::is_root() {
+            eprintln!("SKIP: needs root");
+            return;
+        }
+    };
+}
+
+/// The machine's host name (`/proc/sys/kernel/hostname`).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Whether `program` is on PATH (or an existing path).
+pub fn have_program(program: &str) -> bool {
+    if program.contains('/') {
+        return Path::new(program).exists();
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Runs a program through depot's runner; returns stdout, or the error text
+/// (with stderr) so a test can show why.
+pub fn run(program: &str, args: &[&str], timeout: Duration) -> Result<String, String> {
+    let cmd = Cmd::new(program, timeout).args(args.iter().copied());
+    CommandRunner::new()
+        .run(&cmd)
+        .map(|o| o.stdout_lossy().into_owned())
+        .map_err(|e| format!("{e} (stderr: {})", e.stderr().trim()))
+}
+
+/// Whether a process is alive: `/proc/<pid>` exists and it is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3, after the ")" that ends the command name, is the state.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// The argv of a process from `/proc/<pid>/cmdline`.
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Live processes whose argv satisfies `pred`.
+pub fn find_processes(pred: impl Fn(&[String]) -> bool) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id() && pid_alive(pid) && pred(&cmdline(pid)))
+        .collect()
+}
+
+/// Sends `signal` (e.g. "TERM") to `pid` with kill(1).
+pub fn signal(pid: u32, signal: &str) {
+    let _ = run(
+        "kill",
+        &[&format!("-{signal}"), &pid.to_string()],
+        Duration::from_secs(5),
+    );
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL; returns once it is gone
+/// (or after another second).
+pub fn terminate(pid: u32, grace: Duration) {
+    signal(pid, "TERM");
+    let deadline = std::time::Instant::now() + grace;
+    while pid_alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if pid_alive(pid) {
+        signal(pid, "KILL");
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while pid_alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
