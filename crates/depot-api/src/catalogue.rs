@@ -7,6 +7,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, Code};
+use crate::storage::{
+    AllocType, ByteSize, ConnectionList, DiskType, DomainClass, DomainType, ImgUuid, Legality,
+    SdUuid, SpUuid, VolUuid, VolumeFormat,
+};
 use crate::types::{JobId, JobType, Uuid};
 
 /// How a parameter's type is described in the docs, and whether it may be
@@ -36,6 +40,18 @@ wire_type! {
     JobType => "HostJobType (storage, v2v)",
     Value => "any",
     Map<String, Value> => "object",
+    SdUuid => "UUID",
+    SpUuid => "UUID",
+    ImgUuid => "UUID",
+    VolUuid => "UUID",
+    DomainType => "StorageDomainType: NFS=1, FCP=2, ISCSI=3, LOCALFS=4, CIFS=5, POSIXFS=6, GLUSTERFS=7 (name or number)",
+    DomainClass => "StorageDomainImageClass: Data=1, Iso=2, Backup=3 (name or number)",
+    VolumeFormat => "VolumeFormat: COW, RAW",
+    AllocType => "VolumeAllocation: PREALLOCATED, SPARSE",
+    DiskType => "DiskContentType: DATA, OVFS, MEMD, MEMM, ISOF, HEVD, HESD, HEMD, HECI, SCRD",
+    Legality => "VolumeLegality: LEGAL, ILLEGAL, FAKE",
+    ByteSize => "size in bytes (decimal string or number)",
+    ConnectionList => "[ConnectionRefParameters]",
 }
 
 impl<T: WireType> WireType for Option<T> {
@@ -204,6 +220,391 @@ verbs! {
         /// example `|jobs|status|`. All events when left out.
         prefixes: Option<Vec<String>>,
     } -> "`true`";
+
+    /// Connects the host to storage: mounts NFS, POSIX and GlusterFS exports,
+    /// links local directories. Idempotent. Returns one status per
+    /// connection (0, or the error code of that connection).
+    "StoragePool.connectStorageServer" => StoragePoolConnectStorageServer {
+        /// Unused, as in VDSM.
+        storagepoolID: Option<Uuid>,
+        /// The storage type of every connection in the list.
+        domainType: DomainType,
+        /// The connections: `{id, connection, vfs_type?, mnt_options?, protocol_version?, timeout?, retrans?}`.
+        connectionParams: ConnectionList,
+    } -> "`[{id, status}]`; status 0 or the connection's error code";
+
+    /// Disconnects the host from storage: unmounts. Refuses (per connection)
+    /// while a domain on that mount is attached or monitored.
+    "StoragePool.disconnectStorageServer" => StoragePoolDisconnectStorageServer {
+        /// Unused, as in VDSM.
+        storagepoolID: Option<Uuid>,
+        /// The storage type of every connection in the list.
+        domainType: DomainType,
+        /// The connections, as given to connectStorageServer.
+        connectionParams: ConnectionList,
+    } -> "`[{id, status}]`";
+
+    /// Lists the storage domains found on connected storage (used to import
+    /// domains).
+    "Host.getStorageDomains" => HostGetStorageDomains {
+        /// Only domains attached to this pool.
+        storagepoolID: Option<Uuid>,
+        /// Only domains of this class.
+        domainClass: Option<DomainClass>,
+        /// Only domains of this type.
+        storageType: Option<DomainType>,
+        /// Only the domain on this connection (`server:/path`).
+        remotePath: Option<String>,
+    } -> "`[sdUUID]`";
+
+    /// Creates a storage domain on connected storage (format version 5).
+    "StorageDomain.create" => StorageDomainCreate {
+        /// The new domain's id.
+        storagedomainID: SdUuid,
+        /// The storage type.
+        domainType: DomainType,
+        /// File domains: the connection (`server:/path` or the local path).
+        typeArgs: String,
+        /// The domain's description (at most 50 characters).
+        name: String,
+        /// Data or Iso.
+        domainClass: DomainClass,
+        /// Domain format version; 5 (the default) is the only one depot creates.
+        version: Option<i64>,
+        /// 512, 4096, or 0 to detect it with an O_DIRECT probe (default 512).
+        blockSize: Option<i64>,
+        /// Most hosts the domain serves (default 2000, VDSM's).
+        maxHosts: Option<i64>,
+    } -> "`true`";
+
+    /// Returns a domain's metadata.
+    "StorageDomain.getInfo" => StorageDomainGetInfo {
+        /// The domain.
+        storagedomainID: SdUuid,
+    } -> "`{uuid, name, type, class, role, pool, version, master_ver, lver, spm_id, block_size, alignment, remotePath}`";
+
+    /// Returns a domain's space figures.
+    "StorageDomain.getStats" => StorageDomainGetStats {
+        /// The domain.
+        storagedomainID: SdUuid,
+    } -> "`{disktotal, diskfree, mdasize, mdafree, mdavalid, mdathreshold}` (sizes as decimal strings, as VDSM)";
+
+    /// Changes a domain's description.
+    "StorageDomain.setDescription" => StorageDomainSetDescription {
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// At most 50 characters.
+        description: String,
+    } -> "`true`";
+
+    /// Checks that a domain's layout and metadata are sound.
+    "StorageDomain.validate" => StorageDomainValidate {
+        /// The domain.
+        storagedomainID: SdUuid,
+    } -> "`true`";
+
+    /// Removes a domain and everything on it. Refused while it is attached
+    /// to a pool unless autoDetach.
+    "StorageDomain.format" => StorageDomainFormat {
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// Format even when the domain is attached to a pool.
+        autoDetach: Option<bool>,
+    } -> "`true`";
+
+    /// Lists the images of a domain.
+    "StorageDomain.getImages" => StorageDomainGetImages {
+        /// The domain.
+        storagedomainID: SdUuid,
+    } -> "`[imgUUID]`";
+
+    /// Lists the volumes of an image (or of the whole domain when imageID
+    /// is the blank UUID).
+    "StorageDomain.getVolumes" => StorageDomainGetVolumes {
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The pool (unused by file domains).
+        storagepoolID: Option<Uuid>,
+        /// The image.
+        imageID: Uuid,
+    } -> "`[volUUID]`";
+
+    /// Size and change time of files in an ISO domain matching a glob.
+    "StorageDomain.getFileStats" => StorageDomainGetFileStats {
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// A glob such as `*.iso`.
+        pattern: String,
+        /// Whether the pattern is case sensitive (default true).
+        caseSensitive: Option<bool>,
+    } -> "`{name: {size, ctime}}`";
+
+    /// Creates a pool with its master domain (which must be attachable).
+    "StoragePool.create" => StoragePoolCreate {
+        /// The pool.
+        storagepoolID: SpUuid,
+        /// The pool's name.
+        name: String,
+        /// The master domain.
+        masterSdUUID: SdUuid,
+        /// The master version.
+        masterVersion: i64,
+        /// Other domains to attach (VDSM's domainList).
+        domainList: Option<Vec<SdUuid>>,
+        /// Lease parameters (accepted and stored; leases are single-host for now).
+        lockRenewalIntervalSec: Option<i64>,
+        /// Lease parameter.
+        leaseTimeSec: Option<i64>,
+        /// Lease parameter.
+        ioOpTimeoutSec: Option<i64>,
+        /// Lease parameter.
+        leaseRetries: Option<i64>,
+    } -> "`true`";
+
+    /// Connects this host to a pool: its domains become known and monitored.
+    "StoragePool.connect" => StoragePoolConnect {
+        /// The pool.
+        storagepoolID: SpUuid,
+        /// This host's id in the pool.
+        hostID: i64,
+        /// Unused, as in VDSM.
+        scsiKey: Option<String>,
+        /// The master domain.
+        masterSdUUID: SdUuid,
+        /// The master version.
+        masterVersion: i64,
+        /// `{sdUUID: "active"|"attached"}`, the engine's view of the pool's domains.
+        domainDict: Option<Map<String, Value>>,
+    } -> "`true`";
+
+    /// Disconnects this host from a pool.
+    "StoragePool.disconnect" => StoragePoolDisconnect {
+        /// The pool.
+        storagepoolID: SpUuid,
+        /// This host's id in the pool.
+        hostID: i64,
+        /// Unused, as in VDSM.
+        scsiKey: Option<String>,
+        /// Unused.
+        remove: Option<bool>,
+    } -> "`true`";
+
+    /// The pool's master, version and domains with their status.
+    "StoragePool.getInfo" => StoragePoolGetInfo {
+        /// The pool.
+        storagepoolID: SpUuid,
+    } -> "`{info: {master_uuid, master_ver, name, spm_id, lver, domains, pool_status, ...}, dominfo: {sdUUID: {status, diskfree, disktotal, alerts, version}}}`";
+
+    /// Attaches a domain to a pool (POOL_UUID in its metadata).
+    "StorageDomain.attach" => StorageDomainAttach {
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The pool.
+        storagepoolID: SpUuid,
+    } -> "`true`";
+
+    /// Detaches a domain from a pool. `force` detaches from a pool that is
+    /// gone (disaster recovery).
+    "StorageDomain.detach" => StorageDomainDetach {
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The pool.
+        storagepoolID: SpUuid,
+        /// The master domain after the detach.
+        masterSdUUID: Option<SdUuid>,
+        /// The master version.
+        masterVersion: Option<i64>,
+        /// Detach even when the pool is not connected here.
+        force: Option<bool>,
+    } -> "`true`";
+
+    /// Activates an attached domain in its pool.
+    "StorageDomain.activate" => StorageDomainActivate {
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The pool.
+        storagepoolID: SpUuid,
+    } -> "`true`";
+
+    /// Deactivates a domain (maintenance).
+    "StorageDomain.deactivate" => StorageDomainDeactivate {
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The pool.
+        storagepoolID: SpUuid,
+        /// The master domain.
+        masterSdUUID: Option<SdUuid>,
+        /// The master version.
+        masterVersion: Option<i64>,
+    } -> "`true`";
+
+    /// Creates a volume. ILLEGAL until its data and metadata are complete.
+    "Volume.create" => VolumeCreate {
+        /// The new volume.
+        volumeID: VolUuid,
+        /// The pool.
+        storagepoolID: Option<Uuid>,
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The image (created if new).
+        imageID: ImgUuid,
+        /// Virtual size in bytes.
+        size: ByteSize,
+        /// RAW or COW.
+        volFormat: VolumeFormat,
+        /// SPARSE or PREALLOCATED.
+        preallocate: AllocType,
+        /// DATA, OVFS, ...
+        diskType: DiskType,
+        /// Description, at most 210 bytes.
+        desc: String,
+        /// Parent's image (the blank UUID for a base volume).
+        srcImgUUID: Uuid,
+        /// Parent volume (the blank UUID for a base volume).
+        srcVolUUID: Uuid,
+        /// Unused on file domains.
+        initialSize: Option<ByteSize>,
+        /// Create LEGAL (default true); false keeps it ILLEGAL.
+        legal: Option<bool>,
+        /// SEQ of the new volume (default 0).
+        sequence: Option<u64>,
+    } -> "a task id (depot completes the work before answering)";
+
+    /// Returns a volume's metadata and sizes.
+    "Volume.getInfo" => VolumeGetInfo {
+        /// The volume.
+        volumeID: VolUuid,
+        /// The pool.
+        storagepoolID: Option<Uuid>,
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The image.
+        imageID: ImgUuid,
+    } -> "`{uuid, image, domain, pool, parent, children, format, voltype, allocType, disktype, description, legality, status, capacity, apparentsize, truesize, ctime, mtime, generation, sequence, lease}`";
+
+    /// Returns a volume's apparent and allocated size.
+    "Volume.getSize" => VolumeGetSize {
+        /// The volume.
+        volumeID: VolUuid,
+        /// The pool.
+        storagepoolID: Option<Uuid>,
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The image.
+        imageID: ImgUuid,
+    } -> "`{apparentsize, truesize}` (decimal strings)";
+
+    /// Deletes a leaf volume; postZero wipes its data first.
+    "Volume.delete" => VolumeDelete {
+        /// The volume.
+        volumeID: VolUuid,
+        /// The pool.
+        storagepoolID: Option<Uuid>,
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The image.
+        imageID: ImgUuid,
+        /// Overwrite the data with zeros before removing it.
+        postZero: Option<bool>,
+        /// Delete even when the volume has children or is in use.
+        force: Option<bool>,
+        /// Unused on file domains.
+        discard: Option<bool>,
+    } -> "a task id (completed)";
+
+    /// Sets a volume's description (at most 210 bytes).
+    "Volume.setDescription" => VolumeSetDescription {
+        /// The volume.
+        volumeID: VolUuid,
+        /// The pool.
+        storagepoolID: Option<Uuid>,
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The image.
+        imageID: ImgUuid,
+        /// The description.
+        description: String,
+    } -> "`true`";
+
+    /// Sets a volume's legality.
+    "Volume.setLegality" => VolumeSetLegality {
+        /// The volume.
+        volumeID: VolUuid,
+        /// The pool.
+        storagepoolID: Option<Uuid>,
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The image.
+        imageID: ImgUuid,
+        /// LEGAL or ILLEGAL.
+        legality: Legality,
+    } -> "`true`";
+
+    /// Grows a volume's virtual size.
+    "Volume.extendSize" => VolumeExtendSize {
+        /// The pool.
+        storagepoolID: Option<Uuid>,
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The image.
+        imageID: ImgUuid,
+        /// The volume.
+        volumeID: VolUuid,
+        /// The new virtual size in bytes; must not shrink.
+        newSize: ByteSize,
+    } -> "a task id (completed)";
+
+    /// Deletes an image and all its volumes; postZero wipes them first.
+    "Image.delete" => ImageDelete {
+        /// The image.
+        imageID: ImgUuid,
+        /// The pool.
+        storagepoolID: Option<Uuid>,
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// Overwrite the data with zeros before removing it.
+        postZero: Option<bool>,
+        /// Delete even when volumes are prepared.
+        force: Option<bool>,
+        /// Unused on file domains.
+        discard: Option<bool>,
+    } -> "a task id (completed)";
+
+    /// Prepares a volume (and its chain) for use: returns its path under
+    /// the repository's run links.
+    "Image.prepare" => ImagePrepare {
+        /// The pool (names the run link directory).
+        storagepoolID: Uuid,
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The image.
+        imageID: ImgUuid,
+        /// The volume (the leaf of the chain to prepare).
+        volumeID: VolUuid,
+        /// Prepare even an ILLEGAL volume.
+        allowIllegal: Option<bool>,
+    } -> "`{path, info: {type, path}, imgVolumesInfo: [...]}`";
+
+    /// Undoes prepare.
+    "Image.teardown" => ImageTeardown {
+        /// The pool.
+        storagepoolID: Uuid,
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The image.
+        imageID: ImgUuid,
+        /// The volume (unused: the whole image is torn down).
+        volumeID: Option<VolUuid>,
+    } -> "`true`";
+
+    /// The health of monitored domains, VDSM's repoStats.
+    "Host.getStorageRepoStats" => HostGetStorageRepoStats {
+        /// Only these domains (all monitored ones when left out).
+        domains: Option<Vec<SdUuid>>,
+    } -> "`{sdUUID: {code, lastCheck, delay, valid, version, acquired, actual}}`";
+
+    /// Host statistics; depot reports the storage part.
+    "Host.getStats" => HostGetStats {} -> "`{storageDomains: {sdUUID: repoStats + disktotal, diskfree}}`";
 
     /// Starts a built-in no-op job that sleeps, reporting progress. It
     /// exercises the job machinery (status, abort, persistence, events)

@@ -94,6 +94,9 @@ codes! {
     StoragePoolAlreadyExists = 316, "Error creating a storage pool - pool already exists";
     IsoCannotBeMasterDomain = 317, "ISO domain cannot be a master storage domain";
     BackupCannotBeMasterDomain = 319, "Backup domain cannot be a master storage domain";
+    CannotConnectMultiplePools = 323, "Cannot connect pool, already connected to another pool";
+    StoragePoolWrongMaster = 324, "Wrong Master domain or its version";
+    StoragePoolConnected = 325, "Cannot perform action while storage pool is connected";
     StorageDomainActionError = 350, "Error in storage domain action";
     StorageDomainCreationError = 351, "Error creating a storage domain";
     StorageDomainFormatError = 352, "Error formatting a storage domain";
@@ -108,7 +111,10 @@ codes! {
     StorageDomainLayoutError = 371, "Storage domain layout corrupted";
     StorageDomainTypeError = 372, "Unsupported Storage Domain type";
     StorageDomainCheckError = 377, "Domain has errors";
+    StorageDomainAlreadyAttached = 380, "Storage domain already attached to pool";
+    StorageDomainStateTransitionIllegal = 381, "Domain state change illegal";
     StorageDomainActive = 382, "Illegal action, domain active";
+    CannotDetachMasterStorageDomain = 383, "Illegal action";
     FileStorageDomainStaleNFSHandle = 384, "Stale NFS handle on underlying NFS server";
     StorageDomainInsufficientPermissions = 385, "Insufficient access permissions to underlying storage";
     StorageDomainClassError = 386, "Invalid domain class value";

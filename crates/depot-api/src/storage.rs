@@ -253,3 +253,108 @@ mod tests {
         assert!(b.is_blank());
     }
 }
+
+/// A size in bytes as VDSM sends it: a decimal string (`"1073741824"`), or
+/// a number from newer clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s)
+                if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                s.parse()
+                    .map(ByteSize)
+                    .map_err(|_| serde::de::Error::custom(format!("size {s:?} is too large")))
+            }
+            serde_json::Value::Number(n) => n.as_u64().map(ByteSize).ok_or_else(|| {
+                serde::de::Error::custom(format!("size {n} is not a whole number of bytes"))
+            }),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a size in bytes (decimal string or number), got {other}"
+            ))),
+        }
+    }
+}
+
+/// One connection dict of `StoragePool.connectStorageServer`, as the engine
+/// builds it (`StorageConnectionHelper.java`). Fields are kept as sent;
+/// validation happens in the storage layer, per connection, so that one bad
+/// entry fails alone with its own status code.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConnectionDict {
+    pub id: Option<String>,
+    pub connection: Option<String>,
+    pub vfs_type: Option<String>,
+    pub mnt_options: Option<String>,
+    pub protocol_version: Option<String>,
+    /// Deciseconds, as the engine sends it.
+    pub timeout: Option<String>,
+    pub retrans: Option<String>,
+    pub port: Option<String>,
+    pub iqn: Option<String>,
+    pub tpgt: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub iface: Option<String>,
+}
+
+impl ConnectionDict {
+    /// Reads a dict leniently: numbers become their decimal text, nulls are
+    /// absent, unknown keys are ignored (the engine sends more than a given
+    /// storage type uses).
+    pub fn from_map(
+        map: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<ConnectionDict, String> {
+        let field = |name: &str| -> Result<Option<String>, String> {
+            match map.get(name) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+                Some(serde_json::Value::Bool(b)) => Ok(Some(b.to_string())),
+                Some(other) => Err(format!("field '{name}' must be a string, got {other}")),
+            }
+        };
+        Ok(ConnectionDict {
+            id: field("id")?,
+            connection: field("connection")?,
+            vfs_type: field("vfs_type")?,
+            mnt_options: field("mnt_options")?,
+            protocol_version: field("protocol_version")?,
+            timeout: field("timeout")?,
+            retrans: field("retrans")?,
+            port: field("port")?,
+            iqn: field("iqn")?,
+            tpgt: field("tpgt")?,
+            user: field("user")?,
+            password: field("password")?,
+            iface: field("ifaceName")?.or(field("iface")?),
+        })
+    }
+}
+
+/// The `connectionParams` list: each entry parsed on its own, so a bad entry
+/// becomes a failed status for that connection instead of failing the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionList(pub Vec<Result<ConnectionDict, (Option<String>, String)>>);
+
+impl<'de> Deserialize<'de> for ConnectionList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let items = Vec::<serde_json::Value>::deserialize(d)?;
+        Ok(ConnectionList(
+            items
+                .into_iter()
+                .map(|item| match item {
+                    serde_json::Value::Object(m) => ConnectionDict::from_map(&m).map_err(|e| {
+                        let id = m.get("id").and_then(|v| v.as_str()).map(String::from);
+                        (id, e)
+                    }),
+                    other => Err((None, format!("a connection must be an object, got {other}"))),
+                })
+                .collect(),
+        ))
+    }
+}

@@ -398,9 +398,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (name, fmt) in [("a.qcow2", ImageFormat::Qcow2), ("a.raw", ImageFormat::Raw)] {
             let p = dir.path().join(name);
-            qemu().create(&p, fmt, 10 * MIB, None, Preallocation::Off, T).unwrap();
+            qemu()
+                .create(&p, fmt, 10 * MIB, None, Preallocation::Off, T)
+                .unwrap();
             qemu().resize(&p, fmt, 30 * MIB, T).unwrap();
-            assert_eq!(qemu().info(&p, Some(fmt), T).unwrap().virtual_size, 30 * MIB);
+            assert_eq!(
+                qemu().info(&p, Some(fmt), T).unwrap().virtual_size,
+                30 * MIB
+            );
         }
         // Shrinking needs --shrink, which depot never passes.
         let p = dir.path().join("a.qcow2");

@@ -70,24 +70,34 @@ pub fn create(mount_dir: &Path, req: &CreateDomain) -> StorageResult<DomainPaths
     }
     let work = mount_dir.join(format!("{CREATING_PREFIX}{}", req.sd));
     // A leftover of a crashed create of the same domain: start over.
-    remove_tree(&work).map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, &work, &e))?;
+    remove_tree(&work)
+        .map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, &work, &e))?;
     let built = build(&work, req);
     if let Err(e) = built {
         let _ = remove_tree(&work);
         return Err(e);
     }
-    fs::rename(&work, &final_dir).map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, &final_dir, &e))?;
-    fsync_dir(mount_dir).map_err(|e| StorageError::new(Code::StorageDomainCreationError, OP, e.to_string()))?;
+    fs::rename(&work, &final_dir)
+        .map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, &final_dir, &e))?;
+    fsync_dir(mount_dir)
+        .map_err(|e| StorageError::new(Code::StorageDomainCreationError, OP, e.to_string()))?;
     Ok(DomainPaths::new(final_dir))
 }
 
 fn build(work: &Path, req: &CreateDomain) -> StorageResult<()> {
     const OP: &str = "create storage domain";
-    let err = |p: &Path, e: std::io::Error| StorageError::io(Code::StorageDomainCreationError, OP, p, &e);
+    let err =
+        |p: &Path, e: std::io::Error| StorageError::io(Code::StorageDomainCreationError, OP, p, &e);
     let paths = DomainPaths::new(work.to_path_buf());
-    DirBuilder::new().mode(0o755).create(work).map_err(|e| err(work, e))?;
+    DirBuilder::new()
+        .mode(0o755)
+        .create(work)
+        .map_err(|e| err(work, e))?;
     let md_dir = paths.dom_md();
-    DirBuilder::new().mode(0o775).create(&md_dir).map_err(|e| err(&md_dir, e))?;
+    DirBuilder::new()
+        .mode(0o775)
+        .create(&md_dir)
+        .map_err(|e| err(&md_dir, e))?;
 
     let block_size = match req.block_size {
         Some(b) => b,
@@ -126,9 +136,14 @@ fn build(work: &Path, req: &CreateDomain) -> StorageResult<()> {
     md.backup = req.backup;
     write_metadata(&paths, &md)?;
     let images = paths.images();
-    DirBuilder::new().mode(0o755).create(&images).map_err(|e| err(&images, e))?;
-    fsync_dir(&md_dir).map_err(|e| StorageError::new(Code::StorageDomainCreationError, OP, e.to_string()))?;
-    fsync_dir(work).map_err(|e| StorageError::new(Code::StorageDomainCreationError, OP, e.to_string()))?;
+    DirBuilder::new()
+        .mode(0o755)
+        .create(&images)
+        .map_err(|e| err(&images, e))?;
+    fsync_dir(&md_dir)
+        .map_err(|e| StorageError::new(Code::StorageDomainCreationError, OP, e.to_string()))?;
+    fsync_dir(work)
+        .map_err(|e| StorageError::new(Code::StorageDomainCreationError, OP, e.to_string()))?;
     Ok(())
 }
 
@@ -148,7 +163,8 @@ fn detect_block_size(dir: &Path) -> StorageResult<u32> {
         Ok::<_, std::io::Error>(size as u32)
     })();
     let _ = fs::remove_file(&probe);
-    let size = result.map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, dir, &e))?;
+    let size =
+        result.map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, dir, &e))?;
     Ok(if size <= 512 { 512 } else { 4096 })
 }
 
@@ -181,7 +197,8 @@ pub fn read_metadata(paths: &DomainPaths) -> StorageResult<DomainMetadata> {
     })?;
     let mut buf = AlignedBuf::new(MAX_METADATA, 4096)
         .map_err(|e| StorageError::new(Code::MiscFileReadException, OP, e.to_string()))?;
-    let n = read_at_direct(&f, 0, &mut buf).map_err(|e| StorageError::new(Code::MiscFileReadException, OP, e.to_string()))?;
+    let n = read_at_direct(&f, 0, &mut buf)
+        .map_err(|e| StorageError::new(Code::MiscFileReadException, OP, e.to_string()))?;
     if n == MAX_METADATA {
         return Err(StorageError::new(
             Code::MetaDataValidationError,
@@ -264,9 +281,11 @@ pub fn format(paths: &DomainPaths, sd: SdUuid) -> StorageResult<()> {
     const OP: &str = "format storage domain";
     let mount = paths.mount_dir().to_path_buf();
     let doomed = mount.join(format!("{}{sd}", layout::REMOVE_ME));
-    fs::rename(&paths.root, &doomed).map_err(|e| StorageError::io(Code::StorageDomainFormatError, OP, &paths.root, &e))?;
+    fs::rename(&paths.root, &doomed)
+        .map_err(|e| StorageError::io(Code::StorageDomainFormatError, OP, &paths.root, &e))?;
     let _ = fsync_dir(&mount);
-    remove_tree(&doomed).map_err(|e| StorageError::io(Code::StorageDomainFormatError, OP, &doomed, &e))
+    remove_tree(&doomed)
+        .map_err(|e| StorageError::io(Code::StorageDomainFormatError, OP, &doomed, &e))
 }
 
 /// Removes what crashes left in a mount: half-created domains and half-
@@ -349,7 +368,10 @@ mod tests {
         assert_eq!(md.sd_uuid, sd);
         assert_eq!(md.description, "test domain");
         assert!(md.block_size == 512 || md.block_size == 4096);
-        assert_eq!(fs::metadata(paths.dom_md().join("inbox")).unwrap().len(), MAILBOX_SIZE);
+        assert_eq!(
+            fs::metadata(paths.dom_md().join("inbox")).unwrap().len(),
+            MAILBOX_SIZE
+        );
         let e = create(tmp.path(), &req(sd)).unwrap_err();
         assert_eq!(e.code, Code::StorageDomainAlreadyExists);
 
@@ -396,8 +418,14 @@ mod tests {
         let sd = SdUuid(depot_api::types::Uuid::new_v4());
         let mut r = req(sd);
         r.class = DomainClass::Backup;
-        assert_eq!(create(tmp.path(), &r).unwrap_err().code, Code::StorageDomainClassError);
-        assert!(fs::read_dir(tmp.path()).unwrap().next().is_none(), "nothing created");
+        assert_eq!(
+            create(tmp.path(), &r).unwrap_err().code,
+            Code::StorageDomainClassError
+        );
+        assert!(
+            fs::read_dir(tmp.path()).unwrap().next().is_none(),
+            "nothing created"
+        );
         r.class = DomainClass::Iso;
         create(tmp.path(), &r).unwrap();
     }

@@ -18,6 +18,7 @@ pub const IMAGES: &str = "images";
 pub const METADATA: &str = "metadata";
 pub const MNT: &str = "mnt";
 pub const GLUSTER_DIR: &str = "glusterSD";
+pub const BLOCK_DIR: &str = "blockSD";
 /// VDSM renames an image directory with this prefix before deleting it, so
 /// a crash mid-delete leaves a name that is recognisably garbage.
 pub const REMOVE_ME: &str = "_remove_me_";
@@ -96,7 +97,8 @@ pub fn mount_dirs(repository: &Path) -> Vec<PathBuf> {
         };
         for e in entries.flatten() {
             let name = e.file_name();
-            if name == GLUSTER_DIR {
+            // blockSD holds block domains' run links, not mounts.
+            if name == GLUSTER_DIR || name == BLOCK_DIR {
                 continue;
             }
             dirs.push(e.path());

@@ -10,10 +10,17 @@
 
 pub mod connection;
 pub mod domain;
+pub mod engine;
+mod engine_volume;
 pub mod error;
+pub mod files;
+pub mod image;
 pub mod layout;
 pub mod lock;
 pub mod metadata;
 pub mod monitor;
+pub mod volume;
 
+pub use engine::{Storage, StorageConfig};
+pub use engine_volume::Prepared;
 pub use error::{StorageError, StorageResult};

@@ -61,7 +61,9 @@ fn connection_gluster_connect_and_disconnect() {
     std::fs::create_dir_all(&md).unwrap();
     std::fs::write(md.join("metadata"), b"SDUUID=x\n").unwrap();
     assert!(g.brick().join(SD).join("dom_md/metadata").is_file());
-    assert_eq!(c.mounted_domains(), vec![md.join("metadata")]);
+    let found = depot_storage::domain::list_in(&mp);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].1.metadata(), md.join("metadata"));
 
     // `server:vol` (no slash) is the same volume on another mount point.
     let p2 = ConnectionParams {
@@ -87,7 +89,7 @@ fn connection_gluster_connect_and_disconnect() {
     assert!(find_by_target(&mp).unwrap().is_none());
     assert!(!mp.exists(), "mount point removed");
     c.disconnect(&conn).unwrap();
-    assert!(c.mounted_domains().is_empty());
+    assert!(depot_storage::layout::mount_dirs(c.repository()).is_empty());
 
     // A volume that does not exist: MountError, no mount point left.
     let bad = ConnectionParams {

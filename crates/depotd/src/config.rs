@@ -21,7 +21,24 @@ pub struct Config {
     pub tls: TlsConfig,
     pub limits: Limits,
     pub jobs: JobsConfig,
+    pub storage: StorageSection,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// Seconds one file-system call on a domain may take before it fails
+    /// (a dead NFS server); the stuck thread is abandoned.
+    pub io_timeout_s: f64,
+    /// Seconds a verb waits for a domain or image lock (VDSM's resource
+    /// timeout).
+    pub lock_timeout_s: f64,
+    /// Seconds one qemu-img call may take.
+    pub qemu_img_timeout_s: f64,
+    /// Seconds between two health checks of a domain (VDSM's
+    /// sd_health_check_delay).
+    pub monitor_interval_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,6 +162,12 @@ impl Config {
                 autodelete_delay_s: 3600.0,
                 max_running: 4,
             },
+            storage: StorageSection {
+                io_timeout_s: 60.0,
+                lock_timeout_s: 60.0,
+                qemu_img_timeout_s: 3600.0,
+                monitor_interval_s: 10.0,
+            },
             log: LogConfig {
                 level: "info".into(),
                 target: LogTarget::Auto,
@@ -215,6 +238,16 @@ impl Config {
             ("daemon.shutdown_grace_s", self.daemon.shutdown_grace_s),
             ("limits.handshake_timeout_s", l.handshake_timeout_s),
             ("jobs.autodelete_delay_s", self.jobs.autodelete_delay_s),
+            ("storage.io_timeout_s", self.storage.io_timeout_s),
+            ("storage.lock_timeout_s", self.storage.lock_timeout_s),
+            (
+                "storage.qemu_img_timeout_s",
+                self.storage.qemu_img_timeout_s,
+            ),
+            (
+                "storage.monitor_interval_s",
+                self.storage.monitor_interval_s,
+            ),
         ] {
             if !(0.0..1e9).contains(&v) {
                 return Err(format!("{name} must be a number of seconds, not {v}"));

@@ -11,6 +11,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use depot_jobs::{JobManager, JobsConfig, SleepJob};
+use depot_os::CommandRunner;
+use depot_storage::{Storage, StorageConfig};
 
 use crate::config::Config;
 use crate::events::EventBus;
@@ -80,6 +82,25 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         JobManager::open(state_dir, jobs_config, vec![Arc::new(SleepJob)]).await?;
     tracing::info!(%recovery, "jobs recovered");
 
+    let storage = Arc::new(Storage::new(
+        StorageConfig {
+            repository: config.daemon.repository.clone(),
+            io_timeout: Duration::from_secs_f64(config.storage.io_timeout_s),
+            lock_timeout: Duration::from_secs_f64(config.storage.lock_timeout_s),
+            qemu_img_timeout: Duration::from_secs_f64(config.storage.qemu_img_timeout_s),
+            monitor_interval: Duration::from_secs_f64(config.storage.monitor_interval_s),
+        },
+        CommandRunner::new(),
+    ));
+    // Crash leftovers in mounts that survived the restart.
+    let recovered = {
+        let s = storage.clone();
+        tokio::task::spawn_blocking(move || s.recover())
+            .await
+            .unwrap_or_default()
+    };
+    tracing::info!(cleaned = recovered.len(), "storage recovered");
+
     let events = EventBus::new(EVENT_QUEUE);
     let forwarder = events.forward_jobs(&jobs);
 
@@ -104,7 +125,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
-        engine: RpcEngine::new(Router::new(jobs.clone()), config.limits.max_batch),
+        engine: RpcEngine::new(
+            Router::new(jobs.clone(), storage.clone()),
+            config.limits.max_batch,
+        ),
         events,
         shutdown: stop_rx,
         max_request_bytes: config.limits.max_request_bytes,
@@ -149,6 +173,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tracing::warn!("connections still open after the grace period; closing them");
     }
     jobs.shutdown(grace).await;
+    {
+        let s = storage.clone();
+        let _ = tokio::task::spawn_blocking(move || s.shutdown()).await;
+    }
     forwarder.abort();
     let _ = std::fs::remove_file(state_dir.join(LISTEN_ADDRESS_FILE));
     tracing::info!("depotd stopped");

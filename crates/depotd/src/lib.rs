@@ -14,5 +14,6 @@ pub mod pki;
 pub mod router;
 pub mod rpc;
 pub mod server;
+pub mod storage_api;
 pub mod systemd;
 pub mod ws;

@@ -2,26 +2,33 @@
 //! service's typed answer back to the wire value. Nothing else happens here:
 //! no validation beyond what the wire types enforce, no storage logic.
 
+use depot_api::storage::{ImgUuid, SpUuid};
 use depot_api::types::{Capabilities, JobType};
 use depot_api::{params, ApiError, Call, Code};
 use depot_jobs::{JobManager, SLEEP_KIND};
+use depot_storage::Storage;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::rpc::CallCtx;
+use crate::storage_api::{self as st, blocking};
 
 #[derive(Clone)]
 pub struct Router {
     jobs: JobManager,
+    storage: Arc<Storage>,
 }
 
 impl Router {
-    pub fn new(jobs: JobManager) -> Self {
-        Router { jobs }
+    pub fn new(jobs: JobManager, storage: Arc<Storage>) -> Self {
+        Router { jobs, storage }
     }
 
     pub async fn dispatch(&self, call: Call, ctx: &CallCtx) -> Result<Value, ApiError> {
+        let s = &self.storage;
+        let done = |r: Result<(), ApiError>| r.map(|()| Value::Bool(true));
         match call {
             Call::HostPing2(_) => Ok(Value::Bool(true)),
             Call::HostGetCapabilities(_) => to_wire(&capabilities()),
@@ -39,6 +46,92 @@ impl Router {
                 )),
             },
             Call::HostSleepJob(p) => self.sleep_job(p).await,
+            Call::StoragePoolConnectStorageServer(p) => st::connect(s, p).await,
+            Call::StoragePoolDisconnectStorageServer(p) => st::disconnect(s, p).await,
+            Call::HostGetStorageDomains(p) => st::get_storage_domains(s, p).await,
+            Call::StorageDomainCreate(p) => st::create_domain(s, p).await,
+            Call::StorageDomainGetInfo(p) => st::domain_info(s, p.storagedomainID).await,
+            Call::StorageDomainGetStats(p) => st::domain_stats(s, p.storagedomainID).await,
+            Call::StorageDomainSetDescription(p) => {
+                let (sd, d) = (p.storagedomainID, p.description);
+                done(blocking(s, move |s| s.set_domain_description(sd, d)).await)
+            }
+            Call::StorageDomainValidate(p) => {
+                let sd = p.storagedomainID;
+                done(blocking(s, move |s| s.validate_domain(sd)).await)
+            }
+            Call::StorageDomainFormat(p) => {
+                let (sd, auto) = (p.storagedomainID, p.autoDetach.unwrap_or(false));
+                done(blocking(s, move |s| s.format_domain(sd, auto)).await)
+            }
+            Call::StorageDomainGetImages(p) => st::get_images(s, p.storagedomainID).await,
+            Call::StorageDomainGetVolumes(p) => st::get_volumes(s, p).await,
+            Call::StorageDomainGetFileStats(p) => st::file_stats(s, p).await,
+            Call::StoragePoolCreate(p) => st::create_pool(s, p).await,
+            Call::StoragePoolConnect(p) => st::connect_pool(s, p).await,
+            Call::StoragePoolDisconnect(p) => {
+                let sp = p.storagepoolID;
+                done(blocking(s, move |s| s.disconnect_pool(sp)).await)
+            }
+            Call::StoragePoolGetInfo(p) => st::pool_info(s, p.storagepoolID).await,
+            Call::StorageDomainAttach(p) => {
+                let (sd, sp) = (p.storagedomainID, p.storagepoolID);
+                done(blocking(s, move |s| s.attach(sd, sp)).await)
+            }
+            Call::StorageDomainDetach(p) => {
+                let (sd, sp, force) =
+                    (p.storagedomainID, p.storagepoolID, p.force.unwrap_or(false));
+                done(blocking(s, move |s| s.detach(sd, sp, force)).await)
+            }
+            Call::StorageDomainActivate(p) => {
+                let (sd, sp) = (p.storagedomainID, p.storagepoolID);
+                done(blocking(s, move |s| s.activate(sd, sp)).await)
+            }
+            Call::StorageDomainDeactivate(p) => {
+                let (sd, sp, m, v) = (
+                    p.storagedomainID,
+                    p.storagepoolID,
+                    p.masterSdUUID,
+                    p.masterVersion,
+                );
+                done(blocking(s, move |s| s.deactivate(sd, sp, m, v)).await)
+            }
+            Call::VolumeCreate(p) => st::create_volume(s, p).await,
+            Call::VolumeGetInfo(p) => st::volume_info(s, p).await,
+            Call::VolumeGetSize(p) => st::volume_size(s, p).await,
+            Call::VolumeDelete(p) => {
+                let (sd, img, vol) = (p.storagedomainID, p.imageID, p.volumeID);
+                let (zero, force) = (p.postZero.unwrap_or(false), p.force.unwrap_or(false));
+                blocking(s, move |s| s.delete_volume(sd, img, vol, zero, force)).await?;
+                Ok(st::task_id())
+            }
+            Call::VolumeSetDescription(p) => {
+                let (sd, img, vol, d) = (p.storagedomainID, p.imageID, p.volumeID, p.description);
+                done(blocking(s, move |s| s.set_volume_description(sd, img, vol, d)).await)
+            }
+            Call::VolumeSetLegality(p) => {
+                let (sd, img, vol, l) = (p.storagedomainID, p.imageID, p.volumeID, p.legality);
+                done(blocking(s, move |s| s.set_volume_legality(sd, img, vol, l)).await)
+            }
+            Call::VolumeExtendSize(p) => {
+                let (sd, img, vol, size) = (p.storagedomainID, p.imageID, p.volumeID, p.newSize.0);
+                blocking(s, move |s| s.extend_volume(sd, img, vol, size)).await?;
+                Ok(st::task_id())
+            }
+            Call::ImageDelete(p) => {
+                let (sd, img) = (p.storagedomainID, p.imageID);
+                let (zero, force) = (p.postZero.unwrap_or(false), p.force.unwrap_or(false));
+                blocking(s, move |s| s.delete_image(sd, img, zero, force)).await?;
+                Ok(st::task_id())
+            }
+            Call::ImagePrepare(p) => st::prepare(s, p).await,
+            Call::ImageTeardown(p) => {
+                let (sd, img): (_, ImgUuid) = (p.storagedomainID, p.imageID);
+                let _ = SpUuid(p.storagepoolID);
+                done(blocking(s, move |s| s.teardown_image(sd, img)).await)
+            }
+            Call::HostGetStorageRepoStats(p) => st::repo_stats(s, p.domains).await,
+            Call::HostGetStats(_) => st::host_stats(s).await,
         }
     }
 
@@ -87,8 +180,13 @@ pub fn capabilities() -> Capabilities {
         software_version: env!("CARGO_PKG_VERSION").into(),
         software_revision: option_env!("DEPOT_GIT_REVISION").unwrap_or("0").into(),
         domain_versions: vec![5],
-        storage_domain_types: vec![],
-        supported_block_size: BTreeMap::new(),
+        storage_domain_types: ["NFS", "LOCALFS", "POSIXFS", "GLUSTERFS"]
+            .map(String::from)
+            .to_vec(),
+        supported_block_size: ["NFS", "LOCALFS", "POSIXFS", "GLUSTERFS"]
+            .into_iter()
+            .map(|t| (t.to_string(), vec![0, 512, 4096]))
+            .collect::<BTreeMap<_, _>>(),
         additional_features: vec!["host_jobs".into(), "job_abort".into()],
     }
 }

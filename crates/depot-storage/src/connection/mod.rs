@@ -56,7 +56,6 @@
 
 pub mod options;
 mod params;
-mod scan;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -75,7 +74,6 @@ pub use params::{
     MOUNT_TIMEOUT, NFS_DEFAULT_OPTIONS, NFS_DEFAULT_RETRANS, NFS_DEFAULT_TIMEO,
     NFS_MOUNT_TIMEOUT_MAX,
 };
-pub use scan::mounted_domains;
 pub use spec::transform;
 
 use crate::error::{StorageError, StorageResult};
@@ -162,7 +160,7 @@ impl Connector {
     }
 
     /// Sets the timeout of the stat after a mount and of each mount's
-    /// listing in [`Connector::mounted_domains`].
+    /// listing in [`crate::layout::mount_dirs`].
     pub fn with_io_timeout(mut self, timeout: Duration) -> Self {
         self.io_timeout = timeout;
         self
@@ -260,11 +258,6 @@ impl Connector {
                 Ok(std::fs::read_link(conn.mount_point()).is_ok_and(|t| same_path(&t, path)))
             }
         }
-    }
-
-    /// [`mounted_domains`] of this repository, on this connector's worker.
-    pub fn mounted_domains(&self) -> Vec<PathBuf> {
-        mounted_domains(&self.repository, &self.worker, self.io_timeout)
     }
 
     fn lock_for(&self, key: &Path) -> Arc<Mutex<()>> {

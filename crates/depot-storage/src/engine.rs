@@ -1,0 +1,971 @@
+//! The storage engine: the one object the daemon calls for every storage
+//! verb. It owns the connector, the locks, the health monitor and the
+//! host's view of pools, and runs every file-system touch of a domain on
+//! that mount's I/O worker with a timeout, so a dead server fails one call
+//! instead of hanging the daemon.
+//!
+//! Pools are single-host for now (docs/storage.md): the pool's state lives
+//! in the domains' metadata (POOL_UUID, ROLE, MASTER_VERSION) and in this
+//! process; there is no SPM election and no sanlock lease yet.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use depot_api::storage::{DomainClass, DomainRole, DomainType, ImgUuid, SdUuid, SpUuid};
+use depot_api::Code;
+use depot_os::{CommandRunner, IoWorker, Mounter, QemuImg};
+
+use crate::connection::{ConnectionParams, ConnectionStatus, Connector};
+use crate::domain::{self, CreateDomain};
+use crate::layout::{self, DomainPaths};
+use crate::lock::{LockGuard as Guard, LockManager, ResourceName};
+use crate::metadata::domain::DomainMetadata;
+use crate::monitor::{CheckTarget, DomainHealth, Monitor, MonitorConfig};
+use crate::{StorageError, StorageResult};
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// VDSM's repository: mounts under `mnt/`, run links under `<sp>/`.
+    pub repository: PathBuf,
+    /// Longest a file-system call on a domain may take before it fails
+    /// (the thread is abandoned; see depot_os::worker).
+    pub io_timeout: Duration,
+    /// Longest a verb waits for a domain or image lock.
+    pub lock_timeout: Duration,
+    /// Longest one qemu-img call may take.
+    pub qemu_img_timeout: Duration,
+    /// Health check period (VDSM's sd_health_check_delay).
+    pub monitor_interval: Duration,
+}
+
+/// A domain's state in a connected pool (the engine's domainDict).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolDomainStatus {
+    Active,
+    Attached,
+}
+
+impl PoolDomainStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolDomainStatus::Active => "Active",
+            PoolDomainStatus::Attached => "Attached",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolState {
+    pub name: String,
+    pub master: SdUuid,
+    pub master_version: i64,
+    pub host_id: Option<i64>,
+    pub connected: bool,
+    pub domains: BTreeMap<SdUuid, PoolDomainStatus>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Where each known domain is.
+    domains: HashMap<SdUuid, DomainPaths>,
+    /// Mount directories whose crash leftovers were already cleaned.
+    recovered: HashSet<PathBuf>,
+    pools: HashMap<SpUuid, PoolState>,
+    /// Images prepared on this host (Image.prepare without teardown).
+    prepared: HashSet<(SdUuid, ImgUuid)>,
+}
+
+/// `StorageDomain.getInfo`, typed.
+#[derive(Debug, Clone)]
+pub struct DomainInfo {
+    pub metadata: DomainMetadata,
+    pub paths: DomainPaths,
+}
+
+pub struct Storage {
+    config: StorageConfig,
+    connector: Connector,
+    locks: LockManager,
+    monitor: Monitor,
+    pub(crate) qemu: QemuImg,
+    state: Mutex<State>,
+    workers: Mutex<HashMap<PathBuf, Arc<IoWorker>>>,
+}
+
+/// Threads per mount worker: a hung call pins one; the rest keep serving.
+const WORKER_THREADS: usize = 4;
+
+impl Storage {
+    pub fn new(mut config: StorageConfig, runner: CommandRunner) -> Storage {
+        // Mount points are compared with the mount table, which holds
+        // canonical paths.
+        if let Ok(real) = config.repository.canonicalize() {
+            config.repository = real;
+        }
+        let mounter = Mounter::new(runner.clone());
+        let connector =
+            Connector::new(&config.repository, mounter.clone()).with_io_timeout(config.io_timeout);
+        let monitor = Monitor::new(MonitorConfig {
+            interval: config.monitor_interval,
+            check_timeout: config.monitor_interval,
+            mounter: Some(mounter),
+        });
+        Storage {
+            connector,
+            locks: LockManager::new(),
+            monitor,
+            qemu: QemuImg::new(runner),
+            state: Mutex::new(State::default()),
+            workers: Mutex::new(HashMap::new()),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.config
+    }
+
+    fn st(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Cleans crash leftovers in every mount present at start; returns what
+    /// was removed, for the start-up log.
+    pub fn recover(&self) -> Vec<String> {
+        let mut removed = Vec::new();
+        for dir in layout::mount_dirs(&self.config.repository) {
+            removed.extend(self.recover_mount(&dir));
+        }
+        removed
+    }
+
+    fn recover_mount(&self, mount_dir: &Path) -> Vec<String> {
+        if !self.st().recovered.insert(mount_dir.to_path_buf()) {
+            return Vec::new();
+        }
+        let dir = mount_dir.to_path_buf();
+        let found = self.io(mount_dir, "recover crash leftovers", move || {
+            let mut removed: Vec<String> = domain::recover_mount(&dir)
+                .into_iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            for (sd, paths) in domain::list_in(&dir) {
+                match crate::image::recover(&paths) {
+                    Ok(r) => {
+                        removed.extend(r.cleaned.iter().map(|c| format!("{sd}: {c}")));
+                        for (what, e) in r.failed {
+                            tracing::warn!(sd = %sd, %what, error = %e, "crash leftover not cleaned yet");
+                        }
+                    }
+                    Err(e) => tracing::warn!(sd = %sd, error = %e, "volume recovery failed"),
+                }
+            }
+            Ok(removed)
+        });
+        match found {
+            Ok(removed) => {
+                for what in &removed {
+                    tracing::warn!(%what, "removed what a crash left behind");
+                }
+                removed
+            }
+            Err(e) => {
+                tracing::warn!(mount = %mount_dir.display(), error = %e, "crash recovery skipped");
+                self.st().recovered.remove(mount_dir);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Runs `f` on the I/O worker of `dir`'s mount with the I/O timeout.
+    pub(crate) fn io<T: Send + 'static>(
+        &self,
+        dir: &Path,
+        op: &'static str,
+        f: impl FnOnce() -> StorageResult<T> + Send + 'static,
+    ) -> StorageResult<T> {
+        let worker = self.worker_for(dir);
+        match worker.run(self.config.io_timeout, f) {
+            Ok(r) => r,
+            Err(e) => Err(StorageError::new(
+                Code::MiscFileReadException,
+                op,
+                format!("{}: {e} (is the storage server answering?)", dir.display()),
+            )),
+        }
+    }
+
+    /// The worker of the mount directory that holds `path` (the first
+    /// component under `<repository>/mnt` or `mnt/glusterSD`).
+    fn worker_for(&self, path: &Path) -> Arc<IoWorker> {
+        let key = self.mount_key(path);
+        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        workers
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let name = key
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Arc::new(IoWorker::new(format!("io/{name}"), WORKER_THREADS))
+            })
+            .clone()
+    }
+
+    fn mount_key(&self, path: &Path) -> PathBuf {
+        let mnt = self.config.repository.join(layout::MNT);
+        let gluster = mnt.join(layout::GLUSTER_DIR);
+        for base in [&gluster, &mnt] {
+            if let Ok(rest) = path.strip_prefix(base) {
+                if let Some(first) = rest.components().next() {
+                    return base.join(first);
+                }
+            }
+        }
+        path.to_path_buf()
+    }
+
+    // ---- connections ----
+
+    pub fn connect_storage_server(
+        &self,
+        domain_type: DomainType,
+        params: &[ConnectionParams],
+    ) -> Vec<ConnectionStatus> {
+        let statuses = self.connector.connect_all(domain_type, params);
+        // Clean what crashes left in the mounts that are now there.
+        for p in params {
+            if let Ok(c) = self.connector.prepare(domain_type, p) {
+                if statuses.iter().any(|s| s.id == p.id && s.status == 0) {
+                    self.recover_mount(c.mount_point());
+                }
+            }
+        }
+        statuses
+    }
+
+    pub fn disconnect_storage_server(
+        &self,
+        domain_type: DomainType,
+        params: &[ConnectionParams],
+    ) -> Vec<ConnectionStatus> {
+        let statuses = self.connector.disconnect_all(domain_type, params, |conn| {
+            let mount = conn.mount_point();
+            let st = self.st();
+            let busy = st.domains.iter().find(|(sd, paths)| {
+                paths.root.starts_with(mount)
+                    && (self.monitor.is_monitoring(**sd) || in_active_pool(&st, **sd))
+            });
+            match busy {
+                Some((sd, _)) => Err(StorageError::new(
+                    Code::StorageServerDisconnectionError,
+                    "disconnect storage server",
+                    format!(
+                        "domain {sd} on {} is active; deactivate it first",
+                        mount.display()
+                    ),
+                )),
+                None => Ok(()),
+            }
+        });
+        for p in params {
+            if let Ok(c) = self.connector.prepare(domain_type, p) {
+                let mount = c.mount_point().to_path_buf();
+                let mut st = self.st();
+                st.recovered.remove(&mount);
+                st.domains
+                    .retain(|_, paths| !paths.root.starts_with(&mount));
+            }
+        }
+        statuses
+    }
+
+    // ---- locating domains ----
+
+    /// Where domain `sd` is: the cache when its metadata is still there,
+    /// otherwise a scan of the mounts (each on its own worker). 358 if none.
+    pub fn locate(&self, sd: SdUuid) -> StorageResult<DomainPaths> {
+        let cached = self.st().domains.get(&sd).cloned();
+        if let Some(paths) = cached {
+            let check = paths.clone();
+            if self.io(&paths.root, "locate storage domain", move || {
+                Ok(check.metadata().is_file())
+            })? {
+                return Ok(paths);
+            }
+            self.st().domains.remove(&sd);
+        }
+        for dir in layout::mount_dirs(&self.config.repository) {
+            let d = dir.clone();
+            let found = self.io(&dir, "locate storage domain", move || {
+                Ok(domain::find(&[d], sd))
+            });
+            if let Ok(Some(paths)) = found {
+                self.recover_mount(&dir);
+                self.st().domains.insert(sd, paths.clone());
+                return Ok(paths);
+            }
+        }
+        Err(StorageError::new(
+            Code::StorageDomainDoesNotExist,
+            "locate storage domain",
+            format!("'{sd}'"),
+        ))
+    }
+
+    fn lock_domain(&self, sd: SdUuid, exclusive: bool) -> StorageResult<Guard> {
+        let name = ResourceName::domain(sd);
+        if exclusive {
+            self.locks.exclusive(&name, self.config.lock_timeout)
+        } else {
+            self.locks.shared(&name, self.config.lock_timeout)
+        }
+    }
+
+    pub(crate) fn lock_image(
+        &self,
+        sd: SdUuid,
+        img: ImgUuid,
+        exclusive: bool,
+    ) -> StorageResult<(Guard, Guard)> {
+        let d = self.lock_domain(sd, false)?;
+        let name = ResourceName::image(sd, img);
+        let i = if exclusive {
+            self.locks.exclusive(&name, self.config.lock_timeout)?
+        } else {
+            self.locks.shared(&name, self.config.lock_timeout)?
+        };
+        Ok((d, i))
+    }
+
+    fn read_md(&self, paths: &DomainPaths) -> StorageResult<DomainMetadata> {
+        let p = paths.clone();
+        self.io(&paths.root, "read domain metadata", move || {
+            domain::read_metadata(&p)
+        })
+    }
+
+    fn update_md(
+        &self,
+        paths: &DomainPaths,
+        change: impl FnOnce(&mut DomainMetadata) -> StorageResult<()> + Send + 'static,
+    ) -> StorageResult<DomainMetadata> {
+        let p = paths.clone();
+        self.io(&paths.root, "update domain metadata", move || {
+            domain::update_metadata(&p, change)
+        })
+    }
+
+    // ---- domains ----
+
+    /// `StorageDomain.create` for file domains. `version` other than 5 is
+    /// refused (394); the domain must not exist on any connected storage.
+    pub fn create_domain(&self, req: CreateDomain, version: i64) -> StorageResult<()> {
+        const OP: &str = "create storage domain";
+        if version != domain::VERSION {
+            return Err(StorageError::new(
+                Code::UnsupportedDomainVersion,
+                OP,
+                format!(
+                    "version {version}; depot creates version {}",
+                    domain::VERSION
+                ),
+            ));
+        }
+        if !req.domain_type.is_file() {
+            return Err(StorageError::new(
+                Code::StorageDomainTypeError,
+                OP,
+                format!(
+                    "{} domains come with block storage support",
+                    req.domain_type
+                ),
+            ));
+        }
+        let _lock = self.lock_domain(req.sd, true)?;
+        if self.locate(req.sd).is_ok() {
+            return Err(StorageError::new(
+                Code::StorageDomainAlreadyExists,
+                OP,
+                format!("'{}'", req.sd),
+            ));
+        }
+        let probe = ConnectionParams {
+            id: depot_api::types::Uuid::new_v4().to_string(),
+            connection: req.remote_path.clone(),
+            ..ConnectionParams::default()
+        };
+        let conn = self.connector.prepare(req.domain_type, &probe)?;
+        if !self.connector.is_connected(&conn)? {
+            return Err(StorageError::new(
+                Code::StorageDomainFSNotMounted,
+                OP,
+                format!(
+                    "{} is not connected (StoragePool.connectStorageServer first)",
+                    req.remote_path
+                ),
+            ));
+        }
+        let mount = conn.mount_point().to_path_buf();
+        self.recover_mount(&mount);
+        let sd = req.sd;
+        let m = mount.clone();
+        let paths = self.io(&mount, OP, move || domain::create(&m, &req))?;
+        tracing::info!(sd = %sd, path = %paths.root.display(), "storage domain created");
+        self.st().domains.insert(sd, paths);
+        Ok(())
+    }
+
+    pub fn domain_info(&self, sd: SdUuid) -> StorageResult<DomainInfo> {
+        let paths = self.locate(sd)?;
+        let _lock = self.lock_domain(sd, false)?;
+        let metadata = self.read_md(&paths)?;
+        Ok(DomainInfo { metadata, paths })
+    }
+
+    pub fn domain_stats(&self, sd: SdUuid) -> StorageResult<depot_os::FsStats> {
+        let paths = self.locate(sd)?;
+        let p = paths.clone();
+        self.io(&paths.root, "domain stats", move || domain::stats(&p))
+    }
+
+    pub fn set_domain_description(&self, sd: SdUuid, description: String) -> StorageResult<()> {
+        let paths = self.locate(sd)?;
+        let _lock = self.lock_domain(sd, true)?;
+        self.update_md(&paths, move |md| md.set_description(&description))
+            .map(|_| ())
+    }
+
+    pub fn validate_domain(&self, sd: SdUuid) -> StorageResult<()> {
+        let paths = self.locate(sd)?;
+        let _lock = self.lock_domain(sd, false)?;
+        let p = paths.clone();
+        self.io(&paths.root, "validate storage domain", move || {
+            domain::validate(&p, sd)
+        })
+        .map(|_| ())
+    }
+
+    /// Removes the domain. Refused while it is active in a connected pool
+    /// (382), and while attached to a pool unless `auto_detach` (350).
+    pub fn format_domain(&self, sd: SdUuid, auto_detach: bool) -> StorageResult<()> {
+        const OP: &str = "format storage domain";
+        let paths = self.locate(sd)?;
+        let _lock = self.lock_domain(sd, true)?;
+        if in_active_pool(&self.st(), sd) || self.monitor.is_monitoring(sd) || self.has_prepared(sd)
+        {
+            return Err(StorageError::new(
+                Code::StorageDomainActive,
+                OP,
+                format!("'{sd}' is active"),
+            ));
+        }
+        // A domain whose metadata cannot be read can still be formatted:
+        // that is how an admin gets rid of a broken one.
+        if let Ok(md) = self.read_md(&paths) {
+            let pools = md.attached_pools();
+            if !pools.is_empty() && !auto_detach {
+                return Err(StorageError::new(
+                    Code::StorageDomainActionError,
+                    OP,
+                    format!(
+                        "'{sd}' is attached to pool {}; detach it or pass autoDetach",
+                        pools[0]
+                    ),
+                ));
+            }
+        }
+        let p = paths.clone();
+        self.io(&paths.root, OP, move || domain::format(&p, sd))?;
+        let mut st = self.st();
+        st.domains.remove(&sd);
+        for pool in st.pools.values_mut() {
+            pool.domains.remove(&sd);
+        }
+        tracing::info!(sd = %sd, "storage domain formatted");
+        Ok(())
+    }
+
+    /// `Host.getStorageDomains`: domains on connected storage, filtered.
+    pub fn find_domains(
+        &self,
+        pool: Option<SpUuid>,
+        class: Option<DomainClass>,
+        domain_type: Option<DomainType>,
+        remote_path: Option<&str>,
+    ) -> Vec<SdUuid> {
+        let mut found = Vec::new();
+        for dir in layout::mount_dirs(&self.config.repository) {
+            let d = dir.clone();
+            let listed = self.io(&dir, "list storage domains", move || {
+                Ok(domain::list_in(&d)
+                    .into_iter()
+                    .filter_map(|(sd, paths)| {
+                        domain::read_metadata(&paths).ok().map(|md| (sd, paths, md))
+                    })
+                    .collect::<Vec<_>>())
+            });
+            let Ok(listed) = listed else {
+                tracing::warn!(mount = %dir.display(), "skipped a mount that did not answer");
+                continue;
+            };
+            for (sd, paths, md) in listed {
+                self.st().domains.insert(sd, paths);
+                let keep = class.is_none_or(|c| md.class == c)
+                    && domain_type.is_none_or(|t| md.domain_type == t)
+                    && remote_path.is_none_or(|r| md.remote_path == r)
+                    && pool.is_none_or(|p| md.attached_pools().contains(&p));
+                if keep {
+                    found.push(sd);
+                }
+            }
+        }
+        found.sort();
+        found.dedup();
+        found
+    }
+
+    // ---- health ----
+
+    pub fn repo_stats(&self, only: Option<&[SdUuid]>) -> Vec<(SdUuid, DomainHealth)> {
+        self.monitor
+            .all()
+            .into_iter()
+            .filter(|(sd, _)| only.is_none_or(|o| o.contains(sd)))
+            .collect()
+    }
+
+    fn start_monitoring(&self, sd: SdUuid) -> StorageResult<()> {
+        let paths = self.locate(sd)?;
+        let mount = self.mount_key(&paths.root);
+        self.monitor.start(
+            sd,
+            CheckTarget::file_domain(paths.root.clone(), Some(mount)),
+        )?;
+        self.monitor.set_version(sd, domain::VERSION as u32);
+        Ok(())
+    }
+
+    pub fn shutdown(&self) {
+        self.monitor.shutdown();
+    }
+
+    // ---- pools (single host; docs/storage.md) ----
+
+    /// `StoragePool.create`: makes `master` the pool's master domain and
+    /// attaches the other domains. The master must be a Data domain (317
+    /// for ISO) and not a backup domain (319).
+    pub fn create_pool(
+        &self,
+        sp: SpUuid,
+        name: String,
+        master: SdUuid,
+        master_version: i64,
+        others: Vec<SdUuid>,
+    ) -> StorageResult<()> {
+        const OP: &str = "create storage pool";
+        let paths = self.locate(master)?;
+        let _lock = self.lock_domain(master, true)?;
+        let md = self.read_md(&paths)?;
+        check_can_be_master(&md, OP)?;
+        if let Some(other) = md.attached_pools().into_iter().find(|p| *p != sp) {
+            return Err(StorageError::new(
+                Code::StorageDomainAlreadyAttached,
+                OP,
+                format!("master {master} is attached to pool {other}"),
+            ));
+        }
+        self.update_md(&paths, move |md| {
+            md.pools = vec![sp];
+            md.role = DomainRole::Master;
+            md.master_version = Some(master_version);
+            Ok(())
+        })?;
+        drop(_lock);
+        let mut domains = BTreeMap::new();
+        domains.insert(master, PoolDomainStatus::Attached);
+        self.st().pools.insert(
+            sp,
+            PoolState {
+                name,
+                master,
+                master_version,
+                host_id: None,
+                connected: false,
+                domains,
+            },
+        );
+        for sd in others.into_iter().filter(|sd| *sd != master) {
+            self.attach(sd, sp)?;
+        }
+        tracing::info!(pool = %sp, master = %master, "storage pool created");
+        Ok(())
+    }
+
+    /// `StoragePool.connect`: the engine tells which domains are active.
+    /// The master's metadata must name this pool and version (324).
+    pub fn connect_pool(
+        &self,
+        sp: SpUuid,
+        host_id: i64,
+        master: SdUuid,
+        master_version: i64,
+        domain_dict: Option<BTreeMap<SdUuid, PoolDomainStatus>>,
+    ) -> StorageResult<()> {
+        const OP: &str = "connect storage pool";
+        if let Some(other) = self
+            .st()
+            .pools
+            .iter()
+            .find(|(id, p)| **id != sp && p.connected)
+            .map(|(id, _)| *id)
+        {
+            return Err(StorageError::new(
+                Code::CannotConnectMultiplePools,
+                OP,
+                format!("connected to pool {other}"),
+            ));
+        }
+        let paths = self.locate(master)?;
+        let md = self.read_md(&paths)?;
+        if !md.attached_pools().contains(&sp)
+            || md.role != DomainRole::Master
+            || md.master_version != Some(master_version)
+        {
+            return Err(StorageError::new(
+                Code::StoragePoolWrongMaster,
+                OP,
+                format!(
+                    "{master} is {} of pools {:?} at version {:?}, not Master of {sp} at {master_version}",
+                    md.role, md.pools, md.master_version
+                ),
+            ));
+        }
+        let domains =
+            domain_dict.unwrap_or_else(|| BTreeMap::from([(master, PoolDomainStatus::Active)]));
+        {
+            let mut st = self.st();
+            let pool = st.pools.entry(sp).or_insert_with(|| PoolState {
+                name: String::new(),
+                master,
+                master_version,
+                host_id: None,
+                connected: false,
+                domains: BTreeMap::new(),
+            });
+            pool.master = master;
+            pool.master_version = master_version;
+            pool.host_id = Some(host_id);
+            pool.connected = true;
+            pool.domains = domains.clone();
+        }
+        for (sd, status) in domains {
+            if status == PoolDomainStatus::Active {
+                if let Err(e) = self.start_monitoring(sd) {
+                    tracing::warn!(pool = %sp, sd = %sd, error = %e, "cannot monitor a pool domain");
+                }
+            }
+        }
+        tracing::info!(pool = %sp, host_id, "connected to storage pool");
+        Ok(())
+    }
+
+    pub fn disconnect_pool(&self, sp: SpUuid) -> StorageResult<()> {
+        let domains: Vec<SdUuid> = {
+            let mut st = self.st();
+            let Some(pool) = st.pools.get_mut(&sp) else {
+                return Ok(()); // Idempotent: nothing to disconnect.
+            };
+            pool.connected = false;
+            pool.host_id = None;
+            pool.domains.keys().copied().collect()
+        };
+        for sd in domains {
+            self.monitor.stop(sd);
+        }
+        tracing::info!(pool = %sp, "disconnected from storage pool");
+        Ok(())
+    }
+
+    pub fn pool(&self, sp: SpUuid) -> StorageResult<PoolState> {
+        match self.st().pools.get(&sp) {
+            Some(p) if p.connected => Ok(p.clone()),
+            _ => Err(StorageError::new(
+                Code::StoragePoolUnknown,
+                "storage pool info",
+                format!("'{sp}'"),
+            )),
+        }
+    }
+
+    /// Health of a pool domain for `StoragePool.getInfo`'s dominfo.
+    pub fn health(&self, sd: SdUuid) -> Option<DomainHealth> {
+        self.monitor.status(sd)
+    }
+
+    /// `StorageDomain.attach`: POOL_UUID = sp, ROLE Regular. Idempotent;
+    /// a domain attached to another pool is refused (380).
+    pub fn attach(&self, sd: SdUuid, sp: SpUuid) -> StorageResult<()> {
+        const OP: &str = "attach storage domain";
+        if !self.st().pools.contains_key(&sp) {
+            return Err(StorageError::new(
+                Code::StoragePoolUnknown,
+                OP,
+                format!("'{sp}'"),
+            ));
+        }
+        let paths = self.locate(sd)?;
+        let _lock = self.lock_domain(sd, true)?;
+        let md = self.read_md(&paths)?;
+        if md.class == DomainClass::Backup {
+            return Err(StorageError::new(
+                Code::StorageDomainAttachError,
+                OP,
+                "legacy export domains are not supported",
+            ));
+        }
+        match md.attached_pools().as_slice() {
+            [] => {
+                self.update_md(&paths, move |md| {
+                    md.pools = vec![sp];
+                    md.role = DomainRole::Regular;
+                    Ok(())
+                })?;
+            }
+            [p] if *p == sp => {}
+            [other, ..] => {
+                return Err(StorageError::new(
+                    Code::StorageDomainAlreadyAttached,
+                    OP,
+                    format!("'{sd}' is attached to pool {other}"),
+                ))
+            }
+        }
+        if let Some(pool) = self.st().pools.get_mut(&sp) {
+            pool.domains.entry(sd).or_insert(PoolDomainStatus::Attached);
+        }
+        Ok(())
+    }
+
+    /// `StorageDomain.detach`. The master cannot be detached (383) and an
+    /// active domain must be deactivated first (382). `force` clears the
+    /// domain's pool whatever it is: the disaster-recovery path, for a
+    /// domain whose pool is gone.
+    pub fn detach(&self, sd: SdUuid, sp: SpUuid, force: bool) -> StorageResult<()> {
+        const OP: &str = "detach storage domain";
+        let paths = self.locate(sd)?;
+        let _lock = self.lock_domain(sd, true)?;
+        let md = self.read_md(&paths)?;
+        if !force {
+            if !md.attached_pools().contains(&sp) {
+                return Err(StorageError::new(
+                    Code::StorageDomainDetachError,
+                    OP,
+                    format!("'{sd}' is not attached to {sp}"),
+                ));
+            }
+            if md.role == DomainRole::Master {
+                return Err(StorageError::new(
+                    Code::CannotDetachMasterStorageDomain,
+                    OP,
+                    format!("'{sd}' is the master of {sp}"),
+                ));
+            }
+            if self.st().pools.get(&sp).and_then(|p| p.domains.get(&sd))
+                == Some(&PoolDomainStatus::Active)
+            {
+                return Err(StorageError::new(
+                    Code::StorageDomainActive,
+                    OP,
+                    format!("'{sd}' is active"),
+                ));
+            }
+        }
+        self.update_md(&paths, move |md| {
+            md.pools.clear();
+            md.role = DomainRole::Regular;
+            Ok(())
+        })?;
+        self.monitor.stop(sd);
+        for pool in self.st().pools.values_mut() {
+            pool.domains.remove(&sd);
+        }
+        tracing::info!(sd = %sd, pool = %sp, force, "storage domain detached");
+        Ok(())
+    }
+
+    /// `StorageDomain.activate`: the pool must be connected here (313) and
+    /// the domain attached to it (359). Starts monitoring it.
+    pub fn activate(&self, sd: SdUuid, sp: SpUuid) -> StorageResult<()> {
+        const OP: &str = "activate storage domain";
+        self.connected_pool(sp, OP)?;
+        let paths = self.locate(sd)?;
+        let md = self.read_md(&paths)?;
+        if !md.attached_pools().contains(&sp) {
+            return Err(StorageError::new(
+                Code::StorageDomainActivateError,
+                OP,
+                format!("'{sd}' is not attached to {sp}"),
+            ));
+        }
+        self.start_monitoring(sd)?;
+        if let Some(pool) = self.st().pools.get_mut(&sp) {
+            pool.domains.insert(sd, PoolDomainStatus::Active);
+        }
+        Ok(())
+    }
+
+    /// `StorageDomain.deactivate`. Deactivating the master with another
+    /// `new_master` moves the master role there (the engine's master
+    /// switch); the new master must be able to be one (317, 319).
+    pub fn deactivate(
+        &self,
+        sd: SdUuid,
+        sp: SpUuid,
+        new_master: Option<SdUuid>,
+        master_version: Option<i64>,
+    ) -> StorageResult<()> {
+        const OP: &str = "deactivate storage domain";
+        let pool = self.connected_pool(sp, OP)?;
+        if pool.master == sd {
+            match new_master.filter(|m| *m != sd) {
+                Some(m) => self.switch_master(
+                    sp,
+                    sd,
+                    m,
+                    master_version.unwrap_or(pool.master_version + 1),
+                )?,
+                None if pool
+                    .domains
+                    .values()
+                    .filter(|s| **s == PoolDomainStatus::Active)
+                    .count()
+                    > 1 =>
+                {
+                    return Err(StorageError::new(
+                        Code::StorageDomainActionError,
+                        OP,
+                        format!("'{sd}' is the master; name another master to deactivate it"),
+                    ))
+                }
+                None => {}
+            }
+        }
+        self.monitor.stop(sd);
+        if let Some(pool) = self.st().pools.get_mut(&sp) {
+            if pool.domains.contains_key(&sd) {
+                pool.domains.insert(sd, PoolDomainStatus::Attached);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the master role from `old` to `new` (both attached to `sp`).
+    pub fn switch_master(
+        &self,
+        sp: SpUuid,
+        old: SdUuid,
+        new: SdUuid,
+        version: i64,
+    ) -> StorageResult<()> {
+        const OP: &str = "switch master domain";
+        let new_paths = self.locate(new)?;
+        let old_paths = self.locate(old)?;
+        let (first, second) = if old < new { (old, new) } else { (new, old) };
+        let _l1 = self.lock_domain(first, true)?;
+        let _l2 = self.lock_domain(second, true)?;
+        let md = self.read_md(&new_paths)?;
+        check_can_be_master(&md, OP)?;
+        if !md.attached_pools().contains(&sp) {
+            return Err(StorageError::new(
+                Code::StoragePoolWrongMaster,
+                OP,
+                format!("'{new}' is not attached to {sp}"),
+            ));
+        }
+        self.update_md(&new_paths, move |md| {
+            md.role = DomainRole::Master;
+            md.master_version = Some(version);
+            Ok(())
+        })?;
+        self.update_md(&old_paths, |md| {
+            md.role = DomainRole::Regular;
+            Ok(())
+        })?;
+        if let Some(pool) = self.st().pools.get_mut(&sp) {
+            pool.master = new;
+            pool.master_version = version;
+        }
+        tracing::info!(pool = %sp, old = %old, new = %new, version, "master domain switched");
+        Ok(())
+    }
+
+    fn connected_pool(&self, sp: SpUuid, op: &'static str) -> StorageResult<PoolState> {
+        match self.st().pools.get(&sp) {
+            Some(p) if p.connected => Ok(p.clone()),
+            Some(_) => Err(StorageError::new(
+                Code::StoragePoolNotConnected,
+                op,
+                format!("'{sp}'"),
+            )),
+            None => Err(StorageError::new(
+                Code::StoragePoolUnknown,
+                op,
+                format!("'{sp}'"),
+            )),
+        }
+    }
+
+    /// Whether `sd` is in use by a pool connected on this host.
+    pub fn is_active(&self, sd: SdUuid) -> bool {
+        in_active_pool(&self.st(), sd)
+    }
+
+    pub(crate) fn repository(&self) -> &Path {
+        &self.config.repository
+    }
+
+    pub(crate) fn mark_prepared(&self, sd: SdUuid, img: ImgUuid) {
+        self.st().prepared.insert((sd, img));
+    }
+
+    pub(crate) fn forget_prepared(&self, sd: SdUuid, img: ImgUuid) {
+        self.st().prepared.remove(&(sd, img));
+    }
+
+    pub fn is_prepared(&self, sd: SdUuid, img: ImgUuid) -> bool {
+        self.st().prepared.contains(&(sd, img))
+    }
+
+    /// Whether any image of `sd` is prepared on this host.
+    pub fn has_prepared(&self, sd: SdUuid) -> bool {
+        self.st().prepared.iter().any(|(d, _)| *d == sd)
+    }
+}
+
+fn in_active_pool(st: &State, sd: SdUuid) -> bool {
+    st.pools
+        .values()
+        .any(|p| p.connected && p.domains.get(&sd) == Some(&PoolDomainStatus::Active))
+}
+
+/// Only a Data domain that is not a backup domain can be master.
+fn check_can_be_master(md: &DomainMetadata, op: &'static str) -> StorageResult<()> {
+    if md.class != DomainClass::Data {
+        return Err(StorageError::new(
+            Code::IsoCannotBeMasterDomain,
+            op,
+            format!("'{}' is a {} domain", md.sd_uuid, md.class),
+        ));
+    }
+    if md.backup {
+        return Err(StorageError::new(
+            Code::BackupCannotBeMasterDomain,
+            op,
+            format!("'{}' is a backup domain", md.sd_uuid),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! `StorageDomain.getFileStats`: the files of an ISO domain (in VDSM's
+//! ISO image directory) whose names match a glob.
+
+use std::path::Path;
+
+use depot_api::Code;
+
+use crate::layout::{DomainPaths, IMAGES, ISO_IMAGE};
+use crate::{StorageError, StorageResult};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStat {
+    pub name: String,
+    pub size: u64,
+    /// Change time, seconds since the epoch.
+    pub ctime: i64,
+}
+
+/// Regular files in `<domain>/images/<ISO image>/` matching `pattern`
+/// (`*` and `?`, no path separators), sorted by name.
+pub fn list(
+    paths: &DomainPaths,
+    pattern: &str,
+    case_sensitive: bool,
+) -> StorageResult<Vec<FileStat>> {
+    use std::os::unix::fs::MetadataExt;
+    const OP: &str = "list domain files";
+    if pattern.contains('/') {
+        return Err(StorageError::new(
+            Code::InvalidParameterException,
+            OP,
+            format!("pattern={pattern:?} (no '/' allowed)"),
+        ));
+    }
+    let dir = paths.root.join(IMAGES).join(ISO_IMAGE);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StorageError::io(Code::MiscFileReadException, OP, &dir, &e)),
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !glob_match(pattern, &name, case_sensitive) {
+            continue;
+        }
+        // symlink_metadata: a link must not lead the listing elsewhere.
+        let Ok(md) = std::fs::symlink_metadata(Path::new(&dir).join(&name)) else {
+            continue;
+        };
+        if md.is_file() {
+            out.push(FileStat {
+                name,
+                size: md.len(),
+                ctime: md.ctime(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// `*` matches any run of characters, `?` one character.
+pub fn glob_match(pattern: &str, name: &str, case_sensitive: bool) -> bool {
+    let fold = |s: &str| -> Vec<char> {
+        if case_sensitive {
+            s.chars().collect()
+        } else {
+            s.chars().flat_map(char::to_lowercase).collect()
+        }
+    };
+    let (p, n) = (fold(pattern), fold(name));
+    // Iterative matcher with one backtrack point for the last `*`.
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*.iso", "fedora.iso", true));
+        assert!(!glob_match("*.iso", "fedora.ISO", true));
+        assert!(glob_match("*.iso", "fedora.ISO", false));
+        assert!(glob_match("f?dora*", "fedora-40.iso", true));
+        assert!(glob_match("*", "", true));
+        assert!(!glob_match("a*b", "acbd", true));
+        assert!(glob_match("a*b*c", "aXbYbZc", true));
+    }
+
+    #[test]
+    fn lists_regular_files_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = DomainPaths::new(tmp.path().to_path_buf());
+        let dir = tmp.path().join(IMAGES).join(ISO_IMAGE);
+        std::fs::create_dir_all(dir.join("sub.iso")).unwrap();
+        std::fs::write(dir.join("a.iso"), b"12345").unwrap();
+        std::fs::write(dir.join("b.txt"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("evil.iso")).unwrap();
+        let files = list(&paths, "*.iso", true).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!((files[0].name.as_str(), files[0].size), ("a.iso", 5));
+        assert!(list(&paths, "../*", true).is_err());
+    }
+}
