@@ -152,6 +152,16 @@ codes! {
     TransportNotSupported = 9002, "Not supported on this transport";
     /// The daemon is shutting down and takes no new work.
     ShuttingDown = 9003, "Daemon is shutting down";
+    /// An OVF_STORE update did not finish (a crash mid-write): its content
+    /// is not served. Upload it again.
+    OvfStoreTorn = 9004, "OVF store is torn: an update did not finish";
+    /// The upload does not fit in the OVF_STORE volume (its last 4 KiB
+    /// hold depot's integrity trailer).
+    OvfUploadTooLarge = 9005, "OVF upload is larger than the OVF store volume";
+    /// The domain has no OVF_STORE that verifies.
+    NoValidOvfStore = 9006, "No valid OVF store on the domain";
+    /// No VM or template with that id in the OVF store.
+    OvfEntityNotFound = 9007, "No such VM or template in the OVF store";
 }
 
 impl fmt::Display for Code {

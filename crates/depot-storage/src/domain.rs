@@ -98,6 +98,8 @@ fn build(work: &Path, req: &CreateDomain) -> StorageResult<()> {
         .mode(0o775)
         .create(&md_dir)
         .map_err(|e| err(&md_dir, e))?;
+    // Modes as VDSM sets them, whatever the daemon's umask.
+    set_mode(&md_dir, 0o775).map_err(|e| err(&md_dir, e))?;
 
     let block_size = match req.block_size {
         Some(b) => b,
@@ -122,6 +124,7 @@ fn build(work: &Path, req: &CreateDomain) -> StorageResult<()> {
             .open(&p)
             .map_err(|e| err(&p, e))?;
         f.set_len(size).map_err(|e| err(&p, e))?;
+        set_mode(&p, 0o660).map_err(|e| err(&p, e))?;
         f.sync_all().map_err(|e| err(&p, e))?;
     }
     let mut md = DomainMetadata::new_file(
@@ -154,8 +157,10 @@ fn detect_block_size(dir: &Path) -> StorageResult<u32> {
     const OP: &str = "detect block size";
     let probe = dir.join(".probe-block-size");
     let result = (|| {
-        let f = File::create(&probe)?;
-        f.set_len(4096)?;
+        // Written data, not a hole: xfs serves a 512-byte O_DIRECT read of
+        // a hole even on 4096-byte sectors, which would hide the real size.
+        let mut f = File::create(&probe)?;
+        std::io::Write::write_all(&mut f, &[0u8; 4096])?;
         f.sync_all()?;
         drop(f);
         let f = open_direct(&probe, false).map_err(std::io::Error::other)?;
@@ -333,6 +338,11 @@ pub fn list_in(mount_dir: &Path) -> Vec<(SdUuid, DomainPaths)> {
     }
     found.sort_by_key(|(sd, _)| *sd);
     found
+}
+
+fn set_mode(p: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
 }
 
 fn remove_tree(p: &Path) -> std::io::Result<()> {

@@ -392,23 +392,9 @@ impl Storage {
                 format!("'{}'", req.sd),
             ));
         }
-        let probe = ConnectionParams {
-            id: depot_api::types::Uuid::new_v4().to_string(),
-            connection: req.remote_path.clone(),
-            ..ConnectionParams::default()
-        };
-        let conn = self.connector.prepare(req.domain_type, &probe)?;
-        if !self.connector.is_connected(&conn)? {
-            return Err(StorageError::new(
-                Code::StorageDomainFSNotMounted,
-                OP,
-                format!(
-                    "{} is not connected (StoragePool.connectStorageServer first)",
-                    req.remote_path
-                ),
-            ));
-        }
-        let mount = conn.mount_point().to_path_buf();
+        let mount = self
+            .connector
+            .connected_mount_point(req.domain_type, &req.remote_path)?;
         self.recover_mount(&mount);
         let sd = req.sd;
         let m = mount.clone();

@@ -10,7 +10,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,7 +26,18 @@ use crate::ws;
 /// VDSM's flow id header.
 pub const FLOW_ID_HEADER: &str = "ovirtCorrelationId";
 
-type Body = Full<Bytes>;
+/// Response bodies: whole (JSON) or streamed (OVF downloads).
+pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
 
 pub async fn serve<S>(stream: S, conn: Arc<Conn>)
 where
@@ -68,12 +78,10 @@ async fn route(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     match (req.method(), is_root) {
         (&Method::POST, true) => post_jsonrpc(req, &conn).await,
         (&Method::GET, true) if wants_websocket(&req) => upgrade(req, conn),
-        (&Method::GET, true) | (&Method::PUT, true) => vdsm_error(
+        (&Method::PUT, true) | (&Method::GET, true) => json_response(
             StatusCode::NOT_IMPLEMENTED,
-            &ApiError::new(
-                Code::GeneralException,
-                "image streams are not implemented yet",
-            ),
+            serde_json::json!({"status": ApiError::new(Code::GeneralException, "image streams are not implemented yet").to_wire()})
+                .to_string(),
         ),
         (_, true) => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         (_, false) => plain(StatusCode::NOT_FOUND, "not found\n"),
@@ -118,7 +126,7 @@ async fn post_jsonrpc(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
         Some(text) => json_response(StatusCode::OK, text),
         None => Response::builder()
             .status(StatusCode::NO_CONTENT)
-            .body(Body::default())
+            .body(empty())
             .unwrap_or_default(),
     }
 }
@@ -162,7 +170,7 @@ fn upgrade(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
         .header(header::CONNECTION, "Upgrade")
         .header(header::UPGRADE, "websocket")
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(Body::default())
+        .body(empty())
         .unwrap_or_default()
 }
 
@@ -197,7 +205,7 @@ fn json_response(status: StatusCode, text: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(text))
+        .body(full(text))
         .unwrap_or_default()
 }
 
@@ -208,15 +216,10 @@ fn jsonrpc_error(status: StatusCode, err: &ApiError) -> Response<Body> {
     )
 }
 
-/// VDSM's HTTP error body: `{"status": {"code": N, "message": "..."}}`.
-fn vdsm_error(status: StatusCode, err: &ApiError) -> Response<Body> {
-    json_response(status, json!({"status": err.to_wire()}).to_string())
-}
-
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain")
-        .body(Body::from(text))
+        .body(full(text))
         .unwrap_or_default()
 }

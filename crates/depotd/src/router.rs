@@ -26,6 +26,11 @@ impl Router {
         Router { jobs, storage }
     }
 
+    /// The storage engine, for the HTTP streams that bypass JSON-RPC.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
     pub async fn dispatch(&self, call: Call, ctx: &CallCtx) -> Result<Value, ApiError> {
         let s = &self.storage;
         let done = |r: Result<(), ApiError>| r.map(|()| Value::Bool(true));

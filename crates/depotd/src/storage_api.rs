@@ -137,7 +137,7 @@ pub async fn create_domain(
             ))
         }
     };
-    let max_hosts = match p.maxHosts.unwrap_or(250) {
+    let max_hosts = match p.maxHosts.unwrap_or(2000) {
         n @ 1..=2000 => n as u32,
         other => {
             return Err(ApiError::new(

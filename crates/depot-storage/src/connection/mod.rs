@@ -246,6 +246,37 @@ impl Connector {
         result
     }
 
+    /// The connected mount point that holds the storage `connection` (a
+    /// domain's REMOTE_PATH, `StorageDomain.create`'s typeArgs), found as
+    /// VDSM finds it: by the transformed name, without the mount options or
+    /// vfs_type of the original connection (the engine does not send them
+    /// with create). 360 when it is not connected.
+    pub fn connected_mount_point(
+        &self,
+        domain_type: DomainType,
+        connection: &str,
+    ) -> StorageResult<PathBuf> {
+        const OP: &str = "find the mount of a connection";
+        let not_connected = || {
+            StorageError::new(
+                Code::StorageDomainFSNotMounted,
+                OP,
+                format!("{connection} is not connected (StoragePool.connectStorageServer first)"),
+            )
+        };
+        let table = read_table(OP)?;
+        for candidate in params::mount_point_candidates(domain_type, connection, &self.repository) {
+            let connected = match domain_type {
+                DomainType::LocalFs => std::fs::read_link(&candidate).is_ok(),
+                _ => find_in(table.clone(), &candidate).is_some(),
+            };
+            if connected {
+                return Ok(candidate);
+            }
+        }
+        Err(not_connected())
+    }
+
     /// Whether `conn` is mounted (or linked) as it should be. Reads only the
     /// mount table (or the link), so it does not block on a dead server.
     pub fn is_connected(&self, conn: &Connection) -> StorageResult<bool> {

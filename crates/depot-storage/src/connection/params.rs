@@ -365,6 +365,62 @@ impl Connection {
     }
 }
 
+/// The mount points `connection` may be mounted at, for each way a
+/// connection of `domain_type` can be spelled (a POSIXFS connection is a
+/// device path, or remote like NFS or GlusterFS), without checking options.
+pub(crate) fn mount_point_candidates(
+    domain_type: DomainType,
+    connection: &str,
+    repository: &Path,
+) -> Vec<PathBuf> {
+    let mnt = repository.join(MNT_DIR);
+    let mut specs: Vec<(String, PathBuf)> = Vec::new();
+    match domain_type {
+        DomainType::LocalFs => specs.extend(
+            normalize_abs_path(connection)
+                .ok()
+                .map(|p| (p, mnt.clone())),
+        ),
+        DomainType::Nfs => specs.extend(
+            parse_remote(connection, false)
+                .ok()
+                .map(|r| (r.spec(), mnt.clone())),
+        ),
+        DomainType::GlusterFs => specs.extend(
+            parse_gluster(connection)
+                .ok()
+                .map(|r| (r.spec(), mnt.join(GLUSTER_DIR))),
+        ),
+        DomainType::PosixFs => {
+            if connection.starts_with('/') {
+                specs.extend(
+                    normalize_abs_path(connection)
+                        .ok()
+                        .map(|p| (p, mnt.clone())),
+                );
+            } else {
+                specs.extend(
+                    parse_remote(connection, true)
+                        .ok()
+                        .map(|r| (r.spec(), mnt.clone())),
+                );
+                specs.extend(
+                    parse_gluster(connection)
+                        .ok()
+                        .map(|r| (r.spec(), mnt.clone())),
+                );
+            }
+        }
+        _ => {}
+    }
+    let mut out: Vec<PathBuf> = specs
+        .into_iter()
+        .map(|(spec, base)| base.join(transform(&spec)))
+        .collect();
+    out.dedup();
+    out
+}
+
 fn remote_plan(
     r: &Remote,
     fstype: &str,
