@@ -275,6 +275,19 @@ verbs! {
         blockSize: Option<i64>,
         /// Most hosts the domain serves (default 2000, VDSM's).
         maxHosts: Option<i64>,
+        /// A backup storage domain (default false): holds copies, never runs
+        /// a VM, never becomes master (docs/backup.md). depot's parameter.
+        backup: Option<bool>,
+    } -> "`true`";
+
+    /// Sets or clears a domain's backup flag, kept in its metadata
+    /// (DEPOT_BACKUP). Setting it is refused while any volume of the domain
+    /// is prepared. depot's verb.
+    "StorageDomain.setBackup" => StorageDomainSetBackup {
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// true to make it a backup domain, false to clear the flag.
+        backup: bool,
     } -> "`true`";
 
     /// Returns a domain's metadata.
@@ -583,6 +596,11 @@ verbs! {
         volumeID: VolUuid,
         /// Prepare even an ILLEGAL volume.
         allowIllegal: Option<bool>,
+        /// What the volume is prepared for: "vm" (the default: a VM runs,
+        /// hot-plugs or previews it) or "copy" (read or written by a copy,
+        /// never by a VM). Backup domains refuse "vm" (9011). depot's
+        /// parameter; the engine's calls, which lack it, mean "vm".
+        purpose: Option<String>,
     } -> "`{path, info: {type, path}, imgVolumesInfo: [...]}`";
 
     /// Undoes prepare.

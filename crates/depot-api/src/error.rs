@@ -162,6 +162,22 @@ codes! {
     NoValidOvfStore = 9006, "No valid OVF store on the domain";
     /// No VM or template with that id in the OVF store.
     OvfEntityNotFound = 9007, "No such VM or template in the OVF store";
+    // Backup storage domains (docs/backup.md): one code per rule.
+    /// Only data domains can be backup domains (not ISO, not the legacy
+    /// export class).
+    BackupNeedsDataDomain = 9010, "Only a data domain can be a backup domain";
+    /// A backup domain never runs a VM: preparing a volume for a VM (run,
+    /// hot-plug, preview) is refused.
+    BackupDomainCannotRunVm = 9011, "A backup domain cannot run VMs: volumes on it cannot be prepared for a VM";
+    /// Memory volumes (MEMD, MEMM) never go to a backup domain.
+    BackupDomainNoMemoryVolumes = 9012, "A backup domain cannot hold memory volumes";
+    /// The flag cannot be set while a volume of the domain is in use.
+    BackupFlagDomainInUse = 9013, "Cannot make a domain a backup domain while its volumes are in use";
+    /// The hosted engine's disks never go to a backup domain.
+    BackupDomainNoHostedEngine = 9014, "A backup domain cannot hold the hosted engine's disks";
+    /// A disk in use by a running VM cannot be moved live into a backup
+    /// domain.
+    BackupDomainNoLiveMove = 9015, "Cannot move a disk in use by a running VM into a backup domain";
 }
 
 impl fmt::Display for Code {

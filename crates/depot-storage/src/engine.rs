@@ -17,6 +17,7 @@ use depot_api::storage::{DomainClass, DomainRole, DomainType, ImgUuid, SdUuid, S
 use depot_api::Code;
 use depot_os::{CommandRunner, IoWorker, Mounter, QemuImg};
 
+use crate::backup::PreparePurpose;
 use crate::connection::{ConnectionParams, ConnectionStatus, Connector};
 use crate::domain::{self, CreateDomain};
 use crate::layout::{self, DomainPaths};
@@ -73,8 +74,9 @@ struct State {
     /// Mount directories whose crash leftovers were already cleaned.
     recovered: HashSet<PathBuf>,
     pools: HashMap<SpUuid, PoolState>,
-    /// Images prepared on this host (Image.prepare without teardown).
-    prepared: HashSet<(SdUuid, ImgUuid)>,
+    /// Images prepared on this host (Image.prepare without teardown), and
+    /// what for.
+    prepared: HashMap<(SdUuid, ImgUuid), PreparePurpose>,
 }
 
 /// `StorageDomain.getInfo`, typed.
@@ -391,6 +393,9 @@ impl Storage {
                 OP,
                 format!("'{}'", req.sd),
             ));
+        }
+        if req.backup {
+            crate::backup::check_class_of(req.sd, req.class, OP)?;
         }
         let mount = self
             .connector
@@ -913,8 +918,13 @@ impl Storage {
         &self.config.repository
     }
 
-    pub(crate) fn mark_prepared(&self, sd: SdUuid, img: ImgUuid) {
-        self.st().prepared.insert((sd, img));
+    pub(crate) fn mark_prepared(&self, sd: SdUuid, img: ImgUuid, purpose: PreparePurpose) {
+        let mut st = self.st();
+        let slot = st.prepared.entry((sd, img)).or_insert(purpose);
+        // Prepared for a VM wins: that is what the rules need to know.
+        if purpose == PreparePurpose::Vm {
+            *slot = PreparePurpose::Vm;
+        }
     }
 
     pub(crate) fn forget_prepared(&self, sd: SdUuid, img: ImgUuid) {
@@ -922,12 +932,51 @@ impl Storage {
     }
 
     pub fn is_prepared(&self, sd: SdUuid, img: ImgUuid) -> bool {
-        self.st().prepared.contains(&(sd, img))
+        self.st().prepared.contains_key(&(sd, img))
+    }
+
+    /// Whether the image is prepared for a VM on this host (a copy of it is
+    /// then a live move).
+    pub fn is_prepared_for_vm(&self, sd: SdUuid, img: ImgUuid) -> bool {
+        self.st().prepared.get(&(sd, img)) == Some(&PreparePurpose::Vm)
     }
 
     /// Whether any image of `sd` is prepared on this host.
     pub fn has_prepared(&self, sd: SdUuid) -> bool {
-        self.st().prepared.iter().any(|(d, _)| *d == sd)
+        self.st().prepared.keys().any(|(d, _)| *d == sd)
+    }
+
+    /// `StorageDomain.setBackup`. Setting the flag is refused on a non-data
+    /// domain (9010), on a master domain (319), and while any volume of the
+    /// domain is prepared (9013); clearing it is always allowed.
+    pub fn set_backup(&self, sd: SdUuid, backup: bool) -> StorageResult<()> {
+        const OP: &str = "set backup flag";
+        let paths = self.locate(sd)?;
+        let _lock = self.lock_domain(sd, true)?;
+        if backup {
+            let md = self.read_md(&paths)?;
+            crate::backup::check_class(&md, OP)?;
+            if md.role == DomainRole::Master {
+                return Err(StorageError::new(
+                    Code::BackupCannotBeMasterDomain,
+                    OP,
+                    format!("'{sd}' is the master of its pool; move the master role first"),
+                ));
+            }
+            if self.has_prepared(sd) {
+                return Err(StorageError::new(
+                    Code::BackupFlagDomainInUse,
+                    OP,
+                    format!("'{sd}' has prepared volumes; tear them down first"),
+                ));
+            }
+        }
+        self.update_md(&paths, move |md| {
+            md.backup = backup;
+            Ok(())
+        })?;
+        tracing::info!(sd = %sd, backup, "backup flag changed");
+        Ok(())
     }
 }
 

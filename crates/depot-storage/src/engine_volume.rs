@@ -11,6 +11,7 @@ use std::os::unix::fs::symlink;
 use depot_api::storage::{ImgUuid, Legality, SdUuid, SpUuid, VolUuid};
 use depot_api::Code;
 
+use crate::backup::PreparePurpose;
 use crate::engine::Storage;
 use crate::layout::{self, DomainPaths};
 use crate::metadata::volume::VolumeMetadata;
@@ -44,6 +45,8 @@ impl Storage {
         })
     }
 
+    /// Creates a volume; on a backup domain, memory volumes and hosted-
+    /// engine disks are refused (9012, 9014).
     pub fn create_volume(
         &self,
         sd: SdUuid,
@@ -52,6 +55,9 @@ impl Storage {
         req: CreateVolume,
     ) -> StorageResult<VolumeMetadata> {
         let paths = self.locate(sd)?;
+        // Before the image lock: the domain lock is not re-entrant.
+        let domain = self.domain_info(sd)?.metadata;
+        crate::backup::check_volume_kind(&domain, req.disk_type, "create volume")?;
         let _locks = self.lock_image(sd, img, true)?;
         let md = self.with_volumes(&paths, sd, "create volume", move |v| {
             v.create(img, vol, &req)
@@ -177,15 +183,19 @@ impl Storage {
         img: ImgUuid,
         vol: VolUuid,
         allow_illegal: bool,
+        purpose: PreparePurpose,
     ) -> StorageResult<Prepared> {
         const OP: &str = "prepare image";
         let paths = self.locate(sd)?;
+        // Before the image lock: the domain lock is not re-entrant.
+        let md = self.domain_info(sd)?.metadata;
+        crate::backup::check_prepare(&md, purpose, OP)?;
         let _locks = self.lock_image(sd, img, false)?;
         let chain = self.with_volumes(&paths, sd, OP, move |v| v.chain(img, vol, allow_illegal))?;
         let link = layout::pool_link(self.repository(), sp, sd);
         ensure_link(&link, &paths.root)
             .map_err(|e| StorageError::io(Code::ImagePathError, OP, &link, &e))?;
-        self.mark_prepared(sd, img);
+        self.mark_prepared(sd, img, purpose);
         Ok(Prepared {
             path: link
                 .join(layout::IMAGES)

@@ -8,6 +8,7 @@
 //! and the calls that touch a mount run through `depot_os::IoWorker` with a
 //! timeout.
 
+pub mod backup;
 pub mod connection;
 pub mod domain;
 pub mod engine;
@@ -19,6 +20,7 @@ pub mod layout;
 pub mod lock;
 pub mod metadata;
 pub mod monitor;
+
 pub mod volume;
 
 pub use engine::{Storage, StorageConfig};

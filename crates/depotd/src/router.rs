@@ -61,6 +61,10 @@ impl Router {
                 let (sd, d) = (p.storagedomainID, p.description);
                 done(blocking(s, move |s| s.set_domain_description(sd, d)).await)
             }
+            Call::StorageDomainSetBackup(p) => {
+                let (sd, b) = (p.storagedomainID, p.backup);
+                done(blocking(s, move |s| s.set_backup(sd, b)).await)
+            }
             Call::StorageDomainValidate(p) => {
                 let sd = p.storagedomainID;
                 done(blocking(s, move |s| s.validate_domain(sd)).await)

@@ -154,7 +154,7 @@ pub async fn create_domain(
         remote_path: p.typeArgs,
         block_size,
         max_hosts,
-        backup: false,
+        backup: p.backup.unwrap_or(false),
     };
     let version = p.version.unwrap_or(5);
     blocking(storage, move |s| s.create_domain(req, version))
@@ -179,6 +179,7 @@ pub async fn domain_info(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, Ap
         "remotePath": md.remote_path,
         "block_size": md.block_size,
         "alignment": md.alignment,
+        "backup": md.backup,
     }))
 }
 
@@ -461,7 +462,12 @@ pub async fn prepare(storage: &Arc<Storage>, p: params::ImagePrepare) -> Result<
         p.volumeID,
     );
     let allow = p.allowIllegal.unwrap_or(false);
-    let prepared = blocking(storage, move |s| s.prepare_image(sp, sd, img, vol, allow)).await?;
+    let purpose = depot_storage::backup::PreparePurpose::parse(p.purpose.as_deref())
+        .map_err(|e| ApiError::new(Code::InvalidParameterException, e))?;
+    let prepared = blocking(storage, move |s| {
+        s.prepare_image(sp, sd, img, vol, allow, purpose)
+    })
+    .await?;
     let path = prepared.path.display().to_string();
     let link_dir = prepared
         .path
