@@ -624,6 +624,32 @@ verbs! {
     /// Host statistics; depot reports the storage part.
     "Host.getStats" => HostGetStats {} -> "`{storageDomains: {sdUUID: repoStats + disktotal, diskfree}}`";
 
+    /// Lists a domain's OVF_STORE volumes (DISKTYPE OVFS) with their state
+    /// as depot verifies it: valid (checksum matches), torn (a write did
+    /// not finish), or unknown (written by another agent, no checksum).
+    /// depot's verb.
+    "StorageDomain.getOvfStores" => StorageDomainGetOvfStores {
+        /// The domain.
+        storagedomainID: SdUuid,
+    } -> "`[{imageID, volumeID, state, valid, size, generation, sha256, updated, description}]`";
+
+    /// Lists the VMs and templates in the domain's best valid OVF_STORE,
+    /// with the disk images each references and whether each image exists
+    /// on the domain. depot's verb, for disaster recovery.
+    "StorageDomain.getOvfEntities" => StorageDomainGetOvfEntities {
+        /// The domain.
+        storagedomainID: SdUuid,
+    } -> "`{store: {imageID, volumeID, generation}, entities: [{id, name, type, images: [{imageID, volumeID, present}], complete}]}`";
+
+    /// Returns one entity's OVF text from the domain's best valid OVF_STORE.
+    /// depot's verb.
+    "StorageDomain.getOvfEntity" => StorageDomainGetOvfEntity {
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The VM or template id.
+        entityID: Uuid,
+    } -> "`{id, name, type, ovf}`";
+
     /// Starts a built-in no-op job that sleeps, reporting progress. It
     /// exercises the job machinery (status, abort, persistence, events)
     /// without touching storage. depot's verb.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use depot_api::storage::{DomainClass, DomainRole, DomainType, ImgUuid, SdUuid, SpUuid};
+use depot_api::storage::{DomainClass, DomainRole, DomainType, ImgUuid, SdUuid, SpUuid, VolUuid};
 use depot_api::Code;
 use depot_os::{CommandRunner, IoWorker, Mounter, QemuImg};
 
@@ -77,6 +77,8 @@ struct State {
     /// Images prepared on this host (Image.prepare without teardown), and
     /// what for.
     prepared: HashMap<(SdUuid, ImgUuid), PreparePurpose>,
+    /// OVF_STORE volumes with an upload in flight.
+    uploads: HashSet<(SdUuid, VolUuid)>,
 }
 
 /// `StorageDomain.getInfo`, typed.
@@ -939,6 +941,28 @@ impl Storage {
     /// then a live move).
     pub fn is_prepared_for_vm(&self, sd: SdUuid, img: ImgUuid) -> bool {
         self.st().prepared.get(&(sd, img)) == Some(&PreparePurpose::Vm)
+    }
+
+    /// Claims the one upload slot of an OVF_STORE volume; a second upload
+    /// is refused (203) instead of interleaving writes.
+    pub(crate) fn begin_upload(
+        &self,
+        sd: SdUuid,
+        vol: VolUuid,
+        op: &'static str,
+    ) -> StorageResult<crate::engine_ovf::UploadSlotGuard<'_>> {
+        if !self.st().uploads.insert((sd, vol)) {
+            return Err(StorageError::new(
+                Code::VolumeIsBusy,
+                op,
+                format!("OVF store {vol} is being updated by another upload"),
+            ));
+        }
+        Ok(crate::engine_ovf::UploadSlotGuard::new(self, (sd, vol)))
+    }
+
+    pub(crate) fn end_upload(&self, key: (SdUuid, VolUuid)) {
+        self.st().uploads.remove(&key);
     }
 
     /// Whether any image of `sd` is prepared on this host.

@@ -12,6 +12,7 @@ pub mod backup;
 pub mod connection;
 pub mod domain;
 pub mod engine;
+mod engine_ovf;
 mod engine_volume;
 pub mod error;
 pub mod files;
@@ -20,9 +21,10 @@ pub mod layout;
 pub mod lock;
 pub mod metadata;
 pub mod monitor;
-
+pub mod ovf;
 pub mod volume;
 
 pub use engine::{Storage, StorageConfig};
+pub use engine_ovf::{OvfListing, OvfStoreInfo, UploadDone};
 pub use engine_volume::Prepared;
 pub use error::{StorageError, StorageResult};

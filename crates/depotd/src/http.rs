@@ -78,11 +78,14 @@ async fn route(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     match (req.method(), is_root) {
         (&Method::POST, true) => post_jsonrpc(req, &conn).await,
         (&Method::GET, true) if wants_websocket(&req) => upgrade(req, conn),
-        (&Method::PUT, true) | (&Method::GET, true) => json_response(
-            StatusCode::NOT_IMPLEMENTED,
-            serde_json::json!({"status": ApiError::new(Code::GeneralException, "image streams are not implemented yet").to_wire()})
-                .to_string(),
-        ),
+        (&Method::PUT, true) => {
+            let storage = conn.shared.engine.router().storage().clone();
+            crate::ovf_http::put(req, &conn, storage).await
+        }
+        (&Method::GET, true) => {
+            let storage = conn.shared.engine.router().storage().clone();
+            crate::ovf_http::get(req, storage).await
+        }
         (_, true) => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         (_, false) => plain(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -10,6 +10,7 @@ pub mod detect;
 pub mod events;
 pub mod http;
 pub mod logging;
+pub mod ovf_http;
 pub mod pki;
 pub mod router;
 pub mod rpc;

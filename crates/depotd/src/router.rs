@@ -65,6 +65,11 @@ impl Router {
                 let (sd, b) = (p.storagedomainID, p.backup);
                 done(blocking(s, move |s| s.set_backup(sd, b)).await)
             }
+            Call::StorageDomainGetOvfStores(p) => st::ovf_stores(s, p.storagedomainID).await,
+            Call::StorageDomainGetOvfEntities(p) => st::ovf_entities(s, p.storagedomainID).await,
+            Call::StorageDomainGetOvfEntity(p) => {
+                st::ovf_entity(s, p.storagedomainID, p.entityID).await
+            }
             Call::StorageDomainValidate(p) => {
                 let sd = p.storagedomainID;
                 done(blocking(s, move |s| s.validate_domain(sd)).await)

@@ -513,3 +513,72 @@ pub async fn file_stats(
             .collect(),
     ))
 }
+
+// ---- OVF_STORE restore verbs ----
+
+fn store_json(s: &depot_storage::OvfStoreInfo) -> Value {
+    use depot_storage::ovf::StoreState;
+    let mut v = json!({
+        "imageID": s.img.to_string(),
+        "volumeID": s.vol.to_string(),
+        "state": s.state.as_str(),
+        "valid": matches!(s.state, StoreState::Valid { .. }),
+        "size": s.size,
+        "description": s.description,
+    });
+    match &s.state {
+        StoreState::Valid { trailer } => {
+            v["generation"] = json!(trailer.generation);
+            v["sha256"] = json!(trailer.sha256_hex());
+            v["updated"] = json!(trailer.updated);
+        }
+        StoreState::Torn { reason, .. } => v["reason"] = json!(reason),
+        StoreState::Unknown => {}
+    }
+    v
+}
+
+pub async fn ovf_stores(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, ApiError> {
+    let stores = blocking(storage, move |s| s.ovf_stores(sd)).await?;
+    Ok(Value::Array(stores.iter().map(store_json).collect()))
+}
+
+pub async fn ovf_entities(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, ApiError> {
+    let listing = blocking(storage, move |s| s.ovf_entities(sd)).await?;
+    let entities: Vec<Value> = listing
+        .contents
+        .entities
+        .iter()
+        .map(|e| {
+            let images: Vec<Value> = e
+                .images
+                .iter()
+                .map(|(img, vol)| {
+                    json!({"imageID": img.to_string(), "volumeID": vol.to_string(),
+                        "present": listing.present.contains(&(*img, *vol))})
+                })
+                .collect();
+            let complete = e.images.iter().all(|k| listing.present.contains(k));
+            json!({"id": e.id.to_string(), "name": e.name, "type": e.kind.as_str(),
+                "images": images, "complete": complete})
+        })
+        .collect();
+    let errors: Vec<Value> = listing
+        .contents
+        .errors
+        .iter()
+        .map(|(entry, why)| json!({"entry": entry, "error": why}))
+        .collect();
+    Ok(json!({"store": store_json(&listing.store), "entities": entities, "errors": errors}))
+}
+
+pub async fn ovf_entity(storage: &Arc<Storage>, sd: SdUuid, id: Uuid) -> Result<Value, ApiError> {
+    let text = blocking(storage, move |s| s.ovf_entity(sd, id)).await?;
+    let parsed = depot_storage::ovf::parse_ovf(id, text.as_bytes()).ok();
+    Ok(json!({
+        "id": id.to_string(),
+        "name": parsed.as_ref().map(|e| e.name.clone()),
+        "type": parsed.as_ref().map(|e| e.kind.as_str()),
+        "ovf": text,
+    }))
+}

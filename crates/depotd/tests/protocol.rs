@@ -245,8 +245,8 @@ async fn first_bytes_route_stomp_and_refuse_garbage() {
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
     }
 
-    // Plain PUT and GET (the OVF streams) are routed to HTTP and answered in
-    // VDSM's error shape until they are implemented.
+    // Plain PUT and GET are the OVF streams: a PUT without its id headers
+    // is refused in VDSM's error shape.
     let mut s = tokio::net::UnixStream::connect(d.socket()).await.unwrap();
     s.write_all(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         .await
@@ -257,7 +257,8 @@ async fn first_bytes_route_stomp_and_refuse_garbage() {
         .unwrap()
         .unwrap();
     let text = String::from_utf8_lossy(&reply);
-    assert!(text.starts_with("HTTP/1.1 501"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("Storage-Pool-Id"), "{text}");
     assert!(text.contains(r#"{"status":{"code":"#), "{text}");
     still_serving(&d).await;
 }

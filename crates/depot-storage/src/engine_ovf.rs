@@ -1,0 +1,322 @@
+//! OVF_STORE uploads and downloads on the engine (docs/storage.md,
+//! "OVF_STORE"): one upload per volume at a time, validated into a staging
+//! file before the volume is touched, then committed with O_DIRECT and an
+//! integrity trailer; reads serve only a store that verifies.
+
+use std::io;
+
+use depot_api::storage::{DiskType, ImgUuid, SdUuid, VolUuid, VolumeFormat};
+use depot_api::Code;
+
+use crate::engine::Storage;
+use crate::ovf::store::{self, StoreState};
+use crate::ovf::OvfError;
+use crate::volume::VolumeInfo;
+use crate::{StorageError, StorageResult};
+
+/// A finished upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadDone {
+    pub size: u64,
+    pub generation: u64,
+}
+
+fn ovf_err(op: &'static str, e: OvfError) -> StorageError {
+    let code = match &e {
+        OvfError::TooLarge { .. } => Code::OvfUploadTooLarge,
+        other => other.code(),
+    };
+    StorageError::new(code, op, e.to_string())
+}
+
+/// Removes the volume from the set of uploads in flight when dropped.
+pub(crate) struct UploadSlotGuard<'a> {
+    storage: &'a Storage,
+    key: (SdUuid, VolUuid),
+}
+
+impl<'a> UploadSlotGuard<'a> {
+    pub(crate) fn new(storage: &'a Storage, key: (SdUuid, VolUuid)) -> Self {
+        UploadSlotGuard { storage, key }
+    }
+}
+
+impl Drop for UploadSlotGuard<'_> {
+    fn drop(&mut self) {
+        self.storage.end_upload(self.key);
+    }
+}
+
+impl Storage {
+    /// The OVF_STORE volume `vol`: it must exist, be RAW and have DISKTYPE
+    /// OVFS, so a stray PUT can never overwrite a VM's disk.
+    fn ovf_volume(
+        &self,
+        sd: SdUuid,
+        img: ImgUuid,
+        vol: VolUuid,
+        op: &'static str,
+    ) -> StorageResult<VolumeInfo> {
+        let info = self.volume_info(sd, img, vol)?;
+        if info.metadata.disk_type != DiskType::Ovfs || info.metadata.format != VolumeFormat::Raw {
+            return Err(StorageError::new(
+                Code::InvalidParameterException,
+                op,
+                format!(
+                    "volume {vol} is a {} {} volume, not a RAW OVF_STORE (DISKTYPE=OVFS)",
+                    info.metadata.format, info.metadata.disk_type
+                ),
+            ));
+        }
+        Ok(info)
+    }
+
+    /// Streams an upload from `source` (0 = end of body) into the store.
+    /// Answers only when the new content is durable.
+    pub fn ovf_upload(
+        &self,
+        sd: SdUuid,
+        img: ImgUuid,
+        vol: VolUuid,
+        content_length: u64,
+        source: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> StorageResult<UploadDone> {
+        const OP: &str = "upload OVF store";
+        let info = self.ovf_volume(sd, img, vol, OP)?;
+        let _slot = self.begin_upload(sd, vol, OP)?;
+        let capacity = info.metadata.capacity.max(info.apparent_size);
+        if content_length > store::max_tar_size(capacity) {
+            return Err(StorageError::new(
+                Code::OvfUploadTooLarge,
+                OP,
+                format!(
+                    "{content_length} bytes; volume {vol} holds at most {}",
+                    store::max_tar_size(capacity)
+                ),
+            ));
+        }
+        let staging = store::staging_path(&info.path);
+        // Holding the upload slot, any staging file is a crash leftover.
+        store::discard_stale_staging(&staging).map_err(|e| ovf_err(OP, e))?;
+        // Staging reads from the network: it runs on this (blocking) thread,
+        // not on the mount's I/O worker, whose timeout is for storage calls.
+        let staged =
+            store::stage_upload(&staging, content_length, source).map_err(|e| ovf_err(OP, e))?;
+        let block_size = self.domain_info(sd)?.metadata.block_size as usize;
+        let (_d, _i) = self.lock_image(sd, img, true)?;
+        let path = info.path.clone();
+        let trailer = self.io(&info.path, OP, move || {
+            store::commit(&path, capacity, &staged, block_size).map_err(|e| ovf_err(OP, e))
+        })?;
+        Ok(UploadDone {
+            size: trailer.size,
+            generation: trailer.generation,
+        })
+    }
+
+    /// Checks that bytes `start..=end` of the store may be served: the
+    /// range is inside the volume, and the store is not torn (a store
+    /// written by another agent, with no trailer, is served as it is).
+    /// Returns the volume's size.
+    pub fn ovf_check_readable(
+        &self,
+        sd: SdUuid,
+        img: ImgUuid,
+        vol: VolUuid,
+        start: u64,
+        end: u64,
+    ) -> StorageResult<u64> {
+        const OP: &str = "read OVF store";
+        let info = self.ovf_volume(sd, img, vol, OP)?;
+        let size = info.metadata.capacity.max(info.apparent_size);
+        if end >= size {
+            return Err(StorageError::new(
+                Code::InvalidParameterException,
+                OP,
+                format!("range {start}-{end} is past the end of the volume ({size} bytes)"),
+            ));
+        }
+        let path = info.path.clone();
+        let state = self.io(&info.path, OP, move || {
+            store::verify(&path, size).map_err(|e| ovf_err(OP, e))
+        })?;
+        match state {
+            StoreState::Valid { .. } | StoreState::Unknown => Ok(size),
+            StoreState::Torn { reason, .. } => Err(StorageError::new(
+                Code::OvfStoreTorn,
+                OP,
+                format!("volume {vol}: {reason}"),
+            )),
+        }
+    }
+
+    /// Hands `len` bytes at `offset` to `sink`, read with O_DIRECT.
+    pub fn ovf_read(
+        &self,
+        sd: SdUuid,
+        img: ImgUuid,
+        vol: VolUuid,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> StorageResult<()> {
+        const OP: &str = "read OVF store";
+        let info = self.ovf_volume(sd, img, vol, OP)?;
+        let (_d, _i) = self.lock_image(sd, img, false)?;
+        store::read_range(&info.path, offset, len, sink).map_err(|e| ovf_err(OP, e))
+    }
+}
+
+/// One OVF_STORE volume of a domain and what depot can tell of it.
+#[derive(Debug, Clone)]
+pub struct OvfStoreInfo {
+    pub img: ImgUuid,
+    pub vol: VolUuid,
+    /// Valid (checksum matches), Torn, or Unknown (no depot trailer).
+    pub state: StoreState,
+    /// The engine's DESCRIPTION (JSON with "Updated", "Size", ...).
+    pub description: String,
+    /// Bytes of tar to read: the trailer's size, or for a store written by
+    /// another agent the "Size" in its description.
+    pub size: Option<u64>,
+}
+
+/// The entities of a domain's best OVF_STORE.
+#[derive(Debug, Clone)]
+pub struct OvfListing {
+    pub store: OvfStoreInfo,
+    pub contents: crate::ovf::StoreContents,
+    /// The images each entity references that exist on the domain.
+    pub present: std::collections::HashSet<(ImgUuid, VolUuid)>,
+}
+
+/// The `"Size":N` of the engine's OVF_STORE description, without a JSON
+/// parser (the storage layer never sees JSON; this is one number).
+fn description_size(desc: &str) -> Option<u64> {
+    let rest = &desc[desc.find("\"Size\"")? + 6..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+impl Storage {
+    /// Every OVF_STORE volume (DISKTYPE OVFS) of the domain, verified.
+    pub fn ovf_stores(&self, sd: SdUuid) -> StorageResult<Vec<OvfStoreInfo>> {
+        const OP: &str = "list OVF stores";
+        let mut out = Vec::new();
+        for img in self.list_images(sd)? {
+            for vol in self.list_volumes(sd, Some(img))? {
+                let Ok(info) = self.volume_info(sd, img, vol) else {
+                    continue;
+                };
+                if info.metadata.disk_type != DiskType::Ovfs {
+                    continue;
+                }
+                let capacity = info.metadata.capacity.max(info.apparent_size);
+                let path = info.path.clone();
+                let state = self.io(&info.path, OP, move || {
+                    store::verify(&path, capacity).map_err(|e| ovf_err(OP, e))
+                })?;
+                let size = match &state {
+                    StoreState::Valid { trailer } => Some(trailer.size),
+                    StoreState::Unknown => description_size(&info.metadata.description),
+                    StoreState::Torn { .. } => None,
+                };
+                out.push(OvfStoreInfo {
+                    img,
+                    vol,
+                    state,
+                    description: info.metadata.description.clone(),
+                    size,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The store to restore from: the newest valid one; failing that, one
+    /// written by another agent (no checksum to check) with a known size.
+    /// A torn store is never chosen. 9006 when there is none.
+    pub fn best_ovf_store(&self, sd: SdUuid) -> StorageResult<OvfStoreInfo> {
+        let stores = self.ovf_stores(sd)?;
+        let valid = stores
+            .iter()
+            .filter_map(|s| match &s.state {
+                StoreState::Valid { trailer } => Some(((trailer.updated, trailer.generation), s)),
+                _ => None,
+            })
+            .max_by_key(|(k, _)| *k)
+            .map(|(_, s)| s.clone());
+        valid
+            .or_else(|| {
+                stores
+                    .into_iter()
+                    .find(|s| matches!(s.state, StoreState::Unknown) && s.size.is_some())
+            })
+            .ok_or_else(|| {
+                StorageError::new(
+                    Code::NoValidOvfStore,
+                    "find the OVF store",
+                    format!("domain {sd} has no OVF_STORE that verifies"),
+                )
+            })
+    }
+
+    fn store_path(&self, sd: SdUuid, store: &OvfStoreInfo) -> StorageResult<std::path::PathBuf> {
+        Ok(self.volume_info(sd, store.img, store.vol)?.path)
+    }
+
+    /// The VMs and templates of the best store, and which of their images
+    /// exist on the domain.
+    pub fn ovf_entities(&self, sd: SdUuid) -> StorageResult<OvfListing> {
+        const OP: &str = "list OVF entities";
+        let store = self.best_ovf_store(sd)?;
+        let path = self.store_path(sd, &store)?;
+        let size = store.size.unwrap_or(0);
+        let p = path.clone();
+        let contents = self.io(&path, OP, move || {
+            let reader = store::DirectReader::open(&p, 0, size).map_err(|e| ovf_err(OP, e))?;
+            crate::ovf::parse_store(reader, size).map_err(|e| ovf_err(OP, e))
+        })?;
+        let mut present = std::collections::HashSet::new();
+        let images: std::collections::HashSet<ImgUuid> =
+            self.list_images(sd)?.into_iter().collect();
+        for ent in &contents.entities {
+            for (img, vol) in &ent.images {
+                if images.contains(img) && self.list_volumes(sd, Some(*img))?.contains(vol) {
+                    present.insert((*img, *vol));
+                }
+            }
+        }
+        Ok(OvfListing {
+            store,
+            contents,
+            present,
+        })
+    }
+
+    /// One entity's OVF text from the best store (9007 if it has none).
+    pub fn ovf_entity(&self, sd: SdUuid, id: depot_api::types::Uuid) -> StorageResult<String> {
+        const OP: &str = "read OVF entity";
+        let store = self.best_ovf_store(sd)?;
+        let path = self.store_path(sd, &store)?;
+        let size = store.size.unwrap_or(0);
+        let p = path.clone();
+        let text = self.io(&path, OP, move || {
+            let reader = store::DirectReader::open(&p, 0, size).map_err(|e| ovf_err(OP, e))?;
+            crate::ovf::read_entity_ovf(reader, size, id).map_err(|e| ovf_err(OP, e))
+        })?;
+        text.ok_or_else(|| StorageError::new(Code::OvfEntityNotFound, OP, format!("'{id}'")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn size_from_the_engine_description() {
+        let d = r#"{"Updated":true,"Size":10240,"Last Updated":"Mon Nov 23","Storage Domains":[{"uuid":"x"}],"Disk Description":"OVF_STORE"}"#;
+        assert_eq!(super::description_size(d), Some(10240));
+        assert_eq!(super::description_size(r#"{"Size" : 7}"#), Some(7));
+        assert_eq!(super::description_size("OVF_STORE"), None);
+    }
+}

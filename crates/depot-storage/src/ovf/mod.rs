@@ -1,0 +1,201 @@
+//! The OVF_STORE volume: the tar of OVF files the engine keeps on each data
+//! domain (docs/formats.md, "OVF_STORE volumes").
+//!
+//! The pieces, all blocking (the daemon runs them on a worker thread and
+//! feeds them the request body):
+//!
+//! - [`tar_check`]: a push-based validator of the engine's tar, bounded in
+//!   memory whatever the upload size;
+//! - [`trailer`]: depot's integrity record in the last 4 KiB of the volume
+//!   (size, sha256, generation, Writing/Valid);
+//! - [`store`]: stage an upload next to the volume while validating and
+//!   hashing it, commit it into the volume with `O_DIRECT`, read the state,
+//!   verify the checksum, read a byte range;
+//! - [`entities`]: the VMs and templates of a store, from their OVF XML,
+//!   with a parser that refuses DTDs and entities.
+
+use std::io;
+use std::path::PathBuf;
+
+use depot_api::{ApiError, Code};
+use depot_os::DirectError;
+
+use crate::error::StorageError;
+
+pub mod entities;
+pub mod store;
+pub mod tar_check;
+pub mod trailer;
+
+#[cfg(test)]
+mod tests_common;
+
+pub use entities::{
+    check_store, parse_ovf, parse_store, read_entity_ovf, walk_store, EntityKind, OvfEntity,
+    StoreContents,
+};
+pub use store::{
+    commit, discard_stale_staging, max_tar_size, read_range, stage_upload, staging_path, state,
+    verify, DirectReader, Staged, StoreState,
+};
+pub use tar_check::{ArchiveSummary, TarEvent, TarValidator};
+pub use trailer::{Trailer, TrailerState, TRAILER_SIZE};
+
+/// A failed OVF_STORE operation. [`OvfError::code`] is the VDSM code the
+/// engine sees; the message names the entry, the offset or the path, and
+/// the rule that was broken.
+#[derive(Debug, thiserror::Error)]
+pub enum OvfError {
+    /// The declared Content-Length cannot be an OVF_STORE archive.
+    #[error("OVF_STORE upload: Content-Length {content_length}: {reason}")]
+    BadLength { content_length: u64, reason: String },
+
+    /// The bytes are not an archive depot accepts. `entry` is the entry's
+    /// name when one was read, `offset` where its header starts.
+    #[error("invalid OVF_STORE archive: {}at byte {offset}: {rule}", entry_prefix(.entry))]
+    Archive {
+        offset: u64,
+        entry: Option<String>,
+        rule: String,
+    },
+
+    /// The stream ended before Content-Length bytes.
+    #[error(
+        "OVF_STORE upload truncated: received {received} of {content_length} bytes \
+         ({} bytes missing)", .content_length - .received
+    )]
+    Truncated { received: u64, content_length: u64 },
+
+    /// The stream went on past Content-Length.
+    #[error("OVF_STORE upload is longer than its Content-Length of {content_length} bytes")]
+    TooLong { content_length: u64 },
+
+    /// The archive does not fit in the volume's data area.
+    #[error(
+        "OVF_STORE archive of {size} bytes does not fit in volume {path}: at most {max} bytes \
+         (the volume's last 4096 bytes hold depot's trailer)"
+    )]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
+
+    /// An OVF entry's XML is malformed or unsafe (DTD, entity reference).
+    #[error("OVF {entry}: {reason}")]
+    Ovf { entry: String, reason: String },
+
+    /// Another upload to the volume is under way (its staging file exists).
+    #[error("OVF_STORE volume is being updated: {} exists", .path.display())]
+    Busy { path: PathBuf },
+
+    /// The volume cannot hold an OVF_STORE (too small, alignment too large).
+    #[error("OVF_STORE volume {path}: {reason}")]
+    Volume { path: PathBuf, reason: String },
+
+    /// The staged file no longer matches what was validated and hashed.
+    #[error("staged OVF_STORE upload {path} changed before it was committed: {reason}")]
+    StagingChanged { path: PathBuf, reason: String },
+
+    /// Reading the upload stream failed (the client went away).
+    #[error("reading the OVF_STORE upload stream: {0}")]
+    Source(#[source] io::Error),
+
+    /// Reading a stored archive failed.
+    #[error("reading the OVF_STORE archive at byte {at}: {source}")]
+    Stream {
+        at: u64,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The consumer of a read refused the bytes (the client went away).
+    #[error("sending OVF_STORE data: {0}")]
+    Sink(#[source] io::Error),
+
+    #[error("{op} {}: {source}", .path.display())]
+    Read {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{op} {}: {source}", .path.display())]
+    Write {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(transparent)]
+    Direct(#[from] DirectError),
+}
+
+fn entry_prefix(entry: &Option<String>) -> String {
+    match entry {
+        Some(name) => format!("entry {name:?} "),
+        None => String::new(),
+    }
+}
+
+impl OvfError {
+    /// The code the engine sees. A bad upload is `InvalidParameterException`
+    /// (1000), a concurrent upload `VolumeIsBusy` (203), storage reads and
+    /// writes 2001 / 2002, a broken client stream `GeneralException` (100).
+    pub fn code(&self) -> Code {
+        match self {
+            OvfError::BadLength { .. }
+            | OvfError::Archive { .. }
+            | OvfError::Truncated { .. }
+            | OvfError::TooLong { .. }
+            | OvfError::TooLarge { .. }
+            | OvfError::Ovf { .. } => Code::InvalidParameterException,
+            OvfError::Busy { .. } => Code::VolumeIsBusy,
+            OvfError::Volume { .. } => Code::StorageException,
+            OvfError::Source(_) | OvfError::Sink(_) => Code::GeneralException,
+            OvfError::StagingChanged { .. } | OvfError::Read { .. } | OvfError::Stream { .. } => {
+                Code::MiscFileReadException
+            }
+            OvfError::Write { .. } => Code::MiscFileWriteException,
+            OvfError::Direct(e) => match e {
+                DirectError::Read { .. }
+                | DirectError::Probe { .. }
+                | DirectError::Unsupported { .. }
+                | DirectError::Open {
+                    mode: "read-only", ..
+                } => Code::MiscFileReadException,
+                _ => Code::MiscFileWriteException,
+            },
+        }
+    }
+
+    pub(crate) fn archive(offset: u64, entry: Option<&str>, rule: impl Into<String>) -> Self {
+        OvfError::Archive {
+            offset,
+            entry: entry.map(shorten),
+            rule: rule.into(),
+        }
+    }
+}
+
+/// A name from the wire, cut to a length that keeps messages readable.
+pub(crate) fn shorten(name: &str) -> String {
+    const MAX: usize = 120;
+    if name.chars().count() <= MAX {
+        name.to_string()
+    } else {
+        let mut s: String = name.chars().take(MAX).collect();
+        s.push('…');
+        s
+    }
+}
+
+impl From<OvfError> for ApiError {
+    fn from(e: OvfError) -> ApiError {
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+impl From<OvfError> for StorageError {
+    fn from(e: OvfError) -> StorageError {
+        StorageError::new(e.code(), "OVF_STORE", e.to_string())
+    }
+}

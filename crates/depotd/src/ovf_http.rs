@@ -1,0 +1,257 @@
+//! The OVF_STORE streams on the JSON-RPC port, VDSM's wire:
+//!
+//! - `PUT /` with `Storage-Pool-Id`, `Storage-Domain-Id`, `Image-Id`,
+//!   `Volume-Id` and `Content-Length`: the engine's tar. 200 with a
+//!   `Task-Id` header once the store is durable.
+//! - `GET /` with the same ids and `Range: bytes=a-b`: 206 with exactly those
+//!   bytes, read with O_DIRECT.
+//! - Errors: 4xx/5xx with `{"status": {"code": N, "message": "..."}}`.
+//!
+//! The body is passed between the network and the storage thread through a
+//! small bounded channel, so memory stays bounded whatever the size, and a
+//! slow disk slows the client down instead of piling data up.
+
+use bytes::{Buf, Bytes};
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::json;
+use std::io;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+use depot_api::storage::{ImgUuid, SdUuid, SpUuid, VolUuid};
+use depot_api::types::Uuid;
+use depot_api::{ApiError, Code};
+use depot_storage::Storage;
+
+use crate::http::{empty, full, Body};
+use crate::server::Conn;
+
+/// Chunks in flight between the socket and the disk, each up to hyper's
+/// frame size (at most a few hundred KiB).
+const CHANNEL_DEPTH: usize = 8;
+
+pub const TASK_ID_HEADER: &str = "Task-Id";
+
+struct Ids {
+    _pool: SpUuid,
+    sd: SdUuid,
+    img: ImgUuid,
+    vol: VolUuid,
+}
+
+fn header_uuid(headers: &HeaderMap, name: &str) -> Result<Uuid, ApiError> {
+    let value = headers.get(name).ok_or_else(|| {
+        ApiError::new(
+            Code::InvalidParameterException,
+            format!("missing header {name}"),
+        )
+    })?;
+    let text = value.to_str().map_err(|_| {
+        ApiError::new(
+            Code::InvalidParameterException,
+            format!("header {name} is not text"),
+        )
+    })?;
+    text.parse().map_err(|e| {
+        ApiError::new(
+            Code::InvalidParameterException,
+            format!("header {name}: {e}"),
+        )
+    })
+}
+
+fn ids(headers: &HeaderMap) -> Result<Ids, ApiError> {
+    Ok(Ids {
+        _pool: SpUuid(header_uuid(headers, "Storage-Pool-Id")?),
+        sd: SdUuid(header_uuid(headers, "Storage-Domain-Id")?),
+        img: ImgUuid(header_uuid(headers, "Image-Id")?),
+        vol: VolUuid(header_uuid(headers, "Volume-Id")?),
+    })
+}
+
+/// The HTTP status for a storage error code.
+fn status_for(code: Code) -> StatusCode {
+    match code {
+        Code::VolumeIsBusy => StatusCode::CONFLICT,
+        Code::StorageDomainDoesNotExist
+        | Code::VolumeDoesNotExist
+        | Code::ImageDoesNotExistInSD => StatusCode::NOT_FOUND,
+        Code::InvalidParameterException | Code::InvalidParams => StatusCode::BAD_REQUEST,
+        Code::VolumeResizeValueError => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error(status: StatusCode, err: &ApiError) -> Response<Body> {
+    tracing::info!(status = status.as_u16(), code = err.code.number(), error = %err, "OVF stream refused");
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(json!({"status": err.to_wire()}).to_string()))
+        .unwrap_or_default()
+}
+
+fn storage_error(err: ApiError) -> Response<Body> {
+    error(status_for(err.code), &err)
+}
+
+/// `PUT /`: streams the tar to the storage thread, answers when durable.
+pub async fn put(req: Request<Incoming>, conn: &Conn, storage: Arc<Storage>) -> Response<Body> {
+    let ids = match ids(req.headers()) {
+        Ok(i) => i,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let Some(length) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return error(
+            StatusCode::LENGTH_REQUIRED,
+            &ApiError::new(
+                Code::InvalidParameterException,
+                "Content-Length is required",
+            ),
+        );
+    };
+    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
+    let (sd, img, vol) = (ids.sd, ids.img, ids.vol);
+    let upload = tokio::task::spawn_blocking(move || {
+        let mut pending = Bytes::new();
+        let mut source = |buf: &mut [u8]| -> io::Result<usize> {
+            loop {
+                if !pending.is_empty() {
+                    let n = buf.len().min(pending.len());
+                    buf[..n].copy_from_slice(&pending[..n]);
+                    pending.advance(n);
+                    return Ok(n);
+                }
+                match rx.blocking_recv() {
+                    Some(Ok(b)) => pending = b,
+                    Some(Err(e)) => return Err(e),
+                    // The body ended: EOF.
+                    None => return Ok(0),
+                }
+            }
+        };
+        storage.ovf_upload(sd, img, vol, length, &mut source)
+    });
+
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let item = match frame {
+            Ok(f) => match f.into_data() {
+                Ok(data) => Ok(data),
+                Err(_) => continue, // trailers
+            },
+            Err(e) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("client stream broke: {e}"),
+            )),
+        };
+        let failed = item.is_err();
+        // The storage side stops reading when it refuses the upload.
+        if tx.send(item).await.is_err() || failed {
+            break;
+        }
+    }
+    drop(tx);
+
+    match upload.await {
+        Ok(Ok(done)) => {
+            tracing::info!(peer = %conn.peer, sd = %sd, img = %img, vol = %vol, size = done.size,
+                generation = done.generation, "OVF store updated");
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(TASK_ID_HEADER, Uuid::new_v4().to_string())
+                .body(empty())
+                .unwrap_or_default()
+        }
+        Ok(Err(e)) => storage_error(e.into()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &ApiError::new(Code::InternalError, format!("upload task failed: {e}")),
+        ),
+    }
+}
+
+/// `bytes=a-b` (inclusive), the only form the engine sends.
+fn parse_range(headers: &HeaderMap) -> Result<(u64, u64), ApiError> {
+    let bad = |d: &str| ApiError::new(Code::InvalidParameterException, format!("Range: {d}"));
+    let value = headers
+        .get(header::RANGE)
+        .ok_or_else(|| bad("required (bytes=start-end)"))?
+        .to_str()
+        .map_err(|_| bad("not text"))?;
+    let spec = value
+        .strip_prefix("bytes=")
+        .ok_or_else(|| bad("only bytes ranges"))?;
+    let (a, b) = spec
+        .split_once('-')
+        .ok_or_else(|| bad("expected start-end"))?;
+    let start: u64 = a.trim().parse().map_err(|_| bad("bad start"))?;
+    let end: u64 = b
+        .trim()
+        .parse()
+        .map_err(|_| bad("bad end (open ranges are not supported)"))?;
+    if end < start {
+        return Err(bad("end before start"));
+    }
+    Ok((start, end))
+}
+
+/// `GET /`: 206 with exactly the requested bytes of a store that verifies.
+pub async fn get(req: Request<Incoming>, storage: Arc<Storage>) -> Response<Body> {
+    let ids = match ids(req.headers()) {
+        Ok(i) => i,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let (start, end) = match parse_range(req.headers()) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::RANGE_NOT_SATISFIABLE, &e),
+    };
+    let (sd, img, vol) = (ids.sd, ids.img, ids.vol);
+    // Check before the 206 goes out: a torn store is an error, not data.
+    let s = storage.clone();
+    let total =
+        match tokio::task::spawn_blocking(move || s.ovf_check_readable(sd, img, vol, start, end))
+            .await
+        {
+            Ok(Ok(total)) => total,
+            Ok(Err(e)) => return storage_error(e.into()),
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &ApiError::new(Code::InternalError, e.to_string()),
+                )
+            }
+        };
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
+    tokio::task::spawn_blocking(move || {
+        let mut sink = |chunk: &[u8]| -> io::Result<()> {
+            tx.blocking_send(Ok(Bytes::copy_from_slice(chunk)))
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
+        };
+        if let Err(e) = storage.ovf_read(sd, img, vol, start, end - start + 1, &mut sink) {
+            // The status is sent already: breaking the body tells the client.
+            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item.map(Frame::data), rx))
+    });
+    Response::builder()
+        .status(StatusCode::PARTIAL_CONTENT)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, end - start + 1)
+        .header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{end}/{total}"),
+        )
+        .header(TASK_ID_HEADER, Uuid::new_v4().to_string())
+        .body(StreamBody::new(stream).boxed())
+        .unwrap_or_default()
+}
