@@ -18,7 +18,8 @@ pub mod qemu_img;
 pub mod worker;
 
 pub use command::{
-    Cmd, CmdError, CommandRunner, ExitStatus, Output, DEFAULT_STDOUT_LIMIT, STDERR_TAIL_LIMIT,
+    Cmd, CmdError, CommandRunner, ExitStatus, Output, Watch, DEFAULT_STDOUT_LIMIT,
+    STDERR_TAIL_LIMIT,
 };
 pub use direct::{
     open_direct, probe_alignment, read_at_direct, sync_and_close, write_at_direct, AlignedBuf,
@@ -26,5 +27,7 @@ pub use direct::{
 };
 pub use fsutil::{is_stale_handle, write_atomic, FsError, FsStats, ZeroMethod};
 pub use mount::{MountEntry, MountError, Mounter};
-pub use qemu_img::{CheckResult, ImageFormat, ImageInfo, Preallocation, QemuImg, QemuImgError};
+pub use qemu_img::{
+    CheckResult, ConvertOptions, ImageFormat, ImageInfo, Preallocation, QemuImg, QemuImgError,
+};
 pub use worker::{IoWorker, WorkerError, WorkerStats};

@@ -274,6 +274,73 @@ impl QemuImg {
         })
     }
 
+    /// Copies `src` into the existing `dst` with VDSM's flags:
+    /// `qemu-img convert -p -t none -T none -f F -O F -n [--target-is-zero]
+    /// [-W] [-B backing -F fmt] src dst`. `progress` gets the percentage
+    /// qemu-img prints (`(NN.NN/100%)`); `abort` stops it (the process group
+    /// is killed; the error is `CmdError::Aborted`). stderr is kept in every
+    /// error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn convert(
+        &self,
+        src: &Path,
+        src_format: ImageFormat,
+        dst: &Path,
+        dst_format: ImageFormat,
+        opts: &ConvertOptions,
+        timeout: Duration,
+        progress: &dyn Fn(f64),
+        abort: &dyn Fn() -> bool,
+    ) -> Result<(), QemuImgError> {
+        let mut cmd = Cmd::new(&self.program, timeout).args([
+            "convert",
+            "-p",
+            "-t",
+            "none",
+            "-T",
+            "none",
+            "-f",
+            src_format.as_str(),
+            "-O",
+            dst_format.as_str(),
+            "-n",
+        ]);
+        if opts.target_is_zero {
+            cmd = cmd.arg("--target-is-zero");
+        }
+        if opts.unordered_writes {
+            cmd = cmd.arg("-W");
+        }
+        if let Some((backing, fmt)) = &opts.backing {
+            cmd = cmd
+                .arg("-B")
+                .arg(path_arg(backing))
+                .args(["-F", fmt.as_str()]);
+        }
+        let cmd = cmd.arg(path_arg(src)).arg(path_arg(dst));
+        let last = std::cell::Cell::new(-1.0f64);
+        let on_stdout = |bytes: &[u8]| {
+            if let Some(p) = parse_progress(bytes) {
+                if p > last.get() {
+                    last.set(p);
+                    progress(p);
+                }
+            }
+        };
+        let watch = crate::command::Watch {
+            progress: &on_stdout,
+            abort,
+        };
+        self.runner
+            .run_watched(&cmd, Some(&watch))
+            .map(|_| ())
+            .map_err(|source| QemuImgError::Command {
+                op: "convert",
+                path: dst.to_owned(),
+                source: Box::new(source),
+            })
+    }
+
     /// Grows an image's virtual size to `size` bytes (`qemu-img resize`).
     /// The format is given, never probed: a guest can write any header.
     pub fn resize(
@@ -313,6 +380,27 @@ impl QemuImg {
             reason: e.to_string(),
         })
     }
+}
+
+/// How [`QemuImg::convert`] writes the destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConvertOptions {
+    /// The destination is known to read as zeros: qemu-img skips zero
+    /// ranges (`--target-is-zero`, only valid with no backing file).
+    pub target_is_zero: bool,
+    /// `-W`: unordered writes, VDSM's choice for raw on block storage.
+    pub unordered_writes: bool,
+    /// `-B path -F fmt`: write only what differs from this backing file
+    /// (copying one layer of a chain).
+    pub backing: Option<(std::path::PathBuf, ImageFormat)>,
+}
+
+/// The last `(NN.NN/100%)` in qemu-img's `-p` output (lines end in `\r`).
+pub fn parse_progress(out: &[u8]) -> Option<f64> {
+    let text = String::from_utf8_lossy(out);
+    let end = text.rfind("/100%)")?;
+    let start = text[..end].rfind('(')? + 1;
+    text[start..end].trim().parse().ok()
 }
 
 fn parse_info(v: &Value) -> Result<ImageInfo, String> {
@@ -391,6 +479,91 @@ mod tests {
         assert!(info.actual_size.unwrap() < MIB, "sparse: {info:?}");
         assert_eq!(info.compat, None);
         assert_eq!(info.backing_filename, None);
+    }
+
+    #[test]
+    fn progress_is_parsed() {
+        assert_eq!(
+            parse_progress(b"    (0.00/100%)\r    (12.50/100%)\r"),
+            Some(12.5)
+        );
+        assert_eq!(parse_progress(b""), None);
+        assert_eq!(parse_progress(b"    (100.00/100%)\n"), Some(100.0));
+    }
+
+    #[test]
+    fn converts_with_progress_and_aborts() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.raw");
+        let data: Vec<u8> = (0..8 * MIB).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &data).unwrap();
+        let dst = dir.path().join("dst.qcow2");
+        qemu()
+            .create(
+                &dst,
+                ImageFormat::Qcow2,
+                8 * MIB,
+                None,
+                Preallocation::Off,
+                T,
+            )
+            .unwrap();
+        let seen = std::cell::RefCell::new(Vec::new());
+        let opts = ConvertOptions {
+            target_is_zero: true,
+            ..Default::default()
+        };
+        qemu()
+            .convert(
+                &src,
+                ImageFormat::Raw,
+                &dst,
+                ImageFormat::Qcow2,
+                &opts,
+                T,
+                &|p| seen.borrow_mut().push(p),
+                &|| false,
+            )
+            .unwrap();
+        assert_eq!(
+            seen.borrow().last().copied(),
+            Some(100.0),
+            "{:?}",
+            seen.borrow()
+        );
+        // Back to raw: the same bytes.
+        let back = dir.path().join("back.raw");
+        std::fs::File::create(&back)
+            .unwrap()
+            .set_len(8 * MIB)
+            .unwrap();
+        qemu()
+            .convert(
+                &dst,
+                ImageFormat::Qcow2,
+                &back,
+                ImageFormat::Raw,
+                &ConvertOptions::default(),
+                T,
+                &|_| {},
+                &|| false,
+            )
+            .unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), data);
+        // Abort: asked to stop at once, the run ends with Aborted.
+        let e = qemu()
+            .convert(
+                &src,
+                ImageFormat::Raw,
+                &back,
+                ImageFormat::Raw,
+                &ConvertOptions::default(),
+                T,
+                &|_| {},
+                &|| true,
+            )
+            .unwrap_err();
+        assert!(e.cmd_error().is_some_and(|c| c.is_aborted()), "{e}");
     }
 
     #[test]

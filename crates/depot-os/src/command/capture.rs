@@ -115,6 +115,11 @@ impl Capture {
         self.lock().overflowed
     }
 
+    /// Runs `f` on what was captured so far (for progress parsers).
+    pub(crate) fn peek<T>(&self, f: impl FnOnce(&[u8]) -> T) -> T {
+        f(&self.lock().data)
+    }
+
     /// Takes the captured bytes, leaving the buffer empty.
     pub(crate) fn take(&self) -> Vec<u8> {
         std::mem::take(&mut self.lock().data)

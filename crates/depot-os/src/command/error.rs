@@ -89,6 +89,10 @@ pub enum CmdError {
         stderr: String,
     },
 
+    /// The caller's watcher asked to stop; the process group was killed.
+    #[error("command aborted: {argv}")]
+    Aborted { argv: String, stderr: String },
+
     /// Waiting for or talking to the started process failed. Rare: it means
     /// the OS refused a wait or a thread; the process was killed.
     #[error("error while running command: {argv}: {source}")]
@@ -107,6 +111,7 @@ impl CmdError {
             | CmdError::Timeout { argv, .. }
             | CmdError::Failed { argv, .. }
             | CmdError::OutputTooLarge { argv, .. }
+            | CmdError::Aborted { argv, .. }
             | CmdError::Io { argv, .. } => argv,
         }
     }
@@ -132,9 +137,15 @@ impl CmdError {
         match self {
             CmdError::Timeout { stderr, .. }
             | CmdError::Failed { stderr, .. }
-            | CmdError::OutputTooLarge { stderr, .. } => stderr,
+            | CmdError::OutputTooLarge { stderr, .. }
+            | CmdError::Aborted { stderr, .. } => stderr,
             CmdError::Spawn { .. } | CmdError::Io { .. } => "",
         }
+    }
+
+    /// Whether the watcher aborted the command.
+    pub fn is_aborted(&self) -> bool {
+        matches!(self, CmdError::Aborted { .. })
     }
 
     /// Whether this is a [`CmdError::Timeout`].

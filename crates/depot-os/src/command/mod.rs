@@ -36,7 +36,7 @@ mod runner;
 
 pub use cmd::{Cmd, DEFAULT_STDOUT_LIMIT};
 pub use error::{CmdError, ExitStatus};
-pub use runner::{CommandRunner, Output};
+pub use runner::{CommandRunner, Output, Watch};
 
 /// How much of the end of stderr is kept, for success and error alike.
 /// Tools put the actual reason at the end; the start is usually noise.

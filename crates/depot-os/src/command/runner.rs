@@ -71,6 +71,15 @@ impl fmt::Debug for Output {
     }
 }
 
+/// Watching a long command while it runs: `progress` sees stdout captured
+/// so far (every poll, at most every 20 ms), and `abort` is asked whether to
+/// stop; when it says yes the process group is killed and the run ends with
+/// [`CmdError::Aborted`].
+pub struct Watch<'a> {
+    pub progress: &'a dyn Fn(&[u8]),
+    pub abort: &'a dyn Fn() -> bool,
+}
+
 /// Runs commands. Cheap to clone; holds the environment every command gets.
 #[derive(Clone)]
 pub struct CommandRunner {
@@ -123,9 +132,15 @@ impl CommandRunner {
     /// Runs `cmd` to completion, blocking the calling thread (see the
     /// [module docs](super)). Logs one `debug` line per call.
     pub fn run(&self, cmd: &Cmd) -> Result<Output, CmdError> {
+        self.run_watched(cmd, None)
+    }
+
+    /// Like [`run`](Self::run), reporting stdout to `watch.progress` while
+    /// the command runs and killing it when `watch.abort` says so.
+    pub fn run_watched(&self, cmd: &Cmd, watch: Option<&Watch<'_>>) -> Result<Output, CmdError> {
         let argv = cmd.redacted();
         let start = Instant::now();
-        let result = self.run_inner(cmd, &argv, start);
+        let result = self.run_inner(cmd, &argv, start, watch);
         let elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         match &result {
             Ok(out) => tracing::debug!(cmd = %argv, elapsed_ms, exit_code = out.code, "command ok"),
@@ -136,7 +151,13 @@ impl CommandRunner {
         result
     }
 
-    fn run_inner(&self, cmd: &Cmd, argv: &str, start: Instant) -> Result<Output, CmdError> {
+    fn run_inner(
+        &self,
+        cmd: &Cmd,
+        argv: &str,
+        start: Instant,
+        watch: Option<&Watch<'_>>,
+    ) -> Result<Output, CmdError> {
         let io_err = |source: io::Error| CmdError::Io {
             argv: argv.to_owned(),
             source,
@@ -189,7 +210,7 @@ impl CommandRunner {
 
         // A timeout too large for Instant means "no deadline in practice".
         let deadline = start.checked_add(cmd.timeout);
-        let end = wait_until(&guard, &stdout, &stderr, deadline).map_err(io_err)?;
+        let end = wait_until(&guard, &stdout, &stderr, deadline, watch).map_err(io_err)?;
 
         if end != End::Done {
             guard.kill();
@@ -207,6 +228,10 @@ impl CommandRunner {
         };
 
         match end {
+            End::Aborted => Err(CmdError::Aborted {
+                argv: argv.to_owned(),
+                stderr: stderr_text,
+            }),
             End::TimedOut => Err(CmdError::Timeout {
                 argv: argv.to_owned(),
                 timeout: cmd.timeout,
@@ -245,6 +270,8 @@ enum End {
     Done,
     TimedOut,
     TooLarge,
+    /// The watcher asked to stop.
+    Aborted,
 }
 
 /// Polls until the child has exited and its pipes are drained, stdout went
@@ -258,12 +285,19 @@ fn wait_until(
     stdout: &Capture,
     stderr: &Capture,
     deadline: Option<Instant>,
+    watch: Option<&Watch<'_>>,
 ) -> io::Result<End> {
     let mut exited = false;
     let mut pause = Duration::from_millis(1);
     loop {
         if !exited {
             exited = has_exited(guard.pid)?;
+        }
+        if let Some(w) = watch {
+            stdout.peek(|bytes| (w.progress)(bytes));
+            if !exited && (w.abort)() {
+                return Ok(End::Aborted);
+            }
         }
         if stdout.overflowed() {
             return Ok(End::TooLarge);
@@ -337,6 +371,7 @@ fn outcome(e: &CmdError) -> String {
         CmdError::Failed { status, .. } => status.to_string(),
         CmdError::OutputTooLarge { limit, .. } => format!("stdout over {limit} bytes"),
         CmdError::Io { source, .. } => format!("io error: {source}"),
+        CmdError::Aborted { .. } => "aborted".to_string(),
     }
 }
 
