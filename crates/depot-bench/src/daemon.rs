@@ -79,6 +79,41 @@ impl Daemon {
         (ticks(11) + ticks(12)) / 100.0
     }
 
+    /// CPU time (user + system) of the daemon and of its children it has
+    /// waited for (qemu-img, mount, ...), in seconds.
+    pub fn cpu_seconds_with_children(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime, stime, cutime, cstime: fields 14 to 17 overall.
+        (ticks(11) + ticks(12) + ticks(13) + ticks(14)) / 100.0
+    }
+
+    /// Whether the daemon is still running (not exited, not a zombie).
+    pub fn alive(&self) -> bool {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start())
+            .unwrap_or("");
+        !state.is_empty() && !state.starts_with('Z') && !state.starts_with('X')
+    }
+
+    /// The last `n` lines of depotd's log, for error messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// depotd's log (its stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("depotd.log")
+    }
+
     /// Resident set size in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))

@@ -6,6 +6,7 @@
 mod daemon;
 mod ping;
 mod stats;
+mod volumes;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -24,6 +25,9 @@ struct Args {
 enum Bench {
     /// Host.ping2 over mutual TLS from many concurrent clients.
     Ping(ping::PingArgs),
+    /// Volume.create, StorageDomain.getVolumes and Volume.getInfo on many
+    /// volumes of a LOCALFS domain, one call at a time.
+    Volumes(volumes::VolumesArgs),
 }
 
 fn main() {
@@ -36,6 +40,7 @@ fn main() {
     let result = runtime.block_on(async {
         match args.bench {
             Bench::Ping(a) => ping::run(&depotd, a).await,
+            Bench::Volumes(a) => volumes::run(&depotd, a).await,
         }
     });
     if let Err(e) = result {

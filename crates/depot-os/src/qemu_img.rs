@@ -341,6 +341,31 @@ impl QemuImg {
             })
     }
 
+    /// Checks that two images hold the same guest-visible data
+    /// (`qemu-img compare`, exit 0; 1 means they differ, an error).
+    pub fn compare(
+        &self,
+        a: &Path,
+        a_format: ImageFormat,
+        b: &Path,
+        b_format: ImageFormat,
+        timeout: Duration,
+    ) -> Result<(), QemuImgError> {
+        let cmd = Cmd::new(&self.program, timeout)
+            .args([
+                "compare",
+                "-T",
+                "none",
+                "-f",
+                a_format.as_str(),
+                "-F",
+                b_format.as_str(),
+            ])
+            .arg(path_arg(a))
+            .arg(path_arg(b));
+        self.run("compare", b, &cmd).map(|_| ())
+    }
+
     /// Grows an image's virtual size to `size` bytes (`qemu-img resize`).
     /// The format is given, never probed: a guest can write any header.
     pub fn resize(

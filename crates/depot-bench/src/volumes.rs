@@ -1,0 +1,581 @@
+//! Volumes on a LOCALFS domain: create N volumes (each in its own image),
+//! then `StorageDomain.getVolumes` on every image and once on the whole
+//! domain, then `Volume.getInfo` on every volume. Prints per verb the
+//! client-side latency (median, p99, max, total), the time depotd logged
+//! for the same requests (its request log), and depotd's CPU time per call
+//! (with its children, qemu-img).
+//!
+//! One call at a time over one local-socket connection: the figures are
+//! service times, not throughput under concurrency.
+//!
+//! References measured in the same run, on the same file system, directly
+//! in this process, interleaved with the creates (one of each per volume,
+//! in rotating order) so that all see the same load:
+//!
+//! * the file-system floor: a 1 GiB sparse data file, a 512-byte file
+//!   renamed into place (not itself fsynced) and one fsync of the
+//!   directory, the least a volume create does;
+//! * depot-storage's create sequence replayed step by step (image
+//!   directory, `.creating` marker, metadata written twice atomically, data
+//!   and lease fsynced, marker removed: nine fsyncs), to tell the
+//!   file system's share from the daemon's (RPC, locks, worker hand-off,
+//!   logging). Keep it in step with `FileVolumes::create` in
+//!   crates/depot-storage/src/volume.rs;
+//! * `qemu-img create -f qcow2` alone, the floor for `--cow`.
+
+use depot_client::Client;
+use serde_json::{json, Value};
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+use uuid::Uuid;
+
+use crate::daemon::Daemon;
+use crate::stats::percentile;
+
+const BLANK: &str = "00000000-0000-0000-0000-000000000000";
+const GIB: u64 = 1 << 30;
+/// Size of a volume metadata record.
+const META_BYTES: usize = 512;
+/// Mode of volume files, as depot-storage writes them.
+const MODE: u32 = 0o660;
+
+#[derive(clap::Args)]
+pub struct VolumesArgs {
+    /// Volumes to create, each in its own image.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// qcow2 volumes (COW SPARSE, one qemu-img run each) instead of RAW
+    /// SPARSE.
+    #[arg(long)]
+    cow: bool,
+    /// Virtual size of each volume, in bytes.
+    #[arg(long, default_value_t = GIB)]
+    size: u64,
+    /// Runs of `qemu-img create -f qcow2` alone (the floor for --cow).
+    #[arg(long, default_value_t = 20)]
+    qemu_img_runs: usize,
+    /// Directory to put the storage directory in, to measure another file
+    /// system (default: the daemon's temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// depotd's log level ("info" logs every request, as in production;
+    /// the server-side figures come from that log).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+/// Latencies of one kind of operation, in microseconds.
+struct Series {
+    name: String,
+    us: Vec<u64>,
+    /// depotd's own duration for the same requests, from its log.
+    server_us: Vec<u64>,
+    /// depotd's CPU time (its own plus its children's) over the phase.
+    cpu_s: Option<f64>,
+}
+
+impl Series {
+    fn new(name: impl Into<String>) -> Series {
+        Series {
+            name: name.into(),
+            us: Vec::new(),
+            server_us: Vec::new(),
+            cpu_s: None,
+        }
+    }
+
+    fn sorted(&self) -> Vec<u64> {
+        let mut v = self.us.clone();
+        v.sort_unstable();
+        v
+    }
+
+    fn median(&self) -> u64 {
+        percentile(&self.sorted(), 50.0)
+    }
+}
+
+pub async fn run(depotd: &Path, args: VolumesArgs) -> Result<(), String> {
+    if args.count == 0 {
+        return Err("--count must be at least 1".into());
+    }
+    let d = Daemon::start(depotd, &format!("[log]\nlevel = \"{}\"\n", args.log_level)).await?;
+    measure(&d, args).await.map_err(|e| {
+        let state = if d.alive() {
+            "depotd is still running"
+        } else {
+            "depotd has exited"
+        };
+        format!("{e}\n{state}; the end of its log:\n{}", d.log_tail(20))
+    })
+}
+
+async fn measure(d: &Daemon, args: VolumesArgs) -> Result<(), String> {
+    // The storage: a plain directory (LOCALFS refuses a symlink).
+    let holder = match &args.dir {
+        Some(parent) => Some(tempfile::tempdir_in(parent).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let base = holder
+        .as_ref()
+        .map(|t| t.path().to_path_buf())
+        .unwrap_or_else(|| d.dir.path().to_path_buf());
+    let storage = base.join("storage");
+    fs::create_dir(&storage).map_err(|e| format!("{}: {e}", storage.display()))?;
+    let storage = storage
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", storage.display()))?;
+    let fs_type = fs_type(&storage);
+
+    let c = Client::connect(&d.unix())
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn_id = Uuid::new_v4().to_string();
+    let statuses = call(
+        &c,
+        "StoragePool.connectStorageServer",
+        json!({
+            "storagepoolID": BLANK,
+            "domainType": 4,
+            "connectionParams": [{"id": conn_id, "connection": storage.display().to_string()}],
+        }),
+    )
+    .await?;
+    if statuses[0]["status"] != json!(0) {
+        return Err(format!("connectStorageServer: {statuses}"));
+    }
+    let sd = Uuid::new_v4().to_string();
+    call(
+        &c,
+        "StorageDomain.create",
+        json!({
+            "storagedomainID": sd,
+            "domainType": 4,
+            "typeArgs": storage.display().to_string(),
+            "name": "depot-bench volumes",
+            "domainClass": 1,
+            "version": 5,
+        }),
+    )
+    .await?;
+    // Warm up the path (domain lookup, worker threads) outside the figures.
+    call(
+        &c,
+        "StorageDomain.getVolumes",
+        json!({"storagedomainID": sd, "imageID": BLANK}),
+    )
+    .await?;
+
+    let (format, kind) = if args.cow {
+        ("COW", "COW SPARSE (qcow2)")
+    } else {
+        ("RAW", "RAW SPARSE")
+    };
+    let n = args.count;
+    let vols: Vec<(String, String)> = (0..n)
+        .map(|_| (Uuid::new_v4().to_string(), Uuid::new_v4().to_string()))
+        .collect();
+    let log_start = log_len(d);
+
+    // Volume.create, one at a time, interleaved with the references so
+    // that they see the same load on the file system (other work on the
+    // machine makes fsync times drift by several times during a run).
+    let floor_dir = storage.join("bench-floor");
+    let replay_dir = storage.join("bench-replay");
+    let qemu_dir = storage.join("bench-qemu-img");
+    for dir in [&floor_dir, &replay_dir, &qemu_dir] {
+        fs::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut create = Series::new("Volume.create");
+    let mut floor = Series::new("floor: sparse file, 512 B, rename, fsync");
+    let mut replay = Series::new(format!("{format} create steps replayed (9 fsyncs)"));
+    let mut qemu = Series::new("qemu-img create -f qcow2");
+    let qemu_stride = (n / args.qemu_img_runs.max(1)).max(1);
+    let mut cpu_s = 0.0;
+    let (mut floor_cpu, mut replay_cpu, mut qemu_cpu) = (0.0, 0.0, 0.0);
+    for (i, (img, vol)) in vols.iter().enumerate() {
+        // Rotate the order, so that none of the three always follows the
+        // same one.
+        for k in 0..3 {
+            match (i + k) % 3 {
+                0 => {
+                    let cpu = d.cpu_seconds_with_children();
+                    let t = Instant::now();
+                    call(
+                        &c,
+                        "Volume.create",
+                        json!({
+                            "volumeID": vol,
+                            "storagedomainID": sd,
+                            "imageID": img,
+                            "size": args.size.to_string(),
+                            "volFormat": format,
+                            "preallocate": "SPARSE",
+                            "diskType": "DATA",
+                            "desc": "depot-bench",
+                            "srcImgUUID": BLANK,
+                            "srcVolUUID": BLANK,
+                        }),
+                    )
+                    .await?;
+                    create.us.push(t.elapsed().as_micros() as u64);
+                    cpu_s += d.cpu_seconds_with_children() - cpu;
+                }
+                1 => {
+                    let cpu = own_cpu_seconds();
+                    let t = Instant::now();
+                    floor_create(&floor_dir, i, args.size).map_err(|e| format!("floor: {e}"))?;
+                    floor.us.push(t.elapsed().as_micros() as u64);
+                    floor_cpu += own_cpu_seconds() - cpu;
+                }
+                _ => {
+                    let cpu = own_cpu_seconds();
+                    let t = Instant::now();
+                    replay_create(&replay_dir, img, vol, args.size, args.cow)
+                        .map_err(|e| format!("replay: {e}"))?;
+                    replay.us.push(t.elapsed().as_micros() as u64);
+                    replay_cpu += own_cpu_seconds() - cpu;
+                }
+            }
+        }
+        if i % qemu_stride == 0 && qemu.us.len() < args.qemu_img_runs {
+            let cpu = own_cpu_seconds();
+            let t = Instant::now();
+            qemu_img_create(&qemu_dir.join(i.to_string()), args.size)?;
+            qemu.us.push(t.elapsed().as_micros() as u64);
+            qemu_cpu += own_cpu_seconds() - cpu;
+        }
+    }
+    while qemu.us.len() < args.qemu_img_runs {
+        let cpu = own_cpu_seconds();
+        let t = Instant::now();
+        let path = qemu_dir.join(format!("extra-{}", qemu.us.len()));
+        qemu_img_create(&path, args.size)?;
+        qemu.us.push(t.elapsed().as_micros() as u64);
+        qemu_cpu += own_cpu_seconds() - cpu;
+    }
+    create.cpu_s = Some(cpu_s);
+    floor.cpu_s = Some(floor_cpu);
+    replay.cpu_s = Some(replay_cpu);
+    qemu.cpu_s = Some(qemu_cpu);
+
+    // StorageDomain.getVolumes on every image.
+    let mut per_image = Series::new("StorageDomain.getVolumes (image)");
+    let cpu = d.cpu_seconds_with_children();
+    for (img, vol) in &vols {
+        let t = Instant::now();
+        let r = call(
+            &c,
+            "StorageDomain.getVolumes",
+            json!({"storagedomainID": sd, "imageID": img}),
+        )
+        .await?;
+        per_image.us.push(t.elapsed().as_micros() as u64);
+        if r != json!([vol]) {
+            return Err(format!("getVolumes of image {img}: {r}, expected [{vol}]"));
+        }
+    }
+    per_image.cpu_s = Some(d.cpu_seconds_with_children() - cpu);
+
+    // Once on the whole domain.
+    let mut whole = Series::new("StorageDomain.getVolumes (domain)");
+    let cpu = d.cpu_seconds_with_children();
+    let t = Instant::now();
+    let r = call(
+        &c,
+        "StorageDomain.getVolumes",
+        json!({"storagedomainID": sd, "imageID": BLANK}),
+    )
+    .await?;
+    whole.us.push(t.elapsed().as_micros() as u64);
+    whole.cpu_s = Some(d.cpu_seconds_with_children() - cpu);
+    let listed = r.as_array().map(Vec::len).unwrap_or(0);
+    if listed != n {
+        return Err(format!(
+            "getVolumes of the domain listed {listed} volumes, expected {n}"
+        ));
+    }
+
+    // Volume.getInfo on every volume.
+    let mut info = Series::new("Volume.getInfo");
+    let cpu = d.cpu_seconds_with_children();
+    for (img, vol) in &vols {
+        let t = Instant::now();
+        let r = call(
+            &c,
+            "Volume.getInfo",
+            json!({"storagedomainID": sd, "imageID": img, "volumeID": vol}),
+        )
+        .await?;
+        info.us.push(t.elapsed().as_micros() as u64);
+        if r["format"] != json!(format)
+            || r["legality"] != json!("LEGAL")
+            || r["capacity"] != json!(args.size.to_string())
+        {
+            return Err(format!("getInfo of volume {vol}: unexpected {r}"));
+        }
+    }
+    info.cpu_s = Some(d.cpu_seconds_with_children() - cpu);
+    drop(c);
+
+    // depotd's own durations, in request order: the N creates, the N
+    // per-image listings, the domain listing, the N getInfo calls.
+    let logged = logged_durations(d, log_start);
+    let take = |method: &str| -> Vec<u64> {
+        logged
+            .iter()
+            .filter(|(m, _)| m == method)
+            .map(|&(_, us)| us)
+            .collect()
+    };
+    create.server_us = take("Volume.create");
+    let mut listings = take("StorageDomain.getVolumes");
+    if listings.len() == n + 1 {
+        whole.server_us = listings.split_off(n);
+        per_image.server_us = listings;
+    }
+    info.server_us = take("Volume.getInfo");
+
+    println!(
+        "bench: {n} {kind} volumes of {} on a LOCALFS domain ({}, {fs_type}), each in its own image, one call at a time on one local-socket connection, depotd log level {}",
+        size_text(args.size),
+        storage.display(),
+        args.log_level
+    );
+    println!(
+        "{:<44} {:>6} {:>10} {:>10} {:>10} {:>10}   {:>12} {:>12} {:>13}",
+        "client-side latency (CPU: depotd's)",
+        "calls",
+        "median",
+        "p99",
+        "max",
+        "total",
+        "depotd med.",
+        "depotd p99",
+        "CPU"
+    );
+    for s in [&create, &per_image, &whole, &info] {
+        print_row(s);
+    }
+    println!("references, done directly by depot-bench on the same file system (CPU: depot-bench's and its qemu-img's):");
+    for s in [&floor, &replay, &qemu] {
+        print_row(s);
+    }
+    let ratio = |a: &Series, b: &Series| a.median() as f64 / b.median().max(1) as f64;
+    println!(
+        "Volume.create median = {:.1} times the raw file-system floor ({} against {})",
+        ratio(&create, &floor),
+        ms(create.median()),
+        ms(floor.median())
+    );
+    println!(
+        "Volume.create median = {:.2} times depot-storage's steps replayed directly ({}); the rest is RPC, locks, worker hand-off and logging",
+        ratio(&create, &replay),
+        ms(replay.median())
+    );
+    if args.cow {
+        println!(
+            "Volume.create median = {:.2} times qemu-img create -f qcow2 alone ({})",
+            ratio(&create, &qemu),
+            ms(qemu.median())
+        );
+    }
+    println!(
+        "StorageDomain.getVolumes of the whole domain: {listed} volumes in {}",
+        ms(whole.us[0])
+    );
+    drop(holder);
+    Ok(())
+}
+
+async fn call(c: &Client, method: &str, params: Value) -> Result<Value, String> {
+    c.call(method, params)
+        .await
+        .map_err(|e| format!("{method}: {e}"))
+}
+
+fn print_row(s: &Series) {
+    let v = s.sorted();
+    let total: u64 = v.iter().sum();
+    let mut server = s.server_us.clone();
+    server.sort_unstable();
+    let (smed, sp99) = if server.is_empty() {
+        ("-".to_string(), "-".to_string())
+    } else {
+        (ms(percentile(&server, 50.0)), ms(percentile(&server, 99.0)))
+    };
+    let cpu = match s.cpu_s {
+        Some(c) => format!("{:.0} us/call", c * 1e6 / v.len().max(1) as f64),
+        None => "-".to_string(),
+    };
+    println!(
+        "{:<44} {:>6} {:>10} {:>10} {:>10} {:>10}   {:>12} {:>12} {:>13}",
+        s.name,
+        v.len(),
+        ms(percentile(&v, 50.0)),
+        ms(percentile(&v, 99.0)),
+        ms(v.last().copied().unwrap_or(0)),
+        ms(total),
+        smed,
+        sp99,
+        cpu
+    );
+}
+
+fn ms(us: u64) -> String {
+    if us >= 10_000_000 {
+        format!("{:.1} s", us as f64 / 1e6)
+    } else {
+        format!("{:.3} ms", us as f64 / 1e3)
+    }
+}
+
+fn size_text(bytes: u64) -> String {
+    if bytes.is_multiple_of(GIB) {
+        format!("{} GiB", bytes / GIB)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// The file system type, as `findmnt` names it.
+fn fs_type(path: &Path) -> String {
+    Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE", "-T"])
+        .arg(path)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "file system type unknown".into())
+}
+
+/// CPU time (user + system) of this process and of the children it
+/// waited for (qemu-img), in seconds.
+fn own_cpu_seconds() -> f64 {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12) + ticks(13) + ticks(14)) / 100.0
+}
+
+fn log_len(d: &Daemon) -> u64 {
+    fs::metadata(d.log_path()).map(|m| m.len()).unwrap_or(0)
+}
+
+/// `(method, duration in µs)` of every request depotd logged after byte
+/// `from` of its log, in order.
+fn logged_durations(d: &Daemon, from: u64) -> Vec<(String, u64)> {
+    let text = fs::read(d.log_path()).unwrap_or_default();
+    let text = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default());
+    text.lines()
+        .filter_map(|line| {
+            let mut method = None;
+            let mut duration = None;
+            for word in line.split_whitespace() {
+                if let Some(m) = word.strip_prefix("method=") {
+                    method = Some(m.to_string());
+                } else if let Some(v) = word.strip_prefix("duration_ms=") {
+                    duration = v.parse::<f64>().ok();
+                }
+            }
+            Some((method?, (duration? * 1e3).round() as u64))
+        })
+        .collect()
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn new_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(MODE)
+        .open(path)
+}
+
+/// The least one volume create does: an empty sparse data file, a
+/// 512-byte metadata file renamed into place, the directory fsynced.
+fn floor_create(dir: &Path, i: usize, size: u64) -> std::io::Result<()> {
+    new_file(&dir.join(i.to_string()))?.set_len(size)?;
+    let tmp = dir.join(format!("{i}.meta.tmp"));
+    new_file(&tmp)?.write_all(&[b'x'; META_BYTES])?;
+    fs::rename(&tmp, dir.join(format!("{i}.meta")))?;
+    fsync_dir(dir)
+}
+
+/// depot-storage's `write_atomic`: temporary file, fsync, rename,
+/// directory fsync.
+fn write_atomic(dir: &Path, name: &str) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = new_file(&tmp)?;
+    f.write_all(&[b'x'; META_BYTES])?;
+    f.set_permissions(Permissions::from_mode(MODE))?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, dir.join(name))?;
+    fsync_dir(dir)
+}
+
+/// The file-system steps of `FileVolumes::create` for a base volume in a
+/// new image, without the daemon around them.
+fn replay_create(images: &Path, img: &str, vol: &str, size: u64, cow: bool) -> Result<(), String> {
+    let io = |e: std::io::Error| e.to_string();
+    let dir = images.join(img);
+    fs::create_dir(&dir).map_err(io)?;
+    fsync_dir(images).map_err(io)?;
+    let marker = dir.join(format!("{vol}.creating"));
+    new_file(&marker).map_err(io)?;
+    fsync_dir(&dir).map_err(io)?;
+    let meta = format!("{vol}.meta");
+    write_atomic(&dir, &meta).map_err(io)?;
+    let data = dir.join(vol);
+    let file = if cow {
+        qemu_img_create(&data, size)?;
+        OpenOptions::new().write(true).open(&data).map_err(io)?
+    } else {
+        let f = new_file(&data).map_err(io)?;
+        f.set_len(size).map_err(io)?;
+        f
+    };
+    file.set_permissions(Permissions::from_mode(MODE))
+        .map_err(io)?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    let lease = new_file(&dir.join(format!("{vol}.lease"))).map_err(io)?;
+    lease
+        .set_permissions(Permissions::from_mode(MODE))
+        .map_err(io)?;
+    lease.sync_all().map_err(io)?;
+    drop(lease);
+    write_atomic(&dir, &meta).map_err(io)?;
+    fs::remove_file(&marker).map_err(io)?;
+    fsync_dir(&dir).map_err(io)
+}
+
+/// `qemu-img create -f qcow2 -o compat=1.1 PATH SIZE`, as depot-os runs it.
+fn qemu_img_create(path: &Path, size: u64) -> Result<(), String> {
+    let out = Command::new("qemu-img")
+        .args(["create", "-f", "qcow2", "-o", "compat=1.1"])
+        .arg(path)
+        .arg(size.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "qemu-img create {}: {}: {}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
