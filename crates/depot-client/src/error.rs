@@ -26,6 +26,10 @@ pub enum ClientError {
     /// expected.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Local I/O failed: reading what a streamed upload sends, or writing
+    /// what a streamed download receives.
+    #[error("I/O error: {0}")]
+    Io(String),
     /// No answer within the configured time.
     #[error("timed out after {after:?} {what}")]
     Timeout { what: String, after: Duration },

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -18,6 +19,17 @@ use crate::stream;
 /// The header carrying the caller's flow id, VDSM's.
 pub const FLOW_ID_HEADER: &str = "ovirtCorrelationId";
 
+/// Request bodies: whole (JSON-RPC) or streamed (`PUT /`, see
+/// [`Client::put_stream`]).
+pub(crate) type ReqBody = BoxBody<Bytes, std::io::Error>;
+
+/// A whole request body.
+pub(crate) fn whole(data: impl Into<Bytes>) -> ReqBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 /// How the connection task ended, when it ended with an error: the message
 /// and whether it was a TLS error.
 type ConnError = Arc<Mutex<Option<(String, bool)>>>;
@@ -26,12 +38,12 @@ type ConnError = Arc<Mutex<Option<(String, bool)>>>;
 /// one keep-alive connection; `&self` methods may be used from several
 /// tasks (they queue).
 pub struct Client {
-    sender: tokio::sync::Mutex<SendRequest<Full<Bytes>>>,
+    pub(crate) sender: tokio::sync::Mutex<SendRequest<ReqBody>>,
     conn: JoinHandle<()>,
     conn_error: ConnError,
-    authority: String,
+    pub(crate) authority: String,
     endpoint: Endpoint,
-    opts: Options,
+    pub(crate) opts: Options,
 }
 
 impl Client {
@@ -42,7 +54,7 @@ impl Client {
 
     pub async fn connect_with(ep: &Endpoint, opts: Options) -> Result<Client, ClientError> {
         let s = stream::open(ep, &opts).await?;
-        let handshake = http1::handshake::<_, Full<Bytes>>(TokioIo::new(s));
+        let handshake = http1::handshake::<_, ReqBody>(TokioIo::new(s));
         let (sender, conn) = match tokio::time::timeout(opts.connect_timeout, handshake).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => return Err(transport(&format!("HTTP handshake with {ep}"), &e)),
@@ -169,7 +181,7 @@ impl Client {
             req = req.header(FLOW_ID_HEADER, f);
         }
         let req = req
-            .body(Full::new(Bytes::from(body)))
+            .body(whole(body))
             .map_err(|e| ClientError::Protocol(format!("building request: {e}")))?;
         let after = self.opts.call_timeout;
         match tokio::time::timeout(after, self.exchange(req)).await {
@@ -181,7 +193,7 @@ impl Client {
         }
     }
 
-    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<(u16, Vec<u8>), ClientError> {
+    async fn exchange(&self, req: Request<ReqBody>) -> Result<(u16, Vec<u8>), ClientError> {
         let mut sender = self.sender.lock().await;
         if let Err(e) = sender.ready().await {
             return Err(self.failed("connection closed", &e).await);
@@ -201,7 +213,7 @@ impl Client {
     /// The error to report for a failed exchange: the connection task's
     /// error when it has one (a TLS alert there explains a vaguer
     /// "connection closed" here).
-    async fn failed(&self, context: &str, e: &hyper::Error) -> ClientError {
+    pub(crate) async fn failed(&self, context: &str, e: &hyper::Error) -> ClientError {
         if is_tls(e) {
             return transport(context, e);
         }

@@ -1,6 +1,7 @@
 //! The client side of depot's wire: JSON-RPC 2.0 over HTTP POST
 //! ([`Client`]) or WebSocket ([`WsClient`]), on the local admin socket or
-//! mutual TLS ([`Endpoint`]).
+//! mutual TLS ([`Endpoint`]). The same connection streams the OVF_STORE
+//! bodies: [`Client::put_stream`] and [`Client::get_range`].
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), depot_client::ClientError> {
@@ -16,6 +17,7 @@ mod http;
 mod jsonrpc;
 mod stream;
 pub mod tls;
+mod transfer;
 mod ws;
 
 pub use depot_api::WireError;
@@ -24,4 +26,5 @@ pub use endpoint::{
 };
 pub use error::ClientError;
 pub use http::{Client, FLOW_ID_HEADER};
+pub use transfer::{StreamReply, TASK_ID_HEADER};
 pub use ws::WsClient;

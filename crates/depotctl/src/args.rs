@@ -1,6 +1,7 @@
 //! Command-line arguments.
 
 use clap::{Args, Parser, Subcommand};
+use depot_api::types::Uuid;
 use std::path::PathBuf;
 
 const AFTER_HELP: &str = "\
@@ -13,7 +14,8 @@ from --pki DIR (default ./depot-dev/state/pki when it exists, else
 Exit codes:
   0  success
   1  the call returned an error (printed as 'error <code>: <message>')
-  2  usage error (bad arguments, unreadable parameter file)
+  2  usage error (bad arguments, unreadable parameter or input file,
+     unwritable output file)
   3  cannot connect, or the transport failed (TLS, HTTP, timeout)
   130  interrupted (Ctrl-C)";
 
@@ -54,7 +56,8 @@ pub struct ConnArgs {
     /// part of --host) [TLS].
     #[arg(long, global = true, value_name = "NAME")]
     pub server_name: Option<String>,
-    /// Seconds to wait for the connection and for each call.
+    /// Seconds to wait for the connection and for each call (for OVF
+    /// uploads and downloads: for each step of progress).
     #[arg(long, global = true, value_name = "SECS", default_value = "30",
           value_parser = positive_secs)]
     pub timeout: f64,
@@ -102,6 +105,88 @@ pub enum Cmd {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// OVF_STORE volumes: upload and download the engine's tar, list a
+    /// domain's stores and the VMs and templates they describe.
+    #[command(subcommand)]
+    Ovf(OvfCmd),
+}
+
+/// The OVF_STORE volume a stream goes to or comes from.
+#[derive(Debug, Clone, Args)]
+pub struct OvfVolume {
+    /// The storage pool (sent as Storage-Pool-Id).
+    #[arg(long, value_name = "UUID", value_parser = uuid_arg)]
+    pub pool: Uuid,
+    /// The storage domain.
+    #[arg(long, value_name = "UUID", value_parser = uuid_arg)]
+    pub domain: Uuid,
+    /// The OVF_STORE's image.
+    #[arg(long, value_name = "UUID", value_parser = uuid_arg)]
+    pub image: Uuid,
+    /// The OVF_STORE's volume (RAW, DISKTYPE OVFS).
+    #[arg(long, value_name = "UUID", value_parser = uuid_arg)]
+    pub volume: Uuid,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OvfCmd {
+    /// Uploads FILE, the engine's tar (info.json, <uuid>.ovf files,
+    /// metadata.json), into an OVF_STORE volume; prints the Task-Id.
+    ///
+    /// The daemon checks the archive as it arrives and replaces the store
+    /// only when all of it is valid.
+    Upload {
+        #[command(flatten)]
+        target: OvfVolume,
+        /// The tar to upload (its size is sent as Content-Length).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Downloads an OVF_STORE volume's tar into OUT ('-': standard output).
+    Download {
+        #[command(flatten)]
+        target: OvfVolume,
+        /// Bytes to read from the start of the volume (default: the size of
+        /// the store's content, from StorageDomain.getOvfStores).
+        #[arg(long, value_name = "N", value_parser = positive_size)]
+        size: Option<u64>,
+        /// Where to write the tar.
+        #[arg(value_name = "OUT")]
+        out: PathBuf,
+    },
+    /// Lists a domain's OVF_STORE volumes: ids, state (valid, torn or
+    /// unknown), size, generation, last update.
+    List {
+        /// The storage domain.
+        #[arg(long, value_name = "UUID", value_parser = uuid_arg)]
+        domain: Uuid,
+        /// Also list the VMs and templates of the best valid store, and
+        /// whether all their disk images are on the domain.
+        #[arg(long)]
+        entities: bool,
+    },
+    /// Prints one VM's or template's OVF (XML) from the domain's best valid
+    /// OVF_STORE.
+    Show {
+        /// The storage domain.
+        #[arg(long, value_name = "UUID", value_parser = uuid_arg)]
+        domain: Uuid,
+        /// The VM or template id.
+        #[arg(value_name = "ENTITY_ID", value_parser = uuid_arg)]
+        entity: Uuid,
+    },
+}
+
+fn uuid_arg(s: &str) -> Result<Uuid, String> {
+    s.parse::<Uuid>()
+        .map_err(|_| format!("{s:?} is not a UUID (8-4-4-4-12 hex digits)"))
+}
+
+fn positive_size(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive number of bytes")),
+    }
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -148,5 +233,108 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["depotctl", "--timeout", "0", "ping"]).is_err());
         assert!(Cli::try_parse_from(["depotctl"]).is_err());
+    }
+
+    const SP: &str = "5c1b1f0e-7a8d-4c1e-9b0a-3f2e1d0c9b8a";
+    const SD: &str = "75f8a1bb-4504-4314-91ca-d9365a30692b";
+    const IMG: &str = "c6f9f2b3-0d3c-4a8e-9a57-6f3c1b2a9e10";
+    const VOL: &str = "0f6e1d2c-3b4a-4958-8776-655443322110";
+
+    fn ovf(args: &[&str]) -> Result<OvfCmd, clap::Error> {
+        let argv = ["depotctl", "ovf"].iter().chain(args).copied();
+        Cli::try_parse_from(argv).map(|c| match c.cmd {
+            Cmd::Ovf(o) => o,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    fn ids(extra: &[&'static str]) -> Vec<&'static str> {
+        let mut v = vec![
+            "--pool", SP, "--domain", SD, "--image", IMG, "--volume", VOL,
+        ];
+        v.extend_from_slice(extra);
+        v
+    }
+
+    #[test]
+    fn ovf_upload_and_download() {
+        let mut args = vec!["upload"];
+        args.extend(ids(&["store.tar"]));
+        let OvfCmd::Upload { target, file } = ovf(&args).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            [target.pool, target.domain, target.image, target.volume].map(|u| u.to_string()),
+            [SP, SD, IMG, VOL]
+        );
+        assert_eq!(file, PathBuf::from("store.tar"));
+
+        // Options in any order, upper-case UUIDs read as the same ids.
+        let upper = VOL.to_uppercase();
+        let OvfCmd::Download { target, size, out } = ovf(&[
+            "download", "out.tar", "--size", "10240", "--volume", &upper, "--image", IMG,
+            "--domain", SD, "--pool", SP,
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (target.volume.to_string(), size),
+            (VOL.to_string(), Some(10240))
+        );
+        assert_eq!(out, PathBuf::from("out.tar"));
+        let mut args = vec!["download"];
+        args.extend(ids(&["-"]));
+        let OvfCmd::Download { size, out, .. } = ovf(&args).unwrap() else {
+            panic!()
+        };
+        assert_eq!((size, out), (None, PathBuf::from("-")));
+    }
+
+    #[test]
+    fn ovf_bad_arguments() {
+        // Each id is required, and must be a UUID.
+        assert!(ovf(&["upload", "--pool", SP, "--domain", SD, "--image", IMG, "f"]).is_err());
+        let mut args = vec!["upload"];
+        args.extend(ids(&[]));
+        assert!(ovf(&args).is_err(), "no FILE");
+        let e = ovf(&[
+            "upload", "--pool", "sp", "--domain", SD, "--image", IMG, "--volume", VOL, "f",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("not a UUID"), "{e}");
+        for size in ["0", "-1", "1k", ""] {
+            let mut args = vec!["download", "--size", size];
+            args.extend(ids(&["out"]));
+            assert!(ovf(&args).is_err(), "--size {size:?}");
+        }
+        assert!(ovf(&["list"]).is_err(), "no --domain");
+        assert!(ovf(&["show", "--domain", SD]).is_err(), "no entity");
+        assert!(ovf(&["show", "--domain", SD, "myvm"]).is_err());
+        assert!(ovf(&["copy"]).is_err());
+    }
+
+    #[test]
+    fn ovf_list_and_show() {
+        let OvfCmd::List { domain, entities } = ovf(&["list", "--domain", SD]).unwrap() else {
+            panic!()
+        };
+        assert_eq!((domain.to_string(), entities), (SD.to_string(), false));
+        let OvfCmd::List { entities, .. } = ovf(&["list", "--entities", "--domain", SD]).unwrap()
+        else {
+            panic!()
+        };
+        assert!(entities);
+        let OvfCmd::Show { domain, entity } = ovf(&["show", "--domain", SD, IMG]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (domain.to_string(), entity.to_string()),
+            (SD.to_string(), IMG.to_string())
+        );
+        // Global flags after the subcommand too.
+        let c = Cli::try_parse_from(["depotctl", "ovf", "list", "--domain", SD, "--timeout", "5"])
+            .unwrap();
+        assert_eq!(c.conn.timeout, 5.0);
     }
 }

@@ -6,6 +6,7 @@ mod call;
 mod connect;
 mod events;
 mod jobs;
+mod ovf;
 
 use clap::Parser;
 use depot_client::ClientError;
@@ -17,8 +18,12 @@ use args::{Cli, Cmd};
 
 /// Why a command failed, which decides the exit code.
 pub enum Failure {
-    /// Bad arguments: exit 2.
+    /// Bad arguments, or an input or output file that cannot be used:
+    /// exit 2.
     Usage(String),
+    /// The request cannot be done as asked (the daemon answered, but not
+    /// with an error code): exit 1.
+    Failed(String),
     /// The call returned an error (exit 1) or the transport failed (exit 3).
     Client(ClientError),
 }
@@ -34,6 +39,14 @@ impl Failure {
         match self {
             Failure::Usage(m) => {
                 eprintln!("depotctl: {m}");
+                2
+            }
+            Failure::Failed(m) => {
+                eprintln!("depotctl: {m}");
+                1
+            }
+            Failure::Client(e @ ClientError::Io(_)) => {
+                eprintln!("depotctl: {e}");
                 2
             }
             Failure::Client(ClientError::Rpc(e)) => {
@@ -69,6 +82,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             jobs::run(&ep, opts, flow_id, watch, interval, tty).await
         }
         Cmd::Events { prefixes, count } => events::run(&ep, opts, flow_id, &prefixes, count).await,
+        Cmd::Ovf(cmd) => ovf::run(&ep, opts, flow_id, cmd).await,
     }
 }
 

@@ -411,3 +411,221 @@ async fn client_library_over_http_and_websocket() {
     let e = ws.call("Host.ping2", json!({})).await.unwrap_err();
     assert!(!e.is_rpc(), "{e}");
 }
+
+/// Builds a USTAR archive with python3's tarfile module, as the engine's
+/// tar looks: `entries` are (name, content), in order.
+fn python_tar(out: &Path, entries: &[(&str, &str)]) {
+    const SCRIPT: &str = r#"
+import io, json, sys, tarfile
+with tarfile.open(sys.argv[1], "w", format=tarfile.USTAR_FORMAT) as t:
+    for name, text in json.loads(sys.argv[2]):
+        data = text.encode()
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+"#;
+    let entries = serde_json::to_string(entries).unwrap();
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(out)
+        .arg(&entries)
+        .status()
+        .expect("python3 is needed to build the test's tar");
+    assert!(status.success(), "python3 tarfile: {status}");
+}
+
+#[test]
+fn ovf_store_upload_list_show_download() {
+    let bin = depotd();
+    let mut d = Daemon::start(&bin);
+    let s = d.sock_args();
+    let uuid = || uuid::Uuid::new_v4().to_string();
+    let (sd, sp, img, vol, vm) = (uuid(), uuid(), uuid(), uuid(), uuid());
+    let blank = "00000000-0000-0000-0000-000000000000";
+    let data = d.tmp.0.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let data = data.display().to_string();
+    let ok = |r: Run| {
+        assert_eq!(r.code, Some(0), "{r:?}");
+        r.stdout
+    };
+
+    // A LOCALFS domain and an OVF_STORE volume on it.
+    let conn = format!(
+        "connectionParams=[{{\"id\": \"{}\", \"connection\": \"{data}\"}}]",
+        uuid()
+    );
+    ok(d.ctl(&with(
+        &s,
+        &[
+            "call",
+            "StoragePool.connectStorageServer",
+            "domainType=4",
+            &conn,
+        ],
+    )));
+    ok(d.ctl(&with(
+        &s,
+        &[
+            "call",
+            "StorageDomain.create",
+            &format!("storagedomainID={sd}"),
+            "domainType=4",
+            &format!("typeArgs={data}"),
+            "name=ovf-test",
+            "domainClass=1",
+            "blockSize=0",
+        ],
+    )));
+    ok(d.ctl(&with(
+        &s,
+        &[
+            "call",
+            "Volume.create",
+            &format!("volumeID={vol}"),
+            &format!("storagedomainID={sd}"),
+            &format!("imageID={img}"),
+            "size=134217728",
+            "volFormat=RAW",
+            "preallocate=SPARSE",
+            "diskType=OVFS",
+            "desc=OVF_STORE",
+            &format!("srcImgUUID={blank}"),
+            &format!("srcVolUUID={blank}"),
+        ],
+    )));
+    let r = d.ctl(&with(&s, &["ovf", "list", "--domain", &sd]));
+    let out = ok(r);
+    assert!(out.starts_with("IMAGE ID") && out.contains(&vol), "{out}");
+    assert!(out.contains(" unknown "), "not written yet: {out}");
+
+    // The engine's tar: info.json, one VM's OVF, metadata.json.
+    let ovf = format!(
+        concat!(
+            r#"<ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/" "#,
+            r#"xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">"#,
+            r#"<Section xsi:type="ovf:DiskSection_Type">"#,
+            r#"<Disk ovf:diskId="{vol}" ovf:fileRef="{img}/{vol}"/></Section>"#,
+            r#"<Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type"><Name>myvm</Name>"#,
+            r#"</Content></ovf:Envelope>"#
+        ),
+        vol = vol,
+        img = img
+    );
+    let info = format!(r#"{{"Last Updated": "now", "Storage Domains": [{{"uuid": "{sd}"}}]}}"#);
+    let tar = d.tmp.0.join("store.tar");
+    let ovf_name = format!("{vm}.ovf");
+    python_tar(
+        &tar,
+        &[
+            ("info.json", &info),
+            (&ovf_name, &ovf),
+            ("metadata.json", "{}"),
+        ],
+    );
+    let tar_bytes = std::fs::read(&tar).unwrap();
+    assert_eq!(tar_bytes.len() % 512, 0);
+    let size = tar_bytes.len().to_string();
+    let tar_arg = tar.display().to_string();
+    let ids = [
+        "--pool", &sp, "--domain", &sd, "--image", &img, "--volume", &vol,
+    ];
+    let ovf_args = |cmd: &str, rest: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = s.clone();
+        v.extend(
+            ["ovf", cmd]
+                .iter()
+                .chain(&ids)
+                .chain(rest)
+                .map(|a| a.to_string()),
+        );
+        v
+    };
+    let run = |args: Vec<String>| d.ctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Upload: the Task-Id, alone on its line.
+    let out = ok(run(ovf_args("upload", &[&tar_arg])));
+    let task = out.trim_end();
+    assert!(
+        task.parse::<uuid::Uuid>().is_ok() && out.lines().count() == 1,
+        "{out:?}"
+    );
+
+    let out = ok(d.ctl(&with(&s, &["ovf", "list", "--domain", &sd])));
+    let row = out
+        .lines()
+        .find(|l| l.contains(&vol))
+        .expect("the store's row");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells[..5],
+        [img.as_str(), &vol, "valid", &size, "1"],
+        "{out}"
+    );
+
+    let out = ok(d.ctl(&with(&s, &["ovf", "list", "--domain", &sd, "--entities"])));
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(&vm))
+        .expect("the VM's row");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells, [vm.as_str(), "myvm", "VM", "1/1", "yes"], "{out}");
+    assert!(
+        out.contains(&format!("OVF_STORE {img}/{vol} (generation 1)")),
+        "{out}"
+    );
+
+    let out = ok(d.ctl(&with(&s, &["ovf", "show", "--domain", &sd, &vm])));
+    assert_eq!(out, format!("{ovf}\n"));
+    let r = d.ctl(&with(&s, &["ovf", "show", "--domain", &sd, &uuid()]));
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.starts_with("error 9007: "), "{r:?}");
+
+    // Download: the size from getOvfStores, then a given size; over the
+    // socket and over mutual TLS.
+    let dl = d.tmp.0.join("dl.tar");
+    let dl_arg = dl.display().to_string();
+    let out = ok(run(ovf_args("download", &[&dl_arg])));
+    assert_eq!(out, format!("{size} bytes written to {dl_arg}\n"));
+    assert!(
+        std::fs::read(&dl).unwrap() == tar_bytes,
+        "downloaded bytes differ"
+    );
+    ok(run(ovf_args("download", &["--size", "1024", &dl_arg])));
+    assert_eq!(std::fs::read(&dl).unwrap(), tar_bytes[..1024]);
+    let (addr, pki) = (d.tls_addr(), d.pki().display().to_string());
+    let mut tls: Vec<String> = ["--host", &addr, "--pki", &pki, "ovf", "download"]
+        .iter()
+        .chain(&ids)
+        .map(|a| a.to_string())
+        .collect();
+    tls.push(dl_arg.clone());
+    ok(run(tls));
+    assert!(
+        std::fs::read(&dl).unwrap() == tar_bytes,
+        "downloaded bytes differ (TLS)"
+    );
+
+    // Not a tar: refused with the daemon's code, the store unchanged.
+    let junk = d.tmp.0.join("junk.bin");
+    std::fs::write(&junk, "not a tar archive\n".repeat(512)).unwrap();
+    let r = run(ovf_args("upload", &[&junk.display().to_string()]));
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.starts_with("error 1000: "), "{r:?}");
+    assert!(r.stderr.contains("not a tar archive"), "{r:?}");
+    let out = ok(d.ctl(&with(&s, &["ovf", "list", "--domain", &sd])));
+    let row = out
+        .lines()
+        .find(|l| l.contains(&vol))
+        .expect("the store's row");
+    assert!(
+        row.contains(" valid ") && row.contains(&format!(" {size}  1 ")),
+        "{out}"
+    );
+    // A missing file is a usage error; nothing is sent.
+    let r = run(ovf_args("upload", &["/nonexistent/store.tar"]));
+    assert_eq!(r.code, Some(2), "{r:?}");
+
+    d.stop();
+}
