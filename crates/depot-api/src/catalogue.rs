@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 
 use crate::error::{ApiError, Code};
 use crate::storage::{
-    AllocType, ByteSize, ConnectionList, DiskType, DomainClass, DomainType, ImgUuid, Legality,
-    SdUuid, SpUuid, VolUuid, VolumeFormat,
+    AllocType, ByteSize, ConnectionList, CopyEndpoint, DiskType, DomainClass, DomainType, ImgUuid,
+    Legality, MoveOperation, SdUuid, SpUuid, VolUuid, VolumeAttributes, VolumeFormat, VolumeRef,
 };
 use crate::types::{JobId, JobType, Uuid};
 
@@ -52,6 +52,10 @@ wire_type! {
     Legality => "VolumeLegality: LEGAL, ILLEGAL, FAKE",
     ByteSize => "size in bytes (decimal string or number)",
     ConnectionList => "[ConnectionRefParameters]",
+    CopyEndpoint => "CopyDataEndpoint: {endpoint_type: \"div\", sd_id, img_id, vol_id, generation?}",
+    VolumeRef => "VolumeInfo: {sd_id, img_id, vol_id, generation}",
+    VolumeAttributes => "VolumeAttributes: {legality?, description?, generation?}",
+    MoveOperation => "ImageMoveOperation: COPY (1) or MOVE (2)",
 }
 
 impl<T: WireType> WireType for Option<T> {
@@ -649,6 +653,71 @@ verbs! {
         /// The VM or template id.
         entityID: Uuid,
     } -> "`{id, name, type, ovf}`";
+
+    /// Copies one volume's data into an existing volume, as a host job
+    /// (poll Host.getJobs; abort with Host.abortJob). The destination must
+    /// have the given generation (911), is ILLEGAL during the copy and
+    /// LEGAL with generation+1 after; the job's result holds the checksum.
+    "SDM.copy_data" => SdmCopyData {
+        /// The job's id, chosen by the caller.
+        job_id: crate::types::JobId,
+        /// The source volume.
+        source: CopyEndpoint,
+        /// The destination volume (it exists; created by the engine).
+        destination: CopyEndpoint,
+        /// Accepted; bitmaps are not copied yet.
+        copy_bitmaps: Option<bool>,
+    } -> "`true`; the job runs in the background";
+
+    /// The engine's fence: when the volume has `vol_info.generation`, sets
+    /// the attributes given; a host job.
+    "SDM.update_volume" => SdmUpdateVolume {
+        /// The job's id.
+        job_id: crate::types::JobId,
+        /// The volume and its expected generation.
+        vol_info: VolumeRef,
+        /// What to set.
+        vol_attr: VolumeAttributes,
+    } -> "`true`; the job runs in the background";
+
+    /// Copies (or moves) a whole image, every volume of its chain base to
+    /// leaf, to another domain. VDSM runs this as an SPM task and returns
+    /// its id; depot runs it as a host job whose id is returned (see
+    /// docs/copy.md).
+    "Image.move" => ImageMove {
+        /// The image.
+        imageID: ImgUuid,
+        /// The pool.
+        storagepoolID: Option<Uuid>,
+        /// The source domain.
+        storagedomainID: SdUuid,
+        /// The destination domain.
+        dstSdUUID: SdUuid,
+        /// VDSM's vmUUID (unused).
+        vmUUID: Option<String>,
+        /// COPY or MOVE (MOVE deletes the source after the copy is verified).
+        operation: MoveOperation,
+        /// Wipe the source when moving.
+        postZero: Option<bool>,
+        /// Replace an existing image on the destination.
+        force: Option<bool>,
+        /// Unused on file domains.
+        discard: Option<bool>,
+    } -> "the job id (a UUID): poll Host.getJobs";
+
+    /// The blkhash checksum of a RAW volume (ovirt-imageio's algorithm), as
+    /// a host job whose result is `{algorithm, block_size, checksum}`.
+    /// depot's verb.
+    "Volume.getChecksum" => VolumeGetChecksum {
+        /// The job's id.
+        job_id: crate::types::JobId,
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The image.
+        imageID: ImgUuid,
+        /// The volume.
+        volumeID: VolUuid,
+    } -> "`true`; the job's result holds the checksum";
 
     /// Starts a built-in no-op job that sleeps, reporting progress. It
     /// exercises the job machinery (status, abort, persistence, events)

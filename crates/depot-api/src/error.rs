@@ -80,10 +80,12 @@ codes! {
     VolumeMetadataWriteError = 208, "Error while updating volume meta data";
     VolumeAlreadyExists = 212, "Volume already exists";
     CannotDeleteVolume = 222, "Volume deletion error";
+    VolumeCopyError = 225, "Volume copy failed";
     PrepareIllegalVolumeError = 227, "Cannot prepare illegal volume";
     CreateVolumeSizeError = 229, "Requested size is too small. Must be larger or equal to 1";
     IncorrectType = 231, "Incorrect Volume Preallocate Type";
     VolumeResizeValueError = 232, "Incorrect size value for volume resize";
+    MoveImageError = 253, "Error moving image";
     ImagePathError = 254, "Image path does not exist or cannot be accessed/created";
     ImageDeleteError = 256, "Could not remove all image's volumes";
     ImageDoesNotExistInSD = 268, "Image does not exist in domain";

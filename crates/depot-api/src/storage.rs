@@ -7,31 +7,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 
-use crate::types::{BadUuid, Uuid};
+use crate::types::Uuid;
 
-macro_rules! id_type {
-    ($($(#[$doc:meta])* $name:ident;)*) => {$(
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(pub Uuid);
-
-        impl FromStr for $name {
-            type Err = BadUuid;
-            fn from_str(s: &str) -> Result<Self, BadUuid> {
-                s.parse().map($name)
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                self.0.fmt(f)
-            }
-        }
-    )*};
-}
-
-id_type! {
+crate::types::uuid_newtype! {
     /// A storage domain (`sdUUID`); also the directory name of a file domain
     /// and the VG name of a block domain.
     SdUuid;
@@ -356,5 +334,61 @@ impl<'de> Deserialize<'de> for ConnectionList {
                 })
                 .collect(),
         ))
+    }
+}
+
+/// A `div` endpoint of `SDM.copy_data` (a volume of a domain). Other keys
+/// the engine sends (`prepared`, `legal`, ...) are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CopyEndpoint {
+    /// Only "div" (a volume on a storage domain) is supported.
+    pub endpoint_type: String,
+    pub sd_id: SdUuid,
+    pub img_id: ImgUuid,
+    pub vol_id: VolUuid,
+    /// The destination's expected generation (911 when it differs).
+    #[serde(default)]
+    pub generation: Option<u32>,
+}
+
+/// `vol_info` of `SDM.update_volume`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct VolumeRef {
+    pub sd_id: SdUuid,
+    pub img_id: ImgUuid,
+    pub vol_id: VolUuid,
+    /// The generation the volume must have now.
+    pub generation: u32,
+}
+
+/// `vol_attr` of `SDM.update_volume`: what to set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+pub struct VolumeAttributes {
+    #[serde(default)]
+    pub legality: Option<Legality>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub generation: Option<u32>,
+}
+
+/// `Image.move`'s operation: VDSM's COPY_OP 1, MOVE_OP 2 (names or numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveOperation {
+    Copy,
+    Move,
+}
+
+impl<'de> Deserialize<'de> for MoveOperation {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) if s == "COPY" => Ok(MoveOperation::Copy),
+            serde_json::Value::String(s) if s == "MOVE" => Ok(MoveOperation::Move),
+            serde_json::Value::Number(n) if n.as_i64() == Some(1) => Ok(MoveOperation::Copy),
+            serde_json::Value::Number(n) if n.as_i64() == Some(2) => Ok(MoveOperation::Move),
+            other => Err(serde::de::Error::custom(format!(
+                "expected COPY (1) or MOVE (2), got {other}"
+            ))),
+        }
     }
 }

@@ -73,11 +73,11 @@ macro_rules! uuid_newtype {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(pub Uuid);
+        pub struct $name(pub $crate::types::Uuid);
 
         impl FromStr for $name {
-            type Err = BadUuid;
-            fn from_str(s: &str) -> Result<Self, BadUuid> {
+            type Err = $crate::types::BadUuid;
+            fn from_str(s: &str) -> Result<Self, $crate::types::BadUuid> {
                 s.parse().map($name)
             }
         }
@@ -89,6 +89,9 @@ macro_rules! uuid_newtype {
         }
     )*};
 }
+
+// For the storage ids in storage.rs.
+pub(crate) use uuid_newtype;
 
 uuid_newtype! {
     /// A host job's id, chosen by the caller.

@@ -3,7 +3,9 @@
 //!
 //! Build both binaries first: `cargo build --release -p depotd -p depot-bench`.
 
+mod copy;
 mod daemon;
+mod ovf;
 mod ping;
 mod stats;
 mod volumes;
@@ -28,6 +30,12 @@ enum Bench {
     /// Volume.create, StorageDomain.getVolumes and Volume.getInfo on many
     /// volumes of a LOCALFS domain, one call at a time.
     Volumes(volumes::VolumesArgs),
+    /// OVF_STORE upload (PUT over mutual TLS until durable) of an
+    /// engine-shaped tar of about 100 MiB vs dd onto the same volume.
+    Ovf(ovf::OvfArgs),
+    /// depot-storage's native raw copier vs qemu-img convert and dd:
+    /// random data, a sparse image, checksum on vs off, verification.
+    Copy(copy::CopyArgs),
 }
 
 fn main() {
@@ -41,6 +49,8 @@ fn main() {
         match args.bench {
             Bench::Ping(a) => ping::run(&depotd, a).await,
             Bench::Volumes(a) => volumes::run(&depotd, a).await,
+            Bench::Ovf(a) => ovf::run(&depotd, a).await,
+            Bench::Copy(a) => copy::run(a).await,
         }
     });
     if let Err(e) = result {

@@ -916,6 +916,10 @@ impl Storage {
         in_active_pool(&self.st(), sd)
     }
 
+    pub(crate) fn locks(&self) -> &LockManager {
+        &self.locks
+    }
+
     pub(crate) fn repository(&self) -> &Path {
         &self.config.repository
     }

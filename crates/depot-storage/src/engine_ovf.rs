@@ -14,6 +14,16 @@ use crate::ovf::OvfError;
 use crate::volume::VolumeInfo;
 use crate::{StorageError, StorageResult};
 
+/// A store that may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readable {
+    /// The volume's size.
+    pub size: u64,
+    /// The generation of a depot-written store (None: written by another
+    /// agent).
+    pub generation: Option<u64>,
+}
+
 /// A finished upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadDone {
@@ -117,7 +127,6 @@ impl Storage {
     /// Checks that bytes `start..=end` of the store may be served: the
     /// range is inside the volume, and the store is not torn (a store
     /// written by another agent, with no trailer, is served as it is).
-    /// Returns the volume's size.
     pub fn ovf_check_readable(
         &self,
         sd: SdUuid,
@@ -125,7 +134,7 @@ impl Storage {
         vol: VolUuid,
         start: u64,
         end: u64,
-    ) -> StorageResult<u64> {
+    ) -> StorageResult<Readable> {
         const OP: &str = "read OVF store";
         let info = self.ovf_volume(sd, img, vol, OP)?;
         let size = info.metadata.capacity.max(info.apparent_size);
@@ -141,7 +150,14 @@ impl Storage {
             store::verify(&path, size).map_err(|e| ovf_err(OP, e))
         })?;
         match state {
-            StoreState::Valid { .. } | StoreState::Unknown => Ok(size),
+            StoreState::Valid { trailer } => Ok(Readable {
+                size,
+                generation: Some(trailer.generation),
+            }),
+            StoreState::Unknown => Ok(Readable {
+                size,
+                generation: None,
+            }),
             StoreState::Torn { reason, .. } => Err(StorageError::new(
                 Code::OvfStoreTorn,
                 OP,
@@ -150,7 +166,11 @@ impl Storage {
         }
     }
 
-    /// Hands `len` bytes at `offset` to `sink`, read with O_DIRECT.
+    /// Hands `len` bytes at `offset` to `sink`, read with O_DIRECT, under
+    /// the image lock an upload's commit takes exclusively; the store must
+    /// still be the `generation` [`ovf_check_readable`] saw, so a commit
+    /// between the check and the read never mixes two uploads.
+    #[allow(clippy::too_many_arguments)]
     pub fn ovf_read(
         &self,
         sd: SdUuid,
@@ -158,11 +178,24 @@ impl Storage {
         vol: VolUuid,
         offset: u64,
         len: u64,
+        generation: Option<u64>,
         sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
     ) -> StorageResult<()> {
         const OP: &str = "read OVF store";
         let info = self.ovf_volume(sd, img, vol, OP)?;
         let (_d, _i) = self.lock_image(sd, img, false)?;
+        let size = info.metadata.capacity.max(info.apparent_size);
+        let now = match store::state(&info.path, size).map_err(|e| ovf_err(OP, e))? {
+            StoreState::Valid { trailer } => Some(trailer.generation),
+            _ => None,
+        };
+        if now != generation {
+            return Err(StorageError::new(
+                Code::OvfStoreTorn,
+                OP,
+                format!("volume {vol} changed while it was being read; read it again"),
+            ));
+        }
         store::read_range(&info.path, offset, len, sink).map_err(|e| ovf_err(OP, e))
     }
 }
@@ -214,9 +247,23 @@ impl Storage {
                 }
                 let capacity = info.metadata.capacity.max(info.apparent_size);
                 let path = info.path.clone();
-                let state = self.io(&info.path, OP, move || {
-                    store::verify(&path, capacity).map_err(|e| ovf_err(OP, e))
-                })?;
+                let checked = if info.metadata.format != VolumeFormat::Raw {
+                    Err(StorageError::new(
+                        Code::IncorrectFormat,
+                        OP,
+                        "an OVF_STORE must be RAW",
+                    ))
+                } else {
+                    self.io(&info.path, OP, move || {
+                        store::verify(&path, capacity).map_err(|e| ovf_err(OP, e))
+                    })
+                };
+                // One unreadable store must not hide the others: it is
+                // listed as torn, with the reason, and never chosen.
+                let state = checked.unwrap_or_else(|e| StoreState::Torn {
+                    trailer: None,
+                    reason: e.to_string(),
+                });
                 let size = match &state {
                     StoreState::Valid { trailer } => Some(trailer.size),
                     StoreState::Unknown => description_size(&info.metadata.description),

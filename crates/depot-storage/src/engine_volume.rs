@@ -62,7 +62,6 @@ impl Storage {
         let md = self.with_volumes(&paths, sd, "create volume", move |v| {
             v.create(img, vol, &req)
         })?;
-        tracing::info!(sd = %sd, img = %img, vol = %vol, format = %md.format, capacity = md.capacity, "volume created");
         Ok(md)
     }
 

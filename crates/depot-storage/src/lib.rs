@@ -10,8 +10,10 @@
 
 pub mod backup;
 pub mod connection;
+pub mod copy;
 pub mod domain;
 pub mod engine;
+mod engine_copy;
 mod engine_ovf;
 mod engine_volume;
 pub mod error;
@@ -25,6 +27,7 @@ pub mod ovf;
 pub mod volume;
 
 pub use engine::{Storage, StorageConfig};
-pub use engine_ovf::{OvfListing, OvfStoreInfo, UploadDone};
+pub use engine_copy::{Control, CopyOutcome, VolRef};
+pub use engine_ovf::{OvfListing, OvfStoreInfo, Readable, UploadDone};
 pub use engine_volume::Prepared;
 pub use error::{StorageError, StorageResult};

@@ -105,6 +105,54 @@ pub enum Cmd {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// Copies one volume's data into an existing volume (SDM.copy_data),
+    /// showing the job's progress until it ends; prints the checksum.
+    ///
+    /// Ctrl-C stops watching, not the copy: abort it with
+    /// `depotctl call Host.abortJob job_id=<id>`.
+    Copy {
+        /// The source volume.
+        #[arg(value_name = "SD/IMG/VOL", value_parser = vol_path)]
+        src: VolPath,
+        /// The destination volume (it must exist).
+        #[arg(value_name = "SD/IMG/VOL", value_parser = vol_path)]
+        dst: VolPath,
+        /// The generation the destination must have (else error 911); it
+        /// has generation+1 after the copy.
+        #[arg(long, value_name = "N")]
+        generation: Option<u64>,
+        /// Print the job id and return without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Moves (or copies) a whole image to another domain (Image.move),
+    /// showing the job's progress until it ends.
+    ///
+    /// Ctrl-C stops watching, not the move: abort it with
+    /// `depotctl call Host.abortJob job_id=<id>`.
+    Move {
+        /// The source domain.
+        #[arg(long, value_name = "UUID", value_parser = uuid_arg)]
+        domain: Uuid,
+        /// The destination domain.
+        #[arg(long, value_name = "UUID", value_parser = uuid_arg)]
+        to: Uuid,
+        /// The image.
+        #[arg(long, value_name = "UUID", value_parser = uuid_arg)]
+        image: Uuid,
+        /// Keep the source (operation COPY instead of MOVE).
+        #[arg(long)]
+        copy: bool,
+        /// Wipe the source after moving.
+        #[arg(long, conflicts_with = "copy")]
+        post_zero: bool,
+        /// Replace an existing image on the destination.
+        #[arg(long)]
+        force: bool,
+        /// Print the job id and return without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// OVF_STORE volumes: upload and download the engine's tar, list a
     /// domain's stores and the VMs and templates they describe.
     #[command(subcommand)]
@@ -175,6 +223,28 @@ pub enum OvfCmd {
         #[arg(value_name = "ENTITY_ID", value_parser = uuid_arg)]
         entity: Uuid,
     },
+}
+
+/// A volume given as `SD/IMG/VOL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolPath {
+    pub sd: Uuid,
+    pub img: Uuid,
+    pub vol: Uuid,
+}
+
+fn vol_path(s: &str) -> Result<VolPath, String> {
+    let parts: Vec<&str> = s.split('/').collect();
+    let [sd, img, vol] = parts[..] else {
+        return Err(format!(
+            "{s:?} is not SD/IMG/VOL (domain, image and volume UUIDs)"
+        ));
+    };
+    Ok(VolPath {
+        sd: uuid_arg(sd)?,
+        img: uuid_arg(img)?,
+        vol: uuid_arg(vol)?,
+    })
 }
 
 fn uuid_arg(s: &str) -> Result<Uuid, String> {
@@ -312,6 +382,131 @@ mod tests {
         assert!(ovf(&["show", "--domain", SD]).is_err(), "no entity");
         assert!(ovf(&["show", "--domain", SD, "myvm"]).is_err());
         assert!(ovf(&["copy"]).is_err());
+    }
+
+    fn parse(args: &[&str]) -> Result<Cmd, clap::Error> {
+        let argv = ["depotctl"].iter().chain(args).copied();
+        Cli::try_parse_from(argv).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn copy_arguments() {
+        let src = format!("{SD}/{IMG}/{VOL}");
+        let dst = format!("{SP}/{IMG}/{}", VOL.to_uppercase());
+        let Cmd::Copy {
+            src: s,
+            dst: d,
+            generation,
+            no_wait,
+        } = parse(&["copy", &src, &dst]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            [s.sd, s.img, s.vol, d.sd, d.vol].map(|u| u.to_string()),
+            [SD, IMG, VOL, SP, VOL]
+        );
+        assert_eq!((generation, no_wait), (None, false));
+        let Cmd::Copy {
+            generation,
+            no_wait,
+            ..
+        } = parse(&["copy", "--no-wait", &src, &dst, "--generation", "3"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((generation, no_wait), (Some(3), true));
+
+        // Each part must be a UUID; exactly three parts; both volumes.
+        for bad in [
+            format!("{SD}/{IMG}"),
+            format!("{SD}/{IMG}/{VOL}/{VOL}"),
+            format!("{SD}/{IMG}/vol"),
+            format!("{SD}//{VOL}"),
+            format!("{SD}/{IMG}/{VOL}/"),
+            String::new(),
+        ] {
+            let e = parse(&["copy", &bad, &dst]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+        assert!(parse(&["copy", &src]).is_err());
+        assert!(parse(&["copy", &src, &dst, "--generation", "-1"]).is_err());
+        assert!(parse(&["copy", &src, &dst, "--generation", "x"]).is_err());
+    }
+
+    #[test]
+    fn move_arguments() {
+        let Cmd::Move {
+            domain,
+            to,
+            image,
+            copy,
+            post_zero,
+            force,
+            no_wait,
+        } = parse(&["move", "--domain", SD, "--to", SP, "--image", IMG]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!([domain, to, image].map(|u| u.to_string()), [SD, SP, IMG]);
+        assert!(!(copy || post_zero || force || no_wait));
+        let Cmd::Move {
+            copy,
+            force,
+            no_wait,
+            ..
+        } = parse(&[
+            "move",
+            "--copy",
+            "--force",
+            "--no-wait",
+            "--image",
+            IMG,
+            "--to",
+            SP,
+            "--domain",
+            SD,
+        ])
+        .unwrap()
+        else {
+            panic!()
+        };
+        assert!(copy && force && no_wait);
+        let Cmd::Move { post_zero, .. } = parse(&[
+            "move",
+            "--domain",
+            SD,
+            "--to",
+            SP,
+            "--image",
+            IMG,
+            "--post-zero",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert!(post_zero);
+        assert!(
+            parse(&["move", "--domain", SD, "--to", SP]).is_err(),
+            "no --image"
+        );
+        assert!(
+            parse(&["move", "--domain", SD, "--image", IMG]).is_err(),
+            "no --to"
+        );
+        assert!(parse(&["move", "--domain", SD, "--to", "c", "--image", IMG]).is_err());
+        assert!(parse(&[
+            "move",
+            "--domain",
+            SD,
+            "--to",
+            SP,
+            "--image",
+            IMG,
+            "--copy",
+            "--post-zero"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -227,11 +227,17 @@ impl Printer {
     }
 }
 
+/// The host's jobs, or only job `only` (absent when the daemon has no such
+/// job).
 async fn fetch(
     client: &Client,
     flow_id: Option<&str>,
+    only: Option<&str>,
 ) -> Result<BTreeMap<String, JobInfo>, ClientError> {
-    let params = json!({});
+    let params = match only {
+        Some(id) => json!({"job_ids": [id]}),
+        None => json!({}),
+    };
     let v = match flow_id {
         Some(f) => client.call_with_flow_id("Host.getJobs", params, f).await?,
         None => client.call("Host.getJobs", params).await?,
@@ -256,16 +262,36 @@ pub async fn run(
     interval: Duration,
     tty: bool,
 ) -> Result<(), Failure> {
-    let mut client = Client::connect_with(ep, opts).await?;
     if !watch {
-        let jobs = fetch(&client, flow_id).await?;
+        let client = Client::connect_with(ep, opts).await?;
+        let jobs = fetch(&client, flow_id, None).await?;
         print(&render_table(&jobs));
         return Ok(());
     }
+    watch_jobs(ep, opts, flow_id, interval, tty, None)
+        .await
+        .map(|_| ())
+}
 
+/// Shows the jobs (or only job `only`) until none is pending or running;
+/// returns the board as it ended. Watching one job that the daemon does
+/// not (or no longer) list fails.
+pub async fn watch_jobs(
+    ep: &Endpoint,
+    opts: Options,
+    flow_id: Option<&str>,
+    interval: Duration,
+    tty: bool,
+    only: Option<&str>,
+) -> Result<Board, Failure> {
+    let mut client = Client::connect_with(ep, opts).await?;
+    let prefix = match only {
+        Some(id) => format!("{JOB_STATUS_EVENT}{id}"),
+        None => JOB_STATUS_EVENT.to_string(),
+    };
     // Subscribe before the first listing so no change falls in between.
     let mut ws = match WsClient::connect_with_flow_id(ep, opts, flow_id).await {
-        Ok(ws) => match ws.subscribe(&[JOB_STATUS_EVENT]).await {
+        Ok(ws) => match ws.subscribe(&[prefix.as_str()]).await {
             Ok(()) => Some(ws),
             Err(e) => {
                 eprintln!("depotctl: no job events ({e}); polling every {interval:?}");
@@ -278,11 +304,18 @@ pub async fn run(
         }
     };
     let mut board = Board {
-        jobs: fetch(&client, flow_id).await?,
+        jobs: fetch(&client, flow_id, only).await?,
     };
     let mut last_fetch = Instant::now();
     let mut printer = Printer::new(tty);
     loop {
+        if let Some(id) = only {
+            // An event for another job (the subscription is by prefix).
+            board.jobs.retain(|k, _| k == id);
+            if !board.jobs.contains_key(id) {
+                return Err(Failure::Failed(format!("job {id} not found")));
+            }
+        }
         let active = board.active();
         let footer = match (&ws, active) {
             (_, false) => None,
@@ -293,7 +326,7 @@ pub async fn run(
         };
         print(&printer.update(&board, footer.as_deref()));
         if !active {
-            return Ok(());
+            return Ok(board);
         }
 
         let mut refetch = false;
@@ -328,12 +361,12 @@ pub async fn run(
             }
         }
         if refetch {
-            board.jobs = match fetch(&client, flow_id).await {
+            board.jobs = match fetch(&client, flow_id, only).await {
                 Ok(jobs) => jobs,
                 // The daemon may close an idle connection: reconnect once.
                 Err(e) if !e.is_rpc() => {
                     client = Client::connect_with(ep, opts).await?;
-                    fetch(&client, flow_id).await?
+                    fetch(&client, flow_id, only).await?
                 }
                 Err(e) => return Err(e.into()),
             };

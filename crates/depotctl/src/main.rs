@@ -4,6 +4,7 @@
 mod args;
 mod call;
 mod connect;
+mod copy;
 mod events;
 mod jobs;
 mod ovf;
@@ -82,6 +83,30 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             jobs::run(&ep, opts, flow_id, watch, interval, tty).await
         }
         Cmd::Events { prefixes, count } => events::run(&ep, opts, flow_id, &prefixes, count).await,
+        Cmd::Copy {
+            src,
+            dst,
+            generation,
+            no_wait,
+        } => {
+            let tty = std::io::stdout().is_terminal();
+            copy::copy(&ep, opts, flow_id, &src, &dst, generation, no_wait, tty).await
+        }
+        Cmd::Move {
+            domain,
+            to,
+            image,
+            copy,
+            post_zero,
+            force,
+            no_wait,
+        } => {
+            let tty = std::io::stdout().is_terminal();
+            copy::move_image(
+                &ep, opts, flow_id, domain, to, image, copy, post_zero, force, no_wait, tty,
+            )
+            .await
+        }
         Cmd::Ovf(cmd) => ovf::run(&ep, opts, flow_id, cmd).await,
     }
 }
@@ -104,7 +129,12 @@ fn main() -> ExitCode {
                 Ok(()) => 0,
                 Err(f) => f.report(),
             },
-            _ = tokio::signal::ctrl_c() => 130,
+            _ = tokio::signal::ctrl_c() => {
+                if let Some(m) = copy::interrupted_message() {
+                    eprintln!("\n{m}");
+                }
+                130
+            }
         }
     });
     ExitCode::from(code)

@@ -629,3 +629,130 @@ fn ovf_store_upload_list_show_download() {
 
     d.stop();
 }
+
+#[test]
+fn copy_and_move_between_localfs_domains() {
+    let bin = depotd();
+    let mut d = Daemon::start(&bin);
+    let s = d.sock_args();
+    let uuid = || uuid::Uuid::new_v4().to_string();
+    let blank = "00000000-0000-0000-0000-000000000000";
+    let (img, vol) = (uuid(), uuid());
+    let ok = |r: Run| {
+        assert_eq!(r.code, Some(0), "{r:?}");
+        r.stdout
+    };
+
+    // Three LOCALFS domains: A and B with the same RAW SPARSE 16 MiB volume
+    // (same ids), C empty.
+    let mut doms = Vec::new();
+    for name in ["a", "b", "c"] {
+        let dir = d.tmp.0.join(format!("data-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = dir.display().to_string();
+        let sd = uuid();
+        let conn = format!(
+            "connectionParams=[{{\"id\": \"{}\", \"connection\": \"{dir}\"}}]",
+            uuid()
+        );
+        ok(d.ctl(&with(
+            &s,
+            &[
+                "call",
+                "StoragePool.connectStorageServer",
+                "domainType=4",
+                &conn,
+            ],
+        )));
+        ok(d.ctl(&with(
+            &s,
+            &[
+                "call",
+                "StorageDomain.create",
+                &format!("storagedomainID={sd}"),
+                "domainType=4",
+                &format!("typeArgs={dir}"),
+                &format!("name=copy-{name}"),
+                "domainClass=1",
+                "blockSize=0",
+            ],
+        )));
+        if name != "c" {
+            ok(d.ctl(&with(
+                &s,
+                &[
+                    "call",
+                    "Volume.create",
+                    &format!("volumeID={vol}"),
+                    &format!("storagedomainID={sd}"),
+                    &format!("imageID={img}"),
+                    "size=16777216",
+                    "volFormat=RAW",
+                    "preallocate=SPARSE",
+                    "diskType=DATA",
+                    "desc=copy-test",
+                    &format!("srcImgUUID={blank}"),
+                    &format!("srcVolUUID={blank}"),
+                ],
+            )));
+        }
+        doms.push((PathBuf::from(dir), sd));
+    }
+    let file = |i: usize| doms[i].0.join(&doms[i].1).join("images").join(&img);
+    let (sd_a, sd_b, sd_c) = (doms[0].1.clone(), doms[1].1.clone(), doms[2].1.clone());
+
+    // Some data in A's volume: at the start and at 5 MiB.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(file(0).join(&vol))
+            .unwrap();
+        f.write_all(&b"depot copy test\n".repeat(1000)).unwrap();
+        f.seek(SeekFrom::Start(5 << 20)).unwrap();
+        f.write_all(&[0xa5; 70000]).unwrap();
+    }
+
+    let src = format!("{sd_a}/{img}/{vol}");
+    let dst = format!("{sd_b}/{img}/{vol}");
+    let out = ok(d.ctl(&with(&s, &["copy", &src, &dst])));
+    assert!(out.contains("checksum: blake2b:"), "{out}");
+    assert!(out.contains("generation: 1"), "{out}");
+    assert!(
+        std::fs::read(file(0).join(&vol)).unwrap() == std::fs::read(file(1).join(&vol)).unwrap(),
+        "destination bytes differ"
+    );
+
+    // B is at generation 1 now.
+    let r = d.ctl(&with(&s, &["copy", &src, &dst, "--generation", "0"]));
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("error 911: "), "{r:?}");
+
+    // A bad volume path is a usage error.
+    let r = d.ctl(&with(&s, &["copy", &format!("{sd_a}/{img}"), &dst]));
+    assert_eq!(r.code, Some(2), "{r:?}");
+
+    // Move A's image to C.
+    let out = ok(d.ctl(&with(
+        &s,
+        &["move", "--domain", &sd_a, "--to", &sd_c, "--image", &img],
+    )));
+    assert!(out.contains("volume 1:"), "{out}");
+    let images = |sd: &str| {
+        let out = ok(d.ctl(&with(
+            &s,
+            &[
+                "call",
+                "StorageDomain.getImages",
+                &format!("storagedomainID={sd}"),
+                "--json",
+            ],
+        )));
+        serde_json::from_str::<Vec<String>>(out.trim()).unwrap()
+    };
+    assert_eq!(images(&sd_c), vec![img.clone()]);
+    assert!(images(&sd_a).is_empty());
+    assert!(file(2).join(&vol).exists() && !file(0).join(&vol).exists());
+
+    d.stop();
+}

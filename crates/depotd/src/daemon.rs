@@ -20,6 +20,7 @@ use crate::pki;
 use crate::router::Router;
 use crate::rpc::RpcEngine;
 use crate::server::{self, Shared};
+use crate::storage_jobs;
 use crate::systemd;
 
 /// The file, in the state directory, that holds the bound TLS address: port
@@ -74,14 +75,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
 
-    let jobs_config = JobsConfig {
-        autodelete: Duration::from_secs_f64(config.jobs.autodelete_delay_s),
-        max_running: config.jobs.max_running,
-    };
-    let (jobs, recovery) =
-        JobManager::open(state_dir, jobs_config, vec![Arc::new(SleepJob)]).await?;
-    tracing::info!(%recovery, "jobs recovered");
-
     let storage = Arc::new(Storage::new(
         StorageConfig {
             repository: config.daemon.repository.clone(),
@@ -100,6 +93,17 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             .unwrap_or_default()
     };
     tracing::info!(cleaned = recovered.len(), "storage recovered");
+
+    let jobs_config = JobsConfig {
+        autodelete: Duration::from_secs_f64(config.jobs.autodelete_delay_s),
+        max_running: config.jobs.max_running,
+    };
+    let journal_dir = state_dir.join("copy-journals");
+    make_dir(&journal_dir, 0o700)?;
+    let mut kinds: Vec<Arc<dyn depot_jobs::JobKind>> = vec![Arc::new(SleepJob)];
+    kinds.extend(storage_jobs::kinds(&storage, journal_dir));
+    let (jobs, recovery) = JobManager::open(state_dir, jobs_config, kinds).await?;
+    tracing::info!(%recovery, "jobs recovered");
 
     let events = EventBus::new(EVENT_QUEUE);
     let forwarder = events.forward_jobs(&jobs);

@@ -16,5 +16,6 @@ pub mod router;
 pub mod rpc;
 pub mod server;
 pub mod storage_api;
+pub mod storage_jobs;
 pub mod systemd;
 pub mod ws;

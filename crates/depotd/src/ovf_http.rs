@@ -79,7 +79,7 @@ fn status_for(code: Code) -> StatusCode {
         | Code::VolumeDoesNotExist
         | Code::ImageDoesNotExistInSD => StatusCode::NOT_FOUND,
         Code::InvalidParameterException | Code::InvalidParams => StatusCode::BAD_REQUEST,
-        Code::VolumeResizeValueError => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::VolumeResizeValueError | Code::OvfUploadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -141,26 +141,41 @@ pub async fn put(req: Request<Incoming>, conn: &Conn, storage: Arc<Storage>) -> 
     });
 
     let mut body = req.into_body();
-    while let Some(frame) = body.frame().await {
-        let item = match frame {
-            Ok(f) => match f.into_data() {
-                Ok(data) => Ok(data),
-                Err(_) => continue, // trailers
-            },
-            Err(e) => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                format!("client stream broke: {e}"),
-            )),
-        };
-        let failed = item.is_err();
-        // The storage side stops reading when it refuses the upload.
-        if tx.send(item).await.is_err() || failed {
-            break;
+    let mut upload = upload;
+    // Feed the body until it ends, or until the storage side has answered
+    // on its own (a refusal before the body is read: 404, 409, 9005 ...),
+    // which must not wait for bytes the client may never send.
+    let finished = loop {
+        tokio::select! {
+            frame = body.frame() => {
+                let Some(frame) = frame else { break None };
+                match frame {
+                    Ok(f) => {
+                        let Ok(data) = f.into_data() else { continue }; // trailers
+                        // The storage side stops reading when it refuses.
+                        if tx.send(Ok(data)).await.is_err() {
+                            break None;
+                        }
+                    }
+                    // The client stopped sending: for the storage side
+                    // this is the end of the body, which it reports as a
+                    // truncated upload (400, naming the missing bytes).
+                    Err(e) => {
+                        tracing::info!(peer = %conn.peer, error = %e, "OVF upload body ended early");
+                        break None;
+                    }
+                }
+            }
+            done = &mut upload => break Some(done),
         }
-    }
+    };
     drop(tx);
+    let outcome = match finished {
+        Some(done) => done,
+        None => upload.await,
+    };
 
-    match upload.await {
+    match outcome {
         Ok(Ok(done)) => {
             tracing::info!(peer = %conn.peer, sd = %sd, img = %img, vol = %vol, size = done.size,
                 generation = done.generation, "OVF store updated");
@@ -216,11 +231,11 @@ pub async fn get(req: Request<Incoming>, storage: Arc<Storage>) -> Response<Body
     let (sd, img, vol) = (ids.sd, ids.img, ids.vol);
     // Check before the 206 goes out: a torn store is an error, not data.
     let s = storage.clone();
-    let total =
+    let checked =
         match tokio::task::spawn_blocking(move || s.ovf_check_readable(sd, img, vol, start, end))
             .await
         {
-            Ok(Ok(total)) => total,
+            Ok(Ok(checked)) => checked,
             Ok(Err(e)) => return storage_error(e.into()),
             Err(e) => {
                 return error(
@@ -235,7 +250,15 @@ pub async fn get(req: Request<Incoming>, storage: Arc<Storage>) -> Response<Body
             tx.blocking_send(Ok(Bytes::copy_from_slice(chunk)))
                 .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
         };
-        if let Err(e) = storage.ovf_read(sd, img, vol, start, end - start + 1, &mut sink) {
+        if let Err(e) = storage.ovf_read(
+            sd,
+            img,
+            vol,
+            start,
+            end - start + 1,
+            checked.generation,
+            &mut sink,
+        ) {
             // The status is sent already: breaking the body tells the client.
             let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
         }
@@ -249,7 +272,7 @@ pub async fn get(req: Request<Incoming>, storage: Arc<Storage>) -> Response<Body
         .header(header::CONTENT_LENGTH, end - start + 1)
         .header(
             header::CONTENT_RANGE,
-            format!("bytes {start}-{end}/{total}"),
+            format!("bytes {start}-{end}/{}", checked.size),
         )
         .header(TASK_ID_HEADER, Uuid::new_v4().to_string())
         .body(StreamBody::new(stream).boxed())

@@ -2,7 +2,7 @@
 //! service's typed answer back to the wire value. Nothing else happens here:
 //! no validation beyond what the wire types enforce, no storage logic.
 
-use depot_api::storage::{ImgUuid, SpUuid};
+use depot_api::storage::{ImgUuid, MoveOperation, SpUuid};
 use depot_api::types::{Capabilities, JobType};
 use depot_api::{params, ApiError, Call, Code};
 use depot_jobs::{JobManager, SLEEP_KIND};
@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use crate::rpc::CallCtx;
 use crate::storage_api::{self as st, blocking};
+use crate::storage_jobs;
 
 #[derive(Clone)]
 pub struct Router {
@@ -69,6 +70,45 @@ impl Router {
             Call::StorageDomainGetOvfEntities(p) => st::ovf_entities(s, p.storagedomainID).await,
             Call::StorageDomainGetOvfEntity(p) => {
                 st::ovf_entity(s, p.storagedomainID, p.entityID).await
+            }
+            Call::SdmCopyData(p) => self.copy_data(p).await,
+            Call::SdmUpdateVolume(p) => {
+                let spec = storage_jobs::spec(&storage_jobs::UpdateSpec {
+                    vol: storage_jobs::VolSpec {
+                        sd: p.vol_info.sd_id,
+                        img: p.vol_info.img_id,
+                        vol: p.vol_info.vol_id,
+                    },
+                    generation: p.vol_info.generation,
+                    legality: p.vol_attr.legality,
+                    description: p.vol_attr.description,
+                    new_generation: p.vol_attr.generation,
+                });
+                self.start_job(p.job_id, storage_jobs::UPDATE_VOLUME, spec)
+                    .await
+            }
+            Call::ImageMove(p) => {
+                let spec = storage_jobs::spec(&storage_jobs::MoveSpec {
+                    src_sd: p.storagedomainID,
+                    dst_sd: p.dstSdUUID,
+                    img: p.imageID,
+                    delete_source: p.operation == MoveOperation::Move,
+                    post_zero: p.postZero.unwrap_or(false),
+                    force: p.force.unwrap_or(false),
+                });
+                // VDSM answers with an SPM task id; depot's job id plays
+                // that part (docs/copy.md).
+                let id = depot_api::types::JobId(depot_api::types::Uuid::new_v4());
+                self.start_job(id, storage_jobs::MOVE_IMAGE, spec).await?;
+                Ok(Value::String(id.to_string()))
+            }
+            Call::VolumeGetChecksum(p) => {
+                let spec = storage_jobs::spec(&storage_jobs::VolSpec {
+                    sd: p.storagedomainID,
+                    img: p.imageID,
+                    vol: p.volumeID,
+                });
+                self.start_job(p.job_id, storage_jobs::CHECKSUM, spec).await
             }
             Call::StorageDomainValidate(p) => {
                 let sd = p.storagedomainID;
@@ -160,6 +200,44 @@ impl Router {
         Ok(Value::Object(jobs))
     }
 
+    async fn start_job(
+        &self,
+        id: depot_api::types::JobId,
+        kind: &str,
+        spec: Value,
+    ) -> Result<Value, ApiError> {
+        self.jobs
+            .start(id, kind, JobType::Storage, spec)
+            .await
+            .map(|()| Value::Bool(true))
+    }
+
+    async fn copy_data(&self, p: params::SdmCopyData) -> Result<Value, ApiError> {
+        for (name, e) in [("source", &p.source), ("destination", &p.destination)] {
+            if e.endpoint_type != "div" {
+                return Err(ApiError::new(
+                    Code::InvalidParameterException,
+                    format!(
+                        "{name}.endpoint_type={:?} (only \"div\" endpoints are supported)",
+                        e.endpoint_type
+                    ),
+                ));
+            }
+        }
+        let vol = |e: &depot_api::storage::CopyEndpoint| storage_jobs::VolSpec {
+            sd: e.sd_id,
+            img: e.img_id,
+            vol: e.vol_id,
+        };
+        let spec = storage_jobs::spec(&storage_jobs::CopySpec {
+            src: vol(&p.source),
+            dst: vol(&p.destination),
+            generation: p.destination.generation,
+        });
+        self.start_job(p.job_id, storage_jobs::COPY_DATA, spec)
+            .await
+    }
+
     async fn sleep_job(&self, p: params::HostSleepJob) -> Result<Value, ApiError> {
         if !(p.duration.is_finite() && (0.0..=86400.0).contains(&p.duration)) {
             return Err(ApiError::new(
@@ -201,6 +279,14 @@ pub fn capabilities() -> Capabilities {
             .into_iter()
             .map(|t| (t.to_string(), vec![0, 512, 4096]))
             .collect::<BTreeMap<_, _>>(),
-        additional_features: vec!["host_jobs".into(), "job_abort".into()],
+        additional_features: [
+            "host_jobs",
+            "job_abort",
+            "ovf_store_checksum",
+            "backup_domain",
+            "copy_checksum",
+        ]
+        .map(String::from)
+        .to_vec(),
     }
 }

@@ -320,6 +320,70 @@ async fn localfs_backup_domain_rules_restart_and_import() {
     .await;
 }
 
+/// A live move into a backup domain is refused: a copy whose source is
+/// prepared for a VM (9015); once torn down, the same copy is allowed.
+#[tokio::test]
+async fn no_live_move_into_a_backup_domain() {
+    let storage = tempfile::tempdir().unwrap();
+    let conn = ConnectionSpec::local(storage.path());
+    let d = Daemon::start(CONFIG);
+    let c = d.client().await;
+    connect(&c, LOCALFS, &conn).await;
+    let normal = create(&c, LOCALFS, &conn, 1, false).await;
+    let backup = create(&c, LOCALFS, &conn, 1, true).await;
+    let (img, vol) = (new_id(), new_id());
+    for sd in [&normal, &backup] {
+        call_ok(
+            &c,
+            "Volume.create",
+            volume_params(sd, &img, &vol, 8 * MIB, "RAW", "SPARSE", "d", None),
+        )
+        .await;
+    }
+    let sp = new_id();
+    call_ok(&c, "Image.prepare", prepare(&sp, &normal, &img, &vol, None)).await;
+    let copy = |job: &str| {
+        json!({"job_id": job,
+            "source": {"endpoint_type": "div", "sd_id": normal, "img_id": img, "vol_id": vol},
+            "destination": {"endpoint_type": "div", "sd_id": backup, "img_id": img, "vol_id": vol, "generation": 0}})
+    };
+    let job = new_id();
+    call_ok(&c, "SDM.copy_data", copy(&job)).await;
+    let failed = common::eventually("the live move to fail", common::WAIT, || async {
+        let jobs = c
+            .call("Host.getJobs", json!({"job_ids": [job]}))
+            .await
+            .ok()?;
+        Some(jobs[&job].clone()).filter(|j| j["status"] == "failed")
+    })
+    .await;
+    assert_eq!(failed["error"]["code"], 9015, "{failed}");
+    let md = volume_info(&c, &backup, &img, &vol).await;
+    assert_eq!(
+        (md["legality"].as_str(), md["generation"].as_i64()),
+        (Some("LEGAL"), Some(0)),
+        "unchanged"
+    );
+
+    // Not in use any more: the copy into the backup domain is allowed.
+    call_ok(
+        &c,
+        "Image.teardown",
+        json!({"storagepoolID": sp, "storagedomainID": normal, "imageID": img}),
+    )
+    .await;
+    let job = new_id();
+    call_ok(&c, "SDM.copy_data", copy(&job)).await;
+    common::eventually("the copy to finish", common::WAIT, || async {
+        let jobs = c
+            .call("Host.getJobs", json!({"job_ids": [job]}))
+            .await
+            .ok()?;
+        Some(()).filter(|_| jobs[&job]["status"] == "done")
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn glusterfs_backup_domain_rules() {
     if !support::is_root() {

@@ -1,0 +1,513 @@
+//! Copies between domains (docs/copy.md): `SDM.copy_data` (one volume),
+//! `Image.move` (a whole chain, COPY or MOVE), `SDM.update_volume` (the
+//! engine's fence) and checksums.
+//!
+//! Integrity rules: the destination's GEN must equal the generation the
+//! caller gives (911); the destination is ILLEGAL while the copy runs and
+//! becomes LEGAL with GEN+1 only after the data is complete and verified;
+//! the source image is locked shared and the destination image exclusive;
+//! MOVE deletes the source only after every destination volume is LEGAL.
+
+use std::path::{Path, PathBuf};
+
+use depot_api::storage::{ImgUuid, Legality, SdUuid, VolUuid, VolumeFormat};
+use depot_api::Code;
+use depot_os::{ConvertOptions, ImageFormat};
+
+use crate::copy::{self, BlkHash, CopyError, CopyOptions, Journal};
+use crate::engine::Storage;
+use crate::lock::{LockGuard, LockMode, ResourceName};
+use crate::metadata::volume::next_generation;
+use crate::volume::{CreateVolume, VolumeInfo};
+use crate::{StorageError, StorageResult};
+
+/// One volume on one domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VolRef {
+    pub sd: SdUuid,
+    pub img: ImgUuid,
+    pub vol: VolUuid,
+}
+
+/// How a copy went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOutcome {
+    /// The blkhash of the data copied (raw to raw), as ovirt-imageio
+    /// computes it.
+    pub checksum: Option<BlkHash>,
+    /// The destination was read back and matched.
+    pub verified: bool,
+    /// "native" (depot's O_DIRECT copier) or "qemu-img".
+    pub method: &'static str,
+    /// The destination's new generation.
+    pub generation: u32,
+    /// Bytes the copy resumed from after a restart (native copies).
+    pub resumed_from: u64,
+}
+
+/// What a long operation reports and asks.
+pub struct Control<'a> {
+    /// 0..=100.
+    pub progress: &'a dyn Fn(u8),
+    pub abort: &'a dyn Fn() -> bool,
+}
+
+fn copy_err(op: &'static str, e: CopyError) -> StorageError {
+    let code = match &e {
+        CopyError::Aborted => Code::TaskAborted,
+        CopyError::DestinationTooSmall { .. } => Code::VolumeResizeValueError,
+        _ => Code::VolumeCopyError,
+    };
+    StorageError::new(code, op, e.to_string())
+}
+
+fn image_format(f: VolumeFormat) -> ImageFormat {
+    match f {
+        VolumeFormat::Raw => ImageFormat::Raw,
+        VolumeFormat::Cow => ImageFormat::Qcow2,
+    }
+}
+
+impl Storage {
+    /// Takes the source image shared and the destination image exclusive
+    /// (and their domains shared), all at once in the lock order.
+    fn lock_copy(&self, src: VolRef, dst: VolRef) -> StorageResult<Vec<LockGuard>> {
+        let mut want = vec![
+            (ResourceName::domain(src.sd), LockMode::Shared),
+            (ResourceName::domain(dst.sd), LockMode::Shared),
+            (ResourceName::image(dst.sd, dst.img), LockMode::Exclusive),
+        ];
+        if (src.sd, src.img) != (dst.sd, dst.img) {
+            want.push((ResourceName::image(src.sd, src.img), LockMode::Shared));
+        }
+        self.locks().acquire_all(want, self.config().lock_timeout)
+    }
+
+    /// A backup domain never receives a live move: the source must not be
+    /// prepared for a running VM (9015).
+    fn check_live_move(&self, src: VolRef, dst: VolRef, op: &'static str) -> StorageResult<()> {
+        if self.is_prepared_for_vm(src.sd, src.img) && self.domain_info(dst.sd)?.metadata.backup {
+            return Err(StorageError::new(
+                Code::BackupDomainNoLiveMove,
+                op,
+                format!(
+                    "image {} is in use by a VM and {} is a backup domain",
+                    src.img, dst.sd
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `SDM.copy_data` for `div` endpoints: copies `src` into the existing
+    /// `dst` under the integrity rules above. Raw to raw uses the native
+    /// copier (with a crash-resume journal in `journal_dir`); anything with
+    /// qcow2 uses `qemu-img convert`.
+    pub fn copy_volume(
+        &self,
+        src: VolRef,
+        dst: VolRef,
+        dst_generation: Option<u32>,
+        verify: bool,
+        journal_dir: Option<&Path>,
+        ctl: &Control<'_>,
+    ) -> StorageResult<CopyOutcome> {
+        const OP: &str = "copy volume";
+        self.check_live_move(src, dst, OP)?;
+        let _locks = self.lock_copy(src, dst)?;
+        let src_info = self.volume_info_unlocked(src)?;
+        let dst_info = self.volume_info_unlocked(dst)?;
+        if let Some(g) = dst_generation {
+            if dst_info.metadata.generation != g {
+                return Err(StorageError::new(
+                    Code::GenerationMismatch,
+                    OP,
+                    format!(
+                        "volume {} has generation {}, not {g}",
+                        dst.vol, dst_info.metadata.generation
+                    ),
+                ));
+            }
+        }
+        let new_gen = next_generation(dst_info.metadata.generation);
+        // ILLEGAL before the first byte, durably: a crash mid-copy leaves a
+        // volume nobody mistakes for complete.
+        self.update_volume_unlocked(dst, |md| {
+            md.legality = Legality::Illegal;
+            Ok(())
+        })?;
+        let outcome =
+            self.copy_data_locked(&src_info, &dst_info, dst, verify, journal_dir, ctl, new_gen)?;
+        self.update_volume_unlocked(dst, move |md| {
+            md.legality = Legality::Legal;
+            md.generation = new_gen;
+            Ok(())
+        })?;
+        tracing::info!(src = %src.vol, dst = %dst.vol, method = outcome.method,
+            checksum = outcome.checksum.as_ref().map(|c| c.checksum.as_str()).unwrap_or("-"),
+            "volume copied");
+        Ok(outcome)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_data_locked(
+        &self,
+        src: &VolumeInfo,
+        dst: &VolumeInfo,
+        dst_ref: VolRef,
+        verify: bool,
+        journal_dir: Option<&Path>,
+        ctl: &Control<'_>,
+        new_gen: u32,
+    ) -> StorageResult<CopyOutcome> {
+        const OP: &str = "copy volume";
+        let (sf, df) = (src.metadata.format, dst.metadata.format);
+        if dst.metadata.capacity < src.metadata.capacity {
+            return Err(StorageError::new(
+                Code::VolumeResizeValueError,
+                OP,
+                format!(
+                    "destination {} holds {} bytes, the source {}",
+                    dst_ref.vol, dst.metadata.capacity, src.metadata.capacity
+                ),
+            ));
+        }
+        if sf == VolumeFormat::Raw && df == VolumeFormat::Raw {
+            let journal = journal_dir.map(|d| {
+                Journal::new(
+                    d.join(format!("{}.copy-journal", dst_ref.vol)),
+                    u64::from(new_gen),
+                )
+            });
+            let dst_is_zero = journal.is_none() && dst.true_size == 0;
+            let progress = |done: u64, total: u64| {
+                let pct = done
+                    .saturating_mul(100)
+                    .checked_div(total)
+                    .unwrap_or(100)
+                    .min(100);
+                (ctl.progress)(pct as u8);
+            };
+            let opts = CopyOptions {
+                dst_is_zero,
+                sparse: dst.metadata.alloc_type == depot_api::storage::AllocType::Sparse,
+                checksum: true,
+                verify,
+                progress: &progress,
+                abort: ctl.abort,
+                journal: journal.as_ref(),
+                ..CopyOptions::default()
+            };
+            let r = copy::copy_raw(&src.path, &dst.path, opts).map_err(|e| copy_err(OP, e))?;
+            return Ok(CopyOutcome {
+                checksum: r.checksum,
+                verified: r.verified,
+                method: "native",
+                generation: new_gen,
+                resumed_from: r.resumed_from,
+            });
+        }
+        // qcow2 on either side: qemu-img, as VDSM does. A destination layer
+        // with a parent gets only what differs from it (-B).
+        let backing =
+            (!dst.metadata.parent.is_blank()).then(|| -> StorageResult<(PathBuf, ImageFormat)> {
+                let parent = self.volume_info_unlocked(VolRef {
+                    vol: dst.metadata.parent,
+                    ..dst_ref
+                })?;
+                Ok((
+                    PathBuf::from(dst.metadata.parent.to_string()),
+                    image_format(parent.metadata.format),
+                ))
+            });
+        let backing = backing.transpose()?;
+        let opts = ConvertOptions {
+            // Only a raw file with nothing allocated is known to read as
+            // zeros. A qcow2 may hold clusters of an earlier (crashed or
+            // repeated) copy, so qemu-img must write the zeros too.
+            target_is_zero: backing.is_none() && df == VolumeFormat::Raw && dst.true_size == 0,
+            unordered_writes: false,
+            backing,
+        };
+        let progress = |p: f64| (ctl.progress)(p.clamp(0.0, 100.0) as u8);
+        self.qemu
+            .convert(
+                &src.path,
+                image_format(sf),
+                &dst.path,
+                image_format(df),
+                &opts,
+                self.config().qemu_img_timeout,
+                &progress,
+                ctl.abort,
+            )
+            .map_err(|e| {
+                let aborted = e.cmd_error().is_some_and(|c| c.is_aborted());
+                StorageError::new(
+                    if aborted {
+                        Code::TaskAborted
+                    } else {
+                        Code::VolumeCopyError
+                    },
+                    OP,
+                    e.to_string(),
+                )
+            })?;
+        let verified = if verify && dst.metadata.parent.is_blank() && src.metadata.parent.is_blank()
+        {
+            self.qemu
+                .compare(
+                    &src.path,
+                    image_format(sf),
+                    &dst.path,
+                    image_format(df),
+                    self.config().qemu_img_timeout,
+                )
+                .map_err(|e| {
+                    StorageError::new(Code::VolumeCopyError, OP, format!("verification: {e}"))
+                })?;
+            true
+        } else {
+            false
+        };
+        Ok(CopyOutcome {
+            checksum: None,
+            verified,
+            method: "qemu-img",
+            generation: new_gen,
+            resumed_from: 0,
+        })
+    }
+
+    /// `Volume.getChecksum`: the blkhash of a raw volume's data.
+    pub fn volume_checksum(&self, v: VolRef, ctl: &Control<'_>) -> StorageResult<BlkHash> {
+        const OP: &str = "volume checksum";
+        let info = self.volume_info(v.sd, v.img, v.vol)?;
+        if info.metadata.format != VolumeFormat::Raw {
+            return Err(StorageError::new(
+                Code::IncorrectFormat,
+                OP,
+                format!(
+                    "volume {} is COW; checksums are computed on RAW volumes",
+                    v.vol
+                ),
+            ));
+        }
+        let (_d, _i) = self.lock_image(v.sd, v.img, false)?;
+        let progress = |done: u64, total: u64| {
+            let pct = done
+                .saturating_mul(100)
+                .checked_div(total)
+                .unwrap_or(100)
+                .min(100);
+            (ctl.progress)(pct as u8);
+        };
+        let opts = copy::ChecksumOptions {
+            progress: &progress,
+            abort: ctl.abort,
+            ..copy::ChecksumOptions::default()
+        };
+        copy::checksum_raw(&info.path, info.metadata.capacity, &opts).map_err(|e| copy_err(OP, e))
+    }
+
+    /// `SDM.update_volume`: the engine's fence. The volume's GEN must be
+    /// `generation` (911); then legality, description and generation are
+    /// set as given.
+    pub fn update_volume_fenced(
+        &self,
+        v: VolRef,
+        generation: u32,
+        legality: Option<Legality>,
+        description: Option<String>,
+        new_generation: Option<u32>,
+    ) -> StorageResult<()> {
+        const OP: &str = "update volume";
+        let (_d, _i) = self.lock_image(v.sd, v.img, true)?;
+        let info = self.volume_info_unlocked(v)?;
+        if info.metadata.generation != generation {
+            return Err(StorageError::new(
+                Code::GenerationMismatch,
+                OP,
+                format!(
+                    "volume {} has generation {}, not {generation}",
+                    v.vol, info.metadata.generation
+                ),
+            ));
+        }
+        self.update_volume_unlocked(v, move |md| {
+            if let Some(l) = legality {
+                md.legality = l;
+            }
+            if let Some(d) = description {
+                md.description = d;
+            }
+            if let Some(g) = new_generation {
+                md.generation = g;
+            }
+            Ok(())
+        })
+        .map(|_| ())
+    }
+
+    /// `Image.move`: clones the chain of `img` from `src_sd` onto `dst_sd`
+    /// (same ids, formats, sizes; ILLEGAL), copies each volume base to
+    /// leaf, makes them LEGAL, and for MOVE deletes the source after that.
+    /// An existing destination image is refused unless `force`, which
+    /// deletes it first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn move_image(
+        &self,
+        src_sd: SdUuid,
+        dst_sd: SdUuid,
+        img: ImgUuid,
+        delete_source: bool,
+        post_zero: bool,
+        force: bool,
+        journal_dir: Option<&Path>,
+        ctl: &Control<'_>,
+    ) -> StorageResult<Vec<CopyOutcome>> {
+        const OP: &str = "move image";
+        if src_sd == dst_sd {
+            return Err(StorageError::new(
+                Code::InvalidParameterException,
+                OP,
+                "source and destination are the same domain",
+            ));
+        }
+        let leaf = self.leaf_of(src_sd, img)?;
+        self.check_live_move(
+            VolRef {
+                sd: src_sd,
+                img,
+                vol: leaf,
+            },
+            VolRef {
+                sd: dst_sd,
+                img,
+                vol: leaf,
+            },
+            OP,
+        )?;
+        let chain = {
+            let paths = self.locate(src_sd)?;
+            let (_d, _i) = self.lock_image(src_sd, img, false)?;
+            let (p, qemu, t) = (
+                paths.clone(),
+                self.qemu.clone(),
+                self.config().qemu_img_timeout,
+            );
+            self.io(&paths.root, OP, move || {
+                crate::volume::FileVolumes::new(&p, src_sd, &qemu, t).chain(img, leaf, false)
+            })?
+        };
+        if self.list_images(dst_sd)?.contains(&img) {
+            if !force {
+                return Err(StorageError::new(
+                    Code::VolumeAlreadyExists,
+                    OP,
+                    format!("image {img} exists on {dst_sd}; pass force to replace it"),
+                ));
+            }
+            self.delete_image(dst_sd, img, false, true)?;
+        }
+        // Base to leaf: create a volume (ILLEGAL), copy into it (LEGAL),
+        // then its child, so that every child is created over a LEGAL
+        // parent and a crash leaves at most the last volume ILLEGAL.
+        let n = chain.len().max(1);
+        let mut outcomes = Vec::new();
+        for (i, v) in chain.iter().enumerate() {
+            let md = &v.metadata;
+            let req = CreateVolume {
+                capacity: md.capacity,
+                format: md.format,
+                alloc: md.alloc_type,
+                disk_type: md.disk_type,
+                description: md.description.clone(),
+                parent: md.parent,
+                legal: false,
+                sequence: md.sequence,
+            };
+            self.create_volume(dst_sd, img, v.volume, req)?;
+            let part = |p: u8| (ctl.progress)(((i * 100 + usize::from(p)) / n) as u8);
+            let sub = Control {
+                progress: &part,
+                abort: ctl.abort,
+            };
+            let src = VolRef {
+                sd: src_sd,
+                img,
+                vol: v.volume,
+            };
+            let dst = VolRef {
+                sd: dst_sd,
+                img,
+                vol: v.volume,
+            };
+            outcomes.push(self.copy_volume(src, dst, Some(0), true, journal_dir, &sub)?);
+        }
+        if delete_source {
+            // Only now: every destination volume is LEGAL and verified.
+            if let Err(e) = self.delete_image(src_sd, img, post_zero, true) {
+                // The data is safe on the destination; say so loudly.
+                tracing::warn!(img = %img, sd = %src_sd, error = %e, "moved, but the source could not be deleted");
+            }
+        }
+        (ctl.progress)(100);
+        Ok(outcomes)
+    }
+
+    /// The leaf of an image: the volume no other volume names as parent.
+    fn leaf_of(&self, sd: SdUuid, img: ImgUuid) -> StorageResult<VolUuid> {
+        let vols = self.list_volumes(sd, Some(img))?;
+        let mut leaves = Vec::new();
+        for v in &vols {
+            if self.volume_info(sd, img, *v)?.children.is_empty() {
+                leaves.push(*v);
+            }
+        }
+        match leaves.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(StorageError::new(
+                Code::ImageDoesNotExistInSD,
+                "move image",
+                format!("image {img} has no volumes on {sd}"),
+            )),
+            _ => Err(StorageError::new(
+                Code::VolumeCopyError,
+                "move image",
+                format!("image {img} has {} leaves", leaves.len()),
+            )),
+        }
+    }
+
+    /// Volume info with the caller already holding the image lock.
+    fn volume_info_unlocked(&self, v: VolRef) -> StorageResult<VolumeInfo> {
+        let paths = self.locate(v.sd)?;
+        let (p, qemu, t) = (
+            paths.clone(),
+            self.qemu.clone(),
+            self.config().qemu_img_timeout,
+        );
+        self.io(&paths.root, "volume info", move || {
+            crate::volume::FileVolumes::new(&p, v.sd, &qemu, t).info(v.img, v.vol)
+        })
+    }
+
+    fn update_volume_unlocked(
+        &self,
+        v: VolRef,
+        change: impl FnOnce(&mut crate::metadata::volume::VolumeMetadata) -> StorageResult<()>
+            + Send
+            + 'static,
+    ) -> StorageResult<crate::metadata::volume::VolumeMetadata> {
+        let paths = self.locate(v.sd)?;
+        let (p, qemu, t) = (
+            paths.clone(),
+            self.qemu.clone(),
+            self.config().qemu_img_timeout,
+        );
+        self.io(&paths.root, "update volume metadata", move || {
+            crate::volume::FileVolumes::new(&p, v.sd, &qemu, t).update(v.img, v.vol, change)
+        })
+    }
+}

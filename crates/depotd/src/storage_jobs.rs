@@ -1,0 +1,246 @@
+//! The storage job kinds: copies, image moves, the engine's fence, and
+//! checksums, run by depot-jobs on blocking threads. A job's spec is JSON
+//! (the job store persists it); each kind turns it into a typed storage
+//! call and the outcome back into the job's result.
+//!
+//! Restart behaviour (docs/copy.md): `copy_data` and `checksum` resume
+//! (a raw copy from its journal, anything else from the start: the
+//! destination stayed ILLEGAL with its generation unchanged, so the rerun
+//! passes the same checks); `move_image` and `update_volume` are reported
+//! failed with 9001, their destination volumes left ILLEGAL.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use depot_api::storage::{ImgUuid, Legality, SdUuid, VolUuid};
+use depot_api::{ApiError, Code};
+use depot_jobs::{JobContext, JobKind, RunFuture};
+use depot_storage::{Control, CopyOutcome, Storage, VolRef};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+pub const COPY_DATA: &str = "copy_data";
+pub const MOVE_IMAGE: &str = "move_image";
+pub const UPDATE_VOLUME: &str = "update_volume";
+pub const CHECKSUM: &str = "checksum";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolSpec {
+    pub sd: SdUuid,
+    pub img: ImgUuid,
+    pub vol: VolUuid,
+}
+
+impl VolSpec {
+    fn vol_ref(&self) -> VolRef {
+        VolRef {
+            sd: self.sd,
+            img: self.img,
+            vol: self.vol,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopySpec {
+    pub src: VolSpec,
+    pub dst: VolSpec,
+    pub generation: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveSpec {
+    pub src_sd: SdUuid,
+    pub dst_sd: SdUuid,
+    pub img: ImgUuid,
+    pub delete_source: bool,
+    pub post_zero: bool,
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateSpec {
+    pub vol: VolSpec,
+    pub generation: u32,
+    pub legality: Option<Legality>,
+    pub description: Option<String>,
+    pub new_generation: Option<u32>,
+}
+
+pub fn spec<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn parse<T: DeserializeOwned>(spec: &Value) -> Result<T, ApiError> {
+    serde_json::from_value(spec.clone())
+        .map_err(|e| ApiError::new(Code::InternalError, format!("bad job spec: {e}")))
+}
+
+/// What a storage job does with its typed spec, on a blocking thread.
+type Work<S> = fn(&Storage, &Env, S, &Control<'_>) -> Result<Value, ApiError>;
+
+/// What every storage job may need besides its spec.
+pub struct Env {
+    /// Where raw copies keep their resume journals (the state directory).
+    pub journal_dir: PathBuf,
+}
+
+/// One storage job kind: a name, its restart and abort behaviour, and the
+/// typed work. One `JobKind` implementation serves them all.
+pub struct StorageJob<S> {
+    name: &'static str,
+    abortable: bool,
+    resumable: bool,
+    describe: fn(&S) -> String,
+    work: Work<S>,
+    storage: Arc<Storage>,
+    env: Arc<Env>,
+}
+
+impl<S: DeserializeOwned + Send + 'static> JobKind for StorageJob<S> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn abortable(&self) -> bool {
+        self.abortable
+    }
+    fn resumable(&self, _spec: &Value) -> bool {
+        self.resumable
+    }
+    fn describe(&self, spec: &Value) -> String {
+        parse::<S>(spec)
+            .map(|s| (self.describe)(&s))
+            .unwrap_or_else(|_| self.name.to_string())
+    }
+    fn validate(&self, spec: &Value) -> Result<(), ApiError> {
+        parse::<S>(spec).map(|_| ())
+    }
+
+    /// Runs on a blocking thread with progress and abort wired to the job:
+    /// abort and daemon shutdown both stop the work; shutdown then leaves
+    /// the job to be resumed (or failed) by the next start.
+    fn run(&self, ctx: JobContext, spec: Value) -> RunFuture {
+        let (storage, env, work) = (self.storage.clone(), self.env.clone(), self.work);
+        let parsed = parse::<S>(&spec);
+        Box::pin(async move {
+            let s = parsed?;
+            let c = ctx.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                let progress = |p: u8| c.set_progress(p);
+                let abort = || c.is_aborted() || c.is_stopping();
+                let ctl = Control {
+                    progress: &progress,
+                    abort: &abort,
+                };
+                work(&storage, &env, s, &ctl)
+            })
+            .await
+            .map_err(|e| ApiError::new(Code::InternalError, format!("job thread: {e}")))?;
+            match out {
+                Ok(v) => Ok(Some(v)),
+                Err(_) if ctx.is_stopping() && !ctx.is_aborted() => Err(ctx.stopped_error()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+fn outcome_json(o: &CopyOutcome) -> Value {
+    json!({
+        "method": o.method,
+        "verified": o.verified,
+        "generation": o.generation,
+        "resumed_from": o.resumed_from,
+        "checksum": o.checksum.as_ref().map(|c| json!({
+            "algorithm": c.algorithm, "block_size": c.block_size, "checksum": c.checksum})),
+    })
+}
+
+/// The storage job kinds, for the job manager.
+pub fn kinds(storage: &Arc<Storage>, journal_dir: PathBuf) -> Vec<Arc<dyn JobKind>> {
+    let env = Arc::new(Env { journal_dir });
+    let s = || storage.clone();
+    vec![
+        Arc::new(StorageJob::<CopySpec> {
+            name: COPY_DATA,
+            abortable: true,
+            resumable: true,
+            describe: |s| {
+                format!(
+                    "copy {}/{} to {}/{}",
+                    s.src.sd, s.src.vol, s.dst.sd, s.dst.vol
+                )
+            },
+            work: |st, env, s, ctl| {
+                let o = st.copy_volume(
+                    s.src.vol_ref(),
+                    s.dst.vol_ref(),
+                    s.generation,
+                    true,
+                    Some(&env.journal_dir),
+                    ctl,
+                )?;
+                Ok(outcome_json(&o))
+            },
+            storage: s(),
+            env: env.clone(),
+        }),
+        Arc::new(StorageJob::<MoveSpec> {
+            name: MOVE_IMAGE,
+            abortable: true,
+            resumable: false,
+            describe: |s| {
+                let verb = if s.delete_source { "move" } else { "copy" };
+                format!("{verb} image {} from {} to {}", s.img, s.src_sd, s.dst_sd)
+            },
+            work: |st, env, s, ctl| {
+                let outcomes = st.move_image(
+                    s.src_sd,
+                    s.dst_sd,
+                    s.img,
+                    s.delete_source,
+                    s.post_zero,
+                    s.force,
+                    Some(&env.journal_dir),
+                    ctl,
+                )?;
+                Ok(json!({"volumes": outcomes.iter().map(outcome_json).collect::<Vec<_>>()}))
+            },
+            storage: s(),
+            env: env.clone(),
+        }),
+        Arc::new(StorageJob::<UpdateSpec> {
+            name: UPDATE_VOLUME,
+            abortable: false,
+            resumable: false,
+            describe: |s| format!("update volume {}", s.vol.vol),
+            work: |st, _, s, _| {
+                st.update_volume_fenced(
+                    s.vol.vol_ref(),
+                    s.generation,
+                    s.legality,
+                    s.description,
+                    s.new_generation,
+                )?;
+                Ok(Value::Null)
+            },
+            storage: s(),
+            env: env.clone(),
+        }),
+        Arc::new(StorageJob::<VolSpec> {
+            name: CHECKSUM,
+            abortable: true,
+            resumable: true,
+            describe: |s| format!("checksum of volume {}", s.vol),
+            work: |st, _, s, ctl| {
+                let c = st.volume_checksum(s.vol_ref(), ctl)?;
+                Ok(
+                    json!({"algorithm": c.algorithm, "block_size": c.block_size, "checksum": c.checksum}),
+                )
+            },
+            storage: s(),
+            env,
+        }),
+    ]
+}
