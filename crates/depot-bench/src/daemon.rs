@@ -143,3 +143,51 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// VDSM's BLANK_UUID: "no parent", "no pool".
+pub const BLANK: &str = "00000000-0000-0000-0000-000000000000";
+
+/// One call; the error names the verb.
+pub async fn call(
+    c: &Client,
+    method: &str,
+    params: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    c.call(method, params)
+        .await
+        .map_err(|e| format!("{method}: {e}"))
+}
+
+/// Connects `storage` (a local directory) as LOCALFS and creates a Data
+/// domain named `name` on it; returns the domain's id.
+pub async fn localfs_domain(c: &Client, storage: &Path, name: &str) -> Result<String, String> {
+    let new_id = || uuid::Uuid::new_v4().to_string();
+    let statuses = call(
+        c,
+        "StoragePool.connectStorageServer",
+        serde_json::json!({
+            "storagepoolID": BLANK,
+            "domainType": 4,
+            "connectionParams": [{"id": new_id(), "connection": storage.display().to_string()}],
+        }),
+    )
+    .await?;
+    if statuses[0]["status"] != serde_json::json!(0) {
+        return Err(format!("connectStorageServer: {statuses}"));
+    }
+    let sd = new_id();
+    call(
+        c,
+        "StorageDomain.create",
+        serde_json::json!({
+            "storagedomainID": sd,
+            "domainType": 4,
+            "typeArgs": storage.display().to_string(),
+            "name": name,
+            "domainClass": 1,
+            "version": 5,
+        }),
+    )
+    .await?;
+    Ok(sd)
+}

@@ -19,10 +19,9 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 use uuid::Uuid;
 
-use crate::daemon::Daemon;
+use crate::daemon::{call, localfs_domain, Daemon, BLANK};
 use crate::stats::median_f64;
 
-const BLANK: &str = "00000000-0000-0000-0000-000000000000";
 const MIB: u64 = 1 << 20;
 /// An OVF_STORE as the engine creates one on a file domain.
 const STORE_SIZE: u64 = 128 * MIB;
@@ -59,12 +58,6 @@ pub async fn run(depotd: &Path, args: OvfArgs) -> Result<(), String> {
     })
 }
 
-async fn call(c: &Client, method: &str, params: Value) -> Result<Value, String> {
-    c.call(method, params)
-        .await
-        .map_err(|e| format!("{method}: {e}"))
-}
-
 async fn measure(d: &Daemon, args: OvfArgs) -> Result<(), String> {
     let storage = d.dir.path().join("storage");
     fs::create_dir(&storage).map_err(|e| format!("{}: {e}", storage.display()))?;
@@ -72,34 +65,7 @@ async fn measure(d: &Daemon, args: OvfArgs) -> Result<(), String> {
     let c = Client::connect(&d.unix())
         .await
         .map_err(|e| e.to_string())?;
-    let conn_id = Uuid::new_v4().to_string();
-    let st = call(
-        &c,
-        "StoragePool.connectStorageServer",
-        json!({
-            "storagepoolID": BLANK,
-            "domainType": 4,
-            "connectionParams": [{"id": conn_id, "connection": storage.display().to_string()}],
-        }),
-    )
-    .await?;
-    if st[0]["status"] != json!(0) {
-        return Err(format!("connectStorageServer: {st}"));
-    }
-    let sd = Uuid::new_v4().to_string();
-    call(
-        &c,
-        "StorageDomain.create",
-        json!({
-            "storagedomainID": sd,
-            "domainType": 4,
-            "typeArgs": storage.display().to_string(),
-            "name": "depot-bench ovf",
-            "domainClass": 1,
-            "version": 5,
-        }),
-    )
-    .await?;
+    let sd = localfs_domain(&c, &storage, "depot-bench ovf").await?;
     // A disk the OVFs point at, and the store.
     let (disk_img, disk_vol) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
     create_volume(&c, &sd, &disk_img, &disk_vol, GIB_STR, "COW", "DATA").await?;

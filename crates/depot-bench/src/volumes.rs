@@ -24,7 +24,7 @@
 //! * `qemu-img create -f qcow2` alone, the floor for `--cow`.
 
 use depot_client::Client;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -33,10 +33,9 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 use uuid::Uuid;
 
-use crate::daemon::Daemon;
+use crate::daemon::{call, localfs_domain, Daemon, BLANK};
 use crate::stats::percentile;
 
-const BLANK: &str = "00000000-0000-0000-0000-000000000000";
 const GIB: u64 = 1 << 30;
 /// Size of a volume metadata record.
 const META_BYTES: usize = 512;
@@ -134,34 +133,7 @@ async fn measure(d: &Daemon, args: VolumesArgs) -> Result<(), String> {
     let c = Client::connect(&d.unix())
         .await
         .map_err(|e| e.to_string())?;
-    let conn_id = Uuid::new_v4().to_string();
-    let statuses = call(
-        &c,
-        "StoragePool.connectStorageServer",
-        json!({
-            "storagepoolID": BLANK,
-            "domainType": 4,
-            "connectionParams": [{"id": conn_id, "connection": storage.display().to_string()}],
-        }),
-    )
-    .await?;
-    if statuses[0]["status"] != json!(0) {
-        return Err(format!("connectStorageServer: {statuses}"));
-    }
-    let sd = Uuid::new_v4().to_string();
-    call(
-        &c,
-        "StorageDomain.create",
-        json!({
-            "storagedomainID": sd,
-            "domainType": 4,
-            "typeArgs": storage.display().to_string(),
-            "name": "depot-bench volumes",
-            "domainClass": 1,
-            "version": 5,
-        }),
-    )
-    .await?;
+    let sd = localfs_domain(&c, &storage, "depot-bench volumes").await?;
     // Warm up the path (domain lookup, worker threads) outside the figures.
     call(
         &c,
@@ -390,12 +362,6 @@ async fn measure(d: &Daemon, args: VolumesArgs) -> Result<(), String> {
     );
     drop(holder);
     Ok(())
-}
-
-async fn call(c: &Client, method: &str, params: Value) -> Result<Value, String> {
-    c.call(method, params)
-        .await
-        .map_err(|e| format!("{method}: {e}"))
 }
 
 fn print_row(s: &Series) {
