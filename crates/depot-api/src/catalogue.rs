@@ -719,6 +719,24 @@ verbs! {
         volumeID: VolUuid,
     } -> "`true`; the job's result holds the checksum";
 
+    /// The status of a task id that an SPM verb returned (Volume.create,
+    /// Volume.delete, Volume.extendSize, Image.delete, Image.move), in
+    /// VDSM's shape. depot finishes those verbs before answering, except
+    /// Image.move, whose id is a host job's (docs/storage.md).
+    "Task.getStatus" => TaskGetStatus {
+        /// The task id.
+        taskID: Uuid,
+    } -> "`{taskID, taskState: running|finished|aborting, taskResult: success|cleanFailure|'', code, message}`";
+
+    /// Forgets a finished task.
+    "Task.clear" => TaskClear {
+        /// The task id.
+        taskID: Uuid,
+    } -> "`true`";
+
+    /// The status of every task this host knows.
+    "Host.getAllTasksStatuses" => HostGetAllTasksStatuses {} -> "`{taskID: TaskStatus}`";
+
     /// Starts a built-in no-op job that sleeps, reporting progress. It
     /// exercises the job machinery (status, abort, persistence, events)
     /// without touching storage. depot's verb.

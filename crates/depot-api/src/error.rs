@@ -122,6 +122,8 @@ codes! {
     StorageDomainClassError = 386, "Invalid domain class value";
     StorageDomainDescriptionTooLongError = 387, "Storage domain description is too long";
     UnsupportedDomainVersion = 394, "Domain version is unsupported by this version of depot";
+    UnknownTask = 401, "Task id unknown";
+    TaskNotFinished = 403, "Task not finished";
     /// A job was aborted on request.
     TaskAborted = 411, "Task is aborted";
     StorageServerConnectionError = 451, "Error storage server connection";

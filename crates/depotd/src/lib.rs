@@ -18,4 +18,5 @@ pub mod server;
 pub mod storage_api;
 pub mod storage_jobs;
 pub mod systemd;
+pub mod tasks;
 pub mod ws;

@@ -20,11 +20,16 @@ use crate::storage_jobs;
 pub struct Router {
     jobs: JobManager,
     storage: Arc<Storage>,
+    tasks: Arc<crate::tasks::Tasks>,
 }
 
 impl Router {
     pub fn new(jobs: JobManager, storage: Arc<Storage>) -> Self {
-        Router { jobs, storage }
+        Router {
+            jobs,
+            storage,
+            tasks: Arc::default(),
+        }
     }
 
     /// The storage engine, for the HTTP streams that bypass JSON-RPC.
@@ -71,6 +76,12 @@ impl Router {
             Call::StorageDomainGetOvfEntity(p) => {
                 st::ovf_entity(s, p.storagedomainID, p.entityID).await
             }
+            Call::TaskGetStatus(p) => self.tasks.status(&self.jobs, p.taskID),
+            Call::TaskClear(p) => self
+                .tasks
+                .clear(&self.jobs, p.taskID)
+                .map(|()| Value::Bool(true)),
+            Call::HostGetAllTasksStatuses(_) => Ok(self.tasks.all(&self.jobs)),
             Call::SdmCopyData(p) => self.copy_data(p).await,
             Call::SdmUpdateVolume(p) => {
                 let spec = storage_jobs::spec(&storage_jobs::UpdateSpec {
@@ -150,14 +161,17 @@ impl Router {
                 );
                 done(blocking(s, move |s| s.deactivate(sd, sp, m, v)).await)
             }
-            Call::VolumeCreate(p) => st::create_volume(s, p).await,
+            Call::VolumeCreate(p) => {
+                st::create_volume(s, p).await?;
+                Ok(self.tasks.finished())
+            }
             Call::VolumeGetInfo(p) => st::volume_info(s, p).await,
             Call::VolumeGetSize(p) => st::volume_size(s, p).await,
             Call::VolumeDelete(p) => {
                 let (sd, img, vol) = (p.storagedomainID, p.imageID, p.volumeID);
                 let (zero, force) = (p.postZero.unwrap_or(false), p.force.unwrap_or(false));
                 blocking(s, move |s| s.delete_volume(sd, img, vol, zero, force)).await?;
-                Ok(st::task_id())
+                Ok(self.tasks.finished())
             }
             Call::VolumeSetDescription(p) => {
                 let (sd, img, vol, d) = (p.storagedomainID, p.imageID, p.volumeID, p.description);
@@ -170,13 +184,13 @@ impl Router {
             Call::VolumeExtendSize(p) => {
                 let (sd, img, vol, size) = (p.storagedomainID, p.imageID, p.volumeID, p.newSize.0);
                 blocking(s, move |s| s.extend_volume(sd, img, vol, size)).await?;
-                Ok(st::task_id())
+                Ok(self.tasks.finished())
             }
             Call::ImageDelete(p) => {
                 let (sd, img) = (p.storagedomainID, p.imageID);
                 let (zero, force) = (p.postZero.unwrap_or(false), p.force.unwrap_or(false));
                 blocking(s, move |s| s.delete_image(sd, img, zero, force)).await?;
-                Ok(st::task_id())
+                Ok(self.tasks.finished())
             }
             Call::ImagePrepare(p) => st::prepare(s, p).await,
             Call::ImageTeardown(p) => {

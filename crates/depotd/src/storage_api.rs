@@ -341,12 +341,6 @@ pub async fn host_stats(storage: &Arc<Storage>) -> Result<Value, ApiError> {
     Ok(json!({"storageDomains": domains}))
 }
 
-/// A task id for SPM verbs that VDSM runs as tasks: depot finishes the work
-/// before answering, so the id only satisfies the wire (docs/storage.md).
-pub fn task_id() -> Value {
-    Value::String(Uuid::new_v4().to_string())
-}
-
 // ---- volumes and images ----
 
 /// `imageID` of getVolumes: the blank UUID means the whole domain.
@@ -378,7 +372,7 @@ pub async fn get_images(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, Api
 pub async fn create_volume(
     storage: &Arc<Storage>,
     p: params::VolumeCreate,
-) -> Result<Value, ApiError> {
+) -> Result<(), ApiError> {
     // A base volume has the blank parent; a layer names its parent in the
     // same image (cross-image templates are not supported yet).
     let parent = depot_api::storage::VolUuid(p.srcVolUUID);
@@ -408,8 +402,9 @@ pub async fn create_volume(
         sequence,
     };
     let (sd, img, vol) = (p.storagedomainID, p.imageID, p.volumeID);
-    blocking(storage, move |s| s.create_volume(sd, img, vol, req)).await?;
-    Ok(task_id())
+    blocking(storage, move |s| s.create_volume(sd, img, vol, req))
+        .await
+        .map(|_| ())
 }
 
 pub async fn volume_info(
