@@ -547,6 +547,31 @@ impl Inner {
         Ok(true)
     }
 
+    /// Writes `record` as the job's file (a record about to become the
+    /// job's state). Ok(false): nothing written (job gone, store closed).
+    async fn persist_record(
+        &self,
+        id: JobId,
+        serial: u64,
+        record: &JobRecord,
+    ) -> Result<bool, JobsError> {
+        let Some(lock) = self.st().job(id, serial).map(|j| j.write_lock.clone()) else {
+            return Ok(false);
+        };
+        let _guard = lock.lock().await;
+        if self.st().closed {
+            return Ok(false);
+        }
+        let path = self.store.path(id);
+        let bytes = record.encode().map_err(|source| JobsError::Encode {
+            path: path.clone(),
+            source,
+        })?;
+        let store = self.store.clone();
+        blocking("write", path, move || store.write(id, &bytes)).await?;
+        Ok(true)
+    }
+
     async fn persist_logged(&self, id: JobId, serial: u64) {
         match self.persist(id, serial).await {
             Ok(_) => {}
@@ -648,7 +673,8 @@ impl Inner {
         serial: u64,
         outcome: Result<Result<Option<Value>, ApiError>, JoinError>,
     ) {
-        let ended = {
+        // Decide the outcome without publishing it yet.
+        let decided = {
             let mut st = self.st();
             let stopping = st.shutting_down;
             match st.job_mut(id, serial) {
@@ -656,35 +682,32 @@ impl Inner {
                 Some(job) => {
                     job.runner = None;
                     let aborted = *job.abort_tx.borrow();
-                    let (to, err) = match outcome {
+                    let (to, err, result) = match outcome {
                         _ if aborted => (
                             Some(JobStatus::Aborted),
                             Some(ApiError::new(
                                 Code::TaskAborted,
                                 format!("job {id} aborted"),
                             )),
+                            None,
                         ),
-                        Ok(Ok(result)) => {
-                            job.record.result = result;
-                            job.record.progress = Some(100);
-                            (Some(JobStatus::Done), None)
+                        Ok(Ok(result)) => (Some(JobStatus::Done), None, result),
+                        Ok(Err(e)) if stopping && e.code == Code::ShuttingDown => {
+                            (None, None, None)
                         }
-                        Ok(Err(e)) if stopping && e.code == Code::ShuttingDown => (None, None),
-                        Ok(Err(e)) => (Some(JobStatus::Failed), Some(e)),
-                        Err(e) if e.is_cancelled() => (None, None),
+                        Ok(Err(e)) => (Some(JobStatus::Failed), Some(e), None),
+                        Err(e) if e.is_cancelled() => (None, None, None),
                         Err(e) => (
                             Some(JobStatus::Failed),
                             Some(ApiError::new(
                                 Code::InternalError,
                                 format!("runner of job {id} panicked: {e}"),
                             )),
+                            None,
                         ),
                     };
                     match to {
-                        Some(to) => {
-                            self.set_status(job, to, err);
-                            job.record.ended_at
-                        }
+                        Some(to) => Some((to, err, result)),
                         None => {
                             info!(job_id = %id, kind = %job.record.kind, status = %job.record.status,
                                 "job stopped for shutdown; the next start resumes or fails it");
@@ -694,7 +717,39 @@ impl Inner {
                 }
             }
         };
-        self.persist_logged(id, serial).await;
+        // The file first, then what clients see: a client that saw `done`
+        // never finds the job `running` again after a crash.
+        let mut ended = None;
+        if let Some((to, err, result)) = decided {
+            let record = self.st().job(id, serial).map(|job| {
+                let mut r = job.record.clone();
+                r.status = to;
+                r.error = err.as_ref().map(ApiError::to_wire);
+                if to == JobStatus::Done {
+                    r.result = result.clone();
+                    r.progress = Some(100);
+                }
+                r.ended_at = Some(now());
+                r
+            });
+            if let Some(record) = record {
+                if let Err(e) = self.persist_record(id, serial, &record).await {
+                    error!(job_id = %id, error = %e, "cannot persist job");
+                }
+                let mut st = self.st();
+                if let Some(job) = st.job_mut(id, serial) {
+                    if to == JobStatus::Done {
+                        job.record.result = result;
+                        job.record.progress = Some(100);
+                    }
+                    self.set_status(job, to, err);
+                    job.record.ended_at = record.ended_at;
+                    ended = job.record.ended_at;
+                }
+            }
+        } else {
+            self.persist_logged(id, serial).await;
+        }
         if let Some(ended_at) = ended {
             self.schedule_autodelete(id, serial, ended_at);
         }
