@@ -12,54 +12,12 @@ use depot_api::Code;
 use depot_os::mount::{find_by_target, read_mountinfo};
 use depot_os::{CommandRunner, Mounter};
 use depot_storage::connection::{Connection, ConnectionParams, Connector};
-use support::run;
 
 const ID: &str = "8d0c5f4e-2a1b-4c3d-9e8f-0a1b2c3d4e5f";
 const SD: &str = "5b4a3928-1706-4f5e-9d8c-7b6a59483726";
 const T: Duration = Duration::from_secs(120);
 
-/// A loop device over a sparse image with a fresh file system; detached
-/// (after a lazy unmount of anything left on it) on drop.
-struct LoopFs {
-    dev: String,
-    _dir: tempfile::TempDir,
-}
-
-impl LoopFs {
-    fn new(fstype: &str, size: u64) -> LoopFs {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("disk.img");
-        std::fs::File::create(&img).unwrap().set_len(size).unwrap();
-        let dev = run(
-            "losetup",
-            &["-f", "--show", img.to_str().unwrap()],
-            Duration::from_secs(30),
-        )
-        .expect("losetup")
-        .trim()
-        .to_owned();
-        let fs = LoopFs { dev, _dir: dir };
-        let mkfs = format!("mkfs.{fstype}");
-        run(&mkfs, &["-q", &fs.dev], T).unwrap_or_else(|e| {
-            panic!(
-                "{mkfs} {} failed (apt-get install e2fsprogs xfsprogs): {e}",
-                fs.dev
-            )
-        });
-        fs
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        if let Ok(table) = read_mountinfo() {
-            for e in table.iter().rev().filter(|e| e.source == self.dev) {
-                let _ = run("umount", &["-l", "--", e.target.to_str().unwrap()], T);
-            }
-        }
-        let _ = run("losetup", &["-d", &self.dev], Duration::from_secs(30));
-    }
-}
+use support::loopfs::LoopFs;
 
 fn connector(repo: &Path) -> Connector {
     Connector::new(repo, Mounter::new(CommandRunner::new()))
@@ -85,7 +43,7 @@ fn mounts_at(target: &Path) -> usize {
 
 fn lifecycle(fstype: &str, size: u64) {
     let t0 = Instant::now();
-    let fs = LoopFs::new(fstype, size);
+    let fs = LoopFs::new(fstype, size, None);
     let t_mkfs = t0.elapsed();
     let repo = tempfile::tempdir().unwrap();
     let c = connector(repo.path());
@@ -158,7 +116,7 @@ fn connection_posix_xfs_lifecycle() {
 #[test]
 fn connection_mount_point_held_by_another_source_is_refused() {
     require_root!();
-    let fs = LoopFs::new("ext4", 64 << 20);
+    let fs = LoopFs::new("ext4", 64 << 20, None);
     let repo = tempfile::tempdir().unwrap();
     let c = connector(repo.path());
     let conn: Connection = c
@@ -192,7 +150,7 @@ fn connection_mount_point_held_by_another_source_is_refused() {
 fn connection_failed_mount_is_mount_error_and_leaves_no_directory() {
     require_root!();
     // An ext4 device mounted as xfs.
-    let fs = LoopFs::new("ext4", 64 << 20);
+    let fs = LoopFs::new("ext4", 64 << 20, None);
     let repo = tempfile::tempdir().unwrap();
     let c = connector(repo.path());
     let conn = c
@@ -208,7 +166,7 @@ fn connection_failed_mount_is_mount_error_and_leaves_no_directory() {
 #[test]
 fn connection_through_a_symlinked_repository_stays_idempotent() {
     require_root!();
-    let fs = LoopFs::new("ext4", 64 << 20);
+    let fs = LoopFs::new("ext4", 64 << 20, None);
     let real = tempfile::tempdir().unwrap();
     let links = tempfile::tempdir().unwrap();
     let repo = links.path().join("repo");

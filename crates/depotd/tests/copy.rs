@@ -776,7 +776,7 @@ async fn full_destination_filesystem_fails_illegal() {
     let (a, c) = (&e.doms[0], &e.c);
     let fs = LoopFs::new("ext4", 64 * MIB, None);
     let _mounts = UnmountGuard(e.d.dir.path().to_path_buf());
-    let small = create_domain(c, &e.d, POSIXFS, fs.conn("ext4")).await;
+    let small = create_domain(c, &e.d, POSIXFS, posix_conn(&fs, "ext4")).await;
     let size = 96 * MIB;
     let src = a.new_volume(c, size, "RAW", "SPARSE").await;
     let dst = small.new_volume(c, size, "RAW", "SPARSE").await;
@@ -850,7 +850,7 @@ async fn raw_copies_with_xfs_4k_sectors_both_ways() {
     let e = env(1).await;
     let fs = LoopFs::new("xfs", 512 * MIB, Some(4096));
     let _mounts = UnmountGuard(e.d.dir.path().to_path_buf());
-    let xfs = create_domain(&e.c, &e.d, POSIXFS, fs.conn("xfs")).await;
+    let xfs = create_domain(&e.c, &e.d, POSIXFS, posix_conn(&fs, "xfs")).await;
     let info = call_ok(
         &e.c,
         "StorageDomain.getInfo",

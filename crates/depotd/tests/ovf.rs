@@ -12,6 +12,8 @@
 mod common;
 mod ovf_common;
 mod storage_common;
+#[path = "../../depot-storage/tests/support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -277,7 +279,7 @@ async fn round_trip_posixfs_xfs_4k_sectors() {
     // Dropped in reverse: the mounts go before the loop device and the
     // daemon's directory.
     let d = Daemon::start(CONFIG);
-    let fs = LoopFs::new("xfs", 512 * MIB, 4096);
+    let fs = LoopFs::new("xfs", 512 * MIB, Some(4096));
     let _mounts = UnmountGuard(d.dir.path().to_path_buf());
     let conn = ConnectionSpec {
         connection: fs.dev.clone(),

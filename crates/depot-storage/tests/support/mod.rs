@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod gluster;
+pub mod loopfs;
 
 use std::path::Path;
 use std::time::Duration;

@@ -493,58 +493,13 @@ pub fn qemu_io(path: &Path, fmt: &str, cmd: &str) -> bool {
 
 const T: Duration = Duration::from_secs(120);
 
-/// A loop device over a sparse image with a fresh file system; on drop,
-/// whatever is still mounted from it is lazily unmounted and the device
-/// detached, even when the test failed.
-pub struct LoopFs {
-    pub dev: String,
-    _dir: tempfile::TempDir,
-}
+pub use crate::support::loopfs::LoopFs;
 
-impl LoopFs {
-    pub fn new(fstype: &str, size: u64, sector_size: Option<u32>) -> LoopFs {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("disk.img");
-        File::create(&img).unwrap().set_len(size).unwrap();
-        let sector = sector_size.map(|s| s.to_string());
-        let mut args = vec!["-f", "--show"];
-        if let Some(s) = &sector {
-            args.extend(["--sector-size", s.as_str()]);
-        }
-        args.push(img.to_str().unwrap());
-        let dev = support::run("losetup", &args, Duration::from_secs(30))
-            .expect("losetup")
-            .trim()
-            .to_owned();
-        let fs = LoopFs { dev, _dir: dir };
-        let mkfs = format!("mkfs.{fstype}");
-        support::run(&mkfs, &["-q", &fs.dev], T)
-            .unwrap_or_else(|e| panic!("{mkfs} {}: {e}", fs.dev));
-        fs
-    }
-
-    /// POSIXFS connection of this device.
-    pub fn conn(&self, fstype: &str) -> ConnectionSpec {
-        ConnectionSpec {
-            connection: self.dev.clone(),
-            vfs_type: Some(fstype.into()),
-            mnt_options: None,
-        }
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        if let Ok(table) = depot_os::mount::read_mountinfo() {
-            for e in table.iter().rev().filter(|e| e.source == self.dev) {
-                eprintln!(
-                    "unmounting leftover {} from {}",
-                    e.target.display(),
-                    self.dev
-                );
-                let _ = support::run("umount", &["-l", "--", e.target.to_str().unwrap()], T);
-            }
-        }
-        let _ = support::run("losetup", &["-d", &self.dev], Duration::from_secs(30));
+/// The POSIXFS connection of a loop device's file system.
+pub fn posix_conn(fs: &LoopFs, fstype: &str) -> ConnectionSpec {
+    ConnectionSpec {
+        connection: fs.dev.clone(),
+        vfs_type: Some(fstype.into()),
+        mnt_options: None,
     }
 }

@@ -967,53 +967,7 @@ pub fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A loop device over a sparse image with a fresh file system; on drop,
-/// whatever is still mounted from it is lazily unmounted and the device
-/// detached, even when the test failed.
-pub struct LoopFs {
-    pub dev: String,
-    _dir: tempfile::TempDir,
-}
-
-impl LoopFs {
-    pub fn new(fstype: &str, size: u64, sector_size: u32) -> LoopFs {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("disk.img");
-        std::fs::File::create(&img).unwrap().set_len(size).unwrap();
-        let sector = sector_size.to_string();
-        let dev = run(
-            "losetup",
-            &[
-                "-f",
-                "--show",
-                "--sector-size",
-                &sector,
-                img.to_str().unwrap(),
-            ],
-        )
-        .trim()
-        .to_owned();
-        let fs = LoopFs { dev, _dir: dir };
-        run(&format!("mkfs.{fstype}"), &["-q", &fs.dev]);
-        fs
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        if let Ok(table) = depot_os::mount::read_mountinfo() {
-            for e in table.iter().rev().filter(|e| e.source == self.dev) {
-                eprintln!(
-                    "unmounting leftover {} from {}",
-                    e.target.display(),
-                    self.dev
-                );
-                let _ = Command::new("umount").arg("-l").arg(&e.target).status();
-            }
-        }
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-    }
-}
+pub use crate::support::loopfs::LoopFs;
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
