@@ -20,10 +20,11 @@ use depot_storage::copy::{copy_raw, verify_raw, CopyOptions};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use crate::stats::median_f64;
+use crate::sys::{fs_type, run_cmd};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -385,31 +386,4 @@ fn write_random(path: &Path, size: u64, seed: u64) -> Result<(), String> {
     }
     f.sync_all().map_err(err("fsync source"))?;
     Ok(())
-}
-
-fn run_cmd(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
-fn fs_type(path: &Path) -> String {
-    Command::new("findmnt")
-        .args(["-n", "-o", "FSTYPE", "-T"])
-        .arg(path)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
 }

@@ -8,6 +8,7 @@ mod daemon;
 mod ovf;
 mod ping;
 mod stats;
+mod sys;
 mod volumes;
 
 use clap::{Parser, Subcommand};

@@ -15,12 +15,13 @@ use depot_client::Client;
 use serde_json::{json, Value};
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 use uuid::Uuid;
 
 use crate::daemon::{call, localfs_domain, Daemon, BLANK};
 use crate::stats::median_f64;
+use crate::sys::{fs_type, run_cmd};
 
 const MIB: u64 = 1 << 20;
 /// An OVF_STORE as the engine creates one on a file domain.
@@ -238,37 +239,17 @@ async fn put(
 }
 
 fn dd(src: &Path, dst: &Path) -> Result<(), String> {
-    let out = Command::new("dd")
-        .arg(format!("if={}", src.display()))
-        .arg(format!("of={}", dst.display()))
-        .args([
-            "bs=1M",
-            "iflag=fullblock",
-            "oflag=direct",
-            "conv=notrunc,fsync",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run dd: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "dd: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
-fn fs_type(path: &Path) -> String {
-    Command::new("findmnt")
-        .args(["-n", "-o", "FSTYPE", "-T"])
-        .arg(path)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
+    run_cmd(
+        Command::new("dd")
+            .arg(format!("if={}", src.display()))
+            .arg(format!("of={}", dst.display()))
+            .args([
+                "bs=1M",
+                "iflag=fullblock",
+                "oflag=direct",
+                "conv=notrunc,fsync",
+            ]),
+    )
 }
 
 fn append(b: &mut tar::Builder<&mut Vec<u8>>, name: &str, data: &[u8]) -> Result<(), String> {

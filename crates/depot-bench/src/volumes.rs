@@ -35,6 +35,7 @@ use uuid::Uuid;
 
 use crate::daemon::{call, localfs_domain, Daemon, BLANK};
 use crate::stats::percentile;
+use crate::sys::fs_type;
 
 const GIB: u64 = 1 << 30;
 /// Size of a volume metadata record.
@@ -406,18 +407,6 @@ fn size_text(bytes: u64) -> String {
     } else {
         format!("{bytes} bytes")
     }
-}
-
-/// The file system type, as `findmnt` names it.
-fn fs_type(path: &Path) -> String {
-    Command::new("findmnt")
-        .args(["-n", "-o", "FSTYPE", "-T"])
-        .arg(path)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "file system type unknown".into())
 }
 
 /// CPU time (user + system) of this process and of the children it
