@@ -7,12 +7,14 @@
 //! The other modules build on it or sit next to it:
 //! [`mount`] (mount/umount and the mount table), [`direct`] (aligned
 //! `O_DIRECT` I/O), [`fsutil`] (atomic writes, fsync, statvfs, fallocate),
+//! [`lvm`] (typed lvm2 commands with a device filter and a cache),
 //! [`qemu_img`] (image create/info/check) and [`worker`] (running I/O that
 //! may hang with a timeout).
 
 pub mod command;
 pub mod direct;
 pub mod fsutil;
+pub mod lvm;
 pub mod mount;
 pub mod qemu_img;
 pub mod worker;
