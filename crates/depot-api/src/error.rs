@@ -113,6 +113,7 @@ codes! {
     StorageDomainLayoutError = 371, "Storage domain layout corrupted";
     StorageDomainTypeError = 372, "Unsupported Storage Domain type";
     StorageDomainCheckError = 377, "Domain has errors";
+    StorageDomainAccessError = 379, "Domain is either partially accessible or entirely inaccessible";
     StorageDomainAlreadyAttached = 380, "Storage domain already attached to pool";
     StorageDomainStateTransitionIllegal = 381, "Domain state change illegal";
     StorageDomainActive = 382, "Illegal action, domain active";
@@ -129,10 +130,66 @@ codes! {
     StorageServerConnectionError = 451, "Error storage server connection";
     StorageServerDisconnectionError = 452, "Error storage server disconnection";
     StorageServerValidationError = 453, "The specified path does not exist or cannot be reached.";
+    /// An iSCSI operation failed that has no more specific code (e.g. the
+    /// session list could not be read).
+    #[allow(non_camel_case_types)]
+    StorageServeriSCSIError = 454, "iSCSI connection error";
+    /// Creating or updating the iSCSI node record (or its CHAP settings)
+    /// failed.
+    #[allow(non_camel_case_types)]
+    AddiSCSINodeError = 460, "Add iSCSI node error";
+    /// Login to the iSCSI node failed for a reason other than
+    /// authentication (unreachable portal, unknown target, ...).
+    #[allow(non_camel_case_types)]
+    iSCSILoginError = 464, "Failed to login to iSCSI node";
+    /// The iSCSI subsystem is not usable (iscsid not running, no initiator
+    /// name).
+    #[allow(non_camel_case_types)]
+    iSCSISetupError = 465, "Failed to setup iSCSI subsystem";
+    /// Multipath could not be read or set up (multipathd or dmsetup
+    /// failed).
+    MultipathSetupError = 467, "Failed to setup multipath";
     StorageServerAccessPermissionError = 469, "Permission settings on the specified path do not allow";
     MountTypeError = 470, "Mount type error";
     MountParsingError = 471, "Mount parsing error";
+    /// The iSCSI iface named by the connection does not exist.
+    #[allow(non_camel_case_types)]
+    iSCSIifaceError = 473, "iscsiadm iface error";
+    /// Logout from the iSCSI node failed.
+    #[allow(non_camel_case_types)]
+    iSCSILogoutError = 474, "Failed to logout from iSCSI node";
+    /// SendTargets discovery failed (portal unreachable, no targets, ...).
+    #[allow(non_camel_case_types)]
+    iSCSIDiscoveryError = 475, "Failed discovery of iSCSI targets";
+    /// iSCSI login or discovery was refused: wrong CHAP user or password.
+    #[allow(non_camel_case_types)]
+    iSCSILoginAuthError = 476, "Failed to login to iSCSI node due to authorization failure";
     MountError = 477, "Problem while trying to mount target";
+    VolumeGroupActionError = 500, "Error volume group action";
+    VolumeGroupCreateError = 502, "Cannot create Volume Group";
+    VolumeGroupExtendError = 503, "Cannot extend Volume Group";
+    VolumeGroupSizeError = 504, "Volume Group not big enough";
+    VolumeGroupAlreadyExistsError = 505, "Volume Group Already Exists";
+    VolumeGroupDoesNotExist = 506, "Volume Group does not exist";
+    VolumeGroupRemoveError = 508, "Volume Group remove error";
+    VolumeGroupUninitialized = 509, "Volume Group not initialize";
+    VolumeGroupHasDomainTag = 515, "Volume Group has domain tag - requires cleaning";
+    VolumeGroupReplaceTagError = 516, "Replace Volume Group tag error";
+    CannotCreateLogicalVolume = 550, "Cannot create Logical Volume";
+    CannotRemoveLogicalVolume = 551, "Cannot remove Logical Volume";
+    CannotDeactivateLogicalVolume = 552, "Cannot deactivate Logical Volume";
+    LogicalVolumeExtendError = 554, "Logical Volume extend failed";
+    CannotActivateLogicalVolume = 558, "Cannot activate Logical Volume";
+    LogicalVolumeReplaceTagError = 572, "Replace Logical Volume tag error";
+    /// Listing or checking block devices failed (Host.getDeviceList,
+    /// Host.getDevicesVisibility).
+    BlockDeviceActionError = 600, "Error block device action";
+    PhysDevInitializationError = 601, "Failed to initialize physical device";
+    LogicalVolumeAlreadyExists = 604, "Cannot create logical volume - already exists";
+    InaccessiblePhysDev = 606, "Multipath cannot access physical device(s)";
+    LogicalVolumeDoesNotExistError = 610, "Logical volume does not exist";
+    CouldNotResizePhysicalVolume = 615, "Could not resize PV";
+    LVMCommandError = 621, "LVM command failed";
     MetaDataGeneralError = 749, "General Meta data error";
     MetaDataKeyError = 750, "Meta data key error";
     /// VDSM raises `MetaDataSealIsBroken` (a subclass of 749) with 752.

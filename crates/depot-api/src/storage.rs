@@ -129,6 +129,11 @@ impl DomainType {
                 | DomainType::Cifs
         )
     }
+
+    /// Block domains: a volume group on SAN LUNs (iSCSI or FC).
+    pub fn is_block(self) -> bool {
+        matches!(self, DomainType::Iscsi | DomainType::Fcp)
+    }
 }
 
 named_enum! {
@@ -276,7 +281,8 @@ pub struct ConnectionDict {
     pub iqn: Option<String>,
     pub tpgt: Option<String>,
     pub user: Option<String>,
-    pub password: Option<String>,
+    /// iSCSI CHAP password: never printed (see [`Password`]).
+    pub password: Option<Password>,
     pub iface: Option<String>,
 }
 
@@ -308,9 +314,67 @@ impl ConnectionDict {
             iqn: field("iqn")?,
             tpgt: field("tpgt")?,
             user: field("user")?,
-            password: field("password")?,
+            // Not through `field`: its error would quote the value.
+            password: match map.get("password") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(Password(s.clone())),
+                Some(_) => return Err("field 'password' must be a string".into()),
+            },
             iface: field("ifaceName")?.or(field("iface")?),
         })
+    }
+}
+
+/// A TCP port as VDSM's clients send it: a number or a decimal string,
+/// 1..=65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Port(pub u16);
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
+            _ => None,
+        };
+        match n {
+            Some(p @ 1..=65535) => Ok(Port(p as u16)),
+            _ => Err(serde::de::Error::custom("expected a port 1-65535")),
+        }
+    }
+}
+
+/// A password from the wire (iSCSI CHAP). `Debug` prints `***`, so a
+/// parsed call can be logged without it; the value is read with
+/// [`Password::expose`] only to hand it to the storage layer.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(value: impl Into<String>) -> Self {
+        Password(value.into())
+    }
+
+    /// The password itself. Never format it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for Password {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A custom error: serde's own would quote a wrong-typed value.
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Password(s)),
+            _ => Err(serde::de::Error::custom("a password must be a string")),
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! timeout.
 
 pub mod backup;
+pub mod block;
 pub mod connection;
 pub mod copy;
 pub mod domain;
@@ -25,6 +26,7 @@ pub mod metadata;
 pub mod monitor;
 pub mod ovf;
 pub mod volume;
+pub mod volume_store;
 
 pub use engine::{Storage, StorageConfig};
 pub use engine_copy::{Control, CopyOutcome, VolRef};

@@ -205,11 +205,11 @@ impl DomainMetadata {
             ));
         }
         let domain_type = parse_with(kv, keys::TYPE, |s| DomainType::from_str(&s.to_uppercase()))?;
-        if !domain_type.is_file() {
+        if !domain_type.is_file() && !domain_type.is_block() {
             return Err(bad_value(
                 keys::TYPE,
                 domain_type.name(),
-                "is not a file domain type",
+                "is not a file or block domain type",
             ));
         }
         let block_size = parse_int::<u32>(kv, keys::BLOCK_SIZE)?;
@@ -241,7 +241,12 @@ impl DomainMetadata {
             lease_time_sec: lease_param(kv, keys::LEASETIMESEC, DEFAULT_LEASE_TIME_SEC)?,
             io_op_timeout_sec: lease_param(kv, keys::IOOPTIMEOUTSEC, DEFAULT_IO_OP_TIMEOUT_SEC)?,
             lease_retries: lease_param(kv, keys::LEASERETRIES, DEFAULT_LEASE_RETRIES)?,
-            remote_path: required(kv, keys::REMOTE_PATH)?.to_string(),
+            // Block domains have none: their storage is the VG (VGUUID).
+            remote_path: if domain_type.is_block() {
+                kv.get(keys::REMOTE_PATH).unwrap_or("").to_string()
+            } else {
+                required(kv, keys::REMOTE_PATH)?.to_string()
+            },
             block_size,
             alignment,
             backup: match kv.get(keys::DEPOT_BACKUP) {
@@ -281,10 +286,12 @@ impl DomainMetadata {
             (keys::LEASETIMESEC, self.lease_time_sec.to_string()),
             (keys::IOOPTIMEOUTSEC, self.io_op_timeout_sec.to_string()),
             (keys::LEASERETRIES, self.lease_retries.to_string()),
-            (keys::REMOTE_PATH, self.remote_path.clone()),
             (keys::BLOCK_SIZE, self.block_size.to_string()),
             (keys::ALIGNMENT, self.alignment.to_string()),
         ];
+        if !self.domain_type.is_block() {
+            typed.push((keys::REMOTE_PATH, self.remote_path.clone()));
+        }
         if let Some(v) = self.master_version {
             typed.push((keys::MASTER_VERSION, v.to_string()));
         }

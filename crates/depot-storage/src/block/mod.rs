@@ -1,0 +1,559 @@
+//! Block storage domains: a volume group on SAN LUNs, in VDSM's layout
+//! (docs/formats.md, "Block domains").
+//!
+//! * The VG is named by the domain UUID, has 128 MiB extents and the tag
+//!   `RHAT_storage_domain` (`RHAT_storage_domain_UNREADY` from
+//!   `LVMVolumeGroup.create` until `StorageDomain.create` finishes).
+//! * The domain metadata is in `MDT_*` VG tags ([`tags`]), sealed like a
+//!   file domain's; block domains add `VGUUID` and `PV<n>` keys and have
+//!   no `REMOTE_PATH`.
+//! * Special LVs: `metadata` (volume metadata slots, [`slots`]), `ids`,
+//!   `leases`, `xleases`, `inbox`, `outbox`, `master`, with VDSM's sizes.
+//!   depot does not run sanlock or the mailbox yet; the LVs are created so
+//!   that the layout is VDSM's and a VDSM host can use the domain.
+//! * Volumes are LVs ([`volumes`]).
+//!
+//! On this host a block domain also has a link directory
+//! `<repository>/mnt/blockSD/<sd>/` with `dom_md -> /dev/<sd>` and, for
+//! prepared images, `images/<img>/<vol> -> /dev/<sd>/<vol>`, so paths
+//! under it work like a file domain's (the monitor reads
+//! `dom_md/metadata`, i.e. the metadata LV, with `O_DIRECT`).
+
+pub mod slots;
+pub mod tags;
+pub mod volumes;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use depot_api::storage::{DomainClass, SdUuid};
+use depot_api::Code;
+use depot_os::lvm::{Lvm, LvmError, PvInfo, VgInfo};
+use depot_os::FsStats;
+
+pub use volumes::BlockVolumes;
+
+use crate::domain::{alignment_for, CreateDomain};
+use crate::error::{StorageError, StorageResult};
+use crate::layout::{BLOCK_DIR, DOM_MD, MNT};
+use crate::metadata::domain::DomainMetadata;
+use crate::metadata::kv::KvMetadata;
+
+pub const EXTENT_SIZE: u64 = 128 << 20;
+pub const METADATA_LV: &str = "metadata";
+const MIB: u64 = 1 << 20;
+/// VDSM's metadata keys of block domains.
+pub const KEY_VGUUID: &str = "VGUUID";
+
+/// The special LVs and their sizes for a lease `alignment`.
+pub fn special_lvs(alignment: u64) -> [(&'static str, u64); 7] {
+    [
+        (METADATA_LV, 128 * MIB),
+        ("ids", 8 * MIB),
+        ("leases", 2048 * alignment),
+        ("xleases", 1024 * alignment),
+        ("inbox", 16 * MIB),
+        ("outbox", 16 * MIB),
+        ("master", 1024 * MIB),
+    ]
+}
+
+/// Space a new domain needs: the special LVs in whole extents.
+pub fn special_lvs_size(alignment: u64) -> u64 {
+    special_lvs(alignment)
+        .iter()
+        .map(|(_, s)| s.div_ceil(EXTENT_SIZE) * EXTENT_SIZE)
+        .sum()
+}
+
+pub fn vg_name(sd: SdUuid) -> String {
+    sd.to_string()
+}
+
+/// An LVM failure as a storage error with `code`; the detail keeps the
+/// command, its exit code and stderr.
+pub(crate) fn lvm_err(code: Code, op: &'static str, e: LvmError) -> StorageError {
+    let code = match &e {
+        LvmError::VgNotFound(_) => Code::VolumeGroupDoesNotExist,
+        LvmError::NotActivated { .. } => Code::CannotActivateLogicalVolume,
+        _ => code,
+    };
+    StorageError::new(code, op, e.to_string())
+}
+
+/// The link directory of a block domain on this host.
+pub fn link_dir(repository: &Path, sd: SdUuid) -> PathBuf {
+    repository.join(MNT).join(BLOCK_DIR).join(sd.to_string())
+}
+
+/// Makes `<link_dir>/dom_md -> /dev/<vg>` (idempotent).
+pub fn ensure_links(repository: &Path, sd: SdUuid) -> StorageResult<PathBuf> {
+    const OP: &str = "link block domain";
+    let dir = link_dir(repository, sd);
+    std::fs::create_dir_all(dir.join(crate::layout::IMAGES))
+        .map_err(|e| StorageError::io(Code::StorageDomainActionError, OP, &dir, &e))?;
+    let link = dir.join(DOM_MD);
+    let target = PathBuf::from("/dev").join(vg_name(sd));
+    match std::fs::read_link(&link) {
+        Ok(t) if t == target => {}
+        _ => {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&target, &link)
+                .map_err(|e| StorageError::io(Code::StorageDomainActionError, OP, &link, &e))?;
+        }
+    }
+    Ok(dir)
+}
+
+// ---- volume groups (LVMVolumeGroup.*) ----
+
+/// `LVMVolumeGroup.create`: PVs on `devices` and a VG named `name` with
+/// 128 MiB extents and the UNREADY tag. A device that is already a PV of
+/// another VG is refused (601) unless `force`; an existing VG of that name
+/// is 505. Returns the VG's UUID.
+pub fn create_vg(lvm: &Lvm, name: &str, devices: &[PathBuf], force: bool) -> StorageResult<String> {
+    const OP: &str = "create volume group";
+    if devices.is_empty() {
+        return Err(StorageError::new(
+            Code::InvalidParameterException,
+            OP,
+            "devlist is empty",
+        ));
+    }
+    lvm.add_devices(devices.iter().cloned());
+    let vgs = lvm
+        .vgs()
+        .map_err(|e| lvm_err(Code::VolumeGroupCreateError, OP, e))?;
+    if vgs.iter().any(|v| v.name == name) {
+        return Err(StorageError::new(
+            Code::VolumeGroupAlreadyExistsError,
+            OP,
+            format!("volume group {name} exists"),
+        ));
+    }
+    let pvs = lvm
+        .pvs()
+        .map_err(|e| lvm_err(Code::VolumeGroupCreateError, OP, e))?;
+    for d in devices {
+        let dn = d.to_string_lossy();
+        if let Some(pv) = pvs.iter().find(|p| p.name == dn && !p.vg_name.is_empty()) {
+            if !force {
+                return Err(StorageError::new(
+                    Code::PhysDevInitializationError,
+                    OP,
+                    format!(
+                        "{dn} belongs to volume group {}; pass force to reuse it",
+                        pv.vg_name
+                    ),
+                ));
+            }
+        }
+    }
+    lvm.pvcreate(devices, true)
+        .map_err(|e| lvm_err(Code::PhysDevInitializationError, OP, e))?;
+    lvm.vgcreate(name, devices, EXTENT_SIZE, &[tags::UNREADY_TAG.to_owned()])
+        .map_err(|e| lvm_err(Code::VolumeGroupCreateError, OP, e))?;
+    let vg = lvm
+        .vg_fresh(name)
+        .map_err(|e| lvm_err(Code::VolumeGroupCreateError, OP, e))?;
+    tracing::info!(vg = name, uuid = %vg.uuid, devices = ?devices, "volume group created");
+    Ok(vg.uuid)
+}
+
+/// The VG with UUID `uuid` and its PVs; 506 if none.
+pub fn vg_by_uuid(lvm: &Lvm, uuid: &str) -> StorageResult<(VgInfo, Vec<PvInfo>)> {
+    const OP: &str = "volume group info";
+    let vgs = lvm
+        .vgs()
+        .map_err(|e| lvm_err(Code::VolumeGroupDoesNotExist, OP, e))?;
+    let vg = vgs.into_iter().find(|v| v.uuid == uuid).ok_or_else(|| {
+        StorageError::new(Code::VolumeGroupDoesNotExist, OP, format!("VG uuid {uuid}"))
+    })?;
+    let pvs = lvm
+        .pvs_of(&vg.name)
+        .map_err(|e| lvm_err(Code::VolumeGroupDoesNotExist, OP, e))?;
+    Ok((vg, pvs))
+}
+
+/// `LVMVolumeGroup.remove`: refused while it holds a storage domain (515).
+pub fn remove_vg(lvm: &Lvm, uuid: &str) -> StorageResult<()> {
+    const OP: &str = "remove volume group";
+    let (vg, pvs) = vg_by_uuid(lvm, uuid)?;
+    if vg.tags.iter().any(|t| t == tags::DOMAIN_TAG) {
+        return Err(StorageError::new(
+            Code::VolumeGroupHasDomainTag,
+            OP,
+            format!(
+                "volume group {} holds a storage domain; format it first",
+                vg.name
+            ),
+        ));
+    }
+    lvm.vgremove(&vg.name)
+        .map_err(|e| lvm_err(Code::VolumeGroupRemoveError, OP, e))?;
+    let devs: Vec<PathBuf> = pvs.iter().map(|p| PathBuf::from(&p.name)).collect();
+    if !devs.is_empty() {
+        lvm.pvremove(&devs)
+            .map_err(|e| lvm_err(Code::VolumeGroupRemoveError, OP, e))?;
+    }
+    Ok(())
+}
+
+// ---- domains ----
+
+/// The names of the VGs that are complete block domains.
+pub fn find_domains(lvm: &Lvm) -> StorageResult<Vec<SdUuid>> {
+    let vgs = lvm
+        .vgs()
+        .map_err(|e| lvm_err(Code::VolumeGroupDoesNotExist, "find block domains", e))?;
+    Ok(vgs
+        .iter()
+        .filter(|v| v.tags.iter().any(|t| t == tags::DOMAIN_TAG))
+        .filter_map(|v| SdUuid::from_str(&v.name).ok())
+        .collect())
+}
+
+/// Whether `sd` is a complete block domain visible to this host.
+pub fn exists(lvm: &Lvm, sd: SdUuid) -> bool {
+    lvm.vg(&vg_name(sd))
+        .is_ok_and(|v| v.tags.iter().any(|t| t == tags::DOMAIN_TAG))
+}
+
+/// `StorageDomain.create` of an ISCSI or FCP domain on the VG `vg_uuid`
+/// made by [`create_vg`]. Idempotent after a crash: special LVs that exist
+/// are kept, and the UNREADY tag is only replaced at the very end.
+pub fn create_domain(
+    lvm: &Lvm,
+    req: &CreateDomain,
+    vg_uuid: &str,
+) -> StorageResult<DomainMetadata> {
+    const OP: &str = "create storage domain";
+    let err = |code, detail: String| StorageError::new(code, OP, detail);
+    if req.class != DomainClass::Data {
+        return Err(err(
+            Code::StorageDomainClassError,
+            format!(
+                "class {} cannot be created on block storage (Data only)",
+                req.class
+            ),
+        ));
+    }
+    let (vg, pvs) = vg_by_uuid(lvm, vg_uuid)?;
+    let name = vg_name(req.sd);
+    if vg.name != name {
+        return Err(err(
+            Code::VolumeGroupUninitialized,
+            format!(
+                "volume group {vg_uuid} is named {}, not the domain id {name}",
+                vg.name
+            ),
+        ));
+    }
+    if vg.tags.iter().any(|t| t == tags::DOMAIN_TAG) {
+        return Err(err(
+            Code::StorageDomainAlreadyExists,
+            format!("volume group {name} already holds a storage domain"),
+        ));
+    }
+    if !vg.tags.iter().any(|t| t == tags::UNREADY_TAG) {
+        return Err(err(
+            Code::VolumeGroupUninitialized,
+            format!("volume group {name} was not made by LVMVolumeGroup.create"),
+        ));
+    }
+    let block_size = match req.block_size {
+        Some(b) => b,
+        None => probe_block_size(&pvs),
+    };
+    let alignment = alignment_for(block_size, req.max_hosts);
+    let existing = lvm
+        .lvs_fresh(&name)
+        .map_err(|e| lvm_err(Code::StorageDomainCreationError, OP, e))?;
+    let missing: Vec<(&str, u64)> = special_lvs(alignment)
+        .into_iter()
+        .filter(|(n, _)| !existing.iter().any(|l| l.name == *n))
+        .collect();
+    let need: u64 = missing
+        .iter()
+        .map(|(_, s)| s.div_ceil(EXTENT_SIZE) * EXTENT_SIZE)
+        .sum();
+    if need > vg.free {
+        return Err(err(
+            Code::VolumeGroupSizeError,
+            format!(
+                "volume group {name} has {} bytes free; the domain's special LVs need {need}",
+                vg.free
+            ),
+        ));
+    }
+    for (lv, size) in missing {
+        lvm.lvcreate(&name, lv, size, &[])
+            .map_err(|e| lvm_err(Code::CannotCreateLogicalVolume, OP, e))?;
+    }
+    let mut md = DomainMetadata::new_file(
+        req.sd,
+        depot_api::storage::DomainType::LocalFs,
+        req.class,
+        &req.description,
+        "",
+        block_size,
+        alignment,
+    )?;
+    md.domain_type = req.domain_type;
+    md.backup = req.backup;
+    md.extra.insert(KEY_VGUUID.into(), vg.uuid.clone());
+    for (k, v) in pv_keys(&pvs) {
+        md.extra.insert(k, v);
+    }
+    // Activate the metadata LV now: the first volume needs it, and a
+    // failure here (no device-mapper) should fail the create, not later.
+    lvm.activate(&name, &[METADATA_LV])
+        .map_err(|e| lvm_err(Code::CannotActivateLogicalVolume, OP, e))?;
+    let kv = md.to_kv()?;
+    let mut add = tags::to_tags(&kv);
+    add.push(tags::DOMAIN_TAG.to_owned());
+    let mut del = tags::metadata_tags(&vg.tags);
+    del.push(tags::UNREADY_TAG.to_owned());
+    // One vgchange: the metadata and the "complete" tag land together.
+    lvm.vg_tags(&name, &add, &del)
+        .map_err(|e| lvm_err(Code::VolumeGroupReplaceTagError, OP, e))?;
+    tracing::info!(sd = %req.sd, vg = %vg.uuid, block_size, alignment, "block storage domain created");
+    Ok(md)
+}
+
+/// `PV<n>=pv:<name>,uuid:<uuid>,pestart:<bytes>,pecount:<n>,mapoffset:<n>`,
+/// VDSM's record of each PV of a block domain.
+fn pv_keys(pvs: &[PvInfo]) -> BTreeMap<String, String> {
+    let mut offset = 0;
+    pvs.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let name = p.name.rsplit('/').next().unwrap_or(&p.name).to_owned();
+            let v = format!(
+                "pv:{name},uuid:{},pestart:{},pecount:{},mapoffset:{offset}",
+                p.uuid, p.pe_start, p.pe_count
+            );
+            offset += p.pe_count;
+            (format!("PV{i}"), v)
+        })
+        .collect()
+}
+
+/// The largest logical block size of the PVs (512 when unknown).
+fn probe_block_size(pvs: &[PvInfo]) -> u32 {
+    pvs.iter()
+        .filter_map(|p| depot_os::direct::probe_alignment_path(Path::new(&p.name)).ok())
+        .map(|a| if a.offset_align > 512 { 4096 } else { 512 })
+        .max()
+        .unwrap_or(512)
+}
+
+/// Reads the metadata from the VG tags (always a fresh `vgs`: the SPM on
+/// another host may have changed it).
+pub fn read_metadata(lvm: &Lvm, sd: SdUuid) -> StorageResult<DomainMetadata> {
+    const OP: &str = "read domain metadata";
+    let vg = lvm.vg_fresh(&vg_name(sd)).map_err(|e| match e {
+        LvmError::VgNotFound(_) => {
+            StorageError::new(Code::StorageDomainDoesNotExist, OP, format!("'{sd}'"))
+        }
+        e => lvm_err(Code::MetaDataGeneralError, OP, e),
+    })?;
+    if !vg.tags.iter().any(|t| t == tags::DOMAIN_TAG) {
+        return Err(StorageError::new(
+            Code::StorageDomainDoesNotExist,
+            OP,
+            format!("'{sd}': volume group without a complete domain"),
+        ));
+    }
+    let kv = tags::from_tags(&vg.tags)?;
+    let md = DomainMetadata::from_kv(&kv)?;
+    if md.sd_uuid != sd {
+        return Err(StorageError::new(
+            Code::MetaDataValidationError,
+            OP,
+            format!("VG {sd} holds the metadata of {}", md.sd_uuid),
+        ));
+    }
+    Ok(md)
+}
+
+/// Read, change, write back as one `vgchange` that removes the old
+/// metadata tags and adds the new ones (LVM commits it atomically).
+pub fn update_metadata(
+    lvm: &Lvm,
+    sd: SdUuid,
+    change: impl FnOnce(&mut DomainMetadata) -> StorageResult<()>,
+) -> StorageResult<DomainMetadata> {
+    const OP: &str = "update domain metadata";
+    let mut md = read_metadata(lvm, sd)?;
+    change(&mut md)?;
+    let vg = lvm
+        .vg(&vg_name(sd))
+        .map_err(|e| lvm_err(Code::MetaDataGeneralError, OP, e))?;
+    let new = tags::to_tags(&md.to_kv()?);
+    let old = tags::metadata_tags(&vg.tags);
+    let add: Vec<String> = new.iter().filter(|t| !old.contains(t)).cloned().collect();
+    let del: Vec<String> = old.iter().filter(|t| !new.contains(t)).cloned().collect();
+    if !add.is_empty() || !del.is_empty() {
+        lvm.vg_tags(&vg_name(sd), &add, &del)
+            .map_err(|e| lvm_err(Code::VolumeGroupReplaceTagError, OP, e))?;
+    }
+    Ok(md)
+}
+
+/// Check the VG: metadata readable and sealed, `vgck` clean, not partial.
+pub fn validate(lvm: &Lvm, sd: SdUuid) -> StorageResult<DomainMetadata> {
+    const OP: &str = "validate storage domain";
+    let md = read_metadata(lvm, sd)?;
+    let vg = lvm
+        .vg(&vg_name(sd))
+        .map_err(|e| lvm_err(Code::StorageDomainAccessError, OP, e))?;
+    if vg.is_partial() {
+        return Err(StorageError::new(
+            Code::StorageDomainAccessError,
+            OP,
+            format!("volume group {sd} is missing a PV"),
+        ));
+    }
+    lvm.vgck(&vg_name(sd))
+        .map_err(|e| lvm_err(Code::StorageDomainAccessError, OP, e))?;
+    Ok(md)
+}
+
+/// Space of the VG as file-system-like stats (no inodes on a VG).
+pub fn stats(lvm: &Lvm, sd: SdUuid) -> StorageResult<FsStats> {
+    let vg = lvm
+        .vg_fresh(&vg_name(sd))
+        .map_err(|e| lvm_err(Code::StorageDomainAccessError, "domain stats", e))?;
+    Ok(FsStats {
+        block_size: vg.extent_size,
+        total_bytes: vg.size,
+        free_bytes: vg.free,
+        free_bytes_root: vg.free,
+        total_inodes: 0,
+        free_inodes: 0,
+        read_only: false,
+    })
+}
+
+/// Removes the domain: its LVs, the VG and the PV labels.
+pub fn format(lvm: &Lvm, repository: &Path, sd: SdUuid) -> StorageResult<()> {
+    const OP: &str = "format storage domain";
+    let name = vg_name(sd);
+    let pvs = lvm
+        .pvs_of(&name)
+        .map_err(|e| lvm_err(Code::StorageDomainFormatError, OP, e))?;
+    let _ = lvm.deactivate_vg(&name);
+    lvm.vgremove(&name)
+        .map_err(|e| lvm_err(Code::StorageDomainFormatError, OP, e))?;
+    let devs: Vec<PathBuf> = pvs.iter().map(|p| PathBuf::from(&p.name)).collect();
+    if !devs.is_empty() {
+        lvm.pvremove(&devs)
+            .map_err(|e| lvm_err(Code::StorageDomainFormatError, OP, e))?;
+    }
+    let _ = std::fs::remove_dir_all(link_dir(repository, sd));
+    Ok(())
+}
+
+/// Adds `devices` to the domain's VG (`StorageDomain.extend`) and records
+/// the new PVs in the metadata.
+pub fn extend(lvm: &Lvm, sd: SdUuid, devices: &[PathBuf], force: bool) -> StorageResult<()> {
+    const OP: &str = "extend storage domain";
+    let name = vg_name(sd);
+    read_metadata(lvm, sd)?;
+    lvm.add_devices(devices.iter().cloned());
+    let pvs = lvm
+        .pvs()
+        .map_err(|e| lvm_err(Code::VolumeGroupExtendError, OP, e))?;
+    let mut new = Vec::new();
+    for d in devices {
+        let dn = d.to_string_lossy();
+        match pvs.iter().find(|p| p.name == dn) {
+            Some(p) if p.vg_name == name => {}
+            Some(p) if !p.vg_name.is_empty() && !force => {
+                return Err(StorageError::new(
+                    Code::PhysDevInitializationError,
+                    OP,
+                    format!("{dn} belongs to volume group {}", p.vg_name),
+                ))
+            }
+            _ => new.push(d.clone()),
+        }
+    }
+    if !new.is_empty() {
+        lvm.pvcreate(&new, true)
+            .map_err(|e| lvm_err(Code::PhysDevInitializationError, OP, e))?;
+        lvm.vgextend(&name, &new)
+            .map_err(|e| lvm_err(Code::VolumeGroupExtendError, OP, e))?;
+    }
+    refresh_pv_keys(lvm, sd)
+}
+
+/// `resizePV`: grows the PV on `device` to the LUN's new size.
+pub fn resize_pv(lvm: &Lvm, sd: SdUuid, device: &Path) -> StorageResult<()> {
+    const OP: &str = "resize physical volume";
+    read_metadata(lvm, sd)?;
+    lvm.pvresize(&vg_name(sd), device)
+        .map_err(|e| lvm_err(Code::CouldNotResizePhysicalVolume, OP, e))?;
+    refresh_pv_keys(lvm, sd)
+}
+
+fn refresh_pv_keys(lvm: &Lvm, sd: SdUuid) -> StorageResult<()> {
+    let pvs = lvm
+        .pvs_of(&vg_name(sd))
+        .map_err(|e| lvm_err(Code::VolumeGroupExtendError, "record PVs", e))?;
+    update_metadata(lvm, sd, |md| {
+        md.extra
+            .retain(|k, _| !(k.starts_with("PV") && k[2..].parse::<u32>().is_ok()));
+        md.extra.extend(pv_keys(&pvs));
+        Ok(())
+    })
+    .map(|_| ())
+}
+
+/// Parses `KvMetadata` of a block domain given as tags (for tests/tools).
+pub fn metadata_from_tags(tags: &[String]) -> StorageResult<DomainMetadata> {
+    DomainMetadata::from_kv(&tags::from_tags(tags)?)
+}
+
+#[allow(dead_code)]
+fn _kv(_: &KvMetadata) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_lvs_fit_vdsms_minimum() {
+        // 1 MiB alignment: metadata 128 + ids 128 + leases 2048 + xleases
+        // 1024 + inbox 128 + outbox 128 + master 1024 MiB.
+        assert_eq!(special_lvs_size(MIB), 4608 * MIB);
+    }
+
+    #[test]
+    fn pv_keys_have_running_map_offsets() {
+        let pv = |n: &str, c| PvInfo {
+            name: format!("/dev/mapper/{n}"),
+            uuid: "u".into(),
+            size: 0,
+            dev_size: 0,
+            vg_name: "v".into(),
+            vg_uuid: "x".into(),
+            pe_start: MIB,
+            pe_count: c,
+            pe_alloc_count: 0,
+            mda_count: 1,
+            mda_size: 0,
+        };
+        let k = pv_keys(&[pv("a", 10), pv("b", 5)]);
+        assert_eq!(
+            k["PV0"],
+            "pv:a,uuid:u,pestart:1048576,pecount:10,mapoffset:0"
+        );
+        assert_eq!(
+            k["PV1"],
+            "pv:b,uuid:u,pestart:1048576,pecount:5,mapoffset:10"
+        );
+    }
+}
