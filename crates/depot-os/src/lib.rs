@@ -8,15 +8,22 @@
 //! [`mount`] (mount/umount and the mount table), [`direct`] (aligned
 //! `O_DIRECT` I/O), [`fsutil`] (atomic writes, fsync, statvfs, fallocate),
 //! [`lvm`] (typed lvm2 commands with a device filter and a cache),
-//! [`qemu_img`] (image create/info/check) and [`worker`] (running I/O that
-//! may hang with a timeout).
+//! [`qemu_img`] (image create/info/check), [`worker`] (running I/O that
+//! may hang with a timeout), and for SAN storage [`iscsi`] (iscsiadm),
+//! [`multipath`] (maps by WWID and path states), [`scsi`] (host rescans)
+//! and [`sysfs_block`] (device facts from sysfs).
 
 pub mod command;
 pub mod direct;
 pub mod fsutil;
+pub mod iscsi;
 pub mod lvm;
 pub mod mount;
+pub mod multipath;
 pub mod qemu_img;
+pub mod scsi;
+mod secret;
+pub mod sysfs_block;
 pub mod worker;
 
 pub use command::{
@@ -32,4 +39,5 @@ pub use mount::{MountEntry, MountError, Mounter};
 pub use qemu_img::{
     CheckResult, ConvertOptions, ImageFormat, ImageInfo, Preallocation, QemuImg, QemuImgError,
 };
+pub use secret::Secret;
 pub use worker::{IoWorker, WorkerError, WorkerStats};

@@ -110,6 +110,30 @@ fn secret_arg_never_printed() {
 }
 
 #[test]
+fn secret_echoed_by_the_program_is_scrubbed_from_errors() {
+    // Like a tool that complains "invalid value 'X'" about its argument.
+    let cmd = Cmd::new("sh", T)
+        .args([
+            "-c",
+            r#"echo "bad value '$1'" >&2; echo "out $1"; exit 7"#,
+            "sh",
+        ])
+        .secret_arg("SECRET-hunter2");
+    let err = CommandRunner::new().run(&cmd).expect_err("exit 7");
+    assert_eq!(err.exit_code(), Some(7));
+    assert!(err.stderr().contains("bad value '***'"), "{err:?}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
+    // Also on success: stderr warnings are scrubbed (stdout is the
+    // caller's data and stays as the program wrote it).
+    let cmd = Cmd::new("sh", T)
+        .args(["-c", r#"echo "warn $1" >&2"#, "sh"])
+        .secret_arg("SECRET-hunter2");
+    let out = CommandRunner::new().run(&cmd).expect("sh");
+    assert_eq!(out.stderr, "warn ***\n");
+}
+
+#[test]
 fn secret_arg_reaches_the_program() {
     let out = run(Cmd::new("printf", T).arg("%s").secret_arg("hunter2")).expect("printf");
     assert_eq!(out.stdout, b"hunter2");

@@ -152,6 +152,26 @@ impl Cmd {
     pub fn redacted(&self) -> String {
         self.to_string()
     }
+
+    /// `text` with every secret argument's value replaced by `***`. Tools
+    /// sometimes echo an argument back in a message ("invalid value
+    /// 'hunter2'"), so captured stderr and stdout tails go through this
+    /// before they reach an error or a log.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for arg in self.args.iter().filter(|a| a.secret) {
+            let secret = arg.value.to_string_lossy();
+            if !secret.is_empty() && out.contains(secret.as_ref()) {
+                out = out.replace(secret.as_ref(), REDACTED);
+            }
+        }
+        out
+    }
+
+    /// Whether any argument is secret (then captured output is scrubbed).
+    pub(crate) fn has_secrets(&self) -> bool {
+        self.args.iter().any(|a| a.secret)
+    }
 }
 
 impl fmt::Display for Cmd {
@@ -216,6 +236,23 @@ mod tests {
         );
         let dbg = format!("{cmd:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+
+    #[test]
+    fn scrub_replaces_echoed_secrets() {
+        let cmd = Cmd::new("iscsiadm", Duration::from_secs(1))
+            .args(["-n", "node.session.auth.password", "-v"])
+            .secret_arg("hunter2")
+            .secret_arg("");
+        assert!(cmd.has_secrets());
+        assert_eq!(
+            cmd.scrub("iscsiadm: bad value hunter2 (hunter2)"),
+            "iscsiadm: bad value *** (***)"
+        );
+        assert_eq!(cmd.scrub("nothing here"), "nothing here");
+        let plain = Cmd::new("x", Duration::from_secs(1)).arg("hunter2");
+        assert!(!plain.has_secrets());
+        assert_eq!(plain.scrub("hunter2"), "hunter2");
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //!   `;`, `$(...)` and friends reach it literally.
 //! * **Secrets stay secret.** Args added with [`Cmd::secret_arg`] are passed
 //!   to the program but printed as `***` in `Display`, `Debug`, logs and
-//!   errors. Env values and stdin bytes are never printed at all.
+//!   errors, and their values are replaced by `***` in the captured stderr
+//!   (and the stdout tail of a failure) in case the program echoes them.
+//!   Env values and stdin bytes are never printed at all.
 //! * **Always a timeout.** [`Cmd::new`] requires one. The child runs in its
 //!   own process group; on timeout the whole group (grandchildren included)
 //!   gets `SIGKILL` and the child is reaped before [`CmdError::Timeout`] is

@@ -225,6 +225,11 @@ impl CommandRunner {
             if stderr.overflowed() {
                 text.insert_str(0, "[...]\n");
             }
+            // A tool that echoes a secret argument must not put it in
+            // our errors or logs.
+            if cmd.has_secrets() {
+                text = cmd.scrub(&text);
+            }
             text
         };
 
@@ -255,7 +260,7 @@ impl CommandRunner {
                     _ => Err(CmdError::Failed {
                         argv: argv.to_owned(),
                         status,
-                        stdout_tail: tail_lossy(&stdout, STDOUT_TAIL),
+                        stdout_tail: cmd.scrub(&tail_lossy(&stdout, STDOUT_TAIL)),
                         stderr: stderr_text,
                     }),
                 }

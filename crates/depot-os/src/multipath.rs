@@ -1,0 +1,366 @@
+//! Multipath maps: which maps exist (by WWID), their paths and the paths'
+//! states, and waiting for maps to appear after new LUNs show up.
+//!
+//! # Sources
+//!
+//! * The maps and their paths come from sysfs (`/sys/block/dm-N/dm/uuid`
+//!   is `mpath-<wwid>`, `slaves/` are the paths): the kernel's own table,
+//!   read without a process and without I/O to the devices. A map is named
+//!   by its WWID, never by a path name like `sdb`, which the kernel hands
+//!   out in discovery order and may give to another LUN after a rescan.
+//! * Path states come from `dmsetup status --target multipath` (each path
+//!   is `major:minor A|F`, active or failed), as VDSM reads them: what the
+//!   kernel will actually use for I/O, not what a checker last thought.
+//! * `multipathd show status` tells whether multipathd is still busy with
+//!   uevents, and `udevadm settle` waits for udev; both before trusting
+//!   that a new LUN's map is complete.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use crate::command::{Cmd, CmdError, CommandRunner};
+use crate::sysfs_block::{Sysfs, SysfsError};
+
+/// `/dev/mapper`.
+pub const DEV_MAPPER: &str = "/dev/mapper";
+
+/// One multipath map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultipathMap {
+    /// The WWID (from the dm uuid `mpath-<wwid>`).
+    pub wwid: String,
+    /// The map name, i.e. `/dev/mapper/<name>`. Equal to the WWID unless
+    /// multipath is configured with friendly names or aliases.
+    pub name: String,
+    /// The kernel name, `dm-3`.
+    pub dm: String,
+    /// The path devices (`sda`, ...).
+    pub paths: Vec<String>,
+    /// Devices built on the map (partitions, LVs), by kernel name.
+    pub holders: Vec<String>,
+}
+
+impl MultipathMap {
+    pub fn dev_path(&self) -> std::path::PathBuf {
+        std::path::Path::new(DEV_MAPPER).join(&self.name)
+    }
+}
+
+/// The kernel's view of one path of a map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathState {
+    Active,
+    Failed,
+}
+
+impl PathState {
+    /// VDSM's words.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathState::Active => "active",
+            PathState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MultipathError {
+    #[error("reading multipath maps from sysfs: {0}")]
+    Sysfs(#[from] SysfsError),
+    #[error("{what}: {cause}")]
+    Command {
+        what: &'static str,
+        #[source]
+        cause: Box<CmdError>,
+    },
+}
+
+/// Lists the multipath maps, sorted by WWID.
+pub fn list_maps(sysfs: &Sysfs) -> Result<Vec<MultipathMap>, MultipathError> {
+    let mut maps = Vec::new();
+    for name in sysfs.block_devices()? {
+        if !name.starts_with("dm-") {
+            continue;
+        }
+        // A map removed while we list it is simply not there.
+        let dm = match sysfs.dm_device(&name) {
+            Ok(Some(dm)) => dm,
+            Ok(None) => continue,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(wwid) = dm.multipath_wwid() else {
+            continue;
+        };
+        maps.push(MultipathMap {
+            wwid: wwid.to_owned(),
+            name: dm.name.clone(),
+            dm: name.clone(),
+            paths: sysfs.slaves(&name)?,
+            holders: sysfs.holders(&name)?,
+        });
+    }
+    maps.sort_by(|a, b| a.wwid.cmp(&b.wwid));
+    Ok(maps)
+}
+
+/// The map that `disk` (e.g. `sda`) is a path of, if any.
+pub fn map_of_path<'a>(maps: &'a [MultipathMap], disk: &str) -> Option<&'a MultipathMap> {
+    maps.iter().find(|m| m.paths.iter().any(|p| p == disk))
+}
+
+/// Parses `dmsetup status --target multipath`: per map name, each path's
+/// `major:minor` and state, in table order.
+///
+/// A line is `<name>: <start> <len> multipath <status...>`, where each
+/// path appears as `<major:minor> <A|F> <fail count> [selector args]`.
+/// With no maps dmsetup prints `No devices found`.
+pub fn parse_dmsetup_status(text: &str) -> BTreeMap<String, Vec<(String, PathState)>> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some((name, rest)) = line.split_once(": ") else {
+            continue;
+        };
+        let tokens: Vec<&str> = rest.split_whitespace().collect();
+        if tokens.get(2) != Some(&"multipath") {
+            continue;
+        }
+        let mut paths = Vec::new();
+        for w in tokens.windows(2) {
+            let is_dev = w[0]
+                .split_once(':')
+                .is_some_and(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok());
+            let state = match w[1] {
+                "A" => PathState::Active,
+                "F" => PathState::Failed,
+                _ => continue,
+            };
+            if is_dev {
+                paths.push((w[0].to_owned(), state));
+            }
+        }
+        out.insert(name.to_owned(), paths);
+    }
+    out
+}
+
+/// What [`Multipath::wait_for_maps`] saw.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MapWait {
+    /// Each waited-for disk that is a path of a map, with the map's WWID.
+    pub mapped: Vec<(String, String)>,
+    /// Disks still without a map when the time was up.
+    pub missing: Vec<String>,
+    pub waited: Duration,
+}
+
+/// Runs `dmsetup`, `multipathd` and `udevadm`.
+#[derive(Debug, Clone)]
+pub struct Multipath {
+    runner: CommandRunner,
+    sysfs: Sysfs,
+    dmsetup: OsString,
+    multipathd: OsString,
+    udevadm: OsString,
+    timeout: Duration,
+}
+
+/// How often the waits look again.
+const POLL: Duration = Duration::from_millis(200);
+
+impl Multipath {
+    pub fn new(runner: CommandRunner, sysfs: Sysfs) -> Self {
+        Multipath {
+            runner,
+            sysfs,
+            dmsetup: "dmsetup".into(),
+            multipathd: "multipathd".into(),
+            udevadm: "udevadm".into(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub fn sysfs(&self) -> &Sysfs {
+        &self.sysfs
+    }
+
+    pub fn maps(&self) -> Result<Vec<MultipathMap>, MultipathError> {
+        list_maps(&self.sysfs)
+    }
+
+    /// Each path's state by kernel name (`sda` -> active). Paths whose
+    /// `major:minor` no longer resolves are left out.
+    pub fn path_states(&self) -> Result<BTreeMap<String, PathState>, MultipathError> {
+        let cmd = Cmd::new(&self.dmsetup, self.timeout).args(["status", "--target", "multipath"]);
+        let out = self
+            .runner
+            .run(&cmd)
+            .map_err(|cause| MultipathError::Command {
+                what: "dmsetup status",
+                cause: Box::new(cause),
+            })?;
+        let mut states = BTreeMap::new();
+        for (_, paths) in parse_dmsetup_status(&out.stdout_lossy()) {
+            for (dev_t, state) in paths {
+                if let Some(name) = self.sysfs.name_of_dev_t(&dev_t) {
+                    states.insert(name, state);
+                }
+            }
+        }
+        Ok(states)
+    }
+
+    /// `udevadm settle --timeout=N`: waits for queued uevents (new SCSI
+    /// disks) to be handled. A timeout here is not fatal to callers: they
+    /// go on and look at what exists.
+    pub fn settle(&self, timeout: Duration) -> Result<(), MultipathError> {
+        let secs = timeout.as_secs().max(1);
+        let cmd = Cmd::new(&self.udevadm, timeout + Duration::from_secs(5))
+            .arg("settle")
+            .arg(format!("--timeout={secs}"));
+        self.runner
+            .run(&cmd)
+            .map(drop)
+            .map_err(|cause| MultipathError::Command {
+                what: "udevadm settle",
+                cause: Box::new(cause),
+            })
+    }
+
+    /// Whether multipathd has no uevents left to process
+    /// (`multipathd show status` says `busy: False`).
+    pub fn is_ready(&self) -> Result<bool, MultipathError> {
+        let cmd = Cmd::new(&self.multipathd, self.timeout).args(["show", "status"]);
+        let out = self
+            .runner
+            .run(&cmd)
+            .map_err(|cause| MultipathError::Command {
+                what: "multipathd show status",
+                cause: Box::new(cause),
+            })?;
+        Ok(out
+            .stdout_lossy()
+            .to_ascii_lowercase()
+            .contains("busy: false"))
+    }
+
+    /// Waits until each of `disks` is a path of some multipath map, or
+    /// `timeout` passes; reports which got one. multipathd makes the maps
+    /// on the uevents of new disks, a moment after login or rescan.
+    pub fn wait_for_maps(
+        &self,
+        disks: &[String],
+        timeout: Duration,
+    ) -> Result<MapWait, MultipathError> {
+        let start = Instant::now();
+        loop {
+            let maps = self.maps()?;
+            let mut wait = MapWait::default();
+            for d in disks {
+                match map_of_path(&maps, d) {
+                    Some(m) => wait.mapped.push((d.clone(), m.wwid.clone())),
+                    None => wait.missing.push(d.clone()),
+                }
+            }
+            wait.waited = start.elapsed();
+            if wait.missing.is_empty() || wait.waited >= timeout {
+                return Ok(wait);
+            }
+            std::thread::sleep(POLL.min(timeout.saturating_sub(wait.waited)));
+        }
+    }
+
+    /// Waits until multipathd reports ready twice in a row (VDSM's test for
+    /// "done with the new devices"), or `timeout`. Returns whether it did.
+    pub fn wait_until_ready(&self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        let mut ready = 0;
+        while start.elapsed() < timeout {
+            match self.is_ready() {
+                Ok(true) => ready += 1,
+                Ok(false) => ready = 0,
+                Err(e) => {
+                    tracing::warn!(error = %e, "multipathd status");
+                    return false;
+                }
+            }
+            if ready >= 2 {
+                return true;
+            }
+            std::thread::sleep(POLL);
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sysfs_block::fake;
+
+    #[test]
+    fn dmsetup_status_lines() {
+        // Two maps (round-robin and service-time selectors), one failed
+        // path, and a non-multipath target that must be skipped.
+        let text = "\
+36001405aaaa: 0 4194304 multipath 2 0 1 0 2 1 A 0 1 2 8:0 A 0 0 1 E 0 1 2 8:16 F 1 0 1 \n\
+36001405bbbb: 0 4194304 multipath 2 0 1 0 1 1 A 0 2 0 8:32 A 0 8:48 A 0 \n\
+vg-lv: 0 8192 linear \n";
+        let st = parse_dmsetup_status(text);
+        assert_eq!(st.len(), 2);
+        assert_eq!(
+            st["36001405aaaa"],
+            [
+                ("8:0".to_string(), PathState::Active),
+                ("8:16".to_string(), PathState::Failed)
+            ]
+        );
+        assert_eq!(st["36001405bbbb"].len(), 2);
+        assert!(parse_dmsetup_status("No devices found\n").is_empty());
+    }
+
+    #[test]
+    fn maps_from_a_fake_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fake::iscsi_disk(root, "sda", "8:0", 2, 1, 0, 2048, "a");
+        fake::iscsi_disk(root, "sdb", "8:16", 3, 2, 0, 2048, "a");
+        fake::iscsi_disk(root, "sdc", "8:32", 2, 1, 1, 2048, "c");
+        fake::mpath(root, 1, "36001405bbbb", &["sdc"], 2048);
+        fake::mpath(root, 0, "36001405aaaa", &["sda", "sdb"], 2048);
+        // An LV on top of map 0: a dm device that is not a multipath map.
+        let lv = "devices/virtual/block/dm-2";
+        fake::block(root, lv, "254:2", 8, 512, 512, 0);
+        fake::write(root, &format!("{lv}/dm/name"), "vg-lv\n");
+        fake::write(root, &format!("{lv}/dm/uuid"), "LVM-abc\n");
+        fake::link(root, "block/dm-2", &root.join(lv).to_string_lossy());
+        fake::link(
+            root,
+            "block/dm-0/holders/dm-2",
+            &root.join(lv).to_string_lossy(),
+        );
+
+        let fs = Sysfs::new(root);
+        let maps = list_maps(&fs).unwrap();
+        assert_eq!(maps.len(), 2);
+        assert_eq!(maps[0].wwid, "36001405aaaa");
+        assert_eq!(maps[0].dm, "dm-0");
+        assert_eq!(maps[0].paths, ["sda", "sdb"]);
+        assert_eq!(maps[0].holders, ["dm-2"]);
+        assert_eq!(
+            maps[0].dev_path(),
+            std::path::Path::new("/dev/mapper/36001405aaaa")
+        );
+        assert_eq!(map_of_path(&maps, "sdc").unwrap().wwid, "36001405bbbb");
+        assert!(map_of_path(&maps, "sdz").is_none());
+
+        let mp = Multipath::new(CommandRunner::new(), fs);
+        let w = mp
+            .wait_for_maps(&["sdb".into(), "sdz".into()], Duration::from_millis(300))
+            .unwrap();
+        assert_eq!(w.mapped, [("sdb".to_string(), "36001405aaaa".to_string())]);
+        assert_eq!(w.missing, ["sdz"]);
+        assert!(w.waited >= Duration::from_millis(300));
+    }
+}
