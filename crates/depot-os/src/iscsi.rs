@@ -741,6 +741,10 @@ mod tests {
 
     #[test]
     fn sendtargets_output() {
+        // As printed in the guest by `--discover -o nonpersistent`.
+        let guest = "127.0.0.1:3260,1 iqn.2026-11.org.depot:target1\n\
+                     10.0.2.15:3260,1 iqn.2026-11.org.depot:target1\n";
+        assert_eq!(parse_sendtargets(guest).unwrap().len(), 2);
         let out = "127.0.0.1:3260,1 iqn.2026-11.org.depot:target1\n\
                    10.0.2.15:3260,1 iqn.2026-11.org.depot:target1\n\
                    [fd00::1]:3260,2 iqn.2026-11.org.depot:target2\n\n";
@@ -795,6 +799,41 @@ mod tests {
         // formats (usr/session_info.c), covering the cases a single guest
         // cannot produce (shared portal line, IPv6, a LUN without disk).
         check_sessions(include_str!("testdata/iscsiadm-session-P3-constructed.txt"));
+    }
+
+    #[test]
+    fn session_tree_captured_in_the_guest() {
+        // `iscsiadm -m session -P 3` (open-iscsi 2.1.8, Debian 12) in the VM
+        // tier's guest, logged in with CHAP to both portals of the LIO
+        // target with 3 LUNs.
+        let s = parse_sessions(include_str!("testdata/iscsiadm-session-P3-guest.txt")).unwrap();
+        assert_eq!(s.len(), 2);
+        let iqn = "iqn.2026-11.org.depot:target1";
+        assert_eq!(
+            (s[0].sid, s[0].target.to_string()),
+            (4, format!("127.0.0.1:3260,1 {iqn}"))
+        );
+        assert_eq!(
+            (s[1].sid, s[1].target.to_string()),
+            (5, format!("10.0.2.15:3260,1 {iqn}"))
+        );
+        for (sess, host, disks) in [
+            (&s[0], 0, ["sda", "sdb", "sdc"]),
+            (&s[1], 1, ["sdd", "sde", "sdf"]),
+        ] {
+            assert_eq!(sess.iface, "default");
+            assert_eq!(sess.username.as_deref(), Some("depot"));
+            assert_eq!(sess.connection_state.as_deref(), Some("LOGGED IN"));
+            assert_eq!(sess.host_number, Some(host));
+            assert_eq!(sess.devices().collect::<Vec<_>>(), disks);
+            let luns: Vec<u64> = sess.disks.iter().map(|d| d.lun).collect();
+            assert_eq!(luns, [0, 1, 2]);
+            assert!(sess
+                .initiator_name
+                .as_deref()
+                .unwrap()
+                .starts_with("iqn.2026-11.org.depot:guest:"));
+        }
     }
 
     #[test]

@@ -318,6 +318,20 @@ vg-lv: 0 8192 linear \n";
         );
         assert_eq!(st["36001405bbbb"].len(), 2);
         assert!(parse_dmsetup_status("No devices found\n").is_empty());
+
+        // In the guest: 3 LIO LUNs over 2 portals, sda set offline.
+        let st = parse_dmsetup_status(include_str!("testdata/dmsetup-status-path-failed.txt"));
+        assert_eq!(st.len(), 3);
+        assert_eq!(
+            st["36001405de90700000004000800000000"],
+            [
+                ("8:0".to_string(), PathState::Failed),
+                ("8:48".to_string(), PathState::Active)
+            ]
+        );
+        assert!(st["36001405de90702000004000800000000"]
+            .iter()
+            .all(|(_, s)| *s == PathState::Active));
     }
 
     #[test]

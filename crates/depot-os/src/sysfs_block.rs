@@ -578,6 +578,20 @@ mod tests {
             f.vdsm_serial(),
             "SLIO-ORG_IBLOCK_6001405a1b2c3d4e5f60718293a4b5c6d7e8"
         );
+        // LIO's page as read in the guest (NUL padded), and the ID_SERIAL
+        // that scsi_id printed for that disk there.
+        let mut lio = vec![0x00, 0x80, 0x00, 0x25];
+        lio.extend_from_slice(b"de907000-0000-4000-8000-000000000000\0");
+        let f = ScsiFacts {
+            vendor: "LIO-ORG".into(),
+            model: "IBLOCK".into(),
+            unit_serial: parse_vpd_pg80(&lio),
+            ..Default::default()
+        };
+        assert_eq!(
+            f.vdsm_serial(),
+            "SLIO-ORG_IBLOCK_de907000-0000-4000-8000-000000000000"
+        );
         // No page 0x80: empty, as VDSM when scsi_id fails.
         assert_eq!(ScsiFacts::default().vdsm_serial(), "");
         // Wrong page code, short page, padding only.
