@@ -9,7 +9,12 @@
 //!   read-back verification (`verify_raw`) timed on its own;
 //! - (b) sparse: `--sparse-size` virtual with 1% data in 1 MiB pieces at
 //!   random places, vs copying a dense file of just that data (same
-//!   copier, same options).
+//!   copier, same options); the sparse copy also with the checksum off,
+//!   to show what the checksum of the blocks around the data costs.
+//!
+//! Each row also gives the CPU time (user + system, of depot-bench's
+//! threads or of the child process), from /proc/self/stat, so a reader can
+//! tell a CPU-bound run from an I/O-bound one.
 //!
 //! Every destination is a new file truncated to the source's size (sparse,
 //! so every tool allocates as it writes), created outside the timing. The
@@ -47,6 +52,9 @@ pub struct CopyArgs {
     /// Skip (b).
     #[arg(long)]
     no_sparse: bool,
+    /// Skip (a) and (c): only the sparse case.
+    #[arg(long)]
+    only_sparse: bool,
     /// Directory to work in (default: a temporary directory under /var/tmp,
     /// on the root disk).
     #[arg(long, default_value = "/var/tmp")]
@@ -68,6 +76,69 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> String + '_ {
     move |e| format!("{what}: {e}")
+}
+
+/// CPU seconds (user + system) of this process's threads and of its
+/// waited-for children, from /proc/self/stat (in USER_HZ = 100 ticks).
+fn cpu_times() -> (f64, f64) {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command's closing parenthesis: state is field 3;
+    // utime, stime, cutime, cstime are fields 14 to 17.
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|x| x.parse().unwrap_or(0.0) / 100.0)
+        .collect();
+    if f.len() < 4 {
+        return (0.0, 0.0);
+    }
+    (f[0] + f[1], f[2] + f[3])
+}
+
+/// Wall and CPU seconds of one run.
+#[derive(Clone, Copy)]
+struct Sample {
+    wall: f64,
+    cpu: f64,
+}
+
+/// Times `f`: wall clock, and the CPU of this process (`child` false) or of
+/// the child processes it waited for (`child` true).
+fn timed<T>(child: bool, f: impl FnOnce() -> Result<T, String>) -> Result<(T, Sample), String> {
+    let c0 = cpu_times();
+    let t = Instant::now();
+    let r = f()?;
+    let wall = t.elapsed().as_secs_f64();
+    let c1 = cpu_times();
+    let cpu = if child { c1.1 - c0.1 } else { c1.0 - c0.0 };
+    Ok((r, Sample { wall, cpu }))
+}
+
+fn walls(v: &[Sample]) -> Vec<f64> {
+    v.iter().map(|s| s.wall).collect()
+}
+
+fn fmt_runs(v: &[Sample]) -> String {
+    v.iter()
+        .map(|s| format!("{:.3}", s.wall))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `name  median s  MiB/s  cpu s  runs`; returns the median wall time.
+fn report(name: &str, v: &[Sample], bytes: Option<u64>) -> f64 {
+    let m = median_f64(walls(v));
+    let cpu = median_f64(v.iter().map(|s| s.cpu).collect());
+    let rate = bytes.map_or(String::new(), |b| {
+        format!("{:>6.0} MiB/s", b as f64 / MIB as f64 / m)
+    });
+    println!(
+        "  {name:<56} median {m:>7.3} s {rate}  cpu {cpu:>5.2} s   runs: {}",
+        fmt_runs(v)
+    );
+    m
 }
 
 pub async fn run(args: CopyArgs) -> Result<(), String> {
@@ -97,7 +168,17 @@ fn measure(args: CopyArgs) -> Result<(), String> {
             .unwrap_or(0)
     );
 
-    // (a) and (c).
+    if !args.only_sparse {
+        raw_copies(&args, &dom_a, &dom_b)?;
+    }
+    if !args.no_sparse {
+        sparse(&args, &dom_a, &dom_b)?;
+    }
+    Ok(())
+}
+
+/// (a) and (c).
+fn raw_copies(args: &CopyArgs, dom_a: &Path, dom_b: &Path) -> Result<(), String> {
     let src = dom_a.join("random.raw");
     let dst = dom_b.join("copy.raw");
     let t = Instant::now();
@@ -118,10 +199,10 @@ fn measure(args: CopyArgs) -> Result<(), String> {
             fresh(&dst, args.size)?;
             match (i + k) % 4 {
                 0 => {
-                    let t = Instant::now();
-                    let r =
-                        copy_raw(&src, &dst, depot_opts(true, false)).map_err(err("copy_raw"))?;
-                    depot_on.push(t.elapsed().as_secs_f64());
+                    let (r, t) = timed(false, || {
+                        copy_raw(&src, &dst, depot_opts(true, false)).map_err(err("copy_raw"))
+                    })?;
+                    depot_on.push(t);
                     let sum = r.checksum.ok_or("no checksum")?;
                     if let Some(prev) = &checksum {
                         if prev != &sum {
@@ -129,75 +210,59 @@ fn measure(args: CopyArgs) -> Result<(), String> {
                         }
                     }
                     // The read-back verification on its own, right after.
-                    let t = Instant::now();
-                    verify_raw(&dst, args.size, &sum).map_err(err("verify_raw"))?;
-                    verify.push(t.elapsed().as_secs_f64());
+                    let ((), t) = timed(false, || {
+                        verify_raw(&dst, args.size, &sum).map_err(err("verify_raw"))
+                    })?;
+                    verify.push(t);
                     checksum = Some(sum);
                 }
                 1 => {
-                    let t = Instant::now();
-                    copy_raw(&src, &dst, depot_opts(false, false)).map_err(err("copy_raw"))?;
-                    depot_off.push(t.elapsed().as_secs_f64());
+                    let (_, t) = timed(false, || {
+                        copy_raw(&src, &dst, depot_opts(false, false)).map_err(err("copy_raw"))
+                    })?;
+                    depot_off.push(t);
                 }
                 2 => {
-                    let t = Instant::now();
-                    run_cmd(
-                        Command::new("qemu-img")
-                            .args(["convert", "-p", "-t", "none", "-T", "none", "-W"])
-                            .args(["-f", "raw", "-O", "raw", "-n"])
-                            .arg(&src)
-                            .arg(&dst),
-                    )?;
-                    qemu.push(t.elapsed().as_secs_f64());
+                    let ((), t) = timed(true, || {
+                        run_cmd(
+                            Command::new("qemu-img")
+                                .args(["convert", "-p", "-t", "none", "-T", "none", "-W"])
+                                .args(["-f", "raw", "-O", "raw", "-n"])
+                                .arg(&src)
+                                .arg(&dst),
+                        )
+                    })?;
+                    qemu.push(t);
                 }
                 _ => {
-                    let t = Instant::now();
-                    run_cmd(
-                        Command::new("dd")
-                            .arg(format!("if={}", src.display()))
-                            .arg(format!("of={}", dst.display()))
-                            .args(["bs=8M", "iflag=direct", "oflag=direct"]),
-                    )?;
-                    dd.push(t.elapsed().as_secs_f64());
+                    let ((), t) = timed(true, || {
+                        run_cmd(
+                            Command::new("dd")
+                                .arg(format!("if={}", src.display()))
+                                .arg(format!("of={}", dst.display()))
+                                .args(["bs=8M", "iflag=direct", "oflag=direct"]),
+                        )
+                    })?;
+                    dd.push(t);
                 }
             }
         }
     }
-    let mibs = |bytes: u64, s: f64| bytes as f64 / MIB as f64 / s;
-    let line = |name: &str, v: &[f64], bytes: u64| {
-        let m = median_f64(v.to_vec());
-        println!(
-            "  {name:<58} median {m:>7.3} s {:>6.0} MiB/s   runs: {}",
-            mibs(bytes, m),
-            v.iter()
-                .map(|s| format!("{s:.3}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        m
-    };
     println!(
         "(a) raw to raw, {} MiB random data, {} rounds:",
         args.size / MIB,
         args.runs
     );
-    let m_on = line(
-        "depot copy_raw (checksum on, verify off)",
-        &depot_on,
-        args.size,
-    );
-    let m_off = line("depot copy_raw (checksum off)", &depot_off, args.size);
-    let m_q = line(
+    let b = Some(args.size);
+    let m_on = report("depot copy_raw (checksum on, verify off)", &depot_on, b);
+    let m_off = report("depot copy_raw (checksum off)", &depot_off, b);
+    let m_q = report(
         "qemu-img convert -p -t none -T none -W -f raw -O raw -n",
         &qemu,
-        args.size,
+        b,
     );
-    let m_dd = line("dd bs=8M iflag=direct oflag=direct", &dd, args.size);
-    let m_v = line(
-        "(c) verify_raw (read back, blkhash, compare)",
-        &verify,
-        args.size,
-    );
+    let m_dd = report("dd bs=8M iflag=direct oflag=direct", &dd, b);
+    let m_v = report("(c) verify_raw (read back, blkhash, compare)", &verify, b);
     println!(
         "  depot vs qemu-img: {:.2}x (qemu-img time / depot time, checksum on; target >= 1.2)",
         m_q / m_on
@@ -222,10 +287,6 @@ fn measure(args: CopyArgs) -> Result<(), String> {
     }
     fs::remove_file(&src).ok();
     fs::remove_file(&dst).ok();
-
-    if !args.no_sparse {
-        sparse(&args, &dom_a, &dom_b)?;
-    }
     Ok(())
 }
 
@@ -269,44 +330,52 @@ fn sparse(args: &CopyArgs, dom_a: &Path, dom_b: &Path) -> Result<(), String> {
         t.elapsed()
     );
     let mut sp = Vec::new();
+    let mut sp_off = Vec::new();
     let mut de = Vec::new();
     let mut last = None;
     for i in 0..args.runs {
-        for k in 0..2 {
-            if (i + k) % 2 == 0 {
-                fresh(&dst, args.sparse_size)?;
-                let t = Instant::now();
-                let r =
-                    copy_raw(&src, &dst, depot_opts(true, true)).map_err(err("copy_raw sparse"))?;
-                sp.push(t.elapsed().as_secs_f64());
-                last = Some(r);
-            } else {
-                fresh(&dst_dense, pieces * MIB)?;
-                let t = Instant::now();
-                copy_raw(&dense, &dst_dense, depot_opts(true, true))
-                    .map_err(err("copy_raw dense"))?;
-                de.push(t.elapsed().as_secs_f64());
+        for k in 0..3 {
+            match (i + k) % 3 {
+                0 => {
+                    fresh(&dst, args.sparse_size)?;
+                    let (r, t) = timed(false, || {
+                        copy_raw(&src, &dst, depot_opts(true, true)).map_err(err("copy_raw sparse"))
+                    })?;
+                    sp.push(t);
+                    last = Some(r);
+                }
+                1 => {
+                    fresh(&dst, args.sparse_size)?;
+                    let (_, t) = timed(false, || {
+                        copy_raw(&src, &dst, depot_opts(false, true))
+                            .map_err(err("copy_raw sparse"))
+                    })?;
+                    sp_off.push(t);
+                }
+                _ => {
+                    fresh(&dst_dense, pieces * MIB)?;
+                    let (_, t) = timed(false, || {
+                        copy_raw(&dense, &dst_dense, depot_opts(true, true))
+                            .map_err(err("copy_raw dense"))
+                    })?;
+                    de.push(t);
+                }
             }
         }
     }
     let allocated = fs::metadata(&dst)
         .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
         .unwrap_or(0);
-    let fmt = |v: &[f64]| {
-        v.iter()
-            .map(|s| format!("{s:.3}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let (ms, md) = (median_f64(sp.clone()), median_f64(de.clone()));
-    println!(
-        "  depot copy_raw of the sparse file (dst_is_zero, sparse, checksum on): median {ms:.3} s   runs: {}",
-        fmt(&sp)
+    let ms = report(
+        "depot copy_raw, sparse file (dst_is_zero, sparse, checksum)",
+        &sp,
+        None,
     );
-    println!(
-        "  depot copy_raw of the dense {} MiB (same options):                   median {md:.3} s   runs: {}",
-        pieces,
-        fmt(&de)
+    report("depot copy_raw, sparse file, checksum off", &sp_off, None);
+    let md = report(
+        &format!("depot copy_raw, dense {pieces} MiB (dst_is_zero, sparse, checksum)"),
+        &de,
+        Some(pieces * MIB),
     );
     if let Some(r) = last {
         println!(

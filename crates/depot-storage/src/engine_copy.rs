@@ -179,7 +179,15 @@ impl Storage {
                     u64::from(new_gen),
                 )
             });
-            let dst_is_zero = journal.is_none() && dst.true_size == 0;
+            // A file with nothing allocated reads as zeros: holes and zero
+            // data need not be written. This is a fact about the file now,
+            // so it holds with a journal too. On a resume the file has data
+            // (true_size > 0), and the copier takes from the journal
+            // whether the destination read zeros when the copy began;
+            // that stays true of every byte the earlier runs did not
+            // write, and the bytes they wrote are the source's
+            // (docs/copy.md, "Journal and crash guarantees").
+            let dst_is_zero = dst.true_size == 0;
             let progress = |done: u64, total: u64| {
                 let pct = done
                     .saturating_mul(100)

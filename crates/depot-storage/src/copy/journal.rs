@@ -6,7 +6,9 @@
 //! - a header with the copy's identity: source and destination paths, the
 //!   size copied, the source's device, inode and mtime, the destination's
 //!   device and inode (or rdev), the caller's generation, and the blkhash
-//!   block size (0 when no checksum is computed);
+//!   block size (0 when no checksum is computed); then, not part of the
+//!   identity, whether the destination read as zeros when the copy began
+//!   (`dst-zero 1`), which a resumed copy may rely on;
 //! - checkpoint records appended after it, one line each:
 //!   `ckpt <watermark> <hex digests|-> <check>`. The watermark is the offset
 //!   below which the destination holds the source's data durably; the
@@ -21,23 +23,22 @@
 //! durable. Records are written at most every `interval` bytes (256 MiB by
 //! default), and once more when the copy stops (end, abort, error).
 //!
-//! A journal whose header differs from the request in any field is
+//! A journal whose identity differs from the request in any field is
 //! discarded (rewritten), and then the destination is no longer trusted to
-//! be zero. See docs/copy.md for the guarantees.
+//! be zero. Version 1 journals (no `dst-zero` line) are discarded the same
+//! way. See docs/copy.md for the guarantees.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use blake2::digest::consts::U8;
-use blake2::{Blake2b, Digest};
-
 use super::blkhash::{from_hex, to_hex, BlockDigest};
 use super::CopyError;
 
-const MAGIC: &str = "depot-copy-journal 1";
+const MAGIC: &str = "depot-copy-journal 2";
 const RECORDS: &str = "records";
+const DST_ZERO: &str = "dst-zero ";
 
 /// The default distance between checkpoints: 256 MiB.
 pub const DEFAULT_INTERVAL: u64 = 256 * 1024 * 1024;
@@ -61,6 +62,8 @@ pub struct JournalState {
     pub watermark: u64,
     /// blkhash digests of the full blocks below the watermark.
     pub digests: usize,
+    /// The destination read as zeros when the copy began.
+    pub dst_zero: bool,
 }
 
 /// The identity of a copy; any difference discards the journal.
@@ -85,6 +88,9 @@ pub(crate) struct Identity {
 pub(crate) struct Resume {
     pub watermark: u64,
     pub digests: Vec<BlockDigest>,
+    /// The destination read as zeros when the copy began: every byte of it
+    /// is still zero or the source's byte at that offset (docs/copy.md).
+    pub dst_zero: bool,
 }
 
 /// How [`Journal::begin`] found the file.
@@ -112,10 +118,20 @@ fn escape(p: &Path) -> String {
     s
 }
 
-fn header(id: &Identity) -> String {
+/// The header: the identity lines, then `dst-zero`, then `records`.
+fn header(id: &Identity, dst_zero: bool) -> String {
+    format!(
+        "{}{DST_ZERO}{}\n{RECORDS}\n",
+        identity(id),
+        u8::from(dst_zero)
+    )
+}
+
+/// The identity lines, which must all match for a copy to resume.
+fn identity(id: &Identity) -> String {
     format!(
         "{MAGIC}\nsrc {}\ndst {}\nsize {}\nsource {} {} {}.{:09}\n\
-         destination {} {} {}\ngeneration {}\nblock-size {}\n{RECORDS}\n",
+         destination {} {} {}\ngeneration {}\nblock-size {}\n",
         escape(&id.src),
         escape(&id.dst),
         id.size,
@@ -131,10 +147,14 @@ fn header(id: &Identity) -> String {
     )
 }
 
+/// 64 bits of unkeyed blake2b (`hashlib.blake2b(body, digest_size=8)`).
 fn check(body: &str) -> String {
-    let mut h = Blake2b::<U8>::new();
-    h.update(body.as_bytes());
-    to_hex(&h.finalize())
+    to_hex(
+        blake2b_simd::Params::new()
+            .hash_length(8)
+            .hash(body.as_bytes())
+            .as_bytes(),
+    )
 }
 
 fn record_line(watermark: u64, digests: &[BlockDigest]) -> String {
@@ -153,21 +173,31 @@ fn record_line(watermark: u64, digests: &[BlockDigest]) -> String {
 }
 
 /// Parses the file: the header text, then the valid records. Returns the
-/// header, the resume point and the length of the valid prefix.
+/// identity lines, the resume point and the length of the valid prefix.
 fn parse(text: &[u8]) -> Option<(String, Resume, usize)> {
     let text = std::str::from_utf8(text).ok()?;
     let marker = format!("\n{RECORDS}\n");
     let hdr_end = text.find(&marker)? + marker.len();
     let header = &text[..hdr_end];
-    if !header.starts_with(MAGIC) {
+    if !header.starts_with(&format!("{MAGIC}\n")) {
         return None;
     }
+    let zero_line = header.rfind(&format!("\n{DST_ZERO}"))? + 1;
+    let dst_zero = match &header[zero_line + DST_ZERO.len()..hdr_end - marker.len() + 1] {
+        "1\n" => true,
+        "0\n" => false,
+        _ => return None,
+    };
+    let ident = &header[..zero_line];
     let block_size: u64 = header
         .lines()
         .find_map(|l| l.strip_prefix("block-size "))?
         .parse()
         .ok()?;
-    let mut resume = Resume::default();
+    let mut resume = Resume {
+        dst_zero,
+        ..Resume::default()
+    };
     let mut valid = hdr_end;
     for line in text[hdr_end..].split_inclusive('\n') {
         let Some(line) = line.strip_suffix('\n') else {
@@ -204,7 +234,7 @@ fn parse(text: &[u8]) -> Option<(String, Resume, usize)> {
         resume.watermark = wm;
         valid += line.len() + 1;
     }
-    Some((header.to_string(), resume, valid))
+    Some((ident.to_string(), resume, valid))
 }
 
 impl Journal {
@@ -250,6 +280,7 @@ impl Journal {
             header,
             watermark: resume.watermark,
             digests: resume.digests.len(),
+            dst_zero: resume.dst_zero,
         })
     }
 
@@ -268,12 +299,15 @@ impl Journal {
     }
 
     /// Opens the journal for a copy with identity `id`: resumes a matching
-    /// one, replaces anything else with a fresh header.
+    /// one, replaces anything else with a fresh header. `dst_zero`: the
+    /// destination reads as zeros now; a fresh header records it, except
+    /// over a discarded journal (another copy wrote there).
     pub(crate) fn begin(
         &self,
         id: &Identity,
+        dst_zero: bool,
     ) -> Result<(JournalWriter, Option<Resume>, Found), CopyError> {
-        let want = header(id);
+        let want = identity(id);
         let existing = match fs::read(&self.path) {
             Ok(t) => Some(t),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -295,7 +329,8 @@ impl Journal {
             Some(_) => (None, Found::Discarded),
         };
         if found != Found::Matching {
-            depot_os::write_atomic(&self.path, want.as_bytes(), 0o600)?;
+            let hdr = header(id, dst_zero && found == Found::None);
+            depot_os::write_atomic(&self.path, hdr.as_bytes(), 0o600)?;
         }
         let file = OpenOptions::new()
             .append(true)
@@ -392,16 +427,18 @@ mod tests {
 
     #[test]
     fn header_escapes_paths() {
-        let h = header(&id());
+        let h = header(&id(), true);
         assert!(h.contains("src /a%20b/src%251%0A\n"), "{h}");
-        assert_eq!(h.lines().count(), 9);
+        assert!(h.starts_with("depot-copy-journal 2\n"), "{h}");
+        assert!(h.ends_with("\ndst-zero 1\nrecords\n"), "{h}");
+        assert_eq!(h.lines().count(), 10);
     }
 
     #[test]
     fn fresh_then_resume_then_discard() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path().join("j"), 7).with_interval(8 << 20);
-        let (mut w, r, found) = j.begin(&id()).unwrap();
+        let (mut w, r, found) = j.begin(&id(), true).unwrap();
         assert!(r.is_none());
         assert_eq!(found, Found::None);
         assert!(!w.due(4 << 20));
@@ -413,7 +450,7 @@ mod tests {
         assert_eq!((st.watermark, st.digests), (12 << 20, 3));
 
         // Same identity: resume with the digests.
-        let (w, r, found) = j.begin(&id()).unwrap();
+        let (w, r, found) = j.begin(&id(), true).unwrap();
         assert_eq!(found, Found::Matching);
         let r = r.unwrap();
         assert_eq!(r.watermark, 12 << 20);
@@ -423,7 +460,7 @@ mod tests {
 
         // A torn append is ignored and cut off.
         append_raw(j.path(), b"ckpt 16777216 abcd");
-        let (mut w, r, _) = j.begin(&id()).unwrap();
+        let (mut w, r, _) = j.begin(&id(), true).unwrap();
         assert_eq!(r.unwrap().watermark, 12 << 20);
         w.checkpoint(16 << 20, &[[4; 32]]).unwrap();
         drop(w);
@@ -437,7 +474,7 @@ mod tests {
         // Another generation: discarded.
         let mut other = id();
         other.generation = 8;
-        let (_w, r, found) = j.begin(&other).unwrap();
+        let (_w, r, found) = j.begin(&other, true).unwrap();
         assert!(r.is_none());
         assert_eq!(found, Found::Discarded);
         assert_eq!(j.state().unwrap().watermark, 0);
@@ -448,12 +485,52 @@ mod tests {
     }
 
     #[test]
+    fn check_is_blake2b_64() {
+        // hashlib.blake2b(b"ckpt 4194304 -", digest_size=8).hexdigest()
+        assert_eq!(check("ckpt 4194304 -"), "5d1105c401b7ea0b");
+    }
+
+    #[test]
+    fn dst_zero_is_kept_from_the_first_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path().join("j"), 7);
+        let (mut w, _, _) = j.begin(&id(), true).unwrap();
+        w.checkpoint(4 << 20, &[[1; 32]]).unwrap();
+        drop(w);
+        assert!(j.state().unwrap().dst_zero);
+        // The resumed run no longer sees a zero destination (it has data
+        // now), but the journal says it began as zeros.
+        let (_w, r, found) = j.begin(&id(), false).unwrap();
+        assert_eq!(found, Found::Matching);
+        assert!(r.unwrap().dst_zero);
+        assert!(j.state().unwrap().dst_zero);
+
+        // Over a discarded journal a zero destination is not recorded.
+        let mut other = id();
+        other.generation = 9;
+        let (_w, r, found) = j.begin(&other, true).unwrap();
+        assert_eq!((r.is_none(), found), (true, Found::Discarded));
+        assert!(!j.state().unwrap().dst_zero);
+        let (_w, r, _) = j.begin(&other, true).unwrap();
+        assert!(!r.unwrap().dst_zero);
+
+        // A version 1 journal (no dst-zero line) is discarded.
+        let v1 = identity(&id()).replace("depot-copy-journal 2", "depot-copy-journal 1")
+            + "records\n"
+            + &record_line(4 << 20, &[[1; 32]]);
+        fs::write(j.path(), v1).unwrap();
+        assert!(j.state().is_none());
+        let (_w, r, found) = j.begin(&id(), true).unwrap();
+        assert_eq!((r.is_none(), found), (true, Found::Discarded));
+    }
+
+    #[test]
     fn garbage_is_discarded() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path().join("j"), 7);
         fs::write(j.path(), b"\xff\xfe not a journal").unwrap();
         assert!(j.state().is_none());
-        let (_w, r, found) = j.begin(&id()).unwrap();
+        let (_w, r, found) = j.begin(&id(), true).unwrap();
         assert!(r.is_none());
         assert_eq!(found, Found::Discarded);
     }
@@ -464,10 +541,10 @@ mod tests {
         let j = Journal::new(dir.path().join("j"), 1);
         let mut i = id();
         i.block_size = 0;
-        let (mut w, _, _) = j.begin(&i).unwrap();
+        let (mut w, _, _) = j.begin(&i, false).unwrap();
         w.checkpoint(12345 * 4096, &[]).unwrap();
         drop(w);
-        let (_, r, _) = j.begin(&i).unwrap();
+        let (_, r, _) = j.begin(&i, false).unwrap();
         let r = r.unwrap();
         assert_eq!(r.watermark, 12345 * 4096);
         assert!(r.digests.is_empty());
