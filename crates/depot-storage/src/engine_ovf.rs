@@ -1,14 +1,17 @@
 //! OVF_STORE uploads and downloads on the engine (docs/storage.md,
-//! "OVF_STORE"): one upload per volume at a time, validated into a staging
-//! file before the volume is touched, then committed with O_DIRECT and an
-//! integrity trailer; reads serve only a store that verifies.
+//! "OVF_STORE"): one upload per volume at a time, received and checked
+//! into a staging file before the volume is touched, then swapped in by a
+//! rename (a file volume) or copied in with O_DIRECT (anything else), with
+//! an integrity trailer; reads serve only a store that verifies.
 
 use std::io;
+use std::time::Instant;
 
 use depot_api::storage::{DiskType, ImgUuid, SdUuid, VolUuid, VolumeFormat};
 use depot_api::Code;
 
 use crate::engine::Storage;
+use crate::ovf::replace::{self, Plan};
 use crate::ovf::store::{self, StoreState};
 use crate::ovf::OvfError;
 use crate::volume::VolumeInfo;
@@ -105,19 +108,58 @@ impl Storage {
                 ),
             ));
         }
+        // A Content-Length that cannot be a tar is refused before anything
+        // is created.
+        crate::ovf::TarValidator::new(content_length).map_err(|e| ovf_err(OP, e))?;
         let staging = store::staging_path(&info.path);
         // Holding the upload slot, any staging file is a crash leftover.
         store::discard_stale_staging(&staging).map_err(|e| ovf_err(OP, e))?;
-        // Staging reads from the network: it runs on this (blocking) thread,
-        // not on the mount's I/O worker, whose timeout is for storage calls.
-        let staged =
-            store::stage_upload(&staging, content_length, source).map_err(|e| ovf_err(OP, e))?;
         let block_size = self.domain_info(sd)?.metadata.block_size as usize;
-        let (_d, _i) = self.lock_image(sd, img, true)?;
+        // Receiving reads from the network: it runs on this (blocking)
+        // thread, not on the mount's I/O worker, whose timeout is for
+        // storage calls. The volume is touched only after the last byte has
+        // passed every check, holding the image lock, on the I/O worker.
+        let plan = replace::prepare(&info.path, capacity, &staging, block_size)
+            .map_err(|e| ovf_err(OP, e))?;
+        let t0 = Instant::now();
         let path = info.path.clone();
-        let trailer = self.io(&info.path, OP, move || {
-            store::commit(&path, capacity, &staged, block_size).map_err(|e| ovf_err(OP, e))
-        })?;
+        let trailer = match plan {
+            Plan::Replace(mut r) => {
+                r.receive(content_length, source)
+                    .map_err(|e| ovf_err(OP, e))?;
+                let received = t0.elapsed();
+                let (_d, _i) = self.lock_image(sd, img, true)?;
+                let c = self.io(&info.path, OP, move || {
+                    r.commit().map_err(|e| ovf_err(OP, e))
+                })?;
+                let t = &c.received.timings;
+                tracing::debug!(%sd, %vol, strategy = "replace", size = content_length,
+                    receive = ?t.receive, wait_source = ?t.wait_source, check = ?t.check,
+                    wait_buffer = ?t.wait_buffer, hash = ?t.hash, write = ?t.write,
+                    seal = ?c.seal, rename = ?c.rename,
+                    after_last_byte = ?t0.elapsed().saturating_sub(received),
+                    total = ?t0.elapsed(), "OVF_STORE upload");
+                c.trailer
+            }
+            Plan::Copy { reason } => {
+                tracing::debug!(%sd, %vol, %reason, "OVF_STORE upload staged and copied");
+                let staged = store::stage_upload(&staging, content_length, source)
+                    .map_err(|e| ovf_err(OP, e))?;
+                let received = t0.elapsed();
+                let timings = staged.timings.clone();
+                let (_d, _i) = self.lock_image(sd, img, true)?;
+                let trailer = self.io(&info.path, OP, move || {
+                    store::commit(&path, capacity, &staged, block_size).map_err(|e| ovf_err(OP, e))
+                })?;
+                let t = &timings;
+                tracing::debug!(%sd, %vol, strategy = "copy", size = content_length,
+                    receive = ?t.receive, wait_source = ?t.wait_source, check = ?t.check,
+                    wait_buffer = ?t.wait_buffer, hash = ?t.hash, write = ?t.write,
+                    commit = ?t0.elapsed().saturating_sub(received),
+                    total = ?t0.elapsed(), "OVF_STORE upload");
+                trailer
+            }
+        };
         Ok(UploadDone {
             size: trailer.size,
             generation: trailer.generation,

@@ -775,6 +775,48 @@ async fn truncated_upload_is_a_400_naming_the_missing_bytes() {
     e.assert_unchanged("a truncated upload").await;
 }
 
+/// A file volume with a second link (as a template's volume is linked into
+/// the images of its VMs) cannot be replaced by a rename without breaking
+/// the link: it is staged and copied into the same file with O_DIRECT
+/// (docs/formats.md, "Upload and commit"), with the same refusals.
+#[tokio::test]
+async fn a_linked_volume_is_updated_in_place() {
+    use std::os::unix::fs::MetadataExt;
+    let e = Env::new().await;
+    let link = e
+        .store
+        .path
+        .with_file_name(format!("{}.second-link", e.store.vol));
+    std::fs::hard_link(&e.store.path, &link).unwrap();
+    let ino = std::fs::metadata(&e.store.path).unwrap().ino();
+    let seen = Seen::take(&e.dom, &e.via, &e.store, &e.good, 1).await;
+
+    let mut bad = e.another_tar(2);
+    bad[100] ^= 0x01;
+    put(&e.via, &e.store.ids(), &bad).await.assert_error(
+        400,
+        1000,
+        "a bad upload to a linked volume",
+    );
+    wait_idle(&e.via, &e.store).await;
+    seen.assert_same(&e.dom, &e.via, &e.store, "a bad upload to a linked volume")
+        .await;
+
+    let next = e.another_tar(3);
+    put_ok(&e.via, &e.store, &next).await;
+    assert_eq!(
+        std::fs::metadata(&e.store.path).unwrap().ino(),
+        ino,
+        "written in place"
+    );
+    assert!(
+        std::fs::read(&link).unwrap() == e.store.bytes(),
+        "the other link sees the new store"
+    );
+    Seen::take(&e.dom, &e.via, &e.store, &next, 2).await;
+    std::fs::remove_file(&link).unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // Crashes
 // ---------------------------------------------------------------------------
@@ -818,21 +860,34 @@ async fn outcome(dom: &Domain, via: &Via, v: &Vol, old: &[u8], new: &[u8]) -> &'
     }
 }
 
-/// Busy-waits (up to 30 s) until the volume's trailer has `generation`:
-/// the commit of an upload began. Says what it saw.
+/// Busy-waits (up to 30 s) until the commit of the upload of `generation`
+/// begins: a trailer with that generation appears in the volume (the copy
+/// strategy writes its Writing trailer there first) or in the staging file
+/// (the replace strategy seals the new file with it, then renames it over
+/// the volume). Both paths are opened anew each time: after a rename the
+/// path is another file. Says what it saw.
 fn watch_trailer(v: &Vol, generation: u64) -> String {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(&v.path).unwrap();
     let mut block = vec![0u8; TRAILER as usize];
     let deadline = Instant::now() + WAIT_FS;
     while Instant::now() < deadline {
-        f.read_exact_at(&mut block, STORE_SIZE - TRAILER).unwrap();
-        match Trailer::decode(&block) {
-            Ok(Some(t)) if t.generation == generation => {
-                return format!("the {} trailer", t.state.as_str());
+        for (path, what) in [
+            (v.staging(), "sealed staging file"),
+            (v.path.clone(), "volume"),
+        ] {
+            let Ok(f) = std::fs::File::open(&path) else {
+                continue;
+            };
+            if f.read_exact_at(&mut block, STORE_SIZE - TRAILER).is_err() {
+                continue; // not sized yet
             }
-            Err(_) => return "a torn trailer".into(),
-            _ => {}
+            match Trailer::decode(&block) {
+                Ok(Some(t)) if t.generation == generation => {
+                    return format!("the {} trailer in the {what}", t.state.as_str());
+                }
+                Err(_) if what == "volume" => return "a torn trailer".into(),
+                _ => {}
+            }
         }
     }
     panic!("the commit of generation {generation} did not start");
@@ -841,8 +896,9 @@ fn watch_trailer(v: &Vol, generation: u64) -> String {
 /// SIGKILL while an upload streams in: after the restart the previous
 /// content is still served; the next upload clears the leftover. Then
 /// SIGKILL right after the last byte, at several delays, to land in the
-/// validation, the commit or after it: each time the store is the old one,
-/// the new one, or torn, never garbage.
+/// validation, the commit or after it: each time the store is the old one
+/// or the new one, never garbage (and, the volume being replaced by a
+/// rename, never torn).
 #[tokio::test]
 async fn killed_upload_never_serves_garbage() {
     let t0 = Instant::now();
@@ -951,6 +1007,9 @@ async fn killed_upload_never_serves_garbage() {
         let via = Via::unix(&d);
         let o = outcome(&dom, &via, &store, &current, next).await;
         outcomes.push(format!("{when}: {o}"));
+        // A LOCALFS volume is a file of its own: uploads replace it with a
+        // rename of a complete, durable file, so no crash leaves it torn.
+        assert_ne!(o, "torn", "{when}: a replaced file volume is never torn");
         match o {
             "new" => {
                 current = next.clone();

@@ -314,7 +314,7 @@ pub fn walk_store(
     let mut validator = TarValidator::new(content_length)?;
     let mut reader = reader.take(content_length);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut collector = Collector::new(false);
+    let mut collector = Collector::new();
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
@@ -336,16 +336,13 @@ pub fn walk_store(
 /// Gathers the content of each entry (one at a time, within the size caps)
 /// from [`TarEvent`]s and hands complete entries to a visitor.
 pub(crate) struct Collector {
-    ovf_only: bool,
     name: Option<String>,
     data: Vec<u8>,
 }
 
 impl Collector {
-    /// With `ovf_only`, only `.ovf` entries are gathered and visited.
-    pub(crate) fn new(ovf_only: bool) -> Self {
+    pub(crate) fn new() -> Self {
         Collector {
-            ovf_only,
             name: None,
             data: Vec::new(),
         }
@@ -359,10 +356,6 @@ impl Collector {
         match ev {
             TarEvent::Start { name, size, offset } => {
                 let ovf = name.ends_with(".ovf");
-                if self.ovf_only && !ovf {
-                    self.name = None;
-                    return Ok(());
-                }
                 let cap = if ovf { MAX_OVF_SIZE } else { MAX_JSON_SIZE };
                 if size > cap {
                     return Err(OvfError::archive(
@@ -388,14 +381,6 @@ impl Collector {
         }
         Ok(())
     }
-}
-
-/// Checks one entry of an upload: an OVF must parse.
-pub(crate) fn check_entry(name: &str, data: &[u8]) -> Result<(), OvfError> {
-    if let Some(id) = entry_id(name) {
-        parse_ovf(id, data)?;
-    }
-    Ok(())
 }
 
 /// The entity id of an `<id>.ovf` entry name.
@@ -435,10 +420,19 @@ pub fn parse_store(reader: impl Read, content_length: u64) -> Result<StoreConten
     Ok(out)
 }
 
-/// Checks an upload: a valid archive whose every OVF parses (no DTD, no
-/// entity). The first bad OVF is the error.
+/// Checks an archive as an upload is checked: the tar rules, and every OVF
+/// with [`xml_check`](super::xml_check) (no DTD, no entity, well-formed).
+/// The first bad OVF is the error.
 pub fn check_store(reader: impl Read, content_length: u64) -> Result<ArchiveSummary, OvfError> {
-    walk_store(reader, content_length, &mut check_entry)
+    walk_store(reader, content_length, &mut |name, data| {
+        if name.ends_with(".ovf") {
+            super::xml_check::check(data).map_err(|reason| OvfError::Ovf {
+                entry: super::shorten(name),
+                reason,
+            })?;
+        }
+        Ok(())
+    })
 }
 
 /// The OVF text of entity `id` in a stored archive (the last entry of that

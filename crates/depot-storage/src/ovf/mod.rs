@@ -8,11 +8,17 @@
 //!   memory whatever the upload size;
 //! - [`trailer`]: depot's integrity record in the last 4 KiB of the volume
 //!   (size, sha256, generation, Writing/Valid);
-//! - [`store`]: stage an upload next to the volume while validating and
-//!   hashing it, commit it into the volume with `O_DIRECT`, read the state,
-//!   verify the checksum, read a byte range;
+//! - [`upload`]: receive a body, checking (tar rules, [`xml_check`] on each
+//!   OVF), hashing and writing it on three threads;
+//! - [`replace`]: an upload into a new file next to the volume with
+//!   `O_DIRECT`, renamed over it once complete and durable (file volumes);
+//! - [`store`]: an upload staged next to the volume and copied into it with
+//!   `O_DIRECT` (volumes that cannot be renamed), read the state, verify
+//!   the checksum, read a byte range;
 //! - [`entities`]: the VMs and templates of a store, from their OVF XML,
-//!   with a parser that refuses DTDs and entities.
+//!   with a parser that refuses DTDs and entities;
+//! - [`xml_check`]: the upload-time check of each OVF's XML (the same
+//!   refusals, well-formedness, no parse).
 
 use std::io;
 use std::path::PathBuf;
@@ -23,9 +29,12 @@ use depot_os::DirectError;
 use crate::error::StorageError;
 
 pub mod entities;
+pub mod replace;
 pub mod store;
 pub mod tar_check;
 pub mod trailer;
+pub mod upload;
+pub mod xml_check;
 
 #[cfg(test)]
 mod tests_common;
@@ -93,6 +102,10 @@ pub enum OvfError {
     #[error("staged OVF_STORE upload {path} changed before it was committed: {reason}")]
     StagingChanged { path: PathBuf, reason: String },
 
+    /// A thread of the upload pipeline could not start or died.
+    #[error("OVF_STORE upload: {0}")]
+    Pipeline(String),
+
     /// Reading the upload stream failed (the client went away).
     #[error("reading the OVF_STORE upload stream: {0}")]
     Source(#[source] io::Error),
@@ -127,6 +140,10 @@ pub enum OvfError {
 
     #[error(transparent)]
     Direct(#[from] DirectError),
+
+    /// A file-system call (fsync of the directory, fallocate) failed.
+    #[error(transparent)]
+    Fs(#[from] depot_os::FsError),
 }
 
 fn entry_prefix(entry: &Option<String>) -> String {
@@ -150,11 +167,13 @@ impl OvfError {
             | OvfError::Ovf { .. } => Code::InvalidParameterException,
             OvfError::Busy { .. } => Code::VolumeIsBusy,
             OvfError::Volume { .. } => Code::StorageException,
-            OvfError::Source(_) | OvfError::Sink(_) => Code::GeneralException,
+            OvfError::Source(_) | OvfError::Sink(_) | OvfError::Pipeline(_) => {
+                Code::GeneralException
+            }
             OvfError::StagingChanged { .. } | OvfError::Read { .. } | OvfError::Stream { .. } => {
                 Code::MiscFileReadException
             }
-            OvfError::Write { .. } => Code::MiscFileWriteException,
+            OvfError::Write { .. } | OvfError::Fs(_) => Code::MiscFileWriteException,
             OvfError::Direct(e) => match e {
                 DirectError::Read { .. }
                 | DirectError::Probe { .. }

@@ -1,22 +1,26 @@
 //! Writing and reading an OVF_STORE volume (docs/formats.md, "OVF_STORE
 //! volumes").
 //!
-//! An upload goes in two steps, so that a bad or interrupted upload never
-//! touches the volume:
+//! An upload never touches the volume before all of it has been received
+//! and checked. Two strategies (the engine picks, see
+//! `Storage::ovf_upload`):
 //!
-//! 1. [`stage_upload`] streams the body into `<vol>.ovf-upload` next to the
-//!    volume (same file system, `O_EXCL`, mode 0600) through a few fixed
-//!    1 MiB buffers, validating the tar ([`TarValidator`]) and parsing each
-//!    OVF as it completes (no DTD, no entity) on this thread while a helper
-//!    thread hashes (sha256) and writes. On any error the staging file is
-//!    removed.
-//! 2. [`commit`] writes the trailer `Writing` (generation + 1), copies the
-//!    staged tar into the volume from offset 0 with `O_DIRECT` in aligned
-//!    chunks (the tail zero-padded to the alignment), flushes, and writes
-//!    the trailer `Valid` with size and sha256, and flushes. A crash leaves
-//!    the previous `Valid` trailer (before the `Writing` one is durable,
-//!    with the previous data untouched) or a `Writing` / torn trailer:
-//!    never a `Valid` trailer over partly written data.
+//! - **replace** ([`super::replace`]), for a volume that is a file of its
+//!   own: the body goes with `O_DIRECT` into a new file next to the volume,
+//!   which, complete with its trailer and durable, is renamed over it. The
+//!   data is written once, while it arrives.
+//! - **copy** (this module), for a volume that cannot be renamed (a block
+//!   device, a file linked into other images):
+//!   1. [`stage_upload`] streams the body into `<vol>.ovf-upload` next to
+//!      the volume (same file system, `O_EXCL`, mode 0600) through the page
+//!      cache ([`upload::receive`] checks and hashes it on the way). On any
+//!      error the staging file is removed.
+//!   2. [`commit`] writes the trailer `Writing` (generation + 1), copies the
+//!      staged tar into the volume from offset 0 with `O_DIRECT` in aligned
+//!      chunks (the tail zero-padded to the alignment), flushes, writes the
+//!      trailer `Valid` with size and sha256, and flushes. A `Valid`
+//!      trailer is never durable before its data; a crash in between leaves
+//!      a store that reads as torn (docs/formats.md, "Flushes").
 //!
 //! Reads use `O_DIRECT`, so another host's write is never hidden by this
 //! host's page cache.
@@ -25,7 +29,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use depot_os::direct::{
@@ -33,9 +36,9 @@ use depot_os::direct::{
 };
 use sha2::{Digest, Sha256};
 
-use super::entities;
 use super::tar_check::{ArchiveSummary, TarValidator};
 use super::trailer::{trailer_offset, Trailer, TrailerState, TRAILER_SIZE};
+use super::upload::{self, Timings};
 use super::OvfError;
 
 /// The size of every buffer on the upload and read paths.
@@ -43,7 +46,7 @@ pub const CHUNK: usize = 1 << 20;
 /// The suffix of the staging file next to the volume.
 pub const STAGING_SUFFIX: &str = ".ovf-upload";
 /// The largest alignment supported: the trailer is one 4096-byte block.
-const MAX_ALIGN: usize = TRAILER_SIZE;
+pub(crate) const MAX_ALIGN: usize = TRAILER_SIZE;
 
 /// A validated upload waiting in its staging file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +55,7 @@ pub struct Staged {
     pub size: u64,
     pub sha256: [u8; 32],
     pub summary: ArchiveSummary,
+    pub timings: Timings,
 }
 
 /// What the trailer says about a volume.
@@ -116,9 +120,9 @@ pub fn discard_stale_staging(staging: &Path) -> Result<bool, OvfError> {
 }
 
 /// Removes the file on drop unless disarmed.
-struct RemoveOnDrop<'a> {
-    path: &'a Path,
-    armed: bool,
+pub(crate) struct RemoveOnDrop<'a> {
+    pub(crate) path: &'a Path,
+    pub(crate) armed: bool,
 }
 
 impl Drop for RemoveOnDrop<'_> {
@@ -135,18 +139,53 @@ impl Drop for RemoveOnDrop<'_> {
 }
 
 /// Streams an upload of `content_length` bytes from `source` into
-/// `staging_path` while validating and hashing it. `source` fills the buffer
-/// it is given and returns how many bytes it wrote, 0 at the end of the
-/// body (it is asked once more after Content-Length bytes, to detect a
-/// longer body). On any error the staging file is removed; nothing else is
-/// touched. An existing staging file is [`OvfError::Busy`].
+/// `staging_path` (written through the page cache) while checking and
+/// hashing it ([`upload::receive`]). `source` fills the buffer it is given
+/// and returns how many bytes it wrote, 0 at the end of the body (it is
+/// asked once more after Content-Length bytes, to detect a longer body).
+/// On any error the staging file is removed; nothing else is touched. An
+/// existing staging file is [`OvfError::Busy`].
+///
+/// This is the copy strategy's first half ([`commit`] is the second), for
+/// volumes that cannot be replaced by a rename (block devices, a file
+/// linked into other images): see [`super::replace`] for the other.
 pub fn stage_upload(
     staging_path: &Path,
     content_length: u64,
     mut source: impl FnMut(&mut [u8]) -> io::Result<usize>,
 ) -> Result<Staged, OvfError> {
-    let mut validator = TarValidator::new(content_length)?;
-    let mut file = OpenOptions::new()
+    // Refuse a Content-Length that cannot be a tar before creating anything.
+    TarValidator::new(content_length)?;
+    let mut file = create_staging(staging_path)?;
+    let mut guard = RemoveOnDrop {
+        path: staging_path,
+        armed: true,
+    };
+    let received = upload::receive(content_length, &mut source, &mut |buf, len, _offset| {
+        file.write_all(&buf[..len])
+            .map_err(|source| OvfError::Write {
+                op: "write staging file",
+                path: staging_path.to_owned(),
+                source,
+            })
+    })?;
+    // Not fsynced: the staging file is a scratch copy, read back at once by
+    // commit (which makes the volume durable). A crash leaves it behind for
+    // discard_stale_staging.
+    guard.armed = false;
+    Ok(Staged {
+        path: staging_path.to_owned(),
+        size: received.size,
+        sha256: received.sha256,
+        summary: received.summary,
+        timings: received.timings,
+    })
+}
+
+/// Creates the staging file: `O_EXCL` (an existing one is another upload:
+/// [`OvfError::Busy`]), mode 0600.
+pub(crate) fn create_staging(staging_path: &Path) -> Result<File, OvfError> {
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
@@ -163,150 +202,17 @@ pub fn stage_upload(
                     source,
                 }
             }
-        })?;
-    let mut guard = RemoveOnDrop {
-        path: staging_path,
-        armed: true,
-    };
-    // Two threads: this one reads the body and validates it (tar rules,
-    // each OVF parsed as soon as it is complete); a helper hashes and
-    // writes the staging file. They pass a few CHUNK-sized buffers back
-    // and forth, so memory stays at BUFFERS x CHUNK.
-    const BUFFERS: usize = 4;
-    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
-    let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
-    let outcome = std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> Result<[u8; 32], OvfError> {
-            let mut hasher = Sha256::new();
-            for (buf, n) in full_rx {
-                hasher.update(&buf[..n]);
-                file.write_all(&buf[..n])
-                    .map_err(|source| OvfError::Write {
-                        op: "write staging file",
-                        path: staging_path.to_owned(),
-                        source,
-                    })?;
-                // The reader may have stopped; then the buffer is dropped.
-                let _ = free_tx.send(buf);
-            }
-            Ok(hasher.finalize().into())
-        });
-        let read = receive(
-            content_length,
-            &mut source,
-            &mut validator,
-            &full_tx,
-            &free_rx,
-            BUFFERS,
-        );
-        drop(full_tx);
-        let written = writer.join().unwrap_or_else(|_| {
-            Err(OvfError::Write {
-                op: "write staging file",
-                path: staging_path.to_owned(),
-                source: io::Error::other("the writer thread panicked"),
-            })
-        });
-        match (read, written) {
-            // The writer's own error explains why the reader stopped.
-            (Err(ReceiveError::WriterGone), Err(e)) => Err(e),
-            (Err(ReceiveError::WriterGone), Ok(_)) => Err(OvfError::Write {
-                op: "write staging file",
-                path: staging_path.to_owned(),
-                source: io::Error::other("the writer thread stopped early"),
-            }),
-            (Err(ReceiveError::Ovf(e)), _) => Err(e),
-            (Ok(()), written) => written,
-        }
-    });
-    let sha256 = outcome?;
-    let summary = validator.finish()?;
-    // Not fsynced: the staging file is a scratch copy, read back at once by
-    // commit (which makes the volume durable). A crash leaves it behind for
-    // discard_stale_staging.
-    guard.armed = false;
-    Ok(Staged {
-        path: staging_path.to_owned(),
-        size: content_length,
-        sha256,
-        summary,
-    })
+        })
 }
 
-enum ReceiveError {
-    Ovf(OvfError),
-    /// The writer thread ended (its result says why).
-    WriterGone,
-}
-
-impl From<OvfError> for ReceiveError {
-    fn from(e: OvfError) -> Self {
-        ReceiveError::Ovf(e)
-    }
-}
-
-/// The reading half of [`stage_upload`]: fills buffers from `source`,
-/// validates every piece as it arrives, and passes full buffers on.
-fn receive(
-    content_length: u64,
-    source: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
-    validator: &mut TarValidator,
-    full_tx: &mpsc::SyncSender<(Vec<u8>, usize)>,
-    free_rx: &mpsc::Receiver<Vec<u8>>,
-    buffers: usize,
-) -> Result<(), ReceiveError> {
-    let mut spare: Vec<Vec<u8>> = (0..buffers).map(|_| vec![0u8; CHUNK]).collect();
-    // Each OVF is parsed as soon as it is complete (no DTD, no entity).
-    let mut collector = entities::Collector::new(true);
-    let mut received: u64 = 0;
-    let mut at_end = false;
-    while !at_end {
-        let mut buf = match spare.pop() {
-            Some(b) => b,
-            None => free_rx.recv().map_err(|_| ReceiveError::WriterGone)?,
-        };
-        let mut fill = 0;
-        while fill < CHUNK {
-            let want = if received < content_length {
-                (content_length - received).min((CHUNK - fill) as u64) as usize
-            } else {
-                1 // one more read to see the end of the body
-            };
-            let n = match source(&mut buf[fill..fill + want]) {
-                Ok(n) => n.min(want),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(OvfError::Source(e).into()),
-            };
-            if n == 0 {
-                at_end = true;
-                break;
-            }
-            if received + n as u64 > content_length {
-                return Err(OvfError::TooLong { content_length }.into());
-            }
-            validator.feed_with(&buf[fill..fill + n], &mut |ev| {
-                collector.on_event(ev, &mut entities::check_entry)
-            })?;
-            fill += n;
-            received += n as u64;
-        }
-        if fill > 0 {
-            full_tx
-                .send((buf, fill))
-                .map_err(|_| ReceiveError::WriterGone)?;
-        }
-    }
-    Ok(())
-}
-
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn volume_err(path: &Path, reason: impl Into<String>) -> OvfError {
+pub(crate) fn volume_err(path: &Path, reason: impl Into<String>) -> OvfError {
     OvfError::Volume {
         path: path.to_owned(),
         reason: reason.into(),
@@ -314,7 +220,10 @@ fn volume_err(path: &Path, reason: impl Into<String>) -> OvfError {
 }
 
 /// The trailer offset of a volume, or an error naming it.
-fn checked_trailer_offset(volume_path: &Path, volume_size: u64) -> Result<u64, OvfError> {
+pub(crate) fn checked_trailer_offset(
+    volume_path: &Path,
+    volume_size: u64,
+) -> Result<u64, OvfError> {
     trailer_offset(volume_size).ok_or_else(|| {
         volume_err(
             volume_path,
@@ -323,7 +232,11 @@ fn checked_trailer_offset(volume_path: &Path, volume_size: u64) -> Result<u64, O
     })
 }
 
-fn read_trailer_block(file: &File, path: &Path, offset: u64) -> Result<AlignedBuf, OvfError> {
+pub(crate) fn read_trailer_block(
+    file: &File,
+    path: &Path,
+    offset: u64,
+) -> Result<AlignedBuf, OvfError> {
     let mut buf = AlignedBuf::new(TRAILER_SIZE, TRAILER_SIZE)?;
     let n = read_at_direct(file, offset, &mut buf)?;
     if n != TRAILER_SIZE {
@@ -339,7 +252,7 @@ fn read_trailer_block(file: &File, path: &Path, offset: u64) -> Result<AlignedBu
     Ok(buf)
 }
 
-fn write_trailer(file: &File, offset: u64, t: &Trailer) -> Result<(), OvfError> {
+pub(crate) fn write_trailer(file: &File, offset: u64, t: &Trailer) -> Result<(), OvfError> {
     let mut buf = AlignedBuf::new(TRAILER_SIZE, TRAILER_SIZE)?;
     buf.copy_from_slice(&t.encode());
     write_at_direct(file, offset, &buf, TRAILER_SIZE)?;
@@ -352,6 +265,47 @@ fn sync(file: &File, path: &Path, what: &'static str) -> Result<(), OvfError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// The alignment for direct I/O on `file`: the largest of the domain's
+/// block size, the file's own (statx or a trial read) and 512; an error if
+/// it is not a power of two up to 4096 (the trailer is one 4096-byte block).
+pub(crate) fn direct_alignment(
+    file: &File,
+    path: &Path,
+    block_size: usize,
+) -> Result<usize, OvfError> {
+    let probed = probe_alignment(file)?;
+    let align = block_size
+        .max(probed.offset_align)
+        .max(probed.mem_align)
+        .max(512);
+    if !align.is_power_of_two() || align > MAX_ALIGN {
+        return Err(volume_err(
+            path,
+            format!(
+                "direct I/O alignment {align} (block size {block_size}, probed {probed:?}) is \
+                 not a power of two up to {MAX_ALIGN}"
+            ),
+        ));
+    }
+    Ok(align)
+}
+
+/// The generation the next upload of a volume gets: its trailer's + 1, or
+/// 1 (a new store, or a trailer that cannot be read).
+pub(crate) fn next_generation(file: &File, volume_path: &Path, toff: u64) -> Result<u64, OvfError> {
+    Ok(
+        match Trailer::decode(&read_trailer_block(file, volume_path, toff)?) {
+            Ok(Some(t)) => t.generation.saturating_add(1),
+            Ok(None) => 1,
+            Err(e) => {
+                tracing::warn!(volume = %volume_path.display(), error = %e,
+                    "OVF_STORE trailer unreadable, restarting its generation");
+                1
+            }
+        },
+    )
 }
 
 /// Copies a staged upload into the volume (see the [module docs](self)) and
@@ -393,31 +347,9 @@ fn commit_inner(
         source,
     })?;
     let file = open_direct(volume_path, true)?;
-    let probed = probe_alignment(&file)?;
-    let align = block_size
-        .max(probed.offset_align)
-        .max(probed.mem_align)
-        .max(512);
-    if !align.is_power_of_two() || align > MAX_ALIGN {
-        return Err(volume_err(
-            volume_path,
-            format!(
-                "direct I/O alignment {align} (block size {block_size}, probed {probed:?}) is \
-                 not a power of two up to {MAX_ALIGN}"
-            ),
-        ));
-    }
+    let align = direct_alignment(&file, volume_path, block_size)?;
 
-    let previous = Trailer::decode(&read_trailer_block(&file, volume_path, toff)?);
-    let generation = match &previous {
-        Ok(Some(t)) => t.generation.saturating_add(1),
-        Ok(None) => 1,
-        Err(e) => {
-            tracing::warn!(volume = %volume_path.display(), error = %e,
-                "OVF_STORE trailer unreadable, restarting its generation");
-            1
-        }
-    };
+    let generation = next_generation(&file, volume_path, toff)?;
     let mut trailer = Trailer {
         state: TrailerState::Writing,
         generation,
@@ -425,8 +357,12 @@ fn commit_inner(
         sha256: staged.sha256,
         updated: unix_now(),
     };
+    // Not flushed on its own: see "Flushes" in docs/formats.md. Written
+    // first, so that a process that dies while copying leaves it, not the
+    // previous Valid trailer, in front of mixed data; after a power loss
+    // that kept some new data but not this block, the previous trailer's
+    // sha256 no longer matches the data, which verify() reports as torn.
     write_trailer(&file, toff, &trailer)?;
-    sync(&file, volume_path, "fsync OVF_STORE trailer (writing)")?;
 
     // The copy: aligned chunks at aligned offsets, the tail padded with
     // zeros up to the alignment (tar readers stop at the end blocks).
@@ -460,6 +396,7 @@ fn commit_inner(
     }
     // The data is not hashed again here: the trailer records the sha256 of
     // the bytes received, and verify() re-reads the volume to check it.
+    // Durable before the Valid trailer is written.
     sync(&file, volume_path, "fsync OVF_STORE data")?;
 
     trailer.state = TrailerState::Valid;
@@ -734,9 +671,11 @@ mod tests {
         ));
 
         // The stored archive parses back.
-        let contents =
-            entities::parse_store(DirectReader::open(&v.path, 0, t2.size).unwrap(), t2.size)
-                .unwrap();
+        let contents = crate::ovf::entities::parse_store(
+            DirectReader::open(&v.path, 0, t2.size).unwrap(),
+            t2.size,
+        )
+        .unwrap();
         assert_eq!(contents.entities.len(), 2);
         assert!(contents.info_json.unwrap().contains("Storage Domains"));
     }

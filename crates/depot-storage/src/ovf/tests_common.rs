@@ -127,6 +127,39 @@ pub fn engine_tar(n: usize) -> (Vec<u8>, Vec<String>) {
     unreachable!()
 }
 
+/// An engine-shaped archive of at least `min_size` bytes: info.json, as
+/// many OVFs as it takes (every tenth a template), metadata.json; its
+/// length is not a multiple of 4096. Returns the archive and the number of
+/// OVFs.
+pub fn big_engine_tar(min_size: usize) -> (Vec<u8>, usize) {
+    for pad in 0.. {
+        let mut out = Vec::with_capacity(min_size + (64 << 10));
+        let mut n = 0;
+        {
+            let mut b = tar::Builder::new(&mut out);
+            append(&mut b, "info.json", info_json().as_bytes());
+            while b.get_ref().len() < min_size {
+                let id = format!("{:08x}-2222-4333-8444-{:012x}", n + 1, (n + 1) * 104729);
+                let xml = if n % 10 == 0 {
+                    template_ovf(&id, &format!("tpl-{n}"), &[(IMG2, VOL3)])
+                } else {
+                    vm_ovf(&id, &format!("vm-{n}"), &[(IMG1, VOL1), (IMG1, VOL2)])
+                };
+                append(&mut b, &format!("{id}.ovf"), xml.as_bytes());
+                n += 1;
+            }
+            let meta = format!("{{}}{}", " ".repeat(pad * 600));
+            append(&mut b, "metadata.json", meta.as_bytes());
+            b.finish().unwrap();
+        }
+        // Like the engine's, not a multiple of 4096.
+        if out.len() % 4096 != 0 {
+            return (out, n);
+        }
+    }
+    unreachable!()
+}
+
 /// Fixes the checksum of the header in `block[..512]`.
 pub fn fix_checksum(block: &mut [u8]) {
     block[148..156].copy_from_slice(b"        ");

@@ -1,0 +1,434 @@
+//! Receiving an upload: the body is checked as it arrives while its sha256
+//! is computed and it is written out, in three threads passing a few
+//! aligned buffers around (docs/formats.md, "Upload and commit").
+//!
+//! ```text
+//!   caller's thread            hasher thread        writer thread
+//!   source -> buffer  --full-> sha256 update --> sink(buffer, offset) --+
+//!   tar rules, OVF XML                                                  |
+//!        ^------------------------------ free ---------------------------+
+//! ```
+//!
+//! The caller's thread copies the body into [`CHUNK`]-sized buffers aligned
+//! for `O_DIRECT` and checks every byte as it goes (the tar rules, and each
+//! OVF with [`xml_check`](super::xml_check) as soon as it is complete); the
+//! hasher thread hashes full buffers; the writer thread hands them to the
+//! sink (a staging file, written buffered or with `O_DIRECT`). Memory is
+//! [`BUFFERS`] x [`CHUNK`] plus the OVF being checked when it spans two
+//! buffers, whatever the upload size. The sink only ever sees bytes the
+//! checker has passed; whether the whole upload is good is known when
+//! [`receive`] returns, and only then may anything touch the volume.
+
+use std::io;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use depot_os::direct::AlignedBuf;
+use sha2::{Digest, Sha256};
+
+use super::entities::MAX_OVF_SIZE;
+use super::tar_check::{ArchiveSummary, TarEvent, TarValidator};
+use super::{xml_check, OvfError};
+
+/// The size of each buffer: a multiple of every direct I/O alignment.
+pub const CHUNK: usize = 1 << 20;
+/// Buffers in flight between the three threads.
+pub const BUFFERS: usize = 8;
+/// Buffers are aligned, and a short last buffer is zero-padded, to this
+/// (the largest direct I/O alignment depot supports).
+pub const ALIGN: usize = 4096;
+
+/// A body that passed every check, with where the time went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub summary: ArchiveSummary,
+    pub timings: Timings,
+}
+
+/// Where an upload's time went, for the debug log (docs/performance.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// First byte asked for to the last byte checked.
+    pub receive: Duration,
+    /// Waiting for the network (inside `source`).
+    pub wait_source: Duration,
+    /// Tar rules and OVF checks, on the caller's thread.
+    pub check: Duration,
+    /// Waiting for a free buffer or room in the queue (the hasher or the
+    /// writer behind).
+    pub wait_buffer: Duration,
+    /// sha256, on its own thread.
+    pub hash: Duration,
+    /// The sink's writes, on their own thread.
+    pub write: Duration,
+}
+
+/// Where the writer puts a buffer: `buf[..len]` holds the upload's bytes
+/// from `offset`; when `len` is not a multiple of [`ALIGN`] (the last
+/// buffer), `buf[len..]` up to the next multiple is zero.
+pub type Sink<'a> = dyn FnMut(&AlignedBuf, usize, u64) -> Result<(), OvfError> + Send + 'a;
+
+/// Receives `content_length` bytes from `source` (which fills the buffer
+/// it is given and returns how many bytes it wrote, 0 at the end of the
+/// body; it is asked once more after Content-Length bytes, to detect a
+/// longer body) and hands them to `sink` in order. Returns when every byte
+/// is checked, hashed and written, or at the first failure: a bad archive
+/// (the sink has then seen at most the bytes before the bad one, rounded
+/// to buffers), a broken source, a failing sink.
+pub fn receive(
+    content_length: u64,
+    source: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
+    sink: &mut Sink<'_>,
+) -> Result<Received, OvfError> {
+    let mut validator = TarValidator::new(content_length)?;
+    let (full_tx, full_rx) = mpsc::sync_channel::<Full>(BUFFERS);
+    let (hashed_tx, hashed_rx) = mpsc::sync_channel::<Full>(BUFFERS);
+    let (free_tx, free_rx) = mpsc::sync_channel::<AlignedBuf>(BUFFERS);
+    let mut timings = Timings::default();
+    let outcome = std::thread::scope(|scope| {
+        let hasher = std::thread::Builder::new()
+            .name("ovf-sha256".into())
+            .spawn_scoped(scope, move || {
+                let mut h = Sha256::new();
+                let mut spent = Duration::ZERO;
+                for full in full_rx {
+                    let t = Instant::now();
+                    h.update(&full.buf[..full.len]);
+                    spent += t.elapsed();
+                    // The writer stopped: its error says why.
+                    if hashed_tx.send(full).is_err() {
+                        break;
+                    }
+                }
+                (<[u8; 32]>::from(h.finalize()), spent)
+            })
+            .map_err(|e| thread_error("start the hasher thread", e))?;
+        let writer = std::thread::Builder::new()
+            .name("ovf-write".into())
+            .spawn_scoped(scope, move || -> Result<Duration, OvfError> {
+                let mut spent = Duration::ZERO;
+                for full in hashed_rx {
+                    let t = Instant::now();
+                    sink(&full.buf, full.len, full.offset)?;
+                    spent += t.elapsed();
+                    // The reader may have stopped; then the buffer goes.
+                    let _ = free_tx.send(full.buf);
+                }
+                Ok(spent)
+            })
+            .map_err(|e| thread_error("start the writer thread", e))?;
+        let read = read_and_check(
+            content_length,
+            source,
+            &mut validator,
+            &full_tx,
+            &free_rx,
+            &mut timings,
+        );
+        drop(full_tx);
+        let hashed = hasher.join();
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(thread_error("write", "the writer thread panicked")));
+        match (read, written) {
+            // The writer's own error explains why the reader stopped.
+            (Err(ReadError::WriterGone), Err(e)) => Err(e),
+            (Err(ReadError::WriterGone), Ok(_)) => {
+                Err(thread_error("write", "the writer thread stopped early"))
+            }
+            (Err(ReadError::Ovf(e)), _) => Err(e),
+            (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(write)) => {
+                let (sha256, hash) =
+                    hashed.map_err(|_| thread_error("hash", "the hasher thread panicked"))?;
+                timings.write = write;
+                timings.hash = hash;
+                Ok(sha256)
+            }
+        }
+    });
+    let sha256 = outcome?;
+    let summary = validator.finish()?;
+    Ok(Received {
+        size: content_length,
+        sha256,
+        summary,
+        timings,
+    })
+}
+
+fn thread_error(op: &str, e: impl std::fmt::Display) -> OvfError {
+    OvfError::Pipeline(format!("{op}: {e}"))
+}
+
+/// A buffer holding `len` bytes of the upload from `offset`.
+struct Full {
+    buf: AlignedBuf,
+    len: usize,
+    offset: u64,
+}
+
+enum ReadError {
+    Ovf(OvfError),
+    /// The writer thread ended (its result says why).
+    WriterGone,
+}
+
+impl From<OvfError> for ReadError {
+    fn from(e: OvfError) -> Self {
+        ReadError::Ovf(e)
+    }
+}
+
+/// The caller's part of [`receive`]: fills buffers from `source`, checks
+/// every piece as it arrives, and passes full buffers on.
+fn read_and_check(
+    content_length: u64,
+    source: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
+    validator: &mut TarValidator,
+    full_tx: &mpsc::SyncSender<Full>,
+    free_rx: &mpsc::Receiver<AlignedBuf>,
+    timings: &mut Timings,
+) -> Result<(), ReadError> {
+    let start = Instant::now();
+    let mut spare = Vec::with_capacity(BUFFERS);
+    for _ in 0..BUFFERS {
+        spare.push(AlignedBuf::new(CHUNK, ALIGN).map_err(OvfError::from)?);
+    }
+    let mut checker = OvfChecker::default();
+    let mut received: u64 = 0;
+    let mut at_end = false;
+    while !at_end {
+        let t = Instant::now();
+        let mut buf = match spare.pop() {
+            Some(b) => b,
+            None => free_rx.recv().map_err(|_| ReadError::WriterGone)?,
+        };
+        timings.wait_buffer += t.elapsed();
+        let mut fill = 0;
+        while fill < CHUNK {
+            let want = if received < content_length {
+                (content_length - received).min((CHUNK - fill) as u64) as usize
+            } else {
+                1 // one more read to see the end of the body
+            };
+            let t = Instant::now();
+            let n = match source(&mut buf[fill..fill + want]) {
+                Ok(n) => n.min(want),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(OvfError::Source(e).into()),
+            };
+            timings.wait_source += t.elapsed();
+            if n == 0 {
+                at_end = true;
+                break;
+            }
+            if received + n as u64 > content_length {
+                return Err(OvfError::TooLong { content_length }.into());
+            }
+            let t = Instant::now();
+            validator.feed_with(&buf[fill..fill + n], &mut |ev| checker.on_event(ev))?;
+            timings.check += t.elapsed();
+            fill += n;
+            received += n as u64;
+        }
+        if fill > 0 {
+            let padded = fill.div_ceil(ALIGN) * ALIGN;
+            buf[fill..padded].fill(0);
+            let full = Full {
+                buf,
+                len: fill,
+                offset: received - fill as u64,
+            };
+            let t = Instant::now();
+            full_tx.send(full).map_err(|_| ReadError::WriterGone)?;
+            timings.wait_buffer += t.elapsed();
+        }
+    }
+    timings.receive = start.elapsed();
+    Ok(())
+}
+
+/// Checks each OVF of an upload with [`xml_check`] as soon as it is
+/// complete: in place when its content came in one piece (almost always),
+/// else from a copy gathered across buffers (at most [`MAX_OVF_SIZE`]: a
+/// larger one is refused at its header). `info.json` and `metadata.json`
+/// pass unread.
+#[derive(Default)]
+pub(crate) struct OvfChecker {
+    /// The OVF entry being received: its name and size.
+    current: Option<(String, u64)>,
+    /// Its content so far, when it arrives in pieces.
+    pieces: Vec<u8>,
+    /// Checked in place already.
+    done: bool,
+}
+
+impl OvfChecker {
+    pub(crate) fn on_event(&mut self, ev: TarEvent<'_>) -> Result<(), OvfError> {
+        match ev {
+            TarEvent::Start { name, size, offset } => {
+                let ovf = name.ends_with(".ovf");
+                if ovf && size > MAX_OVF_SIZE {
+                    return Err(OvfError::archive(
+                        offset,
+                        Some(name),
+                        format!("{size} bytes, more than the {MAX_OVF_SIZE} bytes depot reads"),
+                    ));
+                }
+                self.current = ovf.then(|| (name.to_string(), size));
+                self.pieces.clear();
+                self.done = false;
+            }
+            TarEvent::Data(d) => {
+                if let Some((name, size)) = &self.current {
+                    if self.pieces.is_empty() && d.len() as u64 == *size {
+                        check(name, d)?;
+                        self.done = true;
+                    } else {
+                        self.pieces.extend_from_slice(d);
+                    }
+                }
+            }
+            TarEvent::End => {
+                if let Some((name, _)) = self.current.take() {
+                    if !self.done {
+                        check(&name, &self.pieces)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check(name: &str, xml: &[u8]) -> Result<(), OvfError> {
+    xml_check::check(xml).map_err(|reason| OvfError::Ovf {
+        entry: super::shorten(name),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ovf::tests_common::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Small, uneven pieces, like a network.
+    fn source_of(data: &[u8], piece: usize) -> impl FnMut(&mut [u8]) -> io::Result<usize> + '_ {
+        let mut pos = 0;
+        move |buf: &mut [u8]| {
+            let n = buf.len().min(data.len() - pos).min(piece);
+            buf[..n].copy_from_slice(&data[pos..pos + n]);
+            pos += n;
+            Ok(n)
+        }
+    }
+
+    /// What a test sink saw: each buffer's offset and bytes.
+    type Seen = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
+    fn collect(
+        out: &Seen,
+    ) -> impl FnMut(&AlignedBuf, usize, u64) -> Result<(), OvfError> + Send + '_ {
+        move |buf, len, offset| {
+            let padded = len.div_ceil(ALIGN) * ALIGN;
+            assert!(buf[len..padded].iter().all(|&b| b == 0), "zero padding");
+            out.lock().unwrap().push((offset, buf[..len].to_vec()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_byte_reaches_the_sink_in_order() {
+        // Several buffers' worth, with an OVF split across buffers.
+        let (tar, _) = big_engine_tar(3 * CHUNK + 12345);
+        for piece in [7001, 65536, CHUNK + 1] {
+            let out = Arc::new(Mutex::new(Vec::new()));
+            let r = receive(
+                tar.len() as u64,
+                &mut source_of(&tar, piece),
+                &mut collect(&out),
+            )
+            .unwrap();
+            assert_eq!(r.sha256, <[u8; 32]>::from(Sha256::digest(&tar)));
+            assert_eq!(r.size, tar.len() as u64);
+            let got = out.lock().unwrap();
+            let mut joined = Vec::new();
+            for (offset, bytes) in got.iter() {
+                assert_eq!(*offset, joined.len() as u64);
+                joined.extend_from_slice(bytes);
+            }
+            assert!(joined == tar);
+            assert!(got[..got.len() - 1].iter().all(|(_, b)| b.len() == CHUNK));
+        }
+    }
+
+    #[test]
+    fn a_bad_ovf_across_buffers_is_refused() {
+        let (mut tar, _) = big_engine_tar(2 * CHUNK);
+        // Find an OVF that straddles the first buffer boundary and break
+        // its XML after the boundary.
+        let pos = CHUNK + 100;
+        let gt = tar[pos..].iter().position(|&b| b == b'>').unwrap() + pos;
+        tar[gt] = b'&';
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let e = receive(
+            tar.len() as u64,
+            &mut source_of(&tar, 7001),
+            &mut collect(&out),
+        )
+        .unwrap_err();
+        assert!(matches!(e, OvfError::Ovf { .. }), "{e}");
+        // The sink never saw a byte past the buffer holding the bad one.
+        let seen: usize = out.lock().unwrap().iter().map(|(_, b)| b.len()).sum();
+        assert!(seen <= CHUNK * 2, "{seen}");
+    }
+
+    #[test]
+    fn a_failing_sink_stops_the_upload() {
+        let (tar, _) = big_engine_tar(3 * CHUNK);
+        let mut calls = 0;
+        let mut sink = |_: &AlignedBuf, _: usize, _: u64| -> Result<(), OvfError> {
+            calls += 1;
+            if calls == 2 {
+                return Err(OvfError::Write {
+                    op: "test write",
+                    path: "/x".into(),
+                    source: io::Error::other("disk full"),
+                });
+            }
+            Ok(())
+        };
+        let e = receive(tar.len() as u64, &mut source_of(&tar, 65536), &mut sink).unwrap_err();
+        assert!(e.to_string().contains("disk full"), "{e}");
+    }
+
+    #[test]
+    fn a_source_error_and_a_short_body_are_reported() {
+        let (tar, _) = engine_tar(3);
+        let mut sent = 0;
+        let mut failing = |buf: &mut [u8]| {
+            if sent > 2000 {
+                return Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"));
+            }
+            let n = buf.len().min(1000);
+            buf[..n].copy_from_slice(&tar[sent..sent + n]);
+            sent += n;
+            Ok(n)
+        };
+        let mut sink = |_: &AlignedBuf, _: usize, _: u64| Ok(());
+        let e = receive(tar.len() as u64, &mut failing, &mut sink).unwrap_err();
+        assert!(matches!(e, OvfError::Source(_)), "{e}");
+        let short = &tar[..tar.len() - 1024];
+        let e = receive(tar.len() as u64, &mut source_of(short, 999), &mut sink).unwrap_err();
+        assert!(matches!(e, OvfError::Truncated { .. }), "{e}");
+        let mut longer = tar.clone();
+        longer.extend_from_slice(&[0u8; 512]);
+        let e = receive(tar.len() as u64, &mut source_of(&longer, 999), &mut sink).unwrap_err();
+        assert!(matches!(e, OvfError::TooLong { .. }), "{e}");
+    }
+}
