@@ -6,6 +6,7 @@
 mod copy;
 mod daemon;
 mod ovf;
+mod ovf_sink;
 mod ping;
 mod stats;
 mod sys;
@@ -37,10 +38,21 @@ enum Bench {
     /// depot-storage's native raw copier vs qemu-img convert and dd:
     /// random data, a sparse image, checksum on vs off, verification.
     Copy(copy::CopyArgs),
+    /// The OVF benchmark's transport floor: a TLS `PUT /` sink (started by
+    /// `ovf`, not by hand).
+    #[command(hide = true)]
+    OvfSink(ovf_sink::SinkArgs),
 }
 
 fn main() {
     let args = Args::parse();
+    if let Bench::OvfSink(a) = args.bench {
+        if let Err(e) = ovf_sink::serve(a) {
+            eprintln!("depot-bench ovf-sink: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let depotd = args.depotd.unwrap_or_else(daemon::sibling_depotd);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -52,6 +64,7 @@ fn main() {
             Bench::Volumes(a) => volumes::run(&depotd, a).await,
             Bench::Ovf(a) => ovf::run(&depotd, a).await,
             Bench::Copy(a) => copy::run(a).await,
+            Bench::OvfSink(_) => unreachable!("served above"),
         }
     });
     if let Err(e) = result {

@@ -2,7 +2,9 @@
 //! mutual TLS until the 200 (the store durable), against the command the
 //! issue names as the bar, `dd if=the.tar of=<the volume's file> bs=1M
 //! oflag=direct conv=fsync`, on the same volume of the same LOCALFS domain,
-//! alternating, medians.
+//! and against the transport's floor: the same PUT to a process that
+//! throws the body away (ovf_sink.rs). Rotating order, medians; then the
+//! medians of the phases depotd logged for each PUT (debug level).
 //!
 //! dd gets `iflag=fullblock` (whole 1 MiB blocks from the page cache) and
 //! `conv=notrunc`: without it dd truncates the 128 MiB volume to the tar's
@@ -11,7 +13,7 @@
 //! time. If dd refuses the tar's last partial block with O_DIRECT, a copy of
 //! the tar padded with zeros to 4096 is given to dd, and the output says so.
 
-use depot_client::Client;
+use depot_client::{Client, Endpoint};
 use serde_json::{json, Value};
 use std::fs;
 use std::path::Path;
@@ -20,6 +22,7 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use crate::daemon::{call, localfs_domain, Daemon, BLANK};
+use crate::ovf_sink::Sink;
 use crate::stats::median_f64;
 use crate::sys::{fs_type, run_cmd};
 
@@ -48,7 +51,13 @@ pub async fn run(depotd: &Path, args: OvfArgs) -> Result<(), String> {
     if args.tar_mib * MIB + 64 * 1024 > STORE_SIZE {
         return Err("--tar-mib must leave room in the 128 MiB store".into());
     }
-    let d = Daemon::start(depotd, "[log]\nlevel = \"warn\"\n").await?;
+    // depot-storage logs each upload's phases at debug level: the report
+    // below reads them back.
+    let d = Daemon::start(
+        depotd,
+        "[log]\nlevel = \"warn,depot_storage::engine_ovf=debug\"\n",
+    )
+    .await?;
     measure(&d, args).await.map_err(|e| {
         let state = if d.alive() {
             "depotd is still running"
@@ -120,22 +129,47 @@ async fn measure(d: &Daemon, args: OvfArgs) -> Result<(), String> {
     }
     put(d, &sd, &img, &vol, &tar_path, len).await?;
 
+    // The transport floor: the same PUT over the same kind of connection to
+    // a process that throws the body away (see ovf_sink.rs).
+    let listen = fs::read_to_string(d.dir.path().join("dev/state/listen-address"))
+        .map_err(|e| format!("depotd's listen address: {e}"))?;
+    let host = depot_client::host_part(listen.trim()).to_string();
+    let sink_listen = if host.contains(':') {
+        format!("[{host}]:0")
+    } else {
+        format!("{host}:0")
+    };
+    let pki = d.dir.path().join("dev/state/pki");
+    let sink = Sink::start(&pki, &sink_listen)?;
+    let sink_ep = Endpoint::tls_from_pki_dir(sink.addr.clone(), &pki);
+    put_to(&sink_ep, &sd, &img, &vol, &tar_path, len).await?;
+
+    let log_before = upload_log_lines(d).len();
     let mut put_s = Vec::new();
+    let mut floor_s = Vec::new();
     let mut dd_s = Vec::new();
     for i in 0..args.runs {
-        // Alternate which goes first.
-        for k in 0..2 {
-            if (i + k) % 2 == 0 {
-                let t = Instant::now();
-                put(d, &sd, &img, &vol, &tar_path, len).await?;
-                put_s.push(t.elapsed().as_secs_f64());
-            } else {
-                let t = Instant::now();
-                dd(&dd_src, &vol_path)?;
-                dd_s.push(t.elapsed().as_secs_f64());
+        // Rotate which goes first.
+        for k in 0..3 {
+            let t = Instant::now();
+            match (i + k) % 3 {
+                0 => {
+                    put(d, &sd, &img, &vol, &tar_path, len).await?;
+                    put_s.push(t.elapsed().as_secs_f64());
+                }
+                1 => {
+                    put_to(&sink_ep, &sd, &img, &vol, &tar_path, len).await?;
+                    floor_s.push(t.elapsed().as_secs_f64());
+                }
+                _ => {
+                    dd(&dd_src, &vol_path)?;
+                    dd_s.push(t.elapsed().as_secs_f64());
+                }
             }
         }
     }
+    drop(sink);
+    let phases = upload_log_lines(d).split_off(log_before);
     // The store is valid after the last PUT (check once, outside timing).
     put(d, &sd, &img, &vol, &tar_path, len).await?;
     let stores = call(
@@ -152,13 +186,17 @@ async fn measure(d: &Daemon, args: OvfArgs) -> Result<(), String> {
             .join(" ")
     };
     let (pm, dm) = (median_f64(put_s.clone()), median_f64(dd_s.clone()));
+    let fm = median_f64(floor_s.clone());
     let mibs = |s: f64| len as f64 / MIB as f64 / s;
     println!("PUT (connect + TLS + body + 200) runs, s: {}", fmt(&put_s));
+    println!("floor (same PUT, body discarded), s:     {}", fmt(&floor_s));
     println!("dd runs, s:                             {}", fmt(&dd_s));
     println!(
-        "median PUT {:.3} s ({:.0} MiB/s), median dd {:.3} s ({:.0} MiB/s)",
+        "median PUT {:.3} s ({:.0} MiB/s), median floor {:.3} s ({:.0} MiB/s), median dd {:.3} s ({:.0} MiB/s)",
         pm,
         mibs(pm),
+        fm,
+        mibs(fm),
         dm,
         mibs(dm)
     );
@@ -166,6 +204,15 @@ async fn measure(d: &Daemon, args: OvfArgs) -> Result<(), String> {
         "ratio dd_time / depot_time = {:.2} (target >= 1.0)",
         dm / pm
     );
+    println!(
+        "ratio floor_time / depot_time = {:.2} (1.0: depot costs nothing beyond moving the bytes over TLS)",
+        fm / pm
+    );
+    println!(
+        "ratio dd_time / floor_time = {:.2} (the best dd/depot ratio possible over this transport)",
+        dm / fm
+    );
+    print_phases(&phases);
     let listed = stores
         .as_array()
         .and_then(|a| a.iter().find(|s| s["volumeID"] == vol.as_str()))
@@ -173,6 +220,70 @@ async fn measure(d: &Daemon, args: OvfArgs) -> Result<(), String> {
         .unwrap_or(Value::Null);
     println!("store after the last PUT: {listed}");
     Ok(())
+}
+
+/// depotd's debug lines about OVF_STORE uploads, in order.
+fn upload_log_lines(d: &Daemon) -> Vec<String> {
+    fs::read_to_string(d.log_path())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("OVF_STORE upload") && l.contains("strategy="))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A `key=<Duration's Debug>` field of a log line, in seconds.
+fn field_secs(line: &str, key: &str) -> Option<f64> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    let value = line[at..].split_whitespace().next()?;
+    let digits = value.trim_end_matches(|c: char| c.is_alphabetic() || c == 'µ');
+    let unit = &value[digits.len()..];
+    let n: f64 = digits.parse().ok()?;
+    Some(match unit {
+        "s" => n,
+        "ms" => n / 1e3,
+        "µs" | "us" => n / 1e6,
+        "ns" => n / 1e9,
+        _ => return None,
+    })
+}
+
+/// Medians of the phases depotd logged for the timed PUTs.
+fn print_phases(lines: &[String]) {
+    if lines.is_empty() {
+        println!("(no phase timings in depotd's log)");
+        return;
+    }
+    let strategy = lines[0]
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("strategy="))
+        .unwrap_or("?")
+        .trim_matches('"');
+    println!(
+        "depotd's phases (medians of {} PUTs, strategy {strategy}), ms:",
+        lines.len()
+    );
+    for (key, what) in [
+        ("receive", "first to last byte of the body, checked"),
+        (
+            "wait_source",
+            "  of which waiting for the network (TLS, HTTP)",
+        ),
+        ("check", "  of which tar rules and OVF XML checks"),
+        ("wait_buffer", "  of which waiting for a free buffer"),
+        ("hash", "sha256, on its own thread"),
+        ("write", "writes, on their own thread"),
+        ("seal", "size, trailer, fsync of the new file"),
+        ("rename", "rename over the volume, fsync of the directory"),
+        ("commit", "commit (copy into the volume, flushes)"),
+        ("after_last_byte", "last byte checked to durable"),
+        ("total", "first byte asked for to durable"),
+    ] {
+        let v: Vec<f64> = lines.iter().filter_map(|l| field_secs(l, key)).collect();
+        if !v.is_empty() {
+            println!("  {:<16} {:>7.1}  {what}", key, median_f64(v) * 1e3);
+        }
+    }
 }
 
 const GIB_STR: &str = "1073741824";
@@ -206,7 +317,7 @@ async fn create_volume(
     Ok(())
 }
 
-/// One PUT on a new TLS connection, until the 200.
+/// One PUT on a new TLS connection to depotd, until the 200.
 async fn put(
     d: &Daemon,
     sd: &str,
@@ -215,9 +326,21 @@ async fn put(
     tar: &Path,
     len: u64,
 ) -> Result<(), String> {
-    let c = Client::connect(&d.tls())
+    put_to(&d.tls(), sd, img, vol, tar, len).await
+}
+
+/// One PUT on a new TLS connection to `ep`, until the 200.
+async fn put_to(
+    ep: &Endpoint,
+    sd: &str,
+    img: &str,
+    vol: &str,
+    tar: &Path,
+    len: u64,
+) -> Result<(), String> {
+    let c = Client::connect(ep)
         .await
-        .map_err(|e| format!("TLS connect: {e}"))?;
+        .map_err(|e| format!("TLS connect to {ep}: {e}"))?;
     let pool = Uuid::new_v4().to_string();
     let headers = [
         ("Storage-Pool-Id", pool.as_str()),
@@ -231,9 +354,9 @@ async fn put(
     let r = c
         .put_stream(&headers, len, f)
         .await
-        .map_err(|e| format!("PUT: {e}"))?;
+        .map_err(|e| format!("PUT to {ep}: {e}"))?;
     if r.status != 200 {
-        return Err(format!("PUT: status {}", r.status));
+        return Err(format!("PUT to {ep}: status {}", r.status));
     }
     Ok(())
 }
