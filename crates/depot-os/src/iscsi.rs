@@ -359,20 +359,22 @@ impl Iscsiadm {
             .arg(portal.to_string())
     }
 
-    /// The updates that set CHAP on a record: `-n <prefix>.auth.authmethod
-    /// -v CHAP`, `...username -v USER`, `...password -v ***`.
-    pub fn chap_updates(base: Cmd, prefix: &str, chap: &Chap) -> Vec<Cmd> {
-        let update = |key: &str| {
-            base.clone()
-                .args(["--op=update", "-n"])
-                .arg(format!("{prefix}.auth.{key}"))
-                .arg("-v")
-        };
-        vec![
-            update("authmethod").arg("CHAP"),
-            update("username").arg(&chap.username),
-            update("password").secret_arg(chap.password.expose()),
-        ]
+    /// Appends the CHAP settings of a record to an update: `-n
+    /// <prefix>.auth.authmethod -v CHAP -n ...username -v USER -n
+    /// ...password -v ***`. (iscsiadm takes any number of `-n`/`-v` pairs
+    /// in one update; each iscsiadm call costs a database lock and, in the
+    /// VM tier, up to a second.)
+    pub fn with_chap(cmd: Cmd, prefix: &str, chap: &Chap) -> Cmd {
+        cmd.arg("-n")
+            .arg(format!("{prefix}.auth.authmethod"))
+            .args(["-v", "CHAP", "-n"])
+            .arg(format!("{prefix}.auth.username"))
+            .arg("-v")
+            .arg(&chap.username)
+            .arg("-n")
+            .arg(format!("{prefix}.auth.password"))
+            .arg("-v")
+            .secret_arg(chap.password.expose())
     }
 
     /// `-m node -T IQN -I IFACE -p host:port,tpgt`.
@@ -401,9 +403,12 @@ impl Iscsiadm {
         self.run(op, portal, &base.clone().arg("--op=new"))?;
         let result = (|| {
             if let Some(chap) = chap {
-                for c in Self::chap_updates(base.clone(), "discovery.sendtargets", chap) {
-                    self.run(op, portal, &c)?;
-                }
+                let update = base.clone().arg("--op=update");
+                self.run(
+                    op,
+                    portal,
+                    &Self::with_chap(update, "discovery.sendtargets", chap),
+                )?;
             }
             let discover = self.discoverydb_cmd(iface, portal, t.discovery).args([
                 "--discover",
@@ -433,20 +438,17 @@ impl Iscsiadm {
         let _db = self.db_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let base = self.node_cmd(iface, target, self.timeouts.command);
         self.run(IscsiOp::NodeNew, target, &base.clone().arg("--op=new"))?;
-        let mut updates =
-            vec![base
-                .clone()
-                .args(["--op=update", "-n", "node.startup", "-v", "manual"])];
+        let mut update = base
+            .clone()
+            .args(["--op=update", "-n", "node.startup", "-v", "manual"]);
         if let Some(chap) = chap {
-            updates.extend(Self::chap_updates(base.clone(), "node.session", chap));
+            update = Self::with_chap(update, "node.session", chap);
         }
-        for c in updates {
-            if let Err(e) = self.run(IscsiOp::NodeUpdate, target, &c) {
-                if let Err(de) = self.run(IscsiOp::NodeDelete, target, &base.arg("--op=delete")) {
-                    tracing::warn!(error = %de, "cannot delete the node record after a failed update");
-                }
-                return Err(e);
+        if let Err(e) = self.run(IscsiOp::NodeUpdate, target, &update) {
+            if let Err(de) = self.run(IscsiOp::NodeDelete, target, &base.arg("--op=delete")) {
+                tracing::warn!(error = %de, "cannot delete the node record after a failed update");
             }
+            return Err(e);
         }
         Ok(())
     }
@@ -872,33 +874,27 @@ mod tests {
             base.to_string(),
             "iscsiadm -m node -T iqn.2026-11.org.depot:target1 -I default -p 127.0.0.1:3260,1"
         );
-        let updates: Vec<String> = Iscsiadm::chap_updates(base, "node.session", &chap)
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
+        let update = Iscsiadm::with_chap(base.arg("--op=update"), "node.session", &chap);
         assert_eq!(
-            updates,
-            [
-                "iscsiadm -m node -T iqn.2026-11.org.depot:target1 -I default -p 127.0.0.1:3260,1 \
-                 --op=update -n node.session.auth.authmethod -v CHAP",
-                "iscsiadm -m node -T iqn.2026-11.org.depot:target1 -I default -p 127.0.0.1:3260,1 \
-                 --op=update -n node.session.auth.username -v depot",
-                "iscsiadm -m node -T iqn.2026-11.org.depot:target1 -I default -p 127.0.0.1:3260,1 \
-                 --op=update -n node.session.auth.password -v ***",
-            ]
+            update.to_string(),
+            "iscsiadm -m node -T iqn.2026-11.org.depot:target1 -I default -p 127.0.0.1:3260,1 \
+             --op=update -n node.session.auth.authmethod -v CHAP \
+             -n node.session.auth.username -v depot -n node.session.auth.password -v ***"
         );
         let d = a.discoverydb_cmd(
             "default",
             &Portal::new("fd00::1", 3260),
             Duration::from_secs(1),
         );
-        let upd = Iscsiadm::chap_updates(d, "discovery.sendtargets", &chap);
+        let upd = Iscsiadm::with_chap(d.arg("--op=update"), "discovery.sendtargets", &chap);
         assert_eq!(
-            upd[2].to_string(),
+            upd.to_string(),
             "iscsiadm -m discoverydb -t sendtargets -I default -p '[fd00::1]:3260' \
-             --op=update -n discovery.sendtargets.auth.password -v ***"
+             --op=update -n discovery.sendtargets.auth.authmethod -v CHAP \
+             -n discovery.sendtargets.auth.username -v depot \
+             -n discovery.sendtargets.auth.password -v ***"
         );
-        assert!(!format!("{:?} {chap:?}", upd[2]).contains("s3cr3t"));
+        assert!(!format!("{upd:?} {chap:?}").contains("s3cr3t"));
     }
 
     /// A stand-in for iscsiadm that fails the password update and echoes
@@ -1006,9 +1002,9 @@ mod tests {
             ops,
             [
                 "--op=new",
-                "--op=update -n discovery.sendtargets.auth.authmethod -v CHAP",
-                "--op=update -n discovery.sendtargets.auth.username -v u",
-                "--op=update -n discovery.sendtargets.auth.password -v pw",
+                "--op=update -n discovery.sendtargets.auth.authmethod -v CHAP \
+                 -n discovery.sendtargets.auth.username -v u \
+                 -n discovery.sendtargets.auth.password -v pw",
                 "--discover -o nonpersistent",
                 "--op=delete",
             ]

@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::command::{Cmd, CmdError, CommandRunner};
@@ -162,8 +163,11 @@ pub struct Multipath {
     sysfs: Sysfs,
     dmsetup: OsString,
     multipathd: OsString,
+    multipath: OsString,
     udevadm: OsString,
     timeout: Duration,
+    /// Where udev makes the maps' nodes (`/dev/mapper`).
+    dev_dir: PathBuf,
 }
 
 /// How often the waits look again.
@@ -176,9 +180,17 @@ impl Multipath {
             sysfs,
             dmsetup: "dmsetup".into(),
             multipathd: "multipathd".into(),
+            multipath: "multipath".into(),
             udevadm: "udevadm".into(),
             timeout: Duration::from_secs(30),
+            dev_dir: PathBuf::from(DEV_MAPPER),
         }
+    }
+
+    /// Looks for map nodes in `dir` instead of `/dev/mapper` (tests).
+    pub fn with_dev_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dev_dir = dir.into();
+        self
     }
 
     pub fn sysfs(&self) -> &Sysfs {
@@ -209,6 +221,61 @@ impl Multipath {
             }
         }
         Ok(states)
+    }
+
+    /// Removes the map `name` (`multipath -f NAME`). Refused by multipath
+    /// while the map is open or has holders. A map that is already gone is
+    /// success.
+    pub fn flush(&self, name: &str) -> Result<(), MultipathError> {
+        let gone = |maps: &[MultipathMap]| !maps.iter().any(|m| m.name == name);
+        if gone(&self.maps()?) {
+            return Ok(());
+        }
+        let cmd = Cmd::new(&self.multipath, self.timeout).arg("-f").arg(name);
+        match self.runner.run(&cmd) {
+            Ok(_) => Ok(()),
+            // Gone meanwhile (multipathd flushed it itself): fine.
+            Err(_) if gone(&self.maps()?) => Ok(()),
+            Err(cause) => Err(MultipathError::Command {
+                what: "multipath -f",
+                cause: Box::new(cause),
+            }),
+        }
+    }
+
+    /// Waits until none of `wwids` has a map, removing the maps that are
+    /// left without paths and without holders (multipathd removes such a
+    /// map itself when its last path goes, unless something had it open
+    /// at that moment, e.g. udev's blkid; then the map would stay, queueing
+    /// I/O, until someone flushes it). Maps that still have a path or a
+    /// holder are left alone and reported back.
+    pub fn remove_pathless(
+        &self,
+        wwids: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<String>, MultipathError> {
+        let start = Instant::now();
+        loop {
+            let maps = self.maps()?;
+            let left: Vec<&MultipathMap> =
+                maps.iter().filter(|m| wwids.contains(&m.wwid)).collect();
+            if left.is_empty() {
+                return Ok(Vec::new());
+            }
+            let waited = start.elapsed();
+            for m in &left {
+                // Give multipathd a moment to remove it on its own first.
+                if m.paths.is_empty() && m.holders.is_empty() && waited >= POLL * 5 {
+                    if let Err(e) = self.flush(&m.name) {
+                        tracing::warn!(map = %m.name, error = %e, "cannot remove a map without paths");
+                    }
+                }
+            }
+            if waited >= timeout {
+                return Ok(left.iter().map(|m| m.wwid.clone()).collect());
+            }
+            std::thread::sleep(POLL);
+        }
     }
 
     /// `udevadm settle --timeout=N`: waits for queued uevents (new SCSI
@@ -245,9 +312,12 @@ impl Multipath {
             .contains("busy: false"))
     }
 
-    /// Waits until each of `disks` is a path of some multipath map, or
-    /// `timeout` passes; reports which got one. multipathd makes the maps
-    /// on the uevents of new disks, a moment after login or rescan.
+    /// Waits until each of `disks` is a path of some multipath map whose
+    /// node exists in `/dev/mapper`, or `timeout` passes; reports which got
+    /// one. multipathd makes the maps on the uevents of new disks, a moment
+    /// after a login or rescan, and udev then makes the node. (Waiting for
+    /// exactly these is much quicker than `udevadm settle`, which waits for
+    /// every queued event of the machine: 6-10 s per login in the VM tier.)
     pub fn wait_for_maps(
         &self,
         disks: &[String],
@@ -259,8 +329,10 @@ impl Multipath {
             let mut wait = MapWait::default();
             for d in disks {
                 match map_of_path(&maps, d) {
-                    Some(m) => wait.mapped.push((d.clone(), m.wwid.clone())),
-                    None => wait.missing.push(d.clone()),
+                    Some(m) if self.dev_dir.join(&m.name).exists() => {
+                        wait.mapped.push((d.clone(), m.wwid.clone()))
+                    }
+                    _ => wait.missing.push(d.clone()),
                 }
             }
             wait.waited = start.elapsed();
@@ -369,12 +441,32 @@ vg-lv: 0 8192 linear \n";
         assert_eq!(map_of_path(&maps, "sdc").unwrap().wwid, "36001405bbbb");
         assert!(map_of_path(&maps, "sdz").is_none());
 
-        let mp = Multipath::new(CommandRunner::new(), fs);
+        let dev = tempfile::tempdir().unwrap();
+        let mp = Multipath::new(CommandRunner::new(), fs).with_dev_dir(dev.path());
+        let disks = ["sdb".to_string(), "sdc".to_string(), "sdz".to_string()];
+        // No nodes yet: nothing counts as mapped.
         let w = mp
-            .wait_for_maps(&["sdb".into(), "sdz".into()], Duration::from_millis(300))
+            .wait_for_maps(&disks, Duration::from_millis(300))
+            .unwrap();
+        assert!(w.mapped.is_empty());
+        assert!(w.waited >= Duration::from_millis(300));
+        std::fs::write(dev.path().join("36001405aaaa"), "").unwrap();
+        let w = mp
+            .wait_for_maps(&disks, Duration::from_millis(300))
             .unwrap();
         assert_eq!(w.mapped, [("sdb".to_string(), "36001405aaaa".to_string())]);
-        assert_eq!(w.missing, ["sdz"]);
-        assert!(w.waited >= Duration::from_millis(300));
+        assert_eq!(w.missing, ["sdc", "sdz"]);
+        // A node appearing while waiting ends the wait early.
+        let node = dev.path().join("36001405bbbb");
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            std::fs::write(node, "").unwrap();
+        });
+        let w = mp
+            .wait_for_maps(&disks[..2], Duration::from_secs(10))
+            .unwrap();
+        t.join().unwrap();
+        assert_eq!(w.missing, Vec::<String>::new());
+        assert!(w.waited < Duration::from_secs(5), "{:?}", w.waited);
     }
 }

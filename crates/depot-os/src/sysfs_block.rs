@@ -121,6 +121,28 @@ fn replace_whitespace(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join("_")
 }
 
+/// A SCSI device (`/sys/bus/scsi/devices/H:C:T:L`), whether or not its
+/// block device exists yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScsiDevice {
+    /// `2:0:0:1`.
+    pub hctl: String,
+    /// The SCSI peripheral type; 0 is a disk (the only type that gets a
+    /// `sd` block device).
+    pub scsi_type: Option<u32>,
+    /// The block device (`sdb`). `sd` probes disks asynchronously: for a
+    /// moment after a scan the SCSI device exists and this is `None`.
+    pub block: Option<String>,
+    /// The iSCSI session, for devices of one.
+    pub iscsi_session: Option<u32>,
+}
+
+impl ScsiDevice {
+    pub fn is_disk(&self) -> bool {
+        self.scsi_type == Some(0)
+    }
+}
+
 /// A device-mapper device (`/sys/block/dm-N/dm`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DmDevice {
@@ -304,6 +326,64 @@ impl Sysfs {
             .find_map(|n| n.parse().ok())
     }
 
+    /// Every SCSI device (LUN) of the machine, sorted by address.
+    pub fn scsi_devices(&self) -> Result<Vec<ScsiDevice>, SysfsError> {
+        let dir = self.root.join("bus/scsi/devices");
+        let mut out = Vec::new();
+        for name in list_dir_or_empty(&dir)? {
+            // Hosts and targets live here too (`host2`, `target2:0:0`).
+            if Hctl::parse(&name).is_none() {
+                continue;
+            }
+            let dev = dir.join(&name);
+            let scsi_type = self
+                .read(dev.join("type"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
+            let block = list_dir_or_empty(&dev.join("block"))?.into_iter().next();
+            let iscsi_session = std::fs::canonicalize(&dev).ok().and_then(|real| {
+                real.ancestors()
+                    .filter_map(|p| p.file_name()?.to_str()?.strip_prefix("session"))
+                    .find_map(|n| n.parse().ok())
+            });
+            out.push(ScsiDevice {
+                hctl: name,
+                scsi_type,
+                block,
+                iscsi_session,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The SCSI disks (`sd*`) of the machine, sorted.
+    pub fn scsi_disks(&self) -> Result<Vec<String>, SysfsError> {
+        Ok(self
+            .block_devices()?
+            .into_iter()
+            .filter(|n| n.starts_with("sd"))
+            .collect())
+    }
+
+    /// The iSCSI sessions (`/sys/class/iscsi_session/sessionN`), sorted.
+    pub fn iscsi_sessions(&self) -> Result<Vec<u32>, SysfsError> {
+        let mut sids: Vec<u32> = list_dir_or_empty(&self.root.join("class/iscsi_session"))?
+            .iter()
+            .filter_map(|n| n.strip_prefix("session")?.parse().ok())
+            .collect();
+        sids.sort_unstable();
+        Ok(sids)
+    }
+
+    /// The SCSI disks of iSCSI session `sid`.
+    pub fn iscsi_session_disks(&self, sid: u32) -> Result<Vec<String>, SysfsError> {
+        Ok(self
+            .scsi_disks()?
+            .into_iter()
+            .filter(|d| self.iscsi_session_of(d) == Some(sid))
+            .collect())
+    }
+
     /// The attributes of iSCSI session `sid`.
     pub fn iscsi_session(&self, sid: u32) -> Result<IscsiSessionAttrs, SysfsError> {
         let s = self
@@ -447,6 +527,12 @@ pub(crate) mod fake {
         write(root, &format!("{devdir}/model"), "IBLOCK          \n");
         write(root, &format!("{devdir}/rev"), "4.0 \n");
         write(root, &format!("{devdir}/state"), "running\n");
+        write(root, &format!("{devdir}/type"), "0\n");
+        link(
+            root,
+            &format!("bus/scsi/devices/{hctl}"),
+            &root.join(devdir).to_string_lossy(),
+        );
         std::fs::create_dir_all(root.join(format!("{devdir}/scsi_disk/{hctl}"))).unwrap();
         let mut pg80 = vec![0x00, 0x80, 0x00, serial.len() as u8];
         pg80.extend_from_slice(serial.as_bytes());
@@ -659,6 +745,56 @@ mod tests {
         assert_eq!(s.hctl.unwrap().lun, 0);
         assert_eq!(s.vdsm_serial(), "SLIO-ORG_IBLOCK_serial-a");
 
+        assert_eq!(fs.scsi_disks().unwrap(), ["sda", "sdb"]);
+        // A LUN whose disk the kernel has not probed yet, and an enclosure.
+        write(
+            root,
+            "devices/platform/host2/session1/target2:0:0/2:0:0:5/type",
+            "0\n",
+        );
+        link(
+            root,
+            "bus/scsi/devices/2:0:0:5",
+            &root
+                .join("devices/platform/host2/session1/target2:0:0/2:0:0:5")
+                .to_string_lossy(),
+        );
+        write(
+            root,
+            "devices/pseudo/host9/target9:0:0/9:0:0:0/type",
+            "13\n",
+        );
+        link(
+            root,
+            "bus/scsi/devices/9:0:0:0",
+            &root
+                .join("devices/pseudo/host9/target9:0:0/9:0:0:0")
+                .to_string_lossy(),
+        );
+        std::fs::create_dir_all(root.join("bus/scsi/devices/host2")).unwrap();
+        let devs = fs.scsi_devices().unwrap();
+        let summary: Vec<(&str, bool, Option<&str>, Option<u32>)> = devs
+            .iter()
+            .map(|d| {
+                (
+                    d.hctl.as_str(),
+                    d.is_disk(),
+                    d.block.as_deref(),
+                    d.iscsi_session,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("2:0:0:0", true, Some("sda"), Some(1)),
+                ("2:0:0:5", true, None, Some(1)),
+                ("3:0:0:0", true, Some("sdb"), Some(2)),
+                ("9:0:0:0", false, None, None),
+            ]
+        );
+        assert_eq!(fs.iscsi_sessions().unwrap(), [1]);
+        assert_eq!(fs.iscsi_session_disks(2).unwrap(), ["sdb"]);
         assert_eq!(fs.iscsi_session_of("sda"), Some(1));
         assert_eq!(fs.iscsi_session_of("sdb"), Some(2));
         assert_eq!(fs.iscsi_session_of("dm-0"), None);
