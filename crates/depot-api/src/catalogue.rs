@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, Code};
 use crate::storage::{
     AllocType, ByteSize, ConnectionList, CopyEndpoint, DiskType, DomainClass, DomainType, ImgUuid,
-    Legality, MoveOperation, SdUuid, SpUuid, VolUuid, VolumeAttributes, VolumeFormat, VolumeRef,
+    Legality, MoveOperation, Password, Port, SdUuid, SpUuid, VolUuid, VolumeAttributes,
+    VolumeFormat, VolumeRef,
 };
 use crate::types::{JobId, JobType, Uuid};
 
@@ -56,6 +57,8 @@ wire_type! {
     VolumeRef => "VolumeInfo: {sd_id, img_id, vol_id, generation}",
     VolumeAttributes => "VolumeAttributes: {legality?, description?, generation?}",
     MoveOperation => "ImageMoveOperation: COPY (1) or MOVE (2)",
+    Password => "string (a secret: never logged or returned)",
+    Port => "TCP port 1-65535 (number or decimal string)",
 }
 
 impl<T: WireType> WireType for Option<T> {
@@ -226,19 +229,23 @@ verbs! {
     } -> "`true`";
 
     /// Connects the host to storage: mounts NFS, POSIX and GlusterFS exports,
-    /// links local directories. Idempotent. Returns one status per
-    /// connection (0, or the error code of that connection).
+    /// links local directories, logs in to iSCSI targets (with CHAP) and
+    /// waits for their multipath devices, rescans FC hosts. Idempotent.
+    /// Returns one status per connection (0, or the error code of that
+    /// connection).
     "StoragePool.connectStorageServer" => StoragePoolConnectStorageServer {
         /// Unused, as in VDSM.
         storagepoolID: Option<Uuid>,
         /// The storage type of every connection in the list.
         domainType: DomainType,
-        /// The connections: `{id, connection, vfs_type?, mnt_options?, protocol_version?, timeout?, retrans?}`.
+        /// The connections. File types: `{id, connection, vfs_type?, mnt_options?, protocol_version?, timeout?, retrans?}`. ISCSI: `{id, connection (portal host), port?, iqn, tpgt?, user?, password?, ifaceName?}`. FCP: `{id}` (connect rescans the SCSI hosts).
         connectionParams: ConnectionList,
     } -> "`[{id, status}]`; status 0 or the connection's error code";
 
-    /// Disconnects the host from storage: unmounts. Refuses (per connection)
-    /// while a domain on that mount is attached or monitored.
+    /// Disconnects the host from storage: unmounts; logs out of an iSCSI
+    /// session once no other connection of this host uses it. Refuses (per
+    /// connection) while a domain on that storage is active or monitored.
+    /// Idempotent.
     "StoragePool.disconnectStorageServer" => StoragePoolDisconnectStorageServer {
         /// Unused, as in VDSM.
         storagepoolID: Option<Uuid>,
@@ -247,6 +254,44 @@ verbs! {
         /// The connections, as given to connectStorageServer.
         connectionParams: ConnectionList,
     } -> "`[{id, status}]`";
+
+    /// Lists the targets an iSCSI portal offers (SendTargets discovery),
+    /// with CHAP for the discovery session when user and password are
+    /// given. Leaves no node records behind.
+    "ISCSIConnection.discoverSendTargets" => IscsiConnectionDiscoverSendTargets {
+        /// The portal: an IPv4 or IPv6 address or a host name.
+        host: String,
+        /// The portal's port (iSCSI's is 3260).
+        port: Port,
+        /// CHAP user for discovery (empty or left out: no authentication).
+        user: Option<String>,
+        /// CHAP password for discovery.
+        password: Option<Password>,
+        /// Also return portals on IPv6 addresses (default false).
+        ipv6_enabled: Option<bool>,
+    } -> "`[\"host:port,tpgt iqn\"]` (VDSM's fullTargets; IPv6 hosts in brackets)";
+
+    /// Lists the host's multipath block devices (SAN LUNs, by WWID), with
+    /// their paths, path states, sizes and LVM use.
+    "Host.getDeviceList" => HostGetDeviceList {
+        /// Only ISCSI (3) or FCP (2) devices; all when left out.
+        storageType: Option<DomainType>,
+        /// Only these GUIDs (WWIDs); all when left out or empty.
+        guids: Option<Vec<String>>,
+        /// Whether to work out status used/free (default true); false
+        /// reports "unknown" and skips the LVM and holder checks.
+        checkStatus: Option<bool>,
+        /// Rescan iSCSI sessions and SCSI hosts first and wait for
+        /// multipath (default true, as VDSM).
+        refresh: Option<bool>,
+    } -> "`[{GUID, capacity, vendorID, productID, fwrev, serial, pathlist: [{connection, port, iqn, portal, initiatorname, user?}], pathstatus: [{physdev, state, capacity, lun, type}], logicalblocksize, physicalblocksize, pvUUID, pvsize, vgUUID, status, devtype, partitioned, discard_max_bytes, discard_zeroes_data}]` (sizes as decimal strings)";
+
+    /// Whether each device is visible on this host (its multipath map
+    /// exists). Rescans once when one is not.
+    "Host.getDevicesVisibility" => HostGetDevicesVisibility {
+        /// The GUIDs (WWIDs).
+        guidList: Vec<String>,
+    } -> "`{guid: bool}`";
 
     /// Lists the storage domains found on connected storage (used to import
     /// domains).
@@ -328,6 +373,60 @@ verbs! {
         /// Format even when the domain is attached to a pool.
         autoDetach: Option<bool>,
     } -> "`true`";
+
+    /// Adds LUNs to a block domain's volume group (PVs made on them).
+    "StorageDomain.extend" => StorageDomainExtend {
+        /// The block domain.
+        storagedomainID: SdUuid,
+        /// The pool (unused; VDSM's parameter).
+        storagepoolID: Option<Uuid>,
+        /// GUIDs (multipath WWIDs) of the LUNs to add.
+        devlist: Vec<String>,
+        /// Reuse LUNs that belong to another volume group (default false).
+        force: Option<bool>,
+    } -> "`true`";
+
+    /// Grows the PV of a LUN after the LUN was resized on the storage
+    /// server; returns the PV's new size in bytes.
+    "StorageDomain.resizePV" => StorageDomainResizePv {
+        /// The block domain.
+        storagedomainID: SdUuid,
+        /// The pool (unused; VDSM's parameter).
+        storagepoolID: Option<Uuid>,
+        /// The LUN's GUID.
+        guid: String,
+    } -> "`{size}` (bytes)";
+
+    /// Makes PVs on LUNs and a volume group for a block domain, tagged
+    /// RHAT_storage_domain_UNREADY until StorageDomain.create uses it.
+    "LVMVolumeGroup.create" => LvmVolumeGroupCreate {
+        /// Unused (VDSM's object id parameter).
+        lvmvolumegroupID: Option<String>,
+        /// The volume group's name: the future domain's id.
+        name: SdUuid,
+        /// GUIDs (multipath WWIDs) of the LUNs.
+        devlist: Vec<String>,
+        /// Reuse LUNs that belong to another volume group (default false).
+        force: Option<bool>,
+    } -> "`vgUUID` (LVM's UUID of the new volume group)";
+
+    /// A volume group and its PVs.
+    "LVMVolumeGroup.getInfo" => LvmVolumeGroupGetInfo {
+        /// LVM's UUID of the volume group.
+        lvmvolumegroupID: String,
+    } -> "`VolumeGroupInfo`";
+
+    /// Removes a volume group that holds no storage domain, and its PVs.
+    "LVMVolumeGroup.remove" => LvmVolumeGroupRemove {
+        /// LVM's UUID of the volume group.
+        lvmvolumegroupID: String,
+    } -> "`true`";
+
+    /// The volume groups on this host's multipath devices.
+    "Host.getLVMVolumeGroups" => HostGetLvmVolumeGroups {
+        /// Only this storage type (2 FCP or 3 ISCSI; informational).
+        storageType: Option<DomainType>,
+    } -> "`[VolumeGroupInfo]`";
 
     /// Lists the images of a domain.
     "StorageDomain.getImages" => StorageDomainGetImages {
@@ -800,6 +899,55 @@ mod tests {
 
         let e = Call::parse("No.such", None).unwrap_err();
         assert_eq!(e.code, Code::MethodNotFound);
+    }
+
+    #[test]
+    fn passwords_never_print_and_ports_are_lenient() {
+        let c = Call::parse(
+            "ISCSIConnection.discoverSendTargets",
+            Some(json!({"host": "10.0.0.1", "port": "3260", "user": "u", "password": "hunter2"})),
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
+        let Call::IscsiConnectionDiscoverSendTargets(p) = c else {
+            panic!()
+        };
+        assert_eq!(p.port, Port(3260));
+        assert_eq!(p.password.unwrap().expose(), "hunter2");
+        for bad in [json!(0), json!("70000"), json!("x"), json!(-1)] {
+            let e = Call::parse(
+                "ISCSIConnection.discoverSendTargets",
+                Some(json!({"host": "h", "port": bad})),
+            )
+            .unwrap_err();
+            assert_eq!(e.code, Code::InvalidParams, "{bad}");
+        }
+        // A wrong-typed password is refused without quoting it.
+        let e = Call::parse(
+            "ISCSIConnection.discoverSendTargets",
+            Some(json!({"host": "h", "port": 3260, "password": ["hunter2"]})),
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        // Same inside a connection list.
+        let c = Call::parse(
+            "StoragePool.connectStorageServer",
+            Some(json!({"domainType": 3, "connectionParams": [
+                {"id": "a", "connection": "h", "iqn": "iqn.x:y", "password": "hunter2"},
+                {"id": "b", "connection": "h", "password": {"x": "hunter2"}},
+            ]})),
+        )
+        .unwrap();
+        let text = format!("{c:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let Call::StoragePoolConnectStorageServer(p) = c else {
+            panic!()
+        };
+        let first = p.connectionParams.0[0].as_ref().unwrap();
+        assert_eq!(first.password.as_ref().unwrap().expose(), "hunter2");
+        let (id, why) = p.connectionParams.0[1].as_ref().unwrap_err();
+        assert_eq!(id.as_deref(), Some("b"));
+        assert!(!why.contains("hunter2"), "{why}");
     }
 
     #[test]

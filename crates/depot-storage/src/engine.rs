@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use depot_api::storage::{DomainClass, DomainRole, DomainType, ImgUuid, SdUuid, SpUuid, VolUuid};
 use depot_api::Code;
+use depot_os::lvm::Lvm;
 use depot_os::{CommandRunner, IoWorker, Mounter, QemuImg};
 
 use crate::backup::PreparePurpose;
+use crate::connection::san::SanConnector;
 use crate::connection::{ConnectionParams, ConnectionStatus, Connector};
 use crate::domain::{self, CreateDomain};
 use crate::layout::{self, DomainPaths};
@@ -79,6 +81,8 @@ struct State {
     prepared: HashMap<(SdUuid, ImgUuid), PreparePurpose>,
     /// OVF_STORE volumes with an upload in flight.
     uploads: HashSet<(SdUuid, VolUuid)>,
+    /// Block size of each located block domain (from its metadata).
+    block_sizes: HashMap<SdUuid, u32>,
 }
 
 /// `StorageDomain.getInfo`, typed.
@@ -96,7 +100,17 @@ pub struct Storage {
     pub(crate) qemu: QemuImg,
     state: Mutex<State>,
     workers: Mutex<HashMap<PathBuf, Arc<IoWorker>>>,
+    /// The lvm2 commands of block domains (device filter, cache).
+    pub(crate) lvm: Lvm,
+    /// Per block domain: serializes metadata slot allocation.
+    slot_locks: Mutex<HashMap<SdUuid, Arc<Mutex<()>>>>,
+    /// iSCSI and FCP connections, discovery (engine_san.rs).
+    pub(crate) san: SanConnector,
 }
+
+/// Longest one LVM command may take. LVM scans every filtered device;
+/// with a path down, multipath queues I/O for a while before failing it.
+const LVM_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Threads per mount worker: a hung call pins one; the rest keep serving.
 const WORKER_THREADS: usize = 4;
@@ -120,6 +134,9 @@ impl Storage {
             connector,
             locks: LockManager::new(),
             monitor,
+            lvm: Lvm::new(runner.clone(), LVM_TIMEOUT),
+            san: SanConnector::new(runner.clone()),
+            slot_locks: Mutex::new(HashMap::new()),
             qemu: QemuImg::new(runner),
             state: Mutex::new(State::default()),
             workers: Mutex::new(HashMap::new()),
@@ -238,6 +255,9 @@ impl Storage {
         domain_type: DomainType,
         params: &[ConnectionParams],
     ) -> Vec<ConnectionStatus> {
+        if domain_type.is_block() {
+            return self.san.connect_all(domain_type, params);
+        }
         let statuses = self.connector.connect_all(domain_type, params);
         // Clean what crashes left in the mounts that are now there.
         for p in params {
@@ -255,6 +275,11 @@ impl Storage {
         domain_type: DomainType,
         params: &[ConnectionParams],
     ) -> Vec<ConnectionStatus> {
+        if domain_type.is_block() {
+            return self
+                .san
+                .disconnect_all(domain_type, params, |usage| self.check_san_logout(usage));
+        }
         let statuses = self.connector.disconnect_all(domain_type, params, |conn| {
             let mount = conn.mount_point();
             let st = self.st();
@@ -293,6 +318,18 @@ impl Storage {
     pub fn locate(&self, sd: SdUuid) -> StorageResult<DomainPaths> {
         let cached = self.st().domains.get(&sd).cloned();
         if let Some(paths) = cached {
+            // A block domain: its VG is still there (LVM's cache answers).
+            if paths.block {
+                if crate::block::exists(&self.lvm, sd) {
+                    return Ok(paths);
+                }
+                self.st().domains.remove(&sd);
+                return Err(StorageError::new(
+                    Code::StorageDomainDoesNotExist,
+                    "locate storage domain",
+                    format!("'{sd}'"),
+                ));
+            }
             let check = paths.clone();
             if self.io(&paths.root, "locate storage domain", move || {
                 Ok(check.metadata().is_file())
@@ -312,11 +349,108 @@ impl Storage {
                 return Ok(paths);
             }
         }
+        if let Some(paths) = self.locate_block(sd)? {
+            return Ok(paths);
+        }
         Err(StorageError::new(
             Code::StorageDomainDoesNotExist,
             "locate storage domain",
             format!("'{sd}'"),
         ))
+    }
+
+    /// Looks for `sd` among the VGs on this host's multipath devices. On
+    /// first sight: the link directory, the metadata LV active (the
+    /// monitor and the volume slots read it), and the LVs a crash left
+    /// half-created removed.
+    fn locate_block(&self, sd: SdUuid) -> StorageResult<Option<DomainPaths>> {
+        self.refresh_lvm_devices();
+        // No multipath device, no VG: no need to ask LVM.
+        if self.lvm.devices().is_empty() || !crate::block::exists(&self.lvm, sd) {
+            return Ok(None);
+        }
+        let md = crate::block::read_metadata(&self.lvm, sd)?;
+        let root = crate::block::ensure_links(&self.config.repository, sd)?;
+        let vg = crate::block::vg_name(sd);
+        if !Lvm::lv_path(&vg, crate::block::METADATA_LV).exists() {
+            if let Err(e) = self.lvm.activate(&vg, &[crate::block::METADATA_LV]) {
+                tracing::warn!(sd = %sd, error = %e, "cannot activate the metadata LV");
+            }
+        }
+        let paths = DomainPaths::new_block(root);
+        self.st().block_sizes.insert(sd, md.block_size);
+        match self.block_volumes_of(&paths, sd, |v| v.recover()) {
+            Ok(removed) => {
+                for lv in removed {
+                    tracing::warn!(sd = %sd, %lv, "removed an LV a crash left half-created");
+                }
+            }
+            Err(e) => tracing::warn!(sd = %sd, error = %e, "block volume recovery failed"),
+        }
+        self.st().domains.insert(sd, paths.clone());
+        Ok(Some(paths))
+    }
+
+    /// Tells LVM which devices it may scan: the multipath maps present
+    /// now. Cheap (sysfs only); LVM's cache is dropped only on a change.
+    pub(crate) fn refresh_lvm_devices(&self) {
+        let sysfs = depot_os::sysfs_block::Sysfs::new("/sys");
+        let Ok(maps) = depot_os::multipath::list_maps(&sysfs) else {
+            return;
+        };
+        let now: Vec<PathBuf> = maps.iter().map(|m| m.dev_path()).collect();
+        let mut sorted = now.clone();
+        sorted.sort();
+        if sorted != self.lvm.devices() {
+            self.lvm.set_devices(now);
+        }
+    }
+
+    /// The LVM wrapper (for the LVMVolumeGroup verbs and benchmarks).
+    pub fn lvm(&self) -> &Lvm {
+        &self.lvm
+    }
+
+    fn slot_lock(&self, sd: SdUuid) -> Arc<Mutex<()>> {
+        self.slot_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(sd)
+            .or_default()
+            .clone()
+    }
+
+    /// Runs `f` with the block volumes of domain `sd` (on the caller's
+    /// thread; LVM and qemu-img calls carry their own timeouts).
+    pub(crate) fn block_volumes_of<T>(
+        &self,
+        paths: &DomainPaths,
+        sd: SdUuid,
+        f: impl FnOnce(&crate::block::BlockVolumes<'_>) -> StorageResult<T>,
+    ) -> StorageResult<T> {
+        let block_size = self.st().block_sizes.get(&sd).copied();
+        let block_size = match block_size {
+            Some(b) => b,
+            None => {
+                let b = crate::block::read_metadata(&self.lvm, sd)?.block_size;
+                self.st().block_sizes.insert(sd, b);
+                b
+            }
+        };
+        let lock = self.slot_lock(sd);
+        f(&crate::block::BlockVolumes {
+            sd,
+            lvm: &self.lvm,
+            qemu: &self.qemu,
+            timeout: self.config.qemu_img_timeout,
+            block_size,
+            root: &paths.root,
+            slot_lock: &lock,
+        })
+    }
+
+    pub(crate) fn lock_domain_exclusive(&self, sd: SdUuid) -> StorageResult<Guard> {
+        self.lock_domain(sd, true)
     }
 
     fn lock_domain(&self, sd: SdUuid, exclusive: bool) -> StorageResult<Guard> {
@@ -345,6 +479,9 @@ impl Storage {
     }
 
     fn read_md(&self, paths: &DomainPaths) -> StorageResult<DomainMetadata> {
+        if paths.block {
+            return crate::block::read_metadata(&self.lvm, block_sd(paths)?);
+        }
         let p = paths.clone();
         self.io(&paths.root, "read domain metadata", move || {
             domain::read_metadata(&p)
@@ -356,6 +493,9 @@ impl Storage {
         paths: &DomainPaths,
         change: impl FnOnce(&mut DomainMetadata) -> StorageResult<()> + Send + 'static,
     ) -> StorageResult<DomainMetadata> {
+        if paths.block {
+            return crate::block::update_metadata(&self.lvm, block_sd(paths)?, change);
+        }
         let p = paths.clone();
         self.io(&paths.root, "update domain metadata", move || {
             domain::update_metadata(&p, change)
@@ -378,14 +518,14 @@ impl Storage {
                 ),
             ));
         }
+        if req.domain_type.is_block() {
+            return self.create_block_domain(req);
+        }
         if !req.domain_type.is_file() {
             return Err(StorageError::new(
                 Code::StorageDomainTypeError,
                 OP,
-                format!(
-                    "{} domains come with block storage support",
-                    req.domain_type
-                ),
+                format!("{} domains cannot be created", req.domain_type),
             ));
         }
         let _lock = self.lock_domain(req.sd, true)?;
@@ -411,6 +551,27 @@ impl Storage {
         Ok(())
     }
 
+    /// `StorageDomain.create` for ISCSI and FCP: `typeArgs` is the UUID of
+    /// the VG made by `LVMVolumeGroup.create` (crate::block).
+    fn create_block_domain(&self, req: CreateDomain) -> StorageResult<()> {
+        const OP: &str = "create storage domain";
+        let _lock = self.lock_domain(req.sd, true)?;
+        self.refresh_lvm_devices();
+        if crate::block::exists(&self.lvm, req.sd) || self.locate(req.sd).is_ok() {
+            return Err(StorageError::new(
+                Code::StorageDomainAlreadyExists,
+                OP,
+                format!("'{}'", req.sd),
+            ));
+        }
+        if req.backup {
+            crate::backup::check_class_of(req.sd, req.class, OP)?;
+        }
+        let vg_uuid = req.remote_path.clone();
+        crate::block::create_domain(&self.lvm, &req, &vg_uuid)?;
+        self.locate(req.sd).map(|_| ())
+    }
+
     pub fn domain_info(&self, sd: SdUuid) -> StorageResult<DomainInfo> {
         let paths = self.locate(sd)?;
         let _lock = self.lock_domain(sd, false)?;
@@ -420,6 +581,9 @@ impl Storage {
 
     pub fn domain_stats(&self, sd: SdUuid) -> StorageResult<depot_os::FsStats> {
         let paths = self.locate(sd)?;
+        if paths.block {
+            return crate::block::stats(&self.lvm, sd);
+        }
         let p = paths.clone();
         self.io(&paths.root, "domain stats", move || domain::stats(&p))
     }
@@ -434,6 +598,9 @@ impl Storage {
     pub fn validate_domain(&self, sd: SdUuid) -> StorageResult<()> {
         let paths = self.locate(sd)?;
         let _lock = self.lock_domain(sd, false)?;
+        if paths.block {
+            return crate::block::validate(&self.lvm, sd).map(|_| ());
+        }
         let p = paths.clone();
         self.io(&paths.root, "validate storage domain", move || {
             domain::validate(&p, sd)
@@ -470,8 +637,12 @@ impl Storage {
                 ));
             }
         }
-        let p = paths.clone();
-        self.io(&paths.root, OP, move || domain::format(&p, sd))?;
+        if paths.block {
+            crate::block::format(&self.lvm, &self.config.repository, sd)?;
+        } else {
+            let p = paths.clone();
+            self.io(&paths.root, OP, move || domain::format(&p, sd))?;
+        }
         let mut st = self.st();
         st.domains.remove(&sd);
         for pool in st.pools.values_mut() {
@@ -515,6 +686,24 @@ impl Storage {
                 }
             }
         }
+        self.refresh_lvm_devices();
+        let block = if self.lvm.devices().is_empty() {
+            Vec::new()
+        } else {
+            crate::block::find_domains(&self.lvm).unwrap_or_default()
+        };
+        for sd in block {
+            let Ok(md) = crate::block::read_metadata(&self.lvm, sd) else {
+                continue;
+            };
+            let keep = class.is_none_or(|c| md.class == c)
+                && domain_type.is_none_or(|t| md.domain_type == t)
+                && remote_path.is_none()
+                && pool.is_none_or(|p| md.attached_pools().contains(&p));
+            if keep {
+                found.push(sd);
+            }
+        }
         found.sort();
         found.dedup();
         found
@@ -532,11 +721,10 @@ impl Storage {
 
     fn start_monitoring(&self, sd: SdUuid) -> StorageResult<()> {
         let paths = self.locate(sd)?;
-        let mount = self.mount_key(&paths.root);
-        self.monitor.start(
-            sd,
-            CheckTarget::file_domain(paths.root.clone(), Some(mount)),
-        )?;
+        // A block domain has no mount: its dom_md links to the VG's LVs.
+        let mount = (!paths.block).then(|| self.mount_key(&paths.root));
+        self.monitor
+            .start(sd, CheckTarget::file_domain(paths.root.clone(), mount))?;
         self.monitor.set_version(sd, domain::VERSION as u32);
         Ok(())
     }
@@ -1008,6 +1196,53 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Before the last connection of an iSCSI session logs out: refuses
+    /// (452) while a block domain on one of the session's devices is
+    /// active in a connected pool or monitored. A block domain's VG is
+    /// named by its sdUUID; its PVs come from one `pvs` over the devices.
+    pub(crate) fn check_san_logout(
+        &self,
+        usage: &crate::connection::san::SessionUse<'_>,
+    ) -> StorageResult<()> {
+        if usage.wwids.is_empty() {
+            return Ok(());
+        }
+        let devices: Vec<PathBuf> = usage
+            .wwids
+            .iter()
+            .map(|w| Path::new(depot_os::multipath::DEV_MAPPER).join(w))
+            .collect();
+        let pvs = self.san.pvs_of(&devices).map_err(|e| {
+            StorageError::new(
+                Code::StorageServerDisconnectionError,
+                "disconnect storage server",
+                format!("cannot tell which domains use {}: {e}", usage.key),
+            )
+        })?;
+        let st = self.st();
+        for pv in pvs
+            .iter()
+            .filter(|pv| devices.iter().any(|d| Path::new(&pv.name) == d))
+        {
+            let Ok(sd) = pv.vg_name.parse::<SdUuid>() else {
+                continue;
+            };
+            if self.monitor.is_monitoring(sd) || in_active_pool(&st, sd) {
+                return Err(StorageError::new(
+                    Code::StorageServerDisconnectionError,
+                    "disconnect storage server",
+                    format!(
+                        "domain {sd} on {} (session {}) is active; deactivate it first",
+                        pv.name, usage.key
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn in_active_pool(st: &State, sd: SdUuid) -> bool {
     st.pools
         .values()
@@ -1031,4 +1266,21 @@ fn check_can_be_master(md: &DomainMetadata, op: &'static str) -> StorageResult<(
         ));
     }
     Ok(())
+}
+
+/// The domain id of a block domain's link directory (its last component).
+fn block_sd(paths: &DomainPaths) -> StorageResult<SdUuid> {
+    use std::str::FromStr;
+    paths
+        .root
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| SdUuid::from_str(n).ok())
+        .ok_or_else(|| {
+            StorageError::new(
+                Code::StorageDomainLayoutError,
+                "block domain",
+                format!("{} is not named by a domain id", paths.root.display()),
+            )
+        })
 }

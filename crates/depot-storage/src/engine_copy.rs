@@ -197,6 +197,9 @@ impl Storage {
                 (ctl.progress)(pct as u8);
             };
             let opts = CopyOptions {
+                // The volume, not its container: a block volume's LV is
+                // rounded up to whole extents.
+                length: Some(src.metadata.capacity),
                 dst_is_zero,
                 sparse: dst.metadata.alloc_type == depot_api::storage::AllocType::Sparse,
                 checksum: true,
@@ -399,14 +402,7 @@ impl Storage {
         let chain = {
             let paths = self.locate(src_sd)?;
             let (_d, _i) = self.lock_image(src_sd, img, false)?;
-            let (p, qemu, t) = (
-                paths.clone(),
-                self.qemu.clone(),
-                self.config().qemu_img_timeout,
-            );
-            self.io(&paths.root, OP, move || {
-                crate::volume::FileVolumes::new(&p, src_sd, &qemu, t).chain(img, leaf, false)
-            })?
+            self.with_volumes(&paths, src_sd, OP, move |v| v.chain(img, leaf, false))?
         };
         if self.list_images(dst_sd)?.contains(&img) {
             if !force {
@@ -491,14 +487,7 @@ impl Storage {
     /// Volume info with the caller already holding the image lock.
     fn volume_info_unlocked(&self, v: VolRef) -> StorageResult<VolumeInfo> {
         let paths = self.locate(v.sd)?;
-        let (p, qemu, t) = (
-            paths.clone(),
-            self.qemu.clone(),
-            self.config().qemu_img_timeout,
-        );
-        self.io(&paths.root, "volume info", move || {
-            crate::volume::FileVolumes::new(&p, v.sd, &qemu, t).info(v.img, v.vol)
-        })
+        self.with_volumes(&paths, v.sd, "volume info", move |s| s.info(v.img, v.vol))
     }
 
     fn update_volume_unlocked(
@@ -509,13 +498,8 @@ impl Storage {
             + 'static,
     ) -> StorageResult<crate::metadata::volume::VolumeMetadata> {
         let paths = self.locate(v.sd)?;
-        let (p, qemu, t) = (
-            paths.clone(),
-            self.qemu.clone(),
-            self.config().qemu_img_timeout,
-        );
-        self.io(&paths.root, "update volume metadata", move || {
-            crate::volume::FileVolumes::new(&p, v.sd, &qemu, t).update(v.img, v.vol, change)
+        self.with_volumes(&paths, v.sd, "update volume metadata", move |s| {
+            s.update(v.img, v.vol, Box::new(change))
         })
     }
 }

@@ -16,6 +16,7 @@ use crate::engine::Storage;
 use crate::layout::{self, DomainPaths};
 use crate::metadata::volume::VolumeMetadata;
 use crate::volume::{CreateVolume, FileVolumes, VolumeInfo};
+use crate::volume_store::VolumeStore;
 use crate::{StorageError, StorageResult};
 
 /// What `Image.prepare` returns: the path of the leaf under the pool's run
@@ -27,14 +28,19 @@ pub struct Prepared {
 }
 
 impl Storage {
-    /// Runs `f` with the domain's volumes on the mount's worker.
-    fn with_volumes<T: Send + 'static>(
+    /// Runs `f` with the domain's volumes: a file domain's on the mount's
+    /// worker, a block domain's on the caller's thread (its LVM, qemu-img
+    /// and O_DIRECT metadata calls have their own timeouts).
+    pub(crate) fn with_volumes<T: Send + 'static>(
         &self,
         paths: &DomainPaths,
         sd: SdUuid,
         op: &'static str,
-        f: impl FnOnce(&FileVolumes<'_>) -> StorageResult<T> + Send + 'static,
+        f: impl FnOnce(&dyn VolumeStore) -> StorageResult<T> + Send + 'static,
     ) -> StorageResult<T> {
+        if paths.block {
+            return self.block_volumes_of(paths, sd, |v| f(v));
+        }
         let (p, qemu, timeout) = (
             paths.clone(),
             self.qemu.clone(),
@@ -205,7 +211,16 @@ impl Storage {
     }
 
     /// `Image.teardown`: the image is no longer in use on this host.
+    /// `Image.teardown`: forgets the preparation; on a block domain also
+    /// deactivates the image's LVs and removes their links.
     pub fn teardown_image(&self, sd: SdUuid, img: ImgUuid) -> StorageResult<()> {
+        // A file domain that is gone has nothing to tear down.
+        if let Ok(paths) = self.locate(sd) {
+            if paths.block {
+                let _locks = self.lock_image(sd, img, true)?;
+                self.block_volumes_of(&paths, sd, |v| v.teardown(img))?;
+            }
+        }
         self.forget_prepared(sd, img);
         Ok(())
     }

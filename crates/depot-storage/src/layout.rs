@@ -32,15 +32,23 @@ pub const LEASE_SUFFIX: &str = ".lease";
 /// The image that holds an ISO domain's files.
 pub const ISO_IMAGE: &str = "11111111-1111-1111-1111-111111111111";
 
-/// A file domain's directory and the paths inside it.
+/// A domain's directory and the paths inside it. For a block domain
+/// (`block`), `root` is its link directory `<repository>/mnt/blockSD/<sd>`,
+/// where `dom_md` links to `/dev/<vg>` and prepared volumes link to their
+/// LVs (crate::block).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainPaths {
     pub root: PathBuf,
+    pub block: bool,
 }
 
 impl DomainPaths {
     pub fn new(root: PathBuf) -> Self {
-        DomainPaths { root }
+        DomainPaths { root, block: false }
+    }
+
+    pub fn new_block(root: PathBuf) -> Self {
+        DomainPaths { root, block: true }
     }
 
     pub fn dom_md(&self) -> PathBuf {

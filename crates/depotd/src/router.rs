@@ -60,7 +60,26 @@ impl Router {
             Call::StoragePoolConnectStorageServer(p) => st::connect(s, p).await,
             Call::StoragePoolDisconnectStorageServer(p) => st::disconnect(s, p).await,
             Call::HostGetStorageDomains(p) => st::get_storage_domains(s, p).await,
+            Call::IscsiConnectionDiscoverSendTargets(p) => st::discover_send_targets(s, p).await,
+            Call::HostGetDeviceList(p) => st::get_device_list(s, p).await,
+            Call::HostGetDevicesVisibility(p) => st::devices_visibility(s, p).await,
             Call::StorageDomainCreate(p) => st::create_domain(s, p).await,
+            Call::LvmVolumeGroupCreate(p) => st::create_vg(s, p).await,
+            Call::LvmVolumeGroupGetInfo(p) => st::vg_info(s, p.lvmvolumegroupID).await,
+            Call::LvmVolumeGroupRemove(p) => {
+                let uuid = p.lvmvolumegroupID;
+                done(blocking(s, move |s| s.remove_vg(&uuid)).await)
+            }
+            Call::HostGetLvmVolumeGroups(_) => st::list_vgs(s).await,
+            Call::StorageDomainExtend(p) => {
+                let (sd, devs, force) = (p.storagedomainID, p.devlist, p.force.unwrap_or(false));
+                done(blocking(s, move |s| s.extend_domain(sd, &devs, force)).await)
+            }
+            Call::StorageDomainResizePv(p) => {
+                let (sd, guid) = (p.storagedomainID, p.guid);
+                let size = blocking(s, move |s| s.resize_pv(sd, &guid)).await?;
+                Ok(serde_json::json!({ "size": size.to_string() }))
+            }
             Call::StorageDomainGetInfo(p) => st::domain_info(s, p.storagedomainID).await,
             Call::StorageDomainGetStats(p) => st::domain_stats(s, p.storagedomainID).await,
             Call::StorageDomainSetDescription(p) => {

@@ -9,6 +9,7 @@ use depot_api::storage::{ConnectionDict, ConnectionList, DomainType, SdUuid, SpU
 use depot_api::types::Uuid;
 use depot_api::{params, ApiError, Code};
 use depot_storage::connection::ConnectionParams;
+use depot_storage::devices::{BlockDevice, TypeFilter};
 use depot_storage::domain::CreateDomain;
 use depot_storage::engine::{PoolDomainStatus, Storage};
 use depot_storage::StorageResult;
@@ -53,41 +54,61 @@ fn connection_params(dict: &ConnectionDict) -> Result<ConnectionParams, String> 
         protocol_version: dict.protocol_version.clone().filter(|s| !s.is_empty()),
         timeout: num("timeout", &dict.timeout)?,
         retrans: num("retrans", &dict.retrans)?,
+        port: num("port", &dict.port)?,
+        iqn: dict.iqn.clone().filter(|s| !s.is_empty()),
+        tpgt: num("tpgt", &dict.tpgt)?,
+        user: dict.user.clone().filter(|s| !s.is_empty()),
+        password: dict
+            .password
+            .as_ref()
+            .filter(|p| !p.expose().is_empty())
+            .map(|p| depot_os::Secret::new(p.expose())),
+        iface: dict.iface.clone().filter(|s| !s.is_empty()),
     })
 }
 
-/// One status per entry, in order; a malformed entry fails alone.
+/// One status per entry, in order; a malformed entry fails alone. The
+/// well-formed entries go to storage in one call, so SAN logins can run in
+/// parallel.
 async fn per_connection(
     storage: &Arc<Storage>,
     domain_type: DomainType,
     list: ConnectionList,
     connect: bool,
 ) -> Result<Value, ApiError> {
-    let mut out = Vec::new();
+    let mut out: Vec<Option<Value>> = Vec::new();
+    let mut valid = Vec::new();
     for entry in list.0 {
         let parsed = entry.and_then(|d| connection_params(&d).map_err(|m| (d.id.clone(), m)));
         match parsed {
             Err((id, msg)) => {
                 tracing::warn!(id = id.as_deref().unwrap_or("-"), error = %msg, "bad connection entry");
-                out.push(json!({"id": id.unwrap_or_default(), "status": Code::InvalidParameterException.number()}));
+                out.push(Some(json!({"id": id.unwrap_or_default(), "status": Code::InvalidParameterException.number()})));
             }
             Ok(p) => {
-                let statuses = blocking(storage, move |s| {
-                    Ok(if connect {
-                        s.connect_storage_server(domain_type, &[p])
-                    } else {
-                        s.disconnect_storage_server(domain_type, &[p])
-                    })
-                })
-                .await?;
-                out.extend(
-                    statuses
-                        .into_iter()
-                        .map(|st| json!({"id": st.id, "status": st.status})),
-                );
+                out.push(None);
+                valid.push(p);
             }
         }
     }
+    let statuses = blocking(storage, move |s| {
+        Ok(if connect {
+            s.connect_storage_server(domain_type, &valid)
+        } else {
+            s.disconnect_storage_server(domain_type, &valid)
+        })
+    })
+    .await?;
+    let mut statuses = statuses.into_iter();
+    let out: Vec<Value> = out
+        .into_iter()
+        .map(|slot| {
+            slot.unwrap_or_else(|| match statuses.next() {
+                Some(st) => json!({"id": st.id, "status": st.status}),
+                None => json!({"id": "", "status": Code::InternalError.number()}),
+            })
+        })
+        .collect();
     Ok(Value::Array(out))
 }
 
@@ -103,6 +124,118 @@ pub async fn disconnect(
     p: params::StoragePoolDisconnectStorageServer,
 ) -> Result<Value, ApiError> {
     per_connection(storage, p.domainType, p.connectionParams, false).await
+}
+
+// ---- SAN: discovery and devices ----
+
+pub async fn discover_send_targets(
+    storage: &Arc<Storage>,
+    p: params::IscsiConnectionDiscoverSendTargets,
+) -> Result<Value, ApiError> {
+    let password = p.password.map(|pw| depot_os::Secret::new(pw.expose()));
+    let targets = blocking(storage, move |s| {
+        s.discover_send_targets(
+            &p.host,
+            p.port.0,
+            p.user.as_deref(),
+            password,
+            p.ipv6_enabled.unwrap_or(false),
+        )
+    })
+    .await?;
+    // VDSM's wire value is the fullTargets list: "host:port,tpgt iqn".
+    Ok(json!(targets
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()))
+}
+
+pub async fn get_device_list(
+    storage: &Arc<Storage>,
+    p: params::HostGetDeviceList,
+) -> Result<Value, ApiError> {
+    let filter = match p.storageType {
+        Some(DomainType::Iscsi) => TypeFilter::Iscsi,
+        Some(DomainType::Fcp) => TypeFilter::Fcp,
+        // VDSM lists everything for other types too.
+        _ => TypeFilter::All,
+    };
+    let guids = p.guids.unwrap_or_default();
+    let check = p.checkStatus.unwrap_or(true);
+    let refresh = p.refresh.unwrap_or(true);
+    let devs = blocking(storage, move |s| {
+        s.device_list(filter, &guids, check, refresh)
+    })
+    .await?;
+    Ok(Value::Array(devs.iter().map(block_device).collect()))
+}
+
+/// VDSM's BlockDeviceInfo: sizes and block sizes as decimal strings,
+/// discard_max_bytes a number.
+fn block_device(d: &BlockDevice) -> Value {
+    let pathlist: Vec<Value> = d
+        .sessions
+        .iter()
+        .map(|s| {
+            let mut v = json!({
+                "connection": s.connection,
+                "port": s.port.to_string(),
+                "iqn": s.iqn,
+                "portal": s.tpgt.to_string(),
+                "initiatorname": s.iface,
+            });
+            // VDSM adds user and password; depot never returns a secret.
+            if let Some(u) = &s.user {
+                v["user"] = json!(u);
+            }
+            v
+        })
+        .collect();
+    let pathstatus: Vec<Value> = d
+        .paths
+        .iter()
+        .map(|p| {
+            json!({
+                "physdev": p.physdev,
+                // A path dmsetup does not list is not usable: VDSM says failed.
+                "state": p.state.map(|s| s.as_str()).unwrap_or("failed"),
+                "capacity": p.capacity.to_string(),
+                "lun": p.lun.to_string(),
+                "type": p.dev_type.as_str(),
+            })
+        })
+        .collect();
+    json!({
+        "GUID": d.guid,
+        "capacity": d.capacity.to_string(),
+        "devtype": d.dev_type.map(|t| t.as_str()).unwrap_or(""),
+        "vendorID": d.vendor,
+        "productID": d.product,
+        "fwrev": d.fwrev,
+        "serial": d.serial,
+        "logicalblocksize": d.logical_block_size.to_string(),
+        "physicalblocksize": d.physical_block_size.to_string(),
+        "pathlist": pathlist,
+        "pathstatus": pathstatus,
+        "pvUUID": d.pv.as_ref().map(|p| p.pv_uuid.as_str()).unwrap_or(""),
+        "pvsize": d.pv.as_ref().map(|p| p.pv_size.to_string()).unwrap_or_default(),
+        "vgUUID": d.pv.as_ref().map(|p| p.vg_uuid.as_str()).unwrap_or(""),
+        "status": d.status.as_str(),
+        "partitioned": d.partitioned,
+        "discard_max_bytes": d.discard_max_bytes,
+        "discard_zeroes_data": 0,
+    })
+}
+
+pub async fn devices_visibility(
+    storage: &Arc<Storage>,
+    p: params::HostGetDevicesVisibility,
+) -> Result<Value, ApiError> {
+    let guids = p.guidList;
+    let seen = blocking(storage, move |s| s.devices_visibility(&guids)).await?;
+    Ok(Value::Object(
+        seen.into_iter().map(|(g, v)| (g, Value::Bool(v))).collect(),
+    ))
 }
 
 pub async fn get_storage_domains(
@@ -576,4 +709,65 @@ pub async fn ovf_entity(storage: &Arc<Storage>, sd: SdUuid, id: Uuid) -> Result<
         "type": parsed.as_ref().map(|e| e.kind.as_str()),
         "ovf": text,
     }))
+}
+
+// ---- LVM volume groups (block domains) ----
+
+fn vg_json(r: &depot_storage::engine_block::VgReport) -> Value {
+    let vg = &r.vg;
+    let attr = vg.attr.as_bytes();
+    let at = |i: usize| attr.get(i).copied().unwrap_or(b'-') as char;
+    let pvlist: Vec<Value> = r
+        .pvs
+        .iter()
+        .map(|p| {
+            let guid = p.name.rsplit('/').next().unwrap_or(&p.name).to_string();
+            json!({
+                "GUID": guid,
+                "pvUUID": p.uuid,
+                "vgUUID": p.vg_uuid,
+                "capacity": p.size.to_string(),
+                "devcapacity": p.dev_size.to_string(),
+                "pe_count": p.pe_count.to_string(),
+                "pe_alloc_count": p.pe_alloc_count.to_string(),
+            })
+        })
+        .collect();
+    json!({
+        "name": vg.name,
+        "vgUUID": vg.uuid,
+        "vgsize": vg.size.to_string(),
+        "vgfree": vg.free.to_string(),
+        "extent_size": vg.extent_size.to_string(),
+        "type": 3,
+        "attr": {
+            "permission": at(0).to_string(),
+            "resizeable": at(1).to_string(),
+            "partial": at(3).to_string(),
+            "allocation": at(4).to_string(),
+            "clustered": at(5).to_string(),
+        },
+        "state": if vg.is_partial() { "PARTIAL" } else { "OK" },
+        "tags": vg.tags,
+        "pvlist": pvlist,
+    })
+}
+
+pub async fn create_vg(
+    storage: &Arc<Storage>,
+    p: params::LvmVolumeGroupCreate,
+) -> Result<Value, ApiError> {
+    let (name, devs, force) = (p.name, p.devlist, p.force.unwrap_or(false));
+    let uuid = blocking(storage, move |s| s.create_vg(name, &devs, force)).await?;
+    Ok(json!(uuid))
+}
+
+pub async fn vg_info(storage: &Arc<Storage>, uuid: String) -> Result<Value, ApiError> {
+    let r = blocking(storage, move |s| s.vg_info(&uuid)).await?;
+    Ok(vg_json(&r))
+}
+
+pub async fn list_vgs(storage: &Arc<Storage>) -> Result<Value, ApiError> {
+    let all = blocking(storage, move |s| s.list_vgs()).await?;
+    Ok(Value::Array(all.iter().map(vg_json).collect()))
 }

@@ -395,6 +395,7 @@ async fn glusterfs_backup_domain_rules() {
         connection: g.spec(),
         vfs_type: None,
         mnt_options: None,
+        protocol_version: None,
     };
     let d = Daemon::start(CONFIG);
     let _mounts = UnmountGuard(d.dir.path().to_path_buf());

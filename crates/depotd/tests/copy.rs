@@ -875,6 +875,7 @@ async fn raw_copies_with_glusterfs_both_ways() {
         connection: g.spec(),
         vfs_type: Some("glusterfs".into()),
         mnt_options: None,
+        protocol_version: None,
     };
     let gl = create_domain(&e.c, &e.d, GLUSTERFS, conn).await;
     both_ways(&e.c, &e.doms[0], &gl, "glusterfs").await;

@@ -285,6 +285,7 @@ async fn round_trip_posixfs_xfs_4k_sectors() {
         connection: fs.dev.clone(),
         vfs_type: Some("xfs".into()),
         mnt_options: Some("noatime,nosuid,nodev".into()),
+        protocol_version: None,
     };
     // blockSize 0: detected as 4096.
     let report = round_trip(&d, POSIXFS, conn, 0, 4096).await;

@@ -27,6 +27,7 @@ async fn scenario_glusterfs() {
         connection: g.spec(),
         vfs_type: Some("glusterfs".into()),
         mnt_options: None,
+        protocol_version: None,
     };
     run_file_domain_scenario(&d, GLUSTERFS, conn, None).await;
     // Everything went through the mount: the brick holds no domain now.

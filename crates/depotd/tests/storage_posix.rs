@@ -42,6 +42,7 @@ async fn posix_scenario(fstype: &str, size: u64, sector_size: Option<u32>, expec
         connection: fs.dev.clone(),
         vfs_type: Some(fstype.into()),
         mnt_options: Some("noatime,nosuid,nodev".into()),
+        protocol_version: None,
     };
     run_file_domain_scenario(&d, POSIXFS, conn, Some(expect)).await;
 }

@@ -152,7 +152,7 @@ pub struct Lvm {
     extra_config: Arc<str>,
     devices: Arc<RwLock<BTreeSet<PathBuf>>>,
     cache: Arc<Mutex<HashMap<String, VgEntry>>>,
-    max_age: Option<Duration>,
+    max_age: Arc<Mutex<Option<Duration>>>,
     calls: Arc<AtomicU64>,
 }
 
@@ -165,16 +165,23 @@ impl Lvm {
             extra_config: Arc::from(""),
             devices: Arc::default(),
             cache: Arc::default(),
-            max_age: Some(Duration::from_secs(30)),
+            max_age: Arc::new(Mutex::new(Some(Duration::from_secs(30)))),
             calls: Arc::default(),
         }
     }
 
     /// How long a cached VG or LV report is trusted; `None` turns the
     /// cache off (every read runs a command).
-    pub fn with_cache(mut self, max_age: Option<Duration>) -> Self {
-        self.max_age = max_age;
+    pub fn with_cache(self, max_age: Option<Duration>) -> Self {
+        self.set_cache(max_age);
         self
+    }
+
+    /// Changes the cache's `max_age` for this wrapper and its clones (the
+    /// benchmark compares on and off in one daemon-less run).
+    pub fn set_cache(&self, max_age: Option<Duration>) {
+        *self.max_age.lock().unwrap_or_else(PoisonError::into_inner) = max_age;
+        self.invalidate_all();
     }
 
     /// Extra `--config` text, e.g. `global { activation = 0 }`.
@@ -264,7 +271,10 @@ impl Lvm {
     // ---- the cache ----
 
     fn fresh(&self, at: Instant) -> bool {
-        self.max_age.is_some_and(|m| at.elapsed() < m)
+        self.max_age
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|m| at.elapsed() < m)
     }
 
     /// Forgets what is cached about `vg`.

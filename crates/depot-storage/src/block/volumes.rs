@@ -193,6 +193,53 @@ impl BlockVolumes<'_> {
             .collect()
     }
 
+    /// The volume's path on this host, `<root>/images/<img>/<vol>`, a link
+    /// to its LV, which is activated if it is not: every caller of
+    /// [`VolumeStore::info`] (OVF_STORE reads and writes, copies) gets a
+    /// path it can open. [`teardown`](Self::teardown) deactivates.
+    pub fn ensure_active(
+        &self,
+        img: ImgUuid,
+        lv: &str,
+        op: &'static str,
+    ) -> StorageResult<PathBuf> {
+        let vg = self.vg();
+        if !Lvm::lv_path(&vg, lv).exists() {
+            self.lvm
+                .activate(&vg, &[lv])
+                .map_err(|e| lvm_err(Code::CannotActivateLogicalVolume, op, e))?;
+        }
+        let dir = self.root.join(crate::layout::IMAGES).join(img.to_string());
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StorageError::io(Code::ImagePathError, op, &dir, &e))?;
+        let link = dir.join(lv);
+        let target = Lvm::lv_path(&vg, lv);
+        if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&target, &link)
+                .map_err(|e| StorageError::io(Code::ImagePathError, op, &link, &e))?;
+        }
+        Ok(link)
+    }
+
+    /// Deactivates the image's LVs and removes its links (`Image.teardown`).
+    /// Idempotent.
+    pub fn teardown(&self, img: ImgUuid) -> StorageResult<()> {
+        const OP: &str = "teardown image";
+        let lvs = self.volume_lvs(OP)?;
+        let names: Vec<&str> = lvs
+            .iter()
+            .filter(|l| lv_image(l) == Some(img))
+            .map(|l| l.name.as_str())
+            .collect();
+        self.lvm
+            .deactivate(&self.vg(), &names)
+            .map_err(|e| lvm_err(Code::CannotDeactivateLogicalVolume, OP, e))?;
+        let _ =
+            std::fs::remove_dir_all(self.root.join(crate::layout::IMAGES).join(img.to_string()));
+        Ok(())
+    }
+
     fn info_of(&self, lv: &LvInfo, lvs: &[LvInfo], op: &'static str) -> StorageResult<VolumeInfo> {
         let metadata = self.read_md(lv, op)?;
         let vol = VolUuid::from_str(&lv.name).map_err(|_| {
@@ -200,11 +247,7 @@ impl BlockVolumes<'_> {
         })?;
         Ok(VolumeInfo {
             volume: vol,
-            path: self
-                .root
-                .join(crate::layout::IMAGES)
-                .join(metadata.image.to_string())
-                .join(vol.to_string()),
+            path: self.ensure_active(metadata.image, &lv.name, op)?,
             children: Self::children_of(lvs, metadata.image, vol),
             apparent_size: lv.size,
             true_size: lv.size,
@@ -275,22 +318,26 @@ impl BlockVolumes<'_> {
             if let Some(p) = parent {
                 to_activate.push(p.name.as_str());
             }
+            // Deactivated again after qemu-img, unless already active
+            // (a prepared image).
+            let inactive: Vec<&str> = to_activate
+                .iter()
+                .copied()
+                .filter(|n| !Lvm::lv_path(&vg, n).exists())
+                .collect();
             let paths = self
                 .lvm
                 .activate(&vg, &to_activate)
                 .map_err(|e| lvm_err(Code::CannotActivateLogicalVolume, op, e))?;
-            let backing = parent.map(|p| {
-                (
+            // The backing file is the parent's bare name, resolved next to
+            // the LV in /dev/<vg>/ (VDSM's form); its format is in its record.
+            let backing = match parent {
+                Some(p) => Some((
                     PathBuf::from(&p.name),
-                    // A parent is COW or RAW; the format is in its record.
-                    ImageFormat::Qcow2,
-                )
-            });
-            let backing_fmt = match parent {
-                Some(p) => Some(image_format(self.read_md(p, op)?.format)),
+                    image_format(self.read_md(p, op)?.format),
+                )),
                 None => None,
             };
-            let backing = backing.map(|(p, _)| (p, backing_fmt.unwrap_or(ImageFormat::Qcow2)));
             let result = self.qemu.create(
                 &paths[0],
                 ImageFormat::Qcow2,
@@ -299,7 +346,7 @@ impl BlockVolumes<'_> {
                 Preallocation::Off,
                 self.timeout,
             );
-            let _ = self.lvm.deactivate(&vg, &[name.as_str()]);
+            let _ = self.lvm.deactivate(&vg, &inactive);
             result.map_err(|e| StorageError::new(Code::VolumeCreationError, op, e.to_string()))?;
         }
         self.write_md(&lv, md, op)?;
@@ -572,13 +619,38 @@ impl VolumeStore for BlockVolumes<'_> {
                 .map_err(|e| lvm_err(Code::LogicalVolumeExtendError, OP, e))?;
         }
         if md.format == VolumeFormat::Cow {
-            let paths = self
-                .lvm
-                .activate(&vg, &[lv.name.as_str()])
+            // qemu-img opens the backing chain: its LVs must be active too.
+            let lvs = self.volume_lvs(OP)?;
+            let mut chain = vec![lv.name.clone()];
+            let mut cur = lv.clone();
+            while let Some(p) = cur
+                .tag_value(TAG_PARENT)
+                .filter(|p| *p != VolUuid::BLANK.to_string())
+            {
+                match lvs.iter().find(|l| l.name == p && lv_image(l) == Some(img)) {
+                    Some(parent) if !chain.contains(&parent.name) => {
+                        chain.push(parent.name.clone());
+                        cur = parent.clone();
+                    }
+                    _ => break,
+                }
+            }
+            let inactive: Vec<&str> = chain
+                .iter()
+                .map(String::as_str)
+                .filter(|n| !Lvm::lv_path(&vg, n).exists())
+                .collect();
+            self.lvm
+                .activate(&vg, &chain.iter().map(String::as_str).collect::<Vec<_>>())
                 .map_err(|e| lvm_err(Code::CannotActivateLogicalVolume, OP, e))?;
-            let r = self
-                .qemu
-                .resize(&paths[0], ImageFormat::Qcow2, capacity, self.timeout);
+            let r = self.qemu.resize(
+                &Lvm::lv_path(&vg, &lv.name),
+                ImageFormat::Qcow2,
+                capacity,
+                self.timeout,
+            );
+            // Leave the chain as it was found (active only if prepared).
+            let _ = self.lvm.deactivate(&vg, &inactive);
             r.map_err(|e| err(Code::VolumeExtendingError, e.to_string()))?;
         }
         md.capacity = capacity;

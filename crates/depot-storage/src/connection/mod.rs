@@ -1,6 +1,8 @@
 //! Storage server connections: the work behind
 //! `StoragePool.connectStorageServer` and `disconnectStorageServer` for the
 //! file domain types NFS (1), LOCALFS (4), POSIXFS (6) and GLUSTERFS (7).
+//! The SAN types ISCSI (3) and FCP (2) are in [`san`] (with [`iscsi`]
+//! checking an ISCSI connection's fields).
 //!
 //! The daemon maps each engine dict to a [`ConnectionParams`];
 //! [`Connection::new`] checks every field before anything runs (see
@@ -54,8 +56,10 @@
 //!
 //! Calls for the same mount point are serialized inside one [`Connector`].
 
+pub mod iscsi;
 pub mod options;
 mod params;
+pub mod san;
 pub mod spec;
 
 use std::collections::HashMap;

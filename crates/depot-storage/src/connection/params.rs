@@ -58,6 +58,18 @@ pub struct ConnectionParams {
     pub timeout: Option<i64>,
     /// NFS: `retrans` (default 3).
     pub retrans: Option<i64>,
+    /// ISCSI: the portal's port (default 3260).
+    pub port: Option<i64>,
+    /// ISCSI: the target name.
+    pub iqn: Option<String>,
+    /// ISCSI: the target portal group tag (default 1).
+    pub tpgt: Option<i64>,
+    /// ISCSI: CHAP user (empty or absent: no CHAP).
+    pub user: Option<String>,
+    /// ISCSI: CHAP password; never printed.
+    pub password: Option<depot_os::Secret>,
+    /// ISCSI: the open-iscsi iface (VDSM's ifaceName; default `default`).
+    pub iface: Option<String>,
 }
 
 /// How a mount-table entry is recognised as this connection's.

@@ -113,6 +113,10 @@ pub struct CopyOptions<'a> {
     pub abort: &'a dyn Fn() -> bool,
     /// Journal progress there, and resume from it.
     pub journal: Option<&'a Journal>,
+    /// Copy only the first `length` bytes of the source (a block volume's
+    /// LV is whole extents, larger than the volume); `None`: all of it.
+    /// Longer than the source is an error.
+    pub length: Option<u64>,
 }
 
 impl Default for CopyOptions<'_> {
@@ -128,6 +132,7 @@ impl Default for CopyOptions<'_> {
             progress: &no_progress,
             abort: &never_abort,
             journal: None,
+            length: None,
         }
     }
 }
@@ -812,7 +817,17 @@ pub fn copy_raw(src: &Path, dst: &Path, opts: CopyOptions<'_>) -> Result<CopyRes
             dst.display()
         )));
     }
-    let size = s.size;
+    let size = match opts.length {
+        None => s.size,
+        Some(len) if len <= s.size => len,
+        Some(len) => {
+            return Err(CopyError::Invalid(format!(
+                "{}: {len} bytes asked, the source has {}",
+                src.display(),
+                s.size
+            )))
+        }
+    };
     let dst_size = size_of(&dfile, dst)?;
     if dst_size < size {
         return Err(CopyError::DestinationTooSmall {
@@ -1045,11 +1060,12 @@ pub fn copy_raw(src: &Path, dst: &Path, opts: CopyOptions<'_>) -> Result<CopyRes
 
     // A source that changed while it was copied gives a copy of nothing.
     let now = open_src_meta(&s.file, src)?;
-    if now.0 != size || (now.1, now.2) != (s.meta.mtime(), s.meta.mtime_nsec()) {
+    if now.0 != s.size || (now.1, now.2) != (s.meta.mtime(), s.meta.mtime_nsec()) {
         return Err(CopyError::SourceChanged {
             path: src.to_owned(),
             what: format!(
-                "size {size} -> {}, mtime {}.{:09} -> {}.{:09}",
+                "size {} -> {}, mtime {}.{:09} -> {}.{:09}",
+                s.size,
                 now.0,
                 s.meta.mtime(),
                 s.meta.mtime_nsec(),

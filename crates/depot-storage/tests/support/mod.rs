@@ -4,6 +4,7 @@
 
 pub mod gluster;
 pub mod loopfs;
+pub mod vm;
 
 use std::path::Path;
 use std::time::Duration;

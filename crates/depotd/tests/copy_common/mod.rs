@@ -501,5 +501,6 @@ pub fn posix_conn(fs: &LoopFs, fstype: &str) -> ConnectionSpec {
         connection: fs.dev.clone(),
         vfs_type: Some(fstype.into()),
         mnt_options: None,
+        protocol_version: None,
     }
 }

@@ -38,6 +38,8 @@ pub struct ConnectionSpec {
     pub connection: String,
     pub vfs_type: Option<String>,
     pub mnt_options: Option<String>,
+    /// NFS: `protocol_version` (3, 4.2, ...).
+    pub protocol_version: Option<String>,
 }
 
 impl ConnectionSpec {
@@ -46,6 +48,7 @@ impl ConnectionSpec {
             connection: path.to_str().expect("UTF-8 path").to_owned(),
             vfs_type: None,
             mnt_options: None,
+            protocol_version: None,
         }
     }
 
@@ -57,6 +60,9 @@ impl ConnectionSpec {
         }
         if let Some(o) = &self.mnt_options {
             v["mnt_options"] = json!(o);
+        }
+        if let Some(p) = &self.protocol_version {
+            v["protocol_version"] = json!(p);
         }
         v
     }
