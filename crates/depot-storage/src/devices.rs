@@ -72,13 +72,13 @@ pub enum TypeFilter {
 
 impl TypeFilter {
     fn accepts(self, t: Option<DevType>) -> bool {
-        match (self, t) {
-            (TypeFilter::All, _) => true,
-            (_, Some(DevType::Mixed)) => true,
-            (TypeFilter::Iscsi, Some(DevType::Iscsi)) => true,
-            (TypeFilter::Fcp, Some(DevType::Fcp)) => true,
-            _ => false,
-        }
+        matches!(
+            (self, t),
+            (TypeFilter::All, _)
+                | (_, Some(DevType::Mixed))
+                | (TypeFilter::Iscsi, Some(DevType::Iscsi))
+                | (TypeFilter::Fcp, Some(DevType::Fcp))
+        )
     }
 }
 
@@ -196,7 +196,7 @@ pub fn list(
     let mut sessions: HashMap<u32, Option<IscsiSessionAttrs>> = HashMap::new();
     let mut out = Vec::new();
     for m in maps {
-        if !guids.is_empty() && !guids.iter().any(|g| *g == m.wwid) {
+        if !guids.is_empty() && !guids.contains(&m.wwid) {
             continue;
         }
         match device(sysfs, &m, states, &mut sessions) {

@@ -10,8 +10,6 @@
 
 mod common;
 mod storage_common;
-#[path = "../../depot-storage/tests/support/mod.rs"]
-mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -22,7 +20,44 @@ use common::Daemon;
 use depot_client::{Client, Options};
 use serde_json::{json, Value};
 use storage_common::*;
-use support::vm::{env, ok, run, vm_tier, wait_for};
+
+fn vm_tier() -> bool {
+    if std::env::var("DEPOT_TEST_TIER").as_deref() == Ok("vm") {
+        return true;
+    }
+    eprintln!("SKIP: needs the vm tier (tests/vm/run)");
+    false
+}
+
+/// A variable the tier's guest sets (tests/vm/guest/env).
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set by the vm tier"))
+}
+
+fn run(argv: &[&str]) -> std::process::Output {
+    std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+}
+
+/// Runs `argv`, panics unless it succeeds, returns stdout.
+fn ok(argv: &[&str]) -> String {
+    let out = run(argv);
+    assert!(out.status.success(), "{argv:?} failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
 
 const ISCSI: i64 = 3;
 const FCP: i64 = 2;
@@ -73,8 +108,8 @@ impl Drop for Cleanup {
 }
 
 /// The tier's guest has been seen to refuse the very first CHAP login after
-/// the target came up (exit 24 with the right secret, under TCG; see
-/// tests/support/vm.rs). Log in once with plain iscsiadm until it works,
+/// the target came up (exit 24 with the right secret, under TCG; the
+/// block tests' login helper retries for the same reason). Log in once with plain iscsiadm until it works,
 /// then leave nothing behind, so the tests below see a settled target
 /// (they then expect the right secret to work on the first try, and a
 /// wrong one to fail every time).
