@@ -131,8 +131,11 @@ pub fn zero_block_digest(block_size: u64) -> BlockDigest {
 /// `update_many` runs 4 jobs at a time in the SIMD lanes (AVX2; 2 with
 /// SSE4.1; 1 otherwise) and refills a lane from the next job when one
 /// ends, so the jobs go longest first: the lanes then stay full until the
-/// last, short, remainders. With `threads` > 1, jobs are dealt to that
-/// many threads when there are enough to keep each thread's lanes full.
+/// last, short, remainders. Past the last refill the lanes empty one by
+/// one (2-way, then 1-way), which costs the most when jobs of different
+/// lengths are few: a thread gets at least 4 jobs of equal length, or 8
+/// of different lengths. With `threads` > 1 the jobs are dealt to that
+/// many threads when there are enough.
 fn hash_blocks(jobs: Vec<(State, &[u8])>, threads: usize) -> Vec<BlockDigest> {
     fn group(jobs: &mut [(usize, State, &[u8])]) -> Vec<(usize, BlockDigest)> {
         update_many(jobs.iter_mut().map(|(_, s, d)| (s, *d)));
@@ -148,7 +151,9 @@ fn hash_blocks(jobs: Vec<(State, &[u8])>, threads: usize) -> Vec<BlockDigest> {
         .collect();
     jobs.sort_by_key(|j| std::cmp::Reverse(j.2.len()));
     let lanes = blake2b_simd::many::degree().max(1);
-    let threads = threads.clamp(1, n.div_ceil(lanes).max(1));
+    let uniform = jobs.iter().all(|j| j.2.len() == jobs[0].2.len());
+    let per_thread = if uniform { lanes } else { 2 * lanes };
+    let threads = threads.clamp(1, (n / per_thread).max(1));
     let done: Vec<(usize, BlockDigest)> = if threads == 1 {
         group(&mut jobs)
     } else {
@@ -430,7 +435,7 @@ impl BlockHasher {
                 }
             }
         }
-        if borrowed || self.queued_built >= BATCH {
+        if borrowed || self.queued_built >= self.batch() {
             self.emit(items);
         } else {
             self.queue.extend(items.into_iter().map(|p| match p {
@@ -473,6 +478,12 @@ impl BlockHasher {
             self.zero_states.push(next);
         }
         self.zero_states[k].clone()
+    }
+
+    /// Built blocks that wait to be hashed together: BATCH per hash thread,
+    /// at most 2 threads (64 MiB of scratch blocks).
+    fn batch(&self) -> usize {
+        BATCH * self.threads.min(2)
     }
 
     /// Hashes the blocks among `items` and feeds all digests, in order,
@@ -520,7 +531,8 @@ impl BlockHasher {
         self.queued_blocks = 0;
         self.queued_built = 0;
         // Keep at most a batch of scratch blocks between calls.
-        self.spare.truncate(BATCH);
+        let keep = self.batch();
+        self.spare.truncate(keep);
     }
 
     fn push_digest(&mut self, d: BlockDigest) {
@@ -763,6 +775,7 @@ mod tests {
         h.record_digests(true);
         let data = pattern(1000, 3);
         let mut whole = Vec::new();
+        assert_eq!(h.batch(), BATCH);
         for i in 0..BATCH as u64 - 1 {
             h.update_pieces(&[Piece::Zero(100), Piece::Data(&data), Piece::Zero(bs - 1100)]);
             h.zero(2 * bs);
@@ -811,6 +824,44 @@ mod tests {
                 ]);
             }
             assert_eq!(h.finish(), want, "threads {threads}");
+        }
+    }
+
+    #[test]
+    fn hash_blocks_keeps_the_order_on_any_threads() {
+        // Jobs of equal and of different lengths, from fresh states and
+        // from zero-prefix states, on 1 to 3 threads.
+        let data = pattern(40_000, 12);
+        for lens in [
+            vec![4096usize; 9],
+            (0..17).map(|i| 1000 + i * 2000).collect(),
+        ] {
+            let want: Vec<BlockDigest> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| {
+                    let mut st = params().to_state();
+                    st.update(&ZEROS[..i * 128]);
+                    st.update(&data[..l]);
+                    to_digest(&st.finalize())
+                })
+                .collect();
+            for threads in [1, 2, 3] {
+                let jobs: Vec<(State, &[u8])> = lens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| {
+                        let mut st = params().to_state();
+                        st.update(&ZEROS[..i * 128]);
+                        (st, &data[..l])
+                    })
+                    .collect();
+                assert_eq!(
+                    hash_blocks(jobs, threads),
+                    want,
+                    "{lens:?} threads {threads}"
+                );
+            }
         }
     }
 

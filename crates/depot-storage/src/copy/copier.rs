@@ -105,8 +105,10 @@ pub struct CopyOptions<'a> {
     /// Read the destination back and compare its blkhash; implies
     /// `checksum`.
     pub verify: bool,
-    /// Called on the caller's thread after each buffer with (bytes done,
-    /// total). Done includes a resumed prefix.
+    /// Called on the caller's thread with (bytes written, total) after
+    /// each batch of buffers hashed (a batch is what waited, up to
+    /// `queue_depth` buffers), and every 20 ms while it waits. Done
+    /// includes a resumed prefix.
     pub progress: &'a dyn Fn(u64, u64),
     /// Polled on the caller's thread at least every 20 ms; true stops the
     /// copy with [`CopyError::Aborted`].
@@ -1003,8 +1005,15 @@ pub fn copy_raw(src: &Path, dst: &Path, opts: CopyOptions<'_>) -> Result<CopyRes
             hasher: hasher.as_mut(),
             held: Vec::new(),
         };
+        let interval = opts.journal.map_or(u64::MAX, Journal::interval);
         while hs.step(opts.abort, &mut aborted, &stop) {
             if let Some(h) = hs.hasher.as_mut().filter(|_| journaled) {
+                // Blocks built from pieces wait for a batch; a checkpoint
+                // must not wait for them longer than its interval.
+                let written = done.load(Ordering::Relaxed);
+                if written >= (h.blocks() * BLOCK_SIZE).saturating_add(interval) {
+                    h.flush();
+                }
                 let d = h.take_digests();
                 if !d.is_empty() {
                     hashed.lock().expect("digest list poisoned").extend(d);
@@ -1877,13 +1886,16 @@ mod tests {
         };
         let dir = PathBuf::from(dir);
         let journal = Journal::new(dir.join("journal"), 9).with_interval(2 * MIB);
-        let slow = |_: u64, _: u64| thread::sleep(Duration::from_millis(20));
+        // The hasher (the caller's thread) takes at most 2 buffers per
+        // step, and the reader waits for it: 40 MiB take 1 s at least.
+        let slow = |_: u64, _: u64| thread::sleep(Duration::from_millis(50));
         let _ = copy_raw(
             &dir.join("src"),
             &dir.join("dst"),
             CopyOptions {
                 dst_is_zero: true,
                 buffer_size: MIB as usize,
+                queue_depth: 2,
                 progress: &slow,
                 journal: Some(&journal),
                 ..opts()
