@@ -40,6 +40,9 @@ type ConnError = Arc<Mutex<Option<(String, bool)>>>;
 pub struct Client {
     pub(crate) sender: tokio::sync::Mutex<SendRequest<ReqBody>>,
     conn: JoinHandle<()>,
+    /// Connection tasks of reconnections (the daemon closes keep-alive
+    /// connections that stay idle longer than its header timeout).
+    reconnects: Mutex<Vec<JoinHandle<()>>>,
     conn_error: ConnError,
     pub(crate) authority: String,
     endpoint: Endpoint,
@@ -53,7 +56,27 @@ impl Client {
     }
 
     pub async fn connect_with(ep: &Endpoint, opts: Options) -> Result<Client, ClientError> {
-        let s = stream::open(ep, &opts).await?;
+        let conn_error: ConnError = Arc::default();
+        let (sender, conn) = Self::handshake(ep, &opts, conn_error.clone()).await?;
+        Ok(Client {
+            sender: tokio::sync::Mutex::new(sender),
+            conn,
+            reconnects: Mutex::new(Vec::new()),
+            conn_error,
+            authority: ep.authority(),
+            endpoint: ep.clone(),
+            opts,
+        })
+    }
+
+    /// Opens a connection and runs its HTTP/1 task, which records its
+    /// error in `slot`.
+    async fn handshake(
+        ep: &Endpoint,
+        opts: &Options,
+        slot: ConnError,
+    ) -> Result<(SendRequest<ReqBody>, JoinHandle<()>), ClientError> {
+        let s = stream::open(ep, opts).await?;
         let handshake = http1::handshake::<_, ReqBody>(TokioIo::new(s));
         let (sender, conn) = match tokio::time::timeout(opts.connect_timeout, handshake).await {
             Ok(Ok(pair)) => pair,
@@ -65,22 +88,46 @@ impl Client {
                 })
             }
         };
-        let conn_error: ConnError = Arc::default();
-        let slot = conn_error.clone();
         let conn = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 *slot.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((format!("connection failed: {}", chain(&e)), is_tls(&e)));
             }
         });
-        Ok(Client {
-            sender: tokio::sync::Mutex::new(sender),
-            conn,
-            conn_error,
-            authority: ep.authority(),
-            endpoint: ep.clone(),
-            opts,
-        })
+        Ok((sender, conn))
+    }
+
+    /// The sender, ready for a request. A connection the daemon closed
+    /// while it was idle (nothing was in flight on it) is replaced by a new
+    /// one, so a client can sit idle between calls for as long as it likes.
+    pub(crate) async fn ready_sender(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, SendRequest<ReqBody>>, ClientError> {
+        let mut sender = self.sender.lock().await;
+        // Let the connection's task see an EOF that arrived while this
+        // task was busy (a caller on a single-threaded runtime that blocked
+        // it): tokio runs the I/O driver before resuming a yielded task.
+        tokio::task::yield_now().await;
+        if !sender.is_closed() && sender.ready().await.is_ok() {
+            return Ok(sender);
+        }
+        self.reconnect(&mut sender).await?;
+        if let Err(e) = sender.ready().await {
+            return Err(self.failed("connection closed", &e).await);
+        }
+        Ok(sender)
+    }
+
+    async fn reconnect(&self, sender: &mut SendRequest<ReqBody>) -> Result<(), ClientError> {
+        *self.conn_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let (new, conn) =
+            Self::handshake(&self.endpoint, &self.opts, self.conn_error.clone()).await?;
+        *sender = new;
+        self.reconnects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+        Ok(())
     }
 
     /// The endpoint this client is connected to.
@@ -194,13 +241,24 @@ impl Client {
     }
 
     async fn exchange(&self, req: Request<ReqBody>) -> Result<(u16, Vec<u8>), ClientError> {
-        let mut sender = self.sender.lock().await;
-        if let Err(e) = sender.ready().await {
-            return Err(self.failed("connection closed", &e).await);
-        }
-        let resp = match sender.send_request(req).await {
+        let mut sender = self.ready_sender().await?;
+        let resp = match sender.try_send_request(req).await {
             Ok(r) => r,
-            Err(e) => return Err(self.failed("sending request", &e).await),
+            // The daemon closed the idle connection as the request went
+            // out, and hyper says none of it was sent: sending it on a new
+            // connection cannot run the call twice.
+            Err(mut e) if e.message().is_some() => {
+                let req = e.take_message().expect("checked");
+                self.reconnect(&mut sender).await?;
+                if let Err(e) = sender.ready().await {
+                    return Err(self.failed("connection closed", &e).await);
+                }
+                match sender.send_request(req).await {
+                    Ok(r) => r,
+                    Err(e) => return Err(self.failed("sending request", &e).await),
+                }
+            }
+            Err(e) => return Err(self.failed("sending request", e.error()).await),
         };
         let status: StatusCode = resp.status();
         let body = match resp.into_body().collect().await {
@@ -240,5 +298,13 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         self.conn.abort();
+        for c in self
+            .reconnects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            c.abort();
+        }
     }
 }

@@ -97,10 +97,7 @@ impl Client {
         let idle = self.opts.call_timeout;
         let moved = AtomicU64::new(0);
 
-        let mut sender = self.sender.lock().await;
-        if let Err(e) = sender.ready().await {
-            return Err(self.failed("connection closed", &e).await);
-        }
+        let mut sender = self.ready_sender().await?;
         let send = sender.send_request(req);
         let feed = feed(&mut reader, length, tx, &moved);
         tokio::pin!(send, feed);
@@ -160,10 +157,7 @@ impl Client {
             whole(Bytes::new()),
         )?;
         let idle = self.opts.call_timeout;
-        let mut sender = self.sender.lock().await;
-        if let Err(e) = sender.ready().await {
-            return Err(self.failed("connection closed", &e).await);
-        }
+        let mut sender = self.ready_sender().await?;
         let resp = match tokio::time::timeout(idle, sender.send_request(req)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(self.failed("GET /", &e).await),

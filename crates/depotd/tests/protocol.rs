@@ -273,3 +273,36 @@ async fn same_answers_over_tls_and_local_socket() {
         assert_eq!(e.rpc_code(), Some(-32601));
     }
 }
+
+/// The daemon closes a keep-alive connection that waits longer than its
+/// header timeout for the next request; a client that sat idle that long
+/// reconnects instead of failing its next call with a broken pipe. Both
+/// the JSON-RPC call and the streaming GET go through the new connection.
+#[tokio::test]
+async fn an_idle_client_outlives_the_daemons_header_timeout() {
+    let d = Daemon::start("[limits]\nhandshake_timeout_s = 0.3\n");
+    for c in [d.client().await, d.tls_client().await] {
+        assert_eq!(
+            c.call("Host.ping2", Value::Null).await.unwrap(),
+            json!(true)
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(
+            c.call("Host.ping2", Value::Null).await.unwrap(),
+            json!(true),
+            "a call after the idle connection was closed"
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let mut sink = Vec::new();
+        // No such volume: the point is that the request reaches the daemon
+        // and gets its JSON error, not a transport error.
+        let err = c
+            .get_range(&[("Storage-Domain-Id", "x")], 0, 0, &mut sink)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, depot_client::ClientError::Rpc { .. }),
+            "{err:?}"
+        );
+    }
+}

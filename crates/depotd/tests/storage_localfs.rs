@@ -327,10 +327,11 @@ async fn bad_domain_requests_change_nothing() {
         1000,
     )
     .await;
+    // An ISCSI domain's typeArgs is a VG UUID; a path is no VG here.
     l.refused(
         "StorageDomain.create",
         create_domain_params(&new_id(), 3, spec, "iscsi", 512),
-        372,
+        506,
     )
     .await;
     let elsewhere = tempfile::tempdir().unwrap();
