@@ -101,17 +101,22 @@ impl Storage {
             .collect())
     }
 
+    /// 372 unless `sd` is a block domain.
+    fn require_block(&self, sd: SdUuid, op: &'static str) -> StorageResult<()> {
+        if self.locate(sd)?.block {
+            return Ok(());
+        }
+        Err(StorageError::new(
+            Code::StorageDomainTypeError,
+            op,
+            format!("'{sd}' is a file domain"),
+        ))
+    }
+
     /// `StorageDomain.extend`: adds LUNs to a block domain's VG.
     pub fn extend_domain(&self, sd: SdUuid, guids: &[String], force: bool) -> StorageResult<()> {
         const OP: &str = "extend storage domain";
-        let paths = self.locate(sd)?;
-        if !paths.block {
-            return Err(StorageError::new(
-                Code::StorageDomainTypeError,
-                OP,
-                format!("'{sd}' is a file domain"),
-            ));
-        }
+        self.require_block(sd, OP)?;
         let devs = devices_of(guids, OP)?;
         let _lock = self.lock_domain_exclusive(sd)?;
         block::extend(&self.lvm, sd, &devs, force)
@@ -120,14 +125,7 @@ impl Storage {
     /// `StorageDomain.resizePV`: returns the PV's new size in bytes.
     pub fn resize_pv(&self, sd: SdUuid, guid: &str) -> StorageResult<u64> {
         const OP: &str = "resize physical volume";
-        let paths = self.locate(sd)?;
-        if !paths.block {
-            return Err(StorageError::new(
-                Code::StorageDomainTypeError,
-                OP,
-                format!("'{sd}' is a file domain"),
-            ));
-        }
+        self.require_block(sd, OP)?;
         let dev = guid_device(guid, OP)?;
         let _lock = self.lock_domain_exclusive(sd)?;
         block::resize_pv(&self.lvm, sd, &dev)?;

@@ -163,58 +163,9 @@ impl<'a> FileVolumes<'a> {
     ) -> StorageResult<VolumeMetadata> {
         const OP: &str = "create volume";
         let err = |code, detail: String| StorageError::new(code, OP, detail);
-        if vol.is_blank() {
-            return Err(err(
-                Code::InvalidParameterException,
-                "the volume id is the BLANK UUID".into(),
-            ));
-        }
-        if req.parent == vol {
-            return Err(err(
-                Code::InvalidParameterException,
-                format!("volume {vol} cannot be its own parent"),
-            ));
-        }
-        if req.capacity == 0 {
-            return Err(err(
-                Code::CreateVolumeSizeError,
-                format!("volume {vol}: capacity 0"),
-            ));
-        }
-        let capacity = round_up(req.capacity, CAPACITY_ALIGNMENT).ok_or_else(|| {
-            err(
-                Code::InvalidParameterException,
-                format!("volume {vol}: capacity {} is too large", req.capacity),
-            )
-        })?;
+        let mut md = new_metadata(self.sd, img, vol, req, OP)?;
+        let capacity = md.capacity;
         let has_parent = !req.parent.is_blank();
-        if has_parent && req.format == VolumeFormat::Raw {
-            return Err(err(
-                Code::IncorrectFormat,
-                format!(
-                    "volume {vol}: a volume with a parent must be COW, not {}",
-                    req.format
-                ),
-            ));
-        }
-        let mut md = VolumeMetadata {
-            domain: self.sd,
-            image: img,
-            parent: req.parent,
-            capacity,
-            format: req.format,
-            alloc_type: req.alloc,
-            vol_type: VolType::Leaf,
-            disk_type: req.disk_type,
-            description: req.description.clone(),
-            legality: Legality::Illegal,
-            ctime: now(),
-            generation: 0,
-            sequence: req.sequence,
-        };
-        // ILLEGAL is the longer spelling: if this fits, LEGAL fits too.
-        md.to_bytes()
-            .map_err(|e| StorageError::new(e.code, OP, e.detail))?;
 
         let image_dir = self.paths.image(img);
         match fs::symlink_metadata(&image_dir) {
@@ -741,6 +692,73 @@ impl<'a> FileVolumes<'a> {
 // ---------------------------------------------------------------------------
 // Helpers shared with crate::image. They take the domain's paths only: no
 // qemu-img is needed to read, rewrite or remove volumes.
+
+/// The checks every domain kind makes before creating a volume, and its
+/// first metadata (ILLEGAL, LEAF, GEN 0): BLANK volume id or a volume that
+/// is its own parent (1000), capacity 0 (229) or too large (1000), RAW with
+/// a parent (202), a record that would not be valid (753, 756). The
+/// capacity is rounded up to 4 KiB.
+pub(crate) fn new_metadata(
+    sd: SdUuid,
+    img: ImgUuid,
+    vol: VolUuid,
+    req: &CreateVolume,
+    op: &'static str,
+) -> StorageResult<VolumeMetadata> {
+    let err = |code, detail: String| StorageError::new(code, op, detail);
+    if vol.is_blank() {
+        return Err(err(
+            Code::InvalidParameterException,
+            "the volume id is the BLANK UUID".into(),
+        ));
+    }
+    if req.parent == vol {
+        return Err(err(
+            Code::InvalidParameterException,
+            format!("volume {vol} cannot be its own parent"),
+        ));
+    }
+    if req.capacity == 0 {
+        return Err(err(
+            Code::CreateVolumeSizeError,
+            format!("volume {vol}: capacity 0"),
+        ));
+    }
+    let capacity = round_up(req.capacity, CAPACITY_ALIGNMENT).ok_or_else(|| {
+        err(
+            Code::InvalidParameterException,
+            format!("volume {vol}: capacity {} is too large", req.capacity),
+        )
+    })?;
+    if !req.parent.is_blank() && req.format == VolumeFormat::Raw {
+        return Err(err(
+            Code::IncorrectFormat,
+            format!(
+                "volume {vol}: a volume with a parent must be COW, not {}",
+                req.format
+            ),
+        ));
+    }
+    let md = VolumeMetadata {
+        domain: sd,
+        image: img,
+        parent: req.parent,
+        capacity,
+        format: req.format,
+        alloc_type: req.alloc,
+        vol_type: VolType::Leaf,
+        disk_type: req.disk_type,
+        description: req.description.clone(),
+        legality: Legality::Illegal,
+        ctime: now(),
+        generation: 0,
+        sequence: req.sequence,
+    };
+    // ILLEGAL is the longer spelling: if this fits, LEGAL fits too.
+    md.to_bytes()
+        .map_err(|e| StorageError::new(e.code, op, e.detail))?;
+    Ok(md)
+}
 
 /// Seconds since the epoch.
 fn now() -> u64 {

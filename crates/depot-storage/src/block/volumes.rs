@@ -31,7 +31,7 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use depot_api::storage::{AllocType, ImgUuid, Legality, SdUuid, VolType, VolUuid, VolumeFormat};
 use depot_api::Code;
@@ -67,12 +67,6 @@ pub struct BlockVolumes<'a> {
     pub root: &'a Path,
     /// Serializes slot allocation within this host.
     pub slot_lock: &'a Mutex<()>,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn is_volume_lv(lv: &LvInfo) -> bool {
@@ -409,52 +403,15 @@ impl VolumeStore for BlockVolumes<'_> {
     ) -> StorageResult<VolumeMetadata> {
         const OP: &str = "create volume";
         let err = |code, detail: String| StorageError::new(code, OP, detail);
-        if vol.is_blank() || req.parent == vol {
-            return Err(err(
-                Code::InvalidParameterException,
-                format!("volume id {vol} (BLANK, or its own parent)"),
-            ));
-        }
-        if req.capacity == 0 {
-            return Err(err(
-                Code::CreateVolumeSizeError,
-                format!("volume {vol}: capacity 0"),
-            ));
-        }
-        let capacity = req
-            .capacity
-            .checked_next_multiple_of(CAPACITY_ALIGNMENT)
-            .ok_or_else(|| err(Code::InvalidParameterException, "capacity too large".into()))?;
-        let has_parent = !req.parent.is_blank();
-        if has_parent && req.format == VolumeFormat::Raw {
-            return Err(err(
-                Code::IncorrectFormat,
-                format!("volume {vol}: a volume with a parent must be COW"),
-            ));
-        }
         if req.format == VolumeFormat::Raw && req.alloc == AllocType::Sparse {
             return Err(err(
                 Code::IncorrectFormat,
                 format!("volume {vol}: RAW volumes on block domains are PREALLOCATED (an LV cannot be sparse)"),
             ));
         }
-        let mut md = VolumeMetadata {
-            domain: self.sd,
-            image: img,
-            parent: req.parent,
-            capacity,
-            format: req.format,
-            alloc_type: req.alloc,
-            vol_type: VolType::Leaf,
-            disk_type: req.disk_type,
-            description: req.description.clone(),
-            legality: Legality::Illegal,
-            ctime: now(),
-            generation: 0,
-            sequence: req.sequence,
-        };
-        md.to_bytes()
-            .map_err(|e| StorageError::new(e.code, OP, e.detail))?;
+        let mut md = crate::volume::new_metadata(self.sd, img, vol, req, OP)?;
+        let capacity = md.capacity;
+        let has_parent = !req.parent.is_blank();
 
         let vg = self.vg();
         let guard = self
