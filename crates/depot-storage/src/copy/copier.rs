@@ -1005,14 +1005,18 @@ pub fn copy_raw(src: &Path, dst: &Path, opts: CopyOptions<'_>) -> Result<CopyRes
             hasher: hasher.as_mut(),
             held: Vec::new(),
         };
+        // Blocks built from pieces wait for a batch before they are
+        // hashed, but a checkpoint (due every `interval`) needs their
+        // digests: when the completed blocks reach the next checkpoint,
+        // the waiting ones are hashed at once (one short batch per
+        // interval).
         let interval = opts.journal.map_or(u64::MAX, Journal::interval);
+        let mut next_due = start.saturating_add(interval);
         while hs.step(opts.abort, &mut aborted, &stop) {
             if let Some(h) = hs.hasher.as_mut().filter(|_| journaled) {
-                // Blocks built from pieces wait for a batch; a checkpoint
-                // must not wait for them longer than its interval.
-                let written = done.load(Ordering::Relaxed);
-                if written >= (h.blocks() * BLOCK_SIZE).saturating_add(interval) {
+                if h.position() / BLOCK_SIZE * BLOCK_SIZE >= next_due {
                     h.flush();
+                    next_due = (h.blocks() * BLOCK_SIZE).saturating_add(interval);
                 }
                 let d = h.take_digests();
                 if !d.is_empty() {
