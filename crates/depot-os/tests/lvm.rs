@@ -102,6 +102,11 @@ fn vg_and_lv_lifecycle_with_tags_filter_and_cache() {
         .tags
         .contains(&"RHAT_storage_domain".to_owned()));
 
+    // With the VG and its LVs cached, a new LV joins the cache without an
+    // lvs, with the size LVM gives it.
+    l.vg(&vg).unwrap();
+    l.lvs(&vg).unwrap();
+    let calls = l.calls();
     l.lvcreate(
         &vg,
         "lv1",
@@ -109,6 +114,20 @@ fn vg_and_lv_lifecycle_with_tags_filter_and_cache() {
         &["IU_img".to_owned(), "MD_1".to_owned()],
     )
     .unwrap();
+    let lvs = l.lvs(&vg).unwrap();
+    assert_eq!(l.calls(), calls + 1, "lvcreate only");
+    assert_eq!(lvs[0].size, l.lvs_fresh(&vg).unwrap()[0].size);
+    let free = l.vg(&vg).unwrap().free;
+    assert_eq!(free, l.vg_fresh(&vg).unwrap().free, "free space kept exact");
+    // And the next one too: the VG report (extent size, free) stays cached.
+    let calls = l.calls();
+    l.lvcreate(&vg, "lv3", 1, &[]).unwrap();
+    assert!(l.lvs(&vg).unwrap().iter().any(|lv| lv.name == "lv3"));
+    assert_eq!(l.vg(&vg).unwrap().free, free - (128 << 20));
+    assert_eq!(l.calls(), calls + 1, "lvcreate only");
+    l.lvremove(&vg, &["lv3"]).unwrap();
+    assert_eq!(l.vg(&vg).unwrap().free, free);
+    assert_eq!(l.calls(), calls + 2, "lvremove only");
     // Cached: the second read runs nothing.
     let lvs = l.lvs(&vg).unwrap();
     let calls = l.calls();
@@ -122,10 +141,18 @@ fn vg_and_lv_lifecycle_with_tags_filter_and_cache() {
     );
     assert_eq!(lvs[0].tag_value("MD_"), Some("1"));
 
-    // A change through the wrapper invalidates the cache.
+    // A change through the wrapper updates the cached list in place: no
+    // lvs is needed to see it, and it matches what LVM reports.
     l.lv_tags(&vg, "lv1", &["PU_x".to_owned()], &["MD_1".to_owned()])
         .unwrap();
+    let calls = l.calls();
     let lv = l.lv(&vg, "lv1").unwrap().unwrap();
+    assert_eq!(l.calls(), calls, "answered from the updated cache");
+    let mut cached = lv.tags.clone();
+    let mut real = l.lvs_fresh(&vg).unwrap()[0].tags.clone();
+    cached.sort();
+    real.sort();
+    assert_eq!(cached, real);
     assert_eq!(lv.tag_value("PU_"), Some("x"));
     assert_eq!(lv.tag_value("MD_"), None);
 

@@ -25,8 +25,10 @@
 //! # The cache
 //!
 //! [`Lvm::vg`] and [`Lvm::lvs`] answer from a per-VG cache when it is
-//! fresher than `max_age`. Every changing command through this wrapper
-//! invalidates the entry of its VG, so depot always sees its own changes.
+//! fresher than `max_age`. A change through this wrapper updates the cached
+//! LV list in place where it knows the result exactly (`lvcreate`,
+//! `lvremove`, LV tags) and drops the entry otherwise (or when the command
+//! failed), so depot always sees its own changes without a new `lvs`.
 //! Other hosts (an SPM elsewhere) can change a shared VG behind depot's
 //! back; `max_age` bounds how long that stays unseen, and callers that look
 //! for one LV and miss it call [`Lvm::lvs_fresh`], which re-reads once.
@@ -285,6 +287,23 @@ impl Lvm {
             .remove(vg);
     }
 
+    /// Applies a change this wrapper just made to the cached LV list of
+    /// `vg`, instead of dropping it: the next read needs no `lvs`. `freed`
+    /// extents (negative: taken) are added to the cached VG's free space.
+    /// Without a cached list, nothing to do.
+    fn update_cached_lvs(&self, vg: &str, freed: i64, change: impl FnOnce(&mut Vec<LvInfo>)) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = cache.get_mut(vg) {
+            if let Some((_, v)) = entry.vg.as_mut() {
+                v.free_count = v.free_count.saturating_add_signed(freed);
+                v.free = v.free_count * v.extent_size;
+            }
+            if let Some((_, lvs)) = entry.lvs.as_mut() {
+                change(lvs);
+            }
+        }
+    }
+
     pub fn invalidate_all(&self) {
         self.cache
             .lock()
@@ -517,9 +536,38 @@ impl Lvm {
         for t in tags {
             cmd = cmd.args(["--addtag", t]);
         }
-        self.run(&cmd.arg(vg))?;
-        self.invalidate(vg);
+        let extent = self.cached_extent_size(vg);
+        match self.run(&cmd.arg(vg)) {
+            Ok(_) => {}
+            Err(e) => {
+                self.invalidate(vg);
+                return Err(e);
+            }
+        }
+        match extent {
+            // The new LV as `lvs` would show it, but for its UUID and
+            // devices, which depot does not use.
+            Some(extent) => self.update_cached_lvs(vg, -(size.div_ceil(extent) as i64), |lvs| {
+                lvs.push(LvInfo {
+                    vg_name: vg.to_owned(),
+                    name: lv.to_owned(),
+                    uuid: String::new(),
+                    size: size.div_ceil(extent) * extent,
+                    attr: "-wi-------".to_owned(),
+                    tags: tags.to_vec(),
+                    devices: String::new(),
+                })
+            }),
+            None => self.invalidate(vg),
+        }
         Ok(())
+    }
+
+    fn cached_extent_size(&self, vg: &str) -> Option<u64> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = cache.get(vg)?;
+        entry.lvs.as_ref()?;
+        entry.vg.as_ref().map(|(_, v)| v.extent_size)
     }
 
     /// Grows an LV to `size` bytes (rounded up to extents by LVM).
@@ -541,8 +589,30 @@ impl Lvm {
             check_name("lvremove", "LV name", lv)?;
             cmd = cmd.arg(format!("{vg}/{lv}"));
         }
-        self.run(&cmd)?;
-        self.invalidate(vg);
+        if let Err(e) = self.run(&cmd) {
+            self.invalidate(vg);
+            return Err(e);
+        }
+        let freed: u64 = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(vg)
+            .and_then(|e| e.lvs.as_ref())
+            .map(|(_, cached)| {
+                cached
+                    .iter()
+                    .filter(|l| lvs.contains(&l.name.as_str()))
+                    .map(|l| l.size)
+                    .sum()
+            })
+            .unwrap_or(0);
+        match self.cached_extent_size(vg) {
+            Some(extent) => self.update_cached_lvs(vg, (freed / extent) as i64, |cached| {
+                cached.retain(|l| !lvs.contains(&l.name.as_str()))
+            }),
+            None => self.invalidate(vg),
+        }
         Ok(())
     }
 
@@ -557,8 +627,20 @@ impl Lvm {
         for t in add {
             cmd = cmd.args(["--addtag", t]);
         }
-        self.run(&cmd.arg(format!("{vg}/{lv}")))?;
-        self.invalidate(vg);
+        if let Err(e) = self.run(&cmd.arg(format!("{vg}/{lv}"))) {
+            self.invalidate(vg);
+            return Err(e);
+        }
+        self.update_cached_lvs(vg, 0, |lvs| {
+            if let Some(l) = lvs.iter_mut().find(|l| l.name == lv) {
+                l.tags.retain(|t| !del.contains(t));
+                for t in add {
+                    if !l.tags.contains(t) {
+                        l.tags.push(t.clone());
+                    }
+                }
+            }
+        });
         Ok(())
     }
 
@@ -579,8 +661,9 @@ impl Lvm {
             check_name("lvchange", "LV name", lv)?;
             cmd = cmd.arg(format!("{vg}/{lv}"));
         }
+        // Activation changes no metadata: the cache stays (depot checks
+        // activity by the device node, not lv_attr).
         self.run(&cmd)?;
-        self.invalidate(vg);
         lvs.iter()
             .map(|lv| {
                 let path = Self::lv_path(vg, lv);
@@ -608,7 +691,6 @@ impl Lvm {
             cmd = cmd.arg(format!("{vg}/{lv}"));
         }
         self.run(&cmd)?;
-        self.invalidate(vg);
         Ok(())
     }
 

@@ -418,9 +418,12 @@ impl VolumeStore for BlockVolumes<'_> {
             .slot_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The cached list holds this host's own changes exactly (the LVM
+        // wrapper updates it in place); only the SPM creates volumes, so
+        // another host's changes are not missed either (docs/storage.md).
         let lvs = self
             .lvm
-            .lvs_fresh(&vg)
+            .lvs(&vg)
             .map_err(|e| lvm_err(Code::VolumeGroupDoesNotExist, OP, e))?;
         if lvs.iter().any(|l| l.name == vol.to_string()) {
             return Err(err(
