@@ -519,6 +519,113 @@ async fn a_shared_session_is_logged_out_by_its_last_connection() {
     assert_eq!(disconnect(&c, ISCSI, vec![two]).await, [0]);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn no_logout_while_an_active_block_domain_uses_the_session() {
+    if !vm_tier() {
+        return;
+    }
+    let t = Target::new();
+    let _clean = Cleanup { iqn: t.iqn.clone() };
+    warm_up(&t);
+    let d = daemon();
+    let c = client(&d).await;
+    let conns: Vec<Value> = t
+        .portals
+        .iter()
+        .map(|p| t.conn(&new_id(), p, &t.password))
+        .collect();
+    assert_eq!(connect(&c, ISCSI, conns.clone()).await, [0, 0]);
+    let devs = device_list(&c, json!({"storageType": ISCSI, "refresh": false})).await;
+    let guid = devs[0]["GUID"].as_str().unwrap().to_owned();
+
+    // A block domain on the first LUN, active in a connected pool.
+    let sd = new_id();
+    let _wipe = WipeVg {
+        vg: sd.clone(),
+        guid: guid.clone(),
+    };
+    let vg_uuid = call_ok(
+        &c,
+        "LVMVolumeGroup.create",
+        json!({"name": sd, "devlist": [guid], "force": false}),
+    )
+    .await;
+    let vg_uuid = vg_uuid.as_str().unwrap().to_owned();
+    call_ok(
+        &c,
+        "StorageDomain.create",
+        create_domain_params(&sd, ISCSI, &vg_uuid, "san in use", 512),
+    )
+    .await;
+    // The device list sees the PV now.
+    let dev = &device_list(&c, json!({"guids": [guid], "refresh": false})).await[0];
+    assert_eq!(dev["status"], "used", "{dev}");
+    assert_eq!(dev["vgUUID"], vg_uuid.as_str(), "{dev}");
+    assert!(!dev["pvUUID"].as_str().unwrap().is_empty(), "{dev}");
+    assert!(
+        dev["pvsize"].as_str().unwrap().parse::<u64>().unwrap() > 0,
+        "{dev}"
+    );
+
+    let sp = new_id();
+    call_ok(
+        &c,
+        "StoragePool.create",
+        json!({"storagepoolID": sp, "name": "san", "masterSdUUID": sd,
+               "masterVersion": 1, "domainList": [sd]}),
+    )
+    .await;
+    call_ok(
+        &c,
+        "StoragePool.connect",
+        json!({"storagepoolID": sp, "hostID": 1, "scsiKey": sp, "masterSdUUID": sd,
+               "masterVersion": 1, "domainDict": {sd.clone(): "active"}}),
+    )
+    .await;
+
+    // Both sessions carry a path of the domain's PV: neither logs out.
+    assert_eq!(disconnect(&c, ISCSI, conns.clone()).await, [452, 452]);
+    assert_eq!(sessions().len(), 2, "{:?}", sessions());
+    // The refused disconnects kept their references: a later disconnect
+    // (after the domain is gone) still logs out.
+
+    call_ok(
+        &c,
+        "StoragePool.disconnect",
+        json!({"storagepoolID": sp, "hostID": 1, "scsiKey": sp}),
+    )
+    .await;
+    call_ok(
+        &c,
+        "StorageDomain.format",
+        json!({"storagedomainID": sd, "autoDetach": true}),
+    )
+    .await;
+    let dev = &device_list(&c, json!({"guids": [guid], "refresh": false})).await[0];
+    assert_eq!(dev["pvUUID"], "", "format removed the VG and the PV: {dev}");
+    assert_eq!(disconnect(&c, ISCSI, conns).await, [0, 0]);
+    assert!(sessions().is_empty(), "{:?}", sessions());
+}
+
+/// After a failure half-way: the VG and PV go, so the LUN is blank again
+/// for the next test (the depot calls at the end do this when it passes).
+struct WipeVg {
+    vg: String,
+    guid: String,
+}
+
+impl Drop for WipeVg {
+    fn drop(&mut self) {
+        let cfg = format!(
+            "devices {{ filter=[\"a|^/dev/mapper/{}$|\",\"r|.*|\"] }}",
+            self.guid
+        );
+        let dev = format!("/dev/mapper/{}", self.guid);
+        run(&["vgremove", "-ff", "--config", &cfg, &self.vg]);
+        run(&["pvremove", "-ff", "-y", "--config", &cfg, &dev]);
+    }
+}
+
 /// The path of `guid`'s map that runs over `portal`.
 fn path_on(devs: &[Value], guid: &str, portal: &str) -> String {
     let dev = devs.iter().find(|d| d["GUID"] == guid).unwrap();
