@@ -186,8 +186,11 @@ impl Storage {
             // whether the destination read zeros when the copy began;
             // that stays true of every byte the earlier runs did not
             // write, and the bytes they wrote are the source's
-            // (docs/copy.md, "Journal and crash guarantees").
-            let dst_is_zero = dst.true_size == 0;
+            // (docs/copy.md, "Journal and crash guarantees"). Only a
+            // regular file: a device node has no blocks in stat, and an
+            // LV (which reports its size) may hold anything.
+            let dst_is_zero =
+                dst.true_size == 0 && std::fs::metadata(&dst.path).is_ok_and(|m| m.is_file());
             let progress = |done: u64, total: u64| {
                 let pct = done
                     .saturating_mul(100)
