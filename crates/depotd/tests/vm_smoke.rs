@@ -122,14 +122,29 @@ struct Logout(String);
 
 impl Drop for Logout {
     fn drop(&mut self) {
+        // LIO's multipath defaults queue I/O for 60 s (no_path_retry 12)
+        // when a map loses its last path: a udev probe of a new map still in
+        // flight at logout would then hold the map for a minute. So: no
+        // queueing first, then log out; multipathd removes the maps.
+        run(&["udevadm", "settle", "--timeout=30"]);
+        run(&["multipathd", "disablequeueing", "maps"]);
         run(&["iscsiadm", "-m", "node", "-T", &self.0, "--logout"]);
         run(&["iscsiadm", "-m", "node", "-T", &self.0, "-o", "delete"]);
-        // multipathd removes a map when its last path goes.
         let start = Instant::now();
-        while !multipath_paths().is_empty() && start.elapsed() < Duration::from_secs(30) {
+        while multipath_maps() != 0 && start.elapsed() < Duration::from_secs(20) {
             sleep(Duration::from_millis(500));
         }
+        if !std::thread::panicking() {
+            assert_eq!(multipath_maps(), 0, "multipath maps left after logout");
+        }
     }
+}
+
+/// How many multipath maps exist.
+fn multipath_maps() -> usize {
+    let out = run(&["dmsetup", "ls", "--target", "multipath"]);
+    let out = String::from_utf8_lossy(&out.stdout);
+    out.lines().filter(|l| l.starts_with("36001405")).count()
 }
 
 /// `multipathd show paths` as (wwid, device) pairs of the iSCSI paths.
