@@ -553,7 +553,6 @@ mod tests {
     fn bad_values_are_named() {
         let cases = [
             ("SDUUID", "not-a-uuid"),
-            ("TYPE", "FCP"),
             ("TYPE", "TAPE"),
             ("CLASS", "data"),
             ("ROLE", "Leader"),
@@ -571,6 +570,27 @@ mod tests {
             assert_eq!(err.code, Code::MetaDataValidationError, "{key}={value}");
             assert!(err.detail.contains(key), "{key}: {}", err.detail);
         }
+    }
+
+    /// Block domains (FCP, ISCSI) keep their storage in VGUUID and have no
+    /// REMOTE_PATH; it is neither required nor written.
+    #[test]
+    fn block_types_need_no_remote_path() {
+        let mut kv = sealed(&vdsm_new_nfs_domain());
+        kv.set(keys::TYPE, "ISCSI").unwrap();
+        kv.remove(keys::REMOTE_PATH);
+        kv.set("VGUUID", "abc-def").unwrap();
+        let md = DomainMetadata::from_kv(&kv).unwrap();
+        assert_eq!(md.domain_type, DomainType::Iscsi);
+        assert_eq!(md.extra.get("VGUUID").map(String::as_str), Some("abc-def"));
+        let back = md.to_kv().unwrap();
+        assert!(!back.contains_key(keys::REMOTE_PATH));
+        // A file type still needs it.
+        kv.set(keys::TYPE, "NFS").unwrap();
+        assert_eq!(
+            DomainMetadata::from_kv(&kv).unwrap_err().code,
+            Code::MetaDataKeyError
+        );
     }
 
     #[test]
