@@ -156,6 +156,11 @@ pub struct Sink {
 }
 
 impl Sink {
+    /// The sink's CPU time so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        crate::sys::process_cpu_seconds(&self.child.id().to_string())
+    }
+
     pub fn start(pki: &Path, listen: &str) -> Result<Sink, String> {
         let me = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut child = Command::new(me)
