@@ -7,11 +7,20 @@
 //!
 //! Which slot a volume owns is recorded in its LV's `MD_<n>` tag, not here:
 //! a slot that no LV names is free, whatever it holds.
+//!
+//! The I/O runs on a small worker with a timeout: with every path of a
+//! LUN down, multipath may queue it for a long time, and the verb must
+//! fail rather than hang (the stuck thread is abandoned, as on a dead NFS
+//! server).
 
 use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use depot_api::Code;
-use depot_os::{open_direct, read_at_direct, sync_and_close, write_at_direct, AlignedBuf};
+use depot_os::{
+    open_direct, read_at_direct, sync_and_close, write_at_direct, AlignedBuf, IoWorker,
+};
 
 use crate::error::{StorageError, StorageResult};
 use crate::metadata::volume::METADATA_SIZE;
@@ -22,6 +31,30 @@ pub const SLOTS_OFFSET: u64 = 1 << 20;
 pub const SLOT_SIZE: u64 = 8 << 10;
 /// The first slot a volume may take.
 pub const FIRST_SLOT: u32 = 1;
+
+/// Longest a slot read or write may take.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn worker() -> &'static IoWorker {
+    static WORKER: OnceLock<IoWorker> = OnceLock::new();
+    WORKER.get_or_init(|| IoWorker::new("io/block-md", 4))
+}
+
+/// Runs `f` on the worker; a timeout is `code`.
+fn on_worker<T: Send + 'static>(
+    op: &'static str,
+    code: Code,
+    dev: &Path,
+    f: impl FnOnce() -> StorageResult<T> + Send + 'static,
+) -> StorageResult<T> {
+    worker().run(IO_TIMEOUT, f).unwrap_or_else(|e| {
+        Err(StorageError::new(
+            code,
+            op,
+            format!("{}: {e} (are the LUN's paths up?)", dev.display()),
+        ))
+    })
+}
 
 /// Byte offset of `slot` in the metadata LV.
 pub fn offset(slot: u32) -> u64 {
@@ -44,6 +77,16 @@ fn err(op: &'static str, dev: &Path, slot: u32, e: impl std::fmt::Display) -> St
 /// Reads slot `slot` of the metadata device; returns the record's bytes up
 /// to the first NUL (at most 512).
 pub fn read(dev: &Path, slot: u32, block_size: u32) -> StorageResult<Vec<u8>> {
+    let d = dev.to_path_buf();
+    on_worker(
+        "read volume metadata",
+        Code::VolumeMetadataReadError,
+        dev,
+        move || read_now(&d, slot, block_size),
+    )
+}
+
+fn read_now(dev: &Path, slot: u32, block_size: u32) -> StorageResult<Vec<u8>> {
     const OP: &str = "read volume metadata";
     let bs = block_size as usize;
     let file = open_direct(dev, false).map_err(|e| err(OP, dev, slot, e))?;
@@ -57,6 +100,16 @@ pub fn read(dev: &Path, slot: u32, block_size: u32) -> StorageResult<Vec<u8>> {
 /// Writes `record` (at most 512 bytes) into slot `slot`, padded with zeros
 /// to the block size, and flushes it.
 pub fn write(dev: &Path, slot: u32, block_size: u32, record: &[u8]) -> StorageResult<()> {
+    let (d, r) = (dev.to_path_buf(), record.to_vec());
+    on_worker(
+        "write volume metadata",
+        Code::VolumeMetadataWriteError,
+        dev,
+        move || write_now(&d, slot, block_size, &r),
+    )
+}
+
+fn write_now(dev: &Path, slot: u32, block_size: u32, record: &[u8]) -> StorageResult<()> {
     const OP: &str = "write volume metadata";
     let werr = |e: &dyn std::fmt::Display| StorageError {
         code: Code::VolumeMetadataWriteError,
