@@ -3,7 +3,6 @@
 //! going while one of the LUN's two paths goes down.
 
 mod common;
-#[allow(dead_code)]
 mod copy_common;
 mod storage_common;
 #[path = "../../depot-storage/tests/support/mod.rs"]
