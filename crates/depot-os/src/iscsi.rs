@@ -24,14 +24,20 @@
 //! # Concurrency
 //!
 //! iscsiadm's record database is plain files without locking across
-//! commands, so the commands that change it (discovery, node new, update,
-//! delete) are serialized by one lock per [`Iscsiadm`] (VDSM does the same).
-//! Logins and logouts, which can take minutes against a dead portal, run
-//! outside it.
+//! commands. A login or logout of one portal of a target walks the records
+//! of all the target's portals, and fails with exit 6 ("iface iter could
+//! not read dir ...: encountered iSCSI database failure") when another
+//! command deletes one of them meanwhile (seen in the VM tier: a failed
+//! login's clean-up racing the other portal's login). So each target's
+//! records have a read-write lock in [`Iscsiadm`]: node create, update and
+//! delete take it for writing, logins and logouts for reading (they run in
+//! parallel with each other). Discovery records have one lock of their
+//! own. (VDSM serializes record changes only, and has this race.)
 
 use std::ffi::OsString;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use crate::command::{Cmd, CmdError, CommandRunner};
@@ -304,7 +310,10 @@ pub struct Iscsiadm {
     runner: CommandRunner,
     program: OsString,
     timeouts: IscsiTimeouts,
-    db_lock: Arc<Mutex<()>>,
+    /// Per target name: its node records (see the module docs).
+    targets: Arc<Mutex<HashMap<String, Arc<RwLock<()>>>>>,
+    /// The discovery records.
+    discovery_lock: Arc<Mutex<()>>,
 }
 
 impl Iscsiadm {
@@ -314,7 +323,8 @@ impl Iscsiadm {
             runner,
             program: "iscsiadm".into(),
             timeouts: IscsiTimeouts::default(),
-            db_lock: Arc::new(Mutex::new(())),
+            targets: Arc::default(),
+            discovery_lock: Arc::default(),
         }
     }
 
@@ -331,6 +341,12 @@ impl Iscsiadm {
 
     pub fn timeouts(&self) -> &IscsiTimeouts {
         &self.timeouts
+    }
+
+    /// The lock of `iqn`'s node records.
+    fn records_of(&self, iqn: &str) -> Arc<RwLock<()>> {
+        let mut map = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(iqn.to_owned()).or_default())
     }
 
     fn cmd(&self, timeout: Duration) -> Cmd {
@@ -396,7 +412,10 @@ impl Iscsiadm {
         portal: &Portal,
         chap: Option<&Chap>,
     ) -> Result<Vec<Target>, IscsiError> {
-        let _db = self.db_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _db = self
+            .discovery_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let t = self.timeouts;
         let op = IscsiOp::Discovery;
         let base = self.discoverydb_cmd(iface, portal, t.command);
@@ -435,7 +454,8 @@ impl Iscsiadm {
         target: &Target,
         chap: Option<&Chap>,
     ) -> Result<(), IscsiError> {
-        let _db = self.db_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let lock = self.records_of(&target.iqn);
+        let _db = lock.write().unwrap_or_else(PoisonError::into_inner);
         let base = self.node_cmd(iface, target, self.timeouts.command);
         self.run(IscsiOp::NodeNew, target, &base.clone().arg("--op=new"))?;
         let mut update = base
@@ -455,7 +475,8 @@ impl Iscsiadm {
 
     /// Deletes the node record; `Ok(false)` if there was none.
     pub fn node_delete(&self, iface: &str, target: &Target) -> Result<bool, IscsiError> {
-        let _db = self.db_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let lock = self.records_of(&target.iqn);
+        let _db = lock.write().unwrap_or_else(PoisonError::into_inner);
         let cmd = self
             .node_cmd(iface, target, self.timeouts.command)
             .arg("--op=delete")
@@ -468,6 +489,8 @@ impl Iscsiadm {
     /// [`Login::AlreadyLoggedIn`]; exit 24 is an
     /// [`IscsiErrorKind::AuthFailed`] error.
     pub fn login(&self, iface: &str, target: &Target) -> Result<Login, IscsiError> {
+        let lock = self.records_of(&target.iqn);
+        let _db = lock.read().unwrap_or_else(PoisonError::into_inner);
         let cmd = self
             .node_cmd(iface, target, self.timeouts.login)
             .arg("-l")
@@ -483,6 +506,8 @@ impl Iscsiadm {
     /// Logs out of the node's session; `Ok(false)` if there was none
     /// (exit 21), so a repeated logout is not an error.
     pub fn logout(&self, iface: &str, target: &Target) -> Result<bool, IscsiError> {
+        let lock = self.records_of(&target.iqn);
+        let _db = lock.read().unwrap_or_else(PoisonError::into_inner);
         let cmd = self
             .node_cmd(iface, target, self.timeouts.logout)
             .arg("-u")

@@ -11,9 +11,12 @@
 //! * Path states come from `dmsetup status --target multipath` (each path
 //!   is `major:minor A|F`, active or failed), as VDSM reads them: what the
 //!   kernel will actually use for I/O, not what a checker last thought.
-//! * `multipathd show status` tells whether multipathd is still busy with
-//!   uevents, and `udevadm settle` waits for udev; both before trusting
-//!   that a new LUN's map is complete.
+//! * New LUNs: [`Multipath::wait_for_maps`] waits for exactly the maps
+//!   (and `/dev/mapper` nodes) of the disks in question, which is much
+//!   quicker than `udevadm settle` (every queued event of the machine) or
+//!   polling `multipathd show status` for idleness.
+//! * [`Multipath::remove_pathless`] flushes (`multipath -f`) maps left
+//!   without paths after a logout.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -156,15 +159,13 @@ pub struct MapWait {
     pub waited: Duration,
 }
 
-/// Runs `dmsetup`, `multipathd` and `udevadm`.
+/// Runs `dmsetup` and `multipath`.
 #[derive(Debug, Clone)]
 pub struct Multipath {
     runner: CommandRunner,
     sysfs: Sysfs,
     dmsetup: OsString,
-    multipathd: OsString,
     multipath: OsString,
-    udevadm: OsString,
     timeout: Duration,
     /// Where udev makes the maps' nodes (`/dev/mapper`).
     dev_dir: PathBuf,
@@ -179,12 +180,16 @@ impl Multipath {
             runner,
             sysfs,
             dmsetup: "dmsetup".into(),
-            multipathd: "multipathd".into(),
             multipath: "multipath".into(),
-            udevadm: "udevadm".into(),
             timeout: Duration::from_secs(30),
             dev_dir: PathBuf::from(DEV_MAPPER),
         }
+    }
+
+    /// Runs another program instead of `multipath` (tests).
+    pub fn with_multipath_program(mut self, program: impl Into<OsString>) -> Self {
+        self.multipath = program.into();
+        self
     }
 
     /// Looks for map nodes in `dir` instead of `/dev/mapper` (tests).
@@ -221,6 +226,28 @@ impl Multipath {
             }
         }
         Ok(states)
+    }
+
+    /// Sets whether I/O to map `name` queues while the map has no usable
+    /// path (`dmsetup message NAME 0 queue_if_no_path|fail_if_no_path`).
+    /// Turned off before the last paths of a map are logged out: a reader
+    /// that opens the map in that moment (udev's blkid, an LVM scan) would
+    /// otherwise hang in the queue and keep the map open, so that it could
+    /// not be removed (seen in the VM tier).
+    pub fn set_queueing(&self, name: &str, queue: bool) -> Result<(), MultipathError> {
+        let msg = if queue {
+            "queue_if_no_path"
+        } else {
+            "fail_if_no_path"
+        };
+        let cmd = Cmd::new(&self.dmsetup, self.timeout).args(["message", name, "0", msg]);
+        self.runner
+            .run(&cmd)
+            .map(drop)
+            .map_err(|cause| MultipathError::Command {
+                what: "dmsetup message",
+                cause: Box::new(cause),
+            })
     }
 
     /// Removes the map `name` (`multipath -f NAME`). Refused by multipath
@@ -278,40 +305,6 @@ impl Multipath {
         }
     }
 
-    /// `udevadm settle --timeout=N`: waits for queued uevents (new SCSI
-    /// disks) to be handled. A timeout here is not fatal to callers: they
-    /// go on and look at what exists.
-    pub fn settle(&self, timeout: Duration) -> Result<(), MultipathError> {
-        let secs = timeout.as_secs().max(1);
-        let cmd = Cmd::new(&self.udevadm, timeout + Duration::from_secs(5))
-            .arg("settle")
-            .arg(format!("--timeout={secs}"));
-        self.runner
-            .run(&cmd)
-            .map(drop)
-            .map_err(|cause| MultipathError::Command {
-                what: "udevadm settle",
-                cause: Box::new(cause),
-            })
-    }
-
-    /// Whether multipathd has no uevents left to process
-    /// (`multipathd show status` says `busy: False`).
-    pub fn is_ready(&self) -> Result<bool, MultipathError> {
-        let cmd = Cmd::new(&self.multipathd, self.timeout).args(["show", "status"]);
-        let out = self
-            .runner
-            .run(&cmd)
-            .map_err(|cause| MultipathError::Command {
-                what: "multipathd show status",
-                cause: Box::new(cause),
-            })?;
-        Ok(out
-            .stdout_lossy()
-            .to_ascii_lowercase()
-            .contains("busy: false"))
-    }
-
     /// Waits until each of `disks` is a path of some multipath map whose
     /// node exists in `/dev/mapper`, or `timeout` passes; reports which got
     /// one. multipathd makes the maps on the uevents of new disks, a moment
@@ -342,34 +335,54 @@ impl Multipath {
             std::thread::sleep(POLL.min(timeout.saturating_sub(wait.waited)));
         }
     }
-
-    /// Waits until multipathd reports ready twice in a row (VDSM's test for
-    /// "done with the new devices"), or `timeout`. Returns whether it did.
-    pub fn wait_until_ready(&self, timeout: Duration) -> bool {
-        let start = Instant::now();
-        let mut ready = 0;
-        while start.elapsed() < timeout {
-            match self.is_ready() {
-                Ok(true) => ready += 1,
-                Ok(false) => ready = 0,
-                Err(e) => {
-                    tracing::warn!(error = %e, "multipathd status");
-                    return false;
-                }
-            }
-            if ready >= 2 {
-                return true;
-            }
-            std::thread::sleep(POLL);
-        }
-        false
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sysfs_block::fake;
+
+    #[test]
+    fn pathless_maps_are_flushed_and_others_left() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("sys");
+        fake::iscsi_disk(&root, "sda", "8:0", 2, 1, 0, 2048, "a");
+        fake::mpath(&root, 0, "36001405aaaa", &[], 2048); // no paths left
+        fake::mpath(&root, 1, "36001405bbbb", &["sda"], 2048); // a path left
+        fake::mpath(&root, 2, "36001405cccc", &[], 2048); // held by an LV
+        fake::link(&root, "block/dm-2/holders/dm-9", "/nonexistent");
+        // A stand-in for `multipath -f NAME`: removes the map from the tree
+        // and records the call.
+        let prog = t.path().join("multipath");
+        let log = t.path().join("calls");
+        std::fs::write(
+            &prog,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {log}\nfor d in {root}/block/dm-*; do \
+                 [ \"$(cat $d/dm/name)\" = \"$2\" ] && rm $d; done\nexit 0\n",
+                log = log.display(),
+                root = root.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mp =
+            Multipath::new(CommandRunner::new(), Sysfs::new(&root)).with_multipath_program(&prog);
+        let wwids: Vec<String> = ["36001405aaaa", "36001405bbbb", "36001405cccc"]
+            .map(String::from)
+            .to_vec();
+        let left = mp.remove_pathless(&wwids, Duration::from_secs(2)).unwrap();
+        assert_eq!(left, ["36001405bbbb", "36001405cccc"]);
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(calls, "-f 36001405aaaa\n");
+        // Nothing to remove: returns at once, no command.
+        let left = mp
+            .remove_pathless(&["36001405aaaa".to_string()], Duration::from_secs(2))
+            .unwrap();
+        assert!(left.is_empty());
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "-f 36001405aaaa\n");
+    }
 
     #[test]
     fn dmsetup_status_lines() {

@@ -212,6 +212,15 @@ fn daemon() -> Daemon {
     Daemon::start_with_env(CONFIG, &[("RUST_LOG", "debug")])
 }
 
+/// The daemon's warnings about failed connections, for assertion messages.
+fn failures(d: &Daemon) -> String {
+    d.log()
+        .lines()
+        .filter(|l| l.contains("could not connect") || l.contains("could not disconnect"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A client that waits as long as the engine does for one call (180 s):
 /// a login may take that long against a slow portal.
 async fn client(d: &Daemon) -> Client {
@@ -293,7 +302,12 @@ async fn chap_login_shows_three_luns_with_two_paths_each() {
         .collect();
 
     let started = Instant::now();
-    assert_eq!(connect(&c, ISCSI, conns.clone()).await, [0, 0]);
+    assert_eq!(
+        connect(&c, ISCSI, conns.clone()).await,
+        [0, 0],
+        "{}",
+        failures(&d)
+    );
     eprintln!("connect with CHAP on 2 portals: {:?}", started.elapsed());
     assert_eq!(sessions().len(), 2, "{:?}", sessions());
 
@@ -387,11 +401,21 @@ async fn chap_login_shows_three_luns_with_two_paths_each() {
     .await;
 
     // Connecting again is success and logs in nothing new.
-    assert_eq!(connect(&c, ISCSI, conns.clone()).await, [0, 0]);
+    assert_eq!(
+        connect(&c, ISCSI, conns.clone()).await,
+        [0, 0],
+        "{}",
+        failures(&d)
+    );
     assert_eq!(sessions().len(), 2);
 
     // Disconnect: logged out, records gone, maps gone. Twice is success.
-    assert_eq!(disconnect(&c, ISCSI, conns.clone()).await, [0, 0]);
+    assert_eq!(
+        disconnect(&c, ISCSI, conns.clone()).await,
+        [0, 0],
+        "{}",
+        failures(&d)
+    );
     assert!(sessions().is_empty(), "{:?}", sessions());
     assert!(node_records().trim().is_empty(), "{}", node_records());
     let gone = guids.iter().all(|g| !maps().contains(g));
@@ -406,7 +430,12 @@ async fn chap_login_shows_three_luns_with_two_paths_each() {
         vis.as_object().unwrap().values().all(|v| v == false),
         "{vis}"
     );
-    assert_eq!(disconnect(&c, ISCSI, conns).await, [0, 0]);
+    assert_eq!(
+        disconnect(&c, ISCSI, conns).await,
+        [0, 0],
+        "{}",
+        failures(&d)
+    );
 
     // The secret went to iscsiadm (redacted in the debug log), never into
     // the log itself.
@@ -435,24 +464,59 @@ async fn wrong_secret_is_476_and_leaves_nothing_logged_in() {
     let (a, b) = (&t.portals[0], &t.portals[1]);
     let bad = t.conn(&new_id(), a, wrong);
 
-    assert_eq!(connect(&c, ISCSI, vec![bad.clone()]).await, [476]);
+    assert_eq!(
+        connect(&c, ISCSI, vec![bad.clone()]).await,
+        [476],
+        "{}",
+        failures(&d)
+    );
     assert!(sessions().is_empty(), "{:?}", sessions());
     assert!(node_records().trim().is_empty(), "{}", node_records());
     // Teardown of the failed connect is success, twice.
-    assert_eq!(disconnect(&c, ISCSI, vec![bad.clone()]).await, [0]);
-    assert_eq!(disconnect(&c, ISCSI, vec![bad.clone()]).await, [0]);
+    assert_eq!(
+        disconnect(&c, ISCSI, vec![bad.clone()]).await,
+        [0],
+        "{}",
+        failures(&d)
+    );
+    assert_eq!(
+        disconnect(&c, ISCSI, vec![bad.clone()]).await,
+        [0],
+        "{}",
+        failures(&d)
+    );
 
     // A connect after the failed one works.
     let good_a = t.conn(&new_id(), a, &t.password);
-    assert_eq!(connect(&c, ISCSI, vec![good_a.clone()]).await, [0]);
+    assert_eq!(
+        connect(&c, ISCSI, vec![good_a.clone()]).await,
+        [0],
+        "{}",
+        failures(&d)
+    );
     assert_eq!(sessions().len(), 1);
     // A wrong secret does not ride on the existing session.
     let bad_same = t.conn(&new_id(), a, wrong);
-    assert_eq!(connect(&c, ISCSI, vec![bad_same.clone()]).await, [476]);
+    assert_eq!(
+        connect(&c, ISCSI, vec![bad_same.clone()]).await,
+        [476],
+        "{}",
+        failures(&d)
+    );
     assert_eq!(sessions().len(), 1, "the good session stays");
-    assert_eq!(disconnect(&c, ISCSI, vec![bad_same]).await, [0]);
+    assert_eq!(
+        disconnect(&c, ISCSI, vec![bad_same]).await,
+        [0],
+        "{}",
+        failures(&d)
+    );
     assert_eq!(sessions().len(), 1, "the good session stays");
-    assert_eq!(disconnect(&c, ISCSI, vec![good_a]).await, [0]);
+    assert_eq!(
+        disconnect(&c, ISCSI, vec![good_a]).await,
+        [0],
+        "{}",
+        failures(&d)
+    );
     assert!(sessions().is_empty());
 
     // Half of a call failing: one portal right, the other wrong.
@@ -460,12 +524,27 @@ async fn wrong_secret_is_476_and_leaves_nothing_logged_in() {
         t.conn(&new_id(), a, &t.password),
         t.conn(&new_id(), b, wrong),
     ];
-    assert_eq!(connect(&c, ISCSI, pair.clone()).await, [0, 476]);
+    assert_eq!(
+        connect(&c, ISCSI, pair.clone()).await,
+        [0, 476],
+        "{}",
+        failures(&d)
+    );
     assert_eq!(sessions().len(), 1, "{:?}", sessions());
-    assert_eq!(disconnect(&c, ISCSI, pair.clone()).await, [0, 0]);
+    assert_eq!(
+        disconnect(&c, ISCSI, pair.clone()).await,
+        [0, 0],
+        "{}",
+        failures(&d)
+    );
     assert!(sessions().is_empty(), "{:?}", sessions());
     assert!(node_records().trim().is_empty(), "{}", node_records());
-    assert_eq!(disconnect(&c, ISCSI, pair).await, [0, 0]);
+    assert_eq!(
+        disconnect(&c, ISCSI, pair).await,
+        [0, 0],
+        "{}",
+        failures(&d)
+    );
 
     // Bad fields fail alone with 1000, before anything runs.
     let mut no_iqn = t.conn(&new_id(), a, &t.password);
@@ -510,13 +589,33 @@ async fn a_shared_session_is_logged_out_by_its_last_connection() {
         [0, 0]
     );
     assert_eq!(sessions().len(), 1);
-    assert_eq!(disconnect(&c, ISCSI, vec![one.clone()]).await, [0]);
+    assert_eq!(
+        disconnect(&c, ISCSI, vec![one.clone()]).await,
+        [0],
+        "{}",
+        failures(&d)
+    );
     assert_eq!(sessions().len(), 1, "still used by the second connection");
-    assert_eq!(disconnect(&c, ISCSI, vec![one]).await, [0]);
+    assert_eq!(
+        disconnect(&c, ISCSI, vec![one]).await,
+        [0],
+        "{}",
+        failures(&d)
+    );
     assert_eq!(sessions().len(), 1, "a repeated disconnect changes nothing");
-    assert_eq!(disconnect(&c, ISCSI, vec![two.clone()]).await, [0]);
+    assert_eq!(
+        disconnect(&c, ISCSI, vec![two.clone()]).await,
+        [0],
+        "{}",
+        failures(&d)
+    );
     assert!(sessions().is_empty());
-    assert_eq!(disconnect(&c, ISCSI, vec![two]).await, [0]);
+    assert_eq!(
+        disconnect(&c, ISCSI, vec![two]).await,
+        [0],
+        "{}",
+        failures(&d)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -534,7 +633,12 @@ async fn no_logout_while_an_active_block_domain_uses_the_session() {
         .iter()
         .map(|p| t.conn(&new_id(), p, &t.password))
         .collect();
-    assert_eq!(connect(&c, ISCSI, conns.clone()).await, [0, 0]);
+    assert_eq!(
+        connect(&c, ISCSI, conns.clone()).await,
+        [0, 0],
+        "{}",
+        failures(&d)
+    );
     let devs = device_list(&c, json!({"storageType": ISCSI, "refresh": false})).await;
     let guid = devs[0]["GUID"].as_str().unwrap().to_owned();
 
@@ -584,7 +688,12 @@ async fn no_logout_while_an_active_block_domain_uses_the_session() {
     .await;
 
     // Both sessions carry a path of the domain's PV: neither logs out.
-    assert_eq!(disconnect(&c, ISCSI, conns.clone()).await, [452, 452]);
+    assert_eq!(
+        disconnect(&c, ISCSI, conns.clone()).await,
+        [452, 452],
+        "{}",
+        failures(&d)
+    );
     assert_eq!(sessions().len(), 2, "{:?}", sessions());
     // The refused disconnects kept their references: a later disconnect
     // (after the domain is gone) still logs out.
@@ -603,7 +712,12 @@ async fn no_logout_while_an_active_block_domain_uses_the_session() {
     .await;
     let dev = &device_list(&c, json!({"guids": [guid], "refresh": false})).await[0];
     assert_eq!(dev["pvUUID"], "", "format removed the VG and the PV: {dev}");
-    assert_eq!(disconnect(&c, ISCSI, conns).await, [0, 0]);
+    assert_eq!(
+        disconnect(&c, ISCSI, conns).await,
+        [0, 0],
+        "{}",
+        failures(&d)
+    );
     assert!(sessions().is_empty(), "{:?}", sessions());
 }
 
@@ -725,7 +839,12 @@ async fn a_path_down_shows_in_pathstatus() {
     }
 
     // One portal logged out: every LUN has one path left, on the other.
-    assert_eq!(disconnect(&c, ISCSI, vec![cb]).await, [0]);
+    assert_eq!(
+        disconnect(&c, ISCSI, vec![cb]).await,
+        [0],
+        "{}",
+        failures(&d)
+    );
     let start = Instant::now();
     let devs = loop {
         let devs = device_list(&c, list.clone()).await;
@@ -745,7 +864,12 @@ async fn a_path_down_shows_in_pathstatus() {
         assert_eq!(pl.len(), 1);
         assert_eq!(pl[0]["connection"], a.as_str());
     }
-    assert_eq!(disconnect(&c, ISCSI, vec![ca]).await, [0]);
+    assert_eq!(
+        disconnect(&c, ISCSI, vec![ca]).await,
+        [0],
+        "{}",
+        failures(&d)
+    );
     assert!(sessions().is_empty());
 }
 
@@ -812,7 +936,12 @@ async fn fcp_connect_rescans_scsi_hosts_for_new_luns() {
 
     let id = new_id();
     let started = Instant::now();
-    assert_eq!(connect(&c, FCP, vec![json!({"id": id})]).await, [0]);
+    assert_eq!(
+        connect(&c, FCP, vec![json!({"id": id})]).await,
+        [0],
+        "{}",
+        failures(&d)
+    );
     eprintln!(
         "FCP connect (rescan of every SCSI host): {:?}",
         started.elapsed()
@@ -820,8 +949,18 @@ async fn fcp_connect_rescans_scsi_hosts_for_new_luns() {
     let devs = device_list(&c, list.clone()).await;
     assert_eq!(devs.len(), 2, "the rescan found the new LUN: {devs:#?}");
     assert!(devs.iter().all(|d| d["devtype"] == "FCP"));
-    assert_eq!(disconnect(&c, FCP, vec![json!({"id": id})]).await, [0]);
-    assert_eq!(disconnect(&c, FCP, vec![json!({"id": id})]).await, [0]);
+    assert_eq!(
+        disconnect(&c, FCP, vec![json!({"id": id})]).await,
+        [0],
+        "{}",
+        failures(&d)
+    );
+    assert_eq!(
+        disconnect(&c, FCP, vec![json!({"id": id})]).await,
+        [0],
+        "{}",
+        failures(&d)
+    );
     assert_eq!(
         connect(&c, FCP, vec![json!({"id": "not-a-uuid"})]).await,
         [1000]

@@ -23,7 +23,10 @@
 //!    login in the VM tier: settle waits for every event of the machine.)
 //!
 //! The connection id is recorded against the session's [`SessionKey`] (a
-//! reference count in memory).
+//! reference count in memory). In one call, steps 1-3's record creation
+//! runs entry by entry, then the logins run in parallel (see
+//! [`depot_os::iscsi`] on why record changes and logins of one target
+//! exclude each other).
 //!
 //! # ISCSI disconnect
 //!
@@ -94,6 +97,14 @@ impl Default for SanTimeouts {
             host_rescan: Duration::from_secs(30),
         }
     }
+}
+
+/// What the first half of an ISCSI connect left to do.
+enum Prepared {
+    /// A session was there and is used.
+    Reused,
+    /// The node record is ready; log in.
+    NeedsLogin,
 }
 
 /// What the caller's check sees before the last reference to a session is
@@ -204,9 +215,7 @@ impl SanConnector {
     ) -> Vec<ConnectionStatus> {
         match domain_type {
             DomainType::Iscsi => {
-                let results = parallel(params, |p| {
-                    IscsiConnection::new(p).and_then(|c| self.connect_iscsi(&c))
-                });
+                let results = self.connect_iscsi_all(params);
                 statuses(params, results, "could not connect to iSCSI target")
             }
             DomainType::Fcp => {
@@ -255,6 +264,49 @@ impl SanConnector {
             .collect()
     }
 
+    /// ISCSI connect of a call's entries: node records first, one at a
+    /// time; then the logins in parallel; then the entries that share a
+    /// session with one of those logins (they reuse it, or are refused if
+    /// their credentials differ).
+    fn connect_iscsi_all(&self, params: &[ConnectionParams]) -> Vec<StorageResult<()>> {
+        let conns: Vec<StorageResult<IscsiConnection>> =
+            params.iter().map(IscsiConnection::new).collect();
+        let mut results: Vec<Option<StorageResult<()>>> = vec![None; params.len()];
+        let mut logins: Vec<usize> = Vec::new();
+        let mut later: Vec<usize> = Vec::new();
+        let mut keys: BTreeSet<SessionKey> = BTreeSet::new();
+        for (i, c) in conns.iter().enumerate() {
+            match c {
+                Err(e) => results[i] = Some(Err(e.clone())),
+                Ok(c) if keys.contains(&c.key()) => later.push(i),
+                Ok(c) => match self.prepare_iscsi(c) {
+                    Ok(Prepared::Reused) => results[i] = Some(Ok(())),
+                    Ok(Prepared::NeedsLogin) => {
+                        keys.insert(c.key());
+                        logins.push(i);
+                    }
+                    Err(e) => results[i] = Some(Err(e)),
+                },
+            }
+        }
+        let logged = parallel(&logins, |&i| match &conns[i] {
+            Ok(c) => self.login_iscsi(c),
+            Err(e) => Err(e.clone()),
+        });
+        for (i, r) in logins.into_iter().zip(logged) {
+            results[i] = Some(r);
+        }
+        for i in later {
+            if let Ok(c) = &conns[i] {
+                results[i] = Some(self.connect_iscsi(c));
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(err(Code::InternalError, OP_CONNECT, "no result"))))
+            .collect()
+    }
+
     fn lock_for(&self, key: &SessionKey) -> Arc<Mutex<()>> {
         let mut map = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(map.entry(key.clone()).or_default())
@@ -296,6 +348,17 @@ impl SanConnector {
     /// Logs in (or reuses the session) and waits for the LUNs' maps. See
     /// the module docs.
     pub fn connect_iscsi(&self, conn: &IscsiConnection) -> StorageResult<()> {
+        match self.prepare_iscsi(conn)? {
+            Prepared::Reused => Ok(()),
+            Prepared::NeedsLogin => self.login_iscsi(conn),
+        }
+    }
+
+    /// Connect's first half: reuses an existing session (checking its
+    /// credentials and waiting for its maps), or creates the node record
+    /// for a login. Node records are created one at a time, before any
+    /// login of the call starts (VDSM's order).
+    fn prepare_iscsi(&self, conn: &IscsiConnection) -> StorageResult<Prepared> {
         let key = conn.key();
         let lock = self.lock_for(&key);
         let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
@@ -321,7 +384,7 @@ impl SanConnector {
             self.add_ref(&key, conn.id());
             let disks: Vec<String> = s.devices().map(str::to_owned).collect();
             self.wait_for_maps(&key, &disks);
-            return Ok(());
+            return Ok(Prepared::Reused);
         }
 
         if conn.iface() != depot_os::iscsi::DEFAULT_IFACE {
@@ -340,12 +403,21 @@ impl SanConnector {
                 ));
             }
         }
+        self.iscsiadm
+            .node_new(conn.iface(), conn.target(), conn.chap())
+            .map_err(|e| err(Code::AddiSCSINodeError, OP_CONNECT, e.to_string()))?;
+        Ok(Prepared::NeedsLogin)
+    }
 
+    /// Connect's second half: the login (in parallel with the call's
+    /// other logins), then the LUNs' maps. A failed login leaves no node
+    /// record behind.
+    fn login_iscsi(&self, conn: &IscsiConnection) -> StorageResult<()> {
+        let key = conn.key();
+        let lock = self.lock_for(&key);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
         let target = conn.target();
         tracing::info!(id = conn.id(), %key, chap = conn.chap().is_some(), "iSCSI login");
-        self.iscsiadm
-            .node_new(conn.iface(), target, conn.chap())
-            .map_err(|e| err(Code::AddiSCSINodeError, OP_CONNECT, e.to_string()))?;
         match self.iscsiadm.login(conn.iface(), target) {
             Ok(how) => {
                 if how == Login::AlreadyLoggedIn {
@@ -501,17 +573,11 @@ impl SanConnector {
             self.add_ref(&key, conn.id());
             return Err(e);
         }
-        tracing::info!(id = conn.id(), %key, sid = session.sid, "iSCSI logout");
-        if let Err(e) = self.iscsiadm.logout(conn.iface(), conn.target()) {
-            self.add_ref(&key, conn.id());
-            return Err(err(Code::iSCSILogoutError, OP_DISCONNECT, e.to_string()));
-        }
-        if let Err(e) = self.iscsiadm.node_delete(conn.iface(), conn.target()) {
-            tracing::warn!(%key, error = %e, "logged out; cannot delete the node record");
-        }
-        // The maps of LUNs this session was the only path of go away.
+        // The maps of LUNs this session is the only path of: no queueing
+        // while their paths go (see Multipath::set_queueing), and gone
+        // after the logout.
         let disks: Vec<&str> = session.devices().collect();
-        let only_here: Vec<String> = self
+        let only_here: Vec<(String, String)> = self
             .multipath
             .maps()
             .map(|maps| {
@@ -520,14 +586,33 @@ impl SanConnector {
                         usage.wwids.contains(&m.wwid)
                             && m.paths.iter().all(|p| disks.contains(&p.as_str()))
                     })
-                    .map(|m| m.wwid)
+                    .map(|m| (m.wwid, m.name))
                     .collect()
             })
             .unwrap_or_default();
-        if !only_here.is_empty() {
+        for (_, name) in &only_here {
+            if let Err(e) = self.multipath.set_queueing(name, false) {
+                tracing::warn!(%key, map = %name, error = %e, "cannot stop queueing");
+            }
+        }
+        tracing::info!(id = conn.id(), %key, sid = session.sid, "iSCSI logout");
+        if let Err(e) = self.iscsiadm.logout(conn.iface(), conn.target()) {
+            self.add_ref(&key, conn.id());
+            for (_, name) in &only_here {
+                if let Err(e) = self.multipath.set_queueing(name, true) {
+                    tracing::warn!(%key, map = %name, error = %e, "cannot restore queueing");
+                }
+            }
+            return Err(err(Code::iSCSILogoutError, OP_DISCONNECT, e.to_string()));
+        }
+        if let Err(e) = self.iscsiadm.node_delete(conn.iface(), conn.target()) {
+            tracing::warn!(%key, error = %e, "logged out; cannot delete the node record");
+        }
+        let wwids: Vec<String> = only_here.into_iter().map(|(w, _)| w).collect();
+        if !wwids.is_empty() {
             match self
                 .multipath
-                .remove_pathless(&only_here, self.timeouts.map_wait)
+                .remove_pathless(&wwids, self.timeouts.map_wait)
             {
                 Ok(left) if left.is_empty() => {}
                 Ok(left) => {
