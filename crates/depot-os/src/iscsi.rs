@@ -34,9 +34,9 @@
 //! parallel with each other). Discovery records have one lock of their
 //! own. (VDSM serializes record changes only, and has this race.)
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
