@@ -529,16 +529,7 @@ impl Storage {
             ));
         }
         let _lock = self.lock_domain(req.sd, true)?;
-        if self.locate(req.sd).is_ok() {
-            return Err(StorageError::new(
-                Code::StorageDomainAlreadyExists,
-                OP,
-                format!("'{}'", req.sd),
-            ));
-        }
-        if req.backup {
-            crate::backup::check_class_of(req.sd, req.class, OP)?;
-        }
+        self.check_new_domain(&req, OP)?;
         let mount = self
             .connector
             .connected_mount_point(req.domain_type, &req.remote_path)?;
@@ -551,22 +542,28 @@ impl Storage {
         Ok(())
     }
 
+    /// Refuses a domain id that exists on connected storage, file or block
+    /// (365), and a backup flag on a class that cannot have it.
+    fn check_new_domain(&self, req: &CreateDomain, op: &'static str) -> StorageResult<()> {
+        if self.locate(req.sd).is_ok() {
+            return Err(StorageError::new(
+                Code::StorageDomainAlreadyExists,
+                op,
+                format!("'{}'", req.sd),
+            ));
+        }
+        if req.backup {
+            crate::backup::check_class_of(req.sd, req.class, op)?;
+        }
+        Ok(())
+    }
+
     /// `StorageDomain.create` for ISCSI and FCP: `typeArgs` is the UUID of
     /// the VG made by `LVMVolumeGroup.create` (crate::block).
     fn create_block_domain(&self, req: CreateDomain) -> StorageResult<()> {
         const OP: &str = "create storage domain";
         let _lock = self.lock_domain(req.sd, true)?;
-        self.refresh_lvm_devices();
-        if crate::block::exists(&self.lvm, req.sd) || self.locate(req.sd).is_ok() {
-            return Err(StorageError::new(
-                Code::StorageDomainAlreadyExists,
-                OP,
-                format!("'{}'", req.sd),
-            ));
-        }
-        if req.backup {
-            crate::backup::check_class_of(req.sd, req.class, OP)?;
-        }
+        self.check_new_domain(&req, OP)?;
         let vg_uuid = req.remote_path.clone();
         crate::block::create_domain(&self.lvm, &req, &vg_uuid)?;
         self.locate(req.sd).map(|_| ())
