@@ -134,7 +134,8 @@ impl Storage {
                 })?;
                 let t = &c.received.timings;
                 tracing::debug!(%sd, %vol, strategy = "replace", size = content_length,
-                    receive = ?t.receive, wait_source = ?t.wait_source, check = ?t.check,
+                    receive = ?t.receive, wait_source = ?t.wait_source, validate = ?t.validate,
+                    check = ?t.check,
                     wait_buffer = ?t.wait_buffer, hash = ?t.hash, write = ?t.write,
                     seal = ?c.seal, rename = ?c.rename,
                     after_last_byte = ?t0.elapsed().saturating_sub(received),
@@ -153,7 +154,8 @@ impl Storage {
                 })?;
                 let t = &timings;
                 tracing::debug!(%sd, %vol, strategy = "copy", size = content_length,
-                    receive = ?t.receive, wait_source = ?t.wait_source, check = ?t.check,
+                    receive = ?t.receive, wait_source = ?t.wait_source, validate = ?t.validate,
+                    check = ?t.check,
                     wait_buffer = ?t.wait_buffer, hash = ?t.hash, write = ?t.write,
                     commit = ?t0.elapsed().saturating_sub(received),
                     total = ?t0.elapsed(), "OVF_STORE upload");

@@ -303,11 +303,12 @@ fn is_local(file: &File) -> bool {
     if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
         return false;
     }
-    const EXT4: i64 = 0xEF53;
-    const XFS: i64 = 0x5846_5342;
-    const BTRFS: i64 = 0x9123_683E;
-    const TMPFS: i64 = 0x0102_1994;
-    matches!(st.f_type as i64, EXT4 | XFS | BTRFS | TMPFS)
+    const EXT4: u64 = 0xEF53;
+    const XFS: u64 = 0x5846_5342;
+    const BTRFS: u64 = 0x9123_683E;
+    const TMPFS: u64 = 0x0102_1994;
+    // The magic is 32 bits; f_type is a signed word of either width.
+    matches!(st.f_type as u64 & 0xFFFF_FFFF, EXT4 | XFS | BTRFS | TMPFS)
 }
 
 /// Closes `file` on a short-lived thread (inline if none can start: the

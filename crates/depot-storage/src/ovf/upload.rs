@@ -1,23 +1,28 @@
 //! Receiving an upload: the body is checked as it arrives while its sha256
-//! is computed and it is written out, in three threads passing a few
-//! aligned buffers around (docs/formats.md, "Upload and commit").
+//! is computed and it is written out, in four threads passing a few
+//! aligned buffers along (docs/formats.md, "Upload and commit").
 //!
 //! ```text
-//!   caller's thread            hasher thread        writer thread
-//!   source -> buffer  --full-> sha256 update --> sink(buffer, offset) --+
-//!   tar rules, OVF XML                                                  |
+//!   caller's thread      checker thread    hasher thread   writer thread
+//!   source -> buffer --> OVF XML      --> sha256      --> sink(buffer) --+
+//!   tar rules                                                           |
 //!        ^------------------------------ free ---------------------------+
 //! ```
 //!
 //! The caller's thread copies the body into [`CHUNK`]-sized buffers aligned
-//! for `O_DIRECT` and checks every byte as it goes (the tar rules, and each
-//! OVF with [`xml_check`](super::xml_check) as soon as it is complete); the
-//! hasher thread hashes full buffers; the writer thread hands them to the
-//! sink (a staging file, written buffered or with `O_DIRECT`). Memory is
-//! [`BUFFERS`] x [`CHUNK`] plus the OVF being checked when it spans two
-//! buffers, whatever the upload size. The sink only ever sees bytes the
-//! checker has passed; whether the whole upload is good is known when
-//! [`receive`] returns, and only then may anything touch the volume.
+//! for `O_DIRECT` and checks the tar rules on every byte as it arrives (a
+//! bad header stops the upload at once), noting where each OVF's content
+//! lies in the buffer; the checker thread checks each OVF with
+//! [`xml_check`](super::xml_check) as soon as it is complete (in place,
+//! unless it spans two buffers); the hasher thread hashes; the writer
+//! thread hands the buffer to the sink (a staging file, written buffered or
+//! with `O_DIRECT`). The XML check is the most expensive step: on its own
+//! thread the receiving thread keeps up with the network meanwhile. Memory
+//! is [`BUFFERS`] x [`CHUNK`] plus the OVF being checked when it spans two
+//! buffers, whatever the upload size. The sink sees bytes before they are
+//! all checked, which is why it only ever writes a staging file: whether
+//! the whole upload is good is known when [`receive`] returns, and only
+//! then may anything touch the volume.
 
 use std::io;
 use std::sync::mpsc;
@@ -54,7 +59,9 @@ pub struct Timings {
     pub receive: Duration,
     /// Waiting for the network (inside `source`).
     pub wait_source: Duration,
-    /// Tar rules and OVF checks, on the caller's thread.
+    /// Tar rules, on the caller's thread.
+    pub validate: Duration,
+    /// OVF XML checks, on their own thread.
     pub check: Duration,
     /// Waiting for a free buffer or room in the queue (the hasher or the
     /// writer behind).
@@ -84,27 +91,57 @@ pub fn receive(
 ) -> Result<Received, OvfError> {
     let mut validator = TarValidator::new(content_length)?;
     let (full_tx, full_rx) = mpsc::sync_channel::<Full>(BUFFERS);
+    let (checked_tx, checked_rx) = mpsc::sync_channel::<Full>(BUFFERS);
     let (hashed_tx, hashed_rx) = mpsc::sync_channel::<Full>(BUFFERS);
     let (free_tx, free_rx) = mpsc::sync_channel::<AlignedBuf>(BUFFERS);
     let mut timings = Timings::default();
     let outcome = std::thread::scope(|scope| {
+        let spawn_err = |what: &str, e: io::Error| thread_error(&format!("start the {what}"), e);
+        let checker = std::thread::Builder::new()
+            .name("ovf-check".into())
+            .spawn_scoped(scope, move || -> Result<Duration, OvfError> {
+                let mut checker = OvfChecker::default();
+                let mut spent = Duration::ZERO;
+                for full in full_rx {
+                    let t = Instant::now();
+                    for ev in &full.events {
+                        checker.on_event(match ev {
+                            Event::Start { name, size, offset } => TarEvent::Start {
+                                name,
+                                size: *size,
+                                offset: *offset,
+                            },
+                            Event::Data { start, len } => {
+                                TarEvent::Data(&full.buf[*start..*start + *len])
+                            }
+                            Event::End => TarEvent::End,
+                        })?;
+                    }
+                    spent += t.elapsed();
+                    // The hasher stopped: the writer's error says why.
+                    if checked_tx.send(full).is_err() {
+                        break;
+                    }
+                }
+                Ok(spent)
+            })
+            .map_err(|e| spawn_err("checker thread", e))?;
         let hasher = std::thread::Builder::new()
             .name("ovf-sha256".into())
             .spawn_scoped(scope, move || {
                 let mut h = Sha256::new();
                 let mut spent = Duration::ZERO;
-                for full in full_rx {
+                for full in checked_rx {
                     let t = Instant::now();
                     h.update(&full.buf[..full.len]);
                     spent += t.elapsed();
-                    // The writer stopped: its error says why.
                     if hashed_tx.send(full).is_err() {
                         break;
                     }
                 }
                 (<[u8; 32]>::from(h.finalize()), spent)
             })
-            .map_err(|e| thread_error("start the hasher thread", e))?;
+            .map_err(|e| spawn_err("hasher thread", e))?;
         let writer = std::thread::Builder::new()
             .name("ovf-write".into())
             .spawn_scoped(scope, move || -> Result<Duration, OvfError> {
@@ -118,8 +155,8 @@ pub fn receive(
                 }
                 Ok(spent)
             })
-            .map_err(|e| thread_error("start the writer thread", e))?;
-        let read = read_and_check(
+            .map_err(|e| spawn_err("writer thread", e))?;
+        let read = read_and_validate(
             content_length,
             source,
             &mut validator,
@@ -128,14 +165,20 @@ pub fn receive(
             &mut timings,
         );
         drop(full_tx);
+        let checked = checker
+            .join()
+            .unwrap_or_else(|_| Err(thread_error("check", "the checker thread panicked")));
         let hashed = hasher.join();
         let written = writer
             .join()
             .unwrap_or_else(|_| Err(thread_error("write", "the writer thread panicked")));
+        // The checker sees only bytes the reader had passed, so its error
+        // is the first in the stream.
+        let check = checked?;
         match (read, written) {
             // The writer's own error explains why the reader stopped.
-            (Err(ReadError::WriterGone), Err(e)) => Err(e),
-            (Err(ReadError::WriterGone), Ok(_)) => {
+            (Err(ReadError::Stopped), Err(e)) => Err(e),
+            (Err(ReadError::Stopped), Ok(_)) => {
                 Err(thread_error("write", "the writer thread stopped early"))
             }
             (Err(ReadError::Ovf(e)), _) => Err(e),
@@ -143,6 +186,7 @@ pub fn receive(
             (Ok(()), Ok(write)) => {
                 let (sha256, hash) =
                     hashed.map_err(|_| thread_error("hash", "the hasher thread panicked"))?;
+                timings.check = check;
                 timings.write = write;
                 timings.hash = hash;
                 Ok(sha256)
@@ -163,17 +207,33 @@ fn thread_error(op: &str, e: impl std::fmt::Display) -> OvfError {
     OvfError::Pipeline(format!("{op}: {e}"))
 }
 
-/// A buffer holding `len` bytes of the upload from `offset`.
+/// A buffer holding `len` bytes of the upload from `offset`, and the
+/// validator's events about the OVF entries in them, for the checker.
 struct Full {
     buf: AlignedBuf,
     len: usize,
     offset: u64,
+    events: Vec<Event>,
+}
+
+/// A [`TarEvent`] of an OVF entry, with its data as a range of the buffer.
+enum Event {
+    Start {
+        name: String,
+        size: u64,
+        offset: u64,
+    },
+    Data {
+        start: usize,
+        len: usize,
+    },
+    End,
 }
 
 enum ReadError {
     Ovf(OvfError),
-    /// The writer thread ended (its result says why).
-    WriterGone,
+    /// A thread down the pipeline stopped (its result says why).
+    Stopped,
 }
 
 impl From<OvfError> for ReadError {
@@ -183,8 +243,10 @@ impl From<OvfError> for ReadError {
 }
 
 /// The caller's part of [`receive`]: fills buffers from `source`, checks
-/// every piece as it arrives, and passes full buffers on.
-fn read_and_check(
+/// the tar rules on every piece as it arrives (a bad header stops the
+/// upload at once), notes where each OVF's content lies, and passes full
+/// buffers on to the checker.
+fn read_and_validate(
     content_length: u64,
     source: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
     validator: &mut TarValidator,
@@ -197,17 +259,21 @@ fn read_and_check(
     for _ in 0..BUFFERS {
         spare.push(AlignedBuf::new(CHUNK, ALIGN).map_err(OvfError::from)?);
     }
-    let mut checker = OvfChecker::default();
     let mut received: u64 = 0;
     let mut at_end = false;
+    // Whether the entry being passed is an OVF (its events go along).
+    let mut in_ovf = false;
     while !at_end {
         let t = Instant::now();
         let mut buf = match spare.pop() {
             Some(b) => b,
-            None => free_rx.recv().map_err(|_| ReadError::WriterGone)?,
+            None => free_rx.recv().map_err(|_| ReadError::Stopped)?,
         };
         timings.wait_buffer += t.elapsed();
+        let base = buf.as_ptr() as usize;
+        let mut events = Vec::new();
         let mut fill = 0;
+        let mut failed = None;
         while fill < CHUNK {
             let want = if received < content_length {
                 (content_length - received).min((CHUNK - fill) as u64) as usize
@@ -218,7 +284,10 @@ fn read_and_check(
             let n = match source(&mut buf[fill..fill + want]) {
                 Ok(n) => n.min(want),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(OvfError::Source(e).into()),
+                Err(e) => {
+                    failed = Some(OvfError::Source(e));
+                    break;
+                }
             };
             timings.wait_source += t.elapsed();
             if n == 0 {
@@ -226,13 +295,53 @@ fn read_and_check(
                 break;
             }
             if received + n as u64 > content_length {
-                return Err(OvfError::TooLong { content_length }.into());
+                failed = Some(OvfError::TooLong { content_length });
+                break;
             }
             let t = Instant::now();
-            validator.feed_with(&buf[fill..fill + n], &mut |ev| checker.on_event(ev))?;
-            timings.check += t.elapsed();
+            let fed = validator.feed_with(&buf[fill..fill + n], &mut |ev| {
+                match ev {
+                    TarEvent::Start { name, size, offset } => {
+                        in_ovf = name.ends_with(".ovf");
+                        if in_ovf && size > MAX_OVF_SIZE {
+                            return Err(OvfError::archive(
+                                offset,
+                                Some(name),
+                                format!(
+                                    "{size} bytes, more than the {MAX_OVF_SIZE} bytes depot reads"
+                                ),
+                            ));
+                        }
+                        if in_ovf {
+                            events.push(Event::Start {
+                                name: name.to_string(),
+                                size,
+                                offset,
+                            });
+                        }
+                    }
+                    TarEvent::Data(d) if in_ovf => events.push(Event::Data {
+                        start: d.as_ptr() as usize - base,
+                        len: d.len(),
+                    }),
+                    TarEvent::Data(_) => {}
+                    TarEvent::End if in_ovf => {
+                        events.push(Event::End);
+                        in_ovf = false;
+                    }
+                    TarEvent::End => {}
+                }
+                Ok(())
+            });
+            timings.validate += t.elapsed();
+            // Also when the piece failed: the events name bytes in it, which
+            // must stay as they are for the checker (not be padded over).
             fill += n;
             received += n as u64;
+            if let Err(e) = fed {
+                failed = Some(e);
+                break;
+            }
         }
         if fill > 0 {
             let padded = fill.div_ceil(ALIGN) * ALIGN;
@@ -241,10 +350,19 @@ fn read_and_check(
                 buf,
                 len: fill,
                 offset: received - fill as u64,
+                events,
             };
+            // Also when this read failed: the checker may find an error
+            // earlier in the stream in what was received.
             let t = Instant::now();
-            full_tx.send(full).map_err(|_| ReadError::WriterGone)?;
+            let sent = full_tx.send(full);
             timings.wait_buffer += t.elapsed();
+            if sent.is_err() && failed.is_none() {
+                return Err(ReadError::Stopped);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
         }
     }
     timings.receive = start.elapsed();
@@ -254,8 +372,8 @@ fn read_and_check(
 /// Checks each OVF of an upload with [`xml_check`] as soon as it is
 /// complete: in place when its content came in one piece (almost always),
 /// else from a copy gathered across buffers (at most [`MAX_OVF_SIZE`]: a
-/// larger one is refused at its header). `info.json` and `metadata.json`
-/// pass unread.
+/// larger one is refused at its header, by the reader). `info.json` and
+/// `metadata.json` pass unread.
 #[derive(Default)]
 pub(crate) struct OvfChecker {
     /// The OVF entry being received: its name and size.
@@ -386,6 +504,46 @@ mod tests {
         // The sink never saw a byte past the buffer holding the bad one.
         let seen: usize = out.lock().unwrap().iter().map(|(_, b)| b.len()).sum();
         assert!(seen <= CHUNK * 2, "{seen}");
+    }
+
+    /// The checker runs behind the reader: a bad OVF is still the error
+    /// when the reader then finds a later fault in the archive.
+    #[test]
+    fn the_first_fault_in_the_stream_is_the_error() {
+        let mut tar = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut tar);
+            append(&mut b, "info.json", info_json().as_bytes());
+            append(
+                &mut b,
+                "0b6c0f59-5a4d-4c1a-9a55-7f5b0a3c2d11.ovf",
+                XXE_OVF.as_bytes(),
+            );
+            append(&mut b, "metadata.json", b"{}");
+            b.finish().unwrap();
+        }
+        tar.extend_from_slice(&[b'A'; 512]);
+        let (good, _) = engine_tar(2);
+        let mut garbage = good.clone();
+        garbage.extend_from_slice(&[b'A'; 512]);
+        let mut sink = |_: &AlignedBuf, _: usize, _: u64| Ok(());
+        // In small pieces, and in one piece (the fault in the same read as
+        // the OVFs before it).
+        for piece in [999, CHUNK] {
+            let e = receive(tar.len() as u64, &mut source_of(&tar, piece), &mut sink).unwrap_err();
+            assert!(e.to_string().contains("DOCTYPE"), "{piece}: {e}");
+            // Without the bad OVF, the garbage is the error.
+            let e = receive(
+                garbage.len() as u64,
+                &mut source_of(&garbage, piece),
+                &mut sink,
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("after the end-of-archive"),
+                "{piece}: {e}"
+            );
+        }
     }
 
     #[test]
