@@ -332,22 +332,6 @@ mod tests {
 
     const VOL_SIZE: u64 = 4 << 20;
 
-    struct Vol {
-        _dir: tempfile::TempDir,
-        path: PathBuf,
-    }
-
-    /// A preallocated volume file of `size` bytes filled with a pattern
-    /// (stale data), mode 0660 like depot's volumes.
-    fn volume(size: u64) -> Vol {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("6f1b4e0a-0d1c-4e4b-9c5e-2b7f3a9d1c00");
-        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 | 1).collect();
-        fs::write(&path, data).unwrap();
-        fs::set_permissions(&path, Permissions::from_mode(0o660)).unwrap();
-        Vol { _dir: dir, path }
-    }
-
     /// A sparse volume (as the engine creates an OVF_STORE on a file
     /// domain) with stale data in its first 64 KiB.
     fn sparse_volume(size: u64) -> Vol {

@@ -574,21 +574,6 @@ mod tests {
 
     const VOL_SIZE: u64 = 4 << 20;
 
-    struct Vol {
-        _dir: tempfile::TempDir,
-        path: PathBuf,
-    }
-
-    /// A sparse volume filled with a pattern (stale data, like a reused
-    /// volume).
-    fn volume(size: u64) -> Vol {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("6f1b4e0a-0d1c-4e4b-9c5e-2b7f3a9d1c00");
-        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 | 1).collect();
-        fs::write(&path, data).unwrap();
-        Vol { _dir: dir, path }
-    }
-
     fn source_of(data: &[u8]) -> impl FnMut(&mut [u8]) -> io::Result<usize> + '_ {
         let mut pos = 0;
         move |buf: &mut [u8]| {

@@ -209,3 +209,21 @@ pub fn raw_tar(entries: &[Vec<u8>]) -> Vec<u8> {
     out.extend_from_slice(&[0u8; 1024]);
     out
 }
+
+/// A volume file in a temporary directory.
+pub struct Vol {
+    pub _dir: tempfile::TempDir,
+    pub path: std::path::PathBuf,
+}
+
+/// A volume file of `size` bytes filled with a pattern (stale data, like a
+/// reused volume), mode 0660 like depot's volumes.
+pub fn volume(size: u64) -> Vol {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("6f1b4e0a-0d1c-4e4b-9c5e-2b7f3a9d1c00");
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 | 1).collect();
+    std::fs::write(&path, data).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
+    Vol { _dir: dir, path }
+}
