@@ -80,6 +80,18 @@ impl MountError {
             _ => None,
         }
     }
+
+    /// umount refused because the mount is in use (EBUSY: "target is
+    /// busy"; the runner runs commands with `LC_ALL=C`).
+    pub fn is_busy(&self) -> bool {
+        match self {
+            MountError::Umount { cause, .. } => match &**cause {
+                CmdError::Failed { stderr, .. } => stderr.contains("busy"),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
 }
 
 /// One line of `/proc/self/mountinfo`, escapes decoded.

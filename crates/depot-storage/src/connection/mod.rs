@@ -37,7 +37,8 @@
 //!   hang or other error 477, and the mount is undone.
 //! * [`Connector::disconnect`] succeeds if nothing is mounted (and removes
 //!   the empty mount point directory). It unmounts without `-l` (VDSM uses
-//!   `-f -l`): a busy mount fails with 452 StorageServerDisconnectionError
+//!   `-f -l`): a mount still busy after about a second of retries
+//!   ([`BUSY_PAUSES`]) fails with 452 StorageServerDisconnectionError
 //!   and umount's message ("target is busy"), and stays mounted, instead of
 //!   being detached lazily with files still open. `-f` is used for NFS only
 //!   (it aborts requests to a dead server); on FUSE (gluster) `-f` would
@@ -90,6 +91,18 @@ pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many stacked mounts of one source disconnect removes at most.
 const MAX_STACKED: usize = 8;
+
+/// The pauses before a busy umount is tried again. A mount can be busy for
+/// a moment with nobody using it: every command a process starts gets a
+/// copy of its file table from fork until exec, so a file that one thread
+/// has open in the mount is briefly held by another thread's child too
+/// (and the monitor's reads are short). A mount still busy after about a
+/// second is in use, and disconnect says so (452).
+const BUSY_PAUSES: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(300),
+    Duration::from_millis(600),
+];
 
 /// One entry of the status list: `{id, status}`, status 0 for success or
 /// the error code.
@@ -419,11 +432,24 @@ impl Connector {
                 ));
             }
             tracing::info!(id = conn.id(), target = %target.display(), "unmounting");
-            self.mounter
-                .umount(target, conn.is_nfs(), false, plan.timeout)
-                .map_err(|e| {
-                    disconnect_err(Code::StorageServerDisconnectionError, e.to_string())
-                })?;
+            let mut pauses = BUSY_PAUSES.iter();
+            loop {
+                match self
+                    .mounter
+                    .umount(target, conn.is_nfs(), false, plan.timeout)
+                {
+                    Ok(()) => break,
+                    Err(e) => match pauses.next() {
+                        Some(pause) if e.is_busy() => std::thread::sleep(*pause),
+                        _ => {
+                            return Err(disconnect_err(
+                                Code::StorageServerDisconnectionError,
+                                e.to_string(),
+                            ))
+                        }
+                    },
+                }
+            }
         }
         Err(disconnect_err(
             Code::StorageServerDisconnectionError,
