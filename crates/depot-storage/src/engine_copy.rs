@@ -61,6 +61,27 @@ fn copy_err(op: &'static str, e: CopyError) -> StorageError {
     StorageError::new(code, op, e.to_string())
 }
 
+/// The engine's fence: a volume whose GEN is not the one the caller saw has
+/// been written by someone else since (911, nothing changed).
+fn check_generation(
+    op: &'static str,
+    vol: VolUuid,
+    md: &crate::metadata::VolumeMetadata,
+    expected: u32,
+) -> StorageResult<()> {
+    if md.generation == expected {
+        return Ok(());
+    }
+    Err(StorageError::new(
+        Code::GenerationMismatch,
+        op,
+        format!(
+            "volume {vol} has generation {}, not {expected}",
+            md.generation
+        ),
+    ))
+}
+
 fn image_format(f: VolumeFormat) -> ImageFormat {
     match f {
         VolumeFormat::Raw => ImageFormat::Raw,
@@ -118,16 +139,7 @@ impl Storage {
         let src_info = self.volume_info_unlocked(src)?;
         let dst_info = self.volume_info_unlocked(dst)?;
         if let Some(g) = dst_generation {
-            if dst_info.metadata.generation != g {
-                return Err(StorageError::new(
-                    Code::GenerationMismatch,
-                    OP,
-                    format!(
-                        "volume {} has generation {}, not {g}",
-                        dst.vol, dst_info.metadata.generation
-                    ),
-                ));
-            }
+            check_generation(OP, dst.vol, &dst_info.metadata, g)?;
         }
         let new_gen = next_generation(dst_info.metadata.generation);
         // ILLEGAL before the first byte, durably: a crash mid-copy leaves a
@@ -338,16 +350,7 @@ impl Storage {
         const OP: &str = "update volume";
         let (_d, _i) = self.lock_image(v.sd, v.img, true)?;
         let info = self.volume_info_unlocked(v)?;
-        if info.metadata.generation != generation {
-            return Err(StorageError::new(
-                Code::GenerationMismatch,
-                OP,
-                format!(
-                    "volume {} has generation {}, not {generation}",
-                    v.vol, info.metadata.generation
-                ),
-            ));
-        }
+        check_generation(OP, v.vol, &info.metadata, generation)?;
         self.update_volume_unlocked(v, move |md| {
             if let Some(l) = legality {
                 md.legality = l;

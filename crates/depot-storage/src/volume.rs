@@ -208,21 +208,7 @@ impl<'a> FileVolumes<'a> {
                     ),
                 ));
             }
-            if p.legality == Legality::Illegal {
-                return Err(err(
-                    Code::VolumeDoesNotExist,
-                    format!("parent {} of {vol} is ILLEGAL", req.parent),
-                ));
-            }
-            if capacity < p.capacity {
-                return Err(err(
-                    Code::InvalidParameterException,
-                    format!(
-                        "capacity {capacity} of {vol} is smaller than capacity {} of its parent {}",
-                        p.capacity, req.parent
-                    ),
-                ));
-            }
+            check_parent(OP, vol, req.parent, &p, capacity)?;
             Some(p)
         } else {
             None
@@ -692,6 +678,37 @@ impl<'a> FileVolumes<'a> {
 // ---------------------------------------------------------------------------
 // Helpers shared with crate::image. They take the domain's paths only: no
 // qemu-img is needed to read, rewrite or remove volumes.
+
+/// The checks every domain kind makes on the parent of a new volume, once
+/// it has found the parent's metadata: a parent that is ILLEGAL (a copy or
+/// create that did not finish) is as good as missing (201), and a child
+/// may not be smaller than its parent (1000).
+pub(crate) fn check_parent(
+    op: &'static str,
+    vol: VolUuid,
+    parent: VolUuid,
+    pmd: &VolumeMetadata,
+    capacity: u64,
+) -> StorageResult<()> {
+    if pmd.legality == Legality::Illegal {
+        return Err(StorageError::new(
+            Code::VolumeDoesNotExist,
+            op,
+            format!("parent {parent} of {vol} is ILLEGAL"),
+        ));
+    }
+    if capacity < pmd.capacity {
+        return Err(StorageError::new(
+            Code::InvalidParameterException,
+            op,
+            format!(
+                "capacity {capacity} of {vol} is smaller than capacity {} of its parent {parent}",
+                pmd.capacity
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// The checks every domain kind makes before creating a volume, and its
 /// first metadata (ILLEGAL, LEAF, GEN 0): BLANK volume id or a volume that

@@ -445,21 +445,7 @@ impl VolumeStore for BlockVolumes<'_> {
                     )
                 })?;
             let pmd = self.read_md(&p, OP)?;
-            if pmd.legality == Legality::Illegal {
-                return Err(err(
-                    Code::VolumeDoesNotExist,
-                    format!("parent {} of {vol} is ILLEGAL", req.parent),
-                ));
-            }
-            if capacity < pmd.capacity {
-                return Err(err(
-                    Code::InvalidParameterException,
-                    format!(
-                        "capacity {capacity} of {vol} is smaller than its parent's {}",
-                        pmd.capacity
-                    ),
-                ));
-            }
+            crate::volume::check_parent(OP, vol, req.parent, &pmd, capacity)?;
             Some(p)
         } else {
             None
