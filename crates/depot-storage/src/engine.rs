@@ -144,6 +144,13 @@ impl Storage {
         }
     }
 
+    /// Keeps the iSCSI session references in `file` across restarts
+    /// (connection::session_refs); without it they live in memory.
+    pub fn with_san_references(mut self, file: PathBuf) -> Self {
+        self.san = self.san.with_references_file(file);
+        self
+    }
+
     pub fn config(&self) -> &StorageConfig {
         &self.config
     }

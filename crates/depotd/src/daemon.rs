@@ -75,16 +75,19 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
 
-    let storage = Arc::new(Storage::new(
-        StorageConfig {
-            repository: config.daemon.repository.clone(),
-            io_timeout: Duration::from_secs_f64(config.storage.io_timeout_s),
-            lock_timeout: Duration::from_secs_f64(config.storage.lock_timeout_s),
-            qemu_img_timeout: Duration::from_secs_f64(config.storage.qemu_img_timeout_s),
-            monitor_interval: Duration::from_secs_f64(config.storage.monitor_interval_s),
-        },
-        CommandRunner::new(),
-    ));
+    let storage = Arc::new(
+        Storage::new(
+            StorageConfig {
+                repository: config.daemon.repository.clone(),
+                io_timeout: Duration::from_secs_f64(config.storage.io_timeout_s),
+                lock_timeout: Duration::from_secs_f64(config.storage.lock_timeout_s),
+                qemu_img_timeout: Duration::from_secs_f64(config.storage.qemu_img_timeout_s),
+                monitor_interval: Duration::from_secs_f64(config.storage.monitor_interval_s),
+            },
+            CommandRunner::new(),
+        )
+        .with_san_references(state_dir.join("iscsi-sessions")),
+    );
     // Crash leftovers in mounts that survived the restart.
     let recovered = {
         let s = storage.clone();

@@ -618,6 +618,59 @@ async fn a_shared_session_is_logged_out_by_its_last_connection() {
     );
 }
 
+/// The references are in the state directory: a crash and a restart
+/// between the connects and the disconnects change nothing, and references
+/// left from a session that went away (here: logged out by hand) do not
+/// keep the next one logged in.
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_session_references_survive_a_restart() {
+    if !vm_tier() {
+        return;
+    }
+    let t = Target::new();
+    let _clean = Cleanup { iqn: t.iqn.clone() };
+    warm_up(&t);
+    let mut d = daemon();
+    let a = &t.portals[0];
+    let (one, two) = (
+        t.conn(&new_id(), a, &t.password),
+        t.conn(&new_id(), a, &t.password),
+    );
+    {
+        let c = client(&d).await;
+        assert_eq!(
+            connect(&c, ISCSI, vec![one.clone(), two.clone()]).await,
+            [0, 0],
+            "{}",
+            failures(&d)
+        );
+    }
+    assert_eq!(sessions().len(), 1);
+    d.crash();
+    d.restart();
+    let c = client(&d).await;
+    assert_eq!(disconnect(&c, ISCSI, vec![one.clone()]).await, [0]);
+    assert_eq!(
+        sessions().len(),
+        1,
+        "the restarted daemon still knows the second connection"
+    );
+
+    // The session goes behind depot's back; the stale reference of `two`
+    // must not keep the next session logged in.
+    ok(&["iscsiadm", "-m", "node", "-T", &t.iqn, "-u"]);
+    assert!(sessions().is_empty());
+    assert_eq!(connect(&c, ISCSI, vec![one.clone()]).await, [0]);
+    assert_eq!(sessions().len(), 1);
+    assert_eq!(disconnect(&c, ISCSI, vec![one]).await, [0]);
+    assert!(
+        sessions().is_empty(),
+        "the login started the references afresh: {:?}",
+        sessions()
+    );
+    assert_eq!(disconnect(&c, ISCSI, vec![two]).await, [0]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_logout_while_an_active_block_domain_uses_the_session() {
     if !vm_tier() {

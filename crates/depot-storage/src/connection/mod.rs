@@ -61,6 +61,7 @@ pub mod iscsi;
 pub mod options;
 mod params;
 pub mod san;
+pub mod session_refs;
 pub mod spec;
 
 use std::collections::HashMap;

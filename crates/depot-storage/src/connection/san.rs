@@ -23,7 +23,7 @@
 //!    login in the VM tier: settle waits for every event of the machine.)
 //!
 //! The connection id is recorded against the session's [`SessionKey`] (a
-//! reference count in memory). In one call, steps 1-3's record creation
+//! reference count, see below). In one call, steps 1-3's record creation
 //! runs entry by entry, then the logins run in parallel (see
 //! [`depot_os::iscsi`] on why record changes and logins of one target
 //! exclude each other).
@@ -39,11 +39,14 @@
 //! out, a connect that failed half-way) is success: disconnect is
 //! idempotent.
 //!
-//! The references live in memory: after a daemon restart, the first
-//! disconnect of a session logs it out even if another connection had
-//! connected it before the restart (VDSM never counts: every disconnect
-//! logs out). The caller's check still protects sessions in use by active
-//! domains.
+//! The references are kept in a file of depotd's state directory
+//! ([`SessionRefs`]), so a restart between two connects and their
+//! disconnects changes nothing: the first disconnect still finds the
+//! second connection's reference (VDSM never counts: every disconnect
+//! logs out). A login that makes a new session starts its list afresh, so
+//! references left from before a reboot never keep a session logged in.
+//! The caller's check protects sessions in use by active domains either
+//! way.
 //!
 //! # FCP
 //!
@@ -66,6 +69,7 @@ use depot_os::sysfs_block::{ScsiDevice, Sysfs};
 use depot_os::CommandRunner;
 
 use super::iscsi::{check_host, IscsiConnection, SessionKey};
+use super::session_refs::SessionRefs;
 use super::{ConnectionParams, ConnectionStatus};
 use crate::error::{StorageError, StorageResult};
 
@@ -130,7 +134,7 @@ pub struct SanConnector {
     lvm_lock: Mutex<()>,
     timeouts: SanTimeouts,
     /// Connection ids per session.
-    refs: Mutex<HashMap<SessionKey, BTreeSet<String>>>,
+    refs: SessionRefs,
     /// One lock per session, so a login and a logout of one session never
     /// interleave.
     locks: Mutex<HashMap<SessionKey, Arc<Mutex<()>>>>,
@@ -159,9 +163,16 @@ impl SanConnector {
             lvm: Lvm::new(runner.clone(), LVM_TIMEOUT).with_cache(None),
             lvm_lock: Mutex::new(()),
             timeouts: SanTimeouts::default(),
-            refs: Mutex::new(HashMap::new()),
+            refs: SessionRefs::in_memory(),
             locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Keeps the session references in `file` across restarts
+    /// ([`SessionRefs`]), starting from what it holds.
+    pub fn with_references_file(mut self, file: PathBuf) -> Self {
+        self.refs = SessionRefs::persistent(file);
+        self
     }
 
     pub fn with_timeouts(mut self, timeouts: SanTimeouts) -> Self {
@@ -195,13 +206,7 @@ impl SanConnector {
 
     /// The connection ids referencing each session (for logs and tests).
     pub fn references(&self) -> Vec<(SessionKey, Vec<String>)> {
-        let refs = self.refs.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out: Vec<_> = refs
-            .iter()
-            .map(|(k, ids)| (k.clone(), ids.iter().cloned().collect()))
-            .collect();
-        out.sort();
-        out
+        self.refs.snapshot()
     }
 
     // ---- connect / disconnect ----
@@ -313,26 +318,12 @@ impl SanConnector {
     }
 
     fn add_ref(&self, key: &SessionKey, id: &str) {
-        self.refs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(key.clone())
-            .or_default()
-            .insert(id.to_owned());
+        self.refs.add(key, id);
     }
 
     /// Removes `id`; returns the ids that still reference the session.
     fn drop_ref(&self, key: &SessionKey, id: &str) -> Vec<String> {
-        let mut refs = self.refs.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(ids) = refs.get_mut(key) else {
-            return Vec::new();
-        };
-        ids.remove(id);
-        let left: Vec<String> = ids.iter().cloned().collect();
-        if left.is_empty() {
-            refs.remove(key);
-        }
-        left
+        self.refs.remove(key, id)
     }
 
     fn sessions(&self, op: &'static str) -> StorageResult<Vec<Session>> {
@@ -419,11 +410,13 @@ impl SanConnector {
         let target = conn.target();
         tracing::info!(id = conn.id(), %key, chap = conn.chap().is_some(), "iSCSI login");
         match self.iscsiadm.login(conn.iface(), target) {
-            Ok(how) => {
-                if how == Login::AlreadyLoggedIn {
-                    tracing::info!(%key, "login raced with another: session exists");
-                }
+            Ok(Login::AlreadyLoggedIn) => {
+                tracing::info!(%key, "login raced with another: session exists");
+                self.add_ref(&key, conn.id());
             }
+            // A new session: references from before it (a reboot or an
+            // admin logged the old one out) are stale.
+            Ok(Login::LoggedIn) => self.refs.reset(&key, conn.id()),
             Err(e) => {
                 self.undo_node(conn.iface(), target);
                 let code = match e.kind() {
@@ -433,7 +426,6 @@ impl SanConnector {
                 return Err(err(code, OP_CONNECT, e.to_string()));
             }
         }
-        self.add_ref(&key, conn.id());
         match self.session_in_sysfs(&key) {
             Some(sid) => self.wait_for_devices(&key, sid),
             None => tracing::warn!(%key, "logged in, but sysfs shows no such session"),
