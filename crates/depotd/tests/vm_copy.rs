@@ -171,4 +171,5 @@ async fn copies_between_block_and_nfs_both_ways_and_through_a_path_failure() {
         )
         .await;
     }
+    disconnect_ok(&c, &d, NFS, &nfs.conn, &nfs.conn_id).await;
 }

@@ -84,6 +84,16 @@ async fn scenario(version: &str, export: String) {
     assert!(std::fs::read(&link).unwrap() == store.bytes());
     Seen::take(&dom, &via, &store, &small, 3).await;
     std::fs::remove_file(&link).unwrap();
+
+    // The engine's end of a domain: format, then disconnect (nothing left
+    // mounted, nothing for the next test to trip over).
+    call_ok(
+        &dom.c,
+        "StorageDomain.format",
+        serde_json::json!({"storagedomainID": dom.sd, "autoDetach": false}),
+    )
+    .await;
+    disconnect_ok(&dom.c, &d, NFS, &dom.conn, &dom.conn_id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

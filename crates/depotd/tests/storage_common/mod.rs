@@ -239,6 +239,34 @@ pub fn mounts_at(target: &Path) -> Vec<depot_os::mount::MountEntry> {
         .collect()
 }
 
+/// Disconnects a connection the way the engine does after formatting its
+/// domain, and checks that nothing is left mounted at its mount point.
+pub async fn disconnect_ok(
+    c: &Client,
+    d: &Daemon,
+    domain_type: i64,
+    conn: &ConnectionSpec,
+    conn_id: &str,
+) {
+    let st = call_ok(
+        c,
+        "StoragePool.disconnectStorageServer",
+        connect_params(domain_type, vec![conn.params(conn_id)]),
+    )
+    .await;
+    assert_eq!(
+        st,
+        json!([{"id": conn_id, "status": 0}]),
+        "disconnect {conn:?}"
+    );
+    let mp = mount_point(d, domain_type, &conn.connection);
+    assert!(
+        mounts_at(&mp).is_empty(),
+        "still mounted at {}",
+        mp.display()
+    );
+}
+
 /// Every mount point of the machine, to see that nothing was mounted.
 pub fn all_mount_targets() -> Vec<PathBuf> {
     depot_os::mount::read_mountinfo()
