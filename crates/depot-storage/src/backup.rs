@@ -74,12 +74,8 @@ pub fn check_volume_kind(
     if !md.backup {
         return Ok(());
     }
-    let code = match disk_type {
-        DiskType::Memd | DiskType::Memm => Code::BackupDomainNoMemoryVolumes,
-        DiskType::Hevd | DiskType::Hesd | DiskType::Hemd | DiskType::Heci => {
-            Code::BackupDomainNoHostedEngine
-        }
-        _ => return Ok(()),
+    let Some(code) = refusal(disk_type) else {
+        return Ok(());
     };
     Err(StorageError::new(
         code,
@@ -89,6 +85,23 @@ pub fn check_volume_kind(
             md.sd_uuid
         ),
     ))
+}
+
+/// Whether a backup domain refuses volumes of this kind at all: callers
+/// that create an ordinary disk need not read the domain's flag.
+pub fn kind_is_restricted(disk_type: DiskType) -> bool {
+    refusal(disk_type).is_some()
+}
+
+/// The code a backup domain refuses this kind of volume with.
+fn refusal(disk_type: DiskType) -> Option<Code> {
+    match disk_type {
+        DiskType::Memd | DiskType::Memm => Some(Code::BackupDomainNoMemoryVolumes),
+        DiskType::Hevd | DiskType::Hesd | DiskType::Hemd | DiskType::Heci => {
+            Some(Code::BackupDomainNoHostedEngine)
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -61,9 +61,14 @@ impl Storage {
         req: CreateVolume,
     ) -> StorageResult<VolumeMetadata> {
         let paths = self.locate(sd)?;
-        // Before the image lock: the domain lock is not re-entrant.
-        let domain = self.domain_info(sd)?.metadata;
-        crate::backup::check_volume_kind(&domain, req.disk_type, "create volume")?;
+        // Only memory and hosted-engine volumes depend on the backup flag,
+        // so only they pay for reading the domain's metadata (on a block
+        // domain, one `vgs` per create). Before the image lock: the domain
+        // lock is not re-entrant.
+        if crate::backup::kind_is_restricted(req.disk_type) {
+            let domain = self.domain_info(sd)?.metadata;
+            crate::backup::check_volume_kind(&domain, req.disk_type, "create volume")?;
+        }
         let _locks = self.lock_image(sd, img, true)?;
         let md = self.with_volumes(&paths, sd, "create volume", move |v| {
             v.create(img, vol, &req)
