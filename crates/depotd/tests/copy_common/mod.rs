@@ -60,15 +60,6 @@ pub struct Dom {
     pub dom: PathBuf,
 }
 
-/// One volume and its files.
-#[derive(Debug, Clone)]
-pub struct Vol {
-    pub sd: String,
-    pub img: String,
-    pub vol: String,
-    pub path: PathBuf,
-}
-
 impl Vol {
     pub fn meta(&self) -> PathBuf {
         self.path.with_file_name(format!("{}.meta", self.vol))
@@ -138,12 +129,7 @@ pub async fn local_domain(c: &Client, d: &Daemon, dir: &Path) -> Dom {
 
 impl Dom {
     pub fn vol(&self, img: &str, vol: &str) -> Vol {
-        Vol {
-            sd: self.sd.clone(),
-            img: img.to_owned(),
-            vol: vol.to_owned(),
-            path: self.dom.join("images").join(img).join(vol),
-        }
+        Vol::in_domain(&self.sd, &self.dom, img, vol)
     }
 
     /// Creates a volume: `format` RAW or COW, `alloc` SPARSE or

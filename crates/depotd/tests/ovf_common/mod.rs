@@ -619,15 +619,6 @@ pub struct Domain {
     pub dom: PathBuf,
 }
 
-/// One volume of the domain.
-#[derive(Debug, Clone)]
-pub struct Vol {
-    pub sd: String,
-    pub img: String,
-    pub vol: String,
-    pub path: PathBuf,
-}
-
 impl Vol {
     pub fn ids(&self) -> Ids {
         Ids {
@@ -711,12 +702,7 @@ impl Domain {
     }
 
     pub fn vol(&self, img: &str, vol: &str) -> Vol {
-        Vol {
-            sd: self.sd.clone(),
-            img: img.to_owned(),
-            vol: vol.to_owned(),
-            path: self.dom.join("images").join(img).join(vol),
-        }
+        Vol::in_domain(&self.sd, &self.dom, img, vol)
     }
 
     /// A volume; `parent` in the same image.

@@ -239,6 +239,28 @@ pub fn mounts_at(target: &Path) -> Vec<depot_os::mount::MountEntry> {
         .collect()
 }
 
+/// One volume of a domain and its data file (for a block domain: the link
+/// in the domain's directory). The copy and OVF tests add their own methods.
+#[derive(Debug, Clone)]
+pub struct Vol {
+    pub sd: String,
+    pub img: String,
+    pub vol: String,
+    pub path: PathBuf,
+}
+
+impl Vol {
+    /// Volume `img/vol` of domain `sd`, whose directory is `dom`.
+    pub fn in_domain(sd: &str, dom: &Path, img: &str, vol: &str) -> Vol {
+        Vol {
+            sd: sd.to_owned(),
+            img: img.to_owned(),
+            vol: vol.to_owned(),
+            path: dom.join("images").join(img).join(vol),
+        }
+    }
+}
+
 /// Disconnects a connection the way the engine does after formatting its
 /// domain, and checks that nothing is left mounted at its mount point.
 pub async fn disconnect_ok(
