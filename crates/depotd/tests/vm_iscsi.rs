@@ -192,6 +192,28 @@ async fn disconnect(c: &Client, domain_type: i64, list: Vec<Value>) -> Vec<i64> 
         .collect()
 }
 
+/// connect, checking one status per entry; a mismatch shows why the
+/// daemon refused.
+async fn connect_expect(c: &Client, d: &Daemon, domain_type: i64, list: Vec<Value>, want: &[i64]) {
+    assert_eq!(connect(c, domain_type, list).await, want, "{}", failures(d));
+}
+
+/// disconnect, checking one status per entry, like [`connect_expect`].
+async fn disconnect_expect(
+    c: &Client,
+    d: &Daemon,
+    domain_type: i64,
+    list: Vec<Value>,
+    want: &[i64],
+) {
+    assert_eq!(
+        disconnect(c, domain_type, list).await,
+        want,
+        "{}",
+        failures(d)
+    );
+}
+
 async fn device_list(c: &Client, params: Value) -> Vec<Value> {
     call_ok(c, "Host.getDeviceList", params)
         .await
@@ -302,12 +324,7 @@ async fn chap_login_shows_three_luns_with_two_paths_each() {
         .collect();
 
     let started = Instant::now();
-    assert_eq!(
-        connect(&c, ISCSI, conns.clone()).await,
-        [0, 0],
-        "{}",
-        failures(&d)
-    );
+    connect_expect(&c, &d, ISCSI, conns.clone(), &[0, 0]).await;
     eprintln!("connect with CHAP on 2 portals: {:?}", started.elapsed());
     assert_eq!(sessions().len(), 2, "{:?}", sessions());
 
@@ -401,21 +418,11 @@ async fn chap_login_shows_three_luns_with_two_paths_each() {
     .await;
 
     // Connecting again is success and logs in nothing new.
-    assert_eq!(
-        connect(&c, ISCSI, conns.clone()).await,
-        [0, 0],
-        "{}",
-        failures(&d)
-    );
+    connect_expect(&c, &d, ISCSI, conns.clone(), &[0, 0]).await;
     assert_eq!(sessions().len(), 2);
 
     // Disconnect: logged out, records gone, maps gone. Twice is success.
-    assert_eq!(
-        disconnect(&c, ISCSI, conns.clone()).await,
-        [0, 0],
-        "{}",
-        failures(&d)
-    );
+    disconnect_expect(&c, &d, ISCSI, conns.clone(), &[0, 0]).await;
     assert!(sessions().is_empty(), "{:?}", sessions());
     assert!(node_records().trim().is_empty(), "{}", node_records());
     let gone = guids.iter().all(|g| !maps().contains(g));
@@ -430,12 +437,7 @@ async fn chap_login_shows_three_luns_with_two_paths_each() {
         vis.as_object().unwrap().values().all(|v| v == false),
         "{vis}"
     );
-    assert_eq!(
-        disconnect(&c, ISCSI, conns).await,
-        [0, 0],
-        "{}",
-        failures(&d)
-    );
+    disconnect_expect(&c, &d, ISCSI, conns, &[0, 0]).await;
 
     // The secret went to iscsiadm (redacted in the debug log), never into
     // the log itself.
@@ -464,59 +466,24 @@ async fn wrong_secret_is_476_and_leaves_nothing_logged_in() {
     let (a, b) = (&t.portals[0], &t.portals[1]);
     let bad = t.conn(&new_id(), a, wrong);
 
-    assert_eq!(
-        connect(&c, ISCSI, vec![bad.clone()]).await,
-        [476],
-        "{}",
-        failures(&d)
-    );
+    connect_expect(&c, &d, ISCSI, vec![bad.clone()], &[476]).await;
     assert!(sessions().is_empty(), "{:?}", sessions());
     assert!(node_records().trim().is_empty(), "{}", node_records());
     // Teardown of the failed connect is success, twice.
-    assert_eq!(
-        disconnect(&c, ISCSI, vec![bad.clone()]).await,
-        [0],
-        "{}",
-        failures(&d)
-    );
-    assert_eq!(
-        disconnect(&c, ISCSI, vec![bad.clone()]).await,
-        [0],
-        "{}",
-        failures(&d)
-    );
+    disconnect_expect(&c, &d, ISCSI, vec![bad.clone()], &[0]).await;
+    disconnect_expect(&c, &d, ISCSI, vec![bad.clone()], &[0]).await;
 
     // A connect after the failed one works.
     let good_a = t.conn(&new_id(), a, &t.password);
-    assert_eq!(
-        connect(&c, ISCSI, vec![good_a.clone()]).await,
-        [0],
-        "{}",
-        failures(&d)
-    );
+    connect_expect(&c, &d, ISCSI, vec![good_a.clone()], &[0]).await;
     assert_eq!(sessions().len(), 1);
     // A wrong secret does not ride on the existing session.
     let bad_same = t.conn(&new_id(), a, wrong);
-    assert_eq!(
-        connect(&c, ISCSI, vec![bad_same.clone()]).await,
-        [476],
-        "{}",
-        failures(&d)
-    );
+    connect_expect(&c, &d, ISCSI, vec![bad_same.clone()], &[476]).await;
     assert_eq!(sessions().len(), 1, "the good session stays");
-    assert_eq!(
-        disconnect(&c, ISCSI, vec![bad_same]).await,
-        [0],
-        "{}",
-        failures(&d)
-    );
+    disconnect_expect(&c, &d, ISCSI, vec![bad_same], &[0]).await;
     assert_eq!(sessions().len(), 1, "the good session stays");
-    assert_eq!(
-        disconnect(&c, ISCSI, vec![good_a]).await,
-        [0],
-        "{}",
-        failures(&d)
-    );
+    disconnect_expect(&c, &d, ISCSI, vec![good_a], &[0]).await;
     assert!(sessions().is_empty());
 
     // Half of a call failing: one portal right, the other wrong.
@@ -524,37 +491,19 @@ async fn wrong_secret_is_476_and_leaves_nothing_logged_in() {
         t.conn(&new_id(), a, &t.password),
         t.conn(&new_id(), b, wrong),
     ];
-    assert_eq!(
-        connect(&c, ISCSI, pair.clone()).await,
-        [0, 476],
-        "{}",
-        failures(&d)
-    );
+    connect_expect(&c, &d, ISCSI, pair.clone(), &[0, 476]).await;
     assert_eq!(sessions().len(), 1, "{:?}", sessions());
-    assert_eq!(
-        disconnect(&c, ISCSI, pair.clone()).await,
-        [0, 0],
-        "{}",
-        failures(&d)
-    );
+    disconnect_expect(&c, &d, ISCSI, pair.clone(), &[0, 0]).await;
     assert!(sessions().is_empty(), "{:?}", sessions());
     assert!(node_records().trim().is_empty(), "{}", node_records());
-    assert_eq!(
-        disconnect(&c, ISCSI, pair).await,
-        [0, 0],
-        "{}",
-        failures(&d)
-    );
+    disconnect_expect(&c, &d, ISCSI, pair, &[0, 0]).await;
 
     // Bad fields fail alone with 1000, before anything runs.
     let mut no_iqn = t.conn(&new_id(), a, &t.password);
     no_iqn["iqn"] = json!("");
     let mut no_user = t.conn(&new_id(), a, &t.password);
     no_user["user"] = json!("");
-    assert_eq!(
-        connect(&c, ISCSI, vec![no_iqn, no_user]).await,
-        [1000, 1000]
-    );
+    connect_expect(&c, &d, ISCSI, vec![no_iqn, no_user], &[1000, 1000]).await;
     assert!(sessions().is_empty());
 
     let log = d.log();
@@ -584,38 +533,15 @@ async fn a_shared_session_is_logged_out_by_its_last_connection() {
         t.conn(&new_id(), a, &t.password),
         t.conn(&new_id(), a, &t.password),
     );
-    assert_eq!(
-        connect(&c, ISCSI, vec![one.clone(), two.clone()]).await,
-        [0, 0]
-    );
+    connect_expect(&c, &d, ISCSI, vec![one.clone(), two.clone()], &[0, 0]).await;
     assert_eq!(sessions().len(), 1);
-    assert_eq!(
-        disconnect(&c, ISCSI, vec![one.clone()]).await,
-        [0],
-        "{}",
-        failures(&d)
-    );
+    disconnect_expect(&c, &d, ISCSI, vec![one.clone()], &[0]).await;
     assert_eq!(sessions().len(), 1, "still used by the second connection");
-    assert_eq!(
-        disconnect(&c, ISCSI, vec![one]).await,
-        [0],
-        "{}",
-        failures(&d)
-    );
+    disconnect_expect(&c, &d, ISCSI, vec![one], &[0]).await;
     assert_eq!(sessions().len(), 1, "a repeated disconnect changes nothing");
-    assert_eq!(
-        disconnect(&c, ISCSI, vec![two.clone()]).await,
-        [0],
-        "{}",
-        failures(&d)
-    );
+    disconnect_expect(&c, &d, ISCSI, vec![two.clone()], &[0]).await;
     assert!(sessions().is_empty());
-    assert_eq!(
-        disconnect(&c, ISCSI, vec![two]).await,
-        [0],
-        "{}",
-        failures(&d)
-    );
+    disconnect_expect(&c, &d, ISCSI, vec![two], &[0]).await;
 }
 
 /// The references are in the state directory: a crash and a restart
@@ -638,18 +564,13 @@ async fn shared_session_references_survive_a_restart() {
     );
     {
         let c = client(&d).await;
-        assert_eq!(
-            connect(&c, ISCSI, vec![one.clone(), two.clone()]).await,
-            [0, 0],
-            "{}",
-            failures(&d)
-        );
+        connect_expect(&c, &d, ISCSI, vec![one.clone(), two.clone()], &[0, 0]).await;
     }
     assert_eq!(sessions().len(), 1);
     d.crash();
     d.restart();
     let c = client(&d).await;
-    assert_eq!(disconnect(&c, ISCSI, vec![one.clone()]).await, [0]);
+    disconnect_expect(&c, &d, ISCSI, vec![one.clone()], &[0]).await;
     assert_eq!(
         sessions().len(),
         1,
@@ -660,15 +581,15 @@ async fn shared_session_references_survive_a_restart() {
     // must not keep the next session logged in.
     ok(&["iscsiadm", "-m", "node", "-T", &t.iqn, "-u"]);
     assert!(sessions().is_empty());
-    assert_eq!(connect(&c, ISCSI, vec![one.clone()]).await, [0]);
+    connect_expect(&c, &d, ISCSI, vec![one.clone()], &[0]).await;
     assert_eq!(sessions().len(), 1);
-    assert_eq!(disconnect(&c, ISCSI, vec![one]).await, [0]);
+    disconnect_expect(&c, &d, ISCSI, vec![one], &[0]).await;
     assert!(
         sessions().is_empty(),
         "the login started the references afresh: {:?}",
         sessions()
     );
-    assert_eq!(disconnect(&c, ISCSI, vec![two]).await, [0]);
+    disconnect_expect(&c, &d, ISCSI, vec![two], &[0]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -686,12 +607,7 @@ async fn no_logout_while_an_active_block_domain_uses_the_session() {
         .iter()
         .map(|p| t.conn(&new_id(), p, &t.password))
         .collect();
-    assert_eq!(
-        connect(&c, ISCSI, conns.clone()).await,
-        [0, 0],
-        "{}",
-        failures(&d)
-    );
+    connect_expect(&c, &d, ISCSI, conns.clone(), &[0, 0]).await;
     let devs = device_list(&c, json!({"storageType": ISCSI, "refresh": false})).await;
     let guid = devs[0]["GUID"].as_str().unwrap().to_owned();
 
@@ -741,12 +657,7 @@ async fn no_logout_while_an_active_block_domain_uses_the_session() {
     .await;
 
     // Both sessions carry a path of the domain's PV: neither logs out.
-    assert_eq!(
-        disconnect(&c, ISCSI, conns.clone()).await,
-        [452, 452],
-        "{}",
-        failures(&d)
-    );
+    disconnect_expect(&c, &d, ISCSI, conns.clone(), &[452, 452]).await;
     assert_eq!(sessions().len(), 2, "{:?}", sessions());
     // The refused disconnects kept their references: a later disconnect
     // (after the domain is gone) still logs out.
@@ -765,12 +676,7 @@ async fn no_logout_while_an_active_block_domain_uses_the_session() {
     .await;
     let dev = &device_list(&c, json!({"guids": [guid], "refresh": false})).await[0];
     assert_eq!(dev["pvUUID"], "", "format removed the VG and the PV: {dev}");
-    assert_eq!(
-        disconnect(&c, ISCSI, conns).await,
-        [0, 0],
-        "{}",
-        failures(&d)
-    );
+    disconnect_expect(&c, &d, ISCSI, conns, &[0, 0]).await;
     assert!(sessions().is_empty(), "{:?}", sessions());
 }
 
@@ -840,10 +746,7 @@ async fn a_path_down_shows_in_pathstatus() {
         t.conn(&new_id(), a, &t.password),
         t.conn(&new_id(), b, &t.password),
     );
-    assert_eq!(
-        connect(&c, ISCSI, vec![ca.clone(), cb.clone()]).await,
-        [0, 0]
-    );
+    connect_expect(&c, &d, ISCSI, vec![ca.clone(), cb.clone()], &[0, 0]).await;
     let list = json!({"storageType": ISCSI, "checkStatus": false, "refresh": false});
     let devs = device_list(&c, list.clone()).await;
     let guid = devs[0]["GUID"].as_str().unwrap().to_owned();
@@ -892,12 +795,7 @@ async fn a_path_down_shows_in_pathstatus() {
     }
 
     // One portal logged out: every LUN has one path left, on the other.
-    assert_eq!(
-        disconnect(&c, ISCSI, vec![cb]).await,
-        [0],
-        "{}",
-        failures(&d)
-    );
+    disconnect_expect(&c, &d, ISCSI, vec![cb], &[0]).await;
     let start = Instant::now();
     let devs = loop {
         let devs = device_list(&c, list.clone()).await;
@@ -917,12 +815,7 @@ async fn a_path_down_shows_in_pathstatus() {
         assert_eq!(pl.len(), 1);
         assert_eq!(pl[0]["connection"], a.as_str());
     }
-    assert_eq!(
-        disconnect(&c, ISCSI, vec![ca]).await,
-        [0],
-        "{}",
-        failures(&d)
-    );
+    disconnect_expect(&c, &d, ISCSI, vec![ca], &[0]).await;
     assert!(sessions().is_empty());
 }
 
@@ -989,12 +882,7 @@ async fn fcp_connect_rescans_scsi_hosts_for_new_luns() {
 
     let id = new_id();
     let started = Instant::now();
-    assert_eq!(
-        connect(&c, FCP, vec![json!({"id": id})]).await,
-        [0],
-        "{}",
-        failures(&d)
-    );
+    connect_expect(&c, &d, FCP, vec![json!({"id": id})], &[0]).await;
     eprintln!(
         "FCP connect (rescan of every SCSI host): {:?}",
         started.elapsed()
@@ -1002,20 +890,7 @@ async fn fcp_connect_rescans_scsi_hosts_for_new_luns() {
     let devs = device_list(&c, list.clone()).await;
     assert_eq!(devs.len(), 2, "the rescan found the new LUN: {devs:#?}");
     assert!(devs.iter().all(|d| d["devtype"] == "FCP"));
-    assert_eq!(
-        disconnect(&c, FCP, vec![json!({"id": id})]).await,
-        [0],
-        "{}",
-        failures(&d)
-    );
-    assert_eq!(
-        disconnect(&c, FCP, vec![json!({"id": id})]).await,
-        [0],
-        "{}",
-        failures(&d)
-    );
-    assert_eq!(
-        connect(&c, FCP, vec![json!({"id": "not-a-uuid"})]).await,
-        [1000]
-    );
+    disconnect_expect(&c, &d, FCP, vec![json!({"id": id})], &[0]).await;
+    disconnect_expect(&c, &d, FCP, vec![json!({"id": id})], &[0]).await;
+    connect_expect(&c, &d, FCP, vec![json!({"id": "not-a-uuid"})], &[1000]).await;
 }
