@@ -637,13 +637,7 @@ async fn bad_connections_get_a_status_and_mount_nothing() {
         connect_params(LOCALFS, vec![bad.clone(), good, bad]),
     )
     .await;
-    let codes: Vec<i64> = st
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_i64().unwrap())
-        .collect();
-    assert_eq!(codes, [471, 0, 471], "{st}");
+    assert_eq!(statuses(&st), [471, 0, 471], "{st}");
 
     l.assert_unchanged(&before, "bad connections");
     assert_eq!(all_mount_targets(), mounts, "nothing mounted");

@@ -165,31 +165,13 @@ fn maps() -> BTreeSet<String> {
 }
 
 async fn connect(c: &Client, domain_type: i64, list: Vec<Value>) -> Vec<i64> {
-    let st = call_ok(
-        c,
-        "StoragePool.connectStorageServer",
-        connect_params(domain_type, list),
-    )
-    .await;
-    st.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_i64().unwrap())
-        .collect()
+    let params = connect_params(domain_type, list);
+    statuses(&call_ok(c, "StoragePool.connectStorageServer", params).await)
 }
 
 async fn disconnect(c: &Client, domain_type: i64, list: Vec<Value>) -> Vec<i64> {
-    let st = call_ok(
-        c,
-        "StoragePool.disconnectStorageServer",
-        connect_params(domain_type, list),
-    )
-    .await;
-    st.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_i64().unwrap())
-        .collect()
+    let params = connect_params(domain_type, list);
+    statuses(&call_ok(c, "StoragePool.disconnectStorageServer", params).await)
 }
 
 /// connect, checking one status per entry; a mismatch shows why the

@@ -118,6 +118,16 @@ pub fn connect_params(domain_type: i64, list: Vec<Value>) -> Value {
     json!({"storagepoolID": BLANK, "domainType": domain_type, "connectionParams": list})
 }
 
+/// The status codes of a connect or disconnect answer, in entry order.
+pub fn statuses(answer: &Value) -> Vec<i64> {
+    answer
+        .as_array()
+        .expect("a list of statuses")
+        .iter()
+        .map(|s| s["status"].as_i64().expect("a numeric status"))
+        .collect()
+}
+
 pub fn create_domain_params(
     sd: &str,
     domain_type: i64,
