@@ -99,6 +99,9 @@ pub struct JobsConfig {
     pub autodelete_delay_s: f64,
     /// Jobs that run at once; more stay pending.
     pub max_running: usize,
+    /// Jobs pending or running at once; starting one more is refused
+    /// (9020, TooManyJobs).
+    pub max_active: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,6 +164,7 @@ impl Config {
             jobs: JobsConfig {
                 autodelete_delay_s: 3600.0,
                 max_running: 4,
+                max_active: 256,
             },
             storage: StorageSection {
                 io_timeout_s: 60.0,
@@ -229,6 +233,7 @@ impl Config {
             ),
             ("limits.max_connections", l.max_connections),
             ("jobs.max_running", self.jobs.max_running),
+            ("jobs.max_active", self.jobs.max_active),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));
@@ -342,6 +347,7 @@ mod tests {
         let base = Config::production();
         assert!(Config::merge_toml(&base, "[listen]\nport = \"x\"\n", p()).is_err());
         assert!(Config::merge_toml(&base, "[limits]\nmax_batch = 0\n", p()).is_err());
+        assert!(Config::merge_toml(&base, "[jobs]\nmax_active = 0\n", p()).is_err());
         assert!(Config::merge_toml(&base, "[jobs]\nautodelete_delay_s = -1\n", p()).is_err());
     }
 }

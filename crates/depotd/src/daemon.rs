@@ -100,6 +100,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let jobs_config = JobsConfig {
         autodelete: Duration::from_secs_f64(config.jobs.autodelete_delay_s),
         max_running: config.jobs.max_running,
+        max_active: config.jobs.max_active,
     };
     let journal_dir = state_dir.join("copy-journals");
     make_dir(&journal_dir, 0o700)?;
