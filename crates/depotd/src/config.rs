@@ -53,6 +53,9 @@ pub struct DaemonConfig {
     /// Dev mode: generate a CA, server and client certificate into
     /// `<state_dir>/pki` on first start. Set by `--dev`.
     pub generate_certs: bool,
+    /// Offer the test verbs (`Host.sleepJob`). On in dev mode; off in
+    /// production, where they answer as if they did not exist.
+    pub test_verbs: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +146,7 @@ impl Config {
                 repository: "/rhev/data-center".into(),
                 shutdown_grace_s: 30.0,
                 generate_certs: false,
+                test_verbs: false,
             },
             listen: ListenConfig {
                 address: "::".parse().expect("literal address"),
@@ -187,6 +191,7 @@ impl Config {
         c.daemon.state_dir = dir.join("state");
         c.daemon.repository = dir.join("repository");
         c.daemon.generate_certs = true;
+        c.daemon.test_verbs = true;
         c.listen.address = "127.0.0.1".parse().expect("literal address");
         c.listen.socket = dir.join("depotd.sock");
         c.tls.ca_file = pki.join("ca.pem");
@@ -349,5 +354,11 @@ mod tests {
         assert!(Config::merge_toml(&base, "[limits]\nmax_batch = 0\n", p()).is_err());
         assert!(Config::merge_toml(&base, "[jobs]\nmax_active = 0\n", p()).is_err());
         assert!(Config::merge_toml(&base, "[jobs]\nautodelete_delay_s = -1\n", p()).is_err());
+    }
+
+    #[test]
+    fn test_verbs_only_in_dev_mode() {
+        assert!(!Config::production().daemon.test_verbs);
+        assert!(Config::dev(Path::new("/tmp/d")).daemon.test_verbs);
     }
 }

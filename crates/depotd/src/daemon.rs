@@ -134,7 +134,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         engine: RpcEngine::new(
-            Router::new(jobs.clone(), storage.clone()),
+            Router::new(jobs.clone(), storage.clone(), config.daemon.test_verbs),
             config.limits.max_batch,
         ),
         events,
