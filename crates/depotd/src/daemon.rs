@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::events::EventBus;
 use crate::pki;
 use crate::router::Router;
-use crate::rpc::RpcEngine;
+use crate::rpc::{ParseLimits, RpcEngine};
 use crate::server::{self, Shared};
 use crate::storage_jobs;
 use crate::systemd;
@@ -135,7 +135,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let shared = Arc::new(Shared {
         engine: RpcEngine::new(
             Router::new(jobs.clone(), storage.clone(), config.daemon.test_verbs),
-            config.limits.max_batch,
+            ParseLimits::new(config.limits.max_batch, config.limits.max_request_bytes),
         ),
         events,
         shutdown: stop_rx,
