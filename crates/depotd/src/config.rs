@@ -244,23 +244,39 @@ impl Config {
                 return Err(format!("{name} must be at least 1"));
             }
         }
-        for (name, v) in [
-            ("daemon.shutdown_grace_s", self.daemon.shutdown_grace_s),
-            ("limits.handshake_timeout_s", l.handshake_timeout_s),
-            ("jobs.autodelete_delay_s", self.jobs.autodelete_delay_s),
-            ("storage.io_timeout_s", self.storage.io_timeout_s),
-            ("storage.lock_timeout_s", self.storage.lock_timeout_s),
+        // Seconds. 0 would make every call, lock wait, handshake or check
+        // fail at once (or spin), so only the grace period may be 0: "do
+        // not wait".
+        for (name, v, zero_ok) in [
+            (
+                "daemon.shutdown_grace_s",
+                self.daemon.shutdown_grace_s,
+                true,
+            ),
+            ("limits.handshake_timeout_s", l.handshake_timeout_s, false),
+            (
+                "jobs.autodelete_delay_s",
+                self.jobs.autodelete_delay_s,
+                false,
+            ),
+            ("storage.io_timeout_s", self.storage.io_timeout_s, false),
+            ("storage.lock_timeout_s", self.storage.lock_timeout_s, false),
             (
                 "storage.qemu_img_timeout_s",
                 self.storage.qemu_img_timeout_s,
+                false,
             ),
             (
                 "storage.monitor_interval_s",
                 self.storage.monitor_interval_s,
+                false,
             ),
         ] {
             if !(0.0..1e9).contains(&v) {
                 return Err(format!("{name} must be a number of seconds, not {v}"));
+            }
+            if v == 0.0 && !zero_ok {
+                return Err(format!("{name} must be more than 0 seconds"));
             }
         }
         // A relative path would depend on the daemon's working directory.
@@ -354,6 +370,28 @@ mod tests {
         assert!(Config::merge_toml(&base, "[limits]\nmax_batch = 0\n", p()).is_err());
         assert!(Config::merge_toml(&base, "[jobs]\nmax_active = 0\n", p()).is_err());
         assert!(Config::merge_toml(&base, "[jobs]\nautodelete_delay_s = -1\n", p()).is_err());
+    }
+
+    /// Every timeout and interval that makes no sense at 0 is refused at
+    /// start, and the message names the key.
+    #[test]
+    fn zero_timeouts_are_refused_by_name() {
+        let base = Config::production();
+        for (section, key) in [
+            ("storage", "io_timeout_s"),
+            ("storage", "lock_timeout_s"),
+            ("storage", "qemu_img_timeout_s"),
+            ("storage", "monitor_interval_s"),
+            ("limits", "handshake_timeout_s"),
+            ("jobs", "autodelete_delay_s"),
+        ] {
+            let text = format!("[{section}]\n{key} = 0\n");
+            let e = Config::merge_toml(&base, &text, p())
+                .expect_err(&format!("{section}.{key} = 0 was accepted"));
+            assert!(e.to_string().contains(&format!("{section}.{key}")), "{e}");
+        }
+        // No waiting at SIGTERM is a choice, not a mistake.
+        Config::merge_toml(&base, "[daemon]\nshutdown_grace_s = 0\n", p()).unwrap();
     }
 
     #[test]
