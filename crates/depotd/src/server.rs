@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,16 +88,31 @@ pub async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir)?;
+    // Bind inside a directory only we can enter, make the socket 0600 and
+    // move it into place: it is never open to others, and the umask, which
+    // every thread of the process shares, is left alone.
+    let private = dir.join(format!(".depotd-bind.{}", std::process::id()));
+    let staged = private.join("s");
+    let mkdir = || std::fs::DirBuilder::new().mode(0o700).create(&private);
+    if let Err(e) = mkdir() {
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+        // Left by a crash of an earlier process with our pid.
+        let _ = std::fs::remove_file(&staged);
+        std::fs::remove_dir(&private)?;
+        mkdir()?;
     }
-    // Bind under a tight umask so the socket is never briefly open to others.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let listener = bound?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound
 }
 
 pub async fn serve_tcp(listener: TcpListener, tls: TlsAcceptor, shared: Arc<Shared>) {
@@ -208,4 +223,74 @@ where
 pub async fn stopping(rx: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns must not live across an await.
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    fn umask_now() -> String {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Umask:"))
+            .unwrap()
+            .to_string()
+    }
+
+    /// The umask is the whole process's: a bind that changes it, even
+    /// briefly, changes the mode of whatever another thread creates then.
+    /// A watcher thread reads it while sockets are bound over and over.
+    #[tokio::test]
+    async fn binding_leaves_the_umask_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = umask_now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (stop, before) = (stop.clone(), before.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let now = umask_now();
+                    if now != before {
+                        return Some(now);
+                    }
+                }
+                None
+            })
+        };
+        let path = dir.path().join("run/depotd.sock");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && !watcher.is_finished() {
+            let listener = bind_unix(&path).await.unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "socket mode");
+            drop(listener);
+            std::fs::remove_file(&path).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let seen = watcher.join().unwrap();
+        assert_eq!(seen, None, "the umask changed while binding (was {before})");
+        // Nothing is left behind next to the socket.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("run"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn the_bound_socket_answers_at_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("depotd.sock");
+        let listener = bind_unix(&path).await.unwrap();
+        let client = tokio::net::UnixStream::connect(&path);
+        let (accepted, connected) = tokio::join!(listener.accept(), client);
+        accepted.unwrap();
+        connected.unwrap();
+        // A live socket is not replaced.
+        let e = bind_unix(&path).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+    }
 }
