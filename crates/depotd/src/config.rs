@@ -77,6 +77,9 @@ pub struct TlsConfig {
     pub ca_file: PathBuf,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// Client certificate subjects let in (as logged, e.g. "CN=engine");
+    /// empty lets in every certificate the CA signed.
+    pub allowed_subjects: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,10 +91,20 @@ pub struct Limits {
     pub max_batch: usize,
     /// Calls that run at once on one connection; more wait.
     pub max_concurrent_per_connection: usize,
-    /// Open connections (TLS and local socket together); more are refused.
+    /// Open TLS connections that finished the handshake; more are closed.
     pub max_connections: usize,
+    /// Open connections on the local socket, a pool of their own so that a
+    /// flood on the TCP port never locks the admin out.
+    pub max_local_connections: usize,
+    /// TCP connections that have not finished the TLS handshake. When they
+    /// are all taken, a new connection pushes out the oldest one.
+    pub max_handshakes: usize,
+    /// Unfinished handshakes from one source address (IPv6: one /64); more
+    /// are closed at once.
+    pub max_handshakes_per_address: usize,
     /// Seconds a new connection has for the TLS handshake and its first
-    /// bytes.
+    /// bytes, and a request for its headers (so also how long an idle
+    /// keep-alive connection stays open).
     pub handshake_timeout_s: f64,
 }
 
@@ -157,13 +170,17 @@ impl Config {
                 ca_file: "/etc/pki/depot/certs/cacert.pem".into(),
                 cert_file: "/etc/pki/depot/certs/depotcert.pem".into(),
                 key_file: "/etc/pki/depot/keys/depotkey.pem".into(),
+                allowed_subjects: Vec::new(),
             },
             limits: Limits {
                 max_request_bytes: 8 << 20,
                 max_batch: 100,
                 max_concurrent_per_connection: 16,
                 max_connections: 512,
-                handshake_timeout_s: 10.0,
+                max_local_connections: 64,
+                max_handshakes: 128,
+                max_handshakes_per_address: 8,
+                handshake_timeout_s: 5.0,
             },
             jobs: JobsConfig {
                 autodelete_delay_s: 3600.0,
@@ -230,15 +247,24 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         let l = &self.limits;
         for (name, v) in [
-            ("limits.max_request_bytes", l.max_request_bytes),
-            ("limits.max_batch", l.max_batch),
+            ("limits.max_request_bytes", l.max_request_bytes as u64),
+            ("limits.max_batch", l.max_batch as u64),
             (
                 "limits.max_concurrent_per_connection",
-                l.max_concurrent_per_connection,
+                l.max_concurrent_per_connection as u64,
             ),
-            ("limits.max_connections", l.max_connections),
-            ("jobs.max_running", self.jobs.max_running),
-            ("jobs.max_active", self.jobs.max_active),
+            ("limits.max_connections", l.max_connections as u64),
+            (
+                "limits.max_local_connections",
+                l.max_local_connections as u64,
+            ),
+            ("limits.max_handshakes", l.max_handshakes as u64),
+            (
+                "limits.max_handshakes_per_address",
+                l.max_handshakes_per_address as u64,
+            ),
+            ("jobs.max_running", self.jobs.max_running as u64),
+            ("jobs.max_active", self.jobs.max_active as u64),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));
@@ -368,14 +394,13 @@ mod tests {
         let base = Config::production();
         assert!(Config::merge_toml(&base, "[listen]\nport = \"x\"\n", p()).is_err());
         assert!(Config::merge_toml(&base, "[limits]\nmax_batch = 0\n", p()).is_err());
-        assert!(Config::merge_toml(&base, "[jobs]\nmax_active = 0\n", p()).is_err());
         assert!(Config::merge_toml(&base, "[jobs]\nautodelete_delay_s = -1\n", p()).is_err());
     }
 
-    /// Every timeout and interval that makes no sense at 0 is refused at
-    /// start, and the message names the key.
+    /// Every timeout, interval and limit that makes no sense at 0 is
+    /// refused at start, and the message names the key.
     #[test]
-    fn zero_timeouts_are_refused_by_name() {
+    fn zero_timeouts_and_limits_are_refused_by_name() {
         let base = Config::production();
         for (section, key) in [
             ("storage", "io_timeout_s"),
@@ -390,6 +415,18 @@ mod tests {
                 .expect_err(&format!("{section}.{key} = 0 was accepted"));
             assert!(e.to_string().contains(&format!("{section}.{key}")), "{e}");
         }
+        for key in [
+            "max_local_connections",
+            "max_handshakes",
+            "max_handshakes_per_address",
+        ] {
+            let text = format!("[limits]\n{key} = 0\n");
+            let e = Config::merge_toml(&base, &text, p())
+                .expect_err(&format!("limits.{key} = 0 was accepted"));
+            assert!(e.to_string().contains(&format!("limits.{key}")), "{e}");
+        }
+        let e = Config::merge_toml(&base, "[jobs]\nmax_active = 0\n", p()).unwrap_err();
+        assert!(e.to_string().contains("jobs.max_active"), "{e}");
         // No waiting at SIGTERM is a choice, not a mistake.
         Config::merge_toml(&base, "[daemon]\nshutdown_grace_s = 0\n", p()).unwrap();
     }

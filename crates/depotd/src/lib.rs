@@ -4,6 +4,7 @@
 //! The binary (`main.rs`) only parses arguments; everything is here so that
 //! integration tests can reuse pieces (the dev PKI generator, the config).
 
+pub mod admission;
 pub mod config;
 pub mod daemon;
 pub mod detect;
