@@ -106,6 +106,17 @@ pub struct Limits {
     /// bytes, and a request for its headers (so also how long an idle
     /// keep-alive connection stays open).
     pub handshake_timeout_s: f64,
+    /// Slowest a client may send a request body or take a response body,
+    /// in bytes per second, over `body_window_s`.
+    pub min_body_rate: u64,
+    /// Seconds of waiting on a client that `min_body_rate` is measured
+    /// over; a transfer that stalls completely ends after this long.
+    pub body_window_s: f64,
+    /// Seconds between the server's pings on a WebSocket.
+    pub ws_ping_interval_s: f64,
+    /// Seconds a WebSocket may stay silent (no message, no pong) before it
+    /// is closed.
+    pub ws_idle_timeout_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,6 +192,10 @@ impl Config {
                 max_handshakes: 128,
                 max_handshakes_per_address: 8,
                 handshake_timeout_s: 5.0,
+                min_body_rate: 1024,
+                body_window_s: 30.0,
+                ws_ping_interval_s: 30.0,
+                ws_idle_timeout_s: 90.0,
             },
             jobs: JobsConfig {
                 autodelete_delay_s: 3600.0,
@@ -263,6 +278,7 @@ impl Config {
                 "limits.max_handshakes_per_address",
                 l.max_handshakes_per_address as u64,
             ),
+            ("limits.min_body_rate", l.min_body_rate),
             ("jobs.max_running", self.jobs.max_running as u64),
             ("jobs.max_active", self.jobs.max_active as u64),
         ] {
@@ -280,6 +296,9 @@ impl Config {
                 true,
             ),
             ("limits.handshake_timeout_s", l.handshake_timeout_s, false),
+            ("limits.body_window_s", l.body_window_s, false),
+            ("limits.ws_ping_interval_s", l.ws_ping_interval_s, false),
+            ("limits.ws_idle_timeout_s", l.ws_idle_timeout_s, false),
             (
                 "jobs.autodelete_delay_s",
                 self.jobs.autodelete_delay_s,
@@ -305,6 +324,14 @@ impl Config {
                 return Err(format!("{name} must be more than 0 seconds"));
             }
         }
+        // A live client answers pings: it is silent for at most one ping
+        // interval plus a round trip.
+        if l.ws_idle_timeout_s <= l.ws_ping_interval_s {
+            return Err(format!(
+                "limits.ws_idle_timeout_s ({}) must be longer than limits.ws_ping_interval_s ({})",
+                l.ws_idle_timeout_s, l.ws_ping_interval_s
+            ));
+        }
         // A relative path would depend on the daemon's working directory.
         for (name, path) in [
             ("listen.socket", &self.listen.socket),
@@ -324,6 +351,14 @@ impl Config {
 
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.limits.handshake_timeout_s)
+    }
+
+    /// The slowest a client may move a body (docs/config.md).
+    pub fn body_pace(&self) -> crate::pace::PaceLimits {
+        crate::pace::PaceLimits {
+            min_rate: self.limits.min_body_rate,
+            window: Duration::from_secs_f64(self.limits.body_window_s),
+        }
     }
 }
 
@@ -408,6 +443,9 @@ mod tests {
             ("storage", "qemu_img_timeout_s"),
             ("storage", "monitor_interval_s"),
             ("limits", "handshake_timeout_s"),
+            ("limits", "body_window_s"),
+            ("limits", "ws_ping_interval_s"),
+            ("limits", "ws_idle_timeout_s"),
             ("jobs", "autodelete_delay_s"),
         ] {
             let text = format!("[{section}]\n{key} = 0\n");
@@ -419,6 +457,7 @@ mod tests {
             "max_local_connections",
             "max_handshakes",
             "max_handshakes_per_address",
+            "min_body_rate",
         ] {
             let text = format!("[limits]\n{key} = 0\n");
             let e = Config::merge_toml(&base, &text, p())
@@ -427,6 +466,10 @@ mod tests {
         }
         let e = Config::merge_toml(&base, "[jobs]\nmax_active = 0\n", p()).unwrap_err();
         assert!(e.to_string().contains("jobs.max_active"), "{e}");
+        // A WebSocket that answers every ping must outlive the idle timeout.
+        let text = "[limits]\nws_ping_interval_s = 60\nws_idle_timeout_s = 60\n";
+        let e = Config::merge_toml(&base, text, p()).unwrap_err();
+        assert!(e.to_string().contains("ws_idle_timeout_s"), "{e}");
         // No waiting at SIGTERM is a choice, not a mistake.
         Config::merge_toml(&base, "[daemon]\nshutdown_grace_s = 0\n", p()).unwrap();
     }

@@ -12,6 +12,7 @@ pub mod events;
 pub mod http;
 pub mod logging;
 pub mod ovf_http;
+pub mod pace;
 pub mod pki;
 pub mod router;
 pub mod rpc;

@@ -4,9 +4,10 @@
 //! network can lock the admin out of the local socket. A TCP connection
 //! first holds a place among the unfinished handshakes
 //! ([`crate::admission`]) and takes one of the `max_connections`
-//! authenticated places only once its certificate checked out. Then the
-//! connection is identified (certificate subject or Unix uid) and routed by
-//! its first bytes.
+//! authenticated places only once its certificate checked out. Every
+//! connection's socket is paced ([`crate::pace`]): a client that stops
+//! taking what depotd sends is cut off. Then the connection is identified
+//! (certificate subject or Unix uid) and routed by its first bytes.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::Handshakes;
 use crate::detect::{self, Prefixed, Protocol};
 use crate::events::EventBus;
+use crate::pace::{PaceLimits, PacedIo};
 use crate::pki;
 use crate::rpc::RpcEngine;
 
@@ -34,6 +36,10 @@ pub struct Shared {
     pub max_request_bytes: usize,
     pub max_concurrent_per_connection: usize,
     pub handshake_timeout: Duration,
+    /// The slowest a client may send or take a body.
+    pub body_pace: PaceLimits,
+    pub ws_ping_interval: Duration,
+    pub ws_idle_timeout: Duration,
     /// One permit per authenticated TLS connection.
     pub connections: Pool,
     /// One permit per local socket connection.
@@ -210,6 +216,7 @@ pub async fn serve_tcp(listener: TcpListener, tls: TlsAcceptor, shared: Arc<Shar
             }
         }
         let _ = stream.set_nodelay(true);
+        let stream = PacedIo::new(stream, shared.body_pace);
         let (shared, tls) = (shared.clone(), tls.clone());
         tokio::spawn(async move {
             let mut pending = pending;
@@ -276,7 +283,7 @@ pub async fn serve_unix(listener: UnixListener, path: PathBuf, shared: Arc<Share
             Err(_) => "local".into(),
         };
         let conn = shared.conn(peer, slot);
-        tokio::spawn(route(stream, conn));
+        tokio::spawn(route(PacedIo::new(stream, shared.body_pace), conn));
     }
     let _ = std::fs::remove_file(&path);
 }
