@@ -838,7 +838,9 @@ verbs! {
 
     /// Starts a built-in no-op job that sleeps, reporting progress. It
     /// exercises the job machinery (status, abort, persistence, events)
-    /// without touching storage. depot's verb.
+    /// without touching storage. depot's test verb: offered only with
+    /// `daemon.test_verbs` (on in dev mode); otherwise it answers -32601 as
+    /// if it did not exist.
     "Host.sleepJob" => HostSleepJob {
         /// The new job's id, chosen by the caller.
         job_id: JobId,

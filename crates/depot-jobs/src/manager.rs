@@ -41,6 +41,10 @@ pub struct JobsConfig {
     /// Jobs running at once; more stay `pending` until a slot frees. 0 is
     /// treated as 1.
     pub max_running: usize,
+    /// Jobs pending or running at once; starting one more is refused with
+    /// `TooManyJobs` (9020). Each holds a file and memory, and a pending one
+    /// waits for a runner, so there must be an end. 0 is treated as 1.
+    pub max_active: usize,
 }
 
 impl Default for JobsConfig {
@@ -48,6 +52,7 @@ impl Default for JobsConfig {
         JobsConfig {
             autodelete: Duration::from_secs(3600),
             max_running: 4,
+            max_active: 256,
         }
     }
 }
@@ -305,6 +310,21 @@ impl JobManager {
                         format!("job {id} exists with another kind or spec"),
                     ))
                 };
+            }
+            let max = inner.config.max_active.max(1);
+            let active = st
+                .jobs
+                .values()
+                .filter(|j| !j.record.status.is_final())
+                .count();
+            if active >= max {
+                warn!(job_id = %id, kind, active, max, "job refused: too many active jobs");
+                return Err(ApiError::new(
+                    Code::TooManyJobs,
+                    format!(
+                        "cannot start job {id}: {active} jobs are pending or running, the limit is {max}"
+                    ),
+                ));
             }
             let record = JobRecord::new(id, kind, job_type, spec.clone(), k.describe(&spec));
             info!(job_id = %id, kind, from = "new", to = %JobStatus::Pending, "job status changed");

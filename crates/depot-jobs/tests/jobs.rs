@@ -478,3 +478,35 @@ async fn corrupt_file_is_moved_aside() {
     assert_eq!(m2.list(None, &[]).len(), 1);
     assert!(rec.to_string().contains("1 corrupt"));
 }
+
+#[tokio::test]
+async fn max_active_refuses_one_more_and_keeps_restarts_idempotent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = JobsConfig {
+        max_running: 1,
+        max_active: 2,
+        ..cfg()
+    };
+    let (m, _) = open(tmp.path(), config).await;
+    let a = start(&m, 5000).await;
+    let _b = start(&m, 5000).await;
+    let c = JobId::new_v4();
+    let e = m
+        .start(c, SLEEP_KIND, JobType::Storage, spec(10))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::TooManyJobs, "{e}");
+    assert!(m.get(c).is_none(), "a refused job was recorded");
+    assert!(!job_file(tmp.path(), c).exists());
+    // The same job again is not one more.
+    m.start(a, SLEEP_KIND, JobType::Storage, spec(5000))
+        .await
+        .unwrap();
+    // An ended job leaves room.
+    m.abort(a).await.unwrap();
+    wait_status(&m, a, JobStatus::Aborted, 5 * SEC).await;
+    m.start(c, SLEEP_KIND, JobType::Storage, spec(10))
+        .await
+        .unwrap();
+    m.shutdown(SEC).await;
+}

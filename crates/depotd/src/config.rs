@@ -53,6 +53,9 @@ pub struct DaemonConfig {
     /// Dev mode: generate a CA, server and client certificate into
     /// `<state_dir>/pki` on first start. Set by `--dev`.
     pub generate_certs: bool,
+    /// Offer the test verbs (`Host.sleepJob`). On in dev mode; off in
+    /// production, where they answer as if they did not exist.
+    pub test_verbs: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +77,9 @@ pub struct TlsConfig {
     pub ca_file: PathBuf,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// Client certificate subjects let in (as logged, e.g. "CN=engine");
+    /// empty lets in every certificate the CA signed.
+    pub allowed_subjects: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,11 +91,32 @@ pub struct Limits {
     pub max_batch: usize,
     /// Calls that run at once on one connection; more wait.
     pub max_concurrent_per_connection: usize,
-    /// Open connections (TLS and local socket together); more are refused.
+    /// Open TLS connections that finished the handshake; more are closed.
     pub max_connections: usize,
+    /// Open connections on the local socket, a pool of their own so that a
+    /// flood on the TCP port never locks the admin out.
+    pub max_local_connections: usize,
+    /// TCP connections that have not finished the TLS handshake. When they
+    /// are all taken, a new connection pushes out the oldest one.
+    pub max_handshakes: usize,
+    /// Unfinished handshakes from one source address (IPv6: one /64); more
+    /// are closed at once.
+    pub max_handshakes_per_address: usize,
     /// Seconds a new connection has for the TLS handshake and its first
-    /// bytes.
+    /// bytes, and a request for its headers (so also how long an idle
+    /// keep-alive connection stays open).
     pub handshake_timeout_s: f64,
+    /// Slowest a client may send a request body or take a response body,
+    /// in bytes per second, over `body_window_s`.
+    pub min_body_rate: u64,
+    /// Seconds of waiting on a client that `min_body_rate` is measured
+    /// over; a transfer that stalls completely ends after this long.
+    pub body_window_s: f64,
+    /// Seconds between the server's pings on a WebSocket.
+    pub ws_ping_interval_s: f64,
+    /// Seconds a WebSocket may stay silent (no message, no pong) before it
+    /// is closed.
+    pub ws_idle_timeout_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,6 +126,9 @@ pub struct JobsConfig {
     pub autodelete_delay_s: f64,
     /// Jobs that run at once; more stay pending.
     pub max_running: usize,
+    /// Jobs pending or running at once; starting one more is refused
+    /// (9020, TooManyJobs).
+    pub max_active: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +170,7 @@ impl Config {
                 repository: "/rhev/data-center".into(),
                 shutdown_grace_s: 30.0,
                 generate_certs: false,
+                test_verbs: false,
             },
             listen: ListenConfig {
                 address: "::".parse().expect("literal address"),
@@ -150,17 +181,26 @@ impl Config {
                 ca_file: "/etc/pki/depot/certs/cacert.pem".into(),
                 cert_file: "/etc/pki/depot/certs/depotcert.pem".into(),
                 key_file: "/etc/pki/depot/keys/depotkey.pem".into(),
+                allowed_subjects: Vec::new(),
             },
             limits: Limits {
                 max_request_bytes: 8 << 20,
                 max_batch: 100,
                 max_concurrent_per_connection: 16,
                 max_connections: 512,
-                handshake_timeout_s: 10.0,
+                max_local_connections: 64,
+                max_handshakes: 128,
+                max_handshakes_per_address: 8,
+                handshake_timeout_s: 5.0,
+                min_body_rate: 1024,
+                body_window_s: 30.0,
+                ws_ping_interval_s: 30.0,
+                ws_idle_timeout_s: 90.0,
             },
             jobs: JobsConfig {
                 autodelete_delay_s: 3600.0,
                 max_running: 4,
+                max_active: 256,
             },
             storage: StorageSection {
                 io_timeout_s: 60.0,
@@ -183,6 +223,7 @@ impl Config {
         c.daemon.state_dir = dir.join("state");
         c.daemon.repository = dir.join("repository");
         c.daemon.generate_certs = true;
+        c.daemon.test_verbs = true;
         c.listen.address = "127.0.0.1".parse().expect("literal address");
         c.listen.socket = dir.join("depotd.sock");
         c.tls.ca_file = pki.join("ca.pem");
@@ -221,37 +262,75 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         let l = &self.limits;
         for (name, v) in [
-            ("limits.max_request_bytes", l.max_request_bytes),
-            ("limits.max_batch", l.max_batch),
+            ("limits.max_request_bytes", l.max_request_bytes as u64),
+            ("limits.max_batch", l.max_batch as u64),
             (
                 "limits.max_concurrent_per_connection",
-                l.max_concurrent_per_connection,
+                l.max_concurrent_per_connection as u64,
             ),
-            ("limits.max_connections", l.max_connections),
-            ("jobs.max_running", self.jobs.max_running),
+            ("limits.max_connections", l.max_connections as u64),
+            (
+                "limits.max_local_connections",
+                l.max_local_connections as u64,
+            ),
+            ("limits.max_handshakes", l.max_handshakes as u64),
+            (
+                "limits.max_handshakes_per_address",
+                l.max_handshakes_per_address as u64,
+            ),
+            ("limits.min_body_rate", l.min_body_rate),
+            ("jobs.max_running", self.jobs.max_running as u64),
+            ("jobs.max_active", self.jobs.max_active as u64),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
         }
-        for (name, v) in [
-            ("daemon.shutdown_grace_s", self.daemon.shutdown_grace_s),
-            ("limits.handshake_timeout_s", l.handshake_timeout_s),
-            ("jobs.autodelete_delay_s", self.jobs.autodelete_delay_s),
-            ("storage.io_timeout_s", self.storage.io_timeout_s),
-            ("storage.lock_timeout_s", self.storage.lock_timeout_s),
+        // Seconds. 0 would make every call, lock wait, handshake or check
+        // fail at once (or spin), so only the grace period may be 0: "do
+        // not wait".
+        for (name, v, zero_ok) in [
+            (
+                "daemon.shutdown_grace_s",
+                self.daemon.shutdown_grace_s,
+                true,
+            ),
+            ("limits.handshake_timeout_s", l.handshake_timeout_s, false),
+            ("limits.body_window_s", l.body_window_s, false),
+            ("limits.ws_ping_interval_s", l.ws_ping_interval_s, false),
+            ("limits.ws_idle_timeout_s", l.ws_idle_timeout_s, false),
+            (
+                "jobs.autodelete_delay_s",
+                self.jobs.autodelete_delay_s,
+                false,
+            ),
+            ("storage.io_timeout_s", self.storage.io_timeout_s, false),
+            ("storage.lock_timeout_s", self.storage.lock_timeout_s, false),
             (
                 "storage.qemu_img_timeout_s",
                 self.storage.qemu_img_timeout_s,
+                false,
             ),
             (
                 "storage.monitor_interval_s",
                 self.storage.monitor_interval_s,
+                false,
             ),
         ] {
             if !(0.0..1e9).contains(&v) {
                 return Err(format!("{name} must be a number of seconds, not {v}"));
             }
+            if v == 0.0 && !zero_ok {
+                return Err(format!("{name} must be more than 0 seconds"));
+            }
+        }
+        // A live client answers pings: it is silent for at most one ping
+        // interval plus a round trip.
+        if l.ws_idle_timeout_s <= l.ws_ping_interval_s {
+            return Err(format!(
+                "limits.ws_idle_timeout_s ({}) must be longer than limits.ws_ping_interval_s ({})",
+                l.ws_idle_timeout_s, l.ws_ping_interval_s
+            ));
         }
         // A relative path would depend on the daemon's working directory.
         for (name, path) in [
@@ -272,6 +351,14 @@ impl Config {
 
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.limits.handshake_timeout_s)
+    }
+
+    /// The slowest a client may move a body (docs/config.md).
+    pub fn body_pace(&self) -> crate::pace::PaceLimits {
+        crate::pace::PaceLimits {
+            min_rate: self.limits.min_body_rate,
+            window: Duration::from_secs_f64(self.limits.body_window_s),
+        }
     }
 }
 
@@ -343,5 +430,53 @@ mod tests {
         assert!(Config::merge_toml(&base, "[listen]\nport = \"x\"\n", p()).is_err());
         assert!(Config::merge_toml(&base, "[limits]\nmax_batch = 0\n", p()).is_err());
         assert!(Config::merge_toml(&base, "[jobs]\nautodelete_delay_s = -1\n", p()).is_err());
+    }
+
+    /// Every timeout, interval and limit that makes no sense at 0 is
+    /// refused at start, and the message names the key.
+    #[test]
+    fn zero_timeouts_and_limits_are_refused_by_name() {
+        let base = Config::production();
+        for (section, key) in [
+            ("storage", "io_timeout_s"),
+            ("storage", "lock_timeout_s"),
+            ("storage", "qemu_img_timeout_s"),
+            ("storage", "monitor_interval_s"),
+            ("limits", "handshake_timeout_s"),
+            ("limits", "body_window_s"),
+            ("limits", "ws_ping_interval_s"),
+            ("limits", "ws_idle_timeout_s"),
+            ("jobs", "autodelete_delay_s"),
+        ] {
+            let text = format!("[{section}]\n{key} = 0\n");
+            let e = Config::merge_toml(&base, &text, p())
+                .expect_err(&format!("{section}.{key} = 0 was accepted"));
+            assert!(e.to_string().contains(&format!("{section}.{key}")), "{e}");
+        }
+        for key in [
+            "max_local_connections",
+            "max_handshakes",
+            "max_handshakes_per_address",
+            "min_body_rate",
+        ] {
+            let text = format!("[limits]\n{key} = 0\n");
+            let e = Config::merge_toml(&base, &text, p())
+                .expect_err(&format!("limits.{key} = 0 was accepted"));
+            assert!(e.to_string().contains(&format!("limits.{key}")), "{e}");
+        }
+        let e = Config::merge_toml(&base, "[jobs]\nmax_active = 0\n", p()).unwrap_err();
+        assert!(e.to_string().contains("jobs.max_active"), "{e}");
+        // A WebSocket that answers every ping must outlive the idle timeout.
+        let text = "[limits]\nws_ping_interval_s = 60\nws_idle_timeout_s = 60\n";
+        let e = Config::merge_toml(&base, text, p()).unwrap_err();
+        assert!(e.to_string().contains("ws_idle_timeout_s"), "{e}");
+        // No waiting at SIGTERM is a choice, not a mistake.
+        Config::merge_toml(&base, "[daemon]\nshutdown_grace_s = 0\n", p()).unwrap();
+    }
+
+    #[test]
+    fn test_verbs_only_in_dev_mode() {
+        assert!(!Config::production().daemon.test_verbs);
+        assert!(Config::dev(Path::new("/tmp/d")).daemon.test_verbs);
     }
 }

@@ -7,19 +7,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use depot_jobs::{JobManager, JobsConfig, SleepJob};
 use depot_os::CommandRunner;
 use depot_storage::{Storage, StorageConfig};
 
+use crate::admission::Handshakes;
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::pki;
 use crate::router::Router;
-use crate::rpc::RpcEngine;
-use crate::server::{self, Shared};
+use crate::rpc::{ParseLimits, RpcEngine};
+use crate::server::{self, Pool, Shared, Throttle};
 use crate::storage_jobs;
 use crate::systemd;
 
@@ -57,6 +58,7 @@ pub enum StartError {
 }
 
 pub async fn run(config: Config) -> Result<(), StartError> {
+    raise_open_files_limit();
     let state_dir = &config.daemon.state_dir;
     make_dir(state_dir, 0o700)?;
     // Held until exit: two daemons on one state directory would each
@@ -100,6 +102,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let jobs_config = JobsConfig {
         autodelete: Duration::from_secs_f64(config.jobs.autodelete_delay_s),
         max_running: config.jobs.max_running,
+        max_active: config.jobs.max_active,
     };
     let journal_dir = state_dir.join("copy-journals");
     make_dir(&journal_dir, 0o700)?;
@@ -131,18 +134,25 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     write_listen_address(state_dir, bound);
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let limits = &config.limits;
     let shared = Arc::new(Shared {
         engine: RpcEngine::new(
-            Router::new(jobs.clone(), storage.clone()),
-            config.limits.max_batch,
+            Router::new(jobs.clone(), storage.clone(), config.daemon.test_verbs),
+            ParseLimits::new(limits.max_batch, limits.max_request_bytes),
         ),
         events,
         shutdown: stop_rx,
-        max_request_bytes: config.limits.max_request_bytes,
-        max_concurrent_per_connection: config.limits.max_concurrent_per_connection,
+        max_request_bytes: limits.max_request_bytes,
+        max_concurrent_per_connection: limits.max_concurrent_per_connection,
         handshake_timeout: config.handshake_timeout(),
-        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-        max_connections: config.limits.max_connections,
+        body_pace: config.body_pace(),
+        ws_ping_interval: Duration::from_secs_f64(limits.ws_ping_interval_s),
+        ws_idle_timeout: Duration::from_secs_f64(limits.ws_idle_timeout_s),
+        connections: Pool::new("tls", limits.max_connections),
+        local_connections: Pool::new("local socket", limits.max_local_connections),
+        handshakes: Handshakes::new(limits.max_handshakes, limits.max_handshakes_per_address),
+        allowed_subjects: config.tls.allowed_subjects.clone(),
+        noise: Throttle::default(),
     });
     let tcp_task = tokio::spawn(server::serve_tcp(tcp, tls, shared.clone()));
     let unix_task = tokio::spawn(server::serve_unix(
@@ -188,6 +198,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let _ = std::fs::remove_file(state_dir.join(LISTEN_ADDRESS_FILE));
     tracing::info!("depotd stopped");
     Ok(())
+}
+
+/// Every connection is a file descriptor, and the connection limits
+/// (docs/config.md) add up to more than the usual soft limit of 1024: take
+/// the hard limit, as systemd's unit (LimitNOFILE) does for the service.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
 }
 
 fn make_dir(path: &Path, mode: u32) -> Result<(), StartError> {

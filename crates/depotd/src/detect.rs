@@ -1,7 +1,8 @@
 //! Protocol detection by a connection's first bytes, as VDSM's
 //! `protocoldetector` does: one port carries HTTP (JSON-RPC POST, WebSocket,
-//! and later the OVF PUT/GET streams) and STOMP frames (a later issue).
-//! The bytes read to decide are replayed to the protocol's handler.
+//! the OVF PUT/GET streams) and STOMP frames (recognised, and refused in
+//! STOMP's own framing until STOMP lands). The bytes read to decide are
+//! replayed to the protocol's handler.
 
 use std::io;
 use std::pin::Pin;

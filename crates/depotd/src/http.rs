@@ -1,11 +1,13 @@
 //! HTTP/1.1 on a detected connection: `POST /` carries JSON-RPC, `GET /`
-//! with `Upgrade: websocket` switches to a WebSocket. `PUT /` and plain
-//! `GET /` are reserved for the OVF streams (a later issue) and answer 501
-//! in VDSM's error shape until then.
+//! with `Upgrade: websocket` switches to a WebSocket, and `PUT /` and plain
+//! `GET /` are the OVF_STORE streams ([`crate::ovf_http`]).
+//!
+//! Request bodies are paced ([`crate::pace`]): a client that sends one
+//! too slowly gets 408 and the connection is closed.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -19,6 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use depot_api::{ApiError, Code};
 
+use crate::pace::{BodyError, PacedBody};
 use crate::rpc::{error_response, CallCtx};
 use crate::server::{self, Conn};
 use crate::ws;
@@ -94,27 +97,41 @@ async fn route(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
 async fn post_jsonrpc(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
     let limit = conn.shared.max_request_bytes;
     let flow_id = flow_id(&req);
-    let too_large = |len: String| {
+    let too_large = |what: String| {
         jsonrpc_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &ApiError::new(
                 Code::InvalidRequest,
-                format!("request of {len} bytes exceeds the limit of {limit}"),
+                format!("{what} exceeds the limit of {limit} bytes"),
             ),
         )
     };
     // Refuse at once when the client says how big it is.
-    if let Some(len) = content_length(&req) {
+    let length = content_length(&req);
+    if let Some(len) = length {
         if len > limit as u64 {
-            return too_large(len.to_string());
+            return too_large(format!("request of {len} bytes"));
         }
     }
-    let body = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return too_large("more than".into())
+    let body = match read_body(req.into_body(), length, conn).await {
+        Ok(b) => b,
+        Err(BodyRead::TooLarge) => return too_large(format!("request of more than {limit} bytes")),
+        Err(BodyRead::TooSlow(detail)) => {
+            tracing::info!(peer = %conn.peer, detail, "request body too slow; closing");
+            let mut resp = jsonrpc_error(
+                StatusCode::REQUEST_TIMEOUT,
+                &ApiError::new(
+                    Code::InvalidRequest,
+                    format!("request body too slow: {detail}"),
+                ),
+            );
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return resp;
         }
-        Err(e) => {
+        Err(BodyRead::Failed(e)) => {
             tracing::debug!(peer = %conn.peer, error = %e, "request body read failed");
             return plain(StatusCode::BAD_REQUEST, "cannot read the request body\n");
         }
@@ -132,6 +149,35 @@ async fn post_jsonrpc(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
             .body(empty())
             .unwrap_or_default(),
     }
+}
+
+enum BodyRead {
+    TooLarge,
+    TooSlow(String),
+    Failed(hyper::Error),
+}
+
+/// Reads a whole request body of at most `max_request_bytes` into one
+/// buffer (sized by Content-Length up front, so the body is held once),
+/// at the client's minimum pace.
+async fn read_body(body: Incoming, length: Option<u64>, conn: &Conn) -> Result<Bytes, BodyRead> {
+    let limit = conn.shared.max_request_bytes;
+    let mut body = PacedBody::new(body, conn.shared.body_pace);
+    let mut buf = BytesMut::with_capacity(length.unwrap_or(0).min(limit as u64) as usize);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                let Ok(data) = f.into_data() else { continue }; // trailers
+                if buf.len() + data.len() > limit {
+                    return Err(BodyRead::TooLarge);
+                }
+                buf.extend_from_slice(&data);
+            }
+            Err(BodyError::TooSlow(e)) => return Err(BodyRead::TooSlow(e.detail)),
+            Err(BodyError::Inner(e)) => return Err(BodyRead::Failed(e)),
+        }
+    }
+    Ok(buf.freeze())
 }
 
 #[allow(clippy::field_reassign_with_default)]

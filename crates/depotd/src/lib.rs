@@ -4,6 +4,7 @@
 //! The binary (`main.rs`) only parses arguments; everything is here so that
 //! integration tests can reuse pieces (the dev PKI generator, the config).
 
+pub mod admission;
 pub mod config;
 pub mod daemon;
 pub mod detect;
@@ -11,6 +12,7 @@ pub mod events;
 pub mod http;
 pub mod logging;
 pub mod ovf_http;
+pub mod pace;
 pub mod pki;
 pub mod router;
 pub mod rpc;

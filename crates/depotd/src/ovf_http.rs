@@ -9,7 +9,11 @@
 //!
 //! The body is passed between the network and the storage thread through a
 //! small bounded channel, so memory stays bounded whatever the size, and a
-//! slow disk slows the client down instead of piling data up.
+//! slow disk slows the client down instead of piling data up. The client
+//! must keep up a minimum pace ([`crate::pace`]): an upload that stalls is
+//! answered 408 and releases the volume's upload slot; a download the
+//! client stops reading is cut off by the connection's paced socket, which
+//! ends the read and releases the image lock it holds.
 
 use bytes::{Buf, Bytes};
 use http::{header, HeaderMap, Request, Response, StatusCode};
@@ -26,6 +30,7 @@ use depot_api::{ApiError, Code};
 use depot_storage::Storage;
 
 use crate::http::{empty, full, Body};
+use crate::pace::{BodyError, PacedBody};
 use crate::server::Conn;
 
 /// Chunks in flight between the socket and the disk, each up to hyper's
@@ -140,8 +145,9 @@ pub async fn put(req: Request<Incoming>, conn: &Conn, storage: Arc<Storage>) -> 
         storage.ovf_upload(sd, img, vol, length, &mut source)
     });
 
-    let mut body = req.into_body();
+    let mut body = PacedBody::new(req.into_body(), conn.shared.body_pace);
     let mut upload = upload;
+    let mut too_slow = None;
     // Feed the body until it ends, or until the storage side has answered
     // on its own (a refusal before the body is read: 404, 409, 9005 ...),
     // which must not wait for bytes the client may never send.
@@ -160,8 +166,15 @@ pub async fn put(req: Request<Incoming>, conn: &Conn, storage: Arc<Storage>) -> 
                     // The client stopped sending: for the storage side
                     // this is the end of the body, which it reports as a
                     // truncated upload (400, naming the missing bytes).
-                    Err(e) => {
+                    Err(BodyError::Inner(e)) => {
                         tracing::info!(peer = %conn.peer, error = %e, "OVF upload body ended early");
+                        break None;
+                    }
+                    // Too slow: the same for the storage side, and 408 for
+                    // the client.
+                    Err(BodyError::TooSlow(e)) => {
+                        tracing::info!(peer = %conn.peer, detail = %e.detail, "OVF upload too slow; closing");
+                        too_slow = Some(e);
                         break None;
                     }
                 }
@@ -174,6 +187,21 @@ pub async fn put(req: Request<Incoming>, conn: &Conn, storage: Arc<Storage>) -> 
         Some(done) => done,
         None => upload.await,
     };
+    // (A store the whole body reached is stored, however slow the end.)
+    if let (Some(e), false) = (too_slow, matches!(outcome, Ok(Ok(_)))) {
+        let mut resp = error(
+            StatusCode::REQUEST_TIMEOUT,
+            &ApiError::new(
+                Code::GeneralException,
+                format!("upload body too slow: {}", e.detail),
+            ),
+        );
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return resp;
+    }
 
     match outcome {
         Ok(Ok(done)) => {

@@ -239,6 +239,7 @@ mod tests {
             ca_file: files.ca(),
             cert_file: files.server_cert(),
             key_file: files.server_key(),
+            allowed_subjects: Vec::new(),
         };
         server_config(&tls).unwrap();
         let client = load_certs(&files.client_cert(), "client").unwrap();

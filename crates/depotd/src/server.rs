@@ -1,20 +1,30 @@
-//! Listeners: TCP with mutual TLS, and the owner-only local socket. Each
-//! accepted connection is counted against the connection limit, identified
-//! (certificate subject or Unix uid), then routed by its first bytes.
+//! Listeners: TCP with mutual TLS, and the owner-only local socket.
+//!
+//! Each listener has its own pool of connections, so that nobody on the
+//! network can lock the admin out of the local socket. A TCP connection
+//! first holds a place among the unfinished handshakes
+//! ([`crate::admission`]) and takes one of the `max_connections`
+//! authenticated places only once its certificate checked out. Every
+//! connection's socket is paced ([`crate::pace`]): a client that stops
+//! taking what depotd sends is cut off. Then the connection is identified
+//! (certificate subject or Unix uid) and routed by its first bytes.
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::Handshakes;
 use crate::detect::{self, Prefixed, Protocol};
 use crate::events::EventBus;
+use crate::pace::{PaceLimits, PacedIo};
 use crate::pki;
 use crate::rpc::RpcEngine;
 
@@ -26,9 +36,80 @@ pub struct Shared {
     pub max_request_bytes: usize,
     pub max_concurrent_per_connection: usize,
     pub handshake_timeout: Duration,
-    /// One permit per open connection.
-    pub connections: Arc<Semaphore>,
-    pub max_connections: usize,
+    /// The slowest a client may send or take a body.
+    pub body_pace: PaceLimits,
+    pub ws_ping_interval: Duration,
+    pub ws_idle_timeout: Duration,
+    /// One permit per authenticated TLS connection.
+    pub connections: Pool,
+    /// One permit per local socket connection.
+    pub local_connections: Pool,
+    /// TCP connections before their handshake finished.
+    pub handshakes: Arc<Handshakes>,
+    /// Client certificate subjects let in; empty: all the CA signed.
+    pub allowed_subjects: Vec<String>,
+    /// Refusals of unauthenticated connections, which anyone can cause by
+    /// the thousand, are logged at most once a second.
+    pub noise: Throttle,
+}
+
+/// A fixed number of connection places.
+pub struct Pool {
+    name: &'static str,
+    places: Arc<Semaphore>,
+    size: usize,
+}
+
+impl Pool {
+    pub fn new(name: &'static str, size: usize) -> Pool {
+        Pool {
+            name,
+            places: Arc::new(Semaphore::new(size)),
+            size,
+        }
+    }
+
+    fn take(&self, from: &str) -> Option<OwnedSemaphorePermit> {
+        match self.places.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                tracing::warn!(
+                    limit = self.size,
+                    pool = self.name,
+                    from,
+                    "connection refused: too many connections"
+                );
+                None
+            }
+        }
+    }
+
+    /// Waits until every place is free again.
+    async fn drained(&self) {
+        let _ = self.places.acquire_many(self.size as u32).await;
+    }
+}
+
+/// Lets a log line through at most once per second, counting the rest.
+#[derive(Default)]
+pub struct Throttle {
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl Throttle {
+    /// `Some(n)` when a line may be logged now, `n` lines having been
+    /// suppressed since the last one.
+    fn pass(&self) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
 }
 
 /// One connection: who is on the other end and its call slots.
@@ -40,20 +121,6 @@ pub struct Conn {
 }
 
 impl Shared {
-    fn admit(&self, what: &str) -> Option<OwnedSemaphorePermit> {
-        match self.connections.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                tracing::warn!(
-                    limit = self.max_connections,
-                    from = what,
-                    "connection refused: too many connections"
-                );
-                None
-            }
-        }
-    }
-
     fn conn(self: &Arc<Self>, peer: String, slot: OwnedSemaphorePermit) -> Arc<Conn> {
         Arc::new(Conn {
             shared: self.clone(),
@@ -65,10 +132,12 @@ impl Shared {
 
     /// Waits until every connection has closed, or `grace` passes.
     pub async fn drain(&self, grace: Duration) -> bool {
-        let all = self.max_connections as u32;
-        tokio::time::timeout(grace, self.connections.acquire_many(all))
-            .await
-            .is_ok()
+        tokio::time::timeout(grace, async {
+            self.connections.drained().await;
+            self.local_connections.drained().await;
+        })
+        .await
+        .is_ok()
     }
 }
 
@@ -88,16 +157,31 @@ pub async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir)?;
+    // Bind inside a directory only we can enter, make the socket 0600 and
+    // move it into place: it is never open to others, and the umask, which
+    // every thread of the process shares, is left alone.
+    let private = dir.join(format!(".depotd-bind.{}", std::process::id()));
+    let staged = private.join("s");
+    let mkdir = || std::fs::DirBuilder::new().mode(0o700).create(&private);
+    if let Err(e) = mkdir() {
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+        // Left by a crash of an earlier process with our pid.
+        let _ = std::fs::remove_file(&staged);
+        std::fs::remove_dir(&private)?;
+        mkdir()?;
     }
-    // Bind under a tight umask so the socket is never briefly open to others.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let listener = bound?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound
 }
 
 pub async fn serve_tcp(listener: TcpListener, tls: TlsAcceptor, shared: Arc<Shared>) {
@@ -115,21 +199,45 @@ pub async fn serve_tcp(listener: TcpListener, tls: TlsAcceptor, shared: Arc<Shar
             },
             _ = stopping(&mut shutdown) => break,
         };
-        let Some(slot) = shared.admit(&addr.to_string()) else {
-            continue;
+        let (pending, pushed) = match shared.handshakes.admit(addr.ip()) {
+            Ok(p) => p,
+            Err(refused) => {
+                if let Some(more) = shared.noise.pass() {
+                    tracing::warn!(peer = %addr, limit = refused.limit, suppressed = more,
+                        "connection refused: too many unfinished handshakes from its address");
+                }
+                continue;
+            }
         };
+        if pushed {
+            if let Some(more) = shared.noise.pass() {
+                tracing::warn!(peer = %addr, limit = shared.handshakes.len(), suppressed = more,
+                    "unfinished handshakes at the limit: the oldest was closed");
+            }
+        }
         let _ = stream.set_nodelay(true);
+        let stream = PacedIo::new(stream, shared.body_pace);
         let (shared, tls) = (shared.clone(), tls.clone());
         tokio::spawn(async move {
-            let accepted = tokio::time::timeout(shared.handshake_timeout, tls.accept(stream)).await;
+            let mut pending = pending;
+            let handshake = tokio::time::timeout(shared.handshake_timeout, tls.accept(stream));
+            let accepted = tokio::select! {
+                r = handshake => r,
+                _ = pending.pushed_out() => return,
+            };
+            drop(pending);
             let stream = match accepted {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    tracing::info!(peer = %addr, error = %e, "TLS handshake refused");
+                    if let Some(more) = shared.noise.pass() {
+                        tracing::info!(peer = %addr, error = %e, suppressed = more, "TLS handshake refused");
+                    }
                     return;
                 }
                 Err(_) => {
-                    tracing::info!(peer = %addr, "TLS handshake timed out");
+                    if let Some(more) = shared.noise.pass() {
+                        tracing::info!(peer = %addr, suppressed = more, "TLS handshake timed out");
+                    }
                     return;
                 }
             };
@@ -140,6 +248,13 @@ pub async fn serve_tcp(listener: TcpListener, tls: TlsAcceptor, shared: Arc<Shar
                 .and_then(|c| c.first())
                 .map(pki::subject_of)
                 .unwrap_or_else(|| "<no certificate>".into());
+            if !shared.allowed_subjects.is_empty() && !shared.allowed_subjects.contains(&subject) {
+                tracing::warn!(peer = %addr, subject, "connection refused: certificate subject not in tls.allowed_subjects");
+                return;
+            }
+            let Some(slot) = shared.connections.take(&addr.to_string()) else {
+                return;
+            };
             let conn = shared.conn(format!("{subject} ({addr})"), slot);
             route(stream, conn).await;
         });
@@ -160,7 +275,7 @@ pub async fn serve_unix(listener: UnixListener, path: PathBuf, shared: Arc<Share
             },
             _ = stopping(&mut shutdown) => break,
         };
-        let Some(slot) = shared.admit("local socket") else {
+        let Some(slot) = shared.local_connections.take("local socket") else {
             continue;
         };
         let peer = match stream.peer_cred() {
@@ -168,7 +283,7 @@ pub async fn serve_unix(listener: UnixListener, path: PathBuf, shared: Arc<Share
             Err(_) => "local".into(),
         };
         let conn = shared.conn(peer, slot);
-        tokio::spawn(route(stream, conn));
+        tokio::spawn(route(PacedIo::new(stream, shared.body_pace), conn));
     }
     let _ = std::fs::remove_file(&path);
 }
@@ -208,4 +323,74 @@ where
 pub async fn stopping(rx: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns must not live across an await.
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    fn umask_now() -> String {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Umask:"))
+            .unwrap()
+            .to_string()
+    }
+
+    /// The umask is the whole process's: a bind that changes it, even
+    /// briefly, changes the mode of whatever another thread creates then.
+    /// A watcher thread reads it while sockets are bound over and over.
+    #[tokio::test]
+    async fn binding_leaves_the_umask_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = umask_now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (stop, before) = (stop.clone(), before.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let now = umask_now();
+                    if now != before {
+                        return Some(now);
+                    }
+                }
+                None
+            })
+        };
+        let path = dir.path().join("run/depotd.sock");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && !watcher.is_finished() {
+            let listener = bind_unix(&path).await.unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "socket mode");
+            drop(listener);
+            std::fs::remove_file(&path).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let seen = watcher.join().unwrap();
+        assert_eq!(seen, None, "the umask changed while binding (was {before})");
+        // Nothing is left behind next to the socket.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("run"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn the_bound_socket_answers_at_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("depotd.sock");
+        let listener = bind_unix(&path).await.unwrap();
+        let client = tokio::net::UnixStream::connect(&path);
+        let (accepted, connected) = tokio::join!(listener.accept(), client);
+        accepted.unwrap();
+        connected.unwrap();
+        // A live socket is not replaced.
+        let e = bind_unix(&path).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+    }
 }

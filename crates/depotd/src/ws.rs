@@ -2,12 +2,18 @@
 //! a batch; responses and events go back as text messages. Calls of one
 //! connection run concurrently up to the per-connection limit; when the limit
 //! is reached the server stops reading, which pushes back on the client.
+//!
+//! The server pings every `limits.ws_ping_interval_s`; a connection that
+//! sends nothing (not even the pong a live client's library sends by
+//! itself) for `limits.ws_idle_timeout_s` is closed, and so is one whose
+//! client stops taking what the server sends (the socket is paced).
 
 use futures_util::{SinkExt, StreamExt};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -27,14 +33,23 @@ where
 {
     let (mut sink, mut incoming) = stream.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(OUT_QUEUE);
+    // Resolves when the writer ends; before the close frame that means the
+    // client stopped reading (or went away), and reading on is pointless.
+    let (writer_alive, mut writer_done) = oneshot::channel::<()>();
+    let peer = conn.peer.clone();
     let writer = tokio::spawn(async move {
         while let Some(msg) = out_rx.recv().await {
             let closing = matches!(msg, Message::Close(_));
-            if sink.send(msg).await.is_err() || closing {
+            if let Err(e) = sink.send(msg).await {
+                tracing::info!(peer = %peer, error = %e, "WebSocket write failed; closing");
+                break;
+            }
+            if closing {
                 break;
             }
         }
         let _ = sink.close().await;
+        drop(writer_alive);
     });
 
     let max = conn.shared.max_concurrent_per_connection;
@@ -49,20 +64,45 @@ where
         ))),
     });
     let mut shutdown = conn.shared.shutdown.clone();
+    let (every, idle) = (conn.shared.ws_ping_interval, conn.shared.ws_idle_timeout);
+    let mut ping = tokio::time::interval_at(Instant::now() + every, every);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
     let close = loop {
-        // Wait for a free slot before reading the next message.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break None;
+        // Wait for a free slot before reading the next message. A client
+        // waiting for its calls is not idle.
+        let permit = match in_flight.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let Ok(p) = in_flight.clone().acquire_owned().await else {
+                    break None;
+                };
+                last_heard = Instant::now();
+                p
+            }
         };
         let msg = tokio::select! {
             m = incoming.next() => m,
+            _ = ping.tick() => {
+                // Skipped when the queue is full: the client is busy
+                // reading, or the pacing will close it.
+                let _ = out_tx.try_send(Message::Ping(Vec::new()));
+                continue;
+            }
+            _ = tokio::time::sleep_until(last_heard + idle) => {
+                tracing::info!(peer = %conn.peer, idle_s = idle.as_secs_f64(), "WebSocket idle; closing");
+                break Some(close_frame(CloseCode::Away, "idle timeout"));
+            }
+            _ = &mut writer_done => break None,
             _ = server::stopping(&mut shutdown) => break Some(close_frame(CloseCode::Away, "depotd is shutting down")),
         };
+        last_heard = Instant::now();
         let body = match msg {
             Some(Ok(Message::Text(t))) => t.into_bytes(),
             Some(Ok(Message::Binary(b))) => b,
             Some(Ok(Message::Close(_))) | None => break None,
-            // Pings are answered by the library.
+            // Pings are answered by the library; pongs only show that the
+            // client is alive.
             Some(Ok(_)) => continue,
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                 tracing::info!(peer = %conn.peer, size, max_size, "WebSocket message too large");

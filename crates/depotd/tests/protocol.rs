@@ -175,7 +175,8 @@ async fn oversized_request_and_batch_are_refused() {
 
 #[tokio::test]
 async fn connection_limit_refuses_extra_connections() {
-    let d = Daemon::start("[limits]\nmax_connections = 2\n");
+    // The local socket's own pool (TLS has `max_connections`).
+    let d = Daemon::start("[limits]\nmax_local_connections = 2\n");
     let a = d.ws().await;
     let b = d.ws().await;
     let opts = Options::with_timeout(Duration::from_secs(5));
