@@ -92,6 +92,22 @@ fn call_name(func: &Expr) -> Option<String> {
     }
 }
 
+/// The `return`s of a test's own body (not of closures, async blocks or
+/// nested functions in it): a test that returns early passes without
+/// testing the rest, which is how the old gates skipped.
+#[derive(Default)]
+struct Returns(usize);
+
+impl<'ast> Visit<'ast> for Returns {
+    fn visit_expr_return(&mut self, r: &'ast syn::ExprReturn) {
+        self.0 += 1;
+        visit::visit_expr_return(self, r);
+    }
+    fn visit_expr_closure(&mut self, _: &'ast syn::ExprClosure) {}
+    fn visit_expr_async(&mut self, _: &'ast syn::ExprAsync) {}
+    fn visit_item_fn(&mut self, _: &'ast syn::ItemFn) {}
+}
+
 /// The calls a function body makes by name, not looking into nested
 /// functions.
 #[derive(Default)]
@@ -192,6 +208,14 @@ impl FileCheck<'_> {
                 if t == "ignore" {
                     self.flag(format!("test {name}: #[ignore] without a reason"));
                 }
+            }
+            let mut returns = Returns::default();
+            returns.visit_block(block);
+            if returns.0 > 0 {
+                self.flag(format!(
+                    "test {name} returns early: a test that cannot go on fails (or is \
+                     ignored in a tier that cannot run it), it does not pass"
+                ));
             }
         }
         if is_item && !self.in_testkit() && OLD_HELPERS.contains(&name) {
@@ -407,6 +431,11 @@ fn check_runner_script(name: &str, text: &str, report: &mut Report) {
 #[test]
 fn the_workspace_follows_the_tier_convention() {
     let r = check_workspace();
+    assert!(
+        r.violations.is_empty(),
+        "the tier convention (docs/testing.md) is broken:\n  {}",
+        r.violations.join("\n  ")
+    );
     // The scan found the workspace: a checker that reads nothing passes
     // everything.
     assert!(r.files > 100, "only {} Rust files found", r.files);
@@ -416,11 +445,6 @@ fn the_workspace_follows_the_tier_convention() {
         r.root_tests
     );
     assert!(r.vm_tests >= 15, "only {} VM-tier tests found", r.vm_tests);
-    assert!(
-        r.violations.is_empty(),
-        "the tier convention (docs/testing.md) is broken:\n  {}",
-        r.violations.join("\n  ")
-    );
 }
 
 // ---------------------------------------------------------------------------
@@ -510,6 +534,25 @@ fn the_checker_refuses_each_broken_rule() {
     );
     // An ignore without a reason.
     assert_refused(f, "#[test] #[ignore] fn t() {}", "without a reason");
+    // Skips in disguise: an early return, also through let-else.
+    assert_refused(
+        f,
+        r#"#[test] fn t() { if !have("qemu-io") { eprintln!("qemu-io missing"); return; } }"#,
+        "returns early",
+    );
+    assert_refused(
+        f,
+        r#"#[test] fn t() { let Ok(d) = std::env::var("DIR") else { return; }; use_it(d); }"#,
+        "returns early",
+    );
+    // A return inside a closure or an async block is not the test's.
+    assert_eq!(
+        violations(
+            f,
+            "#[tokio::test] async fn t() { let f = || { return 1; }; eventually(|| async { return None; }).await; }"
+        ),
+        Vec::<String>::new()
+    );
     // The old gates, in every shape they had.
     assert_refused(
         f,
