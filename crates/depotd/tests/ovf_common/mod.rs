@@ -931,6 +931,8 @@ pub fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+// For the root-tier tests; a test file without them need not use it.
+#[allow(unused_imports)]
 pub use crate::support::loopfs::LoopFs;
 
 pub fn path_str(p: &Path) -> &str {
