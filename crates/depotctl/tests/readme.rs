@@ -426,8 +426,16 @@ fn check_promises(w: &Walk, d: &Daemon) {
     let raw = w.json("# the raw wire answer");
     assert_eq!(raw[job]["status"], "done", "{raw}");
     assert!(raw[long]["status"].is_string(), "{raw}");
-    // The abort's end, asked of the daemon after the walk-through.
-    let jobs = depotctl_json(w, &["call", "Host.getJobs", "--json"]);
+    // The abort's end, asked of the daemon after the walk-through (waited
+    // for: aborting is asynchronous).
+    let deadline = Instant::now() + WAIT;
+    let jobs = loop {
+        let jobs = depotctl_json(w, &["call", "Host.getJobs", "--json"]);
+        if jobs[long]["status"] != "running" || Instant::now() > deadline {
+            break jobs;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(jobs[long]["status"], "aborted", "{jobs}");
     assert_eq!(jobs[long]["error"]["code"], 411, "{jobs}");
     assert!(w.out("# exit 1: error -32601").contains("Method not found"));
