@@ -260,7 +260,9 @@ fn stop_and_shutdown_return_while_a_check_hangs() {
         fifos.push(md);
         sds.push(sd);
     }
-    thread::sleep(Duration::from_millis(300));
+    // Every check is inside open() of its FIFO (the kernel waits for a
+    // writer in wait_for_partner), so stop and shutdown meet hung checks.
+    wait_until(LIMIT, "three checks hung in open()", || fifo_openers() >= 3);
     for sd in &sds {
         let h = m.status(*sd).unwrap();
         assert!(!h.actual && h.last_check.is_none(), "{h:?}");
@@ -373,6 +375,17 @@ fn thread_names() -> Vec<String> {
 fn monitor_threads(sd: SdUuid) -> usize {
     let name: String = format!("monitor/{sd}").chars().take(15).collect();
     thread_names().iter().filter(|n| **n == name).count()
+}
+
+/// Threads of this process blocked opening a FIFO that has no writer.
+fn fifo_openers() -> usize {
+    fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w.trim() == "wait_for_partner")
+        })
+        .count()
 }
 
 fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
