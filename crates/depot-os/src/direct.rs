@@ -421,8 +421,6 @@ pub fn sync_and_close(file: File) -> Result<(), DirectError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Cmd, CommandRunner};
-    use std::time::Duration;
 
     #[test]
     fn aligned_buf_is_aligned_and_zeroed() {
@@ -534,51 +532,15 @@ mod tests {
         ));
     }
 
-    /// A loop device over a file, detached on drop even if the test fails.
-    struct LoopDev {
-        dev: PathBuf,
-    }
-
-    impl LoopDev {
-        fn attach(backing: &Path, sector_size: u32) -> LoopDev {
-            let out = CommandRunner::new()
-                .run(
-                    &Cmd::new("losetup", Duration::from_secs(30))
-                        .args(["-f", "--show", "--sector-size"])
-                        .arg(sector_size.to_string())
-                        .arg(backing),
-                )
-                .unwrap();
-            LoopDev {
-                dev: PathBuf::from(out.stdout_lossy().trim()),
-            }
-        }
-    }
-
-    impl Drop for LoopDev {
-        fn drop(&mut self) {
-            let r = CommandRunner::new().run(
-                &Cmd::new("losetup", Duration::from_secs(30))
-                    .arg("-d")
-                    .arg(&self.dev),
-            );
-            if let Err(e) = r {
-                eprintln!("cannot detach {}: {e}", self.dev.display());
-            }
-        }
-    }
-
     #[test]
+    #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
     fn loop_device_with_4k_sectors() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: needs root");
-            return;
-        }
+        depot_testkit::require_root();
         let dir = tempfile::tempdir().unwrap();
         let backing = file_with(dir.path(), "backing", 4 * 1024 * 1024);
-        let lo = LoopDev::attach(&backing, 4096);
+        let lo = depot_testkit::LoopDevice::attach_with(&backing, Some(4096), false);
 
-        let f = open_direct(&lo.dev, true).unwrap();
+        let f = open_direct(lo.path(), true).unwrap();
         let a = probe_alignment(&f).unwrap();
         assert_eq!(a.offset_align, 4096, "{a:?}");
         assert_eq!(a.source, AlignmentSource::Statx, "{a:?}");
@@ -595,7 +557,7 @@ mod tests {
         let data = pattern(8192, 4096, 7);
         write_at_direct(&f, 8192, &data, data.len()).unwrap();
         sync_and_close(f).unwrap();
-        let f = open_direct(&lo.dev, false).unwrap();
+        let f = open_direct(lo.path(), false).unwrap();
         let mut back = AlignedBuf::new(8192, 4096).unwrap();
         assert_eq!(read_at_direct(&f, 8192, &mut back).unwrap(), 8192);
         assert_eq!(&back[..], &data[..]);

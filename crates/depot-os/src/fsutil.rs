@@ -466,14 +466,7 @@ mod tests {
     #[test]
     fn zero_range_falls_back_on_tmpfs() {
         // tmpfs has no ZERO_RANGE but can punch holes and allocate.
-        let shm = Path::new("/dev/shm");
-        let is_tmpfs = nix::sys::statfs::statfs(shm)
-            .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
-            .unwrap_or(false);
-        if !is_tmpfs {
-            eprintln!("SKIP: /dev/shm is not tmpfs");
-            return;
-        }
+        let shm = depot_testkit::require_tmpfs_dev_shm();
         let dir = tempfile::tempdir_in(shm).unwrap();
         assert_eq!(check_zeroed(dir.path()), ZeroMethod::PunchHoleAndAllocate);
     }

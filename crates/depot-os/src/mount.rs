@@ -427,10 +427,6 @@ mod tests {
         assert!(matches!(err, MountError::InvalidArgument { .. }), "{err}");
     }
 
-    fn is_root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
-
     /// Detaches the mount if the test did not get to unmount it.
     struct MountGuard(PathBuf);
 
@@ -443,11 +439,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
     fn mounts_finds_and_unmounts_tmpfs() {
-        if !is_root() {
-            eprintln!("SKIP: needs root");
-            return;
-        }
+        depot_testkit::require_root();
         let dir = tempfile::tempdir().unwrap();
         // A space in the path exercises the \040 escape end to end.
         let target = dir.path().join("mnt point");
@@ -480,11 +474,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
     fn failed_mount_reports_stderr() {
-        if !is_root() {
-            eprintln!("SKIP: needs root");
-            return;
-        }
+        depot_testkit::require_root();
         let dir = tempfile::tempdir().unwrap();
         let m = Mounter::new(CommandRunner::new());
         let err = m

@@ -398,10 +398,11 @@ mod tests {
         let start = Instant::now();
         let err = w
             .run(Duration::from_millis(50), || {
-                thread::sleep(Duration::from_secs(2))
+                thread::sleep(Duration::from_secs(30))
             })
             .unwrap_err();
-        assert!(start.elapsed() < Duration::from_secs(1));
+        // At its timeout, not when the call returns (one-sided bound).
+        assert!(start.elapsed() < Duration::from_secs(10));
         assert!(
             matches!(err, WorkerError::Timeout { started: true, .. }),
             "{err}"
@@ -430,10 +431,8 @@ mod tests {
             })
             .unwrap_err();
         assert!(err.is_hung(), "{err}");
-        assert!(
-            start.elapsed() < Duration::from_millis(100),
-            "refused at once"
-        );
+        // Refused at once, not after waiting out its 5 s timeout.
+        assert!(start.elapsed() < Duration::from_secs(4), "refused at once");
         assert!(w.stats().threads <= 2, "{:?}", w.stats());
 
         // The stuck calls finish: their threads count back and serve again.

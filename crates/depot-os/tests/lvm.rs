@@ -3,26 +3,15 @@
 //! metadata changes are real, activation is not (and must be reported as
 //! such). Activation is tested in the VM tier.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use depot_os::lvm::{Lvm, LvmError};
 use depot_os::CommandRunner;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-/// A loop device over a sparse file, detached on drop.
+/// A loop device over a sparse file in its own directory.
 struct Loop {
+    _lo: depot_testkit::LoopDevice,
     dev: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -32,25 +21,14 @@ impl Loop {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("disk.img");
         std::fs::File::create(&img).unwrap().set_len(size).unwrap();
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(&img)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "losetup: {out:?}");
-        let dev = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-        Loop { dev, _dir: dir }
+        let lo = depot_testkit::LoopDevice::attach(&img);
+        let dev = lo.path().to_owned();
+        Loop {
+            _lo: lo,
+            dev,
+            _dir: dir,
+        }
     }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-    }
-}
-
-fn have_lvm() -> bool {
-    Path::new("/sbin/lvm").exists() || Path::new("/usr/sbin/lvm").exists()
 }
 
 fn lvm() -> Lvm {
@@ -59,11 +37,10 @@ fn lvm() -> Lvm {
 }
 
 #[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 fn vg_and_lv_lifecycle_with_tags_filter_and_cache() {
-    if !is_root() || !have_lvm() {
-        eprintln!("SKIP: needs root and lvm2");
-        return;
-    }
+    depot_testkit::require_root();
+    depot_testkit::require_program("lvm");
     let (a, b) = (Loop::new(1 << 30), Loop::new(1 << 30));
     let vg = format!("depottest{}", std::process::id());
     let l = lvm();

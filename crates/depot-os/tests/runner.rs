@@ -5,6 +5,9 @@ use std::time::{Duration, Instant};
 use depot_os::{Cmd, CmdError, CommandRunner, ExitStatus};
 
 const T: Duration = Duration::from_secs(10);
+/// "Promptly": well before the 30 s the commands below would run if the
+/// runner waited for them (one-sided; a loaded machine is only slower).
+const PROMPT: Duration = Duration::from_secs(10);
 
 fn run(cmd: Cmd) -> Result<depot_os::Output, CmdError> {
     CommandRunner::new().run(&cmd)
@@ -147,7 +150,7 @@ fn timeout_kills_child_promptly_and_reaps_it() {
             .expect_err("timeout");
     let took = started.elapsed();
     assert!(err.is_timeout(), "{err:?}");
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert!(took < PROMPT, "took {took:?}");
     assert!(took >= Duration::from_millis(300), "took {took:?}");
     assert!(
         err.to_string()
@@ -167,7 +170,7 @@ fn timeout_kills_grandchildren() {
     )
     .expect_err("timeout");
     assert!(err.is_timeout(), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < PROMPT, "{:?}", started.elapsed());
     let grandchild = pid_from_stderr(&err);
     assert!(wait_dead(grandchild), "grandchild {grandchild} survived");
 }
@@ -182,7 +185,7 @@ fn timeout_covers_pipes_held_by_a_grandchild() {
             .args(["-c", "sleep 30 & echo $! >&2; exit 0"]))
         .expect_err("timeout");
     assert!(err.is_timeout(), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < PROMPT, "{:?}", started.elapsed());
     let grandchild = pid_from_stderr(&err);
     assert!(wait_dead(grandchild), "grandchild {grandchild} survived");
 }
@@ -245,7 +248,7 @@ fn endless_stdout_stops_at_limit_not_timeout() {
     let err = run(Cmd::new("yes", Duration::from_secs(30)).stdout_limit(64 * 1024))
         .expect_err("over limit");
     assert!(matches!(err, CmdError::OutputTooLarge { .. }), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < PROMPT, "{:?}", started.elapsed());
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! GLUSTERFS connections against a private glusterd (tests/support/gluster.rs).
-//! Root only: prints `SKIP: needs root` otherwise.
+//! Root tier (docs/testing.md): a missing GlusterFS fails the test.
 
 mod support;
 
@@ -17,8 +17,10 @@ const ID: &str = "6a3f7a3e-1b2c-4d5e-8f90-123456789abc";
 const SD: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 
 #[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 fn connection_gluster_connect_and_disconnect() {
-    require_root!();
+    depot_testkit::require_root();
+    depot_testkit::require_program("glusterd");
     let t0 = Instant::now();
     let g = Gluster::start().expect("start gluster");
     let o = g

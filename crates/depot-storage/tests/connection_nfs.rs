@@ -101,8 +101,9 @@ fn nfs_lifecycle(p: ConnectionParams, expect_options: &str) {
 }
 
 #[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 fn connection_nfs_v3_defaults() {
-    require_root!();
+    depot_testkit::require_root();
     nfs_lifecycle(
         ConnectionParams {
             id: ID.into(),
@@ -114,8 +115,9 @@ fn connection_nfs_v3_defaults() {
 }
 
 #[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 fn connection_nfs_v41_engine_fields() {
-    require_root!();
+    depot_testkit::require_root();
     nfs_lifecycle(
         ConnectionParams {
             id: ID.into(),

@@ -1,6 +1,6 @@
 //! POSIXFS connections on real ext4 and xfs file systems on loop devices.
-//! Root only: prints `SKIP: needs root` otherwise. Needs e2fsprogs and
-//! xfsprogs (mkfs.ext4, mkfs.xfs) and util-linux (losetup, mount).
+//! Root tier (docs/testing.md): needs e2fsprogs and xfsprogs (mkfs.ext4,
+//! mkfs.xfs) and util-linux (losetup, mount); a missing one fails the test.
 
 mod support;
 
@@ -101,21 +101,24 @@ fn lifecycle(fstype: &str, size: u64) {
 }
 
 #[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 fn connection_posix_ext4_lifecycle() {
-    require_root!();
+    depot_testkit::require_root();
     lifecycle("ext4", 64 << 20);
 }
 
 #[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 fn connection_posix_xfs_lifecycle() {
-    require_root!();
+    depot_testkit::require_root();
     // mkfs.xfs refuses file systems smaller than 300 MiB.
     lifecycle("xfs", 512 << 20);
 }
 
 #[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 fn connection_mount_point_held_by_another_source_is_refused() {
-    require_root!();
+    depot_testkit::require_root();
     let fs = LoopFs::new("ext4", 64 << 20, None);
     let repo = tempfile::tempdir().unwrap();
     let c = connector(repo.path());
@@ -147,8 +150,9 @@ fn connection_mount_point_held_by_another_source_is_refused() {
 }
 
 #[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 fn connection_failed_mount_is_mount_error_and_leaves_no_directory() {
-    require_root!();
+    depot_testkit::require_root();
     // An ext4 device mounted as xfs.
     let fs = LoopFs::new("ext4", 64 << 20, None);
     let repo = tempfile::tempdir().unwrap();
@@ -164,8 +168,9 @@ fn connection_failed_mount_is_mount_error_and_leaves_no_directory() {
 }
 
 #[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 fn connection_through_a_symlinked_repository_stays_idempotent() {
-    require_root!();
+    depot_testkit::require_root();
     let fs = LoopFs::new("ext4", 64 << 20, None);
     let real = tempfile::tempdir().unwrap();
     let links = tempfile::tempdir().unwrap();

@@ -22,7 +22,7 @@ use depot_os::CommandRunner;
 use depot_storage::domain::CreateDomain;
 use depot_storage::engine::{Storage, StorageConfig};
 use depot_storage::volume::CreateVolume;
-use support::vm::{vm_tier, Luns};
+use support::vm::Luns;
 
 /// Volumes per round; DEPOT_BENCH_VOLUMES overrides (the counts per volume
 /// do not depend on it, the wall time under TCG does).
@@ -87,10 +87,9 @@ fn create_round(s: &Storage, sd: SdUuid, label: &'static str) -> Round {
 }
 
 #[test]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 fn lvm_calls_per_volume_create_with_and_without_the_cache() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     let luns = Luns::login();
     let repo = tempfile::tempdir().unwrap();
     let s = Storage::new(

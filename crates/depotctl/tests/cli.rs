@@ -245,14 +245,16 @@ fn cli_against_a_dev_daemon() {
 
     // Not a terminal: one line per change, ending with the job done.
     let started = Instant::now();
-    let r = d.ctl(&with(&s, &["jobs", "--watch", "--interval", "5"]));
+    let r = d.ctl(&with(&s, &["jobs", "--watch", "--interval", "120"]));
     assert_eq!(r.code, Some(0), "{r:?}");
     let last = r.stdout.lines().last().unwrap_or_default();
     assert!(last.starts_with(&id) && last.contains(" done "), "{r:?}");
     assert!(last.contains("[##########] 100%"), "{r:?}");
-    // Events, not the 5 s poll, told it the job ended.
+    // Events, not the 120 s poll, told it the job ended (one-sided: far
+    // below the poll however loaded the machine is; ctl kills a watch that
+    // waits for the poll at 30 s, and the exit code above fails).
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(60),
         "{:?}",
         started.elapsed()
     );

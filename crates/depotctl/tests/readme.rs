@@ -10,8 +10,17 @@
 //! - `/tmp/`: a private directory, so runs never share storage.
 //!
 //! The block that needs SAN LUNs (`domainType=3`) is left out; the VM tier
-//! covers those verbs. A command whose comment says `exit 1` must fail;
-//! every other command must succeed (`set -e`).
+//! covers those verbs. A command whose comment says `exit 1` must fail
+//! with the error it names; every other command must succeed (`set -e`).
+//!
+//! And what the README says a command does, it must do: the output of each
+//! `depotctl`, `cat` and `cmp` line is kept, and `check_promises` checks
+//! each comment's promise on that output, on disk and through the daemon
+//! (`# ok`, the generation of a store, the job that ends "aborted" with
+//! 411, a sealed metadata file, a checksum that Python's blkhash agrees
+//! with, a moved image gone from its first domain...). A commented command
+//! without a check fails the test, so a new promise in the README needs a
+//! check here.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -70,29 +79,62 @@ fn logical_lines(block: &str) -> Vec<String> {
     out
 }
 
-/// The script to run: `set -e`, the substitutions of the module docs, and
-/// each `# exit 1` command turned into a check that it fails.
-fn script(blocks: &[String], tmp: &Path, address: &str) -> String {
+/// One command of the walk-through whose output the test keeps: a
+/// `depotctl`, `cat` or `cmp` line. Its stdout (with stderr for a command
+/// that must fail) lands in `<out>/<n>`.
+#[derive(Debug, Clone, PartialEq)]
+struct Step {
+    n: usize,
+    /// As the README has it.
+    readme: String,
+    /// Its trailing `# comment`, without the `#`.
+    comment: Option<String>,
+}
+
+/// Whether a logical line is a command whose output the test keeps.
+fn kept(line: &str) -> bool {
+    ["depotctl ", "cat ", "cmp "]
+        .iter()
+        .any(|p| line.trim_start().starts_with(p))
+}
+
+/// The variables of the walk-through whose values the checks need; the
+/// script writes them to `<out>/vars` at its end.
+const VARS: &[&str] = &[
+    "job", "long", "sd", "sp", "img", "vol", "ovfimg", "ovfvol", "vm", "sd2", "raw", "rawimg",
+];
+
+/// The script to run: `set -e`, the substitutions of the module docs, each
+/// `# exit 1` command turned into a check that it fails, the output of
+/// each kept command saved under `out`, and the variables at the end.
+fn script(blocks: &[String], tmp: &Path, address: &str, out: &Path) -> (String, Vec<Step>) {
     let mut s = String::from("set -euo pipefail\nset -x\n");
+    let mut steps = Vec::new();
     let tmp = format!("{}/", tmp.display());
     for block in blocks {
         if block.contains("domainType=3") {
             continue; // SAN LUNs: the VM tier's
         }
-        for line in logical_lines(block) {
-            let line = if line.starts_with("cargo build") && line.contains("export PATH") {
+        for readme in logical_lines(block) {
+            let line = if readme.starts_with("cargo build") && readme.contains("export PATH") {
                 format!("export PATH={}:$PATH", bin_dir().display())
             } else {
-                line.replace("127.0.0.1:54321", address)
+                readme
+                    .replace("127.0.0.1:54321", address)
                     .replace("/tmp/", &tmp)
             };
+            let comment = readme
+                .rfind(" # ")
+                .map(|at| readme[at + 3..].trim().to_owned());
+            let file = out.join((steps.len() + 1).to_string());
+            let file = file.display();
             match line.rfind(" # ") {
                 Some(at) if line[at..].contains("exit 1") => {
                     let cmd = line[..at].trim_end();
                     let shown = cmd.replace('\'', "");
                     s.push_str(&format!(
                         "if out=$({cmd} 2>&1); then echo 'README: this should have failed: {shown}' >&2; exit 99; fi\n\
-                         printf '%s\\n' \"$out\"\n"
+                         printf '%s\\n' \"$out\" | tee '{file}'\n"
                     ));
                     // The code the comment promises ("error 911").
                     if let Some(code) = promised_code(&line[at..]) {
@@ -101,14 +143,29 @@ fn script(blocks: &[String], tmp: &Path, address: &str) -> String {
                         ));
                     }
                 }
+                _ if kept(&line) => {
+                    // The comment, if any, ends at the newline before `}`.
+                    s.push_str(&format!("{{ {line}\n}} > '{file}'\ncat '{file}'\n"));
+                }
                 _ => {
                     s.push_str(&line);
                     s.push('\n');
+                    continue;
                 }
             }
+            steps.push(Step {
+                n: steps.len() + 1,
+                readme,
+                comment,
+            });
         }
     }
-    s
+    s.push_str(&format!(
+        "for v in {}; do printf '%s=%s\\n' \"$v\" \"${{!v}}\"; done > '{}'\n",
+        VARS.join(" "),
+        out.join("vars").display()
+    ));
+    (s, steps)
 }
 
 /// N of "error N" in a comment.
@@ -195,7 +252,9 @@ fn the_readme_walkthrough_runs_as_written() {
     let (d, address) = start_daemon(&dir);
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let text = script(&blocks, &data, &address);
+    let outputs = dir.join("out");
+    std::fs::create_dir_all(&outputs).unwrap();
+    let (text, steps) = script(&blocks, &data, &address, &outputs);
     std::fs::write(dir.join("walkthrough.sh"), &text).unwrap();
 
     let out = Command::new("bash")
@@ -212,12 +271,426 @@ fn the_readme_walkthrough_runs_as_written() {
         String::from_utf8_lossy(&out.stderr),
         tail(&std::fs::read_to_string(d.dir.join("depotd.log")).unwrap_or_default(), 40),
     );
-    // The steps the README promises results of.
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("myvm"),
-        "the OVF listing names the VM:\n{stdout}"
+    let w = Walk::new(steps, &outputs, &data, &dir);
+    check_promises(&w, &d);
+    w.all_promises_checked();
+}
+
+/// What the walk-through left: each kept command's output, its variables,
+/// and which steps the checks looked at.
+struct Walk {
+    steps: Vec<Step>,
+    outputs: Vec<String>,
+    vars: std::collections::BTreeMap<String, String>,
+    /// The walk-through's `/tmp/`.
+    data: PathBuf,
+    /// The daemon's directory (`./depot-dev` is under it).
+    dir: PathBuf,
+    checked: std::cell::RefCell<std::collections::BTreeSet<usize>>,
+}
+
+impl Walk {
+    fn new(steps: Vec<Step>, outputs: &Path, data: &Path, dir: &Path) -> Walk {
+        let outs = steps
+            .iter()
+            .map(|s| {
+                std::fs::read_to_string(outputs.join(s.n.to_string()))
+                    .unwrap_or_else(|e| panic!("the output of step {} ({}): {e}", s.n, s.readme))
+            })
+            .collect();
+        let vars = std::fs::read_to_string(outputs.join("vars"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Walk {
+            steps,
+            outputs: outs,
+            vars,
+            data: data.to_owned(),
+            dir: dir.to_owned(),
+            checked: Default::default(),
+        }
+    }
+
+    /// A variable of the walk-through (`$sd`).
+    fn var(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| panic!("the walk-through set no ${name}: {:?}", self.vars))
+    }
+
+    /// The output of the one command whose README line contains `what`
+    /// (its comment or the command), marked as checked.
+    fn out(&self, what: &str) -> &str {
+        self.out_all(&[what])
+    }
+
+    /// The same, for the one command that contains all of `what`.
+    fn out_all(&self, what: &[&str]) -> &str {
+        let found: Vec<&Step> = self
+            .steps
+            .iter()
+            .filter(|s| what.iter().all(|w| s.readme.contains(w)))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "the README has {} commands with {what:?} (the checks follow the README: \
+             update them with it)",
+            found.len()
+        );
+        self.checked.borrow_mut().insert(found[0].n);
+        &self.outputs[found[0].n - 1]
+    }
+
+    fn json(&self, what: &str) -> serde_json::Value {
+        let out = self.out(what);
+        serde_json::from_str(out)
+            .unwrap_or_else(|e| panic!("the output of {what:?} is not JSON ({e}): {out}"))
+    }
+
+    /// Every command whose comment promises something was checked.
+    fn all_promises_checked(&self) {
+        let unchecked: Vec<&str> = self
+            .steps
+            .iter()
+            .filter(|s| s.comment.is_some() && !self.checked.borrow().contains(&s.n))
+            .map(|s| s.readme.as_str())
+            .collect();
+        assert!(
+            unchecked.is_empty(),
+            "README promises without a check in readme.rs: {unchecked:#?}"
+        );
+    }
+
+    /// A domain's directory (LOCALFS: the directory the README connects).
+    fn domain(&self, dir: &str, sd: &str) -> PathBuf {
+        self.data.join(dir).join(self.var(sd))
+    }
+}
+
+/// What each comment of the walk-through promises, checked on the output
+/// of its command, on disk and in the daemon's log.
+fn check_promises(w: &Walk, d: &Daemon) {
+    let (job, long, sd) = (w.var("job"), w.var("long"), w.var("sd"));
+
+    // Host and jobs.
+    assert_eq!(w.out("# ok").trim(), "ok");
+    let caps = w.json("# depot's version, domain versions");
+    assert_eq!(caps["version_name"], "depot", "{caps}");
+    assert_eq!(
+        caps["software_version"],
+        env!("CARGO_PKG_VERSION"),
+        "{caps}"
     );
+    assert!(
+        caps["domain_versions"]
+            .as_array()
+            .is_some_and(|v| v.contains(&5.into())),
+        "{caps}"
+    );
+    assert_eq!(w.out("# the same over mutual TLS").trim(), "ok");
+    let log = std::fs::read_to_string(d.dir.join("depotd.log")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("method=Host.ping2") && l.contains("CN=depotctl")),
+        "no ping from the TLS client certificate in the daemon's log"
+    );
+    let watch = w.out("# progress bar until it is done");
+    let last = watch.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with(job) && last.contains(" done ") && last.contains("100%"),
+        "the watch ends with the job done: {watch}"
+    );
+    assert!(watch.contains("[#####"), "a progress bar: {watch}");
+    assert_eq!(
+        w.out("# same id, same job: nothing new starts").trim(),
+        "true"
+    );
+    let listing = w.out("# the job, running");
+    let line_of = |id: &str| {
+        listing
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("no {id} in {listing}"))
+            .to_owned()
+    };
+    assert!(line_of(long).contains(" running "), "{listing}");
+    // Nothing new started under the same id: it is still the one done job.
+    assert!(line_of(job).contains(" done "), "{listing}");
+    assert_eq!(listing.lines().count(), 3, "{listing}");
+    assert_eq!(w.out("# it ends \"aborted\", error 411").trim(), "true");
+    let raw = w.json("# the raw wire answer");
+    assert_eq!(raw[job]["status"], "done", "{raw}");
+    assert!(raw[long]["status"].is_string(), "{raw}");
+    // The abort's end, asked of the daemon after the walk-through (waited
+    // for: aborting is asynchronous).
+    let deadline = Instant::now() + WAIT;
+    let jobs = loop {
+        let jobs = depotctl_json(w, &["call", "Host.getJobs", "--json"]);
+        if jobs[long]["status"] != "running" || Instant::now() > deadline {
+            break jobs;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(jobs[long]["status"], "aborted", "{jobs}");
+    assert_eq!(jobs[long]["error"]["code"], 411, "{jobs}");
+    assert!(w.out("# exit 1: error -32601").contains("Method not found"));
+
+    // Storage.
+    let st = w.json(r#"/tmp/depot-data\"}]"#);
+    assert_eq!(
+        st.as_array()
+            .map(|a| a.iter().map(|s| s["status"].clone()).collect::<Vec<_>>()),
+        Some(vec![0.into()]),
+        "one status per connection: {st}"
+    );
+    let info = w.json("StorageDomain.getInfo storagedomainID=$sd");
+    assert_eq!(info["uuid"], sd, "{info}");
+    assert_eq!(info["name"], "walkthrough", "{info}");
+    assert_eq!(info["class"], "Data", "{info}");
+    assert!(
+        [512, 4096].contains(&info["block_size"].as_u64().unwrap_or(0)),
+        "detected: {info}"
+    );
+    let md = w.out("# VDSM's format, sealed");
+    assert!(md.contains(&format!("\nSDUUID={sd}\n")), "{md}");
+    assert!(md.contains("\nCLASS=Data\n"), "{md}");
+    check_seal(md);
+    let stats = w.json("# code 0, lastCheck, delay");
+    let s = &stats[sd];
+    assert_eq!(s["code"], 0, "{stats}");
+    assert_eq!(s["valid"], true, "{stats}");
+    assert!(
+        s["lastCheck"]
+            .as_str()
+            .is_some_and(|v| v.parse::<f64>().is_ok()),
+        "{stats}"
+    );
+    assert!(
+        s["delay"]
+            .as_str()
+            .is_some_and(|v| v.parse::<f64>().is_ok()),
+        "{stats}"
+    );
+    let vi = w.json("Volume.getInfo volumeID=$vol");
+    assert_eq!(
+        (
+            &vi["format"],
+            &vi["type"],
+            &vi["capacity"],
+            &vi["description"]
+        ),
+        (
+            &"COW".into(),
+            &"SPARSE".into(),
+            &"1073741824".into(),
+            &"disk1".into()
+        ),
+        "a 1 GiB thin qcow2 disk: {vi}"
+    );
+    let prepared = w.json("Image.prepare");
+    let path = prepared["path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{prepared}"));
+    // The path a VM would use: through the pool's link to the domain (the
+    // image itself has moved away by the end of the walk-through).
+    let repository = w.dir.join("depot-dev/repository");
+    let link = repository.join(w.var("sp")).join(sd);
+    assert_eq!(
+        Path::new(path),
+        link.join("images").join(w.var("img")).join(w.var("vol")),
+        "{prepared}"
+    );
+    assert_eq!(
+        link.canonicalize().unwrap(),
+        w.domain("depot-data", "sd").canonicalize().unwrap()
+    );
+
+    // OVF_STORE.
+    let task = w
+        .out_all(&["ovf upload", "/tmp/ovf-store.tar"])
+        .trim()
+        .to_owned();
+    assert!(
+        task.len() == 36 && task.parse::<uuid::Uuid>().is_ok(),
+        "prints the Task-Id: {task:?}"
+    );
+    let listing = w.out("# the store: valid, generation 1;");
+    let store_line = listing
+        .lines()
+        .find(|l| l.starts_with(w.var("ovfimg")))
+        .unwrap_or_else(|| panic!("{listing}"));
+    let cols: Vec<&str> = store_line.split_whitespace().collect();
+    assert_eq!((cols[2], cols[4]), ("valid", "1"), "{listing}");
+    let entity = listing
+        .lines()
+        .find(|l| l.starts_with(w.var("vm")))
+        .unwrap_or_else(|| panic!("{listing}"));
+    let cols: Vec<&str> = entity.split_whitespace().collect();
+    assert_eq!(
+        cols[1..],
+        ["myvm", "VM", "1/1", "yes"],
+        "myvm: its disk is here, complete: {listing}"
+    );
+    let ovf = w.out("# myvm's OVF");
+    assert!(ovf.contains("<Name>myvm</Name>"), "{ovf}");
+    assert!(ovf.contains(&format!(
+        "ovf:fileRef=\"{}/{}\"",
+        w.var("img"),
+        w.var("vol")
+    )));
+    let downloaded = std::fs::read(w.data.join("ovf-copy.tar")).unwrap();
+    assert!(downloaded == std::fs::read(w.data.join("ovf-store.tar")).unwrap());
+    w.out("cmp /tmp/ovf-store.tar /tmp/ovf-copy.tar");
+    assert!(w.out("# exit 1: error 1000").contains("not a tar archive"));
+    let listing = w.out("# still generation 1");
+    let cols: Vec<&str> = listing
+        .lines()
+        .find(|l| l.starts_with(w.var("ovfimg")))
+        .unwrap_or_else(|| panic!("{listing}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!((cols[2], cols[4]), ("valid", "1"), "{listing}");
+    // The store is unchanged: still the archive that was uploaded.
+    let store = w
+        .domain("depot-data", "sd")
+        .join("images")
+        .join(w.var("ovfimg"))
+        .join(w.var("ovfvol"));
+    let bytes = std::fs::read(&store).unwrap();
+    assert!(bytes[..downloaded.len()] == downloaded[..]);
+
+    // Copy and move.
+    let (rawimg, raw) = (w.var("rawimg"), w.var("raw"));
+    let copied = w.out("# checksum, generation 1");
+    let src = w
+        .domain("depot-data", "sd")
+        .join("images")
+        .join(rawimg)
+        .join(raw);
+    let dst = w
+        .domain("depot-data2", "sd2")
+        .join("images")
+        .join(rawimg)
+        .join(raw);
+    assert!(
+        copied.contains(&format!("checksum: blake2b:{}\n", python_blkhash(&src))),
+        "the checksum of the source's data: {copied}"
+    );
+    assert!(copied.contains("generation: 1\n"), "{copied}");
+    assert!(std::fs::read(&src).unwrap() == std::fs::read(&dst).unwrap());
+    assert!(w
+        .out("# exit 1: error 911")
+        .contains("has generation 1, not 0"));
+    let images = w.json("StorageDomain.getImages storagedomainID=$sd2");
+    assert!(
+        images
+            .as_array()
+            .is_some_and(|a| a.contains(&w.var("img").into())),
+        "{images}"
+    );
+    let (img, vol) = (w.var("img"), w.var("vol"));
+    let moved = w
+        .domain("depot-data2", "sd2")
+        .join("images")
+        .join(img)
+        .join(vol);
+    let q = qemu_img_info(&moved);
+    assert_eq!(q["format"], "qcow2", "{q}");
+    assert_eq!(q["virtual-size"], 1073741824u64, "{q}");
+    assert!(
+        !w.domain("depot-data", "sd")
+            .join("images")
+            .join(img)
+            .exists(),
+        "the move left the image on the first domain"
+    );
+    assert!(!list_images(w, "sd").contains(&img.into()));
+    assert!(list_images(w, "sd2").contains(&img.into()));
+}
+
+/// `StorageDomain.getImages` of the walk-through's domain `$name`, asked
+/// after it.
+fn list_images(w: &Walk, name: &str) -> Vec<serde_json::Value> {
+    let sd = format!("storagedomainID={}", w.var(name));
+    let v = depotctl_json(w, &["call", "StorageDomain.getImages", &sd, "--json"]);
+    v.as_array().cloned().unwrap_or_else(|| panic!("{v}"))
+}
+
+/// `depotctl ARGS` in the walk-through's directory; its JSON output.
+fn depotctl_json(w: &Walk, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(bin_dir().join("depotctl"))
+        .args(args)
+        .current_dir(&w.dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "depotctl {args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn qemu_img_info(path: &Path) -> serde_json::Value {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(path)
+        .output()
+        .expect("qemu-img (qemu-utils, a requirement of every tier)");
+    assert!(
+        out.status.success(),
+        "qemu-img info {}: {out:?}",
+        path.display()
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Checks VDSM's seal of a metadata file independently of depot: the last
+/// line `_SHA_CKSUM=` is the sha1 (Python's hashlib) of the other lines
+/// concatenated without their newlines.
+fn check_seal(text: &str) {
+    let script = r#"
+import hashlib, sys
+lines = sys.stdin.read().splitlines()
+assert lines[-1].startswith("_SHA_CKSUM="), lines[-1]
+body = "".join(lines[:-1])
+print(hashlib.sha1(body.encode("ascii")).hexdigest() == lines[-1][len("_SHA_CKSUM="):])
+"#;
+    let out = python(script, &[], text.as_bytes());
+    assert_eq!(out.trim(), "True", "a broken seal:\n{text}");
+}
+
+/// blkhash (ovirt-imageio's checksum: blake2b over 4 MiB blocks' blake2b
+/// digests), written out in Python, of a whole file.
+fn python_blkhash(path: &Path) -> String {
+    let script = r#"
+import hashlib, sys
+outer = hashlib.blake2b(digest_size=32)
+with open(sys.argv[1], "rb") as f:
+    while block := f.read(4 << 20):
+        outer.update(hashlib.blake2b(block, digest_size=32).digest())
+print(outer.hexdigest())
+"#;
+    python(script, &[path.to_str().unwrap()], b"")
+        .trim()
+        .to_owned()
+}
+
+fn python(script: &str, args: &[&str], stdin: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 (a requirement of every tier)");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python3: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -236,13 +709,17 @@ fn the_script_maker_handles_continuations_heredocs_and_expected_failures() {
             "d x   # exit 1: error 9"
         ]
     );
-    let s = script(
-        &[format!("{block}e 127.0.0.1:54321 /tmp/f\n")],
+    let (s, steps) = script(
+        &[format!(
+            "{block}e 127.0.0.1:54321 /tmp/f\ndepotctl ping   # ok\ncat /tmp/f\n"
+        )],
         Path::new("/t"),
         "127.0.0.1:1",
+        Path::new("/o"),
     );
     assert!(s.contains("\nif out=$(d x 2>&1); then echo"), "{s}");
     assert!(s.contains("*'error 9'*)"), "{s}");
+    assert!(s.contains("printf '%s\\n' \"$out\" | tee '/o/1'\n"), "{s}");
     assert_eq!(
         promised_code(" # exit 1: error -32601: x").as_deref(),
         Some("-32601")
@@ -250,4 +727,31 @@ fn the_script_maker_handles_continuations_heredocs_and_expected_failures() {
     assert_eq!(promised_code(" # exit 1").as_deref(), None);
     assert!(s.contains("\ne 127.0.0.1:1 /t/f\n"), "{s}");
     assert!(s.contains("\na     b   # one\n"), "{s}");
+    // Kept commands: output to a numbered file, the comment before the `}`.
+    assert!(
+        s.contains("\n{ depotctl ping   # ok\n} > '/o/2'\ncat '/o/2'\n"),
+        "{s}"
+    );
+    assert!(s.contains("\n{ cat /t/f\n} > '/o/3'\n"), "{s}");
+    assert!(s.contains("done > '/o/vars'\n"), "{s}");
+    assert_eq!(
+        steps,
+        [
+            Step {
+                n: 1,
+                readme: "d x   # exit 1: error 9".into(),
+                comment: Some("exit 1: error 9".into())
+            },
+            Step {
+                n: 2,
+                readme: "depotctl ping   # ok".into(),
+                comment: Some("ok".into())
+            },
+            Step {
+                n: 3,
+                readme: "cat /tmp/f".into(),
+                comment: None
+            },
+        ]
+    );
 }

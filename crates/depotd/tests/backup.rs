@@ -385,11 +385,10 @@ async fn no_live_move_into_a_backup_domain() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 async fn glusterfs_backup_domain_rules() {
-    if !support::is_root() {
-        eprintln!("SKIP: needs the root tier");
-        return;
-    }
+    depot_testkit::require_root();
+    depot_testkit::require_program("glusterd");
     let g = support::gluster::Gluster::start().expect("gluster harness");
     let conn = ConnectionSpec {
         connection: g.spec(),

@@ -5,7 +5,7 @@
 //! resume, a destination too small, a source that grows during the copy.
 //! Every checksum is compared with an independent blkhash in Python.
 //!
-//! Root tier (prints `SKIP: needs the root tier` otherwise): copies both
+//! Root tier (reported as ignored in the others): copies both
 //! ways between LOCALFS and POSIXFS on xfs with 4096-byte sectors, and
 //! GlusterFS (depot-storage's harness); a full destination file system.
 //!
@@ -234,10 +234,7 @@ async fn qcow2_to_raw() {
     let size = 64 * MIB;
     let src = a.new_volume(c, size, "COW", "SPARSE").await;
     let dst = b.new_volume(c, size, "RAW", "SPARSE").await;
-    if !qemu_io(&src.path, "qcow2", "write -P 0x55 0 1M") {
-        eprintln!("SKIP: qemu-io missing (apt-get install qemu-utils)");
-        return;
-    }
+    qemu_io(&src.path, "qcow2", "write -P 0x55 0 1M");
     qemu_io(&src.path, "qcow2", "write -P 0xaa 20M 3M");
     qemu_io(&src.path, "qcow2", "write -P 0x01 63M 1M");
     let t = Instant::now();
@@ -327,13 +324,9 @@ async fn image_move_copy_and_move_of_a_chain() {
     let l2 = a
         .create_volume(c, &img, size, "COW", "SPARSE", Some(&l1.vol))
         .await;
-    let layered = qemu_io(&l1.path, "qcow2", "write -P 0x55 0 1M");
-    if layered {
-        qemu_io(&l2.path, "qcow2", "write -P 0x66 2M 1M");
-        qemu_io(&l2.path, "qcow2", "write -P 0x77 30M 512k");
-    } else {
-        eprintln!("qemu-io missing: only the base holds data");
-    }
+    qemu_io(&l1.path, "qcow2", "write -P 0x55 0 1M");
+    qemu_io(&l2.path, "qcow2", "write -P 0x66 2M 1M");
+    qemu_io(&l2.path, "qcow2", "write -P 0x77 30M 512k");
     let chain = [&base, &l1, &l2];
     let src_md: Vec<_> = chain.iter().map(|v| v.md()).collect();
     let src_digests: Vec<_> = chain.iter().map(|v| file_digest(&v.path)).collect();
@@ -461,7 +454,7 @@ async fn image_move_single_volume_copy_and_move() {
     fill_sparse(&raw.path, size, 40);
     let sum = python_blkhash(&raw.path, size);
     let cow = a.new_volume(c, size, "COW", "SPARSE").await;
-    let have_qemu_io = qemu_io(&cow.path, "qcow2", "write -P 0x55 0 1M");
+    qemu_io(&cow.path, "qcow2", "write -P 0x55 0 1M");
     let raw_md = raw.md();
 
     // COPY: same ids on b, LEGAL, GEN 1; the source stays as it was.
@@ -506,10 +499,6 @@ async fn image_move_single_volume_copy_and_move() {
     assert!(!a.dom.join("images").join(&raw.img).exists());
 
     // A qcow2 volume moves through qemu-img.
-    if !have_qemu_io {
-        eprintln!("qemu-io missing: the qcow2 MOVE is not tested");
-        return;
-    }
     let id = start_move(c, a, b, &cow.img, "MOVE").await;
     let res = wait_done(c, &id).await;
     assert_eq!(res["volumes"][0]["method"], "qemu-img", "{res}");
@@ -767,10 +756,9 @@ async fn source_that_grows_during_the_copy_fails() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 async fn full_destination_filesystem_fails_illegal() {
-    if !root_tier() {
-        return;
-    }
+    depot_testkit::require_root();
     let _heavy = HEAVY.lock().await;
     let e = env(1).await;
     let (a, c) = (&e.doms[0], &e.c);
@@ -842,10 +830,9 @@ async fn both_ways(c: &Client, local: &Dom, other: &Dom, what: &str) {
 }
 
 #[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 async fn raw_copies_with_xfs_4k_sectors_both_ways() {
-    if !root_tier() {
-        return;
-    }
+    depot_testkit::require_root();
     let _heavy = HEAVY.lock().await;
     let e = env(1).await;
     let fs = LoopFs::new("xfs", 512 * MIB, Some(4096));
@@ -862,10 +849,10 @@ async fn raw_copies_with_xfs_4k_sectors_both_ways() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 async fn raw_copies_with_glusterfs_both_ways() {
-    if !root_tier() {
-        return;
-    }
+    depot_testkit::require_root();
+    depot_testkit::require_program("glusterd");
     let _heavy = HEAVY.lock().await;
     // Dropped in reverse: the daemon's mounts, the daemon, then gluster.
     let g = support::gluster::Gluster::start().expect("gluster harness");

@@ -2,11 +2,18 @@
 //! keeps serving afterwards.
 
 mod common;
+mod storage_common;
 
 use common::Daemon;
 use depot_client::{Client, Options, WsClient};
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+use storage_common::{
+    call_ok, connect_params, create_domain_params, mount_point, new_id, volume_params,
+    ConnectionSpec, BLANK, CONFIG, LOCALFS, MIB,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn post(c: &Client, body: &str) -> (u16, Value) {
@@ -197,13 +204,108 @@ async fn connection_limit_refuses_extra_connections() {
     drop(b);
 }
 
+/// Threads of `pid` blocked opening a FIFO that has no writer (the kernel
+/// waits in `wait_for_partner`).
+fn fifo_openers(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("wchan"))
+                        .is_ok_and(|w| w.trim() == "wait_for_partner")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A LOCALFS domain with one 1 MiB volume; the path of its `.meta`.
+async fn domain_with_a_volume(d: &Daemon, dir: &Path) -> (String, String, String, PathBuf) {
+    let c = d.client().await;
+    let conn = ConnectionSpec::local(&dir.canonicalize().unwrap());
+    let st = call_ok(
+        &c,
+        "StoragePool.connectStorageServer",
+        connect_params(LOCALFS, vec![conn.params(&new_id())]),
+    )
+    .await;
+    assert_eq!(st[0]["status"], 0, "{st}");
+    let (sd, img, vol) = (new_id(), new_id(), new_id());
+    call_ok(
+        &c,
+        "StorageDomain.create",
+        create_domain_params(&sd, LOCALFS, &conn.connection, "ws", 512),
+    )
+    .await;
+    call_ok(
+        &c,
+        "Volume.create",
+        volume_params(&sd, &img, &vol, MIB, "RAW", "SPARSE", "d", None),
+    )
+    .await;
+    let meta = mount_point(d, LOCALFS, &conn.connection)
+        .join(&sd)
+        .join("images")
+        .join(&img)
+        .join(format!("{vol}.meta"));
+    assert!(meta.is_file(), "{}", meta.display());
+    (sd, img, vol, meta)
+}
+
+/// Two calls on one WebSocket. The first, a volume listing, blocks in the
+/// daemon: the test made the volume's `.meta` a FIFO, and the daemon waits
+/// in open() for a writer. While it waits, the second call (a ping) is sent
+/// and must be answered: calls run concurrently, and answers go out in the
+/// order they complete, not in the order of the requests. Then the test
+/// writes the record into the FIFO and the first call answers too.
 #[tokio::test]
 async fn websocket_calls_run_concurrently_and_in_order_of_completion() {
-    let d = Daemon::start("");
+    let d = Daemon::start(CONFIG);
+    let data = tempfile::tempdir().unwrap();
+    let (sd, img, vol, meta) = domain_with_a_volume(&d, data.path()).await;
+    let record = std::fs::read(&meta).unwrap();
+    std::fs::remove_file(&meta).unwrap();
+    nix::unistd::mkfifo(&meta, nix::sys::stat::Mode::from_bits_truncate(0o660)).unwrap();
+    let waiting_before = fifo_openers(d.pid());
+
     let ws = d.ws().await;
-    let calls = (0..20).map(|_| ws.call("Host.getJobs", json!({})));
-    let results = futures_util::future::join_all(calls).await;
-    assert!(results.iter().all(|r| r.as_ref().unwrap() == &json!({})));
+    let slow = json!({"jsonrpc": "2.0", "method": "StorageDomain.getVolumes", "id": "slow",
+        "params": {"storagedomainID": sd, "storagepoolID": BLANK, "imageID": img}});
+    ws.send_raw(slow.to_string()).await.unwrap();
+    // The listing is in flight: a daemon thread waits in open() on the FIFO.
+    common::eventually("the listing to block on the FIFO", common::WAIT, || {
+        let n = fifo_openers(d.pid());
+        async move { (n > waiting_before).then_some(()) }
+    })
+    .await;
+
+    let fast = json!({"jsonrpc": "2.0", "method": "Host.ping2", "id": "fast"});
+    ws.send_raw(fast.to_string()).await.unwrap();
+    let first = ws.recv_raw(common::WAIT).await.expect("an answer");
+    assert_eq!(
+        first,
+        json!({"jsonrpc": "2.0", "result": true, "id": "fast"}),
+        "the ping is answered while the listing waits"
+    );
+    assert!(
+        fifo_openers(d.pid()) > waiting_before,
+        "the listing still waits"
+    );
+
+    // Let the listing go: the record, through the FIFO.
+    let writer = tokio::task::spawn_blocking(move || std::fs::write(&meta, record));
+    tokio::time::timeout(common::WAIT, writer)
+        .await
+        .expect("the daemon reads the FIFO")
+        .unwrap()
+        .unwrap();
+    let second = ws
+        .recv_raw(common::WAIT)
+        .await
+        .expect("the listing's answer");
+    assert_eq!(second["id"], "slow", "{second}");
+    assert_eq!(second["result"], json!([vol]), "{second}");
 }
 
 #[tokio::test]
@@ -275,6 +377,41 @@ async fn same_answers_over_tls_and_local_socket() {
     }
 }
 
+/// The socket inodes among `pid`'s file descriptors: which connections the
+/// daemon holds open.
+fn daemon_sockets(pid: i32) -> BTreeSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .filter(|l| l.starts_with("socket:"))
+        .collect()
+}
+
+/// Waits until the daemon has closed the connection it holds as `socket`.
+async fn wait_closed_by_daemon(d: &Daemon, socket: &str) {
+    common::eventually(
+        "the daemon to close the idle connection",
+        common::WAIT,
+        || {
+            let open = daemon_sockets(d.pid()).contains(socket);
+            async move { (!open).then_some(()) }
+        },
+    )
+    .await;
+}
+
+/// The one connection the daemon opened since `before`.
+fn new_connection(d: &Daemon, before: &BTreeSet<String>) -> String {
+    let new: Vec<String> = daemon_sockets(d.pid())
+        .difference(before)
+        .cloned()
+        .collect();
+    assert_eq!(new.len(), 1, "new sockets of the daemon: {new:?}");
+    new.into_iter().next().unwrap()
+}
+
 /// The daemon closes a keep-alive connection that waits longer than its
 /// header timeout for the next request; a client that sat idle that long
 /// reconnects instead of failing its next call with a broken pipe. Both
@@ -282,18 +419,62 @@ async fn same_answers_over_tls_and_local_socket() {
 #[tokio::test]
 async fn an_idle_client_outlives_the_daemons_header_timeout() {
     let d = Daemon::start("[limits]\nhandshake_timeout_s = 0.3\n");
-    for c in [d.client().await, d.tls_client().await] {
+
+    // The close itself, seen by a raw client: an answer, then an EOF once
+    // the connection has been idle for the header timeout (not at once:
+    // the connection is kept alive until then).
+    let mut s = tokio::net::UnixStream::connect(d.socket()).await.unwrap();
+    let body = r#"{"jsonrpc":"2.0","method":"Host.ping2","id":1}"#;
+    let sent = std::time::Instant::now();
+    s.write_all(
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(common::WAIT, s.read_to_end(&mut reply))
+        .await
+        .expect("the daemon closes the idle connection")
+        .unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let answer: Value = serde_json::from_str(text.rsplit("\r\n\r\n").next().unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(answer["result"], true, "{text}");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(300),
+        "closed {:?} after the request, before the header timeout",
+        sent.elapsed()
+    );
+
+    // depot-client over both listeners: each call after the daemon closed
+    // the previous connection goes through a new one.
+    for tls in [false, true] {
+        let before = daemon_sockets(d.pid());
+        let c = if tls {
+            d.tls_client().await
+        } else {
+            d.client().await
+        };
         assert_eq!(
             c.call("Host.ping2", Value::Null).await.unwrap(),
             json!(true)
         );
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let first = new_connection(&d, &before);
+        wait_closed_by_daemon(&d, &first).await;
         assert_eq!(
             c.call("Host.ping2", Value::Null).await.unwrap(),
             json!(true),
-            "a call after the idle connection was closed"
+            "a call after the idle connection was closed (tls: {tls})"
         );
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let second = new_connection(&d, &before);
+        assert_ne!(first, second);
+        wait_closed_by_daemon(&d, &second).await;
         let mut sink = Vec::new();
         // No such volume: the point is that the request reaches the daemon
         // and gets its JSON error, not a transport error.
@@ -305,5 +486,6 @@ async fn an_idle_client_outlives_the_daemons_header_timeout() {
             matches!(err, depot_client::ClientError::Rpc { .. }),
             "{err:?}"
         );
+        assert_ne!(new_connection(&d, &before), second);
     }
 }

@@ -1,7 +1,7 @@
 //! Storage end to end on GLUSTERFS (root tier): the shared file domain
 //! scenario on a private glusterd and single-brick volume started by
-//! depot-storage's test harness (reused from there, not copied). Prints
-//! `SKIP: needs the root tier` when not run as root.
+//! depot-storage's test harness (reused from there, not copied). Reported
+//! as ignored outside the root tier; a missing GlusterFS fails it there.
 
 mod common;
 mod storage_common;
@@ -13,12 +13,10 @@ use storage_common::*;
 use support::gluster::Gluster;
 
 #[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 async fn scenario_glusterfs() {
-    let tier = std::env::var("DEPOT_TEST_TIER").ok();
-    if !support::is_root() || tier.as_deref().is_some_and(|t| t != "root") {
-        eprintln!("SKIP: needs the root tier");
-        return;
-    }
+    depot_testkit::require_root();
+    depot_testkit::require_program("glusterd");
     // Dropped in reverse: the daemon's mounts, the daemon, then gluster.
     let g = Gluster::start().expect("gluster harness");
     let d = Daemon::start(CONFIG);

@@ -1,8 +1,8 @@
 //! Storage end to end on POSIXFS (root tier): the shared file domain
 //! scenario on ext4 over a 512-byte loop device, and on xfs over a loop
 //! device with 4096-byte sectors, where blockSize 0 must detect 4096.
-//! Prints `SKIP: needs the root tier` when not run as root. Needs
-//! util-linux (losetup), e2fsprogs and xfsprogs.
+//! Reported as ignored outside the root tier. Needs util-linux (losetup),
+//! e2fsprogs and xfsprogs: a missing one fails the test.
 
 mod common;
 mod storage_common;
@@ -16,21 +16,9 @@ use storage_common::*;
 
 const T: Duration = Duration::from_secs(120);
 
-fn root_tier() -> bool {
-    let tier = std::env::var("DEPOT_TEST_TIER").ok();
-    if !support::is_root() || tier.as_deref().is_some_and(|t| t != "root") {
-        eprintln!("SKIP: needs the root tier");
-        return false;
-    }
-    true
-}
-
 use support::loopfs::LoopFs;
 
 async fn posix_scenario(fstype: &str, size: u64, sector_size: Option<u32>, expect: u32) {
-    if !root_tier() {
-        return;
-    }
     let t = Instant::now();
     // Dropped in reverse: the guards unmount before the daemon's directory
     // is removed.
@@ -48,22 +36,25 @@ async fn posix_scenario(fstype: &str, size: u64, sector_size: Option<u32>, expec
 }
 
 #[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 async fn scenario_posixfs_ext4() {
+    depot_testkit::require_root();
     posix_scenario("ext4", 256 * MIB, None, 512).await;
 }
 
 #[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 async fn scenario_posixfs_xfs_4k_sectors() {
+    depot_testkit::require_root();
     posix_scenario("xfs", 512 * MIB, Some(4096), 4096).await;
 }
 
 /// Block size detection alone, without POSIXFS: a LOCALFS domain in a
 /// directory on xfs over a 4096-byte-sector loop device.
 #[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 async fn localfs_on_4k_xfs_detects_4096() {
-    if !root_tier() {
-        return;
-    }
+    depot_testkit::require_root();
     let d = Daemon::start(CONFIG);
     let fs = LoopFs::new("xfs", 512 * MIB, Some(4096));
     let mnt = tempfile::tempdir().unwrap();

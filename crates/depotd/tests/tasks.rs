@@ -13,7 +13,7 @@ async fn spm_task_ids_have_vdsm_statuses() {
     let other = tempfile::tempdir().unwrap();
     let d = Daemon::start(CONFIG);
     let c = d.client().await;
-    let mut sds = Vec::new();
+    let (mut sds, mut doms) = (Vec::new(), Vec::new());
     for dir in [storage.path(), other.path()] {
         let conn = ConnectionSpec::local(dir);
         let st = call_ok(
@@ -30,6 +30,7 @@ async fn spm_task_ids_have_vdsm_statuses() {
             create_domain_params(&sd, LOCALFS, &conn.connection, "t", 512),
         )
         .await;
+        doms.push(mount_point(&d, LOCALFS, &conn.connection).join(&sd));
         sds.push(sd);
     }
     let (img, vol) = (new_id(), new_id());
@@ -40,6 +41,12 @@ async fn spm_task_ids_have_vdsm_statuses() {
     )
     .await;
     let task = task.as_str().expect("a task id").to_string();
+    // Data for the move to carry: a pattern over the whole volume.
+    let data: Vec<u8> = (0..8 * MIB as usize)
+        .map(|i| ((i as u64 * 2_654_435_761) >> 13) as u8)
+        .collect();
+    let src = Vol::in_domain(&sds[0], &doms[0], &img, &vol);
+    std::fs::write(&src.path, &data).unwrap();
     let status = call_ok(&c, "Task.getStatus", json!({"taskID": task})).await;
     assert_eq!(status["taskState"], "finished", "{status}");
     assert_eq!(status["taskResult"], "success", "{status}");
@@ -68,6 +75,20 @@ async fn spm_task_ids_have_vdsm_statuses() {
     })
     .await;
     assert_eq!(done["taskResult"], "success", "{done}");
+    // What "success" means: the data is on the destination, under the same
+    // ids and LEGAL, and the source image is gone.
+    let dst = Vol::in_domain(&sds[1], &doms[1], &img, &vol);
+    let moved_data = std::fs::read(&dst.path).unwrap();
+    assert!(
+        moved_data == data,
+        "the destination's data is not the source's"
+    );
+    let md = volume_md(&dst.path.with_extension("meta"));
+    assert_eq!(md["LEGALITY"], "LEGAL", "{md:?}");
+    assert_eq!(md["DOMAIN"], sds[1], "{md:?}");
+    assert!(!src.path.exists(), "MOVE left the source volume");
+    assert!(!doms[0].join("images").join(&img).exists());
+    assert!(list_images(&c, &sds[1]).await.contains(&img));
     // A failing move (same domain twice) ends as cleanFailure with its code.
     let bad = call_ok(
         &c,

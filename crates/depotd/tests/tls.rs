@@ -3,27 +3,51 @@
 mod common;
 
 use common::Daemon;
-use depot_client::{Client, Endpoint, TlsIdentity};
+use depot_client::{Client, ClientError, Endpoint, TlsIdentity};
 use depotd::pki;
 use serde_json::json;
+
+/// The error of a client that the handshake refuses: at connect, or (TLS
+/// 1.3 finishes the client's side of the handshake before the server's
+/// verdict arrives) at the first call. Anything that is not a TLS error,
+/// or a call that succeeds, fails the test.
+async fn refusal(ep: &Endpoint) -> String {
+    let err = match Client::connect(ep).await {
+        Err(e) => e,
+        Ok(c) => match c.call("Host.ping2", json!({})).await {
+            Ok(v) => panic!("the refused client got an answer: {v}"),
+            Err(e) => e,
+        },
+    };
+    match err {
+        ClientError::Tls(msg) => msg,
+        other => panic!("not a TLS refusal: {other:?}"),
+    }
+}
+
+/// Waits for the daemon's log line of a refused handshake with `reason`.
+async fn refusal_logged(d: &Daemon, reason: &str) {
+    // The server logs the refusal; it may do so just after the client sees it.
+    common::eventually(
+        &format!("the refusal ({reason}) in the log"),
+        common::WAIT,
+        || {
+            let found = d
+                .log()
+                .lines()
+                .any(|l| l.contains("TLS handshake refused") && l.contains(reason));
+            async move { found.then_some(()) }
+        },
+    )
+    .await;
+}
 
 #[tokio::test]
 async fn client_without_certificate_is_refused() {
     let d = Daemon::start("");
-    let ep = d.tls().with_identity(None);
-    let refused = match Client::connect(&ep).await {
-        Err(_) => true,
-        // TLS 1.3 may finish the client's side of the handshake before the
-        // server's verdict arrives; the first call then fails.
-        Ok(c) => c.call("Host.ping2", json!({})).await.is_err(),
-    };
-    assert!(refused, "a client without a certificate got in");
-    // The server logs the refusal; it may do so just after the client sees it.
-    common::eventually("the refusal in the log", common::WAIT, || {
-        let found = d.log().contains("TLS handshake refused");
-        async move { found.then_some(()) }
-    })
-    .await;
+    let msg = refusal(&d.tls().with_identity(None)).await;
+    assert!(msg.contains("CertificateRequired"), "{msg}");
+    refusal_logged(&d, "peer sent no certificates").await;
     // The server keeps serving good clients.
     d.tls_client()
         .await
@@ -36,6 +60,7 @@ async fn client_without_certificate_is_refused() {
 async fn client_signed_by_another_ca_is_refused() {
     let d = Daemon::start("");
     let other = tempfile::tempdir().unwrap();
+    // The same subject as the real client's: only the issuer is wrong.
     let (ca, ca_key) = pki::new_ca("rogue CA").unwrap();
     let (cert, key) = pki::new_client("depotctl", &ca, &ca_key).unwrap();
     let cert_path = other.path().join("c.pem");
@@ -46,11 +71,9 @@ async fn client_signed_by_another_ca_is_refused() {
         cert: cert_path,
         key: key_path,
     }));
-    let refused = match Client::connect(&ep).await {
-        Err(_) => true,
-        Ok(c) => c.call("Host.ping2", json!({})).await.is_err(),
-    };
-    assert!(refused, "a client from another CA got in");
+    let msg = refusal(&ep).await;
+    assert!(msg.contains("UnknownCA"), "{msg}");
+    refusal_logged(&d, "invalid peer certificate: UnknownIssuer").await;
     d.tls_client()
         .await
         .call("Host.ping2", json!({}))
@@ -67,7 +90,7 @@ async fn good_client_works_and_server_is_verified() {
     assert_eq!(caps["software_version"], env!("CARGO_PKG_VERSION"));
 
     // The client checks the server too: a CA that did not sign the server
-    // certificate makes the handshake fail.
+    // certificate makes the handshake fail, on the client's side.
     let other = tempfile::tempdir().unwrap();
     let (ca, _) = pki::new_ca("another CA").unwrap();
     let ca_path = other.path().join("ca.pem");
@@ -86,7 +109,18 @@ async fn good_client_works_and_server_is_verified() {
         },
         u => u,
     };
-    assert!(Client::connect(&ep).await.is_err());
+    match Client::connect(&ep).await {
+        Err(ClientError::Tls(msg)) => {
+            assert!(
+                msg.contains("invalid peer certificate: UnknownIssuer"),
+                "{msg}"
+            )
+        }
+        Err(other) => panic!("not a TLS refusal: {other:?}"),
+        Ok(_) => panic!("a client that does not trust the server's CA connected"),
+    }
+    // The client's alert reaches the daemon.
+    refusal_logged(&d, "received fatal alert: UnknownCA").await;
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Block storage domains end to end in the VM tier (tests/vm/run): a real
 //! LIO iSCSI target with CHAP, two paths per LUN through dm-multipath, and
-//! real LVM, driven through depotd's JSON-RPC and HTTP. Skipped outside the
-//! tier (docs/testing.md).
+//! real LVM, driven through depotd's JSON-RPC and HTTP. Reported as ignored
+//! outside the tier (docs/testing.md).
 //!
 //! The iSCSI login is done here with iscsiadm as test setup; depot's own
 //! iSCSI connection verbs are tested in vm_iscsi.rs.
@@ -16,7 +16,7 @@ mod support;
 use common::Daemon;
 use serde_json::json;
 use storage_common::*;
-use support::vm::{ok, vm_tier, Luns};
+use support::vm::{ok, Luns};
 
 const ISCSI: i64 = 3;
 const SLOW: std::time::Duration = std::time::Duration::from_secs(600);
@@ -47,10 +47,9 @@ fn is_active(vg: &str, lv: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 async fn block_domain_lifecycle_on_iscsi_with_multipath() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     let luns = Luns::login();
     // depot's udev rule, as docs/install.md installs it.
     let rule = concat!(env!("CARGO_MANIFEST_DIR"), "/../../udev/61-depot-lvm.rules");

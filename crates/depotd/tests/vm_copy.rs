@@ -15,7 +15,7 @@ use copy_common::*;
 use depot_client::Client;
 use serde_json::json;
 use storage_common::*;
-use support::vm::{env, ok, run, vm_tier, Luns};
+use support::vm::{env, ok, run, Luns};
 
 const ISCSI: i64 = 3;
 
@@ -93,10 +93,9 @@ async fn client(d: &Daemon) -> Client {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 async fn copies_between_block_and_nfs_both_ways_and_through_a_path_failure() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     let luns = Luns::login();
     let d = Daemon::start(CONFIG);
     let c = client(&d).await;

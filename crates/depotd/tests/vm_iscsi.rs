@@ -3,7 +3,8 @@
 //! `StoragePool.connectStorageServer` / `disconnectStorageServer` for ISCSI
 //! (3) and FCP (2), `Host.getDeviceList` and `Host.getDevicesVisibility`,
 //! against the guest's LIO target (CHAP, 3 LUNs, 2 portals), dm-multipath,
-//! and scsi_debug standing in for FC LUNs. Skipped outside the tier.
+//! and scsi_debug standing in for FC LUNs. Reported as ignored outside the
+//! tier.
 //!
 //! Every test leaves the guest as it found it: no session, no node record,
 //! no map (a guard cleans up after a failure too).
@@ -20,14 +21,6 @@ use common::Daemon;
 use depot_client::{Client, Options};
 use serde_json::{json, Value};
 use storage_common::*;
-
-fn vm_tier() -> bool {
-    if std::env::var("DEPOT_TEST_TIER").as_deref() == Ok("vm") {
-        return true;
-    }
-    eprintln!("SKIP: needs the vm tier (tests/vm/run)");
-    false
-}
 
 /// A variable the tier's guest sets (tests/vm/guest/env).
 fn env(name: &str) -> String {
@@ -234,10 +227,9 @@ async fn client(d: &Daemon) -> Client {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 async fn discovery_finds_the_target_on_both_portals() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     let t = Target::new();
     let _clean = Cleanup { iqn: t.iqn.clone() };
     let d = daemon();
@@ -288,10 +280,9 @@ async fn discovery_finds_the_target_on_both_portals() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 async fn chap_login_shows_three_luns_with_two_paths_each() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     let t = Target::new();
     let _clean = Cleanup { iqn: t.iqn.clone() };
     warm_up(&t);
@@ -435,10 +426,9 @@ async fn chap_login_shows_three_luns_with_two_paths_each() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 async fn wrong_secret_is_476_and_leaves_nothing_logged_in() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     let t = Target::new();
     let _clean = Cleanup { iqn: t.iqn.clone() };
     warm_up(&t);
@@ -501,10 +491,9 @@ async fn wrong_secret_is_476_and_leaves_nothing_logged_in() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 async fn a_shared_session_is_logged_out_by_its_last_connection() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     let t = Target::new();
     let _clean = Cleanup { iqn: t.iqn.clone() };
     warm_up(&t);
@@ -531,10 +520,9 @@ async fn a_shared_session_is_logged_out_by_its_last_connection() {
 /// left from a session that went away (here: logged out by hand) do not
 /// keep the next one logged in.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 async fn shared_session_references_survive_a_restart() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     let t = Target::new();
     let _clean = Cleanup { iqn: t.iqn.clone() };
     warm_up(&t);
@@ -575,10 +563,9 @@ async fn shared_session_references_survive_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 async fn no_logout_while_an_active_block_domain_uses_the_session() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     let t = Target::new();
     let _clean = Cleanup { iqn: t.iqn.clone() };
     warm_up(&t);
@@ -714,10 +701,9 @@ fn path_state(devs: &[Value], guid: &str, disk: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 async fn a_path_down_shows_in_pathstatus() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     let t = Target::new();
     let _clean = Cleanup { iqn: t.iqn.clone() };
     warm_up(&t);
@@ -817,10 +803,9 @@ impl Drop for ScsiDebug {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 async fn fcp_connect_rescans_scsi_hosts_for_new_luns() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     // scsi_debug stands in for an FC HBA: a SCSI host whose new LUNs appear
     // only when the host is rescanned, as with LUNs mapped to an FC host.
     // What this covers and what it does not: docs/storage.md.

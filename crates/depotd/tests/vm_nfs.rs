@@ -9,7 +9,7 @@ mod support;
 
 use common::Daemon;
 use storage_common::*;
-use support::vm::{env, vm_tier};
+use support::vm::env;
 
 async fn scenario(version: &str, export: String) {
     let d = Daemon::start(CONFIG);
@@ -23,17 +23,15 @@ async fn scenario(version: &str, export: String) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 async fn scenario_nfs_v3() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     scenario("3", env("DEPOT_VM_NFS_V3")).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 async fn scenario_nfs_v4_2() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     scenario("4.2", env("DEPOT_VM_NFS_V4")).await;
 }

@@ -1,5 +1,5 @@
 //! OVF_STORE uploads on NFS domains, on a real kernel NFS server and
-//! client (VM tier, tests/vm/run; skipped elsewhere): the replace strategy
+//! client (VM tier, tests/vm/run; ignored elsewhere): the replace strategy
 //! (the body written with O_DIRECT into a new file next to the volume,
 //! renamed over it once complete and durable; docs/formats.md, "Upload and
 //! commit") over NFS v3 and v4.2: round trips across buffers, a bad upload
@@ -18,7 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use common::Daemon;
 use ovf_common::*;
 use storage_common::*;
-use support::vm::{env, vm_tier};
+use support::vm::env;
 
 fn ino(v: &Vol) -> u64 {
     std::fs::metadata(&v.path).unwrap().ino()
@@ -97,17 +97,15 @@ async fn scenario(version: &str, export: String) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 async fn ovf_store_on_nfs_v3() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     scenario("3", env("DEPOT_VM_NFS_V3")).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 async fn ovf_store_on_nfs_v4_2() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     scenario("4.2", env("DEPOT_VM_NFS_V4")).await;
 }

@@ -1,7 +1,7 @@
 //! The VM tier's own check (tests/vm/run): the guest environment that the
 //! block and NFS tests rely on (docs/testing.md, "What the guest provides"),
 //! checked with the plain tools, not with depot. Each test leaves the guest
-//! as it found it. Prints `SKIP: needs the vm tier` outside the guest.
+//! as it found it. Reported as ignored outside the guest.
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
@@ -9,14 +9,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::process::{Command, Output};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
-
-fn vm_tier() -> bool {
-    if std::env::var("DEPOT_TEST_TIER").as_deref() != Ok("vm") {
-        eprintln!("SKIP: needs the vm tier (tests/vm/run)");
-        return false;
-    }
-    true
-}
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set in the guest"))
@@ -64,10 +56,9 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 #[test]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 fn environment_as_documented() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     let modules = fs::read_to_string("/proc/modules").unwrap();
     for m in [
         "target_core_mod",
@@ -158,10 +149,9 @@ fn multipath_paths() -> Vec<(String, String)> {
 }
 
 #[test]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 fn iscsi_chap_login_on_two_portals_gives_multipath_maps() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     let iqn = env("DEPOT_VM_ISCSI_IQN");
     let port = env("DEPOT_VM_ISCSI_PORT");
     let portals: Vec<String> = env("DEPOT_VM_ISCSI_PORTALS")
@@ -267,10 +257,9 @@ impl Drop for Unmount {
 }
 
 #[test]
+#[ignore = "needs the vm tier (tests/vm/run)"]
 fn nfs_v3_and_v4_2_mounts_take_o_direct_writes() {
-    if !vm_tier() {
-        return;
-    }
+    depot_testkit::require_vm();
     for (vers, export) in [
         ("3", env("DEPOT_VM_NFS_V3")),
         ("4.2", env("DEPOT_VM_NFS_V4")),

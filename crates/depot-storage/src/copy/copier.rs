@@ -1323,10 +1323,8 @@ mod tests {
     }
 
     fn check_python(path: &Path, size: u64, got: &BlkHash) {
-        match python_blkhash(path, size, BLOCK_SIZE) {
-            Some(py) => assert_eq!(got.checksum, py, "python reference"),
-            None => eprintln!("SKIP python reference: no python3"),
-        }
+        let py = python_blkhash(path, size, BLOCK_SIZE);
+        assert_eq!(got.checksum, py, "python reference");
     }
 
     fn opts<'a>() -> CopyOptions<'a> {
@@ -1881,13 +1879,16 @@ mod tests {
     }
 
     /// The child of `kill_9_then_resume`: copies slowly with a journal
-    /// until it is killed. Does nothing unless the parent set the env.
+    /// until it is killed. Not a test of its own: it is ignored, so no
+    /// tier runs it (tests/run never passes `--ignored`), and run without
+    /// the parent's directory it fails instead of passing.
     #[test]
     #[ignore = "run by kill_9_then_resume in a child process"]
     fn crash_child() {
-        let Ok(dir) = std::env::var("DEPOT_CRASH_DIR") else {
-            return;
-        };
+        let dir = std::env::var("DEPOT_CRASH_DIR").expect(
+            "crash_child is the child process of kill_9_then_resume, which sets \
+             DEPOT_CRASH_DIR: run kill_9_then_resume instead",
+        );
         let dir = PathBuf::from(dir);
         let journal = Journal::new(dir.join("journal"), 9).with_interval(2 * MIB);
         // The hasher (the caller's thread) takes at most 2 buffers per
@@ -1962,41 +1963,10 @@ mod tests {
         assert!(!journal.exists());
     }
 
-    /// A loop device over a file, detached on drop.
-    struct LoopDev {
-        dev: PathBuf,
-    }
-
-    impl LoopDev {
-        fn attach(file: &Path, sector: u32) -> Option<LoopDev> {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
-                eprintln!("SKIP: loop devices need root");
-                return None;
-            }
-            let out = Command::new("losetup")
-                .args(["--find", "--show", "--direct-io=on", "--sector-size"])
-                .arg(sector.to_string())
-                .arg(file)
-                .output()
-                .ok()?;
-            if !out.status.success() {
-                eprintln!("SKIP: losetup: {}", String::from_utf8_lossy(&out.stderr));
-                return None;
-            }
-            let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
-            Some(LoopDev { dev: dev.into() })
-        }
-    }
-
-    impl Drop for LoopDev {
-        fn drop(&mut self) {
-            let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-        }
-    }
-
     #[test]
+    #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
     fn to_a_4k_sector_block_device() {
+        depot_testkit::require_root();
         let dir = tempfile::tempdir().unwrap();
         let (src, backing) = (dir.path().join("src"), dir.path().join("backing"));
         let size = 40 * MIB;
@@ -2007,18 +1977,16 @@ mod tests {
             &[(30 * MIB, 2 * MIB)],
         );
         fs::write(&backing, vec![0x5Au8; (size + 8 * MIB) as usize]).unwrap();
-        let Some(lo) = LoopDev::attach(&backing, 4096) else {
-            return;
-        };
-        let a = depot_os::direct::probe_alignment_path(&lo.dev).unwrap();
+        let lo = depot_testkit::LoopDevice::attach_with(&backing, Some(4096), true);
+        let a = depot_os::direct::probe_alignment_path(lo.path()).unwrap();
         assert_eq!(a.offset_align, 4096);
-        let res = copy_raw(&src, &lo.dev, opts()).unwrap();
+        let res = copy_raw(&src, lo.path(), opts()).unwrap();
         assert!(res.bytes_zeroed > 0);
-        assert!(same(&src, &lo.dev, size));
+        assert!(same(&src, lo.path(), size));
         check_python(&src, size, res.checksum.as_ref().unwrap());
-        verify_raw(&lo.dev, size, res.checksum.as_ref().unwrap()).unwrap();
+        verify_raw(lo.path(), size, res.checksum.as_ref().unwrap()).unwrap();
         // Past the source's size the device is untouched.
-        let f = File::open(&lo.dev).unwrap();
+        let f = File::open(lo.path()).unwrap();
         let mut b = vec![0u8; 4096];
         f.read_exact_at(&mut b, size).unwrap();
         assert!(b.iter().all(|&x| x == 0x5A));
@@ -2026,7 +1994,7 @@ mod tests {
         let back = dir.path().join("back");
         make_dst(&back, size);
         let res2 = copy_raw(
-            &lo.dev,
+            lo.path(),
             &back,
             CopyOptions {
                 dst_is_zero: true,
@@ -2037,7 +2005,7 @@ mod tests {
         assert!(matches!(res2, Err(CopyError::DestinationTooSmall { .. })));
         make_dst(&back, size + 8 * MIB);
         let res2 = copy_raw(
-            &lo.dev,
+            lo.path(),
             &back,
             CopyOptions {
                 dst_is_zero: true,
@@ -2045,7 +2013,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(same(&lo.dev, &back, size + 8 * MIB));
+        assert!(same(lo.path(), &back, size + 8 * MIB));
         assert!(
             res2.bytes_skipped > 0,
             "zero data read from the device is skipped"

@@ -646,12 +646,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
     fn the_owner_is_kept() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP: needs root (chown)");
-            return;
-        }
+        depot_testkit::require_root();
         let v = volume(VOL_SIZE);
         std::os::unix::fs::chown(&v.path, Some(36), Some(36)).unwrap();
         let (tar, _) = engine_tar(1);

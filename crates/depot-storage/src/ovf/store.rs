@@ -922,62 +922,27 @@ mod tests {
         assert_eq!(out, raw[12345..12345 + (2 << 20) + 17].to_vec());
     }
 
-    fn is_root() -> bool {
-        fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .map(|l| l.split_whitespace().nth(2) == Some("0"))
-            })
-            .unwrap_or(false)
-    }
-
-    /// A loop device with 4096-byte sectors, detached on drop.
-    struct Loop4k {
-        dev: PathBuf,
-    }
-
-    impl Drop for Loop4k {
-        fn drop(&mut self) {
-            let cmd = depot_os::Cmd::new("losetup", std::time::Duration::from_secs(30))
-                .arg("-d")
-                .arg(&self.dev);
-            if let Err(e) = depot_os::CommandRunner::new().run(&cmd) {
-                eprintln!("cannot detach {}: {e}", self.dev.display());
-            }
-        }
-    }
-
     /// The domain says 512, the device needs 4096: commit uses the larger
     /// one, so a tar that is not 4 KiB aligned still goes through O_DIRECT.
     #[test]
+    #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
     fn commit_on_a_4k_sector_device() {
-        if !is_root() {
-            eprintln!("SKIP: needs root (loop device)");
-            return;
-        }
+        depot_testkit::require_root();
         let dir = tempfile::tempdir().unwrap();
         let backing = dir.path().join("backing");
         fs::write(&backing, vec![0x55u8; VOL_SIZE as usize]).unwrap();
-        let cmd = depot_os::Cmd::new("losetup", std::time::Duration::from_secs(30))
-            .args(["-f", "--show", "--sector-size", "4096"])
-            .arg(&backing);
-        let out = depot_os::CommandRunner::new().run(&cmd).unwrap();
-        let lo = Loop4k {
-            dev: PathBuf::from(out.stdout_lossy().trim()),
-        };
+        let lo = depot_testkit::LoopDevice::attach_with(&backing, Some(4096), false);
         let (tar, _) = engine_tar(3);
         assert_ne!(tar.len() % 4096, 0);
         let staging = dir.path().join("vol.ovf-upload");
         let staged = stage_upload(&staging, tar.len() as u64, source_of(&tar)).unwrap();
-        let t = commit(&lo.dev, VOL_SIZE, &staged, 512).unwrap();
+        let t = commit(lo.path(), VOL_SIZE, &staged, 512).unwrap();
         assert_eq!(
-            verify(&lo.dev, VOL_SIZE).unwrap(),
+            verify(lo.path(), VOL_SIZE).unwrap(),
             StoreState::Valid { trailer: t }
         );
-        assert_eq!(read_all(&lo.dev, 0, tar.len() as u64), tar);
-        assert_eq!(read_all(&lo.dev, 513, 100), tar[513..613].to_vec());
+        assert_eq!(read_all(lo.path(), 0, tar.len() as u64), tar);
+        assert_eq!(read_all(lo.path(), 513, 100), tar[513..613].to_vec());
         drop(lo);
         let raw = fs::read(&backing).unwrap();
         assert_eq!(&raw[..tar.len()], &tar[..]);

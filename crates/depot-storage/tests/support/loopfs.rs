@@ -10,6 +10,8 @@ const T: Duration = Duration::from_secs(120);
 
 pub struct LoopFs {
     pub dev: String,
+    // Fields drop in order: the device is detached before its image goes.
+    lo: depot_testkit::LoopDevice,
     _dir: tempfile::TempDir,
 }
 
@@ -20,17 +22,9 @@ impl LoopFs {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("disk.img");
         std::fs::File::create(&img).unwrap().set_len(size).unwrap();
-        let sector = sector_size.map(|s| s.to_string());
-        let mut args = vec!["-f", "--show"];
-        if let Some(s) = &sector {
-            args.extend(["--sector-size", s.as_str()]);
-        }
-        args.push(img.to_str().unwrap());
-        let dev = run("losetup", &args, Duration::from_secs(30))
-            .expect("losetup")
-            .trim()
-            .to_owned();
-        let fs = LoopFs { dev, _dir: dir };
+        let lo = depot_testkit::LoopDevice::attach_with(&img, sector_size, false);
+        let dev = lo.path_str().to_owned();
+        let fs = LoopFs { dev, lo, _dir: dir };
         let mkfs = format!("mkfs.{fstype}");
         run(&mkfs, &["-q", &fs.dev], T).unwrap_or_else(|e| {
             panic!(
@@ -54,6 +48,7 @@ impl Drop for LoopFs {
                 let _ = run("umount", &["-l", "--", e.target.to_str().unwrap()], T);
             }
         }
-        let _ = run("losetup", &["-d", &self.dev], Duration::from_secs(30));
+        // The fields drop next: `lo` detaches the device, then the
+        // image's directory goes.
     }
 }

@@ -11,30 +11,6 @@ use std::time::Duration;
 
 use depot_os::{Cmd, CommandRunner};
 
-/// Whether the tests run as root (effective uid 0), read from
-/// `/proc/self/status` so no libc binding is needed.
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Prints `SKIP: needs root` and returns from the test when not root.
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !$crate::support::is_root() {
-            eprintln!("SKIP: needs root");
-            return;
-        }
-    };
-}
-
 /// The machine's host name (`/proc/sys/kernel/hostname`).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

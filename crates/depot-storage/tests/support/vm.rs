@@ -1,18 +1,10 @@
 //! Helpers of the VM tier (tests/vm/run, docs/testing.md): the guest's
-//! environment variables and the iSCSI LUNs of its LIO target.
+//! environment variables and the iSCSI LUNs of its LIO target. The gate of
+//! a VM-tier test is `depot_testkit::require_vm()`.
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-/// True in the VM tier; otherwise prints why the test is skipped.
-pub fn vm_tier() -> bool {
-    if std::env::var("DEPOT_TEST_TIER").as_deref() == Ok("vm") {
-        return true;
-    }
-    eprintln!("SKIP: needs the vm tier (tests/vm/run)");
-    false
-}
 
 /// A variable the tier's guest sets (tests/vm/guest/env).
 pub fn env(name: &str) -> String {

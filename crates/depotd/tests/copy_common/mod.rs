@@ -24,7 +24,6 @@ use serde_json::{json, Value};
 
 use crate::common::Daemon;
 use crate::storage_common::*;
-use crate::support;
 
 /// How long a copy job may take on this shared, slow machine (the daemon
 /// under test is a debug build).
@@ -33,17 +32,6 @@ pub const JOB_WAIT: Duration = Duration::from_secs(300);
 /// The copy tests move hundreds of MiB each; run them one at a time so
 /// that the timing assertions (abort within 2 s) hold on two CPUs.
 pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Prints `SKIP: needs the root tier` and returns false when not root (or
-/// when DEPOT_TEST_TIER names another tier).
-pub fn root_tier() -> bool {
-    let tier = std::env::var("DEPOT_TEST_TIER").ok();
-    if !support::is_root() || tier.as_deref().is_some_and(|t| t != "root") {
-        eprintln!("SKIP: needs the root tier");
-        return false;
-    }
-    true
-}
 
 // ---------------------------------------------------------------------------
 // Domains and volumes
@@ -453,11 +441,10 @@ pub fn assert_compare(a: &Path, fa: &str, b: &Path, fb: &str) {
     }
 }
 
-/// `qemu-io -f fmt -c CMD path`; false when qemu-io is missing.
-pub fn qemu_io(path: &Path, fmt: &str, cmd: &str) -> bool {
-    if !support::have_program("qemu-io") {
-        return false;
-    }
+/// `qemu-io -f fmt -c CMD path`. qemu-utils is a requirement of every
+/// tier (depotd runs qemu-img): a missing qemu-io fails the test.
+pub fn qemu_io(path: &Path, fmt: &str, cmd: &str) {
+    depot_testkit::require_program("qemu-io");
     let out = Command::new("qemu-io")
         .args(["-f", fmt, "-c", cmd])
         .arg(path)
@@ -470,7 +457,6 @@ pub fn qemu_io(path: &Path, fmt: &str, cmd: &str) -> bool {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    true
 }
 
 // ---------------------------------------------------------------------------

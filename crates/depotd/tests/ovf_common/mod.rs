@@ -918,28 +918,6 @@ pub async fn put_oversized(via: &Via, ids: &Ids, content_length: u64) -> Resp {
 // Root tier: a loop device with a file system
 // ---------------------------------------------------------------------------
 
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Prints `SKIP: needs the root tier` and returns false when not root (or
-/// when DEPOT_TEST_TIER names another tier).
-pub fn root_tier() -> bool {
-    let tier = std::env::var("DEPOT_TEST_TIER").ok();
-    if !is_root() || tier.as_deref().is_some_and(|t| t != "root") {
-        eprintln!("SKIP: needs the root tier");
-        return false;
-    }
-    true
-}
-
 pub fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
@@ -953,6 +931,8 @@ pub fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+// For the root-tier tests; a test file without them need not use it.
+#[allow(unused_imports)]
 pub use crate::support::loopfs::LoopFs;
 
 pub fn path_str(p: &Path) -> &str {
