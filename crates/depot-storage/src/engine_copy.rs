@@ -61,6 +61,15 @@ fn copy_err(op: &'static str, e: CopyError) -> StorageError {
     StorageError::new(code, op, e.to_string())
 }
 
+/// A checksum that failed has its own code: nothing was copied.
+fn checksum_err(op: &'static str, e: CopyError) -> StorageError {
+    let code = match &e {
+        CopyError::Aborted => Code::TaskAborted,
+        _ => Code::VolumeChecksumError,
+    };
+    StorageError::new(code, op, e.to_string())
+}
+
 /// The engine's fence: a volume whose GEN is not the one the caller saw has
 /// been written by someone else since (911, nothing changed).
 fn check_generation(
@@ -333,7 +342,8 @@ impl Storage {
             abort: ctl.abort,
             ..copy::ChecksumOptions::default()
         };
-        copy::checksum_raw(&info.path, info.metadata.capacity, &opts).map_err(|e| copy_err(OP, e))
+        copy::checksum_raw(&info.path, info.metadata.capacity, &opts)
+            .map_err(|e| checksum_err(OP, e))
     }
 
     /// `SDM.update_volume`: the engine's fence. The volume's GEN must be

