@@ -48,3 +48,54 @@ async fn failed_checksum_says_checksum() {
         "{err}"
     );
 }
+
+/// `ISCSIConnection.discoverSendTargets` checks the CHAP user and password
+/// as `connectStorageServer` does, with the same code (1000), before
+/// iscsiadm sees them, and never quotes the password.
+#[tokio::test]
+async fn discovery_checks_chap_as_connect_does() {
+    const SECRET: &str = "s3cr3t-pw";
+    let d = Daemon::start(CONFIG);
+    let c = d.client().await;
+    let long_user = "u".repeat(256);
+    let cases: [(Option<&str>, Option<String>); 6] = [
+        (Some("a b"), Some(SECRET.into())),
+        (Some("-oexec"), Some(SECRET.into())),
+        (Some(&long_user), Some(SECRET.into())),
+        (
+            Some("depot"),
+            Some(format!("{SECRET}\nnode.startup=automatic")),
+        ),
+        (Some("depot"), None),
+        (None, Some(SECRET.into())),
+    ];
+    for (user, password) in cases {
+        let what = format!("user {user:?}");
+        let mut conn = json!({"id": new_id(), "connection": "127.0.0.1", "port": 3260,
+            "iqn": "iqn.2026-11.org.depot:target1"});
+        let mut disc = json!({"host": "127.0.0.1", "port": 3260});
+        for p in [&mut conn, &mut disc] {
+            if let Some(u) = user {
+                p["user"] = json!(u);
+            }
+            if let Some(pw) = &password {
+                p["password"] = json!(pw);
+            }
+        }
+        let st = call_ok(
+            &c,
+            "StoragePool.connectStorageServer",
+            connect_params(3, vec![conn]),
+        )
+        .await;
+        assert_eq!(statuses(&st), [1000], "connect, {what}: {st}");
+        let msg = call_err(&c, "ISCSIConnection.discoverSendTargets", disc, 1000).await;
+        assert!(!msg.contains(SECRET), "{what}: {msg}");
+        let field = if user.is_some() && password.is_some() && password != Some(SECRET.into()) {
+            "password"
+        } else {
+            "user"
+        };
+        assert!(msg.contains(field), "{what}: {msg}");
+    }
+}
