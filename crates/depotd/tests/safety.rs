@@ -14,6 +14,7 @@ use common::Daemon;
 use copy_common::*;
 use serde_json::json;
 use storage_common::*;
+use support::loopfs::LoopFs;
 
 /// A checksum job that fails has its own code and message, not the copy's
 /// "Volume copy failed".
@@ -98,4 +99,34 @@ async fn discovery_checks_chap_as_connect_does() {
         };
         assert!(msg.contains(field), "{what}: {msg}");
     }
+}
+
+/// A POSIXFS mount the engine asked nothing special for gets nosuid and
+/// nodev all the same, as the kernel's mount table shows.
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn storage_mounts_get_nosuid_and_nodev() {
+    depot_testkit::require_root();
+    let fs = LoopFs::new("ext4", 64 * MIB, None);
+    let d = Daemon::start(CONFIG);
+    let c = d.client().await;
+    let conn = ConnectionSpec {
+        vfs_type: Some("ext4".into()),
+        ..ConnectionSpec::local(std::path::Path::new(&fs.dev))
+    };
+    let id = new_id();
+    let st = call_ok(
+        &c,
+        "StoragePool.connectStorageServer",
+        connect_params(POSIXFS, vec![conn.params(&id)]),
+    )
+    .await;
+    assert_eq!(statuses(&st), [0], "{st}");
+    let mp = mount_point(&d, POSIXFS, &fs.dev);
+    let at = mounts_at(&mp);
+    assert_eq!(at.len(), 1, "{at:?}");
+    for o in ["nosuid", "nodev"] {
+        assert!(at[0].options.iter().any(|x| x == o), "{o}: {:?}", at[0]);
+    }
+    disconnect_ok(&c, &d, POSIXFS, &conn, &id).await;
 }
