@@ -43,4 +43,4 @@ pub use qemu_img::{
     CheckResult, ConvertOptions, ImageFormat, ImageInfo, Preallocation, QemuImg, QemuImgError,
 };
 pub use secret::Secret;
-pub use worker::{IoWorker, WorkerError, WorkerStats};
+pub use worker::{IoWorker, Liveness, WorkerError, WorkerStats};
