@@ -16,14 +16,14 @@ use std::time::Duration;
 use depot_api::storage::{DomainClass, DomainRole, DomainType, ImgUuid, SdUuid, SpUuid, VolUuid};
 use depot_api::Code;
 use depot_os::lvm::Lvm;
-use depot_os::{CommandRunner, IoWorker, Mounter, QemuImg};
+use depot_os::{CommandRunner, IoWorker, Liveness, Mounter, QemuImg};
 
 use crate::backup::PreparePurpose;
 use crate::connection::san::SanConnector;
 use crate::connection::{ConnectionParams, ConnectionStatus, Connector};
 use crate::domain::{self, CreateDomain};
 use crate::layout::{self, DomainPaths};
-use crate::lock::{LockGuard as Guard, LockManager, ResourceName};
+use crate::lock::{Held, LockGuard as Guard, LockManager, ResourceName};
 use crate::metadata::domain::DomainMetadata;
 use crate::monitor::{CheckTarget, DomainHealth, Monitor, MonitorConfig};
 use crate::{StorageError, StorageResult};
@@ -99,7 +99,7 @@ pub struct Storage {
     monitor: Monitor,
     pub(crate) qemu: QemuImg,
     state: Mutex<State>,
-    workers: Mutex<HashMap<PathBuf, Arc<IoWorker>>>,
+    workers: Mutex<HashMap<(PathBuf, Lane), Arc<IoWorker>>>,
     /// The lvm2 commands of block domains (device filter, cache).
     pub(crate) lvm: Lvm,
     /// Per block domain: serializes metadata slot allocation.
@@ -114,6 +114,21 @@ const LVM_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Threads per mount worker: a hung call pins one; the rest keep serving.
 const WORKER_THREADS: usize = 4;
+
+/// Threads per mount for long work (wipes, preallocation, extends): their
+/// own, so that a few long deletes never make short calls queue behind
+/// them.
+const LONG_WORKER_THREADS: usize = 4;
+
+/// Which of a mount's workers a call runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Lane {
+    /// One file-system call, or a few (the I/O timeout bounds the lot).
+    Short,
+    /// Work that takes as long as the data is large and beats its
+    /// [`Liveness`] as it goes.
+    Long,
+}
 
 impl Storage {
     pub fn new(mut config: StorageConfig, runner: CommandRunner) -> Storage {
@@ -214,8 +229,29 @@ impl Storage {
         op: &'static str,
         f: impl FnOnce() -> StorageResult<T> + Send + 'static,
     ) -> StorageResult<T> {
-        let worker = self.worker_for(dir);
-        match worker.run(self.config.io_timeout, f) {
+        self.io_in(Lane::Short, dir, op, &Held::none(), move |_| f())
+    }
+
+    /// Runs `f` on the `lane` worker of `dir`'s mount, holding `held`
+    /// until `f` has returned, whenever that is: if the call times out
+    /// (no [`Liveness::beat`] for the I/O timeout), the verb fails but the
+    /// locks stay with the thread still in `f`, so nothing else works on
+    /// what they protect until it is really done.
+    pub(crate) fn io_in<T: Send + 'static>(
+        &self,
+        lane: Lane,
+        dir: &Path,
+        op: &'static str,
+        held: &Held,
+        f: impl FnOnce(&Liveness) -> StorageResult<T> + Send + 'static,
+    ) -> StorageResult<T> {
+        let worker = self.worker_for(dir, lane);
+        let held = held.clone();
+        let run = worker.run_watched(self.config.io_timeout, move |live| {
+            let _held = held;
+            f(live)
+        });
+        match run {
             Ok(r) => r,
             Err(e) => Err(StorageError::new(
                 Code::MiscFileReadException,
@@ -225,19 +261,23 @@ impl Storage {
         }
     }
 
-    /// The worker of the mount directory that holds `path` (the first
-    /// component under `<repository>/mnt` or `mnt/glusterSD`).
-    fn worker_for(&self, path: &Path) -> Arc<IoWorker> {
+    /// The `lane` worker of the mount directory that holds `path` (the
+    /// first component under `<repository>/mnt` or `mnt/glusterSD`).
+    pub(crate) fn worker_for(&self, path: &Path, lane: Lane) -> Arc<IoWorker> {
         let key = self.mount_key(path);
         let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
         workers
-            .entry(key.clone())
+            .entry((key.clone(), lane))
             .or_insert_with(|| {
                 let name = key
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                Arc::new(IoWorker::new(format!("io/{name}"), WORKER_THREADS))
+                let (prefix, threads) = match lane {
+                    Lane::Short => ("io", WORKER_THREADS),
+                    Lane::Long => ("io-long", LONG_WORKER_THREADS),
+                };
+                Arc::new(IoWorker::new(format!("{prefix}/{name}"), threads))
             })
             .clone()
     }
@@ -469,12 +509,14 @@ impl Storage {
         }
     }
 
+    /// The domain shared and the image shared or exclusive, to be passed
+    /// to every worker call made under them ([`Storage::io_in`]).
     pub(crate) fn lock_image(
         &self,
         sd: SdUuid,
         img: ImgUuid,
         exclusive: bool,
-    ) -> StorageResult<(Guard, Guard)> {
+    ) -> StorageResult<Held> {
         let d = self.lock_domain(sd, false)?;
         let name = ResourceName::image(sd, img);
         let i = if exclusive {
@@ -482,7 +524,7 @@ impl Storage {
         } else {
             self.locks.shared(&name, self.config.lock_timeout)?
         };
-        Ok((d, i))
+        Ok(Held::new(vec![d, i]))
     }
 
     fn read_md(&self, paths: &DomainPaths) -> StorageResult<DomainMetadata> {

@@ -29,6 +29,7 @@ pub mod metadata;
 pub mod monitor;
 pub mod ovf;
 pub mod volume;
+pub mod volume_data;
 pub mod volume_store;
 
 pub use engine::{Storage, StorageConfig};
