@@ -615,3 +615,94 @@ async fn a_stalled_get_does_not_block_an_upload() {
     );
     drop(stalled);
 }
+
+// ---------------------------------------------------------------------------
+// OVF streams on a mount that stops answering
+// ---------------------------------------------------------------------------
+
+/// The brick process of the harness's gluster volume, stopped (SIGSTOP)
+/// until dropped: the mount's calls hang as on a dead server.
+struct StoppedBrick(nix::unistd::Pid);
+
+impl StoppedBrick {
+    fn stop(g: &support::gluster::Gluster) -> StoppedBrick {
+        let xml = g
+            .cli(&["volume", "status", g.volume(), "--xml"])
+            .expect("volume status");
+        let pid: i32 = xml
+            .split("<pid>")
+            .nth(1)
+            .and_then(|rest| rest.split("</pid>").next())
+            .and_then(|p| p.trim().parse().ok())
+            .filter(|p| *p > 0)
+            .unwrap_or_else(|| panic!("no brick pid in {xml}"));
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        StoppedBrick(pid)
+    }
+}
+
+impl Drop for StoppedBrick {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// An OVF_STORE upload whose GlusterFS mount stops answering mid-body
+/// (the brick stopped, the client's ping timeout raised so nothing gives
+/// up on its own) is answered with 2001 within a few I/O timeouts: the
+/// staging file's writes run on the mount's worker, not on a thread that
+/// then hangs for as long as the server does.
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn ovf_upload_on_a_hung_mount_fails_in_time() {
+    use tokio::io::AsyncWriteExt;
+    depot_testkit::require_root();
+    let g = support::gluster::Gluster::start().expect("gluster harness");
+    g.cli(&["volume", "set", g.volume(), "network.ping-timeout", "600"])
+        .unwrap();
+    let d = Daemon::start("[storage]\nio_timeout_s = 2\nmonitor_interval_s = 0.2\n");
+    let _mounts = UnmountGuard(d.dir.path().to_path_buf());
+    let conn = ConnectionSpec {
+        connection: g.spec(),
+        vfs_type: Some("glusterfs".into()),
+        mnt_options: None,
+        protocol_version: None,
+    };
+    let dom = Domain::create(&d, GLUSTERFS, conn, 512).await;
+    let store = dom.create_store().await;
+    let (tar, _) = ovf_common::big_tar(&dom.sd, 32 << 20, &[]);
+    let via = Via::unix(&d);
+
+    let io = via.connect().await;
+    let (r, mut w) = tokio::io::split(io);
+    let head = ovf_common::put_head(&store.ids(), tar.len() as u64);
+    w.write_all(head.as_bytes()).await.unwrap();
+    w.write_all(&tar[..4 << 20]).await.unwrap();
+    let staging = store.staging();
+    common::eventually("the staging file", common::WAIT, || {
+        let s = staging.clone();
+        async move { s.exists().then_some(()) }
+    })
+    .await;
+    let brick = StoppedBrick::stop(&g);
+    let rest = tar[4 << 20..].to_vec();
+    let writer = tokio::spawn(async move { w.write_all(&rest).await });
+    let t0 = std::time::Instant::now();
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        ovf_common::read_response(r),
+    )
+    .await
+    .expect("an answer while the mount hangs, not a thread stuck with it")
+    .expect("a response");
+    writer.abort();
+    assert_eq!(
+        resp.code(),
+        2001,
+        "{} after {:?}",
+        resp.show(),
+        t0.elapsed()
+    );
+    drop(brick);
+}
