@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -189,13 +190,18 @@ impl Storage {
             return Vec::new();
         }
         let dir = mount_dir.to_path_buf();
-        let found = self.io(mount_dir, "recover crash leftovers", move || {
+        // Long work: finishing an interrupted postZero delete wipes.
+        let op = "recover crash leftovers";
+        let started = Arc::new(AtomicBool::new(false));
+        let started_in = Arc::clone(&started);
+        let found = self.io_in(Lane::Long, mount_dir, op, &Held::none(), move |live| {
+            started_in.store(true, Ordering::SeqCst);
             let mut removed: Vec<String> = domain::recover_mount(&dir)
                 .into_iter()
                 .map(|p| p.display().to_string())
                 .collect();
             for (sd, paths) in domain::list_in(&dir) {
-                match crate::image::recover(&paths) {
+                match crate::image::recover_with(&paths, &|| live.beat()) {
                     Ok(r) => {
                         removed.extend(r.cleaned.iter().map(|c| format!("{sd}: {c}")));
                         for (what, e) in r.failed {
@@ -214,9 +220,17 @@ impl Storage {
                 }
                 removed
             }
+            // The mount did not answer. A call that started may still be
+            // running (it goes on when its server comes back): it is not
+            // started again beside it; the mount's next disconnect and
+            // connect (or a restart) run it again. One that never started
+            // is tried again the next time the mount is seen.
             Err(e) => {
-                tracing::warn!(mount = %mount_dir.display(), error = %e, "crash recovery skipped");
-                self.st().recovered.remove(mount_dir);
+                tracing::warn!(mount = %mount_dir.display(), error = %e,
+                    "crash recovery did not finish");
+                if !started.load(Ordering::SeqCst) {
+                    self.st().recovered.remove(mount_dir);
+                }
                 Vec::new()
             }
         }

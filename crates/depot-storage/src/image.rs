@@ -307,6 +307,12 @@ fn purge_dir(dir: &Path, wipe: bool, beat: &dyn Fn()) -> StorageResult<()> {
 /// The daemon calls it when it first sees a domain, holding no volume
 /// locks of it yet; nothing else may work on the domain meanwhile.
 pub fn recover(paths: &DomainPaths) -> StorageResult<Recovery> {
+    recover_with(paths, &|| {})
+}
+
+/// [`recover`], calling `beat` as wipes progress (long work, see
+/// docs/storage.md).
+pub fn recover_with(paths: &DomainPaths, beat: &dyn Fn()) -> StorageResult<Recovery> {
     const OP: &str = "recover domain";
     let dir = paths.images();
     let entries = match fs::read_dir(&dir) {
@@ -329,7 +335,7 @@ pub fn recover(paths: &DomainPaths) -> StorageResult<Recovery> {
     for (name, path) in names {
         if name.starts_with(REMOVE_ME) {
             let what = Recovered::RemovedImage(name.clone());
-            match purge_dir(&path, name.starts_with(REMOVE_ME_ZERO), &|| {}) {
+            match purge_dir(&path, name.starts_with(REMOVE_ME_ZERO), beat) {
                 Ok(()) => report.cleaned.push(what),
                 Err(e) => report.failed.push((what, e)),
             }

@@ -499,7 +499,15 @@ impl Throttle {
 
 impl Drop for Throttle {
     fn drop(&mut self) {
-        let _ = std::fs::write(&self.root_procs, self.pid.to_string());
+        // Everything in the group (a daemon started from a throttled test
+        // too) goes back to the root group, or the group cannot go.
+        let procs = std::fs::read_to_string(self.group.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs
+            .split_whitespace()
+            .chain([self.pid.to_string().as_str()])
+        {
+            let _ = std::fs::write(&self.root_procs, pid);
+        }
         if let Err(e) = std::fs::remove_dir(&self.group) {
             eprintln!("cannot remove {}: {e}", self.group.display());
         }
@@ -575,6 +583,50 @@ async fn long_wipe_keeps_its_lock_until_it_ends() {
     assert_eq!(wipes, 1, "the volume was wiped {wipes} times");
     assert!(first.is_ok(), "the long delete itself succeeds: {first:?}");
     assert!(!exists(&v.path) && !exists(&meta), "the volume is gone");
+}
+
+/// Finishing a `postZero` image delete that a crash interrupted (a
+/// `_remove_me_ZERO_` directory) is long work too: at start, with the wipe
+/// throttled past the I/O timeout, recovery runs to its end once instead
+/// of being given up on while it goes on (and started again beside it).
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn long_recovery_wipe_runs_once_to_its_end() {
+    depot_testkit::require_root();
+    let fs = LoopFs::new("ext4", 256 * MIB, None);
+    let mut d = Daemon::start(
+        "[storage]\nio_timeout_s = 3\nlock_timeout_s = 120\nmonitor_interval_s = 0.2\n",
+    );
+    let c = d.client().await;
+    let conn = ConnectionSpec {
+        vfs_type: Some("ext4".into()),
+        ..ConnectionSpec::local(Path::new(&fs.dev))
+    };
+    let dom = copy_common::create_domain(&c, &d, POSIXFS, conn).await;
+    let v = dom.new_volume(&c, 48 * MIB, "RAW", "PREALLOCATED").await;
+    drop(c);
+    // A crash after the rename of a postZero Image.delete.
+    d.crash();
+    let image_dir = v.path.parent().unwrap().to_path_buf();
+    let removing = image_dir.with_file_name(format!("_remove_me_ZERO_{}", v.img));
+    std::fs::rename(&image_dir, &removing).unwrap();
+    // The restarted daemon inherits the test's throttled writes.
+    let throttle = Throttle::new(std::process::id() as i32, &fs.dev, 6 << 20);
+    d.restart();
+    common::eventually("the interrupted delete finished", common::WAIT, || {
+        let r = removing.clone();
+        async move { (!r.exists()).then_some(()) }
+    })
+    .await;
+    let log = d.log();
+    assert!(
+        !log.contains("crash recovery skipped") && !log.contains("crash recovery did not finish"),
+        "recovery was given up on: {log}"
+    );
+    let wipes = log.matches("volume data wiped").count();
+    assert_eq!(wipes, 1, "the volume was wiped {wipes} times");
+    drop(d);
+    drop(throttle);
 }
 
 // ---------------------------------------------------------------------------
