@@ -551,8 +551,11 @@ impl Storage {
         let mut seen = std::collections::HashSet::new();
         while !parent.is_blank() && seen.insert(parent) {
             let p = VolRef { vol: parent, ..v };
+            // Its info first: on a block domain that activates the LV and
+            // makes the link the check looks at.
+            let next = self.volume_info_unlocked(p, held)?.metadata.parent;
             self.check_data(p, Code::VolumeCopyError, held, op)?;
-            parent = self.volume_info_unlocked(p, held)?.metadata.parent;
+            parent = next;
         }
         Ok(())
     }
