@@ -239,6 +239,9 @@ codes! {
     /// A disk in use by a running VM cannot be moved live into a backup
     /// domain.
     BackupDomainNoLiveMove = 9015, "Cannot move a disk in use by a running VM into a backup domain";
+    /// `Volume.getChecksum` could not compute the checksum (the data could
+    /// not be read, or changed size while it was read).
+    VolumeChecksumError = 9016, "Volume checksum failed";
     /// `jobs.max_active` jobs are pending or running already: start the
     /// job again once some have ended.
     TooManyJobs = 9020, "Too many active jobs";

@@ -191,16 +191,27 @@ impl fmt::Debug for AlignedBuf {
 /// No `O_DSYNC`: writers call [`sync_and_close`] once at the end, which is
 /// much faster than a sync per write and catches the same errors.
 pub fn open_direct(path: &Path, write: bool) -> Result<File, DirectError> {
-    OpenOptions::new()
-        .read(true)
-        .write(write)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .map_err(|source| DirectError::Open {
-            path: path.to_owned(),
-            mode: if write { "read-write" } else { "read-only" },
-            source,
-        })
+    open_direct_data(path, write)
+}
+
+/// [`open_direct`] under the rule of a [`DataPath`](crate::DataPath) (a
+/// volume's data must not be reached through a symlink, see
+/// [`crate::confine`]).
+pub fn open_direct_data(
+    data: &(impl crate::DataPath + ?Sized),
+    write: bool,
+) -> Result<File, DirectError> {
+    data.open_with(
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_DIRECT),
+    )
+    .map_err(|source| DirectError::Open {
+        path: data.path().to_owned(),
+        mode: if write { "read-write" } else { "read-only" },
+        source,
+    })
 }
 
 /// Where an [`Alignment`] came from.

@@ -6,14 +6,16 @@
 //!
 //! The other modules build on it or sit next to it:
 //! [`mount`] (mount/umount and the mount table), [`direct`] (aligned
-//! `O_DIRECT` I/O), [`fsutil`] (atomic writes, fsync, statvfs, fallocate),
-//! [`lvm`] (typed lvm2 commands with a device filter and a cache),
+//! `O_DIRECT` I/O), [`confine`] (opening volume data without following a
+//! symlink out of its domain), [`fsutil`] (atomic writes, fsync, statvfs,
+//! fallocate), [`lvm`] (typed lvm2 commands with a device filter and a cache),
 //! [`qemu_img`] (image create/info/check), [`worker`] (running I/O that
 //! may hang with a timeout), and for SAN storage [`iscsi`] (iscsiadm),
 //! [`multipath`] (maps by WWID and path states), [`scsi`] (host rescans)
 //! and [`sysfs_block`] (device facts from sysfs).
 
 pub mod command;
+pub mod confine;
 pub mod direct;
 pub mod fsutil;
 pub mod iscsi;
@@ -30,9 +32,10 @@ pub use command::{
     Cmd, CmdError, CommandRunner, ExitStatus, Output, Watch, DEFAULT_STDOUT_LIMIT,
     STDERR_TAIL_LIMIT,
 };
+pub use confine::{Beneath, DataPath, LvDevice, Refused};
 pub use direct::{
-    open_direct, probe_alignment, read_at_direct, sync_and_close, write_at_direct, AlignedBuf,
-    Alignment, AlignmentSource, DirectError,
+    open_direct, open_direct_data, probe_alignment, read_at_direct, sync_and_close,
+    write_at_direct, AlignedBuf, Alignment, AlignmentSource, DirectError,
 };
 pub use fsutil::{is_stale_handle, write_atomic, FsError, FsStats, ZeroMethod};
 pub use mount::{MountEntry, MountError, Mounter};
@@ -40,4 +43,4 @@ pub use qemu_img::{
     CheckResult, ConvertOptions, ImageFormat, ImageInfo, Preallocation, QemuImg, QemuImgError,
 };
 pub use secret::Secret;
-pub use worker::{IoWorker, WorkerError, WorkerStats};
+pub use worker::{IoWorker, Liveness, WorkerError, WorkerStats};

@@ -19,6 +19,14 @@
 //! unreachable, and the caller should report it so. A stuck thread that
 //! finally returns is counted back and serves new calls.
 //!
+//! # Long work
+//!
+//! Some work is many calls in a row: wiping a volume is thousands of
+//! writes. [`IoWorker::run_watched`] gives the work a [`Liveness`] to
+//! [`beat`](Liveness::beat) after each step; the timeout then counts from
+//! the last beat, so work that keeps making progress runs as long as it
+//! needs, and a step that hangs is still noticed after one timeout.
+//!
 //! # Blocking
 //!
 //! [`IoWorker::run`] blocks the caller (a channel receive with a timeout).
@@ -30,10 +38,11 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// An idle thread exits after this long without work, so a worker that was
 /// busy once does not keep its threads forever.
@@ -99,6 +108,36 @@ pub struct WorkerStats {
 }
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// Proof of progress of long work on an [`IoWorker`] (see
+/// [`IoWorker::run_watched`]). Cheap to clone and to beat.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    start: Instant,
+    /// Nanoseconds from `start` to the last beat.
+    last: Arc<AtomicU64>,
+}
+
+impl Liveness {
+    fn new() -> Self {
+        Liveness {
+            start: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Says the work made progress now.
+    pub fn beat(&self) {
+        let now = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat (or since the start, before the first).
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_nanos(self.last.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
 
 /// Where one call is; decides, under its lock, who owns the outcome when
 /// the timeout and the completion race.
@@ -201,6 +240,20 @@ impl IoWorker {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
+        self.run_watched(timeout, move |_| f())
+    }
+
+    /// [`run`](Self::run) for long work: `f` gets a [`Liveness`] to beat
+    /// after each step, and the caller gives up only when `timeout`
+    /// passes without a beat (counted from this call until the first).
+    /// A queued call that never started still times out after `timeout`.
+    pub fn run_watched<T, F>(&self, timeout: Duration, f: F) -> Result<T, WorkerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Liveness) -> T + Send + 'static,
+    {
+        let live = Liveness::new();
+        let job_live = live.clone();
         let (tx, rx) = mpsc::sync_channel::<thread::Result<T>>(1);
         let phase = Arc::new(Mutex::new(Phase::Queued));
         let job_phase = Arc::clone(&phase);
@@ -214,7 +267,7 @@ impl IoWorker {
                 }
                 *p = Phase::Running;
             }
-            let result = panic::catch_unwind(AssertUnwindSafe(f));
+            let result = panic::catch_unwind(AssertUnwindSafe(move || f(&job_live)));
             let mut p = lock(&job_phase);
             {
                 // Counted free before the caller can see the value, so a
@@ -234,29 +287,33 @@ impl IoWorker {
         });
         self.submit(job)?;
 
-        let received = match rx.recv_timeout(timeout) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Disconnected) => return Err(self.lost()),
-            Err(RecvTimeoutError::Timeout) => {
-                let mut p = lock(&phase);
-                match *p {
-                    Phase::Done => rx.try_recv().map_err(|_| self.lost())?,
-                    Phase::Queued => {
-                        *p = Phase::Cancelled;
-                        return Err(self.timeout(timeout, false));
-                    }
-                    _ => {
-                        *p = Phase::Abandoned;
-                        let stuck = {
-                            let mut st = lock(&self.shared.state);
-                            st.stuck += 1;
-                            st.stuck
-                        };
-                        tracing::warn!(worker = %self.shared.name, ?timeout, stuck,
-                            max_threads = self.shared.max_threads,
-                            "call did not return in time; thread abandoned as stuck");
-                        return Err(self.timeout(timeout, true));
-                    }
+        let received = loop {
+            let wait = timeout.saturating_sub(live.quiet_for());
+            match rx.recv_timeout(wait) {
+                Ok(r) => break r,
+                Err(RecvTimeoutError::Disconnected) => return Err(self.lost()),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let mut p = lock(&phase);
+            match *p {
+                Phase::Done => break rx.try_recv().map_err(|_| self.lost())?,
+                Phase::Queued => {
+                    *p = Phase::Cancelled;
+                    return Err(self.timeout(timeout, false));
+                }
+                // It beat within the timeout: wait on.
+                Phase::Running if live.quiet_for() < timeout => continue,
+                _ => {
+                    *p = Phase::Abandoned;
+                    let stuck = {
+                        let mut st = lock(&self.shared.state);
+                        st.stuck += 1;
+                        st.stuck
+                    };
+                    tracing::warn!(worker = %self.shared.name, ?timeout, stuck,
+                        max_threads = self.shared.max_threads,
+                        "call did not return in time; thread abandoned as stuck");
+                    return Err(self.timeout(timeout, true));
                 }
             }
         };
@@ -468,6 +525,43 @@ mod tests {
         busy.join().unwrap().unwrap();
         assert!(wait_until(Duration::from_secs(2), || w.stats().queued == 0));
         assert!(!ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn long_work_that_beats_is_not_abandoned_and_silence_is() {
+        let w = IoWorker::new("long", 2);
+        let t = Duration::from_millis(200);
+        // Ten times the timeout, beating every 20 ms.
+        let n = w
+            .run_watched(t, |live| {
+                for _ in 0..100 {
+                    thread::sleep(Duration::from_millis(20));
+                    live.beat();
+                }
+                100
+            })
+            .unwrap();
+        assert_eq!(n, 100);
+        assert_eq!(w.stats().stuck, 0);
+        // Beats, then falls silent: abandoned one timeout after the last.
+        let start = Instant::now();
+        let err = w
+            .run_watched(t, |live| {
+                for _ in 0..10 {
+                    thread::sleep(Duration::from_millis(20));
+                    live.beat();
+                }
+                thread::sleep(Duration::from_secs(2));
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, WorkerError::Timeout { started: true, .. }),
+            "{err}"
+        );
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(380), "{took:?}");
+        assert!(took < Duration::from_millis(1800), "{took:?}");
+        assert_eq!(w.stats().stuck, 1);
     }
 
     #[test]

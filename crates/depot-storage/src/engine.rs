@@ -10,20 +10,21 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use depot_api::storage::{DomainClass, DomainRole, DomainType, ImgUuid, SdUuid, SpUuid, VolUuid};
 use depot_api::Code;
 use depot_os::lvm::Lvm;
-use depot_os::{CommandRunner, IoWorker, Mounter, QemuImg};
+use depot_os::{CommandRunner, IoWorker, Liveness, Mounter, QemuImg};
 
 use crate::backup::PreparePurpose;
 use crate::connection::san::SanConnector;
 use crate::connection::{ConnectionParams, ConnectionStatus, Connector};
 use crate::domain::{self, CreateDomain};
 use crate::layout::{self, DomainPaths};
-use crate::lock::{LockGuard as Guard, LockManager, ResourceName};
+use crate::lock::{Held, LockGuard as Guard, LockManager, ResourceName};
 use crate::metadata::domain::DomainMetadata;
 use crate::monitor::{CheckTarget, DomainHealth, Monitor, MonitorConfig};
 use crate::{StorageError, StorageResult};
@@ -99,7 +100,7 @@ pub struct Storage {
     monitor: Monitor,
     pub(crate) qemu: QemuImg,
     state: Mutex<State>,
-    workers: Mutex<HashMap<PathBuf, Arc<IoWorker>>>,
+    workers: Mutex<HashMap<(PathBuf, Lane), Arc<IoWorker>>>,
     /// The lvm2 commands of block domains (device filter, cache).
     pub(crate) lvm: Lvm,
     /// Per block domain: serializes metadata slot allocation.
@@ -114,6 +115,21 @@ const LVM_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Threads per mount worker: a hung call pins one; the rest keep serving.
 const WORKER_THREADS: usize = 4;
+
+/// Threads per mount for long work (wipes, preallocation, extends): their
+/// own, so that a few long deletes never make short calls queue behind
+/// them.
+const LONG_WORKER_THREADS: usize = 4;
+
+/// Which of a mount's workers a call runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Lane {
+    /// One file-system call, or a few (the I/O timeout bounds the lot).
+    Short,
+    /// Work that takes as long as the data is large and beats its
+    /// [`Liveness`] as it goes.
+    Long,
+}
 
 impl Storage {
     pub fn new(mut config: StorageConfig, runner: CommandRunner) -> Storage {
@@ -174,13 +190,18 @@ impl Storage {
             return Vec::new();
         }
         let dir = mount_dir.to_path_buf();
-        let found = self.io(mount_dir, "recover crash leftovers", move || {
+        // Long work: finishing an interrupted postZero delete wipes.
+        let op = "recover crash leftovers";
+        let started = Arc::new(AtomicBool::new(false));
+        let started_in = Arc::clone(&started);
+        let found = self.io_in(Lane::Long, mount_dir, op, &Held::none(), move |live| {
+            started_in.store(true, Ordering::SeqCst);
             let mut removed: Vec<String> = domain::recover_mount(&dir)
                 .into_iter()
                 .map(|p| p.display().to_string())
                 .collect();
             for (sd, paths) in domain::list_in(&dir) {
-                match crate::image::recover(&paths) {
+                match crate::image::recover_with(&paths, &|| live.beat()) {
                     Ok(r) => {
                         removed.extend(r.cleaned.iter().map(|c| format!("{sd}: {c}")));
                         for (what, e) in r.failed {
@@ -199,9 +220,17 @@ impl Storage {
                 }
                 removed
             }
+            // The mount did not answer. A call that started may still be
+            // running (it goes on when its server comes back): it is not
+            // started again beside it; the mount's next disconnect and
+            // connect (or a restart) run it again. One that never started
+            // is tried again the next time the mount is seen.
             Err(e) => {
-                tracing::warn!(mount = %mount_dir.display(), error = %e, "crash recovery skipped");
-                self.st().recovered.remove(mount_dir);
+                tracing::warn!(mount = %mount_dir.display(), error = %e,
+                    "crash recovery did not finish");
+                if !started.load(Ordering::SeqCst) {
+                    self.st().recovered.remove(mount_dir);
+                }
                 Vec::new()
             }
         }
@@ -214,8 +243,29 @@ impl Storage {
         op: &'static str,
         f: impl FnOnce() -> StorageResult<T> + Send + 'static,
     ) -> StorageResult<T> {
-        let worker = self.worker_for(dir);
-        match worker.run(self.config.io_timeout, f) {
+        self.io_in(Lane::Short, dir, op, &Held::none(), move |_| f())
+    }
+
+    /// Runs `f` on the `lane` worker of `dir`'s mount, holding `held`
+    /// until `f` has returned, whenever that is: if the call times out
+    /// (no [`Liveness::beat`] for the I/O timeout), the verb fails but the
+    /// locks stay with the thread still in `f`, so nothing else works on
+    /// what they protect until it is really done.
+    pub(crate) fn io_in<T: Send + 'static>(
+        &self,
+        lane: Lane,
+        dir: &Path,
+        op: &'static str,
+        held: &Held,
+        f: impl FnOnce(&Liveness) -> StorageResult<T> + Send + 'static,
+    ) -> StorageResult<T> {
+        let worker = self.worker_for(dir, lane);
+        let held = held.clone();
+        let run = worker.run_watched(self.config.io_timeout, move |live| {
+            let _held = held;
+            f(live)
+        });
+        match run {
             Ok(r) => r,
             Err(e) => Err(StorageError::new(
                 Code::MiscFileReadException,
@@ -225,19 +275,23 @@ impl Storage {
         }
     }
 
-    /// The worker of the mount directory that holds `path` (the first
-    /// component under `<repository>/mnt` or `mnt/glusterSD`).
-    fn worker_for(&self, path: &Path) -> Arc<IoWorker> {
+    /// The `lane` worker of the mount directory that holds `path` (the
+    /// first component under `<repository>/mnt` or `mnt/glusterSD`).
+    pub(crate) fn worker_for(&self, path: &Path, lane: Lane) -> Arc<IoWorker> {
         let key = self.mount_key(path);
         let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
         workers
-            .entry(key.clone())
+            .entry((key.clone(), lane))
             .or_insert_with(|| {
                 let name = key
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                Arc::new(IoWorker::new(format!("io/{name}"), WORKER_THREADS))
+                let (prefix, threads) = match lane {
+                    Lane::Short => ("io", WORKER_THREADS),
+                    Lane::Long => ("io-long", LONG_WORKER_THREADS),
+                };
+                Arc::new(IoWorker::new(format!("{prefix}/{name}"), threads))
             })
             .clone()
     }
@@ -469,12 +523,14 @@ impl Storage {
         }
     }
 
+    /// The domain shared and the image shared or exclusive, to be passed
+    /// to every worker call made under them ([`Storage::io_in`]).
     pub(crate) fn lock_image(
         &self,
         sd: SdUuid,
         img: ImgUuid,
         exclusive: bool,
-    ) -> StorageResult<(Guard, Guard)> {
+    ) -> StorageResult<Held> {
         let d = self.lock_domain(sd, false)?;
         let name = ResourceName::image(sd, img);
         let i = if exclusive {
@@ -482,7 +538,7 @@ impl Storage {
         } else {
             self.locks.shared(&name, self.config.lock_timeout)?
         };
-        Ok((d, i))
+        Ok(Held::new(vec![d, i]))
     }
 
     fn read_md(&self, paths: &DomainPaths) -> StorageResult<DomainMetadata> {

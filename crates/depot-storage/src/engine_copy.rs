@@ -15,10 +15,11 @@ use depot_api::Code;
 use depot_os::{ConvertOptions, ImageFormat};
 
 use crate::copy::{self, BlkHash, CopyError, CopyOptions, Journal};
-use crate::engine::Storage;
-use crate::lock::{LockGuard, LockMode, ResourceName};
+use crate::engine::{Lane, Storage};
+use crate::lock::{Held, LockMode, ResourceName};
 use crate::metadata::volume::next_generation;
 use crate::volume::{CreateVolume, VolumeInfo};
+use crate::volume_data::VolumeData;
 use crate::{StorageError, StorageResult};
 
 /// One volume on one domain.
@@ -45,6 +46,16 @@ pub struct CopyOutcome {
     pub resumed_from: u64,
 }
 
+/// The two ends of a copy: their metadata and their data.
+struct Ends<'a> {
+    src: &'a VolumeInfo,
+    dst: &'a VolumeInfo,
+    src_data: &'a VolumeData,
+    dst_data: &'a VolumeData,
+    dst_ref: VolRef,
+    held: &'a Held,
+}
+
 /// What a long operation reports and asks.
 pub struct Control<'a> {
     /// 0..=100.
@@ -57,6 +68,15 @@ fn copy_err(op: &'static str, e: CopyError) -> StorageError {
         CopyError::Aborted => Code::TaskAborted,
         CopyError::DestinationTooSmall { .. } => Code::VolumeResizeValueError,
         _ => Code::VolumeCopyError,
+    };
+    StorageError::new(code, op, e.to_string())
+}
+
+/// A checksum that failed has its own code: nothing was copied.
+fn checksum_err(op: &'static str, e: CopyError) -> StorageError {
+    let code = match &e {
+        CopyError::Aborted => Code::TaskAborted,
+        _ => Code::VolumeChecksumError,
     };
     StorageError::new(code, op, e.to_string())
 }
@@ -92,7 +112,7 @@ fn image_format(f: VolumeFormat) -> ImageFormat {
 impl Storage {
     /// Takes the source image shared and the destination image exclusive
     /// (and their domains shared), all at once in the lock order.
-    fn lock_copy(&self, src: VolRef, dst: VolRef) -> StorageResult<Vec<LockGuard>> {
+    fn lock_copy(&self, src: VolRef, dst: VolRef) -> StorageResult<Held> {
         let mut want = vec![
             (ResourceName::domain(src.sd), LockMode::Shared),
             (ResourceName::domain(dst.sd), LockMode::Shared),
@@ -101,7 +121,9 @@ impl Storage {
         if (src.sd, src.img) != (dst.sd, dst.img) {
             want.push((ResourceName::image(src.sd, src.img), LockMode::Shared));
         }
-        self.locks().acquire_all(want, self.config().lock_timeout)
+        self.locks()
+            .acquire_all(want, self.config().lock_timeout)
+            .map(Held::new)
     }
 
     /// A backup domain never receives a live move: the source must not be
@@ -135,22 +157,35 @@ impl Storage {
     ) -> StorageResult<CopyOutcome> {
         const OP: &str = "copy volume";
         self.check_live_move(src, dst, OP)?;
-        let _locks = self.lock_copy(src, dst)?;
-        let src_info = self.volume_info_unlocked(src)?;
-        let dst_info = self.volume_info_unlocked(dst)?;
+        let held = self.lock_copy(src, dst)?;
+        let src_info = self.volume_info_unlocked(src, &held)?;
+        let dst_info = self.volume_info_unlocked(dst, &held)?;
         if let Some(g) = dst_generation {
             check_generation(OP, dst.vol, &dst_info.metadata, g)?;
         }
         let new_gen = next_generation(dst_info.metadata.generation);
+        // Both ends (and the chains qemu-img would open) must be where
+        // their domains say, before anything changes.
+        let src_data = self.volume_data(src)?;
+        let dst_data = self.volume_data(dst)?;
+        self.check_chain_data(src, &src_info, &held, OP)?;
+        self.check_chain_data(dst, &dst_info, &held, OP)?;
         // ILLEGAL before the first byte, durably: a crash mid-copy leaves a
         // volume nobody mistakes for complete.
-        self.update_volume_unlocked(dst, |md| {
+        self.update_volume_unlocked(dst, &held, |md| {
             md.legality = Legality::Illegal;
             Ok(())
         })?;
-        let outcome =
-            self.copy_data_locked(&src_info, &dst_info, dst, verify, journal_dir, ctl, new_gen)?;
-        self.update_volume_unlocked(dst, move |md| {
+        let ends = Ends {
+            src: &src_info,
+            dst: &dst_info,
+            src_data: &src_data,
+            dst_data: &dst_data,
+            dst_ref: dst,
+            held: &held,
+        };
+        let outcome = self.copy_data_locked(&ends, verify, journal_dir, ctl, new_gen)?;
+        self.update_volume_unlocked(dst, &held, move |md| {
             md.legality = Legality::Legal;
             md.generation = new_gen;
             Ok(())
@@ -161,18 +196,16 @@ impl Storage {
         Ok(outcome)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn copy_data_locked(
         &self,
-        src: &VolumeInfo,
-        dst: &VolumeInfo,
-        dst_ref: VolRef,
+        ends: &Ends<'_>,
         verify: bool,
         journal_dir: Option<&Path>,
         ctl: &Control<'_>,
         new_gen: u32,
     ) -> StorageResult<CopyOutcome> {
         const OP: &str = "copy volume";
+        let (src, dst, dst_ref) = (ends.src, ends.dst, ends.dst_ref);
         let (sf, df) = (src.metadata.format, dst.metadata.format);
         if dst.metadata.capacity < src.metadata.capacity {
             return Err(StorageError::new(
@@ -224,7 +257,8 @@ impl Storage {
                 journal: journal.as_ref(),
                 ..CopyOptions::default()
             };
-            let r = copy::copy_raw(&src.path, &dst.path, opts).map_err(|e| copy_err(OP, e))?;
+            let r =
+                copy::copy_raw(ends.src_data, ends.dst_data, opts).map_err(|e| copy_err(OP, e))?;
             return Ok(CopyOutcome {
                 checksum: r.checksum,
                 verified: r.verified,
@@ -237,10 +271,13 @@ impl Storage {
         // with a parent gets only what differs from it (-B).
         let backing =
             (!dst.metadata.parent.is_blank()).then(|| -> StorageResult<(PathBuf, ImageFormat)> {
-                let parent = self.volume_info_unlocked(VolRef {
-                    vol: dst.metadata.parent,
-                    ..dst_ref
-                })?;
+                let parent = self.volume_info_unlocked(
+                    VolRef {
+                        vol: dst.metadata.parent,
+                        ..dst_ref
+                    },
+                    ends.held,
+                )?;
                 Ok((
                     PathBuf::from(dst.metadata.parent.to_string()),
                     image_format(parent.metadata.format),
@@ -319,7 +356,9 @@ impl Storage {
                 ),
             ));
         }
-        let (_d, _i) = self.lock_image(v.sd, v.img, false)?;
+        let held = self.lock_image(v.sd, v.img, false)?;
+        let data = self.volume_data(v)?;
+        self.check_data(v, Code::VolumeChecksumError, &held, OP)?;
         let progress = |done: u64, total: u64| {
             let pct = done
                 .saturating_mul(100)
@@ -333,7 +372,7 @@ impl Storage {
             abort: ctl.abort,
             ..copy::ChecksumOptions::default()
         };
-        copy::checksum_raw(&info.path, info.metadata.capacity, &opts).map_err(|e| copy_err(OP, e))
+        copy::checksum_raw(&data, info.metadata.capacity, &opts).map_err(|e| checksum_err(OP, e))
     }
 
     /// `SDM.update_volume`: the engine's fence. The volume's GEN must be
@@ -348,10 +387,10 @@ impl Storage {
         new_generation: Option<u32>,
     ) -> StorageResult<()> {
         const OP: &str = "update volume";
-        let (_d, _i) = self.lock_image(v.sd, v.img, true)?;
-        let info = self.volume_info_unlocked(v)?;
+        let held = self.lock_image(v.sd, v.img, true)?;
+        let info = self.volume_info_unlocked(v, &held)?;
         check_generation(OP, v.vol, &info.metadata, generation)?;
-        self.update_volume_unlocked(v, move |md| {
+        self.update_volume_unlocked(v, &held, move |md| {
             if let Some(l) = legality {
                 md.legality = l;
             }
@@ -407,8 +446,10 @@ impl Storage {
         )?;
         let chain = {
             let paths = self.locate(src_sd)?;
-            let (_d, _i) = self.lock_image(src_sd, img, false)?;
-            self.with_volumes(&paths, src_sd, OP, move |v| v.chain(img, leaf, false))?
+            let held = self.lock_image(src_sd, img, false)?;
+            self.with_volumes(&paths, src_sd, OP, &held, move |v| {
+                v.chain(img, leaf, false)
+            })?
         };
         if self.list_images(dst_sd)?.contains(&img) {
             if !force {
@@ -490,21 +531,72 @@ impl Storage {
         }
     }
 
-    /// Volume info with the caller already holding the image lock.
-    fn volume_info_unlocked(&self, v: VolRef) -> StorageResult<VolumeInfo> {
+    /// The data of `v`, with the rule for opening it (crate::volume_data).
+    pub(crate) fn volume_data(&self, v: VolRef) -> StorageResult<VolumeData> {
+        Ok(VolumeData::of(&self.locate(v.sd)?, v.sd, v.img, v.vol))
+    }
+
+    /// Checks the data of `v` and of every parent it has (what qemu-img
+    /// opens through backing files) against their rule: 254 if one is not
+    /// where its domain says. The caller holds the image lock.
+    fn check_chain_data(
+        &self,
+        v: VolRef,
+        info: &VolumeInfo,
+        held: &Held,
+        op: &'static str,
+    ) -> StorageResult<()> {
+        self.check_data(v, Code::VolumeCopyError, held, op)?;
+        let mut parent = info.metadata.parent;
+        let mut seen = std::collections::HashSet::new();
+        while !parent.is_blank() && seen.insert(parent) {
+            let p = VolRef { vol: parent, ..v };
+            // Its info first: on a block domain that activates the LV and
+            // makes the link the check looks at.
+            let next = self.volume_info_unlocked(p, held)?.metadata.parent;
+            self.check_data(p, Code::VolumeCopyError, held, op)?;
+            parent = next;
+        }
+        Ok(())
+    }
+
+    /// [`VolumeData::check`] of `v`: on the mount's worker for a file
+    /// domain (the check walks the path), on this thread for a block one.
+    pub(crate) fn check_data(
+        &self,
+        v: VolRef,
+        code: Code,
+        held: &Held,
+        op: &'static str,
+    ) -> StorageResult<()> {
         let paths = self.locate(v.sd)?;
-        self.with_volumes(&paths, v.sd, "volume info", move |s| s.info(v.img, v.vol))
+        let data = VolumeData::of(&paths, v.sd, v.img, v.vol);
+        if paths.block {
+            return data.check(code, op);
+        }
+        self.io_in(Lane::Short, &paths.root, op, held, move |_| {
+            data.check(code, op)
+        })
+    }
+
+    /// Volume info with the caller already holding the image lock.
+    fn volume_info_unlocked(&self, v: VolRef, held: &Held) -> StorageResult<VolumeInfo> {
+        let paths = self.locate(v.sd)?;
+        self.with_volumes(&paths, v.sd, "volume info", held, move |s| {
+            s.info(v.img, v.vol)
+        })
     }
 
     fn update_volume_unlocked(
         &self,
         v: VolRef,
+        held: &Held,
         change: impl FnOnce(&mut crate::metadata::volume::VolumeMetadata) -> StorageResult<()>
             + Send
             + 'static,
     ) -> StorageResult<crate::metadata::volume::VolumeMetadata> {
         let paths = self.locate(v.sd)?;
-        self.with_volumes(&paths, v.sd, "update volume metadata", move |s| {
+        self.with_volumes(&paths, v.sd, "update volume metadata", held, move |s| {
             s.update(v.img, v.vol, Box::new(change))
         })
     }

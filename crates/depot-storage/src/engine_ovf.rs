@@ -10,12 +10,17 @@ use std::time::Instant;
 use depot_api::storage::{DiskType, ImgUuid, SdUuid, VolUuid, VolumeFormat};
 use depot_api::Code;
 
-use crate::engine::Storage;
+use crate::engine::{Lane, Storage};
+use crate::engine_copy::VolRef;
+use crate::lock::Held;
 use crate::ovf::replace::{self, Plan};
 use crate::ovf::store::{self, StoreState};
+use crate::ovf::FsCalls;
 use crate::ovf::OvfError;
 use crate::volume::VolumeInfo;
+use crate::volume_data::VolumeData;
 use crate::{StorageError, StorageResult};
+use depot_os::DataPath;
 
 /// A store that may be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,25 +116,42 @@ impl Storage {
         // A Content-Length that cannot be a tar is refused before anything
         // is created.
         crate::ovf::TarValidator::new(content_length).map_err(|e| ovf_err(OP, e))?;
-        let staging = store::staging_path(&info.path);
+        let v = VolRef { sd, img, vol };
+        // The volume's data must be its own file (or LV) before anything is
+        // created next to it or written into it (254 otherwise).
+        self.check_data(v, Code::MiscFileReadException, &Held::none(), OP)?;
+        let data = self.volume_data(v)?;
+        let staging = store::staging_path(data.path());
+        // Every file-system call below runs on the mount's I/O worker, so a
+        // hung server fails the upload instead of pinning this thread.
+        let calls = self.fs_calls(&info.path);
         // Holding the upload slot, any staging file is a crash leftover.
-        store::discard_stale_staging(&staging).map_err(|e| ovf_err(OP, e))?;
+        let st = staging.clone();
+        self.io(&info.path, OP, move || {
+            store::discard_stale_staging(&st).map_err(|e| ovf_err(OP, e))
+        })?;
         let block_size = self.domain_info(sd)?.metadata.block_size as usize;
+        let (d, st) = (data.clone(), staging.clone());
+        let plan = self.io(&info.path, OP, move || {
+            replace::prepare(&d, capacity, &st, block_size).map_err(|e| ovf_err(OP, e))
+        })?;
         // Receiving reads from the network: it runs on this (blocking)
-        // thread, not on the mount's I/O worker, whose timeout is for
-        // storage calls. The volume is touched only after the last byte has
-        // passed every check, holding the image lock, on the I/O worker.
-        let plan = replace::prepare(&info.path, capacity, &staging, block_size)
-            .map_err(|e| ovf_err(OP, e))?;
+        // thread, its writes on the worker. The volume is touched only after
+        // the last byte has passed every check, holding the image lock, on
+        // the I/O worker.
         let t0 = Instant::now();
-        let path = info.path.clone();
         let trailer = match plan {
-            Plan::Replace(mut r) => {
-                r.receive(content_length, source)
+            Plan::Replace(r) => {
+                // Dropped before the commit (a failure), it removes its
+                // staging file: on the worker.
+                let mut r = DropOnWorker::new(*r, self.worker_for(&info.path, Lane::Short), self);
+                r.get_mut()
+                    .receive(content_length, source, &calls)
                     .map_err(|e| ovf_err(OP, e))?;
                 let received = t0.elapsed();
-                let (_d, _i) = self.lock_image(sd, img, true)?;
-                let c = self.io(&info.path, OP, move || {
+                let held = self.lock_image(sd, img, true)?;
+                let r = r.take();
+                let c = self.io_in(Lane::Short, &info.path, OP, &held, move |_| {
                     r.commit().map_err(|e| ovf_err(OP, e))
                 })?;
                 let t = &c.received.timings;
@@ -144,13 +166,13 @@ impl Storage {
             }
             Plan::Copy { reason } => {
                 tracing::debug!(%sd, %vol, %reason, "OVF_STORE upload staged and copied");
-                let staged = store::stage_upload(&staging, content_length, source)
+                let staged = store::stage_upload(&staging, content_length, source, &calls)
                     .map_err(|e| ovf_err(OP, e))?;
                 let received = t0.elapsed();
                 let timings = staged.timings.clone();
-                let (_d, _i) = self.lock_image(sd, img, true)?;
-                let trailer = self.io(&info.path, OP, move || {
-                    store::commit(&path, capacity, &staged, block_size).map_err(|e| ovf_err(OP, e))
+                let held = self.lock_image(sd, img, true)?;
+                let trailer = self.io_in(Lane::Short, &info.path, OP, &held, move |_| {
+                    store::commit(&data, capacity, &staged, block_size).map_err(|e| ovf_err(OP, e))
                 })?;
                 let t = &timings;
                 tracing::debug!(%sd, %vol, strategy = "copy", size = content_length,
@@ -166,6 +188,11 @@ impl Storage {
             size: trailer.size,
             generation: trailer.generation,
         })
+    }
+
+    /// [`FsCalls`] on the I/O worker of `path`'s mount.
+    fn fs_calls(&self, path: &std::path::Path) -> FsCalls {
+        FsCalls::on(self.worker_for(path, Lane::Short), self.config().io_timeout)
     }
 
     /// Checks that bytes `start..=end` of the store may be served: the
@@ -189,9 +216,11 @@ impl Storage {
                 format!("range {start}-{end} is past the end of the volume ({size} bytes)"),
             ));
         }
-        let path = info.path.clone();
+        let v = VolRef { sd, img, vol };
+        self.check_data(v, Code::MiscFileReadException, &Held::none(), OP)?;
+        let data = self.volume_data(v)?;
         let state = self.io(&info.path, OP, move || {
-            store::verify(&path, size).map_err(|e| ovf_err(OP, e))
+            store::verify(&data, size).map_err(|e| ovf_err(OP, e))
         })?;
         match state {
             StoreState::Valid { trailer } => Ok(Readable {
@@ -210,10 +239,12 @@ impl Storage {
         }
     }
 
-    /// Hands `len` bytes at `offset` to `sink`, read with O_DIRECT, under
-    /// the image lock an upload's commit takes exclusively; the store must
-    /// still be the `generation` [`ovf_check_readable`] saw, so a commit
-    /// between the check and the read never mixes two uploads.
+    /// Hands `len` bytes at `offset` to `sink`, read with O_DIRECT on the
+    /// mount's I/O worker. The store must still be the `generation`
+    /// [`ovf_check_readable`] saw: each piece is read, and the trailer
+    /// checked, under the image lock an upload's commit takes exclusively,
+    /// so a commit between the check and the read never mixes two uploads.
+    /// The lock is not held while `sink` waits for a slow client.
     #[allow(clippy::too_many_arguments)]
     pub fn ovf_read(
         &self,
@@ -227,20 +258,76 @@ impl Storage {
     ) -> StorageResult<()> {
         const OP: &str = "read OVF store";
         let info = self.ovf_volume(sd, img, vol, OP)?;
-        let (_d, _i) = self.lock_image(sd, img, false)?;
         let size = info.metadata.capacity.max(info.apparent_size);
-        let now = match store::state(&info.path, size).map_err(|e| ovf_err(OP, e))? {
-            StoreState::Valid { trailer } => Some(trailer.generation),
-            _ => None,
-        };
-        if now != generation {
-            return Err(StorageError::new(
-                Code::OvfStoreTorn,
-                OP,
-                format!("volume {vol} changed while it was being read; read it again"),
-            ));
+        let data = self.volume_data(VolRef { sd, img, vol })?;
+        // Opened once: an upload that replaces the file by a rename leaves
+        // this reader on the file it checked.
+        let mut reader = Some(self.io(&info.path, OP, move || {
+            store::DirectReader::open(&data, offset, len).map_err(|e| ovf_err(OP, e))
+        })?);
+        loop {
+            let held = self.lock_image(sd, img, false)?;
+            let r = reader.take().expect("the reader comes back from each read");
+            let (r, range) = self.io_in(Lane::Short, &info.path, OP, &held, move |_| {
+                let mut r = r;
+                let now = match r.state(size).map_err(|e| ovf_err(OP, e))? {
+                    StoreState::Valid { trailer } => Some(trailer.generation),
+                    _ => None,
+                };
+                if now != generation {
+                    return Err(StorageError::new(
+                        Code::OvfStoreTorn,
+                        OP,
+                        format!("volume {vol} changed while it was being read; read it again"),
+                    ));
+                }
+                let range = r.next_range().map_err(|e| ovf_err(OP, e))?;
+                Ok((r, range))
+            })?;
+            drop(held);
+            let Some(range) = range else {
+                return Ok(());
+            };
+            sink(&r.buffer()[range]).map_err(|e| ovf_err(OP, crate::ovf::OvfError::Sink(e)))?;
+            reader = Some(r);
         }
-        store::read_range(&info.path, offset, len, sink).map_err(|e| ovf_err(OP, e))
+    }
+}
+
+/// Drops its value on an I/O worker: a value whose drop touches the
+/// storage (a staging file removed) must not hang the caller on a dead
+/// mount.
+struct DropOnWorker<T: Send + 'static> {
+    value: Option<T>,
+    worker: std::sync::Arc<depot_os::IoWorker>,
+    timeout: std::time::Duration,
+}
+
+impl<T: Send + 'static> DropOnWorker<T> {
+    fn new(value: T, worker: std::sync::Arc<depot_os::IoWorker>, storage: &Storage) -> Self {
+        DropOnWorker {
+            value: Some(value),
+            worker,
+            timeout: storage.config().io_timeout,
+        }
+    }
+
+    fn get_mut(&mut self) -> &mut T {
+        self.value.as_mut().expect("taken only by take()")
+    }
+
+    fn take(mut self) -> T {
+        self.value.take().expect("taken once")
+    }
+}
+
+impl<T: Send + 'static> Drop for DropOnWorker<T> {
+    fn drop(&mut self) {
+        if let Some(v) = self.value.take() {
+            if let Err(e) = self.worker.run(self.timeout, move || drop(v)) {
+                tracing::warn!(error = %e, "cleaning up after an OVF_STORE upload did not finish");
+            }
+        }
     }
 }
 
@@ -290,7 +377,7 @@ impl Storage {
                     continue;
                 }
                 let capacity = info.metadata.capacity.max(info.apparent_size);
-                let path = info.path.clone();
+                let data = self.volume_data(VolRef { sd, img, vol })?;
                 let checked = if info.metadata.format != VolumeFormat::Raw {
                     Err(StorageError::new(
                         Code::IncorrectFormat,
@@ -299,7 +386,7 @@ impl Storage {
                     ))
                 } else {
                     self.io(&info.path, OP, move || {
-                        store::verify(&path, capacity).map_err(|e| ovf_err(OP, e))
+                        store::verify(&data, capacity).map_err(|e| ovf_err(OP, e))
                     })
                 };
                 // One unreadable store must not hide the others: it is
@@ -353,8 +440,19 @@ impl Storage {
             })
     }
 
-    fn store_path(&self, sd: SdUuid, store: &OvfStoreInfo) -> StorageResult<std::path::PathBuf> {
-        Ok(self.volume_info(sd, store.img, store.vol)?.path)
+    /// The path (for the worker) and the data of a store.
+    fn store_data(
+        &self,
+        sd: SdUuid,
+        store: &OvfStoreInfo,
+    ) -> StorageResult<(std::path::PathBuf, VolumeData)> {
+        let path = self.volume_info(sd, store.img, store.vol)?.path;
+        let data = self.volume_data(VolRef {
+            sd,
+            img: store.img,
+            vol: store.vol,
+        })?;
+        Ok((path, data))
     }
 
     /// The VMs and templates of the best store, and which of their images
@@ -362,11 +460,10 @@ impl Storage {
     pub fn ovf_entities(&self, sd: SdUuid) -> StorageResult<OvfListing> {
         const OP: &str = "list OVF entities";
         let store = self.best_ovf_store(sd)?;
-        let path = self.store_path(sd, &store)?;
+        let (path, data) = self.store_data(sd, &store)?;
         let size = store.size.unwrap_or(0);
-        let p = path.clone();
         let contents = self.io(&path, OP, move || {
-            let reader = store::DirectReader::open(&p, 0, size).map_err(|e| ovf_err(OP, e))?;
+            let reader = store::DirectReader::open(&data, 0, size).map_err(|e| ovf_err(OP, e))?;
             crate::ovf::parse_store(reader, size).map_err(|e| ovf_err(OP, e))
         })?;
         let mut present = std::collections::HashSet::new();
@@ -390,11 +487,10 @@ impl Storage {
     pub fn ovf_entity(&self, sd: SdUuid, id: depot_api::types::Uuid) -> StorageResult<String> {
         const OP: &str = "read OVF entity";
         let store = self.best_ovf_store(sd)?;
-        let path = self.store_path(sd, &store)?;
+        let (path, data) = self.store_data(sd, &store)?;
         let size = store.size.unwrap_or(0);
-        let p = path.clone();
         let text = self.io(&path, OP, move || {
-            let reader = store::DirectReader::open(&p, 0, size).map_err(|e| ovf_err(OP, e))?;
+            let reader = store::DirectReader::open(&data, 0, size).map_err(|e| ovf_err(OP, e))?;
             crate::ovf::read_entity_ovf(reader, size, id).map_err(|e| ovf_err(OP, e))
         })?;
         text.ok_or_else(|| StorageError::new(Code::OvfEntityNotFound, OP, format!("'{id}'")))

@@ -6,9 +6,10 @@
 use std::path::PathBuf;
 
 use depot_api::Code;
-use depot_os::iscsi::{Chap, Target};
+use depot_os::iscsi::Target;
 use depot_os::Secret;
 
+use crate::connection::iscsi::check_chap;
 use crate::devices::{self, BlockDevice, PvFacts, TypeFilter};
 use crate::engine::Storage;
 use crate::{StorageError, StorageResult};
@@ -17,7 +18,9 @@ const OP_LIST: &str = "list block devices";
 
 impl Storage {
     /// SendTargets discovery through `host:port`; CHAP when `user` is not
-    /// empty (1000 if only one of user and password is given).
+    /// empty. The CHAP fields are checked as connect checks them
+    /// ([`check_chap`]: 1000 for a bad user or password, or only one of
+    /// them).
     pub fn discover_send_targets(
         &self,
         host: &str,
@@ -26,22 +29,9 @@ impl Storage {
         password: Option<Secret>,
         ipv6_enabled: bool,
     ) -> StorageResult<Vec<Target>> {
-        let user = user.unwrap_or("");
-        let password = password.unwrap_or_default();
-        let chap = match (user.is_empty(), password.is_empty()) {
-            (true, true) => None,
-            (false, false) => Some(Chap {
-                username: user.to_owned(),
-                password,
-            }),
-            _ => {
-                return Err(StorageError::new(
-                    Code::InvalidParameterException,
-                    "discover iSCSI targets",
-                    "user and password: CHAP needs both (or neither)",
-                ))
-            }
-        };
+        // The same checks as a login's (connection::iscsi), before
+        // iscsiadm sees either.
+        let chap = check_chap("discover iSCSI targets", user, password)?;
         self.san.discover(host, port, chap, ipv6_enabled)
     }
 

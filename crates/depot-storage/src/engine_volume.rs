@@ -4,7 +4,13 @@
 //! Lock rules: every volume verb takes the domain lock shared and the image
 //! lock (exclusive for changes, shared for reads), so two verbs never
 //! rewrite one image's metadata at once, while verbs on other images run in
-//! parallel.
+//! parallel. The locks go with the worker call ([`Held`]): a call that
+//! times out keeps them until its thread has returned.
+//!
+//! Long work (a `postZero` wipe, preallocation, an extend) runs on the
+//! mount's long lane and beats its [`Liveness`] as it goes: it is given as
+//! long as it keeps making progress, and fails only when one step stays
+//! silent for the I/O timeout (docs/storage.md, "Long work").
 
 use std::os::unix::fs::symlink;
 
@@ -12,10 +18,12 @@ use depot_api::storage::{ImgUuid, Legality, SdUuid, SpUuid, VolUuid};
 use depot_api::Code;
 
 use crate::backup::PreparePurpose;
-use crate::engine::Storage;
+use crate::engine::{Lane, Storage};
 use crate::layout::{self, DomainPaths};
+use crate::lock::Held;
 use crate::metadata::volume::VolumeMetadata;
 use crate::volume::{CreateVolume, FileVolumes, VolumeInfo};
+use crate::volume_data::VolumeData;
 use crate::volume_store::VolumeStore;
 use crate::{StorageError, StorageResult};
 
@@ -29,13 +37,40 @@ pub struct Prepared {
 
 impl Storage {
     /// Runs `f` with the domain's volumes: a file domain's on the mount's
-    /// worker, a block domain's on the caller's thread (its LVM, qemu-img
-    /// and O_DIRECT metadata calls have their own timeouts).
+    /// worker, holding `held` until `f` returns, a block domain's on the
+    /// caller's thread (its LVM, qemu-img and O_DIRECT metadata calls have
+    /// their own timeouts).
     pub(crate) fn with_volumes<T: Send + 'static>(
         &self,
         paths: &DomainPaths,
         sd: SdUuid,
         op: &'static str,
+        held: &Held,
+        f: impl FnOnce(&dyn VolumeStore) -> StorageResult<T> + Send + 'static,
+    ) -> StorageResult<T> {
+        self.with_volumes_in(Lane::Short, paths, sd, op, held, f)
+    }
+
+    /// [`with_volumes`](Self::with_volumes) for long work, on the long
+    /// lane.
+    fn with_volumes_long<T: Send + 'static>(
+        &self,
+        paths: &DomainPaths,
+        sd: SdUuid,
+        op: &'static str,
+        held: &Held,
+        f: impl FnOnce(&dyn VolumeStore) -> StorageResult<T> + Send + 'static,
+    ) -> StorageResult<T> {
+        self.with_volumes_in(Lane::Long, paths, sd, op, held, f)
+    }
+
+    fn with_volumes_in<T: Send + 'static>(
+        &self,
+        lane: Lane,
+        paths: &DomainPaths,
+        sd: SdUuid,
+        op: &'static str,
+        held: &Held,
         f: impl FnOnce(&dyn VolumeStore) -> StorageResult<T> + Send + 'static,
     ) -> StorageResult<T> {
         if paths.block {
@@ -46,8 +81,8 @@ impl Storage {
             self.qemu.clone(),
             self.config().qemu_img_timeout,
         );
-        self.io(&paths.root, op, move || {
-            f(&FileVolumes::new(&p, sd, &qemu, timeout))
+        self.io_in(lane, &paths.root, op, held, move |live| {
+            f(&FileVolumes::new(&p, sd, &qemu, timeout).with_liveness(live))
         })
     }
 
@@ -69,8 +104,8 @@ impl Storage {
             let domain = self.domain_info(sd)?.metadata;
             crate::backup::check_volume_kind(&domain, req.disk_type, "create volume")?;
         }
-        let _locks = self.lock_image(sd, img, true)?;
-        let md = self.with_volumes(&paths, sd, "create volume", move |v| {
+        let held = self.lock_image(sd, img, true)?;
+        let md = self.with_volumes_long(&paths, sd, "create volume", &held, move |v| {
             v.create(img, vol, &req)
         })?;
         Ok(md)
@@ -78,25 +113,29 @@ impl Storage {
 
     pub fn volume_info(&self, sd: SdUuid, img: ImgUuid, vol: VolUuid) -> StorageResult<VolumeInfo> {
         let paths = self.locate(sd)?;
-        let _locks = self.lock_image(sd, img, false)?;
-        self.with_volumes(&paths, sd, "volume info", move |v| v.info(img, vol))
+        let held = self.lock_image(sd, img, false)?;
+        self.with_volumes(&paths, sd, "volume info", &held, move |v| v.info(img, vol))
     }
 
     pub fn volume_size(&self, sd: SdUuid, img: ImgUuid, vol: VolUuid) -> StorageResult<(u64, u64)> {
         let paths = self.locate(sd)?;
-        let _locks = self.lock_image(sd, img, false)?;
-        self.with_volumes(&paths, sd, "volume size", move |v| v.size(img, vol))
+        let held = self.lock_image(sd, img, false)?;
+        self.with_volumes(&paths, sd, "volume size", &held, move |v| v.size(img, vol))
     }
 
     /// The volumes of an image, or of the whole domain when `img` is None.
     pub fn list_volumes(&self, sd: SdUuid, img: Option<ImgUuid>) -> StorageResult<Vec<VolUuid>> {
         let paths = self.locate(sd)?;
-        self.with_volumes(&paths, sd, "list volumes", move |v| v.list(img))
+        self.with_volumes(&paths, sd, "list volumes", &Held::none(), move |v| {
+            v.list(img)
+        })
     }
 
     pub fn list_images(&self, sd: SdUuid) -> StorageResult<Vec<ImgUuid>> {
         let paths = self.locate(sd)?;
-        self.with_volumes(&paths, sd, "list images", move |v| v.images())
+        self.with_volumes(&paths, sd, "list images", &Held::none(), move |v| {
+            v.images()
+        })
     }
 
     pub fn set_volume_description(
@@ -107,8 +146,8 @@ impl Storage {
         desc: String,
     ) -> StorageResult<()> {
         let paths = self.locate(sd)?;
-        let _locks = self.lock_image(sd, img, true)?;
-        self.with_volumes(&paths, sd, "set volume description", move |v| {
+        let held = self.lock_image(sd, img, true)?;
+        self.with_volumes(&paths, sd, "set volume description", &held, move |v| {
             v.set_description(img, vol, &desc)
         })
         .map(|_| ())
@@ -122,8 +161,8 @@ impl Storage {
         legality: Legality,
     ) -> StorageResult<()> {
         let paths = self.locate(sd)?;
-        let _locks = self.lock_image(sd, img, true)?;
-        self.with_volumes(&paths, sd, "set volume legality", move |v| {
+        let held = self.lock_image(sd, img, true)?;
+        self.with_volumes(&paths, sd, "set volume legality", &held, move |v| {
             v.set_legality(img, vol, legality)
         })
         .map(|_| ())
@@ -137,8 +176,8 @@ impl Storage {
         capacity: u64,
     ) -> StorageResult<()> {
         let paths = self.locate(sd)?;
-        let _locks = self.lock_image(sd, img, true)?;
-        self.with_volumes(&paths, sd, "extend volume", move |v| {
+        let held = self.lock_image(sd, img, true)?;
+        self.with_volumes_long(&paths, sd, "extend volume", &held, move |v| {
             v.extend(img, vol, capacity)
         })
         .map(|_| ())
@@ -156,8 +195,8 @@ impl Storage {
     ) -> StorageResult<()> {
         self.refuse_if_prepared(sd, img, force, "delete volume")?;
         let paths = self.locate(sd)?;
-        let _locks = self.lock_image(sd, img, true)?;
-        self.with_volumes(&paths, sd, "delete volume", move |v| {
+        let held = self.lock_image(sd, img, true)?;
+        self.with_volumes_long(&paths, sd, "delete volume", &held, move |v| {
             v.delete(img, vol, post_zero, force)
         })?;
         tracing::info!(sd = %sd, img = %img, vol = %vol, post_zero, "volume deleted");
@@ -173,8 +212,8 @@ impl Storage {
     ) -> StorageResult<()> {
         self.refuse_if_prepared(sd, img, force, "delete image")?;
         let paths = self.locate(sd)?;
-        let _locks = self.lock_image(sd, img, true)?;
-        self.with_volumes(&paths, sd, "delete image", move |v| {
+        let held = self.lock_image(sd, img, true)?;
+        self.with_volumes_long(&paths, sd, "delete image", &held, move |v| {
             v.delete_image(img, post_zero)
         })?;
         self.forget_prepared(sd, img);
@@ -200,8 +239,17 @@ impl Storage {
         // Before the image lock: the domain lock is not re-entrant.
         let md = self.domain_info(sd)?.metadata;
         crate::backup::check_prepare(&md, purpose, OP)?;
-        let _locks = self.lock_image(sd, img, false)?;
-        let chain = self.with_volumes(&paths, sd, OP, move |v| v.chain(img, vol, allow_illegal))?;
+        let held = self.lock_image(sd, img, false)?;
+        // The chain, and each volume's data where its domain says it is:
+        // a VM is never handed a path that leads elsewhere.
+        let p = paths.clone();
+        let chain = self.with_volumes(&paths, sd, OP, &held, move |v| {
+            let chain = v.chain(img, vol, allow_illegal)?;
+            for c in &chain {
+                VolumeData::of(&p, sd, img, c.volume).check(Code::ImagePathError, OP)?;
+            }
+            Ok(chain)
+        })?;
         let link = layout::pool_link(self.repository(), sp, sd);
         ensure_link(&link, &paths.root)
             .map_err(|e| StorageError::io(Code::ImagePathError, OP, &link, &e))?;
@@ -222,7 +270,7 @@ impl Storage {
         // A file domain that is gone has nothing to tear down.
         if let Ok(paths) = self.locate(sd) {
             if paths.block {
-                let _locks = self.lock_image(sd, img, true)?;
+                let _held = self.lock_image(sd, img, true)?;
                 self.block_volumes_of(&paths, sd, |v| v.teardown(img))?;
             }
         }

@@ -29,6 +29,8 @@ use crate::volume::{
     canonical_vol, discard, exists, fsync_dir, load, parents, remove_dir_if_empty, volume_info,
     wipe_file, FileVolumes, VolumeInfo,
 };
+use crate::volume_data::check_image_dir;
+use depot_os::Beneath;
 
 /// The prefix of an image directory being deleted with its data wiped.
 pub const REMOVE_ME_ZERO: &str = "_remove_me_ZERO_";
@@ -139,6 +141,9 @@ impl FileVolumes<'_> {
         let as_256 = |e: StorageError| err(Code::ImageDeleteError, format!("{img}: {e}"));
         let dir = self.paths.image(img);
         let images = self.paths.images();
+        // Renamed and purged below: it must be the domain's own directory,
+        // not a symlink to one elsewhere.
+        check_image_dir(self.paths, img, OP)?;
         let leftovers: Vec<(PathBuf, bool)> = [false, true]
             .into_iter()
             .map(|zero| (removed_dir(self.paths, img, zero), zero))
@@ -156,7 +161,7 @@ impl FileVolumes<'_> {
         // rename below has a free target.
         for (old, zero) in &leftovers {
             tracing::info!(%img, dir = %old.display(), "finishing an interrupted image deletion");
-            purge_dir(old, *zero || post_zero).map_err(as_256)?;
+            purge_dir(old, *zero || post_zero, &|| self.beat()).map_err(as_256)?;
         }
         if !present {
             return Ok(());
@@ -166,7 +171,7 @@ impl FileVolumes<'_> {
             .map_err(|e| StorageError::io(Code::ImageDeleteError, OP, &dir, &e))?;
         fsync_dir(&images, Code::ImageDeleteError, OP)?;
         tracing::info!(%img, to = %target.display(), "image renamed for deletion");
-        purge_dir(&target, post_zero).map_err(as_256)?;
+        purge_dir(&target, post_zero, &|| self.beat()).map_err(as_256)?;
         tracing::info!(%img, post_zero, "image deleted");
         Ok(())
     }
@@ -236,10 +241,23 @@ impl FileVolumes<'_> {
 
 /// Removes a directory left for deletion and everything in it, wiping
 /// volume data files first when `wipe` (except files with other hard
-/// links). Repeatable.
-fn purge_dir(dir: &Path, wipe: bool) -> StorageResult<()> {
+/// links), with `beat` as the wipe goes. Repeatable. A symlink in the
+/// directory's place is removed, never followed: nothing outside the
+/// domain is wiped or removed.
+fn purge_dir(dir: &Path, wipe: bool, beat: &dyn Fn()) -> StorageResult<()> {
     const OP: &str = "purge deleted image";
     let io = |p: &Path, e: std::io::Error| StorageError::io(Code::ImageDeleteError, OP, p, &e);
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => {
+            tracing::warn!(dir = %dir.display(), "removing a symlink left where a deleted image was, without following it");
+            return match fs::remove_file(dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io(dir, e)),
+            };
+        }
+        _ => {}
+    }
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
@@ -255,7 +273,8 @@ fn purge_dir(dir: &Path, wipe: bool) -> StorageResult<()> {
         }
         let is_data = entry.file_name().to_str().and_then(canonical_vol).is_some();
         if wipe && is_data && m.is_file() && m.nlink() == 1 {
-            let n = wipe_file(&path)
+            let data = Beneath::new(dir, entry.file_name());
+            let n = wipe_file(&data, beat)
                 .map_err(|e| StorageError::new(Code::ImageDeleteError, OP, e.to_string()))?;
             tracing::info!(path = %path.display(), bytes = n, "volume data wiped");
         }
@@ -288,6 +307,12 @@ fn purge_dir(dir: &Path, wipe: bool) -> StorageResult<()> {
 /// The daemon calls it when it first sees a domain, holding no volume
 /// locks of it yet; nothing else may work on the domain meanwhile.
 pub fn recover(paths: &DomainPaths) -> StorageResult<Recovery> {
+    recover_with(paths, &|| {})
+}
+
+/// [`recover`], calling `beat` as wipes progress (long work, see
+/// docs/storage.md).
+pub fn recover_with(paths: &DomainPaths, beat: &dyn Fn()) -> StorageResult<Recovery> {
     const OP: &str = "recover domain";
     let dir = paths.images();
     let entries = match fs::read_dir(&dir) {
@@ -310,7 +335,7 @@ pub fn recover(paths: &DomainPaths) -> StorageResult<Recovery> {
     for (name, path) in names {
         if name.starts_with(REMOVE_ME) {
             let what = Recovered::RemovedImage(name.clone());
-            match purge_dir(&path, name.starts_with(REMOVE_ME_ZERO)) {
+            match purge_dir(&path, name.starts_with(REMOVE_ME_ZERO), beat) {
                 Ok(()) => report.cleaned.push(what),
                 Err(e) => report.failed.push((what, e)),
             }

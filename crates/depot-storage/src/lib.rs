@@ -1,5 +1,5 @@
-//! depot-storage: connections, storage domains, volumes and images (and
-//! later the OVF store and the copy engine).
+//! depot-storage: connections, storage domains (file and block), volumes
+//! and images, the OVF store and the copy engine.
 //!
 //! No JSON and no process spawning here: the daemon hands in typed calls
 //! (ids and enumerations from `depot_api::storage`), and every OS call goes
@@ -29,6 +29,7 @@ pub mod metadata;
 pub mod monitor;
 pub mod ovf;
 pub mod volume;
+pub mod volume_data;
 pub mod volume_store;
 
 pub use engine::{Storage, StorageConfig};

@@ -363,6 +363,30 @@ impl LockManager {
     }
 }
 
+/// Locks a verb holds, shared with every I/O worker call it makes while
+/// holding them: they are released when the last holder lets go. A call
+/// that timed out on a hung mount keeps running on its worker thread; it
+/// keeps the locks until it has really returned, so no other verb works on
+/// the same image meanwhile (docs/storage.md, "Locks").
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// Only dropped: the last clone's drop releases the locks.
+    _guards: Option<Arc<Vec<LockGuard>>>,
+}
+
+impl Held {
+    pub fn new(guards: Vec<LockGuard>) -> Held {
+        Held {
+            _guards: Some(Arc::new(guards)),
+        }
+    }
+
+    /// No locks (for calls made without any).
+    pub fn none() -> Held {
+        Held { _guards: None }
+    }
+}
+
 /// A held lock; released when dropped.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
@@ -414,6 +438,20 @@ impl Drop for LockGuard {
 mod tests {
     use super::*;
     use depot_api::types::Uuid;
+
+    #[test]
+    fn held_locks_go_with_the_last_holder() {
+        let m = LockManager::new();
+        let r = ResourceName::domain(SdUuid(Uuid::new_v4()));
+        let t = Duration::from_millis(20);
+        let held = Held::new(vec![m.exclusive(&r, t).unwrap()]);
+        let worker_copy = held.clone();
+        drop(held);
+        assert!(m.exclusive(&r, t).is_err(), "still held by the copy");
+        drop(worker_copy);
+        assert!(m.exclusive(&r, t).is_ok());
+        drop(Held::none());
+    }
 
     #[test]
     fn names_follow_vdsm_namespaces() {

@@ -64,12 +64,13 @@ use depot_api::storage::{
     AllocType, DiskType, ImgUuid, Legality, SdUuid, VolType, VolUuid, VolumeFormat,
 };
 use depot_api::Code;
-use depot_os::{fsutil, ImageFormat, Preallocation, QemuImg};
+use depot_os::{fsutil, DataPath, ImageFormat, Liveness, Preallocation, QemuImg};
 
 use crate::error::{StorageError, StorageResult};
 use crate::layout::{DomainPaths, CREATING_SUFFIX, META_SUFFIX};
 use crate::metadata::volume::keys;
 use crate::metadata::VolumeMetadata;
+use crate::volume_data::{check_image_dir, open_error, VolumeData};
 
 /// Mode of volume data, metadata and lease files
 /// (`sc.FILE_VOLUME_PERMISSIONS`).
@@ -78,6 +79,10 @@ pub const FILE_VOLUME_MODE: u32 = 0o660;
 /// Capacities are rounded up to this, as VDSM rounds `createVolume` and
 /// `extendVolumeSize` sizes to 4 KiB.
 pub const CAPACITY_ALIGNMENT: u64 = 4096;
+
+/// Preallocation allocates this much per `fallocate`, so that long work
+/// on a slow server shows progress between calls.
+const PREALLOCATE_STEP: u64 = 1 << 30;
 
 /// Size of the aligned chunks [`wipe_file`] writes.
 pub const WIPE_CHUNK: usize = 8 * 1024 * 1024;
@@ -98,6 +103,9 @@ pub struct FileVolumes<'a> {
     pub qemu: &'a QemuImg,
     /// Limit of each qemu-img run.
     pub timeout: Duration,
+    /// Beaten after each step of long work (wipe, preallocation) when the
+    /// caller watches it (depot_os::worker, "Long work").
+    pub live: Option<&'a Liveness>,
 }
 
 /// What [`FileVolumes::create`] is asked to create.
@@ -143,7 +151,26 @@ impl<'a> FileVolumes<'a> {
             sd,
             qemu,
             timeout,
+            live: None,
         }
+    }
+
+    /// Reports progress of long work to `live`.
+    pub fn with_liveness(mut self, live: &'a Liveness) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    pub(crate) fn beat(&self) {
+        if let Some(l) = self.live {
+            l.beat();
+        }
+    }
+
+    /// The data of `vol`, opened only as a regular file beneath the domain
+    /// (crate::volume_data).
+    fn data(&self, img: ImgUuid, vol: VolUuid) -> VolumeData {
+        VolumeData::of(self.paths, self.sd, img, vol)
     }
 
     /// Creates a volume (see the module docs for the sequence). Everything
@@ -301,7 +328,8 @@ impl<'a> FileVolumes<'a> {
         match (md.format, &parent) {
             (VolumeFormat::Raw, _) => {
                 if md.alloc_type == AllocType::Preallocated {
-                    preallocate(&file, 0, md.capacity).map_err(|e| failed(&data, &e))?;
+                    preallocate(&file, 0, md.capacity, &|| self.beat())
+                        .map_err(|e| failed(&data, &e))?;
                 } else {
                     file.set_len(md.capacity).map_err(|e| failed(&data, &e))?;
                 }
@@ -335,7 +363,7 @@ impl<'a> FileVolumes<'a> {
                     let end = check.image_end_offset.unwrap_or(0);
                     let offset = round_up(end, 4096).unwrap_or(end);
                     if md.capacity > offset {
-                        preallocate(&file, offset, md.capacity - offset)
+                        preallocate(&file, offset, md.capacity - offset, &|| self.beat())
                             .map_err(|e| failed(&data, &e))?;
                     }
                 }
@@ -525,24 +553,24 @@ impl<'a> FileVolumes<'a> {
         }
         let capacity = match md.format {
             VolumeFormat::Raw => {
-                let file =
-                    OpenOptions::new()
-                        .write(true)
-                        .open(&data)
-                        .map_err(|e| match e.kind() {
-                            ErrorKind::NotFound => err(
-                                Code::VolumeDoesNotExist,
-                                format!("volume {vol}: {} is missing", data.display()),
-                            ),
-                            _ => failed(&e),
-                        })?;
+                let file = self
+                    .data(img, vol)
+                    .open_with(OpenOptions::new().write(true))
+                    .map_err(|e| match e.kind() {
+                        ErrorKind::NotFound => err(
+                            Code::VolumeDoesNotExist,
+                            format!("volume {vol}: {} is missing", data.display()),
+                        ),
+                        _ => open_error(Code::VolumeExtendingError, OP, &data, &e),
+                    })?;
                 let current = file.metadata().map_err(|e| failed(&e))?.len();
                 if new < current {
                     return Err(smaller(current));
                 }
                 if new > current {
                     if md.alloc_type == AllocType::Preallocated {
-                        preallocate(&file, current, new - current).map_err(|e| failed(&e))?;
+                        preallocate(&file, current, new - current, &|| self.beat())
+                            .map_err(|e| failed(&e))?;
                     } else {
                         file.set_len(new).map_err(|e| failed(&e))?;
                     }
@@ -552,6 +580,8 @@ impl<'a> FileVolumes<'a> {
             }
             VolumeFormat::Cow => {
                 stat_data(self.paths, img, vol, OP)?;
+                // qemu-img opens it by path: it must be the volume's file.
+                self.data(img, vol).check(Code::VolumeExtendingError, OP)?;
                 let info = |q: &QemuImg| {
                     q.info(&data, Some(ImageFormat::Qcow2), self.timeout)
                         .map_err(|e| failed(&e))
@@ -595,6 +625,9 @@ impl<'a> FileVolumes<'a> {
     ) -> StorageResult<()> {
         const OP: &str = "delete volume";
         let err = |code, detail: String| StorageError::new(code, OP, detail);
+        // A symlinked image directory would lead every removal below out
+        // of the domain.
+        check_image_dir(self.paths, img, OP)?;
         let data = self.paths.volume(img, vol);
         let meta_path = self.paths.volume_meta(img, vol);
         let marker = self.paths.volume_creating(img, vol);
@@ -615,6 +648,19 @@ impl<'a> FileVolumes<'a> {
             remove_dir_if_empty(&self.paths.image(img));
             return Ok(());
         }
+        // The data a wipe would write must be the volume's own file:
+        // refused before anything changes.
+        let wipe = if post_zero {
+            match self.data(img, vol).check(Code::CannotDeleteVolume, OP) {
+                Ok(()) => true,
+                Err(e) if e.code == Code::ImagePathError => return Err(e),
+                // Missing (a delete that was interrupted), or unreadable:
+                // the removal below reports what it finds.
+                Err(_) => false,
+            }
+        } else {
+            false
+        };
         let md = match read_meta(self.paths, img, vol, OP) {
             Ok(md) => Some(md),
             Err(e) if e.code == Code::VolumeDoesNotExist => None,
@@ -646,10 +692,10 @@ impl<'a> FileVolumes<'a> {
             })
             .map_err(|e| err(Code::CannotDeleteVolume, e.to_string()))?;
         }
-        if post_zero {
+        if wipe {
             match fs::symlink_metadata(&data) {
                 Ok(m) if m.is_file() && m.nlink() == 1 => {
-                    let n = wipe_file(&data)?;
+                    let n = wipe_file(&self.data(img, vol), &|| self.beat())?;
                     tracing::info!(%img, %vol, bytes = n, "volume data wiped");
                 }
                 Ok(m) if m.is_file() => {
@@ -1121,29 +1167,43 @@ pub(crate) fn discard(paths: &DomainPaths, img: ImgUuid, vol: VolUuid) -> Storag
     fsync_dir(&dir, Code::CannotDeleteVolume, OP)
 }
 
-/// Allocates `len` bytes at `offset` (growing the file). Where the
-/// filesystem cannot `fallocate` (NFS before 4.2) zeros are written, as
-/// VDSM's `fallocate` helper does.
-fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    match fsutil::fallocate(file, offset, len) {
-        Ok(()) => Ok(()),
-        Err(e)
-            if matches!(
-                e.io_error().and_then(io::Error::raw_os_error),
-                Some(95 /* EOPNOTSUPP */ | 38 /* ENOSYS */)
-            ) =>
-        {
-            let zeros = vec![0u8; 1024 * 1024];
-            let mut done = 0u64;
-            while done < len {
-                let n = usize::try_from(len - done).map_or(zeros.len(), |r| r.min(zeros.len()));
-                file.write_all_at(&zeros[..n], offset + done)?;
-                done += n as u64;
+/// Allocates `len` bytes at `offset` (growing the file), in steps of
+/// [`PREALLOCATE_STEP`] with `beat` after each. Where the filesystem
+/// cannot `fallocate` (NFS before 4.2) zeros are written, as VDSM's
+/// `fallocate` helper does.
+fn preallocate(file: &File, offset: u64, len: u64, beat: &dyn Fn()) -> io::Result<()> {
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(PREALLOCATE_STEP);
+        match fsutil::fallocate(file, offset + done, n) {
+            Ok(()) => {
+                done += n;
+                beat();
             }
-            Ok(())
+            Err(e)
+                if matches!(
+                    e.io_error().and_then(io::Error::raw_os_error),
+                    Some(95 /* EOPNOTSUPP */ | 38 /* ENOSYS */)
+                ) =>
+            {
+                return write_zeros(file, offset + done, len - done, beat)
+            }
+            Err(e) => return Err(io::Error::other(e)),
         }
-        Err(e) => Err(io::Error::other(e)),
     }
+    Ok(())
+}
+
+fn write_zeros(file: &File, offset: u64, len: u64, beat: &dyn Fn()) -> io::Result<()> {
+    let zeros = vec![0u8; 1024 * 1024];
+    let mut done = 0u64;
+    while done < len {
+        let n = usize::try_from(len - done).map_or(zeros.len(), |r| r.min(zeros.len()));
+        file.write_all_at(&zeros[..n], offset + done)?;
+        done += n as u64;
+        beat();
+    }
+    Ok(())
 }
 
 /// Overwrites a file's content with zeros, in place, and fsyncs it: a real
@@ -1155,16 +1215,24 @@ fn preallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
 /// sparse file, chunks that already read as zeros (holes) are skipped, so
 /// the wipe neither allocates the holes nor runs the domain out of space.
 /// The file keeps its size and allocation. Returns the bytes written.
-/// Errors are CannotDeleteVolume (222).
-pub fn wipe_file(path: &Path) -> StorageResult<u64> {
+/// `beat` is called after each chunk. The file is opened under the rule of
+/// `data` (a volume's own file, never through a symlink: 254). Other
+/// errors are CannotDeleteVolume (222).
+pub fn wipe_file(data: &(impl DataPath + ?Sized), beat: &dyn Fn()) -> StorageResult<u64> {
     const OP: &str = "wipe volume data";
+    let path = data.path();
     let fail =
         |e: &dyn std::fmt::Display| StorageError::new(Code::CannotDeleteVolume, OP, e.to_string());
-    let st =
-        fs::metadata(path).map_err(|e| StorageError::io(Code::CannotDeleteVolume, OP, path, &e))?;
+    let mut direct = OpenOptions::new();
+    direct.read(true).write(true).custom_flags(libc::O_DIRECT);
+    let file = data
+        .open_with(&direct)
+        .map_err(|e| open_error(Code::CannotDeleteVolume, OP, path, &e))?;
+    let st = file
+        .metadata()
+        .map_err(|e| StorageError::io(Code::CannotDeleteVolume, OP, path, &e))?;
     let len = st.len();
     let sparse = st.blocks() * STAT_BLOCK < len;
-    let file = depot_os::open_direct(path, true).map_err(|e| fail(&e))?;
     let a = depot_os::probe_alignment(&file).map_err(|e| fail(&e))?;
     let align = a.mem_align.max(a.offset_align).max(512);
     if !align.is_power_of_two() || align > WIPE_PROBE_UNIT {
@@ -1189,6 +1257,7 @@ pub fn wipe_file(path: &Path) -> StorageResult<u64> {
             None => {
                 depot_os::write_at_direct(&file, off, &zeros, n).map_err(|e| fail(&e))?;
                 written += n as u64;
+                beat();
             }
             Some(buf) => {
                 let got = depot_os::read_at_direct(&file, off, buf).map_err(|e| fail(&e))?;
@@ -1202,15 +1271,15 @@ pub fn wipe_file(path: &Path) -> StorageResult<u64> {
                     }
                     s += m;
                 }
+                beat();
             }
         }
         off += n as u64;
     }
     if bulk < len {
-        let tail = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| StorageError::io(Code::CannotDeleteVolume, OP, path, &e))?;
+        let tail = data
+            .open_with(OpenOptions::new().write(true))
+            .map_err(|e| open_error(Code::CannotDeleteVolume, OP, path, &e))?;
         let n = (len - bulk) as usize;
         tail.write_all_at(&zeros[..n], bulk)
             .and_then(|()| tail.sync_all())
@@ -1266,7 +1335,7 @@ mod tests {
         f.write_all_at(&[0x66; 100], 16 << 20).unwrap();
         drop(f);
         let before = fs::metadata(&p).unwrap();
-        let n = wipe_file(&p).unwrap();
+        let n = wipe_file(&p, &|| {}).unwrap();
         let after = fs::metadata(&p).unwrap();
         assert_eq!(after.len(), before.len());
         assert!(fs::read(&p).unwrap().iter().all(|&b| b == 0));

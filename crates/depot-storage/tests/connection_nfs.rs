@@ -110,7 +110,7 @@ fn connection_nfs_v3_defaults() {
             connection: "srv.example.com:/export/data_1/".into(),
             ..Default::default()
         },
-        "soft,nosharecache,timeo=100,retrans=3,nfsvers=3,nolock",
+        "soft,nosharecache,timeo=100,retrans=3,nfsvers=3,nolock,nosuid,nodev",
     );
 }
 
@@ -128,6 +128,6 @@ fn connection_nfs_v41_engine_fields() {
             mnt_options: Some("noatime,rsize=1048576".into()),
             ..Default::default()
         },
-        "soft,nosharecache,timeo=600,retrans=6,nfsvers=4,minorversion=1,noatime,rsize=1048576",
+        "soft,nosharecache,timeo=600,retrans=6,nfsvers=4,minorversion=1,noatime,rsize=1048576,nosuid,nodev",
     );
 }

@@ -525,7 +525,7 @@ fn wipe_overwrites_in_place() {
     let len = 9 * MIB as usize + 4096 + 17;
     fs::write(&p, vec![0xAA; len]).unwrap();
     let before = fs::metadata(&p).unwrap();
-    let written = wipe_file(&p).unwrap();
+    let written = wipe_file(&p, &|| {}).unwrap();
     assert_eq!(written, len as u64);
     let after = fs::metadata(&p).unwrap();
     assert_eq!(after.len(), len as u64);

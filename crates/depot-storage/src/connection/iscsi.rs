@@ -98,12 +98,53 @@ pub struct IscsiConnection {
 }
 
 fn invalid(field: &str, value: &str, why: impl fmt::Display) -> StorageError {
+    invalid_in(OP, field, value, why)
+}
+
+fn invalid_in(op: &'static str, field: &str, value: &str, why: impl fmt::Display) -> StorageError {
     let shown: String = value.chars().take(200).collect();
     StorageError::new(
         Code::InvalidParameterException,
-        OP,
+        op,
         format!("{field}={shown:?}: {why}"),
     )
+}
+
+/// The CHAP settings of an iSCSI login or discovery, checked the same way
+/// for both: user and password both or neither (an empty one counts as
+/// not given); the user a name iscsiadm takes as an argument value; the
+/// password at most 255 bytes without a newline or NUL. Every refusal is
+/// 1000 naming the field, and never quotes the password.
+pub fn check_chap(
+    op: &'static str,
+    user: Option<&str>,
+    password: Option<Secret>,
+) -> StorageResult<Option<Chap>> {
+    let user = user.unwrap_or("");
+    let password = password.unwrap_or_default();
+    match (user.is_empty(), password.is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => {
+            check_name_in(op, "user", user, 255)?;
+            if password.expose().len() > 255 || password.expose().contains(['\n', '\0']) {
+                return Err(StorageError::new(
+                    Code::InvalidParameterException,
+                    op,
+                    "password: longer than 255 bytes or holds a newline",
+                ));
+            }
+            Ok(Some(Chap {
+                username: user.to_owned(),
+                password,
+            }))
+        }
+        (true, false) => Err(StorageError::new(
+            Code::InvalidParameterException,
+            op,
+            "user: a CHAP password needs a user",
+        )),
+        (false, true) => Err(invalid_in(op, "user", user, "a CHAP user needs a password")),
+    }
 }
 
 impl IscsiConnection {
@@ -133,33 +174,7 @@ impl IscsiConnection {
         };
         let iface = p.iface.as_deref().unwrap_or(DEFAULT_IFACE).trim();
         check_name("ifaceName", iface, 64)?;
-        let user = p.user.as_deref().unwrap_or("");
-        let password = p.password.clone().unwrap_or_default();
-        let chap = match (user.is_empty(), password.is_empty()) {
-            (true, true) => None,
-            (false, false) => {
-                check_name("user", user, 255)?;
-                if password.expose().len() > 255 || password.expose().contains(['\n', '\0']) {
-                    return Err(StorageError::new(
-                        Code::InvalidParameterException,
-                        OP,
-                        "password: longer than 255 bytes or holds a newline",
-                    ));
-                }
-                Some(Chap {
-                    username: user.to_owned(),
-                    password,
-                })
-            }
-            (true, false) => {
-                return Err(StorageError::new(
-                    Code::InvalidParameterException,
-                    OP,
-                    "user: a CHAP password needs a user",
-                ))
-            }
-            (false, true) => return Err(invalid("user", user, "a CHAP user needs a password")),
-        };
+        let chap = check_chap(OP, p.user.as_deref(), p.password.clone())?;
         Ok(IscsiConnection {
             id: p.id.clone(),
             target: Target {
@@ -278,6 +293,10 @@ pub fn check_iqn(iqn: &str) -> StorageResult<()> {
 
 /// A name passed to iscsiadm as an argument value.
 fn check_name(field: &str, v: &str, max: usize) -> StorageResult<()> {
+    check_name_in(OP, field, v, max)
+}
+
+fn check_name_in(op: &'static str, field: &str, v: &str, max: usize) -> StorageResult<()> {
     let ok = !v.is_empty()
         && v.len() <= max
         && !v.starts_with('-')
@@ -286,7 +305,8 @@ fn check_name(field: &str, v: &str, max: usize) -> StorageResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(
+        Err(invalid_in(
+            op,
             field,
             v,
             format!("letters, digits, '-', '.', '_', ':', '@', at most {max} bytes, not starting with '-'"),

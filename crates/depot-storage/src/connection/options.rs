@@ -26,12 +26,32 @@
 //!   `credentials=`), Ceph `secret=` (use `secretfile=`), ext4 `noload`,
 //!   `nobarrier`, `errors=panic` (corruption or a host panic).
 //!
+//! # Always added
+//!
+//! [`ALWAYS`]: `nosuid` and `nodev` go on every storage mount depot makes
+//! (NFS, GlusterFS, POSIXFS), whatever the engine sent. The storage is not
+//! the host's: a setuid program or a device node on it must never work
+//! here, even if the server or another host put one there.
+//!
 //! Items are split on `,`; surrounding spaces are dropped and empty items
 //! skipped (as VDSM does). A value can therefore never hold a comma; quotes,
 //! whitespace and control characters inside an item are refused, so no
 //! quoting trick can smuggle one in either.
 
 use super::spec::{check_host, check_hostname};
+
+/// Options every storage mount gets, added by [`with_always`].
+pub const ALWAYS: &[&str] = &["nosuid", "nodev"];
+
+/// `options` with each of [`ALWAYS`] appended unless it is there already.
+pub fn with_always(mut options: Vec<String>) -> Vec<String> {
+    for o in ALWAYS {
+        if !options.iter().any(|x| x == o) {
+            options.push((*o).to_owned());
+        }
+    }
+    options
+}
 
 /// What value an option takes.
 #[derive(Debug, Clone, Copy)]
@@ -509,6 +529,19 @@ mod tests {
             OptionSet::Cifs,
         );
         ok("subvol=vm/images", OptionSet::Btrfs);
+    }
+
+    #[test]
+    fn nosuid_and_nodev_are_always_there_once() {
+        assert_eq!(with_always(Vec::new()), ["nosuid", "nodev"]);
+        assert_eq!(
+            with_always(ok("noatime,nodev", OptionSet::Ext)),
+            ["noatime", "nodev", "nosuid"]
+        );
+        assert_eq!(
+            with_always(ok("nosuid,nodev,noexec", OptionSet::Nfs)),
+            ["nosuid", "nodev", "noexec"]
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use depot_api::Code;
 use depot_os::mount::MountEntry;
 use depot_os::Cmd;
 
-use super::options::{check_options, OptionSet, NFS_MANAGED, POSIX_VFS_TYPES};
+use super::options::{check_options, with_always, OptionSet, NFS_MANAGED, POSIX_VFS_TYPES};
 use super::spec::{
     gluster_key, normalize_abs_path, normalize_table_source, parse_gluster, parse_remote,
     transform, Remote, NAME_MAX,
@@ -323,6 +323,7 @@ impl Connection {
         let kind = match kind_of {
             Some(mut plan) => {
                 plan.target = mount_point.clone();
+                plan.options = with_always(std::mem::take(&mut plan.options));
                 ConnectionKind::Mount(plan)
             }
             None => ConnectionKind::Local {
@@ -558,11 +559,40 @@ mod tests {
             assert_eq!(
                 argv(&p),
                 format!(
-                    "mount -t nfs -o soft,nosharecache,timeo=100,retrans=3,{tail} -- \
+                    "mount -t nfs -o soft,nosharecache,timeo=100,retrans=3,{tail},nosuid,nodev -- \
                      srv:/export/data_1 /rhev/data-center/mnt/srv:_export_data__1"
                 ),
                 "{version:?}"
             );
+        }
+    }
+
+    #[test]
+    fn every_mount_gets_nosuid_and_nodev() {
+        let mut cases = Vec::new();
+        let mut p = params("srv:/e");
+        p.mnt_options = Some("nodev,noexec".into());
+        cases.push((DomainType::Nfs, p));
+        cases.push((DomainType::GlusterFs, params("gl1:/vol")));
+        for (vfs, spec) in [
+            ("ext4", "/dev/loop3"),
+            ("nfs4", "srv:/e"),
+            ("glusterfs", "gl:/v"),
+        ] {
+            let mut p = params(spec);
+            p.vfs_type = Some(vfs.into());
+            cases.push((DomainType::PosixFs, p));
+        }
+        for (t, p) in cases {
+            let c = conn(t, &p).unwrap();
+            let opts = &c.mount_plan().unwrap().options;
+            for o in ["nosuid", "nodev"] {
+                assert_eq!(
+                    opts.iter().filter(|x| *x == o).count(),
+                    1,
+                    "{t:?} {p:?}: {opts:?}"
+                );
+            }
         }
     }
 
@@ -578,7 +608,7 @@ mod tests {
         assert_eq!(
             plan.command().to_string(),
             "mount -t nfs -o soft,nosharecache,timeo=600,retrans=6,nfsvers=4,minorversion=2,\
-             noatime,rsize=65536 -- '[fd00::1]:/exp' '/rhev/data-center/mnt/[fd00::1]:_exp'"
+             noatime,rsize=65536,nosuid,nodev -- '[fd00::1]:/exp' '/rhev/data-center/mnt/[fd00::1]:_exp'"
         );
         // 60 s * 7 + 30 s, capped.
         assert_eq!(plan.timeout, NFS_MOUNT_TIMEOUT_MAX);
@@ -591,9 +621,17 @@ mod tests {
         // v3 with an explicit `lock`: no nolock added.
         let mut p = params("srv:/e");
         p.mnt_options = Some("lock".into());
-        assert!(argv(&p).contains("nfsvers=3,lock --"), "{}", argv(&p));
+        assert!(
+            argv(&p).contains("nfsvers=3,lock,nosuid,nodev --"),
+            "{}",
+            argv(&p)
+        );
         p.mnt_options = Some("nolock".into());
-        assert!(argv(&p).contains("nfsvers=3,nolock --"), "{}", argv(&p));
+        assert!(
+            argv(&p).contains("nfsvers=3,nolock,nosuid,nodev --"),
+            "{}",
+            argv(&p)
+        );
     }
 
     #[test]
@@ -697,7 +735,7 @@ mod tests {
         let c = conn(DomainType::GlusterFs, &p).unwrap();
         assert_eq!(
             c.mount_plan().unwrap().command().to_string(),
-            "mount -t glusterfs -o backup-volfile-servers=gl2:gl3 -- gl1:/vol \
+            "mount -t glusterfs -o backup-volfile-servers=gl2:gl3,nosuid,nodev -- gl1:/vol \
              /rhev/data-center/mnt/glusterSD/gl1:_vol"
         );
         let c = conn(DomainType::GlusterFs, &params("gl1:vol")).unwrap();
@@ -707,7 +745,7 @@ mod tests {
         );
         assert_eq!(
             c.mount_plan().unwrap().command().to_string(),
-            "mount -t glusterfs -- gl1:vol /rhev/data-center/mnt/glusterSD/gl1:vol"
+            "mount -t glusterfs -o nosuid,nodev -- gl1:vol /rhev/data-center/mnt/glusterSD/gl1:vol"
         );
         let mut p = params("gl1:/vol");
         p.vfs_type = Some("nfs".into());
@@ -731,7 +769,7 @@ mod tests {
         let c = conn(DomainType::PosixFs, &p).unwrap();
         assert_eq!(
             c.mount_plan().unwrap().command().to_string(),
-            "mount -t xfs -o noatime -- /dev/loop3 /rhev/data-center/mnt/_dev_loop3"
+            "mount -t xfs -o noatime,nosuid,nodev -- /dev/loop3 /rhev/data-center/mnt/_dev_loop3"
         );
         let mut p = params("mon1:6789:/vm");
         p.vfs_type = Some("ceph".into());

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use depot_os::{open_direct, probe_alignment, AlignedBuf};
+use depot_os::{open_direct_data, probe_alignment, AlignedBuf, DataPath};
 
 use super::blkhash::{is_zero, BlkHash, BlockDigest, BlockHasher, Piece, BLOCK_SIZE};
 use super::extents::{align_extents, extents, Extent};
@@ -729,8 +729,9 @@ struct Opened {
     meta: std::fs::Metadata,
 }
 
-fn open_src(path: &Path) -> Result<Opened, CopyError> {
-    let file = open_direct(path, false)?;
+fn open_src(data: &(impl DataPath + ?Sized)) -> Result<Opened, CopyError> {
+    let path = data.path();
+    let file = open_direct_data(data, false)?;
     let meta = file
         .metadata()
         .map_err(|e| CopyError::io("stat", path, e))?;
@@ -803,10 +804,18 @@ fn advise_huge(buf: &mut AlignedBuf) {
 /// journal is removed then. On any error the destination holds a partial
 /// copy and must not be used (the caller keeps it ILLEGAL); with a journal
 /// a later call with the same journal resumes (see docs/copy.md).
-pub fn copy_raw(src: &Path, dst: &Path, opts: CopyOptions<'_>) -> Result<CopyResult, CopyError> {
+///
+/// Both ends are opened under their [`DataPath`] rule (a volume's data
+/// never through a symlink); a plain `Path` has none.
+pub fn copy_raw(
+    src_data: &(impl DataPath + ?Sized),
+    dst_data: &(impl DataPath + ?Sized),
+    opts: CopyOptions<'_>,
+) -> Result<CopyResult, CopyError> {
+    let (src, dst) = (src_data.path(), dst_data.path());
     check_options(opts.buffer_size, opts.queue_depth)?;
-    let s = open_src(src)?;
-    let dfile = open_direct(dst, true)?;
+    let s = open_src(src_data)?;
+    let dfile = open_direct_data(dst_data, true)?;
     let dmeta = dfile
         .metadata()
         .map_err(|e| CopyError::io("stat", dst, e))?;
@@ -914,9 +923,8 @@ pub fn copy_raw(src: &Path, dst: &Path, opts: CopyOptions<'_>) -> Result<CopyRes
     };
     let tail = if size % align as u64 != 0 {
         Some(
-            OpenOptions::new()
-                .write(true)
-                .open(dst)
+            dst_data
+                .open_with(OpenOptions::new().write(true))
                 .map_err(|e| CopyError::io("open (buffered, for the tail)", dst, e))?,
         )
     } else {
@@ -1098,7 +1106,7 @@ pub fn copy_raw(src: &Path, dst: &Path, opts: CopyOptions<'_>) -> Result<CopyRes
     if opts.verify {
         let expected = checksum.as_ref().expect("verify implies checksum");
         let actual = checksum_raw(
-            dst,
+            dst_data,
             size,
             &ChecksumOptions {
                 block_size: BLOCK_SIZE,
@@ -1148,10 +1156,11 @@ fn open_src_meta(file: &File, path: &Path) -> Result<(u64, i64, i64), CopyError>
 /// read with `O_DIRECT`, holes not read. Fails with
 /// [`CopyError::SourceChanged`] if the file is shorter than `size`.
 pub fn checksum_raw(
-    path: &Path,
+    data: &(impl DataPath + ?Sized),
     size: u64,
     opts: &ChecksumOptions<'_>,
 ) -> Result<BlkHash, CopyError> {
+    let path = data.path();
     check_options(opts.buffer_size, opts.queue_depth)?;
     if !(1..=super::blkhash::MAX_BLOCK_SIZE).contains(&opts.block_size) {
         return Err(CopyError::Invalid(format!(
@@ -1159,7 +1168,7 @@ pub fn checksum_raw(
             opts.block_size
         )));
     }
-    let s = open_src(path)?;
+    let s = open_src(data)?;
     if s.size < size {
         return Err(CopyError::SourceChanged {
             path: path.to_owned(),
@@ -1219,7 +1228,12 @@ pub fn checksum_raw(
 
 /// Reads `dst` back (the first `size` bytes) and compares its blkhash with
 /// `expected` (whose block size is used).
-pub fn verify_raw(dst: &Path, size: u64, expected: &BlkHash) -> Result<(), CopyError> {
+pub fn verify_raw(
+    dst_data: &(impl DataPath + ?Sized),
+    size: u64,
+    expected: &BlkHash,
+) -> Result<(), CopyError> {
+    let dst = dst_data.path();
     if expected.algorithm != super::blkhash::ALGORITHM {
         return Err(CopyError::Invalid(format!(
             "checksum algorithm {} (only blake2b)",
@@ -1227,7 +1241,7 @@ pub fn verify_raw(dst: &Path, size: u64, expected: &BlkHash) -> Result<(), CopyE
         )));
     }
     let actual = checksum_raw(
-        dst,
+        dst_data,
         size,
         &ChecksumOptions {
             block_size: expected.block_size,

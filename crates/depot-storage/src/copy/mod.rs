@@ -78,8 +78,8 @@ pub enum CopyError {
         dst_size: u64,
     },
 
-    /// The source's size (or mtime) changed while it was copied.
-    #[error("source {path} changed during the copy: {what}")]
+    /// The source's size (or mtime) changed while it was copied or hashed.
+    #[error("source {path} changed while it was read: {what}")]
     SourceChanged { path: PathBuf, what: String },
 
     /// The caller's abort callback said stop.

@@ -23,8 +23,13 @@
 use std::io;
 use std::path::PathBuf;
 
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
 use depot_api::{ApiError, Code};
-use depot_os::DirectError;
+use depot_os::confine::refusal;
+use depot_os::{DirectError, IoWorker, WorkerError};
 
 use crate::error::StorageError;
 
@@ -141,9 +146,70 @@ pub enum OvfError {
     #[error(transparent)]
     Direct(#[from] DirectError),
 
+    /// A file-system call did not return on the mount's I/O worker (a
+    /// server that does not answer).
+    #[error("{op} {}: {source} (is the storage server answering?)", .path.display())]
+    Worker {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: WorkerError,
+    },
+
     /// A file-system call (fsync of the directory, fallocate) failed.
     #[error(transparent)]
     Fs(#[from] depot_os::FsError),
+}
+
+/// Where the OVF_STORE code makes its file-system calls: on the mount's
+/// I/O worker with a timeout (the daemon: a dead server fails the call
+/// instead of pinning the thread that serves the client), or inline
+/// (tests, tools).
+#[derive(Clone)]
+pub struct FsCalls {
+    worker: Option<(Arc<IoWorker>, Duration)>,
+}
+
+impl std::fmt::Debug for FsCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.worker {
+            Some((w, t)) => write!(f, "FsCalls({}, {t:?})", w.name()),
+            None => f.write_str("FsCalls(inline)"),
+        }
+    }
+}
+
+impl FsCalls {
+    /// On the caller's thread.
+    pub fn inline() -> FsCalls {
+        FsCalls { worker: None }
+    }
+
+    /// On `worker`, each call within `timeout`.
+    pub fn on(worker: Arc<IoWorker>, timeout: Duration) -> FsCalls {
+        FsCalls {
+            worker: Some((worker, timeout)),
+        }
+    }
+
+    /// Runs `f` (`op` on `path`, for the message if it hangs).
+    pub fn run<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        path: &Path,
+        f: impl FnOnce() -> Result<T, OvfError> + Send + 'static,
+    ) -> Result<T, OvfError> {
+        match &self.worker {
+            None => f(),
+            Some((w, timeout)) => w.run(*timeout, f).unwrap_or_else(|source| {
+                Err(OvfError::Worker {
+                    op,
+                    path: path.to_owned(),
+                    source,
+                })
+            }),
+        }
+    }
 }
 
 fn entry_prefix(entry: &Option<String>) -> String {
@@ -170,11 +236,18 @@ impl OvfError {
             OvfError::Source(_) | OvfError::Sink(_) | OvfError::Pipeline(_) => {
                 Code::GeneralException
             }
-            OvfError::StagingChanged { .. } | OvfError::Read { .. } | OvfError::Stream { .. } => {
-                Code::MiscFileReadException
-            }
+            // Volume data behind a symlink (depot_os::confine).
+            OvfError::Read { source, .. } if refusal(source).is_some() => Code::ImagePathError,
+            OvfError::StagingChanged { .. }
+            | OvfError::Read { .. }
+            | OvfError::Stream { .. }
+            | OvfError::Worker { .. } => Code::MiscFileReadException,
             OvfError::Write { .. } | OvfError::Fs(_) => Code::MiscFileWriteException,
             OvfError::Direct(e) => match e {
+                // Volume data behind a symlink (depot_os::confine).
+                DirectError::Open { source, .. } if refusal(source).is_some() => {
+                    Code::ImagePathError
+                }
                 DirectError::Read { .. }
                 | DirectError::Probe { .. }
                 | DirectError::Unsupported { .. }

@@ -32,8 +32,10 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use depot_os::direct::{open_direct, sync_and_close, write_at_direct};
+use depot_os::direct::{open_direct, open_direct_data, sync_and_close, write_at_direct};
 use depot_os::fsutil::{fallocate, fsync_dir};
+use depot_os::DataPath;
+use std::sync::Arc;
 
 use super::store::{
     self, checked_trailer_offset, direct_alignment, next_generation, unix_now, volume_err,
@@ -41,7 +43,7 @@ use super::store::{
 };
 use super::trailer::{Trailer, TrailerState};
 use super::upload::{self, Received, ALIGN};
-use super::OvfError;
+use super::{FsCalls, OvfError};
 
 /// How an upload to a volume goes.
 pub enum Plan {
@@ -58,11 +60,13 @@ pub enum Plan {
 ///
 /// [`commit`]: Replacement::commit
 pub struct Replacement {
-    volume: PathBuf,
+    /// The volume's data, opened again under its rule at the commit.
+    volume: Box<dyn DataPath + Send>,
     volume_size: u64,
     staging: PathBuf,
-    /// The staging file, open with `O_DIRECT` for writing.
-    file: Option<File>,
+    /// The staging file, open with `O_DIRECT` for writing (shared with the
+    /// worker calls that write it).
+    file: Option<Arc<File>>,
     /// The volume file's identity, mode and allocation when prepared.
     dev: u64,
     ino: u64,
@@ -83,20 +87,28 @@ pub struct Committed {
     pub rename: Duration,
 }
 
-/// Decides how an upload to the volume at `volume_path` goes, and for
+/// Decides how an upload to the volume `volume` goes, and for
 /// [`Plan::Replace`] creates the staging file. `volume_size` is the size
-/// the volume has (its capacity); `block_size` the domain's.
-pub fn prepare(
-    volume_path: &Path,
+/// the volume has (its capacity); `block_size` the domain's. The volume is
+/// opened (read-only) under its [`DataPath`] rule and looked at through
+/// that descriptor, so a symlink never decides the plan. Blocking: the
+/// caller runs it on the mount's I/O worker.
+pub fn prepare<D: DataPath + Clone + Send + 'static>(
+    volume: &D,
     volume_size: u64,
     staging_path: &Path,
     block_size: usize,
 ) -> Result<Plan, OvfError> {
-    let meta = fs::symlink_metadata(volume_path).map_err(|source| OvfError::Read {
-        op: "stat OVF_STORE volume",
+    let volume_path = volume.path();
+    let read_err = |source| OvfError::Read {
+        op: "open OVF_STORE volume",
         path: volume_path.to_owned(),
         source,
-    })?;
+    };
+    let old = volume
+        .open_with(&depot_os::confine::read_options(false))
+        .map_err(read_err)?;
+    let meta = old.metadata().map_err(read_err)?;
     let copy = |reason: String| Ok(Plan::Copy { reason });
     if !meta.file_type().is_file() {
         return copy("not a regular file".into());
@@ -115,7 +127,7 @@ pub fn prepare(
     }
     let created = store::create_staging(staging_path)?;
     let mut r = Replacement {
-        volume: volume_path.to_owned(),
+        volume: Box::new(volume.clone()),
         volume_size,
         staging: staging_path.to_owned(),
         file: None,
@@ -158,26 +170,32 @@ pub fn prepare(
     // Both files must take direct I/O at an alignment the 4096-byte padded
     // writes satisfy.
     direct_alignment(&file, staging_path, block_size)?;
-    direct_alignment(&open_direct(volume_path, false)?, volume_path, block_size)?;
-    r.file = Some(file);
+    drop(old);
+    direct_alignment(&open_direct_data(volume, false)?, volume_path, block_size)?;
+    r.file = Some(Arc::new(file));
     Ok(Plan::Replace(Box::new(r)))
 }
 
 impl Replacement {
     /// Receives the body into the staging file (see [`upload::receive`]
-    /// for `source`).
+    /// for `source`), each write made through `calls`.
     pub fn receive(
         &mut self,
         content_length: u64,
         source: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
+        calls: &FsCalls,
     ) -> Result<(), OvfError> {
         let file = self
             .file
             .as_ref()
             .ok_or_else(|| OvfError::Pipeline("the staging file is closed".into()))?;
+        let staging = &self.staging;
         let received = upload::receive(content_length, source, &mut |buf, len, offset| {
-            write_at_direct(file, offset, buf, len.div_ceil(ALIGN) * ALIGN)?;
-            Ok(())
+            let f = Arc::clone(file);
+            calls.run("write staging file", staging, move || {
+                write_at_direct(&f, offset, &buf, len.div_ceil(ALIGN) * ALIGN)?;
+                Ok(buf)
+            })
         })?;
         self.received = Some(received);
         Ok(())
@@ -192,31 +210,37 @@ impl Replacement {
             .received
             .take()
             .ok_or_else(|| OvfError::Pipeline("nothing was received".into()))?;
-        let toff = checked_trailer_offset(&self.volume, self.volume_size)?;
+        let volume = self.volume.path().to_owned();
+        let toff = checked_trailer_offset(&volume, self.volume_size)?;
         if received.size > toff {
             return Err(OvfError::TooLarge {
-                path: self.volume.clone(),
+                path: volume,
                 size: received.size,
                 max: toff,
             });
         }
-        let old = open_direct(&self.volume, false)?;
+        let old = open_direct_data(&*self.volume, false)?;
         let now = old.metadata().map_err(|source| OvfError::Read {
             op: "stat OVF_STORE volume",
-            path: self.volume.clone(),
+            path: volume.clone(),
             source,
         })?;
         if (now.dev(), now.ino()) != (self.dev, self.ino) {
             return Err(volume_err(
-                &self.volume,
+                &volume,
                 "the volume file was replaced while the upload was received",
             ));
         }
-        let generation = next_generation(&old, &self.volume, toff)?;
+        let generation = next_generation(&old, &volume, toff)?;
         let file = self
             .file
             .take()
             .ok_or_else(|| OvfError::Pipeline("the staging file is closed".into()))?;
+        // A write that timed out may still hold it: then it is not ours to
+        // seal.
+        let file = Arc::try_unwrap(file).map_err(|_| {
+            OvfError::Pipeline("a write of the staging file has not returned".into())
+        })?;
         let write_err = |op: &'static str, path: &Path| {
             let path = path.to_owned();
             move |source| OvfError::Write { op, path, source }
@@ -258,12 +282,12 @@ impl Replacement {
             None
         };
         let t1 = Instant::now();
-        fs::rename(&self.staging, &self.volume).map_err(write_err(
+        fs::rename(&self.staging, &volume).map_err(write_err(
             "rename the new OVF_STORE file over the volume",
             &self.staging,
         ))?;
         self.renamed = true;
-        if let Some(dir) = self.volume.parent() {
+        if let Some(dir) = volume.parent() {
             fsync_dir(dir)?;
         }
         let rename = t1.elapsed();
@@ -327,6 +351,7 @@ mod tests {
     use super::*;
     use crate::ovf::store::{read_range, staging_path, state, verify, StoreState};
     use crate::ovf::tests_common::*;
+    use crate::ovf::FsCalls;
     use sha2::{Digest, Sha256};
     use std::os::unix::fs::PermissionsExt;
 
@@ -364,7 +389,7 @@ mod tests {
 
     fn upload(v: &Vol, tar: &[u8]) -> Result<Committed, OvfError> {
         let mut r = replacement(v);
-        r.receive(tar.len() as u64, &mut source_of(tar))?;
+        r.receive(tar.len() as u64, &mut source_of(tar), &FsCalls::inline())?;
         r.commit()
     }
 
@@ -397,7 +422,8 @@ mod tests {
             0o600,
             "the staging file is private while it is written"
         );
-        r.receive(tar.len() as u64, &mut source_of(&tar)).unwrap();
+        r.receive(tar.len() as u64, &mut source_of(&tar), &FsCalls::inline())
+            .unwrap();
         // Received, not committed: the volume is as it was.
         assert_eq!(ino(&v.path), before);
         assert_eq!(state(&v.path, VOL_SIZE).unwrap(), StoreState::Unknown);
@@ -483,7 +509,9 @@ mod tests {
         ];
         for (what, data, cl) in cases {
             let mut r = replacement(&v);
-            let e = r.receive(cl, &mut source_of(&data)).unwrap_err();
+            let e = r
+                .receive(cl, &mut source_of(&data), &FsCalls::inline())
+                .unwrap_err();
             assert_eq!(
                 e.code(),
                 depot_api::Code::InvalidParameterException,
@@ -501,15 +529,19 @@ mod tests {
         let mut r = replacement(&v);
         let mut sent = 0;
         let e = r
-            .receive(tar.len() as u64, &mut |buf: &mut [u8]| {
-                if sent > (1 << 20) + 2000 {
-                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"));
-                }
-                let n = buf.len().min(1000);
-                buf[..n].copy_from_slice(&tar[sent..sent + n]);
-                sent += n;
-                Ok(n)
-            })
+            .receive(
+                tar.len() as u64,
+                &mut |buf: &mut [u8]| {
+                    if sent > (1 << 20) + 2000 {
+                        return Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"));
+                    }
+                    let n = buf.len().min(1000);
+                    buf[..n].copy_from_slice(&tar[sent..sent + n]);
+                    sent += n;
+                    Ok(n)
+                },
+                &FsCalls::inline(),
+            )
             .unwrap_err();
         assert!(matches!(e, OvfError::Source(_)), "{e}");
         drop(r);
@@ -521,7 +553,8 @@ mod tests {
             Plan::Copy { reason } => panic!("{reason}"),
         };
         r.volume_size = small;
-        r.receive(tar.len() as u64, &mut source_of(&tar)).unwrap();
+        r.receive(tar.len() as u64, &mut source_of(&tar), &FsCalls::inline())
+            .unwrap();
         let e = r.commit().unwrap_err();
         assert!(matches!(e, OvfError::TooLarge { .. }), "{e}");
         assert!(!staging.exists());
@@ -549,7 +582,7 @@ mod tests {
         let mut r = replacement(&v);
         let half = &new[..new.len() / 2];
         let e = r
-            .receive(new.len() as u64, &mut source_of(half))
+            .receive(new.len() as u64, &mut source_of(half), &FsCalls::inline())
             .unwrap_err();
         assert!(matches!(e, OvfError::Truncated { .. }), "{e}");
         std::mem::forget(r);
@@ -568,8 +601,9 @@ mod tests {
         // Sealed but not renamed: what a crash between the fsync of the new
         // file and the rename leaves.
         let mut r = replacement(&v);
-        r.receive(new.len() as u64, &mut source_of(&new)).unwrap();
-        let file = r.file.take().unwrap();
+        r.receive(new.len() as u64, &mut source_of(&new), &FsCalls::inline())
+            .unwrap();
+        let file = Arc::try_unwrap(r.file.take().unwrap()).unwrap();
         file.set_len(VOL_SIZE).unwrap();
         let sealed = Trailer {
             state: TrailerState::Valid,

@@ -26,20 +26,23 @@
 //! host's page cache.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use depot_os::direct::{
-    open_direct, probe_alignment, read_at_direct, sync_and_close, write_at_direct, AlignedBuf,
+    open_direct_data, probe_alignment, read_at_direct, sync_and_close, write_at_direct, AlignedBuf,
 };
+use depot_os::DataPath;
 use sha2::{Digest, Sha256};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use super::tar_check::{ArchiveSummary, TarValidator};
 use super::trailer::{trailer_offset, Trailer, TrailerState, TRAILER_SIZE};
 use super::upload::{self, Timings};
-use super::OvfError;
+use super::{FsCalls, OvfError};
 
 /// The size of every buffer on the upload and read paths.
 pub const CHUNK: usize = 1 << 20;
@@ -119,21 +122,33 @@ pub fn discard_stale_staging(staging: &Path) -> Result<bool, OvfError> {
     }
 }
 
-/// Removes the file on drop unless disarmed.
+/// Removes the file on drop unless disarmed, with `calls`.
 pub(crate) struct RemoveOnDrop<'a> {
     pub(crate) path: &'a Path,
     pub(crate) armed: bool,
+    pub(crate) calls: FsCalls,
 }
 
 impl Drop for RemoveOnDrop<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            if let Err(e) = fs::remove_file(self.path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(path = %self.path.display(), error = %e,
-                        "cannot remove OVF_STORE staging file");
-                }
-            }
+        if !self.armed {
+            return;
+        }
+        let path = self.path.to_owned();
+        let removed = self.calls.run(
+            "remove staging file",
+            self.path,
+            move || match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(OvfError::Write {
+                    op: "remove staging file",
+                    path,
+                    source: e,
+                }),
+                _ => Ok(()),
+            },
+        );
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "cannot remove OVF_STORE staging file");
         }
     }
 }
@@ -149,25 +164,43 @@ impl Drop for RemoveOnDrop<'_> {
 /// This is the copy strategy's first half ([`commit`] is the second), for
 /// volumes that cannot be replaced by a rename (block devices, a file
 /// linked into other images): see [`super::replace`] for the other.
+///
+/// Every file-system call (create, each write, close, removal) goes through
+/// `calls`, so a hung mount fails the upload instead of the thread that
+/// reads the client.
 pub fn stage_upload(
     staging_path: &Path,
     content_length: u64,
     mut source: impl FnMut(&mut [u8]) -> io::Result<usize>,
+    calls: &FsCalls,
 ) -> Result<Staged, OvfError> {
     // Refuse a Content-Length that cannot be a tar before creating anything.
     TarValidator::new(content_length)?;
-    let mut file = create_staging(staging_path)?;
+    let sp = staging_path.to_owned();
+    let file = Arc::new(calls.run("create staging file", staging_path, move || {
+        create_staging(&sp)
+    })?);
     let mut guard = RemoveOnDrop {
         path: staging_path,
         armed: true,
+        calls: calls.clone(),
     };
-    let received = upload::receive(content_length, &mut source, &mut |buf, len, _offset| {
-        file.write_all(&buf[..len])
-            .map_err(|source| OvfError::Write {
-                op: "write staging file",
-                path: staging_path.to_owned(),
-                source,
-            })
+    let received = upload::receive(content_length, &mut source, &mut |buf, len, offset| {
+        let (f, path) = (Arc::clone(&file), staging_path.to_owned());
+        calls.run("write staging file", staging_path, move || {
+            f.write_all_at(&buf[..len], offset)
+                .map_err(|source| OvfError::Write {
+                    op: "write staging file",
+                    path,
+                    source,
+                })?;
+            Ok(buf)
+        })
+    })?;
+    // Closed on the worker too: closing can flush on NFS.
+    calls.run("close staging file", staging_path, move || {
+        drop(file);
+        Ok(())
     })?;
     // Not fsynced: the staging file is a scratch copy, read back at once by
     // commit (which makes the volume durable). A crash leaves it behind for
@@ -313,26 +346,31 @@ pub(crate) fn next_generation(file: &File, volume_path: &Path, toff: u64) -> Res
 /// the volume's own direct I/O alignment (statx or a trial read) is checked
 /// too and the larger one used. The staging file is removed in the end,
 /// whatever the outcome.
+///
+/// The volume is opened under its [`DataPath`] rule (never through a
+/// symlink). Blocking: the caller runs it on the mount's I/O worker.
 pub fn commit(
-    volume_path: &Path,
+    volume: &(impl DataPath + ?Sized),
     volume_size: u64,
     staged: &Staged,
     block_size: usize,
 ) -> Result<Trailer, OvfError> {
-    let r = commit_inner(volume_path, volume_size, staged, block_size);
+    let r = commit_inner(volume, volume_size, staged, block_size);
     drop(RemoveOnDrop {
         path: &staged.path,
         armed: true,
+        calls: FsCalls::inline(),
     });
     r
 }
 
 fn commit_inner(
-    volume_path: &Path,
+    volume: &(impl DataPath + ?Sized),
     volume_size: u64,
     staged: &Staged,
     block_size: usize,
 ) -> Result<Trailer, OvfError> {
+    let volume_path = volume.path();
     let toff = checked_trailer_offset(volume_path, volume_size)?;
     if staged.size > toff {
         return Err(OvfError::TooLarge {
@@ -346,7 +384,7 @@ fn commit_inner(
         path: staged.path.clone(),
         source,
     })?;
-    let file = open_direct(volume_path, true)?;
+    let file = open_direct_data(volume, true)?;
     let align = direct_alignment(&file, volume_path, block_size)?;
 
     let generation = next_generation(&file, volume_path, toff)?;
@@ -409,10 +447,15 @@ fn commit_inner(
 /// The volume's state as its trailer says, read with `O_DIRECT`. Cheap (one
 /// 4 KiB read) and trusting: a `Valid` trailer's checksum is not checked
 /// against the data; [`verify`] does that.
-pub fn state(volume_path: &Path, volume_size: u64) -> Result<StoreState, OvfError> {
+pub fn state(volume: &(impl DataPath + ?Sized), volume_size: u64) -> Result<StoreState, OvfError> {
+    let file = open_direct_data(volume, false)?;
+    state_of(&file, volume.path(), volume_size)
+}
+
+/// [`state`] of a volume open with `O_DIRECT`.
+fn state_of(file: &File, volume_path: &Path, volume_size: u64) -> Result<StoreState, OvfError> {
     let toff = checked_trailer_offset(volume_path, volume_size)?;
-    let file = open_direct(volume_path, false)?;
-    let block = read_trailer_block(&file, volume_path, toff)?;
+    let block = read_trailer_block(file, volume_path, toff)?;
     Ok(match Trailer::decode(&block) {
         Ok(None) => StoreState::Unknown,
         Ok(Some(t)) if t.state == TrailerState::Writing => StoreState::Torn {
@@ -433,13 +476,13 @@ pub fn state(volume_path: &Path, volume_size: u64) -> Result<StoreState, OvfErro
 
 /// [`state`], and for a `Valid` trailer a re-read of its `size` bytes with
 /// `O_DIRECT` and a check of their sha256: a mismatch is `Torn`.
-pub fn verify(volume_path: &Path, volume_size: u64) -> Result<StoreState, OvfError> {
-    let st = state(volume_path, volume_size)?;
+pub fn verify(volume: &(impl DataPath + ?Sized), volume_size: u64) -> Result<StoreState, OvfError> {
+    let st = state(volume, volume_size)?;
     let StoreState::Valid { trailer } = st else {
         return Ok(st);
     };
     let mut hasher = Sha256::new();
-    read_range(volume_path, 0, trailer.size, |b| {
+    read_range(volume, 0, trailer.size, |b| {
         hasher.update(b);
         Ok(())
     })?;
@@ -463,12 +506,12 @@ pub fn verify(volume_path: &Path, volume_size: u64) -> Result<StoreState, OvfErr
 /// the end of the volume is an error (after the bytes that exist were
 /// handed over).
 pub fn read_range(
-    volume_path: &Path,
+    volume: &(impl DataPath + ?Sized),
     offset: u64,
     len: u64,
     mut sink: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> Result<(), OvfError> {
-    let mut r = DirectReader::open(volume_path, offset, len)?;
+    let mut r = DirectReader::open(volume, offset, len)?;
     while let Some(chunk) = r.next_chunk()? {
         sink(chunk).map_err(OvfError::Sink)?;
     }
@@ -493,11 +536,17 @@ pub struct DirectReader {
 }
 
 impl DirectReader {
-    pub fn open(volume_path: &Path, offset: u64, len: u64) -> Result<Self, OvfError> {
+    /// Opens the volume under its [`DataPath`] rule.
+    pub fn open(
+        volume: &(impl DataPath + ?Sized),
+        offset: u64,
+        len: u64,
+    ) -> Result<Self, OvfError> {
+        let volume_path = volume.path();
         let end = offset
             .checked_add(len)
             .ok_or_else(|| volume_err(volume_path, format!("range {offset}+{len} overflows")))?;
-        let file = open_direct(volume_path, false)?;
+        let file = open_direct_data(volume, false)?;
         Ok(DirectReader {
             path: volume_path.to_owned(),
             file,
@@ -543,13 +592,30 @@ impl DirectReader {
 
     /// The next piece of the range, `None` at its end.
     pub fn next_chunk(&mut self) -> Result<Option<&[u8]>, OvfError> {
+        Ok(self.next_range()?.map(|r| &self.buf[r]))
+    }
+
+    /// [`next_chunk`](Self::next_chunk) as a range of
+    /// [`buffer`](Self::buffer), for a caller that reads on one thread
+    /// and hands the bytes on from another.
+    pub fn next_range(&mut self) -> Result<Option<std::ops::Range<usize>>, OvfError> {
         if !self.fill()? {
             return Ok(None);
         }
         let (start, stop) = (self.start, self.stop);
         self.pos += (stop - start) as u64;
         self.start = stop;
-        Ok(Some(&self.buf[start..stop]))
+        Ok(Some(start..stop))
+    }
+
+    pub fn buffer(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// [`state`] of the volume this reader has open (the same file, even
+    /// if another was renamed over its path since).
+    pub fn state(&self, volume_size: u64) -> Result<StoreState, OvfError> {
+        state_of(&self.file, &self.path, volume_size)
     }
 }
 
@@ -570,6 +636,9 @@ impl Read for DirectReader {
 mod tests {
     use super::*;
     use crate::ovf::tests_common::*;
+    use crate::ovf::FsCalls;
+    use depot_os::direct::open_direct;
+    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 
     const VOL_SIZE: u64 = 4 << 20;
@@ -597,7 +666,12 @@ mod tests {
 
     fn upload(v: &Vol, tar: &[u8]) -> Result<Trailer, OvfError> {
         let staging = staging_path(&v.path);
-        let staged = stage_upload(&staging, tar.len() as u64, source_of(tar))?;
+        let staged = stage_upload(
+            &staging,
+            tar.len() as u64,
+            source_of(tar),
+            &FsCalls::inline(),
+        )?;
         assert!(!staging.exists() || staged.path == staging);
         commit(&v.path, VOL_SIZE, &staged, 512)
     }
@@ -612,7 +686,13 @@ mod tests {
         assert_ne!(tar.len() % 4096, 0);
         let staging = staging_path(&v.path);
         assert!(staging.to_string_lossy().ends_with(".ovf-upload"));
-        let staged = stage_upload(&staging, tar.len() as u64, source_of(&tar)).unwrap();
+        let staged = stage_upload(
+            &staging,
+            tar.len() as u64,
+            source_of(&tar),
+            &FsCalls::inline(),
+        )
+        .unwrap();
         assert_eq!(
             fs::metadata(&staging).unwrap().permissions().mode() & 0o777,
             0o600
@@ -669,8 +749,13 @@ mod tests {
     fn commit_with_4k_alignment() {
         let v = volume(VOL_SIZE);
         let (tar, _) = engine_tar(3);
-        let staged =
-            stage_upload(&staging_path(&v.path), tar.len() as u64, source_of(&tar)).unwrap();
+        let staged = stage_upload(
+            &staging_path(&v.path),
+            tar.len() as u64,
+            source_of(&tar),
+            &FsCalls::inline(),
+        )
+        .unwrap();
         commit(&v.path, VOL_SIZE, &staged, 4096).unwrap();
         let raw = fs::read(&v.path).unwrap();
         assert_eq!(&raw[..tar.len()], &tar[..]);
@@ -724,7 +809,7 @@ mod tests {
             ("DTD", dtd.clone(), dtd.len() as u64),
         ];
         for (what, data, cl) in cases {
-            let e = stage_upload(&staging, cl, source_of(&data)).unwrap_err();
+            let e = stage_upload(&staging, cl, source_of(&data), &FsCalls::inline()).unwrap_err();
             assert_eq!(
                 e.code(),
                 depot_api::Code::InvalidParameterException,
@@ -739,21 +824,32 @@ mod tests {
         }
         // A client that goes away mid-stream.
         let mut sent = 0;
-        let e = stage_upload(&staging, tar.len() as u64, |buf: &mut [u8]| {
-            if sent > 2000 {
-                return Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"));
-            }
-            let n = buf.len().min(1000);
-            buf[..n].copy_from_slice(&tar[sent..sent + n]);
-            sent += n;
-            Ok(n)
-        })
+        let e = stage_upload(
+            &staging,
+            tar.len() as u64,
+            |buf: &mut [u8]| {
+                if sent > 2000 {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"));
+                }
+                let n = buf.len().min(1000);
+                buf[..n].copy_from_slice(&tar[sent..sent + n]);
+                sent += n;
+                Ok(n)
+            },
+            &FsCalls::inline(),
+        )
         .unwrap_err();
         assert!(matches!(e, OvfError::Source(_)), "{e}");
         assert!(!staging.exists());
         // Larger than the volume's data area.
         let small = 16384;
-        let staged = stage_upload(&staging, tar.len() as u64, source_of(&tar)).unwrap();
+        let staged = stage_upload(
+            &staging,
+            tar.len() as u64,
+            source_of(&tar),
+            &FsCalls::inline(),
+        )
+        .unwrap();
         let e = commit(&v.path, small, &staged, 512).unwrap_err();
         assert!(matches!(e, OvfError::TooLarge { .. }), "{e}");
         assert!(!staging.exists());
@@ -770,7 +866,13 @@ mod tests {
         let (tar, _) = engine_tar(1);
         let staging = staging_path(&v.path);
         fs::write(&staging, b"another upload").unwrap();
-        let e = stage_upload(&staging, tar.len() as u64, source_of(&tar)).unwrap_err();
+        let e = stage_upload(
+            &staging,
+            tar.len() as u64,
+            source_of(&tar),
+            &FsCalls::inline(),
+        )
+        .unwrap_err();
         assert!(matches!(e, OvfError::Busy { .. }), "{e}");
         assert_eq!(e.code(), depot_api::Code::VolumeIsBusy);
         assert!(e.to_string().contains("being updated"), "{e}");
@@ -781,7 +883,13 @@ mod tests {
         );
         assert!(discard_stale_staging(&staging).unwrap());
         assert!(!discard_stale_staging(&staging).unwrap());
-        stage_upload(&staging, tar.len() as u64, source_of(&tar)).unwrap();
+        stage_upload(
+            &staging,
+            tar.len() as u64,
+            source_of(&tar),
+            &FsCalls::inline(),
+        )
+        .unwrap();
     }
 
     /// Writes a trailer as commit would, to simulate a crash at a step.
@@ -863,7 +971,13 @@ mod tests {
         let staging = staging_path(&v.path);
         // Cut short: commit notices while copying and leaves the Writing
         // trailer.
-        let staged = stage_upload(&staging, tar.len() as u64, source_of(&tar)).unwrap();
+        let staged = stage_upload(
+            &staging,
+            tar.len() as u64,
+            source_of(&tar),
+            &FsCalls::inline(),
+        )
+        .unwrap();
         let f = OpenOptions::new().write(true).open(&staged.path).unwrap();
         f.set_len(tar.len() as u64 - 512).unwrap();
         drop(f);
@@ -876,7 +990,13 @@ mod tests {
         ));
         // Same length, other bytes: the trailer records what was received,
         // so verify reports the store torn.
-        let staged = stage_upload(&staging, tar.len() as u64, source_of(&tar)).unwrap();
+        let staged = stage_upload(
+            &staging,
+            tar.len() as u64,
+            source_of(&tar),
+            &FsCalls::inline(),
+        )
+        .unwrap();
         let mut bytes = fs::read(&staged.path).unwrap();
         bytes[600] ^= 1;
         fs::write(&staged.path, bytes).unwrap();
@@ -935,7 +1055,13 @@ mod tests {
         let (tar, _) = engine_tar(3);
         assert_ne!(tar.len() % 4096, 0);
         let staging = dir.path().join("vol.ovf-upload");
-        let staged = stage_upload(&staging, tar.len() as u64, source_of(&tar)).unwrap();
+        let staged = stage_upload(
+            &staging,
+            tar.len() as u64,
+            source_of(&tar),
+            &FsCalls::inline(),
+        )
+        .unwrap();
         let t = commit(lo.path(), VOL_SIZE, &staged, 512).unwrap();
         assert_eq!(
             verify(lo.path(), VOL_SIZE).unwrap(),

@@ -74,8 +74,10 @@ pub struct Timings {
 
 /// Where the writer puts a buffer: `buf[..len]` holds the upload's bytes
 /// from `offset`; when `len` is not a multiple of [`ALIGN`] (the last
-/// buffer), `buf[len..]` up to the next multiple is zero.
-pub type Sink<'a> = dyn FnMut(&AlignedBuf, usize, u64) -> Result<(), OvfError> + Send + 'a;
+/// buffer), `buf[len..]` up to the next multiple is zero. The sink owns
+/// the buffer while it writes (it may hand it to an I/O worker) and gives
+/// it back.
+pub type Sink<'a> = dyn FnMut(AlignedBuf, usize, u64) -> Result<AlignedBuf, OvfError> + Send + 'a;
 
 /// Receives `content_length` bytes from `source` (which fills the buffer
 /// it is given and returns how many bytes it wrote, 0 at the end of the
@@ -148,10 +150,10 @@ pub fn receive(
                 let mut spent = Duration::ZERO;
                 for full in hashed_rx {
                     let t = Instant::now();
-                    sink(&full.buf, full.len, full.offset)?;
+                    let buf = sink(full.buf, full.len, full.offset)?;
                     spent += t.elapsed();
                     // The reader may have stopped; then the buffer goes.
-                    let _ = free_tx.send(full.buf);
+                    let _ = free_tx.send(buf);
                 }
                 Ok(spent)
             })
@@ -451,12 +453,12 @@ mod tests {
 
     fn collect(
         out: &Seen,
-    ) -> impl FnMut(&AlignedBuf, usize, u64) -> Result<(), OvfError> + Send + '_ {
+    ) -> impl FnMut(AlignedBuf, usize, u64) -> Result<AlignedBuf, OvfError> + Send + '_ {
         move |buf, len, offset| {
             let padded = len.div_ceil(ALIGN) * ALIGN;
             assert!(buf[len..padded].iter().all(|&b| b == 0), "zero padding");
             out.lock().unwrap().push((offset, buf[..len].to_vec()));
-            Ok(())
+            Ok(buf)
         }
     }
 
@@ -526,7 +528,7 @@ mod tests {
         let (good, _) = engine_tar(2);
         let mut garbage = good.clone();
         garbage.extend_from_slice(&[b'A'; 512]);
-        let mut sink = |_: &AlignedBuf, _: usize, _: u64| Ok(());
+        let mut sink = |b: AlignedBuf, _: usize, _: u64| Ok(b);
         // In small pieces, and in one piece (the fault in the same read as
         // the OVFs before it).
         for piece in [999, CHUNK] {
@@ -550,7 +552,7 @@ mod tests {
     fn a_failing_sink_stops_the_upload() {
         let (tar, _) = big_engine_tar(3 * CHUNK);
         let mut calls = 0;
-        let mut sink = |_: &AlignedBuf, _: usize, _: u64| -> Result<(), OvfError> {
+        let mut sink = |b: AlignedBuf, _: usize, _: u64| -> Result<AlignedBuf, OvfError> {
             calls += 1;
             if calls == 2 {
                 return Err(OvfError::Write {
@@ -559,7 +561,7 @@ mod tests {
                     source: io::Error::other("disk full"),
                 });
             }
-            Ok(())
+            Ok(b)
         };
         let e = receive(tar.len() as u64, &mut source_of(&tar, 65536), &mut sink).unwrap_err();
         assert!(e.to_string().contains("disk full"), "{e}");
@@ -578,7 +580,7 @@ mod tests {
             sent += n;
             Ok(n)
         };
-        let mut sink = |_: &AlignedBuf, _: usize, _: u64| Ok(());
+        let mut sink = |b: AlignedBuf, _: usize, _: u64| Ok(b);
         let e = receive(tar.len() as u64, &mut failing, &mut sink).unwrap_err();
         assert!(matches!(e, OvfError::Source(_)), "{e}");
         let short = &tar[..tar.len() - 1024];

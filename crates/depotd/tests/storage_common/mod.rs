@@ -584,6 +584,13 @@ fn assert_connected(domain_type: i64, mp: &Path, conn: &ConnectionSpec) {
             "option {o} not on the mount: {e:?}"
         );
     }
+    // Whatever the engine asked for (docs/storage.md, "Connections").
+    for o in ["nosuid", "nodev"] {
+        assert!(
+            e.options.iter().any(|x| x == o),
+            "{o} not on the mount: {e:?}"
+        );
+    }
 }
 
 fn assert_disconnected(domain_type: i64, mp: &Path, conn: &ConnectionSpec) {
