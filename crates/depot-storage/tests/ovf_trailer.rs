@@ -305,12 +305,17 @@ fn a_committed_store_carries_a_documented_trailer() {
     let tar = engine_tar();
     let staging = ovf::staging_path(&vol);
     let mut rest = &tar[..];
-    let staged = ovf::stage_upload(&staging, tar.len() as u64, |buf| {
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        rest = &rest[n..];
-        Ok(n)
-    })
+    let staged = ovf::stage_upload(
+        &staging,
+        tar.len() as u64,
+        |buf| {
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            Ok(n)
+        },
+        &ovf::FsCalls::inline(),
+    )
     .unwrap();
     let t = ovf::commit(&vol, size, &staged, 512).unwrap();
     let bytes = std::fs::read(&vol).unwrap();
@@ -326,12 +331,17 @@ fn a_committed_store_carries_a_documented_trailer() {
     assert!(bytes[..tar.len()] == tar[..]);
     // And a second upload: generation 2.
     let mut rest = &tar[..];
-    let staged = ovf::stage_upload(&staging, tar.len() as u64, |buf| {
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        rest = &rest[n..];
-        Ok(n)
-    })
+    let staged = ovf::stage_upload(
+        &staging,
+        tar.len() as u64,
+        |buf| {
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            Ok(n)
+        },
+        &ovf::FsCalls::inline(),
+    )
     .unwrap();
     ovf::commit(&vol, size, &staged, 512).unwrap();
     let bytes = std::fs::read(&vol).unwrap();

@@ -490,9 +490,10 @@ async fn a_stalled_upload_releases_the_volume() {
     put_ok(&via, &store, &tar).await;
 }
 
-/// A download whose client stops reading holds the image lock an upload's
-/// commit needs; the paced socket cuts the client off, so the upload
-/// commits instead of failing with 851 after `storage.lock_timeout_s`.
+/// A download whose client stops reading: the upload of the same volume
+/// commits at once (the GET holds the image lock only while it reads a
+/// piece, never while it waits on the client), and the paced socket cuts
+/// the stalled client off once it has not read for a body window.
 #[tokio::test]
 async fn a_stalled_download_releases_the_image() {
     let d = Daemon::start(&format!(
@@ -545,7 +546,9 @@ async fn a_stalled_download_releases_the_image() {
     );
     assert_eq!(r.status, 200, "{}", r.show());
 
-    // The stalled reader was cut off: what it gets now ends early.
+    // The client stays stalled for three body windows (2 s each), then
+    // reads: the daemon must have cut it off, so what it gets ends early.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let mut rest = Vec::new();
     let got = tokio::time::timeout(WAIT, reader.read_to_end(&mut rest)).await;
     assert!(

@@ -708,8 +708,8 @@ impl Drop for StoppedBrick {
 #[tokio::test]
 #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 async fn ovf_upload_on_a_hung_mount_fails_in_time() {
-    use tokio::io::AsyncWriteExt;
     depot_testkit::require_root();
+    use tokio::io::AsyncWriteExt;
     let g = support::gluster::Gluster::start().expect("gluster harness");
     g.cli(&["volume", "set", g.volume(), "network.ping-timeout", "600"])
         .unwrap();
