@@ -126,14 +126,18 @@ impl RpcEngine {
 }
 
 /// A request after the envelope checks. `id: None` is a notification.
-struct Request {
-    id: Option<Value>,
-    method: String,
-    params: Option<Value>,
+/// Public for the fuzz target of the request parser
+/// (fuzz/fuzz_targets/jsonrpc_request.rs), with [`Request::from_value`].
+pub struct Request {
+    pub id: Option<Value>,
+    pub method: String,
+    pub params: Option<Value>,
 }
 
 impl Request {
-    fn from_value(v: Value) -> Result<Request, (Value, ApiError)> {
+    /// The envelope checks of one request of a message; the error carries
+    /// the id to answer with.
+    pub fn from_value(v: Value) -> Result<Request, (Value, ApiError)> {
         let invalid = |id: Value, detail: &str| (id, ApiError::new(Code::InvalidRequest, detail));
         let Value::Object(mut obj) = v else {
             return Err(invalid(Value::Null, "a request must be a JSON object"));

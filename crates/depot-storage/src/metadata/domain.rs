@@ -289,7 +289,9 @@ impl DomainMetadata {
             (keys::BLOCK_SIZE, self.block_size.to_string()),
             (keys::ALIGNMENT, self.alignment.to_string()),
         ];
-        if !self.domain_type.is_block() {
+        // A block domain has none (VDSM writes none), unless its file
+        // had one: then it is kept, as every key read is.
+        if !self.domain_type.is_block() || !self.remote_path.is_empty() {
             typed.push((keys::REMOTE_PATH, self.remote_path.clone()));
         }
         if let Some(v) = self.master_version {
@@ -591,6 +593,21 @@ mod tests {
             DomainMetadata::from_kv(&kv).unwrap_err().code,
             Code::MetaDataKeyError
         );
+    }
+
+    /// A block domain whose metadata has a REMOTE_PATH anyway (another
+    /// agent wrote it) keeps it when depot rewrites the metadata, as any
+    /// other key. Found by the domain_metadata fuzz target (parse, write,
+    /// parse must give the same domain).
+    #[test]
+    fn a_block_domain_keeps_the_remote_path_it_has() {
+        let mut kv = sealed(&vdsm_new_nfs_domain());
+        kv.set(keys::TYPE, "ISCSI").unwrap();
+        let md = DomainMetadata::from_kv(&kv).unwrap();
+        assert_eq!(md.remote_path, "server:/export/data");
+        let written = md.to_kv().unwrap();
+        assert_eq!(written.get(keys::REMOTE_PATH), Some("server:/export/data"));
+        assert_eq!(DomainMetadata::from_kv(&written).unwrap(), md);
     }
 
     #[test]
