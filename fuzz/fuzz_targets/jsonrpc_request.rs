@@ -1,36 +1,46 @@
 //! depotd's JSON-RPC request parser: what `RpcEngine::handle`
 //! (crates/depotd/src/rpc.rs) does with a message body before anything
-//! runs: the JSON, the batch rule, each request's envelope
-//! (`Request::from_value`) and its typed parameters (`Call::parse`).
+//! runs: `parse_message` (the JSON, the batch rule and the memory budget,
+//! checked while reading), each request's envelope (`Request::from_value`)
+//! and its typed parameters (`Call::parse`).
 //!
-//! Kept thin on purpose: when rpc.rs has one public entry point that
-//! parses a whole body, point `parse` below at it.
-//!
-//! Checked beyond "does not panic": a parsed call names the method it
-//! was asked for; every refusal is an error response that serializes to
-//! JSON-RPC with a numeric code.
+//! Checked beyond "does not panic":
+//! - `parse_message` agrees with serde_json on what JSON is: a message it
+//!   accepts is the value serde_json reads, and it answers -32700 only
+//!   for bytes serde_json refuses (its other refusals are -32600: the
+//!   batch rule and the budget);
+//! - a parsed call names the method it was asked for;
+//! - every refusal is an error response that serializes to JSON-RPC with a
+//!   numeric code.
 #![no_main]
 
-use depot_api::{ApiError, Call};
-use depotd::rpc::{error_response, Request};
+use depot_api::{ApiError, Call, Code};
+use depotd::rpc::{error_response, parse_message, Message, ParseLimits, Request};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
-/// depotd's default `max_batch` (docs/config.md).
+/// depotd's default `max_batch` and `max_request_bytes` (docs/config.md).
 const MAX_BATCH: usize = 100;
+const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 
-/// The requests of a message, as `RpcEngine::handle` splits it: one
-/// request, or a batch of 1 to MAX_BATCH. `Err`: the whole message is
-/// refused.
+/// The requests of a message, as `RpcEngine::handle` splits it. `Err`:
+/// the whole message is refused.
 fn parse(body: &[u8]) -> Result<Vec<Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(depot_api::Code::ParseError, e.to_string()))?;
-    match value {
-        Value::Array(items) if items.is_empty() || items.len() > MAX_BATCH => {
-            Err(ApiError::new(depot_api::Code::InvalidRequest, "batch size"))
+    let parsed = parse_message(body, ParseLimits::new(MAX_BATCH, MAX_REQUEST_BYTES));
+    let reference = serde_json::from_slice::<Value>(body);
+    match (&parsed, &reference) {
+        (Ok(Message::Single(v)), Ok(r)) => assert_eq!(v, r),
+        (Ok(Message::Batch(items)), Ok(Value::Array(r))) => assert_eq!(items, r),
+        (Ok(_), _) => panic!("parse_message accepted what serde_json reads otherwise: {reference:?}"),
+        (Err(e), Ok(_)) => assert_ne!(e.code, Code::ParseError, "-32700 for valid JSON: {e:?}"),
+        (Err(_), Err(_)) => {}
+    }
+    match parsed? {
+        Message::Single(v) => Ok(vec![v]),
+        Message::Batch(items) => {
+            assert!(!items.is_empty() && items.len() <= MAX_BATCH, "{}", items.len());
+            Ok(items)
         }
-        Value::Array(items) => Ok(items),
-        v => Ok(vec![v]),
     }
 }
 
