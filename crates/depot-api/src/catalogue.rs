@@ -699,10 +699,12 @@ verbs! {
         volumeID: VolUuid,
         /// Prepare even an ILLEGAL volume.
         allowIllegal: Option<bool>,
-        /// What the volume is prepared for: "vm" (the default: a VM runs,
-        /// hot-plugs or previews it) or "copy" (read or written by a copy,
-        /// never by a VM). Backup domains refuse "vm" (9011). depot's
-        /// parameter; the engine's calls, which lack it, mean "vm".
+        /// What the volume is prepared for: "vm" (a VM runs, hot-plugs or
+        /// previews it) or "copy" (the default: read or written on the
+        /// host, by a copy or an image transfer, never by a VM). Backup
+        /// domains refuse "vm" (9011). depot's parameter; the engine's
+        /// calls lack it and are never for a VM (VDSM prepares a VM's
+        /// volumes inside VM.create; docs/backup.md).
         purpose: Option<String>,
     } -> "`{path, info: {type, path}, imgVolumesInfo: [...]}`";
 
