@@ -821,15 +821,25 @@ verbs! {
     } -> "`true`; the job's result holds the checksum";
 
     /// The status of a task id that an SPM verb returned (Volume.create,
-    /// Volume.delete, Volume.extendSize, Image.delete, Image.move), in
-    /// VDSM's shape. depot finishes those verbs before answering, except
-    /// Image.move, whose id is a host job's (docs/storage.md).
+    /// Volume.delete, Volume.extendSize, Image.delete, Image.move) or an
+    /// OVF_STORE stream answered in its `Task-Id` header, in VDSM's shape.
+    /// depot finishes the SPM verbs before answering, except Image.move,
+    /// whose id is a host job's; the streams' tasks survive a restart
+    /// (docs/storage.md).
     "Task.getStatus" => TaskGetStatus {
         /// The task id.
         taskID: Uuid,
-    } -> "`{taskID, taskState: running|finished|aborting, taskResult: success|cleanFailure|'', code, message}`";
+    } -> "`{taskID, taskState: running|finished, taskResult: success|cleanFailure|'', code, message}`";
 
-    /// Forgets a finished task.
+    /// What a task is: VDSM's verb name (createVolume, deleteVolume,
+    /// extendVolumeSize, deleteImage, moveImage, downloadImageFromStream
+    /// for an OVF_STORE upload, uploadImageToStream for a read).
+    "Task.getInfo" => TaskGetInfo {
+        /// The task id.
+        taskID: Uuid,
+    } -> "`{id, verb}`";
+
+    /// Forgets a finished task (403 while it runs).
     "Task.clear" => TaskClear {
         /// The task id.
         taskID: Uuid,
@@ -837,6 +847,10 @@ verbs! {
 
     /// The status of every task this host knows.
     "Host.getAllTasksStatuses" => HostGetAllTasksStatuses {} -> "`{taskID: TaskStatus}`";
+
+    /// What every task this host knows is (the engine asks this to find
+    /// the tasks of a new SPM).
+    "Host.getAllTasksInfo" => HostGetAllTasksInfo {} -> "`{taskID: {id, verb}}`";
 
     /// Starts a built-in no-op job that sleeps, reporting progress. It
     /// exercises the job machinery (status, abort, persistence, events)

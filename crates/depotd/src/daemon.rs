@@ -23,6 +23,8 @@ use crate::rpc::{ParseLimits, RpcEngine};
 use crate::server::{self, Pool, Shared, Throttle};
 use crate::storage_jobs;
 use crate::systemd;
+use crate::task_store::TaskStore;
+use crate::tasks::Tasks;
 
 /// The file, in the state directory, that holds the bound TLS address: port
 /// 0 in the config picks a free port, and clients (tests, depotctl in dev
@@ -43,6 +45,8 @@ pub enum StartError {
     Pki(#[from] pki::PkiError),
     #[error("cannot recover jobs: {0}")]
     Jobs(#[from] depot_jobs::JobsError),
+    #[error("cannot recover tasks: {0}")]
+    Tasks(#[from] crate::task_store::OpenError),
     #[error("cannot listen on {what}: {source}")]
     Bind {
         what: String,
@@ -111,6 +115,21 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (jobs, recovery) = JobManager::open(state_dir, jobs_config, kinds).await?;
     tracing::info!(%recovery, "jobs recovered");
 
+    let (streams, recovered) = {
+        let (dir, max) = (state_dir.clone(), config.tasks.max_finished);
+        match tokio::task::spawn_blocking(move || TaskStore::open(&dir, max)).await {
+            Ok(opened) => opened?,
+            Err(e) => {
+                return Err(StartError::Tasks(crate::task_store::OpenError {
+                    path: state_dir.join(crate::task_store::TASKS_DIR),
+                    source: std::io::Error::other(e.to_string()),
+                }))
+            }
+        }
+    };
+    tracing::info!(%recovered, "tasks recovered");
+    let tasks = Arc::new(Tasks::new(streams, config.tasks.max_finished));
+
     let events = EventBus::new(EVENT_QUEUE);
     let forwarder = events.forward_jobs(&jobs);
 
@@ -137,7 +156,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let limits = &config.limits;
     let shared = Arc::new(Shared {
         engine: RpcEngine::new(
-            Router::new(jobs.clone(), storage.clone(), config.daemon.test_verbs),
+            Router::new(
+                jobs.clone(),
+                storage.clone(),
+                tasks,
+                config.daemon.test_verbs,
+            ),
             ParseLimits::new(limits.max_batch, limits.max_request_bytes),
         ),
         events,

@@ -953,6 +953,8 @@ pub fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+// Not every test file that includes this module needs it.
+#[allow(unused_imports)]
 pub use crate::support::loopfs::LoopFs;
 
 pub fn path_str(p: &Path) -> &str {
