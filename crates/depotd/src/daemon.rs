@@ -69,7 +69,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // "recover" the other's running jobs.
     let _lock = lock_state_dir(state_dir)?;
     make_dir(&config.daemon.repository, 0o755)?;
-    if config.daemon.generate_certs {
+    // Only where nothing is configured yet: dev mode pointed at existing
+    // certificates (VDSM's, docs/install.md) must not add files there.
+    if config.daemon.generate_certs && !config.tls.ca_file.exists() {
         let dir = config.tls.ca_file.parent().unwrap_or(state_dir);
         if pki::ensure_dev_pki(dir, "depotctl")? {
             tracing::info!(dir = %dir.display(), "generated a dev CA, server and client certificate");
