@@ -726,7 +726,12 @@ impl Storage {
     fn start_monitoring(&self, sd: SdUuid) -> StorageResult<()> {
         let paths = self.locate(sd)?;
         // A block domain has no mount: its dom_md links to the VG's LVs.
-        let mount = (!paths.block).then(|| self.mount_key(&paths.root));
+        // Nor has a LOCALFS domain: its `mnt/` entry is a link to a local
+        // directory, never in the mount table, so "not mounted" (360)
+        // would misname its failures (VDSM reports them as read errors).
+        let mount = (!paths.block)
+            .then(|| self.mount_key(&paths.root))
+            .filter(|m| !std::fs::symlink_metadata(m).is_ok_and(|md| md.file_type().is_symlink()));
         self.monitor
             .start(sd, CheckTarget::file_domain(paths.root.clone(), mount))?;
         self.monitor.set_version(sd, domain::VERSION as u32);
