@@ -11,6 +11,7 @@ use depot_api::storage::{DiskType, ImgUuid, SdUuid, VolUuid, VolumeFormat};
 use depot_api::Code;
 
 use crate::engine::Storage;
+use crate::events::StorageEvent;
 use crate::ovf::replace::{self, Plan};
 use crate::ovf::store::{self, StoreState};
 use crate::ovf::OvfError;
@@ -162,6 +163,13 @@ impl Storage {
                 trailer
             }
         };
+        self.publish(StorageEvent::OvfStoreWritten {
+            sd,
+            img,
+            vol,
+            generation: trailer.generation,
+            size: trailer.size,
+        });
         Ok(UploadDone {
             size: trailer.size,
             generation: trailer.generation,

@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 
 use depot_jobs::{JobManager, JobsConfig, SleepJob};
 use depot_os::CommandRunner;
+use depot_storage::events::Events;
 use depot_storage::{Storage, StorageConfig};
 
 use crate::admission::Handshakes;
@@ -83,6 +84,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
 
+    // Before the storage: the monitor and the connection watch publish
+    // through it from their first check.
+    let events = EventBus::new(EVENT_QUEUE);
     let storage = Arc::new(
         Storage::new(
             StorageConfig {
@@ -94,7 +98,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             },
             CommandRunner::new(),
         )
-        .with_san_references(state_dir.join("iscsi-sessions")),
+        .with_san_references(state_dir.join("iscsi-sessions"))
+        .with_events(Events::new(Arc::new(events.clone()))),
     );
     // Crash leftovers in mounts that survived the restart.
     let recovered = {
@@ -132,7 +137,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tracing::info!(%recovered, "tasks recovered");
     let tasks = Arc::new(Tasks::new(streams, config.tasks.max_finished));
 
-    let events = EventBus::new(EVENT_QUEUE);
     let forwarder = events.forward_jobs(&jobs);
 
     let addr = SocketAddr::new(config.listen.address, config.listen.port);
