@@ -699,10 +699,12 @@ verbs! {
         volumeID: VolUuid,
         /// Prepare even an ILLEGAL volume.
         allowIllegal: Option<bool>,
-        /// What the volume is prepared for: "vm" (the default: a VM runs,
-        /// hot-plugs or previews it) or "copy" (read or written by a copy,
-        /// never by a VM). Backup domains refuse "vm" (9011). depot's
-        /// parameter; the engine's calls, which lack it, mean "vm".
+        /// What the volume is prepared for: "vm" (a VM runs, hot-plugs or
+        /// previews it) or "copy" (the default: read or written on the
+        /// host, by a copy or an image transfer, never by a VM). Backup
+        /// domains refuse "vm" (9011). depot's parameter; the engine's
+        /// calls lack it and are never for a VM (VDSM prepares a VM's
+        /// volumes inside VM.create; docs/backup.md).
         purpose: Option<String>,
     } -> "`{path, info: {type, path}, imgVolumesInfo: [...]}`";
 
@@ -819,15 +821,25 @@ verbs! {
     } -> "`true`; the job's result holds the checksum";
 
     /// The status of a task id that an SPM verb returned (Volume.create,
-    /// Volume.delete, Volume.extendSize, Image.delete, Image.move), in
-    /// VDSM's shape. depot finishes those verbs before answering, except
-    /// Image.move, whose id is a host job's (docs/storage.md).
+    /// Volume.delete, Volume.extendSize, Image.delete, Image.move) or an
+    /// OVF_STORE stream answered in its `Task-Id` header, in VDSM's shape.
+    /// depot finishes the SPM verbs before answering, except Image.move,
+    /// whose id is a host job's; the streams' tasks survive a restart
+    /// (docs/storage.md).
     "Task.getStatus" => TaskGetStatus {
         /// The task id.
         taskID: Uuid,
-    } -> "`{taskID, taskState: running|finished|aborting, taskResult: success|cleanFailure|'', code, message}`";
+    } -> "`{taskID, taskState: running|finished, taskResult: success|cleanFailure|'', code, message}`";
 
-    /// Forgets a finished task.
+    /// What a task is: VDSM's verb name (createVolume, deleteVolume,
+    /// extendVolumeSize, deleteImage, moveImage, downloadImageFromStream
+    /// for an OVF_STORE upload, uploadImageToStream for a read).
+    "Task.getInfo" => TaskGetInfo {
+        /// The task id.
+        taskID: Uuid,
+    } -> "`{id, verb}`";
+
+    /// Forgets a finished task (403 while it runs).
     "Task.clear" => TaskClear {
         /// The task id.
         taskID: Uuid,
@@ -835,6 +847,10 @@ verbs! {
 
     /// The status of every task this host knows.
     "Host.getAllTasksStatuses" => HostGetAllTasksStatuses {} -> "`{taskID: TaskStatus}`";
+
+    /// What every task this host knows is (the engine asks this to find
+    /// the tasks of a new SPM).
+    "Host.getAllTasksInfo" => HostGetAllTasksInfo {} -> "`{taskID: {id, verb}}`";
 
     /// Starts a built-in no-op job that sleeps, reporting progress. It
     /// exercises the job machinery (status, abort, persistence, events)

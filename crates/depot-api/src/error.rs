@@ -207,6 +207,7 @@ codes! {
     /// The daemon stopped (crash or restart) while the job was running, and
     /// the job's kind cannot resume. Its outcome is unknown: treat any
     /// volume it touched as suspect (the engine fences it by generation).
+    /// Also the code of an OVF_STORE stream's task that was running then.
     JobInterrupted = 9001, "Job was interrupted by a daemon restart";
     /// The verb needs a transport feature this connection lacks (for
     /// example event subscription over plain HTTP POST).

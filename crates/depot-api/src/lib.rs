@@ -18,3 +18,14 @@ pub const DEFAULT_PORT: u16 = 54321;
 
 /// The prefix of job status event names: `|jobs|status|<job_id>`.
 pub const JOB_STATUS_EVENT: &str = "|jobs|status|";
+
+/// depot's storage events (docs/protocol.md, "Storage events"). VDSM has
+/// no event in the `storage` namespace: its engine polls repoStats.
+///
+/// A monitored domain's state changed: `|storage|domain_state|<sd_uuid>`.
+pub const DOMAIN_STATE_EVENT: &str = "|storage|domain_state|";
+/// An OVF_STORE was written: `|storage|ovf_store_written|<sd_uuid>`.
+pub const OVF_STORE_WRITTEN_EVENT: &str = "|storage|ovf_store_written|";
+/// A storage server connection is gone:
+/// `|storage|connection_lost|<connection id>`.
+pub const CONNECTION_LOST_EVENT: &str = "|storage|connection_lost|";

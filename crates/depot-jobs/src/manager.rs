@@ -369,6 +369,11 @@ impl JobManager {
         self.inner.st().jobs.get(&id).map(|j| j.record.info())
     }
 
+    /// The kind name a job was started with ([`JobKind::name`]).
+    pub fn kind_of(&self, id: JobId) -> Option<String> {
+        self.inner.st().jobs.get(&id).map(|j| j.record.kind.clone())
+    }
+
     /// Requests an abort. A pending job ends `aborted` at once; a running
     /// one ends when its runner notices (the call does not wait for that).
     pub async fn abort(&self, id: JobId) -> Result<(), ApiError> {

@@ -9,21 +9,30 @@ use depot_api::Code;
 use crate::metadata::domain::DomainMetadata;
 use crate::{StorageError, StorageResult};
 
-/// What a volume is prepared for. The engine's `Image.prepare` does not say,
-/// and it prepares for VMs, so that is the default.
+/// What a volume is prepared for.
+///
+/// The engine's `Image.prepare` does not say, and it never prepares for a
+/// VM: a VM's volumes are prepared inside VDSM's `VM.create` and
+/// `VM.hotplugDisk` (`clientIF.prepareVolumePath`), which do not go through
+/// `Image.prepare`. The engine's own calls are host-side uses (image
+/// transfers, OVA export and import, measure, reduce, the v2v virtio ISO,
+/// backup scratch disks; docs/backup.md lists them), so a prepare that does
+/// not say is [`PreparePurpose::Copy`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PreparePurpose {
-    /// A VM runs, hot-plugs or previews the volume.
+    /// A VM runs, hot-plugs or previews the volume: only when the caller
+    /// says `"vm"`.
     Vm,
-    /// A copy reads or writes it; no VM uses it.
+    /// Read or written on the host, not by a VM: a copy, an image
+    /// transfer, a measure. The default.
     Copy,
 }
 
 impl PreparePurpose {
     pub fn parse(s: Option<&str>) -> Result<PreparePurpose, String> {
         match s {
-            None | Some("vm") => Ok(PreparePurpose::Vm),
-            Some("copy") => Ok(PreparePurpose::Copy),
+            Some("vm") => Ok(PreparePurpose::Vm),
+            None | Some("copy") => Ok(PreparePurpose::Copy),
             Some(other) => Err(format!("purpose={other:?} (\"vm\" or \"copy\")")),
         }
     }
@@ -57,7 +66,7 @@ pub fn check_prepare(
             Code::BackupDomainCannotRunVm,
             op,
             format!(
-                "'{}' is a backup domain; prepare with purpose \"copy\" to copy from or to it",
+                "'{}' is a backup domain: no VM runs from it (prepare without purpose \"vm\" to copy or transfer its volumes)",
                 md.sd_uuid
             ),
         ));
@@ -126,7 +135,8 @@ mod tests {
 
     #[test]
     fn rules() {
-        assert_eq!(PreparePurpose::parse(None), Ok(PreparePurpose::Vm));
+        assert_eq!(PreparePurpose::parse(None), Ok(PreparePurpose::Copy));
+        assert_eq!(PreparePurpose::parse(Some("vm")), Ok(PreparePurpose::Vm));
         assert_eq!(
             PreparePurpose::parse(Some("copy")),
             Ok(PreparePurpose::Copy)

@@ -21,8 +21,10 @@ use depot_os::{CommandRunner, IoWorker, Liveness, Mounter, QemuImg};
 
 use crate::backup::PreparePurpose;
 use crate::connection::san::SanConnector;
+use crate::connection::watch::{self, Watch};
 use crate::connection::{ConnectionParams, ConnectionStatus, Connector};
 use crate::domain::{self, CreateDomain};
+use crate::events::{Events, StorageEvent};
 use crate::layout::{self, DomainPaths};
 use crate::lock::{Held, LockGuard as Guard, LockManager, ResourceName};
 use crate::metadata::domain::DomainMetadata;
@@ -107,6 +109,10 @@ pub struct Storage {
     slot_locks: Mutex<HashMap<SdUuid, Arc<Mutex<()>>>>,
     /// iSCSI and FCP connections, discovery (engine_san.rs).
     pub(crate) san: SanConnector,
+    /// Notices connections that are gone (connection/watch.rs).
+    watch: Watch,
+    /// Where storage events go (events.rs).
+    events: Events,
 }
 
 /// Longest one LVM command may take. LVM scans every filtered device;
@@ -156,8 +162,28 @@ impl Storage {
             qemu: QemuImg::new(runner),
             state: Mutex::new(State::default()),
             workers: Mutex::new(HashMap::new()),
+            watch: Watch::new(config.monitor_interval),
+            events: Events::none(),
             config,
         }
+    }
+
+    /// Publishes storage events (domain state changes, OVF_STORE writes,
+    /// lost connections: [`StorageEvent`]) to `events`.
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.monitor.set_events(events.clone());
+        self.watch.set_events(events.clone());
+        self.events = events;
+        self
+    }
+
+    pub(crate) fn publish(&self, event: StorageEvent) {
+        self.events.publish(event);
+    }
+
+    /// The connection ids the connection watch looks after.
+    pub fn watched_connections(&self) -> Vec<String> {
+        self.watch.watched()
     }
 
     /// Keeps the iSCSI session references in `file` across restarts
@@ -317,15 +343,39 @@ impl Storage {
         params: &[ConnectionParams],
     ) -> Vec<ConnectionStatus> {
         if domain_type.is_block() {
-            return self.san.connect_all(domain_type, params);
+            let statuses = self.san.connect_all(domain_type, params);
+            if domain_type == DomainType::Iscsi {
+                for p in connected(params, &statuses) {
+                    let Ok(c) = crate::connection::iscsi::IscsiConnection::new(p) else {
+                        continue;
+                    };
+                    let key = c.key();
+                    match self.san.session_attrs(&key) {
+                        Some(attrs) => self.watch.watch(
+                            &p.id,
+                            domain_type,
+                            key.to_string(),
+                            watch::Target::Iscsi(attrs),
+                        ),
+                        None => {
+                            tracing::warn!(id = %p.id, %key, "connected, but sysfs shows no session to watch")
+                        }
+                    }
+                }
+            }
+            return statuses;
         }
         let statuses = self.connector.connect_all(domain_type, params);
-        // Clean what crashes left in the mounts that are now there.
-        for p in params {
+        for p in connected(params, &statuses) {
             if let Ok(c) = self.connector.prepare(domain_type, p) {
-                if statuses.iter().any(|s| s.id == p.id && s.status == 0) {
-                    self.recover_mount(c.mount_point());
-                }
+                // Clean what crashes left in the mounts that are now there.
+                self.recover_mount(c.mount_point());
+                self.watch.watch(
+                    &p.id,
+                    domain_type,
+                    c.spec().to_string(),
+                    watch::Target::File(c),
+                );
             }
         }
         statuses
@@ -337,9 +387,13 @@ impl Storage {
         params: &[ConnectionParams],
     ) -> Vec<ConnectionStatus> {
         if domain_type.is_block() {
-            return self
+            let statuses = self
                 .san
                 .disconnect_all(domain_type, params, |usage| self.check_san_logout(usage));
+            for p in connected(params, &statuses) {
+                self.watch.forget(&p.id);
+            }
+            return statuses;
         }
         let statuses = self.connector.disconnect_all(domain_type, params, |conn| {
             let mount = conn.mount_point();
@@ -368,6 +422,9 @@ impl Storage {
                 st.domains
                     .retain(|_, paths| !paths.root.starts_with(&mount));
             }
+        }
+        for p in connected(params, &statuses) {
+            self.watch.forget(&p.id);
         }
         statuses
     }
@@ -782,7 +839,12 @@ impl Storage {
     fn start_monitoring(&self, sd: SdUuid) -> StorageResult<()> {
         let paths = self.locate(sd)?;
         // A block domain has no mount: its dom_md links to the VG's LVs.
-        let mount = (!paths.block).then(|| self.mount_key(&paths.root));
+        // Nor has a LOCALFS domain: its `mnt/` entry is a link to a local
+        // directory, never in the mount table, so "not mounted" (360)
+        // would misname its failures (VDSM reports them as read errors).
+        let mount = (!paths.block)
+            .then(|| self.mount_key(&paths.root))
+            .filter(|m| !std::fs::symlink_metadata(m).is_ok_and(|md| md.file_type().is_symlink()));
         self.monitor
             .start(sd, CheckTarget::file_domain(paths.root.clone(), mount))?;
         self.monitor.set_version(sd, domain::VERSION as u32);
@@ -791,6 +853,7 @@ impl Storage {
 
     pub fn shutdown(&self) {
         self.monitor.shutdown();
+        self.watch.stop();
     }
 
     // ---- pools (single host; docs/storage.md) ----
@@ -1343,4 +1406,14 @@ fn block_sd(paths: &DomainPaths) -> StorageResult<SdUuid> {
                 format!("{} is not named by a domain id", paths.root.display()),
             )
         })
+}
+
+/// The entries whose status is 0.
+fn connected<'a>(
+    params: &'a [ConnectionParams],
+    statuses: &'a [ConnectionStatus],
+) -> impl Iterator<Item = &'a ConnectionParams> {
+    params
+        .iter()
+        .filter(move |p| statuses.iter().any(|s| s.id == p.id && s.status == 0))
 }

@@ -13,6 +13,7 @@ use depot_api::Code;
 use crate::engine::{Lane, Storage};
 use crate::engine_copy::VolRef;
 use crate::lock::Held;
+use crate::events::StorageEvent;
 use crate::ovf::replace::{self, Plan};
 use crate::ovf::store::{self, StoreState};
 use crate::ovf::FsCalls;
@@ -184,6 +185,13 @@ impl Storage {
                 trailer
             }
         };
+        self.publish(StorageEvent::OvfStoreWritten {
+            sd,
+            img,
+            vol,
+            generation: trailer.generation,
+            size: trailer.size,
+        });
         Ok(UploadDone {
             size: trailer.size,
             generation: trailer.generation,

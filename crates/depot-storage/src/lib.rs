@@ -21,6 +21,7 @@ mod engine_ovf;
 mod engine_san;
 mod engine_volume;
 pub mod error;
+pub mod events;
 pub mod files;
 pub mod image;
 pub mod layout;

@@ -21,6 +21,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub limits: Limits,
     pub jobs: JobsConfig,
+    pub tasks: TasksConfig,
     pub storage: StorageSection,
     pub log: LogConfig,
 }
@@ -133,6 +134,15 @@ pub struct JobsConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct TasksConfig {
+    /// Finished tasks kept until the engine clears them (`Task.clear`):
+    /// those of the OVF_STORE streams (persisted) and, separately, the
+    /// born-finished ones of the SPM verbs. Beyond it the oldest go.
+    pub max_finished: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter, e.g. "info" or "info,depotd=debug". `RUST_LOG`
     /// overrides it.
@@ -202,6 +212,7 @@ impl Config {
                 max_running: 4,
                 max_active: 256,
             },
+            tasks: TasksConfig { max_finished: 1000 },
             storage: StorageSection {
                 io_timeout_s: 60.0,
                 lock_timeout_s: 60.0,
@@ -281,6 +292,7 @@ impl Config {
             ("limits.min_body_rate", l.min_body_rate),
             ("jobs.max_running", self.jobs.max_running as u64),
             ("jobs.max_active", self.jobs.max_active as u64),
+            ("tasks.max_finished", self.tasks.max_finished as u64),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));
@@ -466,6 +478,8 @@ mod tests {
         }
         let e = Config::merge_toml(&base, "[jobs]\nmax_active = 0\n", p()).unwrap_err();
         assert!(e.to_string().contains("jobs.max_active"), "{e}");
+        let e = Config::merge_toml(&base, "[tasks]\nmax_finished = 0\n", p()).unwrap_err();
+        assert!(e.to_string().contains("tasks.max_finished"), "{e}");
         // A WebSocket that answers every ping must outlive the idle timeout.
         let text = "[limits]\nws_ping_interval_s = 60\nws_idle_timeout_s = 60\n";
         let e = Config::merge_toml(&base, text, p()).unwrap_err();

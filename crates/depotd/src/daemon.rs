@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 
 use depot_jobs::{JobManager, JobsConfig, SleepJob};
 use depot_os::CommandRunner;
+use depot_storage::events::Events;
 use depot_storage::{Storage, StorageConfig};
 
 use crate::admission::Handshakes;
@@ -23,6 +24,8 @@ use crate::rpc::{ParseLimits, RpcEngine};
 use crate::server::{self, Pool, Shared, Throttle};
 use crate::storage_jobs;
 use crate::systemd;
+use crate::task_store::TaskStore;
+use crate::tasks::Tasks;
 
 /// The file, in the state directory, that holds the bound TLS address: port
 /// 0 in the config picks a free port, and clients (tests, depotctl in dev
@@ -43,6 +46,8 @@ pub enum StartError {
     Pki(#[from] pki::PkiError),
     #[error("cannot recover jobs: {0}")]
     Jobs(#[from] depot_jobs::JobsError),
+    #[error("cannot recover tasks: {0}")]
+    Tasks(#[from] crate::task_store::OpenError),
     #[error("cannot listen on {what}: {source}")]
     Bind {
         what: String,
@@ -65,7 +70,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // "recover" the other's running jobs.
     let _lock = lock_state_dir(state_dir)?;
     make_dir(&config.daemon.repository, 0o755)?;
-    if config.daemon.generate_certs {
+    // Only where nothing is configured yet: dev mode pointed at existing
+    // certificates (VDSM's, docs/install.md) must not add files there.
+    if config.daemon.generate_certs && !config.tls.ca_file.exists() {
         let dir = config.tls.ca_file.parent().unwrap_or(state_dir);
         if pki::ensure_dev_pki(dir, "depotctl")? {
             tracing::info!(dir = %dir.display(), "generated a dev CA, server and client certificate");
@@ -77,6 +84,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
 
+    // Before the storage: the monitor and the connection watch publish
+    // through it from their first check.
+    let events = EventBus::new(EVENT_QUEUE);
     let storage = Arc::new(
         Storage::new(
             StorageConfig {
@@ -88,7 +98,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             },
             CommandRunner::new(),
         )
-        .with_san_references(state_dir.join("iscsi-sessions")),
+        .with_san_references(state_dir.join("iscsi-sessions"))
+        .with_events(Events::new(Arc::new(events.clone()))),
     );
     // Crash leftovers in mounts that survived the restart.
     let recovered = {
@@ -111,7 +122,21 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (jobs, recovery) = JobManager::open(state_dir, jobs_config, kinds).await?;
     tracing::info!(%recovery, "jobs recovered");
 
-    let events = EventBus::new(EVENT_QUEUE);
+    let (streams, recovered) = {
+        let (dir, max) = (state_dir.clone(), config.tasks.max_finished);
+        match tokio::task::spawn_blocking(move || TaskStore::open(&dir, max)).await {
+            Ok(opened) => opened?,
+            Err(e) => {
+                return Err(StartError::Tasks(crate::task_store::OpenError {
+                    path: state_dir.join(crate::task_store::TASKS_DIR),
+                    source: std::io::Error::other(e.to_string()),
+                }))
+            }
+        }
+    };
+    tracing::info!(%recovered, "tasks recovered");
+    let tasks = Arc::new(Tasks::new(streams, config.tasks.max_finished));
+
     let forwarder = events.forward_jobs(&jobs);
 
     let addr = SocketAddr::new(config.listen.address, config.listen.port);
@@ -137,7 +162,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let limits = &config.limits;
     let shared = Arc::new(Shared {
         engine: RpcEngine::new(
-            Router::new(jobs.clone(), storage.clone(), config.daemon.test_verbs),
+            Router::new(
+                jobs.clone(),
+                storage.clone(),
+                tasks,
+                config.daemon.test_verbs,
+            ),
             ParseLimits::new(limits.max_batch, limits.max_request_bytes),
         ),
         events,

@@ -5,13 +5,16 @@
 //! milliseconds) as params. Each event is serialized once, however many
 //! clients receive it.
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use depot_api::types::JobInfo;
-use depot_api::JOB_STATUS_EVENT;
+use depot_api::{
+    CONNECTION_LOST_EVENT, DOMAIN_STATE_EVENT, JOB_STATUS_EVENT, OVF_STORE_WRITTEN_EVENT,
+};
 use depot_jobs::JobManager;
+use depot_storage::events::{EventSink, StorageEvent};
 
 use crate::rpc::notification;
 
@@ -69,6 +72,62 @@ impl EventBus {
             self.publish(format!("{JOB_STATUS_EVENT}{}", info.id), params);
         }
     }
+}
+
+/// The storage layer's events, as notifications (docs/protocol.md,
+/// "Storage events"). Publishing only serializes and queues: it never
+/// blocks the monitor or verb thread that calls it.
+impl EventSink for EventBus {
+    fn publish(&self, event: StorageEvent) {
+        let (name, params) = storage_notification(event);
+        EventBus::publish(self, name, params);
+    }
+}
+
+/// The name and params of a storage event.
+pub fn storage_notification(event: StorageEvent) -> (String, Map<String, Value>) {
+    let (name, params) = match event {
+        StorageEvent::DomainState {
+            sd,
+            valid,
+            code,
+            message,
+            previous_valid,
+            previous_code,
+        } => (
+            format!("{DOMAIN_STATE_EVENT}{sd}"),
+            json!({"sd_id": sd.to_string(), "valid": valid, "code": code, "message": message,
+                "previous_valid": previous_valid, "previous_code": previous_code}),
+        ),
+        StorageEvent::OvfStoreWritten {
+            sd,
+            img,
+            vol,
+            generation,
+            size,
+        } => (
+            format!("{OVF_STORE_WRITTEN_EVENT}{sd}"),
+            json!({"sd_id": sd.to_string(), "img_id": img.to_string(), "vol_id": vol.to_string(),
+                "generation": generation, "size": size}),
+        ),
+        StorageEvent::ConnectionLost {
+            id,
+            domain_type,
+            connection,
+            mount_point,
+            reason,
+        } => (
+            format!("{CONNECTION_LOST_EVENT}{id}"),
+            json!({"id": id, "domain_type": domain_type.name(),
+                "domain_type_number": domain_type.number(), "connection": connection,
+                "mount_point": mount_point.map(|p| p.display().to_string()), "reason": reason}),
+        ),
+    };
+    let params = match params {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    (name, params)
 }
 
 /// CLOCK_MONOTONIC in milliseconds, VDSM's `notify_time`.

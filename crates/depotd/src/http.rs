@@ -82,12 +82,14 @@ async fn route(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
         (&Method::POST, true) => post_jsonrpc(req, &conn).await,
         (&Method::GET, true) if wants_websocket(&req) => upgrade(req, conn),
         (&Method::PUT, true) => {
-            let storage = conn.shared.engine.router().storage().clone();
-            crate::ovf_http::put(req, &conn, storage).await
+            let router = conn.shared.engine.router();
+            let (storage, tasks) = (router.storage().clone(), router.tasks().streams().clone());
+            crate::ovf_http::put(req, &conn, storage, tasks).await
         }
         (&Method::GET, true) => {
-            let storage = conn.shared.engine.router().storage().clone();
-            crate::ovf_http::get(req, storage).await
+            let router = conn.shared.engine.router();
+            let (storage, tasks) = (router.storage().clone(), router.tasks().streams().clone());
+            crate::ovf_http::get(req, storage, tasks).await
         }
         (_, true) => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         (_, false) => plain(StatusCode::NOT_FOUND, "not found\n"),

@@ -20,5 +20,6 @@ pub mod server;
 pub mod storage_api;
 pub mod storage_jobs;
 pub mod systemd;
+pub mod task_store;
 pub mod tasks;
 pub mod ws;

@@ -4,8 +4,15 @@
 //!   `Volume-Id` and `Content-Length`: the engine's tar. 200 with a
 //!   `Task-Id` header once the store is durable.
 //! - `GET /` with the same ids and `Range: bytes=a-b`: 206 with exactly those
-//!   bytes, read with O_DIRECT.
+//!   bytes, read with O_DIRECT, and a `Task-Id` header.
 //! - Errors: 4xx/5xx with `{"status": {"code": N, "message": "..."}}`.
+//!
+//! Each `Task-Id` is a real task ([`crate::task_store`]), persisted before
+//! the work starts and finished by the thread that does the work, whatever
+//! becomes of the request: `Task.getStatus` shows it running, then
+//! finished with `success` or `cleanFailure` and the error's code. A PUT
+//! gets its task once its headers are valid, so a failed upload's answer
+//! carries a `Task-Id` too; a GET gets one when its 206 goes out.
 //!
 //! The body is passed between the network and the storage thread through a
 //! small bounded channel, so memory stays bounded whatever the size, and a
@@ -32,6 +39,7 @@ use depot_storage::Storage;
 use crate::http::{empty, full, Body};
 use crate::pace::{BodyError, PacedBody};
 use crate::server::Conn;
+use crate::task_store::{StreamVerb, TaskStore};
 
 /// Chunks in flight between the socket and the disk, each up to hyper's
 /// frame size (at most a few hundred KiB).
@@ -102,8 +110,22 @@ fn storage_error(err: ApiError) -> Response<Body> {
     error(status_for(err.code), &err)
 }
 
+fn with_task(mut resp: Response<Body>, task: Option<Uuid>) -> Response<Body> {
+    if let Some(id) = task {
+        if let Ok(v) = header::HeaderValue::from_str(&id.to_string()) {
+            resp.headers_mut().insert(TASK_ID_HEADER, v);
+        }
+    }
+    resp
+}
+
 /// `PUT /`: streams the tar to the storage thread, answers when durable.
-pub async fn put(req: Request<Incoming>, conn: &Conn, storage: Arc<Storage>) -> Response<Body> {
+pub async fn put(
+    req: Request<Incoming>,
+    conn: &Conn,
+    storage: Arc<Storage>,
+    tasks: Arc<TaskStore>,
+) -> Response<Body> {
     let ids = match ids(req.headers()) {
         Ok(i) => i,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
@@ -124,7 +146,18 @@ pub async fn put(req: Request<Incoming>, conn: &Conn, storage: Arc<Storage>) -> 
     };
     let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
     let (sd, img, vol) = (ids.sd, ids.img, ids.vol);
+    let task_id = Uuid::new_v4();
+    // Set before the body is cut off for being too slow, so the task
+    // records why the upload ended early.
+    let slow = Arc::new(std::sync::OnceLock::<String>::new());
+    let slow_seen = slow.clone();
+    // The task is begun and finished on the storage thread, so it records
+    // the storage's real outcome even if this request goes away.
     let upload = tokio::task::spawn_blocking(move || {
+        let task = match tasks.begin(task_id, StreamVerb::Upload, sd, img, vol) {
+            Ok(t) => t,
+            Err(e) => return (None, Err(e)),
+        };
         let mut pending = Bytes::new();
         let mut source = |buf: &mut [u8]| -> io::Result<usize> {
             loop {
@@ -142,7 +175,18 @@ pub async fn put(req: Request<Incoming>, conn: &Conn, storage: Arc<Storage>) -> 
                 }
             }
         };
-        storage.ovf_upload(sd, img, vol, length, &mut source)
+        let result = storage
+            .ovf_upload(sd, img, vol, length, &mut source)
+            .map_err(ApiError::from);
+        let result = match (result, slow_seen.get()) {
+            (Err(_), Some(detail)) => Err(ApiError::new(
+                Code::GeneralException,
+                format!("upload body too slow: {detail}"),
+            )),
+            (r, _) => r,
+        };
+        task.finish(result.as_ref().map(|_| ()));
+        (Some(task_id), result)
     });
 
     let mut body = PacedBody::new(req.into_body(), conn.shared.body_pace);
@@ -174,6 +218,7 @@ pub async fn put(req: Request<Incoming>, conn: &Conn, storage: Arc<Storage>) -> 
                     // the client.
                     Err(BodyError::TooSlow(e)) => {
                         tracing::info!(peer = %conn.peer, detail = %e.detail, "OVF upload too slow; closing");
+                        let _ = slow.set(e.detail.clone());
                         too_slow = Some(e);
                         break None;
                     }
@@ -187,8 +232,17 @@ pub async fn put(req: Request<Incoming>, conn: &Conn, storage: Arc<Storage>) -> 
         Some(done) => done,
         None => upload.await,
     };
+    let (task, result) = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &ApiError::new(Code::InternalError, format!("upload task failed: {e}")),
+            )
+        }
+    };
     // (A store the whole body reached is stored, however slow the end.)
-    if let (Some(e), false) = (too_slow, matches!(outcome, Ok(Ok(_)))) {
+    if let (Some(e), Err(_)) = (too_slow, &result) {
         let mut resp = error(
             StatusCode::REQUEST_TIMEOUT,
             &ApiError::new(
@@ -200,24 +254,20 @@ pub async fn put(req: Request<Incoming>, conn: &Conn, storage: Arc<Storage>) -> 
             header::CONNECTION,
             header::HeaderValue::from_static("close"),
         );
-        return resp;
+        return with_task(resp, task);
     }
 
-    match outcome {
-        Ok(Ok(done)) => {
+    match result {
+        Ok(done) => {
             tracing::info!(peer = %conn.peer, sd = %sd, img = %img, vol = %vol, size = done.size,
-                generation = done.generation, "OVF store updated");
-            Response::builder()
+                generation = done.generation, task = %task_id, "OVF store updated");
+            let resp = Response::builder()
                 .status(StatusCode::OK)
-                .header(TASK_ID_HEADER, Uuid::new_v4().to_string())
                 .body(empty())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            with_task(resp, task)
         }
-        Ok(Err(e)) => storage_error(e.into()),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &ApiError::new(Code::InternalError, format!("upload task failed: {e}")),
-        ),
+        Err(e) => with_task(storage_error(e), task),
     }
 }
 
@@ -247,7 +297,11 @@ fn parse_range(headers: &HeaderMap) -> Result<(u64, u64), ApiError> {
 }
 
 /// `GET /`: 206 with exactly the requested bytes of a store that verifies.
-pub async fn get(req: Request<Incoming>, storage: Arc<Storage>) -> Response<Body> {
+pub async fn get(
+    req: Request<Incoming>,
+    storage: Arc<Storage>,
+    tasks: Arc<TaskStore>,
+) -> Response<Body> {
     let ids = match ids(req.headers()) {
         Ok(i) => i,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
@@ -272,24 +326,45 @@ pub async fn get(req: Request<Incoming>, storage: Arc<Storage>) -> Response<Body
                 )
             }
         };
+    // The task exists before its id goes out. (Should this request go
+    // away meanwhile, the dropped guard records a failure.)
+    let task_id = Uuid::new_v4();
+    let task = match tokio::task::spawn_blocking(move || {
+        tasks.begin(task_id, StreamVerb::Download, sd, img, vol)
+    })
+    .await
+    {
+        Ok(Ok(task)) => task,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &ApiError::new(Code::InternalError, e.to_string()),
+            )
+        }
+    };
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
     tokio::task::spawn_blocking(move || {
         let mut sink = |chunk: &[u8]| -> io::Result<()> {
             tx.blocking_send(Ok(Bytes::copy_from_slice(chunk)))
                 .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
         };
-        if let Err(e) = storage.ovf_read(
-            sd,
-            img,
-            vol,
-            start,
-            end - start + 1,
-            checked.generation,
-            &mut sink,
-        ) {
+        let result = storage
+            .ovf_read(
+                sd,
+                img,
+                vol,
+                start,
+                end - start + 1,
+                checked.generation,
+                &mut sink,
+            )
+            .map_err(ApiError::from);
+        if let Err(e) = &result {
             // The status is sent already: breaking the body tells the client.
             let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
         }
+        task.finish(result.as_ref().map(|_| ()));
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item.map(Frame::data), rx))
@@ -302,7 +377,7 @@ pub async fn get(req: Request<Incoming>, storage: Arc<Storage>) -> Response<Body
             header::CONTENT_RANGE,
             format!("bytes {start}-{end}/{}", checked.size),
         )
-        .header(TASK_ID_HEADER, Uuid::new_v4().to_string())
+        .header(TASK_ID_HEADER, task_id.to_string())
         .body(StreamBody::new(stream).boxed())
         .unwrap_or_default()
 }

@@ -15,22 +15,28 @@ use std::sync::Arc;
 use crate::rpc::CallCtx;
 use crate::storage_api::{self as st, blocking};
 use crate::storage_jobs;
+use crate::tasks::{verb, Tasks};
 
 #[derive(Clone)]
 pub struct Router {
     jobs: JobManager,
     storage: Arc<Storage>,
-    tasks: Arc<crate::tasks::Tasks>,
+    tasks: Arc<Tasks>,
     /// `daemon.test_verbs`: whether `Host.sleepJob` exists.
     test_verbs: bool,
 }
 
 impl Router {
-    pub fn new(jobs: JobManager, storage: Arc<Storage>, test_verbs: bool) -> Self {
+    pub fn new(
+        jobs: JobManager,
+        storage: Arc<Storage>,
+        tasks: Arc<Tasks>,
+        test_verbs: bool,
+    ) -> Self {
         Router {
             jobs,
             storage,
-            tasks: Arc::default(),
+            tasks,
             test_verbs,
         }
     }
@@ -38,6 +44,11 @@ impl Router {
     /// The storage engine, for the HTTP streams that bypass JSON-RPC.
     pub fn storage(&self) -> &Arc<Storage> {
         &self.storage
+    }
+
+    /// The task records, for the HTTP streams' tasks.
+    pub fn tasks(&self) -> &Arc<Tasks> {
+        &self.tasks
     }
 
     pub async fn dispatch(&self, call: Call, ctx: &CallCtx) -> Result<Value, ApiError> {
@@ -102,11 +113,17 @@ impl Router {
                 st::ovf_entity(s, p.storagedomainID, p.entityID).await
             }
             Call::TaskGetStatus(p) => self.tasks.status(&self.jobs, p.taskID),
-            Call::TaskClear(p) => self
-                .tasks
-                .clear(&self.jobs, p.taskID)
-                .map(|()| Value::Bool(true)),
+            Call::TaskGetInfo(p) => self.tasks.info(&self.jobs, p.taskID),
+            Call::TaskClear(p) => {
+                // A stream task's file is removed: off the runtime.
+                let (tasks, jobs, id) = (self.tasks.clone(), self.jobs.clone(), p.taskID);
+                tokio::task::spawn_blocking(move || tasks.clear(&jobs, id))
+                    .await
+                    .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))?
+                    .map(|()| Value::Bool(true))
+            }
             Call::HostGetAllTasksStatuses(_) => Ok(self.tasks.all(&self.jobs)),
+            Call::HostGetAllTasksInfo(_) => Ok(self.tasks.all_info(&self.jobs)),
             Call::SdmCopyData(p) => self.copy_data(p).await,
             Call::SdmUpdateVolume(p) => {
                 let spec = storage_jobs::spec(&storage_jobs::UpdateSpec {
@@ -188,7 +205,7 @@ impl Router {
             }
             Call::VolumeCreate(p) => {
                 st::create_volume(s, p).await?;
-                Ok(self.tasks.finished())
+                Ok(self.tasks.finished(verb::CREATE_VOLUME))
             }
             Call::VolumeGetInfo(p) => st::volume_info(s, p).await,
             Call::VolumeGetSize(p) => st::volume_size(s, p).await,
@@ -196,7 +213,7 @@ impl Router {
                 let (sd, img, vol) = (p.storagedomainID, p.imageID, p.volumeID);
                 let (zero, force) = (p.postZero.unwrap_or(false), p.force.unwrap_or(false));
                 blocking(s, move |s| s.delete_volume(sd, img, vol, zero, force)).await?;
-                Ok(self.tasks.finished())
+                Ok(self.tasks.finished(verb::DELETE_VOLUME))
             }
             Call::VolumeSetDescription(p) => {
                 let (sd, img, vol, d) = (p.storagedomainID, p.imageID, p.volumeID, p.description);
@@ -209,13 +226,13 @@ impl Router {
             Call::VolumeExtendSize(p) => {
                 let (sd, img, vol, size) = (p.storagedomainID, p.imageID, p.volumeID, p.newSize.0);
                 blocking(s, move |s| s.extend_volume(sd, img, vol, size)).await?;
-                Ok(self.tasks.finished())
+                Ok(self.tasks.finished(verb::EXTEND_VOLUME_SIZE))
             }
             Call::ImageDelete(p) => {
                 let (sd, img) = (p.storagedomainID, p.imageID);
                 let (zero, force) = (p.postZero.unwrap_or(false), p.force.unwrap_or(false));
                 blocking(s, move |s| s.delete_image(sd, img, zero, force)).await?;
-                Ok(self.tasks.finished())
+                Ok(self.tasks.finished(verb::DELETE_IMAGE))
             }
             Call::ImagePrepare(p) => st::prepare(s, p).await,
             Call::ImageTeardown(p) => {

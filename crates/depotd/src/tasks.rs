@@ -1,60 +1,98 @@
-//! VDSM's task verbs for the SPM verbs that answer with a task id.
+//! VDSM's task verbs (`Task.getStatus`, `Task.getInfo`, `Task.clear`,
+//! `Host.getAllTasksStatuses`, `Host.getAllTasksInfo`) over three kinds of
+//! task id:
 //!
-//! depot finishes Volume.create/delete/extendSize and Image.delete before it
-//! answers, so their task ids are born finished: they are recorded here
-//! (in memory; an id unknown after a restart is 401, as for VDSM after the
-//! task was cleared). Image.move's id is a host job's, and its status is
-//! the job's, mapped to VDSM's task states.
+//! - The SPM verbs that depot finishes before it answers
+//!   (Volume.create/delete/extendSize, Image.delete): their task ids are
+//!   born finished and live in memory (an id unknown after a restart is
+//!   401, as for VDSM after the task was cleared).
+//! - Image.move: its id is a host job's, and its status is the job's,
+//!   mapped to VDSM's task states.
+//! - The OVF_STORE streams (the `Task-Id` of a PUT or GET): persisted in
+//!   the state directory ([`crate::task_store`]), so they survive a restart.
+//!
+//! At most `tasks.max_finished` finished tasks of each stored kind are
+//! kept; the oldest go first (the engine clears the tasks it has seen, so
+//! this only bounds a client that never does).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use depot_api::types::{JobId, JobStatus, Uuid};
 use depot_api::{ApiError, Code};
 use depot_jobs::JobManager;
 use serde_json::{json, Map, Value};
 
-/// Finished tasks kept at most; the oldest go first (the engine clears
-/// tasks it has seen, so this only bounds a client that never does).
-const MAX_FINISHED: usize = 10_000;
+use crate::task_store::TaskStore;
 
+/// VDSM's verb names of the SPM tasks depot answers born finished.
+pub mod verb {
+    pub const CREATE_VOLUME: &str = "createVolume";
+    pub const DELETE_VOLUME: &str = "deleteVolume";
+    pub const EXTEND_VOLUME_SIZE: &str = "extendVolumeSize";
+    pub const DELETE_IMAGE: &str = "deleteImage";
+    pub const MOVE_IMAGE: &str = "moveImage";
+}
+
+/// Born-finished tasks: id -> (insertion serial, verb).
 #[derive(Default)]
+struct Finished {
+    tasks: HashMap<Uuid, (u64, &'static str)>,
+    serial: u64,
+}
+
 pub struct Tasks {
-    finished: Mutex<(HashMap<Uuid, u64>, u64)>,
+    finished: Mutex<Finished>,
+    streams: Arc<TaskStore>,
+    max_finished: usize,
 }
 
 impl Tasks {
-    /// A new task id for work that has already succeeded.
-    pub fn finished(&self) -> Value {
+    pub fn new(streams: Arc<TaskStore>, max_finished: usize) -> Self {
+        Tasks {
+            finished: Mutex::default(),
+            streams,
+            max_finished: max_finished.max(1),
+        }
+    }
+
+    /// The persisted tasks of the OVF_STORE streams.
+    pub fn streams(&self) -> &Arc<TaskStore> {
+        &self.streams
+    }
+
+    fn finished_lock(&self) -> std::sync::MutexGuard<'_, Finished> {
+        self.finished.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new task id for work `verb` that has already succeeded.
+    pub fn finished(&self, verb: &'static str) -> Value {
         let id = Uuid::new_v4();
-        let mut guard = self.finished.lock().unwrap_or_else(|e| e.into_inner());
-        let (map, seq) = &mut *guard;
-        *seq += 1;
-        map.insert(id, *seq);
-        if map.len() > MAX_FINISHED {
-            if let Some(oldest) = map.iter().min_by_key(|(_, s)| **s).map(|(k, _)| *k) {
-                map.remove(&oldest);
+        let mut f = self.finished_lock();
+        f.serial += 1;
+        let serial = f.serial;
+        f.tasks.insert(id, (serial, verb));
+        if f.tasks.len() > self.max_finished {
+            if let Some(oldest) = f.tasks.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| *k) {
+                f.tasks.remove(&oldest);
             }
         }
         Value::String(id.to_string())
     }
 
-    fn is_finished(&self, id: Uuid) -> bool {
-        self.finished
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .contains_key(&id)
+    fn finished_verb(&self, id: Uuid) -> Option<&'static str> {
+        self.finished_lock().tasks.get(&id).map(|v| v.1)
     }
 
     pub fn status(&self, jobs: &JobManager, id: Uuid) -> Result<Value, ApiError> {
-        if self.is_finished(id) {
+        if self.finished_verb(id).is_some() {
             return Ok(success(id));
         }
+        if let Some(r) = self.streams.get(id) {
+            return Ok(r.status());
+        }
         let job = jobs
-            .list(None, &[JobId(id)])
-            .into_iter()
-            .next()
+            .get(JobId(id))
             .ok_or_else(|| ApiError::new(Code::UnknownTask, format!("'{id}'")))?;
         let (state, result, code, message) = match job.status {
             JobStatus::Pending | JobStatus::Running => ("running", "", 0, "running".to_string()),
@@ -78,18 +116,31 @@ impl Tasks {
         )
     }
 
+    /// VDSM's `Task.getInfo`: `{id, verb}`.
+    pub fn info(&self, jobs: &JobManager, id: Uuid) -> Result<Value, ApiError> {
+        let verb = if let Some(v) = self.finished_verb(id) {
+            v.to_string()
+        } else if let Some(r) = self.streams.get(id) {
+            r.verb.name().to_string()
+        } else {
+            let kind = jobs
+                .kind_of(JobId(id))
+                .ok_or_else(|| ApiError::new(Code::UnknownTask, format!("'{id}'")))?;
+            job_verb(&kind)
+        };
+        Ok(json!({"id": id.to_string(), "verb": verb}))
+    }
+
+    /// Forgets a finished task. A stream task's file is removed, so this
+    /// blocks: call it from a blocking thread.
     pub fn clear(&self, jobs: &JobManager, id: Uuid) -> Result<(), ApiError> {
-        if self
-            .finished
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .remove(&id)
-            .is_some()
-        {
+        if self.finished_lock().tasks.remove(&id).is_some() {
             return Ok(());
         }
-        match jobs.list(None, &[JobId(id)]).into_iter().next() {
+        if self.streams.get(id).is_some() {
+            return self.streams.clear(id);
+        }
+        match jobs.get(JobId(id)) {
             None => Err(ApiError::new(Code::UnknownTask, format!("'{id}'"))),
             Some(j) if !j.status.is_final() => Err(ApiError::new(
                 Code::TaskNotFinished,
@@ -99,25 +150,37 @@ impl Tasks {
         }
     }
 
-    pub fn all(&self, jobs: &JobManager) -> Value {
-        let ids: Vec<Uuid> = self
-            .finished
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .keys()
-            .copied()
-            .collect();
+    /// Every task id this host knows, each as `f` renders it.
+    fn each(&self, jobs: &JobManager, f: impl Fn(&Self, Uuid) -> Result<Value, ApiError>) -> Value {
+        let mut ids: Vec<Uuid> = self.finished_lock().tasks.keys().copied().collect();
+        ids.extend(self.streams.all().iter().map(|r| r.id));
+        ids.extend(jobs.list(None, &[]).iter().map(|j| j.id.0));
         let mut out = Map::new();
         for id in ids {
-            out.insert(id.to_string(), success(id));
-        }
-        for job in jobs.list(None, &[]) {
-            if let Ok(v) = self.status(jobs, job.id.0) {
-                out.insert(job.id.to_string(), v);
+            if let Ok(v) = f(self, id) {
+                out.insert(id.to_string(), v);
             }
         }
         Value::Object(out)
+    }
+
+    pub fn all(&self, jobs: &JobManager) -> Value {
+        self.each(jobs, |t, id| t.status(jobs, id))
+    }
+
+    /// VDSM's `Host.getAllTasksInfo`: `{taskID: {id, verb}}`.
+    pub fn all_info(&self, jobs: &JobManager) -> Value {
+        self.each(jobs, |t, id| t.info(jobs, id))
+    }
+}
+
+/// The verb a host job answers to `Task.getInfo`: Image.move's is VDSM's
+/// `moveImage`; other jobs (which VDSM does not list as tasks) give their
+/// kind.
+fn job_verb(kind: &str) -> String {
+    match kind {
+        crate::storage_jobs::MOVE_IMAGE => verb::MOVE_IMAGE.to_string(),
+        other => other.to_string(),
     }
 }
 

@@ -158,22 +158,18 @@ async fn check_rules(c: &Client, s: &Setup, root: &std::path::Path) {
     assert_eq!(info(c, &master).await["role"], "Master");
     assert_eq!(info(c, sd).await["role"], "Regular");
 
-    // The engine's prepare (a VM) is refused; a copy's prepare is allowed.
+    // A prepare for a VM is refused; the engine's prepare (no purpose: a
+    // disk download or upload, never a VM) and a copy's are allowed.
     let msg = call_err(
-        c,
-        "Image.prepare",
-        prepare(&sp, sd, &img, &vol, None),
-        CANNOT_RUN_VM,
-    )
-    .await;
-    assert!(msg.contains("backup"), "{msg}");
-    call_err(
         c,
         "Image.prepare",
         prepare(&sp, sd, &img, &vol, Some("vm")),
         CANNOT_RUN_VM,
     )
     .await;
+    assert!(msg.contains("backup"), "{msg}");
+    let prepared = call_ok(c, "Image.prepare", prepare(&sp, sd, &img, &vol, None)).await;
+    assert!(std::path::Path::new(prepared["path"].as_str().unwrap()).exists());
     let prepared = call_ok(
         c,
         "Image.prepare",
@@ -304,7 +300,7 @@ async fn localfs_backup_domain_rules_restart_and_import() {
     call_err(
         &c,
         "Image.prepare",
-        prepare(&new_id(), &sd, &img, &vol, None),
+        prepare(&new_id(), &sd, &img, &vol, Some("vm")),
         CANNOT_RUN_VM,
     )
     .await;
@@ -341,7 +337,12 @@ async fn no_live_move_into_a_backup_domain() {
         .await;
     }
     let sp = new_id();
-    call_ok(&c, "Image.prepare", prepare(&sp, &normal, &img, &vol, None)).await;
+    call_ok(
+        &c,
+        "Image.prepare",
+        prepare(&sp, &normal, &img, &vol, Some("vm")),
+    )
+    .await;
     let copy = |job: &str| {
         json!({"job_id": job,
             "source": {"endpoint_type": "div", "sd_id": normal, "img_id": img, "vol_id": vol},
@@ -365,13 +366,16 @@ async fn no_live_move_into_a_backup_domain() {
         "unchanged"
     );
 
-    // Not in use any more: the copy into the backup domain is allowed.
+    // Not in use by a VM any more: the copy into the backup domain is
+    // allowed, also while the engine has the source prepared without a
+    // purpose (a disk download: not a VM).
     call_ok(
         &c,
         "Image.teardown",
         json!({"storagepoolID": sp, "storagedomainID": normal, "imageID": img}),
     )
     .await;
+    call_ok(&c, "Image.prepare", prepare(&sp, &normal, &img, &vol, None)).await;
     let job = new_id();
     call_ok(&c, "SDM.copy_data", copy(&job)).await;
     common::eventually("the copy to finish", common::WAIT, || async {

@@ -487,6 +487,18 @@ async fn a_stalled_upload_releases_the_volume() {
     eprintln!("stalled upload answered after {:?}", t0.elapsed());
     r.assert_error(408, 100, "the stalled upload");
     assert!(r.message().contains("too slow"), "{}", r.message());
+    // Its task says the same (the engine polls it).
+    let task = r
+        .header("task-id")
+        .expect("a Task-Id on the 408")
+        .to_string();
+    let s = call_ok(&dom.c, "Task.getStatus", json!({"taskID": task})).await;
+    assert_eq!(
+        (&s["taskResult"], &s["code"]),
+        (&json!("cleanFailure"), &json!(100)),
+        "{s}"
+    );
+    assert!(s["message"].as_str().unwrap().contains("too slow"), "{s}");
     put_ok(&via, &store, &tar).await;
 }
 

@@ -7,7 +7,7 @@ mod storage_common;
 
 use std::path::{Path, PathBuf};
 
-use common::Daemon;
+use common::{eventually, Daemon, WAIT};
 use depot_client::Client;
 use serde_json::{json, Value};
 use storage_common::*;
@@ -750,4 +750,42 @@ async fn crash_leftovers_are_cleaned_after_restart() {
         volume_info(&c, &sd, &img, &half).await["parent"],
         base.as_str()
     );
+}
+
+/// A monitored LOCALFS domain whose metadata cannot be read is 2001 (a
+/// read failure), as in VDSM, not 360 (not mounted): its `mnt/` entry is
+/// a link, never in the mount table.
+#[tokio::test]
+async fn localfs_read_failure_is_2001_not_360() {
+    let l = Local::new().await;
+    let sp = new_id();
+    call_ok(
+        &l.c,
+        "StoragePool.create",
+        json!({"storagepoolID": sp, "name": "dc", "masterSdUUID": l.sd, "masterVersion": 1}),
+    )
+    .await;
+    call_ok(
+        &l.c,
+        "StoragePool.connect",
+        json!({"storagepoolID": sp, "hostID": 1, "scsiKey": sp, "masterSdUUID": l.sd,
+            "masterVersion": 1, "domainDict": {l.sd.clone(): "active"}}),
+    )
+    .await;
+    wait_actual(&l.c, &l.sd).await;
+    let md = domain_md_path(&l.dom);
+    let away = md.with_extension("away");
+    std::fs::rename(&md, &away).unwrap();
+    let bad = eventually("the check to fail", WAIT, || async {
+        let all = call_ok(&l.c, "Host.getStorageRepoStats", json!({"domains": [l.sd]})).await;
+        all.get(&l.sd).filter(|e| e["code"] != 0).cloned()
+    })
+    .await;
+    assert_eq!(
+        (&bad["code"], &bad["valid"]),
+        (&json!(2001), &json!(false)),
+        "{bad}"
+    );
+    std::fs::rename(&away, &md).unwrap();
+    wait_actual(&l.c, &l.sd).await;
 }

@@ -53,6 +53,11 @@ async fn spm_task_ids_have_vdsm_statuses() {
     assert_eq!(status["code"], 0);
     let all = call_ok(&c, "Host.getAllTasksStatuses", json!({})).await;
     assert_eq!(all[&task]["taskResult"], "success", "{all}");
+    // VDSM's verb names, which the engine reads from Host.getAllTasksInfo.
+    let info = call_ok(&c, "Task.getInfo", json!({"taskID": task})).await;
+    assert_eq!(info, json!({"id": task, "verb": "createVolume"}));
+    let infos = call_ok(&c, "Host.getAllTasksInfo", json!({})).await;
+    assert_eq!(infos[&task]["verb"], "createVolume", "{infos}");
     call_ok(&c, "Task.clear", json!({"taskID": task})).await;
     call_err(&c, "Task.getStatus", json!({"taskID": task}), 401).await;
     call_err(&c, "Task.clear", json!({"taskID": new_id()}), 401).await;
@@ -89,6 +94,8 @@ async fn spm_task_ids_have_vdsm_statuses() {
     assert!(!src.path.exists(), "MOVE left the source volume");
     assert!(!doms[0].join("images").join(&img).exists());
     assert!(list_images(&c, &sds[1]).await.contains(&img));
+    let info = call_ok(&c, "Task.getInfo", json!({"taskID": moved})).await;
+    assert_eq!(info["verb"], "moveImage", "{info}");
     // A failing move (same domain twice) ends as cleanFailure with its code.
     let bad = call_ok(
         &c,

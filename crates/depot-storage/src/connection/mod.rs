@@ -63,6 +63,7 @@ mod params;
 pub mod san;
 pub mod session_refs;
 pub mod spec;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::io;

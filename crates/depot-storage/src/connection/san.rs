@@ -65,7 +65,7 @@ use depot_os::iscsi::{Chap, IscsiError, IscsiErrorKind, Iscsiadm, Login, Portal,
 use depot_os::lvm::{Lvm, LvmError, PvInfo};
 use depot_os::multipath::Multipath;
 use depot_os::scsi::ScsiScanner;
-use depot_os::sysfs_block::{ScsiDevice, Sysfs};
+use depot_os::sysfs_block::{IscsiSessionAttrs, ScsiDevice, Sysfs};
 use depot_os::CommandRunner;
 
 use super::iscsi::{check_host, IscsiConnection, SessionKey};
@@ -435,6 +435,13 @@ impl SanConnector {
 
     /// The session of `key`, found in sysfs (cheaper than `-P 3`).
     fn session_in_sysfs(&self, key: &SessionKey) -> Option<u32> {
+        self.session_attrs(key).map(|a| a.sid)
+    }
+
+    /// The sysfs attributes of `key`'s session, if one is logged in (for
+    /// the connection watch, which then compares them without resolving
+    /// the portal's name again).
+    pub(crate) fn session_attrs(&self, key: &SessionKey) -> Option<IscsiSessionAttrs> {
         let sids = match self.sysfs.iscsi_sessions() {
             Ok(s) => s,
             Err(e) => {
@@ -442,10 +449,11 @@ impl SanConnector {
                 return None;
             }
         };
-        sids.into_iter().find(|&sid| {
+        sids.into_iter().find_map(|sid| {
             self.sysfs
                 .iscsi_session(sid)
-                .is_ok_and(|a| key.matches_attrs(&a))
+                .ok()
+                .filter(|a| key.matches_attrs(a))
         })
     }
 

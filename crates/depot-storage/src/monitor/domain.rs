@@ -14,6 +14,7 @@ use depot_os::{IoWorker, Mounter, WorkerError};
 
 use super::check::{self, CheckTarget, Probe, Problem};
 use super::{DomainHealth, MonitorConfig};
+use crate::events::{Events, StorageEvent};
 
 /// Threads of a domain's worker. One check runs at a time; the second
 /// thread covers the unmount on `ESTALE` and the moment a stuck check
@@ -56,7 +57,12 @@ pub(super) struct DomainMonitor {
 }
 
 impl DomainMonitor {
-    pub fn spawn(sd: SdUuid, target: CheckTarget, config: &MonitorConfig) -> io::Result<Self> {
+    pub fn spawn(
+        sd: SdUuid,
+        target: CheckTarget,
+        config: &MonitorConfig,
+        events: Events,
+    ) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             sd,
             state: Mutex::new(State {
@@ -72,6 +78,7 @@ impl DomainMonitor {
             check_timeout: config.check_timeout,
             mounter: config.mounter.clone(),
             last_umount: None,
+            events,
         };
         let short: String = sd.to_string().chars().take(7).collect();
         thread::Builder::new()
@@ -127,6 +134,7 @@ struct Looper {
     mounter: Option<Mounter>,
     /// The last unmount attempt of the current stale episode.
     last_umount: Option<Instant>,
+    events: Events,
 }
 
 impl Looper {
@@ -231,8 +239,9 @@ impl Looper {
         true
     }
 
-    /// Records a check's outcome and logs a change of state once. False if
-    /// the domain was stopped meanwhile (nothing is recorded then).
+    /// Records a check's outcome, and logs and publishes a change of state
+    /// once. False if the domain was stopped meanwhile (nothing is recorded
+    /// then).
     fn publish(&self, outcome: Outcome, verdict: Result<(), Problem>) -> bool {
         let sd = self.shared.sd;
         let mut st = self.shared.lock();
@@ -286,6 +295,20 @@ impl Looper {
                 (Some(err), _) => tracing::warn!(%sd, code = h.code,
                     previous_code = was_code, error = %err, "domain became INVALID"),
             }
+        }
+        // The status before the first check counts as valid (code 0), so
+        // a first check that succeeds changes nothing.
+        let event = (was_code != h.code).then(|| StorageEvent::DomainState {
+            sd,
+            valid: h.valid,
+            code: h.code,
+            message: h.error.clone().unwrap_or_default(),
+            previous_valid: was_code == 0,
+            previous_code: was_code,
+        });
+        drop(st);
+        if let Some(e) = event {
+            self.events.publish(e);
         }
         true
     }

@@ -51,6 +51,7 @@ use depot_api::Code;
 use depot_os::{CommandRunner, Mounter};
 
 use crate::error::{StorageError, StorageResult};
+use crate::events::Events;
 
 pub use check::{CheckTarget, READ_SIZE};
 
@@ -171,6 +172,8 @@ impl DomainHealth {
 
 struct Inner {
     config: MonitorConfig,
+    /// Where state changes go ([`crate::events::StorageEvent::DomainState`]).
+    events: Events,
     domains: HashMap<SdUuid, DomainMonitor>,
     shut_down: bool,
 }
@@ -198,10 +201,18 @@ impl Monitor {
         Monitor {
             inner: Mutex::new(Inner {
                 config,
+                events: Events::none(),
                 domains: HashMap::new(),
                 shut_down: false,
             }),
         }
+    }
+
+    /// Publishes each domain's state changes (valid <-> invalid, or a new
+    /// failure of an invalid domain) to `events`, from the domains started
+    /// after this call.
+    pub fn set_events(&self, events: Events) {
+        self.lock().events = events;
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -231,13 +242,14 @@ impl Monitor {
             }
             return Ok(());
         }
-        let dm = DomainMonitor::spawn(sd, target, &inner.config).map_err(|e| {
-            StorageError::new(
-                Code::StorageException,
-                "start domain monitor",
-                format!("domain {sd}: cannot start the monitor thread: {e}"),
-            )
-        })?;
+        let dm =
+            DomainMonitor::spawn(sd, target, &inner.config, inner.events.clone()).map_err(|e| {
+                StorageError::new(
+                    Code::StorageException,
+                    "start domain monitor",
+                    format!("domain {sd}: cannot start the monitor thread: {e}"),
+                )
+            })?;
         tracing::info!(%sd, target = ?dm.target(), "start monitoring domain");
         inner.domains.insert(sd, dm);
         Ok(())
