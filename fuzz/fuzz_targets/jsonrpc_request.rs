@@ -37,8 +37,12 @@ fn parse(body: &[u8]) -> Result<Vec<Value>, ApiError> {
     }
     match parsed? {
         Message::Single(v) => Ok(vec![v]),
+        // An empty batch parses; `RpcEngine::handle` refuses it (-32600).
+        Message::Batch(items) if items.is_empty() => {
+            Err(ApiError::new(Code::InvalidRequest, "empty batch"))
+        }
         Message::Batch(items) => {
-            assert!(!items.is_empty() && items.len() <= MAX_BATCH, "{}", items.len());
+            assert!(items.len() <= MAX_BATCH, "{}", items.len());
             Ok(items)
         }
     }
