@@ -232,6 +232,11 @@ where
                         let ms = heartbeat.send_every.map_or(0, |d| d.as_millis() as u64);
                         beat_ms.store(ms, Ordering::Relaxed);
                         expect = Some(heartbeat.expect_every);
+                        tracing::info!(
+                            peer = %conn.peer,
+                            heart_beat = frame.get("heart-beat").unwrap_or_default(),
+                            "STOMP client connected"
+                        );
                         outbox.push(&frame);
                     }
                     Action::Call {
