@@ -101,7 +101,23 @@ struct Round {
 }
 
 pub async fn run(depotd: &std::path::Path, args: PingArgs) -> Result<(), String> {
-    let d = Daemon::start(depotd, &format!("[log]\nlevel = \"{}\"\n", args.log_level)).await?;
+    // An HTTP keep-alive connection idle for handshake_timeout_s is
+    // closed, and with --stomp each pool sits idle through the other's
+    // round: 64 clients reconnecting at once would then meet the
+    // per-address handshake limit. Longer than any round.
+    let keep_alive = if args.stomp {
+        format!(
+            "[limits]\nhandshake_timeout_s = {}\n",
+            (4.0 * args.seconds).max(60.0)
+        )
+    } else {
+        String::new()
+    };
+    let d = Daemon::start(
+        depotd,
+        &format!("[log]\nlevel = \"{}\"\n{keep_alive}", args.log_level),
+    )
+    .await?;
     let transports: &[(&str, bool)] = if args.stomp {
         &[("HTTP", false), ("STOMP", true)]
     } else {
@@ -111,7 +127,10 @@ pub async fn run(depotd: &std::path::Path, args: PingArgs) -> Result<(), String>
     for &(_, stomp) in transports {
         let mut clients = Vec::with_capacity(args.clients);
         for _ in 0..args.clients {
-            clients.push(Arc::new(Conn::open(&d.tls(), stomp).await?));
+            let c = Conn::open(&d.tls(), stomp)
+                .await
+                .map_err(|e| format!("{e}; depotd's log ends:\n{}", d.log_tail(10)))?;
+            clients.push(Arc::new(c));
         }
         // Warm up: every connection has done its handshake and a call.
         for c in &clients {
