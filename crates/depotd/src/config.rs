@@ -127,6 +127,9 @@ pub struct Limits {
     /// Frames queued for one STOMP client; a client that lets more pile
     /// up is not reading and is dropped.
     pub stomp_max_pending_messages: usize,
+    /// Bytes queued for one STOMP client past which it is not reading
+    /// either (one larger answer still goes through an empty queue).
+    pub stomp_max_pending_bytes: usize,
     /// Seconds a STOMP client that sends no heart-beats may stay silent
     /// (with none of its calls running); also the longest any client may,
     /// whatever heart-beat it asked for.
@@ -214,6 +217,7 @@ impl Config {
                 stomp_max_headers: 32,
                 stomp_max_subscriptions: 16,
                 stomp_max_pending_messages: 1024,
+                stomp_max_pending_bytes: 32 << 20,
                 stomp_idle_timeout_s: 300.0,
             },
             jobs: JobsConfig {
@@ -311,6 +315,10 @@ impl Config {
                 "limits.stomp_max_pending_messages",
                 l.stomp_max_pending_messages as u64,
             ),
+            (
+                "limits.stomp_max_pending_bytes",
+                l.stomp_max_pending_bytes as u64,
+            ),
             ("jobs.max_running", self.jobs.max_running as u64),
             ("jobs.max_active", self.jobs.max_active as u64),
         ] {
@@ -397,6 +405,7 @@ impl Config {
             },
             max_subscriptions: l.stomp_max_subscriptions,
             max_pending: l.stomp_max_pending_messages,
+            max_pending_bytes: l.stomp_max_pending_bytes,
             idle_timeout: Duration::from_secs_f64(l.stomp_idle_timeout_s),
         }
     }
@@ -511,6 +520,7 @@ mod tests {
             "stomp_max_headers",
             "stomp_max_subscriptions",
             "stomp_max_pending_messages",
+            "stomp_max_pending_bytes",
         ] {
             let text = format!("[limits]\n{key} = 0\n");
             let e = Config::merge_toml(&base, &text, p())

@@ -264,6 +264,59 @@ async fn stomp_py_runs_the_engine_storage_scenario() {
     still_serving(&d).await;
 }
 
+/// The abuse cases again, from Python's ssl sockets, with depotd's
+/// answers read by stomp.py's frame parser instead of depot's: every
+/// malformed frame kind, a silent client and one that never reads get
+/// ERROR (or, not reading, cannot take it) and are closed. Default limits,
+/// but for the body pace, set far out so that only the queue limits can
+/// drop the client that does not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stomp_py_sees_errors_and_closes_for_abuse() {
+    let py = python_with_stomp();
+    let d = Daemon::start("[limits]\nbody_window_s = 600\n");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stomp_py/abuse.py");
+    let child = tokio::process::Command::new(py)
+        .arg(script)
+        .arg(d.tls_addr())
+        .arg(d.pki())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .expect("abuse.py ended within 300 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "abuse.py failed: {stderr}\n{}",
+        d.log()
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (case, want) in [
+        ("no_nul", "does not end with NUL"),
+        ("bad_content_length", "invalid content-length"),
+        ("oversized_body", "body exceeds the limit of 8388608 bytes"),
+        ("unknown_command", "unknown command"),
+        ("bad_escape", "invalid escape"),
+        ("oversized_header", "limit of 16384 bytes"),
+        ("too_many_headers", "more than 32 headers"),
+        ("not_utf8", "not UTF-8"),
+        ("nowhere", "Subscription not available"),
+        ("silent", "past its heart-beat"),
+    ] {
+        let error = seen[case]["error"].as_str().unwrap_or_default();
+        assert!(error.contains(want), "{case}: {}", seen[case]);
+        assert_eq!(seen[case]["closed"], true, "{case}: {}", seen[case]);
+    }
+    assert_eq!(seen["silent"]["heart_beat"], "0,1000");
+    assert_eq!(seen["not_reading"]["closed"], true, "{seen}");
+    assert!(d.log().contains("not reading"), "{}", d.log());
+    still_serving(&d).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn depot_client_runs_the_same_scenario_over_stomp() {
     let d = Daemon::start(CONFIG);
@@ -625,12 +678,27 @@ async fn subscriptions_are_limited() {
 }
 
 /// A client that sends calls and never reads their answers fills its
-/// queue and is dropped; depotd's memory does not follow it. The body pace
-/// is set far out so that only the queue limit can end it in time.
+/// queue and is dropped, by the count of frames or by their bytes, whichever
+/// comes first; depotd's memory does not follow it. The body pace is set far
+/// out so that only the queue limits can end it in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_dropped() {
+    // By count: 8 answers.
     let d = Daemon::start("[limits]\nstomp_max_pending_messages = 8\nbody_window_s = 600\n");
-    let mut r = Raw::connect(&d).await;
+    let sent = fill_until_dropped(&d, 2000).await;
+    eprintln!("dropped by count after {sent} calls");
+    still_serving(&d).await;
+    // By bytes: 1 MiB of answers, long before 1024 of them.
+    let d = Daemon::start("[limits]\nstomp_max_pending_bytes = 1048576\nbody_window_s = 600\n");
+    let sent = fill_until_dropped(&d, 300).await;
+    eprintln!("dropped by bytes after {sent} calls");
+    still_serving(&d).await;
+}
+
+/// Sends calls with 256 KiB answers and never reads, until depotd drops
+/// the client (at most `max_sends` calls); how many it took.
+async fn fill_until_dropped(d: &Daemon, max_sends: usize) -> usize {
+    let mut r = Raw::connect(d).await;
     r.connect_stomp("0,0").await;
     r.subscribe(RESPONSES, "r").await;
     // Each answer repeats its 256 KiB id: the socket buffers fill after a
@@ -640,35 +708,32 @@ async fn a_client_that_never_reads_is_dropped() {
     let rss_before = rss_kib(d.pid());
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut sent = 0;
-    let dropped = loop {
-        if d.log().contains("not reading: 8 messages pending") {
-            break true;
+    loop {
+        if d.log().contains("STOMP client dropped") && d.log().contains("not reading") {
+            break;
         }
-        if Instant::now() > deadline {
-            break false;
-        }
+        assert!(
+            Instant::now() < deadline,
+            "not dropped within 60 s after {sent} calls:\n{}",
+            d.log()
+        );
         match tokio::time::timeout(Duration::from_millis(500), r.s.write_all(&frame)).await {
             Ok(Ok(())) => sent += 1,
             // Refused (reset) or stuck: depotd stopped taking our frames.
             Ok(Err(_)) | Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
         assert!(
-            sent < 2000,
+            sent <= max_sends,
             "{sent} calls sent and the client is still not dropped"
         );
-    };
-    assert!(
-        dropped,
-        "not dropped within 60 s after {sent} calls:\n{}",
-        d.log()
-    );
+    }
     // Whatever it queued was let go: RSS is nowhere near `sent` answers.
     let rss_after = rss_kib(d.pid());
     assert!(
         rss_after < rss_before + 64 * 1024,
         "RSS grew from {rss_before} to {rss_after} KiB"
     );
-    still_serving(&d).await;
+    sent
 }
 
 fn rss_kib(pid: i32) -> u64 {
@@ -725,4 +790,17 @@ async fn events_reach_every_stomp_subscriber() {
             break;
         }
     }
+}
+
+/// SIGTERM: a STOMP client gets its answers, then ERROR "depotd is
+/// shutting down", and the daemon exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_says_so_and_closes() {
+    let mut d = Daemon::start("");
+    let mut r = Raw::connect(&d).await;
+    r.connect_stomp("1000,1000").await;
+    r.subscribe(RESPONSES, "r").await;
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    r.expect_error("shutting down").await;
+    assert!(d.wait_exit(WAIT).success(), "{}", d.log());
 }

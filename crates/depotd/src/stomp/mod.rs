@@ -13,15 +13,16 @@
 //! - an event forwarder, once the client subscribes to the events.
 //!
 //! The queue between them holds at most `stomp_max_pending_messages`
-//! frames: a client that stops reading fills it and is dropped with an
-//! ERROR, so it cannot grow depotd's memory; the socket is also paced
-//! ([`crate::pace`]).
+//! frames and, once it holds `stomp_max_pending_bytes`, takes no more (a
+//! single larger answer still goes through an empty queue): a client that
+//! stops reading fills it and is dropped with an ERROR, so it cannot grow
+//! depotd's memory; the socket is also paced ([`crate::pace`]).
 
 pub mod session;
 
 use depot_stomp::{Frame, Parser, HEARTBEAT};
 use std::any::Any;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
@@ -42,6 +43,8 @@ pub struct StompLimits {
     pub max_subscriptions: usize,
     /// Frames queued for a client before it counts as not reading.
     pub max_pending: usize,
+    /// Bytes queued for a client past which it counts as not reading.
+    pub max_pending_bytes: usize,
     /// How long a client that sends no heart-beats may stay silent; the
     /// longest any client may.
     pub idle_timeout: Duration,
@@ -80,6 +83,9 @@ fn lock(s: &Mutex<Session>) -> MutexGuard<'_, Session> {
 #[derive(Clone)]
 struct Outbox {
     tx: mpsc::Sender<Vec<u8>>,
+    /// Bytes in the queue; the writer takes off what it dequeues.
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
     overflow: Arc<Notify>,
 }
 
@@ -87,13 +93,22 @@ impl Outbox {
     /// Queues a frame; false when the connection is ending or the client
     /// stopped reading (the session is then told to drop it).
     fn push(&self, frame: &Frame) -> bool {
-        match self.tx.try_send(frame.encode()) {
+        if self.queued.load(Ordering::Relaxed) >= self.max_bytes {
+            self.overflow.notify_one();
+            return false;
+        }
+        let bytes = frame.encode();
+        let len = bytes.len();
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        match self.tx.try_send(bytes) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflow.notify_one();
+            Err(e) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    self.overflow.notify_one();
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 }
@@ -129,10 +144,13 @@ where
     let (tx, rx) = mpsc::channel(limits.max_pending);
     let (stop_tx, stop_rx) = watch::channel(None::<Stop>);
     let beat_ms = Arc::new(AtomicU64::new(0));
-    let mut writer = tokio::spawn(write_loop(wr, rx, stop_rx, beat_ms.clone()));
+    let queued = Arc::new(AtomicUsize::new(0));
+    let mut writer = tokio::spawn(write_loop(wr, rx, stop_rx, beat_ms.clone(), queued.clone()));
     let mut writer_done = false;
     let outbox = Outbox {
         tx,
+        queued,
+        max_bytes: limits.max_pending_bytes,
         overflow: Arc::new(Notify::new()),
     };
     let session = Arc::new(Mutex::new(Session::new(
@@ -194,8 +212,8 @@ where
                 break End::Drop(why);
             }
             _ = outbox.overflow.notified() => break End::Drop(format!(
-                "not reading: {} messages pending (limits.stomp_max_pending_messages)",
-                limits.max_pending
+                "not reading: {} messages or {} bytes pending (limits.stomp_max_pending_messages, stomp_max_pending_bytes)",
+                limits.max_pending, limits.max_pending_bytes
             )),
             _ = &mut writer, if !writer_done => {
                 writer_done = true;
@@ -368,6 +386,7 @@ async fn write_loop<W: AsyncWrite>(
     mut rx: mpsc::Receiver<Vec<u8>>,
     mut stop: watch::Receiver<Option<Stop>>,
     beat_ms: Arc<AtomicU64>,
+    queued: Arc<AtomicUsize>,
 ) {
     let mut last_write = Instant::now();
     // A frame was cut off by a hard stop: nothing more can be framed.
@@ -388,6 +407,7 @@ async fn write_loop<W: AsyncWrite>(
                             Err(_) => break,
                         }
                     }
+                    queued.fetch_sub(b.len(), Ordering::Relaxed);
                     b
                 }
                 None => break,
