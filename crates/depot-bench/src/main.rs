@@ -27,7 +27,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// Host.ping2 over mutual TLS from many concurrent clients.
+    /// Host.ping2 over mutual TLS from many concurrent clients (HTTP POST;
+    /// with --stomp also STOMP, for the ratio).
     Ping(ping::PingArgs),
     /// Volume.create, StorageDomain.getVolumes and Volume.getInfo on many
     /// volumes of a LOCALFS domain, one call at a time.

@@ -22,6 +22,10 @@ pub enum ClientError {
     /// server answered with an unexpected status.
     #[error("HTTP error: {0}")]
     Http(String),
+    /// The STOMP transport failed: the connection broke, the server went
+    /// silent past its heart-beats, or it sent an ERROR frame.
+    #[error("STOMP error: {0}")]
+    Stomp(String),
     /// The server answered something that is not the JSON-RPC response
     /// expected.
     #[error("protocol error: {0}")]

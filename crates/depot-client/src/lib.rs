@@ -1,6 +1,7 @@
 //! The client side of depot's wire: JSON-RPC 2.0 over HTTP POST
-//! ([`Client`]) or WebSocket ([`WsClient`]), on the local admin socket or
-//! mutual TLS ([`Endpoint`]). The same connection streams the OVF_STORE
+//! ([`Client`]), WebSocket ([`WsClient`]) or STOMP 1.2 as the engine
+//! speaks it ([`StompClient`]), on the local admin socket or mutual TLS
+//! ([`Endpoint`]). The same connection streams the OVF_STORE
 //! bodies: [`Client::put_stream`] and [`Client::get_range`].
 //!
 //! ```no_run
@@ -15,6 +16,7 @@ mod endpoint;
 mod error;
 mod http;
 mod jsonrpc;
+mod stomp;
 mod stream;
 pub mod tls;
 mod transfer;
@@ -26,5 +28,6 @@ pub use endpoint::{
 };
 pub use error::ClientError;
 pub use http::{Client, FLOW_ID_HEADER};
+pub use stomp::{StompClient, StompOptions};
 pub use transfer::{StreamReply, TASK_ID_HEADER};
 pub use ws::WsClient;

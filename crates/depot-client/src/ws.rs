@@ -20,7 +20,7 @@ use crate::stream;
 
 /// Calls waiting for their response, by request id. `None` once the
 /// connection is closed, so no call can wait forever on it.
-type Pending = Arc<Mutex<Option<HashMap<String, oneshot::Sender<Value>>>>>;
+pub(crate) type Pending = Arc<Mutex<Option<HashMap<String, oneshot::Sender<Value>>>>>;
 
 /// A JSON-RPC client over one WebSocket connection. Clones share the
 /// connection; calls may run concurrently from clones or from `&self`.
@@ -48,7 +48,7 @@ impl Drop for Inner {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -279,14 +279,14 @@ fn upgrade_error(ep: &Endpoint, e: WsError) -> ClientError {
 
 /// Routes incoming messages: answers to waiting calls, notifications to the
 /// event queue, the rest to the unmatched queue.
-struct Router {
-    pending: Pending,
-    events: mpsc::UnboundedSender<(String, Value)>,
-    unmatched: mpsc::UnboundedSender<Value>,
+pub(crate) struct Router {
+    pub(crate) pending: Pending,
+    pub(crate) events: mpsc::UnboundedSender<(String, Value)>,
+    pub(crate) unmatched: mpsc::UnboundedSender<Value>,
 }
 
 impl Router {
-    fn dispatch(&self, text: &str) {
+    pub(crate) fn dispatch(&self, text: &str) {
         let v = match serde_json::from_str::<Value>(text) {
             Ok(v) => v,
             Err(_) => {

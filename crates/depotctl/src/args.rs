@@ -9,7 +9,7 @@ Connection: the local socket by default (--socket, else $DEPOT_SOCKET, else
 ./depot-dev/depotd.sock when it exists, else /run/depot/depotd.sock).
 --host switches to mutual TLS; certificates come from --ca/--cert/--key, else
 from --pki DIR (default ./depot-dev/state/pki when it exists, else
-/etc/pki/depot).
+/etc/pki/depot). --stomp speaks STOMP 1.2 on either, as the engine does.
 
 Exit codes:
   0  success
@@ -65,6 +65,11 @@ pub struct ConnArgs {
     /// the daemon's log.
     #[arg(long, global = true, value_name = "ID")]
     pub flow_id: Option<String>,
+    /// Talk JSON-RPC over STOMP 1.2, as oVirt's engine does (calls to
+    /// jms.topic.vdsm_requests, events from jms.queue.events), instead of
+    /// HTTP POST and a WebSocket. OVF uploads and downloads stay HTTP.
+    #[arg(long, global = true)]
+    pub stomp: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,9 +1,10 @@
 //! `depotctl call`: KEY=VALUE parameters and result printing.
 
-use depot_client::{Client, Endpoint, Options};
+use depot_client::{Endpoint, Options};
 use serde_json::{Map, Value};
 use std::path::Path;
 
+use crate::rpc::Rpc;
 use crate::Failure;
 
 /// Builds the params object from `KEY=VALUE` arguments. VALUE is JSON when
@@ -62,11 +63,8 @@ pub async fn run(
     json: bool,
 ) -> Result<(), Failure> {
     let params = parse_params(args, &|p| std::fs::read_to_string(p)).map_err(Failure::Usage)?;
-    let client = Client::connect_with(ep, opts).await?;
-    let result = match flow_id {
-        Some(f) => client.call_with_flow_id(method, params, f).await?,
-        None => client.call(method, params).await?,
-    };
+    let client = Rpc::connect(ep, opts, flow_id).await?;
+    let result = client.call(method, params).await?;
     println!(
         "{}",
         if json {
@@ -80,15 +78,8 @@ pub async fn run(
 
 /// `depotctl ping`: Host.ping2.
 pub async fn ping(ep: &Endpoint, opts: Options, flow_id: Option<&str>) -> Result<(), Failure> {
-    let client = Client::connect_with(ep, opts).await?;
-    match flow_id {
-        Some(f) => {
-            client
-                .call_with_flow_id("Host.ping2", Value::Null, f)
-                .await?
-        }
-        None => client.call("Host.ping2", Value::Null).await?,
-    };
+    let client = Rpc::connect(ep, opts, flow_id).await?;
+    client.call("Host.ping2", Value::Null).await?;
     println!("ok");
     Ok(())
 }

@@ -2,13 +2,14 @@
 //! the job, then watch it with the jobs table until it ends.
 
 use depot_api::types::{JobStatus, Uuid};
-use depot_client::{Client, ClientError, Endpoint, Options};
+use depot_client::{ClientError, Endpoint, Options};
 use serde_json::{json, Value};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::args::VolPath;
 use crate::jobs;
+use crate::rpc::Rpc;
 use crate::Failure;
 
 /// Seconds between listings while watching (events update sooner).
@@ -40,18 +41,6 @@ pub fn endpoint(v: &VolPath, generation: Option<u64>) -> Value {
     e
 }
 
-async fn call(
-    client: &Client,
-    flow_id: Option<&str>,
-    method: &str,
-    params: Value,
-) -> Result<Value, ClientError> {
-    match flow_id {
-        Some(f) => client.call_with_flow_id(method, params, f).await,
-        None => client.call(method, params).await,
-    }
-}
-
 /// `depotctl copy SRC DST [--generation N] [--no-wait]`.
 #[allow(clippy::too_many_arguments)]
 pub async fn copy(
@@ -70,8 +59,8 @@ pub async fn copy(
         "source": endpoint(src, None),
         "destination": endpoint(dst, generation),
     });
-    let client = Client::connect_with(ep, opts).await?;
-    call(&client, flow_id, "SDM.copy_data", params).await?;
+    let client = Rpc::connect(ep, opts, flow_id).await?;
+    client.call("SDM.copy_data", params).await?;
     drop(client);
     finish(ep, opts, flow_id, &job_id, no_wait, tty).await
 }
@@ -92,8 +81,8 @@ pub async fn move_image(
     tty: bool,
 ) -> Result<(), Failure> {
     let params = move_params(domain, to, image, copy, post_zero, force);
-    let client = Client::connect_with(ep, opts).await?;
-    let v = call(&client, flow_id, "Image.move", params).await?;
+    let client = Rpc::connect(ep, opts, flow_id).await?;
+    let v = client.call("Image.move", params).await?;
     drop(client);
     let job_id = match v.as_str().map(|s| s.parse::<Uuid>()) {
         Some(Ok(id)) => id.to_string(),

@@ -1,9 +1,10 @@
 //! `depotctl events`: prints pushed events, one line each.
 
-use depot_client::{Endpoint, Options, WsClient};
+use depot_client::{Endpoint, Options};
 use std::io::Write;
 use std::time::Duration;
 
+use crate::rpc::Events;
 use crate::Failure;
 
 pub async fn run(
@@ -13,9 +14,8 @@ pub async fn run(
     prefixes: &[String],
     count: Option<u64>,
 ) -> Result<(), Failure> {
-    let ws = WsClient::connect_with_flow_id(ep, opts, flow_id).await?;
     let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
-    ws.subscribe(&prefixes).await?;
+    let ws = Events::connect(ep, opts, flow_id, &prefixes).await?;
     let mut seen = 0u64;
     while count.is_none_or(|c| seen < c) {
         match ws.next_event(Duration::from_secs(3600)).await {

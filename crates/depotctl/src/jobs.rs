@@ -2,12 +2,13 @@
 
 use depot_api::types::{JobInfo, JobStatus};
 use depot_api::JOB_STATUS_EVENT;
-use depot_client::{Client, ClientError, Endpoint, Options, WsClient};
+use depot_client::{ClientError, Endpoint, Options};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use crate::rpc::{Events, Rpc};
 use crate::Failure;
 
 pub const BAR_WIDTH: usize = 10;
@@ -229,19 +230,12 @@ impl Printer {
 
 /// The host's jobs, or only job `only` (absent when the daemon has no such
 /// job).
-async fn fetch(
-    client: &Client,
-    flow_id: Option<&str>,
-    only: Option<&str>,
-) -> Result<BTreeMap<String, JobInfo>, ClientError> {
+async fn fetch(client: &Rpc, only: Option<&str>) -> Result<BTreeMap<String, JobInfo>, ClientError> {
     let params = match only {
         Some(id) => json!({"job_ids": [id]}),
         None => json!({}),
     };
-    let v = match flow_id {
-        Some(f) => client.call_with_flow_id("Host.getJobs", params, f).await?,
-        None => client.call("Host.getJobs", params).await?,
-    };
+    let v = client.call("Host.getJobs", params).await?;
     parse_jobs(v).map_err(ClientError::Protocol)
 }
 
@@ -263,8 +257,8 @@ pub async fn run(
     tty: bool,
 ) -> Result<(), Failure> {
     if !watch {
-        let client = Client::connect_with(ep, opts).await?;
-        let jobs = fetch(&client, flow_id, None).await?;
+        let client = Rpc::connect(ep, opts, flow_id).await?;
+        let jobs = fetch(&client, None).await?;
         print(&render_table(&jobs));
         return Ok(());
     }
@@ -284,27 +278,21 @@ pub async fn watch_jobs(
     tty: bool,
     only: Option<&str>,
 ) -> Result<Board, Failure> {
-    let mut client = Client::connect_with(ep, opts).await?;
+    let mut client = Rpc::connect(ep, opts, flow_id).await?;
     let prefix = match only {
         Some(id) => format!("{JOB_STATUS_EVENT}{id}"),
         None => JOB_STATUS_EVENT.to_string(),
     };
     // Subscribe before the first listing so no change falls in between.
-    let mut ws = match WsClient::connect_with_flow_id(ep, opts, flow_id).await {
-        Ok(ws) => match ws.subscribe(&[prefix.as_str()]).await {
-            Ok(()) => Some(ws),
-            Err(e) => {
-                eprintln!("depotctl: no job events ({e}); polling every {interval:?}");
-                None
-            }
-        },
+    let mut ws = match Events::connect(ep, opts, flow_id, &[prefix.as_str()]).await {
+        Ok(ws) => Some(ws),
         Err(e) => {
             eprintln!("depotctl: no job events ({e}); polling every {interval:?}");
             None
         }
     };
     let mut board = Board {
-        jobs: fetch(&client, flow_id, only).await?,
+        jobs: fetch(&client, only).await?,
     };
     let mut last_fetch = Instant::now();
     let mut printer = Printer::new(tty);
@@ -361,12 +349,12 @@ pub async fn watch_jobs(
             }
         }
         if refetch {
-            board.jobs = match fetch(&client, flow_id, only).await {
+            board.jobs = match fetch(&client, only).await {
                 Ok(jobs) => jobs,
                 // The daemon may close an idle connection: reconnect once.
                 Err(e) if !e.is_rpc() => {
-                    client = Client::connect_with(ep, opts).await?;
-                    fetch(&client, flow_id, only).await?
+                    client = Rpc::connect(ep, opts, flow_id).await?;
+                    fetch(&client, only).await?
                 }
                 Err(e) => return Err(e.into()),
             };

@@ -8,6 +8,7 @@ mod copy;
 mod events;
 mod jobs;
 mod ovf;
+mod rpc;
 
 use clap::Parser;
 use depot_client::ClientError;
@@ -70,6 +71,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let ep = connect::resolve(&cli.conn, &connect::Env::real()).map_err(Failure::Usage)?;
     let opts = connect::options(&cli.conn);
     let flow_id = cli.conn.flow_id.as_deref();
+    rpc::use_stomp(cli.conn.stomp);
     match cli.cmd {
         Cmd::Ping => call::ping(&ep, opts, flow_id).await,
         Cmd::Call {

@@ -308,6 +308,59 @@ fn cli_against_a_dev_daemon() {
     d.stop();
 }
 
+/// `--stomp`: calls, jobs --watch (its events) and the exit codes over
+/// STOMP 1.2, the engine's transport, on TLS and on the local socket.
+#[test]
+fn stomp_calls_jobs_and_events() {
+    let bin = depotd();
+    let mut d = Daemon::start(&bin);
+    let (addr, pki) = (d.tls_addr(), d.pki().display().to_string());
+    let tls = ["--stomp", "--host", addr.as_str(), "--pki", pki.as_str()];
+    let r = d.ctl(&[&tls[..], &["ping"]].concat());
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), "ok\n"), "{r:?}");
+    assert!(d.log().contains("STOMP client connected"), "{}", d.log());
+
+    let r = d.ctl(
+        &[
+            &tls[..],
+            &["--flow-id", "cli-stomp", "call", "Host.getJobs", "--json"],
+        ]
+        .concat(),
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), "{}\n"), "{r:?}");
+    assert!(d.log().contains("cli-stomp"), "{}", d.log());
+    let r = d.ctl(&[&tls[..], &["call", "No.such"]].concat());
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.starts_with("error -32601: "), "{r:?}");
+
+    // A job watched to its end through its events.
+    let job = "5c1b1f0e-7a8d-4c1e-9b0a-3f2e1d0c9b8a";
+    let sock = d.sock_args();
+    let stomp_sock = with(&sock, &["--stomp"]);
+    let r = d.ctl(&with(
+        &stomp_sock.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        &[
+            "call",
+            "Host.sleepJob",
+            &format!("job_id={job}"),
+            "duration=1",
+        ],
+    ));
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let r = d.ctl(&[&tls[..], &["jobs", "--watch"]].concat());
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(
+        r.stdout.contains(job) && r.stdout.contains(" done "),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains("polling"), "no events over STOMP: {r:?}");
+
+    let missing = d.tmp.0.join("missing.sock").display().to_string();
+    let r = d.ctl(&["--stomp", "--socket", &missing, "ping"]);
+    assert_eq!(r.code, Some(3), "{r:?}");
+    d.stop();
+}
+
 #[tokio::test]
 async fn tls_refuses_missing_and_foreign_client_certificates() {
     let bin = depotd();

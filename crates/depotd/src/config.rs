@@ -118,6 +118,23 @@ pub struct Limits {
     /// Seconds a WebSocket may stay silent (no message, no pong) before it
     /// is closed.
     pub ws_idle_timeout_s: f64,
+    /// Bytes of a STOMP frame's command and header lines (its body is a
+    /// JSON-RPC message: `max_request_bytes`).
+    pub stomp_max_header_bytes: usize,
+    /// Header lines in one STOMP frame.
+    pub stomp_max_headers: usize,
+    /// Subscriptions on one STOMP connection.
+    pub stomp_max_subscriptions: usize,
+    /// Frames queued for one STOMP client; a client that lets more pile
+    /// up is not reading and is dropped.
+    pub stomp_max_pending_messages: usize,
+    /// Bytes queued for one STOMP client past which it is not reading
+    /// either (one larger answer still goes through an empty queue).
+    pub stomp_max_pending_bytes: usize,
+    /// Seconds a STOMP client that sends no heart-beats may stay silent
+    /// (with none of its calls running); also the longest any client may,
+    /// whatever heart-beat it asked for.
+    pub stomp_idle_timeout_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,6 +223,12 @@ impl Config {
                 body_window_s: 30.0,
                 ws_ping_interval_s: 30.0,
                 ws_idle_timeout_s: 90.0,
+                stomp_max_header_bytes: 16 << 10,
+                stomp_max_headers: 32,
+                stomp_max_subscriptions: 16,
+                stomp_max_pending_messages: 1024,
+                stomp_max_pending_bytes: 32 << 20,
+                stomp_idle_timeout_s: 300.0,
             },
             jobs: JobsConfig {
                 autodelete_delay_s: 3600.0,
@@ -290,6 +313,23 @@ impl Config {
                 l.max_handshakes_per_address as u64,
             ),
             ("limits.min_body_rate", l.min_body_rate),
+            (
+                "limits.stomp_max_header_bytes",
+                l.stomp_max_header_bytes as u64,
+            ),
+            ("limits.stomp_max_headers", l.stomp_max_headers as u64),
+            (
+                "limits.stomp_max_subscriptions",
+                l.stomp_max_subscriptions as u64,
+            ),
+            (
+                "limits.stomp_max_pending_messages",
+                l.stomp_max_pending_messages as u64,
+            ),
+            (
+                "limits.stomp_max_pending_bytes",
+                l.stomp_max_pending_bytes as u64,
+            ),
             ("jobs.max_running", self.jobs.max_running as u64),
             ("jobs.max_active", self.jobs.max_active as u64),
             ("tasks.max_finished", self.tasks.max_finished as u64),
@@ -311,6 +351,7 @@ impl Config {
             ("limits.body_window_s", l.body_window_s, false),
             ("limits.ws_ping_interval_s", l.ws_ping_interval_s, false),
             ("limits.ws_idle_timeout_s", l.ws_idle_timeout_s, false),
+            ("limits.stomp_idle_timeout_s", l.stomp_idle_timeout_s, false),
             (
                 "jobs.autodelete_delay_s",
                 self.jobs.autodelete_delay_s,
@@ -363,6 +404,22 @@ impl Config {
 
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.limits.handshake_timeout_s)
+    }
+
+    /// The STOMP transport's limits (docs/config.md).
+    pub fn stomp_limits(&self) -> crate::stomp::StompLimits {
+        let l = &self.limits;
+        crate::stomp::StompLimits {
+            frame: depot_stomp::Limits {
+                max_header_bytes: l.stomp_max_header_bytes,
+                max_headers: l.stomp_max_headers,
+                max_body_bytes: l.max_request_bytes,
+            },
+            max_subscriptions: l.stomp_max_subscriptions,
+            max_pending: l.stomp_max_pending_messages,
+            max_pending_bytes: l.stomp_max_pending_bytes,
+            idle_timeout: Duration::from_secs_f64(l.stomp_idle_timeout_s),
+        }
     }
 
     /// The slowest a client may move a body (docs/config.md).
@@ -458,6 +515,7 @@ mod tests {
             ("limits", "body_window_s"),
             ("limits", "ws_ping_interval_s"),
             ("limits", "ws_idle_timeout_s"),
+            ("limits", "stomp_idle_timeout_s"),
             ("jobs", "autodelete_delay_s"),
         ] {
             let text = format!("[{section}]\n{key} = 0\n");
@@ -470,6 +528,11 @@ mod tests {
             "max_handshakes",
             "max_handshakes_per_address",
             "min_body_rate",
+            "stomp_max_header_bytes",
+            "stomp_max_headers",
+            "stomp_max_subscriptions",
+            "stomp_max_pending_messages",
+            "stomp_max_pending_bytes",
         ] {
             let text = format!("[limits]\n{key} = 0\n");
             let e = Config::merge_toml(&base, &text, p())

@@ -161,7 +161,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let limits = &config.limits;
     let shared = Arc::new(Shared {
-        engine: RpcEngine::new(
+        engine: Arc::new(RpcEngine::new(
             Router::new(
                 jobs.clone(),
                 storage.clone(),
@@ -169,7 +169,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 config.daemon.test_verbs,
             ),
             ParseLimits::new(limits.max_batch, limits.max_request_bytes),
-        ),
+        )),
         events,
         shutdown: stop_rx,
         max_request_bytes: limits.max_request_bytes,
@@ -178,6 +178,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         body_pace: config.body_pace(),
         ws_ping_interval: Duration::from_secs_f64(limits.ws_ping_interval_s),
         ws_idle_timeout: Duration::from_secs_f64(limits.ws_idle_timeout_s),
+        stomp: config.stomp_limits(),
         connections: Pool::new("tls", limits.max_connections),
         local_connections: Pool::new("local socket", limits.max_local_connections),
         handshakes: Handshakes::new(limits.max_handshakes, limits.max_handshakes_per_address),

@@ -1,7 +1,6 @@
 //! Protocol detection by a connection's first bytes, as VDSM's
 //! `protocoldetector` does: one port carries HTTP (JSON-RPC POST, WebSocket,
-//! the OVF PUT/GET streams) and STOMP frames (recognised, and refused in
-//! STOMP's own framing until STOMP lands). The bytes read to decide are
+//! the OVF PUT/GET streams) and STOMP frames. The bytes read to decide are
 //! replayed to the protocol's handler.
 
 use std::io;
@@ -24,7 +23,16 @@ const HTTP_METHODS: &[&[u8]] = &[
     b"OPTIONS ",
     b"PATCH ",
 ];
-const STOMP_COMMANDS: &[&[u8]] = &[b"CONNECT\n", b"CONNECT\r\n", b"STOMP\n", b"STOMP\r\n"];
+/// A STOMP session starts with CONNECT (or STOMP), except that the
+/// engine's client may send its SUBSCRIBEs first (its outbox is a stack).
+const STOMP_COMMANDS: &[&[u8]] = &[
+    b"CONNECT\n",
+    b"CONNECT\r\n",
+    b"STOMP\n",
+    b"STOMP\r\n",
+    b"SUBSCRIBE\n",
+    b"SUBSCRIBE\r\n",
+];
 /// Longer than any prefix above.
 const SNIFF_MAX: usize = 16;
 
@@ -161,6 +169,8 @@ mod tests {
             classify(b"CONNECT\naccept-version:1.2"),
             Some(Ok(Protocol::Stomp))
         );
+        assert_eq!(classify(b"SUBSCRIBE\r\nid:1"), Some(Ok(Protocol::Stomp)));
+        assert_eq!(classify(b"SEND\n"), Some(Err(())));
         assert_eq!(classify(b"PO"), None);
         assert_eq!(classify(b"CONN"), None);
         assert_eq!(classify(b"CONNECT "), Some(Err(())));

@@ -17,6 +17,7 @@ pub mod pki;
 pub mod router;
 pub mod rpc;
 pub mod server;
+pub mod stomp;
 pub mod storage_api;
 pub mod storage_jobs;
 pub mod systemd;

@@ -67,7 +67,7 @@ impl Router {
                 }
                 None => Err(ApiError::new(
                     Code::TransportNotSupported,
-                    "events need a WebSocket connection",
+                    "events need a WebSocket connection (over STOMP: SUBSCRIBE to jms.queue.events)",
                 )),
             },
             Call::HostSleepJob(p) if self.test_verbs => self.sleep_job(p).await,

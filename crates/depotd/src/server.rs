@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -27,10 +27,11 @@ use crate::events::EventBus;
 use crate::pace::{PaceLimits, PacedIo};
 use crate::pki;
 use crate::rpc::RpcEngine;
+use crate::stomp::{self, StompConn, StompLimits};
 
 /// What every connection shares.
 pub struct Shared {
-    pub engine: RpcEngine,
+    pub engine: Arc<RpcEngine>,
     pub events: EventBus,
     pub shutdown: watch::Receiver<bool>,
     pub max_request_bytes: usize,
@@ -40,6 +41,7 @@ pub struct Shared {
     pub body_pace: PaceLimits,
     pub ws_ping_interval: Duration,
     pub ws_idle_timeout: Duration,
+    pub stomp: StompLimits,
     /// One permit per authenticated TLS connection.
     pub connections: Pool,
     /// One permit per local socket connection.
@@ -299,20 +301,20 @@ where
         Ok(Ok((Protocol::Http, head))) => {
             crate::http::serve(Prefixed::new(head, stream), conn).await
         }
-        Ok(Ok((Protocol::Stomp, _))) => {
-            // STOMP comes with a later issue; say so in STOMP's own words.
-            let frame = b"ERROR\nmessage:STOMP is not supported yet\ncontent-length:0\n\n\0";
-            let _ = stream.write_all(frame).await;
-            let _ = stream.shutdown().await;
-            // Read what the client already sent before closing: closing
-            // with unread bytes resets the connection and can destroy the
-            // ERROR frame before the client reads it.
-            let mut sink = [0u8; 4096];
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-            })
-            .await;
-            tracing::info!(peer = %conn.peer, "STOMP connection refused: not supported yet");
+        Ok(Ok((Protocol::Stomp, head))) => {
+            let shared = &conn.shared;
+            let stomp_conn = StompConn {
+                peer: conn.peer.clone(),
+                permits: conn.permits.clone(),
+                max_concurrent: shared.max_concurrent_per_connection,
+                engine: shared.engine.clone(),
+                events: shared.events.clone(),
+                shutdown: shared.shutdown.clone(),
+                limits: shared.stomp,
+                connect_timeout: shared.handshake_timeout,
+                hold: conn.clone(),
+            };
+            stomp::serve(Prefixed::new(head, stream), stomp_conn).await
         }
         Ok(Err(e)) => tracing::info!(peer = %conn.peer, error = %e, "connection dropped"),
         Err(_) => tracing::info!(peer = %conn.peer, "connection dropped: no request in time"),

@@ -319,9 +319,10 @@ async fn events_need_a_websocket() {
 #[tokio::test]
 async fn first_bytes_route_stomp_and_refuse_garbage() {
     let d = Daemon::start("");
-    // STOMP is recognised (and refused in its own framing until it lands).
+    // STOMP is recognised and served on the local socket too (the whole
+    // protocol: tests/stomp.rs).
     let mut s = tokio::net::UnixStream::connect(d.socket()).await.unwrap();
-    s.write_all(b"CONNECT\naccept-version:1.2\n\n\0")
+    s.write_all(b"CONNECT\naccept-version:1.2\n\n\0DISCONNECT\nreceipt:r\n\n\0")
         .await
         .unwrap();
     let mut reply = Vec::new();
@@ -329,10 +330,10 @@ async fn first_bytes_route_stomp_and_refuse_garbage() {
         .await
         .unwrap()
         .unwrap();
+    let text = String::from_utf8_lossy(&reply);
     assert!(
-        reply.starts_with(b"ERROR\n"),
-        "{:?}",
-        String::from_utf8_lossy(&reply)
+        text.starts_with("CONNECTED\nversion:1.2\n") && text.contains("RECEIPT\nreceipt-id:r\n"),
+        "{text:?}"
     );
 
     // Bytes of no known protocol: the connection is closed.
