@@ -596,7 +596,7 @@ verbs! {
         storagedomainID: SdUuid,
         /// The image.
         imageID: ImgUuid,
-    } -> "`{uuid, image, domain, pool, parent, children, format, voltype, allocType, disktype, description, legality, status, capacity, apparentsize, truesize, ctime, mtime, generation, sequence, lease}`";
+    } -> "`{uuid, image, domain, pool, parent, children, format, voltype, allocType, disktype, description, legality, status, capacity, apparentsize, truesize, ctime, mtime, generation, sequence}` (no `lease`: depot's volumes have none)";
 
     /// Returns a volume's apparent and allocated size.
     "Volume.getSize" => VolumeGetSize {

@@ -569,7 +569,10 @@ pub async fn volume_info(
         "mtime": info.mtime.to_string(),
         "generation": md.generation,
         "sequence": md.sequence,
-        "lease": {"path": format!("{}.lease", info.path.display()), "offset": 0},
+        // No `lease`: depot's leases are single-host and its volumes have no
+        // sanlock resource, and VDSM leaves the key out when a volume has no
+        // lease (volume.py getInfo). The empty `.lease` file only keeps
+        // VDSM's layout.
     }))
 }
 

@@ -1007,6 +1007,12 @@ pub async fn run_file_domain_scenario(
     assert_eq!(num(&vi["truesize"], "truesize"), m.blocks() * 512);
     assert_eq!(vi["children"], json!([]));
     assert_eq!(vi["generation"], 0);
+    // No sanlock resource behind the empty .lease file: no lease, as VDSM
+    // answers for a volume without one.
+    assert!(
+        vi.get("lease").is_none(),
+        "a lease that does not exist: {vi}"
+    );
 
     // RAW PREALLOCATED
     let v = call_ok(
