@@ -509,7 +509,7 @@ verbs! {
     "StoragePool.getInfo" => StoragePoolGetInfo {
         /// The pool.
         storagepoolID: SpUuid,
-    } -> "`{info: {master_uuid, master_ver, name, spm_id, lver, domains, pool_status, ...}, dominfo: {sdUUID: {status, diskfree, disktotal, alerts, version}}}`";
+    } -> "`{info: {master_uuid, master_ver, name, type, spm_id, lver, domains, pool_status, version, isoprefix}, dominfo: {sdUUID: {status, alerts, version, isoprefix, diskfree?, disktotal?}}}` (type: the master's; the sizes once the monitor has checked the domain)";
 
     /// Attaches a domain to a pool (POOL_UUID in its metadata).
     "StorageDomain.attach" => StorageDomainAttach {

@@ -393,22 +393,29 @@ fn domain_dict(map: &Map<String, Value>) -> Result<BTreeMap<SdUuid, PoolDomainSt
 }
 
 pub async fn pool_info(storage: &Arc<Storage>, sp: SpUuid) -> Result<Value, ApiError> {
-    let (pool, doms) = blocking(storage, move |s| {
+    let (pool, master_type, doms) = blocking(storage, move |s| {
         let pool = s.pool(sp)?;
+        // VDSM reports the master's type as the pool's (sp.py getInfo).
+        let master_type = s.domain_info(pool.master)?.metadata.domain_type;
         let doms: Vec<_> = pool
             .domains
             .iter()
             .map(|(sd, status)| (*sd, *status, s.health(*sd)))
             .collect();
-        Ok((pool, doms))
+        Ok((pool, master_type, doms))
     })
     .await?;
     let mut dominfo = Map::new();
     for (sd, status, health) in &doms {
-        let mut d = json!({"status": status.name(), "alerts": [], "version": 5});
-        if let Some(h) = health {
-            d["diskfree"] = json!(h.disk_free.map(|v| v.to_string()));
-            d["disktotal"] = json!(h.disk_total.map(|v| v.to_string()));
+        let mut d = json!({"status": status.name(), "alerts": [], "version": 5, "isoprefix": ""});
+        // As VDSM (hsm._getDomsStats): the sizes only when the monitor
+        // knows both, never null.
+        if let Some((free, total)) = health
+            .as_ref()
+            .and_then(|h| Some((h.disk_free?, h.disk_total?)))
+        {
+            d["diskfree"] = json!(free.to_string());
+            d["disktotal"] = json!(total.to_string());
         }
         dominfo.insert(sd.to_string(), d);
     }
@@ -420,6 +427,7 @@ pub async fn pool_info(storage: &Arc<Storage>, sp: SpUuid) -> Result<Value, ApiE
     Ok(json!({
         "info": {
             "name": pool.name,
+            "type": master_type.name(),
             "master_uuid": pool.master.to_string(),
             "master_ver": pool.master_version,
             "spm_id": -1,

@@ -921,6 +921,12 @@ pub async fn run_file_domain_scenario(
     assert_eq!(pinfo["info"]["name"], "scenario pool", "{pinfo}");
     assert_eq!(pinfo["info"]["pool_status"], "connected", "{pinfo}");
     assert_eq!(
+        pinfo["info"]["type"],
+        type_name(domain_type),
+        "the master's type: {pinfo}"
+    );
+    assert_eq!(pinfo["dominfo"][&sd]["isoprefix"], "", "{pinfo}");
+    assert_eq!(
         pinfo["info"]["domains"],
         format!("{sd}:Active").as_str(),
         "{pinfo}"
