@@ -453,7 +453,7 @@ verbs! {
         pattern: String,
         /// Whether the pattern is case sensitive (default true).
         caseSensitive: Option<bool>,
-    } -> "`{name: {size, ctime}}`";
+    } -> "`{name: {size, ctime, status}}` (size and ctime as decimal strings; status 0, or 469 when QEMU could not read the file)";
 
     /// Creates a pool with its master domain (which must be attachable).
     "StoragePool.create" => StoragePoolCreate {

@@ -644,9 +644,15 @@ pub async fn file_stats(
         files
             .into_iter()
             .map(|f| {
+                // VDSM's status: 0, or 469 when QEMU could not read it.
+                let status = if f.qemu_readable {
+                    0
+                } else {
+                    Code::StorageServerAccessPermissionError.number()
+                };
                 (
                     f.name,
-                    json!({"size": f.size.to_string(), "ctime": f.ctime.to_string()}),
+                    json!({"size": f.size.to_string(), "ctime": f.ctime.to_string(), "status": status}),
                 )
             })
             .collect(),
