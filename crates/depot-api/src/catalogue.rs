@@ -55,7 +55,7 @@ wire_type! {
     ConnectionList => "[ConnectionRefParameters]",
     CopyEndpoint => "CopyDataEndpoint: {endpoint_type: \"div\", sd_id, img_id, vol_id, generation?}",
     VolumeRef => "VolumeInfo: {sd_id, img_id, vol_id, generation}",
-    VolumeAttributes => "VolumeAttributes: {legality?, description?, generation?}",
+    VolumeAttributes => "VolumeAttributes: {legality?, description?, generation?} (type is refused: not supported yet)",
     MoveOperation => "ImageMoveOperation: COPY (1) or MOVE (2)",
     Password => "string (a secret: never logged or returned)",
     Port => "TCP port 1-65535 (number or decimal string)",
@@ -950,6 +950,27 @@ mod tests {
         let (id, why) = p.connectionParams.0[1].as_ref().unwrap_err();
         assert_eq!(id.as_deref(), Some("b"));
         assert!(!why.contains("hunter2"), "{why}");
+    }
+
+    #[test]
+    fn update_volume_refuses_a_type_it_cannot_set() {
+        let p = |attr: serde_json::Value| {
+            Call::parse(
+                "SDM.update_volume",
+                Some(json!({
+                    "job_id": "5c1b1f0e-7a8d-4c1e-9b0a-3f2e1d0c9b8a",
+                    "vol_info": {"sd_id": "5c1b1f0e-7a8d-4c1e-9b0a-3f2e1d0c9b8b",
+                        "img_id": "5c1b1f0e-7a8d-4c1e-9b0a-3f2e1d0c9b8c",
+                        "vol_id": "5c1b1f0e-7a8d-4c1e-9b0a-3f2e1d0c9b8d", "generation": 1},
+                    "vol_attr": attr,
+                })),
+            )
+        };
+        let e = p(json!({"description": "x", "type": "SHARED"})).unwrap_err();
+        assert_eq!(e.code, Code::InvalidParams);
+        assert!(e.detail.contains("type=\"SHARED\""), "{e}");
+        p(json!({"description": "x", "type": null})).unwrap();
+        p(json!({"description": "x"})).unwrap();
     }
 
     #[test]
