@@ -343,7 +343,7 @@ verbs! {
     "StorageDomain.getInfo" => StorageDomainGetInfo {
         /// The domain.
         storagedomainID: SdUuid,
-    } -> "`{uuid, name, type, class, role, pool, version, master_ver, lver, spm_id, block_size, alignment, remotePath}`";
+    } -> "`{uuid, name, type, class, role, pool, version, master_ver, lver, spm_id, block_size, alignment, backup}`; file domains add `remotePath`, block domains `vguuid`, `state` (OK or PARTIAL), `metadataDevice` and, when one PV alone holds the VG's metadata, `vgMetadataDevice`";
 
     /// Returns a domain's space figures.
     "StorageDomain.getStats" => StorageDomainGetStats {

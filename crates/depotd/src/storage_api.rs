@@ -296,9 +296,17 @@ pub async fn create_domain(
 }
 
 pub async fn domain_info(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, ApiError> {
-    let info = blocking(storage, move |s| s.domain_info(sd)).await?;
+    let (info, block) = blocking(storage, move |s| {
+        let info = s.domain_info(sd)?;
+        let block = match info.paths.block {
+            true => Some(s.block_domain_info(sd)?),
+            false => None,
+        };
+        Ok((info, block))
+    })
+    .await?;
     let md = &info.metadata;
-    Ok(json!({
+    let mut v = json!({
         "uuid": md.sd_uuid.to_string(),
         "name": md.description,
         "type": md.domain_type.name(),
@@ -313,7 +321,18 @@ pub async fn domain_info(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, Ap
         "block_size": md.block_size,
         "alignment": md.alignment,
         "backup": md.backup,
-    }))
+    });
+    // VDSM's blockSD.getInfo adds these; the engine reads vguuid when it
+    // imports a block domain.
+    if let Some(b) = block {
+        v["vguuid"] = json!(b.vg_uuid);
+        v["state"] = json!(if b.partial { "PARTIAL" } else { "OK" });
+        v["metadataDevice"] = json!(b.metadata_device);
+        if let Some(dev) = b.vg_metadata_device {
+            v["vgMetadataDevice"] = json!(dev);
+        }
+    }
+    Ok(v)
 }
 
 pub async fn domain_stats(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, ApiError> {

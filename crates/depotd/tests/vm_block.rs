@@ -142,6 +142,12 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
     let info = call_ok(&c, "StorageDomain.getInfo", json!({"storagedomainID": sd})).await;
     assert_eq!(info["type"], json!("ISCSI"), "{info}");
     assert_eq!(info["name"], json!("block one"));
+    // VDSM's block additions (blockSD.getInfo); the engine's import reads
+    // vguuid. One LUN: it holds the metadata LV and the VG's metadata.
+    assert_eq!(info["vguuid"], json!(vg_uuid), "{info}");
+    assert_eq!(info["state"], json!("OK"), "{info}");
+    assert_eq!(info["metadataDevice"], json!(w[0]), "{info}");
+    assert_eq!(info["vgMetadataDevice"], json!(w[0]), "{info}");
     let stats = call_ok(&c, "StorageDomain.getStats", json!({"storagedomainID": sd})).await;
     assert!(num(&stats["disktotal"], "disktotal") > 5 * GIB, "{stats}");
     call_err(
@@ -341,6 +347,11 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
     assert!(vg_tags(&sd, &luns)
         .iter()
         .any(|t| t.starts_with("MDT_PV1=pv:")));
+    // Both PVs keep a copy of the VG's metadata now: as VDSM, no
+    // vgMetadataDevice then. The metadata LV stays on the first LUN.
+    let info = call_ok(&c, "StorageDomain.getInfo", json!({"storagedomainID": sd})).await;
+    assert_eq!(info["metadataDevice"], json!(w[0]), "{info}");
+    assert!(info.get("vgMetadataDevice").is_none(), "{info}");
 
     // A volume whose creation a crash interrupted: its LV still carries
     // OVIRT_VOL_INITIALIZING. After kill -9 and a start, depot finds the
