@@ -395,7 +395,7 @@ verbs! {
         storagepoolID: Option<Uuid>,
         /// The LUN's GUID.
         guid: String,
-    } -> "`{size}` (bytes)";
+    } -> "the PV's size in bytes, a decimal string";
 
     /// Makes PVs on LUNs and a volume group for a block domain, tagged
     /// RHAT_storage_domain_UNREADY until StorageDomain.create uses it.

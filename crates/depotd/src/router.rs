@@ -84,7 +84,9 @@ impl Router {
             Call::StorageDomainResizePv(p) => {
                 let (sd, guid) = (p.storagedomainID, p.guid);
                 let size = blocking(s, move |s| s.resize_pv(sd, &guid)).await?;
-                Ok(serde_json::json!({ "size": size.to_string() }))
+                // The bare size, as VDSM's Bridge answers (its 'size' key);
+                // the engine reads the result as that string.
+                Ok(Value::String(size.to_string()))
             }
             Call::StorageDomainGetInfo(p) => st::domain_info(s, p.storagedomainID).await,
             Call::StorageDomainGetStats(p) => st::domain_stats(s, p.storagedomainID).await,

@@ -352,6 +352,28 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
     let info = call_ok(&c, "StorageDomain.getInfo", json!({"storagedomainID": sd})).await;
     assert_eq!(info["metadataDevice"], json!(w[0]), "{info}");
     assert!(info.get("vgMetadataDevice").is_none(), "{info}");
+    // resizePV on a LUN that did not grow: the PV's size as it is, a bare
+    // decimal string (VDSM's answer; the engine reads that string).
+    let size = call_ok(
+        &c,
+        "StorageDomain.resizePV",
+        json!({"storagedomainID": sd, "storagepoolID": BLANK, "guid": w[1]}),
+    )
+    .await;
+    let vg = call_ok(
+        &c,
+        "LVMVolumeGroup.getInfo",
+        json!({"lvmvolumegroupID": vg_uuid}),
+    )
+    .await;
+    let pv = vg["pvlist"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["GUID"] == json!(w[1]))
+        .unwrap_or_else(|| panic!("no PV on {}: {vg}", w[1]));
+    assert_eq!(size, pv["capacity"], "resizePV answered {size}");
+    assert!(num(&size, "resizePV") > 0);
 
     // A volume whose creation a crash interrupted: its LV still carries
     // OVIRT_VOL_INITIALIZING. After kill -9 and a start, depot finds the
