@@ -414,7 +414,7 @@ verbs! {
     "LVMVolumeGroup.getInfo" => LvmVolumeGroupGetInfo {
         /// LVM's UUID of the volume group.
         lvmvolumegroupID: String,
-    } -> "`VolumeGroupInfo`";
+    } -> "`VolumeGroupInfo`: `{name, vgUUID, vgsize, vgfree, extent_size, type, attr: {permission, resizeable, exported, partial, allocation, clustered}, state, tags, pvlist: [{GUID, pvUUID, vgUUID, capacity, devcapacity, pe_count, pe_alloc_count, and the device's vendorID, productID, serial, fwrev, devtype, pathlist, pathstatus, discard_max_bytes, discard_zeroes_data as in Host.getDeviceList}]}`";
 
     /// Removes a volume group that holds no storage domain, and its PVs.
     "LVMVolumeGroup.remove" => LvmVolumeGroupRemove {

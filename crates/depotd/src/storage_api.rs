@@ -749,7 +749,52 @@ pub async fn ovf_entity(storage: &Arc<Storage>, sd: SdUuid, id: Uuid) -> Result<
 
 // ---- LVM volume groups (block domains) ----
 
-fn vg_json(r: &depot_storage::engine_block::VgReport) -> Value {
+/// The keys of a PV's entry that describe its device, as VDSM's
+/// hsm.__fillPVDict takes them from getDeviceList's: the engine builds its
+/// LUNs from them when it imports a block domain.
+const PV_DEVICE_KEYS: [&str; 9] = [
+    "vendorID",
+    "productID",
+    "serial",
+    "fwrev",
+    "devtype",
+    "pathlist",
+    "pathstatus",
+    "discard_max_bytes",
+    "discard_zeroes_data",
+];
+
+/// The device (`/dev/mapper/<GUID>`) of a PV: its GUID.
+fn pv_guid(p: &depot_os::lvm::PvInfo) -> String {
+    p.name.rsplit('/').next().unwrap_or(&p.name).to_string()
+}
+
+/// The devices of the PVs of `reports`, by GUID. Best effort: a PV whose
+/// device multipath does not list is reported without its details.
+fn pv_devices(
+    s: &Storage,
+    reports: &[depot_storage::engine_block::VgReport],
+) -> BTreeMap<String, BlockDevice> {
+    let guids: Vec<String> = reports
+        .iter()
+        .flat_map(|r| r.pvs.iter().map(pv_guid))
+        .collect();
+    if guids.is_empty() {
+        return BTreeMap::new();
+    }
+    match s.device_list(TypeFilter::All, &guids, false, false) {
+        Ok(devs) => devs.into_iter().map(|d| (d.guid.clone(), d)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no device details for the PVs");
+            BTreeMap::new()
+        }
+    }
+}
+
+fn vg_json(
+    r: &depot_storage::engine_block::VgReport,
+    devices: &BTreeMap<String, BlockDevice>,
+) -> Value {
     let vg = &r.vg;
     let attr = vg.attr.as_bytes();
     let at = |i: usize| attr.get(i).copied().unwrap_or(b'-') as char;
@@ -757,8 +802,8 @@ fn vg_json(r: &depot_storage::engine_block::VgReport) -> Value {
         .pvs
         .iter()
         .map(|p| {
-            let guid = p.name.rsplit('/').next().unwrap_or(&p.name).to_string();
-            json!({
+            let guid = pv_guid(p);
+            let mut v = json!({
                 "GUID": guid,
                 "pvUUID": p.uuid,
                 "vgUUID": p.vg_uuid,
@@ -766,7 +811,14 @@ fn vg_json(r: &depot_storage::engine_block::VgReport) -> Value {
                 "devcapacity": p.dev_size.to_string(),
                 "pe_count": p.pe_count.to_string(),
                 "pe_alloc_count": p.pe_alloc_count.to_string(),
-            })
+            });
+            if let Some(d) = devices.get(&guid) {
+                let dev = block_device(d);
+                for k in PV_DEVICE_KEYS {
+                    v[k] = dev[k].clone();
+                }
+            }
+            v
         })
         .collect();
     json!({
@@ -776,9 +828,11 @@ fn vg_json(r: &depot_storage::engine_block::VgReport) -> Value {
         "vgfree": vg.free.to_string(),
         "extent_size": vg.extent_size.to_string(),
         "type": 3,
+        // vg_attr's columns, as VDSM's VG_ATTR names them.
         "attr": {
             "permission": at(0).to_string(),
             "resizeable": at(1).to_string(),
+            "exported": at(2).to_string(),
             "partial": at(3).to_string(),
             "allocation": at(4).to_string(),
             "clustered": at(5).to_string(),
@@ -799,11 +853,23 @@ pub async fn create_vg(
 }
 
 pub async fn vg_info(storage: &Arc<Storage>, uuid: String) -> Result<Value, ApiError> {
-    let r = blocking(storage, move |s| s.vg_info(&uuid)).await?;
-    Ok(vg_json(&r))
+    let (r, devs) = blocking(storage, move |s| {
+        let r = s.vg_info(&uuid)?;
+        let devs = pv_devices(s, std::slice::from_ref(&r));
+        Ok((r, devs))
+    })
+    .await?;
+    Ok(vg_json(&r, &devs))
 }
 
 pub async fn list_vgs(storage: &Arc<Storage>) -> Result<Value, ApiError> {
-    let all = blocking(storage, move |s| s.list_vgs()).await?;
-    Ok(Value::Array(all.iter().map(vg_json).collect()))
+    let (all, devs) = blocking(storage, move |s| {
+        let all = s.list_vgs()?;
+        let devs = pv_devices(s, &all);
+        Ok((all, devs))
+    })
+    .await?;
+    Ok(Value::Array(
+        all.iter().map(|r| vg_json(r, &devs)).collect(),
+    ))
 }

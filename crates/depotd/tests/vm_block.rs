@@ -87,12 +87,28 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
     assert_eq!(info["name"], json!(sd));
     assert_eq!(info["pvlist"][0]["GUID"], json!(w[0]));
     assert_eq!(info["state"], json!("OK"));
+    assert_eq!(info["attr"]["exported"], json!("-"), "{info}");
+    // Each PV with its device's details, as VDSM's: the engine builds the
+    // LUNs of a block domain it imports from them.
+    let pv = &info["pvlist"][0];
+    assert_eq!(pv["devtype"], json!("iSCSI"), "{info}");
+    assert_eq!(pv["pathstatus"].as_array().map(Vec::len), Some(2), "{info}");
+    assert!(
+        pv["pathlist"].as_array().is_some_and(|l| !l.is_empty()),
+        "{info}"
+    );
+    assert!(
+        pv["serial"].is_string() && pv["vendorID"].is_string(),
+        "{info}"
+    );
     let all = call_ok(&c, "Host.getLVMVolumeGroups", json!({})).await;
-    assert!(all
+    let mine = all
         .as_array()
         .unwrap()
         .iter()
-        .any(|v| v["vgUUID"] == json!(vg_uuid)));
+        .find(|v| v["vgUUID"] == json!(vg_uuid))
+        .unwrap_or_else(|| panic!("{vg_uuid} not listed: {all}"));
+    assert_eq!(mine["pvlist"][0]["devtype"], json!("iSCSI"), "{mine}");
     // The same LUN again is refused (it is in a VG now).
     call_err(
         &c,
