@@ -48,9 +48,9 @@ pub enum Item {
     OnlyProperties(&'static [&'static str]),
     /// A result property VDSM's type lacks.
     ExtraProperty(&'static str),
-    /// A result value of another JSON type (or outside the enum) than
-    /// VDSM's type: what depot sends.
-    ResultType(&'static str, &'static str),
+    /// A result value VDSM's type gives as a number that depot sends as a
+    /// decimal string (digits, or empty where VDSM sends it empty).
+    DecimalString(&'static str),
 }
 
 impl Item {
@@ -66,7 +66,7 @@ impl Item {
             | Item::IgnoredProperty(p)
             | Item::MissingProperty(p)
             | Item::ExtraProperty(p)
-            | Item::ResultType(p, _) => p,
+            | Item::DecimalString(p) => p,
         }
     }
 
@@ -90,7 +90,7 @@ impl Item {
             Item::MissingProperty(_)
                 | Item::OnlyProperties(_)
                 | Item::ExtraProperty(_)
-                | Item::ResultType(..)
+                | Item::DecimalString(_)
         )
     }
 
@@ -116,7 +116,7 @@ impl Item {
                     .join(", ")
             ),
             Item::ExtraProperty(p) => format!("{}: not in VDSM's type", result_at(p)),
-            Item::ResultType(p, t) => format!("{}: {t}", result_at(p)),
+            Item::DecimalString(p) => format!("{}: a decimal string", result_at(p)),
         }
     }
 }
@@ -159,7 +159,6 @@ const fn vm(verb: &'static str, test: &'static str, item: Item, why: &'static st
     }
 }
 
-const DECIMAL: &str = "a decimal string";
 const SAN: &str = "SAN storage: the unprivileged tier has none";
 const CONNECTION_KEYS: &str = "a name of the schema's ConnectionRefParameters that nobody sends: \
     VDSM (storageServer.py) and the engine (StorageConnectionHelper.java) use connection, \
@@ -325,25 +324,25 @@ pub const DIFFERENCES: &[Difference] = &[
     vm(
         "Host.getDeviceList",
         "vm_iscsi",
-        Item::ResultType("[].capacity", DECIMAL),
+        Item::DecimalString("[].capacity"),
         "as VDSM sends it (hsm._getDeviceList)",
     ),
     vm(
         "Host.getDeviceList",
         "vm_iscsi",
-        Item::ResultType("[].logicalblocksize", DECIMAL),
+        Item::DecimalString("[].logicalblocksize"),
         "as VDSM sends it (multipath.pathListIter)",
     ),
     vm(
         "Host.getDeviceList",
         "vm_iscsi",
-        Item::ResultType("[].physicalblocksize", DECIMAL),
+        Item::DecimalString("[].physicalblocksize"),
         "as VDSM sends it (multipath.pathListIter)",
     ),
     vm(
         "Host.getDeviceList",
         "vm_iscsi",
-        Item::ResultType("[].pvsize", DECIMAL),
+        Item::DecimalString("[].pvsize"),
         "as VDSM sends it (hsm._getDeviceList); empty when the device is no PV",
     ),
     vm(
@@ -386,7 +385,7 @@ pub const DIFFERENCES: &[Difference] = &[
     ),
     d(
         "StorageDomain.getInfo",
-        Item::ResultType("version", DECIMAL),
+        Item::DecimalString("version"),
         "as VDSM sends it (sd.py getInfo: str(version))",
     ),
     d(
@@ -415,12 +414,12 @@ pub const DIFFERENCES: &[Difference] = &[
     ),
     d(
         "StorageDomain.getStats",
-        Item::ResultType("disktotal", DECIMAL),
+        Item::DecimalString("disktotal"),
         "as VDSM sends it (fileSD.getStats, blockSD.getStats)",
     ),
     d(
         "StorageDomain.getStats",
-        Item::ResultType("diskfree", DECIMAL),
+        Item::DecimalString("diskfree"),
         "as VDSM sends it (fileSD.getStats, blockSD.getStats)",
     ),
     d(
@@ -443,7 +442,7 @@ pub const DIFFERENCES: &[Difference] = &[
     vm(
         "StorageDomain.resizePV",
         "vm_block",
-        Item::ResultType("", DECIMAL),
+        Item::DecimalString(""),
         "as VDSM sends it (hsm.resizePV: str(pv.size)); the engine reads a string",
     ),
     vm(
@@ -561,12 +560,12 @@ pub const DIFFERENCES: &[Difference] = &[
     ),
     d(
         "StorageDomain.getFileStats",
-        Item::ResultType("{}.size", DECIMAL),
+        Item::DecimalString("{}.size"),
         "as VDSM sends it (fileSD.getFileList)",
     ),
     d(
         "StorageDomain.getFileStats",
-        Item::ResultType("{}.ctime", DECIMAL),
+        Item::DecimalString("{}.ctime"),
         "as VDSM sends it (fileSD.getFileList)",
     ),
     d(
@@ -628,27 +627,27 @@ pub const DIFFERENCES: &[Difference] = &[
     ),
     d(
         "Volume.getInfo",
-        Item::ResultType("capacity", DECIMAL),
+        Item::DecimalString("capacity"),
         "as VDSM sends it (volume.py getInfo)",
     ),
     d(
         "Volume.getInfo",
-        Item::ResultType("apparentsize", DECIMAL),
+        Item::DecimalString("apparentsize"),
         "as VDSM sends it (volume.py getInfo)",
     ),
     d(
         "Volume.getInfo",
-        Item::ResultType("truesize", DECIMAL),
+        Item::DecimalString("truesize"),
         "as VDSM sends it (volume.py getInfo)",
     ),
     d(
         "Volume.getInfo",
-        Item::ResultType("ctime", DECIMAL),
+        Item::DecimalString("ctime"),
         "as VDSM sends it (volume.py getInfo)",
     ),
     d(
         "Volume.getInfo",
-        Item::ResultType("mtime", DECIMAL),
+        Item::DecimalString("mtime"),
         "as VDSM sends it (volume.py getInfo)",
     ),
     d(
@@ -664,12 +663,12 @@ pub const DIFFERENCES: &[Difference] = &[
     ),
     d(
         "Volume.getSize",
-        Item::ResultType("apparentsize", DECIMAL),
+        Item::DecimalString("apparentsize"),
         "as VDSM sends it (hsm.getVolumeSize)",
     ),
     d(
         "Volume.getSize",
-        Item::ResultType("truesize", DECIMAL),
+        Item::DecimalString("truesize"),
         "as VDSM sends it (hsm.getVolumeSize)",
     ),
     d(

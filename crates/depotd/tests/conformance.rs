@@ -318,6 +318,50 @@ fn vm_tier_verbs_are_checked_by_their_test() {
 // Results, on a real daemon
 // ---------------------------------------------------------------------------
 
+/// The checker fails on what the list does not excuse: a listed
+/// difference excuses only its own form.
+#[test]
+fn the_checker_excuses_only_what_is_listed() {
+    let ck = Checker::new();
+    let left = |verb: &str, v: Value| {
+        ck.unexcused(verb, &v)
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    // Sizes are listed as decimal strings: digits pass, anything else not.
+    assert!(left(
+        "Volume.getSize",
+        json!({"apparentsize": "1", "truesize": "2"})
+    )
+    .is_empty());
+    for bad in [json!({"size": "1"}), json!("12x"), json!(-1), json!(null)] {
+        let found = left(
+            "Volume.getSize",
+            json!({"apparentsize": bad, "truesize": "2"}),
+        );
+        assert_eq!(found.len(), 1, "{bad}: {found:?}");
+    }
+    assert_eq!(
+        left("StorageDomain.resizePV", json!({"size": "1"})).len(),
+        1
+    );
+    assert!(left("StorageDomain.resizePV", json!("1")).is_empty());
+    // A verb that returns nothing answers true.
+    assert_eq!(left("Host.ping2", json!(false)).len(), 1);
+    assert!(left("Host.ping2", json!(true)).is_empty());
+    // Unknown and missing properties, enum values, element types.
+    let found = left(
+        "Task.getStatus",
+        json!({"taskID": "x", "taskState": "done", "taskResult": "", "code": "0", "extra": 1}),
+    );
+    assert_eq!(found.len(), 4, "{found:?}");
+    assert_eq!(left("StorageDomain.getImages", json!(["a", 1])).len(), 1);
+    // Only the listed properties may be left out of a partial answer.
+    assert!(left("Host.getStats", json!({"storageDomains": {}})).is_empty());
+    assert_eq!(left("Host.getStats", json!({})).len(), 1);
+}
+
 /// Calls a verb and checks its result against VDSM's type.
 async fn call(c: &Client, ck: &Checker, verb: &str, params: Value) -> Value {
     let v = call_ok(c, verb, params).await;

@@ -500,7 +500,12 @@ impl Finding {
                 !p.contains(['.', '[', '{']) && !sent.contains(&p.as_str())
             }
             (Finding::Extra(p), Item::ExtraProperty(q)) => p == q,
-            (Finding::Type { path, .. }, Item::ResultType(q, _)) => path == q,
+            (Finding::Type { path, got, .. }, Item::DecimalString(q)) => {
+                path == q
+                    && got
+                        .as_str()
+                        .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
+            }
             _ => false,
         }
     }
