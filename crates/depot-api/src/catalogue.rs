@@ -55,7 +55,7 @@ wire_type! {
     ConnectionList => "[ConnectionRefParameters]",
     CopyEndpoint => "CopyDataEndpoint: {endpoint_type: \"div\", sd_id, img_id, vol_id, generation?}",
     VolumeRef => "VolumeInfo: {sd_id, img_id, vol_id, generation}",
-    VolumeAttributes => "VolumeAttributes: {legality?, description?, generation?}",
+    VolumeAttributes => "VolumeAttributes: {legality?, description?, generation?} (type is refused: not supported yet)",
     MoveOperation => "ImageMoveOperation: COPY (1) or MOVE (2)",
     Password => "string (a secret: never logged or returned)",
     Port => "TCP port 1-65535 (number or decimal string)",
@@ -343,7 +343,7 @@ verbs! {
     "StorageDomain.getInfo" => StorageDomainGetInfo {
         /// The domain.
         storagedomainID: SdUuid,
-    } -> "`{uuid, name, type, class, role, pool, version, master_ver, lver, spm_id, block_size, alignment, remotePath}`";
+    } -> "`{uuid, name, type, class, role, pool, version, master_ver, lver, spm_id, block_size, alignment, backup}`; file domains add `remotePath`, block domains `vguuid`, `state` (OK or PARTIAL), `metadataDevice` and, when one PV alone holds the VG's metadata, `vgMetadataDevice`";
 
     /// Returns a domain's space figures.
     "StorageDomain.getStats" => StorageDomainGetStats {
@@ -395,7 +395,7 @@ verbs! {
         storagepoolID: Option<Uuid>,
         /// The LUN's GUID.
         guid: String,
-    } -> "`{size}` (bytes)";
+    } -> "the PV's size in bytes, a decimal string";
 
     /// Makes PVs on LUNs and a volume group for a block domain, tagged
     /// RHAT_storage_domain_UNREADY until StorageDomain.create uses it.
@@ -414,7 +414,7 @@ verbs! {
     "LVMVolumeGroup.getInfo" => LvmVolumeGroupGetInfo {
         /// LVM's UUID of the volume group.
         lvmvolumegroupID: String,
-    } -> "`VolumeGroupInfo`";
+    } -> "`VolumeGroupInfo`: `{name, vgUUID, vgsize, vgfree, extent_size, type, attr: {permission, resizeable, exported, partial, allocation, clustered}, state, tags, pvlist: [{GUID, pvUUID, vgUUID, capacity, devcapacity, pe_count, pe_alloc_count, and the device's vendorID, productID, serial, fwrev, devtype, pathlist, pathstatus, discard_max_bytes, discard_zeroes_data as in Host.getDeviceList}]}`";
 
     /// Removes a volume group that holds no storage domain, and its PVs.
     "LVMVolumeGroup.remove" => LvmVolumeGroupRemove {
@@ -453,7 +453,7 @@ verbs! {
         pattern: String,
         /// Whether the pattern is case sensitive (default true).
         caseSensitive: Option<bool>,
-    } -> "`{name: {size, ctime}}`";
+    } -> "`{name: {size, ctime, status}}` (size and ctime as decimal strings; status 0, or 469 when QEMU could not read the file)";
 
     /// Creates a pool with its master domain (which must be attachable).
     "StoragePool.create" => StoragePoolCreate {
@@ -509,7 +509,7 @@ verbs! {
     "StoragePool.getInfo" => StoragePoolGetInfo {
         /// The pool.
         storagepoolID: SpUuid,
-    } -> "`{info: {master_uuid, master_ver, name, spm_id, lver, domains, pool_status, ...}, dominfo: {sdUUID: {status, diskfree, disktotal, alerts, version}}}`";
+    } -> "`{info: {master_uuid, master_ver, name, type, spm_id, lver, domains, pool_status, version, isoprefix}, dominfo: {sdUUID: {status, alerts, version, isoprefix, diskfree?, disktotal?}}}` (type: the master's; the sizes once the monitor has checked the domain)";
 
     /// Attaches a domain to a pool (POOL_UUID in its metadata).
     "StorageDomain.attach" => StorageDomainAttach {
@@ -596,7 +596,7 @@ verbs! {
         storagedomainID: SdUuid,
         /// The image.
         imageID: ImgUuid,
-    } -> "`{uuid, image, domain, pool, parent, children, format, voltype, allocType, disktype, description, legality, status, capacity, apparentsize, truesize, ctime, mtime, generation, sequence, lease}`";
+    } -> "`{uuid, image, domain, pool, parent, children, format, voltype, allocType, disktype, description, legality, status, capacity, apparentsize, truesize, ctime, mtime, generation, sequence}` (no `lease`: depot's volumes have none)";
 
     /// Returns a volume's apparent and allocated size.
     "Volume.getSize" => VolumeGetSize {
@@ -966,6 +966,27 @@ mod tests {
         let (id, why) = p.connectionParams.0[1].as_ref().unwrap_err();
         assert_eq!(id.as_deref(), Some("b"));
         assert!(!why.contains("hunter2"), "{why}");
+    }
+
+    #[test]
+    fn update_volume_refuses_a_type_it_cannot_set() {
+        let p = |attr: serde_json::Value| {
+            Call::parse(
+                "SDM.update_volume",
+                Some(json!({
+                    "job_id": "5c1b1f0e-7a8d-4c1e-9b0a-3f2e1d0c9b8a",
+                    "vol_info": {"sd_id": "5c1b1f0e-7a8d-4c1e-9b0a-3f2e1d0c9b8b",
+                        "img_id": "5c1b1f0e-7a8d-4c1e-9b0a-3f2e1d0c9b8c",
+                        "vol_id": "5c1b1f0e-7a8d-4c1e-9b0a-3f2e1d0c9b8d", "generation": 1},
+                    "vol_attr": attr,
+                })),
+            )
+        };
+        let e = p(json!({"description": "x", "type": "SHARED"})).unwrap_err();
+        assert_eq!(e.code, Code::InvalidParams);
+        assert!(e.detail.contains("type=\"SHARED\""), "{e}");
+        p(json!({"description": "x", "type": null})).unwrap();
+        p(json!({"description": "x"})).unwrap();
     }
 
     #[test]

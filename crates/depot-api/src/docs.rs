@@ -1,16 +1,17 @@
-//! Renders docs/api.md from the catalogue, so the reference cannot drift
-//! from the code. A test compares the file with this output; run
+//! Renders docs/api.md from the catalogue and the list of differences from
+//! VDSM's schema, so the reference cannot drift from the code. A test compares the file with this output; run
 //! `DEPOT_UPDATE_DOCS=1 cargo test -p depot-api` to rewrite it.
 
 use std::fmt::Write;
 
+use crate::conformance::{DIFFERENCES, EVERY_VERB};
 use crate::{methods, Code};
 
 pub fn render_api_md() -> String {
     let mut s = String::new();
     s.push_str("# depot API reference\n\n");
     s.push_str(
-        "<!-- Generated from crates/depot-api/src/catalogue.rs and error.rs. \
+        "<!-- Generated from crates/depot-api/src/catalogue.rs, conformance.rs and error.rs. \
          Do not edit: run `DEPOT_UPDATE_DOCS=1 cargo test -p depot-api`. -->\n\n",
     );
     s.push_str(
@@ -39,6 +40,7 @@ pub fn render_api_md() -> String {
         }
         let _ = writeln!(s, "Result: {}\n", m.result);
     }
+    render_differences(&mut s);
     s.push_str("## Error codes\n\n");
     s.push_str(
         "Errors are `{\"code\": N, \"message\": \"<text>: <detail>\"}`. Codes \
@@ -50,6 +52,38 @@ pub fn render_api_md() -> String {
         let _ = writeln!(s, "| {} | {} | {} |", c.number(), c.name(), c.text());
     }
     s
+}
+
+/// The differences from VDSM's schema that the conformance test allows.
+fn render_differences(s: &mut String) {
+    s.push_str("## Differences from VDSM's schema\n\n");
+    s.push_str(
+        "crates/depotd/tests/conformance.rs checks every verb that VDSM also has \
+         against VDSM's schema (vdsm-api.yml; the names and types are copied in \
+         crates/depotd/tests/data/vdsm-api-storage.json): without a daemon, the \
+         parameters' names, optionality and the values of their types; on a real \
+         depotd, each verb's result (property names, JSON types, enum values), the \
+         SAN verbs' in the VM tier. A verb whose schema returns nothing answers \
+         `true`, as VDSM's JSON-RPC server does. These are the differences it \
+         allows, each on purpose. Where VDSM itself departs from its schema \
+         (\"as VDSM sends it\", \"VDSM sends it too\"), depot follows VDSM: the \
+         engine reads what VDSM sends.\n\n",
+    );
+    s.push_str("| verb | difference | why |\n|---|---|---|\n");
+    for d in DIFFERENCES {
+        let verb = if d.verb == EVERY_VERB {
+            "every verb with it".to_string()
+        } else {
+            format!("`{}`", d.verb)
+        };
+        let _ = writeln!(
+            s,
+            "| {verb} | {} | {} |",
+            d.item.describe().replace('|', "\\|"),
+            d.why.replace('|', "\\|")
+        );
+    }
+    s.push('\n');
 }
 
 #[cfg(test)]

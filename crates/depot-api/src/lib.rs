@@ -5,6 +5,7 @@
 //! sees JSON.
 
 pub mod catalogue;
+pub mod conformance;
 pub mod docs;
 pub mod error;
 pub mod storage;

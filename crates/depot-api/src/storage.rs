@@ -434,6 +434,27 @@ pub struct VolumeAttributes {
     pub description: Option<String>,
     #[serde(default)]
     pub generation: Option<u32>,
+    /// VDSM's `type` (the engine makes a template's volumes SHARED).
+    #[serde(default, rename = "type")]
+    pub no_type: NoVolumeType,
+}
+
+/// `type` of [`VolumeAttributes`]: changing a volume's type is not
+/// supported yet, so any value is refused, and the call fails instead of
+/// leaving the type unchanged. Absent or null is fine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NoVolumeType;
+
+impl<'de> Deserialize<'de> for NoVolumeType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Null => Ok(NoVolumeType),
+            v => Err(serde::de::Error::custom(format!(
+                "type={}: changing a volume's type is not supported yet",
+                v.to_string().chars().take(64).collect::<String>()
+            ))),
+        }
+    }
 }
 
 /// `Image.move`'s operation: VDSM's COPY_OP 1, MOVE_OP 2 (names or numbers).

@@ -176,6 +176,15 @@ pub struct FsStats {
     pub read_only: bool,
 }
 
+/// The id of the group named `name` in the host's group database, or None
+/// when there is no such group (or the database cannot be read).
+pub fn group_id(name: &str) -> Option<u32> {
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
+
 /// Space and inode counts of the filesystem holding `path`.
 ///
 /// Blocks on a hung NFS mount like any call on its path; run it through an

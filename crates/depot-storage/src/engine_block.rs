@@ -57,6 +57,12 @@ fn devices_of(guids: &[String], op: &'static str) -> StorageResult<Vec<PathBuf>>
 }
 
 impl Storage {
+    /// The block part of `StorageDomain.getInfo` (VG UUID and state, the
+    /// metadata devices).
+    pub fn block_domain_info(&self, sd: SdUuid) -> StorageResult<block::BlockDomainInfo> {
+        block::domain_info(&self.lvm, sd)
+    }
+
     /// `LVMVolumeGroup.create`; returns the VG's UUID.
     pub fn create_vg(&self, name: SdUuid, guids: &[String], force: bool) -> StorageResult<String> {
         const OP: &str = "create volume group";

@@ -14,6 +14,21 @@ pub struct FileStat {
     pub size: u64,
     /// Change time, seconds since the epoch.
     pub ctime: i64,
+    /// Whether QEMU can read it: readable by others, or by its group when
+    /// that is `qemu` or `kvm` (VDSM's validateQemuReadable, whose answer
+    /// becomes the file's status 0 or 469).
+    pub qemu_readable: bool,
+}
+
+/// The groups whose members read disk images: QEMU's own and VDSM's
+/// (`DISKIMAGE_GROUP`, `METADATA_GROUP`).
+const IMAGE_GROUPS: [&str; 2] = ["qemu", "kvm"];
+
+/// VDSM's validateQemuReadable on a file's mode and group.
+fn qemu_readable(mode: u32, gid: u32, image_gids: &[u32]) -> bool {
+    const S_IRGRP: u32 = 0o040;
+    const S_IROTH: u32 = 0o004;
+    mode & S_IROTH != 0 || (mode & S_IRGRP != 0 && image_gids.contains(&gid))
 }
 
 /// Regular files in `<domain>/images/<ISO image>/` matching `pattern`
@@ -38,6 +53,10 @@ pub fn list(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(StorageError::io(Code::MiscFileReadException, OP, &dir, &e)),
     };
+    let image_gids: Vec<u32> = IMAGE_GROUPS
+        .iter()
+        .filter_map(|g| depot_os::fsutil::group_id(g))
+        .collect();
     let mut out = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -53,6 +72,7 @@ pub fn list(
                 name,
                 size: md.len(),
                 ctime: md.ctime(),
+                qemu_readable: qemu_readable(md.mode(), md.gid(), &image_gids),
             });
         }
     }
@@ -119,5 +139,15 @@ mod tests {
         assert_eq!(files.len(), 1);
         assert_eq!((files[0].name.as_str(), files[0].size), ("a.iso", 5));
         assert!(list(&paths, "../*", true).is_err());
+    }
+
+    #[test]
+    fn qemu_reads_what_others_or_its_groups_may_read() {
+        let kvm = [36];
+        assert!(qemu_readable(0o100644, 0, &kvm));
+        assert!(qemu_readable(0o100640, 36, &kvm));
+        assert!(!qemu_readable(0o100640, 0, &kvm));
+        assert!(!qemu_readable(0o100600, 36, &kvm));
+        assert!(!qemu_readable(0o100660, 36, &[]));
     }
 }

@@ -2,7 +2,7 @@
 //! service's typed answer back to the wire value. Nothing else happens here:
 //! no validation beyond what the wire types enforce, no storage logic.
 
-use depot_api::storage::{ImgUuid, MoveOperation, SpUuid};
+use depot_api::storage::{DomainType, ImgUuid, MoveOperation, SpUuid};
 use depot_api::types::{Capabilities, JobType};
 use depot_api::{params, ApiError, Call, Code};
 use depot_jobs::{JobManager, SLEEP_KIND};
@@ -95,7 +95,9 @@ impl Router {
             Call::StorageDomainResizePv(p) => {
                 let (sd, guid) = (p.storagedomainID, p.guid);
                 let size = blocking(s, move |s| s.resize_pv(sd, &guid)).await?;
-                Ok(serde_json::json!({ "size": size.to_string() }))
+                // The bare size, as VDSM's Bridge answers (its 'size' key);
+                // the engine reads the result as that string.
+                Ok(Value::String(size.to_string()))
             }
             Call::StorageDomainGetInfo(p) => st::domain_info(s, p.storagedomainID).await,
             Call::StorageDomainGetStats(p) => st::domain_stats(s, p.storagedomainID).await,
@@ -320,21 +322,40 @@ fn to_wire<T: Serialize>(v: &T) -> Result<Value, ApiError> {
     serde_json::to_value(v).map_err(|e| ApiError::new(Code::InternalError, e.to_string()))
 }
 
-/// The storage part of VDSM's capabilities. Domain support grows with later
-/// issues; this lists what the build can do today.
+/// The file storage types depot serves: block sizes 512 and 4096, or 0 to
+/// detect it when the domain is created.
+const FILE_TYPES: [DomainType; 4] = [
+    DomainType::Nfs,
+    DomainType::LocalFs,
+    DomainType::PosixFs,
+    DomainType::GlusterFs,
+];
+
+/// The SAN storage types depot serves (block domains on LVM): 512-byte
+/// blocks, as VDSM's blockSD (`supported_block_size = (512,)`).
+const BLOCK_TYPES: [DomainType; 2] = [DomainType::Iscsi, DomainType::Fcp];
+
+/// The storage part of VDSM's capabilities: what this build can do.
 pub fn capabilities() -> Capabilities {
+    let sizes = FILE_TYPES
+        .iter()
+        .map(|t| (t.name().to_string(), vec![0, 512, 4096]))
+        .chain(
+            BLOCK_TYPES
+                .iter()
+                .map(|t| (t.name().to_string(), vec![512])),
+        );
     Capabilities {
         version_name: "depot".into(),
         software_version: env!("CARGO_PKG_VERSION").into(),
         software_revision: option_env!("DEPOT_GIT_REVISION").unwrap_or("0").into(),
         domain_versions: vec![5],
-        storage_domain_types: ["NFS", "LOCALFS", "POSIXFS", "GLUSTERFS"]
-            .map(String::from)
-            .to_vec(),
-        supported_block_size: ["NFS", "LOCALFS", "POSIXFS", "GLUSTERFS"]
-            .into_iter()
-            .map(|t| (t.to_string(), vec![0, 512, 4096]))
-            .collect::<BTreeMap<_, _>>(),
+        storage_domain_types: FILE_TYPES
+            .iter()
+            .chain(&BLOCK_TYPES)
+            .map(|t| t.name().to_string())
+            .collect(),
+        supported_block_size: sizes.collect::<BTreeMap<_, _>>(),
         additional_features: [
             "host_jobs",
             "job_abort",
@@ -344,5 +365,29 @@ pub fn capabilities() -> Capabilities {
         ]
         .map(String::from)
         .to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// depot serves block domains on iSCSI and FC LUNs as well as the file
+    /// types; the engine reads which from here.
+    #[test]
+    fn capabilities_name_the_file_and_the_san_types() {
+        let caps = capabilities();
+        assert_eq!(
+            caps.storage_domain_types,
+            ["NFS", "LOCALFS", "POSIXFS", "GLUSTERFS", "ISCSI", "FCP"]
+        );
+        let with_sizes: Vec<&String> = caps.supported_block_size.keys().collect();
+        let mut types: Vec<&String> = caps.storage_domain_types.iter().collect();
+        types.sort();
+        assert_eq!(with_sizes, types, "block sizes for every type served");
+        for san in ["ISCSI", "FCP"] {
+            assert_eq!(caps.supported_block_size[san], [512], "{san}");
+        }
+        assert_eq!(caps.supported_block_size["NFS"], [0, 512, 4096]);
     }
 }

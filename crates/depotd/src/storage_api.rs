@@ -296,9 +296,17 @@ pub async fn create_domain(
 }
 
 pub async fn domain_info(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, ApiError> {
-    let info = blocking(storage, move |s| s.domain_info(sd)).await?;
+    let (info, block) = blocking(storage, move |s| {
+        let info = s.domain_info(sd)?;
+        let block = match info.paths.block {
+            true => Some(s.block_domain_info(sd)?),
+            false => None,
+        };
+        Ok((info, block))
+    })
+    .await?;
     let md = &info.metadata;
-    Ok(json!({
+    let mut v = json!({
         "uuid": md.sd_uuid.to_string(),
         "name": md.description,
         "type": md.domain_type.name(),
@@ -313,7 +321,18 @@ pub async fn domain_info(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, Ap
         "block_size": md.block_size,
         "alignment": md.alignment,
         "backup": md.backup,
-    }))
+    });
+    // VDSM's blockSD.getInfo adds these; the engine reads vguuid when it
+    // imports a block domain.
+    if let Some(b) = block {
+        v["vguuid"] = json!(b.vg_uuid);
+        v["state"] = json!(if b.partial { "PARTIAL" } else { "OK" });
+        v["metadataDevice"] = json!(b.metadata_device);
+        if let Some(dev) = b.vg_metadata_device {
+            v["vgMetadataDevice"] = json!(dev);
+        }
+    }
+    Ok(v)
 }
 
 pub async fn domain_stats(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, ApiError> {
@@ -393,22 +412,29 @@ fn domain_dict(map: &Map<String, Value>) -> Result<BTreeMap<SdUuid, PoolDomainSt
 }
 
 pub async fn pool_info(storage: &Arc<Storage>, sp: SpUuid) -> Result<Value, ApiError> {
-    let (pool, doms) = blocking(storage, move |s| {
+    let (pool, master_type, doms) = blocking(storage, move |s| {
         let pool = s.pool(sp)?;
+        // VDSM reports the master's type as the pool's (sp.py getInfo).
+        let master_type = s.domain_info(pool.master)?.metadata.domain_type;
         let doms: Vec<_> = pool
             .domains
             .iter()
             .map(|(sd, status)| (*sd, *status, s.health(*sd)))
             .collect();
-        Ok((pool, doms))
+        Ok((pool, master_type, doms))
     })
     .await?;
     let mut dominfo = Map::new();
     for (sd, status, health) in &doms {
-        let mut d = json!({"status": status.name(), "alerts": [], "version": 5});
-        if let Some(h) = health {
-            d["diskfree"] = json!(h.disk_free.map(|v| v.to_string()));
-            d["disktotal"] = json!(h.disk_total.map(|v| v.to_string()));
+        let mut d = json!({"status": status.name(), "alerts": [], "version": 5, "isoprefix": ""});
+        // As VDSM (hsm._getDomsStats): the sizes only when the monitor
+        // knows both, never null.
+        if let Some((free, total)) = health
+            .as_ref()
+            .and_then(|h| Some((h.disk_free?, h.disk_total?)))
+        {
+            d["diskfree"] = json!(free.to_string());
+            d["disktotal"] = json!(total.to_string());
         }
         dominfo.insert(sd.to_string(), d);
     }
@@ -420,6 +446,7 @@ pub async fn pool_info(storage: &Arc<Storage>, sp: SpUuid) -> Result<Value, ApiE
     Ok(json!({
         "info": {
             "name": pool.name,
+            "type": master_type.name(),
             "master_uuid": pool.master.to_string(),
             "master_ver": pool.master_version,
             "spm_id": -1,
@@ -569,7 +596,10 @@ pub async fn volume_info(
         "mtime": info.mtime.to_string(),
         "generation": md.generation,
         "sequence": md.sequence,
-        "lease": {"path": format!("{}.lease", info.path.display()), "offset": 0},
+        // No `lease`: depot's leases are single-host and its volumes have no
+        // sanlock resource, and VDSM leaves the key out when a volume has no
+        // lease (volume.py getInfo). The empty `.lease` file only keeps
+        // VDSM's layout.
     }))
 }
 
@@ -633,9 +663,15 @@ pub async fn file_stats(
         files
             .into_iter()
             .map(|f| {
+                // VDSM's status: 0, or 469 when QEMU could not read it.
+                let status = if f.qemu_readable {
+                    0
+                } else {
+                    Code::StorageServerAccessPermissionError.number()
+                };
                 (
                     f.name,
-                    json!({"size": f.size.to_string(), "ctime": f.ctime.to_string()}),
+                    json!({"size": f.size.to_string(), "ctime": f.ctime.to_string(), "status": status}),
                 )
             })
             .collect(),
@@ -713,7 +749,52 @@ pub async fn ovf_entity(storage: &Arc<Storage>, sd: SdUuid, id: Uuid) -> Result<
 
 // ---- LVM volume groups (block domains) ----
 
-fn vg_json(r: &depot_storage::engine_block::VgReport) -> Value {
+/// The keys of a PV's entry that describe its device, as VDSM's
+/// hsm.__fillPVDict takes them from getDeviceList's: the engine builds its
+/// LUNs from them when it imports a block domain.
+const PV_DEVICE_KEYS: [&str; 9] = [
+    "vendorID",
+    "productID",
+    "serial",
+    "fwrev",
+    "devtype",
+    "pathlist",
+    "pathstatus",
+    "discard_max_bytes",
+    "discard_zeroes_data",
+];
+
+/// The device (`/dev/mapper/<GUID>`) of a PV: its GUID.
+fn pv_guid(p: &depot_os::lvm::PvInfo) -> String {
+    p.name.rsplit('/').next().unwrap_or(&p.name).to_string()
+}
+
+/// The devices of the PVs of `reports`, by GUID. Best effort: a PV whose
+/// device multipath does not list is reported without its details.
+fn pv_devices(
+    s: &Storage,
+    reports: &[depot_storage::engine_block::VgReport],
+) -> BTreeMap<String, BlockDevice> {
+    let guids: Vec<String> = reports
+        .iter()
+        .flat_map(|r| r.pvs.iter().map(pv_guid))
+        .collect();
+    if guids.is_empty() {
+        return BTreeMap::new();
+    }
+    match s.device_list(TypeFilter::All, &guids, false, false) {
+        Ok(devs) => devs.into_iter().map(|d| (d.guid.clone(), d)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no device details for the PVs");
+            BTreeMap::new()
+        }
+    }
+}
+
+fn vg_json(
+    r: &depot_storage::engine_block::VgReport,
+    devices: &BTreeMap<String, BlockDevice>,
+) -> Value {
     let vg = &r.vg;
     let attr = vg.attr.as_bytes();
     let at = |i: usize| attr.get(i).copied().unwrap_or(b'-') as char;
@@ -721,8 +802,8 @@ fn vg_json(r: &depot_storage::engine_block::VgReport) -> Value {
         .pvs
         .iter()
         .map(|p| {
-            let guid = p.name.rsplit('/').next().unwrap_or(&p.name).to_string();
-            json!({
+            let guid = pv_guid(p);
+            let mut v = json!({
                 "GUID": guid,
                 "pvUUID": p.uuid,
                 "vgUUID": p.vg_uuid,
@@ -730,7 +811,14 @@ fn vg_json(r: &depot_storage::engine_block::VgReport) -> Value {
                 "devcapacity": p.dev_size.to_string(),
                 "pe_count": p.pe_count.to_string(),
                 "pe_alloc_count": p.pe_alloc_count.to_string(),
-            })
+            });
+            if let Some(d) = devices.get(&guid) {
+                let dev = block_device(d);
+                for k in PV_DEVICE_KEYS {
+                    v[k] = dev[k].clone();
+                }
+            }
+            v
         })
         .collect();
     json!({
@@ -740,9 +828,11 @@ fn vg_json(r: &depot_storage::engine_block::VgReport) -> Value {
         "vgfree": vg.free.to_string(),
         "extent_size": vg.extent_size.to_string(),
         "type": 3,
+        // vg_attr's columns, as VDSM's VG_ATTR names them.
         "attr": {
             "permission": at(0).to_string(),
             "resizeable": at(1).to_string(),
+            "exported": at(2).to_string(),
             "partial": at(3).to_string(),
             "allocation": at(4).to_string(),
             "clustered": at(5).to_string(),
@@ -763,11 +853,23 @@ pub async fn create_vg(
 }
 
 pub async fn vg_info(storage: &Arc<Storage>, uuid: String) -> Result<Value, ApiError> {
-    let r = blocking(storage, move |s| s.vg_info(&uuid)).await?;
-    Ok(vg_json(&r))
+    let (r, devs) = blocking(storage, move |s| {
+        let r = s.vg_info(&uuid)?;
+        let devs = pv_devices(s, std::slice::from_ref(&r));
+        Ok((r, devs))
+    })
+    .await?;
+    Ok(vg_json(&r, &devs))
 }
 
 pub async fn list_vgs(storage: &Arc<Storage>) -> Result<Value, ApiError> {
-    let all = blocking(storage, move |s| s.list_vgs()).await?;
-    Ok(Value::Array(all.iter().map(vg_json).collect()))
+    let (all, devs) = blocking(storage, move |s| {
+        let all = s.list_vgs()?;
+        let devs = pv_devices(s, &all);
+        Ok((all, devs))
+    })
+    .await?;
+    Ok(Value::Array(
+        all.iter().map(|r| vg_json(r, &devs)).collect(),
+    ))
 }

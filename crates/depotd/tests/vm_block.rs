@@ -12,6 +12,7 @@ mod ovf_common;
 mod storage_common;
 #[path = "../../depot-storage/tests/support/mod.rs"]
 mod support;
+mod vdsm_schema;
 
 use common::Daemon;
 use serde_json::json;
@@ -67,6 +68,8 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
     c.set_call_timeout(SLOW);
     let sd = new_id();
     let w = &luns.wwids;
+    // The SAN verbs' results against VDSM's schema (tests/conformance.rs).
+    let conform = vdsm_schema::Checker::new();
 
     // A VG on the first LUN: UNREADY until the domain is created on it.
     let vg_uuid = call_ok(
@@ -75,6 +78,7 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
         json!({"name": sd, "devlist": [w[0]], "force": false}),
     )
     .await;
+    conform.check("LVMVolumeGroup.create", &vg_uuid);
     let vg_uuid = vg_uuid.as_str().unwrap().to_string();
     assert!(vg_tags(&sd, &luns).contains(&"RHAT_storage_domain_UNREADY".to_string()));
     let info = call_ok(
@@ -83,15 +87,33 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
         json!({"lvmvolumegroupID": vg_uuid}),
     )
     .await;
+    conform.check("LVMVolumeGroup.getInfo", &info);
     assert_eq!(info["name"], json!(sd));
     assert_eq!(info["pvlist"][0]["GUID"], json!(w[0]));
     assert_eq!(info["state"], json!("OK"));
+    assert_eq!(info["attr"]["exported"], json!("-"), "{info}");
+    // Each PV with its device's details, as VDSM's: the engine builds the
+    // LUNs of a block domain it imports from them.
+    let pv = &info["pvlist"][0];
+    assert_eq!(pv["devtype"], json!("iSCSI"), "{info}");
+    assert_eq!(pv["pathstatus"].as_array().map(Vec::len), Some(2), "{info}");
+    assert!(
+        pv["pathlist"].as_array().is_some_and(|l| !l.is_empty()),
+        "{info}"
+    );
+    assert!(
+        pv["serial"].is_string() && pv["vendorID"].is_string(),
+        "{info}"
+    );
     let all = call_ok(&c, "Host.getLVMVolumeGroups", json!({})).await;
-    assert!(all
+    conform.check("Host.getLVMVolumeGroups", &all);
+    let mine = all
         .as_array()
         .unwrap()
         .iter()
-        .any(|v| v["vgUUID"] == json!(vg_uuid)));
+        .find(|v| v["vgUUID"] == json!(vg_uuid))
+        .unwrap_or_else(|| panic!("{vg_uuid} not listed: {all}"));
+    assert_eq!(mine["pvlist"][0]["devtype"], json!("iSCSI"), "{mine}");
     // The same LUN again is refused (it is in a VG now).
     call_err(
         &c,
@@ -139,9 +161,17 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
         assert!(lv_tags(&sd, lv, &luns).len() <= 1, "special LV {lv} exists");
     }
     let info = call_ok(&c, "StorageDomain.getInfo", json!({"storagedomainID": sd})).await;
+    conform.check("StorageDomain.getInfo", &info);
     assert_eq!(info["type"], json!("ISCSI"), "{info}");
     assert_eq!(info["name"], json!("block one"));
+    // VDSM's block additions (blockSD.getInfo); the engine's import reads
+    // vguuid. One LUN: it holds the metadata LV and the VG's metadata.
+    assert_eq!(info["vguuid"], json!(vg_uuid), "{info}");
+    assert_eq!(info["state"], json!("OK"), "{info}");
+    assert_eq!(info["metadataDevice"], json!(w[0]), "{info}");
+    assert_eq!(info["vgMetadataDevice"], json!(w[0]), "{info}");
     let stats = call_ok(&c, "StorageDomain.getStats", json!({"storagedomainID": sd})).await;
+    conform.check("StorageDomain.getStats", &stats);
     assert!(num(&stats["disktotal"], "disktotal") > 5 * GIB, "{stats}");
     call_err(
         &c,
@@ -324,12 +354,13 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
     assert!(back == tar, "OVF_STORE content differs after a round trip");
 
     // A second LUN: StorageDomain.extend.
-    call_ok(
+    let extended = call_ok(
         &c,
         "StorageDomain.extend",
         json!({"storagedomainID": sd, "storagepoolID": BLANK, "devlist": [w[1]]}),
     )
     .await;
+    conform.check("StorageDomain.extend", &extended);
     let info = call_ok(
         &c,
         "LVMVolumeGroup.getInfo",
@@ -340,6 +371,36 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
     assert!(vg_tags(&sd, &luns)
         .iter()
         .any(|t| t.starts_with("MDT_PV1=pv:")));
+    // Both PVs keep a copy of the VG's metadata now: as VDSM, no
+    // vgMetadataDevice then. The metadata LV stays on the first LUN.
+    let info = call_ok(&c, "StorageDomain.getInfo", json!({"storagedomainID": sd})).await;
+    conform.check("StorageDomain.getInfo", &info);
+    assert_eq!(info["metadataDevice"], json!(w[0]), "{info}");
+    assert!(info.get("vgMetadataDevice").is_none(), "{info}");
+    // resizePV on a LUN that did not grow: the PV's size as it is, a bare
+    // decimal string (VDSM's answer; the engine reads that string).
+    let size = call_ok(
+        &c,
+        "StorageDomain.resizePV",
+        json!({"storagedomainID": sd, "storagepoolID": BLANK, "guid": w[1]}),
+    )
+    .await;
+    conform.check("StorageDomain.resizePV", &size);
+    let vg = call_ok(
+        &c,
+        "LVMVolumeGroup.getInfo",
+        json!({"lvmvolumegroupID": vg_uuid}),
+    )
+    .await;
+    conform.check("LVMVolumeGroup.getInfo", &vg);
+    let pv = vg["pvlist"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["GUID"] == json!(w[1]))
+        .unwrap_or_else(|| panic!("no PV on {}: {vg}", w[1]));
+    assert_eq!(size, pv["capacity"], "resizePV answered {size}");
+    assert!(num(&size, "resizePV") > 0);
 
     // A volume whose creation a crash interrupted: its LV still carries
     // OVIRT_VOL_INITIALIZING. After kill -9 and a start, depot finds the
@@ -480,5 +541,28 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
         506,
     )
     .await;
+
+    // A VG that holds no domain is removed with its PVs.
+    let spare = call_ok(
+        &c,
+        "LVMVolumeGroup.create",
+        json!({"name": new_id(), "devlist": [w[1]]}),
+    )
+    .await;
+    let removed = call_ok(
+        &c,
+        "LVMVolumeGroup.remove",
+        json!({"lvmvolumegroupID": spare}),
+    )
+    .await;
+    conform.check("LVMVolumeGroup.remove", &removed);
+    call_err(
+        &c,
+        "LVMVolumeGroup.getInfo",
+        json!({"lvmvolumegroupID": spare}),
+        506,
+    )
+    .await;
+    conform.assert_all_used("vm_block");
     d.stop();
 }

@@ -11,6 +11,7 @@
 
 mod common;
 mod storage_common;
+mod vdsm_schema;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -239,6 +240,8 @@ async fn discovery_finds_the_target_on_both_portals() {
         .iter()
         .map(|p| format!("{p}:{},1 {}", t.port, t.iqn))
         .collect();
+    // Results against VDSM's schema (tests/conformance.rs).
+    let conform = vdsm_schema::Checker::new();
     for p in &t.portals {
         let found = call_ok(
             &c,
@@ -246,8 +249,10 @@ async fn discovery_finds_the_target_on_both_portals() {
             json!({"host": p, "port": t.port}),
         )
         .await;
+        conform.check("ISCSIConnection.discoverSendTargets", &found);
         assert_eq!(strings(&found), expected, "through {p}");
     }
+    conform.assert_all_used("vm_iscsi");
     // Discovery leaves no records behind.
     assert!(node_records().trim().is_empty(), "{}", node_records());
     assert!(sessions().is_empty());
@@ -305,6 +310,9 @@ async fn chap_login_shows_three_luns_with_two_paths_each() {
     let started = Instant::now();
     let devs = device_list(&c, json!({"storageType": ISCSI, "checkStatus": true})).await;
     eprintln!("getDeviceList (with refresh): {:?}", started.elapsed());
+    // Results against VDSM's schema (tests/conformance.rs).
+    let conform = vdsm_schema::Checker::new();
+    conform.check("Host.getDeviceList", &Value::Array(devs.clone()));
     assert_eq!(devs.len(), 3, "{devs:#?}");
     let backing: BTreeSet<u64> = ["vda", "vdb", "vdc"].iter().map(|d| disk_size(d)).collect();
     let mut guids = Vec::new();
@@ -378,6 +386,8 @@ async fn chap_login_shows_three_luns_with_two_paths_each() {
     let mut ask = guids.clone();
     ask.push(missing.into());
     let vis = call_ok(&c, "Host.getDevicesVisibility", json!({"guidList": ask})).await;
+    conform.check("Host.getDevicesVisibility", &vis);
+    conform.assert_all_used("vm_iscsi");
     for g in &guids {
         assert_eq!(vis[g], true, "{vis}");
     }

@@ -48,7 +48,7 @@ use crate::{Cmd, CmdError, CommandRunner};
 
 /// The fields each report asks for; the parsers expect exactly these.
 pub const PV_FIELDS: &str = "pv_name,pv_uuid,pv_size,dev_size,vg_name,vg_uuid,pe_start,\
-pv_pe_count,pv_pe_alloc_count,pv_mda_count,pv_mda_size";
+pv_pe_count,pv_pe_alloc_count,pv_mda_count,pv_mda_used_count,pv_mda_size";
 pub const VG_FIELDS: &str = "vg_name,vg_uuid,vg_attr,vg_size,vg_free,vg_extent_size,\
 vg_extent_count,vg_free_count,vg_tags,vg_mda_size,vg_mda_free,pv_count,lv_count";
 pub const LV_FIELDS: &str = "vg_name,lv_name,lv_uuid,lv_size,lv_attr,lv_tags,devices";

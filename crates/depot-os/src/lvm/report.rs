@@ -26,6 +26,9 @@ pub struct PvInfo {
     pub pe_count: u64,
     pub pe_alloc_count: u64,
     pub mda_count: u64,
+    /// Metadata areas in use: VDSM makes two on every PV of a domain and
+    /// uses them on one only, which holds the VG's metadata.
+    pub mda_used_count: u64,
     pub mda_size: u64,
 }
 
@@ -158,6 +161,7 @@ pub fn parse_pvs(text: &str) -> Result<Vec<PvInfo>, ReportError> {
                 pe_count: r.n("pv_pe_count")?,
                 pe_alloc_count: r.n("pv_pe_alloc_count")?,
                 mda_count: r.n("pv_mda_count")?,
+                mda_used_count: r.n("pv_mda_used_count")?,
                 mda_size: r.n("pv_mda_size")?,
             })
         })
@@ -212,12 +216,13 @@ pub fn parse_lvs(text: &str) -> Result<Vec<LvInfo>, ReportError> {
 mod tests {
     use super::*;
 
-    // Captured from lvm2 2.03.16 on a loop device (activation disabled).
+    // Captured from lvm2 2.03.16 on a loop device (activation disabled);
+    // pv_mda_used_count as the same version prints it.
     const PVS: &str = r#"  {
       "report": [
           {
               "pv": [
-                  {"pv_name":"/dev/loop0", "pv_uuid":"E2YkMo-oJm4-TkLR-jDRN-Asdy-wtbB-w51BMq", "pv_size":"2013265920", "dev_size":"2147483648", "vg_name":"testvg", "vg_uuid":"3edLI6-piVk-D4YY-Tnnd-HrJY-KGsq-dZq3C6", "pe_start":"1048576", "pv_pe_count":"15", "pv_pe_alloc_count":"2", "pv_mda_count":"1", "pv_mda_size":"1044480"}
+                  {"pv_name":"/dev/loop0", "pv_uuid":"E2YkMo-oJm4-TkLR-jDRN-Asdy-wtbB-w51BMq", "pv_size":"2013265920", "dev_size":"2147483648", "vg_name":"testvg", "vg_uuid":"3edLI6-piVk-D4YY-Tnnd-HrJY-KGsq-dZq3C6", "pe_start":"1048576", "pv_pe_count":"15", "pv_pe_alloc_count":"2", "pv_mda_count":"1", "pv_mda_used_count":"1", "pv_mda_size":"1044480"}
               ]
           }
       ]
@@ -233,6 +238,7 @@ mod tests {
         assert_eq!(pvs[0].pe_start, 1 << 20);
         assert_eq!(pvs[0].dev_size, 2 << 30);
         assert_eq!(pvs[0].pe_alloc_count, 2);
+        assert_eq!(pvs[0].mda_used_count, 1);
     }
 
     #[test]

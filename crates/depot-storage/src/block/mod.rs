@@ -421,6 +421,64 @@ pub fn validate(lvm: &Lvm, sd: SdUuid) -> StorageResult<DomainMetadata> {
     Ok(md)
 }
 
+/// What `StorageDomain.getInfo` adds for a block domain, as VDSM's
+/// blockSD.getInfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockDomainInfo {
+    /// LVM's UUID of the domain's VG (`vguuid`).
+    pub vg_uuid: String,
+    /// A PV of the VG is missing (`state` PARTIAL rather than OK).
+    pub partial: bool,
+    /// The device (GUID) of the metadata LV's first extent
+    /// (`metadataDevice`).
+    pub metadata_device: String,
+    /// The PV holding the VG's metadata (`vgMetadataDevice`), when exactly
+    /// one does; VDSM leaves it out otherwise (a domain it does not
+    /// support, or depot's, whose every PV keeps a copy).
+    pub vg_metadata_device: Option<String>,
+}
+
+/// The name of the first device in LVM's `devices` column
+/// (`/dev/mapper/<guid>(<extent>),...`): `<guid>`.
+fn first_device(devices: &str) -> Option<String> {
+    let first = devices.split(',').next()?.split('(').next()?.trim();
+    let name = first.rsplit('/').next()?;
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// The VG's identity and metadata devices, fresh from LVM.
+pub fn domain_info(lvm: &Lvm, sd: SdUuid) -> StorageResult<BlockDomainInfo> {
+    const OP: &str = "block domain info";
+    let name = vg_name(sd);
+    let err = |e| lvm_err(Code::StorageDomainAccessError, OP, e);
+    let vg = lvm.vg_fresh(&name).map_err(err)?;
+    let metadata_device = lvm
+        .lvs_fresh(&name)
+        .map_err(err)?
+        .iter()
+        .find(|l| l.name == METADATA_LV)
+        .and_then(|l| first_device(&l.devices))
+        .ok_or_else(|| {
+            StorageError::new(
+                Code::StorageDomainAccessError,
+                OP,
+                format!("volume group {name} has no {METADATA_LV} LV on a device"),
+            )
+        })?;
+    let pvs = lvm.pvs_of(&name).map_err(err)?;
+    let holders: Vec<&PvInfo> = pvs.iter().filter(|p| p.mda_used_count > 0).collect();
+    let vg_metadata_device = match holders[..] {
+        [one] => first_device(&one.name),
+        _ => None,
+    };
+    Ok(BlockDomainInfo {
+        vg_uuid: vg.uuid.clone(),
+        partial: vg.is_partial(),
+        metadata_device,
+        vg_metadata_device,
+    })
+}
+
 /// Space of the VG as file-system-like stats (no inodes on a VG).
 pub fn stats(lvm: &Lvm, sd: SdUuid) -> StorageResult<FsStats> {
     let vg = lvm
@@ -532,6 +590,17 @@ mod tests {
     }
 
     #[test]
+    fn first_device_of_an_lv() {
+        assert_eq!(
+            first_device("/dev/mapper/36001405abc(0),/dev/mapper/36001405def(12)").as_deref(),
+            Some("36001405abc")
+        );
+        assert_eq!(first_device("/dev/loop0(8)").as_deref(), Some("loop0"));
+        assert_eq!(first_device("/dev/mapper/x").as_deref(), Some("x"));
+        assert_eq!(first_device(""), None);
+    }
+
+    #[test]
     fn pv_keys_have_running_map_offsets() {
         let pv = |n: &str, c| PvInfo {
             name: format!("/dev/mapper/{n}"),
@@ -544,6 +613,7 @@ mod tests {
             pe_count: c,
             pe_alloc_count: 0,
             mda_count: 1,
+            mda_used_count: 1,
             mda_size: 0,
         };
         let k = pv_keys(&[pv("a", 10), pv("b", 5)]);

@@ -928,6 +928,12 @@ pub async fn run_file_domain_scenario(
     assert_eq!(pinfo["info"]["name"], "scenario pool", "{pinfo}");
     assert_eq!(pinfo["info"]["pool_status"], "connected", "{pinfo}");
     assert_eq!(
+        pinfo["info"]["type"],
+        type_name(domain_type),
+        "the master's type: {pinfo}"
+    );
+    assert_eq!(pinfo["dominfo"][&sd]["isoprefix"], "", "{pinfo}");
+    assert_eq!(
         pinfo["info"]["domains"],
         format!("{sd}:Active").as_str(),
         "{pinfo}"
@@ -1014,6 +1020,12 @@ pub async fn run_file_domain_scenario(
     assert_eq!(num(&vi["truesize"], "truesize"), m.blocks() * 512);
     assert_eq!(vi["children"], json!([]));
     assert_eq!(vi["generation"], 0);
+    // No sanlock resource behind the empty .lease file: no lease, as VDSM
+    // answers for a volume without one.
+    assert!(
+        vi.get("lease").is_none(),
+        "a lease that does not exist: {vi}"
+    );
 
     // RAW PREALLOCATED
     let v = call_ok(
