@@ -12,8 +12,8 @@ use depot_api::Code;
 
 use crate::engine::{Lane, Storage};
 use crate::engine_copy::VolRef;
-use crate::lock::Held;
 use crate::events::StorageEvent;
+use crate::lock::Held;
 use crate::ovf::replace::{self, Plan};
 use crate::ovf::store::{self, StoreState};
 use crate::ovf::FsCalls;

@@ -399,6 +399,18 @@ fn check_promises(w: &Walk, d: &Daemon) {
             .any(|l| l.contains("method=Host.ping2") && l.contains("CN=depotctl")),
         "no ping from the TLS client certificate in the daemon's log"
     );
+    // Over STOMP: no job has started yet, so the answer is the wire's
+    // empty map, and the daemon saw a STOMP client with depotctl's
+    // certificate.
+    assert_eq!(
+        w.json("# over STOMP 1.2, as the engine talks"),
+        serde_json::json!({})
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("STOMP client connected") && l.contains("CN=depotctl")),
+        "no STOMP session of depotctl's certificate in the daemon's log"
+    );
     let watch = w.out("# progress bar until it is done");
     let last = watch.lines().last().unwrap_or("");
     assert!(

@@ -514,6 +514,8 @@ async fn results_match_vdsms_types() {
     .await;
     call(&c, &ck, "Task.getStatus", json!({"taskID": task})).await;
     call(&c, &ck, "Host.getAllTasksStatuses", json!({})).await;
+    call(&c, &ck, "Task.getInfo", json!({"taskID": task})).await;
+    call(&c, &ck, "Host.getAllTasksInfo", json!({})).await;
     call(&c, &ck, "Task.clear", json!({"taskID": task})).await;
     for v in [&base, &top] {
         let vi = call(&c, &ck, "Volume.getInfo", vol_ref(&sd, &img, v)).await;
