@@ -153,6 +153,23 @@ fn exercise_every_operation(root: &Path) {
     assert_eq!(data.len(), 8192);
     assert!(data[..4096].iter().all(|&b| b == 1) && data[4096..].iter().all(|&b| b == 2));
 
+    // Zeroing, allocated or punched: the size stays.
+    p.write("a/z", 0, &[7u8; 8192], create(), false).unwrap();
+    p.zero_range("a/z", 0, 4096, false).unwrap();
+    p.zero_range("a/z", 4096, 4096, true).unwrap();
+    assert_eq!(fs::read(root.join("a/z")).unwrap(), vec![0u8; 8192]);
+
+    // A whole tree goes; a link in it is removed, not followed.
+    p.mkdir("a/tree", 0o755).unwrap();
+    p.mkdir("a/tree/sub", 0o755).unwrap();
+    p.write("a/tree/sub/f", 0, b"x", create(), false).unwrap();
+    symlink(root.join("a/g"), root.join("a/tree/sub/link")).unwrap();
+    p.rmtree("a/tree").unwrap();
+    assert!(!p.exists("a/tree").unwrap());
+    assert_eq!(fs::read(root.join("a/g")).unwrap().len(), 8192);
+    p.rmtree("a/z").unwrap();
+    assert!(!p.exists("a/z").unwrap());
+
     // Directories go; errors carry the errno, the operation and the path.
     p.rmdir("a/b").unwrap();
     let e = p.rmdir("a").unwrap_err();
@@ -240,6 +257,8 @@ fn confinement_refuses_every_escape_and_creates_nothing_outside() {
         refused("write_atomic", p.write_atomic(path, b"x", 0o644));
         refused("mkdir", p.mkdir(path, 0o755));
         refused("unlink", p.unlink(path));
+        refused("rmtree", p.rmtree(path));
+        refused("zero_range", p.zero_range(path, 0, 1, true));
         refused("rename to", p.rename("images/vol", path));
         refused("rename from", p.rename(path, "images/stolen"));
         refused("link", p.link(path, "images/stolen"));
@@ -267,6 +286,13 @@ fn confinement_refuses_every_escape_and_creates_nothing_outside() {
     ] {
         assert!(e.refusal().is_some(), "{e}");
     }
+    // The root itself is never removed; a tree holding a link to the
+    // outside loses the link only.
+    assert!(p.rmtree("").unwrap_err().refusal().is_some());
+    fs::create_dir(dom.join("images/tree")).unwrap();
+    symlink(&outside, dom.join("images/tree/out")).unwrap();
+    p.rmtree("images/tree").unwrap();
+    assert!(!dom.join("images/tree").exists());
     // Nor a FIFO opened (it would block a reader).
     let e = p.read("images/fifo", 0, 10, false).unwrap_err();
     assert!(e.refusal().is_some(), "{e}");
@@ -408,6 +434,28 @@ fn a_helper_that_misses_its_deadline_is_killed_and_replaced() {
     p.ping().unwrap();
     let h = p.health();
     assert_eq!((h.stuck, h.trouble_since, h.started), (0, None, 2), "{h:?}");
+}
+
+#[test]
+fn a_busy_helper_does_not_hold_up_a_call_on_another() {
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 2, Duration::from_secs(5));
+    p.ping().unwrap();
+    let first = p.idle_pids()[0];
+    signal(first, "STOP");
+    let blocked = {
+        let p = p.clone();
+        std::thread::spawn(move || p.stat(""))
+    };
+    assert!(wait_until(Duration::from_secs(10), || p.health().busy == 1));
+    // The stopped helper is busy with the other thread's call: this one
+    // starts a second helper and is answered long before that deadline.
+    let t0 = Instant::now();
+    assert_eq!(p.stat("").unwrap().kind, FileKind::Dir);
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    let e = blocked.join().unwrap().unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    assert_eq!(p.health().started, 2);
 }
 
 /// The env var that makes the `child_*` tests below do their work: they

@@ -29,6 +29,9 @@ use crate::direct::{self, AlignedBuf, AlignmentSource};
 /// size in use (512 and 4096).
 const DIRECT_ALIGN: usize = 4096;
 
+/// How deep [`Confined::rmtree`] goes (a domain's tree is 3 levels).
+const MAX_TREE_DEPTH: usize = 32;
+
 /// The most streamed writes one helper keeps open.
 const MAX_STREAMS: usize = 16;
 
@@ -326,6 +329,32 @@ impl Confined {
         Ok(())
     }
 
+    /// A file, or a directory and everything beneath it. Names are
+    /// removed with `unlinkat` on the directory that holds them, so a
+    /// symlink is removed itself and never followed.
+    pub(crate) fn rmtree(&self, rel: &str) -> io::Result<()> {
+        let at = self.at(rel)?;
+        rmtree_at(&at.dir, &at.name, at.dev, &at.shown, 0)
+    }
+
+    pub(crate) fn zero_range(
+        &self,
+        rel: &str,
+        offset: u64,
+        len: u64,
+        punch: bool,
+    ) -> io::Result<()> {
+        let file = self.open_file(rel, OFlag::O_WRONLY, 0)?;
+        if punch {
+            crate::fsutil::punch_hole(&file, offset, len).map_err(fs_io)?;
+        } else {
+            crate::fsutil::zero_range(&file, offset, len)
+                .map(drop)
+                .map_err(fs_io)?;
+        }
+        close_checked(file, false)
+    }
+
     pub(crate) fn mkdir(&self, rel: &str, mode: u32) -> io::Result<()> {
         let at = self.at(rel)?;
         nix::sys::stat::mkdirat(Some(at.fd()), &at.name, Mode::from_bits_truncate(mode))?;
@@ -450,6 +479,43 @@ impl Confined {
             )
         })
     }
+}
+
+fn rmtree_at(dir: &File, name: &Path, dev: u64, shown: &Path, depth: usize) -> io::Result<()> {
+    let st = nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    if kind_of_mode(st.st_mode) != FileKind::Dir {
+        nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir)?;
+        return Ok(());
+    }
+    if st.st_dev != dev {
+        return Err(refused(
+            shown,
+            format!("{} is on another file system; not removed", shown.display()),
+        ));
+    }
+    if depth >= MAX_TREE_DEPTH {
+        return Err(refused(
+            shown,
+            format!(
+                "{} is more than {MAX_TREE_DEPTH} levels deep",
+                shown.display()
+            ),
+        ));
+    }
+    let sub = open_flags(
+        Some(dir),
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+    )?;
+    // Names first: removing while reading a directory may skip entries.
+    let names: Vec<PathBuf> = fs::read_dir(proc_fd(&sub))?
+        .map(|e| e.map(|e| PathBuf::from(e.file_name())))
+        .collect::<io::Result<_>>()?;
+    for child in names {
+        rmtree_at(&sub, &child, dev, &shown.join(&child), depth + 1)?;
+    }
+    nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::RemoveDir)?;
+    Ok(())
 }
 
 fn open_flags(dir: Option<&File>, name: &Path, flags: OFlag) -> io::Result<File> {

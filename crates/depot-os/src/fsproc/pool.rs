@@ -367,6 +367,27 @@ impl FsPool {
         self.done(Request::Rmdir { path: path.into() })
     }
 
+    /// Removes a file, or a directory and everything beneath it.
+    pub fn rmtree(&self, path: &str) -> Result<(), FsProcError> {
+        self.done(Request::Rmtree { path: path.into() })
+    }
+
+    /// Zeros a range: deallocated with `punch`, else kept allocated.
+    pub fn zero_range(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        punch: bool,
+    ) -> Result<(), FsProcError> {
+        self.done(Request::ZeroRange {
+            path: path.into(),
+            offset,
+            len,
+            punch,
+        })
+    }
+
     pub fn truncate(&self, path: &str, len: u64) -> Result<(), FsProcError> {
         self.done(Request::Truncate {
             path: path.into(),

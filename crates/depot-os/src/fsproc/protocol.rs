@@ -106,6 +106,11 @@ pub enum Request {
     Rmdir {
         path: String,
     },
+    /// Removes a file, or a directory with everything beneath it (links
+    /// are removed, never followed; another file system below is refused).
+    Rmtree {
+        path: String,
+    },
     Truncate {
         path: String,
         len: u64,
@@ -114,6 +119,15 @@ pub enum Request {
         path: String,
         offset: u64,
         len: u64,
+    },
+    /// Makes the range read as zeros: `punch` deallocates it (the size
+    /// stays), otherwise it stays allocated (`FALLOC_FL_ZERO_RANGE`, or
+    /// written zeros where the file system has neither).
+    ZeroRange {
+        path: String,
+        offset: u64,
+        len: u64,
+        punch: bool,
     },
     Chmod {
         path: String,
@@ -195,8 +209,10 @@ impl Request {
             Request::Unlink { .. } => "unlink",
             Request::Mkdir { .. } => "mkdir",
             Request::Rmdir { .. } => "rmdir",
+            Request::Rmtree { .. } => "rmtree",
             Request::Truncate { .. } => "truncate",
             Request::Fallocate { .. } => "fallocate",
+            Request::ZeroRange { .. } => "zero_range",
             Request::Chmod { .. } => "chmod",
             Request::Chown { .. } => "chown",
             Request::Fsync { .. } => "fsync",
@@ -223,6 +239,8 @@ impl Request {
             | Request::Unlink { path }
             | Request::Mkdir { path, .. }
             | Request::Rmdir { path }
+            | Request::Rmtree { path }
+            | Request::ZeroRange { path, .. }
             | Request::Truncate { path, .. }
             | Request::Fallocate { path, .. }
             | Request::Chmod { path, .. }

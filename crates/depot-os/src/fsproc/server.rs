@@ -212,6 +212,13 @@ fn dispatch(c: &mut Confined, request: &Request, data: &[u8]) -> Outcome {
         Request::Unlink { path } => done(c.unlink(path, false)),
         Request::Mkdir { path, mode } => done(c.mkdir(path, *mode)),
         Request::Rmdir { path } => done(c.unlink(path, true)),
+        Request::Rmtree { path } => done(c.rmtree(path)),
+        Request::ZeroRange {
+            path,
+            offset,
+            len,
+            punch,
+        } => done(c.zero_range(path, *offset, *len, *punch)),
         Request::Truncate { path, len } => done(c.truncate(path, *len)),
         Request::Fallocate { path, offset, len } => done(c.fallocate(path, *offset, *len)),
         Request::Chmod { path, mode } => done(c.chmod(path, *mode)),
