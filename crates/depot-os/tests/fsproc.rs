@@ -170,6 +170,15 @@ fn exercise_every_operation(root: &Path) {
     p.rmtree("a/z").unwrap();
     assert!(!p.exists("a/z").unwrap());
 
+    // Too much data for one frame: refused before it is sent, and the
+    // helper serves on.
+    let started = p.health().started;
+    let big = vec![0u8; protocol::MAX_DATA_BYTES as usize + 1];
+    let e = p.write("a/big", 0, &big, create(), false).unwrap_err();
+    assert_eq!(e.io_kind(), Some(std::io::ErrorKind::InvalidInput), "{e}");
+    assert!(!p.exists("a/big").unwrap());
+    assert_eq!(p.health().started, started);
+
     // Directories go; errors carry the errno, the operation and the path.
     p.rmdir("a/b").unwrap();
     let e = p.rmdir("a").unwrap_err();

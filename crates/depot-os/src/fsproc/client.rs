@@ -123,8 +123,14 @@ impl FsProc {
             id,
             request: request.clone(),
         };
-        let frame =
-            protocol::encode(&header, data).map_err(|e| self.protocol(op, frame_reason(&e)))?;
+        // Too much data is the caller's mistake, found before anything is
+        // sent: an error the helper survives.
+        let frame = protocol::encode(&header, data).map_err(|e| FsProcError::Io {
+            mount: self.root.clone(),
+            op,
+            path: request.path().to_owned(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, frame_reason(&e)),
+        })?;
         let mount = self.root.clone();
         let timed_out = || FsProcError::Timeout {
             mount: mount.clone(),

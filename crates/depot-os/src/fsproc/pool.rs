@@ -173,7 +173,6 @@ impl FsPool {
             }
             if st.busy + st.stuck < max {
                 st.busy += 1;
-                st.started += 1;
                 drop(st);
                 return self.start_helper(deadline);
             }
@@ -202,6 +201,7 @@ impl FsPool {
         let left = deadline.saturating_duration_since(Instant::now());
         match FsProc::start(&cfg.command, &cfg.root, left.max(Duration::from_millis(1))) {
             Ok(p) => {
+                lock(&self.shared.state).started += 1;
                 tracing::debug!(mount = %cfg.root.display(), pid = p.pid(), "helper started");
                 Ok(p)
             }
