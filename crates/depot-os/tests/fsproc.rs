@@ -554,6 +554,36 @@ fn gluster_frozen_brick_is_contained() {
     gp.write_atomic("probe", b"data", 0o644).unwrap();
     assert_eq!(gp.read("probe", 0, 4, false).unwrap(), b"data");
 
+    // GlusterFS without strict-o-direct reports an unaligned O_DIRECT
+    // write only at close: the streamed write's close says so.
+    g.cli(&[
+        "volume",
+        "set",
+        g.volume(),
+        "performance.strict-o-direct",
+        "off",
+    ])
+    .unwrap();
+    let mut direct = create();
+    direct.direct = true;
+    let mut s = gp.open_write("unaligned", direct, timeout).unwrap();
+    s.write(0, &[1u8; 1000]).unwrap();
+    let e = s.close(true).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+    g.cli(&[
+        "volume",
+        "set",
+        g.volume(),
+        "performance.strict-o-direct",
+        "on",
+    ])
+    .unwrap();
+    // A stream open when the storage freezes: its next step times out
+    // (direct, so that no write-behind cache answers for the brick).
+    let stream_pool = pool(mount.path(), 1, timeout);
+    let mut stream = stream_pool.open_write("streamed", direct, timeout).unwrap();
+    stream.write(0, &[1u8; 4096]).unwrap();
+
     let frozen = g.freeze_brick().expect("freeze the brick");
     eprintln!("brick {:?} stopped", frozen.pids());
     // Each stat looks up a new name: nothing cached can answer it.
@@ -562,17 +592,29 @@ fn gluster_frozen_brick_is_contained() {
         let e = gp.stat(name).unwrap_err();
         let took = t0.elapsed();
         assert!(e.is_timeout(), "{e}");
+        eprintln!("stat {name} on the frozen mount: {e} ({took:?})");
         assert!(
             took >= timeout && took < timeout + Duration::from_secs(3),
             "{took:?}"
         );
         assert_eq!(gp.health().stuck, i + 1, "{:?}", gp.health());
     }
+    let t0 = Instant::now();
+    let e = stream.write(4096, &[2u8; 4096]).unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    eprintln!("stream step timed out after {:?}", t0.elapsed());
+    assert!(
+        stream.write(8192, &[3u8; 4096]).is_err(),
+        "a failed stream goes on"
+    );
+    drop(stream);
+    assert_eq!(stream_pool.health().stuck, 1);
     // All helpers stuck: refused at once, no new process.
     let started = gp.health().started;
     let t0 = Instant::now();
     let e = gp.stat("missing-3").unwrap_err();
     assert!(e.is_hung(), "{e}");
+    eprintln!("then: {e} after {:?}", t0.elapsed());
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     let h = gp.health();
     assert_eq!(
@@ -593,7 +635,12 @@ fn gluster_frozen_brick_is_contained() {
     let mut worker_child = start_child("child_stat_through_io_worker", mount.path(), &worker_mark);
     assert!(wait_until(Duration::from_secs(60), || pool_mark.exists()
         && worker_mark.exists()));
+    let marked = Instant::now();
     let status = exits_within(&mut pool_child, Duration::from_secs(10));
+    eprintln!(
+        "the pool child exited {:?} after its stat timed out",
+        marked.elapsed()
+    );
     assert!(
         status.is_some_and(|s| s.success()),
         "pool child: {status:?}"
@@ -614,7 +661,12 @@ fn gluster_frozen_brick_is_contained() {
     assert_eq!(gp.read("probe", 0, 4, false).unwrap(), b"data");
     let h = gp.health();
     assert_eq!((h.started, h.trouble_since), (started + 1, None), "{h:?}");
+    let thawed = Instant::now();
     let status = exits_within(&mut worker_child, Duration::from_secs(120));
+    eprintln!(
+        "the IoWorker child exited {:?} after the thaw",
+        thawed.elapsed()
+    );
     assert!(
         status.is_some(),
         "the IoWorker child did not exit after the thaw"
