@@ -50,6 +50,13 @@ fn create() -> OpenWrite {
 /// Every operation of the protocol, through one pool on `root`.
 fn exercise_every_operation(root: &Path) {
     let p = pool(root, 2, Duration::from_secs(30));
+    data_operations(&p, root);
+    name_and_attribute_operations(&p, root);
+    streams_trees_and_errors(&p, root);
+}
+
+/// Directories, reads and writes, plain, atomic and direct.
+fn data_operations(p: &FsPool, root: &Path) {
     p.ping().unwrap();
     p.mkdir("a", 0o755).unwrap();
     p.mkdir("a/b", 0o700).unwrap();
@@ -88,7 +95,10 @@ fn exercise_every_operation(root: &Path) {
     let probe = p.direct_probe("a/d").unwrap();
     assert!(probe.supported, "{probe:?}");
     assert!([512, 4096].contains(&probe.block_size), "{probe:?}");
+}
 
+/// Listing, existence, names, size, mode, owner and sync.
+fn name_and_attribute_operations(p: &FsPool, root: &Path) {
     // Listing: names and kinds, no temporary file of write_atomic left.
     symlink("f", root.join("a/l")).unwrap();
     let (entries, truncated) = p.listdir("a").unwrap();
@@ -136,12 +146,16 @@ fn exercise_every_operation(root: &Path) {
         fs::metadata(root.join("a/g")).unwrap().permissions().mode() & 0o7777,
         0o600
     );
+    let md = fs::metadata(root).unwrap();
     let (uid, gid) = (md.uid(), md.gid());
     p.chown("a/g", uid, gid).unwrap();
     p.fsync("a/g").unwrap();
     p.fsync_dir("a").unwrap();
     p.fsync_dir("").unwrap();
+}
 
+/// Streamed writes, zeroing, trees, and errors.
+fn streams_trees_and_errors(p: &FsPool, root: &Path) {
     // A streamed write: chunks at offsets, errors of close reported.
     let mut s = p
         .open_write("a/s", create(), Duration::from_secs(30))
@@ -539,6 +553,65 @@ fn exits_within(
     status
 }
 
+/// GlusterFS without strict-o-direct reports an unaligned O_DIRECT write
+/// only at close: a streamed write's close says so.
+fn close_reports_late_direct_errors(
+    g: &depot_testkit::gluster::Gluster,
+    gp: &FsPool,
+    timeout: Duration,
+) {
+    let mut direct = create();
+    direct.direct = true;
+    g.cli(&[
+        "volume",
+        "set",
+        g.volume(),
+        "performance.strict-o-direct",
+        "off",
+    ])
+    .unwrap();
+    let mut s = gp.open_write("unaligned", direct, timeout).unwrap();
+    s.write(0, &[1u8; 1000]).unwrap();
+    let e = s.close(true).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+    g.cli(&[
+        "volume",
+        "set",
+        g.volume(),
+        "performance.strict-o-direct",
+        "on",
+    ])
+    .unwrap();
+}
+
+/// A process that used only a pool on the frozen mount exits at once; one
+/// whose IoWorker thread entered it cannot exit while the brick is frozen.
+/// The second child, for the caller to see it exit after the thaw.
+fn children_on_the_frozen_mount(dir: &Path, mount: &Path) -> std::process::Child {
+    let pool_mark = dir.join("pool-mark");
+    let worker_mark = dir.join("worker-mark");
+    let mut pool_child = start_child("child_stat_through_pool", mount, &pool_mark);
+    let mut worker_child = start_child("child_stat_through_io_worker", mount, &worker_mark);
+    assert!(wait_until(Duration::from_secs(60), || pool_mark.exists()
+        && worker_mark.exists()));
+    let marked = Instant::now();
+    let status = exits_within(&mut pool_child, Duration::from_secs(10));
+    eprintln!(
+        "the pool child exited {:?} after its stat timed out",
+        marked.elapsed()
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "pool child: {status:?}"
+    );
+    let status = exits_within(&mut worker_child, Duration::from_secs(3));
+    assert!(
+        status.is_none(),
+        "the IoWorker child exited while its thread was in the mount?"
+    );
+    worker_child
+}
+
 #[test]
 #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 fn gluster_frozen_brick_is_contained() {
@@ -554,30 +627,9 @@ fn gluster_frozen_brick_is_contained() {
     gp.write_atomic("probe", b"data", 0o644).unwrap();
     assert_eq!(gp.read("probe", 0, 4, false).unwrap(), b"data");
 
-    // GlusterFS without strict-o-direct reports an unaligned O_DIRECT
-    // write only at close: the streamed write's close says so.
-    g.cli(&[
-        "volume",
-        "set",
-        g.volume(),
-        "performance.strict-o-direct",
-        "off",
-    ])
-    .unwrap();
+    close_reports_late_direct_errors(&g, &gp, timeout);
     let mut direct = create();
     direct.direct = true;
-    let mut s = gp.open_write("unaligned", direct, timeout).unwrap();
-    s.write(0, &[1u8; 1000]).unwrap();
-    let e = s.close(true).unwrap_err();
-    assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
-    g.cli(&[
-        "volume",
-        "set",
-        g.volume(),
-        "performance.strict-o-direct",
-        "on",
-    ])
-    .unwrap();
     // A stream open when the storage freezes: its next step times out
     // (direct, so that no write-behind cache answers for the brick).
     let stream_pool = pool(mount.path(), 1, timeout);
@@ -627,29 +679,7 @@ fn gluster_frozen_brick_is_contained() {
     lp.write_atomic("x", b"1", 0o644).unwrap();
     assert_eq!(lp.stat("x").unwrap().size, 1);
 
-    // A process that used only the pool exits at once; one whose IoWorker
-    // thread entered the mount cannot exit while the brick is frozen.
-    let pool_mark = t.path().join("pool-mark");
-    let worker_mark = t.path().join("worker-mark");
-    let mut pool_child = start_child("child_stat_through_pool", mount.path(), &pool_mark);
-    let mut worker_child = start_child("child_stat_through_io_worker", mount.path(), &worker_mark);
-    assert!(wait_until(Duration::from_secs(60), || pool_mark.exists()
-        && worker_mark.exists()));
-    let marked = Instant::now();
-    let status = exits_within(&mut pool_child, Duration::from_secs(10));
-    eprintln!(
-        "the pool child exited {:?} after its stat timed out",
-        marked.elapsed()
-    );
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "pool child: {status:?}"
-    );
-    let status = exits_within(&mut worker_child, Duration::from_secs(3));
-    assert!(
-        status.is_none(),
-        "the IoWorker child exited while its thread was in the mount?"
-    );
+    let mut worker_child = children_on_the_frozen_mount(t.path(), mount.path());
 
     // Thawed: the stuck helpers exit, and the next call gets a fresh one.
     frozen.thaw();
