@@ -5,6 +5,7 @@
 
 mod copy;
 mod daemon;
+mod fsproc;
 mod ovf;
 mod ovf_sink;
 mod ping;
@@ -39,6 +40,13 @@ enum Bench {
     /// depot-storage's native raw copier vs qemu-img convert and dd:
     /// random data, a sparse image, checksum on vs off, verification.
     Copy(copy::CopyArgs),
+    /// File-system calls through a helper process (depot_os::fsproc) vs
+    /// in-process and through an IoWorker thread: stat, and a 4 KiB
+    /// metadata read_direct + write_atomic.
+    Fsproc(fsproc::FsprocArgs),
+    /// The helper process of `fsproc` (started by it, not by hand).
+    #[command(hide = true)]
+    FsprocServe,
     /// The OVF benchmark's transport floor: a TLS `PUT /` sink (started by
     /// `ovf`, not by hand).
     #[command(hide = true)]
@@ -47,6 +55,17 @@ enum Bench {
 
 fn main() {
     let args = Args::parse();
+    match args.bench {
+        Bench::FsprocServe => std::process::exit(depot_os::fsproc::serve_stdio()),
+        Bench::Fsproc(a) => {
+            if let Err(e) = fsproc::run(a) {
+                eprintln!("depot-bench fsproc: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        _ => {}
+    }
     if let Bench::OvfSink(a) = args.bench {
         if let Err(e) = ovf_sink::serve(a) {
             eprintln!("depot-bench ovf-sink: {e}");
@@ -65,7 +84,9 @@ fn main() {
             Bench::Volumes(a) => volumes::run(&depotd, a).await,
             Bench::Ovf(a) => ovf::run(&depotd, a).await,
             Bench::Copy(a) => copy::run(a).await,
-            Bench::OvfSink(_) => unreachable!("served above"),
+            Bench::OvfSink(_) | Bench::Fsproc(_) | Bench::FsprocServe => {
+                unreachable!("run above")
+            }
         }
     });
     if let Err(e) = result {

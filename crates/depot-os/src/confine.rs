@@ -72,7 +72,7 @@ pub struct Refused {
     pub reason: String,
 }
 
-fn refused(path: &Path, reason: impl Into<String>) -> io::Error {
+pub(crate) fn refused(path: &Path, reason: impl Into<String>) -> io::Error {
     io::Error::other(Refused {
         path: path.to_owned(),
         reason: reason.into(),
@@ -87,7 +87,7 @@ pub fn refusal(e: &io::Error) -> Option<&Refused> {
 }
 
 /// What a file is, for messages.
-fn kind_of(md: &fs::Metadata) -> &'static str {
+pub(crate) fn kind_of(md: &fs::Metadata) -> &'static str {
     let t = md.file_type();
     if t.is_symlink() {
         "a symbolic link"
@@ -179,9 +179,63 @@ impl Beneath {
         self.walk(Want::Dir).map(drop)
     }
 
-    /// The `O_PATH` descriptor of the last component and its metadata,
-    /// after every check.
-    fn walk(&self, want: Want) -> io::Result<(File, fs::Metadata)> {
+    /// The `O_PATH` descriptor of the directory holding the last
+    /// component, reached with the same checks as [`walk`](Self::walk)
+    /// (every component a directory, no symlink, `root`'s file system),
+    /// with the last component's name and `root`'s device. The last
+    /// component itself is not looked at: it may not exist yet (a file to
+    /// create). The helper processes of [`crate::fsproc`] use it with the
+    /// `*at` calls, which never leave that directory.
+    pub(crate) fn parent(&self) -> io::Result<(File, &Path, u64)> {
+        let names = self.names()?;
+        let (last, dirs) = names.split_last().expect("names() is never empty");
+        let root = open_path(None, &self.root, OFlag::O_DIRECTORY)?;
+        let dev = root.metadata()?.dev();
+        let mut here = self.root.clone();
+        let mut dir = root;
+        for name in dirs {
+            here.push(name);
+            let next = open_path(Some(&dir), name, OFlag::O_NOFOLLOW)?;
+            let md = next.metadata()?;
+            self.check_step(&here, &md, dev)?;
+            if !md.is_dir() {
+                return Err(refused(
+                    &self.path,
+                    format!("{} is {}, not a directory", here.display(), kind_of(&md)),
+                ));
+            }
+            dir = next;
+        }
+        Ok((dir, last, dev))
+    }
+
+    /// Refuses a symlink or another file system at `here`.
+    fn check_step(&self, here: &Path, md: &fs::Metadata, dev: u64) -> io::Result<()> {
+        if md.file_type().is_symlink() {
+            return Err(refused(
+                &self.path,
+                format!(
+                    "{} is a symbolic link; nothing is opened through one beneath {}",
+                    here.display(),
+                    self.root.display()
+                ),
+            ));
+        }
+        if md.dev() != dev {
+            return Err(refused(
+                &self.path,
+                format!(
+                    "{} is on another file system than {}",
+                    here.display(),
+                    self.root.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The components of `rel`: plain names only, at least one.
+    fn names(&self) -> io::Result<Vec<&Path>> {
         let names: Vec<&Path> = self
             .rel
             .components()
@@ -203,6 +257,13 @@ impl Beneath {
                 format!("no file name beneath {}", self.root.display()),
             ));
         }
+        Ok(names)
+    }
+
+    /// The `O_PATH` descriptor of the last component and its metadata,
+    /// after every check.
+    fn walk(&self, want: Want) -> io::Result<(File, fs::Metadata)> {
+        let names = self.names()?;
         let root = open_path(None, &self.root, OFlag::O_DIRECTORY)?;
         let dev = root.metadata()?.dev();
         let mut here = self.root.clone();
@@ -213,26 +274,7 @@ impl Beneath {
             let next = open_path(Some(&dir), name, OFlag::O_NOFOLLOW)?;
             let md = next.metadata()?;
             let is = kind_of(&md);
-            if md.file_type().is_symlink() {
-                return Err(refused(
-                    &self.path,
-                    format!(
-                        "{} is a symbolic link; nothing is opened through one beneath {}",
-                        here.display(),
-                        self.root.display()
-                    ),
-                ));
-            }
-            if md.dev() != dev {
-                return Err(refused(
-                    &self.path,
-                    format!(
-                        "{} is on another file system than {}",
-                        here.display(),
-                        self.root.display()
-                    ),
-                ));
-            }
+            self.check_step(&here, &md, dev)?;
             let ok = match (last, want) {
                 (false, _) | (true, Want::Dir) => md.is_dir(),
                 (true, Want::File) => md.is_file(),

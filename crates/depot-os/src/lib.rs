@@ -10,13 +10,15 @@
 //! symlink out of its domain), [`fsutil`] (atomic writes, fsync, statvfs,
 //! fallocate), [`lvm`] (typed lvm2 commands with a device filter and a cache),
 //! [`qemu_img`] (image create/info/check), [`worker`] (running I/O that
-//! may hang with a timeout), and for SAN storage [`iscsi`] (iscsiadm),
+//! may hang with a timeout), [`fsproc`] (file-system calls on storage
+//! mounts in helper processes that depotd can abandon), and for SAN storage [`iscsi`] (iscsiadm),
 //! [`multipath`] (maps by WWID and path states), [`scsi`] (host rescans)
 //! and [`sysfs_block`] (device facts from sysfs).
 
 pub mod command;
 pub mod confine;
 pub mod direct;
+pub mod fsproc;
 pub mod fsutil;
 pub mod iscsi;
 pub mod lvm;

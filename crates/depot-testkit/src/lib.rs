@@ -31,6 +31,9 @@
 //! }
 //! ```
 
+pub mod gluster;
+pub mod process;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,652 @@
+//! The file-system calls a helper makes, each confined to its root.
+//!
+//! Every path is resolved with [`Beneath::parent`]: the directory holding
+//! the last name is reached one component at a time without following a
+//! symlink or leaving the root's file system, and the call is then made
+//! with the `*at` form on that directory's descriptor, so the last name
+//! cannot lead elsewhere either (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`, and
+//! a check that an opened file is the regular file that was looked at).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+use nix::unistd::{Gid, Uid, UnlinkatFlags};
+
+use super::protocol::{
+    DirEntry, DirectProbe, FileKind, OpenWrite, StatInfo, VfsInfo, MAX_LIST_ENTRIES,
+};
+use crate::confine::{refused, Beneath};
+use crate::direct::{self, AlignedBuf, AlignmentSource};
+
+/// The memory alignment of direct I/O buffers: enough for every block
+/// size in use (512 and 4096).
+const DIRECT_ALIGN: usize = 4096;
+
+/// How deep [`Confined::rmtree`] goes (a domain's tree is 3 levels).
+const MAX_TREE_DEPTH: usize = 32;
+
+/// The most streamed writes one helper keeps open.
+const MAX_STREAMS: usize = 16;
+
+/// A helper's root and its open streamed writes.
+pub(crate) struct Confined {
+    root: PathBuf,
+    streams: HashMap<u64, File>,
+    next_handle: u64,
+    temp_counter: u64,
+}
+
+/// An entry beneath the root: the directory holding it (`O_PATH`), its
+/// name, and the root's device.
+struct At {
+    dir: File,
+    name: PathBuf,
+    dev: u64,
+    shown: PathBuf,
+}
+
+impl At {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.dir.as_raw_fd()
+    }
+}
+
+impl Confined {
+    /// The root must be an absolute path (of a directory).
+    pub(crate) fn new(root: &Path) -> io::Result<Confined> {
+        if !root.is_absolute() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the helper's root {} is not absolute", root.display()),
+            ));
+        }
+        // Nothing is looked at here: the hello must not touch the storage,
+        // so that a helper starts (and is counted) even when it hangs.
+        Ok(Confined {
+            root: root.to_owned(),
+            streams: HashMap::new(),
+            next_handle: 1,
+            temp_counter: 0,
+        })
+    }
+
+    fn at(&self, rel: &str) -> io::Result<At> {
+        let b = Beneath::new(&self.root, rel);
+        let (dir, name, dev) = b.parent()?;
+        Ok(At {
+            dir,
+            name: name.to_owned(),
+            dev,
+            shown: self.root.join(rel),
+        })
+    }
+
+    /// A directory beneath the root (or the root, for `""`), opened
+    /// read-only.
+    fn open_dir(&self, rel: &str) -> io::Result<File> {
+        if rel.is_empty() {
+            return open_flags(None, &self.root, OFlag::O_RDONLY | OFlag::O_DIRECTORY);
+        }
+        let at = self.at(rel)?;
+        let dir = open_flags(
+            Some(&at.dir),
+            &at.name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+        )?;
+        check_same_dev(&at, &dir.metadata()?)?;
+        Ok(dir)
+    }
+
+    pub(crate) fn stat(&self, rel: &str, follow_ok: bool) -> io::Result<StatInfo> {
+        if rel.is_empty() {
+            return Ok(stat_info(&nix::sys::stat::stat(&self.root)?));
+        }
+        let at = self.at(rel)?;
+        let st = nix::sys::stat::fstatat(Some(at.fd()), &at.name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        let info = stat_info(&st);
+        if !follow_ok && info.kind == FileKind::Symlink {
+            return Err(refused(
+                &at.shown,
+                format!(
+                    "{} is a symbolic link; it is not followed",
+                    at.shown.display()
+                ),
+            ));
+        }
+        Ok(info)
+    }
+
+    pub(crate) fn exists(&self, rel: &str) -> io::Result<bool> {
+        match self.stat(rel, true) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn statvfs(&self, rel: &str) -> io::Result<VfsInfo> {
+        let dir_or_file = if rel.is_empty() {
+            open_flags(None, &self.root, OFlag::O_PATH | OFlag::O_DIRECTORY)?
+        } else {
+            let at = self.at(rel)?;
+            open_flags(Some(&at.dir), &at.name, OFlag::O_PATH | OFlag::O_NOFOLLOW)?
+        };
+        let st = crate::fsutil::statvfs(&proc_fd(&dir_or_file))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(VfsInfo {
+            block_size: st.block_size,
+            total_bytes: st.total_bytes,
+            free_bytes: st.free_bytes,
+            total_inodes: st.total_inodes,
+            free_inodes: st.free_inodes,
+            read_only: st.read_only,
+        })
+    }
+
+    pub(crate) fn listdir(&self, rel: &str, max_entries: u32) -> io::Result<(Vec<DirEntry>, bool)> {
+        let dir = self.open_dir(rel)?;
+        let cap = max_entries.min(MAX_LIST_ENTRIES) as usize;
+        let mut entries = Vec::new();
+        for entry in fs::read_dir(proc_fd(&dir))? {
+            if entries.len() == cap {
+                return Ok((entries, true));
+            }
+            let entry = entry?;
+            let name = entry.file_name();
+            let text = name.to_str();
+            entries.push(DirEntry {
+                name: text.map_or_else(|| name.to_string_lossy().into_owned(), str::to_owned),
+                utf8: text.is_some(),
+                kind: entry
+                    .file_type()
+                    .map_or(FileKind::Unknown, |t| kind_of_type(&t)),
+            });
+        }
+        Ok((entries, false))
+    }
+
+    /// A regular file beneath the root, opened with `flags` (plus
+    /// `O_NOFOLLOW`), checked to be the regular file on the root's file
+    /// system that is there now.
+    fn open_file(&self, rel: &str, flags: OFlag, mode: u32) -> io::Result<File> {
+        let at = self.at(rel)?;
+        match nix::sys::stat::fstatat(Some(at.fd()), &at.name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => check_regular(&at, &stat_info(&st))?,
+            // Created by the open below, if asked.
+            Err(nix::errno::Errno::ENOENT) if flags.contains(OFlag::O_CREAT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let raw = nix::fcntl::openat(
+            Some(at.fd()),
+            &at.name,
+            flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(mode),
+        )?;
+        // SAFETY: openat just returned this descriptor; nothing else owns it.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+        let md = file.metadata()?;
+        if !md.is_file() {
+            return Err(refused(
+                &at.shown,
+                format!("{} is not a regular file", at.shown.display()),
+            ));
+        }
+        check_same_dev(&at, &md)?;
+        Ok(file)
+    }
+
+    pub(crate) fn read(
+        &self,
+        rel: &str,
+        offset: u64,
+        len: u32,
+        direct: bool,
+    ) -> io::Result<Vec<u8>> {
+        let mut flags = OFlag::O_RDONLY;
+        if direct {
+            flags |= OFlag::O_DIRECT;
+        }
+        let file = self.open_file(rel, flags, 0)?;
+        let len = len as usize;
+        if direct {
+            let rounded = len.div_ceil(DIRECT_ALIGN).max(1) * DIRECT_ALIGN;
+            let mut buf = AlignedBuf::new(rounded, DIRECT_ALIGN).map_err(io::Error::other)?;
+            let done = direct::read_at_direct(&file, offset, &mut buf).map_err(direct_io)?;
+            return Ok(buf[..done.min(len)].to_vec());
+        }
+        let mut buf = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            match file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    fn open_for_write(&self, rel: &str, open: &OpenWrite) -> io::Result<File> {
+        let mut flags = OFlag::O_WRONLY;
+        if open.create {
+            flags |= OFlag::O_CREAT;
+        }
+        if open.truncate {
+            flags |= OFlag::O_TRUNC;
+        }
+        if open.direct {
+            flags |= OFlag::O_DIRECT;
+        }
+        self.open_file(rel, flags, open.mode)
+    }
+
+    pub(crate) fn write(
+        &self,
+        rel: &str,
+        offset: u64,
+        open: &OpenWrite,
+        data: &[u8],
+        fsync: bool,
+    ) -> io::Result<u64> {
+        let file = self.open_for_write(rel, open)?;
+        write_at(&file, offset, data, open.direct)?;
+        close_checked(file, fsync)?;
+        Ok(data.len() as u64)
+    }
+
+    /// Temporary file, fsync, rename over the target, fsync of the
+    /// directory: readers see the old content or the new, never a part.
+    pub(crate) fn write_atomic(&mut self, rel: &str, data: &[u8], mode: u32) -> io::Result<()> {
+        let at = self.at(rel)?;
+        if let Ok(st) =
+            nix::sys::stat::fstatat(Some(at.fd()), &at.name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        {
+            check_regular(&at, &stat_info(&st))?;
+        }
+        self.temp_counter += 1;
+        let mut tmp = OsStr::new(".").to_owned();
+        tmp.push(at.name.as_os_str());
+        tmp.push(format!(".tmp-{}-{}", std::process::id(), self.temp_counter));
+        let raw = nix::fcntl::openat(
+            Some(at.fd()),
+            tmp.as_os_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(mode),
+        )?;
+        // SAFETY: openat just returned this descriptor; nothing else owns it.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+        let written = (|| {
+            file.write_all_at(data, 0)?;
+            // The umask may have cut bits off the mode asked for.
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+            close_checked(file, true)?;
+            nix::fcntl::renameat(Some(at.fd()), tmp.as_os_str(), Some(at.fd()), &at.name)?;
+            Ok(())
+        })();
+        if let Err(e) = written {
+            let _ =
+                nix::unistd::unlinkat(Some(at.fd()), tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(e);
+        }
+        fsync_o_path_dir(&at.dir)
+    }
+
+    pub(crate) fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (a, b) = (self.at(from)?, self.at(to)?);
+        nix::fcntl::renameat(Some(a.fd()), &a.name, Some(b.fd()), &b.name)?;
+        Ok(())
+    }
+
+    pub(crate) fn link(&self, from: &str, to: &str) -> io::Result<()> {
+        let (a, b) = (self.at(from)?, self.at(to)?);
+        nix::unistd::linkat(
+            Some(a.fd()),
+            &a.name,
+            Some(b.fd()),
+            &b.name,
+            AtFlags::empty(),
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn unlink(&self, rel: &str, dir: bool) -> io::Result<()> {
+        let at = self.at(rel)?;
+        let how = if dir {
+            UnlinkatFlags::RemoveDir
+        } else {
+            UnlinkatFlags::NoRemoveDir
+        };
+        nix::unistd::unlinkat(Some(at.fd()), &at.name, how)?;
+        Ok(())
+    }
+
+    /// A file, or a directory and everything beneath it. Names are
+    /// removed with `unlinkat` on the directory that holds them, so a
+    /// symlink is removed itself and never followed.
+    pub(crate) fn rmtree(&self, rel: &str) -> io::Result<()> {
+        let at = self.at(rel)?;
+        rmtree_at(&at.dir, &at.name, at.dev, &at.shown, 0)
+    }
+
+    pub(crate) fn zero_range(
+        &self,
+        rel: &str,
+        offset: u64,
+        len: u64,
+        punch: bool,
+    ) -> io::Result<()> {
+        let file = self.open_file(rel, OFlag::O_WRONLY, 0)?;
+        if punch {
+            crate::fsutil::punch_hole(&file, offset, len).map_err(fs_io)?;
+        } else {
+            crate::fsutil::zero_range(&file, offset, len)
+                .map(drop)
+                .map_err(fs_io)?;
+        }
+        close_checked(file, false)
+    }
+
+    pub(crate) fn mkdir(&self, rel: &str, mode: u32) -> io::Result<()> {
+        let at = self.at(rel)?;
+        nix::sys::stat::mkdirat(Some(at.fd()), &at.name, Mode::from_bits_truncate(mode))?;
+        Ok(())
+    }
+
+    pub(crate) fn truncate(&self, rel: &str, len: u64) -> io::Result<()> {
+        let file = self.open_file(rel, OFlag::O_WRONLY, 0)?;
+        file.set_len(len)?;
+        close_checked(file, false)
+    }
+
+    pub(crate) fn fallocate(&self, rel: &str, offset: u64, len: u64) -> io::Result<()> {
+        let file = self.open_file(rel, OFlag::O_WRONLY, 0)?;
+        crate::fsutil::fallocate(&file, offset, len).map_err(fs_io)?;
+        close_checked(file, false)
+    }
+
+    /// chmod of the entry itself; a symlink is refused (Linux cannot
+    /// chmod a link, and following it could leave the root).
+    pub(crate) fn chmod(&self, rel: &str, mode: u32) -> io::Result<()> {
+        let node = self.open_node(rel)?;
+        fs::set_permissions(proc_fd(&node), fs::Permissions::from_mode(mode))
+    }
+
+    pub(crate) fn chown(&self, rel: &str, uid: u32, gid: u32) -> io::Result<()> {
+        let at = self.at(rel)?;
+        nix::unistd::fchownat(
+            Some(at.fd()),
+            &at.name,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    }
+
+    /// The entry itself (file or directory, not a symlink) as `O_PATH`.
+    fn open_node(&self, rel: &str) -> io::Result<File> {
+        self.stat(rel, false)?;
+        let at = self.at(rel)?;
+        let node = open_flags(Some(&at.dir), &at.name, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;
+        check_same_dev(&at, &node.metadata()?)?;
+        Ok(node)
+    }
+
+    pub(crate) fn fsync(&self, rel: &str) -> io::Result<()> {
+        let file = self.open_file(rel, OFlag::O_RDONLY, 0)?;
+        close_checked(file, true)
+    }
+
+    pub(crate) fn fsync_dir(&self, rel: &str) -> io::Result<()> {
+        let dir = self.open_dir(rel)?;
+        dir.sync_all()
+    }
+
+    pub(crate) fn direct_probe(&self, rel: &str) -> io::Result<DirectProbe> {
+        let file = match self.open_file(rel, OFlag::O_RDONLY | OFlag::O_DIRECT, 0) {
+            Ok(f) => f,
+            // The file system refuses O_DIRECT at open (tmpfs before 6.6).
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                return Ok(DirectProbe {
+                    supported: false,
+                    block_size: 0,
+                    source: "open refused O_DIRECT".into(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        match direct::probe_alignment(&file) {
+            Ok(a) => Ok(DirectProbe {
+                supported: true,
+                block_size: u32::try_from(a.offset_align).unwrap_or(u32::MAX),
+                source: match a.source {
+                    AlignmentSource::Statx => "statx",
+                    AlignmentSource::TrialRead => "trial_read",
+                    AlignmentSource::Assumed => "assumed",
+                }
+                .into(),
+            }),
+            Err(direct::DirectError::Unsupported { .. }) => Ok(DirectProbe {
+                supported: false,
+                block_size: 0,
+                source: "trial reads failed with EINVAL".into(),
+            }),
+            Err(e) => Err(direct_io(e)),
+        }
+    }
+
+    pub(crate) fn stream_open(&mut self, rel: &str, open: &OpenWrite) -> io::Result<u64> {
+        if self.streams.len() >= MAX_STREAMS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("this helper already has {MAX_STREAMS} streamed writes open"),
+            ));
+        }
+        let file = self.open_for_write(rel, open)?;
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        self.streams.insert(handle, file);
+        Ok(handle)
+    }
+
+    pub(crate) fn stream_write(&self, handle: u64, offset: u64, data: &[u8]) -> io::Result<u64> {
+        let file = self.stream(handle)?;
+        let flags = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+        write_at(file, offset, data, flags & libc::O_DIRECT != 0)?;
+        Ok(data.len() as u64)
+    }
+
+    pub(crate) fn stream_close(&mut self, handle: u64, fsync: bool) -> io::Result<()> {
+        self.stream(handle)?;
+        let file = self.streams.remove(&handle).expect("checked above");
+        close_checked(file, fsync)
+    }
+
+    fn stream(&self, handle: u64) -> io::Result<&File> {
+        self.streams.get(&handle).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no streamed write with handle {handle} in this helper"),
+            )
+        })
+    }
+}
+
+fn rmtree_at(dir: &File, name: &Path, dev: u64, shown: &Path, depth: usize) -> io::Result<()> {
+    let st = nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    if kind_of_mode(st.st_mode) != FileKind::Dir {
+        nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir)?;
+        return Ok(());
+    }
+    if st.st_dev != dev {
+        return Err(refused(
+            shown,
+            format!("{} is on another file system; not removed", shown.display()),
+        ));
+    }
+    if depth >= MAX_TREE_DEPTH {
+        return Err(refused(
+            shown,
+            format!(
+                "{} is more than {MAX_TREE_DEPTH} levels deep",
+                shown.display()
+            ),
+        ));
+    }
+    let sub = open_flags(
+        Some(dir),
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+    )?;
+    // Names first: removing while reading a directory may skip entries.
+    let names: Vec<PathBuf> = fs::read_dir(proc_fd(&sub))?
+        .map(|e| e.map(|e| PathBuf::from(e.file_name())))
+        .collect::<io::Result<_>>()?;
+    for child in names {
+        rmtree_at(&sub, &child, dev, &shown.join(&child), depth + 1)?;
+    }
+    nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::RemoveDir)?;
+    Ok(())
+}
+
+fn open_flags(dir: Option<&File>, name: &Path, flags: OFlag) -> io::Result<File> {
+    let raw = nix::fcntl::openat(
+        dir.map(AsRawFd::as_raw_fd),
+        name,
+        flags | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: openat just returned this descriptor; nothing else owns it.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(raw) }))
+}
+
+/// The procfs path of a descriptor: the very object it refers to.
+fn proc_fd(file: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+fn check_regular(at: &At, info: &StatInfo) -> io::Result<()> {
+    match info.kind {
+        FileKind::File => Ok(()),
+        FileKind::Symlink => Err(refused(
+            &at.shown,
+            format!(
+                "{} is a symbolic link; nothing is opened through one",
+                at.shown.display()
+            ),
+        )),
+        other => Err(refused(
+            &at.shown,
+            format!("{} is {other:?}, not a regular file", at.shown.display()),
+        )),
+    }
+}
+
+fn check_same_dev(at: &At, md: &fs::Metadata) -> io::Result<()> {
+    if md.dev() != at.dev {
+        return Err(refused(
+            &at.shown,
+            format!("{} is on another file system", at.shown.display()),
+        ));
+    }
+    Ok(())
+}
+
+fn write_at(file: &File, offset: u64, data: &[u8], direct: bool) -> io::Result<()> {
+    if !direct || data.is_empty() {
+        return file.write_all_at(data, offset);
+    }
+    let rounded = data.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+    let mut buf = AlignedBuf::new(rounded, DIRECT_ALIGN).map_err(io::Error::other)?;
+    buf[..data.len()].copy_from_slice(data);
+    direct::write_at_direct(file, offset, &buf, data.len()).map_err(direct_io)
+}
+
+/// Closes `file` (after an fsync if asked), reporting the errors of both.
+fn close_checked(file: File, fsync: bool) -> io::Result<()> {
+    if fsync {
+        return direct::sync_and_close(file).map_err(direct_io);
+    }
+    use std::os::fd::IntoRawFd;
+    nix::unistd::close(file.into_raw_fd())?;
+    Ok(())
+}
+
+/// fsync of a directory held as `O_PATH` (which cannot be fsynced itself).
+fn fsync_o_path_dir(dir: &File) -> io::Result<()> {
+    let readable = open_flags(None, &proc_fd(dir), OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+    readable.sync_all()
+}
+
+/// The OS error inside a [`direct::DirectError`], kept as the errno.
+fn direct_io(e: direct::DirectError) -> io::Error {
+    match e.raw_os_error() {
+        Some(errno) => io::Error::from_raw_os_error(errno),
+        None => io::Error::other(e.to_string()),
+    }
+}
+
+fn fs_io(e: crate::fsutil::FsError) -> io::Error {
+    match e.io_error().and_then(io::Error::raw_os_error) {
+        Some(errno) => io::Error::from_raw_os_error(errno),
+        None => io::Error::other(e.to_string()),
+    }
+}
+
+fn stat_info(st: &FileStat) -> StatInfo {
+    StatInfo {
+        kind: kind_of_mode(st.st_mode),
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        nlink: st.st_nlink,
+        ino: st.st_ino,
+        dev: st.st_dev,
+        mtime_s: st.st_mtime,
+        mtime_ns: st.st_mtime_nsec,
+    }
+}
+
+fn kind_of_mode(mode: u32) -> FileKind {
+    match SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) {
+        SFlag::S_IFREG => FileKind::File,
+        SFlag::S_IFDIR => FileKind::Dir,
+        SFlag::S_IFLNK => FileKind::Symlink,
+        SFlag::S_IFBLK => FileKind::BlockDevice,
+        SFlag::S_IFCHR => FileKind::CharDevice,
+        SFlag::S_IFIFO => FileKind::Fifo,
+        SFlag::S_IFSOCK => FileKind::Socket,
+        _ => FileKind::Unknown,
+    }
+}
+
+fn kind_of_type(t: &fs::FileType) -> FileKind {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_symlink() {
+        FileKind::Symlink
+    } else if t.is_dir() {
+        FileKind::Dir
+    } else if t.is_file() {
+        FileKind::File
+    } else if t.is_block_device() {
+        FileKind::BlockDevice
+    } else if t.is_char_device() {
+        FileKind::CharDevice
+    } else if t.is_fifo() {
+        FileKind::Fifo
+    } else if t.is_socket() {
+        FileKind::Socket
+    } else {
+        FileKind::Unknown
+    }
+}

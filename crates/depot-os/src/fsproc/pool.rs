@@ -1,0 +1,621 @@
+//! [`FsPool`]: the helpers of one mount, started on demand, with a
+//! deadline on every call, and [`WriteStream`] for long writes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::client::{FsProc, HelperCommand};
+use super::error::FsProcError;
+use super::protocol::{
+    DirEntry, DirectProbe, OpenWrite, Reply, Request, StatInfo, VfsInfo, MAX_LIST_ENTRIES,
+};
+
+/// How a pool runs its helpers.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub command: HelperCommand,
+    /// The mount (or directory) every path is beneath.
+    pub root: PathBuf,
+    /// The most helpers alive at once, stuck ones included (at least 1).
+    pub max_helpers: usize,
+    /// The deadline of a call made without one of its own.
+    pub timeout: Duration,
+}
+
+/// A snapshot of a pool, for the domain monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolHealth {
+    pub mount: PathBuf,
+    pub max_helpers: usize,
+    /// Helpers waiting for a call.
+    pub idle: usize,
+    /// Helpers in a call (or starting).
+    pub busy: usize,
+    /// Helpers killed after missing a deadline that have not exited yet
+    /// (the kernel holds them in the storage file system).
+    pub stuck: usize,
+    /// Helpers started since the pool was made.
+    pub started: u64,
+    /// When a call last missed its deadline.
+    pub last_timeout: Option<SystemTime>,
+    /// Since when calls miss their deadline without one succeeding since;
+    /// `None` when the mount is fine.
+    pub trouble_since: Option<SystemTime>,
+}
+
+impl PoolHealth {
+    /// Helpers alive: idle, busy and stuck.
+    pub fn alive(&self) -> usize {
+        self.idle + self.busy + self.stuck
+    }
+}
+
+struct PoolState {
+    idle: Vec<FsProc>,
+    busy: usize,
+    stuck: usize,
+    started: u64,
+    last_timeout: Option<SystemTime>,
+    trouble_since: Option<SystemTime>,
+}
+
+struct Shared {
+    config: PoolConfig,
+    state: Mutex<PoolState>,
+    /// Signalled when a helper goes idle or a slot frees up.
+    freed: Condvar,
+}
+
+fn lock(m: &Mutex<PoolState>) -> MutexGuard<'_, PoolState> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The helpers of one mount. Cheap to clone (shared). Blocking: async
+/// code calls it from `spawn_blocking`.
+#[derive(Clone)]
+pub struct FsPool {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for FsPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsPool")
+            .field("health", &self.health())
+            .finish()
+    }
+}
+
+impl FsPool {
+    pub fn new(mut config: PoolConfig) -> FsPool {
+        config.max_helpers = config.max_helpers.max(1);
+        FsPool {
+            shared: Arc::new(Shared {
+                config,
+                state: Mutex::new(PoolState {
+                    idle: Vec::new(),
+                    busy: 0,
+                    stuck: 0,
+                    started: 0,
+                    last_timeout: None,
+                    trouble_since: None,
+                }),
+                freed: Condvar::new(),
+            }),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.shared.config.root
+    }
+
+    pub fn health(&self) -> PoolHealth {
+        let st = lock(&self.shared.state);
+        PoolHealth {
+            mount: self.shared.config.root.clone(),
+            max_helpers: self.shared.config.max_helpers,
+            idle: st.idle.len(),
+            busy: st.busy,
+            stuck: st.stuck,
+            started: st.started,
+            last_timeout: st.last_timeout,
+            trouble_since: st.trouble_since,
+        }
+    }
+
+    /// The pids of the idle helpers (for tests and diagnostics).
+    pub fn idle_pids(&self) -> Vec<u32> {
+        lock(&self.shared.state)
+            .idle
+            .iter()
+            .map(FsProc::pid)
+            .collect()
+    }
+
+    /// Sends one request to an idle helper (starting one if there is room)
+    /// and waits up to `timeout`, counted from now, for its reply.
+    pub fn call(
+        &self,
+        request: &Request,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<(Reply, Vec<u8>), FsProcError> {
+        let deadline = Instant::now() + timeout;
+        let mut proc = self.checkout(request, timeout, deadline)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let result = proc.call(request, data, left.max(Duration::from_millis(1)));
+        let result = result.map_err(|e| retime(e, timeout));
+        self.shared.finish(proc, result.as_ref().err());
+        result
+    }
+
+    /// A helper for one call: an idle one, or a new one if fewer than
+    /// `max_helpers` are alive; else waits for one until the deadline.
+    fn checkout(
+        &self,
+        request: &Request,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Result<FsProc, FsProcError> {
+        let sh = &self.shared;
+        let max = sh.config.max_helpers;
+        let mut st = lock(&sh.state);
+        loop {
+            if st.stuck >= max {
+                return Err(FsProcError::Hung {
+                    mount: sh.config.root.clone(),
+                    stuck: st.stuck,
+                });
+            }
+            if let Some(p) = st.idle.pop() {
+                st.busy += 1;
+                return Ok(p);
+            }
+            if st.busy + st.stuck < max {
+                st.busy += 1;
+                drop(st);
+                return self.start_helper(deadline);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(FsProcError::Timeout {
+                    mount: sh.config.root.clone(),
+                    op: request.op_name(),
+                    path: request.path().to_owned(),
+                    after: timeout,
+                });
+            }
+            st = sh
+                .freed
+                .wait_timeout(st, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Starts a helper in a slot already counted busy; frees the slot if
+    /// it cannot start. The hello does not touch the storage: a helper
+    /// starts even when the mount hangs.
+    fn start_helper(&self, deadline: Instant) -> Result<FsProc, FsProcError> {
+        let cfg = &self.shared.config;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match FsProc::start(&cfg.command, &cfg.root, left.max(Duration::from_millis(1))) {
+            Ok(p) => {
+                lock(&self.shared.state).started += 1;
+                tracing::debug!(mount = %cfg.root.display(), pid = p.pid(), "helper started");
+                Ok(p)
+            }
+            Err(e) => {
+                lock(&self.shared.state).busy -= 1;
+                self.shared.freed.notify_one();
+                Err(e)
+            }
+        }
+    }
+
+    fn run(&self, request: Request, data: &[u8]) -> Result<(Reply, Vec<u8>), FsProcError> {
+        self.call(&request, data, self.shared.config.timeout)
+    }
+
+    fn unexpected(&self, request: &str, reply: Reply) -> FsProcError {
+        FsProcError::Protocol {
+            mount: self.shared.config.root.clone(),
+            op: "reply",
+            reason: format!("unexpected reply to {request}: {reply:?}"),
+        }
+    }
+
+    fn done(&self, request: Request) -> Result<(), FsProcError> {
+        let op = request.op_name();
+        match self.run(request, &[])? {
+            (Reply::Done, _) => Ok(()),
+            (other, _) => Err(self.unexpected(op, other)),
+        }
+    }
+
+    pub fn ping(&self) -> Result<(), FsProcError> {
+        match self.run(Request::Ping, &[])? {
+            (Reply::Pong, _) => Ok(()),
+            (other, _) => Err(self.unexpected("ping", other)),
+        }
+    }
+
+    /// Metadata of a file or directory (a symlink is refused, never
+    /// followed); `""` is the root.
+    pub fn stat(&self, path: &str) -> Result<StatInfo, FsProcError> {
+        self.stat_request(Request::Stat { path: path.into() })
+    }
+
+    /// Metadata of the entry itself, a symlink included.
+    pub fn lstat(&self, path: &str) -> Result<StatInfo, FsProcError> {
+        self.stat_request(Request::Lstat { path: path.into() })
+    }
+
+    fn stat_request(&self, request: Request) -> Result<StatInfo, FsProcError> {
+        match self.run(request, &[])? {
+            (Reply::Stat { stat }, _) => Ok(stat),
+            (other, _) => Err(self.unexpected("stat", other)),
+        }
+    }
+
+    pub fn statvfs(&self, path: &str) -> Result<VfsInfo, FsProcError> {
+        match self.run(Request::Statvfs { path: path.into() }, &[])? {
+            (Reply::Statvfs { vfs }, _) => Ok(vfs),
+            (other, _) => Err(self.unexpected("statvfs", other)),
+        }
+    }
+
+    pub fn exists(&self, path: &str) -> Result<bool, FsProcError> {
+        match self.run(Request::Exists { path: path.into() }, &[])? {
+            (Reply::Exists { exists }, _) => Ok(exists),
+            (other, _) => Err(self.unexpected("exists", other)),
+        }
+    }
+
+    /// The entries of a directory (at most [`MAX_LIST_ENTRIES`]) and
+    /// whether there were more.
+    pub fn listdir(&self, path: &str) -> Result<(Vec<DirEntry>, bool), FsProcError> {
+        let request = Request::Listdir {
+            path: path.into(),
+            max_entries: MAX_LIST_ENTRIES,
+        };
+        match self.run(request, &[])? {
+            (Reply::Listing { entries, truncated }, _) => Ok((entries, truncated)),
+            (other, _) => Err(self.unexpected("listdir", other)),
+        }
+    }
+
+    /// Up to `len` bytes at `offset` (fewer at end of file).
+    pub fn read(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u32,
+        direct: bool,
+    ) -> Result<Vec<u8>, FsProcError> {
+        let request = Request::Read {
+            path: path.into(),
+            offset,
+            len,
+            direct,
+        };
+        match self.run(request, &[])? {
+            (Reply::Data, bytes) => Ok(bytes),
+            (other, _) => Err(self.unexpected("read", other)),
+        }
+    }
+
+    pub fn write(
+        &self,
+        path: &str,
+        offset: u64,
+        data: &[u8],
+        open: OpenWrite,
+        fsync: bool,
+    ) -> Result<u64, FsProcError> {
+        let request = Request::Write {
+            path: path.into(),
+            offset,
+            open,
+            fsync,
+        };
+        match self.run(request, data)? {
+            (Reply::Written { len }, _) => Ok(len),
+            (other, _) => Err(self.unexpected("write", other)),
+        }
+    }
+
+    pub fn write_atomic(&self, path: &str, data: &[u8], mode: u32) -> Result<(), FsProcError> {
+        match self.run(
+            Request::WriteAtomic {
+                path: path.into(),
+                mode,
+            },
+            data,
+        )? {
+            (Reply::Done, _) => Ok(()),
+            (other, _) => Err(self.unexpected("write_atomic", other)),
+        }
+    }
+
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), FsProcError> {
+        self.done(Request::Rename {
+            from: from.into(),
+            to: to.into(),
+        })
+    }
+
+    pub fn link(&self, from: &str, to: &str) -> Result<(), FsProcError> {
+        self.done(Request::Link {
+            from: from.into(),
+            to: to.into(),
+        })
+    }
+
+    pub fn unlink(&self, path: &str) -> Result<(), FsProcError> {
+        self.done(Request::Unlink { path: path.into() })
+    }
+
+    pub fn mkdir(&self, path: &str, mode: u32) -> Result<(), FsProcError> {
+        self.done(Request::Mkdir {
+            path: path.into(),
+            mode,
+        })
+    }
+
+    pub fn rmdir(&self, path: &str) -> Result<(), FsProcError> {
+        self.done(Request::Rmdir { path: path.into() })
+    }
+
+    /// Removes a file, or a directory and everything beneath it.
+    pub fn rmtree(&self, path: &str) -> Result<(), FsProcError> {
+        self.done(Request::Rmtree { path: path.into() })
+    }
+
+    /// Zeros a range: deallocated with `punch`, else kept allocated.
+    pub fn zero_range(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        punch: bool,
+    ) -> Result<(), FsProcError> {
+        self.done(Request::ZeroRange {
+            path: path.into(),
+            offset,
+            len,
+            punch,
+        })
+    }
+
+    pub fn truncate(&self, path: &str, len: u64) -> Result<(), FsProcError> {
+        self.done(Request::Truncate {
+            path: path.into(),
+            len,
+        })
+    }
+
+    pub fn fallocate(&self, path: &str, offset: u64, len: u64) -> Result<(), FsProcError> {
+        self.done(Request::Fallocate {
+            path: path.into(),
+            offset,
+            len,
+        })
+    }
+
+    pub fn chmod(&self, path: &str, mode: u32) -> Result<(), FsProcError> {
+        self.done(Request::Chmod {
+            path: path.into(),
+            mode,
+        })
+    }
+
+    pub fn chown(&self, path: &str, uid: u32, gid: u32) -> Result<(), FsProcError> {
+        self.done(Request::Chown {
+            path: path.into(),
+            uid,
+            gid,
+        })
+    }
+
+    pub fn fsync(&self, path: &str) -> Result<(), FsProcError> {
+        self.done(Request::Fsync { path: path.into() })
+    }
+
+    pub fn fsync_dir(&self, path: &str) -> Result<(), FsProcError> {
+        self.done(Request::FsyncDir { path: path.into() })
+    }
+
+    pub fn direct_probe(&self, path: &str) -> Result<DirectProbe, FsProcError> {
+        match self.run(Request::DirectProbe { path: path.into() }, &[])? {
+            (Reply::Probe { probe }, _) => Ok(probe),
+            (other, _) => Err(self.unexpected("direct_probe", other)),
+        }
+    }
+
+    /// Opens `path` for a streamed write on a helper of its own, which the
+    /// stream holds until it is closed. Each step (open, every chunk,
+    /// close) has `step_timeout`: work that keeps making progress runs as
+    /// long as it needs, and a step that hangs is noticed after one.
+    pub fn open_write(
+        &self,
+        path: &str,
+        open: OpenWrite,
+        step_timeout: Duration,
+    ) -> Result<WriteStream, FsProcError> {
+        let request = Request::StreamOpen {
+            path: path.into(),
+            open,
+        };
+        let deadline = Instant::now() + step_timeout;
+        let mut proc = self.checkout(&request, step_timeout, deadline)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let result = proc
+            .call(&request, &[], left.max(Duration::from_millis(1)))
+            .map_err(|e| retime(e, step_timeout));
+        match result {
+            Ok((Reply::Handle { handle }, _)) => Ok(WriteStream {
+                pool: self.clone(),
+                proc: Some(proc),
+                handle,
+                path: path.into(),
+                step_timeout,
+            }),
+            Ok((other, _)) => {
+                self.shared.finish(proc, None);
+                Err(self.unexpected("stream_open", other))
+            }
+            Err(e) => {
+                self.shared.finish(proc, Some(&e));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A timeout reports the whole call's deadline, not what was left of it.
+fn retime(e: FsProcError, timeout: Duration) -> FsProcError {
+    match e {
+        FsProcError::Timeout {
+            mount, op, path, ..
+        } => FsProcError::Timeout {
+            mount,
+            op,
+            path,
+            after: timeout,
+        },
+        other => other,
+    }
+}
+
+impl Shared {
+    /// Takes a helper back after a call: idle again if it answered,
+    /// abandoned (killed, counted stuck until it exits) if it missed its
+    /// deadline, dropped if it died or broke the protocol.
+    fn finish(self: &Arc<Self>, proc: FsProc, error: Option<&FsProcError>) {
+        let mut st = lock(&self.state);
+        st.busy -= 1;
+        match error {
+            None => {
+                st.trouble_since = None;
+                st.idle.push(proc);
+            }
+            Some(e) if e.helper_reusable() => st.idle.push(proc),
+            Some(FsProcError::Timeout {
+                op, path, after, ..
+            }) => {
+                let now = SystemTime::now();
+                st.stuck += 1;
+                st.last_timeout = Some(now);
+                st.trouble_since.get_or_insert(now);
+                tracing::warn!(mount = %self.config.root.display(), op, path, ?after,
+                    pid = proc.pid(), stuck = st.stuck, max = self.config.max_helpers,
+                    "helper missed its deadline; killed and abandoned");
+                drop(st);
+                let me = Arc::clone(self);
+                proc.abandon(move || {
+                    lock(&me.state).stuck -= 1;
+                    me.freed.notify_one();
+                    tracing::info!(mount = %me.config.root.display(), "an abandoned helper exited");
+                });
+                return;
+            }
+            Some(e) => {
+                tracing::warn!(mount = %self.config.root.display(), error = %e, "helper dropped");
+                drop(st);
+                drop(proc);
+                self.freed.notify_one();
+                return;
+            }
+        }
+        drop(st);
+        self.freed.notify_one();
+    }
+}
+
+/// A streamed write on a helper it holds (see [`FsPool::open_write`]).
+/// [`close`](Self::close) reports the errors of `fsync()` and `close()`;
+/// dropping it without closing closes without those checks.
+pub struct WriteStream {
+    pool: FsPool,
+    proc: Option<FsProc>,
+    handle: u64,
+    path: String,
+    step_timeout: Duration,
+}
+
+impl WriteStream {
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn step(&mut self, request: Request, data: &[u8]) -> Result<Reply, FsProcError> {
+        let op = request.op_name();
+        let Some(mut proc) = self.proc.take() else {
+            return Err(FsProcError::Protocol {
+                mount: self.pool.root().to_owned(),
+                op,
+                reason: format!("the streamed write of {} already failed", self.path),
+            });
+        };
+        let result = proc
+            .call(&request, data, self.step_timeout)
+            .map_err(|e| retime(e, self.step_timeout));
+        match result {
+            Ok((reply, _)) => {
+                self.proc = Some(proc);
+                Ok(reply)
+            }
+            Err(e) if e.helper_reusable() && op != "stream_close" => {
+                self.proc = Some(proc);
+                Err(e)
+            }
+            Err(e) => {
+                self.pool.shared.finish(proc, Some(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes `data` at `offset` (aligned if the stream is direct).
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<u64, FsProcError> {
+        let request = Request::StreamWrite {
+            handle: self.handle,
+            offset,
+        };
+        match self.step(request, data)? {
+            Reply::Written { len } => Ok(len),
+            other => Err(self.pool.unexpected("stream_write", other)),
+        }
+    }
+
+    /// fsync (if asked) and close, with the errors of both.
+    pub fn close(mut self, fsync: bool) -> Result<(), FsProcError> {
+        self.finish(fsync)
+    }
+
+    fn finish(&mut self, fsync: bool) -> Result<(), FsProcError> {
+        let request = Request::StreamClose {
+            handle: self.handle,
+            fsync,
+        };
+        let reply = self.step(request, &[]);
+        if let Some(proc) = self.proc.take() {
+            self.pool.shared.finish(proc, None);
+        }
+        match reply? {
+            Reply::Done => Ok(()),
+            other => Err(self.pool.unexpected("stream_close", other)),
+        }
+    }
+}
+
+impl Drop for WriteStream {
+    fn drop(&mut self) {
+        if self.proc.is_some() {
+            if let Err(e) = self.finish(false) {
+                tracing::warn!(path = %self.path, error = %e, "closing a dropped streamed write");
+            }
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! The helper's wire format (docs/formats.md, "fsproc frames"): typed
+//! requests and replies, and the frames that carry them over a pipe.
+//!
+//! A frame is `header_len: u32 BE`, `data_len: u32 BE`, a JSON header of
+//! `header_len` bytes, then `data_len` raw bytes (the data of a write, or
+//! what a read returned). Both lengths are checked against
+//! [`MAX_HEADER_BYTES`] and [`MAX_DATA_BYTES`] before anything is
+//! allocated for them, so a peer that lies about a length costs nothing.
+//! Every header carries the request id; a reply answers the request with
+//! the same id.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The version of this format. The client sends it in [`Request::Hello`];
+/// the helper answers with its own and refuses another, and the client
+/// refuses a helper that answers another (a depotd upgraded under running
+/// helpers, or a stale binary).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest JSON header: a directory listing of [`MAX_LIST_ENTRIES`]
+/// names fits, with room to spare.
+pub const MAX_HEADER_BYTES: u32 = 4 << 20;
+
+/// The largest data part: one read or one chunk of a streamed write.
+pub const MAX_DATA_BYTES: u32 = 32 << 20;
+
+/// The most entries one listing returns; more are reported as truncated.
+pub const MAX_LIST_ENTRIES: u32 = 20_000;
+
+/// The bytes before the header: its length and the data's.
+const PREFIX_BYTES: usize = 8;
+
+/// A request header. Paths are relative to the helper's root and made of
+/// plain names (see [`crate::confine::Beneath`]); `""` names the root
+/// itself where a directory makes sense (stat, statvfs, listdir, exists,
+/// fsync_dir).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// The first request: the version, and the directory every path is
+    /// beneath (absolute; trusted, so it may be reached through links).
+    Hello {
+        version: u32,
+        root: String,
+    },
+    Ping,
+    /// Metadata of a file or directory; a symlink is refused (never
+    /// followed).
+    Stat {
+        path: String,
+    },
+    /// Metadata of the entry itself, a symlink included.
+    Lstat {
+        path: String,
+    },
+    Statvfs {
+        path: String,
+    },
+    Exists {
+        path: String,
+    },
+    /// Names and types; at most `max_entries` (capped at
+    /// [`MAX_LIST_ENTRIES`]).
+    Listdir {
+        path: String,
+        max_entries: u32,
+    },
+    /// Up to `len` bytes at `offset`; with `direct`, through `O_DIRECT`
+    /// with an aligned buffer (offset and len aligned by the caller).
+    Read {
+        path: String,
+        offset: u64,
+        len: u32,
+        direct: bool,
+    },
+    /// Writes the frame's data at `offset`.
+    Write {
+        path: String,
+        offset: u64,
+        open: OpenWrite,
+        fsync: bool,
+    },
+    /// Replaces the file with the frame's data: a temporary file beside
+    /// it, fsync, rename over it, fsync of the directory.
+    WriteAtomic {
+        path: String,
+        mode: u32,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Link {
+        from: String,
+        to: String,
+    },
+    Unlink {
+        path: String,
+    },
+    Mkdir {
+        path: String,
+        mode: u32,
+    },
+    Rmdir {
+        path: String,
+    },
+    /// Removes a file, or a directory with everything beneath it (links
+    /// are removed, never followed; another file system below is refused).
+    Rmtree {
+        path: String,
+    },
+    Truncate {
+        path: String,
+        len: u64,
+    },
+    Fallocate {
+        path: String,
+        offset: u64,
+        len: u64,
+    },
+    /// Makes the range read as zeros: `punch` deallocates it (the size
+    /// stays), otherwise it stays allocated (`FALLOC_FL_ZERO_RANGE`, or
+    /// written zeros where the file system has neither).
+    ZeroRange {
+        path: String,
+        offset: u64,
+        len: u64,
+        punch: bool,
+    },
+    Chmod {
+        path: String,
+        mode: u32,
+    },
+    Chown {
+        path: String,
+        uid: u32,
+        gid: u32,
+    },
+    Fsync {
+        path: String,
+    },
+    FsyncDir {
+        path: String,
+    },
+    /// Whether the file opens and reads with `O_DIRECT`, and its block
+    /// size.
+    DirectProbe {
+        path: String,
+    },
+    /// Opens a file for a streamed write; the reply is a handle.
+    StreamOpen {
+        path: String,
+        open: OpenWrite,
+    },
+    /// Writes the frame's data at `offset` through the handle.
+    StreamWrite {
+        handle: u64,
+        offset: u64,
+    },
+    /// Closes the handle (after an fsync if asked), reporting the errors
+    /// of both: GlusterFS reports an unaligned `O_DIRECT` write only here.
+    StreamClose {
+        handle: u64,
+        fsync: bool,
+    },
+}
+
+/// How a file is opened for writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenWrite {
+    /// Create it if missing (with `mode`).
+    pub create: bool,
+    /// Cut it to length 0 first.
+    pub truncate: bool,
+    pub mode: u32,
+    /// `O_DIRECT`: offsets and lengths must be aligned to the block size.
+    pub direct: bool,
+}
+
+impl Default for OpenWrite {
+    fn default() -> Self {
+        OpenWrite {
+            create: false,
+            truncate: false,
+            mode: 0o660,
+            direct: false,
+        }
+    }
+}
+
+impl Request {
+    /// The operation's name, for errors and logs.
+    pub fn op_name(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Ping => "ping",
+            Request::Stat { .. } => "stat",
+            Request::Lstat { .. } => "lstat",
+            Request::Statvfs { .. } => "statvfs",
+            Request::Exists { .. } => "exists",
+            Request::Listdir { .. } => "listdir",
+            Request::Read { .. } => "read",
+            Request::Write { .. } => "write",
+            Request::WriteAtomic { .. } => "write_atomic",
+            Request::Rename { .. } => "rename",
+            Request::Link { .. } => "link",
+            Request::Unlink { .. } => "unlink",
+            Request::Mkdir { .. } => "mkdir",
+            Request::Rmdir { .. } => "rmdir",
+            Request::Rmtree { .. } => "rmtree",
+            Request::Truncate { .. } => "truncate",
+            Request::Fallocate { .. } => "fallocate",
+            Request::ZeroRange { .. } => "zero_range",
+            Request::Chmod { .. } => "chmod",
+            Request::Chown { .. } => "chown",
+            Request::Fsync { .. } => "fsync",
+            Request::FsyncDir { .. } => "fsync_dir",
+            Request::DirectProbe { .. } => "direct_probe",
+            Request::StreamOpen { .. } => "stream_open",
+            Request::StreamWrite { .. } => "stream_write",
+            Request::StreamClose { .. } => "stream_close",
+        }
+    }
+
+    /// The (first) path the request is about, for errors; `""` if none.
+    pub fn path(&self) -> &str {
+        match self {
+            Request::Hello { root, .. } => root,
+            Request::Stat { path }
+            | Request::Lstat { path }
+            | Request::Statvfs { path }
+            | Request::Exists { path }
+            | Request::Listdir { path, .. }
+            | Request::Read { path, .. }
+            | Request::Write { path, .. }
+            | Request::WriteAtomic { path, .. }
+            | Request::Unlink { path }
+            | Request::Mkdir { path, .. }
+            | Request::Rmdir { path }
+            | Request::Rmtree { path }
+            | Request::ZeroRange { path, .. }
+            | Request::Truncate { path, .. }
+            | Request::Fallocate { path, .. }
+            | Request::Chmod { path, .. }
+            | Request::Chown { path, .. }
+            | Request::Fsync { path }
+            | Request::FsyncDir { path }
+            | Request::DirectProbe { path }
+            | Request::StreamOpen { path, .. } => path,
+            Request::Rename { from, .. } | Request::Link { from, .. } => from,
+            Request::Ping | Request::StreamWrite { .. } | Request::StreamClose { .. } => "",
+        }
+    }
+}
+
+/// What a file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    BlockDevice,
+    CharDevice,
+    Fifo,
+    Socket,
+    Unknown,
+}
+
+/// `stat(2)` of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatInfo {
+    pub kind: FileKind,
+    pub size: u64,
+    /// Permission bits (and setuid/setgid/sticky), without the type.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u64,
+    pub ino: u64,
+    pub dev: u64,
+    /// Seconds and nanoseconds since the epoch.
+    pub mtime_s: i64,
+    pub mtime_ns: i64,
+}
+
+/// `statvfs(3)` of the file system holding an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VfsInfo {
+    pub block_size: u64,
+    pub total_bytes: u64,
+    /// Space an unprivileged user can still use.
+    pub free_bytes: u64,
+    pub total_inodes: u64,
+    pub free_inodes: u64,
+    pub read_only: bool,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// The name; a name that is not UTF-8 is shown lossily and marked.
+    pub name: String,
+    /// False when `name` is a lossy rendering (it cannot be used as a path).
+    pub utf8: bool,
+    pub kind: FileKind,
+}
+
+/// The answer of [`Request::DirectProbe`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectProbe {
+    /// Whether opening with `O_DIRECT` and reading worked.
+    pub supported: bool,
+    /// The logical block size found (0 when not supported).
+    pub block_size: u32,
+    /// How it was found: "statx", "trial_read" or "assumed" (an empty file).
+    pub source: String,
+}
+
+/// A reply header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reply {
+    Hello {
+        version: u32,
+        pid: u32,
+    },
+    Pong,
+    Stat {
+        stat: StatInfo,
+    },
+    Statvfs {
+        vfs: VfsInfo,
+    },
+    Exists {
+        exists: bool,
+    },
+    Listing {
+        entries: Vec<DirEntry>,
+        truncated: bool,
+    },
+    /// The bytes are the frame's data.
+    Data,
+    Written {
+        len: u64,
+    },
+    Handle {
+        handle: u64,
+    },
+    Probe {
+        probe: DirectProbe,
+    },
+    Done,
+}
+
+/// A failed request, as the helper saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// The OS error number, when the OS reported one.
+    pub errno: Option<i32>,
+    /// Set when the request was refused by the confinement rule (a
+    /// symlink, `..`, another file system): no OS call failed.
+    pub refused: bool,
+    /// Set when the request itself was malformed or not allowed now.
+    pub invalid: bool,
+    pub message: String,
+}
+
+/// The header of a request frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestHeader {
+    pub id: u64,
+    pub request: Request,
+}
+
+/// The header of a reply frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyHeader {
+    pub id: u64,
+    pub result: Result<Reply, WireError>,
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame header of {len} bytes is over the limit of {MAX_HEADER_BYTES}")]
+    HeaderTooLarge { len: u32 },
+    #[error("frame data of {len} bytes is over the limit of {MAX_DATA_BYTES}")]
+    DataTooLarge { len: u32 },
+    #[error("frame header is not valid JSON for this version: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("frame I/O: {0}")]
+    Io(#[from] io::Error),
+    /// The stream ended at a frame boundary.
+    #[error("end of stream")]
+    Eof,
+}
+
+/// The lengths announced by a frame's prefix, checked against the caps.
+pub fn parse_prefix(prefix: [u8; PREFIX_BYTES]) -> Result<(usize, usize), FrameError> {
+    let header = u32::from_be_bytes(prefix[..4].try_into().expect("4 bytes"));
+    let data = u32::from_be_bytes(prefix[4..].try_into().expect("4 bytes"));
+    if header > MAX_HEADER_BYTES {
+        return Err(FrameError::HeaderTooLarge { len: header });
+    }
+    if data > MAX_DATA_BYTES {
+        return Err(FrameError::DataTooLarge { len: data });
+    }
+    Ok((header as usize, data as usize))
+}
+
+/// A whole frame as bytes: prefix, header, data.
+pub fn encode<T: Serialize>(header: &T, data: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let json = serde_json::to_vec(header)?;
+    let header_len = u32::try_from(json.len())
+        .ok()
+        .filter(|&n| n <= MAX_HEADER_BYTES)
+        .ok_or(FrameError::HeaderTooLarge {
+            len: u32::try_from(json.len()).unwrap_or(u32::MAX),
+        })?;
+    let data_len = u32::try_from(data.len())
+        .ok()
+        .filter(|&n| n <= MAX_DATA_BYTES)
+        .ok_or(FrameError::DataTooLarge {
+            len: u32::try_from(data.len()).unwrap_or(u32::MAX),
+        })?;
+    let mut frame = Vec::with_capacity(PREFIX_BYTES + json.len() + data.len());
+    frame.extend_from_slice(&header_len.to_be_bytes());
+    frame.extend_from_slice(&data_len.to_be_bytes());
+    frame.extend_from_slice(&json);
+    frame.extend_from_slice(data);
+    Ok(frame)
+}
+
+/// Writes one frame and flushes.
+pub fn write_frame<T: Serialize>(
+    out: &mut impl Write,
+    header: &T,
+    data: &[u8],
+) -> Result<(), FrameError> {
+    out.write_all(&encode(header, data)?)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Reads one frame (blocking): the decoded header and the data.
+/// [`FrameError::Eof`] when the stream ends before a frame starts.
+pub fn read_frame<T: for<'de> Deserialize<'de>>(
+    input: &mut impl Read,
+) -> Result<(T, Vec<u8>), FrameError> {
+    let mut prefix = [0u8; PREFIX_BYTES];
+    let mut got = 0;
+    while got < PREFIX_BYTES {
+        match input.read(&mut prefix[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Eof),
+            Ok(0) => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (header_len, data_len) = parse_prefix(prefix)?;
+    let mut header = vec![0u8; header_len];
+    input.read_exact(&mut header)?;
+    let mut data = vec![0u8; data_len];
+    input.read_exact(&mut data)?;
+    Ok((serde_json::from_slice(&header)?, data))
+}
+
+/// Decodes a header read by other means (the client's deadline reads).
+pub fn decode<T: for<'de> Deserialize<'de>>(header: &[u8]) -> Result<T, FrameError> {
+    Ok(serde_json::from_slice(header)?)
+}
+
+/// The prefix size, for readers that read it themselves.
+pub const fn prefix_bytes() -> usize {
+    PREFIX_BYTES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that fails the test if more than `limit` bytes are read
+    /// from it: an oversized frame must be refused from its prefix alone.
+    struct Limited<'a> {
+        bytes: &'a [u8],
+        limit: usize,
+        read: usize,
+    }
+
+    impl Read for Limited<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.bytes.len() - self.read);
+            self.read += n;
+            assert!(self.read <= self.limit, "read past the prefix");
+            buf[..n].copy_from_slice(&self.bytes[self.read - n..self.read]);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_request_round_trips_with_its_data() {
+        let header = RequestHeader {
+            id: 7,
+            request: Request::Write {
+                path: "dom/md/metadata".into(),
+                offset: 4096,
+                open: OpenWrite {
+                    create: true,
+                    ..OpenWrite::default()
+                },
+                fsync: true,
+            },
+        };
+        let frame = encode(&header, b"abc").unwrap();
+        let (back, data): (RequestHeader, _) = read_frame(&mut &frame[..]).unwrap();
+        assert_eq!(back, header);
+        assert_eq!(data, b"abc");
+        let json = String::from_utf8_lossy(&frame[8..frame.len() - 3]).into_owned();
+        assert!(json.contains(r#""request":{"op":"write""#), "{json}");
+        assert!(json.contains(r#""id":7"#), "{json}");
+    }
+
+    #[test]
+    fn oversized_lengths_are_refused_from_the_prefix_before_allocating() {
+        // A header length of 4 GiB - 1: allocating it would abort the test.
+        let mut frame = u32::MAX.to_be_bytes().to_vec();
+        frame.extend_from_slice(&0u32.to_be_bytes());
+        frame.extend_from_slice(&[b'x'; 64]);
+        let mut r = Limited {
+            bytes: &frame,
+            limit: 8,
+            read: 0,
+        };
+        let e = read_frame::<RequestHeader>(&mut r).unwrap_err();
+        assert!(
+            matches!(e, FrameError::HeaderTooLarge { len: u32::MAX }),
+            "{e}"
+        );
+
+        let mut frame = 2u32.to_be_bytes().to_vec();
+        frame.extend_from_slice(&(MAX_DATA_BYTES + 1).to_be_bytes());
+        frame.extend_from_slice(b"{}");
+        let mut r = Limited {
+            bytes: &frame,
+            limit: 8,
+            read: 0,
+        };
+        let e = read_frame::<RequestHeader>(&mut r).unwrap_err();
+        assert!(matches!(e, FrameError::DataTooLarge { .. }), "{e}");
+        // At the limits exactly, the prefix is accepted.
+        let mut at = MAX_HEADER_BYTES.to_be_bytes().to_vec();
+        at.extend_from_slice(&MAX_DATA_BYTES.to_be_bytes());
+        assert!(parse_prefix(at.try_into().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn too_much_data_is_not_encoded() {
+        let big = vec![0u8; MAX_DATA_BYTES as usize + 1];
+        let e = encode(
+            &RequestHeader {
+                id: 1,
+                request: Request::Ping,
+            },
+            &big,
+        )
+        .unwrap_err();
+        assert!(matches!(e, FrameError::DataTooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn eof_between_frames_and_inside_one_differ() {
+        let e = read_frame::<RequestHeader>(&mut &[][..]).unwrap_err();
+        assert!(matches!(e, FrameError::Eof), "{e}");
+        let e = read_frame::<RequestHeader>(&mut &[0u8, 0, 0][..]).unwrap_err();
+        assert!(matches!(e, FrameError::Io(_)), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_operation_or_field_is_refused() {
+        let e = decode::<RequestHeader>(br#"{"id":1,"request":{"op":"format_disk"}}"#).unwrap_err();
+        assert!(matches!(e, FrameError::Json(_)), "{e}");
+        let e = decode::<RequestHeader>(
+            br#"{"id":1,"request":{"op":"stat","path":"a","follow":true}}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(e, FrameError::Json(_)), "{e}");
+    }
+}

@@ -1,0 +1,265 @@
+//! The helper process: reads requests on stdin, answers on stdout, one at
+//! a time, until stdin ends.
+
+use std::io::{self, BufReader, BufWriter};
+use std::path::Path;
+
+use super::ops::Confined;
+use super::protocol::{
+    self, FrameError, Reply, ReplyHeader, Request, RequestHeader, WireError, PROTOCOL_VERSION,
+};
+use crate::confine::refusal;
+
+/// The environment variable through which the client passes its pid, so
+/// that a helper whose parent died before `PR_SET_PDEATHSIG` took effect
+/// notices and exits.
+pub const PARENT_PID_ENV: &str = "DEPOT_FSPROC_PARENT";
+
+/// Exit codes of the helper.
+const EXIT_PROTOCOL: i32 = 2;
+const EXIT_ORPHAN: i32 = 3;
+
+/// The helper's main: dies with its parent, closes inherited descriptors,
+/// then serves stdin/stdout until stdin ends. Returns the exit code.
+///
+/// Nothing else may write to stdout in this process: it carries frames.
+pub fn serve_stdio() -> i32 {
+    if let Err(code) = die_with_parent() {
+        return code;
+    }
+    close_inherited_fds();
+    let mut input = BufReader::new(io::stdin().lock());
+    let mut output = BufWriter::new(io::stdout().lock());
+    match serve(&mut input, &mut output) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("depot-fsproc[{}]: {e}", std::process::id());
+            EXIT_PROTOCOL
+        }
+    }
+}
+
+/// SIGKILL when the parent goes away, so that no helper outlives depotd
+/// (one stuck in the kernel goes when the kernel lets it).
+fn die_with_parent() -> Result<(), i32> {
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+        eprintln!("depot-fsproc: PR_SET_PDEATHSIG: {e}");
+        return Err(EXIT_ORPHAN);
+    }
+    // The parent may have died before the prctl: then we were reparented.
+    let expected = std::env::var(PARENT_PID_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok());
+    if let Some(pid) = expected {
+        if nix::unistd::getppid().as_raw() != pid {
+            eprintln!("depot-fsproc: parent {pid} is gone");
+            return Err(EXIT_ORPHAN);
+        }
+    }
+    Ok(())
+}
+
+/// Closes every descriptor but stdin, stdout and stderr: depotd's
+/// sockets, listening ports and files must not live on in a helper that
+/// the kernel may keep stuck long after depotd exited.
+fn close_inherited_fds() {
+    // SAFETY: close_range only closes descriptors; none above 2 is in use
+    // by this process yet (nothing has been opened so far).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if rc == 0 {
+        return;
+    }
+    // Kernels before 5.9: close what /proc lists.
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|&fd| fd > 2)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in open {
+        let _ = nix::unistd::close(fd);
+    }
+}
+
+/// The request loop over any reader and writer (tests use it in-process).
+pub fn serve(input: &mut impl io::Read, output: &mut impl io::Write) -> Result<(), FrameError> {
+    let mut confined = match handshake(input, output)? {
+        Some(c) => c,
+        None => return Ok(()),
+    };
+    loop {
+        let (header, data): (RequestHeader, Vec<u8>) = match protocol::read_frame(input) {
+            Ok(f) => f,
+            Err(FrameError::Eof) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let result = dispatch(&mut confined, &header.request, &data);
+        let (reply, out_data) = match result {
+            Ok((reply, bytes)) => (Ok(reply), bytes),
+            Err(e) => (Err(wire_error(&e)), Vec::new()),
+        };
+        let frame = ReplyHeader {
+            id: header.id,
+            result: reply,
+        };
+        match protocol::write_frame(output, &frame, &out_data) {
+            // A listing too large for one frame is an error reply, not a
+            // broken helper.
+            Err(FrameError::HeaderTooLarge { len }) => {
+                let too_large = ReplyHeader {
+                    id: header.id,
+                    result: Err(invalid(format!(
+                        "the reply ({len} bytes) is over the frame limit; ask for fewer entries"
+                    ))),
+                };
+                protocol::write_frame(output, &too_large, &[])?;
+            }
+            other => other?,
+        }
+    }
+}
+
+/// The first frame must be a hello of our version with the root.
+fn handshake(
+    input: &mut impl io::Read,
+    output: &mut impl io::Write,
+) -> Result<Option<Confined>, FrameError> {
+    let (header, _): (RequestHeader, Vec<u8>) = match protocol::read_frame(input) {
+        Ok(f) => f,
+        Err(FrameError::Eof) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let answer = |result| ReplyHeader {
+        id: header.id,
+        result,
+    };
+    let Request::Hello { version, root } = &header.request else {
+        let e = invalid("the first request must be hello".into());
+        protocol::write_frame(output, &answer(Err(e)), &[])?;
+        return Err(FrameError::Io(io::Error::other("no hello")));
+    };
+    if *version != PROTOCOL_VERSION {
+        let e = invalid(format!(
+            "protocol version {version} asked, this helper speaks {PROTOCOL_VERSION}"
+        ));
+        protocol::write_frame(output, &answer(Err(e)), &[])?;
+        return Err(FrameError::Io(io::Error::other("version mismatch")));
+    }
+    match Confined::new(Path::new(root)) {
+        Ok(c) => {
+            let hello = Reply::Hello {
+                version: PROTOCOL_VERSION,
+                pid: std::process::id(),
+            };
+            protocol::write_frame(output, &answer(Ok(hello)), &[])?;
+            Ok(Some(c))
+        }
+        Err(e) => {
+            protocol::write_frame(output, &answer(Err(wire_error(&e))), &[])?;
+            Err(FrameError::Io(e))
+        }
+    }
+}
+
+type Outcome = io::Result<(Reply, Vec<u8>)>;
+
+fn done(r: io::Result<()>) -> Outcome {
+    r.map(|()| (Reply::Done, Vec::new()))
+}
+
+fn dispatch(c: &mut Confined, request: &Request, data: &[u8]) -> Outcome {
+    let none = Vec::new;
+    match request {
+        Request::Hello { .. } => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "hello was already done",
+        )),
+        Request::Ping => Ok((Reply::Pong, none())),
+        Request::Stat { path } => c
+            .stat(path, false)
+            .map(|stat| (Reply::Stat { stat }, none())),
+        Request::Lstat { path } => c
+            .stat(path, true)
+            .map(|stat| (Reply::Stat { stat }, none())),
+        Request::Statvfs { path } => c.statvfs(path).map(|vfs| (Reply::Statvfs { vfs }, none())),
+        Request::Exists { path } => c
+            .exists(path)
+            .map(|exists| (Reply::Exists { exists }, none())),
+        Request::Listdir { path, max_entries } => c
+            .listdir(path, *max_entries)
+            .map(|(entries, truncated)| (Reply::Listing { entries, truncated }, none())),
+        Request::Read {
+            path,
+            offset,
+            len,
+            direct,
+        } => c
+            .read(path, *offset, *len, *direct)
+            .map(|bytes| (Reply::Data, bytes)),
+        Request::Write {
+            path,
+            offset,
+            open,
+            fsync,
+        } => c
+            .write(path, *offset, open, data, *fsync)
+            .map(|len| (Reply::Written { len }, none())),
+        Request::WriteAtomic { path, mode } => done(c.write_atomic(path, data, *mode)),
+        Request::Rename { from, to } => done(c.rename(from, to)),
+        Request::Link { from, to } => done(c.link(from, to)),
+        Request::Unlink { path } => done(c.unlink(path, false)),
+        Request::Mkdir { path, mode } => done(c.mkdir(path, *mode)),
+        Request::Rmdir { path } => done(c.unlink(path, true)),
+        Request::Rmtree { path } => done(c.rmtree(path)),
+        Request::ZeroRange {
+            path,
+            offset,
+            len,
+            punch,
+        } => done(c.zero_range(path, *offset, *len, *punch)),
+        Request::Truncate { path, len } => done(c.truncate(path, *len)),
+        Request::Fallocate { path, offset, len } => done(c.fallocate(path, *offset, *len)),
+        Request::Chmod { path, mode } => done(c.chmod(path, *mode)),
+        Request::Chown { path, uid, gid } => done(c.chown(path, *uid, *gid)),
+        Request::Fsync { path } => done(c.fsync(path)),
+        Request::FsyncDir { path } => done(c.fsync_dir(path)),
+        Request::DirectProbe { path } => c
+            .direct_probe(path)
+            .map(|probe| (Reply::Probe { probe }, none())),
+        Request::StreamOpen { path, open } => c
+            .stream_open(path, open)
+            .map(|handle| (Reply::Handle { handle }, none())),
+        Request::StreamWrite { handle, offset } => c
+            .stream_write(*handle, *offset, data)
+            .map(|len| (Reply::Written { len }, none())),
+        Request::StreamClose { handle, fsync } => done(c.stream_close(*handle, *fsync)),
+    }
+}
+
+fn invalid(message: String) -> WireError {
+    WireError {
+        errno: None,
+        refused: false,
+        invalid: true,
+        message,
+    }
+}
+
+fn wire_error(e: &io::Error) -> WireError {
+    match refusal(e) {
+        Some(r) => WireError {
+            errno: None,
+            refused: true,
+            invalid: false,
+            message: r.reason.clone(),
+        },
+        None => WireError {
+            errno: e.raw_os_error(),
+            refused: false,
+            invalid: e.kind() == io::ErrorKind::InvalidInput && e.raw_os_error().is_none(),
+            message: e.to_string(),
+        },
+    }
+}

@@ -1,0 +1,791 @@
+//! File-system helper processes (depot_os::fsproc) with the real
+//! `depot-fsproc` binary: every operation, confinement, deadlines, helper
+//! death, and (root tier) a real GlusterFS brick frozen with SIGSTOP.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use depot_os::fsproc::{
+    protocol, FileKind, FsPool, FsProc, FsProcError, HelperCommand, OpenWrite, PoolConfig,
+};
+use depot_testkit::process::{pid_alive, signal};
+
+fn helper() -> HelperCommand {
+    HelperCommand::new(env!("CARGO_BIN_EXE_depot-fsproc"))
+}
+
+fn pool(root: &Path, max_helpers: usize, timeout: Duration) -> FsPool {
+    FsPool::new(PoolConfig {
+        command: helper(),
+        root: root.to_owned(),
+        max_helpers,
+        timeout,
+    })
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes.
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+fn create() -> OpenWrite {
+    OpenWrite {
+        create: true,
+        mode: 0o644,
+        ..OpenWrite::default()
+    }
+}
+
+/// Every operation of the protocol, through one pool on `root`.
+fn exercise_every_operation(root: &Path) {
+    let p = pool(root, 2, Duration::from_secs(30));
+    data_operations(&p, root);
+    name_and_attribute_operations(&p, root);
+    streams_trees_and_errors(&p, root);
+}
+
+/// Directories, reads and writes, plain, atomic and direct.
+fn data_operations(p: &FsPool, root: &Path) {
+    p.ping().unwrap();
+    p.mkdir("a", 0o755).unwrap();
+    p.mkdir("a/b", 0o700).unwrap();
+    let st = p.stat("a").unwrap();
+    assert_eq!((st.kind, st.mode), (FileKind::Dir, 0o755));
+    assert_eq!(p.stat("").unwrap().kind, FileKind::Dir);
+
+    // Plain writes and reads.
+    assert_eq!(p.write("a/f", 0, b"hello", create(), true).unwrap(), 5);
+    let st = p.stat("a/f").unwrap();
+    let md = fs::metadata(root.join("a/f")).unwrap();
+    assert_eq!((st.kind, st.size, st.nlink), (FileKind::File, 5, 1));
+    assert_eq!(
+        (st.ino, st.dev, st.uid, st.gid),
+        (md.ino(), md.dev(), md.uid(), md.gid())
+    );
+    assert_eq!((st.mtime_s, st.mtime_ns), (md.mtime(), md.mtime_nsec()));
+    assert_eq!(p.read("a/f", 0, 5, false).unwrap(), b"hello");
+    assert_eq!(p.read("a/f", 1, 100, false).unwrap(), b"ello");
+    let mut no_create = create();
+    no_create.create = false;
+    let e = p.write("a/new", 0, b"x", no_create, false).unwrap_err();
+    assert_eq!(e.io_kind(), Some(std::io::ErrorKind::NotFound), "{e}");
+
+    // Atomic and direct I/O, 4 KiB like domain metadata.
+    let meta: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    p.write_atomic("a/meta", &meta, 0o640).unwrap();
+    assert_eq!(p.stat("a/meta").unwrap().mode, 0o640);
+    assert_eq!(p.read("a/meta", 0, 4096, true).unwrap(), meta);
+    p.write_atomic("a/meta", b"v2", 0o640).unwrap();
+    assert_eq!(fs::read(root.join("a/meta")).unwrap(), b"v2");
+    let mut direct = create();
+    direct.direct = true;
+    p.write("a/d", 0, &meta, direct, true).unwrap();
+    assert_eq!(fs::read(root.join("a/d")).unwrap(), meta);
+    let probe = p.direct_probe("a/d").unwrap();
+    assert!(probe.supported, "{probe:?}");
+    assert!([512, 4096].contains(&probe.block_size), "{probe:?}");
+}
+
+/// Listing, existence, names, size, mode, owner and sync.
+fn name_and_attribute_operations(p: &FsPool, root: &Path) {
+    // Listing: names and kinds, no temporary file of write_atomic left.
+    symlink("f", root.join("a/l")).unwrap();
+    let (entries, truncated) = p.listdir("a").unwrap();
+    assert!(!truncated);
+    let kinds: BTreeMap<String, FileKind> = entries.into_iter().map(|e| (e.name, e.kind)).collect();
+    let want: BTreeMap<String, FileKind> = [
+        ("b", FileKind::Dir),
+        ("d", FileKind::File),
+        ("f", FileKind::File),
+        ("l", FileKind::Symlink),
+        ("meta", FileKind::File),
+    ]
+    .into_iter()
+    .map(|(n, k)| (n.to_owned(), k))
+    .collect();
+    assert_eq!(kinds, want);
+    assert!(p.listdir("").unwrap().0.iter().any(|e| e.name == "a"));
+
+    // exists, lstat; stat does not follow a link.
+    assert!(p.exists("a/f").unwrap());
+    assert!(!p.exists("a/missing").unwrap());
+    assert!(!p.exists("missing/x").unwrap());
+    assert_eq!(p.lstat("a/l").unwrap().kind, FileKind::Symlink);
+    let e = p.stat("a/l").unwrap_err();
+    assert!(e.refusal().is_some(), "{e}");
+    let vfs = p.statvfs("").unwrap();
+    assert!(vfs.total_bytes > 0 && vfs.block_size > 0, "{vfs:?}");
+    assert_eq!(p.statvfs("a/f").unwrap().total_bytes, vfs.total_bytes);
+
+    // Names: rename, link, unlink.
+    p.rename("a/f", "a/g").unwrap();
+    assert!(!p.exists("a/f").unwrap() && p.exists("a/g").unwrap());
+    p.link("a/g", "a/h").unwrap();
+    assert_eq!(p.stat("a/g").unwrap().nlink, 2);
+    p.unlink("a/h").unwrap();
+    assert_eq!(p.stat("a/g").unwrap().nlink, 1);
+
+    // Size, mode, owner, sync.
+    p.truncate("a/g", 2).unwrap();
+    assert_eq!(fs::read(root.join("a/g")).unwrap(), b"he");
+    p.fallocate("a/g", 0, 8192).unwrap();
+    assert_eq!(p.stat("a/g").unwrap().size, 8192);
+    p.chmod("a/g", 0o600).unwrap();
+    assert_eq!(
+        fs::metadata(root.join("a/g")).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    let md = fs::metadata(root).unwrap();
+    let (uid, gid) = (md.uid(), md.gid());
+    p.chown("a/g", uid, gid).unwrap();
+    p.fsync("a/g").unwrap();
+    p.fsync_dir("a").unwrap();
+    p.fsync_dir("").unwrap();
+}
+
+/// Streamed writes, zeroing, trees, and errors.
+fn streams_trees_and_errors(p: &FsPool, root: &Path) {
+    // A streamed write: chunks at offsets, errors of close reported.
+    let mut s = p
+        .open_write("a/s", create(), Duration::from_secs(30))
+        .unwrap();
+    s.write(4096, &[2u8; 4096]).unwrap();
+    s.write(0, &[1u8; 4096]).unwrap();
+    s.close(true).unwrap();
+    let data = fs::read(root.join("a/s")).unwrap();
+    assert_eq!(data.len(), 8192);
+    assert!(data[..4096].iter().all(|&b| b == 1) && data[4096..].iter().all(|&b| b == 2));
+
+    // Zeroing, allocated or punched: the size stays.
+    p.write("a/z", 0, &[7u8; 8192], create(), false).unwrap();
+    p.zero_range("a/z", 0, 4096, false).unwrap();
+    p.zero_range("a/z", 4096, 4096, true).unwrap();
+    assert_eq!(fs::read(root.join("a/z")).unwrap(), vec![0u8; 8192]);
+
+    // A whole tree goes; a link in it is removed, not followed.
+    p.mkdir("a/tree", 0o755).unwrap();
+    p.mkdir("a/tree/sub", 0o755).unwrap();
+    p.write("a/tree/sub/f", 0, b"x", create(), false).unwrap();
+    symlink(root.join("a/g"), root.join("a/tree/sub/link")).unwrap();
+    p.rmtree("a/tree").unwrap();
+    assert!(!p.exists("a/tree").unwrap());
+    assert_eq!(fs::read(root.join("a/g")).unwrap().len(), 8192);
+    p.rmtree("a/z").unwrap();
+    assert!(!p.exists("a/z").unwrap());
+
+    // Too much data for one frame: refused before it is sent, and the
+    // helper serves on.
+    let started = p.health().started;
+    let big = vec![0u8; protocol::MAX_DATA_BYTES as usize + 1];
+    let e = p.write("a/big", 0, &big, create(), false).unwrap_err();
+    assert_eq!(e.io_kind(), Some(std::io::ErrorKind::InvalidInput), "{e}");
+    assert!(!p.exists("a/big").unwrap());
+    assert_eq!(p.health().started, started);
+
+    // Directories go; errors carry the errno, the operation and the path.
+    p.rmdir("a/b").unwrap();
+    let e = p.rmdir("a").unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENOTEMPTY), "{e}");
+    let e = p.stat("a/missing").unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENOENT), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("stat a/missing") && text.contains(&root.display().to_string()),
+        "{text}"
+    );
+    let h = p.health();
+    assert_eq!((h.stuck, h.busy, h.trouble_since), (0, 0, None), "{h:?}");
+    assert!(h.started >= 1 && h.started <= 2, "{h:?}");
+}
+
+#[test]
+fn every_operation_works_in_a_local_directory() {
+    let t = tempfile::tempdir().unwrap();
+    exercise_every_operation(t.path());
+}
+
+#[test]
+fn every_operation_works_on_a_tmpfs() {
+    let shm = depot_testkit::require_tmpfs_dev_shm();
+    let t = tempfile::tempdir_in(shm).unwrap();
+    exercise_every_operation(t.path());
+}
+
+/// Every entry beneath `dir`, recursively, for "nothing changed" checks.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
+    let mut all = BTreeMap::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let md = fs::symlink_metadata(e.path()).unwrap();
+        let data = if md.is_file() {
+            fs::read(e.path()).unwrap()
+        } else {
+            Vec::new()
+        };
+        all.insert(e.path(), (md.mode(), data));
+        if md.is_dir() {
+            all.extend(snapshot(&e.path()));
+        }
+    }
+    all
+}
+
+#[test]
+fn confinement_refuses_every_escape_and_creates_nothing_outside() {
+    let t = tempfile::tempdir().unwrap();
+    let dom = t.path().join("dom");
+    let outside = t.path().join("outside");
+    fs::create_dir_all(dom.join("images")).unwrap();
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("secret"), b"secret").unwrap();
+    fs::write(dom.join("images/vol"), b"vol").unwrap();
+    symlink(&outside, dom.join("images/dirlink")).unwrap();
+    symlink(outside.join("secret"), dom.join("images/filelink")).unwrap();
+    nix::unistd::mkfifo(
+        &dom.join("images/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let before = snapshot(&outside);
+    let p = pool(&dom, 1, Duration::from_secs(30));
+
+    let absolute_outside = outside.join("secret");
+    let escapes = [
+        "images/dirlink/secret",
+        "images/dirlink/new",
+        "../outside/secret",
+        "images/../../outside/secret",
+        "/etc/passwd",
+        absolute_outside.to_str().unwrap(),
+    ];
+    for path in escapes {
+        let refused = |what: &str, r: Result<(), FsProcError>| {
+            let e = r.expect_err(&format!("{what} {path} must be refused"));
+            assert!(e.refusal().is_some(), "{what} {path}: not a refusal: {e}");
+        };
+        refused("stat", p.stat(path).map(drop));
+        refused("read", p.read(path, 0, 10, false).map(drop));
+        refused("write", p.write(path, 0, b"x", create(), true).map(drop));
+        refused("write_atomic", p.write_atomic(path, b"x", 0o644));
+        refused("mkdir", p.mkdir(path, 0o755));
+        refused("unlink", p.unlink(path));
+        refused("rmtree", p.rmtree(path));
+        refused("zero_range", p.zero_range(path, 0, 1, true));
+        refused("rename to", p.rename("images/vol", path));
+        refused("rename from", p.rename(path, "images/stolen"));
+        refused("link", p.link(path, "images/stolen"));
+        refused("truncate", p.truncate(path, 0));
+        refused("chmod", p.chmod(path, 0o777));
+        refused("chown", p.chown(path, 0, 0));
+        refused("listdir", p.listdir(path).map(drop));
+        refused(
+            "stream",
+            p.open_write(path, create(), Duration::from_secs(30))
+                .map(drop),
+        );
+    }
+    // A link to a file is never written, read, truncated or chmod'ed through.
+    let link = "images/filelink";
+    for e in [
+        p.read(link, 0, 10, false).map(drop).unwrap_err(),
+        p.write(link, 0, b"x", create(), true)
+            .map(drop)
+            .unwrap_err(),
+        p.write_atomic(link, b"x", 0o644).unwrap_err(),
+        p.truncate(link, 0).unwrap_err(),
+        p.chmod(link, 0o777).unwrap_err(),
+        p.fsync(link).unwrap_err(),
+    ] {
+        assert!(e.refusal().is_some(), "{e}");
+    }
+    // The root itself is never removed; a tree holding a link to the
+    // outside loses the link only.
+    assert!(p.rmtree("").unwrap_err().refusal().is_some());
+    fs::create_dir(dom.join("images/tree")).unwrap();
+    symlink(&outside, dom.join("images/tree/out")).unwrap();
+    p.rmtree("images/tree").unwrap();
+    assert!(!dom.join("images/tree").exists());
+    // Nor a FIFO opened (it would block a reader).
+    let e = p.read("images/fifo", 0, 10, false).unwrap_err();
+    assert!(e.refusal().is_some(), "{e}");
+    assert_eq!(
+        snapshot(&outside),
+        before,
+        "something outside the root changed"
+    );
+    assert!(!dom.join("images/stolen").exists());
+    assert_eq!(fs::read(dom.join("images/vol")).unwrap(), b"vol");
+    assert_eq!(p.health().stuck, 0);
+}
+
+#[test]
+fn a_helper_of_another_version_is_refused() {
+    // A "helper" that answers the hello with version 99.
+    let t = tempfile::tempdir().unwrap();
+    let reply = protocol::ReplyHeader {
+        id: 1,
+        result: Ok(protocol::Reply::Hello {
+            version: 99,
+            pid: 1,
+        }),
+    };
+    let frame = t.path().join("reply");
+    fs::write(&frame, protocol::encode(&reply, &[]).unwrap()).unwrap();
+    let cmd = HelperCommand::new("sh")
+        .arg("-c")
+        .arg(format!("cat {}; exec sleep 30", frame.display()));
+    let e = FsProc::start(&cmd, t.path(), Duration::from_secs(30)).unwrap_err();
+    assert!(matches!(e, FsProcError::Protocol { .. }), "{e}");
+    assert!(e.to_string().contains("version 1"), "{e}");
+
+    // And the real helper refuses a client of another version, then exits.
+    let mut input = Vec::new();
+    let hello = protocol::RequestHeader {
+        id: 1,
+        request: protocol::Request::Hello {
+            version: 2,
+            root: "/".into(),
+        },
+    };
+    input.extend(protocol::encode(&hello, &[]).unwrap());
+    let out = run_helper_with_input(&input);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let (reply, _): (protocol::ReplyHeader, Vec<u8>) =
+        protocol::read_frame(&mut &out.stdout[..]).unwrap();
+    let err = reply.result.unwrap_err();
+    assert!(err.invalid && err.message.contains("version 2"), "{err:?}");
+}
+
+/// Runs the helper binary with `input` on stdin; its output.
+fn run_helper_with_input(input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_depot-fsproc"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The helper may exit before reading everything: ignore EPIPE.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_helper_refuses_an_oversized_frame_and_exits() {
+    let hello = protocol::RequestHeader {
+        id: 1,
+        request: protocol::Request::Hello {
+            version: protocol::PROTOCOL_VERSION,
+            root: "/tmp".into(),
+        },
+    };
+    let mut input = protocol::encode(&hello, &[]).unwrap();
+    // A data part of 4 GiB - 1 announced: refused from the prefix.
+    input.extend(8u32.to_be_bytes());
+    input.extend(u32::MAX.to_be_bytes());
+    let out = run_helper_with_input(&input);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("over the limit"), "{stderr}");
+}
+
+#[test]
+fn a_killed_helper_is_reported_and_replaced() {
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(30));
+    p.ping().unwrap();
+    let pids = p.idle_pids();
+    assert_eq!(pids.len(), 1);
+    signal(pids[0], "KILL");
+    // Our child: a zombie until the pool's reaper waits for it.
+    assert!(wait_until(Duration::from_secs(10), || {
+        depot_testkit::process::process_state(pids[0]).is_none_or(|s| s == 'Z')
+    }));
+    let e = p.stat("").unwrap_err();
+    assert!(matches!(e, FsProcError::HelperDied { .. }), "{e}");
+    assert!(e.to_string().contains("signal: 9"), "{e}");
+    // The next call gets a fresh helper.
+    assert_eq!(p.stat("").unwrap().kind, FileKind::Dir);
+    let now = p.idle_pids();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], pids[0]);
+    assert_eq!(p.health().started, 2);
+    assert!(wait_until(Duration::from_secs(10), || !pid_alive(pids[0])));
+}
+
+#[test]
+fn a_helper_that_misses_its_deadline_is_killed_and_replaced() {
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 2, Duration::from_millis(500));
+    p.ping().unwrap();
+    let stopped = p.idle_pids()[0];
+    // A stopped process answers nothing, like one stuck in a mount, but
+    // SIGKILL ends it at once.
+    signal(stopped, "STOP");
+    let t0 = Instant::now();
+    let e = p.stat("").unwrap_err();
+    let took = t0.elapsed();
+    assert!(e.is_timeout(), "{e}");
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(e.to_string().contains("no answer within 500ms"), "{e}");
+    let h = p.health();
+    assert!(
+        h.trouble_since.is_some() && h.last_timeout.is_some(),
+        "{h:?}"
+    );
+    // The killed helper is reaped, and the mount is fine again after a call.
+    assert!(
+        wait_until(Duration::from_secs(10), || p.health().stuck == 0),
+        "{:?}",
+        p.health()
+    );
+    assert!(!pid_alive(stopped));
+    p.ping().unwrap();
+    let h = p.health();
+    assert_eq!((h.stuck, h.trouble_since, h.started), (0, None, 2), "{h:?}");
+}
+
+#[test]
+fn a_busy_helper_does_not_hold_up_a_call_on_another() {
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 2, Duration::from_secs(5));
+    p.ping().unwrap();
+    let first = p.idle_pids()[0];
+    signal(first, "STOP");
+    let blocked = {
+        let p = p.clone();
+        std::thread::spawn(move || p.stat(""))
+    };
+    assert!(wait_until(Duration::from_secs(10), || p.health().busy == 1));
+    // The stopped helper is busy with the other thread's call: this one
+    // starts a second helper and is answered long before that deadline.
+    let t0 = Instant::now();
+    assert_eq!(p.stat("").unwrap().kind, FileKind::Dir);
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    let e = blocked.join().unwrap().unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    assert_eq!(p.health().started, 2);
+}
+
+/// The descriptors a process has open, from /proc.
+fn open_fds(pid: u32) -> Vec<i32> {
+    let mut fds: Vec<i32> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    fds
+}
+
+#[test]
+fn a_helper_keeps_no_inherited_descriptor() {
+    // A descriptor without O_CLOEXEC, as a listening socket or a lock file
+    // of depotd's could be: the helper would inherit it through exec.
+    let leaked = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(30));
+    p.ping().unwrap();
+    let helper = p.idle_pids()[0];
+    assert_eq!(
+        open_fds(helper),
+        vec![0, 1, 2],
+        "fd {leaked} leaked into the helper"
+    );
+    nix::unistd::close(leaked).unwrap();
+}
+
+/// Child process: starts a helper from a thread that then ends, checks
+/// that the helper outlived that thread, writes the helper's pid to the
+/// marker file, and waits to be killed.
+#[test]
+#[ignore = "run by a_helper_dies_with_its_parent_not_with_a_thread in a child process"]
+fn child_keeps_a_helper() {
+    let (root, mark) = child_env();
+    let p = pool(&root, 1, Duration::from_secs(30));
+    let first = {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            p.ping().unwrap();
+            p.idle_pids()[0]
+        })
+        .join()
+        .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    p.ping().unwrap();
+    assert_eq!(
+        p.idle_pids(),
+        vec![first],
+        "the helper died with the thread that started it"
+    );
+    assert_eq!(p.health().started, 1);
+    fs::write(mark, first.to_string()).unwrap();
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_helper_dies_with_its_parent_not_with_a_thread() {
+    let t = tempfile::tempdir().unwrap();
+    let mark = t.path().join("helper-pid");
+    let mut child = start_child("child_keeps_a_helper", t.path(), &mark);
+    let mut ended = None;
+    let got_pid = wait_until(Duration::from_secs(60), || {
+        ended = ended.or_else(|| child.try_wait().unwrap());
+        fs::read_to_string(&mark).is_ok_and(|s| !s.is_empty()) || ended.is_some()
+    }) && ended.is_none();
+    if !got_pid {
+        let _ = child.kill();
+        panic!("the child wrote no helper pid: {:?}", child.wait().unwrap());
+    }
+    let helper: u32 = fs::read_to_string(&mark).unwrap().parse().unwrap();
+    assert!(pid_alive(helper));
+    // Stopped, it cannot see its stdin end: only PR_SET_PDEATHSIG (a
+    // SIGKILL from the kernel) ends it with its parent, as it must end a
+    // helper busy in a call when depotd dies.
+    signal(helper, "STOP");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let gone = wait_until(Duration::from_secs(10), || !pid_alive(helper));
+    if !gone {
+        signal(helper, "KILL");
+    }
+    assert!(gone, "helper {helper} outlived its parent");
+}
+
+/// The env var that makes the `child_*` tests below do their work: they
+/// are child processes of the GlusterFS test, not tests of their own.
+const CHILD_ROOT_ENV: &str = "DEPOT_FSPROC_TEST_CHILD_ROOT";
+const CHILD_MARK_ENV: &str = "DEPOT_FSPROC_TEST_CHILD_MARK";
+
+/// Child process: a stat on the frozen mount through a pool, then return
+/// (exit). Writes the marker file once the stat timed out. Not a test of
+/// its own: ignored, so no tier runs it, and run without the parent's
+/// environment it fails instead of passing.
+#[test]
+#[ignore = "run by gluster_frozen_brick_is_contained in a child process"]
+fn child_stat_through_pool() {
+    let (root, mark) = child_env();
+    let p = pool(&root, 1, Duration::from_secs(1));
+    let e = p.stat("child-pool-probe").unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    fs::write(mark, b"timed out").unwrap();
+}
+
+/// The root and marker file a child test gets from its parent.
+fn child_env() -> (PathBuf, PathBuf) {
+    let get = |name| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                panic!("a child process of another test, which sets {name}: run that test instead")
+            })
+    };
+    (get(CHILD_ROOT_ENV), get(CHILD_MARK_ENV))
+}
+
+/// Child process: the same stat through an IoWorker thread.
+#[test]
+#[ignore = "run by gluster_frozen_brick_is_contained in a child process"]
+fn child_stat_through_io_worker() {
+    let (root, mark) = child_env();
+    let w = depot_os::IoWorker::new("child", 1);
+    let path = root.join("child-worker-probe");
+    let e = w
+        .run(Duration::from_secs(1), move || fs::metadata(path))
+        .unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    fs::write(mark, b"timed out").unwrap();
+}
+
+fn start_child(test: &str, root: &Path, mark: &Path) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--include-ignored", "--test-threads=1"])
+        .env(CHILD_ROOT_ENV, root)
+        .env(CHILD_MARK_ENV, mark)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the child to exit within `limit`; its status if it did.
+fn exits_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let mut status = None;
+    wait_until(limit, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status
+}
+
+/// GlusterFS without strict-o-direct reports an unaligned O_DIRECT write
+/// only at close: a streamed write's close says so.
+fn close_reports_late_direct_errors(
+    g: &depot_testkit::gluster::Gluster,
+    gp: &FsPool,
+    timeout: Duration,
+) {
+    let mut direct = create();
+    direct.direct = true;
+    g.cli(&[
+        "volume",
+        "set",
+        g.volume(),
+        "performance.strict-o-direct",
+        "off",
+    ])
+    .unwrap();
+    let mut s = gp.open_write("unaligned", direct, timeout).unwrap();
+    s.write(0, &[1u8; 1000]).unwrap();
+    let e = s.close(true).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+    g.cli(&[
+        "volume",
+        "set",
+        g.volume(),
+        "performance.strict-o-direct",
+        "on",
+    ])
+    .unwrap();
+}
+
+/// A process that used only a pool on the frozen mount exits at once; one
+/// whose IoWorker thread entered it cannot exit while the brick is frozen.
+/// The second child, for the caller to see it exit after the thaw.
+fn children_on_the_frozen_mount(dir: &Path, mount: &Path) -> std::process::Child {
+    let pool_mark = dir.join("pool-mark");
+    let worker_mark = dir.join("worker-mark");
+    let mut pool_child = start_child("child_stat_through_pool", mount, &pool_mark);
+    let mut worker_child = start_child("child_stat_through_io_worker", mount, &worker_mark);
+    assert!(wait_until(Duration::from_secs(60), || pool_mark.exists()
+        && worker_mark.exists()));
+    let marked = Instant::now();
+    let status = exits_within(&mut pool_child, Duration::from_secs(10));
+    eprintln!(
+        "the pool child exited {:?} after its stat timed out",
+        marked.elapsed()
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "pool child: {status:?}"
+    );
+    let status = exits_within(&mut worker_child, Duration::from_secs(3));
+    assert!(
+        status.is_none(),
+        "the IoWorker child exited while its thread was in the mount?"
+    );
+    worker_child
+}
+
+#[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+fn gluster_frozen_brick_is_contained() {
+    depot_testkit::require_root();
+    depot_testkit::require_program("glusterd");
+    let g = depot_testkit::gluster::Gluster::start().expect("start gluster");
+    let t = tempfile::tempdir().unwrap();
+    let mount = g.mount(&t.path().join("gl")).expect("mount the volume");
+    let local = tempfile::tempdir().unwrap();
+    let timeout = Duration::from_secs(2);
+    let gp = pool(mount.path(), 2, timeout);
+    let lp = pool(local.path(), 2, timeout);
+    gp.write_atomic("probe", b"data", 0o644).unwrap();
+    assert_eq!(gp.read("probe", 0, 4, false).unwrap(), b"data");
+
+    close_reports_late_direct_errors(&g, &gp, timeout);
+    let mut direct = create();
+    direct.direct = true;
+    // A stream open when the storage freezes: its next step times out
+    // (direct, so that no write-behind cache answers for the brick).
+    let stream_pool = pool(mount.path(), 1, timeout);
+    let mut stream = stream_pool.open_write("streamed", direct, timeout).unwrap();
+    stream.write(0, &[1u8; 4096]).unwrap();
+
+    let frozen = g.freeze_brick().expect("freeze the brick");
+    eprintln!("brick {:?} stopped", frozen.pids());
+    // Each stat looks up a new name: nothing cached can answer it.
+    for (i, name) in ["missing-1", "missing-2"].into_iter().enumerate() {
+        let t0 = Instant::now();
+        let e = gp.stat(name).unwrap_err();
+        let took = t0.elapsed();
+        assert!(e.is_timeout(), "{e}");
+        eprintln!("stat {name} on the frozen mount: {e} ({took:?})");
+        assert!(
+            took >= timeout && took < timeout + Duration::from_secs(3),
+            "{took:?}"
+        );
+        assert_eq!(gp.health().stuck, i + 1, "{:?}", gp.health());
+    }
+    let t0 = Instant::now();
+    let e = stream.write(4096, &[2u8; 4096]).unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    eprintln!("stream step timed out after {:?}", t0.elapsed());
+    assert!(
+        stream.write(8192, &[3u8; 4096]).is_err(),
+        "a failed stream goes on"
+    );
+    drop(stream);
+    assert_eq!(stream_pool.health().stuck, 1);
+    // All helpers stuck: refused at once, no new process.
+    let started = gp.health().started;
+    let t0 = Instant::now();
+    let e = gp.stat("missing-3").unwrap_err();
+    assert!(e.is_hung(), "{e}");
+    eprintln!("then: {e} after {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    let h = gp.health();
+    assert_eq!(
+        (h.started, h.stuck, h.idle, h.busy),
+        (started, 2, 0, 0),
+        "{h:?}"
+    );
+    assert!(h.trouble_since.is_some(), "{h:?}");
+    // Another mount's pool does not notice.
+    lp.write_atomic("x", b"1", 0o644).unwrap();
+    assert_eq!(lp.stat("x").unwrap().size, 1);
+
+    let mut worker_child = children_on_the_frozen_mount(t.path(), mount.path());
+
+    // Thawed: the stuck helpers exit, and the next call gets a fresh one.
+    frozen.thaw();
+    assert!(
+        wait_until(Duration::from_secs(120), || gp.health().stuck == 0),
+        "{:?}",
+        gp.health()
+    );
+    assert_eq!(gp.read("probe", 0, 4, false).unwrap(), b"data");
+    let h = gp.health();
+    assert_eq!((h.started, h.trouble_since), (started + 1, None), "{h:?}");
+    let thawed = Instant::now();
+    let status = exits_within(&mut worker_child, Duration::from_secs(120));
+    eprintln!(
+        "the IoWorker child exited {:?} after the thaw",
+        thawed.elapsed()
+    );
+    assert!(
+        status.is_some(),
+        "the IoWorker child did not exit after the thaw"
+    );
+}
