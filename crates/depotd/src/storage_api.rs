@@ -773,7 +773,7 @@ fn pv_guid(p: &depot_os::lvm::PvInfo) -> String {
 /// device multipath does not list is reported without its details.
 fn pv_devices(
     s: &Storage,
-    reports: &[depot_storage::engine_block::VgReport],
+    reports: &[depot_storage::engine::lvm::VgReport],
 ) -> BTreeMap<String, BlockDevice> {
     let guids: Vec<String> = reports
         .iter()
@@ -792,7 +792,7 @@ fn pv_devices(
 }
 
 fn vg_json(
-    r: &depot_storage::engine_block::VgReport,
+    r: &depot_storage::engine::lvm::VgReport,
     devices: &BTreeMap<String, BlockDevice>,
 ) -> Value {
     let vg = &r.vg;

@@ -10,8 +10,8 @@ use depot_api::storage::SdUuid;
 use depot_api::Code;
 use depot_os::lvm::{PvInfo, VgInfo};
 
+use super::Storage;
 use crate::block;
-use crate::engine::Storage;
 use crate::{StorageError, StorageResult};
 
 /// A VG and its PVs, for `LVMVolumeGroup.getInfo`.

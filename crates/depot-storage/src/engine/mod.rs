@@ -31,6 +31,16 @@ use crate::metadata::domain::DomainMetadata;
 use crate::monitor::{CheckTarget, DomainHealth, Monitor, MonitorConfig};
 use crate::{StorageError, StorageResult};
 
+mod copy;
+pub mod lvm;
+mod ovf;
+mod san;
+mod volumes;
+
+pub use copy::{Control, CopyOutcome, VolRef};
+pub use ovf::{OvfListing, OvfStoreInfo, Readable, UploadDone};
+pub use volumes::Prepared;
+
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     /// VDSM's repository: mounts under `mnt/`, run links under `<sp>/`.
@@ -107,7 +117,7 @@ pub struct Storage {
     pub(crate) lvm: Lvm,
     /// Per block domain: serializes metadata slot allocation.
     slot_locks: Mutex<HashMap<SdUuid, Arc<Mutex<()>>>>,
-    /// iSCSI and FCP connections, discovery (engine_san.rs).
+    /// iSCSI and FCP connections, discovery (san.rs).
     pub(crate) san: SanConnector,
     /// Notices connections that are gone (connection/watch.rs).
     watch: Watch,
@@ -1265,7 +1275,7 @@ impl Storage {
         sd: SdUuid,
         vol: VolUuid,
         op: &'static str,
-    ) -> StorageResult<crate::engine_ovf::UploadSlotGuard<'_>> {
+    ) -> StorageResult<ovf::UploadSlotGuard<'_>> {
         if !self.st().uploads.insert((sd, vol)) {
             return Err(StorageError::new(
                 Code::VolumeIsBusy,
@@ -1273,7 +1283,7 @@ impl Storage {
                 format!("OVF store {vol} is being updated by another upload"),
             ));
         }
-        Ok(crate::engine_ovf::UploadSlotGuard::new(self, (sd, vol)))
+        Ok(ovf::UploadSlotGuard::new(self, (sd, vol)))
     }
 
     pub(crate) fn end_upload(&self, key: (SdUuid, VolUuid)) {

@@ -17,8 +17,8 @@ use std::os::unix::fs::symlink;
 use depot_api::storage::{ImgUuid, Legality, SdUuid, SpUuid, VolUuid};
 use depot_api::Code;
 
+use super::{Lane, Storage};
 use crate::backup::PreparePurpose;
-use crate::engine::{Lane, Storage};
 use crate::layout::{self, DomainPaths};
 use crate::lock::Held;
 use crate::metadata::volume::VolumeMetadata;

@@ -10,8 +10,8 @@ use std::time::Instant;
 use depot_api::storage::{DiskType, ImgUuid, SdUuid, VolUuid, VolumeFormat};
 use depot_api::Code;
 
-use crate::engine::{Lane, Storage};
-use crate::engine_copy::VolRef;
+use super::copy::VolRef;
+use super::{Lane, Storage};
 use crate::events::StorageEvent;
 use crate::lock::Held;
 use crate::ovf::replace::{self, Plan};

@@ -14,8 +14,8 @@ use depot_api::storage::{ImgUuid, Legality, SdUuid, VolUuid, VolumeFormat};
 use depot_api::Code;
 use depot_os::{ConvertOptions, ImageFormat};
 
+use super::{Lane, Storage};
 use crate::copy::{self, BlkHash, CopyError, CopyOptions, Journal};
-use crate::engine::{Lane, Storage};
 use crate::lock::{Held, LockMode, ResourceName};
 use crate::metadata::volume::next_generation;
 use crate::volume::{CreateVolume, VolumeInfo};
