@@ -20,7 +20,7 @@
 //!   and lease fsynced, marker removed: nine fsyncs), to tell the
 //!   file system's share from the daemon's (RPC, locks, worker hand-off,
 //!   logging). Keep it in step with `FileVolumes::create` in
-//!   crates/depot-storage/src/volume.rs;
+//!   crates/depot-storage/src/file/volumes.rs;
 //! * `qemu-img create -f qcow2` alone, the floor for `--cow`.
 
 use depot_client::Client;

@@ -9,8 +9,8 @@
 use depot_api::storage::{ImgUuid, Legality, VolUuid};
 
 use crate::error::StorageResult;
+use crate::file::volumes::{CreateVolume, FileVolumes, VolumeInfo};
 use crate::metadata::volume::VolumeMetadata;
-use crate::volume::{CreateVolume, FileVolumes, VolumeInfo};
 
 /// A metadata change, for [`VolumeStore::update`].
 pub type MetadataChange<'a> = Box<dyn FnOnce(&mut VolumeMetadata) -> StorageResult<()> + 'a>;

@@ -11,10 +11,10 @@ use depot_api::storage::{
 use depot_api::types::Uuid;
 use depot_api::Code;
 use depot_os::{CommandRunner, ImageFormat, QemuImg};
-use depot_storage::image::{recover, Recovered};
+use depot_storage::file::images::{recover, Recovered};
+use depot_storage::file::volumes::{wipe_file, CreateVolume, FileVolumes};
 use depot_storage::layout::DomainPaths;
 use depot_storage::metadata::VolumeMetadata;
-use depot_storage::volume::{wipe_file, CreateVolume, FileVolumes};
 
 const T: Duration = Duration::from_secs(60);
 const MIB: u64 = 1024 * 1024;

@@ -10,8 +10,8 @@ use depot_api::types::Uuid;
 use depot_api::{params, ApiError, Code};
 use depot_storage::connection::ConnectionParams;
 use depot_storage::devices::{BlockDevice, TypeFilter};
-use depot_storage::domain::CreateDomain;
 use depot_storage::engine::{PoolDomainStatus, Storage};
+use depot_storage::file::domain::CreateDomain;
 use depot_storage::StorageResult;
 use serde_json::{json, Map, Value};
 
@@ -551,7 +551,7 @@ pub async fn create_volume(
             ))
         }
     };
-    let req = depot_storage::volume::CreateVolume {
+    let req = depot_storage::file::volumes::CreateVolume {
         capacity: p.size.0,
         format: p.volFormat,
         alloc: p.preallocate,

@@ -23,8 +23,8 @@ use crate::backup::PreparePurpose;
 use crate::connection::san::SanConnector;
 use crate::connection::watch::{self, Watch};
 use crate::connection::{ConnectionParams, ConnectionStatus, Connector};
-use crate::domain::{self, CreateDomain};
 use crate::events::{Events, StorageEvent};
+use crate::file::domain::{self, CreateDomain};
 use crate::layout::{self, DomainPaths};
 use crate::lock::{Held, LockGuard as Guard, LockManager, ResourceName};
 use crate::metadata::domain::DomainMetadata;
@@ -237,7 +237,7 @@ impl Storage {
                 .map(|p| p.display().to_string())
                 .collect();
             for (sd, paths) in domain::list_in(&dir) {
-                match crate::image::recover_with(&paths, &|| live.beat()) {
+                match crate::file::images::recover_with(&paths, &|| live.beat()) {
                     Ok(r) => {
                         removed.extend(r.cleaned.iter().map(|c| format!("{sd}: {c}")));
                         for (what, e) in r.failed {

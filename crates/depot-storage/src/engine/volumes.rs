@@ -19,10 +19,10 @@ use depot_api::Code;
 
 use super::{Lane, Storage};
 use crate::backup::PreparePurpose;
+use crate::file::volumes::{CreateVolume, FileVolumes, VolumeInfo};
 use crate::layout::{self, DomainPaths};
 use crate::lock::Held;
 use crate::metadata::volume::VolumeMetadata;
-use crate::volume::{CreateVolume, FileVolumes, VolumeInfo};
 use crate::volume_data::VolumeData;
 use crate::volume_store::VolumeStore;
 use crate::{StorageError, StorageResult};
@@ -283,11 +283,11 @@ impl Storage {
         sd: SdUuid,
         pattern: &str,
         case_sensitive: bool,
-    ) -> StorageResult<Vec<crate::files::FileStat>> {
+    ) -> StorageResult<Vec<crate::file::iso_files::FileStat>> {
         let paths = self.locate(sd)?;
         let (p, pat) = (paths.clone(), pattern.to_string());
         self.io(&paths.root, "list domain files", move || {
-            crate::files::list(&p, &pat, case_sensitive)
+            crate::file::iso_files::list(&p, &pat, case_sensitive)
         })
     }
 

@@ -17,7 +17,7 @@
 //!
 //! VDSM rolls a half-created volume back from its task journal. depot keeps
 //! no journal: the volume carries its own state, so that whatever the moment
-//! of a crash, a later [`recover`](crate::image::recover) knows what to do.
+//! of a crash, a later [`recover`](crate::file::images::recover) knows what to do.
 //! [`FileVolumes::create`] validates everything first, then:
 //!
 //! 1. creates `images/<img>` if it is new (and fsyncs `images`);
@@ -722,7 +722,7 @@ impl<'a> FileVolumes<'a> {
 }
 
 // ---------------------------------------------------------------------------
-// Helpers shared with crate::image. They take the domain's paths only: no
+// Helpers shared with crate::file::images. They take the domain's paths only: no
 // qemu-img is needed to read, rewrite or remove volumes.
 
 /// The checks every domain kind makes on the parent of a new volume, once

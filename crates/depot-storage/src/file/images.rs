@@ -1,6 +1,6 @@
 //! Images of a file domain: the directories under `images/`, each holding
 //! the volumes of one disk. Listing, deletion, the chain of a leaf, and the
-//! recovery of what a crash left half done (see [`crate::volume`] for the
+//! recovery of what a crash left half done (see [`crate::file::volumes`] for the
 //! creation sequence it undoes).
 //!
 //! # Image deletion
@@ -24,11 +24,11 @@ use depot_api::storage::{ImgUuid, Legality, VolUuid};
 use depot_api::Code;
 
 use crate::error::{StorageError, StorageResult};
-use crate::layout::{DomainPaths, CREATING_SUFFIX, REMOVE_ME};
-use crate::volume::{
+use crate::file::volumes::{
     canonical_vol, discard, exists, fsync_dir, load, parents, remove_dir_if_empty, volume_info,
     wipe_file, FileVolumes, VolumeInfo,
 };
+use crate::layout::{DomainPaths, CREATING_SUFFIX, REMOVE_ME};
 use crate::volume_data::check_image_dir;
 use depot_os::Beneath;
 
