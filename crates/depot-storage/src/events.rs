@@ -38,7 +38,7 @@ pub enum StorageEvent {
         size: u64,
     },
     /// A storage server connection of this host, connected when last
-    /// seen, is not there any more (see [`crate::connection::watch`]).
+    /// seen, is not there any more (see connection/watch.rs).
     ConnectionLost {
         /// The engine's connection id.
         id: String,

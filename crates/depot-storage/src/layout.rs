@@ -35,7 +35,7 @@ pub const ISO_IMAGE: &str = "11111111-1111-1111-1111-111111111111";
 /// A domain's directory and the paths inside it. For a block domain
 /// (`block`), `root` is its link directory `<repository>/mnt/blockSD/<sd>`,
 /// where `dom_md` links to `/dev/<vg>` and prepared volumes link to their
-/// LVs (crate::block).
+/// LVs (block/).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainPaths {
     pub root: PathBuf,

@@ -13,6 +13,7 @@ pub mod block;
 pub mod connection;
 pub mod copy;
 pub mod devices;
+pub mod domain_spec;
 pub mod engine;
 pub mod error;
 pub mod events;
@@ -25,7 +26,9 @@ pub mod ovf;
 pub mod volume_data;
 pub mod volume_store;
 
+pub use domain_spec::CreateDomain;
 pub use engine::{Control, CopyOutcome, VolRef};
 pub use engine::{OvfListing, OvfStoreInfo, Readable, UploadDone};
 pub use engine::{Prepared, Storage, StorageConfig};
 pub use error::{StorageError, StorageResult};
+pub use volume_store::{CreateVolume, VolumeInfo, VolumeStore};

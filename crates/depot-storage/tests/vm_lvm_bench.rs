@@ -20,8 +20,8 @@ use depot_api::storage::{
 };
 use depot_os::CommandRunner;
 use depot_storage::engine::{Storage, StorageConfig};
-use depot_storage::file::domain::CreateDomain;
-use depot_storage::file::volumes::CreateVolume;
+use depot_storage::CreateDomain;
+use depot_storage::CreateVolume;
 use support::vm::Luns;
 
 /// Volumes per round; DEPOT_BENCH_VOLUMES overrides (the counts per volume

@@ -11,7 +11,7 @@ use depot_api::{params, ApiError, Code};
 use depot_storage::connection::ConnectionParams;
 use depot_storage::devices::{BlockDevice, TypeFilter};
 use depot_storage::engine::{PoolDomainStatus, Storage};
-use depot_storage::file::domain::CreateDomain;
+use depot_storage::CreateDomain;
 use depot_storage::StorageResult;
 use serde_json::{json, Map, Value};
 
@@ -551,7 +551,7 @@ pub async fn create_volume(
             ))
         }
     };
-    let req = depot_storage::file::volumes::CreateVolume {
+    let req = depot_storage::CreateVolume {
         capacity: p.size.0,
         format: p.volFormat,
         alloc: p.preallocate,

@@ -34,8 +34,8 @@ use depot_os::FsStats;
 
 pub use volumes::BlockVolumes;
 
+use crate::domain_spec::{alignment_for, CreateDomain};
 use crate::error::{StorageError, StorageResult};
-use crate::file::domain::{alignment_for, CreateDomain};
 use crate::layout::{BLOCK_DIR, DOM_MD, MNT};
 use crate::metadata::domain::DomainMetadata;
 use crate::metadata::kv::KvMetadata;

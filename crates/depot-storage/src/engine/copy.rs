@@ -16,10 +16,10 @@ use depot_os::{ConvertOptions, ImageFormat};
 
 use super::{Lane, Storage};
 use crate::copy::{self, BlkHash, CopyError, CopyOptions, Journal};
-use crate::file::volumes::{CreateVolume, VolumeInfo};
 use crate::lock::{Held, LockMode, ResourceName};
 use crate::metadata::volume::next_generation;
 use crate::volume_data::VolumeData;
+use crate::volume_store::{CreateVolume, VolumeInfo};
 use crate::{StorageError, StorageResult};
 
 /// One volume on one domain.

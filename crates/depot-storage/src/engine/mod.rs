@@ -23,8 +23,9 @@ use crate::backup::PreparePurpose;
 use crate::connection::san::SanConnector;
 use crate::connection::watch::{self, Watch};
 use crate::connection::{ConnectionParams, ConnectionStatus, Connector};
+use crate::domain_spec::{self, CreateDomain};
 use crate::events::{Events, StorageEvent};
-use crate::file::domain::{self, CreateDomain};
+use crate::file::domain;
 use crate::layout::{self, DomainPaths};
 use crate::lock::{Held, LockGuard as Guard, LockManager, ResourceName};
 use crate::metadata::domain::DomainMetadata;
@@ -638,13 +639,13 @@ impl Storage {
     /// refused (394); the domain must not exist on any connected storage.
     pub fn create_domain(&self, req: CreateDomain, version: i64) -> StorageResult<()> {
         const OP: &str = "create storage domain";
-        if version != domain::VERSION {
+        if version != domain_spec::VERSION {
             return Err(StorageError::new(
                 Code::UnsupportedDomainVersion,
                 OP,
                 format!(
                     "version {version}; depot creates version {}",
-                    domain::VERSION
+                    domain_spec::VERSION
                 ),
             ));
         }
@@ -857,7 +858,7 @@ impl Storage {
             .filter(|m| !std::fs::symlink_metadata(m).is_ok_and(|md| md.file_type().is_symlink()));
         self.monitor
             .start(sd, CheckTarget::file_domain(paths.root.clone(), mount))?;
-        self.monitor.set_version(sd, domain::VERSION as u32);
+        self.monitor.set_version(sd, domain_spec::VERSION as u32);
         Ok(())
     }
 

@@ -13,13 +13,13 @@ use depot_api::Code;
 use super::copy::VolRef;
 use super::{Lane, Storage};
 use crate::events::StorageEvent;
-use crate::file::volumes::VolumeInfo;
 use crate::lock::Held;
 use crate::ovf::replace::{self, Plan};
 use crate::ovf::store::{self, StoreState};
 use crate::ovf::FsCalls;
 use crate::ovf::OvfError;
 use crate::volume_data::VolumeData;
+use crate::volume_store::VolumeInfo;
 use crate::{StorageError, StorageResult};
 use depot_os::DataPath;
 

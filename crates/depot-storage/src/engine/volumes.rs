@@ -19,12 +19,13 @@ use depot_api::Code;
 
 use super::{Lane, Storage};
 use crate::backup::PreparePurpose;
-use crate::file::volumes::{CreateVolume, FileVolumes, VolumeInfo};
+use crate::file::volumes::FileVolumes;
 use crate::layout::{self, DomainPaths};
 use crate::lock::Held;
 use crate::metadata::volume::VolumeMetadata;
 use crate::volume_data::VolumeData;
 use crate::volume_store::VolumeStore;
+use crate::volume_store::{CreateVolume, VolumeInfo};
 use crate::{StorageError, StorageResult};
 
 /// What `Image.prepare` returns: the path of the leaf under the pool's run

@@ -14,41 +14,22 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use depot_api::storage::{DomainClass, DomainType, SdUuid};
+use depot_api::storage::{DomainClass, SdUuid};
 use depot_api::Code;
 use depot_os::direct::{open_direct, probe_block_size, read_at_direct, AlignedBuf};
 use depot_os::fsutil::{fsync_dir, statvfs, write_atomic, FsStats};
 
+use crate::domain_spec::{alignment_for, CreateDomain};
 use crate::layout::{self, DomainPaths, CREATING_PREFIX};
 use crate::metadata::domain::DomainMetadata;
 use crate::metadata::kv::KvMetadata;
 use crate::{StorageError, StorageResult};
 
-/// The only format version depot creates.
-pub const VERSION: i64 = 5;
 /// The SPM mailbox files, 16 MiB each (sparse), as VDSM creates them.
 const MAILBOX_SIZE: u64 = 16 << 20;
 /// Largest metadata file depot reads; VDSM's are a few hundred bytes.
 const MAX_METADATA: usize = 64 << 10;
-const MIB: u64 = 1 << 20;
 const ENOENT: i32 = 2;
-
-/// What `StorageDomain.create` asks for, after the API layer's typing.
-#[derive(Debug, Clone)]
-pub struct CreateDomain {
-    pub sd: SdUuid,
-    pub domain_type: DomainType,
-    pub class: DomainClass,
-    pub description: String,
-    /// The connection the domain lives on (`server:/path`, or the local
-    /// path), recorded as REMOTE_PATH.
-    pub remote_path: String,
-    /// 512 or 4096; `None` detects it with an O_DIRECT probe.
-    pub block_size: Option<u32>,
-    pub max_hosts: u32,
-    /// depot's backup storage domain flag (DEPOT_BACKUP).
-    pub backup: bool,
-}
 
 /// Creates a file domain in `mount_dir` and returns its paths.
 pub fn create(mount_dir: &Path, req: &CreateDomain) -> StorageResult<DomainPaths> {
@@ -171,20 +152,6 @@ fn detect_block_size(dir: &Path) -> StorageResult<u32> {
     let size =
         result.map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, dir, &e))?;
     Ok(if size <= 512 { 512 } else { 4096 })
-}
-
-/// VDSM's rule: 512-byte storage uses 1 MiB alignment; 4 KiB storage needs
-/// 1/2/4/8 MiB for up to 250/500/1000/2000 hosts.
-pub fn alignment_for(block_size: u32, max_hosts: u32) -> u64 {
-    if block_size == 512 {
-        return MIB;
-    }
-    match max_hosts {
-        0..=250 => MIB,
-        251..=500 => 2 * MIB,
-        501..=1000 => 4 * MIB,
-        _ => 8 * MIB,
-    }
 }
 
 /// Reads and checks the domain metadata with O_DIRECT, so another host's
@@ -355,6 +322,7 @@ fn remove_tree(p: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use depot_api::storage::DomainType;
 
     fn req(sd: SdUuid) -> CreateDomain {
         CreateDomain {
@@ -438,13 +406,5 @@ mod tests {
         );
         r.class = DomainClass::Iso;
         create(tmp.path(), &r).unwrap();
-    }
-
-    #[test]
-    fn alignment_rule() {
-        assert_eq!(alignment_for(512, 2000), MIB);
-        assert_eq!(alignment_for(4096, 250), MIB);
-        assert_eq!(alignment_for(4096, 251), 2 * MIB);
-        assert_eq!(alignment_for(4096, 2000), 8 * MIB);
     }
 }

@@ -1,7 +1,7 @@
 //! File storage domains (NFS, POSIX, GlusterFS, LOCALFS): a directory per
 //! domain in a mount, a directory per image, a file per volume with its
 //! `.meta` and `.lease` beside it (docs/formats.md). Block domains, on LVM,
-//! are in [`crate::block`]; both are seen through one contract.
+//! are in block/; both are seen through one contract (domain.rs).
 //!
 //! Everything here is blocking file-system work on one domain's directory:
 //! the caller runs it on the mount's I/O worker with a timeout and holds
