@@ -13,6 +13,7 @@ pub mod block;
 pub mod connection;
 pub mod copy;
 pub mod devices;
+pub mod domain;
 pub mod domain_spec;
 pub mod engine;
 pub mod error;

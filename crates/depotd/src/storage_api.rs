@@ -298,7 +298,7 @@ pub async fn create_domain(
 pub async fn domain_info(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, ApiError> {
     let (info, block) = blocking(storage, move |s| {
         let info = s.domain_info(sd)?;
-        let block = match info.paths.block {
+        let block = match info.domain.is_block() {
             true => Some(s.block_domain_info(sd)?),
             false => None,
         };

@@ -447,9 +447,7 @@ impl Storage {
         let chain = {
             let paths = self.locate(src_sd)?;
             let held = self.lock_image(src_sd, img, false)?;
-            self.with_volumes(&paths, src_sd, OP, &held, move |v| {
-                v.chain(img, leaf, false)
-            })?
+            self.with_volumes(&paths, OP, &held, move |v| v.chain(img, leaf, false))?
         };
         if self.list_images(dst_sd)?.contains(&img) {
             if !force {
@@ -533,7 +531,7 @@ impl Storage {
 
     /// The data of `v`, with the rule for opening it (crate::volume_data).
     pub(crate) fn volume_data(&self, v: VolRef) -> StorageResult<VolumeData> {
-        Ok(VolumeData::of(&self.locate(v.sd)?, v.sd, v.img, v.vol))
+        Ok(self.locate(v.sd)?.volume_data(v.img, v.vol))
     }
 
     /// Checks the data of `v` and of every parent it has (what qemu-img
@@ -569,12 +567,9 @@ impl Storage {
         held: &Held,
         op: &'static str,
     ) -> StorageResult<()> {
-        let paths = self.locate(v.sd)?;
-        let data = VolumeData::of(&paths, v.sd, v.img, v.vol);
-        if paths.block {
-            return data.check(code, op);
-        }
-        self.io_in(Lane::Short, &paths.root, op, held, move |_| {
+        let domain = self.locate(v.sd)?;
+        let data = domain.volume_data(v.img, v.vol);
+        self.on_domain(Lane::Short, &domain, op, held, move |_, _| {
             data.check(code, op)
         })
     }
@@ -582,9 +577,7 @@ impl Storage {
     /// Volume info with the caller already holding the image lock.
     fn volume_info_unlocked(&self, v: VolRef, held: &Held) -> StorageResult<VolumeInfo> {
         let paths = self.locate(v.sd)?;
-        self.with_volumes(&paths, v.sd, "volume info", held, move |s| {
-            s.info(v.img, v.vol)
-        })
+        self.with_volumes(&paths, "volume info", held, move |s| s.info(v.img, v.vol))
     }
 
     fn update_volume_unlocked(
@@ -596,7 +589,7 @@ impl Storage {
             + 'static,
     ) -> StorageResult<crate::metadata::volume::VolumeMetadata> {
         let paths = self.locate(v.sd)?;
-        self.with_volumes(&paths, v.sd, "update volume metadata", held, move |s| {
+        self.with_volumes(&paths, "update volume metadata", held, move |s| {
             s.update(v.img, v.vol, Box::new(change))
         })
     }

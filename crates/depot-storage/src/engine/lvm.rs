@@ -109,7 +109,7 @@ impl Storage {
 
     /// 372 unless `sd` is a block domain.
     fn require_block(&self, sd: SdUuid, op: &'static str) -> StorageResult<()> {
-        if self.locate(sd)?.block {
+        if self.locate(sd)?.is_block() {
             return Ok(());
         }
         Err(StorageError::new(

@@ -19,6 +19,8 @@ use depot_api::Code;
 use depot_os::lvm::Lvm;
 use depot_os::{CommandRunner, IoWorker, Liveness, Mounter, QemuImg};
 
+use crate::domain::{BlockDomain, Domain, FileDomain, VolumeTools};
+
 use crate::backup::PreparePurpose;
 use crate::connection::san::SanConnector;
 use crate::connection::watch::{self, Watch};
@@ -85,8 +87,8 @@ pub struct PoolState {
 
 #[derive(Default)]
 struct State {
-    /// Where each known domain is.
-    domains: HashMap<SdUuid, DomainPaths>,
+    /// Where each known domain is, and its kind.
+    domains: HashMap<SdUuid, Domain>,
     /// Mount directories whose crash leftovers were already cleaned.
     recovered: HashSet<PathBuf>,
     pools: HashMap<SpUuid, PoolState>,
@@ -95,15 +97,13 @@ struct State {
     prepared: HashMap<(SdUuid, ImgUuid), PreparePurpose>,
     /// OVF_STORE volumes with an upload in flight.
     uploads: HashSet<(SdUuid, VolUuid)>,
-    /// Block size of each located block domain (from its metadata).
-    block_sizes: HashMap<SdUuid, u32>,
 }
 
 /// `StorageDomain.getInfo`, typed.
 #[derive(Debug, Clone)]
 pub struct DomainInfo {
     pub metadata: DomainMetadata,
-    pub paths: DomainPaths,
+    pub domain: Domain,
 }
 
 pub struct Storage {
@@ -231,20 +231,21 @@ impl Storage {
         let op = "recover crash leftovers";
         let started = Arc::new(AtomicBool::new(false));
         let started_in = Arc::clone(&started);
+        let (qemu, timeout) = (self.qemu.clone(), self.config.qemu_img_timeout);
         let found = self.io_in(Lane::Long, mount_dir, op, &Held::none(), move |live| {
             started_in.store(true, Ordering::SeqCst);
             let mut removed: Vec<String> = domain::recover_mount(&dir)
                 .into_iter()
                 .map(|p| p.display().to_string())
                 .collect();
+            let tools = VolumeTools {
+                qemu: &qemu,
+                timeout,
+            };
             for (sd, paths) in domain::list_in(&dir) {
-                match crate::file::images::recover_with(&paths, &|| live.beat()) {
-                    Ok(r) => {
-                        removed.extend(r.cleaned.iter().map(|c| format!("{sd}: {c}")));
-                        for (what, e) in r.failed {
-                            tracing::warn!(sd = %sd, %what, error = %e, "crash leftover not cleaned yet");
-                        }
-                    }
+                let d = Domain::File(FileDomain { sd, paths });
+                match d.recover(tools, &|| live.beat()) {
+                    Ok(cleaned) => removed.extend(cleaned.iter().map(|c| format!("{sd}: {c}"))),
                     Err(e) => tracing::warn!(sd = %sd, error = %e, "volume recovery failed"),
                 }
             }
@@ -309,6 +310,28 @@ impl Storage {
                 op,
                 format!("{}: {e} (is the storage server answering?)", dir.display()),
             )),
+        }
+    }
+
+    /// Runs `f` on `domain` where the domain says its calls run
+    /// ([`Domain::mount_root`]): on the `lane` worker of its mount with the
+    /// I/O timeout, holding `held` until `f` has returned (as
+    /// [`io_in`](Self::io_in)), or on this thread, where the caller holds
+    /// the locks.
+    pub(crate) fn on_domain<T: Send + 'static>(
+        &self,
+        lane: Lane,
+        domain: &Domain,
+        op: &'static str,
+        held: &Held,
+        f: impl FnOnce(&Domain, Option<&Liveness>) -> StorageResult<T> + Send + 'static,
+    ) -> StorageResult<T> {
+        match domain.mount_root() {
+            Some(root) => {
+                let d = domain.clone();
+                self.io_in(lane, root, op, held, move |live| f(&d, Some(live)))
+            }
+            None => f(domain, None),
         }
     }
 
@@ -409,8 +432,8 @@ impl Storage {
         let statuses = self.connector.disconnect_all(domain_type, params, |conn| {
             let mount = conn.mount_point();
             let st = self.st();
-            let busy = st.domains.iter().find(|(sd, paths)| {
-                paths.root.starts_with(mount)
+            let busy = st.domains.iter().find(|(sd, d)| {
+                d.paths().root.starts_with(mount)
                     && (self.monitor.is_monitoring(**sd) || in_active_pool(&st, **sd))
             });
             match busy {
@@ -431,7 +454,7 @@ impl Storage {
                 let mut st = self.st();
                 st.recovered.remove(&mount);
                 st.domains
-                    .retain(|_, paths| !paths.root.starts_with(&mount));
+                    .retain(|_, d| !d.paths().root.starts_with(&mount));
             }
         }
         for p in connected(params, &statuses) {
@@ -444,28 +467,24 @@ impl Storage {
 
     /// Where domain `sd` is: the cache when its metadata is still there,
     /// otherwise a scan of the mounts (each on its own worker). 358 if none.
-    pub fn locate(&self, sd: SdUuid) -> StorageResult<DomainPaths> {
+    pub fn locate(&self, sd: SdUuid) -> StorageResult<Domain> {
         let cached = self.st().domains.get(&sd).cloned();
-        if let Some(paths) = cached {
-            // A block domain: its VG is still there (LVM's cache answers).
-            if paths.block {
-                if crate::block::exists(&self.lvm, sd) {
-                    return Ok(paths);
-                }
-                self.st().domains.remove(&sd);
+        if let Some(known) = cached {
+            let op = "locate storage domain";
+            if self.on_domain(Lane::Short, &known, op, &Held::none(), |d, _| {
+                Ok(d.still_there())
+            })? {
+                return Ok(known);
+            }
+            self.st().domains.remove(&sd);
+            // A block domain whose VG is gone is not looked for elsewhere.
+            if known.is_block() {
                 return Err(StorageError::new(
                     Code::StorageDomainDoesNotExist,
-                    "locate storage domain",
+                    op,
                     format!("'{sd}'"),
                 ));
             }
-            let check = paths.clone();
-            if self.io(&paths.root, "locate storage domain", move || {
-                Ok(check.metadata().is_file())
-            })? {
-                return Ok(paths);
-            }
-            self.st().domains.remove(&sd);
         }
         for dir in layout::mount_dirs(&self.config.repository) {
             let d = dir.clone();
@@ -474,12 +493,13 @@ impl Storage {
             });
             if let Ok(Some(paths)) = found {
                 self.recover_mount(&dir);
-                self.st().domains.insert(sd, paths.clone());
-                return Ok(paths);
+                let found = Domain::File(FileDomain { sd, paths });
+                self.st().domains.insert(sd, found.clone());
+                return Ok(found);
             }
         }
-        if let Some(paths) = self.locate_block(sd)? {
-            return Ok(paths);
+        if let Some(found) = self.locate_block(sd)? {
+            return Ok(found);
         }
         Err(StorageError::new(
             Code::StorageDomainDoesNotExist,
@@ -492,7 +512,7 @@ impl Storage {
     /// first sight: the link directory, the metadata LV active (the
     /// monitor and the volume slots read it), and the LVs a crash left
     /// half-created removed.
-    fn locate_block(&self, sd: SdUuid) -> StorageResult<Option<DomainPaths>> {
+    fn locate_block(&self, sd: SdUuid) -> StorageResult<Option<Domain>> {
         self.refresh_lvm_devices();
         // No multipath device, no VG: no need to ask LVM.
         if self.lvm.devices().is_empty() || !crate::block::exists(&self.lvm, sd) {
@@ -506,9 +526,14 @@ impl Storage {
                 tracing::warn!(sd = %sd, error = %e, "cannot activate the metadata LV");
             }
         }
-        let paths = DomainPaths::new_block(root);
-        self.st().block_sizes.insert(sd, md.block_size);
-        match self.block_volumes_of(&paths, sd, |v| v.recover()) {
+        let found = Domain::Block(BlockDomain {
+            sd,
+            paths: DomainPaths::new(root),
+            lvm: self.lvm.clone(),
+            block_size: md.block_size,
+            slot_lock: self.slot_lock(sd),
+        });
+        match found.recover(self.volume_tools(), &|| ()) {
             Ok(removed) => {
                 for lv in removed {
                     tracing::warn!(sd = %sd, %lv, "removed an LV a crash left half-created");
@@ -516,8 +541,16 @@ impl Storage {
             }
             Err(e) => tracing::warn!(sd = %sd, error = %e, "block volume recovery failed"),
         }
-        self.st().domains.insert(sd, paths.clone());
-        Ok(Some(paths))
+        self.st().domains.insert(sd, found.clone());
+        Ok(Some(found))
+    }
+
+    /// qemu-img and its limit, for volume work.
+    pub(crate) fn volume_tools(&self) -> VolumeTools<'_> {
+        VolumeTools {
+            qemu: &self.qemu,
+            timeout: self.config.qemu_img_timeout,
+        }
     }
 
     /// Tells LVM which devices it may scan: the multipath maps present
@@ -547,35 +580,6 @@ impl Storage {
             .entry(sd)
             .or_default()
             .clone()
-    }
-
-    /// Runs `f` with the block volumes of domain `sd` (on the caller's
-    /// thread; LVM and qemu-img calls carry their own timeouts).
-    pub(crate) fn block_volumes_of<T>(
-        &self,
-        paths: &DomainPaths,
-        sd: SdUuid,
-        f: impl FnOnce(&crate::block::BlockVolumes<'_>) -> StorageResult<T>,
-    ) -> StorageResult<T> {
-        let block_size = self.st().block_sizes.get(&sd).copied();
-        let block_size = match block_size {
-            Some(b) => b,
-            None => {
-                let b = crate::block::read_metadata(&self.lvm, sd)?.block_size;
-                self.st().block_sizes.insert(sd, b);
-                b
-            }
-        };
-        let lock = self.slot_lock(sd);
-        f(&crate::block::BlockVolumes {
-            sd,
-            lvm: &self.lvm,
-            qemu: &self.qemu,
-            timeout: self.config.qemu_img_timeout,
-            block_size,
-            root: &paths.root,
-            slot_lock: &lock,
-        })
     }
 
     pub(crate) fn lock_domain_exclusive(&self, sd: SdUuid) -> StorageResult<Guard> {
@@ -609,27 +613,21 @@ impl Storage {
         Ok(Held::new(vec![d, i]))
     }
 
-    fn read_md(&self, paths: &DomainPaths) -> StorageResult<DomainMetadata> {
-        if paths.block {
-            return crate::block::read_metadata(&self.lvm, block_sd(paths)?);
-        }
-        let p = paths.clone();
-        self.io(&paths.root, "read domain metadata", move || {
-            domain::read_metadata(&p)
+    fn read_md(&self, domain: &Domain) -> StorageResult<DomainMetadata> {
+        let op = "read domain metadata";
+        self.on_domain(Lane::Short, domain, op, &Held::none(), |d, _| {
+            d.read_metadata()
         })
     }
 
     fn update_md(
         &self,
-        paths: &DomainPaths,
+        domain: &Domain,
         change: impl FnOnce(&mut DomainMetadata) -> StorageResult<()> + Send + 'static,
     ) -> StorageResult<DomainMetadata> {
-        if paths.block {
-            return crate::block::update_metadata(&self.lvm, block_sd(paths)?, change);
-        }
-        let p = paths.clone();
-        self.io(&paths.root, "update domain metadata", move || {
-            domain::update_metadata(&p, change)
+        let op = "update domain metadata";
+        self.on_domain(Lane::Short, domain, op, &Held::none(), |d, _| {
+            d.update_metadata(change)
         })
     }
 
@@ -669,7 +667,9 @@ impl Storage {
         let m = mount.clone();
         let paths = self.io(&mount, OP, move || domain::create(&m, &req))?;
         tracing::info!(sd = %sd, path = %paths.root.display(), "storage domain created");
-        self.st().domains.insert(sd, paths);
+        self.st()
+            .domains
+            .insert(sd, Domain::File(FileDomain { sd, paths }));
         Ok(())
     }
 
@@ -701,19 +701,21 @@ impl Storage {
     }
 
     pub fn domain_info(&self, sd: SdUuid) -> StorageResult<DomainInfo> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let _lock = self.lock_domain(sd, false)?;
-        let metadata = self.read_md(&paths)?;
-        Ok(DomainInfo { metadata, paths })
+        let metadata = self.read_md(&domain)?;
+        Ok(DomainInfo { metadata, domain })
     }
 
     pub fn domain_stats(&self, sd: SdUuid) -> StorageResult<depot_os::FsStats> {
-        let paths = self.locate(sd)?;
-        if paths.block {
-            return crate::block::stats(&self.lvm, sd);
-        }
-        let p = paths.clone();
-        self.io(&paths.root, "domain stats", move || domain::stats(&p))
+        let domain = self.locate(sd)?;
+        self.on_domain(
+            Lane::Short,
+            &domain,
+            "domain stats",
+            &Held::none(),
+            |d, _| d.stats(),
+        )
     }
 
     pub fn set_domain_description(&self, sd: SdUuid, description: String) -> StorageResult<()> {
@@ -726,14 +728,9 @@ impl Storage {
     pub fn validate_domain(&self, sd: SdUuid) -> StorageResult<()> {
         let paths = self.locate(sd)?;
         let _lock = self.lock_domain(sd, false)?;
-        if paths.block {
-            return crate::block::validate(&self.lvm, sd).map(|_| ());
-        }
-        let p = paths.clone();
-        self.io(&paths.root, "validate storage domain", move || {
-            domain::validate(&p, sd)
-        })
-        .map(|_| ())
+        let op = "validate storage domain";
+        self.on_domain(Lane::Short, &paths, op, &Held::none(), |d, _| d.validate())
+            .map(|_| ())
     }
 
     /// Removes the domain. Refused while it is active in a connected pool
@@ -765,12 +762,10 @@ impl Storage {
                 ));
             }
         }
-        if paths.block {
-            crate::block::format(&self.lvm, &self.config.repository, sd)?;
-        } else {
-            let p = paths.clone();
-            self.io(&paths.root, OP, move || domain::format(&p, sd))?;
-        }
+        let repository = self.config.repository.clone();
+        self.on_domain(Lane::Short, &paths, OP, &Held::none(), move |d, _| {
+            d.format(&repository)
+        })?;
         let mut st = self.st();
         st.domains.remove(&sd);
         for pool in st.pools.values_mut() {
@@ -804,7 +799,9 @@ impl Storage {
                 continue;
             };
             for (sd, paths, md) in listed {
-                self.st().domains.insert(sd, paths);
+                self.st()
+                    .domains
+                    .insert(sd, Domain::File(FileDomain { sd, paths }));
                 let keep = class.is_none_or(|c| md.class == c)
                     && domain_type.is_none_or(|t| md.domain_type == t)
                     && remote_path.is_none_or(|r| md.remote_path == r)
@@ -853,11 +850,14 @@ impl Storage {
         // Nor has a LOCALFS domain: its `mnt/` entry is a link to a local
         // directory, never in the mount table, so "not mounted" (360)
         // would misname its failures (VDSM reports them as read errors).
-        let mount = (!paths.block)
-            .then(|| self.mount_key(&paths.root))
+        let mount = paths
+            .mount_root()
+            .map(|root| self.mount_key(root))
             .filter(|m| !std::fs::symlink_metadata(m).is_ok_and(|md| md.file_type().is_symlink()));
-        self.monitor
-            .start(sd, CheckTarget::file_domain(paths.root.clone(), mount))?;
+        self.monitor.start(
+            sd,
+            CheckTarget::file_domain(paths.paths().root.clone(), mount),
+        )?;
         self.monitor.set_version(sd, domain_spec::VERSION as u32);
         Ok(())
     }
@@ -1400,23 +1400,6 @@ fn check_can_be_master(md: &DomainMetadata, op: &'static str) -> StorageResult<(
         ));
     }
     Ok(())
-}
-
-/// The domain id of a block domain's link directory (its last component).
-fn block_sd(paths: &DomainPaths) -> StorageResult<SdUuid> {
-    use std::str::FromStr;
-    paths
-        .root
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| SdUuid::from_str(n).ok())
-        .ok_or_else(|| {
-            StorageError::new(
-                Code::StorageDomainLayoutError,
-                "block domain",
-                format!("{} is not named by a domain id", paths.root.display()),
-            )
-        })
 }
 
 /// The entries whose status is 0.

@@ -132,7 +132,7 @@ impl<'a> FileVolumes<'a> {
     /// The data of `vol`, opened only as a regular file beneath the domain
     /// (crate::volume_data).
     fn data(&self, img: ImgUuid, vol: VolUuid) -> VolumeData {
-        VolumeData::of(self.paths, self.sd, img, vol)
+        VolumeData::file(self.paths, img, vol)
     }
 
     /// Steps 3 to 8 of the creation (module docs).

@@ -1,0 +1,234 @@
+//! The domain contract: [`Domain`], a located storage domain of either
+//! kind, with one `match` per operation (metadata read and update, stats,
+//! validate, format, crash recovery, volumes, volume data). Verbs in
+//! engine/ call these and never ask which kind a domain is.
+//!
+//! The same type says where a call on the domain runs
+//! ([`Domain::mount_root`]): a file domain's calls touch a mount that can
+//! hang on a dead server, so they run on that mount's I/O worker with a
+//! timeout; a block domain's LVM, qemu-img and O_DIRECT calls carry their
+//! own timeouts and run on the caller's thread.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
+use depot_os::lvm::Lvm;
+use depot_os::{FsStats, Liveness, QemuImg};
+
+use crate::block::{self, BlockVolumes};
+use crate::error::StorageResult;
+use crate::file::{self, volumes::FileVolumes};
+use crate::layout::DomainPaths;
+use crate::metadata::domain::DomainMetadata;
+use crate::volume_data::VolumeData;
+use crate::volume_store::VolumeStore;
+
+/// A located storage domain.
+#[derive(Clone)]
+pub enum Domain {
+    File(FileDomain),
+    Block(BlockDomain),
+}
+
+/// A file domain: a directory `<mount>/<sd>` (crate::layout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDomain {
+    pub sd: SdUuid,
+    pub paths: DomainPaths,
+}
+
+/// A block domain: a VG named by its id, seen through its link directory
+/// `<repository>/mnt/blockSD/<sd>`.
+#[derive(Clone)]
+pub struct BlockDomain {
+    pub sd: SdUuid,
+    /// The link directory: `dom_md` links to `/dev/<vg>`, prepared
+    /// volumes link to their LVs.
+    pub paths: DomainPaths,
+    pub lvm: Lvm,
+    /// From the domain's metadata, read when it was located.
+    pub block_size: u32,
+    /// Serializes metadata slot allocation on this host: one per domain,
+    /// shared by every handle of it.
+    pub slot_lock: Arc<Mutex<()>>,
+}
+
+/// What volume work needs from the host besides the domain: qemu-img and
+/// the limit of each of its runs.
+#[derive(Clone, Copy)]
+pub struct VolumeTools<'a> {
+    pub qemu: &'a QemuImg,
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self {
+            Domain::File(_) => "File",
+            Domain::Block(_) => "Block",
+        };
+        f.debug_struct("Domain")
+            .field("kind", &kind)
+            .field("sd", &self.sd())
+            .field("root", &self.paths().root)
+            .finish()
+    }
+}
+
+impl Domain {
+    pub fn sd(&self) -> SdUuid {
+        match self {
+            Domain::File(d) => d.sd,
+            Domain::Block(d) => d.sd,
+        }
+    }
+
+    /// The domain's directory (file) or link directory (block).
+    pub fn paths(&self) -> &DomainPaths {
+        match self {
+            Domain::File(d) => &d.paths,
+            Domain::Block(d) => &d.paths,
+        }
+    }
+
+    pub fn is_block(&self) -> bool {
+        matches!(self, Domain::Block(_))
+    }
+
+    /// Where the domain is on a mount: its calls run on that mount's I/O
+    /// worker, and the monitor watches that mount. None for a block
+    /// domain, which is on no mount.
+    pub fn mount_root(&self) -> Option<&Path> {
+        match self {
+            Domain::File(d) => Some(&d.paths.root),
+            Domain::Block(_) => None,
+        }
+    }
+
+    /// Whether the domain is still where it was located: its metadata file,
+    /// or its VG (LVM's cache answers).
+    pub fn still_there(&self) -> bool {
+        match self {
+            Domain::File(d) => d.paths.metadata().is_file(),
+            Domain::Block(d) => block::exists(&d.lvm, d.sd),
+        }
+    }
+
+    /// The domain metadata, read past any cache (O_DIRECT for a file
+    /// domain; the VG's tags, fresh from LVM, for a block one).
+    pub fn read_metadata(&self) -> StorageResult<DomainMetadata> {
+        match self {
+            Domain::File(d) => file::domain::read_metadata(&d.paths),
+            Domain::Block(d) => block::read_metadata(&d.lvm, d.sd),
+        }
+    }
+
+    /// Read, change, write: the one way domain metadata changes.
+    pub fn update_metadata(
+        &self,
+        change: impl FnOnce(&mut DomainMetadata) -> StorageResult<()>,
+    ) -> StorageResult<DomainMetadata> {
+        match self {
+            Domain::File(d) => file::domain::update_metadata(&d.paths, change),
+            Domain::Block(d) => block::update_metadata(&d.lvm, d.sd, change),
+        }
+    }
+
+    /// Space figures: the file system's, or the VG's.
+    pub fn stats(&self) -> StorageResult<FsStats> {
+        match self {
+            Domain::File(d) => file::domain::stats(&d.paths),
+            Domain::Block(d) => block::stats(&d.lvm, d.sd),
+        }
+    }
+
+    /// Checks the layout and that the metadata names this domain.
+    pub fn validate(&self) -> StorageResult<DomainMetadata> {
+        match self {
+            Domain::File(d) => file::domain::validate(&d.paths, d.sd),
+            Domain::Block(d) => block::validate(&d.lvm, d.sd),
+        }
+    }
+
+    /// Removes the domain: its directory, or its VG, PVs and link
+    /// directory under `repository`.
+    pub fn format(&self, repository: &Path) -> StorageResult<()> {
+        match self {
+            Domain::File(d) => file::domain::format(&d.paths, d.sd),
+            Domain::Block(d) => block::format(&d.lvm, repository, d.sd),
+        }
+    }
+
+    /// Cleans what a crash left half done in the domain's volumes; returns
+    /// what was removed, for the log. `beat` is called as long work (a
+    /// promised wipe) goes on.
+    pub fn recover(&self, tools: VolumeTools<'_>, beat: &dyn Fn()) -> StorageResult<Vec<String>> {
+        match self {
+            Domain::File(d) => {
+                let r = file::images::recover_with(&d.paths, beat)?;
+                for (what, e) in r.failed {
+                    tracing::warn!(sd = %d.sd, %what, error = %e, "crash leftover not cleaned yet");
+                }
+                Ok(r.cleaned.iter().map(|c| c.to_string()).collect())
+            }
+            Domain::Block(d) => d.volumes(tools).recover(),
+        }
+    }
+
+    /// Runs `f` with the domain's volumes. `live`, when the caller watches
+    /// long work (a file domain's call on its mount's worker), is beaten
+    /// after each step of it.
+    pub fn volumes<T>(
+        &self,
+        tools: VolumeTools<'_>,
+        live: Option<&Liveness>,
+        f: impl FnOnce(&dyn VolumeStore) -> T,
+    ) -> T {
+        match self {
+            Domain::File(d) => {
+                let mut v = FileVolumes::new(&d.paths, d.sd, tools.qemu, tools.timeout);
+                if let Some(live) = live {
+                    v = v.with_liveness(live);
+                }
+                f(&v)
+            }
+            Domain::Block(d) => f(&d.volumes(tools)),
+        }
+    }
+
+    /// `Image.teardown`'s work on the domain: a block domain deactivates
+    /// the image's LVs and removes their links; a file domain has nothing
+    /// to undo.
+    pub fn teardown(&self, tools: VolumeTools<'_>, img: ImgUuid) -> StorageResult<()> {
+        match self {
+            Domain::File(_) => Ok(()),
+            Domain::Block(d) => d.volumes(tools).teardown(img),
+        }
+    }
+
+    /// Where the data of `vol` in `img` is, with its rule
+    /// (crate::volume_data).
+    pub fn volume_data(&self, img: ImgUuid, vol: VolUuid) -> VolumeData {
+        match self {
+            Domain::File(d) => VolumeData::file(&d.paths, img, vol),
+            Domain::Block(d) => VolumeData::block(&d.paths, &block::vg_name(d.sd), img, vol),
+        }
+    }
+}
+
+impl BlockDomain {
+    fn volumes<'a>(&'a self, tools: VolumeTools<'a>) -> BlockVolumes<'a> {
+        BlockVolumes {
+            sd: self.sd,
+            lvm: &self.lvm,
+            qemu: tools.qemu,
+            timeout: tools.timeout,
+            block_size: self.block_size,
+            root: &self.paths.root,
+            slot_lock: &self.slot_lock,
+        }
+    }
+}
