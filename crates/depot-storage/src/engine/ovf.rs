@@ -505,6 +505,30 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Claims the one upload slot of an OVF_STORE volume; a second upload
+    /// is refused (203) instead of interleaving writes.
+    pub(crate) fn begin_upload(
+        &self,
+        sd: SdUuid,
+        vol: VolUuid,
+        op: &'static str,
+    ) -> StorageResult<UploadSlotGuard<'_>> {
+        if !self.state().uploads.insert((sd, vol)) {
+            return Err(StorageError::new(
+                Code::VolumeIsBusy,
+                op,
+                format!("OVF store {vol} is being updated by another upload"),
+            ));
+        }
+        Ok(UploadSlotGuard::new(self, (sd, vol)))
+    }
+
+    pub(crate) fn end_upload(&self, key: (SdUuid, VolUuid)) {
+        self.state().uploads.remove(&key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -320,3 +320,33 @@ fn ensure_link(link: &std::path::Path, target: &std::path::Path) -> std::io::Res
     }
     symlink(target, link)
 }
+
+impl Storage {
+    pub(crate) fn mark_prepared(&self, sd: SdUuid, img: ImgUuid, purpose: PreparePurpose) {
+        let mut state = self.state();
+        let slot = state.prepared.entry((sd, img)).or_insert(purpose);
+        // Prepared for a VM wins: that is what the rules need to know.
+        if purpose == PreparePurpose::Vm {
+            *slot = PreparePurpose::Vm;
+        }
+    }
+
+    pub(crate) fn forget_prepared(&self, sd: SdUuid, img: ImgUuid) {
+        self.state().prepared.remove(&(sd, img));
+    }
+
+    pub fn is_prepared(&self, sd: SdUuid, img: ImgUuid) -> bool {
+        self.state().prepared.contains_key(&(sd, img))
+    }
+
+    /// Whether the image is prepared for a VM on this host (a copy of it is
+    /// then a live move).
+    pub fn is_prepared_for_vm(&self, sd: SdUuid, img: ImgUuid) -> bool {
+        self.state().prepared.get(&(sd, img)) == Some(&PreparePurpose::Vm)
+    }
+
+    /// Whether any image of `sd` is prepared on this host.
+    pub fn has_prepared(&self, sd: SdUuid) -> bool {
+        self.state().prepared.keys().any(|(d, _)| *d == sd)
+    }
+}
