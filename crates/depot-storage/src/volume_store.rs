@@ -35,7 +35,7 @@ pub struct CreateVolume {
     /// The parent volume in the same image, or [`VolUuid::BLANK`].
     pub parent: VolUuid,
     /// false: the volume stays ILLEGAL until the caller sets it LEGAL (the
-    /// engine does so after copying data into it).
+    /// manager does so after copying data into it).
     pub legal: bool,
     /// SEQ: the volume's order in its image.
     pub sequence: u32,

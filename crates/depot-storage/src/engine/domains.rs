@@ -16,7 +16,7 @@ use depot_os::lvm::Lvm;
 use super::{Lane, Storage};
 use crate::domain::{BlockDomain, Domain, FileDomain, VolumeTools};
 use crate::domain_spec::{self, CreateDomain};
-use crate::file::domain;
+use crate::file;
 use crate::layout::{self, DomainPaths};
 use crate::lock::Held;
 use crate::metadata::domain::DomainMetadata;
@@ -53,7 +53,7 @@ impl Storage {
         let (qemu, timeout) = (self.qemu.clone(), self.config.qemu_img_timeout);
         let found = self.io_in(Lane::Long, mount_dir, op, &Held::none(), move |live| {
             started_in.store(true, Ordering::SeqCst);
-            let mut removed: Vec<String> = domain::recover_mount(&dir)
+            let mut removed: Vec<String> = file::domain::recover_mount(&dir)
                 .into_iter()
                 .map(|p| p.display().to_string())
                 .collect();
@@ -61,7 +61,7 @@ impl Storage {
                 qemu: &qemu,
                 timeout,
             };
-            for (sd, paths) in domain::list_in(&dir) {
+            for (sd, paths) in file::domain::list_in(&dir) {
                 let d = Domain::File(FileDomain { sd, paths });
                 match d.recover(tools, &|| live.beat()) {
                     Ok(cleaned) => removed.extend(cleaned.iter().map(|c| format!("{sd}: {c}"))),
@@ -117,7 +117,7 @@ impl Storage {
         for dir in layout::mount_dirs(&self.config.repository) {
             let d = dir.clone();
             let found = self.io(&dir, "locate storage domain", move || {
-                Ok(domain::find(&[d], sd))
+                Ok(file::domain::find(&[d], sd))
             });
             if let Ok(Some(paths)) = found {
                 self.recover_mount(&dir);
@@ -232,7 +232,7 @@ impl Storage {
         self.recover_mount(&mount);
         let sd = req.sd;
         let m = mount.clone();
-        let paths = self.io(&mount, OP, move || domain::create(&m, &req))?;
+        let paths = self.io(&mount, OP, move || file::domain::create(&m, &req))?;
         tracing::info!(sd = %sd, path = %paths.root.display(), "storage domain created");
         self.state()
             .domains
@@ -286,17 +286,17 @@ impl Storage {
     }
 
     pub fn set_domain_description(&self, sd: SdUuid, description: String) -> StorageResult<()> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let _lock = self.lock_domain(sd, true)?;
-        self.update_md(&paths, move |md| md.set_description(&description))
+        self.update_md(&domain, move |md| md.set_description(&description))
             .map(|_| ())
     }
 
     pub fn validate_domain(&self, sd: SdUuid) -> StorageResult<()> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let _lock = self.lock_domain(sd, false)?;
         let op = "validate storage domain";
-        self.on_domain(Lane::Short, &paths, op, &Held::none(), |d, _| d.validate())
+        self.on_domain(Lane::Short, &domain, op, &Held::none(), |d, _| d.validate())
             .map(|_| ())
     }
 
@@ -304,7 +304,7 @@ impl Storage {
     /// (382), and while attached to a pool unless `auto_detach` (350).
     pub fn format_domain(&self, sd: SdUuid, auto_detach: bool) -> StorageResult<()> {
         const OP: &str = "format storage domain";
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let _lock = self.lock_domain(sd, true)?;
         if self.pools.is_active(sd) || self.monitor.is_monitoring(sd) || self.has_prepared(sd) {
             return Err(StorageError::new(
@@ -315,7 +315,7 @@ impl Storage {
         }
         // A domain whose metadata cannot be read can still be formatted:
         // that is how an admin gets rid of a broken one.
-        if let Ok(md) = self.read_md(&paths) {
+        if let Ok(md) = self.read_md(&domain) {
             let pools = md.attached_pools();
             if !pools.is_empty() && !auto_detach {
                 return Err(StorageError::new(
@@ -329,7 +329,7 @@ impl Storage {
             }
         }
         let repository = self.config.repository.clone();
-        self.on_domain(Lane::Short, &paths, OP, &Held::none(), move |d, _| {
+        self.on_domain(Lane::Short, &domain, OP, &Held::none(), move |d, _| {
             d.format(&repository)
         })?;
         self.state().domains.remove(&sd);
@@ -350,10 +350,10 @@ impl Storage {
         for dir in layout::mount_dirs(&self.config.repository) {
             let d = dir.clone();
             let listed = self.io(&dir, "list storage domains", move || {
-                Ok(domain::list_in(&d)
+                Ok(file::domain::list_in(&d)
                     .into_iter()
                     .filter_map(|(sd, paths)| {
-                        domain::read_metadata(&paths).ok().map(|md| (sd, paths, md))
+                        file::domain::read_metadata(&paths).ok().map(|md| (sd, paths, md))
                     })
                     .collect::<Vec<_>>())
             });
@@ -406,18 +406,18 @@ impl Storage {
     }
 
     pub(super) fn start_monitoring(&self, sd: SdUuid) -> StorageResult<()> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         // A block domain has no mount: its dom_md links to the VG's LVs.
         // Nor has a LOCALFS domain: its `mnt/` entry is a link to a local
         // directory, never in the mount table, so "not mounted" (360)
         // would misname its failures (VDSM reports them as read errors).
-        let mount = paths
+        let mount = domain
             .mount_root()
             .map(|root| self.mount_key(root))
             .filter(|m| !std::fs::symlink_metadata(m).is_ok_and(|md| md.file_type().is_symlink()));
         self.monitor.start(
             sd,
-            CheckTarget::file_domain(paths.paths().root.clone(), mount),
+            CheckTarget::file_domain(domain.paths().root.clone(), mount),
         )?;
         self.monitor.set_version(sd, domain_spec::VERSION as u32);
         Ok(())
@@ -433,10 +433,10 @@ impl Storage {
     /// domain is prepared (9013); clearing it is always allowed.
     pub fn set_backup(&self, sd: SdUuid, backup: bool) -> StorageResult<()> {
         const OP: &str = "set backup flag";
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let _lock = self.lock_domain(sd, true)?;
         if backup {
-            let md = self.read_md(&paths)?;
+            let md = self.read_md(&domain)?;
             crate::backup::check_class(&md, OP)?;
             if md.role == DomainRole::Master {
                 return Err(StorageError::new(
@@ -453,7 +453,7 @@ impl Storage {
                 ));
             }
         }
-        self.update_md(&paths, move |md| {
+        self.update_md(&domain, move |md| {
             md.backup = backup;
             Ok(())
         })?;

@@ -1,7 +1,7 @@
-//! The LVM verbs of the engine: `LVMVolumeGroup.create/getInfo/remove`,
+//! The LVM verbs of the `Storage` object: `LVMVolumeGroup.create/getInfo/remove`,
 //! `Host.getLVMVolumeGroups`, `StorageDomain.extend` and `resizePV`.
 //!
-//! The engine names LUNs by GUID (the multipath WWID); depot opens them as
+//! oVirt names LUNs by GUID (the multipath WWID); depot opens them as
 //! `/dev/mapper/<GUID>` and never by `sdX` path names, which change.
 
 use std::path::PathBuf;

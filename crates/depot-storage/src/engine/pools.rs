@@ -15,7 +15,7 @@ use super::Storage;
 use crate::metadata::domain::DomainMetadata;
 use crate::{StorageError, StorageResult};
 
-/// A domain's state in a connected pool (the engine's domainDict).
+/// A domain's state in a connected pool (oVirt's domainDict).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolDomainStatus {
     Active,
@@ -82,9 +82,9 @@ impl Storage {
         others: Vec<SdUuid>,
     ) -> StorageResult<()> {
         const OP: &str = "create storage pool";
-        let paths = self.locate(master)?;
+        let domain = self.locate(master)?;
         let _lock = self.lock_domain(master, true)?;
-        let md = self.read_md(&paths)?;
+        let md = self.read_md(&domain)?;
         check_can_be_master(&md, OP)?;
         if let Some(other) = md.attached_pools().into_iter().find(|p| *p != sp) {
             return Err(StorageError::new(
@@ -93,7 +93,7 @@ impl Storage {
                 format!("master {master} is attached to pool {other}"),
             ));
         }
-        self.update_md(&paths, move |md| {
+        self.update_md(&domain, move |md| {
             md.pools = vec![sp];
             md.role = DomainRole::Master;
             md.master_version = Some(master_version);
@@ -120,7 +120,7 @@ impl Storage {
         Ok(())
     }
 
-    /// `StoragePool.connect`: the engine tells which domains are active.
+    /// `StoragePool.connect`: oVirt tells which domains are active.
     /// The master's metadata must name this pool and version (324).
     pub fn connect_pool(
         &self,
@@ -144,8 +144,8 @@ impl Storage {
                 format!("connected to pool {other}"),
             ));
         }
-        let paths = self.locate(master)?;
-        let md = self.read_md(&paths)?;
+        let domain = self.locate(master)?;
+        let md = self.read_md(&domain)?;
         if !md.attached_pools().contains(&sp)
             || md.role != DomainRole::Master
             || md.master_version != Some(master_version)
@@ -227,9 +227,9 @@ impl Storage {
                 format!("'{sp}'"),
             ));
         }
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let _lock = self.lock_domain(sd, true)?;
-        let md = self.read_md(&paths)?;
+        let md = self.read_md(&domain)?;
         if md.class == DomainClass::Backup {
             return Err(StorageError::new(
                 Code::StorageDomainAttachError,
@@ -239,7 +239,7 @@ impl Storage {
         }
         match md.attached_pools().as_slice() {
             [] => {
-                self.update_md(&paths, move |md| {
+                self.update_md(&domain, move |md| {
                     md.pools = vec![sp];
                     md.role = DomainRole::Regular;
                     Ok(())
@@ -266,9 +266,9 @@ impl Storage {
     /// domain whose pool is gone.
     pub fn detach(&self, sd: SdUuid, sp: SpUuid, force: bool) -> StorageResult<()> {
         const OP: &str = "detach storage domain";
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let _lock = self.lock_domain(sd, true)?;
-        let md = self.read_md(&paths)?;
+        let md = self.read_md(&domain)?;
         if !force {
             if !md.attached_pools().contains(&sp) {
                 return Err(StorageError::new(
@@ -294,7 +294,7 @@ impl Storage {
                 ));
             }
         }
-        self.update_md(&paths, move |md| {
+        self.update_md(&domain, move |md| {
             md.pools.clear();
             md.role = DomainRole::Regular;
             Ok(())
@@ -310,8 +310,8 @@ impl Storage {
     pub fn activate(&self, sd: SdUuid, sp: SpUuid) -> StorageResult<()> {
         const OP: &str = "activate storage domain";
         self.connected_pool(sp, OP)?;
-        let paths = self.locate(sd)?;
-        let md = self.read_md(&paths)?;
+        let domain = self.locate(sd)?;
+        let md = self.read_md(&domain)?;
         if !md.attached_pools().contains(&sp) {
             return Err(StorageError::new(
                 Code::StorageDomainActivateError,
@@ -327,7 +327,7 @@ impl Storage {
     }
 
     /// `StorageDomain.deactivate`. Deactivating the master with another
-    /// `new_master` moves the master role there (the engine's master
+    /// `new_master` moves the master role there (oVirt's master
     /// switch); the new master must be able to be one (317, 319).
     pub fn deactivate(
         &self,
@@ -380,12 +380,12 @@ impl Storage {
         version: i64,
     ) -> StorageResult<()> {
         const OP: &str = "switch master domain";
-        let new_paths = self.locate(new)?;
-        let old_paths = self.locate(old)?;
+        let new_domain = self.locate(new)?;
+        let old_domain = self.locate(old)?;
         let (first, second) = if old < new { (old, new) } else { (new, old) };
         let _l1 = self.lock_domain(first, true)?;
         let _l2 = self.lock_domain(second, true)?;
-        let md = self.read_md(&new_paths)?;
+        let md = self.read_md(&new_domain)?;
         check_can_be_master(&md, OP)?;
         if !md.attached_pools().contains(&sp) {
             return Err(StorageError::new(
@@ -394,12 +394,12 @@ impl Storage {
                 format!("'{new}' is not attached to {sp}"),
             ));
         }
-        self.update_md(&new_paths, move |md| {
+        self.update_md(&new_domain, move |md| {
             md.role = DomainRole::Master;
             md.master_version = Some(version);
             Ok(())
         })?;
-        self.update_md(&old_paths, |md| {
+        self.update_md(&old_domain, |md| {
             md.role = DomainRole::Regular;
             Ok(())
         })?;

@@ -1,4 +1,4 @@
-//! The SAN verbs on the engine: `ISCSIConnection.discoverSendTargets`,
+//! The SAN verbs on the `Storage` object: `ISCSIConnection.discoverSendTargets`,
 //! `Host.getDeviceList` and `Host.getDevicesVisibility` (connect and
 //! disconnect go through `connect_storage_server` in mod.rs). See
 //! `connection::san` and `devices` for the behaviour.

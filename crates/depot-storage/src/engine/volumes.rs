@@ -1,4 +1,4 @@
-//! The volume and image verbs of the engine: locks, the mount's I/O
+//! The volume and image verbs of the `Storage` object: locks, the mount's I/O
 //! worker, and the run links of prepared images.
 //!
 //! Lock rules: every volume verb takes the domain lock shared and the image
@@ -93,7 +93,7 @@ impl Storage {
         vol: VolUuid,
         req: CreateVolume,
     ) -> StorageResult<VolumeMetadata> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         // Only memory and hosted-engine volumes depend on the backup flag,
         // so only they pay for reading the domain's metadata (on a block
         // domain, one `vgs` per create). Before the image lock: the domain
@@ -103,33 +103,33 @@ impl Storage {
             crate::backup::check_volume_kind(&domain, req.disk_type, "create volume")?;
         }
         let held = self.lock_image(sd, img, true)?;
-        let md = self.with_volumes_long(&paths, "create volume", &held, move |v| {
+        let md = self.with_volumes_long(&domain, "create volume", &held, move |v| {
             v.create(img, vol, &req)
         })?;
         Ok(md)
     }
 
     pub fn volume_info(&self, sd: SdUuid, img: ImgUuid, vol: VolUuid) -> StorageResult<VolumeInfo> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, false)?;
-        self.with_volumes(&paths, "volume info", &held, move |v| v.info(img, vol))
+        self.with_volumes(&domain, "volume info", &held, move |v| v.info(img, vol))
     }
 
     pub fn volume_size(&self, sd: SdUuid, img: ImgUuid, vol: VolUuid) -> StorageResult<(u64, u64)> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, false)?;
-        self.with_volumes(&paths, "volume size", &held, move |v| v.size(img, vol))
+        self.with_volumes(&domain, "volume size", &held, move |v| v.size(img, vol))
     }
 
     /// The volumes of an image, or of the whole domain when `img` is None.
     pub fn list_volumes(&self, sd: SdUuid, img: Option<ImgUuid>) -> StorageResult<Vec<VolUuid>> {
-        let paths = self.locate(sd)?;
-        self.with_volumes(&paths, "list volumes", &Held::none(), move |v| v.list(img))
+        let domain = self.locate(sd)?;
+        self.with_volumes(&domain, "list volumes", &Held::none(), move |v| v.list(img))
     }
 
     pub fn list_images(&self, sd: SdUuid) -> StorageResult<Vec<ImgUuid>> {
-        let paths = self.locate(sd)?;
-        self.with_volumes(&paths, "list images", &Held::none(), move |v| v.images())
+        let domain = self.locate(sd)?;
+        self.with_volumes(&domain, "list images", &Held::none(), move |v| v.images())
     }
 
     pub fn set_volume_description(
@@ -139,9 +139,9 @@ impl Storage {
         vol: VolUuid,
         desc: String,
     ) -> StorageResult<()> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes(&paths, "set volume description", &held, move |v| {
+        self.with_volumes(&domain, "set volume description", &held, move |v| {
             v.set_description(img, vol, &desc)
         })
         .map(|_| ())
@@ -154,9 +154,9 @@ impl Storage {
         vol: VolUuid,
         legality: Legality,
     ) -> StorageResult<()> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes(&paths, "set volume legality", &held, move |v| {
+        self.with_volumes(&domain, "set volume legality", &held, move |v| {
             v.set_legality(img, vol, legality)
         })
         .map(|_| ())
@@ -169,9 +169,9 @@ impl Storage {
         vol: VolUuid,
         capacity: u64,
     ) -> StorageResult<()> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes_long(&paths, "extend volume", &held, move |v| {
+        self.with_volumes_long(&domain, "extend volume", &held, move |v| {
             v.extend(img, vol, capacity)
         })
         .map(|_| ())
@@ -188,9 +188,9 @@ impl Storage {
         force: bool,
     ) -> StorageResult<()> {
         self.refuse_if_prepared(sd, img, force, "delete volume")?;
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes_long(&paths, "delete volume", &held, move |v| {
+        self.with_volumes_long(&domain, "delete volume", &held, move |v| {
             v.delete(img, vol, post_zero, force)
         })?;
         tracing::info!(sd = %sd, img = %img, vol = %vol, post_zero, "volume deleted");
@@ -205,9 +205,9 @@ impl Storage {
         force: bool,
     ) -> StorageResult<()> {
         self.refuse_if_prepared(sd, img, force, "delete image")?;
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes_long(&paths, "delete image", &held, move |v| {
+        self.with_volumes_long(&domain, "delete image", &held, move |v| {
             v.delete_image(img, post_zero)
         })?;
         self.forget_prepared(sd, img);
@@ -229,15 +229,15 @@ impl Storage {
         purpose: PreparePurpose,
     ) -> StorageResult<Prepared> {
         const OP: &str = "prepare image";
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         // Before the image lock: the domain lock is not re-entrant.
         let md = self.domain_info(sd)?.metadata;
         crate::backup::check_prepare(&md, purpose, OP)?;
         let held = self.lock_image(sd, img, false)?;
         // The chain, and each volume's data where its domain says it is:
         // a VM is never handed a path that leads elsewhere.
-        let d = paths.clone();
-        let chain = self.with_volumes(&paths, OP, &held, move |v| {
+        let d = domain.clone();
+        let chain = self.with_volumes(&domain, OP, &held, move |v| {
             let chain = v.chain(img, vol, allow_illegal)?;
             for c in &chain {
                 d.volume_data(img, c.volume)
@@ -246,7 +246,7 @@ impl Storage {
             Ok(chain)
         })?;
         let link = layout::pool_link(self.repository(), sp, sd);
-        ensure_link(&link, &paths.paths().root)
+        ensure_link(&link, &domain.paths().root)
             .map_err(|e| StorageError::io(Code::ImagePathError, OP, &link, &e))?;
         self.mark_prepared(sd, img, purpose);
         Ok(Prepared {
@@ -281,8 +281,8 @@ impl Storage {
         pattern: &str,
         case_sensitive: bool,
     ) -> StorageResult<Vec<crate::file::iso_files::FileStat>> {
-        let paths = self.locate(sd)?;
-        let (p, pat) = (paths.paths().clone(), pattern.to_string());
+        let domain = self.locate(sd)?;
+        let (p, pat) = (domain.paths().clone(), pattern.to_string());
         self.io(&p.root.clone(), "list domain files", move || {
             crate::file::iso_files::list(&p, &pat, case_sensitive)
         })
