@@ -353,7 +353,9 @@ impl Storage {
                 Ok(file::domain::list_in(&d)
                     .into_iter()
                     .filter_map(|(sd, paths)| {
-                        file::domain::read_metadata(&paths).ok().map(|md| (sd, paths, md))
+                        file::domain::read_metadata(&paths)
+                            .ok()
+                            .map(|md| (sd, paths, md))
                     })
                     .collect::<Vec<_>>())
             });
