@@ -55,7 +55,7 @@ pub async fn run(depotd: &Path, args: OvfArgs) -> Result<(), String> {
     // below reads them back.
     let d = Daemon::start(
         depotd,
-        "[log]\nlevel = \"warn,depot_storage::engine_ovf=debug\"\n",
+        "[log]\nlevel = \"warn,depot_storage::engine::ovf=debug\"\n",
     )
     .await?;
     measure(&d, args).await.map_err(|e| {

@@ -15,19 +15,25 @@
 //! * the file-system floor: a 1 GiB sparse data file, a 512-byte file
 //!   renamed into place (not itself fsynced) and one fsync of the
 //!   directory, the least a volume create does;
-//! * depot-storage's create sequence replayed step by step (image
-//!   directory, `.creating` marker, metadata written twice atomically, data
-//!   and lease fsynced, marker removed: nine fsyncs), to tell the
-//!   file system's share from the daemon's (RPC, locks, worker hand-off,
-//!   logging). Keep it in step with `FileVolumes::create` in
-//!   crates/depot-storage/src/volume.rs;
+//! * depot-storage's own volume create (`FileVolumes::create`, nine
+//!   fsyncs) called in this process on a file domain of its own beside the
+//!   daemon's, to tell the storage code's share (file system included)
+//!   from the daemon's (RPC, locks, worker hand-off, logging). It is the
+//!   daemon's code, not a copy of its steps, so it cannot drift from it;
 //! * `qemu-img create -f qcow2` alone, the floor for `--cow`.
 
+use depot_api::storage::{
+    AllocType, DiskType, DomainClass, DomainType, ImgUuid, SdUuid, VolUuid, VolumeFormat,
+};
 use depot_client::Client;
+use depot_os::{CommandRunner, QemuImg};
+use depot_storage::file::volumes::FileVolumes;
+use depot_storage::layout::DomainPaths;
+use depot_storage::{CreateDomain, CreateVolume, VolumeStore};
 use serde_json::json;
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -158,18 +164,19 @@ async fn measure(d: &Daemon, args: VolumesArgs) -> Result<(), String> {
     // that they see the same load on the file system (other work on the
     // machine makes fsync times drift by several times during a run).
     let floor_dir = storage.join("bench-floor");
-    let replay_dir = storage.join("bench-replay");
+    let direct_dir = storage.join("bench-direct");
     let qemu_dir = storage.join("bench-qemu-img");
-    for dir in [&floor_dir, &replay_dir, &qemu_dir] {
+    for dir in [&floor_dir, &direct_dir, &qemu_dir] {
         fs::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let mut create = Series::new("Volume.create");
     let mut floor = Series::new("floor: sparse file, 512 B, rename, fsync");
-    let mut replay = Series::new(format!("{format} create steps replayed (9 fsyncs)"));
+    let creator = DirectCreate::new(&direct_dir, args.size, args.cow)?;
+    let mut direct = Series::new(format!("{format} FileVolumes::create, no daemon"));
     let mut qemu = Series::new("qemu-img create -f qcow2");
     let qemu_stride = (n / args.qemu_img_runs.max(1)).max(1);
     let mut cpu_s = 0.0;
-    let (mut floor_cpu, mut replay_cpu, mut qemu_cpu) = (0.0, 0.0, 0.0);
+    let (mut floor_cpu, mut direct_cpu, mut qemu_cpu) = (0.0, 0.0, 0.0);
     for (i, (img, vol)) in vols.iter().enumerate() {
         // Rotate the order, so that none of the three always follows the
         // same one.
@@ -208,10 +215,11 @@ async fn measure(d: &Daemon, args: VolumesArgs) -> Result<(), String> {
                 _ => {
                     let cpu = own_cpu_seconds();
                     let t = Instant::now();
-                    replay_create(&replay_dir, img, vol, args.size, args.cow)
-                        .map_err(|e| format!("replay: {e}"))?;
-                    replay.us.push(t.elapsed().as_micros() as u64);
-                    replay_cpu += own_cpu_seconds() - cpu;
+                    creator
+                        .create(img, vol)
+                        .map_err(|e| format!("direct create: {e}"))?;
+                    direct.us.push(t.elapsed().as_micros() as u64);
+                    direct_cpu += own_cpu_seconds() - cpu;
                 }
             }
         }
@@ -233,7 +241,7 @@ async fn measure(d: &Daemon, args: VolumesArgs) -> Result<(), String> {
     }
     create.cpu_s = Some(cpu_s);
     floor.cpu_s = Some(floor_cpu);
-    replay.cpu_s = Some(replay_cpu);
+    direct.cpu_s = Some(direct_cpu);
     qemu.cpu_s = Some(qemu_cpu);
 
     // StorageDomain.getVolumes on every image.
@@ -335,7 +343,7 @@ async fn measure(d: &Daemon, args: VolumesArgs) -> Result<(), String> {
         print_row(s);
     }
     println!("references, done directly by depot-bench on the same file system (CPU: depot-bench's and its qemu-img's):");
-    for s in [&floor, &replay, &qemu] {
+    for s in [&floor, &direct, &qemu] {
         print_row(s);
     }
     let ratio = |a: &Series, b: &Series| a.median() as f64 / b.median().max(1) as f64;
@@ -346,9 +354,9 @@ async fn measure(d: &Daemon, args: VolumesArgs) -> Result<(), String> {
         ms(floor.median())
     );
     println!(
-        "Volume.create median = {:.2} times depot-storage's steps replayed directly ({}); the rest is RPC, locks, worker hand-off and logging",
-        ratio(&create, &replay),
-        ms(replay.median())
+        "Volume.create median = {:.2} times depot-storage's own create called directly ({}); the rest is RPC, locks, worker hand-off and logging",
+        ratio(&create, &direct),
+        ms(direct.median())
     );
     if args.cow {
         println!(
@@ -466,53 +474,65 @@ fn floor_create(dir: &Path, i: usize, size: u64) -> std::io::Result<()> {
     fsync_dir(dir)
 }
 
-/// depot-storage's `write_atomic`: temporary file, fsync, rename,
-/// directory fsync.
-fn write_atomic(dir: &Path, name: &str) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = new_file(&tmp)?;
-    f.write_all(&[b'x'; META_BYTES])?;
-    f.set_permissions(Permissions::from_mode(MODE))?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, dir.join(name))?;
-    fsync_dir(dir)
+/// depot-storage's volume create without the daemon: a LOCALFS domain of
+/// its own in `mount_dir`, made and filled by the same functions the
+/// daemon's verbs run on their I/O worker.
+struct DirectCreate {
+    paths: DomainPaths,
+    sd: SdUuid,
+    qemu: QemuImg,
+    req: CreateVolume,
 }
 
-/// The file-system steps of `FileVolumes::create` for a base volume in a
-/// new image, without the daemon around them.
-fn replay_create(images: &Path, img: &str, vol: &str, size: u64, cow: bool) -> Result<(), String> {
-    let io = |e: std::io::Error| e.to_string();
-    let dir = images.join(img);
-    fs::create_dir(&dir).map_err(io)?;
-    fsync_dir(images).map_err(io)?;
-    let marker = dir.join(format!("{vol}.creating"));
-    new_file(&marker).map_err(io)?;
-    fsync_dir(&dir).map_err(io)?;
-    let meta = format!("{vol}.meta");
-    write_atomic(&dir, &meta).map_err(io)?;
-    let data = dir.join(vol);
-    let file = if cow {
-        qemu_img_create(&data, size)?;
-        OpenOptions::new().write(true).open(&data).map_err(io)?
-    } else {
-        let f = new_file(&data).map_err(io)?;
-        f.set_len(size).map_err(io)?;
-        f
-    };
-    file.set_permissions(Permissions::from_mode(MODE))
-        .map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    let lease = new_file(&dir.join(format!("{vol}.lease"))).map_err(io)?;
-    lease
-        .set_permissions(Permissions::from_mode(MODE))
-        .map_err(io)?;
-    lease.sync_all().map_err(io)?;
-    drop(lease);
-    write_atomic(&dir, &meta).map_err(io)?;
-    fs::remove_file(&marker).map_err(io)?;
-    fsync_dir(&dir).map_err(io)
+/// Limit of one qemu-img run (depotd's default `storage.qemu_img_timeout_s`).
+const QEMU_IMG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl DirectCreate {
+    fn new(mount_dir: &Path, size: u64, cow: bool) -> Result<DirectCreate, String> {
+        let sd = SdUuid(depot_api::types::Uuid::new_v4());
+        let domain = CreateDomain {
+            sd,
+            domain_type: DomainType::LocalFs,
+            class: DomainClass::Data,
+            description: "depot-bench direct".into(),
+            remote_path: mount_dir.display().to_string(),
+            block_size: None,
+            max_hosts: 250,
+            backup: false,
+        };
+        let paths = depot_storage::file::domain::create(mount_dir, &domain)
+            .map_err(|e| format!("direct create: {e}"))?;
+        // What the daemon's Volume.create is asked for, above.
+        let req = CreateVolume {
+            capacity: size,
+            format: if cow {
+                VolumeFormat::Cow
+            } else {
+                VolumeFormat::Raw
+            },
+            alloc: AllocType::Sparse,
+            disk_type: DiskType::Data,
+            description: "depot-bench".into(),
+            parent: VolUuid::BLANK,
+            legal: true,
+            sequence: 0,
+        };
+        Ok(DirectCreate {
+            paths,
+            sd,
+            qemu: QemuImg::new(CommandRunner::new()),
+            req,
+        })
+    }
+
+    fn create(&self, img: &str, vol: &str) -> Result<(), String> {
+        let img: ImgUuid = img.parse().map_err(|e| format!("{img}: {e}"))?;
+        let vol: VolUuid = vol.parse().map_err(|e| format!("{vol}: {e}"))?;
+        FileVolumes::new(&self.paths, self.sd, &self.qemu, QEMU_IMG_TIMEOUT)
+            .create(img, vol, &self.req)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// `qemu-img create -f qcow2 -o compat=1.1 PATH SIZE`, as depot-os runs it.

@@ -11,10 +11,10 @@ use crate::{StorageError, StorageResult};
 
 /// What a volume is prepared for.
 ///
-/// The engine's `Image.prepare` does not say, and it never prepares for a
+/// oVirt's `Image.prepare` does not say, and it never prepares for a
 /// VM: a VM's volumes are prepared inside VDSM's `VM.create` and
 /// `VM.hotplugDisk` (`clientIF.prepareVolumePath`), which do not go through
-/// `Image.prepare`. The engine's own calls are host-side uses (image
+/// `Image.prepare`. oVirt's own calls are host-side uses (image
 /// transfers, OVA export and import, measure, reduce, the v2v virtio ISO,
 /// backup scratch disks; docs/backup.md lists them), so a prepare that does
 /// not say is [`PreparePurpose::Copy`].

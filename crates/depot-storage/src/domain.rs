@@ -1,450 +1,234 @@
-//! File storage domains: create, read and write the sealed metadata,
-//! validate the layout, format (remove), and space figures.
+//! The domain contract: [`Domain`], a located storage domain of either
+//! kind, with one `match` per operation (metadata read and update, stats,
+//! validate, format, crash recovery, volumes, volume data). Verbs in
+//! engine/ call these and never ask which kind a domain is.
 //!
-//! These are blocking functions over a directory; the caller runs them on
-//! the mount's I/O worker with a timeout and holds the domain lock.
-//!
-//! Creation is crash-safe: the domain is built under `.creating-<sdUUID>` in
-//! the mount and renamed to `<sdUUID>` only when complete, so a crash leaves
-//! either no domain or a dot-directory that [`recover_mount`] removes (VDSM
-//! globs `*`, which skips dot-names, so it never sees one either).
+//! The same type says where a call on the domain runs
+//! ([`Domain::mount_root`]): a file domain's calls touch a mount that can
+//! hang on a dead server, so they run on that mount's I/O worker with a
+//! timeout; a block domain's LVM, qemu-img and O_DIRECT calls carry their
+//! own timeouts and run on the caller's thread.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use depot_api::storage::{DomainClass, DomainType, SdUuid};
-use depot_api::Code;
-use depot_os::direct::{open_direct, probe_block_size, read_at_direct, AlignedBuf};
-use depot_os::fsutil::{fsync_dir, statvfs, write_atomic, FsStats};
+use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
+use depot_os::lvm::Lvm;
+use depot_os::{FsStats, Liveness, QemuImg};
 
-use crate::layout::{self, DomainPaths, CREATING_PREFIX};
+use crate::block::{self, BlockVolumes};
+use crate::error::StorageResult;
+use crate::file::{self, volumes::FileVolumes};
+use crate::layout::DomainPaths;
 use crate::metadata::domain::DomainMetadata;
-use crate::metadata::kv::KvMetadata;
-use crate::{StorageError, StorageResult};
+use crate::volume_data::VolumeData;
+use crate::volume_store::VolumeStore;
 
-/// The only format version depot creates.
-pub const VERSION: i64 = 5;
-/// The SPM mailbox files, 16 MiB each (sparse), as VDSM creates them.
-const MAILBOX_SIZE: u64 = 16 << 20;
-/// Largest metadata file depot reads; VDSM's are a few hundred bytes.
-const MAX_METADATA: usize = 64 << 10;
-const MIB: u64 = 1 << 20;
-const ENOENT: i32 = 2;
+/// A located storage domain.
+#[derive(Clone)]
+pub enum Domain {
+    File(FileDomain),
+    Block(BlockDomain),
+}
 
-/// What `StorageDomain.create` asks for, after the API layer's typing.
-#[derive(Debug, Clone)]
-pub struct CreateDomain {
+/// A file domain: a directory `<mount>/<sd>` (crate::layout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDomain {
     pub sd: SdUuid,
-    pub domain_type: DomainType,
-    pub class: DomainClass,
-    pub description: String,
-    /// The connection the domain lives on (`server:/path`, or the local
-    /// path), recorded as REMOTE_PATH.
-    pub remote_path: String,
-    /// 512 or 4096; `None` detects it with an O_DIRECT probe.
-    pub block_size: Option<u32>,
-    pub max_hosts: u32,
-    /// depot's backup storage domain flag (DEPOT_BACKUP).
-    pub backup: bool,
+    pub paths: DomainPaths,
 }
 
-/// Creates a file domain in `mount_dir` and returns its paths.
-pub fn create(mount_dir: &Path, req: &CreateDomain) -> StorageResult<DomainPaths> {
-    const OP: &str = "create storage domain";
-    if !matches!(req.class, DomainClass::Data | DomainClass::Iso) {
-        return Err(StorageError::new(
-            Code::StorageDomainClassError,
-            OP,
-            format!("class {} cannot be created (Data or Iso)", req.class),
-        ));
-    }
-    let final_dir = mount_dir.join(req.sd.to_string());
-    if final_dir.exists() {
-        return Err(StorageError::new(
-            Code::StorageDomainAlreadyExists,
-            OP,
-            format!("{} exists", final_dir.display()),
-        ));
-    }
-    let work = mount_dir.join(format!("{CREATING_PREFIX}{}", req.sd));
-    // A leftover of a crashed create of the same domain: start over.
-    remove_tree(&work)
-        .map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, &work, &e))?;
-    let built = build(&work, req);
-    if let Err(e) = built {
-        let _ = remove_tree(&work);
-        return Err(e);
-    }
-    fs::rename(&work, &final_dir)
-        .map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, &final_dir, &e))?;
-    fsync_dir(mount_dir)
-        .map_err(|e| StorageError::new(Code::StorageDomainCreationError, OP, e.to_string()))?;
-    Ok(DomainPaths::new(final_dir))
+/// A block domain: a VG named by its id, seen through its link directory
+/// `<repository>/mnt/blockSD/<sd>`.
+#[derive(Clone)]
+pub struct BlockDomain {
+    pub sd: SdUuid,
+    /// The link directory: `dom_md` links to `/dev/<vg>`, prepared
+    /// volumes link to their LVs.
+    pub paths: DomainPaths,
+    pub lvm: Lvm,
+    /// From the domain's metadata, read when it was located.
+    pub block_size: u32,
+    /// Serializes metadata slot allocation on this host: one per domain,
+    /// shared by every handle of it.
+    pub slot_lock: Arc<Mutex<()>>,
 }
 
-fn build(work: &Path, req: &CreateDomain) -> StorageResult<()> {
-    const OP: &str = "create storage domain";
-    let err =
-        |p: &Path, e: std::io::Error| StorageError::io(Code::StorageDomainCreationError, OP, p, &e);
-    let paths = DomainPaths::new(work.to_path_buf());
-    DirBuilder::new()
-        .mode(0o755)
-        .create(work)
-        .map_err(|e| err(work, e))?;
-    let md_dir = paths.dom_md();
-    DirBuilder::new()
-        .mode(0o775)
-        .create(&md_dir)
-        .map_err(|e| err(&md_dir, e))?;
-    // Modes as VDSM sets them, whatever the daemon's umask.
-    set_mode(&md_dir, 0o775).map_err(|e| err(&md_dir, e))?;
-
-    let block_size = match req.block_size {
-        Some(b) => b,
-        None => detect_block_size(&md_dir)?,
-    };
-    let alignment = alignment_for(block_size, req.max_hosts);
-
-    // ids, leases and xleases start empty, inbox/outbox are 16 MiB sparse,
-    // as VDSM lays them out (docs/formats.md).
-    for (name, size) in [
-        ("ids", 0),
-        ("leases", 0),
-        ("xleases", 0),
-        ("inbox", MAILBOX_SIZE),
-        ("outbox", MAILBOX_SIZE),
-    ] {
-        let p = md_dir.join(name);
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o660)
-            .open(&p)
-            .map_err(|e| err(&p, e))?;
-        f.set_len(size).map_err(|e| err(&p, e))?;
-        set_mode(&p, 0o660).map_err(|e| err(&p, e))?;
-        f.sync_all().map_err(|e| err(&p, e))?;
-    }
-    let mut md = DomainMetadata::new_file(
-        req.sd,
-        req.domain_type,
-        req.class,
-        &req.description,
-        &req.remote_path,
-        block_size,
-        alignment,
-    )?;
-    md.backup = req.backup;
-    write_metadata(&paths, &md)?;
-    let images = paths.images();
-    DirBuilder::new()
-        .mode(0o755)
-        .create(&images)
-        .map_err(|e| err(&images, e))?;
-    fsync_dir(&md_dir)
-        .map_err(|e| StorageError::new(Code::StorageDomainCreationError, OP, e.to_string()))?;
-    fsync_dir(work)
-        .map_err(|e| StorageError::new(Code::StorageDomainCreationError, OP, e.to_string()))?;
-    Ok(())
+/// What volume work needs from the host besides the domain: qemu-img and
+/// the limit of each of its runs.
+#[derive(Clone, Copy)]
+pub struct VolumeTools<'a> {
+    pub qemu: &'a QemuImg,
+    pub timeout: Duration,
 }
 
-/// The logical block size of the storage under `dir`: O_DIRECT reads of
-/// 512 then 4096 bytes of a probe file (VDSM's and ovirt-imageio's method;
-/// statx is not trusted for FUSE and NFS, which report the page size).
-fn detect_block_size(dir: &Path) -> StorageResult<u32> {
-    const OP: &str = "detect block size";
-    let probe = dir.join(".probe-block-size");
-    let result = (|| {
-        // Written data, not a hole: xfs serves a 512-byte O_DIRECT read of
-        // a hole even on 4096-byte sectors, which would hide the real size.
-        let mut f = File::create(&probe)?;
-        std::io::Write::write_all(&mut f, &[0u8; 4096])?;
-        f.sync_all()?;
-        drop(f);
-        let f = open_direct(&probe, false).map_err(std::io::Error::other)?;
-        let (size, _) = probe_block_size(&f).map_err(std::io::Error::other)?;
-        Ok::<_, std::io::Error>(size as u32)
-    })();
-    let _ = fs::remove_file(&probe);
-    let size =
-        result.map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, dir, &e))?;
-    Ok(if size <= 512 { 512 } else { 4096 })
-}
-
-/// VDSM's rule: 512-byte storage uses 1 MiB alignment; 4 KiB storage needs
-/// 1/2/4/8 MiB for up to 250/500/1000/2000 hosts.
-pub fn alignment_for(block_size: u32, max_hosts: u32) -> u64 {
-    if block_size == 512 {
-        return MIB;
-    }
-    match max_hosts {
-        0..=250 => MIB,
-        251..=500 => 2 * MIB,
-        501..=1000 => 4 * MIB,
-        _ => 8 * MIB,
-    }
-}
-
-/// Reads and checks the domain metadata with O_DIRECT, so another host's
-/// update is never hidden by this host's page cache.
-pub fn read_metadata(paths: &DomainPaths) -> StorageResult<DomainMetadata> {
-    const OP: &str = "read domain metadata";
-    let path = paths.metadata();
-    let f = open_direct(&path, false).map_err(|e| match e.raw_os_error() {
-        Some(ENOENT) => StorageError::new(
-            Code::StorageDomainDoesNotExist,
-            OP,
-            format!("{} is missing", path.display()),
-        ),
-        _ => StorageError::new(Code::MiscFileReadException, OP, e.to_string()),
-    })?;
-    let mut buf = AlignedBuf::new(MAX_METADATA, 4096)
-        .map_err(|e| StorageError::new(Code::MiscFileReadException, OP, e.to_string()))?;
-    let n = read_at_direct(&f, 0, &mut buf)
-        .map_err(|e| StorageError::new(Code::MiscFileReadException, OP, e.to_string()))?;
-    if n == MAX_METADATA {
-        return Err(StorageError::new(
-            Code::MetaDataValidationError,
-            OP,
-            format!("{} is larger than {MAX_METADATA} bytes", path.display()),
-        ));
-    }
-    let kv = KvMetadata::parse_bytes(&buf[..n])?;
-    DomainMetadata::from_kv(&kv)
-}
-
-/// Writes the metadata atomically (new file, fsync, rename, fsync dir).
-/// Callers read the current metadata first, so a broken seal (752) stops a
-/// write before it happens and nothing is written over it.
-pub fn write_metadata(paths: &DomainPaths, md: &DomainMetadata) -> StorageResult<()> {
-    const OP: &str = "write domain metadata";
-    let text = md.to_kv()?.to_text();
-    write_atomic(&paths.metadata(), text.as_bytes(), 0o660)
-        .map_err(|e| StorageError::new(Code::MiscFileWriteException, OP, e.to_string()))
-}
-
-/// Read, change, write: the one way metadata changes.
-pub fn update_metadata(
-    paths: &DomainPaths,
-    change: impl FnOnce(&mut DomainMetadata) -> StorageResult<()>,
-) -> StorageResult<DomainMetadata> {
-    let mut md = read_metadata(paths)?;
-    change(&mut md)?;
-    write_metadata(paths, &md)?;
-    Ok(md)
-}
-
-/// Checks the layout: every dom_md file, the images dir, sound metadata
-/// naming this domain.
-pub fn validate(paths: &DomainPaths, sd: SdUuid) -> StorageResult<DomainMetadata> {
-    const OP: &str = "validate storage domain";
-    for name in ["ids", "leases", "inbox", "outbox", "metadata"] {
-        let p = paths.dom_md().join(name);
-        if !p.is_file() {
-            return Err(StorageError::new(
-                Code::StorageDomainLayoutError,
-                OP,
-                format!("{} is missing", p.display()),
-            ));
-        }
-    }
-    if !paths.images().is_dir() {
-        return Err(StorageError::new(
-            Code::StorageDomainLayoutError,
-            OP,
-            format!("{} is missing", paths.images().display()),
-        ));
-    }
-    let md = read_metadata(paths)?;
-    if md.sd_uuid != sd {
-        return Err(StorageError::new(
-            Code::StorageDomainLayoutError,
-            OP,
-            format!("metadata names domain {}, not {sd}", md.sd_uuid),
-        ));
-    }
-    Ok(md)
-}
-
-/// Space figures of the file system the domain lives on.
-pub fn stats(paths: &DomainPaths) -> StorageResult<FsStats> {
-    statvfs(&paths.root).map_err(|e| {
-        let code = if e.is_stale_handle() {
-            Code::FileStorageDomainStaleNFSHandle
-        } else {
-            Code::StorageDomainCheckError
+impl fmt::Debug for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self {
+            Domain::File(_) => "File",
+            Domain::Block(_) => "Block",
         };
-        StorageError::new(code, "domain stats", e.to_string())
-    })
+        f.debug_struct("Domain")
+            .field("kind", &kind)
+            .field("sd", &self.sd())
+            .field("root", &self.paths().root)
+            .finish()
+    }
 }
 
-/// Removes a domain: renamed out of sight first (so a crash mid-delete
-/// leaves no half domain under its id), then deleted.
-pub fn format(paths: &DomainPaths, sd: SdUuid) -> StorageResult<()> {
-    const OP: &str = "format storage domain";
-    let mount = paths.mount_dir().to_path_buf();
-    let doomed = mount.join(format!("{}{sd}", layout::REMOVE_ME));
-    fs::rename(&paths.root, &doomed)
-        .map_err(|e| StorageError::io(Code::StorageDomainFormatError, OP, &paths.root, &e))?;
-    let _ = fsync_dir(&mount);
-    remove_tree(&doomed)
-        .map_err(|e| StorageError::io(Code::StorageDomainFormatError, OP, &doomed, &e))
-}
-
-/// Removes what crashes left in a mount: half-created domains and half-
-/// formatted ones. Returns what was removed, for the log.
-pub fn recover_mount(mount_dir: &Path) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    let Ok(entries) = fs::read_dir(mount_dir) else {
-        return removed;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let garbage = name
-            .strip_prefix(CREATING_PREFIX)
-            .or_else(|| name.strip_prefix(layout::REMOVE_ME))
-            .is_some_and(|rest| rest.parse::<SdUuid>().is_ok());
-        if garbage && remove_tree(&e.path()).is_ok() {
-            removed.push(e.path());
+impl Domain {
+    pub fn sd(&self) -> SdUuid {
+        match self {
+            Domain::File(d) => d.sd,
+            Domain::Block(d) => d.sd,
         }
     }
-    removed
-}
 
-/// Finds `<dir>/<sd>/dom_md/metadata` among the mount directories.
-pub fn find(mount_dirs: &[PathBuf], sd: SdUuid) -> Option<DomainPaths> {
-    mount_dirs
-        .iter()
-        .map(|m| DomainPaths::new(m.join(sd.to_string())))
-        .find(|p| p.metadata().is_file())
-}
+    /// The domain's directory (file) or link directory (block).
+    pub fn paths(&self) -> &DomainPaths {
+        match self {
+            Domain::File(d) => &d.paths,
+            Domain::Block(d) => &d.paths,
+        }
+    }
 
-/// The domains in one mount directory: entries named by a UUID with a
-/// metadata file.
-pub fn list_in(mount_dir: &Path) -> Vec<(SdUuid, DomainPaths)> {
-    let mut found = Vec::new();
-    if let Ok(entries) = fs::read_dir(mount_dir) {
-        for e in entries.flatten() {
-            let Ok(sd) = e.file_name().to_string_lossy().parse::<SdUuid>() else {
-                continue;
-            };
-            let paths = DomainPaths::new(e.path());
-            if paths.metadata().is_file() {
-                found.push((sd, paths));
+    pub fn is_block(&self) -> bool {
+        matches!(self, Domain::Block(_))
+    }
+
+    /// Where the domain is on a mount: its calls run on that mount's I/O
+    /// worker, and the monitor watches that mount. None for a block
+    /// domain, which is on no mount.
+    pub fn mount_root(&self) -> Option<&Path> {
+        match self {
+            Domain::File(d) => Some(&d.paths.root),
+            Domain::Block(_) => None,
+        }
+    }
+
+    /// Whether the domain is still where it was located: its metadata file,
+    /// or its VG (LVM's cache answers).
+    pub fn still_there(&self) -> bool {
+        match self {
+            Domain::File(d) => d.paths.metadata().is_file(),
+            Domain::Block(d) => block::exists(&d.lvm, d.sd),
+        }
+    }
+
+    /// The domain metadata, read past any cache (O_DIRECT for a file
+    /// domain; the VG's tags, fresh from LVM, for a block one).
+    pub fn read_metadata(&self) -> StorageResult<DomainMetadata> {
+        match self {
+            Domain::File(d) => file::domain::read_metadata(&d.paths),
+            Domain::Block(d) => block::read_metadata(&d.lvm, d.sd),
+        }
+    }
+
+    /// Read, change, write: the one way domain metadata changes.
+    pub fn update_metadata(
+        &self,
+        change: impl FnOnce(&mut DomainMetadata) -> StorageResult<()>,
+    ) -> StorageResult<DomainMetadata> {
+        match self {
+            Domain::File(d) => file::domain::update_metadata(&d.paths, change),
+            Domain::Block(d) => block::update_metadata(&d.lvm, d.sd, change),
+        }
+    }
+
+    /// Space figures: the file system's, or the VG's.
+    pub fn stats(&self) -> StorageResult<FsStats> {
+        match self {
+            Domain::File(d) => file::domain::stats(&d.paths),
+            Domain::Block(d) => block::stats(&d.lvm, d.sd),
+        }
+    }
+
+    /// Checks the layout and that the metadata names this domain.
+    pub fn validate(&self) -> StorageResult<DomainMetadata> {
+        match self {
+            Domain::File(d) => file::domain::validate(&d.paths, d.sd),
+            Domain::Block(d) => block::validate(&d.lvm, d.sd),
+        }
+    }
+
+    /// Removes the domain: its directory, or its VG, PVs and link
+    /// directory under `repository`.
+    pub fn format(&self, repository: &Path) -> StorageResult<()> {
+        match self {
+            Domain::File(d) => file::domain::format(&d.paths, d.sd),
+            Domain::Block(d) => block::format(&d.lvm, repository, d.sd),
+        }
+    }
+
+    /// Cleans what a crash left half done in the domain's volumes; returns
+    /// what was removed, for the log. `beat` is called as long work (a
+    /// promised wipe) goes on.
+    pub fn recover(&self, tools: VolumeTools<'_>, beat: &dyn Fn()) -> StorageResult<Vec<String>> {
+        match self {
+            Domain::File(d) => {
+                let r = file::images::recover_with(&d.paths, beat)?;
+                for (what, e) in r.failed {
+                    tracing::warn!(sd = %d.sd, %what, error = %e, "crash leftover not cleaned yet");
+                }
+                Ok(r.cleaned.iter().map(|c| c.to_string()).collect())
             }
-        }
-    }
-    found.sort_by_key(|(sd, _)| *sd);
-    found
-}
-
-fn set_mode(p: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(p, fs::Permissions::from_mode(mode))
-}
-
-fn remove_tree(p: &Path) -> std::io::Result<()> {
-    match fs::remove_dir_all(p) {
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        r => r,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(sd: SdUuid) -> CreateDomain {
-        CreateDomain {
-            sd,
-            domain_type: DomainType::LocalFs,
-            class: DomainClass::Data,
-            description: "test domain".into(),
-            remote_path: "/srv/data".into(),
-            block_size: None,
-            max_hosts: 250,
-            backup: false,
+            Domain::Block(d) => d.volumes(tools).recover(),
         }
     }
 
-    #[test]
-    fn create_read_validate_format() {
-        let tmp = tempfile::tempdir().unwrap();
-        let sd = SdUuid(depot_api::types::Uuid::new_v4());
-        let paths = create(tmp.path(), &req(sd)).unwrap();
-        let md = validate(&paths, sd).unwrap();
-        assert_eq!(md.sd_uuid, sd);
-        assert_eq!(md.description, "test domain");
-        assert!(md.block_size == 512 || md.block_size == 4096);
-        assert_eq!(
-            fs::metadata(paths.dom_md().join("inbox")).unwrap().len(),
-            MAILBOX_SIZE
-        );
-        let e = create(tmp.path(), &req(sd)).unwrap_err();
-        assert_eq!(e.code, Code::StorageDomainAlreadyExists);
-
-        let md = update_metadata(&paths, |md| md.set_description("renamed")).unwrap();
-        assert_eq!(read_metadata(&paths).unwrap(), md);
-
-        format(&paths, sd).unwrap();
-        assert!(!paths.root.exists());
-        assert!(list_in(tmp.path()).is_empty());
+    /// Runs `f` with the domain's volumes. `live`, when the caller watches
+    /// long work (a file domain's call on its mount's worker), is beaten
+    /// after each step of it.
+    pub fn volumes<T>(
+        &self,
+        tools: VolumeTools<'_>,
+        live: Option<&Liveness>,
+        f: impl FnOnce(&dyn VolumeStore) -> T,
+    ) -> T {
+        match self {
+            Domain::File(d) => {
+                let mut v = FileVolumes::new(&d.paths, d.sd, tools.qemu, tools.timeout);
+                if let Some(live) = live {
+                    v = v.with_liveness(live);
+                }
+                f(&v)
+            }
+            Domain::Block(d) => f(&d.volumes(tools)),
+        }
     }
 
-    #[test]
-    fn broken_seal_is_refused_and_not_overwritten() {
-        let tmp = tempfile::tempdir().unwrap();
-        let sd = SdUuid(depot_api::types::Uuid::new_v4());
-        let paths = create(tmp.path(), &req(sd)).unwrap();
-        let text = fs::read_to_string(paths.metadata()).unwrap();
-        let tampered = text.replace("DESCRIPTION=test domain", "DESCRIPTION=evil domain");
-        fs::write(paths.metadata(), &tampered).unwrap();
-        let e = read_metadata(&paths).unwrap_err();
-        assert_eq!(e.code, Code::MetaDataSealIsBroken);
-        let e = update_metadata(&paths, |md| md.set_description("x")).unwrap_err();
-        assert_eq!(e.code, Code::MetaDataSealIsBroken);
-        assert_eq!(fs::read_to_string(paths.metadata()).unwrap(), tampered);
+    /// `Image.teardown`'s work on the domain: a block domain deactivates
+    /// the image's LVs and removes their links; a file domain has nothing
+    /// to undo.
+    pub fn teardown(&self, tools: VolumeTools<'_>, img: ImgUuid) -> StorageResult<()> {
+        match self {
+            Domain::File(_) => Ok(()),
+            Domain::Block(d) => d.volumes(tools).teardown(img),
+        }
     }
 
-    #[test]
-    fn crash_leftovers_are_recovered() {
-        let tmp = tempfile::tempdir().unwrap();
-        let sd = SdUuid(depot_api::types::Uuid::new_v4());
-        let half = tmp.path().join(format!("{CREATING_PREFIX}{sd}"));
-        fs::create_dir_all(half.join("dom_md")).unwrap();
-        let keep = tmp.path().join("not-garbage");
-        fs::create_dir(&keep).unwrap();
-        assert_eq!(recover_mount(tmp.path()), vec![half.clone()]);
-        assert!(!half.exists() && keep.exists());
-        // A create after the crash succeeds.
-        create(tmp.path(), &req(sd)).unwrap();
+    /// Where the data of `vol` in `img` is, with its rule
+    /// (crate::volume_data).
+    pub fn volume_data(&self, img: ImgUuid, vol: VolUuid) -> VolumeData {
+        match self {
+            Domain::File(d) => VolumeData::file(&d.paths, img, vol),
+            Domain::Block(d) => VolumeData::block(&d.paths, &block::vg_name(d.sd), img, vol),
+        }
     }
+}
 
-    #[test]
-    fn iso_and_data_only() {
-        let tmp = tempfile::tempdir().unwrap();
-        let sd = SdUuid(depot_api::types::Uuid::new_v4());
-        let mut r = req(sd);
-        r.class = DomainClass::Backup;
-        assert_eq!(
-            create(tmp.path(), &r).unwrap_err().code,
-            Code::StorageDomainClassError
-        );
-        assert!(
-            fs::read_dir(tmp.path()).unwrap().next().is_none(),
-            "nothing created"
-        );
-        r.class = DomainClass::Iso;
-        create(tmp.path(), &r).unwrap();
-    }
-
-    #[test]
-    fn alignment_rule() {
-        assert_eq!(alignment_for(512, 2000), MIB);
-        assert_eq!(alignment_for(4096, 250), MIB);
-        assert_eq!(alignment_for(4096, 251), 2 * MIB);
-        assert_eq!(alignment_for(4096, 2000), 8 * MIB);
+impl BlockDomain {
+    fn volumes<'a>(&'a self, tools: VolumeTools<'a>) -> BlockVolumes<'a> {
+        BlockVolumes {
+            sd: self.sd,
+            lvm: &self.lvm,
+            qemu: tools.qemu,
+            timeout: tools.timeout,
+            block_size: self.block_size,
+            root: &self.paths.root,
+            slot_lock: &self.slot_lock,
+        }
     }
 }

@@ -4,7 +4,7 @@
 use depot_api::{ApiError, Code};
 use std::fmt;
 
-/// An error of a storage operation. `code` is what the engine sees; `op` and
+/// An error of a storage operation. `code` is what oVirt sees; `op` and
 /// `detail` make the message say what failed on what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageError {

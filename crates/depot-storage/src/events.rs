@@ -38,9 +38,9 @@ pub enum StorageEvent {
         size: u64,
     },
     /// A storage server connection of this host, connected when last
-    /// seen, is not there any more (see [`crate::connection::watch`]).
+    /// seen, is not there any more (see connection/watch.rs).
     ConnectionLost {
-        /// The engine's connection id.
+        /// oVirt's connection id.
         id: String,
         domain_type: DomainType,
         /// The connection string (`server:/path`, the local path, or the

@@ -32,23 +32,19 @@ pub const LEASE_SUFFIX: &str = ".lease";
 /// The image that holds an ISO domain's files.
 pub const ISO_IMAGE: &str = "11111111-1111-1111-1111-111111111111";
 
-/// A domain's directory and the paths inside it. For a block domain
-/// (`block`), `root` is its link directory `<repository>/mnt/blockSD/<sd>`,
-/// where `dom_md` links to `/dev/<vg>` and prepared volumes link to their
-/// LVs (crate::block).
+/// A domain's directory and the paths inside it. For a block domain,
+/// `root` is its link directory `<repository>/mnt/blockSD/<sd>`, where
+/// `dom_md` links to `/dev/<vg>` and prepared volumes link to their LVs
+/// (block/). Which kind a domain is, is the domain contract's business
+/// (domain.rs), not its paths'.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainPaths {
     pub root: PathBuf,
-    pub block: bool,
 }
 
 impl DomainPaths {
     pub fn new(root: PathBuf) -> Self {
-        DomainPaths { root, block: false }
-    }
-
-    pub fn new_block(root: PathBuf) -> Self {
-        DomainPaths { root, block: true }
+        DomainPaths { root }
     }
 
     pub fn dom_md(&self) -> PathBuf {

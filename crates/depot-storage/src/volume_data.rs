@@ -18,11 +18,10 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
+use depot_api::storage::{ImgUuid, VolUuid};
 use depot_api::Code;
 use depot_os::confine::{refusal, Beneath, DataPath, LvDevice};
 
-use crate::block::vg_name;
 use crate::error::{StorageError, StorageResult};
 use crate::layout::{DomainPaths, IMAGES};
 
@@ -34,22 +33,22 @@ pub enum VolumeData {
 }
 
 impl VolumeData {
-    /// The data of `vol` in image `img` of the domain at `paths`.
-    pub fn of(paths: &DomainPaths, sd: SdUuid, img: ImgUuid, vol: VolUuid) -> VolumeData {
-        if paths.block {
-            VolumeData::Block(LvDevice::new(
-                paths.volume(img, vol),
-                &vg_name(sd),
-                &vol.to_string(),
-            ))
-        } else {
-            VolumeData::File(Beneath::new(
-                paths.root.clone(),
-                PathBuf::from(IMAGES)
-                    .join(img.to_string())
-                    .join(vol.to_string()),
-            ))
-        }
+    /// The data of `vol` in image `img` of the file domain at `paths`: a
+    /// regular file beneath the domain directory.
+    pub fn file(paths: &DomainPaths, img: ImgUuid, vol: VolUuid) -> VolumeData {
+        VolumeData::File(Beneath::new(
+            paths.root.clone(),
+            PathBuf::from(IMAGES)
+                .join(img.to_string())
+                .join(vol.to_string()),
+        ))
+    }
+
+    /// The data of `vol` in image `img` of the block domain whose link
+    /// directory is `paths` and whose VG is `vg`: the link must lead to
+    /// that VG's LV.
+    pub fn block(paths: &DomainPaths, vg: &str, img: ImgUuid, vol: VolUuid) -> VolumeData {
+        VolumeData::Block(LvDevice::new(paths.volume(img, vol), vg, &vol.to_string()))
     }
 
     /// Checks the rule now, without opening the data for I/O: 254 when it
@@ -103,9 +102,6 @@ pub fn open_error(code: Code, op: &'static str, path: &Path, e: &io::Error) -> S
 /// operation on the image (delete, wipe) elsewhere. A missing directory
 /// passes: the caller reports it as it does.
 pub fn check_image_dir(paths: &DomainPaths, img: ImgUuid, op: &'static str) -> StorageResult<()> {
-    if paths.block {
-        return Ok(());
-    }
     let dir = Beneath::new(
         paths.root.clone(),
         PathBuf::from(IMAGES).join(img.to_string()),
@@ -120,6 +116,7 @@ pub fn check_image_dir(paths: &DomainPaths, img: ImgUuid, op: &'static str) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use depot_api::storage::SdUuid;
     use std::os::unix::fs::symlink;
 
     fn ids() -> (SdUuid, ImgUuid, VolUuid) {
@@ -133,10 +130,10 @@ mod tests {
     #[test]
     fn file_volume_behind_a_symlink_is_254() {
         let t = tempfile::tempdir().unwrap();
-        let (sd, img, vol) = ids();
+        let (_, img, vol) = ids();
         let paths = DomainPaths::new(t.path().join("dom"));
         std::fs::create_dir_all(paths.image(img)).unwrap();
-        let data = VolumeData::of(&paths, sd, img, vol);
+        let data = VolumeData::file(&paths, img, vol);
         assert_eq!(data.path(), paths.volume(img, vol));
         std::fs::write(paths.volume(img, vol), b"x").unwrap();
         data.check(Code::VolumeCopyError, "copy").unwrap();
@@ -165,8 +162,8 @@ mod tests {
     #[test]
     fn block_volume_is_its_lv_through_the_link() {
         let (sd, img, vol) = ids();
-        let paths = DomainPaths::new_block(PathBuf::from("/repo/mnt/blockSD").join(sd.to_string()));
-        match VolumeData::of(&paths, sd, img, vol) {
+        let paths = DomainPaths::new(PathBuf::from("/repo/mnt/blockSD").join(sd.to_string()));
+        match VolumeData::block(&paths, &sd.to_string(), img, vol) {
             VolumeData::Block(l) => assert_eq!(l.path(), paths.volume(img, vol)),
             other => panic!("{other:?}"),
         }

@@ -63,7 +63,7 @@ fn connection_gluster_connect_and_disconnect() {
     std::fs::create_dir_all(&md).unwrap();
     std::fs::write(md.join("metadata"), b"SDUUID=x\n").unwrap();
     assert!(g.brick().join(SD).join("dom_md/metadata").is_file());
-    let found = depot_storage::domain::list_in(&mp);
+    let found = depot_storage::file::domain::list_in(&mp);
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].1.metadata(), md.join("metadata"));
 

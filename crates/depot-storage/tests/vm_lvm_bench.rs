@@ -19,9 +19,9 @@ use depot_api::storage::{
     AllocType, DiskType, DomainClass, DomainType, ImgUuid, SdUuid, VolUuid, VolumeFormat,
 };
 use depot_os::CommandRunner;
-use depot_storage::domain::CreateDomain;
 use depot_storage::engine::{Storage, StorageConfig};
-use depot_storage::volume::CreateVolume;
+use depot_storage::CreateDomain;
+use depot_storage::CreateVolume;
 use support::vm::Luns;
 
 /// Volumes per round; DEPOT_BENCH_VOLUMES overrides (the counts per volume

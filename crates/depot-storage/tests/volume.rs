@@ -11,10 +11,11 @@ use depot_api::storage::{
 use depot_api::types::Uuid;
 use depot_api::Code;
 use depot_os::{CommandRunner, ImageFormat, QemuImg};
-use depot_storage::image::{recover, Recovered};
+use depot_storage::file::images::{recover, Recovered};
+use depot_storage::file::volumes::{wipe_file, FileVolumes};
 use depot_storage::layout::DomainPaths;
 use depot_storage::metadata::VolumeMetadata;
-use depot_storage::volume::{wipe_file, CreateVolume, FileVolumes};
+use depot_storage::volume_store::{CreateVolume, VolumeStore};
 
 const T: Duration = Duration::from_secs(60);
 const MIB: u64 = 1024 * 1024;
@@ -438,10 +439,14 @@ fn description_and_legality_round_trip() {
 
     let md = d
         .vols()
-        .update(i, v, |m| {
-            m.generation = 5;
-            Ok(())
-        })
+        .update(
+            i,
+            v,
+            Box::new(|m: &mut VolumeMetadata| {
+                m.generation = 5;
+                Ok(())
+            }),
+        )
         .unwrap();
     assert_eq!(d.meta(i, v), md);
     assert_eq!(md.generation, 5);
@@ -684,10 +689,14 @@ fn recover_cleans_crash_leftovers() {
     let half2 = vol();
     half_create(&d, i, half2, top, false);
     d.vols()
-        .update(i, top, |m| {
-            m.vol_type = VolType::Internal;
-            Ok(())
-        })
+        .update(
+            i,
+            top,
+            Box::new(|m: &mut VolumeMetadata| {
+                m.vol_type = VolType::Internal;
+                Ok(())
+            }),
+        )
         .unwrap();
     // The first volume of a new image: the image goes too.
     let (ni, nv) = (img(), vol());

@@ -10,8 +10,8 @@ use depot_api::types::Uuid;
 use depot_api::{params, ApiError, Code};
 use depot_storage::connection::ConnectionParams;
 use depot_storage::devices::{BlockDevice, TypeFilter};
-use depot_storage::domain::CreateDomain;
 use depot_storage::engine::{PoolDomainStatus, Storage};
+use depot_storage::CreateDomain;
 use depot_storage::StorageResult;
 use serde_json::{json, Map, Value};
 
@@ -298,7 +298,7 @@ pub async fn create_domain(
 pub async fn domain_info(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, ApiError> {
     let (info, block) = blocking(storage, move |s| {
         let info = s.domain_info(sd)?;
-        let block = match info.paths.block {
+        let block = match info.domain.is_block() {
             true => Some(s.block_domain_info(sd)?),
             false => None,
         };
@@ -551,7 +551,7 @@ pub async fn create_volume(
             ))
         }
     };
-    let req = depot_storage::volume::CreateVolume {
+    let req = depot_storage::CreateVolume {
         capacity: p.size.0,
         format: p.volFormat,
         alloc: p.preallocate,
@@ -773,7 +773,7 @@ fn pv_guid(p: &depot_os::lvm::PvInfo) -> String {
 /// device multipath does not list is reported without its details.
 fn pv_devices(
     s: &Storage,
-    reports: &[depot_storage::engine_block::VgReport],
+    reports: &[depot_storage::engine::lvm::VgReport],
 ) -> BTreeMap<String, BlockDevice> {
     let guids: Vec<String> = reports
         .iter()
@@ -792,7 +792,7 @@ fn pv_devices(
 }
 
 fn vg_json(
-    r: &depot_storage::engine_block::VgReport,
+    r: &depot_storage::engine::lvm::VgReport,
     devices: &BTreeMap<String, BlockDevice>,
 ) -> Value {
     let vg = &r.vg;

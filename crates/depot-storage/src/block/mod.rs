@@ -34,7 +34,7 @@ use depot_os::FsStats;
 
 pub use volumes::BlockVolumes;
 
-use crate::domain::{alignment_for, CreateDomain};
+use crate::domain_spec::{alignment_for, CreateDomain};
 use crate::error::{StorageError, StorageResult};
 use crate::layout::{BLOCK_DIR, DOM_MD, MNT};
 use crate::metadata::domain::DomainMetadata;

@@ -42,7 +42,7 @@ use super::slots;
 use super::{lvm_err, vg_name, METADATA_LV};
 use crate::error::{StorageError, StorageResult};
 use crate::metadata::volume::VolumeMetadata;
-use crate::volume::{CreateVolume, VolumeInfo};
+use crate::volume_store::{CreateVolume, VolumeInfo};
 use crate::volume_store::{MetadataChange, VolumeStore};
 
 pub const TAG_IMAGE: &str = "IU_";
@@ -409,7 +409,7 @@ impl VolumeStore for BlockVolumes<'_> {
                 format!("volume {vol}: RAW volumes on block domains are PREALLOCATED (an LV cannot be sparse)"),
             ));
         }
-        let mut md = crate::volume::new_metadata(self.sd, img, vol, req, OP)?;
+        let mut md = crate::volume_store::new_metadata(self.sd, img, vol, req, OP)?;
         let capacity = md.capacity;
         let has_parent = !req.parent.is_blank();
 
@@ -445,7 +445,7 @@ impl VolumeStore for BlockVolumes<'_> {
                     )
                 })?;
             let pmd = self.read_md(&p, OP)?;
-            crate::volume::check_parent(OP, vol, req.parent, &pmd, capacity)?;
+            crate::volume_store::check_parent(OP, vol, req.parent, &pmd, capacity)?;
             Some(p)
         } else {
             None

@@ -1,6 +1,6 @@
-//! The SAN verbs on the engine: `ISCSIConnection.discoverSendTargets`,
+//! The SAN verbs on the `Storage` object: `ISCSIConnection.discoverSendTargets`,
 //! `Host.getDeviceList` and `Host.getDevicesVisibility` (connect and
-//! disconnect go through `connect_storage_server` in engine.rs). See
+//! disconnect go through `connect_storage_server` in mod.rs). See
 //! `connection::san` and `devices` for the behaviour.
 
 use std::path::PathBuf;
@@ -9,9 +9,9 @@ use depot_api::Code;
 use depot_os::iscsi::Target;
 use depot_os::Secret;
 
+use super::Storage;
 use crate::connection::iscsi::check_chap;
 use crate::devices::{self, BlockDevice, PvFacts, TypeFilter};
-use crate::engine::Storage;
 use crate::{StorageError, StorageResult};
 
 const OP_LIST: &str = "list block devices";

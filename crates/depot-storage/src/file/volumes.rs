@@ -17,7 +17,7 @@
 //!
 //! VDSM rolls a half-created volume back from its task journal. depot keeps
 //! no journal: the volume carries its own state, so that whatever the moment
-//! of a crash, a later [`recover`](crate::image::recover) knows what to do.
+//! of a crash, a later [`recover`](crate::file::images::recover) knows what to do.
 //! [`FileVolumes::create`] validates everything first, then:
 //!
 //! 1. creates `images/<img>` if it is new (and fsyncs `images`);
@@ -50,19 +50,17 @@
 //! [`FileVolumes::delete`] marks the volume ILLEGAL first (as VDSM), wipes
 //! the data if asked, removes the data and the lease, puts the parent back
 //! to LEAF when it has no other child, and removes the metadata last: a
-//! crash leaves an ILLEGAL volume with its chain intact, which the engine
+//! crash leaves an ILLEGAL volume with its chain intact, which oVirt
 //! sees and deletes again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::Duration;
 
-use depot_api::storage::{
-    AllocType, DiskType, ImgUuid, Legality, SdUuid, VolType, VolUuid, VolumeFormat,
-};
+use depot_api::storage::{AllocType, ImgUuid, Legality, SdUuid, VolType, VolUuid, VolumeFormat};
 use depot_api::Code;
 use depot_os::{fsutil, DataPath, ImageFormat, Liveness, Preallocation, QemuImg};
 
@@ -71,14 +69,14 @@ use crate::layout::{DomainPaths, CREATING_SUFFIX, META_SUFFIX};
 use crate::metadata::volume::keys;
 use crate::metadata::VolumeMetadata;
 use crate::volume_data::{check_image_dir, open_error, VolumeData};
+use crate::volume_store::{
+    check_parent, new_metadata, round_up, CreateVolume, MetadataChange, VolumeInfo, VolumeStore,
+    CAPACITY_ALIGNMENT,
+};
 
 /// Mode of volume data, metadata and lease files
 /// (`sc.FILE_VOLUME_PERMISSIONS`).
 pub const FILE_VOLUME_MODE: u32 = 0o660;
-
-/// Capacities are rounded up to this, as VDSM rounds `createVolume` and
-/// `extendVolumeSize` sizes to 4 KiB.
-pub const CAPACITY_ALIGNMENT: u64 = 4096;
 
 /// Preallocation allocates this much per `fallocate`, so that long work
 /// on a slow server shows progress between calls.
@@ -108,42 +106,6 @@ pub struct FileVolumes<'a> {
     pub live: Option<&'a Liveness>,
 }
 
-/// What [`FileVolumes::create`] is asked to create.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreateVolume {
-    /// Virtual size in bytes; at least 1, rounded up to 4 KiB.
-    pub capacity: u64,
-    pub format: VolumeFormat,
-    pub alloc: AllocType,
-    pub disk_type: DiskType,
-    /// At most 210 characters, no line breaks.
-    pub description: String,
-    /// The parent volume in the same image, or [`VolUuid::BLANK`].
-    pub parent: VolUuid,
-    /// false: the volume stays ILLEGAL until the caller sets it LEGAL (the
-    /// engine does so after copying data into it).
-    pub legal: bool,
-    /// SEQ: the volume's order in its image.
-    pub sequence: u32,
-}
-
-/// A volume as [`FileVolumes::info`] sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VolumeInfo {
-    pub volume: VolUuid,
-    pub metadata: VolumeMetadata,
-    /// The data file.
-    pub path: PathBuf,
-    /// `st_size` of the data file.
-    pub apparent_size: u64,
-    /// Space the data file uses: `st_blocks * 512`.
-    pub true_size: u64,
-    /// Volumes of the image whose PUUID is this volume.
-    pub children: Vec<VolUuid>,
-    /// Modification time of the data file, seconds since the epoch.
-    pub mtime: u64,
-}
-
 impl<'a> FileVolumes<'a> {
     pub fn new(paths: &'a DomainPaths, sd: SdUuid, qemu: &'a QemuImg, timeout: Duration) -> Self {
         FileVolumes {
@@ -170,128 +132,13 @@ impl<'a> FileVolumes<'a> {
     /// The data of `vol`, opened only as a regular file beneath the domain
     /// (crate::volume_data).
     fn data(&self, img: ImgUuid, vol: VolUuid) -> VolumeData {
-        VolumeData::of(self.paths, self.sd, img, vol)
-    }
-
-    /// Creates a volume (see the module docs for the sequence). Everything
-    /// that can be checked is checked before anything is written:
-    /// BLANK volume id or a volume that is its own parent (1000), capacity 0
-    /// (229), RAW with a parent (202), a record that would not be valid
-    /// (753, 756), an existing volume (212), a parent that is missing or
-    /// being created (201), ILLEGAL (201; VDSM's 226 is not in depot's
-    /// codes) or larger than the new volume (1000). Failures later are
-    /// VolumeCreationError (205), or 208 for the metadata, and leave nothing
-    /// behind. Returns the metadata written.
-    pub fn create(
-        &self,
-        img: ImgUuid,
-        vol: VolUuid,
-        req: &CreateVolume,
-    ) -> StorageResult<VolumeMetadata> {
-        const OP: &str = "create volume";
-        let err = |code, detail: String| StorageError::new(code, OP, detail);
-        let mut md = new_metadata(self.sd, img, vol, req, OP)?;
-        let capacity = md.capacity;
-        let has_parent = !req.parent.is_blank();
-
-        let image_dir = self.paths.image(img);
-        match fs::symlink_metadata(&image_dir) {
-            Ok(m) if !m.is_dir() => {
-                return Err(err(
-                    Code::ImagePathError,
-                    format!("{} is not a directory", image_dir.display()),
-                ))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(StorageError::io(Code::ImagePathError, OP, &image_dir, &e)),
-        }
-        for p in [
-            self.paths.volume(img, vol),
-            self.paths.volume_meta(img, vol),
-            self.paths.volume_creating(img, vol),
-        ] {
-            if exists(&p).map_err(|e| StorageError::io(Code::VolumeCreationError, OP, &p, &e))? {
-                return Err(err(
-                    Code::VolumeAlreadyExists,
-                    format!("volume {vol}: {} exists", p.display()),
-                ));
-            }
-        }
-        let parent = if has_parent {
-            let p = load(self.paths, img, req.parent, OP).map_err(|e| {
-                StorageError::new(e.code, OP, format!("parent of {vol}: {}", e.detail))
-            })?;
-            let data = self.paths.volume(img, req.parent);
-            if !exists(&data)
-                .map_err(|e| StorageError::io(Code::VolumeCreationError, OP, &data, &e))?
-            {
-                return Err(err(
-                    Code::VolumeDoesNotExist,
-                    format!(
-                        "parent {} of {vol}: {} is missing",
-                        req.parent,
-                        data.display()
-                    ),
-                ));
-            }
-            check_parent(OP, vol, req.parent, &p, capacity)?;
-            Some(p)
-        } else {
-            None
-        };
-
-        // Validation done: from here on, write.
-        let images = self.paths.images();
-        let created_dir = match fs::create_dir(&image_dir) {
-            Ok(()) => {
-                fsync_dir(&images, Code::ImagePathError, OP)?;
-                true
-            }
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
-            Err(e) => return Err(StorageError::io(Code::ImagePathError, OP, &image_dir, &e)),
-        };
-        let marker = self.paths.volume_creating(img, vol);
-        let marked = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_VOLUME_MODE)
-            .open(&marker)
-            .map_err(|e| match e.kind() {
-                ErrorKind::AlreadyExists => err(
-                    Code::VolumeAlreadyExists,
-                    format!("volume {vol}: {} exists", marker.display()),
-                ),
-                _ => StorageError::io(Code::VolumeCreationError, OP, &marker, &e),
-            })
-            .map(drop);
-        if let Err(e) = marked {
-            // Nothing of this volume was written: nothing to roll back.
-            if created_dir {
-                remove_dir_if_empty(&image_dir);
-            }
-            return Err(e);
-        }
-        let result = fsync_dir(&image_dir, Code::VolumeCreationError, OP)
-            .and_then(|()| self.create_steps(img, vol, &mut md, req, parent));
-        match result {
-            Ok(()) => {
-                tracing::info!(%img, %vol, format = %md.format, alloc = %md.alloc_type, capacity, parent = %md.parent, "volume created");
-                Ok(md)
-            }
-            Err(e) => {
-                tracing::warn!(%img, %vol, error = %e, "volume creation failed, rolling back");
-                if let Err(rb) = discard(self.paths, img, vol) {
-                    tracing::error!(%img, %vol, error = %rb, "cannot roll back the half-created volume; recovery will remove it");
-                } else if created_dir {
-                    remove_dir_if_empty(&image_dir);
-                }
-                Err(e)
-            }
-        }
+        VolumeData::file(self.paths, img, vol)
     }
 
     /// Steps 3 to 8 of the creation (module docs).
+    // Over 100 lines on purpose: the steps in the order that makes the
+    // creation crash-safe, each next to the fsync it needs; split, that
+    // order would be spread over functions that only make sense together.
     fn create_steps(
         &self,
         img: ImgUuid,
@@ -410,12 +257,136 @@ impl<'a> FileVolumes<'a> {
         fs::remove_file(&marker).map_err(|e| failed(&marker, &e))?;
         fsync_dir(&self.paths.image(img), Code::VolumeCreationError, OP)
     }
+}
+
+/// The volumes of a file domain; image listing, deletion and chains are in
+/// file/images.rs.
+impl VolumeStore for FileVolumes<'_> {
+    /// Creates a volume (see the module docs for the sequence). Everything
+    /// that can be checked is checked before anything is written:
+    /// BLANK volume id or a volume that is its own parent (1000), capacity 0
+    /// (229), RAW with a parent (202), a record that would not be valid
+    /// (753, 756), an existing volume (212), a parent that is missing or
+    /// being created (201), ILLEGAL (201; VDSM's 226 is not in depot's
+    /// codes) or larger than the new volume (1000). Failures later are
+    /// VolumeCreationError (205), or 208 for the metadata, and leave nothing
+    /// behind. Returns the metadata written.
+    // About 105 lines: every check before the first write, in the order
+    // the codes above are documented, then steps 1 and 2 and the rollback.
+    fn create(
+        &self,
+        img: ImgUuid,
+        vol: VolUuid,
+        req: &CreateVolume,
+    ) -> StorageResult<VolumeMetadata> {
+        const OP: &str = "create volume";
+        let err = |code, detail: String| StorageError::new(code, OP, detail);
+        let mut md = new_metadata(self.sd, img, vol, req, OP)?;
+        let capacity = md.capacity;
+        let has_parent = !req.parent.is_blank();
+
+        let image_dir = self.paths.image(img);
+        match fs::symlink_metadata(&image_dir) {
+            Ok(m) if !m.is_dir() => {
+                return Err(err(
+                    Code::ImagePathError,
+                    format!("{} is not a directory", image_dir.display()),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io(Code::ImagePathError, OP, &image_dir, &e)),
+        }
+        for p in [
+            self.paths.volume(img, vol),
+            self.paths.volume_meta(img, vol),
+            self.paths.volume_creating(img, vol),
+        ] {
+            if exists(&p).map_err(|e| StorageError::io(Code::VolumeCreationError, OP, &p, &e))? {
+                return Err(err(
+                    Code::VolumeAlreadyExists,
+                    format!("volume {vol}: {} exists", p.display()),
+                ));
+            }
+        }
+        let parent = if has_parent {
+            let p = load(self.paths, img, req.parent, OP).map_err(|e| {
+                StorageError::new(e.code, OP, format!("parent of {vol}: {}", e.detail))
+            })?;
+            let data = self.paths.volume(img, req.parent);
+            if !exists(&data)
+                .map_err(|e| StorageError::io(Code::VolumeCreationError, OP, &data, &e))?
+            {
+                return Err(err(
+                    Code::VolumeDoesNotExist,
+                    format!(
+                        "parent {} of {vol}: {} is missing",
+                        req.parent,
+                        data.display()
+                    ),
+                ));
+            }
+            check_parent(OP, vol, req.parent, &p, capacity)?;
+            Some(p)
+        } else {
+            None
+        };
+
+        // Validation done: from here on, write.
+        let images = self.paths.images();
+        let created_dir = match fs::create_dir(&image_dir) {
+            Ok(()) => {
+                fsync_dir(&images, Code::ImagePathError, OP)?;
+                true
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(StorageError::io(Code::ImagePathError, OP, &image_dir, &e)),
+        };
+        let marker = self.paths.volume_creating(img, vol);
+        let marked = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_VOLUME_MODE)
+            .open(&marker)
+            .map_err(|e| match e.kind() {
+                ErrorKind::AlreadyExists => err(
+                    Code::VolumeAlreadyExists,
+                    format!("volume {vol}: {} exists", marker.display()),
+                ),
+                _ => StorageError::io(Code::VolumeCreationError, OP, &marker, &e),
+            })
+            .map(drop);
+        if let Err(e) = marked {
+            // Nothing of this volume was written: nothing to roll back.
+            if created_dir {
+                remove_dir_if_empty(&image_dir);
+            }
+            return Err(e);
+        }
+        let result = fsync_dir(&image_dir, Code::VolumeCreationError, OP)
+            .and_then(|()| self.create_steps(img, vol, &mut md, req, parent));
+        match result {
+            Ok(()) => {
+                tracing::info!(%img, %vol, format = %md.format, alloc = %md.alloc_type, capacity, parent = %md.parent, "volume created");
+                Ok(md)
+            }
+            Err(e) => {
+                tracing::warn!(%img, %vol, error = %e, "volume creation failed, rolling back");
+                if let Err(rb) = discard(self.paths, img, vol) {
+                    tracing::error!(%img, %vol, error = %rb, "cannot roll back the half-created volume; recovery will remove it");
+                } else if created_dir {
+                    remove_dir_if_empty(&image_dir);
+                }
+                Err(e)
+            }
+        }
+    }
 
     /// The volume's metadata, sizes and children. A volume without `.meta`,
     /// without data, or still being created is VolumeDoesNotExist (201); a
     /// record that cannot be read is 207, one that cannot be parsed has the
     /// metadata error's code.
-    pub fn info(&self, img: ImgUuid, vol: VolUuid) -> StorageResult<VolumeInfo> {
+    fn info(&self, img: ImgUuid, vol: VolUuid) -> StorageResult<VolumeInfo> {
         const OP: &str = "volume info";
         let metadata = load(self.paths, img, vol, OP)?;
         let children = children(self.paths, img, vol, OP)?;
@@ -424,7 +395,7 @@ impl<'a> FileVolumes<'a> {
 
     /// `(apparent, true)` size of the data file: `st_size` and
     /// `st_blocks * 512`.
-    pub fn size(&self, img: ImgUuid, vol: VolUuid) -> StorageResult<(u64, u64)> {
+    fn size(&self, img: ImgUuid, vol: VolUuid) -> StorageResult<(u64, u64)> {
         let m = stat_data(self.paths, img, vol, "volume size")?;
         Ok((m.len(), m.blocks() * STAT_BLOCK))
     }
@@ -438,7 +409,7 @@ impl<'a> FileVolumes<'a> {
     /// cannot be read is listed (and logged). A missing image has no
     /// volumes. For the whole domain the records are not read, and a
     /// template linked into several images is listed once.
-    pub fn list(&self, img: Option<ImgUuid>) -> StorageResult<Vec<VolUuid>> {
+    fn list(&self, img: Option<ImgUuid>) -> StorageResult<Vec<VolUuid>> {
         const OP: &str = "list volumes";
         let Some(img) = img else {
             let mut all = BTreeSet::new();
@@ -467,40 +438,15 @@ impl<'a> FileVolumes<'a> {
     /// Rewrites the metadata atomically with what `change` makes of it.
     /// Read errors as [`info`](Self::info); the new record must be valid
     /// (753, 756); a failed write is 208. Returns the new metadata.
-    pub fn update(
+    fn update(
         &self,
         img: ImgUuid,
         vol: VolUuid,
-        change: impl FnOnce(&mut VolumeMetadata) -> StorageResult<()>,
+        change: MetadataChange<'_>,
     ) -> StorageResult<VolumeMetadata> {
         const OP: &str = "update volume metadata";
         refuse_creating(self.paths, img, vol, OP)?;
         update_meta(self.paths, img, vol, OP, change)
-    }
-
-    /// Sets DESCRIPTION; over 210 characters or holding a line break is 753.
-    pub fn set_description(
-        &self,
-        img: ImgUuid,
-        vol: VolUuid,
-        description: &str,
-    ) -> StorageResult<VolumeMetadata> {
-        self.update(img, vol, |md| {
-            md.description = description.to_string();
-            Ok(())
-        })
-    }
-
-    pub fn set_legality(
-        &self,
-        img: ImgUuid,
-        vol: VolUuid,
-        legality: Legality,
-    ) -> StorageResult<VolumeMetadata> {
-        self.update(img, vol, |md| {
-            md.legality = legality;
-            Ok(())
-        })
     }
 
     /// Grows the virtual size to `new_capacity` (rounded up to 4 KiB) and
@@ -512,7 +458,7 @@ impl<'a> FileVolumes<'a> {
     /// base (VDSM's VolumeNonWritable) are refused with 206, as are
     /// failures. The data grows before CAP is written, so a retry after a
     /// crash finishes the job.
-    pub fn extend(
+    fn extend(
         &self,
         img: ImgUuid,
         vol: VolUuid,
@@ -616,7 +562,11 @@ impl<'a> FileVolumes<'a> {
     /// A volume with unreadable metadata, or half-created, can still be
     /// deleted. Nothing of the volume at all is 201; failures are 222.
     /// The image directory is removed when it is left empty.
-    pub fn delete(
+    // About 100 lines: the deletion order of the module docs (marked
+    // ILLEGAL first, wipe, data and lease, parent back to LEAF, metadata
+    // last), one step each, so that a crash anywhere leaves a chain the
+    // manager can delete again.
+    fn delete(
         &self,
         img: ImgUuid,
         vol: VolUuid,
@@ -719,120 +669,28 @@ impl<'a> FileVolumes<'a> {
         tracing::info!(%img, %vol, post_zero, force, "volume deleted");
         Ok(())
     }
+
+    fn images(&self) -> StorageResult<Vec<ImgUuid>> {
+        self.list_images()
+    }
+
+    fn delete_image(&self, img: ImgUuid, post_zero: bool) -> StorageResult<()> {
+        self.remove_image(img, post_zero)
+    }
+
+    fn chain(
+        &self,
+        img: ImgUuid,
+        leaf: VolUuid,
+        allow_illegal: bool,
+    ) -> StorageResult<Vec<VolumeInfo>> {
+        self.chain_of(img, leaf, allow_illegal)
+    }
 }
 
 // ---------------------------------------------------------------------------
-// Helpers shared with crate::image. They take the domain's paths only: no
+// Helpers shared with crate::file::images. They take the domain's paths only: no
 // qemu-img is needed to read, rewrite or remove volumes.
-
-/// The checks every domain kind makes on the parent of a new volume, once
-/// it has found the parent's metadata: a parent that is ILLEGAL (a copy or
-/// create that did not finish) is as good as missing (201), and a child
-/// may not be smaller than its parent (1000).
-pub(crate) fn check_parent(
-    op: &'static str,
-    vol: VolUuid,
-    parent: VolUuid,
-    pmd: &VolumeMetadata,
-    capacity: u64,
-) -> StorageResult<()> {
-    if pmd.legality == Legality::Illegal {
-        return Err(StorageError::new(
-            Code::VolumeDoesNotExist,
-            op,
-            format!("parent {parent} of {vol} is ILLEGAL"),
-        ));
-    }
-    if capacity < pmd.capacity {
-        return Err(StorageError::new(
-            Code::InvalidParameterException,
-            op,
-            format!(
-                "capacity {capacity} of {vol} is smaller than capacity {} of its parent {parent}",
-                pmd.capacity
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// The checks every domain kind makes before creating a volume, and its
-/// first metadata (ILLEGAL, LEAF, GEN 0): BLANK volume id or a volume that
-/// is its own parent (1000), capacity 0 (229) or too large (1000), RAW with
-/// a parent (202), a record that would not be valid (753, 756). The
-/// capacity is rounded up to 4 KiB.
-pub(crate) fn new_metadata(
-    sd: SdUuid,
-    img: ImgUuid,
-    vol: VolUuid,
-    req: &CreateVolume,
-    op: &'static str,
-) -> StorageResult<VolumeMetadata> {
-    let err = |code, detail: String| StorageError::new(code, op, detail);
-    if vol.is_blank() {
-        return Err(err(
-            Code::InvalidParameterException,
-            "the volume id is the BLANK UUID".into(),
-        ));
-    }
-    if req.parent == vol {
-        return Err(err(
-            Code::InvalidParameterException,
-            format!("volume {vol} cannot be its own parent"),
-        ));
-    }
-    if req.capacity == 0 {
-        return Err(err(
-            Code::CreateVolumeSizeError,
-            format!("volume {vol}: capacity 0"),
-        ));
-    }
-    let capacity = round_up(req.capacity, CAPACITY_ALIGNMENT).ok_or_else(|| {
-        err(
-            Code::InvalidParameterException,
-            format!("volume {vol}: capacity {} is too large", req.capacity),
-        )
-    })?;
-    if !req.parent.is_blank() && req.format == VolumeFormat::Raw {
-        return Err(err(
-            Code::IncorrectFormat,
-            format!(
-                "volume {vol}: a volume with a parent must be COW, not {}",
-                req.format
-            ),
-        ));
-    }
-    let md = VolumeMetadata {
-        domain: sd,
-        image: img,
-        parent: req.parent,
-        capacity,
-        format: req.format,
-        alloc_type: req.alloc,
-        vol_type: VolType::Leaf,
-        disk_type: req.disk_type,
-        description: req.description.clone(),
-        legality: Legality::Illegal,
-        ctime: now(),
-        generation: 0,
-        sequence: req.sequence,
-    };
-    // ILLEGAL is the longer spelling: if this fits, LEGAL fits too.
-    md.to_bytes()
-        .map_err(|e| StorageError::new(e.code, op, e.detail))?;
-    Ok(md)
-}
-
-/// Seconds since the epoch.
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn round_up(x: u64, align: u64) -> Option<u64> {
-    x.checked_add(align - 1).map(|v| v / align * align)
-}
 
 /// Whether `path` exists (without following a final symlink).
 pub(crate) fn exists(path: &Path) -> io::Result<bool> {
@@ -1228,11 +1086,11 @@ pub fn wipe_file(data: &(impl DataPath + ?Sized), beat: &dyn Fn()) -> StorageRes
     let file = data
         .open_with(&direct)
         .map_err(|e| open_error(Code::CannotDeleteVolume, OP, path, &e))?;
-    let st = file
+    let stat = file
         .metadata()
         .map_err(|e| StorageError::io(Code::CannotDeleteVolume, OP, path, &e))?;
-    let len = st.len();
-    let sparse = st.blocks() * STAT_BLOCK < len;
+    let len = stat.len();
+    let sparse = stat.blocks() * STAT_BLOCK < len;
     let a = depot_os::probe_alignment(&file).map_err(|e| fail(&e))?;
     let align = a.mem_align.max(a.offset_align).max(512);
     if !align.is_power_of_two() || align > WIPE_PROBE_UNIT {
@@ -1295,14 +1153,6 @@ mod tests {
     use super::*;
 
     const VOL: &str = "5b1c1f4e-8a43-4a4e-9d59-3f0e2a1c7b11";
-
-    #[test]
-    fn rounding() {
-        assert_eq!(round_up(1, 4096), Some(4096));
-        assert_eq!(round_up(4096, 4096), Some(4096));
-        assert_eq!(round_up(4097, 4096), Some(8192));
-        assert_eq!(round_up(u64::MAX, 4096), None);
-    }
 
     #[test]
     fn canonical_names_only() {

@@ -1,17 +1,17 @@
-//! The LVM verbs of the engine: `LVMVolumeGroup.create/getInfo/remove`,
+//! The LVM verbs of the `Storage` object: `LVMVolumeGroup.create/getInfo/remove`,
 //! `Host.getLVMVolumeGroups`, `StorageDomain.extend` and `resizePV`.
 //!
-//! The engine names LUNs by GUID (the multipath WWID); depot opens them as
+//! oVirt names LUNs by GUID (the multipath WWID); depot opens them as
 //! `/dev/mapper/<GUID>` and never by `sdX` path names, which change.
 
 use std::path::PathBuf;
 
 use depot_api::storage::SdUuid;
 use depot_api::Code;
-use depot_os::lvm::{PvInfo, VgInfo};
+use depot_os::lvm::{Lvm, PvInfo, VgInfo};
 
+use super::Storage;
 use crate::block;
-use crate::engine::Storage;
 use crate::{StorageError, StorageResult};
 
 /// A VG and its PVs, for `LVMVolumeGroup.getInfo`.
@@ -109,7 +109,7 @@ impl Storage {
 
     /// 372 unless `sd` is a block domain.
     fn require_block(&self, sd: SdUuid, op: &'static str) -> StorageResult<()> {
-        if self.locate(sd)?.block {
+        if self.locate(sd)?.is_block() {
             return Ok(());
         }
         Err(StorageError::new(
@@ -149,6 +149,28 @@ impl Storage {
                     format!("{name} is not a PV of '{sd}'"),
                 )
             })
+    }
+}
+
+impl Storage {
+    /// Tells LVM which devices it may scan: the multipath maps present
+    /// now. Cheap (sysfs only); LVM's cache is dropped only on a change.
+    pub(crate) fn refresh_lvm_devices(&self) {
+        let sysfs = depot_os::sysfs_block::Sysfs::new("/sys");
+        let Ok(maps) = depot_os::multipath::list_maps(&sysfs) else {
+            return;
+        };
+        let now: Vec<PathBuf> = maps.iter().map(|m| m.dev_path()).collect();
+        let mut sorted = now.clone();
+        sorted.sort();
+        if sorted != self.lvm.devices() {
+            self.lvm.set_devices(now);
+        }
+    }
+
+    /// The LVM wrapper (for the LVMVolumeGroup verbs and benchmarks).
+    pub fn lvm(&self) -> &Lvm {
+        &self.lvm
     }
 }
 

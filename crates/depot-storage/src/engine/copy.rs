@@ -1,6 +1,6 @@
 //! Copies between domains (docs/copy.md): `SDM.copy_data` (one volume),
 //! `Image.move` (a whole chain, COPY or MOVE), `SDM.update_volume` (the
-//! engine's fence) and checksums.
+//! oVirt's fence) and checksums.
 //!
 //! Integrity rules: the destination's GEN must equal the generation the
 //! caller gives (911); the destination is ILLEGAL while the copy runs and
@@ -14,12 +14,12 @@ use depot_api::storage::{ImgUuid, Legality, SdUuid, VolUuid, VolumeFormat};
 use depot_api::Code;
 use depot_os::{ConvertOptions, ImageFormat};
 
+use super::{Lane, Storage};
 use crate::copy::{self, BlkHash, CopyError, CopyOptions, Journal};
-use crate::engine::{Lane, Storage};
 use crate::lock::{Held, LockMode, ResourceName};
 use crate::metadata::volume::next_generation;
-use crate::volume::{CreateVolume, VolumeInfo};
 use crate::volume_data::VolumeData;
+use crate::volume_store::{CreateVolume, VolumeInfo};
 use crate::{StorageError, StorageResult};
 
 /// One volume on one domain.
@@ -81,7 +81,7 @@ fn checksum_err(op: &'static str, e: CopyError) -> StorageError {
     StorageError::new(code, op, e.to_string())
 }
 
-/// The engine's fence: a volume whose GEN is not the one the caller saw has
+/// oVirt's fence: a volume whose GEN is not the one the caller saw has
 /// been written by someone else since (911, nothing changed).
 fn check_generation(
     op: &'static str,
@@ -218,55 +218,83 @@ impl Storage {
             ));
         }
         if sf == VolumeFormat::Raw && df == VolumeFormat::Raw {
-            let journal = journal_dir.map(|d| {
-                Journal::new(
-                    d.join(format!("{}.copy-journal", dst_ref.vol)),
-                    u64::from(new_gen),
-                )
-            });
-            // A file with nothing allocated reads as zeros: holes and zero
-            // data need not be written. This is a fact about the file now,
-            // so it holds with a journal too. On a resume the file has data
-            // (true_size > 0), and the copier takes from the journal
-            // whether the destination read zeros when the copy began;
-            // that stays true of every byte the earlier runs did not
-            // write, and the bytes they wrote are the source's
-            // (docs/copy.md, "Journal and crash guarantees"). Only a
-            // regular file: a device node has no blocks in stat, and an
-            // LV (which reports its size) may hold anything.
-            let dst_is_zero =
-                dst.true_size == 0 && std::fs::metadata(&dst.path).is_ok_and(|m| m.is_file());
-            let progress = |done: u64, total: u64| {
-                let pct = done
-                    .saturating_mul(100)
-                    .checked_div(total)
-                    .unwrap_or(100)
-                    .min(100);
-                (ctl.progress)(pct as u8);
-            };
-            let opts = CopyOptions {
-                // The volume, not its container: a block volume's LV is
-                // rounded up to whole extents.
-                length: Some(src.metadata.capacity),
-                dst_is_zero,
-                sparse: dst.metadata.alloc_type == depot_api::storage::AllocType::Sparse,
-                checksum: true,
-                verify,
-                progress: &progress,
-                abort: ctl.abort,
-                journal: journal.as_ref(),
-                ..CopyOptions::default()
-            };
-            let r =
-                copy::copy_raw(ends.src_data, ends.dst_data, opts).map_err(|e| copy_err(OP, e))?;
-            return Ok(CopyOutcome {
-                checksum: r.checksum,
-                verified: r.verified,
-                method: "native",
-                generation: new_gen,
-                resumed_from: r.resumed_from,
-            });
+            return self.copy_native(ends, verify, journal_dir, ctl, new_gen);
         }
+        self.copy_with_qemu_img(ends, verify, ctl, new_gen)
+    }
+
+    /// Raw to raw: depot's own O_DIRECT copier (copy/), with a checksum,
+    /// optional verification and a resume journal.
+    fn copy_native(
+        &self,
+        ends: &Ends<'_>,
+        verify: bool,
+        journal_dir: Option<&Path>,
+        ctl: &Control<'_>,
+        new_gen: u32,
+    ) -> StorageResult<CopyOutcome> {
+        const OP: &str = "copy volume";
+        let (src, dst, dst_ref) = (ends.src, ends.dst, ends.dst_ref);
+        let journal = journal_dir.map(|d| {
+            Journal::new(
+                d.join(format!("{}.copy-journal", dst_ref.vol)),
+                u64::from(new_gen),
+            )
+        });
+        // A file with nothing allocated reads as zeros: holes and zero
+        // data need not be written. This is a fact about the file now,
+        // so it holds with a journal too. On a resume the file has data
+        // (true_size > 0), and the copier takes from the journal
+        // whether the destination read zeros when the copy began;
+        // that stays true of every byte the earlier runs did not
+        // write, and the bytes they wrote are the source's
+        // (docs/copy.md, "Journal and crash guarantees"). Only a
+        // regular file: a device node has no blocks in stat, and an
+        // LV (which reports its size) may hold anything.
+        let dst_is_zero =
+            dst.true_size == 0 && std::fs::metadata(&dst.path).is_ok_and(|m| m.is_file());
+        let progress = |done: u64, total: u64| {
+            let pct = done
+                .saturating_mul(100)
+                .checked_div(total)
+                .unwrap_or(100)
+                .min(100);
+            (ctl.progress)(pct as u8);
+        };
+        let opts = CopyOptions {
+            // The volume, not its container: a block volume's LV is
+            // rounded up to whole extents.
+            length: Some(src.metadata.capacity),
+            dst_is_zero,
+            sparse: dst.metadata.alloc_type == depot_api::storage::AllocType::Sparse,
+            checksum: true,
+            verify,
+            progress: &progress,
+            abort: ctl.abort,
+            journal: journal.as_ref(),
+            ..CopyOptions::default()
+        };
+        let r = copy::copy_raw(ends.src_data, ends.dst_data, opts).map_err(|e| copy_err(OP, e))?;
+        Ok(CopyOutcome {
+            checksum: r.checksum,
+            verified: r.verified,
+            method: "native",
+            generation: new_gen,
+            resumed_from: r.resumed_from,
+        })
+    }
+
+    /// qcow2 on either side: qemu-img convert (and compare to verify).
+    fn copy_with_qemu_img(
+        &self,
+        ends: &Ends<'_>,
+        verify: bool,
+        ctl: &Control<'_>,
+        new_gen: u32,
+    ) -> StorageResult<CopyOutcome> {
+        const OP: &str = "copy volume";
+        let (src, dst, dst_ref) = (ends.src, ends.dst, ends.dst_ref);
+        let (sf, df) = (src.metadata.format, dst.metadata.format);
         // qcow2 on either side: qemu-img, as VDSM does. A destination layer
         // with a parent gets only what differs from it (-B).
         let backing =
@@ -375,7 +403,7 @@ impl Storage {
         copy::checksum_raw(&data, info.metadata.capacity, &opts).map_err(|e| checksum_err(OP, e))
     }
 
-    /// `SDM.update_volume`: the engine's fence. The volume's GEN must be
+    /// `SDM.update_volume`: oVirt's fence. The volume's GEN must be
     /// `generation` (911); then legality, description and generation are
     /// set as given.
     pub fn update_volume_fenced(
@@ -445,11 +473,9 @@ impl Storage {
             OP,
         )?;
         let chain = {
-            let paths = self.locate(src_sd)?;
+            let domain = self.locate(src_sd)?;
             let held = self.lock_image(src_sd, img, false)?;
-            self.with_volumes(&paths, src_sd, OP, &held, move |v| {
-                v.chain(img, leaf, false)
-            })?
+            self.with_volumes(&domain, OP, &held, move |v| v.chain(img, leaf, false))?
         };
         if self.list_images(dst_sd)?.contains(&img) {
             if !force {
@@ -533,7 +559,7 @@ impl Storage {
 
     /// The data of `v`, with the rule for opening it (crate::volume_data).
     pub(crate) fn volume_data(&self, v: VolRef) -> StorageResult<VolumeData> {
-        Ok(VolumeData::of(&self.locate(v.sd)?, v.sd, v.img, v.vol))
+        Ok(self.locate(v.sd)?.volume_data(v.img, v.vol))
     }
 
     /// Checks the data of `v` and of every parent it has (what qemu-img
@@ -569,22 +595,17 @@ impl Storage {
         held: &Held,
         op: &'static str,
     ) -> StorageResult<()> {
-        let paths = self.locate(v.sd)?;
-        let data = VolumeData::of(&paths, v.sd, v.img, v.vol);
-        if paths.block {
-            return data.check(code, op);
-        }
-        self.io_in(Lane::Short, &paths.root, op, held, move |_| {
+        let domain = self.locate(v.sd)?;
+        let data = domain.volume_data(v.img, v.vol);
+        self.on_domain(Lane::Short, &domain, op, held, move |_, _| {
             data.check(code, op)
         })
     }
 
     /// Volume info with the caller already holding the image lock.
     fn volume_info_unlocked(&self, v: VolRef, held: &Held) -> StorageResult<VolumeInfo> {
-        let paths = self.locate(v.sd)?;
-        self.with_volumes(&paths, v.sd, "volume info", held, move |s| {
-            s.info(v.img, v.vol)
-        })
+        let domain = self.locate(v.sd)?;
+        self.with_volumes(&domain, "volume info", held, move |s| s.info(v.img, v.vol))
     }
 
     fn update_volume_unlocked(
@@ -595,8 +616,8 @@ impl Storage {
             + Send
             + 'static,
     ) -> StorageResult<crate::metadata::volume::VolumeMetadata> {
-        let paths = self.locate(v.sd)?;
-        self.with_volumes(&paths, v.sd, "update volume metadata", held, move |s| {
+        let domain = self.locate(v.sd)?;
+        self.with_volumes(&domain, "update volume metadata", held, move |s| {
             s.update(v.img, v.vol, Box::new(change))
         })
     }

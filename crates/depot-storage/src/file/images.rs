@@ -1,6 +1,6 @@
 //! Images of a file domain: the directories under `images/`, each holding
 //! the volumes of one disk. Listing, deletion, the chain of a leaf, and the
-//! recovery of what a crash left half done (see [`crate::volume`] for the
+//! recovery of what a crash left half done (see [`crate::file::volumes`] for the
 //! creation sequence it undoes).
 //!
 //! # Image deletion
@@ -24,12 +24,13 @@ use depot_api::storage::{ImgUuid, Legality, VolUuid};
 use depot_api::Code;
 
 use crate::error::{StorageError, StorageResult};
-use crate::layout::{DomainPaths, CREATING_SUFFIX, REMOVE_ME};
-use crate::volume::{
+use crate::file::volumes::{
     canonical_vol, discard, exists, fsync_dir, load, parents, remove_dir_if_empty, volume_info,
-    wipe_file, FileVolumes, VolumeInfo,
+    wipe_file, FileVolumes,
 };
+use crate::layout::{DomainPaths, CREATING_SUFFIX, REMOVE_ME};
 use crate::volume_data::check_image_dir;
+use crate::volume_store::VolumeInfo;
 use depot_os::Beneath;
 
 /// The prefix of an image directory being deleted with its data wiped.
@@ -123,7 +124,7 @@ pub fn images(paths: &DomainPaths) -> StorageResult<Vec<ImgUuid>> {
 
 impl FileVolumes<'_> {
     /// See [`images`].
-    pub fn images(&self) -> StorageResult<Vec<ImgUuid>> {
+    pub(super) fn list_images(&self) -> StorageResult<Vec<ImgUuid>> {
         images(self.paths)
     }
 
@@ -135,7 +136,7 @@ impl FileVolumes<'_> {
     /// deletion of it was interrupted: then that one is finished. Failures
     /// are ImageDeleteError (256); the renamed directory is then finished
     /// by [`recover`].
-    pub fn delete_image(&self, img: ImgUuid, post_zero: bool) -> StorageResult<()> {
+    pub(super) fn remove_image(&self, img: ImgUuid, post_zero: bool) -> StorageResult<()> {
         const OP: &str = "delete image";
         let err = |code, detail: String| StorageError::new(code, OP, detail);
         let as_256 = |e: StorageError| err(Code::ImageDeleteError, format!("{img}: {e}"));
@@ -180,7 +181,7 @@ impl FileVolumes<'_> {
     /// preparing it. A missing image is 268, a missing volume or parent
     /// 201, a loop in the PUUIDs 753, and an ILLEGAL volume
     /// PrepareIllegalVolumeError (227) unless `allow_illegal`.
-    pub fn chain(
+    pub(super) fn chain_of(
         &self,
         img: ImgUuid,
         leaf: VolUuid,

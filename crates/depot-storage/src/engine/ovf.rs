@@ -1,4 +1,4 @@
-//! OVF_STORE uploads and downloads on the engine (docs/storage.md,
+//! OVF_STORE uploads and downloads on the `Storage` object (docs/storage.md,
 //! "OVF_STORE"): one upload per volume at a time, received and checked
 //! into a staging file before the volume is touched, then swapped in by a
 //! rename (a file volume) or copied in with O_DIRECT (anything else), with
@@ -10,16 +10,16 @@ use std::time::Instant;
 use depot_api::storage::{DiskType, ImgUuid, SdUuid, VolUuid, VolumeFormat};
 use depot_api::Code;
 
-use crate::engine::{Lane, Storage};
-use crate::engine_copy::VolRef;
+use super::copy::VolRef;
+use super::{Lane, Storage};
 use crate::events::StorageEvent;
 use crate::lock::Held;
 use crate::ovf::replace::{self, Plan};
 use crate::ovf::store::{self, StoreState};
 use crate::ovf::FsCalls;
 use crate::ovf::OvfError;
-use crate::volume::VolumeInfo;
 use crate::volume_data::VolumeData;
+use crate::volume_store::VolumeInfo;
 use crate::{StorageError, StorageResult};
 use depot_os::DataPath;
 
@@ -92,6 +92,9 @@ impl Storage {
 
     /// Streams an upload from `source` (0 = end of body) into the store.
     /// Answers only when the new content is durable.
+    // About 105 lines: the phases of one upload (checks, staging, the
+    // stream, the trailer, the commit) under one upload slot and one set
+    // of locks; the phases themselves live in ovf/.
     pub fn ovf_upload(
         &self,
         sd: SdUuid,
@@ -127,14 +130,14 @@ impl Storage {
         // hung server fails the upload instead of pinning this thread.
         let calls = self.fs_calls(&info.path);
         // Holding the upload slot, any staging file is a crash leftover.
-        let st = staging.clone();
+        let staging_in = staging.clone();
         self.io(&info.path, OP, move || {
-            store::discard_stale_staging(&st).map_err(|e| ovf_err(OP, e))
+            store::discard_stale_staging(&staging_in).map_err(|e| ovf_err(OP, e))
         })?;
         let block_size = self.domain_info(sd)?.metadata.block_size as usize;
-        let (d, st) = (data.clone(), staging.clone());
+        let (d, staging_in) = (data.clone(), staging.clone());
         let plan = self.io(&info.path, OP, move || {
-            replace::prepare(&d, capacity, &st, block_size).map_err(|e| ovf_err(OP, e))
+            replace::prepare(&d, capacity, &staging_in, block_size).map_err(|e| ovf_err(OP, e))
         })?;
         // Receiving reads from the network: it runs on this (blocking)
         // thread, its writes on the worker. The volume is touched only after
@@ -346,7 +349,7 @@ pub struct OvfStoreInfo {
     pub vol: VolUuid,
     /// Valid (checksum matches), Torn, or Unknown (no depot trailer).
     pub state: StoreState,
-    /// The engine's DESCRIPTION (JSON with "Updated", "Size", ...).
+    /// oVirt's DESCRIPTION (JSON with "Updated", "Size", ...).
     pub description: String,
     /// Bytes of tar to read: the trailer's size, or for a store written by
     /// another agent the "Size" in its description.
@@ -362,7 +365,7 @@ pub struct OvfListing {
     pub present: std::collections::HashSet<(ImgUuid, VolUuid)>,
 }
 
-/// The `"Size":N` of the engine's OVF_STORE description, without a JSON
+/// The `"Size":N` of oVirt's OVF_STORE description, without a JSON
 /// parser (the storage layer never sees JSON; this is one number).
 fn description_size(desc: &str) -> Option<u64> {
     let rest = &desc[desc.find("\"Size\"")? + 6..];
@@ -505,10 +508,34 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Claims the one upload slot of an OVF_STORE volume; a second upload
+    /// is refused (203) instead of interleaving writes.
+    pub(crate) fn begin_upload(
+        &self,
+        sd: SdUuid,
+        vol: VolUuid,
+        op: &'static str,
+    ) -> StorageResult<UploadSlotGuard<'_>> {
+        if !self.state().uploads.insert((sd, vol)) {
+            return Err(StorageError::new(
+                Code::VolumeIsBusy,
+                op,
+                format!("OVF store {vol} is being updated by another upload"),
+            ));
+        }
+        Ok(UploadSlotGuard::new(self, (sd, vol)))
+    }
+
+    pub(crate) fn end_upload(&self, key: (SdUuid, VolUuid)) {
+        self.state().uploads.remove(&key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
-    fn size_from_the_engine_description() {
+    fn size_from_ovirts_description() {
         let d = r#"{"Updated":true,"Size":10240,"Last Updated":"Mon Nov 23","Storage Domains":[{"uuid":"x"}],"Disk Description":"OVF_STORE"}"#;
         assert_eq!(super::description_size(d), Some(10240));
         assert_eq!(super::description_size(r#"{"Size" : 7}"#), Some(7));

@@ -1,4 +1,4 @@
-//! The volume and image verbs of the engine: locks, the mount's I/O
+//! The volume and image verbs of the `Storage` object: locks, the mount's I/O
 //! worker, and the run links of prepared images.
 //!
 //! Lock rules: every volume verb takes the domain lock shared and the image
@@ -17,14 +17,14 @@ use std::os::unix::fs::symlink;
 use depot_api::storage::{ImgUuid, Legality, SdUuid, SpUuid, VolUuid};
 use depot_api::Code;
 
+use super::{Lane, Storage};
 use crate::backup::PreparePurpose;
-use crate::engine::{Lane, Storage};
-use crate::layout::{self, DomainPaths};
+use crate::domain::{Domain, VolumeTools};
+use crate::layout;
 use crate::lock::Held;
 use crate::metadata::volume::VolumeMetadata;
-use crate::volume::{CreateVolume, FileVolumes, VolumeInfo};
-use crate::volume_data::VolumeData;
 use crate::volume_store::VolumeStore;
+use crate::volume_store::{CreateVolume, VolumeInfo};
 use crate::{StorageError, StorageResult};
 
 /// What `Image.prepare` returns: the path of the leaf under the pool's run
@@ -36,53 +36,51 @@ pub struct Prepared {
 }
 
 impl Storage {
-    /// Runs `f` with the domain's volumes: a file domain's on the mount's
-    /// worker, holding `held` until `f` returns, a block domain's on the
-    /// caller's thread (its LVM, qemu-img and O_DIRECT metadata calls have
-    /// their own timeouts).
+    /// Runs `f` with the domain's volumes where the domain's calls run
+    /// ([`Storage::on_domain`]): a file domain's on the mount's worker,
+    /// holding `held` until `f` returns, a block domain's on the caller's
+    /// thread (its LVM, qemu-img and O_DIRECT metadata calls have their own
+    /// timeouts).
     pub(crate) fn with_volumes<T: Send + 'static>(
         &self,
-        paths: &DomainPaths,
-        sd: SdUuid,
+        domain: &Domain,
         op: &'static str,
         held: &Held,
         f: impl FnOnce(&dyn VolumeStore) -> StorageResult<T> + Send + 'static,
     ) -> StorageResult<T> {
-        self.with_volumes_in(Lane::Short, paths, sd, op, held, f)
+        self.with_volumes_in(Lane::Short, domain, op, held, f)
     }
 
     /// [`with_volumes`](Self::with_volumes) for long work, on the long
     /// lane.
     fn with_volumes_long<T: Send + 'static>(
         &self,
-        paths: &DomainPaths,
-        sd: SdUuid,
+        domain: &Domain,
         op: &'static str,
         held: &Held,
         f: impl FnOnce(&dyn VolumeStore) -> StorageResult<T> + Send + 'static,
     ) -> StorageResult<T> {
-        self.with_volumes_in(Lane::Long, paths, sd, op, held, f)
+        self.with_volumes_in(Lane::Long, domain, op, held, f)
     }
 
     fn with_volumes_in<T: Send + 'static>(
         &self,
         lane: Lane,
-        paths: &DomainPaths,
-        sd: SdUuid,
+        domain: &Domain,
         op: &'static str,
         held: &Held,
         f: impl FnOnce(&dyn VolumeStore) -> StorageResult<T> + Send + 'static,
     ) -> StorageResult<T> {
-        if paths.block {
-            return self.block_volumes_of(paths, sd, |v| f(v));
-        }
-        let (p, qemu, timeout) = (
-            paths.clone(),
-            self.qemu.clone(),
-            self.config().qemu_img_timeout,
-        );
-        self.io_in(lane, &paths.root, op, held, move |live| {
-            f(&FileVolumes::new(&p, sd, &qemu, timeout).with_liveness(live))
+        let (qemu, timeout) = (self.qemu.clone(), self.config().qemu_img_timeout);
+        self.on_domain(lane, domain, op, held, move |d, live| {
+            d.volumes(
+                VolumeTools {
+                    qemu: &qemu,
+                    timeout,
+                },
+                live,
+                f,
+            )
         })
     }
 
@@ -95,7 +93,7 @@ impl Storage {
         vol: VolUuid,
         req: CreateVolume,
     ) -> StorageResult<VolumeMetadata> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         // Only memory and hosted-engine volumes depend on the backup flag,
         // so only they pay for reading the domain's metadata (on a block
         // domain, one `vgs` per create). Before the image lock: the domain
@@ -105,37 +103,33 @@ impl Storage {
             crate::backup::check_volume_kind(&domain, req.disk_type, "create volume")?;
         }
         let held = self.lock_image(sd, img, true)?;
-        let md = self.with_volumes_long(&paths, sd, "create volume", &held, move |v| {
+        let md = self.with_volumes_long(&domain, "create volume", &held, move |v| {
             v.create(img, vol, &req)
         })?;
         Ok(md)
     }
 
     pub fn volume_info(&self, sd: SdUuid, img: ImgUuid, vol: VolUuid) -> StorageResult<VolumeInfo> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, false)?;
-        self.with_volumes(&paths, sd, "volume info", &held, move |v| v.info(img, vol))
+        self.with_volumes(&domain, "volume info", &held, move |v| v.info(img, vol))
     }
 
     pub fn volume_size(&self, sd: SdUuid, img: ImgUuid, vol: VolUuid) -> StorageResult<(u64, u64)> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, false)?;
-        self.with_volumes(&paths, sd, "volume size", &held, move |v| v.size(img, vol))
+        self.with_volumes(&domain, "volume size", &held, move |v| v.size(img, vol))
     }
 
     /// The volumes of an image, or of the whole domain when `img` is None.
     pub fn list_volumes(&self, sd: SdUuid, img: Option<ImgUuid>) -> StorageResult<Vec<VolUuid>> {
-        let paths = self.locate(sd)?;
-        self.with_volumes(&paths, sd, "list volumes", &Held::none(), move |v| {
-            v.list(img)
-        })
+        let domain = self.locate(sd)?;
+        self.with_volumes(&domain, "list volumes", &Held::none(), move |v| v.list(img))
     }
 
     pub fn list_images(&self, sd: SdUuid) -> StorageResult<Vec<ImgUuid>> {
-        let paths = self.locate(sd)?;
-        self.with_volumes(&paths, sd, "list images", &Held::none(), move |v| {
-            v.images()
-        })
+        let domain = self.locate(sd)?;
+        self.with_volumes(&domain, "list images", &Held::none(), move |v| v.images())
     }
 
     pub fn set_volume_description(
@@ -145,9 +139,9 @@ impl Storage {
         vol: VolUuid,
         desc: String,
     ) -> StorageResult<()> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes(&paths, sd, "set volume description", &held, move |v| {
+        self.with_volumes(&domain, "set volume description", &held, move |v| {
             v.set_description(img, vol, &desc)
         })
         .map(|_| ())
@@ -160,9 +154,9 @@ impl Storage {
         vol: VolUuid,
         legality: Legality,
     ) -> StorageResult<()> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes(&paths, sd, "set volume legality", &held, move |v| {
+        self.with_volumes(&domain, "set volume legality", &held, move |v| {
             v.set_legality(img, vol, legality)
         })
         .map(|_| ())
@@ -175,9 +169,9 @@ impl Storage {
         vol: VolUuid,
         capacity: u64,
     ) -> StorageResult<()> {
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes_long(&paths, sd, "extend volume", &held, move |v| {
+        self.with_volumes_long(&domain, "extend volume", &held, move |v| {
             v.extend(img, vol, capacity)
         })
         .map(|_| ())
@@ -194,9 +188,9 @@ impl Storage {
         force: bool,
     ) -> StorageResult<()> {
         self.refuse_if_prepared(sd, img, force, "delete volume")?;
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes_long(&paths, sd, "delete volume", &held, move |v| {
+        self.with_volumes_long(&domain, "delete volume", &held, move |v| {
             v.delete(img, vol, post_zero, force)
         })?;
         tracing::info!(sd = %sd, img = %img, vol = %vol, post_zero, "volume deleted");
@@ -211,9 +205,9 @@ impl Storage {
         force: bool,
     ) -> StorageResult<()> {
         self.refuse_if_prepared(sd, img, force, "delete image")?;
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes_long(&paths, sd, "delete image", &held, move |v| {
+        self.with_volumes_long(&domain, "delete image", &held, move |v| {
             v.delete_image(img, post_zero)
         })?;
         self.forget_prepared(sd, img);
@@ -235,23 +229,24 @@ impl Storage {
         purpose: PreparePurpose,
     ) -> StorageResult<Prepared> {
         const OP: &str = "prepare image";
-        let paths = self.locate(sd)?;
+        let domain = self.locate(sd)?;
         // Before the image lock: the domain lock is not re-entrant.
         let md = self.domain_info(sd)?.metadata;
         crate::backup::check_prepare(&md, purpose, OP)?;
         let held = self.lock_image(sd, img, false)?;
         // The chain, and each volume's data where its domain says it is:
         // a VM is never handed a path that leads elsewhere.
-        let p = paths.clone();
-        let chain = self.with_volumes(&paths, sd, OP, &held, move |v| {
+        let d = domain.clone();
+        let chain = self.with_volumes(&domain, OP, &held, move |v| {
             let chain = v.chain(img, vol, allow_illegal)?;
             for c in &chain {
-                VolumeData::of(&p, sd, img, c.volume).check(Code::ImagePathError, OP)?;
+                d.volume_data(img, c.volume)
+                    .check(Code::ImagePathError, OP)?;
             }
             Ok(chain)
         })?;
         let link = layout::pool_link(self.repository(), sp, sd);
-        ensure_link(&link, &paths.root)
+        ensure_link(&link, &domain.paths().root)
             .map_err(|e| StorageError::io(Code::ImagePathError, OP, &link, &e))?;
         self.mark_prepared(sd, img, purpose);
         Ok(Prepared {
@@ -268,10 +263,12 @@ impl Storage {
     /// deactivates the image's LVs and removes their links.
     pub fn teardown_image(&self, sd: SdUuid, img: ImgUuid) -> StorageResult<()> {
         // A file domain that is gone has nothing to tear down.
-        if let Ok(paths) = self.locate(sd) {
-            if paths.block {
+        // The image lock is taken only where there is work to do: a file
+        // domain's teardown does nothing.
+        if let Ok(domain) = self.locate(sd) {
+            if domain.is_block() {
                 let _held = self.lock_image(sd, img, true)?;
-                self.block_volumes_of(&paths, sd, |v| v.teardown(img))?;
+                domain.teardown(self.volume_tools(), img)?;
             }
         }
         self.forget_prepared(sd, img);
@@ -283,11 +280,11 @@ impl Storage {
         sd: SdUuid,
         pattern: &str,
         case_sensitive: bool,
-    ) -> StorageResult<Vec<crate::files::FileStat>> {
-        let paths = self.locate(sd)?;
-        let (p, pat) = (paths.clone(), pattern.to_string());
-        self.io(&paths.root, "list domain files", move || {
-            crate::files::list(&p, &pat, case_sensitive)
+    ) -> StorageResult<Vec<crate::file::iso_files::FileStat>> {
+        let domain = self.locate(sd)?;
+        let (p, pat) = (domain.paths().clone(), pattern.to_string());
+        self.io(&p.root.clone(), "list domain files", move || {
+            crate::file::iso_files::list(&p, &pat, case_sensitive)
         })
     }
 
@@ -322,4 +319,34 @@ fn ensure_link(link: &std::path::Path, target: &std::path::Path) -> std::io::Res
         std::fs::create_dir_all(dir)?;
     }
     symlink(target, link)
+}
+
+impl Storage {
+    pub(crate) fn mark_prepared(&self, sd: SdUuid, img: ImgUuid, purpose: PreparePurpose) {
+        let mut state = self.state();
+        let slot = state.prepared.entry((sd, img)).or_insert(purpose);
+        // Prepared for a VM wins: that is what the rules need to know.
+        if purpose == PreparePurpose::Vm {
+            *slot = PreparePurpose::Vm;
+        }
+    }
+
+    pub(crate) fn forget_prepared(&self, sd: SdUuid, img: ImgUuid) {
+        self.state().prepared.remove(&(sd, img));
+    }
+
+    pub fn is_prepared(&self, sd: SdUuid, img: ImgUuid) -> bool {
+        self.state().prepared.contains_key(&(sd, img))
+    }
+
+    /// Whether the image is prepared for a VM on this host (a copy of it is
+    /// then a live move).
+    pub fn is_prepared_for_vm(&self, sd: SdUuid, img: ImgUuid) -> bool {
+        self.state().prepared.get(&(sd, img)) == Some(&PreparePurpose::Vm)
+    }
+
+    /// Whether any image of `sd` is prepared on this host.
+    pub fn has_prepared(&self, sd: SdUuid) -> bool {
+        self.state().prepared.keys().any(|(d, _)| *d == sd)
+    }
 }

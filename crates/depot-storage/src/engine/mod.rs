@@ -1,0 +1,320 @@
+//! The engine: [`Storage`], the one object the daemon calls for every
+//! storage verb, one file per concept (connections, domains, pools,
+//! volumes and images, copy, OVF, SAN, LVM). This file holds what they
+//! share: the configuration, the locks, the state of this host, and the
+//! mounts' I/O workers, on which every file-system touch of a domain runs
+//! with a timeout, so a dead server fails one call instead of hanging the
+//! daemon.
+//!
+//! ("Engine" in depot-storage means this folder only; oVirt's manager is
+//! called oVirt or the manager, and depotd's JSON-RPC layer is its own.)
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
+use depot_api::Code;
+use depot_os::lvm::Lvm;
+use depot_os::{CommandRunner, IoWorker, Liveness, Mounter, QemuImg};
+
+use crate::backup::PreparePurpose;
+use crate::connection::san::SanConnector;
+use crate::connection::watch::Watch;
+use crate::connection::Connector;
+use crate::domain::{Domain, VolumeTools};
+use crate::events::{Events, StorageEvent};
+use crate::layout;
+use crate::lock::{Held, LockGuard as Guard, LockManager, ResourceName};
+use crate::monitor::{Monitor, MonitorConfig};
+use crate::{StorageError, StorageResult};
+use pools::Pools;
+
+mod connections;
+mod copy;
+mod domains;
+pub mod lvm;
+mod ovf;
+mod pools;
+mod san;
+mod volumes;
+
+pub use copy::{Control, CopyOutcome, VolRef};
+pub use domains::DomainInfo;
+pub use ovf::{OvfListing, OvfStoreInfo, Readable, UploadDone};
+pub use pools::{PoolDomainStatus, PoolState};
+pub use volumes::Prepared;
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// VDSM's repository: mounts under `mnt/`, run links under `<sp>/`.
+    pub repository: PathBuf,
+    /// Longest a file-system call on a domain may take before it fails
+    /// (the thread is abandoned; see depot_os::worker).
+    pub io_timeout: Duration,
+    /// Longest a verb waits for a domain or image lock.
+    pub lock_timeout: Duration,
+    /// Longest one qemu-img call may take.
+    pub qemu_img_timeout: Duration,
+    /// Health check period (VDSM's sd_health_check_delay).
+    pub monitor_interval: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    /// Where each known domain is, and its kind.
+    domains: HashMap<SdUuid, Domain>,
+    /// Mount directories whose crash leftovers were already cleaned.
+    recovered: HashSet<PathBuf>,
+    /// Images prepared on this host (Image.prepare without teardown), and
+    /// what for.
+    prepared: HashMap<(SdUuid, ImgUuid), PreparePurpose>,
+    /// OVF_STORE volumes with an upload in flight.
+    uploads: HashSet<(SdUuid, VolUuid)>,
+}
+
+pub struct Storage {
+    config: StorageConfig,
+    connector: Connector,
+    locks: LockManager,
+    monitor: Monitor,
+    pub(crate) qemu: QemuImg,
+    state: Mutex<State>,
+    /// The pools this host knows (pools.rs).
+    pools: Pools,
+    workers: Mutex<HashMap<(PathBuf, Lane), Arc<IoWorker>>>,
+    /// The lvm2 commands of block domains (device filter, cache).
+    pub(crate) lvm: Lvm,
+    /// Per block domain: serializes metadata slot allocation.
+    slot_locks: Mutex<HashMap<SdUuid, Arc<Mutex<()>>>>,
+    /// iSCSI and FCP connections, discovery (san.rs).
+    pub(crate) san: SanConnector,
+    /// Notices connections that are gone (connection/watch.rs).
+    watch: Watch,
+    /// Where storage events go (events.rs).
+    events: Events,
+}
+
+/// Longest one LVM command may take. LVM scans every filtered device;
+/// with a path down, multipath queues I/O for a while before failing it.
+const LVM_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Threads per mount worker: a hung call pins one; the rest keep serving.
+const WORKER_THREADS: usize = 4;
+
+/// Threads per mount for long work (wipes, preallocation, extends): their
+/// own, so that a few long deletes never make short calls queue behind
+/// them.
+const LONG_WORKER_THREADS: usize = 4;
+
+/// Which of a mount's workers a call runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Lane {
+    /// One file-system call, or a few (the I/O timeout bounds the lot).
+    Short,
+    /// Work that takes as long as the data is large and beats its
+    /// [`Liveness`] as it goes.
+    Long,
+}
+
+impl Storage {
+    pub fn new(mut config: StorageConfig, runner: CommandRunner) -> Storage {
+        // Mount points are compared with the mount table, which holds
+        // canonical paths.
+        if let Ok(real) = config.repository.canonicalize() {
+            config.repository = real;
+        }
+        let mounter = Mounter::new(runner.clone());
+        let connector =
+            Connector::new(&config.repository, mounter.clone()).with_io_timeout(config.io_timeout);
+        let monitor = Monitor::new(MonitorConfig {
+            interval: config.monitor_interval,
+            check_timeout: config.monitor_interval,
+            mounter: Some(mounter),
+        });
+        Storage {
+            connector,
+            locks: LockManager::new(),
+            monitor,
+            lvm: Lvm::new(runner.clone(), LVM_TIMEOUT),
+            san: SanConnector::new(runner.clone()),
+            slot_locks: Mutex::new(HashMap::new()),
+            qemu: QemuImg::new(runner),
+            state: Mutex::new(State::default()),
+            pools: Pools::default(),
+            workers: Mutex::new(HashMap::new()),
+            watch: Watch::new(config.monitor_interval),
+            events: Events::none(),
+            config,
+        }
+    }
+
+    /// Publishes storage events (domain state changes, OVF_STORE writes,
+    /// lost connections: [`StorageEvent`]) to `events`.
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.monitor.set_events(events.clone());
+        self.watch.set_events(events.clone());
+        self.events = events;
+        self
+    }
+
+    pub(crate) fn publish(&self, event: StorageEvent) {
+        self.events.publish(event);
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.config
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the I/O worker of `dir`'s mount with the I/O timeout.
+    pub(crate) fn io<T: Send + 'static>(
+        &self,
+        dir: &Path,
+        op: &'static str,
+        f: impl FnOnce() -> StorageResult<T> + Send + 'static,
+    ) -> StorageResult<T> {
+        self.io_in(Lane::Short, dir, op, &Held::none(), move |_| f())
+    }
+
+    /// Runs `f` on the `lane` worker of `dir`'s mount, holding `held`
+    /// until `f` has returned, whenever that is: if the call times out
+    /// (no [`Liveness::beat`] for the I/O timeout), the verb fails but the
+    /// locks stay with the thread still in `f`, so nothing else works on
+    /// what they protect until it is really done.
+    pub(crate) fn io_in<T: Send + 'static>(
+        &self,
+        lane: Lane,
+        dir: &Path,
+        op: &'static str,
+        held: &Held,
+        f: impl FnOnce(&Liveness) -> StorageResult<T> + Send + 'static,
+    ) -> StorageResult<T> {
+        let worker = self.worker_for(dir, lane);
+        let held = held.clone();
+        let run = worker.run_watched(self.config.io_timeout, move |live| {
+            let _held = held;
+            f(live)
+        });
+        match run {
+            Ok(r) => r,
+            Err(e) => Err(StorageError::new(
+                Code::MiscFileReadException,
+                op,
+                format!("{}: {e} (is the storage server answering?)", dir.display()),
+            )),
+        }
+    }
+
+    /// Runs `f` on `domain` where the domain says its calls run
+    /// ([`Domain::mount_root`]): on the `lane` worker of its mount with the
+    /// I/O timeout, holding `held` until `f` has returned (as
+    /// [`io_in`](Self::io_in)), or on this thread, where the caller holds
+    /// the locks.
+    pub(crate) fn on_domain<T: Send + 'static>(
+        &self,
+        lane: Lane,
+        domain: &Domain,
+        op: &'static str,
+        held: &Held,
+        f: impl FnOnce(&Domain, Option<&Liveness>) -> StorageResult<T> + Send + 'static,
+    ) -> StorageResult<T> {
+        match domain.mount_root() {
+            Some(root) => {
+                let d = domain.clone();
+                self.io_in(lane, root, op, held, move |live| f(&d, Some(live)))
+            }
+            None => f(domain, None),
+        }
+    }
+
+    /// The `lane` worker of the mount directory that holds `path` (the
+    /// first component under `<repository>/mnt` or `mnt/glusterSD`).
+    pub(crate) fn worker_for(&self, path: &Path, lane: Lane) -> Arc<IoWorker> {
+        let key = self.mount_key(path);
+        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        workers
+            .entry((key.clone(), lane))
+            .or_insert_with(|| {
+                let name = key
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let (prefix, threads) = match lane {
+                    Lane::Short => ("io", WORKER_THREADS),
+                    Lane::Long => ("io-long", LONG_WORKER_THREADS),
+                };
+                Arc::new(IoWorker::new(format!("{prefix}/{name}"), threads))
+            })
+            .clone()
+    }
+
+    fn mount_key(&self, path: &Path) -> PathBuf {
+        let mnt = self.config.repository.join(layout::MNT);
+        let gluster = mnt.join(layout::GLUSTER_DIR);
+        for base in [&gluster, &mnt] {
+            if let Ok(rest) = path.strip_prefix(base) {
+                if let Some(first) = rest.components().next() {
+                    return base.join(first);
+                }
+            }
+        }
+        path.to_path_buf()
+    }
+
+    /// qemu-img and its limit, for volume work.
+    pub(crate) fn volume_tools(&self) -> VolumeTools<'_> {
+        VolumeTools {
+            qemu: &self.qemu,
+            timeout: self.config.qemu_img_timeout,
+        }
+    }
+
+    pub(crate) fn lock_domain_exclusive(&self, sd: SdUuid) -> StorageResult<Guard> {
+        self.lock_domain(sd, true)
+    }
+
+    pub(super) fn lock_domain(&self, sd: SdUuid, exclusive: bool) -> StorageResult<Guard> {
+        let name = ResourceName::domain(sd);
+        if exclusive {
+            self.locks.exclusive(&name, self.config.lock_timeout)
+        } else {
+            self.locks.shared(&name, self.config.lock_timeout)
+        }
+    }
+
+    /// The domain shared and the image shared or exclusive, to be passed
+    /// to every worker call made under them ([`Storage::io_in`]).
+    pub(crate) fn lock_image(
+        &self,
+        sd: SdUuid,
+        img: ImgUuid,
+        exclusive: bool,
+    ) -> StorageResult<Held> {
+        let d = self.lock_domain(sd, false)?;
+        let name = ResourceName::image(sd, img);
+        let i = if exclusive {
+            self.locks.exclusive(&name, self.config.lock_timeout)?
+        } else {
+            self.locks.shared(&name, self.config.lock_timeout)?
+        };
+        Ok(Held::new(vec![d, i]))
+    }
+
+    pub fn shutdown(&self) {
+        self.monitor.shutdown();
+        self.watch.stop();
+    }
+
+    pub(crate) fn locks(&self) -> &LockManager {
+        &self.locks
+    }
+
+    pub(crate) fn repository(&self) -> &Path {
+        &self.config.repository
+    }
+}
