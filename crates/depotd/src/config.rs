@@ -406,22 +406,6 @@ impl Config {
         Duration::from_secs_f64(self.limits.handshake_timeout_s)
     }
 
-    /// The STOMP transport's limits (docs/config.md).
-    pub fn stomp_limits(&self) -> crate::stomp::StompLimits {
-        let l = &self.limits;
-        crate::stomp::StompLimits {
-            frame: depot_stomp::Limits {
-                max_header_bytes: l.stomp_max_header_bytes,
-                max_headers: l.stomp_max_headers,
-                max_body_bytes: l.max_request_bytes,
-            },
-            max_subscriptions: l.stomp_max_subscriptions,
-            max_pending: l.stomp_max_pending_messages,
-            max_pending_bytes: l.stomp_max_pending_bytes,
-            idle_timeout: Duration::from_secs_f64(l.stomp_idle_timeout_s),
-        }
-    }
-
     /// The slowest a client may move a body (docs/config.md).
     pub fn body_pace(&self) -> crate::pace::PaceLimits {
         crate::pace::PaceLimits {

@@ -15,17 +15,18 @@ use depot_os::CommandRunner;
 use depot_storage::events::Events;
 use depot_storage::{Storage, StorageConfig};
 
-use crate::admission::Handshakes;
 use crate::config::Config;
 use crate::events::EventBus;
+use crate::jsonrpc::{JsonRpc, ParseLimits};
+use crate::listen::admission::Handshakes;
+use crate::listen::{self, Listeners, Pool, Throttle};
 use crate::pki;
 use crate::router::Router;
-use crate::rpc::{ParseLimits, RpcEngine};
-use crate::server::{self, Pool, Shared, Throttle};
 use crate::storage_jobs;
 use crate::systemd;
 use crate::task_store::TaskStore;
 use crate::tasks::Tasks;
+use crate::transport::{self, stomp::StompLimits};
 
 /// The file, in the state directory, that holds the bound TLS address: port
 /// 0 in the config picks a free port, and clients (tests, depotctl in dev
@@ -140,7 +141,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let forwarder = events.forward_jobs(&jobs);
 
     let addr = SocketAddr::new(config.listen.address, config.listen.port);
-    let tcp = server::bind_tcp(addr)
+    let tcp = listen::bind_tcp(addr)
         .await
         .map_err(|source| StartError::Bind {
             what: addr.to_string(),
@@ -150,7 +151,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         what: addr.to_string(),
         source,
     })?;
-    let unix = server::bind_unix(&config.listen.socket)
+    let unix = listen::bind_unix(&config.listen.socket)
         .await
         .map_err(|source| StartError::Bind {
             what: config.listen.socket.display().to_string(),
@@ -160,8 +161,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let limits = &config.limits;
-    let shared = Arc::new(Shared {
-        engine: Arc::new(RpcEngine::new(
+    let streams = tasks.streams().clone();
+    let transport = Arc::new(transport::Shared {
+        jsonrpc: Arc::new(JsonRpc::new(
             Router::new(
                 jobs.clone(),
                 storage.clone(),
@@ -170,6 +172,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             ),
             ParseLimits::new(limits.max_batch, limits.max_request_bytes),
         )),
+        storage: storage.clone(),
+        streams,
         events,
         shutdown: stop_rx,
         max_request_bytes: limits.max_request_bytes,
@@ -178,15 +182,18 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         body_pace: config.body_pace(),
         ws_ping_interval: Duration::from_secs_f64(limits.ws_ping_interval_s),
         ws_idle_timeout: Duration::from_secs_f64(limits.ws_idle_timeout_s),
-        stomp: config.stomp_limits(),
+        stomp: stomp_limits(&config),
+    });
+    let shared = Arc::new(Listeners {
+        transport,
         connections: Pool::new("tls", limits.max_connections),
         local_connections: Pool::new("local socket", limits.max_local_connections),
         handshakes: Handshakes::new(limits.max_handshakes, limits.max_handshakes_per_address),
         allowed_subjects: config.tls.allowed_subjects.clone(),
         noise: Throttle::default(),
     });
-    let tcp_task = tokio::spawn(server::serve_tcp(tcp, tls, shared.clone()));
-    let unix_task = tokio::spawn(server::serve_unix(
+    let tcp_task = tokio::spawn(listen::serve_tcp(tcp, tls, shared.clone()));
+    let unix_task = tokio::spawn(listen::serve_unix(
         unix,
         config.listen.socket.clone(),
         shared.clone(),
@@ -229,6 +236,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let _ = std::fs::remove_file(state_dir.join(LISTEN_ADDRESS_FILE));
     tracing::info!("depotd stopped");
     Ok(())
+}
+
+/// The STOMP transport's limits (docs/config.md).
+fn stomp_limits(config: &Config) -> StompLimits {
+    let l = &config.limits;
+    StompLimits {
+        frame: depot_stomp::Limits {
+            max_header_bytes: l.stomp_max_header_bytes,
+            max_headers: l.stomp_max_headers,
+            max_body_bytes: l.max_request_bytes,
+        },
+        max_subscriptions: l.stomp_max_subscriptions,
+        max_pending: l.stomp_max_pending_messages,
+        max_pending_bytes: l.stomp_max_pending_bytes,
+        idle_timeout: Duration::from_secs_f64(l.stomp_idle_timeout_s),
+    }
 }
 
 /// Every connection is a file descriptor, and the connection limits

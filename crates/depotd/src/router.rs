@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::rpc::CallCtx;
+use crate::call::CallCtx;
 use crate::storage_api::{self as st, blocking};
 use crate::storage_jobs;
 use crate::tasks::{verb, Tasks};
@@ -39,16 +39,6 @@ impl Router {
             tasks,
             test_verbs,
         }
-    }
-
-    /// The storage engine, for the HTTP streams that bypass JSON-RPC.
-    pub fn storage(&self) -> &Arc<Storage> {
-        &self.storage
-    }
-
-    /// The task records, for the HTTP streams' tasks.
-    pub fn tasks(&self) -> &Arc<Tasks> {
-        &self.tasks
     }
 
     pub async fn dispatch(&self, call: Call, ctx: &CallCtx) -> Result<Value, ApiError> {

@@ -36,9 +36,9 @@ use depot_api::types::Uuid;
 use depot_api::{ApiError, Code};
 use depot_storage::Storage;
 
-use crate::http::{empty, full, Body};
-use crate::pace::{BodyError, PacedBody};
-use crate::server::Conn;
+use super::http::{empty, full, Body};
+use crate::conn::Conn;
+use crate::pace::{BodyError, PaceLimits, PacedBody};
 use crate::task_store::{StreamVerb, TaskStore};
 
 /// Chunks in flight between the socket and the disk, each up to hyper's
@@ -123,6 +123,7 @@ fn with_task(mut resp: Response<Body>, task: Option<Uuid>) -> Response<Body> {
 pub async fn put(
     req: Request<Incoming>,
     conn: &Conn,
+    body_pace: PaceLimits,
     storage: Arc<Storage>,
     tasks: Arc<TaskStore>,
 ) -> Response<Body> {
@@ -189,7 +190,7 @@ pub async fn put(
         (Some(task_id), result)
     });
 
-    let mut body = PacedBody::new(req.into_body(), conn.shared.body_pace);
+    let mut body = PacedBody::new(req.into_body(), body_pace);
     let mut upload = upload;
     let mut too_slow = None;
     // Feed the body until it ends, or until the storage side has answered

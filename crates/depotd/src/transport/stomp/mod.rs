@@ -2,7 +2,7 @@
 //! "STOMP"). [`depot_stomp`] frames the bytes, [`session`] decides what
 //! each frame means, and this module does the I/O:
 //!
-//! - a reader that parses frames, hands SEND bodies to the JSON-RPC engine
+//! - a reader that parses frames, hands SEND bodies to the JSON-RPC layer
 //!   (shared with HTTP and WebSocket: same limits, errors, batches and
 //!   notifications), at most `max_concurrent_per_connection` at once (then
 //!   it stops reading, which pushes back on the client), and drops a client
@@ -30,8 +30,9 @@ use tokio::sync::{broadcast, mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::call::CallCtx;
 use crate::events::{Event, EventBus};
-use crate::rpc::{CallCtx, RpcEngine};
+use crate::jsonrpc::JsonRpc;
 use session::{error_frame, Action, Session, EVENT_DESTINATION};
 
 /// The STOMP limits (docs/config.md).
@@ -53,10 +54,10 @@ pub struct StompLimits {
 /// What one STOMP connection gets from its listener.
 pub struct StompConn {
     pub peer: Arc<str>,
-    /// The connection's call slots, shared with the engine.
+    /// The connection's call slots, shared with the JSON-RPC layer.
     pub permits: Arc<Semaphore>,
     pub max_concurrent: usize,
-    pub engine: Arc<RpcEngine>,
+    pub jsonrpc: Arc<JsonRpc>,
     pub events: EventBus,
     pub shutdown: watch::Receiver<bool>,
     pub limits: StompLimits,
@@ -273,12 +274,12 @@ where
                             permits: conn.permits.clone(),
                             subscriber: None,
                         };
-                        let (engine, session, outbox) =
-                            (conn.engine.clone(), session.clone(), outbox.clone());
+                        let (jsonrpc, session, outbox) =
+                            (conn.jsonrpc.clone(), session.clone(), outbox.clone());
                         let (hold, last_answer, peer) =
                             (conn.hold.clone(), last_answer.clone(), conn.peer.clone());
                         tokio::spawn(async move {
-                            if let Some(text) = engine.handle(&body, &ctx).await {
+                            if let Some(text) = jsonrpc.handle(&body, &ctx).await {
                                 let frames = lock(&session).messages_to(&reply_to, text.as_bytes());
                                 if frames.is_empty() {
                                     tracing::info!(peer = %peer, reply_to, "STOMP answer dropped: no subscription to its destination");
