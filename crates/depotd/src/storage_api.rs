@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use depot_api::storage::{ConnectionDict, ConnectionList, DomainType, SdUuid, SpUuid};
+use depot_api::storage::{ConnectionDict, ConnectionList, DomainType, ImgUuid, SdUuid, SpUuid};
 use depot_api::types::Uuid;
 use depot_api::{params, ApiError, Code};
 use depot_storage::connection::ConnectionParams;
@@ -32,6 +32,15 @@ pub async fn blocking<T: Send + 'static>(
 
 fn ok() -> Value {
     Value::Bool(true)
+}
+
+/// `true` once `call` returned: the answer of every verb whose schema
+/// returns nothing.
+async fn done(
+    storage: &Arc<Storage>,
+    call: impl FnOnce(&Storage) -> StorageResult<()> + Send + 'static,
+) -> Result<Value, ApiError> {
+    blocking(storage, call).await.map(|()| ok())
 }
 
 // ---- connections ----
@@ -872,4 +881,157 @@ pub async fn list_vgs(storage: &Arc<Storage>) -> Result<Value, ApiError> {
     Ok(Value::Array(
         all.iter().map(|r| vg_json(r, &devs)).collect(),
     ))
+}
+
+// ---- verbs answered `true` once the storage call returns ----
+
+pub async fn remove_vg(
+    storage: &Arc<Storage>,
+    p: params::LvmVolumeGroupRemove,
+) -> Result<Value, ApiError> {
+    let uuid = p.lvmvolumegroupID;
+    done(storage, move |s| s.remove_vg(&uuid)).await
+}
+
+pub async fn extend_domain(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainExtend,
+) -> Result<Value, ApiError> {
+    let (sd, devs, force) = (p.storagedomainID, p.devlist, p.force.unwrap_or(false));
+    done(storage, move |s| s.extend_domain(sd, &devs, force)).await
+}
+
+pub async fn resize_pv(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainResizePv,
+) -> Result<Value, ApiError> {
+    let (sd, guid) = (p.storagedomainID, p.guid);
+    let size = blocking(storage, move |s| s.resize_pv(sd, &guid)).await?;
+    // The bare size, as VDSM's Bridge answers (its 'size' key);
+    // the engine reads the result as that string.
+    Ok(Value::String(size.to_string()))
+}
+
+pub async fn set_domain_description(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainSetDescription,
+) -> Result<Value, ApiError> {
+    let (sd, d) = (p.storagedomainID, p.description);
+    done(storage, move |s| s.set_domain_description(sd, d)).await
+}
+
+pub async fn set_backup(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainSetBackup,
+) -> Result<Value, ApiError> {
+    let (sd, b) = (p.storagedomainID, p.backup);
+    done(storage, move |s| s.set_backup(sd, b)).await
+}
+
+pub async fn validate_domain(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainValidate,
+) -> Result<Value, ApiError> {
+    let sd = p.storagedomainID;
+    done(storage, move |s| s.validate_domain(sd)).await
+}
+
+pub async fn format_domain(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainFormat,
+) -> Result<Value, ApiError> {
+    let (sd, auto) = (p.storagedomainID, p.autoDetach.unwrap_or(false));
+    done(storage, move |s| s.format_domain(sd, auto)).await
+}
+
+pub async fn disconnect_pool(
+    storage: &Arc<Storage>,
+    p: params::StoragePoolDisconnect,
+) -> Result<Value, ApiError> {
+    let sp = p.storagepoolID;
+    done(storage, move |s| s.disconnect_pool(sp)).await
+}
+
+pub async fn attach(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainAttach,
+) -> Result<Value, ApiError> {
+    let (sd, sp) = (p.storagedomainID, p.storagepoolID);
+    done(storage, move |s| s.attach(sd, sp)).await
+}
+
+pub async fn detach(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainDetach,
+) -> Result<Value, ApiError> {
+    let (sd, sp, force) = (p.storagedomainID, p.storagepoolID, p.force.unwrap_or(false));
+    done(storage, move |s| s.detach(sd, sp, force)).await
+}
+
+pub async fn activate(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainActivate,
+) -> Result<Value, ApiError> {
+    let (sd, sp) = (p.storagedomainID, p.storagepoolID);
+    done(storage, move |s| s.activate(sd, sp)).await
+}
+
+pub async fn deactivate(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainDeactivate,
+) -> Result<Value, ApiError> {
+    let (sd, sp, m, v) = (
+        p.storagedomainID,
+        p.storagepoolID,
+        p.masterSdUUID,
+        p.masterVersion,
+    );
+    done(storage, move |s| s.deactivate(sd, sp, m, v)).await
+}
+
+pub async fn set_volume_description(
+    storage: &Arc<Storage>,
+    p: params::VolumeSetDescription,
+) -> Result<Value, ApiError> {
+    let (sd, img, vol, d) = (p.storagedomainID, p.imageID, p.volumeID, p.description);
+    done(storage, move |s| s.set_volume_description(sd, img, vol, d)).await
+}
+
+pub async fn set_volume_legality(
+    storage: &Arc<Storage>,
+    p: params::VolumeSetLegality,
+) -> Result<Value, ApiError> {
+    let (sd, img, vol, l) = (p.storagedomainID, p.imageID, p.volumeID, p.legality);
+    done(storage, move |s| s.set_volume_legality(sd, img, vol, l)).await
+}
+
+pub async fn teardown(storage: &Arc<Storage>, p: params::ImageTeardown) -> Result<Value, ApiError> {
+    let (sd, img): (_, ImgUuid) = (p.storagedomainID, p.imageID);
+    let _ = SpUuid(p.storagepoolID);
+    done(storage, move |s| s.teardown_image(sd, img)).await
+}
+
+// ---- verbs VDSM runs as SPM tasks: done before the answer ----
+
+pub async fn delete_volume(
+    storage: &Arc<Storage>,
+    p: params::VolumeDelete,
+) -> Result<(), ApiError> {
+    let (sd, img, vol) = (p.storagedomainID, p.imageID, p.volumeID);
+    let (zero, force) = (p.postZero.unwrap_or(false), p.force.unwrap_or(false));
+    blocking(storage, move |s| s.delete_volume(sd, img, vol, zero, force)).await
+}
+
+pub async fn extend_volume(
+    storage: &Arc<Storage>,
+    p: params::VolumeExtendSize,
+) -> Result<(), ApiError> {
+    let (sd, img, vol, size) = (p.storagedomainID, p.imageID, p.volumeID, p.newSize.0);
+    blocking(storage, move |s| s.extend_volume(sd, img, vol, size)).await
+}
+
+pub async fn delete_image(storage: &Arc<Storage>, p: params::ImageDelete) -> Result<(), ApiError> {
+    let (sd, img) = (p.storagedomainID, p.imageID);
+    let (zero, force) = (p.postZero.unwrap_or(false), p.force.unwrap_or(false));
+    blocking(storage, move |s| s.delete_image(sd, img, zero, force)).await
 }
