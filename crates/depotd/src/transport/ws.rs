@@ -8,6 +8,7 @@
 //! itself) for `limits.ws_idle_timeout_s` is closed, and so is one whose
 //! client stops taking what the server sends (the socket is paced).
 
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -36,26 +37,9 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sink, mut incoming) = stream.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Message>(OUT_QUEUE);
-    // Resolves when the writer ends; before the close frame that means the
-    // client stopped reading (or went away), and reading on is pointless.
-    let (writer_alive, mut writer_done) = oneshot::channel::<()>();
-    let peer = conn.peer.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = out_rx.recv().await {
-            let closing = matches!(msg, Message::Close(_));
-            if let Err(e) = sink.send(msg).await {
-                tracing::info!(peer = %peer, error = %e, "WebSocket write failed; closing");
-                break;
-            }
-            if closing {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-        drop(writer_alive);
-    });
+    let (sink, mut incoming) = stream.split();
+    let (out_tx, out_rx) = mpsc::channel::<Message>(OUT_QUEUE);
+    let (writer, mut writer_done) = spawn_writer(sink, out_rx, conn.peer.clone());
 
     let max = shared.max_concurrent_per_connection;
     let in_flight = Arc::new(Semaphore::new(max));
@@ -133,6 +117,35 @@ pub async fn serve<S>(
     // The writer stops after a close frame, whoever still holds a sender.
     let _ = out_tx.send(Message::Close(close)).await;
     let _ = writer.await;
+}
+
+/// Sends what is queued until a close frame. The receiver resolves when
+/// the writer ends; before the close frame that means the client stopped
+/// reading (or went away), and reading on is pointless.
+fn spawn_writer<S>(
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
+    mut out_rx: mpsc::Receiver<Message>,
+    peer: Arc<str>,
+) -> (JoinHandle<()>, oneshot::Receiver<()>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (writer_alive, writer_done) = oneshot::channel::<()>();
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            let closing = matches!(msg, Message::Close(_));
+            if let Err(e) = sink.send(msg).await {
+                tracing::info!(peer = %peer, error = %e, "WebSocket write failed; closing");
+                break;
+            }
+            if closing {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+        drop(writer_alive);
+    });
+    (writer, writer_done)
 }
 
 fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame<'static> {
