@@ -7,7 +7,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, Code};
-use crate::results::{ConnectionStatus, DomainStats, Done, TaskId, VolumeSize, WireResult};
+use crate::results::{
+    ConnectionStatus, DomainStats, Done, TaskId, TaskInfo, TaskStatus, VolumeSize, WireResult,
+};
 use crate::storage::{
     AllocType, ByteSize, ConnectionList, CopyEndpoint, DiskType, DomainClass, DomainType, ImgUuid,
     Legality, MoveOperation, Password, Port, SdUuid, SpUuid, VolUuid, VolumeAttributes,
@@ -865,7 +867,7 @@ verbs! {
     "Task.getStatus" => TaskGetStatus {
         /// The task id.
         taskID: Uuid,
-    } -> "`{taskID, taskState: running|finished, taskResult: success|cleanFailure|'', code, message}`";
+    } -> (TaskStatus, "taskState running or finished; taskResult success, cleanFailure or empty");
 
     /// What a task is: VDSM's verb name (createVolume, deleteVolume,
     /// extendVolumeSize, deleteImage, moveImage, downloadImageFromStream
@@ -873,7 +875,7 @@ verbs! {
     "Task.getInfo" => TaskGetInfo {
         /// The task id.
         taskID: Uuid,
-    } -> "`{id, verb}`";
+    } -> (TaskInfo);
 
     /// Forgets a finished task (403 while it runs).
     "Task.clear" => TaskClear {
@@ -882,11 +884,11 @@ verbs! {
     } -> (Done);
 
     /// The status of every task this host knows.
-    "Host.getAllTasksStatuses" => HostGetAllTasksStatuses {} -> "`{taskID: TaskStatus}`";
+    "Host.getAllTasksStatuses" => HostGetAllTasksStatuses {} -> (BTreeMap<String, TaskStatus>, "by task id");
 
     /// What every task this host knows is (the engine asks this to find
     /// the tasks of a new SPM).
-    "Host.getAllTasksInfo" => HostGetAllTasksInfo {} -> "`{taskID: {id, verb}}`";
+    "Host.getAllTasksInfo" => HostGetAllTasksInfo {} -> (BTreeMap<String, TaskInfo>, "by task id");
 
     /// Starts a built-in no-op job that sleeps, reporting progress. It
     /// exercises the job machinery (status, abort, persistence, events)

@@ -153,6 +153,27 @@ object! {
 }
 
 object! {
+    /// VDSM's TaskStatus.
+    TaskStatus {
+        taskID: String,
+        /// running or finished.
+        taskState: String,
+        /// success, cleanFailure or empty while running.
+        taskResult: String,
+        code: i64,
+        message: String,
+    }
+}
+
+object! {
+    /// VDSM's TaskInfo.
+    TaskInfo {
+        id: String,
+        verb: String,
+    }
+}
+
+object! {
     /// Sizes as decimal strings, as VDSM; `mda*` are block-domain figures,
     /// reported as VDSM does for file domains.
     DomainStats {

@@ -105,11 +105,11 @@ impl Router {
             Call::StorageDomainGetOvfEntity(p) => {
                 storage_api::ovf_entity(storage, p.storagedomainID, p.entityID).await
             }
-            Call::TaskGetStatus(p) => self.tasks.status(&self.jobs, p.taskID),
-            Call::TaskGetInfo(p) => self.tasks.info(&self.jobs, p.taskID),
+            Call::TaskGetStatus(p) => wire(self.tasks.status(&self.jobs, p.taskID)),
+            Call::TaskGetInfo(p) => wire(self.tasks.info(&self.jobs, p.taskID)),
             Call::TaskClear(p) => wire(self.clear_task(p).await),
-            Call::HostGetAllTasksStatuses(_) => Ok(self.tasks.all(&self.jobs)),
-            Call::HostGetAllTasksInfo(_) => Ok(self.tasks.all_info(&self.jobs)),
+            Call::HostGetAllTasksStatuses(_) => wire(Ok(self.tasks.all(&self.jobs))),
+            Call::HostGetAllTasksInfo(_) => wire(Ok(self.tasks.all_info(&self.jobs))),
             Call::SdmCopyData(p) => wire(self.copy_data(p).await),
             Call::SdmUpdateVolume(p) => wire(self.update_volume(p).await),
             Call::ImageMove(p) => wire(self.move_image(p).await),
@@ -419,6 +419,26 @@ mod tests {
         );
         let seen: BTreeMap<String, bool> = [("g1".into(), true), ("g0".into(), false)].into();
         assert_eq!(text(wire(Ok(seen)).unwrap()), r#"{"g0":false,"g1":true}"#);
+        let status = depot_api::results::TaskStatus {
+            taskID: id.to_string(),
+            taskState: "finished".into(),
+            taskResult: "cleanFailure".into(),
+            code: 9005,
+            message: "m".into(),
+        };
+        assert_eq!(
+            text(wire(Ok(status)).unwrap()),
+            text(json!({"taskID": id.to_string(), "taskState": "finished",
+                "taskResult": "cleanFailure", "code": 9005, "message": "m"}))
+        );
+        let info = depot_api::results::TaskInfo {
+            id: id.to_string(),
+            verb: "createVolume".into(),
+        };
+        assert_eq!(
+            text(wire(Ok(info)).unwrap()),
+            text(json!({"id": id.to_string(), "verb": "createVolume"}))
+        );
         assert_eq!(
             text(wire(Ok(capabilities())).unwrap()),
             text(serde_json::to_value(capabilities()).unwrap())
