@@ -90,34 +90,12 @@ async fn measure(d: &Daemon, args: OvfArgs) -> Result<(), String> {
 
     // Warm-up of both, outside the figures: the tar into the page cache,
     // the TLS path, and whether dd takes the unpadded tar.
-    let mut dd_src = tar_path.clone();
-    if let Err(e) = dd(&dd_src, &vol_path) {
-        let padded = d.dir.path().join("ovf-store.padded.tar");
-        let mut bytes = fs::read(&tar_path).map_err(|e| e.to_string())?;
-        bytes.resize(bytes.len().div_ceil(4096) * 4096, 0);
-        fs::write(&padded, &bytes).map_err(|e| e.to_string())?;
-        println!(
-            "dd refused the {len}-byte tar with oflag=direct ({e}); dd is given a copy padded to {} bytes",
-            bytes.len()
-        );
-        dd_src = padded;
-        dd(&dd_src, &vol_path)?;
-    }
+    let dd_src = dd_source(d, &tar_path, &vol_path, len)?;
     put(d, &sd, &img, &vol, &tar_path, len).await?;
 
     // The transport floor: the same PUT over the same kind of connection to
     // a process that throws the body away (see ovf_sink.rs).
-    let listen = fs::read_to_string(d.dir.path().join("dev/state/listen-address"))
-        .map_err(|e| format!("depotd's listen address: {e}"))?;
-    let host = depot_client::host_part(listen.trim()).to_string();
-    let sink_listen = if host.contains(':') {
-        format!("[{host}]:0")
-    } else {
-        format!("{host}:0")
-    };
-    let pki = d.dir.path().join("dev/state/pki");
-    let sink = Sink::start(&pki, &sink_listen)?;
-    let sink_ep = Endpoint::tls_from_pki_dir(sink.addr.clone(), &pki);
+    let (sink, sink_ep) = start_sink(d)?;
     put_to(&sink_ep, &sd, &img, &vol, &tar_path, len).await?;
 
     let log_before = upload_log_lines(d).len();
@@ -182,6 +160,43 @@ async fn measure(d: &Daemon, args: OvfArgs) -> Result<(), String> {
         .unwrap_or(Value::Null);
     println!("store after the last PUT: {listed}");
     Ok(())
+}
+
+/// What dd copies: the tar, or (when dd refuses its length with
+/// `oflag=direct`) a copy padded to 4096 bytes. Copies it once (the
+/// warm-up).
+fn dd_source(d: &Daemon, tar_path: &Path, vol_path: &Path, len: u64) -> Result<PathBuf, String> {
+    let mut dd_src = tar_path.to_path_buf();
+    if let Err(e) = dd(&dd_src, vol_path) {
+        let padded = d.dir.path().join("ovf-store.padded.tar");
+        let mut bytes = fs::read(tar_path).map_err(|e| e.to_string())?;
+        bytes.resize(bytes.len().div_ceil(4096) * 4096, 0);
+        fs::write(&padded, &bytes).map_err(|e| e.to_string())?;
+        println!(
+            "dd refused the {len}-byte tar with oflag=direct ({e}); dd is given a copy padded to {} bytes",
+            bytes.len()
+        );
+        dd_src = padded;
+        dd(&dd_src, vol_path)?;
+    }
+    Ok(dd_src)
+}
+
+/// The sink of the transport floor, on depotd's address family, with
+/// depotd's PKI.
+fn start_sink(d: &Daemon) -> Result<(Sink, Endpoint), String> {
+    let listen = fs::read_to_string(d.dir.path().join("dev/state/listen-address"))
+        .map_err(|e| format!("depotd's listen address: {e}"))?;
+    let host = depot_client::host_part(listen.trim()).to_string();
+    let sink_listen = if host.contains(':') {
+        format!("[{host}]:0")
+    } else {
+        format!("{host}:0")
+    };
+    let pki = d.dir.path().join("dev/state/pki");
+    let sink = Sink::start(&pki, &sink_listen)?;
+    let sink_ep = Endpoint::tls_from_pki_dir(sink.addr.clone(), &pki);
+    Ok((sink, sink_ep))
 }
 
 /// The engine-like archive, written to the daemon's directory; prints
