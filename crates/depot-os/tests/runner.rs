@@ -219,7 +219,8 @@ fn exited_child_stays_unreaped_until_its_group_is_killed() {
         progress: &progress,
         abort: &|| false,
     };
-    let cmd = Cmd::new("sh", Duration::from_secs(2)).args(["-c", "sleep 30 & echo $$ $!; exit 0"]);
+    // 5 s: time for a loaded machine to start sh and print the pids.
+    let cmd = Cmd::new("sh", Duration::from_secs(5)).args(["-c", "sleep 30 & echo $$ $!; exit 0"]);
     let err = CommandRunner::new()
         .run_watched(&cmd, Some(&watch))
         .expect_err("timeout");
