@@ -112,9 +112,6 @@ impl Cmd {
     }
 
     /// Runs the program in `dir` instead of the caller's working directory.
-    /// A program named by a relative path with a `/` (`./tool`) is still
-    /// found from the caller's working directory, not from `dir` (duct
-    /// makes such a path absolute before spawning).
     pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.current_dir = Some(dir.into());
         self

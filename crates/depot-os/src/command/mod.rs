@@ -9,16 +9,6 @@
 //! child's stdout and stderr (three when stdin bytes are given), so that a
 //! child writing to both pipes can never deadlock against us.
 //!
-//! # duct
-//!
-//! The command is built and spawned with duct (argv, env, working
-//! directory, the pipes as files, the process group set before spawning);
-//! everything the guarantees below rest on stays here: the pipes and their
-//! bounded capture threads, the stdin writer (never waited for), the
-//! deadline, the `WNOWAIT` wait that leaves the child unreaped until its
-//! group is killed, the `killpg` and the reap. docs/architecture.md says
-//! why each of those is not duct's.
-//!
 //! # Guarantees
 //!
 //! * **No shell.** The program gets exactly the argv built with [`Cmd`];

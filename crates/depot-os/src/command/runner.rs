@@ -7,6 +7,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::str::Utf8Error;
 use std::sync::Arc;
 use std::thread;
@@ -194,11 +195,10 @@ impl CommandRunner {
     /// stderr captured by threads (stdout up to its limit, the tail of
     /// stderr) and its stdin fed by another.
     ///
-    /// duct builds and spawns the command; the pipes, their threads, the
-    /// wait, the kill and the reap stay the runner's (see [`ChildGuard`]):
-    /// duct's own capture has no size limit, its `stdin_bytes` writer is
-    /// joined by its wait (a pipe held by a process outside the group would
-    /// hold the reap), and its kill reaches the child only.
+    /// `std::process` and not duct: duct sets the child's whole environment
+    /// (PATH included), which makes std fork the agent instead of using
+    /// posix_spawn for a program looked up in PATH: 44 % more CPU per
+    /// command, measured (docs/architecture.md, "No duct").
     fn spawn(
         &self,
         cmd: &Cmd,
@@ -208,69 +208,49 @@ impl CommandRunner {
             argv: argv.to_owned(),
             source,
         };
-        // os_pipe's ends are close-on-exec: only the child's copies (its
-        // 0, 1 and 2) cross the exec, never into a command spawned at the
-        // same time by another thread.
-        let (stdout_read, stdout_write) = os_pipe::pipe().map_err(io_err)?;
-        let (stderr_read, stderr_write) = os_pipe::pipe().map_err(io_err)?;
-        let stdin_pipe = match &cmd.stdin {
-            Some(_) => Some(os_pipe::pipe().map_err(io_err)?),
-            None => None,
-        };
-        let mut expr = duct::cmd(&cmd.program, cmd.args.iter().map(|a| &a.value))
-            .stdout_file(stdout_write)
-            .stderr_file(stderr_write)
-            // Exit codes are the runner's to judge (ok_codes).
-            .unchecked()
+        let mut command = Command::new(&cmd.program);
+        command
+            .args(cmd.args.iter().map(|a| &a.value))
+            .envs(self.default_env.iter().map(|(k, v)| (k, v)))
+            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+            .stdin(if cmd.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             // Own process group, so a timeout can kill grandchildren too.
-            .before_spawn(|command| {
-                command.process_group(0);
-                Ok(())
-            });
-        let mut stdin_write = None;
-        expr = match stdin_pipe {
-            Some((read, write)) => {
-                stdin_write = Some(write);
-                expr.stdin_file(read)
-            }
-            None => expr.stdin_null(),
-        };
-        // The command's variables win over the runner's, and a later one
-        // over an earlier one of the same name. In duct the first `env`
-        // applied to an expression (the innermost) wins, so they go in
-        // from the last to the first.
-        for (k, v) in self.default_env.iter().chain(&cmd.env).rev() {
-            expr = expr.env(k, v);
-        }
+            .process_group(0);
         if let Some(dir) = &cmd.current_dir {
-            expr = expr.dir(dir);
+            command.current_dir(dir);
         }
-        let handle = expr.start().map_err(|source| CmdError::Spawn {
+        let child = command.spawn().map_err(|source| CmdError::Spawn {
             argv: argv.to_owned(),
             source,
         })?;
         // From here on, any early return kills and reaps via the guard.
-        let guard = ChildGuard::new(handle);
-        // The expression holds the parent's copies of the child's pipe ends:
-        // closed now, EOF comes when the child's group closes its own.
-        drop(expr);
+        let mut guard = ChildGuard::new(child);
 
+        let stdout_pipe = guard.child.stdout.take().ok_or_else(|| missing("stdout"));
+        let stderr_pipe = guard.child.stderr.take().ok_or_else(|| missing("stderr"));
         let stdout = Capture::start(
             "depot-cmd-stdout",
-            stdout_read,
+            stdout_pipe.map_err(io_err)?,
             Keep::Head,
             cmd.stdout_limit,
         )
         .map_err(io_err)?;
         let stderr = Capture::start(
             "depot-cmd-stderr",
-            stderr_read,
+            stderr_pipe.map_err(io_err)?,
             Keep::Tail,
             STDERR_TAIL_LIMIT,
         )
         .map_err(io_err)?;
-        if let (Some(pipe), Some(bytes)) = (stdin_write, &cmd.stdin) {
-            feed_stdin(pipe, bytes.clone()).map_err(io_err)?;
+        if let Some(bytes) = &cmd.stdin {
+            let pipe = guard.child.stdin.take().ok_or_else(|| missing("stdin"));
+            feed_stdin(pipe.map_err(io_err)?, bytes.clone()).map_err(io_err)?;
         }
         Ok((guard, stdout, stderr))
     }
@@ -407,13 +387,17 @@ fn wait_finished(stdout: &Capture, stderr: &Capture, until: Instant) {
 /// all its input would otherwise deadlock against us. Not joined: it ends
 /// when the bytes are written or the child closes the pipe (EPIPE, which
 /// is ignored since the child is free not to read everything).
-fn feed_stdin(mut pipe: os_pipe::PipeWriter, bytes: Vec<u8>) -> io::Result<()> {
+fn feed_stdin(mut pipe: ChildStdin, bytes: Vec<u8>) -> io::Result<()> {
     thread::Builder::new()
         .name("depot-cmd-stdin".into())
         .spawn(move || {
             let _ = pipe.write_all(&bytes);
         })
         .map(drop)
+}
+
+fn missing(which: &str) -> io::Error {
+    io::Error::other(format!("child {which} pipe was not created"))
 }
 
 /// The last `max` bytes of `bytes` as text.
@@ -435,21 +419,17 @@ fn outcome(e: &CmdError) -> String {
 
 /// Owns a spawned child; kills its group and reaps it if dropped before
 /// [`ChildGuard::reap`], so no early return or panic leaves a process behind.
-///
-/// The child is reaped only here (duct's `wait`, after the runner's own
-/// `WNOWAIT` waits and `killpg`): duct reaps nothing on its own while the
-/// handle lives, so the group id cannot be reused before the kill.
 struct ChildGuard {
-    handle: duct::Handle,
+    child: Child,
     pid: Pid,
     pidfd: Option<std::os::fd::OwnedFd>,
     reaped: bool,
 }
 
 impl ChildGuard {
-    fn new(handle: duct::Handle) -> Self {
-        // One command, so one pid. Linux pids fit in i32 (pid_max <= 2^22).
-        let pid = Pid::from_raw(handle.pids()[0] as i32);
+    fn new(child: Child) -> Self {
+        // Linux pids fit in i32 (pid_max <= 2^22).
+        let pid = Pid::from_raw(child.id() as i32);
         // A pidfd becomes readable when the child exits; without one (an
         // old kernel) the wait falls back to sleeping.
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
@@ -459,7 +439,7 @@ impl ChildGuard {
             unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
         });
         ChildGuard {
-            handle,
+            child,
             pid,
             pidfd,
             reaped: false,
@@ -495,11 +475,11 @@ impl ChildGuard {
             }
         }
         // In case the child moved itself to another group.
-        let _ = self.handle.kill();
+        let _ = self.child.kill();
     }
 
     fn reap(&mut self) -> io::Result<ExitStatus> {
-        let status = self.handle.wait()?.status;
+        let status = self.child.wait()?;
         self.reaped = true;
         Ok(ExitStatus::from_std(status))
     }
@@ -509,7 +489,7 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         if !self.reaped {
             self.kill();
-            let _ = self.handle.wait();
+            let _ = self.child.wait();
         }
     }
 }
