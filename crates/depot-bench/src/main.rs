@@ -9,6 +9,7 @@ mod fsproc;
 mod ovf;
 mod ovf_sink;
 mod ping;
+mod spawn;
 mod stats;
 mod sys;
 mod volumes;
@@ -44,6 +45,9 @@ enum Bench {
     /// in-process and through an IoWorker thread: stat, and a 4 KiB
     /// metadata read_direct + write_atomic.
     Fsproc(fsproc::FsprocArgs),
+    /// The command runner (depot_os::CommandRunner) running `true` many
+    /// times, against std::process::Command::status() of the same.
+    Spawn(spawn::SpawnArgs),
     /// The helper process of `fsproc` (started by it, not by hand).
     #[command(hide = true)]
     FsprocServe,
@@ -60,6 +64,13 @@ fn main() {
         Bench::Fsproc(a) => {
             if let Err(e) = fsproc::run(a) {
                 eprintln!("depot-bench fsproc: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        Bench::Spawn(a) => {
+            if let Err(e) = spawn::run(a) {
+                eprintln!("depot-bench spawn: {e}");
                 std::process::exit(1);
             }
             return;
@@ -84,7 +95,7 @@ fn main() {
             Bench::Volumes(a) => volumes::run(&depotd, a).await,
             Bench::Ovf(a) => ovf::run(&depotd, a).await,
             Bench::Copy(a) => copy::run(a).await,
-            Bench::OvfSink(_) | Bench::Fsproc(_) | Bench::FsprocServe => {
+            Bench::OvfSink(_) | Bench::Fsproc(_) | Bench::FsprocServe | Bench::Spawn(_) => {
                 unreachable!("run above")
             }
         }

@@ -121,7 +121,60 @@ pub async fn run(depotd: &Path, args: VolumesArgs) -> Result<(), String> {
 }
 
 async fn measure(d: &Daemon, args: VolumesArgs) -> Result<(), String> {
-    // The storage: a plain directory (LOCALFS refuses a symlink).
+    let (holder, storage) = storage_dir(d, &args)?;
+    let fs_type = fs_type(&storage);
+    let c = Client::connect(&d.unix())
+        .await
+        .map_err(|e| e.to_string())?;
+    let sd = localfs_domain(&c, &storage, "depot-bench volumes").await?;
+    // Warm up the path (domain lookup, worker threads) outside the figures.
+    call(
+        &c,
+        "StorageDomain.getVolumes",
+        json!({"storagedomainID": sd, "imageID": BLANK}),
+    )
+    .await?;
+
+    let kind = if args.cow {
+        "COW SPARSE (qcow2)"
+    } else {
+        "RAW SPARSE"
+    };
+    let n = args.count;
+    let run = Run {
+        d,
+        c,
+        sd,
+        format: if args.cow { "COW" } else { "RAW" },
+        vols: (0..n)
+            .map(|_| (Uuid::new_v4().to_string(), Uuid::new_v4().to_string()))
+            .collect(),
+        args: &args,
+    };
+    let log_start = log_len(d);
+    let mut creates = run.create_all(&storage).await?;
+    let mut reads = run.read_all().await?;
+    drop(run.c);
+    server_durations(d, log_start, n, &mut creates.create, &mut reads);
+
+    println!(
+        "bench: {n} {kind} volumes of {} on a LOCALFS domain ({}, {fs_type}), each in its own image, one call at a time on one local-socket connection, depotd log level {}",
+        size_text(args.size),
+        storage.display(),
+        args.log_level
+    );
+    print_report(&creates, &reads, n, args.cow);
+    drop(holder);
+    Ok(())
+}
+
+/// The storage: a plain directory (LOCALFS refuses a symlink), in
+/// `--dir` (then the returned holder removes it when dropped) or in the
+/// daemon's temporary directory.
+fn storage_dir(
+    d: &Daemon,
+    args: &VolumesArgs,
+) -> Result<(Option<tempfile::TempDir>, PathBuf), String> {
     let holder = match &args.dir {
         Some(parent) => Some(tempfile::tempdir_in(parent).map_err(|e| e.to_string())?),
         None => None,
@@ -135,176 +188,218 @@ async fn measure(d: &Daemon, args: VolumesArgs) -> Result<(), String> {
     let storage = storage
         .canonicalize()
         .map_err(|e| format!("{}: {e}", storage.display()))?;
-    let fs_type = fs_type(&storage);
+    Ok((holder, storage))
+}
 
-    let c = Client::connect(&d.unix())
-        .await
-        .map_err(|e| e.to_string())?;
-    let sd = localfs_domain(&c, &storage, "depot-bench volumes").await?;
-    // Warm up the path (domain lookup, worker threads) outside the figures.
-    call(
-        &c,
-        "StorageDomain.getVolumes",
-        json!({"storagedomainID": sd, "imageID": BLANK}),
-    )
-    .await?;
+/// What one benchmark run works on: the daemon, one connection to it, its
+/// domain and the `(image, volume)` pairs to create.
+struct Run<'a> {
+    d: &'a Daemon,
+    c: Client,
+    sd: String,
+    /// `volFormat` of the creates: "RAW" or "COW".
+    format: &'static str,
+    vols: Vec<(String, String)>,
+    args: &'a VolumesArgs,
+}
 
-    let (format, kind) = if args.cow {
-        ("COW", "COW SPARSE (qcow2)")
-    } else {
-        ("RAW", "RAW SPARSE")
-    };
-    let n = args.count;
-    let vols: Vec<(String, String)> = (0..n)
-        .map(|_| (Uuid::new_v4().to_string(), Uuid::new_v4().to_string()))
-        .collect();
-    let log_start = log_len(d);
+/// The create phase's figures: the daemon's and the references'.
+struct Creates {
+    create: Series,
+    floor: Series,
+    direct: Series,
+    qemu: Series,
+}
 
-    // Volume.create, one at a time, interleaved with the references so
-    // that they see the same load on the file system (other work on the
-    // machine makes fsync times drift by several times during a run).
-    let floor_dir = storage.join("bench-floor");
-    let direct_dir = storage.join("bench-direct");
-    let qemu_dir = storage.join("bench-qemu-img");
-    for dir in [&floor_dir, &direct_dir, &qemu_dir] {
-        fs::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let mut create = Series::new("Volume.create");
-    let mut floor = Series::new("floor: sparse file, 512 B, rename, fsync");
-    let creator = DirectCreate::new(&direct_dir, args.size, args.cow)?;
-    let mut direct = Series::new(format!("{format} FileVolumes::create, no daemon"));
-    let mut qemu = Series::new("qemu-img create -f qcow2");
-    let qemu_stride = (n / args.qemu_img_runs.max(1)).max(1);
-    let mut cpu_s = 0.0;
-    let (mut floor_cpu, mut direct_cpu, mut qemu_cpu) = (0.0, 0.0, 0.0);
-    for (i, (img, vol)) in vols.iter().enumerate() {
-        // Rotate the order, so that none of the three always follows the
-        // same one.
-        for k in 0..3 {
-            match (i + k) % 3 {
-                0 => {
-                    let cpu = d.cpu_seconds_with_children();
-                    let t = Instant::now();
-                    call(
-                        &c,
-                        "Volume.create",
-                        json!({
-                            "volumeID": vol,
-                            "storagedomainID": sd,
-                            "imageID": img,
-                            "size": args.size.to_string(),
-                            "volFormat": format,
-                            "preallocate": "SPARSE",
-                            "diskType": "DATA",
-                            "desc": "depot-bench",
-                            "srcImgUUID": BLANK,
-                            "srcVolUUID": BLANK,
-                        }),
-                    )
-                    .await?;
-                    create.us.push(t.elapsed().as_micros() as u64);
-                    cpu_s += d.cpu_seconds_with_children() - cpu;
-                }
-                1 => {
-                    let cpu = own_cpu_seconds();
-                    let t = Instant::now();
-                    floor_create(&floor_dir, i, args.size).map_err(|e| format!("floor: {e}"))?;
-                    floor.us.push(t.elapsed().as_micros() as u64);
-                    floor_cpu += own_cpu_seconds() - cpu;
-                }
-                _ => {
-                    let cpu = own_cpu_seconds();
-                    let t = Instant::now();
-                    creator
-                        .create(img, vol)
-                        .map_err(|e| format!("direct create: {e}"))?;
-                    direct.us.push(t.elapsed().as_micros() as u64);
-                    direct_cpu += own_cpu_seconds() - cpu;
+/// The read phase's figures.
+struct Reads {
+    per_image: Series,
+    whole: Series,
+    info: Series,
+}
+
+/// Runs `f` once, adding its latency to `s` and the CPU time `cpu` counts
+/// over it to `s.cpu_s`.
+fn timed(
+    s: &mut Series,
+    cpu: impl Fn() -> f64,
+    f: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    let cpu_before = cpu();
+    let t = Instant::now();
+    f()?;
+    s.us.push(t.elapsed().as_micros() as u64);
+    *s.cpu_s.get_or_insert(0.0) += cpu() - cpu_before;
+    Ok(())
+}
+
+/// A series whose CPU time is counted from zero (printed even when no call
+/// was made).
+fn counted(name: impl Into<String>) -> Series {
+    let mut s = Series::new(name);
+    s.cpu_s = Some(0.0);
+    s
+}
+
+impl Run<'_> {
+    /// Volume.create, one at a time, interleaved with the references so
+    /// that they see the same load on the file system (other work on the
+    /// machine makes fsync times drift by several times during a run).
+    async fn create_all(&self, storage: &Path) -> Result<Creates, String> {
+        let floor_dir = storage.join("bench-floor");
+        let direct_dir = storage.join("bench-direct");
+        let qemu_dir = storage.join("bench-qemu-img");
+        for dir in [&floor_dir, &direct_dir, &qemu_dir] {
+            fs::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let creator = DirectCreate::new(&direct_dir, self.args.size, self.args.cow)?;
+        let mut s = Creates {
+            create: counted("Volume.create"),
+            floor: counted("floor: sparse file, 512 B, rename, fsync"),
+            direct: counted(format!("{} FileVolumes::create, no daemon", self.format)),
+            qemu: counted("qemu-img create -f qcow2"),
+        };
+        let runs = self.args.qemu_img_runs;
+        let qemu_stride = (self.vols.len() / runs.max(1)).max(1);
+        for (i, (img, vol)) in self.vols.iter().enumerate() {
+            // Rotate the order, so that none of the three always follows
+            // the same one.
+            for k in 0..3 {
+                match (i + k) % 3 {
+                    0 => self.create_one(&mut s.create, img, vol).await?,
+                    1 => timed(&mut s.floor, own_cpu_seconds, || {
+                        floor_create(&floor_dir, i, self.args.size)
+                            .map_err(|e| format!("floor: {e}"))
+                    })?,
+                    _ => timed(&mut s.direct, own_cpu_seconds, || {
+                        creator
+                            .create(img, vol)
+                            .map_err(|e| format!("direct create: {e}"))
+                    })?,
                 }
             }
+            if i % qemu_stride == 0 && s.qemu.us.len() < runs {
+                let path = qemu_dir.join(i.to_string());
+                timed(&mut s.qemu, own_cpu_seconds, || {
+                    qemu_img_create(&path, self.args.size)
+                })?;
+            }
         }
-        if i % qemu_stride == 0 && qemu.us.len() < args.qemu_img_runs {
-            let cpu = own_cpu_seconds();
+        while s.qemu.us.len() < runs {
+            let path = qemu_dir.join(format!("extra-{}", s.qemu.us.len()));
+            timed(&mut s.qemu, own_cpu_seconds, || {
+                qemu_img_create(&path, self.args.size)
+            })?;
+        }
+        Ok(s)
+    }
+
+    /// One Volume.create through the daemon, timed into `s` with depotd's
+    /// CPU time (its own and its children's).
+    async fn create_one(&self, s: &mut Series, img: &str, vol: &str) -> Result<(), String> {
+        let cpu = self.d.cpu_seconds_with_children();
+        let t = Instant::now();
+        call(
+            &self.c,
+            "Volume.create",
+            json!({
+                "volumeID": vol,
+                "storagedomainID": self.sd,
+                "imageID": img,
+                "size": self.args.size.to_string(),
+                "volFormat": self.format,
+                "preallocate": "SPARSE",
+                "diskType": "DATA",
+                "desc": "depot-bench",
+                "srcImgUUID": BLANK,
+                "srcVolUUID": BLANK,
+            }),
+        )
+        .await?;
+        s.us.push(t.elapsed().as_micros() as u64);
+        *s.cpu_s.get_or_insert(0.0) += self.d.cpu_seconds_with_children() - cpu;
+        Ok(())
+    }
+
+    /// StorageDomain.getVolumes on every image and once on the whole
+    /// domain, then Volume.getInfo on every volume, each checked.
+    async fn read_all(&self) -> Result<Reads, String> {
+        Ok(Reads {
+            per_image: self.list_images().await?,
+            whole: self.list_domain().await?,
+            info: self.info_all().await?,
+        })
+    }
+
+    async fn list_images(&self) -> Result<Series, String> {
+        let mut s = Series::new("StorageDomain.getVolumes (image)");
+        let cpu = self.d.cpu_seconds_with_children();
+        for (img, vol) in &self.vols {
             let t = Instant::now();
-            qemu_img_create(&qemu_dir.join(i.to_string()), args.size)?;
-            qemu.us.push(t.elapsed().as_micros() as u64);
-            qemu_cpu += own_cpu_seconds() - cpu;
+            let r = call(
+                &self.c,
+                "StorageDomain.getVolumes",
+                json!({"storagedomainID": self.sd, "imageID": img}),
+            )
+            .await?;
+            s.us.push(t.elapsed().as_micros() as u64);
+            if r != json!([vol]) {
+                return Err(format!("getVolumes of image {img}: {r}, expected [{vol}]"));
+            }
         }
+        s.cpu_s = Some(self.d.cpu_seconds_with_children() - cpu);
+        Ok(s)
     }
-    while qemu.us.len() < args.qemu_img_runs {
-        let cpu = own_cpu_seconds();
-        let t = Instant::now();
-        let path = qemu_dir.join(format!("extra-{}", qemu.us.len()));
-        qemu_img_create(&path, args.size)?;
-        qemu.us.push(t.elapsed().as_micros() as u64);
-        qemu_cpu += own_cpu_seconds() - cpu;
-    }
-    create.cpu_s = Some(cpu_s);
-    floor.cpu_s = Some(floor_cpu);
-    direct.cpu_s = Some(direct_cpu);
-    qemu.cpu_s = Some(qemu_cpu);
 
-    // StorageDomain.getVolumes on every image.
-    let mut per_image = Series::new("StorageDomain.getVolumes (image)");
-    let cpu = d.cpu_seconds_with_children();
-    for (img, vol) in &vols {
+    async fn list_domain(&self) -> Result<Series, String> {
+        let mut s = Series::new("StorageDomain.getVolumes (domain)");
+        let cpu = self.d.cpu_seconds_with_children();
         let t = Instant::now();
         let r = call(
-            &c,
+            &self.c,
             "StorageDomain.getVolumes",
-            json!({"storagedomainID": sd, "imageID": img}),
+            json!({"storagedomainID": self.sd, "imageID": BLANK}),
         )
         .await?;
-        per_image.us.push(t.elapsed().as_micros() as u64);
-        if r != json!([vol]) {
-            return Err(format!("getVolumes of image {img}: {r}, expected [{vol}]"));
+        s.us.push(t.elapsed().as_micros() as u64);
+        s.cpu_s = Some(self.d.cpu_seconds_with_children() - cpu);
+        let (listed, n) = (r.as_array().map(Vec::len).unwrap_or(0), self.vols.len());
+        if listed != n {
+            return Err(format!(
+                "getVolumes of the domain listed {listed} volumes, expected {n}"
+            ));
         }
-    }
-    per_image.cpu_s = Some(d.cpu_seconds_with_children() - cpu);
-
-    // Once on the whole domain.
-    let mut whole = Series::new("StorageDomain.getVolumes (domain)");
-    let cpu = d.cpu_seconds_with_children();
-    let t = Instant::now();
-    let r = call(
-        &c,
-        "StorageDomain.getVolumes",
-        json!({"storagedomainID": sd, "imageID": BLANK}),
-    )
-    .await?;
-    whole.us.push(t.elapsed().as_micros() as u64);
-    whole.cpu_s = Some(d.cpu_seconds_with_children() - cpu);
-    let listed = r.as_array().map(Vec::len).unwrap_or(0);
-    if listed != n {
-        return Err(format!(
-            "getVolumes of the domain listed {listed} volumes, expected {n}"
-        ));
+        Ok(s)
     }
 
-    // Volume.getInfo on every volume.
-    let mut info = Series::new("Volume.getInfo");
-    let cpu = d.cpu_seconds_with_children();
-    for (img, vol) in &vols {
-        let t = Instant::now();
-        let r = call(
-            &c,
-            "Volume.getInfo",
-            json!({"storagedomainID": sd, "imageID": img, "volumeID": vol}),
-        )
-        .await?;
-        info.us.push(t.elapsed().as_micros() as u64);
-        if r["format"] != json!(format)
-            || r["legality"] != json!("LEGAL")
-            || r["capacity"] != json!(args.size.to_string())
-        {
-            return Err(format!("getInfo of volume {vol}: unexpected {r}"));
+    async fn info_all(&self) -> Result<Series, String> {
+        let mut s = Series::new("Volume.getInfo");
+        let cpu = self.d.cpu_seconds_with_children();
+        for (img, vol) in &self.vols {
+            let t = Instant::now();
+            let r = call(
+                &self.c,
+                "Volume.getInfo",
+                json!({"storagedomainID": self.sd, "imageID": img, "volumeID": vol}),
+            )
+            .await?;
+            s.us.push(t.elapsed().as_micros() as u64);
+            if r["format"] != json!(self.format)
+                || r["legality"] != json!("LEGAL")
+                || r["capacity"] != json!(self.args.size.to_string())
+            {
+                return Err(format!("getInfo of volume {vol}: unexpected {r}"));
+            }
         }
+        s.cpu_s = Some(self.d.cpu_seconds_with_children() - cpu);
+        Ok(s)
     }
-    info.cpu_s = Some(d.cpu_seconds_with_children() - cpu);
-    drop(c);
+}
 
-    // depotd's own durations, in request order: the N creates, the N
-    // per-image listings, the domain listing, the N getInfo calls.
+/// depotd's own durations from its log, in request order: the `n`
+/// creates, the `n` per-image listings, the domain listing, the `n`
+/// getInfo calls.
+fn server_durations(d: &Daemon, log_start: u64, n: usize, create: &mut Series, reads: &mut Reads) {
     let logged = logged_durations(d, log_start);
     let take = |method: &str| -> Vec<u64> {
         logged
@@ -316,17 +411,15 @@ async fn measure(d: &Daemon, args: VolumesArgs) -> Result<(), String> {
     create.server_us = take("Volume.create");
     let mut listings = take("StorageDomain.getVolumes");
     if listings.len() == n + 1 {
-        whole.server_us = listings.split_off(n);
-        per_image.server_us = listings;
+        reads.whole.server_us = listings.split_off(n);
+        reads.per_image.server_us = listings;
     }
-    info.server_us = take("Volume.getInfo");
+    reads.info.server_us = take("Volume.getInfo");
+}
 
-    println!(
-        "bench: {n} {kind} volumes of {} on a LOCALFS domain ({}, {fs_type}), each in its own image, one call at a time on one local-socket connection, depotd log level {}",
-        size_text(args.size),
-        storage.display(),
-        args.log_level
-    );
+/// The table of every series and the ratios of Volume.create to its
+/// references.
+fn print_report(creates: &Creates, reads: &Reads, n: usize, cow: bool) {
     println!(
         "{:<44} {:>6} {:>10} {:>10} {:>10} {:>10}   {:>12} {:>12} {:>13}",
         "client-side latency (CPU: depotd's)",
@@ -339,38 +432,37 @@ async fn measure(d: &Daemon, args: VolumesArgs) -> Result<(), String> {
         "depotd p99",
         "CPU"
     );
-    for s in [&create, &per_image, &whole, &info] {
+    for s in [&creates.create, &reads.per_image, &reads.whole, &reads.info] {
         print_row(s);
     }
     println!("references, done directly by depot-bench on the same file system (CPU: depot-bench's and its qemu-img's):");
-    for s in [&floor, &direct, &qemu] {
+    for s in [&creates.floor, &creates.direct, &creates.qemu] {
         print_row(s);
     }
+    let (create, floor, direct) = (&creates.create, &creates.floor, &creates.direct);
     let ratio = |a: &Series, b: &Series| a.median() as f64 / b.median().max(1) as f64;
     println!(
         "Volume.create median = {:.1} times the raw file-system floor ({} against {})",
-        ratio(&create, &floor),
+        ratio(create, floor),
         ms(create.median()),
         ms(floor.median())
     );
     println!(
         "Volume.create median = {:.2} times depot-storage's own create called directly ({}); the rest is RPC, locks, worker hand-off and logging",
-        ratio(&create, &direct),
+        ratio(create, direct),
         ms(direct.median())
     );
-    if args.cow {
+    if cow {
         println!(
             "Volume.create median = {:.2} times qemu-img create -f qcow2 alone ({})",
-            ratio(&create, &qemu),
-            ms(qemu.median())
+            ratio(create, &creates.qemu),
+            ms(creates.qemu.median())
         );
     }
     println!(
-        "StorageDomain.getVolumes of the whole domain: {listed} volumes in {}",
-        ms(whole.us[0])
+        "StorageDomain.getVolumes of the whole domain: {n} volumes in {}",
+        ms(reads.whole.us[0])
     );
-    drop(holder);
-    Ok(())
 }
 
 fn print_row(s: &Series) {

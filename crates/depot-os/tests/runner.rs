@@ -1,8 +1,9 @@
 //! The command runner against real processes.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use depot_os::{Cmd, CmdError, CommandRunner, ExitStatus};
+use depot_os::{Cmd, CmdError, CommandRunner, ExitStatus, Watch};
 
 const T: Duration = Duration::from_secs(10);
 /// "Promptly": well before the 30 s the commands below would run if the
@@ -25,6 +26,12 @@ fn alive(pid: i32) -> bool {
             .unwrap_or(false),
         Err(_) => false,
     }
+}
+
+/// The state letter of `pid` in /proc; None once it is gone (reaped).
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 fn wait_dead(pid: i32) -> bool {
@@ -191,6 +198,76 @@ fn timeout_covers_pipes_held_by_a_grandchild() {
 }
 
 #[test]
+fn exited_child_stays_unreaped_until_its_group_is_killed() {
+    // The child exits at once; a grandchild in its group keeps stdout open,
+    // so the run goes on until the timeout. All that time the child must
+    // stay a zombie: while it is unreaped its pid, which is the group's id,
+    // cannot go to another process, so the kill at the timeout can only
+    // reach this group.
+    let seen = Mutex::new((None, Vec::new()));
+    let progress = |stdout: &[u8]| {
+        let text = String::from_utf8_lossy(stdout);
+        let Some((line, _)) = text.split_once('\n') else {
+            return;
+        };
+        let pids: Vec<i32> = line.split(' ').map(|p| p.parse().expect("pid")).collect();
+        let mut seen = seen.lock().expect("seen");
+        seen.0 = Some((pids[0], pids[1]));
+        seen.1.push(proc_state(pids[0]));
+    };
+    let watch = Watch {
+        progress: &progress,
+        abort: &|| false,
+    };
+    // 5 s: time for a loaded machine to start sh and print the pids.
+    let cmd = Cmd::new("sh", Duration::from_secs(5)).args(["-c", "sleep 30 & echo $$ $!; exit 0"]);
+    let err = CommandRunner::new()
+        .run_watched(&cmd, Some(&watch))
+        .expect_err("timeout");
+    assert!(err.is_timeout(), "{err:?}");
+    let (pids, states) = seen.into_inner().expect("seen");
+    let (child, grandchild) = pids.expect("the pids were never printed");
+    assert!(
+        states.contains(&Some('Z')),
+        "the child was never seen exited and unreaped: {states:?}"
+    );
+    assert!(
+        !states.contains(&None),
+        "the child was reaped before its group was killed: {states:?}"
+    );
+    assert_eq!(
+        proc_state(child),
+        None,
+        "the child was not reaped at the end"
+    );
+    assert!(wait_dead(grandchild), "grandchild {grandchild} survived");
+}
+
+#[test]
+fn stdin_held_outside_the_group_does_not_hold_the_run() {
+    // A process that left the group (setsid) keeps stdin open and never
+    // reads it; the child exits at once. The run must end then: the stdin
+    // writer, stuck on 1 MiB that does not fit in the pipe, is not waited
+    // for (it ends when that process closes the pipe).
+    // (A background job's stdin is /dev/null unless redirected: hence 3.)
+    let script =
+        r#"exec 3<&0; setsid sh -c 'echo $$ >&2; exec sleep 60 >/dev/null 2>&1' <&3 3<&- &"#;
+    let started = Instant::now();
+    let out = run(Cmd::new("sh", T)
+        .args(["-c", script])
+        .stdin(vec![b'x'; 1 << 20]))
+    .expect("sh");
+    let took = started.elapsed();
+    let pid: i32 = out.stderr.trim().parse().expect("pid on stderr");
+    // SAFETY: kill(2) with a pid and a signal number.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(
+        took < PROMPT,
+        "the run waited for the stdin writer: {took:?}"
+    );
+}
+
+#[test]
 fn missing_binary_is_spawn_error() {
     let err = run(Cmd::new("/nonexistent/depot-no-such-binary", T).arg("x")).expect_err("spawn");
     match &err {
@@ -294,6 +371,17 @@ fn default_env_and_cmd_env() {
         .run(&Cmd::new("sh", T).args(["-c", "printf %s \"$DEPOT_Y\""]))
         .expect("sh");
     assert_eq!(out.stdout, b"z");
+}
+
+#[test]
+fn later_env_of_the_same_name_wins() {
+    let runner = CommandRunner::without_default_env()
+        .with_env("DEPOT_Z", "runner-1")
+        .with_env("DEPOT_Z", "runner-2");
+    let cmd = Cmd::new("sh", T).args(["-c", "printf %s \"$DEPOT_Z\""]);
+    assert_eq!(runner.run(&cmd).expect("sh").stdout, b"runner-2");
+    let cmd = cmd.env("DEPOT_Z", "cmd-1").env("DEPOT_Z", "cmd-2");
+    assert_eq!(runner.run(&cmd).expect("sh").stdout, b"cmd-2");
 }
 
 #[test]
