@@ -417,10 +417,13 @@ impl Storage {
             .mount_root()
             .map(|root| self.mount_key(root))
             .filter(|m| !std::fs::symlink_metadata(m).is_ok_and(|md| md.file_type().is_symlink()));
-        self.monitor.start(
-            sd,
-            CheckTarget::file_domain(domain.paths().root.clone(), mount),
-        )?;
+        let root = domain.paths().root.clone();
+        let target = if domain.is_block() {
+            CheckTarget::block_domain(root)
+        } else {
+            CheckTarget::file_domain(root, mount)
+        };
+        self.monitor.start(sd, target)?;
         self.monitor.set_version(sd, domain_spec::VERSION as u32);
         Ok(())
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use depot_api::storage::SdUuid;
 use depot_api::Code;
+use depot_os::fsproc::{FsPool, PoolConfig};
 use depot_os::{IoWorker, Mounter, WorkerError};
 
 use super::check::{self, CheckTarget, Probe, Problem};
@@ -27,6 +28,11 @@ const UMOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 /// While a domain stays stale, the unmount is retried this often (it fails
 /// while the mount is busy, e.g. with running VMs).
 const UMOUNT_RETRY: Duration = Duration::from_secs(60);
+
+/// Helpers of a domain's check pool. One: a check that hangs holds it, and
+/// the pool then refuses at once (`Hung`) until it exits, so a dead server
+/// costs one stuck process per domain, never one per interval.
+const CHECK_HELPERS: usize = 1;
 
 /// The smallest interval the loop accepts (a zero interval would spin).
 const MIN_INTERVAL: Duration = Duration::from_millis(1);
@@ -71,8 +77,22 @@ impl DomainMonitor {
             }),
             wake: Condvar::new(),
         });
+        let helpers = match (&config.helper, target.file) {
+            (Some(command), true) => target.helper_paths().map(|(root, read, stat)| Helpers {
+                pool: FsPool::new(PoolConfig {
+                    command: command.clone(),
+                    root,
+                    max_helpers: CHECK_HELPERS,
+                    timeout: config.check_timeout,
+                }),
+                read,
+                stat,
+            }),
+            _ => None,
+        };
         let looper = Looper {
             shared: Arc::clone(&shared),
+            helpers,
             target: target.clone(),
             interval: config.interval.max(MIN_INTERVAL),
             check_timeout: config.check_timeout,
@@ -125,9 +145,19 @@ enum Outcome {
     Failed { completed_at: Option<Instant> },
 }
 
+/// The helper pool of a file domain's check, and the check's paths
+/// relative to its root.
+struct Helpers {
+    pool: FsPool,
+    read: String,
+    stat: String,
+}
+
 /// The monitor thread's own state.
 struct Looper {
     shared: Arc<Shared>,
+    /// A file domain's check runs here, not on the worker.
+    helpers: Option<Helpers>,
     target: CheckTarget,
     interval: Duration,
     check_timeout: Duration,
@@ -152,7 +182,19 @@ impl Looper {
             if self.shared.lock().stopped {
                 break;
             }
-            if busy.load(Ordering::Acquire) {
+            if let Some(h) = &self.helpers {
+                let verdict = self.check_via(h, &mut blocked_since);
+                let stale = matches!(&verdict.1,
+                    Err(p) if p.code == Code::FileStorageDomainStaleNFSHandle);
+                if !self.publish(verdict.0, verdict.1) {
+                    break;
+                }
+                if stale {
+                    self.unmount_stale(&worker);
+                } else {
+                    self.last_umount = None;
+                }
+            } else if busy.load(Ordering::Acquire) {
                 // As VDSM's checker: no new check while one hangs.
                 let since = blocked_since.unwrap_or(next);
                 let msg = format!(
@@ -207,6 +249,56 @@ impl Looper {
             }
         }
         tracing::debug!(%sd, "domain monitor stopped");
+    }
+
+    /// One check of a file domain through its helper. The monitor thread
+    /// only waits on the helper's pipe. A check that got no answer does
+    /// not move `last_check` (as a hung check on the worker), and while
+    /// the helper stays stuck the pool refuses the next ones at once: the
+    /// status stays 2001 without a process per interval.
+    fn check_via(
+        &self,
+        h: &Helpers,
+        blocked_since: &mut Option<Instant>,
+    ) -> (Outcome, Result<(), Problem>) {
+        let started = Instant::now();
+        let probe = check::probe_via(&h.pool, &h.read, &h.stat);
+        let verdict = check::classify(&probe, &self.target, is_mounted);
+        let no_answer = [probe.read.as_ref().err(), probe.stat.as_ref().err()]
+            .into_iter()
+            .flatten()
+            .any(|f| f.no_answer);
+        if !no_answer {
+            if blocked_since.take().is_some() {
+                tracing::info!(sd = %self.shared.sd, mount = %h.pool.root().display(),
+                    "the domain's storage answers again");
+            }
+            return (
+                Outcome::Completed {
+                    at: Instant::now(),
+                    probe,
+                },
+                verdict,
+            );
+        }
+        let since = *blocked_since.get_or_insert(started);
+        // repoStats has no field for the helpers' state: the log has it.
+        let health = h.pool.health();
+        tracing::warn!(sd = %self.shared.sd, mount = %health.mount.display(),
+            trouble_since = ?health.trouble_since, stuck = health.stuck,
+            blocked_s = since.elapsed().as_secs_f64(),
+            "domain check got no answer from its storage");
+        let verdict = verdict.map_err(|p| {
+            Problem::new(
+                p.code,
+                format!(
+                    "{} (check blocked for {:.1} s)",
+                    p.message,
+                    since.elapsed().as_secs_f64()
+                ),
+            )
+        });
+        (Outcome::Failed { completed_at: None }, verdict)
     }
 
     /// Waits until `deadline`; false if stopped meanwhile.
