@@ -486,3 +486,51 @@ fn block_domain_check_stays_on_the_worker() {
     assert_eq!(h.code, 0, "{h:?}");
     assert!(helper_children().is_empty());
 }
+
+/// A domain that could not be located is monitored anyway: 358 while no
+/// mount has it, then found in a mount directory and valid, without
+/// another call (issue 15: a pool domain missing when the pool connects).
+#[test]
+fn searched_domain_is_reported_then_found() {
+    let repo = tempfile::tempdir().unwrap();
+    let mnt = repo.path().join("mnt");
+    let server = mnt.join("server:_export");
+    fs::create_dir_all(&server).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(local.path(), mnt.join("_local")).unwrap();
+    let sd = SdUuid(Uuid::new_v4());
+    let m = Monitor::new(helper_config(Duration::from_secs(5)));
+    m.start_search(sd, repo.path()).unwrap();
+    let h = wait_for(&m, sd, "not found", |h| h.actual);
+    assert_eq!(h.code, Code::StorageDomainDoesNotExist.number(), "{h:?}");
+    assert!(
+        h.error.as_deref().unwrap().contains("none of the mounts"),
+        "{h:?}"
+    );
+    assert!(!h.valid);
+
+    // It appears behind the LOCALFS link: found and checked there, as a
+    // domain without a mount point (a link is never in the mount table).
+    let dir = local.path().join(sd.to_string());
+    fs::create_dir_all(dir.join("dom_md")).unwrap();
+    fs::write(dir.join("dom_md/metadata"), b"VERSION=5\n").unwrap();
+    let h = wait_for(&m, sd, "found and valid", |h| h.code == 0);
+    assert!(h.valid && h.disk_total.is_some(), "{h:?}");
+
+    // Gone again: its metadata is checked where it was found.
+    fs::remove_dir_all(&dir).unwrap();
+    let h = wait_for(&m, sd, "gone", |h| h.code != 0);
+    assert_eq!(h.code, Code::StorageDomainDoesNotExist.number(), "{h:?}");
+    m.shutdown();
+}
+
+/// Looking for a domain needs helpers: refused without a helper command.
+#[test]
+fn search_without_helpers_is_refused() {
+    let repo = tempfile::tempdir().unwrap();
+    let m = Monitor::new(config(Duration::from_secs(5)));
+    let e = m
+        .start_search(SdUuid(Uuid::new_v4()), repo.path())
+        .unwrap_err();
+    assert_eq!(e.code, Code::StorageException, "{e}");
+}

@@ -176,3 +176,47 @@ fn frozen_gluster_domain_is_reported_and_recovers_alone() {
     assert!(h.last_check > last_bad, "{h:?}");
     m.shutdown();
 }
+
+/// A domain that could not be located when its pool connected (its
+/// storage frozen) is looked for in every mount: while the mount does not
+/// answer it is 2001 naming the mount, never 358, and once the storage
+/// returns it is found and valid on its own.
+#[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+fn domain_searched_on_a_frozen_mount_is_found_after_the_thaw() {
+    depot_testkit::require_root();
+    depot_testkit::require_program("glusterd");
+    let g = Gluster::start().expect("start gluster");
+    let repo = tempfile::tempdir().unwrap();
+    let mount_point = repo.path().join("mnt/glusterSD/server:_vol");
+    let mount = g.mount(&mount_point).expect("mount the volume");
+    let (sd, _dir) = make_domain(mount.path());
+    let m = Monitor::new(MonitorConfig {
+        interval: INTERVAL,
+        check_timeout: INTERVAL,
+        mounter: None,
+        helper: Some(HelperCommand::new(env!(
+            "CARGO_BIN_EXE_depot-storage-fsproc"
+        ))),
+    });
+    let frozen = g.freeze_brick().expect("freeze the brick");
+    m.start_search(sd, repo.path()).unwrap();
+    let h = wait_for(&m, sd, LIMIT, "in trouble", |h| h.actual && h.code != 0);
+    eprintln!("while frozen: {h:?}");
+    let err = h.error.clone().unwrap();
+    assert_eq!(h.code, Code::MiscFileReadException.number(), "{h:?}");
+    assert!(err.contains(&mount_point.display().to_string()), "{err}");
+    // Stays so, never "does not exist", while the brick is frozen.
+    let until = Instant::now() + 4 * INTERVAL;
+    while Instant::now() < until {
+        let h = m.status(sd).unwrap();
+        assert_eq!(h.code, Code::MiscFileReadException.number(), "{h:?}");
+        let d = threads_in_the_storage();
+        assert!(d.is_empty(), "threads of ours in the hung mount: {d:?}");
+        thread::sleep(Duration::from_millis(200));
+    }
+    frozen.thaw();
+    let h = wait_for(&m, sd, LIMIT, "found and valid", |h| h.code == 0);
+    assert!(h.valid && h.disk_total.is_some(), "{h:?}");
+    m.shutdown();
+}

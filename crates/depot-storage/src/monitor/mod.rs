@@ -50,6 +50,7 @@ mod domain;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -239,6 +240,30 @@ impl Monitor {
     /// Fails with 9003 ShuttingDown after [`Monitor::shutdown`], or 200 if
     /// the thread cannot be started.
     pub fn start(&self, sd: SdUuid, target: CheckTarget) -> StorageResult<()> {
+        self.spawn(sd, Some(target), None)
+    }
+
+    /// Starts monitoring `sd`, which could not be located (its storage did
+    /// not answer, or it is not there): each interval, its metadata is
+    /// looked for in every mount directory of `repository` through helper
+    /// processes, and once found it is checked as [`Monitor::start`] would.
+    /// Meanwhile the status is in trouble: 2001 while a mount does not
+    /// answer, 358 when every mount answered without it. So a pool domain
+    /// whose storage was frozen when the pool connected becomes valid on
+    /// its own when the storage returns. Block domains are not looked for.
+    ///
+    /// Needs [`MonitorConfig::helper`] (200 without it); fails as
+    /// [`Monitor::start`] otherwise.
+    pub fn start_search(&self, sd: SdUuid, repository: &Path) -> StorageResult<()> {
+        self.spawn(sd, None, Some(repository.to_owned()))
+    }
+
+    fn spawn(
+        &self,
+        sd: SdUuid,
+        target: Option<CheckTarget>,
+        search: Option<PathBuf>,
+    ) -> StorageResult<()> {
         let mut inner = self.lock();
         if inner.shut_down {
             return Err(StorageError::new(
@@ -248,7 +273,10 @@ impl Monitor {
             ));
         }
         if let Some(existing) = inner.domains.get(&sd) {
-            if existing.target() != &target {
+            if target.is_some()
+                && existing.target().is_some()
+                && existing.target() != target.as_ref()
+            {
                 tracing::warn!(%sd, ?target, current = ?existing.target(),
                     "domain is already monitored with another target; keeping the current one");
             } else {
@@ -256,8 +284,8 @@ impl Monitor {
             }
             return Ok(());
         }
-        let dm =
-            DomainMonitor::spawn(sd, target, &inner.config, inner.events.clone()).map_err(|e| {
+        let dm = DomainMonitor::spawn(sd, target, search, &inner.config, inner.events.clone())
+            .map_err(|e| {
                 StorageError::new(
                     Code::StorageException,
                     "start domain monitor",
