@@ -148,6 +148,31 @@ fn last_check(entry: &Value) -> f64 {
         .unwrap_or_else(|| panic!("lastCheck: {entry}"))
 }
 
+/// The threads of process `pid` waiting inside a file system: in `D`
+/// state, or waiting for a FUSE answer (which the kernel first waits for
+/// interruptibly: `S` with the wchan `request_wait_answer`). A thread of
+/// depotd there is one its shutdown would wait for (issue 15).
+fn threads_in_the_storage(pid: i32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            let in_fuse = wchan == "request_wait_answer" || wchan.starts_with("fuse");
+            (state == "D" || in_fuse).then(|| format!("{wchan}: {stat}"))
+        })
+        .collect()
+}
+
 /// A call that must answer quickly while the brick is frozen.
 async fn answers_fast(c: &Client, method: &str, params: Value) -> Value {
     let t0 = Instant::now();
@@ -195,6 +220,12 @@ async fn frozen_brick_is_reported_and_recovers_without_a_call() {
         assert_eq!(local["valid"], true, "{local}");
         assert!(last_check(local) < 3.0 * INTERVAL.as_secs_f64(), "{local}");
         assert_eq!(all[&s.sd_gluster]["code"], 2001, "{all}");
+        // The monitor's check waits in a helper process, not in depotd.
+        let stuck = threads_in_the_storage(s.d.pid());
+        assert!(
+            stuck.is_empty(),
+            "depotd threads in the frozen mount: {stuck:?}"
+        );
         answers_fast(&s.c, "Host.ping2", json!({})).await;
         let info = answers_fast(
             &s.c,
