@@ -128,9 +128,15 @@ impl Error for StorageError {
     }
 }
 
+/// The wire gets code and message only; the chain of causes goes along
+/// as the ApiError's cause, for the daemon's request log.
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> ApiError {
-        ApiError::new(e.code, format!("{}: {}", e.op, e.detail))
+        let api = ApiError::new(e.code, format!("{}: {}", e.op, e.detail));
+        match e.cause_chain() {
+            chain if chain.is_empty() => api,
+            chain => api.with_cause(chain),
+        }
     }
 }
 
@@ -188,6 +194,8 @@ mod tests {
         let caused = plain.clone().caused_by(enoent());
         assert_eq!(caused.to_string(), plain.to_string());
         let (a, b) = (ApiError::from(caused), ApiError::from(plain));
+        assert_eq!(a.cause(), Some("No such file or directory (os error 2)"));
+        assert_eq!(b.cause(), None);
         assert_eq!(a.code, b.code);
         assert_eq!(a.detail, b.detail);
         assert_eq!(a.detail, "copy: on x: broke");
