@@ -1,5 +1,5 @@
-//! depotd's JSON-RPC request parser: what `RpcEngine::handle`
-//! (crates/depotd/src/rpc.rs) does with a message body before anything
+//! depotd's JSON-RPC request parser: what `JsonRpc::handle`
+//! (crates/depotd/src/jsonrpc/) does with a message body before anything
 //! runs: `parse_message` (the JSON, the batch rule and the memory budget,
 //! checked while reading), each request's envelope (`Request::from_value`)
 //! and its typed parameters (`Call::parse`).
@@ -15,7 +15,8 @@
 #![no_main]
 
 use depot_api::{ApiError, Call, Code};
-use depotd::rpc::{error_response, parse_message, Message, ParseLimits, Request};
+use depotd::jsonrpc::{parse_message, Message, ParseLimits, Request};
+use depotd::wire::error_response;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -23,7 +24,7 @@ use serde_json::Value;
 const MAX_BATCH: usize = 100;
 const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 
-/// The requests of a message, as `RpcEngine::handle` splits it. `Err`:
+/// The requests of a message, as `JsonRpc::handle` splits it. `Err`:
 /// the whole message is refused.
 fn parse(body: &[u8]) -> Result<Vec<Value>, ApiError> {
     let parsed = parse_message(body, ParseLimits::new(MAX_BATCH, MAX_REQUEST_BYTES));
@@ -37,7 +38,7 @@ fn parse(body: &[u8]) -> Result<Vec<Value>, ApiError> {
     }
     match parsed? {
         Message::Single(v) => Ok(vec![v]),
-        // An empty batch parses; `RpcEngine::handle` refuses it (-32600).
+        // An empty batch parses; `JsonRpc::handle` refuses it (-32600).
         Message::Batch(items) if items.is_empty() => {
             Err(ApiError::new(Code::InvalidRequest, "empty batch"))
         }

@@ -7,12 +7,17 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, Code};
+use crate::results::{
+    ConnectionStatus, DomainStats, Done, TaskId, TaskInfo, TaskStatus, VolumeSize, WireResult,
+};
 use crate::storage::{
     AllocType, ByteSize, ConnectionList, CopyEndpoint, DiskType, DomainClass, DomainType, ImgUuid,
     Legality, MoveOperation, Password, Port, SdUuid, SpUuid, VolUuid, VolumeAttributes,
     VolumeFormat, VolumeRef,
 };
+use crate::types::{Capabilities, JobInfo};
 use crate::types::{JobId, JobType, Uuid};
+use std::collections::BTreeMap;
 
 /// How a parameter's type is described in the docs, and whether it may be
 /// left out.
@@ -89,7 +94,7 @@ pub struct MethodSpec {
     pub name: &'static str,
     pub doc: String,
     pub params: Vec<ParamSpec>,
-    pub result: &'static str,
+    pub result: String,
 }
 
 /// Takes one named parameter out of the request. A missing optional
@@ -119,7 +124,7 @@ macro_rules! verbs {
         $(#[doc = $doc:literal])*
         $wire:literal => $variant:ident {
             $( $(#[doc = $pdoc:literal])* $field:ident : $ty:ty ),* $(,)?
-        } -> $result:literal;
+        } -> $result:tt;
     )*) => {
         /// The typed parameters of each verb. Field names are the wire names.
         #[allow(non_snake_case)]
@@ -182,20 +187,53 @@ macro_rules! verbs {
                             doc: doc_of(&[$($pdoc),*]),
                         },
                     )*],
-                    result: $result,
+                    result: result_doc!($result),
                 },
             )*]
+        }
+
+        /// The result type of each verb whose result is typed, by the
+        /// verb's name in [`Call`]: what the daemon's handler returns.
+        #[allow(non_snake_case)]
+        pub mod returns {
+            #[allow(unused_imports)]
+            use super::*;
+            $( result_alias!($variant $result); )*
         }
     };
 }
 
+/// The docs of a verb's result: generated from its type, `-> (Type)`, or
+/// written out, `-> "text"`, where the result is not typed yet.
+macro_rules! result_doc {
+    (($t:ty)) => {
+        format!("`{}`", <$t as WireResult>::describe())
+    };
+    (($t:ty, $note:literal)) => {
+        format!("`{}`; {}", <$t as WireResult>::describe(), $note)
+    };
+    ($text:literal) => {
+        $text.to_string()
+    };
+}
+
+macro_rules! result_alias {
+    ($variant:ident ($t:ty)) => {
+        pub type $variant = $t;
+    };
+    ($variant:ident ($t:ty, $note:literal)) => {
+        pub type $variant = $t;
+    };
+    ($variant:ident $text:literal) => {};
+}
+
 verbs! {
     /// Tests connectivity to the agent.
-    "Host.ping2" => HostPing2 {} -> "`true`";
+    "Host.ping2" => HostPing2 {} -> (Done);
 
     /// Returns the host's storage capabilities: depot's version, the domain
     /// types and versions it supports.
-    "Host.getCapabilities" => HostGetCapabilities {} -> "Capabilities";
+    "Host.getCapabilities" => HostGetCapabilities {} -> (Capabilities);
 
     /// Lists host jobs with their status, progress, error and result.
     "Host.getJobs" => HostGetJobs {
@@ -203,21 +241,21 @@ verbs! {
         job_type: Option<JobType>,
         /// Return only the jobs with these ids (all when left out or empty).
         job_ids: Option<Vec<JobId>>,
-    } -> "HostJobInfoMap: `{job_id: HostJobInfo}`";
+    } -> (BTreeMap<String, JobInfo>, "by job id");
 
     /// Asks a running or pending job to stop. The job ends as `aborted`.
     /// depot's verb, named after VDSM's `Host.abortV2VJob`.
     "Host.abortJob" => HostAbortJob {
         /// The job to abort.
         job_id: JobId,
-    } -> "`true`; the abort is asynchronous: poll Host.getJobs";
+    } -> (Done, "the abort is asynchronous: poll Host.getJobs");
 
     /// Removes a finished job from the job list before its auto-delete time.
     /// depot's verb, named after VDSM's `Host.deleteV2VJob`.
     "Host.deleteJob" => HostDeleteJob {
         /// The job to delete; it must have ended.
         job_id: JobId,
-    } -> "`true`";
+    } -> (Done);
 
     /// Subscribes this WebSocket connection to events (JSON-RPC
     /// notifications such as `|jobs|status|<job_id>`). depot's verb: VDSM
@@ -226,7 +264,7 @@ verbs! {
         /// Send only events whose name starts with one of these prefixes, for
         /// example `|jobs|status|`. All events when left out.
         prefixes: Option<Vec<String>>,
-    } -> "`true`";
+    } -> (Done);
 
     /// Connects the host to storage: mounts NFS, POSIX and GlusterFS exports,
     /// links local directories, logs in to iSCSI targets (with CHAP) and
@@ -240,7 +278,7 @@ verbs! {
         domainType: DomainType,
         /// The connections. File types: `{id, connection, vfs_type?, mnt_options?, protocol_version?, timeout?, retrans?}`. ISCSI: `{id, connection (portal host), port?, iqn, tpgt?, user?, password?, ifaceName?}`. FCP: `{id}` (connect rescans the SCSI hosts).
         connectionParams: ConnectionList,
-    } -> "`[{id, status}]`; status 0 or the connection's error code";
+    } -> (Vec<ConnectionStatus>, "status 0 or the connection's error code");
 
     /// Disconnects the host from storage: unmounts; logs out of an iSCSI
     /// session once no other connection of this host uses it. Refuses (per
@@ -253,7 +291,7 @@ verbs! {
         domainType: DomainType,
         /// The connections, as given to connectStorageServer.
         connectionParams: ConnectionList,
-    } -> "`[{id, status}]`";
+    } -> (Vec<ConnectionStatus>);
 
     /// Lists the targets an iSCSI portal offers (SendTargets discovery),
     /// with CHAP for the discovery session when user and password are
@@ -269,7 +307,7 @@ verbs! {
         password: Option<Password>,
         /// Also return portals on IPv6 addresses (default false).
         ipv6_enabled: Option<bool>,
-    } -> "`[\"host:port,tpgt iqn\"]` (VDSM's fullTargets; IPv6 hosts in brackets)";
+    } -> (Vec<String>, "`\"host:port,tpgt iqn\"` each (VDSM's fullTargets; IPv6 hosts in brackets)");
 
     /// Lists the host's multipath block devices (SAN LUNs, by WWID), with
     /// their paths, path states, sizes and LVM use.
@@ -291,7 +329,7 @@ verbs! {
     "Host.getDevicesVisibility" => HostGetDevicesVisibility {
         /// The GUIDs (WWIDs).
         guidList: Vec<String>,
-    } -> "`{guid: bool}`";
+    } -> (BTreeMap<String, bool>, "by device GUID");
 
     /// Lists the storage domains found on connected storage (used to import
     /// domains).
@@ -304,7 +342,7 @@ verbs! {
         storageType: Option<DomainType>,
         /// Only the domain on this connection (`server:/path`).
         remotePath: Option<String>,
-    } -> "`[sdUUID]`";
+    } -> (Vec<String>, "the domains' UUIDs");
 
     /// Creates a storage domain on connected storage (format version 5).
     "StorageDomain.create" => StorageDomainCreate {
@@ -327,7 +365,7 @@ verbs! {
         /// A backup storage domain (default false): holds copies, never runs
         /// a VM, never becomes master (docs/backup.md). depot's parameter.
         backup: Option<bool>,
-    } -> "`true`";
+    } -> (Done);
 
     /// Sets or clears a domain's backup flag, kept in its metadata
     /// (DEPOT_BACKUP). Setting it is refused while any volume of the domain
@@ -337,7 +375,7 @@ verbs! {
         storagedomainID: SdUuid,
         /// true to make it a backup domain, false to clear the flag.
         backup: bool,
-    } -> "`true`";
+    } -> (Done);
 
     /// Returns a domain's metadata.
     "StorageDomain.getInfo" => StorageDomainGetInfo {
@@ -349,7 +387,7 @@ verbs! {
     "StorageDomain.getStats" => StorageDomainGetStats {
         /// The domain.
         storagedomainID: SdUuid,
-    } -> "`{disktotal, diskfree, mdasize, mdafree, mdavalid, mdathreshold}` (sizes as decimal strings, as VDSM)";
+    } -> (DomainStats, "sizes as decimal strings, as VDSM");
 
     /// Changes a domain's description.
     "StorageDomain.setDescription" => StorageDomainSetDescription {
@@ -357,13 +395,13 @@ verbs! {
         storagedomainID: SdUuid,
         /// At most 50 characters.
         description: String,
-    } -> "`true`";
+    } -> (Done);
 
     /// Checks that a domain's layout and metadata are sound.
     "StorageDomain.validate" => StorageDomainValidate {
         /// The domain.
         storagedomainID: SdUuid,
-    } -> "`true`";
+    } -> (Done);
 
     /// Removes a domain and everything on it. Refused while it is attached
     /// to a pool unless autoDetach.
@@ -372,7 +410,7 @@ verbs! {
         storagedomainID: SdUuid,
         /// Format even when the domain is attached to a pool.
         autoDetach: Option<bool>,
-    } -> "`true`";
+    } -> (Done);
 
     /// Adds LUNs to a block domain's volume group (PVs made on them).
     "StorageDomain.extend" => StorageDomainExtend {
@@ -384,7 +422,7 @@ verbs! {
         devlist: Vec<String>,
         /// Reuse LUNs that belong to another volume group (default false).
         force: Option<bool>,
-    } -> "`true`";
+    } -> (Done);
 
     /// Grows the PV of a LUN after the LUN was resized on the storage
     /// server; returns the PV's new size in bytes.
@@ -395,7 +433,7 @@ verbs! {
         storagepoolID: Option<Uuid>,
         /// The LUN's GUID.
         guid: String,
-    } -> "the PV's size in bytes, a decimal string";
+    } -> (String, "the PV's size in bytes, a decimal string");
 
     /// Makes PVs on LUNs and a volume group for a block domain, tagged
     /// RHAT_storage_domain_UNREADY until StorageDomain.create uses it.
@@ -408,7 +446,7 @@ verbs! {
         devlist: Vec<String>,
         /// Reuse LUNs that belong to another volume group (default false).
         force: Option<bool>,
-    } -> "`vgUUID` (LVM's UUID of the new volume group)";
+    } -> (String, "`vgUUID` (LVM's UUID of the new volume group)");
 
     /// A volume group and its PVs.
     "LVMVolumeGroup.getInfo" => LvmVolumeGroupGetInfo {
@@ -420,7 +458,7 @@ verbs! {
     "LVMVolumeGroup.remove" => LvmVolumeGroupRemove {
         /// LVM's UUID of the volume group.
         lvmvolumegroupID: String,
-    } -> "`true`";
+    } -> (Done);
 
     /// The volume groups on this host's multipath devices.
     "Host.getLVMVolumeGroups" => HostGetLvmVolumeGroups {
@@ -432,7 +470,7 @@ verbs! {
     "StorageDomain.getImages" => StorageDomainGetImages {
         /// The domain.
         storagedomainID: SdUuid,
-    } -> "`[imgUUID]`";
+    } -> (Vec<String>, "the images' UUIDs");
 
     /// Lists the volumes of an image (or of the whole domain when imageID
     /// is the blank UUID).
@@ -443,7 +481,7 @@ verbs! {
         storagepoolID: Option<Uuid>,
         /// The image.
         imageID: Uuid,
-    } -> "`[volUUID]`";
+    } -> (Vec<String>, "the volumes' UUIDs");
 
     /// Size and change time of files in an ISO domain matching a glob.
     "StorageDomain.getFileStats" => StorageDomainGetFileStats {
@@ -475,7 +513,7 @@ verbs! {
         ioOpTimeoutSec: Option<i64>,
         /// Lease parameter.
         leaseRetries: Option<i64>,
-    } -> "`true`";
+    } -> (Done);
 
     /// Connects this host to a pool: its domains become known and monitored.
     "StoragePool.connect" => StoragePoolConnect {
@@ -491,7 +529,7 @@ verbs! {
         masterVersion: i64,
         /// `{sdUUID: "active"|"attached"}`, the engine's view of the pool's domains.
         domainDict: Option<Map<String, Value>>,
-    } -> "`true`";
+    } -> (Done);
 
     /// Disconnects this host from a pool.
     "StoragePool.disconnect" => StoragePoolDisconnect {
@@ -503,7 +541,7 @@ verbs! {
         scsiKey: Option<String>,
         /// Unused.
         remove: Option<bool>,
-    } -> "`true`";
+    } -> (Done);
 
     /// The pool's master, version and domains with their status.
     "StoragePool.getInfo" => StoragePoolGetInfo {
@@ -517,7 +555,7 @@ verbs! {
         storagedomainID: SdUuid,
         /// The pool.
         storagepoolID: SpUuid,
-    } -> "`true`";
+    } -> (Done);
 
     /// Detaches a domain from a pool. `force` detaches from a pool that is
     /// gone (disaster recovery).
@@ -532,7 +570,7 @@ verbs! {
         masterVersion: Option<i64>,
         /// Detach even when the pool is not connected here.
         force: Option<bool>,
-    } -> "`true`";
+    } -> (Done);
 
     /// Activates an attached domain in its pool.
     "StorageDomain.activate" => StorageDomainActivate {
@@ -540,7 +578,7 @@ verbs! {
         storagedomainID: SdUuid,
         /// The pool.
         storagepoolID: SpUuid,
-    } -> "`true`";
+    } -> (Done);
 
     /// Deactivates a domain (maintenance).
     "StorageDomain.deactivate" => StorageDomainDeactivate {
@@ -552,7 +590,7 @@ verbs! {
         masterSdUUID: Option<SdUuid>,
         /// The master version.
         masterVersion: Option<i64>,
-    } -> "`true`";
+    } -> (Done);
 
     /// Creates a volume. ILLEGAL until its data and metadata are complete.
     "Volume.create" => VolumeCreate {
@@ -584,7 +622,7 @@ verbs! {
         legal: Option<bool>,
         /// SEQ of the new volume (default 0).
         sequence: Option<u64>,
-    } -> "a task id (depot completes the work before answering)";
+    } -> (TaskId, "depot completes the work before answering");
 
     /// Returns a volume's metadata and sizes.
     "Volume.getInfo" => VolumeGetInfo {
@@ -608,7 +646,7 @@ verbs! {
         storagedomainID: SdUuid,
         /// The image.
         imageID: ImgUuid,
-    } -> "`{apparentsize, truesize}` (decimal strings)";
+    } -> (VolumeSize, "decimal strings");
 
     /// Deletes a leaf volume; postZero wipes its data first.
     "Volume.delete" => VolumeDelete {
@@ -626,7 +664,7 @@ verbs! {
         force: Option<bool>,
         /// Unused on file domains.
         discard: Option<bool>,
-    } -> "a task id (completed)";
+    } -> (TaskId, "completed");
 
     /// Sets a volume's description (at most 210 bytes).
     "Volume.setDescription" => VolumeSetDescription {
@@ -640,7 +678,7 @@ verbs! {
         imageID: ImgUuid,
         /// The description.
         description: String,
-    } -> "`true`";
+    } -> (Done);
 
     /// Sets a volume's legality.
     "Volume.setLegality" => VolumeSetLegality {
@@ -654,7 +692,7 @@ verbs! {
         imageID: ImgUuid,
         /// LEGAL or ILLEGAL.
         legality: Legality,
-    } -> "`true`";
+    } -> (Done);
 
     /// Grows a volume's virtual size.
     "Volume.extendSize" => VolumeExtendSize {
@@ -668,7 +706,7 @@ verbs! {
         volumeID: VolUuid,
         /// The new virtual size in bytes; must not shrink.
         newSize: ByteSize,
-    } -> "a task id (completed)";
+    } -> (TaskId, "completed");
 
     /// Deletes an image and all its volumes; postZero wipes them first.
     "Image.delete" => ImageDelete {
@@ -684,7 +722,7 @@ verbs! {
         force: Option<bool>,
         /// Unused on file domains.
         discard: Option<bool>,
-    } -> "a task id (completed)";
+    } -> (TaskId, "completed");
 
     /// Prepares a volume (and its chain) for use: returns its path under
     /// the repository's run links.
@@ -718,7 +756,7 @@ verbs! {
         imageID: ImgUuid,
         /// The volume (unused: the whole image is torn down).
         volumeID: Option<VolUuid>,
-    } -> "`true`";
+    } -> (Done);
 
     /// The health of monitored domains, VDSM's repoStats.
     "Host.getStorageRepoStats" => HostGetStorageRepoStats {
@@ -768,7 +806,7 @@ verbs! {
         destination: CopyEndpoint,
         /// Accepted; bitmaps are not copied yet.
         copy_bitmaps: Option<bool>,
-    } -> "`true`; the job runs in the background";
+    } -> (Done, "the job runs in the background");
 
     /// The engine's fence: when the volume has `vol_info.generation`, sets
     /// the attributes given; a host job.
@@ -779,7 +817,7 @@ verbs! {
         vol_info: VolumeRef,
         /// What to set.
         vol_attr: VolumeAttributes,
-    } -> "`true`; the job runs in the background";
+    } -> (Done, "the job runs in the background");
 
     /// Copies (or moves) a whole image, every volume of its chain base to
     /// leaf, to another domain. VDSM runs this as an SPM task and returns
@@ -804,7 +842,7 @@ verbs! {
         force: Option<bool>,
         /// Unused on file domains.
         discard: Option<bool>,
-    } -> "the job id (a UUID): poll Host.getJobs";
+    } -> (TaskId, "the job id: poll Host.getJobs");
 
     /// The blkhash checksum of a RAW volume (ovirt-imageio's algorithm), as
     /// a host job whose result is `{algorithm, block_size, checksum}`.
@@ -818,7 +856,7 @@ verbs! {
         imageID: ImgUuid,
         /// The volume.
         volumeID: VolUuid,
-    } -> "`true`; the job's result holds the checksum";
+    } -> (Done, "the job's result holds the checksum");
 
     /// The status of a task id that an SPM verb returned (Volume.create,
     /// Volume.delete, Volume.extendSize, Image.delete, Image.move) or an
@@ -829,7 +867,7 @@ verbs! {
     "Task.getStatus" => TaskGetStatus {
         /// The task id.
         taskID: Uuid,
-    } -> "`{taskID, taskState: running|finished, taskResult: success|cleanFailure|'', code, message}`";
+    } -> (TaskStatus, "taskState running or finished; taskResult success, cleanFailure or empty");
 
     /// What a task is: VDSM's verb name (createVolume, deleteVolume,
     /// extendVolumeSize, deleteImage, moveImage, downloadImageFromStream
@@ -837,20 +875,20 @@ verbs! {
     "Task.getInfo" => TaskGetInfo {
         /// The task id.
         taskID: Uuid,
-    } -> "`{id, verb}`";
+    } -> (TaskInfo);
 
     /// Forgets a finished task (403 while it runs).
     "Task.clear" => TaskClear {
         /// The task id.
         taskID: Uuid,
-    } -> "`true`";
+    } -> (Done);
 
     /// The status of every task this host knows.
-    "Host.getAllTasksStatuses" => HostGetAllTasksStatuses {} -> "`{taskID: TaskStatus}`";
+    "Host.getAllTasksStatuses" => HostGetAllTasksStatuses {} -> (BTreeMap<String, TaskStatus>, "by task id");
 
     /// What every task this host knows is (the engine asks this to find
     /// the tasks of a new SPM).
-    "Host.getAllTasksInfo" => HostGetAllTasksInfo {} -> "`{taskID: {id, verb}}`";
+    "Host.getAllTasksInfo" => HostGetAllTasksInfo {} -> (BTreeMap<String, TaskInfo>, "by task id");
 
     /// Starts a built-in no-op job that sleeps, reporting progress. It
     /// exercises the job machinery (status, abort, persistence, events)
@@ -867,7 +905,7 @@ verbs! {
         resumable: Option<bool>,
         /// Fail with this error code at the end instead of succeeding.
         fail_code: Option<i64>,
-    } -> "`true`; the job runs in the background";
+    } -> (Done, "the job runs in the background");
 }
 
 #[cfg(test)]

@@ -248,21 +248,39 @@ fn raw_copies(args: &CopyArgs, dom_a: &Path, dom_b: &Path) -> Result<(), String>
             }
         }
     }
+    report_raw(args, &depot_on, &depot_off, &qemu, &dd, &verify);
+    if let Some(c) = &checksum {
+        println!("  checksum: {}", c.to_json());
+    }
+    fs::remove_file(&src).ok();
+    fs::remove_file(&dst).ok();
+    Ok(())
+}
+
+/// The figures of (a) and (c), from the times of each way of copying.
+fn report_raw(
+    args: &CopyArgs,
+    depot_on: &[Sample],
+    depot_off: &[Sample],
+    qemu: &[Sample],
+    dd: &[Sample],
+    verify: &[Sample],
+) {
     println!(
         "(a) raw to raw, {} MiB random data, {} rounds:",
         args.size / MIB,
         args.runs
     );
     let b = Some(args.size);
-    let m_on = report("depot copy_raw (checksum on, verify off)", &depot_on, b);
-    let m_off = report("depot copy_raw (checksum off)", &depot_off, b);
+    let m_on = report("depot copy_raw (checksum on, verify off)", depot_on, b);
+    let m_off = report("depot copy_raw (checksum off)", depot_off, b);
     let m_q = report(
         "qemu-img convert -p -t none -T none -W -f raw -O raw -n",
-        &qemu,
+        qemu,
         b,
     );
-    let m_dd = report("dd bs=8M iflag=direct oflag=direct", &dd, b);
-    let m_v = report("(c) verify_raw (read back, blkhash, compare)", &verify, b);
+    let m_dd = report("dd bs=8M iflag=direct oflag=direct", dd, b);
+    let m_v = report("(c) verify_raw (read back, blkhash, compare)", verify, b);
     println!(
         "  depot vs qemu-img: {:.2}x (qemu-img time / depot time, checksum on; target >= 1.2)",
         m_q / m_on
@@ -282,12 +300,6 @@ fn raw_copies(args: &CopyArgs, dom_a: &Path, dom_b: &Path) -> Result<(), String>
         m_v,
         m_on + m_v
     );
-    if let Some(c) = &checksum {
-        println!("  checksum: {}", c.to_json());
-    }
-    fs::remove_file(&src).ok();
-    fs::remove_file(&dst).ok();
-    Ok(())
 }
 
 fn sparse(args: &CopyArgs, dom_a: &Path, dom_b: &Path) -> Result<(), String> {
@@ -299,36 +311,7 @@ fn sparse(args: &CopyArgs, dom_a: &Path, dom_b: &Path) -> Result<(), String> {
     let dense = dom_a.join("dense.raw");
     let dst = dom_b.join("sparse-copy.raw");
     let dst_dense = dom_b.join("dense-copy.raw");
-    // Distinct random 1 MiB slots, sorted.
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut chosen = std::collections::BTreeSet::new();
-    while (chosen.len() as u64) < pieces {
-        chosen.insert(rng.next() % slots);
-    }
-    let t = Instant::now();
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&src)
-        .map_err(err("sparse source"))?;
-    f.set_len(args.sparse_size).map_err(err("set_len"))?;
-    let mut buf = vec![0u8; MIB as usize];
-    for &slot in &chosen {
-        rng.fill(&mut buf);
-        f.write_all_at(&buf, slot * MIB).map_err(err("write"))?;
-    }
-    f.sync_all().map_err(err("fsync"))?;
-    drop(f);
-    write_random(&dense, pieces * MIB, 2)?;
-    println!(
-        "(b) sparse source: {} GiB virtual, {} pieces of 1 MiB ({} MiB, {:.2}%) at random places; dense file of {} MiB; written in {:.1?}",
-        args.sparse_size / GIB,
-        pieces,
-        pieces,
-        pieces as f64 * 100.0 / slots as f64,
-        pieces,
-        t.elapsed()
-    );
+    write_sparse(args, &src, &dense, slots, pieces)?;
     let mut sp = Vec::new();
     let mut sp_off = Vec::new();
     let mut de = Vec::new();
@@ -393,6 +376,48 @@ fn sparse(args: &CopyArgs, dom_a: &Path, dom_b: &Path) -> Result<(), String> {
     for p in [&src, &dense, &dst, &dst_dense] {
         fs::remove_file(p).ok();
     }
+    Ok(())
+}
+
+/// The sparse source of (b): `pieces` random 1 MiB slots of `slots`
+/// written, holes elsewhere; and a dense file of the same data size.
+fn write_sparse(
+    args: &CopyArgs,
+    src: &Path,
+    dense: &Path,
+    slots: u64,
+    pieces: u64,
+) -> Result<(), String> {
+    // Distinct random 1 MiB slots, sorted.
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut chosen = std::collections::BTreeSet::new();
+    while (chosen.len() as u64) < pieces {
+        chosen.insert(rng.next() % slots);
+    }
+    let t = Instant::now();
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(src)
+        .map_err(err("sparse source"))?;
+    f.set_len(args.sparse_size).map_err(err("set_len"))?;
+    let mut buf = vec![0u8; MIB as usize];
+    for &slot in &chosen {
+        rng.fill(&mut buf);
+        f.write_all_at(&buf, slot * MIB).map_err(err("write"))?;
+    }
+    f.sync_all().map_err(err("fsync"))?;
+    drop(f);
+    write_random(dense, pieces * MIB, 2)?;
+    println!(
+        "(b) sparse source: {} GiB virtual, {} pieces of 1 MiB ({} MiB, {:.2}%) at random places; dense file of {} MiB; written in {:.1?}",
+        args.sparse_size / GIB,
+        pieces,
+        pieces,
+        pieces as f64 * 100.0 / slots as f64,
+        pieces,
+        t.elapsed()
+    );
     Ok(())
 }
 

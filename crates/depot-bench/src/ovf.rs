@@ -16,7 +16,7 @@
 use depot_client::{Client, Endpoint};
 use serde_json::{json, Value};
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 use uuid::Uuid;
@@ -86,62 +86,16 @@ async fn measure(d: &Daemon, args: OvfArgs) -> Result<(), String> {
         return Err(format!("no volume file at {}", vol_path.display()));
     }
 
-    // The archive.
-    let t = Instant::now();
-    let (tar, entries) = engine_tar(&sd, &disk_img, &disk_vol, args.tar_mib * MIB, args.ovf_pad);
-    let tar_path = d.dir.path().join("ovf-store.tar");
-    fs::write(&tar_path, &tar).map_err(|e| format!("{}: {e}", tar_path.display()))?;
-    println!(
-        "bench: OVF_STORE PUT over mutual TLS vs dd, LOCALFS domain on {} ({}), store {} MiB RAW SPARSE OVFS",
-        storage.display(),
-        fs_type(&storage),
-        STORE_SIZE / MIB
-    );
-    println!(
-        "tar: {} bytes ({:.1} MiB, {} % 512 = {}, % 4096 = {}), {} entries ({} OVFs of about {} bytes), built in {:.2?}",
-        tar.len(),
-        tar.len() as f64 / MIB as f64,
-        tar.len(),
-        tar.len() % 512,
-        tar.len() % 4096,
-        entries + 2,
-        entries,
-        tar.len() / entries.max(1),
-        t.elapsed()
-    );
-    let len = tar.len() as u64;
-    drop(tar);
+    let (tar_path, len) = write_archive(d, &args, &storage, &sd, &disk_img, &disk_vol)?;
 
     // Warm-up of both, outside the figures: the tar into the page cache,
     // the TLS path, and whether dd takes the unpadded tar.
-    let mut dd_src = tar_path.clone();
-    if let Err(e) = dd(&dd_src, &vol_path) {
-        let padded = d.dir.path().join("ovf-store.padded.tar");
-        let mut bytes = fs::read(&tar_path).map_err(|e| e.to_string())?;
-        bytes.resize(bytes.len().div_ceil(4096) * 4096, 0);
-        fs::write(&padded, &bytes).map_err(|e| e.to_string())?;
-        println!(
-            "dd refused the {len}-byte tar with oflag=direct ({e}); dd is given a copy padded to {} bytes",
-            bytes.len()
-        );
-        dd_src = padded;
-        dd(&dd_src, &vol_path)?;
-    }
+    let dd_src = dd_source(d, &tar_path, &vol_path, len)?;
     put(d, &sd, &img, &vol, &tar_path, len).await?;
 
     // The transport floor: the same PUT over the same kind of connection to
     // a process that throws the body away (see ovf_sink.rs).
-    let listen = fs::read_to_string(d.dir.path().join("dev/state/listen-address"))
-        .map_err(|e| format!("depotd's listen address: {e}"))?;
-    let host = depot_client::host_part(listen.trim()).to_string();
-    let sink_listen = if host.contains(':') {
-        format!("[{host}]:0")
-    } else {
-        format!("{host}:0")
-    };
-    let pki = d.dir.path().join("dev/state/pki");
-    let sink = Sink::start(&pki, &sink_listen)?;
-    let sink_ep = Endpoint::tls_from_pki_dir(sink.addr.clone(), &pki);
+    let (sink, sink_ep) = start_sink(d)?;
     put_to(&sink_ep, &sd, &img, &vol, &tar_path, len).await?;
 
     let log_before = upload_log_lines(d).len();
@@ -190,6 +144,112 @@ async fn measure(d: &Daemon, args: OvfArgs) -> Result<(), String> {
     )
     .await?;
 
+    let figures = Figures {
+        put_s,
+        floor_s,
+        dd_s,
+        put_cpu,
+        floor_cpu,
+    };
+    print_figures(len, args.runs, &figures);
+    print_phases(&phases);
+    let listed = stores
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["volumeID"] == vol.as_str()))
+        .cloned()
+        .unwrap_or(Value::Null);
+    println!("store after the last PUT: {listed}");
+    Ok(())
+}
+
+/// What dd copies: the tar, or (when dd refuses its length with
+/// `oflag=direct`) a copy padded to 4096 bytes. Copies it once (the
+/// warm-up).
+fn dd_source(d: &Daemon, tar_path: &Path, vol_path: &Path, len: u64) -> Result<PathBuf, String> {
+    let mut dd_src = tar_path.to_path_buf();
+    if let Err(e) = dd(&dd_src, vol_path) {
+        let padded = d.dir.path().join("ovf-store.padded.tar");
+        let mut bytes = fs::read(tar_path).map_err(|e| e.to_string())?;
+        bytes.resize(bytes.len().div_ceil(4096) * 4096, 0);
+        fs::write(&padded, &bytes).map_err(|e| e.to_string())?;
+        println!(
+            "dd refused the {len}-byte tar with oflag=direct ({e}); dd is given a copy padded to {} bytes",
+            bytes.len()
+        );
+        dd_src = padded;
+        dd(&dd_src, vol_path)?;
+    }
+    Ok(dd_src)
+}
+
+/// The sink of the transport floor, on depotd's address family, with
+/// depotd's PKI.
+fn start_sink(d: &Daemon) -> Result<(Sink, Endpoint), String> {
+    let listen = fs::read_to_string(d.dir.path().join("dev/state/listen-address"))
+        .map_err(|e| format!("depotd's listen address: {e}"))?;
+    let host = depot_client::host_part(listen.trim()).to_string();
+    let sink_listen = if host.contains(':') {
+        format!("[{host}]:0")
+    } else {
+        format!("{host}:0")
+    };
+    let pki = d.dir.path().join("dev/state/pki");
+    let sink = Sink::start(&pki, &sink_listen)?;
+    let sink_ep = Endpoint::tls_from_pki_dir(sink.addr.clone(), &pki);
+    Ok((sink, sink_ep))
+}
+
+/// The engine-like archive, written to the daemon's directory; prints
+/// what it holds. Returns its path and length.
+fn write_archive(
+    d: &Daemon,
+    args: &OvfArgs,
+    storage: &Path,
+    sd: &str,
+    disk_img: &str,
+    disk_vol: &str,
+) -> Result<(PathBuf, u64), String> {
+    let t = Instant::now();
+    let (tar, entries) = engine_tar(sd, disk_img, disk_vol, args.tar_mib * MIB, args.ovf_pad);
+    let tar_path = d.dir.path().join("ovf-store.tar");
+    fs::write(&tar_path, &tar).map_err(|e| format!("{}: {e}", tar_path.display()))?;
+    println!(
+        "bench: OVF_STORE PUT over mutual TLS vs dd, LOCALFS domain on {} ({}), store {} MiB RAW SPARSE OVFS",
+        storage.display(),
+        fs_type(storage),
+        STORE_SIZE / MIB
+    );
+    println!(
+        "tar: {} bytes ({:.1} MiB, {} % 512 = {}, % 4096 = {}), {} entries ({} OVFs of about {} bytes), built in {:.2?}",
+        tar.len(),
+        tar.len() as f64 / MIB as f64,
+        tar.len(),
+        tar.len() % 512,
+        tar.len() % 4096,
+        entries + 2,
+        entries,
+        tar.len() / entries.max(1),
+        t.elapsed()
+    );
+    let len = tar.len() as u64;
+
+    Ok((tar_path, len))
+}
+
+/// The times and CPU of the measured rounds.
+struct Figures {
+    put_s: Vec<f64>,
+    floor_s: Vec<f64>,
+    dd_s: Vec<f64>,
+    /// CPU seconds (client, server) summed over the runs.
+    put_cpu: (f64, f64),
+    floor_cpu: (f64, f64),
+}
+
+/// Prints the runs, their medians, the ratios and the CPU per PUT.
+fn print_figures(len: u64, runs: usize, f: &Figures) {
+    let (put_s, floor_s, dd_s) = (&f.put_s, &f.floor_s, &f.dd_s);
+    let (put_cpu, floor_cpu) = (f.put_cpu, f.floor_cpu);
     let fmt = |v: &[f64]| {
         v.iter()
             .map(|s| format!("{:.3}", s))
@@ -199,9 +259,9 @@ async fn measure(d: &Daemon, args: OvfArgs) -> Result<(), String> {
     let (pm, dm) = (median_f64(put_s.clone()), median_f64(dd_s.clone()));
     let fm = median_f64(floor_s.clone());
     let mibs = |s: f64| len as f64 / MIB as f64 / s;
-    println!("PUT (connect + TLS + body + 200) runs, s: {}", fmt(&put_s));
-    println!("floor (same PUT, body discarded), s:     {}", fmt(&floor_s));
-    println!("dd runs, s:                             {}", fmt(&dd_s));
+    println!("PUT (connect + TLS + body + 200) runs, s: {}", fmt(put_s));
+    println!("floor (same PUT, body discarded), s:     {}", fmt(floor_s));
+    println!("dd runs, s:                             {}", fmt(dd_s));
     println!(
         "median PUT {:.3} s ({:.0} MiB/s), median floor {:.3} s ({:.0} MiB/s), median dd {:.3} s ({:.0} MiB/s)",
         pm,
@@ -223,7 +283,7 @@ async fn measure(d: &Daemon, args: OvfArgs) -> Result<(), String> {
         "ratio dd_time / floor_time = {:.2} (the best dd/depot ratio possible over this transport)",
         dm / fm
     );
-    let runs = args.runs as f64;
+    let runs = runs as f64;
     println!(
         "CPU per PUT, ms (mean; client = this process, 10 ms steps): depot: client {:.0} + depotd {:.0} = {:.0}; floor: client {:.0} + sink {:.0} = {:.0}",
         put_cpu.0 / runs * 1e3,
@@ -233,14 +293,6 @@ async fn measure(d: &Daemon, args: OvfArgs) -> Result<(), String> {
         floor_cpu.1 / runs * 1e3,
         (floor_cpu.0 + floor_cpu.1) / runs * 1e3,
     );
-    print_phases(&phases);
-    let listed = stores
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["volumeID"] == vol.as_str()))
-        .cloned()
-        .unwrap_or(Value::Null);
-    println!("store after the last PUT: {listed}");
-    Ok(())
 }
 
 /// depotd's debug lines about OVF_STORE uploads, in order.

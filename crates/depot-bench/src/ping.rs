@@ -167,8 +167,31 @@ pub async fn run(depotd: &std::path::Path, args: PingArgs) -> Result<(), String>
         args.seconds,
         args.log_level
     );
+    print_transports(transports, &rounds);
+    let rss_load = rounds
+        .iter()
+        .flatten()
+        .map(|r| r.rss_max_kib)
+        .max()
+        .unwrap_or(0);
+    println!(
+        "RSS idle ({} connections open): {:.1} MiB (target < 20 MiB)",
+        args.clients * transports.len(),
+        idle_kib as f64 / 1024.0
+    );
+    println!("RSS under load (max): {:.1} MiB", rss_load as f64 / 1024.0);
+    println!(
+        "RSS after the clients left: {:.1} MiB",
+        after_kib as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Each transport's rounds and medians, and STOMP against HTTP when both
+/// ran.
+fn print_transports(transports: &[(&str, bool)], rounds: &[Vec<Round>]) {
     let mut summaries = Vec::new();
-    for ((name, _), rounds) in transports.iter().zip(&rounds) {
+    for ((name, _), rounds) in transports.iter().zip(rounds) {
         println!("{name}:");
         for (i, r) in rounds.iter().enumerate() {
             println!(
@@ -206,23 +229,6 @@ pub async fn run(depotd: &std::path::Path, args: PingArgs) -> Result<(), String>
             stomp.p99_us / http.p99_us.max(1.0)
         );
     }
-    let rss_load = rounds
-        .iter()
-        .flatten()
-        .map(|r| r.rss_max_kib)
-        .max()
-        .unwrap_or(0);
-    println!(
-        "RSS idle ({} connections open): {:.1} MiB (target < 20 MiB)",
-        args.clients * transports.len(),
-        idle_kib as f64 / 1024.0
-    );
-    println!("RSS under load (max): {:.1} MiB", rss_load as f64 / 1024.0);
-    println!(
-        "RSS after the clients left: {:.1} MiB",
-        after_kib as f64 / 1024.0
-    );
-    Ok(())
 }
 
 async fn round(

@@ -98,62 +98,7 @@ impl StompClient {
         opts: Options,
         stomp: StompOptions,
     ) -> Result<StompClient, ClientError> {
-        let connecting = async {
-            let s = stream::open(ep, &opts).await?;
-            let (mut rd, mut wr) = tokio::io::split(s);
-            let host = match ep {
-                Endpoint::Tls { addr, .. } => host_part(addr).to_string(),
-                Endpoint::Unix(_) => "localhost".to_string(),
-            };
-            let connect = Frame::new(Command::Connect)
-                .with("accept-version", "1.2")
-                .with("host", host)
-                .with(
-                    "heart-beat",
-                    format!("{},{}", stomp.heartbeat.0, stomp.heartbeat.1),
-                )
-                .encode();
-            let subscribe = Frame::new(Command::Subscribe)
-                .with("destination", RESPONSE_DESTINATION)
-                .with("id", RESPONSES_ID)
-                .with("ack", "auto")
-                .encode();
-            let sent = async {
-                wr.write_all(&[connect, subscribe].concat()).await?;
-                wr.flush().await
-            };
-            sent.await.map_err(|e| io_error(ep, &e))?;
-            // Read up to CONNECTED; what follows it stays in the parser.
-            let mut parser = Parser::new(LIMITS);
-            let mut buf = vec![0u8; 16 * 1024];
-            let connected = loop {
-                match parser.next_frame() {
-                    Ok(Some(f)) if f.command == Command::Connected => break f,
-                    Ok(Some(f)) if f.command == Command::Error => {
-                        return Err(ClientError::Stomp(format!(
-                            "{ep} refused the connection: {}",
-                            error_text(&f)
-                        )))
-                    }
-                    Ok(Some(f)) => {
-                        return Err(ClientError::Stomp(format!(
-                            "{ep} answered CONNECT with {}",
-                            f.command
-                        )))
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(ClientError::Stomp(format!("from {ep}: {e}"))),
-                }
-                let n = rd.read(&mut buf).await.map_err(|e| io_error(ep, &e))?;
-                if n == 0 {
-                    return Err(ClientError::Stomp(format!(
-                        "{ep} closed the connection before CONNECTED"
-                    )));
-                }
-                parser.push(&buf[..n]);
-            };
-            Ok::<_, ClientError>((rd, wr, parser, connected))
-        };
+        let connecting = handshake(ep, &opts, &stomp);
         let (rd, wr, parser, connected) =
             match tokio::time::timeout(opts.connect_timeout, connecting).await {
                 Ok(Ok(x)) => x,
@@ -165,22 +110,7 @@ impl StompClient {
                     })
                 }
             };
-        // The agreed heart-beats: the server's `sx,sy` against ours.
-        let (sx, sy) = connected
-            .get("heart-beat")
-            .and_then(|h| h.split_once(','))
-            .map(|(a, b)| {
-                (
-                    a.trim().parse::<u64>().unwrap_or(0),
-                    b.trim().parse::<u64>().unwrap_or(0),
-                )
-            })
-            .unwrap_or((0, 0));
-        let agreed = |ours: u64, theirs: u64| {
-            (ours > 0 && theirs > 0).then(|| Duration::from_millis(ours.max(theirs)))
-        };
-        let send_every = agreed(stomp.heartbeat.0, sy);
-        let hear_every = agreed(stomp.heartbeat.1, sx);
+        let (send_every, hear_every) = agreed_heartbeats(&connected, &stomp);
 
         let closed: Arc<Mutex<Option<String>>> = Arc::default();
         let (out, out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -400,6 +330,103 @@ fn error_text(f: &Frame) -> String {
         Some(m) => m.to_string(),
         None => jsonrpc::truncate(&String::from_utf8_lossy(&f.body), 200),
     }
+}
+
+/// The halves of a connection that said CONNECTED, the parser holding
+/// what followed it, and the CONNECTED frame.
+type Connected = (
+    tokio::io::ReadHalf<stream::Stream>,
+    tokio::io::WriteHalf<stream::Stream>,
+    Parser,
+    Frame,
+);
+
+/// Opens the stream, sends CONNECT and the SUBSCRIBE to the responses,
+/// and reads up to CONNECTED.
+async fn handshake(
+    ep: &Endpoint,
+    opts: &Options,
+    stomp: &StompOptions,
+) -> Result<Connected, ClientError> {
+    let s = stream::open(ep, opts).await?;
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let host = match ep {
+        Endpoint::Tls { addr, .. } => host_part(addr).to_string(),
+        Endpoint::Unix(_) => "localhost".to_string(),
+    };
+    let connect = Frame::new(Command::Connect)
+        .with("accept-version", "1.2")
+        .with("host", host)
+        .with(
+            "heart-beat",
+            format!("{},{}", stomp.heartbeat.0, stomp.heartbeat.1),
+        )
+        .encode();
+    let subscribe = Frame::new(Command::Subscribe)
+        .with("destination", RESPONSE_DESTINATION)
+        .with("id", RESPONSES_ID)
+        .with("ack", "auto")
+        .encode();
+    let sent = async {
+        wr.write_all(&[connect, subscribe].concat()).await?;
+        wr.flush().await
+    };
+    sent.await.map_err(|e| io_error(ep, &e))?;
+    // Read up to CONNECTED; what follows it stays in the parser.
+    let mut parser = Parser::new(LIMITS);
+    let mut buf = vec![0u8; 16 * 1024];
+    let connected = loop {
+        match parser.next_frame() {
+            Ok(Some(f)) if f.command == Command::Connected => break f,
+            Ok(Some(f)) if f.command == Command::Error => {
+                return Err(ClientError::Stomp(format!(
+                    "{ep} refused the connection: {}",
+                    error_text(&f)
+                )))
+            }
+            Ok(Some(f)) => {
+                return Err(ClientError::Stomp(format!(
+                    "{ep} answered CONNECT with {}",
+                    f.command
+                )))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(ClientError::Stomp(format!("from {ep}: {e}"))),
+        }
+        let n = rd.read(&mut buf).await.map_err(|e| io_error(ep, &e))?;
+        if n == 0 {
+            return Err(ClientError::Stomp(format!(
+                "{ep} closed the connection before CONNECTED"
+            )));
+        }
+        parser.push(&buf[..n]);
+    };
+    Ok((rd, wr, parser, connected))
+}
+
+/// The heart-beats agreed in CONNECTED: (how often we send, how often we
+/// must hear the server), each `None` when off.
+fn agreed_heartbeats(
+    connected: &Frame,
+    stomp: &StompOptions,
+) -> (Option<Duration>, Option<Duration>) {
+    // The agreed heart-beats: the server's `sx,sy` against ours.
+    let (sx, sy) = connected
+        .get("heart-beat")
+        .and_then(|h| h.split_once(','))
+        .map(|(a, b)| {
+            (
+                a.trim().parse::<u64>().unwrap_or(0),
+                b.trim().parse::<u64>().unwrap_or(0),
+            )
+        })
+        .unwrap_or((0, 0));
+    let agreed = |ours: u64, theirs: u64| {
+        (ours > 0 && theirs > 0).then(|| Duration::from_millis(ours.max(theirs)))
+    };
+    let send_every = agreed(stomp.heartbeat.0, sy);
+    let hear_every = agreed(stomp.heartbeat.1, sx);
+    (send_every, hear_every)
 }
 
 async fn write_loop<W: tokio::io::AsyncWrite>(

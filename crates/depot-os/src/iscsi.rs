@@ -663,35 +663,7 @@ pub fn parse_sessions(text: &str) -> Result<Vec<Session>, IscsiError> {
                 disks: Vec::new(),
             });
         } else if let Some(s) = cur.as_mut() {
-            if let Some(v) = line.strip_prefix("Iface Initiatorname: ") {
-                s.initiator_name = not_empty(v);
-            } else if let Some(v) = line.strip_prefix("SID: ") {
-                s.sid = v.trim().parse().map_err(|_| err(n, raw, "bad SID"))?;
-            } else if let Some(v) = line.strip_prefix("iSCSI Connection State: ") {
-                s.connection_state = not_empty(v);
-            } else if let Some(v) = line.strip_prefix("iSCSI Session State: ") {
-                s.session_state = not_empty(v);
-            } else if let Some(v) = line.strip_prefix("username: ") {
-                s.username = not_empty(v);
-            } else if let Some(v) = line.strip_prefix("Host Number: ") {
-                let num = v.split_whitespace().next().unwrap_or("");
-                s.host_number = Some(num.parse().map_err(|_| err(n, raw, "bad host number"))?);
-            } else if line.starts_with("scsi") && line.contains(" Channel ") {
-                s.disks
-                    .push(parse_scsi_line(line).ok_or_else(|| err(n, raw, "bad SCSI line"))?);
-            } else if let Some(v) = line.strip_prefix("Attached scsi disk ") {
-                let mut parts = v.split_whitespace();
-                let dev = parts.next().ok_or_else(|| err(n, raw, "no disk name"))?;
-                let state = v.split_once("State:").map(|(_, st)| st.trim().to_owned());
-                let disk = s
-                    .disks
-                    .last_mut()
-                    .ok_or_else(|| err(n, raw, "disk before its SCSI line"))?;
-                disk.device = Some(dev.to_owned());
-                disk.state = state;
-            }
-            // Everything else (timeouts, negotiated parameters, the masked
-            // CHAP passwords, banners) is not needed and not kept.
+            session_line(s, line, raw, n)?;
         }
     }
     finish(&mut cur, &mut sessions);
@@ -704,6 +676,47 @@ pub fn parse_sessions(text: &str) -> Result<Vec<Session>, IscsiError> {
         });
     }
     Ok(sessions)
+}
+
+/// A line of a session's block in `iscsiadm -m session -P 3` (line
+/// `n`, `raw` as printed, `line` trimmed): the fields depot keeps.
+fn session_line(s: &mut Session, line: &str, raw: &str, n: usize) -> Result<(), IscsiError> {
+    let err = |line_no: usize, line: &str, reason: &'static str| IscsiError::Parse {
+        op: IscsiOp::Sessions,
+        line_no,
+        line: line.to_owned(),
+        reason,
+    };
+    if let Some(v) = line.strip_prefix("Iface Initiatorname: ") {
+        s.initiator_name = not_empty(v);
+    } else if let Some(v) = line.strip_prefix("SID: ") {
+        s.sid = v.trim().parse().map_err(|_| err(n, raw, "bad SID"))?;
+    } else if let Some(v) = line.strip_prefix("iSCSI Connection State: ") {
+        s.connection_state = not_empty(v);
+    } else if let Some(v) = line.strip_prefix("iSCSI Session State: ") {
+        s.session_state = not_empty(v);
+    } else if let Some(v) = line.strip_prefix("username: ") {
+        s.username = not_empty(v);
+    } else if let Some(v) = line.strip_prefix("Host Number: ") {
+        let num = v.split_whitespace().next().unwrap_or("");
+        s.host_number = Some(num.parse().map_err(|_| err(n, raw, "bad host number"))?);
+    } else if line.starts_with("scsi") && line.contains(" Channel ") {
+        s.disks
+            .push(parse_scsi_line(line).ok_or_else(|| err(n, raw, "bad SCSI line"))?);
+    } else if let Some(v) = line.strip_prefix("Attached scsi disk ") {
+        let mut parts = v.split_whitespace();
+        let dev = parts.next().ok_or_else(|| err(n, raw, "no disk name"))?;
+        let state = v.split_once("State:").map(|(_, st)| st.trim().to_owned());
+        let disk = s
+            .disks
+            .last_mut()
+            .ok_or_else(|| err(n, raw, "disk before its SCSI line"))?;
+        disk.device = Some(dev.to_owned());
+        disk.state = state;
+    }
+    // Everything else (timeouts, negotiated parameters, the masked
+    // CHAP passwords, banners) is not needed and not kept.
+    Ok(())
 }
 
 /// `scsi2 Channel 00 Id 0 Lun: 1`.

@@ -294,6 +294,13 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.validate_counts()?;
+        self.validate_seconds()?;
+        self.validate_paths()
+    }
+
+    /// Counts and sizes: 0 would refuse everything.
+    fn validate_counts(&self) -> Result<(), String> {
         let l = &self.limits;
         for (name, v) in [
             ("limits.max_request_bytes", l.max_request_bytes as u64),
@@ -338,6 +345,11 @@ impl Config {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        Ok(())
+    }
+
+    fn validate_seconds(&self) -> Result<(), String> {
+        let l = &self.limits;
         // Seconds. 0 would make every call, lock wait, handshake or check
         // fail at once (or spin), so only the grace period may be 0: "do
         // not wait".
@@ -385,6 +397,10 @@ impl Config {
                 l.ws_idle_timeout_s, l.ws_ping_interval_s
             ));
         }
+        Ok(())
+    }
+
+    fn validate_paths(&self) -> Result<(), String> {
         // A relative path would depend on the daemon's working directory.
         for (name, path) in [
             ("listen.socket", &self.listen.socket),
@@ -404,22 +420,6 @@ impl Config {
 
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.limits.handshake_timeout_s)
-    }
-
-    /// The STOMP transport's limits (docs/config.md).
-    pub fn stomp_limits(&self) -> crate::stomp::StompLimits {
-        let l = &self.limits;
-        crate::stomp::StompLimits {
-            frame: depot_stomp::Limits {
-                max_header_bytes: l.stomp_max_header_bytes,
-                max_headers: l.stomp_max_headers,
-                max_body_bytes: l.max_request_bytes,
-            },
-            max_subscriptions: l.stomp_max_subscriptions,
-            max_pending: l.stomp_max_pending_messages,
-            max_pending_bytes: l.stomp_max_pending_bytes,
-            idle_timeout: Duration::from_secs_f64(l.stomp_idle_timeout_s),
-        }
     }
 
     /// The slowest a client may move a body (docs/config.md).

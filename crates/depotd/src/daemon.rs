@@ -6,6 +6,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -15,17 +16,18 @@ use depot_os::CommandRunner;
 use depot_storage::events::Events;
 use depot_storage::{Storage, StorageConfig};
 
-use crate::admission::Handshakes;
 use crate::config::Config;
 use crate::events::EventBus;
+use crate::jsonrpc::{JsonRpc, ParseLimits};
+use crate::listen::admission::Handshakes;
+use crate::listen::{self, Listeners, Pool, Throttle};
 use crate::pki;
 use crate::router::Router;
-use crate::rpc::{ParseLimits, RpcEngine};
-use crate::server::{self, Pool, Shared, Throttle};
 use crate::storage_jobs;
 use crate::systemd;
 use crate::task_store::TaskStore;
 use crate::tasks::Tasks;
+use crate::transport::{self, stomp::StompLimits};
 
 /// The file, in the state directory, that holds the bound TLS address: port
 /// 0 in the config picks a free port, and clients (tests, depotctl in dev
@@ -87,106 +89,31 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // Before the storage: the monitor and the connection watch publish
     // through it from their first check.
     let events = EventBus::new(EVENT_QUEUE);
-    let storage = Arc::new(
-        Storage::new(
-            StorageConfig {
-                repository: config.daemon.repository.clone(),
-                io_timeout: Duration::from_secs_f64(config.storage.io_timeout_s),
-                lock_timeout: Duration::from_secs_f64(config.storage.lock_timeout_s),
-                qemu_img_timeout: Duration::from_secs_f64(config.storage.qemu_img_timeout_s),
-                monitor_interval: Duration::from_secs_f64(config.storage.monitor_interval_s),
-            },
-            CommandRunner::new(),
-        )
-        .with_san_references(state_dir.join("iscsi-sessions"))
-        .with_events(Events::new(Arc::new(events.clone()))),
-    );
-    // Crash leftovers in mounts that survived the restart.
-    let recovered = {
-        let s = storage.clone();
-        tokio::task::spawn_blocking(move || s.recover())
-            .await
-            .unwrap_or_default()
-    };
-    tracing::info!(cleaned = recovered.len(), "storage recovered");
-
-    let jobs_config = JobsConfig {
-        autodelete: Duration::from_secs_f64(config.jobs.autodelete_delay_s),
-        max_running: config.jobs.max_running,
-        max_active: config.jobs.max_active,
-    };
-    let journal_dir = state_dir.join("copy-journals");
-    make_dir(&journal_dir, 0o700)?;
-    let mut kinds: Vec<Arc<dyn depot_jobs::JobKind>> = vec![Arc::new(SleepJob)];
-    kinds.extend(storage_jobs::kinds(&storage, journal_dir));
-    let (jobs, recovery) = JobManager::open(state_dir, jobs_config, kinds).await?;
-    tracing::info!(%recovery, "jobs recovered");
-
-    let (streams, recovered) = {
-        let (dir, max) = (state_dir.clone(), config.tasks.max_finished);
-        match tokio::task::spawn_blocking(move || TaskStore::open(&dir, max)).await {
-            Ok(opened) => opened?,
-            Err(e) => {
-                return Err(StartError::Tasks(crate::task_store::OpenError {
-                    path: state_dir.join(crate::task_store::TASKS_DIR),
-                    source: std::io::Error::other(e.to_string()),
-                }))
-            }
-        }
-    };
-    tracing::info!(%recovered, "tasks recovered");
-    let tasks = Arc::new(Tasks::new(streams, config.tasks.max_finished));
-
+    let storage = open_storage(&config, &events).await;
+    let jobs = open_jobs(&config, &storage).await?;
+    let tasks = open_tasks(&config).await?;
     let forwarder = events.forward_jobs(&jobs);
 
-    let addr = SocketAddr::new(config.listen.address, config.listen.port);
-    let tcp = server::bind_tcp(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: addr.to_string(),
-            source,
-        })?;
-    let bound = tcp.local_addr().map_err(|source| StartError::Bind {
-        what: addr.to_string(),
-        source,
-    })?;
-    let unix = server::bind_unix(&config.listen.socket)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: config.listen.socket.display().to_string(),
-            source,
-        })?;
+    let (tcp, bound, unix) = bind(&config).await?;
     write_listen_address(state_dir, bound);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let limits = &config.limits;
-    let shared = Arc::new(Shared {
-        engine: Arc::new(RpcEngine::new(
-            Router::new(
-                jobs.clone(),
-                storage.clone(),
-                tasks,
-                config.daemon.test_verbs,
-            ),
-            ParseLimits::new(limits.max_batch, limits.max_request_bytes),
-        )),
+    let streams = tasks.streams().clone();
+    let router = Router::new(
+        jobs.clone(),
+        storage.clone(),
+        tasks,
+        config.daemon.test_verbs,
+    );
+    let shared = Arc::new(listeners(
+        &config,
+        router,
+        (storage.clone(), streams),
         events,
-        shutdown: stop_rx,
-        max_request_bytes: limits.max_request_bytes,
-        max_concurrent_per_connection: limits.max_concurrent_per_connection,
-        handshake_timeout: config.handshake_timeout(),
-        body_pace: config.body_pace(),
-        ws_ping_interval: Duration::from_secs_f64(limits.ws_ping_interval_s),
-        ws_idle_timeout: Duration::from_secs_f64(limits.ws_idle_timeout_s),
-        stomp: config.stomp_limits(),
-        connections: Pool::new("tls", limits.max_connections),
-        local_connections: Pool::new("local socket", limits.max_local_connections),
-        handshakes: Handshakes::new(limits.max_handshakes, limits.max_handshakes_per_address),
-        allowed_subjects: config.tls.allowed_subjects.clone(),
-        noise: Throttle::default(),
-    });
-    let tcp_task = tokio::spawn(server::serve_tcp(tcp, tls, shared.clone()));
-    let unix_task = tokio::spawn(server::serve_unix(
+        stop_rx,
+    ));
+    let tcp_task = tokio::spawn(listen::serve_tcp(tcp, tls, shared.clone()));
+    let unix_task = tokio::spawn(listen::serve_unix(
         unix,
         config.listen.socket.clone(),
         shared.clone(),
@@ -229,6 +156,145 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let _ = std::fs::remove_file(state_dir.join(LISTEN_ADDRESS_FILE));
     tracing::info!("depotd stopped");
     Ok(())
+}
+
+/// The storage, with what a crash left in mounts that survived the
+/// restart cleaned up.
+async fn open_storage(config: &Config, events: &EventBus) -> Arc<Storage> {
+    let storage = Arc::new(
+        Storage::new(
+            StorageConfig {
+                repository: config.daemon.repository.clone(),
+                io_timeout: Duration::from_secs_f64(config.storage.io_timeout_s),
+                lock_timeout: Duration::from_secs_f64(config.storage.lock_timeout_s),
+                qemu_img_timeout: Duration::from_secs_f64(config.storage.qemu_img_timeout_s),
+                monitor_interval: Duration::from_secs_f64(config.storage.monitor_interval_s),
+            },
+            CommandRunner::new(),
+        )
+        .with_san_references(config.daemon.state_dir.join("iscsi-sessions"))
+        .with_events(Events::new(Arc::new(events.clone()))),
+    );
+    let recovered = {
+        let s = storage.clone();
+        tokio::task::spawn_blocking(move || s.recover())
+            .await
+            .unwrap_or_default()
+    };
+    tracing::info!(cleaned = recovered.len(), "storage recovered");
+    storage
+}
+
+/// The job manager, with the jobs of the last run recovered.
+async fn open_jobs(config: &Config, storage: &Arc<Storage>) -> Result<JobManager, StartError> {
+    let state_dir = &config.daemon.state_dir;
+    let jobs_config = JobsConfig {
+        autodelete: Duration::from_secs_f64(config.jobs.autodelete_delay_s),
+        max_running: config.jobs.max_running,
+        max_active: config.jobs.max_active,
+    };
+    let journal_dir = state_dir.join("copy-journals");
+    make_dir(&journal_dir, 0o700)?;
+    let mut kinds: Vec<Arc<dyn depot_jobs::JobKind>> = vec![Arc::new(SleepJob)];
+    kinds.extend(storage_jobs::kinds(storage, journal_dir));
+    let (jobs, recovery) = JobManager::open(state_dir, jobs_config, kinds).await?;
+    tracing::info!(%recovery, "jobs recovered");
+    Ok(jobs)
+}
+
+/// VDSM's tasks, the streams' tasks of the last run recovered.
+async fn open_tasks(config: &Config) -> Result<Arc<Tasks>, StartError> {
+    let state_dir = &config.daemon.state_dir;
+    let (streams, recovered) = {
+        let (dir, max) = (state_dir.clone(), config.tasks.max_finished);
+        match tokio::task::spawn_blocking(move || TaskStore::open(&dir, max)).await {
+            Ok(opened) => opened?,
+            Err(e) => {
+                return Err(StartError::Tasks(crate::task_store::OpenError {
+                    path: state_dir.join(crate::task_store::TASKS_DIR),
+                    source: std::io::Error::other(e.to_string()),
+                }))
+            }
+        }
+    };
+    tracing::info!(%recovered, "tasks recovered");
+    Ok(Arc::new(Tasks::new(streams, config.tasks.max_finished)))
+}
+
+/// The TLS port (and the address it got) and the local socket.
+async fn bind(config: &Config) -> Result<(TcpListener, SocketAddr, UnixListener), StartError> {
+    let addr = SocketAddr::new(config.listen.address, config.listen.port);
+    let tcp = listen::bind_tcp(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: addr.to_string(),
+            source,
+        })?;
+    let bound = tcp.local_addr().map_err(|source| StartError::Bind {
+        what: addr.to_string(),
+        source,
+    })?;
+    let unix = listen::bind_unix(&config.listen.socket)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: config.listen.socket.display().to_string(),
+            source,
+        })?;
+    Ok((tcp, bound, unix))
+}
+
+/// What the listeners and the transports share, with the limits of
+/// `config`. The storage and the stream tasks are for the OVF_STORE
+/// streams, which bypass JSON-RPC.
+fn listeners(
+    config: &Config,
+    router: Router,
+    (storage, streams): (Arc<Storage>, Arc<TaskStore>),
+    events: EventBus,
+    shutdown: watch::Receiver<bool>,
+) -> Listeners {
+    let limits = &config.limits;
+    let transport = Arc::new(transport::Shared {
+        jsonrpc: Arc::new(JsonRpc::new(
+            router,
+            ParseLimits::new(limits.max_batch, limits.max_request_bytes),
+        )),
+        storage,
+        streams,
+        events,
+        shutdown,
+        max_request_bytes: limits.max_request_bytes,
+        max_concurrent_per_connection: limits.max_concurrent_per_connection,
+        handshake_timeout: config.handshake_timeout(),
+        body_pace: config.body_pace(),
+        ws_ping_interval: Duration::from_secs_f64(limits.ws_ping_interval_s),
+        ws_idle_timeout: Duration::from_secs_f64(limits.ws_idle_timeout_s),
+        stomp: stomp_limits(config),
+    });
+    Listeners {
+        transport,
+        connections: Pool::new("tls", limits.max_connections),
+        local_connections: Pool::new("local socket", limits.max_local_connections),
+        handshakes: Handshakes::new(limits.max_handshakes, limits.max_handshakes_per_address),
+        allowed_subjects: config.tls.allowed_subjects.clone(),
+        noise: Throttle::default(),
+    }
+}
+
+/// The STOMP transport's limits (docs/config.md).
+fn stomp_limits(config: &Config) -> StompLimits {
+    let l = &config.limits;
+    StompLimits {
+        frame: depot_stomp::Limits {
+            max_header_bytes: l.stomp_max_header_bytes,
+            max_headers: l.stomp_max_headers,
+            max_body_bytes: l.max_request_bytes,
+        },
+        max_subscriptions: l.stomp_max_subscriptions,
+        max_pending: l.stomp_max_pending_messages,
+        max_pending_bytes: l.stomp_max_pending_bytes,
+        idle_timeout: Duration::from_secs_f64(l.stomp_idle_timeout_s),
+    }
 }
 
 /// Every connection is a file descriptor, and the connection limits

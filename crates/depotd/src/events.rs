@@ -16,7 +16,7 @@ use depot_api::{
 use depot_jobs::JobManager;
 use depot_storage::events::{EventSink, StorageEvent};
 
-use crate::rpc::notification;
+use crate::wire::notification;
 
 /// A serialized notification and its name (for prefix filtering).
 #[derive(Debug)]
@@ -32,7 +32,7 @@ pub struct EventBus {
 
 impl EventBus {
     /// `capacity` events may queue per slow subscriber before it starts
-    /// missing some (it is told, see `ws::Subscriber`).
+    /// missing some (it is told, see `transport::ws::Subscriber`).
     pub fn new(capacity: usize) -> Self {
         EventBus {
             tx: broadcast::channel(capacity).0,

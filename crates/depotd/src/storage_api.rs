@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use depot_api::storage::{ConnectionDict, ConnectionList, DomainType, SdUuid, SpUuid};
+use depot_api::catalogue::returns;
+use depot_api::results::{ConnectionStatus, DomainStats, Done, VolumeSize};
+use depot_api::storage::{ConnectionDict, ConnectionList, DomainType, ImgUuid, SdUuid, SpUuid};
 use depot_api::types::Uuid;
 use depot_api::{params, ApiError, Code};
 use depot_storage::connection::ConnectionParams;
@@ -30,8 +32,13 @@ pub async fn blocking<T: Send + 'static>(
     }
 }
 
-fn ok() -> Value {
-    Value::Bool(true)
+/// `true` once `call` returned: the answer of every verb whose schema
+/// returns nothing.
+async fn done(
+    storage: &Arc<Storage>,
+    call: impl FnOnce(&Storage) -> StorageResult<()> + Send + 'static,
+) -> Result<Done, ApiError> {
+    blocking(storage, call).await.map(|()| Done)
 }
 
 // ---- connections ----
@@ -75,15 +82,18 @@ async fn per_connection(
     domain_type: DomainType,
     list: ConnectionList,
     connect: bool,
-) -> Result<Value, ApiError> {
-    let mut out: Vec<Option<Value>> = Vec::new();
+) -> Result<Vec<ConnectionStatus>, ApiError> {
+    let mut out: Vec<Option<ConnectionStatus>> = Vec::new();
     let mut valid = Vec::new();
     for entry in list.0 {
         let parsed = entry.and_then(|d| connection_params(&d).map_err(|m| (d.id.clone(), m)));
         match parsed {
             Err((id, msg)) => {
                 tracing::warn!(id = id.as_deref().unwrap_or("-"), error = %msg, "bad connection entry");
-                out.push(Some(json!({"id": id.unwrap_or_default(), "status": Code::InvalidParameterException.number()})));
+                out.push(Some(ConnectionStatus {
+                    id: id.unwrap_or_default(),
+                    status: Code::InvalidParameterException.number().into(),
+                }));
             }
             Ok(p) => {
                 out.push(None);
@@ -100,29 +110,34 @@ async fn per_connection(
     })
     .await?;
     let mut statuses = statuses.into_iter();
-    let out: Vec<Value> = out
+    Ok(out
         .into_iter()
         .map(|slot| {
             slot.unwrap_or_else(|| match statuses.next() {
-                Some(st) => json!({"id": st.id, "status": st.status}),
-                None => json!({"id": "", "status": Code::InternalError.number()}),
+                Some(st) => ConnectionStatus {
+                    id: st.id,
+                    status: st.status.into(),
+                },
+                None => ConnectionStatus {
+                    id: String::new(),
+                    status: Code::InternalError.number().into(),
+                },
             })
         })
-        .collect();
-    Ok(Value::Array(out))
+        .collect())
 }
 
 pub async fn connect(
     storage: &Arc<Storage>,
     p: params::StoragePoolConnectStorageServer,
-) -> Result<Value, ApiError> {
+) -> Result<returns::StoragePoolConnectStorageServer, ApiError> {
     per_connection(storage, p.domainType, p.connectionParams, true).await
 }
 
 pub async fn disconnect(
     storage: &Arc<Storage>,
     p: params::StoragePoolDisconnectStorageServer,
-) -> Result<Value, ApiError> {
+) -> Result<returns::StoragePoolDisconnectStorageServer, ApiError> {
     per_connection(storage, p.domainType, p.connectionParams, false).await
 }
 
@@ -131,7 +146,7 @@ pub async fn disconnect(
 pub async fn discover_send_targets(
     storage: &Arc<Storage>,
     p: params::IscsiConnectionDiscoverSendTargets,
-) -> Result<Value, ApiError> {
+) -> Result<returns::IscsiConnectionDiscoverSendTargets, ApiError> {
     let password = p.password.map(|pw| depot_os::Secret::new(pw.expose()));
     let targets = blocking(storage, move |s| {
         s.discover_send_targets(
@@ -144,10 +159,7 @@ pub async fn discover_send_targets(
     })
     .await?;
     // VDSM's wire value is the fullTargets list: "host:port,tpgt iqn".
-    Ok(json!(targets
-        .iter()
-        .map(|t| t.to_string())
-        .collect::<Vec<_>>()))
+    Ok(targets.iter().map(|t| t.to_string()).collect())
 }
 
 pub async fn get_device_list(
@@ -230,27 +242,22 @@ fn block_device(d: &BlockDevice) -> Value {
 pub async fn devices_visibility(
     storage: &Arc<Storage>,
     p: params::HostGetDevicesVisibility,
-) -> Result<Value, ApiError> {
+) -> Result<returns::HostGetDevicesVisibility, ApiError> {
     let guids = p.guidList;
     let seen = blocking(storage, move |s| s.devices_visibility(&guids)).await?;
-    Ok(Value::Object(
-        seen.into_iter().map(|(g, v)| (g, Value::Bool(v))).collect(),
-    ))
+    Ok(seen.into_iter().collect())
 }
 
 pub async fn get_storage_domains(
     storage: &Arc<Storage>,
     p: params::HostGetStorageDomains,
-) -> Result<Value, ApiError> {
+) -> Result<returns::HostGetStorageDomains, ApiError> {
     let pool = p.storagepoolID.map(SpUuid);
     let found = blocking(storage, move |s| {
         Ok(s.find_domains(pool, p.domainClass, p.storageType, p.remotePath.as_deref()))
     })
     .await?;
-    Ok(json!(found
-        .iter()
-        .map(|sd| sd.to_string())
-        .collect::<Vec<_>>()))
+    Ok(found.iter().map(|sd| sd.to_string()).collect())
 }
 
 // ---- domains ----
@@ -258,7 +265,7 @@ pub async fn get_storage_domains(
 pub async fn create_domain(
     storage: &Arc<Storage>,
     p: params::StorageDomainCreate,
-) -> Result<Value, ApiError> {
+) -> Result<returns::StorageDomainCreate, ApiError> {
     let block_size = match p.blockSize.unwrap_or(512) {
         0 => None,
         512 => Some(512),
@@ -290,9 +297,7 @@ pub async fn create_domain(
         backup: p.backup.unwrap_or(false),
     };
     let version = p.version.unwrap_or(5);
-    blocking(storage, move |s| s.create_domain(req, version))
-        .await
-        .map(|()| ok())
+    done(storage, move |s| s.create_domain(req, version)).await
 }
 
 pub async fn domain_info(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, ApiError> {
@@ -335,18 +340,21 @@ pub async fn domain_info(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, Ap
     Ok(v)
 }
 
-pub async fn domain_stats(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, ApiError> {
-    let st = blocking(storage, move |s| s.domain_stats(sd)).await?;
+pub async fn domain_stats(
+    storage: &Arc<Storage>,
+    sd: SdUuid,
+) -> Result<returns::StorageDomainGetStats, ApiError> {
+    let stats = blocking(storage, move |s| s.domain_stats(sd)).await?;
     // VDSM sends sizes as decimal strings; mda* are block-domain figures,
     // reported as VDSM does for file domains.
-    Ok(json!({
-        "disktotal": st.total_bytes.to_string(),
-        "diskfree": st.free_bytes.to_string(),
-        "mdasize": 0,
-        "mdafree": 0,
-        "mdavalid": true,
-        "mdathreshold": true,
-    }))
+    Ok(DomainStats {
+        disktotal: stats.total_bytes.to_string(),
+        diskfree: stats.free_bytes.to_string(),
+        mdasize: 0,
+        mdafree: 0,
+        mdavalid: true,
+        mdathreshold: true,
+    })
 }
 
 // ---- pools ----
@@ -354,9 +362,9 @@ pub async fn domain_stats(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, A
 pub async fn create_pool(
     storage: &Arc<Storage>,
     p: params::StoragePoolCreate,
-) -> Result<Value, ApiError> {
+) -> Result<returns::StoragePoolCreate, ApiError> {
     let others = p.domainList.unwrap_or_default();
-    blocking(storage, move |s| {
+    done(storage, move |s| {
         s.create_pool(
             p.storagepoolID,
             p.name,
@@ -366,18 +374,17 @@ pub async fn create_pool(
         )
     })
     .await
-    .map(|()| ok())
 }
 
 pub async fn connect_pool(
     storage: &Arc<Storage>,
     p: params::StoragePoolConnect,
-) -> Result<Value, ApiError> {
+) -> Result<returns::StoragePoolConnect, ApiError> {
     let dict = match p.domainDict {
         None => None,
         Some(map) => Some(domain_dict(&map)?),
     };
-    blocking(storage, move |s| {
+    done(storage, move |s| {
         s.connect_pool(
             p.storagepoolID,
             p.hostID,
@@ -387,7 +394,6 @@ pub async fn connect_pool(
         )
     })
     .await
-    .map(|()| ok())
 }
 
 /// `{sdUUID: "active"|"attached"}` (VDSM also accepts other case).
@@ -511,22 +517,19 @@ fn image_or_all(img: Uuid) -> Option<depot_api::storage::ImgUuid> {
 pub async fn get_volumes(
     storage: &Arc<Storage>,
     p: params::StorageDomainGetVolumes,
-) -> Result<Value, ApiError> {
+) -> Result<returns::StorageDomainGetVolumes, ApiError> {
     let img = image_or_all(p.imageID);
     let sd = p.storagedomainID;
     let vols = blocking(storage, move |s| s.list_volumes(sd, img)).await?;
-    Ok(json!(vols
-        .iter()
-        .map(|v| v.to_string())
-        .collect::<Vec<_>>()))
+    Ok(vols.iter().map(|v| v.to_string()).collect())
 }
 
-pub async fn get_images(storage: &Arc<Storage>, sd: SdUuid) -> Result<Value, ApiError> {
+pub async fn get_images(
+    storage: &Arc<Storage>,
+    sd: SdUuid,
+) -> Result<returns::StorageDomainGetImages, ApiError> {
     let imgs = blocking(storage, move |s| s.list_images(sd)).await?;
-    Ok(json!(imgs
-        .iter()
-        .map(|v| v.to_string())
-        .collect::<Vec<_>>()))
+    Ok(imgs.iter().map(|v| v.to_string()).collect())
 }
 
 pub async fn create_volume(
@@ -606,10 +609,13 @@ pub async fn volume_info(
 pub async fn volume_size(
     storage: &Arc<Storage>,
     p: params::VolumeGetSize,
-) -> Result<Value, ApiError> {
+) -> Result<returns::VolumeGetSize, ApiError> {
     let (sd, img, vol) = (p.storagedomainID, p.imageID, p.volumeID);
     let (apparent, truesize) = blocking(storage, move |s| s.volume_size(sd, img, vol)).await?;
-    Ok(json!({"apparentsize": apparent.to_string(), "truesize": truesize.to_string()}))
+    Ok(VolumeSize {
+        apparentsize: apparent.to_string(),
+        truesize: truesize.to_string(),
+    })
 }
 
 pub async fn prepare(storage: &Arc<Storage>, p: params::ImagePrepare) -> Result<Value, ApiError> {
@@ -846,10 +852,9 @@ fn vg_json(
 pub async fn create_vg(
     storage: &Arc<Storage>,
     p: params::LvmVolumeGroupCreate,
-) -> Result<Value, ApiError> {
+) -> Result<returns::LvmVolumeGroupCreate, ApiError> {
     let (name, devs, force) = (p.name, p.devlist, p.force.unwrap_or(false));
-    let uuid = blocking(storage, move |s| s.create_vg(name, &devs, force)).await?;
-    Ok(json!(uuid))
+    blocking(storage, move |s| s.create_vg(name, &devs, force)).await
 }
 
 pub async fn vg_info(storage: &Arc<Storage>, uuid: String) -> Result<Value, ApiError> {
@@ -872,4 +877,160 @@ pub async fn list_vgs(storage: &Arc<Storage>) -> Result<Value, ApiError> {
     Ok(Value::Array(
         all.iter().map(|r| vg_json(r, &devs)).collect(),
     ))
+}
+
+// ---- verbs answered `true` once the storage call returns ----
+
+pub async fn remove_vg(
+    storage: &Arc<Storage>,
+    p: params::LvmVolumeGroupRemove,
+) -> Result<returns::LvmVolumeGroupRemove, ApiError> {
+    let uuid = p.lvmvolumegroupID;
+    done(storage, move |s| s.remove_vg(&uuid)).await
+}
+
+pub async fn extend_domain(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainExtend,
+) -> Result<returns::StorageDomainExtend, ApiError> {
+    let (sd, devs, force) = (p.storagedomainID, p.devlist, p.force.unwrap_or(false));
+    done(storage, move |s| s.extend_domain(sd, &devs, force)).await
+}
+
+pub async fn resize_pv(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainResizePv,
+) -> Result<returns::StorageDomainResizePv, ApiError> {
+    let (sd, guid) = (p.storagedomainID, p.guid);
+    let size = blocking(storage, move |s| s.resize_pv(sd, &guid)).await?;
+    // The bare size, as VDSM's Bridge answers (its 'size' key);
+    // the engine reads the result as that string.
+    Ok(size.to_string())
+}
+
+pub async fn set_domain_description(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainSetDescription,
+) -> Result<returns::StorageDomainSetDescription, ApiError> {
+    let (sd, d) = (p.storagedomainID, p.description);
+    done(storage, move |s| s.set_domain_description(sd, d)).await
+}
+
+pub async fn set_backup(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainSetBackup,
+) -> Result<returns::StorageDomainSetBackup, ApiError> {
+    let (sd, b) = (p.storagedomainID, p.backup);
+    done(storage, move |s| s.set_backup(sd, b)).await
+}
+
+pub async fn validate_domain(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainValidate,
+) -> Result<returns::StorageDomainValidate, ApiError> {
+    let sd = p.storagedomainID;
+    done(storage, move |s| s.validate_domain(sd)).await
+}
+
+pub async fn format_domain(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainFormat,
+) -> Result<returns::StorageDomainFormat, ApiError> {
+    let (sd, auto) = (p.storagedomainID, p.autoDetach.unwrap_or(false));
+    done(storage, move |s| s.format_domain(sd, auto)).await
+}
+
+pub async fn disconnect_pool(
+    storage: &Arc<Storage>,
+    p: params::StoragePoolDisconnect,
+) -> Result<returns::StoragePoolDisconnect, ApiError> {
+    let sp = p.storagepoolID;
+    done(storage, move |s| s.disconnect_pool(sp)).await
+}
+
+pub async fn attach(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainAttach,
+) -> Result<returns::StorageDomainAttach, ApiError> {
+    let (sd, sp) = (p.storagedomainID, p.storagepoolID);
+    done(storage, move |s| s.attach(sd, sp)).await
+}
+
+pub async fn detach(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainDetach,
+) -> Result<returns::StorageDomainDetach, ApiError> {
+    let (sd, sp, force) = (p.storagedomainID, p.storagepoolID, p.force.unwrap_or(false));
+    done(storage, move |s| s.detach(sd, sp, force)).await
+}
+
+pub async fn activate(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainActivate,
+) -> Result<returns::StorageDomainActivate, ApiError> {
+    let (sd, sp) = (p.storagedomainID, p.storagepoolID);
+    done(storage, move |s| s.activate(sd, sp)).await
+}
+
+pub async fn deactivate(
+    storage: &Arc<Storage>,
+    p: params::StorageDomainDeactivate,
+) -> Result<returns::StorageDomainDeactivate, ApiError> {
+    let (sd, sp, m, v) = (
+        p.storagedomainID,
+        p.storagepoolID,
+        p.masterSdUUID,
+        p.masterVersion,
+    );
+    done(storage, move |s| s.deactivate(sd, sp, m, v)).await
+}
+
+pub async fn set_volume_description(
+    storage: &Arc<Storage>,
+    p: params::VolumeSetDescription,
+) -> Result<returns::VolumeSetDescription, ApiError> {
+    let (sd, img, vol, d) = (p.storagedomainID, p.imageID, p.volumeID, p.description);
+    done(storage, move |s| s.set_volume_description(sd, img, vol, d)).await
+}
+
+pub async fn set_volume_legality(
+    storage: &Arc<Storage>,
+    p: params::VolumeSetLegality,
+) -> Result<returns::VolumeSetLegality, ApiError> {
+    let (sd, img, vol, l) = (p.storagedomainID, p.imageID, p.volumeID, p.legality);
+    done(storage, move |s| s.set_volume_legality(sd, img, vol, l)).await
+}
+
+pub async fn teardown(
+    storage: &Arc<Storage>,
+    p: params::ImageTeardown,
+) -> Result<returns::ImageTeardown, ApiError> {
+    let (sd, img): (_, ImgUuid) = (p.storagedomainID, p.imageID);
+    let _ = SpUuid(p.storagepoolID);
+    done(storage, move |s| s.teardown_image(sd, img)).await
+}
+
+// ---- verbs VDSM runs as SPM tasks: done before the answer ----
+
+pub async fn delete_volume(
+    storage: &Arc<Storage>,
+    p: params::VolumeDelete,
+) -> Result<(), ApiError> {
+    let (sd, img, vol) = (p.storagedomainID, p.imageID, p.volumeID);
+    let (zero, force) = (p.postZero.unwrap_or(false), p.force.unwrap_or(false));
+    blocking(storage, move |s| s.delete_volume(sd, img, vol, zero, force)).await
+}
+
+pub async fn extend_volume(
+    storage: &Arc<Storage>,
+    p: params::VolumeExtendSize,
+) -> Result<(), ApiError> {
+    let (sd, img, vol, size) = (p.storagedomainID, p.imageID, p.volumeID, p.newSize.0);
+    blocking(storage, move |s| s.extend_volume(sd, img, vol, size)).await
+}
+
+pub async fn delete_image(storage: &Arc<Storage>, p: params::ImageDelete) -> Result<(), ApiError> {
+    let (sd, img) = (p.storagedomainID, p.imageID);
+    let (zero, force) = (p.postZero.unwrap_or(false), p.force.unwrap_or(false));
+    blocking(storage, move |s| s.delete_image(sd, img, zero, force)).await
 }

@@ -166,17 +166,17 @@ pub fn kinds(storage: &Arc<Storage>, journal_dir: PathBuf) -> Vec<Arc<dyn JobKin
             name: COPY_DATA,
             abortable: true,
             resumable: true,
-            describe: |s| {
+            describe: |spec| {
                 format!(
                     "copy {}/{} to {}/{}",
-                    s.src.sd, s.src.vol, s.dst.sd, s.dst.vol
+                    spec.src.sd, spec.src.vol, spec.dst.sd, spec.dst.vol
                 )
             },
-            work: |st, env, s, ctl| {
-                let o = st.copy_volume(
-                    s.src.vol_ref(),
-                    s.dst.vol_ref(),
-                    s.generation,
+            work: |storage, env, spec, ctl| {
+                let o = storage.copy_volume(
+                    spec.src.vol_ref(),
+                    spec.dst.vol_ref(),
+                    spec.generation,
                     true,
                     Some(&env.journal_dir),
                     ctl,
@@ -190,18 +190,21 @@ pub fn kinds(storage: &Arc<Storage>, journal_dir: PathBuf) -> Vec<Arc<dyn JobKin
             name: MOVE_IMAGE,
             abortable: true,
             resumable: false,
-            describe: |s| {
-                let verb = if s.delete_source { "move" } else { "copy" };
-                format!("{verb} image {} from {} to {}", s.img, s.src_sd, s.dst_sd)
+            describe: |spec| {
+                let verb = if spec.delete_source { "move" } else { "copy" };
+                format!(
+                    "{verb} image {} from {} to {}",
+                    spec.img, spec.src_sd, spec.dst_sd
+                )
             },
-            work: |st, env, s, ctl| {
-                let outcomes = st.move_image(
-                    s.src_sd,
-                    s.dst_sd,
-                    s.img,
-                    s.delete_source,
-                    s.post_zero,
-                    s.force,
+            work: |storage, env, spec, ctl| {
+                let outcomes = storage.move_image(
+                    spec.src_sd,
+                    spec.dst_sd,
+                    spec.img,
+                    spec.delete_source,
+                    spec.post_zero,
+                    spec.force,
                     Some(&env.journal_dir),
                     ctl,
                 )?;
@@ -214,14 +217,14 @@ pub fn kinds(storage: &Arc<Storage>, journal_dir: PathBuf) -> Vec<Arc<dyn JobKin
             name: UPDATE_VOLUME,
             abortable: false,
             resumable: false,
-            describe: |s| format!("update volume {}", s.vol.vol),
-            work: |st, _, s, _| {
-                st.update_volume_fenced(
-                    s.vol.vol_ref(),
-                    s.generation,
-                    s.legality,
-                    s.description,
-                    s.new_generation,
+            describe: |spec| format!("update volume {}", spec.vol.vol),
+            work: |storage, _, spec, _| {
+                storage.update_volume_fenced(
+                    spec.vol.vol_ref(),
+                    spec.generation,
+                    spec.legality,
+                    spec.description,
+                    spec.new_generation,
                 )?;
                 Ok(Value::Null)
             },
@@ -232,9 +235,9 @@ pub fn kinds(storage: &Arc<Storage>, journal_dir: PathBuf) -> Vec<Arc<dyn JobKin
             name: CHECKSUM,
             abortable: true,
             resumable: true,
-            describe: |s| format!("checksum of volume {}", s.vol),
-            work: |st, _, s, ctl| {
-                let c = st.volume_checksum(s.vol_ref(), ctl)?;
+            describe: |spec| format!("checksum of volume {}", spec.vol),
+            work: |storage, _, spec, ctl| {
+                let c = storage.volume_checksum(spec.vol_ref(), ctl)?;
                 Ok(
                     json!({"algorithm": c.algorithm, "block_size": c.block_size, "checksum": c.checksum}),
                 )

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use depot_api::results::TaskStatus;
 use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
 use depot_api::types::Uuid;
 use depot_api::{ApiError, Code};
@@ -83,14 +84,19 @@ impl TaskRecord {
     /// `taskResult` ''|success|cleanFailure. A failed stream leaves nothing
     /// half-done (an upload is swapped in whole or not at all), so its
     /// failure is clean.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> TaskStatus {
         let (state, result) = match (self.state, self.success) {
             (State::Running, _) => ("running", ""),
             (State::Finished, true) => ("finished", "success"),
             (State::Finished, false) => ("finished", "cleanFailure"),
         };
-        serde_json::json!({"taskID": self.id.to_string(), "taskState": state,
-            "taskResult": result, "code": self.code, "message": self.message})
+        TaskStatus {
+            taskID: self.id.to_string(),
+            taskState: state.into(),
+            taskResult: result.into(),
+            code: self.code.into(),
+            message: self.message.clone(),
+        }
     }
 
     fn decode(bytes: &[u8], expected: &str) -> Result<TaskRecord, String> {
@@ -508,9 +514,9 @@ mod tests {
             .unwrap_err()
             .contains("unsupported format 2"));
         let s = r.status();
-        assert_eq!(s["taskState"], "finished");
-        assert_eq!(s["taskResult"], "cleanFailure");
-        assert_eq!(s["code"], 9005);
+        assert_eq!(s.taskState, "finished");
+        assert_eq!(s.taskResult, "cleanFailure");
+        assert_eq!(s.code, 9005);
     }
 
     #[test]

@@ -18,10 +18,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use depot_api::results::{TaskInfo, TaskStatus};
 use depot_api::types::{JobId, JobStatus, Uuid};
 use depot_api::{ApiError, Code};
 use depot_jobs::JobManager;
-use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 
 use crate::task_store::TaskStore;
 
@@ -66,7 +67,7 @@ impl Tasks {
     }
 
     /// A new task id for work `verb` that has already succeeded.
-    pub fn finished(&self, verb: &'static str) -> Value {
+    pub fn finished(&self, verb: &'static str) -> Uuid {
         let id = Uuid::new_v4();
         let mut f = self.finished_lock();
         f.serial += 1;
@@ -77,14 +78,14 @@ impl Tasks {
                 f.tasks.remove(&oldest);
             }
         }
-        Value::String(id.to_string())
+        id
     }
 
     fn finished_verb(&self, id: Uuid) -> Option<&'static str> {
         self.finished_lock().tasks.get(&id).map(|v| v.1)
     }
 
-    pub fn status(&self, jobs: &JobManager, id: Uuid) -> Result<Value, ApiError> {
+    pub fn status(&self, jobs: &JobManager, id: Uuid) -> Result<TaskStatus, ApiError> {
         if self.finished_verb(id).is_some() {
             return Ok(success(id));
         }
@@ -110,14 +111,17 @@ impl Tasks {
                 ("finished", "cleanFailure", e.code, e.message)
             }
         };
-        Ok(
-            json!({"taskID": id.to_string(), "taskState": state, "taskResult": result,
-            "code": code, "message": message}),
-        )
+        Ok(TaskStatus {
+            taskID: id.to_string(),
+            taskState: state.into(),
+            taskResult: result.into(),
+            code: code.into(),
+            message,
+        })
     }
 
     /// VDSM's `Task.getInfo`: `{id, verb}`.
-    pub fn info(&self, jobs: &JobManager, id: Uuid) -> Result<Value, ApiError> {
+    pub fn info(&self, jobs: &JobManager, id: Uuid) -> Result<TaskInfo, ApiError> {
         let verb = if let Some(v) = self.finished_verb(id) {
             v.to_string()
         } else if let Some(r) = self.streams.get(id) {
@@ -128,7 +132,10 @@ impl Tasks {
                 .ok_or_else(|| ApiError::new(Code::UnknownTask, format!("'{id}'")))?;
             job_verb(&kind)
         };
-        Ok(json!({"id": id.to_string(), "verb": verb}))
+        Ok(TaskInfo {
+            id: id.to_string(),
+            verb,
+        })
     }
 
     /// Forgets a finished task. A stream task's file is removed, so this
@@ -151,25 +158,29 @@ impl Tasks {
     }
 
     /// Every task id this host knows, each as `f` renders it.
-    fn each(&self, jobs: &JobManager, f: impl Fn(&Self, Uuid) -> Result<Value, ApiError>) -> Value {
+    fn each<T>(
+        &self,
+        jobs: &JobManager,
+        f: impl Fn(&Self, Uuid) -> Result<T, ApiError>,
+    ) -> BTreeMap<String, T> {
         let mut ids: Vec<Uuid> = self.finished_lock().tasks.keys().copied().collect();
         ids.extend(self.streams.all().iter().map(|r| r.id));
         ids.extend(jobs.list(None, &[]).iter().map(|j| j.id.0));
-        let mut out = Map::new();
+        let mut out = BTreeMap::new();
         for id in ids {
             if let Ok(v) = f(self, id) {
                 out.insert(id.to_string(), v);
             }
         }
-        Value::Object(out)
+        out
     }
 
-    pub fn all(&self, jobs: &JobManager) -> Value {
+    pub fn all(&self, jobs: &JobManager) -> BTreeMap<String, TaskStatus> {
         self.each(jobs, |t, id| t.status(jobs, id))
     }
 
     /// VDSM's `Host.getAllTasksInfo`: `{taskID: {id, verb}}`.
-    pub fn all_info(&self, jobs: &JobManager) -> Value {
+    pub fn all_info(&self, jobs: &JobManager) -> BTreeMap<String, TaskInfo> {
         self.each(jobs, |t, id| t.info(jobs, id))
     }
 }
@@ -184,7 +195,12 @@ fn job_verb(kind: &str) -> String {
     }
 }
 
-fn success(id: Uuid) -> Value {
-    json!({"taskID": id.to_string(), "taskState": "finished", "taskResult": "success",
-        "code": 0, "message": "1 jobs completed successfully"})
+fn success(id: Uuid) -> TaskStatus {
+    TaskStatus {
+        taskID: id.to_string(),
+        taskState: "finished".into(),
+        taskResult: "success".into(),
+        code: 0,
+        message: "1 jobs completed successfully".into(),
+    }
 }

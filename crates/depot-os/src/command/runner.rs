@@ -163,7 +163,46 @@ impl CommandRunner {
             argv: argv.to_owned(),
             source,
         };
+        let (mut guard, stdout, stderr) = self.spawn(cmd, argv)?;
 
+        // A timeout too large for Instant means "no deadline in practice".
+        let deadline = start.checked_add(cmd.timeout);
+        let end = wait_until(&guard, &stdout, &stderr, deadline, watch).map_err(io_err)?;
+
+        if end != End::Done {
+            guard.kill();
+        }
+        let status = guard.reap().map_err(io_err)?;
+        if end != End::Done {
+            wait_finished(&stdout, &stderr, Instant::now() + DRAIN_GRACE);
+        }
+        let stderr_text = {
+            let mut text = String::from_utf8_lossy(&stderr.take()).into_owned();
+            if stderr.overflowed() {
+                text.insert_str(0, "[...]\n");
+            }
+            // A tool that echoes a secret argument must not put it in
+            // our errors or logs.
+            if cmd.has_secrets() {
+                text = cmd.scrub(&text);
+            }
+            text
+        };
+        result(cmd, argv, end, status, stdout.take(), stderr_text, start)
+    }
+
+    /// Starts `cmd` in a process group of its own, with its stdout and
+    /// stderr captured by threads (stdout up to its limit, the tail of
+    /// stderr) and its stdin fed by another.
+    fn spawn(
+        &self,
+        cmd: &Cmd,
+        argv: &str,
+    ) -> Result<(ChildGuard, Arc<Capture>, Arc<Capture>), CmdError> {
+        let io_err = |source: io::Error| CmdError::Io {
+            argv: argv.to_owned(),
+            source,
+        };
         let mut command = Command::new(&cmd.program);
         command
             .args(cmd.args.iter().map(|a| &a.value))
@@ -208,64 +247,50 @@ impl CommandRunner {
             let pipe = guard.child.stdin.take().ok_or_else(|| missing("stdin"));
             feed_stdin(pipe.map_err(io_err)?, bytes.clone()).map_err(io_err)?;
         }
+        Ok((guard, stdout, stderr))
+    }
+}
 
-        // A timeout too large for Instant means "no deadline in practice".
-        let deadline = start.checked_add(cmd.timeout);
-        let end = wait_until(&guard, &stdout, &stderr, deadline, watch).map_err(io_err)?;
-
-        if end != End::Done {
-            guard.kill();
-        }
-        let status = guard.reap().map_err(io_err)?;
-        if end != End::Done {
-            wait_finished(&stdout, &stderr, Instant::now() + DRAIN_GRACE);
-        }
-        let stderr_text = {
-            let mut text = String::from_utf8_lossy(&stderr.take()).into_owned();
-            if stderr.overflowed() {
-                text.insert_str(0, "[...]\n");
-            }
-            // A tool that echoes a secret argument must not put it in
-            // our errors or logs.
-            if cmd.has_secrets() {
-                text = cmd.scrub(&text);
-            }
-            text
-        };
-
-        match end {
-            End::Aborted => Err(CmdError::Aborted {
+/// The outcome of a run that ended as `end` with `status`: [`Output`] for
+/// an accepted exit code, the matching [`CmdError`] otherwise.
+fn result(
+    cmd: &Cmd,
+    argv: &str,
+    end: End,
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr_text: String,
+    start: Instant,
+) -> Result<Output, CmdError> {
+    match end {
+        End::Aborted => Err(CmdError::Aborted {
+            argv: argv.to_owned(),
+            stderr: stderr_text,
+        }),
+        End::TimedOut => Err(CmdError::Timeout {
+            argv: argv.to_owned(),
+            timeout: cmd.timeout,
+            stderr: stderr_text,
+        }),
+        End::TooLarge => Err(CmdError::OutputTooLarge {
+            argv: argv.to_owned(),
+            limit: cmd.stdout_limit,
+            stderr: stderr_text,
+        }),
+        End::Done => match status {
+            ExitStatus::Code(code) if cmd.ok_codes.contains(&code) => Ok(Output {
+                stdout,
+                stderr: stderr_text,
+                code,
+                duration: start.elapsed(),
+            }),
+            _ => Err(CmdError::Failed {
                 argv: argv.to_owned(),
+                status,
+                stdout_tail: cmd.scrub(&tail_lossy(&stdout, STDOUT_TAIL)),
                 stderr: stderr_text,
             }),
-            End::TimedOut => Err(CmdError::Timeout {
-                argv: argv.to_owned(),
-                timeout: cmd.timeout,
-                stderr: stderr_text,
-            }),
-            End::TooLarge => Err(CmdError::OutputTooLarge {
-                argv: argv.to_owned(),
-                limit: cmd.stdout_limit,
-                stderr: stderr_text,
-            }),
-            End::Done => {
-                let stdout = stdout.take();
-                match status {
-                    ExitStatus::Code(code) if cmd.ok_codes.contains(&code) => Ok(Output {
-                        stdout,
-                        stderr: stderr_text,
-                        code,
-                        duration: start.elapsed(),
-                    }),
-                    _ => Err(CmdError::Failed {
-                        argv: argv.to_owned(),
-                        status,
-                        stdout_tail: cmd.scrub(&tail_lossy(&stdout, STDOUT_TAIL)),
-                        stderr: stderr_text,
-                    }),
-                }
-            }
-        }
+        },
     }
 }
 

@@ -172,6 +172,133 @@ fn invalid(code: Code, field: &str, value: &str, why: impl std::fmt::Display) ->
     StorageError::new(code, OP, format!("{field}={shown:?}: {why}"))
 }
 
+/// A connection string that cannot be used.
+fn bad_spec(params: &ConnectionParams, why: String) -> StorageError {
+    invalid(
+        Code::MountParsingError,
+        "connection",
+        &params.connection,
+        why,
+    )
+}
+
+/// Mount options that cannot be used.
+fn bad_options(params: &ConnectionParams, why: String) -> StorageError {
+    invalid(
+        Code::InvalidParameterException,
+        "mnt_options",
+        params.mnt_options.as_deref().unwrap_or(""),
+        why,
+    )
+}
+
+/// LOCALFS: the directory, normalized; not `/`, not inside the repository.
+fn local_spec(params: &ConnectionParams, repository: &Path) -> StorageResult<String> {
+    let path = normalize_abs_path(&params.connection).map_err(|e| bad_spec(params, e))?;
+    if path == "/" || Path::new(&path).starts_with(repository) {
+        return Err(bad_spec(
+            params,
+            format!(
+                "a local domain cannot be / or inside the repository {}",
+                repository.display()
+            ),
+        ));
+    }
+    Ok(path)
+}
+
+/// NFS: the server and export, and the mount with the managed options.
+fn nfs_plan(params: &ConnectionParams) -> StorageResult<(String, MountPlan)> {
+    let mnt_options = params.mnt_options.as_deref().unwrap_or("");
+    let r = parse_remote(&params.connection, false).map_err(|e| bad_spec(params, e))?;
+    let mut options = nfs_options(params)?;
+    let extra = check_options(mnt_options, OptionSet::Nfs, NFS_MANAGED)
+        .map_err(|e| bad_options(params, e))?;
+    let v3_or_auto = matches!(
+        params.protocol_version.as_deref().map(str::trim),
+        None | Some("3") | Some("auto")
+    );
+    // VDSM (bz 1550127): NFSv3 remote locks break HA VM failover,
+    // so v3 (and auto, which may negotiate v3) uses local locks
+    // unless the engine asked for `lock` explicitly.
+    let add_nolock = v3_or_auto && !extra.iter().any(|o| o == "lock" || o == "nolock");
+    options.extend(extra);
+    if add_nolock {
+        options.push("nolock".into());
+    }
+    let timeout = nfs_mount_timeout(params);
+    let plan = remote_plan(&r, "nfs", options, timeout, false);
+    Ok((r.spec(), plan))
+}
+
+/// GLUSTERFS: the volume and its servers; the vfs type, if given, is
+/// glusterfs.
+fn gluster_plan(params: &ConnectionParams) -> StorageResult<(String, MountPlan)> {
+    match params.vfs_type.as_deref().map(str::trim) {
+        None | Some("") | Some("glusterfs") => {}
+        Some(other) => {
+            return Err(invalid(
+                Code::MountTypeError,
+                "vfs_type",
+                other,
+                "a GLUSTERFS connection mounts glusterfs",
+            ))
+        }
+    }
+    let mnt_options = params.mnt_options.as_deref().unwrap_or("");
+    let r = parse_gluster(&params.connection).map_err(|e| bad_spec(params, e))?;
+    let options =
+        check_options(mnt_options, OptionSet::Gluster, &[]).map_err(|e| bad_options(params, e))?;
+    let plan = remote_plan(&r, "glusterfs", options, MOUNT_TIMEOUT, true);
+    Ok((r.spec(), plan))
+}
+
+/// POSIXFS: one of the supported vfs types, its options, and a local
+/// device path or a remote source.
+fn posix_plan(params: &ConnectionParams) -> StorageResult<(String, MountPlan)> {
+    let vfs = params.vfs_type.as_deref().map(str::trim).unwrap_or("");
+    let set = POSIX_VFS_TYPES
+        .iter()
+        .find(|(t, _)| *t == vfs)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| {
+            let allowed: Vec<_> = POSIX_VFS_TYPES.iter().map(|(t, _)| *t).collect();
+            invalid(
+                Code::MountTypeError,
+                "vfs_type",
+                vfs,
+                format!(
+                    "not a supported POSIXFS type (one of {})",
+                    allowed.join(", ")
+                ),
+            )
+        })?;
+    let mnt_options = params.mnt_options.as_deref().unwrap_or("");
+    let options = check_options(mnt_options, set, &[]).map_err(|e| bad_options(params, e))?;
+    if params.connection.starts_with('/') {
+        let path = normalize_abs_path(&params.connection).map_err(|e| bad_spec(params, e))?;
+        let plan = MountPlan {
+            source: path.clone(),
+            target: PathBuf::new(),
+            fstype: vfs.to_owned(),
+            options,
+            timeout: MOUNT_TIMEOUT,
+            key: SourceKey::Local(path.clone()),
+        };
+        Ok((path, plan))
+    } else {
+        let gluster = set == OptionSet::Gluster;
+        let r = if gluster {
+            parse_gluster(&params.connection)
+        } else {
+            parse_remote(&params.connection, set != OptionSet::Nfs)
+        }
+        .map_err(|e| bad_spec(params, e))?;
+        let plan = remote_plan(&r, vfs, options, MOUNT_TIMEOUT, gluster);
+        Ok((r.spec(), plan))
+    }
+}
+
 impl Connection {
     /// Checks `params` for `domain_type` and works out the mount point under
     /// `repository`. Runs nothing and touches no file.
@@ -189,115 +316,20 @@ impl Connection {
             ));
         }
         let mnt = repository.join(MNT_DIR);
-        let spec_err = |why: String| {
-            invalid(
-                Code::MountParsingError,
-                "connection",
-                &params.connection,
-                why,
-            )
-        };
-        let opts_err = |why: String| {
-            invalid(
-                Code::InvalidParameterException,
-                "mnt_options",
-                params.mnt_options.as_deref().unwrap_or(""),
-                why,
-            )
-        };
-        let mnt_options = params.mnt_options.as_deref().unwrap_or("");
-
+        let spec_err = |why: String| bad_spec(params, why);
         let (spec, base, kind_of): (String, PathBuf, Option<MountPlan>) = match domain_type {
-            DomainType::LocalFs => {
-                let path = normalize_abs_path(&params.connection).map_err(spec_err)?;
-                if path == "/" || Path::new(&path).starts_with(repository) {
-                    return Err(spec_err(format!(
-                        "a local domain cannot be / or inside the repository {}",
-                        repository.display()
-                    )));
-                }
-                (path, mnt.clone(), None)
-            }
+            DomainType::LocalFs => (local_spec(params, repository)?, mnt, None),
             DomainType::Nfs => {
-                let r = parse_remote(&params.connection, false).map_err(spec_err)?;
-                let mut options = nfs_options(params)?;
-                let extra =
-                    check_options(mnt_options, OptionSet::Nfs, NFS_MANAGED).map_err(opts_err)?;
-                let v3_or_auto = matches!(
-                    params.protocol_version.as_deref().map(str::trim),
-                    None | Some("3") | Some("auto")
-                );
-                // VDSM (bz 1550127): NFSv3 remote locks break HA VM failover,
-                // so v3 (and auto, which may negotiate v3) uses local locks
-                // unless the engine asked for `lock` explicitly.
-                let add_nolock = v3_or_auto && !extra.iter().any(|o| o == "lock" || o == "nolock");
-                options.extend(extra);
-                if add_nolock {
-                    options.push("nolock".into());
-                }
-                let timeout = nfs_mount_timeout(params);
-                let plan = remote_plan(&r, "nfs", options, timeout, false);
-                (r.spec(), mnt.clone(), Some(plan))
+                let (spec, plan) = nfs_plan(params)?;
+                (spec, mnt, Some(plan))
             }
             DomainType::GlusterFs => {
-                match params.vfs_type.as_deref().map(str::trim) {
-                    None | Some("") | Some("glusterfs") => {}
-                    Some(other) => {
-                        return Err(invalid(
-                            Code::MountTypeError,
-                            "vfs_type",
-                            other,
-                            "a GLUSTERFS connection mounts glusterfs",
-                        ))
-                    }
-                }
-                let r = parse_gluster(&params.connection).map_err(spec_err)?;
-                let options =
-                    check_options(mnt_options, OptionSet::Gluster, &[]).map_err(opts_err)?;
-                let plan = remote_plan(&r, "glusterfs", options, MOUNT_TIMEOUT, true);
-                (r.spec(), mnt.join(GLUSTER_DIR), Some(plan))
+                let (spec, plan) = gluster_plan(params)?;
+                (spec, mnt.join(GLUSTER_DIR), Some(plan))
             }
             DomainType::PosixFs => {
-                let vfs = params.vfs_type.as_deref().map(str::trim).unwrap_or("");
-                let set = POSIX_VFS_TYPES
-                    .iter()
-                    .find(|(t, _)| *t == vfs)
-                    .map(|(_, s)| *s)
-                    .ok_or_else(|| {
-                        let allowed: Vec<_> = POSIX_VFS_TYPES.iter().map(|(t, _)| *t).collect();
-                        invalid(
-                            Code::MountTypeError,
-                            "vfs_type",
-                            vfs,
-                            format!(
-                                "not a supported POSIXFS type (one of {})",
-                                allowed.join(", ")
-                            ),
-                        )
-                    })?;
-                let options = check_options(mnt_options, set, &[]).map_err(opts_err)?;
-                if params.connection.starts_with('/') {
-                    let path = normalize_abs_path(&params.connection).map_err(spec_err)?;
-                    let plan = MountPlan {
-                        source: path.clone(),
-                        target: PathBuf::new(),
-                        fstype: vfs.to_owned(),
-                        options,
-                        timeout: MOUNT_TIMEOUT,
-                        key: SourceKey::Local(path.clone()),
-                    };
-                    (path, mnt.clone(), Some(plan))
-                } else {
-                    let gluster = set == OptionSet::Gluster;
-                    let r = if gluster {
-                        parse_gluster(&params.connection)
-                    } else {
-                        parse_remote(&params.connection, set != OptionSet::Nfs)
-                    }
-                    .map_err(spec_err)?;
-                    let plan = remote_plan(&r, vfs, options, MOUNT_TIMEOUT, gluster);
-                    (r.spec(), mnt.clone(), Some(plan))
-                }
+                let (spec, plan) = posix_plan(params)?;
+                (spec, mnt, Some(plan))
             }
             other => {
                 return Err(StorageError::new(

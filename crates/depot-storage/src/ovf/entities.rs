@@ -27,7 +27,7 @@ use std::io::Read;
 
 use depot_api::storage::{ImgUuid, VolUuid};
 use depot_api::types::Uuid;
-use quick_xml::events::{BytesStart, Event};
+use quick_xml::events::{BytesDecl, BytesRef, BytesStart, Event};
 use quick_xml::reader::Reader;
 use quick_xml::XmlVersion;
 
@@ -89,21 +89,7 @@ pub fn parse_ovf(id: Uuid, xml: &[u8]) -> Result<OvfEntity, OvfError> {
     let text = std::str::from_utf8(xml).map_err(|e| bad(format!("not UTF-8: {e}")))?;
     let mut reader = Reader::from_str(text);
     reader.config_mut().check_end_names = true;
-
-    // Per open element: whether it is `Content`. Depths count from 1.
-    let mut stack: Vec<bool> = Vec::new();
-    let mut root_seen = false;
-    let mut name: Option<String> = None;
-    // Depth of the Content/Name element while its text is collected.
-    let mut name_depth: Option<usize> = None;
-    let mut name_buf = String::new();
-    let mut template = false;
-    let mut disk_section: Option<usize> = None;
-    let mut images: Vec<(ImgUuid, VolUuid)> = Vec::new();
-    // The pairs in `images`, for deduplication: a set, as an OVF may list
-    // any number of disks (a search of `images` was quadratic).
-    let mut seen: HashSet<(ImgUuid, VolUuid)> = HashSet::new();
-
+    let mut scan = OvfScan::default();
     loop {
         let ev = reader.read_event().map_err(|e| {
             bad(format!(
@@ -111,142 +97,186 @@ pub fn parse_ovf(id: Uuid, xml: &[u8]) -> Result<OvfEntity, OvfError> {
                 reader.error_position()
             ))
         })?;
+        if !scan.event(ev).map_err(&bad)? {
+            break;
+        }
+    }
+    scan.finish(id).map_err(bad)
+}
+
+/// What [`parse_ovf`] has seen of one OVF so far.
+#[derive(Default)]
+struct OvfScan {
+    /// Per open element: whether it is `Content`. Depths count from 1.
+    stack: Vec<bool>,
+    root_seen: bool,
+    name: Option<String>,
+    /// Depth of the Content/Name element while its text is collected.
+    name_depth: Option<usize>,
+    name_buf: String,
+    template: bool,
+    disk_section: Option<usize>,
+    images: Vec<(ImgUuid, VolUuid)>,
+    /// The pairs in `images`, for deduplication: a set, as an OVF may list
+    /// any number of disks (a search of `images` was quadratic).
+    seen: HashSet<(ImgUuid, VolUuid)>,
+}
+
+impl OvfScan {
+    /// Takes one event; false at the end of the document.
+    fn event(&mut self, ev: Event<'_>) -> Result<bool, String> {
         match ev {
             Event::DocType(_) => {
-                return Err(bad(
-                    "DOCTYPE declarations (DTDs, entity definitions) are refused".into(),
-                ))
+                return Err("DOCTYPE declarations (DTDs, entity definitions) are refused".into())
             }
-            Event::Decl(d) => {
-                if let Some(enc) = d.encoding() {
-                    let enc = enc.map_err(|e| bad(format!("bad XML declaration: {e}")))?;
-                    if !enc.eq_ignore_ascii_case(b"utf-8") {
-                        return Err(bad(format!(
-                            "encoding {:?} (only UTF-8 is accepted)",
-                            String::from_utf8_lossy(&enc)
-                        )));
-                    }
-                }
-            }
-            Event::Start(ref e) | Event::Empty(ref e) => {
-                let empty = matches!(ev, Event::Empty(_));
-                let local_name = e.local_name();
-                let local = local_name.as_ref();
-                check_attributes(e).map_err(&bad)?;
-                if stack.is_empty() {
-                    if root_seen {
-                        return Err(bad("more than one root element".into()));
-                    }
-                    root_seen = true;
-                    if local != b"Envelope" {
-                        return Err(bad(format!(
-                            "the root element is <{}>, not ovf:Envelope",
-                            String::from_utf8_lossy(local)
-                        )));
-                    }
-                }
-                if stack.len() >= MAX_DEPTH {
-                    return Err(bad(format!("elements nested deeper than {MAX_DEPTH}")));
-                }
-                let in_content = stack.last() == Some(&true);
-                let depth = stack.len() + 1;
-                match local {
-                    b"Name" if in_content && name.is_none() => {
-                        if empty {
-                            name = Some(String::new());
-                        } else {
-                            name_depth = Some(depth);
-                            name_buf.clear();
-                        }
-                    }
-                    b"TemplateType" => template = true,
-                    b"DiskSection" if disk_section.is_none() && !empty => {
-                        disk_section = Some(depth);
-                    }
-                    b"Section" if disk_section.is_none() && !empty && is_disk_section(e) => {
-                        disk_section = Some(depth);
-                    }
-                    b"Disk" if disk_section == Some(stack.len()) => {
-                        if let Some(pair) = file_ref(e) {
-                            if seen.insert(pair) {
-                                images.push(pair);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                if !empty {
-                    stack.push(local == b"Content");
-                }
-            }
-            Event::End(_) => {
-                let depth = stack.len();
-                stack.pop();
-                if name_depth == Some(depth) {
-                    name = Some(std::mem::take(&mut name_buf));
-                    name_depth = None;
-                }
-                if disk_section == Some(depth) {
-                    disk_section = None;
-                }
-            }
+            Event::Decl(d) => check_decl(&d)?,
+            Event::Start(ref e) => self.start(e, false)?,
+            Event::Empty(ref e) => self.start(e, true)?,
+            Event::End(_) => self.end(),
             Event::Text(t) => {
-                if name_depth.is_some() {
-                    let s = t
-                        .xml10_content()
-                        .map_err(|e| bad(format!("bad text: {e}")))?;
-                    name_buf.push_str(&s);
+                if self.name_depth.is_some() {
+                    let s = t.xml10_content().map_err(|e| format!("bad text: {e}"))?;
+                    self.name_buf.push_str(&s);
                 }
             }
             Event::CData(c) => {
-                if name_depth.is_some() {
-                    let s = c.decode().map_err(|e| bad(format!("bad CDATA: {e}")))?;
-                    name_buf.push_str(&s);
+                if self.name_depth.is_some() {
+                    let s = c.decode().map_err(|e| format!("bad CDATA: {e}"))?;
+                    self.name_buf.push_str(&s);
                 }
             }
             Event::GeneralRef(r) => {
-                let ch = if r.is_char_ref() {
-                    r.resolve_char_ref()
-                        .map_err(|e| bad(format!("bad character reference: {e}")))?
-                } else {
-                    match &*r {
-                        b"lt" => Some('<'),
-                        b"gt" => Some('>'),
-                        b"amp" => Some('&'),
-                        b"apos" => Some('\''),
-                        b"quot" => Some('"'),
-                        other => {
-                            return Err(bad(format!(
-                                "entity reference &{}; refused (only the five predefined XML \
-                                 entities are allowed)",
-                                super::shorten(&String::from_utf8_lossy(other))
-                            )))
-                        }
-                    }
-                };
-                if let (Some(c), Some(_)) = (ch, name_depth) {
-                    name_buf.push(c);
+                let ch = general_ref(&r)?;
+                if let (Some(c), Some(_)) = (ch, self.name_depth) {
+                    self.name_buf.push(c);
                 }
             }
             Event::Comment(_) | Event::PI(_) => {}
-            Event::Eof => break,
+            Event::Eof => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// An element opens (`empty`: and closes at once).
+    fn start(&mut self, e: &BytesStart<'_>, empty: bool) -> Result<(), String> {
+        let local_name = e.local_name();
+        let local = local_name.as_ref();
+        check_attributes(e)?;
+        if self.stack.is_empty() {
+            if self.root_seen {
+                return Err("more than one root element".into());
+            }
+            self.root_seen = true;
+            if local != b"Envelope" {
+                return Err(format!(
+                    "the root element is <{}>, not ovf:Envelope",
+                    String::from_utf8_lossy(local)
+                ));
+            }
+        }
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(format!("elements nested deeper than {MAX_DEPTH}"));
+        }
+        let in_content = self.stack.last() == Some(&true);
+        let depth = self.stack.len() + 1;
+        match local {
+            b"Name" if in_content && self.name.is_none() => {
+                if empty {
+                    self.name = Some(String::new());
+                } else {
+                    self.name_depth = Some(depth);
+                    self.name_buf.clear();
+                }
+            }
+            b"TemplateType" => self.template = true,
+            b"DiskSection" if self.disk_section.is_none() && !empty => {
+                self.disk_section = Some(depth);
+            }
+            b"Section" if self.disk_section.is_none() && !empty && is_disk_section(e) => {
+                self.disk_section = Some(depth);
+            }
+            b"Disk" if self.disk_section == Some(self.stack.len()) => {
+                if let Some(pair) = file_ref(e) {
+                    if self.seen.insert(pair) {
+                        self.images.push(pair);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if !empty {
+            self.stack.push(local == b"Content");
+        }
+        Ok(())
+    }
+
+    fn end(&mut self) {
+        let depth = self.stack.len();
+        self.stack.pop();
+        if self.name_depth == Some(depth) {
+            self.name = Some(std::mem::take(&mut self.name_buf));
+            self.name_depth = None;
+        }
+        if self.disk_section == Some(depth) {
+            self.disk_section = None;
         }
     }
-    if !root_seen {
-        return Err(bad("no root element".into()));
+
+    fn finish(self, id: Uuid) -> Result<OvfEntity, String> {
+        if !self.root_seen {
+            return Err("no root element".into());
+        }
+        if !self.stack.is_empty() {
+            return Err(format!("{} elements are not closed", self.stack.len()));
+        }
+        Ok(OvfEntity {
+            id,
+            name: self.name.unwrap_or_default(),
+            kind: if self.template {
+                EntityKind::Template
+            } else {
+                EntityKind::Vm
+            },
+            images: self.images,
+        })
     }
-    if !stack.is_empty() {
-        return Err(bad(format!("{} elements are not closed", stack.len())));
+}
+
+/// The XML declaration may name no encoding but UTF-8.
+fn check_decl(d: &BytesDecl<'_>) -> Result<(), String> {
+    if let Some(enc) = d.encoding() {
+        let enc = enc.map_err(|e| format!("bad XML declaration: {e}"))?;
+        if !enc.eq_ignore_ascii_case(b"utf-8") {
+            return Err(format!(
+                "encoding {:?} (only UTF-8 is accepted)",
+                String::from_utf8_lossy(&enc)
+            ));
+        }
     }
-    Ok(OvfEntity {
-        id,
-        name: name.unwrap_or_default(),
-        kind: if template {
-            EntityKind::Template
-        } else {
-            EntityKind::Vm
-        },
-        images,
+    Ok(())
+}
+
+/// The character of a reference in text: a character reference, or one of
+/// the five predefined entities; any other entity is refused.
+fn general_ref(r: &BytesRef<'_>) -> Result<Option<char>, String> {
+    if r.is_char_ref() {
+        return r
+            .resolve_char_ref()
+            .map_err(|e| format!("bad character reference: {e}"));
+    }
+    Ok(match &**r {
+        b"lt" => Some('<'),
+        b"gt" => Some('>'),
+        b"amp" => Some('&'),
+        b"apos" => Some('\''),
+        b"quot" => Some('"'),
+        other => {
+            return Err(format!(
+                "entity reference &{}; refused (only the five predefined XML \
+                 entities are allowed)",
+                super::shorten(&String::from_utf8_lossy(other))
+            ))
+        }
     })
 }
 

@@ -101,62 +101,15 @@ pub fn receive(
         let spawn_err = |what: &str, e: io::Error| thread_error(&format!("start the {what}"), e);
         let checker = std::thread::Builder::new()
             .name("ovf-check".into())
-            .spawn_scoped(scope, move || -> Result<Duration, OvfError> {
-                let mut checker = OvfChecker::default();
-                let mut spent = Duration::ZERO;
-                for full in full_rx {
-                    let t = Instant::now();
-                    for ev in &full.events {
-                        checker.on_event(match ev {
-                            Event::Start { name, size, offset } => TarEvent::Start {
-                                name,
-                                size: *size,
-                                offset: *offset,
-                            },
-                            Event::Data { start, len } => {
-                                TarEvent::Data(&full.buf[*start..*start + *len])
-                            }
-                            Event::End => TarEvent::End,
-                        })?;
-                    }
-                    spent += t.elapsed();
-                    // The hasher stopped: the writer's error says why.
-                    if checked_tx.send(full).is_err() {
-                        break;
-                    }
-                }
-                Ok(spent)
-            })
+            .spawn_scoped(scope, move || check_loop(full_rx, checked_tx))
             .map_err(|e| spawn_err("checker thread", e))?;
         let hasher = std::thread::Builder::new()
             .name("ovf-sha256".into())
-            .spawn_scoped(scope, move || {
-                let mut h = Sha256::new();
-                let mut spent = Duration::ZERO;
-                for full in checked_rx {
-                    let t = Instant::now();
-                    h.update(&full.buf[..full.len]);
-                    spent += t.elapsed();
-                    if hashed_tx.send(full).is_err() {
-                        break;
-                    }
-                }
-                (<[u8; 32]>::from(h.finalize()), spent)
-            })
+            .spawn_scoped(scope, move || hash_loop(checked_rx, hashed_tx))
             .map_err(|e| spawn_err("hasher thread", e))?;
         let writer = std::thread::Builder::new()
             .name("ovf-write".into())
-            .spawn_scoped(scope, move || -> Result<Duration, OvfError> {
-                let mut spent = Duration::ZERO;
-                for full in hashed_rx {
-                    let t = Instant::now();
-                    let buf = sink(full.buf, full.len, full.offset)?;
-                    spent += t.elapsed();
-                    // The reader may have stopped; then the buffer goes.
-                    let _ = free_tx.send(buf);
-                }
-                Ok(spent)
-            })
+            .spawn_scoped(scope, move || write_loop(hashed_rx, free_tx, sink))
             .map_err(|e| spawn_err("writer thread", e))?;
         let read = read_and_validate(
             content_length,
@@ -203,6 +156,73 @@ pub fn receive(
         summary,
         timings,
     })
+}
+
+/// The checker thread: each OVF's content through [`OvfChecker`], then
+/// the buffer on to the hasher. Returns the time spent checking.
+fn check_loop(
+    full_rx: mpsc::Receiver<Full>,
+    checked_tx: mpsc::SyncSender<Full>,
+) -> Result<Duration, OvfError> {
+    let mut checker = OvfChecker::default();
+    let mut spent = Duration::ZERO;
+    for full in full_rx {
+        let t = Instant::now();
+        for ev in &full.events {
+            checker.on_event(match ev {
+                Event::Start { name, size, offset } => TarEvent::Start {
+                    name,
+                    size: *size,
+                    offset: *offset,
+                },
+                Event::Data { start, len } => TarEvent::Data(&full.buf[*start..*start + *len]),
+                Event::End => TarEvent::End,
+            })?;
+        }
+        spent += t.elapsed();
+        // The hasher stopped: the writer's error says why.
+        if checked_tx.send(full).is_err() {
+            break;
+        }
+    }
+    Ok(spent)
+}
+
+/// The hasher thread: sha256 of the upload, each buffer then on to the
+/// writer. Returns the digest and the time spent hashing.
+fn hash_loop(
+    checked_rx: mpsc::Receiver<Full>,
+    hashed_tx: mpsc::SyncSender<Full>,
+) -> ([u8; 32], Duration) {
+    let mut h = Sha256::new();
+    let mut spent = Duration::ZERO;
+    for full in checked_rx {
+        let t = Instant::now();
+        h.update(&full.buf[..full.len]);
+        spent += t.elapsed();
+        if hashed_tx.send(full).is_err() {
+            break;
+        }
+    }
+    (<[u8; 32]>::from(h.finalize()), spent)
+}
+
+/// The writer thread: each buffer to the sink, then back to the reader.
+/// Returns the time spent in the sink.
+fn write_loop(
+    hashed_rx: mpsc::Receiver<Full>,
+    free_tx: mpsc::SyncSender<AlignedBuf>,
+    sink: &mut Sink<'_>,
+) -> Result<Duration, OvfError> {
+    let mut spent = Duration::ZERO;
+    for full in hashed_rx {
+        let t = Instant::now();
+        let buf = sink(full.buf, full.len, full.offset)?;
+        spent += t.elapsed();
+        // The reader may have stopped; then the buffer goes.
+        let _ = free_tx.send(buf);
+    }
+    Ok(spent)
 }
 
 fn thread_error(op: &str, e: impl std::fmt::Display) -> OvfError {
@@ -302,38 +322,7 @@ fn read_and_validate(
             }
             let t = Instant::now();
             let fed = validator.feed_with(&buf[fill..fill + n], &mut |ev| {
-                match ev {
-                    TarEvent::Start { name, size, offset } => {
-                        in_ovf = name.ends_with(".ovf");
-                        if in_ovf && size > MAX_OVF_SIZE {
-                            return Err(OvfError::archive(
-                                offset,
-                                Some(name),
-                                format!(
-                                    "{size} bytes, more than the {MAX_OVF_SIZE} bytes depot reads"
-                                ),
-                            ));
-                        }
-                        if in_ovf {
-                            events.push(Event::Start {
-                                name: name.to_string(),
-                                size,
-                                offset,
-                            });
-                        }
-                    }
-                    TarEvent::Data(d) if in_ovf => events.push(Event::Data {
-                        start: d.as_ptr() as usize - base,
-                        len: d.len(),
-                    }),
-                    TarEvent::Data(_) => {}
-                    TarEvent::End if in_ovf => {
-                        events.push(Event::End);
-                        in_ovf = false;
-                    }
-                    TarEvent::End => {}
-                }
-                Ok(())
+                note_ovf_event(ev, &mut in_ovf, &mut events, base)
             });
             timings.validate += t.elapsed();
             // Also when the piece failed: the events name bytes in it, which
@@ -368,6 +357,48 @@ fn read_and_validate(
         }
     }
     timings.receive = start.elapsed();
+    Ok(())
+}
+
+/// Notes an event of the validator for the checker when it is about an
+/// OVF entry (`in_ovf` follows the entry being passed), with its data as
+/// a range of the buffer starting at address `base`; an OVF larger than
+/// depot reads is refused at its header.
+fn note_ovf_event(
+    ev: TarEvent<'_>,
+    in_ovf: &mut bool,
+    events: &mut Vec<Event>,
+    base: usize,
+) -> Result<(), OvfError> {
+    match ev {
+        TarEvent::Start { name, size, offset } => {
+            *in_ovf = name.ends_with(".ovf");
+            if *in_ovf && size > MAX_OVF_SIZE {
+                return Err(OvfError::archive(
+                    offset,
+                    Some(name),
+                    format!("{size} bytes, more than the {MAX_OVF_SIZE} bytes depot reads"),
+                ));
+            }
+            if *in_ovf {
+                events.push(Event::Start {
+                    name: name.to_string(),
+                    size,
+                    offset,
+                });
+            }
+        }
+        TarEvent::Data(d) if *in_ovf => events.push(Event::Data {
+            start: d.as_ptr() as usize - base,
+            len: d.len(),
+        }),
+        TarEvent::Data(_) => {}
+        TarEvent::End if *in_ovf => {
+            events.push(Event::End);
+            *in_ovf = false;
+        }
+        TarEvent::End => {}
+    }
     Ok(())
 }
 

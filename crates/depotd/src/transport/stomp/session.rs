@@ -33,7 +33,7 @@ pub enum Action {
     /// The client is connected: send the CONNECTED frame, then keep the
     /// heart-beats.
     Connected { frame: Frame, heartbeat: Heartbeat },
-    /// Hand this JSON-RPC message to the engine; its answer goes to
+    /// Hand this JSON-RPC message to the JSON-RPC layer; its answer goes to
     /// `reply_to`.
     Call {
         body: Vec<u8>,
@@ -385,7 +385,7 @@ mod tests {
     }
 
     #[test]
-    fn requests_go_to_the_engine_and_answers_to_reply_to() {
+    fn requests_go_to_the_jsonrpc_layer_and_answers_to_reply_to() {
         let mut s = connected();
         s.handle(frame(
             Command::Subscribe,

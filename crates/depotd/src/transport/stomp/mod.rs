@@ -2,7 +2,7 @@
 //! "STOMP"). [`depot_stomp`] frames the bytes, [`session`] decides what
 //! each frame means, and this module does the I/O:
 //!
-//! - a reader that parses frames, hands SEND bodies to the JSON-RPC engine
+//! - a reader that parses frames, hands SEND bodies to the JSON-RPC layer
 //!   (shared with HTTP and WebSocket: same limits, errors, batches and
 //!   notifications), at most `max_concurrent_per_connection` at once (then
 //!   it stops reading, which pushes back on the client), and drops a client
@@ -26,12 +26,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
-use tokio::sync::{broadcast, mpsc, watch, Notify, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::call::CallCtx;
 use crate::events::{Event, EventBus};
-use crate::rpc::{CallCtx, RpcEngine};
+use crate::jsonrpc::JsonRpc;
 use session::{error_frame, Action, Session, EVENT_DESTINATION};
 
 /// The STOMP limits (docs/config.md).
@@ -53,10 +54,10 @@ pub struct StompLimits {
 /// What one STOMP connection gets from its listener.
 pub struct StompConn {
     pub peer: Arc<str>,
-    /// The connection's call slots, shared with the engine.
+    /// The connection's call slots, shared with the JSON-RPC layer.
     pub permits: Arc<Semaphore>,
     pub max_concurrent: usize,
-    pub engine: Arc<RpcEngine>,
+    pub jsonrpc: Arc<JsonRpc>,
     pub events: EventBus,
     pub shutdown: watch::Receiver<bool>,
     pub limits: StompLimits,
@@ -153,56 +154,14 @@ where
         max_bytes: limits.max_pending_bytes,
         overflow: Arc::new(Notify::new()),
     };
-    let session = Arc::new(Mutex::new(Session::new(
-        limits.max_subscriptions,
-        concat!("depot/", env!("CARGO_PKG_VERSION")),
-    )));
-    let in_flight = Arc::new(Semaphore::new(conn.max_concurrent));
-    let last_answer = Arc::new(Mutex::new(Instant::now()));
-    let mut forwarder: Option<JoinHandle<()>> = None;
     let mut shutdown = conn.shutdown.clone();
     let mut parser = Parser::new(limits.frame);
     let mut buf = vec![0u8; READ_CHUNK];
-    let start = Instant::now();
-    let mut last_heard = start;
-    // The client's heart-beat interval, once connected.
-    let mut expect: Option<Option<Duration>> = None;
     tracing::debug!(peer = %conn.peer, "STOMP connection");
+    let mut reader = Reader::new(conn, outbox, beat_ms);
 
     let end = 'session: loop {
-        let busy = in_flight.available_permits() < conn.max_concurrent;
-        let (deadline, why) = match expect {
-            None => (
-                start + conn.connect_timeout,
-                format!(
-                    "no CONNECT frame within {:.1} s",
-                    conn.connect_timeout.as_secs_f64()
-                ),
-            ),
-            Some(Some(every)) => {
-                let grace = (2 * every).min(limits.idle_timeout);
-                (
-                    last_heard + grace,
-                    format!(
-                        "silent for {:.1} s, past its heart-beat of {:.1} s",
-                        grace.as_secs_f64(),
-                        every.as_secs_f64()
-                    ),
-                )
-            }
-            // A client waiting for its calls is not idle.
-            Some(None) if busy => (Instant::now() + limits.idle_timeout, String::new()),
-            Some(None) => {
-                let answered = *last_answer.lock().unwrap_or_else(PoisonError::into_inner);
-                (
-                    last_heard.max(answered) + limits.idle_timeout,
-                    format!(
-                        "idle for {:.1} s without heart-beats (limits.stomp_idle_timeout_s)",
-                        limits.idle_timeout.as_secs_f64()
-                    ),
-                )
-            }
-        };
+        let (deadline, why) = reader.deadline();
         let read = tokio::select! {
             r = rd.read(&mut buf) => r,
             _ = tokio::time::sleep_until(deadline) => {
@@ -211,7 +170,7 @@ where
                 }
                 break End::Drop(why);
             }
-            _ = outbox.overflow.notified() => break End::Drop(format!(
+            _ = reader.outbox.overflow.notified() => break End::Drop(format!(
                 "not reading: {} messages or {} bytes pending (limits.stomp_max_pending_messages, stomp_max_pending_bytes)",
                 limits.max_pending, limits.max_pending_bytes
             )),
@@ -232,7 +191,7 @@ where
             Ok(n) => n,
             Err(e) => break End::Gone(format!("reading failed: {e}")),
         };
-        last_heard = Instant::now();
+        reader.last_heard = Instant::now();
         parser.push(&buf[..n]);
         loop {
             let frame = match parser.next_frame() {
@@ -240,130 +199,21 @@ where
                 Ok(None) => break,
                 Err(e) => break 'session End::Fail(e.to_string(), None),
             };
-            let actions = lock(&session).handle(frame);
+            let actions = lock(&reader.session).handle(frame);
             for action in actions {
-                match action {
-                    Action::Send(f) => {
-                        outbox.push(&f);
-                    }
-                    Action::Connected { frame, heartbeat } => {
-                        let ms = heartbeat.send_every.map_or(0, |d| d.as_millis() as u64);
-                        beat_ms.store(ms, Ordering::Relaxed);
-                        expect = Some(heartbeat.expect_every);
-                        tracing::info!(
-                            peer = %conn.peer,
-                            heart_beat = frame.get("heart-beat").unwrap_or_default(),
-                            "STOMP client connected"
-                        );
-                        outbox.push(&frame);
-                    }
-                    Action::Call {
-                        body,
-                        reply_to,
-                        flow_id,
-                    } => {
-                        // Wait for a slot before reading on: back-pressure.
-                        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                            break 'session End::Gone("closing".into());
-                        };
-                        last_heard = Instant::now();
-                        let ctx = CallCtx {
-                            peer: conn.peer.clone(),
-                            flow_id,
-                            permits: conn.permits.clone(),
-                            subscriber: None,
-                        };
-                        let (engine, session, outbox) =
-                            (conn.engine.clone(), session.clone(), outbox.clone());
-                        let (hold, last_answer, peer) =
-                            (conn.hold.clone(), last_answer.clone(), conn.peer.clone());
-                        tokio::spawn(async move {
-                            if let Some(text) = engine.handle(&body, &ctx).await {
-                                let frames = lock(&session).messages_to(&reply_to, text.as_bytes());
-                                if frames.is_empty() {
-                                    tracing::info!(peer = %peer, reply_to, "STOMP answer dropped: no subscription to its destination");
-                                }
-                                for f in &frames {
-                                    outbox.push(f);
-                                }
-                            }
-                            *last_answer.lock().unwrap_or_else(PoisonError::into_inner) =
-                                Instant::now();
-                            drop((permit, hold));
-                        });
-                    }
-                    Action::WantsEvents => {
-                        if forwarder.is_none() {
-                            forwarder = Some(tokio::spawn(forward_events(
-                                conn.events.subscribe(),
-                                session.clone(),
-                                outbox.clone(),
-                                conn.peer.clone(),
-                            )));
-                        }
-                    }
-                    Action::Disconnect { receipt } => break 'session End::Disconnect(receipt),
-                    Action::Fail { message, receipt } => {
-                        break 'session End::Fail(message, receipt)
-                    }
+                if let Some(end) = reader.act(action).await {
+                    break 'session end;
                 }
             }
         }
     };
 
-    if let Some(f) = forwarder.take() {
-        f.abort();
-    }
-    let max = conn.max_concurrent as u32;
-    let stop = match &end {
-        End::Gone(why) => {
-            tracing::debug!(peer = %conn.peer, why, "STOMP connection ended");
-            Stop {
-                drain: false,
-                last: None,
-            }
-        }
-        End::Disconnect(receipt) => {
-            // Every answer before the receipt.
-            let _ = in_flight.acquire_many(max).await;
-            tracing::debug!(peer = %conn.peer, "STOMP client disconnected");
-            Stop {
-                drain: true,
-                last: receipt.as_ref().map(|r| {
-                    Arc::new(
-                        Frame::new(depot_stomp::Command::Receipt)
-                            .with("receipt-id", r.as_str())
-                            .encode(),
-                    )
-                }),
-            }
-        }
-        End::Fail(message, receipt) => {
-            tracing::info!(peer = %conn.peer, error = %message, "STOMP protocol error; closing");
-            Stop {
-                drain: true,
-                last: Some(Arc::new(error_frame(message, receipt.as_deref()).encode())),
-            }
-        }
-        End::Drop(why) => {
-            tracing::info!(peer = %conn.peer, why, "STOMP client dropped");
-            Stop {
-                drain: false,
-                last: Some(Arc::new(error_frame(why, None).encode())),
-            }
-        }
-        End::Shutdown => {
-            let _ = in_flight.acquire_many(max).await;
-            Stop {
-                drain: true,
-                last: Some(Arc::new(
-                    error_frame("depotd is shutting down", None).encode(),
-                )),
-            }
-        }
-    };
+    let stop = reader.stop(&end).await;
     let sent_last = stop.last.is_some();
     let _ = stop_tx.send(Some(stop));
+    // The writer ends once no one queues anymore; the connection's place
+    // in its pool (`hold`) is kept until the last words below.
+    let Reader { outbox, conn, .. } = reader;
     drop(outbox);
     if !writer_done {
         let _ = writer.await;
@@ -376,6 +226,230 @@ where
             while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
         })
         .await;
+    }
+    drop(conn);
+}
+
+/// What the reader of one connection keeps between frames, and what it
+/// does with the session's actions.
+struct Reader {
+    conn: StompConn,
+    session: Arc<Mutex<Session>>,
+    outbox: Outbox,
+    /// Calls running; at most `max_concurrent`.
+    in_flight: Arc<Semaphore>,
+    /// When the last call answered: a client waiting for an answer is not
+    /// idle, and neither is one that just got it.
+    last_answer: Arc<Mutex<Instant>>,
+    forwarder: Option<JoinHandle<()>>,
+    /// The writer's heart-beat interval, in ms (0: none).
+    beat_ms: Arc<AtomicU64>,
+    start: Instant,
+    last_heard: Instant,
+    /// The client's heart-beat interval, once connected.
+    expect: Option<Option<Duration>>,
+}
+
+impl Reader {
+    fn new(conn: StompConn, outbox: Outbox, beat_ms: Arc<AtomicU64>) -> Reader {
+        let start = Instant::now();
+        Reader {
+            session: Arc::new(Mutex::new(Session::new(
+                conn.limits.max_subscriptions,
+                concat!("depot/", env!("CARGO_PKG_VERSION")),
+            ))),
+            in_flight: Arc::new(Semaphore::new(conn.max_concurrent)),
+            last_answer: Arc::new(Mutex::new(start)),
+            forwarder: None,
+            conn,
+            outbox,
+            beat_ms,
+            start,
+            last_heard: start,
+            expect: None,
+        }
+    }
+
+    /// When the client has been silent too long, and why; an empty reason
+    /// means "look again then" (calls are running).
+    fn deadline(&self) -> (Instant, String) {
+        let limits = &self.conn.limits;
+        let busy = self.in_flight.available_permits() < self.conn.max_concurrent;
+        match self.expect {
+            None => (
+                self.start + self.conn.connect_timeout,
+                format!(
+                    "no CONNECT frame within {:.1} s",
+                    self.conn.connect_timeout.as_secs_f64()
+                ),
+            ),
+            Some(Some(every)) => {
+                let grace = (2 * every).min(limits.idle_timeout);
+                (
+                    self.last_heard + grace,
+                    format!(
+                        "silent for {:.1} s, past its heart-beat of {:.1} s",
+                        grace.as_secs_f64(),
+                        every.as_secs_f64()
+                    ),
+                )
+            }
+            // A client waiting for its calls is not idle.
+            Some(None) if busy => (Instant::now() + limits.idle_timeout, String::new()),
+            Some(None) => {
+                let answered = *self
+                    .last_answer
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                (
+                    self.last_heard.max(answered) + limits.idle_timeout,
+                    format!(
+                        "idle for {:.1} s without heart-beats (limits.stomp_idle_timeout_s)",
+                        limits.idle_timeout.as_secs_f64()
+                    ),
+                )
+            }
+        }
+    }
+
+    /// Does what the session asked; `Some` ends the session.
+    async fn act(&mut self, action: Action) -> Option<End> {
+        match action {
+            Action::Send(f) => {
+                self.outbox.push(&f);
+            }
+            Action::Connected { frame, heartbeat } => {
+                let ms = heartbeat.send_every.map_or(0, |d| d.as_millis() as u64);
+                self.beat_ms.store(ms, Ordering::Relaxed);
+                self.expect = Some(heartbeat.expect_every);
+                tracing::info!(
+                    peer = %self.conn.peer,
+                    heart_beat = frame.get("heart-beat").unwrap_or_default(),
+                    "STOMP client connected"
+                );
+                self.outbox.push(&frame);
+            }
+            Action::Call {
+                body,
+                reply_to,
+                flow_id,
+            } => {
+                // Wait for a slot before reading on: back-pressure.
+                let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+                    return Some(End::Gone("closing".into()));
+                };
+                self.last_heard = Instant::now();
+                self.spawn_call(body, reply_to, flow_id, permit);
+            }
+            Action::WantsEvents => {
+                if self.forwarder.is_none() {
+                    self.forwarder = Some(tokio::spawn(forward_events(
+                        self.conn.events.subscribe(),
+                        self.session.clone(),
+                        self.outbox.clone(),
+                        self.conn.peer.clone(),
+                    )));
+                }
+            }
+            Action::Disconnect { receipt } => return Some(End::Disconnect(receipt)),
+            Action::Fail { message, receipt } => return Some(End::Fail(message, receipt)),
+        }
+        None
+    }
+
+    /// Runs one JSON-RPC message; its answer goes to `reply_to`.
+    fn spawn_call(
+        &self,
+        body: Vec<u8>,
+        reply_to: String,
+        flow_id: Option<String>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let ctx = CallCtx {
+            peer: self.conn.peer.clone(),
+            flow_id,
+            permits: self.conn.permits.clone(),
+            subscriber: None,
+        };
+        let (jsonrpc, session, outbox) = (
+            self.conn.jsonrpc.clone(),
+            self.session.clone(),
+            self.outbox.clone(),
+        );
+        let (hold, last_answer, peer) = (
+            self.conn.hold.clone(),
+            self.last_answer.clone(),
+            self.conn.peer.clone(),
+        );
+        tokio::spawn(async move {
+            if let Some(text) = jsonrpc.handle(&body, &ctx).await {
+                let frames = lock(&session).messages_to(&reply_to, text.as_bytes());
+                if frames.is_empty() {
+                    tracing::info!(peer = %peer, reply_to, "STOMP answer dropped: no subscription to its destination");
+                }
+                for f in &frames {
+                    outbox.push(f);
+                }
+            }
+            *last_answer.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+            drop((permit, hold));
+        });
+    }
+
+    /// How the writer ends, after the calls in flight answered where the
+    /// client is still there to read them.
+    async fn stop(&mut self, end: &End) -> Stop {
+        if let Some(f) = self.forwarder.take() {
+            f.abort();
+        }
+        let (max, peer) = (self.conn.max_concurrent as u32, &self.conn.peer);
+        match end {
+            End::Gone(why) => {
+                tracing::debug!(peer = %peer, why, "STOMP connection ended");
+                Stop {
+                    drain: false,
+                    last: None,
+                }
+            }
+            End::Disconnect(receipt) => {
+                // Every answer before the receipt.
+                let _ = self.in_flight.acquire_many(max).await;
+                tracing::debug!(peer = %peer, "STOMP client disconnected");
+                Stop {
+                    drain: true,
+                    last: receipt.as_ref().map(|r| {
+                        Arc::new(
+                            Frame::new(depot_stomp::Command::Receipt)
+                                .with("receipt-id", r.as_str())
+                                .encode(),
+                        )
+                    }),
+                }
+            }
+            End::Fail(message, receipt) => {
+                tracing::info!(peer = %peer, error = %message, "STOMP protocol error; closing");
+                Stop {
+                    drain: true,
+                    last: Some(Arc::new(error_frame(message, receipt.as_deref()).encode())),
+                }
+            }
+            End::Drop(why) => {
+                tracing::info!(peer = %peer, why, "STOMP client dropped");
+                Stop {
+                    drain: false,
+                    last: Some(Arc::new(error_frame(why, None).encode())),
+                }
+            }
+            End::Shutdown => {
+                let _ = self.in_flight.acquire_many(max).await;
+                Stop {
+                    drain: true,
+                    last: Some(Arc::new(
+                        error_frame("depotd is shutting down", None).encode(),
+                    )),
+                }
+            }
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! HTTP/1.1 on a detected connection: `POST /` carries JSON-RPC, `GET /`
 //! with `Upgrade: websocket` switches to a WebSocket, and `PUT /` and plain
-//! `GET /` are the OVF_STORE streams ([`crate::ovf_http`]).
+//! `GET /` are the OVF_STORE streams ([`super::ovf`]).
 //!
 //! Request bodies are paced ([`crate::pace`]): a client that sends one
 //! too slowly gets 408 and the connection is closed.
@@ -21,10 +21,11 @@ use tokio_tungstenite::WebSocketStream;
 
 use depot_api::{ApiError, Code};
 
+use super::{ovf, ws, Shared};
+use crate::call::CallCtx;
+use crate::conn::{self, Conn};
 use crate::pace::{BodyError, PacedBody};
-use crate::rpc::{error_response, CallCtx};
-use crate::server::{self, Conn};
-use crate::ws;
+use crate::wire::error_response;
 
 /// VDSM's flow id header.
 pub const FLOW_ID_HEADER: &str = "ovirtCorrelationId";
@@ -42,22 +43,22 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
-pub async fn serve<S>(stream: S, conn: Arc<Conn>)
+pub async fn serve<S>(stream: S, conn: Arc<Conn>, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc_conn = conn.clone();
+    let (svc_conn, svc_shared) = (conn.clone(), shared.clone());
     let svc = service_fn(move |req| {
-        let conn = svc_conn.clone();
-        async move { Ok::<_, Infallible>(route(req, conn).await) }
+        let (conn, shared) = (svc_conn.clone(), svc_shared.clone());
+        async move { Ok::<_, Infallible>(route(req, conn, shared).await) }
     });
     let http = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(conn.shared.handshake_timeout)
+        .header_read_timeout(shared.handshake_timeout)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     tokio::pin!(http);
-    let mut shutdown = conn.shared.shutdown.clone();
+    let mut shutdown = shared.shutdown.clone();
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -67,7 +68,7 @@ where
                 }
                 break;
             }
-            _ = server::stopping(&mut shutdown), if !stopping => {
+            _ = conn::stopping(&mut shutdown), if !stopping => {
                 // Finish the request in flight, then close.
                 stopping = true;
                 http.as_mut().graceful_shutdown();
@@ -76,28 +77,26 @@ where
     }
 }
 
-async fn route(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
+async fn route(req: Request<Incoming>, conn: Arc<Conn>, shared: Arc<Shared>) -> Response<Body> {
     let is_root = req.uri().path() == "/";
     match (req.method(), is_root) {
-        (&Method::POST, true) => post_jsonrpc(req, &conn).await,
-        (&Method::GET, true) if wants_websocket(&req) => upgrade(req, conn),
+        (&Method::POST, true) => post_jsonrpc(req, &conn, &shared).await,
+        (&Method::GET, true) if wants_websocket(&req) => upgrade(req, conn, shared),
         (&Method::PUT, true) => {
-            let router = conn.shared.engine.router();
-            let (storage, tasks) = (router.storage().clone(), router.tasks().streams().clone());
-            crate::ovf_http::put(req, &conn, storage, tasks).await
+            let (storage, tasks) = (shared.storage.clone(), shared.streams.clone());
+            ovf::put(req, &conn, shared.body_pace, storage, tasks).await
         }
         (&Method::GET, true) => {
-            let router = conn.shared.engine.router();
-            let (storage, tasks) = (router.storage().clone(), router.tasks().streams().clone());
-            crate::ovf_http::get(req, storage, tasks).await
+            let (storage, tasks) = (shared.storage.clone(), shared.streams.clone());
+            ovf::get(req, storage, tasks).await
         }
         (_, true) => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         (_, false) => plain(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
-async fn post_jsonrpc(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
-    let limit = conn.shared.max_request_bytes;
+async fn post_jsonrpc(req: Request<Incoming>, conn: &Conn, shared: &Shared) -> Response<Body> {
+    let limit = shared.max_request_bytes;
     let flow_id = flow_id(&req);
     let too_large = |what: String| {
         jsonrpc_error(
@@ -115,7 +114,7 @@ async fn post_jsonrpc(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
             return too_large(format!("request of {len} bytes"));
         }
     }
-    let body = match read_body(req.into_body(), length, conn).await {
+    let body = match read_body(req.into_body(), length, shared).await {
         Ok(b) => b,
         Err(BodyRead::TooLarge) => return too_large(format!("request of more than {limit} bytes")),
         Err(BodyRead::TooSlow(detail)) => {
@@ -144,7 +143,7 @@ async fn post_jsonrpc(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
         permits: conn.permits.clone(),
         subscriber: None,
     };
-    match conn.shared.engine.handle(&body, &ctx).await {
+    match shared.jsonrpc.handle(&body, &ctx).await {
         Some(text) => json_response(StatusCode::OK, text),
         None => Response::builder()
             .status(StatusCode::NO_CONTENT)
@@ -162,9 +161,13 @@ enum BodyRead {
 /// Reads a whole request body of at most `max_request_bytes` into one
 /// buffer (sized by Content-Length up front, so the body is held once),
 /// at the client's minimum pace.
-async fn read_body(body: Incoming, length: Option<u64>, conn: &Conn) -> Result<Bytes, BodyRead> {
-    let limit = conn.shared.max_request_bytes;
-    let mut body = PacedBody::new(body, conn.shared.body_pace);
+async fn read_body(
+    body: Incoming,
+    length: Option<u64>,
+    shared: &Shared,
+) -> Result<Bytes, BodyRead> {
+    let limit = shared.max_request_bytes;
+    let mut body = PacedBody::new(body, shared.body_pace);
     let mut buf = BytesMut::with_capacity(length.unwrap_or(0).min(limit as u64) as usize);
     while let Some(frame) = body.frame().await {
         match frame {
@@ -183,7 +186,7 @@ async fn read_body(body: Incoming, length: Option<u64>, conn: &Conn) -> Result<B
 }
 
 #[allow(clippy::field_reassign_with_default)]
-fn upgrade(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
+fn upgrade(req: Request<Incoming>, conn: Arc<Conn>, shared: Arc<Shared>) -> Response<Body> {
     let version_ok = req
         .headers()
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -200,8 +203,8 @@ fn upgrade(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     // WebSocketConfig is non_exhaustive in newer versions; set fields on
     // the default instead of naming them all.
     let mut config = WebSocketConfig::default();
-    config.max_message_size = Some(conn.shared.max_request_bytes);
-    config.max_frame_size = Some(conn.shared.max_request_bytes);
+    config.max_message_size = Some(shared.max_request_bytes);
+    config.max_frame_size = Some(shared.max_request_bytes);
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
@@ -211,7 +214,7 @@ fn upgrade(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
                     Some(config),
                 )
                 .await;
-                ws::serve(stream, conn, flow_id).await;
+                ws::serve(stream, conn, shared, flow_id).await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }

@@ -8,6 +8,7 @@
 //! itself) for `limits.ws_idle_timeout_s` is closed, and so is one whose
 //! client stops taking what the server sends (the socket is paced).
 
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -20,51 +21,37 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::Shared;
+use crate::call::{CallCtx, Subscribe};
+use crate::conn::{self, Conn};
 use crate::events::EventBus;
-use crate::rpc::CallCtx;
-use crate::server::{self, Conn};
 
 /// Outgoing messages queued per connection before writers wait.
 const OUT_QUEUE: usize = 256;
 
-pub async fn serve<S>(stream: WebSocketStream<S>, conn: Arc<Conn>, flow_id: Option<String>)
-where
+pub async fn serve<S>(
+    stream: WebSocketStream<S>,
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+    flow_id: Option<String>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sink, mut incoming) = stream.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Message>(OUT_QUEUE);
-    // Resolves when the writer ends; before the close frame that means the
-    // client stopped reading (or went away), and reading on is pointless.
-    let (writer_alive, mut writer_done) = oneshot::channel::<()>();
-    let peer = conn.peer.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = out_rx.recv().await {
-            let closing = matches!(msg, Message::Close(_));
-            if let Err(e) = sink.send(msg).await {
-                tracing::info!(peer = %peer, error = %e, "WebSocket write failed; closing");
-                break;
-            }
-            if closing {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-        drop(writer_alive);
-    });
+    let (sink, mut incoming) = stream.split();
+    let (out_tx, out_rx) = mpsc::channel::<Message>(OUT_QUEUE);
+    let (writer, mut writer_done) = spawn_writer(sink, out_rx, conn.peer.clone());
 
-    let max = conn.shared.max_concurrent_per_connection;
+    let max = shared.max_concurrent_per_connection;
     let in_flight = Arc::new(Semaphore::new(max));
+    let subscriber = Arc::new(Subscriber::new(out_tx.clone(), shared.events.clone()));
     let ctx = Arc::new(CallCtx {
         peer: conn.peer.clone(),
         flow_id,
         permits: conn.permits.clone(),
-        subscriber: Some(Arc::new(Subscriber::new(
-            out_tx.clone(),
-            conn.shared.events.clone(),
-        ))),
+        subscriber: Some(subscriber.clone()),
     });
-    let mut shutdown = conn.shared.shutdown.clone();
-    let (every, idle) = (conn.shared.ws_ping_interval, conn.shared.ws_idle_timeout);
+    let mut shutdown = shared.shutdown.clone();
+    let (every, idle) = (shared.ws_ping_interval, shared.ws_idle_timeout);
     let mut ping = tokio::time::interval_at(Instant::now() + every, every);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
@@ -94,7 +81,7 @@ where
                 break Some(close_frame(CloseCode::Away, "idle timeout"));
             }
             _ = &mut writer_done => break None,
-            _ = server::stopping(&mut shutdown) => break Some(close_frame(CloseCode::Away, "depotd is shutting down")),
+            _ = conn::stopping(&mut shutdown) => break Some(close_frame(CloseCode::Away, "depotd is shutting down")),
         };
         last_heard = Instant::now();
         let body = match msg {
@@ -116,9 +103,9 @@ where
                 break None;
             }
         };
-        let (ctx, out, shared) = (ctx.clone(), out_tx.clone(), conn.shared.clone());
+        let (ctx, out, shared) = (ctx.clone(), out_tx.clone(), shared.clone());
         tokio::spawn(async move {
-            if let Some(text) = shared.engine.handle(&body, &ctx).await {
+            if let Some(text) = shared.jsonrpc.handle(&body, &ctx).await {
                 let _ = out.send(Message::Text(text)).await;
             }
             drop(permit);
@@ -126,12 +113,39 @@ where
     };
     // Let calls in flight answer before the close frame goes out.
     let _ = in_flight.acquire_many(max as u32).await;
-    if let Some(sub) = &ctx.subscriber {
-        sub.stop();
-    }
+    subscriber.stop();
     // The writer stops after a close frame, whoever still holds a sender.
     let _ = out_tx.send(Message::Close(close)).await;
     let _ = writer.await;
+}
+
+/// Sends what is queued until a close frame. The receiver resolves when
+/// the writer ends; before the close frame that means the client stopped
+/// reading (or went away), and reading on is pointless.
+fn spawn_writer<S>(
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
+    mut out_rx: mpsc::Receiver<Message>,
+    peer: Arc<str>,
+) -> (JoinHandle<()>, oneshot::Receiver<()>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (writer_alive, writer_done) = oneshot::channel::<()>();
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            let closing = matches!(msg, Message::Close(_));
+            if let Err(e) = sink.send(msg).await {
+                tracing::info!(peer = %peer, error = %e, "WebSocket write failed; closing");
+                break;
+            }
+            if closing {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+        drop(writer_alive);
+    });
+    (writer, writer_done)
 }
 
 fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame<'static> {
@@ -157,8 +171,18 @@ impl Subscriber {
         }
     }
 
+    fn stop(&self) {
+        if let Ok(mut slot) = self.task.lock() {
+            if let Some(t) = slot.take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+impl Subscribe for Subscriber {
     /// Starts (or replaces) the subscription. An empty list means all events.
-    pub fn subscribe(&self, prefixes: Vec<String>) {
+    fn subscribe(&self, prefixes: Vec<String>) {
         let mut rx = self.bus.subscribe();
         let out = self.out.clone();
         let task = tokio::spawn(async move {
@@ -181,14 +205,6 @@ impl Subscriber {
         if let Ok(mut slot) = self.task.lock() {
             if let Some(old) = slot.replace(task) {
                 old.abort();
-            }
-        }
-    }
-
-    fn stop(&self) {
-        if let Ok(mut slot) = self.task.lock() {
-            if let Some(t) = slot.take() {
-                t.abort();
             }
         }
     }

@@ -30,15 +30,16 @@ use serde_json::json;
 use std::io;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinHandle};
 
 use depot_api::storage::{ImgUuid, SdUuid, SpUuid, VolUuid};
 use depot_api::types::Uuid;
 use depot_api::{ApiError, Code};
-use depot_storage::Storage;
+use depot_storage::{Storage, UploadDone};
 
-use crate::http::{empty, full, Body};
-use crate::pace::{BodyError, PacedBody};
-use crate::server::Conn;
+use super::http::{empty, full, Body};
+use crate::conn::Conn;
+use crate::pace::{BodyError, PaceLimits, PacedBody, TooSlow};
 use crate::task_store::{StreamVerb, TaskStore};
 
 /// Chunks in flight between the socket and the disk, each up to hyper's
@@ -119,10 +120,15 @@ fn with_task(mut resp: Response<Body>, task: Option<Uuid>) -> Response<Body> {
     resp
 }
 
+/// What the storage thread of an upload ends with: the task's id (none
+/// when the task could not be begun) and the outcome.
+type Upload = (Option<Uuid>, Result<UploadDone, ApiError>);
+
 /// `PUT /`: streams the tar to the storage thread, answers when durable.
 pub async fn put(
     req: Request<Incoming>,
     conn: &Conn,
+    body_pace: PaceLimits,
     storage: Arc<Storage>,
     tasks: Arc<TaskStore>,
 ) -> Response<Body> {
@@ -144,90 +150,14 @@ pub async fn put(
             ),
         );
     };
-    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
-    let (sd, img, vol) = (ids.sd, ids.img, ids.vol);
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
     let task_id = Uuid::new_v4();
     // Set before the body is cut off for being too slow, so the task
     // records why the upload ended early.
     let slow = Arc::new(std::sync::OnceLock::<String>::new());
-    let slow_seen = slow.clone();
-    // The task is begun and finished on the storage thread, so it records
-    // the storage's real outcome even if this request goes away.
-    let upload = tokio::task::spawn_blocking(move || {
-        let task = match tasks.begin(task_id, StreamVerb::Upload, sd, img, vol) {
-            Ok(t) => t,
-            Err(e) => return (None, Err(e)),
-        };
-        let mut pending = Bytes::new();
-        let mut source = |buf: &mut [u8]| -> io::Result<usize> {
-            loop {
-                if !pending.is_empty() {
-                    let n = buf.len().min(pending.len());
-                    buf[..n].copy_from_slice(&pending[..n]);
-                    pending.advance(n);
-                    return Ok(n);
-                }
-                match rx.blocking_recv() {
-                    Some(Ok(b)) => pending = b,
-                    Some(Err(e)) => return Err(e),
-                    // The body ended: EOF.
-                    None => return Ok(0),
-                }
-            }
-        };
-        let result = storage
-            .ovf_upload(sd, img, vol, length, &mut source)
-            .map_err(ApiError::from);
-        let result = match (result, slow_seen.get()) {
-            (Err(_), Some(detail)) => Err(ApiError::new(
-                Code::GeneralException,
-                format!("upload body too slow: {detail}"),
-            )),
-            (r, _) => r,
-        };
-        task.finish(result.as_ref().map(|_| ()));
-        (Some(task_id), result)
-    });
-
-    let mut body = PacedBody::new(req.into_body(), conn.shared.body_pace);
-    let mut upload = upload;
-    let mut too_slow = None;
-    // Feed the body until it ends, or until the storage side has answered
-    // on its own (a refusal before the body is read: 404, 409, 9005 ...),
-    // which must not wait for bytes the client may never send.
-    let finished = loop {
-        tokio::select! {
-            frame = body.frame() => {
-                let Some(frame) = frame else { break None };
-                match frame {
-                    Ok(f) => {
-                        let Ok(data) = f.into_data() else { continue }; // trailers
-                        // The storage side stops reading when it refuses.
-                        if tx.send(Ok(data)).await.is_err() {
-                            break None;
-                        }
-                    }
-                    // The client stopped sending: for the storage side
-                    // this is the end of the body, which it reports as a
-                    // truncated upload (400, naming the missing bytes).
-                    Err(BodyError::Inner(e)) => {
-                        tracing::info!(peer = %conn.peer, error = %e, "OVF upload body ended early");
-                        break None;
-                    }
-                    // Too slow: the same for the storage side, and 408 for
-                    // the client.
-                    Err(BodyError::TooSlow(e)) => {
-                        tracing::info!(peer = %conn.peer, detail = %e.detail, "OVF upload too slow; closing");
-                        let _ = slow.set(e.detail.clone());
-                        too_slow = Some(e);
-                        break None;
-                    }
-                }
-            }
-            done = &mut upload => break Some(done),
-        }
-    };
-    drop(tx);
+    let mut upload = spawn_upload(&ids, length, task_id, rx, slow.clone(), storage, tasks);
+    let body = PacedBody::new(req.into_body(), body_pace);
+    let (finished, too_slow) = feed(body, tx, &mut upload, conn, &slow).await;
     let outcome = match finished {
         Some(done) => done,
         None => upload.await,
@@ -259,8 +189,9 @@ pub async fn put(
 
     match result {
         Ok(done) => {
-            tracing::info!(peer = %conn.peer, sd = %sd, img = %img, vol = %vol, size = done.size,
-                generation = done.generation, task = %task_id, "OVF store updated");
+            tracing::info!(peer = %conn.peer, sd = %ids.sd, img = %ids.img, vol = %ids.vol,
+                size = done.size, generation = done.generation, task = %task_id,
+                "OVF store updated");
             let resp = Response::builder()
                 .status(StatusCode::OK)
                 .body(empty())
@@ -269,6 +200,105 @@ pub async fn put(
         }
         Err(e) => with_task(storage_error(e), task),
     }
+}
+
+/// The storage thread of an upload, reading the body from `rx`. The task
+/// is begun and finished there, so it records the storage's real outcome
+/// even if the request goes away.
+fn spawn_upload(
+    ids: &Ids,
+    length: u64,
+    task_id: Uuid,
+    mut rx: mpsc::Receiver<io::Result<Bytes>>,
+    slow: Arc<std::sync::OnceLock<String>>,
+    storage: Arc<Storage>,
+    tasks: Arc<TaskStore>,
+) -> JoinHandle<Upload> {
+    let (sd, img, vol) = (ids.sd, ids.img, ids.vol);
+    tokio::task::spawn_blocking(move || {
+        let task = match tasks.begin(task_id, StreamVerb::Upload, sd, img, vol) {
+            Ok(t) => t,
+            Err(e) => return (None, Err(e)),
+        };
+        let mut pending = Bytes::new();
+        let mut source = |buf: &mut [u8]| -> io::Result<usize> {
+            loop {
+                if !pending.is_empty() {
+                    let n = buf.len().min(pending.len());
+                    buf[..n].copy_from_slice(&pending[..n]);
+                    pending.advance(n);
+                    return Ok(n);
+                }
+                match rx.blocking_recv() {
+                    Some(Ok(b)) => pending = b,
+                    Some(Err(e)) => return Err(e),
+                    // The body ended: EOF.
+                    None => return Ok(0),
+                }
+            }
+        };
+        let result = storage
+            .ovf_upload(sd, img, vol, length, &mut source)
+            .map_err(ApiError::from);
+        let result = match (result, slow.get()) {
+            (Err(_), Some(detail)) => Err(ApiError::new(
+                Code::GeneralException,
+                format!("upload body too slow: {detail}"),
+            )),
+            (r, _) => r,
+        };
+        task.finish(result.as_ref().map(|_| ()));
+        (Some(task_id), result)
+    })
+}
+
+/// Feeds the body to the storage thread until it ends, or until the
+/// storage side has answered on its own (a refusal before the body is
+/// read: 404, 409, 9005 ...), which must not wait for bytes the client may
+/// never send. Returns that early answer, and whether the body was too slow.
+async fn feed(
+    mut body: PacedBody<Incoming>,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    upload: &mut JoinHandle<Upload>,
+    conn: &Conn,
+    slow: &std::sync::OnceLock<String>,
+) -> (Option<Result<Upload, JoinError>>, Option<TooSlow>) {
+    let mut too_slow = None;
+    let finished = loop {
+        tokio::select! {
+            frame = body.frame() => {
+                let Some(frame) = frame else { break None };
+                match frame {
+                    Ok(f) => {
+                        let Ok(data) = f.into_data() else { continue }; // trailers
+                        // The storage side stops reading when it refuses.
+                        if tx.send(Ok(data)).await.is_err() {
+                            break None;
+                        }
+                    }
+                    // The client stopped sending: for the storage side
+                    // this is the end of the body, which it reports as a
+                    // truncated upload (400, naming the missing bytes).
+                    Err(BodyError::Inner(e)) => {
+                        tracing::info!(peer = %conn.peer, error = %e, "OVF upload body ended early");
+                        break None;
+                    }
+                    // Too slow: the same for the storage side, and 408 for
+                    // the client.
+                    Err(BodyError::TooSlow(e)) => {
+                        tracing::info!(peer = %conn.peer, detail = %e.detail, "OVF upload too slow; closing");
+                        let _ = slow.set(e.detail.clone());
+                        too_slow = Some(e);
+                        break None;
+                    }
+                }
+            }
+            done = &mut *upload => break Some(done),
+        }
+    };
+    // Dropped here, as before the wait for the storage thread: EOF for it.
+    drop(tx);
+    (finished, too_slow)
 }
 
 /// `bytes=a-b` (inclusive), the only form the engine sends.

@@ -3,11 +3,15 @@
 //! Each listener has its own pool of connections, so that nobody on the
 //! network can lock the admin out of the local socket. A TCP connection
 //! first holds a place among the unfinished handshakes
-//! ([`crate::admission`]) and takes one of the `max_connections`
+//! ([`admission`]) and takes one of the `max_connections`
 //! authenticated places only once its certificate checked out. Every
 //! connection's socket is paced ([`crate::pace`]): a client that stops
 //! taking what depotd sends is cut off. Then the connection is identified
-//! (certificate subject or Unix uid) and routed by its first bytes.
+//! (certificate subject or Unix uid) and routed by its first bytes
+//! ([`detect`]) to its transport ([`crate::transport`]).
+
+pub mod admission;
+pub mod detect;
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,30 +22,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission::Handshakes;
-use crate::detect::{self, Prefixed, Protocol};
-use crate::events::EventBus;
-use crate::pace::{PaceLimits, PacedIo};
+use crate::conn::{self, Conn};
+use crate::pace::PacedIo;
 use crate::pki;
-use crate::rpc::RpcEngine;
-use crate::stomp::{self, StompConn, StompLimits};
+use crate::transport;
+use admission::Handshakes;
+use detect::{Prefixed, Protocol};
 
-/// What every connection shares.
-pub struct Shared {
-    pub engine: Arc<RpcEngine>,
-    pub events: EventBus,
-    pub shutdown: watch::Receiver<bool>,
-    pub max_request_bytes: usize,
-    pub max_concurrent_per_connection: usize,
-    pub handshake_timeout: Duration,
-    /// The slowest a client may send or take a body.
-    pub body_pace: PaceLimits,
-    pub ws_ping_interval: Duration,
-    pub ws_idle_timeout: Duration,
-    pub stomp: StompLimits,
+/// What both listeners share.
+pub struct Listeners {
+    /// What the connections' transports share (the shutdown signal and
+    /// the limits among it).
+    pub transport: Arc<transport::Shared>,
     /// One permit per authenticated TLS connection.
     pub connections: Pool,
     /// One permit per local socket connection.
@@ -114,22 +109,9 @@ impl Throttle {
     }
 }
 
-/// One connection: who is on the other end and its call slots.
-pub struct Conn {
-    pub shared: Arc<Shared>,
-    pub peer: Arc<str>,
-    pub permits: Arc<Semaphore>,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl Shared {
-    fn conn(self: &Arc<Self>, peer: String, slot: OwnedSemaphorePermit) -> Arc<Conn> {
-        Arc::new(Conn {
-            shared: self.clone(),
-            peer: peer.into(),
-            permits: Arc::new(Semaphore::new(self.max_concurrent_per_connection)),
-            _slot: slot,
-        })
+impl Listeners {
+    fn conn(&self, peer: String, place: OwnedSemaphorePermit) -> Arc<Conn> {
+        Conn::new(peer, self.transport.max_concurrent_per_connection, place)
     }
 
     /// Waits until every connection has closed, or `grace` passes.
@@ -186,8 +168,8 @@ pub async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     bound
 }
 
-pub async fn serve_tcp(listener: TcpListener, tls: TlsAcceptor, shared: Arc<Shared>) {
-    let mut shutdown = shared.shutdown.clone();
+pub async fn serve_tcp(listener: TcpListener, tls: TlsAcceptor, shared: Arc<Listeners>) {
+    let mut shutdown = shared.transport.shutdown.clone();
     loop {
         let (stream, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -199,7 +181,7 @@ pub async fn serve_tcp(listener: TcpListener, tls: TlsAcceptor, shared: Arc<Shar
                     continue;
                 }
             },
-            _ = stopping(&mut shutdown) => break,
+            _ = conn::stopping(&mut shutdown) => break,
         };
         let (pending, pushed) = match shared.handshakes.admit(addr.ip()) {
             Ok(p) => p,
@@ -218,11 +200,12 @@ pub async fn serve_tcp(listener: TcpListener, tls: TlsAcceptor, shared: Arc<Shar
             }
         }
         let _ = stream.set_nodelay(true);
-        let stream = PacedIo::new(stream, shared.body_pace);
+        let stream = PacedIo::new(stream, shared.transport.body_pace);
         let (shared, tls) = (shared.clone(), tls.clone());
         tokio::spawn(async move {
             let mut pending = pending;
-            let handshake = tokio::time::timeout(shared.handshake_timeout, tls.accept(stream));
+            let handshake =
+                tokio::time::timeout(shared.transport.handshake_timeout, tls.accept(stream));
             let accepted = tokio::select! {
                 r = handshake => r,
                 _ = pending.pushed_out() => return,
@@ -258,13 +241,13 @@ pub async fn serve_tcp(listener: TcpListener, tls: TlsAcceptor, shared: Arc<Shar
                 return;
             };
             let conn = shared.conn(format!("{subject} ({addr})"), slot);
-            route(stream, conn).await;
+            route(stream, conn, shared.transport.clone()).await;
         });
     }
 }
 
-pub async fn serve_unix(listener: UnixListener, path: PathBuf, shared: Arc<Shared>) {
-    let mut shutdown = shared.shutdown.clone();
+pub async fn serve_unix(listener: UnixListener, path: PathBuf, shared: Arc<Listeners>) {
+    let mut shutdown = shared.transport.shutdown.clone();
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -275,7 +258,7 @@ pub async fn serve_unix(listener: UnixListener, path: PathBuf, shared: Arc<Share
                     continue;
                 }
             },
-            _ = stopping(&mut shutdown) => break,
+            _ = conn::stopping(&mut shutdown) => break,
         };
         let Some(slot) = shared.local_connections.take("local socket") else {
             continue;
@@ -285,46 +268,28 @@ pub async fn serve_unix(listener: UnixListener, path: PathBuf, shared: Arc<Share
             Err(_) => "local".into(),
         };
         let conn = shared.conn(peer, slot);
-        tokio::spawn(route(PacedIo::new(stream, shared.body_pace), conn));
+        let stream = PacedIo::new(stream, shared.transport.body_pace);
+        tokio::spawn(route(stream, conn, shared.transport.clone()));
     }
     let _ = std::fs::remove_file(&path);
 }
 
 /// Reads the first bytes and hands the connection to its protocol.
-async fn route<S>(mut stream: S, conn: Arc<Conn>)
+async fn route<S>(mut stream: S, conn: Arc<Conn>, shared: Arc<transport::Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let sniffed =
-        tokio::time::timeout(conn.shared.handshake_timeout, detect::sniff(&mut stream)).await;
+    let sniffed = tokio::time::timeout(shared.handshake_timeout, detect::sniff(&mut stream)).await;
     match sniffed {
         Ok(Ok((Protocol::Http, head))) => {
-            crate::http::serve(Prefixed::new(head, stream), conn).await
+            transport::serve_http(Prefixed::new(head, stream), conn, shared).await
         }
         Ok(Ok((Protocol::Stomp, head))) => {
-            let shared = &conn.shared;
-            let stomp_conn = StompConn {
-                peer: conn.peer.clone(),
-                permits: conn.permits.clone(),
-                max_concurrent: shared.max_concurrent_per_connection,
-                engine: shared.engine.clone(),
-                events: shared.events.clone(),
-                shutdown: shared.shutdown.clone(),
-                limits: shared.stomp,
-                connect_timeout: shared.handshake_timeout,
-                hold: conn.clone(),
-            };
-            stomp::serve(Prefixed::new(head, stream), stomp_conn).await
+            transport::serve_stomp(Prefixed::new(head, stream), conn, &shared).await
         }
         Ok(Err(e)) => tracing::info!(peer = %conn.peer, error = %e, "connection dropped"),
         Err(_) => tracing::info!(peer = %conn.peer, "connection dropped: no request in time"),
     }
-}
-
-/// Resolves once shutdown has begun (or the daemon is gone).
-pub async fn stopping(rx: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns must not live across an await.
-    let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
 #[cfg(test)]

@@ -92,12 +92,12 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let mut st = self.handshakes.st();
+        let mut state = self.handshakes.state();
         // Not in the queue any more when it was pushed out, and then its
         // source was released already.
-        if let Some(i) = st.queue.iter().position(|e| e.id == self.id) {
-            if let Some(e) = st.queue.remove(i) {
-                st.release(e.source);
+        if let Some(i) = state.queue.iter().position(|e| e.id == self.id) {
+            if let Some(e) = state.queue.remove(i) {
+                state.release(e.source);
             }
         }
     }
@@ -112,7 +112,7 @@ impl Handshakes {
         })
     }
 
-    fn st(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -120,8 +120,8 @@ impl Handshakes {
     /// whether an older connection was pushed out to make room.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<(Pending, bool), TooManyFromSource> {
         let source = Source::of(ip);
-        let mut st = self.st();
-        let from_source = st.per_source.get(&source).copied().unwrap_or(0);
+        let mut state = self.state();
+        let from_source = state.per_source.get(&source).copied().unwrap_or(0);
         if from_source >= self.max_per_source {
             return Err(TooManyFromSource {
                 source,
@@ -129,23 +129,23 @@ impl Handshakes {
             });
         }
         let mut pushed = false;
-        while st.queue.len() >= self.max {
-            let Some(oldest) = st.queue.pop_front() else {
+        while state.queue.len() >= self.max {
+            let Some(oldest) = state.queue.pop_front() else {
                 break;
             };
-            st.release(oldest.source);
+            state.release(oldest.source);
             let _ = oldest.push_out.send(());
             pushed = true;
         }
-        st.next_id += 1;
-        let id = st.next_id;
+        state.next_id += 1;
+        let id = state.next_id;
         let (push_out, pushed_out) = oneshot::channel();
-        st.queue.push_back(Entry {
+        state.queue.push_back(Entry {
             id,
             source,
             push_out,
         });
-        *st.per_source.entry(source).or_insert(0) += 1;
+        *state.per_source.entry(source).or_insert(0) += 1;
         Ok((
             Pending {
                 handshakes: self.clone(),
@@ -158,7 +158,7 @@ impl Handshakes {
 
     /// Unfinished handshakes now.
     pub fn len(&self) -> usize {
-        self.st().queue.len()
+        self.state().queue.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,142 +1,16 @@
-//! The JSON-RPC 2.0 engine: parses a message (one request or a batch),
-//! enforces the batch limit and the per-connection concurrency limit, maps
-//! each request to a typed [`Call`], dispatches it, and logs it once.
-//!
-//! Transports (HTTP POST, WebSocket, later STOMP) hand it bytes and send back
-//! what it returns; they know nothing about JSON-RPC.
-//!
 //! [`parse_message`] is the one parser of untrusted message bytes (the
 //! fuzz target's entry point). It never builds more than the limits allow:
 //! a batch stops being read at its `max_batch + 1`-th call, and a message
 //! whose parsed form would take more than [`PARSE_MEMORY_FACTOR`] times the
 //! request size limit (tiny values by the million: an 8 MiB `[0,0,...]`
 //! becomes over 200 MB of `serde_json::Value`s) stops being read there.
+//! [`Request::from_value`] does the envelope checks of one request.
 
-use depot_api::{ApiError, Call, Code};
-use futures_util::future::join_all;
+use depot_api::{ApiError, Code};
 use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
-use serde_json::{json, Map, Number, Value};
+use serde_json::{Map, Number, Value};
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::sync::Arc;
-use std::time::Instant;
-use tokio::sync::Semaphore;
-
-use crate::router::Router;
-use crate::ws::Subscriber;
-
-/// What the engine knows about the caller of one message.
-pub struct CallCtx {
-    /// The certificate subject, or `uid=N` on the local socket.
-    pub peer: Arc<str>,
-    /// VDSM's flow id (`ovirtCorrelationId` header), when the client sent one.
-    pub flow_id: Option<String>,
-    /// Limits how many calls of this connection run at once.
-    pub permits: Arc<Semaphore>,
-    /// Present on WebSocket connections, which can receive events.
-    pub subscriber: Option<Arc<Subscriber>>,
-}
-
-pub struct RpcEngine {
-    router: Router,
-    limits: ParseLimits,
-}
-
-impl RpcEngine {
-    pub fn new(router: Router, limits: ParseLimits) -> Self {
-        RpcEngine { router, limits }
-    }
-
-    pub fn router(&self) -> &Router {
-        &self.router
-    }
-
-    /// Handles one message. Returns the response text, or `None` when the
-    /// message held only notifications (JSON-RPC sends nothing back then).
-    pub async fn handle(&self, body: &[u8], ctx: &CallCtx) -> Option<String> {
-        let message = match parse_message(body, self.limits) {
-            Ok(m) => m,
-            Err(err) => {
-                log_rejected(ctx, &err);
-                return Some(error_response(Value::Null, &err).to_string());
-            }
-        };
-        match message {
-            Message::Batch(items) => {
-                if items.is_empty() {
-                    let err = ApiError::new(Code::InvalidRequest, "empty batch");
-                    log_rejected(ctx, &err);
-                    return Some(error_response(Value::Null, &err).to_string());
-                }
-                let responses: Vec<Value> =
-                    join_all(items.into_iter().map(|v| self.handle_one(v, ctx)))
-                        .await
-                        .into_iter()
-                        .flatten()
-                        .collect();
-                (!responses.is_empty()).then(|| Value::Array(responses).to_string())
-            }
-            Message::Single(v) => self.handle_one(v, ctx).await.map(|v| v.to_string()),
-        }
-    }
-
-    async fn handle_one(&self, request: Value, ctx: &CallCtx) -> Option<Value> {
-        let start = Instant::now();
-        let req = match Request::from_value(request) {
-            Ok(r) => r,
-            Err((id, err)) => {
-                log_rejected(ctx, &err);
-                return Some(error_response(id, &err));
-            }
-        };
-        let outcome = match Call::parse(&req.method, req.params) {
-            Ok(call) => {
-                // Wait for a slot before running, not before parsing: a
-                // malformed call never queues behind slow ones.
-                let _permit = ctx.permits.acquire().await;
-                self.router.dispatch(call, ctx).await
-            }
-            Err(e) => Err(e),
-        };
-        let code = match &outcome {
-            Ok(_) => 0,
-            Err(e) => e.code.number(),
-        };
-        tracing::info!(
-            target: "depotd::request",
-            method = %truncate(&req.method),
-            id = %req.id.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-            duration_ms = format_args!("{:.3}", start.elapsed().as_secs_f64() * 1e3),
-            code,
-            peer = %ctx.peer,
-            flow_id = ctx.flow_id.as_deref().unwrap_or("-"),
-            "request"
-        );
-        if let Err(e) = &outcome {
-            if e.code == Code::InternalError {
-                tracing::error!(method = %req.method, error = %e, "internal error");
-            }
-            // What failed underneath (an OS error, a command with its exit
-            // and stderr): the wire has only code and message.
-            if let Some(cause) = e.cause() {
-                tracing::warn!(
-                    target: "depotd::request",
-                    method = %truncate(&req.method),
-                    code,
-                    flow_id = ctx.flow_id.as_deref().unwrap_or("-"),
-                    error = %e.detail,
-                    cause = %cause,
-                    "request failed underneath"
-                );
-            }
-        }
-        let id = req.id?;
-        Some(match outcome {
-            Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-            Err(e) => error_response(id, &e),
-        })
-    }
-}
 
 /// A request after the envelope checks. `id: None` is a notification.
 /// Public for the fuzz target of the request parser
@@ -401,35 +275,6 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
             obj.insert(key, v);
         }
         Ok(Value::Object(obj))
-    }
-}
-
-pub fn error_response(id: Value, err: &ApiError) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "error": err.to_wire()})
-}
-
-/// A JSON-RPC notification (an event): no id.
-pub fn notification(method: &str, params: Map<String, Value>) -> Value {
-    json!({"jsonrpc": "2.0", "method": method, "params": params})
-}
-
-fn log_rejected(ctx: &CallCtx, err: &ApiError) {
-    tracing::info!(
-        target: "depotd::request",
-        method = "-",
-        code = err.code.number(),
-        peer = %ctx.peer,
-        flow_id = ctx.flow_id.as_deref().unwrap_or("-"),
-        error = %truncate(&err.detail),
-        "request rejected"
-    );
-}
-
-/// Keeps hostile input from flooding the log.
-fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(128) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }
 
