@@ -720,7 +720,17 @@ impl Inner {
                         Ok(Err(e)) if stopping && e.code == Code::ShuttingDown => {
                             (None, None, None)
                         }
-                        Ok(Err(e)) => (Some(JobStatus::Failed), Some(e), None),
+                        Ok(Err(e)) => {
+                            // What failed underneath (an OS error, a
+                            // command's exit): the job's error has only
+                            // code and message.
+                            if let Some(cause) = e.cause() {
+                                warn!(job_id = %id, kind = %job.record.kind,
+                                    code = e.code.number(), error = %e.detail,
+                                    cause = %cause, "job failed underneath");
+                            }
+                            (Some(JobStatus::Failed), Some(e), None)
+                        }
                         Err(e) if e.is_cancelled() => (None, None, None),
                         Err(e) => (
                             Some(JobStatus::Failed),
