@@ -8,7 +8,9 @@ use serde_json::{Map, Value};
 
 use crate::error::{ApiError, Code};
 use crate::results::{
-    ConnectionStatus, DomainStats, Done, TaskId, TaskInfo, TaskStatus, VolumeSize, WireResult,
+    BlockDeviceInfo, ConnectionStatus, DomainInfo, DomainStats, Done, FileStat, HostStats,
+    OvfEntities, OvfEntityText, OvfStore, PoolInfo, PreparedImage, RepoStats, TaskId, TaskInfo,
+    TaskStatus, VolumeGroupInfo, VolumeInfo, VolumeSize, WireResult,
 };
 use crate::storage::{
     AllocType, ByteSize, ConnectionList, CopyEndpoint, DiskType, DomainClass, DomainType, ImgUuid,
@@ -192,8 +194,8 @@ macro_rules! verbs {
             )*]
         }
 
-        /// The result type of each verb whose result is typed, by the
-        /// verb's name in [`Call`]: what the daemon's handler returns.
+        /// The result type of each verb, by the verb's name in [`Call`]:
+        /// what the daemon's handler returns.
         #[allow(non_snake_case)]
         pub mod returns {
             #[allow(unused_imports)]
@@ -203,17 +205,14 @@ macro_rules! verbs {
     };
 }
 
-/// The docs of a verb's result: generated from its type, `-> (Type)`, or
-/// written out, `-> "text"`, where the result is not typed yet.
+/// The docs of a verb's result, generated from its type: `-> (Type)`, or
+/// `-> (Type, "note")` for what the type cannot say.
 macro_rules! result_doc {
     (($t:ty)) => {
         format!("`{}`", <$t as WireResult>::describe())
     };
     (($t:ty, $note:literal)) => {
         format!("`{}`; {}", <$t as WireResult>::describe(), $note)
-    };
-    ($text:literal) => {
-        $text.to_string()
     };
 }
 
@@ -224,7 +223,6 @@ macro_rules! result_alias {
     ($variant:ident ($t:ty, $note:literal)) => {
         pub type $variant = $t;
     };
-    ($variant:ident $text:literal) => {};
 }
 
 verbs! {
@@ -322,7 +320,7 @@ verbs! {
         /// Rescan iSCSI sessions and SCSI hosts first and wait for
         /// multipath (default true, as VDSM).
         refresh: Option<bool>,
-    } -> "`[{GUID, capacity, vendorID, productID, fwrev, serial, pathlist: [{connection, port, iqn, portal, initiatorname, user?}], pathstatus: [{physdev, state, capacity, lun, type}], logicalblocksize, physicalblocksize, pvUUID, pvsize, vgUUID, status, devtype, partitioned, discard_max_bytes, discard_zeroes_data}]` (sizes as decimal strings)";
+    } -> (Vec<BlockDeviceInfo>, "sizes as decimal strings");
 
     /// Whether each device is visible on this host (its multipath map
     /// exists). Rescans once when one is not.
@@ -381,7 +379,7 @@ verbs! {
     "StorageDomain.getInfo" => StorageDomainGetInfo {
         /// The domain.
         storagedomainID: SdUuid,
-    } -> "`{uuid, name, type, class, role, pool, version, master_ver, lver, spm_id, block_size, alignment, backup}`; file domains add `remotePath`, block domains `vguuid`, `state` (OK or PARTIAL), `metadataDevice` and, when one PV alone holds the VG's metadata, `vgMetadataDevice`";
+    } -> (DomainInfo, "block domains add `vguuid`, `state` (OK or PARTIAL), `metadataDevice` and, when one PV alone holds the VG's metadata, `vgMetadataDevice`");
 
     /// Returns a domain's space figures.
     "StorageDomain.getStats" => StorageDomainGetStats {
@@ -452,7 +450,7 @@ verbs! {
     "LVMVolumeGroup.getInfo" => LvmVolumeGroupGetInfo {
         /// LVM's UUID of the volume group.
         lvmvolumegroupID: String,
-    } -> "`VolumeGroupInfo`: `{name, vgUUID, vgsize, vgfree, extent_size, type, attr: {permission, resizeable, exported, partial, allocation, clustered}, state, tags, pvlist: [{GUID, pvUUID, vgUUID, capacity, devcapacity, pe_count, pe_alloc_count, and the device's vendorID, productID, serial, fwrev, devtype, pathlist, pathstatus, discard_max_bytes, discard_zeroes_data as in Host.getDeviceList}]}`";
+    } -> (VolumeGroupInfo, "a PV's device keys are there when multipath lists its device");
 
     /// Removes a volume group that holds no storage domain, and its PVs.
     "LVMVolumeGroup.remove" => LvmVolumeGroupRemove {
@@ -464,7 +462,7 @@ verbs! {
     "Host.getLVMVolumeGroups" => HostGetLvmVolumeGroups {
         /// Only this storage type (2 FCP or 3 ISCSI; informational).
         storageType: Option<DomainType>,
-    } -> "`[VolumeGroupInfo]`";
+    } -> (Vec<VolumeGroupInfo>);
 
     /// Lists the images of a domain.
     "StorageDomain.getImages" => StorageDomainGetImages {
@@ -491,7 +489,7 @@ verbs! {
         pattern: String,
         /// Whether the pattern is case sensitive (default true).
         caseSensitive: Option<bool>,
-    } -> "`{name: {size, ctime, status}}` (size and ctime as decimal strings; status 0, or 469 when QEMU could not read the file)";
+    } -> (BTreeMap<String, FileStat>, "by file name; size and ctime as decimal strings; status 0, or 469 when QEMU could not read the file");
 
     /// Creates a pool with its master domain (which must be attachable).
     "StoragePool.create" => StoragePoolCreate {
@@ -547,7 +545,7 @@ verbs! {
     "StoragePool.getInfo" => StoragePoolGetInfo {
         /// The pool.
         storagepoolID: SpUuid,
-    } -> "`{info: {master_uuid, master_ver, name, type, spm_id, lver, domains, pool_status, version, isoprefix}, dominfo: {sdUUID: {status, alerts, version, isoprefix, diskfree?, disktotal?}}}` (type: the master's; the sizes once the monitor has checked the domain)";
+    } -> (PoolInfo, "dominfo by domain UUID; type: the master's; a domain's sizes once the monitor has checked it");
 
     /// Attaches a domain to a pool (POOL_UUID in its metadata).
     "StorageDomain.attach" => StorageDomainAttach {
@@ -634,7 +632,7 @@ verbs! {
         storagedomainID: SdUuid,
         /// The image.
         imageID: ImgUuid,
-    } -> "`{uuid, image, domain, pool, parent, children, format, voltype, allocType, disktype, description, legality, status, capacity, apparentsize, truesize, ctime, mtime, generation, sequence}` (no `lease`: depot's volumes have none)";
+    } -> (VolumeInfo, "no `lease`: depot's volumes have none");
 
     /// Returns a volume's apparent and allocated size.
     "Volume.getSize" => VolumeGetSize {
@@ -744,7 +742,7 @@ verbs! {
         /// calls lack it and are never for a VM (VDSM prepares a VM's
         /// volumes inside VM.create; docs/backup.md).
         purpose: Option<String>,
-    } -> "`{path, info: {type, path}, imgVolumesInfo: [...]}`";
+    } -> (PreparedImage);
 
     /// Undoes prepare.
     "Image.teardown" => ImageTeardown {
@@ -762,10 +760,10 @@ verbs! {
     "Host.getStorageRepoStats" => HostGetStorageRepoStats {
         /// Only these domains (all monitored ones when left out).
         domains: Option<Vec<SdUuid>>,
-    } -> "`{sdUUID: {code, lastCheck, delay, valid, version, acquired, actual}}`";
+    } -> (BTreeMap<String, RepoStats>, "by domain UUID");
 
     /// Host statistics; depot reports the storage part.
-    "Host.getStats" => HostGetStats {} -> "`{storageDomains: {sdUUID: repoStats + disktotal, diskfree}}`";
+    "Host.getStats" => HostGetStats {} -> (HostStats, "by domain UUID; the sizes null until the monitor has checked the domain");
 
     /// Lists a domain's OVF_STORE volumes (DISKTYPE OVFS) with their state
     /// as depot verifies it: valid (checksum matches), torn (a write did
@@ -774,7 +772,7 @@ verbs! {
     "StorageDomain.getOvfStores" => StorageDomainGetOvfStores {
         /// The domain.
         storagedomainID: SdUuid,
-    } -> "`[{imageID, volumeID, state, valid, size, generation, sha256, updated, description}]`";
+    } -> (Vec<OvfStore>);
 
     /// Lists the VMs and templates in the domain's best valid OVF_STORE,
     /// with the disk images each references and whether each image exists
@@ -782,7 +780,7 @@ verbs! {
     "StorageDomain.getOvfEntities" => StorageDomainGetOvfEntities {
         /// The domain.
         storagedomainID: SdUuid,
-    } -> "`{store: {imageID, volumeID, generation}, entities: [{id, name, type, images: [{imageID, volumeID, present}], complete}]}`";
+    } -> (OvfEntities);
 
     /// Returns one entity's OVF text from the domain's best valid OVF_STORE.
     /// depot's verb.
@@ -791,7 +789,7 @@ verbs! {
         storagedomainID: SdUuid,
         /// The VM or template id.
         entityID: Uuid,
-    } -> "`{id, name, type, ovf}`";
+    } -> (OvfEntityText);
 
     /// Copies one volume's data into an existing volume, as a host job
     /// (poll Host.getJobs; abort with Host.abortJob). The destination must

@@ -68,6 +68,18 @@ pub fn field<T: WireResult>(name: &str) -> String {
     }
 }
 
+/// A field's description marked `key?` when serde leaves the key out
+/// (`skip_serializing_if`), as the docs write a key that may be absent.
+pub fn maybe_absent(described: String, attrs: &str) -> String {
+    if !attrs.contains("skip_serializing_if") {
+        return described;
+    }
+    match described.split_once(':') {
+        Some((name, ty)) => format!("{name}?:{ty}"),
+        None => format!("{described}?"),
+    }
+}
+
 /// Declares an object result: a struct whose fields are the wire's keys
 /// (serde attributes allowed), and its description.
 macro_rules! object {
@@ -81,7 +93,10 @@ macro_rules! object {
 
         impl WireResult for $name {
             fn describe() -> String {
-                format!("{{{}}}", [$(field::<$ty>(stringify!($field))),*].join(", "))
+                let fields: &[String] = &[$(
+                    maybe_absent(field::<$ty>(stringify!($field)), stringify!($($attr)*)),
+                )*];
+                format!("{{{}}}", fields.join(", "))
             }
         }
     };
@@ -191,5 +206,400 @@ object! {
     VolumeSize {
         apparentsize: String,
         truesize: String,
+    }
+}
+
+// ---- devices and LVM volume groups ----
+
+object! {
+    /// One iSCSI session of a device's paths.
+    PathInfo {
+        connection: String,
+        port: String,
+        iqn: String,
+        /// The target portal group tag.
+        portal: String,
+        initiatorname: String,
+        /// VDSM adds user and password; depot never returns a secret.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    }
+}
+
+object! {
+    /// One path of a device.
+    PathStatus {
+        physdev: String,
+        /// active or failed.
+        state: String,
+        capacity: String,
+        lun: String,
+        r#type: String,
+    }
+}
+
+object! {
+    /// VDSM's BlockDeviceInfo: sizes and block sizes as decimal strings,
+    /// discard_max_bytes a number.
+    BlockDeviceInfo {
+        GUID: String,
+        capacity: String,
+        devtype: String,
+        vendorID: String,
+        productID: String,
+        fwrev: String,
+        serial: String,
+        logicalblocksize: String,
+        physicalblocksize: String,
+        pathlist: Vec<PathInfo>,
+        pathstatus: Vec<PathStatus>,
+        pvUUID: String,
+        pvsize: String,
+        vgUUID: String,
+        status: String,
+        partitioned: bool,
+        discard_max_bytes: u64,
+        discard_zeroes_data: u32,
+    }
+}
+
+object! {
+    /// vg_attr's columns, as VDSM's VG_ATTR names them.
+    VgAttr {
+        permission: String,
+        resizeable: String,
+        exported: String,
+        partial: String,
+        allocation: String,
+        clustered: String,
+    }
+}
+
+object! {
+    /// One PV of a volume group; the device's keys (as in
+    /// Host.getDeviceList) when multipath lists the device.
+    PvInfo {
+        GUID: String,
+        pvUUID: String,
+        vgUUID: String,
+        capacity: String,
+        devcapacity: String,
+        pe_count: String,
+        pe_alloc_count: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vendorID: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        productID: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        serial: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fwrev: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        devtype: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pathlist: Option<Vec<PathInfo>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pathstatus: Option<Vec<PathStatus>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        discard_max_bytes: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        discard_zeroes_data: Option<u32>,
+    }
+}
+
+object! {
+    /// VDSM's VolumeGroupInfo; sizes as decimal strings.
+    VolumeGroupInfo {
+        name: String,
+        vgUUID: String,
+        vgsize: String,
+        vgfree: String,
+        extent_size: String,
+        /// 3: VDSM's LVM type.
+        r#type: u32,
+        attr: VgAttr,
+        /// OK or PARTIAL.
+        state: String,
+        tags: Vec<String>,
+        pvlist: Vec<PvInfo>,
+    }
+}
+
+// ---- domains, pools and their health ----
+
+object! {
+    /// VDSM's StorageDomainInfo; block domains add the keys that may be
+    /// absent.
+    DomainInfo {
+        uuid: String,
+        name: String,
+        r#type: String,
+        class: String,
+        role: String,
+        pool: Vec<String>,
+        version: String,
+        master_ver: i64,
+        lver: i64,
+        spm_id: i64,
+        remotePath: String,
+        block_size: u32,
+        alignment: u64,
+        backup: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vguuid: Option<String>,
+        /// OK or PARTIAL.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        state: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        metadataDevice: Option<String>,
+        /// Present when one PV alone holds the VG's metadata.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vgMetadataDevice: Option<String>,
+    }
+}
+
+object! {
+    /// One file of StorageDomain.getFileStats: size and ctime as decimal
+    /// strings.
+    FileStat {
+        size: String,
+        ctime: String,
+        /// 0, or 469 when QEMU could not read the file.
+        status: i64,
+    }
+}
+
+object! {
+    /// The pool part of StoragePool.getInfo.
+    PoolDetails {
+        name: String,
+        /// The master domain's type.
+        r#type: String,
+        master_uuid: String,
+        master_ver: i64,
+        spm_id: i64,
+        lver: i64,
+        /// `sdUUID:status` joined by commas.
+        domains: String,
+        pool_status: String,
+        version: String,
+        isoprefix: String,
+    }
+}
+
+object! {
+    /// One domain of a pool, as StoragePool.getInfo reports it; the sizes
+    /// (decimal strings) once the monitor has checked the domain.
+    PoolDomainInfo {
+        status: String,
+        alerts: Vec<String>,
+        version: u32,
+        isoprefix: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        diskfree: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        disktotal: Option<String>,
+    }
+}
+
+object! {
+    /// VDSM's StoragePoolInfo.
+    PoolInfo {
+        info: PoolDetails,
+        /// By domain UUID.
+        dominfo: BTreeMap<String, PoolDomainInfo>,
+    }
+}
+
+object! {
+    /// VDSM's repoStats entry of one domain.
+    RepoStats {
+        code: i64,
+        lastCheck: String,
+        delay: String,
+        valid: bool,
+        version: u32,
+        acquired: bool,
+        actual: bool,
+    }
+}
+
+object! {
+    /// A domain in Host.getStats: its repoStats and its sizes (decimal
+    /// strings, null until the monitor has checked the domain).
+    DomainHostStats {
+        code: i64,
+        lastCheck: String,
+        delay: String,
+        valid: bool,
+        version: u32,
+        acquired: bool,
+        actual: bool,
+        disktotal: Option<String>,
+        diskfree: Option<String>,
+    }
+}
+
+impl DomainHostStats {
+    /// A domain's repoStats with its sizes.
+    pub fn new(r: RepoStats, disktotal: Option<String>, diskfree: Option<String>) -> Self {
+        DomainHostStats {
+            code: r.code,
+            lastCheck: r.lastCheck,
+            delay: r.delay,
+            valid: r.valid,
+            version: r.version,
+            acquired: r.acquired,
+            actual: r.actual,
+            disktotal,
+            diskfree,
+        }
+    }
+}
+
+object! {
+    /// Host.getStats: the storage part.
+    HostStats {
+        /// By domain UUID.
+        storageDomains: BTreeMap<String, DomainHostStats>,
+    }
+}
+
+// ---- volumes and images ----
+
+object! {
+    /// VDSM's VolumeInfo; sizes and times as decimal strings. No `lease`:
+    /// depot's volumes have none, and VDSM leaves the key out then.
+    VolumeInfo {
+        uuid: String,
+        image: String,
+        domain: String,
+        pool: String,
+        parent: String,
+        children: Vec<String>,
+        format: String,
+        voltype: String,
+        /// The allocation, as allocType.
+        r#type: String,
+        allocType: String,
+        disktype: String,
+        description: String,
+        legality: String,
+        /// OK, or ILLEGAL when the volume is not LEGAL.
+        status: String,
+        capacity: String,
+        apparentsize: String,
+        truesize: String,
+        ctime: String,
+        mtime: String,
+        generation: u32,
+        sequence: u32,
+    }
+}
+
+object! {
+    /// How a prepared volume is reached.
+    PreparedPath {
+        /// file.
+        r#type: String,
+        path: String,
+    }
+}
+
+object! {
+    /// One volume of a prepared chain.
+    PreparedVolume {
+        domainID: String,
+        imageID: String,
+        volumeID: String,
+        path: String,
+        leasePath: String,
+        leaseOffset: u64,
+    }
+}
+
+object! {
+    /// Image.prepare's answer: the leaf's path under the run links and
+    /// the chain, base to leaf.
+    PreparedImage {
+        path: String,
+        info: PreparedPath,
+        imgVolumesInfo: Vec<PreparedVolume>,
+    }
+}
+
+// ---- OVF_STORE restore verbs ----
+
+object! {
+    /// One OVF_STORE volume and its state as depot verifies it; the
+    /// trailer's generation, sha256 and updated when valid, the reason
+    /// when torn.
+    OvfStore {
+        imageID: String,
+        volumeID: String,
+        /// valid, torn or unknown.
+        state: String,
+        valid: bool,
+        /// null when unknown.
+        size: Option<u64>,
+        description: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        generation: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        updated: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    }
+}
+
+object! {
+    /// A disk image an entity references, and whether the domain has it.
+    OvfImageRef {
+        imageID: String,
+        volumeID: String,
+        present: bool,
+    }
+}
+
+object! {
+    /// A VM or template of an OVF_STORE.
+    OvfEntitySummary {
+        id: String,
+        name: String,
+        /// VM or TEMPLATE.
+        r#type: String,
+        images: Vec<OvfImageRef>,
+        /// Whether every image is present.
+        complete: bool,
+    }
+}
+
+object! {
+    /// An archive entry that could not be read as an OVF.
+    OvfEntryError {
+        entry: String,
+        error: String,
+    }
+}
+
+object! {
+    /// StorageDomain.getOvfEntities' answer.
+    OvfEntities {
+        store: OvfStore,
+        entities: Vec<OvfEntitySummary>,
+        errors: Vec<OvfEntryError>,
+    }
+}
+
+object! {
+    /// One entity's OVF text; name and type null when the OVF does not
+    /// parse.
+    OvfEntityText {
+        id: String,
+        name: Option<String>,
+        r#type: Option<String>,
+        ovf: String,
     }
 }

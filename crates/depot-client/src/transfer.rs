@@ -1,6 +1,6 @@
 //! Streamed bodies on the HTTP connection of a [`Client`]: `PUT /` from a
 //! reader and `GET /` of a byte range into a writer, VDSM's OVF_STORE wire
-//! (docs/api.md; `depotd`'s `ovf_http`).
+//! (docs/api.md; `depotd`'s `transport::ovf`).
 //!
 //! Bytes pass in chunks of at most [`CHUNK`] through a small bounded channel,
 //! so memory stays bounded whatever the size. The client's call timeout is

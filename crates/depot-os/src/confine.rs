@@ -184,7 +184,7 @@ impl Beneath {
     /// (every component a directory, no symlink, `root`'s file system),
     /// with the last component's name and `root`'s device. The last
     /// component itself is not looked at: it may not exist yet (a file to
-    /// create). The helper processes of [`crate::fsproc`] use it with the
+    /// create). The helper processes (the fsproc module) use it with the
     /// `*at` calls, which never leave that directory.
     pub(crate) fn parent(&self) -> io::Result<(File, &Path, u64)> {
         let names = self.names()?;

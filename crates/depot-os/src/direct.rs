@@ -27,7 +27,7 @@ use std::os::unix::io::{AsRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
-use crate::fsutil::fd_path;
+use crate::fd_path::fd_path;
 
 /// The statx mask bit for the direct I/O alignment fields (Linux 6.1).
 const STATX_DIOALIGN: u32 = 0x2000;

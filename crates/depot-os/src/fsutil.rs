@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::direct::AlignedBuf;
+use crate::fd_path::fd_path;
 
 /// A failed filesystem operation.
 #[derive(Debug, thiserror::Error)]
@@ -61,14 +62,6 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FsE
         path: path.to_owned(),
         source,
     }
-}
-
-/// The path an open file was opened as, for error messages; `fd N` when it
-/// cannot be found.
-pub(crate) fn fd_path(file: &impl AsRawFd) -> PathBuf {
-    let fd = file.as_raw_fd();
-    fs::read_link(format!("/proc/self/fd/{fd}"))
-        .unwrap_or_else(|_| PathBuf::from(format!("fd {fd}")))
 }
 
 /// Whether `err` is `ESTALE`: the file handle refers to a file the NFS

@@ -18,6 +18,7 @@
 pub mod command;
 pub mod confine;
 pub mod direct;
+mod fd_path;
 pub mod fsproc;
 pub mod fsutil;
 pub mod iscsi;

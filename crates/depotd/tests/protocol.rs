@@ -105,6 +105,33 @@ async fn bad_requests_get_their_codes() {
     still_serving(&d).await;
 }
 
+/// The envelope's guarantees that jsonrpsee's wire types would not keep
+/// (docs/architecture.md, "The JSON-RPC engine is depot's own"): any JSON
+/// number is an id and comes back as sent, and an answer's keys go out in
+/// depot's order (sorted), the same bytes as before.
+#[tokio::test]
+async fn any_number_is_an_id_and_answers_keep_their_bytes() {
+    let d = Daemon::start("");
+    let c = d.client().await;
+    for id in ["-1", "1.5", "7", "\"a\"", "null"] {
+        let body = format!(r#"{{"jsonrpc":"2.0","method":"Host.ping2","id":{id}}}"#);
+        let (status, bytes) = c.post_raw(body.into_bytes()).await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            format!(r#"{{"id":{id},"jsonrpc":"2.0","result":true}}"#)
+        );
+    }
+    let body = r#"{"jsonrpc":"2.0","method":"No.such","id":-1}"#;
+    let (_, bytes) = c.post_raw(body.as_bytes().to_vec()).await.unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.starts_with(r#"{"error":{"code":-32601,"message":"#),
+        "{text}"
+    );
+    assert!(text.ends_with(r#"},"id":-1,"jsonrpc":"2.0"}"#), "{text}");
+}
+
 #[tokio::test]
 async fn batches_answer_each_call_and_skip_notifications() {
     let d = Daemon::start("");

@@ -92,7 +92,7 @@ impl Storage {
 
     /// Streams an upload from `source` (0 = end of body) into the store.
     /// Answers only when the new content is durable.
-    // About 105 lines: the phases of one upload (checks, staging, the
+    // long: about 105 lines: the phases of one upload (checks, staging, the
     // stream, the trailer, the commit) under one upload slot and one set
     // of locks; the phases themselves live in ovf/.
     pub fn ovf_upload(

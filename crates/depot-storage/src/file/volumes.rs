@@ -136,7 +136,7 @@ impl<'a> FileVolumes<'a> {
     }
 
     /// Steps 3 to 8 of the creation (module docs).
-    // Over 100 lines on purpose: the steps in the order that makes the
+    // long: over 100 lines on purpose: the steps in the order that makes the
     // creation crash-safe, each next to the fsync it needs; split, that
     // order would be spread over functions that only make sense together.
     fn create_steps(
@@ -274,7 +274,7 @@ impl VolumeStore for FileVolumes<'_> {
     /// codes) or larger than the new volume (1000). Failures later are
     /// VolumeCreationError (205), or 208 for the metadata, and leave nothing
     /// behind. Returns the metadata written.
-    // About 105 lines: every check before the first write, in the order
+    // long: about 105 lines: every check before the first write, in the order
     // the codes above are documented, then steps 1 and 2 and the rollback.
     fn create(
         &self,
@@ -569,7 +569,7 @@ impl VolumeStore for FileVolumes<'_> {
     /// A volume with unreadable metadata, or half-created, can still be
     /// deleted. Nothing of the volume at all is 201; failures are 222.
     /// The image directory is removed when it is left empty.
-    // About 100 lines: the deletion order of the module docs (marked
+    // long: about 100 lines: the deletion order of the module docs (marked
     // ILLEGAL first, wipe, data and lease, parent back to LEAF, metadata
     // last), one step each, so that a crash anywhere leaves a chain the
     // manager can delete again.
