@@ -720,7 +720,10 @@ impl Inner {
                         Ok(Err(e)) if stopping && e.code == Code::ShuttingDown => {
                             (None, None, None)
                         }
-                        Ok(Err(e)) => (Some(JobStatus::Failed), Some(e), None),
+                        Ok(Err(e)) => {
+                            log_cause(id, &job.record.kind, &e);
+                            (Some(JobStatus::Failed), Some(e), None)
+                        }
                         Err(e) if e.is_cancelled() => (None, None, None),
                         Err(e) => (
                             Some(JobStatus::Failed),
@@ -784,6 +787,16 @@ impl Inner {
             self.running_tx.send_replace(st.running);
         }
         self.schedule();
+    }
+}
+
+/// Logs what failed underneath a failed job (an OS error, a command's
+/// exit), if its error carries that: the job's error, which clients see,
+/// has only code and message.
+fn log_cause(id: JobId, kind: &str, e: &ApiError) {
+    if let Some(cause) = e.cause() {
+        warn!(job_id = %id, kind = %kind, code = e.code.number(), error = %e.detail,
+            cause = %cause, "job failed underneath");
     }
 }
 
