@@ -256,10 +256,15 @@ impl fmt::Display for Code {
 
 /// An error as a verb returns it: a code and the detail that says what went
 /// wrong with which argument. Displayed (and sent) as `"<text>: <detail>"`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// It may also carry, for the daemon's log only, the text of what failed
+/// underneath (the chain of a storage error's sources): never on the wire,
+/// not in `Display`, not compared by equality.
+#[derive(Debug, Clone, thiserror::Error)]
 pub struct ApiError {
     pub code: Code,
     pub detail: String,
+    cause: Option<String>,
 }
 
 impl ApiError {
@@ -267,7 +272,21 @@ impl ApiError {
         ApiError {
             code,
             detail: detail.into(),
+            cause: None,
         }
+    }
+
+    /// Keeps `cause` (what failed underneath, as text) for the log.
+    #[must_use]
+    pub fn with_cause(mut self, cause: impl Into<String>) -> Self {
+        self.cause = Some(cause.into());
+        self
+    }
+
+    /// What failed underneath, if the error was made with one: for logs,
+    /// never sent.
+    pub fn cause(&self) -> Option<&str> {
+        self.cause.as_deref()
     }
 
     pub fn message(&self) -> String {
@@ -285,6 +304,15 @@ impl ApiError {
         }
     }
 }
+
+/// Equal when the wire says the same: the cause is not compared.
+impl PartialEq for ApiError {
+    fn eq(&self, other: &Self) -> bool {
+        self.code == other.code && self.detail == other.detail
+    }
+}
+
+impl Eq for ApiError {}
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -316,6 +344,18 @@ impl From<ApiError> for WireError {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn the_cause_is_for_the_log_only() {
+        let plain = ApiError::new(Code::VolumeCopyError, "copy: on x");
+        let caused = plain.clone().with_cause("qemu-img convert: exit 1");
+        assert_eq!(caused.cause(), Some("qemu-img convert: exit 1"));
+        assert_eq!(plain.cause(), None);
+        assert_eq!(caused.to_wire(), plain.to_wire());
+        assert_eq!(caused.to_string(), plain.to_string());
+        assert_eq!(caused.message(), plain.message());
+        assert_eq!(caused, plain);
+    }
 
     #[test]
     fn numbers_are_unique() {

@@ -1,5 +1,7 @@
 //! What a runner sees of its job: [`JobContext`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
@@ -8,7 +10,21 @@ use depot_api::types::JobId;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::manager::Inner;
+/// Where a job's context reports to: the manager implements it. A trait
+/// here, so that this module does not import the manager that creates
+/// contexts (imports run one way: manager -> context).
+pub(crate) trait JobReport: Send + Sync {
+    /// Records new progress of job `id` (run `serial`) and announces it.
+    fn update_progress(&self, id: JobId, serial: u64, progress: u8);
+
+    /// Saves resume state with the job, durably.
+    fn save_checkpoint(
+        &self,
+        id: JobId,
+        serial: u64,
+        state: Value,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + '_>>;
+}
 
 /// No progress reported yet (progress itself is 0..=100).
 pub(crate) const NO_PROGRESS: u16 = u16::MAX;
@@ -19,7 +35,7 @@ pub(crate) const NO_PROGRESS: u16 = u16::MAX;
 pub struct JobContext {
     pub(crate) id: JobId,
     pub(crate) serial: u64,
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) inner: Arc<dyn JobReport>,
     /// Last value reported, so unchanged progress costs one atomic swap and
     /// emits nothing.
     pub(crate) progress: Arc<AtomicU16>,

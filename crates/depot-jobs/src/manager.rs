@@ -8,7 +8,9 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::AtomicU16;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -20,7 +22,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::{AbortHandle, JoinError};
 use tracing::{debug, error, info, warn};
 
-use crate::context::{JobContext, NO_PROGRESS};
+use crate::context::{JobContext, JobReport, NO_PROGRESS};
 use crate::error::JobsError;
 use crate::kind::JobKind;
 use crate::record::{now, JobRecord};
@@ -106,7 +108,7 @@ impl fmt::Debug for JobManager {
     }
 }
 
-pub(crate) struct Inner {
+struct Inner {
     store: Arc<Store>,
     config: JobsConfig,
     kinds: HashMap<&'static str, Arc<dyn JobKind>>,
@@ -496,6 +498,21 @@ impl JobManager {
     }
 }
 
+impl JobReport for Inner {
+    fn update_progress(&self, id: JobId, serial: u64, progress: u8) {
+        Inner::update_progress(self, id, serial, progress)
+    }
+
+    fn save_checkpoint(
+        &self,
+        id: JobId,
+        serial: u64,
+        state: Value,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + '_>> {
+        Box::pin(Inner::save_checkpoint(self, id, serial, state))
+    }
+}
+
 impl Inner {
     fn st(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -516,7 +533,7 @@ impl Inner {
         let _ = self.events.send(job.record.info());
     }
 
-    pub(crate) fn update_progress(&self, id: JobId, serial: u64, progress: u8) {
+    fn update_progress(&self, id: JobId, serial: u64, progress: u8) {
         let mut st = self.st();
         if let Some(job) = st.job_mut(id, serial) {
             if job.record.status == JobStatus::Running && job.record.progress != Some(progress) {
@@ -526,12 +543,7 @@ impl Inner {
         }
     }
 
-    pub(crate) async fn save_checkpoint(
-        &self,
-        id: JobId,
-        serial: u64,
-        state: Value,
-    ) -> Result<(), ApiError> {
+    async fn save_checkpoint(&self, id: JobId, serial: u64, state: Value) -> Result<(), ApiError> {
         {
             let mut st = self.st();
             let Some(job) = st.job_mut(id, serial) else {
@@ -720,7 +732,10 @@ impl Inner {
                         Ok(Err(e)) if stopping && e.code == Code::ShuttingDown => {
                             (None, None, None)
                         }
-                        Ok(Err(e)) => (Some(JobStatus::Failed), Some(e), None),
+                        Ok(Err(e)) => {
+                            log_cause(id, &job.record.kind, &e);
+                            (Some(JobStatus::Failed), Some(e), None)
+                        }
                         Err(e) if e.is_cancelled() => (None, None, None),
                         Err(e) => (
                             Some(JobStatus::Failed),
@@ -784,6 +799,16 @@ impl Inner {
             self.running_tx.send_replace(st.running);
         }
         self.schedule();
+    }
+}
+
+/// Logs what failed underneath a failed job (an OS error, a command's
+/// exit), if its error carries that: the job's error, which clients see,
+/// has only code and message.
+fn log_cause(id: JobId, kind: &str, e: &ApiError) {
+    if let Some(cause) = e.cause() {
+        warn!(job_id = %id, kind = %kind, code = e.code.number(), error = %e.detail,
+            cause = %cause, "job failed underneath");
     }
 }
 

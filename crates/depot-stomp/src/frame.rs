@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::parser::FrameError;
+use crate::error::FrameError;
 
 /// The commands of STOMP 1.2, client and server frames alike. Which ones a
 /// side accepts is the session's business; anything else is not a frame.

@@ -15,13 +15,15 @@
 //! No I/O: the transports read and write. [`fuzz_parser`] is the body of
 //! the fuzz target.
 
+mod error;
 mod frame;
 mod fuzz;
 mod parser;
 
+pub use error::FrameError;
 pub use frame::{escape, unescape, Command, Frame};
 pub use fuzz::fuzz_parser;
-pub use parser::{FrameError, Limits, Parser};
+pub use parser::{Limits, Parser};
 
 /// The heart-beat a peer sends: one end of line between frames.
 pub const HEARTBEAT: &[u8] = b"\n";

@@ -16,6 +16,7 @@
 //! undefined escape, a header that is not UTF-8, a `content-length` that is
 //! not plain decimal digits, and a body that does not end in NUL are errors.
 
+use crate::error::FrameError;
 use crate::frame::{printable, unescape, Command, Frame};
 
 /// How big a frame may get. Checked while reading: the parser never holds
@@ -29,30 +30,6 @@ pub struct Limits {
     pub max_headers: usize,
     /// The body, NUL excluded.
     pub max_body_bytes: usize,
-}
-
-/// Why the bytes are not a STOMP stream. After one, the parser gives the
-/// same error again: a stream cannot be resynchronised.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
-    #[error("unknown command {0:?}")]
-    UnknownCommand(String),
-    #[error("the command and headers exceed the limit of {limit} bytes")]
-    HeaderTooLarge { limit: usize },
-    #[error("more than {limit} headers in one frame")]
-    TooManyHeaders { limit: usize },
-    #[error("the body exceeds the limit of {limit} bytes")]
-    BodyTooLarge { limit: usize },
-    #[error("malformed header line {0:?}")]
-    MalformedHeader(String),
-    #[error("invalid escape sequence in header {0:?}")]
-    BadEscape(String),
-    #[error("a header is not UTF-8")]
-    NotUtf8,
-    #[error("invalid content-length {0:?}")]
-    BadContentLength(String),
-    #[error("the body does not end with NUL")]
-    MissingNul,
 }
 
 /// Offsets are relative to `Parser::pos`, the start of the frame (or of

@@ -37,7 +37,7 @@ use depot_api::Code;
 use depot_os::multipath::{list_maps, MultipathMap, PathState};
 use depot_os::sysfs_block::{IscsiSessionAttrs, Sysfs, SysfsError};
 
-use crate::error::{StorageError, StorageResult};
+use crate::error::{BoxError, StorageError, StorageResult};
 
 const OP_LIST: &str = "list block devices";
 
@@ -177,8 +177,8 @@ pub struct BlockDevice {
     pub status: DeviceStatus,
 }
 
-fn list_err(e: impl std::fmt::Display) -> StorageError {
-    StorageError::new(Code::BlockDeviceActionError, OP_LIST, e.to_string())
+fn list_err(e: impl std::fmt::Display + Into<BoxError>) -> StorageError {
+    StorageError::new(Code::BlockDeviceActionError, OP_LIST, e.to_string()).caused_by(e)
 }
 
 /// Lists the multipath devices (all, or only `guids`; unknown guids are

@@ -60,7 +60,7 @@ impl VolumeData {
             VolumeData::File(b) => b.check().map(drop),
             VolumeData::Block(l) => l.check().map(drop),
         };
-        checked.map_err(|e| open_error(code, op, self.path(), &e))
+        checked.map_err(|e| open_error(code, op, self.path(), e))
     }
 }
 
@@ -82,17 +82,16 @@ impl DataPath for VolumeData {
 
 /// A failed open of volume data as a storage error: a refusal by the rule
 /// is ImagePathError (254) with its reason; any other error keeps `code`.
-pub fn open_error(code: Code, op: &'static str, path: &Path, e: &io::Error) -> StorageError {
-    match refusal(e) {
-        Some(r) => StorageError::new(
-            Code::ImagePathError,
-            op,
-            format!(
-                "{}: volume data must be a regular file inside its domain (or, on a block \
-                 domain, the domain's own LV)",
-                r.reason
-            ),
-        ),
+pub fn open_error(code: Code, op: &'static str, path: &Path, e: io::Error) -> StorageError {
+    let refused = refusal(&e).map(|r| {
+        format!(
+            "{}: volume data must be a regular file inside its domain (or, on a block \
+             domain, the domain's own LV)",
+            r.reason
+        )
+    });
+    match refused {
+        Some(detail) => StorageError::new(Code::ImagePathError, op, detail).caused_by(e),
         None => StorageError::io(code, op, path, e),
     }
 }
@@ -109,7 +108,7 @@ pub fn check_image_dir(paths: &DomainPaths, img: ImgUuid, op: &'static str) -> S
     match dir.check_dir() {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(open_error(Code::ImagePathError, op, &paths.image(img), &e)),
+        Err(e) => Err(open_error(Code::ImagePathError, op, &paths.image(img), e)),
     }
 }
 

@@ -218,8 +218,7 @@ pub(crate) fn new_metadata(
         sequence: req.sequence,
     };
     // ILLEGAL is the longer spelling: if this fits, LEGAL fits too.
-    md.to_bytes()
-        .map_err(|e| StorageError::new(e.code, op, e.detail))?;
+    md.to_bytes().map_err(|e| e.in_op(op))?;
     Ok(md)
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use depot_api::storage::DomainType;
 use depot_api::Code;
 use depot_os::mount::{find_by_target, read_mountinfo};
-use depot_os::{CommandRunner, Mounter};
+use depot_os::{CmdError, CommandRunner, MountError, Mounter};
 use depot_storage::connection::{Connection, ConnectionParams, Connector};
 
 const ID: &str = "8d0c5f4e-2a1b-4c3d-9e8f-0a1b2c3d4e5f";
@@ -165,6 +165,37 @@ fn connection_failed_mount_is_mount_error_and_leaves_no_directory() {
     assert!(err.detail.contains(&fs.dev), "{err}");
     assert!(!conn.mount_point().exists());
     assert_eq!(mounts_at(conn.mount_point()), 0);
+}
+
+/// The failed mount's error keeps what failed underneath: depot-os's
+/// MountError, and below it the runner's error for mount(8) with its exit.
+#[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+fn failed_mount_keeps_the_mount_command_error_as_its_source() {
+    depot_testkit::require_root();
+    let fs = LoopFs::new("ext4", 64 << 20, None);
+    let repo = tempfile::tempdir().unwrap();
+    let c = connector(repo.path());
+    let conn = c
+        .prepare(DomainType::PosixFs, &params(&fs.dev, "xfs"))
+        .unwrap();
+    let err = c.connect(&conn).unwrap_err();
+    assert_eq!(err.code, Code::MountError, "{err}");
+    let mount = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<MountError>())
+        .unwrap_or_else(|| panic!("no MountError under {err:?}"));
+    let MountError::Mount { source_spec, .. } = mount else {
+        panic!("not a failed mount(8): {mount:?}");
+    };
+    assert_eq!(source_spec, &fs.dev);
+    // MountError holds the command's error boxed: the source is the Box.
+    let cmd = std::error::Error::source(mount)
+        .and_then(|s| s.downcast_ref::<Box<CmdError>>())
+        .unwrap_or_else(|| panic!("no CmdError under {mount:?}"));
+    assert!(matches!(**cmd, CmdError::Failed { .. }), "{cmd:?}");
+    assert!(cmd.to_string().contains("mount"), "{cmd}");
+    // The message oVirt sees is the one it always was: the MountError's.
+    assert_eq!(err.detail, mount.to_string());
 }
 
 #[test]

@@ -867,3 +867,40 @@ async fn raw_copies_with_glusterfs_both_ways() {
     let gl = create_domain(&e.c, &e.d, GLUSTERFS, conn).await;
     both_ways(&e.c, &e.doms[0], &gl, "glusterfs").await;
 }
+
+/// A copy job that fails on an OS error underneath (ENOSPC on the
+/// destination) says so in the daemon's log, with the io::Error's text as
+/// the cause; the job's error is as it was.
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn a_job_failed_underneath_logs_its_cause() {
+    depot_testkit::require_root();
+    let _heavy = HEAVY.lock().await;
+    let mut e = env(1).await;
+    let (a, c) = (&e.doms[0], &e.c);
+    let fs = LoopFs::new("ext4", 64 * MIB, None);
+    let _mounts = UnmountGuard(e.d.dir.path().to_path_buf());
+    let small = create_domain(c, &e.d, POSIXFS, posix_conn(&fs, "ext4")).await;
+    let size = 96 * MIB;
+    let src = a.new_volume(c, size, "RAW", "SPARSE").await;
+    let dst = small.new_volume(c, size, "RAW", "SPARSE").await;
+    write_random(&src.path, 0, size, 101);
+    let id = start_copy(c, &src, &dst, Some(0)).await;
+    let err = wait_failed(c, &id).await;
+    assert_eq!(err["code"], 225, "{err}");
+    e.d.stop();
+    let log = e.d.log();
+    let below: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("job failed underneath"))
+        .collect();
+    assert_eq!(below.len(), 1, "log:\n{log}");
+    for part in [
+        id.as_str(),
+        "code=225",
+        "cause=",
+        "No space left on device (os error 28)",
+    ] {
+        assert!(below[0].contains(part), "{part} missing in {}", below[0]);
+    }
+}

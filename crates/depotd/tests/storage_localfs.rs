@@ -789,3 +789,52 @@ async fn localfs_read_failure_is_2001_not_360() {
     std::fs::rename(&away, &md).unwrap();
     wait_actual(&l.c, &l.sd).await;
 }
+
+/// A call that fails on an OS error underneath answers with the code and
+/// message it always had, and the daemon's log says what failed below
+/// (the io::Error kept as the storage error's source).
+#[tokio::test]
+async fn an_os_failure_underneath_is_logged_and_the_wire_is_unchanged() {
+    let mut l = Local::new().await;
+    let meta = l
+        .dom
+        .join("images")
+        .join(&l.img)
+        .join(format!("{}.meta", l.vol));
+    let away = meta.with_extension("away");
+    std::fs::rename(&meta, &away).unwrap();
+    // A directory where the metadata file is: read(2) fails with EISDIR.
+    std::fs::create_dir(&meta).unwrap();
+    let text = call_err(&l.c, "Volume.getInfo", vol_ref(&l.sd, &l.img, &l.vol), 207).await;
+    // The message as it was before errors kept their cause (the daemon
+    // names the file by its link under the repository).
+    let seen = mount_point(&l.d, LOCALFS, &l.conn.connection)
+        .join(&l.sd)
+        .join("images")
+        .join(&l.img)
+        .join(format!("{}.meta", l.vol));
+    assert_eq!(
+        text,
+        format!(
+            "error 207: Error while processing volume meta data: volume info: {}: \
+             Is a directory (os error 21)",
+            seen.display()
+        )
+    );
+    std::fs::remove_dir(&meta).unwrap();
+    std::fs::rename(&away, &meta).unwrap();
+    l.d.stop();
+    let log = l.d.log();
+    let below: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("request failed underneath"))
+        .collect();
+    assert_eq!(below.len(), 1, "log:\n{log}");
+    for part in [
+        "method=Volume.getInfo",
+        "code=207",
+        "cause=Is a directory (os error 21)",
+    ] {
+        assert!(below[0].contains(part), "{part} missing in {}", below[0]);
+    }
+}

@@ -79,7 +79,7 @@ pub(crate) fn lvm_err(code: Code, op: &'static str, e: LvmError) -> StorageError
         LvmError::NotActivated { .. } => Code::CannotActivateLogicalVolume,
         _ => code,
     };
-    StorageError::new(code, op, e.to_string())
+    StorageError::new(code, op, e.to_string()).caused_by(e)
 }
 
 /// The link directory of a block domain on this host.
@@ -92,7 +92,7 @@ pub fn ensure_links(repository: &Path, sd: SdUuid) -> StorageResult<PathBuf> {
     const OP: &str = "link block domain";
     let dir = link_dir(repository, sd);
     std::fs::create_dir_all(dir.join(crate::layout::IMAGES))
-        .map_err(|e| StorageError::io(Code::StorageDomainActionError, OP, &dir, &e))?;
+        .map_err(|e| StorageError::io(Code::StorageDomainActionError, OP, &dir, e))?;
     let link = dir.join(DOM_MD);
     let target = PathBuf::from("/dev").join(vg_name(sd));
     match std::fs::read_link(&link) {
@@ -100,7 +100,7 @@ pub fn ensure_links(repository: &Path, sd: SdUuid) -> StorageResult<PathBuf> {
         _ => {
             let _ = std::fs::remove_file(&link);
             std::os::unix::fs::symlink(&target, &link)
-                .map_err(|e| StorageError::io(Code::StorageDomainActionError, OP, &link, &e))?;
+                .map_err(|e| StorageError::io(Code::StorageDomainActionError, OP, &link, e))?;
         }
     }
     Ok(dir)

@@ -22,7 +22,7 @@ use depot_os::{
     open_direct, read_at_direct, sync_and_close, write_at_direct, AlignedBuf, IoWorker,
 };
 
-use crate::error::{StorageError, StorageResult};
+use crate::error::{BoxError, StorageError, StorageResult};
 use crate::metadata::volume::METADATA_SIZE;
 
 /// Where slot 1 ... start: the first MiB is reserved (VDSM's V5 layout).
@@ -52,7 +52,8 @@ fn on_worker<T: Send + 'static>(
             code,
             op,
             format!("{}: {e} (are the LUN's paths up?)", dev.display()),
-        ))
+        )
+        .caused_by(e))
     })
 }
 
@@ -66,12 +67,18 @@ pub fn capacity(size: u64) -> u32 {
     u32::try_from(size.saturating_sub(SLOTS_OFFSET) / SLOT_SIZE).unwrap_or(u32::MAX)
 }
 
-fn err(op: &'static str, dev: &Path, slot: u32, e: impl std::fmt::Display) -> StorageError {
+fn err(
+    op: &'static str,
+    dev: &Path,
+    slot: u32,
+    e: impl std::fmt::Display + Into<BoxError>,
+) -> StorageError {
     StorageError::new(
         Code::VolumeMetadataReadError,
         op,
         format!("{} slot {slot}: {e}", dev.display()),
     )
+    .caused_by(e)
 }
 
 /// Reads slot `slot` of the metadata device; returns the record's bytes up
@@ -111,25 +118,29 @@ pub fn write(dev: &Path, slot: u32, block_size: u32, record: &[u8]) -> StorageRe
 
 fn write_now(dev: &Path, slot: u32, block_size: u32, record: &[u8]) -> StorageResult<()> {
     const OP: &str = "write volume metadata";
-    let werr = |e: &dyn std::fmt::Display| StorageError {
-        code: Code::VolumeMetadataWriteError,
-        ..err(OP, dev, slot, e)
+    let werr = |e: BoxError| err(OP, dev, slot, e).with_code(Code::VolumeMetadataWriteError);
+    let refuse = |why: &str| {
+        StorageError::new(
+            Code::VolumeMetadataWriteError,
+            OP,
+            format!("{} slot {slot}: {why}", dev.display()),
+        )
     };
     if record.len() > METADATA_SIZE {
-        return Err(werr(&format!(
+        return Err(refuse(&format!(
             "record of {} bytes exceeds {METADATA_SIZE}",
             record.len()
         )));
     }
     if slot < FIRST_SLOT {
-        return Err(werr(&"slot 0 is reserved"));
+        return Err(refuse("slot 0 is reserved"));
     }
     let bs = block_size as usize;
-    let mut buf = AlignedBuf::new(bs, bs).map_err(|e| werr(&e))?;
+    let mut buf = AlignedBuf::new(bs, bs).map_err(|e| werr(e.into()))?;
     buf[..record.len()].copy_from_slice(record);
-    let file = open_direct(dev, true).map_err(|e| werr(&e))?;
-    write_at_direct(&file, offset(slot), &buf, bs).map_err(|e| werr(&e))?;
-    sync_and_close(file).map_err(|e| werr(&e))
+    let file = open_direct(dev, true).map_err(|e| werr(e.into()))?;
+    write_at_direct(&file, offset(slot), &buf, bs).map_err(|e| werr(e.into()))?;
+    sync_and_close(file).map_err(|e| werr(e.into()))
 }
 
 #[cfg(test)]

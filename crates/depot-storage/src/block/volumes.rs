@@ -162,7 +162,7 @@ impl BlockVolumes<'_> {
             )
         })?;
         let bytes = slots::read(&self.metadata_dev()?, slot, self.block_size)?;
-        VolumeMetadata::parse(&bytes).map_err(|e| StorageError::new(e.code, op, e.detail))
+        VolumeMetadata::parse(&bytes).map_err(|e| e.in_op(op))
     }
 
     fn write_md(&self, lv: &LvInfo, md: &VolumeMetadata, op: &'static str) -> StorageResult<()> {
@@ -173,9 +173,7 @@ impl BlockVolumes<'_> {
                 format!("LV {} has no MD_ tag", lv.name),
             )
         })?;
-        let bytes = md
-            .to_bytes()
-            .map_err(|e| StorageError::new(e.code, op, e.detail))?;
+        let bytes = md.to_bytes().map_err(|e| e.in_op(op))?;
         slots::write(&self.metadata_dev()?, slot, self.block_size, &bytes)
     }
 
@@ -205,13 +203,13 @@ impl BlockVolumes<'_> {
         }
         let dir = self.root.join(crate::layout::IMAGES).join(img.to_string());
         std::fs::create_dir_all(&dir)
-            .map_err(|e| StorageError::io(Code::ImagePathError, op, &dir, &e))?;
+            .map_err(|e| StorageError::io(Code::ImagePathError, op, &dir, e))?;
         let link = dir.join(lv);
         let target = Lvm::lv_path(&vg, lv);
         if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
             let _ = std::fs::remove_file(&link);
             std::os::unix::fs::symlink(&target, &link)
-                .map_err(|e| StorageError::io(Code::ImagePathError, op, &link, &e))?;
+                .map_err(|e| StorageError::io(Code::ImagePathError, op, &link, e))?;
         }
         Ok(link)
     }
@@ -341,7 +339,9 @@ impl BlockVolumes<'_> {
                 self.timeout,
             );
             let _ = self.lvm.deactivate(&vg, &inactive);
-            result.map_err(|e| StorageError::new(Code::VolumeCreationError, op, e.to_string()))?;
+            result.map_err(|e| {
+                StorageError::new(Code::VolumeCreationError, op, e.to_string()).caused_by(e)
+            })?;
         }
         self.write_md(&lv, md, op)?;
         if let Some(p) = parent {
@@ -366,18 +366,19 @@ impl BlockVolumes<'_> {
             let f = OpenOptions::new()
                 .write(true)
                 .open(&paths[0])
-                .map_err(|e| StorageError::io(Code::CannotDeleteVolume, op, &paths[0], &e))?;
+                .map_err(|e| StorageError::io(Code::CannotDeleteVolume, op, &paths[0], e))?;
             let len = std::fs::metadata(&paths[0])
                 .map(|_| ())
                 .and_then(|()| {
                     use std::io::Seek;
                     (&f).seek(std::io::SeekFrom::End(0))
                 })
-                .map_err(|e| StorageError::io(Code::CannotDeleteVolume, op, &paths[0], &e))?;
-            depot_os::fsutil::zero_range(&f, 0, len)
-                .map_err(|e| StorageError::new(Code::CannotDeleteVolume, op, e.to_string()))?;
+                .map_err(|e| StorageError::io(Code::CannotDeleteVolume, op, &paths[0], e))?;
+            depot_os::fsutil::zero_range(&f, 0, len).map_err(|e| {
+                StorageError::new(Code::CannotDeleteVolume, op, e.to_string()).caused_by(e)
+            })?;
             f.sync_all()
-                .map_err(|e| StorageError::io(Code::CannotDeleteVolume, op, &paths[0], &e))?;
+                .map_err(|e| StorageError::io(Code::CannotDeleteVolume, op, &paths[0], e))?;
             Ok(len)
         })();
         let _ = self.lvm.deactivate(&vg, &[lv]);
@@ -597,7 +598,7 @@ impl VolumeStore for BlockVolumes<'_> {
             );
             // Leave the chain as it was found (active only if prepared).
             let _ = self.lvm.deactivate(&vg, &inactive);
-            r.map_err(|e| err(Code::VolumeExtendingError, e.to_string()))?;
+            r.map_err(|e| err(Code::VolumeExtendingError, e.to_string()).caused_by(e))?;
         }
         md.capacity = capacity;
         self.write_md(&lv, &md, OP)?;

@@ -356,7 +356,7 @@ impl Connector {
                         "cannot remove mount point after failed mount");
                 }
             }
-            return Err(connect_err(Code::MountError, e.to_string()));
+            return Err(connect_err(Code::MountError, e.to_string()).caused_by(e));
         }
         match find_in(read_table(OP_CONNECT)?, target) {
             None => {
@@ -406,12 +406,14 @@ impl Connector {
             Ok(Err(e)) if e.kind() == io::ErrorKind::PermissionDenied => Err(connect_err(
                 Code::StorageServerAccessPermissionError,
                 format!("{what}: {e}"),
-            )),
-            Ok(Err(e)) => Err(connect_err(Code::MountError, format!("{what}: {e}"))),
+            )
+            .caused_by(e)),
+            Ok(Err(e)) => Err(connect_err(Code::MountError, format!("{what}: {e}")).caused_by(e)),
             Err(e) => Err(connect_err(
                 Code::MountError,
                 format!("{what}: the new mount does not answer: {e}"),
-            )),
+            )
+            .caused_by(e)),
         }
     }
 
@@ -447,7 +449,8 @@ impl Connector {
                             return Err(disconnect_err(
                                 Code::StorageServerDisconnectionError,
                                 e.to_string(),
-                            ))
+                            )
+                            .caused_by(e))
                         }
                     },
                 }
@@ -472,14 +475,15 @@ impl Connector {
                         "connection={:?}: the path does not exist",
                         path.display().to_string()
                     ),
-                ))
+                )
+                .caused_by(e))
             }
             Err(e) => {
                 return Err(StorageError::io(
                     Code::StorageServerValidationError,
                     OP_CONNECT,
                     path,
-                    &e,
+                    e,
                 ))
             }
             Ok(m) if m.file_type().is_symlink() => {
@@ -504,7 +508,7 @@ impl Connector {
         }
         let parent = link.parent().unwrap_or(link);
         std::fs::create_dir_all(parent).map_err(|e| {
-            StorageError::io(Code::StorageServerConnectionError, OP_CONNECT, parent, &e)
+            StorageError::io(Code::StorageServerConnectionError, OP_CONNECT, parent, e)
         })?;
         for _ in 0..2 {
             match std::fs::read_link(link) {
@@ -521,11 +525,12 @@ impl Connector {
                     ))
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(_) => {
+                Err(e) => {
                     return Err(connect_err(
                         Code::StorageServerConnectionError,
                         format!("{} exists and is not a symlink", link.display()),
-                    ))
+                    )
+                    .caused_by(e))
                 }
             }
             match std::os::unix::fs::symlink(path, link) {
@@ -540,7 +545,7 @@ impl Connector {
                         Code::StorageServerConnectionError,
                         OP_CONNECT,
                         link,
-                        &e,
+                        e,
                     ))
                 }
             }
@@ -556,10 +561,11 @@ impl Connector {
 fn unlink(link: &Path, path: &Path) -> StorageResult<()> {
     match std::fs::read_link(link) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(_) => Err(disconnect_err(
+        Err(e) => Err(disconnect_err(
             Code::StorageServerDisconnectionError,
             format!("{} is not a symlink: not removing it", link.display()),
-        )),
+        )
+        .caused_by(e)),
         Ok(t) if !same_path(&t, path) => Err(disconnect_err(
             Code::StorageServerDisconnectionError,
             format!(
@@ -576,7 +582,7 @@ fn unlink(link: &Path, path: &Path) -> StorageResult<()> {
                 Code::StorageServerDisconnectionError,
                 OP_DISCONNECT,
                 link,
-                &e,
+                e,
             )),
         },
     }
@@ -596,7 +602,7 @@ fn read_table(op: &'static str) -> StorageResult<Vec<MountEntry>> {
     } else {
         Code::StorageServerDisconnectionError
     };
-    read_mountinfo().map_err(|e| StorageError::new(code, op, e.to_string()))
+    read_mountinfo().map_err(|e| StorageError::new(code, op, e.to_string()).caused_by(e))
 }
 
 /// Creates the mount point (and its parents). Only called when nothing is
@@ -604,7 +610,7 @@ fn read_table(op: &'static str) -> StorageResult<Vec<MountEntry>> {
 /// was created.
 fn make_mount_dir(target: &Path) -> StorageResult<bool> {
     let err =
-        |e: &io::Error| StorageError::io(Code::StorageServerConnectionError, OP_CONNECT, target, e);
+        |e: io::Error| StorageError::io(Code::StorageServerConnectionError, OP_CONNECT, target, e);
     match std::fs::symlink_metadata(target) {
         Ok(m) if m.is_dir() => return Ok(false),
         Ok(_) => {
@@ -614,15 +620,15 @@ fn make_mount_dir(target: &Path) -> StorageResult<bool> {
             ))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(&e)),
+        Err(e) => return Err(err(e)),
     }
     if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| err(&e))?;
+        std::fs::create_dir_all(parent).map_err(err)?;
     }
     match std::fs::create_dir(target) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(err(&e)),
+        Err(e) => Err(err(e)),
     }
 }
 

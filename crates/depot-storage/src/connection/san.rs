@@ -333,6 +333,7 @@ impl SanConnector {
                 op,
                 format!("cannot list iSCSI sessions: {e}"),
             )
+            .caused_by(e)
         })
     }
 
@@ -382,7 +383,7 @@ impl SanConnector {
             let ifaces = self
                 .iscsiadm
                 .ifaces()
-                .map_err(|e| err(Code::iSCSIifaceError, OP_CONNECT, e.to_string()))?;
+                .map_err(|e| err(Code::iSCSIifaceError, OP_CONNECT, e.to_string()).caused_by(e))?;
             if !ifaces.iter().any(|i| i == conn.iface()) {
                 return Err(err(
                     Code::iSCSIifaceError,
@@ -396,7 +397,7 @@ impl SanConnector {
         }
         self.iscsiadm
             .node_new(conn.iface(), conn.target(), conn.chap())
-            .map_err(|e| err(Code::AddiSCSINodeError, OP_CONNECT, e.to_string()))?;
+            .map_err(|e| err(Code::AddiSCSINodeError, OP_CONNECT, e.to_string()).caused_by(e))?;
         Ok(Prepared::NeedsLogin)
     }
 
@@ -423,7 +424,7 @@ impl SanConnector {
                     IscsiErrorKind::AuthFailed => Code::iSCSILoginAuthError,
                     _ => Code::iSCSILoginError,
                 };
-                return Err(err(code, OP_CONNECT, e.to_string()));
+                return Err(err(code, OP_CONNECT, e.to_string()).caused_by(e));
             }
         }
         match self.session_in_sysfs(&key) {
@@ -603,7 +604,7 @@ impl SanConnector {
                     tracing::warn!(%key, map = %name, error = %e, "cannot restore queueing");
                 }
             }
-            return Err(err(Code::iSCSILogoutError, OP_DISCONNECT, e.to_string()));
+            return Err(err(Code::iSCSILogoutError, OP_DISCONNECT, e.to_string()).caused_by(e));
         }
         if let Err(e) = self.iscsiadm.node_delete(conn.iface(), conn.target()) {
             tracing::warn!(%key, error = %e, "logged out; cannot delete the node record");
@@ -656,6 +657,7 @@ impl SanConnector {
                     OP_CONNECT,
                     e.to_string(),
                 )
+                .caused_by(e)
             })?;
         tracing::info!(scanned = ?report.scanned, failed = ?report.failed,
             took_ms = report.took.as_millis() as u64, "SCSI hosts rescanned");
@@ -710,7 +712,7 @@ impl SanConnector {
         let targets = self
             .iscsiadm
             .discover_sendtargets(depot_os::iscsi::DEFAULT_IFACE, &portal, chap.as_ref())
-            .map_err(|e| discovery_error(&portal, &e))?;
+            .map_err(|e| discovery_error(&portal, e))?;
         Ok(targets
             .into_iter()
             .filter(|t| ipv6_enabled || !t.portal.host.contains(':'))
@@ -718,12 +720,12 @@ impl SanConnector {
     }
 }
 
-fn discovery_error(portal: &Portal, e: &IscsiError) -> StorageError {
+fn discovery_error(portal: &Portal, e: IscsiError) -> StorageError {
     let code = match e.kind() {
         IscsiErrorKind::AuthFailed => Code::iSCSILoginAuthError,
         _ => Code::iSCSIDiscoveryError,
     };
-    err(code, OP_DISCOVER, format!("portal={portal}, err={e}"))
+    err(code, OP_DISCOVER, format!("portal={portal}, err={e}")).caused_by(e)
 }
 
 fn not_san(t: DomainType, op: &'static str) -> StorageError {

@@ -141,6 +141,7 @@ impl Storage {
                 "disconnect storage server",
                 format!("cannot tell which domains use {}: {e}", usage.key),
             )
+            .caused_by(e)
         })?;
         for pv in pvs
             .iter()

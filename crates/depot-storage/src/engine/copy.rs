@@ -69,7 +69,7 @@ fn copy_err(op: &'static str, e: CopyError) -> StorageError {
         CopyError::DestinationTooSmall { .. } => Code::VolumeResizeValueError,
         _ => Code::VolumeCopyError,
     };
-    StorageError::new(code, op, e.to_string())
+    StorageError::new(code, op, e.to_string()).caused_by(e)
 }
 
 /// A checksum that failed has its own code: nothing was copied.
@@ -78,7 +78,7 @@ fn checksum_err(op: &'static str, e: CopyError) -> StorageError {
         CopyError::Aborted => Code::TaskAborted,
         _ => Code::VolumeChecksumError,
     };
-    StorageError::new(code, op, e.to_string())
+    StorageError::new(code, op, e.to_string()).caused_by(e)
 }
 
 /// oVirt's fence: a volume whose GEN is not the one the caller saw has
@@ -343,6 +343,7 @@ impl Storage {
                     OP,
                     e.to_string(),
                 )
+                .caused_by(e)
             })?;
         let verified = if verify && dst.metadata.parent.is_blank() && src.metadata.parent.is_blank()
         {
@@ -356,6 +357,7 @@ impl Storage {
                 )
                 .map_err(|e| {
                     StorageError::new(Code::VolumeCopyError, OP, format!("verification: {e}"))
+                        .caused_by(e)
                 })?;
             true
         } else {

@@ -215,7 +215,8 @@ impl Storage {
                 Code::MiscFileReadException,
                 op,
                 format!("{}: {e} (is the storage server answering?)", dir.display()),
-            )),
+            )
+            .caused_by(e)),
         }
     }
 

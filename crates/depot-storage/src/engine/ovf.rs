@@ -45,7 +45,7 @@ fn ovf_err(op: &'static str, e: OvfError) -> StorageError {
         OvfError::TooLarge { .. } => Code::OvfUploadTooLarge,
         other => other.code(),
     };
-    StorageError::new(code, op, e.to_string())
+    StorageError::new(code, op, e.to_string()).caused_by(e)
 }
 
 /// Removes the volume from the set of uploads in flight when dropped.

@@ -50,10 +50,9 @@ impl Storage {
         if refresh {
             self.san.refresh();
         }
-        let states =
-            self.san.multipath().path_states().map_err(|e| {
-                StorageError::new(Code::MultipathSetupError, OP_LIST, e.to_string())
-            })?;
+        let states = self.san.multipath().path_states().map_err(|e| {
+            StorageError::new(Code::MultipathSetupError, OP_LIST, e.to_string()).caused_by(e)
+        })?;
         let mut devs = devices::list(self.san.sysfs(), &states, guids, filter)?;
         let pvs = self.pv_facts(&devs)?;
         devices::apply_lvm(&mut devs, &pvs, check_status);
@@ -71,6 +70,7 @@ impl Storage {
                 OP_LIST,
                 format!("cannot read LVM physical volumes: {e}"),
             )
+            .caused_by(e)
         })?;
         Ok(pvs
             .into_iter()

@@ -247,7 +247,7 @@ impl Storage {
         })?;
         let link = layout::pool_link(self.repository(), sp, sd);
         ensure_link(&link, &domain.paths().root)
-            .map_err(|e| StorageError::io(Code::ImagePathError, OP, &link, &e))?;
+            .map_err(|e| StorageError::io(Code::ImagePathError, OP, &link, e))?;
         self.mark_prepared(sd, img, purpose);
         Ok(Prepared {
             path: link

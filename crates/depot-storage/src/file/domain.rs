@@ -52,23 +52,24 @@ pub fn create(mount_dir: &Path, req: &CreateDomain) -> StorageResult<DomainPaths
     let work = mount_dir.join(format!("{CREATING_PREFIX}{}", req.sd));
     // A leftover of a crashed create of the same domain: start over.
     remove_tree(&work)
-        .map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, &work, &e))?;
+        .map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, &work, e))?;
     let built = build(&work, req);
     if let Err(e) = built {
         let _ = remove_tree(&work);
         return Err(e);
     }
     fs::rename(&work, &final_dir)
-        .map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, &final_dir, &e))?;
-    fsync_dir(mount_dir)
-        .map_err(|e| StorageError::new(Code::StorageDomainCreationError, OP, e.to_string()))?;
+        .map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, &final_dir, e))?;
+    fsync_dir(mount_dir).map_err(|e| {
+        StorageError::new(Code::StorageDomainCreationError, OP, e.to_string()).caused_by(e)
+    })?;
     Ok(DomainPaths::new(final_dir))
 }
 
 fn build(work: &Path, req: &CreateDomain) -> StorageResult<()> {
     const OP: &str = "create storage domain";
     let err =
-        |p: &Path, e: std::io::Error| StorageError::io(Code::StorageDomainCreationError, OP, p, &e);
+        |p: &Path, e: std::io::Error| StorageError::io(Code::StorageDomainCreationError, OP, p, e);
     let paths = DomainPaths::new(work.to_path_buf());
     DirBuilder::new()
         .mode(0o755)
@@ -124,10 +125,12 @@ fn build(work: &Path, req: &CreateDomain) -> StorageResult<()> {
         .mode(0o755)
         .create(&images)
         .map_err(|e| err(&images, e))?;
-    fsync_dir(&md_dir)
-        .map_err(|e| StorageError::new(Code::StorageDomainCreationError, OP, e.to_string()))?;
-    fsync_dir(work)
-        .map_err(|e| StorageError::new(Code::StorageDomainCreationError, OP, e.to_string()))?;
+    fsync_dir(&md_dir).map_err(|e| {
+        StorageError::new(Code::StorageDomainCreationError, OP, e.to_string()).caused_by(e)
+    })?;
+    fsync_dir(work).map_err(|e| {
+        StorageError::new(Code::StorageDomainCreationError, OP, e.to_string()).caused_by(e)
+    })?;
     Ok(())
 }
 
@@ -150,7 +153,7 @@ fn detect_block_size(dir: &Path) -> StorageResult<u32> {
     })();
     let _ = fs::remove_file(&probe);
     let size =
-        result.map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, dir, &e))?;
+        result.map_err(|e| StorageError::io(Code::StorageDomainCreationError, OP, dir, e))?;
     Ok(if size <= 512 { 512 } else { 4096 })
 }
 
@@ -165,12 +168,14 @@ pub fn read_metadata(paths: &DomainPaths) -> StorageResult<DomainMetadata> {
             OP,
             format!("{} is missing", path.display()),
         ),
-        _ => StorageError::new(Code::MiscFileReadException, OP, e.to_string()),
+        _ => StorageError::new(Code::MiscFileReadException, OP, e.to_string()).caused_by(e),
     })?;
-    let mut buf = AlignedBuf::new(MAX_METADATA, 4096)
-        .map_err(|e| StorageError::new(Code::MiscFileReadException, OP, e.to_string()))?;
-    let n = read_at_direct(&f, 0, &mut buf)
-        .map_err(|e| StorageError::new(Code::MiscFileReadException, OP, e.to_string()))?;
+    let mut buf = AlignedBuf::new(MAX_METADATA, 4096).map_err(|e| {
+        StorageError::new(Code::MiscFileReadException, OP, e.to_string()).caused_by(e)
+    })?;
+    let n = read_at_direct(&f, 0, &mut buf).map_err(|e| {
+        StorageError::new(Code::MiscFileReadException, OP, e.to_string()).caused_by(e)
+    })?;
     if n == MAX_METADATA {
         return Err(StorageError::new(
             Code::MetaDataValidationError,
@@ -188,8 +193,9 @@ pub fn read_metadata(paths: &DomainPaths) -> StorageResult<DomainMetadata> {
 pub fn write_metadata(paths: &DomainPaths, md: &DomainMetadata) -> StorageResult<()> {
     const OP: &str = "write domain metadata";
     let text = md.to_kv()?.to_text();
-    write_atomic(&paths.metadata(), text.as_bytes(), 0o660)
-        .map_err(|e| StorageError::new(Code::MiscFileWriteException, OP, e.to_string()))
+    write_atomic(&paths.metadata(), text.as_bytes(), 0o660).map_err(|e| {
+        StorageError::new(Code::MiscFileWriteException, OP, e.to_string()).caused_by(e)
+    })
 }
 
 /// Read, change, write: the one way metadata changes.
@@ -243,7 +249,7 @@ pub fn stats(paths: &DomainPaths) -> StorageResult<FsStats> {
         } else {
             Code::StorageDomainCheckError
         };
-        StorageError::new(code, "domain stats", e.to_string())
+        StorageError::new(code, "domain stats", e.to_string()).caused_by(e)
     })
 }
 
@@ -254,10 +260,10 @@ pub fn format(paths: &DomainPaths, sd: SdUuid) -> StorageResult<()> {
     let mount = paths.mount_dir().to_path_buf();
     let doomed = mount.join(format!("{}{sd}", layout::REMOVE_ME));
     fs::rename(&paths.root, &doomed)
-        .map_err(|e| StorageError::io(Code::StorageDomainFormatError, OP, &paths.root, &e))?;
+        .map_err(|e| StorageError::io(Code::StorageDomainFormatError, OP, &paths.root, e))?;
     let _ = fsync_dir(&mount);
     remove_tree(&doomed)
-        .map_err(|e| StorageError::io(Code::StorageDomainFormatError, OP, &doomed, &e))
+        .map_err(|e| StorageError::io(Code::StorageDomainFormatError, OP, &doomed, e))
 }
 
 /// Removes what crashes left in a mount: half-created domains and half-

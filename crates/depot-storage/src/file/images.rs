@@ -104,9 +104,9 @@ pub fn images(paths: &DomainPaths) -> StorageResult<Vec<ImgUuid>> {
     let dir = paths.images();
     let mut out = Vec::new();
     let entries =
-        fs::read_dir(&dir).map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, &e))?;
+        fs::read_dir(&dir).map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, &e))?;
+        let entry = entry.map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, e))?;
         let Some(img) = entry
             .file_name()
             .to_str()
@@ -139,7 +139,8 @@ impl FileVolumes<'_> {
     pub(super) fn remove_image(&self, img: ImgUuid, post_zero: bool) -> StorageResult<()> {
         const OP: &str = "delete image";
         let err = |code, detail: String| StorageError::new(code, OP, detail);
-        let as_256 = |e: StorageError| err(Code::ImageDeleteError, format!("{img}: {e}"));
+        let as_256 =
+            |e: StorageError| err(Code::ImageDeleteError, format!("{img}: {e}")).with_cause_of(&e);
         let dir = self.paths.image(img);
         let images = self.paths.images();
         // Renamed and purged below: it must be the domain's own directory,
@@ -151,7 +152,7 @@ impl FileVolumes<'_> {
             .filter(|(p, _)| exists(p).unwrap_or(false))
             .collect();
         let present =
-            exists(&dir).map_err(|e| StorageError::io(Code::ImageDeleteError, OP, &dir, &e))?;
+            exists(&dir).map_err(|e| StorageError::io(Code::ImageDeleteError, OP, &dir, e))?;
         if !present && leftovers.is_empty() {
             return Err(err(
                 Code::ImageDoesNotExistInSD,
@@ -169,7 +170,7 @@ impl FileVolumes<'_> {
         }
         let target = removed_dir(self.paths, img, post_zero);
         fs::rename(&dir, &target)
-            .map_err(|e| StorageError::io(Code::ImageDeleteError, OP, &dir, &e))?;
+            .map_err(|e| StorageError::io(Code::ImageDeleteError, OP, &dir, e))?;
         fsync_dir(&images, Code::ImageDeleteError, OP)?;
         tracing::info!(%img, to = %target.display(), "image renamed for deletion");
         purge_dir(&target, post_zero, &|| self.beat()).map_err(as_256)?;
@@ -190,7 +191,7 @@ impl FileVolumes<'_> {
         const OP: &str = "volume chain";
         let err = |code, detail: String| StorageError::new(code, OP, detail);
         let dir = self.paths.image(img);
-        if !exists(&dir).map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, &e))? {
+        if !exists(&dir).map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, e))? {
             return Err(err(
                 Code::ImageDoesNotExistInSD,
                 format!("image {img} of domain {}", self.sd),
@@ -205,6 +206,7 @@ impl FileVolumes<'_> {
             let md = load(self.paths, img, cur, OP).map_err(|e| match child {
                 Some(c) => {
                     StorageError::new(e.code, OP, format!("parent {cur} of {c}: {}", e.detail))
+                        .with_cause_of(&e)
                 }
                 None => e,
             })?;
@@ -247,7 +249,7 @@ impl FileVolumes<'_> {
 /// domain is wiped or removed.
 fn purge_dir(dir: &Path, wipe: bool, beat: &dyn Fn()) -> StorageResult<()> {
     const OP: &str = "purge deleted image";
-    let io = |p: &Path, e: std::io::Error| StorageError::io(Code::ImageDeleteError, OP, p, &e);
+    let io = |p: &Path, e: std::io::Error| StorageError::io(Code::ImageDeleteError, OP, p, e);
     match fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() => {
             tracing::warn!(dir = %dir.display(), "removing a symlink left where a deleted image was, without following it");
@@ -275,8 +277,9 @@ fn purge_dir(dir: &Path, wipe: bool, beat: &dyn Fn()) -> StorageResult<()> {
         let is_data = entry.file_name().to_str().and_then(canonical_vol).is_some();
         if wipe && is_data && m.is_file() && m.nlink() == 1 {
             let data = Beneath::new(dir, entry.file_name());
-            let n = wipe_file(&data, beat)
-                .map_err(|e| StorageError::new(Code::ImageDeleteError, OP, e.to_string()))?;
+            let n = wipe_file(&data, beat).map_err(|e| {
+                StorageError::new(Code::ImageDeleteError, OP, e.to_string()).caused_by(e)
+            })?;
             tracing::info!(path = %path.display(), bytes = n, "volume data wiped");
         }
         match fs::remove_file(&path) {
@@ -319,12 +322,12 @@ pub fn recover_with(paths: &DomainPaths, beat: &dyn Fn()) -> StorageResult<Recov
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Recovery::default()),
-        Err(e) => return Err(StorageError::io(Code::ImagePathError, OP, &dir, &e)),
+        Err(e) => return Err(StorageError::io(Code::ImagePathError, OP, &dir, e)),
     };
     let mut report = Recovery::default();
     let mut names: Vec<(String, PathBuf)> = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, &e))?;
+        let entry = entry.map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, e))?;
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
@@ -383,9 +386,9 @@ fn half_created(paths: &DomainPaths, img: ImgUuid) -> StorageResult<Vec<VolUuid>
     let dir = paths.image(img);
     let mut out = Vec::new();
     let entries =
-        fs::read_dir(&dir).map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, &e))?;
+        fs::read_dir(&dir).map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, &e))?;
+        let entry = entry.map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, e))?;
         if let Some(vol) = entry
             .file_name()
             .to_str()

@@ -51,7 +51,7 @@ pub fn list(
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StorageError::io(Code::MiscFileReadException, OP, &dir, &e)),
+        Err(e) => return Err(StorageError::io(Code::MiscFileReadException, OP, &dir, e)),
     };
     let image_gids: Vec<u32> = IMAGE_GROUPS
         .iter()

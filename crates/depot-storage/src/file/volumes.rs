@@ -64,7 +64,7 @@ use depot_api::storage::{AllocType, ImgUuid, Legality, SdUuid, VolType, VolUuid,
 use depot_api::Code;
 use depot_os::{fsutil, DataPath, ImageFormat, Liveness, Preallocation, QemuImg};
 
-use crate::error::{StorageError, StorageResult};
+use crate::error::{BoxError, StorageError, StorageResult};
 use crate::layout::{DomainPaths, CREATING_SUFFIX, META_SUFFIX};
 use crate::metadata::volume::keys;
 use crate::metadata::VolumeMetadata;
@@ -148,12 +148,13 @@ impl<'a> FileVolumes<'a> {
         parent: Option<VolumeMetadata>,
     ) -> StorageResult<()> {
         const OP: &str = "create volume";
-        let failed = |path: &Path, e: &dyn std::fmt::Display| {
+        let failed = |path: &Path, e: BoxError| {
             StorageError::new(
                 Code::VolumeCreationError,
                 OP,
                 format!("{}: {e}", path.display()),
             )
+            .caused_by(e)
         };
         write_meta(self.paths, img, vol, md)?;
 
@@ -169,16 +170,18 @@ impl<'a> FileVolumes<'a> {
                     Code::VolumeAlreadyExists,
                     OP,
                     format!("volume {vol}: {} exists", data.display()),
-                ),
-                _ => failed(&data, &e),
+                )
+                .caused_by(e),
+                _ => failed(&data, e.into()),
             })?;
         match (md.format, &parent) {
             (VolumeFormat::Raw, _) => {
                 if md.alloc_type == AllocType::Preallocated {
                     preallocate(&file, 0, md.capacity, &|| self.beat())
-                        .map_err(|e| failed(&data, &e))?;
+                        .map_err(|e| failed(&data, e.into()))?;
                 } else {
-                    file.set_len(md.capacity).map_err(|e| failed(&data, &e))?;
+                    file.set_len(md.capacity)
+                        .map_err(|e| failed(&data, e.into()))?;
                 }
             }
             (VolumeFormat::Cow, parent) => {
@@ -199,27 +202,27 @@ impl<'a> FileVolumes<'a> {
                         Preallocation::Off,
                         self.timeout,
                     )
-                    .map_err(|e| failed(&data, &e))?;
+                    .map_err(|e| failed(&data, e.into()))?;
                 if parent.is_none() && md.alloc_type == AllocType::Preallocated {
                     // As VDSM: allocate from the end of the qcow2 metadata
                     // (rounded to 4 KiB) to the capacity.
                     let check = self
                         .qemu
                         .check(&data, self.timeout)
-                        .map_err(|e| failed(&data, &e))?;
+                        .map_err(|e| failed(&data, e.into()))?;
                     let end = check.image_end_offset.unwrap_or(0);
                     let offset = round_up(end, 4096).unwrap_or(end);
                     if md.capacity > offset {
                         preallocate(&file, offset, md.capacity - offset, &|| self.beat())
-                            .map_err(|e| failed(&data, &e))?;
+                            .map_err(|e| failed(&data, e.into()))?;
                     }
                 }
             }
         }
         // qemu-img may have changed the mode; VDSM forces it too.
         file.set_permissions(Permissions::from_mode(FILE_VOLUME_MODE))
-            .map_err(|e| failed(&data, &e))?;
-        file.sync_all().map_err(|e| failed(&data, &e))?;
+            .map_err(|e| failed(&data, e.into()))?;
+        file.sync_all().map_err(|e| failed(&data, e.into()))?;
         drop(file);
 
         let lease = self.paths.volume_lease(img, vol);
@@ -229,10 +232,10 @@ impl<'a> FileVolumes<'a> {
             .truncate(true)
             .mode(FILE_VOLUME_MODE)
             .open(&lease)
-            .map_err(|e| failed(&lease, &e))?;
+            .map_err(|e| failed(&lease, e.into()))?;
         lf.set_permissions(Permissions::from_mode(FILE_VOLUME_MODE))
             .and_then(|()| lf.sync_all())
-            .map_err(|e| failed(&lease, &e))?;
+            .map_err(|e| failed(&lease, e.into()))?;
         drop(lf);
 
         if parent.is_some_and(|p| p.vol_type == VolType::Leaf) {
@@ -254,7 +257,7 @@ impl<'a> FileVolumes<'a> {
             write_meta(self.paths, img, vol, md)?;
         }
         let marker = self.paths.volume_creating(img, vol);
-        fs::remove_file(&marker).map_err(|e| failed(&marker, &e))?;
+        fs::remove_file(&marker).map_err(|e| failed(&marker, e.into()))?;
         fsync_dir(&self.paths.image(img), Code::VolumeCreationError, OP)
     }
 }
@@ -295,14 +298,14 @@ impl VolumeStore for FileVolumes<'_> {
             }
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(StorageError::io(Code::ImagePathError, OP, &image_dir, &e)),
+            Err(e) => return Err(StorageError::io(Code::ImagePathError, OP, &image_dir, e)),
         }
         for p in [
             self.paths.volume(img, vol),
             self.paths.volume_meta(img, vol),
             self.paths.volume_creating(img, vol),
         ] {
-            if exists(&p).map_err(|e| StorageError::io(Code::VolumeCreationError, OP, &p, &e))? {
+            if exists(&p).map_err(|e| StorageError::io(Code::VolumeCreationError, OP, &p, e))? {
                 return Err(err(
                     Code::VolumeAlreadyExists,
                     format!("volume {vol}: {} exists", p.display()),
@@ -312,10 +315,11 @@ impl VolumeStore for FileVolumes<'_> {
         let parent = if has_parent {
             let p = load(self.paths, img, req.parent, OP).map_err(|e| {
                 StorageError::new(e.code, OP, format!("parent of {vol}: {}", e.detail))
+                    .with_cause_of(&e)
             })?;
             let data = self.paths.volume(img, req.parent);
             if !exists(&data)
-                .map_err(|e| StorageError::io(Code::VolumeCreationError, OP, &data, &e))?
+                .map_err(|e| StorageError::io(Code::VolumeCreationError, OP, &data, e))?
             {
                 return Err(err(
                     Code::VolumeDoesNotExist,
@@ -340,7 +344,7 @@ impl VolumeStore for FileVolumes<'_> {
                 true
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
-            Err(e) => return Err(StorageError::io(Code::ImagePathError, OP, &image_dir, &e)),
+            Err(e) => return Err(StorageError::io(Code::ImagePathError, OP, &image_dir, e)),
         };
         let marker = self.paths.volume_creating(img, vol);
         let marked = OpenOptions::new()
@@ -352,8 +356,9 @@ impl VolumeStore for FileVolumes<'_> {
                 ErrorKind::AlreadyExists => err(
                     Code::VolumeAlreadyExists,
                     format!("volume {vol}: {} exists", marker.display()),
-                ),
-                _ => StorageError::io(Code::VolumeCreationError, OP, &marker, &e),
+                )
+                .caused_by(e),
+                _ => StorageError::io(Code::VolumeCreationError, OP, &marker, e),
             })
             .map(drop);
         if let Err(e) = marked {
@@ -482,11 +487,12 @@ impl VolumeStore for FileVolumes<'_> {
             )
         })?;
         let data = self.paths.volume(img, vol);
-        let failed = |e: &dyn std::fmt::Display| {
+        let failed = |e: BoxError| {
             err(
                 Code::VolumeExtendingError,
                 format!("{}: {e}", data.display()),
             )
+            .caused_by(e)
         };
         let smaller = |current: u64| {
             err(
@@ -506,21 +512,22 @@ impl VolumeStore for FileVolumes<'_> {
                         ErrorKind::NotFound => err(
                             Code::VolumeDoesNotExist,
                             format!("volume {vol}: {} is missing", data.display()),
-                        ),
-                        _ => open_error(Code::VolumeExtendingError, OP, &data, &e),
+                        )
+                        .caused_by(e),
+                        _ => open_error(Code::VolumeExtendingError, OP, &data, e),
                     })?;
-                let current = file.metadata().map_err(|e| failed(&e))?.len();
+                let current = file.metadata().map_err(|e| failed(e.into()))?.len();
                 if new < current {
                     return Err(smaller(current));
                 }
                 if new > current {
                     if md.alloc_type == AllocType::Preallocated {
                         preallocate(&file, current, new - current, &|| self.beat())
-                            .map_err(|e| failed(&e))?;
+                            .map_err(|e| failed(e.into()))?;
                     } else {
-                        file.set_len(new).map_err(|e| failed(&e))?;
+                        file.set_len(new).map_err(|e| failed(e.into()))?;
                     }
-                    file.sync_all().map_err(|e| failed(&e))?;
+                    file.sync_all().map_err(|e| failed(e.into()))?;
                 }
                 new
             }
@@ -530,7 +537,7 @@ impl VolumeStore for FileVolumes<'_> {
                 self.data(img, vol).check(Code::VolumeExtendingError, OP)?;
                 let info = |q: &QemuImg| {
                     q.info(&data, Some(ImageFormat::Qcow2), self.timeout)
-                        .map_err(|e| failed(&e))
+                        .map_err(|e| failed(e.into()))
                 };
                 let current = info(self.qemu)?.virtual_size;
                 if new < current {
@@ -541,7 +548,7 @@ impl VolumeStore for FileVolumes<'_> {
                 } else {
                     self.qemu
                         .resize(&data, ImageFormat::Qcow2, new, self.timeout)
-                        .map_err(|e| failed(&e))?;
+                        .map_err(|e| failed(e.into()))?;
                     info(self.qemu)?.virtual_size
                 }
             }
@@ -583,7 +590,7 @@ impl VolumeStore for FileVolumes<'_> {
         let marker = self.paths.volume_creating(img, vol);
         let mut any = false;
         for p in [&data, &meta_path, &marker] {
-            any |= exists(p).map_err(|e| StorageError::io(Code::CannotDeleteVolume, OP, p, &e))?;
+            any |= exists(p).map_err(|e| StorageError::io(Code::CannotDeleteVolume, OP, p, e))?;
         }
         if !any {
             return Err(err(
@@ -594,7 +601,7 @@ impl VolumeStore for FileVolumes<'_> {
         if exists(&marker).unwrap_or(false) {
             // Half-created: the rollback is the deletion.
             discard(self.paths, img, vol)
-                .map_err(|e| err(Code::CannotDeleteVolume, e.to_string()))?;
+                .map_err(|e| err(Code::CannotDeleteVolume, e.to_string()).caused_by(e))?;
             remove_dir_if_empty(&self.paths.image(img));
             return Ok(());
         }
@@ -640,7 +647,7 @@ impl VolumeStore for FileVolumes<'_> {
                 m.legality = Legality::Illegal;
                 Ok(())
             })
-            .map_err(|e| err(Code::CannotDeleteVolume, e.to_string()))?;
+            .map_err(|e| err(Code::CannotDeleteVolume, e.to_string()).caused_by(e))?;
         }
         if wipe {
             match fs::symlink_metadata(&data) {
@@ -653,14 +660,14 @@ impl VolumeStore for FileVolumes<'_> {
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(StorageError::io(Code::CannotDeleteVolume, OP, &data, &e)),
+                Err(e) => return Err(StorageError::io(Code::CannotDeleteVolume, OP, &data, e)),
             }
         }
         remove_if_exists(&data, OP)?;
         remove_if_exists(&self.paths.volume_lease(img, vol), OP)?;
         if let Some(parent) = md.as_ref().map(|m| m.parent).filter(|p| !p.is_blank()) {
             recheck_leaf(self.paths, img, parent, vol)
-                .map_err(|e| err(Code::CannotDeleteVolume, e.to_string()))?;
+                .map_err(|e| err(Code::CannotDeleteVolume, e.to_string()).caused_by(e))?;
         }
         remove_if_exists(&meta_path, OP)?;
         let image_dir = self.paths.image(img);
@@ -702,7 +709,7 @@ pub(crate) fn exists(path: &Path) -> io::Result<bool> {
 }
 
 pub(crate) fn fsync_dir(dir: &Path, code: Code, op: &'static str) -> StorageResult<()> {
-    fsutil::fsync_dir(dir).map_err(|e| StorageError::new(code, op, e.to_string()))
+    fsutil::fsync_dir(dir).map_err(|e| StorageError::new(code, op, e.to_string()).caused_by(e))
 }
 
 /// Removes a file, `Ok` if it is already gone.
@@ -710,7 +717,7 @@ pub(crate) fn remove_if_exists(path: &Path, op: &'static str) -> StorageResult<(
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StorageError::io(Code::CannotDeleteVolume, op, path, &e)),
+        Err(e) => Err(StorageError::io(Code::CannotDeleteVolume, op, path, e)),
     }
 }
 
@@ -746,11 +753,13 @@ pub(crate) fn read_meta(
             Code::VolumeDoesNotExist,
             op,
             format!("volume {vol} of image {img}: no {}", path.display()),
-        ),
-        _ => StorageError::io(Code::VolumeMetadataReadError, op, &path, &e),
+        )
+        .caused_by(e),
+        _ => StorageError::io(Code::VolumeMetadataReadError, op, &path, e),
     })?;
-    VolumeMetadata::parse(&bytes)
-        .map_err(|e| StorageError::new(e.code, op, format!("{}: {}", path.display(), e.detail)))
+    VolumeMetadata::parse(&bytes).map_err(|e| {
+        StorageError::new(e.code, op, format!("{}: {}", path.display(), e.detail)).with_cause_of(&e)
+    })
 }
 
 /// 201 if the volume is half-created.
@@ -762,7 +771,7 @@ fn refuse_creating(
 ) -> StorageResult<()> {
     let marker = paths.volume_creating(img, vol);
     if exists(&marker)
-        .map_err(|e| StorageError::io(Code::VolumeMetadataReadError, op, &marker, &e))?
+        .map_err(|e| StorageError::io(Code::VolumeMetadataReadError, op, &marker, e))?
     {
         return Err(StorageError::new(
             Code::VolumeDoesNotExist,
@@ -799,8 +808,9 @@ pub(crate) fn write_meta(
     const OP: &str = "write volume metadata";
     let bytes = md.to_bytes()?;
     let path = paths.volume_meta(img, vol);
-    depot_os::write_atomic(&path, &bytes, FILE_VOLUME_MODE)
-        .map_err(|e| StorageError::new(Code::VolumeMetadataWriteError, OP, e.to_string()))
+    depot_os::write_atomic(&path, &bytes, FILE_VOLUME_MODE).map_err(|e| {
+        StorageError::new(Code::VolumeMetadataWriteError, OP, e.to_string()).caused_by(e)
+    })
 }
 
 /// Read, change, write back.
@@ -813,7 +823,7 @@ pub(crate) fn update_meta(
 ) -> StorageResult<VolumeMetadata> {
     let mut md = read_meta(paths, img, vol, op)?;
     change(&mut md)?;
-    write_meta(paths, img, vol, &md).map_err(|e| StorageError::new(e.code, op, e.detail))?;
+    write_meta(paths, img, vol, &md).map_err(|e| e.in_op(op))?;
     Ok(md)
 }
 
@@ -830,8 +840,9 @@ fn stat_data(
             Code::VolumeDoesNotExist,
             op,
             format!("volume {vol} of image {img}: no {}", data.display()),
-        ),
-        _ => StorageError::io(Code::VolumeMetadataReadError, op, &data, &e),
+        )
+        .caused_by(e),
+        _ => StorageError::io(Code::VolumeMetadataReadError, op, &data, e),
     })
 }
 
@@ -874,12 +885,12 @@ pub(crate) fn meta_volumes(
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StorageError::io(Code::ImagePathError, op, &dir, &e)),
+        Err(e) => return Err(StorageError::io(Code::ImagePathError, op, &dir, e)),
     };
     let mut metas = BTreeSet::new();
     let mut creating = BTreeSet::new();
     for entry in entries {
-        let entry = entry.map_err(|e| StorageError::io(Code::ImagePathError, op, &dir, &e))?;
+        let entry = entry.map_err(|e| StorageError::io(Code::ImagePathError, op, &dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(v) = name.strip_suffix(META_SUFFIX).and_then(canonical_vol) {
@@ -930,7 +941,7 @@ pub(crate) fn parents(
                     Code::VolumeMetadataReadError,
                     op,
                     &path,
-                    &e,
+                    e,
                 ))
             }
         }
@@ -1080,29 +1091,30 @@ pub fn wipe_file(data: &(impl DataPath + ?Sized), beat: &dyn Fn()) -> StorageRes
     const OP: &str = "wipe volume data";
     let path = data.path();
     let fail =
-        |e: &dyn std::fmt::Display| StorageError::new(Code::CannotDeleteVolume, OP, e.to_string());
+        |e: BoxError| StorageError::new(Code::CannotDeleteVolume, OP, e.to_string()).caused_by(e);
     let mut direct = OpenOptions::new();
     direct.read(true).write(true).custom_flags(libc::O_DIRECT);
     let file = data
         .open_with(&direct)
-        .map_err(|e| open_error(Code::CannotDeleteVolume, OP, path, &e))?;
+        .map_err(|e| open_error(Code::CannotDeleteVolume, OP, path, e))?;
     let stat = file
         .metadata()
-        .map_err(|e| StorageError::io(Code::CannotDeleteVolume, OP, path, &e))?;
+        .map_err(|e| StorageError::io(Code::CannotDeleteVolume, OP, path, e))?;
     let len = stat.len();
     let sparse = stat.blocks() * STAT_BLOCK < len;
-    let a = depot_os::probe_alignment(&file).map_err(|e| fail(&e))?;
+    let a = depot_os::probe_alignment(&file).map_err(|e| fail(e.into()))?;
     let align = a.mem_align.max(a.offset_align).max(512);
     if !align.is_power_of_two() || align > WIPE_PROBE_UNIT {
-        return Err(fail(&format!(
-            "{}: unusable direct I/O alignment {a:?}",
-            path.display()
-        )));
+        return Err(StorageError::new(
+            Code::CannotDeleteVolume,
+            OP,
+            format!("{}: unusable direct I/O alignment {a:?}", path.display()),
+        ));
     }
     let offset_align = a.offset_align.max(1) as u64;
-    let zeros = depot_os::AlignedBuf::new(WIPE_CHUNK, align).map_err(|e| fail(&e))?;
+    let zeros = depot_os::AlignedBuf::new(WIPE_CHUNK, align).map_err(|e| fail(e.into()))?;
     let mut probe = if sparse {
-        Some(depot_os::AlignedBuf::new(WIPE_CHUNK, align).map_err(|e| fail(&e))?)
+        Some(depot_os::AlignedBuf::new(WIPE_CHUNK, align).map_err(|e| fail(e.into()))?)
     } else {
         None
     };
@@ -1113,18 +1125,18 @@ pub fn wipe_file(data: &(impl DataPath + ?Sized), beat: &dyn Fn()) -> StorageRes
         let n = usize::try_from(bulk - off).map_or(WIPE_CHUNK, |r| r.min(WIPE_CHUNK));
         match probe.as_mut() {
             None => {
-                depot_os::write_at_direct(&file, off, &zeros, n).map_err(|e| fail(&e))?;
+                depot_os::write_at_direct(&file, off, &zeros, n).map_err(|e| fail(e.into()))?;
                 written += n as u64;
                 beat();
             }
             Some(buf) => {
-                let got = depot_os::read_at_direct(&file, off, buf).map_err(|e| fail(&e))?;
+                let got = depot_os::read_at_direct(&file, off, buf).map_err(|e| fail(e.into()))?;
                 let mut s = 0;
                 while s < n {
                     let m = (n - s).min(WIPE_PROBE_UNIT);
                     if got < s + m || buf[s..s + m].iter().any(|&b| b != 0) {
                         depot_os::write_at_direct(&file, off + s as u64, &zeros, m)
-                            .map_err(|e| fail(&e))?;
+                            .map_err(|e| fail(e.into()))?;
                         written += m as u64;
                     }
                     s += m;
@@ -1137,14 +1149,14 @@ pub fn wipe_file(data: &(impl DataPath + ?Sized), beat: &dyn Fn()) -> StorageRes
     if bulk < len {
         let tail = data
             .open_with(OpenOptions::new().write(true))
-            .map_err(|e| open_error(Code::CannotDeleteVolume, OP, path, &e))?;
+            .map_err(|e| open_error(Code::CannotDeleteVolume, OP, path, e))?;
         let n = (len - bulk) as usize;
         tail.write_all_at(&zeros[..n], bulk)
             .and_then(|()| tail.sync_all())
-            .map_err(|e| StorageError::io(Code::CannotDeleteVolume, OP, path, &e))?;
+            .map_err(|e| StorageError::io(Code::CannotDeleteVolume, OP, path, e))?;
         written += n as u64;
     }
-    depot_os::sync_and_close(file).map_err(|e| fail(&e))?;
+    depot_os::sync_and_close(file).map_err(|e| fail(e.into()))?;
     Ok(written)
 }
 

@@ -400,8 +400,9 @@ fn parse_pools(kv: &KvMetadata) -> StorageResult<Vec<SpUuid>> {
     value
         .split(',')
         .map(|p| {
-            p.parse::<SpUuid>()
-                .map_err(|e| bad_value(keys::POOL_UUID, value, format!("is invalid: {e}")))
+            p.parse::<SpUuid>().map_err(|e| {
+                bad_value(keys::POOL_UUID, value, format!("is invalid: {e}")).caused_by(e)
+            })
         })
         .collect()
 }

@@ -57,6 +57,7 @@ impl KvMetadata {
                 "read domain metadata",
                 format!("metadata is not UTF-8: {e}"),
             )
+            .caused_by(e)
         })?;
         KvMetadata::parse(text)
     }

@@ -108,6 +108,7 @@ impl VolumeMetadata {
                     OP_READ,
                     format!("line {} is not UTF-8: {e}", n + 1),
                 )
+                .caused_by(e)
             })?;
             if line.starts_with("EOF") {
                 break;

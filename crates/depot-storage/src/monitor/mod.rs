@@ -291,6 +291,7 @@ impl Monitor {
                     "start domain monitor",
                     format!("domain {sd}: cannot start the monitor thread: {e}"),
                 )
+                .caused_by(e)
             })?;
         tracing::info!(%sd, target = ?dm.target(), "start monitoring domain");
         inner.domains.insert(sd, dm);

@@ -288,6 +288,6 @@ impl From<OvfError> for ApiError {
 
 impl From<OvfError> for StorageError {
     fn from(e: OvfError) -> StorageError {
-        StorageError::new(e.code(), "OVF_STORE", e.to_string())
+        StorageError::new(e.code(), "OVF_STORE", e.to_string()).caused_by(e)
     }
 }

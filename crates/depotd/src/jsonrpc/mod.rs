@@ -98,6 +98,19 @@ impl JsonRpc {
             if e.code == Code::InternalError {
                 tracing::error!(method = %req.method, error = %e, "internal error");
             }
+            // What failed underneath (an OS error, a command with its exit
+            // and stderr): the wire has only code and message.
+            if let Some(cause) = e.cause() {
+                tracing::warn!(
+                    target: "depotd::request",
+                    method = %truncate(&req.method),
+                    code,
+                    flow_id = ctx.flow_id.as_deref().unwrap_or("-"),
+                    error = %e.detail,
+                    cause = %cause,
+                    "request failed underneath"
+                );
+            }
         }
         let id = req.id?;
         Some(match outcome {
