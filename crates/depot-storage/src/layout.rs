@@ -93,6 +93,17 @@ pub fn pool_link(repository: &Path, sp: SpUuid, sd: SdUuid) -> PathBuf {
 /// The directories under `<repository>/mnt` that may hold domains: every
 /// mount point (or local link), and every gluster mount point.
 pub fn mount_dirs(repository: &Path) -> Vec<PathBuf> {
+    mount_dir_entries(repository)
+        .into_iter()
+        .map(|(dir, _)| dir)
+        .collect()
+}
+
+/// [`mount_dirs`], each with whether it is a symbolic link (a LOCALFS
+/// domain's local directory) rather than a mount point. Only
+/// `<repository>/mnt` is read: the link flag comes from its entries
+/// (`d_type`), never from a `stat` of the mount itself, which could hang.
+pub fn mount_dir_entries(repository: &Path) -> Vec<(PathBuf, bool)> {
     let mnt = repository.join(MNT);
     let mut dirs = Vec::new();
     for base in [mnt.clone(), mnt.join(GLUSTER_DIR)] {
@@ -105,7 +116,8 @@ pub fn mount_dirs(repository: &Path) -> Vec<PathBuf> {
             if name == GLUSTER_DIR || name == BLOCK_DIR {
                 continue;
             }
-            dirs.push(e.path());
+            let link = e.file_type().is_ok_and(|t| t.is_symlink());
+            dirs.push((e.path(), link));
         }
     }
     dirs.sort();

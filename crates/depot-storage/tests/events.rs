@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use depot_api::storage::{DomainType, SdUuid};
 use depot_api::types::Uuid;
+use depot_os::fsproc::HelperCommand;
 use depot_os::CommandRunner;
 use depot_storage::connection::ConnectionParams;
 use depot_storage::events::{Events, Recorder, StorageEvent};
@@ -44,6 +45,9 @@ fn monitor_publishes_each_change_of_state_once() {
         interval: INTERVAL,
         check_timeout: Duration::from_secs(5),
         mounter: None,
+        helper: Some(HelperCommand::new(env!(
+            "CARGO_BIN_EXE_depot-storage-fsproc"
+        ))),
     });
     m.set_events(Events::new(rec.clone()));
     m.start(sd, CheckTarget::file_domain(&dir, None)).unwrap();
@@ -110,6 +114,10 @@ fn watch_reports_a_lost_localfs_connection_once() {
             lock_timeout: Duration::from_secs(10),
             qemu_img_timeout: Duration::from_secs(10),
             monitor_interval: INTERVAL,
+            fsproc_command: Some(HelperCommand::new(env!(
+                "CARGO_BIN_EXE_depot-storage-fsproc"
+            ))),
+            fsproc_helpers_per_mount: 4,
         },
         CommandRunner::new(),
     )

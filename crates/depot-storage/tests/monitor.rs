@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use depot_api::storage::SdUuid;
 use depot_api::types::Uuid;
 use depot_api::Code;
+use depot_os::fsproc::HelperCommand;
 use depot_storage::monitor::{CheckTarget, DomainHealth, Monitor, MonitorConfig};
 
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -20,6 +21,7 @@ fn config(check_timeout: Duration) -> MonitorConfig {
         interval: INTERVAL,
         check_timeout,
         mounter: None,
+        helper: None,
     }
 }
 
@@ -107,6 +109,7 @@ fn status_before_the_first_check_is_valid_but_not_actual() {
         interval: Duration::from_secs(60),
         check_timeout: Duration::from_secs(60),
         mounter: None,
+        helper: None,
     });
     m.start(sd, CheckTarget::file_domain(&dir, None)).unwrap();
     let h = m.status(sd).unwrap();
@@ -394,4 +397,140 @@ fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < end, "timed out waiting for {what}");
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn helper_config(check_timeout: Duration) -> MonitorConfig {
+    MonitorConfig {
+        helper: Some(HelperCommand::new(env!(
+            "CARGO_BIN_EXE_depot-storage-fsproc"
+        ))),
+        ..config(check_timeout)
+    }
+}
+
+/// The pids of this process's children running the helper binary.
+fn helper_children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let helper = Path::new(env!("CARGO_BIN_EXE_depot-storage-fsproc"));
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The ppid is the 4th field, after the ")" closing the name.
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1));
+            ppid == Some(me.as_str())
+                && fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == helper)
+        })
+        .collect()
+}
+
+/// With a helper command, a file domain's check runs in a helper process:
+/// the numbers are the same, and a metadata file that would hang an open
+/// (a FIFO) is refused by the helper, never opened by this process.
+#[test]
+fn file_domain_check_runs_in_a_helper_process() {
+    let root = tempfile::tempdir().unwrap();
+    let (sd, dir) = make_domain(root.path());
+    let m = Monitor::new(helper_config(Duration::from_secs(5)));
+    m.start(sd, CheckTarget::file_domain(&dir, None)).unwrap();
+    let h = wait_for(&m, sd, "first check", |h| h.actual);
+    assert_eq!(h.code, 0, "{h:?}");
+    assert!(h.delay > Duration::ZERO, "{h:?}");
+    assert!(h.disk_total.unwrap() > 0, "{h:?}");
+    assert!(h.disk_free.unwrap() <= h.disk_total.unwrap(), "{h:?}");
+    assert_eq!(helper_children().len(), 1, "one helper for the domain");
+
+    let md = dir.join("dom_md/metadata");
+    fs::remove_file(&md).unwrap();
+    mkfifo(&md);
+    let h = wait_for(&m, sd, "the FIFO refused", |h| h.code != 0);
+    assert_eq!(h.code, Code::MiscFileReadException.number(), "{h:?}");
+    assert!(h.error.as_deref().unwrap().contains("metadata"), "{h:?}");
+    // Refused, not hung: checks go on completing.
+    let at = h.last_check.unwrap();
+    let h = wait_for(&m, sd, "a later check", |h| h.last_check.unwrap() > at);
+    assert_eq!(h.code, Code::MiscFileReadException.number(), "{h:?}");
+    assert_eq!(
+        fifo_openers(),
+        0,
+        "a thread of this process opened the FIFO"
+    );
+
+    // The metadata back: valid again, on the same helper.
+    fs::remove_file(&md).unwrap();
+    fs::write(&md, b"VERSION=5\n").unwrap();
+    wait_for(&m, sd, "valid again", |h| h.code == 0);
+    assert_eq!(helper_children().len(), 1);
+    m.shutdown();
+}
+
+/// A block domain's target is never checked through a helper (its dom_md
+/// entries are links to LVs, which helpers do not follow): a domain whose
+/// metadata is a link is checked on the worker and is healthy.
+#[test]
+fn block_domain_check_stays_on_the_worker() {
+    let root = tempfile::tempdir().unwrap();
+    let (sd, dir) = make_domain(root.path());
+    let md = dir.join("dom_md/metadata");
+    let real = root.path().join("metadata-lv");
+    fs::rename(&md, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &md).unwrap();
+    let m = Monitor::new(helper_config(Duration::from_secs(5)));
+    m.start(sd, CheckTarget::block_domain(&dir)).unwrap();
+    let h = wait_for(&m, sd, "first check", |h| h.actual);
+    assert_eq!(h.code, 0, "{h:?}");
+    assert!(helper_children().is_empty());
+}
+
+/// A domain that could not be located is monitored anyway: 358 while no
+/// mount has it, then found in a mount directory and valid, without
+/// another call (issue 15: a pool domain missing when the pool connects).
+#[test]
+fn searched_domain_is_reported_then_found() {
+    let repo = tempfile::tempdir().unwrap();
+    let mnt = repo.path().join("mnt");
+    let server = mnt.join("server:_export");
+    fs::create_dir_all(&server).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(local.path(), mnt.join("_local")).unwrap();
+    let sd = SdUuid(Uuid::new_v4());
+    let m = Monitor::new(helper_config(Duration::from_secs(5)));
+    m.start_search(sd, repo.path()).unwrap();
+    let h = wait_for(&m, sd, "not found", |h| h.actual);
+    assert_eq!(h.code, Code::StorageDomainDoesNotExist.number(), "{h:?}");
+    assert!(
+        h.error.as_deref().unwrap().contains("none of the mounts"),
+        "{h:?}"
+    );
+    assert!(!h.valid);
+
+    // It appears behind the LOCALFS link: found and checked there, as a
+    // domain without a mount point (a link is never in the mount table).
+    let dir = local.path().join(sd.to_string());
+    fs::create_dir_all(dir.join("dom_md")).unwrap();
+    fs::write(dir.join("dom_md/metadata"), b"VERSION=5\n").unwrap();
+    let h = wait_for(&m, sd, "found and valid", |h| h.code == 0);
+    assert!(h.valid && h.disk_total.is_some(), "{h:?}");
+
+    // Gone again: its metadata is checked where it was found.
+    fs::remove_dir_all(&dir).unwrap();
+    let h = wait_for(&m, sd, "gone", |h| h.code != 0);
+    assert_eq!(h.code, Code::StorageDomainDoesNotExist.number(), "{h:?}");
+    m.shutdown();
+}
+
+/// Looking for a domain needs helpers: refused without a helper command.
+#[test]
+fn search_without_helpers_is_refused() {
+    let repo = tempfile::tempdir().unwrap();
+    let m = Monitor::new(config(Duration::from_secs(5)));
+    let e = m
+        .start_search(SdUuid(Uuid::new_v4()), repo.path())
+        .unwrap_err();
+    assert_eq!(e.code, Code::StorageException, "{e}");
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use depot_api::storage::{
     AllocType, DiskType, DomainClass, DomainType, ImgUuid, SdUuid, VolUuid, VolumeFormat,
 };
+use depot_os::fsproc::HelperCommand;
 use depot_os::CommandRunner;
 use depot_storage::engine::{Storage, StorageConfig};
 use depot_storage::CreateDomain;
@@ -99,6 +100,10 @@ fn lvm_calls_per_volume_create_with_and_without_the_cache() {
             lock_timeout: Duration::from_secs(60),
             qemu_img_timeout: Duration::from_secs(120),
             monitor_interval: Duration::from_secs(10),
+            fsproc_command: Some(HelperCommand::new(env!(
+                "CARGO_BIN_EXE_depot-storage-fsproc"
+            ))),
+            fsproc_helpers_per_mount: 4,
         },
         CommandRunner::new(),
     );

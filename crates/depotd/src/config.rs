@@ -26,6 +26,10 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// The most helper processes per mount `storage.fsproc_helpers_per_mount`
+/// accepts.
+pub const MAX_FSPROC_HELPERS: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
@@ -40,6 +44,9 @@ pub struct StorageSection {
     /// Seconds between two health checks of a domain (VDSM's
     /// sd_health_check_delay).
     pub monitor_interval_s: f64,
+    /// The most helper processes (`depotd fsproc`) that make file-system
+    /// calls on one mount at once, stuck ones included (VDSM's ioprocess).
+    pub fsproc_helpers_per_mount: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -241,6 +248,7 @@ impl Config {
                 lock_timeout_s: 60.0,
                 qemu_img_timeout_s: 3600.0,
                 monitor_interval_s: 10.0,
+                fsproc_helpers_per_mount: 4,
             },
             log: LogConfig {
                 level: "info".into(),
@@ -340,10 +348,20 @@ impl Config {
             ("jobs.max_running", self.jobs.max_running as u64),
             ("jobs.max_active", self.jobs.max_active as u64),
             ("tasks.max_finished", self.tasks.max_finished as u64),
+            (
+                "storage.fsproc_helpers_per_mount",
+                self.storage.fsproc_helpers_per_mount as u64,
+            ),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+        }
+        // Each helper is a process: a typo must not fork hundreds per mount.
+        if self.storage.fsproc_helpers_per_mount > MAX_FSPROC_HELPERS {
+            return Err(format!(
+                "storage.fsproc_helpers_per_mount must be at most {MAX_FSPROC_HELPERS}"
+            ));
         }
         Ok(())
     }
@@ -543,6 +561,14 @@ mod tests {
         assert!(e.to_string().contains("jobs.max_active"), "{e}");
         let e = Config::merge_toml(&base, "[tasks]\nmax_finished = 0\n", p()).unwrap_err();
         assert!(e.to_string().contains("tasks.max_finished"), "{e}");
+        for n in [0, MAX_FSPROC_HELPERS + 1] {
+            let text = format!("[storage]\nfsproc_helpers_per_mount = {n}\n");
+            let e = Config::merge_toml(&base, &text, p()).unwrap_err();
+            assert!(
+                e.to_string().contains("storage.fsproc_helpers_per_mount"),
+                "{e}"
+            );
+        }
         // A WebSocket that answers every ping must outlive the idle timeout.
         let text = "[limits]\nws_ping_interval_s = 60\nws_idle_timeout_s = 60\n";
         let e = Config::merge_toml(&base, text, p()).unwrap_err();

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use depot_jobs::{JobManager, JobsConfig, SleepJob};
+use depot_os::fsproc::HelperCommand;
 use depot_os::CommandRunner;
 use depot_storage::events::Events;
 use depot_storage::{Storage, StorageConfig};
@@ -158,6 +159,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// How depotd starts a file-system helper: itself, as `depotd fsproc`
+/// (main.rs). `/proc/self/exe` is this very binary even if the file was
+/// replaced by an upgrade since depotd started.
+fn fsproc_command() -> HelperCommand {
+    HelperCommand::new("/proc/self/exe").arg("fsproc")
+}
+
 /// The storage, with what a crash left in mounts that survived the
 /// restart cleaned up.
 async fn open_storage(config: &Config, events: &EventBus) -> Arc<Storage> {
@@ -169,6 +177,8 @@ async fn open_storage(config: &Config, events: &EventBus) -> Arc<Storage> {
                 lock_timeout: Duration::from_secs_f64(config.storage.lock_timeout_s),
                 qemu_img_timeout: Duration::from_secs_f64(config.storage.qemu_img_timeout_s),
                 monitor_interval: Duration::from_secs_f64(config.storage.monitor_interval_s),
+                fsproc_command: Some(fsproc_command()),
+                fsproc_helpers_per_mount: config.storage.fsproc_helpers_per_mount,
             },
             CommandRunner::new(),
         )

@@ -24,7 +24,16 @@ struct Args {
     print_config: bool,
 }
 
+/// The argument that makes depotd a file-system helper (see
+/// `depot_os::fsproc`): depotd re-executes itself for each helper.
+const FSPROC_ARG: &str = "fsproc";
+
 fn main() -> ExitCode {
+    // First of all: a helper's stdout is its protocol pipe, so nothing
+    // (clap, logging) may write there before the helper serves it.
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(FSPROC_ARG)) {
+        std::process::exit(depot_os::fsproc::serve_stdio());
+    }
     let args = Args::parse();
     let config = match load(&args) {
         Ok(c) => c,

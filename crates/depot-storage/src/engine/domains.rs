@@ -413,14 +413,21 @@ impl Storage {
         // Nor has a LOCALFS domain: its `mnt/` entry is a link to a local
         // directory, never in the mount table, so "not mounted" (360)
         // would misname its failures (VDSM reports them as read errors).
+        // Which it is comes from the entries of `mnt/`: an lstat of the
+        // mount point would ask the mounted file system for its root, and
+        // hang this thread while the storage is frozen.
+        let links = layout::mount_dir_entries(&self.config.repository);
         let mount = domain
             .mount_root()
             .map(|root| self.mount_key(root))
-            .filter(|m| !std::fs::symlink_metadata(m).is_ok_and(|md| md.file_type().is_symlink()));
-        self.monitor.start(
-            sd,
-            CheckTarget::file_domain(domain.paths().root.clone(), mount),
-        )?;
+            .filter(|m| !links.iter().any(|(dir, link)| dir == m && *link));
+        let root = domain.paths().root.clone();
+        let target = if domain.is_block() {
+            CheckTarget::block_domain(root)
+        } else {
+            CheckTarget::file_domain(root, mount)
+        };
+        self.monitor.start(sd, target)?;
         self.monitor.set_version(sd, domain_spec::VERSION as u32);
         Ok(())
     }

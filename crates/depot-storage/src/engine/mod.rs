@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
 use depot_api::Code;
+use depot_os::fsproc::HelperCommand;
 use depot_os::lvm::Lvm;
 use depot_os::{CommandRunner, IoWorker, Liveness, Mounter, QemuImg};
 
@@ -59,6 +60,13 @@ pub struct StorageConfig {
     pub qemu_img_timeout: Duration,
     /// Health check period (VDSM's sd_health_check_delay).
     pub monitor_interval: Duration,
+    /// How to start a file-system helper (`depot_os::fsproc`): depotd
+    /// runs itself as `depotd fsproc`. File domains' health checks run in
+    /// helpers; `None` keeps them on worker threads.
+    pub fsproc_command: Option<HelperCommand>,
+    /// The most helpers one mount may have at once, stuck ones included
+    /// (for the verbs' calls; the monitor's check has one of its own).
+    pub fsproc_helpers_per_mount: usize,
 }
 
 #[derive(Default)]
@@ -132,6 +140,7 @@ impl Storage {
             interval: config.monitor_interval,
             check_timeout: config.monitor_interval,
             mounter: Some(mounter),
+            helper: config.fsproc_command.clone(),
         });
         Storage {
             connector,

@@ -180,7 +180,14 @@ impl Storage {
         for (sd, status) in domains {
             if status == PoolDomainStatus::Active {
                 if let Err(e) = self.start_monitoring(sd) {
-                    tracing::warn!(pool = %sp, sd = %sd, error = %e, "cannot monitor a pool domain");
+                    // Its storage may only be frozen: monitored anyway (in
+                    // trouble), it becomes valid on its own when the
+                    // storage returns, and repoStats shows it meanwhile.
+                    tracing::warn!(pool = %sp, sd = %sd, error = %e,
+                        "cannot locate a pool domain; monitoring it until it is found");
+                    if let Err(e) = self.monitor.start_search(sd, &self.config.repository) {
+                        tracing::warn!(pool = %sp, sd = %sd, error = %e, "cannot monitor a pool domain");
+                    }
                 }
             }
         }

@@ -1,14 +1,19 @@
 //! One health check of a domain, and what its outcome means as a VDSM code.
 //!
-//! The check itself ([`probe`]) runs on the domain's `IoWorker` thread and
-//! may hang there forever; [`classify`] runs on the monitor thread and never
-//! touches the domain's storage (the mount table is read from `/proc`).
+//! The check of a file domain ([`probe_via`]) runs in a helper process of
+//! `depot_os::fsproc` with a deadline: depotd's own threads never enter the
+//! domain's file system. A block domain's check ([`probe`]: its `dom_md`
+//! entries are links to LVs, which a helper does not follow) runs on the
+//! domain's `IoWorker` thread and may hang there forever. [`classify`] runs
+//! on the monitor thread and never touches the domain's storage (the mount
+//! table is read from `/proc`).
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use depot_api::Code;
+use depot_os::fsproc::{FsPool, FsProcError};
 use depot_os::{AlignedBuf, FsStats};
 
 /// The size of the read, as VDSM's `dd bs=4096 count=1 iflag=direct`. 4096
@@ -28,6 +33,10 @@ pub struct CheckTarget {
     /// unmounted when the server says `ESTALE`. `None` for local and block
     /// domains.
     pub mount_point: Option<PathBuf>,
+    /// A file domain, checked through helper processes (when the monitor
+    /// has a helper command). False for a block domain, whose `dom_md`
+    /// entries are symbolic links to LVs that a helper never follows.
+    pub file: bool,
 }
 
 impl CheckTarget {
@@ -39,7 +48,34 @@ impl CheckTarget {
             read_path: stat_path.join("dom_md").join("metadata"),
             stat_path,
             mount_point,
+            file: true,
         }
+    }
+
+    /// The target of a block domain whose directory is `domain_dir`: the
+    /// same paths, checked on a worker thread (the links lead to LVs).
+    pub fn block_domain(domain_dir: impl Into<PathBuf>) -> Self {
+        CheckTarget {
+            file: false,
+            ..CheckTarget::file_domain(domain_dir, None)
+        }
+    }
+
+    /// Where a helper pool for this domain is rooted, and the check's two
+    /// paths relative to it: the mount if there is one, else the directory
+    /// that holds the domain (a LOCALFS domain's local directory).
+    pub(crate) fn helper_paths(&self) -> Option<(PathBuf, String, String)> {
+        let root = match &self.mount_point {
+            Some(m) => m.clone(),
+            None => self.stat_path.parent()?.to_owned(),
+        };
+        let rel = |p: &Path| {
+            p.strip_prefix(&root)
+                .ok()
+                .and_then(Path::to_str)
+                .map(str::to_owned)
+        };
+        Some((root.clone(), rel(&self.read_path)?, rel(&self.stat_path)?))
     }
 }
 
@@ -48,6 +84,9 @@ impl CheckTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Failure {
     pub errno: Option<i32>,
+    /// The call got no answer (a helper deadline or a hung pool), or the
+    /// helper failed without an OS error.
+    pub no_answer: bool,
     pub message: String,
 }
 
@@ -71,6 +110,23 @@ impl Failure {
     fn is_denied(&self) -> bool {
         self.kind() == Some(io::ErrorKind::PermissionDenied)
     }
+
+    /// The storage did not answer, or failed underneath: a helper
+    /// deadline, all helpers stuck, `ENOTCONN` (a FUSE client gone) or
+    /// `EIO`. Never "does not exist".
+    fn is_unreachable(&self) -> bool {
+        self.no_answer || matches!(self.errno, Some(libc::ENOTCONN | libc::EIO))
+    }
+
+    /// A failed helper call: its errno, or "no answer" for a deadline or
+    /// a hung pool; the message names the mount and the operation.
+    fn of_helper(e: &FsProcError) -> Failure {
+        Failure {
+            errno: e.errno(),
+            no_answer: !matches!(e, FsProcError::Io { .. }),
+            message: e.to_string(),
+        }
+    }
 }
 
 /// The raw outcome of one completed check.
@@ -88,14 +144,45 @@ pub(crate) fn probe(target: &CheckTarget) -> Probe {
     let read = read_head(&target.read_path).map(|()| start.elapsed());
     let stat = depot_os::fsutil::statvfs(&target.stat_path).map_err(|e| Failure {
         errno: e.io_error().and_then(io::Error::raw_os_error),
+        no_answer: false,
         message: e.to_string(),
     });
+    Probe { read, stat }
+}
+
+/// The same check through `pool`'s helper (rooted at `helper_paths`'s
+/// root), each call with the pool's deadline. Once the read got no answer,
+/// the statvfs is not tried: the helper is stuck, and the pool would only
+/// refuse it.
+pub(crate) fn probe_via(pool: &FsPool, read_rel: &str, stat_rel: &str) -> Probe {
+    let start = Instant::now();
+    let read = pool
+        .read(read_rel, 0, READ_SIZE as u32, true)
+        .map(|_| start.elapsed())
+        .map_err(|e| Failure::of_helper(&e));
+    let stat = match &read {
+        Err(f) if f.no_answer => Err(f.clone()),
+        _ => pool
+            .statvfs(stat_rel)
+            .map(|v| FsStats {
+                block_size: v.block_size,
+                total_bytes: v.total_bytes,
+                free_bytes: v.free_bytes,
+                // Not reported by the helper; the monitor does not use it.
+                free_bytes_root: v.free_bytes,
+                total_inodes: v.total_inodes,
+                free_inodes: v.free_inodes,
+                read_only: v.read_only,
+            })
+            .map_err(|e| Failure::of_helper(&e)),
+    };
     Probe { read, stat }
 }
 
 fn read_head(path: &Path) -> Result<(), Failure> {
     let fail = |e: depot_os::DirectError| Failure {
         errno: e.raw_os_error(),
+        no_answer: false,
         message: e.to_string(),
     };
     let mut buf = AlignedBuf::new(READ_SIZE, READ_SIZE).map_err(fail)?;
@@ -126,6 +213,10 @@ impl Problem {
 /// In order:
 /// - `ESTALE` from either call: 384 FileStorageDomainStaleNFSHandle (VDSM's
 ///   `selftest` and `getStats`). The caller unmounts.
+/// - No answer (a helper deadline, every helper stuck), `ENOTCONN` or `EIO`
+///   from either call: 2001 MiscFileReadException naming the mount and the
+///   call: the storage is there but not answering, which must never read
+///   as "does not exist" (issue 15).
 /// - A missing path: 360 StorageDomainFSNotMounted when the domain has a
 ///   mount point that is not in the mount table; else 358
 ///   StorageDomainDoesNotExist when the domain directory is gone; else (the
@@ -152,6 +243,17 @@ pub(crate) fn classify(
         return Err(Problem::new(
             Code::FileStorageDomainStaleNFSHandle,
             &f.message,
+        ));
+    }
+    if let Some(f) = failures().find(|f| f.is_unreachable()) {
+        let what = if f.no_answer {
+            "Read timeout"
+        } else {
+            "Read failed"
+        };
+        return Err(Problem::new(
+            Code::MiscFileReadException,
+            format!("{what}: {}", f.message),
         ));
     }
     if let Some(f) = failures().find(|f| f.is_missing()) {
@@ -193,12 +295,23 @@ mod tests {
     const EIO: i32 = 5;
     const EACCES: i32 = 13;
     const ENOTDIR: i32 = 20;
+    const EOVERFLOW: i32 = 75;
+    const ENOTCONN: i32 = 107;
     const ESTALE: i32 = 116;
 
     fn fail(errno: i32) -> Failure {
         Failure {
             errno: Some(errno),
+            no_answer: false,
             message: format!("errno {errno}"),
+        }
+    }
+
+    fn no_answer() -> Failure {
+        Failure {
+            errno: None,
+            no_answer: true,
+            message: "read dom_md/metadata on /m: no answer within 10s".into(),
         }
     }
 
@@ -292,17 +405,44 @@ mod tests {
             Some(Code::MiscFileReadException)
         );
         assert_eq!(
-            code(Ok(Duration::ZERO), Err(fail(EIO)), false, None),
+            code(Ok(Duration::ZERO), Err(fail(EOVERFLOW)), false, None),
             Some(Code::StorageException)
         );
         let no_errno = Failure {
             errno: None,
+            no_answer: false,
             message: "x".into(),
         };
         assert_eq!(
             code(Err(no_errno), Ok(stats()), false, None),
             Some(Code::MiscFileReadException)
         );
+    }
+
+    /// Storage that does not answer or fails underneath is a read failure
+    /// naming the call, whichever call it was, even with the mount gone
+    /// from the table meanwhile: never 358 or 360 (issue 15).
+    #[test]
+    fn unreachable_storage_is_a_read_failure() {
+        for (read, stat) in [
+            (Err(no_answer()), Err(no_answer())),
+            (Ok(Duration::ZERO), Err(no_answer())),
+            (Err(fail(ENOTCONN)), Err(fail(ENOTCONN))),
+            (Ok(Duration::ZERO), Err(fail(ENOTCONN))),
+            (Ok(Duration::ZERO), Err(fail(EIO))),
+            (Err(fail(EIO)), Err(fail(ENOENT))),
+        ] {
+            let p = Probe { read, stat };
+            let problem = classify(&p, &target(true), |_| Some(false)).unwrap_err();
+            assert_eq!(problem.code, Code::MiscFileReadException, "{p:?}");
+        }
+        let p = Probe {
+            read: Err(no_answer()),
+            stat: Err(no_answer()),
+        };
+        let m = classify(&p, &target(true), |_| None).unwrap_err().message;
+        assert!(m.starts_with("Read timeout: "), "{m}");
+        assert!(m.contains("/m") && m.contains("read"), "{m}");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The monitor thread of one domain and the state it shares with
 //! [`Monitor`](super::Monitor).
 
+use std::collections::HashMap;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -10,11 +11,13 @@ use std::time::{Duration, Instant};
 
 use depot_api::storage::SdUuid;
 use depot_api::Code;
+use depot_os::fsproc::{FileKind, FsPool, FsProcError, HelperCommand, PoolConfig};
 use depot_os::{IoWorker, Mounter, WorkerError};
 
 use super::check::{self, CheckTarget, Probe, Problem};
 use super::{DomainHealth, MonitorConfig};
 use crate::events::{Events, StorageEvent};
+use crate::layout;
 
 /// Threads of a domain's worker. One check runs at a time; the second
 /// thread covers the unmount on `ESTALE` and the moment a stuck check
@@ -27,6 +30,11 @@ const UMOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 /// While a domain stays stale, the unmount is retried this often (it fails
 /// while the mount is busy, e.g. with running VMs).
 const UMOUNT_RETRY: Duration = Duration::from_secs(60);
+
+/// Helpers of a domain's check pool. One: a check that hangs holds it, and
+/// the pool then refuses at once (`Hung`) until it exits, so a dead server
+/// costs one stuck process per domain, never one per interval.
+const CHECK_HELPERS: usize = 1;
 
 /// The smallest interval the loop accepts (a zero interval would spin).
 const MIN_INTERVAL: Duration = Duration::from_millis(1);
@@ -53,13 +61,17 @@ impl Shared {
 /// One monitored domain, as the [`Monitor`](super::Monitor) holds it.
 pub(super) struct DomainMonitor {
     shared: Arc<Shared>,
-    target: CheckTarget,
+    target: Option<CheckTarget>,
 }
 
 impl DomainMonitor {
+    /// Monitors `sd` at `target`; with no target, looks for the domain in
+    /// every mount under `search` (a repository) each interval until it is
+    /// found (see [`Monitor::start_search`](super::Monitor::start_search)).
     pub fn spawn(
         sd: SdUuid,
-        target: CheckTarget,
+        target: Option<CheckTarget>,
+        search: Option<PathBuf>,
         config: &MonitorConfig,
         events: Events,
     ) -> io::Result<Self> {
@@ -71,9 +83,31 @@ impl DomainMonitor {
             }),
             wake: Condvar::new(),
         });
+        let helpers = target
+            .as_ref()
+            .and_then(|t| Helpers::of(t, config.helper.as_ref(), config.check_timeout));
+        let search = match (&target, search) {
+            (None, Some(repository)) => Some(Search {
+                repository,
+                command: config.helper.clone().ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "looking for a domain needs a helper command",
+                    )
+                })?,
+                timeout: config.check_timeout,
+                pools: HashMap::new(),
+            }),
+            _ => None,
+        };
         let looper = Looper {
             shared: Arc::clone(&shared),
-            target: target.clone(),
+            helpers,
+            search,
+            helper: config.helper.clone(),
+            target: target
+                .clone()
+                .unwrap_or_else(|| CheckTarget::block_domain("/")),
             interval: config.interval.max(MIN_INTERVAL),
             check_timeout: config.check_timeout,
             mounter: config.mounter.clone(),
@@ -87,8 +121,9 @@ impl DomainMonitor {
         Ok(DomainMonitor { shared, target })
     }
 
-    pub fn target(&self) -> &CheckTarget {
-        &self.target
+    /// The target it was started with; `None` for a domain it looks for.
+    pub fn target(&self) -> Option<&CheckTarget> {
+        self.target.as_ref()
     }
 
     pub fn health(&self) -> DomainHealth {
@@ -125,9 +160,113 @@ enum Outcome {
     Failed { completed_at: Option<Instant> },
 }
 
+/// The helper pool of a file domain's check, and the check's paths
+/// relative to its root.
+struct Helpers {
+    pool: FsPool,
+    read: String,
+    stat: String,
+}
+
+impl Helpers {
+    /// The helpers of a file domain's check, if there is a helper command.
+    fn of(
+        target: &CheckTarget,
+        command: Option<&HelperCommand>,
+        timeout: Duration,
+    ) -> Option<Self> {
+        let command = command.filter(|_| target.file)?;
+        let (root, read, stat) = target.helper_paths()?;
+        Some(Helpers {
+            pool: FsPool::new(PoolConfig {
+                command: command.clone(),
+                root,
+                max_helpers: CHECK_HELPERS,
+                timeout,
+            }),
+            read,
+            stat,
+        })
+    }
+}
+
+/// How a domain that could not be located is looked for: its metadata in
+/// every mount directory of the repository, through a helper per mount.
+struct Search {
+    repository: PathBuf,
+    command: HelperCommand,
+    timeout: Duration,
+    /// Kept from one look to the next: a helper stuck on a frozen mount
+    /// keeps that mount's pool refusing at once (`Hung`), instead of a new
+    /// process per interval.
+    pools: HashMap<PathBuf, FsPool>,
+}
+
+impl Search {
+    /// One look at every mount: the domain's target, or why it is not
+    /// found: 2001 while a mount does not answer (it may be there), else
+    /// 358.
+    fn look(&mut self, sd: SdUuid) -> Result<CheckTarget, Problem> {
+        let rel = format!("{sd}/dom_md/metadata");
+        let entries = layout::mount_dir_entries(&self.repository);
+        self.pools
+            .retain(|dir, _| entries.iter().any(|(d, _)| d == dir));
+        let mut silent = Vec::new();
+        for (dir, link) in entries {
+            let (command, timeout) = (&self.command, self.timeout);
+            let pool = self.pools.entry(dir.clone()).or_insert_with(|| {
+                FsPool::new(PoolConfig {
+                    command: command.clone(),
+                    root: dir.clone(),
+                    max_helpers: CHECK_HELPERS,
+                    timeout,
+                })
+            });
+            match pool.stat(&rel) {
+                Ok(st) if st.kind == FileKind::File => {
+                    // A LOCALFS link is never in the mount table (see
+                    // Storage::start_monitoring).
+                    let mount = (!link).then(|| dir.clone());
+                    return Ok(CheckTarget::file_domain(dir.join(sd.to_string()), mount));
+                }
+                Ok(_) => {}
+                Err(e)
+                    if !matches!(e, FsProcError::Io { .. })
+                        || matches!(e.errno(), Some(libc::ENOTCONN | libc::EIO)) =>
+                {
+                    silent.push(e.to_string())
+                }
+                Err(_) => {}
+            }
+        }
+        if silent.is_empty() {
+            return Err(Problem::new(
+                Code::StorageDomainDoesNotExist,
+                format!(
+                    "domain {sd} is on none of the mounts under {}",
+                    self.repository.join(layout::MNT).display()
+                ),
+            ));
+        }
+        Err(Problem::new(
+            Code::MiscFileReadException,
+            format!(
+                "Read timeout: domain {sd} not located yet: {}",
+                silent.join("; ")
+            ),
+        ))
+    }
+}
+
 /// The monitor thread's own state.
 struct Looper {
     shared: Arc<Shared>,
+    /// A file domain's check runs here, not on the worker.
+    helpers: Option<Helpers>,
+    /// Set while the domain is not located yet; `target` is then a
+    /// placeholder.
+    search: Option<Search>,
+    helper: Option<HelperCommand>,
     target: CheckTarget,
     interval: Duration,
     check_timeout: Duration,
@@ -152,7 +291,39 @@ impl Looper {
             if self.shared.lock().stopped {
                 break;
             }
-            if busy.load(Ordering::Acquire) {
+            if let Some(search) = &mut self.search {
+                match search.look(sd) {
+                    Ok(target) => {
+                        tracing::info!(%sd, ?target, "located the domain; checking it");
+                        self.helpers =
+                            Helpers::of(&target, self.helper.as_ref(), self.check_timeout);
+                        self.target = target;
+                        self.search = None;
+                        continue;
+                    }
+                    Err(p) => {
+                        // A look that got no answer is a check that hangs:
+                        // lastCheck goes on growing.
+                        let completed_at =
+                            (p.code != Code::MiscFileReadException).then(Instant::now);
+                        if !self.publish(Outcome::Failed { completed_at }, Err(p)) {
+                            break;
+                        }
+                    }
+                }
+            } else if let Some(h) = &self.helpers {
+                let verdict = self.check_via(h, &mut blocked_since);
+                let stale = matches!(&verdict.1,
+                    Err(p) if p.code == Code::FileStorageDomainStaleNFSHandle);
+                if !self.publish(verdict.0, verdict.1) {
+                    break;
+                }
+                if stale {
+                    self.unmount_stale(&worker);
+                } else {
+                    self.last_umount = None;
+                }
+            } else if busy.load(Ordering::Acquire) {
                 // As VDSM's checker: no new check while one hangs.
                 let since = blocked_since.unwrap_or(next);
                 let msg = format!(
@@ -207,6 +378,56 @@ impl Looper {
             }
         }
         tracing::debug!(%sd, "domain monitor stopped");
+    }
+
+    /// One check of a file domain through its helper. The monitor thread
+    /// only waits on the helper's pipe. A check that got no answer does
+    /// not move `last_check` (as a hung check on the worker), and while
+    /// the helper stays stuck the pool refuses the next ones at once: the
+    /// status stays 2001 without a process per interval.
+    fn check_via(
+        &self,
+        h: &Helpers,
+        blocked_since: &mut Option<Instant>,
+    ) -> (Outcome, Result<(), Problem>) {
+        let started = Instant::now();
+        let probe = check::probe_via(&h.pool, &h.read, &h.stat);
+        let verdict = check::classify(&probe, &self.target, is_mounted);
+        let no_answer = [probe.read.as_ref().err(), probe.stat.as_ref().err()]
+            .into_iter()
+            .flatten()
+            .any(|f| f.no_answer);
+        if !no_answer {
+            if blocked_since.take().is_some() {
+                tracing::info!(sd = %self.shared.sd, mount = %h.pool.root().display(),
+                    "the domain's storage answers again");
+            }
+            return (
+                Outcome::Completed {
+                    at: Instant::now(),
+                    probe,
+                },
+                verdict,
+            );
+        }
+        let since = *blocked_since.get_or_insert(started);
+        // repoStats has no field for the helpers' state: the log has it.
+        let health = h.pool.health();
+        tracing::warn!(sd = %self.shared.sd, mount = %health.mount.display(),
+            trouble_since = ?health.trouble_since, stuck = health.stuck,
+            blocked_s = since.elapsed().as_secs_f64(),
+            "domain check got no answer from its storage");
+        let verdict = verdict.map_err(|p| {
+            Problem::new(
+                p.code,
+                format!(
+                    "{} (check blocked for {:.1} s)",
+                    p.message,
+                    since.elapsed().as_secs_f64()
+                ),
+            )
+        });
+        (Outcome::Failed { completed_at: None }, verdict)
     }
 
     /// Waits until `deadline`; false if stopped meanwhile.

@@ -9,17 +9,24 @@
 //!
 //! # Threads
 //!
-//! One monitor thread per domain (named `monitor/<sd[:7]>`, as VDSM's),
-//! which owns one [`IoWorker`](depot_os::IoWorker) for that domain. The check
-//! runs on the worker with [`MonitorConfig::check_timeout`], so a check
-//! that hangs on a dead server blocks only that domain's worker thread:
-//! not other domains, not the callers of [`Monitor`] (which only read and
-//! write the shared state under a short lock).
+//! One monitor thread per domain (named `monitor/<sd[:7]>`, as VDSM's).
+//! With a [`MonitorConfig::helper`], a file domain's check runs in a
+//! helper process (`depot_os::fsproc`, one per domain, rooted at its mount)
+//! with [`MonitorConfig::check_timeout`] as the deadline of each call: the
+//! monitor thread only waits on the helper's pipe, and a helper that misses
+//! the deadline is killed and abandoned, so no thread of depotd ever sleeps
+//! inside a hung mount. A block domain's check (and any check without a
+//! helper command) runs on the domain's own
+//! [`IoWorker`](depot_os::IoWorker) with the same timeout, so a check that
+//! hangs blocks only that worker thread. Either way, not other domains,
+//! not the callers of [`Monitor`] (which only read and write the shared
+//! state under a short lock).
 //!
 //! A hung check is not repeated while it hangs: as VDSM's checker, the next
 //! check waits until the previous one has returned (its thread is then
-//! counted back by the worker), so a dead server costs one stuck thread per
-//! domain, not one per interval. Meanwhile the status says 2001 "Read
+//! counted back by the worker; a stuck helper holds the domain's only
+//! helper slot, so its pool refuses at once), so a dead server costs one
+//! stuck thread or process per domain, not one per interval. Meanwhile the status says 2001 "Read
 //! timeout" and [`DomainHealth::last_check`] stays at the last completed
 //! check, so the engine's `lastCheck` keeps growing.
 //!
@@ -43,11 +50,13 @@ mod domain;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use depot_api::storage::SdUuid;
 use depot_api::Code;
+use depot_os::fsproc::HelperCommand;
 use depot_os::{CommandRunner, Mounter};
 
 use crate::error::{StorageError, StorageResult};
@@ -71,6 +80,11 @@ pub struct MonitorConfig {
     /// Unmounts a domain's mount point when the server answers `ESTALE`.
     /// `None`: report 384 but leave the mount alone.
     pub mounter: Option<Mounter>,
+    /// How to start a file-system helper (`depot_os::fsproc`): a file
+    /// domain's check then runs in a helper process of its own, so no
+    /// thread of this process ever waits inside a hung mount. `None`: on
+    /// the domain's worker thread, as a block domain's check always does.
+    pub helper: Option<HelperCommand>,
 }
 
 impl Default for MonitorConfig {
@@ -87,6 +101,7 @@ impl MonitorConfig {
             interval,
             check_timeout: interval,
             mounter: Some(Mounter::new(CommandRunner::new())),
+            helper: None,
         }
     }
 }
@@ -225,6 +240,30 @@ impl Monitor {
     /// Fails with 9003 ShuttingDown after [`Monitor::shutdown`], or 200 if
     /// the thread cannot be started.
     pub fn start(&self, sd: SdUuid, target: CheckTarget) -> StorageResult<()> {
+        self.spawn(sd, Some(target), None)
+    }
+
+    /// Starts monitoring `sd`, which could not be located (its storage did
+    /// not answer, or it is not there): each interval, its metadata is
+    /// looked for in every mount directory of `repository` through helper
+    /// processes, and once found it is checked as [`Monitor::start`] would.
+    /// Meanwhile the status is in trouble: 2001 while a mount does not
+    /// answer, 358 when every mount answered without it. So a pool domain
+    /// whose storage was frozen when the pool connected becomes valid on
+    /// its own when the storage returns. Block domains are not looked for.
+    ///
+    /// Needs [`MonitorConfig::helper`] (200 without it); fails as
+    /// [`Monitor::start`] otherwise.
+    pub fn start_search(&self, sd: SdUuid, repository: &Path) -> StorageResult<()> {
+        self.spawn(sd, None, Some(repository.to_owned()))
+    }
+
+    fn spawn(
+        &self,
+        sd: SdUuid,
+        target: Option<CheckTarget>,
+        search: Option<PathBuf>,
+    ) -> StorageResult<()> {
         let mut inner = self.lock();
         if inner.shut_down {
             return Err(StorageError::new(
@@ -234,7 +273,10 @@ impl Monitor {
             ));
         }
         if let Some(existing) = inner.domains.get(&sd) {
-            if existing.target() != &target {
+            if target.is_some()
+                && existing.target().is_some()
+                && existing.target() != target.as_ref()
+            {
                 tracing::warn!(%sd, ?target, current = ?existing.target(),
                     "domain is already monitored with another target; keeping the current one");
             } else {
@@ -242,8 +284,8 @@ impl Monitor {
             }
             return Ok(());
         }
-        let dm =
-            DomainMonitor::spawn(sd, target, &inner.config, inner.events.clone()).map_err(|e| {
+        let dm = DomainMonitor::spawn(sd, target, search, &inner.config, inner.events.clone())
+            .map_err(|e| {
                 StorageError::new(
                     Code::StorageException,
                     "start domain monitor",
