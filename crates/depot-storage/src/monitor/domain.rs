@@ -333,44 +333,8 @@ impl Looper {
                 );
                 tracing::debug!(%sd, "{msg}");
                 self.update(|h| h.error = Some(msg));
-            } else {
-                blocked_since = None;
-                busy.store(true, Ordering::Release);
-                let guard = BusyGuard(Arc::clone(&busy));
-                let target = self.target.clone();
-                let started = Instant::now();
-                let result = worker.run(self.check_timeout, move || {
-                    let _busy = guard;
-                    check::probe(&target)
-                });
-                let (outcome, verdict) = match result {
-                    Ok(probe) => {
-                        let verdict = check::classify(&probe, &self.target, is_mounted);
-                        let at = Instant::now();
-                        (Outcome::Completed { at, probe }, verdict)
-                    }
-                    Err(e) => {
-                        let completed_at =
-                            matches!(e, WorkerError::Panicked { .. }).then(Instant::now);
-                        if e.is_timeout() {
-                            blocked_since = Some(started);
-                        }
-                        (
-                            Outcome::Failed { completed_at },
-                            Err(worker_problem(&self.target, &e)),
-                        )
-                    }
-                };
-                let stale = matches!(&verdict,
-                    Err(p) if p.code == Code::FileStorageDomainStaleNFSHandle);
-                if !self.publish(outcome, verdict) {
-                    break;
-                }
-                if stale {
-                    self.unmount_stale(&worker);
-                } else {
-                    self.last_umount = None;
-                }
+            } else if !self.check_on_worker(&worker, &busy, &mut blocked_since) {
+                break;
             }
             next = next_tick(next, self.interval, Instant::now());
             if !self.sleep_until(next) {
@@ -378,6 +342,54 @@ impl Looper {
             }
         }
         tracing::debug!(%sd, "domain monitor stopped");
+    }
+
+    /// One check on the domain's worker thread (block domains, or file
+    /// domains when no helper is configured). False when the monitor was
+    /// stopped meanwhile.
+    fn check_on_worker(
+        &mut self,
+        worker: &IoWorker,
+        busy: &Arc<AtomicBool>,
+        blocked_since: &mut Option<Instant>,
+    ) -> bool {
+        *blocked_since = None;
+        busy.store(true, Ordering::Release);
+        let guard = BusyGuard(Arc::clone(busy));
+        let target = self.target.clone();
+        let started = Instant::now();
+        let result = worker.run(self.check_timeout, move || {
+            let _busy = guard;
+            check::probe(&target)
+        });
+        let (outcome, verdict) = match result {
+            Ok(probe) => {
+                let verdict = check::classify(&probe, &self.target, is_mounted);
+                let at = Instant::now();
+                (Outcome::Completed { at, probe }, verdict)
+            }
+            Err(e) => {
+                let completed_at = matches!(e, WorkerError::Panicked { .. }).then(Instant::now);
+                if e.is_timeout() {
+                    *blocked_since = Some(started);
+                }
+                (
+                    Outcome::Failed { completed_at },
+                    Err(worker_problem(&self.target, &e)),
+                )
+            }
+        };
+        let stale = matches!(&verdict,
+            Err(p) if p.code == Code::FileStorageDomainStaleNFSHandle);
+        if !self.publish(outcome, verdict) {
+            return false;
+        }
+        if stale {
+            self.unmount_stale(worker);
+        } else {
+            self.last_umount = None;
+        }
+        true
     }
 
     /// One check of a file domain through its helper. The monitor thread
