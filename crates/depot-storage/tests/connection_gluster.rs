@@ -1,7 +1,5 @@
-//! GLUSTERFS connections against a private glusterd (tests/support/gluster.rs).
+//! GLUSTERFS connections against a private glusterd (depot_testkit::gluster).
 //! Root tier (docs/testing.md): a missing GlusterFS fails the test.
-
-mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,7 +9,7 @@ use depot_api::Code;
 use depot_os::mount::find_by_target;
 use depot_os::{CommandRunner, Mounter};
 use depot_storage::connection::{ConnectionParams, Connector};
-use support::gluster::Gluster;
+use depot_testkit::gluster::Gluster;
 
 const ID: &str = "6a3f7a3e-1b2c-4d5e-8f90-123456789abc";
 const SD: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! (Moved here from depot-storage's tests/support so that every crate's
-//! tests can use it; that copy stays until its tests switch over.)
+//! tests can use it.)
 //!
 //! What it does (the machine facts: shared/reference/machine-facts.md):
 //!

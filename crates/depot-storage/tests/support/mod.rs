@@ -2,7 +2,6 @@
 //! them with `mod support;`. Not every file uses every helper.
 #![allow(dead_code)]
 
-pub mod gluster;
 pub mod loopfs;
 pub mod vm;
 
