@@ -393,7 +393,7 @@ async fn no_live_move_into_a_backup_domain() {
 async fn glusterfs_backup_domain_rules() {
     depot_testkit::require_root();
     depot_testkit::require_program("glusterd");
-    let g = support::gluster::Gluster::start().expect("gluster harness");
+    let g = depot_testkit::gluster::Gluster::start().expect("gluster harness");
     let conn = ConnectionSpec {
         connection: g.spec(),
         vfs_type: None,

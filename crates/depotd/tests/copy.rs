@@ -855,7 +855,7 @@ async fn raw_copies_with_glusterfs_both_ways() {
     depot_testkit::require_program("glusterd");
     let _heavy = HEAVY.lock().await;
     // Dropped in reverse: the daemon's mounts, the daemon, then gluster.
-    let g = support::gluster::Gluster::start().expect("gluster harness");
+    let g = depot_testkit::gluster::Gluster::start().expect("gluster harness");
     let e = env(1).await;
     let _mounts = UnmountGuard(e.d.dir.path().to_path_buf());
     let conn = ConnectionSpec {

@@ -677,7 +677,7 @@ async fn a_stalled_get_does_not_block_an_upload() {
 struct StoppedBrick(nix::unistd::Pid);
 
 impl StoppedBrick {
-    fn stop(g: &support::gluster::Gluster) -> StoppedBrick {
+    fn stop(g: &depot_testkit::gluster::Gluster) -> StoppedBrick {
         let xml = g
             .cli(&["volume", "status", g.volume(), "--xml"])
             .expect("volume status");
@@ -710,7 +710,7 @@ impl Drop for StoppedBrick {
 async fn ovf_upload_on_a_hung_mount_fails_in_time() {
     depot_testkit::require_root();
     use tokio::io::AsyncWriteExt;
-    let g = support::gluster::Gluster::start().expect("gluster harness");
+    let g = depot_testkit::gluster::Gluster::start().expect("gluster harness");
     g.cli(&["volume", "set", g.volume(), "network.ping-timeout", "600"])
         .unwrap();
     let d = Daemon::start("[storage]\nio_timeout_s = 2\nmonitor_interval_s = 0.2\n");

@@ -9,8 +9,8 @@ mod storage_common;
 mod support;
 
 use common::Daemon;
+use depot_testkit::gluster::Gluster;
 use storage_common::*;
-use support::gluster::Gluster;
 
 #[tokio::test]
 #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
