@@ -50,6 +50,14 @@ fn create() -> OpenWrite {
 /// Every operation of the protocol, through one pool on `root`.
 fn exercise_every_operation(root: &Path) {
     let p = pool(root, 2, Duration::from_secs(30));
+    exercise_every_operation_on(&p, root);
+    let h = p.health();
+    assert!(h.started >= 1 && h.started <= 2, "{h:?}");
+}
+
+fn exercise_every_operation_on(p: &FsPool, root: &Path) {
+    let p = p.clone();
+    exclusive_create(&p);
     data_operations(&p, root);
     name_and_attribute_operations(&p, root);
     streams_trees_and_errors(&p, root);
@@ -206,13 +214,35 @@ fn streams_trees_and_errors(p: &FsPool, root: &Path) {
     );
     let h = p.health();
     assert_eq!((h.stuck, h.busy, h.trouble_since), (0, 0, None), "{h:?}");
-    assert!(h.started >= 1 && h.started <= 2, "{h:?}");
 }
 
 #[test]
 fn every_operation_works_in_a_local_directory() {
     let t = tempfile::tempdir().unwrap();
     exercise_every_operation(t.path());
+}
+
+/// The same operations in process (no helper): the same answers.
+#[test]
+fn every_operation_works_in_process() {
+    let t = tempfile::tempdir().unwrap();
+    let p = FsPool::in_process(t.path().to_owned(), Duration::from_secs(30));
+    assert!(p.is_in_process());
+    exercise_every_operation_on(&p, t.path());
+    assert_eq!(p.health().started, 0, "no helper started");
+}
+
+/// `exclusive` never opens a file that exists.
+fn exclusive_create(p: &FsPool) {
+    let new = OpenWrite {
+        exclusive: true,
+        ..create()
+    };
+    assert_eq!(p.write("excl", 0, b"one", new, true).unwrap(), 3);
+    let again = p.write("excl", 0, b"two", new, true).unwrap_err();
+    assert_eq!(again.errno(), Some(libc::EEXIST), "{again}");
+    assert_eq!(p.read("excl", 0, 16, false).unwrap(), b"one");
+    p.unlink("excl").unwrap();
 }
 
 #[test]

@@ -243,6 +243,9 @@ impl Confined {
         if open.truncate {
             flags |= OFlag::O_TRUNC;
         }
+        if open.create && open.exclusive {
+            flags |= OFlag::O_EXCL;
+        }
         if open.direct {
             flags |= OFlag::O_DIRECT;
         }

@@ -6,9 +6,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::client::{FsProc, HelperCommand};
-use super::error::FsProcError;
+use super::error::{io_error_of, FsProcError};
+use super::ops::Confined;
 use super::protocol::{
-    DirEntry, DirectProbe, OpenWrite, Reply, Request, StatInfo, VfsInfo, MAX_LIST_ENTRIES,
+    DirEntry, DirectProbe, OpenWrite, Reply, Request, StatInfo, VfsInfo, MAX_DATA_BYTES,
+    MAX_LIST_ENTRIES,
 };
 
 /// How a pool runs its helpers.
@@ -65,6 +67,9 @@ struct Shared {
     state: Mutex<PoolState>,
     /// Signalled when a helper goes idle or a slot frees up.
     freed: Condvar,
+    /// Set for a pool made by [`FsPool::in_process`]: calls run here.
+    /// (Or why the root cannot be served: every call answers that.)
+    local: Option<Mutex<Result<Confined, String>>>,
 }
 
 fn lock(m: &Mutex<PoolState>) -> MutexGuard<'_, PoolState> {
@@ -89,6 +94,26 @@ impl std::fmt::Debug for FsPool {
 impl FsPool {
     pub fn new(mut config: PoolConfig) -> FsPool {
         config.max_helpers = config.max_helpers.max(1);
+        FsPool::with_backend(config, None)
+    }
+
+    /// A pool whose calls run on the calling thread, one at a time, with
+    /// the helpers' own code (the same confinement, the same errors) but
+    /// no process, hence no deadline and no protection from a hung mount:
+    /// for unit tests, and for a storage layer configured without a helper
+    /// command. `root` must be absolute (else every call fails).
+    pub fn in_process(root: PathBuf, timeout: Duration) -> FsPool {
+        let local = Confined::new(&root).map_err(|e| e.to_string());
+        let config = PoolConfig {
+            command: HelperCommand::new("(in process)"),
+            root,
+            max_helpers: 1,
+            timeout,
+        };
+        FsPool::with_backend(config, Some(Mutex::new(local)))
+    }
+
+    fn with_backend(config: PoolConfig, local: Option<Mutex<Result<Confined, String>>>) -> FsPool {
         FsPool {
             shared: Arc::new(Shared {
                 config,
@@ -101,8 +126,51 @@ impl FsPool {
                     trouble_since: None,
                 }),
                 freed: Condvar::new(),
+                local,
             }),
         }
+    }
+
+    /// Whether calls run in this process ([`FsPool::in_process`]).
+    pub fn is_in_process(&self) -> bool {
+        self.shared.local.is_some()
+    }
+
+    /// The deadline of a call made without one of its own.
+    pub fn timeout(&self) -> Duration {
+        self.shared.config.timeout
+    }
+
+    /// One call on the calling thread, with the error a helper would have
+    /// answered (the same errno, the same refusal).
+    fn call_local(
+        &self,
+        local: &Mutex<Result<Confined, String>>,
+        request: &Request,
+        data: &[u8],
+    ) -> Result<(Reply, Vec<u8>), FsProcError> {
+        let mut confined = local.lock().unwrap_or_else(PoisonError::into_inner);
+        let outcome = match confined.as_mut() {
+            // The limit a frame would have refused.
+            Ok(_) if data.len() > MAX_DATA_BYTES as usize => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} bytes of data is over the frame limit", data.len()),
+            )),
+            Ok(c) => super::server::dispatch(c, request, data),
+            Err(reason) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                reason.clone(),
+            )),
+        };
+        outcome.map_err(|e| {
+            let path = request.path();
+            FsProcError::Io {
+                mount: self.shared.config.root.clone(),
+                op: request.op_name(),
+                path: path.to_owned(),
+                source: io_error_of(&super::server::wire_error(&e), path),
+            }
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -140,6 +208,9 @@ impl FsPool {
         data: &[u8],
         timeout: Duration,
     ) -> Result<(Reply, Vec<u8>), FsProcError> {
+        if let Some(local) = &self.shared.local {
+            return self.call_local(local, request, data);
+        }
         let deadline = Instant::now() + timeout;
         let mut proc = self.checkout(request, timeout, deadline)?;
         let left = deadline.saturating_duration_since(Instant::now());
@@ -447,6 +518,19 @@ impl FsPool {
             path: path.into(),
             open,
         };
+        if let Some(local) = &self.shared.local {
+            return match self.call_local(local, &request, &[])? {
+                (Reply::Handle { handle }, _) => Ok(WriteStream {
+                    pool: self.clone(),
+                    proc: None,
+                    local_open: true,
+                    handle,
+                    path: path.into(),
+                    step_timeout,
+                }),
+                (other, _) => Err(self.unexpected("stream_open", other)),
+            };
+        }
         let deadline = Instant::now() + step_timeout;
         let mut proc = self.checkout(&request, step_timeout, deadline)?;
         let left = deadline.saturating_duration_since(Instant::now());
@@ -457,6 +541,7 @@ impl FsPool {
             Ok((Reply::Handle { handle }, _)) => Ok(WriteStream {
                 pool: self.clone(),
                 proc: Some(proc),
+                local_open: false,
                 handle,
                 path: path.into(),
                 step_timeout,
@@ -539,6 +624,8 @@ impl Shared {
 pub struct WriteStream {
     pool: FsPool,
     proc: Option<FsProc>,
+    /// An in-process pool's stream that is still open.
+    local_open: bool,
     handle: u64,
     path: String,
     step_timeout: Duration,
@@ -551,6 +638,12 @@ impl WriteStream {
 
     fn step(&mut self, request: Request, data: &[u8]) -> Result<Reply, FsProcError> {
         let op = request.op_name();
+        if let Some(local) = &self.pool.shared.local {
+            if op == "stream_close" {
+                self.local_open = false;
+            }
+            return self.pool.call_local(local, &request, data).map(|(r, _)| r);
+        }
         let Some(mut proc) = self.proc.take() else {
             return Err(FsProcError::Protocol {
                 mount: self.pool.root().to_owned(),
@@ -612,7 +705,7 @@ impl WriteStream {
 
 impl Drop for WriteStream {
     fn drop(&mut self) {
-        if self.proc.is_some() {
+        if self.proc.is_some() || self.local_open {
             if let Err(e) = self.finish(false) {
                 tracing::warn!(path = %self.path, error = %e, "closing a dropped streamed write");
             }

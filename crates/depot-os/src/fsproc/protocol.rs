@@ -174,6 +174,11 @@ pub struct OpenWrite {
     pub create: bool,
     /// Cut it to length 0 first.
     pub truncate: bool,
+    /// With `create`: fail with `EEXIST` if it exists (`O_EXCL`), so that
+    /// a new file is never someone else's. Absent in frames of older
+    /// writers (false).
+    #[serde(default)]
+    pub exclusive: bool,
     pub mode: u32,
     /// `O_DIRECT`: offsets and lengths must be aligned to the block size.
     pub direct: bool,
@@ -184,6 +189,7 @@ impl Default for OpenWrite {
         OpenWrite {
             create: false,
             truncate: false,
+            exclusive: false,
             mode: 0o660,
             direct: false,
         }

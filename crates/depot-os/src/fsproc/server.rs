@@ -163,13 +163,13 @@ fn handshake(
     }
 }
 
-type Outcome = io::Result<(Reply, Vec<u8>)>;
+pub(super) type Outcome = io::Result<(Reply, Vec<u8>)>;
 
 fn done(r: io::Result<()>) -> Outcome {
     r.map(|()| (Reply::Done, Vec::new()))
 }
 
-fn dispatch(c: &mut Confined, request: &Request, data: &[u8]) -> Outcome {
+pub(super) fn dispatch(c: &mut Confined, request: &Request, data: &[u8]) -> Outcome {
     let none = Vec::new;
     match request {
         Request::Hello { .. } => Err(io::Error::new(
@@ -247,7 +247,7 @@ fn invalid(message: String) -> WireError {
     }
 }
 
-fn wire_error(e: &io::Error) -> WireError {
+pub(super) fn wire_error(e: &io::Error) -> WireError {
     match refusal(e) {
         Some(r) => WireError {
             errno: None,
