@@ -23,6 +23,7 @@ use crate::error::StorageResult;
 use crate::file::{self, volumes::FileVolumes};
 use crate::layout::DomainPaths;
 use crate::metadata::domain::DomainMetadata;
+use crate::mount_fs::MountFs;
 use crate::volume_data::VolumeData;
 use crate::volume_store::VolumeStore;
 
@@ -33,11 +34,13 @@ pub enum Domain {
     Block(BlockDomain),
 }
 
-/// A file domain: a directory `<mount>/<sd>` (crate::layout).
+/// A file domain: a directory `<mount>/<sd>` (crate::layout), and the
+/// helpers through which every call on it is made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileDomain {
     pub sd: SdUuid,
     pub paths: DomainPaths,
+    pub fs: MountFs,
 }
 
 /// A block domain: a VG named by its id, seen through its link directory

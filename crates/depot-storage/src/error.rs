@@ -46,9 +46,21 @@ impl StorageError {
     }
 
     /// An OS error on a path, kept with both: the message says the path and
-    /// the error, the error stays the source.
+    /// the error, the error stays the source. A mount in trouble
+    /// ([`MountTrouble`](crate::mount_fs::MountTrouble): no answer, a dead
+    /// helper, ENOTCONN, EIO, ESTALE) answers VDSM's code for that case
+    /// (2001, 2002, 384) instead of `code`: never "does not exist" for a
+    /// file that could not be looked at.
     pub fn io(code: Code, op: &'static str, path: &std::path::Path, e: std::io::Error) -> Self {
+        let code = crate::mount_fs::MountTrouble::of(&e).map_or(code, |t| t.code());
         StorageError::new(code, op, format!("{}: {e}", path.display())).caused_by(e)
+    }
+
+    /// An OS error with no one path to name (the error names what it can),
+    /// with the same rule for a mount in trouble as [`io`](Self::io).
+    pub fn os(code: Code, op: &'static str, e: std::io::Error) -> Self {
+        let code = crate::mount_fs::MountTrouble::of(&e).map_or(code, |t| t.code());
+        StorageError::new(code, op, e.to_string()).caused_by(e)
     }
 
     /// Keeps `e` as the error underneath. The message does not change: the

@@ -23,6 +23,7 @@ pub mod layout;
 pub mod lock;
 pub mod metadata;
 pub mod monitor;
+pub mod mount_fs;
 pub mod ovf;
 pub mod volume_data;
 pub mod volume_store;

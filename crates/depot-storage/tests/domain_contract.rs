@@ -107,7 +107,8 @@ fn file_domain_keeps_the_contract() {
         backup: false,
     };
     let paths = depot_storage::file::domain::create(&mount, &req).unwrap();
-    let d = Domain::File(FileDomain { sd, paths });
+    let fs = depot_storage::mount_fs::MountFs::in_process(&mount, Duration::from_secs(30));
+    let d = Domain::File(FileDomain { sd, paths, fs });
     // A file domain's calls run on its mount's I/O worker.
     assert_eq!(d.mount_root(), Some(mount.join(sd.to_string()).as_path()));
     assert!(!d.is_block());

@@ -81,6 +81,8 @@ fn lock(m: &Mutex<PoolState>) -> MutexGuard<'_, PoolState> {
 #[derive(Clone)]
 pub struct FsPool {
     shared: Arc<Shared>,
+    /// The deadline of a typed call ([`FsPool::with_timeout`]).
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for FsPool {
@@ -115,6 +117,7 @@ impl FsPool {
 
     fn with_backend(config: PoolConfig, local: Option<Mutex<Result<Confined, String>>>) -> FsPool {
         FsPool {
+            timeout: config.timeout,
             shared: Arc::new(Shared {
                 config,
                 state: Mutex::new(PoolState {
@@ -136,9 +139,19 @@ impl FsPool {
         self.shared.local.is_some()
     }
 
-    /// The deadline of a call made without one of its own.
+    /// The deadline of the typed calls made through this handle.
     pub fn timeout(&self) -> Duration {
-        self.shared.config.timeout
+        self.timeout
+    }
+
+    /// The same pool (the same helpers, the same health) whose typed calls
+    /// have `timeout` as their deadline: a scan over many mounts gives each
+    /// a short one.
+    pub fn with_timeout(&self, timeout: Duration) -> FsPool {
+        FsPool {
+            shared: Arc::clone(&self.shared),
+            timeout,
+        }
     }
 
     /// One call on the calling thread, with the error a helper would have
@@ -285,7 +298,7 @@ impl FsPool {
     }
 
     fn run(&self, request: Request, data: &[u8]) -> Result<(Reply, Vec<u8>), FsProcError> {
-        self.call(&request, data, self.shared.config.timeout)
+        self.call(&request, data, self.timeout)
     }
 
     fn unexpected(&self, request: &str, reply: Reply) -> FsProcError {

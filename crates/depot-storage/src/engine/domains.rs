@@ -51,6 +51,7 @@ impl Storage {
         let started = Arc::new(AtomicBool::new(false));
         let started_in = Arc::clone(&started);
         let (qemu, timeout) = (self.qemu.clone(), self.config.qemu_img_timeout);
+        let fs = self.mount_fs(mount_dir);
         let found = self.io_in(Lane::Long, mount_dir, op, &Held::none(), move |live| {
             started_in.store(true, Ordering::SeqCst);
             let mut removed: Vec<String> = file::domain::recover_mount(&dir)
@@ -62,7 +63,8 @@ impl Storage {
                 timeout,
             };
             for (sd, paths) in file::domain::list_in(&dir) {
-                let d = Domain::File(FileDomain { sd, paths });
+                let fs = fs.clone();
+                let d = Domain::File(FileDomain { sd, paths, fs });
                 match d.recover(tools, &|| live.beat()) {
                     Ok(cleaned) => removed.extend(cleaned.iter().map(|c| format!("{sd}: {c}"))),
                     Err(e) => tracing::warn!(sd = %sd, error = %e, "volume recovery failed"),
@@ -121,7 +123,7 @@ impl Storage {
             });
             if let Ok(Some(paths)) = found {
                 self.recover_mount(&dir);
-                let found = Domain::File(FileDomain { sd, paths });
+                let found = self.file_domain(sd, paths);
                 self.state().domains.insert(sd, found.clone());
                 return Ok(found);
             }
@@ -234,9 +236,7 @@ impl Storage {
         let m = mount.clone();
         let paths = self.io(&mount, OP, move || file::domain::create(&m, &req))?;
         tracing::info!(sd = %sd, path = %paths.root.display(), "storage domain created");
-        self.state()
-            .domains
-            .insert(sd, Domain::File(FileDomain { sd, paths }));
+        self.state().domains.insert(sd, self.file_domain(sd, paths));
         Ok(())
     }
 
@@ -364,9 +364,7 @@ impl Storage {
                 continue;
             };
             for (sd, paths, md) in listed {
-                self.state()
-                    .domains
-                    .insert(sd, Domain::File(FileDomain { sd, paths }));
+                self.state().domains.insert(sd, self.file_domain(sd, paths));
                 let keep = class.is_none_or(|c| md.class == c)
                     && domain_type.is_none_or(|t| md.domain_type == t)
                     && remote_path.is_none_or(|r| md.remote_path == r)

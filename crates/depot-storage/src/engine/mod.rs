@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
 use depot_api::Code;
-use depot_os::fsproc::HelperCommand;
+use depot_os::fsproc::{FsPool, HelperCommand, PoolConfig};
 use depot_os::lvm::Lvm;
 use depot_os::{CommandRunner, IoWorker, Liveness, Mounter, QemuImg};
 
@@ -24,11 +24,14 @@ use crate::backup::PreparePurpose;
 use crate::connection::san::SanConnector;
 use crate::connection::watch::Watch;
 use crate::connection::Connector;
+use crate::domain::FileDomain;
 use crate::domain::{Domain, VolumeTools};
 use crate::events::{Events, StorageEvent};
 use crate::layout;
+use crate::layout::DomainPaths;
 use crate::lock::{Held, LockGuard as Guard, LockManager, ResourceName};
 use crate::monitor::{Monitor, MonitorConfig};
+use crate::mount_fs::MountFs;
 use crate::{StorageError, StorageResult};
 use pools::Pools;
 
@@ -92,6 +95,9 @@ pub struct Storage {
     /// The pools this host knows (pools.rs).
     pools: Pools,
     workers: Mutex<HashMap<(PathBuf, Lane), Arc<IoWorker>>>,
+    /// Per mount directory: the helpers every call on its file domains
+    /// goes through (crate::mount_fs).
+    mounts: Mutex<HashMap<PathBuf, MountFs>>,
     /// The lvm2 commands of block domains (device filter, cache).
     pub(crate) lvm: Lvm,
     /// Per block domain: serializes metadata slot allocation.
@@ -153,6 +159,7 @@ impl Storage {
             state: Mutex::new(State::default()),
             pools: Pools::default(),
             workers: Mutex::new(HashMap::new()),
+            mounts: Mutex::new(HashMap::new()),
             watch: Watch::new(config.monitor_interval),
             events: Events::none(),
             config,
@@ -261,6 +268,31 @@ impl Storage {
                 Arc::new(IoWorker::new(format!("{prefix}/{name}"), threads))
             })
             .clone()
+    }
+
+    /// The helpers of the mount directory that holds `path` (started on
+    /// first use; in process when no helper command is configured).
+    pub(crate) fn mount_fs(&self, path: &Path) -> MountFs {
+        let key = self.mount_key(path);
+        let mut mounts = self.mounts.lock().unwrap_or_else(PoisonError::into_inner);
+        mounts
+            .entry(key.clone())
+            .or_insert_with(|| match &self.config.fsproc_command {
+                Some(command) => MountFs::new(FsPool::new(PoolConfig {
+                    command: command.clone(),
+                    root: key,
+                    max_helpers: self.config.fsproc_helpers_per_mount,
+                    timeout: self.config.io_timeout,
+                })),
+                None => MountFs::in_process(&key, self.config.io_timeout),
+            })
+            .clone()
+    }
+
+    /// The file domain `sd` at `paths`, with its mount's helpers.
+    pub(crate) fn file_domain(&self, sd: SdUuid, paths: DomainPaths) -> Domain {
+        let fs = self.mount_fs(&paths.root);
+        Domain::File(FileDomain { sd, paths, fs })
     }
 
     fn mount_key(&self, path: &Path) -> PathBuf {
