@@ -141,17 +141,23 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     // Stop accepting, let requests in flight answer, then stop the jobs;
     // jobs that do not end in time stay persisted as running and are
-    // resumed or failed by the next start.
+    // resumed or failed by the next start. One deadline for all of it:
+    // the grace is what SIGTERM may take, not what each step may.
+    let deadline = tokio::time::Instant::now() + grace;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     let _ = stop_tx.send(true);
     let _ = tcp_task.await;
     let _ = unix_task.await;
-    if !shared.drain(grace).await {
+    if !shared.drain(left()).await {
         tracing::warn!("connections still open after the grace period; closing them");
     }
-    jobs.shutdown(grace).await;
+    jobs.shutdown(left()).await;
     {
         let s = storage.clone();
-        let _ = tokio::task::spawn_blocking(move || s.shutdown()).await;
+        let stopped = tokio::task::spawn_blocking(move || s.shutdown());
+        if tokio::time::timeout(left(), stopped).await.is_err() {
+            tracing::warn!("the storage did not stop within the grace period; leaving it");
+        }
     }
     forwarder.abort();
     let _ = std::fs::remove_file(state_dir.join(LISTEN_ADDRESS_FILE));

@@ -66,7 +66,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(depotd::daemon::run(config)) {
+    let result = runtime.block_on(depotd::daemon::run(config));
+    // Dropping a runtime waits for every blocking call still running, for
+    // ever if one waits on storage that does not answer: after the grace,
+    // what has not returned is left behind (issue 15: SIGTERM exits within
+    // the grace).
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "depotd failed to start");
