@@ -168,6 +168,11 @@ impl Beneath {
         &self.root
     }
 
+    /// The path beneath the root, as given.
+    pub fn rel(&self) -> &Path {
+        &self.rel
+    }
+
     /// Checks the file without opening it for I/O; its metadata.
     pub fn check(&self) -> io::Result<fs::Metadata> {
         self.walk(Want::File).map(|(_, md)| md)
@@ -328,6 +333,19 @@ impl LvDevice {
             vg: vg.to_owned(),
             lv: lv.to_owned(),
         }
+    }
+
+    /// The domain's link to the LV.
+    pub fn link(&self) -> &Path {
+        &self.link
+    }
+
+    pub fn vg(&self) -> &str {
+        &self.vg
+    }
+
+    pub fn lv(&self) -> &str {
+        &self.lv
     }
 
     /// The device-mapper name LVM gives the LV: `<vg>-<lv>`, with each

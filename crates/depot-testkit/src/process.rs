@@ -118,3 +118,27 @@ pub fn terminate(pid: u32, grace: Duration) {
         }
     }
 }
+
+/// The threads of process `pid` waiting inside a file system: in
+/// uninterruptible sleep (`D`), or waiting for a FUSE answer (the kernel
+/// first waits for that interruptibly, so such a thread shows `S` with the
+/// wchan `request_wait_answer`). Each as "wchan: stat line", for messages.
+/// Issue 15's tests check that depotd (or a test process driving the
+/// storage layer) has none in a frozen mount.
+pub fn threads_in_the_storage(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
+            // The state is the field after the command name, which is in
+            // parentheses and may contain spaces.
+            let state = stat.rsplit_once(") ")?.1.split(' ').next()?.to_owned();
+            let in_fuse = wchan == "request_wait_answer" || wchan.starts_with("fuse");
+            (state == "D" || in_fuse).then(|| format!("{wchan}: {}", stat.trim()))
+        })
+        .collect()
+}

@@ -4,6 +4,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use depot_storage::copy::child::{child_main as copy_child_main, CHILD_ARG as COPY_CHILD_ARG};
 use depotd::config::{Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser)]
@@ -33,6 +34,11 @@ fn main() -> ExitCode {
     // (clap, logging) may write there before the helper serves it.
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(FSPROC_ARG)) {
         std::process::exit(depot_os::fsproc::serve_stdio());
+    }
+    // The copier child (depot_storage::copy::child): its report is on
+    // stdout, so the same rule.
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(COPY_CHILD_ARG)) {
+        std::process::exit(copy_child_main(std::env::args_os().skip(2).collect()));
     }
     let args = Args::parse();
     let config = match load(&args) {

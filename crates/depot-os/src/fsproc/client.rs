@@ -232,7 +232,7 @@ enum Wait {
     Io(String),
 }
 
-fn nonblocking(fd: OwnedFd) -> io::Result<File> {
+pub(super) fn nonblocking(fd: OwnedFd) -> io::Result<File> {
     let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
     fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(File::from(fd))
@@ -317,6 +317,28 @@ fn spawn(command: Command) -> io::Result<Child> {
         .map_err(|_| io::Error::other("the fsproc spawner thread is gone"))?;
     rx.recv()
         .map_err(|_| io::Error::other("the fsproc spawner thread is gone"))?
+}
+
+/// Starts `cmd` with `args` as a helper child of another kind than the
+/// file-system helper (the copier, depot-storage's `copy::child`): stdin
+/// and stdout piped, stderr inherited, forked from the same long-lived
+/// thread (see [`spawn`]) and told this process's pid, so that the child
+/// can [`prepare_helper_process`](super::prepare_helper_process) itself.
+pub fn spawn_child(cmd: &HelperCommand) -> io::Result<Child> {
+    let mut command = Command::new(&cmd.program);
+    command
+        .args(&cmd.args)
+        .env(PARENT_PID_ENV, std::process::id().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    spawn(command)
+}
+
+/// Abandons a child: SIGKILL now, `waitpid` on a thread of its own (a
+/// child stuck in the kernel keeps only that thread waiting).
+pub fn kill_and_reap(child: Child) {
+    reap(child, || {});
 }
 
 /// SIGKILL, then `waitpid` on a thread of its own: a helper stuck in the

@@ -35,13 +35,15 @@
 
 mod client;
 mod error;
+mod line_child;
 mod ops;
 mod pool;
 pub mod protocol;
 mod server;
 
-pub use client::{FsProc, HelperCommand};
+pub use client::{kill_and_reap, spawn_child, FsProc, HelperCommand};
 pub use error::FsProcError;
+pub use line_child::{LineChild, MAX_LINE};
 pub use pool::{FsPool, PoolConfig, PoolHealth, WriteStream};
 pub use protocol::{DirEntry, DirectProbe, FileKind, OpenWrite, StatInfo, VfsInfo};
-pub use server::{serve, serve_stdio};
+pub use server::{prepare_helper_process, serve, serve_stdio};

@@ -24,10 +24,9 @@ const EXIT_ORPHAN: i32 = 3;
 ///
 /// Nothing else may write to stdout in this process: it carries frames.
 pub fn serve_stdio() -> i32 {
-    if let Err(code) = die_with_parent() {
+    if let Err(code) = prepare_helper_process() {
         return code;
     }
-    close_inherited_fds();
     let mut input = BufReader::new(io::stdin().lock());
     let mut output = BufWriter::new(io::stdout().lock());
     match serve(&mut input, &mut output) {
@@ -37,6 +36,15 @@ pub fn serve_stdio() -> i32 {
             EXIT_PROTOCOL
         }
     }
+}
+
+/// What every helper child does first (this one, and depot-storage's
+/// copier child): die with its parent, close inherited descriptors. On
+/// error, the exit code to exit with (the reason is on stderr).
+pub fn prepare_helper_process() -> Result<(), i32> {
+    die_with_parent()?;
+    close_inherited_fds();
+    Ok(())
 }
 
 /// SIGKILL when the parent goes away, so that no helper outlives depotd

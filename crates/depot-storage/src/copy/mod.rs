@@ -21,6 +21,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub mod blkhash;
+pub mod child;
 mod copier;
 pub mod extents;
 pub mod journal;
@@ -103,6 +104,11 @@ pub enum CopyError {
 
     #[error("invalid copy request: {0}")]
     Invalid(String),
+
+    /// What the copier child reported (its message and OS error), or why
+    /// it could not report (child.rs).
+    #[error("{message}")]
+    Child { message: String, errno: Option<i32> },
 }
 
 impl CopyError {
@@ -131,6 +137,7 @@ impl CopyError {
             | CopyError::Write { source, .. }
             | CopyError::Io { source, .. }
             | CopyError::Journal { source, .. } => source.raw_os_error(),
+            CopyError::Child { errno, .. } => *errno,
             _ => None,
         }
     }

@@ -15,12 +15,14 @@ use depot_api::Code;
 use depot_os::{ConvertOptions, ImageFormat};
 
 use super::{Lane, Storage};
+use crate::copy::child::{child_command, run_in_child, ChildDone, ChildJob};
 use crate::copy::{self, BlkHash, CopyError, CopyOptions, Journal};
 use crate::lock::{Held, LockMode, ResourceName};
 use crate::metadata::volume::next_generation;
 use crate::volume_data::VolumeData;
 use crate::volume_store::{CreateVolume, VolumeInfo};
 use crate::{StorageError, StorageResult};
+use depot_os::fsproc::HelperCommand;
 
 /// One volume on one domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,6 +72,14 @@ fn copy_err(op: &'static str, e: CopyError) -> StorageError {
         _ => Code::VolumeCopyError,
     };
     StorageError::new(code, op, e.to_string()).caused_by(e)
+}
+
+/// A child that answered a copy with a checksum, or the reverse.
+fn child_mixup(done: &ChildDone) -> CopyError {
+    CopyError::Child {
+        message: format!("the copier child answered another job: {done:?}"),
+        errno: None,
+    }
 }
 
 /// A checksum that failed has its own code: nothing was copied.
@@ -261,20 +271,43 @@ impl Storage {
                 .min(100);
             (ctl.progress)(pct as u8);
         };
-        let opts = CopyOptions {
-            // The volume, not its container: a block volume's LV is
-            // rounded up to whole extents.
-            length: Some(src.metadata.capacity),
-            dst_is_zero,
-            sparse: dst.metadata.alloc_type == depot_api::storage::AllocType::Sparse,
-            checksum: true,
-            verify,
-            progress: &progress,
-            abort: ctl.abort,
-            journal: journal.as_ref(),
-            ..CopyOptions::default()
+        // The volume, not its container: a block volume's LV is rounded
+        // up to whole extents.
+        let length = Some(src.metadata.capacity);
+        let sparse = dst.metadata.alloc_type == depot_api::storage::AllocType::Sparse;
+        let r = match self.copier_child() {
+            Some(command) => {
+                let job = ChildJob::Copy {
+                    src: ends.src_data,
+                    dst: ends.dst_data,
+                    length,
+                    dst_is_zero,
+                    sparse,
+                    checksum: true,
+                    verify,
+                    journal: journal.as_ref(),
+                };
+                match run_in_child(&command, &job, &progress, ctl.abort) {
+                    Ok(ChildDone::Copied(r)) => r,
+                    Ok(other) => return Err(copy_err(OP, child_mixup(&other))),
+                    Err(e) => return Err(copy_err(OP, e)),
+                }
+            }
+            None => {
+                let opts = CopyOptions {
+                    length,
+                    dst_is_zero,
+                    sparse,
+                    checksum: true,
+                    verify,
+                    progress: &progress,
+                    abort: ctl.abort,
+                    journal: journal.as_ref(),
+                    ..CopyOptions::default()
+                };
+                copy::copy_raw(ends.src_data, ends.dst_data, opts).map_err(|e| copy_err(OP, e))?
+            }
         };
-        let r = copy::copy_raw(ends.src_data, ends.dst_data, opts).map_err(|e| copy_err(OP, e))?;
         Ok(CopyOutcome {
             checksum: r.checksum,
             verified: r.verified,
@@ -397,12 +430,28 @@ impl Storage {
                 .min(100);
             (ctl.progress)(pct as u8);
         };
+        let size = info.metadata.capacity;
+        if let Some(command) = self.copier_child() {
+            let job = ChildJob::Checksum { data: &data, size };
+            return match run_in_child(&command, &job, &progress, ctl.abort) {
+                Ok(ChildDone::Checksum(h)) => Ok(h),
+                Ok(other) => Err(checksum_err(OP, child_mixup(&other))),
+                Err(e) => Err(checksum_err(OP, e)),
+            };
+        }
         let opts = copy::ChecksumOptions {
             progress: &progress,
             abort: ctl.abort,
             ..copy::ChecksumOptions::default()
         };
-        copy::checksum_raw(&data, info.metadata.capacity, &opts).map_err(|e| checksum_err(OP, e))
+        copy::checksum_raw(&data, size, &opts).map_err(|e| checksum_err(OP, e))
+    }
+
+    /// How the copier runs in a child (copy::child): the helper program
+    /// with its copier argument; `None` (no helper command configured)
+    /// runs it on this thread.
+    fn copier_child(&self) -> Option<HelperCommand> {
+        self.config.fsproc_command.as_ref().map(child_command)
     }
 
     /// `SDM.update_volume`: oVirt's fence. The volume's GEN must be
