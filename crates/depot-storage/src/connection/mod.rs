@@ -32,9 +32,10 @@
 //!   name collision of `transform` -- `a_/b` and `a/_b` give the same name --
 //!   or a mount made by hand, and stacking would hide it.) A failed mount is
 //!   477 MountError with mount's own message; the mount point it created is
-//!   removed again. After mounting, the mount root is stat'ed through the
-//!   [`IoWorker`]: EACCES gives 469 StorageServerAccessPermissionError, a
-//!   hang or other error 477, and the mount is undone.
+//!   removed again. After mounting, the mount root is stat'ed in a helper
+//!   process (depot_os::fsproc; on an [`IoWorker`] thread when no helper
+//!   command is set): EACCES gives 469 StorageServerAccessPermissionError,
+//!   a hang or other error 477, and the mount is undone.
 //! * [`Connector::disconnect`] succeeds if nothing is mounted (and removes
 //!   the empty mount point directory). It unmounts without `-l` (VDSM uses
 //!   `-f -l`): a mount still busy after about a second of retries
@@ -73,6 +74,7 @@ use std::time::Duration;
 
 use depot_api::storage::DomainType;
 use depot_api::Code;
+use depot_os::fsproc::{FileKind, FsPool, FsProcError, HelperCommand, PoolConfig};
 use depot_os::mount::{find_in, read_mountinfo, MountEntry};
 use depot_os::{IoWorker, Mounter};
 
@@ -83,7 +85,7 @@ pub use params::{
 };
 pub use spec::transform;
 
-use crate::error::{StorageError, StorageResult};
+use crate::error::{BoxError, StorageError, StorageResult};
 
 const OP_CONNECT: &str = "connect storage server";
 const OP_DISCONNECT: &str = "disconnect storage server";
@@ -135,6 +137,8 @@ pub struct Connector {
     repository: PathBuf,
     mounter: Mounter,
     worker: IoWorker,
+    /// Where the fresh mount's stat runs, when set (depot_os::fsproc).
+    helper: Option<HelperCommand>,
     io_timeout: Duration,
     locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
 }
@@ -173,6 +177,7 @@ impl Connector {
             repository: std::fs::canonicalize(&repository).unwrap_or(repository),
             mounter,
             worker: IoWorker::new("connections", 4),
+            helper: None,
             io_timeout: DEFAULT_IO_TIMEOUT,
             locks: Mutex::new(HashMap::new()),
         }
@@ -182,6 +187,13 @@ impl Connector {
     /// listing in [`crate::layout::mount_dirs`].
     pub fn with_io_timeout(mut self, timeout: Duration) -> Self {
         self.io_timeout = timeout;
+        self
+    }
+
+    /// Stats a fresh mount in a helper process started with `helper`, so
+    /// that no thread of this process waits in a mount that hangs.
+    pub fn with_helper(mut self, helper: Option<HelperCommand>) -> Self {
+        self.helper = helper;
         self
     }
 
@@ -390,12 +402,33 @@ impl Connector {
         Ok(())
     }
 
-    /// Stats the root of a fresh mount on the worker.
+    /// Stats the root of a fresh mount in a helper (or on the worker).
     fn check_mounted_dir(&self, target: &Path) -> StorageResult<()> {
-        let t = target.to_owned();
-        let res = self.worker.run(self.io_timeout, move || {
-            std::fs::metadata(&t).map(|m| m.is_dir())
-        });
+        let res = match &self.helper {
+            Some(command) => {
+                // A pool of its own, dropped after the call: the helper
+                // exits (or, stuck, is killed and reaped).
+                let pool = FsPool::new(PoolConfig {
+                    command: command.clone(),
+                    root: target.to_owned(),
+                    max_helpers: 1,
+                    timeout: self.io_timeout,
+                });
+                match pool.stat("") {
+                    Ok(st) => Ok(Ok(st.kind == FileKind::Dir)),
+                    Err(FsProcError::Io { source, .. }) => Ok(Err(source)),
+                    Err(e) => Err(BoxError::from(e)),
+                }
+            }
+            None => {
+                let t = target.to_owned();
+                self.worker
+                    .run(self.io_timeout, move || {
+                        std::fs::metadata(&t).map(|m| m.is_dir())
+                    })
+                    .map_err(BoxError::from)
+            }
+        };
         let what = target.display();
         match res {
             Ok(Ok(true)) => Ok(()),

@@ -140,8 +140,9 @@ impl Storage {
             config.repository = real;
         }
         let mounter = Mounter::new(runner.clone());
-        let connector =
-            Connector::new(&config.repository, mounter.clone()).with_io_timeout(config.io_timeout);
+        let connector = Connector::new(&config.repository, mounter.clone())
+            .with_io_timeout(config.io_timeout)
+            .with_helper(config.fsproc_command.clone());
         let monitor = Monitor::new(MonitorConfig {
             interval: config.monitor_interval,
             check_timeout: config.monitor_interval,
