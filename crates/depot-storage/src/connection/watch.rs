@@ -26,12 +26,13 @@
 //! watched again.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
 use depot_api::storage::DomainType;
+use depot_os::fsproc::{FileKind, FsPool, FsProcError, HelperCommand, PoolConfig};
 use depot_os::sysfs_block::{IscsiSessionAttrs, Sysfs};
 use depot_os::IoWorker;
 
@@ -68,6 +69,9 @@ struct Shared {
     wake: Condvar,
     started: Mutex<bool>,
     sysfs: Sysfs,
+    /// Where a LOCALFS directory's stat runs, when set (else a worker
+    /// thread): a local directory may still be on a mount that hangs.
+    helper: Mutex<Option<HelperCommand>>,
 }
 
 impl Shared {
@@ -105,8 +109,19 @@ impl Watch {
                 wake: Condvar::new(),
                 started: Mutex::new(false),
                 sysfs,
+                helper: Mutex::new(None),
             }),
         }
+    }
+
+    /// Stats LOCALFS directories in helper processes started with
+    /// `helper` (depot_os::fsproc). Set before the first watch.
+    pub fn set_helper(&self, helper: Option<HelperCommand>) {
+        *self
+            .shared
+            .helper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = helper;
     }
 
     pub fn set_events(&self, events: Events) {
@@ -200,8 +215,69 @@ impl Drop for Watch {
     }
 }
 
+/// How a LOCALFS directory is stat'ed: in a helper of a pool per parent
+/// directory (kept from round to round: a stuck one makes its pool refuse
+/// at once), or on a worker thread.
+enum Stater {
+    Helpers {
+        command: HelperCommand,
+        pools: HashMap<PathBuf, FsPool>,
+    },
+    Worker(IoWorker),
+}
+
+impl Stater {
+    /// `Some(Ok(is a directory))`, `Some(Err(the OS error))`, or `None`
+    /// when there is no answer in time.
+    fn lstat_is_dir(&mut self, path: &Path) -> Option<std::io::Result<bool>> {
+        match self {
+            Stater::Helpers { command, pools } => {
+                let (parent, name) = (path.parent()?, path.file_name()?.to_str()?);
+                let pool = pools.entry(parent.to_owned()).or_insert_with(|| {
+                    FsPool::new(PoolConfig {
+                        command: command.clone(),
+                        root: parent.to_owned(),
+                        max_helpers: 1,
+                        timeout: STAT_TIMEOUT,
+                    })
+                });
+                match pool.lstat(name) {
+                    Ok(st) => Some(Ok(st.kind == FileKind::Dir)),
+                    Err(FsProcError::Io { source, .. }) => Some(Err(source)),
+                    Err(_) => None,
+                }
+            }
+            Stater::Worker(worker) => {
+                let p = path.to_owned();
+                worker
+                    .run(STAT_TIMEOUT, move || std::fs::symlink_metadata(&p))
+                    .ok()
+                    .map(|r| r.map(|m| m.is_dir()))
+            }
+        }
+    }
+
+    /// Forgets the pools of directories no longer watched.
+    fn keep_only(&mut self, dirs: &[PathBuf]) {
+        if let Stater::Helpers { pools, .. } = self {
+            pools.retain(|d, _| dirs.contains(d));
+        }
+    }
+}
+
 fn run(shared: Arc<Shared>) {
-    let worker = IoWorker::new("connection-watch", 2);
+    let helper = shared
+        .helper
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let mut worker = match helper {
+        Some(command) => Stater::Helpers {
+            command,
+            pools: HashMap::new(),
+        },
+        None => Stater::Worker(IoWorker::new("connection-watch", 2)),
+    };
     loop {
         {
             let mut stopped = shared
@@ -224,18 +300,29 @@ fn run(shared: Arc<Shared>) {
                 return;
             }
         }
-        check_all(&shared, &worker);
+        check_all(&shared, &mut worker);
     }
 }
 
 /// One round: checks every entry (without holding the lock while
 /// checking) and publishes the losses.
-fn check_all(shared: &Shared, worker: &IoWorker) {
+fn check_all(shared: &Shared, worker: &mut Stater) {
     let snapshot: Vec<(String, Target)> = shared
         .entries()
         .iter()
         .map(|(id, e)| (id.clone(), e.target.clone()))
         .collect();
+    let local_parents: Vec<PathBuf> = snapshot
+        .iter()
+        .filter_map(|(_, t)| match t {
+            Target::File(c) => match c.kind() {
+                ConnectionKind::Local { path } => path.parent().map(Path::to_path_buf),
+                ConnectionKind::Mount(_) => None,
+            },
+            Target::Iscsi(_) => None,
+        })
+        .collect();
+    worker.keep_only(&local_parents);
     for (id, target) in snapshot {
         let Some(now) = check(&target, &shared.sysfs, worker) else {
             continue; // cannot tell: no change
@@ -299,7 +386,7 @@ fn mount_point(t: &Target) -> Option<PathBuf> {
 /// Whether the connection is there: `Ok`, `Err(what is found instead)`,
 /// or `None` when that cannot be told now (the mount table or sysfs
 /// unreadable, the stat timed out).
-fn check(target: &Target, sysfs: &Sysfs, worker: &IoWorker) -> Option<Result<(), String>> {
+fn check(target: &Target, sysfs: &Sysfs, worker: &mut Stater) -> Option<Result<(), String>> {
     match target {
         Target::File(conn) => match conn.kind() {
             ConnectionKind::Mount(plan) => {
@@ -329,12 +416,9 @@ fn check(target: &Target, sysfs: &Sysfs, worker: &IoWorker) -> Option<Result<(),
                     }
                     Ok(_) => {}
                 }
-                let p = path.clone();
-                let stat = worker
-                    .run(STAT_TIMEOUT, move || std::fs::symlink_metadata(&p))
-                    .ok()?;
+                let stat = worker.lstat_is_dir(path)?;
                 Some(match stat {
-                    Ok(m) if m.is_dir() => Ok(()),
+                    Ok(true) => Ok(()),
                     Ok(_) => Err(format!("{} is not a directory", path.display())),
                     Err(e) => Err(format!("{}: {e}", path.display())),
                 })

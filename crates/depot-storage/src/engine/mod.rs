@@ -161,7 +161,11 @@ impl Storage {
             pools: Pools::default(),
             workers: Mutex::new(HashMap::new()),
             mounts: Mutex::new(HashMap::new()),
-            watch: Watch::new(config.monitor_interval),
+            watch: {
+                let w = Watch::new(config.monitor_interval);
+                w.set_helper(config.fsproc_command.clone());
+                w
+            },
             events: Events::none(),
             config,
         }
