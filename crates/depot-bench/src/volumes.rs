@@ -592,7 +592,9 @@ impl DirectCreate {
             max_hosts: 250,
             backup: false,
         };
-        let paths = depot_storage::file::domain::create(mount_dir, &domain)
+        // Direct: the calls on this thread, as the daemon's helpers make them.
+        let fs = depot_storage::mount_fs::MountFs::in_process(mount_dir, QEMU_IMG_TIMEOUT);
+        let paths = depot_storage::file::domain::create(&fs, mount_dir, &domain)
             .map_err(|e| format!("direct create: {e}"))?;
         // What the daemon's Volume.create is asked for, above.
         let req = CreateVolume {

@@ -112,11 +112,12 @@ impl Domain {
     }
 
     /// Whether the domain is still where it was located: its metadata file,
-    /// or its VG (LVM's cache answers).
-    pub fn still_there(&self) -> bool {
+    /// or its VG (LVM's cache answers). A file domain's mount that does
+    /// not answer is an error (2001 naming the mount), never "not there".
+    pub fn still_there(&self) -> StorageResult<bool> {
         match self {
-            Domain::File(d) => d.paths.metadata().is_file(),
-            Domain::Block(d) => block::exists(&d.lvm, d.sd),
+            Domain::File(d) => file::domain::still_there(&d.fs, &d.paths),
+            Domain::Block(d) => Ok(block::exists(&d.lvm, d.sd)),
         }
     }
 
@@ -124,7 +125,7 @@ impl Domain {
     /// domain; the VG's tags, fresh from LVM, for a block one).
     pub fn read_metadata(&self) -> StorageResult<DomainMetadata> {
         match self {
-            Domain::File(d) => file::domain::read_metadata(&d.paths),
+            Domain::File(d) => file::domain::read_metadata(&d.fs, &d.paths),
             Domain::Block(d) => block::read_metadata(&d.lvm, d.sd),
         }
     }
@@ -135,7 +136,7 @@ impl Domain {
         change: impl FnOnce(&mut DomainMetadata) -> StorageResult<()>,
     ) -> StorageResult<DomainMetadata> {
         match self {
-            Domain::File(d) => file::domain::update_metadata(&d.paths, change),
+            Domain::File(d) => file::domain::update_metadata(&d.fs, &d.paths, change),
             Domain::Block(d) => block::update_metadata(&d.lvm, d.sd, change),
         }
     }
@@ -143,7 +144,7 @@ impl Domain {
     /// Space figures: the file system's, or the VG's.
     pub fn stats(&self) -> StorageResult<FsStats> {
         match self {
-            Domain::File(d) => file::domain::stats(&d.paths),
+            Domain::File(d) => file::domain::stats(&d.fs, &d.paths),
             Domain::Block(d) => block::stats(&d.lvm, d.sd),
         }
     }
@@ -151,7 +152,7 @@ impl Domain {
     /// Checks the layout and that the metadata names this domain.
     pub fn validate(&self) -> StorageResult<DomainMetadata> {
         match self {
-            Domain::File(d) => file::domain::validate(&d.paths, d.sd),
+            Domain::File(d) => file::domain::validate(&d.fs, &d.paths, d.sd),
             Domain::Block(d) => block::validate(&d.lvm, d.sd),
         }
     }
@@ -160,7 +161,7 @@ impl Domain {
     /// directory under `repository`.
     pub fn format(&self, repository: &Path) -> StorageResult<()> {
         match self {
-            Domain::File(d) => file::domain::format(&d.paths, d.sd),
+            Domain::File(d) => file::domain::format(&d.fs, &d.paths, d.sd),
             Domain::Block(d) => block::format(&d.lvm, repository, d.sd),
         }
     }

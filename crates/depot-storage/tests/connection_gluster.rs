@@ -61,7 +61,8 @@ fn connection_gluster_connect_and_disconnect() {
     std::fs::create_dir_all(&md).unwrap();
     std::fs::write(md.join("metadata"), b"SDUUID=x\n").unwrap();
     assert!(g.brick().join(SD).join("dom_md/metadata").is_file());
-    let found = depot_storage::file::domain::list_in(&mp);
+    let mfs = depot_storage::mount_fs::MountFs::in_process(&mp, Duration::from_secs(30));
+    let found = depot_storage::file::domain::list_in(&mfs, &mp).unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].1.metadata(), md.join("metadata"));
 

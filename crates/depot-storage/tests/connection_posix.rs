@@ -73,7 +73,8 @@ fn lifecycle(fstype: &str, size: u64) {
     let md = mp.join(SD).join("dom_md");
     std::fs::create_dir_all(&md).unwrap();
     std::fs::write(md.join("metadata"), b"x\n").unwrap();
-    let found = depot_storage::file::domain::list_in(&mp);
+    let mfs = depot_storage::mount_fs::MountFs::in_process(&mp, Duration::from_secs(30));
+    let found = depot_storage::file::domain::list_in(&mfs, &mp).unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].1.metadata(), md.join("metadata"));
 

@@ -39,7 +39,7 @@ fn contract_cases(d: &Domain, description: &str, repository: &std::path::Path) {
     assert_eq!(md.sd_uuid, sd);
     assert_eq!(md.class, DomainClass::Data);
     assert_eq!(md.description, description);
-    assert!(d.still_there());
+    assert!(d.still_there().unwrap());
 
     // An update is read back; a refused change writes nothing.
     let changed = d
@@ -85,7 +85,7 @@ fn contract_cases(d: &Domain, description: &str, repository: &std::path::Path) {
 
     // Formatted, it is gone: 358 from then on.
     d.format(repository).unwrap();
-    assert!(!d.still_there());
+    assert!(!d.still_there().unwrap());
     let e = d.read_metadata().unwrap_err();
     assert_eq!(e.code, Code::StorageDomainDoesNotExist, "{e}");
 }
@@ -106,8 +106,8 @@ fn file_domain_keeps_the_contract() {
         max_hosts: 250,
         backup: false,
     };
-    let paths = depot_storage::file::domain::create(&mount, &req).unwrap();
     let fs = depot_storage::mount_fs::MountFs::in_process(&mount, Duration::from_secs(30));
+    let paths = depot_storage::file::domain::create(&fs, &mount, &req).unwrap();
     let d = Domain::File(FileDomain { sd, paths, fs });
     // A file domain's calls run on its mount's I/O worker.
     assert_eq!(d.mount_root(), Some(mount.join(sd.to_string()).as_path()));

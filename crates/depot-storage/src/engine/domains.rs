@@ -2,26 +2,47 @@
 //! domain verbs (create, info, stats, description, validate, format,
 //! find, backup flag), health monitoring, and the crash recovery of the
 //! mounts domains live in. Each verb reaches the domain through the domain
-//! contract ([`Domain`]), which also decides whether the call runs on the
-//! mount's I/O worker.
+//! contract ([`Domain`]) on the caller's thread: a file domain's calls go
+//! through its mount's helpers with their deadline (crate::mount_fs), a
+//! block domain's LVM and qemu-img calls carry their own timeouts.
+//!
+//! Scans over every mount (locate's search, getStorageDomains, create's
+//! duplicate check, crash recovery) give each mount [`SCAN_TIMEOUT`] at
+//! most, go on with the others, and log each mount that could not be
+//! read: a frozen mount costs a scan one short deadline, and hides
+//! nothing silently (docs/storage.md, "Domains").
 
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use depot_api::storage::{DomainClass, DomainRole, DomainType, SdUuid, SpUuid};
 use depot_api::Code;
 use depot_os::lvm::Lvm;
 
-use super::{Lane, Storage};
-use crate::domain::{BlockDomain, Domain, FileDomain, VolumeTools};
+use super::Storage;
+use crate::domain::{BlockDomain, Domain};
 use crate::domain_spec::{self, CreateDomain};
 use crate::file;
+use crate::file::domain::mount_in_trouble;
 use crate::layout::{self, DomainPaths};
-use crate::lock::Held;
 use crate::metadata::domain::DomainMetadata;
 use crate::monitor::{CheckTarget, DomainHealth};
+use crate::mount_fs::MountFs;
 use crate::{StorageError, StorageResult};
+
+/// The longest one mount's call may take in a scan over every mount (the
+/// I/O timeout if that is shorter): long enough for a slow but working
+/// server, short enough that a frozen one does not hold up the verbs
+/// that look at every mount (issue 15, "Bounded scans").
+const SCAN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a search of the mounts for one domain found.
+struct Search {
+    found: Option<Domain>,
+    /// The mounts that could not be read, each with why.
+    unreadable: Vec<(PathBuf, StorageError)>,
+}
 
 /// `StorageDomain.getInfo`, typed.
 #[derive(Debug, Clone)]
@@ -41,101 +62,162 @@ impl Storage {
         removed
     }
 
+    /// The helpers of `dir`'s mount with a scan's deadline per call.
+    fn scan_fs(&self, dir: &Path) -> MountFs {
+        self.mount_fs(dir)
+            .with_timeout(self.config.io_timeout.min(SCAN_TIMEOUT))
+    }
+
+    /// Logs a mount a scan could not read; `what` says what the scan did
+    /// about it. The words "could not be read" and the mount's path are
+    /// what operators (and tests) look for.
+    fn log_unreadable(&self, scan: &str, mount: &Path, e: &StorageError, what: &str) {
+        tracing::warn!(code = e.code.number(), error = %e,
+            "{scan}: mount {} could not be read; {what}", mount.display());
+    }
+
+    /// The file domains this host knows in `mount_dir`.
+    fn known_on(&self, mount_dir: &Path) -> Vec<SdUuid> {
+        let mut known: Vec<SdUuid> = self
+            .state()
+            .domains
+            .iter()
+            .filter(|(_, d)| !d.is_block() && d.paths().mount_dir() == mount_dir)
+            .map(|(sd, _)| *sd)
+            .collect();
+        known.sort();
+        known
+    }
+
+    /// Cleans what crashes left in `mount_dir` (half-created and
+    /// half-formatted domains, then each domain's volumes), once per sight
+    /// of the mount. A mount that cannot be read is logged and tried again
+    /// the next time it is seen.
     pub(super) fn recover_mount(&self, mount_dir: &Path) -> Vec<String> {
         if !self.state().recovered.insert(mount_dir.to_path_buf()) {
             return Vec::new();
         }
-        let dir = mount_dir.to_path_buf();
-        // Long work: finishing an interrupted postZero delete wipes.
-        let op = "recover crash leftovers";
-        let started = Arc::new(AtomicBool::new(false));
-        let started_in = Arc::clone(&started);
-        let (qemu, timeout) = (self.qemu.clone(), self.config.qemu_img_timeout);
-        let fs = self.mount_fs(mount_dir);
-        let found = self.io_in(Lane::Long, mount_dir, op, &Held::none(), move |live| {
-            started_in.store(true, Ordering::SeqCst);
-            let mut removed: Vec<String> = file::domain::recover_mount(&dir)
-                .into_iter()
-                .map(|p| p.display().to_string())
-                .collect();
-            let tools = VolumeTools {
-                qemu: &qemu,
-                timeout,
-            };
-            for (sd, paths) in file::domain::list_in(&dir) {
-                let fs = fs.clone();
-                let d = Domain::File(FileDomain { sd, paths, fs });
-                match d.recover(tools, &|| live.beat()) {
-                    Ok(cleaned) => removed.extend(cleaned.iter().map(|c| format!("{sd}: {c}"))),
-                    Err(e) => tracing::warn!(sd = %sd, error = %e, "volume recovery failed"),
-                }
-            }
-            Ok(removed)
-        });
-        match found {
+        match self.recover_mount_now(mount_dir) {
             Ok(removed) => {
                 for what in &removed {
                     tracing::warn!(%what, "removed what a crash left behind");
                 }
                 removed
             }
-            // The mount did not answer. A call that started may still be
-            // running (it goes on when its server comes back): it is not
-            // started again beside it; the mount's next disconnect and
-            // connect (or a restart) run it again. One that never started
-            // is tried again the next time the mount is seen.
             Err(e) => {
-                tracing::warn!(mount = %mount_dir.display(), error = %e,
-                    "crash recovery did not finish");
-                if !started.load(Ordering::SeqCst) {
-                    self.state().recovered.remove(mount_dir);
-                }
+                self.log_unreadable(
+                    "crash recovery",
+                    mount_dir,
+                    &e,
+                    "recovery is tried again the next time the mount is seen",
+                );
+                self.state().recovered.remove(mount_dir);
                 Vec::new()
             }
         }
     }
 
+    fn recover_mount_now(&self, mount_dir: &Path) -> StorageResult<Vec<String>> {
+        // The listings with a scan's deadline; the domains' own recovery
+        // (a promised wipe) with the mount's I/O timeout per call.
+        let scan = self.scan_fs(mount_dir);
+        let mut removed: Vec<String> = file::domain::recover_mount(&scan, mount_dir)?
+            .into_iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let tools = self.volume_tools();
+        for (sd, paths) in file::domain::list_in(&scan, mount_dir)? {
+            let d = self.file_domain(sd, paths);
+            match d.recover(tools, &|| ()) {
+                Ok(cleaned) => removed.extend(cleaned.iter().map(|c| format!("{sd}: {c}"))),
+                Err(e) => tracing::warn!(sd = %sd, error = %e, "volume recovery failed"),
+            }
+        }
+        Ok(removed)
+    }
+
     /// Where domain `sd` is: the cache when its metadata is still there,
-    /// otherwise a scan of the mounts (each on its own worker). 358 if none.
+    /// otherwise a search of the mounts and the VGs. 358 only when every
+    /// place answered that it is not there; a mount that could not be read
+    /// makes it 2001 naming that mount (the domain may be there).
     pub fn locate(&self, sd: SdUuid) -> StorageResult<Domain> {
+        const OP: &str = "locate storage domain";
+        let search = self.search(sd)?;
+        if let Some(found) = search.found {
+            return Ok(found);
+        }
+        if let Some((_, first)) = search.unreadable.first() {
+            let mounts: Vec<String> = search
+                .unreadable
+                .iter()
+                .map(|(m, _)| m.display().to_string())
+                .collect();
+            return Err(StorageError::new(
+                first.code,
+                OP,
+                format!(
+                    "'{sd}' is on no storage that answered, and {} could not be read: {first}",
+                    mounts.join(", ")
+                ),
+            )
+            .with_cause_of(first));
+        }
+        Err(StorageError::new(
+            Code::StorageDomainDoesNotExist,
+            OP,
+            format!("'{sd}'"),
+        ))
+    }
+
+    /// [`locate`](Self::locate)'s work: the cached domain if it is still
+    /// there (its mount's I/O timeout: one domain's call, not a scan),
+    /// else each mount with a scan's deadline, then the VGs.
+    fn search(&self, sd: SdUuid) -> StorageResult<Search> {
+        const OP: &str = "locate storage domain";
         let cached = self.state().domains.get(&sd).cloned();
         if let Some(known) = cached {
-            let op = "locate storage domain";
-            if self.on_domain(Lane::Short, &known, op, &Held::none(), |d, _| {
-                Ok(d.still_there())
-            })? {
-                return Ok(known);
+            if known.still_there()? {
+                return Ok(Search {
+                    found: Some(known),
+                    unreadable: Vec::new(),
+                });
             }
             self.state().domains.remove(&sd);
             // A block domain whose VG is gone is not looked for elsewhere.
             if known.is_block() {
                 return Err(StorageError::new(
                     Code::StorageDomainDoesNotExist,
-                    op,
+                    OP,
                     format!("'{sd}'"),
                 ));
             }
         }
+        let mut unreadable = Vec::new();
         for dir in layout::mount_dirs(&self.config.repository) {
-            let d = dir.clone();
-            let found = self.io(&dir, "locate storage domain", move || {
-                Ok(file::domain::find(&[d], sd))
-            });
-            if let Ok(Some(paths)) = found {
-                self.recover_mount(&dir);
-                let found = self.file_domain(sd, paths);
-                self.state().domains.insert(sd, found.clone());
-                return Ok(found);
+            match file::domain::find_in(&self.scan_fs(&dir), &dir, sd) {
+                Ok(Some(paths)) => {
+                    self.recover_mount(&dir);
+                    let found = self.file_domain(sd, paths);
+                    self.state().domains.insert(sd, found.clone());
+                    return Ok(Search {
+                        found: Some(found),
+                        unreadable,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.log_unreadable(
+                        "locate storage domain",
+                        &dir,
+                        &e,
+                        &format!("{sd} may be there"),
+                    );
+                    unreadable.push((dir, e));
+                }
             }
         }
-        if let Some(found) = self.locate_block(sd)? {
-            return Ok(found);
-        }
-        Err(StorageError::new(
-            Code::StorageDomainDoesNotExist,
-            "locate storage domain",
-            format!("'{sd}'"),
-        ))
+        let found = self.locate_block(sd)?;
+        Ok(Search { found, unreadable })
     }
 
     /// Looks for `sd` among the VGs on this host's multipath devices. On
@@ -185,21 +267,15 @@ impl Storage {
     }
 
     pub(super) fn read_md(&self, domain: &Domain) -> StorageResult<DomainMetadata> {
-        let op = "read domain metadata";
-        self.on_domain(Lane::Short, domain, op, &Held::none(), |d, _| {
-            d.read_metadata()
-        })
+        domain.read_metadata()
     }
 
     pub(super) fn update_md(
         &self,
         domain: &Domain,
-        change: impl FnOnce(&mut DomainMetadata) -> StorageResult<()> + Send + 'static,
+        change: impl FnOnce(&mut DomainMetadata) -> StorageResult<()>,
     ) -> StorageResult<DomainMetadata> {
-        let op = "update domain metadata";
-        self.on_domain(Lane::Short, domain, op, &Held::none(), |d, _| {
-            d.update_metadata(change)
-        })
+        domain.update_metadata(change)
     }
 
     /// `StorageDomain.create` for file domains. `version` other than 5 is
@@ -233,22 +309,69 @@ impl Storage {
             .connected_mount_point(req.domain_type, &req.remote_path)?;
         self.recover_mount(&mount);
         let sd = req.sd;
-        let m = mount.clone();
-        let paths = self.io(&mount, OP, move || file::domain::create(&m, &req))?;
+        let paths = file::domain::create(&self.mount_fs(&mount), &mount, &req)?;
         tracing::info!(sd = %sd, path = %paths.root.display(), "storage domain created");
         self.state().domains.insert(sd, self.file_domain(sd, paths));
         Ok(())
     }
 
     /// Refuses a domain id that exists on connected storage, file or block
-    /// (365), and a backup flag on a class that cannot have it.
+    /// (365), and a backup flag on a class that cannot have it. A domain
+    /// this host knows on a mount that cannot be read counts as existing;
+    /// an unknown one there cannot be seen, and the search logged the
+    /// mount (docs/storage.md).
     fn check_new_domain(&self, req: &CreateDomain, op: &'static str) -> StorageResult<()> {
-        if self.locate(req.sd).is_ok() {
-            return Err(StorageError::new(
+        let exists = |detail: String| {
+            Err(StorageError::new(
                 Code::StorageDomainAlreadyExists,
                 op,
-                format!("'{}'", req.sd),
-            ));
+                detail,
+            ))
+        };
+        let known = self.state().domains.get(&req.sd).cloned();
+        if let Some(known) = known {
+            // A scan's deadline: a frozen mount must not hold up a create
+            // elsewhere for the whole I/O timeout.
+            let short = self.config.io_timeout.min(SCAN_TIMEOUT);
+            let answer = match &known {
+                Domain::File(d) => file::domain::still_there(&d.fs.with_timeout(short), &d.paths),
+                Domain::Block(_) => known.still_there(),
+            };
+            match answer {
+                Ok(true) => return exists(format!("'{}'", req.sd)),
+                Ok(false) => {}
+                Err(e) => {
+                    return Err(StorageError::new(
+                        Code::StorageDomainAlreadyExists,
+                        op,
+                        format!(
+                            "'{}' is known on {}, which could not be read: {e}",
+                            req.sd,
+                            known.paths().mount_dir().display()
+                        ),
+                    )
+                    .with_cause_of(&e))
+                }
+            }
+        }
+        match self.search(req.sd) {
+            Ok(Search { found: Some(_), .. }) => return exists(format!("'{}'", req.sd)),
+            Ok(Search { found: None, .. }) => {}
+            // A known domain whose mount stopped answering between the
+            // two looks.
+            Err(e) if mount_in_trouble(&e) => {
+                return Err(StorageError::new(
+                    Code::StorageDomainAlreadyExists,
+                    op,
+                    format!(
+                        "'{}' is known on storage that could not be read: {e}",
+                        req.sd
+                    ),
+                )
+                .with_cause_of(&e))
+            }
+            Err(e) if e.code == Code::StorageDomainDoesNotExist => {}
+            Err(e) => return Err(e),
         }
         if req.backup {
             crate::backup::check_class_of(req.sd, req.class, op)?;
@@ -275,14 +398,7 @@ impl Storage {
     }
 
     pub fn domain_stats(&self, sd: SdUuid) -> StorageResult<depot_os::FsStats> {
-        let domain = self.locate(sd)?;
-        self.on_domain(
-            Lane::Short,
-            &domain,
-            "domain stats",
-            &Held::none(),
-            |d, _| d.stats(),
-        )
+        self.locate(sd)?.stats()
     }
 
     pub fn set_domain_description(&self, sd: SdUuid, description: String) -> StorageResult<()> {
@@ -295,9 +411,7 @@ impl Storage {
     pub fn validate_domain(&self, sd: SdUuid) -> StorageResult<()> {
         let domain = self.locate(sd)?;
         let _lock = self.lock_domain(sd, false)?;
-        let op = "validate storage domain";
-        self.on_domain(Lane::Short, &domain, op, &Held::none(), |d, _| d.validate())
-            .map(|_| ())
+        domain.validate().map(|_| ())
     }
 
     /// Removes the domain. Refused while it is active in a connected pool
@@ -314,8 +428,17 @@ impl Storage {
             ));
         }
         // A domain whose metadata cannot be read can still be formatted:
-        // that is how an admin gets rid of a broken one.
-        if let Ok(md) = self.read_md(&domain) {
+        // that is how an admin gets rid of a broken one. A mount that does
+        // not answer says nothing of the metadata: no format then.
+        let md = match self.read_md(&domain) {
+            Ok(md) => Some(md),
+            Err(e) if mount_in_trouble(&e) => return Err(e.in_op(OP)),
+            Err(e) => {
+                tracing::warn!(sd = %sd, error = %e, "formatting a domain whose metadata cannot be read");
+                None
+            }
+        };
+        if let Some(md) = md {
             let pools = md.attached_pools();
             if !pools.is_empty() && !auto_detach {
                 return Err(StorageError::new(
@@ -328,10 +451,7 @@ impl Storage {
                 ));
             }
         }
-        let repository = self.config.repository.clone();
-        self.on_domain(Lane::Short, &domain, OP, &Held::none(), move |d, _| {
-            d.format(&repository)
-        })?;
+        domain.format(&self.config.repository)?;
         self.state().domains.remove(&sd);
         self.pools.forget_domain(sd);
         tracing::info!(sd = %sd, "storage domain formatted");
@@ -339,6 +459,10 @@ impl Storage {
     }
 
     /// `Host.getStorageDomains`: domains on connected storage, filtered.
+    /// Each mount is read with a scan's deadline; a mount that could not be
+    /// read is logged, and the domains this host knows on it are listed
+    /// anyway (unfiltered where the filter needs metadata that could not
+    /// be read), so a frozen mount never hides a domain.
     pub fn find_domains(
         &self,
         pool: Option<SpUuid>,
@@ -346,31 +470,51 @@ impl Storage {
         domain_type: Option<DomainType>,
         remote_path: Option<&str>,
     ) -> Vec<SdUuid> {
+        const SCAN: &str = "getStorageDomains";
+        let keep = |md: &DomainMetadata| {
+            class.is_none_or(|c| md.class == c)
+                && domain_type.is_none_or(|t| md.domain_type == t)
+                && remote_path.is_none_or(|r| md.remote_path == r)
+                && pool.is_none_or(|p| md.attached_pools().contains(&p))
+        };
+        let filtered =
+            pool.is_some() || class.is_some() || domain_type.is_some() || remote_path.is_some();
         let mut found = Vec::new();
         for dir in layout::mount_dirs(&self.config.repository) {
-            let d = dir.clone();
-            let listed = self.io(&dir, "list storage domains", move || {
-                Ok(file::domain::list_in(&d)
-                    .into_iter()
-                    .filter_map(|(sd, paths)| {
-                        file::domain::read_metadata(&paths)
-                            .ok()
-                            .map(|md| (sd, paths, md))
-                    })
-                    .collect::<Vec<_>>())
-            });
-            let Ok(listed) = listed else {
-                tracing::warn!(mount = %dir.display(), "skipped a mount that did not answer");
-                continue;
+            let fs = self.scan_fs(&dir);
+            let listed = match file::domain::list_in(&fs, &dir) {
+                Ok(listed) => listed,
+                Err(e) => {
+                    let known = self.known_on(&dir);
+                    let what = format!(
+                        "listing the {} domain(s) known on it{}: {known:?}",
+                        known.len(),
+                        if filtered { " unfiltered" } else { "" }
+                    );
+                    self.log_unreadable(SCAN, &dir, &e, &what);
+                    found.extend(known);
+                    continue;
+                }
             };
-            for (sd, paths, md) in listed {
+            for (sd, paths) in listed {
+                let md = file::domain::read_metadata(&fs, &paths);
                 self.state().domains.insert(sd, self.file_domain(sd, paths));
-                let keep = class.is_none_or(|c| md.class == c)
-                    && domain_type.is_none_or(|t| md.domain_type == t)
-                    && remote_path.is_none_or(|r| md.remote_path == r)
-                    && pool.is_none_or(|p| md.attached_pools().contains(&p));
-                if keep {
-                    found.push(sd);
+                match md {
+                    Ok(md) if keep(&md) => found.push(sd),
+                    Ok(_) => {}
+                    Err(e) if mount_in_trouble(&e) => {
+                        self.log_unreadable(
+                            SCAN,
+                            &dir,
+                            &e,
+                            &format!("listing {sd}{}", if filtered { " unfiltered" } else { "" }),
+                        );
+                        found.push(sd);
+                    }
+                    Err(e) => {
+                        tracing::warn!(sd = %sd, error = %e,
+                            "getStorageDomains: not listing a domain whose metadata is unsound");
+                    }
                 }
             }
         }
