@@ -18,6 +18,8 @@ pub struct Daemon {
     notify: UnixDatagram,
     extra_config: String,
     env: Vec<(String, String)>,
+    /// The TLS port of the next start: 0 (a free one) unless `keep_port`.
+    port: u16,
     /// Notifications received so far, in order.
     pub notifications: Vec<String>,
 }
@@ -45,6 +47,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            port: 0,
             notifications: Vec::new(),
         };
         d.spawn();
@@ -117,7 +120,7 @@ impl Daemon {
         let config = self.dir.path().join("test.toml");
         std::fs::write(
             &config,
-            format!("[listen]\nport = 0\n{}", self.extra_config),
+            format!("[listen]\nport = {}\n{}", self.port, self.extra_config),
         )
         .unwrap();
         let log = std::fs::OpenOptions::new()
@@ -195,6 +198,24 @@ impl Daemon {
         }
     }
 
+    /// Waits up to `timeout` for the daemon to exit on its own: its status,
+    /// or None with the daemon left running (a test that goes on to report
+    /// how much longer it took).
+    pub fn try_wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM and wait; the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal(nix::sys::signal::Signal::SIGTERM);
@@ -209,10 +230,24 @@ impl Daemon {
 
     /// Starts the daemon again on the same directory.
     pub fn restart(&mut self) {
+        self.respawn();
+        self.wait_ready();
+    }
+
+    /// Starts the daemon again on the same directory without waiting for
+    /// READY=1: for a test that times the start itself.
+    pub fn respawn(&mut self) {
         assert!(self.child.is_none(), "stop or crash first");
         self.notifications.clear();
         self.spawn();
-        self.wait_ready();
+    }
+
+    /// Later starts listen on the TLS port this one bound, as a depotd on
+    /// its configured port does: a restart then needs the old process to
+    /// have let go of it.
+    pub fn keep_port(&mut self) {
+        let addr: std::net::SocketAddr = self.tls_addr().parse().expect("listen-address");
+        self.port = addr.port();
     }
 }
 
