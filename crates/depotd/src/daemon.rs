@@ -191,15 +191,32 @@ async fn open_storage(config: &Config, events: &EventBus) -> Arc<Storage> {
         .with_san_references(config.daemon.state_dir.join("iscsi-sessions"))
         .with_events(Events::new(Arc::new(events.clone()))),
     );
-    let recovered = {
-        let s = storage.clone();
-        tokio::task::spawn_blocking(move || s.recover())
-            .await
-            .unwrap_or_default()
-    };
-    tracing::info!(cleaned = recovered.len(), "storage recovered");
+    let s = storage.clone();
+    let mut recovery = tokio::task::spawn_blocking(move || s.recover());
+    match tokio::time::timeout(RECOVERY_WAIT, &mut recovery).await {
+        Ok(recovered) => {
+            let cleaned = recovered.map(|r| r.len()).unwrap_or_default();
+            tracing::info!(cleaned, "storage recovered");
+        }
+        Err(_) => {
+            tracing::warn!(wait = ?RECOVERY_WAIT,
+                "crash recovery goes on in the background (a mount is slow, does not answer, \
+                 or a promised wipe is long); serving meanwhile");
+            tokio::spawn(async move {
+                let cleaned = recovery.await.map(|r| r.len()).unwrap_or_default();
+                tracing::info!(cleaned, "storage recovered (in the background)");
+            });
+        }
+    }
     storage
 }
+
+/// How long depotd waits for the crash recovery of the mounts it finds at
+/// start before it binds (issue 15: a restart answers at once even with a
+/// mount that does not answer, or a long promised wipe). Recovery of a
+/// healthy mount takes milliseconds; what is not done by then goes on in
+/// the background (docs/storage.md, "Crash recovery").
+const RECOVERY_WAIT: Duration = Duration::from_secs(2);
 
 /// The job manager, with the jobs of the last run recovered.
 async fn open_jobs(config: &Config, storage: &Arc<Storage>) -> Result<JobManager, StartError> {
