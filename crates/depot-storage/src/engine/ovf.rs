@@ -13,7 +13,7 @@
 use std::io;
 use std::time::Instant;
 
-use depot_api::storage::{DiskType, ImgUuid, SdUuid, VolUuid, VolumeFormat};
+use depot_api::storage::{DiskType, DomainType, ImgUuid, SdUuid, VolUuid, VolumeFormat};
 use depot_api::Code;
 
 use super::copy::VolRef;
@@ -143,7 +143,8 @@ impl Storage {
         let staging = volume.staging();
         // Holding the upload slot, any staging file is a crash leftover.
         store::discard_stale_staging(&staging).map_err(|e| ovf_err(OP, e))?;
-        let block_size = self.domain_info(sd)?.metadata.block_size as usize;
+        let domain_md = self.domain_info(sd)?.metadata;
+        let block_size = domain_md.block_size as usize;
         // A preallocated volume file stays preallocated.
         let preallocated = info.true_size >= capacity;
         let plan = replace::prepare(&volume, capacity, block_size, preallocated)
@@ -158,6 +159,7 @@ impl Storage {
                 // Dropped before the commit (a failure), it removes its
                 // staging file.
                 let mut r = *r;
+                r.hold_old_file(domain_md.domain_type == DomainType::LocalFs);
                 r.receive(content_length, source)
                     .map_err(|e| ovf_err(OP, e))?;
                 let received = t0.elapsed();
