@@ -312,3 +312,62 @@ impl From<OvfError> for StorageError {
         StorageError::new(e.code(), "OVF_STORE", e.to_string()).caused_by(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use depot_os::fsproc::FsProcError;
+    use std::time::Duration;
+
+    fn trouble(write: bool) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            MountTrouble {
+                write,
+                source: FsProcError::Timeout {
+                    mount: "/rhev/data-center/mnt/server:_export".into(),
+                    op: "read",
+                    path: "sd/images/i/v".into(),
+                    after: Duration::from_secs(3),
+                },
+            },
+        )
+    }
+
+    /// A mount that does not answer is 2001/2002 whatever step met it,
+    /// also when the error comes wrapped (the tar parser's reader wraps
+    /// the read's OvfError in an io::Error), and the message names it.
+    #[test]
+    fn a_mount_in_trouble_is_its_code_at_any_depth() {
+        let read = OvfError::Read {
+            op: "read OVF_STORE volume",
+            path: "/v".into(),
+            source: trouble(false),
+        };
+        assert_eq!(read.code(), Code::MiscFileReadException);
+        let wrapped = OvfError::Stream {
+            at: 4096,
+            source: io::Error::other(read),
+        };
+        assert!(wrapped.mount_trouble().is_some());
+        assert_eq!(wrapped.code(), Code::MiscFileReadException);
+        assert!(wrapped.to_string().contains("server:_export"), "{wrapped}");
+        // A write that got no answer, met while reading the upload's own
+        // file: 2002 all the same.
+        let write = OvfError::Read {
+            op: "stat staging file",
+            path: "/v.ovf-upload".into(),
+            source: trouble(true),
+        };
+        assert_eq!(write.code(), Code::MiscFileWriteException);
+        // Not a mount in trouble: the step's own code.
+        let plain = OvfError::Stream {
+            at: 0,
+            source: io::Error::other("bad bytes"),
+        };
+        assert!(plain.mount_trouble().is_none());
+        assert_eq!(plain.code(), Code::MiscFileReadException);
+        let busy = OvfError::Busy { path: "/v".into() };
+        assert_eq!(busy.code(), Code::VolumeIsBusy);
+    }
+}
