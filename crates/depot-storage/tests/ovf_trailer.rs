@@ -303,21 +303,17 @@ fn a_committed_store_carries_a_documented_trailer() {
     let size: u64 = 1 << 20;
     std::fs::File::create(&vol).unwrap().set_len(size).unwrap();
     let tar = engine_tar();
-    let staging = ovf::staging_path(&vol);
+    let volume = ovf::StoreFile::local(vol.clone());
+    let staging = volume.staging();
     let mut rest = &tar[..];
-    let staged = ovf::stage_upload(
-        &staging,
-        tar.len() as u64,
-        |buf| {
-            let n = rest.len().min(buf.len());
-            buf[..n].copy_from_slice(&rest[..n]);
-            rest = &rest[n..];
-            Ok(n)
-        },
-        &ovf::FsCalls::inline(),
-    )
+    let staged = ovf::stage_upload(&staging, tar.len() as u64, |buf| {
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        Ok(n)
+    })
     .unwrap();
-    let t = ovf::commit(&vol, size, &staged, 512).unwrap();
+    let t = ovf::commit(&volume, size, &staged, 512).unwrap();
     let bytes = std::fs::read(&vol).unwrap();
     let block = &bytes[(size - 4096) as usize..];
     let Read::Record(f) = read_per_docs(block) else {
@@ -331,19 +327,14 @@ fn a_committed_store_carries_a_documented_trailer() {
     assert!(bytes[..tar.len()] == tar[..]);
     // And a second upload: generation 2.
     let mut rest = &tar[..];
-    let staged = ovf::stage_upload(
-        &staging,
-        tar.len() as u64,
-        |buf| {
-            let n = rest.len().min(buf.len());
-            buf[..n].copy_from_slice(&rest[..n]);
-            rest = &rest[n..];
-            Ok(n)
-        },
-        &ovf::FsCalls::inline(),
-    )
+    let staged = ovf::stage_upload(&staging, tar.len() as u64, |buf| {
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        Ok(n)
+    })
     .unwrap();
-    ovf::commit(&vol, size, &staged, 512).unwrap();
+    ovf::commit(&volume, size, &staged, 512).unwrap();
     let bytes = std::fs::read(&vol).unwrap();
     match read_per_docs(&bytes[(size - 4096) as usize..]) {
         Read::Record(f) => assert_eq!((f.state, f.generation), (2, 2)),

@@ -702,9 +702,10 @@ impl Drop for StoppedBrick {
 
 /// An OVF_STORE upload whose GlusterFS mount stops answering mid-body
 /// (the brick stopped, the client's ping timeout raised so nothing gives
-/// up on its own) is answered with 2001 within a few I/O timeouts: the
-/// staging file's writes run on the mount's worker, not on a thread that
-/// then hangs for as long as the server does.
+/// up on its own) is answered with 2002 (a write that got no answer)
+/// naming the mount within a few I/O timeouts: the staging file's writes
+/// are made by the mount's helpers, not on a thread that then hangs for
+/// as long as the server does.
 #[tokio::test]
 #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 async fn ovf_upload_on_a_hung_mount_fails_in_time() {
@@ -751,10 +752,15 @@ async fn ovf_upload_on_a_hung_mount_fails_in_time() {
     writer.abort();
     assert_eq!(
         resp.code(),
-        2001,
+        2002,
         "{} after {:?}",
         resp.show(),
         t0.elapsed()
+    );
+    assert!(
+        resp.show().contains("mnt/glusterSD/"),
+        "names the mount: {}",
+        resp.show()
     );
     drop(brick);
 }

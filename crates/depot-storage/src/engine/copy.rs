@@ -14,15 +14,16 @@ use depot_api::storage::{ImgUuid, Legality, SdUuid, VolUuid, VolumeFormat};
 use depot_api::Code;
 use depot_os::{ConvertOptions, ImageFormat};
 
-use super::{Lane, Storage};
+use super::Storage;
 use crate::copy::child::{child_command, run_in_child, ChildDone, ChildJob};
 use crate::copy::{self, BlkHash, CopyError, CopyOptions, Journal};
+use crate::domain::Domain;
 use crate::lock::{Held, LockMode, ResourceName};
 use crate::metadata::volume::next_generation;
-use crate::volume_data::VolumeData;
+use crate::volume_data::{open_error, VolumeData};
 use crate::volume_store::{CreateVolume, VolumeInfo};
 use crate::{StorageError, StorageResult};
-use depot_os::fsproc::HelperCommand;
+use depot_os::fsproc::{FileKind, HelperCommand};
 
 /// One volume on one domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -260,9 +261,12 @@ impl Storage {
         // write, and the bytes they wrote are the source's
         // (docs/copy.md, "Journal and crash guarantees"). Only a
         // regular file: a device node has no blocks in stat, and an
-        // LV (which reports its size) may hold anything.
-        let dst_is_zero =
-            dst.true_size == 0 && std::fs::metadata(&dst.path).is_ok_and(|m| m.is_file());
+        // LV (which reports its size) may hold anything. A file domain's
+        // volume data is a regular file by its rule, checked under this
+        // lock (check_chain_data) and again when the copier opens it: no
+        // look at the file here (it would be a call on the mount from
+        // this job's thread).
+        let dst_is_zero = dst.true_size == 0 && matches!(ends.dst_data, VolumeData::File(_));
         let progress = |done: u64, total: u64| {
             let pct = done
                 .saturating_mul(100)
@@ -637,20 +641,38 @@ impl Storage {
         Ok(())
     }
 
-    /// [`VolumeData::check`] of `v`: on the mount's worker for a file
-    /// domain (the check walks the path), on this thread for a block one.
+    /// Checks the rule of `v`'s data now ([`VolumeData::check`]): 254 when
+    /// it is broken, the OS's error (with `code`) when the data cannot be
+    /// looked at. On a file domain the look is a call in the mount's
+    /// helpers, whose confinement is the rule (a regular file reached
+    /// beneath the mount without a symlink, on its file system): a mount
+    /// that does not answer is 2001 naming it. A block domain's link and LV
+    /// are checked on this thread (on no mount). The caller holds the
+    /// locks that matter.
     pub(crate) fn check_data(
         &self,
         v: VolRef,
         code: Code,
-        held: &Held,
+        _held: &Held,
         op: &'static str,
     ) -> StorageResult<()> {
         let domain = self.locate(v.sd)?;
         let data = domain.volume_data(v.img, v.vol);
-        self.on_domain(Lane::Short, &domain, op, held, move |_, _| {
-            data.check(code, op)
-        })
+        match &domain {
+            Domain::File(d) => {
+                let path = depot_os::DataPath::path(&data);
+                let st = d.fs.stat(path).map_err(|e| open_error(code, op, path, e))?;
+                if st.kind != FileKind::File {
+                    let refused = depot_os::Refused {
+                        path: path.to_owned(),
+                        reason: format!("{} is {:?}, not a regular file", path.display(), st.kind),
+                    };
+                    return Err(open_error(code, op, path, std::io::Error::other(refused)));
+                }
+                Ok(())
+            }
+            Domain::Block(_) => data.check(code, op),
+        }
     }
 
     /// Volume info with the caller already holding the image lock.

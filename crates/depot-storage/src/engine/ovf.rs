@@ -3,25 +3,29 @@
 //! into a staging file before the volume is touched, then swapped in by a
 //! rename (a file volume) or copied in with O_DIRECT (anything else), with
 //! an integrity trailer; reads serve only a store that verifies.
+//!
+//! On a file domain every file-system call of these verbs is made in the
+//! mount's helper processes (crate::mount_fs), each with its deadline, so
+//! they run on the calling thread: a server that stops answering fails the
+//! verb with 2001/2002 naming the mount, and no depotd thread enters it. A
+//! block domain's LV is on no mount: its calls run on the calling thread.
 
 use std::io;
 use std::time::Instant;
 
-use depot_api::storage::{DiskType, ImgUuid, SdUuid, VolUuid, VolumeFormat};
+use depot_api::storage::{DiskType, DomainType, ImgUuid, SdUuid, VolUuid, VolumeFormat};
 use depot_api::Code;
 
 use super::copy::VolRef;
-use super::{Lane, Storage};
+use super::Storage;
+use crate::domain::Domain;
 use crate::events::StorageEvent;
 use crate::lock::Held;
 use crate::ovf::replace::{self, Plan};
 use crate::ovf::store::{self, StoreState};
-use crate::ovf::FsCalls;
-use crate::ovf::OvfError;
-use crate::volume_data::VolumeData;
+use crate::ovf::{OvfError, StoreFile};
 use crate::volume_store::VolumeInfo;
 use crate::{StorageError, StorageResult};
-use depot_os::DataPath;
 
 /// A store that may be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +42,17 @@ pub struct Readable {
 pub struct UploadDone {
     pub size: u64,
     pub generation: u64,
+}
+
+/// Whether `e` says a mount did not answer or failed underneath (the codes
+/// `StorageError::io` gives a [`MountTrouble`](crate::mount_fs::MountTrouble)).
+fn mount_trouble(e: &StorageError) -> bool {
+    matches!(
+        e.code,
+        Code::MiscFileReadException
+            | Code::MiscFileWriteException
+            | Code::FileStorageDomainStaleNFSHandle
+    )
 }
 
 fn ovf_err(op: &'static str, e: OvfError) -> StorageError {
@@ -124,40 +139,32 @@ impl Storage {
         // The volume's data must be its own file (or LV) before anything is
         // created next to it or written into it (254 otherwise).
         self.check_data(v, Code::MiscFileReadException, &Held::none(), OP)?;
-        let data = self.volume_data(v)?;
-        let staging = store::staging_path(data.path());
-        // Every file-system call below runs on the mount's I/O worker, so a
-        // hung server fails the upload instead of pinning this thread.
-        let calls = self.fs_calls(&info.path);
+        let volume = self.store_file(v)?;
+        let staging = volume.staging();
         // Holding the upload slot, any staging file is a crash leftover.
-        let staging_in = staging.clone();
-        self.io(&info.path, OP, move || {
-            store::discard_stale_staging(&staging_in).map_err(|e| ovf_err(OP, e))
-        })?;
-        let block_size = self.domain_info(sd)?.metadata.block_size as usize;
-        let (d, staging_in) = (data.clone(), staging.clone());
-        let plan = self.io(&info.path, OP, move || {
-            replace::prepare(&d, capacity, &staging_in, block_size).map_err(|e| ovf_err(OP, e))
-        })?;
-        // Receiving reads from the network: it runs on this (blocking)
-        // thread, its writes on the worker. The volume is touched only after
-        // the last byte has passed every check, holding the image lock, on
-        // the I/O worker.
+        store::discard_stale_staging(&staging).map_err(|e| ovf_err(OP, e))?;
+        let domain_md = self.domain_info(sd)?.metadata;
+        let block_size = domain_md.block_size as usize;
+        // A preallocated volume file stays preallocated.
+        let preallocated = info.true_size >= capacity;
+        let plan = replace::prepare(&volume, capacity, block_size, preallocated)
+            .map_err(|e| ovf_err(OP, e))?;
+        // Receiving reads from the network on this (blocking) thread; on a
+        // file domain its writes are a helper's. The volume is touched only
+        // after the last byte has passed every check, holding the image
+        // lock.
         let t0 = Instant::now();
         let trailer = match plan {
             Plan::Replace(r) => {
                 // Dropped before the commit (a failure), it removes its
-                // staging file: on the worker.
-                let mut r = DropOnWorker::new(*r, self.worker_for(&info.path, Lane::Short), self);
-                r.get_mut()
-                    .receive(content_length, source, &calls)
+                // staging file.
+                let mut r = *r;
+                r.hold_old_file(domain_md.domain_type == DomainType::LocalFs);
+                r.receive(content_length, source)
                     .map_err(|e| ovf_err(OP, e))?;
                 let received = t0.elapsed();
-                let held = self.lock_image(sd, img, true)?;
-                let r = r.take();
-                let c = self.io_in(Lane::Short, &info.path, OP, &held, move |_| {
-                    r.commit().map_err(|e| ovf_err(OP, e))
-                })?;
+                let _held = self.lock_image(sd, img, true)?;
+                let c = r.commit().map_err(|e| ovf_err(OP, e))?;
                 let t = &c.received.timings;
                 tracing::debug!(%sd, %vol, strategy = "replace", size = content_length,
                     receive = ?t.receive, wait_source = ?t.wait_source, validate = ?t.validate,
@@ -170,14 +177,13 @@ impl Storage {
             }
             Plan::Copy { reason } => {
                 tracing::debug!(%sd, %vol, %reason, "OVF_STORE upload staged and copied");
-                let staged = store::stage_upload(&staging, content_length, source, &calls)
+                let staged = store::stage_upload(&staging, content_length, source)
                     .map_err(|e| ovf_err(OP, e))?;
                 let received = t0.elapsed();
                 let timings = staged.timings.clone();
-                let held = self.lock_image(sd, img, true)?;
-                let trailer = self.io_in(Lane::Short, &info.path, OP, &held, move |_| {
-                    store::commit(&data, capacity, &staged, block_size).map_err(|e| ovf_err(OP, e))
-                })?;
+                let _held = self.lock_image(sd, img, true)?;
+                let trailer = store::commit(&volume, capacity, &staged, block_size)
+                    .map_err(|e| ovf_err(OP, e))?;
                 let t = &timings;
                 tracing::debug!(%sd, %vol, strategy = "copy", size = content_length,
                     receive = ?t.receive, wait_source = ?t.wait_source, validate = ?t.validate,
@@ -201,9 +207,15 @@ impl Storage {
         })
     }
 
-    /// [`FsCalls`] on the I/O worker of `path`'s mount.
-    fn fs_calls(&self, path: &std::path::Path) -> FsCalls {
-        FsCalls::on(self.worker_for(path, Lane::Short), self.config().io_timeout)
+    /// The data of `v` and where its calls run: on a file domain the
+    /// mount's helpers, on a block domain (an LV, on no mount) this thread.
+    fn store_file(&self, v: VolRef) -> StorageResult<StoreFile> {
+        let domain = self.locate(v.sd)?;
+        let data = domain.volume_data(v.img, v.vol);
+        Ok(match &domain {
+            Domain::File(d) => StoreFile::mount(&d.fs, depot_os::DataPath::path(&data)),
+            Domain::Block(_) => StoreFile::local(data),
+        })
     }
 
     /// Checks that bytes `start..=end` of the store may be served: the
@@ -229,10 +241,8 @@ impl Storage {
         }
         let v = VolRef { sd, img, vol };
         self.check_data(v, Code::MiscFileReadException, &Held::none(), OP)?;
-        let data = self.volume_data(v)?;
-        let state = self.io(&info.path, OP, move || {
-            store::verify(&data, size).map_err(|e| ovf_err(OP, e))
-        })?;
+        let volume = self.store_file(v)?;
+        let state = store::verify(&volume, size).map_err(|e| ovf_err(OP, e))?;
         match state {
             StoreState::Valid { trailer } => Ok(Readable {
                 size,
@@ -250,8 +260,8 @@ impl Storage {
         }
     }
 
-    /// Hands `len` bytes at `offset` to `sink`, read with O_DIRECT on the
-    /// mount's I/O worker. The store must still be the `generation`
+    /// Hands `len` bytes at `offset` to `sink`, read with O_DIRECT (on a
+    /// file domain, by the mount's helpers). The store must still be the `generation`
     /// [`ovf_check_readable`] saw: each piece is read, and the trailer
     /// checked, under the image lock an upload's commit takes exclusively,
     /// so a commit between the check and the read never mixes two uploads.
@@ -270,74 +280,32 @@ impl Storage {
         const OP: &str = "read OVF store";
         let info = self.ovf_volume(sd, img, vol, OP)?;
         let size = info.metadata.capacity.max(info.apparent_size);
-        let data = self.volume_data(VolRef { sd, img, vol })?;
-        // Opened once: an upload that replaces the file by a rename leaves
-        // this reader on the file it checked.
-        let mut reader = Some(self.io(&info.path, OP, move || {
-            store::DirectReader::open(&data, offset, len).map_err(|e| ovf_err(OP, e))
-        })?);
+        let volume = self.store_file(VolRef { sd, img, vol })?;
+        // Local data (an LV) is opened once; on a mount each piece is read
+        // by path. Either way each piece is read, after the trailer's
+        // generation is checked, under the image lock an upload's commit
+        // takes exclusively: an upload that replaced the file in between
+        // is a generation that is not the one checked.
+        let mut r = store::DirectReader::open(&volume, offset, len).map_err(|e| ovf_err(OP, e))?;
         loop {
             let held = self.lock_image(sd, img, false)?;
-            let r = reader.take().expect("the reader comes back from each read");
-            let (r, range) = self.io_in(Lane::Short, &info.path, OP, &held, move |_| {
-                let mut r = r;
-                let now = match r.state(size).map_err(|e| ovf_err(OP, e))? {
-                    StoreState::Valid { trailer } => Some(trailer.generation),
-                    _ => None,
-                };
-                if now != generation {
-                    return Err(StorageError::new(
-                        Code::OvfStoreTorn,
-                        OP,
-                        format!("volume {vol} changed while it was being read; read it again"),
-                    ));
-                }
-                let range = r.next_range().map_err(|e| ovf_err(OP, e))?;
-                Ok((r, range))
-            })?;
+            let now = match r.state(size).map_err(|e| ovf_err(OP, e))? {
+                StoreState::Valid { trailer } => Some(trailer.generation),
+                _ => None,
+            };
+            if now != generation {
+                return Err(StorageError::new(
+                    Code::OvfStoreTorn,
+                    OP,
+                    format!("volume {vol} changed while it was being read; read it again"),
+                ));
+            }
+            let range = r.next_range().map_err(|e| ovf_err(OP, e))?;
             drop(held);
             let Some(range) = range else {
                 return Ok(());
             };
             sink(&r.buffer()[range]).map_err(|e| ovf_err(OP, crate::ovf::OvfError::Sink(e)))?;
-            reader = Some(r);
-        }
-    }
-}
-
-/// Drops its value on an I/O worker: a value whose drop touches the
-/// storage (a staging file removed) must not hang the caller on a dead
-/// mount.
-struct DropOnWorker<T: Send + 'static> {
-    value: Option<T>,
-    worker: std::sync::Arc<depot_os::IoWorker>,
-    timeout: std::time::Duration,
-}
-
-impl<T: Send + 'static> DropOnWorker<T> {
-    fn new(value: T, worker: std::sync::Arc<depot_os::IoWorker>, storage: &Storage) -> Self {
-        DropOnWorker {
-            value: Some(value),
-            worker,
-            timeout: storage.config().io_timeout,
-        }
-    }
-
-    fn get_mut(&mut self) -> &mut T {
-        self.value.as_mut().expect("taken only by take()")
-    }
-
-    fn take(mut self) -> T {
-        self.value.take().expect("taken once")
-    }
-}
-
-impl<T: Send + 'static> Drop for DropOnWorker<T> {
-    fn drop(&mut self) {
-        if let Some(v) = self.value.take() {
-            if let Err(e) = self.worker.run(self.timeout, move || drop(v)) {
-                tracing::warn!(error = %e, "cleaning up after an OVF_STORE upload did not finish");
-            }
         }
     }
 }
@@ -381,14 +349,18 @@ impl Storage {
         let mut out = Vec::new();
         for img in self.list_images(sd)? {
             for vol in self.list_volumes(sd, Some(img))? {
-                let Ok(info) = self.volume_info(sd, img, vol) else {
-                    continue;
+                let info = match self.volume_info(sd, img, vol) {
+                    Ok(info) => info,
+                    // A mount that does not answer is that, for the whole
+                    // listing (never "no store there").
+                    Err(e) if mount_trouble(&e) => return Err(e),
+                    Err(_) => continue,
                 };
                 if info.metadata.disk_type != DiskType::Ovfs {
                     continue;
                 }
                 let capacity = info.metadata.capacity.max(info.apparent_size);
-                let data = self.volume_data(VolRef { sd, img, vol })?;
+                let volume = self.store_file(VolRef { sd, img, vol })?;
                 let checked = if info.metadata.format != VolumeFormat::Raw {
                     Err(StorageError::new(
                         Code::IncorrectFormat,
@@ -396,9 +368,10 @@ impl Storage {
                         "an OVF_STORE must be RAW",
                     ))
                 } else {
-                    self.io(&info.path, OP, move || {
-                        store::verify(&data, capacity).map_err(|e| ovf_err(OP, e))
-                    })
+                    match store::verify(&volume, capacity) {
+                        Err(e) if e.mount_trouble().is_some() => return Err(ovf_err(OP, e)),
+                        r => r.map_err(|e| ovf_err(OP, e)),
+                    }
                 };
                 // One unreadable store must not hide the others: it is
                 // listed as torn, with the reason, and never chosen.
@@ -451,19 +424,13 @@ impl Storage {
             })
     }
 
-    /// The path (for the worker) and the data of a store.
-    fn store_data(
-        &self,
-        sd: SdUuid,
-        store: &OvfStoreInfo,
-    ) -> StorageResult<(std::path::PathBuf, VolumeData)> {
-        let path = self.volume_info(sd, store.img, store.vol)?.path;
-        let data = self.volume_data(VolRef {
+    /// The data of a store.
+    fn store_data(&self, sd: SdUuid, store: &OvfStoreInfo) -> StorageResult<StoreFile> {
+        self.store_file(VolRef {
             sd,
             img: store.img,
             vol: store.vol,
-        })?;
-        Ok((path, data))
+        })
     }
 
     /// The VMs and templates of the best store, and which of their images
@@ -471,12 +438,15 @@ impl Storage {
     pub fn ovf_entities(&self, sd: SdUuid) -> StorageResult<OvfListing> {
         const OP: &str = "list OVF entities";
         let store = self.best_ovf_store(sd)?;
-        let (path, data) = self.store_data(sd, &store)?;
+        let volume = self.store_data(sd, &store)?;
         let size = store.size.unwrap_or(0);
-        let contents = self.io(&path, OP, move || {
-            let reader = store::DirectReader::open(&data, 0, size).map_err(|e| ovf_err(OP, e))?;
-            crate::ovf::parse_store(reader, size).map_err(|e| ovf_err(OP, e))
-        })?;
+        // Read under the image lock: on a mount the reader reads by path,
+        // and an upload's commit (which takes the lock exclusively) must
+        // not swap the file under the parse.
+        let held = self.lock_image(sd, store.img, false)?;
+        let reader = store::DirectReader::open(&volume, 0, size).map_err(|e| ovf_err(OP, e))?;
+        let contents = crate::ovf::parse_store(reader, size).map_err(|e| ovf_err(OP, e))?;
+        drop(held);
         let mut present = std::collections::HashSet::new();
         let images: std::collections::HashSet<ImgUuid> =
             self.list_images(sd)?.into_iter().collect();
@@ -498,12 +468,13 @@ impl Storage {
     pub fn ovf_entity(&self, sd: SdUuid, id: depot_api::types::Uuid) -> StorageResult<String> {
         const OP: &str = "read OVF entity";
         let store = self.best_ovf_store(sd)?;
-        let (path, data) = self.store_data(sd, &store)?;
+        let volume = self.store_data(sd, &store)?;
         let size = store.size.unwrap_or(0);
-        let text = self.io(&path, OP, move || {
-            let reader = store::DirectReader::open(&data, 0, size).map_err(|e| ovf_err(OP, e))?;
-            crate::ovf::read_entity_ovf(reader, size, id).map_err(|e| ovf_err(OP, e))
-        })?;
+        // Under the image lock, as in ovf_entities.
+        let held = self.lock_image(sd, store.img, false)?;
+        let reader = store::DirectReader::open(&volume, 0, size).map_err(|e| ovf_err(OP, e))?;
+        let text = crate::ovf::read_entity_ovf(reader, size, id).map_err(|e| ovf_err(OP, e))?;
+        drop(held);
         text.ok_or_else(|| StorageError::new(Code::OvfEntityNotFound, OP, format!("'{id}'")))
     }
 }

@@ -1,8 +1,9 @@
 //! The OVF_STORE volume: the tar of OVF files the engine keeps on each data
 //! domain (docs/formats.md, "OVF_STORE volumes").
 //!
-//! The pieces, all blocking (the daemon runs them on a worker thread and
-//! feeds them the request body):
+//! The pieces, all blocking (the daemon runs them on a blocking thread and
+//! feeds them the request body; on a file domain their file-system calls
+//! are made in the mount's helper processes, [`StoreFile`]):
 //!
 //! - [`tar_check`]: a push-based validator of the engine's tar, bounded in
 //!   memory whatever the upload size;
@@ -25,13 +26,13 @@ use std::path::PathBuf;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use depot_api::{ApiError, Code};
 use depot_os::confine::refusal;
-use depot_os::{DirectError, IoWorker, WorkerError};
+use depot_os::{DataPath, DirectError};
 
 use crate::error::StorageError;
+use crate::mount_fs::{MountFs, MountTrouble};
 
 pub mod entities;
 pub mod replace;
@@ -146,68 +147,62 @@ pub enum OvfError {
     #[error(transparent)]
     Direct(#[from] DirectError),
 
-    /// A file-system call did not return on the mount's I/O worker (a
-    /// server that does not answer).
-    #[error("{op} {}: {source} (is the storage server answering?)", .path.display())]
-    Worker {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: WorkerError,
-    },
-
     /// A file-system call (fsync of the directory, fallocate) failed.
     #[error(transparent)]
     Fs(#[from] depot_os::FsError),
 }
 
-/// Where the OVF_STORE code makes its file-system calls: on the mount's
-/// I/O worker with a timeout (the daemon: a dead server fails the call
-/// instead of pinning the thread that serves the client), or inline
-/// (tests, tools).
+/// An OVF_STORE volume, or its staging file, and where the calls on it
+/// run.
 #[derive(Clone)]
-pub struct FsCalls {
-    worker: Option<(Arc<IoWorker>, Duration)>,
+pub enum StoreFile {
+    /// A file on a file domain's mount: every call is made in the mount's
+    /// helper processes with its deadline ([`MountFs`]), so a server that
+    /// does not answer fails the call, never a depotd thread.
+    Mount { fs: MountFs, path: PathBuf },
+    /// Data on no mount (a block domain's LV under `/dev`, its staging
+    /// file in the repository's link directory; tests' plain files):
+    /// opened under its [`DataPath`] rule on the caller's thread.
+    Local(Arc<dyn DataPath + Send + Sync>),
 }
 
-impl std::fmt::Debug for FsCalls {
+impl std::fmt::Debug for StoreFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.worker {
-            Some((w, t)) => write!(f, "FsCalls({}, {t:?})", w.name()),
-            None => f.write_str("FsCalls(inline)"),
+        match self {
+            StoreFile::Mount { fs, path } => write!(f, "Mount({fs:?}, {})", path.display()),
+            StoreFile::Local(d) => write!(f, "Local({})", d.path().display()),
         }
     }
 }
 
-impl FsCalls {
-    /// On the caller's thread.
-    pub fn inline() -> FsCalls {
-        FsCalls { worker: None }
-    }
-
-    /// On `worker`, each call within `timeout`.
-    pub fn on(worker: Arc<IoWorker>, timeout: Duration) -> FsCalls {
-        FsCalls {
-            worker: Some((worker, timeout)),
+impl StoreFile {
+    /// `path` beneath `fs`'s mount.
+    pub fn mount(fs: &MountFs, path: impl Into<PathBuf>) -> StoreFile {
+        StoreFile::Mount {
+            fs: fs.clone(),
+            path: path.into(),
         }
     }
 
-    /// Runs `f` (`op` on `path`, for the message if it hangs).
-    pub fn run<T: Send + 'static>(
-        &self,
-        op: &'static str,
-        path: &Path,
-        f: impl FnOnce() -> Result<T, OvfError> + Send + 'static,
-    ) -> Result<T, OvfError> {
-        match &self.worker {
-            None => f(),
-            Some((w, timeout)) => w.run(*timeout, f).unwrap_or_else(|source| {
-                Err(OvfError::Worker {
-                    op,
-                    path: path.to_owned(),
-                    source,
-                })
-            }),
+    /// Data opened on the caller's thread under its rule.
+    pub fn local(data: impl DataPath + Send + Sync + 'static) -> StoreFile {
+        StoreFile::Local(Arc::new(data))
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            StoreFile::Mount { path, .. } => path,
+            StoreFile::Local(d) => d.path(),
+        }
+    }
+
+    /// The staging file of this volume ([`store::staging_path`]), in the
+    /// same place: on the same mount, or a plain local path.
+    pub fn staging(&self) -> StoreFile {
+        let path = store::staging_path(self.path());
+        match self {
+            StoreFile::Mount { fs, .. } => StoreFile::mount(fs, path),
+            StoreFile::Local(_) => StoreFile::local(path),
         }
     }
 }
@@ -223,7 +218,14 @@ impl OvfError {
     /// The code the engine sees. A bad upload is `InvalidParameterException`
     /// (1000), a concurrent upload `VolumeIsBusy` (203), storage reads and
     /// writes 2001 / 2002, a broken client stream `GeneralException` (100).
+    /// A mount in trouble underneath (no answer from its helpers,
+    /// ENOTCONN, EIO, ESTALE: [`MountTrouble`]) is VDSM's code for that
+    /// case (2001 / 2002 / 384), as `StorageError::io` gives it, whatever
+    /// the step.
     pub fn code(&self) -> Code {
+        if let Some(t) = self.mount_trouble() {
+            return t.code();
+        }
         match self {
             OvfError::BadLength { .. }
             | OvfError::Archive { .. }
@@ -238,10 +240,9 @@ impl OvfError {
             }
             // Volume data behind a symlink (depot_os::confine).
             OvfError::Read { source, .. } if refusal(source).is_some() => Code::ImagePathError,
-            OvfError::StagingChanged { .. }
-            | OvfError::Read { .. }
-            | OvfError::Stream { .. }
-            | OvfError::Worker { .. } => Code::MiscFileReadException,
+            OvfError::StagingChanged { .. } | OvfError::Read { .. } | OvfError::Stream { .. } => {
+                Code::MiscFileReadException
+            }
             OvfError::Write { .. } | OvfError::Fs(_) => Code::MiscFileWriteException,
             OvfError::Direct(e) => match e {
                 // Volume data behind a symlink (depot_os::confine).
@@ -257,6 +258,26 @@ impl OvfError {
                 _ => Code::MiscFileWriteException,
             },
         }
+    }
+
+    /// The mount in trouble underneath this error, if that is why it
+    /// failed: looked for along the whole chain of causes, through the
+    /// `io::Error`s that carry another error (a stored archive's reader
+    /// wraps the read's [`OvfError`] in one).
+    pub fn mount_trouble(&self) -> Option<&MountTrouble> {
+        let mut at: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = at {
+            if let Some(t) = e.downcast_ref::<MountTrouble>() {
+                return Some(t);
+            }
+            if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+                // io::Error's own source() skips its payload.
+                at = Some(inner);
+                continue;
+            }
+            at = e.source();
+        }
+        None
     }
 
     pub(crate) fn archive(offset: u64, entry: Option<&str>, rule: impl Into<String>) -> Self {
@@ -289,5 +310,64 @@ impl From<OvfError> for ApiError {
 impl From<OvfError> for StorageError {
     fn from(e: OvfError) -> StorageError {
         StorageError::new(e.code(), "OVF_STORE", e.to_string()).caused_by(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use depot_os::fsproc::FsProcError;
+    use std::time::Duration;
+
+    fn trouble(write: bool) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            MountTrouble {
+                write,
+                source: FsProcError::Timeout {
+                    mount: "/rhev/data-center/mnt/server:_export".into(),
+                    op: "read",
+                    path: "sd/images/i/v".into(),
+                    after: Duration::from_secs(3),
+                },
+            },
+        )
+    }
+
+    /// A mount that does not answer is 2001/2002 whatever step met it,
+    /// also when the error comes wrapped (the tar parser's reader wraps
+    /// the read's OvfError in an io::Error), and the message names it.
+    #[test]
+    fn a_mount_in_trouble_is_its_code_at_any_depth() {
+        let read = OvfError::Read {
+            op: "read OVF_STORE volume",
+            path: "/v".into(),
+            source: trouble(false),
+        };
+        assert_eq!(read.code(), Code::MiscFileReadException);
+        let wrapped = OvfError::Stream {
+            at: 4096,
+            source: io::Error::other(read),
+        };
+        assert!(wrapped.mount_trouble().is_some());
+        assert_eq!(wrapped.code(), Code::MiscFileReadException);
+        assert!(wrapped.to_string().contains("server:_export"), "{wrapped}");
+        // A write that got no answer, met while reading the upload's own
+        // file: 2002 all the same.
+        let write = OvfError::Read {
+            op: "stat staging file",
+            path: "/v.ovf-upload".into(),
+            source: trouble(true),
+        };
+        assert_eq!(write.code(), Code::MiscFileWriteException);
+        // Not a mount in trouble: the step's own code.
+        let plain = OvfError::Stream {
+            at: 0,
+            source: io::Error::other("bad bytes"),
+        };
+        assert!(plain.mount_trouble().is_none());
+        assert_eq!(plain.code(), Code::MiscFileReadException);
+        let busy = OvfError::Busy { path: "/v".into() };
+        assert_eq!(busy.code(), Code::VolumeIsBusy);
     }
 }

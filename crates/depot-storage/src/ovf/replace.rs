@@ -1,9 +1,10 @@
 //! The replace strategy of an OVF_STORE upload, for a volume that is a
-//! file of its own (docs/formats.md, "Upload and commit"):
+//! file of its own on a file domain's mount (docs/formats.md, "Upload and
+//! commit"):
 //!
-//! 1. [`prepare`]: `<vol>.ovf-upload` is created next to the volume
-//!    (`O_EXCL`: an existing one is another upload, [`OvfError::Busy`];
-//!    mode 0600; the volume's owner), then opened with `O_DIRECT`;
+//! 1. [`prepare`]: `<vol>.ovf-upload` is created next to the volume with
+//!    `O_DIRECT` (`O_EXCL`: an existing one is another upload,
+//!    [`OvfError::Busy`]; mode 0600; the volume's owner);
 //! 2. [`Replacement::receive`]: the body is checked and hashed as it
 //!    arrives ([`upload::receive`]) and written into that file with
 //!    `O_DIRECT` from offset 0, in 1 MiB writes, the last one zero-padded to
@@ -19,31 +20,34 @@
 //! at worst the staging file, which the next upload removes. The data is
 //! written once, while it arrives, instead of being staged and copied.
 //!
-//! A volume that cannot be swapped this way (not a regular file, linked
-//! into other images, a size that is not the volume's, an owner depot
-//! cannot give a new file) gets [`Plan::Copy`] with the reason, before any
-//! byte of the body is read; the caller then uses [`store::stage_upload`]
-//! and [`store::commit`].
+//! Every call is made in the mount's helper processes ([`MountFs`]): the
+//! staging file is a streamed write on a helper of its own (a deadline per
+//! 1 MiB write; its close reports the errors of fsync and close), the rest
+//! single calls with the mount's deadline. A server that stops answering
+//! fails the upload with 2002 naming the mount; no depotd thread waits in
+//! the mount.
+//!
+//! A volume that cannot be swapped this way (not on a mount, not a regular
+//! file, linked into other images, a size that is not the volume's, an
+//! owner depot cannot give a new file) gets [`Plan::Copy`] with the reason,
+//! before any byte of the body is read; the caller then uses
+//! [`store::stage_upload`] and [`store::commit`].
 
-use std::fs::{self, File, Permissions};
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use depot_os::direct::{open_direct, open_direct_data, sync_and_close, write_at_direct};
-use depot_os::fsutil::{fallocate, fsync_dir};
-use depot_os::DataPath;
-use std::sync::Arc;
+use depot_os::direct::AlignedBuf;
+use depot_os::fsproc::{FileKind, OpenWrite};
 
 use super::store::{
-    self, checked_trailer_offset, direct_alignment, next_generation, unix_now, volume_err,
-    write_trailer,
+    self, checked_trailer_offset, next_generation, trailer_block, unix_now, volume_err, DirectFile,
 };
-use super::trailer::{Trailer, TrailerState};
+use super::trailer::{Trailer, TrailerState, TRAILER_SIZE};
 use super::upload::{self, Received, ALIGN};
-use super::{FsCalls, OvfError};
+use super::{OvfError, StoreFile};
+use crate::mount_fs::{MountFs, MountTrouble, MountWrite};
 
 /// How an upload to a volume goes.
 pub enum Plan {
@@ -60,18 +64,20 @@ pub enum Plan {
 ///
 /// [`commit`]: Replacement::commit
 pub struct Replacement {
-    /// The volume's data, opened again under its rule at the commit.
-    volume: Box<dyn DataPath + Send>,
+    fs: MountFs,
+    volume: PathBuf,
     volume_size: u64,
     staging: PathBuf,
-    /// The staging file, open with `O_DIRECT` for writing (shared with the
-    /// worker calls that write it).
-    file: Option<Arc<File>>,
-    /// The volume file's identity, mode and allocation when prepared.
+    /// The staging file, open with `O_DIRECT` for writing on a helper.
+    stream: Option<MountWrite>,
+    /// The volume file's identity and mode when prepared.
     dev: u64,
     ino: u64,
     mode: u32,
     preallocated: bool,
+    /// Whether the old file is held open across the rename (see
+    /// [`Replacement::hold_old_file`]).
+    hold_old: bool,
     received: Option<Received>,
     renamed: bool,
 }
@@ -87,115 +93,164 @@ pub struct Committed {
     pub rename: Duration,
 }
 
-/// Decides how an upload to the volume `volume` goes, and for
-/// [`Plan::Replace`] creates the staging file. `volume_size` is the size
-/// the volume has (its capacity); `block_size` the domain's. The volume is
-/// opened (read-only) under its [`DataPath`] rule and looked at through
-/// that descriptor, so a symlink never decides the plan. Blocking: the
-/// caller runs it on the mount's I/O worker.
-pub fn prepare<D: DataPath + Clone + Send + 'static>(
-    volume: &D,
+/// Decides how an upload to `volume` goes, and for [`Plan::Replace`]
+/// creates the staging file. `volume_size` is the size the volume has (its
+/// capacity); `block_size` the domain's; `preallocated` whether the volume
+/// file has all its blocks allocated (the new file gets them too). The
+/// volume is looked at without following a symlink (the helpers'
+/// confinement: a symlink there is refused, 254).
+pub fn prepare(
+    volume: &StoreFile,
     volume_size: u64,
-    staging_path: &Path,
     block_size: usize,
+    preallocated: bool,
 ) -> Result<Plan, OvfError> {
-    let volume_path = volume.path();
-    let read_err = |source| OvfError::Read {
-        op: "open OVF_STORE volume",
+    let copy = |reason: String| Ok(Plan::Copy { reason });
+    let StoreFile::Mount { fs, path } = volume else {
+        return copy("not a file on a mount (a block domain's LV)".into());
+    };
+    let volume_path = path.as_path();
+    let meta = fs.stat(volume_path).map_err(|source| OvfError::Read {
+        op: "stat OVF_STORE volume",
         path: volume_path.to_owned(),
         source,
-    };
-    let old = volume
-        .open_with(&depot_os::confine::read_options(false))
-        .map_err(read_err)?;
-    let meta = old.metadata().map_err(read_err)?;
-    let copy = |reason: String| Ok(Plan::Copy { reason });
-    if !meta.file_type().is_file() {
+    })?;
+    if meta.kind != FileKind::File {
         return copy("not a regular file".into());
     }
-    if meta.nlink() != 1 {
-        return copy(format!("the file has {} links", meta.nlink()));
+    if meta.nlink != 1 {
+        return copy(format!("the file has {} links", meta.nlink));
     }
-    if meta.len() != volume_size {
+    if meta.size != volume_size {
         return copy(format!(
             "the file is {} bytes, the volume {volume_size}",
-            meta.len()
+            meta.size
         ));
     }
-    if staging_path.parent() != volume_path.parent() {
-        return copy("the staging file is in another directory".into());
-    }
-    let created = store::create_staging(staging_path)?;
-    let mut r = Replacement {
-        volume: Box::new(volume.clone()),
+    let staging = store::staging_path(volume_path);
+    let open = OpenWrite {
+        create: true,
+        exclusive: true,
+        mode: 0o600,
+        direct: true,
+        ..OpenWrite::default()
+    };
+    let stream = fs
+        .open_write(&staging, open, fs.pool().timeout())
+        .map_err(|source| store::create_err(&staging, source))?;
+    // From here on, dropping `r` removes the staging file.
+    let r = Replacement {
+        fs: fs.clone(),
+        volume: volume_path.to_owned(),
         volume_size,
-        staging: staging_path.to_owned(),
-        file: None,
-        dev: meta.dev(),
-        ino: meta.ino(),
-        mode: meta.mode() & 0o7777,
-        // A preallocated volume stays preallocated.
-        preallocated: meta.blocks().saturating_mul(512) >= meta.len(),
+        staging,
+        stream: Some(stream),
+        dev: meta.dev,
+        ino: meta.ino,
+        mode: meta.mode & 0o7777,
+        preallocated,
+        hold_old: false,
         received: None,
         renamed: false,
     };
-    let mine = created.metadata().map_err(|source| OvfError::Read {
+    let mine = fs.stat(&r.staging).map_err(|source| OvfError::Read {
         op: "stat staging file",
-        path: staging_path.to_owned(),
+        path: r.staging.clone(),
         source,
     })?;
-    if (mine.uid(), mine.gid()) != (meta.uid(), meta.gid()) {
-        if let Err(e) = std::os::unix::fs::fchown(&created, Some(meta.uid()), Some(meta.gid())) {
-            // `r` removes the staging file.
-            return copy(format!(
-                "cannot give a new file the volume's owner {}:{}: {e}",
-                meta.uid(),
-                meta.gid()
-            ));
+    if (mine.uid, mine.gid) != (meta.uid, meta.gid) {
+        match fs.chown(&r.staging, meta.uid, meta.gid) {
+            Ok(()) => {}
+            // A mount in trouble is that, not a reason to copy.
+            Err(source) if MountTrouble::of(&source).is_some() => {
+                return Err(OvfError::Write {
+                    op: "chown staging file",
+                    path: r.staging.clone(),
+                    source,
+                })
+            }
+            Err(e) => {
+                return copy(format!(
+                    "cannot give a new file the volume's owner {}:{}: {e}",
+                    meta.uid, meta.gid
+                ))
+            }
         }
     }
-    let file = open_direct(staging_path, true)?;
-    let direct = file.metadata().map_err(|source| OvfError::Read {
-        op: "stat staging file",
-        path: staging_path.to_owned(),
-        source,
-    })?;
-    if (direct.dev(), direct.ino()) != (mine.dev(), mine.ino()) {
-        return Err(OvfError::StagingChanged {
-            path: staging_path.to_owned(),
-            reason: "it was replaced after it was created".into(),
-        });
-    }
-    drop(created);
     // Both files must take direct I/O at an alignment the 4096-byte padded
     // writes satisfy.
-    direct_alignment(&file, staging_path, block_size)?;
-    drop(old);
-    direct_alignment(&open_direct_data(volume, false)?, volume_path, block_size)?;
-    r.file = Some(Arc::new(file));
+    for p in [&r.staging, &r.volume] {
+        DirectFile::Mount {
+            fs: fs.clone(),
+            path: p.clone(),
+        }
+        .alignment(block_size)?;
+    }
     Ok(Plan::Replace(Box::new(r)))
 }
 
 impl Replacement {
+    /// Holds the old file open (on a helper) across the rename and closes
+    /// it afterwards on a thread of its own, so that freeing its blocks
+    /// (tens of milliseconds for 100 MiB on ext4) is not part of the
+    /// upload's answer. Only where a file renamed over while open stays
+    /// whole until closed and the rename stays one step: a local file
+    /// system (an NFS client "silly-renames" an open file instead).
+    pub fn hold_old_file(&mut self, hold: bool) {
+        self.hold_old = hold;
+    }
+
     /// Receives the body into the staging file (see [`upload::receive`]
-    /// for `source`), each write made through `calls`.
+    /// for `source`), each 1 MiB write a step of a helper's stream with the
+    /// mount's deadline.
+    ///
+    /// Two streams on the file take the writes in turn, each driven by a
+    /// thread of its own: while one helper writes a piece to the storage,
+    /// the next piece goes down the other's pipe (a round trip through one
+    /// helper, copy and write in series, is slower than the writes before
+    /// helpers). The pieces do not overlap; the first stream's fsync at the
+    /// commit covers what both wrote.
     pub fn receive(
         &mut self,
         content_length: u64,
         source: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
-        calls: &FsCalls,
     ) -> Result<(), OvfError> {
-        let file = self
-            .file
-            .as_ref()
+        let first = self
+            .stream
+            .as_mut()
             .ok_or_else(|| OvfError::Pipeline("the staging file is closed".into()))?;
         let staging = &self.staging;
-        let received = upload::receive(content_length, source, &mut |buf, len, offset| {
-            let f = Arc::clone(file);
-            calls.run("write staging file", staging, move || {
-                write_at_direct(&f, offset, &buf, len.div_ceil(ALIGN) * ALIGN)?;
-                Ok(buf)
-            })
+        let open = OpenWrite {
+            direct: true,
+            ..OpenWrite::default()
+        };
+        let mut second = self
+            .fs
+            .open_write(staging, open, self.fs.pool().timeout())
+            .map_err(|source| OvfError::Write {
+                op: "open staging file",
+                path: staging.clone(),
+                source,
+            })?;
+        let received = std::thread::scope(|scope| {
+            let mut lanes = Lanes::start(scope, [first, &mut second], staging)?;
+            let received = {
+                let lanes = &mut lanes;
+                upload::receive(content_length, source, &mut move |buf, len, offset| {
+                    lanes.submit(buf, len.div_ceil(ALIGN) * ALIGN, offset)
+                })
+            };
+            // The write still in flight, also after a failure (its helper
+            // must be done with the buffer).
+            let last = lanes.finish();
+            let received = received?;
+            last?;
+            Ok::<_, OvfError>(received)
+        })?;
+        second.close(false).map_err(|source| OvfError::Write {
+            op: "close staging file",
+            path: staging.clone(),
+            source,
         })?;
         self.received = Some(received);
         Ok(())
@@ -210,7 +265,7 @@ impl Replacement {
             .received
             .take()
             .ok_or_else(|| OvfError::Pipeline("nothing was received".into()))?;
-        let volume = self.volume.path().to_owned();
+        let volume = self.volume.clone();
         let toff = checked_trailer_offset(&volume, self.volume_size)?;
         if received.size > toff {
             return Err(OvfError::TooLarge {
@@ -219,37 +274,38 @@ impl Replacement {
                 max: toff,
             });
         }
-        let old = open_direct_data(&*self.volume, false)?;
-        let now = old.metadata().map_err(|source| OvfError::Read {
+        let fs = self.fs.clone();
+        let now = fs.stat(&volume).map_err(|source| OvfError::Read {
             op: "stat OVF_STORE volume",
             path: volume.clone(),
             source,
         })?;
-        if (now.dev(), now.ino()) != (self.dev, self.ino) {
+        if (now.dev, now.ino) != (self.dev, self.ino) {
             return Err(volume_err(
                 &volume,
                 "the volume file was replaced while the upload was received",
             ));
         }
-        let generation = next_generation(&old, &volume, toff)?;
-        let file = self
-            .file
+        let old = DirectFile::Mount {
+            fs: fs.clone(),
+            path: volume.clone(),
+        };
+        let generation = next_generation(&old, toff)?;
+        let mut stream = self
+            .stream
             .take()
             .ok_or_else(|| OvfError::Pipeline("the staging file is closed".into()))?;
-        // A write that timed out may still hold it: then it is not ours to
-        // seal.
-        let file = Arc::try_unwrap(file).map_err(|_| {
-            OvfError::Pipeline("a write of the staging file has not returned".into())
-        })?;
         let write_err = |op: &'static str, path: &Path| {
             let path = path.to_owned();
             move |source| OvfError::Write { op, path, source }
         };
+        let staging = self.staging.clone();
         if self.preallocated {
-            fallocate(&file, 0, self.volume_size)?;
+            fs.fallocate(&staging, 0, self.volume_size)
+                .map_err(write_err("allocate the new OVF_STORE file", &staging))?;
         } else {
-            file.set_len(self.volume_size)
-                .map_err(write_err("size the new OVF_STORE file", &self.staging))?;
+            fs.truncate(&staging, self.volume_size)
+                .map_err(write_err("size the new OVF_STORE file", &staging))?;
         }
         let trailer = Trailer {
             state: TrailerState::Valid,
@@ -258,40 +314,49 @@ impl Replacement {
             sha256: received.sha256,
             updated: unix_now(),
         };
-        write_trailer(&file, toff, &trailer)?;
-        file.set_permissions(Permissions::from_mode(self.mode))
-            .map_err(write_err(
-                "set the mode of the new OVF_STORE file",
-                &self.staging,
-            ))?;
-        // Data, size and trailer durable before the rename can be.
-        sync_and_close(file)?;
+        stream
+            .write(toff, &trailer_block(&trailer)?[..TRAILER_SIZE])
+            .map_err(write_err("write the OVF_STORE trailer", &staging))?;
+        fs.chmod(&staging, self.mode).map_err(write_err(
+            "set the mode of the new OVF_STORE file",
+            &staging,
+        ))?;
+        // Data, size, trailer and mode durable before the rename can be.
+        stream
+            .close(true)
+            .map_err(write_err("fsync the new OVF_STORE file", &staging))?;
         let seal = t0.elapsed();
 
-        // Freeing the old file's blocks (tens of milliseconds for 100 MiB
-        // on ext4) happens when its last reference goes. On a local file
-        // system the fd read above keeps the old file alive across the
-        // rename, and closing it later, off this thread, frees it after the
-        // answer. On NFS an open file that is renamed over is first
-        // "silly-renamed" by the client, which would make the swap two
-        // steps: there it is closed before.
-        let keep_open = if is_local(&old) {
-            Some(old)
+        let t1 = Instant::now();
+        let old_file = if self.hold_old {
+            // Opened for writing only because that is the stream there is;
+            // nothing is written.
+            let open = OpenWrite::default();
+            match fs.open_write(&volume, open, fs.pool().timeout()) {
+                Ok(w) => Some(w),
+                Err(e) if MountTrouble::of(&e).is_some() => {
+                    return Err(write_err("hold the old OVF_STORE file", &volume)(e))
+                }
+                Err(e) => {
+                    tracing::debug!(volume = %volume.display(), error = %e,
+                        "the old OVF_STORE file is not held across the rename");
+                    None
+                }
+            }
         } else {
-            drop(old);
             None
         };
-        let t1 = Instant::now();
-        fs::rename(&self.staging, &volume).map_err(write_err(
+        fs.rename(&staging, &volume).map_err(write_err(
             "rename the new OVF_STORE file over the volume",
-            &self.staging,
+            &staging,
         ))?;
         self.renamed = true;
         if let Some(dir) = volume.parent() {
-            fsync_dir(dir)?;
+            fs.fsync_dir(dir)
+                .map_err(write_err("fsync the volume's directory", dir))?;
         }
         let rename = t1.elapsed();
-        if let Some(old) = keep_open {
+        if let Some(old) = old_file {
             close_later(old);
         }
         Ok(Committed {
@@ -303,57 +368,132 @@ impl Replacement {
     }
 }
 
-impl Drop for Replacement {
-    fn drop(&mut self) {
-        if !self.renamed {
-            drop(self.file.take());
-            if let Err(e) = fs::remove_file(&self.staging) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(path = %self.staging.display(), error = %e,
-                        "cannot remove OVF_STORE staging file");
-                }
+/// Closes the old file's stream on a short-lived thread (its helper frees
+/// the blocks, with the step deadline); inline if no thread can start.
+fn close_later(old: MountWrite) {
+    let spawned = std::thread::Builder::new()
+        .name("ovf-old-store".into())
+        .spawn(move || {
+            if let Err(e) = old.close(false) {
+                tracing::warn!(error = %e, "closing the old OVF_STORE file");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "closed the old OVF_STORE file inline");
+    }
+}
+
+/// A write handed to a lane: the buffer, how many bytes of it (padded),
+/// and where.
+type Job = (AlignedBuf, usize, u64);
+
+/// The writer threads of [`Replacement::receive`], each with its stream,
+/// taking the pieces in turn; at most one piece in flight per lane.
+struct Lanes {
+    jobs: Vec<mpsc::SyncSender<Job>>,
+    done: Vec<mpsc::Receiver<(AlignedBuf, Result<(), OvfError>)>>,
+    /// Handed back for the first piece (the others get the buffer of the
+    /// piece before).
+    spare: Option<AlignedBuf>,
+    /// The lane of the next piece, and of the piece in flight before it.
+    next: usize,
+    in_flight: Option<usize>,
+}
+
+impl Lanes {
+    fn start<'scope, 'env, const N: usize>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        streams: [&'scope mut MountWrite; N],
+        staging: &'scope Path,
+    ) -> Result<Lanes, OvfError> {
+        let mut lanes = Lanes {
+            jobs: Vec::new(),
+            done: Vec::new(),
+            spare: Some(AlignedBuf::new(upload::CHUNK, ALIGN)?),
+            next: 0,
+            in_flight: None,
+        };
+        for (i, stream) in streams.into_iter().enumerate() {
+            let (job_tx, job_rx) = mpsc::sync_channel::<Job>(1);
+            let (done_tx, done_rx) = mpsc::sync_channel(1);
+            std::thread::Builder::new()
+                .name(format!("ovf-write-{i}"))
+                .spawn_scoped(scope, move || {
+                    for (buf, len, offset) in job_rx {
+                        let written =
+                            stream
+                                .write(offset, &buf[..len])
+                                .map(drop)
+                                .map_err(|source| OvfError::Write {
+                                    op: "write staging file",
+                                    path: staging.to_owned(),
+                                    source,
+                                });
+                        if done_tx.send((buf, written)).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| OvfError::Pipeline(format!("start a writer thread: {e}")))?;
+            lanes.jobs.push(job_tx);
+            lanes.done.push(done_rx);
+        }
+        Ok(lanes)
+    }
+
+    fn stopped() -> OvfError {
+        OvfError::Pipeline("a writer thread of the staging file stopped".into())
+    }
+
+    /// Hands a piece to the next lane; returns a buffer whose write is
+    /// done (the piece before, once written), or that write's error.
+    fn submit(&mut self, buf: AlignedBuf, len: usize, offset: u64) -> Result<AlignedBuf, OvfError> {
+        let lane = self.next;
+        self.jobs[lane]
+            .send((buf, len, offset))
+            .map_err(|_| Lanes::stopped())?;
+        self.next = (lane + 1) % self.jobs.len();
+        match self.in_flight.replace(lane) {
+            None => self.spare.take().ok_or_else(Lanes::stopped),
+            Some(before) => {
+                let (buf, written) = self.done[before].recv().map_err(|_| Lanes::stopped())?;
+                written.map(|()| buf)
+            }
+        }
+    }
+
+    /// Waits for the piece in flight; the lanes' threads end when this is
+    /// dropped.
+    fn finish(&mut self) -> Result<(), OvfError> {
+        match self.in_flight.take() {
+            None => Ok(()),
+            Some(lane) => {
+                let (_, written) = self.done[lane].recv().map_err(|_| Lanes::stopped())?;
+                written
             }
         }
     }
 }
 
-/// Whether `file` is on a local file system (ext4, xfs, btrfs, tmpfs),
-/// where a file renamed over while open stays whole until closed.
-fn is_local(file: &File) -> bool {
-    // SAFETY: statfs is plain old data; all-zero is a valid value, and
-    // fstatfs writes into it through a valid pointer.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: the fd is open for the duration of the call.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
-        return false;
-    }
-    const EXT4: u64 = 0xEF53;
-    const XFS: u64 = 0x5846_5342;
-    const BTRFS: u64 = 0x9123_683E;
-    const TMPFS: u64 = 0x0102_1994;
-    // The magic is 32 bits; f_type is a signed word of either width.
-    matches!(st.f_type as u64 & 0xFFFF_FFFF, EXT4 | XFS | BTRFS | TMPFS)
-}
-
-/// Closes `file` on a short-lived thread (inline if none can start: the
-/// closure holding it is dropped then).
-fn close_later(file: File) {
-    let spawned = std::thread::Builder::new()
-        .name("ovf-old-store".into())
-        .spawn(move || drop(file));
-    if let Err(e) = spawned {
-        tracing::debug!(error = %e, "closed the old OVF_STORE file inline");
+impl Drop for Replacement {
+    fn drop(&mut self) {
+        if !self.renamed {
+            // Closed (in its helper) before it is removed.
+            drop(self.stream.take());
+            store::remove_staging(&StoreFile::mount(&self.fs, self.staging.clone()));
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ovf::store::{read_range, staging_path, state, verify, StoreState};
+    use crate::ovf::store::{read_range, staging_path, state, verify, write_trailer, StoreState};
     use crate::ovf::tests_common::*;
-    use crate::ovf::FsCalls;
+    use depot_os::direct::{open_direct, sync_and_close};
     use sha2::{Digest, Sha256};
-    use std::os::unix::fs::PermissionsExt;
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     const VOL_SIZE: u64 = 4 << 20;
 
@@ -376,8 +516,21 @@ mod tests {
         }
     }
 
+    /// `path` on a "mount" (the volume's directory) through MountFs, whose
+    /// helpers' code runs in process here.
+    fn on_mount(v: &Vol, path: &Path) -> StoreFile {
+        let fs = MountFs::in_process(v._dir.path(), Duration::from_secs(30));
+        StoreFile::mount(&fs, path)
+    }
+
+    /// What the engine passes: whether the volume file is fully allocated.
+    fn allocated(path: &Path) -> bool {
+        let m = fs::metadata(path).unwrap();
+        m.blocks() * 512 >= m.len()
+    }
+
     fn plan(v: &Vol) -> Plan {
-        prepare(&v.path, VOL_SIZE, &staging_path(&v.path), 512).unwrap()
+        prepare(&on_mount(v, &v.path), VOL_SIZE, 512, allocated(&v.path)).unwrap()
     }
 
     fn replacement(v: &Vol) -> Replacement {
@@ -389,18 +542,22 @@ mod tests {
 
     fn upload(v: &Vol, tar: &[u8]) -> Result<Committed, OvfError> {
         let mut r = replacement(v);
-        r.receive(tar.len() as u64, &mut source_of(tar), &FsCalls::inline())?;
+        r.receive(tar.len() as u64, &mut source_of(tar))?;
         r.commit()
     }
 
     fn read_all(path: &Path, len: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        read_range(path, 0, len, |b| {
+        read_range(&local(path), 0, len, |b| {
             out.extend_from_slice(b);
             Ok(())
         })
         .unwrap();
         out
+    }
+
+    fn local(path: &Path) -> StoreFile {
+        StoreFile::local(path.to_owned())
     }
 
     fn ino(path: &Path) -> u64 {
@@ -422,11 +579,13 @@ mod tests {
             0o600,
             "the staging file is private while it is written"
         );
-        r.receive(tar.len() as u64, &mut source_of(&tar), &FsCalls::inline())
-            .unwrap();
+        r.receive(tar.len() as u64, &mut source_of(&tar)).unwrap();
         // Received, not committed: the volume is as it was.
         assert_eq!(ino(&v.path), before);
-        assert_eq!(state(&v.path, VOL_SIZE).unwrap(), StoreState::Unknown);
+        assert_eq!(
+            state(&local(&v.path), VOL_SIZE).unwrap(),
+            StoreState::Unknown
+        );
         let c = r.commit().unwrap();
         assert!(!staging.exists(), "the staging file became the volume");
         assert_ne!(ino(&v.path), before, "a new file");
@@ -436,7 +595,7 @@ mod tests {
         assert_eq!(t.size, tar.len() as u64);
         assert_eq!(t.sha256, <[u8; 32]>::from(Sha256::digest(&tar)));
         assert_eq!(
-            verify(&v.path, VOL_SIZE).unwrap(),
+            verify(&local(&v.path), VOL_SIZE).unwrap(),
             StoreState::Valid { trailer: t }
         );
         assert!(read_all(&v.path, tar.len() as u64) == tar);
@@ -460,7 +619,7 @@ mod tests {
         assert_eq!(t2.generation, 2);
         assert!(read_all(&v.path, tar2.len() as u64) == tar2);
         assert!(matches!(
-            verify(&v.path, VOL_SIZE).unwrap(),
+            verify(&local(&v.path), VOL_SIZE).unwrap(),
             StoreState::Valid { .. }
         ));
     }
@@ -509,9 +668,7 @@ mod tests {
         ];
         for (what, data, cl) in cases {
             let mut r = replacement(&v);
-            let e = r
-                .receive(cl, &mut source_of(&data), &FsCalls::inline())
-                .unwrap_err();
+            let e = r.receive(cl, &mut source_of(&data)).unwrap_err();
             assert_eq!(
                 e.code(),
                 depot_api::Code::InvalidParameterException,
@@ -529,38 +686,33 @@ mod tests {
         let mut r = replacement(&v);
         let mut sent = 0;
         let e = r
-            .receive(
-                tar.len() as u64,
-                &mut |buf: &mut [u8]| {
-                    if sent > (1 << 20) + 2000 {
-                        return Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"));
-                    }
-                    let n = buf.len().min(1000);
-                    buf[..n].copy_from_slice(&tar[sent..sent + n]);
-                    sent += n;
-                    Ok(n)
-                },
-                &FsCalls::inline(),
-            )
+            .receive(tar.len() as u64, &mut |buf: &mut [u8]| {
+                if sent > (1 << 20) + 2000 {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"));
+                }
+                let n = buf.len().min(1000);
+                buf[..n].copy_from_slice(&tar[sent..sent + n]);
+                sent += n;
+                Ok(n)
+            })
             .unwrap_err();
         assert!(matches!(e, OvfError::Source(_)), "{e}");
         drop(r);
         assert!(!staging.exists());
         // Larger than the volume's data area: refused at the commit.
         let small = 16384;
-        let mut r = match prepare(&v.path, VOL_SIZE, &staging, 512).unwrap() {
+        let mut r = match prepare(&on_mount(&v, &v.path), VOL_SIZE, 512, true).unwrap() {
             Plan::Replace(r) => *r,
             Plan::Copy { reason } => panic!("{reason}"),
         };
         r.volume_size = small;
-        r.receive(tar.len() as u64, &mut source_of(&tar), &FsCalls::inline())
-            .unwrap();
+        r.receive(tar.len() as u64, &mut source_of(&tar)).unwrap();
         let e = r.commit().unwrap_err();
         assert!(matches!(e, OvfError::TooLarge { .. }), "{e}");
         assert!(!staging.exists());
         assert!(fs::read(&v.path).unwrap() == before);
         assert_eq!(
-            verify(&v.path, VOL_SIZE).unwrap(),
+            verify(&local(&v.path), VOL_SIZE).unwrap(),
             StoreState::Valid { trailer: t }
         );
     }
@@ -582,28 +734,28 @@ mod tests {
         let mut r = replacement(&v);
         let half = &new[..new.len() / 2];
         let e = r
-            .receive(new.len() as u64, &mut source_of(half), &FsCalls::inline())
+            .receive(new.len() as u64, &mut source_of(half))
             .unwrap_err();
         assert!(matches!(e, OvfError::Truncated { .. }), "{e}");
         std::mem::forget(r);
         assert!(fs::metadata(&staging).unwrap().len() >= 1 << 20);
         assert!(fs::read(&v.path).unwrap() == before);
         assert_eq!(
-            verify(&v.path, VOL_SIZE).unwrap(),
+            verify(&local(&v.path), VOL_SIZE).unwrap(),
             StoreState::Valid { trailer: t.clone() }
         );
         assert!(matches!(
-            prepare(&v.path, VOL_SIZE, &staging, 512),
+            prepare(&on_mount(&v, &v.path), VOL_SIZE, 512, true),
             Err(OvfError::Busy { .. })
         ));
-        assert!(store::discard_stale_staging(&staging).unwrap());
+        assert!(store::discard_stale_staging(&on_mount(&v, &staging)).unwrap());
 
         // Sealed but not renamed: what a crash between the fsync of the new
         // file and the rename leaves.
         let mut r = replacement(&v);
-        r.receive(new.len() as u64, &mut source_of(&new), &FsCalls::inline())
-            .unwrap();
-        let file = Arc::try_unwrap(r.file.take().unwrap()).unwrap();
+        r.receive(new.len() as u64, &mut source_of(&new)).unwrap();
+        drop(r.stream.take());
+        let file = open_direct(&staging, true).unwrap();
         file.set_len(VOL_SIZE).unwrap();
         let sealed = Trailer {
             state: TrailerState::Valid,
@@ -616,7 +768,7 @@ mod tests {
         sync_and_close(file).unwrap();
         std::mem::forget(r);
         assert_eq!(
-            verify(&staging, VOL_SIZE).unwrap(),
+            verify(&local(&staging), VOL_SIZE).unwrap(),
             StoreState::Valid { trailer: sealed }
         );
         assert!(
@@ -624,10 +776,10 @@ mod tests {
             "the volume is the old store"
         );
         assert_eq!(
-            verify(&v.path, VOL_SIZE).unwrap(),
+            verify(&local(&v.path), VOL_SIZE).unwrap(),
             StoreState::Valid { trailer: t.clone() }
         );
-        assert!(store::discard_stale_staging(&staging).unwrap());
+        assert!(store::discard_stale_staging(&on_mount(&v, &staging)).unwrap());
         let t3 = upload(&v, &new).unwrap().trailer;
         assert_eq!(t3.generation, t.generation + 1);
     }
@@ -646,14 +798,14 @@ mod tests {
         assert!(!staging.exists(), "nothing created");
         fs::remove_file(&link).unwrap();
         // A file whose size is not the volume's.
-        match prepare(&v.path, VOL_SIZE * 2, &staging, 512).unwrap() {
+        match prepare(&on_mount(&v, &v.path), VOL_SIZE * 2, 512, true).unwrap() {
             Plan::Copy { reason } => assert!(reason.contains("bytes"), "{reason}"),
             Plan::Replace(_) => panic!("size mismatch"),
         }
         // Not a regular file.
         let dir = v.path.with_file_name("a-directory");
         fs::create_dir(&dir).unwrap();
-        match prepare(&dir, VOL_SIZE, &staging_path(&dir), 512).unwrap() {
+        match prepare(&on_mount(&v, &dir), VOL_SIZE, 512, true).unwrap() {
             Plan::Copy { reason } => assert!(reason.contains("regular"), "{reason}"),
             Plan::Replace(_) => panic!("a directory"),
         }
@@ -661,10 +813,38 @@ mod tests {
         // Another upload's staging file: busy, and left alone.
         fs::write(&staging, b"another upload").unwrap();
         assert!(matches!(
-            prepare(&v.path, VOL_SIZE, &staging, 512),
+            prepare(&on_mount(&v, &v.path), VOL_SIZE, 512, true),
             Err(OvfError::Busy { .. })
         ));
         assert_eq!(fs::read(&staging).unwrap(), b"another upload");
+        // Not on a mount (a block domain's LV): copied, nothing created.
+        fs::remove_file(&staging).unwrap();
+        match prepare(&local(&v.path), VOL_SIZE, 512, true).unwrap() {
+            Plan::Copy { reason } => assert!(reason.contains("mount"), "{reason}"),
+            Plan::Replace(_) => panic!("local data is never replaced"),
+        }
+        assert!(!staging.exists());
+    }
+
+    /// With the old file held across the rename (LOCALFS), the swap is the
+    /// same: the new store, durable, the old one gone once closed.
+    #[test]
+    fn holding_the_old_file_across_the_rename() {
+        let v = sparse_volume(VOL_SIZE);
+        let (old, _) = engine_tar(2);
+        upload(&v, &old).unwrap();
+        let (tar, _) = big_engine_tar(2 << 20);
+        let mut r = replacement(&v);
+        r.hold_old_file(true);
+        r.receive(tar.len() as u64, &mut source_of(&tar)).unwrap();
+        let c = r.commit().unwrap();
+        assert_eq!(c.trailer.generation, 2);
+        assert!(read_all(&v.path, tar.len() as u64) == tar);
+        assert_eq!(
+            verify(&local(&v.path), VOL_SIZE).unwrap(),
+            StoreState::Valid { trailer: c.trailer }
+        );
+        assert!(!staging_path(&v.path).exists());
     }
 
     #[test]
@@ -690,14 +870,5 @@ mod tests {
         let meta = fs::metadata(&v.path).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (36, 36));
         assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
-    }
-
-    #[test]
-    fn local_file_systems_are_recognised() {
-        let v = volume(8192);
-        let f = File::open(&v.path).unwrap();
-        // The test's temporary directory is on ext4, xfs, btrfs or tmpfs on
-        // every machine depot is tested on.
-        assert!(is_local(&f));
     }
 }

@@ -24,6 +24,12 @@
 //!
 //! Reads use `O_DIRECT`, so another host's write is never hidden by this
 //! host's page cache.
+//!
+//! Where the calls run is the [`StoreFile`]'s: on a file domain every one
+//! is a call in the mount's helper processes with its deadline (a server
+//! that does not answer fails the upload or the read with 2001/2002 naming
+//! the mount, and no depotd thread enters the mount); a block domain's LV
+//! and its staging file, on no mount, are opened on the caller's thread.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -34,15 +40,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use depot_os::direct::{
     open_direct_data, probe_alignment, read_at_direct, sync_and_close, write_at_direct, AlignedBuf,
 };
-use depot_os::DataPath;
+use depot_os::fsproc::OpenWrite;
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 
 use super::tar_check::{ArchiveSummary, TarValidator};
 use super::trailer::{trailer_offset, Trailer, TrailerState, TRAILER_SIZE};
 use super::upload::{self, Timings};
-use super::{FsCalls, OvfError};
+use super::{OvfError, StoreFile};
+use crate::mount_fs::{MountFs, MountWrite};
 
 /// The size of every buffer on the upload and read paths.
 pub const CHUNK: usize = 1 << 20;
@@ -52,13 +58,19 @@ pub const STAGING_SUFFIX: &str = ".ovf-upload";
 pub(crate) const MAX_ALIGN: usize = TRAILER_SIZE;
 
 /// A validated upload waiting in its staging file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Staged {
-    pub path: PathBuf,
+    pub file: StoreFile,
     pub size: u64,
     pub sha256: [u8; 32],
     pub summary: ArchiveSummary,
     pub timings: Timings,
+}
+
+impl Staged {
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
 }
 
 /// What the trailer says about a volume.
@@ -104,60 +116,109 @@ pub fn max_tar_size(volume_size: u64) -> u64 {
     trailer_offset(volume_size).unwrap_or(0)
 }
 
+/// Removes a file where it is.
+fn remove(file: &StoreFile) -> io::Result<()> {
+    match file {
+        StoreFile::Mount { fs, path } => fs.unlink(path),
+        StoreFile::Local(d) => fs::remove_file(d.path()),
+    }
+}
+
 /// Removes a staging file left by a crash. Call it holding the volume's
 /// upload lock (then no upload can be using it). Returns whether one was
 /// there.
-pub fn discard_stale_staging(staging: &Path) -> Result<bool, OvfError> {
-    match fs::remove_file(staging) {
+pub fn discard_stale_staging(staging: &StoreFile) -> Result<bool, OvfError> {
+    match remove(staging) {
         Ok(()) => {
-            tracing::warn!(path = %staging.display(), "removed a stale OVF_STORE staging file");
+            tracing::warn!(path = %staging.path().display(),
+                "removed a stale OVF_STORE staging file");
             Ok(true)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(source) => Err(OvfError::Write {
             op: "remove stale staging file",
-            path: staging.to_owned(),
+            path: staging.path().to_owned(),
             source,
         }),
     }
 }
 
-/// Removes the file on drop unless disarmed, with `calls`.
-pub(crate) struct RemoveOnDrop<'a> {
-    pub(crate) path: &'a Path,
-    pub(crate) armed: bool,
-    pub(crate) calls: FsCalls,
-}
-
-impl Drop for RemoveOnDrop<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
+/// Removes a staging file after a failed upload; a failure is logged (the
+/// next upload's [`discard_stale_staging`] removes it, or reports why not).
+pub(crate) fn remove_staging(staging: &StoreFile) {
+    match remove(staging) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            tracing::warn!(path = %staging.path().display(), error = %e,
+                "cannot remove OVF_STORE staging file");
         }
-        let path = self.path.to_owned();
-        let removed = self.calls.run(
-            "remove staging file",
-            self.path,
-            move || match fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(OvfError::Write {
-                    op: "remove staging file",
-                    path,
-                    source: e,
-                }),
-                _ => Ok(()),
-            },
-        );
-        if let Err(e) = removed {
-            tracing::warn!(error = %e, "cannot remove OVF_STORE staging file");
-        }
+        _ => {}
     }
 }
 
-/// Streams an upload of `content_length` bytes from `source` into
-/// `staging_path` (written through the page cache) while checking and
-/// hashing it ([`upload::receive`]). `source` fills the buffer it is given
-/// and returns how many bytes it wrote, 0 at the end of the body (it is
-/// asked once more after Content-Length bytes, to detect a longer body).
+/// The staging file of the copy strategy, open for writing.
+enum StagingWriter {
+    /// A streamed write on a helper of the mount's: a deadline per write.
+    Mount(MountWrite),
+    Local(File),
+}
+
+impl StagingWriter {
+    /// Creates the staging file: `O_EXCL` (an existing one is another
+    /// upload: [`OvfError::Busy`]), mode 0600.
+    fn create(staging: &StoreFile) -> Result<StagingWriter, OvfError> {
+        match staging {
+            StoreFile::Mount { fs, path } => {
+                let open = OpenWrite {
+                    create: true,
+                    exclusive: true,
+                    mode: 0o600,
+                    ..OpenWrite::default()
+                };
+                fs.open_write(path, open, fs.pool().timeout())
+                    .map(StagingWriter::Mount)
+                    .map_err(|source| create_err(path, source))
+            }
+            StoreFile::Local(d) => create_staging(d.path()).map(StagingWriter::Local),
+        }
+    }
+
+    fn write(&mut self, staging: &Path, data: &[u8], offset: u64) -> Result<(), OvfError> {
+        let written = match self {
+            StagingWriter::Mount(w) => w.write(offset, data).map(drop),
+            StagingWriter::Local(f) => f.write_all_at(data, offset),
+        };
+        written.map_err(|source| OvfError::Write {
+            op: "write staging file",
+            path: staging.to_owned(),
+            source,
+        })
+    }
+
+    /// Closes without an fsync: the staging file is a scratch copy, read
+    /// back at once by commit (which makes the volume durable). A crash
+    /// leaves it behind for discard_stale_staging. Closed in the helper
+    /// too: closing can flush on NFS.
+    fn close(self, staging: &Path) -> Result<(), OvfError> {
+        let closed = match self {
+            StagingWriter::Mount(w) => w.close(false),
+            StagingWriter::Local(f) => {
+                drop(f);
+                Ok(())
+            }
+        };
+        closed.map_err(|source| OvfError::Write {
+            op: "close staging file",
+            path: staging.to_owned(),
+            source,
+        })
+    }
+}
+
+/// Streams an upload of `content_length` bytes from `source` into the
+/// staging file `staging` (written through the page cache) while checking
+/// and hashing it ([`upload::receive`]). `source` fills the buffer it is
+/// given and returns how many bytes it wrote, 0 at the end of the body (it
+/// is asked once more after Content-Length bytes, to detect a longer body).
 /// On any error the staging file is removed; nothing else is touched. An
 /// existing staging file is [`OvfError::Busy`].
 ///
@@ -165,77 +226,70 @@ impl Drop for RemoveOnDrop<'_> {
 /// volumes that cannot be replaced by a rename (block devices, a file
 /// linked into other images): see [`super::replace`] for the other.
 ///
-/// Every file-system call (create, each write, close, removal) goes through
-/// `calls`, so a hung mount fails the upload instead of the thread that
-/// reads the client.
+/// On a mount every file-system call (create, each write, close, removal)
+/// is a helper call with its deadline, so a hung mount fails the upload
+/// instead of the thread that reads the client.
 pub fn stage_upload(
-    staging_path: &Path,
+    staging: &StoreFile,
     content_length: u64,
     mut source: impl FnMut(&mut [u8]) -> io::Result<usize>,
-    calls: &FsCalls,
 ) -> Result<Staged, OvfError> {
     // Refuse a Content-Length that cannot be a tar before creating anything.
     TarValidator::new(content_length)?;
-    let sp = staging_path.to_owned();
-    let file = Arc::new(calls.run("create staging file", staging_path, move || {
-        create_staging(&sp)
-    })?);
-    let mut guard = RemoveOnDrop {
-        path: staging_path,
-        armed: true,
-        calls: calls.clone(),
-    };
+    let path = staging.path();
+    let mut writer = StagingWriter::create(staging)?;
     let received = upload::receive(content_length, &mut source, &mut |buf, len, offset| {
-        let (f, path) = (Arc::clone(&file), staging_path.to_owned());
-        calls.run("write staging file", staging_path, move || {
-            f.write_all_at(&buf[..len], offset)
-                .map_err(|source| OvfError::Write {
-                    op: "write staging file",
-                    path,
-                    source,
-                })?;
-            Ok(buf)
-        })
-    })?;
-    // Closed on the worker too: closing can flush on NFS.
-    calls.run("close staging file", staging_path, move || {
-        drop(file);
-        Ok(())
-    })?;
-    // Not fsynced: the staging file is a scratch copy, read back at once by
-    // commit (which makes the volume durable). A crash leaves it behind for
-    // discard_stale_staging.
-    guard.armed = false;
-    Ok(Staged {
-        path: staging_path.to_owned(),
-        size: received.size,
-        sha256: received.sha256,
-        summary: received.summary,
-        timings: received.timings,
-    })
+        writer.write(path, &buf[..len], offset)?;
+        Ok(buf)
+    });
+    let closed = match received {
+        Ok(r) => writer.close(path).map(|()| r),
+        Err(e) => {
+            // Closed before it is removed (NFS would keep a silly-renamed
+            // copy of an open file).
+            drop(writer);
+            Err(e)
+        }
+    };
+    match closed {
+        Ok(received) => Ok(Staged {
+            file: staging.clone(),
+            size: received.size,
+            sha256: received.sha256,
+            summary: received.summary,
+            timings: received.timings,
+        }),
+        Err(e) => {
+            remove_staging(staging);
+            Err(e)
+        }
+    }
 }
 
-/// Creates the staging file: `O_EXCL` (an existing one is another upload:
-/// [`OvfError::Busy`]), mode 0600.
-pub(crate) fn create_staging(staging_path: &Path) -> Result<File, OvfError> {
+/// The error of creating a staging file: an existing one is another upload.
+pub(crate) fn create_err(staging_path: &Path, source: io::Error) -> OvfError {
+    if source.kind() == io::ErrorKind::AlreadyExists {
+        OvfError::Busy {
+            path: staging_path.to_owned(),
+        }
+    } else {
+        OvfError::Write {
+            op: "create staging file",
+            path: staging_path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Creates a local staging file: `O_EXCL` (an existing one is another
+/// upload: [`OvfError::Busy`]), mode 0600.
+fn create_staging(staging_path: &Path) -> Result<File, OvfError> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(staging_path)
-        .map_err(|source| {
-            if source.kind() == io::ErrorKind::AlreadyExists {
-                OvfError::Busy {
-                    path: staging_path.to_owned(),
-                }
-            } else {
-                OvfError::Write {
-                    op: "create staging file",
-                    path: staging_path.to_owned(),
-                    source,
-                }
-            }
-        })
+        .map_err(|source| create_err(staging_path, source))
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -265,17 +319,106 @@ pub(crate) fn checked_trailer_offset(
     })
 }
 
-pub(crate) fn read_trailer_block(
-    file: &File,
-    path: &Path,
-    offset: u64,
-) -> Result<AlignedBuf, OvfError> {
+/// A volume (or a staging file) open for `O_DIRECT` reads: a descriptor on
+/// this thread for local data, or the path on the mount, each read a helper
+/// call (the helper opens the file under its confinement for each one).
+pub(crate) enum DirectFile {
+    Local { file: File, path: PathBuf },
+    Mount { fs: MountFs, path: PathBuf },
+}
+
+impl DirectFile {
+    /// Opens local data under its rule (for writing too if asked); a file
+    /// on a mount is opened by each call.
+    pub(crate) fn open(volume: &StoreFile, write: bool) -> Result<DirectFile, OvfError> {
+        Ok(match volume {
+            StoreFile::Mount { fs, path } => DirectFile::Mount {
+                fs: fs.clone(),
+                path: path.clone(),
+            },
+            StoreFile::Local(d) => DirectFile::Local {
+                file: open_direct_data(&**d, write)?,
+                path: d.path().to_owned(),
+            },
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            DirectFile::Local { path, .. } | DirectFile::Mount { path, .. } => path,
+        }
+    }
+
+    /// Reads into `buf` at the aligned `offset`; fewer bytes at the end of
+    /// the file.
+    pub(crate) fn read_at(&self, offset: u64, buf: &mut AlignedBuf) -> Result<usize, OvfError> {
+        match self {
+            DirectFile::Local { file, .. } => Ok(read_at_direct(file, offset, buf)?),
+            DirectFile::Mount { fs, path } => {
+                let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+                let data =
+                    fs.read_at(path, offset, len, true)
+                        .map_err(|source| OvfError::Read {
+                            op: "read OVF_STORE volume",
+                            path: path.clone(),
+                            source,
+                        })?;
+                let n = data.len().min(buf.len());
+                buf[..n].copy_from_slice(&data[..n]);
+                Ok(n)
+            }
+        }
+    }
+
+    /// The alignment for direct I/O on this file: the largest of the
+    /// domain's block size, the file's own (statx or a trial read) and 512;
+    /// an error if it is not a power of two up to 4096 (the trailer is one
+    /// 4096-byte block).
+    pub(crate) fn alignment(&self, block_size: usize) -> Result<usize, OvfError> {
+        let probed = match self {
+            DirectFile::Local { file, .. } => {
+                let p = probe_alignment(file)?;
+                p.offset_align.max(p.mem_align)
+            }
+            DirectFile::Mount { fs, path } => {
+                let p = fs.direct_probe(path).map_err(|source| OvfError::Read {
+                    op: "probe direct I/O",
+                    path: path.clone(),
+                    source,
+                })?;
+                if !p.supported {
+                    return Err(volume_err(path, "the file system refuses direct I/O"));
+                }
+                p.block_size as usize
+            }
+        };
+        checked_alignment(self.path(), block_size, probed)
+    }
+}
+
+/// The larger of the domain's block size, the probed one and 512, if it is
+/// a power of two up to [`MAX_ALIGN`].
+fn checked_alignment(path: &Path, block_size: usize, probed: usize) -> Result<usize, OvfError> {
+    let align = block_size.max(probed).max(512);
+    if !align.is_power_of_two() || align > MAX_ALIGN {
+        return Err(volume_err(
+            path,
+            format!(
+                "direct I/O alignment {align} (block size {block_size}, probed {probed}) is not \
+                 a power of two up to {MAX_ALIGN}"
+            ),
+        ));
+    }
+    Ok(align)
+}
+
+pub(crate) fn read_trailer_block(file: &DirectFile, offset: u64) -> Result<AlignedBuf, OvfError> {
     let mut buf = AlignedBuf::new(TRAILER_SIZE, TRAILER_SIZE)?;
-    let n = read_at_direct(file, offset, &mut buf)?;
+    let n = file.read_at(offset, &mut buf)?;
     if n != TRAILER_SIZE {
         return Err(OvfError::Read {
             op: "read OVF_STORE trailer",
-            path: path.to_owned(),
+            path: file.path().to_owned(),
             source: io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!("{n} bytes at offset {offset}: the file is shorter than the volume size"),
@@ -285,60 +428,114 @@ pub(crate) fn read_trailer_block(
     Ok(buf)
 }
 
-pub(crate) fn write_trailer(file: &File, offset: u64, t: &Trailer) -> Result<(), OvfError> {
+/// A trailer as the aligned block it is written as.
+pub(crate) fn trailer_block(t: &Trailer) -> Result<AlignedBuf, OvfError> {
     let mut buf = AlignedBuf::new(TRAILER_SIZE, TRAILER_SIZE)?;
     buf.copy_from_slice(&t.encode());
-    write_at_direct(file, offset, &buf, TRAILER_SIZE)?;
+    Ok(buf)
+}
+
+pub(crate) fn write_trailer(file: &File, offset: u64, t: &Trailer) -> Result<(), OvfError> {
+    write_at_direct(file, offset, &trailer_block(t)?, TRAILER_SIZE)?;
     Ok(())
-}
-
-fn sync(file: &File, path: &Path, what: &'static str) -> Result<(), OvfError> {
-    file.sync_data().map_err(|source| OvfError::Write {
-        op: what,
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// The alignment for direct I/O on `file`: the largest of the domain's
-/// block size, the file's own (statx or a trial read) and 512; an error if
-/// it is not a power of two up to 4096 (the trailer is one 4096-byte block).
-pub(crate) fn direct_alignment(
-    file: &File,
-    path: &Path,
-    block_size: usize,
-) -> Result<usize, OvfError> {
-    let probed = probe_alignment(file)?;
-    let align = block_size
-        .max(probed.offset_align)
-        .max(probed.mem_align)
-        .max(512);
-    if !align.is_power_of_two() || align > MAX_ALIGN {
-        return Err(volume_err(
-            path,
-            format!(
-                "direct I/O alignment {align} (block size {block_size}, probed {probed:?}) is \
-                 not a power of two up to {MAX_ALIGN}"
-            ),
-        ));
-    }
-    Ok(align)
 }
 
 /// The generation the next upload of a volume gets: its trailer's + 1, or
 /// 1 (a new store, or a trailer that cannot be read).
-pub(crate) fn next_generation(file: &File, volume_path: &Path, toff: u64) -> Result<u64, OvfError> {
-    Ok(
-        match Trailer::decode(&read_trailer_block(file, volume_path, toff)?) {
-            Ok(Some(t)) => t.generation.saturating_add(1),
-            Ok(None) => 1,
-            Err(e) => {
-                tracing::warn!(volume = %volume_path.display(), error = %e,
-                    "OVF_STORE trailer unreadable, restarting its generation");
-                1
+pub(crate) fn next_generation(file: &DirectFile, toff: u64) -> Result<u64, OvfError> {
+    Ok(match Trailer::decode(&read_trailer_block(file, toff)?) {
+        Ok(Some(t)) => t.generation.saturating_add(1),
+        Ok(None) => 1,
+        Err(e) => {
+            tracing::warn!(volume = %file.path().display(), error = %e,
+                "OVF_STORE trailer unreadable, restarting its generation");
+            1
+        }
+    })
+}
+
+/// The staged file read back by [`commit`].
+enum StagingReader {
+    Local(File),
+    Mount { fs: MountFs, path: PathBuf },
+}
+
+impl StagingReader {
+    fn open(staged: &StoreFile) -> Result<StagingReader, OvfError> {
+        Ok(match staged {
+            StoreFile::Mount { fs, path } => StagingReader::Mount {
+                fs: fs.clone(),
+                path: path.clone(),
+            },
+            StoreFile::Local(d) => {
+                StagingReader::Local(File::open(d.path()).map_err(|source| OvfError::Read {
+                    op: "open staging file",
+                    path: d.path().to_owned(),
+                    source,
+                })?)
             }
-        },
-    )
+        })
+    }
+
+    /// Fills `buf` with the bytes at `offset` (the next ones: the local
+    /// file is read in order); `UnexpectedEof` if the file ends before.
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        match self {
+            StagingReader::Local(f) => f.read_exact(buf),
+            StagingReader::Mount { fs, path } => {
+                let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+                let data = fs.read_at(path, offset, len, false)?;
+                if data.len() < buf.len() {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.copy_from_slice(&data[..buf.len()]);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether there is more at `offset` (after what was read).
+    fn more_at(&mut self, offset: u64) -> io::Result<bool> {
+        match self {
+            StagingReader::Local(f) => {
+                let mut probe = [0u8; 1];
+                Ok(f.read(&mut probe)? > 0)
+            }
+            StagingReader::Mount { fs, path } => {
+                Ok(!fs.read_at(path, offset, 1, false)?.is_empty())
+            }
+        }
+    }
+}
+
+/// The volume written by [`commit`]: an `O_DIRECT` descriptor here, or a
+/// streamed `O_DIRECT` write on a helper of the mount's.
+enum VolumeWriter {
+    Local(File),
+    Mount(MountWrite),
+}
+
+impl VolumeWriter {
+    fn write(
+        &mut self,
+        path: &Path,
+        offset: u64,
+        buf: &AlignedBuf,
+        len: usize,
+    ) -> Result<(), OvfError> {
+        match self {
+            VolumeWriter::Local(f) => Ok(write_at_direct(f, offset, buf, len)?),
+            VolumeWriter::Mount(w) => {
+                w.write(offset, &buf[..len])
+                    .map(drop)
+                    .map_err(|source| OvfError::Write {
+                        op: "write OVF_STORE volume",
+                        path: path.to_owned(),
+                        source,
+                    })
+            }
+        }
+    }
 }
 
 /// Copies a staged upload into the volume (see the [module docs](self)) and
@@ -347,25 +544,21 @@ pub(crate) fn next_generation(file: &File, volume_path: &Path, toff: u64) -> Res
 /// too and the larger one used. The staging file is removed in the end,
 /// whatever the outcome.
 ///
-/// The volume is opened under its [`DataPath`] rule (never through a
-/// symlink). Blocking: the caller runs it on the mount's I/O worker.
+/// Local data is opened under its rule (never through a symlink); on a
+/// mount the helpers' confinement does the same.
 pub fn commit(
-    volume: &(impl DataPath + ?Sized),
+    volume: &StoreFile,
     volume_size: u64,
     staged: &Staged,
     block_size: usize,
 ) -> Result<Trailer, OvfError> {
     let r = commit_inner(volume, volume_size, staged, block_size);
-    drop(RemoveOnDrop {
-        path: &staged.path,
-        armed: true,
-        calls: FsCalls::inline(),
-    });
+    remove_staging(&staged.file);
     r
 }
 
 fn commit_inner(
-    volume: &(impl DataPath + ?Sized),
+    volume: &StoreFile,
     volume_size: u64,
     staged: &Staged,
     block_size: usize,
@@ -379,15 +572,11 @@ fn commit_inner(
             max: toff,
         });
     }
-    let mut src = File::open(&staged.path).map_err(|source| OvfError::Read {
-        op: "open staging file",
-        path: staged.path.clone(),
-        source,
-    })?;
-    let file = open_direct_data(volume, true)?;
-    let align = direct_alignment(&file, volume_path, block_size)?;
+    let mut src = StagingReader::open(&staged.file)?;
+    let direct = DirectFile::open(volume, true)?;
+    let align = direct.alignment(block_size)?;
 
-    let generation = next_generation(&file, volume_path, toff)?;
+    let generation = next_generation(&direct, toff)?;
     let mut trailer = Trailer {
         state: TrailerState::Writing,
         generation,
@@ -395,67 +584,107 @@ fn commit_inner(
         sha256: staged.sha256,
         updated: unix_now(),
     };
+    let mut out = match (direct, volume) {
+        (DirectFile::Local { file, .. }, _) => VolumeWriter::Local(file),
+        (DirectFile::Mount { .. }, StoreFile::Mount { fs, path }) => {
+            let open = OpenWrite {
+                direct: true,
+                ..OpenWrite::default()
+            };
+            VolumeWriter::Mount(fs.open_write(path, open, fs.pool().timeout()).map_err(
+                |source| OvfError::Write {
+                    op: "open OVF_STORE volume",
+                    path: path.clone(),
+                    source,
+                },
+            )?)
+        }
+        (DirectFile::Mount { .. }, StoreFile::Local(_)) => {
+            unreachable!("DirectFile::open keeps the kind of its StoreFile")
+        }
+    };
     // Not flushed on its own: see "Flushes" in docs/formats.md. Written
     // first, so that a process that dies while copying leaves it, not the
     // previous Valid trailer, in front of mixed data; after a power loss
     // that kept some new data but not this block, the previous trailer's
     // sha256 no longer matches the data, which verify() reports as torn.
-    write_trailer(&file, toff, &trailer)?;
+    out.write(volume_path, toff, &trailer_block(&trailer)?, TRAILER_SIZE)?;
 
     // The copy: aligned chunks at aligned offsets, the tail padded with
     // zeros up to the alignment (tar readers stop at the end blocks).
     let mut buf = AlignedBuf::new(CHUNK, MAX_ALIGN)?;
     let mut off: u64 = 0;
     let changed = |reason: String| OvfError::StagingChanged {
-        path: staged.path.clone(),
+        path: staged.path().to_owned(),
         reason,
+    };
+    let read_err = |source| OvfError::Read {
+        op: "read staging file",
+        path: staged.path().to_owned(),
+        source,
     };
     while off < staged.size {
         let want = (staged.size - off).min(CHUNK as u64) as usize;
-        src.read_exact(&mut buf[..want]).map_err(|e| {
+        src.read_exact_at(off, &mut buf[..want]).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 changed(format!("it ends before {} bytes", staged.size))
             } else {
-                OvfError::Read {
-                    op: "read staging file",
-                    path: staged.path.clone(),
-                    source: e,
-                }
+                read_err(e)
             }
         })?;
         let padded = want.div_ceil(align) * align;
         buf[want..padded].fill(0);
-        write_at_direct(&file, off, &buf, padded)?;
+        out.write(volume_path, off, &buf, padded)?;
         off += want as u64;
     }
-    let mut probe = [0u8; 1];
-    if matches!(src.read(&mut probe), Ok(n) if n > 0) {
+    if src.more_at(staged.size).map_err(read_err)? {
         return Err(changed(format!("it is longer than {} bytes", staged.size)));
     }
     // The data is not hashed again here: the trailer records the sha256 of
     // the bytes received, and verify() re-reads the volume to check it.
     // Durable before the Valid trailer is written.
-    sync(&file, volume_path, "fsync OVF_STORE data")?;
-
     trailer.state = TrailerState::Valid;
     trailer.updated = unix_now();
-    write_trailer(&file, toff, &trailer)?;
-    sync_and_close(file)?;
+    let sync_err = |op: &'static str| {
+        move |source| OvfError::Write {
+            op,
+            path: volume_path.to_owned(),
+            source,
+        }
+    };
+    match (out, volume) {
+        (VolumeWriter::Local(file), _) => {
+            file.sync_data().map_err(sync_err("fsync OVF_STORE data"))?;
+            write_trailer(&file, toff, &trailer)?;
+            sync_and_close(file)?;
+        }
+        (VolumeWriter::Mount(w), StoreFile::Mount { fs, path }) => {
+            w.close(true).map_err(sync_err("fsync OVF_STORE data"))?;
+            let open = OpenWrite {
+                direct: true,
+                ..OpenWrite::default()
+            };
+            fs.write_at(path, toff, &trailer_block(&trailer)?, open, true)
+                .map_err(sync_err("write the OVF_STORE trailer"))?;
+        }
+        (VolumeWriter::Mount(_), StoreFile::Local(_)) => {
+            unreachable!("the writer keeps the kind of its StoreFile")
+        }
+    }
     Ok(trailer)
 }
 
 /// The volume's state as its trailer says, read with `O_DIRECT`. Cheap (one
 /// 4 KiB read) and trusting: a `Valid` trailer's checksum is not checked
 /// against the data; [`verify`] does that.
-pub fn state(volume: &(impl DataPath + ?Sized), volume_size: u64) -> Result<StoreState, OvfError> {
-    let file = open_direct_data(volume, false)?;
-    state_of(&file, volume.path(), volume_size)
+pub fn state(volume: &StoreFile, volume_size: u64) -> Result<StoreState, OvfError> {
+    state_of(&DirectFile::open(volume, false)?, volume_size)
 }
 
 /// [`state`] of a volume open with `O_DIRECT`.
-fn state_of(file: &File, volume_path: &Path, volume_size: u64) -> Result<StoreState, OvfError> {
-    let toff = checked_trailer_offset(volume_path, volume_size)?;
-    let block = read_trailer_block(file, volume_path, toff)?;
+fn state_of(file: &DirectFile, volume_size: u64) -> Result<StoreState, OvfError> {
+    let toff = checked_trailer_offset(file.path(), volume_size)?;
+    let block = read_trailer_block(file, toff)?;
     Ok(match Trailer::decode(&block) {
         Ok(None) => StoreState::Unknown,
         Ok(Some(t)) if t.state == TrailerState::Writing => StoreState::Torn {
@@ -476,7 +705,7 @@ fn state_of(file: &File, volume_path: &Path, volume_size: u64) -> Result<StoreSt
 
 /// [`state`], and for a `Valid` trailer a re-read of its `size` bytes with
 /// `O_DIRECT` and a check of their sha256: a mismatch is `Torn`.
-pub fn verify(volume: &(impl DataPath + ?Sized), volume_size: u64) -> Result<StoreState, OvfError> {
+pub fn verify(volume: &StoreFile, volume_size: u64) -> Result<StoreState, OvfError> {
     let st = state(volume, volume_size)?;
     let StoreState::Valid { trailer } = st else {
         return Ok(st);
@@ -506,7 +735,7 @@ pub fn verify(volume: &(impl DataPath + ?Sized), volume_size: u64) -> Result<Sto
 /// the end of the volume is an error (after the bytes that exist were
 /// handed over).
 pub fn read_range(
-    volume: &(impl DataPath + ?Sized),
+    volume: &StoreFile,
     offset: u64,
     len: u64,
     mut sink: impl FnMut(&[u8]) -> io::Result<()>,
@@ -521,9 +750,14 @@ pub fn read_range(
 /// A reader of `len` bytes at `offset` of a volume, with `O_DIRECT`
 /// (4096-aligned reads, good for 512 and 4096-sector storage). Implements
 /// [`Read`] for the tar parser.
+///
+/// Local data is opened once. On a mount each read is a helper call on the
+/// path: a file renamed over the volume meanwhile (an upload's commit) is
+/// what the next read sees, so a caller that must not mix two uploads reads
+/// under the image lock the commit takes, or checks the generation with
+/// [`state`](Self::state) before each piece.
 pub struct DirectReader {
-    path: PathBuf,
-    file: File,
+    file: DirectFile,
     buf: AlignedBuf,
     /// The next aligned offset to read from the file.
     next: u64,
@@ -536,20 +770,13 @@ pub struct DirectReader {
 }
 
 impl DirectReader {
-    /// Opens the volume under its [`DataPath`] rule.
-    pub fn open(
-        volume: &(impl DataPath + ?Sized),
-        offset: u64,
-        len: u64,
-    ) -> Result<Self, OvfError> {
-        let volume_path = volume.path();
+    /// Opens the volume (local data under its rule).
+    pub fn open(volume: &StoreFile, offset: u64, len: u64) -> Result<Self, OvfError> {
         let end = offset
             .checked_add(len)
-            .ok_or_else(|| volume_err(volume_path, format!("range {offset}+{len} overflows")))?;
-        let file = open_direct_data(volume, false)?;
+            .ok_or_else(|| volume_err(volume.path(), format!("range {offset}+{len} overflows")))?;
         Ok(DirectReader {
-            path: volume_path.to_owned(),
-            file,
+            file: DirectFile::open(volume, false)?,
             buf: AlignedBuf::new(CHUNK, MAX_ALIGN)?,
             next: offset / MAX_ALIGN as u64 * MAX_ALIGN as u64,
             pos: offset,
@@ -569,12 +796,12 @@ impl DirectReader {
             return Ok(false);
         }
         let at = self.next;
-        let n = read_at_direct(&self.file, at, &mut self.buf)?;
+        let n = self.file.read_at(at, &mut self.buf)?;
         let got_end = at + n as u64;
         if got_end <= self.pos {
             return Err(OvfError::Read {
                 op: "read OVF_STORE volume",
-                path: self.path.clone(),
+                path: self.file.path().to_owned(),
                 source: io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!(
@@ -612,10 +839,10 @@ impl DirectReader {
         &self.buf
     }
 
-    /// [`state`] of the volume this reader has open (the same file, even
-    /// if another was renamed over its path since).
+    /// [`state`] of the volume this reader reads (for local data the same
+    /// file, even if another was renamed over its path since).
     pub fn state(&self, volume_size: u64) -> Result<StoreState, OvfError> {
-        state_of(&self.file, &self.path, volume_size)
+        state_of(&self.file, volume_size)
     }
 }
 
@@ -635,11 +862,12 @@ impl Read for DirectReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mount_fs::MountFs;
     use crate::ovf::tests_common::*;
-    use crate::ovf::FsCalls;
     use depot_os::direct::open_direct;
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
 
     const VOL_SIZE: u64 = 4 << 20;
 
@@ -654,9 +882,30 @@ mod tests {
         }
     }
 
-    fn read_all(path: &Path, offset: u64, len: u64) -> Vec<u8> {
+    /// Where a test's volume is reached: opened here, or on a "mount" (the
+    /// volume's directory) through MountFs, whose helpers' code runs in
+    /// process here.
+    #[derive(Debug, Clone, Copy)]
+    enum Kind {
+        Local,
+        Mount,
+    }
+
+    const KINDS: [Kind; 2] = [Kind::Local, Kind::Mount];
+
+    fn file(kind: Kind, v: &Vol) -> StoreFile {
+        match kind {
+            Kind::Local => StoreFile::local(v.path.clone()),
+            Kind::Mount => StoreFile::mount(
+                &MountFs::in_process(v._dir.path(), Duration::from_secs(30)),
+                v.path.clone(),
+            ),
+        }
+    }
+
+    fn read_all(vf: &StoreFile, offset: u64, len: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        read_range(path, offset, len, |b| {
+        read_range(vf, offset, len, |b| {
             out.extend_from_slice(b);
             Ok(())
         })
@@ -664,35 +913,31 @@ mod tests {
         out
     }
 
-    fn upload(v: &Vol, tar: &[u8]) -> Result<Trailer, OvfError> {
-        let staging = staging_path(&v.path);
-        let staged = stage_upload(
-            &staging,
-            tar.len() as u64,
-            source_of(tar),
-            &FsCalls::inline(),
-        )?;
-        assert!(!staging.exists() || staged.path == staging);
-        commit(&v.path, VOL_SIZE, &staged, 512)
+    fn upload(vf: &StoreFile, tar: &[u8]) -> Result<Trailer, OvfError> {
+        let staging = vf.staging();
+        let staged = stage_upload(&vf.staging(), tar.len() as u64, source_of(tar))?;
+        assert_eq!(staged.path(), staging.path());
+        commit(vf, VOL_SIZE, &staged, 512)
     }
 
     #[test]
     fn stage_commit_verify_read_round_trip() {
+        for kind in KINDS {
+            stage_commit_verify_read_round_trip_in(kind);
+        }
+    }
+
+    fn stage_commit_verify_read_round_trip_in(kind: Kind) {
         let v = volume(VOL_SIZE);
-        assert_eq!(state(&v.path, VOL_SIZE).unwrap(), StoreState::Unknown);
-        assert_eq!(verify(&v.path, VOL_SIZE).unwrap(), StoreState::Unknown);
+        let vf = file(kind, &v);
+        assert_eq!(state(&vf, VOL_SIZE).unwrap(), StoreState::Unknown);
+        assert_eq!(verify(&vf, VOL_SIZE).unwrap(), StoreState::Unknown);
 
         let (tar, _) = engine_tar(4);
         assert_ne!(tar.len() % 4096, 0);
         let staging = staging_path(&v.path);
         assert!(staging.to_string_lossy().ends_with(".ovf-upload"));
-        let staged = stage_upload(
-            &staging,
-            tar.len() as u64,
-            source_of(&tar),
-            &FsCalls::inline(),
-        )
-        .unwrap();
+        let staged = stage_upload(&vf.staging(), tar.len() as u64, source_of(&tar)).unwrap();
         assert_eq!(
             fs::metadata(&staging).unwrap().permissions().mode() & 0o777,
             0o600
@@ -701,25 +946,25 @@ mod tests {
         assert_eq!(staged.summary.entries.len(), 6);
         assert_eq!(staged.sha256, <[u8; 32]>::from(Sha256::digest(&tar)));
 
-        let t = commit(&v.path, VOL_SIZE, &staged, 512).unwrap();
+        let t = commit(&vf, VOL_SIZE, &staged, 512).unwrap();
         assert!(!staging.exists(), "staging file removed");
         assert_eq!(t.state, TrailerState::Valid);
         assert_eq!(t.generation, 1);
         assert_eq!(t.size, tar.len() as u64);
         assert_eq!(
-            state(&v.path, VOL_SIZE).unwrap(),
+            state(&vf, VOL_SIZE).unwrap(),
             StoreState::Valid { trailer: t.clone() }
         );
         assert_eq!(
-            verify(&v.path, VOL_SIZE).unwrap(),
+            verify(&vf, VOL_SIZE).unwrap(),
             StoreState::Valid { trailer: t.clone() }
         );
 
         // Exactly the bytes, from any offset; the tail is zero-padded to
         // the alignment; the volume size is unchanged.
-        assert_eq!(read_all(&v.path, 0, tar.len() as u64), tar);
-        assert_eq!(read_all(&v.path, 1000, 3333), tar[1000..4333].to_vec());
-        assert_eq!(read_all(&v.path, 4095, 2), tar[4095..4097].to_vec());
+        assert_eq!(read_all(&vf, 0, tar.len() as u64), tar);
+        assert_eq!(read_all(&vf, 1000, 3333), tar[1000..4333].to_vec());
+        assert_eq!(read_all(&vf, 4095, 2), tar[4095..4097].to_vec());
         let raw = fs::read(&v.path).unwrap();
         assert_eq!(raw.len() as u64, VOL_SIZE);
         let padded_end = tar.len().div_ceil(512) * 512;
@@ -727,17 +972,17 @@ mod tests {
 
         // A second upload bumps the generation.
         let (tar2, _) = engine_tar(2);
-        let t2 = upload(&v, &tar2).unwrap();
+        let t2 = upload(&vf, &tar2).unwrap();
         assert_eq!(t2.generation, 2);
-        assert_eq!(read_all(&v.path, 0, tar2.len() as u64), tar2);
+        assert_eq!(read_all(&vf, 0, tar2.len() as u64), tar2);
         assert!(matches!(
-            verify(&v.path, VOL_SIZE).unwrap(),
+            verify(&vf, VOL_SIZE).unwrap(),
             StoreState::Valid { .. }
         ));
 
         // The stored archive parses back.
         let contents = crate::ovf::entities::parse_store(
-            DirectReader::open(&v.path, 0, t2.size).unwrap(),
+            DirectReader::open(&vf, 0, t2.size).unwrap(),
             t2.size,
         )
         .unwrap();
@@ -747,16 +992,17 @@ mod tests {
 
     #[test]
     fn commit_with_4k_alignment() {
+        for kind in KINDS {
+            commit_with_4k_alignment_in(kind);
+        }
+    }
+
+    fn commit_with_4k_alignment_in(kind: Kind) {
         let v = volume(VOL_SIZE);
+        let vf = file(kind, &v);
         let (tar, _) = engine_tar(3);
-        let staged = stage_upload(
-            &staging_path(&v.path),
-            tar.len() as u64,
-            source_of(&tar),
-            &FsCalls::inline(),
-        )
-        .unwrap();
-        commit(&v.path, VOL_SIZE, &staged, 4096).unwrap();
+        let staged = stage_upload(&vf.staging(), tar.len() as u64, source_of(&tar)).unwrap();
+        commit(&vf, VOL_SIZE, &staged, 4096).unwrap();
         let raw = fs::read(&v.path).unwrap();
         assert_eq!(&raw[..tar.len()], &tar[..]);
         let padded_end = tar.len().div_ceil(4096) * 4096;
@@ -766,16 +1012,23 @@ mod tests {
             "stale data past the padded tail is left alone"
         );
         assert!(matches!(
-            verify(&v.path, VOL_SIZE).unwrap(),
+            verify(&vf, VOL_SIZE).unwrap(),
             StoreState::Valid { .. }
         ));
     }
 
     #[test]
     fn bad_uploads_leave_the_volume_alone() {
+        for kind in KINDS {
+            bad_uploads_leave_the_volume_alone_in(kind);
+        }
+    }
+
+    fn bad_uploads_leave_the_volume_alone_in(kind: Kind) {
         let v = volume(VOL_SIZE);
+        let vf = file(kind, &v);
         let (good, _) = engine_tar(2);
-        let t = upload(&v, &good).unwrap();
+        let t = upload(&vf, &good).unwrap();
         let before = fs::read(&v.path).unwrap();
         let staging = staging_path(&v.path);
 
@@ -809,7 +1062,7 @@ mod tests {
             ("DTD", dtd.clone(), dtd.len() as u64),
         ];
         for (what, data, cl) in cases {
-            let e = stage_upload(&staging, cl, source_of(&data), &FsCalls::inline()).unwrap_err();
+            let e = stage_upload(&vf.staging(), cl, source_of(&data)).unwrap_err();
             assert_eq!(
                 e.code(),
                 depot_api::Code::InvalidParameterException,
@@ -824,55 +1077,45 @@ mod tests {
         }
         // A client that goes away mid-stream.
         let mut sent = 0;
-        let e = stage_upload(
-            &staging,
-            tar.len() as u64,
-            |buf: &mut [u8]| {
-                if sent > 2000 {
-                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"));
-                }
-                let n = buf.len().min(1000);
-                buf[..n].copy_from_slice(&tar[sent..sent + n]);
-                sent += n;
-                Ok(n)
-            },
-            &FsCalls::inline(),
-        )
+        let e = stage_upload(&vf.staging(), tar.len() as u64, |buf: &mut [u8]| {
+            if sent > 2000 {
+                return Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"));
+            }
+            let n = buf.len().min(1000);
+            buf[..n].copy_from_slice(&tar[sent..sent + n]);
+            sent += n;
+            Ok(n)
+        })
         .unwrap_err();
         assert!(matches!(e, OvfError::Source(_)), "{e}");
         assert!(!staging.exists());
         // Larger than the volume's data area.
         let small = 16384;
-        let staged = stage_upload(
-            &staging,
-            tar.len() as u64,
-            source_of(&tar),
-            &FsCalls::inline(),
-        )
-        .unwrap();
-        let e = commit(&v.path, small, &staged, 512).unwrap_err();
+        let staged = stage_upload(&vf.staging(), tar.len() as u64, source_of(&tar)).unwrap();
+        let e = commit(&vf, small, &staged, 512).unwrap_err();
         assert!(matches!(e, OvfError::TooLarge { .. }), "{e}");
         assert!(!staging.exists());
         assert_eq!(fs::read(&v.path).unwrap(), before);
         assert_eq!(
-            verify(&v.path, VOL_SIZE).unwrap(),
+            verify(&vf, VOL_SIZE).unwrap(),
             StoreState::Valid { trailer: t }
         );
     }
 
     #[test]
     fn concurrent_upload_is_busy() {
+        for kind in KINDS {
+            concurrent_upload_is_busy_in(kind);
+        }
+    }
+
+    fn concurrent_upload_is_busy_in(kind: Kind) {
         let v = volume(VOL_SIZE);
+        let vf = file(kind, &v);
         let (tar, _) = engine_tar(1);
         let staging = staging_path(&v.path);
         fs::write(&staging, b"another upload").unwrap();
-        let e = stage_upload(
-            &staging,
-            tar.len() as u64,
-            source_of(&tar),
-            &FsCalls::inline(),
-        )
-        .unwrap_err();
+        let e = stage_upload(&vf.staging(), tar.len() as u64, source_of(&tar)).unwrap_err();
         assert!(matches!(e, OvfError::Busy { .. }), "{e}");
         assert_eq!(e.code(), depot_api::Code::VolumeIsBusy);
         assert!(e.to_string().contains("being updated"), "{e}");
@@ -881,15 +1124,9 @@ mod tests {
             b"another upload",
             "not removed"
         );
-        assert!(discard_stale_staging(&staging).unwrap());
-        assert!(!discard_stale_staging(&staging).unwrap());
-        stage_upload(
-            &staging,
-            tar.len() as u64,
-            source_of(&tar),
-            &FsCalls::inline(),
-        )
-        .unwrap();
+        assert!(discard_stale_staging(&vf.staging()).unwrap());
+        assert!(!discard_stale_staging(&vf.staging()).unwrap());
+        stage_upload(&vf.staging(), tar.len() as u64, source_of(&tar)).unwrap();
     }
 
     /// Writes a trailer as commit would, to simulate a crash at a step.
@@ -901,9 +1138,16 @@ mod tests {
 
     #[test]
     fn crash_states() {
+        for kind in KINDS {
+            crash_states_in(kind);
+        }
+    }
+
+    fn crash_states_in(kind: Kind) {
         let v = volume(VOL_SIZE);
+        let vf = file(kind, &v);
         let (tar, _) = engine_tar(2);
-        let t1 = upload(&v, &tar).unwrap();
+        let t1 = upload(&vf, &tar).unwrap();
 
         // Crash after the Writing trailer: torn.
         let writing = Trailer {
@@ -913,8 +1157,8 @@ mod tests {
         };
         put_trailer(&v.path, &writing);
         for st in [
-            state(&v.path, VOL_SIZE).unwrap(),
-            verify(&v.path, VOL_SIZE).unwrap(),
+            state(&vf, VOL_SIZE).unwrap(),
+            verify(&vf, VOL_SIZE).unwrap(),
         ] {
             match st {
                 StoreState::Torn { trailer, reason } => {
@@ -933,14 +1177,14 @@ mod tests {
         write_at_direct(&f, trailer_offset(VOL_SIZE).unwrap(), &buf, 4096).unwrap();
         sync_and_close(f).unwrap();
         assert!(matches!(
-            state(&v.path, VOL_SIZE).unwrap(),
+            state(&vf, VOL_SIZE).unwrap(),
             StoreState::Torn { trailer: None, .. }
         ));
         // The next upload repairs it.
-        let t = upload(&v, &tar).unwrap();
+        let t = upload(&vf, &tar).unwrap();
         assert_eq!(t.state, TrailerState::Valid);
         assert!(matches!(
-            verify(&v.path, VOL_SIZE).unwrap(),
+            verify(&vf, VOL_SIZE).unwrap(),
             StoreState::Valid { .. }
         ));
 
@@ -951,10 +1195,10 @@ mod tests {
         f.flush().unwrap();
         drop(f);
         assert!(matches!(
-            state(&v.path, VOL_SIZE).unwrap(),
+            state(&vf, VOL_SIZE).unwrap(),
             StoreState::Valid { .. }
         ));
-        match verify(&v.path, VOL_SIZE).unwrap() {
+        match verify(&vf, VOL_SIZE).unwrap() {
             StoreState::Torn { trailer, reason } => {
                 assert_eq!(trailer, Some(t));
                 assert!(reason.contains("does not match"), "{reason}");
@@ -965,53 +1209,54 @@ mod tests {
 
     #[test]
     fn staging_changed_before_commit_leaves_a_torn_store() {
+        for kind in KINDS {
+            staging_changed_before_commit_leaves_a_torn_store_in(kind);
+        }
+    }
+
+    fn staging_changed_before_commit_leaves_a_torn_store_in(kind: Kind) {
         let v = volume(VOL_SIZE);
+        let vf = file(kind, &v);
         let (tar, _) = engine_tar(2);
-        upload(&v, &tar).unwrap();
-        let staging = staging_path(&v.path);
+        upload(&vf, &tar).unwrap();
         // Cut short: commit notices while copying and leaves the Writing
         // trailer.
-        let staged = stage_upload(
-            &staging,
-            tar.len() as u64,
-            source_of(&tar),
-            &FsCalls::inline(),
-        )
-        .unwrap();
-        let f = OpenOptions::new().write(true).open(&staged.path).unwrap();
+        let staged = stage_upload(&vf.staging(), tar.len() as u64, source_of(&tar)).unwrap();
+        let f = OpenOptions::new().write(true).open(staged.path()).unwrap();
         f.set_len(tar.len() as u64 - 512).unwrap();
         drop(f);
-        let e = commit(&v.path, VOL_SIZE, &staged, 512).unwrap_err();
+        let e = commit(&vf, VOL_SIZE, &staged, 512).unwrap_err();
         assert!(matches!(e, OvfError::StagingChanged { .. }), "{e}");
-        assert!(!staged.path.exists());
+        assert!(!staged.path().exists());
         assert!(matches!(
-            state(&v.path, VOL_SIZE).unwrap(),
+            state(&vf, VOL_SIZE).unwrap(),
             StoreState::Torn { .. }
         ));
         // Same length, other bytes: the trailer records what was received,
         // so verify reports the store torn.
-        let staged = stage_upload(
-            &staging,
-            tar.len() as u64,
-            source_of(&tar),
-            &FsCalls::inline(),
-        )
-        .unwrap();
-        let mut bytes = fs::read(&staged.path).unwrap();
+        let staged = stage_upload(&vf.staging(), tar.len() as u64, source_of(&tar)).unwrap();
+        let mut bytes = fs::read(staged.path()).unwrap();
         bytes[600] ^= 1;
-        fs::write(&staged.path, bytes).unwrap();
-        commit(&v.path, VOL_SIZE, &staged, 512).unwrap();
+        fs::write(staged.path(), bytes).unwrap();
+        commit(&vf, VOL_SIZE, &staged, 512).unwrap();
         assert!(matches!(
-            verify(&v.path, VOL_SIZE).unwrap(),
+            verify(&vf, VOL_SIZE).unwrap(),
             StoreState::Torn { .. }
         ));
     }
 
     #[test]
     fn read_range_past_the_end() {
+        for kind in KINDS {
+            read_range_past_the_end_in(kind);
+        }
+    }
+
+    fn read_range_past_the_end_in(kind: Kind) {
         let v = volume(16384);
+        let vf = file(kind, &v);
         let mut got = 0;
-        let e = read_range(&v.path, 10_000, 10_000, |b| {
+        let e = read_range(&vf, 10_000, 10_000, |b| {
             got += b.len();
             Ok(())
         })
@@ -1019,17 +1264,24 @@ mod tests {
         assert_eq!(got, 16384 - 10_000);
         assert!(e.to_string().contains("past the end"), "{e}");
         // A sink that fails stops the read.
-        let e = read_range(&v.path, 0, 100, |_| Err(io::ErrorKind::BrokenPipe.into())).unwrap_err();
+        let e = read_range(&vf, 0, 100, |_| Err(io::ErrorKind::BrokenPipe.into())).unwrap_err();
         assert!(matches!(e, OvfError::Sink(_)), "{e}");
         // An empty range reads nothing.
-        read_range(&v.path, 5, 0, |_| panic!("no bytes expected")).unwrap();
+        read_range(&vf, 5, 0, |_| panic!("no bytes expected")).unwrap();
     }
 
     #[test]
     fn direct_reader_reads_exactly() {
+        for kind in KINDS {
+            direct_reader_reads_exactly_in(kind);
+        }
+    }
+
+    fn direct_reader_reads_exactly_in(kind: Kind) {
         let v = volume(3 << 20);
+        let vf = file(kind, &v);
         let raw = fs::read(&v.path).unwrap();
-        let mut r = DirectReader::open(&v.path, 12345, (2 << 20) + 17).unwrap();
+        let mut r = DirectReader::open(&vf, 12345, (2 << 20) + 17).unwrap();
         let mut out = Vec::new();
         let mut small = [0u8; 999];
         loop {
@@ -1054,21 +1306,16 @@ mod tests {
         let lo = depot_testkit::LoopDevice::attach_with(&backing, Some(4096), false);
         let (tar, _) = engine_tar(3);
         assert_ne!(tar.len() % 4096, 0);
-        let staging = dir.path().join("vol.ovf-upload");
-        let staged = stage_upload(
-            &staging,
-            tar.len() as u64,
-            source_of(&tar),
-            &FsCalls::inline(),
-        )
-        .unwrap();
-        let t = commit(lo.path(), VOL_SIZE, &staged, 512).unwrap();
+        let staging = StoreFile::local(dir.path().join("vol.ovf-upload"));
+        let lv = StoreFile::local(lo.path().to_owned());
+        let staged = stage_upload(&staging, tar.len() as u64, source_of(&tar)).unwrap();
+        let t = commit(&lv, VOL_SIZE, &staged, 512).unwrap();
         assert_eq!(
-            verify(lo.path(), VOL_SIZE).unwrap(),
+            verify(&lv, VOL_SIZE).unwrap(),
             StoreState::Valid { trailer: t }
         );
-        assert_eq!(read_all(lo.path(), 0, tar.len() as u64), tar);
-        assert_eq!(read_all(lo.path(), 513, 100), tar[513..613].to_vec());
+        assert_eq!(read_all(&lv, 0, tar.len() as u64), tar);
+        assert_eq!(read_all(&lv, 513, 100), tar[513..613].to_vec());
         drop(lo);
         let raw = fs::read(&backing).unwrap();
         assert_eq!(&raw[..tar.len()], &tar[..]);
@@ -1079,8 +1326,15 @@ mod tests {
 
     #[test]
     fn too_small_volume() {
+        for kind in KINDS {
+            too_small_volume_in(kind);
+        }
+    }
+
+    fn too_small_volume_in(kind: Kind) {
         let v = volume(4096);
-        let e = state(&v.path, 4096).unwrap_err();
+        let vf = file(kind, &v);
+        let e = state(&vf, 4096).unwrap_err();
         assert!(matches!(e, OvfError::Volume { .. }), "{e}");
     }
 }
