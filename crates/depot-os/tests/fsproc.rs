@@ -175,6 +175,28 @@ fn streams_trees_and_errors(p: &FsPool, root: &Path) {
     assert_eq!(data.len(), 8192);
     assert!(data[..4096].iter().all(|&b| b == 1) && data[4096..].iter().all(|&b| b == 2));
 
+    // A direct stream of large pieces, then a smaller one: each lands as
+    // sent (the helper reuses one data buffer between frames).
+    let direct = OpenWrite {
+        direct: true,
+        ..create()
+    };
+    let mut s = p
+        .open_write("a/ds", direct, Duration::from_secs(30))
+        .unwrap();
+    let piece =
+        |seed: u8, len: usize| -> Vec<u8> { (0..len).map(|i| (i % 251) as u8 ^ seed).collect() };
+    s.write(0, &piece(1, 1 << 20)).unwrap();
+    s.write(1 << 20, &piece(2, 1 << 20)).unwrap();
+    s.write(2 << 20, &piece(3, 8192)).unwrap();
+    s.close(true).unwrap();
+    let data = fs::read(root.join("a/ds")).unwrap();
+    assert_eq!(data.len(), (2 << 20) + 8192);
+    assert!(data[..1 << 20] == piece(1, 1 << 20)[..]);
+    assert!(data[1 << 20..2 << 20] == piece(2, 1 << 20)[..]);
+    assert!(data[2 << 20..] == piece(3, 8192)[..]);
+    p.unlink("a/ds").unwrap();
+
     // Zeroing, allocated or punched: the size stays.
     p.write("a/z", 0, &[7u8; 8192], create(), false).unwrap();
     p.zero_range("a/z", 0, 4096, false).unwrap();

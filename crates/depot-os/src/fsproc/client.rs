@@ -125,7 +125,7 @@ impl FsProc {
         };
         // Too much data is the caller's mistake, found before anything is
         // sent: an error the helper survives.
-        let frame = protocol::encode(&header, data).map_err(|e| FsProcError::Io {
+        let head = protocol::encode_head(&header, data.len()).map_err(|e| FsProcError::Io {
             mount: self.root.clone(),
             op,
             path: request.path().to_owned(),
@@ -138,7 +138,10 @@ impl FsProc {
             path: request.path().to_owned(),
             after: timeout,
         };
-        match write_all_by(&self.stdin, &frame, deadline) {
+        // The data from the caller's buffer, not copied into a frame.
+        let sent = write_all_by(&self.stdin, &head, deadline)
+            .and_then(|()| write_all_by(&self.stdin, data, deadline));
+        match sent {
             Ok(()) => {}
             Err(Wait::TimedOut) => return Err(timed_out()),
             Err(Wait::Closed) | Err(Wait::Io(_)) => return Err(self.died(op)),

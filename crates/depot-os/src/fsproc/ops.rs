@@ -568,6 +568,13 @@ fn write_at(file: &File, offset: u64, data: &[u8], direct: bool) -> io::Result<(
     if !direct || data.is_empty() {
         return file.write_all_at(data, offset);
     }
+    // Data already where O_DIRECT wants it (the helper's DataBuf, a whole
+    // number of blocks): written from there, not copied first.
+    if (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+        && data.len().is_multiple_of(DIRECT_ALIGN)
+    {
+        return file.write_all_at(data, offset);
+    }
     let rounded = data.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
     let mut buf = AlignedBuf::new(rounded, DIRECT_ALIGN).map_err(io::Error::other)?;
     buf[..data.len()].copy_from_slice(data);

@@ -419,6 +419,15 @@ pub fn parse_prefix(prefix: [u8; PREFIX_BYTES]) -> Result<(usize, usize), FrameE
 
 /// A whole frame as bytes: prefix, header, data.
 pub fn encode<T: Serialize>(header: &T, data: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let mut frame = encode_head(header, data.len())?;
+    frame.extend_from_slice(data);
+    Ok(frame)
+}
+
+/// The prefix and header of a frame whose `data_len` bytes of data the
+/// caller writes itself, after them (a 1 MiB write then goes from the
+/// caller's buffer to the pipe without being copied into a frame first).
+pub fn encode_head<T: Serialize>(header: &T, data_len: usize) -> Result<Vec<u8>, FrameError> {
     let json = serde_json::to_vec(header)?;
     let header_len = u32::try_from(json.len())
         .ok()
@@ -426,17 +435,16 @@ pub fn encode<T: Serialize>(header: &T, data: &[u8]) -> Result<Vec<u8>, FrameErr
         .ok_or(FrameError::HeaderTooLarge {
             len: u32::try_from(json.len()).unwrap_or(u32::MAX),
         })?;
-    let data_len = u32::try_from(data.len())
+    let data_len = u32::try_from(data_len)
         .ok()
         .filter(|&n| n <= MAX_DATA_BYTES)
         .ok_or(FrameError::DataTooLarge {
-            len: u32::try_from(data.len()).unwrap_or(u32::MAX),
+            len: u32::try_from(data_len).unwrap_or(u32::MAX),
         })?;
-    let mut frame = Vec::with_capacity(PREFIX_BYTES + json.len() + data.len());
+    let mut frame = Vec::with_capacity(PREFIX_BYTES + json.len() + data_len as usize);
     frame.extend_from_slice(&header_len.to_be_bytes());
     frame.extend_from_slice(&data_len.to_be_bytes());
     frame.extend_from_slice(&json);
-    frame.extend_from_slice(data);
     Ok(frame)
 }
 
@@ -473,6 +481,63 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(
     let mut data = vec![0u8; data_len];
     input.read_exact(&mut data)?;
     Ok((serde_json::from_slice(&header)?, data))
+}
+
+/// Reads one frame (blocking) whose data goes into `data` (grown as
+/// needed, kept between frames: the helper's loop reads every write's
+/// data into one aligned buffer, which an `O_DIRECT` write then uses as
+/// it is). Returns the header and the data's length.
+pub fn read_frame_into<T: for<'de> Deserialize<'de>>(
+    input: &mut impl Read,
+    data: &mut DataBuf,
+) -> Result<(T, usize), FrameError> {
+    let mut prefix = [0u8; PREFIX_BYTES];
+    let mut got = 0;
+    while got < PREFIX_BYTES {
+        match input.read(&mut prefix[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Eof),
+            Ok(0) => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (header_len, data_len) = parse_prefix(prefix)?;
+    let mut header = vec![0u8; header_len];
+    input.read_exact(&mut header)?;
+    input.read_exact(data.space(data_len)?)?;
+    Ok((serde_json::from_slice(&header)?, data_len))
+}
+
+/// A reusable buffer for frame data, aligned for `O_DIRECT`.
+#[derive(Default)]
+pub struct DataBuf {
+    buf: Option<crate::direct::AlignedBuf>,
+}
+
+/// The alignment of [`DataBuf`]: enough for any logical block size.
+pub const DATA_ALIGN: usize = 4096;
+
+impl DataBuf {
+    /// The first `len` bytes of the buffer, grown (to a multiple of
+    /// [`DATA_ALIGN`]) if it is smaller. What was there is not cleared.
+    pub fn space(&mut self, len: usize) -> io::Result<&mut [u8]> {
+        let have = self.buf.as_ref().map_or(0, |b| b.len());
+        if have < len {
+            let size = len.div_ceil(DATA_ALIGN) * DATA_ALIGN;
+            self.buf =
+                Some(crate::direct::AlignedBuf::new(size, DATA_ALIGN).map_err(io::Error::other)?);
+        }
+        Ok(match self.buf.as_mut() {
+            Some(b) => &mut b[..len],
+            None => &mut [],
+        })
+    }
+
+    /// The first `len` bytes (after [`space`](Self::space) made room).
+    pub fn data(&self, len: usize) -> &[u8] {
+        self.buf.as_ref().map_or(&[], |b| &b[..len])
+    }
 }
 
 /// Decodes a header read by other means (the client's deadline reads).
