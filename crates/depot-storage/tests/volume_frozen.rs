@@ -17,12 +17,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use depot_api::storage::{
-    AllocType, DiskType, DomainClass, DomainType, ImgUuid, SdUuid, VolUuid, VolumeFormat,
+    AllocType, DiskType, DomainClass, DomainType, ImgUuid, SdUuid, SpUuid, VolUuid, VolumeFormat,
 };
 use depot_api::types::Uuid;
 use depot_api::Code;
 use depot_os::fsproc::{FsPool, HelperCommand, PoolConfig};
 use depot_os::{CommandRunner, QemuImg};
+use depot_storage::backup::PreparePurpose;
 use depot_storage::connection::ConnectionParams;
 use depot_storage::domain::{Domain, FileDomain, VolumeTools};
 use depot_storage::layout::DomainPaths;
@@ -265,6 +266,9 @@ fn volume_verbs_on_a_frozen_gluster_domain_answer_in_time() {
     s.create_volume(sd, img, vol, raw(1 << 20)).unwrap();
     s.volume_info(sd, img, vol).unwrap();
     assert_eq!(s.list_images(sd).unwrap(), vec![img]);
+    let sp = SpUuid(Uuid::new_v4());
+    s.prepare_image(sp, sd, img, vol, false, PreparePurpose::Vm)
+        .unwrap();
 
     let frozen = g.freeze_brick().expect("freeze the brick");
     type Verb = Box<dyn FnOnce(&Storage) -> Result<String, StorageError> + Send>;
@@ -295,6 +299,20 @@ fn volume_verbs_on_a_frozen_gluster_domain_answer_in_time() {
             "after {what}, threads in the frozen mount: {inside:#?}"
         );
     }
+    // Image.teardown of a domain that could not be looked at is that
+    // answer, not "gone, nothing to do": the image stays prepared (a block
+    // domain's LVs would still be active). Last: the kernel's caches of
+    // the mount have expired by now (they answer for about a second after
+    // the freeze, and locate's first look could be answered from them).
+    let r = {
+        let s = s.clone();
+        answered("Image.teardown", move || s.teardown_image(sd, img))
+    };
+    assert_trouble("Image.teardown", r, &mount);
+    assert!(
+        s.is_prepared(sd, img),
+        "still prepared after a failed teardown"
+    );
     drop(frozen);
     s.disconnect_storage_server(DomainType::GlusterFs, &params);
     s.shutdown();

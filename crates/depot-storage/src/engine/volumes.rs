@@ -230,14 +230,19 @@ impl Storage {
     /// `Image.teardown`: forgets the preparation; on a block domain also
     /// deactivates the image's LVs and removes their links.
     pub fn teardown_image(&self, sd: SdUuid, img: ImgUuid) -> StorageResult<()> {
-        // A file domain that is gone has nothing to tear down.
+        // A domain that is gone (358) has nothing to tear down; one that
+        // could not be looked at (a mount in trouble: 2001) may still have
+        // active LVs, so that is the answer, and the image stays prepared.
         // The image lock is taken only where there is work to do: a file
         // domain's teardown does nothing.
-        if let Ok(domain) = self.locate(sd) {
-            if domain.is_block() {
+        match self.locate(sd) {
+            Ok(domain) if domain.is_block() => {
                 let _held = self.lock_image(sd, img, true)?;
                 domain.teardown(self.volume_tools(), img)?;
             }
+            Ok(_) => {}
+            Err(e) if e.code == Code::StorageDomainDoesNotExist => {}
+            Err(e) => return Err(e),
         }
         self.forget_prepared(sd, img);
         Ok(())
