@@ -3,16 +3,16 @@
 //! while the code and the message oVirt sees stay as they were: real files,
 //! the real qemu-img through depot-os's command runner.
 
+mod support;
+
 use std::error::Error;
 use std::fs;
 use std::io;
-use std::path::Path;
 use std::time::Duration;
 
 use depot_api::storage::{AllocType, DiskType, ImgUuid, SdUuid, VolUuid, VolumeFormat};
 use depot_api::types::Uuid;
 use depot_api::{ApiError, Code};
-use depot_os::fsproc::{FsPool, HelperCommand, PoolConfig};
 use depot_os::{CmdError, CommandRunner, ImageFormat, QemuImg, QemuImgError};
 use depot_storage::file::volumes::FileVolumes;
 use depot_storage::layout::DomainPaths;
@@ -22,16 +22,6 @@ use depot_storage::StorageError;
 
 const T: Duration = Duration::from_secs(60);
 
-/// Helper processes (the real depot-storage-fsproc) on `root`, as depotd
-/// runs them on a mount.
-fn helpers(root: &Path) -> MountFs {
-    MountFs::new(FsPool::new(PoolConfig {
-        command: HelperCommand::new(env!("CARGO_BIN_EXE_depot-storage-fsproc")),
-        root: root.to_owned(),
-        max_helpers: 4,
-        timeout: T,
-    }))
-}
 const MIB: u64 = 1024 * 1024;
 
 /// A file domain's image tree in a temporary directory.
@@ -51,7 +41,7 @@ impl Dom {
         let paths = DomainPaths::new(tmp.path().join(sd.to_string()));
         fs::create_dir_all(paths.images()).unwrap();
         Dom {
-            fs: helpers(tmp.path()),
+            fs: support::mount_helpers(tmp.path(), T),
             _tmp: tmp,
             paths,
             sd,

@@ -1,5 +1,7 @@
 //! File-domain volumes and images on real files, with the real qemu-img.
 
+mod support;
+
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
@@ -10,7 +12,6 @@ use depot_api::storage::{
 };
 use depot_api::types::Uuid;
 use depot_api::Code;
-use depot_os::fsproc::{FsPool, HelperCommand, PoolConfig};
 use depot_os::{CommandRunner, ImageFormat, QemuImg};
 use depot_storage::file::images::{recover, Recovered};
 use depot_storage::file::volumes::{wipe_file, FileVolumes};
@@ -21,16 +22,6 @@ use depot_storage::volume_store::{CreateVolume, VolumeStore};
 
 const T: Duration = Duration::from_secs(60);
 
-/// Helper processes (the real depot-storage-fsproc) on `root`, as depotd
-/// runs them on a mount.
-fn helpers(root: &Path) -> MountFs {
-    MountFs::new(FsPool::new(PoolConfig {
-        command: HelperCommand::new(env!("CARGO_BIN_EXE_depot-storage-fsproc")),
-        root: root.to_owned(),
-        max_helpers: 4,
-        timeout: T,
-    }))
-}
 const MIB: u64 = 1024 * 1024;
 
 /// `<tmp>/<sd>/images`, as a file domain is laid out.
@@ -50,7 +41,7 @@ impl Dom {
         let paths = DomainPaths::new(tmp.path().join(sd.to_string()));
         fs::create_dir_all(paths.images()).unwrap();
         Dom {
-            fs: helpers(tmp.path()),
+            fs: support::mount_helpers(tmp.path(), T),
             _tmp: tmp,
             paths,
             sd,
@@ -546,7 +537,7 @@ fn wipe_overwrites_in_place() {
     let len = 9 * MIB as usize + 4096 + 17;
     fs::write(&p, vec![0xAA; len]).unwrap();
     let before = fs::metadata(&p).unwrap();
-    let written = wipe_file(&helpers(dir.path()), &p).unwrap();
+    let written = wipe_file(&support::mount_helpers(dir.path(), T), &p).unwrap();
     assert_eq!(written, len as u64);
     let after = fs::metadata(&p).unwrap();
     assert_eq!(after.len(), len as u64);

@@ -10,6 +10,8 @@
 //! file/volumes.rs and file/images.rs, the calls made after the domain was
 //! located), and the verbs through `Storage` (locate included).
 
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -21,13 +23,11 @@ use depot_api::storage::{
 };
 use depot_api::types::Uuid;
 use depot_api::Code;
-use depot_os::fsproc::{FsPool, HelperCommand, PoolConfig};
 use depot_os::{CommandRunner, QemuImg};
 use depot_storage::backup::PreparePurpose;
 use depot_storage::connection::ConnectionParams;
 use depot_storage::domain::{Domain, FileDomain, VolumeTools};
 use depot_storage::layout::DomainPaths;
-use depot_storage::mount_fs::MountFs;
 use depot_storage::{
     CreateDomain, CreateVolume, Storage, StorageConfig, StorageError, VolumeStore,
 };
@@ -38,10 +38,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(3);
 /// One call's deadline (the first call that hangs fails the verb) plus a
 /// margin for a shared, loaded machine.
 const ANSWER_WITHIN: Duration = Duration::from_secs(3 + 12);
-
-fn helper() -> HelperCommand {
-    HelperCommand::new(env!("CARGO_BIN_EXE_depot-storage-fsproc"))
-}
 
 fn raw(capacity: u64) -> CreateVolume {
     CreateVolume {
@@ -150,12 +146,7 @@ fn volume_calls_on_a_frozen_gluster_domain_answer_in_time() {
     let sd = SdUuid(Uuid::new_v4());
     let paths = DomainPaths::new(root.join(sd.to_string()));
     fs::create_dir_all(paths.images()).unwrap();
-    let fs = MountFs::new(FsPool::new(PoolConfig {
-        command: helper(),
-        root: root.clone(),
-        max_helpers: 4,
-        timeout: IO_TIMEOUT,
-    }));
+    let fs = support::mount_helpers(&root, IO_TIMEOUT);
     let domain = Domain::File(FileDomain { sd, paths, fs });
     let (img, vol) = (new_img(), new_vol());
     on_volumes(
@@ -231,7 +222,7 @@ fn volume_verbs_on_a_frozen_gluster_domain_answer_in_time() {
             lock_timeout: Duration::from_secs(30),
             qemu_img_timeout: Duration::from_secs(60),
             monitor_interval: Duration::from_secs(1),
-            fsproc_command: Some(helper()),
+            fsproc_command: Some(support::fsproc_command()),
             fsproc_helpers_per_mount: 4,
         },
         CommandRunner::new(),
