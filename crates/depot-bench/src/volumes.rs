@@ -29,6 +29,7 @@ use depot_client::Client;
 use depot_os::{CommandRunner, QemuImg};
 use depot_storage::file::volumes::FileVolumes;
 use depot_storage::layout::DomainPaths;
+use depot_storage::mount_fs::MountFs;
 use depot_storage::{CreateDomain, CreateVolume, VolumeStore};
 use serde_json::json;
 use std::fs::{self, File, OpenOptions};
@@ -571,6 +572,9 @@ fn floor_create(dir: &Path, i: usize, size: u64) -> std::io::Result<()> {
 /// daemon's verbs run on their I/O worker.
 struct DirectCreate {
     paths: DomainPaths,
+    /// The calls of depot-storage's code on its domain: in this process
+    /// (no helper), the reference without the helpers' round trips.
+    fs: MountFs,
     sd: SdUuid,
     qemu: QemuImg,
     req: CreateVolume,
@@ -612,6 +616,7 @@ impl DirectCreate {
             sequence: 0,
         };
         Ok(DirectCreate {
+            fs: MountFs::in_process(mount_dir, QEMU_IMG_TIMEOUT),
             paths,
             sd,
             qemu: QemuImg::new(CommandRunner::new()),
@@ -622,7 +627,7 @@ impl DirectCreate {
     fn create(&self, img: &str, vol: &str) -> Result<(), String> {
         let img: ImgUuid = img.parse().map_err(|e| format!("{img}: {e}"))?;
         let vol: VolUuid = vol.parse().map_err(|e| format!("{vol}: {e}"))?;
-        FileVolumes::new(&self.paths, self.sd, &self.qemu, QEMU_IMG_TIMEOUT)
+        FileVolumes::new(&self.paths, &self.fs, self.sd, &self.qemu, QEMU_IMG_TIMEOUT)
             .create(img, vol, &self.req)
             .map(drop)
             .map_err(|e| e.to_string())

@@ -841,3 +841,26 @@ fn gluster_frozen_brick_is_contained() {
         "the IoWorker child did not exit after the thaw"
     );
 }
+
+/// `stat` carries the allocated blocks (a sparse file's true size) and the
+/// change time, through a helper; a reply of a helper that did not send
+/// them still parses (0).
+#[test]
+fn stat_reports_blocks_and_ctime() {
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(30));
+    let f = fs::File::create(t.path().join("sparse")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[1u8; 8192], 0).unwrap();
+    drop(f);
+    let md = fs::metadata(t.path().join("sparse")).unwrap();
+    let st = p.stat("sparse").unwrap();
+    assert_eq!(st.size, 64 << 20);
+    assert_eq!(st.blocks, md.blocks());
+    assert!(st.blocks > 0 && st.blocks * 512 < st.size, "{st:?}");
+    assert_eq!(st.ctime_s, md.ctime());
+
+    let old = r#"{"kind":"file","size":1,"mode":420,"uid":0,"gid":0,"nlink":1,"ino":2,"dev":3,"mtime_s":4,"mtime_ns":5}"#;
+    let st: protocol::StatInfo = serde_json::from_str(old).unwrap();
+    assert_eq!((st.blocks, st.ctime_s), (0, 0));
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
 use depot_os::lvm::Lvm;
-use depot_os::{FsStats, Liveness, QemuImg};
+use depot_os::{FsStats, QemuImg};
 
 use crate::block::{self, BlockVolumes};
 use crate::error::StorageResult;
@@ -167,12 +167,14 @@ impl Domain {
     }
 
     /// Cleans what a crash left half done in the domain's volumes; returns
-    /// what was removed, for the log. `beat` is called as long work (a
-    /// promised wipe) goes on.
+    /// what was removed, for the log. A file domain's calls go through its
+    /// mount's helpers, each with their deadline (a promised wipe is one
+    /// call per chunk); `beat` is called after each chunk, for a caller
+    /// that still watches it from a worker thread.
     pub fn recover(&self, tools: VolumeTools<'_>, beat: &dyn Fn()) -> StorageResult<Vec<String>> {
         match self {
             Domain::File(d) => {
-                let r = file::images::recover_with(&d.paths, beat)?;
+                let r = file::images::recover_with(&d.fs, &d.paths, beat)?;
                 for (what, e) in r.failed {
                     tracing::warn!(sd = %d.sd, %what, error = %e, "crash leftover not cleaned yet");
                 }
@@ -182,24 +184,39 @@ impl Domain {
         }
     }
 
-    /// Runs `f` with the domain's volumes. `live`, when the caller watches
-    /// long work (a file domain's call on its mount's worker), is beaten
-    /// after each step of it.
-    pub fn volumes<T>(
+    /// Runs `f` with the domain's volumes, on the calling thread: a file
+    /// domain's calls go through its mount's helpers with their deadline,
+    /// a block domain's LVM, qemu-img and O_DIRECT calls carry their own
+    /// timeouts.
+    pub fn volumes<T>(&self, tools: VolumeTools<'_>, f: impl FnOnce(&dyn VolumeStore) -> T) -> T {
+        match self {
+            Domain::File(d) => f(&FileVolumes::new(
+                &d.paths,
+                &d.fs,
+                d.sd,
+                tools.qemu,
+                tools.timeout,
+            )),
+            Domain::Block(d) => f(&d.volumes(tools)),
+        }
+    }
+
+    /// Checks that the data of `vol` in `img` follows its rule
+    /// (crate::volume_data) without opening it: 254 when it does not, the
+    /// OS's error with `code` when it cannot be looked at. A file domain's
+    /// is looked at through its mount's helpers.
+    pub fn check_volume_data(
         &self,
-        tools: VolumeTools<'_>,
-        live: Option<&Liveness>,
-        f: impl FnOnce(&dyn VolumeStore) -> T,
-    ) -> T {
+        img: ImgUuid,
+        vol: VolUuid,
+        code: depot_api::Code,
+        op: &'static str,
+    ) -> StorageResult<()> {
         match self {
             Domain::File(d) => {
-                let mut v = FileVolumes::new(&d.paths, d.sd, tools.qemu, tools.timeout);
-                if let Some(live) = live {
-                    v = v.with_liveness(live);
-                }
-                f(&v)
+                file::volumes::check_data(&d.fs, &d.paths.volume(img, vol), code, op).map(drop)
             }
-            Domain::Block(d) => f(&d.volumes(tools)),
+            Domain::Block(_) => self.volume_data(img, vol).check(code, op),
         }
     }
 

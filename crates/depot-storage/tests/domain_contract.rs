@@ -78,7 +78,7 @@ fn contract_cases(d: &Domain, description: &str, repository: &std::path::Path) {
         qemu: &qemu,
         timeout: Duration::from_secs(60),
     };
-    let (vols, images) = d.volumes(tools, None, |v| (v.list(None), v.images()));
+    let (vols, images) = d.volumes(tools, |v| (v.list(None), v.images()));
     assert_eq!(vols.unwrap(), Vec::<VolUuid>::new());
     assert_eq!(images.unwrap(), Vec::<ImgUuid>::new());
     assert_eq!(d.recover(tools, &|| ()).unwrap(), Vec::<String>::new());

@@ -3,6 +3,8 @@
 //! while the code and the message oVirt sees stay as they were: real files,
 //! the real qemu-img through depot-os's command runner.
 
+mod support;
+
 use std::error::Error;
 use std::fs;
 use std::io;
@@ -14,10 +16,12 @@ use depot_api::{ApiError, Code};
 use depot_os::{CmdError, CommandRunner, ImageFormat, QemuImg, QemuImgError};
 use depot_storage::file::volumes::FileVolumes;
 use depot_storage::layout::DomainPaths;
+use depot_storage::mount_fs::MountFs;
 use depot_storage::volume_store::{CreateVolume, VolumeStore};
 use depot_storage::StorageError;
 
 const T: Duration = Duration::from_secs(60);
+
 const MIB: u64 = 1024 * 1024;
 
 /// A file domain's image tree in a temporary directory.
@@ -26,6 +30,8 @@ struct Dom {
     paths: DomainPaths,
     sd: SdUuid,
     qemu: QemuImg,
+    /// The helpers of the "mount" (the temporary directory).
+    fs: MountFs,
 }
 
 impl Dom {
@@ -35,6 +41,7 @@ impl Dom {
         let paths = DomainPaths::new(tmp.path().join(sd.to_string()));
         fs::create_dir_all(paths.images()).unwrap();
         Dom {
+            fs: support::mount_helpers(tmp.path(), T),
             _tmp: tmp,
             paths,
             sd,
@@ -43,7 +50,7 @@ impl Dom {
     }
 
     fn vols(&self) -> FileVolumes<'_> {
-        FileVolumes::new(&self.paths, self.sd, &self.qemu, T)
+        FileVolumes::new(&self.paths, &self.fs, self.sd, &self.qemu, T)
     }
 
     /// A COW volume whose data file is then overwritten with bytes that
@@ -119,10 +126,12 @@ fn missing_metadata_message_is_unchanged() {
 }
 
 #[test]
-fn unreadable_metadata_keeps_the_os_error() {
+fn unreadable_metadata_keeps_the_error_underneath() {
     let d = Dom::new();
     let (img, vol) = (ImgUuid(Uuid::new_v4()), VolUuid(Uuid::new_v4()));
-    // A directory where the .meta file should be: read(2) fails, EISDIR.
+    // A directory where the .meta file should be: the mount's helper
+    // refuses to open anything but a regular file (before issue 15 the
+    // read failed with EISDIR in depotd's own thread).
     fs::create_dir_all(d.paths.volume_meta(img, vol)).unwrap();
     let err = d.vols().info(img, vol).unwrap_err();
     assert_eq!(err.code, Code::VolumeMetadataReadError, "{err}");
@@ -130,13 +139,14 @@ fn unreadable_metadata_keeps_the_os_error() {
         .source()
         .and_then(|s| s.downcast_ref::<io::Error>())
         .unwrap_or_else(|| panic!("no io::Error under {err:?}"));
-    assert_eq!(io.raw_os_error(), Some(libc::EISDIR));
+    let refused = depot_os::confine::refusal(io).unwrap_or_else(|| panic!("not a refusal: {io:?}"));
+    assert!(refused.reason.contains("not a regular file"), "{refused:?}");
+    let io = io.to_string();
     assert_eq!(
         ApiError::from(err).detail,
         format!(
-            "volume info: {}: {}",
+            "volume info: {}: {io}",
             d.paths.volume_meta(img, vol).display(),
-            io::Error::from_raw_os_error(libc::EISDIR)
         )
     );
 }

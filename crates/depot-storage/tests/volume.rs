@@ -1,8 +1,10 @@
 //! File-domain volumes and images on real files, with the real qemu-img.
 
+mod support;
+
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use depot_api::storage::{
@@ -15,9 +17,11 @@ use depot_storage::file::images::{recover, Recovered};
 use depot_storage::file::volumes::{wipe_file, FileVolumes};
 use depot_storage::layout::DomainPaths;
 use depot_storage::metadata::VolumeMetadata;
+use depot_storage::mount_fs::MountFs;
 use depot_storage::volume_store::{CreateVolume, VolumeStore};
 
 const T: Duration = Duration::from_secs(60);
+
 const MIB: u64 = 1024 * 1024;
 
 /// `<tmp>/<sd>/images`, as a file domain is laid out.
@@ -26,6 +30,8 @@ struct Dom {
     paths: DomainPaths,
     sd: SdUuid,
     qemu: QemuImg,
+    /// The helpers of the "mount" (the temporary directory).
+    fs: MountFs,
 }
 
 impl Dom {
@@ -35,6 +41,7 @@ impl Dom {
         let paths = DomainPaths::new(tmp.path().join(sd.to_string()));
         fs::create_dir_all(paths.images()).unwrap();
         Dom {
+            fs: support::mount_helpers(tmp.path(), T),
             _tmp: tmp,
             paths,
             sd,
@@ -43,7 +50,7 @@ impl Dom {
     }
 
     fn vols(&self) -> FileVolumes<'_> {
-        FileVolumes::new(&self.paths, self.sd, &self.qemu, T)
+        FileVolumes::new(&self.paths, &self.fs, self.sd, &self.qemu, T)
     }
 
     fn meta(&self, img: ImgUuid, vol: VolUuid) -> VolumeMetadata {
@@ -307,7 +314,7 @@ fn failure_midway_is_rolled_back() {
     let before = d.files(i);
     // A qemu-img that always fails: the data file cannot be made.
     let broken = QemuImg::with_program(CommandRunner::new(), "false");
-    let vols = FileVolumes::new(&d.paths, d.sd, &broken, T);
+    let vols = FileVolumes::new(&d.paths, &d.fs, d.sd, &broken, T);
     let err = vols.create(i, vol(), &cow(8 * MIB, base)).unwrap_err();
     assert_eq!(err.code, Code::VolumeCreationError, "{err}");
     assert_eq!(d.files(i), before);
@@ -530,7 +537,7 @@ fn wipe_overwrites_in_place() {
     let len = 9 * MIB as usize + 4096 + 17;
     fs::write(&p, vec![0xAA; len]).unwrap();
     let before = fs::metadata(&p).unwrap();
-    let written = wipe_file(&p, &|| {}).unwrap();
+    let written = wipe_file(&support::mount_helpers(dir.path(), T), &p).unwrap();
     assert_eq!(written, len as u64);
     let after = fs::metadata(&p).unwrap();
     assert_eq!(after.len(), len as u64);
@@ -720,7 +727,7 @@ fn recover_cleans_crash_leftovers() {
     assert_eq!(err.code, Code::VolumeAlreadyExists, "{err}");
     assert_eq!(d.files(i), files);
 
-    let report = recover(&d.paths).unwrap();
+    let report = recover(&d.fs, &d.paths).unwrap();
     assert!(report.failed.is_empty(), "{report}");
     assert_eq!(report.cleaned.len(), 6, "{report}");
     assert!(report.cleaned.contains(&Recovered::HalfCreatedVolume {
@@ -740,8 +747,8 @@ fn recover_cleans_crash_leftovers() {
     assert_eq!(d.vols().chain(i, top, false).unwrap().len(), 2);
 
     // Nothing left to do the second time.
-    assert!(recover(&d.paths).unwrap().is_empty());
+    assert!(recover(&d.fs, &d.paths).unwrap().is_empty());
     // A domain without images/ has nothing to recover.
-    let empty = DomainPaths::new(PathBuf::from("/nonexistent-depot-test"));
-    assert!(recover(&empty).unwrap().is_empty());
+    let empty = DomainPaths::new(d.fs.root().join("nonexistent-depot-test"));
+    assert!(recover(&d.fs, &empty).unwrap().is_empty());
 }

@@ -796,33 +796,31 @@ async fn localfs_read_failure_is_2001_not_360() {
 #[tokio::test]
 async fn an_os_failure_underneath_is_logged_and_the_wire_is_unchanged() {
     let mut l = Local::new().await;
-    let meta = l
-        .dom
-        .join("images")
-        .join(&l.img)
-        .join(format!("{}.meta", l.vol));
-    let away = meta.with_extension("away");
-    std::fs::rename(&meta, &away).unwrap();
-    // A directory where the metadata file is: read(2) fails with EISDIR.
-    std::fs::create_dir(&meta).unwrap();
-    let text = call_err(&l.c, "Volume.getInfo", vol_ref(&l.sd, &l.img, &l.vol), 207).await;
+    let image = l.dom.join("images").join(&l.img);
+    let away = image.with_extension("away");
+    std::fs::rename(&image, &away).unwrap();
+    // A file where the image directory is: listing it fails with ENOTDIR
+    // in the mount's helper. (Before issue 15 this test put a directory
+    // where the .meta file is, for EISDIR from read(2); the helpers now
+    // refuse to open anything but a regular file, before any OS call.)
+    std::fs::write(&image, b"not a directory").unwrap();
+    let text = call_err(&l.c, "Volume.getInfo", vol_ref(&l.sd, &l.img, &l.vol), 254).await;
     // The message as it was before errors kept their cause (the daemon
     // names the file by its link under the repository).
     let seen = mount_point(&l.d, LOCALFS, &l.conn.connection)
         .join(&l.sd)
         .join("images")
-        .join(&l.img)
-        .join(format!("{}.meta", l.vol));
+        .join(&l.img);
     assert_eq!(
         text,
         format!(
-            "error 207: Error while processing volume meta data: volume info: {}: \
-             Is a directory (os error 21)",
+            "error 254: Image path does not exist or cannot be accessed/created: volume info: {}: \
+             Not a directory (os error 20)",
             seen.display()
         )
     );
-    std::fs::remove_dir(&meta).unwrap();
-    std::fs::rename(&away, &meta).unwrap();
+    std::fs::remove_file(&image).unwrap();
+    std::fs::rename(&away, &image).unwrap();
     l.d.stop();
     let log = l.d.log();
     let below: Vec<&str> = log
@@ -832,8 +830,8 @@ async fn an_os_failure_underneath_is_logged_and_the_wire_is_unchanged() {
     assert_eq!(below.len(), 1, "log:\n{log}");
     for part in [
         "method=Volume.getInfo",
-        "code=207",
-        "cause=Is a directory (os error 21)",
+        "code=254",
+        "cause=Not a directory (os error 20)",
     ] {
         assert!(below[0].contains(part), "{part} missing in {}", below[0]);
     }

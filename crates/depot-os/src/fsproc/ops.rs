@@ -624,6 +624,8 @@ fn stat_info(st: &FileStat) -> StatInfo {
         dev: st.st_dev,
         mtime_s: st.st_mtime,
         mtime_ns: st.st_mtime_nsec,
+        blocks: u64::try_from(st.st_blocks).unwrap_or(0),
+        ctime_s: st.st_ctime,
     }
 }
 

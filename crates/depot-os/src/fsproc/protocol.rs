@@ -290,6 +290,14 @@ pub struct StatInfo {
     /// Seconds and nanoseconds since the epoch.
     pub mtime_s: i64,
     pub mtime_ns: i64,
+    /// 512-byte blocks allocated (`st_blocks`): a volume's true size, and
+    /// whether a file is sparse. Absent in frames of older helpers (0).
+    #[serde(default)]
+    pub blocks: u64,
+    /// Change time, seconds since the epoch (`st_ctime`). Absent in frames
+    /// of older helpers (0).
+    #[serde(default)]
+    pub ctime_s: i64,
 }
 
 /// `statvfs(3)` of the file system holding an entry.

@@ -1,25 +1,27 @@
-//! The volume and image verbs of the `Storage` object: locks, the mount's I/O
-//! worker, and the run links of prepared images.
+//! The volume and image verbs of the `Storage` object: locks, and the run
+//! links of prepared images.
 //!
 //! Lock rules: every volume verb takes the domain lock shared and the image
 //! lock (exclusive for changes, shared for reads), so two verbs never
 //! rewrite one image's metadata at once, while verbs on other images run in
-//! parallel. The locks go with the worker call ([`Held`]): a call that
-//! times out keeps them until its thread has returned.
+//! parallel. The verbs run on the calling thread, holding the locks: a file
+//! domain's file-system calls go through its mount's helper processes, each
+//! with the I/O timeout, so a mount that stops answering fails the call
+//! (2001/2002 naming the mount) and no thread of depotd waits in it.
 //!
-//! Long work (a `postZero` wipe, preallocation, an extend) runs on the
-//! mount's long lane and beats its [`Liveness`] as it goes: it is given as
-//! long as it keeps making progress, and fails only when one step stays
-//! silent for the I/O timeout (docs/storage.md, "Long work").
+//! Long work (a `postZero` wipe, preallocation, an extend) is a sequence of
+//! such calls, one per chunk: it is given as long as it keeps making
+//! progress, and fails only when one call stays unanswered for the I/O
+//! timeout (docs/storage.md, "Long work").
 
 use std::os::unix::fs::symlink;
 
 use depot_api::storage::{ImgUuid, Legality, SdUuid, SpUuid, VolUuid};
 use depot_api::Code;
 
-use super::{Lane, Storage};
+use super::Storage;
 use crate::backup::PreparePurpose;
-use crate::domain::{Domain, VolumeTools};
+use crate::domain::Domain;
 use crate::layout;
 use crate::lock::Held;
 use crate::metadata::volume::VolumeMetadata;
@@ -36,52 +38,20 @@ pub struct Prepared {
 }
 
 impl Storage {
-    /// Runs `f` with the domain's volumes where the domain's calls run
-    /// ([`Storage::on_domain`]): a file domain's on the mount's worker,
-    /// holding `held` until `f` returns, a block domain's on the caller's
-    /// thread (its LVM, qemu-img and O_DIRECT metadata calls have their own
-    /// timeouts).
-    pub(crate) fn with_volumes<T: Send + 'static>(
+    /// Runs `f` with the domain's volumes on this thread
+    /// ([`Domain::volumes`]: a file domain's calls go through its mount's
+    /// helpers with their deadline, a block domain's carry their own
+    /// timeouts). The caller holds `_held` over the call; `_op` and
+    /// `_held` stay in the signature for the callers that still pass them
+    /// (copy.rs) until the worker machinery is gone.
+    pub(crate) fn with_volumes<T>(
         &self,
         domain: &Domain,
-        op: &'static str,
-        held: &Held,
-        f: impl FnOnce(&dyn VolumeStore) -> StorageResult<T> + Send + 'static,
+        _op: &'static str,
+        _held: &Held,
+        f: impl FnOnce(&dyn VolumeStore) -> StorageResult<T>,
     ) -> StorageResult<T> {
-        self.with_volumes_in(Lane::Short, domain, op, held, f)
-    }
-
-    /// [`with_volumes`](Self::with_volumes) for long work, on the long
-    /// lane.
-    fn with_volumes_long<T: Send + 'static>(
-        &self,
-        domain: &Domain,
-        op: &'static str,
-        held: &Held,
-        f: impl FnOnce(&dyn VolumeStore) -> StorageResult<T> + Send + 'static,
-    ) -> StorageResult<T> {
-        self.with_volumes_in(Lane::Long, domain, op, held, f)
-    }
-
-    fn with_volumes_in<T: Send + 'static>(
-        &self,
-        lane: Lane,
-        domain: &Domain,
-        op: &'static str,
-        held: &Held,
-        f: impl FnOnce(&dyn VolumeStore) -> StorageResult<T> + Send + 'static,
-    ) -> StorageResult<T> {
-        let (qemu, timeout) = (self.qemu.clone(), self.config().qemu_img_timeout);
-        self.on_domain(lane, domain, op, held, move |d, live| {
-            d.volumes(
-                VolumeTools {
-                    qemu: &qemu,
-                    timeout,
-                },
-                live,
-                f,
-            )
-        })
+        domain.volumes(self.volume_tools(), f)
     }
 
     /// Creates a volume; on a backup domain, memory volumes and hosted-
@@ -103,7 +73,7 @@ impl Storage {
             crate::backup::check_volume_kind(&domain, req.disk_type, "create volume")?;
         }
         let held = self.lock_image(sd, img, true)?;
-        let md = self.with_volumes_long(&domain, "create volume", &held, move |v| {
+        let md = self.with_volumes(&domain, "create volume", &held, move |v| {
             v.create(img, vol, &req)
         })?;
         Ok(md)
@@ -171,7 +141,7 @@ impl Storage {
     ) -> StorageResult<()> {
         let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes_long(&domain, "extend volume", &held, move |v| {
+        self.with_volumes(&domain, "extend volume", &held, move |v| {
             v.extend(img, vol, capacity)
         })
         .map(|_| ())
@@ -190,7 +160,7 @@ impl Storage {
         self.refuse_if_prepared(sd, img, force, "delete volume")?;
         let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes_long(&domain, "delete volume", &held, move |v| {
+        self.with_volumes(&domain, "delete volume", &held, move |v| {
             v.delete(img, vol, post_zero, force)
         })?;
         tracing::info!(sd = %sd, img = %img, vol = %vol, post_zero, "volume deleted");
@@ -207,7 +177,7 @@ impl Storage {
         self.refuse_if_prepared(sd, img, force, "delete image")?;
         let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes_long(&domain, "delete image", &held, move |v| {
+        self.with_volumes(&domain, "delete image", &held, move |v| {
             v.delete_image(img, post_zero)
         })?;
         self.forget_prepared(sd, img);
@@ -236,12 +206,10 @@ impl Storage {
         let held = self.lock_image(sd, img, false)?;
         // The chain, and each volume's data where its domain says it is:
         // a VM is never handed a path that leads elsewhere.
-        let d = domain.clone();
-        let chain = self.with_volumes(&domain, OP, &held, move |v| {
+        let chain = self.with_volumes(&domain, OP, &held, |v| {
             let chain = v.chain(img, vol, allow_illegal)?;
             for c in &chain {
-                d.volume_data(img, c.volume)
-                    .check(Code::ImagePathError, OP)?;
+                domain.check_volume_data(img, c.volume, Code::ImagePathError, OP)?;
             }
             Ok(chain)
         })?;
@@ -262,14 +230,19 @@ impl Storage {
     /// `Image.teardown`: forgets the preparation; on a block domain also
     /// deactivates the image's LVs and removes their links.
     pub fn teardown_image(&self, sd: SdUuid, img: ImgUuid) -> StorageResult<()> {
-        // A file domain that is gone has nothing to tear down.
+        // A domain that is gone (358) has nothing to tear down; one that
+        // could not be looked at (a mount in trouble: 2001) may still have
+        // active LVs, so that is the answer, and the image stays prepared.
         // The image lock is taken only where there is work to do: a file
         // domain's teardown does nothing.
-        if let Ok(domain) = self.locate(sd) {
-            if domain.is_block() {
+        match self.locate(sd) {
+            Ok(domain) if domain.is_block() => {
                 let _held = self.lock_image(sd, img, true)?;
                 domain.teardown(self.volume_tools(), img)?;
             }
+            Ok(_) => {}
+            Err(e) if e.code == Code::StorageDomainDoesNotExist => {}
+            Err(e) => return Err(e),
         }
         self.forget_prepared(sd, img);
         Ok(())
@@ -282,10 +255,11 @@ impl Storage {
         case_sensitive: bool,
     ) -> StorageResult<Vec<crate::file::iso_files::FileStat>> {
         let domain = self.locate(sd)?;
-        let (p, pat) = (domain.paths().clone(), pattern.to_string());
-        self.io(&p.root.clone(), "list domain files", move || {
-            crate::file::iso_files::list(&p, &pat, case_sensitive)
-        })
+        // ISO files are in file domains only.
+        let Domain::File(d) = &domain else {
+            return Ok(Vec::new());
+        };
+        crate::file::iso_files::list(&d.fs, &d.paths, pattern, case_sensitive)
     }
 
     fn refuse_if_prepared(

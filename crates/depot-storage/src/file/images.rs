@@ -15,23 +15,21 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use depot_api::storage::{ImgUuid, Legality, VolUuid};
 use depot_api::Code;
+use depot_os::fsproc::FileKind;
 
 use crate::error::{StorageError, StorageResult};
 use crate::file::volumes::{
-    canonical_vol, discard, exists, fsync_dir, load, parents, remove_dir_if_empty, volume_info,
-    wipe_file, FileVolumes,
+    as_code, canonical_vol, check_image_dir, discard, exists, fsync_dir, load, mount_trouble,
+    parents, remove_dir_if_empty, volume_info, wipe_with, FileVolumes, ImageEntries,
 };
-use crate::layout::{DomainPaths, CREATING_SUFFIX, REMOVE_ME};
-use crate::volume_data::check_image_dir;
+use crate::layout::{DomainPaths, REMOVE_ME};
+use crate::mount_fs::MountFs;
 use crate::volume_store::VolumeInfo;
-use depot_os::Beneath;
 
 /// The prefix of an image directory being deleted with its data wiped.
 pub const REMOVE_ME_ZERO: &str = "_remove_me_ZERO_";
@@ -98,26 +96,24 @@ fn removed_dir(paths: &DomainPaths, img: ImgUuid, zero: bool) -> PathBuf {
 
 /// The images of the domain: directories under `images/` named by a
 /// canonical UUID (so `_remove_me_*` and anything else is skipped), sorted.
-/// A domain without `images/` is ImagePathError (254).
-pub fn images(paths: &DomainPaths) -> StorageResult<Vec<ImgUuid>> {
+/// A domain without `images/` is ImagePathError (254); a mount in trouble
+/// 2001.
+pub fn images(fs: &MountFs, paths: &DomainPaths) -> StorageResult<Vec<ImgUuid>> {
     const OP: &str = "list images";
     let dir = paths.images();
-    let mut out = Vec::new();
-    let entries =
-        fs::read_dir(&dir).map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, e))?;
-        let Some(img) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<ImgUuid>().ok().filter(|i| i.to_string() == n))
-        else {
-            continue;
-        };
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            out.push(img);
-        }
-    }
+    let entries = fs
+        .listdir(&dir)
+        .map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, e))?;
+    let mut out: Vec<ImgUuid> = entries
+        .into_iter()
+        .filter(|e| e.utf8 && e.kind == FileKind::Dir)
+        .filter_map(|e| {
+            e.name
+                .parse::<ImgUuid>()
+                .ok()
+                .filter(|i| i.to_string() == e.name)
+        })
+        .collect();
     out.sort();
     Ok(out)
 }
@@ -125,7 +121,7 @@ pub fn images(paths: &DomainPaths) -> StorageResult<Vec<ImgUuid>> {
 impl FileVolumes<'_> {
     /// See [`images`].
     pub(super) fn list_images(&self) -> StorageResult<Vec<ImgUuid>> {
-        images(self.paths)
+        images(self.fs, self.paths)
     }
 
     /// Deletes an image and all its volumes: renames the directory to
@@ -139,20 +135,27 @@ impl FileVolumes<'_> {
     pub(super) fn remove_image(&self, img: ImgUuid, post_zero: bool) -> StorageResult<()> {
         const OP: &str = "delete image";
         let err = |code, detail: String| StorageError::new(code, OP, detail);
-        let as_256 =
-            |e: StorageError| err(Code::ImageDeleteError, format!("{img}: {e}")).with_cause_of(&e);
+        let as_256 = |e: StorageError| {
+            if mount_trouble(&e) {
+                return e;
+            }
+            err(Code::ImageDeleteError, format!("{img}: {e}")).with_cause_of(&e)
+        };
+        let fs = self.fs;
         let dir = self.paths.image(img);
         let images = self.paths.images();
         // Renamed and purged below: it must be the domain's own directory,
         // not a symlink to one elsewhere.
-        check_image_dir(self.paths, img, OP)?;
-        let leftovers: Vec<(PathBuf, bool)> = [false, true]
-            .into_iter()
-            .map(|zero| (removed_dir(self.paths, img, zero), zero))
-            .filter(|(p, _)| exists(p).unwrap_or(false))
-            .collect();
+        check_image_dir(fs, self.paths, img, OP)?;
+        let mut leftovers: Vec<(PathBuf, bool)> = Vec::new();
+        for zero in [false, true] {
+            let p = removed_dir(self.paths, img, zero);
+            if exists(fs, &p).map_err(|e| StorageError::io(Code::ImageDeleteError, OP, &p, e))? {
+                leftovers.push((p, zero));
+            }
+        }
         let present =
-            exists(&dir).map_err(|e| StorageError::io(Code::ImageDeleteError, OP, &dir, e))?;
+            exists(fs, &dir).map_err(|e| StorageError::io(Code::ImageDeleteError, OP, &dir, e))?;
         if !present && leftovers.is_empty() {
             return Err(err(
                 Code::ImageDoesNotExistInSD,
@@ -163,17 +166,17 @@ impl FileVolumes<'_> {
         // rename below has a free target.
         for (old, zero) in &leftovers {
             tracing::info!(%img, dir = %old.display(), "finishing an interrupted image deletion");
-            purge_dir(old, *zero || post_zero, &|| self.beat()).map_err(as_256)?;
+            purge_dir(fs, old, *zero || post_zero, &|| {}).map_err(as_256)?;
         }
         if !present {
             return Ok(());
         }
         let target = removed_dir(self.paths, img, post_zero);
-        fs::rename(&dir, &target)
+        fs.rename(&dir, &target)
             .map_err(|e| StorageError::io(Code::ImageDeleteError, OP, &dir, e))?;
-        fsync_dir(&images, Code::ImageDeleteError, OP)?;
+        fsync_dir(fs, &images, Code::ImageDeleteError, OP)?;
         tracing::info!(%img, to = %target.display(), "image renamed for deletion");
-        purge_dir(&target, post_zero, &|| self.beat()).map_err(as_256)?;
+        purge_dir(fs, &target, post_zero, &|| {}).map_err(as_256)?;
         tracing::info!(%img, post_zero, "image deleted");
         Ok(())
     }
@@ -190,20 +193,21 @@ impl FileVolumes<'_> {
     ) -> StorageResult<Vec<VolumeInfo>> {
         const OP: &str = "volume chain";
         let err = |code, detail: String| StorageError::new(code, OP, detail);
+        let fs = self.fs;
         let dir = self.paths.image(img);
-        if !exists(&dir).map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, e))? {
+        if !exists(fs, &dir).map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, e))? {
             return Err(err(
                 Code::ImageDoesNotExistInSD,
                 format!("image {img} of domain {}", self.sd),
             ));
         }
-        let parents = parents(self.paths, img, OP)?;
+        let parents = parents(fs, self.paths, img, OP)?;
         let mut chain = Vec::new();
         let mut seen = HashSet::new();
         let mut cur = leaf;
         let mut child: Option<VolUuid> = None;
         loop {
-            let md = load(self.paths, img, cur, OP).map_err(|e| match child {
+            let md = load(fs, self.paths, img, cur, OP).map_err(|e| match child {
                 Some(c) => {
                     StorageError::new(e.code, OP, format!("parent {cur} of {c}: {}", e.detail))
                         .with_cause_of(&e)
@@ -224,7 +228,7 @@ impl FileVolumes<'_> {
                 .map(|(c, _)| *c)
                 .collect();
             kids.sort();
-            chain.push(volume_info(self.paths, img, cur, md, kids, OP)?);
+            chain.push(volume_info(fs, self.paths, img, cur, md, kids, OP)?);
             if parent.is_blank() {
                 break;
             }
@@ -244,58 +248,57 @@ impl FileVolumes<'_> {
 
 /// Removes a directory left for deletion and everything in it, wiping
 /// volume data files first when `wipe` (except files with other hard
-/// links), with `beat` as the wipe goes. Repeatable. A symlink in the
-/// directory's place is removed, never followed: nothing outside the
-/// domain is wiped or removed.
-fn purge_dir(dir: &Path, wipe: bool, beat: &dyn Fn()) -> StorageResult<()> {
+/// links). Repeatable. A symlink in the directory's place is removed,
+/// never followed: nothing outside the domain is wiped or removed (the
+/// helpers' rmtree removes links, never follows them, and stops at another
+/// file system). `beat` is called as a wipe goes (one chunk per call).
+fn purge_dir(fs: &MountFs, dir: &Path, wipe: bool, beat: &dyn Fn()) -> StorageResult<()> {
     const OP: &str = "purge deleted image";
     let io = |p: &Path, e: std::io::Error| StorageError::io(Code::ImageDeleteError, OP, p, e);
-    match fs::symlink_metadata(dir) {
-        Ok(m) if m.file_type().is_symlink() => {
+    match fs.lstat(dir) {
+        Ok(m) if m.kind == FileKind::Symlink => {
             tracing::warn!(dir = %dir.display(), "removing a symlink left where a deleted image was, without following it");
-            return match fs::remove_file(dir) {
+            return match fs.unlink(dir) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(io(dir, e)),
             };
         }
-        _ => {}
-    }
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
+        Ok(_) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io(dir, e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| io(dir, e))?;
-        let path = entry.path();
-        let m = fs::symlink_metadata(&path).map_err(|e| io(&path, e))?;
-        if m.is_dir() {
-            fs::remove_dir_all(&path).map_err(|e| io(&path, e))?;
-            continue;
-        }
-        let is_data = entry.file_name().to_str().and_then(canonical_vol).is_some();
-        if wipe && is_data && m.is_file() && m.nlink() == 1 {
-            let data = Beneath::new(dir, entry.file_name());
-            let n = wipe_file(&data, beat).map_err(|e| {
-                StorageError::new(Code::ImageDeleteError, OP, e.to_string()).caused_by(e)
-            })?;
-            tracing::info!(path = %path.display(), bytes = n, "volume data wiped");
-        }
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&path, e)),
+    }
+    if wipe {
+        let entries = match fs.listdir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(dir, e)),
+        };
+        for entry in entries {
+            let is_data = entry.utf8 && canonical_vol(&entry.name).is_some();
+            if !is_data || entry.kind != FileKind::File {
+                continue;
+            }
+            let path = dir.join(&entry.name);
+            let m = match fs.lstat(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&path, e)),
+            };
+            if m.kind == FileKind::File && m.nlink == 1 {
+                let n = wipe_with(fs, &path, beat)
+                    .map_err(|e| as_code(e, Code::ImageDeleteError, OP))?;
+                tracing::info!(path = %path.display(), bytes = n, "volume data wiped");
+            }
         }
     }
-    fsync_dir(dir, Code::ImageDeleteError, OP)?;
-    match fs::remove_dir(dir) {
+    match fs.rmtree(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(io(dir, e)),
     }
     if let Some(parent) = dir.parent() {
-        fsync_dir(parent, Code::ImageDeleteError, OP)?;
+        fsync_dir(fs, parent, Code::ImageDeleteError, OP)?;
     }
     Ok(())
 }
@@ -306,41 +309,40 @@ fn purge_dir(dir: &Path, wipe: bool, beat: &dyn Fn()) -> StorageResult<()> {
 /// (data in `_remove_me_ZERO_*` ones is wiped first). Every cleanup can be
 /// repeated; one that fails is reported in [`Recovery::failed`] and tried
 /// again on the next run. Only a domain whose `images/` cannot be listed
-/// is an error (254); a domain without `images/` has nothing to recover.
+/// is an error (254, or 2001 for a mount in trouble); a domain without
+/// `images/` has nothing to recover. Every call goes through the mount's
+/// helpers, each with their deadline (a wipe is one call per chunk).
 ///
 /// The daemon calls it when it first sees a domain, holding no volume
 /// locks of it yet; nothing else may work on the domain meanwhile.
-pub fn recover(paths: &DomainPaths) -> StorageResult<Recovery> {
-    recover_with(paths, &|| {})
+pub fn recover(fs: &MountFs, paths: &DomainPaths) -> StorageResult<Recovery> {
+    recover_with(fs, paths, &|| {})
 }
 
-/// [`recover`], calling `beat` as wipes progress (long work, see
-/// docs/storage.md).
-pub fn recover_with(paths: &DomainPaths, beat: &dyn Fn()) -> StorageResult<Recovery> {
+/// [`recover`], calling `beat` as wipes progress (for a caller that still
+/// watches long work from a worker thread; docs/storage.md).
+pub fn recover_with(fs: &MountFs, paths: &DomainPaths, beat: &dyn Fn()) -> StorageResult<Recovery> {
     const OP: &str = "recover domain";
     let dir = paths.images();
-    let entries = match fs::read_dir(&dir) {
+    let entries = match fs.listdir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Recovery::default()),
         Err(e) => return Err(StorageError::io(Code::ImagePathError, OP, &dir, e)),
     };
     let mut report = Recovery::default();
-    let mut names: Vec<(String, PathBuf)> = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, e))?;
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        if let Some(name) = entry.file_name().to_str() {
-            names.push((name.to_string(), entry.path()));
-        }
-    }
+    let mut names: Vec<String> = entries
+        .into_iter()
+        .filter(|e| e.utf8 && e.kind == FileKind::Dir)
+        .map(|e| e.name)
+        .collect();
     names.sort();
-    for (name, path) in names {
+    for name in names {
+        let path = dir.join(&name);
         if name.starts_with(REMOVE_ME) {
             let what = Recovered::RemovedImage(name.clone());
-            match purge_dir(&path, name.starts_with(REMOVE_ME_ZERO), beat) {
+            match purge_dir(fs, &path, name.starts_with(REMOVE_ME_ZERO), beat) {
                 Ok(()) => report.cleaned.push(what),
+                Err(e) if mount_trouble(&e) => return Err(stopped(report, e)),
                 Err(e) => report.failed.push((what, e)),
             }
             continue;
@@ -352,8 +354,9 @@ pub fn recover_with(paths: &DomainPaths, beat: &dyn Fn()) -> StorageResult<Recov
         else {
             continue;
         };
-        let markers = match half_created(paths, img) {
-            Ok(m) => m,
+        let markers = match ImageEntries::scan(fs, paths, img, OP) {
+            Ok(entries) => entries.creating(),
+            Err(e) if mount_trouble(&e) => return Err(stopped(report, e)),
             Err(e) => {
                 tracing::warn!(%img, error = %e, "cannot look for half-created volumes");
                 continue;
@@ -367,12 +370,13 @@ pub fn recover_with(paths: &DomainPaths, beat: &dyn Fn()) -> StorageResult<Recov
                 image: img,
                 volume: vol,
             };
-            match discard(paths, img, vol) {
+            match discard(fs, paths, img, vol) {
                 Ok(()) => report.cleaned.push(what),
+                Err(e) if mount_trouble(&e) => return Err(stopped(report, e)),
                 Err(e) => report.failed.push((what, e)),
             }
         }
-        remove_dir_if_empty(&paths.image(img));
+        remove_dir_if_empty(fs, &paths.image(img));
     }
     if !report.is_empty() {
         tracing::info!(domain = %paths.root.display(), "recovery: {report}");
@@ -380,24 +384,9 @@ pub fn recover_with(paths: &DomainPaths, beat: &dyn Fn()) -> StorageResult<Recov
     Ok(report)
 }
 
-/// Volumes of the image with a `.creating` marker, sorted.
-fn half_created(paths: &DomainPaths, img: ImgUuid) -> StorageResult<Vec<VolUuid>> {
-    const OP: &str = "recover domain";
-    let dir = paths.image(img);
-    let mut out = Vec::new();
-    let entries =
-        fs::read_dir(&dir).map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| StorageError::io(Code::ImagePathError, OP, &dir, e))?;
-        if let Some(vol) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.strip_suffix(CREATING_SUFFIX))
-            .and_then(canonical_vol)
-        {
-            out.push(vol);
-        }
-    }
-    out.sort();
-    Ok(out)
+/// A recovery stopped by a mount in trouble: what it did is logged, and
+/// the error is the answer (the next run goes on where this one stopped).
+fn stopped(report: Recovery, e: StorageError) -> StorageError {
+    tracing::warn!(error = %e, "recovery stopped, the mount is in trouble; {report}");
+    e
 }

@@ -1,11 +1,11 @@
 //! `StorageDomain.getFileStats`: the files of an ISO domain (in VDSM's
 //! ISO image directory) whose names match a glob.
 
-use std::path::Path;
-
 use depot_api::Code;
+use depot_os::fsproc::FileKind;
 
 use crate::layout::{DomainPaths, IMAGES, ISO_IMAGE};
+use crate::mount_fs::MountFs;
 use crate::{StorageError, StorageResult};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,13 +32,15 @@ fn qemu_readable(mode: u32, gid: u32, image_gids: &[u32]) -> bool {
 }
 
 /// Regular files in `<domain>/images/<ISO image>/` matching `pattern`
-/// (`*` and `?`, no path separators), sorted by name.
+/// (`*` and `?`, no path separators), sorted by name: one listing and a
+/// stat per matching file, in the mount's helpers (a symlink is neither
+/// followed nor listed; a mount in trouble is 2001 naming it).
 pub fn list(
+    fs: &MountFs,
     paths: &DomainPaths,
     pattern: &str,
     case_sensitive: bool,
 ) -> StorageResult<Vec<FileStat>> {
-    use std::os::unix::fs::MetadataExt;
     const OP: &str = "list domain files";
     if pattern.contains('/') {
         return Err(StorageError::new(
@@ -48,7 +50,7 @@ pub fn list(
         ));
     }
     let dir = paths.root.join(IMAGES).join(ISO_IMAGE);
-    let entries = match std::fs::read_dir(&dir) {
+    let entries = match fs.listdir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(StorageError::io(Code::MiscFileReadException, OP, &dir, e)),
@@ -58,21 +60,33 @@ pub fn list(
         .filter_map(|g| depot_os::fsutil::group_id(g))
         .collect();
     let mut out = Vec::new();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !glob_match(pattern, &name, case_sensitive) {
+    for e in entries {
+        // A name that is not UTF-8 cannot be asked for by a pattern, nor
+        // reached through the helpers; a link must not lead the listing
+        // elsewhere.
+        if !e.utf8 || e.kind != FileKind::File || !glob_match(pattern, &e.name, case_sensitive) {
             continue;
         }
-        // symlink_metadata: a link must not lead the listing elsewhere.
-        let Ok(md) = std::fs::symlink_metadata(Path::new(&dir).join(&name)) else {
-            continue;
+        let path = dir.join(&e.name);
+        let md = match fs.lstat(&path) {
+            Ok(md) => md,
+            // Removed since the listing.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                return Err(StorageError::io(
+                    Code::MiscFileReadException,
+                    OP,
+                    &path,
+                    err,
+                ))
+            }
         };
-        if md.is_file() {
+        if md.kind == FileKind::File {
             out.push(FileStat {
-                name,
-                size: md.len(),
-                ctime: md.ctime(),
-                qemu_readable: qemu_readable(md.mode(), md.gid(), &image_gids),
+                name: e.name,
+                size: md.size,
+                ctime: md.ctime_s,
+                qemu_readable: qemu_readable(md.mode, md.gid, &image_gids),
             });
         }
     }
@@ -129,16 +143,17 @@ mod tests {
     #[test]
     fn lists_regular_files_only() {
         let tmp = tempfile::tempdir().unwrap();
-        let paths = DomainPaths::new(tmp.path().to_path_buf());
-        let dir = tmp.path().join(IMAGES).join(ISO_IMAGE);
+        let paths = DomainPaths::new(tmp.path().join("sd"));
+        let fs = MountFs::in_process(tmp.path(), std::time::Duration::from_secs(30));
+        let dir = paths.root.join(IMAGES).join(ISO_IMAGE);
         std::fs::create_dir_all(dir.join("sub.iso")).unwrap();
         std::fs::write(dir.join("a.iso"), b"12345").unwrap();
         std::fs::write(dir.join("b.txt"), b"x").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", dir.join("evil.iso")).unwrap();
-        let files = list(&paths, "*.iso", true).unwrap();
+        let files = list(&fs, &paths, "*.iso", true).unwrap();
         assert_eq!(files.len(), 1);
         assert_eq!((files[0].name.as_str(), files[0].size), ("a.iso", 5));
-        assert!(list(&paths, "../*", true).is_err());
+        assert!(list(&fs, &paths, "../*", true).is_err());
     }
 
     #[test]

@@ -9,9 +9,14 @@
 //! ```
 //!
 //! Every function here is a plain blocking call. The caller holds the
-//! image and volume locks and runs it on an I/O worker with a timeout;
-//! processes are spawned only through [`QemuImg`]; paths are built only from
-//! typed ids through [`DomainPaths`].
+//! image and volume locks; every file-system call goes through the
+//! domain's [`MountFs`] (the mount's helper processes, each call with the
+//! helpers' deadline), so no thread of depotd enters the storage and a
+//! mount that stops answering fails the call with 2001/2002 naming it.
+//! Long work (preallocation, a wipe) is a sequence of such calls, each
+//! with its own deadline. Processes are spawned only through [`QemuImg`]
+//! (a child, given absolute paths); paths are built only from typed ids
+//! through [`DomainPaths`].
 //!
 //! # Crash-safe creation
 //!
@@ -54,21 +59,21 @@
 //! sees and deletes again.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, ErrorKind};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
 use depot_api::storage::{AllocType, ImgUuid, Legality, SdUuid, VolType, VolUuid, VolumeFormat};
 use depot_api::Code;
-use depot_os::{fsutil, DataPath, ImageFormat, Liveness, Preallocation, QemuImg};
+use depot_os::fsproc::{FileKind, OpenWrite, StatInfo};
+use depot_os::{ImageFormat, Preallocation, QemuImg};
 
 use crate::error::{BoxError, StorageError, StorageResult};
 use crate::layout::{DomainPaths, CREATING_SUFFIX, META_SUFFIX};
 use crate::metadata::volume::keys;
 use crate::metadata::VolumeMetadata;
-use crate::volume_data::{check_image_dir, open_error, VolumeData};
+use crate::mount_fs::MountFs;
+use crate::volume_data::open_error;
 use crate::volume_store::{
     check_parent, new_metadata, round_up, CreateVolume, MetadataChange, VolumeInfo, VolumeStore,
     CAPACITY_ALIGNMENT,
@@ -78,11 +83,13 @@ use crate::volume_store::{
 /// (`sc.FILE_VOLUME_PERMISSIONS`).
 pub const FILE_VOLUME_MODE: u32 = 0o660;
 
-/// Preallocation allocates this much per `fallocate`, so that long work
-/// on a slow server shows progress between calls.
+/// Preallocation allocates this much per `fallocate` call, so that long
+/// work on a slow server is a sequence of calls, each within the helpers'
+/// deadline.
 const PREALLOCATE_STEP: u64 = 1 << 30;
 
-/// Size of the aligned chunks [`wipe_file`] writes.
+/// Size of the aligned chunks [`wipe_file`] writes (and of the zeros
+/// written where `fallocate` is missing): one helper call each.
 pub const WIPE_CHUNK: usize = 8 * 1024 * 1024;
 
 /// In a sparse file, [`wipe_file`] skips ranges of this size that read as
@@ -92,47 +99,38 @@ const WIPE_PROBE_UNIT: usize = 1024 * 1024;
 /// Bytes per `st_blocks` unit.
 const STAT_BLOCK: u64 = 512;
 
+/// The largest `.meta` read: a record is 512 bytes; anything much larger
+/// is not one, and is refused (207) instead of read whole.
+const META_READ_MAX: u32 = 64 * 1024;
+
 /// The volume operations of one file domain.
 #[derive(Debug, Clone, Copy)]
 pub struct FileVolumes<'a> {
     pub paths: &'a DomainPaths,
+    /// The helpers of the domain's mount: every file-system call.
+    pub fs: &'a MountFs,
     /// Written as DOMAIN into new volumes.
     pub sd: SdUuid,
     pub qemu: &'a QemuImg,
     /// Limit of each qemu-img run.
     pub timeout: Duration,
-    /// Beaten after each step of long work (wipe, preallocation) when the
-    /// caller watches it (depot_os::worker, "Long work").
-    pub live: Option<&'a Liveness>,
 }
 
 impl<'a> FileVolumes<'a> {
-    pub fn new(paths: &'a DomainPaths, sd: SdUuid, qemu: &'a QemuImg, timeout: Duration) -> Self {
+    pub fn new(
+        paths: &'a DomainPaths,
+        fs: &'a MountFs,
+        sd: SdUuid,
+        qemu: &'a QemuImg,
+        timeout: Duration,
+    ) -> Self {
         FileVolumes {
             paths,
+            fs,
             sd,
             qemu,
             timeout,
-            live: None,
         }
-    }
-
-    /// Reports progress of long work to `live`.
-    pub fn with_liveness(mut self, live: &'a Liveness) -> Self {
-        self.live = Some(live);
-        self
-    }
-
-    pub(crate) fn beat(&self) {
-        if let Some(l) = self.live {
-            l.beat();
-        }
-    }
-
-    /// The data of `vol`, opened only as a regular file beneath the domain
-    /// (crate::volume_data).
-    fn data(&self, img: ImgUuid, vol: VolUuid) -> VolumeData {
-        VolumeData::file(self.paths, img, vol)
     }
 
     /// Steps 3 to 8 of the creation (module docs).
@@ -148,7 +146,9 @@ impl<'a> FileVolumes<'a> {
         parent: Option<VolumeMetadata>,
     ) -> StorageResult<()> {
         const OP: &str = "create volume";
-        let failed = |path: &Path, e: BoxError| {
+        let fs = self.fs;
+        let failed = |path: &Path, e: io::Error| open_error(Code::VolumeCreationError, OP, path, e);
+        let tool_failed = |path: &Path, e: BoxError| {
             StorageError::new(
                 Code::VolumeCreationError,
                 OP,
@@ -156,15 +156,16 @@ impl<'a> FileVolumes<'a> {
             )
             .caused_by(e)
         };
-        write_meta(self.paths, img, vol, md)?;
+        write_meta(fs, self.paths, img, vol, md)?;
 
         let data = self.paths.volume(img, vol);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(FILE_VOLUME_MODE)
-            .open(&data)
+        let new_file = OpenWrite {
+            create: true,
+            exclusive: true,
+            mode: FILE_VOLUME_MODE,
+            ..OpenWrite::default()
+        };
+        fs.write_at(&data, 0, &[], new_file, false)
             .map_err(|e| match e.kind() {
                 ErrorKind::AlreadyExists => StorageError::new(
                     Code::VolumeAlreadyExists,
@@ -172,16 +173,15 @@ impl<'a> FileVolumes<'a> {
                     format!("volume {vol}: {} exists", data.display()),
                 )
                 .caused_by(e),
-                _ => failed(&data, e.into()),
+                _ => failed(&data, e),
             })?;
         match (md.format, &parent) {
             (VolumeFormat::Raw, _) => {
                 if md.alloc_type == AllocType::Preallocated {
-                    preallocate(&file, 0, md.capacity, &|| self.beat())
-                        .map_err(|e| failed(&data, e.into()))?;
+                    preallocate(fs, &data, 0, md.capacity).map_err(|e| failed(&data, e))?;
                 } else {
-                    file.set_len(md.capacity)
-                        .map_err(|e| failed(&data, e.into()))?;
+                    fs.truncate(&data, md.capacity)
+                        .map_err(|e| failed(&data, e))?;
                 }
             }
             (VolumeFormat::Cow, parent) => {
@@ -202,44 +202,44 @@ impl<'a> FileVolumes<'a> {
                         Preallocation::Off,
                         self.timeout,
                     )
-                    .map_err(|e| failed(&data, e.into()))?;
+                    .map_err(|e| tool_failed(&data, e.into()))?;
                 if parent.is_none() && md.alloc_type == AllocType::Preallocated {
                     // As VDSM: allocate from the end of the qcow2 metadata
                     // (rounded to 4 KiB) to the capacity.
                     let check = self
                         .qemu
                         .check(&data, self.timeout)
-                        .map_err(|e| failed(&data, e.into()))?;
+                        .map_err(|e| tool_failed(&data, e.into()))?;
                     let end = check.image_end_offset.unwrap_or(0);
                     let offset = round_up(end, 4096).unwrap_or(end);
                     if md.capacity > offset {
-                        preallocate(&file, offset, md.capacity - offset, &|| self.beat())
-                            .map_err(|e| failed(&data, e.into()))?;
+                        preallocate(fs, &data, offset, md.capacity - offset)
+                            .map_err(|e| failed(&data, e))?;
                     }
                 }
             }
         }
-        // qemu-img may have changed the mode; VDSM forces it too.
-        file.set_permissions(Permissions::from_mode(FILE_VOLUME_MODE))
-            .map_err(|e| failed(&data, e.into()))?;
-        file.sync_all().map_err(|e| failed(&data, e.into()))?;
-        drop(file);
+        // qemu-img may have changed the mode, and the umask may have cut
+        // bits off the one asked for; VDSM forces it too.
+        fs.chmod(&data, FILE_VOLUME_MODE)
+            .and_then(|()| fs.fsync(&data))
+            .map_err(|e| failed(&data, e))?;
 
         let lease = self.paths.volume_lease(img, vol);
-        let lf = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(FILE_VOLUME_MODE)
-            .open(&lease)
-            .map_err(|e| failed(&lease, e.into()))?;
-        lf.set_permissions(Permissions::from_mode(FILE_VOLUME_MODE))
-            .and_then(|()| lf.sync_all())
-            .map_err(|e| failed(&lease, e.into()))?;
-        drop(lf);
+        let lease_file = OpenWrite {
+            create: true,
+            truncate: true,
+            mode: FILE_VOLUME_MODE,
+            ..OpenWrite::default()
+        };
+        fs.write_at(&lease, 0, &[], lease_file, false)
+            .and_then(|_| fs.chmod(&lease, FILE_VOLUME_MODE))
+            .and_then(|()| fs.fsync(&lease))
+            .map_err(|e| failed(&lease, e))?;
 
         if parent.is_some_and(|p| p.vol_type == VolType::Leaf) {
             update_meta(
+                fs,
                 self.paths,
                 img,
                 req.parent,
@@ -254,11 +254,11 @@ impl<'a> FileVolumes<'a> {
         }
         if req.legal {
             md.legality = Legality::Legal;
-            write_meta(self.paths, img, vol, md)?;
+            write_meta(fs, self.paths, img, vol, md)?;
         }
         let marker = self.paths.volume_creating(img, vol);
-        fs::remove_file(&marker).map_err(|e| failed(&marker, e.into()))?;
-        fsync_dir(&self.paths.image(img), Code::VolumeCreationError, OP)
+        fs.unlink(&marker).map_err(|e| failed(&marker, e))?;
+        fsync_dir(fs, &self.paths.image(img), Code::VolumeCreationError, OP)
     }
 }
 
@@ -287,25 +287,18 @@ impl VolumeStore for FileVolumes<'_> {
         let mut md = new_metadata(self.sd, img, vol, req, OP)?;
         let capacity = md.capacity;
         let has_parent = !req.parent.is_blank();
+        let fs = self.fs;
 
+        // One listing answers every "is it there" below (and refuses an
+        // image path that is not a directory: 254).
         let image_dir = self.paths.image(img);
-        match fs::symlink_metadata(&image_dir) {
-            Ok(m) if !m.is_dir() => {
-                return Err(err(
-                    Code::ImagePathError,
-                    format!("{} is not a directory", image_dir.display()),
-                ))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(StorageError::io(Code::ImagePathError, OP, &image_dir, e)),
-        }
+        let entries = ImageEntries::scan(fs, self.paths, img, OP)?;
         for p in [
             self.paths.volume(img, vol),
             self.paths.volume_meta(img, vol),
             self.paths.volume_creating(img, vol),
         ] {
-            if exists(&p).map_err(|e| StorageError::io(Code::VolumeCreationError, OP, &p, e))? {
+            if entries.has(&p) {
                 return Err(err(
                     Code::VolumeAlreadyExists,
                     format!("volume {vol}: {} exists", p.display()),
@@ -313,14 +306,15 @@ impl VolumeStore for FileVolumes<'_> {
             }
         }
         let parent = if has_parent {
-            let p = load(self.paths, img, req.parent, OP).map_err(|e| {
-                StorageError::new(e.code, OP, format!("parent of {vol}: {}", e.detail))
-                    .with_cause_of(&e)
-            })?;
+            let p = entries
+                .refuse_creating(self.paths, img, req.parent, OP)
+                .and_then(|()| read_meta(fs, self.paths, img, req.parent, OP))
+                .map_err(|e| {
+                    StorageError::new(e.code, OP, format!("parent of {vol}: {}", e.detail))
+                        .with_cause_of(&e)
+                })?;
             let data = self.paths.volume(img, req.parent);
-            if !exists(&data)
-                .map_err(|e| StorageError::io(Code::VolumeCreationError, OP, &data, e))?
-            {
+            if !entries.has(&data) {
                 return Err(err(
                     Code::VolumeDoesNotExist,
                     format!(
@@ -338,20 +332,23 @@ impl VolumeStore for FileVolumes<'_> {
 
         // Validation done: from here on, write.
         let images = self.paths.images();
-        let created_dir = match fs::create_dir(&image_dir) {
+        let created_dir = match fs.mkdir(&image_dir, 0o755) {
             Ok(()) => {
-                fsync_dir(&images, Code::ImagePathError, OP)?;
+                fsync_dir(fs, &images, Code::ImagePathError, OP)?;
                 true
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
             Err(e) => return Err(StorageError::io(Code::ImagePathError, OP, &image_dir, e)),
         };
         let marker = self.paths.volume_creating(img, vol);
-        let marked = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_VOLUME_MODE)
-            .open(&marker)
+        let new_file = OpenWrite {
+            create: true,
+            exclusive: true,
+            mode: FILE_VOLUME_MODE,
+            ..OpenWrite::default()
+        };
+        let marked = fs
+            .write_at(&marker, 0, &[], new_file, false)
             .map_err(|e| match e.kind() {
                 ErrorKind::AlreadyExists => err(
                     Code::VolumeAlreadyExists,
@@ -364,11 +361,11 @@ impl VolumeStore for FileVolumes<'_> {
         if let Err(e) = marked {
             // Nothing of this volume was written: nothing to roll back.
             if created_dir {
-                remove_dir_if_empty(&image_dir);
+                remove_dir_if_empty(fs, &image_dir);
             }
             return Err(e);
         }
-        let result = fsync_dir(&image_dir, Code::VolumeCreationError, OP)
+        let result = fsync_dir(fs, &image_dir, Code::VolumeCreationError, OP)
             .and_then(|()| self.create_steps(img, vol, &mut md, req, parent));
         match result {
             Ok(()) => {
@@ -377,10 +374,10 @@ impl VolumeStore for FileVolumes<'_> {
             }
             Err(e) => {
                 tracing::warn!(%img, %vol, error = %e, "volume creation failed, rolling back");
-                if let Err(rb) = discard(self.paths, img, vol) {
+                if let Err(rb) = discard(fs, self.paths, img, vol) {
                     tracing::error!(%img, %vol, error = %rb, "cannot roll back the half-created volume; recovery will remove it");
                 } else if created_dir {
-                    remove_dir_if_empty(&image_dir);
+                    remove_dir_if_empty(fs, &image_dir);
                 }
                 Err(e)
             }
@@ -393,16 +390,30 @@ impl VolumeStore for FileVolumes<'_> {
     /// metadata error's code.
     fn info(&self, img: ImgUuid, vol: VolUuid) -> StorageResult<VolumeInfo> {
         const OP: &str = "volume info";
-        let metadata = load(self.paths, img, vol, OP)?;
-        let children = children(self.paths, img, vol, OP)?;
-        volume_info(self.paths, img, vol, metadata, children, OP)
+        let fs = self.fs;
+        // One listing for the marker and the other volumes, one read of
+        // the record, one stat of the data (and a read per other volume
+        // of the image, for the children).
+        let entries = ImageEntries::scan(fs, self.paths, img, OP)?;
+        entries.refuse_creating(self.paths, img, vol, OP)?;
+        let metadata = read_meta(fs, self.paths, img, vol, OP)?;
+        let others: Vec<VolUuid> = entries.complete().filter(|&v| v != vol).collect();
+        let children = children_among(fs, self.paths, img, vol, &others, OP)?;
+        volume_info(fs, self.paths, img, vol, metadata, children, OP)
     }
 
     /// `(apparent, true)` size of the data file: `st_size` and
     /// `st_blocks * 512`.
     fn size(&self, img: ImgUuid, vol: VolUuid) -> StorageResult<(u64, u64)> {
-        let m = stat_data(self.paths, img, vol, "volume size")?;
-        Ok((m.len(), m.blocks() * STAT_BLOCK))
+        let st = stat_data(
+            self.fs,
+            self.paths,
+            img,
+            vol,
+            Code::VolumeMetadataReadError,
+            "volume size",
+        )?;
+        Ok((st.size, st.blocks * STAT_BLOCK))
     }
 
     /// The volumes of `img`, or of the whole domain with `None`, sorted.
@@ -416,21 +427,25 @@ impl VolumeStore for FileVolumes<'_> {
     /// template linked into several images is listed once.
     fn list(&self, img: Option<ImgUuid>) -> StorageResult<Vec<VolUuid>> {
         const OP: &str = "list volumes";
+        let fs = self.fs;
         let Some(img) = img else {
             let mut all = BTreeSet::new();
             for img in self.images()? {
-                all.extend(meta_volumes(self.paths, img, OP)?);
+                all.extend(meta_volumes(fs, self.paths, img, OP)?);
             }
             return Ok(all.into_iter().collect());
         };
         let mut out = Vec::new();
-        for vol in meta_volumes(self.paths, img, OP)? {
-            match read_meta(self.paths, img, vol, OP) {
+        for vol in meta_volumes(fs, self.paths, img, OP)? {
+            match read_meta(fs, self.paths, img, vol, OP) {
                 Ok(md) if md.image != img => {
                     tracing::debug!(%img, %vol, owner = %md.image, "skipping a volume of another image");
                 }
                 Ok(_) => out.push(vol),
                 Err(e) if e.code == Code::VolumeDoesNotExist => {}
+                // A mount in trouble is the verb's answer, not a volume
+                // listed on a guess.
+                Err(e) if mount_trouble(&e) => return Err(e),
                 Err(e) => {
                     tracing::warn!(%img, %vol, error = %e, "listing a volume whose metadata cannot be read");
                     out.push(vol);
@@ -450,8 +465,8 @@ impl VolumeStore for FileVolumes<'_> {
         change: MetadataChange<'_>,
     ) -> StorageResult<VolumeMetadata> {
         const OP: &str = "update volume metadata";
-        refuse_creating(self.paths, img, vol, OP)?;
-        update_meta(self.paths, img, vol, OP, change)
+        refuse_creating(self.fs, self.paths, img, vol, OP)?;
+        update_meta(self.fs, self.paths, img, vol, OP, change)
     }
 
     /// Grows the virtual size to `new_capacity` (rounded up to 4 KiB) and
@@ -470,7 +485,8 @@ impl VolumeStore for FileVolumes<'_> {
         new_capacity: u64,
     ) -> StorageResult<VolumeMetadata> {
         const OP: &str = "extend volume";
-        let md = load(self.paths, img, vol, OP)?;
+        let fs = self.fs;
+        let md = load(fs, self.paths, img, vol, OP)?;
         let err = |code, detail: String| StorageError::new(code, OP, detail);
         if md.vol_type == VolType::Shared
             || (md.vol_type == VolType::Internal && !md.parent.is_blank())
@@ -487,7 +503,8 @@ impl VolumeStore for FileVolumes<'_> {
             )
         })?;
         let data = self.paths.volume(img, vol);
-        let failed = |e: BoxError| {
+        let failed = |e: io::Error| open_error(Code::VolumeExtendingError, OP, &data, e);
+        let tool_failed = |e: BoxError| {
             err(
                 Code::VolumeExtendingError,
                 format!("{}: {e}", data.display()),
@@ -505,39 +522,29 @@ impl VolumeStore for FileVolumes<'_> {
         }
         let capacity = match md.format {
             VolumeFormat::Raw => {
-                let file = self
-                    .data(img, vol)
-                    .open_with(OpenOptions::new().write(true))
-                    .map_err(|e| match e.kind() {
-                        ErrorKind::NotFound => err(
-                            Code::VolumeDoesNotExist,
-                            format!("volume {vol}: {} is missing", data.display()),
-                        )
-                        .caused_by(e),
-                        _ => open_error(Code::VolumeExtendingError, OP, &data, e),
-                    })?;
-                let current = file.metadata().map_err(|e| failed(e.into()))?.len();
+                // The volume's own regular file (the helper refuses a
+                // symlink: 254).
+                let current =
+                    volume_file(fs, self.paths, img, vol, Code::VolumeExtendingError, OP)?.size;
                 if new < current {
                     return Err(smaller(current));
                 }
                 if new > current {
                     if md.alloc_type == AllocType::Preallocated {
-                        preallocate(&file, current, new - current, &|| self.beat())
-                            .map_err(|e| failed(e.into()))?;
+                        preallocate(fs, &data, current, new - current).map_err(failed)?;
                     } else {
-                        file.set_len(new).map_err(|e| failed(e.into()))?;
+                        fs.truncate(&data, new).map_err(failed)?;
                     }
-                    file.sync_all().map_err(|e| failed(e.into()))?;
+                    fs.fsync(&data).map_err(failed)?;
                 }
                 new
             }
             VolumeFormat::Cow => {
-                stat_data(self.paths, img, vol, OP)?;
                 // qemu-img opens it by path: it must be the volume's file.
-                self.data(img, vol).check(Code::VolumeExtendingError, OP)?;
+                volume_file(fs, self.paths, img, vol, Code::VolumeExtendingError, OP)?;
                 let info = |q: &QemuImg| {
                     q.info(&data, Some(ImageFormat::Qcow2), self.timeout)
-                        .map_err(|e| failed(e.into()))
+                        .map_err(|e| tool_failed(e.into()))
                 };
                 let current = info(self.qemu)?.virtual_size;
                 if new < current {
@@ -548,12 +555,12 @@ impl VolumeStore for FileVolumes<'_> {
                 } else {
                     self.qemu
                         .resize(&data, ImageFormat::Qcow2, new, self.timeout)
-                        .map_err(|e| failed(e.into()))?;
+                        .map_err(|e| tool_failed(e.into()))?;
                     info(self.qemu)?.virtual_size
                 }
             }
         };
-        let md = update_meta(self.paths, img, vol, OP, |m| {
+        let md = update_meta(fs, self.paths, img, vol, OP, |m| {
             m.capacity = capacity;
             Ok(())
         })?;
@@ -581,46 +588,50 @@ impl VolumeStore for FileVolumes<'_> {
         force: bool,
     ) -> StorageResult<()> {
         const OP: &str = "delete volume";
+        let fs = self.fs;
         let err = |code, detail: String| StorageError::new(code, OP, detail);
         // A symlinked image directory would lead every removal below out
         // of the domain.
-        check_image_dir(self.paths, img, OP)?;
+        check_image_dir(fs, self.paths, img, OP)?;
         let data = self.paths.volume(img, vol);
         let meta_path = self.paths.volume_meta(img, vol);
         let marker = self.paths.volume_creating(img, vol);
-        let mut any = false;
-        for p in [&data, &meta_path, &marker] {
-            any |= exists(p).map_err(|e| StorageError::io(Code::CannotDeleteVolume, OP, p, e))?;
+        let mut present = [false; 3];
+        for (p, there) in [&data, &meta_path, &marker].into_iter().zip(&mut present) {
+            *there =
+                exists(fs, p).map_err(|e| StorageError::io(Code::CannotDeleteVolume, OP, p, e))?;
         }
-        if !any {
+        if !present.iter().any(|&p| p) {
             return Err(err(
                 Code::VolumeDoesNotExist,
                 format!("volume {vol} of image {img}"),
             ));
         }
-        if exists(&marker).unwrap_or(false) {
+        if present[2] {
             // Half-created: the rollback is the deletion.
-            discard(self.paths, img, vol)
-                .map_err(|e| err(Code::CannotDeleteVolume, e.to_string()).caused_by(e))?;
-            remove_dir_if_empty(&self.paths.image(img));
+            discard(fs, self.paths, img, vol)
+                .map_err(|e| as_code(e, Code::CannotDeleteVolume, OP))?;
+            remove_dir_if_empty(fs, &self.paths.image(img));
             return Ok(());
         }
         // The data a wipe would write must be the volume's own file:
         // refused before anything changes.
         let wipe = if post_zero {
-            match self.data(img, vol).check(Code::CannotDeleteVolume, OP) {
-                Ok(()) => true,
-                Err(e) if e.code == Code::ImagePathError => return Err(e),
-                // Missing (a delete that was interrupted), or unreadable:
-                // the removal below reports what it finds.
-                Err(_) => false,
+            match fs.stat(&data) {
+                Ok(st) if st.kind == FileKind::File => true,
+                Ok(st) => return Err(not_regular(&data, st.kind, OP)),
+                // Missing: a delete that was interrupted; the removal
+                // below goes on.
+                Err(e) if e.kind() == ErrorKind::NotFound => false,
+                Err(e) => return Err(open_error(Code::CannotDeleteVolume, OP, &data, e)),
             }
         } else {
             false
         };
-        let md = match read_meta(self.paths, img, vol, OP) {
+        let md = match read_meta(fs, self.paths, img, vol, OP) {
             Ok(md) => Some(md),
             Err(e) if e.code == Code::VolumeDoesNotExist => None,
+            Err(e) if mount_trouble(&e) => return Err(e),
             Err(e) => {
                 tracing::warn!(%img, %vol, error = %e, "deleting a volume whose metadata cannot be read");
                 None
@@ -633,7 +644,7 @@ impl VolumeStore for FileVolumes<'_> {
                     format!("volume {vol} is a shared (template) volume"),
                 ));
             }
-            let kids = children(self.paths, img, vol, OP)?;
+            let kids = children(fs, self.paths, img, vol, OP)?;
             if !kids.is_empty() {
                 let kids: Vec<String> = kids.iter().map(ToString::to_string).collect();
                 return Err(err(
@@ -643,36 +654,36 @@ impl VolumeStore for FileVolumes<'_> {
             }
         }
         if md.as_ref().is_some_and(|m| m.legality != Legality::Illegal) {
-            update_meta(self.paths, img, vol, OP, |m| {
+            update_meta(fs, self.paths, img, vol, OP, |m| {
                 m.legality = Legality::Illegal;
                 Ok(())
             })
-            .map_err(|e| err(Code::CannotDeleteVolume, e.to_string()).caused_by(e))?;
+            .map_err(|e| as_code(e, Code::CannotDeleteVolume, OP))?;
         }
         if wipe {
-            match fs::symlink_metadata(&data) {
-                Ok(m) if m.is_file() && m.nlink() == 1 => {
-                    let n = wipe_file(&self.data(img, vol), &|| self.beat())?;
+            match fs.lstat(&data) {
+                Ok(m) if m.kind == FileKind::File && m.nlink == 1 => {
+                    let n = wipe_file(fs, &data)?;
                     tracing::info!(%img, %vol, bytes = n, "volume data wiped");
                 }
-                Ok(m) if m.is_file() => {
-                    tracing::info!(%img, %vol, links = m.nlink(), "not wiping a data file linked into other images");
+                Ok(m) if m.kind == FileKind::File => {
+                    tracing::info!(%img, %vol, links = m.nlink, "not wiping a data file linked into other images");
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(StorageError::io(Code::CannotDeleteVolume, OP, &data, e)),
             }
         }
-        remove_if_exists(&data, OP)?;
-        remove_if_exists(&self.paths.volume_lease(img, vol), OP)?;
+        remove_if_exists(fs, &data, OP)?;
+        remove_if_exists(fs, &self.paths.volume_lease(img, vol), OP)?;
         if let Some(parent) = md.as_ref().map(|m| m.parent).filter(|p| !p.is_blank()) {
-            recheck_leaf(self.paths, img, parent, vol)
-                .map_err(|e| err(Code::CannotDeleteVolume, e.to_string()).caused_by(e))?;
+            recheck_leaf(fs, self.paths, img, parent, vol)
+                .map_err(|e| as_code(e, Code::CannotDeleteVolume, OP))?;
         }
-        remove_if_exists(&meta_path, OP)?;
+        remove_if_exists(fs, &meta_path, OP)?;
         let image_dir = self.paths.image(img);
-        fsync_dir(&image_dir, Code::CannotDeleteVolume, OP)?;
-        remove_dir_if_empty(&image_dir);
+        fsync_dir(fs, &image_dir, Code::CannotDeleteVolume, OP)?;
+        remove_dir_if_empty(fs, &image_dir);
         tracing::info!(%img, %vol, post_zero, force, "volume deleted");
         Ok(())
     }
@@ -696,25 +707,49 @@ impl VolumeStore for FileVolumes<'_> {
 }
 
 // ---------------------------------------------------------------------------
-// Helpers shared with crate::file::images. They take the domain's paths only: no
-// qemu-img is needed to read, rewrite or remove volumes.
+// Helpers shared with crate::file::images. They take the domain's paths and
+// its mount's helpers only: no qemu-img is needed to read, rewrite or remove
+// volumes.
 
-/// Whether `path` exists (without following a final symlink).
-pub(crate) fn exists(path: &Path) -> io::Result<bool> {
-    match fs::symlink_metadata(path) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+/// Whether the error says the mount is in trouble (no answer, or the
+/// storage failing underneath: 2001, 2002, 384): such an error is the
+/// verb's answer, never read as "absent" or "unreadable, go on".
+pub(crate) fn mount_trouble(e: &StorageError) -> bool {
+    matches!(
+        e.code,
+        Code::MiscFileReadException
+            | Code::MiscFileWriteException
+            | Code::FileStorageDomainStaleNFSHandle
+    )
 }
 
-pub(crate) fn fsync_dir(dir: &Path, code: Code, op: &'static str) -> StorageResult<()> {
-    fsutil::fsync_dir(dir).map_err(|e| StorageError::new(code, op, e.to_string()).caused_by(e))
+/// `e` told as `code` of `op` (the verb's own failure code), unless it
+/// says the mount is in trouble: that keeps its code.
+pub(crate) fn as_code(e: StorageError, code: Code, op: &'static str) -> StorageError {
+    if mount_trouble(&e) {
+        return e;
+    }
+    StorageError::new(code, op, e.to_string()).caused_by(e)
+}
+
+/// Whether `path` exists (without following a final symlink).
+pub(crate) fn exists(fs: &MountFs, path: &Path) -> io::Result<bool> {
+    fs.try_stat(path).map(|s| s.is_some())
+}
+
+pub(crate) fn fsync_dir(
+    fs: &MountFs,
+    dir: &Path,
+    code: Code,
+    op: &'static str,
+) -> StorageResult<()> {
+    fs.fsync_dir(dir)
+        .map_err(|e| StorageError::io(code, op, dir, e))
 }
 
 /// Removes a file, `Ok` if it is already gone.
-pub(crate) fn remove_if_exists(path: &Path, op: &'static str) -> StorageResult<()> {
-    match fs::remove_file(path) {
+pub(crate) fn remove_if_exists(fs: &MountFs, path: &Path, op: &'static str) -> StorageResult<()> {
+    match fs.unlink(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StorageError::io(Code::CannotDeleteVolume, op, path, e)),
@@ -722,12 +757,13 @@ pub(crate) fn remove_if_exists(path: &Path, op: &'static str) -> StorageResult<(
 }
 
 /// Removes an image directory if nothing is left in it; anything else is
-/// only logged (the directory staying is harmless).
-pub(crate) fn remove_dir_if_empty(dir: &Path) {
-    match fs::remove_dir(dir) {
+/// only logged (the directory staying is harmless, and the verb's work is
+/// done).
+pub(crate) fn remove_dir_if_empty(fs: &MountFs, dir: &Path) {
+    match fs.rmdir(dir) {
         Ok(()) => {
             if let Some(parent) = dir.parent() {
-                if let Err(e) = fsutil::fsync_dir(parent) {
+                if let Err(e) = fs.fsync_dir(parent) {
                     tracing::warn!(error = %e, "cannot fsync the images directory");
                 }
             }
@@ -739,48 +775,130 @@ pub(crate) fn remove_dir_if_empty(dir: &Path) {
     }
 }
 
+/// Refuses (254) an image directory that is not a plain directory
+/// beneath the domain: a symlink there would lead every file operation
+/// on the image (delete, wipe) elsewhere. A missing directory passes: the
+/// caller reports it as it does.
+pub(crate) fn check_image_dir(
+    fs: &MountFs,
+    paths: &DomainPaths,
+    img: ImgUuid,
+    op: &'static str,
+) -> StorageResult<()> {
+    let dir = paths.image(img);
+    match fs.lstat(&dir) {
+        Ok(st) if st.kind == FileKind::Dir => Ok(()),
+        Ok(st) => Err(StorageError::new(
+            Code::ImagePathError,
+            op,
+            format!(
+                "{} is {}, not a directory: an image must be a directory inside its domain",
+                dir.display(),
+                kind_text(st.kind)
+            ),
+        )),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(open_error(Code::ImagePathError, op, &dir, e)),
+    }
+}
+
+/// What a file is, for messages (as depot_os::confine says it).
+fn kind_text(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::File => "a regular file",
+        FileKind::Dir => "a directory",
+        FileKind::Symlink => "a symbolic link",
+        FileKind::BlockDevice => "a block device",
+        FileKind::CharDevice => "a character device",
+        FileKind::Fifo => "a FIFO",
+        FileKind::Socket => "a socket",
+        FileKind::Unknown => "of an unknown kind",
+    }
+}
+
+/// 254 for volume data that is not a regular file.
+fn not_regular(path: &Path, kind: FileKind, op: &'static str) -> StorageError {
+    StorageError::new(
+        Code::ImagePathError,
+        op,
+        format!(
+            "{} is {}, not a regular file: volume data must be a regular file inside its domain",
+            path.display(),
+            kind_text(kind)
+        ),
+    )
+}
+
+/// Checks that the data at `path` is the volume's own regular file inside
+/// its domain (the helpers reach it without any symlink, on the mount's
+/// file system), without opening it: 254 when it is not, the OS's error
+/// (with `code`) when it cannot be looked at.
+pub(crate) fn check_data(
+    fs: &MountFs,
+    path: &Path,
+    code: Code,
+    op: &'static str,
+) -> StorageResult<StatInfo> {
+    let st = fs.stat(path).map_err(|e| open_error(code, op, path, e))?;
+    if st.kind != FileKind::File {
+        return Err(not_regular(path, st.kind, op));
+    }
+    Ok(st)
+}
+
 /// Reads and parses `<vol>.meta`: missing is 201, unreadable 207, invalid
 /// the parse error's code.
 pub(crate) fn read_meta(
+    fs: &MountFs,
     paths: &DomainPaths,
     img: ImgUuid,
     vol: VolUuid,
     op: &'static str,
 ) -> StorageResult<VolumeMetadata> {
     let path = paths.volume_meta(img, vol);
-    let bytes = fs::read(&path).map_err(|e| match e.kind() {
-        ErrorKind::NotFound => StorageError::new(
-            Code::VolumeDoesNotExist,
-            op,
-            format!("volume {vol} of image {img}: no {}", path.display()),
-        )
-        .caused_by(e),
-        _ => StorageError::io(Code::VolumeMetadataReadError, op, &path, e),
-    })?;
+    let bytes = fs
+        .read_to_end(&path, META_READ_MAX)
+        .map_err(|e| match e.kind() {
+            ErrorKind::NotFound => StorageError::new(
+                Code::VolumeDoesNotExist,
+                op,
+                format!("volume {vol} of image {img}: no {}", path.display()),
+            )
+            .caused_by(e),
+            // Anything but a regular file there is refused by the helper
+            // before it reads: unreadable too.
+            _ => StorageError::io(Code::VolumeMetadataReadError, op, &path, e),
+        })?;
     VolumeMetadata::parse(&bytes).map_err(|e| {
         StorageError::new(e.code, op, format!("{}: {}", path.display(), e.detail)).with_cause_of(&e)
     })
 }
 
+/// 201 for a half-created volume.
+fn being_created(marker: &Path, img: ImgUuid, vol: VolUuid, op: &'static str) -> StorageError {
+    StorageError::new(
+        Code::VolumeDoesNotExist,
+        op,
+        format!(
+            "volume {vol} of image {img} is being created ({} exists)",
+            marker.display()
+        ),
+    )
+}
+
 /// 201 if the volume is half-created.
 fn refuse_creating(
+    fs: &MountFs,
     paths: &DomainPaths,
     img: ImgUuid,
     vol: VolUuid,
     op: &'static str,
 ) -> StorageResult<()> {
     let marker = paths.volume_creating(img, vol);
-    if exists(&marker)
+    if exists(fs, &marker)
         .map_err(|e| StorageError::io(Code::VolumeMetadataReadError, op, &marker, e))?
     {
-        return Err(StorageError::new(
-            Code::VolumeDoesNotExist,
-            op,
-            format!(
-                "volume {vol} of image {img} is being created ({} exists)",
-                marker.display()
-            ),
-        ));
+        return Err(being_created(&marker, img, vol, op));
     }
     Ok(())
 }
@@ -788,18 +906,21 @@ fn refuse_creating(
 /// The metadata of a complete volume: [`read_meta`] after
 /// [`refuse_creating`].
 pub(crate) fn load(
+    fs: &MountFs,
     paths: &DomainPaths,
     img: ImgUuid,
     vol: VolUuid,
     op: &'static str,
 ) -> StorageResult<VolumeMetadata> {
-    refuse_creating(paths, img, vol, op)?;
-    read_meta(paths, img, vol, op)
+    refuse_creating(fs, paths, img, vol, op)?;
+    read_meta(fs, paths, img, vol, op)
 }
 
-/// Writes `<vol>.meta` atomically (0660). An invalid record keeps its
+/// Writes `<vol>.meta` atomically (0660: temporary file, fsync, rename,
+/// fsync of the directory, in the helper). An invalid record keeps its
 /// code (753, 756); an I/O failure is 208.
 pub(crate) fn write_meta(
+    fs: &MountFs,
     paths: &DomainPaths,
     img: ImgUuid,
     vol: VolUuid,
@@ -808,45 +929,99 @@ pub(crate) fn write_meta(
     const OP: &str = "write volume metadata";
     let bytes = md.to_bytes()?;
     let path = paths.volume_meta(img, vol);
-    depot_os::write_atomic(&path, &bytes, FILE_VOLUME_MODE).map_err(|e| {
-        StorageError::new(Code::VolumeMetadataWriteError, OP, e.to_string()).caused_by(e)
-    })
+    fs.write_atomic(&path, &bytes, FILE_VOLUME_MODE)
+        .map_err(|e| open_error(Code::VolumeMetadataWriteError, OP, &path, e))
 }
 
 /// Read, change, write back.
 pub(crate) fn update_meta(
+    fs: &MountFs,
     paths: &DomainPaths,
     img: ImgUuid,
     vol: VolUuid,
     op: &'static str,
     change: impl FnOnce(&mut VolumeMetadata) -> StorageResult<()>,
 ) -> StorageResult<VolumeMetadata> {
-    let mut md = read_meta(paths, img, vol, op)?;
+    let mut md = read_meta(fs, paths, img, vol, op)?;
     change(&mut md)?;
-    write_meta(paths, img, vol, &md).map_err(|e| e.in_op(op))?;
+    write_meta(fs, paths, img, vol, &md).map_err(|e| e.in_op(op))?;
     Ok(md)
 }
 
+/// The data entry of a complete volume, not followed (what `getInfo`
+/// reports: a link is never followed out of the domain, and is refused
+/// only when something opens the data): missing (or half-created) is 201,
+/// another failure `code`.
 fn stat_data(
+    fs: &MountFs,
     paths: &DomainPaths,
     img: ImgUuid,
     vol: VolUuid,
+    code: Code,
     op: &'static str,
-) -> StorageResult<fs::Metadata> {
-    refuse_creating(paths, img, vol, op)?;
+) -> StorageResult<StatInfo> {
+    refuse_creating(fs, paths, img, vol, op)?;
+    stat_volume(fs, paths, img, vol, code, op)
+}
+
+/// [`stat_data`] without the marker check (the caller made it).
+fn stat_volume(
+    fs: &MountFs,
+    paths: &DomainPaths,
+    img: ImgUuid,
+    vol: VolUuid,
+    code: Code,
+    op: &'static str,
+) -> StorageResult<StatInfo> {
     let data = paths.volume(img, vol);
-    fs::metadata(&data).map_err(|e| match e.kind() {
-        ErrorKind::NotFound => StorageError::new(
+    fs.lstat(&data)
+        .map_err(|e| missing_or(e, &data, img, vol, code, op))
+}
+
+/// The data file of a volume whose marker the caller checked, for work
+/// on it (qemu-img opens it by path): missing is 201, anything but the
+/// volume's own regular file 254, another failure `code`.
+fn volume_file(
+    fs: &MountFs,
+    paths: &DomainPaths,
+    img: ImgUuid,
+    vol: VolUuid,
+    code: Code,
+    op: &'static str,
+) -> StorageResult<StatInfo> {
+    let data = paths.volume(img, vol);
+    match fs.stat(&data) {
+        Ok(st) if st.kind == FileKind::File => Ok(st),
+        Ok(st) => Err(not_regular(&data, st.kind, op)),
+        Err(e) => Err(missing_or(e, &data, img, vol, code, op)),
+    }
+}
+
+/// 201 for data that is not there, else the error as `code` (254 for a
+/// refusal, 2001/2002 for a mount in trouble).
+fn missing_or(
+    e: io::Error,
+    data: &Path,
+    img: ImgUuid,
+    vol: VolUuid,
+    code: Code,
+    op: &'static str,
+) -> StorageError {
+    if e.kind() == ErrorKind::NotFound {
+        return StorageError::new(
             Code::VolumeDoesNotExist,
             op,
             format!("volume {vol} of image {img}: no {}", data.display()),
         )
-        .caused_by(e),
-        _ => StorageError::io(Code::VolumeMetadataReadError, op, &data, e),
-    })
+        .caused_by(e);
+    }
+    open_error(code, op, data, e)
 }
 
+/// A complete volume's [`VolumeInfo`]: its record, children and the stat
+/// of its data (the caller checked the marker).
 pub(crate) fn volume_info(
+    fs: &MountFs,
     paths: &DomainPaths,
     img: ImgUuid,
     vol: VolUuid,
@@ -854,15 +1029,15 @@ pub(crate) fn volume_info(
     children: Vec<VolUuid>,
     op: &'static str,
 ) -> StorageResult<VolumeInfo> {
-    let m = stat_data(paths, img, vol, op)?;
+    let st = stat_volume(fs, paths, img, vol, Code::VolumeMetadataReadError, op)?;
     Ok(VolumeInfo {
         volume: vol,
         metadata,
         path: paths.volume(img, vol),
-        apparent_size: m.len(),
-        true_size: m.blocks() * STAT_BLOCK,
+        apparent_size: st.size,
+        true_size: st.blocks * STAT_BLOCK,
         children,
-        mtime: u64::try_from(m.mtime()).unwrap_or(0),
+        mtime: u64::try_from(st.mtime_s).unwrap_or(0),
     })
 }
 
@@ -874,32 +1049,85 @@ pub(crate) fn canonical_vol(name: &str) -> Option<VolUuid> {
         .filter(|v| v.to_string() == name)
 }
 
+/// The names in an image directory, from one listing: what the volume
+/// calls ask of it ("is it there", "being created", "which records")
+/// without a call each.
+#[derive(Debug, Default)]
+pub(crate) struct ImageEntries {
+    names: BTreeSet<String>,
+}
+
+impl ImageEntries {
+    /// Lists the image directory; a missing one has no entries. Anything
+    /// but a directory there is 254, as is a listing that fails (a mount
+    /// in trouble: 2001).
+    pub(crate) fn scan(
+        fs: &MountFs,
+        paths: &DomainPaths,
+        img: ImgUuid,
+        op: &'static str,
+    ) -> StorageResult<ImageEntries> {
+        let dir = paths.image(img);
+        match fs.names(&dir) {
+            Ok(names) => Ok(ImageEntries {
+                names: names.into_iter().collect(),
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(ImageEntries::default()),
+            Err(e) => Err(open_error(Code::ImagePathError, op, &dir, e)),
+        }
+    }
+
+    /// Whether the entry `path` (in this image directory) was listed.
+    pub(crate) fn has(&self, path: &Path) -> bool {
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| self.names.contains(n))
+    }
+
+    /// 201 if the volume is half-created.
+    pub(crate) fn refuse_creating(
+        &self,
+        paths: &DomainPaths,
+        img: ImgUuid,
+        vol: VolUuid,
+        op: &'static str,
+    ) -> StorageResult<()> {
+        let marker = paths.volume_creating(img, vol);
+        if self.has(&marker) {
+            return Err(being_created(&marker, img, vol, op));
+        }
+        Ok(())
+    }
+
+    fn with_suffix<'s>(&'s self, suffix: &'s str) -> impl Iterator<Item = VolUuid> + 's {
+        self.names
+            .iter()
+            .filter_map(move |n| n.strip_suffix(suffix).and_then(canonical_vol))
+    }
+
+    /// Volumes with a `.meta` and no `.creating` marker, sorted.
+    pub(crate) fn complete(&self) -> impl Iterator<Item = VolUuid> + '_ {
+        let creating: BTreeSet<VolUuid> = self.with_suffix(CREATING_SUFFIX).collect();
+        let metas: BTreeSet<VolUuid> = self.with_suffix(META_SUFFIX).collect();
+        metas.into_iter().filter(move |v| !creating.contains(v))
+    }
+
+    /// Volumes with a `.creating` marker, sorted.
+    pub(crate) fn creating(&self) -> Vec<VolUuid> {
+        let set: BTreeSet<VolUuid> = self.with_suffix(CREATING_SUFFIX).collect();
+        set.into_iter().collect()
+    }
+}
+
 /// Volumes with a `.meta` in the image directory and no `.creating`
 /// marker, sorted. A missing directory has none.
 pub(crate) fn meta_volumes(
+    fs: &MountFs,
     paths: &DomainPaths,
     img: ImgUuid,
     op: &'static str,
 ) -> StorageResult<Vec<VolUuid>> {
-    let dir = paths.image(img);
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StorageError::io(Code::ImagePathError, op, &dir, e)),
-    };
-    let mut metas = BTreeSet::new();
-    let mut creating = BTreeSet::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| StorageError::io(Code::ImagePathError, op, &dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(v) = name.strip_suffix(META_SUFFIX).and_then(canonical_vol) {
-            metas.insert(v);
-        } else if let Some(v) = name.strip_suffix(CREATING_SUFFIX).and_then(canonical_vol) {
-            creating.insert(v);
-        }
-    }
-    Ok(metas.difference(&creating).copied().collect())
+    Ok(ImageEntries::scan(fs, paths, img, op)?.complete().collect())
 }
 
 /// The PUUID in a metadata record, read the way VDSM's `getChildren` greps
@@ -920,16 +1148,19 @@ fn parent_in_record(bytes: &[u8]) -> Option<VolUuid> {
     None
 }
 
-/// Parent of every complete volume in the image, from its record.
-pub(crate) fn parents(
+/// Parent of each of `vols`, from its record (one read each; a record
+/// gone meanwhile is skipped).
+fn parents_of(
+    fs: &MountFs,
     paths: &DomainPaths,
     img: ImgUuid,
+    vols: &[VolUuid],
     op: &'static str,
 ) -> StorageResult<HashMap<VolUuid, VolUuid>> {
     let mut out = HashMap::new();
-    for v in meta_volumes(paths, img, op)? {
+    for &v in vols {
         let path = paths.volume_meta(img, v);
-        match fs::read(&path) {
+        match fs.read_to_end(&path, META_READ_MAX) {
             Ok(bytes) => {
                 if let Some(p) = parent_in_record(&bytes) {
                     out.insert(v, p);
@@ -949,14 +1180,26 @@ pub(crate) fn parents(
     Ok(out)
 }
 
-/// The complete volumes of the image whose parent is `vol`, sorted.
-pub(crate) fn children(
+/// Parent of every complete volume in the image, from its record.
+pub(crate) fn parents(
+    fs: &MountFs,
+    paths: &DomainPaths,
+    img: ImgUuid,
+    op: &'static str,
+) -> StorageResult<HashMap<VolUuid, VolUuid>> {
+    parents_of(fs, paths, img, &meta_volumes(fs, paths, img, op)?, op)
+}
+
+/// The volumes among `others` whose parent is `vol`, sorted.
+fn children_among(
+    fs: &MountFs,
     paths: &DomainPaths,
     img: ImgUuid,
     vol: VolUuid,
+    others: &[VolUuid],
     op: &'static str,
 ) -> StorageResult<Vec<VolUuid>> {
-    let mut kids: Vec<VolUuid> = parents(paths, img, op)?
+    let mut kids: Vec<VolUuid> = parents_of(fs, paths, img, others, op)?
         .into_iter()
         .filter(|&(child, parent)| parent == vol && child != vol)
         .map(|(child, _)| child)
@@ -965,17 +1208,33 @@ pub(crate) fn children(
     Ok(kids)
 }
 
+/// The complete volumes of the image whose parent is `vol`, sorted.
+pub(crate) fn children(
+    fs: &MountFs,
+    paths: &DomainPaths,
+    img: ImgUuid,
+    vol: VolUuid,
+    op: &'static str,
+) -> StorageResult<Vec<VolUuid>> {
+    let others: Vec<VolUuid> = meta_volumes(fs, paths, img, op)?
+        .into_iter()
+        .filter(|&v| v != vol)
+        .collect();
+    children_among(fs, paths, img, vol, &others, op)
+}
+
 /// VDSM's `recheckIfLeaf` for a parent losing its child `gone`: an
 /// INTERNAL volume that no other volume names as parent becomes LEAF.
 /// A missing parent is left alone.
 pub(crate) fn recheck_leaf(
+    fs: &MountFs,
     paths: &DomainPaths,
     img: ImgUuid,
     parent: VolUuid,
     gone: VolUuid,
 ) -> StorageResult<()> {
     const OP: &str = "update parent volume";
-    let md = match read_meta(paths, img, parent, OP) {
+    let md = match read_meta(fs, paths, img, parent, OP) {
         Ok(md) => md,
         Err(e) if e.code == Code::VolumeDoesNotExist => return Ok(()),
         Err(e) => return Err(e),
@@ -983,12 +1242,12 @@ pub(crate) fn recheck_leaf(
     if md.vol_type != VolType::Internal {
         return Ok(());
     }
-    let others: Vec<VolUuid> = children(paths, img, parent, OP)?
+    let others: Vec<VolUuid> = children(fs, paths, img, parent, OP)?
         .into_iter()
         .filter(|&c| c != gone)
         .collect();
     if others.is_empty() {
-        update_meta(paths, img, parent, OP, |m| {
+        update_meta(fs, paths, img, parent, OP, |m| {
             m.vol_type = VolType::Leaf;
             Ok(())
         })?;
@@ -1001,12 +1260,19 @@ pub(crate) fn recheck_leaf(
 /// metadata and the temporaries of an interrupted metadata write, and the
 /// `.creating` marker last. Repeatable: a crash in the middle leaves the
 /// marker, and the next call finishes.
-pub(crate) fn discard(paths: &DomainPaths, img: ImgUuid, vol: VolUuid) -> StorageResult<()> {
+pub(crate) fn discard(
+    fs: &MountFs,
+    paths: &DomainPaths,
+    img: ImgUuid,
+    vol: VolUuid,
+) -> StorageResult<()> {
     const OP: &str = "remove half-created volume";
-    match read_meta(paths, img, vol, OP) {
-        Ok(md) if !md.parent.is_blank() => recheck_leaf(paths, img, md.parent, vol)?,
+    match read_meta(fs, paths, img, vol, OP) {
+        Ok(md) if !md.parent.is_blank() => recheck_leaf(fs, paths, img, md.parent, vol)?,
         Ok(_) => {}
         Err(e) if e.code == Code::VolumeDoesNotExist => {}
+        // Nothing can be removed on a mount that does not answer.
+        Err(e) if mount_trouble(&e) => return Err(e),
         Err(e) => {
             // Without the record the parent is unknown; the parent change
             // comes after the record is written, so a parent can only have
@@ -1014,150 +1280,152 @@ pub(crate) fn discard(paths: &DomainPaths, img: ImgUuid, vol: VolUuid) -> Storag
             tracing::warn!(%img, %vol, error = %e, "half-created volume has unreadable metadata");
         }
     }
-    remove_if_exists(&paths.volume(img, vol), OP)?;
-    remove_if_exists(&paths.volume_lease(img, vol), OP)?;
-    remove_if_exists(&paths.volume_meta(img, vol), OP)?;
+    remove_if_exists(fs, &paths.volume(img, vol), OP)?;
+    remove_if_exists(fs, &paths.volume_lease(img, vol), OP)?;
+    remove_if_exists(fs, &paths.volume_meta(img, vol), OP)?;
     let dir = paths.image(img);
-    // write_atomic's temporaries: ".<vol>.meta.tmp-<random>".
+    // write_atomic's temporaries: ".<vol>.meta.tmp-<pid>-<n>" (the
+    // helper's), ".<vol>.meta.tmp-<random>" (depot's before helpers).
     let tmp_prefix = format!(".{vol}{META_SUFFIX}.tmp-");
-    if let Ok(entries) = fs::read_dir(&dir) {
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(&tmp_prefix))
-            {
-                remove_if_exists(&entry.path(), OP)?;
-            }
-        }
+    let names = match fs.names(&dir) {
+        Ok(names) => names,
+        Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(StorageError::io(Code::CannotDeleteVolume, OP, &dir, e)),
+    };
+    for name in names.iter().filter(|n| n.starts_with(&tmp_prefix)) {
+        remove_if_exists(fs, &dir.join(name), OP)?;
     }
-    fsync_dir(&dir, Code::CannotDeleteVolume, OP)?;
-    remove_if_exists(&paths.volume_creating(img, vol), OP)?;
-    fsync_dir(&dir, Code::CannotDeleteVolume, OP)
+    fsync_dir(fs, &dir, Code::CannotDeleteVolume, OP)?;
+    remove_if_exists(fs, &paths.volume_creating(img, vol), OP)?;
+    fsync_dir(fs, &dir, Code::CannotDeleteVolume, OP)
 }
 
-/// Allocates `len` bytes at `offset` (growing the file), in steps of
-/// [`PREALLOCATE_STEP`] with `beat` after each. Where the filesystem
-/// cannot `fallocate` (NFS before 4.2) zeros are written, as VDSM's
-/// `fallocate` helper does.
-fn preallocate(file: &File, offset: u64, len: u64, beat: &dyn Fn()) -> io::Result<()> {
+/// Allocates `len` bytes at `offset` of `path` (growing the file), one
+/// `fallocate` call of [`PREALLOCATE_STEP`] at a time. Where the file
+/// system cannot `fallocate` (NFS before 4.2) zeros are written, as
+/// VDSM's `fallocate` helper does.
+fn preallocate(fs: &MountFs, path: &Path, offset: u64, len: u64) -> io::Result<()> {
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(PREALLOCATE_STEP);
-        match fsutil::fallocate(file, offset + done, n) {
-            Ok(()) => {
-                done += n;
-                beat();
+        match fs.fallocate(path, offset + done, n) {
+            Ok(()) => done += n,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => {
+                return write_zeros(fs, path, offset + done, len - done)
             }
-            Err(e)
-                if matches!(
-                    e.io_error().and_then(io::Error::raw_os_error),
-                    Some(95 /* EOPNOTSUPP */ | 38 /* ENOSYS */)
-                ) =>
-            {
-                return write_zeros(file, offset + done, len - done, beat)
-            }
-            Err(e) => return Err(io::Error::other(e)),
+            Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
-fn write_zeros(file: &File, offset: u64, len: u64, beat: &dyn Fn()) -> io::Result<()> {
-    let zeros = vec![0u8; 1024 * 1024];
+/// Zeros written over `len` bytes at `offset`, [`WIPE_CHUNK`] per call.
+fn write_zeros(fs: &MountFs, path: &Path, offset: u64, len: u64) -> io::Result<()> {
+    let zeros = vec![0u8; WIPE_CHUNK];
     let mut done = 0u64;
     while done < len {
         let n = usize::try_from(len - done).map_or(zeros.len(), |r| r.min(zeros.len()));
-        file.write_all_at(&zeros[..n], offset + done)?;
+        fs.write_at(
+            path,
+            offset + done,
+            &zeros[..n],
+            OpenWrite::default(),
+            false,
+        )?;
         done += n as u64;
-        beat();
     }
     Ok(())
 }
 
 /// Overwrites a file's content with zeros, in place, and fsyncs it: a real
-/// wipe, since punching holes would leave the old blocks on the disk.
+/// wipe, since punching holes (or `FALLOC_FL_ZERO_RANGE`, which only marks
+/// extents unwritten) would leave the old blocks on the disk.
 ///
 /// The aligned bulk is written with `O_DIRECT` in [`WIPE_CHUNK`] chunks
 /// (no page cache to fill, nothing left unwritten in it), a tail that is
-/// not a multiple of the direct I/O alignment with a normal write. In a
-/// sparse file, chunks that already read as zeros (holes) are skipped, so
-/// the wipe neither allocates the holes nor runs the domain out of space.
-/// The file keeps its size and allocation. Returns the bytes written.
-/// `beat` is called after each chunk. The file is opened under the rule of
-/// `data` (a volume's own file, never through a symlink: 254). Other
-/// errors are CannotDeleteVolume (222).
-pub fn wipe_file(data: &(impl DataPath + ?Sized), beat: &dyn Fn()) -> StorageResult<u64> {
+/// not a multiple of the direct I/O alignment with a normal write, each
+/// chunk one call in the mount's helpers with their deadline. In a sparse
+/// file, chunks that already read as zeros (holes) are skipped, so the
+/// wipe neither allocates the holes nor runs the domain out of space. The
+/// file keeps its size and allocation. Returns the bytes written. The file
+/// must be a regular file reached without a symlink (else 254); other
+/// errors are CannotDeleteVolume (222), or 2001/2002 for a mount in
+/// trouble.
+pub fn wipe_file(fs: &MountFs, path: &Path) -> StorageResult<u64> {
+    wipe_with(fs, path, &|| {})
+}
+
+/// [`wipe_file`], calling `beat` after each chunk (for a caller that still
+/// watches long work from a worker thread: crash recovery).
+// long: a few lines over: the dense and the sparse loop side by side, with
+// the alignment checks they share.
+pub(crate) fn wipe_with(fs: &MountFs, path: &Path, beat: &dyn Fn()) -> StorageResult<u64> {
     const OP: &str = "wipe volume data";
-    let path = data.path();
-    let fail =
-        |e: BoxError| StorageError::new(Code::CannotDeleteVolume, OP, e.to_string()).caused_by(e);
-    let mut direct = OpenOptions::new();
-    direct.read(true).write(true).custom_flags(libc::O_DIRECT);
-    let file = data
-        .open_with(&direct)
-        .map_err(|e| open_error(Code::CannotDeleteVolume, OP, path, e))?;
-    let stat = file
-        .metadata()
-        .map_err(|e| StorageError::io(Code::CannotDeleteVolume, OP, path, e))?;
-    let len = stat.len();
-    let sparse = stat.blocks() * STAT_BLOCK < len;
-    let a = depot_os::probe_alignment(&file).map_err(|e| fail(e.into()))?;
-    let align = a.mem_align.max(a.offset_align).max(512);
-    if !align.is_power_of_two() || align > WIPE_PROBE_UNIT {
+    let code = Code::CannotDeleteVolume;
+    let fail = |e: io::Error| open_error(code, OP, path, e);
+    let st = check_data(fs, path, code, OP)?;
+    let len = st.size;
+    let sparse = st.blocks * STAT_BLOCK < len;
+    let probe = fs.direct_probe(path).map_err(fail)?;
+    let align = u64::from(probe.block_size).max(512);
+    if !probe.supported || !align.is_power_of_two() || align > WIPE_PROBE_UNIT as u64 {
         return Err(StorageError::new(
-            Code::CannotDeleteVolume,
+            code,
             OP,
-            format!("{}: unusable direct I/O alignment {a:?}", path.display()),
+            format!("{}: unusable direct I/O: {probe:?}", path.display()),
         ));
     }
-    let offset_align = a.offset_align.max(1) as u64;
-    let zeros = depot_os::AlignedBuf::new(WIPE_CHUNK, align).map_err(|e| fail(e.into()))?;
-    let mut probe = if sparse {
-        Some(depot_os::AlignedBuf::new(WIPE_CHUNK, align).map_err(|e| fail(e.into()))?)
-    } else {
-        None
+    let direct = OpenWrite {
+        direct: true,
+        ..OpenWrite::default()
     };
-    let bulk = len - len % offset_align;
+    let zeros = vec![0u8; WIPE_CHUNK];
+    let bulk = len - len % align;
     let mut written = 0u64;
     let mut off = 0u64;
     while off < bulk {
         let n = usize::try_from(bulk - off).map_or(WIPE_CHUNK, |r| r.min(WIPE_CHUNK));
-        match probe.as_mut() {
-            None => {
-                depot_os::write_at_direct(&file, off, &zeros, n).map_err(|e| fail(e.into()))?;
-                written += n as u64;
-                beat();
-            }
-            Some(buf) => {
-                let got = depot_os::read_at_direct(&file, off, buf).map_err(|e| fail(e.into()))?;
-                let mut s = 0;
-                while s < n {
-                    let m = (n - s).min(WIPE_PROBE_UNIT);
-                    if got < s + m || buf[s..s + m].iter().any(|&b| b != 0) {
-                        depot_os::write_at_direct(&file, off + s as u64, &zeros, m)
-                            .map_err(|e| fail(e.into()))?;
-                        written += m as u64;
-                    }
-                    s += m;
-                }
-                beat();
-            }
+        let ranges = if sparse {
+            let got = fs.read_at(path, off, n as u32, true).map_err(fail)?;
+            nonzero_units(&got, n)
+        } else {
+            vec![(0, n)]
+        };
+        for (s, m) in ranges {
+            fs.write_at(path, off + s as u64, &zeros[..m], direct, false)
+                .map_err(fail)?;
+            written += m as u64;
         }
+        beat();
         off += n as u64;
     }
     if bulk < len {
-        let tail = data
-            .open_with(OpenOptions::new().write(true))
-            .map_err(|e| open_error(Code::CannotDeleteVolume, OP, path, e))?;
         let n = (len - bulk) as usize;
-        tail.write_all_at(&zeros[..n], bulk)
-            .and_then(|()| tail.sync_all())
-            .map_err(|e| StorageError::io(Code::CannotDeleteVolume, OP, path, e))?;
+        fs.write_at(path, bulk, &zeros[..n], OpenWrite::default(), false)
+            .map_err(fail)?;
         written += n as u64;
     }
-    depot_os::sync_and_close(file).map_err(|e| fail(e.into()))?;
+    fs.fsync(path).map_err(fail)?;
     Ok(written)
+}
+
+/// The `(start, len)` runs of [`WIPE_PROBE_UNIT`]s of a chunk of `n` bytes
+/// that need zeros: those that did not read as zeros, or were not read
+/// (`got` is short), adjacent ones merged into one write.
+fn nonzero_units(got: &[u8], n: usize) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    let mut s = 0;
+    while s < n {
+        let m = (n - s).min(WIPE_PROBE_UNIT);
+        if got.len() < s + m || got[s..s + m].iter().any(|&b| b != 0) {
+            match out.last_mut() {
+                Some((start, len)) if *start + *len == s => *len += m,
+                _ => out.push((s, m)),
+            }
+        }
+        s += m;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1189,23 +1457,41 @@ mod tests {
 
     #[test]
     fn wipe_handles_unaligned_tails_and_holes() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
         let dir = tempfile::tempdir().unwrap();
+        let fs = MountFs::in_process(dir.path(), Duration::from_secs(30));
         // 3 MiB of data, a 13 MiB hole, and an unaligned tail of 100 bytes.
         let p = dir.path().join("v");
-        let f = File::create(&p).unwrap();
+        let f = std::fs::File::create(&p).unwrap();
         f.write_all_at(&vec![0x55; 3 << 20], 0).unwrap();
         f.write_all_at(&[0x66; 100], 16 << 20).unwrap();
         drop(f);
-        let before = fs::metadata(&p).unwrap();
-        let n = wipe_file(&p, &|| {}).unwrap();
-        let after = fs::metadata(&p).unwrap();
+        let before = std::fs::metadata(&p).unwrap();
+        let n = wipe_file(&fs, &p).unwrap();
+        let after = std::fs::metadata(&p).unwrap();
         assert_eq!(after.len(), before.len());
-        assert!(fs::read(&p).unwrap().iter().all(|&b| b == 0));
+        assert!(std::fs::read(&p).unwrap().iter().all(|&b| b == 0));
         // The hole was not filled in.
         assert!(
             after.blocks() <= before.blocks() + 8,
             "{before:?} {after:?}"
         );
         assert!(n >= (3 << 20) + 100, "{n}");
+    }
+
+    #[test]
+    fn nonzero_units_are_merged() {
+        let unit = WIPE_PROBE_UNIT;
+        let mut got = vec![0u8; 4 * unit];
+        got[5] = 1;
+        got[unit + 7] = 1;
+        got[3 * unit] = 1;
+        assert_eq!(
+            nonzero_units(&got, 4 * unit),
+            vec![(0, 2 * unit), (3 * unit, unit)]
+        );
+        // Not read (short): written.
+        assert_eq!(nonzero_units(&got[..unit], 2 * unit), vec![(0, 2 * unit)]);
+        assert_eq!(nonzero_units(&vec![0u8; unit], unit), vec![]);
     }
 }

@@ -8,7 +8,9 @@ pub mod vm;
 use std::path::Path;
 use std::time::Duration;
 
+use depot_os::fsproc::{FsPool, HelperCommand, PoolConfig};
 use depot_os::{Cmd, CommandRunner};
+use depot_storage::mount_fs::MountFs;
 
 /// The machine's host name (`/proc/sys/kernel/hostname`).
 pub fn hostname() -> String {
@@ -96,4 +98,23 @@ pub fn terminate(pid: u32, grace: Duration) {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The file-system helper of depot-storage's tests (the
+/// `depot-storage-fsproc` binary, which serves as depotd's own
+/// `depotd fsproc` does).
+pub fn fsproc_command() -> HelperCommand {
+    HelperCommand::new(env!("CARGO_BIN_EXE_depot-storage-fsproc"))
+}
+
+/// Helper processes on `root`, as depotd runs them on a mount (4 at most,
+/// `timeout` per call): for tests that build a file domain's volume store
+/// directly.
+pub fn mount_helpers(root: &Path, timeout: Duration) -> MountFs {
+    MountFs::new(FsPool::new(PoolConfig {
+        command: fsproc_command(),
+        root: root.to_owned(),
+        max_helpers: 4,
+        timeout,
+    }))
 }
