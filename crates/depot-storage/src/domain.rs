@@ -3,11 +3,11 @@
 //! validate, format, crash recovery, volumes, volume data). Verbs in
 //! engine/ call these and never ask which kind a domain is.
 //!
-//! The same type says where a call on the domain runs
-//! ([`Domain::mount_root`]): a file domain's calls touch a mount that can
-//! hang on a dead server, so they run on that mount's I/O worker with a
-//! timeout; a block domain's LVM, qemu-img and O_DIRECT calls carry their
-//! own timeouts and run on the caller's thread.
+//! A file domain's calls touch a mount that can hang on a dead server, so
+//! they go through that mount's helper processes ([`FileDomain::fs`],
+//! crate::mount_fs), each with a deadline; a block domain's LVM, qemu-img
+//! and O_DIRECT calls carry their own timeouts and run on the caller's
+//! thread. Both run on the caller's thread as far as depotd is concerned.
 
 use std::fmt;
 use std::path::Path;
@@ -101,9 +101,8 @@ impl Domain {
         matches!(self, Domain::Block(_))
     }
 
-    /// Where the domain is on a mount: its calls run on that mount's I/O
-    /// worker, and the monitor watches that mount. None for a block
-    /// domain, which is on no mount.
+    /// Where the domain is on a mount (the monitor watches that mount).
+    /// None for a block domain, which is on no mount.
     pub fn mount_root(&self) -> Option<&Path> {
         match self {
             Domain::File(d) => Some(&d.paths.root),
@@ -169,12 +168,11 @@ impl Domain {
     /// Cleans what a crash left half done in the domain's volumes; returns
     /// what was removed, for the log. A file domain's calls go through its
     /// mount's helpers, each with their deadline (a promised wipe is one
-    /// call per chunk); `beat` is called after each chunk, for a caller
-    /// that still watches it from a worker thread.
-    pub fn recover(&self, tools: VolumeTools<'_>, beat: &dyn Fn()) -> StorageResult<Vec<String>> {
+    /// call per chunk).
+    pub fn recover(&self, tools: VolumeTools<'_>) -> StorageResult<Vec<String>> {
         match self {
             Domain::File(d) => {
-                let r = file::images::recover_with(&d.fs, &d.paths, beat)?;
+                let r = file::images::recover(&d.fs, &d.paths)?;
                 for (what, e) in r.failed {
                     tracing::warn!(sd = %d.sd, %what, error = %e, "crash leftover not cleaned yet");
                 }

@@ -363,11 +363,12 @@ impl LockManager {
     }
 }
 
-/// Locks a verb holds, shared with every I/O worker call it makes while
-/// holding them: they are released when the last holder lets go. A call
-/// that timed out on a hung mount keeps running on its worker thread; it
-/// keeps the locks until it has really returned, so no other verb works on
-/// the same image meanwhile (docs/storage.md, "Locks").
+/// Locks a verb holds, shared with what works under them (a copy's job,
+/// an upload's writer): they are released when the last holder lets go.
+/// A file-system call that missed its deadline was made by a helper
+/// process that is killed and abandoned, so no thread of depotd holds a
+/// lock past its call; what such a call may still do when the server
+/// answers is a crash's leftover (docs/storage.md, "Locks").
 #[derive(Debug, Clone, Default)]
 pub struct Held {
     /// Only dropped: the last clone's drop releases the locks.

@@ -81,7 +81,7 @@ fn contract_cases(d: &Domain, description: &str, repository: &std::path::Path) {
     let (vols, images) = d.volumes(tools, |v| (v.list(None), v.images()));
     assert_eq!(vols.unwrap(), Vec::<VolUuid>::new());
     assert_eq!(images.unwrap(), Vec::<ImgUuid>::new());
-    assert_eq!(d.recover(tools, &|| ()).unwrap(), Vec::<String>::new());
+    assert_eq!(d.recover(tools).unwrap(), Vec::<String>::new());
 
     // Formatted, it is gone: 358 from then on.
     d.format(repository).unwrap();

@@ -128,7 +128,7 @@ impl Storage {
         let tools = self.volume_tools();
         for (sd, paths) in file::domain::list_in(&scan, mount_dir)? {
             let d = self.file_domain(sd, paths);
-            match d.recover(tools, &|| ()) {
+            match d.recover(tools) {
                 Ok(cleaned) => removed.extend(cleaned.iter().map(|c| format!("{sd}: {c}"))),
                 Err(e) => tracing::warn!(sd = %sd, error = %e, "volume recovery failed"),
             }
@@ -245,7 +245,7 @@ impl Storage {
             block_size: md.block_size,
             slot_lock: self.slot_lock(sd),
         });
-        match found.recover(self.volume_tools(), &|| ()) {
+        match found.recover(self.volume_tools()) {
             Ok(removed) => {
                 for lv in removed {
                     tracing::warn!(sd = %sd, %lv, "removed an LV a crash left half-created");

@@ -2,9 +2,9 @@
 //! storage verb, one file per concept (connections, domains, pools,
 //! volumes and images, copy, OVF, SAN, LVM). This file holds what they
 //! share: the configuration, the locks, the state of this host, and the
-//! mounts' I/O workers, on which every file-system touch of a domain runs
-//! with a timeout, so a dead server fails one call instead of hanging the
-//! daemon.
+//! mounts' helpers ([`MountFs`]), through which every file-system touch of
+//! a file domain is made with a deadline, in a helper process: a dead
+//! server fails one call and never holds a thread of the daemon.
 //!
 //! ("Engine" in depot-storage means this folder only; oVirt's manager is
 //! called oVirt or the manager, and depotd's JSON-RPC layer is its own.)
@@ -15,10 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
-use depot_api::Code;
 use depot_os::fsproc::{FsPool, HelperCommand, PoolConfig};
 use depot_os::lvm::Lvm;
-use depot_os::{CommandRunner, IoWorker, Liveness, Mounter, QemuImg};
+use depot_os::{CommandRunner, Mounter, QemuImg};
 
 use crate::backup::PreparePurpose;
 use crate::connection::san::SanConnector;
@@ -32,7 +31,7 @@ use crate::layout::DomainPaths;
 use crate::lock::{Held, LockGuard as Guard, LockManager, ResourceName};
 use crate::monitor::{Monitor, MonitorConfig};
 use crate::mount_fs::MountFs;
-use crate::{StorageError, StorageResult};
+use crate::StorageResult;
 use pools::Pools;
 
 mod connections;
@@ -55,7 +54,8 @@ pub struct StorageConfig {
     /// VDSM's repository: mounts under `mnt/`, run links under `<sp>/`.
     pub repository: PathBuf,
     /// Longest a file-system call on a domain may take before it fails
-    /// (the thread is abandoned; see depot_os::worker).
+    /// (the helper that makes it is killed and abandoned; see
+    /// crate::mount_fs). Scans over several mounts use at most 5 s.
     pub io_timeout: Duration,
     /// Longest a verb waits for a domain or image lock.
     pub lock_timeout: Duration,
@@ -64,8 +64,10 @@ pub struct StorageConfig {
     /// Health check period (VDSM's sd_health_check_delay).
     pub monitor_interval: Duration,
     /// How to start a file-system helper (`depot_os::fsproc`): depotd
-    /// runs itself as `depotd fsproc`. File domains' health checks run in
-    /// helpers; `None` keeps them on worker threads.
+    /// runs itself as `depotd fsproc` (and `depotd copy-raw` for the
+    /// copier, copy::child). Every call on a file domain, the monitor's
+    /// check and the native copier run in helpers; `None` makes them on
+    /// the calling thread, without deadlines (unit tests).
     pub fsproc_command: Option<HelperCommand>,
     /// The most helpers one mount may have at once, stuck ones included
     /// (for the verbs' calls; the monitor's check has one of its own).
@@ -94,7 +96,6 @@ pub struct Storage {
     state: Mutex<State>,
     /// The pools this host knows (pools.rs).
     pools: Pools,
-    workers: Mutex<HashMap<(PathBuf, Lane), Arc<IoWorker>>>,
     /// Per mount directory: the helpers every call on its file domains
     /// goes through (crate::mount_fs).
     mounts: Mutex<HashMap<PathBuf, MountFs>>,
@@ -113,24 +114,6 @@ pub struct Storage {
 /// Longest one LVM command may take. LVM scans every filtered device;
 /// with a path down, multipath queues I/O for a while before failing it.
 const LVM_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Threads per mount worker: a hung call pins one; the rest keep serving.
-const WORKER_THREADS: usize = 4;
-
-/// Threads per mount for long work (wipes, preallocation, extends): their
-/// own, so that a few long deletes never make short calls queue behind
-/// them.
-const LONG_WORKER_THREADS: usize = 4;
-
-/// Which of a mount's workers a call runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Lane {
-    /// One file-system call, or a few (the I/O timeout bounds the lot).
-    Short,
-    /// Work that takes as long as the data is large and beats its
-    /// [`Liveness`] as it goes.
-    Long,
-}
 
 impl Storage {
     pub fn new(mut config: StorageConfig, runner: CommandRunner) -> Storage {
@@ -159,7 +142,6 @@ impl Storage {
             qemu: QemuImg::new(runner),
             state: Mutex::new(State::default()),
             pools: Pools::default(),
-            workers: Mutex::new(HashMap::new()),
             mounts: Mutex::new(HashMap::new()),
             watch: {
                 let w = Watch::new(config.monitor_interval);
@@ -190,89 +172,6 @@ impl Storage {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs `f` on the I/O worker of `dir`'s mount with the I/O timeout.
-    pub(crate) fn io<T: Send + 'static>(
-        &self,
-        dir: &Path,
-        op: &'static str,
-        f: impl FnOnce() -> StorageResult<T> + Send + 'static,
-    ) -> StorageResult<T> {
-        self.io_in(Lane::Short, dir, op, &Held::none(), move |_| f())
-    }
-
-    /// Runs `f` on the `lane` worker of `dir`'s mount, holding `held`
-    /// until `f` has returned, whenever that is: if the call times out
-    /// (no [`Liveness::beat`] for the I/O timeout), the verb fails but the
-    /// locks stay with the thread still in `f`, so nothing else works on
-    /// what they protect until it is really done.
-    pub(crate) fn io_in<T: Send + 'static>(
-        &self,
-        lane: Lane,
-        dir: &Path,
-        op: &'static str,
-        held: &Held,
-        f: impl FnOnce(&Liveness) -> StorageResult<T> + Send + 'static,
-    ) -> StorageResult<T> {
-        let worker = self.worker_for(dir, lane);
-        let held = held.clone();
-        let run = worker.run_watched(self.config.io_timeout, move |live| {
-            let _held = held;
-            f(live)
-        });
-        match run {
-            Ok(r) => r,
-            Err(e) => Err(StorageError::new(
-                Code::MiscFileReadException,
-                op,
-                format!("{}: {e} (is the storage server answering?)", dir.display()),
-            )
-            .caused_by(e)),
-        }
-    }
-
-    /// Runs `f` on `domain` where the domain says its calls run
-    /// ([`Domain::mount_root`]): on the `lane` worker of its mount with the
-    /// I/O timeout, holding `held` until `f` has returned (as
-    /// [`io_in`](Self::io_in)), or on this thread, where the caller holds
-    /// the locks.
-    pub(crate) fn on_domain<T: Send + 'static>(
-        &self,
-        lane: Lane,
-        domain: &Domain,
-        op: &'static str,
-        held: &Held,
-        f: impl FnOnce(&Domain, Option<&Liveness>) -> StorageResult<T> + Send + 'static,
-    ) -> StorageResult<T> {
-        match domain.mount_root() {
-            Some(root) => {
-                let d = domain.clone();
-                self.io_in(lane, root, op, held, move |live| f(&d, Some(live)))
-            }
-            None => f(domain, None),
-        }
-    }
-
-    /// The `lane` worker of the mount directory that holds `path` (the
-    /// first component under `<repository>/mnt` or `mnt/glusterSD`).
-    pub(crate) fn worker_for(&self, path: &Path, lane: Lane) -> Arc<IoWorker> {
-        let key = self.mount_key(path);
-        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
-        workers
-            .entry((key.clone(), lane))
-            .or_insert_with(|| {
-                let name = key
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let (prefix, threads) = match lane {
-                    Lane::Short => ("io", WORKER_THREADS),
-                    Lane::Long => ("io-long", LONG_WORKER_THREADS),
-                };
-                Arc::new(IoWorker::new(format!("{prefix}/{name}"), threads))
-            })
-            .clone()
     }
 
     /// The helpers of the mount directory that holds `path` (started on
@@ -335,7 +234,7 @@ impl Storage {
     }
 
     /// The domain shared and the image shared or exclusive, to be passed
-    /// to every worker call made under them ([`Storage::io_in`]).
+    /// to the work done under them.
     pub(crate) fn lock_image(
         &self,
         sd: SdUuid,

@@ -25,7 +25,7 @@ use depot_os::fsproc::FileKind;
 use crate::error::{StorageError, StorageResult};
 use crate::file::volumes::{
     as_code, canonical_vol, check_image_dir, discard, exists, fsync_dir, load, mount_trouble,
-    parents, remove_dir_if_empty, volume_info, wipe_with, FileVolumes, ImageEntries,
+    parents, remove_dir_if_empty, volume_info, wipe_file, FileVolumes, ImageEntries,
 };
 use crate::layout::{DomainPaths, REMOVE_ME};
 use crate::mount_fs::MountFs;
@@ -166,7 +166,7 @@ impl FileVolumes<'_> {
         // rename below has a free target.
         for (old, zero) in &leftovers {
             tracing::info!(%img, dir = %old.display(), "finishing an interrupted image deletion");
-            purge_dir(fs, old, *zero || post_zero, &|| {}).map_err(as_256)?;
+            purge_dir(fs, old, *zero || post_zero).map_err(as_256)?;
         }
         if !present {
             return Ok(());
@@ -176,7 +176,7 @@ impl FileVolumes<'_> {
             .map_err(|e| StorageError::io(Code::ImageDeleteError, OP, &dir, e))?;
         fsync_dir(fs, &images, Code::ImageDeleteError, OP)?;
         tracing::info!(%img, to = %target.display(), "image renamed for deletion");
-        purge_dir(fs, &target, post_zero, &|| {}).map_err(as_256)?;
+        purge_dir(fs, &target, post_zero).map_err(as_256)?;
         tracing::info!(%img, post_zero, "image deleted");
         Ok(())
     }
@@ -251,8 +251,8 @@ impl FileVolumes<'_> {
 /// links). Repeatable. A symlink in the directory's place is removed,
 /// never followed: nothing outside the domain is wiped or removed (the
 /// helpers' rmtree removes links, never follows them, and stops at another
-/// file system). `beat` is called as a wipe goes (one chunk per call).
-fn purge_dir(fs: &MountFs, dir: &Path, wipe: bool, beat: &dyn Fn()) -> StorageResult<()> {
+/// file system).
+fn purge_dir(fs: &MountFs, dir: &Path, wipe: bool) -> StorageResult<()> {
     const OP: &str = "purge deleted image";
     let io = |p: &Path, e: std::io::Error| StorageError::io(Code::ImageDeleteError, OP, p, e);
     match fs.lstat(dir) {
@@ -286,8 +286,7 @@ fn purge_dir(fs: &MountFs, dir: &Path, wipe: bool, beat: &dyn Fn()) -> StorageRe
                 Err(e) => return Err(io(&path, e)),
             };
             if m.kind == FileKind::File && m.nlink == 1 {
-                let n = wipe_with(fs, &path, beat)
-                    .map_err(|e| as_code(e, Code::ImageDeleteError, OP))?;
+                let n = wipe_file(fs, &path).map_err(|e| as_code(e, Code::ImageDeleteError, OP))?;
                 tracing::info!(path = %path.display(), bytes = n, "volume data wiped");
             }
         }
@@ -316,12 +315,6 @@ fn purge_dir(fs: &MountFs, dir: &Path, wipe: bool, beat: &dyn Fn()) -> StorageRe
 /// The daemon calls it when it first sees a domain, holding no volume
 /// locks of it yet; nothing else may work on the domain meanwhile.
 pub fn recover(fs: &MountFs, paths: &DomainPaths) -> StorageResult<Recovery> {
-    recover_with(fs, paths, &|| {})
-}
-
-/// [`recover`], calling `beat` as wipes progress (for a caller that still
-/// watches long work from a worker thread; docs/storage.md).
-pub fn recover_with(fs: &MountFs, paths: &DomainPaths, beat: &dyn Fn()) -> StorageResult<Recovery> {
     const OP: &str = "recover domain";
     let dir = paths.images();
     let entries = match fs.listdir(&dir) {
@@ -340,7 +333,7 @@ pub fn recover_with(fs: &MountFs, paths: &DomainPaths, beat: &dyn Fn()) -> Stora
         let path = dir.join(&name);
         if name.starts_with(REMOVE_ME) {
             let what = Recovered::RemovedImage(name.clone());
-            match purge_dir(fs, &path, name.starts_with(REMOVE_ME_ZERO), beat) {
+            match purge_dir(fs, &path, name.starts_with(REMOVE_ME_ZERO)) {
                 Ok(()) => report.cleaned.push(what),
                 Err(e) if mount_trouble(&e) => return Err(stopped(report, e)),
                 Err(e) => report.failed.push((what, e)),

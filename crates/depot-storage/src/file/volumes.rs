@@ -1351,15 +1351,9 @@ fn write_zeros(fs: &MountFs, path: &Path, offset: u64, len: u64) -> io::Result<(
 /// must be a regular file reached without a symlink (else 254); other
 /// errors are CannotDeleteVolume (222), or 2001/2002 for a mount in
 /// trouble.
-pub fn wipe_file(fs: &MountFs, path: &Path) -> StorageResult<u64> {
-    wipe_with(fs, path, &|| {})
-}
-
-/// [`wipe_file`], calling `beat` after each chunk (for a caller that still
-/// watches long work from a worker thread: crash recovery).
 // long: a few lines over: the dense and the sparse loop side by side, with
 // the alignment checks they share.
-pub(crate) fn wipe_with(fs: &MountFs, path: &Path, beat: &dyn Fn()) -> StorageResult<u64> {
+pub fn wipe_file(fs: &MountFs, path: &Path) -> StorageResult<u64> {
     const OP: &str = "wipe volume data";
     let code = Code::CannotDeleteVolume;
     let fail = |e: io::Error| open_error(code, OP, path, e);
@@ -1396,7 +1390,6 @@ pub(crate) fn wipe_with(fs: &MountFs, path: &Path, beat: &dyn Fn()) -> StorageRe
                 .map_err(fail)?;
             written += m as u64;
         }
-        beat();
         off += n as u64;
     }
     if bulk < len {

@@ -75,8 +75,8 @@ pub struct Timings {
 /// Where the writer puts a buffer: `buf[..len]` holds the upload's bytes
 /// from `offset`; when `len` is not a multiple of [`ALIGN`] (the last
 /// buffer), `buf[len..]` up to the next multiple is zero. The sink owns
-/// the buffer while it writes (it may hand it to an I/O worker) and gives
-/// it back.
+/// the buffer while it writes (it may hand it to a helper's stream) and
+/// gives it back.
 pub type Sink<'a> = dyn FnMut(AlignedBuf, usize, u64) -> Result<AlignedBuf, OvfError> + Send + 'a;
 
 /// Receives `content_length` bytes from `source` (which fills the buffer

@@ -102,9 +102,15 @@ pub fn terminate(pid: u32, grace: Duration) {
 
 /// The file-system helper of depot-storage's tests (the
 /// `depot-storage-fsproc` binary, which serves as depotd's own
-/// `depotd fsproc` does).
+/// `depotd fsproc` does). Only depot-storage's tests have it: depotd's
+/// tests include this file too, and run depotd itself.
+// Compiled into depotd's tests too (which never call it): there the
+// variable is absent and a call would be the test's bug.
+#[allow(dead_code, clippy::option_env_unwrap)]
 pub fn fsproc_command() -> HelperCommand {
-    HelperCommand::new(env!("CARGO_BIN_EXE_depot-storage-fsproc"))
+    let bin = option_env!("CARGO_BIN_EXE_depot-storage-fsproc")
+        .expect("only depot-storage's tests have the depot-storage-fsproc helper");
+    HelperCommand::new(bin)
 }
 
 /// Helper processes on `root`, as depotd runs them on a mount (4 at most,
