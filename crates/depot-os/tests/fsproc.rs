@@ -864,3 +864,25 @@ fn stat_reports_blocks_and_ctime() {
     let st: protocol::StatInfo = serde_json::from_str(old).unwrap();
     assert_eq!((st.blocks, st.ctime_s), (0, 0));
 }
+
+/// A streamed write's helper does not count against `max_helpers`: with
+/// one helper per mount, a call made while a stream is open (an OVF
+/// upload stats and chowns its staging file with the stream open) is
+/// served at once instead of waiting for the stream.
+#[test]
+fn a_call_never_waits_for_a_stream_s_helper() {
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(20));
+    let mut s = p
+        .open_write("s", create(), Duration::from_secs(20))
+        .unwrap();
+    s.write(0, b"one").unwrap();
+    let t0 = Instant::now();
+    assert_eq!(p.stat("s").unwrap().size, 3);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let h = p.health();
+    assert_eq!((h.streams, h.busy), (1, 0), "{h:?}");
+    s.close(true).unwrap();
+    let h = p.health();
+    assert_eq!((h.streams, h.busy, h.stuck), (0, 0, 0), "{h:?}");
+}

@@ -330,6 +330,19 @@ impl MountFs {
         Ok(MountWrite { stream })
     }
 
+    /// [`open_write`](Self::open_write) if one of the mount's helpers is
+    /// free now, else `None` at once (a second stream that only speeds an
+    /// upload up must not take the helper another call needs).
+    pub fn try_open_write(
+        &self,
+        path: &Path,
+        open: OpenWrite,
+        step_timeout: Duration,
+    ) -> io::Result<Option<MountWrite>> {
+        let stream = self.run(path, WRITE, |p, r| p.try_open_write(r, open, step_timeout))?;
+        Ok(stream.map(|stream| MountWrite { stream }))
+    }
+
     pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.run2(from, to, |p, a, b| p.rename(a, b))
     }

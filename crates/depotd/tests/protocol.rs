@@ -2,18 +2,17 @@
 //! keeps serving afterwards.
 
 mod common;
+mod ovf_common;
 mod storage_common;
+#[path = "../../depot-storage/tests/support/mod.rs"]
+mod support;
 
 use common::Daemon;
 use depot_client::{Client, Options, WsClient};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
-use storage_common::{
-    call_ok, connect_params, create_domain_params, mount_point, new_id, volume_params,
-    ConnectionSpec, BLANK, CONFIG, LOCALFS, MIB,
-};
+use storage_common::{new_id, volume_params, ConnectionSpec, CONFIG, LOCALFS, MIB};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn post(c: &Client, body: &str) -> (u16, Value) {
@@ -231,79 +230,57 @@ async fn connection_limit_refuses_extra_connections() {
     drop(b);
 }
 
-/// Threads of `pid` blocked opening a FIFO that has no writer (the kernel
-/// waits in `wait_for_partner`).
-fn fifo_openers(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| {
-            tasks
-                .flatten()
-                .filter(|t| {
-                    std::fs::read_to_string(t.path().join("wchan"))
-                        .is_ok_and(|w| w.trim() == "wait_for_partner")
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-/// A LOCALFS domain with one 1 MiB volume; the path of its `.meta`.
-async fn domain_with_a_volume(d: &Daemon, dir: &Path) -> (String, String, String, PathBuf) {
-    let c = d.client().await;
-    let conn = ConnectionSpec::local(&dir.canonicalize().unwrap());
-    let st = call_ok(
-        &c,
-        "StoragePool.connectStorageServer",
-        connect_params(LOCALFS, vec![conn.params(&new_id())]),
-    )
-    .await;
-    assert_eq!(st[0]["status"], 0, "{st}");
-    let (sd, img, vol) = (new_id(), new_id(), new_id());
-    call_ok(
-        &c,
-        "StorageDomain.create",
-        create_domain_params(&sd, LOCALFS, &conn.connection, "ws", 512),
-    )
-    .await;
-    call_ok(
-        &c,
-        "Volume.create",
-        volume_params(&sd, &img, &vol, MIB, "RAW", "SPARSE", "d", None),
-    )
-    .await;
-    let meta = mount_point(d, LOCALFS, &conn.connection)
-        .join(&sd)
-        .join("images")
-        .join(&img)
-        .join(format!("{vol}.meta"));
-    assert!(meta.is_file(), "{}", meta.display());
-    (sd, img, vol, meta)
-}
-
-/// Two calls on one WebSocket. The first, a volume listing, blocks in the
-/// daemon: the test made the volume's `.meta` a FIFO, and the daemon waits
-/// in open() for a writer. While it waits, the second call (a ping) is sent
-/// and must be answered: calls run concurrently, and answers go out in the
-/// order they complete, not in the order of the requests. Then the test
-/// writes the record into the FIFO and the first call answers too.
+/// Two calls on one WebSocket. The first, a qcow2 `Volume.create`, waits
+/// in the daemon: depotd finds `qemu-img` on its PATH, and the test put a
+/// wrapper first on that PATH which, for this one call, waits on a FIFO
+/// before it runs the real qemu-img. While it waits, the second call (a
+/// ping) is sent and must be answered: calls run concurrently, and answers
+/// go out in the order they complete, not in the order of the requests.
+/// Then the test writes into the FIFO and the first call answers too.
+/// (The wait was a FIFO in the domain until issue 15; the daemon no longer
+/// opens anything on storage itself, and its helpers refuse a FIFO.)
 #[tokio::test]
 async fn websocket_calls_run_concurrently_and_in_order_of_completion() {
-    let d = Daemon::start(CONFIG);
+    let bin = tempfile::tempdir().unwrap();
+    let gate = bin.path().join("gate");
+    let started = bin.path().join("started");
+    nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let real = which("qemu-img");
+    let wrapper = bin.path().join("qemu-img");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ -p '{g}' ]; then touch '{s}'; cat '{g}' >/dev/null; rm -f '{g}'; fi\nexec '{r}' \"$@\"\n",
+            g = gate.display(),
+            s = started.display(),
+            r = real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let d = Daemon::start_with_env(CONFIG, &[("PATH", path.as_str())]);
     let data = tempfile::tempdir().unwrap();
-    let (sd, img, vol, meta) = domain_with_a_volume(&d, data.path()).await;
-    let record = std::fs::read(&meta).unwrap();
-    std::fs::remove_file(&meta).unwrap();
-    nix::unistd::mkfifo(&meta, nix::sys::stat::Mode::from_bits_truncate(0o660)).unwrap();
-    let waiting_before = fifo_openers(d.pid());
+    let conn = ConnectionSpec::local(&data.path().canonicalize().unwrap());
+    let dom = ovf_common::Domain::create(&d, LOCALFS, conn, 512).await;
+    let (sd, img, vol) = (dom.sd.clone(), new_id(), new_id());
 
     let ws = d.ws().await;
-    let slow = json!({"jsonrpc": "2.0", "method": "StorageDomain.getVolumes", "id": "slow",
-        "params": {"storagedomainID": sd, "storagepoolID": BLANK, "imageID": img}});
+    let create = volume_params(&sd, &img, &vol, MIB, "COW", "SPARSE", "slow", None);
+    let slow = json!({"jsonrpc": "2.0", "method": "Volume.create", "id": "slow", "params": create});
     ws.send_raw(slow.to_string()).await.unwrap();
-    // The listing is in flight: a daemon thread waits in open() on the FIFO.
-    common::eventually("the listing to block on the FIFO", common::WAIT, || {
-        let n = fifo_openers(d.pid());
-        async move { (n > waiting_before).then_some(()) }
+    // The create is in flight: its qemu-img waits on the FIFO.
+    common::eventually("qemu-img to wait on the FIFO", common::WAIT, || {
+        let s = started.clone();
+        async move { s.exists().then_some(()) }
     })
     .await;
 
@@ -313,26 +290,34 @@ async fn websocket_calls_run_concurrently_and_in_order_of_completion() {
     assert_eq!(
         first,
         json!({"jsonrpc": "2.0", "result": true, "id": "fast"}),
-        "the ping is answered while the listing waits"
+        "the ping is answered while the create waits"
     );
-    assert!(
-        fifo_openers(d.pid()) > waiting_before,
-        "the listing still waits"
-    );
+    assert!(gate.exists(), "the create still waits");
 
-    // Let the listing go: the record, through the FIFO.
-    let writer = tokio::task::spawn_blocking(move || std::fs::write(&meta, record));
+    // Let the create go.
+    let g = gate.clone();
+    let writer = tokio::task::spawn_blocking(move || std::fs::write(&g, b"go"));
     tokio::time::timeout(common::WAIT, writer)
         .await
-        .expect("the daemon reads the FIFO")
+        .expect("qemu-img reads the FIFO")
         .unwrap()
         .unwrap();
     let second = ws
         .recv_raw(common::WAIT)
         .await
-        .expect("the listing's answer");
+        .expect("the create's answer");
     assert_eq!(second["id"], "slow", "{second}");
-    assert_eq!(second["result"], json!([vol]), "{second}");
+    assert!(second.get("error").is_none(), "{second}");
+}
+
+/// `program` as the PATH finds it.
+fn which(program: &str) -> std::path::PathBuf {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not on the PATH"))
 }
 
 #[tokio::test]

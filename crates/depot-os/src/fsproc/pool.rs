@@ -34,6 +34,11 @@ pub struct PoolHealth {
     pub idle: usize,
     /// Helpers in a call (or starting).
     pub busy: usize,
+    /// Helpers held by open streamed writes ([`FsPool::open_write`]). They
+    /// do not count against `max_helpers`: a call never waits for a
+    /// stream's helper, so work that holds a stream and makes calls on the
+    /// same mount (an OVF upload) cannot starve itself or others.
+    pub streams: usize,
     /// Helpers killed after missing a deadline that have not exited yet
     /// (the kernel holds them in the storage file system).
     pub stuck: usize,
@@ -47,15 +52,16 @@ pub struct PoolHealth {
 }
 
 impl PoolHealth {
-    /// Helpers alive: idle, busy and stuck.
+    /// Helpers alive: idle, busy, streaming and stuck.
     pub fn alive(&self) -> usize {
-        self.idle + self.busy + self.stuck
+        self.idle + self.busy + self.streams + self.stuck
     }
 }
 
 struct PoolState {
     idle: Vec<FsProc>,
     busy: usize,
+    streams: usize,
     stuck: usize,
     started: u64,
     last_timeout: Option<SystemTime>,
@@ -123,6 +129,7 @@ impl FsPool {
                 state: Mutex::new(PoolState {
                     idle: Vec::new(),
                     busy: 0,
+                    streams: 0,
                     stuck: 0,
                     started: 0,
                     last_timeout: None,
@@ -197,6 +204,7 @@ impl FsPool {
             max_helpers: self.shared.config.max_helpers,
             idle: st.idle.len(),
             busy: st.busy,
+            streams: st.streams,
             stuck: st.stuck,
             started: st.started,
             last_timeout: st.last_timeout,
@@ -551,14 +559,22 @@ impl FsPool {
             .call(&request, &[], left.max(Duration::from_millis(1)))
             .map_err(|e| retime(e, step_timeout));
         match result {
-            Ok((Reply::Handle { handle }, _)) => Ok(WriteStream {
-                pool: self.clone(),
-                proc: Some(proc),
-                local_open: false,
-                handle,
-                path: path.into(),
-                step_timeout,
-            }),
+            Ok((Reply::Handle { handle }, _)) => {
+                // From a call's slot to a stream's: calls may use it.
+                let mut st = lock(&self.shared.state);
+                st.busy -= 1;
+                st.streams += 1;
+                drop(st);
+                self.shared.freed.notify_one();
+                Ok(WriteStream {
+                    pool: self.clone(),
+                    proc: Some(proc),
+                    local_open: false,
+                    handle,
+                    path: path.into(),
+                    step_timeout,
+                })
+            }
             Ok((other, _)) => {
                 self.shared.finish(proc, None);
                 Err(self.unexpected("stream_open", other))
@@ -568,6 +584,27 @@ impl FsPool {
                 Err(e)
             }
         }
+    }
+
+    /// [`open_write`](Self::open_write) if a helper is free now (idle, or
+    /// room to start one), else `None` at once: for a second stream that
+    /// only speeds work up, which must not wait for (or take) the helper
+    /// another call needs. (Another caller may take the free helper first;
+    /// then this waits as `open_write` does.)
+    pub fn try_open_write(
+        &self,
+        path: &str,
+        open: OpenWrite,
+        step_timeout: Duration,
+    ) -> Result<Option<WriteStream>, FsProcError> {
+        if self.shared.local.is_none() {
+            let st = lock(&self.shared.state);
+            let max = self.shared.config.max_helpers;
+            if st.idle.is_empty() && st.busy + st.stuck >= max {
+                return Ok(None);
+            }
+        }
+        self.open_write(path, open, step_timeout).map(Some)
     }
 }
 
@@ -587,6 +624,17 @@ fn retime(e: FsProcError, timeout: Duration) -> FsProcError {
 }
 
 impl Shared {
+    /// Takes a stream's helper back: as [`finish`](Self::finish), from the
+    /// stream's count.
+    fn finish_stream(self: &Arc<Self>, proc: FsProc, error: Option<&FsProcError>) {
+        {
+            let mut st = lock(&self.state);
+            st.streams -= 1;
+            st.busy += 1;
+        }
+        self.finish(proc, error);
+    }
+
     /// Takes a helper back after a call: idle again if it answered,
     /// abandoned (killed, counted stuck until it exits) if it missed its
     /// deadline, dropped if it died or broke the protocol.
@@ -677,7 +725,7 @@ impl WriteStream {
                 Err(e)
             }
             Err(e) => {
-                self.pool.shared.finish(proc, Some(&e));
+                self.pool.shared.finish_stream(proc, Some(&e));
                 Err(e)
             }
         }
@@ -707,7 +755,7 @@ impl WriteStream {
         };
         let reply = self.step(request, &[]);
         if let Some(proc) = self.proc.take() {
-            self.pool.shared.finish(proc, None);
+            self.pool.shared.finish_stream(proc, None);
         }
         match reply? {
             Reply::Done => Ok(()),

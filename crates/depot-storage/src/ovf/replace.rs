@@ -209,7 +209,10 @@ impl Replacement {
     /// the next piece goes down the other's pipe (a round trip through one
     /// helper, copy and write in series, is slower than the writes before
     /// helpers). The pieces do not overlap; the first stream's fsync at the
-    /// commit covers what both wrote.
+    /// commit covers what both wrote. The second stream is taken only if a
+    /// helper of the mount is free: uploads never wait for one another's
+    /// helpers (with `fsproc_helpers_per_mount` = 1, or more uploads than
+    /// helpers, an upload goes on one stream).
     pub fn receive(
         &mut self,
         content_length: u64,
@@ -224,34 +227,26 @@ impl Replacement {
             direct: true,
             ..OpenWrite::default()
         };
-        let mut second = self
+        let second = self
             .fs
-            .open_write(staging, open, self.fs.pool().timeout())
+            .try_open_write(staging, open, self.fs.pool().timeout())
             .map_err(|source| OvfError::Write {
                 op: "open staging file",
                 path: staging.clone(),
                 source,
             })?;
-        let received = std::thread::scope(|scope| {
-            let mut lanes = Lanes::start(scope, [first, &mut second], staging)?;
-            let received = {
-                let lanes = &mut lanes;
-                upload::receive(content_length, source, &mut move |buf, len, offset| {
-                    lanes.submit(buf, len.div_ceil(ALIGN) * ALIGN, offset)
-                })
-            };
-            // The write still in flight, also after a failure (its helper
-            // must be done with the buffer).
-            let last = lanes.finish();
-            let received = received?;
-            last?;
-            Ok::<_, OvfError>(received)
-        })?;
-        second.close(false).map_err(|source| OvfError::Write {
-            op: "close staging file",
-            path: staging.clone(),
-            source,
-        })?;
+        let received = match second {
+            Some(mut second) => {
+                let received = receive_on(content_length, source, [first, &mut second], staging)?;
+                second.close(false).map_err(|source| OvfError::Write {
+                    op: "close staging file",
+                    path: staging.clone(),
+                    source,
+                })?;
+                received
+            }
+            None => receive_on(content_length, source, [first], staging)?,
+        };
         self.received = Some(received);
         Ok(())
     }
@@ -381,6 +376,31 @@ fn close_later(old: MountWrite) {
     if let Err(e) = spawned {
         tracing::debug!(error = %e, "closed the old OVF_STORE file inline");
     }
+}
+
+/// Receives the body through `streams` taking the pieces in turn, each
+/// driven by a writer thread of its own (see [`Replacement::receive`]).
+fn receive_on<const N: usize>(
+    content_length: u64,
+    source: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
+    streams: [&mut MountWrite; N],
+    staging: &Path,
+) -> Result<Received, OvfError> {
+    std::thread::scope(|scope| {
+        let mut lanes = Lanes::start(scope, streams, staging)?;
+        let received = {
+            let lanes = &mut lanes;
+            upload::receive(content_length, source, &mut move |buf, len, offset| {
+                lanes.submit(buf, len.div_ceil(ALIGN) * ALIGN, offset)
+            })
+        };
+        // The write still in flight, also after a failure (its helper
+        // must be done with the buffer).
+        let last = lanes.finish();
+        let received = received?;
+        last?;
+        Ok(received)
+    })
 }
 
 /// A write handed to a lane: the buffer, how many bytes of it (padded),
