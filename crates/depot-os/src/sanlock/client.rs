@@ -28,6 +28,11 @@ const LIBRARIES: [&str; 2] = ["libsanlock_client.so.1", "libsanlock.so.1"];
 /// fail at once (`Hung`).
 const THREADS: usize = 4;
 
+/// The longest [`Sanlock::daemon_version`] waits: it answers "is sanlock
+/// there" for `Host.getCapabilities` and the log, which should not wait
+/// the full call timeout on a daemon that hangs.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+
 // sanlock_admin.h
 const SANLK_ADD_ASYNC: u32 = 0x1;
 const SANLK_REM_ASYNC: u32 = 0x1;
@@ -290,13 +295,23 @@ impl Sanlock {
         target: &str,
         f: impl FnOnce(&Lib) -> T + Send + 'static,
     ) -> Result<T, SanlockError> {
+        self.call_within(self.timeout, op, target, f)
+    }
+
+    fn call_within<T: Send + 'static>(
+        &self,
+        timeout: Duration,
+        op: &'static str,
+        target: &str,
+        f: impl FnOnce(&Lib) -> T + Send + 'static,
+    ) -> Result<T, SanlockError> {
         let lib = Arc::clone(
             self.lib
                 .as_ref()
                 .map_err(|e| SanlockError::Unavailable(e.clone()))?,
         );
         self.worker
-            .run(self.timeout, move || f(&lib))
+            .run(timeout, move || f(&lib))
             .map_err(|source| SanlockError::NoAnswer {
                 op,
                 target: target.to_owned(),
@@ -321,7 +336,8 @@ impl Sanlock {
     /// daemon, so it tells whether sanlock can be used at all.
     pub fn daemon_version(&self) -> Result<String, SanlockError> {
         const OP: &str = "version";
-        let (rv, version, proto) = self.call(OP, "daemon", |lib| {
+        let timeout = self.timeout.min(VERSION_TIMEOUT);
+        let (rv, version, proto) = self.call_within(timeout, OP, "daemon", |lib| {
             let (mut version, mut proto) = (0u32, 0u32);
             // SAFETY: two valid out pointers.
             let rv = unsafe { (lib.version)(0, &mut version, &mut proto) };

@@ -6,7 +6,7 @@
 //! bounds it on a storage that does not answer.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{check_name, escape_path, Area, Geometry, SanlockError};
@@ -40,6 +40,21 @@ impl std::fmt::Debug for DirectConfig {
             .field("timeout", &self.timeout)
             .finish()
     }
+}
+
+/// Whether `program` can be run: an executable file at that path, or, for
+/// a bare name, in one of `PATH`'s directories (as the runner's exec will
+/// look).
+pub fn program_found(program: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 {
+        return runnable(program);
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| runnable(&d.join(program))))
 }
 
 /// Formats the lockspace `name` at `area` (`sanlock direct init -s
@@ -180,6 +195,16 @@ fn first_line(text: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_are_found_in_path_or_by_path() {
+        assert!(program_found(Path::new("sh")));
+        assert!(program_found(Path::new("/bin/sh")));
+        assert!(!program_found(Path::new("no-such-program-depot")));
+        assert!(!program_found(Path::new("/nonexistent/sanlock")));
+        // A directory is not a program.
+        assert!(!program_found(Path::new("/bin")));
+    }
 
     #[test]
     fn done_lines_give_the_rv() {

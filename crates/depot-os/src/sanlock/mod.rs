@@ -23,7 +23,9 @@ mod direct;
 use std::path::{Path, PathBuf};
 
 pub use client::{AddOutcome, HostIdState, HostInfo, HostStatus, RemOutcome, Sanlock};
-pub use direct::{direct_init_lockspace, direct_init_resource, direct_read_leader, DirectConfig};
+pub use direct::{
+    direct_init_lockspace, direct_init_resource, direct_read_leader, program_found, DirectConfig,
+};
 
 use crate::command::CmdError;
 use crate::worker::WorkerError;
