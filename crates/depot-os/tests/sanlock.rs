@@ -97,6 +97,8 @@ fn host_id_is_acquired_seen_and_released_through_the_daemon() {
     assert_eq!(s.add_lockspace(&ls, 0).unwrap(), AddOutcome::Started);
     // Async: the call returns long before the ~20 s delta-lease wait.
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // The ~20 s delta-lease wait: sanlock says an add is under way.
+    assert_eq!(s.inq_lockspace(&ls).unwrap(), HostIdState::Changing);
     assert!(matches!(
         s.add_lockspace(&ls, 0).unwrap(),
         AddOutcome::InProgress | AddOutcome::AlreadyHeld

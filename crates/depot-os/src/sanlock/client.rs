@@ -167,8 +167,10 @@ pub enum AddOutcome {
 pub enum HostIdState {
     /// Acquired: the delta lease is held and renewed.
     Held,
-    /// Being acquired (`-EINPROGRESS`).
-    Adding,
+    /// An add or a remove of it is under way (`-EINPROGRESS`: sanlock
+    /// answers so while acquiring and also while an asynchronous release
+    /// finishes).
+    Changing,
     /// Being released (`-EAGAIN`).
     Removing,
     /// Not held (`-ENOENT`): never added, released, or lost.
@@ -398,7 +400,7 @@ impl Sanlock {
         match rv {
             0 => Ok(HostIdState::Held),
             r if r == -libc::ENOENT => Ok(HostIdState::Free),
-            r if r == -libc::EINPROGRESS => Ok(HostIdState::Adding),
+            r if r == -libc::EINPROGRESS => Ok(HostIdState::Changing),
             r if r == -libc::EAGAIN => Ok(HostIdState::Removing),
             r => Err(self.error(OP, &target, r)),
         }

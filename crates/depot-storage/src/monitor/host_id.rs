@@ -66,11 +66,9 @@ impl HostIdKeeper {
                 self.held = true;
                 true
             }
-            Ok(HostIdState::Adding) => {
-                self.joined = Some(ls);
-                false
-            }
-            Ok(HostIdState::Removing) => false,
+            // Our add under way (`joined` already says so), or a release
+            // finishing: wait for the next round either way.
+            Ok(HostIdState::Changing | HostIdState::Removing) => false,
             // As VDSM: acquire only on storage that answers.
             Ok(HostIdState::Free) if !valid => false,
             Ok(HostIdState::Free) => {
