@@ -282,6 +282,12 @@ pub const DIFFERENCES: &[Difference] = &[
         "depot's: the storage domain types this build serves",
     ),
     d(
+        "Host.getCapabilities",
+        Item::ExtraProperty("sanlock"),
+        "depot's: whether this host can use sanlock, and why not (VDSM assumes it can; \
+         depot also starts where sanlock is missing)",
+    ),
+    d(
         "Host.getJobs",
         Item::ExtraProperty("{}.result"),
         "depot's: what a finished job produced (a copy's generation and checksum)",

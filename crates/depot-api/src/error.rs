@@ -190,6 +190,13 @@ codes! {
     LogicalVolumeDoesNotExistError = 610, "Logical volume does not exist";
     CouldNotResizePhysicalVolume = 615, "Could not resize PV";
     LVMCommandError = 621, "LVM command failed";
+    /// sanlock refused or could not start acquiring the host id; also a
+    /// `StoragePool.connect` host id outside 1..=2000 (sanlock's range:
+    /// VDSM passes it on and reports sanlock's EINVAL with this code).
+    AcquireHostIdFailure = 661, "Cannot acquire host id";
+    /// The lockspace (`dom_md/ids`) or the SDM lease (`dom_md/leases`) of a
+    /// new domain could not be formatted.
+    ClusterLockInitError = 701, "Could not initialize cluster lock";
     MetaDataGeneralError = 749, "General Meta data error";
     MetaDataKeyError = 750, "Meta data key error";
     /// VDSM raises `MetaDataSealIsBroken` (a subclass of 749) with 752.

@@ -175,6 +175,23 @@ pub struct Capabilities {
     /// Names of optional features, VDSM's `additionalFeatures`.
     #[serde(rename = "additionalFeatures")]
     pub additional_features: Vec<String>,
+    /// depot's: whether this host can use sanlock (host ids, leases).
+    #[serde(default)]
+    pub sanlock: SanlockCapability,
+}
+
+/// The `sanlock` part of depot's capabilities.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SanlockCapability {
+    /// The client library is loaded and the daemon answered.
+    pub available: bool,
+    /// Why not, when not: `sanlock unavailable: <why>` (no library, the
+    /// daemon does not answer, disabled in the configuration).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// The daemon's version, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub version: Option<String>,
 }
 
 #[cfg(test)]

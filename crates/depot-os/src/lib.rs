@@ -11,7 +11,9 @@
 //! fallocate), [`lvm`] (typed lvm2 commands with a device filter and a cache),
 //! [`qemu_img`] (image create/info/check), [`worker`] (running I/O that
 //! may hang with a timeout), [`fsproc`] (file-system calls on storage
-//! mounts in helper processes that depotd can abandon), and for SAN storage [`iscsi`] (iscsiadm),
+//! mounts in helper processes that depotd can abandon), [`sanlock`] (host ids and
+//! lease areas through the sanlock daemon, its library loaded at run time),
+//! and for SAN storage [`iscsi`] (iscsiadm),
 //! [`multipath`] (maps by WWID and path states), [`scsi`] (host rescans)
 //! and [`sysfs_block`] (device facts from sysfs).
 
@@ -26,6 +28,7 @@ pub mod lvm;
 pub mod mount;
 pub mod multipath;
 pub mod qemu_img;
+pub mod sanlock;
 pub mod scsi;
 mod secret;
 pub mod sysfs_block;

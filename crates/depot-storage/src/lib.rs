@@ -21,6 +21,7 @@ pub mod events;
 pub mod file;
 pub mod layout;
 pub mod lock;
+pub mod lockspace;
 pub mod metadata;
 pub mod monitor;
 pub mod mount_fs;

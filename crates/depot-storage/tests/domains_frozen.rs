@@ -125,6 +125,7 @@ fn domain_verbs_and_scans_with_a_frozen_gluster_brick() {
                 "CARGO_BIN_EXE_depot-storage-fsproc"
             ))),
             fsproc_helpers_per_mount: 4,
+            sanlock: None,
         },
         CommandRunner::new(),
     );

@@ -48,6 +48,7 @@ fn monitor_publishes_each_change_of_state_once() {
         helper: Some(HelperCommand::new(env!(
             "CARGO_BIN_EXE_depot-storage-fsproc"
         ))),
+        sanlock: None,
     });
     m.set_events(Events::new(rec.clone()));
     m.start(sd, CheckTarget::file_domain(&dir, None)).unwrap();
@@ -118,6 +119,7 @@ fn watch_reports_a_lost_localfs_connection_once() {
                 "CARGO_BIN_EXE_depot-storage-fsproc"
             ))),
             fsproc_helpers_per_mount: 4,
+            sanlock: None,
         },
         CommandRunner::new(),
     )

@@ -22,6 +22,7 @@ fn config(check_timeout: Duration) -> MonitorConfig {
         check_timeout,
         mounter: None,
         helper: None,
+        sanlock: None,
     }
 }
 
@@ -110,6 +111,7 @@ fn status_before_the_first_check_is_valid_but_not_actual() {
         check_timeout: Duration::from_secs(60),
         mounter: None,
         helper: None,
+        sanlock: None,
     });
     m.start(sd, CheckTarget::file_domain(&dir, None)).unwrap();
     let h = m.status(sd).unwrap();

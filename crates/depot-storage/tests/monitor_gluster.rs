@@ -108,6 +108,7 @@ fn frozen_gluster_domain_is_reported_and_recovers_alone() {
         helper: Some(HelperCommand::new(env!(
             "CARGO_BIN_EXE_depot-storage-fsproc"
         ))),
+        sanlock: None,
     });
     m.start(
         gsd,
@@ -198,6 +199,7 @@ fn domain_searched_on_a_frozen_mount_is_found_after_the_thaw() {
         helper: Some(HelperCommand::new(env!(
             "CARGO_BIN_EXE_depot-storage-fsproc"
         ))),
+        sanlock: None,
     });
     let frozen = g.freeze_brick().expect("freeze the brick");
     m.start_search(sd, repo.path()).unwrap();

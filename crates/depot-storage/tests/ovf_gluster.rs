@@ -153,6 +153,7 @@ impl Setup {
                     "CARGO_BIN_EXE_depot-storage-fsproc"
                 ))),
                 fsproc_helpers_per_mount: 4,
+                sanlock: None,
             },
             CommandRunner::new(),
         );

@@ -104,6 +104,7 @@ fn lvm_calls_per_volume_create_with_and_without_the_cache() {
                 "CARGO_BIN_EXE_depot-storage-fsproc"
             ))),
             fsproc_helpers_per_mount: 4,
+            sanlock: None,
         },
         CommandRunner::new(),
     );

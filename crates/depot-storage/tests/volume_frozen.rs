@@ -224,6 +224,7 @@ fn volume_verbs_on_a_frozen_gluster_domain_answer_in_time() {
             monitor_interval: Duration::from_secs(1),
             fsproc_command: Some(support::fsproc_command()),
             fsproc_helpers_per_mount: 4,
+            sanlock: None,
         },
         CommandRunner::new(),
     ));

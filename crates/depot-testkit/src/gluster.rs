@@ -61,12 +61,12 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 const LOCK_WAIT: Duration = Duration::from_secs(900);
 
 /// The machine-wide lock file; removed on drop.
-struct LockFile {
+pub(crate) struct LockFile {
     path: PathBuf,
 }
 
 impl LockFile {
-    fn acquire(path: &Path, wait: Duration) -> Result<LockFile, String> {
+    pub(crate) fn acquire(path: &Path, wait: Duration) -> Result<LockFile, String> {
         let deadline = Instant::now() + wait;
         loop {
             match OpenOptions::new().write(true).create_new(true).open(path) {

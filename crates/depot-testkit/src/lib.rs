@@ -33,6 +33,7 @@
 
 pub mod gluster;
 pub mod process;
+pub mod sanlock;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

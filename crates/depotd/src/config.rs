@@ -23,6 +23,7 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub tasks: TasksConfig,
     pub storage: StorageSection,
+    pub sanlock: SanlockSection,
     pub log: LogConfig,
 }
 
@@ -47,6 +48,26 @@ pub struct StorageSection {
     /// The most helper processes (`depotd fsproc`) that make file-system
     /// calls on one mount at once, stuck ones included (VDSM's ioprocess).
     pub fsproc_helpers_per_mount: usize,
+}
+
+/// sanlock (docs/architecture.md, "sanlock"): host ids in the domains'
+/// lockspaces, and the lockspace of each new domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SanlockSection {
+    /// Use sanlock. Off: depotd behaves as on a machine without it (new
+    /// domains get empty `ids`/`leases`, `acquired` stays false).
+    pub enabled: bool,
+    /// The daemon's client library, loaded at start; empty: the system's
+    /// `libsanlock_client.so.1`, else `libsanlock.so.1`.
+    pub library: String,
+    /// The `sanlock` program, which formats a new domain's lockspace and
+    /// SDM lease (`sanlock direct init`); a bare name is looked up in
+    /// `PATH`.
+    pub program: PathBuf,
+    /// Seconds one call to the sanlock daemon, or one `sanlock direct`
+    /// run, may take.
+    pub timeout_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,6 +271,12 @@ impl Config {
                 monitor_interval_s: 10.0,
                 fsproc_helpers_per_mount: 4,
             },
+            sanlock: SanlockSection {
+                enabled: true,
+                library: String::new(),
+                program: "sanlock".into(),
+                timeout_s: 30.0,
+            },
             log: LogConfig {
                 level: "info".into(),
                 target: LogTarget::Auto,
@@ -399,6 +426,7 @@ impl Config {
                 self.storage.monitor_interval_s,
                 false,
             ),
+            ("sanlock.timeout_s", self.sanlock.timeout_s, false),
         ] {
             if !(0.0..1e9).contains(&v) {
                 return Err(format!("{name} must be a number of seconds, not {v}"));

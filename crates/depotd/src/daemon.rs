@@ -13,11 +13,13 @@ use tokio_rustls::TlsAcceptor;
 
 use depot_jobs::{JobManager, JobsConfig, SleepJob};
 use depot_os::fsproc::HelperCommand;
+use depot_os::sanlock::{DirectConfig, Sanlock};
 use depot_os::CommandRunner;
 use depot_storage::events::Events;
+use depot_storage::lockspace::SanlockConfig;
 use depot_storage::{Storage, StorageConfig};
 
-use crate::config::Config;
+use crate::config::{Config, SanlockSection};
 use crate::events::EventBus;
 use crate::jsonrpc::{JsonRpc, ParseLimits};
 use crate::listen::admission::Handshakes;
@@ -185,6 +187,7 @@ async fn open_storage(config: &Config, events: &EventBus) -> Arc<Storage> {
                 monitor_interval: Duration::from_secs_f64(config.storage.monitor_interval_s),
                 fsproc_command: Some(fsproc_command()),
                 fsproc_helpers_per_mount: config.storage.fsproc_helpers_per_mount,
+                sanlock: sanlock_config(&config.sanlock),
             },
             CommandRunner::new(),
         )
@@ -208,6 +211,19 @@ async fn open_storage(config: &Config, events: &EventBus) -> Arc<Storage> {
             });
         }
     }
+    let status = {
+        let s = storage.clone();
+        tokio::task::spawn_blocking(move || s.sanlock_status())
+            .await
+            .unwrap_or_default()
+    };
+    match (&status.version, &status.reason) {
+        (Some(version), _) => tracing::info!(%version, "sanlock: the daemon answers"),
+        (None, reason) => tracing::warn!(
+            "{}; host ids will not be acquired until it does",
+            reason.as_deref().unwrap_or("sanlock unavailable")
+        ),
+    }
     storage
 }
 
@@ -217,6 +233,39 @@ async fn open_storage(config: &Config, events: &EventBus) -> Arc<Storage> {
 /// healthy mount takes milliseconds; what is not done by then goes on in
 /// the background (docs/storage.md, "Crash recovery").
 const RECOVERY_WAIT: Duration = Duration::from_secs(2);
+
+/// How the storage reaches sanlock (depot_os::sanlock): the library is
+/// loaded now, and a missing one is only logged (`Host.getCapabilities`
+/// says it too), so depotd starts on a machine without sanlock.
+fn sanlock_config(section: &SanlockSection) -> Option<SanlockConfig> {
+    if !section.enabled {
+        tracing::info!("sanlock disabled (sanlock.enabled = false)");
+        return None;
+    }
+    let timeout = Duration::from_secs_f64(section.timeout_s);
+    let library = (!section.library.is_empty()).then(|| Path::new(&section.library));
+    let client = Sanlock::load(library, timeout);
+    match client.library() {
+        Some(name) => tracing::info!(library = name, "sanlock: client library loaded"),
+        None => tracing::warn!(
+            "sanlock unavailable: {}",
+            client.library_error().unwrap_or("no library")
+        ),
+    }
+    let program = section.program.to_string_lossy();
+    let direct = if depot_os::sanlock::program_found(&section.program) {
+        Some(DirectConfig {
+            runner: CommandRunner::new(),
+            program: section.program.clone(),
+            timeout: timeout * 2,
+        })
+    } else {
+        tracing::warn!(%program, "sanlock unavailable: no sanlock program; new domains \
+            get no lockspace");
+        None
+    };
+    Some(SanlockConfig { client, direct })
+}
 
 /// The job manager, with the jobs of the last run recovered.
 async fn open_jobs(config: &Config, storage: &Arc<Storage>) -> Result<JobManager, StartError> {

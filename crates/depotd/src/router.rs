@@ -5,7 +5,7 @@
 use depot_api::catalogue::returns;
 use depot_api::results::{Done, TaskId};
 use depot_api::storage::{DomainType, MoveOperation};
-use depot_api::types::{Capabilities, JobType};
+use depot_api::types::{Capabilities, JobType, SanlockCapability};
 use depot_api::{params, ApiError, Call, Code};
 use depot_jobs::{JobManager, SLEEP_KIND};
 use depot_storage::Storage;
@@ -52,7 +52,14 @@ impl Router {
         let storage = &self.storage;
         match call {
             Call::HostPing2(_) => wire(Ok(Done)),
-            Call::HostGetCapabilities(_) => wire(Ok(capabilities())),
+            Call::HostGetCapabilities(_) => {
+                // One bounded call to the sanlock daemon, off the runtime.
+                let s = storage.clone();
+                let sanlock = tokio::task::spawn_blocking(move || s.sanlock_status())
+                    .await
+                    .unwrap_or_default();
+                wire(Ok(capabilities(sanlock)))
+            }
             Call::HostGetJobs(p) => wire(Ok(self.get_jobs(p))),
             Call::HostAbortJob(p) => wire(self.jobs.abort(p.job_id).await.map(|()| Done)),
             Call::HostDeleteJob(p) => wire(self.jobs.delete(p.job_id).await.map(|()| Done)),
@@ -329,8 +336,9 @@ const FILE_TYPES: [DomainType; 4] = [
 /// blocks, as VDSM's blockSD (`supported_block_size = (512,)`).
 const BLOCK_TYPES: [DomainType; 2] = [DomainType::Iscsi, DomainType::Fcp];
 
-/// The storage part of VDSM's capabilities: what this build can do.
-pub fn capabilities() -> Capabilities {
+/// The storage part of VDSM's capabilities: what this build can do, and
+/// whether sanlock can be used here.
+pub fn capabilities(sanlock: SanlockCapability) -> Capabilities {
     let sizes = FILE_TYPES
         .iter()
         .map(|t| (t.name().to_string(), vec![0, 512, 4096]))
@@ -359,6 +367,7 @@ pub fn capabilities() -> Capabilities {
         ]
         .map(String::from)
         .to_vec(),
+        sanlock,
     }
 }
 
@@ -444,8 +453,8 @@ mod tests {
             text(json!({"id": id.to_string(), "verb": "createVolume"}))
         );
         assert_eq!(
-            text(wire(Ok(capabilities())).unwrap()),
-            text(serde_json::to_value(capabilities()).unwrap())
+            text(wire(Ok(capabilities(SanlockCapability::default()))).unwrap()),
+            text(serde_json::to_value(capabilities(SanlockCapability::default())).unwrap())
         );
     }
 
@@ -750,7 +759,7 @@ mod tests {
     /// types; the engine reads which from here.
     #[test]
     fn capabilities_name_the_file_and_the_san_types() {
-        let caps = capabilities();
+        let caps = capabilities(SanlockCapability::default());
         assert_eq!(
             caps.storage_domain_types,
             ["NFS", "LOCALFS", "POSIXFS", "GLUSTERFS", "ISCSI", "FCP"]

@@ -160,6 +160,32 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
     ] {
         assert!(lv_tags(&sd, lv, &luns).len() <= 1, "special LV {lv} exists");
     }
+    // sanlock's lockspace on the ids LV and the SDM lease at slot 1 of
+    // the leases LV (docs/formats.md "Lockspace and leases").
+    let direct = depot_os::sanlock::DirectConfig::default();
+    let dev = |lv: &str| std::path::PathBuf::from(format!("/dev/{sd}/{lv}"));
+    let ids = depot_os::sanlock::direct_read_leader(
+        &direct,
+        &sd,
+        "1",
+        false,
+        &depot_os::sanlock::Area::new(dev("ids"), 0),
+    )
+    .expect("a lockspace on the ids LV");
+    assert_eq!(
+        (ids["magic"].as_str(), ids["space_name"].as_str()),
+        ("0x12212010", sd.as_str()),
+        "{ids:?}"
+    );
+    let sdm = depot_os::sanlock::direct_read_leader(
+        &direct,
+        &sd,
+        "SDM",
+        true,
+        &depot_os::sanlock::Area::new(dev("leases"), 1 << 20),
+    )
+    .expect("the SDM lease on the leases LV");
+    assert_eq!(sdm["magic"], "0x6152010", "{sdm:?}");
     let info = call_ok(&c, "StorageDomain.getInfo", json!({"storagedomainID": sd})).await;
     conform.check("StorageDomain.getInfo", &info);
     assert_eq!(info["type"], json!("ISCSI"), "{info}");

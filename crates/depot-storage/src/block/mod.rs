@@ -9,8 +9,9 @@
 //!   no `REMOTE_PATH`.
 //! * Special LVs: `metadata` (volume metadata slots, [`slots`]), `ids`,
 //!   `leases`, `xleases`, `inbox`, `outbox`, `master`, with VDSM's sizes.
-//!   depot does not run sanlock or the mailbox yet; the LVs are created so
-//!   that the layout is VDSM's and a VDSM host can use the domain.
+//!   `ids` and `leases` are formatted by sanlock at create
+//!   (crate::lockspace); the mailbox and `xleases` are not used yet, the
+//!   LVs are created so that the layout is VDSM's.
 //! * Volumes are LVs ([`volumes`]).
 //!
 //! On this host a block domain also has a link directory
@@ -30,6 +31,7 @@ use std::str::FromStr;
 use depot_api::storage::{DomainClass, SdUuid};
 use depot_api::Code;
 use depot_os::lvm::{Lvm, LvmError, PvInfo, VgInfo};
+use depot_os::sanlock::DirectConfig;
 use depot_os::FsStats;
 
 pub use volumes::BlockVolumes;
@@ -42,6 +44,10 @@ use crate::metadata::kv::KvMetadata;
 
 pub const EXTENT_SIZE: u64 = 128 << 20;
 pub const METADATA_LV: &str = "metadata";
+/// The lockspace LV (sanlock delta leases, host ids).
+pub const IDS_LV: &str = "ids";
+/// The paxos leases LV (the SDM lease, volume leases).
+pub const LEASES_LV: &str = "leases";
 const MIB: u64 = 1 << 20;
 /// VDSM's metadata keys of block domains.
 pub const KEY_VGUUID: &str = "VGUUID";
@@ -50,8 +56,8 @@ pub const KEY_VGUUID: &str = "VGUUID";
 pub fn special_lvs(alignment: u64) -> [(&'static str, u64); 7] {
     [
         (METADATA_LV, 128 * MIB),
-        ("ids", 8 * MIB),
-        ("leases", 2048 * alignment),
+        (IDS_LV, 8 * MIB),
+        (LEASES_LV, 2048 * alignment),
         ("xleases", 1024 * alignment),
         ("inbox", 16 * MIB),
         ("outbox", 16 * MIB),
@@ -227,6 +233,7 @@ pub fn create_domain(
     lvm: &Lvm,
     req: &CreateDomain,
     vg_uuid: &str,
+    sanlock: Option<&DirectConfig>,
 ) -> StorageResult<DomainMetadata> {
     const OP: &str = "create storage domain";
     let err = |code, detail: String| StorageError::new(code, OP, detail);
@@ -306,10 +313,7 @@ pub fn create_domain(
     for (k, v) in pv_keys(&pvs) {
         md.extra.insert(k, v);
     }
-    // Activate the metadata LV now: the first volume needs it, and a
-    // failure here (no device-mapper) should fail the create, not later.
-    lvm.activate(&name, &[METADATA_LV])
-        .map_err(|e| lvm_err(Code::CannotActivateLogicalVolume, OP, e))?;
+    prepare_special_lvs(lvm, req.sd, block_size, alignment, sanlock)?;
     let kv = md.to_kv()?;
     let mut add = tags::to_tags(&kv);
     add.push(tags::DOMAIN_TAG.to_owned());
@@ -320,6 +324,36 @@ pub fn create_domain(
         .map_err(|e| lvm_err(Code::VolumeGroupReplaceTagError, OP, e))?;
     tracing::info!(sd = %req.sd, vg = %vg.uuid, block_size, alignment, "block storage domain created");
     Ok(md)
+}
+
+/// Activates the metadata LV now: the first volume needs it, and a
+/// failure here (no device-mapper) should fail the create, not later.
+/// With `sanlock`, formats sanlock's areas on the `ids` and `leases` LVs
+/// as on a file domain (crate::lockspace), through their device nodes.
+fn prepare_special_lvs(
+    lvm: &Lvm,
+    sd: SdUuid,
+    block_size: u32,
+    alignment: u64,
+    sanlock: Option<&DirectConfig>,
+) -> StorageResult<()> {
+    const OP: &str = "create storage domain";
+    let name = vg_name(sd);
+    lvm.activate(&name, &[METADATA_LV])
+        .map_err(|e| lvm_err(Code::CannotActivateLogicalVolume, OP, e))?;
+    let Some(direct) = sanlock else {
+        return Ok(());
+    };
+    lvm.activate(&name, &[IDS_LV, LEASES_LV])
+        .map_err(|e| lvm_err(Code::CannotActivateLogicalVolume, OP, e))?;
+    crate::lockspace::init_domain(
+        direct,
+        sd,
+        &Lvm::lv_path(&name, IDS_LV),
+        &Lvm::lv_path(&name, LEASES_LV),
+        block_size,
+        alignment,
+    )
 }
 
 /// `PV<n>=pv:<name>,uuid:<uuid>,pestart:<bytes>,pecount:<n>,mapoffset:<n>`,

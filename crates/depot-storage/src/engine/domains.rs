@@ -19,6 +19,7 @@ use std::time::Duration;
 use depot_api::storage::{DomainClass, DomainRole, DomainType, SdUuid, SpUuid};
 use depot_api::Code;
 use depot_os::lvm::Lvm;
+use depot_os::sanlock::DirectConfig;
 
 use super::Storage;
 use crate::domain::{BlockDomain, Domain};
@@ -309,10 +310,26 @@ impl Storage {
             .connected_mount_point(req.domain_type, &req.remote_path)?;
         self.recover_mount(&mount);
         let sd = req.sd;
-        let paths = file::domain::create(&self.mount_fs(&mount), &mount, &req)?;
+        let paths = file::domain::create_with_lockspace(
+            &self.mount_fs(&mount),
+            &mount,
+            &req,
+            self.sanlock_direct(sd),
+        )?;
         tracing::info!(sd = %sd, path = %paths.root.display(), "storage domain created");
         self.state().domains.insert(sd, self.file_domain(sd, paths));
         Ok(())
+    }
+
+    /// How to format a new domain's lockspace; `None` (logged) when
+    /// sanlock is off or its program is not installed.
+    fn sanlock_direct(&self, sd: SdUuid) -> Option<&DirectConfig> {
+        let direct = self.config.sanlock.as_ref().and_then(|s| s.direct.as_ref());
+        if direct.is_none() {
+            tracing::warn!(%sd, "sanlock unavailable: no sanlock program; the new domain's \
+                ids and leases are left empty (no host can join its lockspace)");
+        }
+        direct
     }
 
     /// Refuses a domain id that exists on connected storage, file or block
@@ -386,7 +403,7 @@ impl Storage {
         let _lock = self.lock_domain(req.sd, true)?;
         self.check_new_domain(&req, OP)?;
         let vg_uuid = req.remote_path.clone();
-        crate::block::create_domain(&self.lvm, &req, &vg_uuid)?;
+        crate::block::create_domain(&self.lvm, &req, &vg_uuid, self.sanlock_direct(req.sd))?;
         self.locate(req.sd).map(|_| ())
     }
 

@@ -29,6 +29,7 @@ use crate::events::{Events, StorageEvent};
 use crate::layout;
 use crate::layout::DomainPaths;
 use crate::lock::{Held, LockGuard as Guard, LockManager, ResourceName};
+use crate::lockspace::SanlockConfig;
 use crate::monitor::{Monitor, MonitorConfig};
 use crate::mount_fs::MountFs;
 use crate::StorageResult;
@@ -72,6 +73,10 @@ pub struct StorageConfig {
     /// The most helpers one mount may have at once, stuck ones included
     /// (for the verbs' calls; the monitor's check has one of its own).
     pub fsproc_helpers_per_mount: usize,
+    /// sanlock (crate::lockspace): new domains' lockspaces, and the host
+    /// ids the monitor acquires in pool domains. `None`: no sanlock at
+    /// all (as on a machine without it).
+    pub sanlock: Option<SanlockConfig>,
 }
 
 #[derive(Default)]
@@ -131,6 +136,7 @@ impl Storage {
             check_timeout: config.monitor_interval,
             mounter: Some(mounter),
             helper: config.fsproc_command.clone(),
+            sanlock: config.sanlock.as_ref().map(|s| s.client.clone()),
         });
         Storage {
             connector,
@@ -168,6 +174,34 @@ impl Storage {
 
     pub fn config(&self) -> &StorageConfig {
         &self.config
+    }
+
+    /// Whether sanlock can be used here, and why not: the library, then
+    /// the daemon (one call, bounded by the client's timeout). Blocking.
+    pub fn sanlock_status(&self) -> depot_api::types::SanlockCapability {
+        use depot_api::types::SanlockCapability;
+        let Some(s) = &self.config.sanlock else {
+            return SanlockCapability {
+                available: false,
+                reason: Some("sanlock unavailable: disabled (sanlock.enabled = false)".into()),
+                version: None,
+            };
+        };
+        match s.client.daemon_version() {
+            Ok(version) => SanlockCapability {
+                available: true,
+                reason: None,
+                version: Some(version),
+            },
+            Err(e) => SanlockCapability {
+                available: false,
+                reason: Some(match e {
+                    depot_os::sanlock::SanlockError::Unavailable(_) => e.to_string(),
+                    e => format!("sanlock unavailable: {e}"),
+                }),
+                version: None,
+            },
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

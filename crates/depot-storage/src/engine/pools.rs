@@ -121,7 +121,12 @@ impl Storage {
     }
 
     /// `StoragePool.connect`: oVirt tells which domains are active.
-    /// The master's metadata must name this pool and version (324).
+    /// The master's metadata must name this pool and version (324). The
+    /// host id must be one sanlock takes (1..=2000, else 661 and nothing
+    /// changes); the domain monitor acquires it in every active domain's
+    /// lockspace in the background (a domain whose lockspace cannot be
+    /// joined is logged and reports `acquired` false; the connect does not
+    /// fail for it).
     pub fn connect_pool(
         &self,
         sp: SpUuid,
@@ -131,6 +136,7 @@ impl Storage {
         domain_dict: Option<BTreeMap<SdUuid, PoolDomainStatus>>,
     ) -> StorageResult<()> {
         const OP: &str = "connect storage pool";
+        let sanlock_id = check_host_id(host_id, OP)?;
         if let Some(other) = self
             .pools
             .lock()
@@ -179,6 +185,7 @@ impl Storage {
         }
         for (sd, status) in domains {
             if status == PoolDomainStatus::Active {
+                self.monitor.set_host_id(sd, Some(sanlock_id));
                 if let Err(e) = self.start_monitoring(sd) {
                     // Its storage may only be frozen: monitored anyway (in
                     // trouble), it becomes valid on its own when the
@@ -316,7 +323,7 @@ impl Storage {
     /// the domain attached to it (359). Starts monitoring it.
     pub fn activate(&self, sd: SdUuid, sp: SpUuid) -> StorageResult<()> {
         const OP: &str = "activate storage domain";
-        self.connected_pool(sp, OP)?;
+        let host_id = self.connected_pool(sp, OP)?.host_id;
         let domain = self.locate(sd)?;
         let md = self.read_md(&domain)?;
         if !md.attached_pools().contains(&sp) {
@@ -326,6 +333,8 @@ impl Storage {
                 format!("'{sd}' is not attached to {sp}"),
             ));
         }
+        self.monitor
+            .set_host_id(sd, host_id.and_then(|id| u64::try_from(id).ok()));
         self.start_monitoring(sd)?;
         if let Some(pool) = self.pools.lock().get_mut(&sp) {
             pool.domains.insert(sd, PoolDomainStatus::Active);
@@ -441,6 +450,26 @@ impl Storage {
 }
 
 /// Only a Data domain that is not a backup domain can be master.
+/// A host id sanlock takes: 1..=2000 (its most hosts per lockspace). VDSM
+/// hands any number to sanlock, which refuses it with EINVAL, reported as
+/// 661 AcquireHostIdFailure; depot refuses it at once, before anything
+/// changes.
+fn check_host_id(host_id: i64, op: &'static str) -> StorageResult<u64> {
+    u64::try_from(host_id)
+        .ok()
+        .filter(|id| (1..=depot_os::sanlock::MAX_HOST_ID).contains(id))
+        .ok_or_else(|| {
+            StorageError::new(
+                Code::AcquireHostIdFailure,
+                op,
+                format!(
+                    "host id {host_id}: sanlock host ids are 1 to {}",
+                    depot_os::sanlock::MAX_HOST_ID
+                ),
+            )
+        })
+}
+
 fn check_can_be_master(md: &DomainMetadata, op: &'static str) -> StorageResult<()> {
     if md.class != DomainClass::Data {
         return Err(StorageError::new(

@@ -19,6 +19,7 @@ use depot_api::storage::{DomainClass, SdUuid};
 use depot_api::Code;
 use depot_os::fsproc::{FileKind, OpenWrite};
 use depot_os::fsutil::FsStats;
+use depot_os::sanlock::DirectConfig;
 
 use crate::domain_spec::{alignment_for, CreateDomain};
 use crate::layout::{self, DomainPaths, CREATING_PREFIX};
@@ -60,8 +61,20 @@ fn file_there(fs: &MountFs, path: &Path) -> io::Result<bool> {
 }
 
 /// Creates a file domain in `mount_dir` (the root of `fs`, or beneath it)
-/// and returns its paths.
+/// and returns its paths; `ids` and `leases` stay empty (no sanlock: see
+/// [`create_with_lockspace`]).
 pub fn create(fs: &MountFs, mount_dir: &Path, req: &CreateDomain) -> StorageResult<DomainPaths> {
+    create_with_lockspace(fs, mount_dir, req, None)
+}
+
+/// [`create`], and with `sanlock` the domain's lockspace and SDM lease
+/// formatted (crate::lockspace) before the domain appears under its id.
+pub fn create_with_lockspace(
+    fs: &MountFs,
+    mount_dir: &Path,
+    req: &CreateDomain,
+    sanlock: Option<&DirectConfig>,
+) -> StorageResult<DomainPaths> {
     const OP: &str = "create storage domain";
     if !matches!(req.class, DomainClass::Data | DomainClass::Iso) {
         return Err(StorageError::new(
@@ -86,7 +99,7 @@ pub fn create(fs: &MountFs, mount_dir: &Path, req: &CreateDomain) -> StorageResu
     let work = mount_dir.join(format!("{CREATING_PREFIX}{}", req.sd));
     // A leftover of a crashed create of the same domain: start over.
     remove_tree(fs, &work).map_err(|e| err(&work, e))?;
-    let built = build(fs, &work, req);
+    let built = build(fs, &work, req, sanlock);
     if let Err(e) = built {
         // Best effort: what is left is a dot-directory recover_mount
         // removes the next time it looks.
@@ -99,7 +112,12 @@ pub fn create(fs: &MountFs, mount_dir: &Path, req: &CreateDomain) -> StorageResu
     Ok(DomainPaths::new(final_dir))
 }
 
-fn build(fs: &MountFs, work: &Path, req: &CreateDomain) -> StorageResult<()> {
+fn build(
+    fs: &MountFs,
+    work: &Path,
+    req: &CreateDomain,
+    sanlock: Option<&DirectConfig>,
+) -> StorageResult<()> {
     const OP: &str = "create storage domain";
     let err = |p: &Path, e: io::Error| StorageError::io(Code::StorageDomainCreationError, OP, p, e);
     let paths = DomainPaths::new(work.to_path_buf());
@@ -138,6 +156,18 @@ fn build(fs: &MountFs, work: &Path, req: &CreateDomain) -> StorageResult<()> {
         }
         fs.chmod(&p, 0o660).map_err(|e| err(&p, e))?;
         fs.fsync(&p).map_err(|e| err(&p, e))?;
+    }
+    // sanlock's areas: `sanlock direct init` in a child opens the files
+    // itself (they must exist) and writes them with O_DIRECT.
+    if let Some(direct) = sanlock {
+        crate::lockspace::init_domain(
+            direct,
+            req.sd,
+            &md_dir.join("ids"),
+            &md_dir.join("leases"),
+            block_size,
+            alignment,
+        )?;
     }
     let mut md = DomainMetadata::new_file(
         req.sd,

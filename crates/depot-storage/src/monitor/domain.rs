@@ -15,6 +15,7 @@ use depot_os::fsproc::{FileKind, FsPool, FsProcError, HelperCommand, PoolConfig}
 use depot_os::{IoWorker, Mounter, WorkerError};
 
 use super::check::{self, CheckTarget, Probe, Problem};
+use super::host_id::HostIdKeeper;
 use super::{DomainHealth, MonitorConfig};
 use crate::events::{Events, StorageEvent};
 use crate::layout;
@@ -43,6 +44,10 @@ struct State {
     health: DomainHealth,
     /// Set by stop: the thread exits and never publishes again.
     stopped: bool,
+    /// The host id to hold in the domain's lockspace.
+    host_id: Option<u64>,
+    /// Set by stop (not by shutdown): release the host id on the way out.
+    release: bool,
 }
 
 struct Shared {
@@ -72,6 +77,7 @@ impl DomainMonitor {
         sd: SdUuid,
         target: Option<CheckTarget>,
         search: Option<PathBuf>,
+        host_id: Option<u64>,
         config: &MonitorConfig,
         events: Events,
     ) -> io::Result<Self> {
@@ -80,6 +86,8 @@ impl DomainMonitor {
             state: Mutex::new(State {
                 health: DomainHealth::initial(Instant::now()),
                 stopped: false,
+                host_id,
+                release: false,
             }),
             wake: Condvar::new(),
         });
@@ -113,6 +121,7 @@ impl DomainMonitor {
             mounter: config.mounter.clone(),
             last_umount: None,
             events,
+            host_ids: config.sanlock.clone().map(|s| HostIdKeeper::new(s, sd)),
         };
         let short: String = sd.to_string().chars().take(7).collect();
         thread::Builder::new()
@@ -134,9 +143,18 @@ impl DomainMonitor {
         self.shared.lock().health.version = Some(version);
     }
 
-    /// Tells the thread to exit; does not wait for it.
-    pub fn stop(&self) {
-        self.shared.lock().stopped = true;
+    pub fn set_host_id(&self, host_id: Option<u64>) {
+        self.shared.lock().host_id = host_id;
+    }
+
+    /// Tells the thread to exit, releasing the host id if `release`; does
+    /// not wait for it.
+    pub fn stop(&self, release: bool) {
+        {
+            let mut st = self.shared.lock();
+            st.stopped = true;
+            st.release = release;
+        }
         self.shared.wake.notify_all();
     }
 }
@@ -274,6 +292,8 @@ struct Looper {
     /// The last unmount attempt of the current stale episode.
     last_umount: Option<Instant>,
     events: Events,
+    /// Acquires and releases the host id; `None` without sanlock.
+    host_ids: Option<HostIdKeeper>,
 }
 
 impl Looper {
@@ -336,12 +356,34 @@ impl Looper {
             } else if !self.check_on_worker(&worker, &busy, &mut blocked_since) {
                 break;
             }
+            self.host_id_round();
             next = next_tick(next, self.interval, Instant::now());
             if !self.sleep_until(next) {
                 break;
             }
         }
+        if let Some(k) = &mut self.host_ids {
+            if self.shared.lock().release {
+                k.release();
+            }
+        }
         tracing::debug!(%sd, "domain monitor stopped");
+    }
+
+    /// After a check: asks sanlock about the host id, acquires it if the
+    /// domain is valid and it is not held (crate::monitor::host_id), and
+    /// records `acquired`.
+    fn host_id_round(&mut self) {
+        let (wanted, valid) = {
+            let st = self.shared.lock();
+            (st.host_id, st.health.valid && st.health.actual)
+        };
+        let dir = self.search.is_none().then(|| self.target.stat_path.clone());
+        let Some(k) = &mut self.host_ids else {
+            return;
+        };
+        let held = k.round(wanted, dir.as_deref(), valid);
+        self.update(|h| h.acquired = held);
     }
 
     /// One check on the domain's worker thread (block domains, or file

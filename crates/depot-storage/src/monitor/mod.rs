@@ -47,6 +47,7 @@
 
 mod check;
 mod domain;
+mod host_id;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -57,6 +58,7 @@ use std::time::{Duration, Instant};
 use depot_api::storage::SdUuid;
 use depot_api::Code;
 use depot_os::fsproc::HelperCommand;
+use depot_os::sanlock::Sanlock;
 use depot_os::{CommandRunner, Mounter};
 
 use crate::error::{StorageError, StorageResult};
@@ -85,6 +87,10 @@ pub struct MonitorConfig {
     /// thread of this process ever waits inside a hung mount. `None`: on
     /// the domain's worker thread, as a block domain's check always does.
     pub helper: Option<HelperCommand>,
+    /// The sanlock daemon's client: a domain given a host id
+    /// ([`Monitor::set_host_id`]) acquires it in its lockspace
+    /// (`dom_md/ids`) and reports `acquired`. `None`: never acquired.
+    pub sanlock: Option<Sanlock>,
 }
 
 impl Default for MonitorConfig {
@@ -102,6 +108,7 @@ impl MonitorConfig {
             check_timeout: interval,
             mounter: Some(Mounter::new(CommandRunner::new())),
             helper: None,
+            sanlock: None,
         }
     }
 }
@@ -133,8 +140,9 @@ pub struct DomainHealth {
     pub actual: bool,
     /// The domain version, set by the owner with [`Monitor::set_version`].
     pub version: Option<u32>,
-    /// Whether the sanlock host id is acquired: always false until depot
-    /// acquires host ids.
+    /// Whether this host holds its host id in the domain's sanlock
+    /// lockspace, as sanlock answered in the last round (false without a
+    /// host id, without sanlock, while acquiring, and when it was lost).
     pub acquired: bool,
     /// Size of the domain's filesystem in bytes (statvfs), from the last
     /// check where statvfs worked.
@@ -190,6 +198,9 @@ struct Inner {
     /// Where state changes go ([`crate::events::StorageEvent::DomainState`]).
     events: Events,
     domains: HashMap<SdUuid, DomainMonitor>,
+    /// The host id each domain acquires ([`Monitor::set_host_id`]), kept
+    /// here so a domain started later gets it from its first round.
+    host_ids: HashMap<SdUuid, u64>,
     shut_down: bool,
 }
 
@@ -218,6 +229,7 @@ impl Monitor {
                 config,
                 events: Events::none(),
                 domains: HashMap::new(),
+                host_ids: HashMap::new(),
                 shut_down: false,
             }),
         }
@@ -284,28 +296,41 @@ impl Monitor {
             }
             return Ok(());
         }
-        let dm = DomainMonitor::spawn(sd, target, search, &inner.config, inner.events.clone())
-            .map_err(|e| {
-                StorageError::new(
-                    Code::StorageException,
-                    "start domain monitor",
-                    format!("domain {sd}: cannot start the monitor thread: {e}"),
-                )
-                .caused_by(e)
-            })?;
+        let host_id = inner.host_ids.get(&sd).copied();
+        let dm = DomainMonitor::spawn(
+            sd,
+            target,
+            search,
+            host_id,
+            &inner.config,
+            inner.events.clone(),
+        )
+        .map_err(|e| {
+            StorageError::new(
+                Code::StorageException,
+                "start domain monitor",
+                format!("domain {sd}: cannot start the monitor thread: {e}"),
+            )
+            .caused_by(e)
+        })?;
         tracing::info!(%sd, target = ?dm.target(), "start monitoring domain");
         inner.domains.insert(sd, dm);
         Ok(())
     }
 
-    /// Stops monitoring `sd` and forgets its status. Returns at once (see
-    /// the [module docs](self)); false if `sd` was not monitored.
+    /// Stops monitoring `sd`, forgets its status and its host id; the
+    /// monitor thread releases the host id as it exits. Returns at once
+    /// (see the [module docs](self)); false if `sd` was not monitored.
     pub fn stop(&self, sd: SdUuid) -> bool {
-        let removed = self.lock().domains.remove(&sd);
+        let removed = {
+            let mut inner = self.lock();
+            inner.host_ids.remove(&sd);
+            inner.domains.remove(&sd)
+        };
         match removed {
             Some(dm) => {
                 tracing::info!(%sd, "stop monitoring domain");
-                dm.stop();
+                dm.stop(true);
                 true
             }
             None => false,
@@ -334,6 +359,20 @@ impl Monitor {
         v
     }
 
+    /// The host id `sd` acquires in its lockspace from the next round
+    /// (`None`: releases it). Kept for a domain not monitored yet, which
+    /// gets it when started.
+    pub fn set_host_id(&self, sd: SdUuid, host_id: Option<u64>) {
+        let mut inner = self.lock();
+        match host_id {
+            Some(id) => inner.host_ids.insert(sd, id),
+            None => inner.host_ids.remove(&sd),
+        };
+        if let Some(dm) = inner.domains.get(&sd) {
+            dm.set_host_id(host_id);
+        }
+    }
+
     /// Records the domain version reported in repoStats. False if `sd` is
     /// not monitored.
     pub fn set_version(&self, sd: SdUuid, version: u32) -> bool {
@@ -347,7 +386,8 @@ impl Monitor {
     }
 
     /// Stops every domain monitor and refuses new ones. Returns at once;
-    /// calling it again does nothing.
+    /// calling it again does nothing. Host ids are kept (as VDSM's
+    /// shutdown does): the next depotd finds them held.
     pub fn shutdown(&self) {
         let domains: Vec<_> = {
             let mut inner = self.lock();
@@ -359,7 +399,7 @@ impl Monitor {
         };
         tracing::info!(domains = domains.len(), "shutting down domain monitors");
         for (_, dm) in domains {
-            dm.stop();
+            dm.stop(false);
         }
     }
 }

@@ -619,9 +619,19 @@ fn check_new_domain_on_disk(
     );
     let md_dir = dom.join("dom_md");
     assert!(md_dir.is_dir() && dom.join("images").is_dir());
+    // With the sanlock program (CI installs it), sanlock formats the
+    // lockspace (1 × alignment) and the SDM lease at slot 1 (to 2 ×
+    // alignment), docs/formats.md "Lockspace and leases"; else both stay
+    // empty as VDSM creates them.
+    let (ids, leases) = if depot_os::sanlock::program_found(Path::new("sanlock")) {
+        let alignment: u64 = domain_md(dom)["ALIGNMENT"].parse().unwrap();
+        (alignment, 2 * alignment)
+    } else {
+        (0, 0)
+    };
     for (file, size) in [
-        ("ids", 0),
-        ("leases", 0),
+        ("ids", ids),
+        ("leases", leases),
         ("xleases", 0),
         ("inbox", 16 * MIB),
         ("outbox", 16 * MIB),

@@ -1,0 +1,154 @@
+//! depot_os::sanlock against the real sanlock daemon (root tier): the
+//! lockspace formatted by `sanlock direct init` in a child, a host id
+//! acquired asynchronously through the dlopen'd library, seen by
+//! inq_lockspace and get_hosts, released by rem_lockspace.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use depot_os::sanlock::{
+    direct_init_lockspace, direct_init_resource, direct_read_leader, AddOutcome, Area,
+    DirectConfig, Geometry, HostIdState, HostStatus, Lockspace, RemOutcome, Sanlock, SanlockError,
+};
+use depot_testkit::sanlock::SanlockDaemon;
+
+const MIB: u64 = 1 << 20;
+
+/// Polls `f` every 500 ms until it returns `Some` or `limit` passes.
+fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn empty_file(p: &Path) {
+    std::fs::File::create(p).unwrap();
+}
+
+#[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+fn direct_init_writes_sanlocks_format_for_each_geometry() {
+    depot_testkit::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DirectConfig::default();
+    for (sector, align) in [(512, MIB), (4096, MIB), (4096, 8 * MIB)] {
+        // A colon in the path, as in an NFS mount directory.
+        let sub = dir.path().join(format!("srv:_export-{sector}-{align}"));
+        std::fs::create_dir(&sub).unwrap();
+        let (ids, leases) = (sub.join("ids"), sub.join("leases"));
+        empty_file(&ids);
+        empty_file(&leases);
+        let g = Geometry::new(sector, align).unwrap();
+        direct_init_lockspace(&cfg, "sd-1", &Area::new(&ids, 0), g).unwrap();
+        direct_init_resource(&cfg, "sd-1", "SDM", &Area::new(&leases, align), g).unwrap();
+        assert_eq!(std::fs::metadata(&ids).unwrap().len(), align);
+        assert_eq!(std::fs::metadata(&leases).unwrap().len(), 2 * align);
+
+        let ls = direct_read_leader(&cfg, "sd-1", "1", false, &Area::new(&ids, 0)).unwrap();
+        assert_eq!(ls["magic"], "0x12212010", "{ls:?}");
+        assert_eq!(ls["space_name"], "sd-1");
+        assert_eq!(ls["sector_size"], sector.to_string());
+        let res =
+            direct_read_leader(&cfg, "sd-1", "SDM", true, &Area::new(&leases, align)).unwrap();
+        assert_eq!(res["magic"], "0x6152010", "{res:?}");
+        assert_eq!(res["resource_name"], "SDM");
+        assert_eq!(res["max_hosts"], g.max_hosts().to_string());
+        // Nothing at slot 0.
+        let none = direct_read_leader(&cfg, "sd-1", "SDM", true, &Area::new(&leases, 0));
+        assert!(
+            matches!(none, Err(SanlockError::Call { rv: -223, .. })),
+            "{none:?}"
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+fn host_id_is_acquired_seen_and_released_through_the_daemon() {
+    depot_testkit::require_root();
+    let daemon = SanlockDaemon::start().expect("sanlock daemon");
+    let dir = tempfile::tempdir().unwrap();
+    let ids = dir.path().join("ids");
+    empty_file(&ids);
+    let g = Geometry::new(512, MIB).unwrap();
+    direct_init_lockspace(
+        &DirectConfig::default(),
+        "depot-os-test",
+        &Area::new(&ids, 0),
+        g,
+    )
+    .unwrap();
+
+    let s = Sanlock::load(None, Duration::from_secs(30));
+    assert_eq!(s.library_error(), None);
+    let version = s.daemon_version().expect("daemon answers");
+    eprintln!("sanlock daemon {version}");
+    let ls = Lockspace::new("depot-os-test", 7, Area::new(&ids, 0));
+    assert_eq!(s.inq_lockspace(&ls).unwrap(), HostIdState::Free);
+
+    let t = Instant::now();
+    assert_eq!(s.add_lockspace(&ls, 0).unwrap(), AddOutcome::Started);
+    // Async: the call returns long before the ~20 s delta-lease wait.
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // The ~20 s delta-lease wait: sanlock says an add is under way.
+    assert_eq!(s.inq_lockspace(&ls).unwrap(), HostIdState::Changing);
+    assert!(matches!(
+        s.add_lockspace(&ls, 0).unwrap(),
+        AddOutcome::InProgress | AddOutcome::AlreadyHeld
+    ));
+    let held = wait_for(Duration::from_secs(90), || {
+        (s.inq_lockspace(&ls).unwrap() == HostIdState::Held).then_some(())
+    });
+    assert!(held.is_some(), "not held after 90 s; {}", daemon.log());
+    eprintln!("host id acquired in {:?}", t.elapsed());
+    assert_eq!(s.add_lockspace(&ls, 0).unwrap(), AddOutcome::AlreadyHeld);
+    let listed = daemon.lockspaces().unwrap();
+    assert!(
+        listed.iter().any(|l| l.starts_with("depot-os-test:7:")),
+        "{listed:?}"
+    );
+
+    // -EAGAIN until the daemon has read the lockspace's hosts once.
+    let hosts = wait_for(Duration::from_secs(60), || {
+        match s.get_hosts("depot-os-test", 0) {
+            Ok(h) => Some(h),
+            Err(e) if e.errno() == Some(libc::EAGAIN) => None,
+            Err(e) => panic!("get_hosts: {e}"),
+        }
+    })
+    .expect("get_hosts answers within 60 s");
+    let me = hosts
+        .iter()
+        .find(|h| h.host_id == 7)
+        .expect("own host listed");
+    assert!(
+        matches!(me.status, Some(HostStatus::Live | HostStatus::Unknown)),
+        "{me:?}"
+    );
+
+    assert_eq!(s.rem_lockspace(&ls, false).unwrap(), RemOutcome::Released);
+    assert_eq!(s.inq_lockspace(&ls).unwrap(), HostIdState::Free);
+    assert_eq!(s.rem_lockspace(&ls, false).unwrap(), RemOutcome::NotHeld);
+    assert!(daemon.lockspaces().unwrap().is_empty());
+}
+
+#[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+fn a_daemon_that_is_not_running_is_reported_as_unavailable() {
+    depot_testkit::require_root();
+    // Held so no other test's daemon runs meanwhile, then stopped.
+    let mut daemon = SanlockDaemon::start().expect("sanlock daemon");
+    daemon.stop();
+    let s = Sanlock::load(None, Duration::from_secs(10));
+    let e = s.daemon_version().unwrap_err();
+    assert!(matches!(e, SanlockError::Unavailable(_)), "{e}");
+    let ls = Lockspace::new("x", 1, Area::new("/nonexistent/ids", 0));
+    assert!(s.add_lockspace(&ls, 0).is_err());
+}
