@@ -60,27 +60,9 @@ fn new_vol() -> VolUuid {
     VolUuid(Uuid::new_v4())
 }
 
-/// This process's threads waiting inside a file system: in uninterruptible
-/// sleep (`D`), or waiting for a FUSE answer (which the kernel first waits
-/// for interruptibly, so such a thread shows `S` with the wchan
-/// `request_wait_answer`). (As in monitor_gluster.rs.)
+/// The threads of this test process waiting inside a file system.
 fn threads_in_the_storage() -> Vec<String> {
-    fs::read_dir("/proc/self/task")
-        .unwrap()
-        .flatten()
-        .filter_map(|t| {
-            let stat = fs::read_to_string(t.path().join("stat")).ok()?;
-            let wchan = fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
-            let state = stat
-                .rsplit(')')
-                .next()?
-                .split_whitespace()
-                .next()?
-                .to_owned();
-            let in_fuse = wchan == "request_wait_answer" || wchan.starts_with("fuse");
-            (state == "D" || in_fuse).then(|| format!("{wchan}: {stat}"))
-        })
-        .collect()
+    depot_testkit::process::threads_in_the_storage(std::process::id())
 }
 
 /// Runs `f` on a thread of its own and waits for its answer at most
