@@ -12,12 +12,10 @@ use depot_os::fsproc::{FsPool, HelperCommand, PoolConfig};
 use depot_os::{Cmd, CommandRunner};
 use depot_storage::mount_fs::MountFs;
 
-/// The machine's host name (`/proc/sys/kernel/hostname`).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into())
-}
+// The process helpers live in depot-testkit (one copy for every crate's
+// tests); these paths stay for the tests that use them.
+#[allow(unused_imports)] // each test binary uses a few of them
+pub use depot_testkit::process::{cmdline, find_processes, hostname, pid_alive, signal, terminate};
 
 /// Whether `program` is on PATH (or an existing path).
 pub fn have_program(program: &str) -> bool {
@@ -37,67 +35,6 @@ pub fn run(program: &str, args: &[&str], timeout: Duration) -> Result<String, St
         .run(&cmd)
         .map(|o| o.stdout_lossy().into_owned())
         .map_err(|e| format!("{e} (stderr: {})", e.stderr().trim()))
-}
-
-/// Whether a process is alive: `/proc/<pid>` exists and it is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // Field 3, after the ")" that ends the command name, is the state.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
-}
-
-/// The argv of a process from `/proc/<pid>/cmdline`.
-pub fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            b.split(|&c| c == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Live processes whose argv satisfies `pred`.
-pub fn find_processes(pred: impl Fn(&[String]) -> bool) -> Vec<u32> {
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != std::process::id() && pid_alive(pid) && pred(&cmdline(pid)))
-        .collect()
-}
-
-/// Sends `signal` (e.g. "TERM") to `pid` with kill(1).
-pub fn signal(pid: u32, signal: &str) {
-    let _ = run(
-        "kill",
-        &[&format!("-{signal}"), &pid.to_string()],
-        Duration::from_secs(5),
-    );
-}
-
-/// SIGTERM, wait up to `grace`, then SIGKILL; returns once it is gone
-/// (or after another second).
-pub fn terminate(pid: u32, grace: Duration) {
-    signal(pid, "TERM");
-    let deadline = std::time::Instant::now() + grace;
-    while pid_alive(pid) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if pid_alive(pid) {
-        signal(pid, "KILL");
-        let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        while pid_alive(pid) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 /// The file-system helper of depot-storage's tests (the
