@@ -200,6 +200,31 @@ impl Replacement {
         self.hold_old = hold;
     }
 
+    /// The old file, opened to be held across the rename, if asked
+    /// ([`hold_old_file`](Self::hold_old_file)) and it can be; a mount in
+    /// trouble fails the commit.
+    fn hold_old_now(&self) -> Result<Option<MountWrite>, OvfError> {
+        if !self.hold_old {
+            return Ok(None);
+        }
+        // Opened for writing only because that is the stream there is;
+        // nothing is written.
+        let fs = &self.fs;
+        match fs.open_write(&self.volume, OpenWrite::default(), fs.pool().timeout()) {
+            Ok(w) => Ok(Some(w)),
+            Err(source) if MountTrouble::of(&source).is_some() => Err(OvfError::Write {
+                op: "hold the old OVF_STORE file",
+                path: self.volume.clone(),
+                source,
+            }),
+            Err(e) => {
+                tracing::debug!(volume = %self.volume.display(), error = %e,
+                    "the old OVF_STORE file is not held across the rename");
+                Ok(None)
+            }
+        }
+    }
+
     /// Receives the body into the staging file (see [`upload::receive`]
     /// for `source`), each 1 MiB write a step of a helper's stream with the
     /// mount's deadline.
@@ -323,24 +348,7 @@ impl Replacement {
         let seal = t0.elapsed();
 
         let t1 = Instant::now();
-        let old_file = if self.hold_old {
-            // Opened for writing only because that is the stream there is;
-            // nothing is written.
-            let open = OpenWrite::default();
-            match fs.open_write(&volume, open, fs.pool().timeout()) {
-                Ok(w) => Some(w),
-                Err(e) if MountTrouble::of(&e).is_some() => {
-                    return Err(write_err("hold the old OVF_STORE file", &volume)(e))
-                }
-                Err(e) => {
-                    tracing::debug!(volume = %volume.display(), error = %e,
-                        "the old OVF_STORE file is not held across the rename");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let old_file = self.hold_old_now()?;
         fs.rename(&staging, &volume).map_err(write_err(
             "rename the new OVF_STORE file over the volume",
             &staging,

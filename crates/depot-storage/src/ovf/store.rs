@@ -584,25 +584,7 @@ fn commit_inner(
         sha256: staged.sha256,
         updated: unix_now(),
     };
-    let mut out = match (direct, volume) {
-        (DirectFile::Local { file, .. }, _) => VolumeWriter::Local(file),
-        (DirectFile::Mount { .. }, StoreFile::Mount { fs, path }) => {
-            let open = OpenWrite {
-                direct: true,
-                ..OpenWrite::default()
-            };
-            VolumeWriter::Mount(fs.open_write(path, open, fs.pool().timeout()).map_err(
-                |source| OvfError::Write {
-                    op: "open OVF_STORE volume",
-                    path: path.clone(),
-                    source,
-                },
-            )?)
-        }
-        (DirectFile::Mount { .. }, StoreFile::Local(_)) => {
-            unreachable!("DirectFile::open keeps the kind of its StoreFile")
-        }
-    };
+    let mut out = volume_writer(direct, volume)?;
     // Not flushed on its own: see "Flushes" in docs/formats.md. Written
     // first, so that a process that dies while copying leaves it, not the
     // previous Valid trailer, in front of mixed data; after a power loss
@@ -645,6 +627,43 @@ fn commit_inner(
     // Durable before the Valid trailer is written.
     trailer.state = TrailerState::Valid;
     trailer.updated = unix_now();
+    seal_volume(out, volume, toff, &trailer)?;
+    Ok(trailer)
+}
+
+/// The writer of the copy into the volume: its open descriptor (a block
+/// domain's LV), or a helper's stream (a file on a mount).
+fn volume_writer(direct: DirectFile, volume: &StoreFile) -> Result<VolumeWriter, OvfError> {
+    Ok(match (direct, volume) {
+        (DirectFile::Local { file, .. }, _) => VolumeWriter::Local(file),
+        (DirectFile::Mount { .. }, StoreFile::Mount { fs, path }) => {
+            let open = OpenWrite {
+                direct: true,
+                ..OpenWrite::default()
+            };
+            VolumeWriter::Mount(fs.open_write(path, open, fs.pool().timeout()).map_err(
+                |source| OvfError::Write {
+                    op: "open OVF_STORE volume",
+                    path: path.clone(),
+                    source,
+                },
+            )?)
+        }
+        (DirectFile::Mount { .. }, StoreFile::Local(_)) => {
+            unreachable!("DirectFile::open keeps the kind of its StoreFile")
+        }
+    })
+}
+
+/// The copied data made durable, then the `Valid` trailer written and
+/// made durable after it.
+fn seal_volume(
+    out: VolumeWriter,
+    volume: &StoreFile,
+    toff: u64,
+    trailer: &Trailer,
+) -> Result<(), OvfError> {
+    let volume_path = volume.path();
     let sync_err = |op: &'static str| {
         move |source| OvfError::Write {
             op,
@@ -655,7 +674,7 @@ fn commit_inner(
     match (out, volume) {
         (VolumeWriter::Local(file), _) => {
             file.sync_data().map_err(sync_err("fsync OVF_STORE data"))?;
-            write_trailer(&file, toff, &trailer)?;
+            write_trailer(&file, toff, trailer)?;
             sync_and_close(file)?;
         }
         (VolumeWriter::Mount(w), StoreFile::Mount { fs, path }) => {
@@ -664,14 +683,14 @@ fn commit_inner(
                 direct: true,
                 ..OpenWrite::default()
             };
-            fs.write_at(path, toff, &trailer_block(&trailer)?, open, true)
+            fs.write_at(path, toff, &trailer_block(trailer)?, open, true)
                 .map_err(sync_err("write the OVF_STORE trailer"))?;
         }
         (VolumeWriter::Mount(_), StoreFile::Local(_)) => {
             unreachable!("the writer keeps the kind of its StoreFile")
         }
     }
-    Ok(trailer)
+    Ok(())
 }
 
 /// The volume's state as its trailer says, read with `O_DIRECT`. Cheap (one
