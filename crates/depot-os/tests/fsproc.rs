@@ -864,3 +864,113 @@ fn stat_reports_blocks_and_ctime() {
     let st: protocol::StatInfo = serde_json::from_str(old).unwrap();
     assert_eq!((st.blocks, st.ctime_s), (0, 0));
 }
+
+/// `filefrag -v` of a file: its extents' physical offsets, and whether any
+/// is unwritten (`FALLOC_FL_ZERO_RANGE`'s mark, which leaves the old data
+/// on the disk). `None` where the file system is not ext4 or filefrag is
+/// missing.
+fn extents(path: &Path) -> Option<(Vec<String>, bool)> {
+    let out = Command::new("filefrag").arg("-v").arg(path).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() || !text.contains("Filesystem type is: ef53") {
+        return None;
+    }
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    let physical = rows
+        .iter()
+        .filter_map(|l| l.split(':').nth(2).map(|p| p.trim().to_owned()))
+        .collect();
+    Some((physical, rows.iter().any(|l| l.contains("unwritten"))))
+}
+
+/// A wipe writes the zeros in the helper, over the very blocks of the
+/// data (no hole punched, no extent marked unwritten: the old bytes do
+/// not stay on the disk), and with `only_nonzero` leaves the units that
+/// read as zeros alone (a hole stays a hole).
+#[test]
+fn wipe_overwrites_the_data_in_the_helper() {
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(30));
+    // Dense: 10 MiB + 4 KiB (the last unit short) of 0x55.
+    let len = (10 << 20) + 4096;
+    fs::write(t.path().join("dense"), vec![0x55u8; len]).unwrap();
+    let f = fs::File::open(t.path().join("dense")).unwrap();
+    f.sync_all().unwrap();
+    let before = fs::metadata(t.path().join("dense")).unwrap();
+    let extents_before = extents(&t.path().join("dense"));
+    assert_eq!(p.wipe("dense", 0, len as u64, false).unwrap(), len as u64);
+    let after = fs::metadata(t.path().join("dense")).unwrap();
+    assert_eq!(after.len(), before.len());
+    assert_eq!(after.blocks(), before.blocks(), "nothing punched");
+    let data = fs::read(t.path().join("dense")).unwrap();
+    assert!(data.iter().all(|&b| b == 0), "not all zeros");
+    match (extents_before, extents(&t.path().join("dense"))) {
+        (Some((phys_before, _)), Some((phys_after, unwritten))) => {
+            assert!(!unwritten, "an extent is only marked unwritten");
+            assert_eq!(phys_before, phys_after, "not overwritten in place");
+        }
+        _ => eprintln!("not ext4 (or no filefrag): extents not checked"),
+    }
+
+    // Part of a file: only the range, and only_nonzero on a sparse file.
+    let sparse = t.path().join("sparse");
+    let f = fs::File::create(&sparse).unwrap();
+    f.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0x66u8; 3 << 20], 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0x77u8; 1 << 20], 40 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x88u8], 63 << 20).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let blocks = fs::metadata(&sparse).unwrap().blocks();
+    // Up to 63 MiB: 3 units of data and the one at 40 MiB.
+    assert_eq!(p.wipe("sparse", 0, 63 << 20, true).unwrap(), 4 << 20);
+    let data = fs::read(&sparse).unwrap();
+    assert!(data[..63 << 20].iter().all(|&b| b == 0));
+    assert_eq!(data[63 << 20], 0x88, "past the range: untouched");
+    assert!(
+        fs::metadata(&sparse).unwrap().blocks() <= blocks,
+        "the holes were filled"
+    );
+}
+
+/// A wipe over the cap per call, or not aligned, is refused before
+/// anything is written; a missing file is NotFound; a symlink is refused.
+#[test]
+fn wipe_refuses_what_it_must_not_do() {
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(30));
+    let f = fs::File::create(t.path().join("f")).unwrap();
+    f.set_len(protocol::MAX_WIPE_BYTES + (1 << 20)).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[1u8; 4096], 0).unwrap();
+    drop(f);
+    let too_long = p
+        .wipe("f", 0, protocol::MAX_WIPE_BYTES + 4096, false)
+        .unwrap_err();
+    assert_eq!(
+        too_long.io_kind(),
+        Some(std::io::ErrorKind::InvalidInput),
+        "{too_long}"
+    );
+    for (offset, len) in [(100, 4096), (0, 1000)] {
+        let e = p.wipe("f", offset, len, false).unwrap_err();
+        assert_eq!(e.io_kind(), Some(std::io::ErrorKind::InvalidInput), "{e}");
+    }
+    let mut head = vec![0u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &fs::File::open(t.path().join("f")).unwrap(),
+        &mut head,
+        0,
+    )
+    .unwrap();
+    assert!(head.iter().all(|&b| b == 1), "a refused wipe wrote");
+    let e = p.wipe("missing", 0, 4096, false).unwrap_err();
+    assert_eq!(e.io_kind(), Some(std::io::ErrorKind::NotFound), "{e}");
+    symlink(t.path().join("f"), t.path().join("link")).unwrap();
+    let e = p.wipe("link", 0, 4096, false).unwrap_err();
+    assert!(e.refusal().is_some(), "{e}");
+    // The helper answered every refusal and is still the same one.
+    assert_eq!(p.health().started, 1);
+}

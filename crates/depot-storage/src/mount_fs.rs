@@ -377,6 +377,15 @@ impl MountFs {
         self.run(path, WRITE, |p, r| p.zero_range(r, offset, len, punch))
     }
 
+    /// Zeros written over `len` bytes at `offset` by the helper itself
+    /// (`O_DIRECT`, nothing on the pipe); with `only_nonzero`, 1 MiB units
+    /// that read as zeros are skipped. Aligned, at most
+    /// `depot_os::fsproc::protocol::MAX_WIPE_BYTES` per call. The bytes
+    /// written.
+    pub fn wipe(&self, path: &Path, offset: u64, len: u64, only_nonzero: bool) -> io::Result<u64> {
+        self.run(path, WRITE, |p, r| p.wipe(r, offset, len, only_nonzero))
+    }
+
     pub fn fsync(&self, path: &Path) -> io::Result<()> {
         self.run(path, WRITE, |p, r| p.fsync(r))
     }

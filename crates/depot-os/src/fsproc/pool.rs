@@ -472,6 +472,30 @@ impl FsPool {
         })
     }
 
+    /// Overwrites `len` bytes at `offset` with zeros written by the
+    /// helper with `O_DIRECT` (no data on the pipe); with `only_nonzero`,
+    /// 1 MiB units that read as zeros are left alone. `offset` and `len`
+    /// aligned, `len` at most [`MAX_WIPE_BYTES`](super::protocol::MAX_WIPE_BYTES).
+    /// Returns the bytes written.
+    pub fn wipe(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        only_nonzero: bool,
+    ) -> Result<u64, FsProcError> {
+        let request = Request::Wipe {
+            path: path.into(),
+            offset,
+            len,
+            only_nonzero,
+        };
+        match self.run(request, &[])? {
+            (Reply::Written { len }, _) => Ok(len),
+            (other, _) => Err(self.unexpected("wipe", other)),
+        }
+    }
+
     pub fn truncate(&self, path: &str, len: u64) -> Result<(), FsProcError> {
         self.done(Request::Truncate {
             path: path.into(),

@@ -29,6 +29,18 @@ pub const MAX_DATA_BYTES: u32 = 32 << 20;
 /// The most entries one listing returns; more are reported as truncated.
 pub const MAX_LIST_ENTRIES: u32 = 20_000;
 
+/// The most bytes one [`Request::Wipe`] covers: a step of a long wipe,
+/// which must fit one call's deadline (64 MiB in 60 s is 1.1 MB/s).
+pub const MAX_WIPE_BYTES: u64 = 64 << 20;
+
+/// The unit a [`Request::Wipe`] with `only_nonzero` reads and skips when
+/// it is all zeros.
+pub const WIPE_UNIT: u64 = 1 << 20;
+
+/// The alignment of a [`Request::Wipe`]'s offset and length (the
+/// smallest logical block size; the file system checks its own).
+pub const WIPE_ALIGN: u64 = 512;
+
 /// The bytes before the header: its length and the data's.
 const PREFIX_BYTES: usize = 8;
 
@@ -144,6 +156,21 @@ pub enum Request {
     FsyncDir {
         path: String,
     },
+    /// Overwrites `len` bytes at `offset` with zeros that the helper
+    /// writes itself with `O_DIRECT` from a zeroed buffer of its own (no
+    /// data on the pipe). The data is overwritten, never punched or
+    /// marked unwritten (the old bytes must not stay on the disk).
+    /// `offset` and `len` are multiples of [`WIPE_ALIGN`] (and of the
+    /// file's block size), `len` at most [`MAX_WIPE_BYTES`]. With
+    /// `only_nonzero`, each [`WIPE_UNIT`] is read first (`O_DIRECT`) and
+    /// left alone if it is all zeros (a hole stays a hole). The reply is
+    /// [`Reply::Written`] with the bytes written.
+    Wipe {
+        path: String,
+        offset: u64,
+        len: u64,
+        only_nonzero: bool,
+    },
     /// Whether the file opens and reads with `O_DIRECT`, and its block
     /// size.
     DirectProbe {
@@ -223,6 +250,7 @@ impl Request {
             Request::Chown { .. } => "chown",
             Request::Fsync { .. } => "fsync",
             Request::FsyncDir { .. } => "fsync_dir",
+            Request::Wipe { .. } => "wipe",
             Request::DirectProbe { .. } => "direct_probe",
             Request::StreamOpen { .. } => "stream_open",
             Request::StreamWrite { .. } => "stream_write",
@@ -247,6 +275,7 @@ impl Request {
             | Request::Rmdir { path }
             | Request::Rmtree { path }
             | Request::ZeroRange { path, .. }
+            | Request::Wipe { path, .. }
             | Request::Truncate { path, .. }
             | Request::Fallocate { path, .. }
             | Request::Chmod { path, .. }

@@ -232,6 +232,14 @@ pub(super) fn dispatch(c: &mut Confined, request: &Request, data: &[u8]) -> Outc
             len,
             punch,
         } => done(c.zero_range(path, *offset, *len, *punch)),
+        Request::Wipe {
+            path,
+            offset,
+            len,
+            only_nonzero,
+        } => c
+            .wipe(path, *offset, *len, *only_nonzero)
+            .map(|len| (Reply::Written { len }, none())),
         Request::Truncate { path, len } => done(c.truncate(path, *len)),
         Request::Fallocate { path, offset, len } => done(c.fallocate(path, *offset, *len)),
         Request::Chmod { path, mode } => done(c.chmod(path, *mode)),

@@ -88,13 +88,19 @@ pub const FILE_VOLUME_MODE: u32 = 0o660;
 /// deadline.
 const PREALLOCATE_STEP: u64 = 1 << 30;
 
-/// Size of the aligned chunks [`wipe_file`] writes (and of the zeros
-/// written where `fallocate` is missing): one helper call each.
-pub const WIPE_CHUNK: usize = 8 * 1024 * 1024;
+/// Size of the aligned chunks [`wipe_file`] has the helpers zero: one call
+/// each, which must fit the deadline (at most the protocol's
+/// `MAX_WIPE_BYTES`; 32 MiB in the default 60 s is 0.6 MB/s). A call costs
+/// tens of µs: at this size the calls are not what a wipe's time is.
+pub const WIPE_CHUNK: u64 = 32 << 20;
+
+/// The zeros written per call where `fallocate` is missing (they cross the
+/// pipe).
+const ZEROS_CHUNK: usize = 8 << 20;
 
 /// In a sparse file, [`wipe_file`] skips ranges of this size that read as
-/// zeros.
-const WIPE_PROBE_UNIT: usize = 1024 * 1024;
+/// zeros (the helper's unit: `WIPE_UNIT`).
+const WIPE_PROBE_UNIT: u64 = depot_os::fsproc::protocol::WIPE_UNIT;
 
 /// Bytes per `st_blocks` unit.
 const STAT_BLOCK: u64 = 512;
@@ -1319,9 +1325,9 @@ fn preallocate(fs: &MountFs, path: &Path, offset: u64, len: u64) -> io::Result<(
     Ok(())
 }
 
-/// Zeros written over `len` bytes at `offset`, [`WIPE_CHUNK`] per call.
+/// Zeros written over `len` bytes at `offset`, [`ZEROS_CHUNK`] per call.
 fn write_zeros(fs: &MountFs, path: &Path, offset: u64, len: u64) -> io::Result<()> {
-    let zeros = vec![0u8; WIPE_CHUNK];
+    let zeros = vec![0u8; ZEROS_CHUNK];
     let mut done = 0u64;
     while done < len {
         let n = usize::try_from(len - done).map_or(zeros.len(), |r| r.min(zeros.len()));
@@ -1341,18 +1347,17 @@ fn write_zeros(fs: &MountFs, path: &Path, offset: u64, len: u64) -> io::Result<(
 /// wipe, since punching holes (or `FALLOC_FL_ZERO_RANGE`, which only marks
 /// extents unwritten) would leave the old blocks on the disk.
 ///
-/// The aligned bulk is written with `O_DIRECT` in [`WIPE_CHUNK`] chunks
-/// (no page cache to fill, nothing left unwritten in it), a tail that is
-/// not a multiple of the direct I/O alignment with a normal write, each
-/// chunk one call in the mount's helpers with their deadline. In a sparse
-/// file, chunks that already read as zeros (holes) are skipped, so the
-/// wipe neither allocates the holes nor runs the domain out of space. The
-/// file keeps its size and allocation. Returns the bytes written. The file
-/// must be a regular file reached without a symlink (else 254); other
-/// errors are CannotDeleteVolume (222), or 2001/2002 for a mount in
-/// trouble.
-// long: a few lines over: the dense and the sparse loop side by side, with
-// the alignment checks they share.
+/// The aligned bulk is zeroed by the mount's helpers themselves
+/// ([`MountFs::wipe`]: `O_DIRECT` from a zeroed buffer of theirs, no zero
+/// byte on the pipe), [`WIPE_CHUNK`] per call, each call with the helpers'
+/// deadline; a tail that is not a multiple of the direct I/O alignment is
+/// written with a normal write. In a sparse file the helper reads each
+/// 1 MiB unit first and skips those that already read as zeros (holes),
+/// so the wipe neither allocates the holes nor runs the domain out of
+/// space. The file keeps its size and allocation. Returns the bytes
+/// written. The file must be a regular file reached without a symlink
+/// (else 254); other errors are CannotDeleteVolume (222), or 2001/2002 for
+/// a mount in trouble.
 pub fn wipe_file(fs: &MountFs, path: &Path) -> StorageResult<u64> {
     const OP: &str = "wipe volume data";
     let code = Code::CannotDeleteVolume;
@@ -1362,63 +1367,29 @@ pub fn wipe_file(fs: &MountFs, path: &Path) -> StorageResult<u64> {
     let sparse = st.blocks * STAT_BLOCK < len;
     let probe = fs.direct_probe(path).map_err(fail)?;
     let align = u64::from(probe.block_size).max(512);
-    if !probe.supported || !align.is_power_of_two() || align > WIPE_PROBE_UNIT as u64 {
+    if !probe.supported || !align.is_power_of_two() || align > WIPE_PROBE_UNIT {
         return Err(StorageError::new(
             code,
             OP,
             format!("{}: unusable direct I/O: {probe:?}", path.display()),
         ));
     }
-    let direct = OpenWrite {
-        direct: true,
-        ..OpenWrite::default()
-    };
-    let zeros = vec![0u8; WIPE_CHUNK];
     let bulk = len - len % align;
     let mut written = 0u64;
     let mut off = 0u64;
     while off < bulk {
-        let n = usize::try_from(bulk - off).map_or(WIPE_CHUNK, |r| r.min(WIPE_CHUNK));
-        let ranges = if sparse {
-            let got = fs.read_at(path, off, n as u32, true).map_err(fail)?;
-            nonzero_units(&got, n)
-        } else {
-            vec![(0, n)]
-        };
-        for (s, m) in ranges {
-            fs.write_at(path, off + s as u64, &zeros[..m], direct, false)
-                .map_err(fail)?;
-            written += m as u64;
-        }
-        off += n as u64;
+        let n = (bulk - off).min(WIPE_CHUNK);
+        written += fs.wipe(path, off, n, sparse).map_err(fail)?;
+        off += n;
     }
     if bulk < len {
-        let n = (len - bulk) as usize;
-        fs.write_at(path, bulk, &zeros[..n], OpenWrite::default(), false)
+        let zeros = vec![0u8; (len - bulk) as usize];
+        fs.write_at(path, bulk, &zeros, OpenWrite::default(), false)
             .map_err(fail)?;
-        written += n as u64;
+        written += zeros.len() as u64;
     }
     fs.fsync(path).map_err(fail)?;
     Ok(written)
-}
-
-/// The `(start, len)` runs of [`WIPE_PROBE_UNIT`]s of a chunk of `n` bytes
-/// that need zeros: those that did not read as zeros, or were not read
-/// (`got` is short), adjacent ones merged into one write.
-fn nonzero_units(got: &[u8], n: usize) -> Vec<(usize, usize)> {
-    let mut out: Vec<(usize, usize)> = Vec::new();
-    let mut s = 0;
-    while s < n {
-        let m = (n - s).min(WIPE_PROBE_UNIT);
-        if got.len() < s + m || got[s..s + m].iter().any(|&b| b != 0) {
-            match out.last_mut() {
-                Some((start, len)) if *start + *len == s => *len += m,
-                _ => out.push((s, m)),
-            }
-        }
-        s += m;
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1470,21 +1441,5 @@ mod tests {
             "{before:?} {after:?}"
         );
         assert!(n >= (3 << 20) + 100, "{n}");
-    }
-
-    #[test]
-    fn nonzero_units_are_merged() {
-        let unit = WIPE_PROBE_UNIT;
-        let mut got = vec![0u8; 4 * unit];
-        got[5] = 1;
-        got[unit + 7] = 1;
-        got[3 * unit] = 1;
-        assert_eq!(
-            nonzero_units(&got, 4 * unit),
-            vec![(0, 2 * unit), (3 * unit, unit)]
-        );
-        // Not read (short): written.
-        assert_eq!(nonzero_units(&got[..unit], 2 * unit), vec![(0, 2 * unit)]);
-        assert_eq!(nonzero_units(&vec![0u8; unit], unit), vec![]);
     }
 }
