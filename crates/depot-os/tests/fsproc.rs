@@ -265,6 +265,12 @@ fn exclusive_create(p: &FsPool) {
     assert_eq!(again.errno(), Some(libc::EEXIST), "{again}");
     assert_eq!(p.read("excl", 0, 16, false).unwrap(), b"one");
     p.unlink("excl").unwrap();
+    // A new file has exactly the mode asked for, whatever the umask
+    // (this process's 022 for a pool in process, the helper's otherwise).
+    let open = OpenWrite { mode: 0o666, ..new };
+    p.write("excl", 0, b"", open, false).unwrap();
+    assert_eq!(p.stat("excl").unwrap().mode, 0o666);
+    p.unlink("excl").unwrap();
 }
 
 #[test]
@@ -973,4 +979,182 @@ fn wipe_refuses_what_it_must_not_do() {
     assert!(e.refusal().is_some(), "{e}");
     // The helper answered every refusal and is still the same one.
     assert_eq!(p.health().started, 1);
+}
+
+/// A batch of reads is one round trip: each item answered as it would be
+/// alone (its data, or its error with the errno and the item's path).
+#[test]
+fn a_batch_of_reads_is_one_call_with_each_answer() {
+    use protocol::{Reply, Request};
+    let t = tempfile::tempdir().unwrap();
+    fs::create_dir(t.path().join("img")).unwrap();
+    fs::write(t.path().join("img/a.meta"), b"CAP=1\nEOF\n").unwrap();
+    fs::write(t.path().join("img/a"), vec![7u8; 8192]).unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(30));
+    p.ping().unwrap();
+    let calls = p.health().calls;
+    let items = [
+        Request::Listdir {
+            path: "img".into(),
+            max_entries: 100,
+        },
+        Request::Read {
+            path: "img/a.meta".into(),
+            offset: 0,
+            len: 65,
+            direct: false,
+        },
+        Request::Read {
+            path: "img/missing.meta".into(),
+            offset: 0,
+            len: 65,
+            direct: false,
+        },
+        Request::Lstat {
+            path: "img/a".into(),
+        },
+        Request::Read {
+            path: "img/a".into(),
+            offset: 4096,
+            len: 4096,
+            direct: true,
+        },
+        Request::Exists {
+            path: "img/b".into(),
+        },
+    ];
+    let answers = p.batch(&items).unwrap();
+    assert_eq!(p.health().calls, calls + 1, "one round trip");
+    assert_eq!(answers.len(), items.len());
+    let mut it = answers.into_iter();
+    match it.next().unwrap().unwrap() {
+        (Reply::Listing { entries, truncated }, d) => {
+            let mut names: Vec<_> = entries.into_iter().map(|e| e.name).collect();
+            names.sort();
+            assert_eq!(
+                (names, truncated, d.len()),
+                (vec!["a".into(), "a.meta".to_string()], false, 0)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        it.next().unwrap().unwrap(),
+        (Reply::Data, b"CAP=1\nEOF\n".to_vec())
+    );
+    let e = it.next().unwrap().unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENOENT), "{e}");
+    assert!(e.to_string().contains("img/missing.meta"), "{e}");
+    match it.next().unwrap().unwrap() {
+        (Reply::Stat { stat }, d) => {
+            assert_eq!((stat.kind, stat.size, d.len()), (FileKind::File, 8192, 0))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(it.next().unwrap().unwrap(), (Reply::Data, vec![7u8; 4096]));
+    assert_eq!(
+        it.next().unwrap().unwrap(),
+        (Reply::Exists { exists: false }, vec![])
+    );
+
+    // The same answers in process.
+    let local = FsPool::in_process(t.path().to_owned(), Duration::from_secs(30));
+    let here = local.batch(&items).unwrap();
+    assert_eq!(here.len(), items.len());
+    assert_eq!(
+        here[1].as_ref().unwrap(),
+        &(Reply::Data, b"CAP=1\nEOF\n".to_vec())
+    );
+    assert_eq!(here[2].as_ref().unwrap_err().errno(), Some(libc::ENOENT));
+}
+
+/// What may not be in a batch is refused whole, before anything is made:
+/// a write, a nested batch, too many items, reads that could return more
+/// than a frame; the helper answers and lives on.
+#[test]
+fn a_batch_refuses_writes_nesting_and_excess() {
+    use protocol::Request;
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(30));
+    let stat = Request::Stat { path: "".into() };
+    let write = Request::Mkdir {
+        path: "made".into(),
+        mode: 0o755,
+    };
+    let nested = Request::Batch {
+        items: vec![stat.clone()],
+    };
+    let big_read = |len| Request::Read {
+        path: "f".into(),
+        offset: 0,
+        len,
+        direct: false,
+    };
+    for items in [
+        vec![stat.clone(), write.clone()],
+        vec![nested.clone()],
+        vec![stat.clone(); protocol::MAX_BATCH_ITEMS + 1],
+    ] {
+        let e = p.batch(&items).unwrap_err();
+        assert_eq!(e.io_kind(), Some(std::io::ErrorKind::InvalidInput), "{e}");
+    }
+    // The helper itself refuses them too (frames a client could send).
+    let hello = protocol::RequestHeader {
+        id: 1,
+        request: Request::Hello {
+            version: protocol::PROTOCOL_VERSION,
+            root: t.path().to_string_lossy().into_owned(),
+        },
+    };
+    let mut input = protocol::encode(&hello, &[]).unwrap();
+    let frames = [
+        Request::Batch {
+            items: vec![stat.clone(), write],
+        },
+        Request::Batch {
+            items: vec![nested],
+        },
+        Request::Batch {
+            items: vec![big_read(protocol::MAX_DATA_BYTES), big_read(1)],
+        },
+        Request::Ping,
+    ];
+    for (i, request) in frames.into_iter().enumerate() {
+        let header = protocol::RequestHeader {
+            id: i as u64 + 2,
+            request,
+        };
+        input.extend(protocol::encode(&header, &[]).unwrap());
+    }
+    let out = run_helper_with_input(&input);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let mut replies = &out.stdout[..];
+    let _hello: (protocol::ReplyHeader, Vec<u8>) = protocol::read_frame(&mut replies).unwrap();
+    for id in 2..=4 {
+        let (reply, _): (protocol::ReplyHeader, Vec<u8>) =
+            protocol::read_frame(&mut replies).unwrap();
+        assert_eq!(reply.id, id);
+        let err = reply.result.unwrap_err();
+        assert!(err.invalid, "{err:?}");
+    }
+    let (pong, _): (protocol::ReplyHeader, Vec<u8>) = protocol::read_frame(&mut replies).unwrap();
+    assert_eq!(pong.result, Ok(protocol::Reply::Pong));
+    assert!(
+        !t.path().join("made").exists(),
+        "a refused batch made something"
+    );
+
+    // More items than the cap: a malformed frame, refused while parsed.
+    let many = format!(
+        r#"{{"id":9,"request":{{"op":"batch","items":[{}]}}}}"#,
+        vec![r#"{"op":"ping"}"#; protocol::MAX_BATCH_ITEMS + 1].join(",")
+    );
+    let mut input = protocol::encode(&hello, &[]).unwrap();
+    input.extend((many.len() as u32).to_be_bytes());
+    input.extend(0u32.to_be_bytes());
+    input.extend(many.as_bytes());
+    let out = run_helper_with_input(&input);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("more than 64"), "{stderr}");
 }

@@ -203,6 +203,13 @@ impl Confined {
             ));
         }
         check_same_dev(&at, &md)?;
+        // A file this call made (O_EXCL: nobody else's) has exactly the
+        // mode asked for, whatever the umask cut off (the helper's, or
+        // depotd's for a pool in process): no chmod call after it.
+        let made = OFlag::O_CREAT | OFlag::O_EXCL;
+        if flags.contains(made) && md.permissions().mode() & 0o7777 != mode & 0o7777 {
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
         Ok(file)
     }
 

@@ -37,6 +37,10 @@ pub const MAX_WIPE_BYTES: u64 = 64 << 20;
 /// it is all zeros.
 pub const WIPE_UNIT: u64 = 1 << 20;
 
+/// The most requests one [`Request::Batch`] carries (checked while its
+/// header is parsed: a longer list is a malformed frame).
+pub const MAX_BATCH_ITEMS: usize = 64;
+
 /// The alignment of a [`Request::Wipe`]'s offset and length (the
 /// smallest logical block size; the file system checks its own).
 pub const WIPE_ALIGN: u64 = 512;
@@ -192,6 +196,45 @@ pub enum Request {
         handle: u64,
         fsync: bool,
     },
+    /// Several reads in one round trip: each item is made in turn and
+    /// answered in one [`Reply::Batch`], its reply or its error, the data
+    /// of reads concatenated in the frame's data. Only requests that
+    /// change nothing and carry no data are allowed (see
+    /// [`Request::batchable`]); a batch with another, or whose reads could
+    /// return more than [`MAX_DATA_BYTES`], is refused whole, before any
+    /// item is made. At most [`MAX_BATCH_ITEMS`] items.
+    Batch {
+        #[serde(deserialize_with = "bounded_items")]
+        items: Vec<Request>,
+    },
+}
+
+/// The items of a [`Request::Batch`], refused past [`MAX_BATCH_ITEMS`]
+/// while they are parsed (not after a longer list was built).
+fn bounded_items<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Request>, D::Error> {
+    struct Items;
+    impl<'de> serde::de::Visitor<'de> for Items {
+        type Value = Vec<Request>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX_BATCH_ITEMS} requests")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                if items.len() == MAX_BATCH_ITEMS {
+                    return Err(serde::de::Error::custom(format!(
+                        "a batch of more than {MAX_BATCH_ITEMS} requests"
+                    )));
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+    d.deserialize_seq(Items)
 }
 
 /// How a file is opened for writing.
@@ -202,7 +245,8 @@ pub struct OpenWrite {
     /// Cut it to length 0 first.
     pub truncate: bool,
     /// With `create`: fail with `EEXIST` if it exists (`O_EXCL`), so that
-    /// a new file is never someone else's. Absent in frames of older
+    /// a new file is never someone else's; the new file then has exactly
+    /// `mode` (the umask does not apply). Absent in frames of older
     /// writers (false).
     #[serde(default)]
     pub exclusive: bool,
@@ -255,6 +299,33 @@ impl Request {
             Request::StreamOpen { .. } => "stream_open",
             Request::StreamWrite { .. } => "stream_write",
             Request::StreamClose { .. } => "stream_close",
+            Request::Batch { .. } => "batch",
+        }
+    }
+
+    /// Whether the request may be an item of a [`Request::Batch`]: it
+    /// changes nothing and carries no data (no write, stream, hello or
+    /// batch).
+    pub fn batchable(&self) -> bool {
+        matches!(
+            self,
+            Request::Ping
+                | Request::Stat { .. }
+                | Request::Lstat { .. }
+                | Request::Statvfs { .. }
+                | Request::Exists { .. }
+                | Request::Listdir { .. }
+                | Request::Read { .. }
+                | Request::DirectProbe { .. }
+        )
+    }
+
+    /// The most data the request's reply carries (a read's `len`).
+    pub fn reply_data_max(&self) -> u64 {
+        match self {
+            Request::Read { len, .. } => u64::from(*len),
+            Request::Batch { items } => items.iter().map(Request::reply_data_max).sum(),
+            _ => 0,
         }
     }
 
@@ -285,7 +356,10 @@ impl Request {
             | Request::DirectProbe { path }
             | Request::StreamOpen { path, .. } => path,
             Request::Rename { from, .. } | Request::Link { from, .. } => from,
-            Request::Ping | Request::StreamWrite { .. } | Request::StreamClose { .. } => "",
+            Request::Ping
+            | Request::StreamWrite { .. }
+            | Request::StreamClose { .. }
+            | Request::Batch { .. } => "",
         }
     }
 }
@@ -396,6 +470,20 @@ pub enum Reply {
         probe: DirectProbe,
     },
     Done,
+    /// The answers of a [`Request::Batch`], one per item in order.
+    Batch {
+        items: Vec<BatchReply>,
+    },
+}
+
+/// One item's answer in a [`Reply::Batch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchReply {
+    pub result: Result<Reply, WireError>,
+    /// How many bytes of the frame's data are this item's (a read's data;
+    /// 0 for the others), after those of the items before it.
+    pub data_len: u32,
 }
 
 /// A failed request, as the helper saw it.

@@ -65,6 +65,7 @@ use std::time::Duration;
 
 use depot_api::storage::{AllocType, ImgUuid, Legality, SdUuid, VolType, VolUuid, VolumeFormat};
 use depot_api::Code;
+use depot_os::fsproc::protocol::MAX_BATCH_ITEMS;
 use depot_os::fsproc::{FileKind, OpenWrite, StatInfo};
 use depot_os::{ImageFormat, Preallocation, QemuImg};
 
@@ -72,7 +73,7 @@ use crate::error::{BoxError, StorageError, StorageResult};
 use crate::layout::{DomainPaths, CREATING_SUFFIX, META_SUFFIX};
 use crate::metadata::volume::keys;
 use crate::metadata::VolumeMetadata;
-use crate::mount_fs::MountFs;
+use crate::mount_fs::{Look, MountFs, Seen};
 use crate::volume_data::open_error;
 use crate::volume_store::{
     check_parent, new_metadata, round_up, CreateVolume, MetadataChange, VolumeInfo, VolumeStore,
@@ -225,11 +226,14 @@ impl<'a> FileVolumes<'a> {
                 }
             }
         }
-        // qemu-img may have changed the mode, and the umask may have cut
-        // bits off the one asked for; VDSM forces it too.
-        fs.chmod(&data, FILE_VOLUME_MODE)
-            .and_then(|()| fs.fsync(&data))
-            .map_err(|e| failed(&data, e))?;
+        // The data file was made exclusive, so the helper gave it exactly
+        // FILE_VOLUME_MODE (no umask); qemu-img may have changed it since,
+        // so a qcow2's is forced, as VDSM does.
+        if md.format == VolumeFormat::Cow {
+            fs.chmod(&data, FILE_VOLUME_MODE)
+                .map_err(|e| failed(&data, e))?;
+        }
+        fs.fsync(&data).map_err(|e| failed(&data, e))?;
 
         let lease = self.paths.volume_lease(img, vol);
         let lease_file = OpenWrite {
@@ -397,15 +401,36 @@ impl VolumeStore for FileVolumes<'_> {
     fn info(&self, img: ImgUuid, vol: VolUuid) -> StorageResult<VolumeInfo> {
         const OP: &str = "volume info";
         let fs = self.fs;
-        // One listing for the marker and the other volumes, one read of
-        // the record, one stat of the data (and a read per other volume
-        // of the image, for the children).
-        let entries = ImageEntries::scan(fs, self.paths, img, OP)?;
+        // One round trip to a helper: the listing (for the marker and the
+        // other volumes), the record, the stat of the data; a second only
+        // for the other volumes' records (the children), if there are any.
+        // The answers are taken in the order the calls were made one by
+        // one, with the same errors.
+        let (dir, meta, data) = (
+            self.paths.image(img),
+            self.paths.volume_meta(img, vol),
+            self.paths.volume(img, vol),
+        );
+        let looks = [
+            Look::Names(&dir),
+            Look::ReadToEnd(&meta, META_READ_MAX),
+            Look::Lstat(&data),
+        ];
+        // No answer at all: as the listing, the first call, would fail.
+        let seen = fs
+            .look(&looks)
+            .map_err(|e| open_error(Code::ImagePathError, OP, &dir, e))?;
+        let [names, record, stat] = <[io::Result<Seen>; 3]>::try_from(seen)
+            .map_err(|_| StorageError::new(Code::ImagePathError, OP, "three answers expected"))?;
+        let entries = ImageEntries::of_listing(names.and_then(seen_names), &dir, OP)?;
         entries.refuse_creating(self.paths, img, vol, OP)?;
-        let metadata = read_meta(fs, self.paths, img, vol, OP)?;
+        let metadata = record_of(record.and_then(seen_data), &meta, img, vol, OP)?;
         let others: Vec<VolUuid> = entries.complete().filter(|&v| v != vol).collect();
         let children = children_among(fs, self.paths, img, vol, &others, OP)?;
-        volume_info(fs, self.paths, img, vol, metadata, children, OP)
+        let st = stat
+            .and_then(seen_stat)
+            .map_err(|e| missing_or(e, &data, img, vol, Code::VolumeMetadataReadError, OP))?;
+        Ok(info_of(self.paths, img, vol, metadata, children, &st))
     }
 
     /// `(apparent, true)` size of the data file: `st_size` and
@@ -862,22 +887,54 @@ pub(crate) fn read_meta(
     op: &'static str,
 ) -> StorageResult<VolumeMetadata> {
     let path = paths.volume_meta(img, vol);
-    let bytes = fs
-        .read_to_end(&path, META_READ_MAX)
-        .map_err(|e| match e.kind() {
-            ErrorKind::NotFound => StorageError::new(
-                Code::VolumeDoesNotExist,
-                op,
-                format!("volume {vol} of image {img}: no {}", path.display()),
-            )
-            .caused_by(e),
-            // Anything but a regular file there is refused by the helper
-            // before it reads: unreadable too.
-            _ => StorageError::io(Code::VolumeMetadataReadError, op, &path, e),
-        })?;
+    record_of(fs.read_to_end(&path, META_READ_MAX), &path, img, vol, op)
+}
+
+/// [`read_meta`] of what the read of `path` answered.
+fn record_of(
+    read: io::Result<Vec<u8>>,
+    path: &Path,
+    img: ImgUuid,
+    vol: VolUuid,
+    op: &'static str,
+) -> StorageResult<VolumeMetadata> {
+    let bytes = read.map_err(|e| match e.kind() {
+        ErrorKind::NotFound => StorageError::new(
+            Code::VolumeDoesNotExist,
+            op,
+            format!("volume {vol} of image {img}: no {}", path.display()),
+        )
+        .caused_by(e),
+        // Anything but a regular file there is refused by the helper
+        // before it reads: unreadable too.
+        _ => StorageError::io(Code::VolumeMetadataReadError, op, path, e),
+    })?;
     VolumeMetadata::parse(&bytes).map_err(|e| {
         StorageError::new(e.code, op, format!("{}: {}", path.display(), e.detail)).with_cause_of(&e)
     })
+}
+
+/// The answers of [`MountFs::look`] as the kinds asked for (another kind
+/// is the helper's mistake, an error).
+fn seen_names(seen: Seen) -> io::Result<Vec<String>> {
+    match seen {
+        Seen::Names(names) => Ok(names),
+        other => Err(io::Error::other(format!("a listing expected: {other:?}"))),
+    }
+}
+
+fn seen_data(seen: Seen) -> io::Result<Vec<u8>> {
+    match seen {
+        Seen::Data(bytes) => Ok(bytes),
+        other => Err(io::Error::other(format!("data expected: {other:?}"))),
+    }
+}
+
+fn seen_stat(seen: Seen) -> io::Result<StatInfo> {
+    match seen {
+        Seen::Stat(st) => Ok(st),
+        other => Err(io::Error::other(format!("a stat expected: {other:?}"))),
+    }
 }
 
 /// 201 for a half-created volume.
@@ -1036,7 +1093,19 @@ pub(crate) fn volume_info(
     op: &'static str,
 ) -> StorageResult<VolumeInfo> {
     let st = stat_volume(fs, paths, img, vol, Code::VolumeMetadataReadError, op)?;
-    Ok(VolumeInfo {
+    Ok(info_of(paths, img, vol, metadata, children, &st))
+}
+
+/// A volume's [`VolumeInfo`] from its record, children and data's stat.
+fn info_of(
+    paths: &DomainPaths,
+    img: ImgUuid,
+    vol: VolUuid,
+    metadata: VolumeMetadata,
+    children: Vec<VolUuid>,
+    st: &StatInfo,
+) -> VolumeInfo {
+    VolumeInfo {
         volume: vol,
         metadata,
         path: paths.volume(img, vol),
@@ -1044,7 +1113,7 @@ pub(crate) fn volume_info(
         true_size: st.blocks * STAT_BLOCK,
         children,
         mtime: u64::try_from(st.mtime_s).unwrap_or(0),
-    })
+    }
 }
 
 /// `name` as a volume id if it is one in canonical form (so that the id
@@ -1074,12 +1143,21 @@ impl ImageEntries {
         op: &'static str,
     ) -> StorageResult<ImageEntries> {
         let dir = paths.image(img);
-        match fs.names(&dir) {
+        ImageEntries::of_listing(fs.names(&dir), &dir, op)
+    }
+
+    /// [`scan`](Self::scan) of what the listing of `dir` answered.
+    pub(crate) fn of_listing(
+        listing: io::Result<Vec<String>>,
+        dir: &Path,
+        op: &'static str,
+    ) -> StorageResult<ImageEntries> {
+        match listing {
             Ok(names) => Ok(ImageEntries {
                 names: names.into_iter().collect(),
             }),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(ImageEntries::default()),
-            Err(e) => Err(open_error(Code::ImagePathError, op, &dir, e)),
+            Err(e) => Err(open_error(Code::ImagePathError, op, dir, e)),
         }
     }
 
@@ -1154,8 +1232,9 @@ fn parent_in_record(bytes: &[u8]) -> Option<VolUuid> {
     None
 }
 
-/// Parent of each of `vols`, from its record (one read each; a record
-/// gone meanwhile is skipped).
+/// Parent of each of `vols`, from its record (the reads batched, one
+/// round trip per [`MAX_BATCH_ITEMS`] records; a record gone meanwhile is
+/// skipped).
 fn parents_of(
     fs: &MountFs,
     paths: &DomainPaths,
@@ -1164,22 +1243,23 @@ fn parents_of(
     op: &'static str,
 ) -> StorageResult<HashMap<VolUuid, VolUuid>> {
     let mut out = HashMap::new();
-    for &v in vols {
-        let path = paths.volume_meta(img, v);
-        match fs.read_to_end(&path, META_READ_MAX) {
-            Ok(bytes) => {
-                if let Some(p) = parent_in_record(&bytes) {
-                    out.insert(v, p);
+    for group in vols.chunks(MAX_BATCH_ITEMS) {
+        let metas: Vec<_> = group.iter().map(|&v| paths.volume_meta(img, v)).collect();
+        let looks: Vec<Look<'_>> = metas
+            .iter()
+            .map(|p| Look::ReadToEnd(p, META_READ_MAX))
+            .collect();
+        let failed = |path: &Path, e| StorageError::io(Code::VolumeMetadataReadError, op, path, e);
+        let seen = fs.look(&looks).map_err(|e| failed(&metas[0], e))?;
+        for ((&v, path), answer) in group.iter().zip(&metas).zip(seen) {
+            match answer.and_then(seen_data) {
+                Ok(bytes) => {
+                    if let Some(p) = parent_in_record(&bytes) {
+                        out.insert(v, p);
+                    }
                 }
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(StorageError::io(
-                    Code::VolumeMetadataReadError,
-                    op,
-                    &path,
-                    e,
-                ))
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(failed(path, e)),
             }
         }
     }
