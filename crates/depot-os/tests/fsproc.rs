@@ -405,14 +405,15 @@ fn a_helper_of_another_version_is_refused() {
         .arg(format!("cat {}; exec sleep 30", frame.display()));
     let e = FsProc::start(&cmd, t.path(), Duration::from_secs(30)).unwrap_err();
     assert!(matches!(e, FsProcError::Protocol { .. }), "{e}");
-    assert!(e.to_string().contains("version 1"), "{e}");
+    let ours = format!("version {}", protocol::PROTOCOL_VERSION);
+    assert!(e.to_string().contains(&ours), "{e}");
 
     // And the real helper refuses a client of another version, then exits.
     let mut input = Vec::new();
     let hello = protocol::RequestHeader {
         id: 1,
         request: protocol::Request::Hello {
-            version: 2,
+            version: protocol::PROTOCOL_VERSION + 1,
             root: "/".into(),
         },
     };
@@ -422,7 +423,18 @@ fn a_helper_of_another_version_is_refused() {
     let (reply, _): (protocol::ReplyHeader, Vec<u8>) =
         protocol::read_frame(&mut &out.stdout[..]).unwrap();
     let err = reply.result.unwrap_err();
-    assert!(err.invalid && err.message.contains("version 2"), "{err:?}");
+    let theirs = format!("version {}", protocol::PROTOCOL_VERSION + 1);
+    assert!(err.invalid && err.message.contains(&theirs), "{err:?}");
+    // A client of version 1 (before wipe and batch) is refused too.
+    let old = protocol::RequestHeader {
+        id: 1,
+        request: protocol::Request::Hello {
+            version: 1,
+            root: "/".into(),
+        },
+    };
+    let out = run_helper_with_input(&protocol::encode(&old, &[]).unwrap());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
 
 /// Runs the helper binary with `input` on stdin; its output.

@@ -17,7 +17,12 @@ use serde::{Deserialize, Serialize};
 /// the helper answers with its own and refuses another, and the client
 /// refuses a helper that answers another (a depotd upgraded under running
 /// helpers, or a stale binary).
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: the `wipe` and `batch` operations, and an exclusive create that
+/// sets its mode exactly (a helper of version 1 would refuse the new
+/// operations as malformed frames and exit, and leave a new file's mode
+/// to the umask).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest JSON header: a directory listing of [`MAX_LIST_ENTRIES`]
 /// names fits, with room to spare.
@@ -784,5 +789,178 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, FrameError::Json(_)), "{e}");
+    }
+
+    /// A small deterministic generator (xorshift64*): the same cases on
+    /// every run, no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// A valid batch header, the seed the mutations start from.
+    fn batch_header() -> Vec<u8> {
+        let header = RequestHeader {
+            id: 3,
+            request: Request::Batch {
+                items: vec![
+                    Request::Listdir {
+                        path: "img".into(),
+                        max_entries: 100,
+                    },
+                    Request::Read {
+                        path: "img/v.meta".into(),
+                        offset: 0,
+                        len: 65537,
+                        direct: false,
+                    },
+                    Request::Lstat {
+                        path: "img/v".into(),
+                    },
+                ],
+            },
+        };
+        serde_json::to_vec(&header).unwrap()
+    }
+
+    /// What the helper does with a header: parse it, and if it parses,
+    /// answer it on a scratch root. Must never panic; a batch that parses
+    /// is within the cap, and one with an item that may not be in a batch
+    /// is refused whole.
+    fn serve_header(root: &std::path::Path, header: &[u8]) {
+        let Ok(parsed) = decode::<RequestHeader>(header) else {
+            return;
+        };
+        if let Request::Batch { items } = &parsed.request {
+            assert!(
+                items.len() <= MAX_BATCH_ITEMS,
+                "{} items parsed",
+                items.len()
+            );
+            let mut c = super::super::ops::Confined::new(root).unwrap();
+            let outcome = super::super::server::dispatch(&mut c, &parsed.request, &[]);
+            if items.iter().any(|i| !i.batchable()) {
+                assert!(outcome.is_err(), "{parsed:?}");
+            }
+            if let Ok((Reply::Batch { items: replies }, data)) = outcome {
+                assert_eq!(replies.len(), items.len());
+                let total: usize = replies.iter().map(|r| r.data_len as usize).sum();
+                assert_eq!(total, data.len());
+            }
+        }
+    }
+
+    #[test]
+    fn mutated_batch_headers_are_refused_or_answered_cleanly() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("img")).unwrap();
+        std::fs::write(root.path().join("img/v.meta"), b"CAP=1\nEOF\n").unwrap();
+        let seed = batch_header();
+        serve_header(root.path(), &seed);
+        let pieces: [&[u8]; 12] = [
+            br#"{"op":"batch","items":[]}"#,
+            br#"{"op":"mkdir","path":"x","mode":493}"#,
+            br#"{"op":"write","path":"x","offset":0,"open":{"create":true,"truncate":false,"mode":420,"direct":false},"fsync":false}"#,
+            br#"{"op":"hello","version":2,"root":"/"}"#,
+            br#"{"op":"read","path":"img/v.meta","offset":0,"len":4294967295,"direct":false}"#,
+            br#"{"op":"stat","path":"../etc"}"#,
+            b"[", b"]", b"{", b"}", b",", b"\"items\":",
+        ];
+        let mut rng = Rng(0x5eed_f00d_1234_5678);
+        let mut parsed = 0;
+        for _ in 0..20_000 {
+            let mut h = seed.clone();
+            for _ in 0..=rng.below(4) {
+                match rng.below(5) {
+                    0 if !h.is_empty() => {
+                        let at = rng.below(h.len());
+                        h[at] = rng.next() as u8;
+                    }
+                    1 => h.truncate(rng.below(h.len() + 1)),
+                    2 => {
+                        let at = rng.below(h.len() + 1);
+                        let piece = pieces[rng.below(pieces.len())];
+                        h.splice(at..at, piece.iter().copied());
+                    }
+                    3 if !h.is_empty() => {
+                        // Repeat a slice (more items, deeper nesting).
+                        let a = rng.below(h.len());
+                        let b = (a + rng.below(64)).min(h.len());
+                        let copy = h[a..b].to_vec();
+                        h.splice(b..b, copy.iter().copied().cycle().take(copy.len() * 8));
+                    }
+                    _ => {
+                        let at = rng.below(h.len() + 1);
+                        h.insert(at, rng.next() as u8);
+                    }
+                }
+            }
+            if decode::<RequestHeader>(&h).is_ok() {
+                parsed += 1;
+            }
+            serve_header(root.path(), &h);
+        }
+        // The mutations reach past the parser sometimes, not only into it.
+        assert!(parsed > 0, "no mutated header parsed");
+        assert!(!root.path().join("x").exists(), "a batch made something");
+    }
+
+    #[test]
+    fn malformed_batch_headers_are_refused() {
+        let items = |n: usize| vec![r#"{"op":"ping"}"#; n].join(",");
+        let at_cap = format!(
+            r#"{{"id":1,"request":{{"op":"batch","items":[{}]}}}}"#,
+            items(MAX_BATCH_ITEMS)
+        );
+        assert!(decode::<RequestHeader>(at_cap.as_bytes()).is_ok());
+        let nested = |depth: usize| {
+            format!(
+                r#"{{"id":1,"request":{}{}}}"#,
+                r#"{"op":"batch","items":["#.repeat(depth),
+                "]}".repeat(depth)
+            )
+        };
+        for bad in [
+            format!(
+                r#"{{"id":1,"request":{{"op":"batch","items":[{}]}}}}"#,
+                items(MAX_BATCH_ITEMS + 1)
+            ),
+            r#"{"id":1,"request":{"op":"batch","items":{"op":"ping"}}}"#.to_string(),
+            r#"{"id":1,"request":{"op":"batch"}}"#.to_string(),
+            r#"{"id":1,"request":{"op":"batch","items":[],"extra":1}}"#.to_string(),
+            r#"{"id":1,"request":{"op":"batch","items":[{"op":"format_disk"}]}}"#.to_string(),
+            r#"{"id":1,"request":{"op":"batch","items":[null]}}"#.to_string(),
+            r#"{"id":1,"request":{"op":"batch","items":[1,2]}}"#.to_string(),
+            // Deeper than the JSON parser's recursion limit: an error, not
+            // a stack overflow.
+            nested(10_000),
+        ] {
+            let e = decode::<RequestHeader>(bad.as_bytes()).unwrap_err();
+            assert!(matches!(e, FrameError::Json(_)), "{e}");
+        }
+        // Nesting the parser accepts is refused by the helper, whole.
+        let root = tempfile::tempdir().unwrap();
+        let two = decode::<RequestHeader>(nested(2).as_bytes()).unwrap();
+        let mut c = super::super::ops::Confined::new(root.path()).unwrap();
+        let e = super::super::server::dispatch(&mut c, &two.request, &[]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        assert!(e.to_string().contains("batch cannot be in a batch"), "{e}");
+        // A batch reply whose data lengths do not add up is the client's
+        // to refuse (pool.rs); here: it parses as what it says.
+        let reply: ReplyHeader = decode(
+            br#"{"id":1,"result":{"Ok":{"reply":"batch","items":[{"result":{"Ok":{"reply":"data"}},"data_len":4294967295}]}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(reply.result, Ok(Reply::Batch { .. })));
     }
 }
