@@ -361,10 +361,10 @@ impl Request {
             | Request::DirectProbe { path }
             | Request::StreamOpen { path, .. } => path,
             Request::Rename { from, .. } | Request::Link { from, .. } => from,
-            Request::Ping
-            | Request::StreamWrite { .. }
-            | Request::StreamClose { .. }
-            | Request::Batch { .. } => "",
+            // A batch that gets no answer is named after its first item
+            // (getInfo's: the image directory).
+            Request::Batch { items } => items.first().map_or("", Request::path),
+            Request::Ping | Request::StreamWrite { .. } | Request::StreamClose { .. } => "",
         }
     }
 }
@@ -913,6 +913,21 @@ mod tests {
         // The mutations reach past the parser sometimes, not only into it.
         assert!(parsed > 0, "no mutated header parsed");
         assert!(!root.path().join("x").exists(), "a batch made something");
+    }
+
+    #[test]
+    fn a_batch_is_named_after_its_first_item() {
+        let batch = Request::Batch {
+            items: vec![
+                Request::Listdir {
+                    path: "sd/images/img".into(),
+                    max_entries: 1,
+                },
+                Request::Ping,
+            ],
+        };
+        assert_eq!((batch.op_name(), batch.path()), ("batch", "sd/images/img"));
+        assert_eq!(Request::Batch { items: vec![] }.path(), "");
     }
 
     #[test]
