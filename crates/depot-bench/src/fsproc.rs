@@ -6,6 +6,10 @@
 //! - a 4 KiB metadata update: an `O_DIRECT` read of 4 KiB plus an atomic
 //!   replace (temporary file, fsync, rename, fsync of the directory).
 //!
+//! - getInfo's three reads (the image directory's listing, a 512-byte
+//!   record's read, the data file's `lstat`) as three calls against one
+//!   `batch` call (the round trips a batch saves).
+//!
 //! The helper is this binary (`depot-bench fsproc-serve`), as depotd will
 //! be (`depotd fsproc`). Calls are made one at a time, in alternating
 //! batches, and each kind's median per call is printed with the ratio
@@ -14,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use depot_os::fsproc::{FsPool, HelperCommand, PoolConfig};
+use depot_os::fsproc::{FsPool, HelperCommand, PoolConfig, Request};
 use depot_os::{direct, IoWorker};
 
 use crate::stats::median_f64;
@@ -94,6 +98,30 @@ impl Row {
     }
 }
 
+/// An image directory with one volume under `root`, and the three reads
+/// `Volume.getInfo` makes there (the listing, the `.meta`, the data's
+/// lstat).
+fn getinfo_reads(root: &Path) -> Result<[Request; 3], String> {
+    std::fs::create_dir(root.join("img")).map_err(|e| e.to_string())?;
+    std::fs::write(root.join("img/v.meta"), [b'x'; 512]).map_err(|e| e.to_string())?;
+    std::fs::write(root.join("img/v"), b"").map_err(|e| e.to_string())?;
+    Ok([
+        Request::Listdir {
+            path: "img".into(),
+            max_entries: 20_000,
+        },
+        Request::Read {
+            path: "img/v.meta".into(),
+            offset: 0,
+            len: 65_537,
+            direct: false,
+        },
+        Request::Lstat {
+            path: "img/v".into(),
+        },
+    ])
+}
+
 pub fn run(args: FsprocArgs) -> Result<(), String> {
     let tmp = tempfile::Builder::new()
         .prefix("depot-bench-fsproc-")
@@ -119,6 +147,8 @@ pub fn run(args: FsprocArgs) -> Result<(), String> {
         root.display(),
         fs_type(&root)
     );
+    let reads = getinfo_reads(&root)?;
+    let (mut three, mut one) = (Vec::new(), Vec::new());
     let mut stat = Row::new("stat");
     let mut update = Row::new("4 KiB read_direct+atomic");
     let n = args.calls;
@@ -137,6 +167,18 @@ pub fn run(args: FsprocArgs) -> Result<(), String> {
         })?);
         stat.helper.push(per_call(n, || {
             pool.stat(META).map(drop).map_err(|e| e.to_string())
+        })?);
+        three.push(per_call(n, || {
+            for r in &reads {
+                pool.call(r, &[], TIMEOUT).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })?);
+        one.push(per_call(n, || {
+            for a in pool.batch(&reads).map_err(|e| e.to_string())? {
+                a.map_err(|e| e.to_string())?;
+            }
+            Ok(())
         })?);
         // Each update fsyncs twice: fewer of them.
         let m = (n / 10).max(1);
@@ -161,6 +203,11 @@ pub fn run(args: FsprocArgs) -> Result<(), String> {
     );
     stat.print();
     update.print();
+    let (t, o) = (median_f64(three), median_f64(one));
+    println!(
+        "getInfo's 3 reads: 3 calls {t:.1} us, 1 batch {o:.1} us, batch/calls {:.2}",
+        o / t
+    );
     let h = pool.health();
     println!(
         "helpers started: {}, stuck: {}, load: {}",

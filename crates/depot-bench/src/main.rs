@@ -13,6 +13,7 @@ mod spawn;
 mod stats;
 mod sys;
 mod volumes;
+mod wipe;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ enum Bench {
     /// in-process and through an IoWorker thread: stat, and a 4 KiB
     /// metadata read_direct + write_atomic.
     Fsproc(fsproc::FsprocArgs),
+    /// A 1 GiB volume wipe (postZero, dense and sparse) through a mount's
+    /// helpers vs the in-thread O_DIRECT loop of before helpers.
+    Wipe(wipe::WipeArgs),
     /// The command runner (depot_os::CommandRunner) running `true` many
     /// times, against std::process::Command::status() of the same.
     Spawn(spawn::SpawnArgs),
@@ -64,6 +68,13 @@ fn main() {
         Bench::Fsproc(a) => {
             if let Err(e) = fsproc::run(a) {
                 eprintln!("depot-bench fsproc: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        Bench::Wipe(a) => {
+            if let Err(e) = wipe::run(a) {
+                eprintln!("depot-bench wipe: {e}");
                 std::process::exit(1);
             }
             return;
@@ -95,7 +106,11 @@ fn main() {
             Bench::Volumes(a) => volumes::run(&depotd, a).await,
             Bench::Ovf(a) => ovf::run(&depotd, a).await,
             Bench::Copy(a) => copy::run(a).await,
-            Bench::OvfSink(_) | Bench::Fsproc(_) | Bench::FsprocServe | Bench::Spawn(_) => {
+            Bench::OvfSink(_)
+            | Bench::Fsproc(_)
+            | Bench::FsprocServe
+            | Bench::Spawn(_)
+            | Bench::Wipe(_) => {
                 unreachable!("run above")
             }
         }

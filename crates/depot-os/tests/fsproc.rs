@@ -265,6 +265,12 @@ fn exclusive_create(p: &FsPool) {
     assert_eq!(again.errno(), Some(libc::EEXIST), "{again}");
     assert_eq!(p.read("excl", 0, 16, false).unwrap(), b"one");
     p.unlink("excl").unwrap();
+    // A new file has exactly the mode asked for, whatever the umask
+    // (this process's 022 for a pool in process, the helper's otherwise).
+    let open = OpenWrite { mode: 0o666, ..new };
+    p.write("excl", 0, b"", open, false).unwrap();
+    assert_eq!(p.stat("excl").unwrap().mode, 0o666);
+    p.unlink("excl").unwrap();
 }
 
 #[test]
@@ -399,14 +405,15 @@ fn a_helper_of_another_version_is_refused() {
         .arg(format!("cat {}; exec sleep 30", frame.display()));
     let e = FsProc::start(&cmd, t.path(), Duration::from_secs(30)).unwrap_err();
     assert!(matches!(e, FsProcError::Protocol { .. }), "{e}");
-    assert!(e.to_string().contains("version 1"), "{e}");
+    let ours = format!("version {}", protocol::PROTOCOL_VERSION);
+    assert!(e.to_string().contains(&ours), "{e}");
 
     // And the real helper refuses a client of another version, then exits.
     let mut input = Vec::new();
     let hello = protocol::RequestHeader {
         id: 1,
         request: protocol::Request::Hello {
-            version: 2,
+            version: protocol::PROTOCOL_VERSION + 1,
             root: "/".into(),
         },
     };
@@ -416,7 +423,18 @@ fn a_helper_of_another_version_is_refused() {
     let (reply, _): (protocol::ReplyHeader, Vec<u8>) =
         protocol::read_frame(&mut &out.stdout[..]).unwrap();
     let err = reply.result.unwrap_err();
-    assert!(err.invalid && err.message.contains("version 2"), "{err:?}");
+    let theirs = format!("version {}", protocol::PROTOCOL_VERSION + 1);
+    assert!(err.invalid && err.message.contains(&theirs), "{err:?}");
+    // A client of version 1 (before wipe and batch) is refused too.
+    let old = protocol::RequestHeader {
+        id: 1,
+        request: protocol::Request::Hello {
+            version: 1,
+            root: "/".into(),
+        },
+    };
+    let out = run_helper_with_input(&protocol::encode(&old, &[]).unwrap());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
 
 /// Runs the helper binary with `input` on stdin; its output.
@@ -885,4 +903,292 @@ fn a_call_never_waits_for_a_stream_s_helper() {
     s.close(true).unwrap();
     let h = p.health();
     assert_eq!((h.streams, h.busy, h.stuck), (0, 0, 0), "{h:?}");
+}
+
+/// `filefrag -v` of a file: its extents' physical offsets, and whether any
+/// is unwritten (`FALLOC_FL_ZERO_RANGE`'s mark, which leaves the old data
+/// on the disk). `None` where the file system is not ext4 or filefrag is
+/// missing.
+fn extents(path: &Path) -> Option<(Vec<String>, bool)> {
+    let out = Command::new("filefrag").arg("-v").arg(path).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() || !text.contains("Filesystem type is: ef53") {
+        return None;
+    }
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    let physical = rows
+        .iter()
+        .filter_map(|l| l.split(':').nth(2).map(|p| p.trim().to_owned()))
+        .collect();
+    Some((physical, rows.iter().any(|l| l.contains("unwritten"))))
+}
+
+/// A wipe writes the zeros in the helper, over the very blocks of the
+/// data (no hole punched, no extent marked unwritten: the old bytes do
+/// not stay on the disk), and with `only_nonzero` leaves the units that
+/// read as zeros alone (a hole stays a hole).
+#[test]
+fn wipe_overwrites_the_data_in_the_helper() {
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(30));
+    // Dense: 10 MiB + 4 KiB (the last unit short) of 0x55.
+    let len = (10 << 20) + 4096;
+    fs::write(t.path().join("dense"), vec![0x55u8; len]).unwrap();
+    let f = fs::File::open(t.path().join("dense")).unwrap();
+    f.sync_all().unwrap();
+    let before = fs::metadata(t.path().join("dense")).unwrap();
+    let extents_before = extents(&t.path().join("dense"));
+    assert_eq!(p.wipe("dense", 0, len as u64, false).unwrap(), len as u64);
+    let after = fs::metadata(t.path().join("dense")).unwrap();
+    assert_eq!(after.len(), before.len());
+    assert_eq!(after.blocks(), before.blocks(), "nothing punched");
+    let data = fs::read(t.path().join("dense")).unwrap();
+    assert!(data.iter().all(|&b| b == 0), "not all zeros");
+    match (extents_before, extents(&t.path().join("dense"))) {
+        (Some((phys_before, _)), Some((phys_after, unwritten))) => {
+            assert!(!unwritten, "an extent is only marked unwritten");
+            assert_eq!(phys_before, phys_after, "not overwritten in place");
+        }
+        _ => eprintln!("not ext4 (or no filefrag): extents not checked"),
+    }
+
+    // Part of a file: only the range, and only_nonzero on a sparse file.
+    let sparse = t.path().join("sparse");
+    let f = fs::File::create(&sparse).unwrap();
+    f.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0x66u8; 3 << 20], 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0x77u8; 1 << 20], 40 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x88u8], 63 << 20).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let blocks = fs::metadata(&sparse).unwrap().blocks();
+    // Up to 63 MiB: 3 units of data and the one at 40 MiB.
+    assert_eq!(p.wipe("sparse", 0, 63 << 20, true).unwrap(), 4 << 20);
+    let data = fs::read(&sparse).unwrap();
+    assert!(data[..63 << 20].iter().all(|&b| b == 0));
+    assert_eq!(data[63 << 20], 0x88, "past the range: untouched");
+    assert!(
+        fs::metadata(&sparse).unwrap().blocks() <= blocks,
+        "the holes were filled"
+    );
+}
+
+/// A wipe over the cap per call, or not aligned, is refused before
+/// anything is written; a missing file is NotFound; a symlink is refused.
+#[test]
+fn wipe_refuses_what_it_must_not_do() {
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(30));
+    let f = fs::File::create(t.path().join("f")).unwrap();
+    f.set_len(protocol::MAX_WIPE_BYTES + (1 << 20)).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[1u8; 4096], 0).unwrap();
+    drop(f);
+    let too_long = p
+        .wipe("f", 0, protocol::MAX_WIPE_BYTES + 4096, false)
+        .unwrap_err();
+    assert_eq!(
+        too_long.io_kind(),
+        Some(std::io::ErrorKind::InvalidInput),
+        "{too_long}"
+    );
+    for (offset, len) in [(100, 4096), (0, 1000)] {
+        let e = p.wipe("f", offset, len, false).unwrap_err();
+        assert_eq!(e.io_kind(), Some(std::io::ErrorKind::InvalidInput), "{e}");
+    }
+    let mut head = vec![0u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &fs::File::open(t.path().join("f")).unwrap(),
+        &mut head,
+        0,
+    )
+    .unwrap();
+    assert!(head.iter().all(|&b| b == 1), "a refused wipe wrote");
+    let e = p.wipe("missing", 0, 4096, false).unwrap_err();
+    assert_eq!(e.io_kind(), Some(std::io::ErrorKind::NotFound), "{e}");
+    symlink(t.path().join("f"), t.path().join("link")).unwrap();
+    let e = p.wipe("link", 0, 4096, false).unwrap_err();
+    assert!(e.refusal().is_some(), "{e}");
+    // The helper answered every refusal and is still the same one.
+    assert_eq!(p.health().started, 1);
+}
+
+/// A batch of reads is one round trip: each item answered as it would be
+/// alone (its data, or its error with the errno and the item's path).
+#[test]
+fn a_batch_of_reads_is_one_call_with_each_answer() {
+    use protocol::{Reply, Request};
+    let t = tempfile::tempdir().unwrap();
+    fs::create_dir(t.path().join("img")).unwrap();
+    fs::write(t.path().join("img/a.meta"), b"CAP=1\nEOF\n").unwrap();
+    fs::write(t.path().join("img/a"), vec![7u8; 8192]).unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(30));
+    p.ping().unwrap();
+    let calls = p.health().calls;
+    let items = [
+        Request::Listdir {
+            path: "img".into(),
+            max_entries: 100,
+        },
+        Request::Read {
+            path: "img/a.meta".into(),
+            offset: 0,
+            len: 65,
+            direct: false,
+        },
+        Request::Read {
+            path: "img/missing.meta".into(),
+            offset: 0,
+            len: 65,
+            direct: false,
+        },
+        Request::Lstat {
+            path: "img/a".into(),
+        },
+        Request::Read {
+            path: "img/a".into(),
+            offset: 4096,
+            len: 4096,
+            direct: true,
+        },
+        Request::Exists {
+            path: "img/b".into(),
+        },
+    ];
+    let answers = p.batch(&items).unwrap();
+    assert_eq!(p.health().calls, calls + 1, "one round trip");
+    assert_eq!(answers.len(), items.len());
+    let mut it = answers.into_iter();
+    match it.next().unwrap().unwrap() {
+        (Reply::Listing { entries, truncated }, d) => {
+            let mut names: Vec<_> = entries.into_iter().map(|e| e.name).collect();
+            names.sort();
+            assert_eq!(
+                (names, truncated, d.len()),
+                (vec!["a".into(), "a.meta".to_string()], false, 0)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        it.next().unwrap().unwrap(),
+        (Reply::Data, b"CAP=1\nEOF\n".to_vec())
+    );
+    let e = it.next().unwrap().unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENOENT), "{e}");
+    assert!(e.to_string().contains("img/missing.meta"), "{e}");
+    match it.next().unwrap().unwrap() {
+        (Reply::Stat { stat }, d) => {
+            assert_eq!((stat.kind, stat.size, d.len()), (FileKind::File, 8192, 0))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(it.next().unwrap().unwrap(), (Reply::Data, vec![7u8; 4096]));
+    assert_eq!(
+        it.next().unwrap().unwrap(),
+        (Reply::Exists { exists: false }, vec![])
+    );
+
+    // The same answers in process.
+    let local = FsPool::in_process(t.path().to_owned(), Duration::from_secs(30));
+    let here = local.batch(&items).unwrap();
+    assert_eq!(here.len(), items.len());
+    assert_eq!(
+        here[1].as_ref().unwrap(),
+        &(Reply::Data, b"CAP=1\nEOF\n".to_vec())
+    );
+    assert_eq!(here[2].as_ref().unwrap_err().errno(), Some(libc::ENOENT));
+}
+
+/// What may not be in a batch is refused whole, before anything is made:
+/// a write, a nested batch, too many items, reads that could return more
+/// than a frame; the helper answers and lives on.
+#[test]
+fn a_batch_refuses_writes_nesting_and_excess() {
+    use protocol::Request;
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(30));
+    let stat = Request::Stat { path: "".into() };
+    let write = Request::Mkdir {
+        path: "made".into(),
+        mode: 0o755,
+    };
+    let nested = Request::Batch {
+        items: vec![stat.clone()],
+    };
+    let big_read = |len| Request::Read {
+        path: "f".into(),
+        offset: 0,
+        len,
+        direct: false,
+    };
+    for items in [
+        vec![stat.clone(), write.clone()],
+        vec![nested.clone()],
+        vec![stat.clone(); protocol::MAX_BATCH_ITEMS + 1],
+    ] {
+        let e = p.batch(&items).unwrap_err();
+        assert_eq!(e.io_kind(), Some(std::io::ErrorKind::InvalidInput), "{e}");
+    }
+    // The helper itself refuses them too (frames a client could send).
+    let hello = protocol::RequestHeader {
+        id: 1,
+        request: Request::Hello {
+            version: protocol::PROTOCOL_VERSION,
+            root: t.path().to_string_lossy().into_owned(),
+        },
+    };
+    let mut input = protocol::encode(&hello, &[]).unwrap();
+    let frames = [
+        Request::Batch {
+            items: vec![stat.clone(), write],
+        },
+        Request::Batch {
+            items: vec![nested],
+        },
+        Request::Batch {
+            items: vec![big_read(protocol::MAX_DATA_BYTES), big_read(1)],
+        },
+        Request::Ping,
+    ];
+    for (i, request) in frames.into_iter().enumerate() {
+        let header = protocol::RequestHeader {
+            id: i as u64 + 2,
+            request,
+        };
+        input.extend(protocol::encode(&header, &[]).unwrap());
+    }
+    let out = run_helper_with_input(&input);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let mut replies = &out.stdout[..];
+    let _hello: (protocol::ReplyHeader, Vec<u8>) = protocol::read_frame(&mut replies).unwrap();
+    for id in 2..=4 {
+        let (reply, _): (protocol::ReplyHeader, Vec<u8>) =
+            protocol::read_frame(&mut replies).unwrap();
+        assert_eq!(reply.id, id);
+        let err = reply.result.unwrap_err();
+        assert!(err.invalid, "{err:?}");
+    }
+    let (pong, _): (protocol::ReplyHeader, Vec<u8>) = protocol::read_frame(&mut replies).unwrap();
+    assert_eq!(pong.result, Ok(protocol::Reply::Pong));
+    assert!(
+        !t.path().join("made").exists(),
+        "a refused batch made something"
+    );
+
+    // More items than the cap: a malformed frame, refused while parsed.
+    let many = format!(
+        r#"{{"id":9,"request":{{"op":"batch","items":[{}]}}}}"#,
+        vec![r#"{"op":"ping"}"#; protocol::MAX_BATCH_ITEMS + 1].join(",")
+    );
+    let mut input = protocol::encode(&hello, &[]).unwrap();
+    input.extend((many.len() as u32).to_be_bytes());
+    input.extend(0u32.to_be_bytes());
+    input.extend(many.as_bytes());
+    let out = run_helper_with_input(&input);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("more than 64"), "{stderr}");
 }

@@ -32,8 +32,10 @@ use std::path::{Component, Path};
 use std::time::Duration;
 
 use depot_api::Code;
+use depot_os::fsproc::protocol::MAX_LIST_ENTRIES;
 use depot_os::fsproc::{
-    DirEntry, DirectProbe, FsPool, FsProcError, OpenWrite, StatInfo, VfsInfo, WriteStream,
+    DirEntry, DirectProbe, FsPool, FsProcError, OpenWrite, Reply, Request, StatInfo, VfsInfo,
+    WriteStream,
 };
 
 /// The helpers of one mount, seen through absolute paths. Cheap to clone.
@@ -245,24 +247,50 @@ impl MountFs {
     /// (`MAX_LIST_ENTRIES`) is an error, never a silent cut.
     pub fn listdir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
         let (entries, truncated) = self.run(path, READ, |p, r| p.listdir(r))?;
-        if truncated {
-            return Err(io::Error::other(format!(
-                "{} has more entries than one listing carries",
-                path.display()
-            )));
-        }
-        Ok(entries)
+        whole_listing(path, entries, truncated)
     }
 
     /// The UTF-8 names in a directory (depot's names all are; another
     /// name is nothing depot made).
     pub fn names(&self, path: &Path) -> io::Result<Vec<String>> {
-        Ok(self
-            .listdir(path)?
-            .into_iter()
-            .filter(|e| e.utf8)
-            .map(|e| e.name)
+        Ok(utf8_names(self.listdir(path)?))
+    }
+
+    /// Several reads in one round trip to a helper (at most
+    /// `depot_os::fsproc::protocol::MAX_BATCH_ITEMS`, with one deadline):
+    /// each answer is what the call of the same name answers alone, with
+    /// the same errors. The outer error is the round trip's: a mount in
+    /// trouble, as any call's.
+    pub fn look(&self, items: &[Look<'_>]) -> io::Result<Vec<io::Result<Seen>>> {
+        let requests = items
+            .iter()
+            .map(|item| self.request_of(item))
+            .collect::<io::Result<Vec<_>>>()?;
+        let answers = self.pool.batch(&requests).map_err(|e| io_error(e, READ))?;
+        Ok(items
+            .iter()
+            .zip(answers)
+            .map(|(item, answer)| {
+                let (reply, data) = answer.map_err(|e| io_error(e, READ))?;
+                seen_of(item, reply, data)
+            })
             .collect())
+    }
+
+    fn request_of(&self, item: &Look<'_>) -> io::Result<Request> {
+        Ok(match *item {
+            Look::Names(p) => Request::Listdir {
+                path: self.rel(p)?,
+                max_entries: MAX_LIST_ENTRIES,
+            },
+            Look::ReadToEnd(p, max) => Request::Read {
+                path: self.rel(p)?,
+                offset: 0,
+                len: max.saturating_add(1),
+                direct: false,
+            },
+            Look::Lstat(p) => Request::Lstat { path: self.rel(p)? },
+        })
     }
 
     /// Up to `len` bytes at `offset` (fewer at the end of the file).
@@ -274,13 +302,7 @@ impl MountFs {
     /// `max + 1` bytes at most).
     pub fn read_to_end(&self, path: &Path, max: u32) -> io::Result<Vec<u8>> {
         let data = self.read_at(path, 0, max.saturating_add(1), false)?;
-        if data.len() > max as usize {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} is over {max} bytes", path.display()),
-            ));
-        }
-        Ok(data)
+        at_most(path, data, max)
     }
 
     /// Whether `O_DIRECT` works there, and the logical block size.
@@ -390,6 +412,15 @@ impl MountFs {
         self.run(path, WRITE, |p, r| p.zero_range(r, offset, len, punch))
     }
 
+    /// Zeros written over `len` bytes at `offset` by the helper itself
+    /// (`O_DIRECT`, nothing on the pipe); with `only_nonzero`, 1 MiB units
+    /// that read as zeros are skipped. Aligned, at most
+    /// `depot_os::fsproc::protocol::MAX_WIPE_BYTES` per call. The bytes
+    /// written.
+    pub fn wipe(&self, path: &Path, offset: u64, len: u64, only_nonzero: bool) -> io::Result<u64> {
+        self.run(path, WRITE, |p, r| p.wipe(r, offset, len, only_nonzero))
+    }
+
     pub fn fsync(&self, path: &Path) -> io::Result<()> {
         self.run(path, WRITE, |p, r| p.fsync(r))
     }
@@ -397,6 +428,72 @@ impl MountFs {
     pub fn fsync_dir(&self, path: &Path) -> io::Result<()> {
         self.run(path, WRITE, |p, r| p.fsync_dir(r))
     }
+}
+
+/// One read of [`MountFs::look`], named after the call it stands for.
+#[derive(Debug, Clone, Copy)]
+pub enum Look<'a> {
+    /// [`MountFs::names`].
+    Names(&'a Path),
+    /// [`MountFs::read_to_end`] with its `max`.
+    ReadToEnd(&'a Path, u32),
+    /// [`MountFs::lstat`].
+    Lstat(&'a Path),
+}
+
+/// The answer to one [`Look`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    Names(Vec<String>),
+    Data(Vec<u8>),
+    Stat(StatInfo),
+}
+
+fn seen_of(item: &Look<'_>, reply: Reply, data: Vec<u8>) -> io::Result<Seen> {
+    match (*item, reply) {
+        (Look::Names(p), Reply::Listing { entries, truncated }) => Ok(Seen::Names(utf8_names(
+            whole_listing(p, entries, truncated)?,
+        ))),
+        (Look::ReadToEnd(p, max), Reply::Data) => at_most(p, data, max).map(Seen::Data),
+        (Look::Lstat(_), Reply::Stat { stat }) => Ok(Seen::Stat(stat)),
+        (item, reply) => Err(io::Error::other(format!(
+            "the helper answered {reply:?} to {item:?}"
+        ))),
+    }
+}
+
+/// A listing that carried every entry, or an error (never a silent cut).
+fn whole_listing(
+    path: &Path,
+    entries: Vec<DirEntry>,
+    truncated: bool,
+) -> io::Result<Vec<DirEntry>> {
+    if truncated {
+        return Err(io::Error::other(format!(
+            "{} has more entries than one listing carries",
+            path.display()
+        )));
+    }
+    Ok(entries)
+}
+
+fn utf8_names(entries: Vec<DirEntry>) -> Vec<String> {
+    entries
+        .into_iter()
+        .filter(|e| e.utf8)
+        .map(|e| e.name)
+        .collect()
+}
+
+/// `data` read as `max + 1` bytes at most, refused if it is over `max`.
+fn at_most(path: &Path, data: Vec<u8>, max: u32) -> io::Result<Vec<u8>> {
+    if data.len() > max as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is over {max} bytes", path.display()),
+        ));
+    }
+    Ok(data)
 }
 
 /// A streamed write ([`MountFs::open_write`]) with [`MountFs`]'s errors.

@@ -381,6 +381,47 @@ fn info_fields_and_errors() {
     );
 }
 
+/// What getInfo and a RAW create cost in helper calls (round trips): one
+/// for getInfo of a volume alone in its image (listing, record and stat in
+/// one batch), a second for the other records of its image (the
+/// children); 15 for a create in a new image (no chmod of the data file:
+/// the helper made it with its mode).
+#[test]
+fn info_and_create_calls() {
+    let d = Dom::new();
+    let calls = || d.fs.pool().health().calls;
+    let (i, a) = (img(), vol());
+    let before = calls();
+    d.vols().create(i, a, &raw(MIB)).unwrap();
+    let create = calls() - before;
+    assert!(create <= 15, "a RAW create made {create} calls");
+    assert_eq!(mode(&d.paths.volume(i, a)), 0o660);
+
+    let before = calls();
+    let info = d.vols().info(i, a).unwrap();
+    assert_eq!(calls() - before, 1, "getInfo of a volume alone");
+    assert_eq!((info.apparent_size, info.children.len()), (MIB, 0));
+
+    let (j, base, top) = (img(), vol(), vol());
+    d.vols()
+        .create(j, base, &cow(8 * MIB, VolUuid::BLANK))
+        .unwrap();
+    d.vols().create(j, top, &cow(8 * MIB, base)).unwrap();
+    let before = calls();
+    assert_eq!(d.vols().info(j, base).unwrap().children, vec![top]);
+    assert_eq!(calls() - before, 2, "getInfo with another volume");
+    // Errors keep their meaning: a volume being created, a missing one.
+    fs::write(d.paths.volume_creating(i, a), b"").unwrap();
+    assert_eq!(
+        d.vols().info(i, a).unwrap_err().code,
+        Code::VolumeDoesNotExist
+    );
+    assert_eq!(
+        d.vols().info(img(), vol()).unwrap_err().code,
+        Code::VolumeDoesNotExist
+    );
+}
+
 #[test]
 fn list_and_images() {
     let d = Dom::new();

@@ -44,6 +44,6 @@ mod server;
 pub use client::{kill_and_reap, spawn_child, FsProc, HelperCommand};
 pub use error::FsProcError;
 pub use line_child::{LineChild, MAX_LINE};
-pub use pool::{FsPool, PoolConfig, PoolHealth, WriteStream};
-pub use protocol::{DirEntry, DirectProbe, FileKind, OpenWrite, StatInfo, VfsInfo};
+pub use pool::{BatchAnswers, FsPool, PoolConfig, PoolHealth, WriteStream};
+pub use protocol::{DirEntry, DirectProbe, FileKind, OpenWrite, Reply, Request, StatInfo, VfsInfo};
 pub use server::{prepare_helper_process, serve, serve_stdio};

@@ -9,9 +9,13 @@ use super::client::{FsProc, HelperCommand};
 use super::error::{io_error_of, FsProcError};
 use super::ops::Confined;
 use super::protocol::{
-    DirEntry, DirectProbe, OpenWrite, Reply, Request, StatInfo, VfsInfo, MAX_DATA_BYTES,
-    MAX_LIST_ENTRIES,
+    DirEntry, DirectProbe, OpenWrite, Reply, Request, StatInfo, VfsInfo, MAX_BATCH_ITEMS,
+    MAX_DATA_BYTES, MAX_LIST_ENTRIES,
 };
+
+/// The answers of [`FsPool::batch`], one per item: its reply and data, or
+/// its error.
+pub type BatchAnswers = Vec<Result<(Reply, Vec<u8>), FsProcError>>;
 
 /// How a pool runs its helpers.
 #[derive(Debug, Clone)]
@@ -44,6 +48,9 @@ pub struct PoolHealth {
     pub stuck: usize,
     /// Helpers started since the pool was made.
     pub started: u64,
+    /// Calls made since the pool was made (round trips to a helper, or
+    /// calls in process; a batch is one): what a verb costs in calls.
+    pub calls: u64,
     /// When a call last missed its deadline.
     pub last_timeout: Option<SystemTime>,
     /// Since when calls miss their deadline without one succeeding since;
@@ -64,6 +71,7 @@ struct PoolState {
     streams: usize,
     stuck: usize,
     started: u64,
+    calls: u64,
     last_timeout: Option<SystemTime>,
     trouble_since: Option<SystemTime>,
 }
@@ -132,6 +140,7 @@ impl FsPool {
                     streams: 0,
                     stuck: 0,
                     started: 0,
+                    calls: 0,
                     last_timeout: None,
                     trouble_since: None,
                 }),
@@ -207,6 +216,7 @@ impl FsPool {
             streams: st.streams,
             stuck: st.stuck,
             started: st.started,
+            calls: st.calls,
             last_timeout: st.last_timeout,
             trouble_since: st.trouble_since,
         }
@@ -229,6 +239,7 @@ impl FsPool {
         data: &[u8],
         timeout: Duration,
     ) -> Result<(Reply, Vec<u8>), FsProcError> {
+        lock(&self.shared.state).calls += 1;
         if let Some(local) = &self.shared.local {
             return self.call_local(local, request, data);
         }
@@ -323,6 +334,71 @@ impl FsPool {
             (Reply::Done, _) => Ok(()),
             (other, _) => Err(self.unexpected(op, other)),
         }
+    }
+
+    /// Several reads (requests for which [`Request::batchable`] holds) in
+    /// one round trip, with one deadline: each item's reply and data, or
+    /// its error as the same request alone would have answered it. The
+    /// outer error is the call's (no answer, a helper that died, a batch
+    /// refused whole: too many items, an item that is not a read, reads
+    /// that could return more than a frame carries).
+    pub fn batch(&self, items: &[Request]) -> Result<BatchAnswers, FsProcError> {
+        let refused = |why: String| FsProcError::Io {
+            mount: self.shared.config.root.clone(),
+            op: "batch",
+            path: String::new(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+        };
+        // Found before anything is sent: an error the helper survives.
+        if items.len() > MAX_BATCH_ITEMS {
+            return Err(refused(format!(
+                "a batch of {} requests; at most {MAX_BATCH_ITEMS}",
+                items.len()
+            )));
+        }
+        if let Some(bad) = items.iter().find(|r| !r.batchable()) {
+            return Err(refused(format!("{} cannot be in a batch", bad.op_name())));
+        }
+        let request = Request::Batch {
+            items: items.to_vec(),
+        };
+        let (replies, data) = match self.run(request, &[])? {
+            (Reply::Batch { items }, data) => (items, data),
+            (other, _) => return Err(self.unexpected("batch", other)),
+        };
+        let total: u64 = replies.iter().map(|r| u64::from(r.data_len)).sum();
+        if replies.len() != items.len() || total != data.len() as u64 {
+            return Err(FsProcError::Protocol {
+                mount: self.shared.config.root.clone(),
+                op: "batch",
+                reason: format!(
+                    "{} answers with {total} bytes of data for {} requests with {} bytes",
+                    replies.len(),
+                    items.len(),
+                    data.len()
+                ),
+            });
+        }
+        let mut at = 0;
+        let answers = items
+            .iter()
+            .zip(replies)
+            .map(|(item, reply)| {
+                let end = at + reply.data_len as usize;
+                let bytes = data[at..end].to_vec();
+                at = end;
+                reply
+                    .result
+                    .map(|r| (r, bytes))
+                    .map_err(|w| FsProcError::Io {
+                        mount: self.shared.config.root.clone(),
+                        op: item.op_name(),
+                        path: item.path().to_owned(),
+                        source: io_error_of(&w, item.path()),
+                    })
+            })
+            .collect();
+        Ok(answers)
     }
 
     pub fn ping(&self) -> Result<(), FsProcError> {
@@ -478,6 +554,30 @@ impl FsPool {
             len,
             punch,
         })
+    }
+
+    /// Overwrites `len` bytes at `offset` with zeros written by the
+    /// helper with `O_DIRECT` (no data on the pipe); with `only_nonzero`,
+    /// 1 MiB units that read as zeros are left alone. `offset` and `len`
+    /// aligned, `len` at most [`MAX_WIPE_BYTES`](super::protocol::MAX_WIPE_BYTES).
+    /// Returns the bytes written.
+    pub fn wipe(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        only_nonzero: bool,
+    ) -> Result<u64, FsProcError> {
+        let request = Request::Wipe {
+            path: path.into(),
+            offset,
+            len,
+            only_nonzero,
+        };
+        match self.run(request, &[])? {
+            (Reply::Written { len }, _) => Ok(len),
+            (other, _) => Err(self.unexpected("wipe", other)),
+        }
     }
 
     pub fn truncate(&self, path: &str, len: u64) -> Result<(), FsProcError> {

@@ -17,7 +17,12 @@ use serde::{Deserialize, Serialize};
 /// the helper answers with its own and refuses another, and the client
 /// refuses a helper that answers another (a depotd upgraded under running
 /// helpers, or a stale binary).
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: the `wipe` and `batch` operations, and an exclusive create that
+/// sets its mode exactly (a helper of version 1 would refuse the new
+/// operations as malformed frames and exit, and leave a new file's mode
+/// to the umask).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest JSON header: a directory listing of [`MAX_LIST_ENTRIES`]
 /// names fits, with room to spare.
@@ -28,6 +33,22 @@ pub const MAX_DATA_BYTES: u32 = 32 << 20;
 
 /// The most entries one listing returns; more are reported as truncated.
 pub const MAX_LIST_ENTRIES: u32 = 20_000;
+
+/// The most bytes one [`Request::Wipe`] covers: a step of a long wipe,
+/// which must fit one call's deadline (64 MiB in 60 s is 1.1 MB/s).
+pub const MAX_WIPE_BYTES: u64 = 64 << 20;
+
+/// The unit a [`Request::Wipe`] with `only_nonzero` reads and skips when
+/// it is all zeros.
+pub const WIPE_UNIT: u64 = 1 << 20;
+
+/// The most requests one [`Request::Batch`] carries (checked while its
+/// header is parsed: a longer list is a malformed frame).
+pub const MAX_BATCH_ITEMS: usize = 64;
+
+/// The alignment of a [`Request::Wipe`]'s offset and length (the
+/// smallest logical block size; the file system checks its own).
+pub const WIPE_ALIGN: u64 = 512;
 
 /// The bytes before the header: its length and the data's.
 const PREFIX_BYTES: usize = 8;
@@ -144,6 +165,21 @@ pub enum Request {
     FsyncDir {
         path: String,
     },
+    /// Overwrites `len` bytes at `offset` with zeros that the helper
+    /// writes itself with `O_DIRECT` from a zeroed buffer of its own (no
+    /// data on the pipe). The data is overwritten, never punched or
+    /// marked unwritten (the old bytes must not stay on the disk).
+    /// `offset` and `len` are multiples of [`WIPE_ALIGN`] (and of the
+    /// file's block size), `len` at most [`MAX_WIPE_BYTES`]. With
+    /// `only_nonzero`, each [`WIPE_UNIT`] is read first (`O_DIRECT`) and
+    /// left alone if it is all zeros (a hole stays a hole). The reply is
+    /// [`Reply::Written`] with the bytes written.
+    Wipe {
+        path: String,
+        offset: u64,
+        len: u64,
+        only_nonzero: bool,
+    },
     /// Whether the file opens and reads with `O_DIRECT`, and its block
     /// size.
     DirectProbe {
@@ -165,6 +201,45 @@ pub enum Request {
         handle: u64,
         fsync: bool,
     },
+    /// Several reads in one round trip: each item is made in turn and
+    /// answered in one [`Reply::Batch`], its reply or its error, the data
+    /// of reads concatenated in the frame's data. Only requests that
+    /// change nothing and carry no data are allowed (see
+    /// [`Request::batchable`]); a batch with another, or whose reads could
+    /// return more than [`MAX_DATA_BYTES`], is refused whole, before any
+    /// item is made. At most [`MAX_BATCH_ITEMS`] items.
+    Batch {
+        #[serde(deserialize_with = "bounded_items")]
+        items: Vec<Request>,
+    },
+}
+
+/// The items of a [`Request::Batch`], refused past [`MAX_BATCH_ITEMS`]
+/// while they are parsed (not after a longer list was built).
+fn bounded_items<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Request>, D::Error> {
+    struct Items;
+    impl<'de> serde::de::Visitor<'de> for Items {
+        type Value = Vec<Request>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX_BATCH_ITEMS} requests")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                if items.len() == MAX_BATCH_ITEMS {
+                    return Err(serde::de::Error::custom(format!(
+                        "a batch of more than {MAX_BATCH_ITEMS} requests"
+                    )));
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+    d.deserialize_seq(Items)
 }
 
 /// How a file is opened for writing.
@@ -175,7 +250,8 @@ pub struct OpenWrite {
     /// Cut it to length 0 first.
     pub truncate: bool,
     /// With `create`: fail with `EEXIST` if it exists (`O_EXCL`), so that
-    /// a new file is never someone else's. Absent in frames of older
+    /// a new file is never someone else's; the new file then has exactly
+    /// `mode` (the umask does not apply). Absent in frames of older
     /// writers (false).
     #[serde(default)]
     pub exclusive: bool,
@@ -223,10 +299,38 @@ impl Request {
             Request::Chown { .. } => "chown",
             Request::Fsync { .. } => "fsync",
             Request::FsyncDir { .. } => "fsync_dir",
+            Request::Wipe { .. } => "wipe",
             Request::DirectProbe { .. } => "direct_probe",
             Request::StreamOpen { .. } => "stream_open",
             Request::StreamWrite { .. } => "stream_write",
             Request::StreamClose { .. } => "stream_close",
+            Request::Batch { .. } => "batch",
+        }
+    }
+
+    /// Whether the request may be an item of a [`Request::Batch`]: it
+    /// changes nothing and carries no data (no write, stream, hello or
+    /// batch).
+    pub fn batchable(&self) -> bool {
+        matches!(
+            self,
+            Request::Ping
+                | Request::Stat { .. }
+                | Request::Lstat { .. }
+                | Request::Statvfs { .. }
+                | Request::Exists { .. }
+                | Request::Listdir { .. }
+                | Request::Read { .. }
+                | Request::DirectProbe { .. }
+        )
+    }
+
+    /// The most data the request's reply carries (a read's `len`).
+    pub fn reply_data_max(&self) -> u64 {
+        match self {
+            Request::Read { len, .. } => u64::from(*len),
+            Request::Batch { items } => items.iter().map(Request::reply_data_max).sum(),
+            _ => 0,
         }
     }
 
@@ -247,6 +351,7 @@ impl Request {
             | Request::Rmdir { path }
             | Request::Rmtree { path }
             | Request::ZeroRange { path, .. }
+            | Request::Wipe { path, .. }
             | Request::Truncate { path, .. }
             | Request::Fallocate { path, .. }
             | Request::Chmod { path, .. }
@@ -256,6 +361,9 @@ impl Request {
             | Request::DirectProbe { path }
             | Request::StreamOpen { path, .. } => path,
             Request::Rename { from, .. } | Request::Link { from, .. } => from,
+            // A batch that gets no answer is named after its first item
+            // (getInfo's: the image directory).
+            Request::Batch { items } => items.first().map_or("", Request::path),
             Request::Ping | Request::StreamWrite { .. } | Request::StreamClose { .. } => "",
         }
     }
@@ -367,6 +475,20 @@ pub enum Reply {
         probe: DirectProbe,
     },
     Done,
+    /// The answers of a [`Request::Batch`], one per item in order.
+    Batch {
+        items: Vec<BatchReply>,
+    },
+}
+
+/// One item's answer in a [`Reply::Batch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchReply {
+    pub result: Result<Reply, WireError>,
+    /// How many bytes of the frame's data are this item's (a read's data;
+    /// 0 for the others), after those of the items before it.
+    pub data_len: u32,
 }
 
 /// A failed request, as the helper saw it.
@@ -667,5 +789,193 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, FrameError::Json(_)), "{e}");
+    }
+
+    /// A small deterministic generator (xorshift64*): the same cases on
+    /// every run, no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// A valid batch header, the seed the mutations start from.
+    fn batch_header() -> Vec<u8> {
+        let header = RequestHeader {
+            id: 3,
+            request: Request::Batch {
+                items: vec![
+                    Request::Listdir {
+                        path: "img".into(),
+                        max_entries: 100,
+                    },
+                    Request::Read {
+                        path: "img/v.meta".into(),
+                        offset: 0,
+                        len: 65537,
+                        direct: false,
+                    },
+                    Request::Lstat {
+                        path: "img/v".into(),
+                    },
+                ],
+            },
+        };
+        serde_json::to_vec(&header).unwrap()
+    }
+
+    /// What the helper does with a header: parse it, and if it parses,
+    /// answer it on a scratch root. Must never panic; a batch that parses
+    /// is within the cap, and one with an item that may not be in a batch
+    /// is refused whole.
+    fn serve_header(root: &std::path::Path, header: &[u8]) {
+        let Ok(parsed) = decode::<RequestHeader>(header) else {
+            return;
+        };
+        if let Request::Batch { items } = &parsed.request {
+            assert!(
+                items.len() <= MAX_BATCH_ITEMS,
+                "{} items parsed",
+                items.len()
+            );
+            let mut c = super::super::ops::Confined::new(root).unwrap();
+            let outcome = super::super::server::dispatch(&mut c, &parsed.request, &[]);
+            if items.iter().any(|i| !i.batchable()) {
+                assert!(outcome.is_err(), "{parsed:?}");
+            }
+            if let Ok((Reply::Batch { items: replies }, data)) = outcome {
+                assert_eq!(replies.len(), items.len());
+                let total: usize = replies.iter().map(|r| r.data_len as usize).sum();
+                assert_eq!(total, data.len());
+            }
+        }
+    }
+
+    #[test]
+    fn mutated_batch_headers_are_refused_or_answered_cleanly() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("img")).unwrap();
+        std::fs::write(root.path().join("img/v.meta"), b"CAP=1\nEOF\n").unwrap();
+        let seed = batch_header();
+        serve_header(root.path(), &seed);
+        let pieces: [&[u8]; 12] = [
+            br#"{"op":"batch","items":[]}"#,
+            br#"{"op":"mkdir","path":"x","mode":493}"#,
+            br#"{"op":"write","path":"x","offset":0,"open":{"create":true,"truncate":false,"mode":420,"direct":false},"fsync":false}"#,
+            br#"{"op":"hello","version":2,"root":"/"}"#,
+            br#"{"op":"read","path":"img/v.meta","offset":0,"len":4294967295,"direct":false}"#,
+            br#"{"op":"stat","path":"../etc"}"#,
+            b"[", b"]", b"{", b"}", b",", b"\"items\":",
+        ];
+        let mut rng = Rng(0x5eed_f00d_1234_5678);
+        let mut parsed = 0;
+        for _ in 0..20_000 {
+            let mut h = seed.clone();
+            for _ in 0..=rng.below(4) {
+                match rng.below(5) {
+                    0 if !h.is_empty() => {
+                        let at = rng.below(h.len());
+                        h[at] = rng.next() as u8;
+                    }
+                    1 => h.truncate(rng.below(h.len() + 1)),
+                    2 => {
+                        let at = rng.below(h.len() + 1);
+                        let piece = pieces[rng.below(pieces.len())];
+                        h.splice(at..at, piece.iter().copied());
+                    }
+                    3 if !h.is_empty() => {
+                        // Repeat a slice (more items, deeper nesting).
+                        let a = rng.below(h.len());
+                        let b = (a + rng.below(64)).min(h.len());
+                        let copy = h[a..b].to_vec();
+                        h.splice(b..b, copy.iter().copied().cycle().take(copy.len() * 8));
+                    }
+                    _ => {
+                        let at = rng.below(h.len() + 1);
+                        h.insert(at, rng.next() as u8);
+                    }
+                }
+            }
+            if decode::<RequestHeader>(&h).is_ok() {
+                parsed += 1;
+            }
+            serve_header(root.path(), &h);
+        }
+        // The mutations reach past the parser sometimes, not only into it.
+        assert!(parsed > 0, "no mutated header parsed");
+        assert!(!root.path().join("x").exists(), "a batch made something");
+    }
+
+    #[test]
+    fn a_batch_is_named_after_its_first_item() {
+        let batch = Request::Batch {
+            items: vec![
+                Request::Listdir {
+                    path: "sd/images/img".into(),
+                    max_entries: 1,
+                },
+                Request::Ping,
+            ],
+        };
+        assert_eq!((batch.op_name(), batch.path()), ("batch", "sd/images/img"));
+        assert_eq!(Request::Batch { items: vec![] }.path(), "");
+    }
+
+    #[test]
+    fn malformed_batch_headers_are_refused() {
+        let items = |n: usize| vec![r#"{"op":"ping"}"#; n].join(",");
+        let at_cap = format!(
+            r#"{{"id":1,"request":{{"op":"batch","items":[{}]}}}}"#,
+            items(MAX_BATCH_ITEMS)
+        );
+        assert!(decode::<RequestHeader>(at_cap.as_bytes()).is_ok());
+        let nested = |depth: usize| {
+            format!(
+                r#"{{"id":1,"request":{}{}}}"#,
+                r#"{"op":"batch","items":["#.repeat(depth),
+                "]}".repeat(depth)
+            )
+        };
+        for bad in [
+            format!(
+                r#"{{"id":1,"request":{{"op":"batch","items":[{}]}}}}"#,
+                items(MAX_BATCH_ITEMS + 1)
+            ),
+            r#"{"id":1,"request":{"op":"batch","items":{"op":"ping"}}}"#.to_string(),
+            r#"{"id":1,"request":{"op":"batch"}}"#.to_string(),
+            r#"{"id":1,"request":{"op":"batch","items":[],"extra":1}}"#.to_string(),
+            r#"{"id":1,"request":{"op":"batch","items":[{"op":"format_disk"}]}}"#.to_string(),
+            r#"{"id":1,"request":{"op":"batch","items":[null]}}"#.to_string(),
+            r#"{"id":1,"request":{"op":"batch","items":[1,2]}}"#.to_string(),
+            // Deeper than the JSON parser's recursion limit: an error, not
+            // a stack overflow.
+            nested(10_000),
+        ] {
+            let e = decode::<RequestHeader>(bad.as_bytes()).unwrap_err();
+            assert!(matches!(e, FrameError::Json(_)), "{e}");
+        }
+        // Nesting the parser accepts is refused by the helper, whole.
+        let root = tempfile::tempdir().unwrap();
+        let two = decode::<RequestHeader>(nested(2).as_bytes()).unwrap();
+        let mut c = super::super::ops::Confined::new(root.path()).unwrap();
+        let e = super::super::server::dispatch(&mut c, &two.request, &[]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        assert!(e.to_string().contains("batch cannot be in a batch"), "{e}");
+        // A batch reply whose data lengths do not add up is the client's
+        // to refuse (pool.rs); here: it parses as what it says.
+        let reply: ReplyHeader = decode(
+            br#"{"id":1,"result":{"Ok":{"reply":"batch","items":[{"result":{"Ok":{"reply":"data"}},"data_len":4294967295}]}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(reply.result, Ok(Reply::Batch { .. })));
     }
 }

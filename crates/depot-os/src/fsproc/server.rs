@@ -6,7 +6,8 @@ use std::path::Path;
 
 use super::ops::Confined;
 use super::protocol::{
-    self, FrameError, Reply, ReplyHeader, Request, RequestHeader, WireError, PROTOCOL_VERSION,
+    self, BatchReply, FrameError, Reply, ReplyHeader, Request, RequestHeader, WireError,
+    MAX_BATCH_ITEMS, MAX_DATA_BYTES, PROTOCOL_VERSION,
 };
 use crate::confine::refusal;
 
@@ -232,6 +233,14 @@ pub(super) fn dispatch(c: &mut Confined, request: &Request, data: &[u8]) -> Outc
             len,
             punch,
         } => done(c.zero_range(path, *offset, *len, *punch)),
+        Request::Wipe {
+            path,
+            offset,
+            len,
+            only_nonzero,
+        } => c
+            .wipe(path, *offset, *len, *only_nonzero)
+            .map(|len| (Reply::Written { len }, none())),
         Request::Truncate { path, len } => done(c.truncate(path, *len)),
         Request::Fallocate { path, offset, len } => done(c.fallocate(path, *offset, *len)),
         Request::Chmod { path, mode } => done(c.chmod(path, *mode)),
@@ -248,7 +257,51 @@ pub(super) fn dispatch(c: &mut Confined, request: &Request, data: &[u8]) -> Outc
             .stream_write(*handle, *offset, data)
             .map(|len| (Reply::Written { len }, none())),
         Request::StreamClose { handle, fsync } => done(c.stream_close(*handle, *fsync)),
+        Request::Batch { items } => batch(c, items),
     }
+}
+
+/// The items of a batch in turn, each answered with its reply or its
+/// error; refused whole (nothing made) if one may not be in a batch or
+/// the reads could return more than a frame carries.
+fn batch(c: &mut Confined, items: &[Request]) -> Outcome {
+    let refuse = |why: String| Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+    if items.len() > MAX_BATCH_ITEMS {
+        return refuse(format!(
+            "a batch of {} requests; at most {MAX_BATCH_ITEMS}",
+            items.len()
+        ));
+    }
+    if let Some(bad) = items.iter().find(|r| !r.batchable()) {
+        return refuse(format!("{} cannot be in a batch", bad.op_name()));
+    }
+    let data_max: u64 = items.iter().map(Request::reply_data_max).sum();
+    if data_max > u64::from(MAX_DATA_BYTES) {
+        return refuse(format!(
+            "the batch's reads could return {data_max} bytes; a frame carries {MAX_DATA_BYTES}"
+        ));
+    }
+    let mut replies = Vec::with_capacity(items.len());
+    let mut data = Vec::new();
+    for item in items {
+        let reply = match dispatch(c, item, &[]) {
+            Ok((reply, bytes)) => {
+                // A read returns at most its len: within the check above.
+                let data_len = u32::try_from(bytes.len()).expect("checked above");
+                data.extend_from_slice(&bytes);
+                BatchReply {
+                    result: Ok(reply),
+                    data_len,
+                }
+            }
+            Err(e) => BatchReply {
+                result: Err(wire_error(&e)),
+                data_len: 0,
+            },
+        };
+        replies.push(reply);
+    }
+    Ok((Reply::Batch { items: replies }, data))
 }
 
 fn invalid(message: String) -> WireError {

@@ -65,6 +65,7 @@ use std::time::Duration;
 
 use depot_api::storage::{AllocType, ImgUuid, Legality, SdUuid, VolType, VolUuid, VolumeFormat};
 use depot_api::Code;
+use depot_os::fsproc::protocol::MAX_BATCH_ITEMS;
 use depot_os::fsproc::{FileKind, OpenWrite, StatInfo};
 use depot_os::{ImageFormat, Preallocation, QemuImg};
 
@@ -72,7 +73,7 @@ use crate::error::{BoxError, StorageError, StorageResult};
 use crate::layout::{DomainPaths, CREATING_SUFFIX, META_SUFFIX};
 use crate::metadata::volume::keys;
 use crate::metadata::VolumeMetadata;
-use crate::mount_fs::MountFs;
+use crate::mount_fs::{Look, MountFs, Seen};
 use crate::volume_data::open_error;
 use crate::volume_store::{
     check_parent, new_metadata, round_up, CreateVolume, MetadataChange, VolumeInfo, VolumeStore,
@@ -88,13 +89,19 @@ pub const FILE_VOLUME_MODE: u32 = 0o660;
 /// deadline.
 const PREALLOCATE_STEP: u64 = 1 << 30;
 
-/// Size of the aligned chunks [`wipe_file`] writes (and of the zeros
-/// written where `fallocate` is missing): one helper call each.
-pub const WIPE_CHUNK: usize = 8 * 1024 * 1024;
+/// Size of the aligned chunks [`wipe_file`] has the helpers zero: one call
+/// each, which must fit the deadline (at most the protocol's
+/// `MAX_WIPE_BYTES`; 32 MiB in the default 60 s is 0.6 MB/s). A call costs
+/// tens of µs: at this size the calls are not what a wipe's time is.
+pub const WIPE_CHUNK: u64 = 32 << 20;
+
+/// The zeros written per call where `fallocate` is missing (they cross the
+/// pipe).
+const ZEROS_CHUNK: usize = 8 << 20;
 
 /// In a sparse file, [`wipe_file`] skips ranges of this size that read as
-/// zeros.
-const WIPE_PROBE_UNIT: usize = 1024 * 1024;
+/// zeros (the helper's unit: `WIPE_UNIT`).
+const WIPE_PROBE_UNIT: u64 = depot_os::fsproc::protocol::WIPE_UNIT;
 
 /// Bytes per `st_blocks` unit.
 const STAT_BLOCK: u64 = 512;
@@ -219,11 +226,14 @@ impl<'a> FileVolumes<'a> {
                 }
             }
         }
-        // qemu-img may have changed the mode, and the umask may have cut
-        // bits off the one asked for; VDSM forces it too.
-        fs.chmod(&data, FILE_VOLUME_MODE)
-            .and_then(|()| fs.fsync(&data))
-            .map_err(|e| failed(&data, e))?;
+        // The data file was made exclusive, so the helper gave it exactly
+        // FILE_VOLUME_MODE (no umask); qemu-img may have changed it since,
+        // so a qcow2's is forced, as VDSM does.
+        if md.format == VolumeFormat::Cow {
+            fs.chmod(&data, FILE_VOLUME_MODE)
+                .map_err(|e| failed(&data, e))?;
+        }
+        fs.fsync(&data).map_err(|e| failed(&data, e))?;
 
         let lease = self.paths.volume_lease(img, vol);
         let lease_file = OpenWrite {
@@ -391,15 +401,36 @@ impl VolumeStore for FileVolumes<'_> {
     fn info(&self, img: ImgUuid, vol: VolUuid) -> StorageResult<VolumeInfo> {
         const OP: &str = "volume info";
         let fs = self.fs;
-        // One listing for the marker and the other volumes, one read of
-        // the record, one stat of the data (and a read per other volume
-        // of the image, for the children).
-        let entries = ImageEntries::scan(fs, self.paths, img, OP)?;
+        // One round trip to a helper: the listing (for the marker and the
+        // other volumes), the record, the stat of the data; a second only
+        // for the other volumes' records (the children), if there are any.
+        // The answers are taken in the order the calls were made one by
+        // one, with the same errors.
+        let (dir, meta, data) = (
+            self.paths.image(img),
+            self.paths.volume_meta(img, vol),
+            self.paths.volume(img, vol),
+        );
+        let looks = [
+            Look::Names(&dir),
+            Look::ReadToEnd(&meta, META_READ_MAX),
+            Look::Lstat(&data),
+        ];
+        // No answer at all: as the listing, the first call, would fail.
+        let seen = fs
+            .look(&looks)
+            .map_err(|e| open_error(Code::ImagePathError, OP, &dir, e))?;
+        let [names, record, stat] = <[io::Result<Seen>; 3]>::try_from(seen)
+            .map_err(|_| StorageError::new(Code::ImagePathError, OP, "three answers expected"))?;
+        let entries = ImageEntries::of_listing(names.and_then(seen_names), &dir, OP)?;
         entries.refuse_creating(self.paths, img, vol, OP)?;
-        let metadata = read_meta(fs, self.paths, img, vol, OP)?;
+        let metadata = record_of(record.and_then(seen_data), &meta, img, vol, OP)?;
         let others: Vec<VolUuid> = entries.complete().filter(|&v| v != vol).collect();
         let children = children_among(fs, self.paths, img, vol, &others, OP)?;
-        volume_info(fs, self.paths, img, vol, metadata, children, OP)
+        let st = stat
+            .and_then(seen_stat)
+            .map_err(|e| missing_or(e, &data, img, vol, Code::VolumeMetadataReadError, OP))?;
+        Ok(info_of(self.paths, img, vol, metadata, children, &st))
     }
 
     /// `(apparent, true)` size of the data file: `st_size` and
@@ -856,22 +887,54 @@ pub(crate) fn read_meta(
     op: &'static str,
 ) -> StorageResult<VolumeMetadata> {
     let path = paths.volume_meta(img, vol);
-    let bytes = fs
-        .read_to_end(&path, META_READ_MAX)
-        .map_err(|e| match e.kind() {
-            ErrorKind::NotFound => StorageError::new(
-                Code::VolumeDoesNotExist,
-                op,
-                format!("volume {vol} of image {img}: no {}", path.display()),
-            )
-            .caused_by(e),
-            // Anything but a regular file there is refused by the helper
-            // before it reads: unreadable too.
-            _ => StorageError::io(Code::VolumeMetadataReadError, op, &path, e),
-        })?;
+    record_of(fs.read_to_end(&path, META_READ_MAX), &path, img, vol, op)
+}
+
+/// [`read_meta`] of what the read of `path` answered.
+fn record_of(
+    read: io::Result<Vec<u8>>,
+    path: &Path,
+    img: ImgUuid,
+    vol: VolUuid,
+    op: &'static str,
+) -> StorageResult<VolumeMetadata> {
+    let bytes = read.map_err(|e| match e.kind() {
+        ErrorKind::NotFound => StorageError::new(
+            Code::VolumeDoesNotExist,
+            op,
+            format!("volume {vol} of image {img}: no {}", path.display()),
+        )
+        .caused_by(e),
+        // Anything but a regular file there is refused by the helper
+        // before it reads: unreadable too.
+        _ => StorageError::io(Code::VolumeMetadataReadError, op, path, e),
+    })?;
     VolumeMetadata::parse(&bytes).map_err(|e| {
         StorageError::new(e.code, op, format!("{}: {}", path.display(), e.detail)).with_cause_of(&e)
     })
+}
+
+/// The answers of [`MountFs::look`] as the kinds asked for (another kind
+/// is the helper's mistake, an error).
+fn seen_names(seen: Seen) -> io::Result<Vec<String>> {
+    match seen {
+        Seen::Names(names) => Ok(names),
+        other => Err(io::Error::other(format!("a listing expected: {other:?}"))),
+    }
+}
+
+fn seen_data(seen: Seen) -> io::Result<Vec<u8>> {
+    match seen {
+        Seen::Data(bytes) => Ok(bytes),
+        other => Err(io::Error::other(format!("data expected: {other:?}"))),
+    }
+}
+
+fn seen_stat(seen: Seen) -> io::Result<StatInfo> {
+    match seen {
+        Seen::Stat(st) => Ok(st),
+        other => Err(io::Error::other(format!("a stat expected: {other:?}"))),
+    }
 }
 
 /// 201 for a half-created volume.
@@ -1030,7 +1093,19 @@ pub(crate) fn volume_info(
     op: &'static str,
 ) -> StorageResult<VolumeInfo> {
     let st = stat_volume(fs, paths, img, vol, Code::VolumeMetadataReadError, op)?;
-    Ok(VolumeInfo {
+    Ok(info_of(paths, img, vol, metadata, children, &st))
+}
+
+/// A volume's [`VolumeInfo`] from its record, children and data's stat.
+fn info_of(
+    paths: &DomainPaths,
+    img: ImgUuid,
+    vol: VolUuid,
+    metadata: VolumeMetadata,
+    children: Vec<VolUuid>,
+    st: &StatInfo,
+) -> VolumeInfo {
+    VolumeInfo {
         volume: vol,
         metadata,
         path: paths.volume(img, vol),
@@ -1038,7 +1113,7 @@ pub(crate) fn volume_info(
         true_size: st.blocks * STAT_BLOCK,
         children,
         mtime: u64::try_from(st.mtime_s).unwrap_or(0),
-    })
+    }
 }
 
 /// `name` as a volume id if it is one in canonical form (so that the id
@@ -1068,12 +1143,21 @@ impl ImageEntries {
         op: &'static str,
     ) -> StorageResult<ImageEntries> {
         let dir = paths.image(img);
-        match fs.names(&dir) {
+        ImageEntries::of_listing(fs.names(&dir), &dir, op)
+    }
+
+    /// [`scan`](Self::scan) of what the listing of `dir` answered.
+    pub(crate) fn of_listing(
+        listing: io::Result<Vec<String>>,
+        dir: &Path,
+        op: &'static str,
+    ) -> StorageResult<ImageEntries> {
+        match listing {
             Ok(names) => Ok(ImageEntries {
                 names: names.into_iter().collect(),
             }),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(ImageEntries::default()),
-            Err(e) => Err(open_error(Code::ImagePathError, op, &dir, e)),
+            Err(e) => Err(open_error(Code::ImagePathError, op, dir, e)),
         }
     }
 
@@ -1148,8 +1232,9 @@ fn parent_in_record(bytes: &[u8]) -> Option<VolUuid> {
     None
 }
 
-/// Parent of each of `vols`, from its record (one read each; a record
-/// gone meanwhile is skipped).
+/// Parent of each of `vols`, from its record (the reads batched, one
+/// round trip per [`MAX_BATCH_ITEMS`] records; a record gone meanwhile is
+/// skipped).
 fn parents_of(
     fs: &MountFs,
     paths: &DomainPaths,
@@ -1158,22 +1243,23 @@ fn parents_of(
     op: &'static str,
 ) -> StorageResult<HashMap<VolUuid, VolUuid>> {
     let mut out = HashMap::new();
-    for &v in vols {
-        let path = paths.volume_meta(img, v);
-        match fs.read_to_end(&path, META_READ_MAX) {
-            Ok(bytes) => {
-                if let Some(p) = parent_in_record(&bytes) {
-                    out.insert(v, p);
+    for group in vols.chunks(MAX_BATCH_ITEMS) {
+        let metas: Vec<_> = group.iter().map(|&v| paths.volume_meta(img, v)).collect();
+        let looks: Vec<Look<'_>> = metas
+            .iter()
+            .map(|p| Look::ReadToEnd(p, META_READ_MAX))
+            .collect();
+        let failed = |path: &Path, e| StorageError::io(Code::VolumeMetadataReadError, op, path, e);
+        let seen = fs.look(&looks).map_err(|e| failed(&metas[0], e))?;
+        for ((&v, path), answer) in group.iter().zip(&metas).zip(seen) {
+            match answer.and_then(seen_data) {
+                Ok(bytes) => {
+                    if let Some(p) = parent_in_record(&bytes) {
+                        out.insert(v, p);
+                    }
                 }
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(StorageError::io(
-                    Code::VolumeMetadataReadError,
-                    op,
-                    &path,
-                    e,
-                ))
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(failed(path, e)),
             }
         }
     }
@@ -1319,9 +1405,9 @@ fn preallocate(fs: &MountFs, path: &Path, offset: u64, len: u64) -> io::Result<(
     Ok(())
 }
 
-/// Zeros written over `len` bytes at `offset`, [`WIPE_CHUNK`] per call.
+/// Zeros written over `len` bytes at `offset`, [`ZEROS_CHUNK`] per call.
 fn write_zeros(fs: &MountFs, path: &Path, offset: u64, len: u64) -> io::Result<()> {
-    let zeros = vec![0u8; WIPE_CHUNK];
+    let zeros = vec![0u8; ZEROS_CHUNK];
     let mut done = 0u64;
     while done < len {
         let n = usize::try_from(len - done).map_or(zeros.len(), |r| r.min(zeros.len()));
@@ -1341,18 +1427,17 @@ fn write_zeros(fs: &MountFs, path: &Path, offset: u64, len: u64) -> io::Result<(
 /// wipe, since punching holes (or `FALLOC_FL_ZERO_RANGE`, which only marks
 /// extents unwritten) would leave the old blocks on the disk.
 ///
-/// The aligned bulk is written with `O_DIRECT` in [`WIPE_CHUNK`] chunks
-/// (no page cache to fill, nothing left unwritten in it), a tail that is
-/// not a multiple of the direct I/O alignment with a normal write, each
-/// chunk one call in the mount's helpers with their deadline. In a sparse
-/// file, chunks that already read as zeros (holes) are skipped, so the
-/// wipe neither allocates the holes nor runs the domain out of space. The
-/// file keeps its size and allocation. Returns the bytes written. The file
-/// must be a regular file reached without a symlink (else 254); other
-/// errors are CannotDeleteVolume (222), or 2001/2002 for a mount in
-/// trouble.
-// long: a few lines over: the dense and the sparse loop side by side, with
-// the alignment checks they share.
+/// The aligned bulk is zeroed by the mount's helpers themselves
+/// ([`MountFs::wipe`]: `O_DIRECT` from a zeroed buffer of theirs, no zero
+/// byte on the pipe), [`WIPE_CHUNK`] per call, each call with the helpers'
+/// deadline; a tail that is not a multiple of the direct I/O alignment is
+/// written with a normal write. In a sparse file the helper reads each
+/// 1 MiB unit first and skips those that already read as zeros (holes),
+/// so the wipe neither allocates the holes nor runs the domain out of
+/// space. The file keeps its size and allocation. Returns the bytes
+/// written. The file must be a regular file reached without a symlink
+/// (else 254); other errors are CannotDeleteVolume (222), or 2001/2002 for
+/// a mount in trouble.
 pub fn wipe_file(fs: &MountFs, path: &Path) -> StorageResult<u64> {
     const OP: &str = "wipe volume data";
     let code = Code::CannotDeleteVolume;
@@ -1362,63 +1447,29 @@ pub fn wipe_file(fs: &MountFs, path: &Path) -> StorageResult<u64> {
     let sparse = st.blocks * STAT_BLOCK < len;
     let probe = fs.direct_probe(path).map_err(fail)?;
     let align = u64::from(probe.block_size).max(512);
-    if !probe.supported || !align.is_power_of_two() || align > WIPE_PROBE_UNIT as u64 {
+    if !probe.supported || !align.is_power_of_two() || align > WIPE_PROBE_UNIT {
         return Err(StorageError::new(
             code,
             OP,
             format!("{}: unusable direct I/O: {probe:?}", path.display()),
         ));
     }
-    let direct = OpenWrite {
-        direct: true,
-        ..OpenWrite::default()
-    };
-    let zeros = vec![0u8; WIPE_CHUNK];
     let bulk = len - len % align;
     let mut written = 0u64;
     let mut off = 0u64;
     while off < bulk {
-        let n = usize::try_from(bulk - off).map_or(WIPE_CHUNK, |r| r.min(WIPE_CHUNK));
-        let ranges = if sparse {
-            let got = fs.read_at(path, off, n as u32, true).map_err(fail)?;
-            nonzero_units(&got, n)
-        } else {
-            vec![(0, n)]
-        };
-        for (s, m) in ranges {
-            fs.write_at(path, off + s as u64, &zeros[..m], direct, false)
-                .map_err(fail)?;
-            written += m as u64;
-        }
-        off += n as u64;
+        let n = (bulk - off).min(WIPE_CHUNK);
+        written += fs.wipe(path, off, n, sparse).map_err(fail)?;
+        off += n;
     }
     if bulk < len {
-        let n = (len - bulk) as usize;
-        fs.write_at(path, bulk, &zeros[..n], OpenWrite::default(), false)
+        let zeros = vec![0u8; (len - bulk) as usize];
+        fs.write_at(path, bulk, &zeros, OpenWrite::default(), false)
             .map_err(fail)?;
-        written += n as u64;
+        written += zeros.len() as u64;
     }
     fs.fsync(path).map_err(fail)?;
     Ok(written)
-}
-
-/// The `(start, len)` runs of [`WIPE_PROBE_UNIT`]s of a chunk of `n` bytes
-/// that need zeros: those that did not read as zeros, or were not read
-/// (`got` is short), adjacent ones merged into one write.
-fn nonzero_units(got: &[u8], n: usize) -> Vec<(usize, usize)> {
-    let mut out: Vec<(usize, usize)> = Vec::new();
-    let mut s = 0;
-    while s < n {
-        let m = (n - s).min(WIPE_PROBE_UNIT);
-        if got.len() < s + m || got[s..s + m].iter().any(|&b| b != 0) {
-            match out.last_mut() {
-                Some((start, len)) if *start + *len == s => *len += m,
-                _ => out.push((s, m)),
-            }
-        }
-        s += m;
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1470,21 +1521,5 @@ mod tests {
             "{before:?} {after:?}"
         );
         assert!(n >= (3 << 20) + 100, "{n}");
-    }
-
-    #[test]
-    fn nonzero_units_are_merged() {
-        let unit = WIPE_PROBE_UNIT;
-        let mut got = vec![0u8; 4 * unit];
-        got[5] = 1;
-        got[unit + 7] = 1;
-        got[3 * unit] = 1;
-        assert_eq!(
-            nonzero_units(&got, 4 * unit),
-            vec![(0, 2 * unit), (3 * unit, unit)]
-        );
-        // Not read (short): written.
-        assert_eq!(nonzero_units(&got[..unit], 2 * unit), vec![(0, 2 * unit)]);
-        assert_eq!(nonzero_units(&vec![0u8; unit], unit), vec![]);
     }
 }
