@@ -5,8 +5,9 @@
 //! NFS ones of the VM tier (vm_nfs_frozen.rs, the server's packets
 //! dropped), which give a [`Server`].
 //!
-//! The contract the verbs are held to (docs/plans/fsproc-verbs.md): no
-//! depotd thread ever waits inside the frozen mount; a verb on the frozen
+//! The contract the verbs are held to (docs/architecture.md, "File-system
+//! calls in helper processes"): no depotd thread ever waits inside the
+//! frozen mount; a verb on the frozen
 //! domain answers within the I/O timeout (plus a margin) with 2001 (2002
 //! for a write) naming the mount, never 358; scans over every mount are
 //! bounded and report the mount they could not read; SIGTERM with calls
