@@ -72,6 +72,11 @@ impl Server for NfsServer {
         NFS
     }
 
+    /// A SIGKILLed helper waiting on NFS dies (the wait is killable).
+    fn killed_helpers_stay_stuck(&self) -> bool {
+        false
+    }
+
     fn connection(&self) -> ConnectionSpec {
         ConnectionSpec {
             connection: self.export.clone(),
