@@ -64,14 +64,7 @@ impl FsProc {
             mount: root.to_owned(),
             source,
         };
-        let mut command = Command::new(&cmd.program);
-        command
-            .args(&cmd.args)
-            .env(PARENT_PID_ENV, std::process::id().to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = spawn(command).map_err(spawn_err)?;
+        let mut child = spawn_child(cmd).map_err(spawn_err)?;
         let pid = child.id();
         let stdin = nonblocking(child.stdin.take().expect("piped").into()).map_err(spawn_err)?;
         let stdout = nonblocking(child.stdout.take().expect("piped").into()).map_err(spawn_err)?;
@@ -322,9 +315,9 @@ fn spawn(command: Command) -> io::Result<Child> {
         .map_err(|_| io::Error::other("the fsproc spawner thread is gone"))?
 }
 
-/// Starts `cmd` with `args` as a helper child of another kind than the
-/// file-system helper (the copier, depot-storage's `copy::child`): stdin
-/// and stdout piped, stderr inherited, forked from the same long-lived
+/// Starts `cmd` as a helper child (the file-system helper, and the
+/// copier of depot-storage's `copy::child`): stdin and stdout piped,
+/// stderr inherited, forked from the same long-lived
 /// thread (see [`spawn`]) and told this process's pid, so that the child
 /// can [`prepare_helper_process`](super::prepare_helper_process) itself.
 pub fn spawn_child(cmd: &HelperCommand) -> io::Result<Child> {

@@ -594,23 +594,10 @@ pub fn write_frame<T: Serialize>(
 pub fn read_frame<T: for<'de> Deserialize<'de>>(
     input: &mut impl Read,
 ) -> Result<(T, Vec<u8>), FrameError> {
-    let mut prefix = [0u8; PREFIX_BYTES];
-    let mut got = 0;
-    while got < PREFIX_BYTES {
-        match input.read(&mut prefix[got..]) {
-            Ok(0) if got == 0 => return Err(FrameError::Eof),
-            Ok(0) => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let (header_len, data_len) = parse_prefix(prefix)?;
-    let mut header = vec![0u8; header_len];
-    input.read_exact(&mut header)?;
+    let (header, data_len) = read_head(input)?;
     let mut data = vec![0u8; data_len];
     input.read_exact(&mut data)?;
-    Ok((serde_json::from_slice(&header)?, data))
+    Ok((header, data))
 }
 
 /// Reads one frame (blocking) whose data goes into `data` (grown as
@@ -620,6 +607,17 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(
 pub fn read_frame_into<T: for<'de> Deserialize<'de>>(
     input: &mut impl Read,
     data: &mut DataBuf,
+) -> Result<(T, usize), FrameError> {
+    let (header, data_len) = read_head(input)?;
+    input.read_exact(data.space(data_len)?)?;
+    Ok((header, data_len))
+}
+
+/// A frame's prefix and header, checked against the caps before anything
+/// is allocated; the decoded header and the length of the data that
+/// follows. [`FrameError::Eof`] when the stream ends before a frame.
+fn read_head<T: for<'de> Deserialize<'de>>(
+    input: &mut impl Read,
 ) -> Result<(T, usize), FrameError> {
     let mut prefix = [0u8; PREFIX_BYTES];
     let mut got = 0;
@@ -635,7 +633,6 @@ pub fn read_frame_into<T: for<'de> Deserialize<'de>>(
     let (header_len, data_len) = parse_prefix(prefix)?;
     let mut header = vec![0u8; header_len];
     input.read_exact(&mut header)?;
-    input.read_exact(data.space(data_len)?)?;
     Ok((serde_json::from_slice(&header)?, data_len))
 }
 
