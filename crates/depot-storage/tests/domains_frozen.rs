@@ -6,6 +6,8 @@
 //! thread of this process ever waits inside the frozen mount (the calls
 //! are made in the mounts' helper processes). Root tier.
 
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -14,10 +16,9 @@ use std::time::{Duration, Instant};
 use depot_api::storage::{DomainClass, DomainType, SdUuid};
 use depot_api::types::Uuid;
 use depot_api::Code;
-use depot_os::fsproc::HelperCommand;
 use depot_os::CommandRunner;
 use depot_storage::connection::ConnectionParams;
-use depot_storage::{CreateDomain, Storage, StorageConfig, StorageError};
+use depot_storage::{CreateDomain, Storage, StorageError};
 use depot_testkit::gluster::Gluster;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
@@ -81,12 +82,7 @@ fn timed<T>(what: &str, limit: Duration, f: impl FnOnce() -> T) -> T {
 
 /// A read error of the frozen mount: 2001 naming it, never 358.
 fn assert_mount_trouble(what: &str, e: &StorageError, mount: &Path) {
-    assert_eq!(e.code, Code::MiscFileReadException, "{what}: {e}");
-    assert!(
-        e.to_string().contains(&mount.display().to_string()),
-        "{what} names the mount {}: {e}",
-        mount.display()
-    );
+    support::assert_mount_trouble(what, e, mount, &[Code::MiscFileReadException]);
 }
 
 #[test]
@@ -98,18 +94,7 @@ fn domain_verbs_and_scans_with_a_frozen_gluster_brick() {
     let repo = tempfile::tempdir().unwrap();
     let local = tempfile::tempdir().unwrap();
     let s = Storage::new(
-        StorageConfig {
-            repository: repo.path().to_path_buf(),
-            io_timeout: IO_TIMEOUT,
-            lock_timeout: Duration::from_secs(30),
-            qemu_img_timeout: Duration::from_secs(30),
-            monitor_interval: Duration::from_secs(1),
-            fsproc_command: Some(HelperCommand::new(env!(
-                "CARGO_BIN_EXE_depot-storage-fsproc"
-            ))),
-            fsproc_helpers_per_mount: 4,
-            sanlock: None,
-        },
+        support::storage_config(repo.path(), IO_TIMEOUT),
         CommandRunner::new(),
     );
     // Where a GLUSTERFS connection to the volume is mounted (the

@@ -24,7 +24,6 @@ use depot_api::storage::{
 };
 use depot_api::types::Uuid;
 use depot_api::Code;
-use depot_os::fsproc::HelperCommand;
 use depot_os::CommandRunner;
 use depot_storage::connection::ConnectionParams;
 use depot_storage::domain_spec::CreateDomain;
@@ -127,16 +126,8 @@ impl Setup {
         let repo = tempfile::tempdir().unwrap();
         let s = Storage::new(
             StorageConfig {
-                repository: repo.path().to_path_buf(),
-                io_timeout: IO,
-                lock_timeout: Duration::from_secs(30),
-                qemu_img_timeout: Duration::from_secs(60),
                 monitor_interval: Duration::from_secs(10),
-                fsproc_command: Some(HelperCommand::new(env!(
-                    "CARGO_BIN_EXE_depot-storage-fsproc"
-                ))),
-                fsproc_helpers_per_mount: 4,
-                sanlock: None,
+                ..support::storage_config(repo.path(), IO)
             },
             CommandRunner::new(),
         );

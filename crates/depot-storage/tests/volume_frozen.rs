@@ -28,9 +28,7 @@ use depot_storage::backup::PreparePurpose;
 use depot_storage::connection::ConnectionParams;
 use depot_storage::domain::{Domain, FileDomain, VolumeTools};
 use depot_storage::layout::DomainPaths;
-use depot_storage::{
-    CreateDomain, CreateVolume, Storage, StorageConfig, StorageError, VolumeStore,
-};
+use depot_storage::{CreateDomain, CreateVolume, Storage, StorageError, VolumeStore};
 use depot_testkit::gluster::Gluster;
 
 /// Short, so that the test is quick; the margin below is generous.
@@ -95,19 +93,8 @@ fn answered<T: Send + 'static>(
 fn assert_trouble<T: std::fmt::Debug>(what: &str, r: Result<T, StorageError>, mount: &Path) {
     let e = r.expect_err(what);
     eprintln!("{what}: {e}");
-    assert!(
-        matches!(
-            e.code,
-            Code::MiscFileReadException | Code::MiscFileWriteException
-        ),
-        "{what}: {} {e}",
-        e.code.number()
-    );
-    assert!(
-        e.to_string().contains(&mount.display().to_string()),
-        "{what} names the mount {}: {e}",
-        mount.display()
-    );
+    let codes = [Code::MiscFileReadException, Code::MiscFileWriteException];
+    support::assert_mount_trouble(what, &e, mount, &codes);
 }
 
 /// The volume store of a GlusterFS domain (the calls a verb makes once the
@@ -198,16 +185,7 @@ fn volume_verbs_on_a_frozen_gluster_domain_answer_in_time() {
     let g = Gluster::start().expect("start gluster");
     let repo = tempfile::tempdir().unwrap();
     let s = std::sync::Arc::new(Storage::new(
-        StorageConfig {
-            repository: repo.path().to_path_buf(),
-            io_timeout: IO_TIMEOUT,
-            lock_timeout: Duration::from_secs(30),
-            qemu_img_timeout: Duration::from_secs(60),
-            monitor_interval: Duration::from_secs(1),
-            fsproc_command: Some(support::fsproc_command()),
-            fsproc_helpers_per_mount: 4,
-            sanlock: None,
-        },
+        support::storage_config(repo.path(), IO_TIMEOUT),
         CommandRunner::new(),
     ));
     let params = vec![ConnectionParams {

@@ -61,3 +61,36 @@ pub fn mount_helpers(root: &Path, timeout: Duration) -> MountFs {
         timeout,
     }))
 }
+
+/// A storage layer's configuration for tests on real mounts: the calls go
+/// through the `depot-storage-fsproc` helpers with `io_timeout` per call
+/// (the frozen-storage tests' deadline), no sanlock. Callers change what
+/// their test needs with `StorageConfig { field, ..storage_config(..) }`.
+pub fn storage_config(repository: &Path, io_timeout: Duration) -> depot_storage::StorageConfig {
+    depot_storage::StorageConfig {
+        repository: repository.to_path_buf(),
+        io_timeout,
+        lock_timeout: Duration::from_secs(30),
+        qemu_img_timeout: Duration::from_secs(60),
+        monitor_interval: Duration::from_secs(1),
+        fsproc_command: Some(fsproc_command()),
+        fsproc_helpers_per_mount: 4,
+        sanlock: None,
+    }
+}
+
+/// A mount in trouble (issue 15): one of `codes` (2001 for a read, 2002
+/// for a write), naming the mount, so never "does not exist".
+pub fn assert_mount_trouble(
+    what: &str,
+    e: &depot_storage::StorageError,
+    mount: &Path,
+    codes: &[depot_api::Code],
+) {
+    assert!(codes.contains(&e.code), "{what}: {} {e}", e.code.number());
+    assert!(
+        e.to_string().contains(&mount.display().to_string()),
+        "{what} names the mount {}: {e}",
+        mount.display()
+    );
+}
