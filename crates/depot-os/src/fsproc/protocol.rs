@@ -420,6 +420,23 @@ pub struct VfsInfo {
     pub read_only: bool,
 }
 
+/// A helper's `statvfs` as the figures the storage reports. The helper
+/// does not report the root reserve; nothing of a file domain reads it,
+/// so `free_bytes_root` is the unprivileged free space.
+impl From<VfsInfo> for crate::fsutil::FsStats {
+    fn from(v: VfsInfo) -> Self {
+        crate::fsutil::FsStats {
+            block_size: v.block_size,
+            total_bytes: v.total_bytes,
+            free_bytes: v.free_bytes,
+            free_bytes_root: v.free_bytes,
+            total_inodes: v.total_inodes,
+            free_inodes: v.free_inodes,
+            read_only: v.read_only,
+        }
+    }
+}
+
 /// One directory entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {

@@ -338,17 +338,7 @@ pub fn stats(fs: &MountFs, paths: &DomainPaths) -> StorageResult<FsStats> {
             e,
         )
     })?;
-    Ok(FsStats {
-        block_size: v.block_size,
-        total_bytes: v.total_bytes,
-        free_bytes: v.free_bytes,
-        // The helper reports the space an unprivileged user can use only;
-        // nothing of a file domain's reads the root reserve.
-        free_bytes_root: v.free_bytes,
-        total_inodes: v.total_inodes,
-        free_inodes: v.free_inodes,
-        read_only: v.read_only,
-    })
+    Ok(FsStats::from(v))
 }
 
 /// Removes a domain: renamed out of sight first (so a crash mid-delete

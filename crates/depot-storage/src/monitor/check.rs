@@ -164,16 +164,7 @@ pub(crate) fn probe_via(pool: &FsPool, read_rel: &str, stat_rel: &str) -> Probe 
         Err(f) if f.no_answer => Err(f.clone()),
         _ => pool
             .statvfs(stat_rel)
-            .map(|v| FsStats {
-                block_size: v.block_size,
-                total_bytes: v.total_bytes,
-                free_bytes: v.free_bytes,
-                // Not reported by the helper; the monitor does not use it.
-                free_bytes_root: v.free_bytes,
-                total_inodes: v.total_inodes,
-                free_inodes: v.free_inodes,
-                read_only: v.read_only,
-            })
+            .map(FsStats::from)
             .map_err(|e| Failure::of_helper(&e)),
     };
     Probe { read, stat }
