@@ -119,13 +119,21 @@ pub fn terminate(pid: u32, grace: Duration) {
     }
 }
 
+/// A thread found waiting inside a file system (see [`threads_waiting`]).
+#[derive(Debug, Clone)]
+pub struct WaitingThread {
+    pub tid: String,
+    pub wchan: String,
+    /// Its `/proc/<pid>/task/<tid>/stat` line.
+    pub stat: String,
+}
+
 /// The threads of process `pid` waiting inside a file system: in
 /// uninterruptible sleep (`D`), or waiting for a FUSE answer (the kernel
 /// first waits for that interruptibly, so such a thread shows `S` with the
-/// wchan `request_wait_answer`). Each as "wchan: stat line", for messages.
-/// Issue 15's tests check that depotd (or a test process driving the
-/// storage layer) has none in a frozen mount.
-pub fn threads_in_the_storage(pid: u32) -> Vec<String> {
+/// wchan `request_wait_answer`). Issue 15's tests check that depotd (or a
+/// test process driving the storage layer) has none in a frozen mount.
+pub fn threads_waiting(pid: u32) -> Vec<WaitingThread> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
@@ -138,7 +146,19 @@ pub fn threads_in_the_storage(pid: u32) -> Vec<String> {
             // parentheses and may contain spaces.
             let state = stat.rsplit_once(") ")?.1.split(' ').next()?.to_owned();
             let in_fuse = wchan == "request_wait_answer" || wchan.starts_with("fuse");
-            (state == "D" || in_fuse).then(|| format!("{wchan}: {}", stat.trim()))
+            (state == "D" || in_fuse).then(|| WaitingThread {
+                tid: t.file_name().to_string_lossy().into_owned(),
+                wchan,
+                stat: stat.trim().to_owned(),
+            })
         })
+        .collect()
+}
+
+/// [`threads_waiting`], each as "wchan: stat line", for messages.
+pub fn threads_in_the_storage(pid: u32) -> Vec<String> {
+    threads_waiting(pid)
+        .into_iter()
+        .map(|t| format!("{}: {}", t.wchan, t.stat))
         .collect()
 }

@@ -297,47 +297,14 @@ pub fn last_check(entry: &Value) -> f64 {
         .unwrap_or_else(|| panic!("lastCheck: {entry}"))
 }
 
-/// The threads of process `pid` waiting inside a file system: in `D`
-/// state, or waiting for a FUSE answer (which the kernel first waits for
-/// interruptibly: `S` with the wchan `request_wait_answer`). A thread of
-/// depotd there is one its shutdown would wait for (issue 15).
+/// The threads of process `pid` waiting inside a file system (a thread
+/// of depotd there is one its shutdown would wait for, issue 15).
 pub fn threads_in_the_storage(pid: i32) -> Vec<String> {
-    threads_waiting(pid)
-        .into_iter()
-        .map(|t| format!("{}: {}", t.wchan, t.stat))
-        .collect()
+    depot_testkit::process::threads_in_the_storage(pid as u32)
 }
 
-/// A thread found waiting in a file system.
-struct Waiting {
-    tid: String,
-    wchan: String,
-    stat: String,
-}
-
-fn threads_waiting(pid: i32) -> Vec<Waiting> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| {
-            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
-            let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
-            let state = stat
-                .rsplit(')')
-                .next()?
-                .split_whitespace()
-                .next()?
-                .to_owned();
-            let in_fuse = wchan == "request_wait_answer" || wchan.starts_with("fuse");
-            (state == "D" || in_fuse).then(|| Waiting {
-                tid: t.file_name().to_string_lossy().into_owned(),
-                wchan,
-                stat,
-            })
-        })
-        .collect()
+fn threads_waiting(pid: i32) -> Vec<depot_testkit::process::WaitingThread> {
+    depot_testkit::process::threads_waiting(pid as u32)
 }
 
 /// How many threads of `pid` and of its descendants (its fsproc helpers)
