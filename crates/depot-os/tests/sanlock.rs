@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use depot_os::sanlock::{
     direct_init_lockspace, direct_init_resource, direct_read_leader, AddOutcome, Area,
-    DirectConfig, Geometry, HostIdState, HostStatus, Lockspace, RemOutcome, Sanlock, SanlockError,
+    DirectConfig, Geometry, HostIdState, HostStatus, Lockspace, Refusal, RemOutcome, Resource,
+    Sanlock, SanlockError,
 };
 use depot_testkit::sanlock::SanlockDaemon;
 
@@ -151,4 +152,74 @@ fn a_daemon_that_is_not_running_is_reported_as_unavailable() {
     assert!(matches!(e, SanlockError::Unavailable(_)), "{e}");
     let ls = Lockspace::new("x", 1, Area::new("/nonexistent/ids", 0));
     assert!(s.add_lockspace(&ls, 0).is_err());
+}
+
+/// A paxos lease (the SPM's `SDM` lease of a domain) through the daemon:
+/// acquired with the host id held, its version and holder read back from
+/// disk, refused when asked for at a stale version, released; and a
+/// registration that closes (the process's end, as when depotd dies)
+/// gives up what it held.
+#[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+fn a_lease_is_acquired_read_released_and_dropped_with_its_holder() {
+    depot_testkit::require_root();
+    let daemon = SanlockDaemon::start().expect("sanlock daemon");
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, leases) = (dir.path().join("ids"), dir.path().join("leases"));
+    empty_file(&ids);
+    empty_file(&leases);
+    let g = Geometry::new(512, MIB).unwrap();
+    let cfg = DirectConfig::default();
+    direct_init_lockspace(&cfg, "lease-test", &Area::new(&ids, 0), g).unwrap();
+    direct_init_resource(&cfg, "lease-test", "SDM", &Area::new(&leases, MIB), g).unwrap();
+    let sdm = Resource::new("lease-test", "SDM", Area::new(&leases, MIB));
+
+    let s = Sanlock::load(None, Duration::from_secs(60));
+    let fresh = s.read_lease(&sdm).unwrap();
+    assert_eq!(fresh.lver, 0, "{fresh:?}");
+    assert!(fresh.owners.is_empty(), "{fresh:?}");
+    // No host id in the lockspace yet: refused, not hung.
+    let e = s.acquire(&sdm, None).unwrap_err();
+    assert!(matches!(e, SanlockError::Call { .. }), "{e}");
+
+    let ls = Lockspace::new("lease-test", 3, Area::new(&ids, 0));
+    s.add_lockspace(&ls, 0).unwrap();
+    let held = wait_for(Duration::from_secs(90), || {
+        (s.inq_lockspace(&ls).unwrap() == HostIdState::Held).then_some(())
+    });
+    assert!(held.is_some(), "host id not held; {}", daemon.log());
+
+    assert_eq!(s.acquire(&sdm, None).unwrap(), 1);
+    let state = s.read_lease(&sdm).unwrap();
+    assert_eq!(state.lver, 1);
+    assert_eq!(
+        state.owners.iter().map(|h| h.host_id).collect::<Vec<_>>(),
+        [3]
+    );
+    // Held already by this process.
+    let again = s.acquire(&sdm, None).unwrap_err();
+    assert_eq!(again.errno(), Some(libc::EEXIST), "{again}");
+    // Busy: the host id cannot go while a lease of its lockspace is held.
+    assert_eq!(s.rem_lockspace(&ls, false).unwrap(), RemOutcome::Busy);
+
+    s.release(&sdm).unwrap();
+    assert!(s.read_lease(&sdm).unwrap().owners.is_empty());
+    // A version other than the lease's is refused (0 is no check at all,
+    // in sanlock).
+    let stale = s.acquire(&sdm, Some(7)).unwrap_err();
+    assert_eq!(stale.refusal(), Some(Refusal::Lver), "{stale}");
+    assert_eq!(s.acquire(&sdm, Some(1)).unwrap(), 2);
+
+    // The holder goes away: its registration closes and the daemon frees
+    // its leases; a new registration takes the lease at the next version.
+    drop(s);
+    let freed = wait_for(Duration::from_secs(30), || {
+        let s2 = Sanlock::load(None, Duration::from_secs(30));
+        s2.read_lease(&sdm).unwrap().owners.is_empty().then_some(())
+    });
+    assert!(freed.is_some(), "lease not freed; {}", daemon.log());
+    let s2 = Sanlock::load(None, Duration::from_secs(60));
+    assert_eq!(s2.acquire(&sdm, None).unwrap(), 3);
+    s2.release(&sdm).unwrap();
+    assert_eq!(s2.rem_lockspace(&ls, false).unwrap(), RemOutcome::Released);
 }

@@ -8,13 +8,14 @@
 //! on its worker thread (a socket wait, never a wait in a storage mount:
 //! the daemon does the I/O).
 
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use libloading::Library;
 
+use super::resource::{RawResource, Registration};
 use super::{check_name, escape_path, Lockspace, SanlockError, NAME_LEN, PATH_LEN};
 use crate::worker::IoWorker;
 
@@ -41,11 +42,11 @@ const SANLK_HOST_MASK: u32 = 0xf;
 
 /// `struct sanlk_disk` (sanlock.h).
 #[repr(C)]
-struct RawDisk {
-    path: [c_char; PATH_LEN],
-    offset: u64,
-    pad1: u32,
-    pad2: u32,
+pub(super) struct RawDisk {
+    pub(super) path: [c_char; PATH_LEN],
+    pub(super) offset: u64,
+    pub(super) pad1: u32,
+    pub(super) pad2: u32,
 }
 
 /// `struct sanlk_lockspace` (sanlock.h): 1104 bytes, `host_id` at 48,
@@ -61,7 +62,7 @@ struct RawLockspace {
 /// `struct sanlk_host` (sanlock.h).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct RawHost {
+pub(super) struct RawHost {
     host_id: u64,
     generation: u64,
     timestamp: u64,
@@ -74,16 +75,25 @@ type AddTimeoutFn = unsafe extern "C" fn(*mut RawLockspace, u32, u32) -> c_int;
 type GetHostsFn =
     unsafe extern "C" fn(*const c_char, u64, *mut *mut RawHost, *mut c_int, u32) -> c_int;
 type VersionFn = unsafe extern "C" fn(u32, *mut u32, *mut u32) -> c_int;
+type RegisterFn = unsafe extern "C" fn() -> c_int;
+pub(super) type ResFn =
+    unsafe extern "C" fn(c_int, c_int, u32, c_int, *mut *mut RawResource, *mut c_void) -> c_int;
+type ReleaseFn = unsafe extern "C" fn(c_int, c_int, u32, c_int, *mut *mut RawResource) -> c_int;
+type OwnersFn = unsafe extern "C" fn(*mut RawResource, u32, *mut *mut RawHost, *mut c_int) -> c_int;
 type StrerrorFn = unsafe extern "C" fn(c_int) -> *const c_char;
 
 /// The loaded library and the entry points depot uses.
-struct Lib {
+pub(super) struct Lib {
     add_lockspace_timeout: AddTimeoutFn,
     inq_lockspace: LsFn,
     rem_lockspace: LsFn,
     get_hosts: GetHostsFn,
     version: VersionFn,
     strerror: StrerrorFn,
+    pub(super) register: RegisterFn,
+    pub(super) acquire: ResFn,
+    pub(super) release: ReleaseFn,
+    pub(super) read_resource_owners: OwnersFn,
     /// Where it was loaded from, for messages.
     name: String,
     // Last: the function pointers above are valid while it is loaded.
@@ -126,6 +136,10 @@ impl Lib {
                 get_hosts: sym!("sanlock_get_hosts"),
                 version: sym!("sanlock_version"),
                 strerror: sym!("sanlock_strerror"),
+                register: sym!("sanlock_register"),
+                acquire: sym!("sanlock_acquire"),
+                release: sym!("sanlock_release"),
+                read_resource_owners: sym!("sanlock_read_resource_owners"),
                 name,
                 _lib: lib,
             })
@@ -249,6 +263,9 @@ pub struct Sanlock {
     lib: Result<Arc<Lib>, String>,
     worker: Arc<IoWorker>,
     timeout: Duration,
+    /// This process's registration with the daemon, made at the first
+    /// lease acquired (resource.rs).
+    pub(super) registration: Arc<Registration>,
 }
 
 impl std::fmt::Debug for Sanlock {
@@ -269,6 +286,7 @@ impl Sanlock {
             lib: Lib::load(path).map(Arc::new),
             worker: Arc::new(IoWorker::new("sanlock", THREADS)),
             timeout,
+            registration: Arc::default(),
         }
     }
 
@@ -278,6 +296,7 @@ impl Sanlock {
             lib: Err(why.into()),
             worker: Arc::new(IoWorker::new("sanlock", 1)),
             timeout: Duration::from_secs(1),
+            registration: Arc::default(),
         }
     }
 
@@ -291,7 +310,7 @@ impl Sanlock {
         self.lib.as_ref().ok().map(|l| l.name.as_str())
     }
 
-    fn call<T: Send + 'static>(
+    pub(super) fn call<T: Send + 'static>(
         &self,
         op: &'static str,
         target: &str,
@@ -321,7 +340,7 @@ impl Sanlock {
             })
     }
 
-    fn error(&self, op: &'static str, target: &str, rv: c_int) -> SanlockError {
+    pub(super) fn error(&self, op: &'static str, target: &str, rv: c_int) -> SanlockError {
         let message = match &self.lib {
             Ok(lib) => lib.message(rv),
             Err(_) => format!("error {rv}"),
@@ -443,31 +462,51 @@ impl Sanlock {
             let mut n: c_int = 0;
             // SAFETY: a NUL-terminated name and two valid out pointers.
             let rv = unsafe { (lib.get_hosts)(cname.as_ptr(), host_id, &mut p, &mut n, 0) };
-            let mut hosts = Vec::new();
-            if !p.is_null() {
-                if rv == 0 && n > 0 {
-                    // SAFETY: sanlock allocated `n` records at `p`.
-                    hosts = unsafe { std::slice::from_raw_parts(p, n as usize) }.to_vec();
-                }
-                // SAFETY: allocated by the library with malloc, ours to free.
-                unsafe { libc::free(p.cast()) };
-            }
-            (rv, hosts)
+            // SAFETY: on success sanlock allocated `n` records at `p`.
+            (rv, unsafe { take_hosts(p, n, rv == 0) })
         })?;
         if rv < 0 {
             return Err(self.error(OP, name, rv));
         }
-        Ok(hosts
-            .into_iter()
-            .map(|h| HostInfo {
-                host_id: h.host_id,
-                generation: h.generation,
-                timestamp: h.timestamp,
-                io_timeout: h.io_timeout,
-                status: HostStatus::from_flags(h.flags),
-            })
-            .collect())
+        Ok(hosts.iter().map(HostInfo::from_raw).collect())
     }
+}
+
+impl HostInfo {
+    pub(super) fn from_raw(h: &RawHost) -> HostInfo {
+        HostInfo {
+            host_id: h.host_id,
+            generation: h.generation,
+            timestamp: h.timestamp,
+            io_timeout: h.io_timeout,
+            status: HostStatus::from_flags(h.flags),
+        }
+    }
+}
+
+/// Copies `text` into a C name or path field (checked to fit before).
+pub(super) fn fill(field: &mut [c_char], text: &str) {
+    for (d, s) in field.iter_mut().zip(text.bytes()) {
+        *d = s as c_char;
+    }
+}
+
+/// Takes `n` hosts sanlock allocated at `p` (a list it returns), and frees
+/// the list.
+///
+/// # Safety
+/// `p` is null or a `malloc`ed array of at least `n` `sanlk_host`s.
+pub(super) unsafe fn take_hosts(p: *mut RawHost, n: c_int, ok: bool) -> Vec<RawHost> {
+    let mut hosts = Vec::new();
+    if !p.is_null() {
+        if ok && n > 0 {
+            // SAFETY: the caller's promise: `n` records at `p`.
+            hosts = unsafe { std::slice::from_raw_parts(p, n as usize) }.to_vec();
+        }
+        // SAFETY: allocated by the library with malloc, ours to free.
+        unsafe { libc::free(p.cast()) };
+    }
+    hosts
 }
 
 /// A `sanlk_lockspace` for `ls` (boxed: 1 KiB), and the lockspace as
@@ -495,12 +534,8 @@ fn raw_lockspace(
             pad2: 0,
         },
     });
-    for (d, s) in raw.name.iter_mut().zip(ls.name.bytes()) {
-        *d = s as c_char;
-    }
-    for (d, s) in raw.host_id_disk.path.iter_mut().zip(path.bytes()) {
-        *d = s as c_char;
-    }
+    fill(&mut raw.name, &ls.name);
+    fill(&mut raw.host_id_disk.path, &path);
     let target = format!("{}:{}:{}:{}", ls.name, ls.host_id, path, ls.area.offset);
     Ok((raw, target))
 }

@@ -1,5 +1,6 @@
-//! sanlock: host ids (delta leases) and lease areas on shared storage,
-//! through the real sanlock daemon (docs/architecture.md, "sanlock").
+//! sanlock: host ids (delta leases), resource leases (paxos leases: the
+//! SPM's, volumes', VMs') and lease areas on shared storage, through the
+//! real sanlock daemon (docs/architecture.md, "sanlock").
 //!
 //! Two ways in, neither doing storage I/O on a thread of this process:
 //!
@@ -19,6 +20,7 @@
 
 mod client;
 mod direct;
+mod resource;
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +28,7 @@ pub use client::{AddOutcome, HostIdState, HostInfo, HostStatus, RemOutcome, Sanl
 pub use direct::{
     direct_init_lockspace, direct_init_resource, direct_read_leader, program_found, DirectConfig,
 };
+pub use resource::{LeaseState, Refusal, Resource};
 
 use crate::command::CmdError;
 use crate::worker::WorkerError;
