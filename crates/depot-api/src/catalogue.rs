@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, Code};
 use crate::results::{
     BlockDeviceInfo, ConnectionStatus, DomainInfo, DomainStats, Done, FileStat, HostStats,
-    OvfEntities, OvfEntityText, OvfStore, PoolInfo, PreparedImage, RepoStats, TaskId, TaskInfo,
-    TaskStatus, VolumeGroupInfo, VolumeInfo, VolumeSize, WireResult,
+    OvfEntities, OvfEntityText, OvfStore, PoolInfo, PreparedImage, RepoStats, SpmStatus, TaskId,
+    TaskInfo, TaskStatus, VolumeGroupInfo, VolumeInfo, VolumeSize, WireResult,
 };
 use crate::storage::{
     AllocType, ByteSize, ConnectionList, CopyEndpoint, DiskType, DomainClass, DomainType, ImgUuid,
@@ -546,6 +546,37 @@ verbs! {
         /// The pool.
         storagepoolID: SpUuid,
     } -> (PoolInfo, "dominfo by domain UUID; type: the master's; a domain's sizes once the monitor has checked it");
+
+    /// Makes this host the pool's SPM: takes the SPM's sanlock lease
+    /// (`SDM` in the master domain's `leases`) as a task. Poll
+    /// `Task.getStatus` or `StoragePool.getSpmStatus`.
+    "StoragePool.spmStart" => StoragePoolSpmStart {
+        /// The pool.
+        storagepoolID: SpUuid,
+        /// The previous SPM's host id (obsolete in VDSM: logged only).
+        prevID: i64,
+        /// The previous SPM's lease version (obsolete in VDSM: logged only).
+        prevLver: String,
+        /// Unused, as in VDSM.
+        enableScsiFencing: String,
+        /// The most host ids of the pool (for the mailbox; accepted).
+        maxHostID: Option<i64>,
+        /// The domain version expected (accepted; depot's domains are V5).
+        domVersion: Option<String>,
+    } -> (TaskId, "the task id (a host job): poll Task.getStatus");
+
+    /// Gives up the SPM role: releases the SPM's lease. Idempotent.
+    "StoragePool.spmStop" => StoragePoolSpmStop {
+        /// The pool.
+        storagepoolID: SpUuid,
+    } -> (Done);
+
+    /// Who is the pool's SPM (from the lease on the master domain), this
+    /// host's role and the lease's version.
+    "StoragePool.getSpmStatus" => StoragePoolGetSpmStatus {
+        /// The pool.
+        storagepoolID: SpUuid,
+    } -> (SpmStatus, "spmId and spmLver -1 when unknown");
 
     /// Attaches a domain to a pool (POOL_UUID in its metadata).
     "StorageDomain.attach" => StorageDomainAttach {

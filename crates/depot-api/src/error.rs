@@ -190,6 +190,14 @@ codes! {
     LogicalVolumeDoesNotExistError = 610, "Logical volume does not exist";
     CouldNotResizePhysicalVolume = 615, "Could not resize PV";
     LVMCommandError = 621, "LVM command failed";
+    /// `spmStart` could not take the SPM's lease (`SDM` in the master's
+    /// `leases`): another host holds it, sanlock is unavailable, or this
+    /// host's id in the master's lockspace was not acquired in time.
+    AcquireLockFailure = 651, "Cannot obtain lock";
+    /// A verb for the SPM on a host that is not the SPM.
+    SpmStatusError = 654, "Not SPM";
+    /// `spmStop` (or a disconnect) could not release the SPM's lease.
+    ReleaseLockFailure = 660, "Cannot release lock";
     /// sanlock refused or could not start acquiring the host id; also a
     /// `StoragePool.connect` host id outside 1..=2000 (sanlock's range:
     /// VDSM passes it on and reports sanlock's EINVAL with this code).
@@ -209,6 +217,8 @@ codes! {
     InvalidParameterException = 1000, "Invalid parameter";
     MiscFileReadException = 2001, "Internal file read failure";
     MiscFileWriteException = 2002, "Internal file write failure";
+    /// `spmStart` while another `spmStart` of the pool is under way.
+    MiscOperationInProgress = 2005, "Operation is already in progress";
 
     // depot's own errors.
     /// The daemon stopped (crash or restart) while the job was running, and

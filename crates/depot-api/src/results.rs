@@ -403,6 +403,18 @@ object! {
 }
 
 object! {
+    /// VDSM's SpmStatus (`StoragePool.getSpmStatus`).
+    SpmStatus {
+        /// The SPM's host id, -1 when no host is known to hold the lease.
+        spmId: i64,
+        /// This host's role: `SPM`, `Contend` or `Free`.
+        spmStatus: String,
+        /// The SPM lease's version, -1 when unknown.
+        spmLver: i64,
+    }
+}
+
+object! {
     /// VDSM's StoragePoolInfo.
     PoolInfo {
         info: PoolDetails,

@@ -131,6 +131,9 @@ impl Router {
             Call::StoragePoolCreate(p) => wire(storage_api::create_pool(storage, p).await),
             Call::StoragePoolConnect(p) => wire(storage_api::connect_pool(storage, p).await),
             Call::StoragePoolDisconnect(p) => wire(storage_api::disconnect_pool(storage, p).await),
+            Call::StoragePoolSpmStart(p) => wire(self.spm_start(p).await),
+            Call::StoragePoolSpmStop(p) => wire(storage_api::spm_stop(storage, p).await),
+            Call::StoragePoolGetSpmStatus(p) => wire(storage_api::spm_status(storage, p).await),
             Call::StoragePoolGetInfo(p) => {
                 wire(storage_api::pool_info(storage, p.storagepoolID).await)
             }
@@ -216,6 +219,23 @@ impl Router {
         // that part (docs/copy.md).
         let id = depot_api::types::JobId(depot_api::types::Uuid::new_v4());
         self.start_job(id, storage_jobs::MOVE_IMAGE, spec).await?;
+        Ok(TaskId(id.0))
+    }
+
+    /// VDSM runs spmStart as an SPM task; depot as a host job, whose id
+    /// is the task id (the lease can take minutes: the host id first).
+    async fn spm_start(
+        &self,
+        p: params::StoragePoolSpmStart,
+    ) -> Result<returns::StoragePoolSpmStart, ApiError> {
+        storage_api::require_connected_pool(&self.storage, p.storagepoolID).await?;
+        let spec = storage_jobs::spec(&storage_jobs::SpmStartSpec {
+            sp: p.storagepoolID,
+            prev_id: p.prevID,
+            prev_lver: p.prevLver.trim().parse().unwrap_or(-1),
+        });
+        let id = depot_api::types::JobId(depot_api::types::Uuid::new_v4());
+        self.start_job(id, storage_jobs::SPM_START, spec).await?;
         Ok(TaskId(id.0))
     }
 

@@ -10,14 +10,14 @@ use depot_api::results::{
     BlockDeviceInfo, ConnectionStatus, DomainHostStats, DomainInfo, DomainStats, Done, FileStat,
     HostStats, OvfEntities, OvfEntitySummary, OvfEntityText, OvfEntryError, OvfImageRef, OvfStore,
     PathInfo, PathStatus, PoolDetails, PoolDomainInfo, PoolInfo, PreparedImage, PreparedPath,
-    PreparedVolume, PvInfo, RepoStats, VgAttr, VolumeGroupInfo, VolumeInfo, VolumeSize,
+    PreparedVolume, PvInfo, RepoStats, SpmStatus, VgAttr, VolumeGroupInfo, VolumeInfo, VolumeSize,
 };
 use depot_api::storage::{ConnectionDict, ConnectionList, DomainType, ImgUuid, SdUuid, SpUuid};
 use depot_api::types::Uuid;
 use depot_api::{params, ApiError, Code};
 use depot_storage::connection::ConnectionParams;
 use depot_storage::devices::{BlockDevice, TypeFilter};
-use depot_storage::engine::{PoolDomainStatus, Storage};
+use depot_storage::engine::{PoolDomainStatus, SpmRole, Storage};
 use depot_storage::CreateDomain;
 use depot_storage::StorageResult;
 use serde_json::{Map, Value};
@@ -466,8 +466,13 @@ pub async fn pool_info(
             r#type: master_type.name().into(),
             master_uuid: pool.master.to_string(),
             master_ver: pool.master_version,
-            spm_id: -1,
-            lver: -1,
+            // This host's view: itself when it is the SPM, else unknown
+            // (getSpmStatus reads the lease for who holds it).
+            spm_id: match pool.spm.role {
+                SpmRole::Spm => pool.host_id.unwrap_or(-1),
+                _ => -1,
+            },
+            lver: pool.spm.lver.map_or(-1, |v| v as i64),
             domains,
             pool_status: "connected".into(),
             version: "5".into(),
@@ -981,6 +986,33 @@ pub async fn disconnect_pool(
 ) -> Result<returns::StoragePoolDisconnect, ApiError> {
     let sp = p.storagepoolID;
     done(storage, move |s| s.disconnect_pool(sp)).await
+}
+
+/// 309 unless `sp` is connected on this host (VDSM's `getPool`), for the
+/// verbs that answer a task id before their work runs.
+pub async fn require_connected_pool(storage: &Arc<Storage>, sp: SpUuid) -> Result<(), ApiError> {
+    blocking(storage, move |s| s.pool(sp).map(|_| ())).await
+}
+
+pub async fn spm_stop(
+    storage: &Arc<Storage>,
+    p: params::StoragePoolSpmStop,
+) -> Result<returns::StoragePoolSpmStop, ApiError> {
+    let sp = p.storagepoolID;
+    done(storage, move |s| s.spm_stop(sp)).await
+}
+
+pub async fn spm_status(
+    storage: &Arc<Storage>,
+    p: params::StoragePoolGetSpmStatus,
+) -> Result<returns::StoragePoolGetSpmStatus, ApiError> {
+    let sp = p.storagepoolID;
+    let st = blocking(storage, move |s| s.spm_status(sp)).await?;
+    Ok(SpmStatus {
+        spmId: st.spm_id,
+        spmStatus: st.role.name().into(),
+        spmLver: st.lver,
+    })
 }
 
 pub async fn attach(

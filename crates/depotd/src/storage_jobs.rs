@@ -1,5 +1,5 @@
-//! The storage job kinds: copies, image moves, the engine's fence, and
-//! checksums, run by depot-jobs on blocking threads. A job's spec is JSON
+//! The storage job kinds: copies, image moves, the engine's fence,
+//! checksums and the SPM's start, run by depot-jobs on blocking threads. A job's spec is JSON
 //! (the job store persists it); each kind turns it into a typed storage
 //! call and the outcome back into the job's result.
 //!
@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use depot_api::storage::{ImgUuid, Legality, SdUuid, VolUuid};
+use depot_api::storage::{ImgUuid, Legality, SdUuid, SpUuid, VolUuid};
 use depot_api::{ApiError, Code};
 use depot_jobs::{JobContext, JobKind, RunFuture};
 use depot_storage::{Control, CopyOutcome, Storage, VolRef};
@@ -24,6 +24,7 @@ pub const COPY_DATA: &str = "copy_data";
 pub const MOVE_IMAGE: &str = "move_image";
 pub const UPDATE_VOLUME: &str = "update_volume";
 pub const CHECKSUM: &str = "checksum";
+pub const SPM_START: &str = "spm_start";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VolSpec {
@@ -66,6 +67,13 @@ pub struct UpdateSpec {
     pub legality: Option<Legality>,
     pub description: Option<String>,
     pub new_generation: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpmStartSpec {
+    pub sp: SpUuid,
+    pub prev_id: i64,
+    pub prev_lver: i64,
 }
 
 pub fn spec<T: Serialize>(v: &T) -> Value {
@@ -243,7 +251,26 @@ pub fn kinds(storage: &Arc<Storage>, journal_dir: PathBuf) -> Vec<Arc<dyn JobKin
                 )
             },
             storage: s(),
-            env,
+            env: env.clone(),
         }),
+        spm_start_kind(storage, env),
     ]
+}
+
+/// Not resumable: the lease goes with the process that held it, so after
+/// a restart this host is not SPM and the task failed (9001); the engine
+/// starts the SPM again.
+fn spm_start_kind(storage: &Arc<Storage>, env: Arc<Env>) -> Arc<dyn JobKind> {
+    Arc::new(StorageJob::<SpmStartSpec> {
+        name: SPM_START,
+        abortable: false,
+        resumable: false,
+        describe: |spec| format!("start SPM of pool {}", spec.sp),
+        work: |storage, _, spec, _| {
+            let lver = storage.spm_start(spec.sp, spec.prev_id, spec.prev_lver)?;
+            Ok(json!({ "lver": lver }))
+        },
+        storage: storage.clone(),
+        env,
+    })
 }

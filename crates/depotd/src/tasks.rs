@@ -6,7 +6,7 @@
 //!   (Volume.create/delete/extendSize, Image.delete): their task ids are
 //!   born finished and live in memory (an id unknown after a restart is
 //!   401, as for VDSM after the task was cleared).
-//! - Image.move: its id is a host job's, and its status is the job's,
+//! - Image.move and StoragePool.spmStart: the id is a host job's, and its status is the job's,
 //!   mapped to VDSM's task states.
 //! - The OVF_STORE streams (the `Task-Id` of a PUT or GET): persisted in
 //!   the state directory ([`crate::task_store`]), so they survive a restart.
@@ -33,6 +33,7 @@ pub mod verb {
     pub const EXTEND_VOLUME_SIZE: &str = "extendVolumeSize";
     pub const DELETE_IMAGE: &str = "deleteImage";
     pub const MOVE_IMAGE: &str = "moveImage";
+    pub const SPM_START: &str = "spmStart";
 }
 
 /// Born-finished tasks: id -> (insertion serial, verb).
@@ -191,6 +192,7 @@ impl Tasks {
 fn job_verb(kind: &str) -> String {
     match kind {
         crate::storage_jobs::MOVE_IMAGE => verb::MOVE_IMAGE.to_string(),
+        crate::storage_jobs::SPM_START => verb::SPM_START.to_string(),
         other => other.to_string(),
     }
 }

@@ -369,6 +369,20 @@ async fn call(c: &Client, ck: &Checker, verb: &str, params: Value) -> Value {
     v
 }
 
+/// Polls Task.getStatus (checking each answer) until the task has ended,
+/// whatever its result.
+async fn wait_task_end(c: &Client, ck: &Checker, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let s = call(c, ck, "Task.getStatus", json!({"taskID": id})).await;
+        if s["taskState"] == "finished" {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "task {id} did not end: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Polls Host.getJobs (checking each answer) until the job has ended.
 async fn wait_job(c: &Client, ck: &Checker, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -387,7 +401,9 @@ async fn wait_job(c: &Client, ck: &Checker, id: &str) -> Value {
 #[tokio::test]
 async fn results_match_vdsms_types() {
     let ck = Checker::new();
-    let d = Daemon::start(CONFIG);
+    // No sanlock: spmStart must not register with a daemon another test
+    // owns (and would shut down); the local SPM role has the same types.
+    let d = Daemon::start(&format!("{CONFIG}[sanlock]\nenabled = false\n"));
     let c = d.client().await;
     let data = tempfile::tempdir().unwrap();
     let conn = ConnectionSpec::local(&data.path().canonicalize().unwrap());
@@ -486,6 +502,24 @@ async fn results_match_vdsms_types() {
     call(&c, &ck, "Host.getStats", json!({})).await;
     call(&c, &ck, "StoragePool.getInfo", json!({"storagepoolID": sp})).await;
     call(&c, &ck, "StorageDomain.getInfo", by_sd(&sd)).await;
+    // The SPM verbs' types (the local role: sanlock is off here;
+    // storage_sanlock.rs tests the lease).
+    let spm = call(
+        &c,
+        &ck,
+        "StoragePool.spmStart",
+        json!({"storagepoolID": sp, "prevID": -1, "prevLver": "-1", "enableScsiFencing": "false"}),
+    )
+    .await;
+    wait_task_end(&c, &ck, spm.as_str().unwrap()).await;
+    call(
+        &c,
+        &ck,
+        "StoragePool.getSpmStatus",
+        json!({"storagepoolID": sp}),
+    )
+    .await;
+    call(&c, &ck, "StoragePool.spmStop", json!({"storagepoolID": sp})).await;
 
     // ---- volumes ----
     let (img, base, top) = (new_id(), new_id(), new_id());

@@ -229,6 +229,47 @@ async fn without_the_library_depotd_starts_says_so_and_acquires_nothing() {
     );
     call_ok(&p.c, "StoragePool.connect", pool_connect(&p, 1)).await;
     assert_never_acquired(&p).await;
+    // sanlock enabled but unavailable: no SPM role without its lease.
+    let task = call_ok(&p.c, "StoragePool.spmStart", spm_start(&p)).await;
+    let end = task_end(&p.c, task.as_str().unwrap()).await;
+    assert_eq!(
+        (&end["taskResult"], &end["code"]),
+        (&json!("cleanFailure"), &json!(651)),
+        "{end}"
+    );
+    assert!(
+        end["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sanlock unavailable"),
+        "{end}"
+    );
+    assert_eq!(spm_status(&p).await["spmStatus"], "Free");
+}
+
+/// sanlock disabled by configuration (a single-host setup): the SPM role
+/// is this host's alone, with no lease and version 0.
+#[tokio::test]
+async fn with_sanlock_disabled_the_spm_role_is_local() {
+    let d = Daemon::start(&format!("{SANLOCK_CONFIG}[sanlock]\nenabled = false\n"));
+    let p = pool(&d).await;
+    call_ok(&p.c, "StoragePool.connect", pool_connect(&p, 1)).await;
+    let task = call_ok(&p.c, "StoragePool.spmStart", spm_start(&p)).await;
+    assert_eq!(
+        task_end(&p.c, task.as_str().unwrap()).await["taskResult"],
+        "success"
+    );
+    assert_eq!(
+        spm_status(&p).await,
+        json!({"spmId": 1, "spmStatus": "SPM", "spmLver": 0})
+    );
+    assert!(
+        d.log().contains("the SPM role is this host's alone"),
+        "{}",
+        d.log()
+    );
+    call_ok(&p.c, "StoragePool.spmStop", json!({"storagepoolID": p.sp})).await;
+    assert_eq!(spm_status(&p).await["spmStatus"], "Free");
 }
 
 #[tokio::test]
@@ -251,4 +292,152 @@ async fn without_the_daemon_depotd_starts_says_so_and_acquires_nothing() {
     call_ok(&p.c, "StoragePool.connect", pool_connect(&p, 1)).await;
     assert_never_acquired(&p).await;
     assert!(d.log().contains("host id not acquired"), "{}", d.log());
+}
+
+/// The `r ...` lines of the daemon's status for domain `sd`'s leases.
+fn leases_held(daemon: &SanlockDaemon, sd: &str) -> Vec<String> {
+    let prefix = format!("r {sd}:");
+    daemon
+        .status()
+        .expect("sanlock client status")
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Polls `Task.getStatus` until the task is finished; its status.
+async fn task_end(c: &Client, task: &str) -> Value {
+    eventually(
+        "the task to finish",
+        ACQUIRE_WAIT + ACQUIRE_WAIT,
+        || async {
+            let s = call_ok(c, "Task.getStatus", json!({"taskID": task})).await;
+            (s["taskState"] == "finished").then_some(s)
+        },
+    )
+    .await
+}
+
+fn spm_start(p: &Pool) -> Value {
+    json!({"storagepoolID": p.sp, "prevID": -1, "prevLver": "-1", "enableScsiFencing": "false"})
+}
+
+async fn spm_status(p: &Pool) -> Value {
+    call_ok(
+        &p.c,
+        "StoragePool.getSpmStatus",
+        json!({"storagepoolID": p.sp}),
+    )
+    .await
+}
+
+/// spmStart as a task takes the SDM lease through the real daemon (the
+/// host id first): getSpmStatus and getInfo report this host and the
+/// lease's version; a lease another holder has is refused with 651 and
+/// leaves the host Free; spmStop and disconnect give it back, and the next
+/// start has the next version.
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn spm_start_takes_the_sdm_lease_and_stop_and_disconnect_give_it_back() {
+    depot_testkit::require_root();
+    let daemon = SanlockDaemon::start().expect("sanlock daemon");
+    let d = Daemon::start(SANLOCK_CONFIG);
+    let p = pool(&d).await;
+
+    // Not connected: refused at once, no task.
+    call_err(&p.c, "StoragePool.spmStart", spm_start(&p), 309).await;
+    call_ok(&p.c, "StoragePool.connect", pool_connect(&p, 2)).await;
+    let free = spm_status(&p).await;
+    assert_eq!(
+        free,
+        json!({"spmId": -1, "spmStatus": "Free", "spmLver": -1})
+    );
+
+    let task = call_ok(&p.c, "StoragePool.spmStart", spm_start(&p)).await;
+    let end = task_end(&p.c, task.as_str().unwrap()).await;
+    assert_eq!(end["taskResult"], "success", "{end}");
+    let info = call_ok(&p.c, "Task.getInfo", json!({"taskID": task})).await;
+    assert_eq!(info["verb"], "spmStart", "{info}");
+    assert_eq!(
+        spm_status(&p).await,
+        json!({"spmId": 2, "spmStatus": "SPM", "spmLver": 1})
+    );
+    let pool_info = call_ok(&p.c, "StoragePool.getInfo", json!({"storagepoolID": p.sp})).await;
+    assert_eq!(
+        (&pool_info["info"]["spm_id"], &pool_info["info"]["lver"]),
+        (&json!(2), &json!(1)),
+        "{pool_info}"
+    );
+    let held = leases_held(&daemon, &p.sd);
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert!(held[0].starts_with(&format!("r {}:SDM:", p.sd)), "{held:?}");
+    assert!(held[0].contains("/dom_md/leases:1048576:1 p "), "{held:?}");
+    // Again: still SPM, no new task work.
+    let again = call_ok(&p.c, "StoragePool.spmStart", spm_start(&p)).await;
+    assert_eq!(
+        task_end(&p.c, again.as_str().unwrap()).await["taskResult"],
+        "success"
+    );
+    assert_eq!(spm_status(&p).await["spmLver"], 1);
+
+    call_ok(&p.c, "StoragePool.spmStop", json!({"storagepoolID": p.sp})).await;
+    assert!(leases_held(&daemon, &p.sd).is_empty());
+    assert_eq!(spm_status(&p).await["spmStatus"], "Free");
+    // Idempotent.
+    call_ok(&p.c, "StoragePool.spmStop", json!({"storagepoolID": p.sp})).await;
+
+    // Another holder (this test process, through the same daemon) has the
+    // lease: the start fails with 651 and the host stays Free.
+    let other = depot_os::sanlock::Sanlock::load(None, Duration::from_secs(60));
+    let sdm = depot_os::sanlock::Resource::new(
+        p.sd.clone(),
+        "SDM",
+        Area::new(repository_link_leases(&d, &p), MIB),
+    );
+    assert_eq!(other.acquire(&sdm, None).unwrap(), 2);
+    let task = call_ok(&p.c, "StoragePool.spmStart", spm_start(&p)).await;
+    let end = task_end(&p.c, task.as_str().unwrap()).await;
+    assert_eq!(end["taskResult"], "cleanFailure", "{end}");
+    assert_eq!(end["code"], 651, "{end}");
+    let status = spm_status(&p).await;
+    assert_eq!(status["spmStatus"], "Free", "{status}");
+    assert_eq!(
+        (&status["spmId"], &status["spmLver"]),
+        (&json!(2), &json!(2))
+    );
+    other.release(&sdm).unwrap();
+    drop(other);
+
+    let task = call_ok(&p.c, "StoragePool.spmStart", spm_start(&p)).await;
+    assert_eq!(
+        task_end(&p.c, task.as_str().unwrap()).await["taskResult"],
+        "success"
+    );
+    assert_eq!(spm_status(&p).await["spmLver"], 3);
+    // Disconnect gives up the lease, then the host id.
+    call_ok(
+        &p.c,
+        "StoragePool.disconnect",
+        json!({"storagepoolID": p.sp, "hostID": 2, "scsiKey": p.sp}),
+    )
+    .await;
+    assert!(leases_held(&daemon, &p.sd).is_empty());
+    eventually("the lockspace released", RELEASE_WAIT, || async {
+        listed(&daemon, &p.sd).is_empty().then_some(())
+    })
+    .await;
+    drop(d);
+    drop(daemon);
+}
+
+/// The domain's `leases` through the repository's mount link, as depotd
+/// names it to sanlock (the same file as `p.dom`'s).
+fn repository_link_leases(d: &Daemon, p: &Pool) -> PathBuf {
+    let mnt = repository(d).join("mnt");
+    std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().path().join(&p.sd).join("dom_md/leases"))
+        .find(|l| l.exists())
+        .expect("the domain under the repository's mnt")
 }

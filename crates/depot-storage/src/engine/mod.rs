@@ -42,12 +42,14 @@ pub mod lvm;
 mod ovf;
 mod pools;
 mod san;
+mod spm;
 mod volumes;
 
 pub use copy::{Control, CopyOutcome, VolRef};
 pub use domains::DomainInfo;
 pub use ovf::{OvfListing, OvfStoreInfo, Readable, UploadDone};
 pub use pools::{PoolDomainStatus, PoolState};
+pub use spm::{Spm, SpmRole, SpmStatus};
 pub use volumes::Prepared;
 
 #[derive(Debug, Clone)]

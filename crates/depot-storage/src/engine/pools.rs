@@ -1,9 +1,8 @@
-//! Storage pools (single host for now; docs/storage.md): the pool state
-//! this host keeps ([`Pools`]) and the pool verbs (create, connect,
-//! disconnect, attach, detach, activate, deactivate, master switch). A
-//! pool's lasting state is in its domains' metadata (POOL_UUID, ROLE,
-//! MASTER_VERSION); there is no SPM election and no sanlock lease yet:
-//! they, and disaster recovery, belong here.
+//! Storage pools (docs/storage.md): the pool state this host keeps
+//! ([`Pools`]) and the pool verbs (create, connect, disconnect, attach,
+//! detach, activate, deactivate, master switch). A pool's lasting state is
+//! in its domains' metadata (POOL_UUID, ROLE, MASTER_VERSION); the SPM
+//! role and its lease are spm.rs's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -11,6 +10,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use depot_api::storage::{DomainClass, DomainRole, SdUuid, SpUuid};
 use depot_api::Code;
 
+use super::spm::Spm;
 use super::Storage;
 use crate::metadata::domain::DomainMetadata;
 use crate::{StorageError, StorageResult};
@@ -39,6 +39,8 @@ pub struct PoolState {
     pub host_id: Option<i64>,
     pub connected: bool,
     pub domains: BTreeMap<SdUuid, PoolDomainStatus>,
+    /// This host's SPM role in the pool (spm.rs).
+    pub spm: Spm,
 }
 
 /// The pools this host knows, under a lock of their own. Lock order: a
@@ -50,7 +52,7 @@ pub(crate) struct Pools {
 }
 
 impl Pools {
-    fn lock(&self) -> MutexGuard<'_, HashMap<SpUuid, PoolState>> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<SpUuid, PoolState>> {
         self.pools.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -111,6 +113,7 @@ impl Storage {
                 host_id: None,
                 connected: false,
                 domains,
+                spm: Spm::default(),
             },
         );
         for sd in others.into_iter().filter(|sd| *sd != master) {
@@ -176,6 +179,7 @@ impl Storage {
                 host_id: None,
                 connected: false,
                 domains: BTreeMap::new(),
+                spm: Spm::default(),
             });
             pool.master = master;
             pool.master_version = master_version;
@@ -202,7 +206,12 @@ impl Storage {
         Ok(())
     }
 
+    /// `StoragePool.disconnect`: gives up the SPM role first (its lease
+    /// must go before the host ids; 660 if sanlock cannot release it, and
+    /// nothing else changes), then stops monitoring the pool's domains,
+    /// which releases the host ids. Idempotent.
     pub fn disconnect_pool(&self, sp: SpUuid) -> StorageResult<()> {
+        self.stop_spm_of(sp, "disconnect storage pool")?;
         let domains: Vec<SdUuid> = {
             let mut pools = self.pools.lock();
             let Some(pool) = pools.get_mut(&sp) else {

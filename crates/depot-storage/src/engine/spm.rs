@@ -1,0 +1,302 @@
+//! The SPM (Storage Pool Manager) role of a connected pool: `spmStart`,
+//! `spmStop`, `getSpmStatus` (docs/storage.md, "SPM").
+//!
+//! The role is the SPM's lease, sanlock's `SDM` resource in the master
+//! domain's `leases` at slot 1 (crate::lockspace), held by depotd's
+//! registration with the sanlock daemon: only one host of all that share
+//! the storage can hold it, and it goes with depotd (sanlock frees it when
+//! depotd dies, and kills depotd when its host id cannot be renewed).
+//! Without sanlock (`sanlock.enabled = false`: the single-host default of
+//! a development run) the role is this host's alone, with no lease, as
+//! VDSM's LocalLock on a LOCALFS pool; sanlock enabled but unavailable is
+//! a failure (651), never a silent local role.
+
+use std::time::{Duration, Instant};
+
+use depot_api::storage::SpUuid;
+use depot_api::Code;
+use depot_os::sanlock::{Area, HostIdState, Refusal, Resource, Sanlock, SanlockError};
+
+use super::Storage;
+use crate::lockspace::{lockspace, SDM_LEASE, SDM_SLOT};
+use crate::{StorageError, StorageResult};
+
+/// How long `spmStart` waits for this host's id in the master's lockspace
+/// (VDSM's `acquireHostId(wait=True)`): a fresh acquisition takes about
+/// 20 s with sanlock's default 10 s I/O timeout, longer when the last
+/// owner of the id did not release it (up to about 80 s more).
+const HOST_ID_WAIT: Duration = Duration::from_secs(180);
+const HOST_ID_POLL: Duration = Duration::from_millis(500);
+
+/// VDSM's SPM roles (`sp.SPM_ACQUIRED`, `SPM_CONTEND`, `SPM_FREE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpmRole {
+    #[default]
+    Free,
+    /// `spmStart` is taking the lease.
+    Contend,
+    Spm,
+}
+
+impl SpmRole {
+    /// The names `getSpmStatus` answers.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpmRole::Free => "Free",
+            SpmRole::Contend => "Contend",
+            SpmRole::Spm => "SPM",
+        }
+    }
+}
+
+/// This host's SPM state in a pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Spm {
+    pub role: SpmRole,
+    /// The lease's version while this host holds it.
+    pub lver: Option<u64>,
+    /// The lease this host holds (`None` for the local role).
+    lease: Option<Resource>,
+}
+
+/// `getSpmStatus`: who is SPM (-1: nobody known), this host's role, and
+/// the lease's version (-1 when unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpmStatus {
+    pub spm_id: i64,
+    pub role: SpmRole,
+    pub lver: i64,
+}
+
+impl Storage {
+    /// `StoragePool.spmStart`: takes the SPM's lease of the connected pool
+    /// `sp` and makes this host the SPM. Idempotent (an SPM stays SPM); a
+    /// second start while one is taking the lease is 2005. 651 when the
+    /// lease cannot be taken (another live host holds it, sanlock is
+    /// unavailable, this host's id was not acquired in time). `prevID`
+    /// and `prevLver` are only logged, as in VDSM, where they are obsolete.
+    pub fn spm_start(&self, sp: SpUuid, prev_id: i64, prev_lver: i64) -> StorageResult<u64> {
+        const OP: &str = "start SPM";
+        let pool = self.connected_pool(sp, OP)?;
+        let host_id = pool.host_id.and_then(|id| u64::try_from(id).ok());
+        {
+            let mut pools = self.pools.lock();
+            let Some(p) = pools.get_mut(&sp) else {
+                return Err(StorageError::new(
+                    Code::StoragePoolUnknown,
+                    OP,
+                    format!("'{sp}'"),
+                ));
+            };
+            match p.spm.role {
+                SpmRole::Spm => return Ok(p.spm.lver.unwrap_or(0)),
+                SpmRole::Contend => {
+                    return Err(StorageError::new(
+                        Code::MiscOperationInProgress,
+                        OP,
+                        format!("spm start {sp}"),
+                    ))
+                }
+                SpmRole::Free => p.spm.role = SpmRole::Contend,
+            }
+        }
+        tracing::info!(pool = %sp, prev_id, prev_lver, master = %pool.master, "starting SPM");
+        let taken = host_id
+            .ok_or_else(|| {
+                StorageError::new(
+                    Code::StoragePoolNotConnected,
+                    OP,
+                    format!("'{sp}' has no host id"),
+                )
+            })
+            .and_then(|id| self.take_spm_lease(pool.master, id));
+        let mut pools = self.pools.lock();
+        let p = pools.get_mut(&sp);
+        match (taken, p) {
+            (Ok((lver, lease)), Some(p)) => {
+                p.spm = Spm {
+                    role: SpmRole::Spm,
+                    lver: Some(lver),
+                    lease,
+                };
+                tracing::info!(pool = %sp, lver, "this host is the SPM");
+                Ok(lver)
+            }
+            (Ok((_, lease)), None) => {
+                // Disconnected meanwhile: give the lease back.
+                drop(pools);
+                if let Some(res) = lease {
+                    self.release_spm_lease(&res, OP)?;
+                }
+                Err(StorageError::new(
+                    Code::StoragePoolNotConnected,
+                    OP,
+                    format!("'{sp}'"),
+                ))
+            }
+            (Err(e), p) => {
+                if let Some(p) = p {
+                    p.spm.role = SpmRole::Free;
+                }
+                tracing::warn!(pool = %sp, error = %e, "SPM start failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// `StoragePool.spmStop`: releases the SPM's lease. Idempotent (a host
+    /// that is not SPM has nothing to stop); 660 when sanlock cannot
+    /// release it, and the host stays SPM.
+    pub fn spm_stop(&self, sp: SpUuid) -> StorageResult<()> {
+        const OP: &str = "stop SPM";
+        self.connected_pool(sp, OP)?;
+        self.stop_spm_of(sp, OP)
+    }
+
+    /// Releases the pool's SPM role if this host has it (spmStop, and a
+    /// disconnect, which must give the lease up before the host ids).
+    pub(super) fn stop_spm_of(&self, sp: SpUuid, op: &'static str) -> StorageResult<()> {
+        let lease = {
+            let pools = self.pools.lock();
+            match pools.get(&sp) {
+                Some(p) if p.spm.role == SpmRole::Spm => p.spm.lease.clone(),
+                _ => return Ok(()),
+            }
+        };
+        if let Some(res) = &lease {
+            self.release_spm_lease(res, op)?;
+        }
+        if let Some(p) = self.pools.lock().get_mut(&sp) {
+            p.spm = Spm::default();
+        }
+        tracing::info!(pool = %sp, "SPM stopped");
+        Ok(())
+    }
+
+    /// `StoragePool.getSpmStatus`: this host's role; who holds the lease
+    /// and its version as sanlock reads them from the master domain (any
+    /// host in the lockspace can ask), or this host's own when it is SPM.
+    pub fn spm_status(&self, sp: SpUuid) -> StorageResult<SpmStatus> {
+        const OP: &str = "get SPM status";
+        let pool = self.connected_pool(sp, OP)?;
+        let own = |spm: &Spm| SpmStatus {
+            spm_id: pool.host_id.unwrap_or(-1),
+            role: spm.role,
+            lver: spm.lver.map_or(-1, |v| v as i64),
+        };
+        if pool.spm.role == SpmRole::Spm {
+            return Ok(own(&pool.spm));
+        }
+        let free = SpmStatus {
+            spm_id: -1,
+            role: pool.spm.role,
+            lver: -1,
+        };
+        let Some(client) = self.sanlock_client() else {
+            return Ok(free);
+        };
+        let res = self.spm_resource(pool.master)?;
+        match client.read_lease(&res) {
+            Ok(state) => Ok(SpmStatus {
+                spm_id: state.owners.first().map_or(-1, |h| h.host_id as i64),
+                role: pool.spm.role,
+                lver: if state.lver == 0 {
+                    -1
+                } else {
+                    state.lver as i64
+                },
+            }),
+            // A lease area sanlock cannot read (a domain made without
+            // sanlock, storage down): nobody is known to be SPM.
+            Err(e) => {
+                tracing::debug!(pool = %sp, error = %e, "cannot read the SPM lease");
+                Ok(free)
+            }
+        }
+    }
+
+    /// The sanlock client when sanlock is enabled (it may still be
+    /// unavailable: then every call says why).
+    fn sanlock_client(&self) -> Option<&Sanlock> {
+        self.config.sanlock.as_ref().map(|s| &s.client)
+    }
+
+    /// The SPM's lease of domain `master`: `SDM` at slot 1 of its `leases`.
+    fn spm_resource(&self, master: depot_api::storage::SdUuid) -> StorageResult<Resource> {
+        let domain = self.locate(master)?;
+        let md = self.read_md(&domain)?;
+        let leases = domain.paths().dom_md().join("leases");
+        Ok(Resource::new(
+            master.to_string(),
+            SDM_LEASE,
+            Area::new(leases, SDM_SLOT * md.alignment),
+        ))
+    }
+
+    /// Waits for this host's id in the master's lockspace, then acquires
+    /// the SPM's lease: its version and the lease, or `None` for the local
+    /// role when sanlock is disabled.
+    fn take_spm_lease(
+        &self,
+        master: depot_api::storage::SdUuid,
+        host_id: u64,
+    ) -> StorageResult<(u64, Option<Resource>)> {
+        const OP: &str = "acquire SPM lease";
+        let Some(client) = self.sanlock_client() else {
+            tracing::warn!(%master, "sanlock disabled: the SPM role is this host's alone, with no lease");
+            return Ok((0, None));
+        };
+        let fail = |e: SanlockError| {
+            let why = match e.refusal() {
+                Some(Refusal::Held) => "another host holds it",
+                Some(Refusal::Lver) => "its version changed",
+                None => "sanlock failed",
+            };
+            StorageError::new(
+                Code::AcquireLockFailure,
+                OP,
+                format!("SDM lease of {master} for host id {host_id}: {why}: {e}"),
+            )
+            .caused_by(e)
+        };
+        let res = self.spm_resource(master)?;
+        let domain = self.locate(master)?;
+        let ls = lockspace(master, host_id, &domain.paths().dom_md().join("ids"));
+        // The monitor acquires the host id in the background; asking here
+        // too is harmless (sanlock answers "in progress" or "held").
+        client.add_lockspace(&ls, 0).map_err(fail)?;
+        let deadline = Instant::now() + HOST_ID_WAIT;
+        loop {
+            match client.inq_lockspace(&ls).map_err(fail)? {
+                HostIdState::Held => break,
+                _ if Instant::now() >= deadline => {
+                    return Err(StorageError::new(
+                        Code::AcquireLockFailure,
+                        OP,
+                        format!(
+                        "host id {host_id} in the lockspace of {master} not acquired within {} s",
+                        HOST_ID_WAIT.as_secs()
+                    ),
+                    ))
+                }
+                _ => std::thread::sleep(HOST_ID_POLL),
+            }
+        }
+        let lver = client.acquire(&res, None).map_err(fail)?;
+        Ok((lver, Some(res)))
+    }
+
+    fn release_spm_lease(&self, res: &Resource, op: &'static str) -> StorageResult<()> {
+        let Some(client) = self.sanlock_client() else {
+            return Ok(());
+        };
+        client.release(res).map_err(|e| {
+            StorageError::new(
+                Code::ReleaseLockFailure,
+                op,
+                format!("SDM lease of {}: {e}", res.lockspace),
+            )
+            .caused_by(e)
+        })
+    }
+}
