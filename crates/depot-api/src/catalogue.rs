@@ -8,9 +8,9 @@ use serde_json::{Map, Value};
 
 use crate::error::{ApiError, Code};
 use crate::results::{
-    BlockDeviceInfo, ConnectionStatus, DomainInfo, DomainStats, Done, FileStat, HostStats,
-    OvfEntities, OvfEntityText, OvfStore, PoolInfo, PreparedImage, RepoStats, SpmStatus, TaskId,
-    TaskInfo, TaskStatus, VolumeGroupInfo, VolumeInfo, VolumeSize, WireResult,
+    BlockDeviceInfo, ConnectionStatus, DomainInfo, DomainStats, Done, FileStat, HostLiveness,
+    HostStats, OvfEntities, OvfEntityText, OvfStore, PoolInfo, PreparedImage, RepoStats, SpmStatus,
+    TaskId, TaskInfo, TaskStatus, VolumeGroupInfo, VolumeInfo, VolumeSize, WireResult,
 };
 use crate::storage::{
     AllocType, ByteSize, ConnectionList, CopyEndpoint, DiskType, DomainClass, DomainType, ImgUuid,
@@ -546,6 +546,15 @@ verbs! {
         /// The pool.
         storagepoolID: SpUuid,
     } -> (PoolInfo, "dominfo by domain UUID; type: the master's; a domain's sizes once the monitor has checked it");
+
+    /// depot's own: which hosts are live in the domain's lockspace,
+    /// according to sanlock's delta leases (the storage's answer to "is
+    /// that host really dead", for fencing and disaster recovery). Needs
+    /// this host's id in the lockspace (9021 otherwise).
+    "StorageDomain.getHostLiveness" => StorageDomainGetHostLiveness {
+        /// The domain.
+        storagedomainID: SdUuid,
+    } -> (Vec<HostLiveness>, "each host sanlock has seen in the lockspace, by host id");
 
     /// Makes this host the pool's SPM: takes the SPM's sanlock lease
     /// (`SDM` in the master domain's `leases`) as a task. Poll

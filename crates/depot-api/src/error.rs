@@ -263,6 +263,10 @@ codes! {
     /// `jobs.max_active` jobs are pending or running already: start the
     /// job again once some have ended.
     TooManyJobs = 9020, "Too many active jobs";
+    /// `StorageDomain.getHostLiveness` on a host that holds no host id in
+    /// the domain's lockspace (sanlock tells liveness only to a member),
+    /// or without sanlock.
+    HostIdNotHeld = 9021, "This host holds no host id in the domain's lockspace";
 }
 
 impl fmt::Display for Code {

@@ -403,6 +403,25 @@ object! {
 }
 
 object! {
+    /// One host of a domain's lockspace, as this host's sanlock daemon sees
+    /// its delta lease (`StorageDomain.getHostLiveness`).
+    HostLiveness {
+        host_id: u64,
+        /// `live`, `fail` (stopped renewing, may recover), `dead` (stopped
+        /// long enough for its watchdog to have fired), `free` (not held)
+        /// or `unknown` (not watched long enough to tell): VDSM's names.
+        status: String,
+        /// Raised each time the host acquires its id anew.
+        generation: u64,
+        /// Its last renewal, in seconds of that host's monotonic clock (as
+        /// sanlock stores it; not comparable with this host's clock).
+        timestamp: u64,
+        /// sanlock's I/O timeout of that host, seconds.
+        io_timeout: u32,
+    }
+}
+
+object! {
     /// VDSM's SpmStatus (`StoragePool.getSpmStatus`).
     SpmStatus {
         /// The SPM's host id, -1 when no host is known to hold the lease.

@@ -128,6 +128,9 @@ impl Router {
             }
             Call::StorageDomainGetVolumes(p) => wire(storage_api::get_volumes(storage, p).await),
             Call::StorageDomainGetFileStats(p) => wire(storage_api::file_stats(storage, p).await),
+            Call::StorageDomainGetHostLiveness(p) => {
+                wire(storage_api::host_liveness(storage, p.storagedomainID).await)
+            }
             Call::StoragePoolCreate(p) => wire(storage_api::create_pool(storage, p).await),
             Call::StoragePoolConnect(p) => wire(storage_api::connect_pool(storage, p).await),
             Call::StoragePoolDisconnect(p) => wire(storage_api::disconnect_pool(storage, p).await),

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use depot_api::catalogue::returns;
 use depot_api::results::{
     BlockDeviceInfo, ConnectionStatus, DomainHostStats, DomainInfo, DomainStats, Done, FileStat,
-    HostStats, OvfEntities, OvfEntitySummary, OvfEntityText, OvfEntryError, OvfImageRef, OvfStore,
-    PathInfo, PathStatus, PoolDetails, PoolDomainInfo, PoolInfo, PreparedImage, PreparedPath,
-    PreparedVolume, PvInfo, RepoStats, SpmStatus, VgAttr, VolumeGroupInfo, VolumeInfo, VolumeSize,
+    HostLiveness, HostStats, OvfEntities, OvfEntitySummary, OvfEntityText, OvfEntryError,
+    OvfImageRef, OvfStore, PathInfo, PathStatus, PoolDetails, PoolDomainInfo, PoolInfo,
+    PreparedImage, PreparedPath, PreparedVolume, PvInfo, RepoStats, SpmStatus, VgAttr,
+    VolumeGroupInfo, VolumeInfo, VolumeSize,
 };
 use depot_api::storage::{ConnectionDict, ConnectionList, DomainType, ImgUuid, SdUuid, SpUuid};
 use depot_api::types::Uuid;
@@ -986,6 +987,23 @@ pub async fn disconnect_pool(
 ) -> Result<returns::StoragePoolDisconnect, ApiError> {
     let sp = p.storagepoolID;
     done(storage, move |s| s.disconnect_pool(sp)).await
+}
+
+pub async fn host_liveness(
+    storage: &Arc<Storage>,
+    sd: SdUuid,
+) -> Result<returns::StorageDomainGetHostLiveness, ApiError> {
+    let hosts = blocking(storage, move |s| s.host_liveness(sd)).await?;
+    Ok(hosts
+        .into_iter()
+        .map(|h| HostLiveness {
+            host_id: h.host_id,
+            status: h.status.map_or("unknown", |s| s.name()).into(),
+            generation: h.generation,
+            timestamp: h.timestamp,
+            io_timeout: h.io_timeout,
+        })
+        .collect())
 }
 
 /// 309 unless `sp` is connected on this host (VDSM's `getPool`), for the

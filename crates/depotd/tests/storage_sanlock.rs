@@ -126,6 +126,11 @@ async fn host_id_is_acquired_in_a_new_domains_lockspace_and_released_on_disconne
     assert_eq!(std::fs::metadata(md.join("ids")).unwrap().len(), MIB);
     assert_eq!(std::fs::metadata(md.join("leases")).unwrap().len(), 2 * MIB);
 
+    // Liveness needs this host in the lockspace: not yet.
+    let by_sd = json!({"storagedomainID": p.sd});
+    let e = call_err(&p.c, "StorageDomain.getHostLiveness", by_sd.clone(), 9021).await;
+    assert!(e.contains("no host id acquired"), "{e}");
+
     // Connect: the host id is acquired in the background; the connect
     // itself returns at once.
     let t = std::time::Instant::now();
@@ -147,6 +152,21 @@ async fn host_id_is_acquired_in_a_new_domains_lockspace_and_released_on_disconne
             && held[0].ends_with(&format!("/{}/dom_md/ids:0", p.sd)),
         "{held:?}"
     );
+
+    // Now this host sees itself in the lockspace, through sanlock.
+    let hosts = call_ok(&p.c, "StorageDomain.getHostLiveness", by_sd).await;
+    let me = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host_id"] == 3)
+        .unwrap_or_else(|| panic!("host 3 not listed: {hosts}"));
+    assert!(
+        matches!(me["status"].as_str(), Some("live" | "unknown")),
+        "{hosts}"
+    );
+    assert!(me["generation"].as_u64().unwrap() >= 1, "{hosts}");
+    assert!(me["io_timeout"].as_u64().unwrap() > 0, "{hosts}");
 
     // Disconnect releases it.
     call_ok(

@@ -38,6 +38,7 @@ use pools::Pools;
 mod connections;
 mod copy;
 mod domains;
+mod liveness;
 pub mod lvm;
 mod ovf;
 mod pools;
