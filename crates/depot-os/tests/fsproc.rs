@@ -1192,3 +1192,271 @@ fn a_batch_refuses_writes_nesting_and_excess() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("more than 64"), "{stderr}");
 }
+
+/// Bytes that differ from piece to piece and within one (a piece written
+/// at the wrong place, or a stale buffer, shows).
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ seed ^ (i >> 12) as u8)
+        .collect()
+}
+
+/// Whether process `pid` maps a stream's shared buffer.
+fn maps_shared_buffer(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .contains("memfd:depot-fsproc-stream")
+}
+
+/// Writes of [`depot_os::fsproc::SHARED_MIN`] bytes or more go through the
+/// stream's shared buffer (the helper maps it), and land byte for byte:
+/// odd offsets and lengths (buffered), aligned pieces (`O_DIRECT`), a
+/// larger piece that grows the buffer, a short write after a long one
+/// (the buffer's stale tail is not written), small writes on the pipe in
+/// between; the same in process.
+#[test]
+fn streamed_writes_through_the_shared_buffer_land_byte_for_byte() {
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(30));
+    p.ping().unwrap();
+    let helper = p.idle_pids()[0];
+    assert!(!maps_shared_buffer(helper));
+    shared_writes(&p, t.path(), Some(helper));
+    // The helper gave its buffers back with the streams.
+    assert!(!maps_shared_buffer(helper));
+    assert_eq!(p.health().started, 1);
+
+    let t = tempfile::tempdir().unwrap();
+    let local = FsPool::in_process(t.path().to_owned(), Duration::from_secs(30));
+    shared_writes(&local, t.path(), None);
+}
+
+fn shared_writes(p: &FsPool, root: &Path, helper: Option<u32>) {
+    let min = depot_os::fsproc::SHARED_MIN;
+    // Buffered: any offset, any length.
+    let mut s = p
+        .open_write("odd", create(), Duration::from_secs(30))
+        .unwrap();
+    let pieces: [(u64, usize, u8); 5] = [
+        (3, min + 1, 1),
+        (3 + min as u64 + 1, (1 << 20) + 7, 2),
+        (5 << 20, 100, 3),
+        ((5 << 20) + 100, (3 << 20) + 4093, 4),
+        ((8 << 20) + 4193, min, 5),
+    ];
+    let mut expected = vec![0u8; (8 << 20) + 4193 + min];
+    for (offset, len, seed) in pieces {
+        let data = pattern(seed, len);
+        assert_eq!(s.write(offset, &data).unwrap(), len as u64);
+        expected[offset as usize..offset as usize + len].copy_from_slice(&data);
+        if let Some(pid) = helper {
+            assert!(
+                len < min || maps_shared_buffer(pid),
+                "a write of {len} bytes did not map a shared buffer"
+            );
+        }
+    }
+    s.close(true).unwrap();
+    assert!(fs::read(root.join("odd")).unwrap() == expected);
+
+    // O_DIRECT from the helper's mapping: aligned pieces, the buffer
+    // grown for a 2 MiB one, and a last one shorter than the buffer.
+    let direct = OpenWrite {
+        direct: true,
+        ..create()
+    };
+    let mut s = p
+        .open_write("direct", direct, Duration::from_secs(30))
+        .unwrap();
+    let mut expected = Vec::new();
+    for (len, seed) in [
+        (1 << 20, 6),
+        (1 << 20, 7),
+        (2 << 20, 8),
+        (1 << 20, 9),
+        (69632, 10),
+    ] {
+        let data = pattern(seed, len);
+        s.write(expected.len() as u64, &data).unwrap();
+        expected.extend_from_slice(&data);
+    }
+    s.close(true).unwrap();
+    assert!(fs::read(root.join("direct")).unwrap() == expected);
+}
+
+/// A sealed memory file of `len` bytes holding `pattern(seed)`, made by
+/// this process (the helper's parent), and its descriptor.
+fn sealed_memfd(len: usize, seed: u8) -> std::os::fd::OwnedFd {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    use std::os::fd::AsRawFd;
+    let fd = memfd_create(
+        c"test-shared",
+        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )
+    .unwrap();
+    let mut f = fs::File::from(fd);
+    std::io::Write::write_all(&mut f, &pattern(seed, len)).unwrap();
+    fcntl(
+        f.as_raw_fd(),
+        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
+    )
+    .unwrap();
+    f.into()
+}
+
+/// The helper checks what a `stream_share` and a `stream_write_shared`
+/// name against what it mapped: a range outside the buffer (past its end,
+/// overflowing, a handle without a buffer), a descriptor that is not a
+/// sealed memory file or is smaller than said, a buffer over the frame
+/// limit; each is refused as invalid, nothing is written, and the helper
+/// serves on. The same in process.
+#[test]
+fn a_bad_shared_buffer_or_range_is_refused_and_writes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(30));
+    p.ping().unwrap();
+    let helper = p.idle_pids()[0];
+    bad_shared_requests(&p, t.path());
+    assert_eq!(p.idle_pids(), vec![helper], "the helper served on");
+
+    let t = tempfile::tempdir().unwrap();
+    let local = FsPool::in_process(t.path().to_owned(), Duration::from_secs(30));
+    bad_shared_requests(&local, t.path());
+}
+
+fn bad_shared_requests(p: &FsPool, root: &Path) {
+    use protocol::{Reply, Request};
+    use std::os::fd::AsRawFd;
+    let timeout = Duration::from_secs(30);
+    let open = Request::StreamOpen {
+        path: "f".into(),
+        open: create(),
+    };
+    let handle = match p.call(&open, &[], timeout).unwrap() {
+        (Reply::Handle { handle }, _) => handle,
+        other => panic!("{other:?}"),
+    };
+    let invalid = |request: Request| {
+        let e = p.call(&request, &[], timeout).unwrap_err();
+        assert_eq!(
+            e.io_kind(),
+            Some(std::io::ErrorKind::InvalidInput),
+            "{request:?}: {e}"
+        );
+        assert_eq!(
+            fs::metadata(root.join("f")).unwrap().len(),
+            0,
+            "{request:?}"
+        );
+    };
+    let write = |offset: u64, at: u64, len: u32| Request::StreamWriteShared {
+        handle,
+        offset,
+        at,
+        len,
+    };
+    // No buffer yet.
+    invalid(write(0, 0, 1));
+
+    let len = 64 << 10;
+    let memfd = sealed_memfd(len, 1);
+    let fd = memfd.as_raw_fd();
+    let share = |fd: i32, len: u64| Request::StreamShare { handle, fd, len };
+    // Not a memory file; a memory file not sealed; more than it holds;
+    // more than a frame; a descriptor that is not open; nothing.
+    let plain = fs::File::create(root.join("plain")).unwrap();
+    plain.set_len(len as u64).unwrap();
+    invalid(share(plain.as_raw_fd(), len as u64));
+    let unsealed =
+        nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+    nix::unistd::ftruncate(&unsealed, len as i64).unwrap();
+    invalid(share(unsealed.as_raw_fd(), len as u64));
+    invalid(share(fd, len as u64 + 1));
+    invalid(share(fd, u64::from(protocol::MAX_DATA_BYTES) + 1));
+    invalid(share(-1, len as u64));
+    invalid(share(fd, 0));
+    let e = p
+        .call(&share(999_999, len as u64), &[], timeout)
+        .unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENOENT), "{e}");
+    // Still no buffer.
+    invalid(write(0, 0, 1));
+
+    // Mapped: ranges past its end, or whose end overflows, are refused.
+    assert_eq!(
+        p.call(&share(fd, len as u64), &[], timeout).unwrap().0,
+        Reply::Done
+    );
+    let l = len as u64;
+    for (at, n) in [
+        (0, len as u32 + 1),
+        (l, 1),
+        (l - 1, 2),
+        (1, len as u32),
+        (u64::MAX, 2),
+        (u64::MAX - 10, 20),
+        (l + 4096, 0),
+    ] {
+        invalid(write(0, at, n));
+    }
+    // Another handle's buffer is not this one's.
+    invalid(Request::StreamWriteShared {
+        handle: handle + 1,
+        offset: 0,
+        at: 0,
+        len: 1,
+    });
+    // In range: written, up to the last byte of the buffer.
+    let (reply, _) = p.call(&write(5, l - 3, 3), &[], timeout).unwrap();
+    assert_eq!(reply, Reply::Written { len: 3 });
+    let close = Request::StreamClose {
+        handle,
+        fsync: false,
+    };
+    p.call(&close, &[], timeout).unwrap();
+    let mut expected = vec![0u8; 5];
+    expected.extend_from_slice(&pattern(1, len)[len - 3..]);
+    assert_eq!(fs::read(root.join("f")).unwrap(), expected);
+}
+
+/// A stream's helper killed after it mapped the shared buffer: the next
+/// write gets the stream's usual error (the helper died), the stream
+/// writes no more, and the mount's next stream gets a fresh helper and a
+/// buffer of its own.
+#[test]
+fn a_killed_helper_mid_stream_fails_the_stream_with_the_usual_error() {
+    let t = tempfile::tempdir().unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(30));
+    p.ping().unwrap();
+    let helper = p.idle_pids()[0];
+    let direct = OpenWrite {
+        direct: true,
+        ..create()
+    };
+    let mut s = p.open_write("f", direct, Duration::from_secs(30)).unwrap();
+    s.write(0, &pattern(1, 1 << 20)).unwrap();
+    assert!(maps_shared_buffer(helper));
+    signal(helper, "KILL");
+    assert!(wait_until(Duration::from_secs(10), || {
+        depot_testkit::process::process_state(helper).is_none_or(|st| st == 'Z')
+    }));
+    let e = s.write(1 << 20, &pattern(2, 1 << 20)).unwrap_err();
+    assert!(matches!(e, FsProcError::HelperDied { .. }), "{e}");
+    assert!(e.to_string().contains("signal: 9"), "{e}");
+    let e = s.write(2 << 20, &pattern(3, 1 << 20)).unwrap_err();
+    assert!(e.to_string().contains("already failed"), "{e}");
+    drop(s);
+    assert!(fs::read(t.path().join("f")).unwrap() == pattern(1, 1 << 20));
+    let h = p.health();
+    assert_eq!((h.streams, h.busy), (0, 0), "{h:?}");
+
+    let mut s = p.open_write("g", direct, Duration::from_secs(30)).unwrap();
+    s.write(0, &pattern(4, 1 << 20)).unwrap();
+    s.close(true).unwrap();
+    assert!(fs::read(t.path().join("g")).unwrap() == pattern(4, 1 << 20));
+    let now = p.idle_pids();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], helper);
+    assert!(!maps_shared_buffer(now[0]), "closed: unmapped");
+}

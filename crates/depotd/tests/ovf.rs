@@ -580,6 +580,49 @@ async fn bad_streams_leave_the_store_as_it_was() {
 
 const WAIT_FS: Duration = Duration::from_secs(30);
 
+/// The daemon's `depotd fsproc` helpers that map a stream's shared
+/// buffer (docs/formats.md, `stream_share`).
+fn helpers_sharing_a_buffer(daemon: u32) -> Vec<u32> {
+    depot_testkit::process::find_processes(|argv| argv.get(1).is_some_and(|a| a == "fsproc"))
+        .into_iter()
+        .filter(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            ppid == Some(daemon.to_string().as_str())
+        })
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                .is_ok_and(|m| m.contains("memfd:depot-fsproc-stream"))
+        })
+        .collect()
+}
+
+/// An upload's pieces reach depotd's own helpers (`depotd fsproc`, which
+/// open the buffer through `/proc/<depotd>/fd`) in the memory a stream
+/// shares with its helper, not on the pipe; the upload lands as sent.
+#[tokio::test]
+async fn an_upload_s_pieces_reach_the_helpers_in_shared_memory() {
+    let e = Env::new().await;
+    let ids = e.store.ids();
+    let (next, _) = big_tar(&e.dom.sd, 3 << 20, &[dref(&e.disk)]);
+    let daemon = u32::try_from(e.d.pid()).unwrap();
+    assert!(helpers_sharing_a_buffer(daemon).is_empty());
+    let mut up = OpenUpload::start(&e.via, &ids, next.len() as u64).await;
+    // More than a piece: the first is written while the rest is held.
+    up.send(&next[..next.len() / 2]).await;
+    wait_until(
+        "a helper mapping the stream's shared buffer",
+        WAIT_FS,
+        || !helpers_sharing_a_buffer(daemon).is_empty(),
+    );
+    up.send(&next[next.len() / 2..]).await;
+    let r = up.finish().await;
+    assert_eq!(r.status, 200, "{}", r.show());
+    Seen::take(&e.dom, &e.via, &e.store, &next, 2).await;
+}
+
 /// Requests aimed at the wrong thing: refused before anything is read or
 /// written.
 #[tokio::test]

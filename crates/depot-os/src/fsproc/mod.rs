@@ -40,10 +40,11 @@ mod ops;
 mod pool;
 pub mod protocol;
 mod server;
+mod shm;
 
 pub use client::{kill_and_reap, spawn_child, FsProc, HelperCommand};
 pub use error::FsProcError;
 pub use line_child::{LineChild, MAX_LINE};
-pub use pool::{BatchAnswers, FsPool, PoolConfig, PoolHealth, WriteStream};
+pub use pool::{BatchAnswers, FsPool, PoolConfig, PoolHealth, WriteStream, SHARED_MIN};
 pub use protocol::{DirEntry, DirectProbe, FileKind, OpenWrite, Reply, Request, StatInfo, VfsInfo};
 pub use server::{prepare_helper_process, serve, serve_stdio};

@@ -20,9 +20,10 @@ use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::unistd::{Gid, Uid, UnlinkatFlags};
 
 use super::protocol::{
-    DirEntry, DirectProbe, FileKind, OpenWrite, StatInfo, VfsInfo, MAX_LIST_ENTRIES,
-    MAX_WIPE_BYTES, WIPE_ALIGN, WIPE_UNIT,
+    DirEntry, DirectProbe, FileKind, OpenWrite, StatInfo, VfsInfo, MAX_DATA_BYTES,
+    MAX_LIST_ENTRIES, MAX_WIPE_BYTES, WIPE_ALIGN, WIPE_UNIT,
 };
+use super::shm::SharedMap;
 use crate::confine::{refused, Beneath};
 use crate::direct::{self, AlignedBuf, AlignmentSource};
 
@@ -42,7 +43,10 @@ const MAX_STREAMS: usize = 16;
 /// A helper's root and its open streamed writes.
 pub(crate) struct Confined {
     root: PathBuf,
-    streams: HashMap<u64, File>,
+    streams: HashMap<u64, Stream>,
+    /// The process whose descriptors a `stream_share` names: the helper's
+    /// parent (depotd), or this process for a pool in process.
+    share_owner: u32,
     next_handle: u64,
     temp_counter: u64,
     /// A wipe's zeros and what it reads, [`WIPE_WINDOW`] each, made at the
@@ -51,6 +55,14 @@ pub(crate) struct Confined {
     /// half as fast as the loop of before helpers.
     wipe_zeros: Option<AlignedBuf>,
     wipe_read: Option<AlignedBuf>,
+}
+
+/// A streamed write: its file, whether it was opened `O_DIRECT`, and the
+/// buffer shared with the client, if it gave one.
+struct Stream {
+    file: File,
+    direct: bool,
+    shared: Option<SharedMap>,
 }
 
 /// An entry beneath the root: the directory holding it (`O_PATH`), its
@@ -82,11 +94,18 @@ impl Confined {
         Ok(Confined {
             root: root.to_owned(),
             streams: HashMap::new(),
+            share_owner: std::process::id(),
             next_handle: 1,
             temp_counter: 0,
             wipe_zeros: None,
             wipe_read: None,
         })
+    }
+
+    /// The process whose descriptors `stream_share` opens (the helper's
+    /// parent; by default this process).
+    pub(crate) fn share_from(&mut self, pid: u32) {
+        self.share_owner = pid;
     }
 
     fn at(&self, rel: &str) -> io::Result<At> {
@@ -538,24 +557,74 @@ impl Confined {
         let file = self.open_for_write(rel, open)?;
         let handle = self.next_handle;
         self.next_handle += 1;
-        self.streams.insert(handle, file);
+        let stream = Stream {
+            file,
+            direct: open.direct,
+            shared: None,
+        };
+        self.streams.insert(handle, stream);
         Ok(handle)
     }
 
     pub(crate) fn stream_write(&self, handle: u64, offset: u64, data: &[u8]) -> io::Result<u64> {
-        let file = self.stream(handle)?;
-        let flags = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
-        write_at(file, offset, data, flags & libc::O_DIRECT != 0)?;
+        let s = self.stream(handle)?;
+        write_at(&s.file, offset, data, s.direct)?;
         Ok(data.len() as u64)
+    }
+
+    /// Maps the client's buffer for the handle (see
+    /// [`SharedMap::open`]), replacing the one it had.
+    pub(crate) fn stream_share(&mut self, handle: u64, fd: i32, len: u64) -> io::Result<()> {
+        if len > u64::from(MAX_DATA_BYTES) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a shared buffer of {len} bytes; at most {MAX_DATA_BYTES}"),
+            ));
+        }
+        self.stream(handle)?;
+        // The old mapping goes first: two at once are never needed.
+        let s = self.streams.get_mut(&handle).expect("checked above");
+        s.shared = None;
+        s.shared = Some(SharedMap::open(self.share_owner, fd, len)?);
+        Ok(())
+    }
+
+    /// Writes `len` bytes of the handle's shared buffer from `at` at
+    /// `offset`; refused, nothing written, unless they lie in the buffer.
+    pub(crate) fn stream_write_shared(
+        &self,
+        handle: u64,
+        offset: u64,
+        at: u64,
+        len: u32,
+    ) -> io::Result<u64> {
+        let s = self.stream(handle)?;
+        let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+        let map = s
+            .shared
+            .as_ref()
+            .ok_or_else(|| invalid(format!("the streamed write {handle} has no shared buffer")))?;
+        let range = usize::try_from(at)
+            .ok()
+            .and_then(|a| Some(a..a.checked_add(len as usize)?))
+            .filter(|r| r.end <= map.len())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "{len} bytes from {at} are outside the shared buffer of {} bytes",
+                    map.len()
+                ))
+            })?;
+        write_at(&s.file, offset, &map.bytes()[range], s.direct)?;
+        Ok(u64::from(len))
     }
 
     pub(crate) fn stream_close(&mut self, handle: u64, fsync: bool) -> io::Result<()> {
         self.stream(handle)?;
-        let file = self.streams.remove(&handle).expect("checked above");
-        close_checked(file, fsync)
+        let s = self.streams.remove(&handle).expect("checked above");
+        close_checked(s.file, fsync)
     }
 
-    fn stream(&self, handle: u64) -> io::Result<&File> {
+    fn stream(&self, handle: u64) -> io::Result<&Stream> {
         self.streams.get(&handle).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,

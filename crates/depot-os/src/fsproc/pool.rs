@@ -12,6 +12,15 @@ use super::protocol::{
     DirEntry, DirectProbe, OpenWrite, Reply, Request, StatInfo, VfsInfo, MAX_BATCH_ITEMS,
     MAX_DATA_BYTES, MAX_LIST_ENTRIES,
 };
+use super::shm::SharedMap;
+
+/// A streamed write of at least this many bytes passes through the
+/// stream's shared buffer instead of the pipe (smaller ones, a trailer or
+/// a metadata block, cost little either way and make no buffer).
+pub const SHARED_MIN: usize = 64 << 10;
+
+/// A stream's shared buffer is a multiple of this (an upload's piece).
+const SHARED_UNIT: usize = 1 << 20;
 
 /// The answers of [`FsPool::batch`], one per item: its reply and data, or
 /// its error.
@@ -648,6 +657,7 @@ impl FsPool {
                     handle,
                     path: path.into(),
                     step_timeout,
+                    shared: StreamBuf::None,
                 }),
                 (other, _) => Err(self.unexpected("stream_open", other)),
             };
@@ -673,6 +683,7 @@ impl FsPool {
                     handle,
                     path: path.into(),
                     step_timeout,
+                    shared: StreamBuf::None,
                 })
             }
             Ok((other, _)) => {
@@ -782,6 +793,14 @@ impl Shared {
 /// A streamed write on a helper it holds (see [`FsPool::open_write`]).
 /// [`close`](Self::close) reports the errors of `fsync()` and `close()`;
 /// dropping it without closing closes without those checks.
+///
+/// A write of [`SHARED_MIN`] bytes or more is copied into a buffer that
+/// the stream shares with its helper (made at the first such write, grown
+/// for a larger one) and the request only names it: no data on the pipe
+/// (docs/formats.md, `stream_write_shared`). One write is in flight at a
+/// time, so the buffer is one piece: it is filled again only after the
+/// helper answered for the piece before. A helper that cannot map it
+/// (`/proc` closed to it) leaves the stream on the pipe.
 pub struct WriteStream {
     pool: FsPool,
     proc: Option<FsProc>,
@@ -790,6 +809,17 @@ pub struct WriteStream {
     handle: u64,
     path: String,
     step_timeout: Duration,
+    shared: StreamBuf,
+}
+
+/// A stream's shared buffer.
+enum StreamBuf {
+    /// None made yet.
+    None,
+    /// Mapped by the helper too.
+    Mapped(SharedMap),
+    /// The helper could not map one: the pipe it is.
+    Refused,
 }
 
 impl WriteStream {
@@ -833,13 +863,90 @@ impl WriteStream {
 
     /// Writes `data` at `offset` (aligned if the stream is direct).
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<u64, FsProcError> {
-        let request = Request::StreamWrite {
-            handle: self.handle,
-            offset,
+        let (request, data) = match self.shared_for(data.len())? {
+            Some(map) => {
+                map.bytes_mut()[..data.len()].copy_from_slice(data);
+                let request = Request::StreamWriteShared {
+                    handle: self.handle,
+                    offset,
+                    at: 0,
+                    len: u32::try_from(data.len()).expect("within MAX_DATA_BYTES"),
+                };
+                (request, &[][..])
+            }
+            None => {
+                let request = Request::StreamWrite {
+                    handle: self.handle,
+                    offset,
+                };
+                (request, data)
+            }
         };
+        let op = request.op_name();
         match self.step(request, data)? {
             Reply::Written { len } => Ok(len),
-            other => Err(self.pool.unexpected("stream_write", other)),
+            other => Err(self.pool.unexpected(op, other)),
+        }
+    }
+
+    /// The shared buffer a write of `len` bytes goes through, made or
+    /// grown (and given to the helper) if need be; `None` for the pipe: a
+    /// small write, one over the frame limit (refused as it always was),
+    /// or a helper that could not map a buffer.
+    fn shared_for(&mut self, len: usize) -> Result<Option<&mut SharedMap>, FsProcError> {
+        if len < SHARED_MIN || len > MAX_DATA_BYTES as usize {
+            return Ok(None);
+        }
+        let fits = match &self.shared {
+            StreamBuf::Refused => return Ok(None),
+            StreamBuf::Mapped(m) => m.len() >= len,
+            StreamBuf::None => false,
+        };
+        if !fits {
+            let size = (len.div_ceil(SHARED_UNIT) * SHARED_UNIT).min(MAX_DATA_BYTES as usize);
+            self.shared = match self.share(size)? {
+                Some(map) => StreamBuf::Mapped(map),
+                None => StreamBuf::Refused,
+            };
+        }
+        Ok(match &mut self.shared {
+            StreamBuf::Mapped(m) => Some(m),
+            _ => None,
+        })
+    }
+
+    /// A new buffer of `size` bytes, mapped by the helper; `None` if it
+    /// cannot be made or the helper refused it (the stream goes on, on the
+    /// pipe). A helper that does not answer fails the stream.
+    fn share(&mut self, size: usize) -> Result<Option<SharedMap>, FsProcError> {
+        // The old one goes first (the helper replaces its mapping too).
+        self.shared = StreamBuf::None;
+        let mut map = match SharedMap::create(size) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(path = %self.path, error = %e,
+                    "no shared buffer for a streamed write; its data goes on the pipe");
+                return Ok(None);
+            }
+        };
+        let request = Request::StreamShare {
+            handle: self.handle,
+            fd: map.raw_fd().expect("a new map has its descriptor"),
+            len: size as u64,
+        };
+        match self.step(request, &[]) {
+            Ok(Reply::Done) => {
+                map.close_fd();
+                Ok(Some(map))
+            }
+            Ok(other) => Err(self.pool.unexpected("stream_share", other)),
+            // The helper answered: it cannot open or map it.
+            Err(e) if self.proc.is_some() || self.local_open => {
+                tracing::debug!(path = %self.path, error = %e,
+                    "the helper did not map a shared buffer; the stream's data goes on the pipe");
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 

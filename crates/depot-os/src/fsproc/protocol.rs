@@ -22,7 +22,11 @@ use serde::{Deserialize, Serialize};
 /// sets its mode exactly (a helper of version 1 would refuse the new
 /// operations as malformed frames and exit, and leave a new file's mode
 /// to the umask).
-pub const PROTOCOL_VERSION: u32 = 2;
+///
+/// 3: `stream_share` and `stream_write_shared` (a streamed write's data
+/// in memory both processes map instead of on the pipe; a helper of
+/// version 2 would refuse them as malformed frames and exit).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest JSON header: a directory listing of [`MAX_LIST_ENTRIES`]
 /// names fits, with room to spare.
@@ -195,6 +199,24 @@ pub enum Request {
         handle: u64,
         offset: u64,
     },
+    /// Gives the handle a shared buffer: the client's sealed `memfd`
+    /// whose descriptor in the client's process is `fd` (the helper opens
+    /// `/proc/<its parent>/fd/<fd>`), `len` bytes of it mapped read-only
+    /// (at most [`MAX_DATA_BYTES`]). Replaces the handle's earlier one.
+    StreamShare {
+        handle: u64,
+        fd: i32,
+        len: u64,
+    },
+    /// Writes `len` bytes of the handle's shared buffer, from `at`, to
+    /// the file at `offset` (the frame carries no data). Refused (nothing
+    /// written) unless `at + len` lies within the buffer.
+    StreamWriteShared {
+        handle: u64,
+        offset: u64,
+        at: u64,
+        len: u32,
+    },
     /// Closes the handle (after an fsync if asked), reporting the errors
     /// of both: GlusterFS reports an unaligned `O_DIRECT` write only here.
     StreamClose {
@@ -303,6 +325,8 @@ impl Request {
             Request::DirectProbe { .. } => "direct_probe",
             Request::StreamOpen { .. } => "stream_open",
             Request::StreamWrite { .. } => "stream_write",
+            Request::StreamShare { .. } => "stream_share",
+            Request::StreamWriteShared { .. } => "stream_write_shared",
             Request::StreamClose { .. } => "stream_close",
             Request::Batch { .. } => "batch",
         }
@@ -364,7 +388,11 @@ impl Request {
             // A batch that gets no answer is named after its first item
             // (getInfo's: the image directory).
             Request::Batch { items } => items.first().map_or("", Request::path),
-            Request::Ping | Request::StreamWrite { .. } | Request::StreamClose { .. } => "",
+            Request::Ping
+            | Request::StreamWrite { .. }
+            | Request::StreamShare { .. }
+            | Request::StreamWriteShared { .. }
+            | Request::StreamClose { .. } => "",
         }
     }
 }

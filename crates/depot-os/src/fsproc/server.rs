@@ -30,7 +30,10 @@ pub fn serve_stdio() -> i32 {
     }
     let mut input = BufReader::new(io::stdin().lock());
     let mut output = BufWriter::new(io::stdout().lock());
-    match serve(&mut input, &mut output) {
+    // A stream's shared buffer is the parent's (checked to be depotd by
+    // prepare_helper_process).
+    let parent = nix::unistd::getppid().as_raw().unsigned_abs();
+    match serve_for(&mut input, &mut output, parent) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("depot-fsproc[{}]: {e}", std::process::id());
@@ -92,12 +95,24 @@ fn close_inherited_fds() {
     }
 }
 
-/// The request loop over any reader and writer (tests use it in-process).
+/// The request loop over any reader and writer (tests use it in-process:
+/// the descriptors a `stream_share` names are this process's).
 pub fn serve(input: &mut impl io::Read, output: &mut impl io::Write) -> Result<(), FrameError> {
+    serve_for(input, output, std::process::id())
+}
+
+/// [`serve`], where the descriptors a `stream_share` names are those of
+/// process `share_owner`.
+fn serve_for(
+    input: &mut impl io::Read,
+    output: &mut impl io::Write,
+    share_owner: u32,
+) -> Result<(), FrameError> {
     let mut confined = match handshake(input, output)? {
         Some(c) => c,
         None => return Ok(()),
     };
+    confined.share_from(share_owner);
     // Every request's data lands in this one aligned buffer: no fresh
     // zeroed megabyte per streamed piece, and an O_DIRECT write uses it
     // as it is (ops.rs, write_at).
@@ -255,6 +270,15 @@ pub(super) fn dispatch(c: &mut Confined, request: &Request, data: &[u8]) -> Outc
             .map(|handle| (Reply::Handle { handle }, none())),
         Request::StreamWrite { handle, offset } => c
             .stream_write(*handle, *offset, data)
+            .map(|len| (Reply::Written { len }, none())),
+        Request::StreamShare { handle, fd, len } => done(c.stream_share(*handle, *fd, *len)),
+        Request::StreamWriteShared {
+            handle,
+            offset,
+            at,
+            len,
+        } => c
+            .stream_write_shared(*handle, *offset, *at, *len)
             .map(|len| (Reply::Written { len }, none())),
         Request::StreamClose { handle, fsync } => done(c.stream_close(*handle, *fsync)),
         Request::Batch { items } => batch(c, items),

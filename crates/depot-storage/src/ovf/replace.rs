@@ -231,10 +231,11 @@ impl Replacement {
     ///
     /// Two streams on the file take the writes in turn, each driven by a
     /// thread of its own: while one helper writes a piece to the storage,
-    /// the next piece goes down the other's pipe (a round trip through one
-    /// helper, copy and write in series, is slower than the writes before
-    /// helpers). The pieces do not overlap; the first stream's fsync at the
-    /// commit covers what both wrote. The second stream is taken only if a
+    /// the next piece is handed to the other (copied into the buffer its
+    /// stream shares with it; a round trip through one helper, hand-over
+    /// and write in series, is slower than the writes before helpers).
+    /// The pieces do not overlap; the first stream's fsync at the commit
+    /// covers what both wrote. The second stream is taken only if a
     /// helper of the mount is free: uploads never wait for one another's
     /// helpers (with `fsproc_helpers_per_mount` = 1, or more uploads than
     /// helpers, an upload goes on one stream).
