@@ -8,14 +8,15 @@ use serde_json::{Map, Value};
 
 use crate::error::{ApiError, Code};
 use crate::results::{
-    BlockDeviceInfo, ConnectionStatus, DomainInfo, DomainStats, Done, FileStat, HostLiveness,
-    HostStats, OvfEntities, OvfEntityText, OvfStore, PoolInfo, PreparedImage, RepoStats, SpmStatus,
-    TaskId, TaskInfo, TaskStatus, VolumeGroupInfo, VolumeInfo, VolumeSize, WireResult,
+    BlockDeviceInfo, ConnectionStatus, DomainInfo, DomainStats, Done, FenceNodeResult, FileStat,
+    HostLiveness, HostStats, OvfEntities, OvfEntityText, OvfStore, PoolInfo, PreparedImage,
+    RepoStats, SpmStatus, TaskId, TaskInfo, TaskStatus, VolumeGroupInfo, VolumeInfo, VolumeSize,
+    WireResult,
 };
 use crate::storage::{
-    AllocType, ByteSize, ConnectionList, CopyEndpoint, DiskType, DomainClass, DomainType, ImgUuid,
-    Legality, MoveOperation, Password, Port, SdUuid, SpUuid, VolUuid, VolumeAttributes,
-    VolumeFormat, VolumeRef,
+    AllocType, ByteSize, ConnectionList, CopyEndpoint, DiskType, DomainClass, DomainType,
+    FencePort, FencingPolicy, ImgUuid, Legality, MoveOperation, Password, Port, SdUuid, SpUuid,
+    VolUuid, VolumeAttributes, VolumeFormat, VolumeRef,
 };
 use crate::types::{Capabilities, JobInfo};
 use crate::types::{JobId, JobType, Uuid};
@@ -66,6 +67,8 @@ wire_type! {
     MoveOperation => "ImageMoveOperation: COPY (1) or MOVE (2)",
     Password => "string (a secret: never logged or returned)",
     Port => "TCP port 1-65535 (number or decimal string)",
+    FencePort => "the agent's port or plug (number, string, or \"\" for none)",
+    FencingPolicy => "FencingPolicy: {storageDomainHostIdMap?: {sdUUID: hostId}, skipFencingIfGlusterBricksUp?, skipFencingIfGlusterQuorumNotMet?, glusterServerUuid?}",
 }
 
 impl<T: WireType> WireType for Option<T> {
@@ -801,6 +804,31 @@ verbs! {
         /// Only these domains (all monitored ones when left out).
         domains: Option<Vec<SdUuid>>,
     } -> (BTreeMap<String, RepoStats>, "by domain UUID");
+
+    /// Runs a fence agent (Debian's fence-agents) against another host's
+    /// power switch, as VDSM does: the agent reads its options on stdin.
+    /// With a policy, an action other than status is skipped while the
+    /// host still renews its lease on one of the named domains.
+    "Host.fenceNode" => HostFenceNode {
+        /// The power switch's address.
+        addr: String,
+        /// Its port or plug ("" for none).
+        port: FencePort,
+        /// The agent, without `fence_` (`ipmilan`, `apc`, ...).
+        agent: String,
+        /// The switch's user.
+        username: String,
+        /// Its password (never logged).
+        password: Password,
+        /// `status`, `on`, `off` or `reboot`.
+        action: String,
+        /// Use the agent's secure transport (`secure=yes`).
+        secure: Option<bool>,
+        /// More `name=value` lines for the agent.
+        options: Option<String>,
+        /// When to skip fencing.
+        policy: Option<FencingPolicy>,
+    } -> (FenceNodeResult, "power for status; operationStatus initiated or skipped for the other actions");
 
     /// Host statistics; depot reports the storage part.
     "Host.getStats" => HostGetStats {} -> (HostStats, "by domain UUID; the sizes null until the monitor has checked the domain");

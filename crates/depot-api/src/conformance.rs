@@ -694,6 +694,12 @@ pub const DIFFERENCES: &[Difference] = &[
         "depot's: the chain's volumes and their paths (VDSM's Bridge answers only path)",
     ),
     d("StorageDomain.getOvfStores", Item::DepotVerb, OVF_VERB),
+    d(
+        "StorageDomain.getHostLiveness",
+        Item::DepotVerb,
+        "the storage's own answer to whether a host is alive (sanlock's delta leases), for \
+         fencing and disaster recovery; VDSM keeps it internal (hsm.getHostLeaseStatus)",
+    ),
     d("StorageDomain.getOvfEntities", Item::DepotVerb, OVF_VERB),
     d("StorageDomain.getOvfEntity", Item::DepotVerb, OVF_VERB),
     d(

@@ -57,7 +57,13 @@ codes! {
     /// A bug in depot; the message says where.
     InternalError = -32603, "Internal error";
 
+    /// `Host.fenceNode`: the fence agent failed, or answered that the
+    /// action failed (VDSM answers the agent's exit code, 1 or 2, with its
+    /// output; depot answers 1 with the output and the code).
+    FenceAgentFailed = 1, "Fence agent failed";
     // VDSM common errors (lib/vdsm/common/exception.py).
+    /// `Host.fenceNode` names an agent that is not installed.
+    UnsupportedFenceAgent = 43, "Unsupported fencing agent";
     /// `Host.getJobs`/`Host.abortJob` named a job that does not exist.
     NoSuchJob = 66, "Job Id does not exists";
     /// A job id was reused for a different job.

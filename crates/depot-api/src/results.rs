@@ -422,6 +422,18 @@ object! {
 }
 
 object! {
+    /// VDSM's FenceNodeResult: `power` for `status` (on, off, unknown),
+    /// `operationStatus` `initiated` for an action that ran, `skipped` when
+    /// the policy found the host alive on storage.
+    FenceNodeResult {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        operationStatus: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        power: Option<String>,
+    }
+}
+
+object! {
     /// VDSM's SpmStatus (`StoragePool.getSpmStatus`).
     SpmStatus {
         /// The SPM's host id, -1 when no host is known to hold the lease.

@@ -477,3 +477,40 @@ impl<'de> Deserialize<'de> for MoveOperation {
         }
     }
 }
+
+/// `Host.fenceNode`'s `policy` (VDSM's FencingPolicy): fencing is skipped
+/// when the host still renews its lease in one of the domains of
+/// `storageDomainHostIdMap` (domain -> its host id). The gluster keys are
+/// accepted and not used (depot does not manage gluster servers).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[allow(non_snake_case)]
+pub struct FencingPolicy {
+    #[serde(default)]
+    pub storageDomainHostIdMap: Option<std::collections::BTreeMap<SdUuid, i64>>,
+    #[serde(default)]
+    pub skipFencingIfGlusterBricksUp: Option<bool>,
+    #[serde(default)]
+    pub skipFencingIfGlusterQuorumNotMet: Option<bool>,
+    #[serde(default)]
+    pub glusterServerUuid: Option<String>,
+}
+
+/// `Host.fenceNode`'s `port`: VDSM's schema says int, the engine sends a
+/// string ("" for none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FencePort {
+    Number(u16),
+    Text(String),
+}
+
+impl FencePort {
+    /// The port as the agent reads it; `None` for an empty one.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            FencePort::Number(n) => Some(n.to_string()),
+            FencePort::Text(t) if t.is_empty() => None,
+            FencePort::Text(t) => Some(t.clone()),
+        }
+    }
+}

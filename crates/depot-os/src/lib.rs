@@ -13,6 +13,7 @@
 //! may hang with a timeout), [`fsproc`] (file-system calls on storage
 //! mounts in helper processes that depotd can abandon), [`sanlock`] (host ids and
 //! lease areas through the sanlock daemon, its library loaded at run time),
+//! [`fence`] (power fencing through fence-agents),
 //! and for SAN storage [`iscsi`] (iscsiadm),
 //! [`multipath`] (maps by WWID and path states), [`scsi`] (host rescans)
 //! and [`sysfs_block`] (device facts from sysfs).
@@ -21,6 +22,7 @@ pub mod command;
 pub mod confine;
 pub mod direct;
 mod fd_path;
+pub mod fence;
 pub mod fsproc;
 pub mod fsutil;
 pub mod iscsi;

@@ -24,6 +24,7 @@ pub struct Config {
     pub tasks: TasksConfig,
     pub storage: StorageSection,
     pub sanlock: SanlockSection,
+    pub fencing: FencingSection,
     pub log: LogConfig,
 }
 
@@ -67,6 +68,17 @@ pub struct SanlockSection {
     pub program: PathBuf,
     /// Seconds one call to the sanlock daemon, or one `sanlock direct`
     /// run, may take.
+    pub timeout_s: f64,
+}
+
+/// Power fencing (`Host.fenceNode`, docs/storage.md "Fencing").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FencingSection {
+    /// Where the fence agents are: `fence_<agent>` (Debian's
+    /// fence-agents installs them in /usr/sbin).
+    pub agents_dir: PathBuf,
+    /// Seconds one run of a fence agent may take.
     pub timeout_s: f64,
 }
 
@@ -277,6 +289,10 @@ impl Config {
                 program: "sanlock".into(),
                 timeout_s: 30.0,
             },
+            fencing: FencingSection {
+                agents_dir: "/usr/sbin".into(),
+                timeout_s: 120.0,
+            },
             log: LogConfig {
                 level: "info".into(),
                 target: LogTarget::Auto,
@@ -427,6 +443,7 @@ impl Config {
                 false,
             ),
             ("sanlock.timeout_s", self.sanlock.timeout_s, false),
+            ("fencing.timeout_s", self.fencing.timeout_s, false),
         ] {
             if !(0.0..1e9).contains(&v) {
                 return Err(format!("{name} must be a number of seconds, not {v}"));
@@ -452,6 +469,7 @@ impl Config {
             ("listen.socket", &self.listen.socket),
             ("daemon.state_dir", &self.daemon.state_dir),
             ("daemon.repository", &self.daemon.repository),
+            ("fencing.agents_dir", &self.fencing.agents_dir),
         ] {
             if !path.is_absolute() {
                 return Err(format!("{name} must be an absolute path"));

@@ -106,6 +106,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         jobs.clone(),
         storage.clone(),
         tasks,
+        fencer(&config),
         config.daemon.test_verbs,
     );
     let shared = Arc::new(listeners(
@@ -377,6 +378,15 @@ fn stomp_limits(config: &Config) -> StompLimits {
         max_pending_bytes: l.stomp_max_pending_bytes,
         idle_timeout: Duration::from_secs_f64(l.stomp_idle_timeout_s),
     }
+}
+
+/// `Host.fenceNode`'s agents and their timeout (`[fencing]`).
+fn fencer(config: &Config) -> Arc<crate::fencing::Fencer> {
+    Arc::new(crate::fencing::Fencer {
+        runner: CommandRunner::new(),
+        agents_dir: config.fencing.agents_dir.clone(),
+        timeout: Duration::from_secs_f64(config.fencing.timeout_s),
+    })
 }
 
 /// Every connection is a file descriptor, and the connection limits

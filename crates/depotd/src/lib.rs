@@ -9,6 +9,7 @@ pub mod config;
 pub mod conn;
 pub mod daemon;
 pub mod events;
+pub mod fencing;
 pub mod jsonrpc;
 pub mod listen;
 pub mod logging;

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::call::CallCtx;
+use crate::fencing::{self, Fencer};
 use crate::storage_api;
 use crate::storage_jobs;
 use crate::tasks::{verb, Tasks};
@@ -24,6 +25,7 @@ pub struct Router {
     jobs: JobManager,
     storage: Arc<Storage>,
     tasks: Arc<Tasks>,
+    fencer: Arc<Fencer>,
     /// `daemon.test_verbs`: whether `Host.sleepJob` exists.
     test_verbs: bool,
 }
@@ -33,12 +35,14 @@ impl Router {
         jobs: JobManager,
         storage: Arc<Storage>,
         tasks: Arc<Tasks>,
+        fencer: Arc<Fencer>,
         test_verbs: bool,
     ) -> Self {
         Router {
             jobs,
             storage,
             tasks,
+            fencer,
             test_verbs,
         }
     }
@@ -128,6 +132,7 @@ impl Router {
             }
             Call::StorageDomainGetVolumes(p) => wire(storage_api::get_volumes(storage, p).await),
             Call::StorageDomainGetFileStats(p) => wire(storage_api::file_stats(storage, p).await),
+            Call::HostFenceNode(p) => wire(fencing::fence_node(&self.fencer, storage, p).await),
             Call::StorageDomainGetHostLiveness(p) => {
                 wire(storage_api::host_liveness(storage, p.storagedomainID).await)
             }

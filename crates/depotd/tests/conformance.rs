@@ -403,7 +403,16 @@ async fn results_match_vdsms_types() {
     let ck = Checker::new();
     // No sanlock: spmStart must not register with a daemon another test
     // owns (and would shut down); the local SPM role has the same types.
-    let d = Daemon::start(&format!("{CONFIG}[sanlock]\nenabled = false\n"));
+    // Host.fenceNode runs an agent of its own (fencing.rs tests the real
+    // ones): it answers "on".
+    let agents = tempfile::tempdir().unwrap();
+    let agent = agents.path().join("fence_conformance");
+    std::fs::write(&agent, "#!/bin/sh\ncat > /dev/null\n").unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let d = Daemon::start(&format!(
+        "{CONFIG}[sanlock]\nenabled = false\n[fencing]\nagents_dir = \"{}\"\n",
+        agents.path().display()
+    ));
     let c = d.client().await;
     let data = tempfile::tempdir().unwrap();
     let conn = ConnectionSpec::local(&data.path().canonicalize().unwrap());
@@ -502,6 +511,23 @@ async fn results_match_vdsms_types() {
     call(&c, &ck, "Host.getStats", json!({})).await;
     call(&c, &ck, "StoragePool.getInfo", json!({"storagepoolID": sp})).await;
     call(&c, &ck, "StorageDomain.getInfo", by_sd(&sd)).await;
+    call(
+        &c,
+        &ck,
+        "Host.fenceNode",
+        json!({"addr": "10.0.0.9", "port": "623", "agent": "conformance", "username": "u",
+            "password": "p", "action": "status"}),
+    )
+    .await;
+    call(
+        &c,
+        &ck,
+        "Host.fenceNode",
+        json!({"addr": "10.0.0.9", "port": 623, "agent": "conformance", "username": "u",
+            "password": "p", "action": "reboot", "secure": false, "options": "",
+            "policy": {"storageDomainHostIdMap": {sd.clone(): 2}}}),
+    )
+    .await;
     // The SPM verbs' types (the local role: sanlock is off here;
     // storage_sanlock.rs tests the lease).
     let spm = call(

@@ -96,7 +96,15 @@ fn listed(daemon: &SanlockDaemon, sd: &str) -> Vec<String> {
 async fn host_id_is_acquired_in_a_new_domains_lockspace_and_released_on_disconnect() {
     depot_testkit::require_root();
     let daemon = SanlockDaemon::start().expect("sanlock daemon");
-    let d = Daemon::start(SANLOCK_CONFIG);
+    let agents = tempfile::tempdir().unwrap();
+    let ran = agents.path().join("ran");
+    let agent = agents.path().join("fence_marker");
+    std::fs::write(&agent, "#!/bin/sh\ncat > \"$(dirname \"$0\")/ran\"\n").unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let d = Daemon::start(&format!(
+        "{SANLOCK_CONFIG}[fencing]\nagents_dir = \"{}\"\n",
+        agents.path().display()
+    ));
     let p = pool(&d).await;
 
     // The capabilities see the daemon.
@@ -167,6 +175,24 @@ async fn host_id_is_acquired_in_a_new_domains_lockspace_and_released_on_disconne
     );
     assert!(me["generation"].as_u64().unwrap() >= 1, "{hosts}");
     assert!(me["io_timeout"].as_u64().unwrap() > 0, "{hosts}");
+
+    // Fencing this host (id 3) is skipped: its lease is live on the
+    // domain. Host 9's is not: the agent runs.
+    let fence = |host_id: i64| {
+        json!({"addr": "10.0.0.9", "port": "", "agent": "marker", "username": "u",
+            "password": "p", "action": "off",
+            "policy": {"storageDomainHostIdMap": {p.sd.clone(): host_id}}})
+    };
+    assert_eq!(
+        call_ok(&p.c, "Host.fenceNode", fence(3)).await,
+        json!({"operationStatus": "skipped"})
+    );
+    assert!(!ran.exists(), "the agent ran although the host is live");
+    assert_eq!(
+        call_ok(&p.c, "Host.fenceNode", fence(9)).await["operationStatus"],
+        "initiated"
+    );
+    assert!(ran.exists());
 
     // Disconnect releases it.
     call_ok(

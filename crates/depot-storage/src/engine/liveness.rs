@@ -47,6 +47,38 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Whether a host still renews its lease in one of `domains` (each
+    /// with the host's id there), as `Host.fenceNode`'s policy asks: one
+    /// `live` answer is enough. A domain that cannot answer (unknown, this
+    /// host not in its lockspace, sanlock off) counts as not live, as in
+    /// VDSM, where an error lets the fencing go on; each is logged.
+    pub fn lease_live_somewhere(&self, domains: &[(SdUuid, u64)]) -> bool {
+        let Some(sanlock) = self.config.sanlock.as_ref().map(|s| &s.client) else {
+            tracing::warn!("fencing policy: sanlock is disabled, no lease can show the host alive");
+            return false;
+        };
+        for (sd, host_id) in domains {
+            match sanlock.get_hosts(&sd.to_string(), *host_id) {
+                Ok(hosts) => {
+                    let live = hosts.iter().any(|h| {
+                        h.host_id == *host_id
+                            && h.status == Some(depot_os::sanlock::HostStatus::Live)
+                    });
+                    if live {
+                        tracing::info!(%sd, host_id, "fencing policy: the host renews its lease");
+                        return true;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%sd, host_id, error = %e, "fencing policy: no lease status")
+                }
+            }
+        }
+        false
+    }
+}
+
 fn classify(e: SanlockError, not_held: &dyn Fn(String) -> StorageError) -> StorageError {
     let why = match (&e, e.errno()) {
         (SanlockError::Unavailable(_), _) => e.to_string(),
