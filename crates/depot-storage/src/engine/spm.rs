@@ -111,7 +111,9 @@ impl Storage {
             })
             .and_then(|id| self.take_spm_lease(pool.master, id));
         let mut pools = self.pools.lock();
-        let p = pools.get_mut(&sp);
+        // A disconnect while the lease was being taken: the pool is no
+        // longer this host's to manage.
+        let p = pools.get_mut(&sp).filter(|p| p.connected);
         match (taken, p) {
             (Ok((lver, lease)), Some(p)) => {
                 p.spm = Spm {
@@ -124,6 +126,9 @@ impl Storage {
             }
             (Ok((_, lease)), None) => {
                 // Disconnected meanwhile: give the lease back.
+                if let Some(p) = pools.get_mut(&sp) {
+                    p.spm = Spm::default();
+                }
                 drop(pools);
                 if let Some(res) = lease {
                     self.release_spm_lease(&res, OP)?;
@@ -134,8 +139,8 @@ impl Storage {
                     format!("'{sp}'"),
                 ))
             }
-            (Err(e), p) => {
-                if let Some(p) = p {
+            (Err(e), _) => {
+                if let Some(p) = pools.get_mut(&sp) {
                     p.spm.role = SpmRole::Free;
                 }
                 tracing::warn!(pool = %sp, error = %e, "SPM start failed");
