@@ -7,6 +7,7 @@
 //! cannot lead elsewhere either (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`, and
 //! a check that an opened file is the regular file that was looked at).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -23,7 +24,7 @@ use super::protocol::{
     DirEntry, DirectProbe, FileKind, OpenWrite, StatInfo, VfsInfo, MAX_LIST_ENTRIES,
     MAX_WIPE_BYTES, WIPE_ALIGN, WIPE_UNIT,
 };
-use crate::confine::{refused, Beneath};
+use crate::confine::{refused, Beneath, Walked};
 use crate::direct::{self, AlignedBuf, AlignmentSource};
 
 /// The memory alignment of direct I/O buffers: enough for every block
@@ -51,6 +52,9 @@ pub(crate) struct Confined {
     /// half as fast as the loop of before helpers.
     wipe_zeros: Option<AlignedBuf>,
     wipe_read: Option<AlignedBuf>,
+    /// The directories walked by the calls of the batch being served
+    /// ([`Confined::with_walks_kept`]); `None` between batches.
+    walked: RefCell<Option<Walked>>,
 }
 
 /// An entry beneath the root: the directory holding it (`O_PATH`), its
@@ -86,12 +90,34 @@ impl Confined {
             temp_counter: 0,
             wipe_zeros: None,
             wipe_read: None,
+            walked: RefCell::new(None),
         })
+    }
+
+    /// Runs `f` (the items of a batch) with each directory that a call's
+    /// walk checked kept until `f` returns: paths that share directories
+    /// (getInfo's listing of an image directory, a record in it, the
+    /// stat of a file in it) walk them once. Nothing is kept past `f`: a
+    /// helper holds no directory of the mount between requests (an
+    /// unmount would find it busy).
+    pub(crate) fn with_walks_kept<T>(&mut self, f: impl FnOnce(&mut Confined) -> T) -> T {
+        struct Forget<'a>(&'a mut Confined);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                *self.0.walked.get_mut() = None;
+            }
+        }
+        *self.walked.get_mut() = Some(Walked::new(&self.root));
+        let kept = Forget(self);
+        f(kept.0)
     }
 
     fn at(&self, rel: &str) -> io::Result<At> {
         let b = Beneath::new(&self.root, rel);
-        let (dir, name, dev) = b.parent()?;
+        let (dir, name, dev) = match self.walked.borrow_mut().as_mut() {
+            Some(walked) => b.parent_walked(walked)?,
+            None => b.parent()?,
+        };
         Ok(At {
             dir,
             name: name.to_owned(),
@@ -113,6 +139,11 @@ impl Confined {
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
         )?;
         check_same_dev(&at, &dir.metadata()?)?;
+        // Checked as a walk's step: the batch's next paths beneath it
+        // start from it (getInfo's record and data, after the listing).
+        if let Some(walked) = self.walked.borrow_mut().as_mut() {
+            walked.keep_checked(Path::new(rel), &dir, at.dev)?;
+        }
         Ok(dir)
     }
 
@@ -797,6 +828,67 @@ fn kind_of_type(t: &fs::FileType) -> FileKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// How a symlink is met: refused by a check, or by the kernel
+    /// (`O_NOFOLLOW`: ELOOP, or ENOTDIR with `O_DIRECTORY`).
+    fn not_followed(e: &io::Error) -> bool {
+        crate::confine::refusal(e).is_some()
+            || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR))
+    }
+
+    /// The directories a batch keeps are the ones its walks checked: a
+    /// directory swapped for a symlink between two items leads nowhere
+    /// new (the kept descriptor is the checked directory, wherever it was
+    /// moved), a symlink not walked before is refused as in any walk, and
+    /// nothing is kept after the batch.
+    #[test]
+    fn a_batch_cannot_be_led_out_by_a_symlink_swapped_between_items() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let img = root.join("dom/images/img");
+        fs::create_dir_all(&img).unwrap();
+        fs::create_dir_all(root.join("dom/other")).unwrap();
+        fs::write(img.join("vol.meta"), b"inside").unwrap();
+        let outside = t.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("vol.meta"), b"secret").unwrap();
+        fs::write(outside.join("x"), b"secret").unwrap();
+        let mut c = Confined::new(&root).unwrap();
+        let meta = "dom/images/img/vol.meta";
+        c.with_walks_kept(|c| {
+            assert_eq!(c.read(meta, 0, 64, false).unwrap(), b"inside");
+            fs::rename(&img, root.join("dom/images/moved")).unwrap();
+            symlink(&outside, &img).unwrap();
+            fs::remove_dir(root.join("dom/other")).unwrap();
+            symlink(&outside, root.join("dom/other")).unwrap();
+            // Through the kept directory: the one that was checked.
+            assert_eq!(c.read(meta, 0, 64, false).unwrap(), b"inside");
+            assert!(c.stat(meta, false).is_ok());
+            // The symlink itself, reached from a kept parent: refused.
+            let e = c.listdir("dom/images/img", 16).unwrap_err();
+            assert!(not_followed(&e), "{e}");
+            // A symlink no walk went through yet: refused.
+            let e = c.read("dom/other/x", 0, 64, false).unwrap_err();
+            assert!(not_followed(&e), "{e}");
+        });
+        // Nothing kept: a new walk meets the symlink.
+        let e = c.read(meta, 0, 64, false).unwrap_err();
+        assert!(not_followed(&e), "{e}");
+        assert_eq!(fs::read(outside.join("vol.meta")).unwrap(), b"secret");
+    }
+
+    /// A kept walk checks the device as every walk does.
+    #[test]
+    fn a_batch_does_not_leave_the_root_s_file_system() {
+        let mut c = Confined::new(Path::new("/")).unwrap();
+        c.with_walks_kept(|c| {
+            for _ in 0..2 {
+                let e = c.stat("proc/self/status", false).unwrap_err();
+                assert!(crate::confine::refusal(&e).is_some(), "{e}");
+            }
+        });
+    }
 
     #[test]
     fn nonzero_runs_are_merged() {
