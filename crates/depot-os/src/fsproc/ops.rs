@@ -194,22 +194,34 @@ impl Confined {
     }
 
     pub(crate) fn listdir(&self, rel: &str, max_entries: u32) -> io::Result<(Vec<DirEntry>, bool)> {
-        let dir = self.open_dir(rel)?;
+        use std::os::unix::ffi::OsStrExt;
         let cap = max_entries.min(MAX_LIST_ENTRIES) as usize;
+        // Read through the opened descriptor itself: no second open of
+        // the directory through /proc/self/fd (a procfs walk per listing).
+        let mut dir = nix::dir::Dir::from(self.open_dir(rel)?)?;
+        let fd = dir.as_raw_fd();
         let mut entries = Vec::new();
-        for entry in fs::read_dir(proc_fd(&dir))? {
+        for entry in dir.iter() {
+            let entry = entry?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if name == "." || name == ".." {
+                continue;
+            }
             if entries.len() == cap {
                 return Ok((entries, true));
             }
-            let entry = entry?;
-            let name = entry.file_name();
+            let kind = match entry.file_type() {
+                Some(t) => kind_of_dir_type(t),
+                // The file system does not say: the entry itself, not
+                // followed.
+                None => nix::sys::stat::fstatat(Some(fd), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_or(FileKind::Unknown, |st| kind_of_mode(st.st_mode)),
+            };
             let text = name.to_str();
             entries.push(DirEntry {
                 name: text.map_or_else(|| name.to_string_lossy().into_owned(), str::to_owned),
                 utf8: text.is_some(),
-                kind: entry
-                    .file_type()
-                    .map_or(FileKind::Unknown, |t| kind_of_type(&t)),
+                kind,
             });
         }
         Ok((entries, false))
@@ -804,24 +816,16 @@ fn kind_of_mode(mode: u32) -> FileKind {
     }
 }
 
-fn kind_of_type(t: &fs::FileType) -> FileKind {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_symlink() {
-        FileKind::Symlink
-    } else if t.is_dir() {
-        FileKind::Dir
-    } else if t.is_file() {
-        FileKind::File
-    } else if t.is_block_device() {
-        FileKind::BlockDevice
-    } else if t.is_char_device() {
-        FileKind::CharDevice
-    } else if t.is_fifo() {
-        FileKind::Fifo
-    } else if t.is_socket() {
-        FileKind::Socket
-    } else {
-        FileKind::Unknown
+fn kind_of_dir_type(t: nix::dir::Type) -> FileKind {
+    use nix::dir::Type;
+    match t {
+        Type::File => FileKind::File,
+        Type::Directory => FileKind::Dir,
+        Type::Symlink => FileKind::Symlink,
+        Type::BlockDevice => FileKind::BlockDevice,
+        Type::CharacterDevice => FileKind::CharDevice,
+        Type::Fifo => FileKind::Fifo,
+        Type::Socket => FileKind::Socket,
     }
 }
 
@@ -876,6 +880,45 @@ mod tests {
         let e = c.read(meta, 0, 64, false).unwrap_err();
         assert!(not_followed(&e), "{e}");
         assert_eq!(fs::read(outside.join("vol.meta")).unwrap(), b"secret");
+    }
+
+    /// A listing read through the directory's descriptor: every entry but
+    /// `.` and `..` with its kind, a name that is not UTF-8 marked, and
+    /// a cap that cuts only when an entry is left out.
+    #[test]
+    fn a_listing_has_every_entry_and_says_when_it_is_cut() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("d");
+        fs::create_dir_all(d.join("sub")).unwrap();
+        fs::write(d.join("f"), b"x").unwrap();
+        symlink("f", d.join("l")).unwrap();
+        nix::unistd::mkfifo(&d.join("p"), Mode::from_bits_truncate(0o600)).unwrap();
+        fs::write(d.join(OsStr::from_bytes(b"n\xff")), b"").unwrap();
+        let c = Confined::new(t.path()).unwrap();
+        let (mut all, cut) = c.listdir("d", 100).unwrap();
+        assert!(!cut);
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        let seen: Vec<(&str, bool, FileKind)> = all
+            .iter()
+            .map(|e| (e.name.as_str(), e.utf8, e.kind))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("f", true, FileKind::File),
+                ("l", true, FileKind::Symlink),
+                ("n\u{fffd}", false, FileKind::File),
+                ("p", true, FileKind::Fifo),
+                ("sub", true, FileKind::Dir),
+            ]
+        );
+        assert_eq!(c.listdir("d", 5).unwrap().0.len(), 5);
+        assert!(!c.listdir("d", 5).unwrap().1, "all 5 fit");
+        let (some, cut) = c.listdir("d", 3).unwrap();
+        assert_eq!((some.len(), cut), (3, true));
+        let (none, cut) = c.listdir("d/sub", 0).unwrap();
+        assert_eq!((none.len(), cut), (0, false), "an empty directory is whole");
     }
 
     /// A kept walk checks the device as every walk does.
