@@ -236,9 +236,8 @@ impl<'a> FileVolumes<'a> {
         }
         fs.fsync(&data).map_err(|e| failed(&data, e))?;
 
-        create_lease(fs, &self.paths.volume_lease(img, vol)).map_err(|e| {
-            failed(&self.paths.volume_lease(img, vol), e)
-        })?;
+        let lease = self.paths.volume_lease(img, vol);
+        create_lease(fs, &lease).map_err(|e| failed(&lease, e))?;
 
         if parent.is_some_and(|p| p.vol_type == VolType::Leaf) {
             update_meta(
