@@ -192,13 +192,48 @@ impl Beneath {
     /// create). The helper processes (the fsproc module) use it with the
     /// `*at` calls, which never leave that directory.
     pub(crate) fn parent(&self) -> io::Result<(File, &Path, u64)> {
+        self.parent_via(None)
+    }
+
+    /// [`parent`](Self::parent), starting from the deepest directory of
+    /// the path that `walked` holds (reached by an earlier walk from the
+    /// same root, with the same checks), and keeping there each directory
+    /// this walk checks.
+    pub(crate) fn parent_walked(&self, walked: &mut Walked) -> io::Result<(File, &Path, u64)> {
+        if walked.root != self.root {
+            return self.parent_via(None);
+        }
+        self.parent_via(Some(walked))
+    }
+
+    fn parent_via(&self, mut walked: Option<&mut Walked>) -> io::Result<(File, &Path, u64)> {
         let names = self.names()?;
         let (last, dirs) = names.split_last().expect("names() is never empty");
-        let root = open_path(None, &self.root, OFlag::O_DIRECTORY)?;
-        let dev = root.metadata()?.dev();
+        // From the deepest directory already walked, or from the root.
+        let mut from = 0;
+        let mut start = None;
+        if let Some(w) = walked.as_deref_mut() {
+            for n in (0..=dirs.len()).rev() {
+                if let Some((dir, dev)) = w.get(&dirs[..n])? {
+                    (from, start) = (n, Some((dir, dev)));
+                    break;
+                }
+            }
+        }
+        let (mut dir, dev) = match start {
+            Some(found) => found,
+            None => {
+                let root = open_path(None, &self.root, OFlag::O_DIRECTORY)?;
+                let dev = root.metadata()?.dev();
+                if let Some(w) = walked.as_deref_mut() {
+                    w.keep(&[], &root, dev)?;
+                }
+                (root, dev)
+            }
+        };
         let mut here = self.root.clone();
-        let mut dir = root;
-        for name in dirs {
+        here.extend(&dirs[..from]);
+        for (i, name) in dirs.iter().enumerate().skip(from) {
             here.push(name);
             let next = open_path(Some(&dir), name, OFlag::O_NOFOLLOW)?;
             let md = next.metadata()?;
@@ -208,6 +243,9 @@ impl Beneath {
                     &self.path,
                     format!("{} is {}, not a directory", here.display(), kind_of(&md)),
                 ));
+            }
+            if let Some(w) = walked.as_deref_mut() {
+                w.keep(&dirs[..=i], &next, dev)?;
             }
             dir = next;
         }
@@ -312,6 +350,55 @@ impl DataPath for Beneath {
     fn open_with(&self, opts: &OpenOptions) -> io::Result<File> {
         let (checked, md) = self.walk(Want::File)?;
         reopen(&checked, &md, &self.path, opts)
+    }
+}
+
+/// The directories that walks from one root have checked (each reached
+/// from the root one component at a time: a directory, no symlink, the
+/// root's file system), kept as `O_PATH` descriptors for a short while so
+/// that the next walk through them starts where they are: a helper keeps
+/// them for the items of one batch (fsproc), whose paths share their
+/// directories. A directory renamed or replaced by a symlink meanwhile is
+/// still the directory that was checked (the descriptor follows the
+/// inode, never a path), as within one walk.
+#[derive(Debug)]
+pub(crate) struct Walked {
+    root: PathBuf,
+    /// By the names that lead to them from the root (none: the root).
+    dirs: std::collections::HashMap<Vec<PathBuf>, (File, u64)>,
+}
+
+impl Walked {
+    pub(crate) fn new(root: &Path) -> Walked {
+        Walked {
+            root: root.to_owned(),
+            dirs: std::collections::HashMap::new(),
+        }
+    }
+
+    /// A copy of the descriptor of the directory at `names`, and the
+    /// root's device, if it was walked.
+    fn get(&self, names: &[&Path]) -> io::Result<Option<(File, u64)>> {
+        let key: Vec<PathBuf> = names.iter().map(|n| n.to_path_buf()).collect();
+        match self.dirs.get(&key) {
+            Some((dir, dev)) => Ok(Some((dir.try_clone()?, *dev))),
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps `dir`, the directory at `rel` (plain names), which the
+    /// caller reached with a walk's checks: its parent walked, then the
+    /// last name opened with `O_DIRECTORY | O_NOFOLLOW` and found on the
+    /// root's device `dev`.
+    pub(crate) fn keep_checked(&mut self, rel: &Path, dir: &File, dev: u64) -> io::Result<()> {
+        let names: Vec<&Path> = rel.iter().map(Path::new).collect();
+        self.keep(&names, dir, dev)
+    }
+
+    fn keep(&mut self, names: &[&Path], dir: &File, dev: u64) -> io::Result<()> {
+        let key = names.iter().map(|n| n.to_path_buf()).collect();
+        self.dirs.insert(key, (dir.try_clone()?, dev));
+        Ok(())
     }
 }
 

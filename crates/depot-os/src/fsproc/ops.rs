@@ -7,6 +7,7 @@
 //! cannot lead elsewhere either (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`, and
 //! a check that an opened file is the regular file that was looked at).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -24,7 +25,7 @@ use super::protocol::{
     MAX_LIST_ENTRIES, MAX_WIPE_BYTES, WIPE_ALIGN, WIPE_UNIT,
 };
 use super::shm::SharedMap;
-use crate::confine::{refused, Beneath};
+use crate::confine::{refused, Beneath, Walked};
 use crate::direct::{self, AlignedBuf, AlignmentSource};
 
 /// The memory alignment of direct I/O buffers: enough for every block
@@ -55,6 +56,9 @@ pub(crate) struct Confined {
     /// half as fast as the loop of before helpers.
     wipe_zeros: Option<AlignedBuf>,
     wipe_read: Option<AlignedBuf>,
+    /// The directories walked by the calls of the batch being served
+    /// ([`Confined::with_walks_kept`]); `None` between batches.
+    walked: RefCell<Option<Walked>>,
 }
 
 /// A streamed write: its file, whether it was opened `O_DIRECT`, and the
@@ -99,6 +103,7 @@ impl Confined {
             temp_counter: 0,
             wipe_zeros: None,
             wipe_read: None,
+            walked: RefCell::new(None),
         })
     }
 
@@ -108,9 +113,30 @@ impl Confined {
         self.share_owner = pid;
     }
 
+    /// Runs `f` (the items of a batch) with each directory that a call's
+    /// walk checked kept until `f` returns: paths that share directories
+    /// (getInfo's listing of an image directory, a record in it, the
+    /// stat of a file in it) walk them once. Nothing is kept past `f`: a
+    /// helper holds no directory of the mount between requests (an
+    /// unmount would find it busy).
+    pub(crate) fn with_walks_kept<T>(&mut self, f: impl FnOnce(&mut Confined) -> T) -> T {
+        struct Forget<'a>(&'a mut Confined);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                *self.0.walked.get_mut() = None;
+            }
+        }
+        *self.walked.get_mut() = Some(Walked::new(&self.root));
+        let kept = Forget(self);
+        f(kept.0)
+    }
+
     fn at(&self, rel: &str) -> io::Result<At> {
         let b = Beneath::new(&self.root, rel);
-        let (dir, name, dev) = b.parent()?;
+        let (dir, name, dev) = match self.walked.borrow_mut().as_mut() {
+            Some(walked) => b.parent_walked(walked)?,
+            None => b.parent()?,
+        };
         Ok(At {
             dir,
             name: name.to_owned(),
@@ -132,6 +158,11 @@ impl Confined {
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
         )?;
         check_same_dev(&at, &dir.metadata()?)?;
+        // Checked as a walk's step: the batch's next paths beneath it
+        // start from it (getInfo's record and data, after the listing).
+        if let Some(walked) = self.walked.borrow_mut().as_mut() {
+            walked.keep_checked(Path::new(rel), &dir, at.dev)?;
+        }
         Ok(dir)
     }
 
@@ -182,22 +213,34 @@ impl Confined {
     }
 
     pub(crate) fn listdir(&self, rel: &str, max_entries: u32) -> io::Result<(Vec<DirEntry>, bool)> {
-        let dir = self.open_dir(rel)?;
+        use std::os::unix::ffi::OsStrExt;
         let cap = max_entries.min(MAX_LIST_ENTRIES) as usize;
+        // Read through the opened descriptor itself: no second open of
+        // the directory through /proc/self/fd (a procfs walk per listing).
+        let mut dir = nix::dir::Dir::from(self.open_dir(rel)?)?;
+        let fd = dir.as_raw_fd();
         let mut entries = Vec::new();
-        for entry in fs::read_dir(proc_fd(&dir))? {
+        for entry in dir.iter() {
+            let entry = entry?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if name == "." || name == ".." {
+                continue;
+            }
             if entries.len() == cap {
                 return Ok((entries, true));
             }
-            let entry = entry?;
-            let name = entry.file_name();
+            let kind = match entry.file_type() {
+                Some(t) => kind_of_dir_type(t),
+                // The file system does not say: the entry itself, not
+                // followed.
+                None => nix::sys::stat::fstatat(Some(fd), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_or(FileKind::Unknown, |st| kind_of_mode(st.st_mode)),
+            };
             let text = name.to_str();
             entries.push(DirEntry {
                 name: text.map_or_else(|| name.to_string_lossy().into_owned(), str::to_owned),
                 utf8: text.is_some(),
-                kind: entry
-                    .file_type()
-                    .map_or(FileKind::Unknown, |t| kind_of_type(&t)),
+                kind,
             });
         }
         Ok((entries, false))
@@ -842,30 +885,122 @@ fn kind_of_mode(mode: u32) -> FileKind {
     }
 }
 
-fn kind_of_type(t: &fs::FileType) -> FileKind {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_symlink() {
-        FileKind::Symlink
-    } else if t.is_dir() {
-        FileKind::Dir
-    } else if t.is_file() {
-        FileKind::File
-    } else if t.is_block_device() {
-        FileKind::BlockDevice
-    } else if t.is_char_device() {
-        FileKind::CharDevice
-    } else if t.is_fifo() {
-        FileKind::Fifo
-    } else if t.is_socket() {
-        FileKind::Socket
-    } else {
-        FileKind::Unknown
+fn kind_of_dir_type(t: nix::dir::Type) -> FileKind {
+    use nix::dir::Type;
+    match t {
+        Type::File => FileKind::File,
+        Type::Directory => FileKind::Dir,
+        Type::Symlink => FileKind::Symlink,
+        Type::BlockDevice => FileKind::BlockDevice,
+        Type::CharacterDevice => FileKind::CharDevice,
+        Type::Fifo => FileKind::Fifo,
+        Type::Socket => FileKind::Socket,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// How a symlink is met: refused by a check, or by the kernel
+    /// (`O_NOFOLLOW`: ELOOP, or ENOTDIR with `O_DIRECTORY`).
+    fn not_followed(e: &io::Error) -> bool {
+        crate::confine::refusal(e).is_some()
+            || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR))
+    }
+
+    /// The directories a batch keeps are the ones its walks checked: a
+    /// directory swapped for a symlink between two items leads nowhere
+    /// new (the kept descriptor is the checked directory, wherever it was
+    /// moved), a symlink not walked before is refused as in any walk, and
+    /// nothing is kept after the batch.
+    #[test]
+    fn a_batch_cannot_be_led_out_by_a_symlink_swapped_between_items() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let img = root.join("dom/images/img");
+        fs::create_dir_all(&img).unwrap();
+        fs::create_dir_all(root.join("dom/other")).unwrap();
+        fs::write(img.join("vol.meta"), b"inside").unwrap();
+        let outside = t.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("vol.meta"), b"secret").unwrap();
+        fs::write(outside.join("x"), b"secret").unwrap();
+        let mut c = Confined::new(&root).unwrap();
+        let meta = "dom/images/img/vol.meta";
+        c.with_walks_kept(|c| {
+            assert_eq!(c.read(meta, 0, 64, false).unwrap(), b"inside");
+            fs::rename(&img, root.join("dom/images/moved")).unwrap();
+            symlink(&outside, &img).unwrap();
+            fs::remove_dir(root.join("dom/other")).unwrap();
+            symlink(&outside, root.join("dom/other")).unwrap();
+            // Through the kept directory: the one that was checked.
+            assert_eq!(c.read(meta, 0, 64, false).unwrap(), b"inside");
+            assert!(c.stat(meta, false).is_ok());
+            // The symlink itself, reached from a kept parent: refused.
+            let e = c.listdir("dom/images/img", 16).unwrap_err();
+            assert!(not_followed(&e), "{e}");
+            // A symlink no walk went through yet: refused.
+            let e = c.read("dom/other/x", 0, 64, false).unwrap_err();
+            assert!(not_followed(&e), "{e}");
+        });
+        // Nothing kept: a new walk meets the symlink.
+        let e = c.read(meta, 0, 64, false).unwrap_err();
+        assert!(not_followed(&e), "{e}");
+        assert_eq!(fs::read(outside.join("vol.meta")).unwrap(), b"secret");
+    }
+
+    /// A listing read through the directory's descriptor: every entry but
+    /// `.` and `..` with its kind, a name that is not UTF-8 marked, and
+    /// a cap that cuts only when an entry is left out.
+    #[test]
+    fn a_listing_has_every_entry_and_says_when_it_is_cut() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("d");
+        fs::create_dir_all(d.join("sub")).unwrap();
+        fs::write(d.join("f"), b"x").unwrap();
+        symlink("f", d.join("l")).unwrap();
+        nix::unistd::mkfifo(&d.join("p"), Mode::from_bits_truncate(0o600)).unwrap();
+        fs::write(d.join(OsStr::from_bytes(b"n\xff")), b"").unwrap();
+        let c = Confined::new(t.path()).unwrap();
+        let (mut all, cut) = c.listdir("d", 100).unwrap();
+        assert!(!cut);
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        let seen: Vec<(&str, bool, FileKind)> = all
+            .iter()
+            .map(|e| (e.name.as_str(), e.utf8, e.kind))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("f", true, FileKind::File),
+                ("l", true, FileKind::Symlink),
+                ("n\u{fffd}", false, FileKind::File),
+                ("p", true, FileKind::Fifo),
+                ("sub", true, FileKind::Dir),
+            ]
+        );
+        assert_eq!(c.listdir("d", 5).unwrap().0.len(), 5);
+        assert!(!c.listdir("d", 5).unwrap().1, "all 5 fit");
+        let (some, cut) = c.listdir("d", 3).unwrap();
+        assert_eq!((some.len(), cut), (3, true));
+        let (none, cut) = c.listdir("d/sub", 0).unwrap();
+        assert_eq!((none.len(), cut), (0, false), "an empty directory is whole");
+    }
+
+    /// A kept walk checks the device as every walk does.
+    #[test]
+    fn a_batch_does_not_leave_the_root_s_file_system() {
+        let mut c = Confined::new(Path::new("/")).unwrap();
+        c.with_walks_kept(|c| {
+            for _ in 0..2 {
+                let e = c.stat("proc/self/status", false).unwrap_err();
+                assert!(crate::confine::refusal(&e).is_some(), "{e}");
+            }
+        });
+    }
 
     #[test]
     fn nonzero_runs_are_merged() {

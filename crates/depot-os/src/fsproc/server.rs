@@ -305,6 +305,11 @@ fn batch(c: &mut Confined, items: &[Request]) -> Outcome {
             "the batch's reads could return {data_max} bytes; a frame carries {MAX_DATA_BYTES}"
         ));
     }
+    // The items' paths share directories: each is walked once.
+    c.with_walks_kept(|c| batch_items(c, items))
+}
+
+fn batch_items(c: &mut Confined, items: &[Request]) -> Outcome {
     let mut replies = Vec::with_capacity(items.len());
     let mut data = Vec::new();
     for item in items {

@@ -170,6 +170,47 @@ impl Storage {
         ))
     }
 
+    /// Runs `verb`, a verb that changes nothing, on domain `sd`. A cached
+    /// file domain is not checked first (its check is a helper call, as
+    /// much as the verb's own on a getInfo): the verb runs on it, and only
+    /// an answer that may come from a domain that is gone (an error, or
+    /// one for which `found_nothing` holds, such as an empty listing) is
+    /// checked then. If the domain is still there, that answer stands; if
+    /// it is gone, the lookup's answer does (358, or 2001 naming a mount
+    /// that could not be read), or the verb's on the domain found
+    /// elsewhere. A mount in trouble is the verb's answer as it is: the
+    /// check would get no answer either, after a deadline of its own.
+    /// Verbs that change something locate first ([`locate`]): they must
+    /// never write into a domain that was removed (docs/storage.md,
+    /// "Layers").
+    ///
+    /// [`locate`]: Self::locate
+    pub(super) fn reading<T>(
+        &self,
+        sd: SdUuid,
+        verb: impl Fn(&Domain) -> StorageResult<T>,
+        found_nothing: impl Fn(&T) -> bool,
+    ) -> StorageResult<T> {
+        // A block domain's check asks LVM's cache, not the storage: kept.
+        let cached = self.state().domains.get(&sd).cloned();
+        let Some(known @ Domain::File(_)) = cached else {
+            return verb(&self.locate(sd)?);
+        };
+        let answer = verb(&known);
+        let stands = match &answer {
+            Ok(v) => !found_nothing(v),
+            Err(e) => mount_in_trouble(e) || file::volumes::mount_trouble(e),
+        };
+        if stands {
+            return answer;
+        }
+        let now = self.locate(sd)?;
+        if now.paths() == known.paths() {
+            return answer;
+        }
+        verb(&now)
+    }
+
     /// [`locate`](Self::locate)'s work: the cached domain if it is still
     /// there (its mount's I/O timeout: one domain's call, not a scan),
     /// else each mount with a scan's deadline, then the VGs.

@@ -230,6 +230,12 @@ impl Storage {
             .clone()
     }
 
+    /// The state of the helpers of the mount directory that holds `path`,
+    /// with their calls counted (what a verb costs in round trips).
+    pub fn mount_health(&self, path: &Path) -> depot_os::fsproc::PoolHealth {
+        self.mount_fs(path).pool().health()
+    }
+
     /// The file domain `sd` at `paths`, with its mount's helpers.
     pub(crate) fn file_domain(&self, sd: SdUuid, paths: DomainPaths) -> Domain {
         let fs = self.mount_fs(&paths.root);

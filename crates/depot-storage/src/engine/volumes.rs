@@ -79,27 +79,39 @@ impl Storage {
         Ok(md)
     }
 
+    // The four verbs below change nothing: they run on a cached domain
+    // without checking it first ([`Storage::reading`]). A volume found is
+    // proof that the domain is there; an empty listing is not.
+
     pub fn volume_info(&self, sd: SdUuid, img: ImgUuid, vol: VolUuid) -> StorageResult<VolumeInfo> {
-        let domain = self.locate(sd)?;
-        let held = self.lock_image(sd, img, false)?;
-        self.with_volumes(&domain, "volume info", &held, move |v| v.info(img, vol))
+        let verb = |domain: &Domain| {
+            let held = self.lock_image(sd, img, false)?;
+            self.with_volumes(domain, "volume info", &held, move |v| v.info(img, vol))
+        };
+        self.reading(sd, verb, |_| false)
     }
 
     pub fn volume_size(&self, sd: SdUuid, img: ImgUuid, vol: VolUuid) -> StorageResult<(u64, u64)> {
-        let domain = self.locate(sd)?;
-        let held = self.lock_image(sd, img, false)?;
-        self.with_volumes(&domain, "volume size", &held, move |v| v.size(img, vol))
+        let verb = |domain: &Domain| {
+            let held = self.lock_image(sd, img, false)?;
+            self.with_volumes(domain, "volume size", &held, move |v| v.size(img, vol))
+        };
+        self.reading(sd, verb, |_| false)
     }
 
     /// The volumes of an image, or of the whole domain when `img` is None.
     pub fn list_volumes(&self, sd: SdUuid, img: Option<ImgUuid>) -> StorageResult<Vec<VolUuid>> {
-        let domain = self.locate(sd)?;
-        self.with_volumes(&domain, "list volumes", &Held::none(), move |v| v.list(img))
+        let verb = |domain: &Domain| {
+            self.with_volumes(domain, "list volumes", &Held::none(), move |v| v.list(img))
+        };
+        self.reading(sd, verb, Vec::is_empty)
     }
 
     pub fn list_images(&self, sd: SdUuid) -> StorageResult<Vec<ImgUuid>> {
-        let domain = self.locate(sd)?;
-        self.with_volumes(&domain, "list images", &Held::none(), move |v| v.images())
+        let verb = |domain: &Domain| {
+            self.with_volumes(domain, "list images", &Held::none(), move |v| v.images())
+        };
+        self.reading(sd, verb, Vec::is_empty)
     }
 
     pub fn set_volume_description(

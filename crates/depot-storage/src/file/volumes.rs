@@ -237,16 +237,7 @@ impl<'a> FileVolumes<'a> {
         fs.fsync(&data).map_err(|e| failed(&data, e))?;
 
         let lease = self.paths.volume_lease(img, vol);
-        let lease_file = OpenWrite {
-            create: true,
-            truncate: true,
-            mode: FILE_VOLUME_MODE,
-            ..OpenWrite::default()
-        };
-        fs.write_at(&lease, 0, &[], lease_file, false)
-            .and_then(|_| fs.chmod(&lease, FILE_VOLUME_MODE))
-            .and_then(|()| fs.fsync(&lease))
-            .map_err(|e| failed(&lease, e))?;
+        create_lease(fs, &lease).map_err(|e| failed(&lease, e))?;
 
         if parent.is_some_and(|p| p.vol_type == VolType::Leaf) {
             update_meta(
@@ -742,6 +733,33 @@ impl VolumeStore for FileVolumes<'_> {
 // Helpers shared with crate::file::images. They take the domain's paths and
 // its mount's helpers only: no qemu-img is needed to read, rewrite or remove
 // volumes.
+
+/// A volume's new lease file: empty, exactly [`FILE_VOLUME_MODE`],
+/// fsynced. One helper call (an exclusive create gets its mode whatever
+/// the umask, and the write's fsync is the file's); a file left there by
+/// something else (nothing of depot's leaves one without its volume) is
+/// emptied and given the mode in three, as before.
+fn create_lease(fs: &MountFs, lease: &Path) -> io::Result<()> {
+    let new_file = OpenWrite {
+        create: true,
+        exclusive: true,
+        mode: FILE_VOLUME_MODE,
+        ..OpenWrite::default()
+    };
+    match fs.write_at(lease, 0, &[], new_file, true) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        other => return other.map(drop),
+    }
+    let existing = OpenWrite {
+        create: true,
+        truncate: true,
+        mode: FILE_VOLUME_MODE,
+        ..OpenWrite::default()
+    };
+    fs.write_at(lease, 0, &[], existing, false)?;
+    fs.chmod(lease, FILE_VOLUME_MODE)?;
+    fs.fsync(lease)
+}
 
 /// Whether the error says the mount is in trouble (no answer, or the
 /// storage failing underneath: 2001, 2002, 384): such an error is the
