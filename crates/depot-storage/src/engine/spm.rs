@@ -11,9 +11,10 @@
 //! VDSM's LocalLock on a LOCALFS pool; sanlock enabled but unavailable is
 //! a failure (651), never a silent local role.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use depot_api::storage::SpUuid;
+use depot_api::storage::{SdUuid, SpUuid};
 use depot_api::Code;
 use depot_os::sanlock::{Area, HostIdState, Refusal, Resource, Sanlock, SanlockError};
 
@@ -200,7 +201,7 @@ impl Storage {
         let Some(client) = self.sanlock_client() else {
             return Ok(free);
         };
-        let res = self.spm_resource(pool.master)?;
+        let (res, _) = self.spm_areas(pool.master)?;
         match client.read_lease(&res) {
             Ok(state) => Ok(SpmStatus {
                 spm_id: state.owners.first().map_or(-1, |h| h.host_id as i64),
@@ -226,16 +227,18 @@ impl Storage {
         self.config.sanlock.as_ref().map(|s| &s.client)
     }
 
-    /// The SPM's lease of domain `master`: `SDM` at slot 1 of its `leases`.
-    fn spm_resource(&self, master: depot_api::storage::SdUuid) -> StorageResult<Resource> {
+    /// The SPM's lease of domain `master` (`SDM` at slot 1 of its
+    /// `leases`), and its lockspace area (`ids`).
+    fn spm_areas(&self, master: SdUuid) -> StorageResult<(Resource, PathBuf)> {
         let domain = self.locate(master)?;
         let md = self.read_md(&domain)?;
-        let leases = domain.paths().dom_md().join("leases");
-        Ok(Resource::new(
+        let dom_md = domain.paths().dom_md();
+        let lease = Resource::new(
             master.to_string(),
             SDM_LEASE,
-            Area::new(leases, SDM_SLOT * md.alignment),
-        ))
+            Area::new(dom_md.join("leases"), SDM_SLOT * md.alignment),
+        );
+        Ok((lease, dom_md.join("ids")))
     }
 
     /// Waits for this host's id in the master's lockspace, then acquires
@@ -243,7 +246,7 @@ impl Storage {
     /// role when sanlock is disabled.
     fn take_spm_lease(
         &self,
-        master: depot_api::storage::SdUuid,
+        master: SdUuid,
         host_id: u64,
     ) -> StorageResult<(u64, Option<Resource>)> {
         const OP: &str = "acquire SPM lease";
@@ -264,9 +267,8 @@ impl Storage {
             )
             .caused_by(e)
         };
-        let res = self.spm_resource(master)?;
-        let domain = self.locate(master)?;
-        let ls = lockspace(master, host_id, &domain.paths().dom_md().join("ids"));
+        let (res, ids) = self.spm_areas(master)?;
+        let ls = lockspace(master, host_id, &ids);
         // The monitor acquires the host id in the background; asking here
         // too is harmless (sanlock answers "in progress" or "held").
         client.add_lockspace(&ls, 0).map_err(fail)?;
