@@ -57,6 +57,24 @@ const SHIM_C: &str = "\
 int setrlimit(__rlimit_resource_t r, const struct rlimit *l) { (void)r; (void)l; return 0; }
 ";
 
+/// The machine-wide sanlock lock held with no daemon running: for a test
+/// whose depotd must find no sanlock daemon whatever other tests run (a
+/// daemon another test starts meanwhile would take this depotd's host ids
+/// and leases, and its forced shutdown kills the holders of leases).
+pub struct NoDaemon {
+    _lock: LockFile,
+}
+
+impl NoDaemon {
+    /// Waits for the lock, then shuts down a daemon a killed test left;
+    /// any other running sanlock daemon is an error.
+    pub fn hold() -> Result<NoDaemon, String> {
+        let lock = LockFile::acquire(Path::new(LOCK_PATH), LOCK_WAIT)?;
+        stop_leftovers()?;
+        Ok(NoDaemon { _lock: lock })
+    }
+}
+
 /// A running sanlock daemon owned by this test.
 pub struct SanlockDaemon {
     dir: PathBuf,

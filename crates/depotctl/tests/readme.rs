@@ -238,6 +238,10 @@ fn start_daemon(dir: &Path) -> (Daemon, String) {
 
 #[test]
 fn the_readme_walkthrough_runs_as_written() {
+    // The walk-through's depotd has no sanlock daemon (what the README
+    // says): as root, where other tests run one, hold their lock.
+    let _no_sanlock = depot_testkit::is_root()
+        .then(|| depot_testkit::sanlock::NoDaemon::hold().expect("the sanlock test lock"));
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let blocks = walkthrough_blocks(&readme);
@@ -487,6 +491,19 @@ fn check_promises(w: &Walk, d: &Daemon) {
             .as_str()
             .is_some_and(|v| v.parse::<f64>().is_ok()),
         "{stats}"
+    );
+    // The SPM: without a sanlock daemon the start fails, the host stays
+    // Free, and liveness cannot be asked.
+    let spm = w.json("# Free here; SPM with sanlock");
+    assert_eq!(
+        (&spm["spmStatus"], &spm["spmId"]),
+        (&"Free".into(), &(-1).into()),
+        "{spm}"
+    );
+    let liveness = w.out("# exit 1: error 9021");
+    assert!(
+        liveness.contains("no host id in the domain's lockspace"),
+        "{liveness}"
     );
     let vi = w.json("Volume.getInfo volumeID=$vol");
     assert_eq!(

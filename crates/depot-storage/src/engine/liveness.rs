@@ -82,7 +82,16 @@ impl Storage {
 fn classify(e: SanlockError, not_held: &dyn Fn(String) -> StorageError) -> StorageError {
     let why = match (&e, e.errno()) {
         (SanlockError::Unavailable(_), _) => e.to_string(),
-        (_, Some(libc::ENOENT)) => format!("no host id acquired in its lockspace ({e})"),
+        // sanlock's "no such lockspace", and also the library's answer when
+        // the daemon's socket is not there at all.
+        (_, Some(libc::ENOENT)) => {
+            format!("no host id acquired in its lockspace, or no sanlock daemon ({e})")
+        }
+        // The library is there, the daemon is not (not running, or
+        // restarting), or it is not ours to use.
+        (_, Some(libc::ECONNREFUSED | libc::ECONNRESET | libc::EPIPE | libc::EACCES)) => {
+            format!("the sanlock daemon does not answer ({e})")
+        }
         (_, Some(libc::EAGAIN)) => {
             format!("sanlock has not read the lockspace's hosts yet; try again ({e})")
         }
