@@ -43,10 +43,24 @@ const SANLK_HOST_MASK: u32 = 0xf;
 /// `struct sanlk_disk` (sanlock.h).
 #[repr(C)]
 pub(super) struct RawDisk {
-    pub(super) path: [c_char; PATH_LEN],
+    path: [c_char; PATH_LEN],
     pub(super) offset: u64,
-    pub(super) pad1: u32,
-    pub(super) pad2: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+impl RawDisk {
+    /// `path` (escaped, checked to fit) at `offset`.
+    pub(super) fn new(path: &str, offset: u64) -> RawDisk {
+        let mut disk = RawDisk {
+            path: [0; PATH_LEN],
+            offset,
+            pad1: 0,
+            pad2: 0,
+        };
+        fill(&mut disk.path, path);
+        disk
+    }
 }
 
 /// `struct sanlk_lockspace` (sanlock.h): 1104 bytes, `host_id` at 48,
@@ -527,15 +541,9 @@ fn raw_lockspace(
         name: [0; NAME_LEN],
         host_id: ls.host_id,
         flags: 0,
-        host_id_disk: RawDisk {
-            path: [0; PATH_LEN],
-            offset: ls.area.offset,
-            pad1: 0,
-            pad2: 0,
-        },
+        host_id_disk: RawDisk::new(&path, ls.area.offset),
     });
     fill(&mut raw.name, &ls.name);
-    fill(&mut raw.host_id_disk.path, &path);
     let target = format!("{}:{}:{}:{}", ls.name, ls.host_id, path, ls.area.offset);
     Ok((raw, target))
 }

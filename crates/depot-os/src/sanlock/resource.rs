@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use super::client::{fill, take_hosts, RawDisk, RawHost, Sanlock};
-use super::{check_name, escape_path, Area, HostInfo, SanlockError, NAME_LEN, PATH_LEN};
+use super::{check_name, escape_path, Area, HostInfo, SanlockError, NAME_LEN};
 
 // sanlock.h, sanlock_rv.h
 const SANLK_RES_LVER: u32 = 0x1;
@@ -230,16 +230,10 @@ fn raw_resource(
         unused: 0,
         flags: 0,
         num_disks: 1,
-        disk: RawDisk {
-            path: [0; PATH_LEN],
-            offset: res.area.offset,
-            pad1: 0,
-            pad2: 0,
-        },
+        disk: RawDisk::new(&path, res.area.offset),
     });
     fill(&mut raw.lockspace_name, &res.lockspace);
     fill(&mut raw.name, &res.name);
-    fill(&mut raw.disk.path, &path);
     let target = format!(
         "{}:{}:{}:{}",
         res.lockspace, res.name, path, res.area.offset
