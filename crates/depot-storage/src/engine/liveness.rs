@@ -45,15 +45,16 @@ impl Storage {
             }
         }
     }
-}
 
-impl Storage {
     /// Whether a host still renews its lease in one of `domains` (each
     /// with the host's id there), as `Host.fenceNode`'s policy asks: one
     /// `live` answer is enough. A domain that cannot answer (unknown, this
     /// host not in its lockspace, sanlock off) counts as not live, as in
     /// VDSM, where an error lets the fencing go on; each is logged.
     pub fn lease_live_somewhere(&self, domains: &[(SdUuid, u64)]) -> bool {
+        if domains.is_empty() {
+            return false;
+        }
         let Some(sanlock) = self.config.sanlock.as_ref().map(|s| &s.client) else {
             tracing::warn!("fencing policy: sanlock is disabled, no lease can show the host alive");
             return false;

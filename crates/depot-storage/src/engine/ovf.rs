@@ -20,6 +20,7 @@ use super::copy::VolRef;
 use super::Storage;
 use crate::domain::Domain;
 use crate::events::StorageEvent;
+use crate::file::volumes::mount_trouble;
 use crate::lock::Held;
 use crate::ovf::replace::{self, Plan};
 use crate::ovf::store::{self, StoreState};
@@ -42,17 +43,6 @@ pub struct Readable {
 pub struct UploadDone {
     pub size: u64,
     pub generation: u64,
-}
-
-/// Whether `e` says a mount did not answer or failed underneath (the codes
-/// `StorageError::io` gives a [`MountTrouble`](crate::mount_fs::MountTrouble)).
-fn mount_trouble(e: &StorageError) -> bool {
-    matches!(
-        e.code,
-        Code::MiscFileReadException
-            | Code::MiscFileWriteException
-            | Code::FileStorageDomainStaleNFSHandle
-    )
 }
 
 fn ovf_err(op: &'static str, e: OvfError) -> StorageError {
