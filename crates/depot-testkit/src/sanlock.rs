@@ -172,6 +172,13 @@ impl SanlockDaemon {
         Ok(lockspace_lines(&self.status()?))
     }
 
+    /// The resource leases the daemon's clients hold, as `sanlock client
+    /// status` lists them (`r LOCKSPACE:NAME:PATH:OFFSET:LVER p PID`),
+    /// without the `r `.
+    pub fn resources(&self) -> Result<Vec<String>, String> {
+        Ok(tagged_lines(&self.status()?, "r "))
+    }
+
     /// Stops the daemon now (what a test of "sanlock went away" needs);
     /// the lock is kept until drop.
     pub fn stop(&mut self) {
@@ -210,9 +217,13 @@ impl Drop for SanlockDaemon {
 
 /// `s ...` lines of `sanlock client status`, without the `s `.
 pub fn lockspace_lines(status: &str) -> Vec<String> {
+    tagged_lines(status, "s ")
+}
+
+fn tagged_lines(status: &str, tag: &str) -> Vec<String> {
     status
         .lines()
-        .filter_map(|l| l.strip_prefix("s "))
+        .filter_map(|l| l.strip_prefix(tag))
         .map(|l| l.trim().to_owned())
         .collect()
 }

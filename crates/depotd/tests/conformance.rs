@@ -405,10 +405,7 @@ async fn results_match_vdsms_types() {
     // owns (and would shut down); the local SPM role has the same types.
     // Host.fenceNode runs an agent of its own (fencing.rs tests the real
     // ones): it answers "on".
-    let agents = tempfile::tempdir().unwrap();
-    let agent = agents.path().join("fence_conformance");
-    std::fs::write(&agent, "#!/bin/sh\ncat > /dev/null\n").unwrap();
-    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let agents = fence_agents("conformance", "#!/bin/sh\ncat > /dev/null\n");
     let d = Daemon::start(&format!(
         "{CONFIG}[sanlock]\nenabled = false\n[fencing]\nagents_dir = \"{}\"\n",
         agents.path().display()

@@ -7,12 +7,11 @@
 mod common;
 mod storage_common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::Daemon;
 use serde_json::{json, Value};
-use storage_common::{call_err, call_ok};
+use storage_common::{call_err, call_ok, fence_agents};
 
 /// An agent that writes its stdin to `<dir>/input` and answers as
 /// `<dir>/answer` says (an exit code; 0 when absent), printing a line.
@@ -26,11 +25,7 @@ exit $code
 ";
 
 fn agents_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = dir.path().join("fence_recorder");
-    std::fs::write(&agent, RECORDING_AGENT).unwrap();
-    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
+    fence_agents("recorder", RECORDING_AGENT)
 }
 
 fn daemon(agents: &Path) -> Daemon {

@@ -82,9 +82,17 @@ async fn repo_stats(p: &Pool) -> Value {
 
 /// The lockspaces of `sd` the daemon lists.
 fn listed(daemon: &SanlockDaemon, sd: &str) -> Vec<String> {
+    of_domain(daemon.lockspaces(), sd)
+}
+
+/// The leases of `sd`'s lockspace the daemon's clients hold.
+fn leases_held(daemon: &SanlockDaemon, sd: &str) -> Vec<String> {
+    of_domain(daemon.resources(), sd)
+}
+
+fn of_domain(lines: Result<Vec<String>, String>, sd: &str) -> Vec<String> {
     let prefix = format!("{sd}:");
-    daemon
-        .lockspaces()
+    lines
         .expect("sanlock client status")
         .into_iter()
         .filter(|l| l.starts_with(&prefix))
@@ -96,11 +104,8 @@ fn listed(daemon: &SanlockDaemon, sd: &str) -> Vec<String> {
 async fn host_id_is_acquired_in_a_new_domains_lockspace_and_released_on_disconnect() {
     depot_testkit::require_root();
     let daemon = SanlockDaemon::start().expect("sanlock daemon");
-    let agents = tempfile::tempdir().unwrap();
+    let agents = fence_agents("marker", "#!/bin/sh\ncat > \"$(dirname \"$0\")/ran\"\n");
     let ran = agents.path().join("ran");
-    let agent = agents.path().join("fence_marker");
-    std::fs::write(&agent, "#!/bin/sh\ncat > \"$(dirname \"$0\")/ran\"\n").unwrap();
-    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let d = Daemon::start(&format!(
         "{SANLOCK_CONFIG}[fencing]\nagents_dir = \"{}\"\n",
         agents.path().display()
@@ -340,18 +345,6 @@ async fn without_the_daemon_depotd_starts_says_so_and_acquires_nothing() {
     assert!(d.log().contains("host id not acquired"), "{}", d.log());
 }
 
-/// The `r ...` lines of the daemon's status for domain `sd`'s leases.
-fn leases_held(daemon: &SanlockDaemon, sd: &str) -> Vec<String> {
-    let prefix = format!("r {sd}:");
-    daemon
-        .status()
-        .expect("sanlock client status")
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Polls `Task.getStatus` until the task is finished; its status.
 async fn task_end(c: &Client, task: &str) -> Value {
     eventually(
@@ -417,7 +410,7 @@ async fn spm_start_takes_the_sdm_lease_and_stop_and_disconnect_give_it_back() {
     );
     let held = leases_held(&daemon, &p.sd);
     assert_eq!(held.len(), 1, "{held:?}");
-    assert!(held[0].starts_with(&format!("r {}:SDM:", p.sd)), "{held:?}");
+    assert!(held[0].starts_with(&format!("{}:SDM:", p.sd)), "{held:?}");
     assert!(held[0].contains("/dom_md/leases:1048576:1 p "), "{held:?}");
     // Again: still SPM, no new task work.
     let again = call_ok(&p.c, "StoragePool.spmStart", spm_start(&p)).await;

@@ -1468,3 +1468,13 @@ pub fn wait_until(what: &str, timeout: Duration, f: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A directory holding one executable fence agent, `fence_<name>`, with
+/// `script` as its text (for `[fencing] agents_dir`).
+pub fn fence_agents(name: &str, script: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join(format!("fence_{name}"));
+    std::fs::write(&agent, script).unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
