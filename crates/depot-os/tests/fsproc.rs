@@ -58,6 +58,7 @@ fn exercise_every_operation(root: &Path) {
 fn exercise_every_operation_on(p: &FsPool, root: &Path) {
     let p = p.clone();
     exclusive_create(&p);
+    steps_with_their_fsyncs(&p, root);
     data_operations(&p, root);
     name_and_attribute_operations(&p, root);
     streams_trees_and_errors(&p, root);
@@ -252,6 +253,52 @@ fn every_operation_works_in_process() {
     assert!(p.is_in_process());
     exercise_every_operation_on(&p, t.path());
     assert_eq!(p.health().started, 0, "no helper started");
+}
+
+/// A step and its fsyncs in one call (protocol 4): a write that sets the
+/// length (a new sparse volume), a mkdir and an unlink that fsync their
+/// directory. Whether an fsync ran cannot be seen from here; what each
+/// call leaves, and that a stream refuses both options, can.
+fn steps_with_their_fsyncs(p: &FsPool, root: &Path) {
+    p.mkdir_synced("synced", 0o750).unwrap();
+    assert!(root.join("synced").is_dir());
+    let again = p.mkdir_synced("synced", 0o750).unwrap_err();
+    assert_eq!(again.errno(), Some(libc::EEXIST), "{again}");
+
+    let sized = OpenWrite {
+        exclusive: true,
+        set_len: Some(5 << 30),
+        sync_dir: true,
+        ..create()
+    };
+    assert_eq!(p.write("synced/vol", 0, b"head", sized, true).unwrap(), 4);
+    let meta = fs::metadata(root.join("synced/vol")).unwrap();
+    assert_eq!(meta.len(), 5 << 30);
+    assert!(meta.blocks() < 1024, "sparse: {} blocks", meta.blocks());
+    assert_eq!(p.read("synced/vol", 0, 8, false).unwrap(), b"head\0\0\0\0");
+
+    for refused in [
+        OpenWrite {
+            set_len: Some(1),
+            ..create()
+        },
+        OpenWrite {
+            sync_dir: true,
+            ..create()
+        },
+    ] {
+        let Err(e) = p.open_write("synced/stream", refused, Duration::from_secs(30)) else {
+            panic!("a stream took {refused:?}");
+        };
+        assert!(e.to_string().contains("not streams"), "{e}");
+        assert!(!root.join("synced/stream").exists());
+    }
+
+    p.unlink_synced("synced/vol").unwrap();
+    assert!(!root.join("synced/vol").exists());
+    let gone = p.unlink_synced("synced/vol").unwrap_err();
+    assert_eq!(gone.errno(), Some(libc::ENOENT), "{gone}");
+    p.rmdir("synced").unwrap();
 }
 
 /// `exclusive` never opens a file that exists.
@@ -1114,6 +1161,7 @@ fn a_batch_refuses_writes_nesting_and_excess() {
     let write = Request::Mkdir {
         path: "made".into(),
         mode: 0o755,
+        sync_dir: false,
     };
     let nested = Request::Batch {
         items: vec![stat.clone()],

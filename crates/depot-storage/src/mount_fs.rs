@@ -377,8 +377,18 @@ impl MountFs {
         self.run(path, WRITE, |p, r| p.unlink(r))
     }
 
+    /// Removes a file and fsyncs its directory, in one helper call.
+    pub fn unlink_synced(&self, path: &Path) -> io::Result<()> {
+        self.run(path, WRITE, |p, r| p.unlink_synced(r))
+    }
+
     pub fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()> {
         self.run(path, WRITE, |p, r| p.mkdir(r, mode))
+    }
+
+    /// Makes a directory and fsyncs the one it is in, in one helper call.
+    pub fn mkdir_synced(&self, path: &Path, mode: u32) -> io::Result<()> {
+        self.run(path, WRITE, |p, r| p.mkdir_synced(r, mode))
     }
 
     pub fn rmdir(&self, path: &Path) -> io::Result<()> {

@@ -20,6 +20,14 @@ use super::error::{frame_reason, io_error_of, FsProcError};
 use super::protocol::{self, Reply, ReplyHeader, Request, RequestHeader, PROTOCOL_VERSION};
 use super::server::PARENT_PID_ENV;
 
+/// How long a caller waits for a [brief](Request::brief) request's reply
+/// by retrying its read before it sleeps in `poll(2)`. A sleeping caller
+/// costs a wake-up when the reply comes, and on a virtual machine with an
+/// idle CPU that is 15-20 µs each way: more than the call itself
+/// (docs/performance.md, "The round trip's wake-ups"). 100 µs covers a
+/// healthy getInfo batch; a slower reply costs that much CPU, once.
+const REPLY_SPIN: Duration = Duration::from_micros(100);
+
 /// How a helper is started: a program and its arguments. depotd runs
 /// itself (`depotd fsproc`); tests run the `depot-fsproc` binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +147,12 @@ impl FsProc {
             Err(Wait::TimedOut) => return Err(timed_out()),
             Err(Wait::Closed) | Err(Wait::Io(_)) => return Err(self.died(op)),
         }
-        let (reply, bytes) = match self.read_reply(deadline) {
+        let spin = if request.brief() {
+            REPLY_SPIN
+        } else {
+            Duration::ZERO
+        };
+        let (reply, bytes) = match self.read_reply(deadline, spin) {
             Ok(r) => r,
             Err(Wait::TimedOut) => return Err(timed_out()),
             Err(Wait::Closed) => return Err(self.died(op)),
@@ -162,9 +175,14 @@ impl FsProc {
         }
     }
 
-    fn read_reply(&mut self, deadline: Instant) -> Result<(ReplyHeader, Vec<u8>), Wait> {
+    fn read_reply(
+        &mut self,
+        deadline: Instant,
+        spin: Duration,
+    ) -> Result<(ReplyHeader, Vec<u8>), Wait> {
         let mut prefix = [0u8; 8];
-        read_exact_by(&self.stdout, &mut prefix, deadline)?;
+        let got = read_spinning(&self.stdout, &mut prefix, Instant::now() + spin)?;
+        read_exact_by(&self.stdout, &mut prefix[got..], deadline)?;
         let (header_len, data_len) =
             protocol::parse_prefix(prefix).map_err(|e| Wait::Io(e.to_string()))?;
         let mut header = vec![0u8; header_len];
@@ -285,6 +303,28 @@ fn read_exact_by(mut file: &File, buf: &mut [u8], deadline: Instant) -> Result<(
     Ok(())
 }
 
+/// Reads what is there into `buf`, retrying while nothing is until
+/// `until` (yielding the CPU between tries, never sleeping): the bytes
+/// read, 0 if none came by then.
+fn read_spinning(mut file: &File, buf: &mut [u8], until: Instant) -> Result<usize, Wait> {
+    loop {
+        match file.read(buf) {
+            Ok(0) => return Err(Wait::Closed),
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= until {
+                    return Ok(0);
+                }
+                // Not a busy loop: a helper waiting for this CPU (the
+                // others busy) runs now, not after the spin.
+                thread::yield_now();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Wait::Io(e.to_string())),
+        }
+    }
+}
+
 type SpawnRequest = (Command, mpsc::SyncSender<io::Result<Child>>);
 
 /// Starts `command` from one long-lived thread. `PR_SET_PDEATHSIG` fires
@@ -351,5 +391,35 @@ fn reap(mut child: Child, on_exit: impl FnOnce() + Send + 'static) {
     if let Err(e) = spawned {
         // Left a zombie (or stuck); counted as stuck until the process ends.
         tracing::error!(pid, error = %e, "cannot start a thread to reap a helper");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe() -> (File, File) {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        (nonblocking(r).unwrap(), File::from(w))
+    }
+
+    #[test]
+    fn a_spinning_read_gives_up_at_its_bound_and_takes_what_is_there() {
+        let (r, mut w) = pipe();
+        let mut buf = [0u8; 8];
+        let until = Instant::now() + Duration::from_millis(20);
+        assert!(matches!(read_spinning(&r, &mut buf, until), Ok(0)));
+        assert!(Instant::now() >= until, "gave up before its bound");
+
+        w.write_all(b"abc").unwrap();
+        let far = Instant::now() + Duration::from_secs(60);
+        assert!(matches!(read_spinning(&r, &mut buf, far), Ok(3)));
+        assert_eq!(&buf[..3], b"abc");
+
+        drop(w);
+        assert!(matches!(
+            read_spinning(&r, &mut buf, far),
+            Err(Wait::Closed)
+        ));
     }
 }

@@ -343,7 +343,13 @@ impl Confined {
     ) -> io::Result<u64> {
         let file = self.open_for_write(rel, open)?;
         write_at(&file, offset, data, open.direct)?;
+        if let Some(len) = open.set_len {
+            file.set_len(len)?;
+        }
         close_checked(file, fsync)?;
+        if open.sync_dir {
+            fsync_o_path_dir(&self.at(rel)?.dir)?;
+        }
         Ok(data.len() as u64)
     }
 
@@ -402,7 +408,7 @@ impl Confined {
         Ok(())
     }
 
-    pub(crate) fn unlink(&self, rel: &str, dir: bool) -> io::Result<()> {
+    pub(crate) fn unlink(&self, rel: &str, dir: bool, sync_dir: bool) -> io::Result<()> {
         let at = self.at(rel)?;
         let how = if dir {
             UnlinkatFlags::RemoveDir
@@ -410,6 +416,9 @@ impl Confined {
             UnlinkatFlags::NoRemoveDir
         };
         nix::unistd::unlinkat(Some(at.fd()), &at.name, how)?;
+        if sync_dir {
+            fsync_o_path_dir(&at.dir)?;
+        }
         Ok(())
     }
 
@@ -501,9 +510,12 @@ impl Confined {
         Ok(written)
     }
 
-    pub(crate) fn mkdir(&self, rel: &str, mode: u32) -> io::Result<()> {
+    pub(crate) fn mkdir(&self, rel: &str, mode: u32, sync_dir: bool) -> io::Result<()> {
         let at = self.at(rel)?;
         nix::sys::stat::mkdirat(Some(at.fd()), &at.name, Mode::from_bits_truncate(mode))?;
+        if sync_dir {
+            fsync_o_path_dir(&at.dir)?;
+        }
         Ok(())
     }
 
@@ -591,6 +603,12 @@ impl Confined {
     }
 
     pub(crate) fn stream_open(&mut self, rel: &str, open: &OpenWrite) -> io::Result<u64> {
+        if open.set_len.is_some() || open.sync_dir {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "set_len and sync_dir are for single writes, not streams",
+            ));
+        }
         if self.streams.len() >= MAX_STREAMS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -530,13 +530,36 @@ impl FsPool {
     }
 
     pub fn unlink(&self, path: &str) -> Result<(), FsProcError> {
-        self.done(Request::Unlink { path: path.into() })
+        self.done(Request::Unlink {
+            path: path.into(),
+            sync_dir: false,
+        })
+    }
+
+    /// [`unlink`](Self::unlink), then an fsync of the directory it was in,
+    /// in one round trip: the removal is durable when this returns.
+    pub fn unlink_synced(&self, path: &str) -> Result<(), FsProcError> {
+        self.done(Request::Unlink {
+            path: path.into(),
+            sync_dir: true,
+        })
     }
 
     pub fn mkdir(&self, path: &str, mode: u32) -> Result<(), FsProcError> {
         self.done(Request::Mkdir {
             path: path.into(),
             mode,
+            sync_dir: false,
+        })
+    }
+
+    /// [`mkdir`](Self::mkdir), then an fsync of the directory it is in,
+    /// in one round trip: the new name is durable when this returns.
+    pub fn mkdir_synced(&self, path: &str, mode: u32) -> Result<(), FsProcError> {
+        self.done(Request::Mkdir {
+            path: path.into(),
+            mode,
+            sync_dir: true,
         })
     }
 

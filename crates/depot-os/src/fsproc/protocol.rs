@@ -26,7 +26,12 @@ use serde::{Deserialize, Serialize};
 /// 3: `stream_share` and `stream_write_shared` (a streamed write's data
 /// in memory both processes map instead of on the pipe; a helper of
 /// version 2 would refuse them as malformed frames and exit).
-pub const PROTOCOL_VERSION: u32 = 3;
+///
+/// 4: `set_len` and `sync_dir` in a write's `open`, `sync_dir` in
+/// `unlink` and `mkdir` (a step and its fsyncs in one round trip; a
+/// helper of version 3 would ignore the first two, skipping a length and
+/// an fsync without a word, hence the new version).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest JSON header: a directory listing of [`MAX_LIST_ENTRIES`]
 /// names fits, with room to spare.
@@ -53,6 +58,10 @@ pub const MAX_BATCH_ITEMS: usize = 64;
 /// The alignment of a [`Request::Wipe`]'s offset and length (the
 /// smallest logical block size; the file system checks its own).
 pub const WIPE_ALIGN: u64 = 512;
+
+/// The largest read that [`Request::brief`] counts as brief (a volume's
+/// metadata record is 512 bytes to 8 KiB; the domain's is smaller).
+pub const BRIEF_READ_BYTES: u32 = 64 << 10;
 
 /// The bytes before the header: its length and the data's.
 const PREFIX_BYTES: usize = 8;
@@ -121,12 +130,18 @@ pub enum Request {
         from: String,
         to: String,
     },
+    /// With `sync_dir`, the directory it was in is fsynced after.
     Unlink {
         path: String,
+        #[serde(default)]
+        sync_dir: bool,
     },
+    /// With `sync_dir`, the directory it is made in is fsynced after.
     Mkdir {
         path: String,
         mode: u32,
+        #[serde(default)]
+        sync_dir: bool,
     },
     Rmdir {
         path: String,
@@ -280,6 +295,16 @@ pub struct OpenWrite {
     pub mode: u32,
     /// `O_DIRECT`: offsets and lengths must be aligned to the block size.
     pub direct: bool,
+    /// After the data is written (and before its fsync): the file's new
+    /// length (`ftruncate`), e.g. a new sparse volume's capacity. Not for
+    /// streams. Absent in frames of older writers (none).
+    #[serde(default)]
+    pub set_len: Option<u64>,
+    /// Last, after the file's fsync: an fsync of the directory the file is
+    /// in, so that a new name is durable too. Not for streams. Absent in
+    /// frames of older writers (false).
+    #[serde(default)]
+    pub sync_dir: bool,
 }
 
 impl Default for OpenWrite {
@@ -290,6 +315,8 @@ impl Default for OpenWrite {
             exclusive: false,
             mode: 0o660,
             direct: false,
+            set_len: None,
+            sync_dir: false,
         }
     }
 }
@@ -349,6 +376,45 @@ impl Request {
         )
     }
 
+    /// Whether a healthy file system answers the request within
+    /// microseconds: no fsync, no bulk data, no process start. The
+    /// caller waits for such a reply by spinning briefly before it sleeps
+    /// (client.rs, `REPLY_SPIN`).
+    pub fn brief(&self) -> bool {
+        match self {
+            Request::Batch { items } => items.iter().all(Request::brief),
+            Request::Write { fsync, open, .. } => !fsync && !open.sync_dir,
+            Request::Unlink { sync_dir, .. } | Request::Mkdir { sync_dir, .. } => !sync_dir,
+            Request::Read { len, .. } => *len <= BRIEF_READ_BYTES,
+            Request::Hello { .. }
+            | Request::Ping
+            | Request::Stat { .. }
+            | Request::Lstat { .. }
+            | Request::Statvfs { .. }
+            | Request::Exists { .. }
+            | Request::Listdir { .. }
+            | Request::DirectProbe { .. }
+            | Request::Rename { .. }
+            | Request::Link { .. }
+            | Request::Rmdir { .. }
+            | Request::Truncate { .. }
+            | Request::Chmod { .. }
+            | Request::Chown { .. } => true,
+            Request::WriteAtomic { .. }
+            | Request::Rmtree { .. }
+            | Request::Fallocate { .. }
+            | Request::ZeroRange { .. }
+            | Request::Fsync { .. }
+            | Request::FsyncDir { .. }
+            | Request::Wipe { .. }
+            | Request::StreamOpen { .. }
+            | Request::StreamWrite { .. }
+            | Request::StreamShare { .. }
+            | Request::StreamWriteShared { .. }
+            | Request::StreamClose { .. } => false,
+        }
+    }
+
     /// The most data the request's reply carries (a read's `len`).
     pub fn reply_data_max(&self) -> u64 {
         match self {
@@ -370,7 +436,7 @@ impl Request {
             | Request::Read { path, .. }
             | Request::Write { path, .. }
             | Request::WriteAtomic { path, .. }
-            | Request::Unlink { path }
+            | Request::Unlink { path, .. }
             | Request::Mkdir { path, .. }
             | Request::Rmdir { path }
             | Request::Rmtree { path }
@@ -742,6 +808,35 @@ mod tests {
             buf[..n].copy_from_slice(&self.bytes[self.read - n..self.read]);
             Ok(n)
         }
+    }
+
+    #[test]
+    fn only_calls_without_fsync_or_bulk_data_are_brief() {
+        let read = |len| Request::Read {
+            path: "a".into(),
+            offset: 0,
+            len,
+            direct: true,
+        };
+        let write = |fsync| Request::Write {
+            path: "a".into(),
+            offset: 0,
+            open: OpenWrite::default(),
+            fsync,
+        };
+        let stat = Request::Stat { path: "a".into() };
+        assert!(read(512).brief() && stat.brief() && write(false).brief());
+        assert!(!read(BRIEF_READ_BYTES + 1).brief());
+        assert!(!write(true).brief());
+        assert!(!Request::Fsync { path: "a".into() }.brief());
+        assert!(!Request::WriteAtomic {
+            path: "a".into(),
+            mode: 0o660
+        }
+        .brief());
+        let batch = |items| Request::Batch { items };
+        assert!(batch(vec![stat.clone(), read(512)]).brief());
+        assert!(!batch(vec![stat, read(1 << 20)]).brief());
     }
 
     #[test]

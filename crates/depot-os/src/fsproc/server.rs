@@ -238,9 +238,13 @@ pub(super) fn dispatch(c: &mut Confined, request: &Request, data: &[u8]) -> Outc
         Request::WriteAtomic { path, mode } => done(c.write_atomic(path, data, *mode)),
         Request::Rename { from, to } => done(c.rename(from, to)),
         Request::Link { from, to } => done(c.link(from, to)),
-        Request::Unlink { path } => done(c.unlink(path, false)),
-        Request::Mkdir { path, mode } => done(c.mkdir(path, *mode)),
-        Request::Rmdir { path } => done(c.unlink(path, true)),
+        Request::Unlink { path, sync_dir } => done(c.unlink(path, false, *sync_dir)),
+        Request::Mkdir {
+            path,
+            mode,
+            sync_dir,
+        } => done(c.mkdir(path, *mode, *sync_dir)),
+        Request::Rmdir { path } => done(c.unlink(path, true, false)),
         Request::Rmtree { path } => done(c.rmtree(path)),
         Request::ZeroRange {
             path,

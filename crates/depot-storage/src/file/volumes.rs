@@ -167,13 +167,16 @@ impl<'a> FileVolumes<'a> {
         write_meta(fs, self.paths, img, vol, md)?;
 
         let data = self.paths.volume(img, vol);
+        // A sparse RAW volume is made, sized and fsynced in one call.
+        let sparse_raw = md.format == VolumeFormat::Raw && md.alloc_type != AllocType::Preallocated;
         let new_file = OpenWrite {
             create: true,
             exclusive: true,
             mode: FILE_VOLUME_MODE,
+            set_len: sparse_raw.then_some(md.capacity),
             ..OpenWrite::default()
         };
-        fs.write_at(&data, 0, &[], new_file, false)
+        fs.write_at(&data, 0, &[], new_file, sparse_raw)
             .map_err(|e| match e.kind() {
                 ErrorKind::AlreadyExists => StorageError::new(
                     Code::VolumeAlreadyExists,
@@ -187,9 +190,6 @@ impl<'a> FileVolumes<'a> {
             (VolumeFormat::Raw, _) => {
                 if md.alloc_type == AllocType::Preallocated {
                     preallocate(fs, &data, 0, md.capacity).map_err(|e| failed(&data, e))?;
-                } else {
-                    fs.truncate(&data, md.capacity)
-                        .map_err(|e| failed(&data, e))?;
                 }
             }
             (VolumeFormat::Cow, parent) => {
@@ -234,7 +234,9 @@ impl<'a> FileVolumes<'a> {
             fs.chmod(&data, FILE_VOLUME_MODE)
                 .map_err(|e| failed(&data, e))?;
         }
-        fs.fsync(&data).map_err(|e| failed(&data, e))?;
+        if !sparse_raw {
+            fs.fsync(&data).map_err(|e| failed(&data, e))?;
+        }
 
         let lease = self.paths.volume_lease(img, vol);
         create_lease(fs, &lease).map_err(|e| failed(&lease, e))?;
@@ -259,8 +261,7 @@ impl<'a> FileVolumes<'a> {
             write_meta(fs, self.paths, img, vol, md)?;
         }
         let marker = self.paths.volume_creating(img, vol);
-        fs.unlink(&marker).map_err(|e| failed(&marker, e))?;
-        fsync_dir(fs, &self.paths.image(img), Code::VolumeCreationError, OP)
+        fs.unlink_synced(&marker).map_err(|e| failed(&marker, e))
     }
 }
 
@@ -333,42 +334,41 @@ impl VolumeStore for FileVolumes<'_> {
         };
 
         // Validation done: from here on, write.
-        let images = self.paths.images();
-        let created_dir = match fs.mkdir(&image_dir, 0o755) {
-            Ok(()) => {
-                fsync_dir(fs, &images, Code::ImagePathError, OP)?;
-                true
-            }
+        // Each step below is one helper call with its fsyncs (the
+        // directory's included): a round trip costs more than the call.
+        let created_dir = match fs.mkdir_synced(&image_dir, 0o755) {
+            Ok(()) => true,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
             Err(e) => return Err(StorageError::io(Code::ImagePathError, OP, &image_dir, e)),
         };
         let marker = self.paths.volume_creating(img, vol);
-        let new_file = OpenWrite {
+        let new_marker = OpenWrite {
             create: true,
             exclusive: true,
             mode: FILE_VOLUME_MODE,
+            sync_dir: true,
             ..OpenWrite::default()
         };
-        let marked = fs
-            .write_at(&marker, 0, &[], new_file, false)
-            .map_err(|e| match e.kind() {
-                ErrorKind::AlreadyExists => err(
-                    Code::VolumeAlreadyExists,
-                    format!("volume {vol}: {} exists", marker.display()),
-                )
-                .caused_by(e),
+        if let Err(e) = fs.write_at(&marker, 0, &[], new_marker, false) {
+            let e = match e.kind() {
+                // Someone else's marker: nothing of ours to roll back.
+                ErrorKind::AlreadyExists => {
+                    return Err(err(
+                        Code::VolumeAlreadyExists,
+                        format!("volume {vol}: {} exists", marker.display()),
+                    )
+                    .caused_by(e))
+                }
                 _ => StorageError::io(Code::VolumeCreationError, OP, &marker, e),
-            })
-            .map(drop);
-        if let Err(e) = marked {
-            // Nothing of this volume was written: nothing to roll back.
-            if created_dir {
+            };
+            // The marker may be there (the directory's fsync failed):
+            // removed as any half-created volume is.
+            if discard(fs, self.paths, img, vol).is_ok() && created_dir {
                 remove_dir_if_empty(fs, &image_dir);
             }
             return Err(e);
         }
-        let result = fsync_dir(fs, &image_dir, Code::VolumeCreationError, OP)
-            .and_then(|()| self.create_steps(img, vol, &mut md, req, parent));
+        let result = self.create_steps(img, vol, &mut md, req, parent);
         match result {
             Ok(()) => {
                 tracing::info!(%img, %vol, format = %md.format, alloc = %md.alloc_type, capacity, parent = %md.parent, "volume created");
