@@ -1508,3 +1508,31 @@ fn a_killed_helper_mid_stream_fails_the_stream_with_the_usual_error() {
     assert_ne!(now[0], helper);
     assert!(!maps_shared_buffer(now[0]), "closed: unmapped");
 }
+
+#[test]
+fn a_failed_stream_step_names_its_file() {
+    let t = tempfile::tempdir_in("/var/tmp").unwrap();
+    let p = pool(t.path(), 1, Duration::from_secs(30));
+    let direct = OpenWrite {
+        direct: true,
+        ..create()
+    };
+    p.write("probe", 0, &[0u8; 4096], create(), false).unwrap();
+    let probe = p.direct_probe("probe").unwrap();
+    if !probe.supported {
+        eprintln!("SKIP: /var/tmp does not take O_DIRECT");
+        return;
+    }
+    // An unaligned O_DIRECT write fails with EINVAL, on the pipe (a small
+    // piece) and through the shared buffer (a large one).
+    for len in [4096, 1 << 20] {
+        let mut s = p
+            .open_write("unaligned", direct, Duration::from_secs(30))
+            .unwrap();
+        let e = s.write(1, &vec![1u8; len]).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+        assert!(e.to_string().contains(" unaligned on "), "{e}");
+        drop(s);
+        p.unlink("unaligned").unwrap();
+    }
+}

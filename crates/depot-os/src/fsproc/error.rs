@@ -65,6 +65,17 @@ pub enum FsProcError {
 }
 
 impl FsProcError {
+    /// The error with `path` as the file it is about, where the request
+    /// named none (a stream's steps name a handle, not a path).
+    pub(crate) fn naming(mut self, file: &str) -> FsProcError {
+        if let FsProcError::Io { path, .. } | FsProcError::Timeout { path, .. } = &mut self {
+            if path.is_empty() {
+                *path = file.to_owned();
+            }
+        }
+        self
+    }
+
     /// The OS error number of an [`Io`](Self::Io) error.
     pub fn errno(&self) -> Option<i32> {
         match self {

@@ -850,7 +850,14 @@ impl WriteStream {
         &self.path
     }
 
+    /// One request of the stream; an error names the stream's file.
     fn step(&mut self, request: Request, data: &[u8]) -> Result<Reply, FsProcError> {
+        let path = self.path.clone();
+        self.step_on_handle(request, data)
+            .map_err(|e| e.naming(&path))
+    }
+
+    fn step_on_handle(&mut self, request: Request, data: &[u8]) -> Result<Reply, FsProcError> {
         let op = request.op_name();
         if let Some(local) = &self.pool.shared.local {
             if op == "stream_close" {
