@@ -239,6 +239,19 @@ async fn copy_data_and_update_volume_hold_the_destination_lease() {
         .expect("free again for another process");
     other.release(&res).unwrap();
 
+    // A volume the pool does not have: 201, as before (not a lease that
+    // cannot be found).
+    let missing = dom.vol(&dst.img, &new_id());
+    let id = start_copy(c, &src, &missing, Some(0)).await;
+    assert_eq!(wait_failed(c, &id).await["code"], 201);
+
+    // A volume made before volume leases (an empty `.lease`): no lease to
+    // take, the copy goes on as it did then.
+    let old = dom.new_volume(c, size, "RAW", "SPARSE").await;
+    std::fs::File::create(lease_path(&old)).unwrap();
+    copy_ok(c, &src, &old, Some(0)).await;
+    assert_same_bytes(&src.path, &old.path, size);
+
     call_ok(
         c,
         "StoragePool.disconnect",

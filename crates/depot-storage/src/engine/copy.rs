@@ -16,6 +16,7 @@ use depot_api::storage::{ImgUuid, Legality, SdUuid, VolUuid, VolumeFormat};
 use depot_api::Code;
 use depot_os::{ConvertOptions, ImageFormat};
 
+use super::volume_leases::HeldVolumeLease;
 use super::Storage;
 use crate::copy::child::{child_command, run_in_child, ChildDone, ChildJob};
 use crate::copy::{self, BlkHash, CopyError, CopyOptions, Journal};
@@ -189,16 +190,12 @@ impl Storage {
         const OP: &str = "copy volume";
         self.check_live_move(src, dst, OP)?;
         let held = self.lock_copy(src, dst)?;
-        // With the image locks, as VDSM's guarded context takes them, and
-        // before anything is read or changed; released when the copy ends
-        // (returned, failed or aborted).
-        let _lease = if take_lease {
-            self.take_volume_lease(dst, OP)?
-        } else {
-            None
-        };
         let src_info = self.volume_info_unlocked(src, &held)?;
         let dst_info = self.volume_info_unlocked(dst, &held)?;
+        // Under the image locks, as VDSM's guarded context takes them, and
+        // before anything is changed; released when the copy ends
+        // (returned, failed or aborted).
+        let (_lease, dst_info) = self.under_lease(dst, &held, take_lease, dst_info, OP)?;
         if let Some(g) = dst_generation {
             check_generation(OP, dst.vol, &dst_info.metadata, g)?;
         }
@@ -500,8 +497,8 @@ impl Storage {
     ) -> StorageResult<()> {
         const OP: &str = "update volume";
         let held = self.lock_image(v.sd, v.img, true)?;
-        let _lease = self.take_volume_lease(v, OP)?;
         let info = self.volume_info_unlocked(v, &held)?;
+        let (_lease, info) = self.under_lease(v, &held, true, info, OP)?;
         check_generation(OP, v.vol, &info.metadata, generation)?;
         self.update_volume_unlocked(v, &held, move |md| {
             if let Some(l) = legality {
@@ -703,6 +700,28 @@ impl Storage {
                 Ok(())
             }
             Domain::Block(_) => data.check(code, op),
+        }
+    }
+
+    /// Takes `v`'s volume lease when `take` (volume_leases.rs; `None`
+    /// where there is none to take) and reads `v` again under it: until
+    /// then another host may have written it. `info` is what the caller
+    /// read before (so that a missing volume is 201, not a lease that
+    /// cannot be found).
+    fn under_lease(
+        &self,
+        v: VolRef,
+        held: &Held,
+        take: bool,
+        info: VolumeInfo,
+        op: &'static str,
+    ) -> StorageResult<(Option<HeldVolumeLease>, VolumeInfo)> {
+        if !take {
+            return Ok((None, info));
+        }
+        match self.take_volume_lease(v, op)? {
+            Some(lease) => Ok((Some(lease), self.volume_info_unlocked(v, held)?)),
+            None => Ok((None, info)),
         }
     }
 

@@ -38,7 +38,7 @@ use crate::{StorageError, StorageResult};
 const SANLK_LEADER_MAGIC: i32 = -223;
 
 /// Per domain: its lease geometry when it has volume leases, `None` when
-/// it has none (found once: crate docs).
+/// it has none (found once: module docs).
 #[derive(Default)]
 pub(crate) struct LeaseDomains(Mutex<HashMap<SdUuid, Option<Geometry>>>);
 
@@ -187,28 +187,48 @@ impl Storage {
             check_lease_file(&d.fs, &area, v, op)?;
         }
         let res = volume_lease(v.sd, v.vol, area);
-        let lver = sanlock.client.acquire(&res, None).map_err(|e| {
-            let why = match e.refusal() {
-                Some(Refusal::Held) => "another host holds it",
-                Some(Refusal::Lver) => "its version changed",
-                // Held by another process of this host: sanlock says
-                // EEXIST.
-                None if e.errno() == Some(libc::EEXIST) => "another process holds it",
-                None => "sanlock failed",
-            };
-            StorageError::new(
-                Code::AcquireLockFailure,
-                op,
-                format!("lease of volume {} on {}: {why}: {e}", v.vol, v.sd),
-            )
-            .caused_by(e)
-        })?;
+        let lver = match sanlock.client.acquire(&res, None) {
+            Ok(lver) => lver,
+            // A volume made before depot wrote volume leases has an empty
+            // `.lease` (or a block slot never formatted): there is no lease
+            // for any host to hold, and the job goes on as it did then.
+            Err(e) if no_leader(&e) => {
+                tracing::warn!(sd = %v.sd, vol = %v.vol, op, error = %e,
+                    "the volume has no lease (made before volume leases): writing without it");
+                return Ok(None);
+            }
+            Err(e) => return Err(acquire_failed(v, op, e)),
+        };
         tracing::info!(sd = %v.sd, vol = %v.vol, lver, op, "volume lease acquired");
         Ok(Some(HeldVolumeLease {
             client: sanlock.client.clone(),
             res,
         }))
     }
+}
+
+/// Whether sanlock found no lease at all where it looked: no leader
+/// record (zeros), or an area past the end of the file (an empty
+/// `.lease`: sanlock reads short).
+fn no_leader(e: &SanlockError) -> bool {
+    matches!(e, SanlockError::Call { rv, .. } if *rv == SANLK_LEADER_MAGIC || *rv == -libc::EMSGSIZE)
+}
+
+/// 651 for a volume lease that could not be taken, saying why.
+fn acquire_failed(v: VolRef, op: &'static str, e: SanlockError) -> StorageError {
+    let why = match e.refusal() {
+        Some(Refusal::Held) => "another host holds it",
+        Some(Refusal::Lver) => "its version changed",
+        // Held by another process of this host: sanlock says EEXIST.
+        None if e.errno() == Some(libc::EEXIST) => "another process holds it",
+        None => "sanlock failed",
+    };
+    StorageError::new(
+        Code::AcquireLockFailure,
+        op,
+        format!("lease of volume {} on {}: {why}: {e}", v.vol, v.sd),
+    )
+    .caused_by(e)
 }
 
 /// A file volume's lease must be a regular file beneath the mount, reached
