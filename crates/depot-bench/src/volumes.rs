@@ -73,6 +73,17 @@ pub struct VolumesArgs {
     /// the server-side figures come from that log).
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Run depotd with `sanlock.enabled = false`: its domain has no
+    /// lockspace and a create formats no volume lease (the cost before
+    /// volume leases).
+    #[arg(long, conflicts_with = "sanlock_daemon")]
+    no_sanlock: bool,
+    /// Start a sanlock daemon for the run (depot_testkit::sanlock, root
+    /// only), so that volume leases are written by the daemon; without
+    /// it, and without --no-sanlock, each create runs `sanlock direct
+    /// init` in a child.
+    #[arg(long)]
+    sanlock_daemon: bool,
 }
 
 /// Latencies of one kind of operation, in microseconds.
@@ -110,7 +121,17 @@ pub async fn run(depotd: &Path, args: VolumesArgs) -> Result<(), String> {
     if args.count == 0 {
         return Err("--count must be at least 1".into());
     }
-    let d = Daemon::start(depotd, &format!("[log]\nlevel = \"{}\"\n", args.log_level)).await?;
+    // Dropped after depotd (declared first): the daemon outlives it.
+    let _sanlock = if args.sanlock_daemon {
+        Some(depot_testkit::sanlock::SanlockDaemon::start()?)
+    } else {
+        None
+    };
+    let mut config = format!("[log]\nlevel = \"{}\"\n", args.log_level);
+    if args.no_sanlock {
+        config.push_str("[sanlock]\nenabled = false\n");
+    }
+    let d = Daemon::start(depotd, &config).await?;
     measure(&d, args).await.map_err(|e| {
         let state = if d.alive() {
             "depotd is still running"

@@ -164,8 +164,12 @@ fn a_daemon_that_is_not_running_is_reported_as_unavailable() {
 fn a_lease_is_acquired_read_released_and_dropped_with_its_holder() {
     depot_testkit::require_root();
     let daemon = SanlockDaemon::start().expect("sanlock daemon");
-    let dir = tempfile::tempdir().unwrap();
-    let (ids, leases) = (dir.path().join("ids"), dir.path().join("leases"));
+    let tmp = tempfile::tempdir().unwrap();
+    // A colon in the path, as in an NFS mount directory: the daemon gets
+    // it as it is.
+    let dir = tmp.path().join("srv:_export");
+    std::fs::create_dir(&dir).unwrap();
+    let (ids, leases) = (dir.join("ids"), dir.join("leases"));
     empty_file(&ids);
     empty_file(&leases);
     let g = Geometry::new(512, MIB).unwrap();
@@ -222,4 +226,40 @@ fn a_lease_is_acquired_read_released_and_dropped_with_its_holder() {
     assert_eq!(s2.acquire(&sdm, None).unwrap(), 3);
     s2.release(&sdm).unwrap();
     assert_eq!(s2.rem_lockspace(&ls, false).unwrap(), RemOutcome::Released);
+}
+
+#[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+fn the_daemon_writes_a_resource_with_the_geometry_asked_for() {
+    depot_testkit::require_root();
+    let _daemon = SanlockDaemon::start().expect("sanlock daemon");
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sanlock::load(None, Duration::from_secs(60));
+    let cfg = DirectConfig::default();
+    for (sector, align) in [(512, MIB), (4096, MIB), (4096, 2 * MIB), (4096, 8 * MIB)] {
+        // A volume's lease file: empty, the lease at 0; a colon in the
+        // path as in an NFS mount directory.
+        let lease = dir.path().join(format!("srv:_x-{sector}-{align}.lease"));
+        empty_file(&lease);
+        let g = Geometry::new(sector, align).unwrap();
+        let res = Resource::new("sd-w", "vol-1", Area::new(&lease, 0));
+        s.write_resource(&res, g).unwrap();
+        assert_eq!(std::fs::metadata(&lease).unwrap().len(), align);
+        let leader = direct_read_leader(&cfg, "sd-w", "vol-1", true, &Area::new(&lease, 0))
+            .unwrap_or_else(|e| panic!("{sector}/{align}: {e}"));
+        assert_eq!(leader["magic"], "0x6152010", "{leader:?}");
+        assert_eq!(leader["sector_size"], sector.to_string(), "{leader:?}");
+        assert_eq!(leader["max_hosts"], g.max_hosts().to_string(), "{leader:?}");
+        let state = s.read_lease(&res).unwrap();
+        assert_eq!(state.lver, 0, "{state:?}");
+        assert!(state.owners.is_empty(), "{state:?}");
+    }
+    // A file that is not there: the daemon's error, no file made.
+    let gone = dir.path().join("gone.lease");
+    let res = Resource::new("sd-w", "vol-2", Area::new(&gone, 0));
+    let e = s
+        .write_resource(&res, Geometry::new(512, MIB).unwrap())
+        .unwrap_err();
+    assert!(matches!(e, SanlockError::Call { .. }), "{e}");
+    assert!(!gone.exists());
 }

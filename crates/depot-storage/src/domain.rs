@@ -22,6 +22,7 @@ use crate::block::{self, BlockVolumes};
 use crate::error::StorageResult;
 use crate::file::{self, volumes::FileVolumes};
 use crate::layout::DomainPaths;
+use crate::lockspace::VolumeLeases;
 use crate::metadata::domain::DomainMetadata;
 use crate::mount_fs::MountFs;
 use crate::volume_data::VolumeData;
@@ -187,15 +188,29 @@ impl Domain {
     /// a block domain's LVM, qemu-img and O_DIRECT calls carry their own
     /// timeouts.
     pub fn volumes<T>(&self, tools: VolumeTools<'_>, f: impl FnOnce(&dyn VolumeStore) -> T) -> T {
+        self.volumes_with_leases(tools, None, f)
+    }
+
+    /// [`Domain::volumes`], with new volumes' leases formatted through
+    /// `leases` (crate::lockspace; `None`: the domain has no volume
+    /// leases, and a new volume's `.lease` stays empty).
+    pub fn volumes_with_leases<T>(
+        &self,
+        tools: VolumeTools<'_>,
+        leases: Option<VolumeLeases<'_>>,
+        f: impl FnOnce(&dyn VolumeStore) -> T,
+    ) -> T {
         match self {
-            Domain::File(d) => f(&FileVolumes::new(
-                &d.paths,
-                &d.fs,
-                d.sd,
-                tools.qemu,
-                tools.timeout,
-            )),
-            Domain::Block(d) => f(&d.volumes(tools)),
+            Domain::File(d) => {
+                f(
+                    &FileVolumes::new(&d.paths, &d.fs, d.sd, tools.qemu, tools.timeout)
+                        .with_leases(leases),
+                )
+            }
+            Domain::Block(d) => f(&BlockVolumes {
+                leases,
+                ..d.volumes(tools)
+            }),
         }
     }
 
@@ -238,6 +253,28 @@ impl Domain {
     }
 }
 
+impl Domain {
+    /// Where volume `vol`'s lease is: `<vol>.lease` at 0 on a file domain,
+    /// slot 100 + its metadata slot of `leases` on a block domain (201
+    /// for a block volume that is not there; a file volume's lease file
+    /// is checked by the caller, through the mount's helpers).
+    pub fn volume_lease_area(
+        &self,
+        tools: VolumeTools<'_>,
+        img: ImgUuid,
+        vol: VolUuid,
+        alignment: u64,
+    ) -> StorageResult<depot_os::sanlock::Area> {
+        match self {
+            Domain::File(d) => Ok(depot_os::sanlock::Area::new(
+                d.paths.volume_lease(img, vol),
+                0,
+            )),
+            Domain::Block(d) => d.volumes(tools).lease_area(img, vol, alignment),
+        }
+    }
+}
+
 impl BlockDomain {
     fn volumes<'a>(&'a self, tools: VolumeTools<'a>) -> BlockVolumes<'a> {
         BlockVolumes {
@@ -248,6 +285,7 @@ impl BlockDomain {
             block_size: self.block_size,
             root: &self.paths.root,
             slot_lock: &self.slot_lock,
+            leases: None,
         }
     }
 }

@@ -231,6 +231,26 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
     assert!(t.contains(&format!("PU_{BLANK}")), "{t:?}");
     assert!(t.iter().any(|t| t.starts_with("MD_")), "{t:?}");
     assert!(!t.contains(&"OVIRT_VOL_INITIALIZING".to_string()), "{t:?}");
+    // Its sanlock lease at slot 100 + its metadata slot of the leases LV
+    // (docs/formats.md "Lockspace and leases (depot)"), 1 MiB alignment.
+    let slot: u64 = t
+        .iter()
+        .find_map(|t| t.strip_prefix("MD_"))
+        .and_then(|n| n.parse().ok())
+        .expect("an MD_ tag");
+    let lease = depot_os::sanlock::direct_read_leader(
+        &direct,
+        &sd,
+        &raw,
+        true,
+        &depot_os::sanlock::Area::new(dev("leases"), (100 + slot) << 20),
+    )
+    .expect("the volume's lease on the leases LV");
+    assert_eq!(
+        (lease["magic"].as_str(), lease["resource_name"].as_str()),
+        ("0x6152010", raw.as_str()),
+        "{lease:?}"
+    );
     let vi = volume_info(&c, &sd, &img1, &raw).await;
     assert_eq!(vi["format"], json!("RAW"));
     assert_eq!(num(&vi["capacity"], "capacity"), 32 * MIB);

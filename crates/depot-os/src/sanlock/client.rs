@@ -16,7 +16,7 @@ use std::time::Duration;
 use libloading::Library;
 
 use super::resource::{RawResource, Registration};
-use super::{check_name, escape_path, Lockspace, SanlockError, NAME_LEN, PATH_LEN};
+use super::{check_name, disk_path, Lockspace, SanlockError, NAME_LEN, PATH_LEN};
 use crate::worker::IoWorker;
 
 /// The library names tried, in order, when no path is configured: the
@@ -61,6 +61,18 @@ impl RawDisk {
         fill(&mut disk.path, path);
         disk
     }
+
+    /// The path, up to its NUL (tests).
+    #[cfg(test)]
+    pub(super) fn path(&self) -> String {
+        let bytes: Vec<u8> = self
+            .path
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
 }
 
 /// `struct sanlk_lockspace` (sanlock.h): 1104 bytes, `host_id` at 48,
@@ -94,6 +106,7 @@ pub(super) type ResFn =
     unsafe extern "C" fn(c_int, c_int, u32, c_int, *mut *mut RawResource, *mut c_void) -> c_int;
 type ReleaseFn = unsafe extern "C" fn(c_int, c_int, u32, c_int, *mut *mut RawResource) -> c_int;
 type OwnersFn = unsafe extern "C" fn(*mut RawResource, u32, *mut *mut RawHost, *mut c_int) -> c_int;
+pub(super) type WriteResFn = unsafe extern "C" fn(*mut RawResource, c_int, c_int, u32) -> c_int;
 type StrerrorFn = unsafe extern "C" fn(c_int) -> *const c_char;
 
 /// The loaded library and the entry points depot uses.
@@ -108,6 +121,7 @@ pub(super) struct Lib {
     pub(super) acquire: ResFn,
     pub(super) release: ReleaseFn,
     pub(super) read_resource_owners: OwnersFn,
+    pub(super) write_resource: WriteResFn,
     /// Where it was loaded from, for messages.
     name: String,
     // Last: the function pointers above are valid while it is loaded.
@@ -154,6 +168,7 @@ impl Lib {
                 acquire: sym!("sanlock_acquire"),
                 release: sym!("sanlock_release"),
                 read_resource_owners: sym!("sanlock_read_resource_owners"),
+                write_resource: sym!("sanlock_write_resource"),
                 name,
                 _lib: lib,
             })
@@ -536,7 +551,7 @@ fn raw_lockspace(
             reason: format!("host id {} (1 to {})", ls.host_id, super::MAX_HOST_ID),
         });
     }
-    let path = escape_path(op, &ls.area.path)?;
+    let path = disk_path(op, &ls.area.path)?;
     let mut raw = Box::new(RawLockspace {
         name: [0; NAME_LEN],
         host_id: ls.host_id,
@@ -587,7 +602,9 @@ mod tests {
         }
         let (raw, target) =
             raw_lockspace("t", &Lockspace::new("sd", 7, Area::new("/m/a:b/ids", 512))).unwrap();
-        assert_eq!(target, "sd:7:/m/a\\:b/ids:512");
+        assert_eq!(target, "sd:7:/m/a:b/ids:512");
+        // The daemon opens the path it is given: the colon is not escaped.
+        assert_eq!(raw.host_id_disk.path(), "/m/a:b/ids");
         assert_eq!(raw.host_id, 7);
         assert_eq!(raw.host_id_disk.offset, 512);
         assert_eq!(raw.name[..3], [b's' as c_char, b'd' as c_char, 0]);

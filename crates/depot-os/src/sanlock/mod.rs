@@ -11,12 +11,14 @@
 //!   (`/run/sanlock/sanlock.sock`). A call can still wait on a daemon that
 //!   does not answer, so every call runs on an [`IoWorker`] with a
 //!   timeout, and the lockspace calls are the asynchronous ones where
-//!   sanlock has them (add and remove).
+//!   sanlock has them (add and remove). A new volume's lease is written
+//!   this way too ([`Sanlock::write_resource`], VDSM's way).
 //! * [`direct_init_lockspace`] and [`direct_init_resource`]: `sanlock
 //!   direct init` in a child process through the command runner (the I/O
 //!   is the child's, with a timeout), for formatting a new domain's `ids`
 //!   and `leases` without a running daemon, as VDSM's `initLock` does
-//!   with the library's `write_lockspace`/`write_resource`.
+//!   with the library's `write_lockspace`/`write_resource`, and a volume's
+//!   lease when no daemon answers.
 
 mod client;
 mod direct;
@@ -140,6 +142,21 @@ impl Geometry {
         }
     }
 
+    /// sanlock.h's `SANLK_RES_ALIGN*` and `SANLK_RES_SECTOR*` flags of a
+    /// `sanlk_resource` (what `sanlock_write_resource` formats with).
+    pub(super) fn resource_flags(&self) -> u32 {
+        const ALIGN1M: u32 = 0x10;
+        const SECTOR512: u32 = 0x100;
+        const SECTOR4K: u32 = 0x200;
+        // ALIGN1M, 2M, 4M, 8M are 0x10, 0x20, 0x40, 0x80.
+        let align = ALIGN1M * (self.align / MIB) as u32;
+        align
+            | match self.sector {
+                512 => SECTOR512,
+                _ => SECTOR4K,
+            }
+    }
+
     /// `-Z <sector> -A <align>M`, sanlock's command line form.
     fn cli_args(&self) -> [String; 4] {
         [
@@ -203,11 +220,13 @@ pub fn check_name(op: &'static str, name: &str) -> Result<(), SanlockError> {
     Ok(())
 }
 
-/// A path as sanlock's command line and `sanlk_disk.path` take it: `:`
-/// (which separates the fields) and `\` escaped with `\`, as the library's
-/// `sanlock_path_export` does. An NFS mount directory (`server:_export`)
-/// has a colon. Must be absolute, UTF-8 and fit in `PATH_LEN` with its NUL.
-pub fn escape_path(op: &'static str, path: &Path) -> Result<String, SanlockError> {
+/// A path as `sanlk_disk.path` takes it (the daemon's structs): as it is,
+/// checked: absolute, UTF-8, no NUL or newline, and fitting in `PATH_LEN`
+/// with its NUL. The daemon opens exactly this string; an NFS mount
+/// directory's colon (`server:_export`) stays as it is (the escaping of
+/// [`escape_path`] is the command line's, and the daemon does not undo
+/// it: an escaped path is a file that does not exist).
+pub fn disk_path(op: &'static str, path: &Path) -> Result<String, SanlockError> {
     let invalid = |reason: String| SanlockError::Invalid { op, reason };
     let text = path
         .to_str()
@@ -217,6 +236,22 @@ pub fn escape_path(op: &'static str, path: &Path) -> Result<String, SanlockError
             "path {text:?} (absolute, no NUL or newline)"
         )));
     }
+    if text.len() >= PATH_LEN {
+        return Err(invalid(format!(
+            "path {text:?} is longer than sanlock's {} bytes",
+            PATH_LEN - 1
+        )));
+    }
+    Ok(text.to_owned())
+}
+
+/// A path as sanlock's command line takes it (`NAME:ID:PATH:OFFSET`): `:`
+/// (which separates the fields) and `\` escaped with `\`, as the
+/// library's `sanlock_path_export` does. An NFS mount directory
+/// (`server:_export`) has a colon. [`disk_path`]'s checks, and the
+/// escaped form must fit in `PATH_LEN` too.
+pub fn escape_path(op: &'static str, path: &Path) -> Result<String, SanlockError> {
+    let text = disk_path(op, path)?;
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if matches!(c, ':' | '\\') {
@@ -225,10 +260,13 @@ pub fn escape_path(op: &'static str, path: &Path) -> Result<String, SanlockError
         out.push(c);
     }
     if out.len() >= PATH_LEN {
-        return Err(invalid(format!(
-            "path {text:?} is longer than sanlock's {} bytes",
-            PATH_LEN - 1
-        )));
+        return Err(SanlockError::Invalid {
+            op,
+            reason: format!(
+                "path {text:?} is longer than sanlock's {} bytes once escaped",
+                PATH_LEN - 1
+            ),
+        });
     }
     Ok(out)
 }
@@ -263,6 +301,21 @@ mod tests {
             Geometry::new(4096, 8 * MIB).unwrap().cli_args(),
             ["-Z", "4096", "-A", "8M"]
         );
+        // sanlock.h: SANLK_RES_ALIGN1M 0x10 .. ALIGN8M 0x80, SECTOR512
+        // 0x100, SECTOR4K 0x200.
+        for (s, a, flags) in [
+            (512, MIB, 0x110),
+            (4096, MIB, 0x210),
+            (4096, 2 * MIB, 0x220),
+            (4096, 4 * MIB, 0x240),
+            (4096, 8 * MIB, 0x280),
+        ] {
+            assert_eq!(
+                Geometry::new(s, a).unwrap().resource_flags(),
+                flags,
+                "{s}/{a}"
+            );
+        }
     }
 
     #[test]
@@ -277,6 +330,14 @@ mod tests {
         assert!(escape_path("t", Path::new("/a\nb")).is_err());
         let long = format!("/{}", "x".repeat(PATH_LEN));
         assert!(escape_path("t", Path::new(&long)).is_err());
+        // The daemon's structs take the path as it is.
+        assert_eq!(
+            disk_path("t", p).unwrap(),
+            "/rhev/data-center/mnt/server:_export/sd/dom_md/ids"
+        );
+        assert!(disk_path("t", Path::new("relative/ids")).is_err());
+        assert!(disk_path("t", Path::new("/a\0b")).is_err());
+        assert!(disk_path("t", Path::new(&long)).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use super::client::{fill, take_hosts, RawDisk, RawHost, Sanlock};
-use super::{check_name, escape_path, Area, HostInfo, SanlockError, NAME_LEN};
+use super::{check_name, disk_path, Area, Geometry, HostInfo, SanlockError, NAME_LEN};
 
 // sanlock.h, sanlock_rv.h
 const SANLK_RES_LVER: u32 = 0x1;
@@ -188,6 +188,28 @@ impl Sanlock {
         Ok(())
     }
 
+    /// Formats the lease `res` on disk (`sanlock_write_resource`, what
+    /// VDSM's `sanlock.write_resource` of a volume lease does): a free
+    /// paxos lease, version 0, with `geometry`'s sector size and
+    /// alignment. The daemon does the I/O (no host id and no registration
+    /// needed); the file or LV must exist. A daemon that is not running
+    /// answers with an errno (`ENOENT`, `ECONNREFUSED`): callers that can
+    /// format without it use [`super::direct_init_resource`] then.
+    pub fn write_resource(&self, res: &Resource, geometry: Geometry) -> Result<(), SanlockError> {
+        const OP: &str = "write_resource";
+        let (mut raw, target) = raw_resource(OP, res)?;
+        raw.flags |= geometry.resource_flags();
+        let rv = self.call(OP, &target, move |lib| {
+            // SAFETY: one valid, fully initialised resource; max_hosts and
+            // num_hosts 0 (derived from the flags), no write flags.
+            unsafe { (lib.write_resource)(&mut *raw, 0, 0, 0) }
+        })?;
+        if rv < 0 {
+            return Err(self.error(OP, &target, rv));
+        }
+        Ok(())
+    }
+
     /// The lease as it is on disk: its version and holders (the daemon
     /// reads it; no host id needed).
     pub fn read_lease(&self, res: &Resource) -> Result<LeaseState, SanlockError> {
@@ -212,15 +234,16 @@ impl Sanlock {
     }
 }
 
-/// A `sanlk_resource` for `res` (boxed: over 1 KiB), and the resource as
-/// sanlock's command line writes it, for messages.
+/// A `sanlk_resource` for `res` (boxed: over 1 KiB; its path as it is,
+/// [`disk_path`]), and the resource as `LOCKSPACE:NAME:PATH:OFFSET`, for
+/// messages.
 fn raw_resource(
     op: &'static str,
     res: &Resource,
 ) -> Result<(Box<RawResource>, String), SanlockError> {
     check_name(op, &res.lockspace)?;
     check_name(op, &res.name)?;
-    let path = escape_path(op, &res.area.path)?;
+    let path = disk_path(op, &res.area.path)?;
     let mut raw = Box::new(RawResource {
         lockspace_name: [0; NAME_LEN],
         name: [0; NAME_LEN],
@@ -265,8 +288,10 @@ mod tests {
             assert!(raw_resource("t", &r).is_err(), "{ls:?} {name:?} accepted");
         }
         let (raw, target) = raw_resource("t", &Resource::new("sd", "SDM", area)).unwrap();
-        assert_eq!(target, "sd:SDM:/m/a\\:b/dom_md/leases:1048576");
+        assert_eq!(target, "sd:SDM:/m/a:b/dom_md/leases:1048576");
         assert_eq!((raw.num_disks, raw.disk.offset), (1, 1 << 20));
+        // The daemon opens the path it is given: the colon is not escaped.
+        assert_eq!(raw.disk.path(), "/m/a:b/dom_md/leases");
     }
 
     #[test]

@@ -16,15 +16,19 @@
 //!    UUID, resolved next to the LV in `/dev/<vg>/`), deactivate.
 //! 3. Write the metadata record (ILLEGAL until the caller says LEGAL).
 //! 4. A child makes its parent INTERNAL.
-//! 5. Remove `OVIRT_VOL_INITIALIZING`: the volume exists.
+//! 5. On a domain with a lockspace, sanlock formats the volume's lease at
+//!    `(100 + n) × alignment` of the `leases` LV (VDSM's offset; a slot
+//!    with no room there is refused before anything is written).
+//! 6. Remove `OVIRT_VOL_INITIALIZING`: the volume exists.
 //!
-//! A crash before step 5 leaves an LV with `OVIRT_VOL_INITIALIZING`: it is
+//! A crash before step 6 leaves an LV with `OVIRT_VOL_INITIALIZING`: it is
 //! invisible to every verb and removed by [`BlockVolumes::recover`]. A
 //! failure rolls back with `lvremove`.
 //!
 //! Deletion removes the LV first (wiped before when asked), then clears
 //! the slot; a crash between leaves a record no LV names, which is a free
-//! slot by definition.
+//! slot by definition. The slot's lease is left as it is (as VDSM does):
+//! the next volume in that slot formats it again under its own name.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::OpenOptions;
@@ -36,11 +40,16 @@ use std::time::Duration;
 use depot_api::storage::{AllocType, ImgUuid, Legality, SdUuid, VolType, VolUuid, VolumeFormat};
 use depot_api::Code;
 use depot_os::lvm::{LvInfo, Lvm, LvmError};
+use depot_os::sanlock::Area;
 use depot_os::{ImageFormat, Preallocation, QemuImg};
 
 use super::slots;
-use super::{lvm_err, vg_name, METADATA_LV};
+use super::{lvm_err, vg_name, LEASES_LV, METADATA_LV};
 use crate::error::{StorageError, StorageResult};
+use crate::layout::DOM_MD;
+use crate::lockspace::{
+    block_volume_lease_offset, VolumeLeases, LEASES_SLOTS, VOLUME_LEASE_FIRST_SLOT,
+};
 use crate::metadata::volume::VolumeMetadata;
 use crate::volume_store::{CreateVolume, VolumeInfo};
 use crate::volume_store::{MetadataChange, VolumeStore};
@@ -67,6 +76,9 @@ pub struct BlockVolumes<'a> {
     pub root: &'a Path,
     /// Serializes slot allocation within this host.
     pub slot_lock: &'a Mutex<()>,
+    /// How a new volume's lease is formatted; `None`: the domain has no
+    /// volume leases.
+    pub leases: Option<VolumeLeases<'a>>,
 }
 
 fn is_volume_lv(lv: &LvInfo) -> bool {
@@ -296,6 +308,7 @@ impl BlockVolumes<'_> {
         vol: VolUuid,
         md: &mut VolumeMetadata,
         parent: Option<&LvInfo>,
+        lease_offset: Option<u64>,
         op: &'static str,
     ) -> StorageResult<()> {
         let vg = self.vg();
@@ -351,6 +364,9 @@ impl BlockVolumes<'_> {
                 self.write_md(p, &pmd, op)?;
             }
         }
+        if let (Some(leases), Some(offset)) = (&self.leases, lease_offset) {
+            leases.format(self.sd, vol, Area::new(self.leases_path(), offset))?;
+        }
         self.lvm
             .lv_tags(&vg, &name, &[], &[TAG_INITIALIZING.to_owned()])
             .map_err(|e| lvm_err(Code::VolumeCreationError, op, e))
@@ -383,6 +399,56 @@ impl BlockVolumes<'_> {
         })();
         let _ = self.lvm.deactivate(&vg, &[lv]);
         result
+    }
+
+    /// The `leases` LV through the domain's `dom_md` link (the path the
+    /// SDM lease is taken through).
+    fn leases_path(&self) -> PathBuf {
+        self.root.join(DOM_MD).join(LEASES_LV)
+    }
+
+    /// Where a new volume in metadata slot `slot` has its lease, `None`
+    /// without volume leases; 205 when the `leases` LV has no room for it
+    /// (VDSM's limit of about 1947 volumes).
+    fn lease_offset(
+        &self,
+        vol: VolUuid,
+        slot: u32,
+        op: &'static str,
+    ) -> StorageResult<Option<u64>> {
+        let Some(leases) = &self.leases else {
+            return Ok(None);
+        };
+        block_volume_lease_offset(u64::from(slot), leases.geometry.align())
+            .map(Some)
+            .ok_or_else(|| {
+                StorageError::new(
+                    Code::VolumeCreationError,
+                    op,
+                    format!(
+                        "volume {vol}: metadata slot {slot} has no room for a lease in the \
+                         {LEASES_LV} LV (at most {} volumes with volume leases)",
+                        LEASES_SLOTS - VOLUME_LEASE_FIRST_SLOT - 1
+                    ),
+                )
+            })
+    }
+
+    /// Where the lease of volume `vol` is: slot 100 + its metadata slot of
+    /// `leases`, with `alignment`. 201 for a volume that is not there.
+    pub fn lease_area(&self, img: ImgUuid, vol: VolUuid, alignment: u64) -> StorageResult<Area> {
+        const OP: &str = "volume lease";
+        let lv = self.lv_of(img, vol, OP)?;
+        let offset = lv_slot(&lv)
+            .and_then(|slot| block_volume_lease_offset(u64::from(slot), alignment))
+            .ok_or_else(|| {
+                StorageError::new(
+                    Code::VolumeMetadataReadError,
+                    OP,
+                    format!("LV {} has no metadata slot with room for a lease", lv.name),
+                )
+            })?;
+        Ok(Area::new(self.leases_path(), offset))
     }
 
     fn clear_slot(&self, lv: &LvInfo) {
@@ -452,6 +518,7 @@ impl VolumeStore for BlockVolumes<'_> {
             None
         };
         let slot = self.free_slot(&lvs, OP)?;
+        let lease_offset = self.lease_offset(vol, slot, OP)?;
         let tags = vec![
             TAG_INITIALIZING.to_owned(),
             format!("{TAG_IMAGE}{img}"),
@@ -475,7 +542,7 @@ impl VolumeStore for BlockVolumes<'_> {
                 _ => lvm_err(Code::CannotCreateLogicalVolume, OP, e),
             })?;
         drop(guard);
-        match self.create_steps(vol, &mut md, parent.as_ref(), OP) {
+        match self.create_steps(vol, &mut md, parent.as_ref(), lease_offset, OP) {
             Ok(()) => {
                 tracing::info!(sd = %self.sd, %img, %vol, slot, format = %md.format, capacity, "block volume created");
                 Ok(md)

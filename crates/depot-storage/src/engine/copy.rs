@@ -7,6 +7,8 @@
 //! becomes LEGAL with GEN+1 only after the data is complete and verified;
 //! the source image is locked shared and the destination image exclusive;
 //! MOVE deletes the source only after every destination volume is LEGAL.
+//! `SDM.copy_data` and `SDM.update_volume` hold the destination's volume
+//! lease while they work (volume_leases.rs).
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,7 @@ use depot_api::storage::{ImgUuid, Legality, SdUuid, VolUuid, VolumeFormat};
 use depot_api::Code;
 use depot_os::{ConvertOptions, ImageFormat};
 
+use super::volume_leases::HeldVolumeLease;
 use super::Storage;
 use crate::copy::child::{child_command, run_in_child, ChildDone, ChildJob};
 use crate::copy::{self, BlkHash, CopyError, CopyOptions, Journal};
@@ -154,7 +157,9 @@ impl Storage {
     }
 
     /// `SDM.copy_data` for `div` endpoints: copies `src` into the existing
-    /// `dst` under the integrity rules above. Raw to raw uses the native
+    /// `dst` under the integrity rules above, holding `dst`'s volume lease
+    /// for the whole copy (volume_leases.rs: 651 when another host or
+    /// process holds it, and nothing changes). Raw to raw uses the native
     /// copier (with a crash-resume journal in `journal_dir`); anything with
     /// qcow2 uses `qemu-img convert`.
     pub fn copy_volume(
@@ -166,11 +171,31 @@ impl Storage {
         journal_dir: Option<&Path>,
         ctl: &Control<'_>,
     ) -> StorageResult<CopyOutcome> {
+        self.copy_volume_as(src, dst, dst_generation, verify, journal_dir, ctl, true)
+    }
+
+    /// [`Storage::copy_volume`]; `Image.move` (an SPM verb in VDSM, which
+    /// takes no volume lease) copies without the lease.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_volume_as(
+        &self,
+        src: VolRef,
+        dst: VolRef,
+        dst_generation: Option<u32>,
+        verify: bool,
+        journal_dir: Option<&Path>,
+        ctl: &Control<'_>,
+        take_lease: bool,
+    ) -> StorageResult<CopyOutcome> {
         const OP: &str = "copy volume";
         self.check_live_move(src, dst, OP)?;
         let held = self.lock_copy(src, dst)?;
         let src_info = self.volume_info_unlocked(src, &held)?;
         let dst_info = self.volume_info_unlocked(dst, &held)?;
+        // Under the image locks, as VDSM's guarded context takes them, and
+        // before anything is changed; released when the copy ends
+        // (returned, failed or aborted).
+        let (_lease, dst_info) = self.under_lease(dst, &held, take_lease, dst_info, OP)?;
         if let Some(g) = dst_generation {
             check_generation(OP, dst.vol, &dst_info.metadata, g)?;
         }
@@ -458,7 +483,8 @@ impl Storage {
         self.config.fsproc_command.as_ref().map(child_command)
     }
 
-    /// `SDM.update_volume`: oVirt's fence. The volume's GEN must be
+    /// `SDM.update_volume`: oVirt's fence. Under the volume's lease (as
+    /// `copy_volume`: 651 when another holds it), the volume's GEN must be
     /// `generation` (911); then legality, description and generation are
     /// set as given.
     pub fn update_volume_fenced(
@@ -472,6 +498,7 @@ impl Storage {
         const OP: &str = "update volume";
         let held = self.lock_image(v.sd, v.img, true)?;
         let info = self.volume_info_unlocked(v, &held)?;
+        let (_lease, info) = self.under_lease(v, &held, true, info, OP)?;
         check_generation(OP, v.vol, &info.metadata, generation)?;
         self.update_volume_unlocked(v, &held, move |md| {
             if let Some(l) = legality {
@@ -575,7 +602,8 @@ impl Storage {
                 img,
                 vol: v.volume,
             };
-            outcomes.push(self.copy_volume(src, dst, Some(0), true, journal_dir, &sub)?);
+            let o = self.copy_volume_as(src, dst, Some(0), true, journal_dir, &sub, false)?;
+            outcomes.push(o);
         }
         if delete_source {
             // Only now: every destination volume is LEGAL and verified.
@@ -672,6 +700,28 @@ impl Storage {
                 Ok(())
             }
             Domain::Block(_) => data.check(code, op),
+        }
+    }
+
+    /// Takes `v`'s volume lease when `take` (volume_leases.rs; `None`
+    /// where there is none to take) and reads `v` again under it: until
+    /// then another host may have written it. `info` is what the caller
+    /// read before (so that a missing volume is 201, not a lease that
+    /// cannot be found).
+    fn under_lease(
+        &self,
+        v: VolRef,
+        held: &Held,
+        take: bool,
+        info: VolumeInfo,
+        op: &'static str,
+    ) -> StorageResult<(Option<HeldVolumeLease>, VolumeInfo)> {
+        if !take {
+            return Ok((None, info));
+        }
+        match self.take_volume_lease(v, op)? {
+            Some(lease) => Ok((Some(lease), self.volume_info_unlocked(v, held)?)),
+            None => Ok((None, info)),
         }
     }
 

@@ -512,6 +512,7 @@ impl Storage {
         domain.format(&self.config.repository)?;
         self.state().domains.remove(&sd);
         self.pools.forget_domain(sd);
+        self.lease_domains.forget(sd);
         tracing::info!(sd = %sd, "storage domain formatted");
         Ok(())
     }

@@ -44,6 +44,7 @@ mod ovf;
 mod pools;
 mod san;
 mod spm;
+mod volume_leases;
 mod volumes;
 
 pub use copy::{Control, CopyOutcome, VolRef};
@@ -117,6 +118,8 @@ pub struct Storage {
     watch: Watch,
     /// Where storage events go (events.rs).
     events: Events,
+    /// Which domains have volume leases (volume_leases.rs).
+    lease_domains: volume_leases::LeaseDomains,
 }
 
 /// Longest one LVM command may take. LVM scans every filtered device;
@@ -158,6 +161,7 @@ impl Storage {
                 w
             },
             events: Events::none(),
+            lease_domains: Default::default(),
             config,
         }
     }

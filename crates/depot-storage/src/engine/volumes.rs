@@ -73,9 +73,13 @@ impl Storage {
             crate::backup::check_volume_kind(&domain, req.disk_type, "create volume")?;
         }
         let held = self.lock_image(sd, img, true)?;
-        let md = self.with_volumes(&domain, "create volume", &held, move |v| {
+        // A domain with a lockspace gets the volume's lease formatted
+        // (found once per domain: volume_leases.rs).
+        let leases = self.volume_leases(&domain, Code::VolumeCreationError)?;
+        let md = domain.volumes_with_leases(self.volume_tools(), leases, move |v| {
             v.create(img, vol, &req)
         })?;
+        drop(held);
         Ok(md)
     }
 

@@ -36,7 +36,9 @@
 //!    parent's FORMAT, as VDSM's `clone`); a COW base that is preallocated
 //!    gets its data area allocated after the qcow2 metadata, as VDSM does;
 //!    then the data is fsynced;
-//! 5. creates `<vol>.lease`, empty, 0660;
+//! 5. creates `<vol>.lease`, empty, 0660, and on a domain with a
+//!    lockspace has sanlock format the volume's lease in it
+//!    (crate::lockspace::VolumeLeases);
 //! 6. turns the parent's VOLTYPE from LEAF to INTERNAL;
 //! 7. rewrites the metadata with `LEGALITY=LEGAL` (unless asked for an
 //!    ILLEGAL volume);
@@ -71,6 +73,7 @@ use depot_os::{ImageFormat, Preallocation, QemuImg};
 
 use crate::error::{BoxError, StorageError, StorageResult};
 use crate::layout::{DomainPaths, CREATING_SUFFIX, META_SUFFIX};
+use crate::lockspace::VolumeLeases;
 use crate::metadata::volume::keys;
 use crate::metadata::VolumeMetadata;
 use crate::mount_fs::{Look, MountFs, Seen};
@@ -122,6 +125,9 @@ pub struct FileVolumes<'a> {
     pub qemu: &'a QemuImg,
     /// Limit of each qemu-img run.
     pub timeout: Duration,
+    /// How a new volume's lease is formatted; `None`: the domain has no
+    /// volume leases and `<vol>.lease` stays empty.
+    pub leases: Option<VolumeLeases<'a>>,
 }
 
 impl<'a> FileVolumes<'a> {
@@ -138,7 +144,14 @@ impl<'a> FileVolumes<'a> {
             sd,
             qemu,
             timeout,
+            leases: None,
         }
+    }
+
+    /// New volumes get their lease formatted through `leases`.
+    pub fn with_leases(mut self, leases: Option<VolumeLeases<'a>>) -> Self {
+        self.leases = leases;
+        self
     }
 
     /// Steps 3 to 8 of the creation (module docs).
@@ -240,6 +253,12 @@ impl<'a> FileVolumes<'a> {
 
         let lease = self.paths.volume_lease(img, vol);
         create_lease(fs, &lease).map_err(|e| failed(&lease, e))?;
+        // The sanlock resource in it: the daemon (or a child) opens the
+        // file just made exclusive, and writes the lease at 0 with
+        // O_DIRECT, growing it to one alignment.
+        if let Some(leases) = &self.leases {
+            leases.format(self.sd, vol, depot_os::sanlock::Area::new(lease, 0))?;
+        }
 
         if parent.is_some_and(|p| p.vol_type == VolType::Leaf) {
             update_meta(

@@ -722,12 +722,26 @@ fn check_volume_files(dom: &Path, img: &str, vol: &str) -> BTreeMap<String, Stri
         assert!(p.is_file(), "{} missing", p.display());
         assert_eq!(mode(&p), 0o660, "mode of {}", p.display());
     }
-    assert_eq!(
-        std::fs::metadata(dir.join(format!("{vol}.lease")))
-            .unwrap()
-            .len(),
-        0
-    );
+    // With the sanlock program (CI installs it) the domain has a
+    // lockspace, and the lease file holds the volume's sanlock resource,
+    // one alignment long; else it stays empty (docs/formats.md).
+    let lease = dir.join(format!("{vol}.lease"));
+    let lease_size = std::fs::metadata(&lease).unwrap().len();
+    if depot_os::sanlock::program_found(Path::new("sanlock")) {
+        let dmd = domain_md(dom);
+        assert_eq!(lease_size, dmd["ALIGNMENT"].parse::<u64>().unwrap());
+        let leader = depot_os::sanlock::direct_read_leader(
+            &depot_os::sanlock::DirectConfig::default(),
+            &dmd["SDUUID"],
+            vol,
+            true,
+            &depot_os::sanlock::Area::new(&lease, 0),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", lease.display()));
+        assert_eq!(leader["resource_name"], vol, "{leader:?}");
+    } else {
+        assert_eq!(lease_size, 0);
+    }
     assert!(!exists(&dir.join(format!("{vol}.creating"))), "marker left");
     let md = volume_md(&dir.join(format!("{vol}.meta")));
     assert_eq!(md["IMAGE"], img);

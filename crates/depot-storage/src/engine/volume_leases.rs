@@ -1,0 +1,254 @@
+//! Volume leases (docs/storage.md, "Volume leases"): which domains have
+//! them, the formatting of a new volume's lease, and the lease a job
+//! holds on the volume it writes (`SDM.copy_data`, `SDM.update_volume`).
+//!
+//! A domain has volume leases when sanlock is enabled and the domain was
+//! formatted with a lockspace (its `SDM` lease is there: VDSM's
+//! `hasVolumeLeases()` of a sanlock domain). That never changes for a
+//! domain, so it is found once per domain (one `sanlock direct
+//! read_leader` in a child, with its metadata read for the sector size
+//! and alignment) and kept until the domain is formatted.
+//!
+//! A job takes its destination's lease through depotd's registration
+//! with the sanlock daemon (as the SPM's lease is taken, spm.rs), for the
+//! job's life: the guard releases it when the job ends however it ends,
+//! and sanlock releases it when depotd dies. The lease needs this host's
+//! id in the domain's lockspace, which depot acquires for the domains
+//! active in a connected pool (the monitor): on a domain used outside a
+//! connected pool (depot's single-host use, which VDSM has not) there is
+//! no host id to take it with, and the job goes on without it, logged.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use depot_api::storage::SdUuid;
+use depot_api::Code;
+use depot_os::sanlock::{
+    direct_read_leader, Area, Geometry, Refusal, Resource, Sanlock, SanlockError,
+};
+
+use super::{Storage, VolRef};
+use crate::domain::Domain;
+use crate::lockspace::{volume_lease, SanlockConfig, VolumeLeases, SDM_LEASE, SDM_SLOT};
+use crate::mount_fs::MountFs;
+use crate::{StorageError, StorageResult};
+
+/// sanlock_rv.h's `SANLK_LEADER_MAGIC`: no leader record where one was
+/// looked for (zeros, a hole).
+const SANLK_LEADER_MAGIC: i32 = -223;
+
+/// Per domain: its lease geometry when it has volume leases, `None` when
+/// it has none (found once: module docs).
+#[derive(Default)]
+pub(crate) struct LeaseDomains(Mutex<HashMap<SdUuid, Option<Geometry>>>);
+
+impl LeaseDomains {
+    fn get(&self, sd: SdUuid) -> Option<Option<Geometry>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&sd)
+            .copied()
+    }
+
+    fn set(&self, sd: SdUuid, geometry: Option<Geometry>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(sd, geometry);
+    }
+
+    /// Forgets `sd` (formatted: a new domain may take its id).
+    pub(crate) fn forget(&self, sd: SdUuid) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&sd);
+    }
+}
+
+/// A volume lease this process holds: released on drop (the job ended,
+/// failed or was aborted).
+pub(crate) struct HeldVolumeLease {
+    client: Sanlock,
+    res: Resource,
+}
+
+impl Drop for HeldVolumeLease {
+    fn drop(&mut self) {
+        match self.client.release(&self.res) {
+            Ok(()) => {
+                tracing::info!(sd = %self.res.lockspace, vol = %self.res.name, "volume lease released")
+            }
+            // sanlock releases it when depotd exits; until then the
+            // volume cannot be written by another host.
+            Err(e) => tracing::error!(sd = %self.res.lockspace, vol = %self.res.name, error = %e,
+                "cannot release the volume lease"),
+        }
+    }
+}
+
+impl Storage {
+    /// How new volumes' leases are formatted on `domain`: `None` when it
+    /// has no volume leases. `code` is the error of a domain whose
+    /// lockspace cannot be looked at.
+    pub(super) fn volume_leases(
+        &self,
+        domain: &Domain,
+        code: Code,
+    ) -> StorageResult<Option<VolumeLeases<'_>>> {
+        let Some(sanlock) = &self.config.sanlock else {
+            return Ok(None);
+        };
+        Ok(self
+            .lease_geometry(domain, sanlock, code)?
+            .map(|geometry| VolumeLeases { sanlock, geometry }))
+    }
+
+    /// The domain's lease geometry if it has a lockspace (found once).
+    fn lease_geometry(
+        &self,
+        domain: &Domain,
+        sanlock: &SanlockConfig,
+        code: Code,
+    ) -> StorageResult<Option<Geometry>> {
+        const OP: &str = "look for the domain's lockspace";
+        let sd = domain.sd();
+        if let Some(known) = self.lease_domains.get(sd) {
+            return Ok(known);
+        }
+        let md = self.read_md(domain)?;
+        let err =
+            |e: SanlockError| StorageError::new(code, OP, format!("domain {sd}: {e}")).caused_by(e);
+        let area = Area::new(
+            domain.paths().dom_md().join("leases"),
+            SDM_SLOT * md.alignment,
+        );
+        let name = sd.to_string();
+        let found = match &sanlock.direct {
+            Some(direct) => direct_read_leader(direct, &name, SDM_LEASE, true, &area).map(drop),
+            None => sanlock
+                .client
+                .read_lease(&Resource::new(name, SDM_LEASE, area))
+                .map(drop),
+        };
+        let has = match found {
+            Ok(()) => true,
+            // A domain made without sanlock: `leases` is empty (sanlock
+            // reads short: EMSGSIZE) or zeros (no magic).
+            Err(SanlockError::Call { rv, .. })
+                if rv == SANLK_LEADER_MAGIC || rv == -libc::EMSGSIZE =>
+            {
+                false
+            }
+            Err(e) => return Err(err(e)),
+        };
+        let known = if has {
+            Some(Geometry::new(md.block_size, md.alignment).map_err(err)?)
+        } else {
+            None
+        };
+        tracing::info!(%sd, volume_leases = has, "domain lockspace looked for");
+        self.lease_domains.set(sd, known);
+        Ok(known)
+    }
+
+    /// Takes the lease of volume `v` for a job that writes it (`op`),
+    /// exclusively, through depotd's registration with sanlock; released
+    /// when the guard drops. `None` (logged) when sanlock is disabled, the
+    /// domain has no volume leases, or it is not active in a pool
+    /// connected on this host. 651 when the lease cannot be taken:
+    /// another host or process holds it, this host's id in the lockspace
+    /// is not acquired yet, the daemon does not answer. The caller holds
+    /// the image lock; nothing is changed here.
+    pub(super) fn take_volume_lease(
+        &self,
+        v: VolRef,
+        op: &'static str,
+    ) -> StorageResult<Option<HeldVolumeLease>> {
+        let Some(sanlock) = &self.config.sanlock else {
+            tracing::debug!(sd = %v.sd, vol = %v.vol, "sanlock disabled: no volume lease");
+            return Ok(None);
+        };
+        if !self.pools.is_active(v.sd) {
+            tracing::warn!(sd = %v.sd, vol = %v.vol, op,
+                "the domain is not active in a connected pool (no host id in its lockspace): \
+                 writing without the volume lease");
+            return Ok(None);
+        }
+        let domain = self.locate(v.sd)?;
+        let Some(geometry) = self.lease_geometry(&domain, sanlock, Code::AcquireLockFailure)?
+        else {
+            tracing::debug!(sd = %v.sd, vol = %v.vol, "the domain has no lockspace: no volume lease");
+            return Ok(None);
+        };
+        let area = domain.volume_lease_area(self.volume_tools(), v.img, v.vol, geometry.align())?;
+        if let Domain::File(d) = &domain {
+            check_lease_file(&d.fs, &area, v, op)?;
+        }
+        let res = volume_lease(v.sd, v.vol, area);
+        let lver = match sanlock.client.acquire(&res, None) {
+            Ok(lver) => lver,
+            // A volume made before depot wrote volume leases has an empty
+            // `.lease` (or a block slot never formatted): there is no lease
+            // for any host to hold, and the job goes on as it did then.
+            Err(e) if no_leader(&e) => {
+                tracing::warn!(sd = %v.sd, vol = %v.vol, op, error = %e,
+                    "the volume has no lease (made before volume leases): writing without it");
+                return Ok(None);
+            }
+            Err(e) => return Err(acquire_failed(v, op, e)),
+        };
+        tracing::info!(sd = %v.sd, vol = %v.vol, lver, op, "volume lease acquired");
+        Ok(Some(HeldVolumeLease {
+            client: sanlock.client.clone(),
+            res,
+        }))
+    }
+}
+
+/// Whether sanlock found no lease at all where it looked: no leader
+/// record (zeros), or an area past the end of the file (an empty
+/// `.lease`: sanlock reads short).
+fn no_leader(e: &SanlockError) -> bool {
+    matches!(e, SanlockError::Call { rv, .. } if *rv == SANLK_LEADER_MAGIC || *rv == -libc::EMSGSIZE)
+}
+
+/// 651 for a volume lease that could not be taken, saying why.
+fn acquire_failed(v: VolRef, op: &'static str, e: SanlockError) -> StorageError {
+    let why = match e.refusal() {
+        Some(Refusal::Held) => "another host holds it",
+        Some(Refusal::Lver) => "its version changed",
+        // Held by another process of this host: sanlock says EEXIST.
+        None if e.errno() == Some(libc::EEXIST) => "another process holds it",
+        None => "sanlock failed",
+    };
+    StorageError::new(
+        Code::AcquireLockFailure,
+        op,
+        format!("lease of volume {} on {}: {why}: {e}", v.vol, v.sd),
+    )
+    .caused_by(e)
+}
+
+/// A file volume's lease must be a regular file beneath the mount, reached
+/// without a symlink (the helper's walk): the daemon, root, opens the
+/// path it is given and writes paxos ballots there. 651 otherwise.
+fn check_lease_file(fs: &MountFs, area: &Area, v: VolRef, op: &'static str) -> StorageResult<()> {
+    let refused = |why: String| {
+        StorageError::new(
+            Code::AcquireLockFailure,
+            op,
+            format!("lease of volume {} on {}: {why}", v.vol, v.sd),
+        )
+    };
+    match fs.lstat(&area.path) {
+        Ok(st) if st.kind == depot_os::fsproc::FileKind::File => Ok(()),
+        Ok(st) => Err(refused(format!(
+            "{} is {:?}, not a regular file",
+            area.path.display(),
+            st.kind
+        ))),
+        Err(e) => Err(refused(format!("{}: {e}", area.path.display())).caused_by(e)),
+    }
+}
