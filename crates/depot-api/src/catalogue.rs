@@ -9,14 +9,14 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, Code};
 use crate::results::{
     BlockDeviceInfo, ConnectionStatus, DomainInfo, DomainStats, Done, FenceNodeResult, FileStat,
-    HostLiveness, HostStats, OvfEntities, OvfEntityText, OvfStore, PoolInfo, PreparedImage,
-    RepoStats, SpmStatus, TaskId, TaskInfo, TaskStatus, VolumeGroupInfo, VolumeInfo, VolumeSize,
-    WireResult,
+    HostLiveness, HostStats, LeaseInfo, LeaseStatus, OvfEntities, OvfEntityText, OvfStore,
+    PoolInfo, PreparedImage, RepoStats, SpmStatus, TaskId, TaskInfo, TaskStatus, VolumeGroupInfo,
+    VolumeInfo, VolumeSize, WireResult,
 };
 use crate::storage::{
     AllocType, ByteSize, ConnectionList, CopyEndpoint, DiskType, DomainClass, DomainType,
-    FencePort, FencingPolicy, ImgUuid, Legality, MoveOperation, Password, Port, SdUuid, SpUuid,
-    VolUuid, VolumeAttributes, VolumeFormat, VolumeRef,
+    FencePort, FencingPolicy, ImgUuid, Lease, Legality, MoveOperation, Password, Port, SdUuid,
+    SpUuid, VolUuid, VolumeAttributes, VolumeFormat, VolumeRef,
 };
 use crate::types::{Capabilities, JobInfo};
 use crate::types::{JobId, JobType, Uuid};
@@ -68,6 +68,7 @@ wire_type! {
     Password => "string (a secret: never logged or returned)",
     Port => "TCP port 1-65535 (number or decimal string)",
     FencePort => "the agent's port or plug (number, string, or \"\" for none)",
+    Lease => "Lease: {sd_id, lease_id} (UUIDs)",
     FencingPolicy => "FencingPolicy: {storageDomainHostIdMap?: {sdUUID: hostId}, skipFencingIfGlusterBricksUp?, skipFencingIfGlusterQuorumNotMet?, glusterServerUuid?}",
 }
 
@@ -558,6 +559,57 @@ verbs! {
         /// The domain.
         storagedomainID: SdUuid,
     } -> (Vec<HostLiveness>, "each host sanlock has seen in the lockspace, by host id");
+
+    /// Creates a VM or external lease in the domain's `xleases` volume: a
+    /// sanlock resource named by the lease id, and its record in the
+    /// index. Idempotent (an existing lease is reused, as VDSM's task
+    /// does). Needs sanlock (2009 without); 9031 for a domain without a
+    /// valid xleases index, 9032 when every slot is taken.
+    "Lease.create" => LeaseCreate {
+        /// The lease.
+        lease: Lease,
+        /// Job metadata kept in the lease (VDSM's LeaseMetadata): not
+        /// supported yet, 2009 when given.
+        metadata: Option<Map<String, Value>>,
+    } -> (TaskId, "depot completes the work before answering");
+
+    /// Deletes a lease: clears its sanlock resource and frees its record.
+    /// Idempotent (a missing lease is not an error, as in VDSM's task).
+    "Lease.delete" => LeaseDelete {
+        /// The lease.
+        lease: Lease,
+    } -> (TaskId, "depot completes the work before answering");
+
+    /// Where a lease is: its domain, id, volume path and offset (936 when
+    /// the index has no such lease).
+    "Lease.info" => LeaseLookup {
+        /// The lease.
+        lease: Lease,
+    } -> (LeaseInfo);
+
+    /// Who holds a lease and its version, as sanlock reads them from
+    /// storage.
+    "Lease.status" => LeaseGetStatus {
+        /// The lease.
+        lease: Lease,
+    } -> (LeaseStatus, "no `metadata`: lease metadata is not supported yet");
+
+    /// Rebuilds the domain's xleases index from the sanlock resources on
+    /// its volume (repairs an index left half-written or lost).
+    "Lease.rebuild_leases" => LeaseRebuildLeases {
+        /// The domain.
+        sd_id: SdUuid,
+    } -> (TaskId, "depot completes the work before answering");
+
+    /// Fences a job's lease by its metadata (VDSM 4.4.6). Not supported:
+    /// 2009 whatever the lease (the metadata lives in sanlock's lease
+    /// value block, which depot does not use yet).
+    "Lease.fence" => LeaseFence {
+        /// The lease.
+        lease: Lease,
+        /// The job metadata expected on the lease (VDSM's LeaseMetadata).
+        metadata: Map<String, Value>,
+    } -> (Done);
 
     /// Makes this host the pool's SPM: takes the SPM's sanlock lease
     /// (`SDM` in the master domain's `leases`) as a task. Poll

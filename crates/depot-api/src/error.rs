@@ -220,11 +220,18 @@ codes! {
     MetadataCleared = 757, "Metadata was cleared, volume is partly deleted";
     ResourceTimeout = 851, "Resource timeout";
     GenerationMismatch = 911, "The provided generation does not match the actual generation";
+    /// `Lease.info`, `Lease.status`: no lease of that id in the domain's
+    /// `xleases` index (VDSM's `NoSuchLease`).
+    NoSuchLease = 936, "No such lease";
     InvalidParameterException = 1000, "Invalid parameter";
     MiscFileReadException = 2001, "Internal file read failure";
     MiscFileWriteException = 2002, "Internal file write failure";
     /// `spmStart` while another `spmStart` of the pool is under way.
     MiscOperationInProgress = 2005, "Operation is already in progress";
+    /// A verb or parameter depot accepts from VDSM's schema but does not
+    /// do (VDSM's `UnsupportedOperation`): `Lease.fence`, lease metadata,
+    /// `Lease.*` without sanlock.
+    UnsupportedOperation = 2009, "Operation is not supported";
 
     // depot's own errors.
     /// The daemon stopped (crash or restart) while the job was running, and
@@ -273,6 +280,14 @@ codes! {
     /// the domain's lockspace (sanlock tells liveness only to a member),
     /// or without sanlock.
     HostIdNotHeld = 9021, "This host holds no host id in the domain's lockspace";
+    /// `Lease.*` on a domain whose `xleases` index is missing (a domain
+    /// made without sanlock), not VDSM's format, or left half-rewritten
+    /// (`Lease.rebuild_leases` repairs the last). VDSM raises its
+    /// `InvalidIndex` errors, which have no code of their own.
+    XleasesIndexInvalid = 9031, "The domain's xleases index is missing or invalid";
+    /// `Lease.create` with every lease slot of the domain's `xleases`
+    /// volume taken (VDSM's `NoSpace`, which has no code of its own).
+    XleasesFull = 9032, "No free lease slot in the domain's xleases volume";
 }
 
 impl fmt::Display for Code {

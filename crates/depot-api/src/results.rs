@@ -422,6 +422,30 @@ object! {
 }
 
 object! {
+    /// VDSM's LeaseInfo (`Lease.info`): where the lease is, for acquiring
+    /// it with sanlock (lockspace `sd_id`, resource `lease_id`).
+    LeaseInfo {
+        sd_id: String,
+        lease_id: String,
+        /// The domain's `xleases` file or LV.
+        path: String,
+        /// Byte offset of the lease in `path`.
+        offset: u64,
+    }
+}
+
+object! {
+    /// VDSM's ExternalLeaseStatus (`Lease.status`), without `metadata`
+    /// (not supported yet).
+    LeaseStatus {
+        /// Host ids holding the lease (empty: free).
+        owners: Vec<u64>,
+        /// The lease's version (sanlock's lver).
+        version: u64,
+    }
+}
+
+object! {
     /// VDSM's FenceNodeResult: `power` for `status` (on, off, unknown),
     /// `operationStatus` `initiated` for an action that ran, `skipped` when
     /// the policy found the host alive on storage.

@@ -28,6 +28,7 @@ pub mod mount_fs;
 pub mod ovf;
 pub mod volume_data;
 pub mod volume_store;
+pub mod xlease;
 
 pub use domain_spec::CreateDomain;
 pub use engine::{Control, CopyOutcome, VolRef};
