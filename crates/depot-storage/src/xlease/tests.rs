@@ -22,6 +22,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(512, MIB)
+}
+
+fn fixture_with(block_size: u32, alignment: u64) -> Fixture {
     depot_testkit::require_root();
     depot_testkit::require_program("sanlock");
     // Not /dev/shm: O_DIRECT needs a real file system.
@@ -30,7 +34,7 @@ fn fixture() -> Fixture {
     std::fs::write(&path, b"").unwrap();
     let fs = MountFs::in_process(dir.path(), Duration::from_secs(30));
     let sd: SdUuid = "5c1b1f0e-7a8d-4c1e-9b0a-3f2e1d0c9b8a".parse().unwrap();
-    let vol = Xleases::file(fs, path, sd, 512, MIB);
+    let vol = Xleases::file(fs, path, sd, block_size, alignment);
     Fixture {
         _dir: dir,
         vol,
@@ -196,4 +200,40 @@ fn a_full_index_refuses_a_new_lease_and_changes_nothing() {
         offset_of(vol, "00000007-0000-4000-8000-000000000000"),
         Some(index::lease_offset(7, MIB))
     );
+}
+
+#[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+fn leases_with_4k_sectors_and_2m_alignment() {
+    // 4 KiB blocks: the metadata shares the first block with records 0-55,
+    // so a record's write carries the metadata block along unchanged.
+    let align = 2 * MIB;
+    let f = fixture_with(4096, align);
+    let vol = &f.vol;
+    vol.format().unwrap();
+    assert_eq!(
+        std::fs::metadata(vol.path()).unwrap().len(),
+        align + INDEX_SIZE as u64
+    );
+    let (_, a) = vol.create(&f.direct, A).unwrap();
+    assert_eq!(a.offset, 3 * align);
+    let (_, b) = vol.create(&f.direct, B).unwrap();
+    assert_eq!(b.offset, 4 * align);
+    let leader = depot_os::sanlock::direct_read_leader(
+        &f.direct,
+        &vol.sd.to_string(),
+        B,
+        true,
+        &Area::new(vol.path(), b.offset),
+    )
+    .unwrap();
+    assert_eq!(leader["sector_size"], "4096", "{leader:?}");
+    assert_eq!(leader["resource_name"], B, "{leader:?}");
+    assert!(vol.delete(&f.direct, A).unwrap());
+    vol.format().unwrap();
+    assert_eq!(vol.rebuild(&f.direct).unwrap(), 1);
+    assert_eq!(offset_of(vol, A), None);
+    assert_eq!(offset_of(vol, B), Some(4 * align));
+    // The metadata block is intact after record writes in its block.
+    assert!(vol.lookup(B).is_ok());
 }
