@@ -568,8 +568,10 @@ verbs! {
     "Lease.create" => LeaseCreate {
         /// The lease.
         lease: Lease,
-        /// Job metadata kept in the lease (VDSM's LeaseMetadata): not
-        /// supported yet, 2009 when given.
+        /// A job's metadata to keep in the new lease's value block (VDSM's
+        /// JobMetadata: {type: JOB, job_id, job_status, generation}); the
+        /// lease is acquired for it, so this host's id must be in the
+        /// domain's lockspace (651 otherwise).
         metadata: Option<Map<String, Value>>,
     } -> (TaskId, "depot completes the work before answering");
 
@@ -588,11 +590,11 @@ verbs! {
     } -> (LeaseInfo);
 
     /// Who holds a lease and its version, as sanlock reads them from
-    /// storage.
+    /// storage, and the job metadata in it when it is free.
     "Lease.status" => LeaseGetStatus {
         /// The lease.
         lease: Lease,
-    } -> (LeaseStatus, "no `metadata`: lease metadata is not supported yet");
+    } -> (LeaseStatus, "`metadata` when the lease is free and this host could acquire it (its host id in the lockspace)");
 
     /// Rebuilds the domain's xleases index from the sanlock resources on
     /// its volume (repairs an index left half-written or lost).
@@ -601,13 +603,15 @@ verbs! {
         sd_id: SdUuid,
     } -> (TaskId, "depot completes the work before answering");
 
-    /// Fences a job's lease by its metadata (VDSM 4.4.6). Not supported:
-    /// 2009 whatever the lease (the metadata lives in sanlock's lease
-    /// value block, which depot does not use yet).
+    /// Fences a job's lease (VDSM 4.4.6): with the lease acquired (651
+    /// while the job runs), checks that its metadata is the one given
+    /// (2009 for another type or job id, 912 for another status, 911 for
+    /// another generation) and writes it back FENCED with the next
+    /// generation.
     "Lease.fence" => LeaseFence {
         /// The lease.
         lease: Lease,
-        /// The job metadata expected on the lease (VDSM's LeaseMetadata).
+        /// The job metadata expected on the lease (VDSM's JobMetadata).
         metadata: Map<String, Value>,
     } -> (Done);
 

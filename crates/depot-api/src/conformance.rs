@@ -756,11 +756,11 @@ pub const DIFFERENCES: &[Difference] = &[
         Item::SanlockTier("storage_xleases"),
         XLEASES_NEED_SANLOCK,
     ),
-    d(
+    vm(
         "Lease.fence",
-        Item::Unsupported,
-        "fencing a job's lease reads and writes the job's metadata in sanlock's lease \
-         value block, which depot does not use yet",
+        "storage_xleases",
+        Item::SanlockTier("storage_xleases"),
+        XLEASES_NEED_SANLOCK,
     ),
     vm(
         "Lease.status",

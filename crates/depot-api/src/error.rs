@@ -209,8 +209,13 @@ codes! {
     /// VDSM passes it on and reports sanlock's EINVAL with this code).
     AcquireHostIdFailure = 661, "Cannot acquire host id";
     /// The lockspace (`dom_md/ids`) or the SDM lease (`dom_md/leases`) of a
-    /// new domain could not be formatted.
+    /// new domain could not be formatted; a lease of `xleases` could not be
+    /// written, cleared or read by `sanlock direct`.
     ClusterLockInitError = 701, "Could not initialize cluster lock";
+    /// A lease's value block (a job's metadata: `Lease.create` with
+    /// metadata, `Lease.status`, `Lease.fence`) could not be read, written
+    /// or parsed.
+    SanlockLVBError = 703, "LVB operation failed";
     MetaDataGeneralError = 749, "General Meta data error";
     MetaDataKeyError = 750, "Meta data key error";
     /// VDSM raises `MetaDataSealIsBroken` (a subclass of 749) with 752.
@@ -220,6 +225,8 @@ codes! {
     MetadataCleared = 757, "Metadata was cleared, volume is partly deleted";
     ResourceTimeout = 851, "Resource timeout";
     GenerationMismatch = 911, "The provided generation does not match the actual generation";
+    /// `Lease.fence`: the job status on the lease is not the one given.
+    JobStatusMismatch = 912, "The provided job status does not match the expected job status";
     /// `Lease.info`, `Lease.status`: no lease of that id in the domain's
     /// `xleases` index (VDSM's `NoSuchLease`).
     NoSuchLease = 936, "No such lease";
@@ -228,9 +235,8 @@ codes! {
     MiscFileWriteException = 2002, "Internal file write failure";
     /// `spmStart` while another `spmStart` of the pool is under way.
     MiscOperationInProgress = 2005, "Operation is already in progress";
-    /// A verb or parameter depot accepts from VDSM's schema but does not
-    /// do (VDSM's `UnsupportedOperation`): `Lease.fence`, lease metadata,
-    /// `Lease.*` without sanlock.
+    /// VDSM's `UnsupportedOperation`: `Lease.*` without sanlock;
+    /// `Lease.fence` of a lease whose job type or id is not the one given.
     UnsupportedOperation = 2009, "Operation is not supported";
 
     // depot's own errors.

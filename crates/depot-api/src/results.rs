@@ -435,13 +435,34 @@ object! {
 }
 
 object! {
-    /// VDSM's ExternalLeaseStatus (`Lease.status`), without `metadata`
-    /// (not supported yet).
+    /// VDSM's JobMetadata, kept in a lease's value block.
+    JobMetadata {
+        /// `JOB`.
+        r#type: String,
+        job_id: String,
+        /// PENDING, FAILED, SUCCEEDED or FENCED.
+        job_status: String,
+        generation: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        created: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        modified: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        host_hardware_id: Option<String>,
+    }
+}
+
+object! {
+    /// VDSM's ExternalLeaseStatus (`Lease.status`).
     LeaseStatus {
         /// Host ids holding the lease (empty: free).
         owners: Vec<u64>,
         /// The lease's version (sanlock's lver).
         version: u64,
+        /// The job metadata in the lease, when it is free and this host
+        /// could read it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        metadata: Option<JobMetadata>,
     }
 }
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use depot_api::catalogue::returns;
 use depot_api::results::{
     BlockDeviceInfo, ConnectionStatus, DomainHostStats, DomainInfo, DomainStats, Done, FileStat,
-    HostLiveness, HostStats, LeaseInfo, LeaseStatus, OvfEntities, OvfEntitySummary, OvfEntityText,
-    OvfEntryError, OvfImageRef, OvfStore, PathInfo, PathStatus, PoolDetails, PoolDomainInfo,
-    PoolInfo, PreparedImage, PreparedPath, PreparedVolume, PvInfo, RepoStats, SpmStatus, VgAttr,
-    VolumeGroupInfo, VolumeInfo, VolumeSize,
+    HostLiveness, HostStats, JobMetadata, LeaseInfo, LeaseStatus, OvfEntities, OvfEntitySummary,
+    OvfEntityText, OvfEntryError, OvfImageRef, OvfStore, PathInfo, PathStatus, PoolDetails,
+    PoolDomainInfo, PoolInfo, PreparedImage, PreparedPath, PreparedVolume, PvInfo, RepoStats,
+    SpmStatus, VgAttr, VolumeGroupInfo, VolumeInfo, VolumeSize,
 };
 use depot_api::storage::{ConnectionDict, ConnectionList, DomainType, ImgUuid, SdUuid, SpUuid};
 use depot_api::types::Uuid;
@@ -1124,9 +1124,9 @@ pub async fn delete_image(storage: &Arc<Storage>, p: params::ImageDelete) -> Res
 
 pub async fn create_lease(storage: &Arc<Storage>, p: params::LeaseCreate) -> Result<(), ApiError> {
     let (sd, lease) = (p.lease.sd_id, p.lease.lease_id);
-    let with_metadata = p.metadata.is_some();
+    let metadata = p.metadata;
     blocking(storage, move |s| {
-        s.lease_create(sd, lease, with_metadata).map(drop)
+        s.lease_create(sd, lease, metadata).map(drop)
     })
     .await
 }
@@ -1167,6 +1167,7 @@ pub async fn lease_status(
     Ok(LeaseStatus {
         owners: st.owners,
         version: st.version,
+        metadata: st.metadata.and_then(|md| job_metadata(&md)),
     })
 }
 
@@ -1174,8 +1175,30 @@ pub async fn fence_lease(
     storage: &Arc<Storage>,
     p: params::LeaseFence,
 ) -> Result<returns::LeaseFence, ApiError> {
-    let (sd, lease) = (p.lease.sd_id, p.lease.lease_id);
-    done(storage, move |s| s.lease_fence(sd, lease)).await
+    let (sd, lease, metadata) = (p.lease.sd_id, p.lease.lease_id, p.metadata);
+    done(storage, move |s| s.lease_fence(sd, lease, metadata)).await
+}
+
+/// A lease's job metadata as VDSM's JobMetadata; `None` (logged) when
+/// what the value block holds is not one (never written: `{}`).
+fn job_metadata(md: &Map<String, Value>) -> Option<JobMetadata> {
+    let text = |k: &str| md.get(k).and_then(Value::as_str).map(str::to_owned);
+    let number = |k: &str| md.get(k).and_then(Value::as_u64);
+    let parsed = (|| {
+        Some(JobMetadata {
+            r#type: text("type")?,
+            job_id: text("job_id")?,
+            job_status: text("job_status")?,
+            generation: number("generation")?,
+            created: number("created"),
+            modified: number("modified"),
+            host_hardware_id: text("host_hardware_id"),
+        })
+    })();
+    if parsed.is_none() && !md.is_empty() {
+        tracing::warn!(?md, "a lease's metadata is not a JobMetadata: not reported");
+    }
+    parsed
 }
 
 #[cfg(test)]

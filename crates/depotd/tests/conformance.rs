@@ -681,13 +681,14 @@ async fn results_match_vdsms_types() {
     // A domain made without sanlock has no index.
     call_err(&c, "Lease.info", json!({"lease": lease}), 9031).await;
     let job = json!({"type": "JOB", "job_id": new_id(), "job_status": "PENDING", "generation": 0});
-    call_err(
+    let e = call_err(
         &c,
         "Lease.fence",
         json!({"lease": lease, "metadata": job}),
         2009,
     )
     .await;
+    assert!(e.contains("sanlock"), "{e}");
 
     // ---- the pool down, domains formatted, disconnected ----
     call(&c, &ck, "StorageDomain.deactivate", dom_op(&sd2)).await;

@@ -1,8 +1,9 @@
 //! VM and external leases (issue 16, `Lease.*` on the `xleases` volume)
 //! with the real sanlock daemon (depot_testkit::sanlock): a new LOCALFS
 //! domain's index in VDSM's format, a lease that is a sanlock resource
-//! another process can acquire (and `Lease.status` then sees held), delete,
-//! a lost index rebuilt from the resources, and the bad inputs. The results
+//! another process can acquire (and `Lease.status` then sees held), a job's
+//! metadata in a lease's value block and its fencing, delete, a lost index
+//! rebuilt from the resources, and the bad inputs. The results
 //! go through VDSM's schema (vdsm_schema::Checker), as the unprivileged
 //! conformance test cannot make leases (its daemon runs without sanlock).
 
@@ -166,6 +167,63 @@ async fn leases_are_sanlock_resources_in_the_xleases_volume() {
     client.release(&res).expect("release the lease");
     let st = call_ok(c, "Lease.status", lease(&p.sd, &a)).await;
     assert_eq!(st["owners"], json!([]), "{st}");
+    // Free and readable by this host: its value block, never written.
+    assert_eq!(st.get("metadata"), None, "{st}");
+
+    // A job's lease: its metadata in the value block, then fenced.
+    let job = new_id();
+    let job_lease = new_id();
+    let md = |status: &str, generation: u64| json!({"type": "JOB", "job_id": job, "job_status": status, "generation": generation});
+    let with_md =
+        |id: &str, m: Value| json!({"lease": {"sd_id": p.sd, "lease_id": id}, "metadata": m});
+    let task = call_ok(c, "Lease.create", with_md(&job_lease, md("PENDING", 7))).await;
+    task_succeeded(c, &task).await;
+    let st = call_ok(c, "Lease.status", lease(&p.sd, &job_lease)).await;
+    conform.check("Lease.status", &st);
+    let got = &st["metadata"];
+    assert_eq!(
+        (
+            &got["type"],
+            &got["job_id"],
+            &got["job_status"],
+            &got["generation"]
+        ),
+        (&json!("JOB"), &json!(job), &json!("PENDING"), &json!(7)),
+        "{st}"
+    );
+    assert!(got["created"].as_u64().unwrap() > 0, "{st}");
+    // What does not match is refused, and changes nothing.
+    let fence = |m: Value| with_md(&job_lease, m);
+    call_err(c, "Lease.fence", fence(md("SUCCEEDED", 7)), 912).await;
+    call_err(c, "Lease.fence", fence(md("PENDING", 8)), 911).await;
+    let mut other = md("PENDING", 7);
+    other["job_id"] = json!(new_id());
+    call_err(c, "Lease.fence", fence(other), 2009).await;
+    call_err(c, "Lease.fence", fence(json!({"type": "JOB"})), 1000).await;
+    // While the job's host holds the lease, it cannot be fenced.
+    let job_res = Resource::new(
+        p.sd.clone(),
+        job_lease.clone(),
+        Area::new(&path, 4 * MIB as u64),
+    );
+    client
+        .acquire(&job_res, None)
+        .expect("acquire the job's lease");
+    let e = call_err(c, "Lease.fence", fence(md("PENDING", 7)), 651).await;
+    assert!(e.contains("holds it"), "{e}");
+    client.release(&job_res).unwrap();
+    let done = call_ok(c, "Lease.fence", fence(md("PENDING", 7))).await;
+    conform.check("Lease.fence", &done);
+    let st = call_ok(c, "Lease.status", lease(&p.sd, &job_lease)).await;
+    let got = &st["metadata"];
+    assert_eq!(
+        (&got["job_status"], &got["generation"], &got["job_id"]),
+        (&json!("FENCED"), &json!(8), &json!(job)),
+        "{st}"
+    );
+    // Fenced once: the old status no longer matches.
+    call_err(c, "Lease.fence", fence(md("PENDING", 7)), 912).await;
+    call_ok(c, "Lease.delete", lease(&p.sd, &job_lease)).await;
 
     // Delete, idempotent; the slot is free again.
     let task = call_ok(c, "Lease.delete", lease(&p.sd, &a)).await;
@@ -199,22 +257,29 @@ async fn leases_are_sanlock_resources_in_the_xleases_volume() {
     call_err(c, "Lease.create", lease(&p.sd, "not-a-uuid"), -32602).await;
     call_err(c, "Lease.create", lease(&p.sd, "../../etc/passwd"), -32602).await;
     call_err(c, "Lease.create", lease(&new_id(), &new_id()), 358).await;
-    call_err(
-        c,
-        "Lease.create",
-        json!({"lease": {"sd_id": p.sd, "lease_id": new_id()},
-            "metadata": {"type": "JOB", "job_id": new_id(), "job_status": "PENDING", "generation": 0}}),
-        2009,
-    )
-    .await;
-    call_err(
-        c,
-        "Lease.fence",
-        json!({"lease": {"sd_id": p.sd, "lease_id": b},
-            "metadata": {"type": "JOB", "job_id": new_id(), "job_status": "PENDING", "generation": 0}}),
-        2009,
-    )
-    .await;
+    for bad in [
+        json!({"type": "VM", "job_id": new_id(), "job_status": "PENDING", "generation": 0}),
+        json!({"type": "JOB", "job_id": "x", "job_status": "PENDING", "generation": 0}),
+        json!({"type": "JOB", "job_id": new_id(), "job_status": "RUNNING", "generation": 0}),
+        json!({"type": "JOB", "job_id": new_id(), "job_status": "PENDING", "generation": 1000}),
+    ] {
+        let id = new_id();
+        call_err(
+            c,
+            "Lease.create",
+            json!({"lease": {"sd_id": p.sd, "lease_id": id}, "metadata": bad}),
+            1000,
+        )
+        .await;
+        call_err(c, "Lease.info", lease(&p.sd, &id), 936).await;
+        call_err(
+            c,
+            "Lease.fence",
+            json!({"lease": {"sd_id": p.sd, "lease_id": b}, "metadata": bad}),
+            1000,
+        )
+        .await;
+    }
     assert_eq!(std::fs::read(&xleases).unwrap(), before);
     // A domain without an index (as one made without sanlock): every
     // verb says so, and writes nothing.

@@ -95,6 +95,7 @@ pub(super) type ResFn =
 type ReleaseFn = unsafe extern "C" fn(c_int, c_int, u32, c_int, *mut *mut RawResource) -> c_int;
 type OwnersFn = unsafe extern "C" fn(*mut RawResource, u32, *mut *mut RawHost, *mut c_int) -> c_int;
 type StrerrorFn = unsafe extern "C" fn(c_int) -> *const c_char;
+pub(super) type LvbFn = unsafe extern "C" fn(u32, *mut RawResource, *mut c_char, c_int) -> c_int;
 
 /// The loaded library and the entry points depot uses.
 pub(super) struct Lib {
@@ -108,6 +109,8 @@ pub(super) struct Lib {
     pub(super) acquire: ResFn,
     pub(super) release: ReleaseFn,
     pub(super) read_resource_owners: OwnersFn,
+    pub(super) get_lvb: LvbFn,
+    pub(super) set_lvb: LvbFn,
     /// Where it was loaded from, for messages.
     name: String,
     // Last: the function pointers above are valid while it is loaded.
@@ -154,6 +157,8 @@ impl Lib {
                 acquire: sym!("sanlock_acquire"),
                 release: sym!("sanlock_release"),
                 read_resource_owners: sym!("sanlock_read_resource_owners"),
+                get_lvb: sym!("sanlock_get_lvb"),
+                set_lvb: sym!("sanlock_set_lvb"),
                 name,
                 _lib: lib,
             })

@@ -7,9 +7,10 @@
 //! domain's shared lock like the other SPM verbs. `info` reads the index
 //! only; `status` asks the sanlock daemon about the lease. What needs
 //! sanlock (every verb but `info`) is 2009 without it: depot cannot
-//! write or read a lease then. Lease metadata (`create`'s `metadata`,
-//! `fence`: VDSM keeps it in sanlock's lease value block) is not
-//! implemented: 2009.
+//! write or read a lease then. A job's metadata (`create`'s `metadata`,
+//! `status`, `fence`) lives in the lease's value block (crate::xlease::
+//! job), read and written by acquiring the lease through the sanlock
+//! daemon, which needs this host's id in the domain's lockspace.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -18,10 +19,12 @@ use depot_api::storage::SdUuid;
 use depot_api::types::Uuid;
 use depot_api::Code;
 use depot_os::lvm::Lvm;
-use depot_os::sanlock::{DirectConfig, Sanlock};
+use depot_os::sanlock::{DirectConfig, Resource, Sanlock, SanlockError};
+use serde_json::{Map, Value};
 
 use super::Storage;
 use crate::domain::Domain;
+use crate::xlease::job::{self, LVB_SIZE};
 use crate::xlease::{Created, LeaseInfo, Xleases, XLEASES};
 use crate::{StorageError, StorageResult};
 
@@ -32,6 +35,9 @@ pub struct LeaseStatus {
     pub owners: Vec<u64>,
     /// The lease's version (`lver`: raised by each acquire).
     pub version: u64,
+    /// The job metadata in its value block, read when the lease is free
+    /// and this host could take it (`{}` when none was written).
+    pub metadata: Option<Map<String, Value>>,
 }
 
 /// Serializes the index changes of one domain on this host.
@@ -104,29 +110,48 @@ impl Storage {
     }
 
     /// `Lease.create`: creates lease `lease` in domain `sd`'s `xleases`.
-    /// Idempotent, as VDSM's task (an existing lease is reused). 9032
-    /// when the volume is full, 9031 when the domain has no valid index.
+    /// Idempotent, as VDSM's task (an existing lease is reused, and its
+    /// metadata left as it is). 9032 when the volume is full, 9031 when the
+    /// domain has no valid index. With `metadata` (VDSM's JobMetadata,
+    /// 1000 when it is not), the new lease is acquired, the metadata
+    /// written in its value block with `created`/`modified`, and released
+    /// (651 when it cannot be acquired, e.g. no host id here yet).
     pub fn lease_create(
         &self,
         sd: SdUuid,
         lease: Uuid,
-        with_metadata: bool,
+        metadata: Option<Map<String, Value>>,
     ) -> StorageResult<LeaseInfo> {
         const OP: &str = "create lease";
-        if with_metadata {
-            return Err(unsupported(
-                OP,
-                "lease metadata (sanlock's lease value block) is not supported yet",
-            ));
+        if let Some(md) = &metadata {
+            job::check(md).map_err(|why| {
+                StorageError::new(
+                    Code::InvalidParameterException,
+                    OP,
+                    format!("metadata: {why}"),
+                )
+            })?;
         }
         let direct = self.lease_direct(OP)?;
         let vol = self.xleases(sd, OP)?;
         let _domain = self.lock_domain(sd, false)?;
-        let lock = index_lock(sd);
-        let _index = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        let (created, info) = vol.create(direct, &lease.to_string())?;
+        let (created, info) = {
+            let lock = index_lock(sd);
+            let _index = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            vol.create(direct, &lease.to_string())?
+        };
         if created == Created::Existed {
             tracing::info!(%sd, %lease, "reusing existing lease");
+            return Ok(info);
+        }
+        if let Some(mut md) = metadata {
+            let now = now();
+            md.insert("created".into(), now.into());
+            md.insert("modified".into(), now.into());
+            let client = self.lease_client(OP)?;
+            let res = info.resource();
+            self.with_lvb(client, &res, OP, |client| set_lvb(client, &res, &md, OP))?;
+            tracing::info!(%sd, %lease, ?md, "lease metadata written");
         }
         Ok(info)
     }
@@ -169,12 +194,15 @@ impl Storage {
     }
 
     /// `Lease.status`: who holds the lease and its version, as the sanlock
-    /// daemon reads them (no host id needed).
+    /// daemon reads them (no host id needed); when it is free, also the
+    /// job metadata in its value block, read by acquiring it for a moment
+    /// (left out when it cannot be acquired, as in VDSM).
     pub fn lease_status(&self, sd: SdUuid, lease: Uuid) -> StorageResult<LeaseStatus> {
         const OP: &str = "lease status";
         let client = self.lease_client(OP)?;
         let info = self.lease_info(sd, lease)?;
-        let state = client.read_lease(&info.resource()).map_err(|e| {
+        let res = info.resource();
+        let state = client.read_lease(&res).map_err(|e| {
             StorageError::new(
                 Code::GeneralException,
                 OP,
@@ -186,22 +214,162 @@ impl Storage {
             )
             .caused_by(e)
         })?;
+        let metadata = if state.owners.is_empty() {
+            match client.acquire_lvb(&res) {
+                Err(e) => {
+                    tracing::warn!(%sd, %lease, error = %e, "cannot acquire the lease to read its metadata");
+                    None
+                }
+                Ok(_) => {
+                    let read = get_lvb(client, &res, OP);
+                    release(client, &res, OP)?;
+                    Some(read?)
+                }
+            }
+        } else {
+            None
+        };
         Ok(LeaseStatus {
             owners: state.owners.iter().map(|h| h.host_id).collect(),
             version: state.lver,
+            metadata,
         })
     }
 
-    /// `Lease.fence`: not supported (the job metadata it checks and
-    /// updates lives in sanlock's lease value block, which depot does not
-    /// use yet), whatever the lease: 2009, nothing read or written.
-    pub fn lease_fence(&self, sd: SdUuid, lease: Uuid) -> StorageResult<()> {
+    /// `Lease.fence`: fences a job that is no longer running (VDSM 4.4.6):
+    /// acquires the lease (651 while the job's host holds it), checks that
+    /// its metadata is the one given (2009 for another job type or id, 912
+    /// for another status, 911 for another generation), then writes it
+    /// back with `job_status` FENCED, the next generation and `modified`
+    /// now, and releases the lease: a job that had not finished can then
+    /// never report success.
+    pub fn lease_fence(
+        &self,
+        sd: SdUuid,
+        lease: Uuid,
+        metadata: Map<String, Value>,
+    ) -> StorageResult<()> {
         const OP: &str = "fence lease";
-        tracing::info!(%sd, %lease, "Lease.fence refused: not supported");
-        Err(unsupported(
-            OP,
-            "fencing a job's lease needs lease metadata (sanlock's lease value block), \
-             which is not supported yet",
-        ))
+        job::check(&metadata).map_err(|why| {
+            StorageError::new(
+                Code::InvalidParameterException,
+                OP,
+                format!("metadata: {why}"),
+            )
+        })?;
+        let client = self.lease_client(OP)?;
+        let info = self.lease_info(sd, lease)?;
+        let res = info.resource();
+        self.with_lvb(client, &res, OP, |client| {
+            let current = get_lvb(client, &res, OP)?;
+            let differs = |key: &str, code: Code| {
+                let (want, got) = (&metadata[key], current.get(key).unwrap_or(&Value::Null));
+                (want != got).then(|| {
+                    StorageError::new(
+                        code,
+                        OP,
+                        format!("lease {lease}: {key} is {got}, expected {want}"),
+                    )
+                })
+            };
+            for (key, code) in [
+                ("type", Code::UnsupportedOperation),
+                ("job_id", Code::UnsupportedOperation),
+                ("job_status", Code::JobStatusMismatch),
+                ("generation", Code::GenerationMismatch),
+            ] {
+                if let Some(e) = differs(key, code) {
+                    return Err(e);
+                }
+            }
+            let generation = metadata["generation"].as_u64().unwrap_or(0);
+            let mut fenced = current.clone();
+            fenced.insert("modified".into(), now().into());
+            fenced.insert("generation".into(), job::next_generation(generation).into());
+            fenced.insert("job_status".into(), "FENCED".into());
+            set_lvb(client, &res, &fenced, OP)?;
+            tracing::info!(%sd, %lease, ?fenced, "job lease fenced");
+            Ok(())
+        })
     }
+
+    /// Runs `f` with `res` acquired with its value block, and releases it
+    /// whatever `f` did (a failed release is the error when `f` succeeded).
+    fn with_lvb<T>(
+        &self,
+        client: &Sanlock,
+        res: &Resource,
+        op: &'static str,
+        f: impl FnOnce(&Sanlock) -> StorageResult<T>,
+    ) -> StorageResult<T> {
+        client.acquire_lvb(res).map_err(|e| {
+            // Held elsewhere: a refusal; held by another process of this
+            // host: EEXIST.
+            let why = if e.refusal().is_some() || e.errno() == Some(libc::EEXIST) {
+                "another host or process holds it"
+            } else {
+                "sanlock failed (is this host's id in the domain's lockspace?)"
+            };
+            StorageError::new(
+                Code::AcquireLockFailure,
+                op,
+                format!("lease {} of {}: {why}: {e}", res.name, res.lockspace),
+            )
+            .caused_by(e)
+        })?;
+        let out = f(client);
+        let released = release(client, res, op);
+        let out = out?;
+        released?;
+        Ok(out)
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn lvb_err(op: &'static str, res: &Resource, e: impl std::fmt::Display) -> StorageError {
+    StorageError::new(
+        Code::SanlockLVBError,
+        op,
+        format!("lease {} of {}: {e}", res.name, res.lockspace),
+    )
+}
+
+fn get_lvb(
+    client: &Sanlock,
+    res: &Resource,
+    op: &'static str,
+) -> StorageResult<Map<String, Value>> {
+    let data = client
+        .get_lvb(res, LVB_SIZE)
+        .map_err(|e| lvb_err(op, res, &e).caused_by(e))?;
+    job::from_lvb(&data).map_err(|why| lvb_err(op, res, why))
+}
+
+fn set_lvb(
+    client: &Sanlock,
+    res: &Resource,
+    md: &Map<String, Value>,
+    op: &'static str,
+) -> StorageResult<()> {
+    let data = job::to_lvb(md)
+        .ok_or_else(|| lvb_err(op, res, format!("metadata over {LVB_SIZE} bytes")))?;
+    client
+        .set_lvb(res, &data)
+        .map_err(|e| lvb_err(op, res, &e).caused_by(e))
+}
+
+fn release(client: &Sanlock, res: &Resource, op: &'static str) -> StorageResult<()> {
+    client.release(res).map_err(|e: SanlockError| {
+        StorageError::new(
+            Code::ReleaseLockFailure,
+            op,
+            format!("lease {} of {}: {e}", res.name, res.lockspace),
+        )
+        .caused_by(e)
+    })
 }

@@ -25,6 +25,7 @@
 //! changes to one domain's index.
 
 pub mod index;
+pub mod job;
 
 use std::io;
 use std::path::{Path, PathBuf};
