@@ -32,9 +32,6 @@ pub enum Item {
     /// unprivileged tier's daemon runs without): checked by the named
     /// root-tier test binary.
     SanlockTier(&'static str),
-    /// A verb VDSM has that depot refuses with 2009 (UnsupportedOperation)
-    /// whatever its parameters: no result to check.
-    Unsupported,
     /// A parameter depot has and VDSM lacks (always optional).
     ExtraParam(&'static str),
     /// A parameter of VDSM's that depot does not read.
@@ -67,11 +64,9 @@ impl Item {
     /// The parameter or result path the item is about ("" for a verb).
     pub fn path(&self) -> &'static str {
         match *self {
-            Item::DepotVerb
-            | Item::VmTier(_)
-            | Item::SanlockTier(_)
-            | Item::Unsupported
-            | Item::OnlyProperties(_) => "",
+            Item::DepotVerb | Item::VmTier(_) | Item::SanlockTier(_) | Item::OnlyProperties(_) => {
+                ""
+            }
             Item::ExtraParam(p)
             | Item::IgnoredParam(p)
             | Item::OptionalParam(p)
@@ -115,7 +110,6 @@ impl Item {
         match *self {
             Item::DepotVerb => "depot's verb; VDSM has none by this name".into(),
             Item::VmTier(test) => format!("results checked in the VM tier ({test}.rs)"),
-            Item::Unsupported => "not supported yet: answers 2009 (UnsupportedOperation)".into(),
             Item::SanlockTier(test) => {
                 format!("results checked in the root tier with the sanlock daemon ({test}.rs)")
             }
