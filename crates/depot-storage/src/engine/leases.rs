@@ -144,7 +144,12 @@ impl Storage {
             tracing::info!(%sd, %lease, "reusing existing lease");
             return Ok(info);
         }
-        if let Some(mut md) = metadata {
+        if let Some(given) = metadata {
+            // VDSM's keys only, as VDSM writes them.
+            let mut md: Map<String, Value> = ["type", "job_id", "job_status", "generation"]
+                .into_iter()
+                .filter_map(|k| Some((k.to_owned(), given.get(k)?.clone())))
+                .collect();
             let now = now();
             md.insert("created".into(), now.into());
             md.insert("modified".into(), now.into());
