@@ -9,14 +9,14 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, Code};
 use crate::results::{
     BlockDeviceInfo, ConnectionStatus, DomainInfo, DomainStats, Done, FenceNodeResult, FileStat,
-    HostLiveness, HostStats, OvfEntities, OvfEntityText, OvfStore, PoolInfo, PreparedImage,
-    RepoStats, SpmStatus, TaskId, TaskInfo, TaskStatus, VolumeGroupInfo, VolumeInfo, VolumeSize,
-    WireResult,
+    HostLiveness, HostStats, LeaseInfo, LeaseStatus, OvfEntities, OvfEntityText, OvfStore,
+    PoolInfo, PreparedImage, RepoStats, SpmStatus, TaskId, TaskInfo, TaskStatus, VolumeGroupInfo,
+    VolumeInfo, VolumeSize, WireResult,
 };
 use crate::storage::{
     AllocType, ByteSize, ConnectionList, CopyEndpoint, DiskType, DomainClass, DomainType,
-    FencePort, FencingPolicy, ImgUuid, Legality, MoveOperation, Password, Port, SdUuid, SpUuid,
-    VolUuid, VolumeAttributes, VolumeFormat, VolumeRef,
+    FencePort, FencingPolicy, ImgUuid, Lease, Legality, MoveOperation, Password, Port, SdUuid,
+    SpUuid, VolUuid, VolumeAttributes, VolumeFormat, VolumeRef,
 };
 use crate::types::{Capabilities, JobInfo};
 use crate::types::{JobId, JobType, Uuid};
@@ -68,6 +68,7 @@ wire_type! {
     Password => "string (a secret: never logged or returned)",
     Port => "TCP port 1-65535 (number or decimal string)",
     FencePort => "the agent's port or plug (number, string, or \"\" for none)",
+    Lease => "Lease: {sd_id, lease_id} (UUIDs)",
     FencingPolicy => "FencingPolicy: {storageDomainHostIdMap?: {sdUUID: hostId}, skipFencingIfGlusterBricksUp?, skipFencingIfGlusterQuorumNotMet?, glusterServerUuid?}",
 }
 
@@ -558,6 +559,61 @@ verbs! {
         /// The domain.
         storagedomainID: SdUuid,
     } -> (Vec<HostLiveness>, "each host sanlock has seen in the lockspace, by host id");
+
+    /// Creates a VM or external lease in the domain's `xleases` volume: a
+    /// sanlock resource named by the lease id, and its record in the
+    /// index. Idempotent (an existing lease is reused, as VDSM's task
+    /// does). Needs sanlock (2009 without); 9031 for a domain without a
+    /// valid xleases index, 9032 when every slot is taken.
+    "Lease.create" => LeaseCreate {
+        /// The lease.
+        lease: Lease,
+        /// A job's metadata to keep in the new lease's value block (VDSM's
+        /// JobMetadata: {type: JOB, job_id, job_status, generation}); the
+        /// lease is acquired for it, so this host's id must be in the
+        /// domain's lockspace (651 otherwise).
+        metadata: Option<Map<String, Value>>,
+    } -> (TaskId, "depot completes the work before answering");
+
+    /// Deletes a lease: clears its sanlock resource and frees its record.
+    /// Idempotent (a missing lease is not an error, as in VDSM's task).
+    "Lease.delete" => LeaseDelete {
+        /// The lease.
+        lease: Lease,
+    } -> (TaskId, "depot completes the work before answering");
+
+    /// Where a lease is: its domain, id, volume path and offset (936 when
+    /// the index has no such lease).
+    "Lease.info" => LeaseLookup {
+        /// The lease.
+        lease: Lease,
+    } -> (LeaseInfo);
+
+    /// Who holds a lease and its version, as sanlock reads them from
+    /// storage, and the job metadata in it when it is free.
+    "Lease.status" => LeaseGetStatus {
+        /// The lease.
+        lease: Lease,
+    } -> (LeaseStatus, "`metadata` when the lease is free and this host could acquire it (its host id in the lockspace)");
+
+    /// Rebuilds the domain's xleases index from the sanlock resources on
+    /// its volume (repairs an index left half-written or lost).
+    "Lease.rebuild_leases" => LeaseRebuildLeases {
+        /// The domain.
+        sd_id: SdUuid,
+    } -> (TaskId, "depot completes the work before answering");
+
+    /// Fences a job's lease (VDSM 4.4.6): with the lease acquired (651
+    /// while the job runs), checks that its metadata is the one given
+    /// (2009 for another type or job id, 912 for another status, 911 for
+    /// another generation) and writes it back FENCED with the next
+    /// generation.
+    "Lease.fence" => LeaseFence {
+        /// The lease.
+        lease: Lease,
+        /// The job metadata expected on the lease (VDSM's JobMetadata).
+        metadata: Map<String, Value>,
+    } -> (Done);
 
     /// Makes this host the pool's SPM: takes the SPM's sanlock lease
     /// (`SDM` in the master domain's `leases`) as a task. Poll

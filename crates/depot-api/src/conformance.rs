@@ -28,6 +28,10 @@ pub enum Item {
     /// A verb VDSM has whose results the unprivileged tier cannot produce
     /// (SAN storage): checked by the named VM-tier test binary.
     VmTier(&'static str),
+    /// A verb VDSM has whose results need the sanlock daemon (the
+    /// unprivileged tier's daemon runs without): checked by the named
+    /// root-tier test binary.
+    SanlockTier(&'static str),
     /// A parameter depot has and VDSM lacks (always optional).
     ExtraParam(&'static str),
     /// A parameter of VDSM's that depot does not read.
@@ -48,6 +52,9 @@ pub enum Item {
     OnlyProperties(&'static [&'static str]),
     /// A result property VDSM's type lacks.
     ExtraProperty(&'static str),
+    /// A result value VDSM's type gives as one number that VDSM (and
+    /// depot) send as a list of numbers.
+    NumberList(&'static str),
     /// A result value VDSM's type gives as a number that depot sends as a
     /// decimal string (digits, or empty where VDSM sends it empty).
     DecimalString(&'static str),
@@ -57,7 +64,9 @@ impl Item {
     /// The parameter or result path the item is about ("" for a verb).
     pub fn path(&self) -> &'static str {
         match *self {
-            Item::DepotVerb | Item::VmTier(_) | Item::OnlyProperties(_) => "",
+            Item::DepotVerb | Item::VmTier(_) | Item::SanlockTier(_) | Item::OnlyProperties(_) => {
+                ""
+            }
             Item::ExtraParam(p)
             | Item::IgnoredParam(p)
             | Item::OptionalParam(p)
@@ -66,6 +75,7 @@ impl Item {
             | Item::IgnoredProperty(p)
             | Item::MissingProperty(p)
             | Item::ExtraProperty(p)
+            | Item::NumberList(p)
             | Item::DecimalString(p) => p,
         }
     }
@@ -90,6 +100,7 @@ impl Item {
             Item::MissingProperty(_)
                 | Item::OnlyProperties(_)
                 | Item::ExtraProperty(_)
+                | Item::NumberList(_)
                 | Item::DecimalString(_)
         )
     }
@@ -99,6 +110,9 @@ impl Item {
         match *self {
             Item::DepotVerb => "depot's verb; VDSM has none by this name".into(),
             Item::VmTier(test) => format!("results checked in the VM tier ({test}.rs)"),
+            Item::SanlockTier(test) => {
+                format!("results checked in the root tier with the sanlock daemon ({test}.rs)")
+            }
             Item::ExtraParam(p) => format!("parameter `{p}`: depot's; VDSM has none"),
             Item::IgnoredParam(p) => format!("parameter `{p}`: accepted and not read"),
             Item::OptionalParam(p) => {
@@ -116,6 +130,10 @@ impl Item {
                     .join(", ")
             ),
             Item::ExtraProperty(p) => format!("{}: not in VDSM's type", result_at(p)),
+            Item::NumberList(p) => format!(
+                "{}: a list of numbers (VDSM's schema says one; VDSM sends a list)",
+                result_at(p)
+            ),
             Item::DecimalString(p) => format!("{}: a decimal string", result_at(p)),
         }
     }
@@ -167,6 +185,8 @@ const VOLUME_TYPE: &str = "changing a volume's type (the engine makes a template
     SHARED) is not supported yet: refused rather than ignored";
 const OVF_VERB: &str = "disaster recovery from a domain's OVF_STORE volumes on the host \
     (docs/formats.md); VDSM leaves reading them to the engine";
+const XLEASES_NEED_SANLOCK: &str = "leases are sanlock resources: the unprivileged tier's \
+    daemon runs without sanlock, where these verbs answer 2009 or 9031";
 const VG_EXTRA: &str = "depot's: LVM's figure, for depot's clients";
 const PV_EXTRA: &str = "VDSM sends it too (hsm.__fillPVDict); the schema lacks it";
 const CHAP_USER: &str = "VDSM's key for the CHAP user (multipath.pathListIter; the schema \
@@ -699,6 +719,49 @@ pub const DIFFERENCES: &[Difference] = &[
         Item::DepotVerb,
         "the storage's own answer to whether a host is alive (sanlock's delta leases), for \
          fencing and disaster recovery; VDSM keeps it internal (hsm.getHostLeaseStatus)",
+    ),
+    vm(
+        "Lease.create",
+        "storage_xleases",
+        Item::SanlockTier("storage_xleases"),
+        XLEASES_NEED_SANLOCK,
+    ),
+    vm(
+        "Lease.delete",
+        "storage_xleases",
+        Item::SanlockTier("storage_xleases"),
+        XLEASES_NEED_SANLOCK,
+    ),
+    vm(
+        "Lease.info",
+        "storage_xleases",
+        Item::SanlockTier("storage_xleases"),
+        XLEASES_NEED_SANLOCK,
+    ),
+    vm(
+        "Lease.status",
+        "storage_xleases",
+        Item::SanlockTier("storage_xleases"),
+        XLEASES_NEED_SANLOCK,
+    ),
+    vm(
+        "Lease.rebuild_leases",
+        "storage_xleases",
+        Item::SanlockTier("storage_xleases"),
+        XLEASES_NEED_SANLOCK,
+    ),
+    vm(
+        "Lease.fence",
+        "storage_xleases",
+        Item::SanlockTier("storage_xleases"),
+        XLEASES_NEED_SANLOCK,
+    ),
+    vm(
+        "Lease.status",
+        "storage_xleases",
+        Item::NumberList("owners"),
+        "VDSM's lease_status answers `owners: [host_id]` (or `[]` when free), not the \
+         schema's one number",
     ),
     d("StorageDomain.getOvfEntities", Item::DepotVerb, OVF_VERB),
     d("StorageDomain.getOvfEntity", Item::DepotVerb, OVF_VERB),

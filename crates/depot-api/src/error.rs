@@ -209,8 +209,13 @@ codes! {
     /// VDSM passes it on and reports sanlock's EINVAL with this code).
     AcquireHostIdFailure = 661, "Cannot acquire host id";
     /// The lockspace (`dom_md/ids`) or the SDM lease (`dom_md/leases`) of a
-    /// new domain could not be formatted.
+    /// new domain could not be formatted; a lease of `xleases` could not be
+    /// written, cleared or read by `sanlock direct`.
     ClusterLockInitError = 701, "Could not initialize cluster lock";
+    /// A lease's value block (a job's metadata: `Lease.create` with
+    /// metadata, `Lease.status`, `Lease.fence`) could not be read, written
+    /// or parsed.
+    SanlockLVBError = 703, "LVB operation failed";
     MetaDataGeneralError = 749, "General Meta data error";
     MetaDataKeyError = 750, "Meta data key error";
     /// VDSM raises `MetaDataSealIsBroken` (a subclass of 749) with 752.
@@ -220,11 +225,19 @@ codes! {
     MetadataCleared = 757, "Metadata was cleared, volume is partly deleted";
     ResourceTimeout = 851, "Resource timeout";
     GenerationMismatch = 911, "The provided generation does not match the actual generation";
+    /// `Lease.fence`: the job status on the lease is not the one given.
+    JobStatusMismatch = 912, "The provided job status does not match the expected job status";
+    /// `Lease.info`, `Lease.status`: no lease of that id in the domain's
+    /// `xleases` index (VDSM's `NoSuchLease`).
+    NoSuchLease = 936, "No such lease";
     InvalidParameterException = 1000, "Invalid parameter";
     MiscFileReadException = 2001, "Internal file read failure";
     MiscFileWriteException = 2002, "Internal file write failure";
     /// `spmStart` while another `spmStart` of the pool is under way.
     MiscOperationInProgress = 2005, "Operation is already in progress";
+    /// VDSM's `UnsupportedOperation`: `Lease.*` without sanlock;
+    /// `Lease.fence` of a lease whose job type or id is not the one given.
+    UnsupportedOperation = 2009, "Operation is not supported";
 
     // depot's own errors.
     /// The daemon stopped (crash or restart) while the job was running, and
@@ -273,6 +286,14 @@ codes! {
     /// the domain's lockspace (sanlock tells liveness only to a member),
     /// or without sanlock.
     HostIdNotHeld = 9021, "This host holds no host id in the domain's lockspace";
+    /// `Lease.*` on a domain whose `xleases` index is missing (a domain
+    /// made without sanlock), not VDSM's format, or left half-rewritten
+    /// (`Lease.rebuild_leases` repairs the last). VDSM raises its
+    /// `InvalidIndex` errors, which have no code of their own.
+    XleasesIndexInvalid = 9031, "The domain's xleases index is missing or invalid";
+    /// `Lease.create` with every lease slot of the domain's `xleases`
+    /// volume taken (VDSM's `NoSpace`, which has no code of its own).
+    XleasesFull = 9032, "No free lease slot in the domain's xleases volume";
 }
 
 impl fmt::Display for Code {

@@ -422,6 +422,51 @@ object! {
 }
 
 object! {
+    /// VDSM's LeaseInfo (`Lease.info`): where the lease is, for acquiring
+    /// it with sanlock (lockspace `sd_id`, resource `lease_id`).
+    LeaseInfo {
+        sd_id: String,
+        lease_id: String,
+        /// The domain's `xleases` file or LV.
+        path: String,
+        /// Byte offset of the lease in `path`.
+        offset: u64,
+    }
+}
+
+object! {
+    /// VDSM's JobMetadata, kept in a lease's value block.
+    JobMetadata {
+        /// `JOB`.
+        r#type: String,
+        job_id: String,
+        /// PENDING, FAILED, SUCCEEDED or FENCED.
+        job_status: String,
+        generation: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        created: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        modified: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        host_hardware_id: Option<String>,
+    }
+}
+
+object! {
+    /// VDSM's ExternalLeaseStatus (`Lease.status`).
+    LeaseStatus {
+        /// Host ids holding the lease (empty: free).
+        owners: Vec<u64>,
+        /// The lease's version (sanlock's lver).
+        version: u64,
+        /// The job metadata in the lease, when it is free and this host
+        /// could read it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        metadata: Option<JobMetadata>,
+    }
+}
+
+object! {
     /// VDSM's FenceNodeResult: `power` for `status` (on, off, unknown),
     /// `operationStatus` `initiated` for an action that ran, `skipped` when
     /// the policy found the host alive on storage.

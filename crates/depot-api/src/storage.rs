@@ -415,6 +415,14 @@ pub struct CopyEndpoint {
     pub generation: Option<u32>,
 }
 
+/// VDSM's `Lease`: an external or VM lease, by domain and lease id (the
+/// sanlock resource's lockspace and name). Other keys are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Lease {
+    pub sd_id: SdUuid,
+    pub lease_id: Uuid,
+}
+
 /// `vol_info` of `SDM.update_volume`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct VolumeRef {

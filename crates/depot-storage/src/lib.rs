@@ -1,7 +1,7 @@
 //! depot-storage: connections, storage domains (file and block), volumes
 //! and images, the OVF store and the copy engine.
 //!
-//! No JSON and no process spawning here: the daemon hands in typed calls
+//! No JSON-RPC and no process spawning here: the daemon hands in typed calls
 //! (ids and enumerations from `depot_api::storage`), and every OS call goes
 //! through `depot-os`. Functions here are blocking: they do file I/O that
 //! can hang on a dead server, so the daemon calls them from blocking threads,
@@ -28,6 +28,7 @@ pub mod mount_fs;
 pub mod ovf;
 pub mod volume_data;
 pub mod volume_store;
+pub mod xlease;
 
 pub use domain_spec::CreateDomain;
 pub use engine::{Control, CopyOutcome, VolRef};

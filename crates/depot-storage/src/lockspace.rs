@@ -4,7 +4,7 @@
 //! SPM's, VDSM's `SDM_LEASE_NAME`) in `dom_md/leases` at slot 1, one
 //! alignment in (VDSM's `SDM_LEASE_OFFSET`, 1 MiB at 1 MiB alignment).
 //! Slot 0 is left unwritten (VDSM's legacy safelease area); the
-//! `xleases` index is a later step.
+//! `xleases` volume is crate::xlease's.
 //!
 //! Volume leases ([`VolumeLeases`]): a paxos lease named by the volume id
 //! in the domain's lockspace, in `<vol>.lease` at 0 on a file domain and

@@ -171,6 +171,21 @@ impl Router {
                 verb::DELETE_IMAGE,
                 storage_api::delete_image(storage, p).await,
             )),
+            Call::LeaseCreate(p) => wire(self.finished(
+                verb::CREATE_LEASE,
+                storage_api::create_lease(storage, p).await,
+            )),
+            Call::LeaseDelete(p) => wire(self.finished(
+                verb::DELETE_LEASE,
+                storage_api::delete_lease(storage, p).await,
+            )),
+            Call::LeaseRebuildLeases(p) => wire(self.finished(
+                verb::REBUILD_LEASES,
+                storage_api::rebuild_leases(storage, p).await,
+            )),
+            Call::LeaseLookup(p) => wire(storage_api::lease_info(storage, p).await),
+            Call::LeaseGetStatus(p) => wire(storage_api::lease_status(storage, p).await),
+            Call::LeaseFence(p) => wire(storage_api::fence_lease(storage, p).await),
             Call::ImagePrepare(p) => wire(storage_api::prepare(storage, p).await),
             Call::ImageTeardown(p) => wire(storage_api::teardown(storage, p).await),
             Call::HostGetStorageRepoStats(p) => {

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use depot_api::catalogue::returns;
 use depot_api::results::{
     BlockDeviceInfo, ConnectionStatus, DomainHostStats, DomainInfo, DomainStats, Done, FileStat,
-    HostLiveness, HostStats, OvfEntities, OvfEntitySummary, OvfEntityText, OvfEntryError,
-    OvfImageRef, OvfStore, PathInfo, PathStatus, PoolDetails, PoolDomainInfo, PoolInfo,
-    PreparedImage, PreparedPath, PreparedVolume, PvInfo, RepoStats, SpmStatus, VgAttr,
-    VolumeGroupInfo, VolumeInfo, VolumeSize,
+    HostLiveness, HostStats, JobMetadata, LeaseInfo, LeaseStatus, OvfEntities, OvfEntitySummary,
+    OvfEntityText, OvfEntryError, OvfImageRef, OvfStore, PathInfo, PathStatus, PoolDetails,
+    PoolDomainInfo, PoolInfo, PreparedImage, PreparedPath, PreparedVolume, PvInfo, RepoStats,
+    SpmStatus, VgAttr, VolumeGroupInfo, VolumeInfo, VolumeSize,
 };
 use depot_api::storage::{ConnectionDict, ConnectionList, DomainType, ImgUuid, SdUuid, SpUuid};
 use depot_api::types::Uuid;
@@ -1118,6 +1118,87 @@ pub async fn delete_image(storage: &Arc<Storage>, p: params::ImageDelete) -> Res
     let (sd, img) = (p.storagedomainID, p.imageID);
     let (zero, force) = (p.postZero.unwrap_or(false), p.force.unwrap_or(false));
     blocking(storage, move |s| s.delete_image(sd, img, zero, force)).await
+}
+
+// ---- VM and external leases (xleases) ----
+
+pub async fn create_lease(storage: &Arc<Storage>, p: params::LeaseCreate) -> Result<(), ApiError> {
+    let (sd, lease) = (p.lease.sd_id, p.lease.lease_id);
+    let metadata = p.metadata;
+    blocking(storage, move |s| {
+        s.lease_create(sd, lease, metadata).map(drop)
+    })
+    .await
+}
+
+pub async fn delete_lease(storage: &Arc<Storage>, p: params::LeaseDelete) -> Result<(), ApiError> {
+    let (sd, lease) = (p.lease.sd_id, p.lease.lease_id);
+    blocking(storage, move |s| s.lease_delete(sd, lease)).await
+}
+
+pub async fn rebuild_leases(
+    storage: &Arc<Storage>,
+    p: params::LeaseRebuildLeases,
+) -> Result<(), ApiError> {
+    let sd = p.sd_id;
+    blocking(storage, move |s| s.lease_rebuild(sd).map(drop)).await
+}
+
+pub async fn lease_info(
+    storage: &Arc<Storage>,
+    p: params::LeaseLookup,
+) -> Result<returns::LeaseLookup, ApiError> {
+    let (sd, lease) = (p.lease.sd_id, p.lease.lease_id);
+    let info = blocking(storage, move |s| s.lease_info(sd, lease)).await?;
+    Ok(LeaseInfo {
+        sd_id: info.sd.to_string(),
+        lease_id: info.lease,
+        path: info.path.display().to_string(),
+        offset: info.offset,
+    })
+}
+
+pub async fn lease_status(
+    storage: &Arc<Storage>,
+    p: params::LeaseGetStatus,
+) -> Result<returns::LeaseGetStatus, ApiError> {
+    let (sd, lease) = (p.lease.sd_id, p.lease.lease_id);
+    let st = blocking(storage, move |s| s.lease_status(sd, lease)).await?;
+    Ok(LeaseStatus {
+        owners: st.owners,
+        version: st.version,
+        metadata: st.metadata.and_then(|md| job_metadata(&md)),
+    })
+}
+
+pub async fn fence_lease(
+    storage: &Arc<Storage>,
+    p: params::LeaseFence,
+) -> Result<returns::LeaseFence, ApiError> {
+    let (sd, lease, metadata) = (p.lease.sd_id, p.lease.lease_id, p.metadata);
+    done(storage, move |s| s.lease_fence(sd, lease, metadata)).await
+}
+
+/// A lease's job metadata as VDSM's JobMetadata; `None` (logged) when
+/// what the value block holds is not one (never written: `{}`).
+fn job_metadata(md: &Map<String, Value>) -> Option<JobMetadata> {
+    let text = |k: &str| md.get(k).and_then(Value::as_str).map(str::to_owned);
+    let number = |k: &str| md.get(k).and_then(Value::as_u64);
+    let parsed = (|| {
+        Some(JobMetadata {
+            r#type: text("type")?,
+            job_id: text("job_id")?,
+            job_status: text("job_status")?,
+            generation: number("generation")?,
+            created: number("created"),
+            modified: number("modified"),
+            host_hardware_id: text("host_hardware_id"),
+        })
+    })();
+    if parsed.is_none() && !md.is_empty() {
+        tracing::warn!(?md, "a lease's metadata is not a JobMetadata: not reported");
+    }
+    parsed
 }
 
 #[cfg(test)]

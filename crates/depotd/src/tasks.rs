@@ -3,7 +3,8 @@
 //! task id:
 //!
 //! - The SPM verbs that depot finishes before it answers
-//!   (Volume.create/delete/extendSize, Image.delete): their task ids are
+//!   (Volume.create/delete/extendSize, Image.delete, Lease.create/delete/
+//!   rebuild_leases): their task ids are
 //!   born finished and live in memory (an id unknown after a restart is
 //!   401, as for VDSM after the task was cleared).
 //! - Image.move and StoragePool.spmStart: the id is a host job's, and its status is the job's,
@@ -34,6 +35,9 @@ pub mod verb {
     pub const DELETE_IMAGE: &str = "deleteImage";
     pub const MOVE_IMAGE: &str = "moveImage";
     pub const SPM_START: &str = "spmStart";
+    pub const CREATE_LEASE: &str = "create_lease";
+    pub const DELETE_LEASE: &str = "delete_lease";
+    pub const REBUILD_LEASES: &str = "rebuild_leases";
 }
 
 /// Born-finished tasks: id -> (insertion serial, verb).

@@ -186,6 +186,26 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
     )
     .expect("the SDM lease on the leases LV");
     assert_eq!(sdm["magic"], "0x6152010", "{sdm:?}");
+    // The xleases LV's index, and a lease on it (docs/storage.md "VM and
+    // external leases (xleases)"; storage_xleases.rs tests the rest on a
+    // file domain).
+    let lease_id = new_id();
+    let lease = json!({"lease": {"sd_id": sd, "lease_id": lease_id}});
+    call_ok(&c, "Lease.create", lease.clone()).await;
+    let li = call_ok(&c, "Lease.info", lease.clone()).await;
+    assert_eq!(li["path"], json!(format!("/dev/{sd}/xleases")), "{li}");
+    assert_eq!(li["offset"], json!(3 << 20), "{li}");
+    let leader = depot_os::sanlock::direct_read_leader(
+        &direct,
+        &sd,
+        &lease_id,
+        true,
+        &depot_os::sanlock::Area::new(dev("xleases"), 3 << 20),
+    )
+    .expect("the lease on the xleases LV");
+    assert_eq!(leader["resource_name"], lease_id, "{leader:?}");
+    call_ok(&c, "Lease.delete", lease.clone()).await;
+    call_err(&c, "Lease.info", lease, 936).await;
     let info = call_ok(&c, "StorageDomain.getInfo", json!({"storagedomainID": sd})).await;
     conform.check("StorageDomain.getInfo", &info);
     assert_eq!(info["type"], json!("ISCSI"), "{info}");

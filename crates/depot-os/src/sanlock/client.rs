@@ -108,6 +108,7 @@ type ReleaseFn = unsafe extern "C" fn(c_int, c_int, u32, c_int, *mut *mut RawRes
 type OwnersFn = unsafe extern "C" fn(*mut RawResource, u32, *mut *mut RawHost, *mut c_int) -> c_int;
 pub(super) type WriteResFn = unsafe extern "C" fn(*mut RawResource, c_int, c_int, u32) -> c_int;
 type StrerrorFn = unsafe extern "C" fn(c_int) -> *const c_char;
+pub(super) type LvbFn = unsafe extern "C" fn(u32, *mut RawResource, *mut c_char, c_int) -> c_int;
 
 /// The loaded library and the entry points depot uses.
 pub(super) struct Lib {
@@ -122,6 +123,8 @@ pub(super) struct Lib {
     pub(super) release: ReleaseFn,
     pub(super) read_resource_owners: OwnersFn,
     pub(super) write_resource: WriteResFn,
+    pub(super) get_lvb: LvbFn,
+    pub(super) set_lvb: LvbFn,
     /// Where it was loaded from, for messages.
     name: String,
     // Last: the function pointers above are valid while it is loaded.
@@ -169,6 +172,8 @@ impl Lib {
                 release: sym!("sanlock_release"),
                 read_resource_owners: sym!("sanlock_read_resource_owners"),
                 write_resource: sym!("sanlock_write_resource"),
+                get_lvb: sym!("sanlock_get_lvb"),
+                set_lvb: sym!("sanlock_set_lvb"),
                 name,
                 _lib: lib,
             })

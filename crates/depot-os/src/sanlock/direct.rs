@@ -91,6 +91,69 @@ pub fn direct_init_resource(
     init(cfg, OP, "-r", spec, geometry)
 }
 
+/// Clears the paxos lease at `area`: writes a leader with empty
+/// lockspace and resource names (`sanlock direct init -r ::PATH:OFFSET`),
+/// which no acquire can match and [`direct_read_resource`] reads as no
+/// lease. What VDSM's xleases code does to delete a lease
+/// (`write_resource("", "")`).
+pub fn direct_clear_resource(
+    cfg: &DirectConfig,
+    area: &Area,
+    geometry: Geometry,
+) -> Result<(), SanlockError> {
+    const OP: &str = "direct clear resource";
+    let path = escape_path(OP, &area.path)?;
+    let spec = format!("::{path}:{}", area.offset);
+    init(cfg, OP, "-r", spec, geometry)
+}
+
+/// The name of the paxos lease of lockspace `lockspace` at `area`, `None`
+/// when there is none: no leader there (never written, rv -223), a
+/// cleared one ([`direct_clear_resource`]) or one of another lockspace.
+/// `sanlock direct read_leader` checks the names it is given, so it is
+/// asked with a placeholder name and its "wrong resource name" answer
+/// (rv -227) carries the leader it read.
+pub fn direct_read_resource(
+    cfg: &DirectConfig,
+    lockspace: &str,
+    area: &Area,
+) -> Result<Option<String>, SanlockError> {
+    const OP: &str = "direct read resource";
+    // sanlock_rv.h
+    const LEADER_MAGIC: i32 = -223;
+    const LEADER_LOCKSPACE: i32 = -226;
+    const LEADER_RESOURCE: i32 = -227;
+    check_name(OP, lockspace)?;
+    let path = escape_path(OP, &area.path)?;
+    // A name no lease has: '.' is not in a UUID.
+    let spec = format!("{lockspace}:.:{path}:{}", area.offset);
+    let cmd = Cmd::new(cfg.program.clone(), cfg.timeout)
+        .args(["direct", "read_leader", "-r"])
+        .arg(&spec)
+        .ok_codes(&[0, 1]);
+    let out = cfg.runner.run(&cmd).map_err(|e| SanlockError::Command {
+        op: OP,
+        target: spec.clone(),
+        source: Box::new(e),
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match done_rv(&text, "read_leader") {
+        Some(0 | LEADER_RESOURCE) => {
+            let leader = parse_leader(&text);
+            let name = leader.get("resource_name").cloned().unwrap_or_default();
+            let space = leader.get("space_name").map(String::as_str).unwrap_or("");
+            Ok((!name.is_empty() && space == lockspace).then_some(name))
+        }
+        Some(LEADER_MAGIC | LEADER_LOCKSPACE) => Ok(None),
+        rv => Err(SanlockError::Call {
+            op: OP,
+            target: spec,
+            rv: rv.unwrap_or(-1),
+            message: format!("sanlock direct read_leader: {}", first_line(&text)),
+        }),
+    }
+}
+
 fn init(
     cfg: &DirectConfig,
     op: &'static str,

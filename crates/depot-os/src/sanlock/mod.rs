@@ -28,7 +28,8 @@ use std::path::{Path, PathBuf};
 
 pub use client::{AddOutcome, HostIdState, HostInfo, HostStatus, RemOutcome, Sanlock};
 pub use direct::{
-    direct_init_lockspace, direct_init_resource, direct_read_leader, program_found, DirectConfig,
+    direct_clear_resource, direct_init_lockspace, direct_init_resource, direct_read_leader,
+    direct_read_resource, program_found, DirectConfig,
 };
 pub use resource::{LeaseState, Refusal, Resource};
 

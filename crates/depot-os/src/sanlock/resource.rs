@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use super::client::{fill, take_hosts, RawDisk, RawHost, Sanlock};
 use super::{check_name, disk_path, Area, Geometry, HostInfo, SanlockError, NAME_LEN};
 
-// sanlock.h, sanlock_rv.h
+// sanlock.h, sanlock_resource.h, sanlock_rv.h
 const SANLK_RES_LVER: u32 = 0x1;
+const SANLK_ACQUIRE_LVB: u32 = 0x1;
 const SANLK_ACQUIRE_LVER: c_int = -240;
 const SANLK_ACQUIRE_IDLIVE: c_int = -243;
 const SANLK_ACQUIRE_OWNED: c_int = -244;
@@ -140,6 +141,24 @@ impl Sanlock {
     /// holder's host id expired is taken over. Acquiring a lease this
     /// process already holds is an error (`-EEXIST`).
     pub fn acquire(&self, res: &Resource, lver: Option<u64>) -> Result<u64, SanlockError> {
+        self.acquire_with(res, lver, 0)
+    }
+
+    /// [`acquire`](Self::acquire) with the lease's value block (LVB):
+    /// the block as the lease holds it is read at the acquire
+    /// ([`get_lvb`](Self::get_lvb)), and one set while the lease is held
+    /// ([`set_lvb`](Self::set_lvb)) is written at the release. VDSM keeps
+    /// a job's metadata there (`clusterlock.SANLock.acquire(lvb=True)`).
+    pub fn acquire_lvb(&self, res: &Resource) -> Result<u64, SanlockError> {
+        self.acquire_with(res, None, SANLK_ACQUIRE_LVB)
+    }
+
+    fn acquire_with(
+        &self,
+        res: &Resource,
+        lver: Option<u64>,
+        flags: u32,
+    ) -> Result<u64, SanlockError> {
         const OP: &str = "acquire";
         let (mut raw, target) = raw_resource(OP, res)?;
         if let Some(v) = lver {
@@ -155,7 +174,7 @@ impl Sanlock {
                 (lib.acquire)(
                     sock.as_raw_fd(),
                     -1,
-                    0,
+                    flags,
                     1,
                     list.as_mut_ptr(),
                     std::ptr::null_mut::<c_void>(),
@@ -210,6 +229,43 @@ impl Sanlock {
         Ok(())
     }
 
+    /// The value block of `res`, held by this process and acquired with
+    /// [`acquire_lvb`](Self::acquire_lvb): `len` bytes (at most the
+    /// lease's sector size; VDSM uses 512).
+    pub fn get_lvb(&self, res: &Resource, len: usize) -> Result<Vec<u8>, SanlockError> {
+        const OP: &str = "get_lvb";
+        let (mut raw, target) = raw_resource(OP, res)?;
+        let n = lvb_len(OP, len)?;
+        let (rv, data) = self.call(OP, &target, move |lib| {
+            let mut buf = vec![0u8; len];
+            // SAFETY: one valid resource and a buffer of `n` bytes.
+            let rv = unsafe { (lib.get_lvb)(0, &mut *raw, buf.as_mut_ptr().cast(), n) };
+            (rv, buf)
+        })?;
+        if rv < 0 {
+            return Err(self.error(OP, &target, rv));
+        }
+        Ok(data)
+    }
+
+    /// Sets the value block of `res` (held by this process, acquired with
+    /// [`acquire_lvb`](Self::acquire_lvb)) to `data`; sanlock writes it
+    /// to the lease at the release.
+    pub fn set_lvb(&self, res: &Resource, data: &[u8]) -> Result<(), SanlockError> {
+        const OP: &str = "set_lvb";
+        let (mut raw, target) = raw_resource(OP, res)?;
+        let n = lvb_len(OP, data.len())?;
+        let mut buf = data.to_vec();
+        let rv = self.call(OP, &target, move |lib| {
+            // SAFETY: one valid resource and a buffer of `n` bytes.
+            unsafe { (lib.set_lvb)(0, &mut *raw, buf.as_mut_ptr().cast(), n) }
+        })?;
+        if rv < 0 {
+            return Err(self.error(OP, &target, rv));
+        }
+        Ok(())
+    }
+
     /// The lease as it is on disk: its version and holders (the daemon
     /// reads it; no host id needed).
     pub fn read_lease(&self, res: &Resource) -> Result<LeaseState, SanlockError> {
@@ -232,6 +288,17 @@ impl Sanlock {
             owners: hosts.iter().map(HostInfo::from_raw).collect(),
         })
     }
+}
+
+/// A value block's length: 1 to 4096 bytes (one sector at most).
+fn lvb_len(op: &'static str, len: usize) -> Result<c_int, SanlockError> {
+    if len == 0 || len > 4096 {
+        return Err(SanlockError::Invalid {
+            op,
+            reason: format!("a value block of {len} bytes (1 to 4096)"),
+        });
+    }
+    Ok(len as c_int)
 }
 
 /// A `sanlk_resource` for `res` (boxed: over 1 KiB; its path as it is,
@@ -292,6 +359,15 @@ mod tests {
         assert_eq!((raw.num_disks, raw.disk.offset), (1, 1 << 20));
         // The daemon opens the path it is given: the colon is not escaped.
         assert_eq!(raw.disk.path(), "/m/a:b/dom_md/leases");
+    }
+
+    #[test]
+    fn value_blocks_are_one_sector_at_most() {
+        assert_eq!(lvb_len("t", 512).unwrap(), 512);
+        assert_eq!(lvb_len("t", 4096).unwrap(), 4096);
+        for bad in [0, 4097, usize::MAX] {
+            assert!(lvb_len("t", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

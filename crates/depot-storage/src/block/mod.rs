@@ -10,8 +10,9 @@
 //! * Special LVs: `metadata` (volume metadata slots, [`slots`]), `ids`,
 //!   `leases`, `xleases`, `inbox`, `outbox`, `master`, with VDSM's sizes.
 //!   `ids` and `leases` are formatted by sanlock at create
-//!   (crate::lockspace); the mailbox and `xleases` are not used yet, the
-//!   LVs are created so that the layout is VDSM's.
+//!   (crate::lockspace), and the `xleases` index is formatted with them
+//!   (crate::xlease); the mailbox is not used yet, its LVs are created so
+//!   that the layout is VDSM's.
 //! * Volumes are LVs ([`volumes`]).
 //!
 //! On this host a block domain also has a link directory
@@ -344,7 +345,7 @@ fn prepare_special_lvs(
     let Some(direct) = sanlock else {
         return Ok(());
     };
-    lvm.activate(&name, &[IDS_LV, LEASES_LV])
+    lvm.activate(&name, &[IDS_LV, LEASES_LV, crate::xlease::XLEASES])
         .map_err(|e| lvm_err(Code::CannotActivateLogicalVolume, OP, e))?;
     crate::lockspace::init_domain(
         direct,
@@ -353,7 +354,9 @@ fn prepare_special_lvs(
         &Lvm::lv_path(&name, LEASES_LV),
         block_size,
         alignment,
-    )
+    )?;
+    let xleases = Lvm::lv_path(&name, crate::xlease::XLEASES);
+    crate::xlease::Xleases::block(xleases, sd, block_size, alignment).format()
 }
 
 /// `PV<n>=pv:<name>,uuid:<uuid>,pestart:<bytes>,pecount:<n>,mapoffset:<n>`,

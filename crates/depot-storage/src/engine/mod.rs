@@ -38,6 +38,7 @@ use pools::Pools;
 mod connections;
 mod copy;
 mod domains;
+mod leases;
 mod liveness;
 pub mod lvm;
 mod ovf;
@@ -49,6 +50,7 @@ mod volumes;
 
 pub use copy::{Control, CopyOutcome, VolRef};
 pub use domains::DomainInfo;
+pub use leases::LeaseStatus;
 pub use ovf::{OvfListing, OvfStoreInfo, Readable, UploadDone};
 pub use pools::{PoolDomainStatus, PoolState};
 pub use spm::{Spm, SpmRole, SpmStatus};

@@ -159,6 +159,8 @@ fn build(
     }
     // sanlock's areas: `sanlock direct init` in a child opens the files
     // itself (they must exist) and writes them with O_DIRECT.
+    // With them, the xleases index (VDSM formats it on every V4+ domain;
+    // depot where leases can be made, i.e. with sanlock).
     if let Some(direct) = sanlock {
         crate::lockspace::init_domain(
             direct,
@@ -168,6 +170,9 @@ fn build(
             block_size,
             alignment,
         )?;
+        let xleases = md_dir.join(crate::xlease::XLEASES);
+        crate::xlease::Xleases::file(fs.clone(), xleases, req.sd, block_size, alignment)
+            .format()?;
     }
     let mut md = DomainMetadata::new_file(
         req.sd,

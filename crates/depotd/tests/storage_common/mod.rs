@@ -621,18 +621,19 @@ fn check_new_domain_on_disk(
     assert!(md_dir.is_dir() && dom.join("images").is_dir());
     // With the sanlock program (CI installs it), sanlock formats the
     // lockspace (1 × alignment) and the SDM lease at slot 1 (to 2 ×
-    // alignment), docs/formats.md "Lockspace and leases"; else both stay
-    // empty as VDSM creates them.
-    let (ids, leases) = if depot_os::sanlock::program_found(Path::new("sanlock")) {
+    // alignment), docs/formats.md "Lockspace and leases", and depot the
+    // xleases index (at 1 × alignment, 62 × 4096 bytes: VDSM's size,
+    // docs/formats.md "xleases"); else all stay empty as VDSM creates them.
+    let (ids, leases, xleases) = if depot_os::sanlock::program_found(Path::new("sanlock")) {
         let alignment: u64 = domain_md(dom)["ALIGNMENT"].parse().unwrap();
-        (alignment, 2 * alignment)
+        (alignment, 2 * alignment, alignment + 62 * 4096)
     } else {
-        (0, 0)
+        (0, 0, 0)
     };
     for (file, size) in [
         ("ids", ids),
         ("leases", leases),
-        ("xleases", 0),
+        ("xleases", xleases),
         ("inbox", 16 * MIB),
         ("outbox", 16 * MIB),
     ] {

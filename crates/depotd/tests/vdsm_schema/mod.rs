@@ -500,6 +500,9 @@ impl Finding {
                 !p.contains(['.', '[', '{']) && !sent.contains(&p.as_str())
             }
             (Finding::Extra(p), Item::ExtraProperty(q)) => p == q,
+            (Finding::Type { path, got, .. }, Item::NumberList(q)) => {
+                path == q && got.as_array().is_some_and(|a| a.iter().all(Value::is_u64))
+            }
             (Finding::Type { path, got, .. }, Item::DecimalString(q)) => {
                 path == q
                     && got
