@@ -26,7 +26,6 @@ fn fixture() -> Fixture {
 }
 
 fn fixture_with(block_size: u32, alignment: u64) -> Fixture {
-    depot_testkit::require_root();
     depot_testkit::require_program("sanlock");
     // Not /dev/shm: O_DIRECT needs a real file system.
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
@@ -62,6 +61,7 @@ fn offset_of(vol: &Xleases, lease: &str) -> Option<u64> {
 #[test]
 #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 fn create_lookup_delete_on_a_file() {
+    depot_testkit::require_root();
     let f = fixture();
     let vol = &f.vol;
     // Not formatted yet: 9031, for every verb, and nothing written.
@@ -106,6 +106,7 @@ fn create_lookup_delete_on_a_file() {
 #[test]
 #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 fn a_crash_between_updating_and_commit_is_repaired() {
+    depot_testkit::require_root();
     let f = fixture();
     let vol = &f.vol;
     vol.format().unwrap();
@@ -141,6 +142,7 @@ fn a_crash_between_updating_and_commit_is_repaired() {
 #[test]
 #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 fn rebuild_restores_a_lost_index_from_the_resources() {
+    depot_testkit::require_root();
     let f = fixture();
     let vol = &f.vol;
     vol.format().unwrap();
@@ -175,6 +177,7 @@ fn rebuild_restores_a_lost_index_from_the_resources() {
 #[test]
 #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 fn a_full_index_refuses_a_new_lease_and_changes_nothing() {
+    depot_testkit::require_root();
     let f = fixture();
     let vol = &f.vol;
     vol.format().unwrap();
@@ -205,6 +208,7 @@ fn a_full_index_refuses_a_new_lease_and_changes_nothing() {
 #[test]
 #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 fn leases_with_4k_sectors_and_2m_alignment() {
+    depot_testkit::require_root();
     // 4 KiB blocks: the metadata shares the first block with records 0-55,
     // so a record's write carries the metadata block along unchanged.
     let align = 2 * MIB;
