@@ -28,7 +28,8 @@
 //! 1. creates `images/<img>` if it is new (and fsyncs `images`);
 //! 2. creates the empty marker `<vol>.creating` with `O_EXCL`, fsyncs the
 //!    image directory: from here on the volume is "half-created";
-//! 3. writes `<vol>.meta` with `LEGALITY=ILLEGAL` (atomic replace, 0660);
+//! 3. writes `<vol>.meta` with `LEGALITY=ILLEGAL` (a new file with
+//!    `O_EXCL`, 0660, fsynced with its directory);
 //! 4. creates the data file with `O_EXCL` (0660): RAW sparse is truncated
 //!    to the capacity, RAW preallocated is `fallocate`d over it, COW is
 //!    `qemu-img create -f qcow2 -o compat=1.1` (with a parent: backing file
@@ -177,7 +178,7 @@ impl<'a> FileVolumes<'a> {
             )
             .caused_by(e)
         };
-        write_meta(fs, self.paths, img, vol, md)?;
+        write_new_meta(fs, self.paths, img, vol, md)?;
 
         let data = self.paths.volume(img, vol);
         // A sparse RAW volume is made, sized and fsynced in one call.
@@ -1031,6 +1032,35 @@ pub(crate) fn write_meta(
     let bytes = md.to_bytes()?;
     let path = paths.volume_meta(img, vol);
     fs.write_atomic(&path, &bytes, FILE_VOLUME_MODE)
+        .map_err(|e| open_error(Code::VolumeMetadataWriteError, OP, &path, e))
+}
+
+/// The first record of a volume being created (its `.creating` marker
+/// is there and durable): a new file written, fsynced and its directory
+/// fsynced in one helper call, without the temporary file and rename of
+/// [`write_meta`]. Nobody reads the record of a volume being created, and
+/// a crash half-way leaves a torn record beside the marker, which the
+/// rollback removes as it removes any ([`discard`]). Later writes replace
+/// the record atomically.
+fn write_new_meta(
+    fs: &MountFs,
+    paths: &DomainPaths,
+    img: ImgUuid,
+    vol: VolUuid,
+    md: &VolumeMetadata,
+) -> StorageResult<()> {
+    const OP: &str = "write volume metadata";
+    let bytes = md.to_bytes()?;
+    let path = paths.volume_meta(img, vol);
+    let new_file = OpenWrite {
+        create: true,
+        exclusive: true,
+        mode: FILE_VOLUME_MODE,
+        sync_dir: true,
+        ..OpenWrite::default()
+    };
+    fs.write_at(&path, 0, &bytes, new_file, true)
+        .map(drop)
         .map_err(|e| open_error(Code::VolumeMetadataWriteError, OP, &path, e))
 }
 
