@@ -656,6 +656,11 @@ impl<'a> Scanner<'a> {
             let vs = self.i + 1;
             self.value().map_err(in_decl)?;
             let value = &self.b[vs..self.i - 1];
+            // The declaration ends at its first "?>", quoted or not, as
+            // any processing instruction does (for the parser too).
+            if value.windows(2).any(|w| w == b"?>") {
+                return self.err(vs, "'?>' inside a value ends the XML declaration there");
+            }
             if &self.b[ks..ks + kl] == b"encoding" && !value.eq_ignore_ascii_case(b"utf-8") {
                 return Err(format!(
                     "encoding {:?} (only UTF-8 is accepted)",
@@ -952,6 +957,22 @@ mod tests {
                 &format!("duplicate attribute {}", names[first]),
             );
         }
+    }
+
+    /// What the fuzz target xml_check_differential found (CI, 2026-12-06):
+    /// a declaration whose quoted value holds "?>" was taken whole by the
+    /// check, while the parser (as XML) ends the declaration at the first
+    /// "?>" and refuses the rest. Both refuse it now.
+    #[test]
+    fn a_declaration_ends_at_its_first_pi_end_even_in_quotes() {
+        for xml in [
+            "<?xml version=\"yes?>\"?><ovf:Envelope></ovf:Envelope>",
+            "<?xml version='1.0' encoding='a?>b'?><ovf:Envelope/>",
+        ] {
+            bad(xml, "ends the XML declaration");
+            assert!(parse_ovf(id(), xml.as_bytes()).is_err(), "{xml}");
+        }
+        ok("<?xml version='1.0' encoding='utf-8'?><ovf:Envelope/>");
     }
 
     /// What the fuzz target xml_check_differential found: markup the
