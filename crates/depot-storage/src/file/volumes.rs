@@ -28,24 +28,25 @@
 //! 1. creates `images/<img>` if it is new (and fsyncs `images`);
 //! 2. creates the empty marker `<vol>.creating` with `O_EXCL`, fsyncs the
 //!    image directory: from here on the volume is "half-created";
-//! 3. writes `<vol>.meta` with `LEGALITY=ILLEGAL` (a new file with
-//!    `O_EXCL`, 0660, fsynced with its directory);
-//! 4. creates the data file with `O_EXCL` (0660): RAW sparse is truncated
+//! 3. creates the data file with `O_EXCL` (0660): RAW sparse is truncated
 //!    to the capacity, RAW preallocated is `fallocate`d over it, COW is
 //!    `qemu-img create -f qcow2 -o compat=1.1` (with a parent: backing file
 //!    `<parent vol>` relative to the image directory, backing format from the
 //!    parent's FORMAT, as VDSM's `clone`); a COW base that is preallocated
 //!    gets its data area allocated after the qcow2 metadata, as VDSM does;
 //!    then the data is fsynced;
-//! 5. creates `<vol>.lease`, empty, 0660, and on a domain with a
+//! 4. creates `<vol>.lease`, empty, 0660, and on a domain with a
 //!    lockspace has sanlock format the volume's lease in it
 //!    (crate::lockspace::VolumeLeases);
-//! 6. turns the parent's VOLTYPE from LEAF to INTERNAL;
-//! 7. rewrites the metadata with `LEGALITY=LEGAL` (unless asked for an
-//!    ILLEGAL volume);
-//! 8. removes the marker and fsyncs the directory: the volume exists.
+//! 5. with a LEAF parent: writes `<vol>.meta` with `LEGALITY=ILLEGAL` (a
+//!    new file with `O_EXCL`, 0660, fsynced with its directory), so that
+//!    recovery can find the parent, then turns the parent's VOLTYPE from
+//!    LEAF to INTERNAL, then rewrites the record `LEGAL` (unless asked for
+//!    an ILLEGAL volume); otherwise writes the final record once, as a new
+//!    file fsynced with its directory;
+//! 6. removes the marker and fsyncs the directory: the volume exists.
 //!
-//! A failure in steps 2 to 8 is rolled back at once; a
+//! A failure in steps 2 to 6 is rolled back at once; a
 //! crash leaves the marker, and recovery does the same rollback: read the
 //! half-created metadata (if any) for its parent, put the parent back to
 //! LEAF if no other volume names it as parent, remove data, lease and
@@ -178,8 +179,6 @@ impl<'a> FileVolumes<'a> {
             )
             .caused_by(e)
         };
-        write_new_meta(fs, self.paths, img, vol, md)?;
-
         let data = self.paths.volume(img, vol);
         // A sparse RAW volume is made, sized and fsynced in one call.
         let sparse_raw = md.format == VolumeFormat::Raw && md.alloc_type != AllocType::Preallocated;
@@ -261,7 +260,14 @@ impl<'a> FileVolumes<'a> {
             leases.format(self.sd, vol, depot_os::sanlock::Area::new(lease, 0))?;
         }
 
-        if parent.is_some_and(|p| p.vol_type == VolType::Leaf) {
+        // Recovery learns which parent to put back to LEAF from the new
+        // volume's record: where the parent changes, an ILLEGAL record is
+        // made durable first. Elsewhere the record is written once, final,
+        // at the end (two fsyncs and a helper call fewer): until the
+        // marker goes, nobody reads it, and recovery needs none.
+        let changes_parent = parent.is_some_and(|p| p.vol_type == VolType::Leaf);
+        if changes_parent {
+            write_new_meta(fs, self.paths, img, vol, md)?;
             update_meta(
                 fs,
                 self.paths,
@@ -278,7 +284,11 @@ impl<'a> FileVolumes<'a> {
         }
         if req.legal {
             md.legality = Legality::Legal;
-            write_meta(fs, self.paths, img, vol, md)?;
+        }
+        match (changes_parent, req.legal) {
+            (false, _) => write_new_meta(fs, self.paths, img, vol, md)?,
+            (true, true) => write_meta(fs, self.paths, img, vol, md)?,
+            (true, false) => {}
         }
         let marker = self.paths.volume_creating(img, vol);
         fs.unlink_synced(&marker).map_err(|e| failed(&marker, e))
