@@ -6,6 +6,7 @@
 mod copy;
 mod daemon;
 mod fsproc;
+mod hostids;
 mod ovf;
 mod ovf_sink;
 mod ping;
@@ -49,6 +50,10 @@ enum Bench {
     /// A 1 GiB volume wipe (postZero, dense and sparse) through a mount's
     /// helpers vs the in-thread O_DIRECT loop of before helpers.
     Wipe(wipe::WipeArgs),
+    /// Host id acquisition for a pool of many LOCALFS domains (repoStats
+    /// `acquired` after StoragePool.connect) vs sanlock's own add_lockspace
+    /// of as many lockspaces at once (root; starts a sanlock daemon).
+    Hostids(hostids::HostIdsArgs),
     /// The command runner (depot_os::CommandRunner) running `true` many
     /// times, against std::process::Command::status() of the same.
     Spawn(spawn::SpawnArgs),
@@ -106,6 +111,7 @@ fn main() {
             Bench::Volumes(a) => volumes::run(&depotd, a).await,
             Bench::Ovf(a) => ovf::run(&depotd, a).await,
             Bench::Copy(a) => copy::run(a).await,
+            Bench::Hostids(a) => hostids::run(&depotd, a).await,
             Bench::OvfSink(_)
             | Bench::Fsproc(_)
             | Bench::FsprocServe
