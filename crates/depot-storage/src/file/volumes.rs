@@ -178,7 +178,7 @@ impl<'a> FileVolumes<'a> {
             )
             .caused_by(e)
         };
-        write_new_meta(fs, self.paths, img, vol, md)?;
+        write_meta(fs, self.paths, img, vol, md, MetaWrite::New)?;
 
         let data = self.paths.volume(img, vol);
         // A sparse RAW volume is made, sized and fsynced in one call.
@@ -278,7 +278,7 @@ impl<'a> FileVolumes<'a> {
         }
         if req.legal {
             md.legality = Legality::Legal;
-            write_meta(fs, self.paths, img, vol, md)?;
+            write_meta(fs, self.paths, img, vol, md, MetaWrite::Replace)?;
         }
         let marker = self.paths.volume_creating(img, vol);
         fs.unlink_synced(&marker).map_err(|e| failed(&marker, e))
@@ -1018,50 +1018,50 @@ pub(crate) fn load(
     read_meta(fs, paths, img, vol, op)
 }
 
-/// Writes `<vol>.meta` atomically (0660: temporary file, fsync, rename,
-/// fsync of the directory, in the helper). An invalid record keeps its
-/// code (753, 756); an I/O failure is 208.
+/// How [`write_meta`] writes a volume's `<vol>.meta`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MetaWrite {
+    /// An atomic replace (0660: temporary file, fsync, rename, fsync of
+    /// the directory, in the helper): every record but a new volume's
+    /// first.
+    Replace,
+    /// The first record of a volume being created (its `.creating` marker
+    /// is there and durable): a new file written, fsynced and its
+    /// directory fsynced in one helper call, without the temporary file
+    /// and rename of [`MetaWrite::Replace`]. Nobody reads the record of a
+    /// volume being created, and a crash half-way leaves a torn record
+    /// beside the marker, which the rollback removes as it removes any
+    /// ([`discard`]). Later writes replace the record atomically.
+    New,
+}
+
+/// Writes `<vol>.meta` as `how` says. An invalid record keeps its code
+/// (753, 756); an I/O failure is 208.
 pub(crate) fn write_meta(
     fs: &MountFs,
     paths: &DomainPaths,
     img: ImgUuid,
     vol: VolUuid,
     md: &VolumeMetadata,
+    how: MetaWrite,
 ) -> StorageResult<()> {
     const OP: &str = "write volume metadata";
     let bytes = md.to_bytes()?;
     let path = paths.volume_meta(img, vol);
-    fs.write_atomic(&path, &bytes, FILE_VOLUME_MODE)
-        .map_err(|e| open_error(Code::VolumeMetadataWriteError, OP, &path, e))
-}
-
-/// The first record of a volume being created (its `.creating` marker
-/// is there and durable): a new file written, fsynced and its directory
-/// fsynced in one helper call, without the temporary file and rename of
-/// [`write_meta`]. Nobody reads the record of a volume being created, and
-/// a crash half-way leaves a torn record beside the marker, which the
-/// rollback removes as it removes any ([`discard`]). Later writes replace
-/// the record atomically.
-fn write_new_meta(
-    fs: &MountFs,
-    paths: &DomainPaths,
-    img: ImgUuid,
-    vol: VolUuid,
-    md: &VolumeMetadata,
-) -> StorageResult<()> {
-    const OP: &str = "write volume metadata";
-    let bytes = md.to_bytes()?;
-    let path = paths.volume_meta(img, vol);
-    let new_file = OpenWrite {
-        create: true,
-        exclusive: true,
-        mode: FILE_VOLUME_MODE,
-        sync_dir: true,
-        ..OpenWrite::default()
+    let written = match how {
+        MetaWrite::Replace => fs.write_atomic(&path, &bytes, FILE_VOLUME_MODE),
+        MetaWrite::New => {
+            let new_file = OpenWrite {
+                create: true,
+                exclusive: true,
+                mode: FILE_VOLUME_MODE,
+                sync_dir: true,
+                ..OpenWrite::default()
+            };
+            fs.write_at(&path, 0, &bytes, new_file, true).map(drop)
+        }
     };
-    fs.write_at(&path, 0, &bytes, new_file, true)
-        .map(drop)
-        .map_err(|e| open_error(Code::VolumeMetadataWriteError, OP, &path, e))
+    written.map_err(|e| open_error(Code::VolumeMetadataWriteError, OP, &path, e))
 }
 
 /// Read, change, write back.
@@ -1075,7 +1075,7 @@ pub(crate) fn update_meta(
 ) -> StorageResult<VolumeMetadata> {
     let mut md = read_meta(fs, paths, img, vol, op)?;
     change(&mut md)?;
-    write_meta(fs, paths, img, vol, &md).map_err(|e| e.in_op(op))?;
+    write_meta(fs, paths, img, vol, &md, MetaWrite::Replace).map_err(|e| e.in_op(op))?;
     Ok(md)
 }
 
