@@ -556,7 +556,7 @@ impl Storage {
         let chain = {
             let domain = self.locate(src_sd)?;
             let held = self.lock_image(src_sd, img, false)?;
-            self.with_volumes(&domain, OP, &held, move |v| v.chain(img, leaf, false))?
+            self.with_volumes(&domain, &held, move |v| v.chain(img, leaf, false))?
         };
         if self.list_images(dst_sd)?.contains(&img) {
             if !force {
@@ -728,7 +728,7 @@ impl Storage {
     /// Volume info with the caller already holding the image lock.
     fn volume_info_unlocked(&self, v: VolRef, held: &Held) -> StorageResult<VolumeInfo> {
         let domain = self.locate(v.sd)?;
-        self.with_volumes(&domain, "volume info", held, move |s| s.info(v.img, v.vol))
+        self.with_volumes(&domain, held, move |s| s.info(v.img, v.vol))
     }
 
     fn update_volume_unlocked(
@@ -740,7 +740,7 @@ impl Storage {
             + 'static,
     ) -> StorageResult<crate::metadata::volume::VolumeMetadata> {
         let domain = self.locate(v.sd)?;
-        self.with_volumes(&domain, "update volume metadata", held, move |s| {
+        self.with_volumes(&domain, held, move |s| {
             s.update(v.img, v.vol, Box::new(change))
         })
     }
