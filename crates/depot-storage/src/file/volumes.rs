@@ -488,7 +488,7 @@ impl VolumeStore for FileVolumes<'_> {
                 Err(e) if e.code == Code::VolumeDoesNotExist => {}
                 // A mount in trouble is the verb's answer, not a volume
                 // listed on a guess.
-                Err(e) if mount_trouble(&e) => return Err(e),
+                Err(e) if e.has_mount_trouble_code() => return Err(e),
                 Err(e) => {
                     tracing::warn!(%img, %vol, error = %e, "listing a volume whose metadata cannot be read");
                     out.push(vol);
@@ -674,7 +674,7 @@ impl VolumeStore for FileVolumes<'_> {
         let md = match read_meta(fs, self.paths, img, vol, OP) {
             Ok(md) => Some(md),
             Err(e) if e.code == Code::VolumeDoesNotExist => None,
-            Err(e) if mount_trouble(&e) => return Err(e),
+            Err(e) if e.has_mount_trouble_code() => return Err(e),
             Err(e) => {
                 tracing::warn!(%img, %vol, error = %e, "deleting a volume whose metadata cannot be read");
                 None
@@ -781,22 +781,10 @@ fn create_lease(fs: &MountFs, lease: &Path) -> io::Result<()> {
     fs.fsync(lease)
 }
 
-/// Whether the error says the mount is in trouble (no answer, or the
-/// storage failing underneath: 2001, 2002, 384): such an error is the
-/// verb's answer, never read as "absent" or "unreadable, go on".
-pub(crate) fn mount_trouble(e: &StorageError) -> bool {
-    matches!(
-        e.code,
-        Code::MiscFileReadException
-            | Code::MiscFileWriteException
-            | Code::FileStorageDomainStaleNFSHandle
-    )
-}
-
 /// `e` told as `code` of `op` (the verb's own failure code), unless it
 /// says the mount is in trouble: that keeps its code.
 pub(crate) fn as_code(e: StorageError, code: Code, op: &'static str) -> StorageError {
-    if mount_trouble(&e) {
+    if e.has_mount_trouble_code() {
         return e;
     }
     StorageError::new(code, op, e.to_string()).caused_by(e)
@@ -1426,7 +1414,7 @@ pub(crate) fn discard(
         Ok(_) => {}
         Err(e) if e.code == Code::VolumeDoesNotExist => {}
         // Nothing can be removed on a mount that does not answer.
-        Err(e) if mount_trouble(&e) => return Err(e),
+        Err(e) if e.has_mount_trouble_code() => return Err(e),
         Err(e) => {
             // Without the record the parent is unknown; the parent change
             // comes after the record is written, so a parent can only have
