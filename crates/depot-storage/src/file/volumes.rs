@@ -1099,7 +1099,9 @@ fn stat_volume(
 
 /// The data file of a volume whose marker the caller checked, for work
 /// on it (qemu-img opens it by path): missing is 201, anything but the
-/// volume's own regular file 254, another failure `code`.
+/// volume's own regular file 254, another failure `code`. Not
+/// [`stat_volume`], which reports the entry as it is (a symlink too, which
+/// `getInfo` shows and does not refuse).
 fn volume_file(
     fs: &MountFs,
     paths: &DomainPaths,
