@@ -177,6 +177,17 @@ const fn vm(verb: &'static str, test: &'static str, item: Item, why: &'static st
     }
 }
 
+/// A `Lease.*` verb: its result is checked by storage_xleases in the
+/// sanlock tier (its daemon has sanlock; the unprivileged tier's has not).
+const fn xleases_tier(verb: &'static str) -> Difference {
+    vm(
+        verb,
+        "storage_xleases",
+        Item::SanlockTier("storage_xleases"),
+        XLEASES_NEED_SANLOCK,
+    )
+}
+
 const SAN: &str = "SAN storage: the unprivileged tier has none";
 const CONNECTION_KEYS: &str = "a name of the schema's ConnectionRefParameters that nobody sends: \
     VDSM (storageServer.py) and the engine (StorageConnectionHelper.java) use connection, \
@@ -720,42 +731,12 @@ pub const DIFFERENCES: &[Difference] = &[
         "the storage's own answer to whether a host is alive (sanlock's delta leases), for \
          fencing and disaster recovery; VDSM keeps it internal (hsm.getHostLeaseStatus)",
     ),
-    vm(
-        "Lease.create",
-        "storage_xleases",
-        Item::SanlockTier("storage_xleases"),
-        XLEASES_NEED_SANLOCK,
-    ),
-    vm(
-        "Lease.delete",
-        "storage_xleases",
-        Item::SanlockTier("storage_xleases"),
-        XLEASES_NEED_SANLOCK,
-    ),
-    vm(
-        "Lease.info",
-        "storage_xleases",
-        Item::SanlockTier("storage_xleases"),
-        XLEASES_NEED_SANLOCK,
-    ),
-    vm(
-        "Lease.status",
-        "storage_xleases",
-        Item::SanlockTier("storage_xleases"),
-        XLEASES_NEED_SANLOCK,
-    ),
-    vm(
-        "Lease.rebuild_leases",
-        "storage_xleases",
-        Item::SanlockTier("storage_xleases"),
-        XLEASES_NEED_SANLOCK,
-    ),
-    vm(
-        "Lease.fence",
-        "storage_xleases",
-        Item::SanlockTier("storage_xleases"),
-        XLEASES_NEED_SANLOCK,
-    ),
+    xleases_tier("Lease.create"),
+    xleases_tier("Lease.delete"),
+    xleases_tier("Lease.info"),
+    xleases_tier("Lease.status"),
+    xleases_tier("Lease.rebuild_leases"),
+    xleases_tier("Lease.fence"),
     vm(
         "Lease.status",
         "storage_xleases",

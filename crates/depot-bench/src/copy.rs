@@ -22,6 +22,7 @@
 //! cannot be dropped here: all three tools use O_DIRECT on both ends.
 
 use depot_storage::copy::{copy_raw, verify_raw, CopyOptions};
+use depot_testkit::rng::Rng;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -389,10 +390,10 @@ fn write_sparse(
     pieces: u64,
 ) -> Result<(), String> {
     // Distinct random 1 MiB slots, sorted.
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let mut chosen = std::collections::BTreeSet::new();
     while (chosen.len() as u64) < pieces {
-        chosen.insert(rng.next() % slots);
+        chosen.insert(rng.next_u64() % slots);
     }
     let t = Instant::now();
     let f = OpenOptions::new()
@@ -447,28 +448,9 @@ fn fresh(path: &Path, size: u64) -> Result<(), String> {
     Ok(())
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
-
 fn write_random(path: &Path, size: u64, seed: u64) -> Result<(), String> {
     let f = File::create(path).map_err(err("create source"))?;
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut buf = vec![0u8; 8 * MIB as usize];
     let mut off = 0;
     while off < size {

@@ -99,6 +99,38 @@ impl StorageError {
         self.cause.as_ref()
     }
 
+    /// Whether the error underneath is a [`MountFs`](crate::mount_fs::MountFs)
+    /// call's [`MountTrouble`](crate::mount_fs::MountTrouble): the mount did
+    /// not answer, or answered that the storage is failing, as opposed to an
+    /// answer about the path itself. The exact test, for an error made
+    /// straight from such a call ([`io`](Self::io), [`os`](Self::os)); where
+    /// the code alone cannot tell, as for a domain's metadata, whose every
+    /// read or write failure is 2001 or 2002. An error wrapped again (its
+    /// cause another error) no longer shows it: see
+    /// [`has_mount_trouble_code`](Self::has_mount_trouble_code).
+    pub fn has_mount_trouble_cause(&self) -> bool {
+        self.cause()
+            .and_then(|c| c.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| crate::mount_fs::MountTrouble::of(io).is_some())
+    }
+
+    /// Whether the error answers with a code of a mount in trouble (2001,
+    /// 2002, 384): such an error is the verb's answer, never read as
+    /// "absent" or "unreadable, go on". The code survives the rewrapping
+    /// of the volume and image code ([`in_op`](Self::in_op), an OVF error's
+    /// code), so this is the test there, where a failure about the path
+    /// itself has codes of its own; not where 2001 and 2002 also mean "that
+    /// file could not be read" (see
+    /// [`has_mount_trouble_cause`](Self::has_mount_trouble_cause)).
+    pub fn has_mount_trouble_code(&self) -> bool {
+        matches!(
+            self.code,
+            Code::MiscFileReadException
+                | Code::MiscFileWriteException
+                | Code::FileStorageDomainStaleNFSHandle
+        )
+    }
+
     /// The messages of the chain of sources below this error, joined by
     /// ": " (empty without a cause), for logs.
     pub fn cause_chain(&self) -> String {
@@ -251,6 +283,40 @@ mod tests {
             StorageError::new(Code::MountError, "op", "d").cause_chain(),
             ""
         );
+    }
+
+    /// The two tests of a mount in trouble look at different evidence,
+    /// and each sees a case the other does not.
+    #[test]
+    fn mount_trouble_is_told_by_its_cause_or_by_its_code() {
+        let trouble = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                crate::mount_fs::MountTrouble {
+                    write: false,
+                    source: depot_os::fsproc::FsProcError::Hung {
+                        mount: "/mnt/x".into(),
+                        stuck: 2,
+                    },
+                },
+            )
+        };
+        let path = Path::new("/mnt/x/sd/dom_md/metadata");
+        // Straight from a MountFs call: both.
+        let e = StorageError::io(Code::VolumeMetadataReadError, "op", path, trouble());
+        assert_eq!(e.code, Code::MiscFileReadException);
+        assert!(e.has_mount_trouble_cause() && e.has_mount_trouble_code());
+        // Wrapped again, the code stays and the cause is another error.
+        let wrapped = StorageError::new(e.code, "outer", e.to_string()).caused_by(e);
+        assert!(wrapped.has_mount_trouble_code() && !wrapped.has_mount_trouble_cause());
+        // 2001 for a file that answered "no" (a domain's metadata): the code
+        // says trouble, the cause does not.
+        let denied = io::Error::from_raw_os_error(libc::EACCES);
+        let e = StorageError::io(Code::MiscFileReadException, "op", path, denied);
+        assert!(e.has_mount_trouble_code() && !e.has_mount_trouble_cause());
+        // Neither: an answer about the path.
+        let e = StorageError::io(Code::VolumeMetadataReadError, "op", path, enoent());
+        assert!(!e.has_mount_trouble_code() && !e.has_mount_trouble_cause());
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub mod volume_store;
 pub mod xlease;
 
 pub use domain_spec::CreateDomain;
-pub use engine::{Control, CopyOutcome, VolRef};
+pub use engine::{Control, CopyOutcome, DestinationLease, VolRef};
 pub use engine::{OvfListing, OvfStoreInfo, Readable, UploadDone};
 pub use engine::{Prepared, Storage, StorageConfig};
 pub use error::{StorageError, StorageResult};

@@ -33,6 +33,7 @@
 
 pub mod gluster;
 pub mod process;
+pub mod rng;
 pub mod sanlock;
 
 use std::path::{Path, PathBuf};

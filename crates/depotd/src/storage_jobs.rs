@@ -15,7 +15,7 @@ use std::sync::Arc;
 use depot_api::storage::{ImgUuid, Legality, SdUuid, SpUuid, VolUuid};
 use depot_api::{ApiError, Code};
 use depot_jobs::{JobContext, JobKind, RunFuture};
-use depot_storage::{Control, CopyOutcome, Storage, VolRef};
+use depot_storage::{Control, CopyOutcome, DestinationLease, Storage, VolRef};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -188,6 +188,7 @@ pub fn kinds(storage: &Arc<Storage>, journal_dir: PathBuf) -> Vec<Arc<dyn JobKin
                     true,
                     Some(&env.journal_dir),
                     ctl,
+                    DestinationLease::Hold,
                 )?;
                 Ok(outcome_json(&o))
             },

@@ -7,7 +7,7 @@
 mod common;
 mod storage_common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{eventually, Daemon};
@@ -15,70 +15,8 @@ use depot_client::Client;
 use depot_os::sanlock::{direct_read_leader, Area, DirectConfig};
 use depot_testkit::sanlock::SanlockDaemon;
 use serde_json::{json, Value};
+use storage_common::sanlock_pool::*;
 use storage_common::*;
-
-const MIB: u64 = 1 << 20;
-/// sanlock's delta-lease wait is about 21 s with its 10 s io_timeout
-/// (machine-facts.md), then one monitor interval: generous for a loaded
-/// machine.
-const ACQUIRE_WAIT: Duration = Duration::from_secs(120);
-/// An asynchronous rem_lockspace ends about 2 s later.
-const RELEASE_WAIT: Duration = Duration::from_secs(60);
-const SANLOCK_CONFIG: &str = "[storage]\nmonitor_interval_s = 1\n";
-
-/// A LOCALFS domain created and the master of a new pool (not connected).
-struct Pool {
-    c: Client,
-    _data: tempfile::TempDir,
-    sd: String,
-    sp: String,
-    dom: PathBuf,
-}
-
-async fn pool(d: &Daemon) -> Pool {
-    let c = d.client().await;
-    let data = tempfile::tempdir().unwrap();
-    let conn = ConnectionSpec::local(&data.path().canonicalize().unwrap());
-    let st = call_ok(
-        &c,
-        "StoragePool.connectStorageServer",
-        connect_params(LOCALFS, vec![conn.params(&new_id())]),
-    )
-    .await;
-    assert_eq!(statuses(&st), [0], "{st}");
-    let sd = new_id();
-    call_ok(
-        &c,
-        "StorageDomain.create",
-        create_domain_params(&sd, LOCALFS, &conn.connection, "sanlock", 512),
-    )
-    .await;
-    let sp = new_id();
-    call_ok(
-        &c,
-        "StoragePool.create",
-        json!({"storagepoolID": sp, "name": "dc", "masterSdUUID": sd, "masterVersion": 1}),
-    )
-    .await;
-    let dom = Path::new(&conn.connection).join(&sd);
-    Pool {
-        c,
-        _data: data,
-        sd,
-        sp,
-        dom,
-    }
-}
-
-fn pool_connect(p: &Pool, host_id: i64) -> Value {
-    json!({"storagepoolID": p.sp, "hostID": host_id, "scsiKey": p.sp, "masterSdUUID": p.sd,
-        "masterVersion": 1, "domainDict": {p.sd.clone(): "active"}})
-}
-
-async fn repo_stats(p: &Pool) -> Value {
-    let all = call_ok(&p.c, "Host.getStorageRepoStats", json!({"domains": [p.sd]})).await;
-    all.get(&p.sd).cloned().unwrap_or(Value::Null)
-}
 
 /// The lockspaces of `sd` the daemon lists.
 fn listed(daemon: &SanlockDaemon, sd: &str) -> Vec<String> {
@@ -149,11 +87,7 @@ async fn host_id_is_acquired_in_a_new_domains_lockspace_and_released_on_disconne
     let t = std::time::Instant::now();
     call_ok(&p.c, "StoragePool.connect", pool_connect(&p, 3)).await;
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
-    let stats = eventually("repoStats acquired", ACQUIRE_WAIT, || async {
-        let s = repo_stats(&p).await;
-        (s["acquired"] == true).then_some(s)
-    })
-    .await;
+    let stats = until_acquired(&p.c, &p.sd).await;
     assert_eq!((&stats["valid"], &stats["code"]), (&json!(true), &json!(0)));
     eprintln!("host id acquired {:?} after connect", t.elapsed());
     let held = listed(&daemon, &p.sd);

@@ -11,7 +11,7 @@ mod common;
 mod storage_common;
 mod vdsm_schema;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{eventually, Daemon};
@@ -19,57 +19,10 @@ use depot_client::Client;
 use depot_os::sanlock::{direct_read_leader, Area, DirectConfig, Resource, Sanlock};
 use depot_testkit::sanlock::SanlockDaemon;
 use serde_json::{json, Value};
+use storage_common::sanlock_pool::*;
 use storage_common::*;
 
 const MIB: usize = 1 << 20;
-/// sanlock's delta-lease wait is about 21 s; generous for a loaded
-/// machine.
-const ACQUIRE_WAIT: Duration = Duration::from_secs(120);
-const RELEASE_WAIT: Duration = Duration::from_secs(60);
-const SANLOCK_CONFIG: &str = "[storage]\nmonitor_interval_s = 1\n";
-
-struct Pool {
-    c: Client,
-    _data: tempfile::TempDir,
-    sd: String,
-    sp: String,
-    dom: PathBuf,
-}
-
-async fn pool(d: &Daemon) -> Pool {
-    let c = d.client().await;
-    let data = tempfile::tempdir().unwrap();
-    let conn = ConnectionSpec::local(&data.path().canonicalize().unwrap());
-    let st = call_ok(
-        &c,
-        "StoragePool.connectStorageServer",
-        connect_params(LOCALFS, vec![conn.params(&new_id())]),
-    )
-    .await;
-    assert_eq!(statuses(&st), [0], "{st}");
-    let sd = new_id();
-    call_ok(
-        &c,
-        "StorageDomain.create",
-        create_domain_params(&sd, LOCALFS, &conn.connection, "xleases", 512),
-    )
-    .await;
-    let sp = new_id();
-    call_ok(
-        &c,
-        "StoragePool.create",
-        json!({"storagepoolID": sp, "name": "dc", "masterSdUUID": sd, "masterVersion": 1}),
-    )
-    .await;
-    let dom = Path::new(&conn.connection).join(&sd);
-    Pool {
-        c,
-        _data: data,
-        sd,
-        sp,
-        dom,
-    }
-}
 
 async fn task_succeeded(c: &Client, task: &Value) {
     let s = call_ok(c, "Task.getStatus", json!({"taskID": task})).await;
@@ -145,18 +98,8 @@ async fn leases_are_sanlock_resources_in_the_xleases_volume() {
 
     // Acquired by another process of this host (as a VM's qemu would be
     // given it): status sees this host's id.
-    call_ok(
-        c,
-        "StoragePool.connect",
-        json!({"storagepoolID": p.sp, "hostID": 4, "scsiKey": p.sp, "masterSdUUID": p.sd,
-            "masterVersion": 1, "domainDict": {p.sd.clone(): "active"}}),
-    )
-    .await;
-    eventually("the host id acquired", ACQUIRE_WAIT, || async {
-        let all = call_ok(c, "Host.getStorageRepoStats", json!({"domains": [p.sd]})).await;
-        (all[&p.sd]["acquired"] == true).then_some(())
-    })
-    .await;
+    call_ok(c, "StoragePool.connect", pool_connect(&p, 4)).await;
+    until_acquired(c, &p.sd).await;
     let client = Sanlock::load(None, Duration::from_secs(30));
     let res = Resource::new(p.sd.clone(), a.clone(), Area::new(&path, 3 * MIB as u64));
     let lver = client.acquire(&res, None).expect("acquire the lease");

@@ -21,12 +21,10 @@ use depot_client::Client;
 use depot_os::sanlock::{direct_read_leader, Area, DirectConfig, Resource, Sanlock};
 use depot_testkit::sanlock::{NoDaemon, SanlockDaemon};
 use serde_json::{json, Value};
+use storage_common::sanlock_pool::{
+    create_pool, pool_connect_params, until_acquired, SANLOCK_CONFIG,
+};
 use storage_common::*;
-
-/// sanlock's delta-lease wait is about 21 s with its 10 s io_timeout,
-/// then one monitor interval: generous for a loaded machine.
-const ACQUIRE_WAIT: Duration = Duration::from_secs(120);
-const SANLOCK_CONFIG: &str = "[storage]\nmonitor_interval_s = 1\n";
 
 /// Asserts that `v`'s `.lease` holds the sanlock resource named by the
 /// volume in the domain's lockspace, at 0, one alignment (1 MiB) long:
@@ -104,26 +102,14 @@ struct Pool {
 async fn connected_pool(d: &Daemon, dir: &Path) -> Pool {
     let c = d.client().await;
     let dom = local_domain(&c, d, dir).await;
-    let sp = new_id();
-    call_ok(
-        &c,
-        "StoragePool.create",
-        json!({"storagepoolID": sp, "name": "dc", "masterSdUUID": dom.sd, "masterVersion": 1}),
-    )
-    .await;
+    let sp = create_pool(&c, &dom.sd).await;
     call_ok(
         &c,
         "StoragePool.connect",
-        json!({"storagepoolID": sp, "hostID": 3, "scsiKey": sp, "masterSdUUID": dom.sd,
-            "masterVersion": 1, "domainDict": {dom.sd.clone(): "active"}}),
+        pool_connect_params(&sp, &dom.sd, 3),
     )
     .await;
-    let sd = dom.sd.clone();
-    eventually("repoStats acquired", ACQUIRE_WAIT, || async {
-        let all = call_ok(&c, "Host.getStorageRepoStats", json!({"domains": [sd]})).await;
-        (all[&sd]["acquired"] == true).then_some(())
-    })
-    .await;
+    until_acquired(&c, &dom.sd).await;
     Pool { c, dom, sp }
 }
 

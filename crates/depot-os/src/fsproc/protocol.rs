@@ -791,6 +791,7 @@ pub const fn prefix_bytes() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use depot_testkit::rng::Rng;
 
     /// A reader that fails the test if more than `limit` bytes are read
     /// from it: an oversized frame must be refused from its prefix alone.
@@ -928,23 +929,6 @@ mod tests {
         assert!(matches!(e, FrameError::Json(_)), "{e}");
     }
 
-    /// A small deterministic generator (xorshift64*): the same cases on
-    /// every run, no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
-
     /// A valid batch header, the seed the mutations start from.
     fn batch_header() -> Vec<u8> {
         let header = RequestHeader {
@@ -1013,7 +997,7 @@ mod tests {
             br#"{"op":"stat","path":"../etc"}"#,
             b"[", b"]", b"{", b"}", b",", b"\"items\":",
         ];
-        let mut rng = Rng(0x5eed_f00d_1234_5678);
+        let mut rng = Rng::new(0x5eed_f00d_1234_5678);
         let mut parsed = 0;
         for _ in 0..20_000 {
             let mut h = seed.clone();
@@ -1021,7 +1005,7 @@ mod tests {
                 match rng.below(5) {
                     0 if !h.is_empty() => {
                         let at = rng.below(h.len());
-                        h[at] = rng.next() as u8;
+                        h[at] = rng.next_u64() as u8;
                     }
                     1 => h.truncate(rng.below(h.len() + 1)),
                     2 => {
@@ -1038,7 +1022,7 @@ mod tests {
                     }
                     _ => {
                         let at = rng.below(h.len() + 1);
-                        h.insert(at, rng.next() as u8);
+                        h.insert(at, rng.next_u64() as u8);
                     }
                 }
             }

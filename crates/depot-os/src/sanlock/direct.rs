@@ -84,10 +84,7 @@ pub fn direct_init_resource(
     geometry: Geometry,
 ) -> Result<(), SanlockError> {
     const OP: &str = "direct init resource";
-    check_name(OP, lockspace)?;
-    check_name(OP, resource)?;
-    let path = escape_path(OP, &area.path)?;
-    let spec = format!("{lockspace}:{resource}:{path}:{}", area.offset);
+    let spec = resource_spec(OP, Some((lockspace, resource)), area)?;
     init(cfg, OP, "-r", spec, geometry)
 }
 
@@ -102,9 +99,28 @@ pub fn direct_clear_resource(
     geometry: Geometry,
 ) -> Result<(), SanlockError> {
     const OP: &str = "direct clear resource";
-    let path = escape_path(OP, &area.path)?;
-    let spec = format!("::{path}:{}", area.offset);
+    let spec = resource_spec(OP, None, area)?;
     init(cfg, OP, "-r", spec, geometry)
+}
+
+/// The `-r` argument of a paxos lease at `area`: `LS:RES:PATH:OFFSET`
+/// for `names` (lockspace, resource), each checked; `::PATH:OFFSET`, the
+/// empty names of a cleared leader, for `None`.
+fn resource_spec(
+    op: &'static str,
+    names: Option<(&str, &str)>,
+    area: &Area,
+) -> Result<String, SanlockError> {
+    let (lockspace, resource) = match names {
+        Some((lockspace, resource)) => {
+            check_name(op, lockspace)?;
+            check_name(op, resource)?;
+            (lockspace, resource)
+        }
+        None => ("", ""),
+    };
+    let path = escape_path(op, &area.path)?;
+    Ok(format!("{lockspace}:{resource}:{path}:{}", area.offset))
 }
 
 /// The name of the paxos lease of lockspace `lockspace` at `area`, `None`
@@ -315,5 +331,19 @@ mod tests {
         }
         let e = direct_init_lockspace(&cfg, "ok", &Area::new("/x", 0), g).unwrap_err();
         assert!(matches!(e, SanlockError::Command { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_resource_spec_names_the_lease_and_a_cleared_one_is_nameless() {
+        let area = Area::new("/dom/xleases", 3 << 20);
+        let spec = resource_spec("t", Some(("LS", "RES")), &area).unwrap();
+        assert_eq!(spec, "LS:RES:/dom/xleases:3145728");
+        // What `direct init -r` writes to delete a lease: empty names.
+        let spec = resource_spec("t", None, &area).unwrap();
+        assert_eq!(spec, "::/dom/xleases:3145728");
+        for names in [("", "RES"), ("LS", ""), ("L:S", "RES")] {
+            let e = resource_spec("t", Some(names), &area).unwrap_err();
+            assert!(matches!(e, SanlockError::Invalid { .. }), "{e}");
+        }
     }
 }

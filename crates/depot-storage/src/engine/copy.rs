@@ -52,6 +52,18 @@ pub struct CopyOutcome {
     pub resumed_from: u64,
 }
 
+/// Whether a copy holds the destination's volume lease while it works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestinationLease {
+    /// `SDM.copy_data`: the lease is held for the whole copy, so that no
+    /// other host or process writes the volume meanwhile (651 when one
+    /// holds it, and nothing changes).
+    Hold,
+    /// `Image.move`: an SPM verb in VDSM, which takes no volume lease;
+    /// the SPM role and the image locks are what guard the destination.
+    Skip,
+}
+
 /// The two ends of a copy: their metadata and their data.
 struct Ends<'a> {
     src: &'a VolumeInfo,
@@ -156,12 +168,14 @@ impl Storage {
         Ok(())
     }
 
-    /// `SDM.copy_data` for `div` endpoints: copies `src` into the existing
-    /// `dst` under the integrity rules above, holding `dst`'s volume lease
-    /// for the whole copy (volume_leases.rs: 651 when another host or
-    /// process holds it, and nothing changes). Raw to raw uses the native
-    /// copier (with a crash-resume journal in `journal_dir`); anything with
-    /// qcow2 uses `qemu-img convert`.
+    /// Copies `src` into the existing `dst` under the integrity rules
+    /// above, holding `dst`'s volume lease for the whole copy as `lease`
+    /// says (volume_leases.rs: 651 when another host or process holds it,
+    /// and nothing changes): `SDM.copy_data` for `div` endpoints, and each
+    /// volume of `Image.move`. Raw to raw uses the native copier (with a
+    /// crash-resume journal in `journal_dir`); anything with qcow2 uses
+    /// `qemu-img convert`.
+    #[allow(clippy::too_many_arguments)]
     pub fn copy_volume(
         &self,
         src: VolRef,
@@ -170,22 +184,7 @@ impl Storage {
         verify: bool,
         journal_dir: Option<&Path>,
         ctl: &Control<'_>,
-    ) -> StorageResult<CopyOutcome> {
-        self.copy_volume_as(src, dst, dst_generation, verify, journal_dir, ctl, true)
-    }
-
-    /// [`Storage::copy_volume`]; `Image.move` (an SPM verb in VDSM, which
-    /// takes no volume lease) copies without the lease.
-    #[allow(clippy::too_many_arguments)]
-    fn copy_volume_as(
-        &self,
-        src: VolRef,
-        dst: VolRef,
-        dst_generation: Option<u32>,
-        verify: bool,
-        journal_dir: Option<&Path>,
-        ctl: &Control<'_>,
-        take_lease: bool,
+        lease: DestinationLease,
     ) -> StorageResult<CopyOutcome> {
         const OP: &str = "copy volume";
         self.check_live_move(src, dst, OP)?;
@@ -195,7 +194,7 @@ impl Storage {
         // Under the image locks, as VDSM's guarded context takes them, and
         // before anything is changed; released when the copy ends
         // (returned, failed or aborted).
-        let (_lease, dst_info) = self.under_lease(dst, &held, take_lease, dst_info, OP)?;
+        let (_lease, dst_info) = self.under_lease(dst, &held, lease, dst_info, OP)?;
         if let Some(g) = dst_generation {
             check_generation(OP, dst.vol, &dst_info.metadata, g)?;
         }
@@ -498,7 +497,7 @@ impl Storage {
         const OP: &str = "update volume";
         let held = self.lock_image(v.sd, v.img, true)?;
         let info = self.volume_info_unlocked(v, &held)?;
-        let (_lease, info) = self.under_lease(v, &held, true, info, OP)?;
+        let (_lease, info) = self.under_lease(v, &held, DestinationLease::Hold, info, OP)?;
         check_generation(OP, v.vol, &info.metadata, generation)?;
         self.update_volume_unlocked(v, &held, move |md| {
             if let Some(l) = legality {
@@ -557,7 +556,7 @@ impl Storage {
         let chain = {
             let domain = self.locate(src_sd)?;
             let held = self.lock_image(src_sd, img, false)?;
-            self.with_volumes(&domain, OP, &held, move |v| v.chain(img, leaf, false))?
+            self.with_volumes(&domain, &held, move |v| v.chain(img, leaf, false))?
         };
         if self.list_images(dst_sd)?.contains(&img) {
             if !force {
@@ -602,7 +601,8 @@ impl Storage {
                 img,
                 vol: v.volume,
             };
-            let o = self.copy_volume_as(src, dst, Some(0), true, journal_dir, &sub, false)?;
+            let lease = DestinationLease::Skip;
+            let o = self.copy_volume(src, dst, Some(0), true, journal_dir, &sub, lease)?;
             outcomes.push(o);
         }
         if delete_source {
@@ -703,20 +703,20 @@ impl Storage {
         }
     }
 
-    /// Takes `v`'s volume lease when `take` (volume_leases.rs; `None`
-    /// where there is none to take) and reads `v` again under it: until
-    /// then another host may have written it. `info` is what the caller
-    /// read before (so that a missing volume is 201, not a lease that
-    /// cannot be found).
+    /// Takes `v`'s volume lease unless `lease` is `Skip`
+    /// (volume_leases.rs; `None` where there is none to take) and reads `v`
+    /// again under it: until then another host may have written it. `info`
+    /// is what the caller read before (so that a missing volume is 201, not
+    /// a lease that cannot be found).
     fn under_lease(
         &self,
         v: VolRef,
         held: &Held,
-        take: bool,
+        lease: DestinationLease,
         info: VolumeInfo,
         op: &'static str,
     ) -> StorageResult<(Option<HeldVolumeLease>, VolumeInfo)> {
-        if !take {
+        if lease == DestinationLease::Skip {
             return Ok((None, info));
         }
         match self.take_volume_lease(v, op)? {
@@ -728,7 +728,7 @@ impl Storage {
     /// Volume info with the caller already holding the image lock.
     fn volume_info_unlocked(&self, v: VolRef, held: &Held) -> StorageResult<VolumeInfo> {
         let domain = self.locate(v.sd)?;
-        self.with_volumes(&domain, "volume info", held, move |s| s.info(v.img, v.vol))
+        self.with_volumes(&domain, held, move |s| s.info(v.img, v.vol))
     }
 
     fn update_volume_unlocked(
@@ -740,7 +740,7 @@ impl Storage {
             + 'static,
     ) -> StorageResult<crate::metadata::volume::VolumeMetadata> {
         let domain = self.locate(v.sd)?;
-        self.with_volumes(&domain, "update volume metadata", held, move |s| {
+        self.with_volumes(&domain, held, move |s| {
             s.update(v.img, v.vol, Box::new(change))
         })
     }

@@ -25,7 +25,6 @@ use super::Storage;
 use crate::domain::{BlockDomain, Domain};
 use crate::domain_spec::{self, CreateDomain};
 use crate::file;
-use crate::file::domain::mount_in_trouble;
 use crate::layout::{self, DomainPaths};
 use crate::metadata::domain::DomainMetadata;
 use crate::monitor::{CheckTarget, DomainHealth};
@@ -199,7 +198,7 @@ impl Storage {
         let answer = verb(&known);
         let stands = match &answer {
             Ok(v) => !found_nothing(v),
-            Err(e) => mount_in_trouble(e) || file::volumes::mount_trouble(e),
+            Err(e) => e.has_mount_trouble_cause() || e.has_mount_trouble_code(),
         };
         if stands {
             return answer;
@@ -417,7 +416,7 @@ impl Storage {
             Ok(Search { found: None, .. }) => {}
             // A known domain whose mount stopped answering between the
             // two looks.
-            Err(e) if mount_in_trouble(&e) => {
+            Err(e) if e.has_mount_trouble_cause() => {
                 return Err(StorageError::new(
                     Code::StorageDomainAlreadyExists,
                     op,
@@ -490,7 +489,7 @@ impl Storage {
         // not answer says nothing of the metadata: no format then.
         let md = match self.read_md(&domain) {
             Ok(md) => Some(md),
-            Err(e) if mount_in_trouble(&e) => return Err(e.in_op(OP)),
+            Err(e) if e.has_mount_trouble_cause() => return Err(e.in_op(OP)),
             Err(e) => {
                 tracing::warn!(sd = %sd, error = %e, "formatting a domain whose metadata cannot be read");
                 None
@@ -561,7 +560,7 @@ impl Storage {
                 match md {
                     Ok(md) if keep(&md) => found.push(sd),
                     Ok(_) => {}
-                    Err(e) if mount_in_trouble(&e) => {
+                    Err(e) if e.has_mount_trouble_cause() => {
                         self.log_unreadable(
                             SCAN,
                             &dir,

@@ -48,7 +48,7 @@ mod spm;
 mod volume_leases;
 mod volumes;
 
-pub use copy::{Control, CopyOutcome, VolRef};
+pub use copy::{Control, CopyOutcome, DestinationLease, VolRef};
 pub use domains::DomainInfo;
 pub use leases::LeaseStatus;
 pub use ovf::{OvfListing, OvfStoreInfo, Readable, UploadDone};

@@ -20,7 +20,6 @@ use super::copy::VolRef;
 use super::Storage;
 use crate::domain::Domain;
 use crate::events::StorageEvent;
-use crate::file::volumes::mount_trouble;
 use crate::lock::Held;
 use crate::ovf::replace::{self, Plan};
 use crate::ovf::store::{self, StoreState};
@@ -343,7 +342,7 @@ impl Storage {
                     Ok(info) => info,
                     // A mount that does not answer is that, for the whole
                     // listing (never "no store there").
-                    Err(e) if mount_trouble(&e) => return Err(e),
+                    Err(e) if e.has_mount_trouble_code() => return Err(e),
                     Err(_) => continue,
                 };
                 if info.metadata.disk_type != DiskType::Ovfs {

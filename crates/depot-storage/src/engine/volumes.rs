@@ -41,13 +41,12 @@ impl Storage {
     /// Runs `f` with the domain's volumes on this thread
     /// ([`Domain::volumes`]: a file domain's calls go through its mount's
     /// helpers with their deadline, a block domain's carry their own
-    /// timeouts). The caller holds `_held` over the call; `_op` and
-    /// `_held` stay in the signature for the callers that still pass them
-    /// (copy.rs) until the worker machinery is gone.
+    /// timeouts). `_held` is the caller's locks, borrowed for the call (as
+    /// [`Storage::check_data`] takes them): each call names what guards it,
+    /// [`Held::none`] for the listings that take no lock.
     pub(crate) fn with_volumes<T>(
         &self,
         domain: &Domain,
-        _op: &'static str,
         _held: &Held,
         f: impl FnOnce(&dyn VolumeStore) -> StorageResult<T>,
     ) -> StorageResult<T> {
@@ -90,7 +89,7 @@ impl Storage {
     pub fn volume_info(&self, sd: SdUuid, img: ImgUuid, vol: VolUuid) -> StorageResult<VolumeInfo> {
         let verb = |domain: &Domain| {
             let held = self.lock_image(sd, img, false)?;
-            self.with_volumes(domain, "volume info", &held, move |v| v.info(img, vol))
+            self.with_volumes(domain, &held, move |v| v.info(img, vol))
         };
         self.reading(sd, verb, |_| false)
     }
@@ -98,23 +97,19 @@ impl Storage {
     pub fn volume_size(&self, sd: SdUuid, img: ImgUuid, vol: VolUuid) -> StorageResult<(u64, u64)> {
         let verb = |domain: &Domain| {
             let held = self.lock_image(sd, img, false)?;
-            self.with_volumes(domain, "volume size", &held, move |v| v.size(img, vol))
+            self.with_volumes(domain, &held, move |v| v.size(img, vol))
         };
         self.reading(sd, verb, |_| false)
     }
 
     /// The volumes of an image, or of the whole domain when `img` is None.
     pub fn list_volumes(&self, sd: SdUuid, img: Option<ImgUuid>) -> StorageResult<Vec<VolUuid>> {
-        let verb = |domain: &Domain| {
-            self.with_volumes(domain, "list volumes", &Held::none(), move |v| v.list(img))
-        };
+        let verb = |domain: &Domain| self.with_volumes(domain, &Held::none(), move |v| v.list(img));
         self.reading(sd, verb, Vec::is_empty)
     }
 
     pub fn list_images(&self, sd: SdUuid) -> StorageResult<Vec<ImgUuid>> {
-        let verb = |domain: &Domain| {
-            self.with_volumes(domain, "list images", &Held::none(), move |v| v.images())
-        };
+        let verb = |domain: &Domain| self.with_volumes(domain, &Held::none(), move |v| v.images());
         self.reading(sd, verb, Vec::is_empty)
     }
 
@@ -127,10 +122,8 @@ impl Storage {
     ) -> StorageResult<()> {
         let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes(&domain, "set volume description", &held, move |v| {
-            v.set_description(img, vol, &desc)
-        })
-        .map(|_| ())
+        self.with_volumes(&domain, &held, move |v| v.set_description(img, vol, &desc))
+            .map(|_| ())
     }
 
     pub fn set_volume_legality(
@@ -142,10 +135,8 @@ impl Storage {
     ) -> StorageResult<()> {
         let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes(&domain, "set volume legality", &held, move |v| {
-            v.set_legality(img, vol, legality)
-        })
-        .map(|_| ())
+        self.with_volumes(&domain, &held, move |v| v.set_legality(img, vol, legality))
+            .map(|_| ())
     }
 
     pub fn extend_volume(
@@ -157,10 +148,8 @@ impl Storage {
     ) -> StorageResult<()> {
         let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes(&domain, "extend volume", &held, move |v| {
-            v.extend(img, vol, capacity)
-        })
-        .map(|_| ())
+        self.with_volumes(&domain, &held, move |v| v.extend(img, vol, capacity))
+            .map(|_| ())
     }
 
     /// Deletes a volume. A prepared image's volumes are refused (203)
@@ -176,7 +165,7 @@ impl Storage {
         self.refuse_if_prepared(sd, img, force, "delete volume")?;
         let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes(&domain, "delete volume", &held, move |v| {
+        self.with_volumes(&domain, &held, move |v| {
             v.delete(img, vol, post_zero, force)
         })?;
         tracing::info!(sd = %sd, img = %img, vol = %vol, post_zero, "volume deleted");
@@ -193,9 +182,7 @@ impl Storage {
         self.refuse_if_prepared(sd, img, force, "delete image")?;
         let domain = self.locate(sd)?;
         let held = self.lock_image(sd, img, true)?;
-        self.with_volumes(&domain, "delete image", &held, move |v| {
-            v.delete_image(img, post_zero)
-        })?;
+        self.with_volumes(&domain, &held, move |v| v.delete_image(img, post_zero))?;
         self.forget_prepared(sd, img);
         tracing::info!(sd = %sd, img = %img, post_zero, "image deleted");
         Ok(())
@@ -222,7 +209,7 @@ impl Storage {
         let held = self.lock_image(sd, img, false)?;
         // The chain, and each volume's data where its domain says it is:
         // a VM is never handed a path that leads elsewhere.
-        let chain = self.with_volumes(&domain, OP, &held, |v| {
+        let chain = self.with_volumes(&domain, &held, |v| {
             let chain = v.chain(img, vol, allow_illegal)?;
             for c in &chain {
                 domain.check_volume_data(img, c.volume, Code::ImagePathError, OP)?;

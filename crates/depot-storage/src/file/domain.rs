@@ -41,15 +41,6 @@ fn absent(e: &io::Error) -> bool {
         && (e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR))
 }
 
-/// Whether `e` comes from a mount that did not answer, or answered that
-/// the storage is failing underneath ([`MountTrouble`]), as opposed to an
-/// answer about the path itself.
-pub(crate) fn mount_in_trouble(e: &StorageError) -> bool {
-    e.cause()
-        .and_then(|c| c.downcast_ref::<io::Error>())
-        .is_some_and(|io| MountTrouble::of(io).is_some())
-}
-
 /// Whether a regular file is at `path`; `Ok(false)` only when the mount
 /// answered that it is not.
 fn file_there(fs: &MountFs, path: &Path) -> io::Result<bool> {
@@ -464,7 +455,7 @@ pub fn list_in(fs: &MountFs, mount_dir: &Path) -> StorageResult<Vec<(SdUuid, Dom
             Ok(Some(paths)) => found.push((sd, paths)),
             Ok(None) => {}
             // The mount in trouble: the whole listing is unknown.
-            Err(e) if mount_in_trouble(&e) => return Err(e),
+            Err(e) if e.has_mount_trouble_cause() => return Err(e),
             // An answer about this entry (a refusal: a link, a file where
             // a directory should be): not a domain depot can use.
             Err(e) => tracing::warn!(entry = %e, "not listed as a domain"),

@@ -24,8 +24,8 @@ use depot_os::fsproc::FileKind;
 
 use crate::error::{StorageError, StorageResult};
 use crate::file::volumes::{
-    as_code, canonical_vol, check_image_dir, discard, exists, fsync_dir, load, mount_trouble,
-    parents, remove_dir_if_empty, volume_info, wipe_file, FileVolumes, ImageEntries,
+    as_code, canonical_vol, check_image_dir, discard, exists, fsync_dir, load, parents,
+    remove_dir_if_empty, volume_info, wipe_file, FileVolumes, ImageEntries,
 };
 use crate::layout::{DomainPaths, REMOVE_ME};
 use crate::mount_fs::MountFs;
@@ -136,7 +136,7 @@ impl FileVolumes<'_> {
         const OP: &str = "delete image";
         let err = |code, detail: String| StorageError::new(code, OP, detail);
         let as_256 = |e: StorageError| {
-            if mount_trouble(&e) {
+            if e.has_mount_trouble_code() {
                 return e;
             }
             err(Code::ImageDeleteError, format!("{img}: {e}")).with_cause_of(&e)
@@ -335,7 +335,7 @@ pub fn recover(fs: &MountFs, paths: &DomainPaths) -> StorageResult<Recovery> {
             let what = Recovered::RemovedImage(name.clone());
             match purge_dir(fs, &path, name.starts_with(REMOVE_ME_ZERO)) {
                 Ok(()) => report.cleaned.push(what),
-                Err(e) if mount_trouble(&e) => return Err(stopped(report, e)),
+                Err(e) if e.has_mount_trouble_code() => return Err(stopped(report, e)),
                 Err(e) => report.failed.push((what, e)),
             }
             continue;
@@ -349,7 +349,7 @@ pub fn recover(fs: &MountFs, paths: &DomainPaths) -> StorageResult<Recovery> {
         };
         let markers = match ImageEntries::scan(fs, paths, img, OP) {
             Ok(entries) => entries.creating(),
-            Err(e) if mount_trouble(&e) => return Err(stopped(report, e)),
+            Err(e) if e.has_mount_trouble_code() => return Err(stopped(report, e)),
             Err(e) => {
                 tracing::warn!(%img, error = %e, "cannot look for half-created volumes");
                 continue;
@@ -365,7 +365,7 @@ pub fn recover(fs: &MountFs, paths: &DomainPaths) -> StorageResult<Recovery> {
             };
             match discard(fs, paths, img, vol) {
                 Ok(()) => report.cleaned.push(what),
-                Err(e) if mount_trouble(&e) => return Err(stopped(report, e)),
+                Err(e) if e.has_mount_trouble_code() => return Err(stopped(report, e)),
                 Err(e) => report.failed.push((what, e)),
             }
         }

@@ -267,7 +267,7 @@ impl<'a> FileVolumes<'a> {
         // marker goes, nobody reads it, and recovery needs none.
         let changes_parent = parent.is_some_and(|p| p.vol_type == VolType::Leaf);
         if changes_parent {
-            write_new_meta(fs, self.paths, img, vol, md)?;
+            write_meta(fs, self.paths, img, vol, md, MetaWrite::New)?;
             update_meta(
                 fs,
                 self.paths,
@@ -286,8 +286,8 @@ impl<'a> FileVolumes<'a> {
             md.legality = Legality::Legal;
         }
         match (changes_parent, req.legal) {
-            (false, _) => write_new_meta(fs, self.paths, img, vol, md)?,
-            (true, true) => write_meta(fs, self.paths, img, vol, md)?,
+            (false, _) => write_meta(fs, self.paths, img, vol, md, MetaWrite::New)?,
+            (true, true) => write_meta(fs, self.paths, img, vol, md, MetaWrite::Replace)?,
             (true, false) => {}
         }
         let marker = self.paths.volume_creating(img, vol);
@@ -498,7 +498,7 @@ impl VolumeStore for FileVolumes<'_> {
                 Err(e) if e.code == Code::VolumeDoesNotExist => {}
                 // A mount in trouble is the verb's answer, not a volume
                 // listed on a guess.
-                Err(e) if mount_trouble(&e) => return Err(e),
+                Err(e) if e.has_mount_trouble_code() => return Err(e),
                 Err(e) => {
                     tracing::warn!(%img, %vol, error = %e, "listing a volume whose metadata cannot be read");
                     out.push(vol);
@@ -684,7 +684,7 @@ impl VolumeStore for FileVolumes<'_> {
         let md = match read_meta(fs, self.paths, img, vol, OP) {
             Ok(md) => Some(md),
             Err(e) if e.code == Code::VolumeDoesNotExist => None,
-            Err(e) if mount_trouble(&e) => return Err(e),
+            Err(e) if e.has_mount_trouble_code() => return Err(e),
             Err(e) => {
                 tracing::warn!(%img, %vol, error = %e, "deleting a volume whose metadata cannot be read");
                 None
@@ -791,22 +791,10 @@ fn create_lease(fs: &MountFs, lease: &Path) -> io::Result<()> {
     fs.fsync(lease)
 }
 
-/// Whether the error says the mount is in trouble (no answer, or the
-/// storage failing underneath: 2001, 2002, 384): such an error is the
-/// verb's answer, never read as "absent" or "unreadable, go on".
-pub(crate) fn mount_trouble(e: &StorageError) -> bool {
-    matches!(
-        e.code,
-        Code::MiscFileReadException
-            | Code::MiscFileWriteException
-            | Code::FileStorageDomainStaleNFSHandle
-    )
-}
-
 /// `e` told as `code` of `op` (the verb's own failure code), unless it
 /// says the mount is in trouble: that keeps its code.
 pub(crate) fn as_code(e: StorageError, code: Code, op: &'static str) -> StorageError {
-    if mount_trouble(&e) {
+    if e.has_mount_trouble_code() {
         return e;
     }
     StorageError::new(code, op, e.to_string()).caused_by(e)
@@ -1028,50 +1016,50 @@ pub(crate) fn load(
     read_meta(fs, paths, img, vol, op)
 }
 
-/// Writes `<vol>.meta` atomically (0660: temporary file, fsync, rename,
-/// fsync of the directory, in the helper). An invalid record keeps its
-/// code (753, 756); an I/O failure is 208.
+/// How [`write_meta`] writes a volume's `<vol>.meta`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MetaWrite {
+    /// An atomic replace (0660: temporary file, fsync, rename, fsync of
+    /// the directory, in the helper): every record but a new volume's
+    /// first.
+    Replace,
+    /// The first record of a volume being created (its `.creating` marker
+    /// is there and durable): a new file written, fsynced and its
+    /// directory fsynced in one helper call, without the temporary file
+    /// and rename of [`MetaWrite::Replace`]. Nobody reads the record of a
+    /// volume being created, and a crash half-way leaves a torn record
+    /// beside the marker, which the rollback removes as it removes any
+    /// ([`discard`]). Later writes replace the record atomically.
+    New,
+}
+
+/// Writes `<vol>.meta` as `how` says. An invalid record keeps its code
+/// (753, 756); an I/O failure is 208.
 pub(crate) fn write_meta(
     fs: &MountFs,
     paths: &DomainPaths,
     img: ImgUuid,
     vol: VolUuid,
     md: &VolumeMetadata,
+    how: MetaWrite,
 ) -> StorageResult<()> {
     const OP: &str = "write volume metadata";
     let bytes = md.to_bytes()?;
     let path = paths.volume_meta(img, vol);
-    fs.write_atomic(&path, &bytes, FILE_VOLUME_MODE)
-        .map_err(|e| open_error(Code::VolumeMetadataWriteError, OP, &path, e))
-}
-
-/// The first record of a volume being created (its `.creating` marker
-/// is there and durable): a new file written, fsynced and its directory
-/// fsynced in one helper call, without the temporary file and rename of
-/// [`write_meta`]. Nobody reads the record of a volume being created, and
-/// a crash half-way leaves a torn record beside the marker, which the
-/// rollback removes as it removes any ([`discard`]). Later writes replace
-/// the record atomically.
-fn write_new_meta(
-    fs: &MountFs,
-    paths: &DomainPaths,
-    img: ImgUuid,
-    vol: VolUuid,
-    md: &VolumeMetadata,
-) -> StorageResult<()> {
-    const OP: &str = "write volume metadata";
-    let bytes = md.to_bytes()?;
-    let path = paths.volume_meta(img, vol);
-    let new_file = OpenWrite {
-        create: true,
-        exclusive: true,
-        mode: FILE_VOLUME_MODE,
-        sync_dir: true,
-        ..OpenWrite::default()
+    let written = match how {
+        MetaWrite::Replace => fs.write_atomic(&path, &bytes, FILE_VOLUME_MODE),
+        MetaWrite::New => {
+            let new_file = OpenWrite {
+                create: true,
+                exclusive: true,
+                mode: FILE_VOLUME_MODE,
+                sync_dir: true,
+                ..OpenWrite::default()
+            };
+            fs.write_at(&path, 0, &bytes, new_file, true).map(drop)
+        }
     };
-    fs.write_at(&path, 0, &bytes, new_file, true)
-        .map(drop)
-        .map_err(|e| open_error(Code::VolumeMetadataWriteError, OP, &path, e))
+    written.map_err(|e| open_error(Code::VolumeMetadataWriteError, OP, &path, e))
 }
 
 /// Read, change, write back.
@@ -1085,7 +1073,7 @@ pub(crate) fn update_meta(
 ) -> StorageResult<VolumeMetadata> {
     let mut md = read_meta(fs, paths, img, vol, op)?;
     change(&mut md)?;
-    write_meta(fs, paths, img, vol, &md).map_err(|e| e.in_op(op))?;
+    write_meta(fs, paths, img, vol, &md, MetaWrite::Replace).map_err(|e| e.in_op(op))?;
     Ok(md)
 }
 
@@ -1121,7 +1109,9 @@ fn stat_volume(
 
 /// The data file of a volume whose marker the caller checked, for work
 /// on it (qemu-img opens it by path): missing is 201, anything but the
-/// volume's own regular file 254, another failure `code`.
+/// volume's own regular file 254, another failure `code`. Not
+/// [`stat_volume`], which reports the entry as it is (a symlink too, which
+/// `getInfo` shows and does not refuse).
 fn volume_file(
     fs: &MountFs,
     paths: &DomainPaths,
@@ -1436,7 +1426,7 @@ pub(crate) fn discard(
         Ok(_) => {}
         Err(e) if e.code == Code::VolumeDoesNotExist => {}
         // Nothing can be removed on a mount that does not answer.
-        Err(e) if mount_trouble(&e) => return Err(e),
+        Err(e) if e.has_mount_trouble_code() => return Err(e),
         Err(e) => {
             // Without the record the parent is unknown; the parent change
             // comes after the record is written, so a parent can only have

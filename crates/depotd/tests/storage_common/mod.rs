@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 
 use crate::common::{eventually, Daemon, WAIT};
 
+pub mod sanlock_pool;
+
 pub const NFS: i64 = 1;
 pub const LOCALFS: i64 = 4;
 pub const POSIXFS: i64 = 6;
