@@ -148,6 +148,42 @@ async fn host_id_is_acquired_in_a_new_domains_lockspace_and_released_on_disconne
     drop(daemon);
 }
 
+/// The monitor checks a domain once per interval, but `acquired` must not
+/// wait for the next check: while sanlock is adding the host id, the
+/// monitor asks it between checks, so repoStats says `acquired` within a
+/// peek (0.5 s) of sanlock holding it, here with checks 10 minutes apart.
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn acquired_is_reported_as_soon_as_sanlock_holds_the_host_id_not_at_the_next_check() {
+    depot_testkit::require_root();
+    let daemon = SanlockDaemon::start().expect("sanlock daemon");
+    let d = Daemon::start("[storage]\nmonitor_interval_s = 600\n");
+    let p = pool(&d).await;
+    call_ok(&p.c, "StoragePool.connect", pool_connect(&p, 1)).await;
+    // sanlock lists the lockspace with ` ADD` while it acquires the id.
+    eventually("sanlock holding the host id", ACQUIRE_WAIT, || async {
+        let l = listed(&daemon, &p.sd);
+        (l.len() == 1 && !l[0].ends_with(" ADD")).then_some(())
+    })
+    .await;
+    let held = std::time::Instant::now();
+    // Without the peeks this waits for the check at 600 s and times out.
+    until_acquired(&p.c, &p.sd).await;
+    let late = held.elapsed();
+    eprintln!("repoStats said acquired {late:?} after sanlock held the id");
+    assert!(late < Duration::from_secs(10), "{late:?}");
+    call_ok(
+        &p.c,
+        "StoragePool.disconnect",
+        json!({"storagepoolID": p.sp, "hostID": 1, "scsiKey": p.sp}),
+    )
+    .await;
+    eventually("the lockspace released", RELEASE_WAIT, || async {
+        listed(&daemon, &p.sd).is_empty().then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_host_id_sanlock_cannot_take_is_refused_and_changes_nothing() {
     let d = Daemon::start(SANLOCK_CONFIG);

@@ -37,6 +37,11 @@ const UMOUNT_RETRY: Duration = Duration::from_secs(60);
 /// costs one stuck process per domain, never one per interval.
 const CHECK_HELPERS: usize = 1;
 
+/// While a host id is being acquired (about 20 s, sanlock's delays),
+/// sanlock is asked this often whether it is held, between the checks
+/// (a call on the daemon's socket, no storage I/O).
+const HOST_ID_PEEK: Duration = Duration::from_millis(500);
+
 /// The smallest interval the loop accepts (a zero interval would spin).
 const MIN_INTERVAL: Duration = Duration::from_millis(1);
 
@@ -358,7 +363,7 @@ impl Looper {
             }
             self.host_id_round();
             next = next_tick(next, self.interval, Instant::now());
-            if !self.sleep_until(next) {
+            if !self.sleep_peeking_host_id(next) {
                 break;
             }
         }
@@ -482,6 +487,28 @@ impl Looper {
             )
         });
         (Outcome::Failed { completed_at: None }, verdict)
+    }
+
+    /// Waits until `deadline` (the next check); while the host id is being
+    /// acquired, asks sanlock every [`HOST_ID_PEEK`] whether it is held now,
+    /// so that `acquired` turns true within that of sanlock's answer rather
+    /// than at the next check, up to an interval later. False if stopped.
+    fn sleep_peeking_host_id(&mut self, deadline: Instant) -> bool {
+        while self.host_ids.as_ref().is_some_and(HostIdKeeper::pending) {
+            let peek = (Instant::now() + HOST_ID_PEEK).min(deadline);
+            if !self.sleep_until(peek) {
+                return false;
+            }
+            if peek >= deadline {
+                return true;
+            }
+            if let Some(k) = &mut self.host_ids {
+                if k.peek() {
+                    self.update(|h| h.acquired = true);
+                }
+            }
+        }
+        self.sleep_until(deadline)
     }
 
     /// Waits until `deadline`; false if stopped meanwhile.

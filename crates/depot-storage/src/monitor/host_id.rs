@@ -92,6 +92,26 @@ impl HostIdKeeper {
         }
     }
 
+    /// Whether an acquisition this keeper started is still under way.
+    pub fn pending(&self) -> bool {
+        self.joined.is_some() && !self.held
+    }
+
+    /// Between rounds, while [`pending`](Self::pending): asks sanlock only
+    /// whether the host id is held now (never adds nor releases; a failed
+    /// acquisition is the next round's business). Returns whether it is.
+    pub fn peek(&mut self) -> bool {
+        let Some(ls) = &self.joined else {
+            return self.held;
+        };
+        if let Ok(HostIdState::Held) = self.sanlock.inq_lockspace(ls) {
+            tracing::info!(sd = %self.sd, host_id = ls.host_id, "host id acquired");
+            self.ok();
+            self.held = true;
+        }
+        self.held
+    }
+
     fn acquire(&mut self, ls: Lockspace) {
         // 0: the daemon's io_timeout (10 s, VDSM's sanlock io_timeout).
         match self.sanlock.add_lockspace(&ls, 0) {
