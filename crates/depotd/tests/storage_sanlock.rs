@@ -24,7 +24,9 @@ const MIB: u64 = 1 << 20;
 const ACQUIRE_WAIT: Duration = Duration::from_secs(120);
 /// An asynchronous rem_lockspace ends about 2 s later.
 const RELEASE_WAIT: Duration = Duration::from_secs(60);
-const SANLOCK_CONFIG: &str = "[storage]\nmonitor_interval_s = 1\n";
+/// sanlock on (`--dev` leaves it off); its table last, so that a test
+/// can add to it.
+const SANLOCK_CONFIG: &str = "[storage]\nmonitor_interval_s = 1\n[sanlock]\nenabled = true\n";
 
 /// A LOCALFS domain created and the master of a new pool (not connected).
 struct Pool {
@@ -261,7 +263,7 @@ async fn assert_never_acquired(p: &Pool) {
 #[tokio::test]
 async fn without_the_library_depotd_starts_says_so_and_acquires_nothing() {
     let d = Daemon::start(&format!(
-        "{SANLOCK_CONFIG}[sanlock]\nlibrary = \"/nonexistent/libsanlock_client.so.1\"\n"
+        "{SANLOCK_CONFIG}library = \"/nonexistent/libsanlock_client.so.1\"\n"
     ));
     let p = pool(&d).await;
     let caps = call_ok(&p.c, "Host.getCapabilities", json!({})).await;
@@ -302,7 +304,7 @@ async fn without_the_library_depotd_starts_says_so_and_acquires_nothing() {
 /// is this host's alone, with no lease and version 0.
 #[tokio::test]
 async fn with_sanlock_disabled_the_spm_role_is_local() {
-    let d = Daemon::start(&format!("{SANLOCK_CONFIG}[sanlock]\nenabled = false\n"));
+    let d = Daemon::start("[storage]\nmonitor_interval_s = 1\n[sanlock]\nenabled = false\n");
     let p = pool(&d).await;
     call_ok(&p.c, "StoragePool.connect", pool_connect(&p, 1)).await;
     let task = call_ok(&p.c, "StoragePool.spmStart", spm_start(&p)).await;

@@ -26,7 +26,8 @@ const MIB: usize = 1 << 20;
 /// machine.
 const ACQUIRE_WAIT: Duration = Duration::from_secs(120);
 const RELEASE_WAIT: Duration = Duration::from_secs(60);
-const SANLOCK_CONFIG: &str = "[storage]\nmonitor_interval_s = 1\n";
+/// sanlock on (`--dev` leaves it off).
+const SANLOCK_CONFIG: &str = "[storage]\nmonitor_interval_s = 1\n[sanlock]\nenabled = true\n";
 
 struct Pool {
     c: Client,
@@ -93,6 +94,21 @@ async fn leases_are_sanlock_resources_in_the_xleases_volume() {
     let conform = vdsm_schema::Checker::new();
     let p = pool(&d).await;
     let c = &p.c;
+    // The pool connected, its host id acquired, and this host its SPM:
+    // Lease.create, delete and rebuild are the SPM's verbs.
+    call_ok(
+        c,
+        "StoragePool.connect",
+        json!({"storagepoolID": p.sp, "hostID": 4, "scsiKey": p.sp, "masterSdUUID": p.sd,
+            "masterVersion": 1, "domainDict": {p.sd.clone(): "active"}}),
+    )
+    .await;
+    eventually("the host id acquired", ACQUIRE_WAIT, || async {
+        let all = call_ok(c, "Host.getStorageRepoStats", json!({"domains": [p.sd]})).await;
+        (all[&p.sd]["acquired"] == true).then_some(())
+    })
+    .await;
+    start_spm_within(c, &p.sp, ACQUIRE_WAIT).await;
 
     // The new domain's index, in VDSM's format, one alignment in.
     let xleases = p.dom.join("dom_md").join("xleases");
@@ -145,18 +161,6 @@ async fn leases_are_sanlock_resources_in_the_xleases_volume() {
 
     // Acquired by another process of this host (as a VM's qemu would be
     // given it): status sees this host's id.
-    call_ok(
-        c,
-        "StoragePool.connect",
-        json!({"storagepoolID": p.sp, "hostID": 4, "scsiKey": p.sp, "masterSdUUID": p.sd,
-            "masterVersion": 1, "domainDict": {p.sd.clone(): "active"}}),
-    )
-    .await;
-    eventually("the host id acquired", ACQUIRE_WAIT, || async {
-        let all = call_ok(c, "Host.getStorageRepoStats", json!({"domains": [p.sd]})).await;
-        (all[&p.sd]["acquired"] == true).then_some(())
-    })
-    .await;
     let client = Sanlock::load(None, Duration::from_secs(30));
     let res = Resource::new(p.sd.clone(), a.clone(), Area::new(&path, 3 * MIB as u64));
     let lver = client.acquire(&res, None).expect("acquire the lease");

@@ -26,7 +26,8 @@ use storage_common::*;
 /// sanlock's delta-lease wait is about 21 s with its 10 s io_timeout,
 /// then one monitor interval: generous for a loaded machine.
 const ACQUIRE_WAIT: Duration = Duration::from_secs(120);
-const SANLOCK_CONFIG: &str = "[storage]\nmonitor_interval_s = 1\n";
+/// sanlock on (`--dev` leaves it off).
+const SANLOCK_CONFIG: &str = "[storage]\nmonitor_interval_s = 1\n[sanlock]\nenabled = true\n";
 
 /// Asserts that `v`'s `.lease` holds the sanlock resource named by the
 /// volume in the domain's lockspace, at 0, one alignment (1 MiB) long:
@@ -62,7 +63,7 @@ async fn a_new_volume_lease_is_a_sanlock_resource_without_the_daemon_too() {
     // No daemon may run meanwhile: this must be the direct path.
     let _no_daemon = NoDaemon::hold().expect("the sanlock lock");
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(CONFIG);
+    let d = Daemon::start(&format!("{CONFIG}[sanlock]\nenabled = true\n"));
     let c = d.client().await;
     let dom = local_domain(&c, &d, dir.path()).await;
     for (format, alloc) in [
@@ -100,7 +101,8 @@ struct Pool {
 }
 
 /// A LOCALFS domain (with its lockspace), master of a new pool connected
-/// with host id 3; returns once the host id is acquired.
+/// with host id 3; returns once the host id is acquired and this host is
+/// the SPM (volumes on a pool's domain are the SPM's to create).
 async fn connected_pool(d: &Daemon, dir: &Path) -> Pool {
     let c = d.client().await;
     let dom = local_domain(&c, d, dir).await;
@@ -124,6 +126,7 @@ async fn connected_pool(d: &Daemon, dir: &Path) -> Pool {
         (all[&sd]["acquired"] == true).then_some(())
     })
     .await;
+    start_spm_within(&c, &sp, ACQUIRE_WAIT).await;
     Pool { c, dom, sp }
 }
 

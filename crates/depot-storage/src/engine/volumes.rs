@@ -64,6 +64,7 @@ impl Storage {
         req: CreateVolume,
     ) -> StorageResult<VolumeMetadata> {
         let domain = self.locate(sd)?;
+        self.require_spm(&domain, "create volume")?;
         // Only memory and hosted-engine volumes depend on the backup flag,
         // so only they pay for reading the domain's metadata (on a block
         // domain, one `vgs` per create). Before the image lock: the domain
@@ -126,6 +127,7 @@ impl Storage {
         desc: String,
     ) -> StorageResult<()> {
         let domain = self.locate(sd)?;
+        self.require_spm(&domain, "set volume description")?;
         let held = self.lock_image(sd, img, true)?;
         self.with_volumes(&domain, "set volume description", &held, move |v| {
             v.set_description(img, vol, &desc)
@@ -141,6 +143,7 @@ impl Storage {
         legality: Legality,
     ) -> StorageResult<()> {
         let domain = self.locate(sd)?;
+        self.require_spm(&domain, "set volume legality")?;
         let held = self.lock_image(sd, img, true)?;
         self.with_volumes(&domain, "set volume legality", &held, move |v| {
             v.set_legality(img, vol, legality)
@@ -156,6 +159,7 @@ impl Storage {
         capacity: u64,
     ) -> StorageResult<()> {
         let domain = self.locate(sd)?;
+        self.require_spm(&domain, "extend volume")?;
         let held = self.lock_image(sd, img, true)?;
         self.with_volumes(&domain, "extend volume", &held, move |v| {
             v.extend(img, vol, capacity)
@@ -173,8 +177,9 @@ impl Storage {
         post_zero: bool,
         force: bool,
     ) -> StorageResult<()> {
-        self.refuse_if_prepared(sd, img, force, "delete volume")?;
         let domain = self.locate(sd)?;
+        self.require_spm(&domain, "delete volume")?;
+        self.refuse_if_prepared(sd, img, force, "delete volume")?;
         let held = self.lock_image(sd, img, true)?;
         self.with_volumes(&domain, "delete volume", &held, move |v| {
             v.delete(img, vol, post_zero, force)
@@ -190,8 +195,9 @@ impl Storage {
         post_zero: bool,
         force: bool,
     ) -> StorageResult<()> {
-        self.refuse_if_prepared(sd, img, force, "delete image")?;
         let domain = self.locate(sd)?;
+        self.require_spm(&domain, "delete image")?;
+        self.refuse_if_prepared(sd, img, force, "delete image")?;
         let held = self.lock_image(sd, img, true)?;
         self.with_volumes(&domain, "delete image", &held, move |v| {
             v.delete_image(img, post_zero)
