@@ -392,6 +392,8 @@ verbs! {
     } -> (DomainStats, "sizes as decimal strings, as VDSM");
 
     /// Changes a domain's description.
+    /// The SPM's verb when the domain is attached to a pool: 309 while
+    /// that pool is not connected here, 654 while this host is not its SPM.
     "StorageDomain.setDescription" => StorageDomainSetDescription {
         /// The domain.
         storagedomainID: SdUuid,
@@ -415,6 +417,8 @@ verbs! {
     } -> (Done);
 
     /// Adds LUNs to a block domain's volume group (PVs made on them).
+    /// The SPM's verb when the domain is attached to a pool: 309 while
+    /// that pool is not connected here, 654 while this host is not its SPM.
     "StorageDomain.extend" => StorageDomainExtend {
         /// The block domain.
         storagedomainID: SdUuid,
@@ -428,6 +432,8 @@ verbs! {
 
     /// Grows the PV of a LUN after the LUN was resized on the storage
     /// server; returns the PV's new size in bytes.
+    /// The SPM's verb when the domain is attached to a pool: 309 while
+    /// that pool is not connected here, 654 while this host is not its SPM.
     "StorageDomain.resizePV" => StorageDomainResizePv {
         /// The block domain.
         storagedomainID: SdUuid,
@@ -565,6 +571,8 @@ verbs! {
     /// index. Idempotent (an existing lease is reused, as VDSM's task
     /// does). Needs sanlock (2009 without); 9031 for a domain without a
     /// valid xleases index, 9032 when every slot is taken.
+    /// The SPM's verb when the domain is attached to a pool: 309 while
+    /// that pool is not connected here, 654 while this host is not its SPM.
     "Lease.create" => LeaseCreate {
         /// The lease.
         lease: Lease,
@@ -577,6 +585,8 @@ verbs! {
 
     /// Deletes a lease: clears its sanlock resource and frees its record.
     /// Idempotent (a missing lease is not an error, as in VDSM's task).
+    /// The SPM's verb when the domain is attached to a pool: 309 while
+    /// that pool is not connected here, 654 while this host is not its SPM.
     "Lease.delete" => LeaseDelete {
         /// The lease.
         lease: Lease,
@@ -598,6 +608,8 @@ verbs! {
 
     /// Rebuilds the domain's xleases index from the sanlock resources on
     /// its volume (repairs an index left half-written or lost).
+    /// The SPM's verb when the domain is attached to a pool: 309 while
+    /// that pool is not connected here, 654 while this host is not its SPM.
     "Lease.rebuild_leases" => LeaseRebuildLeases {
         /// The domain.
         sd_id: SdUuid,
@@ -647,6 +659,8 @@ verbs! {
     } -> (SpmStatus, "spmId and spmLver -1 when unknown");
 
     /// Attaches a domain to a pool (POOL_UUID in its metadata).
+    /// The SPM's verb: 309 while the pool is not connected here, 654
+    /// while this host is not its SPM.
     "StorageDomain.attach" => StorageDomainAttach {
         /// The domain.
         storagedomainID: SdUuid,
@@ -656,6 +670,9 @@ verbs! {
 
     /// Detaches a domain from a pool. `force` detaches from a pool that is
     /// gone (disaster recovery).
+    /// The SPM's verb: 309 while the pool is not connected here, 654
+    /// while this host is not its SPM (a forced detach from a pool not
+    /// connected here needs no SPM).
     "StorageDomain.detach" => StorageDomainDetach {
         /// The domain.
         storagedomainID: SdUuid,
@@ -670,6 +687,8 @@ verbs! {
     } -> (Done);
 
     /// Activates an attached domain in its pool.
+    /// The SPM's verb: 309 while the pool is not connected here, 654
+    /// while this host is not its SPM.
     "StorageDomain.activate" => StorageDomainActivate {
         /// The domain.
         storagedomainID: SdUuid,
@@ -678,6 +697,8 @@ verbs! {
     } -> (Done);
 
     /// Deactivates a domain (maintenance).
+    /// The SPM's verb: 309 while the pool is not connected here, 654
+    /// while this host is not its SPM.
     "StorageDomain.deactivate" => StorageDomainDeactivate {
         /// The domain.
         storagedomainID: SdUuid,
@@ -690,6 +711,8 @@ verbs! {
     } -> (Done);
 
     /// Creates a volume. ILLEGAL until its data and metadata are complete.
+    /// The SPM's verb when the domain is attached to a pool: 309 while
+    /// that pool is not connected here, 654 while this host is not its SPM.
     "Volume.create" => VolumeCreate {
         /// The new volume.
         volumeID: VolUuid,
@@ -746,6 +769,8 @@ verbs! {
     } -> (VolumeSize, "decimal strings");
 
     /// Deletes a leaf volume; postZero wipes its data first.
+    /// The SPM's verb when the domain is attached to a pool: 309 while
+    /// that pool is not connected here, 654 while this host is not its SPM.
     "Volume.delete" => VolumeDelete {
         /// The volume.
         volumeID: VolUuid,
@@ -764,6 +789,8 @@ verbs! {
     } -> (TaskId, "completed");
 
     /// Sets a volume's description (at most 210 bytes).
+    /// The SPM's verb when the domain is attached to a pool: 309 while
+    /// that pool is not connected here, 654 while this host is not its SPM.
     "Volume.setDescription" => VolumeSetDescription {
         /// The volume.
         volumeID: VolUuid,
@@ -778,6 +805,8 @@ verbs! {
     } -> (Done);
 
     /// Sets a volume's legality.
+    /// The SPM's verb when the domain is attached to a pool: 309 while
+    /// that pool is not connected here, 654 while this host is not its SPM.
     "Volume.setLegality" => VolumeSetLegality {
         /// The volume.
         volumeID: VolUuid,
@@ -792,6 +821,8 @@ verbs! {
     } -> (Done);
 
     /// Grows a volume's virtual size.
+    /// The SPM's verb when the domain is attached to a pool: 309 while
+    /// that pool is not connected here, 654 while this host is not its SPM.
     "Volume.extendSize" => VolumeExtendSize {
         /// The pool.
         storagepoolID: Option<Uuid>,
@@ -806,6 +837,8 @@ verbs! {
     } -> (TaskId, "completed");
 
     /// Deletes an image and all its volumes; postZero wipes them first.
+    /// The SPM's verb when the domain is attached to a pool: 309 while
+    /// that pool is not connected here, 654 while this host is not its SPM.
     "Image.delete" => ImageDelete {
         /// The image.
         imageID: ImgUuid,
@@ -945,6 +978,9 @@ verbs! {
     /// leaf, to another domain. VDSM runs this as an SPM task and returns
     /// its id; depot runs it as a host job whose id is returned (see
     /// docs/copy.md).
+    /// The SPM's verb when either domain is attached to a pool: 309 while
+    /// that pool is not connected here, 654 while this host is not its SPM
+    /// (checked before the job starts).
     "Image.move" => ImageMove {
         /// The image.
         imageID: ImgUuid,

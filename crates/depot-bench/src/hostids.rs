@@ -165,7 +165,7 @@ fn floor_round(args: &HostIdsArgs) -> Result<Times, String> {
 async fn depot_round(depotd: &Path, args: &HostIdsArgs) -> Result<Times, String> {
     let storage = tempfile::tempdir_in(&args.dir).map_err(|e| e.to_string())?;
     let config = format!(
-        "[log]\nlevel = \"info\"\n[storage]\nmonitor_interval_s = {}\n",
+        "[log]\nlevel = \"info\"\n[storage]\nmonitor_interval_s = {}\n[sanlock]\nenabled = true\n",
         args.monitor_interval_s
     );
     let d = Daemon::start(depotd, &config).await?;

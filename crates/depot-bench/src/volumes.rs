@@ -128,9 +128,9 @@ pub async fn run(depotd: &Path, args: VolumesArgs) -> Result<(), String> {
         None
     };
     let mut config = format!("[log]\nlevel = \"{}\"\n", args.log_level);
-    if args.no_sanlock {
-        config.push_str("[sanlock]\nenabled = false\n");
-    }
+    // `--dev` leaves sanlock off unless the config turns it on.
+    let sanlock = !args.no_sanlock;
+    config.push_str(&format!("[sanlock]\nenabled = {sanlock}\n"));
     let d = Daemon::start(depotd, &config).await?;
     measure(&d, args).await.map_err(|e| {
         let state = if d.alive() {

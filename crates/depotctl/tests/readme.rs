@@ -492,19 +492,25 @@ fn check_promises(w: &Walk, d: &Daemon) {
             .is_some_and(|v| v.parse::<f64>().is_ok()),
         "{stats}"
     );
-    // The SPM: without a sanlock daemon the start fails, the host stays
-    // Free, and liveness cannot be asked.
-    let spm = w.json("# Free here; SPM with sanlock");
+    // The SPM's verbs refuse before spmStart (the script checked the
+    // code); without sanlock the start gives the local role, and liveness
+    // cannot be asked.
+    let not_spm = w.out("# exit 1: error 654 (Not SPM)");
+    assert!(not_spm.contains("Not SPM"), "{not_spm}");
+    let status = w.json("# finished: success");
     assert_eq!(
-        (&spm["spmStatus"], &spm["spmId"]),
-        (&"Free".into(), &(-1).into()),
+        (&status["taskState"], &status["taskResult"]),
+        (&"finished".into(), &"success".into()),
+        "{status}"
+    );
+    let spm = w.json("# SPM, host id 1, lease version 0");
+    assert_eq!(
+        spm,
+        serde_json::json!({"spmId": 1, "spmStatus": "SPM", "spmLver": 0}),
         "{spm}"
     );
     let liveness = w.out("# exit 1: error 9021");
-    assert!(
-        liveness.contains("no host id in the domain's lockspace"),
-        "{liveness}"
-    );
+    assert!(liveness.contains("sanlock is disabled"), "{liveness}");
     let vi = w.json("Volume.getInfo volumeID=$vol");
     assert_eq!(
         (

@@ -301,9 +301,13 @@ impl Config {
     }
 
     /// Dev defaults: no root needed, everything under `dir`, loopback only,
-    /// certificates generated on first start.
+    /// certificates generated on first start, and no sanlock (a single
+    /// host: spmStart gives it the SPM role with no lease, as on a host
+    /// without sanlock; a config file's `[sanlock] enabled = true` turns
+    /// it on).
     pub fn dev(dir: &Path) -> Config {
         let mut c = Config::production();
+        c.sanlock.enabled = false;
         let pki = dir.join("state/pki");
         c.daemon.state_dir = dir.join("state");
         c.daemon.repository = dir.join("repository");
@@ -627,5 +631,14 @@ mod tests {
     fn test_verbs_only_in_dev_mode() {
         assert!(!Config::production().daemon.test_verbs);
         assert!(Config::dev(Path::new("/tmp/d")).daemon.test_verbs);
+    }
+
+    #[test]
+    fn dev_mode_has_no_sanlock_unless_the_config_says_so() {
+        assert!(Config::production().sanlock.enabled);
+        let dev = Config::dev(Path::new("/tmp/d"));
+        assert!(!dev.sanlock.enabled);
+        let on = Config::merge_toml(&dev, "[sanlock]\nenabled = true\n", Path::new("t")).unwrap();
+        assert!(on.sanlock.enabled);
     }
 }

@@ -230,6 +230,14 @@ impl Router {
     }
 
     async fn move_image(&self, p: params::ImageMove) -> Result<returns::ImageMove, ApiError> {
+        // VDSM refuses a host that is not the SPM before it schedules the
+        // task: so does depot, before the job (the job checks again).
+        let (src, dst) = (p.storagedomainID, p.dstSdUUID);
+        storage_api::blocking(&self.storage, move |s| {
+            s.require_spm_of(src, "move image")?;
+            s.require_spm_of(dst, "move image")
+        })
+        .await?;
         let spec = storage_jobs::spec(&storage_jobs::MoveSpec {
             src_sd: p.storagedomainID,
             dst_sd: p.dstSdUUID,

@@ -134,6 +134,7 @@ async fn check_rules(c: &Client, s: &Setup, root: &std::path::Path) {
         "masterSdUUID": master, "masterVersion": 1, "domainDict": {master.clone(): "active"}}),
     )
     .await;
+    start_spm(c, &sp).await;
     call_ok(
         c,
         "StorageDomain.attach",

@@ -499,6 +499,24 @@ async fn results_match_vdsms_types() {
         }),
     )
     .await;
+    // The SPM verbs' types (the local role: sanlock is off here;
+    // storage_sanlock.rs tests the lease). This host stays SPM until the
+    // pool goes down: attach, volumes, images and leases are its verbs.
+    let spm = call(
+        &c,
+        &ck,
+        "StoragePool.spmStart",
+        json!({"storagepoolID": sp, "prevID": -1, "prevLver": "-1", "enableScsiFencing": "false"}),
+    )
+    .await;
+    wait_task_end(&c, &ck, spm.as_str().unwrap()).await;
+    call(
+        &c,
+        &ck,
+        "StoragePool.getSpmStatus",
+        json!({"storagepoolID": sp}),
+    )
+    .await;
     let dom_op = |id: &str| json!({"storagedomainID": id, "storagepoolID": sp, "masterSdUUID": sd, "masterVersion": 1});
     call(&c, &ck, "StorageDomain.attach", dom_op(&sd2)).await;
     // Attached, not active: its pool entry has no space figures yet.
@@ -527,24 +545,6 @@ async fn results_match_vdsms_types() {
             "policy": {"storageDomainHostIdMap": {sd.clone(): 2}}}),
     )
     .await;
-    // The SPM verbs' types (the local role: sanlock is off here;
-    // storage_sanlock.rs tests the lease).
-    let spm = call(
-        &c,
-        &ck,
-        "StoragePool.spmStart",
-        json!({"storagepoolID": sp, "prevID": -1, "prevLver": "-1", "enableScsiFencing": "false"}),
-    )
-    .await;
-    wait_task_end(&c, &ck, spm.as_str().unwrap()).await;
-    call(
-        &c,
-        &ck,
-        "StoragePool.getSpmStatus",
-        json!({"storagepoolID": sp}),
-    )
-    .await;
-    call(&c, &ck, "StoragePool.spmStop", json!({"storagepoolID": sp})).await;
 
     // ---- volumes ----
     let (img, base, top) = (new_id(), new_id(), new_id());
@@ -700,6 +700,7 @@ async fn results_match_vdsms_types() {
         json!({"storagedomainID": sd2, "autoDetach": false}),
     )
     .await;
+    call(&c, &ck, "StoragePool.spmStop", json!({"storagepoolID": sp})).await;
     call(
         &c,
         &ck,

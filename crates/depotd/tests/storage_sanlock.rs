@@ -157,7 +157,7 @@ async fn host_id_is_acquired_in_a_new_domains_lockspace_and_released_on_disconne
 async fn acquired_is_reported_as_soon_as_sanlock_holds_the_host_id_not_at_the_next_check() {
     depot_testkit::require_root();
     let daemon = SanlockDaemon::start().expect("sanlock daemon");
-    let d = Daemon::start("[storage]\nmonitor_interval_s = 600\n");
+    let d = Daemon::start("[storage]\nmonitor_interval_s = 600\n[sanlock]\nenabled = true\n");
     let p = pool(&d).await;
     call_ok(&p.c, "StoragePool.connect", pool_connect(&p, 1)).await;
     // sanlock lists the lockspace with ` ADD` while it acquires the id.
@@ -231,7 +231,7 @@ async fn assert_never_acquired(p: &Pool) {
 #[tokio::test]
 async fn without_the_library_depotd_starts_says_so_and_acquires_nothing() {
     let d = Daemon::start(&format!(
-        "{SANLOCK_CONFIG}[sanlock]\nlibrary = \"/nonexistent/libsanlock_client.so.1\"\n"
+        "{SANLOCK_CONFIG}library = \"/nonexistent/libsanlock_client.so.1\"\n"
     ));
     let p = pool(&d).await;
     let caps = call_ok(&p.c, "Host.getCapabilities", json!({})).await;
@@ -272,7 +272,7 @@ async fn without_the_library_depotd_starts_says_so_and_acquires_nothing() {
 /// is this host's alone, with no lease and version 0.
 #[tokio::test]
 async fn with_sanlock_disabled_the_spm_role_is_local() {
-    let d = Daemon::start(&format!("{SANLOCK_CONFIG}[sanlock]\nenabled = false\n"));
+    let d = Daemon::start("[storage]\nmonitor_interval_s = 1\n[sanlock]\nenabled = false\n");
     let p = pool(&d).await;
     call_ok(&p.c, "StoragePool.connect", pool_connect(&p, 1)).await;
     let task = call_ok(&p.c, "StoragePool.spmStart", spm_start(&p)).await;

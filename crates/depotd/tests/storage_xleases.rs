@@ -46,6 +46,11 @@ async fn leases_are_sanlock_resources_in_the_xleases_volume() {
     let conform = vdsm_schema::Checker::new();
     let p = pool(&d).await;
     let c = &p.c;
+    // The pool connected, its host id acquired, and this host its SPM:
+    // Lease.create, delete and rebuild are the SPM's verbs.
+    call_ok(c, "StoragePool.connect", pool_connect(&p, 4)).await;
+    until_acquired(c, &p.sd).await;
+    start_spm_within(c, &p.sp, ACQUIRE_WAIT).await;
 
     // The new domain's index, in VDSM's format, one alignment in.
     let xleases = p.dom.join("dom_md").join("xleases");
@@ -98,8 +103,6 @@ async fn leases_are_sanlock_resources_in_the_xleases_volume() {
 
     // Acquired by another process of this host (as a VM's qemu would be
     // given it): status sees this host's id.
-    call_ok(c, "StoragePool.connect", pool_connect(&p, 4)).await;
-    until_acquired(c, &p.sd).await;
     let client = Sanlock::load(None, Duration::from_secs(30));
     let res = Resource::new(p.sd.clone(), a.clone(), Area::new(&path, 3 * MIB as u64));
     let lver = client.acquire(&res, None).expect("acquire the lease");

@@ -62,7 +62,9 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
         "/etc/udev/rules.d/61-depot-lvm.rules",
     ]);
     ok(&["udevadm", "control", "--reload"]);
-    let mut d = Daemon::start(CONFIG);
+    // sanlock on (`--dev` leaves it off): the domain's lockspace, SDM
+    // lease and volume leases are formatted by the program (no daemon).
+    let mut d = Daemon::start(&format!("{CONFIG}[sanlock]\nenabled = true\n"));
     let mut c = d.client().await;
     // LVM under TCG on a loaded machine: seconds per command.
     c.set_call_timeout(SLOW);
@@ -566,12 +568,34 @@ async fn block_domain_lifecycle_on_iscsi_with_multipath() {
     .await;
     let stats = wait_actual(&c, &sd).await;
     assert_eq!(stats["valid"], json!(true), "{stats}");
-    call_ok(
+    // sanlock without its daemon: spmStart cannot take the SPM's lease,
+    // so this host is not the SPM and the SPM's verbs refuse (654),
+    // changing nothing (docs/storage.md "Verbs only the SPM runs").
+    let tags = vg_tags(&sd, &luns);
+    call_err(
         &c,
         "StorageDomain.deactivate",
         json!({"storagedomainID": sd, "storagepoolID": sp, "masterSdUUID": sd, "masterVersion": 1}),
+        654,
     )
     .await;
+    call_err(
+        &c,
+        "Volume.create",
+        volume_params(
+            &sd,
+            &new_id(),
+            &new_id(),
+            MIB,
+            "RAW",
+            "SPARSE",
+            "not spm",
+            None,
+        ),
+        654,
+    )
+    .await;
+    assert_eq!(vg_tags(&sd, &luns), tags, "a refused verb changed the VG");
     call_ok(
         &c,
         "StoragePool.disconnect",

@@ -22,7 +22,7 @@ use depot_os::sanlock::{direct_read_leader, Area, DirectConfig, Resource, Sanloc
 use depot_testkit::sanlock::{NoDaemon, SanlockDaemon};
 use serde_json::{json, Value};
 use storage_common::sanlock_pool::{
-    create_pool, pool_connect_params, until_acquired, SANLOCK_CONFIG,
+    create_pool, pool_connect_params, until_acquired, ACQUIRE_WAIT, SANLOCK_CONFIG,
 };
 use storage_common::*;
 
@@ -60,7 +60,7 @@ async fn a_new_volume_lease_is_a_sanlock_resource_without_the_daemon_too() {
     // No daemon may run meanwhile: this must be the direct path.
     let _no_daemon = NoDaemon::hold().expect("the sanlock lock");
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(CONFIG);
+    let d = Daemon::start(&format!("{CONFIG}[sanlock]\nenabled = true\n"));
     let c = d.client().await;
     let dom = local_domain(&c, &d, dir.path()).await;
     for (format, alloc) in [
@@ -98,7 +98,8 @@ struct Pool {
 }
 
 /// A LOCALFS domain (with its lockspace), master of a new pool connected
-/// with host id 3; returns once the host id is acquired.
+/// with host id 3; returns once the host id is acquired and this host is
+/// the SPM (volumes on a pool's domain are the SPM's to create).
 async fn connected_pool(d: &Daemon, dir: &Path) -> Pool {
     let c = d.client().await;
     let dom = local_domain(&c, d, dir).await;
@@ -110,6 +111,7 @@ async fn connected_pool(d: &Daemon, dir: &Path) -> Pool {
     )
     .await;
     until_acquired(&c, &dom.sd).await;
+    start_spm_within(&c, &sp, ACQUIRE_WAIT).await;
     Pool { c, dom, sp }
 }
 

@@ -539,6 +539,10 @@ impl Storage {
                 "source and destination are the same domain",
             ));
         }
+        // VDSM's SPM task: both domains' pools must be this host's to
+        // change (the router checks before it starts the job, too).
+        self.require_spm_of(src_sd, OP)?;
+        self.require_spm_of(dst_sd, OP)?;
         let leaf = self.leaf_of(src_sd, img)?;
         self.check_live_move(
             VolRef {

@@ -458,8 +458,10 @@ impl Storage {
         self.locate(sd)?.stats()
     }
 
+    /// The SPM's verb on a domain attached to a pool (309, 654).
     pub fn set_domain_description(&self, sd: SdUuid, description: String) -> StorageResult<()> {
         let domain = self.locate(sd)?;
+        self.require_spm(&domain, "set storage domain description")?;
         let _lock = self.lock_domain(sd, true)?;
         self.update_md(&domain, move |md| md.set_description(&description))
             .map(|_| ())

@@ -132,6 +132,7 @@ impl Storage {
                 )
             })?;
         }
+        self.require_spm_of(sd, OP)?;
         let direct = self.lease_direct(OP)?;
         let vol = self.xleases(sd, OP)?;
         let _domain = self.lock_domain(sd, false)?;
@@ -165,6 +166,7 @@ impl Storage {
     /// logged, not an error).
     pub fn lease_delete(&self, sd: SdUuid, lease: Uuid) -> StorageResult<()> {
         const OP: &str = "delete lease";
+        self.require_spm_of(sd, OP)?;
         let direct = self.lease_direct(OP)?;
         let vol = self.xleases(sd, OP)?;
         let _domain = self.lock_domain(sd, false)?;
@@ -180,6 +182,7 @@ impl Storage {
     /// resources on the volume; returns how many leases it holds.
     pub fn lease_rebuild(&self, sd: SdUuid) -> StorageResult<usize> {
         const OP: &str = "rebuild leases";
+        self.require_spm_of(sd, OP)?;
         let direct = self.lease_direct(OP)?;
         let vol = self.xleases(sd, OP)?;
         let _domain = self.lock_domain(sd, false)?;

@@ -119,19 +119,23 @@ impl Storage {
         ))
     }
 
-    /// `StorageDomain.extend`: adds LUNs to a block domain's VG.
+    /// `StorageDomain.extend`: adds LUNs to a block domain's VG. The
+    /// SPM's verb on a domain attached to a pool (309, 654).
     pub fn extend_domain(&self, sd: SdUuid, guids: &[String], force: bool) -> StorageResult<()> {
         const OP: &str = "extend storage domain";
         self.require_block(sd, OP)?;
+        self.require_spm_of(sd, OP)?;
         let devs = devices_of(guids, OP)?;
         let _lock = self.lock_domain_exclusive(sd)?;
         block::extend(&self.lvm, sd, &devs, force)
     }
 
-    /// `StorageDomain.resizePV`: returns the PV's new size in bytes.
+    /// `StorageDomain.resizePV`: returns the PV's new size in bytes. The
+    /// SPM's verb on a domain attached to a pool (309, 654).
     pub fn resize_pv(&self, sd: SdUuid, guid: &str) -> StorageResult<u64> {
         const OP: &str = "resize physical volume";
         self.require_block(sd, OP)?;
+        self.require_spm_of(sd, OP)?;
         let dev = guid_device(guid, OP)?;
         let _lock = self.lock_domain_exclusive(sd)?;
         block::resize_pv(&self.lvm, sd, &dev)?;

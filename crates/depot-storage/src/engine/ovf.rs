@@ -108,6 +108,8 @@ impl Storage {
         source: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
     ) -> StorageResult<UploadDone> {
         const OP: &str = "upload OVF store";
+        // VDSM's downloadImageFromStream is an SPM task: so is the upload.
+        self.require_spm_of(sd, OP)?;
         let info = self.ovf_volume(sd, img, vol, OP)?;
         let _slot = self.begin_upload(sd, vol, OP)?;
         let capacity = info.metadata.capacity.max(info.apparent_size);

@@ -116,8 +116,10 @@ impl Storage {
                 spm: Spm::default(),
             },
         );
+        // The pool's creator attaches its domains: no SPM yet (VDSM's
+        // create holds a temporary lease of the master instead).
         for sd in others.into_iter().filter(|sd| *sd != master) {
-            self.attach(sd, sp)?;
+            self.attach_domain(sd, sp, OP)?;
         }
         tracing::info!(pool = %sp, master = %master, "storage pool created");
         Ok(())
@@ -240,13 +242,21 @@ impl Storage {
     }
 
     /// `StorageDomain.attach`: POOL_UUID = sp, ROLE Regular. Idempotent;
-    /// a domain attached to another pool is refused (380).
+    /// a domain attached to another pool is refused (380). The SPM's verb:
+    /// the pool connected here (309) and this host its SPM (654).
     pub fn attach(&self, sd: SdUuid, sp: SpUuid) -> StorageResult<()> {
         const OP: &str = "attach storage domain";
+        self.require_pool_spm(sp, OP)?;
+        self.attach_domain(sd, sp, OP)
+    }
+
+    /// Attaches `sd` to `sp`, a pool this host knows (309 otherwise):
+    /// `attach`'s work, and `create`'s for the pool's other domains.
+    fn attach_domain(&self, sd: SdUuid, sp: SpUuid, op: &'static str) -> StorageResult<()> {
         if !self.pools.lock().contains_key(&sp) {
             return Err(StorageError::new(
                 Code::StoragePoolUnknown,
-                OP,
+                op,
                 format!("'{sp}'"),
             ));
         }
@@ -256,7 +266,7 @@ impl Storage {
         if md.class == DomainClass::Backup {
             return Err(StorageError::new(
                 Code::StorageDomainAttachError,
-                OP,
+                op,
                 "legacy export domains are not supported",
             ));
         }
@@ -272,7 +282,7 @@ impl Storage {
             [other, ..] => {
                 return Err(StorageError::new(
                     Code::StorageDomainAlreadyAttached,
-                    OP,
+                    op,
                     format!("'{sd}' is attached to pool {other}"),
                 ))
             }
@@ -286,9 +296,16 @@ impl Storage {
     /// `StorageDomain.detach`. The master cannot be detached (383) and an
     /// active domain must be deactivated first (382). `force` clears the
     /// domain's pool whatever it is: the disaster-recovery path, for a
-    /// domain whose pool is gone.
+    /// domain whose pool is gone. The SPM's verb (309, 654), except a
+    /// forced detach from a pool not connected here: nobody here can be
+    /// the SPM of a pool that is gone (VDSM's forced detach from the
+    /// blank pool).
     pub fn detach(&self, sd: SdUuid, sp: SpUuid, force: bool) -> StorageResult<()> {
         const OP: &str = "detach storage domain";
+        let connected = matches!(self.pools.lock().get(&sp), Some(p) if p.connected);
+        if !force || connected {
+            self.require_pool_spm(sp, OP)?;
+        }
         let domain = self.locate(sd)?;
         let _lock = self.lock_domain(sd, true)?;
         let md = self.read_md(&domain)?;
@@ -329,9 +346,11 @@ impl Storage {
     }
 
     /// `StorageDomain.activate`: the pool must be connected here (313) and
-    /// the domain attached to it (359). Starts monitoring it.
+    /// the domain attached to it (359). Starts monitoring it. The SPM's
+    /// verb (309, 654).
     pub fn activate(&self, sd: SdUuid, sp: SpUuid) -> StorageResult<()> {
         const OP: &str = "activate storage domain";
+        self.require_pool_spm(sp, OP)?;
         let host_id = self.connected_pool(sp, OP)?.host_id;
         let domain = self.locate(sd)?;
         let md = self.read_md(&domain)?;
@@ -353,7 +372,8 @@ impl Storage {
 
     /// `StorageDomain.deactivate`. Deactivating the master with another
     /// `new_master` moves the master role there (oVirt's master
-    /// switch); the new master must be able to be one (317, 319).
+    /// switch); the new master must be able to be one (317, 319). The
+    /// SPM's verb (309, 654).
     pub fn deactivate(
         &self,
         sd: SdUuid,
@@ -362,6 +382,7 @@ impl Storage {
         master_version: Option<i64>,
     ) -> StorageResult<()> {
         const OP: &str = "deactivate storage domain";
+        self.require_pool_spm(sp, OP)?;
         let pool = self.connected_pool(sp, OP)?;
         if pool.master == sd {
             match new_master.filter(|m| *m != sd) {

@@ -1,5 +1,7 @@
 //! The SPM (Storage Pool Manager) role of a connected pool: `spmStart`,
-//! `spmStop`, `getSpmStatus` (docs/storage.md, "SPM").
+//! `spmStop`, `getSpmStatus` (docs/storage.md, "SPM"), and the check the
+//! verbs VDSM keeps for the SPM make before they change a pool's domain
+//! ([`Storage::require_spm`]).
 //!
 //! The role is the SPM's lease, sanlock's `SDM` resource in the master
 //! domain's `leases` at slot 1 (crate::lockspace), held by depotd's
@@ -19,6 +21,7 @@ use depot_api::Code;
 use depot_os::sanlock::{Area, HostIdState, Refusal, Resource, Sanlock, SanlockError};
 
 use super::Storage;
+use crate::domain::Domain;
 use crate::lockspace::{lockspace, SDM_LEASE, SDM_SLOT};
 use crate::{StorageError, StorageResult};
 
@@ -218,6 +221,61 @@ impl Storage {
                 tracing::debug!(pool = %sp, error = %e, "cannot read the SPM lease");
                 Ok(free)
             }
+        }
+    }
+
+    /// Refuses a verb VDSM reserves for the SPM (docs/storage.md, "Verbs
+    /// only the SPM runs") on `domain` unless this host may run it: a domain attached
+    /// to a pool (POOL_UUIDS in its metadata) needs that pool connected
+    /// here (309) and this host its SPM (654); a domain attached to no
+    /// pool is free (depot's single-host use). The caller has changed
+    /// nothing yet. A domain of a pool whose SPM this host is passes
+    /// without reading its metadata (only the SPM attaches and detaches
+    /// it); any other reads it, so a restart, which forgets the pools,
+    /// never lets a pool's domain through.
+    pub(crate) fn require_spm(&self, domain: &Domain, op: &'static str) -> StorageResult<()> {
+        let sd = domain.sd();
+        let spm_of_its_pool = self
+            .pools
+            .lock()
+            .values()
+            .any(|p| p.connected && p.spm.role == SpmRole::Spm && p.domains.contains_key(&sd));
+        if spm_of_its_pool {
+            return Ok(());
+        }
+        match self.read_md(domain)?.attached_pools().first() {
+            None => Ok(()),
+            Some(sp) => self.require_pool_spm(*sp, op),
+        }
+    }
+
+    /// [`require_spm`](Self::require_spm) for domain `sd`, for a verb
+    /// that checks before it starts a job (`Image.move`: VDSM refuses
+    /// before it schedules the task, and so does depot).
+    pub fn require_spm_of(&self, sd: SdUuid, op: &'static str) -> StorageResult<()> {
+        self.require_spm(&self.locate(sd)?, op)
+    }
+
+    /// This host must be the SPM of pool `sp`, connected here: 309 when
+    /// the pool is not connected (VDSM's getPool answers 309 for an
+    /// unknown pool and a disconnected one alike), 654 when this host is
+    /// not its SPM (`Contend` too: the lease is not held yet).
+    pub(crate) fn require_pool_spm(&self, sp: SpUuid, op: &'static str) -> StorageResult<()> {
+        match self.pools.lock().get(&sp) {
+            Some(p) if p.connected && p.spm.role == SpmRole::Spm => Ok(()),
+            Some(p) if p.connected => Err(StorageError::new(
+                Code::SpmStatusError,
+                op,
+                format!(
+                    "this host is not the SPM of pool {sp} (role {})",
+                    p.spm.role.name()
+                ),
+            )),
+            _ => Err(StorageError::new(
+                Code::StoragePoolUnknown,
+                op,
+                format!("pool {sp} is not connected on this host"),
+            )),
         }
     }
 

@@ -63,6 +63,7 @@ impl Storage {
         req: CreateVolume,
     ) -> StorageResult<VolumeMetadata> {
         let domain = self.locate(sd)?;
+        self.require_spm(&domain, "create volume")?;
         // Only memory and hosted-engine volumes depend on the backup flag,
         // so only they pay for reading the domain's metadata (on a block
         // domain, one `vgs` per create). Before the image lock: the domain
@@ -121,6 +122,7 @@ impl Storage {
         desc: String,
     ) -> StorageResult<()> {
         let domain = self.locate(sd)?;
+        self.require_spm(&domain, "set volume description")?;
         let held = self.lock_image(sd, img, true)?;
         self.with_volumes(&domain, &held, move |v| v.set_description(img, vol, &desc))
             .map(|_| ())
@@ -134,6 +136,7 @@ impl Storage {
         legality: Legality,
     ) -> StorageResult<()> {
         let domain = self.locate(sd)?;
+        self.require_spm(&domain, "set volume legality")?;
         let held = self.lock_image(sd, img, true)?;
         self.with_volumes(&domain, &held, move |v| v.set_legality(img, vol, legality))
             .map(|_| ())
@@ -147,6 +150,7 @@ impl Storage {
         capacity: u64,
     ) -> StorageResult<()> {
         let domain = self.locate(sd)?;
+        self.require_spm(&domain, "extend volume")?;
         let held = self.lock_image(sd, img, true)?;
         self.with_volumes(&domain, &held, move |v| v.extend(img, vol, capacity))
             .map(|_| ())
@@ -162,8 +166,9 @@ impl Storage {
         post_zero: bool,
         force: bool,
     ) -> StorageResult<()> {
-        self.refuse_if_prepared(sd, img, force, "delete volume")?;
         let domain = self.locate(sd)?;
+        self.require_spm(&domain, "delete volume")?;
+        self.refuse_if_prepared(sd, img, force, "delete volume")?;
         let held = self.lock_image(sd, img, true)?;
         self.with_volumes(&domain, &held, move |v| {
             v.delete(img, vol, post_zero, force)
@@ -179,8 +184,9 @@ impl Storage {
         post_zero: bool,
         force: bool,
     ) -> StorageResult<()> {
-        self.refuse_if_prepared(sd, img, force, "delete image")?;
         let domain = self.locate(sd)?;
+        self.require_spm(&domain, "delete image")?;
+        self.refuse_if_prepared(sd, img, force, "delete image")?;
         let held = self.lock_image(sd, img, true)?;
         self.with_volumes(&domain, &held, move |v| v.delete_image(img, post_zero))?;
         self.forget_prepared(sd, img);

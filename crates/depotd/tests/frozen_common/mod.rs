@@ -186,6 +186,8 @@ impl<S: Server> Setup<S> {
         };
         let answer = call_ok(&s.c, "StoragePool.connect", s.connect_params()).await;
         assert_eq!(answer, json!(true));
+        // Volumes on the pool's domains are the SPM's to create.
+        start_spm(&s.c, &s.sp).await;
         wait_actual(&s.c, &s.sd_frozen).await;
         wait_actual(&s.c, &s.sd_local).await;
         s

@@ -612,6 +612,7 @@ fn check_new_domain_on_disk(
     domain_type: i64,
     conn: &str,
     name: &str,
+    sanlock: bool,
 ) -> BTreeMap<String, String> {
     assert!(dom.is_dir(), "{} missing", dom.display());
     let mount = dom.parent().unwrap();
@@ -621,12 +622,13 @@ fn check_new_domain_on_disk(
     );
     let md_dir = dom.join("dom_md");
     assert!(md_dir.is_dir() && dom.join("images").is_dir());
-    // With the sanlock program (CI installs it), sanlock formats the
+    // With sanlock (`sanlock`: enabled, and its program found, which CI
+    // installs), sanlock formats the
     // lockspace (1 × alignment) and the SDM lease at slot 1 (to 2 ×
     // alignment), docs/formats.md "Lockspace and leases", and depot the
     // xleases index (at 1 × alignment, 62 × 4096 bytes: VDSM's size,
     // docs/formats.md "xleases"); else all stay empty as VDSM creates them.
-    let (ids, leases, xleases) = if depot_os::sanlock::program_found(Path::new("sanlock")) {
+    let (ids, leases, xleases) = if sanlock {
         let alignment: u64 = domain_md(dom)["ALIGNMENT"].parse().unwrap();
         (alignment, 2 * alignment, alignment + 62 * 4096)
     } else {
@@ -714,7 +716,7 @@ pub fn check_domain_modes(dom: &Path) {
 }
 
 /// A new volume's files: data, `.meta` and `.lease` 0660, no marker.
-fn check_volume_files(dom: &Path, img: &str, vol: &str) -> BTreeMap<String, String> {
+fn check_volume_files(dom: &Path, img: &str, vol: &str, sanlock: bool) -> BTreeMap<String, String> {
     let dir = dom.join("images").join(img);
     for name in [
         vol.to_owned(),
@@ -725,12 +727,13 @@ fn check_volume_files(dom: &Path, img: &str, vol: &str) -> BTreeMap<String, Stri
         assert!(p.is_file(), "{} missing", p.display());
         assert_eq!(mode(&p), 0o660, "mode of {}", p.display());
     }
-    // With the sanlock program (CI installs it) the domain has a
+    // With sanlock (enabled, its program found: CI installs it) the
+    // domain has a
     // lockspace, and the lease file holds the volume's sanlock resource,
     // one alignment long; else it stays empty (docs/formats.md).
     let lease = dir.join(format!("{vol}.lease"));
     let lease_size = std::fs::metadata(&lease).unwrap().len();
-    if depot_os::sanlock::program_found(Path::new("sanlock")) {
+    if sanlock {
         let dmd = domain_md(dom);
         assert_eq!(lease_size, dmd["ALIGNMENT"].parse::<u64>().unwrap());
         let leader = depot_os::sanlock::direct_read_leader(
@@ -766,6 +769,7 @@ pub async fn run_file_domain_scenario(
 ) {
     let mut clock = Clock::new(&format!("{} {}", type_name(domain_type), conn.connection));
     let c = d.client().await;
+    let sanlock = formats_with_sanlock(&c).await;
     let repo = repository(d);
     let spec = conn.connection.as_str();
 
@@ -800,7 +804,7 @@ pub async fn run_file_domain_scenario(
         json!(true)
     );
     let dom = mp.join(&sd);
-    let md = check_new_domain_on_disk(&dom, &sd, domain_type, spec, name);
+    let md = check_new_domain_on_disk(&dom, &sd, domain_type, spec, name, sanlock);
     let block_size: u32 = md["BLOCK_SIZE"].parse().unwrap();
     assert!(block_size == 512 || block_size == 4096, "{md:?}");
     if let Some(want) = expect_block_size {
@@ -894,7 +898,7 @@ pub async fn run_file_domain_scenario(
         json!(true)
     );
     let dom2 = mp.join(&sd2);
-    check_new_domain_on_disk(&dom2, &sd2, domain_type, spec, "scenario second");
+    check_new_domain_on_disk(&dom2, &sd2, domain_type, spec, "scenario second", sanlock);
     let v = call_ok(&c, "Host.getStorageDomains", json!({"remotePath": spec})).await;
     assert_eq!(
         strings(&v),
@@ -949,6 +953,8 @@ pub async fn run_file_domain_scenario(
         call_ok(&c, "StoragePool.connect", connect_pool(1)).await,
         json!(true)
     );
+    // The volumes below, the attach and detach are the SPM's verbs.
+    start_spm(&c, &sp).await;
     let pinfo = call_ok(&c, "StoragePool.getInfo", json!({"storagepoolID": sp})).await;
     assert_eq!(pinfo["info"]["master_uuid"], sd.as_str(), "{pinfo}");
     assert_eq!(pinfo["info"]["master_ver"], 1, "{pinfo}");
@@ -1007,7 +1013,7 @@ pub async fn run_file_domain_scenario(
     )
     .await;
     assert_task_id(&v, "Volume.create");
-    let vmd = check_volume_files(&dom, &img_raw, &r1);
+    let vmd = check_volume_files(&dom, &img_raw, &r1, sanlock);
     for (k, want) in [
         ("CAP", GIB.to_string()),
         ("DESCRIPTION", desc.to_owned()),
@@ -1071,7 +1077,7 @@ pub async fn run_file_domain_scenario(
     )
     .await;
     assert_task_id(&v, "Volume.create");
-    let vmd = check_volume_files(&dom, &img_pre, &p1);
+    let vmd = check_volume_files(&dom, &img_pre, &p1, sanlock);
     assert_eq!(vmd["TYPE"], "PREALLOCATED");
     let vi = volume_info(&c, &sd, &img_pre, &p1).await;
     assert_eq!(vi["allocType"], "PREALLOCATED");
@@ -1087,7 +1093,7 @@ pub async fn run_file_domain_scenario(
         volume_params(&sd, &img_cow, &c1, GIB, "COW", "SPARSE", "base", None),
     )
     .await;
-    let vmd = check_volume_files(&dom, &img_cow, &c1);
+    let vmd = check_volume_files(&dom, &img_cow, &c1, sanlock);
     assert_eq!(
         (vmd["FORMAT"].as_str(), vmd["VOLTYPE"].as_str()),
         ("COW", "LEAF")
@@ -1102,7 +1108,7 @@ pub async fn run_file_domain_scenario(
         volume_params(&sd, &img_cow, &c2, GIB, "COW", "SPARSE", "layer", Some(&c1)),
     )
     .await;
-    let vmd = check_volume_files(&dom, &img_cow, &c2);
+    let vmd = check_volume_files(&dom, &img_cow, &c2, sanlock);
     assert_eq!(vmd["PUUID"], c1);
     assert_eq!(
         volume_md(&images.join(&img_cow).join(format!("{c1}.meta")))["VOLTYPE"],
@@ -1494,4 +1500,50 @@ pub fn fence_agents(name: &str, script: &str) -> tempfile::TempDir {
     std::fs::write(&agent, script).unwrap();
     std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
+}
+
+// ---- the SPM ----
+
+/// `StoragePool.spmStart`'s parameters for pool `sp`.
+pub fn spm_start_params(sp: &str) -> Value {
+    json!({"storagepoolID": sp, "prevID": -1, "prevLver": "-1", "enableScsiFencing": "false"})
+}
+
+/// Makes this host the SPM of pool `sp`, connected here: spmStart, then
+/// its task waited for (`timeout`: the host id's acquisition first under
+/// sanlock, at once without it); panics unless it succeeded. The verbs
+/// VDSM keeps for the SPM need it on a pool's domains (docs/storage.md
+/// "Verbs only the SPM runs").
+pub async fn start_spm_within(c: &Client, sp: &str, timeout: Duration) {
+    let task = call_ok(c, "StoragePool.spmStart", spm_start_params(sp)).await;
+    let id = task
+        .as_str()
+        .expect("spmStart answers a task id")
+        .to_owned();
+    let end = eventually("spmStart's task to end", timeout, || {
+        let id = id.clone();
+        async move {
+            let s = c.call("Task.getStatus", json!({"taskID": id})).await.ok()?;
+            (s["taskState"] == "finished").then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(end["taskResult"], "success", "spmStart of {sp}: {end}");
+}
+
+/// [`start_spm_within`] on a depotd without sanlock (the tests' default,
+/// as `--dev`'s): the local role, at once.
+pub async fn start_spm(c: &Client, sp: &str) {
+    start_spm_within(c, sp, WAIT).await
+}
+
+/// Whether depotd `c` formats new domains' lockspaces and volume leases
+/// with sanlock: enabled in its config (`--dev` leaves it off unless the
+/// config says so), and the `sanlock` program found.
+pub async fn formats_with_sanlock(c: &Client) -> bool {
+    let caps = call_ok(c, "Host.getCapabilities", json!({})).await;
+    let disabled = caps["sanlock"]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("sanlock.enabled = false"));
+    !disabled && depot_os::sanlock::program_found(Path::new("sanlock"))
 }

@@ -21,8 +21,10 @@ use crate::common::{eventually, Daemon};
 pub const ACQUIRE_WAIT: Duration = Duration::from_secs(120);
 /// An asynchronous rem_lockspace ends about 2 s later.
 pub const RELEASE_WAIT: Duration = Duration::from_secs(60);
-/// A monitor round a second: the host id is joined soon after a connect.
-pub const SANLOCK_CONFIG: &str = "[storage]\nmonitor_interval_s = 1\n";
+/// A monitor round a second: the host id is joined soon after a connect;
+/// sanlock on (`--dev` leaves it off), its table last, so that a test can
+/// add to it.
+pub const SANLOCK_CONFIG: &str = "[storage]\nmonitor_interval_s = 1\n[sanlock]\nenabled = true\n";
 
 /// A LOCALFS domain created and the master of a new pool (not connected).
 pub struct Pool {
