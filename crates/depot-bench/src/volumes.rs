@@ -84,6 +84,11 @@ pub struct VolumesArgs {
     /// init` in a child.
     #[arg(long)]
     sanlock_daemon: bool,
+    /// Write no `[sanlock]` table into depotd's config: for builds from
+    /// before sanlock (the before-helpers reference of issue 15, 12b5eb7),
+    /// which refuse it and have no volume leases.
+    #[arg(long, conflicts_with_all = ["no_sanlock", "sanlock_daemon"])]
+    before_sanlock: bool,
 }
 
 /// Latencies of one kind of operation, in microseconds.
@@ -129,8 +134,10 @@ pub async fn run(depotd: &Path, args: VolumesArgs) -> Result<(), String> {
     };
     let mut config = format!("[log]\nlevel = \"{}\"\n", args.log_level);
     // `--dev` leaves sanlock off unless the config turns it on.
-    let sanlock = !args.no_sanlock;
-    config.push_str(&format!("[sanlock]\nenabled = {sanlock}\n"));
+    if !args.before_sanlock {
+        let sanlock = !args.no_sanlock;
+        config.push_str(&format!("[sanlock]\nenabled = {sanlock}\n"));
+    }
     let d = Daemon::start(depotd, &config).await?;
     measure(&d, args).await.map_err(|e| {
         let state = if d.alive() {
