@@ -22,6 +22,7 @@ pub mod file;
 pub mod layout;
 pub mod lock;
 pub mod lockspace;
+pub mod mailbox;
 pub mod metadata;
 pub mod monitor;
 pub mod mount_fs;
