@@ -33,7 +33,7 @@ pub mod xlease;
 
 pub use domain_spec::CreateDomain;
 pub use engine::{Control, CopyOutcome, VolRef};
+pub use engine::{MailboxConfig, Prepared, Storage, StorageConfig};
 pub use engine::{OvfListing, OvfStoreInfo, Readable, UploadDone};
-pub use engine::{Prepared, Storage, StorageConfig};
 pub use error::{StorageError, StorageResult};
 pub use volume_store::{CreateVolume, VolumeInfo, VolumeStore};
