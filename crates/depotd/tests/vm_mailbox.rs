@@ -185,6 +185,13 @@ async fn thin_lv_is_extended_through_the_mailbox_before_it_fills() {
         "mailbox: explicit extend round trip (request, SPM lvextend, answer, refresh) {} ms",
         round_trip.as_millis()
     );
+    // Where the time went, as depotd logged it (the host's answer wait, its
+    // total with the refresh; the SPM's extend).
+    for line in d.log().lines().filter(|l| {
+        l.contains("volume extended through the mailbox") || l.contains("SPM: thin volume extended")
+    }) {
+        println!("mailbox: depotd: {}", line.trim());
+    }
     // Idempotent: the same size again is answered at once, from the LV.
     let t = Instant::now();
     let again = call_ok(&c, "Volume.requestExtend", extend(first + CHUNK, &img)).await;
@@ -242,6 +249,14 @@ async fn thin_lv_is_extended_through_the_mailbox_before_it_fills() {
     assert!(
         !crossings.is_empty(),
         "the writer never crossed the watermark"
+    );
+    // The watermark's probe on this image, as the watermark runs it.
+    let t = Instant::now();
+    let end = image_end(&path);
+    println!(
+        "mailbox: qemu-img check -U of the {} MiB image: {} ms",
+        end >> 20,
+        t.elapsed().as_millis()
     );
     for (before, after, took) in &crossings {
         println!(

@@ -283,10 +283,20 @@ impl Storage {
         }
         let tools = self.volume_tools();
         let vols = bd.volumes(tools);
+        // Already that large here: answered at once. "Here" is this host's
+        // device when the LV is active (no LVM command); when it is
+        // smaller, the VG may still have more (extended, not refreshed
+        // yet): the SPM then answers at once and the refresh below picks
+        // it up.
+        let vg = block::vg_name(sd);
+        let dev = Lvm::lv_path(&vg, &vol.to_string());
         let before = {
             let _held = self.lock_image(sd, img, false)?;
             let max = vols.thin_max_size(img, vol)?;
-            let now = vols.lv_size_now(img, vol)?;
+            let now = match device_size(&dev) {
+                Ok(n) => n,
+                Err(_) => vols.lv_size_now(img, vol)?,
+            };
             if now >= size.min(max) {
                 return Ok(now);
             }
@@ -306,15 +316,23 @@ impl Storage {
                 format!("the SPM could not extend volume {vol} of domain {sd} to {size_mib} MiB"),
             ));
         }
-        let vg = block::vg_name(sd);
-        if Lvm::lv_path(&vg, &vol.to_string()).exists() {
+        // The new size as this host's device has it after the refresh:
+        // what a writer sees, and no second read of the VG metadata (an
+        // LVM command costs more than the whole message round trip). An
+        // LV not active here is read from the VG.
+        let refresh = Instant::now();
+        let now = if dev.exists() {
             self.lvm
                 .refresh(&vg, &vol.to_string())
                 .map_err(|e| block::lvm_err(Code::LogicalVolumeRefreshError, OP, e))?;
-        }
-        let now = vols.lv_size_now(img, vol)?;
+            device_size(&dev)
+                .map_err(|e| StorageError::io(Code::LogicalVolumeRefreshError, OP, &dev, e))?
+        } else {
+            vols.lv_size_now(img, vol)?
+        };
         tracing::info!(%sd, %vol, before, now, asked = size, answer_mib = answer,
             answered_ms = answered.as_millis() as u64,
+            refresh_ms = refresh.elapsed().as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64, "volume extended through the mailbox");
         if now < size.min(answer * MIB) {
             return Err(StorageError::new(
@@ -356,13 +374,14 @@ impl Storage {
                 format!("domain {} is a file domain", req.domain),
             ));
         };
+        let started = Instant::now();
         let vols = bd.volumes(self.volume_tools());
         let img = vols.image_of(req.volume)?;
         let _held = self.lock_image(req.domain, img, true)?;
         let size = req.size_mib.saturating_mul(MIB);
         let reached = vols.grow_thin(img, req.volume, size)?;
         tracing::info!(%host, sd = %req.domain, vol = %req.volume, asked_mib = req.size_mib,
-            reached, "SPM: thin volume extended");
+            reached, took_ms = started.elapsed().as_millis() as u64, "SPM: thin volume extended");
         Ok(reached / MIB)
     }
 
@@ -503,17 +522,20 @@ impl Storage {
             return Ok(false);
         };
         let vols = bd.volumes(self.volume_tools());
+        let path = Lvm::lv_path(&block::vg_name(lv.sd), &lv.vol.to_string());
+        // The size the writer has: this host's device (no LVM command per
+        // check).
         let (size, max) = {
             let _held = self.lock_image(lv.sd, lv.img, false)?;
-            (
-                vols.lv_size_now(lv.img, lv.vol)?,
-                vols.thin_max_size(lv.img, lv.vol)?,
-            )
+            let size = match device_size(&path) {
+                Ok(n) => n,
+                Err(_) => vols.lv_size_now(lv.img, lv.vol)?,
+            };
+            (size, vols.thin_max_size(lv.img, lv.vol)?)
         };
         if size >= max {
             return Ok(false);
         }
-        let path = Lvm::lv_path(&block::vg_name(lv.sd), &lv.vol.to_string());
         let check = self
             .qemu
             .check_shared(&path, self.config.qemu_img_timeout)
@@ -531,6 +553,12 @@ impl Storage {
         self.request_extend(lv.sp, lv.sd, lv.img, lv.vol, want)?;
         Ok(true)
     }
+}
+
+/// The size of a block device (its end: no I/O, the kernel's size).
+fn device_size(dev: &std::path::Path) -> std::io::Result<u64> {
+    use std::io::Seek;
+    std::fs::File::open(dev)?.seek(std::io::SeekFrom::End(0))
 }
 
 fn service(storage: &Weak<Storage>, stop: &AtomicBool) {
