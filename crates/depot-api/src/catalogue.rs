@@ -836,6 +836,26 @@ verbs! {
         newSize: ByteSize,
     } -> (TaskId, "completed");
 
+    /// Asks the SPM, through the master domain's mailbox, to extend the LV
+    /// of a thin (COW, sparse) volume of a block domain whose image is
+    /// prepared on this host; waits for the answer and refreshes the LV
+    /// (docs/storage.md, "Thin volume extension"). depot's verb: in VDSM
+    /// only its VM monitor asks for extends. Idempotent: a size already
+    /// reached is answered at once.
+    "Volume.requestExtend" => VolumeRequestExtend {
+        /// The pool whose SPM extends.
+        storagepoolID: SpUuid,
+        /// The domain.
+        storagedomainID: SdUuid,
+        /// The image (prepared on this host).
+        imageID: ImgUuid,
+        /// The volume.
+        volumeID: VolUuid,
+        /// The LV size wanted in bytes (rounded up to MiB; at most the
+        /// volume's fully allocated size is given).
+        newSize: ByteSize,
+    } -> (VolumeSize, "the LV's size after, in both fields");
+
     /// Deletes an image and all its volumes; postZero wipes them first.
     /// The SPM's verb when the domain is attached to a pool: 309 while
     /// that pool is not connected here, 654 while this host is not its SPM.

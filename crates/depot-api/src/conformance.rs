@@ -336,6 +336,12 @@ pub const DIFFERENCES: &[Difference] = &[
          may drop it sooner",
     ),
     d(
+        "Volume.requestExtend",
+        Item::DepotVerb,
+        "VDSM's hosts ask the SPM for thin LV extends from their VM monitor only \
+         (no verb); depot has no VM monitor, so a client may ask",
+    ),
+    d(
         "Host.subscribeEvents",
         Item::DepotVerb,
         "VDSM's clients subscribe to events over STOMP; depot's WebSocket clients with \

@@ -108,6 +108,7 @@ codes! {
     StorageDomainActionError = 350, "Error in storage domain action";
     StorageDomainCreationError = 351, "Error creating a storage domain";
     StorageDomainFormatError = 352, "Error formatting a storage domain";
+    StorageDomainNotInPool = 353, "Storage domain not in pool";
     StorageDomainAttachError = 354, "Error attaching storage domain";
     StorageDomainDetachError = 356, "Error detaching storage domain";
     StorageDomainDoesNotExist = 358, "Storage domain does not exist";
@@ -185,6 +186,7 @@ codes! {
     CannotRemoveLogicalVolume = 551, "Cannot remove Logical Volume";
     CannotDeactivateLogicalVolume = 552, "Cannot deactivate Logical Volume";
     LogicalVolumeExtendError = 554, "Logical Volume extend failed";
+    LogicalVolumeRefreshError = 556, "Cannot refresh Logical Volume";
     CannotActivateLogicalVolume = 558, "Cannot activate Logical Volume";
     LogicalVolumeReplaceTagError = 572, "Replace Logical Volume tag error";
     /// Listing or checking block devices failed (Host.getDeviceList,

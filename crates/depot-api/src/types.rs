@@ -21,6 +21,16 @@ impl Uuid {
     pub const fn nil() -> Self {
         Uuid(uuid::Uuid::nil())
     }
+
+    /// The UUID as one 128-bit number (its canonical form read as hex),
+    /// for binary layouts such as VDSM's mailbox messages.
+    pub const fn as_u128(&self) -> u128 {
+        self.0.as_u128()
+    }
+
+    pub const fn from_u128(v: u128) -> Self {
+        Uuid(uuid::Uuid::from_u128(v))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -274,6 +274,31 @@ impl QemuImg {
         })
     }
 
+    /// [`check`](Self::check) of an image another process has open for
+    /// writing (`-U`, force share: qemu's image lock would refuse the
+    /// check otherwise): what the watermark of a thin LV reads the image
+    /// end from while a writer fills it. Its counts may include clusters
+    /// in flight; `image_end_offset` is what matters.
+    pub fn check_shared(
+        &self,
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<CheckResult, QemuImgError> {
+        const OP: &str = "check";
+        let cmd = Cmd::new(&self.program, timeout)
+            .args(["check", "-U", "--output", "json", "-f", "qcow2"])
+            .arg(path_arg(path))
+            .ok_codes(&[0, 2, 3]);
+        let v = self.run_json(OP, path, &cmd)?;
+        let count = |key| v.get(key).and_then(Value::as_u64).unwrap_or(0);
+        Ok(CheckResult {
+            leaks: count("leaks"),
+            corruptions: count("corruptions"),
+            check_errors: count("check-errors"),
+            image_end_offset: v.get("image-end-offset").and_then(Value::as_u64),
+        })
+    }
+
     /// Copies `src` into the existing `dst` with VDSM's flags:
     /// `qemu-img convert -p -t none -T none -f F -O F -n [--target-is-zero]
     /// [-W] [-B backing -F fmt] src dst`. `progress` gets the percentage

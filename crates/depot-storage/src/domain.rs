@@ -276,7 +276,7 @@ impl Domain {
 }
 
 impl BlockDomain {
-    fn volumes<'a>(&'a self, tools: VolumeTools<'a>) -> BlockVolumes<'a> {
+    pub(crate) fn volumes<'a>(&'a self, tools: VolumeTools<'a>) -> BlockVolumes<'a> {
         BlockVolumes {
             sd: self.sd,
             lvm: &self.lvm,

@@ -22,6 +22,7 @@ pub mod file;
 pub mod layout;
 pub mod lock;
 pub mod lockspace;
+pub mod mailbox;
 pub mod metadata;
 pub mod monitor;
 pub mod mount_fs;
@@ -32,7 +33,7 @@ pub mod xlease;
 
 pub use domain_spec::CreateDomain;
 pub use engine::{Control, CopyOutcome, DestinationLease, VolRef};
+pub use engine::{MailboxConfig, Prepared, Storage, StorageConfig};
 pub use engine::{OvfListing, OvfStoreInfo, Readable, UploadDone};
-pub use engine::{Prepared, Storage, StorageConfig};
 pub use error::{StorageError, StorageResult};
 pub use volume_store::{CreateVolume, VolumeInfo, VolumeStore};

@@ -25,6 +25,8 @@ pub struct Config {
     pub storage: StorageSection,
     pub sanlock: SanlockSection,
     pub fencing: FencingSection,
+    pub mailbox: MailboxSection,
+    pub thinp: ThinpSection,
     pub log: LogConfig,
 }
 
@@ -69,6 +71,37 @@ pub struct SanlockSection {
     /// Seconds one call to the sanlock daemon, or one `sanlock direct`
     /// run, may take.
     pub timeout_s: f64,
+}
+
+/// The SPM mailbox (docs/storage.md, "Thin volume extension").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxSection {
+    /// Seconds between two reads of the event block by the SPM, and of
+    /// a waiting host's answers (VDSM's `[mailbox] events_interval`).
+    pub events_interval_s: f64,
+    /// Seconds between two reads of every host's mailbox by the SPM
+    /// without an event (VDSM's monitor interval).
+    pub poll_interval_s: f64,
+    /// The SPM reads the mailboxes of host ids 1 to this (VDSM's
+    /// `maxHostID`).
+    pub max_host_id: u32,
+    /// Seconds a host waits for the SPM's answer to an extend request.
+    pub request_timeout_s: f64,
+}
+
+/// The watermark of prepared thin LVs (VDSM's `[irs]
+/// volume_utilization_*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThinpSection {
+    /// MiB an extend adds.
+    pub chunk_mb: u64,
+    /// An extend is asked when the LV's free space is under (100 - this)%
+    /// of the chunk.
+    pub utilization_percent: u64,
+    /// Seconds between two checks of the prepared thin LVs.
+    pub check_interval_s: f64,
 }
 
 /// Power fencing (`Host.fenceNode`, docs/storage.md "Fencing").
@@ -293,6 +326,17 @@ impl Config {
                 agents_dir: "/usr/sbin".into(),
                 timeout_s: 120.0,
             },
+            mailbox: MailboxSection {
+                events_interval_s: 0.2,
+                poll_interval_s: 2.0,
+                max_host_id: 250,
+                request_timeout_s: 60.0,
+            },
+            thinp: ThinpSection {
+                chunk_mb: 2560,
+                utilization_percent: 20,
+                check_interval_s: 2.0,
+            },
             log: LogConfig {
                 level: "info".into(),
                 target: LogTarget::Auto,
@@ -399,10 +443,24 @@ impl Config {
                 "storage.fsproc_helpers_per_mount",
                 self.storage.fsproc_helpers_per_mount as u64,
             ),
+            ("mailbox.max_host_id", u64::from(self.mailbox.max_host_id)),
+            ("thinp.chunk_mb", self.thinp.chunk_mb),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+        }
+        // sanlock's and VDSM's most host ids; the mailbox areas hold 4095.
+        if self.mailbox.max_host_id > 2000 {
+            return Err("mailbox.max_host_id must be at most 2000".into());
+        }
+        // A chunk beyond the mailbox's largest size (0xFFFFFFFF MiB) could
+        // not be asked for.
+        if self.thinp.chunk_mb > 0xFFFF_FFFF {
+            return Err("thinp.chunk_mb must be at most 4294967295".into());
+        }
+        if self.thinp.utilization_percent > 99 {
+            return Err("thinp.utilization_percent must be at most 99".into());
         }
         // Each helper is a process: a typo must not fork hundreds per mount.
         if self.storage.fsproc_helpers_per_mount > MAX_FSPROC_HELPERS {
@@ -448,6 +506,22 @@ impl Config {
             ),
             ("sanlock.timeout_s", self.sanlock.timeout_s, false),
             ("fencing.timeout_s", self.fencing.timeout_s, false),
+            (
+                "mailbox.events_interval_s",
+                self.mailbox.events_interval_s,
+                false,
+            ),
+            (
+                "mailbox.poll_interval_s",
+                self.mailbox.poll_interval_s,
+                false,
+            ),
+            (
+                "mailbox.request_timeout_s",
+                self.mailbox.request_timeout_s,
+                false,
+            ),
+            ("thinp.check_interval_s", self.thinp.check_interval_s, false),
         ] {
             if !(0.0..1e9).contains(&v) {
                 return Err(format!("{name} must be a number of seconds, not {v}"));
@@ -571,6 +645,31 @@ mod tests {
 
     /// Every timeout, interval and limit that makes no sense at 0 is
     /// refused at start, and the message names the key.
+    #[test]
+    fn mailbox_and_thinp_limits_are_refused_by_name() {
+        let base = Config::production();
+        for text in [
+            "[mailbox]\nevents_interval_s = 0\n",
+            "[mailbox]\npoll_interval_s = 0\n",
+            "[mailbox]\nrequest_timeout_s = 0\n",
+            "[mailbox]\nmax_host_id = 0\n",
+            "[mailbox]\nmax_host_id = 2001\n",
+            "[thinp]\nchunk_mb = 0\n",
+            "[thinp]\nchunk_mb = 4294967296\n",
+            "[thinp]\nutilization_percent = 100\n",
+            "[thinp]\ncheck_interval_s = 0\n",
+        ] {
+            let e = Config::merge_toml(&base, text, p()).expect_err(text);
+            let key = text.replace(['[', ']'], "");
+            let (section, rest) = key.split_once('\n').unwrap();
+            let name = rest.split(' ').next().unwrap();
+            assert!(e.to_string().contains(&format!("{section}.{name}")), "{e}");
+        }
+        let ok =
+            "[mailbox]\nmax_host_id = 2000\n[thinp]\nchunk_mb = 128\nutilization_percent = 50\n";
+        Config::merge_toml(&base, ok, p()).unwrap();
+    }
+
     #[test]
     fn zero_timeouts_and_limits_are_refused_by_name() {
         let base = Config::production();

@@ -167,6 +167,7 @@ impl Router {
                 verb::EXTEND_VOLUME_SIZE,
                 storage_api::extend_volume(storage, p).await,
             )),
+            Call::VolumeRequestExtend(p) => wire(storage_api::request_extend(storage, p).await),
             Call::ImageDelete(p) => wire(self.finished(
                 verb::DELETE_IMAGE,
                 storage_api::delete_image(storage, p).await,

@@ -1114,6 +1114,25 @@ pub async fn extend_volume(
     blocking(storage, move |s| s.extend_volume(sd, img, vol, size)).await
 }
 
+/// `Volume.requestExtend`: the LV's size after, in both fields.
+pub async fn request_extend(
+    storage: &Arc<Storage>,
+    p: params::VolumeRequestExtend,
+) -> Result<returns::VolumeRequestExtend, ApiError> {
+    let (sp, sd, img, vol, size) = (
+        p.storagepoolID,
+        p.storagedomainID,
+        p.imageID,
+        p.volumeID,
+        p.newSize.0,
+    );
+    let now = blocking(storage, move |s| s.request_extend(sp, sd, img, vol, size)).await?;
+    Ok(VolumeSize {
+        apparentsize: now.to_string(),
+        truesize: now.to_string(),
+    })
+}
+
 pub async fn delete_image(storage: &Arc<Storage>, p: params::ImageDelete) -> Result<(), ApiError> {
     let (sd, img) = (p.storagedomainID, p.imageID);
     let (zero, force) = (p.postZero.unwrap_or(false), p.force.unwrap_or(false));

@@ -694,6 +694,22 @@ impl Lvm {
         Ok(())
     }
 
+    /// Reloads an active LV's device-mapper table from the VG metadata
+    /// (`lvchange --refresh`): how a host sees an extend another host (the
+    /// SPM) made. The cached report of `vg` is dropped, so the next read
+    /// has the new size.
+    pub fn refresh(&self, vg: &str, lv: &str) -> LvmResult<()> {
+        check_name("lvchange", "VG name", vg)?;
+        check_name("lvchange", "LV name", lv)?;
+        let r = self.run(
+            &self
+                .cmd("lvchange")
+                .args(["--refresh", &format!("{vg}/{lv}")]),
+        );
+        self.invalidate(vg);
+        r.map(|_| ())
+    }
+
     /// Deactivates every LV of a VG (`vgchange -an`).
     pub fn deactivate_vg(&self, vg: &str) -> LvmResult<()> {
         check_name("vgchange", "VG name", vg)?;

@@ -226,6 +226,85 @@ impl BlockVolumes<'_> {
         Ok(link)
     }
 
+    /// The image of volume `vol` (its LV's `IU_` tag); 201 when no volume
+    /// LV has that name.
+    pub fn image_of(&self, vol: VolUuid) -> StorageResult<ImgUuid> {
+        const OP: &str = "find volume";
+        let found = self
+            .lvm
+            .lv(&self.vg(), &vol.to_string())
+            .map_err(|e| lvm_err(Code::VolumeGroupDoesNotExist, OP, e))?;
+        found
+            .filter(|lv| is_volume_lv(lv) && !initializing(lv))
+            .and_then(|lv| lv_image(&lv))
+            .ok_or_else(|| {
+                StorageError::new(
+                    Code::VolumeDoesNotExist,
+                    OP,
+                    format!("volume {vol} on domain {}", self.sd),
+                )
+            })
+    }
+
+    /// The size of volume `vol`'s LV in bytes, read fresh from the VG
+    /// metadata (another host may have extended it).
+    pub fn lv_size_now(&self, img: ImgUuid, vol: VolUuid) -> StorageResult<u64> {
+        const OP: &str = "read volume size";
+        self.lvm.invalidate(&self.vg());
+        Ok(self.lv_of(img, vol, OP)?.size)
+    }
+
+    /// The largest LV a COW volume may need: its fully allocated size
+    /// (capacity, qcow2 metadata and 1 MiB). 206 for a RAW volume, whose
+    /// LV is never extended this way.
+    pub fn thin_max_size(&self, img: ImgUuid, vol: VolUuid) -> StorageResult<u64> {
+        const OP: &str = "extend thin volume";
+        let lv = self.lv_of(img, vol, OP)?;
+        let md = self.read_md(&lv, OP)?;
+        if md.format != VolumeFormat::Cow {
+            return Err(StorageError::new(
+                Code::VolumeExtendingError,
+                OP,
+                format!("volume {vol} is {}, not COW", md.format),
+            ));
+        }
+        Ok(lv_size(
+            VolumeFormat::Cow,
+            AllocType::Preallocated,
+            md.capacity,
+        ))
+    }
+
+    /// The SPM's part of a thin extend (docs/storage.md, "Thin volume
+    /// extension"): grows the LV of COW volume `vol` to `size` bytes, but
+    /// never beyond its fully allocated size (a request comes from
+    /// another host and is trusted no further: it cannot make one LV take
+    /// the VG). Returns the LV's size after; a size already reached is
+    /// answered at once, without an LVM command that changes anything.
+    /// The host that asked refreshes the LV on its side (`lvextend` updates
+    /// it here only where it is active here).
+    pub fn grow_thin(&self, img: ImgUuid, vol: VolUuid, size: u64) -> StorageResult<u64> {
+        const OP: &str = "extend thin volume";
+        let lv = self.lv_of(img, vol, OP)?;
+        let md = self.read_md(&lv, OP)?;
+        if md.format != VolumeFormat::Cow {
+            return Err(StorageError::new(
+                Code::VolumeExtendingError,
+                OP,
+                format!("volume {vol} is {}, not COW", md.format),
+            ));
+        }
+        let max = lv_size(VolumeFormat::Cow, AllocType::Preallocated, md.capacity);
+        let want = size.min(max);
+        if want <= lv.size {
+            return Ok(lv.size);
+        }
+        self.lvm
+            .lvextend(&self.vg(), &lv.name, want)
+            .map_err(|e| lvm_err(Code::LogicalVolumeExtendError, OP, e))?;
+        self.lv_size_now(img, vol)
+    }
+
     /// Deactivates the image's LVs and removes its links (`Image.teardown`).
     /// Idempotent.
     pub fn teardown(&self, img: ImgUuid) -> StorageResult<()> {

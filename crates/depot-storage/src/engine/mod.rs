@@ -41,6 +41,7 @@ mod domains;
 mod leases;
 mod liveness;
 pub mod lvm;
+mod mailbox;
 mod ovf;
 mod pools;
 mod san;
@@ -51,6 +52,7 @@ mod volumes;
 pub use copy::{Control, CopyOutcome, DestinationLease, VolRef};
 pub use domains::DomainInfo;
 pub use leases::LeaseStatus;
+pub use mailbox::{MailboxConfig, ThinLv};
 pub use ovf::{OvfListing, OvfStoreInfo, Readable, UploadDone};
 pub use pools::{PoolDomainStatus, PoolState};
 pub use spm::{Spm, SpmRole, SpmStatus};
@@ -122,6 +124,8 @@ pub struct Storage {
     events: Events,
     /// Which domains have volume leases (volume_leases.rs).
     lease_domains: volume_leases::LeaseDomains,
+    /// The SPM mailbox and thin LV extension (mailbox.rs).
+    mailboxes: mailbox::Mailboxes,
 }
 
 /// Longest one LVM command may take. LVM scans every filtered device;
@@ -164,6 +168,7 @@ impl Storage {
             },
             events: Events::none(),
             lease_domains: Default::default(),
+            mailboxes: Default::default(),
             config,
         }
     }
@@ -301,6 +306,7 @@ impl Storage {
     }
 
     pub fn shutdown(&self) {
+        self.mailboxes.stop();
         self.monitor.shutdown();
         self.watch.stop();
     }

@@ -1,0 +1,588 @@
+//! Thin block volume extension through the SPM mailbox (docs/storage.md,
+//! "Thin volume extension"): the mailboxes of connected pools whose
+//! master is a block domain, the SPM's answering thread while this host
+//! is SPM, a host's extend request ([`Storage::request_extend`]), and the
+//! watermark that asks for one when a prepared thin LV runs out of room.
+//!
+//! Two threads started by [`Storage::start_mailbox_service`] keep it
+//! going, so the SPM and pool code needs no hook: the service thread
+//! (every `SERVICE_TICK`) starts the SPM's mailbox thread of every pool
+//! this host is SPM of and stops the others, and drops the host mailboxes
+//! of pools no longer connected; the watermark thread checks the prepared
+//! thin LVs every `thinp.check_interval`. The SPM's handler checks the
+//! role again before each extend, so a host that stopped being SPM does
+//! not change the VG in the tick before its thread stops.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use depot_api::storage::{AllocType, ImgUuid, SdUuid, SpUuid, VolType, VolUuid, VolumeFormat};
+use depot_api::Code;
+use depot_os::lvm::Lvm;
+
+use super::spm::SpmRole;
+use super::Storage;
+use crate::block;
+use crate::domain::Domain;
+use crate::mailbox::format::{Extend, HostId, MAX_SIZE_MIB};
+use crate::mailbox::host::{HostConfig, HostMailer};
+use crate::mailbox::spm::{Handler, SpmConfig, SpmMonitor};
+use crate::{StorageError, StorageResult};
+
+const MIB: u64 = 1 << 20;
+const SERVICE_TICK: Duration = Duration::from_millis(500);
+
+/// The mailbox's and the watermark's settings (depotd's `[mailbox]` and
+/// `[thinp]`, docs/config.md).
+#[derive(Debug, Clone)]
+pub struct MailboxConfig {
+    /// How often the SPM reads the event block, and a waiting host its
+    /// answers.
+    pub event_interval: Duration,
+    /// How often the SPM reads every host's mailbox without an event.
+    pub poll_interval: Duration,
+    /// The SPM reads the mailboxes of hosts 1..=max_host_id.
+    pub max_host_id: u32,
+    /// How long a host waits for the SPM's answer.
+    pub request_timeout: Duration,
+    /// How much an extend adds (VDSM's `volume_utilization_chunk_mb`).
+    pub chunk: u64,
+    /// VDSM's `volume_utilization_percent`: an extend is asked when the
+    /// free space left in the LV is under (100 - this)% of the chunk.
+    pub utilization_percent: u64,
+    /// How often the watermark checks the prepared thin LVs.
+    pub check_interval: Duration,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        MailboxConfig {
+            event_interval: Duration::from_millis(200),
+            poll_interval: Duration::from_secs(2),
+            max_host_id: 250,
+            request_timeout: Duration::from_secs(60),
+            chunk: 2560 * MIB,
+            utilization_percent: 20,
+            check_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl MailboxConfig {
+    /// The free space under which an extend is asked.
+    pub fn free_limit(&self) -> u64 {
+        self.chunk / 100 * (100 - self.utilization_percent.min(100))
+    }
+}
+
+#[derive(Default)]
+struct MbState {
+    /// This host's mailbox per pool (with the master and host id it was
+    /// made for).
+    hosts: HashMap<SpUuid, (SdUuid, HostId, Arc<HostMailer>)>,
+    /// The SPM's thread per pool this host is SPM of.
+    spms: HashMap<SpUuid, (SdUuid, SpmMonitor)>,
+}
+
+/// The mailbox state of a [`Storage`].
+pub(crate) struct Mailboxes {
+    config: MailboxConfig,
+    state: Mutex<MbState>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Default for Mailboxes {
+    fn default() -> Self {
+        Mailboxes {
+            config: MailboxConfig::default(),
+            state: Mutex::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Mailboxes {
+    fn lock(&self) -> MutexGuard<'_, MbState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut st = self.lock();
+        st.spms.clear();
+        st.hosts.clear();
+    }
+}
+
+/// A thin LV the watermark watches.
+#[derive(Debug, Clone)]
+pub struct ThinLv {
+    pub sp: SpUuid,
+    pub sd: SdUuid,
+    pub img: ImgUuid,
+    pub vol: VolUuid,
+}
+
+impl Storage {
+    /// Sets the mailbox's and watermark's settings (before
+    /// [`start_mailbox_service`](Self::start_mailbox_service)).
+    pub fn with_mailbox(mut self, config: MailboxConfig) -> Self {
+        self.mailboxes.config = config;
+        self
+    }
+
+    pub fn mailbox_config(&self) -> &MailboxConfig {
+        &self.mailboxes.config
+    }
+
+    /// Starts the service and watermark threads (module docs). They hold
+    /// the storage weakly and end with it, or at [`Storage::shutdown`].
+    pub fn start_mailbox_service(self: &Arc<Self>) {
+        let stop = Arc::clone(&self.mailboxes.stop);
+        let weak = Arc::downgrade(self);
+        let s = stop.clone();
+        let w = weak.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mailbox-service".into())
+            .spawn(move || service(&w, &s))
+            .and_then(|_| {
+                std::thread::Builder::new()
+                    .name("thinp-watermark".into())
+                    .spawn(move || watermark(&weak, &stop))
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the mailbox threads: thin LVs will not be extended");
+        }
+    }
+
+    /// The `inbox` and `outbox` LVs of pool `sp`'s master, activated, when
+    /// the master is a block domain; `None` for a file master (no
+    /// mailbox, as in VDSM).
+    fn mailbox_paths(&self, master: SdUuid) -> StorageResult<Option<(PathBuf, PathBuf)>> {
+        const OP: &str = "prepare mailbox";
+        let Domain::Block(_) = self.locate(master)? else {
+            return Ok(None);
+        };
+        let vg = block::vg_name(master);
+        self.lvm
+            .activate(&vg, &["inbox", "outbox"])
+            .map_err(|e| block::lvm_err(Code::CannotActivateLogicalVolume, OP, e))?;
+        Ok(Some((
+            Lvm::lv_path(&vg, "inbox"),
+            Lvm::lv_path(&vg, "outbox"),
+        )))
+    }
+
+    /// This host's mailbox in pool `sp` (made on first use).
+    fn host_mailer(&self, sp: SpUuid) -> StorageResult<Arc<HostMailer>> {
+        const OP: &str = "extend volume through the mailbox";
+        let pool = self.connected_pool(sp, OP)?;
+        let host = pool
+            .host_id
+            .and_then(|id| u64::try_from(id).ok())
+            .and_then(|id| HostId::new(id).ok())
+            .ok_or_else(|| {
+                StorageError::new(
+                    Code::StoragePoolNotConnected,
+                    OP,
+                    format!("'{sp}' has no host id"),
+                )
+            })?;
+        if let Some((m, h, mailer)) = self.mailboxes.lock().hosts.get(&sp) {
+            if *m == pool.master && *h == host {
+                return Ok(Arc::clone(mailer));
+            }
+        }
+        let Some((inbox, outbox)) = self.mailbox_paths(pool.master)? else {
+            return Err(StorageError::new(
+                Code::VolumeExtendingError,
+                OP,
+                format!(
+                    "pool {sp}'s master {} is a file domain: it has no mailbox",
+                    pool.master
+                ),
+            ));
+        };
+        let mailer = Arc::new(HostMailer::start(HostConfig {
+            inbox,
+            outbox,
+            host,
+            poll: self.mailboxes.config.event_interval,
+        })?);
+        self.mailboxes
+            .lock()
+            .hosts
+            .insert(sp, (pool.master, host, Arc::clone(&mailer)));
+        Ok(mailer)
+    }
+
+    /// The connected pool that domain `sd` is part of on this host.
+    fn pool_of(&self, sd: SdUuid, op: &'static str) -> StorageResult<SpUuid> {
+        self.pools
+            .lock()
+            .iter()
+            .find(|(_, p)| p.connected && p.domains.contains_key(&sd))
+            .map(|(sp, _)| *sp)
+            .ok_or_else(|| {
+                StorageError::new(
+                    Code::StoragePoolNotConnected,
+                    op,
+                    format!("domain {sd} is in no pool connected on this host"),
+                )
+            })
+    }
+
+    /// Asks the SPM of pool `sp` to extend the LV of thin volume `vol` to
+    /// at least `size` bytes, waits for its answer, refreshes the LV on
+    /// this host and checks its new size; returns it (bytes). Blocking
+    /// (up to `mailbox.request_timeout`). The volume must be a COW volume
+    /// of a block domain of the pool, its image prepared on this host.
+    /// Idempotent: a size already reached is answered at once.
+    pub fn request_extend(
+        &self,
+        sp: SpUuid,
+        sd: SdUuid,
+        img: ImgUuid,
+        vol: VolUuid,
+        size: u64,
+    ) -> StorageResult<u64> {
+        const OP: &str = "extend volume through the mailbox";
+        let pool = self.connected_pool(sp, OP)?;
+        if !pool.domains.contains_key(&sd) {
+            return Err(StorageError::new(
+                Code::StorageDomainNotInPool,
+                OP,
+                format!("domain {sd} is not in pool {sp}"),
+            ));
+        }
+        let domain = self.locate(sd)?;
+        let Domain::Block(bd) = &domain else {
+            return Err(StorageError::new(
+                Code::VolumeExtendingError,
+                OP,
+                format!("domain {sd} is a file domain: its volumes need no extend"),
+            ));
+        };
+        if !self.is_prepared(sd, img) {
+            return Err(StorageError::new(
+                Code::VolumeExtendingError,
+                OP,
+                format!("image {img} is not prepared on this host"),
+            ));
+        }
+        let size_mib = size.div_ceil(MIB);
+        if size_mib == 0 || size_mib > MAX_SIZE_MIB {
+            return Err(StorageError::new(
+                Code::VolumeResizeValueError,
+                OP,
+                format!("{size} bytes: not 1 MiB to {MAX_SIZE_MIB} MiB"),
+            ));
+        }
+        let tools = self.volume_tools();
+        let vols = bd.volumes(tools);
+        // Already that large here: answered at once. "Here" is this host's
+        // device when the LV is active (no LVM command); when it is
+        // smaller, the VG may still have more (extended, not refreshed
+        // yet): the SPM then answers at once and the refresh below picks
+        // it up.
+        let vg = block::vg_name(sd);
+        let dev = Lvm::lv_path(&vg, &vol.to_string());
+        let before = {
+            let _held = self.lock_image(sd, img, false)?;
+            let max = vols.thin_max_size(img, vol)?;
+            let now = match device_size(&dev) {
+                Ok(n) => n,
+                Err(_) => vols.lv_size_now(img, vol)?,
+            };
+            if now >= size.min(max) {
+                return Ok(now);
+            }
+            now
+        };
+        let mailer = self.host_mailer(sp)?;
+        let started = Instant::now();
+        let req = Extend::new(sd, vol, size_mib).map_err(|e| {
+            StorageError::new(Code::VolumeResizeValueError, OP, e.to_string()).caused_by(e)
+        })?;
+        let answer = mailer.request(req, self.mailboxes.config.request_timeout)?;
+        let answered = started.elapsed();
+        if answer == 0 {
+            return Err(StorageError::new(
+                Code::LogicalVolumeExtendError,
+                OP,
+                format!("the SPM could not extend volume {vol} of domain {sd} to {size_mib} MiB"),
+            ));
+        }
+        // The new size as this host's device has it after the refresh:
+        // what a writer sees, and no second read of the VG metadata (an
+        // LVM command costs more than the whole message round trip). An
+        // LV not active here is read from the VG.
+        let refresh = Instant::now();
+        let now = if dev.exists() {
+            self.lvm
+                .refresh(&vg, &vol.to_string())
+                .map_err(|e| block::lvm_err(Code::LogicalVolumeRefreshError, OP, e))?;
+            device_size(&dev)
+                .map_err(|e| StorageError::io(Code::LogicalVolumeRefreshError, OP, &dev, e))?
+        } else {
+            vols.lv_size_now(img, vol)?
+        };
+        tracing::info!(%sd, %vol, before, now, asked = size, answer_mib = answer,
+            answered_ms = answered.as_millis() as u64,
+            refresh_ms = refresh.elapsed().as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64, "volume extended through the mailbox");
+        if now < size.min(answer * MIB) {
+            return Err(StorageError::new(
+                Code::LogicalVolumeExtendError,
+                OP,
+                format!(
+                    "volume {vol} of domain {sd}: the SPM answered {answer} MiB, the LV has {now} bytes"
+                ),
+            ));
+        }
+        Ok(now)
+    }
+
+    /// The SPM's handler of extend requests of pool `sp`.
+    fn spm_extend(&self, sp: SpUuid, host: HostId, req: Extend) -> StorageResult<u64> {
+        const OP: &str = "extend volume for a host";
+        let pool = self.connected_pool(sp, OP)?;
+        if pool.spm.role != SpmRole::Spm {
+            return Err(StorageError::new(
+                Code::SpmStatusError,
+                OP,
+                format!("this host is no longer the SPM of pool {sp}"),
+            ));
+        }
+        // A domain of another pool (or none) is refused: a host asks only
+        // for volumes of the pool's domains (VDSM's _assert_sd_in_pool).
+        if !pool.domains.contains_key(&req.domain) {
+            return Err(StorageError::new(
+                Code::StorageDomainNotInPool,
+                OP,
+                format!("domain {} is not in pool {sp}", req.domain),
+            ));
+        }
+        let domain = self.locate(req.domain)?;
+        let Domain::Block(bd) = &domain else {
+            return Err(StorageError::new(
+                Code::VolumeExtendingError,
+                OP,
+                format!("domain {} is a file domain", req.domain),
+            ));
+        };
+        let started = Instant::now();
+        let vols = bd.volumes(self.volume_tools());
+        let img = vols.image_of(req.volume)?;
+        let _held = self.lock_image(req.domain, img, true)?;
+        let size = req.size_mib.saturating_mul(MIB);
+        let reached = vols.grow_thin(img, req.volume, size)?;
+        tracing::info!(%host, sd = %req.domain, vol = %req.volume, asked_mib = req.size_mib,
+            reached, took_ms = started.elapsed().as_millis() as u64, "SPM: thin volume extended");
+        Ok(reached / MIB)
+    }
+
+    /// One service tick: the SPM threads follow this host's role, and the
+    /// host mailboxes the pools' connections.
+    fn mailbox_tick(self: &Arc<Self>) {
+        let pools: Vec<(SpUuid, SdUuid, bool, bool)> = self
+            .pools
+            .lock()
+            .iter()
+            .map(|(sp, p)| (*sp, p.master, p.connected, p.spm.role == SpmRole::Spm))
+            .collect();
+        let mut st = self.mailboxes.lock();
+        st.spms.retain(|sp, (master, mon)| {
+            let keep = mon.is_running()
+                && pools
+                    .iter()
+                    .any(|(s, m, c, spm)| s == sp && m == master && *c && *spm);
+            if !keep {
+                tracing::info!(pool = %sp, "SPM mailbox stopped");
+            }
+            keep
+        });
+        st.hosts.retain(|sp, (master, _, _)| {
+            pools
+                .iter()
+                .any(|(s, m, c, _)| s == sp && m == master && *c)
+        });
+        let to_start: Vec<(SpUuid, SdUuid)> = pools
+            .iter()
+            .filter(|(sp, _, c, spm)| *c && *spm && !st.spms.contains_key(sp))
+            .map(|(sp, m, _, _)| (*sp, *m))
+            .collect();
+        drop(st);
+        // A file master has no mailbox: known from the cache without a
+        // look at the storage (a file domain's look is a helper call).
+        let to_start: Vec<(SpUuid, SdUuid)> = {
+            let state = self.state();
+            to_start
+                .into_iter()
+                .filter(|(_, m)| !matches!(state.domains.get(m), Some(Domain::File(_))))
+                .collect()
+        };
+        for (sp, master) in to_start {
+            match self.start_spm_mailbox(sp, master) {
+                Ok(Some(mon)) => {
+                    tracing::info!(pool = %sp, %master, "SPM mailbox started");
+                    self.mailboxes.lock().spms.insert(sp, (master, mon));
+                }
+                Ok(None) => {} // a file master: no mailbox
+
+                Err(e) => tracing::warn!(pool = %sp, error = %e, "cannot start the SPM mailbox"),
+            }
+        }
+    }
+
+    fn start_spm_mailbox(
+        self: &Arc<Self>,
+        sp: SpUuid,
+        master: SdUuid,
+    ) -> StorageResult<Option<SpmMonitor>> {
+        let Some((inbox, outbox)) = self.mailbox_paths(master)? else {
+            return Ok(None);
+        };
+        let c = &self.mailboxes.config;
+        let max_host = HostId::new(u64::from(c.max_host_id)).map_err(|e| {
+            StorageError::new(
+                Code::MiscFileReadException,
+                "start SPM mailbox",
+                e.to_string(),
+            )
+        })?;
+        let weak = Arc::downgrade(self);
+        let handler: Handler = Arc::new(move |host, req| match weak.upgrade() {
+            Some(s) => s.spm_extend(sp, host, req),
+            None => Err(StorageError::new(
+                Code::SpmStatusError,
+                "extend volume for a host",
+                "depotd is stopping",
+            )),
+        });
+        SpmMonitor::start(
+            SpmConfig {
+                inbox,
+                outbox,
+                max_host,
+                event_poll: c.event_interval,
+                full_poll: c.poll_interval,
+            },
+            handler,
+        )
+        .map(Some)
+    }
+
+    /// The thin LVs the watermark watches: the COW SPARSE leaves of the
+    /// images prepared on this host, on block domains of connected pools,
+    /// whose LVs are active.
+    pub fn thin_lvs(&self) -> Vec<ThinLv> {
+        let prepared: Vec<(SdUuid, ImgUuid)> = self.state().prepared.keys().copied().collect();
+        let mut out = Vec::new();
+        for (sd, img) in prepared {
+            let Ok(sp) = self.pool_of(sd, "watch thin volumes") else {
+                continue;
+            };
+            let Some(Domain::Block(bd)) = self.state().domains.get(&sd).cloned() else {
+                continue;
+            };
+            let vg = block::vg_name(sd);
+            let vols = bd.volumes(self.volume_tools());
+            let Ok(list) = crate::volume_store::VolumeStore::list(&vols, Some(img)) else {
+                continue;
+            };
+            for vol in list {
+                if !Lvm::lv_path(&vg, &vol.to_string()).exists() {
+                    continue;
+                }
+                let Ok(info) = crate::volume_store::VolumeStore::info(&vols, img, vol) else {
+                    continue;
+                };
+                let md = &info.metadata;
+                if md.format == VolumeFormat::Cow
+                    && md.alloc_type == AllocType::Sparse
+                    && md.vol_type == VolType::Leaf
+                {
+                    out.push(ThinLv { sp, sd, img, vol });
+                }
+            }
+        }
+        out
+    }
+
+    /// One watermark check of `lv`: its allocation (`qemu-img check -U`'s
+    /// image end), and an extend by one chunk when the free space left is
+    /// under the limit. Whether an extend was asked.
+    pub fn check_watermark(&self, lv: &ThinLv) -> StorageResult<bool> {
+        const OP: &str = "check thin volume";
+        let Domain::Block(bd) = self.locate(lv.sd)? else {
+            return Ok(false);
+        };
+        let vols = bd.volumes(self.volume_tools());
+        let path = Lvm::lv_path(&block::vg_name(lv.sd), &lv.vol.to_string());
+        // The size the writer has: this host's device (no LVM command per
+        // check).
+        let (size, max) = {
+            let _held = self.lock_image(lv.sd, lv.img, false)?;
+            let size = match device_size(&path) {
+                Ok(n) => n,
+                Err(_) => vols.lv_size_now(lv.img, lv.vol)?,
+            };
+            (size, vols.thin_max_size(lv.img, lv.vol)?)
+        };
+        if size >= max {
+            return Ok(false);
+        }
+        let check = self
+            .qemu
+            .check_shared(&path, self.config.qemu_img_timeout)
+            .map_err(|e| StorageError::new(Code::VolumeExtendingError, OP, e.to_string()))?;
+        let Some(end) = check.image_end_offset else {
+            return Ok(false);
+        };
+        let c = &self.mailboxes.config;
+        let free = size.saturating_sub(end);
+        if free >= c.free_limit() {
+            return Ok(false);
+        }
+        let want = (size + c.chunk).min(max);
+        tracing::info!(sd = %lv.sd, vol = %lv.vol, size, end, free, want, "thin volume over its watermark");
+        self.request_extend(lv.sp, lv.sd, lv.img, lv.vol, want)?;
+        Ok(true)
+    }
+}
+
+/// The size of a block device (its end: no I/O, the kernel's size).
+fn device_size(dev: &std::path::Path) -> std::io::Result<u64> {
+    use std::io::Seek;
+    std::fs::File::open(dev)?.seek(std::io::SeekFrom::End(0))
+}
+
+fn service(storage: &Weak<Storage>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let Some(s) = storage.upgrade() else { return };
+        s.mailbox_tick();
+        drop(s);
+        std::thread::sleep(SERVICE_TICK);
+    }
+}
+
+fn watermark(storage: &Weak<Storage>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let Some(s) = storage.upgrade() else { return };
+        let interval = s.mailboxes.config.check_interval;
+        for lv in s.thin_lvs() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if let Err(e) = s.check_watermark(&lv) {
+                tracing::warn!(sd = %lv.sd, vol = %lv.vol, error = %e, "thin volume watermark");
+            }
+        }
+        drop(s);
+        std::thread::sleep(interval);
+    }
+}

@@ -1,0 +1,231 @@
+//! The SPM side of the mailbox (VDSM's `SPM_MailMonitor`): while this host
+//! is SPM, a thread reads the event block of `inbox` every `event_poll`
+//! and every host's mailbox when the event changed or `full_poll` passed,
+//! runs each new extend request through the handler it was given, and
+//! writes the answer into the same slot of the host's mailbox in `outbox`
+//! at once (one mailbox written per answer, so one slow extend does not
+//! hold the answers already made). A CLEAN from a host is answered with a
+//! CLEAN. A mailbox whose checksum does not match (half written, garbage)
+//! is skipped until it does.
+//!
+//! "New" is a slot whose bytes changed since the last read, as in VDSM:
+//! a host's protocol (host.rs) never reuses a slot before the SPM has
+//! answered its CLEAN, so a request is seen once per sending. A new SPM
+//! starts with nothing seen: requests left by an SPM that died are
+//! answered again (extends are idempotent).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use depot_api::Code;
+
+use super::format::{
+    event_id, Extend, HostId, Mailbox, Message, CLEAN, MAILBOX_SIZE, MESSAGES_PER_MAILBOX,
+};
+use super::io;
+use crate::error::{StorageError, StorageResult};
+
+#[derive(Debug, Clone)]
+pub struct SpmConfig {
+    pub inbox: PathBuf,
+    pub outbox: PathBuf,
+    /// Hosts 1..=max_host have mailboxes read.
+    pub max_host: HostId,
+    /// How often the event block is read.
+    pub event_poll: Duration,
+    /// How often every mailbox is read without an event.
+    pub full_poll: Duration,
+}
+
+/// Extends what a request asks; the size reached in MiB.
+pub type Handler = Arc<dyn Fn(HostId, Extend) -> StorageResult<u64> + Send + Sync>;
+
+struct Stop {
+    stop: Mutex<bool>,
+    cond: Condvar,
+}
+
+/// The SPM's mailbox thread of one pool. Dropping it stops the thread.
+pub struct SpmMonitor {
+    stop: Arc<Stop>,
+    thread: Option<JoinHandle<()>>,
+    running: Arc<AtomicBool>,
+}
+
+impl SpmMonitor {
+    /// Clears `outbox` for hosts 1..=max_host (answers of an earlier SPM
+    /// are void) and starts the thread.
+    pub fn start(config: SpmConfig, handler: Handler) -> StorageResult<SpmMonitor> {
+        let len = (config.max_host.get() as usize + 1) * MAILBOX_SIZE;
+        io::write(&config.outbox, 0, &vec![0; len]).map_err(|e| e.in_op("start SPM mailbox"))?;
+        let stop = Arc::new(Stop {
+            stop: Mutex::new(false),
+            cond: Condvar::new(),
+        });
+        let running = Arc::new(AtomicBool::new(true));
+        let (s, r) = (Arc::clone(&stop), Arc::clone(&running));
+        let thread = std::thread::Builder::new()
+            .name("mailbox-spm".into())
+            .spawn(move || {
+                Monitor::new(config, handler).run(&s);
+                r.store(false, Ordering::Relaxed);
+            })
+            .map_err(|e| StorageError::os(Code::MiscFileWriteException, "start SPM mailbox", e))?;
+        Ok(SpmMonitor {
+            stop,
+            thread: Some(thread),
+            running,
+        })
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SpmMonitor {
+    fn drop(&mut self) {
+        *self
+            .stop
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        self.stop.cond.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Monitor {
+    config: SpmConfig,
+    handler: Handler,
+    /// Per host: its mailbox in `inbox` as last read (only hosts that had
+    /// anything).
+    seen: HashMap<HostId, Mailbox>,
+    /// Per host: what this SPM wrote in its mailbox in `outbox`.
+    answers: HashMap<HostId, Mailbox>,
+    last_event: Option<[u8; 16]>,
+}
+
+impl Monitor {
+    fn new(config: SpmConfig, handler: Handler) -> Monitor {
+        Monitor {
+            config,
+            handler,
+            seen: HashMap::new(),
+            answers: HashMap::new(),
+            last_event: None,
+        }
+    }
+
+    fn run(&mut self, stop: &Stop) {
+        let mut next_full = Instant::now();
+        loop {
+            let now = Instant::now();
+            let event = self.event_changed();
+            if event || now >= next_full {
+                if let Err(e) = self.scan() {
+                    tracing::warn!(error = %e, "SPM mailbox: cannot read the inbox");
+                }
+                next_full = Instant::now() + self.config.full_poll;
+            }
+            let stopped = stop.stop.lock().unwrap_or_else(PoisonError::into_inner);
+            let (stopped, _) = stop
+                .cond
+                .wait_timeout_while(stopped, self.config.event_poll, |s| !*s)
+                .unwrap_or_else(PoisonError::into_inner);
+            if *stopped {
+                return;
+            }
+        }
+    }
+
+    /// Reads the event block; whether its id changed since the last read.
+    fn event_changed(&mut self) -> bool {
+        match io::read(&self.config.inbox, 0, MAILBOX_SIZE) {
+            Ok(block) => {
+                let id = event_id(&block);
+                let changed = self.last_event.is_some() && id != self.last_event;
+                self.last_event = id;
+                changed
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "SPM mailbox: cannot read the event block");
+                false
+            }
+        }
+    }
+
+    /// Reads every host's mailbox and handles what is new.
+    fn scan(&mut self) -> StorageResult<()> {
+        let hosts = self.config.max_host.get() as usize;
+        let all = io::read(
+            &self.config.inbox,
+            MAILBOX_SIZE as u64,
+            hosts * MAILBOX_SIZE,
+        )?;
+        for (n, raw) in all.chunks_exact(MAILBOX_SIZE).enumerate() {
+            let host = HostId::new(n as u64 + 1).expect("1..=max_host");
+            // Most mailboxes are empty: cheaper to see than to checksum.
+            if raw.iter().step_by(64).all(|b| *b == 0) {
+                self.seen.remove(&host);
+                continue;
+            }
+            match Mailbox::parse_checked(raw) {
+                Ok(mb) => self.handle_host(host, mb),
+                Err(e) => {
+                    tracing::warn!(%host, error = %e, "SPM mailbox: host's mailbox skipped");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_host(&mut self, host: HostId, mb: Mailbox) {
+        // What was read and handled so far: a slot whose answer could not
+        // be written stays as it was, to be handled again next time.
+        let mut seen = self.seen.remove(&host).unwrap_or_default();
+        for i in 0..MESSAGES_PER_MAILBOX {
+            if mb.slot(i) == seen.slot(i) {
+                continue;
+            }
+            let reply = match mb.message(i) {
+                Ok(Message::Empty) => None,
+                Ok(Message::Clean) => Some(CLEAN),
+                Ok(Message::Extend(req)) => {
+                    let size = match (self.handler)(host, req) {
+                        Ok(size) => size,
+                        Err(e) => {
+                            tracing::warn!(%host, ?req, error = %e, "SPM mailbox: extend failed");
+                            0
+                        }
+                    };
+                    let answer = Extend {
+                        size_mib: size.min(super::format::MAX_SIZE_MIB),
+                        ..req
+                    };
+                    Some(answer.to_bytes())
+                }
+                Err(e) => {
+                    tracing::warn!(%host, slot = i, error = %e, "SPM mailbox: message skipped");
+                    None
+                }
+            };
+            if let Some(reply) = reply {
+                let out = self.answers.entry(host).or_default();
+                out.set(i, &reply);
+                if let Err(e) = io::write(&self.config.outbox, host.offset(), &out.to_bytes()) {
+                    tracing::warn!(%host, error = %e, "SPM mailbox: cannot answer");
+                    break;
+                }
+            }
+            seen.set(i, mb.slot(i));
+        }
+        self.seen.insert(host, seen);
+    }
+}

@@ -1,0 +1,199 @@
+//! The mailbox protocol end to end on plain files standing in for the
+//! `inbox` and `outbox` LVs (the real LVs: crates/depotd/tests/vm_mailbox.rs).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use depot_api::storage::{SdUuid, VolUuid};
+use depot_api::Code;
+
+use super::format::{Extend, HostId, Mailbox, AREA_SIZE, MAILBOX_SIZE};
+use super::host::{HostConfig, HostMailer};
+use super::io;
+use super::spm::{Handler, SpmConfig, SpmMonitor};
+use crate::error::StorageError;
+
+struct Areas {
+    _dir: tempfile::TempDir,
+    inbox: PathBuf,
+    outbox: PathBuf,
+}
+
+fn areas() -> Areas {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mk = |n: &str| {
+        let p = dir.path().join(n);
+        std::fs::File::create(&p)
+            .unwrap()
+            .set_len(AREA_SIZE)
+            .unwrap();
+        p
+    };
+    Areas {
+        inbox: mk("inbox"),
+        outbox: mk("outbox"),
+        _dir: dir,
+    }
+}
+
+fn host(a: &Areas, id: u64) -> HostMailer {
+    HostMailer::start(HostConfig {
+        inbox: a.inbox.clone(),
+        outbox: a.outbox.clone(),
+        host: HostId::new(id).unwrap(),
+        poll: Duration::from_millis(20),
+    })
+    .unwrap()
+}
+
+fn spm(a: &Areas, handler: Handler) -> SpmMonitor {
+    SpmMonitor::start(
+        SpmConfig {
+            inbox: a.inbox.clone(),
+            outbox: a.outbox.clone(),
+            max_host: HostId::new(10).unwrap(),
+            event_poll: Duration::from_millis(20),
+            // Long: the requests must be found through the event.
+            full_poll: Duration::from_secs(3600),
+        },
+        handler,
+    )
+    .unwrap()
+}
+
+/// A handler that "extends" to the size asked, keeping the largest size
+/// per volume (as an LV does), and records every call.
+type Calls = Arc<Mutex<Vec<(HostId, Extend)>>>;
+
+fn lv_like() -> (Handler, Calls) {
+    let calls: Calls = Arc::default();
+    let sizes = Arc::new(Mutex::new(std::collections::HashMap::new()));
+    let c = Arc::clone(&calls);
+    let handler: Handler = Arc::new(move |h, e: Extend| {
+        c.lock().unwrap().push((h, e));
+        let mut s = sizes.lock().unwrap();
+        let size = s.entry(e.volume).or_insert(0u64);
+        *size = (*size).max(e.size_mib);
+        Ok(*size)
+    });
+    (handler, calls)
+}
+
+fn req(vol: &str, size: u64) -> Extend {
+    Extend::new(
+        SdUuid::from_str("1f2c3d4e-5a6b-4c7d-8e9f-a0b1c2d3e4f5").unwrap(),
+        VolUuid::from_str(vol).unwrap(),
+        size,
+    )
+    .unwrap()
+}
+
+const V1: &str = "00112233-4455-6677-8899-aabbccddeeff";
+const V2: &str = "10112233-4455-6677-8899-aabbccddeeff";
+const WAIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_request_is_answered_through_the_files() {
+    let a = areas();
+    let (handler, calls) = lv_like();
+    let _spm = spm(&a, handler);
+    let h = host(&a, 3);
+    let t = Instant::now();
+    assert_eq!(h.request(req(V1, 1024), WAIT).unwrap(), 1024);
+    eprintln!("round trip on files: {:?}", t.elapsed());
+    assert_eq!(
+        calls.lock().unwrap().as_slice(),
+        &[(HostId::new(3).unwrap(), req(V1, 1024))]
+    );
+    // The next request for the same volume, after the slot was handed
+    // back, is a new one; a smaller size is answered with the size
+    // reached.
+    assert_eq!(h.request(req(V1, 2048), WAIT).unwrap(), 2048);
+    assert_eq!(h.request(req(V1, 512), WAIT).unwrap(), 2048);
+    assert_eq!(calls.lock().unwrap().len(), 3);
+    // Two volumes at once from two threads, and two hosts.
+    let h2 = host(&a, 10);
+    std::thread::scope(|s| {
+        let x = s.spawn(|| h.request(req(V2, 100), WAIT).unwrap());
+        let y = s.spawn(|| h2.request(req(V1, 4096), WAIT).unwrap());
+        assert_eq!(x.join().unwrap(), 100);
+        assert_eq!(y.join().unwrap(), 4096);
+    });
+}
+
+#[test]
+fn slots_are_handed_back_and_the_mailbox_left_empty() {
+    let a = areas();
+    let (handler, _) = lv_like();
+    let _spm = spm(&a, handler);
+    let h = host(&a, 1);
+    // More requests than the mailbox has slots: each slot is handed back
+    // (CLEAN, CLEAN, empty) before it is needed again.
+    for n in 0..80 {
+        assert_eq!(h.request(req(V1, n + 1), WAIT).unwrap(), n + 1);
+    }
+    drop(h);
+    let inbox = io::read(&a.inbox, MAILBOX_SIZE as u64, MAILBOX_SIZE).unwrap();
+    assert!(Mailbox::parse_checked(&inbox).unwrap().is_empty());
+}
+
+#[test]
+fn a_failed_extend_is_answered_with_size_zero() {
+    let a = areas();
+    let handler: Handler = Arc::new(|_, _| {
+        Err(StorageError::new(
+            Code::LogicalVolumeExtendError,
+            "extend",
+            "no space",
+        ))
+    });
+    let _spm = spm(&a, handler);
+    assert_eq!(host(&a, 2).request(req(V1, 10), WAIT).unwrap(), 0);
+}
+
+#[test]
+fn without_an_spm_the_request_times_out() {
+    let a = areas();
+    let h = host(&a, 2);
+    let e = h
+        .request(req(V1, 10), Duration::from_millis(300))
+        .unwrap_err();
+    assert_eq!(e.code, Code::LogicalVolumeExtendError);
+    assert!(e.detail.contains("no answer from the SPM"), "{e}");
+    // The request stays in the mailbox: an SPM that starts finds it at
+    // its first full poll and answers it, and the same request again is
+    // answered (from that answer, or as a new request once the slot was
+    // handed back).
+    let (handler, calls) = lv_like();
+    let _spm = spm(&a, handler);
+    assert_eq!(h.request(req(V1, 10), WAIT).unwrap(), 10);
+    let n = calls.lock().unwrap().len();
+    assert!((1..=2).contains(&n), "{n} calls");
+}
+
+#[test]
+fn a_mailbox_with_a_bad_checksum_is_skipped_and_others_answered() {
+    let a = areas();
+    // Host 4's mailbox: a request, its checksum wrong.
+    let mut mb = Mailbox::default();
+    mb.set(0, &req(V2, 99).to_bytes());
+    let mut bytes = mb.to_bytes();
+    bytes[4092] ^= 0xff;
+    io::write(&a.inbox, 4 * MAILBOX_SIZE as u64, &bytes).unwrap();
+    // Host 5's: garbage.
+    let garbage: Vec<u8> = (0..MAILBOX_SIZE).map(|i| (i * 7 + 1) as u8).collect();
+    io::write(&a.inbox, 5 * MAILBOX_SIZE as u64, &garbage).unwrap();
+    let (handler, calls) = lv_like();
+    let _spm = spm(&a, handler);
+    assert_eq!(host(&a, 6).request(req(V1, 7), WAIT).unwrap(), 7);
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].0, HostId::new(6).unwrap());
+    // Nothing was answered to hosts 4 and 5.
+    for h in [4u64, 5] {
+        let out = io::read(&a.outbox, h * MAILBOX_SIZE as u64, MAILBOX_SIZE).unwrap();
+        assert!(out.iter().all(|b| *b == 0), "host {h}");
+    }
+}
