@@ -33,6 +33,6 @@ pub mod xlease;
 pub use domain_spec::CreateDomain;
 pub use engine::{Control, CopyOutcome, DestinationLease, VolRef};
 pub use engine::{OvfListing, OvfStoreInfo, Readable, UploadDone};
-pub use engine::{Prepared, Storage, StorageConfig};
+pub use engine::{Prepared, Storage, StorageConfig, VolumeLease, VolumeLeaseStatus};
 pub use error::{StorageError, StorageResult};
 pub use volume_store::{CreateVolume, VolumeInfo, VolumeStore};

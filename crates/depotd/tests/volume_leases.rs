@@ -247,3 +247,84 @@ async fn copy_data_and_update_volume_hold_the_destination_lease() {
     drop(d);
     drop(daemon);
 }
+
+/// `Volume.getInfo`'s `lease`, as VDSM reports it: where the lease is,
+/// and who holds it as the sanlock daemon reads it. Free: no owners and
+/// no version; while a copy holds the destination's lease: this host's id
+/// and the lease's version. With sanlock disabled the key is left out.
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn volume_get_info_reports_the_lease_and_its_owner() {
+    depot_testkit::require_root();
+    let daemon = SanlockDaemon::start().expect("sanlock daemon");
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(SANLOCK_CONFIG);
+    let p = connected_pool(&d, dir.path()).await;
+    let (c, dom) = (&p.c, &p.dom);
+
+    let size = 256 * MIB;
+    let src = dom.new_volume(c, size, "RAW", "SPARSE").await;
+    let dst = dom.new_volume(c, size, "RAW", "SPARSE").await;
+    write_random(&src.path, 0, size, 11);
+    let free = json!({"path": lease_path(&dst).display().to_string(), "offset": 0,
+        "owners": [], "version": null});
+    let info = volume_info(c, &dst.sd, &dst.img, &dst.vol).await;
+    assert_eq!(info["lease"], free, "{info}");
+
+    // Held: the owner is this host's id (the test's own process takes it
+    // through this host's daemon, as a copy_data job takes it in depotd;
+    // a getInfo of the volume a copy writes waits for the copy's image
+    // lock, in depot as in VDSM, so the copy itself cannot be asked).
+    let res = Resource::new(
+        dst.sd.clone(),
+        dst.vol.clone(),
+        Area::new(lease_path(&dst), 0),
+    );
+    let other = Sanlock::load(None, Duration::from_secs(30));
+    let lver = other.acquire(&res, None).expect("the test takes the lease");
+    let info = volume_info(c, &dst.sd, &dst.img, &dst.vol).await;
+    let mut owned = free.clone();
+    owned["owners"] = json!([3]);
+    owned["version"] = json!(lver);
+    assert_eq!(info["lease"], owned, "{info}");
+    other.release(&res).unwrap();
+    let info = volume_info(c, &dst.sd, &dst.img, &dst.vol).await;
+    assert_eq!(info["lease"], free, "{info}");
+
+    // A copy_data job takes and releases it: the version shows it.
+    copy_ok(c, &src, &dst, Some(0)).await;
+    let info = volume_info(c, &dst.sd, &dst.img, &dst.vol).await;
+    assert_eq!(info["lease"], free, "{info}");
+    let lease = other.read_lease(&res).unwrap();
+    assert_eq!(lease.lver, lver + 1, "{lease:?}");
+
+    // A volume made before volume leases (an empty `.lease`): its place,
+    // without owners or version (VDSM: the lease needs repair).
+    let old = dom.new_volume(c, 8 * MIB, "RAW", "SPARSE").await;
+    std::fs::File::create(lease_path(&old)).unwrap();
+    let info = volume_info(c, &old.sd, &old.img, &old.vol).await;
+    assert_eq!(
+        info["lease"],
+        json!({"path": lease_path(&old).display().to_string(), "offset": 0}),
+        "{info}"
+    );
+
+    call_ok(
+        c,
+        "StoragePool.disconnect",
+        json!({"storagepoolID": p.sp, "hostID": 3, "scsiKey": p.sp}),
+    )
+    .await;
+    drop(d);
+
+    // sanlock disabled: no volume leases, no `lease` key.
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&format!("{CONFIG}[sanlock]\nenabled = false\n"));
+    let c = d.client().await;
+    let dom = local_domain(&c, &d, dir.path()).await;
+    let v = dom.new_volume(&c, 8 * MIB, "RAW", "SPARSE").await;
+    let info = volume_info(&c, &v.sd, &v.img, &v.vol).await;
+    assert!(info.get("lease").is_none(), "{info}");
+    drop(d);
+    drop(daemon);
+}

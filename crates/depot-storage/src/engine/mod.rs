@@ -54,6 +54,7 @@ pub use leases::LeaseStatus;
 pub use ovf::{OvfListing, OvfStoreInfo, Readable, UploadDone};
 pub use pools::{PoolDomainStatus, PoolState};
 pub use spm::{Spm, SpmRole, SpmStatus};
+pub use volume_leases::{VolumeLease, VolumeLeaseStatus};
 pub use volumes::Prepared;
 
 #[derive(Debug, Clone)]

@@ -17,14 +17,22 @@
 //! active in a connected pool (the monitor): on a domain used outside a
 //! connected pool (depot's single-host use, which VDSM has not) there is
 //! no host id to take it with, and the job goes on without it, logged.
+//!
+//! `Volume.getInfo` reports a volume's lease as VDSM does (volume.py
+//! `getInfo`/`getLeaseStatus`, clusterlock.py `SANLock.inspect`): where
+//! it is, and, when the daemon can read it, its holders and version
+//! ([`VolumeLease`]). The daemon reads it (`sanlock_read_resource_owners`,
+//! one call on its socket): depotd does no I/O on the storage for it.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
-use depot_api::storage::SdUuid;
+use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
 use depot_api::Code;
 use depot_os::sanlock::{
-    direct_read_leader, Area, Geometry, Refusal, Resource, Sanlock, SanlockError,
+    direct_read_leader, Area, Geometry, HostStatus, LeaseState, Refusal, Resource, Sanlock,
+    SanlockError,
 };
 
 use super::{Storage, VolRef};
@@ -88,7 +96,77 @@ impl Drop for HeldVolumeLease {
     }
 }
 
+/// A volume's lease as `Volume.getInfo` reports it (VDSM's
+/// `VolumeLeaseStatus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeLease {
+    pub path: PathBuf,
+    pub offset: u64,
+    /// `None` when the lease cannot be read (VDSM: "needs repair", the
+    /// `owners` and `version` keys are left out).
+    pub status: Option<VolumeLeaseStatus>,
+}
+
+/// Who holds a volume's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeLeaseStatus {
+    /// Host ids; empty when the lease is free.
+    pub owners: Vec<u64>,
+    /// The lease's version (lver) when a host holds it, or held it and
+    /// is known to have lost it; `None` when it is free (VDSM's `inspect`
+    /// says `None, None` then, although sanlock knows the version).
+    pub version: Option<u64>,
+}
+
 impl Storage {
+    /// The lease of volume `img`/`vol` on `domain` for `Volume.getInfo`:
+    /// `None` when the domain has no volume leases (sanlock disabled, no
+    /// lockspace), as VDSM leaves the key out then. Never an error: a
+    /// lease that cannot be read is reported without its status (or left
+    /// out when not even its place is known), logged; getInfo answers
+    /// about the volume regardless.
+    pub(super) fn volume_lease_info(
+        &self,
+        domain: &Domain,
+        img: ImgUuid,
+        vol: VolUuid,
+    ) -> Option<VolumeLease> {
+        let sd = domain.sd();
+        let leases = match self.volume_leases(domain, Code::VolumeMetadataReadError) {
+            Ok(leases) => leases?,
+            Err(e) => {
+                tracing::warn!(%sd, %vol, error = %e, "cannot tell whether the domain has volume leases");
+                return None;
+            }
+        };
+        let area = match domain.volume_lease_area(
+            self.volume_tools(),
+            img,
+            vol,
+            leases.geometry.align(),
+        ) {
+            Ok(area) => area,
+            Err(e) => {
+                tracing::warn!(%sd, %vol, error = %e, "cannot find the volume's lease");
+                return None;
+            }
+        };
+        let res = volume_lease(sd, vol, area.clone());
+        let client = &leases.sanlock.client;
+        let status = match client.read_lease(&res) {
+            Ok(state) => Some(lease_status(client, &res, state)),
+            Err(e) => {
+                tracing::warn!(%sd, %vol, error = %e, "cannot read the volume's lease");
+                None
+            }
+        };
+        Some(VolumeLease {
+            path: area.path,
+            offset: area.offset,
+            status,
+        })
+    }
+
     /// How new volumes' leases are formatted on `domain`: `None` when it
     /// has no volume leases. `code` is the error of a domain whose
     /// lockspace cannot be looked at.
@@ -204,6 +282,42 @@ impl Storage {
             client: sanlock.client.clone(),
             res,
         }))
+    }
+}
+
+/// The holders of a lease as VDSM's `SANLock.inspect` tells them: the
+/// owner sanlock read in the leader record, unless its host is known to
+/// have lost the lease (a new generation: it rejoined the lockspace; or
+/// its delta lease is dead or free), when the version alone is reported.
+/// A free lease has neither.
+fn lease_status(client: &Sanlock, res: &Resource, state: LeaseState) -> VolumeLeaseStatus {
+    // Volume leases are exclusive: one owner at most.
+    let Some(owner) = state.owners.first() else {
+        return VolumeLeaseStatus {
+            owners: Vec::new(),
+            version: None,
+        };
+    };
+    let lost = match client.get_hosts(&res.lockspace, owner.host_id) {
+        Ok(hosts) => hosts.first().is_some_and(|h| {
+            h.generation != owner.generation
+                || matches!(h.status, Some(HostStatus::Dead | HostStatus::Free))
+        }),
+        // Not in the lockspace here, or its hosts not read yet: the owner
+        // may hold it (VDSM says so for EAGAIN; for ENOENT it fails
+        // getInfo, depot reports what sanlock read on the disk).
+        Err(e) => {
+            tracing::debug!(lease = %res.name, error = %e, "the lease owner's host status is unknown");
+            false
+        }
+    };
+    VolumeLeaseStatus {
+        owners: if lost {
+            Vec::new()
+        } else {
+            vec![owner.host_id]
+        },
+        version: Some(state.lver),
     }
 }
 
