@@ -62,13 +62,15 @@ impl Storage {
         let domain = self.locate(sd)?;
         let md = self.read_md(&domain)?;
         Ok(match &domain {
-            Domain::File(d) => Xleases::file(
-                d.fs.clone(),
-                d.paths.dom_md().join(XLEASES),
-                sd,
-                md.block_size,
-                md.alignment,
-            ),
+            Domain::File(d) => {
+                // Every Lease verb hands sanlock this path (the daemon or
+                // a `sanlock direct` child): checked first, each time.
+                let path = d.paths.dom_md().join(XLEASES);
+                crate::lockspace::check_sanlock_file(&d.fs, &path).map_err(|why| {
+                    StorageError::new(Code::GeneralException, op, format!("domain {sd}: {why}"))
+                })?;
+                Xleases::file(d.fs.clone(), path, sd, md.block_size, md.alignment)
+            }
             Domain::Block(_) => {
                 let vg = crate::block::vg_name(sd);
                 let path = Lvm::lv_path(&vg, XLEASES);

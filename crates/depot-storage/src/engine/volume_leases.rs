@@ -37,8 +37,9 @@ use depot_os::sanlock::{
 
 use super::{Storage, VolRef};
 use crate::domain::Domain;
-use crate::lockspace::{volume_lease, SanlockConfig, VolumeLeases, SDM_LEASE, SDM_SLOT};
-use crate::mount_fs::MountFs;
+use crate::lockspace::{
+    check_sanlock_file, volume_lease, SanlockConfig, VolumeLeases, SDM_LEASE, SDM_SLOT,
+};
 use crate::{StorageError, StorageResult};
 
 /// sanlock_rv.h's `SANLK_LEADER_MAGIC`: no leader record where one was
@@ -202,6 +203,10 @@ impl Storage {
             domain.paths().dom_md().join("leases"),
             SDM_SLOT * md.alignment,
         );
+        if let Domain::File(d) = domain {
+            check_sanlock_file(&d.fs, &area.path)
+                .map_err(|why| StorageError::new(code, OP, format!("domain {sd}: {why}")))?;
+        }
         let name = sd.to_string();
         let found = match &sanlock.direct {
             Some(direct) => direct_read_leader(direct, &name, SDM_LEASE, true, &area).map(drop),
@@ -262,7 +267,13 @@ impl Storage {
         };
         let area = domain.volume_lease_area(self.volume_tools(), v.img, v.vol, geometry.align())?;
         if let Domain::File(d) = &domain {
-            check_lease_file(&d.fs, &area, v, op)?;
+            check_sanlock_file(&d.fs, &area.path).map_err(|why| {
+                StorageError::new(
+                    Code::AcquireLockFailure,
+                    op,
+                    format!("lease of volume {} on {}: {why}", v.vol, v.sd),
+                )
+            })?;
         }
         let res = volume_lease(v.sd, v.vol, area);
         let lver = match sanlock.client.acquire(&res, None) {
@@ -343,26 +354,4 @@ fn acquire_failed(v: VolRef, op: &'static str, e: SanlockError) -> StorageError 
         format!("lease of volume {} on {}: {why}: {e}", v.vol, v.sd),
     )
     .caused_by(e)
-}
-
-/// A file volume's lease must be a regular file beneath the mount, reached
-/// without a symlink (the helper's walk): the daemon, root, opens the
-/// path it is given and writes paxos ballots there. 651 otherwise.
-fn check_lease_file(fs: &MountFs, area: &Area, v: VolRef, op: &'static str) -> StorageResult<()> {
-    let refused = |why: String| {
-        StorageError::new(
-            Code::AcquireLockFailure,
-            op,
-            format!("lease of volume {} on {}: {why}", v.vol, v.sd),
-        )
-    };
-    match fs.lstat(&area.path) {
-        Ok(st) if st.kind == depot_os::fsproc::FileKind::File => Ok(()),
-        Ok(st) => Err(refused(format!(
-            "{} is {:?}, not a regular file",
-            area.path.display(),
-            st.kind
-        ))),
-        Err(e) => Err(refused(format!("{}: {e}", area.path.display())).caused_by(e)),
-    }
 }
