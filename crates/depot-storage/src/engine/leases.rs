@@ -182,12 +182,11 @@ impl Storage {
     /// resources on the volume; returns how many leases it holds.
     pub fn lease_rebuild(&self, sd: SdUuid) -> StorageResult<usize> {
         const OP: &str = "rebuild leases";
-        let direct = self.lease_direct(OP)?;
         let vol = self.xleases(sd, OP)?;
         let _domain = self.lock_domain(sd, false)?;
         let lock = index_lock(sd);
         let _index = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        vol.rebuild(direct)
+        vol.rebuild()
     }
 
     /// `Lease.info`: where the lease is (936 when there is none).
