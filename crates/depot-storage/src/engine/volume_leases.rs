@@ -21,8 +21,11 @@
 //! `Volume.getInfo` reports a volume's lease as VDSM does (volume.py
 //! `getInfo`/`getLeaseStatus`, clusterlock.py `SANLock.inspect`): where
 //! it is, and, when the daemon can read it, its holders and version
-//! ([`VolumeLease`]). The daemon reads it (`sanlock_read_resource_owners`,
-//! one call on its socket): depotd does no I/O on the storage for it.
+//! ([`VolumeLease`]). On a file domain the mount's helper reads the
+//! lease's first sector (its leader record: owner, timestamp, version);
+//! on a block domain the daemon reads it (`sanlock_read_resource_owners`,
+//! which reads the whole 1 MiB area). No thread of depotd touches the
+//! storage for it either way.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,8 +34,8 @@ use std::sync::{Mutex, PoisonError};
 use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
 use depot_api::Code;
 use depot_os::sanlock::{
-    direct_read_leader, Area, Geometry, HostStatus, LeaseState, Refusal, Resource, Sanlock,
-    SanlockError,
+    direct_read_leader, Area, Geometry, HostInfo, HostStatus, LeaseState, Refusal, Resource,
+    Sanlock, SanlockError,
 };
 
 use super::{Storage, VolRef};
@@ -154,7 +157,14 @@ impl Storage {
         };
         let res = volume_lease(sd, vol, area.clone());
         let client = &leases.sanlock.client;
-        let status = match client.read_lease(&res) {
+        let read = match domain {
+            // One sector through the mount's helper: the daemon's
+            // read_resource_owners reads the whole 1 MiB lease area
+            // (docs/performance.md, "Volume.getInfo's lease").
+            Domain::File(d) => read_leader(&d.fs, &area, leases.geometry.sector(), vol),
+            Domain::Block(_) => client.read_lease(&res).map_err(|e| e.to_string()),
+        };
+        let status = match read {
             Ok(state) => Some(lease_status(client, &res, state)),
             Err(e) => {
                 tracing::warn!(%sd, %vol, error = %e, "cannot read the volume's lease");
@@ -294,6 +304,46 @@ impl Storage {
             res,
         }))
     }
+}
+
+/// A file volume's lease as sanlock's `read_resource_owners` reports an
+/// exclusive one, from its leader record alone (the first sector, read by
+/// the mount's helper with O_DIRECT): held by the owner the record names
+/// while its timestamp is set (sanlock clears it at the release). A record
+/// that is not this volume's lease is an error (VDSM: `InvalidLeaseName`,
+/// the status left out).
+fn read_leader(
+    fs: &crate::mount_fs::MountFs,
+    area: &Area,
+    sector: u32,
+    vol: VolUuid,
+) -> Result<LeaseState, String> {
+    use crate::xlease::leader::{Leader, PAXOS_DISK_MAGIC};
+    let bytes = fs
+        .read_at(&area.path, area.offset, sector, true)
+        .map_err(|e| e.to_string())?;
+    let leader = Leader::parse(&bytes).map_err(|e| e.to_string())?;
+    if leader.magic != PAXOS_DISK_MAGIC || leader.resource_name != vol.to_string() {
+        return Err(format!(
+            "no lease of volume {vol} there (magic {:#x}, name {:?})",
+            leader.magic, leader.resource_name
+        ));
+    }
+    let owners = if leader.timestamp != 0 && leader.owner_id != 0 {
+        vec![HostInfo {
+            host_id: leader.owner_id,
+            generation: leader.owner_generation,
+            timestamp: leader.timestamp,
+            io_timeout: 0,
+            status: None,
+        }]
+    } else {
+        Vec::new()
+    };
+    Ok(LeaseState {
+        lver: leader.lver,
+        owners,
+    })
 }
 
 /// The holders of a lease as VDSM's `SANLock.inspect` tells them: the
