@@ -754,7 +754,7 @@ verbs! {
         storagedomainID: SdUuid,
         /// The image.
         imageID: ImgUuid,
-    } -> (VolumeInfo, "no `lease`: depot's volumes have none");
+    } -> (VolumeInfo, "`lease` only on a domain with volume leases: path, offset, and owners (host ids) and version (null when free) as the sanlock daemon reads them");
 
     /// Returns a volume's apparent and allocated size.
     "Volume.getSize" => VolumeGetSize {

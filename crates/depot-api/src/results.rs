@@ -556,8 +556,26 @@ object! {
 // ---- volumes and images ----
 
 object! {
-    /// VDSM's VolumeInfo; sizes and times as decimal strings. No `lease`:
-    /// depot's volumes have none, and VDSM leaves the key out then.
+    /// VDSM's VolumeLeaseStatus: where a volume's lease is and, when it
+    /// could be read, who holds it. `owners` and `version` are left out
+    /// when it could not (VDSM: "needs repair"); `version` is null when
+    /// the lease is free.
+    VolumeLeaseStatus {
+        path: String,
+        offset: u64,
+        /// Host ids; empty when the lease is free.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        owners: Option<Vec<u64>>,
+        /// The lease's version (lver), null when it is free.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        version: Option<Option<u64>>,
+    }
+}
+
+object! {
+    /// VDSM's VolumeInfo; sizes and times as decimal strings. `lease` is
+    /// left out when the domain has no volume leases (sanlock disabled,
+    /// or a domain made without a lockspace), as VDSM leaves it out.
     VolumeInfo {
         uuid: String,
         image: String,
@@ -582,6 +600,8 @@ object! {
         mtime: String,
         generation: u32,
         sequence: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lease: Option<VolumeLeaseStatus>,
     }
 }
 

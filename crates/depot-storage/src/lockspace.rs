@@ -29,6 +29,7 @@ use depot_os::sanlock::{
 };
 
 use crate::error::{StorageError, StorageResult};
+use crate::mount_fs::MountFs;
 
 /// VDSM's name of the SPM's lease in `leases`.
 pub const SDM_LEASE: &str = "SDM";
@@ -87,6 +88,34 @@ pub fn init_domain(
     tracing::info!(%sd, ids = %ids.display(), leases = %leases.display(), block_size, alignment,
         "domain lockspace and SDM lease initialized");
     Ok(())
+}
+
+/// Checks, through the mount's helpers, that `path` on a file domain is
+/// what sanlock may be given: a regular file with one link, reached
+/// without a symlink (the helper's walk refuses one on the way; `lstat`
+/// sees one at the end). sanlock (the daemon, root, or a `sanlock direct`
+/// child) opens the path it is given and follows symlinks, and it writes
+/// paxos ballots and delta leases there: a symlink or a hard link planted
+/// on the storage would have it write into any file of this host. Called
+/// right before each call that hands sanlock a path on a mount; the
+/// window left between the check and sanlock's open is in
+/// docs/architecture.md ("sanlock"). `Err` says why not.
+pub fn check_sanlock_file(fs: &MountFs, path: &Path) -> Result<(), String> {
+    use depot_os::fsproc::FileKind;
+    match fs.lstat(path) {
+        Ok(st) if st.kind != FileKind::File => Err(format!(
+            "{} is {:?}, not a regular file: not handed to sanlock",
+            path.display(),
+            st.kind
+        )),
+        Ok(st) if st.nlink != 1 => Err(format!(
+            "{} has {} links (a hard link to another file?): not handed to sanlock",
+            path.display(),
+            st.nlink
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
 /// The lease of volume `vol` of domain `sd` at `area` (VDSM's volume

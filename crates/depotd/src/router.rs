@@ -686,6 +686,7 @@ mod tests {
             mtime: "5".into(),
             generation,
             sequence,
+            lease: None,
         };
         assert_eq!(typed(&new_vol), text(old_vol));
 

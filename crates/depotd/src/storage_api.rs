@@ -11,7 +11,7 @@ use depot_api::results::{
     HostLiveness, HostStats, JobMetadata, LeaseInfo, LeaseStatus, OvfEntities, OvfEntitySummary,
     OvfEntityText, OvfEntryError, OvfImageRef, OvfStore, PathInfo, PathStatus, PoolDetails,
     PoolDomainInfo, PoolInfo, PreparedImage, PreparedPath, PreparedVolume, PvInfo, RepoStats,
-    SpmStatus, VgAttr, VolumeGroupInfo, VolumeInfo, VolumeSize,
+    SpmStatus, VgAttr, VolumeGroupInfo, VolumeInfo, VolumeLeaseStatus, VolumeSize,
 };
 use depot_api::storage::{ConnectionDict, ConnectionList, DomainType, ImgUuid, SdUuid, SpUuid};
 use depot_api::types::Uuid;
@@ -595,16 +595,20 @@ pub async fn volume_info(
     p: params::VolumeGetInfo,
 ) -> Result<returns::VolumeGetInfo, ApiError> {
     let (sd, img, vol) = (p.storagedomainID, p.imageID, p.volumeID);
-    let info = blocking(storage, move |s| s.volume_info(sd, img, vol)).await?;
+    let (info, lease) = blocking(storage, move |s| s.volume_info_with_lease(sd, img, vol)).await?;
     let md = &info.metadata;
     let status = match md.legality {
         depot_api::storage::Legality::Legal => "OK",
         _ => "ILLEGAL",
     };
-    // No `lease`: depot's leases are single-host and its volumes have no
-    // sanlock resource, and VDSM leaves the key out when a volume has no
-    // lease (volume.py getInfo). The empty `.lease` file only keeps
-    // VDSM's layout.
+    // `lease` as VDSM's getInfo: absent without volume leases; path and
+    // offset, with owners and version when the daemon could read it.
+    let lease = lease.map(|l| VolumeLeaseStatus {
+        path: l.path.display().to_string(),
+        offset: l.offset,
+        owners: l.status.as_ref().map(|s| s.owners.clone()),
+        version: l.status.map(|s| s.version),
+    });
     Ok(VolumeInfo {
         uuid: vol.to_string(),
         image: md.image.to_string(),
@@ -627,6 +631,7 @@ pub async fn volume_info(
         mtime: info.mtime.to_string(),
         generation: md.generation,
         sequence: md.sequence,
+        lease,
     })
 }
 

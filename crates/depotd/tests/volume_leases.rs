@@ -249,3 +249,202 @@ async fn copy_data_and_update_volume_hold_the_destination_lease() {
     drop(d);
     drop(daemon);
 }
+
+/// `Volume.getInfo`'s `lease`, as VDSM reports it: where the lease is,
+/// and who holds it as the sanlock daemon reads it. Free: no owners and
+/// no version; while a copy holds the destination's lease: this host's id
+/// and the lease's version. With sanlock disabled the key is left out.
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn volume_get_info_reports_the_lease_and_its_owner() {
+    depot_testkit::require_root();
+    let daemon = SanlockDaemon::start().expect("sanlock daemon");
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(SANLOCK_CONFIG);
+    let p = connected_pool(&d, dir.path()).await;
+    let (c, dom) = (&p.c, &p.dom);
+
+    let size = 256 * MIB;
+    let src = dom.new_volume(c, size, "RAW", "SPARSE").await;
+    let dst = dom.new_volume(c, size, "RAW", "SPARSE").await;
+    write_random(&src.path, 0, size, 11);
+    let free = json!({"path": lease_path(&dst).display().to_string(), "offset": 0,
+        "owners": [], "version": null});
+    let info = volume_info(c, &dst.sd, &dst.img, &dst.vol).await;
+    assert_eq!(info["lease"], free, "{info}");
+
+    // Held: the owner is this host's id (the test's own process takes it
+    // through this host's daemon, as a copy_data job takes it in depotd;
+    // a getInfo of the volume a copy writes waits for the copy's image
+    // lock, in depot as in VDSM, so the copy itself cannot be asked).
+    let res = Resource::new(
+        dst.sd.clone(),
+        dst.vol.clone(),
+        Area::new(lease_path(&dst), 0),
+    );
+    let other = Sanlock::load(None, Duration::from_secs(30));
+    let lver = other.acquire(&res, None).expect("the test takes the lease");
+    let info = volume_info(c, &dst.sd, &dst.img, &dst.vol).await;
+    let mut owned = free.clone();
+    owned["owners"] = json!([3]);
+    owned["version"] = json!(lver);
+    assert_eq!(info["lease"], owned, "{info}");
+    other.release(&res).unwrap();
+    let info = volume_info(c, &dst.sd, &dst.img, &dst.vol).await;
+    assert_eq!(info["lease"], free, "{info}");
+
+    // A copy_data job takes and releases it: the version shows it.
+    copy_ok(c, &src, &dst, Some(0)).await;
+    let info = volume_info(c, &dst.sd, &dst.img, &dst.vol).await;
+    assert_eq!(info["lease"], free, "{info}");
+    let lease = other.read_lease(&res).unwrap();
+    assert_eq!(lease.lver, lver + 1, "{lease:?}");
+
+    // A volume made before volume leases (an empty `.lease`): its place,
+    // without owners or version (VDSM: the lease needs repair).
+    let old = dom.new_volume(c, 8 * MIB, "RAW", "SPARSE").await;
+    std::fs::File::create(lease_path(&old)).unwrap();
+    let info = volume_info(c, &old.sd, &old.img, &old.vol).await;
+    assert_eq!(
+        info["lease"],
+        json!({"path": lease_path(&old).display().to_string(), "offset": 0}),
+        "{info}"
+    );
+
+    call_ok(
+        c,
+        "StoragePool.disconnect",
+        json!({"storagepoolID": p.sp, "hostID": 3, "scsiKey": p.sp}),
+    )
+    .await;
+    drop(d);
+
+    // sanlock disabled: no volume leases, no `lease` key.
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&format!("{CONFIG}[sanlock]\nenabled = false\n"));
+    let c = d.client().await;
+    let dom = local_domain(&c, &d, dir.path()).await;
+    let v = dom.new_volume(&c, 8 * MIB, "RAW", "SPARSE").await;
+    let info = volume_info(&c, &v.sd, &v.img, &v.vol).await;
+    assert!(info.get("lease").is_none(), "{info}");
+    drop(d);
+    drop(daemon);
+}
+
+/// Swaps `path` for a symlink to a copy of it outside the domain (so that
+/// sanlock, following the link, would find a valid lease there and write
+/// to it); returns the copy and its bytes. [`unplant`] puts it back.
+fn plant_symlink(path: &Path, outside: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let target = outside.join(path.file_name().unwrap());
+    std::fs::copy(path, &target).unwrap();
+    let saved = path.with_extension("saved");
+    std::fs::rename(path, &saved).unwrap();
+    std::os::unix::fs::symlink(&target, path).unwrap();
+    let bytes = std::fs::read(&target).unwrap();
+    (target, bytes)
+}
+
+fn unplant(path: &Path) {
+    std::fs::remove_file(path).unwrap();
+    std::fs::rename(path.with_extension("saved"), path).unwrap();
+}
+
+/// The error of a verb that answers with a task born finished or fails at
+/// once: `None` when it succeeded.
+async fn verb_error(c: &Client, method: &str, params: Value) -> Option<String> {
+    let task = match c.call(method, params).await {
+        Err(e) => return Some(e.to_string()),
+        Ok(task) => task,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let s = call_ok(c, "Task.getStatus", json!({"taskID": task})).await;
+        if s["taskState"] == "finished" {
+            return (s["taskResult"] != "success").then(|| s.to_string());
+        }
+        assert!(std::time::Instant::now() < deadline, "task {task}: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// sanlock opens the path it is given, following symlinks, and writes
+/// leases there as root: a symlink planted on the storage where a lease
+/// file is (a volume's `.lease`, `dom_md/leases`, `dom_md/xleases`) is
+/// never handed to it. The verb fails and the file the symlink points to
+/// (outside the domain) keeps its bytes.
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn sanlock_is_never_handed_a_symlink_planted_on_the_storage() {
+    depot_testkit::require_root();
+    let daemon = SanlockDaemon::start().expect("sanlock daemon");
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let d = Daemon::start(SANLOCK_CONFIG);
+    let p = connected_pool(&d, dir.path()).await;
+    let (c, dom) = (&p.c, &p.dom);
+    let dom_md = dom.dom.join("dom_md");
+
+    // copy_data's destination lease.
+    let src = dom.new_volume(c, 8 * MIB, "RAW", "SPARSE").await;
+    let dst = dom.new_volume(c, 8 * MIB, "RAW", "SPARSE").await;
+    let (target, bytes) = plant_symlink(&lease_path(&dst), outside.path());
+    let id = start_copy(c, &src, &dst, Some(0)).await;
+    let e = wait_failed(c, &id).await;
+    assert_eq!(e["code"], 651, "{e}");
+    assert!(held(&daemon, &dst.sd, &dst.vol).is_empty());
+    assert_eq!(std::fs::read(&target).unwrap(), bytes, "written through");
+    unplant(&lease_path(&dst));
+
+    // Volume.create: a symlink where the new volume's `.lease` goes.
+    let vol = new_id();
+    let planted = dom.vol(&src.img, &vol);
+    let target = outside.path().join("planted.lease");
+    std::fs::copy(lease_path(&src), &target).unwrap();
+    let bytes = std::fs::read(&target).unwrap();
+    std::os::unix::fs::symlink(&target, lease_path(&planted)).unwrap();
+    let params = volume_params(
+        &dom.sd,
+        &src.img,
+        &vol,
+        8 * MIB,
+        "COW",
+        "SPARSE",
+        "planted",
+        Some(&src.vol),
+    );
+    let e = verb_error(c, "Volume.create", params).await;
+    assert!(
+        e.is_some(),
+        "Volume.create over a planted symlink succeeded"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), bytes, "written through");
+    let _ = std::fs::remove_file(lease_path(&planted));
+
+    // Lease.create on `dom_md/xleases`.
+    let xleases = dom_md.join("xleases");
+    let (target, bytes) = plant_symlink(&xleases, outside.path());
+    let lease = json!({"lease": {"sd_id": dom.sd, "lease_id": new_id()}});
+    let e = verb_error(c, "Lease.create", lease).await;
+    assert!(e.is_some(), "Lease.create through a symlink succeeded");
+    assert_eq!(std::fs::read(&target).unwrap(), bytes, "written through");
+    unplant(&xleases);
+
+    // spmStart on `dom_md/leases` (the SDM lease).
+    let leases = dom_md.join("leases");
+    let (target, bytes) = plant_symlink(&leases, outside.path());
+    let spm = json!({"storagepoolID": p.sp, "prevID": -1, "prevLver": "-1",
+        "enableScsiFencing": "false"});
+    let e = verb_error(c, "StoragePool.spmStart", spm).await;
+    assert!(e.is_some(), "spmStart through a symlink succeeded");
+    assert_eq!(std::fs::read(&target).unwrap(), bytes, "written through");
+    unplant(&leases);
+
+    call_ok(
+        c,
+        "StoragePool.disconnect",
+        json!({"storagepoolID": p.sp, "hostID": 3, "scsiKey": p.sp}),
+    )
+    .await;
+    drop(d);
+    drop(daemon);
+}

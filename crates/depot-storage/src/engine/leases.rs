@@ -62,13 +62,15 @@ impl Storage {
         let domain = self.locate(sd)?;
         let md = self.read_md(&domain)?;
         Ok(match &domain {
-            Domain::File(d) => Xleases::file(
-                d.fs.clone(),
-                d.paths.dom_md().join(XLEASES),
-                sd,
-                md.block_size,
-                md.alignment,
-            ),
+            Domain::File(d) => {
+                // Every Lease verb hands sanlock this path (the daemon or
+                // a `sanlock direct` child): checked first, each time.
+                let path = d.paths.dom_md().join(XLEASES);
+                crate::lockspace::check_sanlock_file(&d.fs, &path).map_err(|why| {
+                    StorageError::new(Code::GeneralException, op, format!("domain {sd}: {why}"))
+                })?;
+                Xleases::file(d.fs.clone(), path, sd, md.block_size, md.alignment)
+            }
             Domain::Block(_) => {
                 let vg = crate::block::vg_name(sd);
                 let path = Lvm::lv_path(&vg, XLEASES);
@@ -183,12 +185,11 @@ impl Storage {
     pub fn lease_rebuild(&self, sd: SdUuid) -> StorageResult<usize> {
         const OP: &str = "rebuild leases";
         self.require_spm_of(sd, OP)?;
-        let direct = self.lease_direct(OP)?;
         let vol = self.xleases(sd, OP)?;
         let _domain = self.lock_domain(sd, false)?;
         let lock = index_lock(sd);
         let _index = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        vol.rebuild(direct)
+        vol.rebuild()
     }
 
     /// `Lease.info`: where the lease is (936 when there is none).

@@ -56,6 +56,7 @@ pub use mailbox::{MailboxConfig, ThinLv};
 pub use ovf::{OvfListing, OvfStoreInfo, Readable, UploadDone};
 pub use pools::{PoolDomainStatus, PoolState};
 pub use spm::{Spm, SpmRole, SpmStatus};
+pub use volume_leases::{VolumeLease, VolumeLeaseStatus};
 pub use volumes::Prepared;
 
 #[derive(Debug, Clone)]

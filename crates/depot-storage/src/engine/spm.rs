@@ -22,7 +22,7 @@ use depot_os::sanlock::{Area, HostIdState, Refusal, Resource, Sanlock, SanlockEr
 
 use super::Storage;
 use crate::domain::Domain;
-use crate::lockspace::{lockspace, SDM_LEASE, SDM_SLOT};
+use crate::lockspace::{check_sanlock_file, lockspace, SDM_LEASE, SDM_SLOT};
 use crate::{StorageError, StorageResult};
 
 /// How long `spmStart` waits for this host's id in the master's lockspace
@@ -291,6 +291,17 @@ impl Storage {
         let domain = self.locate(master)?;
         let md = self.read_md(&domain)?;
         let dom_md = domain.paths().dom_md();
+        if let Domain::File(d) = &domain {
+            for name in ["leases", "ids"] {
+                check_sanlock_file(&d.fs, &dom_md.join(name)).map_err(|why| {
+                    StorageError::new(
+                        Code::AcquireLockFailure,
+                        "SPM lease",
+                        format!("domain {master}: {why}"),
+                    )
+                })?;
+            }
+        }
         let lease = Resource::new(
             master.to_string(),
             SDM_LEASE,

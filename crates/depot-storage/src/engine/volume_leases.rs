@@ -17,20 +17,32 @@
 //! active in a connected pool (the monitor): on a domain used outside a
 //! connected pool (depot's single-host use, which VDSM has not) there is
 //! no host id to take it with, and the job goes on without it, logged.
+//!
+//! `Volume.getInfo` reports a volume's lease as VDSM does (volume.py
+//! `getInfo`/`getLeaseStatus`, clusterlock.py `SANLock.inspect`): where
+//! it is, and, when the daemon can read it, its holders and version
+//! ([`VolumeLease`]). On a file domain the mount's helper reads the
+//! lease's first sector (its leader record: owner, timestamp, version);
+//! on a block domain the daemon reads it (`sanlock_read_resource_owners`,
+//! which reads the whole 1 MiB area). No thread of depotd touches the
+//! storage for it either way.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
-use depot_api::storage::SdUuid;
+use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
 use depot_api::Code;
 use depot_os::sanlock::{
-    direct_read_leader, Area, Geometry, Refusal, Resource, Sanlock, SanlockError,
+    direct_read_leader, Area, Geometry, HostInfo, HostStatus, LeaseState, Refusal, Resource,
+    Sanlock, SanlockError,
 };
 
 use super::{Storage, VolRef};
 use crate::domain::Domain;
-use crate::lockspace::{volume_lease, SanlockConfig, VolumeLeases, SDM_LEASE, SDM_SLOT};
-use crate::mount_fs::MountFs;
+use crate::lockspace::{
+    check_sanlock_file, volume_lease, SanlockConfig, VolumeLeases, SDM_LEASE, SDM_SLOT,
+};
 use crate::{StorageError, StorageResult};
 
 /// sanlock_rv.h's `SANLK_LEADER_MAGIC`: no leader record where one was
@@ -88,7 +100,84 @@ impl Drop for HeldVolumeLease {
     }
 }
 
+/// A volume's lease as `Volume.getInfo` reports it (VDSM's
+/// `VolumeLeaseStatus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeLease {
+    pub path: PathBuf,
+    pub offset: u64,
+    /// `None` when the lease cannot be read (VDSM: "needs repair", the
+    /// `owners` and `version` keys are left out).
+    pub status: Option<VolumeLeaseStatus>,
+}
+
+/// Who holds a volume's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeLeaseStatus {
+    /// Host ids; empty when the lease is free.
+    pub owners: Vec<u64>,
+    /// The lease's version (lver) when a host holds it, or held it and
+    /// is known to have lost it; `None` when it is free (VDSM's `inspect`
+    /// says `None, None` then, although sanlock knows the version).
+    pub version: Option<u64>,
+}
+
 impl Storage {
+    /// The lease of volume `img`/`vol` on `domain` for `Volume.getInfo`:
+    /// `None` when the domain has no volume leases (sanlock disabled, no
+    /// lockspace), as VDSM leaves the key out then. Never an error: a
+    /// lease that cannot be read is reported without its status (or left
+    /// out when not even its place is known), logged; getInfo answers
+    /// about the volume regardless.
+    pub(super) fn volume_lease_info(
+        &self,
+        domain: &Domain,
+        img: ImgUuid,
+        vol: VolUuid,
+    ) -> Option<VolumeLease> {
+        let sd = domain.sd();
+        let leases = match self.volume_leases(domain, Code::VolumeMetadataReadError) {
+            Ok(leases) => leases?,
+            Err(e) => {
+                tracing::warn!(%sd, %vol, error = %e, "cannot tell whether the domain has volume leases");
+                return None;
+            }
+        };
+        let area = match domain.volume_lease_area(
+            self.volume_tools(),
+            img,
+            vol,
+            leases.geometry.align(),
+        ) {
+            Ok(area) => area,
+            Err(e) => {
+                tracing::warn!(%sd, %vol, error = %e, "cannot find the volume's lease");
+                return None;
+            }
+        };
+        let res = volume_lease(sd, vol, area.clone());
+        let client = &leases.sanlock.client;
+        let read = match domain {
+            // One sector through the mount's helper: the daemon's
+            // read_resource_owners reads the whole 1 MiB lease area
+            // (docs/performance.md, "Volume.getInfo's lease").
+            Domain::File(d) => read_leader(&d.fs, &area, leases.geometry.sector(), vol),
+            Domain::Block(_) => client.read_lease(&res).map_err(|e| e.to_string()),
+        };
+        let status = match read {
+            Ok(state) => Some(lease_status(client, &res, state)),
+            Err(e) => {
+                tracing::warn!(%sd, %vol, error = %e, "cannot read the volume's lease");
+                None
+            }
+        };
+        Some(VolumeLease {
+            path: area.path,
+            offset: area.offset,
+            status,
+        })
+    }
+
     /// How new volumes' leases are formatted on `domain`: `None` when it
     /// has no volume leases. `code` is the error of a domain whose
     /// lockspace cannot be looked at.
@@ -124,6 +213,10 @@ impl Storage {
             domain.paths().dom_md().join("leases"),
             SDM_SLOT * md.alignment,
         );
+        if let Domain::File(d) = domain {
+            check_sanlock_file(&d.fs, &area.path)
+                .map_err(|why| StorageError::new(code, OP, format!("domain {sd}: {why}")))?;
+        }
         let name = sd.to_string();
         let found = match &sanlock.direct {
             Some(direct) => direct_read_leader(direct, &name, SDM_LEASE, true, &area).map(drop),
@@ -184,7 +277,13 @@ impl Storage {
         };
         let area = domain.volume_lease_area(self.volume_tools(), v.img, v.vol, geometry.align())?;
         if let Domain::File(d) = &domain {
-            check_lease_file(&d.fs, &area, v, op)?;
+            check_sanlock_file(&d.fs, &area.path).map_err(|why| {
+                StorageError::new(
+                    Code::AcquireLockFailure,
+                    op,
+                    format!("lease of volume {} on {}: {why}", v.vol, v.sd),
+                )
+            })?;
         }
         let res = volume_lease(v.sd, v.vol, area);
         let lver = match sanlock.client.acquire(&res, None) {
@@ -204,6 +303,82 @@ impl Storage {
             client: sanlock.client.clone(),
             res,
         }))
+    }
+}
+
+/// A file volume's lease as sanlock's `read_resource_owners` reports an
+/// exclusive one, from its leader record alone (the first sector, read by
+/// the mount's helper with O_DIRECT): held by the owner the record names
+/// while its timestamp is set (sanlock clears it at the release). A record
+/// that is not this volume's lease is an error (VDSM: `InvalidLeaseName`,
+/// the status left out).
+fn read_leader(
+    fs: &crate::mount_fs::MountFs,
+    area: &Area,
+    sector: u32,
+    vol: VolUuid,
+) -> Result<LeaseState, String> {
+    use crate::xlease::leader::{Leader, PAXOS_DISK_MAGIC};
+    let bytes = fs
+        .read_at(&area.path, area.offset, sector, true)
+        .map_err(|e| e.to_string())?;
+    let leader = Leader::parse(&bytes).map_err(|e| e.to_string())?;
+    if leader.magic != PAXOS_DISK_MAGIC || leader.resource_name != vol.to_string() {
+        return Err(format!(
+            "no lease of volume {vol} there (magic {:#x}, name {:?})",
+            leader.magic, leader.resource_name
+        ));
+    }
+    let owners = if leader.timestamp != 0 && leader.owner_id != 0 {
+        vec![HostInfo {
+            host_id: leader.owner_id,
+            generation: leader.owner_generation,
+            timestamp: leader.timestamp,
+            io_timeout: 0,
+            status: None,
+        }]
+    } else {
+        Vec::new()
+    };
+    Ok(LeaseState {
+        lver: leader.lver,
+        owners,
+    })
+}
+
+/// The holders of a lease as VDSM's `SANLock.inspect` tells them: the
+/// owner sanlock read in the leader record, unless its host is known to
+/// have lost the lease (a new generation: it rejoined the lockspace; or
+/// its delta lease is dead or free), when the version alone is reported.
+/// A free lease has neither.
+fn lease_status(client: &Sanlock, res: &Resource, state: LeaseState) -> VolumeLeaseStatus {
+    // Volume leases are exclusive: one owner at most.
+    let Some(owner) = state.owners.first() else {
+        return VolumeLeaseStatus {
+            owners: Vec::new(),
+            version: None,
+        };
+    };
+    let lost = match client.get_hosts(&res.lockspace, owner.host_id) {
+        Ok(hosts) => hosts.first().is_some_and(|h| {
+            h.generation != owner.generation
+                || matches!(h.status, Some(HostStatus::Dead | HostStatus::Free))
+        }),
+        // Not in the lockspace here, or its hosts not read yet: the owner
+        // may hold it (VDSM says so for EAGAIN; for ENOENT it fails
+        // getInfo, depot reports what sanlock read on the disk).
+        Err(e) => {
+            tracing::debug!(lease = %res.name, error = %e, "the lease owner's host status is unknown");
+            false
+        }
+    };
+    VolumeLeaseStatus {
+        owners: if lost {
+            Vec::new()
+        } else {
+            vec![owner.host_id]
+        },
+        version: Some(state.lver),
     }
 }
 
@@ -229,26 +404,4 @@ fn acquire_failed(v: VolRef, op: &'static str, e: SanlockError) -> StorageError 
         format!("lease of volume {} on {}: {why}: {e}", v.vol, v.sd),
     )
     .caused_by(e)
-}
-
-/// A file volume's lease must be a regular file beneath the mount, reached
-/// without a symlink (the helper's walk): the daemon, root, opens the
-/// path it is given and writes paxos ballots there. 651 otherwise.
-fn check_lease_file(fs: &MountFs, area: &Area, v: VolRef, op: &'static str) -> StorageResult<()> {
-    let refused = |why: String| {
-        StorageError::new(
-            Code::AcquireLockFailure,
-            op,
-            format!("lease of volume {} on {}: {why}", v.vol, v.sd),
-        )
-    };
-    match fs.lstat(&area.path) {
-        Ok(st) if st.kind == depot_os::fsproc::FileKind::File => Ok(()),
-        Ok(st) => Err(refused(format!(
-            "{} is {:?}, not a regular file",
-            area.path.display(),
-            st.kind
-        ))),
-        Err(e) => Err(refused(format!("{}: {e}", area.path.display())).caused_by(e)),
-    }
 }

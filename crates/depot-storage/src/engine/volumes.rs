@@ -19,6 +19,7 @@ use std::os::unix::fs::symlink;
 use depot_api::storage::{ImgUuid, Legality, SdUuid, SpUuid, VolUuid};
 use depot_api::Code;
 
+use super::volume_leases::VolumeLease;
 use super::Storage;
 use crate::backup::PreparePurpose;
 use crate::domain::Domain;
@@ -91,6 +92,23 @@ impl Storage {
         let verb = |domain: &Domain| {
             let held = self.lock_image(sd, img, false)?;
             self.with_volumes(domain, &held, move |v| v.info(img, vol))
+        };
+        self.reading(sd, verb, |_| false)
+    }
+
+    /// Volume.getInfo: the volume, and its lease where the domain has
+    /// volume leases (volume_leases.rs: read by the sanlock daemon).
+    pub fn volume_info_with_lease(
+        &self,
+        sd: SdUuid,
+        img: ImgUuid,
+        vol: VolUuid,
+    ) -> StorageResult<(VolumeInfo, Option<VolumeLease>)> {
+        let verb = |domain: &Domain| {
+            let held = self.lock_image(sd, img, false)?;
+            let info = self.with_volumes(domain, &held, move |v| v.info(img, vol))?;
+            drop(held);
+            Ok((info, self.volume_lease_info(domain, img, vol)))
         };
         self.reading(sd, verb, |_| false)
     }

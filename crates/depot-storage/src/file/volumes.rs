@@ -257,6 +257,9 @@ impl<'a> FileVolumes<'a> {
         // file just made exclusive, and writes the lease at 0 with
         // O_DIRECT, growing it to one alignment.
         if let Some(leases) = &self.leases {
+            crate::lockspace::check_sanlock_file(fs, &lease).map_err(|why| {
+                StorageError::new(Code::VolumeCreationError, "create volume lease", why)
+            })?;
             leases.format(self.sd, vol, depot_os::sanlock::Area::new(lease, 0))?;
         }
 

@@ -26,6 +26,7 @@
 
 pub mod index;
 pub mod job;
+pub mod leader;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -36,8 +37,8 @@ use depot_api::storage::SdUuid;
 use depot_api::Code;
 use depot_os::fsproc::OpenWrite;
 use depot_os::sanlock::{
-    direct_clear_resource, direct_init_resource, direct_read_resource, Area, DirectConfig,
-    Geometry, Resource, SanlockError,
+    direct_clear_resource, direct_init_resource, Area, DirectConfig, Geometry, Resource,
+    SanlockError,
 };
 use depot_os::{
     open_direct, read_at_direct, sync_and_close, write_at_direct, AlignedBuf, IoWorker,
@@ -211,6 +212,37 @@ impl Xleases {
                 on_worker(move || {
                     use std::io::Seek;
                     std::fs::File::open(&path)?.seek(io::SeekFrom::End(0))
+                })
+            }
+        }
+    }
+
+    /// The first sector of each of the first `count` lease slots: one
+    /// worker call for a block LV (one descriptor, `count` O_DIRECT reads),
+    /// one helper call per slot for a file (each a read of one sector).
+    fn read_leaders(&self, count: usize) -> io::Result<Vec<Vec<u8>>> {
+        let bs = self.block_size as usize;
+        let offsets: Vec<u64> = (0..count)
+            .map(|n| index::lease_offset(n, self.alignment))
+            .collect();
+        match &self.io {
+            Io::File { fs } => offsets
+                .iter()
+                .map(|&at| fs.read_at(&self.path, at, bs as u32, true))
+                .collect(),
+            Io::Block => {
+                let path = self.path.clone();
+                on_worker(move || {
+                    let file = open_direct(&path, false).map_err(io::Error::other)?;
+                    let mut buf = AlignedBuf::new(bs, bs).map_err(io::Error::other)?;
+                    offsets
+                        .iter()
+                        .map(|&at| {
+                            let n =
+                                read_at_direct(&file, at, &mut buf).map_err(io::Error::other)?;
+                            Ok(buf[..n].to_vec())
+                        })
+                        .collect()
                 })
             }
         }
@@ -390,7 +422,7 @@ impl Xleases {
     /// whose record was lost comes back). The index must be VDSM's (a
     /// domain without one is refused, and nothing is written); one left
     /// "updating" is what this repairs. Returns the leases found.
-    pub fn rebuild(&self, direct: &DirectConfig) -> StorageResult<usize> {
+    pub fn rebuild(&self) -> StorageResult<usize> {
         const OP: &str = "rebuild xleases index";
         let mut idx = self.load(OP, true)?;
         let sd = self.sd.to_string();
@@ -398,16 +430,34 @@ impl Xleases {
         // Slots whose whole lease is on the volume: a file grows as leases
         // are written, so the ones past its end were never written.
         let present = index::capacity(size, self.alignment);
+        // The first sector of every lease, read in one go, and the lease
+        // in each (leader.rs: no `sanlock direct` child per slot). A
+        // damaged leader fails the rebuild before anything is written.
+        let sectors = self
+            .read_leaders(present)
+            .map_err(|e| self.read_err(OP, e))?;
+        let names = sectors
+            .iter()
+            .enumerate()
+            .map(|(recnum, sector)| {
+                leader::Leader::resource_name(sector, &sd).map_err(|e| {
+                    StorageError::new(
+                        Code::XleasesIndexInvalid,
+                        OP,
+                        format!(
+                            "{} at {}: {e}",
+                            self.path.display(),
+                            index::lease_offset(recnum, self.alignment)
+                        ),
+                    )
+                })
+            })
+            .collect::<StorageResult<Vec<_>>>()?;
         idx.set_metadata(&index::Metadata::new(&sd, now(), true));
         self.write_first_block(&idx, OP)?;
         let mut found = 0;
         for recnum in 0..MAX_RECORDS {
-            let name = if recnum < present {
-                let area = Area::new(&self.path, index::lease_offset(recnum, self.alignment));
-                direct_read_resource(direct, &sd, &area).map_err(|e| sanlock_err(OP, e))?
-            } else {
-                None
-            };
+            let name = names.get(recnum).cloned().flatten();
             let rec = match name {
                 Some(lease) if idx.find(&lease, recnum).is_none() => {
                     found += 1;

@@ -69,7 +69,7 @@ fn create_lookup_delete_on_a_file() {
         vol.lookup(A).unwrap_err(),
         vol.create(&f.direct, A).unwrap_err(),
         vol.delete(&f.direct, A).unwrap_err(),
-        vol.rebuild(&f.direct).unwrap_err(),
+        vol.rebuild().unwrap_err(),
     ] {
         assert_eq!(e.code, Code::XleasesIndexInvalid, "{e}");
     }
@@ -130,7 +130,7 @@ fn a_crash_between_updating_and_commit_is_repaired() {
     assert_eq!(offset_of(vol, C), None);
     // ... and a record left updating without a resource is dropped.
     crash_after_updating(vol, 3, "3b8c7f1e-3a2d-4e5f-8a9b-1c2d3e4f5a6b");
-    assert_eq!(vol.rebuild(&f.direct).unwrap(), 3);
+    assert_eq!(vol.rebuild().unwrap(), 3);
     assert_eq!(offset_of(vol, A), Some(3 * MIB));
     assert_eq!(offset_of(vol, B), Some(4 * MIB));
     assert_eq!(offset_of(vol, C), Some(5 * MIB));
@@ -156,7 +156,7 @@ fn rebuild_restores_a_lost_index_from_the_resources() {
     assert_eq!(offset_of(vol, A), None);
     // ... until the rebuild reads them back from sanlock's resources; the
     // deleted one stays deleted.
-    assert_eq!(vol.rebuild(&f.direct).unwrap(), 2);
+    assert_eq!(vol.rebuild().unwrap(), 2);
     assert_eq!(offset_of(vol, A), Some(3 * MIB));
     assert_eq!(offset_of(vol, B), None);
     assert_eq!(offset_of(vol, C), Some(5 * MIB));
@@ -170,7 +170,7 @@ fn rebuild_restores_a_lost_index_from_the_resources() {
     let e = vol.lookup(A).unwrap_err();
     assert_eq!(e.code, Code::XleasesIndexInvalid);
     assert!(e.detail.contains("updating"), "{e}");
-    assert_eq!(vol.rebuild(&f.direct).unwrap(), 2);
+    assert_eq!(vol.rebuild().unwrap(), 2);
     assert_eq!(offset_of(vol, A), Some(3 * MIB));
 }
 
@@ -235,9 +235,31 @@ fn leases_with_4k_sectors_and_2m_alignment() {
     assert_eq!(leader["resource_name"], B, "{leader:?}");
     assert!(vol.delete(&f.direct, A).unwrap());
     vol.format().unwrap();
-    assert_eq!(vol.rebuild(&f.direct).unwrap(), 1);
+    assert_eq!(vol.rebuild().unwrap(), 1);
     assert_eq!(offset_of(vol, A), None);
     assert_eq!(offset_of(vol, B), Some(4 * align));
     // The metadata block is intact after record writes in its block.
     assert!(vol.lookup(B).is_ok());
+}
+
+/// A lease whose leader record is damaged (a bit flipped under its
+/// checksum): the rebuild is 9031 and writes nothing, the index stays as
+/// it was (sanlock's read_leader refuses such a record too).
+#[test]
+fn rebuild_refuses_a_damaged_leader_and_writes_nothing() {
+    let f = fixture();
+    let vol = &f.vol;
+    vol.format().unwrap();
+    vol.create(&f.direct, A).unwrap();
+    vol.create(&f.direct, B).unwrap();
+    let before = std::fs::read(vol.path()).unwrap();
+    let mut damaged = before.clone();
+    let at = index::lease_offset(1, MIB) as usize + 110;
+    damaged[at] ^= 0x01;
+    std::fs::write(vol.path(), &damaged).unwrap();
+    let e = vol.rebuild().unwrap_err();
+    assert_eq!(e.code, Code::XleasesIndexInvalid, "{e}");
+    assert!(e.to_string().contains("checksum"), "{e}");
+    assert_eq!(std::fs::read(vol.path()).unwrap(), damaged);
+    assert_eq!(offset_of(vol, A), Some(3 * MIB));
 }
