@@ -429,7 +429,10 @@ async fn sanlock_is_never_handed_a_symlink_planted_on_the_storage() {
     assert_eq!(std::fs::read(&target).unwrap(), bytes, "written through");
     unplant(&xleases);
 
-    // spmStart on `dom_md/leases` (the SDM lease).
+    // spmStart on `dom_md/leases` (the SDM lease): the pool's SPM role,
+    // taken by connected_pool, is given back first (a start while SPM
+    // does not touch the lease).
+    call_ok(c, "StoragePool.spmStop", json!({"storagepoolID": p.sp})).await;
     let leases = dom_md.join("leases");
     let (target, bytes) = plant_symlink(&leases, outside.path());
     let spm = json!({"storagepoolID": p.sp, "prevID": -1, "prevLver": "-1",
