@@ -11,10 +11,13 @@ mod storage_common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::{Daemon, WAIT};
 use depot_client::Client;
+use depot_testkit::sanlock::SanlockDaemon;
 use serde_json::{json, Value};
+use storage_common::sanlock_pool::{pool, until_acquired, SANLOCK_CONFIG};
 use storage_common::*;
 
 /// A LOCALFS connection with three domains in pool `sp`, all active: `sd`
@@ -390,4 +393,78 @@ async fn reconstruct_master_after_the_master_is_gone() {
     call_ok(&s.c, "StoragePool.connect", params).await;
     assert_eq!(s.master().await, (s.sd2.clone(), 5));
     start_spm(&s.c, &s.sp).await;
+}
+
+/// The SDM leases of `sd`'s lockspace the sanlock daemon's clients hold.
+fn sdm_held(daemon: &SanlockDaemon, sd: &str) -> Vec<String> {
+    let prefix = format!("{sd}:SDM:");
+    daemon
+        .resources()
+        .expect("sanlock client status")
+        .into_iter()
+        .filter(|l| l.starts_with(&prefix))
+        .collect()
+}
+
+/// With sanlock, the SPM's lease moves with the master (VDSM's
+/// masterMigrate takes the new master's before it writes): after the
+/// switch this host holds the SDM lease on the new master and not on the
+/// old, so no other host can become SPM on the new master while this one
+/// is; spmStop gives the new one back.
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn switch_master_moves_the_spm_lease() {
+    depot_testkit::require_root();
+    let daemon = SanlockDaemon::start().expect("sanlock daemon");
+    let d = Daemon::start(SANLOCK_CONFIG);
+    let p = pool(&d).await;
+    let conn = p.dom.parent().unwrap().to_str().unwrap().to_owned();
+    let sd2 = new_id();
+    call_ok(
+        &p.c,
+        "StorageDomain.create",
+        create_domain_params(&sd2, LOCALFS, &conn, "second", 512),
+    )
+    .await;
+    call_ok(
+        &p.c,
+        "StoragePool.connect",
+        json!({"storagepoolID": p.sp, "hostID": 3, "scsiKey": p.sp, "masterSdUUID": p.sd,
+               "masterVersion": 1, "domainDict": {p.sd.clone(): "active"}}),
+    )
+    .await;
+    start_spm_within(&p.c, &p.sp, Duration::from_secs(300)).await;
+    let dom_op = json!({"storagedomainID": sd2, "storagepoolID": p.sp});
+    call_ok(&p.c, "StorageDomain.attach", dom_op.clone()).await;
+    call_ok(&p.c, "StorageDomain.activate", dom_op).await;
+    until_acquired(&p.c, &sd2).await;
+    assert_eq!(sdm_held(&daemon, &p.sd).len(), 1);
+    assert!(sdm_held(&daemon, &sd2).is_empty());
+
+    switch_ok(
+        &p.c,
+        json!({"storagepoolID": p.sp, "oldMasterUUID": p.sd, "newMasterUUID": sd2,
+               "masterVersion": 2}),
+    )
+    .await;
+    assert_eq!(sdm_held(&daemon, &sd2).len(), 1, "the new master's lease");
+    assert!(sdm_held(&daemon, &p.sd).is_empty(), "the old one released");
+    let status = call_ok(
+        &p.c,
+        "StoragePool.getSpmStatus",
+        json!({"storagepoolID": p.sp}),
+    )
+    .await;
+    assert_eq!(status["spmStatus"], "SPM", "{status}");
+
+    call_ok(&p.c, "StoragePool.spmStop", json!({"storagepoolID": p.sp})).await;
+    assert!(sdm_held(&daemon, &sd2).is_empty());
+    call_ok(
+        &p.c,
+        "StoragePool.disconnect",
+        json!({"storagepoolID": p.sp, "hostID": 3, "scsiKey": p.sp}),
+    )
+    .await;
+    drop(d);
+    drop(daemon);
 }

@@ -12,6 +12,7 @@ use depot_api::Code;
 
 use super::spm::Spm;
 use super::Storage;
+use crate::domain::Domain;
 use crate::metadata::domain::DomainMetadata;
 use crate::{StorageError, StorageResult};
 
@@ -481,35 +482,56 @@ impl Storage {
                     format!("'{new}' is not attached to {sp}"),
                 ));
             }
-            self.update_md(&new_domain, move |md| {
-                md.role = DomainRole::Master;
-                md.master_version = Some(version);
-                Ok(())
-            })?;
         }
         let old_md = self.read_md(&old_domain)?;
-        if old_md.role == DomainRole::Master && old_md.attached_pools().contains(&sp) {
-            if old_md.master_version.unwrap_or(0) > version {
-                return Err(StorageError::new(
-                    Code::StoragePoolWrongMaster,
-                    OP,
-                    format!(
-                        "'{old}' is master of {sp} at version {:?}, above {version}",
-                        old_md.master_version
-                    ),
-                ));
-            }
-            self.update_md(&old_domain, |md| {
-                md.role = DomainRole::Regular;
-                md.master_version = Some(0);
-                Ok(())
-            })?;
+        if claims_master(&old_md, sp) && old_md.master_version.unwrap_or(0) > version {
+            return Err(StorageError::new(
+                Code::StoragePoolWrongMaster,
+                OP,
+                format!(
+                    "'{old}' is master of {sp} at version {:?}, above {version}",
+                    old_md.master_version
+                ),
+            ));
         }
+        // The SPM's lease on the new master before anything is written;
+        // the old one given up once the switch is written.
+        let taken = self.take_spm_lease_on(sp, new)?;
+        let written = self.write_switch(sp, &old_domain, &new_domain, version, done);
+        self.finish_spm_lease_move(sp, taken, written.is_ok(), OP);
+        written?;
         if let Some(pool) = self.pools.lock().get_mut(&sp) {
             pool.master = new;
             pool.master_version = version;
         }
         tracing::info!(pool = %sp, old = %old, new = %new, version, "master domain switched");
+        Ok(())
+    }
+
+    /// switchMaster's writes, the new master first (unless `done`: it
+    /// already is), then the old one demoted if it still claims the role.
+    fn write_switch(
+        &self,
+        sp: SpUuid,
+        old_domain: &Domain,
+        new_domain: &Domain,
+        version: i64,
+        done: bool,
+    ) -> StorageResult<()> {
+        if !done {
+            self.update_md(new_domain, move |md| {
+                md.role = DomainRole::Master;
+                md.master_version = Some(version);
+                Ok(())
+            })?;
+        }
+        if claims_master(&self.read_md(old_domain)?, sp) {
+            self.update_md(old_domain, |md| {
+                md.role = DomainRole::Regular;
+                md.master_version = Some(0);
+                Ok(())
+            })?;
+        }
         Ok(())
     }
 
@@ -788,6 +810,11 @@ fn check_host_id(host_id: i64, op: &'static str) -> StorageResult<u64> {
                 ),
             )
         })
+}
+
+/// Whether `md` claims the master role of pool `sp`.
+fn claims_master(md: &DomainMetadata, sp: SpUuid) -> bool {
+    md.role == DomainRole::Master && md.attached_pools().contains(&sp)
 }
 
 fn check_can_be_master(md: &DomainMetadata, op: &'static str) -> StorageResult<()> {
