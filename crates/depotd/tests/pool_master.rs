@@ -205,6 +205,30 @@ async fn switch_master_moves_the_master_role() {
         assert_eq!(s.master().await, (s.sd.clone(), 1), "{why}: {e}");
     }
 
+    // Not active in the pool (369), not in it at all (353).
+    let dom_op = json!({"storagedomainID": s.sd2, "storagepoolID": s.sp});
+    call_ok(&s.c, "StorageDomain.deactivate", dom_op.clone()).await;
+    let free = new_id();
+    let conn = s.root.to_str().unwrap().to_owned();
+    call_ok(
+        &s.c,
+        "StorageDomain.create",
+        create_domain_params(&free, LOCALFS, &conn, "free", 512),
+    )
+    .await;
+    for (new, code) in [(&s.sd2, 369), (&free, 353)] {
+        let before = snapshot(&s.root);
+        call_err(
+            &s.c,
+            "StoragePool.switchMaster",
+            s.switch(&s.sd, new, 2),
+            code,
+        )
+        .await;
+        assert_same_tree(&before, &snapshot(&s.root), "not an active pool domain");
+    }
+    call_ok(&s.c, "StorageDomain.activate", dom_op).await;
+
     switch_ok(&s.c, s.switch(&s.sd, &s.sd2, 2)).await;
     assert_eq!(s.master().await, (s.sd2.clone(), 2));
     assert_eq!(s.role(&s.sd2), ("Master".into(), "2".into(), s.sp.clone()));
