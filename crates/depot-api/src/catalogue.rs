@@ -676,7 +676,8 @@ verbs! {
     /// Disaster recovery: on a host where the pool is not connected (325),
     /// makes `masterSdUUID` the master of a pool of `domainDict`'s
     /// domains, writing their pool metadata (docs/storage.md,
-    /// "Reconstructing the master").
+    /// "Reconstructing the master"). With sanlock, holds the new master's
+    /// SPM lease meanwhile (651 while another host holds it).
     "StoragePool.reconstructMaster" => StoragePoolReconstructMaster {
         /// The pool.
         storagepoolID: SpUuid,

@@ -492,3 +492,73 @@ async fn switch_master_moves_the_spm_lease() {
     drop(d);
     drop(daemon);
 }
+
+/// With sanlock, reconstructMaster holds the SPM's lease of the future
+/// master around its writes (VDSM's acquireClusterLock): while another
+/// holder has it (this test process, as host id 4 in the same daemon) the
+/// call is refused with 651 and nothing is written; once free it runs, and
+/// gives the lease back.
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn reconstruct_master_holds_the_spm_lease_of_the_new_master() {
+    use depot_os::sanlock::{Area, HostIdState, Lockspace, Resource, Sanlock};
+    depot_testkit::require_root();
+    let daemon = SanlockDaemon::start().expect("sanlock daemon");
+    let d = Daemon::start(SANLOCK_CONFIG);
+    let p = pool(&d).await;
+    let conn = p.dom.parent().unwrap().to_owned();
+    let sd2 = new_id();
+    call_ok(
+        &p.c,
+        "StorageDomain.create",
+        create_domain_params(&sd2, LOCALFS, conn.to_str().unwrap(), "second", 512),
+    )
+    .await;
+    // sd2 as depotd names it to sanlock: through the repository's mount link.
+    let mnt = repository(&d).join("mnt");
+    let dom_md = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().path().join(&sd2).join("dom_md"))
+        .find(|l| l.exists())
+        .expect("the domain under the repository's mnt");
+    let other = Sanlock::load(None, Duration::from_secs(60));
+    let ls = Lockspace::new(sd2.clone(), 4, Area::new(dom_md.join("ids"), 0));
+    other.add_lockspace(&ls, 0).unwrap();
+    common::eventually("the test's host id", Duration::from_secs(180), || async {
+        (other.inq_lockspace(&ls).ok()? == HostIdState::Held).then_some(())
+    })
+    .await;
+    let sdm = Resource::new(sd2.clone(), "SDM", Area::new(dom_md.join("leases"), MIB));
+    other.acquire(&sdm, None).unwrap();
+
+    let reconstruct = json!({
+        "storagepoolID": p.sp, "hostId": 4, "name": "reconstructed",
+        "masterSdUUID": sd2, "masterVersion": 5,
+        "domainDict": {sd2.clone(): "active", p.sd.clone(): "active"},
+        "lockRenewalIntervalSec": 5, "leaseTimeSec": 60,
+        "ioOpTimeoutSec": 10, "leaseRetries": 3,
+    });
+    // The metadata, not the tree: sanlock renews the delta leases in `ids`.
+    let mds = || [domain_md(&conn.join(&sd2)), domain_md(&p.dom)];
+    let before = mds();
+    call_err(
+        &p.c,
+        "StoragePool.reconstructMaster",
+        reconstruct.clone(),
+        651,
+    )
+    .await;
+    assert_eq!(before, mds(), "a reconstruct without the lease wrote");
+
+    other.release(&sdm).unwrap();
+    call_ok(&p.c, "StoragePool.reconstructMaster", reconstruct).await;
+    let md = domain_md(&conn.join(&sd2));
+    assert_eq!(
+        (md["ROLE"].as_str(), md["MASTER_VERSION"].as_str()),
+        ("Master", "5")
+    );
+    assert!(sdm_held(&daemon, &sd2).is_empty(), "given back");
+    drop(other);
+    drop(d);
+    drop(daemon);
+}

@@ -675,8 +675,10 @@ impl Storage {
     /// `domains` (1000) and able to be master (317, 319) and not attached
     /// to another pool (380), the master of `sp` at `version`, then
     /// attaches every other domain of `domains` it can read to `sp` (a
-    /// master among them demoted). Takes no lease and checks no version:
-    /// the caller (the engine) has decided the old master is gone.
+    /// master among them demoted), holding the SPM's lease of `master`
+    /// meanwhile when sanlock is enabled (651 and nothing written when
+    /// another host holds it). Checks no version: the caller (the engine)
+    /// has decided the old master is gone.
     pub fn reconstruct_master(
         &self,
         sp: SpUuid,
@@ -687,7 +689,7 @@ impl Storage {
         domains: BTreeMap<SdUuid, PoolDomainStatus>,
     ) -> StorageResult<()> {
         const OP: &str = "reconstruct master";
-        check_host_id(host_id, OP)?;
+        let sanlock_id = check_host_id(host_id, OP)?;
         if matches!(self.pools.lock().get(&sp), Some(p) if p.connected) {
             return Err(StorageError::new(
                 Code::StoragePoolConnected,
@@ -703,30 +705,36 @@ impl Storage {
             ));
         }
         let domain = self.locate(master)?;
-        {
-            let _lock = self.lock_domain(master, true)?;
-            let md = self.read_md(&domain)?;
-            check_can_be_master(&md, OP)?;
-            if let Some(other) = md.attached_pools().into_iter().find(|p| *p != sp) {
-                return Err(StorageError::new(
-                    Code::StorageDomainAlreadyAttached,
-                    OP,
-                    format!("master {master} is attached to pool {other}"),
-                ));
-            }
-            self.update_md(&domain, move |md| {
-                md.pools = vec![sp];
-                md.role = DomainRole::Master;
-                md.master_version = Some(version);
-                Ok(())
-            })?;
+        let lock = self.lock_domain(master, true)?;
+        let md = self.read_md(&domain)?;
+        check_can_be_master(&md, OP)?;
+        if let Some(other) = md.attached_pools().into_iter().find(|p| *p != sp) {
+            return Err(StorageError::new(
+                Code::StorageDomainAlreadyAttached,
+                OP,
+                format!("master {master} is attached to pool {other}"),
+            ));
         }
-        for sd in domains.keys().copied().filter(|sd| *sd != master) {
-            if let Err(e) = self.join_reconstructed(sd, sp) {
-                tracing::warn!(pool = %sp, sd = %sd, error = %e,
-                    "reconstruct master: a domain of domainDict is left as it is");
+        // The SPM's lease of the future master around the writes (651,
+        // nothing written, when another host holds it).
+        let lease = self.take_master_lease(master, sanlock_id)?;
+        let written = self.update_md(&domain, move |md| {
+            md.pools = vec![sp];
+            md.role = DomainRole::Master;
+            md.master_version = Some(version);
+            Ok(())
+        });
+        drop(lock);
+        if written.is_ok() {
+            for sd in domains.keys().copied().filter(|sd| *sd != master) {
+                if let Err(e) = self.join_reconstructed(sd, sp) {
+                    tracing::warn!(pool = %sp, sd = %sd, error = %e,
+                        "reconstruct master: a domain of domainDict is left as it is");
+                }
             }
         }
+        self.drop_master_lease(lease, OP);
+        written?;
         self.pools.lock().insert(
             sp,
             PoolState {

@@ -389,6 +389,31 @@ impl Storage {
         }
     }
 
+    /// `reconstructMaster`'s lease (VDSM's acquireHostId and
+    /// acquireClusterLock on the future master): the SPM's lease of
+    /// domain `master` as host `host_id`, held around the writes so that no
+    /// SPM of the pool runs on that domain meanwhile. The host id stays
+    /// acquired, as in VDSM (the next connect's monitor takes it over).
+    /// `None` with sanlock disabled; 651 when it cannot be taken.
+    pub(super) fn take_master_lease(
+        &self,
+        master: SdUuid,
+        host_id: u64,
+    ) -> StorageResult<Option<Resource>> {
+        Ok(self.take_spm_lease(master, host_id)?.1)
+    }
+
+    /// Releases a lease [`take_master_lease`](Self::take_master_lease)
+    /// took (a refusal is logged: the lease goes with depotd at the
+    /// latest).
+    pub(super) fn drop_master_lease(&self, lease: Option<Resource>, op: &'static str) {
+        if let Some(res) = lease {
+            if let Err(e) = self.release_spm_lease(&res, op) {
+                tracing::warn!(lease = %res.lockspace, error = %e, "cannot release the SPM lease");
+            }
+        }
+    }
+
     /// A master switch's last step: the lease [`take_spm_lease_on`]
     /// took becomes the SPM's and the old one is released (a release
     /// sanlock refuses is logged: the master has moved, and the old lease
