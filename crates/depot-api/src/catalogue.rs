@@ -658,6 +658,73 @@ verbs! {
         storagepoolID: SpUuid,
     } -> (SpmStatus, "spmId and spmLver -1 when unknown");
 
+    /// Moves the pool's master role to another active Data domain of the
+    /// pool (never a backup domain: 319). The SPM's verb (309, 654).
+    /// `masterVersion` must be above the pool's (324); repeating a
+    /// finished switch succeeds.
+    "StoragePool.switchMaster" => StoragePoolSwitchMaster {
+        /// The pool.
+        storagepoolID: SpUuid,
+        /// The current master.
+        oldMasterUUID: SdUuid,
+        /// The new master.
+        newMasterUUID: SdUuid,
+        /// The new master version.
+        masterVersion: i64,
+    } -> (TaskId, "depot completes the work before answering");
+
+    /// Disaster recovery: on a host where the pool is not connected (325),
+    /// makes `masterSdUUID` the master of a pool of `domainDict`'s
+    /// domains, writing their pool metadata (docs/storage.md,
+    /// "Reconstructing the master"). With sanlock, holds the new master's
+    /// SPM lease meanwhile (651 while another host holds it).
+    "StoragePool.reconstructMaster" => StoragePoolReconstructMaster {
+        /// The pool.
+        storagepoolID: SpUuid,
+        /// The host id to use (1 to 2000; logged only).
+        hostId: i64,
+        /// The pool's name.
+        name: String,
+        /// The new master, one of `domainDict`'s domains.
+        masterSdUUID: SdUuid,
+        /// The new master version.
+        masterVersion: i64,
+        /// `{sdUUID: "active"|"attached"}`, the pool's domains.
+        domainDict: Map<String, Value>,
+        /// Lease parameter (accepted; the domains keep theirs).
+        lockRenewalIntervalSec: i64,
+        /// Lease parameter (accepted; the domains keep theirs).
+        leaseTimeSec: i64,
+        /// Lease parameter (accepted; the domains keep theirs).
+        ioOpTimeoutSec: i64,
+        /// Lease parameter (accepted; the domains keep theirs).
+        leaseRetries: i64,
+    } -> (Done);
+
+    /// Destroys the pool: detaches every domain (the master last), then
+    /// disconnects. The SPM's verb (309, 654); `hostID` must be the one
+    /// the pool was connected with (700).
+    "StoragePool.destroy" => StoragePoolDestroy {
+        /// The pool.
+        storagepoolID: SpUuid,
+        /// This host's id in the pool.
+        hostID: i64,
+        /// Unused, as in VDSM.
+        scsiKey: Option<String>,
+    } -> (Done);
+
+    /// Re-reads the pool's master (a host that is not the SPM learns the
+    /// master the SPM switched to): 324 unless `masterSdUUID` is the
+    /// pool's master at `masterVersion`.
+    "StoragePool.refresh" => StoragePoolRefresh {
+        /// The pool.
+        storagepoolID: SpUuid,
+        /// The master domain.
+        masterSdUUID: SdUuid,
+        /// The master version.
+        masterVersion: i64,
+    } -> (Done);
+
     /// Attaches a domain to a pool (POOL_UUID in its metadata).
     /// The SPM's verb: 309 while the pool is not connected here, 654
     /// while this host is not its SPM.

@@ -108,6 +108,8 @@ codes! {
     StorageDomainActionError = 350, "Error in storage domain action";
     StorageDomainCreationError = 351, "Error creating a storage domain";
     StorageDomainFormatError = 352, "Error formatting a storage domain";
+    /// `StoragePool.switchMaster`, `Volume.requestExtend`: the domain is
+    /// not a domain of the pool.
     StorageDomainNotInPool = 353, "Storage domain not in pool";
     StorageDomainAttachError = 354, "Error attaching storage domain";
     StorageDomainDetachError = 356, "Error detaching storage domain";
@@ -210,6 +212,9 @@ codes! {
     /// `StoragePool.connect` host id outside 1..=2000 (sanlock's range:
     /// VDSM passes it on and reports sanlock's EINVAL with this code).
     AcquireHostIdFailure = 661, "Cannot acquire host id";
+    /// `StoragePool.destroy` with a host id that is not the one this host
+    /// connected the pool with.
+    HostIdMismatch = 700, "Host id not found or does not match manager host id";
     /// The lockspace (`dom_md/ids`) or the SDM lease (`dom_md/leases`) of a
     /// new domain could not be formatted; a lease of `xleases` could not be
     /// written, cleared or read by `sanlock direct`.

@@ -142,6 +142,15 @@ impl Router {
             Call::StoragePoolSpmStart(p) => wire(self.spm_start(p).await),
             Call::StoragePoolSpmStop(p) => wire(storage_api::spm_stop(storage, p).await),
             Call::StoragePoolGetSpmStatus(p) => wire(storage_api::spm_status(storage, p).await),
+            Call::StoragePoolSwitchMaster(p) => wire(self.finished(
+                verb::SWITCH_MASTER,
+                storage_api::switch_master(storage, p).await,
+            )),
+            Call::StoragePoolReconstructMaster(p) => {
+                wire(storage_api::reconstruct_master(storage, p).await)
+            }
+            Call::StoragePoolDestroy(p) => wire(storage_api::destroy_pool(storage, p).await),
+            Call::StoragePoolRefresh(p) => wire(storage_api::refresh_pool(storage, p).await),
             Call::StoragePoolGetInfo(p) => {
                 wire(storage_api::pool_info(storage, p.storagepoolID).await)
             }

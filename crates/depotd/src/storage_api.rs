@@ -1017,6 +1017,53 @@ pub async fn require_connected_pool(storage: &Arc<Storage>, sp: SpUuid) -> Resul
     blocking(storage, move |s| s.pool(sp).map(|_| ())).await
 }
 
+pub async fn switch_master(
+    storage: &Arc<Storage>,
+    p: params::StoragePoolSwitchMaster,
+) -> Result<(), ApiError> {
+    let (sp, old, new, v) = (
+        p.storagepoolID,
+        p.oldMasterUUID,
+        p.newMasterUUID,
+        p.masterVersion,
+    );
+    blocking(storage, move |s| s.switch_master(sp, old, new, v)).await
+}
+
+pub async fn reconstruct_master(
+    storage: &Arc<Storage>,
+    p: params::StoragePoolReconstructMaster,
+) -> Result<returns::StoragePoolReconstructMaster, ApiError> {
+    let dict = domain_dict(&p.domainDict)?;
+    done(storage, move |s| {
+        s.reconstruct_master(
+            p.storagepoolID,
+            p.hostId,
+            p.name,
+            p.masterSdUUID,
+            p.masterVersion,
+            dict,
+        )
+    })
+    .await
+}
+
+pub async fn destroy_pool(
+    storage: &Arc<Storage>,
+    p: params::StoragePoolDestroy,
+) -> Result<returns::StoragePoolDestroy, ApiError> {
+    let (sp, host_id) = (p.storagepoolID, p.hostID);
+    done(storage, move |s| s.destroy_pool(sp, host_id)).await
+}
+
+pub async fn refresh_pool(
+    storage: &Arc<Storage>,
+    p: params::StoragePoolRefresh,
+) -> Result<returns::StoragePoolRefresh, ApiError> {
+    let (sp, sd, v) = (p.storagepoolID, p.masterSdUUID, p.masterVersion);
+    done(storage, move |s| s.refresh_pool(sp, sd, v)).await
+}
+
 pub async fn spm_stop(
     storage: &Arc<Storage>,
     p: params::StoragePoolSpmStop,

@@ -38,6 +38,7 @@ pub mod verb {
     pub const CREATE_LEASE: &str = "create_lease";
     pub const DELETE_LEASE: &str = "delete_lease";
     pub const REBUILD_LEASES: &str = "rebuild_leases";
+    pub const SWITCH_MASTER: &str = "switchMaster";
 }
 
 /// Born-finished tasks: id -> (insertion serial, verb).

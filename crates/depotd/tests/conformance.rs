@@ -528,6 +528,26 @@ async fn results_match_vdsms_types() {
     call(&c, &ck, "Host.getStats", json!({})).await;
     call(&c, &ck, "StoragePool.getInfo", json!({"storagepoolID": sp})).await;
     call(&c, &ck, "StorageDomain.getInfo", by_sd(&sd)).await;
+    // The master moves to sd2 and back (the SPM's task), and the pool's
+    // master is re-read.
+    for (old, new, version) in [(&sd, &sd2, 2), (&sd2, &sd, 3)] {
+        let task = call(
+            &c,
+            &ck,
+            "StoragePool.switchMaster",
+            json!({"storagepoolID": sp, "oldMasterUUID": old, "newMasterUUID": new,
+                   "masterVersion": version}),
+        )
+        .await;
+        wait_task_end(&c, &ck, task.as_str().unwrap()).await;
+    }
+    call(
+        &c,
+        &ck,
+        "StoragePool.refresh",
+        json!({"storagepoolID": sp, "masterSdUUID": sd, "masterVersion": 3}),
+    )
+    .await;
     call(
         &c,
         &ck,
@@ -705,6 +725,44 @@ async fn results_match_vdsms_types() {
         &c,
         &ck,
         "StoragePool.disconnect",
+        json!({"storagepoolID": sp, "hostID": 1, "scsiKey": sp}),
+    )
+    .await;
+    // Disaster recovery's master, then the pool destroyed by its SPM.
+    call(
+        &c,
+        &ck,
+        "StoragePool.reconstructMaster",
+        json!({
+            "storagepoolID": sp, "hostId": 1, "name": "conformance", "masterSdUUID": sd,
+            "masterVersion": 4, "domainDict": {sd.clone(): "active"},
+            "lockRenewalIntervalSec": 5, "leaseTimeSec": 60, "ioOpTimeoutSec": 10,
+            "leaseRetries": 3,
+        }),
+    )
+    .await;
+    call(
+        &c,
+        &ck,
+        "StoragePool.connect",
+        json!({
+            "storagepoolID": sp, "hostID": 1, "scsiKey": sp, "masterSdUUID": sd,
+            "masterVersion": 4, "domainDict": {sd.clone(): "active"},
+        }),
+    )
+    .await;
+    let spm = call(
+        &c,
+        &ck,
+        "StoragePool.spmStart",
+        json!({"storagepoolID": sp, "prevID": -1, "prevLver": "-1", "enableScsiFencing": "false"}),
+    )
+    .await;
+    wait_task_end(&c, &ck, spm.as_str().unwrap()).await;
+    call(
+        &c,
+        &ck,
+        "StoragePool.destroy",
         json!({"storagepoolID": sp, "hostID": 1, "scsiKey": sp}),
     )
     .await;

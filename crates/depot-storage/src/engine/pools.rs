@@ -12,6 +12,7 @@ use depot_api::Code;
 
 use super::spm::Spm;
 use super::Storage;
+use crate::domain::Domain;
 use crate::metadata::domain::DomainMetadata;
 use crate::{StorageError, StorageResult};
 
@@ -126,7 +127,9 @@ impl Storage {
     }
 
     /// `StoragePool.connect`: oVirt tells which domains are active.
-    /// The master's metadata must name this pool and version (324). The
+    /// The master's metadata must name this pool and version, and no
+    /// other domain of `domain_dict` may claim the pool's master role at a
+    /// higher version (324: [`check_master`](Self::check_master)). The
     /// host id must be one sanlock takes (1..=2000, else 661 and nothing
     /// changes); the domain monitor acquires it in every active domain's
     /// lockspace in the background (a domain whose lockspace cannot be
@@ -155,23 +158,9 @@ impl Storage {
                 format!("connected to pool {other}"),
             ));
         }
-        let domain = self.locate(master)?;
-        let md = self.read_md(&domain)?;
-        if !md.attached_pools().contains(&sp)
-            || md.role != DomainRole::Master
-            || md.master_version != Some(master_version)
-        {
-            return Err(StorageError::new(
-                Code::StoragePoolWrongMaster,
-                OP,
-                format!(
-                    "{master} is {} of pools {:?} at version {:?}, not Master of {sp} at {master_version}",
-                    md.role, md.pools, md.master_version
-                ),
-            ));
-        }
         let domains =
             domain_dict.unwrap_or_else(|| BTreeMap::from([(master, PoolDomainStatus::Active)]));
+        self.check_master(sp, master, master_version, domains.keys().copied(), OP)?;
         {
             let mut pools = self.pools.lock();
             let pool = pools.entry(sp).or_insert_with(|| PoolState {
@@ -417,7 +406,20 @@ impl Storage {
         Ok(())
     }
 
-    /// Moves the master role from `old` to `new` (both attached to `sp`).
+    /// `StoragePool.switchMaster` (and `deactivate` of the master): moves
+    /// the master role of `sp` from `old` to `new` at `version`. The SPM's
+    /// verb (309, 654). `new` must be an active domain of the pool (353,
+    /// 369) that can be master (317, 319), other than `old` (1000); `old`
+    /// must be the pool's master and `version` above the pool's (324, as
+    /// VDSM's masterMigrate). Nothing is written until every check passed.
+    ///
+    /// The new master is written first (ROLE=Master, MASTER_VERSION), the
+    /// old one demoted after (ROLE=Regular, MASTER_VERSION=0, as VDSM's
+    /// setDomainRegularRole): a crash between the two leaves both claiming
+    /// the role, and the higher version wins at connect
+    /// ([`check_master`](Self::check_master)). Repeating a switch whose new
+    /// master already has the role at `version` finishes it (demotes `old`
+    /// if it still claims the role) and succeeds.
     pub fn switch_master(
         &self,
         sp: SpUuid,
@@ -426,34 +428,352 @@ impl Storage {
         version: i64,
     ) -> StorageResult<()> {
         const OP: &str = "switch master domain";
+        self.require_pool_spm(sp, OP)?;
+        if old == new {
+            return Err(StorageError::new(
+                Code::InvalidParameterException,
+                OP,
+                format!("the new master {new} is the old one"),
+            ));
+        }
         let new_domain = self.locate(new)?;
         let old_domain = self.locate(old)?;
         let (first, second) = if old < new { (old, new) } else { (new, old) };
         let _l1 = self.lock_domain(first, true)?;
         let _l2 = self.lock_domain(second, true)?;
+        let pool = self.connected_pool(sp, OP)?;
         let md = self.read_md(&new_domain)?;
-        check_can_be_master(&md, OP)?;
-        if !md.attached_pools().contains(&sp) {
+        let done = md.attached_pools().contains(&sp)
+            && md.role == DomainRole::Master
+            && md.master_version == Some(version);
+        if !done {
+            let wrong = |why: String| Err(StorageError::new(Code::StoragePoolWrongMaster, OP, why));
+            if pool.master != old {
+                return wrong(format!("the master of {sp} is {}, not {old}", pool.master));
+            }
+            if version <= pool.master_version {
+                return wrong(format!(
+                    "master version {version} is not above the pool's {}",
+                    pool.master_version
+                ));
+            }
+            match pool.domains.get(&new) {
+                Some(PoolDomainStatus::Active) => {}
+                Some(PoolDomainStatus::Attached) => {
+                    return Err(StorageError::new(
+                        Code::StorageDomainNotActive,
+                        OP,
+                        format!("'{new}' is not active in {sp}"),
+                    ))
+                }
+                None => {
+                    return Err(StorageError::new(
+                        Code::StorageDomainNotInPool,
+                        OP,
+                        format!("'{new}' is not a domain of {sp}"),
+                    ))
+                }
+            }
+            check_can_be_master(&md, OP)?;
+            if !md.attached_pools().contains(&sp) {
+                return Err(StorageError::new(
+                    Code::StorageDomainNotInPool,
+                    OP,
+                    format!("'{new}' is not attached to {sp}"),
+                ));
+            }
+        }
+        let old_md = self.read_md(&old_domain)?;
+        if claims_master(&old_md, sp) && old_md.master_version.unwrap_or(0) > version {
             return Err(StorageError::new(
                 Code::StoragePoolWrongMaster,
                 OP,
-                format!("'{new}' is not attached to {sp}"),
+                format!(
+                    "'{old}' is master of {sp} at version {:?}, above {version}",
+                    old_md.master_version
+                ),
             ));
         }
-        self.update_md(&new_domain, move |md| {
-            md.role = DomainRole::Master;
-            md.master_version = Some(version);
-            Ok(())
-        })?;
-        self.update_md(&old_domain, |md| {
-            md.role = DomainRole::Regular;
-            Ok(())
-        })?;
+        // The SPM's lease on the new master before anything is written;
+        // the old one given up once the switch is written.
+        let taken = self.take_spm_lease_on(sp, new)?;
+        let written = self.write_switch(sp, &old_domain, &new_domain, version, done);
+        self.finish_spm_lease_move(sp, taken, written.is_ok(), OP);
+        written?;
         if let Some(pool) = self.pools.lock().get_mut(&sp) {
             pool.master = new;
             pool.master_version = version;
         }
         tracing::info!(pool = %sp, old = %old, new = %new, version, "master domain switched");
+        Ok(())
+    }
+
+    /// switchMaster's writes, the new master first (unless `done`: it
+    /// already is), then the old one demoted if it still claims the role.
+    fn write_switch(
+        &self,
+        sp: SpUuid,
+        old_domain: &Domain,
+        new_domain: &Domain,
+        version: i64,
+        done: bool,
+    ) -> StorageResult<()> {
+        if !done {
+            self.update_md(new_domain, move |md| {
+                md.role = DomainRole::Master;
+                md.master_version = Some(version);
+                Ok(())
+            })?;
+        }
+        if claims_master(&self.read_md(old_domain)?, sp) {
+            self.update_md(old_domain, |md| {
+                md.role = DomainRole::Regular;
+                md.master_version = Some(0);
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The master of pool `sp` is `master` at `version`: its metadata
+    /// names the pool, ROLE=Master and that MASTER_VERSION, and none of
+    /// `others` (the domains the caller knows in the pool) claims the role
+    /// for `sp` at a higher version; 324 otherwise. Two claims are what a
+    /// master switch interrupted between its two writes leaves (the new
+    /// master written, the old not demoted yet): the higher version is the
+    /// master. A domain of `others` that cannot be read claims nothing.
+    fn check_master(
+        &self,
+        sp: SpUuid,
+        master: SdUuid,
+        version: i64,
+        others: impl IntoIterator<Item = SdUuid>,
+        op: &'static str,
+    ) -> StorageResult<()> {
+        let md = self.read_md(&self.locate(master)?)?;
+        if !md.attached_pools().contains(&sp)
+            || md.role != DomainRole::Master
+            || md.master_version != Some(version)
+        {
+            return Err(StorageError::new(
+                Code::StoragePoolWrongMaster,
+                op,
+                format!(
+                    "{master} is {} of pools {:?} at version {:?}, not Master of {sp} at {version}",
+                    md.role, md.pools, md.master_version
+                ),
+            ));
+        }
+        for sd in others.into_iter().filter(|sd| *sd != master) {
+            let claim = match self.locate(sd).and_then(|d| self.read_md(&d)) {
+                Ok(md) => md,
+                Err(e) => {
+                    tracing::debug!(pool = %sp, sd = %sd, error = %e, "cannot read a pool domain's claim to the master role");
+                    continue;
+                }
+            };
+            if claim.role == DomainRole::Master
+                && claim.attached_pools().contains(&sp)
+                && claim.master_version.is_some_and(|v| v > version)
+            {
+                return Err(StorageError::new(
+                    Code::StoragePoolWrongMaster,
+                    op,
+                    format!(
+                        "{sd} is the master of {sp} at version {:?}, above {master}'s {version}",
+                        claim.master_version
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `StoragePool.refresh`: this host learns the pool's master anew (a
+    /// host that is not the SPM, after the SPM switched the master). The
+    /// pool must be connected here (309) and `master` its master at
+    /// `version` ([`check_master`](Self::check_master), 324); nothing
+    /// changes otherwise.
+    pub fn refresh_pool(&self, sp: SpUuid, master: SdUuid, version: i64) -> StorageResult<()> {
+        const OP: &str = "refresh storage pool";
+        let pool = match self.pools.lock().get(&sp) {
+            Some(p) if p.connected => p.clone(),
+            _ => {
+                return Err(StorageError::new(
+                    Code::StoragePoolUnknown,
+                    OP,
+                    format!("pool {sp} is not connected on this host"),
+                ))
+            }
+        };
+        self.check_master(sp, master, version, pool.domains.keys().copied(), OP)?;
+        if let Some(p) = self.pools.lock().get_mut(&sp) {
+            p.master = master;
+            p.master_version = version;
+        }
+        tracing::info!(pool = %sp, master = %master, version, "storage pool refreshed");
+        Ok(())
+    }
+
+    /// `StoragePool.destroy`: the SPM's verb (309, 654), with the host id
+    /// the pool was connected with (700). Detaches every domain of the
+    /// pool, the master last (POOL_UUID loses the pool; ROLE=Regular; the
+    /// master's MASTER_VERSION=0), then disconnects (the SPM's lease, then
+    /// the host ids) and forgets the pool. A domain that cannot be written
+    /// fails the call with the pool still connected and this host SPM, the
+    /// domains before it detached: a repeat goes on from there. Once
+    /// destroyed the pool is unknown here: a repeat is 309.
+    pub fn destroy_pool(&self, sp: SpUuid, host_id: i64) -> StorageResult<()> {
+        const OP: &str = "destroy storage pool";
+        self.require_pool_spm(sp, OP)?;
+        let pool = self.connected_pool(sp, OP)?;
+        if pool.host_id != Some(host_id) {
+            return Err(StorageError::new(
+                Code::HostIdMismatch,
+                OP,
+                format!(
+                    "host id {host_id}; {sp} is connected with {:?}",
+                    pool.host_id
+                ),
+            ));
+        }
+        let others = pool.domains.keys().copied().filter(|sd| *sd != pool.master);
+        for sd in others.chain([pool.master]) {
+            self.leave_pool(sd, sp, OP)?;
+        }
+        self.disconnect_pool(sp)?;
+        self.pools.lock().remove(&sp);
+        tracing::info!(pool = %sp, "storage pool destroyed");
+        Ok(())
+    }
+
+    /// Takes `sd` out of pool `sp` on storage: POOL_UUID without `sp`,
+    /// ROLE=Regular, MASTER_VERSION=0 if it was master. Nothing to do for
+    /// a domain not attached to `sp`.
+    fn leave_pool(&self, sd: SdUuid, sp: SpUuid, op: &'static str) -> StorageResult<()> {
+        let domain = self.locate(sd)?;
+        let _lock = self.lock_domain(sd, true)?;
+        let md = self.read_md(&domain)?;
+        if !md.attached_pools().contains(&sp) {
+            return Ok(());
+        }
+        self.update_md(&domain, move |md| {
+            md.pools.retain(|p| *p != sp);
+            if md.role == DomainRole::Master {
+                md.master_version = Some(0);
+            }
+            md.role = DomainRole::Regular;
+            Ok(())
+        })?;
+        tracing::info!(sd = %sd, pool = %sp, op, "storage domain left its pool");
+        Ok(())
+    }
+
+    /// `StoragePool.reconstructMaster`: disaster recovery's tool
+    /// (docs/storage.md, "Reconstructing the master"). On a host where
+    /// the pool is not connected (325), makes `master`, which must be in
+    /// `domains` (1000) and able to be master (317, 319) and not attached
+    /// to another pool (380), the master of `sp` at `version`, then
+    /// attaches every other domain of `domains` it can read to `sp` (a
+    /// master among them demoted), holding the SPM's lease of `master`
+    /// meanwhile when sanlock is enabled (651 and nothing written when
+    /// another host holds it). Checks no version: the caller (the engine)
+    /// has decided the old master is gone.
+    pub fn reconstruct_master(
+        &self,
+        sp: SpUuid,
+        host_id: i64,
+        name: String,
+        master: SdUuid,
+        version: i64,
+        domains: BTreeMap<SdUuid, PoolDomainStatus>,
+    ) -> StorageResult<()> {
+        const OP: &str = "reconstruct master";
+        let sanlock_id = check_host_id(host_id, OP)?;
+        if matches!(self.pools.lock().get(&sp), Some(p) if p.connected) {
+            return Err(StorageError::new(
+                Code::StoragePoolConnected,
+                OP,
+                format!("pool {sp} is connected on this host"),
+            ));
+        }
+        if !domains.contains_key(&master) {
+            return Err(StorageError::new(
+                Code::InvalidParameterException,
+                OP,
+                format!("master {master} is not in domainDict"),
+            ));
+        }
+        let domain = self.locate(master)?;
+        let lock = self.lock_domain(master, true)?;
+        let md = self.read_md(&domain)?;
+        check_can_be_master(&md, OP)?;
+        if let Some(other) = md.attached_pools().into_iter().find(|p| *p != sp) {
+            return Err(StorageError::new(
+                Code::StorageDomainAlreadyAttached,
+                OP,
+                format!("master {master} is attached to pool {other}"),
+            ));
+        }
+        // The SPM's lease of the future master around the writes (651,
+        // nothing written, when another host holds it).
+        let lease = self.take_master_lease(master, sanlock_id)?;
+        let written = self.update_md(&domain, move |md| {
+            md.pools = vec![sp];
+            md.role = DomainRole::Master;
+            md.master_version = Some(version);
+            Ok(())
+        });
+        drop(lock);
+        if written.is_ok() {
+            for sd in domains.keys().copied().filter(|sd| *sd != master) {
+                if let Err(e) = self.join_reconstructed(sd, sp) {
+                    tracing::warn!(pool = %sp, sd = %sd, error = %e,
+                        "reconstruct master: a domain of domainDict is left as it is");
+                }
+            }
+        }
+        self.drop_master_lease(lease, OP);
+        written?;
+        self.pools.lock().insert(
+            sp,
+            PoolState {
+                name,
+                master,
+                master_version: version,
+                host_id: None,
+                connected: false,
+                domains,
+                spm: Spm::default(),
+            },
+        );
+        tracing::info!(pool = %sp, master = %master, version, host_id, "master reconstructed");
+        Ok(())
+    }
+
+    /// A domain of a reconstructed pool: attached to `sp` (unless it is
+    /// another pool's: 380), ROLE=Regular (a former master gets
+    /// MASTER_VERSION=0).
+    fn join_reconstructed(&self, sd: SdUuid, sp: SpUuid) -> StorageResult<()> {
+        const OP: &str = "reconstruct master";
+        let domain = self.locate(sd)?;
+        let _lock = self.lock_domain(sd, true)?;
+        let md = self.read_md(&domain)?;
+        if let Some(other) = md.attached_pools().into_iter().find(|p| *p != sp) {
+            return Err(StorageError::new(
+                Code::StorageDomainAlreadyAttached,
+                OP,
+                format!("'{sd}' is attached to pool {other}"),
+            ));
+        }
+        self.update_md(&domain, move |md| {
+            md.pools = vec![sp];
+            if md.role == DomainRole::Master {
+                md.master_version = Some(0);
+            }
+            md.role = DomainRole::Regular;
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -498,6 +818,11 @@ fn check_host_id(host_id: i64, op: &'static str) -> StorageResult<u64> {
                 ),
             )
         })
+}
+
+/// Whether `md` claims the master role of pool `sp`.
+fn claims_master(md: &DomainMetadata, sp: SpUuid) -> bool {
+    md.role == DomainRole::Master && md.attached_pools().contains(&sp)
 }
 
 fn check_can_be_master(md: &DomainMetadata, op: &'static str) -> StorageResult<()> {

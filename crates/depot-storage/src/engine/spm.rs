@@ -362,6 +362,104 @@ impl Storage {
         Ok((lver, Some(res)))
     }
 
+    /// A master switch's first step (VDSM's masterMigrate takes the
+    /// cluster lock of the new master before it writes): the SPM's lease
+    /// of pool `sp` on domain `new_master` too, while this host still holds
+    /// the old one, so that no other host can become SPM on the new master
+    /// meanwhile. `None` when there is nothing to take: the local role (no
+    /// lease), or the lease already on `new_master` (a repeated switch).
+    /// 651 when it cannot be taken, and nothing changed.
+    pub(super) fn take_spm_lease_on(
+        &self,
+        sp: SpUuid,
+        new_master: SdUuid,
+    ) -> StorageResult<Option<(u64, Resource)>> {
+        let (held, host_id) = {
+            let pools = self.pools.lock();
+            match pools.get(&sp) {
+                Some(p) => (p.spm.lease.clone(), p.host_id),
+                None => return Ok(None),
+            }
+        };
+        let Some(held) = held.filter(|res| res.lockspace != new_master.to_string()) else {
+            return Ok(None);
+        };
+        let host_id = host_id
+            .and_then(|id| u64::try_from(id).ok())
+            .ok_or_else(|| {
+                StorageError::new(
+                    Code::StoragePoolNotConnected,
+                    "switch master domain",
+                    format!("'{sp}' has no host id"),
+                )
+            })?;
+        tracing::info!(pool = %sp, old = %held.lockspace, new = %new_master, "taking the SPM lease on the new master");
+        match self.take_spm_lease(new_master, host_id)? {
+            (lver, Some(res)) => Ok(Some((lver, res))),
+            (_, None) => Ok(None),
+        }
+    }
+
+    /// `reconstructMaster`'s lease (VDSM's acquireHostId and
+    /// acquireClusterLock on the future master): the SPM's lease of
+    /// domain `master` as host `host_id`, held around the writes so that no
+    /// SPM of the pool runs on that domain meanwhile. The host id stays
+    /// acquired, as in VDSM (the next connect's monitor takes it over).
+    /// `None` with sanlock disabled; 651 when it cannot be taken.
+    pub(super) fn take_master_lease(
+        &self,
+        master: SdUuid,
+        host_id: u64,
+    ) -> StorageResult<Option<Resource>> {
+        Ok(self.take_spm_lease(master, host_id)?.1)
+    }
+
+    /// Releases a lease [`take_master_lease`](Self::take_master_lease)
+    /// took (a refusal is logged: the lease goes with depotd at the
+    /// latest).
+    pub(super) fn drop_master_lease(&self, lease: Option<Resource>, op: &'static str) {
+        if let Some(res) = lease {
+            if let Err(e) = self.release_spm_lease(&res, op) {
+                tracing::warn!(lease = %res.lockspace, error = %e, "cannot release the SPM lease");
+            }
+        }
+    }
+
+    /// A master switch's last step: the lease [`take_spm_lease_on`]
+    /// took becomes the SPM's and the old one is released (a release
+    /// sanlock refuses is logged: the master has moved, and the old lease
+    /// goes with depotd at the latest). With `written` false (the switch
+    /// failed) the new lease is released instead.
+    ///
+    /// [`take_spm_lease_on`]: Self::take_spm_lease_on
+    pub(super) fn finish_spm_lease_move(
+        &self,
+        sp: SpUuid,
+        taken: Option<(u64, Resource)>,
+        written: bool,
+        op: &'static str,
+    ) {
+        let Some((lver, new)) = taken else { return };
+        let release = if written {
+            let mut pools = self.pools.lock();
+            match pools.get_mut(&sp) {
+                Some(p) if p.spm.role == SpmRole::Spm => {
+                    p.spm.lver = Some(lver);
+                    p.spm.lease.replace(new)
+                }
+                _ => Some(new),
+            }
+        } else {
+            Some(new)
+        };
+        if let Some(res) = release {
+            if let Err(e) = self.release_spm_lease(&res, op) {
+                tracing::warn!(pool = %sp, lease = %res.lockspace, error = %e,
+                    "cannot release an SPM lease after a master switch");
+            }
+        }
+    }
+
     fn release_spm_lease(&self, res: &Resource, op: &'static str) -> StorageResult<()> {
         let Some(client) = self.sanlock_client() else {
             return Ok(());
