@@ -276,6 +276,77 @@ async fn an_interrupted_switch_leaves_the_higher_version_master() {
     assert_eq!(s.role(&s.sd2), ("Master".into(), "2".into(), s.sp.clone()));
 }
 
+/// A domain that still claims the master role at a version below the
+/// pool's (a stale claim: another host's half-done reconstruct, a
+/// hand-restored backup) is not a finished switch: naming it as the new
+/// master with its own version is refused (324), and neither the pool's
+/// master nor the SPM's lease moves to it.
+#[tokio::test]
+async fn a_stale_master_claim_does_not_pass_for_a_finished_switch() {
+    let s = Setup::new().await;
+    s.connect().await;
+    start_spm(&s.c, &s.sp).await;
+    switch_ok(&s.c, s.switch(&s.sd, &s.sd2, 5)).await;
+    assert_eq!(s.master().await, (s.sd2.clone(), 5));
+    write_md(
+        &s.dom(&s.sd),
+        &[("ROLE", "Master"), ("MASTER_VERSION", "3")],
+    );
+    let before = snapshot(&s.root);
+    call_err(
+        &s.c,
+        "StoragePool.switchMaster",
+        s.switch(&s.bk, &s.sd, 3),
+        324,
+    )
+    .await;
+    assert_eq!(s.master().await, (s.sd2.clone(), 5));
+    assert_same_tree(&before, &snapshot(&s.root), "a refused switch");
+}
+
+/// Once the new master is written, the switch is done even when the old
+/// master cannot be demoted yet (here its metadata is made immutable):
+/// the new master's higher version wins at connect, so this host must
+/// hold the role there, not give the lease up and stay on the old one. A
+/// repeat of the verb finishes the demotion.
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn a_switch_whose_old_master_cannot_be_demoted_is_done_on_the_new_one() {
+    depot_testkit::require_root();
+    let s = Setup::new().await;
+    s.connect().await;
+    start_spm(&s.c, &s.sp).await;
+    let old_md = domain_md_path(&s.dom(&s.sd));
+    let chattr = |flag: &str| {
+        let st = std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&old_md)
+            .status()
+            .expect("chattr");
+        assert!(st.success(), "chattr {flag} {}", old_md.display());
+    };
+    chattr("+i");
+    let switched =
+        s.c.call("StoragePool.switchMaster", s.switch(&s.sd, &s.sd2, 2))
+            .await;
+    let master = s.master().await;
+    chattr("-i");
+    switched.expect("switchMaster");
+    assert_eq!(
+        master,
+        (s.sd2.clone(), 2),
+        "the pool's master after the switch"
+    );
+    assert_eq!(s.role(&s.sd2), ("Master".into(), "2".into(), s.sp.clone()));
+    assert_eq!(
+        s.role(&s.sd).0,
+        "Master",
+        "the old master could not be demoted"
+    );
+    switch_ok(&s.c, s.switch(&s.sd, &s.sd2, 2)).await;
+    assert_eq!(s.role(&s.sd), ("Regular".into(), "0".into(), s.sp.clone()));
+}
+
 /// A host that is not the SPM learns the master another host's SPM
 /// switched to (the metadata written as that SPM writes it) with refresh;
 /// a refresh naming the old master is 324 and changes nothing.

@@ -446,34 +446,37 @@ impl Storage {
         let done = md.attached_pools().contains(&sp)
             && md.role == DomainRole::Master
             && md.master_version == Some(version);
+        // A repeat of a finished switch (`done`) passes with the pool's
+        // master already `new` at `version`; anything else is checked as
+        // a new switch, so a stale claim of `new` cannot move the lease.
+        let wrong = |why: String| Err(StorageError::new(Code::StoragePoolWrongMaster, OP, why));
+        if pool.master != old && !(done && pool.master == new) {
+            return wrong(format!("the master of {sp} is {}, not {old}", pool.master));
+        }
+        if version < pool.master_version || (!done && version == pool.master_version) {
+            return wrong(format!(
+                "master version {version} is not above the pool's {}",
+                pool.master_version
+            ));
+        }
+        match pool.domains.get(&new) {
+            Some(PoolDomainStatus::Active) => {}
+            Some(PoolDomainStatus::Attached) => {
+                return Err(StorageError::new(
+                    Code::StorageDomainNotActive,
+                    OP,
+                    format!("'{new}' is not active in {sp}"),
+                ))
+            }
+            None => {
+                return Err(StorageError::new(
+                    Code::StorageDomainNotInPool,
+                    OP,
+                    format!("'{new}' is not a domain of {sp}"),
+                ))
+            }
+        }
         if !done {
-            let wrong = |why: String| Err(StorageError::new(Code::StoragePoolWrongMaster, OP, why));
-            if pool.master != old {
-                return wrong(format!("the master of {sp} is {}, not {old}", pool.master));
-            }
-            if version <= pool.master_version {
-                return wrong(format!(
-                    "master version {version} is not above the pool's {}",
-                    pool.master_version
-                ));
-            }
-            match pool.domains.get(&new) {
-                Some(PoolDomainStatus::Active) => {}
-                Some(PoolDomainStatus::Attached) => {
-                    return Err(StorageError::new(
-                        Code::StorageDomainNotActive,
-                        OP,
-                        format!("'{new}' is not active in {sp}"),
-                    ))
-                }
-                None => {
-                    return Err(StorageError::new(
-                        Code::StorageDomainNotInPool,
-                        OP,
-                        format!("'{new}' is not a domain of {sp}"),
-                    ))
-                }
-            }
             check_can_be_master(&md, OP)?;
             if !md.attached_pools().contains(&sp) {
                 return Err(StorageError::new(
@@ -497,34 +500,37 @@ impl Storage {
         // The SPM's lease on the new master before anything is written;
         // the old one given up once the switch is written.
         let taken = self.take_spm_lease_on(sp, new)?;
-        let written = self.write_switch(sp, &old_domain, &new_domain, version, done);
-        self.finish_spm_lease_move(sp, taken, written.is_ok(), OP);
-        written?;
+        let promoted = if done {
+            Ok(())
+        } else {
+            self.update_md(&new_domain, move |md| {
+                md.role = DomainRole::Master;
+                md.master_version = Some(version);
+                Ok(())
+            })
+            .map(drop)
+        };
+        self.finish_spm_lease_move(sp, taken, promoted.is_ok(), OP);
+        promoted?;
+        // From here `new` is the master on storage (the higher version
+        // wins at connect): the switch is done, and this host holds its
+        // lease. The old master's demotion is cleanup; if it fails now, a
+        // repeat of the verb (the `done` path) finishes it.
         if let Some(pool) = self.pools.lock().get_mut(&sp) {
             pool.master = new;
             pool.master_version = version;
+        }
+        if let Err(e) = self.demote_old_master(sp, &old_domain) {
+            tracing::warn!(pool = %sp, old = %old, error = %e,
+                "the old master still claims the role (a lower version); switchMaster again demotes it");
         }
         tracing::info!(pool = %sp, old = %old, new = %new, version, "master domain switched");
         Ok(())
     }
 
-    /// switchMaster's writes, the new master first (unless `done`: it
-    /// already is), then the old one demoted if it still claims the role.
-    fn write_switch(
-        &self,
-        sp: SpUuid,
-        old_domain: &Domain,
-        new_domain: &Domain,
-        version: i64,
-        done: bool,
-    ) -> StorageResult<()> {
-        if !done {
-            self.update_md(new_domain, move |md| {
-                md.role = DomainRole::Master;
-                md.master_version = Some(version);
-                Ok(())
-            })?;
-        }
+    /// switchMaster's second write: the old master demoted if it still
+    /// claims the role.
+    fn demote_old_master(&self, sp: SpUuid, old_domain: &Domain) -> StorageResult<()> {
         if claims_master(&self.read_md(old_domain)?, sp) {
             self.update_md(old_domain, |md| {
                 md.role = DomainRole::Regular;
