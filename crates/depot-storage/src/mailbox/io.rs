@@ -28,14 +28,17 @@ fn worker() -> &'static IoWorker {
     WORKER.get_or_init(|| IoWorker::new("io/mailbox", 4))
 }
 
+/// Runs `f` on the mailbox worker; a call past [`IO_TIMEOUT`] is `code`
+/// (2001 for a read, 2002 for a write).
 fn on_worker<T: Send + 'static>(
     op: &'static str,
+    code: Code,
     dev: &Path,
     f: impl FnOnce() -> StorageResult<T> + Send + 'static,
 ) -> StorageResult<T> {
     worker().run(IO_TIMEOUT, f).unwrap_or_else(|e| {
         Err(StorageError::new(
-            Code::MiscFileReadException,
+            code,
             op,
             format!("{}: {e} (are the LUN's paths up?)", dev.display()),
         )
@@ -43,11 +46,17 @@ fn on_worker<T: Send + 'static>(
     })
 }
 
-fn check_aligned(op: &'static str, dev: &Path, offset: u64, len: usize) -> StorageResult<()> {
+fn check_aligned(
+    op: &'static str,
+    code: Code,
+    dev: &Path,
+    offset: u64,
+    len: usize,
+) -> StorageResult<()> {
     if !offset.is_multiple_of(MAILBOX_SIZE as u64) || len == 0 || !len.is_multiple_of(MAILBOX_SIZE)
     {
         return Err(StorageError::new(
-            Code::MiscFileReadException,
+            code,
             op,
             format!(
                 "{}: {len} bytes at {offset} are not whole 4 KiB blocks",
@@ -63,12 +72,12 @@ fn check_aligned(op: &'static str, dev: &Path, offset: u64, len: usize) -> Stora
 /// that must be there.
 pub fn read(dev: &Path, offset: u64, len: usize) -> StorageResult<Vec<u8>> {
     const OP: &str = "read mailbox";
-    check_aligned(OP, dev, offset, len)?;
+    const CODE: Code = Code::MiscFileReadException;
+    check_aligned(OP, CODE, dev, offset, len)?;
     let d = dev.to_path_buf();
-    on_worker(OP, dev, move || {
-        let err = |e: depot_os::DirectError| {
-            StorageError::new(Code::MiscFileReadException, OP, e.to_string()).caused_by(e)
-        };
+    on_worker(OP, CODE, dev, move || {
+        let err =
+            |e: depot_os::DirectError| StorageError::new(CODE, OP, e.to_string()).caused_by(e);
         let file = open_direct(&d, false).map_err(err)?;
         let mut buf = AlignedBuf::new(len, MAILBOX_SIZE).map_err(err)?;
         let n = read_at_direct(&file, offset, &mut buf).map_err(err)?;
@@ -87,12 +96,12 @@ pub fn read(dev: &Path, offset: u64, len: usize) -> StorageResult<Vec<u8>> {
 /// flushes it.
 pub fn write(dev: &Path, offset: u64, data: &[u8]) -> StorageResult<()> {
     const OP: &str = "write mailbox";
-    check_aligned(OP, dev, offset, data.len())?;
+    const CODE: Code = Code::MiscFileWriteException;
+    check_aligned(OP, CODE, dev, offset, data.len())?;
     let (d, data): (PathBuf, Vec<u8>) = (dev.to_path_buf(), data.to_vec());
-    on_worker(OP, dev, move || {
-        let err = |e: depot_os::DirectError| {
-            StorageError::new(Code::MiscFileWriteException, OP, e.to_string()).caused_by(e)
-        };
+    on_worker(OP, CODE, dev, move || {
+        let err =
+            |e: depot_os::DirectError| StorageError::new(CODE, OP, e.to_string()).caused_by(e);
         let file = open_direct(&d, true).map_err(err)?;
         let mut buf = AlignedBuf::new(data.len(), MAILBOX_SIZE).map_err(err)?;
         buf.copy_from_slice(&data);
@@ -127,7 +136,16 @@ mod tests {
         let p = area(&dir, "outbox", 8192);
         assert!(read(&p, 100, 4096).is_err());
         assert!(read(&p, 0, 100).is_err());
-        assert!(write(&p, 0, &[0; 10]).is_err());
+        // A write's failures are write errors (2002), a read's read
+        // errors (2001).
+        let e = write(&p, 0, &[0; 10]).unwrap_err();
+        assert_eq!(e.code, Code::MiscFileWriteException, "{e}");
+        let e = write(&dir.path().join("missing"), 0, &[0; 4096]).unwrap_err();
+        assert_eq!(e.code, Code::MiscFileWriteException, "{e}");
+        assert_eq!(
+            read(&p, 0, 100).unwrap_err().code,
+            Code::MiscFileReadException
+        );
         // Beyond the end of the area.
         let e = read(&p, 4096, 8192).unwrap_err();
         assert!(e.detail.contains("4096 of 8192"), "{e}");
