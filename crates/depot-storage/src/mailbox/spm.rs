@@ -71,8 +71,11 @@ impl SpmMonitor {
         let thread = std::thread::Builder::new()
             .name("mailbox-spm".into())
             .spawn(move || {
+                // Cleared on the way out however the thread ends, a panic
+                // of the handler included: the engine's service then
+                // starts a new thread instead of trusting a dead one.
+                let _running = NotRunningOnExit(r);
                 Monitor::new(config, handler).run(&s);
-                r.store(false, Ordering::Relaxed);
             })
             .map_err(|e| StorageError::os(Code::MiscFileWriteException, "start SPM mailbox", e))?;
         Ok(SpmMonitor {
@@ -84,6 +87,16 @@ impl SpmMonitor {
 
     pub fn is_running(&self) -> bool {
         self.running.load(Ordering::Relaxed)
+    }
+}
+
+/// Clears the monitor's `running` flag when dropped (thread exit or
+/// unwind).
+struct NotRunningOnExit(Arc<AtomicBool>);
+
+impl Drop for NotRunningOnExit {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 

@@ -197,3 +197,22 @@ fn a_mailbox_with_a_bad_checksum_is_skipped_and_others_answered() {
         assert!(out.iter().all(|b| *b == 0), "host {h}");
     }
 }
+
+/// A handler that panics ends the SPM's thread; the monitor then says it
+/// is not running, so the engine's service starts a new one rather than
+/// trusting a dead thread for as long as this host is SPM.
+#[test]
+fn a_panicking_handler_leaves_the_monitor_not_running() {
+    let a = areas();
+    let handler: Handler = Arc::new(|_, _| panic!("a handler bug"));
+    let monitor = spm(&a, handler);
+    assert!(monitor.is_running());
+    let h = host(&a, 2);
+    // The request is never answered (the thread died on it).
+    assert!(h.request(req(V1, 1), Duration::from_millis(500)).is_err());
+    let deadline = Instant::now() + WAIT;
+    while monitor.is_running() {
+        assert!(Instant::now() < deadline, "still running after the panic");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
