@@ -5,13 +5,15 @@
 //! watermark that asks for one when a prepared thin LV runs out of room.
 //!
 //! Two threads started by [`Storage::start_mailbox_service`] keep it
-//! going, so the SPM and pool code needs no hook: the service thread
-//! (every `SERVICE_TICK`) starts the SPM's mailbox thread of every pool
-//! this host is SPM of and stops the others, and drops the host mailboxes
-//! of pools no longer connected; the watermark thread checks the prepared
-//! thin LVs every `thinp.check_interval`. The SPM's handler checks the
-//! role again before each extend, so a host that stopped being SPM does
-//! not change the VG in the tick before its thread stops.
+//! going: the service thread (every `SERVICE_TICK`) starts the SPM's
+//! mailbox thread of every pool this host is SPM of and stops the others,
+//! and drops the host mailboxes of pools no longer connected; the
+//! watermark thread checks the prepared thin LVs every
+//! `thinp.check_interval`. One hook: spmStop gives the role up, then
+//! stops the pool's SPM thread ([`Storage::stop_spm_mailbox`], which waits
+//! for an extend under way), and only then releases the SPM's lease, so
+//! this host changes no VG after another host could have taken the lease.
+//! The handler also checks the role before each extend.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -383,6 +385,17 @@ impl Storage {
         tracing::info!(%host, sd = %req.domain, vol = %req.volume, asked_mib = req.size_mib,
             reached, took_ms = started.elapsed().as_millis() as u64, "SPM: thin volume extended");
         Ok(reached / MIB)
+    }
+
+    /// Stops the SPM's mailbox thread of pool `sp` now (spmStop), waiting
+    /// for an extend it is running; outside the map's lock, so that other
+    /// callers do not wait for the join.
+    pub(super) fn stop_spm_mailbox(&self, sp: SpUuid) {
+        let monitor = self.mailboxes.lock().spms.remove(&sp);
+        if monitor.is_some() {
+            tracing::info!(pool = %sp, "SPM mailbox stopped");
+        }
+        drop(monitor);
     }
 
     /// One service tick: the SPM threads follow this host's role, and the

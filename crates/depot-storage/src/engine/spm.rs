@@ -165,18 +165,27 @@ impl Storage {
     /// Releases the pool's SPM role if this host has it (spmStop, and a
     /// disconnect, which must give the lease up before the host ids).
     pub(super) fn stop_spm_of(&self, sp: SpUuid, op: &'static str) -> StorageResult<()> {
-        let lease = {
-            let pools = self.pools.lock();
-            match pools.get(&sp) {
-                Some(p) if p.spm.role == SpmRole::Spm => p.spm.lease.clone(),
+        // The role goes first: no SPM verb passes the check from here, and
+        // the mailbox service starts no SPM thread. The running one is
+        // stopped (joined: an extend under way finishes) before the lease
+        // goes, so no VG change of this host's follows another host's
+        // taking the lease.
+        let held = {
+            let mut pools = self.pools.lock();
+            match pools.get_mut(&sp) {
+                Some(p) if p.spm.role == SpmRole::Spm => std::mem::take(&mut p.spm),
                 _ => return Ok(()),
             }
         };
-        if let Some(res) = &lease {
-            self.release_spm_lease(res, op)?;
-        }
-        if let Some(p) = self.pools.lock().get_mut(&sp) {
-            p.spm = Spm::default();
+        self.stop_spm_mailbox(sp);
+        if let Some(res) = &held.lease {
+            if let Err(e) = self.release_spm_lease(res, op) {
+                // Still held: still the SPM (the mailbox restarts).
+                if let Some(p) = self.pools.lock().get_mut(&sp) {
+                    p.spm = held;
+                }
+                return Err(e);
+            }
         }
         tracing::info!(pool = %sp, "SPM stopped");
         Ok(())
