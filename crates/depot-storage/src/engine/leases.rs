@@ -136,8 +136,10 @@ impl Storage {
         }
         self.require_spm_of(sd, OP)?;
         let direct = self.lease_direct(OP)?;
-        let vol = self.xleases(sd, OP)?;
+        // The domain's lock first: the lease file is checked after the
+        // wait, right before sanlock is handed its path.
         let _domain = self.lock_domain(sd, false)?;
+        let vol = self.xleases(sd, OP)?;
         let (created, info) = {
             let lock = index_lock(sd);
             let _index = lock.lock().unwrap_or_else(PoisonError::into_inner);
@@ -170,8 +172,10 @@ impl Storage {
         const OP: &str = "delete lease";
         self.require_spm_of(sd, OP)?;
         let direct = self.lease_direct(OP)?;
-        let vol = self.xleases(sd, OP)?;
+        // The domain's lock first: the lease file is checked after the
+        // wait, right before sanlock is handed its path.
         let _domain = self.lock_domain(sd, false)?;
+        let vol = self.xleases(sd, OP)?;
         let lock = index_lock(sd);
         let _index = lock.lock().unwrap_or_else(PoisonError::into_inner);
         if !vol.delete(direct, &lease.to_string())? {
@@ -185,8 +189,10 @@ impl Storage {
     pub fn lease_rebuild(&self, sd: SdUuid) -> StorageResult<usize> {
         const OP: &str = "rebuild leases";
         self.require_spm_of(sd, OP)?;
-        let vol = self.xleases(sd, OP)?;
+        // The domain's lock first: the lease file is checked after the
+        // wait, right before sanlock is handed its path.
         let _domain = self.lock_domain(sd, false)?;
+        let vol = self.xleases(sd, OP)?;
         let lock = index_lock(sd);
         let _index = lock.lock().unwrap_or_else(PoisonError::into_inner);
         vol.rebuild()
@@ -195,8 +201,10 @@ impl Storage {
     /// `Lease.info`: where the lease is (936 when there is none).
     pub fn lease_info(&self, sd: SdUuid, lease: Uuid) -> StorageResult<LeaseInfo> {
         const OP: &str = "lease info";
-        let vol = self.xleases(sd, OP)?;
+        // The domain's lock first: the lease file is checked after the
+        // wait, right before sanlock is handed its path.
         let _domain = self.lock_domain(sd, false)?;
+        let vol = self.xleases(sd, OP)?;
         vol.lookup(&lease.to_string())?.ok_or_else(|| {
             StorageError::new(Code::NoSuchLease, OP, format!("{lease} in domain {sd}"))
         })

@@ -367,6 +367,10 @@ impl Storage {
                 _ => std::thread::sleep(HOST_ID_POLL),
             }
         }
+        // The wait above can take minutes: the lease file is checked again
+        // right before the daemon opens it (docs/architecture.md, "sanlock").
+        drop(res);
+        let (res, _) = self.spm_areas(master)?;
         let lver = client.acquire(&res, None).map_err(fail)?;
         Ok((lver, Some(res)))
     }
