@@ -572,8 +572,8 @@ async fn switch_master_moves_the_spm_lease() {
 #[tokio::test]
 #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 async fn reconstruct_master_holds_the_spm_lease_of_the_new_master() {
-    use depot_os::sanlock::{Area, HostIdState, Lockspace, Resource, Sanlock};
     depot_testkit::require_root();
+    use depot_os::sanlock::{Area, HostIdState, Lockspace, Resource, Sanlock};
     let daemon = SanlockDaemon::start().expect("sanlock daemon");
     let d = Daemon::start(SANLOCK_CONFIG);
     let p = pool(&d).await;

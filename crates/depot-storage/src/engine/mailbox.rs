@@ -238,8 +238,9 @@ impl Storage {
     }
 
     /// Asks the SPM of pool `sp` to extend the LV of thin volume `vol` to
-    /// at least `size` bytes, waits for its answer, refreshes the LV on
-    /// this host and checks its new size; returns it (bytes). Blocking
+    /// `size` bytes, capped at the volume's fully allocated size, waits
+    /// for its answer, refreshes the LV on this host and checks its new
+    /// size; returns it (bytes: below `size` when the cap is). Blocking
     /// (up to `mailbox.request_timeout`). The volume must be a COW volume
     /// of a block domain of the pool, its image prepared on this host.
     /// Idempotent: a size already reached is answered at once.
@@ -318,20 +319,8 @@ impl Storage {
                 format!("the SPM could not extend volume {vol} of domain {sd} to {size_mib} MiB"),
             ));
         }
-        // The new size as this host's device has it after the refresh:
-        // what a writer sees, and no second read of the VG metadata (an
-        // LVM command costs more than the whole message round trip). An
-        // LV not active here is read from the VG.
         let refresh = Instant::now();
-        let now = if dev.exists() {
-            self.lvm
-                .refresh(&vg, &vol.to_string())
-                .map_err(|e| block::lvm_err(Code::LogicalVolumeRefreshError, OP, e))?;
-            device_size(&dev)
-                .map_err(|e| StorageError::io(Code::LogicalVolumeRefreshError, OP, &dev, e))?
-        } else {
-            vols.lv_size_now(img, vol)?
-        };
+        let now = self.refreshed_size(&vols, img, vol, (&vg, &dev), OP)?;
         tracing::info!(%sd, %vol, before, now, asked = size, answer_mib = answer,
             answered_ms = answered.as_millis() as u64,
             refresh_ms = refresh.elapsed().as_millis() as u64,
@@ -346,6 +335,27 @@ impl Storage {
             ));
         }
         Ok(now)
+    }
+
+    /// The LV's size as this host's device has it after a refresh: what a
+    /// writer sees, and no second read of the VG metadata (an LVM command
+    /// costs more than the whole message round trip). An LV not active
+    /// here is read from the VG.
+    fn refreshed_size(
+        &self,
+        vols: &block::volumes::BlockVolumes<'_>,
+        img: ImgUuid,
+        vol: VolUuid,
+        (vg, dev): (&str, &std::path::Path),
+        op: &'static str,
+    ) -> StorageResult<u64> {
+        if !dev.exists() {
+            return vols.lv_size_now(img, vol);
+        }
+        self.lvm
+            .refresh(vg, &vol.to_string())
+            .map_err(|e| block::lvm_err(Code::LogicalVolumeRefreshError, op, e))?;
+        device_size(dev).map_err(|e| StorageError::io(Code::LogicalVolumeRefreshError, op, dev, e))
     }
 
     /// The SPM's handler of extend requests of pool `sp`.

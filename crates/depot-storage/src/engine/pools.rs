@@ -446,46 +446,7 @@ impl Storage {
         let done = md.attached_pools().contains(&sp)
             && md.role == DomainRole::Master
             && md.master_version == Some(version);
-        // A repeat of a finished switch (`done`) passes with the pool's
-        // master already `new` at `version`; anything else is checked as
-        // a new switch, so a stale claim of `new` cannot move the lease.
-        let wrong = |why: String| Err(StorageError::new(Code::StoragePoolWrongMaster, OP, why));
-        if pool.master != old && !(done && pool.master == new) {
-            return wrong(format!("the master of {sp} is {}, not {old}", pool.master));
-        }
-        if version < pool.master_version || (!done && version == pool.master_version) {
-            return wrong(format!(
-                "master version {version} is not above the pool's {}",
-                pool.master_version
-            ));
-        }
-        match pool.domains.get(&new) {
-            Some(PoolDomainStatus::Active) => {}
-            Some(PoolDomainStatus::Attached) => {
-                return Err(StorageError::new(
-                    Code::StorageDomainNotActive,
-                    OP,
-                    format!("'{new}' is not active in {sp}"),
-                ))
-            }
-            None => {
-                return Err(StorageError::new(
-                    Code::StorageDomainNotInPool,
-                    OP,
-                    format!("'{new}' is not a domain of {sp}"),
-                ))
-            }
-        }
-        if !done {
-            check_can_be_master(&md, OP)?;
-            if !md.attached_pools().contains(&sp) {
-                return Err(StorageError::new(
-                    Code::StorageDomainNotInPool,
-                    OP,
-                    format!("'{new}' is not attached to {sp}"),
-                ));
-            }
-        }
+        check_switch(&pool, sp, (old, new), version, (&md, done), OP)?;
         let old_md = self.read_md(&old_domain)?;
         if claims_master(&old_md, sp) && old_md.master_version.unwrap_or(0) > version {
             return Err(StorageError::new(
@@ -845,6 +806,60 @@ fn check_can_be_master(md: &DomainMetadata, op: &'static str) -> StorageResult<(
             op,
             format!("'{}' is a backup domain", md.sd_uuid),
         ));
+    }
+    Ok(())
+}
+
+/// switchMaster's checks of the pool as this host knows it, before
+/// anything is taken or written. `done`: `new` already says it is the
+/// master of `sp` at `version` (`md` is its metadata).
+fn check_switch(
+    pool: &PoolState,
+    sp: SpUuid,
+    (old, new): (SdUuid, SdUuid),
+    version: i64,
+    (md, done): (&DomainMetadata, bool),
+    op: &'static str,
+) -> StorageResult<()> {
+    // A repeat of a finished switch (`done`) passes with the pool's
+    // master already `new` at `version`; anything else is checked as
+    // a new switch, so a stale claim of `new` cannot move the lease.
+    let wrong = |why: String| Err(StorageError::new(Code::StoragePoolWrongMaster, op, why));
+    if pool.master != old && !(done && pool.master == new) {
+        return wrong(format!("the master of {sp} is {}, not {old}", pool.master));
+    }
+    if version < pool.master_version || (!done && version == pool.master_version) {
+        return wrong(format!(
+            "master version {version} is not above the pool's {}",
+            pool.master_version
+        ));
+    }
+    match pool.domains.get(&new) {
+        Some(PoolDomainStatus::Active) => {}
+        Some(PoolDomainStatus::Attached) => {
+            return Err(StorageError::new(
+                Code::StorageDomainNotActive,
+                op,
+                format!("'{new}' is not active in {sp}"),
+            ))
+        }
+        None => {
+            return Err(StorageError::new(
+                Code::StorageDomainNotInPool,
+                op,
+                format!("'{new}' is not a domain of {sp}"),
+            ))
+        }
+    }
+    if !done {
+        check_can_be_master(md, op)?;
+        if !md.attached_pools().contains(&sp) {
+            return Err(StorageError::new(
+                Code::StorageDomainNotInPool,
+                op,
+                format!("'{new}' is not attached to {sp}"),
+            ));
+        }
     }
     Ok(())
 }
