@@ -681,7 +681,9 @@ verbs! {
     "StoragePool.reconstructMaster" => StoragePoolReconstructMaster {
         /// The pool.
         storagepoolID: SpUuid,
-        /// The host id to use (1 to 2000; logged only).
+        /// This host's id (1 to 2000): the host id acquired in the new
+        /// master's lockspace to hold its SPM lease around the writes (it
+        /// stays acquired, as in VDSM).
         hostId: i64,
         /// The pool's name.
         name: String,
@@ -821,7 +823,7 @@ verbs! {
         storagedomainID: SdUuid,
         /// The image.
         imageID: ImgUuid,
-    } -> (VolumeInfo, "`lease` only on a domain with volume leases: path, offset, and owners (host ids) and version (null when free) as the sanlock daemon reads them");
+    } -> (VolumeInfo, "`lease` only on a domain with volume leases: path, offset, and owners (host ids) and version (null when free), from the lease's leader record (read through the mount's helper on file domains, by the sanlock daemon on block domains)");
 
     /// Returns a volume's apparent and allocated size.
     "Volume.getSize" => VolumeGetSize {

@@ -334,9 +334,9 @@ impl Storage {
         Ok(())
     }
 
-    /// `StorageDomain.activate`: the pool must be connected here (313) and
-    /// the domain attached to it (359). Starts monitoring it. The SPM's
-    /// verb (309, 654).
+    /// `StorageDomain.activate`: the SPM's verb (309 when the pool is not
+    /// connected here, 654 when this host is not its SPM); the domain must
+    /// be attached to the pool (359). Starts monitoring it.
     pub fn activate(&self, sd: SdUuid, sp: SpUuid) -> StorageResult<()> {
         const OP: &str = "activate storage domain";
         self.require_pool_spm(sp, OP)?;

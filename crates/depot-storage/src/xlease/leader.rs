@@ -8,7 +8,9 @@
 //! record") lists the fields read here. The bytes come from storage other
 //! hosts write: every field is bounds-checked, and a record whose checksum
 //! (CRC-32C of the first 168 bytes, as sanlock's `leader_checksum`) does
-//! not match is an error, as `sanlock direct read_leader` makes it one.
+//! not match is an error, as VDSM's `sanlock.read_resource` makes it one
+//! (the `sanlock direct read_leader` child depot ran before compared the
+//! names first and never reached the checksum for a slot's record).
 
 use std::fmt;
 
