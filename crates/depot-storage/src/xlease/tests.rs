@@ -244,7 +244,7 @@ fn leases_with_4k_sectors_and_2m_alignment() {
 
 /// A lease whose leader record is damaged (a bit flipped under its
 /// checksum): the rebuild is 9031 and writes nothing, the index stays as
-/// it was (sanlock's read_leader refuses such a record too).
+/// it was (VDSM's sanlock.read_resource refuses such a record too).
 #[test]
 fn rebuild_refuses_a_damaged_leader_and_writes_nothing() {
     let f = fixture();
