@@ -94,6 +94,10 @@ pub(crate) struct Mailboxes {
     config: MailboxConfig,
     state: Mutex<MbState>,
     stop: Arc<AtomicBool>,
+    /// Held while a mailbox is made and put in `state` (and while spmStop
+    /// takes the SPM's out): one mailbox per pool, and none made for a
+    /// role that is gone. Never held while a thread is joined.
+    starting: Mutex<()>,
 }
 
 impl Default for Mailboxes {
@@ -102,6 +106,7 @@ impl Default for Mailboxes {
             config: MailboxConfig::default(),
             state: Mutex::default(),
             stop: Arc::new(AtomicBool::new(false)),
+            starting: Mutex::default(),
         }
     }
 }
@@ -109,6 +114,10 @@ impl Default for Mailboxes {
 impl Mailboxes {
     fn lock(&self) -> MutexGuard<'_, MbState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn starting(&self) -> MutexGuard<'_, ()> {
+        self.starting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn stop(&self) {
@@ -193,6 +202,8 @@ impl Storage {
                     format!("'{sp}' has no host id"),
                 )
             })?;
+        // Two first uses at once (the watermark and the verb) make one.
+        let _starting = self.mailboxes.starting();
         if let Some((m, h, mailer)) = self.mailboxes.lock().hosts.get(&sp) {
             if *m == pool.master && *h == host {
                 return Ok(Arc::clone(mailer));
@@ -401,7 +412,12 @@ impl Storage {
     /// for an extend it is running; outside the map's lock, so that other
     /// callers do not wait for the join.
     pub(super) fn stop_spm_mailbox(&self, sp: SpUuid) {
-        let monitor = self.mailboxes.lock().spms.remove(&sp);
+        // After a start under way (the service tick's) has put its monitor
+        // in: that one is taken out too; later ticks see the role gone.
+        let monitor = {
+            let _starting = self.mailboxes.starting();
+            self.mailboxes.lock().spms.remove(&sp)
+        };
         if monitor.is_some() {
             tracing::info!(pool = %sp, "SPM mailbox stopped");
         }
@@ -449,6 +465,16 @@ impl Storage {
                 .collect()
         };
         for (sp, master) in to_start {
+            let _starting = self.mailboxes.starting();
+            // spmStop may have run since the role was read: the role is
+            // read again under `starting`, which spmStop takes too.
+            let still_spm =
+                self.pools.lock().get(&sp).is_some_and(|p| {
+                    p.connected && p.master == master && p.spm.role == SpmRole::Spm
+                });
+            if !still_spm || self.mailboxes.stop.load(Ordering::Relaxed) {
+                continue;
+            }
             match self.start_spm_mailbox(sp, master) {
                 Ok(Some(mon)) => {
                     tracing::info!(pool = %sp, %master, "SPM mailbox started");
