@@ -258,21 +258,27 @@ impl BlockVolumes<'_> {
     /// (capacity, qcow2 metadata and 1 MiB). 206 for a RAW volume, whose
     /// LV is never extended this way.
     pub fn thin_max_size(&self, img: ImgUuid, vol: VolUuid) -> StorageResult<u64> {
-        const OP: &str = "extend thin volume";
-        let lv = self.lv_of(img, vol, OP)?;
-        let md = self.read_md(&lv, OP)?;
+        Ok(self.thin_lv("extend thin volume", img, vol)?.1)
+    }
+
+    /// The LV of COW volume `vol` and its fully allocated size.
+    fn thin_lv(
+        &self,
+        op: &'static str,
+        img: ImgUuid,
+        vol: VolUuid,
+    ) -> StorageResult<(LvInfo, u64)> {
+        let lv = self.lv_of(img, vol, op)?;
+        let md = self.read_md(&lv, op)?;
         if md.format != VolumeFormat::Cow {
             return Err(StorageError::new(
                 Code::VolumeExtendingError,
-                OP,
+                op,
                 format!("volume {vol} is {}, not COW", md.format),
             ));
         }
-        Ok(lv_size(
-            VolumeFormat::Cow,
-            AllocType::Preallocated,
-            md.capacity,
-        ))
+        let max = lv_size(VolumeFormat::Cow, AllocType::Preallocated, md.capacity);
+        Ok((lv, max))
     }
 
     /// The SPM's part of a thin extend (docs/storage.md, "Thin volume
@@ -281,20 +287,15 @@ impl BlockVolumes<'_> {
     /// another host and is trusted no further: it cannot make one LV take
     /// the VG). Returns the LV's size after; a size already reached is
     /// answered at once, without an LVM command that changes anything.
-    /// The host that asked refreshes the LV on its side (`lvextend` updates
-    /// it here only where it is active here).
+    /// The sizes are read fresh from the VG: a previous SPM may have
+    /// extended the LV since this host's cache was filled (a cached size
+    /// would make `lvextend` refuse a size the LV already has). The host
+    /// that asked refreshes the LV on its side (`lvextend` updates it here
+    /// only where it is active here).
     pub fn grow_thin(&self, img: ImgUuid, vol: VolUuid, size: u64) -> StorageResult<u64> {
         const OP: &str = "extend thin volume";
-        let lv = self.lv_of(img, vol, OP)?;
-        let md = self.read_md(&lv, OP)?;
-        if md.format != VolumeFormat::Cow {
-            return Err(StorageError::new(
-                Code::VolumeExtendingError,
-                OP,
-                format!("volume {vol} is {}, not COW", md.format),
-            ));
-        }
-        let max = lv_size(VolumeFormat::Cow, AllocType::Preallocated, md.capacity);
+        self.lvm.invalidate(&self.vg());
+        let (lv, max) = self.thin_lv(OP, img, vol)?;
         let want = size.min(max);
         if want <= lv.size {
             return Ok(lv.size);
