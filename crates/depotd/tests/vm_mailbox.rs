@@ -291,13 +291,10 @@ async fn thin_lv_is_extended_through_the_mailbox_before_it_fills() {
         json!({"storagepoolID": sp, "storagedomainID": sd, "imageID": img}),
     )
     .await;
+    // Cleanup as vm_block's: the SPM role given back, the pool
+    // disconnected, the domain formatted with autoDetach (a deactivate
+    // after spmStop is the SPM's verb and answers 654 now).
     call_ok(&c, "StoragePool.spmStop", json!({"storagepoolID": sp})).await;
-    call_ok(
-        &c,
-        "StorageDomain.deactivate",
-        json!({"storagedomainID": sd, "storagepoolID": sp, "masterSdUUID": sd, "masterVersion": 1}),
-    )
-    .await;
     call_ok(
         &c,
         "StoragePool.disconnect",
