@@ -96,7 +96,10 @@ pub(crate) struct Mailboxes {
     stop: Arc<AtomicBool>,
     /// Held while a mailbox is made and put in `state` (and while spmStop
     /// takes the SPM's out): one mailbox per pool, and none made for a
-    /// role that is gone. Never held while a thread is joined.
+    /// role that is gone. Not held while spmStop joins the SPM's thread;
+    /// a host mailbox replaced (a new master or host id) is still dropped
+    /// under it and under `state` (to mend: drop it after both locks; the review's
+    /// "joins under the map's lock").
     starting: Mutex<()>,
 }
 
