@@ -494,8 +494,7 @@ impl Storage {
     fn demote_old_master(&self, sp: SpUuid, old_domain: &Domain) -> StorageResult<()> {
         if claims_master(&self.read_md(old_domain)?, sp) {
             self.update_md(old_domain, |md| {
-                md.role = DomainRole::Regular;
-                md.master_version = Some(0);
+                demote(md);
                 Ok(())
             })?;
         }
@@ -626,10 +625,7 @@ impl Storage {
         }
         self.update_md(&domain, move |md| {
             md.pools.retain(|p| *p != sp);
-            if md.role == DomainRole::Master {
-                md.master_version = Some(0);
-            }
-            md.role = DomainRole::Regular;
+            demote(md);
             Ok(())
         })?;
         tracing::info!(sd = %sd, pool = %sp, op, "storage domain left its pool");
@@ -735,10 +731,7 @@ impl Storage {
         }
         self.update_md(&domain, move |md| {
             md.pools = vec![sp];
-            if md.role == DomainRole::Master {
-                md.master_version = Some(0);
-            }
-            md.role = DomainRole::Regular;
+            demote(md);
             Ok(())
         })?;
         Ok(())
@@ -862,4 +855,13 @@ fn check_switch(
         }
     }
     Ok(())
+}
+
+/// A domain that is no master (any more): ROLE=Regular, and
+/// MASTER_VERSION=0 if it was the master, as VDSM's setDomainRegularRole.
+fn demote(md: &mut DomainMetadata) {
+    if md.role == DomainRole::Master {
+        md.master_version = Some(0);
+    }
+    md.role = DomainRole::Regular;
 }
