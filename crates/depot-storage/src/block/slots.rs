@@ -47,7 +47,20 @@ fn on_worker<T: Send + 'static>(
     dev: &Path,
     f: impl FnOnce() -> StorageResult<T> + Send + 'static,
 ) -> StorageResult<T> {
-    worker().run(IO_TIMEOUT, f).unwrap_or_else(|e| {
+    run_on_device_worker(worker(), IO_TIMEOUT, (op, code, dev), f)
+}
+
+/// Runs `f`, direct I/O on shared block device `dev`, on `worker` within
+/// `timeout`; a call past it is `code` naming the device (with every path
+/// of a LUN down, multipath may queue I/O for a long time: the caller
+/// notices instead of hanging). Also the mailbox's (crate::mailbox::io).
+pub(crate) fn run_on_device_worker<T: Send + 'static>(
+    worker: &IoWorker,
+    timeout: Duration,
+    (op, code, dev): (&'static str, Code, &Path),
+    f: impl FnOnce() -> StorageResult<T> + Send + 'static,
+) -> StorageResult<T> {
+    worker.run(timeout, f).unwrap_or_else(|e| {
         Err(StorageError::new(
             code,
             op,

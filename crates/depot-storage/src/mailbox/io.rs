@@ -36,14 +36,7 @@ fn on_worker<T: Send + 'static>(
     dev: &Path,
     f: impl FnOnce() -> StorageResult<T> + Send + 'static,
 ) -> StorageResult<T> {
-    worker().run(IO_TIMEOUT, f).unwrap_or_else(|e| {
-        Err(StorageError::new(
-            code,
-            op,
-            format!("{}: {e} (are the LUN's paths up?)", dev.display()),
-        )
-        .caused_by(e))
-    })
+    crate::block::slots::run_on_device_worker(worker(), IO_TIMEOUT, (op, code, dev), f)
 }
 
 fn check_aligned(
