@@ -259,19 +259,7 @@ impl QemuImg {
     /// are results, not errors (exit codes 3 and 2); an error means the
     /// check itself could not run or finish.
     pub fn check(&self, path: &Path, timeout: Duration) -> Result<CheckResult, QemuImgError> {
-        const OP: &str = "check";
-        let cmd = Cmd::new(&self.program, timeout)
-            .args(["check", "--output", "json", "-f", "qcow2"])
-            .arg(path_arg(path))
-            .ok_codes(&[0, 2, 3]);
-        let v = self.run_json(OP, path, &cmd)?;
-        let count = |key| v.get(key).and_then(Value::as_u64).unwrap_or(0);
-        Ok(CheckResult {
-            leaks: count("leaks"),
-            corruptions: count("corruptions"),
-            check_errors: count("check-errors"),
-            image_end_offset: v.get("image-end-offset").and_then(Value::as_u64),
-        })
+        self.check_with(path, timeout, false)
     }
 
     /// [`check`](Self::check) of an image another process has open for
@@ -284,9 +272,21 @@ impl QemuImg {
         path: &Path,
         timeout: Duration,
     ) -> Result<CheckResult, QemuImgError> {
+        self.check_with(path, timeout, true)
+    }
+
+    fn check_with(
+        &self,
+        path: &Path,
+        timeout: Duration,
+        force_share: bool,
+    ) -> Result<CheckResult, QemuImgError> {
         const OP: &str = "check";
+        let share: &[&str] = if force_share { &["-U"] } else { &[] };
         let cmd = Cmd::new(&self.program, timeout)
-            .args(["check", "-U", "--output", "json", "-f", "qcow2"])
+            .arg("check")
+            .args(share.iter().copied())
+            .args(["--output", "json", "-f", "qcow2"])
             .arg(path_arg(path))
             .ok_codes(&[0, 2, 3]);
         let v = self.run_json(OP, path, &cmd)?;
