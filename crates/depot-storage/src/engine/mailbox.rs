@@ -39,7 +39,7 @@ const SERVICE_TICK: Duration = Duration::from_millis(500);
 
 /// The mailbox's and the watermark's settings (depotd's `[mailbox]` and
 /// `[thinp]`, docs/config.md).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MailboxConfig {
     /// How often the SPM reads the event block, and a waiting host its
     /// answers.
