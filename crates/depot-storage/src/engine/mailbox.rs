@@ -13,7 +13,8 @@
 //! stops the pool's SPM thread ([`Storage::stop_spm_mailbox`], which waits
 //! for an extend under way), and only then releases the SPM's lease, so
 //! this host changes no VG after another host could have taken the lease.
-//! The handler also checks the role before each extend.
+//! The handler also checks the role before each extend, and leaves a
+//! request it may not handle any more unanswered for the next SPM.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,7 +32,7 @@ use crate::block;
 use crate::domain::Domain;
 use crate::mailbox::format::{Extend, HostId, MAX_SIZE_MIB};
 use crate::mailbox::host::{HostConfig, HostMailer};
-use crate::mailbox::spm::{Handler, SpmConfig, SpmMonitor};
+use crate::mailbox::spm::{Handler, Reply, ScanHandler, SpmConfig, SpmMonitor};
 use crate::{StorageError, StorageResult};
 
 const MIB: u64 = 1 << 20;
@@ -128,6 +129,34 @@ impl Mailboxes {
         let mut st = self.lock();
         st.spms.clear();
         st.hosts.clear();
+    }
+}
+
+/// What one scan of the SPM's mailbox read of the VGs: the image of each
+/// volume, per domain, read once per scan (a request for a volume that
+/// does not exist costs no `lvs` of its own).
+#[derive(Default)]
+struct ScanLvs(HashMap<SdUuid, StorageResult<HashMap<VolUuid, ImgUuid>>>);
+
+impl ScanLvs {
+    fn image_of(
+        &mut self,
+        vols: &block::volumes::BlockVolumes<'_>,
+        vol: VolUuid,
+    ) -> StorageResult<ImgUuid> {
+        let images = self
+            .0
+            .entry(vols.sd)
+            .or_insert_with(|| vols.volume_images_now())
+            .as_ref()
+            .map_err(Clone::clone)?;
+        images.get(&vol).copied().ok_or_else(|| {
+            StorageError::new(
+                Code::VolumeDoesNotExist,
+                "find volume",
+                format!("volume {vol} on domain {}", vols.sd),
+            )
+        })
     }
 }
 
@@ -372,17 +401,33 @@ impl Storage {
         device_size(dev).map_err(|e| StorageError::io(Code::LogicalVolumeRefreshError, op, dev, e))
     }
 
-    /// The SPM's handler of extend requests of pool `sp`.
-    fn spm_extend(&self, sp: SpUuid, host: HostId, req: Extend) -> StorageResult<u64> {
+    /// The SPM's handler of an extend request of pool `sp`, within one
+    /// scan: left unanswered when this host is no longer its SPM (the next
+    /// SPM answers it; 0 would tell the host the extend failed).
+    fn spm_extend(&self, sp: SpUuid, host: HostId, req: Extend, scan: &mut ScanLvs) -> Reply {
+        let role = self
+            .pools
+            .lock()
+            .get(&sp)
+            .map(|p| (p.connected, p.spm.role));
+        if role != Some((true, SpmRole::Spm)) {
+            return Reply::Leave;
+        }
+        match self.spm_extend_checked(sp, host, req, scan) {
+            Ok(size) => Reply::Size(size),
+            Err(e) => Reply::Failed(e),
+        }
+    }
+
+    fn spm_extend_checked(
+        &self,
+        sp: SpUuid,
+        host: HostId,
+        req: Extend,
+        scan: &mut ScanLvs,
+    ) -> StorageResult<u64> {
         const OP: &str = "extend volume for a host";
         let pool = self.connected_pool(sp, OP)?;
-        if pool.spm.role != SpmRole::Spm {
-            return Err(StorageError::new(
-                Code::SpmStatusError,
-                OP,
-                format!("this host is no longer the SPM of pool {sp}"),
-            ));
-        }
         // A domain of another pool (or none) is refused: a host asks only
         // for volumes of the pool's domains (VDSM's _assert_sd_in_pool).
         if !pool.domains.contains_key(&req.domain) {
@@ -402,7 +447,7 @@ impl Storage {
         };
         let started = Instant::now();
         let vols = bd.volumes(self.volume_tools());
-        let img = vols.image_of(req.volume)?;
+        let img = scan.image_of(&vols, req.volume)?;
         let _held = self.lock_image(req.domain, img, true)?;
         let size = req.size_mib.saturating_mul(MIB);
         let reached = vols.grow_thin(img, req.volume, size)?;
@@ -507,13 +552,15 @@ impl Storage {
             )
         })?;
         let weak = Arc::downgrade(self);
-        let handler: Handler = Arc::new(move |host, req| match weak.upgrade() {
-            Some(s) => s.spm_extend(sp, host, req),
-            None => Err(StorageError::new(
-                Code::SpmStatusError,
-                "extend volume for a host",
-                "depotd is stopping",
-            )),
+        // One session per scan, with its own look at the VGs.
+        let handler: Handler = Arc::new(move || -> ScanHandler {
+            let weak = weak.clone();
+            let mut scan = ScanLvs::default();
+            Box::new(move |host, req| match weak.upgrade() {
+                Some(s) => s.spm_extend(sp, host, req, &mut scan),
+                // depotd is stopping: the next SPM answers.
+                None => Reply::Leave,
+            })
         });
         SpmMonitor::start(
             SpmConfig {
