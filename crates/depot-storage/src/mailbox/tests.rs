@@ -217,6 +217,94 @@ fn a_panicking_handler_leaves_the_monitor_not_running() {
     }
 }
 
+fn inbox_of(a: &Areas, id: u64) -> Mailbox {
+    let raw = io::read(&a.inbox, id * MAILBOX_SIZE as u64, MAILBOX_SIZE).unwrap();
+    Mailbox::parse_checked(&raw).unwrap()
+}
+
+/// A reconnect (disconnect and connect, or a second connect) starts a
+/// second mailbox for the same pool and host while the first one may
+/// still be held: the first one, dropped after, must not blank the new
+/// one's mailbox, and takes no requests any more.
+#[test]
+fn an_old_mailbox_dropped_after_a_new_one_started_writes_nothing() {
+    let a = areas();
+    let old = host(&a, 3);
+    let new = host(&a, 3);
+    // No SPM yet: the request stays in the mailbox.
+    assert!(new
+        .request(req(V1, 10), Duration::from_millis(100))
+        .is_err());
+    let e = old.request(req(V2, 10), WAIT).unwrap_err();
+    assert_eq!(e.code, Code::LogicalVolumeExtendError, "{e}");
+    assert!(e.detail.contains("took over"), "{e}");
+    drop(old);
+    assert_eq!(inbox_of(&a, 3).message(0), Ok(Message::Extend(req(V1, 10))));
+    let (handler, _) = lv_like();
+    let _spm = spm(&a, handler);
+    assert_eq!(new.request(req(V1, 10), WAIT).unwrap(), 10);
+}
+
+/// An answer left in `outbox` by an earlier run of this host (the SPM
+/// kept running) is not taken for a new request in the same slot.
+#[test]
+fn a_stale_answer_does_not_answer_a_new_request() {
+    let a = areas();
+    let (handler, calls) = lv_like();
+    let _spm = spm(&a, handler);
+    let mut out = Mailbox::default();
+    out.set(0, &req(V1, 1024).to_bytes());
+    io::write(&a.outbox, 3 * MAILBOX_SIZE as u64, &out.to_bytes()).unwrap();
+    let h = host(&a, 3);
+    assert_eq!(h.request(req(V1, 2048), WAIT).unwrap(), 2048);
+    assert_eq!(
+        calls.lock().unwrap().as_slice(),
+        &[(HostId::new(3).unwrap(), req(V1, 2048))]
+    );
+    // The stale slot is handed back: every slot serves again.
+    for n in 0..70 {
+        assert_eq!(h.request(req(V2, n + 1), WAIT).unwrap(), n + 1);
+    }
+}
+
+/// The SPM is still extending an earlier run's request when this host's
+/// mailbox restarts: its late answer is not taken for the new run's
+/// request in the same slot.
+#[test]
+fn a_late_answer_to_an_earlier_run_does_not_answer_a_new_request() {
+    let a = areas();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let calls: Calls = Arc::default();
+    let c = Arc::clone(&calls);
+    let handler = per_request(move |h, e: Extend| {
+        let first = {
+            let mut c = c.lock().unwrap();
+            c.push((h, e));
+            c.len() == 1
+        };
+        if first {
+            let _ = released.lock().unwrap().recv();
+        }
+        Reply::Size(e.size_mib)
+    });
+    let _spm = spm(&a, handler);
+    let old = host(&a, 3);
+    assert!(old
+        .request(req(V1, 1024), Duration::from_millis(300))
+        .is_err());
+    assert_eq!(calls.lock().unwrap().len(), 1, "the SPM is extending");
+    drop(old);
+    let new = host(&a, 3);
+    let asked = std::thread::scope(|s| {
+        let t = s.spawn(|| new.request(req(V1, 2048), WAIT));
+        std::thread::sleep(Duration::from_millis(200));
+        release.send(()).unwrap();
+        t.join().unwrap()
+    });
+    assert_eq!(asked.unwrap(), 2048);
+}
+
 /// Writes requests into host `id`'s mailbox in `inbox` directly (as a
 /// host would), one per slot, and an event.
 fn put_requests(a: &Areas, id: u64, reqs: &[Extend]) {
