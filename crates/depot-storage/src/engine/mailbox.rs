@@ -15,6 +15,10 @@
 //! this host changes no VG after another host could have taken the lease.
 //! The handler also checks the role before each extend, and leaves a
 //! request it may not handle any more unanswered for the next SPM.
+//!
+//! Threads are joined (mailboxes dropped) only after the maps' locks are
+//! released: a mailbox is taken out of its map under the lock and dropped
+//! outside it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -97,10 +101,8 @@ pub(crate) struct Mailboxes {
     stop: Arc<AtomicBool>,
     /// Held while a mailbox is made and put in `state` (and while spmStop
     /// takes the SPM's out): one mailbox per pool, and none made for a
-    /// role that is gone. Not held while spmStop joins the SPM's thread;
-    /// a host mailbox replaced (a new master or host id) is still dropped
-    /// under it and under `state` (to mend: drop it after both locks; the review's
-    /// "joins under the map's lock").
+    /// role that is gone. No thread is joined under it or under `state`
+    /// (module docs).
     starting: Mutex<()>,
 }
 
@@ -124,11 +126,16 @@ impl Mailboxes {
         self.starting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Stops every mailbox: taken out of the maps under the lock, their
+    /// threads joined after it.
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        let mut st = self.lock();
-        st.spms.clear();
-        st.hosts.clear();
+        let (spms, hosts) = {
+            let mut st = self.lock();
+            (std::mem::take(&mut st.spms), std::mem::take(&mut st.hosts))
+        };
+        drop(spms);
+        drop(hosts);
     }
 }
 
@@ -235,7 +242,7 @@ impl Storage {
                 )
             })?;
         // Two first uses at once (the watermark and the verb) make one.
-        let _starting = self.mailboxes.starting();
+        let starting = self.mailboxes.starting();
         if let Some((m, h, mailer)) = self.mailboxes.lock().hosts.get(&sp) {
             if *m == pool.master && *h == host {
                 return Ok(Arc::clone(mailer));
@@ -257,10 +264,15 @@ impl Storage {
             host,
             poll: self.mailboxes.config.event_interval,
         })?);
-        self.mailboxes
+        let replaced = self
+            .mailboxes
             .lock()
             .hosts
             .insert(sp, (pool.master, host, Arc::clone(&mailer)));
+        // The one replaced (a new master or host id) is dropped, and its
+        // thread joined, after both locks.
+        drop(starting);
+        drop(replaced);
         Ok(mailer)
     }
 
@@ -473,7 +485,9 @@ impl Storage {
     }
 
     /// One service tick: the SPM threads follow this host's role, and the
-    /// host mailboxes the pools' connections.
+    /// host mailboxes the pools' connections. Mailboxes stopped are taken
+    /// out of the map under its lock and dropped (their threads joined)
+    /// after it.
     fn mailbox_tick(self: &Arc<Self>) {
         let pools: Vec<(SpUuid, SdUuid, bool, bool)> = self
             .pools
@@ -481,28 +495,47 @@ impl Storage {
             .iter()
             .map(|(sp, p)| (*sp, p.master, p.connected, p.spm.role == SpmRole::Spm))
             .collect();
-        let mut st = self.mailboxes.lock();
-        st.spms.retain(|sp, (master, mon)| {
-            let keep = mon.is_running()
-                && pools
-                    .iter()
-                    .any(|(s, m, c, spm)| s == sp && m == master && *c && *spm);
-            if !keep {
-                tracing::info!(pool = %sp, "SPM mailbox stopped");
-            }
-            keep
-        });
-        st.hosts.retain(|sp, (master, _, _)| {
+        let is_spm = |sp: &SpUuid, master: &SdUuid| {
             pools
                 .iter()
-                .any(|(s, m, c, _)| s == sp && m == master && *c)
-        });
+                .any(|(s, m, c, spm)| s == sp && m == master && *c && *spm)
+        };
+        let mut st = self.mailboxes.lock();
+        let stale_spms: Vec<SpUuid> = st
+            .spms
+            .iter()
+            .filter(|(sp, (master, mon))| !(mon.is_running() && is_spm(sp, master)))
+            .map(|(sp, _)| *sp)
+            .collect();
+        let stopped_spms: Vec<_> = stale_spms
+            .iter()
+            .filter_map(|sp| st.spms.remove_entry(sp))
+            .collect();
+        let stale_hosts: Vec<SpUuid> = st
+            .hosts
+            .iter()
+            .filter(|(sp, (master, _, _))| {
+                !pools
+                    .iter()
+                    .any(|(s, m, c, _)| s == *sp && m == master && *c)
+            })
+            .map(|(sp, _)| *sp)
+            .collect();
+        let stopped_hosts: Vec<_> = stale_hosts
+            .iter()
+            .filter_map(|sp| st.hosts.remove(sp))
+            .collect();
         let to_start: Vec<(SpUuid, SdUuid)> = pools
             .iter()
             .filter(|(sp, _, c, spm)| *c && *spm && !st.spms.contains_key(sp))
             .map(|(sp, m, _, _)| (*sp, *m))
             .collect();
         drop(st);
+        for (sp, _) in &stopped_spms {
+            tracing::info!(pool = %sp, "SPM mailbox stopped");
+        }
+        drop(stopped_spms);
+        drop(stopped_hosts);
         // A file master has no mailbox: known from the cache without a
         // look at the storage (a file domain's look is a helper call).
         let to_start: Vec<(SpUuid, SdUuid)> = {
@@ -683,5 +716,87 @@ fn watermark(storage: &Weak<Storage>, stop: &AtomicBool) {
         }
         drop(s);
         std::thread::sleep(interval);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::format::{Mailbox, AREA_SIZE, MAILBOX_SIZE};
+    use crate::mailbox::spm::per_request;
+    use std::str::FromStr;
+    use std::sync::mpsc;
+
+    fn sd() -> SdUuid {
+        SdUuid::from_str("1f2c3d4e-5a6b-4c7d-8e9f-a0b1c2d3e4f5").unwrap()
+    }
+
+    fn vol(n: u8) -> VolUuid {
+        VolUuid::from_str(&format!("00112233-4455-6677-8899-aabbccddee{n:02x}")).unwrap()
+    }
+
+    /// Stopping the mailboxes joins their threads after the map's lock:
+    /// a thread stuck in an extend does not hold everyone that needs the
+    /// map.
+    #[test]
+    fn stop_joins_the_threads_outside_the_lock() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let mk = |n: &str| {
+            let p = dir.path().join(n);
+            std::fs::File::create(&p)
+                .unwrap()
+                .set_len(AREA_SIZE)
+                .unwrap();
+            p
+        };
+        let (inbox, outbox) = (mk("inbox"), mk("outbox"));
+        let mut mb = Mailbox::default();
+        mb.set(0, &Extend::new(sd(), vol(1), 10).unwrap().to_bytes());
+        crate::mailbox::io::write(&inbox, MAILBOX_SIZE as u64, &mb.to_bytes()).unwrap();
+        let (entered, entered_rx) = mpsc::channel::<()>();
+        let (release, released) = mpsc::channel::<()>();
+        let (entered, released) = (Mutex::new(entered), Mutex::new(released));
+        let monitor = SpmMonitor::start(
+            SpmConfig {
+                inbox,
+                outbox,
+                max_host: HostId::new(4).unwrap(),
+                event_poll: Duration::from_millis(20),
+                full_poll: Duration::from_secs(3600),
+            },
+            per_request(move |_, e| {
+                let _ = entered.lock().unwrap().send(());
+                let _ = released.lock().unwrap().recv();
+                Reply::Size(e.size_mib)
+            }),
+        )
+        .unwrap();
+        let mailboxes = Mailboxes::default();
+        let sp = SpUuid::from_str("5f2c3d4e-5a6b-4c7d-8e9f-a0b1c2d3e4f5").unwrap();
+        mailboxes.lock().spms.insert(sp, (sd(), monitor));
+        entered_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let got_the_lock = std::thread::scope(|s| {
+            let stopping = s.spawn(|| mailboxes.stop());
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let mut got = false;
+            // Until the stop took the monitor out, then the lock is free
+            // while the thread is joined.
+            while Instant::now() < deadline {
+                if let Ok(st) = mailboxes.state.try_lock() {
+                    if st.spms.is_empty() {
+                        got = true;
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            release.send(()).unwrap();
+            stopping.join().unwrap();
+            got
+        });
+        assert!(
+            got_the_lock,
+            "the map's lock was held while a thread was joined"
+        );
     }
 }
