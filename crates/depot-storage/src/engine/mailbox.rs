@@ -41,6 +41,9 @@ use crate::{StorageError, StorageResult};
 
 const MIB: u64 = 1 << 20;
 const SERVICE_TICK: Duration = Duration::from_millis(500);
+/// The longest wait between two tries to start an SPM's mailbox that
+/// failed to start.
+const RETRY_CAP: Duration = Duration::from_secs(60);
 
 /// The mailbox's and the watermark's settings (depotd's `[mailbox]` and
 /// `[thinp]`, docs/config.md).
@@ -92,6 +95,42 @@ struct MbState {
     hosts: HashMap<SpUuid, (SdUuid, HostId, Arc<HostMailer>)>,
     /// The SPM's thread per pool this host is SPM of.
     spms: HashMap<SpUuid, (SdUuid, SpmMonitor)>,
+    /// The SPM mailboxes that failed to start, per pool: when to try
+    /// again.
+    retries: HashMap<SpUuid, Retry>,
+}
+
+/// The tries to start an SPM's mailbox that fails to start (its LVs
+/// cannot be activated, `outbox` cannot be written): the next one after
+/// a tick at first, then twice as long each time, up to [`RETRY_CAP`].
+/// An error is logged when it differs from the last one, not at every try.
+#[derive(Debug, Default)]
+struct Retry {
+    failures: u32,
+    next: Option<Instant>,
+    error: Option<String>,
+}
+
+impl Retry {
+    fn due(&self, now: Instant) -> bool {
+        self.next.is_none_or(|n| now >= n)
+    }
+
+    /// How long after failure number `failures` (0-based) the next try is.
+    fn delay(failures: u32) -> Duration {
+        SERVICE_TICK
+            .saturating_mul(1u32 << failures.min(16))
+            .min(RETRY_CAP)
+    }
+
+    /// Records a failure at `now`; whether its error is new (to be logged).
+    fn failed(&mut self, now: Instant, error: String) -> bool {
+        self.next = Some(now + Self::delay(self.failures));
+        self.failures = self.failures.saturating_add(1);
+        let new = self.error.as_deref() != Some(error.as_str());
+        self.error = Some(error);
+        new
+    }
 }
 
 /// The mailbox state of a [`Storage`].
@@ -132,6 +171,7 @@ impl Mailboxes {
         self.stop.store(true, Ordering::Relaxed);
         let (spms, hosts) = {
             let mut st = self.lock();
+            st.retries.clear();
             (std::mem::take(&mut st.spms), std::mem::take(&mut st.hosts))
         };
         drop(spms);
@@ -500,6 +540,7 @@ impl Storage {
                 .iter()
                 .any(|(s, m, c, spm)| s == sp && m == master && *c && *spm)
         };
+        let now = Instant::now();
         let mut st = self.mailboxes.lock();
         let stale_spms: Vec<SpUuid> = st
             .spms
@@ -525,9 +566,16 @@ impl Storage {
             .iter()
             .filter_map(|sp| st.hosts.remove(sp))
             .collect();
+        // A role gone: its next start begins without a wait.
+        st.retries
+            .retain(|sp, _| pools.iter().any(|(s, _, c, spm)| s == sp && *c && *spm));
         let to_start: Vec<(SpUuid, SdUuid)> = pools
             .iter()
-            .filter(|(sp, _, c, spm)| *c && *spm && !st.spms.contains_key(sp))
+            .filter(|(sp, _, c, spm)| {
+                *c && *spm
+                    && !st.spms.contains_key(sp)
+                    && st.retries.get(sp).is_none_or(|r| r.due(now))
+            })
             .map(|(sp, m, _, _)| (*sp, *m))
             .collect();
         drop(st);
@@ -546,24 +594,43 @@ impl Storage {
                 .collect()
         };
         for (sp, master) in to_start {
-            let _starting = self.mailboxes.starting();
-            // spmStop may have run since the role was read: the role is
-            // read again under `starting`, which spmStop takes too.
-            let still_spm =
-                self.pools.lock().get(&sp).is_some_and(|p| {
-                    p.connected && p.master == master && p.spm.role == SpmRole::Spm
-                });
-            if !still_spm || self.mailboxes.stop.load(Ordering::Relaxed) {
-                continue;
-            }
-            match self.start_spm_mailbox(sp, master) {
-                Ok(Some(mon)) => {
-                    tracing::info!(pool = %sp, %master, "SPM mailbox started");
-                    self.mailboxes.lock().spms.insert(sp, (master, mon));
-                }
-                Ok(None) => {} // a file master: no mailbox
+            self.try_start_spm_mailbox(sp, master);
+        }
+    }
 
-                Err(e) => tracing::warn!(pool = %sp, error = %e, "cannot start the SPM mailbox"),
+    /// Starts the SPM's mailbox of pool `sp` if this host is still its
+    /// SPM; a failure is tried again later ([`Retry`]).
+    fn try_start_spm_mailbox(self: &Arc<Self>, sp: SpUuid, master: SdUuid) {
+        let _starting = self.mailboxes.starting();
+        // spmStop may have run since the role was read: the role is read
+        // again under `starting`, which spmStop takes too.
+        let still_spm = self
+            .pools
+            .lock()
+            .get(&sp)
+            .is_some_and(|p| p.connected && p.master == master && p.spm.role == SpmRole::Spm);
+        if !still_spm || self.mailboxes.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        match self.start_spm_mailbox(sp, master) {
+            Ok(Some(mon)) => {
+                let mut st = self.mailboxes.lock();
+                match st.retries.remove(&sp) {
+                    Some(r) => tracing::info!(pool = %sp, %master, failures = r.failures,
+                        "SPM mailbox started after failing to start"),
+                    None => tracing::info!(pool = %sp, %master, "SPM mailbox started"),
+                }
+                st.spms.insert(sp, (master, mon));
+            }
+            Ok(None) => {} // a file master: no mailbox
+            Err(e) => {
+                let mut st = self.mailboxes.lock();
+                let retry = st.retries.entry(sp).or_default();
+                if retry.failed(Instant::now(), e.to_string()) {
+                    tracing::warn!(pool = %sp, error = %e,
+                        retry_in_ms = Retry::delay(retry.failures - 1).as_millis() as u64,
+                        "cannot start the SPM mailbox (tried again less and less often; logged again when the error changes)");
+                }
             }
         }
     }
@@ -733,6 +800,27 @@ mod tests {
 
     fn vol(n: u8) -> VolUuid {
         VolUuid::from_str(&format!("00112233-4455-6677-8899-aabbccddee{n:02x}")).unwrap()
+    }
+
+    #[test]
+    fn retries_back_off_and_log_each_error_once() {
+        let mut r = Retry::default();
+        let t0 = Instant::now();
+        assert!(r.due(t0));
+        assert!(r.failed(t0, "no LV".into()), "the first error is logged");
+        assert!(!r.due(t0));
+        assert!(r.due(t0 + SERVICE_TICK));
+        let mut delays = vec![Retry::delay(0)];
+        for _ in 0..20 {
+            assert!(!r.failed(t0, "no LV".into()), "the same error again");
+            delays.push(r.next.unwrap() - t0);
+        }
+        assert_eq!(delays[0], SERVICE_TICK);
+        assert_eq!(delays[1], 2 * SERVICE_TICK);
+        assert_eq!(delays[2], 4 * SERVICE_TICK);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
+        assert_eq!(*delays.last().unwrap(), RETRY_CAP);
+        assert!(r.failed(t0, "I/O error".into()), "a new error is logged");
     }
 
     /// Stopping the mailboxes joins their threads after the map's lock:
