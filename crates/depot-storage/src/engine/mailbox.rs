@@ -35,7 +35,7 @@ use super::Storage;
 use crate::block;
 use crate::domain::Domain;
 use crate::mailbox::format::{Extend, HostId, MAX_SIZE_MIB};
-use crate::mailbox::host::{HostConfig, HostMailer};
+use crate::mailbox::host::{HostConfig, HostMailer, Pending};
 use crate::mailbox::spm::{Handler, Reply, ScanHandler, SpmConfig, SpmMonitor};
 use crate::{StorageError, StorageResult};
 
@@ -207,6 +207,25 @@ impl ScanLvs {
     }
 }
 
+/// An extend request sent through the mailbox, not answered yet.
+struct SentExtend {
+    sd: SdUuid,
+    img: ImgUuid,
+    vol: VolUuid,
+    /// Bytes asked.
+    size: u64,
+    /// The LV's size before.
+    before: u64,
+    started: Instant,
+    pending: Pending,
+}
+
+enum Asked {
+    /// The LV has the size already (bytes).
+    Already(u64),
+    Sent(SentExtend),
+}
+
 /// A thin LV the watermark watches.
 #[derive(Debug, Clone)]
 pub struct ThinLv {
@@ -347,6 +366,26 @@ impl Storage {
         vol: VolUuid,
         size: u64,
     ) -> StorageResult<u64> {
+        let timeout = self.mailboxes.config.request_timeout;
+        match self.send_extend(sp, sd, img, vol, size)? {
+            Asked::Already(now) => Ok(now),
+            Asked::Sent(sent) => match sent.pending.wait_until(sent.started + timeout)? {
+                Some(answer) => self.finish_extend(&sent, answer),
+                None => Err(sent.pending.no_answer(timeout)),
+            },
+        }
+    }
+
+    /// [`request_extend`](Self::request_extend) up to the request: checks
+    /// it and sends it, without waiting for the answer.
+    fn send_extend(
+        &self,
+        sp: SpUuid,
+        sd: SdUuid,
+        img: ImgUuid,
+        vol: VolUuid,
+        size: u64,
+    ) -> StorageResult<Asked> {
         const OP: &str = "extend volume through the mailbox";
         let pool = self.connected_pool(sp, OP)?;
         if !pool.domains.contains_key(&sd) {
@@ -384,10 +423,9 @@ impl Storage {
         // Already that large here: answered at once. "Here" is this host's
         // device when the LV is active (no LVM command); when it is
         // smaller, the VG may still have more (extended, not refreshed
-        // yet): the SPM then answers at once and the refresh below picks
-        // it up.
-        let vg = block::vg_name(sd);
-        let dev = Lvm::lv_path(&vg, &vol.to_string());
+        // yet): the SPM then answers at once and the refresh after the
+        // answer picks it up.
+        let dev = Lvm::lv_path(&block::vg_name(sd), &vol.to_string());
         let before = {
             let _held = self.lock_image(sd, img, false)?;
             let max = vols.thin_max_size(img, vol)?;
@@ -396,7 +434,7 @@ impl Storage {
                 Err(_) => vols.lv_size_now(img, vol)?,
             };
             if now >= size.min(max) {
-                return Ok(now);
+                return Ok(Asked::Already(now));
             }
             now
         };
@@ -405,8 +443,32 @@ impl Storage {
         let req = Extend::new(sd, vol, size_mib).map_err(|e| {
             StorageError::new(Code::VolumeResizeValueError, OP, e.to_string()).caused_by(e)
         })?;
-        let answer = mailer.request(req, self.mailboxes.config.request_timeout)?;
+        Ok(Asked::Sent(SentExtend {
+            sd,
+            img,
+            vol,
+            size,
+            before,
+            started,
+            pending: mailer.send(req)?,
+        }))
+    }
+
+    /// [`request_extend`](Self::request_extend) after the SPM's answer
+    /// (MiB; 0: it failed): refreshes the LV here and checks its size.
+    fn finish_extend(&self, sent: &SentExtend, answer: u64) -> StorageResult<u64> {
+        const OP: &str = "extend volume through the mailbox";
+        let SentExtend {
+            sd,
+            img,
+            vol,
+            size,
+            before,
+            started,
+            ..
+        } = *sent;
         let answered = started.elapsed();
+        let size_mib = sent.pending.request().size_mib;
         if answer == 0 {
             return Err(StorageError::new(
                 Code::LogicalVolumeExtendError,
@@ -414,6 +476,16 @@ impl Storage {
                 format!("the SPM could not extend volume {vol} of domain {sd} to {size_mib} MiB"),
             ));
         }
+        let Domain::Block(bd) = self.locate(sd)? else {
+            return Err(StorageError::new(
+                Code::VolumeExtendingError,
+                OP,
+                format!("domain {sd} is no longer a block domain"),
+            ));
+        };
+        let vols = bd.volumes(self.volume_tools());
+        let vg = block::vg_name(sd);
+        let dev = Lvm::lv_path(&vg, &vol.to_string());
         let refresh = Instant::now();
         let now = self.refreshed_size(&vols, img, vol, (&vg, &dev), OP)?;
         tracing::info!(%sd, %vol, before, now, asked = size, answer_mib = answer,
@@ -713,12 +785,12 @@ impl Storage {
     }
 
     /// One watermark check of `lv`: its allocation (`qemu-img check -U`'s
-    /// image end), and an extend by one chunk when the free space left is
-    /// under the limit. Whether an extend was asked.
-    pub fn check_watermark(&self, lv: &ThinLv) -> StorageResult<bool> {
+    /// image end), and an extend by one chunk sent when the free space left
+    /// is under the limit (not waited for).
+    fn check_watermark(&self, lv: &ThinLv) -> StorageResult<Option<Asked>> {
         const OP: &str = "check thin volume";
         let Domain::Block(bd) = self.locate(lv.sd)? else {
-            return Ok(false);
+            return Ok(None);
         };
         let vols = bd.volumes(self.volume_tools());
         let path = Lvm::lv_path(&block::vg_name(lv.sd), &lv.vol.to_string());
@@ -733,24 +805,132 @@ impl Storage {
             (size, vols.thin_max_size(lv.img, lv.vol)?)
         };
         if size >= max {
-            return Ok(false);
+            return Ok(None);
         }
         let check = self
             .qemu
             .check_shared(&path, self.config.qemu_img_timeout)
             .map_err(|e| StorageError::new(Code::VolumeExtendingError, OP, e.to_string()))?;
         let Some(end) = check.image_end_offset else {
-            return Ok(false);
+            return Ok(None);
         };
         let c = &self.mailboxes.config;
         let free = size.saturating_sub(end);
         if free >= c.free_limit() {
-            return Ok(false);
+            return Ok(None);
         }
         let want = (size + c.chunk).min(max);
         tracing::info!(sd = %lv.sd, vol = %lv.vol, size, end, free, want, "thin volume over its watermark");
-        self.request_extend(lv.sp, lv.sd, lv.img, lv.vol, want)?;
-        Ok(true)
+        self.send_extend(lv.sp, lv.sd, lv.img, lv.vol, want)
+            .map(Some)
+    }
+}
+
+impl Watch for Storage {
+    type Lv = ThinLv;
+    type Sent = SentExtend;
+
+    fn key(lv: &ThinLv) -> (SdUuid, VolUuid) {
+        (lv.sd, lv.vol)
+    }
+
+    fn thin_lvs(&self) -> Vec<ThinLv> {
+        Storage::thin_lvs(self)
+    }
+
+    fn check(&self, lv: &ThinLv) -> StorageResult<Option<SentExtend>> {
+        Ok(match self.check_watermark(lv)? {
+            Some(Asked::Sent(sent)) => Some(sent),
+            Some(Asked::Already(_)) | None => None,
+        })
+    }
+
+    fn sent_at(sent: &SentExtend) -> Instant {
+        sent.started
+    }
+
+    fn wait(&self, sent: &SentExtend, deadline: Instant) -> StorageResult<Option<u64>> {
+        sent.pending.wait_until(deadline)
+    }
+
+    fn finish(&self, sent: &SentExtend, answer: u64) -> StorageResult<u64> {
+        self.finish_extend(sent, answer)
+    }
+
+    fn no_answer(sent: &SentExtend, waited: Duration) -> StorageError {
+        sent.pending.no_answer(waited)
+    }
+}
+
+/// What a watermark round needs (a trait: the round's order and bounds
+/// are tested without LVs).
+trait Watch {
+    type Lv;
+    type Sent;
+    fn key(lv: &Self::Lv) -> (SdUuid, VolUuid);
+    /// The LVs to watch.
+    fn thin_lvs(&self) -> Vec<Self::Lv>;
+    /// Checks one LV; the extend sent when it is over its watermark.
+    fn check(&self, lv: &Self::Lv) -> StorageResult<Option<Self::Sent>>;
+    fn sent_at(sent: &Self::Sent) -> Instant;
+    /// The SPM's answer (MiB) if it came by `deadline`.
+    fn wait(&self, sent: &Self::Sent, deadline: Instant) -> StorageResult<Option<u64>>;
+    /// After the answer: refresh and check.
+    fn finish(&self, sent: &Self::Sent, answer: u64) -> StorageResult<u64>;
+    fn no_answer(sent: &Self::Sent, waited: Duration) -> StorageError;
+}
+
+/// One round of the watermark, ended by `round_end`: every LV without an
+/// extend under way is checked and the extends of all those over their
+/// watermark are sent first; then the answers are awaited, together,
+/// until `round_end` at the latest. An extend not answered by then stays
+/// in `pending` for the next rounds (its LV is not checked again) until
+/// it is answered or `timeout` after it was sent. So one slow extend holds
+/// neither the checks nor the other extends.
+fn watermark_round<W: Watch>(
+    w: &W,
+    pending: &mut HashMap<(SdUuid, VolUuid), W::Sent>,
+    round_end: Instant,
+    timeout: Duration,
+    stop: &AtomicBool,
+) {
+    for lv in w.thin_lvs() {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let key = W::key(&lv);
+        if pending.contains_key(&key) {
+            continue;
+        }
+        match w.check(&lv) {
+            Ok(Some(sent)) => {
+                pending.insert(key, sent);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(sd = %key.0, vol = %key.1, error = %e, "thin volume watermark")
+            }
+        }
+    }
+    let keys: Vec<(SdUuid, VolUuid)> = pending.keys().copied().collect();
+    for key in keys {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let sent = &pending[&key];
+        let expires = W::sent_at(sent) + timeout;
+        let outcome = match w.wait(sent, round_end.min(expires)) {
+            Ok(Some(answer)) => Some(w.finish(sent, answer)),
+            Ok(None) if Instant::now() >= expires => Some(Err(W::no_answer(sent, timeout))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        };
+        if let Some(result) = outcome {
+            pending.remove(&key);
+            if let Err(e) = result {
+                tracing::warn!(sd = %key.0, vol = %key.1, error = %e, "thin volume watermark");
+            }
+        }
     }
 }
 
@@ -770,19 +950,14 @@ fn service(storage: &Weak<Storage>, stop: &AtomicBool) {
 }
 
 fn watermark(storage: &Weak<Storage>, stop: &AtomicBool) {
+    let mut pending = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let Some(s) = storage.upgrade() else { return };
-        let interval = s.mailboxes.config.check_interval;
-        for lv in s.thin_lvs() {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            if let Err(e) = s.check_watermark(&lv) {
-                tracing::warn!(sd = %lv.sd, vol = %lv.vol, error = %e, "thin volume watermark");
-            }
-        }
+        let c = &s.mailboxes.config;
+        let round_end = Instant::now() + c.check_interval;
+        watermark_round(&*s, &mut pending, round_end, c.request_timeout, stop);
         drop(s);
-        std::thread::sleep(interval);
+        std::thread::sleep(round_end.saturating_duration_since(Instant::now()));
     }
 }
 
@@ -821,6 +996,100 @@ mod tests {
         assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
         assert_eq!(*delays.last().unwrap(), RETRY_CAP);
         assert!(r.failed(t0, "I/O error".into()), "a new error is logged");
+    }
+
+    /// A fake storage for the watermark's round: every LV is over its
+    /// watermark; the SPM never answers `slow`'s extend.
+    struct Fake {
+        lvs: Vec<VolUuid>,
+        slow: VolUuid,
+        checked: Mutex<Vec<VolUuid>>,
+        finished: Mutex<Vec<VolUuid>>,
+    }
+
+    impl Watch for Fake {
+        type Lv = VolUuid;
+        type Sent = (VolUuid, Instant);
+        fn key(lv: &VolUuid) -> (SdUuid, VolUuid) {
+            (sd(), *lv)
+        }
+        fn thin_lvs(&self) -> Vec<VolUuid> {
+            self.lvs.clone()
+        }
+        fn check(&self, lv: &VolUuid) -> StorageResult<Option<(VolUuid, Instant)>> {
+            self.checked.lock().unwrap().push(*lv);
+            Ok(Some((*lv, Instant::now())))
+        }
+        fn sent_at(sent: &(VolUuid, Instant)) -> Instant {
+            sent.1
+        }
+        fn wait(&self, sent: &(VolUuid, Instant), deadline: Instant) -> StorageResult<Option<u64>> {
+            if sent.0 == self.slow {
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                return Ok(None);
+            }
+            Ok(Some(100))
+        }
+        fn finish(&self, sent: &(VolUuid, Instant), answer: u64) -> StorageResult<u64> {
+            self.finished.lock().unwrap().push(sent.0);
+            Ok(answer * MIB)
+        }
+        fn no_answer(_: &(VolUuid, Instant), _: Duration) -> StorageError {
+            StorageError::new(Code::LogicalVolumeExtendError, "test", "no answer")
+        }
+    }
+
+    /// One LV whose extend the SPM does not answer holds neither the
+    /// other LVs' requests (all sent in the same round) nor the round
+    /// (bounded), and is not asked again while its request waits.
+    #[test]
+    fn a_slow_extend_does_not_hold_the_other_lvs() {
+        let fake = Fake {
+            lvs: vec![vol(1), vol(2), vol(3)],
+            slow: vol(1),
+            checked: Mutex::default(),
+            finished: Mutex::default(),
+        };
+        let stop = AtomicBool::new(false);
+        let mut pending = HashMap::new();
+        let timeout = Duration::from_secs(60);
+        let t = Instant::now();
+        watermark_round(
+            &fake,
+            &mut pending,
+            t + Duration::from_millis(300),
+            timeout,
+            &stop,
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(*fake.checked.lock().unwrap(), [vol(1), vol(2), vol(3)]);
+        let mut finished = fake.finished.lock().unwrap().clone();
+        finished.sort();
+        assert_eq!(finished, [vol(2), vol(3)]);
+        assert_eq!(pending.len(), 1);
+        // The next round: the slow one's request still waits, and is not
+        // asked again; the others are checked again.
+        watermark_round(
+            &fake,
+            &mut pending,
+            Instant::now() + Duration::from_millis(100),
+            timeout,
+            &stop,
+        );
+        assert_eq!(
+            *fake.checked.lock().unwrap(),
+            [vol(1), vol(2), vol(3), vol(2), vol(3)]
+        );
+        assert_eq!(pending.len(), 1);
+        // Past its timeout it is given up, and asked again next round.
+        watermark_round(
+            &fake,
+            &mut pending,
+            Instant::now() + Duration::from_millis(100),
+            Duration::ZERO,
+            &stop,
+        );
+        assert!(pending.is_empty());
     }
 
     /// Stopping the mailboxes joins their threads after the map's lock:
