@@ -6,6 +6,7 @@
 //! config can change a single limit. An unknown key is an error at start
 //! that names the key.
 
+use depot_storage::MailboxConfig;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -264,6 +265,7 @@ pub enum ConfigError {
 impl Config {
     /// Production defaults: VDSM's paths and port.
     pub fn production() -> Config {
+        let mb = MailboxConfig::default();
         Config {
             daemon: DaemonConfig {
                 state_dir: "/var/lib/depot".into(),
@@ -326,21 +328,37 @@ impl Config {
                 agents_dir: "/usr/sbin".into(),
                 timeout_s: 120.0,
             },
+            // depot-storage's defaults are the one source of these.
             mailbox: MailboxSection {
-                events_interval_s: 0.2,
-                poll_interval_s: 2.0,
-                max_host_id: 250,
-                request_timeout_s: 60.0,
+                events_interval_s: mb.event_interval.as_secs_f64(),
+                poll_interval_s: mb.poll_interval.as_secs_f64(),
+                max_host_id: mb.max_host_id,
+                request_timeout_s: mb.request_timeout.as_secs_f64(),
             },
             thinp: ThinpSection {
-                chunk_mb: 2560,
-                utilization_percent: 20,
-                check_interval_s: 2.0,
+                chunk_mb: mb.chunk >> 20,
+                utilization_percent: mb.utilization_percent,
+                check_interval_s: mb.check_interval.as_secs_f64(),
             },
             log: LogConfig {
                 level: "info".into(),
                 target: LogTarget::Auto,
             },
+        }
+    }
+
+    /// The storage's mailbox and watermark settings (`[mailbox]` and
+    /// `[thinp]`).
+    pub fn mailbox_config(&self) -> MailboxConfig {
+        let (m, t) = (&self.mailbox, &self.thinp);
+        MailboxConfig {
+            event_interval: Duration::from_secs_f64(m.events_interval_s),
+            poll_interval: Duration::from_secs_f64(m.poll_interval_s),
+            max_host_id: m.max_host_id,
+            request_timeout: Duration::from_secs_f64(m.request_timeout_s),
+            chunk: t.chunk_mb << 20,
+            utilization_percent: t.utilization_percent,
+            check_interval: Duration::from_secs_f64(t.check_interval_s),
         }
     }
 
@@ -591,6 +609,16 @@ mod tests {
 
     fn p() -> &'static Path {
         Path::new("test.toml")
+    }
+
+    /// The mailbox's defaults have one source (depot-storage's): the
+    /// production config gives the storage exactly those.
+    #[test]
+    fn mailbox_defaults_are_the_storages() {
+        assert_eq!(
+            Config::production().mailbox_config(),
+            MailboxConfig::default()
+        );
     }
 
     #[test]

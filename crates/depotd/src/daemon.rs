@@ -17,7 +17,7 @@ use depot_os::sanlock::{DirectConfig, Sanlock};
 use depot_os::CommandRunner;
 use depot_storage::events::Events;
 use depot_storage::lockspace::SanlockConfig;
-use depot_storage::{MailboxConfig, Storage, StorageConfig};
+use depot_storage::{Storage, StorageConfig};
 
 use crate::config::{Config, SanlockSection};
 use crate::events::EventBus;
@@ -175,19 +175,6 @@ fn fsproc_command() -> HelperCommand {
     HelperCommand::new("/proc/self/exe").arg("fsproc")
 }
 
-fn mailbox_config(config: &Config) -> MailboxConfig {
-    let (m, t) = (&config.mailbox, &config.thinp);
-    MailboxConfig {
-        event_interval: Duration::from_secs_f64(m.events_interval_s),
-        poll_interval: Duration::from_secs_f64(m.poll_interval_s),
-        max_host_id: m.max_host_id,
-        request_timeout: Duration::from_secs_f64(m.request_timeout_s),
-        chunk: t.chunk_mb << 20,
-        utilization_percent: t.utilization_percent,
-        check_interval: Duration::from_secs_f64(t.check_interval_s),
-    }
-}
-
 /// The storage, with what a crash left in mounts that survived the
 /// restart cleaned up.
 async fn open_storage(config: &Config, events: &EventBus) -> Arc<Storage> {
@@ -207,7 +194,7 @@ async fn open_storage(config: &Config, events: &EventBus) -> Arc<Storage> {
         )
         .with_san_references(config.daemon.state_dir.join("iscsi-sessions"))
         .with_events(Events::new(Arc::new(events.clone())))
-        .with_mailbox(mailbox_config(config)),
+        .with_mailbox(config.mailbox_config()),
     );
     storage.start_mailbox_service();
     let s = storage.clone();

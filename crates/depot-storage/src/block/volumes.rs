@@ -30,7 +30,7 @@
 //! slot by definition. The slot's lease is left as it is (as VDSM does):
 //! the next volume in that slot formats it again under its own name.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -244,6 +244,22 @@ impl BlockVolumes<'_> {
                     format!("volume {vol} on domain {}", self.sd),
                 )
             })
+    }
+
+    /// The image of each volume of the domain, read now (one `lvs`): what
+    /// the SPM's mailbox scan looks its requests up in, so that a request
+    /// for a volume that does not exist costs no LVM command of its own
+    /// (engine/mailbox.rs).
+    pub fn volume_images_now(&self) -> StorageResult<HashMap<VolUuid, ImgUuid>> {
+        let lvs = self
+            .lvm
+            .lvs_fresh(&self.vg())
+            .map_err(|e| lvm_err(Code::VolumeGroupDoesNotExist, "find volume", e))?;
+        Ok(lvs
+            .iter()
+            .filter(|l| is_volume_lv(l) && !initializing(l))
+            .filter_map(|l| Some((VolUuid::from_str(&l.name).ok()?, lv_image(l)?)))
+            .collect())
     }
 
     /// The size of volume `vol`'s LV in bytes, read fresh from the VG

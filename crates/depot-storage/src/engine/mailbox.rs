@@ -13,7 +13,12 @@
 //! stops the pool's SPM thread ([`Storage::stop_spm_mailbox`], which waits
 //! for an extend under way), and only then releases the SPM's lease, so
 //! this host changes no VG after another host could have taken the lease.
-//! The handler also checks the role before each extend.
+//! The handler also checks the role before each extend, and leaves a
+//! request it may not handle any more unanswered for the next SPM.
+//!
+//! Threads are joined (mailboxes dropped) only after the maps' locks are
+//! released: a mailbox is taken out of its map under the lock and dropped
+//! outside it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,16 +35,19 @@ use super::Storage;
 use crate::block;
 use crate::domain::Domain;
 use crate::mailbox::format::{Extend, HostId, MAX_SIZE_MIB};
-use crate::mailbox::host::{HostConfig, HostMailer};
-use crate::mailbox::spm::{Handler, SpmConfig, SpmMonitor};
+use crate::mailbox::host::{HostConfig, HostMailer, Pending};
+use crate::mailbox::spm::{Handler, Reply, ScanHandler, SpmConfig, SpmMonitor};
 use crate::{StorageError, StorageResult};
 
 const MIB: u64 = 1 << 20;
 const SERVICE_TICK: Duration = Duration::from_millis(500);
+/// The longest wait between two tries to start an SPM's mailbox that
+/// failed to start.
+const RETRY_CAP: Duration = Duration::from_secs(60);
 
 /// The mailbox's and the watermark's settings (depotd's `[mailbox]` and
 /// `[thinp]`, docs/config.md).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MailboxConfig {
     /// How often the SPM reads the event block, and a waiting host its
     /// answers.
@@ -87,6 +95,42 @@ struct MbState {
     hosts: HashMap<SpUuid, (SdUuid, HostId, Arc<HostMailer>)>,
     /// The SPM's thread per pool this host is SPM of.
     spms: HashMap<SpUuid, (SdUuid, SpmMonitor)>,
+    /// The SPM mailboxes that failed to start, per pool: when to try
+    /// again.
+    retries: HashMap<SpUuid, Retry>,
+}
+
+/// The tries to start an SPM's mailbox that fails to start (its LVs
+/// cannot be activated, `outbox` cannot be written): the next one after
+/// a tick at first, then twice as long each time, up to [`RETRY_CAP`].
+/// An error is logged when it differs from the last one, not at every try.
+#[derive(Debug, Default)]
+struct Retry {
+    failures: u32,
+    next: Option<Instant>,
+    error: Option<String>,
+}
+
+impl Retry {
+    fn due(&self, now: Instant) -> bool {
+        self.next.is_none_or(|n| now >= n)
+    }
+
+    /// How long after failure number `failures` (0-based) the next try is.
+    fn delay(failures: u32) -> Duration {
+        SERVICE_TICK
+            .saturating_mul(1u32 << failures.min(16))
+            .min(RETRY_CAP)
+    }
+
+    /// Records a failure at `now`; whether its error is new (to be logged).
+    fn failed(&mut self, now: Instant, error: String) -> bool {
+        self.next = Some(now + Self::delay(self.failures));
+        self.failures = self.failures.saturating_add(1);
+        let new = self.error.as_deref() != Some(error.as_str());
+        self.error = Some(error);
+        new
+    }
 }
 
 /// The mailbox state of a [`Storage`].
@@ -96,10 +140,8 @@ pub(crate) struct Mailboxes {
     stop: Arc<AtomicBool>,
     /// Held while a mailbox is made and put in `state` (and while spmStop
     /// takes the SPM's out): one mailbox per pool, and none made for a
-    /// role that is gone. Not held while spmStop joins the SPM's thread;
-    /// a host mailbox replaced (a new master or host id) is still dropped
-    /// under it and under `state` (to mend: drop it after both locks; the review's
-    /// "joins under the map's lock").
+    /// role that is gone. No thread is joined under it or under `state`
+    /// (module docs).
     starting: Mutex<()>,
 }
 
@@ -123,12 +165,65 @@ impl Mailboxes {
         self.starting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Stops every mailbox: taken out of the maps under the lock, their
+    /// threads joined after it.
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        let mut st = self.lock();
-        st.spms.clear();
-        st.hosts.clear();
+        let (spms, hosts) = {
+            let mut st = self.lock();
+            st.retries.clear();
+            (std::mem::take(&mut st.spms), std::mem::take(&mut st.hosts))
+        };
+        drop(spms);
+        drop(hosts);
     }
+}
+
+/// What one scan of the SPM's mailbox read of the VGs: the image of each
+/// volume, per domain, read once per scan (a request for a volume that
+/// does not exist costs no `lvs` of its own).
+#[derive(Default)]
+struct ScanLvs(HashMap<SdUuid, StorageResult<HashMap<VolUuid, ImgUuid>>>);
+
+impl ScanLvs {
+    fn image_of(
+        &mut self,
+        vols: &block::volumes::BlockVolumes<'_>,
+        vol: VolUuid,
+    ) -> StorageResult<ImgUuid> {
+        let images = self
+            .0
+            .entry(vols.sd)
+            .or_insert_with(|| vols.volume_images_now())
+            .as_ref()
+            .map_err(Clone::clone)?;
+        images.get(&vol).copied().ok_or_else(|| {
+            StorageError::new(
+                Code::VolumeDoesNotExist,
+                "find volume",
+                format!("volume {vol} on domain {}", vols.sd),
+            )
+        })
+    }
+}
+
+/// An extend request sent through the mailbox, not answered yet.
+struct SentExtend {
+    sd: SdUuid,
+    img: ImgUuid,
+    vol: VolUuid,
+    /// Bytes asked.
+    size: u64,
+    /// The LV's size before.
+    before: u64,
+    started: Instant,
+    pending: Pending,
+}
+
+enum Asked {
+    /// The LV has the size already (bytes).
+    Already(u64),
+    Sent(SentExtend),
 }
 
 /// A thin LV the watermark watches.
@@ -206,7 +301,7 @@ impl Storage {
                 )
             })?;
         // Two first uses at once (the watermark and the verb) make one.
-        let _starting = self.mailboxes.starting();
+        let starting = self.mailboxes.starting();
         if let Some((m, h, mailer)) = self.mailboxes.lock().hosts.get(&sp) {
             if *m == pool.master && *h == host {
                 return Ok(Arc::clone(mailer));
@@ -228,10 +323,15 @@ impl Storage {
             host,
             poll: self.mailboxes.config.event_interval,
         })?);
-        self.mailboxes
+        let replaced = self
+            .mailboxes
             .lock()
             .hosts
             .insert(sp, (pool.master, host, Arc::clone(&mailer)));
+        // The one replaced (a new master or host id) is dropped, and its
+        // thread joined, after both locks.
+        drop(starting);
+        drop(replaced);
         Ok(mailer)
     }
 
@@ -266,6 +366,26 @@ impl Storage {
         vol: VolUuid,
         size: u64,
     ) -> StorageResult<u64> {
+        let timeout = self.mailboxes.config.request_timeout;
+        match self.send_extend(sp, sd, img, vol, size)? {
+            Asked::Already(now) => Ok(now),
+            Asked::Sent(sent) => match sent.pending.wait_until(sent.started + timeout)? {
+                Some(answer) => self.finish_extend(&sent, answer),
+                None => Err(sent.pending.no_answer(timeout)),
+            },
+        }
+    }
+
+    /// [`request_extend`](Self::request_extend) up to the request: checks
+    /// it and sends it, without waiting for the answer.
+    fn send_extend(
+        &self,
+        sp: SpUuid,
+        sd: SdUuid,
+        img: ImgUuid,
+        vol: VolUuid,
+        size: u64,
+    ) -> StorageResult<Asked> {
         const OP: &str = "extend volume through the mailbox";
         let pool = self.connected_pool(sp, OP)?;
         if !pool.domains.contains_key(&sd) {
@@ -303,10 +423,9 @@ impl Storage {
         // Already that large here: answered at once. "Here" is this host's
         // device when the LV is active (no LVM command); when it is
         // smaller, the VG may still have more (extended, not refreshed
-        // yet): the SPM then answers at once and the refresh below picks
-        // it up.
-        let vg = block::vg_name(sd);
-        let dev = Lvm::lv_path(&vg, &vol.to_string());
+        // yet): the SPM then answers at once and the refresh after the
+        // answer picks it up.
+        let dev = Lvm::lv_path(&block::vg_name(sd), &vol.to_string());
         let before = {
             let _held = self.lock_image(sd, img, false)?;
             let max = vols.thin_max_size(img, vol)?;
@@ -315,7 +434,7 @@ impl Storage {
                 Err(_) => vols.lv_size_now(img, vol)?,
             };
             if now >= size.min(max) {
-                return Ok(now);
+                return Ok(Asked::Already(now));
             }
             now
         };
@@ -324,8 +443,32 @@ impl Storage {
         let req = Extend::new(sd, vol, size_mib).map_err(|e| {
             StorageError::new(Code::VolumeResizeValueError, OP, e.to_string()).caused_by(e)
         })?;
-        let answer = mailer.request(req, self.mailboxes.config.request_timeout)?;
+        Ok(Asked::Sent(SentExtend {
+            sd,
+            img,
+            vol,
+            size,
+            before,
+            started,
+            pending: mailer.send(req)?,
+        }))
+    }
+
+    /// [`request_extend`](Self::request_extend) after the SPM's answer
+    /// (MiB; 0: it failed): refreshes the LV here and checks its size.
+    fn finish_extend(&self, sent: &SentExtend, answer: u64) -> StorageResult<u64> {
+        const OP: &str = "extend volume through the mailbox";
+        let SentExtend {
+            sd,
+            img,
+            vol,
+            size,
+            before,
+            started,
+            ..
+        } = *sent;
         let answered = started.elapsed();
+        let size_mib = sent.pending.request().size_mib;
         if answer == 0 {
             return Err(StorageError::new(
                 Code::LogicalVolumeExtendError,
@@ -333,6 +476,16 @@ impl Storage {
                 format!("the SPM could not extend volume {vol} of domain {sd} to {size_mib} MiB"),
             ));
         }
+        let Domain::Block(bd) = self.locate(sd)? else {
+            return Err(StorageError::new(
+                Code::VolumeExtendingError,
+                OP,
+                format!("domain {sd} is no longer a block domain"),
+            ));
+        };
+        let vols = bd.volumes(self.volume_tools());
+        let vg = block::vg_name(sd);
+        let dev = Lvm::lv_path(&vg, &vol.to_string());
         let refresh = Instant::now();
         let now = self.refreshed_size(&vols, img, vol, (&vg, &dev), OP)?;
         tracing::info!(%sd, %vol, before, now, asked = size, answer_mib = answer,
@@ -372,17 +525,33 @@ impl Storage {
         device_size(dev).map_err(|e| StorageError::io(Code::LogicalVolumeRefreshError, op, dev, e))
     }
 
-    /// The SPM's handler of extend requests of pool `sp`.
-    fn spm_extend(&self, sp: SpUuid, host: HostId, req: Extend) -> StorageResult<u64> {
+    /// The SPM's handler of an extend request of pool `sp`, within one
+    /// scan: left unanswered when this host is no longer its SPM (the next
+    /// SPM answers it; 0 would tell the host the extend failed).
+    fn spm_extend(&self, sp: SpUuid, host: HostId, req: Extend, scan: &mut ScanLvs) -> Reply {
+        let role = self
+            .pools
+            .lock()
+            .get(&sp)
+            .map(|p| (p.connected, p.spm.role));
+        if role != Some((true, SpmRole::Spm)) {
+            return Reply::Leave;
+        }
+        match self.spm_extend_checked(sp, host, req, scan) {
+            Ok(size) => Reply::Size(size),
+            Err(e) => Reply::Failed(e),
+        }
+    }
+
+    fn spm_extend_checked(
+        &self,
+        sp: SpUuid,
+        host: HostId,
+        req: Extend,
+        scan: &mut ScanLvs,
+    ) -> StorageResult<u64> {
         const OP: &str = "extend volume for a host";
         let pool = self.connected_pool(sp, OP)?;
-        if pool.spm.role != SpmRole::Spm {
-            return Err(StorageError::new(
-                Code::SpmStatusError,
-                OP,
-                format!("this host is no longer the SPM of pool {sp}"),
-            ));
-        }
         // A domain of another pool (or none) is refused: a host asks only
         // for volumes of the pool's domains (VDSM's _assert_sd_in_pool).
         if !pool.domains.contains_key(&req.domain) {
@@ -402,7 +571,7 @@ impl Storage {
         };
         let started = Instant::now();
         let vols = bd.volumes(self.volume_tools());
-        let img = vols.image_of(req.volume)?;
+        let img = scan.image_of(&vols, req.volume)?;
         let _held = self.lock_image(req.domain, img, true)?;
         let size = req.size_mib.saturating_mul(MIB);
         let reached = vols.grow_thin(img, req.volume, size)?;
@@ -428,7 +597,9 @@ impl Storage {
     }
 
     /// One service tick: the SPM threads follow this host's role, and the
-    /// host mailboxes the pools' connections.
+    /// host mailboxes the pools' connections. Mailboxes stopped are taken
+    /// out of the map under its lock and dropped (their threads joined)
+    /// after it.
     fn mailbox_tick(self: &Arc<Self>) {
         let pools: Vec<(SpUuid, SdUuid, bool, bool)> = self
             .pools
@@ -436,28 +607,55 @@ impl Storage {
             .iter()
             .map(|(sp, p)| (*sp, p.master, p.connected, p.spm.role == SpmRole::Spm))
             .collect();
-        let mut st = self.mailboxes.lock();
-        st.spms.retain(|sp, (master, mon)| {
-            let keep = mon.is_running()
-                && pools
-                    .iter()
-                    .any(|(s, m, c, spm)| s == sp && m == master && *c && *spm);
-            if !keep {
-                tracing::info!(pool = %sp, "SPM mailbox stopped");
-            }
-            keep
-        });
-        st.hosts.retain(|sp, (master, _, _)| {
+        let is_spm = |sp: &SpUuid, master: &SdUuid| {
             pools
                 .iter()
-                .any(|(s, m, c, _)| s == sp && m == master && *c)
-        });
+                .any(|(s, m, c, spm)| s == sp && m == master && *c && *spm)
+        };
+        let now = Instant::now();
+        let mut st = self.mailboxes.lock();
+        let stale_spms: Vec<SpUuid> = st
+            .spms
+            .iter()
+            .filter(|(sp, (master, mon))| !(mon.is_running() && is_spm(sp, master)))
+            .map(|(sp, _)| *sp)
+            .collect();
+        let stopped_spms: Vec<_> = stale_spms
+            .iter()
+            .filter_map(|sp| st.spms.remove_entry(sp))
+            .collect();
+        let stale_hosts: Vec<SpUuid> = st
+            .hosts
+            .iter()
+            .filter(|(sp, (master, _, _))| {
+                !pools
+                    .iter()
+                    .any(|(s, m, c, _)| s == *sp && m == master && *c)
+            })
+            .map(|(sp, _)| *sp)
+            .collect();
+        let stopped_hosts: Vec<_> = stale_hosts
+            .iter()
+            .filter_map(|sp| st.hosts.remove(sp))
+            .collect();
+        // A role gone: its next start begins without a wait.
+        st.retries
+            .retain(|sp, _| pools.iter().any(|(s, _, c, spm)| s == sp && *c && *spm));
         let to_start: Vec<(SpUuid, SdUuid)> = pools
             .iter()
-            .filter(|(sp, _, c, spm)| *c && *spm && !st.spms.contains_key(sp))
+            .filter(|(sp, _, c, spm)| {
+                *c && *spm
+                    && !st.spms.contains_key(sp)
+                    && st.retries.get(sp).is_none_or(|r| r.due(now))
+            })
             .map(|(sp, m, _, _)| (*sp, *m))
             .collect();
         drop(st);
+        for (sp, _) in &stopped_spms {
+            tracing::info!(pool = %sp, "SPM mailbox stopped");
+        }
+        drop(stopped_spms);
+        drop(stopped_hosts);
         // A file master has no mailbox: known from the cache without a
         // look at the storage (a file domain's look is a helper call).
         let to_start: Vec<(SpUuid, SdUuid)> = {
@@ -468,24 +666,43 @@ impl Storage {
                 .collect()
         };
         for (sp, master) in to_start {
-            let _starting = self.mailboxes.starting();
-            // spmStop may have run since the role was read: the role is
-            // read again under `starting`, which spmStop takes too.
-            let still_spm =
-                self.pools.lock().get(&sp).is_some_and(|p| {
-                    p.connected && p.master == master && p.spm.role == SpmRole::Spm
-                });
-            if !still_spm || self.mailboxes.stop.load(Ordering::Relaxed) {
-                continue;
-            }
-            match self.start_spm_mailbox(sp, master) {
-                Ok(Some(mon)) => {
-                    tracing::info!(pool = %sp, %master, "SPM mailbox started");
-                    self.mailboxes.lock().spms.insert(sp, (master, mon));
-                }
-                Ok(None) => {} // a file master: no mailbox
+            self.try_start_spm_mailbox(sp, master);
+        }
+    }
 
-                Err(e) => tracing::warn!(pool = %sp, error = %e, "cannot start the SPM mailbox"),
+    /// Starts the SPM's mailbox of pool `sp` if this host is still its
+    /// SPM; a failure is tried again later ([`Retry`]).
+    fn try_start_spm_mailbox(self: &Arc<Self>, sp: SpUuid, master: SdUuid) {
+        let _starting = self.mailboxes.starting();
+        // spmStop may have run since the role was read: the role is read
+        // again under `starting`, which spmStop takes too.
+        let still_spm = self
+            .pools
+            .lock()
+            .get(&sp)
+            .is_some_and(|p| p.connected && p.master == master && p.spm.role == SpmRole::Spm);
+        if !still_spm || self.mailboxes.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        match self.start_spm_mailbox(sp, master) {
+            Ok(Some(mon)) => {
+                let mut st = self.mailboxes.lock();
+                match st.retries.remove(&sp) {
+                    Some(r) => tracing::info!(pool = %sp, %master, failures = r.failures,
+                        "SPM mailbox started after failing to start"),
+                    None => tracing::info!(pool = %sp, %master, "SPM mailbox started"),
+                }
+                st.spms.insert(sp, (master, mon));
+            }
+            Ok(None) => {} // a file master: no mailbox
+            Err(e) => {
+                let mut st = self.mailboxes.lock();
+                let retry = st.retries.entry(sp).or_default();
+                if retry.failed(Instant::now(), e.to_string()) {
+                    tracing::warn!(pool = %sp, error = %e,
+                        retry_in_ms = Retry::delay(retry.failures - 1).as_millis() as u64,
+                        "cannot start the SPM mailbox (tried again less and less often; logged again when the error changes)");
+                }
             }
         }
     }
@@ -507,13 +724,15 @@ impl Storage {
             )
         })?;
         let weak = Arc::downgrade(self);
-        let handler: Handler = Arc::new(move |host, req| match weak.upgrade() {
-            Some(s) => s.spm_extend(sp, host, req),
-            None => Err(StorageError::new(
-                Code::SpmStatusError,
-                "extend volume for a host",
-                "depotd is stopping",
-            )),
+        // One session per scan, with its own look at the VGs.
+        let handler: Handler = Arc::new(move || -> ScanHandler {
+            let weak = weak.clone();
+            let mut scan = ScanLvs::default();
+            Box::new(move |host, req| match weak.upgrade() {
+                Some(s) => s.spm_extend(sp, host, req, &mut scan),
+                // depotd is stopping: the next SPM answers.
+                None => Reply::Leave,
+            })
         });
         SpmMonitor::start(
             SpmConfig {
@@ -566,12 +785,12 @@ impl Storage {
     }
 
     /// One watermark check of `lv`: its allocation (`qemu-img check -U`'s
-    /// image end), and an extend by one chunk when the free space left is
-    /// under the limit. Whether an extend was asked.
-    pub fn check_watermark(&self, lv: &ThinLv) -> StorageResult<bool> {
+    /// image end), and an extend by one chunk sent when the free space left
+    /// is under the limit (not waited for).
+    fn check_watermark(&self, lv: &ThinLv) -> StorageResult<Option<Asked>> {
         const OP: &str = "check thin volume";
         let Domain::Block(bd) = self.locate(lv.sd)? else {
-            return Ok(false);
+            return Ok(None);
         };
         let vols = bd.volumes(self.volume_tools());
         let path = Lvm::lv_path(&block::vg_name(lv.sd), &lv.vol.to_string());
@@ -586,24 +805,132 @@ impl Storage {
             (size, vols.thin_max_size(lv.img, lv.vol)?)
         };
         if size >= max {
-            return Ok(false);
+            return Ok(None);
         }
         let check = self
             .qemu
             .check_shared(&path, self.config.qemu_img_timeout)
             .map_err(|e| StorageError::new(Code::VolumeExtendingError, OP, e.to_string()))?;
         let Some(end) = check.image_end_offset else {
-            return Ok(false);
+            return Ok(None);
         };
         let c = &self.mailboxes.config;
         let free = size.saturating_sub(end);
         if free >= c.free_limit() {
-            return Ok(false);
+            return Ok(None);
         }
         let want = (size + c.chunk).min(max);
         tracing::info!(sd = %lv.sd, vol = %lv.vol, size, end, free, want, "thin volume over its watermark");
-        self.request_extend(lv.sp, lv.sd, lv.img, lv.vol, want)?;
-        Ok(true)
+        self.send_extend(lv.sp, lv.sd, lv.img, lv.vol, want)
+            .map(Some)
+    }
+}
+
+impl Watch for Storage {
+    type Lv = ThinLv;
+    type Sent = SentExtend;
+
+    fn key(lv: &ThinLv) -> (SdUuid, VolUuid) {
+        (lv.sd, lv.vol)
+    }
+
+    fn thin_lvs(&self) -> Vec<ThinLv> {
+        Storage::thin_lvs(self)
+    }
+
+    fn check(&self, lv: &ThinLv) -> StorageResult<Option<SentExtend>> {
+        Ok(match self.check_watermark(lv)? {
+            Some(Asked::Sent(sent)) => Some(sent),
+            Some(Asked::Already(_)) | None => None,
+        })
+    }
+
+    fn sent_at(sent: &SentExtend) -> Instant {
+        sent.started
+    }
+
+    fn wait(&self, sent: &SentExtend, deadline: Instant) -> StorageResult<Option<u64>> {
+        sent.pending.wait_until(deadline)
+    }
+
+    fn finish(&self, sent: &SentExtend, answer: u64) -> StorageResult<u64> {
+        self.finish_extend(sent, answer)
+    }
+
+    fn no_answer(sent: &SentExtend, waited: Duration) -> StorageError {
+        sent.pending.no_answer(waited)
+    }
+}
+
+/// What a watermark round needs (a trait: the round's order and bounds
+/// are tested without LVs).
+trait Watch {
+    type Lv;
+    type Sent;
+    fn key(lv: &Self::Lv) -> (SdUuid, VolUuid);
+    /// The LVs to watch.
+    fn thin_lvs(&self) -> Vec<Self::Lv>;
+    /// Checks one LV; the extend sent when it is over its watermark.
+    fn check(&self, lv: &Self::Lv) -> StorageResult<Option<Self::Sent>>;
+    fn sent_at(sent: &Self::Sent) -> Instant;
+    /// The SPM's answer (MiB) if it came by `deadline`.
+    fn wait(&self, sent: &Self::Sent, deadline: Instant) -> StorageResult<Option<u64>>;
+    /// After the answer: refresh and check.
+    fn finish(&self, sent: &Self::Sent, answer: u64) -> StorageResult<u64>;
+    fn no_answer(sent: &Self::Sent, waited: Duration) -> StorageError;
+}
+
+/// One round of the watermark, ended by `round_end`: every LV without an
+/// extend under way is checked and the extends of all those over their
+/// watermark are sent first; then the answers are awaited, together,
+/// until `round_end` at the latest. An extend not answered by then stays
+/// in `pending` for the next rounds (its LV is not checked again) until
+/// it is answered or `timeout` after it was sent. So one slow extend holds
+/// neither the checks nor the other extends.
+fn watermark_round<W: Watch>(
+    w: &W,
+    pending: &mut HashMap<(SdUuid, VolUuid), W::Sent>,
+    round_end: Instant,
+    timeout: Duration,
+    stop: &AtomicBool,
+) {
+    for lv in w.thin_lvs() {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let key = W::key(&lv);
+        if pending.contains_key(&key) {
+            continue;
+        }
+        match w.check(&lv) {
+            Ok(Some(sent)) => {
+                pending.insert(key, sent);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(sd = %key.0, vol = %key.1, error = %e, "thin volume watermark")
+            }
+        }
+    }
+    let keys: Vec<(SdUuid, VolUuid)> = pending.keys().copied().collect();
+    for key in keys {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let sent = &pending[&key];
+        let expires = W::sent_at(sent) + timeout;
+        let outcome = match w.wait(sent, round_end.min(expires)) {
+            Ok(Some(answer)) => Some(w.finish(sent, answer)),
+            Ok(None) if Instant::now() >= expires => Some(Err(W::no_answer(sent, timeout))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        };
+        if let Some(result) = outcome {
+            pending.remove(&key);
+            if let Err(e) = result {
+                tracing::warn!(sd = %key.0, vol = %key.1, error = %e, "thin volume watermark");
+            }
+        }
     }
 }
 
@@ -623,18 +950,210 @@ fn service(storage: &Weak<Storage>, stop: &AtomicBool) {
 }
 
 fn watermark(storage: &Weak<Storage>, stop: &AtomicBool) {
+    let mut pending = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let Some(s) = storage.upgrade() else { return };
-        let interval = s.mailboxes.config.check_interval;
-        for lv in s.thin_lvs() {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            if let Err(e) = s.check_watermark(&lv) {
-                tracing::warn!(sd = %lv.sd, vol = %lv.vol, error = %e, "thin volume watermark");
-            }
-        }
+        let c = &s.mailboxes.config;
+        let round_end = Instant::now() + c.check_interval;
+        watermark_round(&*s, &mut pending, round_end, c.request_timeout, stop);
         drop(s);
-        std::thread::sleep(interval);
+        std::thread::sleep(round_end.saturating_duration_since(Instant::now()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::format::{Mailbox, AREA_SIZE, MAILBOX_SIZE};
+    use crate::mailbox::spm::per_request;
+    use std::str::FromStr;
+    use std::sync::mpsc;
+
+    fn sd() -> SdUuid {
+        SdUuid::from_str("1f2c3d4e-5a6b-4c7d-8e9f-a0b1c2d3e4f5").unwrap()
+    }
+
+    fn vol(n: u8) -> VolUuid {
+        VolUuid::from_str(&format!("00112233-4455-6677-8899-aabbccddee{n:02x}")).unwrap()
+    }
+
+    #[test]
+    fn retries_back_off_and_log_each_error_once() {
+        let mut r = Retry::default();
+        let t0 = Instant::now();
+        assert!(r.due(t0));
+        assert!(r.failed(t0, "no LV".into()), "the first error is logged");
+        assert!(!r.due(t0));
+        assert!(r.due(t0 + SERVICE_TICK));
+        let mut delays = vec![Retry::delay(0)];
+        for _ in 0..20 {
+            assert!(!r.failed(t0, "no LV".into()), "the same error again");
+            delays.push(r.next.unwrap() - t0);
+        }
+        assert_eq!(delays[0], SERVICE_TICK);
+        assert_eq!(delays[1], 2 * SERVICE_TICK);
+        assert_eq!(delays[2], 4 * SERVICE_TICK);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
+        assert_eq!(*delays.last().unwrap(), RETRY_CAP);
+        assert!(r.failed(t0, "I/O error".into()), "a new error is logged");
+    }
+
+    /// A fake storage for the watermark's round: every LV is over its
+    /// watermark; the SPM never answers `slow`'s extend.
+    struct Fake {
+        lvs: Vec<VolUuid>,
+        slow: VolUuid,
+        checked: Mutex<Vec<VolUuid>>,
+        finished: Mutex<Vec<VolUuid>>,
+    }
+
+    impl Watch for Fake {
+        type Lv = VolUuid;
+        type Sent = (VolUuid, Instant);
+        fn key(lv: &VolUuid) -> (SdUuid, VolUuid) {
+            (sd(), *lv)
+        }
+        fn thin_lvs(&self) -> Vec<VolUuid> {
+            self.lvs.clone()
+        }
+        fn check(&self, lv: &VolUuid) -> StorageResult<Option<(VolUuid, Instant)>> {
+            self.checked.lock().unwrap().push(*lv);
+            Ok(Some((*lv, Instant::now())))
+        }
+        fn sent_at(sent: &(VolUuid, Instant)) -> Instant {
+            sent.1
+        }
+        fn wait(&self, sent: &(VolUuid, Instant), deadline: Instant) -> StorageResult<Option<u64>> {
+            if sent.0 == self.slow {
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                return Ok(None);
+            }
+            Ok(Some(100))
+        }
+        fn finish(&self, sent: &(VolUuid, Instant), answer: u64) -> StorageResult<u64> {
+            self.finished.lock().unwrap().push(sent.0);
+            Ok(answer * MIB)
+        }
+        fn no_answer(_: &(VolUuid, Instant), _: Duration) -> StorageError {
+            StorageError::new(Code::LogicalVolumeExtendError, "test", "no answer")
+        }
+    }
+
+    /// One LV whose extend the SPM does not answer holds neither the
+    /// other LVs' requests (all sent in the same round) nor the round
+    /// (bounded), and is not asked again while its request waits.
+    #[test]
+    fn a_slow_extend_does_not_hold_the_other_lvs() {
+        let fake = Fake {
+            lvs: vec![vol(1), vol(2), vol(3)],
+            slow: vol(1),
+            checked: Mutex::default(),
+            finished: Mutex::default(),
+        };
+        let stop = AtomicBool::new(false);
+        let mut pending = HashMap::new();
+        let timeout = Duration::from_secs(60);
+        let t = Instant::now();
+        watermark_round(
+            &fake,
+            &mut pending,
+            t + Duration::from_millis(300),
+            timeout,
+            &stop,
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(*fake.checked.lock().unwrap(), [vol(1), vol(2), vol(3)]);
+        let mut finished = fake.finished.lock().unwrap().clone();
+        finished.sort();
+        assert_eq!(finished, [vol(2), vol(3)]);
+        assert_eq!(pending.len(), 1);
+        // The next round: the slow one's request still waits, and is not
+        // asked again; the others are checked again.
+        watermark_round(
+            &fake,
+            &mut pending,
+            Instant::now() + Duration::from_millis(100),
+            timeout,
+            &stop,
+        );
+        assert_eq!(
+            *fake.checked.lock().unwrap(),
+            [vol(1), vol(2), vol(3), vol(2), vol(3)]
+        );
+        assert_eq!(pending.len(), 1);
+        // Past its timeout it is given up, and asked again next round.
+        watermark_round(
+            &fake,
+            &mut pending,
+            Instant::now() + Duration::from_millis(100),
+            Duration::ZERO,
+            &stop,
+        );
+        assert!(pending.is_empty());
+    }
+
+    /// Stopping the mailboxes joins their threads after the map's lock:
+    /// a thread stuck in an extend does not hold everyone that needs the
+    /// map.
+    #[test]
+    fn stop_joins_the_threads_outside_the_lock() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let mk = |n: &str| {
+            let p = dir.path().join(n);
+            std::fs::File::create(&p)
+                .unwrap()
+                .set_len(AREA_SIZE)
+                .unwrap();
+            p
+        };
+        let (inbox, outbox) = (mk("inbox"), mk("outbox"));
+        let mut mb = Mailbox::default();
+        mb.set(0, &Extend::new(sd(), vol(1), 10).unwrap().to_bytes());
+        crate::mailbox::io::write(&inbox, MAILBOX_SIZE as u64, &mb.to_bytes()).unwrap();
+        let (entered, entered_rx) = mpsc::channel::<()>();
+        let (release, released) = mpsc::channel::<()>();
+        let (entered, released) = (Mutex::new(entered), Mutex::new(released));
+        let monitor = SpmMonitor::start(
+            SpmConfig {
+                inbox,
+                outbox,
+                max_host: HostId::new(4).unwrap(),
+                event_poll: Duration::from_millis(20),
+                full_poll: Duration::from_secs(3600),
+            },
+            per_request(move |_, e| {
+                let _ = entered.lock().unwrap().send(());
+                let _ = released.lock().unwrap().recv();
+                Reply::Size(e.size_mib)
+            }),
+        )
+        .unwrap();
+        let mailboxes = Mailboxes::default();
+        let sp = SpUuid::from_str("5f2c3d4e-5a6b-4c7d-8e9f-a0b1c2d3e4f5").unwrap();
+        mailboxes.lock().spms.insert(sp, (sd(), monitor));
+        entered_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let got_the_lock = std::thread::scope(|s| {
+            let stopping = s.spawn(|| mailboxes.stop());
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let mut got = false;
+            // Until the stop took the monitor out, then the lock is free
+            // while the thread is joined.
+            while Instant::now() < deadline {
+                if let Ok(st) = mailboxes.state.try_lock() {
+                    if st.spms.is_empty() {
+                        got = true;
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            release.send(()).unwrap();
+            stopping.join().unwrap();
+            got
+        });
+        assert!(
+            got_the_lock,
+            "the map's lock was held while a thread was joined"
+        );
     }
 }

@@ -7,14 +7,29 @@
 //! and the host empties the slot. A slot is reused only after that, so an
 //! old answer can never be taken for a new one.
 //!
+//! A mailbox that starts reads what is in its slots first (as VDSM's
+//! `_initMailbox` does): a slot the SPM may not be done with (a request
+//! of an earlier run in `inbox`, an answer in `outbox`: `stale_slots`) is
+//! not free. It is handed back as an answered slot is (CLEAN, then the
+//! SPM's CLEAN), so that neither a stale answer nor the late answer to an
+//! earlier run's request can be taken for a new request. A mailbox that
+//! stops hands back the same way the slots whose request may still be
+//! answered (CLEAN, not empty), so the next run knows them.
+//!
+//! One host mailbox per pool and host in this process writes: a second
+//! one started for the same `inbox` and host (a reconnect) takes it over,
+//! and the first one writes nothing any more (not even its final empty
+//! mailbox, which would blank the new one's requests); its thread ends and
+//! its waiting callers get an error.
+//!
 //! The same request twice (same domain, volume and size) while the first
 //! waits shares its slot. Requests nobody waits for any more (timed out)
 //! keep their slot until the SPM answers them.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -42,8 +57,13 @@ enum Slot {
     Free,
     /// Sent; waiting for the SPM's answer.
     Waiting(Extend),
-    /// Answered; CLEAN written, waiting for the SPM's CLEAN.
+    /// Answered; CLEAN written, waiting for the SPM's CLEAN (or an empty
+    /// slot: a new SPM cleared `outbox`).
     Cleaning,
+    /// Held by an earlier run when this mailbox started; CLEAN written,
+    /// waiting for the SPM's CLEAN only: an empty slot may still get the
+    /// late answer to that run's request.
+    Stale,
 }
 
 struct State {
@@ -58,13 +78,57 @@ struct State {
     outgoing: Mailbox,
     /// The last I/O error of the thread, for the waiters' messages.
     last_error: Option<String>,
+    /// Why this mailbox takes no requests any more (stopped, or taken
+    /// over by a newer one).
+    closed: Option<&'static str>,
 }
+
+/// Who may write one host's mailbox in one `inbox` (module docs).
+struct Owner {
+    /// The generation of the mailbox that owns it.
+    current: AtomicU64,
+    /// Held across each write, so that a take-over never falls between an
+    /// owner's check and its write.
+    io: Mutex<()>,
+}
+
+/// The owners by `inbox` path and host id. Entries are never removed: one
+/// per pool and host id this process ever used.
+type Owners = Mutex<HashMap<(PathBuf, HostId), Arc<Owner>>>;
+
+fn owner_of(inbox: &std::path::Path, host: HostId) -> Arc<Owner> {
+    static OWNERS: OnceLock<Owners> = OnceLock::new();
+    let mut owners = OWNERS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    Arc::clone(
+        owners
+            .entry((inbox.to_path_buf(), host))
+            .or_insert_with(|| {
+                Arc::new(Owner {
+                    current: AtomicU64::new(0),
+                    io: Mutex::new(()),
+                })
+            }),
+    )
+}
+
+fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+const SUPERSEDED: &str = "another mailbox of this host in this pool took over (a reconnect)";
+const STOPPED: &str = "this host's mailbox was stopped";
 
 struct Inner {
     config: HostConfig,
     state: Mutex<State>,
     changed: Condvar,
     stop: AtomicBool,
+    owner: Arc<Owner>,
+    generation: u64,
 }
 
 /// One host's mailbox in one pool. Dropping it stops its thread.
@@ -73,43 +137,135 @@ pub struct HostMailer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// A request sent and not answered yet ([`HostMailer::send`]). Dropping it
+/// stops waiting; the request keeps its slot until the SPM answers it.
+pub struct Pending {
+    inner: Arc<Inner>,
+    slot: usize,
+    ticket: u64,
+    req: Extend,
+}
+
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn send(&self, state: &State) -> StorageResult<()> {
+    fn is_owner(&self) -> bool {
+        self.owner.current.load(Ordering::Relaxed) == self.generation
+    }
+
+    /// Writes this host's mailbox, if this mailbox still owns it.
+    fn write_owned(&self, mailbox: &Mailbox) -> StorageResult<()> {
+        let _io = self.owner.io.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.is_owner() {
+            return Err(StorageError::new(
+                Code::MiscFileWriteException,
+                "write mailbox",
+                SUPERSEDED,
+            ));
+        }
         io::write(
             &self.config.inbox,
             self.config.host.offset(),
-            &state.outgoing.to_bytes(),
+            &mailbox.to_bytes(),
         )
+    }
+
+    fn send(&self, state: &State) -> StorageResult<()> {
+        self.write_owned(&state.outgoing)
+    }
+
+    /// Marks this mailbox closed and wakes every waiter.
+    fn close(&self, st: &mut State, why: &'static str) {
+        if st.closed.is_none() {
+            st.closed = Some(why);
+        }
+        self.changed.notify_all();
     }
 }
 
+/// The slots an earlier run left (module docs), from what `inbox` and
+/// `outbox` hold in this host's mailbox when it starts. A slot is free
+/// when the SPM is done with it: nothing was sent and nothing answered,
+/// or the SPM answered the earlier run's CLEAN with its own (it handles a
+/// host's slots in order, so nothing of that slot is still under way).
+/// Everything else waits for the SPM's CLEAN: a request (perhaps being
+/// extended now), a CLEAN not answered yet, an answer.
+fn stale_slots(inbox: &Mailbox, outbox: &Mailbox) -> [bool; MESSAGES_PER_MAILBOX] {
+    let mut stale = [false; MESSAGES_PER_MAILBOX];
+    for (i, s) in stale.iter_mut().enumerate() {
+        let free = matches!(
+            (inbox.message(i), outbox.message(i)),
+            (Ok(Message::Empty), Ok(Message::Empty | Message::Clean))
+                | (Ok(Message::Clean), Ok(Message::Clean))
+        );
+        *s = !free;
+    }
+    stale
+}
+
+fn read_mailbox(path: &std::path::Path, host: HostId) -> StorageResult<Mailbox> {
+    let b = io::read(path, host.offset(), MAILBOX_SIZE)?;
+    Mailbox::parse_unchecked(&b)
+        .map_err(|e| StorageError::new(Code::MiscFileReadException, "read mailbox", e.to_string()))
+}
+
 impl HostMailer {
-    /// Clears this host's mailbox in `inbox` (requests of an earlier run
-    /// are forgotten, as VDSM does) and starts the thread.
+    /// Takes this host's mailbox over (module docs), reads what an earlier
+    /// run left in its slots, writes it with those slots handed back and
+    /// the others empty (requests of an earlier run are forgotten, as VDSM
+    /// does), and starts the thread.
     pub fn start(config: HostConfig) -> StorageResult<HostMailer> {
+        const OP: &str = "start host mailbox";
+        let owner = owner_of(&config.inbox, config.host);
+        let generation = next_generation();
+        let mut state = State {
+            slots: [Slot::Free; MESSAGES_PER_MAILBOX],
+            waiters: HashMap::new(),
+            answers: HashMap::new(),
+            next_ticket: 0,
+            outgoing: Mailbox::default(),
+            last_error: None,
+            closed: None,
+        };
+        {
+            // Under the owner's I/O lock: the mailbox this one takes over
+            // writes nothing between the reads and this one's first write.
+            let _io = owner.io.lock().unwrap_or_else(PoisonError::into_inner);
+            let sent = read_mailbox(&config.inbox, config.host).map_err(|e| e.in_op(OP))?;
+            let answered = read_mailbox(&config.outbox, config.host).map_err(|e| e.in_op(OP))?;
+            for (i, stale) in stale_slots(&sent, &answered).into_iter().enumerate() {
+                if stale {
+                    state.slots[i] = Slot::Stale;
+                    state.outgoing.set(i, &CLEAN);
+                }
+            }
+            owner.current.store(generation, Ordering::Relaxed);
+            io::write(
+                &config.inbox,
+                config.host.offset(),
+                &state.outgoing.to_bytes(),
+            )
+            .map_err(|e| e.in_op(OP))?;
+        }
+        let stale = state.slots.iter().filter(|s| **s == Slot::Stale).count();
+        if stale > 0 {
+            tracing::info!(host = %config.host, stale, "host mailbox: slots of an earlier run handed back first");
+        }
         let inner = Arc::new(Inner {
             config,
-            state: Mutex::new(State {
-                slots: [Slot::Free; MESSAGES_PER_MAILBOX],
-                waiters: HashMap::new(),
-                answers: HashMap::new(),
-                next_ticket: 0,
-                outgoing: Mailbox::default(),
-                last_error: None,
-            }),
+            state: Mutex::new(state),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
+            owner,
+            generation,
         });
-        inner.send(&inner.lock())?;
         let t = Arc::clone(&inner);
         let thread = std::thread::Builder::new()
             .name(format!("mailbox-host-{}", inner.config.host))
             .spawn(move || run(&t))
-            .map_err(|e| StorageError::os(Code::MiscFileWriteException, "start host mailbox", e))?;
+            .map_err(|e| StorageError::os(Code::MiscFileWriteException, OP, e))?;
         Ok(HostMailer {
             inner,
             thread: Some(thread),
@@ -120,13 +276,22 @@ impl HostMailer {
         &self.inner.config
     }
 
-    /// Sends `req` and waits up to `timeout` for the SPM's answer: the
-    /// size reached in MiB (0: the SPM could not extend). Blocking.
-    pub fn request(&self, req: Extend, timeout: Duration) -> StorageResult<u64> {
+    /// Sends `req` (or joins the same request already waiting) without
+    /// waiting for the answer.
+    pub fn send(&self, req: Extend) -> StorageResult<Pending> {
         const OP: &str = "send extend request";
-        let deadline = Instant::now() + timeout;
         let bytes = req.to_bytes();
         let mut st = self.inner.lock();
+        if let Some(why) = st.closed {
+            return Err(StorageError::new(Code::LogicalVolumeExtendError, OP, why));
+        }
+        if !self.inner.is_owner() {
+            return Err(StorageError::new(
+                Code::LogicalVolumeExtendError,
+                OP,
+                SUPERSEDED,
+            ));
+        }
         let ticket = st.next_ticket;
         st.next_ticket += 1;
         let same = (0..MESSAGES_PER_MAILBOX)
@@ -163,31 +328,51 @@ impl HostMailer {
         };
         st.waiters.entry(slot).or_default().push(ticket);
         self.inner.changed.notify_all();
+        Ok(Pending {
+            inner: Arc::clone(&self.inner),
+            slot,
+            ticket,
+            req,
+        })
+    }
+
+    /// Sends `req` and waits up to `timeout` for the SPM's answer: the
+    /// size reached in MiB (0: the SPM could not extend). Blocking.
+    pub fn request(&self, req: Extend, timeout: Duration) -> StorageResult<u64> {
+        let deadline = Instant::now() + timeout;
+        let pending = self.send(req)?;
+        match pending.wait_until(deadline)? {
+            Some(size) => Ok(size),
+            None => Err(pending.no_answer(timeout)),
+        }
+    }
+}
+
+impl Pending {
+    pub fn request(&self) -> Extend {
+        self.req
+    }
+
+    /// Waits until `deadline` for the SPM's answer (size in MiB, 0: the
+    /// SPM could not extend); `None` when it has not come yet (the request
+    /// still waits: call again). An error when the mailbox was stopped or
+    /// taken over.
+    pub fn wait_until(&self, deadline: Instant) -> StorageResult<Option<u64>> {
+        let mut st = self.inner.lock();
         loop {
-            if let Some(size) = st.answers.remove(&ticket) {
-                return Ok(size);
+            if let Some(size) = st.answers.remove(&self.ticket) {
+                return Ok(Some(size));
+            }
+            if let Some(why) = st.closed {
+                return Err(StorageError::new(
+                    Code::LogicalVolumeExtendError,
+                    "wait for the SPM's answer",
+                    why,
+                ));
             }
             let now = Instant::now();
             if now >= deadline {
-                if let Some(w) = st.waiters.get_mut(&slot) {
-                    w.retain(|t| *t != ticket);
-                }
-                let why = st
-                    .last_error
-                    .as_deref()
-                    .map(|e| format!(" (last error: {e})"))
-                    .unwrap_or_default();
-                return Err(StorageError::new(
-                    Code::LogicalVolumeExtendError,
-                    OP,
-                    format!(
-                        "no answer from the SPM within {} s to extend volume {} of domain {} to {} MiB{why}",
-                        timeout.as_secs_f64(),
-                        req.volume,
-                        req.domain,
-                        req.size_mib
-                    ),
-                ));
+                return Ok(None);
             }
             st = self
                 .inner
@@ -197,12 +382,45 @@ impl HostMailer {
                 .0;
         }
     }
+
+    /// The error of a request not answered after `waited`.
+    pub fn no_answer(&self, waited: Duration) -> StorageError {
+        let req = self.req;
+        let why = self
+            .inner
+            .lock()
+            .last_error
+            .as_deref()
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default();
+        StorageError::new(
+            Code::LogicalVolumeExtendError,
+            "send extend request",
+            format!(
+                "no answer from the SPM within {} s to extend volume {} of domain {} to {} MiB{why}",
+                waited.as_secs_f64(),
+                req.volume,
+                req.domain,
+                req.size_mib
+            ),
+        )
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        st.answers.remove(&self.ticket);
+        if let Some(w) = st.waiters.get_mut(&self.slot) {
+            w.retain(|t| *t != self.ticket);
+        }
+    }
 }
 
 impl Drop for HostMailer {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::Relaxed);
-        self.inner.changed.notify_all();
+        self.inner.close(&mut self.inner.lock(), STOPPED);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -210,11 +428,17 @@ impl Drop for HostMailer {
 }
 
 /// The thread: idle while no slot is in use; otherwise reads this host's
-/// mailbox in `outbox` every `poll` and moves the slots along.
+/// mailbox in `outbox` every `poll` and moves the slots along. Ends when
+/// stopped or taken over.
 fn run(inner: &Inner) {
     let cfg = &inner.config;
     let mut st = inner.lock();
     while !inner.stop.load(Ordering::Relaxed) {
+        if !inner.is_owner() {
+            tracing::info!(host = %cfg.host, "host mailbox taken over by a newer one");
+            inner.close(&mut st, SUPERSEDED);
+            return;
+        }
         if st.slots.iter().all(|s| *s == Slot::Free) {
             st = inner
                 .changed
@@ -224,11 +448,7 @@ fn run(inner: &Inner) {
             continue;
         }
         drop(st);
-        let read = io::read(&cfg.outbox, cfg.host.offset(), MAILBOX_SIZE).and_then(|b| {
-            Mailbox::parse_unchecked(&b).map_err(|e| {
-                StorageError::new(Code::MiscFileReadException, "read mailbox", e.to_string())
-            })
-        });
+        let read = read_mailbox(&cfg.outbox, cfg.host);
         st = inner.lock();
         match read {
             Ok(incoming) => {
@@ -252,13 +472,21 @@ fn run(inner: &Inner) {
             .unwrap_or_else(PoisonError::into_inner)
             .0;
     }
+    // Leave the mailbox with nothing pending: the slots whose request
+    // may still be answered handed back (CLEAN: the next run waits for
+    // the SPM's CLEAN before it uses them), the others empty (an answer
+    // still in `outbox` keeps a slot from the next run too). Only while
+    // this one owns it: a newer one's requests are not blanked.
+    let mut last = Mailbox::default();
+    for (i, s) in st.slots.iter().enumerate() {
+        if matches!(s, Slot::Waiting(_) | Slot::Stale) {
+            last.set(i, &CLEAN);
+        }
+    }
     drop(st);
-    // Leave the mailbox empty: nothing of this host's is pending.
-    let _ = io::write(
-        &cfg.inbox,
-        cfg.host.offset(),
-        &Mailbox::default().to_bytes(),
-    );
+    if let Err(e) = inner.write_owned(&last) {
+        tracing::debug!(error = %e, "host mailbox: final mailbox not written");
+    }
 }
 
 /// Applies the SPM's answers in `incoming` to the slots; whether this
@@ -284,8 +512,13 @@ fn step(st: &mut State, incoming: &Mailbox) -> bool {
                 st.outgoing.set(i, &CLEAN);
                 changed = true;
             }
-            Slot::Cleaning => {
-                if matches!(incoming.message(i), Ok(Message::Clean | Message::Empty)) {
+            Slot::Cleaning | Slot::Stale => {
+                let done = match incoming.message(i) {
+                    Ok(Message::Clean) => true,
+                    Ok(Message::Empty) => st.slots[i] == Slot::Cleaning,
+                    _ => false,
+                };
+                if done {
                     st.slots[i] = Slot::Free;
                     st.outgoing.set(i, &[0; 64]);
                     changed = true;

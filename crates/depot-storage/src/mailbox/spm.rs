@@ -13,6 +13,19 @@
 //! answered its CLEAN, so a request is seen once per sending. A new SPM
 //! starts with nothing seen: requests left by an SPM that died are
 //! answered again (extends are idempotent).
+//!
+//! Each scan gets a handler session of its own ([`Handler`]), so that
+//! what the handler reads to answer (the VG's LVs) is read once per scan,
+//! not once per request. A scan handles at most [`HOST_BUDGET`] new
+//! requests of one host and starts at the next host each time: a host
+//! that floods its mailbox (63 requests for volumes that do not exist)
+//! delays the others by its budget only; what is left waits for the next
+//! scan, which comes at once.
+//!
+//! An SPM that stops (spmStop) or is no longer SPM leaves the requests it
+//! has not handled unanswered in `inbox` ([`Reply::Leave`], and the stop
+//! is checked before each request): the next SPM answers them. An answer
+//! 0 would tell the host that the extend failed.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -41,8 +54,36 @@ pub struct SpmConfig {
     pub full_poll: Duration,
 }
 
-/// Extends what a request asks; the size reached in MiB.
-pub type Handler = Arc<dyn Fn(HostId, Extend) -> StorageResult<u64> + Send + Sync>;
+/// What the handler made of one request.
+#[derive(Debug)]
+pub enum Reply {
+    /// Extended (or already that large): the size reached in MiB.
+    Size(u64),
+    /// The extend failed: answered with size 0.
+    Failed(StorageError),
+    /// Not this SPM's to answer any more (the role is gone): the request
+    /// stays unanswered, and the scan ends.
+    Leave,
+}
+
+/// One scan's handler: extends what a request asks.
+pub type ScanHandler = Box<dyn FnMut(HostId, Extend) -> Reply>;
+
+/// Makes the handler of each scan (it may cache what it reads for the
+/// scan's requests).
+pub type Handler = Arc<dyn Fn() -> ScanHandler + Send + Sync>;
+
+/// A handler without a per-scan cache: `f` for each request.
+pub fn per_request(f: impl Fn(HostId, Extend) -> Reply + Send + Sync + 'static) -> Handler {
+    let f = Arc::new(f);
+    Arc::new(move || {
+        let f = Arc::clone(&f);
+        Box::new(move |host, req| f(host, req))
+    })
+}
+
+/// The most new requests of one host one scan handles.
+pub const HOST_BUDGET: usize = 8;
 
 struct Stop {
     stop: Mutex<bool>,
@@ -123,6 +164,8 @@ struct Monitor {
     /// Per host: what this SPM wrote in its mailbox in `outbox`.
     answers: HashMap<HostId, Mailbox>,
     last_event: Option<[u8; 16]>,
+    /// The host the next scan starts with (0-based).
+    first_host: usize,
 }
 
 impl Monitor {
@@ -133,6 +176,7 @@ impl Monitor {
             seen: HashMap::new(),
             answers: HashMap::new(),
             last_event: None,
+            first_host: 0,
         }
     }
 
@@ -142,10 +186,13 @@ impl Monitor {
             let now = Instant::now();
             let event = self.event_changed();
             if event || now >= next_full {
-                if let Err(e) = self.scan() {
-                    tracing::warn!(error = %e, "SPM mailbox: cannot read the inbox");
-                }
                 next_full = Instant::now() + self.config.full_poll;
+                match self.scan(stop) {
+                    // Requests left for the next scan: at once.
+                    Ok(true) => next_full = Instant::now(),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "SPM mailbox: cannot read the inbox"),
+                }
             }
             let stopped = stop.stop.lock().unwrap_or_else(PoisonError::into_inner);
             let (stopped, _) = stop
@@ -174,15 +221,21 @@ impl Monitor {
         }
     }
 
-    /// Reads every host's mailbox and handles what is new.
-    fn scan(&mut self) -> StorageResult<()> {
+    /// Reads every host's mailbox and handles what is new (module docs);
+    /// whether requests were left for the next scan (a budget spent).
+    fn scan(&mut self, stop: &Stop) -> StorageResult<bool> {
         let hosts = self.config.max_host.get() as usize;
         let all = io::read(
             &self.config.inbox,
             MAILBOX_SIZE as u64,
             hosts * MAILBOX_SIZE,
         )?;
-        for (n, raw) in all.chunks_exact(MAILBOX_SIZE).enumerate() {
+        let mut handler = (self.handler)();
+        let first = self.first_host % hosts;
+        self.first_host = first + 1;
+        let mut more = false;
+        for n in (first..hosts).chain(0..first) {
+            let raw = &all[n * MAILBOX_SIZE..(n + 1) * MAILBOX_SIZE];
             let host = HostId::new(n as u64 + 1).expect("1..=max_host");
             // Most mailboxes are empty: cheaper to see than to checksum.
             if raw.iter().step_by(64).all(|b| *b == 0) {
@@ -190,19 +243,32 @@ impl Monitor {
                 continue;
             }
             match Mailbox::parse_checked(raw) {
-                Ok(mb) => self.handle_host(host, mb),
+                Ok(mb) => match self.handle_host(host, mb, &mut handler, stop) {
+                    Handled::All => {}
+                    Handled::BudgetSpent => more = true,
+                    Handled::Left => return Ok(false),
+                },
                 Err(e) => {
                     tracing::warn!(%host, error = %e, "SPM mailbox: host's mailbox skipped");
                 }
             }
         }
-        Ok(())
+        Ok(more)
     }
 
-    fn handle_host(&mut self, host: HostId, mb: Mailbox) {
+    fn handle_host(
+        &mut self,
+        host: HostId,
+        mb: Mailbox,
+        handler: &mut ScanHandler,
+        stop: &Stop,
+    ) -> Handled {
         // What was read and handled so far: a slot whose answer could not
-        // be written stays as it was, to be handled again next time.
+        // be written, or that was left, stays as it was, to be handled
+        // again next time.
         let mut seen = self.seen.remove(&host).unwrap_or_default();
+        let mut budget = HOST_BUDGET;
+        let mut handled = Handled::All;
         for i in 0..MESSAGES_PER_MAILBOX {
             if mb.slot(i) == seen.slot(i) {
                 continue;
@@ -211,11 +277,25 @@ impl Monitor {
                 Ok(Message::Empty) => None,
                 Ok(Message::Clean) => Some(CLEAN),
                 Ok(Message::Extend(req)) => {
-                    let size = match (self.handler)(host, req) {
-                        Ok(size) => size,
-                        Err(e) => {
+                    if budget == 0 {
+                        handled = Handled::BudgetSpent;
+                        continue;
+                    }
+                    if stop.stopped() {
+                        handled = Handled::Left;
+                        break;
+                    }
+                    budget -= 1;
+                    let size = match handler(host, req) {
+                        Reply::Size(size) => size,
+                        Reply::Failed(e) => {
                             tracing::warn!(%host, ?req, error = %e, "SPM mailbox: extend failed");
                             0
+                        }
+                        Reply::Leave => {
+                            tracing::info!(%host, ?req, "SPM mailbox: no longer SPM, request left for the next one");
+                            handled = Handled::Left;
+                            break;
                         }
                     };
                     let answer = Extend {
@@ -240,5 +320,21 @@ impl Monitor {
             seen.set(i, mb.slot(i));
         }
         self.seen.insert(host, seen);
+        handled
+    }
+}
+
+/// How far a scan got with one host's mailbox.
+enum Handled {
+    All,
+    /// Its budget was spent: requests wait for the next scan.
+    BudgetSpent,
+    /// Stopped, or no longer SPM: nothing more is handled.
+    Left,
+}
+
+impl Stop {
+    fn stopped(&self) -> bool {
+        *self.stop.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
