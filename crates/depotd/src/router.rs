@@ -263,12 +263,7 @@ impl Router {
     }
 
     async fn clear_task(&self, p: params::TaskClear) -> Result<returns::TaskClear, ApiError> {
-        // A stream task's file is removed: off the runtime.
-        let (tasks, jobs, id) = (self.tasks.clone(), self.jobs.clone(), p.taskID);
-        tokio::task::spawn_blocking(move || tasks.clear(&jobs, id))
-            .await
-            .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))?
-            .map(|()| Done)
+        self.tasks.clear(&self.jobs, p.taskID).await.map(|()| Done)
     }
 
     async fn update_volume(

@@ -118,19 +118,35 @@ impl Tasks {
         })
     }
 
-    /// Forgets a finished task: a stored task's file is removed, so this
-    /// blocks: call it from a blocking thread.
-    pub fn clear(&self, jobs: &JobManager, id: Uuid) -> Result<(), ApiError> {
+    /// Forgets a finished task: a stored task's file is removed; a host
+    /// job that is an SPM task (Image.move's, spmStart's) is deleted as
+    /// `Host.deleteJob` does, so that it is 401 afterwards as a cleared
+    /// VDSM task is. Another job's id (SDM.copy_data, ...: VDSM has no
+    /// task for it) is left to `Host.deleteJob`.
+    pub async fn clear(self: &Arc<Self>, jobs: &JobManager, id: Uuid) -> Result<(), ApiError> {
         if self.store.get(id).is_some() {
-            return self.store.clear(id);
+            // The file's removal and its directory's fsync: off the runtime.
+            let me = Arc::clone(self);
+            return tokio::task::spawn_blocking(move || me.store.clear(id))
+                .await
+                .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))?;
         }
-        match jobs.get(JobId(id)) {
-            None => Err(ApiError::new(Code::UnknownTask, format!("'{id}'"))),
-            Some(j) if !j.status.is_final() => Err(ApiError::new(
+        let unknown = || ApiError::new(Code::UnknownTask, format!("'{id}'"));
+        let job = jobs.get(JobId(id)).ok_or_else(unknown)?;
+        if !job.status.is_final() {
+            return Err(ApiError::new(
                 Code::TaskNotFinished,
-                format!("'{id}' is {}", j.status),
-            )),
-            Some(_) => Ok(()),
+                format!("'{id}' is {}", job.status),
+            ));
+        }
+        let kind = jobs.kind_of(JobId(id)).unwrap_or_default();
+        if !is_task_job(&kind) {
+            return Ok(());
+        }
+        match jobs.delete(JobId(id)).await {
+            // Deleted meanwhile (its auto-delete, a second clear).
+            Err(e) if e.code == Code::NoSuchJob => Err(unknown()),
+            other => other,
         }
     }
 
@@ -163,7 +179,9 @@ impl Tasks {
         ids.extend(
             jobs.list(None, &[])
                 .iter()
-                .filter(|j| jobs.kind_of(j.id).as_deref() == Some(crate::storage_jobs::MOVE_IMAGE))
+                .filter(|j| {
+                    jobs.kind_of(j.id).as_deref() == Some(crate::storage_jobs::MOVE_IMAGE)
+                })
                 .map(|j| j.id.0),
         );
         let mut out = BTreeMap::new();
@@ -191,6 +209,12 @@ impl Tasks {
     ) -> Result<BTreeMap<String, TaskInfo>, ApiError> {
         self.each(jobs, scope, |t, id| t.info(jobs, id))
     }
+}
+
+/// Whether a host job of `kind` is one of VDSM's tasks (Image.move's and
+/// spmStart's ids are task ids).
+fn is_task_job(kind: &str) -> bool {
+    kind == crate::storage_jobs::MOVE_IMAGE || kind == crate::storage_jobs::SPM_START
 }
 
 /// The verb a host job answers to `Task.getInfo`: Image.move's is VDSM's
