@@ -129,9 +129,7 @@ impl Router {
             Call::TaskGetInfo(p) => wire(self.tasks.info(&self.jobs, p.taskID)),
             Call::TaskClear(p) => wire(self.clear_task(p).await),
             Call::HostGetAllTasksStatuses(_) => wire(self.tasks.all(&self.jobs, &self.scope())),
-            Call::HostGetAllTasksInfo(_) => {
-                wire(self.tasks.all_info(&self.jobs, &self.scope()))
-            }
+            Call::HostGetAllTasksInfo(_) => wire(self.tasks.all_info(&self.jobs, &self.scope())),
             Call::SdmCopyData(p) => wire(self.copy_data(p).await),
             Call::SdmUpdateVolume(p) => wire(self.update_volume(p).await),
             Call::ImageMove(p) => wire(self.move_image(p).await),

@@ -811,7 +811,10 @@ mod tests {
         assert_eq!((rec.loaded, rec.interrupted, rec.corrupt.len()), (2, 0, 1));
         assert!(tasks.join(format!("{newer}.json.corrupt")).exists());
         let r = store.get(a).unwrap();
-        assert_eq!((r.verb, r.pool, r.state), (Verb::CreateVolume, Some(sp), State::Finished));
+        assert_eq!(
+            (r.verb, r.pool, r.state),
+            (Verb::CreateVolume, Some(sp), State::Finished)
+        );
         assert_eq!(r.status().taskResult, "success");
         assert_eq!(store.get(c).unwrap().verb, Verb::DeleteVolume);
         assert!(store.get(b).is_none());

@@ -179,9 +179,7 @@ impl Tasks {
         ids.extend(
             jobs.list(None, &[])
                 .iter()
-                .filter(|j| {
-                    jobs.kind_of(j.id).as_deref() == Some(crate::storage_jobs::MOVE_IMAGE)
-                })
+                .filter(|j| jobs.kind_of(j.id).as_deref() == Some(crate::storage_jobs::MOVE_IMAGE))
                 .map(|j| j.id.0),
         );
         let mut out = BTreeMap::new();

@@ -249,7 +249,10 @@ async fn born_finished_tasks_survive_restart_and_crash() {
     o.d.restart();
     o.connect().await;
     let after = o.answers(&ids).await;
-    assert_eq!(after, before, "the task verbs answer the same after a restart");
+    assert_eq!(
+        after, before,
+        "the task verbs answer the same after a restart"
+    );
 
     // A crash right after the verb answered.
     let deleted = call_ok(
@@ -482,7 +485,10 @@ async fn an_image_move_task_reports_across_a_crash() {
     assert_eq!(all[&moved], done, "{all}");
     // Nothing claims success: the source is as it was, the destination
     // volume ILLEGAL.
-    assert!(std::fs::read(&src.path).unwrap() == data, "the source changed");
+    assert!(
+        std::fs::read(&src.path).unwrap() == data,
+        "the source changed"
+    );
     let md = volume_md(&src.path.with_extension("meta"));
     assert_eq!(md["LEGALITY"], "LEGAL", "{md:?}");
     let dst = Vol::in_domain(&dst_sd, &dst_dom, &img, &vol);
@@ -529,7 +535,10 @@ async fn a_create_cut_by_a_crash_is_rolled_back_with_no_task() {
         json!({before.clone(): {"id": before, "verb": "createVolume"}}),
         "only the task of the create that answered"
     );
-    assert!(o.d.log().contains(&format!("half-created volume {img}/{block}")));
+    assert!(o
+        .d
+        .log()
+        .contains(&format!("half-created volume {img}/{block}")));
 }
 
 fn which_qemu_img() -> std::path::PathBuf {
@@ -576,7 +585,16 @@ async fn a_pools_tasks_are_listed_by_its_spm_only() {
     call_err(&o.c, "Host.getAllTasksInfo", json!({}), 654).await;
 
     start_spm(&o.c, &sp).await;
-    let mut p = volume_params(&master, &new_id(), &new_id(), MIB, "RAW", "SPARSE", "p", None);
+    let mut p = volume_params(
+        &master,
+        &new_id(),
+        &new_id(),
+        MIB,
+        "RAW",
+        "SPARSE",
+        "p",
+        None,
+    );
     p["storagepoolID"] = json!(sp);
     let pooled = call_ok(&o.c, "Volume.create", p).await;
     let pooled = pooled.as_str().unwrap().to_string();
