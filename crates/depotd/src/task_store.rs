@@ -399,9 +399,12 @@ impl TaskStore {
     }
 
     /// Records the task of an SPM verb whose work has succeeded, born
-    /// finished, and returns its new id. The file is written (fsync'd,
-    /// renamed, directory fsync'd) before this returns, so the id the verb
-    /// answers is never one a crash right after the answer forgets.
+    /// finished, and returns its new id. The file replaces its temporary
+    /// file before this returns, without an fsync (docs/storage.md, "SPM
+    /// tasks"): a crash of depotd right after the answer keeps it (the page
+    /// cache has it), a crash of the host may lose it within the file
+    /// system's commit interval (the task is then 401, as a cleared one);
+    /// an fsync would cost a journal commit per Volume.create.
     ///
     /// A record that cannot be written is kept in memory (logged): the work
     /// is done, and answering an error would make the engine roll back
@@ -426,7 +429,9 @@ impl TaskStore {
             created_at: at,
             ended_at: Some(at),
         };
-        if let Err(e) = self.write(&record) {
+        let written =
+            depot_os::fsutil::replace_unsynced(&self.path(record.id), &record.encode(), 0o600);
+        if let Err(e) = written {
             tracing::warn!(task = %id, verb = verb.name(), error = %e,
                 "cannot record a finished task; it is kept in memory only");
         }
