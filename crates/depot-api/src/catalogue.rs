@@ -1106,34 +1106,43 @@ verbs! {
     } -> (Done, "the job's result holds the checksum");
 
     /// The status of a task id that an SPM verb returned (Volume.create,
-    /// Volume.delete, Volume.extendSize, Image.delete, Image.move) or an
-    /// OVF_STORE stream answered in its `Task-Id` header, in VDSM's shape.
-    /// depot finishes the SPM verbs before answering, except Image.move,
-    /// whose id is a host job's; the streams' tasks survive a restart
-    /// (docs/storage.md).
+    /// Volume.delete, Volume.extendSize, Image.delete, the Lease verbs,
+    /// switchMaster, Image.move, spmStart) or an OVF_STORE stream answered
+    /// in its `Task-Id` header, in VDSM's shape. depot finishes the SPM
+    /// verbs before answering, except Image.move and spmStart, whose ids
+    /// are host jobs'; every task survives a restart (until `Task.clear`;
+    /// a job's until its auto-delete too)
+    /// (docs/storage.md, "SPM tasks").
     "Task.getStatus" => TaskGetStatus {
         /// The task id.
         taskID: Uuid,
     } -> (TaskStatus, "taskState running or finished; taskResult success, cleanFailure or empty");
 
     /// What a task is: VDSM's verb name (createVolume, deleteVolume,
-    /// extendVolumeSize, deleteImage, moveImage, downloadImageFromStream
-    /// for an OVF_STORE upload, uploadImageToStream for a read).
+    /// extendVolumeSize, deleteImage, create_lease, delete_lease,
+    /// rebuild_leases, switchMaster, moveImage, spmStart,
+    /// downloadImageFromStream for an OVF_STORE upload, uploadImageToStream
+    /// for a read).
     "Task.getInfo" => TaskGetInfo {
         /// The task id.
         taskID: Uuid,
     } -> (TaskInfo);
 
-    /// Forgets a finished task (403 while it runs).
+    /// Forgets a finished task (403 while it runs), for good: its record
+    /// is removed, an Image.move's or spmStart's job deleted.
     "Task.clear" => TaskClear {
         /// The task id.
         taskID: Uuid,
     } -> (Done);
 
-    /// The status of every task this host knows.
+    /// The status of every SPM task of this host: a pool's only while this
+    /// host is its SPM (654 while a pool is connected and this host is not
+    /// its SPM, as VDSM), the tasks of domains in no pool, Image.move's;
+    /// not spmStart's (docs/storage.md, "SPM tasks").
     "Host.getAllTasksStatuses" => HostGetAllTasksStatuses {} -> (BTreeMap<String, TaskStatus>, "by task id");
 
-    /// What every task this host knows is (the engine asks this to find
+    /// What every SPM task of this host is, listed as
+    /// `Host.getAllTasksStatuses` lists them (the engine asks this to find
     /// the tasks of a new SPM).
     "Host.getAllTasksInfo" => HostGetAllTasksInfo {} -> (BTreeMap<String, TaskInfo>, "by task id");
 

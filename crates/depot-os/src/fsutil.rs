@@ -112,6 +112,43 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError>
 
 /// Creates a new temporary file next to the target. O_EXCL plus a random
 /// name means two writers never share one.
+/// Replaces `path` with `bytes` as [`write_atomic`] does (a temporary file
+/// renamed over it: a reader sees the old content or the new, never a
+/// mix), but without its fsyncs: the new content survives a crash of this
+/// process at once (it is in the kernel's page cache) and a crash of the
+/// host only once the file system has committed it (ext4: within its
+/// 5 s commit interval; an older or empty file may be left otherwise).
+/// For records whose loss in a host crash is acceptable and whose fsync
+/// would sit on a hot path (an SPM verb's born-finished task).
+pub fn replace_unsynced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
+    const OP: &str = "replace_unsynced";
+    let name = path.file_name().ok_or(FsError::InvalidArgument {
+        op: OP,
+        path: path.to_owned(),
+        reason: "the path has no file name",
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let (tmp_path, mut file) = create_temp(dir, name, mode)?;
+    let written = (|| {
+        file.write_all(bytes)
+            .map_err(io_err("replace_unsynced: write", &tmp_path))?;
+        file.set_permissions(Permissions::from_mode(mode))
+            .map_err(io_err("replace_unsynced: chmod", &tmp_path))?;
+        drop(file);
+        fs::rename(&tmp_path, path).map_err(io_err("replace_unsynced: rename over", path))
+    })();
+    if let Err(e) = written {
+        if let Err(rm) = fs::remove_file(&tmp_path) {
+            tracing::warn!(path = %tmp_path.display(), error = %rm, "cannot remove temporary file");
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
 fn create_temp(dir: &Path, name: &OsStr, mode: u32) -> Result<(PathBuf, File), FsError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut last_err = None;

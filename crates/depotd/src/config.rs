@@ -227,8 +227,8 @@ pub struct JobsConfig {
 #[serde(deny_unknown_fields)]
 pub struct TasksConfig {
     /// Finished tasks kept until the engine clears them (`Task.clear`):
-    /// those of the OVF_STORE streams (persisted) and, separately, the
-    /// born-finished ones of the SPM verbs. Beyond it the oldest go.
+    /// the persisted ones of the OVF_STORE streams and of the SPM verbs,
+    /// counted together. Beyond it the oldest go.
     pub max_finished: usize,
 }
 

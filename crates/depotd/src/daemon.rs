@@ -303,7 +303,7 @@ async fn open_tasks(config: &Config) -> Result<Arc<Tasks>, StartError> {
         }
     };
     tracing::info!(%recovered, "tasks recovered");
-    Ok(Arc::new(Tasks::new(streams, config.tasks.max_finished)))
+    Ok(Arc::new(Tasks::new(streams)))
 }
 
 /// The TLS port (and the address it got) and the local socket.

@@ -18,7 +18,16 @@ use crate::call::CallCtx;
 use crate::fencing::{self, Fencer};
 use crate::storage_api;
 use crate::storage_jobs;
-use crate::tasks::{verb, Tasks};
+use crate::task_store::SpmVerb;
+use crate::tasks::{Scope, Tasks};
+
+/// What an SPM verb's task belongs to: the pool named, or the connected
+/// pool of the domain (none for a domain attached to no pool).
+#[derive(Clone, Copy)]
+enum TaskOf {
+    Pool(depot_api::storage::SpUuid),
+    Domain(depot_api::storage::SdUuid),
+}
 
 #[derive(Clone)]
 pub struct Router {
@@ -119,8 +128,8 @@ impl Router {
             Call::TaskGetStatus(p) => wire(self.tasks.status(&self.jobs, p.taskID)),
             Call::TaskGetInfo(p) => wire(self.tasks.info(&self.jobs, p.taskID)),
             Call::TaskClear(p) => wire(self.clear_task(p).await),
-            Call::HostGetAllTasksStatuses(_) => wire(Ok(self.tasks.all(&self.jobs))),
-            Call::HostGetAllTasksInfo(_) => wire(Ok(self.tasks.all_info(&self.jobs))),
+            Call::HostGetAllTasksStatuses(_) => wire(self.tasks.all(&self.jobs, &self.scope())),
+            Call::HostGetAllTasksInfo(_) => wire(self.tasks.all_info(&self.jobs, &self.scope())),
             Call::SdmCopyData(p) => wire(self.copy_data(p).await),
             Call::SdmUpdateVolume(p) => wire(self.update_volume(p).await),
             Call::ImageMove(p) => wire(self.move_image(p).await),
@@ -142,10 +151,11 @@ impl Router {
             Call::StoragePoolSpmStart(p) => wire(self.spm_start(p).await),
             Call::StoragePoolSpmStop(p) => wire(storage_api::spm_stop(storage, p).await),
             Call::StoragePoolGetSpmStatus(p) => wire(storage_api::spm_status(storage, p).await),
-            Call::StoragePoolSwitchMaster(p) => wire(self.finished(
-                verb::SWITCH_MASTER,
-                storage_api::switch_master(storage, p).await,
-            )),
+            Call::StoragePoolSwitchMaster(p) => {
+                let of = TaskOf::Pool(p.storagepoolID);
+                let work = storage_api::switch_master(storage, p).await;
+                wire(self.finished(SpmVerb::SwitchMaster, of, work).await)
+            }
             Call::StoragePoolReconstructMaster(p) => {
                 wire(storage_api::reconstruct_master(storage, p).await)
             }
@@ -158,41 +168,48 @@ impl Router {
             Call::StorageDomainDetach(p) => wire(storage_api::detach(storage, p).await),
             Call::StorageDomainActivate(p) => wire(storage_api::activate(storage, p).await),
             Call::StorageDomainDeactivate(p) => wire(storage_api::deactivate(storage, p).await),
-            Call::VolumeCreate(p) => wire(self.finished(
-                verb::CREATE_VOLUME,
-                storage_api::create_volume(storage, p).await,
-            )),
+            Call::VolumeCreate(p) => {
+                let of = TaskOf::Domain(p.storagedomainID);
+                let work = storage_api::create_volume(storage, p).await;
+                wire(self.finished(SpmVerb::CreateVolume, of, work).await)
+            }
             Call::VolumeGetInfo(p) => wire(storage_api::volume_info(storage, p).await),
             Call::VolumeGetSize(p) => wire(storage_api::volume_size(storage, p).await),
-            Call::VolumeDelete(p) => wire(self.finished(
-                verb::DELETE_VOLUME,
-                storage_api::delete_volume(storage, p).await,
-            )),
+            Call::VolumeDelete(p) => {
+                let of = TaskOf::Domain(p.storagedomainID);
+                let work = storage_api::delete_volume(storage, p).await;
+                wire(self.finished(SpmVerb::DeleteVolume, of, work).await)
+            }
             Call::VolumeSetDescription(p) => {
                 wire(storage_api::set_volume_description(storage, p).await)
             }
             Call::VolumeSetLegality(p) => wire(storage_api::set_volume_legality(storage, p).await),
-            Call::VolumeExtendSize(p) => wire(self.finished(
-                verb::EXTEND_VOLUME_SIZE,
-                storage_api::extend_volume(storage, p).await,
-            )),
+            Call::VolumeExtendSize(p) => {
+                let of = TaskOf::Domain(p.storagedomainID);
+                let work = storage_api::extend_volume(storage, p).await;
+                wire(self.finished(SpmVerb::ExtendVolumeSize, of, work).await)
+            }
             Call::VolumeRequestExtend(p) => wire(storage_api::request_extend(storage, p).await),
-            Call::ImageDelete(p) => wire(self.finished(
-                verb::DELETE_IMAGE,
-                storage_api::delete_image(storage, p).await,
-            )),
-            Call::LeaseCreate(p) => wire(self.finished(
-                verb::CREATE_LEASE,
-                storage_api::create_lease(storage, p).await,
-            )),
-            Call::LeaseDelete(p) => wire(self.finished(
-                verb::DELETE_LEASE,
-                storage_api::delete_lease(storage, p).await,
-            )),
-            Call::LeaseRebuildLeases(p) => wire(self.finished(
-                verb::REBUILD_LEASES,
-                storage_api::rebuild_leases(storage, p).await,
-            )),
+            Call::ImageDelete(p) => {
+                let of = TaskOf::Domain(p.storagedomainID);
+                let work = storage_api::delete_image(storage, p).await;
+                wire(self.finished(SpmVerb::DeleteImage, of, work).await)
+            }
+            Call::LeaseCreate(p) => {
+                let of = TaskOf::Domain(p.lease.sd_id);
+                let work = storage_api::create_lease(storage, p).await;
+                wire(self.finished(SpmVerb::CreateLease, of, work).await)
+            }
+            Call::LeaseDelete(p) => {
+                let of = TaskOf::Domain(p.lease.sd_id);
+                let work = storage_api::delete_lease(storage, p).await;
+                wire(self.finished(SpmVerb::DeleteLease, of, work).await)
+            }
+            Call::LeaseRebuildLeases(p) => {
+                let of = TaskOf::Domain(p.sd_id);
+                let work = storage_api::rebuild_leases(storage, p).await;
+                wire(self.finished(SpmVerb::RebuildLeases, of, work).await)
+            }
             Call::LeaseLookup(p) => wire(storage_api::lease_info(storage, p).await),
             Call::LeaseGetStatus(p) => wire(storage_api::lease_status(storage, p).await),
             Call::LeaseFence(p) => wire(storage_api::fence_lease(storage, p).await),
@@ -206,18 +223,45 @@ impl Router {
     }
 
     /// A verb VDSM runs as an SPM task and depot completes before the
-    /// answer: a finished task's id, once the work succeeded.
-    fn finished(&self, verb: &'static str, work: Result<(), ApiError>) -> Result<TaskId, ApiError> {
-        work.map(|()| TaskId(self.tasks.finished(verb)))
+    /// answer: once the work succeeded, a finished task's id, recorded on
+    /// disk before the answer (the engine may poll it at once, or after a
+    /// crash that followed the answer). A failure is answered as itself,
+    /// with no task.
+    async fn finished(
+        &self,
+        verb: SpmVerb,
+        of: TaskOf,
+        work: Result<(), ApiError>,
+    ) -> Result<TaskId, ApiError> {
+        work?;
+        let (tasks, storage) = (self.tasks.clone(), self.storage.clone());
+        // The record's fsyncs: off the runtime.
+        tokio::task::spawn_blocking(move || {
+            let pool = match of {
+                TaskOf::Pool(sp) => Some(sp),
+                TaskOf::Domain(sd) => storage.connected_pool_of(sd),
+            };
+            TaskId(tasks.finished(verb, pool))
+        })
+        .await
+        .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))
+    }
+
+    /// Which pools' tasks `Host.getAllTasks*` lists here.
+    fn scope(&self) -> Scope {
+        let mut scope = Scope::default();
+        for (sp, spm) in self.storage.connected_pools_spm() {
+            if spm {
+                scope.spm_of.push(sp);
+            } else {
+                scope.not_spm_of.push(sp);
+            }
+        }
+        scope
     }
 
     async fn clear_task(&self, p: params::TaskClear) -> Result<returns::TaskClear, ApiError> {
-        // A stream task's file is removed: off the runtime.
-        let (tasks, jobs, id) = (self.tasks.clone(), self.jobs.clone(), p.taskID);
-        tokio::task::spawn_blocking(move || tasks.clear(&jobs, id))
-            .await
-            .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))?
-            .map(|()| Done)
+        self.tasks.clear(&self.jobs, p.taskID).await.map(|()| Done)
     }
 
     async fn update_volume(

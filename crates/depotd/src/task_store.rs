@@ -1,12 +1,20 @@
-//! The tasks of the OVF_STORE streams, persisted: VDSM's SPM tasks
-//! `downloadImageFromStream` (the engine's PUT) and `uploadImageToStream`
-//! (its GET), whose ids the streams answer in `Task-Id`.
+//! VDSM's SPM tasks that depotd persists, in the state directory:
 //!
-//! Each task is a file `<state_dir>/tasks/<id>.json` (`"format": 1`,
-//! docs/formats.md), replaced atomically on each change, so a restart does
-//! not lose one: a task that was running when the daemon stopped is
-//! reported finished with `cleanFailure` and 9001 (JobInterrupted). A file
-//! that cannot be read is moved aside as `<id>.json.corrupt`. At most
+//! - the tasks of the OVF_STORE streams: `downloadImageFromStream` (the
+//!   engine's PUT) and `uploadImageToStream` (its GET), whose ids the
+//!   streams answer in `Task-Id`;
+//! - the tasks of the SPM verbs depot finishes before it answers
+//!   (`createVolume`, `deleteVolume`, ...: [`SpmVerb`]), recorded born
+//!   finished before the verb answers ([`TaskStore::record_finished`]), with
+//!   the pool they belong to.
+//!
+//! Each task is a file `<state_dir>/tasks/<id>.json` (`"format": 2`,
+//! docs/formats.md; format 1, the streams' layout before the SPM verbs'
+//! tasks were kept here, is read too), replaced atomically on each change,
+//! so a restart does not lose one: a task that was running when the daemon
+//! stopped is reported finished with `cleanFailure` and 9001
+//! (JobInterrupted). A file that cannot be read, or written by a newer
+//! depot, is moved aside as `<id>.json.corrupt`. At most
 //! `tasks.max_finished` finished tasks are kept; beyond that the oldest go.
 //!
 //! Everything here that touches a file blocks: call it from a blocking
@@ -19,34 +27,109 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use depot_api::results::TaskStatus;
-use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
+use depot_api::storage::{ImgUuid, SdUuid, SpUuid, VolUuid};
 use depot_api::types::Uuid;
 use depot_api::{ApiError, Code};
 use serde::{Deserialize, Serialize};
 
-/// The only layout this depot writes and reads.
-const FORMAT: u32 = 1;
+/// The layout this depot writes.
+const FORMAT: u32 = 2;
+/// The oldest layout it still reads: 1 had only the streams' tasks, each
+/// with its volume (a subset of 2).
+const OLDEST_FORMAT: u32 = 1;
+
+/// VDSM's message of a task that succeeded.
+pub const SUCCESS_MESSAGE: &str = "1 jobs completed successfully";
 
 /// The directory under the state directory.
 pub const TASKS_DIR: &str = "tasks";
 
 /// VDSM's verb names (the engine's `AsyncTaskType`), as `Task.getInfo`
-/// reports them.
+/// reports them and the task files hold them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StreamVerb {
+pub enum Verb {
     /// The engine's PUT: an upload into an OVF_STORE.
     #[serde(rename = "downloadImageFromStream")]
     Upload,
     /// The engine's GET: a read of an OVF_STORE.
     #[serde(rename = "uploadImageToStream")]
     Download,
+    #[serde(rename = "createVolume")]
+    CreateVolume,
+    #[serde(rename = "deleteVolume")]
+    DeleteVolume,
+    #[serde(rename = "extendVolumeSize")]
+    ExtendVolumeSize,
+    #[serde(rename = "deleteImage")]
+    DeleteImage,
+    #[serde(rename = "create_lease")]
+    CreateLease,
+    #[serde(rename = "delete_lease")]
+    DeleteLease,
+    #[serde(rename = "rebuild_leases")]
+    RebuildLeases,
+    #[serde(rename = "switchMaster")]
+    SwitchMaster,
 }
 
-impl StreamVerb {
+impl Verb {
     pub fn name(self) -> &'static str {
         match self {
-            StreamVerb::Upload => "downloadImageFromStream",
-            StreamVerb::Download => "uploadImageToStream",
+            Verb::Upload => "downloadImageFromStream",
+            Verb::Download => "uploadImageToStream",
+            Verb::CreateVolume => "createVolume",
+            Verb::DeleteVolume => "deleteVolume",
+            Verb::ExtendVolumeSize => "extendVolumeSize",
+            Verb::DeleteImage => "deleteImage",
+            Verb::CreateLease => "create_lease",
+            Verb::DeleteLease => "delete_lease",
+            Verb::RebuildLeases => "rebuild_leases",
+            Verb::SwitchMaster => "switchMaster",
+        }
+    }
+}
+
+/// The streams' verbs ([`TaskStore::begin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamVerb {
+    Upload,
+    Download,
+}
+
+impl From<StreamVerb> for Verb {
+    fn from(v: StreamVerb) -> Verb {
+        match v {
+            StreamVerb::Upload => Verb::Upload,
+            StreamVerb::Download => Verb::Download,
+        }
+    }
+}
+
+/// The SPM verbs depot finishes before it answers
+/// ([`TaskStore::record_finished`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpmVerb {
+    CreateVolume,
+    DeleteVolume,
+    ExtendVolumeSize,
+    DeleteImage,
+    CreateLease,
+    DeleteLease,
+    RebuildLeases,
+    SwitchMaster,
+}
+
+impl From<SpmVerb> for Verb {
+    fn from(v: SpmVerb) -> Verb {
+        match v {
+            SpmVerb::CreateVolume => Verb::CreateVolume,
+            SpmVerb::DeleteVolume => Verb::DeleteVolume,
+            SpmVerb::ExtendVolumeSize => Verb::ExtendVolumeSize,
+            SpmVerb::DeleteImage => Verb::DeleteImage,
+            SpmVerb::CreateLease => Verb::CreateLease,
+            SpmVerb::DeleteLease => Verb::DeleteLease,
+            SpmVerb::RebuildLeases => Verb::RebuildLeases,
+            SpmVerb::SwitchMaster => Verb::SwitchMaster,
         }
     }
 }
@@ -63,16 +146,24 @@ pub enum State {
 pub struct TaskRecord {
     pub format: u32,
     pub id: Uuid,
-    pub verb: StreamVerb,
+    pub verb: Verb,
+    /// The pool whose SPM ran it; `None` for a domain in no pool (depot's
+    /// single-host use) and for the streams (any host serves them).
+    #[serde(default)]
+    pub pool: Option<SpUuid>,
     pub state: State,
     /// Whether the stream did its work; meaningful once finished.
     pub success: bool,
     /// 0, or the error code of a failure.
     pub code: i32,
     pub message: String,
-    pub sd_id: SdUuid,
-    pub img_id: ImgUuid,
-    pub vol_id: VolUuid,
+    /// The volume of a stream; `None` for the SPM verbs' tasks.
+    #[serde(default)]
+    pub sd_id: Option<SdUuid>,
+    #[serde(default)]
+    pub img_id: Option<ImgUuid>,
+    #[serde(default)]
+    pub vol_id: Option<VolUuid>,
     /// Wall-clock seconds since the epoch.
     pub created_at: f64,
     #[serde(default)]
@@ -103,7 +194,12 @@ impl TaskRecord {
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
         match value.get("format").and_then(serde_json::Value::as_u64) {
-            Some(f) if f == u64::from(FORMAT) => {}
+            Some(f) if (u64::from(OLDEST_FORMAT)..=u64::from(FORMAT)).contains(&f) => {}
+            Some(f) if f > u64::from(FORMAT) => {
+                return Err(format!(
+                    "unsupported format {f} (newer than this depotd's {FORMAT})"
+                ))
+            }
             Some(f) => return Err(format!("unsupported format {f}")),
             None => return Err("no format field".to_string()),
         }
@@ -115,8 +211,14 @@ impl TaskRecord {
         Ok(record)
     }
 
+    /// Always in this depot's format (a format 1 record rewritten becomes
+    /// a format 2 one: the same fields and `pool`).
     fn encode(&self) -> Vec<u8> {
-        let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+        let record = TaskRecord {
+            format: FORMAT,
+            ..self.clone()
+        };
+        let mut bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
         bytes.push(b'\n');
         bytes
     }
@@ -266,17 +368,19 @@ impl TaskStore {
         img: ImgUuid,
         vol: VolUuid,
     ) -> Result<TaskGuard, ApiError> {
+        let verb = Verb::from(verb);
         let record = TaskRecord {
             format: FORMAT,
             id,
             verb,
+            pool: None,
             state: State::Running,
             success: false,
             code: 0,
             message: "running".into(),
-            sd_id: sd,
-            img_id: img,
-            vol_id: vol,
+            sd_id: Some(sd),
+            img_id: Some(img),
+            vol_id: Some(vol),
             created_at: now(),
             ended_at: None,
         };
@@ -294,6 +398,52 @@ impl TaskStore {
         })
     }
 
+    /// Records the task of an SPM verb whose work has succeeded, born
+    /// finished, and returns its new id. The file replaces its temporary
+    /// file before this returns, without an fsync (docs/storage.md, "SPM
+    /// tasks"): a crash of depotd right after the answer keeps it (the page
+    /// cache has it), a crash of the host may lose it within the file
+    /// system's commit interval (the task is then 401, as a cleared one);
+    /// an fsync would cost a journal commit per Volume.create.
+    ///
+    /// A record that cannot be written is kept in memory (logged): the work
+    /// is done, and answering an error would make the engine roll back
+    /// work that succeeded; such an id is lost by a restart (401), as in
+    /// VDSM when persisting a task fails. Blocks.
+    pub fn record_finished(&self, verb: SpmVerb, pool: Option<SpUuid>) -> Uuid {
+        let id = Uuid::new_v4();
+        let at = now();
+        let verb = Verb::from(verb);
+        let record = TaskRecord {
+            format: FORMAT,
+            id,
+            verb,
+            pool,
+            state: State::Finished,
+            success: true,
+            code: 0,
+            message: SUCCESS_MESSAGE.into(),
+            sd_id: None,
+            img_id: None,
+            vol_id: None,
+            created_at: at,
+            ended_at: Some(at),
+        };
+        let written =
+            depot_os::fsutil::replace_unsynced(&self.path(record.id), &record.encode(), 0o600);
+        if let Err(e) = written {
+            tracing::warn!(task = %id, verb = verb.name(), error = %e,
+                "cannot record a finished task; it is kept in memory only");
+        }
+        let gone = {
+            let mut tasks = self.lock();
+            tasks.insert(id, record);
+            self.over_bound(&mut tasks)
+        };
+        self.remove_files(&gone);
+        id
+    }
+
     fn finish(&self, id: Uuid, outcome: Result<(), &ApiError>) {
         // The state change and the bound are one step for readers: nobody
         // sees more finished tasks than the bound.
@@ -308,7 +458,7 @@ impl TaskStore {
                 Ok(()) => {
                     r.success = true;
                     r.code = 0;
-                    r.message = "1 jobs completed successfully".into();
+                    r.message = SUCCESS_MESSAGE.into();
                 }
                 Err(e) => {
                     r.success = false;
@@ -489,30 +639,35 @@ mod tests {
         let r = TaskRecord {
             format: FORMAT,
             id: Uuid::new_v4(),
-            verb: StreamVerb::Upload,
+            verb: Verb::Upload,
+            pool: None,
             state: State::Finished,
             success: false,
             code: 9005,
             message: "too large".into(),
-            sd_id: sd,
-            img_id: img,
-            vol_id: vol,
+            sd_id: Some(sd),
+            img_id: Some(img),
+            vol_id: Some(vol),
             created_at: 1.5,
             ended_at: Some(2.5),
         };
         let bytes = r.encode();
         let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.contains("\"format\": 1"), "{text}");
+        assert!(text.contains("\"format\": 2"), "{text}");
         assert!(
             text.contains("\"verb\": \"downloadImageFromStream\""),
             "{text}"
         );
         assert_eq!(TaskRecord::decode(&bytes, &r.id.to_string()).unwrap(), r);
         assert!(TaskRecord::decode(&bytes, &Uuid::new_v4().to_string()).is_err());
-        let v2 = text.replace("\"format\": 1", "\"format\": 2");
-        assert!(TaskRecord::decode(v2.as_bytes(), &r.id.to_string())
+        let v3 = text.replace("\"format\": 2", "\"format\": 3");
+        assert!(TaskRecord::decode(v3.as_bytes(), &r.id.to_string())
             .unwrap_err()
-            .contains("unsupported format 2"));
+            .contains("unsupported format 3 (newer than this depotd's 2)"));
+        let v0 = text.replace("\"format\": 2", "\"format\": 0");
+        assert!(TaskRecord::decode(v0.as_bytes(), &r.id.to_string())
+            .unwrap_err()
+            .contains("unsupported format 0"));
         let s = r.status();
         assert_eq!(s.taskState, "finished");
         assert_eq!(s.taskResult, "cleanFailure");
@@ -588,5 +743,85 @@ mod tests {
         drop(running);
         let r = store.get(id).unwrap();
         assert_eq!((r.state, r.success, r.code), (State::Finished, false, 100));
+    }
+
+    /// A format 1 file (a stream's task as depot wrote it before the SPM
+    /// verbs' tasks were kept here) is read as it was; rewritten, it is
+    /// format 2.
+    #[test]
+    fn format_1_is_read_and_rewritten_as_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = dir.path().join(TASKS_DIR);
+        fs::create_dir_all(&tasks).unwrap();
+        let (sd, img, vol) = ids();
+        let (done, running) = (Uuid::new_v4(), Uuid::new_v4());
+        for (id, state) in [(done, "finished"), (running, "running")] {
+            let v1 = format!(
+                r#"{{"format": 1, "id": "{id}", "verb": "uploadImageToStream",
+                "state": "{state}", "success": true, "code": 0, "message": "ok",
+                "sd_id": "{}", "img_id": "{}", "vol_id": "{}",
+                "created_at": 1.0, "ended_at": null}}"#,
+                sd.0, img.0, vol.0
+            );
+            fs::write(tasks.join(format!("{id}.json")), v1).unwrap();
+        }
+        let (store, rec) = TaskStore::open(dir.path(), 10).unwrap();
+        assert_eq!((rec.loaded, rec.interrupted, rec.corrupt.len()), (2, 1, 0));
+        let r = store.get(done).unwrap();
+        assert_eq!((r.verb, r.pool, r.sd_id), (Verb::Download, None, Some(sd)));
+        assert_eq!(r.status().taskResult, "success");
+        // The interrupted one was rewritten, in format 2.
+        let text = fs::read_to_string(tasks.join(format!("{running}.json"))).unwrap();
+        assert!(text.contains("\"format\": 2"), "{text}");
+        assert!(text.contains("\"pool\": null"), "{text}");
+        let untouched = fs::read_to_string(tasks.join(format!("{done}.json"))).unwrap();
+        assert!(untouched.contains("\"format\": 1"), "{untouched}");
+    }
+
+    /// The SPM verbs' tasks: on disk when `record_finished` returns, with
+    /// their pool; one bound over them and the streams' tasks; cleared for
+    /// good; a newer format's file is moved aside and the rest loads.
+    #[test]
+    fn spm_tasks_are_persisted_bounded_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = dir.path().join(TASKS_DIR);
+        let (store, _) = TaskStore::open(dir.path(), 3).unwrap();
+        let sp = SpUuid(Uuid::new_v4());
+        let (sd, img, vol) = ids();
+        let stream = store
+            .begin(Uuid::new_v4(), StreamVerb::Upload, sd, img, vol)
+            .unwrap();
+        let stream_id = stream.id();
+        stream.finish(Ok(()));
+        let a = store.record_finished(SpmVerb::CreateVolume, Some(sp));
+        let b = store.record_finished(SpmVerb::CreateLease, None);
+        let text = fs::read_to_string(tasks.join(format!("{a}.json"))).unwrap();
+        assert!(text.contains("\"verb\": \"createVolume\""), "{text}");
+        assert!(text.contains(&format!("\"pool\": \"{}\"", sp.0)), "{text}");
+        // The fourth finished task pushes the oldest (the stream's) out.
+        let c = store.record_finished(SpmVerb::DeleteVolume, Some(sp));
+        assert!(store.get(stream_id).is_none());
+        assert!(!tasks.join(format!("{stream_id}.json")).exists());
+        store.clear(b).unwrap();
+        assert!(!tasks.join(format!("{b}.json")).exists());
+        // A file a newer depot wrote.
+        let newer = Uuid::new_v4();
+        let v3 = text
+            .replace("\"format\": 2", "\"format\": 3")
+            .replace(&a.to_string(), &newer.to_string());
+        fs::write(tasks.join(format!("{newer}.json")), v3).unwrap();
+        drop(store);
+
+        let (store, rec) = TaskStore::open(dir.path(), 3).unwrap();
+        assert_eq!((rec.loaded, rec.interrupted, rec.corrupt.len()), (2, 0, 1));
+        assert!(tasks.join(format!("{newer}.json.corrupt")).exists());
+        let r = store.get(a).unwrap();
+        assert_eq!(
+            (r.verb, r.pool, r.state),
+            (Verb::CreateVolume, Some(sp), State::Finished)
+        );
+        assert_eq!(r.status().taskResult, "success");
+        assert_eq!(store.get(c).unwrap().verb, Verb::DeleteVolume);
+        assert!(store.get(b).is_none());
     }
 }

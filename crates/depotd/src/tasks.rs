@@ -4,98 +4,74 @@
 //!
 //! - The SPM verbs that depot finishes before it answers
 //!   (Volume.create/delete/extendSize, Image.delete, Lease.create/delete/
-//!   rebuild_leases): their task ids are
-//!   born finished and live in memory (an id unknown after a restart is
-//!   401, as for VDSM after the task was cleared).
-//! - Image.move and StoragePool.spmStart: the id is a host job's, and its status is the job's,
-//!   mapped to VDSM's task states.
+//!   rebuild_leases, StoragePool.switchMaster): their task ids are born
+//!   finished and persisted, with their pool, before the verb answers
+//!   ([`crate::task_store`]), so a restart or a crash keeps them until
+//!   `Task.clear`.
+//! - Image.move and StoragePool.spmStart: the id is a host job's, and its
+//!   status is the job's (depot-jobs persists the job and resumes or fails
+//!   it at a restart), mapped to VDSM's task states.
 //! - The OVF_STORE streams (the `Task-Id` of a PUT or GET): persisted in
-//!   the state directory ([`crate::task_store`]), so they survive a restart.
+//!   the same store.
 //!
-//! At most `tasks.max_finished` finished tasks of each stored kind are
-//! kept; the oldest go first (the engine clears the tasks it has seen, so
-//! this only bounds a client that never does).
+//! At most `tasks.max_finished` finished tasks are kept in the store; the
+//! oldest go first (the engine clears the tasks it has seen, so this only
+//! bounds a client that never does).
+//!
+//! Which tasks `Host.getAllTasks*` list is VDSM's rule (docs/storage.md,
+//! "SPM tasks"): a pool's SPM tasks only on its SPM, 654 on a host whose
+//! connected pool has another SPM; `Task.getStatus` and the other verbs
+//! that name a task answer for any task this host knows.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use depot_api::results::{TaskInfo, TaskStatus};
+use depot_api::storage::SpUuid;
 use depot_api::types::{JobId, JobStatus, Uuid};
 use depot_api::{ApiError, Code};
 use depot_jobs::JobManager;
-use std::collections::BTreeMap;
 
-use crate::task_store::TaskStore;
+use crate::task_store::{SpmVerb, TaskStore};
 
-/// VDSM's verb names of the SPM tasks depot answers born finished.
+/// VDSM's verb names of the tasks that are host jobs.
 pub mod verb {
-    pub const CREATE_VOLUME: &str = "createVolume";
-    pub const DELETE_VOLUME: &str = "deleteVolume";
-    pub const EXTEND_VOLUME_SIZE: &str = "extendVolumeSize";
-    pub const DELETE_IMAGE: &str = "deleteImage";
     pub const MOVE_IMAGE: &str = "moveImage";
     pub const SPM_START: &str = "spmStart";
-    pub const CREATE_LEASE: &str = "create_lease";
-    pub const DELETE_LEASE: &str = "delete_lease";
-    pub const REBUILD_LEASES: &str = "rebuild_leases";
-    pub const SWITCH_MASTER: &str = "switchMaster";
 }
 
-/// Born-finished tasks: id -> (insertion serial, verb).
-#[derive(Default)]
-struct Finished {
-    tasks: HashMap<Uuid, (u64, &'static str)>,
-    serial: u64,
+/// The pools whose tasks `Host.getAllTasks*` may list on this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Connected pools whose SPM this host is.
+    pub spm_of: Vec<SpUuid>,
+    /// Connected pools whose SPM it is not.
+    pub not_spm_of: Vec<SpUuid>,
 }
 
 pub struct Tasks {
-    finished: Mutex<Finished>,
-    streams: Arc<TaskStore>,
-    max_finished: usize,
+    store: Arc<TaskStore>,
 }
 
 impl Tasks {
-    pub fn new(streams: Arc<TaskStore>, max_finished: usize) -> Self {
-        Tasks {
-            finished: Mutex::default(),
-            streams,
-            max_finished: max_finished.max(1),
-        }
+    pub fn new(store: Arc<TaskStore>) -> Self {
+        Tasks { store }
     }
 
-    /// The persisted tasks of the OVF_STORE streams.
+    /// The persisted tasks (the OVF_STORE streams write theirs here).
     pub fn streams(&self) -> &Arc<TaskStore> {
-        &self.streams
+        &self.store
     }
 
-    fn finished_lock(&self) -> std::sync::MutexGuard<'_, Finished> {
-        self.finished.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A new task id for work `verb` that has already succeeded.
-    pub fn finished(&self, verb: &'static str) -> Uuid {
-        let id = Uuid::new_v4();
-        let mut f = self.finished_lock();
-        f.serial += 1;
-        let serial = f.serial;
-        f.tasks.insert(id, (serial, verb));
-        if f.tasks.len() > self.max_finished {
-            if let Some(oldest) = f.tasks.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| *k) {
-                f.tasks.remove(&oldest);
-            }
-        }
-        id
-    }
-
-    fn finished_verb(&self, id: Uuid) -> Option<&'static str> {
-        self.finished_lock().tasks.get(&id).map(|v| v.1)
+    /// Records the task of an SPM verb of `pool` whose work has already
+    /// succeeded, durably; its new id. Blocks: call it from a blocking
+    /// thread.
+    pub fn finished(&self, verb: SpmVerb, pool: Option<SpUuid>) -> Uuid {
+        self.store.record_finished(verb, pool)
     }
 
     pub fn status(&self, jobs: &JobManager, id: Uuid) -> Result<TaskStatus, ApiError> {
-        if self.finished_verb(id).is_some() {
-            return Ok(success(id));
-        }
-        if let Some(r) = self.streams.get(id) {
+        if let Some(r) = self.store.get(id) {
             return Ok(r.status());
         }
         let job = jobs
@@ -107,7 +83,7 @@ impl Tasks {
                 "finished",
                 "success",
                 0,
-                "1 jobs completed successfully".to_string(),
+                crate::task_store::SUCCESS_MESSAGE.to_string(),
             ),
             JobStatus::Failed | JobStatus::Aborted => {
                 let e = job.error.unwrap_or(depot_api::WireError {
@@ -128,9 +104,7 @@ impl Tasks {
 
     /// VDSM's `Task.getInfo`: `{id, verb}`.
     pub fn info(&self, jobs: &JobManager, id: Uuid) -> Result<TaskInfo, ApiError> {
-        let verb = if let Some(v) = self.finished_verb(id) {
-            v.to_string()
-        } else if let Some(r) = self.streams.get(id) {
+        let verb = if let Some(r) = self.store.get(id) {
             r.verb.name().to_string()
         } else {
             let kind = jobs
@@ -144,51 +118,101 @@ impl Tasks {
         })
     }
 
-    /// Forgets a finished task. A stream task's file is removed, so this
-    /// blocks: call it from a blocking thread.
-    pub fn clear(&self, jobs: &JobManager, id: Uuid) -> Result<(), ApiError> {
-        if self.finished_lock().tasks.remove(&id).is_some() {
+    /// Forgets a finished task: a stored task's file is removed; a host
+    /// job that is an SPM task (Image.move's, spmStart's) is deleted as
+    /// `Host.deleteJob` does, so that it is 401 afterwards as a cleared
+    /// VDSM task is. Another job's id (SDM.copy_data, ...: VDSM has no
+    /// task for it) is left to `Host.deleteJob`.
+    pub async fn clear(self: &Arc<Self>, jobs: &JobManager, id: Uuid) -> Result<(), ApiError> {
+        if self.store.get(id).is_some() {
+            // The file's removal and its directory's fsync: off the runtime.
+            let me = Arc::clone(self);
+            return tokio::task::spawn_blocking(move || me.store.clear(id))
+                .await
+                .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))?;
+        }
+        let unknown = || ApiError::new(Code::UnknownTask, format!("'{id}'"));
+        let job = jobs.get(JobId(id)).ok_or_else(unknown)?;
+        if !job.status.is_final() {
+            return Err(ApiError::new(
+                Code::TaskNotFinished,
+                format!("'{id}' is {}", job.status),
+            ));
+        }
+        let kind = jobs.kind_of(JobId(id)).unwrap_or_default();
+        if !is_task_job(&kind) {
             return Ok(());
         }
-        if self.streams.get(id).is_some() {
-            return self.streams.clear(id);
-        }
-        match jobs.get(JobId(id)) {
-            None => Err(ApiError::new(Code::UnknownTask, format!("'{id}'"))),
-            Some(j) if !j.status.is_final() => Err(ApiError::new(
-                Code::TaskNotFinished,
-                format!("'{id}' is {}", j.status),
-            )),
-            Some(_) => Ok(()),
+        match jobs.delete(JobId(id)).await {
+            // Deleted meanwhile (its auto-delete, a second clear).
+            Err(e) if e.code == Code::NoSuchJob => Err(unknown()),
+            other => other,
         }
     }
 
-    /// Every task id this host knows, each as `f` renders it.
+    /// Every task `Host.getAllTasks*` lists in `scope`, each as `f` renders
+    /// it: the stored tasks of no pool or of a pool this host is the SPM
+    /// of, and the Image.move jobs (VDSM's SPM tasks; other host jobs,
+    /// spmStart's included, are not SPM tasks there). 654 when a pool is
+    /// connected here and this host is not its SPM, as VDSM.
     fn each<T>(
         &self,
         jobs: &JobManager,
+        scope: &Scope,
         f: impl Fn(&Self, Uuid) -> Result<T, ApiError>,
-    ) -> BTreeMap<String, T> {
-        let mut ids: Vec<Uuid> = self.finished_lock().tasks.keys().copied().collect();
-        ids.extend(self.streams.all().iter().map(|r| r.id));
-        ids.extend(jobs.list(None, &[]).iter().map(|j| j.id.0));
+    ) -> Result<BTreeMap<String, T>, ApiError> {
+        if scope.spm_of.is_empty() {
+            if let Some(sp) = scope.not_spm_of.first() {
+                return Err(ApiError::new(
+                    Code::SpmStatusError,
+                    format!("this host is not the SPM of pool {sp}"),
+                ));
+            }
+        }
+        let mut ids: Vec<Uuid> = self
+            .store
+            .all()
+            .iter()
+            .filter(|r| r.pool.is_none_or(|sp| scope.spm_of.contains(&sp)))
+            .map(|r| r.id)
+            .collect();
+        ids.extend(
+            jobs.list(None, &[])
+                .iter()
+                .filter(|j| jobs.kind_of(j.id).as_deref() == Some(crate::storage_jobs::MOVE_IMAGE))
+                .map(|j| j.id.0),
+        );
         let mut out = BTreeMap::new();
         for id in ids {
             if let Ok(v) = f(self, id) {
                 out.insert(id.to_string(), v);
             }
         }
-        out
+        Ok(out)
     }
 
-    pub fn all(&self, jobs: &JobManager) -> BTreeMap<String, TaskStatus> {
-        self.each(jobs, |t, id| t.status(jobs, id))
+    pub fn all(
+        &self,
+        jobs: &JobManager,
+        scope: &Scope,
+    ) -> Result<BTreeMap<String, TaskStatus>, ApiError> {
+        self.each(jobs, scope, |t, id| t.status(jobs, id))
     }
 
     /// VDSM's `Host.getAllTasksInfo`: `{taskID: {id, verb}}`.
-    pub fn all_info(&self, jobs: &JobManager) -> BTreeMap<String, TaskInfo> {
-        self.each(jobs, |t, id| t.info(jobs, id))
+    pub fn all_info(
+        &self,
+        jobs: &JobManager,
+        scope: &Scope,
+    ) -> Result<BTreeMap<String, TaskInfo>, ApiError> {
+        self.each(jobs, scope, |t, id| t.info(jobs, id))
     }
+}
+
+/// Whether a host job of `kind` is one of VDSM's tasks (Image.move's and
+/// spmStart's ids are task ids).
+fn is_task_job(kind: &str) -> bool {
+    kind == crate::storage_jobs::MOVE_IMAGE || kind == crate::storage_jobs::SPM_START
 }
 
 /// The verb a host job answers to `Task.getInfo`: Image.move's is VDSM's
@@ -199,15 +223,5 @@ fn job_verb(kind: &str) -> String {
         crate::storage_jobs::MOVE_IMAGE => verb::MOVE_IMAGE.to_string(),
         crate::storage_jobs::SPM_START => verb::SPM_START.to_string(),
         other => other.to_string(),
-    }
-}
-
-fn success(id: Uuid) -> TaskStatus {
-    TaskStatus {
-        taskID: id.to_string(),
-        taskState: "finished".into(),
-        taskResult: "success".into(),
-        code: 0,
-        message: "1 jobs completed successfully".into(),
     }
 }

@@ -116,3 +116,524 @@ async fn spm_task_ids_have_vdsm_statuses() {
     assert_eq!(failed["taskResult"], "cleanFailure", "{failed}");
     assert_eq!(failed["code"], 1000, "{failed}");
 }
+
+// ---------------------------------------------------------------------------
+// SPM tasks persisted (issue 16): restart, crash, clear, bound, bad files
+// ---------------------------------------------------------------------------
+
+/// A depotd with one LOCALFS domain attached to no pool.
+struct One {
+    d: Daemon,
+    c: depot_client::Client,
+    _storage: tempfile::TempDir,
+    conn: ConnectionSpec,
+    conn_id: String,
+    sd: String,
+    dom: std::path::PathBuf,
+}
+
+impl One {
+    async fn new(config: &str) -> One {
+        One::with_env(config, &[]).await
+    }
+
+    async fn with_env(config: &str, env: &[(&str, &str)]) -> One {
+        let storage = tempfile::tempdir().unwrap();
+        let d = Daemon::start_with_env(config, env);
+        let c = d.client().await;
+        let conn = ConnectionSpec::local(storage.path());
+        let conn_id = new_id();
+        let mut one = One {
+            d,
+            c,
+            _storage: storage,
+            conn,
+            conn_id,
+            sd: new_id(),
+            dom: std::path::PathBuf::new(),
+        };
+        one.connect().await;
+        call_ok(
+            &one.c,
+            "StorageDomain.create",
+            create_domain_params(&one.sd, LOCALFS, &one.conn.connection, "t", 512),
+        )
+        .await;
+        one.dom = mount_point(&one.d, LOCALFS, &one.conn.connection).join(&one.sd);
+        one
+    }
+
+    async fn connect(&mut self) {
+        self.c = self.d.client().await;
+        let st = call_ok(
+            &self.c,
+            "StoragePool.connectStorageServer",
+            connect_params(LOCALFS, vec![self.conn.params(&self.conn_id)]),
+        )
+        .await;
+        assert_eq!(statuses(&st), vec![0]);
+    }
+
+    /// Volume.create of a new 1 MiB RAW volume in a new image: its task id
+    /// and the volume's (img, vol).
+    async fn create(&self) -> (String, String, String) {
+        let (img, vol) = (new_id(), new_id());
+        let t = call_ok(
+            &self.c,
+            "Volume.create",
+            volume_params(&self.sd, &img, &vol, MIB, "RAW", "SPARSE", "t", None),
+        )
+        .await;
+        (t.as_str().expect("a task id").to_string(), img, vol)
+    }
+
+    fn task_file(&self, id: &str) -> std::path::PathBuf {
+        self.d.state_dir().join("tasks").join(format!("{id}.json"))
+    }
+
+    fn task_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.d.state_dir().join("tasks"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Everything the task verbs answer about `ids`, and the two lists.
+    async fn answers(&self, ids: &[&str]) -> serde_json::Value {
+        let mut each = serde_json::Map::new();
+        for id in ids {
+            let s = call_ok(&self.c, "Task.getStatus", json!({"taskID": id})).await;
+            let i = call_ok(&self.c, "Task.getInfo", json!({"taskID": id})).await;
+            each.insert(id.to_string(), json!({"status": s, "info": i}));
+        }
+        json!({
+            "each": each,
+            "all": call_ok(&self.c, "Host.getAllTasksStatuses", json!({})).await,
+            "all_info": call_ok(&self.c, "Host.getAllTasksInfo", json!({})).await,
+        })
+    }
+}
+
+/// The born-finished tasks of the SPM verbs answer the same after a
+/// restart and after a kill -9 right after the verb answered; Task.clear
+/// removes one for good (another restart: 401).
+#[tokio::test]
+async fn born_finished_tasks_survive_restart_and_crash() {
+    let mut o = One::new(CONFIG).await;
+    let (created, img, vol) = o.create().await;
+    let (created2, img2, vol2) = o.create().await;
+    let extended = call_ok(
+        &o.c,
+        "Volume.extendSize",
+        json!({"storagepoolID": BLANK, "storagedomainID": o.sd, "imageID": img,
+            "volumeID": vol, "newSize": (2 * MIB).to_string()}),
+    )
+    .await;
+    let extended = extended.as_str().unwrap().to_string();
+    let ids = [created.as_str(), created2.as_str(), extended.as_str()];
+    let before = o.answers(&ids).await;
+    assert_eq!(before["each"][&created]["status"]["taskResult"], "success");
+    assert_eq!(before["each"][&created]["info"]["verb"], "createVolume");
+    assert_eq!(
+        before["each"][&extended]["info"]["verb"],
+        "extendVolumeSize"
+    );
+    for id in ids {
+        assert!(o.task_file(id).exists(), "{id} has no task file");
+    }
+
+    // A clean restart.
+    o.d.stop();
+    o.d.restart();
+    o.connect().await;
+    let after = o.answers(&ids).await;
+    assert_eq!(
+        after, before,
+        "the task verbs answer the same after a restart"
+    );
+
+    // A crash right after the verb answered.
+    let deleted = call_ok(
+        &o.c,
+        "Volume.delete",
+        json!({"storagepoolID": BLANK, "storagedomainID": o.sd, "imageID": img2,
+            "volumeID": vol2, "postZero": false, "force": false}),
+    )
+    .await;
+    let deleted = deleted.as_str().unwrap().to_string();
+    o.d.crash();
+    o.d.restart();
+    o.connect().await;
+    let s = call_ok(&o.c, "Task.getStatus", json!({"taskID": deleted})).await;
+    assert_eq!(
+        s,
+        json!({"taskID": deleted, "taskState": "finished", "taskResult": "success",
+            "code": 0, "message": "1 jobs completed successfully"})
+    );
+    let info = call_ok(&o.c, "Task.getInfo", json!({"taskID": deleted})).await;
+    assert_eq!(info, json!({"id": deleted, "verb": "deleteVolume"}));
+    let after = o.answers(&ids).await;
+    assert_eq!(after["each"], before["each"], "after a crash");
+    let all = call_ok(&o.c, "Host.getAllTasksStatuses", json!({})).await;
+    assert_eq!(all[&deleted]["taskResult"], "success", "{all}");
+
+    // Task.clear removes it for good.
+    call_ok(&o.c, "Task.clear", json!({"taskID": created})).await;
+    assert!(!o.task_file(&created).exists());
+    o.d.stop();
+    o.d.restart();
+    o.connect().await;
+    call_err(&o.c, "Task.getStatus", json!({"taskID": created}), 401).await;
+    call_err(&o.c, "Task.getInfo", json!({"taskID": created}), 401).await;
+    call_err(&o.c, "Task.clear", json!({"taskID": created}), 401).await;
+    let all = call_ok(&o.c, "Host.getAllTasksInfo", json!({})).await;
+    assert!(all.get(&created).is_none(), "{all}");
+    for kept in [&created2, &extended, &deleted] {
+        assert!(all.get(kept).is_some(), "{kept} lost: {all}");
+    }
+}
+
+/// `tasks.max_finished` bounds the SPM verbs' tasks on disk too: the
+/// oldest go, file and all, and a restart does not bring them back.
+#[tokio::test]
+async fn the_bound_holds_for_spm_tasks_across_a_restart() {
+    let mut o = One::new(&format!("{CONFIG}[tasks]\nmax_finished = 2\n")).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(o.create().await.0);
+    }
+    call_err(&o.c, "Task.getStatus", json!({"taskID": ids[0]}), 401).await;
+    assert!(!o.task_file(&ids[0]).exists());
+    let mut kept: Vec<String> = ids[1..].iter().map(|i| format!("{i}.json")).collect();
+    kept.sort();
+    assert_eq!(o.task_files(), kept);
+    o.d.stop();
+    o.d.restart();
+    o.connect().await;
+    call_err(&o.c, "Task.getStatus", json!({"taskID": ids[0]}), 401).await;
+    for id in &ids[1..] {
+        let s = call_ok(&o.c, "Task.getStatus", json!({"taskID": id})).await;
+        assert_eq!(s["taskResult"], "success", "{s}");
+    }
+    let all = call_ok(&o.c, "Host.getAllTasksStatuses", json!({})).await;
+    assert_eq!(all.as_object().unwrap().len(), 2, "{all}");
+}
+
+/// A task file a newer depot wrote, and one that does not parse, are set
+/// aside at start with a log line saying why; the other tasks load and the
+/// daemon works.
+#[tokio::test]
+async fn a_newer_or_corrupt_task_file_is_set_aside_at_start() {
+    let mut o = One::new(CONFIG).await;
+    let (good, _, _) = o.create().await;
+    o.d.stop();
+    let text = std::fs::read_to_string(o.task_file(&good)).unwrap();
+    assert!(text.contains("\"format\": 2"), "{text}");
+    let newer = new_id();
+    std::fs::write(
+        o.task_file(&newer),
+        text.replace("\"format\": 2", "\"format\": 3")
+            .replace(&good, &newer),
+    )
+    .unwrap();
+    let torn = new_id();
+    std::fs::write(o.task_file(&torn), &text[..text.len() / 2]).unwrap();
+    o.d.restart();
+    o.connect().await;
+    let log = o.d.log();
+    assert!(
+        log.contains("unreadable task file, moving it aside")
+            && log.contains("unsupported format 3 (newer than this depotd's 2)"),
+        "{log}"
+    );
+    assert!(log.contains("1 loaded, 0 interrupted, 2 corrupt"), "{log}");
+    for bad in [&newer, &torn] {
+        call_err(&o.c, "Task.getStatus", json!({"taskID": bad}), 401).await;
+        let aside = o.task_file(bad).with_extension("json.corrupt");
+        assert!(aside.exists(), "{} not kept", aside.display());
+    }
+    let s = call_ok(&o.c, "Task.getStatus", json!({"taskID": good})).await;
+    assert_eq!(s["taskResult"], "success", "{s}");
+    let (again, _, _) = o.create().await;
+    let all = call_ok(&o.c, "Host.getAllTasksStatuses", json!({})).await;
+    assert_eq!(
+        all.as_object().unwrap().keys().cloned().collect::<Vec<_>>(),
+        {
+            let mut v = vec![good.clone(), again.clone()];
+            v.sort();
+            v
+        },
+        "{all}"
+    );
+}
+
+/// A `qemu-img` first in depotd's PATH that holds the call whose
+/// arguments match a shell pattern (`sleep` in its place, its pid written
+/// to a file) and passes every other call to the real program: a verb or
+/// job held at a known step, for a kill -9 there.
+struct HeldQemuImg {
+    dir: tempfile::TempDir,
+}
+
+impl HeldQemuImg {
+    fn new(pattern: &str) -> HeldQemuImg {
+        let dir = tempfile::tempdir().unwrap();
+        let started = dir.path().join("started");
+        let script = format!(
+            "#!/bin/sh\ncase \"$*\" in\n  {pattern})\n    echo $$ > {started}.tmp && mv {started}.tmp {started}\n    exec sleep 60 ;;\nesac\nexec {real} \"$@\"\n",
+            started = started.display(),
+            real = which_qemu_img().display(),
+        );
+        let path = dir.path().join("qemu-img");
+        std::fs::write(&path, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        HeldQemuImg { dir }
+    }
+
+    /// depotd's PATH.
+    fn search_path(&self) -> String {
+        format!(
+            "{}:{}",
+            self.dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
+    /// Waits until the held call has started; its pid.
+    async fn held(&self) -> i32 {
+        let started = self.dir.path().join("started");
+        eventually("the qemu-img call to be held", WAIT, || async {
+            let text = std::fs::read_to_string(&started).ok()?;
+            text.trim().parse::<i32>().ok()
+        })
+        .await
+    }
+}
+
+fn kill_held(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// An Image.move cut by a crash (its `qemu-img convert` held, then kill
+/// -9): its task reports running before; after the restart it is
+/// finished/cleanFailure with 9001 (move_image does not resume,
+/// docs/copy.md), verb moveImage, through Task.getStatus and the lists;
+/// the source is untouched and the destination volume stays ILLEGAL.
+#[tokio::test]
+async fn an_image_move_task_reports_across_a_crash() {
+    let held = HeldQemuImg::new("convert*");
+    let mut o = One::with_env(CONFIG, &[("PATH", &held.search_path())]).await;
+    let dst_sd = new_id();
+    call_ok(
+        &o.c,
+        "StorageDomain.create",
+        create_domain_params(&dst_sd, LOCALFS, &o.conn.connection, "dst", 512),
+    )
+    .await;
+    let dst_dom = mount_point(&o.d, LOCALFS, &o.conn.connection).join(&dst_sd);
+    let (img, vol) = (new_id(), new_id());
+    call_ok(
+        &o.c,
+        "Volume.create",
+        volume_params(&o.sd, &img, &vol, 64 * MIB, "COW", "SPARSE", "m", None),
+    )
+    .await;
+    let src = Vol::in_domain(&o.sd, &o.dom, &img, &vol);
+    let data = std::fs::read(&src.path).unwrap();
+    let moved = call_ok(
+        &o.c,
+        "Image.move",
+        json!({"imageID": img, "storagepoolID": BLANK, "storagedomainID": o.sd,
+            "dstSdUUID": dst_sd, "operation": "MOVE", "postZero": false, "force": false}),
+    )
+    .await;
+    let moved = moved.as_str().unwrap().to_string();
+    let pid = held.held().await;
+    let s = call_ok(&o.c, "Task.getStatus", json!({"taskID": moved})).await;
+    assert_eq!(
+        (&s["taskState"], &s["taskResult"]),
+        (&json!("running"), &json!("")),
+        "{s}"
+    );
+    o.d.crash();
+    kill_held(pid);
+    o.d.restart();
+    o.connect().await;
+    let c = &o.c;
+    let done = eventually("the move task to finish", WAIT, || async {
+        let s = c
+            .call("Task.getStatus", json!({"taskID": moved}))
+            .await
+            .ok()?;
+        (s["taskState"] == "finished").then_some(s)
+    })
+    .await;
+    assert_eq!(
+        (&done["taskResult"], &done["code"]),
+        (&json!("cleanFailure"), &json!(9001)),
+        "{done}"
+    );
+    let info = call_ok(c, "Task.getInfo", json!({"taskID": moved})).await;
+    assert_eq!(info, json!({"id": moved, "verb": "moveImage"}));
+    let all = call_ok(c, "Host.getAllTasksStatuses", json!({})).await;
+    assert_eq!(all[&moved], done, "{all}");
+    // Nothing claims success: the source is as it was, the destination
+    // volume ILLEGAL.
+    assert!(
+        std::fs::read(&src.path).unwrap() == data,
+        "the source changed"
+    );
+    let md = volume_md(&src.path.with_extension("meta"));
+    assert_eq!(md["LEGALITY"], "LEGAL", "{md:?}");
+    let dst = Vol::in_domain(&dst_sd, &dst_dom, &img, &vol);
+    let md = volume_md(&dst.path.with_extension("meta"));
+    assert_eq!(md["LEGALITY"], "ILLEGAL", "{md:?}");
+    call_ok(c, "Task.clear", json!({"taskID": moved})).await;
+    call_err(c, "Task.getStatus", json!({"taskID": moved}), 401).await;
+}
+
+/// A Volume.create cut by a crash before it answered (qemu-img create
+/// held until the kill) is rolled back by the crash recovery (its
+/// `.creating` marker) and leaves no task claiming success.
+#[tokio::test]
+async fn a_create_cut_by_a_crash_is_rolled_back_with_no_task() {
+    let block = new_id();
+    let held = HeldQemuImg::new(&format!("create*{block}*"));
+    let mut o = One::with_env(CONFIG, &[("PATH", &held.search_path())]).await;
+    let (before, _, _) = o.create().await;
+    let img = new_id();
+    let params = volume_params(&o.sd, &img, &block, 64 * MIB, "COW", "SPARSE", "cut", None);
+    let c2 = o.d.client().await;
+    let call = tokio::spawn(async move { c2.call("Volume.create", params).await });
+    let pid = held.held().await;
+    let image_dir = o.dom.join("images").join(&img);
+    assert!(image_dir.join(format!("{block}.creating")).exists());
+    o.d.crash();
+    kill_held(pid);
+    let answer = call.await.unwrap();
+    assert!(answer.is_err(), "the create answered: {answer:?}");
+    assert_eq!(o.task_files(), vec![format!("{before}.json")]);
+
+    o.d.restart();
+    o.connect().await;
+    eventually("the half volume to be removed", WAIT, || async {
+        (!image_dir.join(format!("{block}.creating")).exists()
+            && !image_dir.join(format!("{block}.meta")).exists())
+        .then_some(())
+    })
+    .await;
+    call_err(&o.c, "Volume.getInfo", vol_ref(&o.sd, &img, &block), 201).await;
+    let all = call_ok(&o.c, "Host.getAllTasksInfo", json!({})).await;
+    assert_eq!(
+        all,
+        json!({before.clone(): {"id": before, "verb": "createVolume"}}),
+        "only the task of the create that answered"
+    );
+    assert!(o
+        .d
+        .log()
+        .contains(&format!("half-created volume {img}/{block}")));
+}
+
+fn which_qemu_img() -> std::path::PathBuf {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| std::path::Path::new(d).join("qemu-img"))
+        .find(|p| p.is_file())
+        .expect("qemu-img in PATH")
+}
+
+/// VDSM's rule for the lists (sp.py lists a pool's tasks only on its SPM,
+/// hsm.py answers 654 elsewhere): a pool's tasks are listed while this
+/// host is its SPM, the lists are 654 while a pool is connected here and
+/// this host is not its SPM, and spmStart is not listed (VDSM's is an
+/// "hsm" task). By id a task answers on a host that knows it, after
+/// spmStop and after a restart too. Tasks of a domain in no pool are
+/// depot's single-host use: listed unless another pool's SPM is elsewhere.
+#[tokio::test]
+async fn a_pools_tasks_are_listed_by_its_spm_only() {
+    let mut o = One::new(CONFIG).await;
+    let master = new_id();
+    call_ok(
+        &o.c,
+        "StorageDomain.create",
+        create_domain_params(&master, LOCALFS, &o.conn.connection, "master", 512),
+    )
+    .await;
+    let sp = new_id();
+    call_ok(
+        &o.c,
+        "StoragePool.create",
+        json!({"storagepoolID": sp, "name": "tasks", "masterSdUUID": master,
+            "masterVersion": 1, "domainList": [master]}),
+    )
+    .await;
+    let connect = json!({"storagepoolID": sp, "hostID": 1, "scsiKey": sp,
+        "masterSdUUID": master, "masterVersion": 1, "domainDict": {master.clone(): "active"}});
+    let (free, _, _) = o.create().await;
+    let all = call_ok(&o.c, "Host.getAllTasksInfo", json!({})).await;
+    assert_eq!(all.as_object().unwrap().len(), 1, "{all}");
+    call_ok(&o.c, "StoragePool.connect", connect.clone()).await;
+    call_err(&o.c, "Host.getAllTasksStatuses", json!({}), 654).await;
+    call_err(&o.c, "Host.getAllTasksInfo", json!({}), 654).await;
+
+    start_spm(&o.c, &sp).await;
+    let mut p = volume_params(
+        &master,
+        &new_id(),
+        &new_id(),
+        MIB,
+        "RAW",
+        "SPARSE",
+        "p",
+        None,
+    );
+    p["storagepoolID"] = json!(sp);
+    let pooled = call_ok(&o.c, "Volume.create", p).await;
+    let pooled = pooled.as_str().unwrap().to_string();
+    let text = std::fs::read_to_string(o.task_file(&pooled)).unwrap();
+    assert!(text.contains(&format!("\"pool\": \"{sp}\"")), "{text}");
+    let listed = |all: &serde_json::Value| {
+        let mut ids: Vec<String> = all.as_object().unwrap().keys().cloned().collect();
+        ids.sort();
+        ids
+    };
+    let both = {
+        let mut v = vec![free.clone(), pooled.clone()];
+        v.sort();
+        v
+    };
+    let all = call_ok(&o.c, "Host.getAllTasksInfo", json!({})).await;
+    assert_eq!(listed(&all), both, "spmStart is no SPM task: {all}");
+    let statuses = call_ok(&o.c, "Host.getAllTasksStatuses", json!({})).await;
+    assert_eq!(listed(&statuses), both, "{statuses}");
+
+    // spmStop: the lists are refused, the task still answers by id.
+    call_ok(&o.c, "StoragePool.spmStop", json!({"storagepoolID": sp})).await;
+    call_err(&o.c, "Host.getAllTasksStatuses", json!({}), 654).await;
+    let s = call_ok(&o.c, "Task.getStatus", json!({"taskID": pooled})).await;
+    assert_eq!(s["taskResult"], "success", "{s}");
+
+    // A restart forgets the pool (the engine connects it again): the
+    // pool's task is not listed until this host is its SPM again.
+    o.d.stop();
+    o.d.restart();
+    o.connect().await;
+    let all = call_ok(&o.c, "Host.getAllTasksInfo", json!({})).await;
+    assert_eq!(listed(&all), vec![free.clone()], "{all}");
+    let s = call_ok(&o.c, "Task.getStatus", json!({"taskID": pooled})).await;
+    assert_eq!(s["taskResult"], "success", "{s}");
+    call_ok(&o.c, "StoragePool.connect", connect).await;
+    call_err(&o.c, "Host.getAllTasksInfo", json!({}), 654).await;
+    start_spm(&o.c, &sp).await;
+    let all = call_ok(&o.c, "Host.getAllTasksInfo", json!({})).await;
+    assert_eq!(listed(&all), both, "{all}");
+    assert_eq!(all[&pooled]["verb"], "createVolume", "{all}");
+}

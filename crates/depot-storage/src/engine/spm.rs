@@ -233,6 +233,30 @@ impl Storage {
         }
     }
 
+    /// The pools connected on this host, each with whether this host is
+    /// its SPM: which pools' tasks `Host.getAllTasks*` lists (VDSM lists a
+    /// pool's SPM tasks only on its SPM).
+    pub fn connected_pools_spm(&self) -> Vec<(SpUuid, bool)> {
+        self.pools
+            .lock()
+            .iter()
+            .filter(|(_, p)| p.connected)
+            .map(|(sp, p)| (*sp, p.spm.role == SpmRole::Spm))
+            .collect()
+    }
+
+    /// The connected pool `sd` is a domain of, from memory: the pool an SPM
+    /// verb's task on `sd` belongs to (such a verb passed
+    /// [`require_spm`](Self::require_spm), so a domain of no connected pool
+    /// is one attached to none).
+    pub fn connected_pool_of(&self, sd: SdUuid) -> Option<SpUuid> {
+        self.pools
+            .lock()
+            .iter()
+            .find(|(_, p)| p.connected && p.domains.contains_key(&sd))
+            .map(|(sp, _)| *sp)
+    }
+
     /// Refuses a verb VDSM reserves for the SPM (docs/storage.md, "Verbs
     /// only the SPM runs") on `domain` unless this host may run it: a domain attached
     /// to a pool (POOL_UUIDS in its metadata) needs that pool connected
