@@ -105,6 +105,7 @@ codes! {
     CannotConnectMultiplePools = 323, "Cannot connect pool, already connected to another pool";
     StoragePoolWrongMaster = 324, "Wrong Master domain or its version";
     StoragePoolConnected = 325, "Cannot perform action while storage pool is connected";
+    StorageDomainIllegalState = 347, "Storage domain is in illegal state";
     StorageDomainActionError = 350, "Error in storage domain action";
     StorageDomainCreationError = 351, "Error creating a storage domain";
     StorageDomainFormatError = 352, "Error formatting a storage domain";

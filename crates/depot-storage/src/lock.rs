@@ -6,6 +6,7 @@
 //!
 //! | resource                  | full name                |
 //! |---------------------------|--------------------------|
+//! | [`ResourceName::pool`]    | `00_storage.<sp>`        |
 //! | [`ResourceName::domain`]  | `00_storage.<sd>`        |
 //! | [`ResourceName::image`]   | `01_img_<sd>.<img>`      |
 //! | [`ResourceName::volume`]  | `02_vol_<sd>.<vol>`      |
@@ -31,9 +32,12 @@
 //!
 //! Code that takes more than one lock takes them in this order:
 //!
-//! 1. domains (`00_storage`), several sorted by domain id;
-//! 2. images (`01_img_*`), several sorted by (domain id, image id);
-//! 3. volumes (`02_vol_*`), several sorted by (domain id, volume id).
+//! 1. the pool (`00_storage.<sp>`; a host is connected to one pool, and
+//!    the pool verbs take it exclusive before any domain, as VDSM's
+//!    connect, disconnect, refresh, destroy and reconstructMaster do);
+//! 2. domains (`00_storage`), several sorted by domain id;
+//! 3. images (`01_img_*`), several sorted by (domain id, image id);
+//! 4. volumes (`02_vol_*`), several sorted by (domain id, volume id).
 //!
 //! This is the order of [`ResourceName`]'s `Ord`, and
 //! [`LockManager::acquire_all`] takes a set of locks in exactly that order,
@@ -47,7 +51,7 @@ use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
+use depot_api::storage::{ImgUuid, SdUuid, SpUuid, VolUuid};
 use depot_api::Code;
 
 use crate::error::{StorageError, StorageResult};
@@ -76,7 +80,7 @@ impl fmt::Display for LockMode {
     }
 }
 
-/// The name of a lockable resource. Ordered domain < image < volume, then
+/// The name of a lockable resource. Ordered pool < domain < image < volume, then
 /// by ids: the lock order (see the [module docs](self)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ResourceName(Kind);
@@ -84,12 +88,19 @@ pub struct ResourceName(Kind);
 // The variant order is the lock order: do not reorder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Kind {
+    Pool(SpUuid),
     Domain(SdUuid),
     Image(SdUuid, ImgUuid),
     Volume(SdUuid, VolUuid),
 }
 
 impl ResourceName {
+    /// A storage pool, for the verbs that change this host's view of it:
+    /// VDSM's `00_storage` namespace (pool and domain ids share it).
+    pub fn pool(sp: SpUuid) -> Self {
+        ResourceName(Kind::Pool(sp))
+    }
+
     /// A whole storage domain: VDSM's `00_storage` namespace.
     pub fn domain(sd: SdUuid) -> Self {
         ResourceName(Kind::Domain(sd))
@@ -108,7 +119,7 @@ impl ResourceName {
     /// VDSM's namespace, e.g. `01_img_<sd>`.
     pub fn namespace(&self) -> String {
         match self.0 {
-            Kind::Domain(_) => "00_storage".to_owned(),
+            Kind::Pool(_) | Kind::Domain(_) => "00_storage".to_owned(),
             Kind::Image(sd, _) => format!("01_img_{sd}"),
             Kind::Volume(sd, _) => format!("02_vol_{sd}"),
         }
@@ -117,16 +128,18 @@ impl ResourceName {
     /// The name inside the namespace (an id).
     pub fn name(&self) -> String {
         match self.0 {
+            Kind::Pool(sp) => sp.to_string(),
             Kind::Domain(sd) => sd.to_string(),
             Kind::Image(_, img) => img.to_string(),
             Kind::Volume(_, vol) => vol.to_string(),
         }
     }
 
-    /// The domain the resource belongs to.
-    pub fn domain_id(&self) -> SdUuid {
+    /// The domain the resource belongs to (none for a pool).
+    pub fn domain_id(&self) -> Option<SdUuid> {
         match self.0 {
-            Kind::Domain(sd) | Kind::Image(sd, _) | Kind::Volume(sd, _) => sd,
+            Kind::Pool(_) => None,
+            Kind::Domain(sd) | Kind::Image(sd, _) | Kind::Volume(sd, _) => Some(sd),
         }
     }
 }
@@ -471,11 +484,18 @@ mod tests {
             ResourceName::volume(sd, vol).to_string(),
             format!("02_vol_{sd}.{vol}")
         );
-        assert_eq!(ResourceName::volume(sd, vol).domain_id(), sd);
+        assert_eq!(ResourceName::volume(sd, vol).domain_id(), Some(sd));
+        let sp = SpUuid(Uuid::new_v4());
+        assert_eq!(
+            ResourceName::pool(sp).to_string(),
+            format!("00_storage.{sp}")
+        );
+        assert_eq!(ResourceName::pool(sp).domain_id(), None);
     }
 
     #[test]
-    fn order_is_domain_image_volume() {
+    fn order_is_pool_domain_image_volume() {
+        let sp = SpUuid("ffffffff-0000-0000-0000-00000000000f".parse().unwrap());
         let a = SdUuid("00000000-0000-0000-0000-00000000000a".parse().unwrap());
         let b = SdUuid("00000000-0000-0000-0000-00000000000b".parse().unwrap());
         let i1 = ImgUuid("00000000-0000-0000-0000-000000000001".parse().unwrap());
@@ -488,11 +508,13 @@ mod tests {
             ResourceName::domain(b),
             ResourceName::image(a, i1),
             ResourceName::domain(a),
+            ResourceName::pool(sp),
         ];
         names.sort();
         assert_eq!(
             names,
             vec![
+                ResourceName::pool(sp),
                 ResourceName::domain(a),
                 ResourceName::domain(b),
                 ResourceName::image(a, i1),

@@ -23,6 +23,7 @@ use std::path::Path;
 
 use depot_api::storage::{SdUuid, VolUuid};
 use depot_api::Code;
+use depot_os::fsproc::FileKind;
 use depot_os::sanlock::{
     direct_init_lockspace, direct_init_resource, Area, DirectConfig, Geometry, Lockspace, Resource,
     Sanlock, SanlockError,
@@ -101,17 +102,25 @@ pub fn init_domain(
 /// window left between the check and sanlock's open is in
 /// docs/architecture.md ("sanlock"). `Err` says why not.
 pub fn check_sanlock_file(fs: &MountFs, path: &Path) -> Result<(), String> {
-    use depot_os::fsproc::FileKind;
-    match fs.lstat(path) {
-        Ok(st) if st.kind != FileKind::File => Err(format!(
-            "{} is {:?}, not a regular file: not handed to sanlock",
+    sanlock_file_verdict(path, fs.lstat(path).map(|st| (st.kind, st.nlink)))
+}
+
+/// [`check_sanlock_file`]'s verdict on what `lstat` of `path` answered
+/// (its kind and link count), for a caller that asked its own way (the
+/// domain monitor, through its check's helpers, before it joins the
+/// lockspace on `ids`).
+pub fn sanlock_file_verdict<E: std::fmt::Display>(
+    path: &Path,
+    lstat: Result<(FileKind, u64), E>,
+) -> Result<(), String> {
+    match lstat {
+        Ok((kind, _)) if kind != FileKind::File => Err(format!(
+            "{} is {kind:?}, not a regular file: not handed to sanlock",
             path.display(),
-            st.kind
         )),
-        Ok(st) if st.nlink != 1 => Err(format!(
-            "{} has {} links (a hard link to another file?): not handed to sanlock",
+        Ok((_, nlink)) if nlink != 1 => Err(format!(
+            "{} has {nlink} links (a hard link to another file?): not handed to sanlock",
             path.display(),
-            st.nlink
         )),
         Ok(_) => Ok(()),
         Err(e) => Err(format!("{}: {e}", path.display())),

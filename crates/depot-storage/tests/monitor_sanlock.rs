@@ -109,3 +109,52 @@ fn host_id_is_kept_by_shutdown_and_released_by_stop() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A file domain's `ids` replaced by a symlink to a lockspace elsewhere
+/// (planted on the shared storage) is never handed to sanlock, which
+/// follows symlinks and writes delta leases where they lead: the monitor
+/// checks `ids` right before it joins the lockspace, through its check's
+/// helper and without one. sanlock reports an add under way at once
+/// (Changing), so "Free for several rounds" tells that none was asked;
+/// once `ids` is a regular file again, the host id is acquired.
+#[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+fn a_planted_ids_symlink_is_never_handed_to_sanlock() {
+    depot_testkit::require_root();
+    let _daemon = SanlockDaemon::start().expect("sanlock daemon");
+    let s = Sanlock::load(None, Duration::from_secs(30));
+    let helper = depot_os::fsproc::HelperCommand::new(env!("CARGO_BIN_EXE_depot-storage-fsproc"));
+    for (name, helper) in [("through a helper", Some(helper)), ("in-process", None)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (sd, dir) = make_domain(tmp.path());
+        let ids = dir.join("dom_md/ids");
+        let elsewhere = tmp.path().join("elsewhere");
+        fs::rename(&ids, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &ids).unwrap();
+        let before = fs::read(&elsewhere).unwrap();
+
+        let m = Monitor::new(MonitorConfig {
+            helper,
+            ..config(&s)
+        });
+        m.set_host_id(sd, Some(5));
+        m.start(sd, CheckTarget::file_domain(&dir, None)).unwrap();
+        for _ in 0..8 {
+            std::thread::sleep(INTERVAL);
+            assert_eq!(state(&s, sd, 5, &dir), HostIdState::Free, "{name}");
+            assert!(!m.status(sd).unwrap().acquired, "{name}");
+        }
+        assert_eq!(fs::read(&elsewhere).unwrap(), before, "{name}: written");
+
+        // A regular file again: acquired.
+        fs::remove_file(&ids).unwrap();
+        fs::rename(&elsewhere, &ids).unwrap();
+        wait_acquired(&m, sd, true, ACQUIRE_WAIT);
+        assert!(m.stop(sd));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while state(&s, sd, 5, &dir) != HostIdState::Free {
+            assert!(Instant::now() < deadline, "{name}: not released after 60 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::{Daemon, WAIT};
 use depot_client::Client;
+use depot_os::sanlock::{Area, HostIdState, Lockspace, Resource, Sanlock};
 use depot_testkit::sanlock::SanlockDaemon;
 use serde_json::{json, Value};
 use storage_common::sanlock_pool::{pool, until_acquired, SANLOCK_CONFIG};
@@ -376,8 +377,9 @@ async fn refresh_learns_the_master_the_spm_switched_to() {
     call_err(&s.c, "StoragePool.refresh", refresh(&s.sd2, 2), 309).await;
 }
 
-/// destroy is the SPM's (654) with the pool's host id (700), each refusal
-/// changing nothing; it leaves every domain unattached (the master too:
+/// destroy needs the pool's host id (700), checked first as VDSM does,
+/// this host its SPM (654) and no active domain but the master (347),
+/// each refusal changing nothing; it leaves every domain unattached (the master too:
 /// ROLE Regular, MASTER_VERSION 0), the pool unknown here, and the
 /// domains free for a new pool.
 #[tokio::test]
@@ -386,10 +388,31 @@ async fn destroy_detaches_every_domain() {
     s.connect().await;
     let destroy = |host_id: i64| json!({"storagepoolID": s.sp, "hostID": host_id, "scsiKey": s.sp});
     let before = snapshot(&s.root);
+    // VDSM's order: the host id (700) before the SPM's role (654).
+    call_err(&s.c, "StoragePool.destroy", destroy(2), 700).await;
     call_err(&s.c, "StoragePool.destroy", destroy(1), 654).await;
     start_spm(&s.c, &s.sp).await;
     call_err(&s.c, "StoragePool.destroy", destroy(2), 700).await;
+    // Active domains other than the master: 347 (VDSM's detachSD), as
+    // for a detach; the engine deactivates them first.
+    call_err(&s.c, "StoragePool.destroy", destroy(1), 347).await;
+    call_err(
+        &s.c,
+        "StorageDomain.detach",
+        json!({"storagedomainID": s.sd2, "storagepoolID": s.sp}),
+        347,
+    )
+    .await;
     assert_same_tree(&before, &snapshot(&s.root), "a refused destroy");
+    for sd in [&s.sd2, &s.bk] {
+        call_ok(
+            &s.c,
+            "StorageDomain.deactivate",
+            json!({"storagedomainID": sd, "storagepoolID": s.sp,
+                   "masterSdUUID": s.sd, "masterVersion": 1}),
+        )
+        .await;
+    }
 
     call_ok(&s.c, "StoragePool.destroy", destroy(1)).await;
     for sd in [&s.sd, &s.sd2, &s.bk] {
@@ -564,6 +587,30 @@ async fn switch_master_moves_the_spm_lease() {
     drop(daemon);
 }
 
+/// Another holder of `sd`'s SDM lease: this test process, as `host_id`
+/// in the same daemon (which joins a lockspace with one host id only, so
+/// depotd's call must use the same), naming the domain as depotd does to
+/// sanlock (through the repository's mount link). The client, the
+/// lockspace and the lease.
+async fn hold_sdm(d: &Daemon, sd: &str, host_id: u64) -> (Sanlock, Lockspace, Resource) {
+    let mnt = repository(d).join("mnt");
+    let dom_md = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().path().join(sd).join("dom_md"))
+        .find(|l| l.exists())
+        .expect("the domain under the repository's mnt");
+    let other = Sanlock::load(None, Duration::from_secs(60));
+    let ls = Lockspace::new(sd.to_owned(), host_id, Area::new(dom_md.join("ids"), 0));
+    other.add_lockspace(&ls, 0).unwrap();
+    common::eventually("the test's host id", Duration::from_secs(180), || async {
+        (other.inq_lockspace(&ls).ok()? == HostIdState::Held).then_some(())
+    })
+    .await;
+    let sdm = Resource::new(sd.to_owned(), "SDM", Area::new(dom_md.join("leases"), MIB));
+    other.acquire(&sdm, None).unwrap();
+    (other, ls, sdm)
+}
+
 /// With sanlock, reconstructMaster holds the SPM's lease of the future
 /// master around its writes (VDSM's acquireClusterLock): while another
 /// holder has it (this test process, as host id 4 in the same daemon) the
@@ -573,7 +620,6 @@ async fn switch_master_moves_the_spm_lease() {
 #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 async fn reconstruct_master_holds_the_spm_lease_of_the_new_master() {
     depot_testkit::require_root();
-    use depot_os::sanlock::{Area, HostIdState, Lockspace, Resource, Sanlock};
     let daemon = SanlockDaemon::start().expect("sanlock daemon");
     let d = Daemon::start(SANLOCK_CONFIG);
     let p = pool(&d).await;
@@ -585,22 +631,7 @@ async fn reconstruct_master_holds_the_spm_lease_of_the_new_master() {
         create_domain_params(&sd2, LOCALFS, conn.to_str().unwrap(), "second", 512),
     )
     .await;
-    // sd2 as depotd names it to sanlock: through the repository's mount link.
-    let mnt = repository(&d).join("mnt");
-    let dom_md = std::fs::read_dir(&mnt)
-        .unwrap()
-        .map(|e| e.unwrap().path().join(&sd2).join("dom_md"))
-        .find(|l| l.exists())
-        .expect("the domain under the repository's mnt");
-    let other = Sanlock::load(None, Duration::from_secs(60));
-    let ls = Lockspace::new(sd2.clone(), 4, Area::new(dom_md.join("ids"), 0));
-    other.add_lockspace(&ls, 0).unwrap();
-    common::eventually("the test's host id", Duration::from_secs(180), || async {
-        (other.inq_lockspace(&ls).ok()? == HostIdState::Held).then_some(())
-    })
-    .await;
-    let sdm = Resource::new(sd2.clone(), "SDM", Area::new(dom_md.join("leases"), MIB));
-    other.acquire(&sdm, None).unwrap();
+    let (other, _, sdm) = hold_sdm(&d, &sd2, 4).await;
 
     let reconstruct = json!({
         "storagepoolID": p.sp, "hostId": 4, "name": "reconstructed",
@@ -629,6 +660,53 @@ async fn reconstruct_master_holds_the_spm_lease_of_the_new_master() {
         ("Master", "5")
     );
     assert!(sdm_held(&daemon, &sd2).is_empty(), "given back");
+    drop(other);
+    drop(d);
+    drop(daemon);
+}
+
+/// With sanlock, a forced detach from a pool not connected here takes
+/// the domain's own SDM lease around its write (VDSM's cluster lock, with
+/// its reserved host id 1000 on a host in no pool): while another holder
+/// has it (a live SPM: the pool is not gone; here this test process as
+/// host id 1000 in the same daemon) the detach is refused with 651 and
+/// nothing is written; once free it runs and gives the lease back; a
+/// detach that joined the lockspace for it leaves it after.
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn a_forced_detach_holds_the_domains_lease() {
+    depot_testkit::require_root();
+    let daemon = SanlockDaemon::start().expect("sanlock daemon");
+    let d = Daemon::start(SANLOCK_CONFIG);
+    let p = pool(&d).await;
+    let (other, ls, sdm) = hold_sdm(&d, &p.sd, 1000).await;
+    let detach = json!({"storagedomainID": p.sd, "storagepoolID": p.sp, "force": true});
+    let before = domain_md(&p.dom);
+    call_err(&p.c, "StorageDomain.detach", detach.clone(), 651).await;
+    assert_eq!(
+        before,
+        domain_md(&p.dom),
+        "a detach without the lease wrote"
+    );
+
+    other.release(&sdm).unwrap();
+    call_ok(&p.c, "StorageDomain.detach", detach.clone()).await;
+    assert_eq!(domain_md(&p.dom)["POOL_UUID"], "");
+    assert!(sdm_held(&daemon, &p.sd).is_empty(), "the lease given back");
+
+    // Attached again (as the lost pool left it), and the lockspace left by
+    // the test: depotd joins it for the detach and leaves it after.
+    write_md(&p.dom, &[("POOL_UUID", p.sp.as_str())]);
+    other.rem_lockspace(&ls, false).unwrap();
+    let reserved = format!("{}:1000:", p.sd);
+    let joined = || {
+        let lines = daemon.lockspaces().expect("sanlock client status");
+        lines.iter().any(|l| l.starts_with(&reserved))
+    };
+    assert!(!joined(), "the test's host id left");
+    call_ok(&p.c, "StorageDomain.detach", detach).await;
+    assert_eq!(domain_md(&p.dom)["POOL_UUID"], "");
+    assert!(!joined(), "the reserved host id left after the detach");
     drop(other);
     drop(d);
     drop(daemon);

@@ -178,6 +178,10 @@ impl Setup {
                 "StorageDomain.setDescription",
                 json!({"storagedomainID": sd, "description": "refused"}),
             ),
+            (
+                "StorageDomain.setBackup",
+                json!({"storagedomainID": sd2, "backup": true}),
+            ),
             ("Lease.create", json!({"lease": lease})),
             ("Lease.delete", json!({"lease": lease})),
             ("Lease.rebuild_leases", json!({"sd_id": sd})),
@@ -266,6 +270,17 @@ async fn spm_verbs_need_the_spm_of_their_domains_pool() {
         json!({"storagedomainID": s.sd, "description": "by the SPM"}),
     )
     .await;
+    for backup in [true, false] {
+        call_ok(
+            &s.c,
+            "StorageDomain.setBackup",
+            json!({"storagedomainID": s.sd2, "backup": backup}),
+        )
+        .await;
+        let md = domain_md(&s.root.join(&s.sd2));
+        let flag = md.get("DEPOT_BACKUP").map(String::as_str);
+        assert_eq!(flag, backup.then_some("true"), "{md:?}");
+    }
     let verbs = s.spm_verbs();
     let verb = |name: &str| {
         verbs

@@ -641,10 +641,13 @@ impl Storage {
 
     /// `StorageDomain.setBackup`. Setting the flag is refused on a non-data
     /// domain (9010), on a master domain (319), and while any volume of the
-    /// domain is prepared (9013); clearing it is always allowed.
+    /// domain is prepared (9013); clearing it is always allowed. It
+    /// writes the domain's metadata: on a domain attached to a pool, the
+    /// SPM's verb (309, 654), as every other metadata write.
     pub fn set_backup(&self, sd: SdUuid, backup: bool) -> StorageResult<()> {
         const OP: &str = "set backup flag";
         let domain = self.locate(sd)?;
+        self.require_spm(&domain, OP)?;
         let _lock = self.lock_domain(sd, true)?;
         if backup {
             let md = self.read_md(&domain)?;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
+use depot_api::storage::{ImgUuid, SdUuid, SpUuid, VolUuid};
 use depot_os::fsproc::{FsPool, HelperCommand, PoolConfig};
 use depot_os::lvm::Lvm;
 use depot_os::{CommandRunner, Mounter, QemuImg};
@@ -277,6 +277,15 @@ impl Storage {
 
     pub(crate) fn lock_domain_exclusive(&self, sd: SdUuid) -> StorageResult<Guard> {
         self.lock_domain(sd, true)
+    }
+
+    /// Pool `sp` exclusive: the pool verbs that change this host's view
+    /// of a pool (connect, disconnect, refresh, switchMaster, destroy,
+    /// reconstructMaster) run one at a time, as VDSM's do under its
+    /// `00_storage.<sp>` lock. Taken before any domain's lock.
+    pub(super) fn lock_pool(&self, sp: SpUuid) -> StorageResult<Guard> {
+        self.locks
+            .exclusive(&ResourceName::pool(sp), self.config.lock_timeout)
     }
 
     pub(super) fn lock_domain(&self, sd: SdUuid, exclusive: bool) -> StorageResult<Guard> {

@@ -145,6 +145,7 @@ impl Storage {
     ) -> StorageResult<()> {
         const OP: &str = "connect storage pool";
         let sanlock_id = check_host_id(host_id, OP)?;
+        let _pool_lock = self.lock_pool(sp)?;
         if let Some(other) = self
             .pools
             .lock()
@@ -202,6 +203,12 @@ impl Storage {
     /// nothing else changes), then stops monitoring the pool's domains,
     /// which releases the host ids. Idempotent.
     pub fn disconnect_pool(&self, sp: SpUuid) -> StorageResult<()> {
+        let _pool_lock = self.lock_pool(sp)?;
+        self.disconnect_locked(sp)
+    }
+
+    /// [`disconnect_pool`](Self::disconnect_pool) with the pool's lock held.
+    fn disconnect_locked(&self, sp: SpUuid) -> StorageResult<()> {
         self.stop_spm_of(sp, "disconnect storage pool")?;
         let domains: Vec<SdUuid> = {
             let mut pools = self.pools.lock();
@@ -283,12 +290,13 @@ impl Storage {
     }
 
     /// `StorageDomain.detach`. The master cannot be detached (383) and an
-    /// active domain must be deactivated first (382). `force` clears the
+    /// active domain must be deactivated first (347, as VDSM's detachSD). `force` clears the
     /// domain's pool whatever it is: the disaster-recovery path, for a
     /// domain whose pool is gone. The SPM's verb (309, 654), except a
     /// forced detach from a pool not connected here: nobody here can be
     /// the SPM of a pool that is gone (VDSM's forced detach from the
-    /// blank pool).
+    /// blank pool), so it takes the domain's own lease instead, as VDSM
+    /// does ([`take_detach_lease`](Self::take_detach_lease)).
     pub fn detach(&self, sd: SdUuid, sp: SpUuid, force: bool) -> StorageResult<()> {
         const OP: &str = "detach storage domain";
         let connected = matches!(self.pools.lock().get(&sp), Some(p) if p.connected);
@@ -316,18 +324,29 @@ impl Storage {
             if self.pools.lock().get(&sp).and_then(|p| p.domains.get(&sd))
                 == Some(&PoolDomainStatus::Active)
             {
+                // VDSM's detachSD: 347, the domain not in the Attached state.
                 return Err(StorageError::new(
-                    Code::StorageDomainActive,
+                    Code::StorageDomainIllegalState,
                     OP,
-                    format!("'{sd}' is active"),
+                    format!("'{sd}' is active: deactivate it first"),
                 ));
             }
         }
-        self.update_md(&domain, move |md| {
+        // A forced detach from a pool not connected here holds the
+        // domain's lease around its write (VDSM's cluster lock): a pool
+        // whose SPM is alive after all keeps its domain (651).
+        let lease = if force && !connected {
+            self.take_detach_lease(sd)?
+        } else {
+            None
+        };
+        let written = self.update_md(&domain, move |md| {
             md.pools.clear();
             md.role = DomainRole::Regular;
             Ok(())
-        })?;
+        });
+        self.drop_detach_lease(lease, OP);
+        written?;
         self.monitor.stop(sd);
         self.pools.forget_domain(sd);
         tracing::info!(sd = %sd, pool = %sp, force, "storage domain detached");
@@ -428,6 +447,7 @@ impl Storage {
         version: i64,
     ) -> StorageResult<()> {
         const OP: &str = "switch master domain";
+        let _pool_lock = self.lock_pool(sp)?;
         self.require_pool_spm(sp, OP)?;
         if old == new {
             return Err(StorageError::new(
@@ -559,9 +579,13 @@ impl Storage {
     /// host that is not the SPM, after the SPM switched the master). The
     /// pool must be connected here (309) and `master` its master at
     /// `version` ([`check_master`](Self::check_master), 324); nothing
-    /// changes otherwise.
+    /// changes otherwise. Under the pool's lock, so that a refresh never
+    /// interleaves with a connect, a switch or another refresh (one that
+    /// read the old master before a switch wrote the new one would put
+    /// the old one back).
     pub fn refresh_pool(&self, sp: SpUuid, master: SdUuid, version: i64) -> StorageResult<()> {
         const OP: &str = "refresh storage pool";
+        let _pool_lock = self.lock_pool(sp)?;
         let pool = match self.pools.lock().get(&sp) {
             Some(p) if p.connected => p.clone(),
             _ => {
@@ -581,17 +605,20 @@ impl Storage {
         Ok(())
     }
 
-    /// `StoragePool.destroy`: the SPM's verb (309, 654), with the host id
-    /// the pool was connected with (700). Detaches every domain of the
-    /// pool, the master last (POOL_UUID loses the pool; ROLE=Regular; the
-    /// master's MASTER_VERSION=0), then disconnects (the SPM's lease, then
-    /// the host ids) and forgets the pool. A domain that cannot be written
-    /// fails the call with the pool still connected and this host SPM, the
+    /// `StoragePool.destroy`, checked in VDSM's order: the pool connected
+    /// here (309), with the host id it was connected with (700), this host
+    /// its SPM (654), and no domain but the master active (347, VDSM's
+    /// detachSD: the engine deactivates them first); nothing changes when
+    /// a check fails. Detaches every domain of the pool, the master last
+    /// (POOL_UUID loses the pool; ROLE=Regular; the master's
+    /// MASTER_VERSION=0), then disconnects (the SPM's lease, then the host
+    /// ids) and forgets the pool. A domain that cannot be written fails
+    /// the call with the pool still connected and this host SPM, the
     /// domains before it detached: a repeat goes on from there. Once
     /// destroyed the pool is unknown here: a repeat is 309.
     pub fn destroy_pool(&self, sp: SpUuid, host_id: i64) -> StorageResult<()> {
         const OP: &str = "destroy storage pool";
-        self.require_pool_spm(sp, OP)?;
+        let _pool_lock = self.lock_pool(sp)?;
         let pool = self.connected_pool(sp, OP)?;
         if pool.host_id != Some(host_id) {
             return Err(StorageError::new(
@@ -603,11 +630,23 @@ impl Storage {
                 ),
             ));
         }
+        self.require_pool_spm(sp, OP)?;
+        if let Some((sd, _)) = pool
+            .domains
+            .iter()
+            .find(|(sd, status)| **sd != pool.master && **status == PoolDomainStatus::Active)
+        {
+            return Err(StorageError::new(
+                Code::StorageDomainIllegalState,
+                OP,
+                format!("'{sd}' is active in {sp}: deactivate it first"),
+            ));
+        }
         let others = pool.domains.keys().copied().filter(|sd| *sd != pool.master);
         for sd in others.chain([pool.master]) {
             self.leave_pool(sd, sp, OP)?;
         }
-        self.disconnect_pool(sp)?;
+        self.disconnect_locked(sp)?;
         self.pools.lock().remove(&sp);
         tracing::info!(pool = %sp, "storage pool destroyed");
         Ok(())
@@ -653,6 +692,9 @@ impl Storage {
     ) -> StorageResult<()> {
         const OP: &str = "reconstruct master";
         let sanlock_id = check_host_id(host_id, OP)?;
+        // Held to the end: no connect can slip in between the 325 check
+        // and the pool's state written below.
+        let _pool_lock = self.lock_pool(sp)?;
         if matches!(self.pools.lock().get(&sp), Some(p) if p.connected) {
             return Err(StorageError::new(
                 Code::StoragePoolConnected,

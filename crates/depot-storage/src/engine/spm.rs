@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use depot_api::storage::{SdUuid, SpUuid};
 use depot_api::Code;
-use depot_os::sanlock::{Area, HostIdState, Refusal, Resource, Sanlock, SanlockError};
+use depot_os::sanlock::{Area, HostIdState, Lockspace, Refusal, Resource, Sanlock, SanlockError};
 
 use super::Storage;
 use crate::domain::Domain;
@@ -31,6 +31,19 @@ use crate::{StorageError, StorageResult};
 /// owner of the id did not release it (up to about 80 s more).
 const HOST_ID_WAIT: Duration = Duration::from_secs(180);
 const HOST_ID_POLL: Duration = Duration::from_millis(500);
+
+/// VDSM's reserved host id (clusterlock's `getReservedId`): the id a host
+/// in no pool takes a domain's lease with.
+const RESERVED_HOST_ID: u64 = 1000;
+
+/// The lease a forced detach holds around its write
+/// ([`Storage::take_detach_lease`]).
+pub(super) struct DetachLease {
+    lease: Resource,
+    ls: Lockspace,
+    /// Whether taking it joined the lockspace (then it is left after).
+    joined: bool,
+}
 
 /// VDSM's SPM roles (`sp.SPM_ACQUIRED`, `SPM_CONTEND`, `SPM_FREE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -158,6 +171,9 @@ impl Storage {
     /// release it, and the host stays SPM.
     pub fn spm_stop(&self, sp: SpUuid) -> StorageResult<()> {
         const OP: &str = "stop SPM";
+        // As VDSM's spmStop: under the pool's lock, so that no switch,
+        // destroy or disconnect is half done when the role goes.
+        let _pool_lock = self.lock_pool(sp)?;
         self.connected_pool(sp, OP)?;
         self.stop_spm_of(sp, OP)
     }
@@ -493,6 +509,59 @@ impl Storage {
             if let Err(e) = self.release_spm_lease(&res, op) {
                 tracing::warn!(pool = %sp, lease = %res.lockspace, error = %e,
                     "cannot release an SPM lease after a master switch");
+            }
+        }
+    }
+
+    /// VDSM's cluster lock for a forced detach from a pool not connected
+    /// here (hsm's `_detachStorageDomainFromOldPools`): the domain's own
+    /// `SDM` lease, under the host id of the pool this host is connected
+    /// to, or VDSM's reserved id 1000 when it is in none. 651 and nothing
+    /// written when another host holds it (a live SPM of that pool: the
+    /// pool is not gone after all). `None` with sanlock disabled.
+    pub(super) fn take_detach_lease(&self, sd: SdUuid) -> StorageResult<Option<DetachLease>> {
+        let Some(client) = self.sanlock_client() else {
+            return Ok(None);
+        };
+        let host_id = self
+            .pools
+            .lock()
+            .values()
+            .find(|p| p.connected)
+            .and_then(|p| p.host_id)
+            .map_or(RESERVED_HOST_ID, |id| id as u64);
+        let (_, ids) = self.spm_areas(sd)?;
+        let ls = lockspace(sd, host_id, &ids);
+        // Whether this call joins the lockspace, and so must leave it.
+        let joined = !matches!(client.inq_lockspace(&ls), Ok(HostIdState::Held));
+        match self.take_spm_lease(sd, host_id) {
+            Ok((_, lease)) => Ok(lease.map(|lease| DetachLease { lease, ls, joined })),
+            Err(e) => {
+                if joined {
+                    // Synchronously, so that a repeat finds it gone rather
+                    // than being removed. Best effort: a host id left
+                    // joined goes when depotd's sanlock daemon does.
+                    let _ = client.rem_lockspace(&ls, false);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives back what [`take_detach_lease`](Self::take_detach_lease)
+    /// took: the lease, then the host id if that call joined the
+    /// lockspace (synchronously, about 2 s: a repeat must not find it
+    /// being removed). A refusal is logged.
+    pub(super) fn drop_detach_lease(&self, taken: Option<DetachLease>, op: &'static str) {
+        let (Some(taken), Some(client)) = (taken, self.sanlock_client()) else {
+            return;
+        };
+        if let Err(e) = self.release_spm_lease(&taken.lease, op) {
+            tracing::warn!(lease = %taken.lease.lockspace, error = %e, "cannot release the domain's lease");
+        }
+        if taken.joined {
+            if let Err(e) = client.rem_lockspace(&taken.ls, false) {
+                tracing::warn!(sd = %taken.ls.name, error = %e, "cannot release the host id");
             }
         }
     }

@@ -19,6 +19,7 @@ use super::host_id::HostIdKeeper;
 use super::{DomainHealth, MonitorConfig};
 use crate::events::{Events, StorageEvent};
 use crate::layout;
+use crate::lockspace;
 
 /// Threads of a domain's worker. One check runs at a time; the second
 /// thread covers the unmount on `ESTALE` and the moment a stuck check
@@ -387,7 +388,37 @@ impl Looper {
         let Some(k) = &mut self.host_ids else {
             return;
         };
-        let held = k.round(wanted, dir.as_deref(), valid);
+        let (file, helpers) = (self.target.file, &self.helpers);
+        let check_ids = |ids: &Path| -> Result<(), String> {
+            // A block domain's `ids` is this host's link to its LV.
+            if !file {
+                return Ok(());
+            }
+            match helpers {
+                Some(h) => {
+                    let rel = format!("{}/dom_md/ids", h.stat);
+                    let st = h.pool.lstat(&rel).map(|st| (st.kind, st.nlink));
+                    lockspace::sanlock_file_verdict(ids, st)
+                }
+                // No helper command (tests): the check's own worker reads
+                // this mount in-process the same way.
+                None => {
+                    use std::os::unix::fs::MetadataExt;
+                    let st = ids.symlink_metadata().map(|m| {
+                        let kind = if m.file_type().is_file() {
+                            FileKind::File
+                        } else if m.file_type().is_symlink() {
+                            FileKind::Symlink
+                        } else {
+                            FileKind::Unknown
+                        };
+                        (kind, m.nlink())
+                    });
+                    lockspace::sanlock_file_verdict(ids, st)
+                }
+            }
+        };
+        let held = k.round(wanted, dir.as_deref(), valid, check_ids);
         self.update(|h| h.acquired = held);
     }
 

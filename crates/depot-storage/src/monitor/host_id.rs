@@ -42,8 +42,17 @@ impl HostIdKeeper {
     /// One round: `wanted` is the host id the domain's pool connected
     /// with (`None`: not in a connected pool), `domain_dir` the domain's
     /// directory once located, `valid` whether its last check passed.
-    /// Returns whether the host id is held now.
-    pub fn round(&mut self, wanted: Option<u64>, domain_dir: Option<&Path>, valid: bool) -> bool {
+    /// Returns whether the host id is held now. `check_ids` is asked
+    /// right before the lockspace on `ids` is handed to sanlock (a file
+    /// domain's `ids` must be a regular file reached without a symlink:
+    /// crate::lockspace::check_sanlock_file); `Err` says why not.
+    pub fn round(
+        &mut self,
+        wanted: Option<u64>,
+        domain_dir: Option<&Path>,
+        valid: bool,
+        check_ids: impl FnOnce(&Path) -> Result<(), String>,
+    ) -> bool {
         if self
             .joined
             .as_ref()
@@ -82,7 +91,10 @@ impl HostIdKeeper {
                         )
                     });
                 }
-                self.acquire(ls);
+                match check_ids(&ls.area.path) {
+                    Ok(()) => self.acquire(ls),
+                    Err(why) => self.problem(format!("cannot acquire host id {host_id}: {why}")),
+                }
                 false
             }
             Err(e) => {
