@@ -92,7 +92,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // Before the storage: the monitor and the connection watch publish
     // through it from their first check.
     let events = EventBus::new(EVENT_QUEUE);
-    let storage = open_storage(&config, &events).await;
+    let (sink, backup_events) = crate::ovf_backup::tee(Arc::new(events.clone()));
+    let storage = open_storage(&config, sink).await;
+    // After the storage, whose OVF_STORE writes it records.
+    let _ovf_backup = crate::ovf_backup::OvfBackup::start(&config, storage.clone(), backup_events);
     let jobs = open_jobs(&config, &storage).await?;
     let tasks = open_tasks(&config).await?;
     let forwarder = events.forward_jobs(&jobs);
@@ -177,7 +180,10 @@ fn fsproc_command() -> HelperCommand {
 
 /// The storage, with what a crash left in mounts that survived the
 /// restart cleaned up.
-async fn open_storage(config: &Config, events: &EventBus) -> Arc<Storage> {
+async fn open_storage(
+    config: &Config,
+    events: Arc<dyn depot_storage::events::EventSink>,
+) -> Arc<Storage> {
     let storage = Arc::new(
         Storage::new(
             StorageConfig {
@@ -193,7 +199,7 @@ async fn open_storage(config: &Config, events: &EventBus) -> Arc<Storage> {
             CommandRunner::new(),
         )
         .with_san_references(config.daemon.state_dir.join("iscsi-sessions"))
-        .with_events(Events::new(Arc::new(events.clone())))
+        .with_events(Events::new(events))
         .with_mailbox(config.mailbox_config()),
     );
     storage.start_mailbox_service();

@@ -1,0 +1,577 @@
+//! OVF backup providers in the daemon (docs/storage.md, "OVF backup
+//! providers"): the ones that need the storage (the domains' own
+//! OVF_STOREs, a mirror domain), and the recorder that hands each
+//! accepted upload to every configured provider.
+//!
+//! The recorder sees an upload through the storage's `OvfStoreWritten`
+//! event, published once the new content is durable on the domain. The
+//! event only goes into a channel (publishing never blocks): the upload
+//! answers as fast with providers as without. A recorder thread reads the
+//! store's entities back, persists one record per provider in the retry
+//! queue (`<state_dir>/ovf-backup/queue`) and wakes the provider's worker,
+//! which records it, or keeps it queued while the provider fails.
+//!
+//! A generation that is replaced before the recorder reads it is not
+//! recorded on its own: the newer one is (its event follows).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
+use depot_ovf_archive::archive::{ArchiveProvider, Limits, Mode};
+use depot_ovf_archive::queue::{Backoff, RetryQueue, Worker};
+use depot_ovf_archive::{
+    now_secs, EntityCopy, EntityKind, HeldCopy, NoOp, Provider, ProviderError,
+    Source, UploadRecord,
+};
+use depot_storage::events::{EventSink, StorageEvent};
+use depot_storage::ovf::StoreState;
+use depot_storage::{Storage, StoreTexts};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::{ArchiveMode, Config, OvfProviderKind};
+
+/// One durable upload, as the storage reported it.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    sd: SdUuid,
+    img: ImgUuid,
+    vol: VolUuid,
+    generation: u64,
+}
+
+/// Passes every storage event on to `inner`, and the OVF_STORE writes to
+/// the recorder too. Never blocks: a channel send.
+pub struct Tee {
+    inner: Arc<dyn EventSink>,
+    tx: mpsc::Sender<Written>,
+}
+
+impl EventSink for Tee {
+    fn publish(&self, event: StorageEvent) {
+        if let StorageEvent::OvfStoreWritten {
+            sd,
+            img,
+            vol,
+            generation,
+            ..
+        } = &event
+        {
+            let _ = self.tx.send(Written {
+                sd: *sd,
+                img: *img,
+                vol: *vol,
+                generation: *generation,
+            });
+        }
+        self.inner.publish(event);
+    }
+}
+
+/// The configured providers, the queue and its workers.
+pub struct OvfBackup {
+    providers: Vec<Arc<dyn Provider>>,
+    _workers: Option<Arc<Vec<Worker>>>,
+}
+
+/// What [`OvfBackup::start`] needs before the storage exists: the event
+/// sink to build the storage with, and the other end of its channel.
+pub struct Pending {
+    rx: mpsc::Receiver<Written>,
+}
+
+/// The sink for the storage, and what [`OvfBackup::start`] takes.
+pub fn tee(inner: Arc<dyn EventSink>) -> (Arc<dyn EventSink>, Pending) {
+    let (tx, rx) = mpsc::channel();
+    (Arc::new(Tee { inner, tx }), Pending { rx })
+}
+
+/// The archive's file: configured, or in the state directory.
+pub fn archive_path(config: &Config) -> PathBuf {
+    let p = &config.ovf_backup.archive_path;
+    if p.as_os_str().is_empty() {
+        config.daemon.state_dir.join("ovf-archive.db")
+    } else {
+        p.clone()
+    }
+}
+
+impl OvfBackup {
+    /// Builds the providers of `[ovf_backup]`, and starts the workers of
+    /// those that record (and the recorder) when there are any.
+    pub fn start(config: &Config, storage: Arc<Storage>, pending: Pending) -> OvfBackup {
+        let c = &config.ovf_backup;
+        let mirror: Option<SdUuid> = c.mirror_domain.parse().ok().map(SdUuid);
+        let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
+        for kind in &c.providers {
+            let p: Arc<dyn Provider> = match kind {
+                OvfProviderKind::Stores => Arc::new(StoresProvider {
+                    storage: storage.clone(),
+                    exclude: mirror,
+                }),
+                OvfProviderKind::Archive => Arc::new(ArchiveProvider::new(
+                    archive_path(config),
+                    Limits {
+                        max_bytes: c.archive_max_mb << 20,
+                        keep_generations: c.archive_keep_generations,
+                    },
+                    match c.archive_mode {
+                        ArchiveMode::ReadWrite => Mode::ReadWrite,
+                        ArchiveMode::ReadOnly => Mode::ReadOnly,
+                    },
+                )),
+                OvfProviderKind::Mirror => match mirror {
+                    Some(sd) => Arc::new(MirrorProvider {
+                        storage: storage.clone(),
+                        sd,
+                    }),
+                    None => continue, // refused by Config::validate
+                },
+            };
+            providers.push(p);
+        }
+        if providers.is_empty() {
+            providers.push(Arc::new(NoOp));
+        }
+        let recording: Vec<Arc<dyn Provider>> =
+            providers.iter().filter(|p| p.records()).cloned().collect();
+        let mut workers = None;
+        if !recording.is_empty() {
+            let dir = config.daemon.state_dir.join("ovf-backup").join("queue");
+            match RetryQueue::open(&dir) {
+                Ok(q) => {
+                    let q = Arc::new(q);
+                    let backoff = Backoff {
+                        first: Duration::from_secs_f64(c.retry_first_s),
+                        max: Duration::from_secs_f64(c.retry_max_s),
+                    };
+                    let mut wake = Vec::new();
+                    for p in &recording {
+                        match Worker::spawn(q.clone(), p.clone(), backoff) {
+                            Ok(w) => wake.push((p.name().to_string(), w)),
+                            Err(e) => tracing::error!(provider = p.name(), error = %e,
+                                "cannot start the OVF backup worker"),
+                        }
+                    }
+                    // Records queued before a restart are tried at once.
+                    for (_, w) in &wake {
+                        w.wake();
+                    }
+                    let (names, w): (Vec<String>, Vec<Worker>) = wake.into_iter().unzip();
+                    let w = Arc::new(w);
+                    let (s, qq, ww) = (storage.clone(), q.clone(), w.clone());
+                    if let Err(e) = std::thread::Builder::new()
+                        .name("ovf-backup-recorder".into())
+                        .spawn(move || recorder(&s, &qq, &names, &ww, mirror, pending.rx))
+                    {
+                        tracing::error!(error = %e, "cannot start the OVF backup recorder");
+                    }
+                    workers = Some(w);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "OVF backup queue unavailable; uploads are not recorded")
+                }
+            }
+        }
+        tracing::info!(
+            providers = ?providers.iter().map(|p| p.name().to_string()).collect::<Vec<_>>(),
+            "OVF backup providers"
+        );
+        OvfBackup {
+            providers,
+            _workers: workers,
+        }
+    }
+
+    pub fn providers(&self) -> &[Arc<dyn Provider>] {
+        &self.providers
+    }
+}
+
+/// The recorder thread: each durable upload, read back and queued for
+/// every recording provider.
+fn recorder(
+    storage: &Storage,
+    queue: &RetryQueue,
+    names: &[String],
+    workers: &[Worker],
+    mirror: Option<SdUuid>,
+    rx: mpsc::Receiver<Written>,
+) {
+    while let Ok(w) = rx.recv() {
+        // The mirror's own writes are not uploads to back up.
+        if Some(w.sd) == mirror {
+            continue;
+        }
+        let texts = match storage.ovf_store_texts(w.sd, w.img, w.vol) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(sd = %w.sd, vol = %w.vol, generation = w.generation, error = %e,
+                    "an OVF_STORE upload could not be read back for the backup providers");
+                continue;
+            }
+        };
+        if texts.generation != Some(w.generation) {
+            tracing::debug!(sd = %w.sd, vol = %w.vol, generation = w.generation,
+                now = ?texts.generation, "OVF_STORE replaced before it was recorded; the newer upload is");
+            continue;
+        }
+        let rec = UploadRecord {
+            source: Source {
+                sd: u(w.sd.0),
+                img: u(w.img.0),
+                vol: u(w.vol.0),
+            },
+            generation: w.generation,
+            time: now_secs(),
+            entities: entity_copies(&texts),
+        };
+        for (name, worker) in names.iter().zip(workers) {
+            match queue.push(name, &rec) {
+                Ok(_) => worker.wake(),
+                Err(e) => tracing::error!(provider = %name, error = %e,
+                    "cannot queue an OVF backup record; this upload is not recorded there"),
+            }
+        }
+    }
+}
+
+/// depot-api's UUID as the archive's.
+fn u(id: depot_api::types::Uuid) -> Uuid {
+    Uuid::from_u128(id.as_u128())
+}
+
+fn kind_of(k: depot_storage::ovf::EntityKind) -> EntityKind {
+    match k {
+        depot_storage::ovf::EntityKind::Vm => EntityKind::Vm,
+        depot_storage::ovf::EntityKind::Template => EntityKind::Template,
+    }
+}
+
+fn entity_copies(texts: &StoreTexts) -> Vec<EntityCopy> {
+    texts
+        .entities
+        .iter()
+        .map(|(e, text)| EntityCopy::new(u(e.id), e.name.clone(), kind_of(e.kind), text.clone()))
+        .collect()
+}
+
+fn unavailable(provider: &str, e: impl std::fmt::Display) -> ProviderError {
+    ProviderError::Unavailable {
+        provider: provider.into(),
+        reason: e.to_string(),
+    }
+}
+
+/// The domains' own OVF_STOREs, read only: what the engine wrote (the
+/// upload itself is the record). Every valid store of every domain on
+/// connected storage, but the mirror.
+pub struct StoresProvider {
+    storage: Arc<Storage>,
+    exclude: Option<SdUuid>,
+}
+
+impl StoresProvider {
+    fn held(&self, texts: bool, want: Option<Uuid>) -> Result<Vec<HeldCopy>, ProviderError> {
+        let mut out = Vec::new();
+        for sd in self.storage.find_domains(None, None, None, None) {
+            if Some(sd) == self.exclude {
+                continue;
+            }
+            let stores = self
+                .storage
+                .ovf_stores(sd)
+                .map_err(|e| unavailable("stores", e))?;
+            for st in stores {
+                if let StoreState::Torn { .. } = st.state {
+                    continue;
+                }
+                let t = match self.storage.ovf_store_texts(sd, st.img, st.vol) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::debug!(%sd, vol = %st.vol, error = %e, "OVF_STORE not readable");
+                        continue;
+                    }
+                };
+                for c in entity_copies(&t) {
+                    if want.is_some_and(|id| id != c.id) {
+                        continue;
+                    }
+                    out.push(HeldCopy {
+                        provider: "stores".into(),
+                        id: c.id,
+                        name: c.name,
+                        kind: c.kind,
+                        generation: t.generation,
+                        sha256: c.sha256,
+                        source: Source {
+                            sd: u(sd.0),
+                            img: u(st.img.0),
+                            vol: u(st.vol.0),
+                        },
+                        time: 0,
+                        ovf: texts.then_some(c.ovf),
+                        unusable: None,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Provider for StoresProvider {
+    fn name(&self) -> &str {
+        "stores"
+    }
+
+    fn records(&self) -> bool {
+        false
+    }
+
+    fn record(&self, _rec: &UploadRecord) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<HeldCopy>, ProviderError> {
+        self.held(false, None)
+    }
+
+    fn copies(&self, id: Uuid) -> Result<Vec<HeldCopy>, ProviderError> {
+        self.held(true, Some(id))
+    }
+}
+
+/// Where each entity of a mirror store came from: kept in the store's
+/// `info.json` under `"depot mirror"` (docs/formats.md, "OVF mirror").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Provenance {
+    source: Source,
+    generation: u64,
+    time: u64,
+    sha256: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct MirrorInfo {
+    version: u32,
+    entities: BTreeMap<Uuid, Provenance>,
+}
+
+const MIRROR_INFO_VERSION: u32 = 1;
+
+/// Another domain's OVF_STORE as a mirror: the latest upload of every
+/// source store, merged into one archive written through the storage's
+/// upload path (its checks, its trailer, a new generation each time).
+/// The mirror domain must be one the engine does not write OVF_STOREs to.
+pub struct MirrorProvider {
+    storage: Arc<Storage>,
+    sd: SdUuid,
+}
+
+struct MirrorState {
+    img: ImgUuid,
+    vol: VolUuid,
+    entities: Vec<(EntityCopy, Option<Provenance>)>,
+}
+
+impl MirrorProvider {
+    fn err(&self, e: impl std::fmt::Display) -> ProviderError {
+        unavailable("mirror", format!("domain {}: {e}", self.sd))
+    }
+
+    /// The mirror's store (its first OVF_STORE volume) and what it holds.
+    fn state(&self) -> Result<MirrorState, ProviderError> {
+        let mut stores = self.storage.ovf_stores(self.sd).map_err(|e| self.err(e))?;
+        stores.sort_by_key(|s| (s.img.0.as_u128(), s.vol.0.as_u128()));
+        let st = stores
+            .first()
+            .ok_or_else(|| self.err("no OVF_STORE volume (DISKTYPE OVFS) to mirror into"))?;
+        let (img, vol) = (st.img, st.vol);
+        let texts = match st.state {
+            // A torn mirror starts over (what it held is lost to it).
+            StoreState::Torn { .. } => StoreTexts {
+                generation: None,
+                entities: Vec::new(),
+                info_json: None,
+            },
+            _ => self
+                .storage
+                .ovf_store_texts(self.sd, img, vol)
+                .map_err(|e| self.err(e))?,
+        };
+        let info: MirrorInfo = texts
+            .info_json
+            .as_deref()
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+            .and_then(|v| v.get("depot mirror").cloned())
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        let entities = entity_copies(&texts)
+            .into_iter()
+            .map(|c| {
+                let p = info.entities.get(&c.id).cloned();
+                (c, p)
+            })
+            .collect();
+        Ok(MirrorState { img, vol, entities })
+    }
+
+    fn held(&self, texts: bool, want: Option<Uuid>) -> Result<Vec<HeldCopy>, ProviderError> {
+        let st = self.state()?;
+        Ok(st
+            .entities
+            .into_iter()
+            .filter(|(c, _)| want.is_none_or(|id| id == c.id))
+            .filter_map(|(c, p)| {
+                let p = p?;
+                let unusable = (p.sha256 != c.sha256)
+                    .then(|| "its text does not match the sha256 recorded with it".to_string());
+                Some(HeldCopy {
+                    provider: "mirror".into(),
+                    id: c.id,
+                    name: c.name,
+                    kind: c.kind,
+                    generation: Some(p.generation),
+                    sha256: c.sha256,
+                    source: p.source,
+                    time: p.time,
+                    ovf: texts.then_some(c.ovf),
+                    unusable,
+                })
+            })
+            .collect())
+    }
+}
+
+impl Provider for MirrorProvider {
+    fn name(&self) -> &str {
+        "mirror"
+    }
+
+    fn record(&self, rec: &UploadRecord) -> Result<(), ProviderError> {
+        let st = self.state()?;
+        let newest = st
+            .entities
+            .iter()
+            .filter_map(|(_, p)| p.as_ref())
+            .filter(|p| p.source == rec.source)
+            .map(|p| p.generation)
+            .max();
+        if newest.is_some_and(|g| g >= rec.generation) {
+            // Held already, or a newer upload of that store is.
+            return Ok(());
+        }
+        // The source store's entities are replaced by this upload's: a VM
+        // removed there is removed here.
+        let mut merged: Vec<(EntityCopy, Provenance)> = st
+            .entities
+            .into_iter()
+            .filter_map(|(c, p)| p.map(|p| (c, p)))
+            .filter(|(c, p)| p.source != rec.source && !rec.entities.iter().any(|e| e.id == c.id))
+            .collect();
+        for e in &rec.entities {
+            merged.push((
+                e.clone(),
+                Provenance {
+                    source: rec.source,
+                    generation: rec.generation,
+                    time: rec.time,
+                    sha256: e.sha256.clone(),
+                },
+            ));
+        }
+        let tar = mirror_tar(self.sd, &merged).map_err(|e| self.err(e))?;
+        let mut at = 0usize;
+        let mut source = |buf: &mut [u8]| -> std::io::Result<usize> {
+            let n = buf.len().min(tar.len() - at);
+            buf[..n].copy_from_slice(&tar[at..at + n]);
+            at += n;
+            Ok(n)
+        };
+        self.storage
+            .ovf_upload(self.sd, st.img, st.vol, tar.len() as u64, &mut source)
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<HeldCopy>, ProviderError> {
+        self.held(false, None)
+    }
+
+    fn copies(&self, id: Uuid) -> Result<Vec<HeldCopy>, ProviderError> {
+        self.held(true, Some(id))
+    }
+}
+
+/// The mirror's archive: `info.json` (the engine's keys, and depot's
+/// provenance under "depot mirror"), then one `<id>.ovf` per entity.
+fn mirror_tar(sd: SdUuid, entities: &[(EntityCopy, Provenance)]) -> std::io::Result<Vec<u8>> {
+    let info = MirrorInfo {
+        version: MIRROR_INFO_VERSION,
+        entities: entities
+            .iter()
+            .map(|(c, p)| (c.id, p.clone()))
+            .collect(),
+    };
+    let json = serde_json::json!({
+        "Last Updated": now_secs().to_string(),
+        "Storage Domains": [{"uuid": sd.0.to_string()}],
+        "depot mirror": info,
+    });
+    let mut out = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut out);
+        append(&mut b, "info.json", json.to_string().as_bytes())?;
+        let mut seen = HashMap::new();
+        for (c, _) in entities {
+            if seen.insert(c.id, ()).is_none() {
+                append(&mut b, &format!("{}.ovf", c.id), c.ovf.as_bytes())?;
+            }
+        }
+        b.finish()?;
+    }
+    Ok(out)
+}
+
+fn append(b: &mut tar::Builder<&mut Vec<u8>>, name: &str, data: &[u8]) -> std::io::Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name)?;
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(now_secs());
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    b.append(&h, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use depot_ovf_archive::sha256_hex;
+
+    /// The mirror's archive passes the upload path's own check.
+    #[test]
+    fn mirror_tar_is_an_archive_the_upload_accepts() {
+        let id = Uuid::from_u128(7);
+        let ovf = r#"<?xml version="1.0" encoding="UTF-8"?><ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/"><Content ovf:id="out"><Name>vm</Name></Content></ovf:Envelope>"#;
+        let c = EntityCopy::new(id, "vm".into(), EntityKind::Vm, ovf.into());
+        let p = Provenance {
+            source: Source {
+                sd: Uuid::from_u128(1),
+                img: Uuid::from_u128(2),
+                vol: Uuid::from_u128(3),
+            },
+            generation: 4,
+            time: 5,
+            sha256: sha256_hex(ovf.as_bytes()),
+        };
+        let tar = mirror_tar(SdUuid(depot_api::types::Uuid::from_u128(9)), &[(c, p)]).unwrap();
+        let summary = depot_storage::ovf::check_store(&tar[..], tar.len() as u64).unwrap();
+        assert_eq!(summary.entries.len(), 2);
+    }
+}
