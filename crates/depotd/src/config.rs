@@ -597,7 +597,11 @@ impl Config {
                 false,
             ),
             ("thinp.check_interval_s", self.thinp.check_interval_s, false),
-            ("ovf_backup.retry_first_s", self.ovf_backup.retry_first_s, false),
+            (
+                "ovf_backup.retry_first_s",
+                self.ovf_backup.retry_first_s,
+                false,
+            ),
             ("ovf_backup.retry_max_s", self.ovf_backup.retry_max_s, false),
         ] {
             if !(0.0..1e9).contains(&v) {

@@ -24,8 +24,7 @@ use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
 use depot_ovf_archive::archive::{ArchiveProvider, Limits, Mode};
 use depot_ovf_archive::queue::{Backoff, RetryQueue, Worker};
 use depot_ovf_archive::{
-    now_secs, EntityCopy, EntityKind, HeldCopy, NoOp, Provider, ProviderError,
-    Source, UploadRecord,
+    now_secs, EntityCopy, EntityKind, HeldCopy, NoOp, Provider, ProviderError, Source, UploadRecord,
 };
 use depot_storage::events::{EventSink, StorageEvent};
 use depot_storage::ovf::StoreState;
@@ -513,10 +512,7 @@ impl Provider for MirrorProvider {
 fn mirror_tar(sd: SdUuid, entities: &[(EntityCopy, Provenance)]) -> std::io::Result<Vec<u8>> {
     let info = MirrorInfo {
         version: MIRROR_INFO_VERSION,
-        entities: entities
-            .iter()
-            .map(|(c, p)| (c.id, p.clone()))
-            .collect(),
+        entities: entities.iter().map(|(c, p)| (c.id, p.clone())).collect(),
     };
     let json = serde_json::json!({
         "Last Updated": now_secs().to_string(),
