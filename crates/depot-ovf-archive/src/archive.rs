@@ -337,6 +337,18 @@ impl Archive {
         )
     }
 
+    /// Every copy of every entity it holds (all the generations kept),
+    /// newest first, without texts.
+    pub fn list_all(&self) -> Result<Vec<HeldCopy>, ArchiveError> {
+        self.query(
+            "SELECT e.entity_id, e.name, e.kind, u.generation, e.sha256, \
+                    u.source_sd, u.source_img, u.source_vol, u.recorded_at, NULL \
+             FROM entities e JOIN uploads u ON e.upload_id = u.id \
+             ORDER BY e.entity_id, u.generation DESC",
+            None,
+        )
+    }
+
     /// Every copy of entity `id`, newest first, with texts.
     pub fn copies(&self, id: Uuid) -> Result<Vec<HeldCopy>, ArchiveError> {
         self.query(
@@ -582,7 +594,7 @@ impl Provider for ArchiveProvider {
     }
 
     fn list(&self) -> Result<Vec<HeldCopy>, ProviderError> {
-        self.with(|a| a.list())
+        self.with(|a| a.list_all())
     }
 
     fn copies(&self, id: Uuid) -> Result<Vec<HeldCopy>, ProviderError> {

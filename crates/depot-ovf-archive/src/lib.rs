@@ -159,8 +159,9 @@ pub trait Provider: Send + Sync {
     /// harmless (a retry after a crash does).
     fn record(&self, rec: &UploadRecord) -> Result<(), ProviderError>;
 
-    /// The newest copy of each entity of each source store it holds,
-    /// without the texts.
+    /// Every copy of every entity it holds, without the texts (the
+    /// archive: every generation it keeps; a store or the mirror: the
+    /// one it has).
     fn list(&self) -> Result<Vec<HeldCopy>, ProviderError>;
 
     /// The copies of entity `id` it holds, newest first, with texts.

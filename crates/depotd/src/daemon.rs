@@ -95,7 +95,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (sink, backup_events) = crate::ovf_backup::tee(Arc::new(events.clone()));
     let storage = open_storage(&config, sink).await;
     // After the storage, whose OVF_STORE writes it records.
-    let _ovf_backup = crate::ovf_backup::OvfBackup::start(&config, storage.clone(), backup_events);
+    let ovf_backup = Arc::new(crate::ovf_backup::OvfBackup::start(
+        &config,
+        storage.clone(),
+        backup_events,
+    ));
     let jobs = open_jobs(&config, &storage).await?;
     let tasks = open_tasks(&config).await?;
     let forwarder = events.forward_jobs(&jobs);
@@ -111,7 +115,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tasks,
         fencer(&config),
         config.daemon.test_verbs,
-    );
+    )
+    .with_ovf_backup(ovf_backup);
     let shared = Arc::new(listeners(
         &config,
         router,

@@ -20,9 +20,15 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use depot_api::results::{
+    OvfBackupCopy, OvfBackupEntity, OvfBackupListing, OvfBackupProvider, OvfBackupRestored,
+    OvfBackupRestoredEntity, OvfBackupSkipped,
+};
 use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
+use depot_api::{ApiError, Code};
 use depot_ovf_archive::archive::{ArchiveProvider, Limits, Mode};
 use depot_ovf_archive::queue::{Backoff, RetryQueue, Worker};
+use depot_ovf_archive::trust;
 use depot_ovf_archive::{
     now_secs, EntityCopy, EntityKind, HeldCopy, NoOp, Provider, ProviderError, Source, UploadRecord,
 };
@@ -189,6 +195,272 @@ impl OvfBackup {
     pub fn providers(&self) -> &[Arc<dyn Provider>] {
         &self.providers
     }
+
+    /// Nothing configured: the NoOp provider alone.
+    pub fn noop() -> OvfBackup {
+        OvfBackup {
+            providers: vec![Arc::new(NoOp)],
+            _workers: None,
+        }
+    }
+
+    /// `OvfBackup.list`: every entity across the providers, its copies and
+    /// the verdict. A provider that cannot be read is reported, not fatal.
+    pub fn list(&self) -> OvfBackupListing {
+        let mut providers = Vec::new();
+        let mut by_id: BTreeMap<Uuid, Vec<HeldCopy>> = BTreeMap::new();
+        for p in &self.providers {
+            let error = match p.list() {
+                Ok(copies) => {
+                    for c in copies {
+                        by_id.entry(c.id).or_default().push(c);
+                    }
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            };
+            providers.push(OvfBackupProvider {
+                name: p.name().to_string(),
+                records: p.records(),
+                error,
+            });
+        }
+        let mut entities: Vec<OvfBackupEntity> = by_id
+            .into_values()
+            .map(|copies| entity_answer(&copies, false))
+            .collect();
+        entities.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        OvfBackupListing {
+            providers,
+            entities,
+        }
+    }
+
+    /// Every copy of `id` the providers hold, with texts; the providers
+    /// that could not be read are named in the error when none answered.
+    fn copies(&self, id: Uuid) -> (Vec<HeldCopy>, Vec<String>) {
+        let mut copies = Vec::new();
+        let mut errors = Vec::new();
+        for p in &self.providers {
+            match p.copies(id) {
+                Ok(c) => copies.extend(c),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        // Newest first; every generation a provider keeps is a copy (the
+        // rule looks for the newest two providers agree on).
+        copies.sort_by_key(|c| std::cmp::Reverse((c.generation, c.time)));
+        (copies, errors)
+    }
+
+    /// `OvfBackup.show`.
+    pub fn show(&self, id: Uuid) -> Result<OvfBackupEntity, ApiError> {
+        let (copies, errors) = self.copies(id);
+        if copies.is_empty() {
+            return Err(ApiError::new(
+                Code::OvfEntityNotFound,
+                format!(
+                    "'{id}': no provider holds a copy{}",
+                    if errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", errors.join("; "))
+                    }
+                ),
+            ));
+        }
+        Ok(entity_answer(&copies, true))
+    }
+
+    /// `OvfBackup.restore`: checks everything, then writes one archive
+    /// through the upload path. Nothing is written when a parameter is
+    /// wrong or nothing can be restored.
+    // long: about 110 lines: the checks of each parameter before anything
+    // is written, the choice of each entity's copy, then one write.
+    pub fn restore(
+        &self,
+        storage: &Storage,
+        sd: SdUuid,
+        img: Option<ImgUuid>,
+        vol: Option<VolUuid>,
+        ids: Option<Vec<Uuid>>,
+        provider: Option<String>,
+    ) -> Result<OvfBackupRestored, ApiError> {
+        let bad = |m: String| ApiError::new(Code::InvalidParameterException, m);
+        if let Some(p) = &provider {
+            if !self.providers.iter().any(|q| q.name() == p) {
+                return Err(bad(format!(
+                    "provider {p:?} is not configured (configured: {})",
+                    self.providers
+                        .iter()
+                        .map(|q| q.name().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        let (img, vol) = match (img, vol) {
+            (Some(i), Some(v)) => (i, v),
+            (None, None) => {
+                let mut stores = storage.ovf_stores(sd).map_err(ApiError::from)?;
+                stores.sort_by_key(|s| (s.img.0.as_u128(), s.vol.0.as_u128()));
+                let s = stores.first().ok_or_else(|| {
+                    bad(format!(
+                        "domain {sd} has no OVF_STORE volume (DISKTYPE OVFS)"
+                    ))
+                })?;
+                (s.img, s.vol)
+            }
+            _ => return Err(bad("imageID and volumeID go together".into())),
+        };
+        let ids: Vec<Uuid> = match ids {
+            Some(ids) => ids,
+            None => self
+                .list()
+                .entities
+                .iter()
+                .filter_map(|e| e.id.parse().ok())
+                .collect(),
+        };
+        let mut chosen: Vec<(HeldCopy, String)> = Vec::new();
+        let mut skipped = Vec::new();
+        for id in ids {
+            let (copies, _) = self.copies(id);
+            let pick = match &provider {
+                Some(p) => copies
+                    .iter()
+                    .position(|c| &c.provider == p && c.unusable.is_none())
+                    .ok_or_else(|| format!("provider {p} holds no usable copy")),
+                None => match trust::choose(&copies) {
+                    trust::Verdict::Trusted { index, .. } => Ok(index),
+                    trust::Verdict::Undecided { reason } => Err(reason),
+                },
+            };
+            match pick {
+                Ok(i) => {
+                    let c = copies[i].clone();
+                    match c.ovf.clone() {
+                        Some(text) => chosen.push((c, text)),
+                        None => skipped.push(OvfBackupSkipped {
+                            id: id.to_string(),
+                            reason: "the copy's text could not be read".into(),
+                        }),
+                    }
+                }
+                Err(reason) => skipped.push(OvfBackupSkipped {
+                    id: id.to_string(),
+                    reason,
+                }),
+            }
+        }
+        if chosen.is_empty() {
+            return Err(bad(format!(
+                "nothing to restore into domain {sd}{}",
+                if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ": {}",
+                        skipped
+                            .iter()
+                            .map(|s| format!("{}: {}", s.id, s.reason))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )
+                }
+            )));
+        }
+        // The store's other entities stay (a torn store has none to keep).
+        let mut entries: Vec<(Uuid, String)> = match storage.ovf_store_texts(sd, img, vol) {
+            Ok(t) => t
+                .entities
+                .into_iter()
+                .filter(|(e, _)| !chosen.iter().any(|(c, _)| c.id == u(e.id)))
+                .map(|(e, text)| (u(e.id), text))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        entries.extend(chosen.iter().map(|(c, t)| (c.id, t.clone())));
+        let tar = build_tar(sd, None, &entries).map_err(|e| {
+            ApiError::new(Code::GeneralException, format!("building the archive: {e}"))
+        })?;
+        let done = upload(storage, sd, img, vol, &tar).map_err(ApiError::from)?;
+        Ok(OvfBackupRestored {
+            storagedomainID: sd.to_string(),
+            imageID: img.to_string(),
+            volumeID: vol.to_string(),
+            generation: done.generation,
+            restored: chosen
+                .iter()
+                .map(|(c, _)| OvfBackupRestoredEntity {
+                    id: c.id.to_string(),
+                    name: c.name.clone(),
+                    provider: c.provider.clone(),
+                    generation: c.generation,
+                    sha256: c.sha256.clone(),
+                })
+                .collect(),
+            skipped,
+        })
+    }
+}
+
+/// One entity's answer: its copies, who agrees, and the verdict.
+fn entity_answer(copies: &[HeldCopy], with_text: bool) -> OvfBackupEntity {
+    let verdict = trust::choose(copies);
+    let trusted = verdict.index().map(|i| &copies[i]);
+    let first = trusted.unwrap_or(&copies[0]);
+    OvfBackupEntity {
+        id: first.id.to_string(),
+        name: first.name.clone(),
+        r#type: first.kind.as_str().to_string(),
+        copies: copies
+            .iter()
+            .enumerate()
+            .map(|(i, c)| OvfBackupCopy {
+                provider: c.provider.clone(),
+                generation: c.generation,
+                sha256: c.sha256.clone(),
+                sourceDomainID: c.source.sd.to_string(),
+                sourceImageID: c.source.img.to_string(),
+                sourceVolumeID: c.source.vol.to_string(),
+                time: c.time,
+                agreesWith: if c.unusable.is_some() {
+                    Vec::new()
+                } else {
+                    trust::agreeing(copies, i)
+                },
+                unusable: c.unusable.clone(),
+            })
+            .collect(),
+        trusted: trusted.map(|c| c.provider.clone()),
+        trustedGeneration: trusted.and_then(|c| c.generation),
+        trustedSha256: trusted.map(|c| c.sha256.clone()),
+        reason: verdict.reason().to_string(),
+        ovf: if with_text {
+            trusted.and_then(|c| c.ovf.clone())
+        } else {
+            None
+        },
+    }
+}
+
+/// Writes `tar` into OVF_STORE `vol` through the upload path.
+fn upload(
+    storage: &Storage,
+    sd: SdUuid,
+    img: ImgUuid,
+    vol: VolUuid,
+    tar: &[u8],
+) -> depot_storage::StorageResult<depot_storage::UploadDone> {
+    let mut at = 0usize;
+    let mut source = |buf: &mut [u8]| -> std::io::Result<usize> {
+        let n = buf.len().min(tar.len() - at);
+        buf[..n].copy_from_slice(&tar[at..at + n]);
+        at += n;
+        Ok(n)
+    };
+    storage.ovf_upload(sd, img, vol, tar.len() as u64, &mut source)
 }
 
 /// The recorder thread: each durable upload, read back and queued for
@@ -240,7 +512,7 @@ fn recorder(
 }
 
 /// depot-api's UUID as the archive's.
-fn u(id: depot_api::types::Uuid) -> Uuid {
+pub fn u(id: depot_api::types::Uuid) -> Uuid {
     Uuid::from_u128(id.as_u128())
 }
 
@@ -485,16 +757,7 @@ impl Provider for MirrorProvider {
             ));
         }
         let tar = mirror_tar(self.sd, &merged).map_err(|e| self.err(e))?;
-        let mut at = 0usize;
-        let mut source = |buf: &mut [u8]| -> std::io::Result<usize> {
-            let n = buf.len().min(tar.len() - at);
-            buf[..n].copy_from_slice(&tar[at..at + n]);
-            at += n;
-            Ok(n)
-        };
-        self.storage
-            .ovf_upload(self.sd, st.img, st.vol, tar.len() as u64, &mut source)
-            .map_err(|e| self.err(e))?;
+        upload(&self.storage, self.sd, st.img, st.vol, &tar).map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -507,26 +770,47 @@ impl Provider for MirrorProvider {
     }
 }
 
-/// The mirror's archive: `info.json` (the engine's keys, and depot's
-/// provenance under "depot mirror"), then one `<id>.ovf` per entity.
+/// The mirror's archive: `info.json` with depot's provenance under
+/// "depot mirror", then one `<id>.ovf` per entity.
 fn mirror_tar(sd: SdUuid, entities: &[(EntityCopy, Provenance)]) -> std::io::Result<Vec<u8>> {
     let info = MirrorInfo {
         version: MIRROR_INFO_VERSION,
         entities: entities.iter().map(|(c, p)| (c.id, p.clone())).collect(),
     };
-    let json = serde_json::json!({
+    let entries: Vec<(Uuid, String)> = entities
+        .iter()
+        .map(|(c, _)| (c.id, c.ovf.clone()))
+        .collect();
+    let info = serde_json::to_value(info).map_err(std::io::Error::other)?;
+    build_tar(sd, Some(("depot mirror", info)), &entries)
+}
+
+/// An OVF_STORE archive as the engine writes one: `info.json` (its "Last
+/// Updated" and "Storage Domains", and `extra`), then one `<id>.ovf` per
+/// entity (the last of an id wins, as the engine's reader does).
+fn build_tar(
+    sd: SdUuid,
+    extra: Option<(&str, serde_json::Value)>,
+    entities: &[(Uuid, String)],
+) -> std::io::Result<Vec<u8>> {
+    let mut json = serde_json::json!({
         "Last Updated": now_secs().to_string(),
         "Storage Domains": [{"uuid": sd.0.to_string()}],
-        "depot mirror": info,
     });
+    if let (Some((k, v)), Some(m)) = (extra, json.as_object_mut()) {
+        m.insert(k.to_string(), v);
+    }
+    let mut last: HashMap<Uuid, usize> = HashMap::new();
+    for (i, (id, _)) in entities.iter().enumerate() {
+        last.insert(*id, i);
+    }
     let mut out = Vec::new();
     {
         let mut b = tar::Builder::new(&mut out);
         append(&mut b, "info.json", json.to_string().as_bytes())?;
-        let mut seen = HashMap::new();
-        for (c, _) in entities {
-            if seen.insert(c.id, ()).is_none() {
-                append(&mut b, &format!("{}.ovf", c.id), c.ovf.as_bytes())?;
+        for (i, (id, text)) in entities.iter().enumerate() {
+            if last.get(id) == Some(&i) {
+                append(&mut b, &format!("{id}.ovf"), text.as_bytes())?;
             }
         }
         b.finish()?;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use common::Daemon;
 use depot_ovf_archive::archive::{Archive, Limits, Mode};
 use ovf_common::*;
+use serde_json::{json, Value};
 use storage_common::*;
 
 const WAIT_REC: Duration = Duration::from_secs(30);
@@ -316,4 +317,188 @@ async fn a_corrupt_archive_is_left_as_it_was() {
     assert_eq!(queued(&d, "archive"), 1);
     assert_eq!(std::fs::read(&archive).unwrap(), garbage);
     assert!(d.log().contains(&archive.display().to_string()));
+}
+
+async fn domain(d: &Daemon, dir: &Path) -> Domain {
+    Domain::create(
+        d,
+        LOCALFS,
+        ConnectionSpec::local(&dir.canonicalize().unwrap()),
+        512,
+    )
+    .await
+}
+
+fn entity<'a>(listing: &'a Value, id: &str) -> &'a Value {
+    listing["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not listed: {listing}"))
+}
+
+/// The providers disagree: the domain's own store is torn, the mirror
+/// missed the newest upload (it was not configured then), the archive has
+/// both generations. depot trusts the newest generation two providers
+/// agree on (generation 1: archive and mirror), says why, and restores it
+/// into the torn store and into a new domain, through the upload path.
+/// Bad restores change nothing.
+// long: about 130 lines: one scenario, three daemon configurations.
+#[tokio::test]
+async fn disagreeing_providers_and_the_restore_of_the_trusted_copy() {
+    let mut d = Daemon::start(CONFIG);
+    let (data, mdata, ndata) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut dom = domain(&d, data.path()).await;
+    let mut mirror = domain(&d, mdata.path()).await;
+    let mirror_store = mirror.create_store().await;
+    let archive_dir = tempfile::tempdir().unwrap();
+    let archive = archive_dir.path().join("ovf.db");
+    let all = backup_config(
+        r#""stores", "archive", "mirror""#,
+        &archive,
+        Some(&mirror.sd),
+    );
+    let no_mirror = backup_config(r#""stores", "archive""#, &archive, Some(&mirror.sd));
+    d.stop();
+    d.set_extra_config(&all);
+    d.restart();
+    dom.reconnect(&d).await;
+    mirror.reconnect(&d).await;
+    let disk = dom.create_volume(&new_id(), GIB, "COW", "DATA", None).await;
+    let store = dom.create_store().await;
+    let a1 = Entity::vm("app", &[dref(&disk)]);
+    let t1 = Entity::template("base", &[dref(&disk)]);
+    put_ok(
+        &Via::unix(&d),
+        &store,
+        &engine_tar(&dom.sd, &[a1.clone(), t1.clone()], &[]),
+    )
+    .await;
+    wait_until("archive gen 1", WAIT_REC, || {
+        archived(&archive) == expected(&[&a1, &t1], 1)
+    });
+    let t0 = Instant::now();
+    while mirror.store(&mirror_store).await["valid"].as_bool() != Some(true) {
+        assert!(t0.elapsed() < WAIT_REC, "mirror never written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until("mirror queue", WAIT_REC, || queued(&d, "mirror") == 0);
+
+    // Generation 2 while the mirror is not configured.
+    d.stop();
+    d.set_extra_config(&no_mirror);
+    d.restart();
+    dom.reconnect(&d).await;
+    let a2 = Entity {
+        id: a1.id.clone(),
+        ..Entity::vm("app", &[dref(&disk)])
+    };
+    let tar2 = engine_tar(&dom.sd, &[a2.clone(), t1.clone()], &[]);
+    put_ok(&Via::unix(&d), &store, &tar2).await;
+    wait_until("archive gen 2", WAIT_REC, || {
+        archived(&archive) == expected(&[&a2, &t1], 2)
+    });
+    // The domain's own store torn (a bit of its trailer flipped).
+    d.stop();
+    let mut block = store.bytes()[(STORE_SIZE - TRAILER) as usize..].to_vec();
+    block[20] ^= 1;
+    store.write_trailer_block(&block);
+    d.set_extra_config(&all);
+    d.restart();
+    dom.reconnect(&d).await;
+    mirror.reconnect(&d).await;
+    let c = d.client().await;
+
+    let listing = call_ok(&c, "OvfBackup.list", json!({})).await;
+    let names: Vec<&str> = listing["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["stores", "archive", "mirror"], "{listing}");
+    let app = entity(&listing, &a1.id);
+    let sha1 = sha256_hex(a1.xml.as_bytes());
+    let sha2 = sha256_hex(a2.xml.as_bytes());
+    assert_eq!(app["trusted"], "archive", "{app}");
+    assert_eq!(app["trustedGeneration"], 1, "{app}");
+    assert_eq!(app["trustedSha256"], sha1.as_str(), "{app}");
+    let reason = app["reason"].as_str().unwrap();
+    assert!(reason.contains("archive, mirror"), "{reason}");
+    assert!(reason.contains("one provider only"), "{reason}");
+    // The copies: archive 2 and 1, mirror 1; none from the torn store.
+    let mut copies: Vec<(String, u64, String)> = app["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["provider"].as_str().unwrap().to_string(),
+                c["generation"].as_u64().unwrap(),
+                c["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    copies.sort();
+    assert_eq!(
+        copies,
+        vec![
+            ("archive".into(), 1, sha1.clone()),
+            ("archive".into(), 2, sha2.clone()),
+            ("mirror".into(), 1, sha1.clone()),
+        ]
+    );
+    let shown = call_ok(&c, "OvfBackup.show", json!({"entityID": a1.id})).await;
+    assert_eq!(shown["ovf"], a1.xml.as_str());
+
+    // Bad restores: nothing is written.
+    let before = store.bytes();
+    call_err(
+        &c,
+        "OvfBackup.restore",
+        json!({"storagedomainID": dom.sd, "provider": "tape"}),
+        1000,
+    )
+    .await;
+    call_err(
+        &c,
+        "OvfBackup.restore",
+        json!({"storagedomainID": dom.sd, "imageID": store.img}),
+        1000,
+    )
+    .await;
+    call_err(&c, "OvfBackup.show", json!({"entityID": new_id()}), 9007).await;
+    assert!(store.bytes() == before, "a refused restore wrote");
+
+    // Restore into the torn store: the trusted copies, a valid store.
+    let r = call_ok(
+        &c,
+        "OvfBackup.restore",
+        json!({"storagedomainID": dom.sd, "imageID": store.img, "volumeID": store.vol}),
+    )
+    .await;
+    assert_eq!(r["restored"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(dom.store(&store).await["valid"], true);
+    assert_eq!(dom.entity(&a1.id).await["ovf"], a1.xml.as_str());
+    assert_eq!(dom.entity(&t1.id).await["ovf"], t1.xml.as_str());
+
+    // Restore into a new domain, the archive's newest copy chosen by name.
+    let fresh = domain(&d, ndata.path()).await;
+    let fresh_store = fresh.create_store().await;
+    let r = call_ok(
+        &c,
+        "OvfBackup.restore",
+        json!({"storagedomainID": fresh.sd, "entityIDs": [a1.id], "provider": "archive"}),
+    )
+    .await;
+    assert_eq!(r["volumeID"], fresh_store.vol.as_str(), "{r}");
+    assert_eq!(r["restored"][0]["generation"], 2, "{r}");
+    let ents = fresh.entities().await;
+    assert_eq!(ents["entities"].as_array().unwrap().len(), 1, "{ents}");
+    assert_eq!(fresh.entity(&a1.id).await["ovf"], a2.xml.as_str());
 }
