@@ -9,9 +9,10 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, Code};
 use crate::results::{
     BlockDeviceInfo, ConnectionStatus, DomainInfo, DomainStats, Done, FenceNodeResult, FileStat,
-    HostLiveness, HostStats, LeaseInfo, LeaseStatus, OvfBackupEntity, OvfBackupListing,
-    OvfBackupRestored, OvfEntities, OvfEntityText, OvfStore, PoolInfo, PreparedImage, RepoStats,
-    SpmStatus, TaskId, TaskInfo, TaskStatus, VolumeGroupInfo, VolumeInfo, VolumeSize, WireResult,
+    HostLiveness, HostStats, LeaseInfo, LeaseStatus, OvfBackupAttached, OvfBackupEntity,
+    OvfBackupListing, OvfBackupRestored, OvfEntities, OvfEntityText, OvfStore, PoolInfo,
+    PreparedImage, RepoStats, SpmStatus, TaskId, TaskInfo, TaskStatus, VolumeGroupInfo, VolumeInfo,
+    VolumeSize, WireResult,
 };
 use crate::storage::{
     AllocType, ByteSize, ConnectionList, CopyEndpoint, DiskType, DomainClass, DomainType,
@@ -1069,6 +1070,20 @@ verbs! {
         /// (stores, archive or mirror).
         provider: Option<String>,
     } -> (OvfBackupRestored);
+
+    /// Attaches an existing OVF archive (from another host, or kept after
+    /// a disaster): `resume` records into it from now on, continuing from
+    /// its latest generations; `fresh` keeps it read only for restores
+    /// (provider "attached") while the configured archive goes on. The
+    /// archive is checked first (1000, nothing changed, when it is not a
+    /// depot archive this depot can read); the choice survives a restart.
+    /// Attaching the same way again changes nothing. depot's verb.
+    "OvfBackup.attach" => OvfBackupAttach {
+        /// The archive file (absolute path on this host).
+        path: String,
+        /// resume or fresh.
+        mode: String,
+    } -> (OvfBackupAttached);
 
     /// Copies one volume's data into an existing volume, as a host job
     /// (poll Host.getJobs; abort with Host.abortJob). The destination must

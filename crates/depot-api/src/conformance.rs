@@ -757,6 +757,7 @@ pub const DIFFERENCES: &[Difference] = &[
     d("OvfBackup.list", Item::DepotVerb, OVF_BACKUP_VERB),
     d("OvfBackup.show", Item::DepotVerb, OVF_BACKUP_VERB),
     d("OvfBackup.restore", Item::DepotVerb, OVF_BACKUP_VERB),
+    d("OvfBackup.attach", Item::DepotVerb, OVF_BACKUP_VERB),
     d(
         "SDM.copy_data",
         Item::IgnoredProperty("source.prepared"),

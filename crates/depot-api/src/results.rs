@@ -801,3 +801,26 @@ object! {
         skipped: Vec<OvfBackupSkipped>,
     }
 }
+
+object! {
+    /// The newest generation an archive holds of one source store.
+    OvfBackupGeneration {
+        sourceDomainID: String,
+        sourceVolumeID: String,
+        generation: u64,
+    }
+}
+
+object! {
+    /// OvfBackup.attach's answer.
+    OvfBackupAttached {
+        path: String,
+        /// resume or fresh.
+        mode: String,
+        /// The archive uploads are recorded in from now on.
+        recording: Option<String>,
+        /// What the attached archive holds: each source store's newest
+        /// generation.
+        latest: Vec<OvfBackupGeneration>,
+    }
+}

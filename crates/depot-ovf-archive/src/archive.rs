@@ -525,7 +525,8 @@ fn check_header(path: &Path, len: u64) -> Result<(), ArchiveError> {
 /// failure, so an archive that was unavailable (its directory missing,
 /// locked by another process) is used as soon as it is back.
 pub struct ArchiveProvider {
-    path: PathBuf,
+    name: String,
+    path: Mutex<PathBuf>,
     limits: Limits,
     mode: Mode,
     open: Mutex<Option<Archive>>,
@@ -534,15 +535,31 @@ pub struct ArchiveProvider {
 impl ArchiveProvider {
     pub fn new(path: PathBuf, limits: Limits, mode: Mode) -> ArchiveProvider {
         ArchiveProvider {
-            path,
+            name: "archive".into(),
+            path: Mutex::new(path),
             limits,
             mode,
             open: Mutex::new(None),
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The same provider under another name (an archive attached read
+    /// only next to the one written: "attached").
+    pub fn named(mut self, name: &str) -> ArchiveProvider {
+        self.name = name.to_string();
+        self
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.path.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// From now on, the archive at `path` (`depotctl backup attach
+    /// --resume`): the next record goes there.
+    pub fn retarget(&self, path: PathBuf) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        *self.path.lock().unwrap_or_else(|p| p.into_inner()) = path;
+        *open = None;
     }
 
     fn with<T>(
@@ -551,7 +568,10 @@ impl ArchiveProvider {
     ) -> Result<T, ProviderError> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.is_none() {
-            *open = Some(Archive::open(&self.path, self.limits, self.mode).map_err(to_provider)?);
+            *open = Some(
+                Archive::open(&self.path(), self.limits, self.mode)
+                    .map_err(|e| to_provider(&self.name, e))?,
+            );
         }
         let Some(archive) = open.as_mut() else {
             unreachable!("opened above")
@@ -561,28 +581,39 @@ impl ArchiveProvider {
             // Opened again next time: the file may have been replaced.
             *open = None;
         }
-        r.map_err(to_provider)
+        r.map_err(|e| to_provider(&self.name, e))
     }
 }
 
-fn to_provider(e: ArchiveError) -> ProviderError {
+fn to_provider(name: &str, e: ArchiveError) -> ProviderError {
     let reason = e.to_string();
     if e.is_transient() {
         ProviderError::Unavailable {
-            provider: "archive".into(),
+            provider: name.into(),
             reason,
         }
     } else {
         ProviderError::Refused {
-            provider: "archive".into(),
+            provider: name.into(),
             reason,
         }
+    }
+}
+
+impl ArchiveProvider {
+    /// Copies named after this provider (an attached archive's are
+    /// "attached"'s, not "archive"'s).
+    fn own(&self, mut copies: Vec<HeldCopy>) -> Vec<HeldCopy> {
+        for c in &mut copies {
+            c.provider.clone_from(&self.name);
+        }
+        copies
     }
 }
 
 impl Provider for ArchiveProvider {
     fn name(&self) -> &str {
-        "archive"
+        &self.name
     }
 
     fn records(&self) -> bool {
@@ -594,10 +625,10 @@ impl Provider for ArchiveProvider {
     }
 
     fn list(&self) -> Result<Vec<HeldCopy>, ProviderError> {
-        self.with(|a| a.list_all())
+        self.with(|a| a.list_all()).map(|c| self.own(c))
     }
 
     fn copies(&self, id: Uuid) -> Result<Vec<HeldCopy>, ProviderError> {
-        self.with(|a| a.copies(id))
+        self.with(|a| a.copies(id)).map(|c| self.own(c))
     }
 }

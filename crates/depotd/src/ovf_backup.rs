@@ -17,16 +17,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use depot_api::results::{
-    OvfBackupCopy, OvfBackupEntity, OvfBackupListing, OvfBackupProvider, OvfBackupRestored,
-    OvfBackupRestoredEntity, OvfBackupSkipped,
+    OvfBackupAttached, OvfBackupCopy, OvfBackupEntity, OvfBackupGeneration, OvfBackupListing,
+    OvfBackupProvider, OvfBackupRestored, OvfBackupRestoredEntity, OvfBackupSkipped,
 };
 use depot_api::storage::{ImgUuid, SdUuid, VolUuid};
 use depot_api::{ApiError, Code};
-use depot_ovf_archive::archive::{ArchiveProvider, Limits, Mode};
+use depot_ovf_archive::archive::{Archive, ArchiveProvider, Limits, Mode};
 use depot_ovf_archive::queue::{Backoff, RetryQueue, Worker};
 use depot_ovf_archive::trust;
 use depot_ovf_archive::{
@@ -79,7 +79,13 @@ impl EventSink for Tee {
 
 /// The configured providers, the queue and its workers.
 pub struct OvfBackup {
-    providers: Vec<Arc<dyn Provider>>,
+    /// Grows by one when an archive is attached with `fresh`.
+    providers: RwLock<Vec<Arc<dyn Provider>>>,
+    /// The archive written, if "archive" is configured.
+    archive: Option<Arc<ArchiveProvider>>,
+    limits: Limits,
+    /// Where the attach choice is kept; None: not kept (NoOp).
+    attached_file: Option<PathBuf>,
     _workers: Option<Arc<Vec<Worker>>>,
 }
 
@@ -111,6 +117,17 @@ impl OvfBackup {
     pub fn start(config: &Config, storage: Arc<Storage>, pending: Pending) -> OvfBackup {
         let c = &config.ovf_backup;
         let mirror: Option<SdUuid> = c.mirror_domain.parse().ok().map(SdUuid);
+        let limits = Limits {
+            max_bytes: c.archive_max_mb << 20,
+            keep_generations: c.archive_keep_generations,
+        };
+        let attached_file = config
+            .daemon
+            .state_dir
+            .join("ovf-backup")
+            .join(ATTACHED_FILE);
+        let attached = read_attached(&attached_file);
+        let mut archive = None;
         let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
         for kind in &c.providers {
             let p: Arc<dyn Provider> = match kind {
@@ -118,17 +135,23 @@ impl OvfBackup {
                     storage: storage.clone(),
                     exclude: mirror,
                 }),
-                OvfProviderKind::Archive => Arc::new(ArchiveProvider::new(
-                    archive_path(config),
-                    Limits {
-                        max_bytes: c.archive_max_mb << 20,
-                        keep_generations: c.archive_keep_generations,
-                    },
-                    match c.archive_mode {
-                        ArchiveMode::ReadWrite => Mode::ReadWrite,
-                        ArchiveMode::ReadOnly => Mode::ReadOnly,
-                    },
-                )),
+                OvfProviderKind::Archive => {
+                    // An archive attached with `resume` is the one written.
+                    let path = match &attached {
+                        Some(a) if a.mode == AttachMode::Resume => a.path.clone(),
+                        _ => archive_path(config),
+                    };
+                    let a = Arc::new(ArchiveProvider::new(
+                        path,
+                        limits,
+                        match c.archive_mode {
+                            ArchiveMode::ReadWrite => Mode::ReadWrite,
+                            ArchiveMode::ReadOnly => Mode::ReadOnly,
+                        },
+                    ));
+                    archive = Some(a.clone());
+                    a
+                }
                 OvfProviderKind::Mirror => match mirror {
                     Some(sd) => Arc::new(MirrorProvider {
                         storage: storage.clone(),
@@ -138,6 +161,11 @@ impl OvfBackup {
                 },
             };
             providers.push(p);
+        }
+        if let Some(a) = attached.as_ref().filter(|a| a.mode == AttachMode::Fresh) {
+            providers.push(Arc::new(
+                ArchiveProvider::new(a.path.clone(), limits, Mode::ReadOnly).named("attached"),
+            ));
         }
         if providers.is_empty() {
             providers.push(Arc::new(NoOp));
@@ -187,21 +215,95 @@ impl OvfBackup {
             "OVF backup providers"
         );
         OvfBackup {
-            providers,
+            providers: RwLock::new(providers),
+            archive,
+            limits,
+            attached_file: Some(attached_file),
             _workers: workers,
         }
     }
 
-    pub fn providers(&self) -> &[Arc<dyn Provider>] {
-        &self.providers
+    /// The providers now.
+    pub fn providers(&self) -> Vec<Arc<dyn Provider>> {
+        self.providers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Nothing configured: the NoOp provider alone.
     pub fn noop() -> OvfBackup {
         OvfBackup {
-            providers: vec![Arc::new(NoOp)],
+            providers: RwLock::new(vec![Arc::new(NoOp)]),
+            archive: None,
+            limits: Limits::default(),
+            attached_file: None,
             _workers: None,
         }
+    }
+
+    /// `OvfBackup.attach` (docs/storage.md, "OVF backup providers").
+    pub fn attach(&self, path: &str, mode: &str) -> Result<OvfBackupAttached, ApiError> {
+        let bad = |m: String| ApiError::new(Code::InvalidParameterException, m);
+        let mode = match mode {
+            "resume" => AttachMode::Resume,
+            "fresh" => AttachMode::Fresh,
+            other => return Err(bad(format!("mode {other:?}: resume or fresh"))),
+        };
+        let path = PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(bad(format!(
+                "{}: an absolute path is needed",
+                path.display()
+            )));
+        }
+        let (Some(archive), Some(file)) = (&self.archive, &self.attached_file) else {
+            return Err(bad(
+                "no archive provider is configured ([ovf_backup] providers)".into(),
+            ));
+        };
+        // Read, never written, before anything changes.
+        let latest = Archive::open(&path, self.limits, Mode::ReadOnly)
+            .and_then(|a| a.latest_generations())
+            .map_err(|e| bad(e.to_string()))?;
+        if mode == AttachMode::Fresh && archive.path() == path {
+            return Err(bad(format!(
+                "{} is the archive being written; --fresh keeps another one read only",
+                path.display()
+            )));
+        }
+        write_attached(
+            file,
+            &Attached {
+                path: path.clone(),
+                mode,
+            },
+        )
+        .map_err(|e| ApiError::new(Code::GeneralException, e.to_string()))?;
+        match mode {
+            AttachMode::Resume => archive.retarget(path.clone()),
+            AttachMode::Fresh => {
+                let mut providers = self.providers.write().unwrap_or_else(|p| p.into_inner());
+                providers.retain(|p| p.name() != "attached");
+                providers.push(Arc::new(
+                    ArchiveProvider::new(path.clone(), self.limits, Mode::ReadOnly)
+                        .named("attached"),
+                ));
+            }
+        }
+        Ok(OvfBackupAttached {
+            path: path.display().to_string(),
+            mode: mode.as_str().into(),
+            recording: Some(archive.path().display().to_string()),
+            latest: latest
+                .into_iter()
+                .map(|(src, generation)| OvfBackupGeneration {
+                    sourceDomainID: src.sd.to_string(),
+                    sourceVolumeID: src.vol.to_string(),
+                    generation,
+                })
+                .collect(),
+        })
     }
 
     /// `OvfBackup.list`: every entity across the providers, its copies and
@@ -209,7 +311,7 @@ impl OvfBackup {
     pub fn list(&self) -> OvfBackupListing {
         let mut providers = Vec::new();
         let mut by_id: BTreeMap<Uuid, Vec<HeldCopy>> = BTreeMap::new();
-        for p in &self.providers {
+        for p in &self.providers() {
             let error = match p.list() {
                 Ok(copies) => {
                     for c in copies {
@@ -241,7 +343,7 @@ impl OvfBackup {
     fn copies(&self, id: Uuid) -> (Vec<HeldCopy>, Vec<String>) {
         let mut copies = Vec::new();
         let mut errors = Vec::new();
-        for p in &self.providers {
+        for p in &self.providers() {
             match p.copies(id) {
                 Ok(c) => copies.extend(c),
                 Err(e) => errors.push(e.to_string()),
@@ -288,10 +390,11 @@ impl OvfBackup {
     ) -> Result<OvfBackupRestored, ApiError> {
         let bad = |m: String| ApiError::new(Code::InvalidParameterException, m);
         if let Some(p) = &provider {
-            if !self.providers.iter().any(|q| q.name() == p) {
+            let providers = self.providers();
+            if !providers.iter().any(|q| q.name() == p) {
                 return Err(bad(format!(
                     "provider {p:?} is not configured (configured: {})",
-                    self.providers
+                    providers
                         .iter()
                         .map(|q| q.name().to_string())
                         .collect::<Vec<_>>()
@@ -461,6 +564,99 @@ fn upload(
         Ok(n)
     };
     storage.ovf_upload(sd, img, vol, tar.len() as u64, &mut source)
+}
+
+/// `<state_dir>/ovf-backup/attached.json` (docs/formats.md, "OVF archive
+/// attachment").
+const ATTACHED_FILE: &str = "attached.json";
+const ATTACHED_FORMAT: &str = "depot-ovf-backup-attached";
+const ATTACHED_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AttachMode {
+    Resume,
+    Fresh,
+}
+
+impl AttachMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Resume => "resume",
+            AttachMode::Fresh => "fresh",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Attached {
+    path: PathBuf,
+    mode: AttachMode,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AttachedFile {
+    format: String,
+    version: u32,
+    path: PathBuf,
+    mode: AttachMode,
+}
+
+/// The attach choice kept, if any; one that cannot be read (or a newer
+/// depot's) is logged and ignored, never removed.
+fn read_attached(file: &std::path::Path) -> Option<Attached> {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::error!(file = %file.display(), error = %e, "cannot read the OVF archive attachment; ignored");
+            return None;
+        }
+    };
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(v)
+            if v["format"] == ATTACHED_FORMAT
+                && v["version"]
+                    .as_u64()
+                    .is_some_and(|n| n > u64::from(ATTACHED_VERSION)) =>
+        {
+            tracing::error!(file = %file.display(), "OVF archive attachment from a newer depot; ignored");
+            None
+        }
+        _ => match serde_json::from_slice::<AttachedFile>(&bytes) {
+            Ok(f) if f.format == ATTACHED_FORMAT => Some(Attached {
+                path: f.path,
+                mode: f.mode,
+            }),
+            Ok(_) | Err(_) => {
+                tracing::error!(file = %file.display(), "OVF archive attachment unreadable; ignored");
+                None
+            }
+        },
+    }
+}
+
+/// Keeps the attach choice: a temporary file, fsync, rename, directory
+/// fsync.
+fn write_attached(file: &std::path::Path, a: &Attached) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = file.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let body = serde_json::to_vec_pretty(&AttachedFile {
+        format: ATTACHED_FORMAT.into(),
+        version: ATTACHED_VERSION,
+        path: a.path.clone(),
+        mode: a.mode,
+    })
+    .map_err(std::io::Error::other)?;
+    let tmp = file.with_extension("json.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, file)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The recorder thread: each durable upload, read back and queued for

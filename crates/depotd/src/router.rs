@@ -133,6 +133,10 @@ impl Router {
                 let b = self.ovf_backup.clone();
                 wire(off_runtime(move || b.show(crate::ovf_backup::u(p.entityID))).await)
             }
+            Call::OvfBackupAttach(p) => {
+                let b = self.ovf_backup.clone();
+                wire(off_runtime(move || b.attach(&p.path, &p.mode)).await)
+            }
             Call::OvfBackupRestore(p) => {
                 let (b, s) = (self.ovf_backup.clone(), storage.clone());
                 let ids = p

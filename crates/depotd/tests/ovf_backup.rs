@@ -502,3 +502,139 @@ async fn disagreeing_providers_and_the_restore_of_the_trusted_copy() {
     assert_eq!(ents["entities"].as_array().unwrap().len(), 1, "{ents}");
     assert_eq!(fresh.entity(&a1.id).await["ovf"], a2.xml.as_str());
 }
+
+/// An archive from another host: refused when it is not one depot can
+/// read (nothing written); attached `fresh` it is a read-only provider
+/// ("attached") that a restore can take from, also after a restart;
+/// attached `resume` it is where uploads are recorded from then on.
+#[tokio::test]
+async fn attaching_an_archive_fresh_and_resume() {
+    let base = tempfile::tempdir().unwrap();
+    let own = base.path().join("own.db");
+    let old = base.path().join("old.db");
+    // The old host's archive: one VM at generation 9 of some store.
+    let old_vm_id = new_id();
+    let old_text = r#"<?xml version="1.0" encoding="UTF-8"?><ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type"><Name>legacy</Name></Content></ovf:Envelope>"#;
+    {
+        let mut a = Archive::open(&old, Limits::default(), Mode::ReadWrite).unwrap();
+        let src = depot_ovf_archive::Source {
+            sd: uuid::Uuid::new_v4(),
+            img: uuid::Uuid::new_v4(),
+            vol: uuid::Uuid::new_v4(),
+        };
+        a.record(&depot_ovf_archive::UploadRecord {
+            source: src,
+            generation: 9,
+            time: 1_700_000_000,
+            entities: vec![depot_ovf_archive::EntityCopy::new(
+                old_vm_id.parse().unwrap(),
+                "legacy".into(),
+                depot_ovf_archive::EntityKind::Vm,
+                old_text.into(),
+            )],
+        })
+        .unwrap();
+    }
+    let mut d = Daemon::start(&backup_config(r#""stores", "archive""#, &own, None));
+    let data = tempfile::tempdir().unwrap();
+    let mut dom = domain(&d, data.path()).await;
+    let store = dom.create_store().await;
+    let c = d.client().await;
+
+    // Bad inputs: nothing attached, the files unchanged.
+    let garbage = base.path().join("garbage.db");
+    std::fs::write(&garbage, b"garbage garbage garbage").unwrap();
+    let newer = base.path().join("newer.db");
+    std::fs::copy(&old, &newer).unwrap();
+    rusqlite::Connection::open(&newer)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 7;")
+        .unwrap();
+    let newer_bytes = std::fs::read(&newer).unwrap();
+    for (path, mode, what) in [
+        (
+            garbage.display().to_string(),
+            "fresh",
+            "not a depot OVF archive",
+        ),
+        (newer.display().to_string(), "resume", "newer depot"),
+        ("relative.db".to_string(), "fresh", "absolute"),
+        (old.display().to_string(), "sideways", "resume or fresh"),
+        (own.display().to_string(), "fresh", "being written"),
+    ] {
+        if path == own.display().to_string() {
+            // The own archive exists once something was recorded; make it.
+            drop(Archive::open(&own, Limits::default(), Mode::ReadWrite).unwrap());
+        }
+        let e = call_err(
+            &c,
+            "OvfBackup.attach",
+            json!({"path": path, "mode": mode}),
+            1000,
+        )
+        .await;
+        assert!(e.contains(what), "{path} {mode}: {e}");
+    }
+    assert_eq!(std::fs::read(&garbage).unwrap(), b"garbage garbage garbage");
+    assert_eq!(std::fs::read(&newer).unwrap(), newer_bytes);
+    assert!(!d.state_dir().join("ovf-backup/attached.json").exists());
+
+    // Fresh: read only, listed as "attached", restorable.
+    let old_bytes = std::fs::read(&old).unwrap();
+    let r = call_ok(
+        &c,
+        "OvfBackup.attach",
+        json!({"path": old.display().to_string(), "mode": "fresh"}),
+    )
+    .await;
+    assert_eq!(r["latest"][0]["generation"], 9, "{r}");
+    assert_eq!(r["recording"], own.display().to_string().as_str(), "{r}");
+    d.stop();
+    d.restart();
+    dom.reconnect(&d).await;
+    let c = d.client().await;
+    let listing = call_ok(&c, "OvfBackup.list", json!({})).await;
+    let e = entity(&listing, &old_vm_id);
+    assert_eq!(e["trusted"], "attached", "{e}");
+    assert!(
+        e["reason"].as_str().unwrap().contains("only usable copy"),
+        "{e}"
+    );
+    call_ok(
+        &c,
+        "OvfBackup.restore",
+        json!({"storagedomainID": dom.sd, "entityIDs": [old_vm_id]}),
+    )
+    .await;
+    assert_eq!(dom.entity(&old_vm_id).await["ovf"], old_text);
+    // The restore is an upload like any: recorded in the own archive, not
+    // in the attached one.
+    wait_until("the restore recorded", WAIT_REC, || {
+        archived(&own).iter().any(|(id, _, _)| *id == old_vm_id)
+    });
+    assert_eq!(
+        std::fs::read(&old).unwrap(),
+        old_bytes,
+        "the attached archive was written"
+    );
+
+    // Resume: uploads go into the attached archive from now on.
+    call_ok(
+        &c,
+        "OvfBackup.attach",
+        json!({"path": old.display().to_string(), "mode": "resume"}),
+    )
+    .await;
+    let disk = dom.create_volume(&new_id(), GIB, "COW", "DATA", None).await;
+    let vm = Entity::vm("new-here", &[dref(&disk)]);
+    put_ok(
+        &Via::unix(&d),
+        &store,
+        &engine_tar(&dom.sd, &[vm.clone()], &[]),
+    )
+    .await;
+    wait_until("recorded in the resumed archive", WAIT_REC, || {
+        archived(&old).iter().any(|(id, _, _)| *id == vm.id)
+    });
+    assert!(!archived(&own).iter().any(|(id, _, _)| *id == vm.id));
+}
