@@ -472,6 +472,16 @@ pub fn capabilities(sanlock: SanlockCapability) -> Capabilities {
     }
 }
 
+/// Runs blocking work (the providers read files and domains) off the
+/// async runtime.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ApiError::new(Code::InternalError, format!("panicked: {e}"))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -875,14 +885,4 @@ mod tests {
         }
         assert_eq!(caps.supported_block_size["NFS"], [0, 512, 4096]);
     }
-}
-
-/// Runs blocking work (the providers read files and domains) off the
-/// async runtime.
-async fn off_runtime<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(ApiError::new(Code::InternalError, format!("panicked: {e}"))))
 }

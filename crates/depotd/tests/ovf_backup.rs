@@ -172,7 +172,7 @@ async fn an_upload_is_recorded_in_all_three_providers() {
         id: vm.id.clone(),
         ..vm2
     };
-    let tar2 = engine_tar(&dom.sd, &[vm2.clone()], &[]);
+    let tar2 = engine_tar(&dom.sd, std::slice::from_ref(&vm2), &[]);
     dom.set_description(&store, &dom.store_description(tar2.len()))
         .await;
     put_ok(&via, &store, &tar2).await;
@@ -216,13 +216,13 @@ async fn an_unavailable_archive_catches_up_across_a_restart() {
     let store = dom.create_store().await;
     let via = Via::unix(&d);
     let v1 = Entity::vm("db", &[dref(&disk)]);
-    let tar1 = engine_tar(&dom.sd, &[v1.clone()], &[]);
+    let tar1 = engine_tar(&dom.sd, std::slice::from_ref(&v1), &[]);
     let t1 = timed_put(&via, &store, &tar1).await;
     let v2 = Entity {
         id: v1.id.clone(),
         ..Entity::vm("db", &[dref(&disk)])
     };
-    let tar2 = engine_tar(&dom.sd, &[v2.clone()], &[]);
+    let tar2 = engine_tar(&dom.sd, std::slice::from_ref(&v2), &[]);
     let t2 = timed_put(&via, &store, &tar2).await;
     // Nowhere near a retry's backoff, nor the archive's busy wait.
     assert!(t1.max(t2) < Duration::from_secs(2), "{t1:?} {t2:?}");
@@ -278,7 +278,7 @@ async fn a_locked_archive_never_slows_an_upload() {
     locker.execute_batch("BEGIN EXCLUSIVE;").unwrap();
     let via = Via::unix(&d);
     let vm = Entity::vm("app", &[dref(&disk)]);
-    let tar = engine_tar(&dom.sd, &[vm.clone()], &[]);
+    let tar = engine_tar(&dom.sd, std::slice::from_ref(&vm), &[]);
     let t = timed_put(&via, &store, &tar).await;
     assert!(t < Duration::from_secs(2), "{t:?}");
     wait_until("the record queued", WAIT_REC, || queued(&d, "archive") == 1);
@@ -630,7 +630,7 @@ async fn attaching_an_archive_fresh_and_resume() {
     put_ok(
         &Via::unix(&d),
         &store,
-        &engine_tar(&dom.sd, &[vm.clone()], &[]),
+        &engine_tar(&dom.sd, std::slice::from_ref(&vm), &[]),
     )
     .await;
     wait_until("recorded in the resumed archive", WAIT_REC, || {
