@@ -172,44 +172,11 @@ impl OvfBackup {
         }
         let recording: Vec<Arc<dyn Provider>> =
             providers.iter().filter(|p| p.records()).cloned().collect();
-        let mut workers = None;
-        if !recording.is_empty() {
-            let dir = config.daemon.state_dir.join("ovf-backup").join("queue");
-            match RetryQueue::open(&dir) {
-                Ok(q) => {
-                    let q = Arc::new(q);
-                    let backoff = Backoff {
-                        first: Duration::from_secs_f64(c.retry_first_s),
-                        max: Duration::from_secs_f64(c.retry_max_s),
-                    };
-                    let mut wake = Vec::new();
-                    for p in &recording {
-                        match Worker::spawn(q.clone(), p.clone(), backoff) {
-                            Ok(w) => wake.push((p.name().to_string(), w)),
-                            Err(e) => tracing::error!(provider = p.name(), error = %e,
-                                "cannot start the OVF backup worker"),
-                        }
-                    }
-                    // Records queued before a restart are tried at once.
-                    for (_, w) in &wake {
-                        w.wake();
-                    }
-                    let (names, w): (Vec<String>, Vec<Worker>) = wake.into_iter().unzip();
-                    let w = Arc::new(w);
-                    let (s, qq, ww) = (storage.clone(), q.clone(), w.clone());
-                    if let Err(e) = std::thread::Builder::new()
-                        .name("ovf-backup-recorder".into())
-                        .spawn(move || recorder(&s, &qq, &names, &ww, mirror, pending.rx))
-                    {
-                        tracing::error!(error = %e, "cannot start the OVF backup recorder");
-                    }
-                    workers = Some(w);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "OVF backup queue unavailable; uploads are not recorded")
-                }
-            }
-        }
+        let workers = if recording.is_empty() {
+            None
+        } else {
+            start_recording(config, storage, &recording, mirror, pending)
+        };
         tracing::info!(
             providers = ?providers.iter().map(|p| p.name().to_string()).collect::<Vec<_>>(),
             "OVF backup providers"
@@ -657,6 +624,52 @@ fn write_attached(file: &std::path::Path, a: &Attached) -> std::io::Result<()> {
     }
     std::fs::rename(&tmp, file)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// The retry queue, one worker per recording provider, and the recorder
+/// thread that feeds them; None when the queue cannot be opened (logged).
+fn start_recording(
+    config: &Config,
+    storage: Arc<Storage>,
+    recording: &[Arc<dyn Provider>],
+    mirror: Option<SdUuid>,
+    pending: Pending,
+) -> Option<Arc<Vec<Worker>>> {
+    let c = &config.ovf_backup;
+    let dir = config.daemon.state_dir.join("ovf-backup").join("queue");
+    let q = match RetryQueue::open(&dir) {
+        Ok(q) => Arc::new(q),
+        Err(e) => {
+            tracing::error!(error = %e, "OVF backup queue unavailable; uploads are not recorded");
+            return None;
+        }
+    };
+    let backoff = Backoff {
+        first: Duration::from_secs_f64(c.retry_first_s),
+        max: Duration::from_secs_f64(c.retry_max_s),
+    };
+    let mut started = Vec::new();
+    for p in recording {
+        match Worker::spawn(q.clone(), p.clone(), backoff) {
+            // Records queued before a restart are tried at once.
+            Ok(w) => {
+                w.wake();
+                started.push((p.name().to_string(), w));
+            }
+            Err(e) => tracing::error!(provider = p.name(), error = %e,
+                "cannot start the OVF backup worker"),
+        }
+    }
+    let (names, w): (Vec<String>, Vec<Worker>) = started.into_iter().unzip();
+    let w = Arc::new(w);
+    let ww = w.clone();
+    if let Err(e) = std::thread::Builder::new()
+        .name("ovf-backup-recorder".into())
+        .spawn(move || recorder(&storage, &q, &names, &ww, mirror, pending.rx))
+    {
+        tracing::error!(error = %e, "cannot start the OVF backup recorder");
+    }
+    Some(w)
 }
 
 /// The recorder thread: each durable upload, read back and queued for
