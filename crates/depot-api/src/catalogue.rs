@@ -9,9 +9,10 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, Code};
 use crate::results::{
     BlockDeviceInfo, ConnectionStatus, DomainInfo, DomainStats, Done, FenceNodeResult, FileStat,
-    HostLiveness, HostStats, LeaseInfo, LeaseStatus, OvfEntities, OvfEntityText, OvfStore,
-    PoolInfo, PreparedImage, RepoStats, SpmStatus, TaskId, TaskInfo, TaskStatus, VolumeGroupInfo,
-    VolumeInfo, VolumeSize, WireResult,
+    HostLiveness, HostStats, LeaseInfo, LeaseStatus, OvfBackupAttached, OvfBackupEntity,
+    OvfBackupListing, OvfBackupRestored, OvfEntities, OvfEntityText, OvfStore, PoolInfo,
+    PreparedImage, RepoStats, SpmStatus, TaskId, TaskInfo, TaskStatus, VolumeGroupInfo, VolumeInfo,
+    VolumeSize, WireResult,
 };
 use crate::storage::{
     AllocType, ByteSize, ConnectionList, CopyEndpoint, DiskType, DomainClass, DomainType,
@@ -1036,6 +1037,53 @@ verbs! {
         /// The VM or template id.
         entityID: Uuid,
     } -> (OvfEntityText);
+
+    /// Lists every VM and template the OVF backup providers hold
+    /// (docs/storage.md, "OVF backup providers"): the copies each provider
+    /// has, with their generation and sha256, which providers agree, and
+    /// which copy depot would trust and why. depot's verb.
+    "OvfBackup.list" => OvfBackupList {} -> (OvfBackupListing);
+
+    /// One entity's copies across the providers, the copy depot would
+    /// trust and its OVF text. depot's verb.
+    "OvfBackup.show" => OvfBackupShow {
+        /// The VM or template id.
+        entityID: Uuid,
+    } -> (OvfBackupEntity);
+
+    /// Writes the trusted copy of each entity (or `provider`'s newest)
+    /// into the domain's OVF_STORE as a new generation, through the upload
+    /// path and its checks; the store's other entities are kept. Not
+    /// idempotent in the generation (each call writes one); the content
+    /// is the same for the same copies. depot's verb.
+    "OvfBackup.restore" => OvfBackupRestore {
+        /// The domain to restore into.
+        storagedomainID: SdUuid,
+        /// The OVF_STORE's image; with volumeID, or neither (the domain's
+        /// first OVF_STORE).
+        imageID: Option<ImgUuid>,
+        /// The OVF_STORE volume.
+        volumeID: Option<VolUuid>,
+        /// The entities to restore; all when absent.
+        entityIDs: Option<Vec<Uuid>>,
+        /// Restore this provider's newest copy instead of the trusted one
+        /// (stores, archive or mirror).
+        provider: Option<String>,
+    } -> (OvfBackupRestored);
+
+    /// Attaches an existing OVF archive (from another host, or kept after
+    /// a disaster): `resume` records into it from now on, continuing from
+    /// its latest generations; `fresh` keeps it read only for restores
+    /// (provider "attached") while the configured archive goes on. The
+    /// archive is checked first (1000, nothing changed, when it is not a
+    /// depot archive this depot can read); the choice survives a restart.
+    /// Attaching the same way again changes nothing. depot's verb.
+    "OvfBackup.attach" => OvfBackupAttach {
+        /// The archive file (absolute path on this host).
+        path: String,
+        /// resume or fresh.
+        mode: String,
+    } -> (OvfBackupAttached);
 
     /// Copies one volume's data into an existing volume, as a host job
     /// (poll Host.getJobs; abort with Host.abortJob). The destination must

@@ -194,6 +194,8 @@ const CONNECTION_KEYS: &str = "a name of the schema's ConnectionRefParameters th
     vfs_type, mnt_options and protocol_version, which depot reads";
 const VOLUME_TYPE: &str = "changing a volume's type (the engine makes a template's volumes \
     SHARED) is not supported yet: refused rather than ignored";
+const OVF_BACKUP_VERB: &str = "OVF backup providers and their restore (issue 17): VDSM keeps \
+     OVFs only in the domains' OVF_STOREs";
 const OVF_VERB: &str = "disaster recovery from a domain's OVF_STORE volumes on the host \
     (docs/formats.md); VDSM leaves reading them to the engine";
 const XLEASES_NEED_SANLOCK: &str = "leases are sanlock resources: the unprivileged tier's \
@@ -752,6 +754,10 @@ pub const DIFFERENCES: &[Difference] = &[
     ),
     d("StorageDomain.getOvfEntities", Item::DepotVerb, OVF_VERB),
     d("StorageDomain.getOvfEntity", Item::DepotVerb, OVF_VERB),
+    d("OvfBackup.list", Item::DepotVerb, OVF_BACKUP_VERB),
+    d("OvfBackup.show", Item::DepotVerb, OVF_BACKUP_VERB),
+    d("OvfBackup.restore", Item::DepotVerb, OVF_BACKUP_VERB),
+    d("OvfBackup.attach", Item::DepotVerb, OVF_BACKUP_VERB),
     d(
         "SDM.copy_data",
         Item::IgnoredProperty("source.prepared"),

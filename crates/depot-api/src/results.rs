@@ -711,3 +711,116 @@ object! {
         ovf: String,
     }
 }
+
+object! {
+    /// A configured OVF backup provider, and why it could not be read.
+    OvfBackupProvider {
+        name: String,
+        /// Whether uploads are recorded in it (false: a read-only view).
+        records: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    }
+}
+
+object! {
+    /// One copy of an entity's OVF that a provider holds.
+    OvfBackupCopy {
+        provider: String,
+        /// The source store's generation; null for a store written by
+        /// another agent.
+        generation: Option<u64>,
+        sha256: String,
+        sourceDomainID: String,
+        sourceImageID: String,
+        sourceVolumeID: String,
+        /// When it was recorded, seconds since the epoch (0: unknown).
+        time: u64,
+        /// The providers holding the same source, generation and sha256.
+        agreesWith: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        unusable: Option<String>,
+    }
+}
+
+object! {
+    /// A VM or template across the providers, and the copy depot trusts.
+    OvfBackupEntity {
+        id: String,
+        name: String,
+        /// VM or TEMPLATE.
+        r#type: String,
+        copies: Vec<OvfBackupCopy>,
+        /// The provider of the trusted copy; null when none is trusted.
+        trusted: Option<String>,
+        trustedGeneration: Option<u64>,
+        trustedSha256: Option<String>,
+        /// Why that copy (or why none).
+        reason: String,
+        /// The trusted copy's text (OvfBackup.show only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ovf: Option<String>,
+    }
+}
+
+object! {
+    /// OvfBackup.list's answer.
+    OvfBackupListing {
+        providers: Vec<OvfBackupProvider>,
+        entities: Vec<OvfBackupEntity>,
+    }
+}
+
+object! {
+    /// An entity OvfBackup.restore wrote, and from which copy.
+    OvfBackupRestoredEntity {
+        id: String,
+        name: String,
+        provider: String,
+        generation: Option<u64>,
+        sha256: String,
+    }
+}
+
+object! {
+    /// An entity OvfBackup.restore did not write, and why.
+    OvfBackupSkipped {
+        id: String,
+        reason: String,
+    }
+}
+
+object! {
+    /// OvfBackup.restore's answer: the store written and its generation.
+    OvfBackupRestored {
+        storagedomainID: String,
+        imageID: String,
+        volumeID: String,
+        generation: u64,
+        restored: Vec<OvfBackupRestoredEntity>,
+        skipped: Vec<OvfBackupSkipped>,
+    }
+}
+
+object! {
+    /// The newest generation an archive holds of one source store.
+    OvfBackupGeneration {
+        sourceDomainID: String,
+        sourceVolumeID: String,
+        generation: u64,
+    }
+}
+
+object! {
+    /// OvfBackup.attach's answer.
+    OvfBackupAttached {
+        path: String,
+        /// resume or fresh.
+        mode: String,
+        /// The archive uploads are recorded in from now on.
+        recording: Option<String>,
+        /// What the attached archive holds: each source store's newest
+        /// generation.
+        latest: Vec<OvfBackupGeneration>,
+    }
+}

@@ -34,7 +34,7 @@ pub mod xlease;
 pub use domain_spec::CreateDomain;
 pub use engine::{Control, CopyOutcome, DestinationLease, VolRef};
 pub use engine::{MailboxConfig, Prepared, Storage, StorageConfig};
-pub use engine::{OvfListing, OvfStoreInfo, Readable, UploadDone};
+pub use engine::{OvfListing, OvfStoreInfo, Readable, StoreTexts, UploadDone};
 pub use engine::{VolumeLease, VolumeLeaseStatus};
 pub use error::{StorageError, StorageResult};
 pub use volume_store::{CreateVolume, VolumeInfo, VolumeStore};

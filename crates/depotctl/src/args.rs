@@ -162,6 +162,70 @@ pub enum Cmd {
     /// domain's stores and the VMs and templates they describe.
     #[command(subcommand)]
     Ovf(OvfCmd),
+    /// OVF backup providers: the copies of each VM's and template's OVF
+    /// across them, the copy depot trusts, and a restore into a domain's
+    /// OVF_STORE (docs/storage.md, "OVF backup providers").
+    #[command(subcommand)]
+    Backup(BackupCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCmd {
+    /// Lists every VM and template the providers hold: its copies, which
+    /// agree, and the copy depot trusts.
+    List {
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One entity's copies, the trusted copy and why, and its OVF.
+    Show {
+        /// The VM or template id.
+        #[arg(value_name = "ENTITY_ID", value_parser = uuid_arg)]
+        entity: Uuid,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Writes the trusted copies (or one provider's) into a domain's
+    /// OVF_STORE as a new generation.
+    Restore {
+        /// The domain to restore into.
+        #[arg(long, value_name = "UUID", value_parser = uuid_arg)]
+        domain: Uuid,
+        /// The OVF_STORE's image (with --volume; default: the domain's
+        /// first OVF_STORE).
+        #[arg(long, value_name = "UUID", value_parser = uuid_arg, requires = "volume")]
+        image: Option<Uuid>,
+        /// The OVF_STORE volume.
+        #[arg(long, value_name = "UUID", value_parser = uuid_arg, requires = "image")]
+        volume: Option<Uuid>,
+        /// Restore only this entity (repeatable; default: all).
+        #[arg(long = "entity", value_name = "UUID", value_parser = uuid_arg)]
+        entities: Vec<Uuid>,
+        /// Take this provider's newest copy instead of the trusted one.
+        #[arg(long, value_name = "NAME")]
+        provider: Option<String>,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attaches an existing archive file: --resume records into it from
+    /// now on; --fresh keeps it read only for restores.
+    Attach {
+        /// The archive (an absolute path on the daemon's host).
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// Continue from its latest generation.
+        #[arg(long, conflicts_with = "fresh", required_unless_present = "fresh")]
+        resume: bool,
+        /// Keep it read only and go on with the configured archive.
+        #[arg(long)]
+        fresh: bool,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The OVF_STORE volume a stream goes to or comes from.

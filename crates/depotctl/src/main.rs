@@ -2,6 +2,7 @@
 //! codes.
 
 mod args;
+mod backup;
 mod call;
 mod connect;
 mod copy;
@@ -110,6 +111,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             .await
         }
         Cmd::Ovf(cmd) => ovf::run(&ep, opts, flow_id, cmd).await,
+        Cmd::Backup(cmd) => backup::run(&ep, opts, flow_id, cmd).await,
     }
 }
 

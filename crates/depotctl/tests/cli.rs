@@ -61,9 +61,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(bin: &Path) -> Daemon {
+        Daemon::start_with(bin, |_| String::new())
+    }
+
+    /// With more TOML, made from the daemon's temporary directory.
+    fn start_with(bin: &Path, extra: impl FnOnce(&Path) -> String) -> Daemon {
         let tmp = TempDir::new();
         let config = tmp.0.join("t.toml");
-        std::fs::write(&config, "[listen]\nport = 0\n").unwrap();
+        std::fs::write(&config, format!("[listen]\nport = 0\n{}", extra(&tmp.0))).unwrap();
         let log = std::fs::File::create(tmp.0.join("depotd.log")).unwrap();
         let child = Command::new(bin)
             .arg("--dev")
@@ -810,4 +815,150 @@ fn copy_and_move_between_localfs_domains() {
     assert!(file(2).join(&vol).exists() && !file(0).join(&vol).exists());
 
     d.stop();
+}
+
+/// `depotctl backup`: after an OVF_STORE upload recorded in the archive,
+/// `list` and `show` (tables and --json) name the trusted copy,
+/// `restore` writes it back, and `attach` refuses a file that is not an
+/// archive (error 1000) and needs --resume or --fresh (usage, exit 2).
+// long: about 110 lines: the domain and store set up through depotctl,
+// then each backup command.
+#[test]
+fn backup_list_show_restore_attach() {
+    let bin = depotd();
+    let d = Daemon::start_with(&bin, |dir| {
+        format!(
+            "[ovf_backup]\nproviders = [\"stores\", \"archive\"]\narchive_path = \"{}\"\n\
+             retry_first_s = 0.1\nretry_max_s = 0.5\n",
+            dir.join("archive.db").display()
+        )
+    });
+    let s = d.sock_args();
+    let uuid = || uuid::Uuid::new_v4().to_string();
+    let (sd, sp, img, vol, vm) = (uuid(), uuid(), uuid(), uuid(), uuid());
+    let blank = "00000000-0000-0000-0000-000000000000";
+    let data = d.tmp.0.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let data = data.display().to_string();
+    let ok = |r: Run| {
+        assert_eq!(r.code, Some(0), "{r:?}");
+        r.stdout
+    };
+    let conn = format!(
+        "connectionParams=[{{\"id\": \"{}\", \"connection\": \"{data}\"}}]",
+        uuid()
+    );
+    ok(d.ctl(&with(
+        &s,
+        &[
+            "call",
+            "StoragePool.connectStorageServer",
+            "domainType=4",
+            &conn,
+        ],
+    )));
+    ok(d.ctl(&with(
+        &s,
+        &[
+            "call",
+            "StorageDomain.create",
+            &format!("storagedomainID={sd}"),
+            "domainType=4",
+            &format!("typeArgs={data}"),
+            "name=backup-test",
+            "domainClass=1",
+            "blockSize=0",
+        ],
+    )));
+    ok(d.ctl(&with(
+        &s,
+        &[
+            "call",
+            "Volume.create",
+            &format!("volumeID={vol}"),
+            &format!("storagedomainID={sd}"),
+            &format!("imageID={img}"),
+            "size=134217728",
+            "volFormat=RAW",
+            "preallocate=SPARSE",
+            "diskType=OVFS",
+            "desc=OVF_STORE",
+            &format!("srcImgUUID={blank}"),
+            &format!("srcVolUUID={blank}"),
+        ],
+    )));
+    let ovf = concat!(
+        r#"<ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/" "#,
+        r#"xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">"#,
+        r#"<Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type"><Name>bk</Name>"#,
+        r#"</Content></ovf:Envelope>"#
+    );
+    let info = format!(r#"{{"Last Updated": "now", "Storage Domains": [{{"uuid": "{sd}"}}]}}"#);
+    let tar = d.tmp.0.join("store.tar");
+    python_tar(&tar, &[("info.json", &info), (&format!("{vm}.ovf"), ovf)]);
+    let tar_arg = tar.display().to_string();
+    ok(d.ctl(&with(
+        &s,
+        &[
+            "ovf", "upload", "--pool", &sp, "--domain", &sd, "--image", &img, "--volume", &vol,
+            &tar_arg,
+        ],
+    )));
+
+    // Recorded in the archive (asynchronously): then two providers agree.
+    let deadline = Instant::now() + WAIT;
+    let listing = loop {
+        let out = ok(d.ctl(&with(&s, &["backup", "list", "--json"])));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        if v["entities"][0]["copies"]
+            .as_array()
+            .is_some_and(|c| c.len() == 2)
+        {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "never recorded: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(listing["entities"][0]["id"], vm.as_str(), "{listing}");
+    let out = ok(d.ctl(&with(&s, &["backup", "list"])));
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(&vm))
+        .expect("the VM's row");
+    assert!(row.contains("bk") && row.contains("archive gen 1"), "{out}");
+    assert!(row.contains("2 providers that agree"), "{out}");
+    let out = ok(d.ctl(&with(&s, &["backup", "show", &vm])));
+    assert!(out.starts_with("VM bk ("), "{out}");
+    assert!(out.contains("trusted: archive, generation 1"), "{out}");
+    assert!(out.ends_with(&format!("{ovf}\n")), "{out}");
+
+    let out = ok(d.ctl(&with(&s, &["backup", "restore", "--domain", &sd])));
+    assert!(
+        out.starts_with(&format!("restored into {sd}/{img}/{vol} as generation 2")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{vm} bk from archive (generation 1")),
+        "{out}"
+    );
+    let out = ok(d.ctl(&with(&s, &["backup", "restore", "--domain", &sd, "--json"])));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["generation"], 3, "{v}");
+
+    let junk = d.tmp.0.join("junk.db");
+    std::fs::write(&junk, "junk").unwrap();
+    let junk = junk.display().to_string();
+    let r = d.ctl(&with(&s, &["backup", "attach", &junk, "--fresh"]));
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stderr.starts_with("error 1000: ") && r.stderr.contains("junk.db"),
+        "{r:?}"
+    );
+    let r = d.ctl(&with(&s, &["backup", "attach", &junk]));
+    assert_eq!(r.code, Some(2), "{r:?}");
+    let r = d.ctl(&with(
+        &s,
+        &["backup", "attach", &junk, "--resume", "--fresh"],
+    ));
+    assert_eq!(r.code, Some(2), "{r:?}");
 }

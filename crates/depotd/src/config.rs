@@ -28,6 +28,7 @@ pub struct Config {
     pub fencing: FencingSection,
     pub mailbox: MailboxSection,
     pub thinp: ThinpSection,
+    pub ovf_backup: OvfBackupSection,
     pub log: LogConfig,
 }
 
@@ -103,6 +104,47 @@ pub struct ThinpSection {
     pub utilization_percent: u64,
     /// Seconds between two checks of the prepared thin LVs.
     pub check_interval_s: f64,
+}
+
+/// Where OVF_STORE uploads are kept besides their domain
+/// (`[ovf_backup]`, docs/storage.md "OVF backup providers").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OvfBackupSection {
+    /// Any of "stores" (the domains' own OVF_STOREs, read only),
+    /// "archive" (the host-local SQLite archive), "mirror" (another
+    /// domain's OVF_STORE). Empty: nothing is kept (the NoOp provider).
+    pub providers: Vec<OvfProviderKind>,
+    /// The archive's file; empty: `<state_dir>/ovf-archive.db`.
+    pub archive_path: PathBuf,
+    /// The most OVF text the archive holds, MiB.
+    pub archive_max_mb: u64,
+    /// The most uploads of one source store the archive keeps.
+    pub archive_keep_generations: u32,
+    /// Whether the archive is written ("read-write") or only read for
+    /// restores ("read-only": an archive attached with `--fresh`).
+    pub archive_mode: ArchiveMode,
+    /// The mirror domain's UUID (needed with "mirror").
+    pub mirror_domain: String,
+    /// Seconds before a failing provider is tried again, doubled per
+    /// failure up to `retry_max_s`.
+    pub retry_first_s: f64,
+    pub retry_max_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OvfProviderKind {
+    Stores,
+    Archive,
+    Mirror,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArchiveMode {
+    ReadWrite,
+    ReadOnly,
 }
 
 /// Power fencing (`Host.fenceNode`, docs/storage.md "Fencing").
@@ -340,6 +382,16 @@ impl Config {
                 utilization_percent: mb.utilization_percent,
                 check_interval_s: mb.check_interval.as_secs_f64(),
             },
+            ovf_backup: OvfBackupSection {
+                providers: Vec::new(),
+                archive_path: PathBuf::new(),
+                archive_max_mb: 1024,
+                archive_keep_generations: 20,
+                archive_mode: ArchiveMode::ReadWrite,
+                mirror_domain: String::new(),
+                retry_first_s: 1.0,
+                retry_max_s: 60.0,
+            },
             log: LogConfig {
                 level: "info".into(),
                 target: LogTarget::Auto,
@@ -463,6 +515,11 @@ impl Config {
             ),
             ("mailbox.max_host_id", u64::from(self.mailbox.max_host_id)),
             ("thinp.chunk_mb", self.thinp.chunk_mb),
+            ("ovf_backup.archive_max_mb", self.ovf_backup.archive_max_mb),
+            (
+                "ovf_backup.archive_keep_generations",
+                u64::from(self.ovf_backup.archive_keep_generations),
+            ),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));
@@ -540,6 +597,12 @@ impl Config {
                 false,
             ),
             ("thinp.check_interval_s", self.thinp.check_interval_s, false),
+            (
+                "ovf_backup.retry_first_s",
+                self.ovf_backup.retry_first_s,
+                false,
+            ),
+            ("ovf_backup.retry_max_s", self.ovf_backup.retry_max_s, false),
         ] {
             if !(0.0..1e9).contains(&v) {
                 return Err(format!("{name} must be a number of seconds, not {v}"));
@@ -547,6 +610,24 @@ impl Config {
             if v == 0.0 && !zero_ok {
                 return Err(format!("{name} must be more than 0 seconds"));
             }
+        }
+        let b = &self.ovf_backup;
+        if b.providers.contains(&OvfProviderKind::Mirror)
+            && b.mirror_domain.parse::<uuid::Uuid>().is_err()
+        {
+            return Err(format!(
+                "ovf_backup.mirror_domain must be a domain UUID with the \"mirror\" provider, not {:?}",
+                b.mirror_domain
+            ));
+        }
+        if !b.archive_path.as_os_str().is_empty() && !b.archive_path.is_absolute() {
+            return Err(format!(
+                "ovf_backup.archive_path must be absolute, not {}",
+                b.archive_path.display()
+            ));
+        }
+        if b.retry_max_s < b.retry_first_s {
+            return Err("ovf_backup.retry_max_s must be at least ovf_backup.retry_first_s".into());
         }
         // A live client answers pings: it is silent for at most one ping
         // interval plus a round trip.

@@ -67,6 +67,8 @@ pub enum StartError {
     Signals(std::io::Error),
 }
 
+// long: about 100 lines: the daemon's start and stop as one sequence of
+// steps, each a call of its own, in the order they must happen.
 pub async fn run(config: Config) -> Result<(), StartError> {
     raise_open_files_limit();
     let state_dir = &config.daemon.state_dir;
@@ -92,7 +94,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // Before the storage: the monitor and the connection watch publish
     // through it from their first check.
     let events = EventBus::new(EVENT_QUEUE);
-    let storage = open_storage(&config, &events).await;
+    let (storage, ovf_backup) = open_storage_and_backup(&config, &events).await;
     let jobs = open_jobs(&config, &storage).await?;
     let tasks = open_tasks(&config).await?;
     let forwarder = events.forward_jobs(&jobs);
@@ -108,7 +110,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tasks,
         fencer(&config),
         config.daemon.test_verbs,
-    );
+    )
+    .with_ovf_backup(ovf_backup);
     let shared = Arc::new(listeners(
         &config,
         router,
@@ -175,9 +178,24 @@ fn fsproc_command() -> HelperCommand {
     HelperCommand::new("/proc/self/exe").arg("fsproc")
 }
 
+/// The storage, and the OVF backup providers that record its OVF_STORE
+/// writes (docs/storage.md, "OVF backup providers").
+async fn open_storage_and_backup(
+    config: &Config,
+    events: &EventBus,
+) -> (Arc<Storage>, Arc<crate::ovf_backup::OvfBackup>) {
+    let (sink, backup_events) = crate::ovf_backup::tee(Arc::new(events.clone()));
+    let storage = open_storage(config, sink).await;
+    let backup = crate::ovf_backup::OvfBackup::start(config, storage.clone(), backup_events);
+    (storage, Arc::new(backup))
+}
+
 /// The storage, with what a crash left in mounts that survived the
 /// restart cleaned up.
-async fn open_storage(config: &Config, events: &EventBus) -> Arc<Storage> {
+async fn open_storage(
+    config: &Config,
+    events: Arc<dyn depot_storage::events::EventSink>,
+) -> Arc<Storage> {
     let storage = Arc::new(
         Storage::new(
             StorageConfig {
@@ -193,7 +211,7 @@ async fn open_storage(config: &Config, events: &EventBus) -> Arc<Storage> {
             CommandRunner::new(),
         )
         .with_san_references(config.daemon.state_dir.join("iscsi-sessions"))
-        .with_events(Events::new(Arc::new(events.clone())))
+        .with_events(Events::new(events))
         .with_mailbox(config.mailbox_config()),
     );
     storage.start_mailbox_service();

@@ -13,6 +13,7 @@ pub mod fencing;
 pub mod jsonrpc;
 pub mod listen;
 pub mod logging;
+pub mod ovf_backup;
 pub mod pace;
 pub mod pki;
 pub mod router;

@@ -37,6 +37,8 @@ pub struct Router {
     fencer: Arc<Fencer>,
     /// `daemon.test_verbs`: whether `Host.sleepJob` exists.
     test_verbs: bool,
+    /// The OVF backup providers (`OvfBackup.*`).
+    ovf_backup: Arc<crate::ovf_backup::OvfBackup>,
 }
 
 impl Router {
@@ -53,7 +55,14 @@ impl Router {
             tasks,
             fencer,
             test_verbs,
+            ovf_backup: Arc::new(crate::ovf_backup::OvfBackup::noop()),
         }
+    }
+
+    /// The OVF backup providers the `OvfBackup.*` verbs read.
+    pub fn with_ovf_backup(mut self, backup: Arc<crate::ovf_backup::OvfBackup>) -> Self {
+        self.ovf_backup = backup;
+        self
     }
 
     /// One arm per verb; what a verb does beyond one call is in a function
@@ -124,6 +133,37 @@ impl Router {
             }
             Call::StorageDomainGetOvfEntity(p) => {
                 wire(storage_api::ovf_entity(storage, p.storagedomainID, p.entityID).await)
+            }
+            Call::OvfBackupList(_) => {
+                let b = self.ovf_backup.clone();
+                wire(off_runtime(move || Ok(b.list())).await)
+            }
+            Call::OvfBackupShow(p) => {
+                let b = self.ovf_backup.clone();
+                wire(off_runtime(move || b.show(crate::ovf_backup::u(p.entityID))).await)
+            }
+            Call::OvfBackupAttach(p) => {
+                let b = self.ovf_backup.clone();
+                wire(off_runtime(move || b.attach(&p.path, &p.mode)).await)
+            }
+            Call::OvfBackupRestore(p) => {
+                let (b, s) = (self.ovf_backup.clone(), storage.clone());
+                let ids = p
+                    .entityIDs
+                    .map(|v| v.into_iter().map(crate::ovf_backup::u).collect());
+                wire(
+                    off_runtime(move || {
+                        b.restore(
+                            &s,
+                            p.storagedomainID,
+                            p.imageID,
+                            p.volumeID,
+                            ids,
+                            p.provider,
+                        )
+                    })
+                    .await,
+                )
             }
             Call::TaskGetStatus(p) => wire(self.tasks.status(&self.jobs, p.taskID)),
             Call::TaskGetInfo(p) => wire(self.tasks.info(&self.jobs, p.taskID)),
@@ -474,6 +514,16 @@ pub fn capabilities(sanlock: SanlockCapability) -> Capabilities {
         .to_vec(),
         sanlock,
     }
+}
+
+/// Runs blocking work (the providers read files and domains) off the
+/// async runtime.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ApiError::new(Code::InternalError, format!("panicked: {e}"))))
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ pub use copy::{Control, CopyOutcome, DestinationLease, VolRef};
 pub use domains::DomainInfo;
 pub use leases::LeaseStatus;
 pub use mailbox::{MailboxConfig, ThinLv};
-pub use ovf::{OvfListing, OvfStoreInfo, Readable, UploadDone};
+pub use ovf::{OvfListing, OvfStoreInfo, Readable, StoreTexts, UploadDone};
 pub use pools::{PoolDomainStatus, PoolState};
 pub use spm::{Spm, SpmRole, SpmStatus};
 pub use volume_leases::{VolumeLease, VolumeLeaseStatus};

@@ -470,6 +470,97 @@ impl Storage {
     }
 }
 
+/// Every entity of one OVF_STORE with its OVF text, for the backup
+/// providers (docs/storage.md, "OVF backup providers").
+#[derive(Debug, Clone)]
+pub struct StoreTexts {
+    /// The store's generation (None: written by another agent).
+    pub generation: Option<u64>,
+    /// Each entity (the last entry of its id) and its text, in archive
+    /// order. OVFs that cannot be parsed are left out.
+    pub entities: Vec<(crate::ovf::OvfEntity, String)>,
+    /// `info.json`, if the archive has one.
+    pub info_json: Option<String>,
+}
+
+impl Storage {
+    /// The entities of OVF_STORE `vol` with their texts, read under the
+    /// image lock an upload's commit takes (so never a mix of two
+    /// uploads). A torn store is 9008 (OvfStoreTorn); one written by
+    /// another agent is read as far as its description's size says.
+    pub fn ovf_store_texts(
+        &self,
+        sd: SdUuid,
+        img: ImgUuid,
+        vol: VolUuid,
+    ) -> StorageResult<StoreTexts> {
+        const OP: &str = "read OVF store entities";
+        let info = self.ovf_volume(sd, img, vol, OP)?;
+        let capacity = info.metadata.capacity.max(info.apparent_size);
+        let v = VolRef { sd, img, vol };
+        self.check_data(v, Code::MiscFileReadException, &Held::none(), OP)?;
+        let volume = self.store_file(v)?;
+        let held = self.lock_image(sd, img, false)?;
+        let (generation, size) =
+            match store::verify(&volume, capacity).map_err(|e| ovf_err(OP, e))? {
+                StoreState::Valid { trailer } => (Some(trailer.generation), trailer.size),
+                StoreState::Unknown => (
+                    None,
+                    description_size(&info.metadata.description).unwrap_or(0),
+                ),
+                StoreState::Torn { reason, .. } => {
+                    return Err(StorageError::new(
+                        Code::OvfStoreTorn,
+                        OP,
+                        format!("volume {vol}: {reason}"),
+                    ))
+                }
+            };
+        let mut out = StoreTexts {
+            generation,
+            entities: Vec::new(),
+            info_json: None,
+        };
+        if size == 0 {
+            return Ok(out);
+        }
+        let mut index = std::collections::HashMap::new();
+        let reader = store::DirectReader::open(&volume, 0, size).map_err(|e| ovf_err(OP, e))?;
+        crate::ovf::walk_store(reader, size, &mut |name, data| {
+            let id = name
+                .strip_suffix(".ovf")
+                .and_then(|i| i.parse::<depot_api::types::Uuid>().ok());
+            match id {
+                Some(id) => {
+                    let (Ok(ent), Ok(text)) = (
+                        crate::ovf::parse_ovf(id, data),
+                        String::from_utf8(data.to_vec()),
+                    ) else {
+                        return Ok(());
+                    };
+                    match index.entry(id) {
+                        std::collections::hash_map::Entry::Occupied(at) => {
+                            out.entities[*at.get()] = (ent, text)
+                        }
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            slot.insert(out.entities.len());
+                            out.entities.push((ent, text));
+                        }
+                    }
+                }
+                None if name == "info.json" => {
+                    out.info_json = String::from_utf8(data.to_vec()).ok();
+                }
+                None => {}
+            }
+            Ok(())
+        })
+        .map_err(|e| ovf_err(OP, e))?;
+        drop(held);
+        Ok(out)
+    }
+}
+
 impl Storage {
     /// Claims the one upload slot of an OVF_STORE volume; a second upload
     /// is refused (203) instead of interleaving writes.

@@ -228,6 +228,11 @@ impl Daemon {
         self.wait_exit(WAIT);
     }
 
+    /// The TOML merged over the test defaults at the next (re)start.
+    pub fn set_extra_config(&mut self, extra_config: &str) {
+        self.extra_config = extra_config.to_string();
+    }
+
     /// Starts the daemon again on the same directory.
     pub fn restart(&mut self) {
         self.respawn();
