@@ -363,6 +363,17 @@ async fn spm_failover_waits_for_the_dead_hosts_lease_and_not_for_a_dead_process(
     );
     assert_eq!(spm["spmLver"], lver + 2, "{spm}");
     let (failover, floor_s) = (became_spm - killed, floor - killed);
+    // sanlock counts from when the survivor's daemon last saw the dead
+    // host's lease change (it reads the lockspace at each of its own
+    // renewals, every 2 * io_timeout), not from the renewal itself.
+    let seen_floor = (hs.last_live + 8 * hs.io_timeout + WATCHDOG_FIRE_TIMEOUT) as f64 - killed;
+    eprintln!(
+        "SPM failover: A's daemon last saw B renew at {} (B wrote {}): sanlock's own wait ends \
+         {seen_floor:.1} s after the kill; failover / that {:.2}",
+        hs.last_live,
+        hs.timestamp,
+        failover / seen_floor
+    );
     eprintln!(
         "SPM failover: A became SPM {failover:.1} s after B was killed ({failed} spmStart \
          attempts failed first); sanlock's floor: B's last renewal at {} + host_dead_seconds \
@@ -473,4 +484,166 @@ async fn a_frozen_spm_replaced_by_another_host_changes_nothing_after_it_thaws() 
     )
     .await;
     assert_eq!(domain_md(&p.dom)["DESCRIPTION"], "by B");
+}
+
+/// Host `h` connects the GlusterFS volume `conn` (mounted in its own
+/// namespace, as each host mounts its storage).
+async fn connect_gluster(h: &Host<'_>, conn: &ConnectionSpec, conn_id: &str) {
+    let st = call_ok(
+        &h.c,
+        "StoragePool.connectStorageServer",
+        connect_params(GLUSTERFS, vec![conn.params(conn_id)]),
+    )
+    .await;
+    assert_eq!(statuses(&st), [0], "host {}: {st}", h.name);
+}
+
+/// Host `h` disconnects it: nothing of it left mounted in its namespace
+/// (a FUSE client left behind would keep the namespace alive).
+async fn disconnect_gluster(h: &Host<'_>, conn: &ConnectionSpec, conn_id: &str) {
+    let st = call_ok(
+        &h.c,
+        "StoragePool.disconnectStorageServer",
+        connect_params(GLUSTERFS, vec![conn.params(conn_id)]),
+    )
+    .await;
+    assert_eq!(statuses(&st), [0], "host {}: {st}", h.name);
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mounts", h.sanlock.pid())).unwrap();
+    assert!(
+        !mounts.lines().any(|l| l.contains("fuse.glusterfs")),
+        "host {}: {mounts}",
+        h.name
+    );
+}
+
+/// The same on GlusterFS: each host mounts the volume in its own
+/// namespace; both hold their ids in the domain's lockspace (on the
+/// volume), one is SPM, the other's spmStart fails with 651 and its SPM
+/// verb answers 654 with nothing changed.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn two_hosts_share_a_glusterfs_domain_and_only_one_is_spm() {
+    depot_testkit::require_root();
+    depot_testkit::require_program("glusterd");
+    let g = depot_testkit::gluster::Gluster::start().expect("gluster harness");
+    let lock = NoDaemon::hold().expect("the sanlock lock");
+    let (a, b) = (host(&lock, "a", 1).await, host(&lock, "b", 2).await);
+    let conn = ConnectionSpec {
+        connection: g.spec(),
+        vfs_type: Some("glusterfs".into()),
+        mnt_options: None,
+        protocol_version: None,
+    };
+    let conn_id = new_id();
+    connect_gluster(&a, &conn, &conn_id).await;
+    let sd = new_id();
+    call_ok(
+        &a.c,
+        "StorageDomain.create",
+        create_domain_params(&sd, GLUSTERFS, &conn.connection, "two hosts", 0),
+    )
+    .await;
+    let sp = create_pool(&a.c, &sd).await;
+    call_ok(
+        &a.c,
+        "StoragePool.connect",
+        pool_connect_params(&sp, &sd, a.id),
+    )
+    .await;
+    connect_gluster(&b, &conn, &conn_id).await;
+    call_ok(
+        &b.c,
+        "StoragePool.connect",
+        pool_connect_params(&sp, &sd, b.id),
+    )
+    .await;
+    tokio::join!(until_acquired(&a.c, &sd), until_acquired(&b.c, &sd));
+    for h in [&a, &b] {
+        let held = h.lockspaces_of(&sd);
+        assert!(
+            held.len() == 1 && held[0].starts_with(&format!("{sd}:{}:", h.id)),
+            "host {}: {held:?}",
+            h.name
+        );
+    }
+
+    start_spm_within(&a.c, &sp, SPM_TASK_WAIT).await;
+    let spm = spm_status_of(&a.c, &sp).await;
+    assert_eq!(
+        (&spm["spmId"], &spm["spmStatus"]),
+        (&json!(1), &json!("SPM")),
+        "{spm}"
+    );
+    let end = spm_start_task(&b.c, &sp, SPM_TASK_WAIT).await;
+    assert_eq!(
+        (&end["taskResult"], &end["code"]),
+        (&json!("cleanFailure"), &json!(651)),
+        "{end}"
+    );
+    let status = spm_status_of(&b.c, &sp).await;
+    assert_eq!(
+        (&status["spmId"], &status["spmStatus"]),
+        (&json!(1), &json!("Free")),
+        "{status}"
+    );
+    // The domain through A's mount: B's refused verb changes nothing.
+    let info = call_ok(
+        &a.c,
+        "StorageDomain.getInfo",
+        json!({"storagedomainID": sd}),
+    )
+    .await;
+    call_err(
+        &b.c,
+        "StorageDomain.setDescription",
+        set_description(&sd, "by B"),
+        654,
+    )
+    .await;
+    assert_eq!(
+        call_ok(
+            &a.c,
+            "StorageDomain.getInfo",
+            json!({"storagedomainID": sd})
+        )
+        .await,
+        info
+    );
+    call_ok(
+        &a.c,
+        "StorageDomain.setDescription",
+        set_description(&sd, "by A"),
+    )
+    .await;
+    // B reads what A wrote, through its own mount.
+    eventually(
+        "B to read A's description",
+        Duration::from_secs(30),
+        || async {
+            let info = call_ok(
+                &b.c,
+                "StorageDomain.getInfo",
+                json!({"storagedomainID": sd}),
+            )
+            .await;
+            (info["name"] == "by A").then_some(())
+        },
+    )
+    .await;
+
+    for h in [&a, &b] {
+        call_ok(
+            &h.c,
+            "StoragePool.disconnect",
+            json!({"storagepoolID": sp, "hostID": h.id, "scsiKey": sp}),
+        )
+        .await;
+    }
+    for h in [&a, &b] {
+        eventually("the lockspace released", RELEASE_WAIT, || async {
+            h.lockspaces_of(&sd).is_empty().then_some(())
+        })
+        .await;
+        disconnect_gluster(h, &conn, &conn_id).await;
+    }
 }
