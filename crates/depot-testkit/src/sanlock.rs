@@ -589,6 +589,33 @@ mod tests {
         assert!(lockspace_lines("daemon x\n").is_empty());
     }
 
+    /// A host a killed test left (no drop ran; here frozen too) is found
+    /// and stopped by the next holder of the lock, through its namespace.
+    #[test]
+    #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+    fn a_host_a_killed_test_left_is_stopped_by_the_next_lock_holder() {
+        crate::require_root();
+        let lock = NoDaemon::hold().expect("the sanlock lock");
+        let mut host = SanlockHost::start(&lock, "leftover").expect("sanlock host");
+        let (pid, dir) = (host.pid(), host.dir.clone());
+        assert!(in_own_mount_namespace(pid));
+        assert!(host.status().is_ok());
+        host.freeze();
+        // What a killed test leaves: no drop, the process running (as a
+        // child of this one it would stay a zombie once stopped: reaped
+        // by a thread meanwhile).
+        let mut child = host.child.take().expect("running");
+        std::mem::forget(host);
+        let reaper = std::thread::spawn(move || child.wait());
+        drop(lock);
+        let _again = NoDaemon::hold().expect("the sanlock lock again");
+        let status = reaper.join().unwrap().expect("wait");
+        eprintln!("the leftover daemon ended: {status}");
+        assert!(!pid_alive(pid));
+        // Its directory names this (live) process: left to its test.
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn host_status_lists_each_host_with_its_timestamps() {
         // sanlock 3.8's `client host_status -s LS -D`.

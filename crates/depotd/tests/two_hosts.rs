@@ -16,6 +16,9 @@
 //!   performance.md, "SPM failover").
 //! * A frozen SPM that another host replaced changes nothing after it
 //!   thaws.
+//! * On GlusterFS (each host mounting the volume in its own namespace):
+//!   ids, one SPM, 651 and 654 on the other, and what the SPM writes read
+//!   by the other.
 //!
 //! sanlock's timeouts are real: each test takes minutes.
 
@@ -37,8 +40,8 @@ use storage_common::*;
 
 /// Until each host sees the other's lease renewed (two renewals of 20 s).
 const LIVE_WAIT: Duration = Duration::from_secs(120);
-/// Time for one spmStart task: sanlock may wait inside the acquire for a
-/// silent holder's host_dead_seconds (140 s).
+/// Time for one spmStart task (its host id wait, then an acquire that
+/// does not wait for a silent holder).
 const SPM_TASK_WAIT: Duration = Duration::from_secs(300);
 /// A failover: host_dead_seconds after the last renewal, then the acquire.
 const FAILOVER_WAIT: Duration = Duration::from_secs(420);
