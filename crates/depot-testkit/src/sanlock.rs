@@ -612,6 +612,10 @@ mod tests {
         let status = reaper.join().unwrap().expect("wait");
         eprintln!("the leftover daemon ended: {status}");
         assert!(!pid_alive(pid));
+        // Shut down through its own socket, in its namespace (thawed
+        // first), not killed after the wait for a shutdown that the root
+        // namespace's socket could not ask for.
+        assert!(status.success(), "{status}");
         // Its directory names this (live) process: left to its test.
         let _ = std::fs::remove_dir_all(dir);
     }
