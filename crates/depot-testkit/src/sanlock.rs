@@ -506,17 +506,18 @@ fn stop_leftovers() -> Result<(), String> {
                 && v.windows(DIR_PREFIX.len())
                     .any(|w| w == DIR_PREFIX.as_bytes())
         });
+        // The helper of a daemon stopped above (it runs as `sanlock
+        // daemon` too) goes with it: while it exits, its environment reads
+        // empty.
+        if !ours && gone_within(pid, Duration::from_secs(2)) || !pid_alive(pid) {
+            continue;
+        }
         if !ours {
             return Err(format!(
                 "a sanlock daemon not started by these tests runs (pid {pid}: {}); \
                  the tests would use it: stop it first",
                 cmdline(pid).join(" ")
             ));
-        }
-        if !pid_alive(pid) {
-            // The helper of a daemon stopped above (it runs as `sanlock
-            // daemon` too) goes with it.
-            continue;
         }
         eprintln!("sanlock: stopping the daemon pid {pid} a killed test left");
         if in_own_mount_namespace(pid) {
@@ -558,6 +559,18 @@ fn stop_leftovers() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether process `pid` has exited or exits within `wait`.
+fn gone_within(pid: u32, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    while pid_alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
 }
 
 /// Whether process `pid` runs in a mount namespace of its own, not this
