@@ -30,14 +30,19 @@
 //!   test's host ids must not outlive it), waits for the process (SIGKILL
 //!   after 30 s), releases the lock and removes the directory.
 //!
-//! Needs root and the Debian packages `sanlock` and `gcc`.
+//! * Several hosts in one test: [`SanlockHost`], a daemon each in a mount
+//!   namespace of its own (a private tmpfs on `/run/sanlock`), under one
+//!   [`NoDaemon`] lock the test holds.
+//!
+//! Needs root and the Debian packages `sanlock` and `gcc` (and
+//! util-linux's `unshare` and `nsenter` for hosts).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::gluster::LockFile;
-use crate::process::{cmdline, find_processes, pid_alive, run, terminate};
+use crate::process::{cmdline, find_processes, pid_alive, run, signal, terminate};
 
 /// The machine-wide lock serializing tests that run the sanlock daemon.
 pub const LOCK_PATH: &str = "/tmp/depot-test-sanlock.lock";
@@ -97,24 +102,11 @@ impl SanlockDaemon {
         let lock = LockFile::acquire(Path::new(LOCK_PATH), LOCK_WAIT)?;
         stop_leftovers()?;
         let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-        let src = dir.join("shim.c");
-        let so = dir.join("shim.so");
-        std::fs::write(&src, SHIM_C).map_err(|e| format!("write {}: {e}", src.display()))?;
-        run(
-            "cc",
-            &["-shared", "-fPIC", "-o", path_str(&so)?, path_str(&src)?],
-            CLI_TIMEOUT,
-        )?;
-        let log = std::fs::File::create(dir.join("daemon.log"))
-            .map_err(|e| format!("create daemon.log: {e}"))?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let so = harness_dir(&dir)?;
+        let (log, log2) = daemon_log(&dir)?;
         let started = Instant::now();
         let child = Command::new("sanlock")
-            .args([
-                "daemon", "-D", "-w", "0", "-l", "0", "-U", "root", "-G", "root",
-            ])
+            .args(DAEMON_ARGS)
             .env("LD_PRELOAD", &so)
             .stdin(Stdio::null())
             .stdout(log)
@@ -215,6 +207,278 @@ impl Drop for SanlockDaemon {
     }
 }
 
+/// One host of a test with several: a sanlock daemon in a mount namespace
+/// of its own (`unshare -m --propagation private`), with a private tmpfs
+/// on `/run/sanlock` so that its fixed socket does not meet another
+/// host's. A program runs on this host (talks to this daemon) when started
+/// with [`ns_prefix`](Self::ns_prefix): depotd, `sanlock client`. The
+/// rest of the file system is shared, as the storage of hosts is.
+///
+/// Needs the machine-wide lock ([`NoDaemon`], held by the test for all its
+/// hosts: no daemon in the root namespace meanwhile, and a host a killed
+/// test left is stopped by the next holder). Drop shuts the daemon down
+/// (thawed first if frozen); [`kill9`](Self::kill9) and
+/// [`freeze`](Self::freeze) are the failures the tests make.
+pub struct SanlockHost<'l> {
+    name: String,
+    dir: PathBuf,
+    child: Option<Child>,
+    pid: u32,
+    _lock: std::marker::PhantomData<&'l NoDaemon>,
+}
+
+impl<'l> SanlockHost<'l> {
+    /// Starts host `name`'s daemon (a word: it names the harness
+    /// directory, `depot-sanlock-<test pid>-<name>`) and waits until it
+    /// answers.
+    pub fn start(_lock: &'l NoDaemon, name: &str) -> Result<SanlockHost<'l>, String> {
+        if !SanlockDaemon::available() || !crate::have_program("unshare") {
+            return Err(
+                "sanlock, cc or unshare missing: apt-get install -y sanlock gcc util-linux".into(),
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{name}", std::process::id()));
+        let so = harness_dir(&dir)?;
+        let (log, log2) = daemon_log(&dir)?;
+        // The mount point, in the root namespace (the tmpfs covers it in
+        // the host's only).
+        std::fs::create_dir_all("/run/sanlock").map_err(|e| format!("mkdir /run/sanlock: {e}"))?;
+        let started = Instant::now();
+        // unshare and sh exec: the child's pid is the daemon's.
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs -o mode=0755 depot-sanlock-{name} /run/sanlock && exec sanlock {}",
+                DAEMON_ARGS.join(" ")
+            ))
+            .env("LD_PRELOAD", &so)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("unshare sanlock daemon: {e}"))?;
+        let pid = child.id();
+        let mut h = SanlockHost {
+            name: name.to_owned(),
+            dir,
+            child: Some(child),
+            pid,
+            _lock: std::marker::PhantomData,
+        };
+        loop {
+            if let Some(c) = h.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Err(format!(
+                        "host {name}: sanlock daemon exited ({status}); log: {}",
+                        h.log()
+                    ));
+                }
+            }
+            let ours = cmdline(pid).first().is_some_and(|a| a.ends_with("sanlock"));
+            match h.status() {
+                Ok(_) if ours => break,
+                Ok(_) | Err(_) if started.elapsed() > READY_WAIT => {
+                    return Err(format!(
+                        "host {name}: sanlock daemon not ready; log: {}",
+                        h.log()
+                    ))
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        eprintln!(
+            "sanlock: host {name}'s daemon pid {pid} ready in {:?}",
+            started.elapsed()
+        );
+        Ok(h)
+    }
+
+    /// The daemon's pid (also after it died).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The argv that runs a command on this host: `nsenter -t PID -m --`
+    /// (nsenter execs it: the command keeps its pid).
+    pub fn ns_prefix(&self) -> Vec<String> {
+        ["nsenter", "-t", &self.pid.to_string(), "-m", "--"]
+            .map(str::to_owned)
+            .to_vec()
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// `sanlock ARGS` on this host: its output.
+    pub fn sanlock(&self, args: &[&str]) -> Result<String, String> {
+        let prefix = self.ns_prefix();
+        let mut argv: Vec<&str> = prefix[1..].iter().map(String::as_str).collect();
+        argv.push("sanlock");
+        argv.extend_from_slice(args);
+        run(&prefix[0], &argv, CLI_TIMEOUT).map_err(|e| format!("host {}: {e}", self.name))
+    }
+
+    /// `sanlock client status` on this host.
+    pub fn status(&self) -> Result<String, String> {
+        self.sanlock(&["client", "status"])
+    }
+
+    /// This host's lockspaces, as [`SanlockDaemon::lockspaces`].
+    pub fn lockspaces(&self) -> Result<Vec<String>, String> {
+        Ok(lockspace_lines(&self.status()?))
+    }
+
+    /// This host's resource leases, as [`SanlockDaemon::resources`].
+    pub fn resources(&self) -> Result<Vec<String>, String> {
+        Ok(tagged_lines(&self.status()?, "r "))
+    }
+
+    /// What this host's daemon knows of the hosts of `lockspace`
+    /// (`sanlock client host_status -s LOCKSPACE -D`), by host id.
+    pub fn host_status(&self, lockspace: &str) -> Result<Vec<HostStatus>, String> {
+        Ok(parse_host_status(&self.sanlock(&[
+            "client",
+            "host_status",
+            "-s",
+            lockspace,
+            "-D",
+        ])?))
+    }
+
+    /// SIGKILL to the daemon: this host's delta leases are no longer
+    /// renewed (and its clients' leases not released: they stay on disk
+    /// as they were). Waits for it to die.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP to the daemon: a host that stopped (no renewals) and may
+    /// come back.
+    pub fn freeze(&self) {
+        signal(self.pid, "STOP");
+    }
+
+    /// SIGCONT: the frozen daemon runs again.
+    pub fn thaw(&self) {
+        signal(self.pid, "CONT");
+    }
+
+    /// Whether the daemon still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for SanlockHost<'_> {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            self.thaw();
+            if let Err(e) = self.sanlock(&["client", "shutdown", "-f", "1"]) {
+                eprintln!("sanlock: {e}");
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                eprintln!(
+                    "sanlock: host {}'s daemon did not stop; killing it",
+                    self.name
+                );
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One host of a lockspace as a daemon sees it (`sanlock client
+/// host_status -D`): `timestamp` is the host's last renewal (its
+/// CLOCK_MONOTONIC seconds, as it wrote it in its delta lease; 0: free),
+/// `last_check` and `last_live` when this daemon last read the host's
+/// lease and last saw it change (this daemon's CLOCK_MONOTONIC seconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostStatus {
+    pub host_id: u64,
+    pub timestamp: u64,
+    pub last_check: u64,
+    pub last_live: u64,
+    pub owner_generation: u64,
+    pub io_timeout: u64,
+}
+
+/// `sanlock client host_status -D`'s output: `ID timestamp TS` lines, each
+/// followed by indented `key=value` lines.
+pub fn parse_host_status(out: &str) -> Vec<HostStatus> {
+    let mut hosts: Vec<HostStatus> = Vec::new();
+    for line in out.lines() {
+        let mut words = line.split_whitespace();
+        if !line.starts_with(char::is_whitespace) {
+            if let (Some(id), Some("timestamp"), Some(ts)) =
+                (words.next(), words.next(), words.next())
+            {
+                if let (Ok(host_id), Ok(timestamp)) = (id.parse(), ts.parse()) {
+                    hosts.push(HostStatus {
+                        host_id,
+                        timestamp,
+                        ..HostStatus::default()
+                    });
+                }
+            }
+            continue;
+        }
+        let (Some(h), Some((k, v))) = (hosts.last_mut(), line.trim().split_once('=')) else {
+            continue;
+        };
+        let v = v.parse().unwrap_or(0);
+        match k {
+            "last_check" => h.last_check = v,
+            "last_live" => h.last_live = v,
+            "owner_generation" => h.owner_generation = v,
+            "io_timeout" => h.io_timeout = v,
+            _ => {}
+        }
+    }
+    hosts
+}
+
+/// The daemon's arguments (see the module docs).
+const DAEMON_ARGS: [&str; 10] = [
+    "daemon", "-D", "-w", "0", "-l", "0", "-U", "root", "-G", "root",
+];
+
+/// Makes the harness directory `dir` afresh with the shim compiled in it;
+/// the shim's path.
+fn harness_dir(dir: &Path) -> Result<PathBuf, String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let src = dir.join("shim.c");
+    let so = dir.join("shim.so");
+    std::fs::write(&src, SHIM_C).map_err(|e| format!("write {}: {e}", src.display()))?;
+    run(
+        "cc",
+        &["-shared", "-fPIC", "-o", path_str(&so)?, path_str(&src)?],
+        CLI_TIMEOUT,
+    )?;
+    Ok(so)
+}
+
+/// `dir/daemon.log`, twice: the daemon's stdout and stderr.
+fn daemon_log(dir: &Path) -> Result<(std::fs::File, std::fs::File), String> {
+    let log = std::fs::File::create(dir.join("daemon.log"))
+        .map_err(|e| format!("create daemon.log: {e}"))?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    Ok((log, log2))
+}
+
 /// `s ...` lines of `sanlock client status`, without the `s `.
 pub fn lockspace_lines(status: &str) -> Vec<String> {
     tagged_lines(status, "s ")
@@ -242,6 +506,12 @@ fn stop_leftovers() -> Result<(), String> {
                 && v.windows(DIR_PREFIX.len())
                     .any(|w| w == DIR_PREFIX.as_bytes())
         });
+        // The helper of a daemon stopped above (it runs as `sanlock
+        // daemon` too) goes with it: while it exits, its environment reads
+        // empty.
+        if !ours && gone_within(pid, Duration::from_secs(2)) || !pid_alive(pid) {
+            continue;
+        }
         if !ours {
             return Err(format!(
                 "a sanlock daemon not started by these tests runs (pid {pid}: {}); \
@@ -250,7 +520,21 @@ fn stop_leftovers() -> Result<(), String> {
             ));
         }
         eprintln!("sanlock: stopping the daemon pid {pid} a killed test left");
-        let _ = run("sanlock", &["client", "shutdown", "-f", "1"], CLI_TIMEOUT);
+        if in_own_mount_namespace(pid) {
+            // A SanlockHost's: its socket is in its namespace, and a frozen
+            // one must run to shut down.
+            signal(pid, "CONT");
+            let pid_s = pid.to_string();
+            let _ = run(
+                "nsenter",
+                &[
+                    "-t", &pid_s, "-m", "--", "sanlock", "client", "shutdown", "-f", "1",
+                ],
+                CLI_TIMEOUT,
+            );
+        } else {
+            let _ = run("sanlock", &["client", "shutdown", "-f", "1"], CLI_TIMEOUT);
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         while pid_alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
@@ -262,8 +546,10 @@ fn stop_leftovers() -> Result<(), String> {
     if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
+            // `depot-sanlock-PID` or a host's `depot-sanlock-PID-NAME`.
             if let Some(pid) = name
                 .strip_prefix(DIR_PREFIX)
+                .and_then(|p| p.split('-').next())
                 .and_then(|p| p.parse::<u32>().ok())
             {
                 if !pid_alive(pid) {
@@ -273,6 +559,26 @@ fn stop_leftovers() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether process `pid` has exited or exits within `wait`.
+fn gone_within(pid: u32, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    while pid_alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// Whether process `pid` runs in a mount namespace of its own, not this
+/// process's (a [`SanlockHost`]'s daemon).
+fn in_own_mount_namespace(pid: u32) -> bool {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok();
+    let theirs = ns(&pid.to_string());
+    theirs.is_some() && theirs != ns("self")
 }
 
 fn path_str(p: &Path) -> Result<&str, String> {
@@ -294,5 +600,63 @@ mod tests {
             ["sd1:1:/m/sd1/dom_md/ids:0", "sd2:3:/m/a\\:b/ids:0 ADD"]
         );
         assert!(lockspace_lines("daemon x\n").is_empty());
+    }
+
+    /// A host a killed test left (no drop ran; here frozen too) is found
+    /// and stopped by the next holder of the lock, through its namespace.
+    #[test]
+    #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+    fn a_host_a_killed_test_left_is_stopped_by_the_next_lock_holder() {
+        crate::require_root();
+        let lock = NoDaemon::hold().expect("the sanlock lock");
+        let mut host = SanlockHost::start(&lock, "leftover").expect("sanlock host");
+        let (pid, dir) = (host.pid(), host.dir.clone());
+        assert!(in_own_mount_namespace(pid));
+        assert!(host.status().is_ok());
+        host.freeze();
+        // What a killed test leaves: no drop, the process running (as a
+        // child of this one it would stay a zombie once stopped: reaped
+        // by a thread meanwhile).
+        let mut child = host.child.take().expect("running");
+        std::mem::forget(host);
+        let reaper = std::thread::spawn(move || child.wait());
+        drop(lock);
+        let _again = NoDaemon::hold().expect("the sanlock lock again");
+        let status = reaper.join().unwrap().expect("wait");
+        eprintln!("the leftover daemon ended: {status}");
+        assert!(!pid_alive(pid));
+        // Shut down through its own socket, in its namespace (thawed
+        // first), not killed after the wait for a shutdown that the root
+        // namespace's socket could not ask for.
+        assert!(status.success(), "{status}");
+        // Its directory names this (live) process: left to its test.
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn host_status_lists_each_host_with_its_timestamps() {
+        // sanlock 3.8's `client host_status -s LS -D`.
+        let out = "1 timestamp 6033\n    last_check=6052\n    last_live=6032\n    \
+                   last_req=0\n    owner_id=1\n    owner_generation=2\n    \
+                   timestamp=6033\n    io_timeout=10\n    owner_name=a-b\n\
+                   2 timestamp 0\n    last_check=6052\n    last_live=0\n";
+        assert_eq!(
+            parse_host_status(out),
+            [
+                HostStatus {
+                    host_id: 1,
+                    timestamp: 6033,
+                    last_check: 6052,
+                    last_live: 6032,
+                    owner_generation: 2,
+                    io_timeout: 10,
+                },
+                HostStatus {
+                    host_id: 2,
+                    last_check: 6052,
+                    ..HostStatus::default()
+                },
+            ]
+        );
     }
 }

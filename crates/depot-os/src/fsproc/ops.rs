@@ -283,6 +283,12 @@ impl Confined {
         Ok(file)
     }
 
+    /// Reads by path, looked up afresh. `ESTALE` is tried once more: on
+    /// storage that other hosts share (GlusterFS, NFS) a file another host
+    /// replaced by a rename (domain metadata, an SPM's write) leaves this
+    /// client's cached name on the old file until it is looked up again;
+    /// the second open finds the new one. One retry only, so a mount that
+    /// is really stale still answers ESTALE (the monitor's business).
     pub(crate) fn read(
         &self,
         rel: &str,
@@ -290,6 +296,15 @@ impl Confined {
         len: u32,
         direct: bool,
     ) -> io::Result<Vec<u8>> {
+        match self.read_once(rel, offset, len, direct) {
+            Err(e) if e.raw_os_error() == Some(libc::ESTALE) => {
+                self.read_once(rel, offset, len, direct)
+            }
+            other => other,
+        }
+    }
+
+    fn read_once(&self, rel: &str, offset: u64, len: u32, direct: bool) -> io::Result<Vec<u8>> {
         let mut flags = OFlag::O_RDONLY;
         if direct {
             flags |= OFlag::O_DIRECT;

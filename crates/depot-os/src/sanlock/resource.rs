@@ -19,6 +19,7 @@ use super::{check_name, disk_path, Area, Geometry, HostInfo, SanlockError, NAME_
 // sanlock.h, sanlock_resource.h, sanlock_rv.h
 const SANLK_RES_LVER: u32 = 0x1;
 const SANLK_ACQUIRE_LVB: u32 = 0x1;
+const SANLK_ACQUIRE_OWNER_NOWAIT: u32 = 0x8;
 const SANLK_ACQUIRE_LVER: c_int = -240;
 const SANLK_ACQUIRE_IDLIVE: c_int = -243;
 const SANLK_ACQUIRE_OWNED: c_int = -244;
@@ -140,8 +141,19 @@ impl Sanlock {
     /// holds is refused at once ([`SanlockError::refusal`]); one whose
     /// holder's host id expired is taken over. Acquiring a lease this
     /// process already holds is an error (`-EEXIST`).
+    ///
+    /// A holder whose host id has stopped being renewed but is not dead
+    /// yet (sanlock's host_dead_seconds, 140 s, since this daemon last saw
+    /// it renew) is refused at once too (`SANLK_ACQUIRE_OWNER_NOWAIT`:
+    /// `OWNED_RETRY`), not waited for inside the call: that wait would
+    /// outlast the call's deadline while the daemon goes on and grants
+    /// the lease to this process's registration after depotd gave up on
+    /// it (a lease held that depotd does not know of, and every later
+    /// acquire refused with `-EEXIST`), and would hold up every other
+    /// sanlock call on the worker meanwhile. The caller retries, as the
+    /// engine retries spmStart.
     pub fn acquire(&self, res: &Resource, lver: Option<u64>) -> Result<u64, SanlockError> {
-        self.acquire_with(res, lver, 0)
+        self.acquire_with(res, lver, SANLK_ACQUIRE_OWNER_NOWAIT)
     }
 
     /// [`acquire`](Self::acquire) with the lease's value block (LVB):

@@ -287,10 +287,11 @@ impl Storage {
         let spm_of_its_pool = self
             .pools
             .lock()
-            .values()
-            .any(|p| p.connected && p.spm.role == SpmRole::Spm && p.domains.contains_key(&sd));
-        if spm_of_its_pool {
-            return Ok(());
+            .iter()
+            .find(|(_, p)| p.connected && p.spm.role == SpmRole::Spm && p.domains.contains_key(&sd))
+            .map(|(sp, _)| *sp);
+        if let Some(sp) = spm_of_its_pool {
+            return self.require_pool_spm(sp, op);
         }
         match self.read_md(domain)?.attached_pools().first() {
             None => Ok(()),
@@ -309,7 +310,29 @@ impl Storage {
     /// the pool is not connected (VDSM's getPool answers 309 for an
     /// unknown pool and a disconnected one alike), 654 when this host is
     /// not its SPM (`Contend` too: the lease is not held yet).
+    ///
+    /// An SPM holding sanlock's lease also needs the lease to be still
+    /// valid ([`spm_lease_lost`](Self::spm_lease_lost)): when it is not,
+    /// the role ends here (654), as sanlock, which will kill depotd for
+    /// it, has already let it go.
     pub(crate) fn require_pool_spm(&self, sp: SpUuid, op: &'static str) -> StorageResult<()> {
+        let held = match self.pools.lock().get(&sp) {
+            Some(p) if p.connected && p.spm.role == SpmRole::Spm => {
+                p.spm.lease.clone().map(|res| (res, p.host_id))
+            }
+            _ => None,
+        };
+        if let Some((res, host_id)) = held {
+            let host_id = host_id.and_then(|id| u64::try_from(id).ok()).unwrap_or(0);
+            if let Some(why) = self.spm_lease_lost(&res, host_id) {
+                self.lose_spm_role(sp, &res, &why);
+                return Err(StorageError::new(
+                    Code::SpmStatusError,
+                    op,
+                    format!("this host is no longer the SPM of pool {sp}: {why}"),
+                ));
+            }
+        }
         match self.pools.lock().get(&sp) {
             Some(p) if p.connected && p.spm.role == SpmRole::Spm => Ok(()),
             Some(p) if p.connected => Err(StorageError::new(
@@ -326,6 +349,65 @@ impl Storage {
                 format!("pool {sp} is not connected on this host"),
             )),
         }
+    }
+
+    /// Why the SPM's lease `res` (this host's, as `host_id`) can no longer
+    /// be trusted, or `None` while it is valid. sanlock keeps a lease while
+    /// its holder's host id is renewed: it gives up a lockspace whose last
+    /// renewal is `8 * io_timeout` old (id_renewal_fail_seconds, 80 s) and
+    /// kills the lease holders, and another host may take the lease
+    /// `8 * io_timeout + 60` s after the last renewal it saw. So a host
+    /// whose sanlock daemon stopped renewing (stuck, frozen, its storage
+    /// gone) must stop acting as SPM by the first limit, whether or not the
+    /// daemon could kill it yet: the daemon's last renewal of this host's
+    /// id (its CLOCK_MONOTONIC second, the clock this process reads too)
+    /// is asked for each time, and a daemon that cannot answer counts as
+    /// no renewal. Right after joining, before the daemon read the
+    /// lockspace once (EAGAIN), the renewal is the fresh acquisition.
+    fn spm_lease_lost(&self, res: &Resource, host_id: u64) -> Option<String> {
+        let client = self.sanlock_client()?;
+        let hosts = match client.get_hosts(&res.lockspace, host_id) {
+            Ok(hosts) => hosts,
+            Err(e) if e.errno() == Some(libc::EAGAIN) => return None,
+            Err(e) => {
+                return Some(format!(
+                    "sanlock cannot tell whether host id {host_id} is renewed: {e}"
+                ))
+            }
+        };
+        let Some(me) = hosts.iter().find(|h| h.host_id == host_id) else {
+            return Some(format!(
+                "host id {host_id} is not in the lockspace of {}",
+                res.lockspace
+            ));
+        };
+        let now = monotonic_seconds();
+        let limit = me.timestamp + 8 * u64::from(me.io_timeout.max(1));
+        if me.timestamp == 0 || now >= limit {
+            return Some(format!(
+                "host id {host_id} in the lockspace of {} was last renewed at {} (monotonic s),                  {} s ago; sanlock gives the lease up after {} s",
+                res.lockspace,
+                me.timestamp,
+                now.saturating_sub(me.timestamp),
+                limit - me.timestamp
+            ));
+        }
+        None
+    }
+
+    /// Ends this host's SPM role in pool `sp` because its lease `res` is
+    /// lost: no release (sanlock, stuck or already failing the lockspace,
+    /// releases it with depotd), the role and the mailbox's SPM side go.
+    fn lose_spm_role(&self, sp: SpUuid, res: &Resource, why: &str) {
+        {
+            let mut pools = self.pools.lock();
+            match pools.get_mut(&sp) {
+                Some(p) if p.spm.lease.as_ref() == Some(res) => p.spm = Spm::default(),
+                _ => return,
+            }
+        }
+        tracing::error!(pool = %sp, lease = %res.lockspace, why, "SPM lease lost: this host is no longer the SPM");
+        self.stop_spm_mailbox(sp);
     }
 
     /// The sanlock client when sanlock is enabled (it may still be
@@ -579,4 +661,16 @@ impl Storage {
             .caused_by(e)
         })
     }
+}
+
+/// CLOCK_MONOTONIC in whole seconds: sanlock's clock for its lease
+/// timestamps (its `monotime()`), on the same host.
+fn monotonic_seconds() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0)
 }

@@ -20,6 +20,9 @@ pub struct Daemon {
     env: Vec<(String, String)>,
     /// The TLS port of the next start: 0 (a free one) unless `keep_port`.
     port: u16,
+    /// The argv depotd runs under (empty: directly): a host's namespace
+    /// (`SanlockHost::ns_prefix`).
+    prefix: Vec<String>,
     /// Notifications received so far, in order.
     pub notifications: Vec<String>,
 }
@@ -31,8 +34,29 @@ impl Daemon {
         Daemon::start_with_env(extra_config, &[])
     }
 
+    /// Like `start`, depotd run under `prefix` (an argv that execs its
+    /// command, such as `nsenter -t PID -m --`: a host of several, with
+    /// its own sanlock daemon, depot_testkit::sanlock::SanlockHost).
+    /// `pid()` is depotd's: checked here.
+    pub fn start_in(prefix: &[String], extra_config: &str) -> Daemon {
+        let d = Daemon::start_full(prefix, extra_config, &[]);
+        let exe = std::fs::read_link(format!("/proc/{}/exe", d.pid())).expect("depotd's exe");
+        assert_eq!(
+            exe.file_name(),
+            std::path::Path::new(env!("CARGO_BIN_EXE_depotd")).file_name(),
+            "{prefix:?} did not exec depotd: pid {} is {}",
+            d.pid(),
+            exe.display()
+        );
+        d
+    }
+
     /// Like `start`, with extra environment variables for the daemon.
     pub fn start_with_env(extra_config: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_full(&[], extra_config, env)
+    }
+
+    fn start_full(prefix: &[String], extra_config: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let notify = UnixDatagram::bind(dir.path().join("notify.sock")).expect("notify socket");
         notify
@@ -48,6 +72,7 @@ impl Daemon {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             port: 0,
+            prefix: prefix.to_vec(),
             notifications: Vec::new(),
         };
         d.spawn();
@@ -128,7 +153,16 @@ impl Daemon {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_depotd"))
+        let depotd = env!("CARGO_BIN_EXE_depotd");
+        let mut cmd = match self.prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(depotd);
+                c
+            }
+            None => Command::new(depotd),
+        };
+        let child = cmd
             .arg("--dev")
             .arg("--dev-dir")
             .arg(self.dev_dir())

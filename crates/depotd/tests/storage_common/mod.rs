@@ -1515,20 +1515,26 @@ pub fn spm_start_params(sp: &str) -> Value {
 /// VDSM keeps for the SPM need it on a pool's domains (docs/storage.md
 /// "Verbs only the SPM runs").
 pub async fn start_spm_within(c: &Client, sp: &str, timeout: Duration) {
+    let end = spm_start_task(c, sp, timeout).await;
+    assert_eq!(end["taskResult"], "success", "spmStart of {sp}: {end}");
+}
+
+/// spmStart of pool `sp`, its task waited for (`timeout`): the task's
+/// last `Task.getStatus` (`taskResult` success or cleanFailure, `code`).
+pub async fn spm_start_task(c: &Client, sp: &str, timeout: Duration) -> Value {
     let task = call_ok(c, "StoragePool.spmStart", spm_start_params(sp)).await;
     let id = task
         .as_str()
         .expect("spmStart answers a task id")
         .to_owned();
-    let end = eventually("spmStart's task to end", timeout, || {
+    eventually("spmStart's task to end", timeout, || {
         let id = id.clone();
         async move {
             let s = c.call("Task.getStatus", json!({"taskID": id})).await.ok()?;
             (s["taskState"] == "finished").then_some(s)
         }
     })
-    .await;
-    assert_eq!(end["taskResult"], "success", "spmStart of {sp}: {end}");
+    .await
 }
 
 /// [`start_spm_within`] on a depotd without sanlock (the tests' default,

@@ -111,3 +111,23 @@ pub async fn until_acquired(c: &Client, sd: &str) -> Value {
     })
     .await
 }
+
+/// Another host joins `p`, made by the first: `c` (that host's depotd)
+/// connects the same LOCALFS directory (a file system both hosts see, as
+/// a shared mount) and the pool as `host_id`.
+pub async fn join_pool(c: &Client, p: &Pool, host_id: i64) {
+    let dir = p.dom.parent().expect("the domain's connection");
+    let st = call_ok(
+        c,
+        "StoragePool.connectStorageServer",
+        connect_params(LOCALFS, vec![ConnectionSpec::local(dir).params(&new_id())]),
+    )
+    .await;
+    assert_eq!(statuses(&st), [0], "{st}");
+    call_ok(c, "StoragePool.connect", pool_connect(p, host_id)).await;
+}
+
+/// `StoragePool.getSpmStatus` of pool `sp` on host `c`.
+pub async fn spm_status_of(c: &Client, sp: &str) -> Value {
+    call_ok(c, "StoragePool.getSpmStatus", json!({"storagepoolID": sp})).await
+}
