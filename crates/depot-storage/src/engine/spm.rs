@@ -385,7 +385,8 @@ impl Storage {
         let limit = me.timestamp + 8 * u64::from(me.io_timeout.max(1));
         if me.timestamp == 0 || now >= limit {
             return Some(format!(
-                "host id {host_id} in the lockspace of {} was last renewed at {} (monotonic s),                  {} s ago; sanlock gives the lease up after {} s",
+                "host id {host_id} in the lockspace of {} was last renewed at {} (monotonic s), \
+                 {} s ago; sanlock gives the lease up after {} s",
                 res.lockspace,
                 me.timestamp,
                 now.saturating_sub(me.timestamp),
