@@ -201,12 +201,7 @@ impl Domain {
         f: impl FnOnce(&dyn VolumeStore) -> T,
     ) -> T {
         match self {
-            Domain::File(d) => {
-                f(
-                    &FileVolumes::new(&d.paths, &d.fs, d.sd, tools.qemu, tools.timeout)
-                        .with_leases(leases),
-                )
-            }
+            Domain::File(d) => f(&d.volumes(tools).with_leases(leases)),
             Domain::Block(d) => f(&BlockVolumes {
                 leases,
                 ..d.volumes(tools)
@@ -272,6 +267,12 @@ impl Domain {
             )),
             Domain::Block(d) => d.volumes(tools).lease_area(img, vol, alignment),
         }
+    }
+}
+
+impl FileDomain {
+    pub(crate) fn volumes<'a>(&'a self, tools: VolumeTools<'a>) -> FileVolumes<'a> {
+        FileVolumes::new(&self.paths, &self.fs, self.sd, tools.qemu, tools.timeout)
     }
 }
 

@@ -290,6 +290,12 @@ impl MountFs {
                 direct: false,
             },
             Look::Lstat(p) => Request::Lstat { path: self.rel(p)? },
+            Look::ReadDirect(p, offset, len) => Request::Read {
+                path: self.rel(p)?,
+                offset,
+                len,
+                direct: true,
+            },
         })
     }
 
@@ -449,6 +455,10 @@ pub enum Look<'a> {
     ReadToEnd(&'a Path, u32),
     /// [`MountFs::lstat`].
     Lstat(&'a Path),
+    /// [`MountFs::read_at`] with `O_DIRECT`: up to `len` bytes at
+    /// `offset` (a sanlock leader record, read past the page cache as
+    /// sanlock reads it).
+    ReadDirect(&'a Path, u64, u32),
 }
 
 /// The answer to one [`Look`].
@@ -465,6 +475,7 @@ fn seen_of(item: &Look<'_>, reply: Reply, data: Vec<u8>) -> io::Result<Seen> {
             whole_listing(p, entries, truncated)?,
         ))),
         (Look::ReadToEnd(p, max), Reply::Data) => at_most(p, data, max).map(Seen::Data),
+        (Look::ReadDirect(..), Reply::Data) => Ok(Seen::Data(data)),
         (Look::Lstat(_), Reply::Stat { stat }) => Ok(Seen::Stat(stat)),
         (item, reply) => Err(io::Error::other(format!(
             "the helper answered {reply:?} to {item:?}"

@@ -2,7 +2,8 @@
 //! `Storage::reading`), through `Storage` on LOCALFS directories with the
 //! real helper processes: a cached domain is not checked before such a
 //! verb (one helper call for a getInfo, not two), and one that is gone is
-//! found gone all the same (358), or found where it went.
+//! found gone all the same (358), or found where it went. A getInfo with
+//! the volume's lease, on a domain with volume leases, is one call too.
 
 mod support;
 
@@ -15,9 +16,13 @@ use depot_api::storage::{
 };
 use depot_api::types::Uuid;
 use depot_api::Code;
+use depot_os::sanlock::{DirectConfig, Sanlock};
 use depot_os::CommandRunner;
 use depot_storage::connection::ConnectionParams;
-use depot_storage::{CreateDomain, CreateVolume, Storage, StorageError};
+use depot_storage::lockspace::SanlockConfig;
+use depot_storage::{
+    CreateDomain, CreateVolume, Storage, StorageConfig, StorageError, VolumeLeaseStatus,
+};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -49,11 +54,20 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with_sanlock(None)
+    }
+
+    /// [`Setup::new`] with `sanlock`: the domain gets a lockspace and the
+    /// volume a lease when `sanlock` can format them.
+    fn with_sanlock(sanlock: Option<SanlockConfig>) -> Setup {
         let repo = tempfile::tempdir().unwrap();
         let data = tempfile::tempdir().unwrap();
         let dirs = [data.path().join("a"), data.path().join("b")];
         let s = Storage::new(
-            support::storage_config(repo.path(), IO_TIMEOUT),
+            StorageConfig {
+                sanlock,
+                ..support::storage_config(repo.path(), IO_TIMEOUT)
+            },
             CommandRunner::new(),
         );
         for dir in &dirs {
@@ -152,6 +166,63 @@ fn a_read_verb_on_a_cached_domain_is_one_helper_call() {
         t.calls(dir) - before,
         2,
         "the verb, then the check of its error"
+    );
+}
+
+/// On a domain with volume leases, `Volume.getInfo` reads the volume's
+/// lease sector in the same helper call as the volume's own files: one
+/// call, as without leases (docs/performance.md, "Volume.getInfo's
+/// lease"). The lockspace and the lease are formatted by `sanlock direct`
+/// (no daemon: a free lease is reported without asking one).
+#[test]
+fn get_info_with_its_lease_is_one_helper_call() {
+    depot_testkit::require_program("sanlock");
+    let t = Setup::with_sanlock(Some(SanlockConfig {
+        client: Sanlock::unavailable("no daemon in this test"),
+        direct: Some(DirectConfig::default()),
+    }));
+    let (s, sd, img, vol) = (&t.s, t.sd, t.img, t.vol);
+    let dir = &t.dirs[0];
+    let lease_path = fs::canonicalize(t.domain_in(dir))
+        .unwrap()
+        .join("images")
+        .join(img.to_string())
+        .join(format!("{vol}.lease"));
+    // The first getInfo finds out, once, that the domain has leases.
+    s.volume_info_with_lease(sd, img, vol).unwrap();
+
+    let before = t.calls(dir);
+    let (info, lease) = s.volume_info_with_lease(sd, img, vol).unwrap();
+    assert_eq!(t.calls(dir) - before, 1, "calls of a getInfo with a lease");
+    assert_eq!(info.metadata.image, img);
+    let lease = lease.expect("the domain has volume leases");
+    assert_eq!(
+        fs::canonicalize(&lease.path).unwrap(),
+        lease_path,
+        "{lease:?}"
+    );
+    assert_eq!(lease.offset, 0);
+    let free = VolumeLeaseStatus {
+        owners: Vec::new(),
+        version: None,
+    };
+    assert_eq!(lease.status, Some(free), "a free lease");
+
+    // A volume made before volume leases (an empty `.lease`): the lease
+    // is reported without its status, in the same one call.
+    fs::write(&lease_path, b"").unwrap();
+    let before = t.calls(dir);
+    let (_, lease) = s.volume_info_with_lease(sd, img, vol).unwrap();
+    assert_eq!(t.calls(dir) - before, 1, "calls of a getInfo with a lease");
+    assert_eq!(lease.expect("its place").status, None);
+    // A missing volume is still 201, whatever its lease read answered.
+    let missing = VolUuid(Uuid::new_v4());
+    assert_eq!(
+        code(
+            "getInfo of a missing volume",
+            s.volume_info_with_lease(sd, img, missing)
+        ),
+        Code::VolumeDoesNotExist
     );
 }
 

@@ -22,12 +22,14 @@
 //! `getInfo`/`getLeaseStatus`, clusterlock.py `SANLock.inspect`): where
 //! it is, and, when the daemon can read it, its holders and version
 //! ([`VolumeLease`]). On a file domain the mount's helper reads the
-//! lease's first sector (its leader record: owner, timestamp, version);
+//! lease's first sector (its leader record: owner, timestamp, version)
+//! in the same round trip as the volume's own files ([`LeasePlace`]);
 //! on a block domain the daemon reads it (`sanlock_read_resource_owners`,
 //! which reads the whole 1 MiB area). No thread of depotd touches the
 //! storage for it either way.
 
 use std::collections::HashMap;
+use std::io;
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
@@ -43,6 +45,7 @@ use crate::domain::Domain;
 use crate::lockspace::{
     check_sanlock_file, volume_lease, SanlockConfig, VolumeLeases, SDM_LEASE, SDM_SLOT,
 };
+use crate::mount_fs::{Look, Seen};
 use crate::{StorageError, StorageResult};
 
 /// sanlock_rv.h's `SANLK_LEADER_MAGIC`: no leader record where one was
@@ -122,19 +125,85 @@ pub struct VolumeLeaseStatus {
     pub version: Option<u64>,
 }
 
+/// Where a volume's lease is, for `Volume.getInfo`
+/// ([`Storage::volume_lease_place`]), and how it is read: on a file
+/// domain the caller has the mount's helper read [`LeasePlace::sector`]
+/// in the same round trip as the volume's own files (docs/performance.md,
+/// "Volume.getInfo's lease") and hands the bytes to
+/// [`LeasePlace::reported_from`]; on a block domain the daemon reads it
+/// ([`LeasePlace::reported_by_daemon`]).
+pub(super) struct LeasePlace<'a> {
+    client: &'a Sanlock,
+    /// The domain's sector size: the leader record's length.
+    sector: u32,
+    res: Resource,
+    vol: VolUuid,
+}
+
+impl LeasePlace<'_> {
+    /// The read of a file volume's lease: its first sector, the leader
+    /// record, with O_DIRECT (what another host wrote, not a cached page).
+    /// Not checked with `check_sanlock_file` first: that guards the paths
+    /// handed to sanlock, which follows symlinks and writes; this read is
+    /// depot's own, through the helper, which follows no symlink, opens
+    /// only a regular file on the mount's own file system, and writes
+    /// nothing. What a hard link planted there could show is parsed as this
+    /// volume's leader record or refused, never answered as bytes.
+    pub(super) fn sector(&self) -> Look<'_> {
+        let area = &self.res.area;
+        Look::ReadDirect(&area.path, area.offset, self.sector)
+    }
+
+    /// The lease as getInfo reports it, from what [`LeasePlace::sector`]
+    /// read (`None`: it was not read).
+    pub(super) fn reported_from(self, read: Option<io::Result<Seen>>) -> VolumeLease {
+        let state = match read {
+            Some(Ok(Seen::Data(bytes))) => parse_leader(&bytes, self.vol),
+            Some(Ok(other)) => Err(format!("data expected, the helper answered {other:?}")),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("the lease's sector was not read".into()),
+        };
+        self.report(state)
+    }
+
+    /// The lease as getInfo reports it, read by the daemon
+    /// (`sanlock_read_resource_owners`: the whole 1 MiB area; a block
+    /// domain's `leases` LV is not read on depotd's threads).
+    pub(super) fn reported_by_daemon(self) -> VolumeLease {
+        let state = self.client.read_lease(&self.res).map_err(|e| e.to_string());
+        self.report(state)
+    }
+
+    /// Logged when the lease cannot be read: reported without its status.
+    fn report(self, read: Result<LeaseState, String>) -> VolumeLease {
+        let status = match read {
+            Ok(state) => Some(lease_status(self.client, &self.res, state)),
+            Err(e) => {
+                tracing::warn!(sd = %self.res.lockspace, vol = %self.vol, error = %e,
+                    "cannot read the volume's lease");
+                None
+            }
+        };
+        VolumeLease {
+            path: self.res.area.path,
+            offset: self.res.area.offset,
+            status,
+        }
+    }
+}
+
 impl Storage {
-    /// The lease of volume `img`/`vol` on `domain` for `Volume.getInfo`:
-    /// `None` when the domain has no volume leases (sanlock disabled, no
-    /// lockspace), as VDSM leaves the key out then. Never an error: a
-    /// lease that cannot be read is reported without its status (or left
-    /// out when not even its place is known), logged; getInfo answers
-    /// about the volume regardless.
-    pub(super) fn volume_lease_info(
+    /// Where the lease of volume `img`/`vol` on `domain` is, for
+    /// `Volume.getInfo`: `None` when the domain has no volume leases
+    /// (sanlock disabled, no lockspace), as VDSM leaves the key out then,
+    /// or when not even the lease's place is known (logged). Never an
+    /// error: getInfo answers about the volume regardless.
+    pub(super) fn volume_lease_place(
         &self,
         domain: &Domain,
         img: ImgUuid,
         vol: VolUuid,
-    ) -> Option<VolumeLease> {
+    ) -> Option<LeasePlace<'_>> {
         let sd = domain.sd();
         let leases = match self.volume_leases(domain, Code::VolumeMetadataReadError) {
             Ok(leases) => leases?,
@@ -155,26 +224,11 @@ impl Storage {
                 return None;
             }
         };
-        let res = volume_lease(sd, vol, area.clone());
-        let client = &leases.sanlock.client;
-        let read = match domain {
-            // One sector through the mount's helper: the daemon's
-            // read_resource_owners reads the whole 1 MiB lease area
-            // (docs/performance.md, "Volume.getInfo's lease").
-            Domain::File(d) => read_leader(&d.fs, &area, leases.geometry.sector(), vol),
-            Domain::Block(_) => client.read_lease(&res).map_err(|e| e.to_string()),
-        };
-        let status = match read {
-            Ok(state) => Some(lease_status(client, &res, state)),
-            Err(e) => {
-                tracing::warn!(%sd, %vol, error = %e, "cannot read the volume's lease");
-                None
-            }
-        };
-        Some(VolumeLease {
-            path: area.path,
-            offset: area.offset,
-            status,
+        Some(LeasePlace {
+            client: &leases.sanlock.client,
+            sector: leases.geometry.sector(),
+            res: volume_lease(sd, vol, area),
+            vol,
         })
     }
 
@@ -312,17 +366,9 @@ impl Storage {
 /// while its timestamp is set (sanlock clears it at the release). A record
 /// that is not this volume's lease is an error (VDSM: `InvalidLeaseName`,
 /// the status left out).
-fn read_leader(
-    fs: &crate::mount_fs::MountFs,
-    area: &Area,
-    sector: u32,
-    vol: VolUuid,
-) -> Result<LeaseState, String> {
+fn parse_leader(bytes: &[u8], vol: VolUuid) -> Result<LeaseState, String> {
     use crate::xlease::leader::{Leader, PAXOS_DISK_MAGIC};
-    let bytes = fs
-        .read_at(&area.path, area.offset, sector, true)
-        .map_err(|e| e.to_string())?;
-    let leader = Leader::parse(&bytes).map_err(|e| e.to_string())?;
+    let leader = Leader::parse(bytes).map_err(|e| e.to_string())?;
     if leader.magic != PAXOS_DISK_MAGIC || leader.resource_name != vol.to_string() {
         return Err(format!(
             "no lease of volume {vol} there (magic {:#x}, name {:?})",

@@ -19,7 +19,7 @@ use std::os::unix::fs::symlink;
 use depot_api::storage::{ImgUuid, Legality, SdUuid, SpUuid, VolUuid};
 use depot_api::Code;
 
-use super::volume_leases::VolumeLease;
+use super::volume_leases::{LeasePlace, VolumeLease};
 use super::Storage;
 use crate::backup::PreparePurpose;
 use crate::domain::Domain;
@@ -97,18 +97,33 @@ impl Storage {
     }
 
     /// Volume.getInfo: the volume, and its lease where the domain has
-    /// volume leases (volume_leases.rs: read by the sanlock daemon).
+    /// volume leases (volume_leases.rs). A file volume's lease sector is
+    /// read in the same helper round trip as the volume's own files.
     pub fn volume_info_with_lease(
         &self,
         sd: SdUuid,
         img: ImgUuid,
         vol: VolUuid,
     ) -> StorageResult<(VolumeInfo, Option<VolumeLease>)> {
-        let verb = |domain: &Domain| {
-            let held = self.lock_image(sd, img, false)?;
-            let info = self.with_volumes(domain, &held, move |v| v.info(img, vol))?;
-            drop(held);
-            Ok((info, self.volume_lease_info(domain, img, vol)))
+        let verb = |domain: &Domain| match domain {
+            Domain::File(d) => {
+                // Its place is a path: known before the image lock.
+                let lease = self.volume_lease_place(domain, img, vol);
+                let held = self.lock_image(sd, img, false)?;
+                let sector = lease.as_ref().map(LeasePlace::sector);
+                let (info, read) = d
+                    .volumes(self.volume_tools())
+                    .info_and_read(img, vol, sector)?;
+                drop(held);
+                Ok((info, lease.map(|l| l.reported_from(read))))
+            }
+            Domain::Block(_) => {
+                let held = self.lock_image(sd, img, false)?;
+                let info = self.with_volumes(domain, &held, move |v| v.info(img, vol))?;
+                drop(held);
+                let lease = self.volume_lease_place(domain, img, vol);
+                Ok((info, lease.map(LeasePlace::reported_by_daemon)))
+            }
         };
         self.reading(sd, verb, |_| false)
     }

@@ -156,6 +156,66 @@ impl<'a> FileVolumes<'a> {
         self
     }
 
+    /// [`VolumeStore::info`], with one more read of the caller's in the
+    /// same round trip to a helper (`Volume.getInfo` reads the volume's
+    /// lease sector this way: engine/volume_leases.rs makes sense of it,
+    /// this module only carries it). The read's answer, or its own error,
+    /// is handed back beside the info; it never fails the info, and the
+    /// info's errors are the same as without it.
+    pub fn info_and_read(
+        &self,
+        img: ImgUuid,
+        vol: VolUuid,
+        extra: Option<Look<'_>>,
+    ) -> StorageResult<(VolumeInfo, Option<io::Result<Seen>>)> {
+        const OP: &str = "volume info";
+        let fs = self.fs;
+        // One round trip to a helper: the listing (for the marker and the
+        // other volumes), the record, the stat of the data (and the
+        // caller's read, last); a second only
+        // for the other volumes' records (the children), if there are any.
+        // The answers are taken in the order the calls were made one by
+        // one, with the same errors.
+        let (dir, meta, data) = (
+            self.paths.image(img),
+            self.paths.volume_meta(img, vol),
+            self.paths.volume(img, vol),
+        );
+        let mut looks = vec![
+            Look::Names(&dir),
+            Look::ReadToEnd(&meta, META_READ_MAX),
+            Look::Lstat(&data),
+        ];
+        looks.extend(extra);
+        // No answer at all: as the listing, the first call, would fail.
+        let seen = fs
+            .look(&looks)
+            .map_err(|e| open_error(Code::ImagePathError, OP, &dir, e))?;
+        let mut seen = seen.into_iter();
+        let (Some(names), Some(record), Some(stat)) = (seen.next(), seen.next(), seen.next())
+        else {
+            return Err(StorageError::new(
+                Code::ImagePathError,
+                OP,
+                "three answers expected",
+            ));
+        };
+        let extra = extra.map(|_| {
+            seen.next()
+                .unwrap_or_else(|| Err(io::Error::other("no answer to the extra read")))
+        });
+        let entries = ImageEntries::of_listing(names.and_then(seen_names), &dir, OP)?;
+        entries.refuse_creating(self.paths, img, vol, OP)?;
+        let metadata = record_of(record.and_then(seen_data), &meta, img, vol, OP)?;
+        let others: Vec<VolUuid> = entries.complete().filter(|&v| v != vol).collect();
+        let children = children_among(fs, self.paths, img, vol, &others, OP)?;
+        let st = stat
+            .and_then(seen_stat)
+            .map_err(|e| missing_or(e, &data, img, vol, Code::VolumeMetadataReadError, OP))?;
+        let info = info_of(self.paths, img, vol, metadata, children, &st);
+        Ok((info, extra))
+    }
+
     /// Steps 3 to 8 of the creation (module docs).
     // long: over 100 lines on purpose: the steps in the order that makes the
     // creation crash-safe, each next to the fsync it needs; split, that
@@ -424,38 +484,7 @@ impl VolumeStore for FileVolumes<'_> {
     /// record that cannot be read is 207, one that cannot be parsed has the
     /// metadata error's code.
     fn info(&self, img: ImgUuid, vol: VolUuid) -> StorageResult<VolumeInfo> {
-        const OP: &str = "volume info";
-        let fs = self.fs;
-        // One round trip to a helper: the listing (for the marker and the
-        // other volumes), the record, the stat of the data; a second only
-        // for the other volumes' records (the children), if there are any.
-        // The answers are taken in the order the calls were made one by
-        // one, with the same errors.
-        let (dir, meta, data) = (
-            self.paths.image(img),
-            self.paths.volume_meta(img, vol),
-            self.paths.volume(img, vol),
-        );
-        let looks = [
-            Look::Names(&dir),
-            Look::ReadToEnd(&meta, META_READ_MAX),
-            Look::Lstat(&data),
-        ];
-        // No answer at all: as the listing, the first call, would fail.
-        let seen = fs
-            .look(&looks)
-            .map_err(|e| open_error(Code::ImagePathError, OP, &dir, e))?;
-        let [names, record, stat] = <[io::Result<Seen>; 3]>::try_from(seen)
-            .map_err(|_| StorageError::new(Code::ImagePathError, OP, "three answers expected"))?;
-        let entries = ImageEntries::of_listing(names.and_then(seen_names), &dir, OP)?;
-        entries.refuse_creating(self.paths, img, vol, OP)?;
-        let metadata = record_of(record.and_then(seen_data), &meta, img, vol, OP)?;
-        let others: Vec<VolUuid> = entries.complete().filter(|&v| v != vol).collect();
-        let children = children_among(fs, self.paths, img, vol, &others, OP)?;
-        let st = stat
-            .and_then(seen_stat)
-            .map_err(|e| missing_or(e, &data, img, vol, Code::VolumeMetadataReadError, OP))?;
-        Ok(info_of(self.paths, img, vol, metadata, children, &st))
+        self.info_and_read(img, vol, None).map(|(info, _)| info)
     }
 
     /// `(apparent, true)` size of the data file: `st_size` and
