@@ -15,7 +15,7 @@ pub struct MappingError {
 }
 
 impl MappingError {
-    pub(crate) fn new(entry: impl Into<String>, problem: Problem) -> Self {
+    pub fn new(entry: impl Into<String>, problem: Problem) -> Self {
         MappingError {
             entry: entry.into(),
             problem,

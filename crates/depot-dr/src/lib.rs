@@ -17,8 +17,21 @@ pub use mapping::{
 };
 pub use toml_format::{parse_toml, VERSION};
 
+/// The largest mapping text read (a mapping of a few hundred domains is
+/// tens of KiB).
+pub const MAX_MAPPING_BYTES: usize = 1 << 20;
+
 /// Reads a mapping in `format`.
 pub fn parse(text: &str, format: Format) -> Result<Mapping, MappingError> {
+    if text.len() > MAX_MAPPING_BYTES {
+        return Err(MappingError::new(
+            "file",
+            Problem::Syntax(format!(
+                "{} bytes, more than the {MAX_MAPPING_BYTES} a mapping may have",
+                text.len()
+            )),
+        ));
+    }
     match format {
         Format::Toml => parse_toml(text),
         Format::Ansible => parse_ansible(text),
