@@ -567,9 +567,8 @@ pub(crate) struct Rules {
 /// Applies every rule; the first broken one is the answer, naming its
 /// entry.
 pub(crate) fn build(draft: Draft, rules: Rules) -> Result<Mapping, MappingError> {
-    let primary_pool = pool(&draft.primary_pool, "pool.primary", rules)?;
-    let secondary_pool = pool(&draft.secondary_pool, "pool.secondary", rules)?;
-    let hosts = hosts(&draft)?;
+    // The entries first: an Ansible file's pools come from its entries,
+    // so an entry's own problem (a missing secondary) is the one to name.
     if draft.pairs.is_empty() {
         return Err(MappingError::new("file", Problem::Missing("connections")));
     }
@@ -578,6 +577,9 @@ pub(crate) fn build(draft: Draft, rules: Rules) -> Result<Mapping, MappingError>
         connections.push(pair(d, rules)?);
     }
     check_unique(&draft.pairs, &connections)?;
+    let primary_pool = pool(&draft.primary_pool, "pool.primary", rules)?;
+    let secondary_pool = pool(&draft.secondary_pool, "pool.secondary", rules)?;
+    let hosts = hosts(&draft)?;
     Ok(Mapping {
         format: rules.format,
         primary_pool,

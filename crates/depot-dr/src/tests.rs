@@ -786,3 +786,15 @@ fn the_format_names_round_trip() {
     }
     assert_eq!(parse(EXAMPLE, Format::Toml).unwrap().connections().len(), 6);
 }
+
+#[test]
+fn an_ansible_entry_without_its_secondary_is_named_not_the_pool() {
+    // No secondary at all: no dr_secondary_dc_name either, so no
+    // secondary data center; the entry is what is wrong.
+    let e = refused_ansible(
+        "dr_import_storages:\n  - dr_domain_type: nfs\n    dr_primary_name: data\n    \
+         dr_primary_dc_name: Prod\n    dr_primary_address: 192.0.2.1\n    dr_primary_path: /export/data\n",
+    );
+    assert_eq!(e.entry, "dr_import_storages[0] ('data')");
+    assert_eq!(e.problem, Problem::MissingSecondary);
+}

