@@ -5,6 +5,7 @@ mod args;
 mod call;
 mod connect;
 mod copy;
+mod dr;
 mod events;
 mod jobs;
 mod ovf;
@@ -110,6 +111,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             .await
         }
         Cmd::Ovf(cmd) => ovf::run(&ep, opts, flow_id, cmd).await,
+        Cmd::Dr(cmd) => dr::run(&ep, opts, flow_id, cmd).await,
     }
 }
 
