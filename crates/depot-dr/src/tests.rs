@@ -798,3 +798,15 @@ fn an_ansible_entry_without_its_secondary_is_named_not_the_pool() {
     assert_eq!(e.entry, "dr_import_storages[0] ('data')");
     assert_eq!(e.problem, Problem::MissingSecondary);
 }
+
+#[test]
+fn docs_dr_md_shows_the_example_file_as_it_is() {
+    let doc = include_str!("../../../docs/dr.md");
+    let start = doc.find("```toml\n").expect("a toml block in docs/dr.md") + "```toml\n".len();
+    let end = start + doc[start..].find("```").expect("the block closes");
+    assert_eq!(
+        &doc[start..end],
+        EXAMPLE,
+        "docs/dr.md's example is not docs/examples/dr-mapping.toml"
+    );
+}
