@@ -775,32 +775,7 @@ fn endpoint(kind: ConnectionType, d: &DraftEndpoint, rules: Rules) -> Result<End
             path: abs_path(&d.path, "path")?,
             vfs_type: required(&d.vfs_type, "vfs_type")?.to_string(),
         },
-        ConnectionType::LocalFs => {
-            if let Some(a) = d.address.as_deref().filter(|a| !a.trim().is_empty()) {
-                return Err(Problem::LocalNotDirectory(format!(
-                    "it has an address ({a:?}); give the local path only"
-                )));
-            }
-            let raw = required(&d.path, "path")?;
-            if raw.contains(':') && !raw.starts_with('/') {
-                return Err(Problem::LocalNotDirectory(format!(
-                    "{raw:?} is a remote spec, not a local path"
-                )));
-            }
-            let path = abs_path(&d.path, "path")?;
-            if path.is_root() {
-                return Err(Problem::LocalNotDirectory("\"/\" is the root".into()));
-            }
-            if let Some(top) = NOT_DIRECTORIES
-                .iter()
-                .find(|t| path.as_str() == **t || path.as_str().starts_with(&format!("{t}/")))
-            {
-                return Err(Problem::LocalNotDirectory(format!(
-                    "{path} is under {top}, not a directory of files"
-                )));
-            }
-            Endpoint::LocalFs { path }
-        }
+        ConnectionType::LocalFs => local(d)?,
         ConnectionType::Iscsi => {
             let port = match d.port {
                 None => ISCSI_PORT,
@@ -839,6 +814,34 @@ fn endpoint(kind: ConnectionType, d: &DraftEndpoint, rules: Rules) -> Result<End
             Endpoint::Fcp { luns }
         }
     })
+}
+
+/// A LOCALFS side: a local directory, nothing else.
+fn local(d: &DraftEndpoint) -> Result<Endpoint, Problem> {
+    if let Some(a) = d.address.as_deref().filter(|a| !a.trim().is_empty()) {
+        return Err(Problem::LocalNotDirectory(format!(
+            "it has an address ({a:?}); give the local path only"
+        )));
+    }
+    let raw = required(&d.path, "path")?;
+    if raw.contains(':') && !raw.starts_with('/') {
+        return Err(Problem::LocalNotDirectory(format!(
+            "{raw:?} is a remote spec, not a local path"
+        )));
+    }
+    let path = abs_path(&d.path, "path")?;
+    if path.is_root() {
+        return Err(Problem::LocalNotDirectory("\"/\" is the root".into()));
+    }
+    if let Some(top) = NOT_DIRECTORIES
+        .iter()
+        .find(|t| path.as_str() == **t || path.as_str().starts_with(&format!("{t}/")))
+    {
+        return Err(Problem::LocalNotDirectory(format!(
+            "{path} is under {top}, not a directory of files"
+        )));
+    }
+    Ok(Endpoint::LocalFs { path })
 }
 
 /// The same domain twice, the same primary twice, the same secondary

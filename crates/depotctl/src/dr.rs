@@ -159,7 +159,23 @@ pub fn render_plan(plan: &Value) -> Result<String, String> {
             &domains,
         ));
     }
-    let fence = &plan["fence"];
+    out.push_str(&render_fence(&plan["fence"]));
+    for w in plan
+        .get("warnings")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!("warning: {}\n", w.as_str().unwrap_or("")));
+    }
+    out.push_str("\nnothing was changed: DR.failover is not there yet (docs/dr.md)\n");
+    Ok(out)
+}
+
+/// The fence check: its verdict, why, and each host that is not known
+/// dead.
+fn render_fence(fence: &Value) -> String {
+    let mut out = String::new();
     out.push_str(&format!(
         "\nfence check: {}\n  {}\n",
         text(fence, "verdict"),
@@ -191,16 +207,7 @@ pub fn render_plan(plan: &Value) -> Result<String, String> {
             doms.join(", ")
         ));
     }
-    for w in plan
-        .get("warnings")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        out.push_str(&format!("warning: {}\n", w.as_str().unwrap_or("")));
-    }
-    out.push_str("\nnothing was changed: DR.failover is not there yet (docs/dr.md)\n");
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
