@@ -344,3 +344,72 @@ async fn bad_mappings_are_refused_with_their_codes() {
     let huge = format!("{good}\n#{}\n", "x".repeat(1 << 20));
     disk.refused(&c, json!({"mapping": huge}), 9040).await;
 }
+
+/// The fence check against the real sanlock daemon: this host holds id 1
+/// in the domain's lockspace; a mapping that says this host is 3 and 1 is
+/// the lost site's sees host 1 renewing its lease, and refuses naming it
+/// (as it would for an old site still alive), unless 1 is confirmed
+/// fenced. A mapping that does not say which host this is takes the id
+/// this host holds (1), and passes.
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn the_fence_check_names_a_host_that_still_renews_its_lease() {
+    depot_testkit::require_root();
+    use storage_common::sanlock_pool::{pool, pool_connect, until_acquired, SANLOCK_CONFIG};
+    let _sanlock = depot_testkit::sanlock::SanlockDaemon::start().expect("sanlock daemon");
+    let d = Daemon::start(SANLOCK_CONFIG);
+    let p = pool(&d).await;
+    let primary = p.dom.parent().unwrap().to_path_buf();
+    let replica = Site::new();
+    let text = mapping(&primary, &replica.path(), &p.sd)
+        .replace("primary_site = [1, 2]", "primary_site = [1]");
+
+    // Before this host is in the lockspace: nothing can be read.
+    let plan = call_ok(&p.c, "DR.plan", json!({"mapping": text})).await;
+    assert_eq!(plan["fence"]["verdict"], "unknown", "{plan}");
+    let detail = plan["fence"]["domains"][0]["detail"].as_str().unwrap_or("");
+    assert!(detail.contains("no host id acquired"), "{plan}");
+
+    call_ok(&p.c, "StoragePool.connect", pool_connect(&p, 1)).await;
+    until_acquired(&p.c, &p.sd).await;
+
+    let plan = call_ok(&p.c, "DR.plan", json!({"mapping": text})).await;
+    let fence = &plan["fence"];
+    assert_eq!(fence["verdict"], "refuse", "{fence}");
+    let hosts = fence["live_hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 1, "{fence}");
+    assert_eq!(hosts[0]["host_id"], 1, "{fence}");
+    assert_eq!(hosts[0]["site"], "primary", "{fence}");
+    assert_eq!(hosts[0]["domains"], json!([p.sd]), "{fence}");
+    assert!(
+        matches!(hosts[0]["status"].as_str(), Some("live" | "unknown")),
+        "{fence}"
+    );
+    let message = fence["message"].as_str().unwrap();
+    assert!(
+        message.contains("host 1 (") && message.contains("primary site"),
+        "{message}"
+    );
+    assert_eq!(fence["domains"][0]["checked"], true, "{fence}");
+    assert_eq!(fence["domains"][0]["this_host"], 3, "{fence}");
+
+    // Confirmed fenced by id: it passes, the host still named.
+    let plan = call_ok(
+        &p.c,
+        "DR.plan",
+        json!({"mapping": text, "confirmedFenced": [1]}),
+    )
+    .await;
+    assert_eq!(
+        plan["fence"]["verdict"], "pass (confirmed fenced)",
+        "{plan}"
+    );
+    assert_eq!(plan["fence"]["live_hosts"][0]["confirmed"], true, "{plan}");
+
+    // Without this_host, the id this host holds is this host.
+    let own = text.replace("this_host = 3\n", "");
+    let plan = call_ok(&p.c, "DR.plan", json!({"mapping": own})).await;
+    assert_eq!(plan["fence"]["verdict"], "pass", "{plan}");
+    assert_eq!(plan["fence"]["domains"][0]["this_host"], 1, "{plan}");
+    assert_eq!(plan["fence"]["live_hosts"], json!([]), "{plan}");
+}
