@@ -8,11 +8,11 @@ use serde_json::{Map, Value};
 
 use crate::error::{ApiError, Code};
 use crate::results::{
-    BlockDeviceInfo, ConnectionStatus, DomainInfo, DomainStats, Done, FenceNodeResult, FileStat,
-    HostLiveness, HostStats, LeaseInfo, LeaseStatus, OvfBackupAttached, OvfBackupEntity,
-    OvfBackupListing, OvfBackupRestored, OvfEntities, OvfEntityText, OvfStore, PoolInfo,
-    PreparedImage, RepoStats, SpmStatus, TaskId, TaskInfo, TaskStatus, VolumeGroupInfo, VolumeInfo,
-    VolumeSize, WireResult,
+    BlockDeviceInfo, ConnectionStatus, DomainInfo, DomainStats, Done, DrPlanReport,
+    FenceNodeResult, FileStat, HostLiveness, HostStats, LeaseInfo, LeaseStatus, OvfBackupAttached,
+    OvfBackupEntity, OvfBackupListing, OvfBackupRestored, OvfEntities, OvfEntityText, OvfStore,
+    PoolInfo, PreparedImage, RepoStats, SpmStatus, TaskId, TaskInfo, TaskStatus, VolumeGroupInfo,
+    VolumeInfo, VolumeSize, WireResult,
 };
 use crate::storage::{
     AllocType, ByteSize, ConnectionList, CopyEndpoint, DiskType, DomainClass, DomainType,
@@ -566,6 +566,29 @@ verbs! {
         /// The domain.
         storagedomainID: SdUuid,
     } -> (Vec<HostLiveness>, "each host sanlock has seen in the lockspace, by host id");
+
+    /// depot's own (docs/dr.md): what a disaster-recovery failover with
+    /// this mapping would do, changing nothing. Per connection pair,
+    /// whether each side is connected and what step 2 would disconnect
+    /// and connect; per domain, whether this host sees it and on which
+    /// side; and the fence check (step 1): the hosts other than this one
+    /// that still renew their delta leases on the domains this host
+    /// sees, refusing (naming them) unless each is confirmed fenced. A
+    /// mapping that is not valid is refused with a code of
+    /// 9040..=9048 naming the entry.
+    "DR.plan" => DrPlan {
+        /// The mapping file's text. The text, not a path: depotd runs as
+        /// root and opens no file a caller names.
+        mapping: String,
+        /// `toml` (depot's format, the default) or `ansible` (the oVirt
+        /// Ansible role's var file: its `dr_import_storages`).
+        format: Option<String>,
+        /// Plan the failback: the same mapping reversed (default false).
+        failback: Option<bool>,
+        /// Host ids the admin confirms fenced: they do not refuse the
+        /// fence check (not recorded yet).
+        confirmedFenced: Option<Vec<u64>>,
+    } -> (DrPlanReport);
 
     /// Creates a VM or external lease in the domain's `xleases` volume: a
     /// sanlock resource named by the lease id, and its record in the

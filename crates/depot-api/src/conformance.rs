@@ -739,6 +739,12 @@ pub const DIFFERENCES: &[Difference] = &[
         "the storage's own answer to whether a host is alive (sanlock's delta leases), for \
          fencing and disaster recovery; VDSM keeps it internal (hsm.getHostLeaseStatus)",
     ),
+    d(
+        "DR.plan",
+        Item::DepotVerb,
+        "disaster recovery from a mapping file (docs/dr.md); in oVirt the engine and its \
+         Ansible role drive it, VDSM has no verb",
+    ),
     xleases_tier("Lease.create"),
     xleases_tier("Lease.delete"),
     xleases_tier("Lease.info"),

@@ -302,6 +302,32 @@ codes! {
     /// `Lease.create` with every lease slot of the domain's `xleases`
     /// volume taken (VDSM's `NoSpace`, which has no code of its own).
     XleasesFull = 9032, "No free lease slot in the domain's xleases volume";
+    // Disaster recovery (docs/dr.md): the mapping file, one code per rule.
+    /// `DR.plan`: the mapping is not TOML (or YAML for the Ansible
+    /// format), has a key the format does not know, or a version this
+    /// depot does not read.
+    DrMappingUnreadable = 9040, "The disaster recovery mapping cannot be read";
+    /// A primary connection without its secondary.
+    DrMissingSecondary = 9041, "A primary connection in the disaster recovery mapping has no secondary";
+    /// A domain UUID listed twice, or two entries with the same primary
+    /// (or the same secondary) connection.
+    DrDuplicateEntry = 9042, "The disaster recovery mapping lists an entry twice";
+    /// A connection type other than NFS, GLUSTERFS, POSIXFS, ISCSI, FCP,
+    /// LOCALFS.
+    DrUnknownConnectionType = 9043, "Unknown connection type in the disaster recovery mapping";
+    /// A relative path, a path with `..`, or one that is not a path.
+    DrPathEscape = 9044, "A path in the disaster recovery mapping is not absolute or escapes";
+    /// An entry whose secondary is its primary.
+    DrSecondaryIsPrimary = 9045, "A secondary connection in the disaster recovery mapping is its own primary";
+    /// An iSCSI entry without a target, or an iSCSI or FCP entry without
+    /// its LUNs.
+    DrBlockConnectionIncomplete = 9046, "A block connection in the disaster recovery mapping lacks its target or LUNs";
+    /// A LOCALFS side that is not a local directory path.
+    DrLocalNotDirectory = 9047, "A LOCALFS connection in the disaster recovery mapping is not a local directory";
+    /// Any other value the mapping cannot take (a field missing, a bad
+    /// UUID, address, port or host id, two data centers, a host in both
+    /// sites).
+    DrMappingInvalid = 9048, "The disaster recovery mapping is invalid";
 }
 
 impl fmt::Display for Code {

@@ -422,6 +422,135 @@ object! {
 }
 
 object! {
+    /// `DR.plan`'s answer (docs/dr.md): what a failover with the mapping
+    /// would do, read without changing anything.
+    DrPlanReport {
+        /// The mapping's format: `toml` or `ansible`.
+        format: String,
+        /// Whether this is the failback plan (the mapping reversed).
+        failback: bool,
+        /// What the mapping had that depot does not use (the Ansible
+        /// file's engine keys), named.
+        warnings: Vec<String>,
+        /// The data center that is lost.
+        primary_pool: DrPool,
+        /// The data center the domains are recovered into.
+        secondary_pool: DrPool,
+        connections: Vec<DrConnectionPlan>,
+        /// Failover's step 1.
+        fence: DrFenceCheck,
+    }
+}
+
+object! {
+    /// A data center of a DR mapping: its id, its name, or both.
+    DrPool {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    }
+}
+
+object! {
+    /// One primary connection of a DR mapping and its secondary.
+    DrConnectionPlan {
+        /// The entry's name (`connection 'data'`, `dr_import_storages[0] ('x')`).
+        name: String,
+        /// NFS, GLUSTERFS, POSIXFS, ISCSI, FCP or LOCALFS.
+        r#type: String,
+        /// A backup domain: never made the master.
+        backup: bool,
+        primary: DrSidePlan,
+        secondary: DrSidePlan,
+        /// The mapping's domains, then any found on a side that it does
+        /// not list.
+        domains: Vec<DrDomainSight>,
+    }
+}
+
+object! {
+    /// One side of a DR connection pair now, and what failover would do.
+    DrSidePlan {
+        /// The connection (`server:/path`, the directory, the portal and
+        /// targets, the LUNs).
+        connection: String,
+        /// `connected`, `not connected` or `unknown`.
+        state: String,
+        /// Why the state is unknown.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+        /// Failover's step 2: `disconnect` (primary), `connect`
+        /// (secondary) or `none`.
+        action: String,
+        /// Where a file connection is (or would be) mounted.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mount_point: Option<String>,
+    }
+}
+
+object! {
+    /// Where this host sees one domain of a DR mapping.
+    DrDomainSight {
+        sd_id: String,
+        /// Listed in the mapping (false: found on a side, not listed).
+        expected: bool,
+        visible: bool,
+        /// `primary`, `secondary` (a side of its pair), `block` (its VG,
+        /// side not told by the LUNs), `elsewhere`, `nowhere` or
+        /// `unreadable`.
+        on: String,
+        /// The VG and its LUNs, the other mount, or why unreadable.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    }
+}
+
+object! {
+    /// Failover's step 1 (read-only): who still renews a delta lease.
+    DrFenceCheck {
+        /// `pass`, `pass (confirmed fenced)`, `refuse` or `unknown`.
+        verdict: String,
+        /// What the verdict rests on, naming the hosts.
+        message: String,
+        /// Every host other than this one that is not known dead.
+        live_hosts: Vec<DrLiveHost>,
+        /// Each visible domain's lockspace as read.
+        domains: Vec<DrFenceDomain>,
+    }
+}
+
+object! {
+    /// A host other than this one that sanlock does not see dead.
+    DrLiveHost {
+        host_id: u64,
+        /// sanlock's status: `live`, `fail` or `unknown`.
+        status: String,
+        /// `primary`, `secondary` or `unlisted` (by the mapping's hosts).
+        site: String,
+        /// Confirmed fenced by the caller (`confirmedFenced`).
+        confirmed: bool,
+        /// The domains whose lockspace it is in.
+        domains: Vec<String>,
+    }
+}
+
+object! {
+    /// One lockspace of the fence check.
+    DrFenceDomain {
+        sd_id: String,
+        /// Whether sanlock's host list was read.
+        checked: bool,
+        /// This host's id there, left out of the check.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        this_host: Option<u64>,
+        /// Why it could not be read.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    }
+}
+
+object! {
     /// VDSM's LeaseInfo (`Lease.info`): where the lease is, for acquiring
     /// it with sanlock (lockspace `sd_id`, resource `lease_id`).
     LeaseInfo {

@@ -32,6 +32,8 @@ pub mod volume_store;
 pub mod xlease;
 
 pub use domain_spec::CreateDomain;
+/// `DR.plan`'s typed report (docs/dr.md).
+pub use engine::dr;
 pub use engine::{Control, CopyOutcome, DestinationLease, VolRef};
 pub use engine::{MailboxConfig, Prepared, Storage, StorageConfig};
 pub use engine::{OvfListing, OvfStoreInfo, Readable, StoreTexts, UploadDone};

@@ -167,6 +167,9 @@ pub enum Cmd {
     /// OVF_STORE (docs/storage.md, "OVF backup providers").
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// Disaster recovery from a mapping file (docs/dr.md).
+    #[command(subcommand)]
+    Dr(DrCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -223,6 +226,45 @@ pub enum BackupCmd {
         #[arg(long)]
         fresh: bool,
         /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The formats of a DR mapping file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MappingFormat {
+    /// depot's own TOML.
+    Toml,
+    /// The oVirt Ansible role's var file (its dr_import_storages).
+    Ansible,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DrCmd {
+    /// Shows what a failover with the mapping would do, changing nothing
+    /// (DR.plan): per connection, what would be disconnected and
+    /// connected; per domain, where this host sees it; and the fence
+    /// check: the hosts other than this one that still renew their
+    /// leases, which refuse the failover unless confirmed fenced.
+    ///
+    /// The file is read here and its text sent: the daemon opens no file
+    /// a caller names.
+    Plan {
+        /// The mapping file.
+        #[arg(long, value_name = "FILE")]
+        mapping: PathBuf,
+        /// Its format (default: ansible for a .yml or .yaml file, else
+        /// toml).
+        #[arg(long, value_enum)]
+        format: Option<MappingFormat>,
+        /// Plan the failback: the same mapping reversed.
+        #[arg(long)]
+        failback: bool,
+        /// A host id confirmed fenced (repeat for each); not recorded yet.
+        #[arg(long, value_name = "HOST_ID")]
+        confirm_fenced: Vec<u64>,
+        /// Print the plan as JSON, exactly as received.
         #[arg(long)]
         json: bool,
     },

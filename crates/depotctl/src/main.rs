@@ -6,6 +6,7 @@ mod backup;
 mod call;
 mod connect;
 mod copy;
+mod dr;
 mod events;
 mod jobs;
 mod ovf;
@@ -112,6 +113,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Ovf(cmd) => ovf::run(&ep, opts, flow_id, cmd).await,
         Cmd::Backup(cmd) => backup::run(&ep, opts, flow_id, cmd).await,
+        Cmd::Dr(cmd) => dr::run(&ep, opts, flow_id, cmd).await,
     }
 }
 

@@ -646,6 +646,39 @@ fn check_promises(w: &Walk, d: &Daemon) {
     );
     assert!(!list_images(w, "sd").contains(&img.into()));
     assert!(list_images(w, "sd2").contains(&img.into()));
+
+    // Disaster recovery: the plan of the mapping, changing nothing.
+    let report = w.out("# disconnect data, connect the replica; fence: unknown");
+    for want in [
+        "DR plan (failover) from a toml mapping: dc (",
+        "disconnect  connected",
+        "/depot-replica  connect     not connected",
+        "fence check: unknown",
+        "sanlock is disabled",
+        "nothing was changed",
+    ] {
+        assert!(
+            report.contains(want),
+            "{want:?} not in the report:\n{report}"
+        );
+    }
+    assert!(report.contains(sd), "{report}");
+    let plan = w.json("# the same plan, as the daemon answered it");
+    let conn = &plan["connections"][0];
+    assert_eq!(conn["primary"]["state"], "connected", "{plan}");
+    assert_eq!(conn["primary"]["action"], "disconnect", "{plan}");
+    assert_eq!(conn["secondary"]["action"], "connect", "{plan}");
+    assert_eq!(
+        conn["domains"][0],
+        serde_json::json!({"sd_id": sd, "expected": true, "visible": true, "on": "primary"}),
+        "{plan}"
+    );
+    assert_eq!(plan["fence"]["verdict"], "unknown", "{plan}");
+    assert_eq!(plan["primary_pool"]["id"], w.var("sp"), "{plan}");
+    assert!(
+        w.out("# exit 1: error 9040").contains("error 9040"),
+        "a file that is not a mapping is refused"
+    );
 }
 
 /// `StorageDomain.getImages` of the walk-through's domain `$name`, asked

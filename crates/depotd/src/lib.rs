@@ -8,6 +8,7 @@ pub mod call;
 pub mod config;
 pub mod conn;
 pub mod daemon;
+pub mod dr_api;
 pub mod events;
 pub mod fencing;
 pub mod jsonrpc;

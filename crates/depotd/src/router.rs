@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::call::CallCtx;
+use crate::dr_api;
 use crate::fencing::{self, Fencer};
 use crate::storage_api;
 use crate::storage_jobs;
@@ -185,6 +186,7 @@ impl Router {
             Call::StorageDomainGetHostLiveness(p) => {
                 wire(storage_api::host_liveness(storage, p.storagedomainID).await)
             }
+            Call::DrPlan(p) => wire(dr_api::plan(storage, p).await),
             Call::StoragePoolCreate(p) => wire(storage_api::create_pool(storage, p).await),
             Call::StoragePoolConnect(p) => wire(storage_api::connect_pool(storage, p).await),
             Call::StoragePoolDisconnect(p) => wire(storage_api::disconnect_pool(storage, p).await),

@@ -63,7 +63,7 @@ impl Storage {
     }
 
     /// The helpers of `dir`'s mount with a scan's deadline per call.
-    fn scan_fs(&self, dir: &Path) -> MountFs {
+    pub(super) fn scan_fs(&self, dir: &Path) -> MountFs {
         self.mount_fs(dir)
             .with_timeout(self.config.io_timeout.min(SCAN_TIMEOUT))
     }

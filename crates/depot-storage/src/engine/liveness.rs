@@ -22,8 +22,15 @@ impl Storage {
     /// for an unknown domain; 9021 when this host is not in the lockspace
     /// (no host id acquired there, or no sanlock).
     pub fn host_liveness(&self, sd: SdUuid) -> StorageResult<Vec<HostInfo>> {
-        const OP: &str = "host liveness";
         self.locate(sd)?;
+        self.lockspace_hosts(sd)
+    }
+
+    /// [`host_liveness`](Self::host_liveness) without looking for the
+    /// domain first: only sanlock is asked (DR.plan, which has found the
+    /// domain its own read-only way). 9021 as there.
+    pub(super) fn lockspace_hosts(&self, sd: SdUuid) -> StorageResult<Vec<HostInfo>> {
+        const OP: &str = "host liveness";
         let not_held =
             |why: String| StorageError::new(Code::HostIdNotHeld, OP, format!("{sd}: {why}"));
         let Some(sanlock) = self.config.sanlock.as_ref().map(|s| &s.client) else {

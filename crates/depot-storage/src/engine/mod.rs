@@ -38,6 +38,7 @@ use pools::Pools;
 mod connections;
 mod copy;
 mod domains;
+pub mod dr;
 mod leases;
 mod liveness;
 pub mod lvm;

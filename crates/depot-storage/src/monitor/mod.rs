@@ -359,6 +359,12 @@ impl Monitor {
         v
     }
 
+    /// The host id this host is to hold in `sd`'s lockspace (set by a
+    /// pool connect), if any.
+    pub fn host_id(&self, sd: SdUuid) -> Option<u64> {
+        self.lock().host_ids.get(&sd).copied()
+    }
+
     /// The host id `sd` acquires in its lockspace from the next round
     /// (`None`: releases it). Kept for a domain not monitored yet, which
     /// gets it when started.
