@@ -102,6 +102,28 @@ impl Host<'_> {
             .unwrap_or_else(|| panic!("host {id} not in {}'s host_status: {all:?}", self.name))
     }
 
+    /// Waits until this host's daemon has seen host `id` renew in `sd`'s
+    /// lockspace twice (a daemon that just joined lists no other host
+    /// until it has read the lockspace; sanlock counts a dead host's wait
+    /// from the last renewal it saw, so a test must not start its clock
+    /// before).
+    async fn seen_renewing(&self, sd: &str, id: i64) {
+        let stamp = || {
+            let all = self.sanlock.host_status(sd).expect("host_status");
+            all.iter()
+                .find(|h| h.host_id == id as u64)
+                .map(|h| h.timestamp)
+        };
+        let first = eventually("the daemon to list the other host", LIVE_WAIT, || async {
+            stamp()
+        })
+        .await;
+        eventually("the other host to renew again", LIVE_WAIT, || async {
+            stamp().filter(|t| *t > first)
+        })
+        .await;
+    }
+
     /// SIGKILL to its sanlock daemon and to depotd: the whole host dies.
     /// The daemon first: a daemon that outlives depotd even by a moment
     /// releases depotd's leases (the process-crash case).
@@ -349,11 +371,7 @@ async fn spm_failover_waits_for_the_dead_hosts_lease_and_not_for_a_dead_process(
 
     // 2. B's whole host dies. Wait until A's daemon saw B renew at least
     // once more, so that the floor below is B's real last renewal.
-    let seen = a.host_status(&p.sd, b.id).timestamp;
-    eventually("A to see B renew", LIVE_WAIT, || async {
-        (a.host_status(&p.sd, b.id).timestamp > seen).then_some(())
-    })
-    .await;
+    a.seen_renewing(&p.sd, b.id).await;
     b.kill();
     let killed = monotonic();
     let (became_spm, failed) = spm_start_until_success(&a, &p.sp).await;
@@ -422,11 +440,7 @@ async fn a_frozen_spm_replaced_by_another_host_changes_nothing_after_it_thaws() 
     assert_eq!(md["DESCRIPTION"], "by A", "{md:?}");
     // B's daemon has seen A renew (else sanlock counts the wait from B's
     // first look, not from A's last renewal).
-    let seen = b.host_status(&p.sd, a.id).timestamp;
-    eventually("B to see A renew", LIVE_WAIT, || async {
-        (b.host_status(&p.sd, a.id).timestamp > seen).then_some(())
-    })
-    .await;
+    b.seen_renewing(&p.sd, a.id).await;
 
     a.sanlock.freeze();
     a.d.signal(nix::sys::signal::Signal::SIGSTOP);
