@@ -80,38 +80,9 @@ pub fn is_stale_handle(err: &io::Error) -> bool {
 /// is set exactly (the umask does not apply). On failure before the rename
 /// the old file is untouched and the temporary is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
-    const OP: &str = "write_atomic";
-    let name = path.file_name().ok_or(FsError::InvalidArgument {
-        op: OP,
-        path: path.to_owned(),
-        reason: "the path has no file name",
-    })?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let (tmp_path, mut file) = create_temp(dir, name, mode)?;
-    let written = (|| {
-        file.write_all(bytes)
-            .map_err(io_err("write_atomic: write", &tmp_path))?;
-        file.set_permissions(Permissions::from_mode(mode))
-            .map_err(io_err("write_atomic: chmod", &tmp_path))?;
-        file.sync_all()
-            .map_err(io_err("write_atomic: fsync", &tmp_path))?;
-        drop(file);
-        fs::rename(&tmp_path, path).map_err(io_err("write_atomic: rename over", path))
-    })();
-    if let Err(e) = written {
-        if let Err(rm) = fs::remove_file(&tmp_path) {
-            tracing::warn!(path = %tmp_path.display(), error = %rm, "cannot remove temporary file");
-        }
-        return Err(e);
-    }
-    fsync_dir(dir)
+    replace(path, bytes, mode, &WRITE_ATOMIC)
 }
 
-/// Creates a new temporary file next to the target. O_EXCL plus a random
-/// name means two writers never share one.
 /// Replaces `path` with `bytes` as [`write_atomic`] does (a temporary file
 /// renamed over it: a reader sees the old content or the new, never a
 /// mix), but without its fsyncs: the new content survives a crash of this
@@ -121,9 +92,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError>
 /// For records whose loss in a host crash is acceptable and whose fsync
 /// would sit on a hot path (an SPM verb's born-finished task).
 pub fn replace_unsynced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
-    const OP: &str = "replace_unsynced";
+    replace(path, bytes, mode, &REPLACE_UNSYNCED)
+}
+
+/// One way of [`replace`]: whether it is durable when it returns (the
+/// file fsynced before the rename, the directory after), and the names
+/// its errors give its steps.
+struct Replace {
+    durable: bool,
+    op: &'static str,
+    create: &'static str,
+    write: &'static str,
+    chmod: &'static str,
+    fsync: &'static str,
+    rename: &'static str,
+}
+
+const WRITE_ATOMIC: Replace = Replace {
+    durable: true,
+    op: "write_atomic",
+    create: "write_atomic: create",
+    write: "write_atomic: write",
+    chmod: "write_atomic: chmod",
+    fsync: "write_atomic: fsync",
+    rename: "write_atomic: rename over",
+};
+
+const REPLACE_UNSYNCED: Replace = Replace {
+    durable: false,
+    op: "replace_unsynced",
+    create: "replace_unsynced: create",
+    write: "replace_unsynced: write",
+    chmod: "replace_unsynced: chmod",
+    fsync: "replace_unsynced: fsync",
+    rename: "replace_unsynced: rename over",
+};
+
+fn replace(path: &Path, bytes: &[u8], mode: u32, how: &Replace) -> Result<(), FsError> {
     let name = path.file_name().ok_or(FsError::InvalidArgument {
-        op: OP,
+        op: how.op,
         path: path.to_owned(),
         reason: "the path has no file name",
     })?;
@@ -131,14 +138,17 @@ pub fn replace_unsynced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsEr
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let (tmp_path, mut file) = create_temp(dir, name, mode)?;
+    let (tmp_path, mut file) = create_temp(dir, name, mode, how)?;
     let written = (|| {
         file.write_all(bytes)
-            .map_err(io_err("replace_unsynced: write", &tmp_path))?;
+            .map_err(io_err(how.write, &tmp_path))?;
         file.set_permissions(Permissions::from_mode(mode))
-            .map_err(io_err("replace_unsynced: chmod", &tmp_path))?;
+            .map_err(io_err(how.chmod, &tmp_path))?;
+        if how.durable {
+            file.sync_all().map_err(io_err(how.fsync, &tmp_path))?;
+        }
         drop(file);
-        fs::rename(&tmp_path, path).map_err(io_err("replace_unsynced: rename over", path))
+        fs::rename(&tmp_path, path).map_err(io_err(how.rename, path))
     })();
     if let Err(e) = written {
         if let Err(rm) = fs::remove_file(&tmp_path) {
@@ -146,10 +156,20 @@ pub fn replace_unsynced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsEr
         }
         return Err(e);
     }
+    if how.durable {
+        fsync_dir(dir)?;
+    }
     Ok(())
 }
 
-fn create_temp(dir: &Path, name: &OsStr, mode: u32) -> Result<(PathBuf, File), FsError> {
+/// Creates a new temporary file next to the target. O_EXCL plus a random
+/// name means two writers never share one.
+fn create_temp(
+    dir: &Path,
+    name: &OsStr,
+    mode: u32,
+    how: &Replace,
+) -> Result<(PathBuf, File), FsError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut last_err = None;
     for _ in 0..8 {
@@ -168,11 +188,11 @@ fn create_temp(dir: &Path, name: &OsStr, mode: u32) -> Result<(PathBuf, File), F
         {
             Ok(f) => return Ok((tmp_path, f)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
-            Err(e) => return Err(io_err("write_atomic: create", &tmp_path)(e)),
+            Err(e) => return Err(io_err(how.create, &tmp_path)(e)),
         }
     }
     let source = last_err.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists));
-    Err(io_err("write_atomic: create temporary in", dir)(source))
+    Err(io_err(how.create, dir)(source))
 }
 
 /// fsyncs a directory, which makes creates, renames and unlinks in it
@@ -387,6 +407,26 @@ mod tests {
         // A new inode: the old file was replaced, not rewritten in place.
         assert_ne!(fs::metadata(&p).unwrap().ino(), before);
         assert_eq!(names_in(dir.path()), vec!["meta"]);
+    }
+
+    #[test]
+    fn replace_unsynced_creates_and_replaces_by_a_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("task.json");
+        replace_unsynced(&p, b"first", 0o600).unwrap();
+        let before = fs::metadata(&p).unwrap().ino();
+        replace_unsynced(&p, b"second", 0o640).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"second");
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o640);
+        assert_ne!(
+            fs::metadata(&p).unwrap().ino(),
+            before,
+            "replaced, not rewritten"
+        );
+        assert_eq!(names_in(dir.path()), vec!["task.json"]);
+        let e = replace_unsynced(&dir.path().join("no/such/dir/x"), b"x", 0o600).unwrap_err();
+        assert!(e.to_string().contains("replace_unsynced"), "{e}");
+        assert_eq!(names_in(dir.path()), vec!["task.json"]);
     }
 
     #[test]
