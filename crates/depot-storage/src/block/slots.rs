@@ -53,7 +53,7 @@ fn on_worker<T: Send + 'static>(
 /// Runs `f`, direct I/O on shared block device `dev`, on `worker` within
 /// `timeout`; a call past it is `code` naming the device (with every path
 /// of a LUN down, multipath may queue I/O for a long time: the caller
-/// notices instead of hanging). Also the mailbox's (crate::mailbox::io).
+/// notices instead of hanging). Also the mailbox's (mailbox/io.rs).
 pub(crate) fn run_on_device_worker<T: Send + 'static>(
     worker: &IoWorker,
     timeout: Duration,
