@@ -94,14 +94,16 @@ fn host_id_is_acquired_seen_and_released_through_the_daemon() {
     let ls = Lockspace::new("depot-os-test", 7, Area::new(&ids, 0));
     assert_eq!(s.inq_lockspace(&ls).unwrap(), HostIdState::Free);
 
+    // io_timeout 4 s instead of the daemon's 10: the delta-lease wait is
+    // about 8 s instead of 20, and the daemon records the value (below).
     let t = Instant::now();
-    assert_eq!(s.add_lockspace(&ls, 0).unwrap(), AddOutcome::Started);
-    // Async: the call returns long before the ~20 s delta-lease wait.
+    assert_eq!(s.add_lockspace(&ls, 4).unwrap(), AddOutcome::Started);
+    // Async: the call returns long before the delta-lease wait.
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-    // The ~20 s delta-lease wait: sanlock says an add is under way.
+    // The delta-lease wait: sanlock says an add is under way.
     assert_eq!(s.inq_lockspace(&ls).unwrap(), HostIdState::Changing);
     assert!(matches!(
-        s.add_lockspace(&ls, 0).unwrap(),
+        s.add_lockspace(&ls, 4).unwrap(),
         AddOutcome::InProgress | AddOutcome::AlreadyHeld
     ));
     let held = wait_for(Duration::from_secs(90), || {
@@ -109,7 +111,7 @@ fn host_id_is_acquired_seen_and_released_through_the_daemon() {
     });
     assert!(held.is_some(), "not held after 90 s; {}", daemon.log());
     eprintln!("host id acquired in {:?}", t.elapsed());
-    assert_eq!(s.add_lockspace(&ls, 0).unwrap(), AddOutcome::AlreadyHeld);
+    assert_eq!(s.add_lockspace(&ls, 4).unwrap(), AddOutcome::AlreadyHeld);
     let listed = daemon.lockspaces().unwrap();
     assert!(
         listed.iter().any(|l| l.starts_with("depot-os-test:7:")),
@@ -133,6 +135,7 @@ fn host_id_is_acquired_seen_and_released_through_the_daemon() {
         matches!(me.status, Some(HostStatus::Live | HostStatus::Unknown)),
         "{me:?}"
     );
+    assert_eq!(me.io_timeout, 4, "the io_timeout asked for: {me:?}");
 
     assert_eq!(s.rem_lockspace(&ls, false).unwrap(), RemOutcome::Released);
     assert_eq!(s.inq_lockspace(&ls).unwrap(), HostIdState::Free);

@@ -73,7 +73,7 @@ fn state(s: &Sanlock, sd: SdUuid, host_id: u64, dir: &Path) -> HostIdState {
 fn host_id_is_kept_by_shutdown_and_released_by_stop() {
     depot_testkit::require_root();
     let _daemon = SanlockDaemon::start().expect("sanlock daemon");
-    let s = Sanlock::load(None, Duration::from_secs(30));
+    let s = Sanlock::load(None, Duration::from_secs(30)).with_io_timeout(4);
     let tmp = tempfile::tempdir().unwrap();
     let (sd, dir) = make_domain(tmp.path());
 
@@ -122,7 +122,7 @@ fn host_id_is_kept_by_shutdown_and_released_by_stop() {
 fn a_planted_ids_symlink_is_never_handed_to_sanlock() {
     depot_testkit::require_root();
     let _daemon = SanlockDaemon::start().expect("sanlock daemon");
-    let s = Sanlock::load(None, Duration::from_secs(30));
+    let s = Sanlock::load(None, Duration::from_secs(30)).with_io_timeout(4);
     let helper = depot_os::fsproc::HelperCommand::new(env!("CARGO_BIN_EXE_depot-storage-fsproc"));
     for (name, helper) in [("through a helper", Some(helper)), ("in-process", None)] {
         let tmp = tempfile::tempdir().unwrap();

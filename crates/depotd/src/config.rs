@@ -73,6 +73,10 @@ pub struct SanlockSection {
     /// Seconds one call to the sanlock daemon, or one `sanlock direct`
     /// run, may take.
     pub timeout_s: f64,
+    /// sanlock's `io_timeout` for this host's delta leases (VDSM's
+    /// `[sanlock] io_timeout`, 10): a dead host's leases are free
+    /// 8 × io_timeout + 60 s after its last renewal.
+    pub io_timeout_s: u32,
 }
 
 /// The SPM mailbox (docs/storage.md, "Thin volume extension").
@@ -365,6 +369,7 @@ impl Config {
                 library: String::new(),
                 program: "sanlock".into(),
                 timeout_s: 30.0,
+                io_timeout_s: 10,
             },
             fencing: FencingSection {
                 agents_dir: "/usr/sbin".into(),
@@ -514,6 +519,7 @@ impl Config {
                 self.storage.fsproc_helpers_per_mount as u64,
             ),
             ("mailbox.max_host_id", u64::from(self.mailbox.max_host_id)),
+            ("sanlock.io_timeout_s", u64::from(self.sanlock.io_timeout_s)),
             ("thinp.chunk_mb", self.thinp.chunk_mb),
             ("ovf_backup.archive_max_mb", self.ovf_backup.archive_max_mb),
             (
@@ -528,6 +534,11 @@ impl Config {
         // sanlock's and VDSM's most host ids; the mailbox areas hold 4095.
         if self.mailbox.max_host_id > 2000 {
             return Err("mailbox.max_host_id must be at most 2000".into());
+        }
+        // 120 s already leaves a dead host's leases taken for 17 minutes
+        // (8 x 120 + 60 s): more is a typo, not a slow storage.
+        if self.sanlock.io_timeout_s > 120 {
+            return Err("sanlock.io_timeout_s must be at most 120".into());
         }
         // A chunk beyond the mailbox's largest size (0xFFFFFFFF MiB) could
         // not be asked for.

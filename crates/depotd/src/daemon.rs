@@ -265,7 +265,7 @@ fn sanlock_config(section: &SanlockSection) -> Option<SanlockConfig> {
     }
     let timeout = Duration::from_secs_f64(section.timeout_s);
     let library = (!section.library.is_empty()).then(|| Path::new(&section.library));
-    let client = Sanlock::load(library, timeout);
+    let client = Sanlock::load(library, timeout).with_io_timeout(section.io_timeout_s);
     match client.library() {
         Some(name) => tracing::info!(library = name, "sanlock: client library loaded"),
         None => tracing::warn!(

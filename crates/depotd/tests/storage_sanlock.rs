@@ -113,7 +113,9 @@ async fn host_id_is_acquired_in_a_new_domains_lockspace_and_released_on_disconne
         "{hosts}"
     );
     assert!(me["generation"].as_u64().unwrap() >= 1, "{hosts}");
-    assert!(me["io_timeout"].as_u64().unwrap() > 0, "{hosts}");
+    // The host id was acquired with the configured io_timeout (sanlock's
+    // default is 10).
+    assert_eq!(me["io_timeout"].as_u64(), Some(IO_TIMEOUT), "{hosts}");
 
     // Fencing this host (id 3) is skipped: its lease is live on the
     // domain. Host 9's is not: the agent runs.
@@ -157,7 +159,9 @@ async fn host_id_is_acquired_in_a_new_domains_lockspace_and_released_on_disconne
 async fn acquired_is_reported_as_soon_as_sanlock_holds_the_host_id_not_at_the_next_check() {
     depot_testkit::require_root();
     let daemon = SanlockDaemon::start().expect("sanlock daemon");
-    let d = Daemon::start("[storage]\nmonitor_interval_s = 600\n[sanlock]\nenabled = true\n");
+    let d = Daemon::start(
+        "[storage]\nmonitor_interval_s = 600\n[sanlock]\nenabled = true\nio_timeout_s = 4\n",
+    );
     let p = pool(&d).await;
     call_ok(&p.c, "StoragePool.connect", pool_connect(&p, 1)).await;
     // sanlock lists the lockspace with ` ADD` while it acquires the id.

@@ -297,6 +297,10 @@ pub struct Sanlock {
     lib: Result<Arc<Lib>, String>,
     worker: Arc<IoWorker>,
     timeout: Duration,
+    /// The `io_timeout` this host's delta leases are acquired with (0: the
+    /// daemon's default, 10 s). sanlock derives every other timeout from
+    /// it: renewal every 2×, renewal failed at 8×, a host dead at 8× + 60 s.
+    io_timeout: u32,
     /// This process's registration with the daemon, made at the first
     /// lease acquired (resource.rs).
     pub(super) registration: Arc<Registration>,
@@ -307,6 +311,7 @@ impl std::fmt::Debug for Sanlock {
         f.debug_struct("Sanlock")
             .field("library", &self.lib.as_ref().map(|l| &l.name))
             .field("timeout", &self.timeout)
+            .field("io_timeout", &self.io_timeout)
             .finish()
     }
 }
@@ -320,8 +325,22 @@ impl Sanlock {
             lib: Lib::load(path).map(Arc::new),
             worker: Arc::new(IoWorker::new("sanlock", THREADS)),
             timeout,
+            io_timeout: 0,
             registration: Arc::default(),
         }
+    }
+
+    /// The same client, acquiring host ids with `io_timeout` seconds
+    /// (sanlock's lockspace `io_timeout`; 0: the daemon's default).
+    pub fn with_io_timeout(mut self, io_timeout: u32) -> Sanlock {
+        self.io_timeout = io_timeout;
+        self
+    }
+
+    /// The `io_timeout` to pass to [`Sanlock::add_lockspace`] for this
+    /// host's delta leases (0: the daemon's default).
+    pub fn io_timeout(&self) -> u32 {
+        self.io_timeout
     }
 
     /// A client that never calls anything (sanlock disabled, or tests).
@@ -330,6 +349,7 @@ impl Sanlock {
             lib: Err(why.into()),
             worker: Arc::new(IoWorker::new("sanlock", 1)),
             timeout: Duration::from_secs(1),
+            io_timeout: 0,
             registration: Arc::default(),
         }
     }

@@ -125,8 +125,8 @@ impl HostIdKeeper {
     }
 
     fn acquire(&mut self, ls: Lockspace) {
-        // 0: the daemon's io_timeout (10 s, VDSM's sanlock io_timeout).
-        match self.sanlock.add_lockspace(&ls, 0) {
+        // sanlock.io_timeout_s (10 s by default, VDSM's sanlock io_timeout).
+        match self.sanlock.add_lockspace(&ls, self.sanlock.io_timeout()) {
             Ok(outcome) => {
                 tracing::info!(sd = %self.sd, host_id = ls.host_id, ids = %ls.area.path.display(),
                     ?outcome, "acquiring host id");

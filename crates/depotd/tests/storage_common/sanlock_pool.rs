@@ -23,8 +23,13 @@ pub const ACQUIRE_WAIT: Duration = Duration::from_secs(120);
 pub const RELEASE_WAIT: Duration = Duration::from_secs(60);
 /// A monitor round a second: the host id is joined soon after a connect;
 /// sanlock on (`--dev` leaves it off), its table last, so that a test can
-/// add to it.
-pub const SANLOCK_CONFIG: &str = "[storage]\nmonitor_interval_s = 1\n[sanlock]\nenabled = true\n";
+/// add to it. With sanlock's `io_timeout` at [`IO_TIMEOUT`] s instead of
+/// 10: a host id in about 8 s instead of 20, a dead host's leases free
+/// after 92 s instead of 140 (docs/testing.md, "The sanlock fixture").
+pub const SANLOCK_CONFIG: &str =
+    "[storage]\nmonitor_interval_s = 1\n[sanlock]\nenabled = true\nio_timeout_s = 4\n";
+/// `sanlock.io_timeout_s` in [`SANLOCK_CONFIG`].
+pub const IO_TIMEOUT: u64 = 4;
 
 /// A LOCALFS domain created and the master of a new pool (not connected).
 pub struct Pool {
