@@ -1,5 +1,5 @@
 //! depotd's JSON-RPC request parser: what `JsonRpc::handle`
-//! (crates/depotd/src/jsonrpc/) does with a message body before anything
+//! (crates/depotd/src/jsonrpc.rs) does with a message body before anything
 //! runs: `parse_message` (the JSON, the batch rule and the memory budget,
 //! checked while reading), each request's envelope (`Request::from_value`)
 //! and its typed parameters (`Call::parse`).
@@ -15,8 +15,7 @@
 #![no_main]
 
 use depot_api::{ApiError, Call, Code};
-use depotd::jsonrpc::{parse_message, Message, ParseLimits, Request};
-use depotd::wire::error_response;
+use depot_api::jsonrpc::{error_response, parse_message, Message, ParseLimits, Request};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

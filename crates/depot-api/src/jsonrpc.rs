@@ -1,3 +1,8 @@
+//! The JSON-RPC 2.0 envelope: reading a message (one request or a batch)
+//! and writing what depotd sends on its own (error responses, events).
+//! depotd's JSON-RPC layer (crates/depotd/src/jsonrpc.rs) dispatches; this
+//! is wire format only, no I/O, so the fuzz target builds without depotd.
+//!
 //! [`parse_message`] is the one parser of untrusted message bytes (the
 //! fuzz target's entry point). It never builds more than the limits allow:
 //! a batch stops being read at its `max_batch + 1`-th call, and a message
@@ -6,9 +11,9 @@
 //! becomes over 200 MB of `serde_json::Value`s) stops being read there.
 //! [`Request::from_value`] does the envelope checks of one request.
 
-use depot_api::{ApiError, Code};
+use crate::{ApiError, Code};
 use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Number, Value};
+use serde_json::{json, Map, Number, Value};
 use std::cell::{Cell, RefCell};
 use std::fmt;
 
@@ -276,6 +281,17 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
         }
         Ok(Value::Object(obj))
     }
+}
+
+/// The error response to the request with `id` (`null` when the message
+/// was refused before an id could be read).
+pub fn error_response(id: Value, err: &ApiError) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": err.to_wire()})
+}
+
+/// A JSON-RPC notification (an event): no id.
+pub fn notification(method: &str, params: Map<String, Value>) -> Value {
+    json!({"jsonrpc": "2.0", "method": method, "params": params})
 }
 
 #[cfg(test)]

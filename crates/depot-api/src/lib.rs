@@ -8,6 +8,7 @@ pub mod catalogue;
 pub mod conformance;
 pub mod docs;
 pub mod error;
+pub mod jsonrpc;
 pub mod results;
 pub mod storage;
 pub mod types;

@@ -16,7 +16,7 @@ use depot_api::{
 use depot_jobs::JobManager;
 use depot_storage::events::{EventSink, StorageEvent};
 
-use crate::wire::notification;
+use depot_api::jsonrpc::notification;
 
 /// A serialized notification and its name (for prefix filtering).
 #[derive(Debug)]

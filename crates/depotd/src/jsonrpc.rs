@@ -7,11 +7,10 @@
 //! what it returns; they know nothing about JSON-RPC. It knows nothing
 //! about them: what it needs of the caller is in [`CallCtx`].
 //!
-//! [`parse`] holds the one parser of untrusted message bytes (the fuzz
-//! target's entry point).
+//! The envelope itself (the one parser of untrusted message bytes, and
+//! the error responses) is depot-api's [`depot_api::jsonrpc`].
 
-pub mod parse;
-
+use depot_api::jsonrpc::error_response;
 use depot_api::{ApiError, Call, Code};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
@@ -19,8 +18,7 @@ use std::time::Instant;
 
 use crate::call::CallCtx;
 use crate::router::Router;
-use crate::wire::error_response;
-pub use parse::{parse_message, Message, ParseLimits, Request, PARSE_MEMORY_FACTOR};
+pub use depot_api::jsonrpc::{parse_message, Message, ParseLimits, Request, PARSE_MEMORY_FACTOR};
 
 /// The JSON-RPC layer of the daemon, one for all connections.
 pub struct JsonRpc {

@@ -24,4 +24,3 @@ pub mod systemd;
 pub mod task_store;
 pub mod tasks;
 pub mod transport;
-pub mod wire;

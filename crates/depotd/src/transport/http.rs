@@ -25,7 +25,7 @@ use super::{ovf, ws, Shared};
 use crate::call::CallCtx;
 use crate::conn::{self, Conn};
 use crate::pace::{BodyError, PacedBody};
-use crate::wire::error_response;
+use depot_api::jsonrpc::error_response;
 
 /// VDSM's flow id header.
 pub const FLOW_ID_HEADER: &str = "ovirtCorrelationId";
