@@ -39,7 +39,7 @@ pub struct Router {
     /// `daemon.test_verbs`: whether `Host.sleepJob` exists.
     test_verbs: bool,
     /// The OVF backup providers (`OvfBackup.*`).
-    ovf_backup: Arc<crate::ovf_backup::OvfBackup>,
+    ovf_backup: Arc<depot_ovf_backup::OvfBackup>,
 }
 
 impl Router {
@@ -56,12 +56,12 @@ impl Router {
             tasks,
             fencer,
             test_verbs,
-            ovf_backup: Arc::new(crate::ovf_backup::OvfBackup::noop()),
+            ovf_backup: Arc::new(depot_ovf_backup::OvfBackup::noop()),
         }
     }
 
     /// The OVF backup providers the `OvfBackup.*` verbs read.
-    pub fn with_ovf_backup(mut self, backup: Arc<crate::ovf_backup::OvfBackup>) -> Self {
+    pub fn with_ovf_backup(mut self, backup: Arc<depot_ovf_backup::OvfBackup>) -> Self {
         self.ovf_backup = backup;
         self
     }
@@ -141,7 +141,7 @@ impl Router {
             }
             Call::OvfBackupShow(p) => {
                 let b = self.ovf_backup.clone();
-                wire(off_runtime(move || b.show(crate::ovf_backup::u(p.entityID))).await)
+                wire(off_runtime(move || b.show(depot_ovf_backup::u(p.entityID))).await)
             }
             Call::OvfBackupAttach(p) => {
                 let b = self.ovf_backup.clone();
@@ -151,7 +151,7 @@ impl Router {
                 let (b, s) = (self.ovf_backup.clone(), storage.clone());
                 let ids = p
                     .entityIDs
-                    .map(|v| v.into_iter().map(crate::ovf_backup::u).collect());
+                    .map(|v| v.into_iter().map(depot_ovf_backup::u).collect());
                 wire(
                     off_runtime(move || {
                         b.restore(
