@@ -17,6 +17,7 @@ use std::sync::Arc;
 use crate::call::CallCtx;
 use crate::dr_api;
 use crate::fencing::{self, Fencer};
+use crate::ovf_backup;
 use crate::storage_api;
 use crate::storage_jobs;
 use crate::task_store::SpmVerb;
@@ -137,29 +138,27 @@ impl Router {
             }
             Call::OvfBackupList(_) => {
                 let b = self.ovf_backup.clone();
-                wire(off_runtime(move || Ok(b.list())).await)
+                wire(off_runtime(move || Ok(ovf_backup::list(&b))).await)
             }
             Call::OvfBackupShow(p) => {
                 let b = self.ovf_backup.clone();
-                wire(off_runtime(move || b.show(depot_ovf_backup::u(p.entityID))).await)
+                wire(off_runtime(move || ovf_backup::show(&b, p.entityID)).await)
             }
             Call::OvfBackupAttach(p) => {
                 let b = self.ovf_backup.clone();
-                wire(off_runtime(move || b.attach(&p.path, &p.mode)).await)
+                wire(off_runtime(move || ovf_backup::attach(&b, &p.path, &p.mode)).await)
             }
             Call::OvfBackupRestore(p) => {
                 let (b, s) = (self.ovf_backup.clone(), storage.clone());
-                let ids = p
-                    .entityIDs
-                    .map(|v| v.into_iter().map(depot_ovf_backup::u).collect());
                 wire(
                     off_runtime(move || {
-                        b.restore(
+                        ovf_backup::restore(
+                            &b,
                             &s,
                             p.storagedomainID,
                             p.imageID,
                             p.volumeID,
-                            ids,
+                            p.entityIDs,
                             p.provider,
                         )
                     })
