@@ -27,7 +27,7 @@ use std::sync::{Arc, RwLock};
 use depot_api::storage::SdUuid;
 use depot_ovf_archive::archive::{ArchiveProvider, Limits, Mode};
 use depot_ovf_archive::queue::{Backoff, Worker};
-use depot_ovf_archive::{EntityCopy, EntityKind, NoOp, Provider};
+use depot_ovf_archive::{EntityCopy, NoOp, Provider};
 use depot_storage::{Storage, StorageError, StoreTexts};
 use uuid::Uuid;
 
@@ -181,18 +181,11 @@ pub fn u(id: depot_api::types::Uuid) -> Uuid {
     Uuid::from_u128(id.as_u128())
 }
 
-fn kind_of(k: depot_storage::ovf::EntityKind) -> EntityKind {
-    match k {
-        depot_storage::ovf::EntityKind::Vm => EntityKind::Vm,
-        depot_storage::ovf::EntityKind::Template => EntityKind::Template,
-    }
-}
-
 /// A store's entities as the providers keep them.
 fn entity_copies(texts: &StoreTexts) -> Vec<EntityCopy> {
     texts
         .entities
         .iter()
-        .map(|(e, text)| EntityCopy::new(u(e.id), e.name.clone(), kind_of(e.kind), text.clone()))
+        .map(|(e, text)| EntityCopy::new(u(e.id), e.name.clone(), e.kind, text.clone()))
         .collect()
 }
