@@ -230,6 +230,18 @@ mod tests {
         assert!(DomainType::Nfs.is_file() && !DomainType::Iscsi.is_file());
     }
 
+    /// The serde name (the retry queue's records) is the engine's name
+    /// (the archive's column, the wire's `type`).
+    #[test]
+    fn entity_kinds_have_one_name() {
+        for k in [EntityKind::Vm, EntityKind::Template] {
+            assert_eq!(serde_json::to_value(k).unwrap(), json!(k.as_str()));
+            assert_eq!(EntityKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(EntityKind::Template.as_str(), "TEMPLATE");
+        assert_eq!(EntityKind::parse("vm"), None);
+    }
+
     #[test]
     fn blank_volume() {
         let b: VolUuid = "00000000-0000-0000-0000-000000000000".parse().unwrap();
@@ -461,6 +473,34 @@ impl<'de> Deserialize<'de> for NoVolumeType {
                 "type={}: changing a volume's type is not supported yet",
                 v.to_string().chars().take(64).collect::<String>()
             ))),
+        }
+    }
+}
+
+/// A VM or a template of an OVF_STORE, as the engine's `VmEntityType`
+/// names it: the `type` of an OVF entity on the wire ("VM", "TEMPLATE"),
+/// in the storage's listing and in the OVF backup's records alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EntityKind {
+    Vm,
+    Template,
+}
+
+impl EntityKind {
+    /// The engine's `VmEntityType` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::Vm => "VM",
+            EntityKind::Template => "TEMPLATE",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EntityKind> {
+        match s {
+            "VM" => Some(EntityKind::Vm),
+            "TEMPLATE" => Some(EntityKind::Template),
+            _ => None,
         }
     }
 }

@@ -7,23 +7,14 @@ const EXAMPLE: &str = include_str!("../../../docs/examples/dr-mapping.toml");
 const SD1: &str = "f0a1b2c3-d4e5-4f60-8172-93a4b5c6d7e8";
 const SD2: &str = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9";
 
-/// A small valid file; each refusal test changes one thing in it.
+/// A small valid file: the example's pools and hosts (all it has before
+/// its first connection) and `connections`; each refusal test changes
+/// one thing in it.
 fn small(connections: &str) -> String {
-    format!(
-        r#"
-version = 1
-[pool.primary]
-id = "5849b030-626e-47cb-ad90-3ce782d831b3"
-name = "Prod"
-[pool.secondary]
-id = "a1f2c3d4-0e5f-4a6b-8c7d-9e0f1a2b3c4d"
-[hosts]
-this_host = 3
-primary_site = [1, 2]
-secondary_site = [3]
-{connections}
-"#
-    )
+    let head = EXAMPLE
+        .find("[[connections]]")
+        .expect("the example file has connections");
+    format!("{}\n{connections}", &EXAMPLE[..head])
 }
 
 fn nfs(name: &str, sd: &str, primary: &str, secondary: &str) -> String {

@@ -4,15 +4,17 @@
 //! domain's OVF_STORE are worth keeping in more than one place: a torn
 //! store, or a site lost with its storage, must not lose them. A
 //! [`Provider`] is one such place. After an OVF_STORE upload is durable
-//! on its domain, depotd hands an [`UploadRecord`] (every entity of the
-//! upload, with its OVF text and sha256) to each configured provider,
-//! from a persisted [`queue::RetryQueue`], off the upload's path.
+//! on its domain, depot-ovf-backup's recorder hands an [`UploadRecord`]
+//! (every entity of the upload, with its OVF text and sha256) to each
+//! configured provider, from a persisted [`queue::RetryQueue`], off the
+//! upload's path.
 //!
 //! This crate holds what needs no storage: the contract, the
 //! [`NoOp`] provider, the host-local SQLite [`archive::Archive`], the
 //! retry queue, and the rule for which copy to trust ([`trust`]). The
 //! providers that read or write a domain (its own OVF_STOREs, a mirror
-//! domain) live in depotd, next to the storage.
+//! domain), the recorder and restores are depot-ovf-backup's, over the
+//! storage.
 //!
 //! Everything here is blocking: callers run it on their own threads.
 
@@ -24,30 +26,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// A VM or a template, as the engine's `VmEntityType` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum EntityKind {
-    Vm,
-    Template,
-}
-
-impl EntityKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntityKind::Vm => "VM",
-            EntityKind::Template => "TEMPLATE",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<EntityKind> {
-        match s {
-            "VM" => Some(EntityKind::Vm),
-            "TEMPLATE" => Some(EntityKind::Template),
-            _ => None,
-        }
-    }
-}
+/// A VM or a template: depot-api's, as the storage names them too.
+pub use depot_api::storage::EntityKind;
 
 /// One entity of an upload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

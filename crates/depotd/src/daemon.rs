@@ -183,10 +183,14 @@ fn fsproc_command() -> HelperCommand {
 async fn open_storage_and_backup(
     config: &Config,
     events: &EventBus,
-) -> (Arc<Storage>, Arc<crate::ovf_backup::OvfBackup>) {
-    let (sink, backup_events) = crate::ovf_backup::tee(Arc::new(events.clone()));
+) -> (Arc<Storage>, Arc<depot_ovf_backup::OvfBackup>) {
+    let (sink, backup_events) = depot_ovf_backup::tee(Arc::new(events.clone()));
     let storage = open_storage(config, sink).await;
-    let backup = crate::ovf_backup::OvfBackup::start(config, storage.clone(), backup_events);
+    let backup = depot_ovf_backup::OvfBackup::start(
+        &crate::ovf_backup::settings(config),
+        storage.clone(),
+        backup_events,
+    );
     (storage, Arc::new(backup))
 }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use crate::call::CallCtx;
 use crate::dr_api;
 use crate::fencing::{self, Fencer};
+use crate::ovf_backup;
 use crate::storage_api;
 use crate::storage_jobs;
 use crate::task_store::SpmVerb;
@@ -39,7 +40,7 @@ pub struct Router {
     /// `daemon.test_verbs`: whether `Host.sleepJob` exists.
     test_verbs: bool,
     /// The OVF backup providers (`OvfBackup.*`).
-    ovf_backup: Arc<crate::ovf_backup::OvfBackup>,
+    ovf_backup: Arc<depot_ovf_backup::OvfBackup>,
 }
 
 impl Router {
@@ -56,12 +57,12 @@ impl Router {
             tasks,
             fencer,
             test_verbs,
-            ovf_backup: Arc::new(crate::ovf_backup::OvfBackup::noop()),
+            ovf_backup: Arc::new(depot_ovf_backup::OvfBackup::noop()),
         }
     }
 
     /// The OVF backup providers the `OvfBackup.*` verbs read.
-    pub fn with_ovf_backup(mut self, backup: Arc<crate::ovf_backup::OvfBackup>) -> Self {
+    pub fn with_ovf_backup(mut self, backup: Arc<depot_ovf_backup::OvfBackup>) -> Self {
         self.ovf_backup = backup;
         self
     }
@@ -137,29 +138,27 @@ impl Router {
             }
             Call::OvfBackupList(_) => {
                 let b = self.ovf_backup.clone();
-                wire(off_runtime(move || Ok(b.list())).await)
+                wire(off_runtime(move || Ok(ovf_backup::list(&b))).await)
             }
             Call::OvfBackupShow(p) => {
                 let b = self.ovf_backup.clone();
-                wire(off_runtime(move || b.show(crate::ovf_backup::u(p.entityID))).await)
+                wire(off_runtime(move || ovf_backup::show(&b, p.entityID)).await)
             }
             Call::OvfBackupAttach(p) => {
                 let b = self.ovf_backup.clone();
-                wire(off_runtime(move || b.attach(&p.path, &p.mode)).await)
+                wire(off_runtime(move || ovf_backup::attach(&b, &p.path, &p.mode)).await)
             }
             Call::OvfBackupRestore(p) => {
                 let (b, s) = (self.ovf_backup.clone(), storage.clone());
-                let ids = p
-                    .entityIDs
-                    .map(|v| v.into_iter().map(crate::ovf_backup::u).collect());
                 wire(
                     off_runtime(move || {
-                        b.restore(
+                        ovf_backup::restore(
+                            &b,
                             &s,
                             p.storagedomainID,
                             p.imageID,
                             p.volumeID,
-                            ids,
+                            p.entityIDs,
                             p.provider,
                         )
                     })

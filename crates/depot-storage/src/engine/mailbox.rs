@@ -964,7 +964,7 @@ fn watermark(storage: &Weak<Storage>, stop: &AtomicBool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mailbox::format::{Mailbox, AREA_SIZE, MAILBOX_SIZE};
+    use crate::mailbox::format::{Mailbox, MAILBOX_SIZE};
     use crate::mailbox::spm::per_request;
     use std::str::FromStr;
     use std::sync::mpsc;
@@ -1097,16 +1097,8 @@ mod tests {
     /// map.
     #[test]
     fn stop_joins_the_threads_outside_the_lock() {
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let mk = |n: &str| {
-            let p = dir.path().join(n);
-            std::fs::File::create(&p)
-                .unwrap()
-                .set_len(AREA_SIZE)
-                .unwrap();
-            p
-        };
-        let (inbox, outbox) = (mk("inbox"), mk("outbox"));
+        let areas = crate::mailbox::test_areas::areas();
+        let (inbox, outbox) = (areas.inbox.clone(), areas.outbox.clone());
         let mut mb = Mailbox::default();
         mb.set(0, &Extend::new(sd(), vol(1), 10).unwrap().to_bytes());
         crate::mailbox::io::write(&inbox, MAILBOX_SIZE as u64, &mb.to_bytes()).unwrap();

@@ -14,4 +14,6 @@ pub mod io;
 pub mod spm;
 
 #[cfg(test)]
+pub(crate) mod test_areas;
+#[cfg(test)]
 mod tests;

@@ -1,7 +1,6 @@
 //! The mailbox protocol end to end on plain files standing in for the
 //! `inbox` and `outbox` LVs (the real LVs: crates/depotd/tests/vm_mailbox.rs).
 
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,34 +8,12 @@ use std::time::{Duration, Instant};
 use depot_api::storage::{SdUuid, VolUuid};
 use depot_api::Code;
 
-use super::format::{Extend, HostId, Mailbox, Message, AREA_SIZE, MAILBOX_SIZE};
+use super::format::{Extend, HostId, Mailbox, Message, MAILBOX_SIZE};
 use super::host::{HostConfig, HostMailer};
 use super::io;
 use super::spm::{per_request, Handler, Reply, SpmConfig, SpmMonitor, HOST_BUDGET};
+use super::test_areas::{areas, Areas};
 use crate::error::StorageError;
-
-struct Areas {
-    _dir: tempfile::TempDir,
-    inbox: PathBuf,
-    outbox: PathBuf,
-}
-
-fn areas() -> Areas {
-    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mk = |n: &str| {
-        let p = dir.path().join(n);
-        std::fs::File::create(&p)
-            .unwrap()
-            .set_len(AREA_SIZE)
-            .unwrap();
-        p
-    };
-    Areas {
-        inbox: mk("inbox"),
-        outbox: mk("outbox"),
-        _dir: dir,
-    }
-}
 
 fn host(a: &Areas, id: u64) -> HostMailer {
     HostMailer::start(HostConfig {

@@ -41,21 +41,8 @@ pub const MAX_JSON_SIZE: u64 = 16 << 20;
 /// The deepest element nesting accepted.
 pub const MAX_DEPTH: usize = 128;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntityKind {
-    Vm,
-    Template,
-}
-
-impl EntityKind {
-    /// The engine's `VmEntityType` name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntityKind::Vm => "VM",
-            EntityKind::Template => "TEMPLATE",
-        }
-    }
-}
+/// A VM or a template: the wire's type, shared with the OVF backup.
+pub use depot_api::storage::EntityKind;
 
 /// One VM or template of a store.
 #[derive(Debug, Clone, PartialEq, Eq)]
