@@ -39,6 +39,7 @@ mod connections;
 mod copy;
 mod domains;
 pub mod dr;
+mod dr_failover;
 mod leases;
 mod liveness;
 pub mod lvm;
@@ -50,6 +51,7 @@ mod spm;
 mod volume_leases;
 mod volumes;
 
+pub use dr_failover::now as dr_now;
 pub use copy::{Control, CopyOutcome, DestinationLease, VolRef};
 pub use domains::DomainInfo;
 pub use leases::LeaseStatus;
