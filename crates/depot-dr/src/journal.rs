@@ -89,6 +89,10 @@ pub struct Journal {
     /// Step 5.
     #[serde(default)]
     pub entities: Vec<EntityRecord>,
+    /// Step 5: what could not be read (a domain without an OVF_STORE
+    /// that verifies), one line each.
+    #[serde(default)]
+    pub notes: Vec<String>,
     /// Seconds since the epoch, once step 5 is done.
     pub finished: Option<u64>,
 }
@@ -115,6 +119,7 @@ impl Journal {
             domains: Vec::new(),
             takeover: None,
             entities: Vec::new(),
+            notes: Vec::new(),
             finished: None,
         }
     }
@@ -137,8 +142,8 @@ impl Journal {
         struct Versioned {
             version: u32,
         }
-        let v: Versioned = serde_json::from_slice(bytes)
-            .map_err(|e| format!("not a DR journal ({e})"))?;
+        let v: Versioned =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a DR journal ({e})"))?;
         if v.version != JOURNAL_VERSION {
             return Err(format!(
                 "DR journal version {}, this depot reads version {JOURNAL_VERSION}",
@@ -278,9 +283,72 @@ pub struct DiskRecord {
     pub problem: Option<String>,
 }
 
+/// Failback's refusal (docs/dr.md "Failback"): each domain whose copy
+/// on the secondary (the site failed back to) is not the primary's
+/// metadata, one line each; empty when every copy is. The primary is the
+/// site that ran since the failover: its metadata changed then (the
+/// recovery pool, a new master version), so a copy that was not resynced
+/// differs. Equal seals mean equal metadata; a domain whose primary
+/// metadata was not read cannot be shown resynced and is named too.
+pub fn not_resynced(primary: &[MetadataRecord], secondary: &[MetadataRecord]) -> Vec<String> {
+    let show = |m: &MetadataRecord| {
+        format!(
+            "ROLE={} POOL_UUID={} MASTER_VERSION={}",
+            m.role,
+            m.pools.join(","),
+            m.master_version.map_or("-".into(), |v| v.to_string())
+        )
+    };
+    secondary
+        .iter()
+        .filter_map(|s| match primary.iter().find(|p| p.sd == s.sd) {
+            None => Some(format!(
+                "domain {}: its metadata on the primary was not read",
+                s.sd
+            )),
+            Some(p) if p.checksum != s.checksum => Some(format!(
+                "domain {}: the primary has {}, the secondary's copy {}",
+                s.sd,
+                show(p),
+                show(s)
+            )),
+            Some(_) => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn md(sd: &str, pool: &str, version: i64, checksum: &str) -> MetadataRecord {
+        MetadataRecord {
+            sd: sd.into(),
+            version: 5,
+            role: "Master".into(),
+            pools: vec![pool.into()],
+            master_version: Some(version),
+            backup: false,
+            checksum: checksum.into(),
+        }
+    }
+
+    #[test]
+    fn a_copy_that_differs_from_the_primary_is_not_resynced() {
+        let p = [md("a", "recovery", 2, "c2"), md("b", "recovery", 0, "c3")];
+        assert!(not_resynced(&p, &[md("a", "recovery", 2, "c2")]).is_empty());
+        let stale = not_resynced(
+            &p,
+            &[md("a", "prod", 1, "c1"), md("b", "recovery", 0, "c3")],
+        );
+        assert_eq!(stale.len(), 1, "{stale:?}");
+        assert!(
+            stale[0].contains("domain a") && stale[0].contains("POOL_UUID=prod"),
+            "{stale:?}"
+        );
+        let unread = not_resynced(&p[..1], &[md("b", "recovery", 0, "c3")]);
+        assert!(unread[0].contains("not read"), "{unread:?}");
+    }
 
     #[test]
     fn a_journal_reads_back_and_another_version_is_refused() {

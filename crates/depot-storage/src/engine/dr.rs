@@ -303,7 +303,11 @@ impl Storage {
 
     /// The checked connection of a file side, as connectStorageServer
     /// would make it.
-    pub(super) fn file_connection(&self, pair: &ConnectionPair, end: &Endpoint) -> Result<Connection, String> {
+    pub(super) fn file_connection(
+        &self,
+        pair: &ConnectionPair,
+        end: &Endpoint,
+    ) -> Result<Connection, String> {
         let vfs_type = match end {
             Endpoint::PosixFs { vfs_type, .. } => Some(vfs_type.clone()),
             _ => None,

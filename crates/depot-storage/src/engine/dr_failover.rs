@@ -88,7 +88,11 @@ fn connection_id(pair: &ConnectionPair, side: &str, end: &Endpoint) -> String {
 }
 
 fn fence_refused(message: &str) -> StorageError {
-    StorageError::new(Code::DrFenceRefused, "disaster recovery", message.to_string())
+    StorageError::new(
+        Code::DrFenceRefused,
+        "disaster recovery",
+        message.to_string(),
+    )
 }
 
 fn cannot(why: String) -> StorageError {
@@ -117,7 +121,11 @@ impl Storage {
     /// Step 1: the fence check over the domains this host sees now. A
     /// refusal is 9049 naming the hosts; `unknown` (this host is not in
     /// the lockspaces yet) goes on: step 4 checks again once it is.
-    pub fn dr_fence_check(&self, mapping: &Mapping, confirmed: &[u64]) -> StorageResult<FenceRecord> {
+    pub fn dr_fence_check(
+        &self,
+        mapping: &Mapping,
+        confirmed: &[u64],
+    ) -> StorageResult<FenceRecord> {
         let check = self.dr_plan(mapping, confirmed).fence;
         if check.verdict == Verdict::Refuse {
             return Err(fence_refused(&check.message));
@@ -140,17 +148,22 @@ impl Storage {
         }
     }
 
-    /// Failback's step 1: the metadata of each listed domain on the
-    /// primary (the site running now), read before step 2 disconnects
-    /// it. A domain that cannot be read is left out (step 3 then refuses
-    /// it: nothing shows the copies agree).
-    pub fn dr_primary_metadata(&self, mapping: &Mapping) -> Vec<MetadataRecord> {
+    /// Failback's check: each listed file domain's metadata on one side
+    /// (`secondary` false: the primary, the site running now), where it
+    /// can be read now (a connected side, or a LOCALFS directory). A
+    /// domain that cannot be read is left out.
+    pub fn dr_side_metadata(&self, mapping: &Mapping, secondary: bool) -> Vec<MetadataRecord> {
         let mut out = Vec::new();
         for pair in mapping.connections() {
             if pair.connection_type().is_block() {
                 continue;
             }
-            let Ok(dir) = self.side_dir(pair, pair.primary()) else {
+            let end = if secondary {
+                pair.secondary()
+            } else {
+                pair.primary()
+            };
+            let Ok(dir) = self.side_dir(pair, end) else {
                 continue;
             };
             let fs = self.scan_fs(&dir);
@@ -233,7 +246,11 @@ impl Storage {
                 } else {
                     self.connect_storage_server(kind.domain_type(), &params)
                 };
-                let failed: Vec<i32> = status.iter().map(|s| s.status).filter(|s| *s != 0).collect();
+                let failed: Vec<i32> = status
+                    .iter()
+                    .map(|s| s.status)
+                    .filter(|s| *s != 0)
+                    .collect();
                 if let Some(code) = failed.first() {
                     if side == "secondary" {
                         return Err(StorageError::new(
@@ -251,7 +268,12 @@ impl Storage {
     }
 
     /// The connect parameters of a side: one per iSCSI target.
-    fn side_params(&self, pair: &ConnectionPair, side: &str, end: &Endpoint) -> Vec<ConnectionParams> {
+    fn side_params(
+        &self,
+        pair: &ConnectionPair,
+        side: &str,
+        end: &Endpoint,
+    ) -> Vec<ConnectionParams> {
         let id = connection_id(pair, side, end);
         match end {
             Endpoint::Iscsi {
@@ -400,7 +422,9 @@ impl Storage {
             .filter_map(|d| d.sd.parse().ok().map(|sd| (sd, d.backup)))
             .collect();
         if usable.is_empty() {
-            return Err(cannot("no domain of the mapping was found usable (step 3)".into()));
+            return Err(cannot(
+                "no domain of the mapping was found usable (step 3)".into(),
+            ));
         }
         let mut actions = Vec::new();
         // 1. Join the lockspaces (the monitor acquires the host id).
@@ -441,7 +465,11 @@ impl Storage {
                 let master = former.or(candidates.first()).copied().ok_or_else(|| {
                     cannot("every usable domain is a backup domain: none can be the master".into())
                 })?;
-                let top = mds.values().filter_map(|m| m.master_version).max().unwrap_or(0);
+                let top = mds
+                    .values()
+                    .filter_map(|m| m.master_version)
+                    .max()
+                    .unwrap_or(0);
                 (master, top + 1)
             }
         };
@@ -538,7 +566,9 @@ impl Storage {
                 }
             };
             let state = match &listing.store.state {
-                StoreState::Valid { trailer } => format!("valid, generation {}", trailer.generation),
+                StoreState::Valid { trailer } => {
+                    format!("valid, generation {}", trailer.generation)
+                }
                 StoreState::Unknown => "written by another agent (no checksum)".into(),
                 StoreState::Torn { reason, .. } => format!("torn: {reason}"),
             };
@@ -598,7 +628,11 @@ impl Storage {
         loop {
             rec.chain.push(info.volume.to_string());
             if info.metadata.legality != depot_api::storage::Legality::Legal {
-                problems.push(format!("{} is {}", info.volume, info.metadata.legality.name()));
+                problems.push(format!(
+                    "{} is {}",
+                    info.volume,
+                    info.metadata.legality.name()
+                ));
             }
             let short = match info.metadata.format {
                 depot_api::storage::VolumeFormat::Raw => {
@@ -636,7 +670,10 @@ impl Storage {
 }
 
 fn ids(d: &[(SdUuid, bool)]) -> String {
-    d.iter().map(|(sd, _)| sd.to_string()).collect::<Vec<_>>().join(", ")
+    d.iter()
+        .map(|(sd, _)| sd.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -51,9 +51,9 @@ mod spm;
 mod volume_leases;
 mod volumes;
 
-pub use dr_failover::now as dr_now;
 pub use copy::{Control, CopyOutcome, DestinationLease, VolRef};
 pub use domains::DomainInfo;
+pub use dr_failover::{fence_record as dr_fence_record, now as dr_now};
 pub use leases::LeaseStatus;
 pub use mailbox::{MailboxConfig, ThinLv};
 pub use ovf::{OvfListing, OvfStoreInfo, Readable, StoreTexts, UploadDone};
