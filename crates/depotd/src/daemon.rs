@@ -98,6 +98,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let dr = Arc::new(crate::dr_api::Dr::new(
         storage.clone(),
         config.daemon.state_dir.clone(),
+        config.daemon.test_verbs,
     ));
     let jobs = open_jobs(&config, &storage, &dr).await?;
     let tasks = open_tasks(&config).await?;

@@ -170,7 +170,14 @@ pub struct Dr {
     storage: Arc<Storage>,
     dir: PathBuf,
     running: AtomicBool,
+    /// Test hook (daemon.test_verbs only): after this step's journal is
+    /// written the job waits, so that a test can kill -9 the daemon there.
+    pause_after: Option<u8>,
 }
+
+/// The test hook's environment variable: a step number, 1 to 4.
+pub const PAUSE_ENV: &str = "DEPOTD_TEST_DR_PAUSE_AFTER_STEP";
+const PAUSE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Clears the running flag when a run ends (or panics).
 struct Running<'a>(&'a AtomicBool);
@@ -203,11 +210,28 @@ fn parse_mapping(
 }
 
 impl Dr {
-    pub fn new(storage: Arc<Storage>, state_dir: PathBuf) -> Dr {
+    /// `test_hooks`: honour [`PAUSE_ENV`] (daemon.test_verbs).
+    pub fn new(storage: Arc<Storage>, state_dir: PathBuf, test_hooks: bool) -> Dr {
+        let pause_after = test_hooks
+            .then(|| std::env::var(PAUSE_ENV).ok()?.parse().ok())
+            .flatten();
         Dr {
             storage,
             dir: state_dir,
             running: AtomicBool::new(false),
+            pause_after,
+        }
+    }
+
+    /// The test hook: waits after step `step` (until stopped).
+    fn maybe_pause(&self, step: u8, stop: &dyn Fn() -> bool) {
+        if self.pause_after != Some(step) {
+            return;
+        }
+        tracing::warn!(step, "test hook {PAUSE_ENV}: the DR job waits");
+        let deadline = std::time::Instant::now() + PAUSE;
+        while std::time::Instant::now() < deadline && !stop() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
 
@@ -400,7 +424,7 @@ impl Dr {
                 }
                 2 => j.connections = s.dr_switch_connections(&mapping, false).map_err(e)?,
                 3 => {
-                    j.domains = s.dr_find_domains(&mapping);
+                    j.domains = s.dr_find_domains(&mapping, true);
                     if failback {
                         let copies: Vec<_> = j
                             .domains
@@ -430,6 +454,7 @@ impl Dr {
             }
             j.steps_done = step;
             self.save(&j)?;
+            self.maybe_pause(step, stop);
         }
         depot_os::fsutil::write_atomic(&self.dir.join(REPORT_FILE), &j.encode(), 0o600)
             .map_err(|e| jerr(Code::InternalError, format!("DR report: {e}")))?;
@@ -462,7 +487,7 @@ fn dry_run(s: &Storage, op: Operation, mapping: &depot_dr::Mapping, confirmed: &
     let plan = s.dr_plan(mapping, confirmed);
     let fence = depot_storage::engine::dr_fence_record(&plan.fence, confirmed, s.sanlock_enabled());
     let connections = s.dr_switch_connections(mapping, true).unwrap_or_default();
-    let domains = s.dr_find_domains(mapping);
+    let domains = s.dr_find_domains(mapping, false);
     let mut would = Vec::new();
     let usable: Vec<&str> = domains
         .iter()

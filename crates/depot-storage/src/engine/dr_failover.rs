@@ -308,9 +308,10 @@ impl Storage {
     /// Step 3, read-only: each listed domain looked for by UUID on its
     /// secondary, its metadata read (the seal and version checked by the
     /// reader), and the domains found there that the mapping does not
-    /// list. A domain also seen on a primary still connected is not
-    /// usable (two copies of one UUID on this host).
-    pub fn dr_find_domains(&self, mapping: &Mapping) -> Vec<DomainRecord> {
+    /// list. `switched` (after step 2): a domain also seen on a primary
+    /// still connected is not usable (two copies of one UUID on this
+    /// host); the dry run, before step 2, does not look.
+    pub fn dr_find_domains(&self, mapping: &Mapping, switched: bool) -> Vec<DomainRecord> {
         let mut out = Vec::new();
         for pair in mapping.connections() {
             if pair.connection_type().is_block() {
@@ -330,7 +331,7 @@ impl Storage {
             }
             let dir = self.side_dir(pair, pair.secondary());
             let primary = match self.side_now(pair, pair.primary()) {
-                s if s.link == Link::Connected => s.mount_point,
+                s if switched && s.link == Link::Connected => s.mount_point,
                 _ => None,
             };
             for &sd in pair.domains() {
