@@ -499,9 +499,17 @@ async fn crash_after(n: u8, reference: Option<&[Value]>) -> Vec<Value> {
     // are the ones written then (a step redone would record what it
     // found the second time: connections already switched, domains
     // already detached).
-    for (step, key) in [(1, "fence"), (2, "connections"), (3, "domains"), (4, "takeover")] {
+    for (step, key) in [
+        (1, "fence"),
+        (2, "connections"),
+        (3, "domains"),
+        (4, "takeover"),
+    ] {
         if step <= n {
-            assert_eq!(report[key], at_crash[key], "step {step} redone after the crash");
+            assert_eq!(
+                report[key], at_crash[key],
+                "step {step} redone after the crash"
+            );
         }
     }
     assert_eq!(report["started"], at_crash["started"]);
