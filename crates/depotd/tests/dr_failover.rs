@@ -227,7 +227,8 @@ async fn run_job(c: &Client, verb: &str, params: Value) -> Value {
 }
 
 async fn wait_job(c: &Client, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Step 4 waits up to 180 s for sanlock's host id (root tier).
+    let deadline = Instant::now() + Duration::from_secs(400);
     loop {
         let jobs = call_ok(c, "Host.getJobs", json!({"job_ids": [id]})).await;
         let job = jobs[id].clone();
@@ -577,4 +578,107 @@ async fn bad_requests_are_refused_and_change_nothing() {
     assert_same(&before_j, &trees(&d, &site), "an unreadable journal");
     std::fs::remove_file(d.state_dir().join("dr-journal.json")).unwrap();
     assert_same(&before, &trees(&d, &site), "refused requests");
+}
+
+/// The fence check with the real sanlock daemon: this host holds id 1 in
+/// the primary domain's lockspace (the pool connected); a mapping that
+/// says this host is 3 and 1 is the lost site's sees host 1 renewing its
+/// lease (as it would see an old site still alive): the failover is
+/// refused naming it (9049), nothing written and no journal; confirmed
+/// fenced, the failover runs, the confirmation recorded in the journal,
+/// and the check made again after this host joined the replica's
+/// lockspace (where the copied lease of host 1 is not dead yet) passes on
+/// the same confirmation.
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn a_live_host_refuses_the_failover_unless_confirmed_fenced() {
+    depot_testkit::require_root();
+    use storage_common::sanlock_pool::{pool, pool_connect, until_acquired, SANLOCK_CONFIG};
+    let _sanlock = depot_testkit::sanlock::SanlockDaemon::start().expect("sanlock daemon");
+    let d = Daemon::start(SANLOCK_CONFIG);
+    let p = pool(&d).await;
+    call_ok(&p.c, "StoragePool.connect", pool_connect(&p, 1)).await;
+    until_acquired(&p.c, &p.sd).await;
+    let primary = p.dom.parent().unwrap().to_path_buf();
+    let replica = tempfile::tempdir().unwrap();
+    let replica = replica.keep().canonicalize().unwrap();
+    cp_a(&p.dom, &replica);
+    let text = format!(
+        r#"
+version = 1
+[pool.primary]
+id = "{}"
+[pool.secondary]
+id = "{RECOVERY}"
+[hosts]
+this_host = 3
+primary_site = [1, 2]
+secondary_site = [3]
+
+[[connections]]
+name = "local"
+type = "LOCALFS"
+domains = ["{}"]
+primary = {{ path = "{}" }}
+secondary = {{ path = "{}" }}
+"#,
+        p.sp,
+        p.sd,
+        primary.display(),
+        replica.display()
+    );
+    let journal = d.state_dir().join("dr-journal.json");
+    let before = (
+        snapshot(&primary),
+        snapshot(&replica),
+        snapshot(&repository(&d)),
+    );
+    let job = run_job(&p.c, "DR.failover", json!({"mapping": text})).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], 9049, "{job}");
+    let msg = job["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("host 1 (") && msg.contains("primary site"),
+        "{msg}"
+    );
+    assert!(!journal.exists(), "a refused fence check wrote a journal");
+    assert_same_tree(
+        &before.1,
+        &snapshot(&replica),
+        "a refused failover (replica)",
+    );
+    assert_same_tree(
+        &before.2,
+        &snapshot(&repository(&d)),
+        "a refused failover (repository)",
+    );
+    assert_eq!(domain_md(&p.dom)["POOL_UUID"], p.sp);
+
+    let report = done(
+        &run_job(
+            &p.c,
+            "DR.failover",
+            json!({"mapping": text, "confirmedFenced": [1]}),
+        )
+        .await,
+    );
+    assert_eq!(
+        report["fence"]["verdict"], "pass (confirmed fenced)",
+        "{report}"
+    );
+    assert_eq!(report["fence"]["confirmed_fenced"], json!([1]), "{report}");
+    assert_eq!(report["fence"]["hosts"][0]["host_id"], 1, "{report}");
+    let again = &report["takeover"]["fence"];
+    assert!(
+        matches!(
+            again["verdict"].as_str(),
+            Some("pass" | "pass (confirmed fenced)")
+        ),
+        "{report}"
+    );
+    assert_eq!(report["takeover"]["master"], p.sd.as_str(), "{report}");
+    assert_eq!(domain_md(&replica.join(&p.sd))["POOL_UUID"], RECOVERY);
+    let kept: Value = serde_json::from_slice(&std::fs::read(&journal).unwrap()).unwrap();
+    assert_eq!(kept["fence"]["confirmed_fenced"], json!([1]), "recorded");
+    let _ = std::fs::remove_dir_all(&replica);
 }
