@@ -286,6 +286,31 @@ pub fn render_report(r: &Value) -> String {
             fence_line(&t["fence"])
         ));
     }
+    let rows = entity_rows(r);
+    if r.get("steps_done").and_then(Value::as_u64) == Some(5) {
+        out.push_str("5 VMs and templates:\n");
+        if rows.is_empty() {
+            out.push_str("  none found\n");
+        } else {
+            out.push_str(&table(
+                &["NAME", "KIND", "DISKS", "STATE", "OVF COPY"],
+                &rows,
+            ));
+        }
+        for n in r
+            .get("notes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out.push_str(&format!("note: {}\n", n.as_str().unwrap_or("")));
+        }
+    }
+    out
+}
+
+/// Step 5's table: each VM or template, its disks' state, the OVF copy.
+fn entity_rows(r: &Value) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     for e in r
         .get("entities")
@@ -318,26 +343,7 @@ pub fn render_report(r: &Value) -> String {
             text(e, "ovf_copy").to_string(),
         ]);
     }
-    if r.get("steps_done").and_then(Value::as_u64) == Some(5) {
-        out.push_str("5 VMs and templates:\n");
-        if rows.is_empty() {
-            out.push_str("  none found\n");
-        } else {
-            out.push_str(&table(
-                &["NAME", "KIND", "DISKS", "STATE", "OVF COPY"],
-                &rows,
-            ));
-        }
-        for n in r
-            .get("notes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            out.push_str(&format!("note: {}\n", n.as_str().unwrap_or("")));
-        }
-    }
-    out
+    rows
 }
 
 /// `dr status`.
