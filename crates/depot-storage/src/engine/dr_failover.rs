@@ -251,6 +251,16 @@ impl Storage {
                     .map(|s| s.status)
                     .filter(|s| *s != 0)
                     .collect();
+                if side == "primary" && failed.is_empty() && !kind.is_block() {
+                    // Watched under the id its connect gave (the engine's),
+                    // not ours: forgotten by what it is, so that no loss
+                    // of a connection left on purpose is reported.
+                    for p in &params {
+                        if let Ok(c) = self.connector.prepare(kind.domain_type(), p) {
+                            self.watch.forget_connection(&c.spec().to_string());
+                        }
+                    }
+                }
                 if let Some(code) = failed.first() {
                     if side == "secondary" {
                         return Err(StorageError::new(
