@@ -257,7 +257,7 @@ impl Storage {
                     // of a connection left on purpose is reported.
                     for p in &params {
                         if let Ok(c) = self.connector.prepare(kind.domain_type(), p) {
-                            self.watch.forget_connection(&c.spec().to_string());
+                            self.watch.forget_connection(c.spec());
                         }
                     }
                 }
