@@ -5,8 +5,8 @@
 //! failover's report listing every VM with its disks present and
 //! complete, the master never the backup domain; a rerun changing
 //! nothing and answering the same report; failback refused while the
-//! primary's metadata was not copied back, and done once it was; a
-//! `kill -9` between steps, then the rerun ending with the same report; a
+//! primary's metadata was not copied back, and done once it was (the
+//! replica copied while a VM writes to its disk); a `kill -9` between steps, then the rerun ending with the same report; a
 //! different mapping refused while a journal is open.
 
 mod common;
@@ -165,10 +165,29 @@ impl Site {
             prod,
             replica,
         };
-        // The replica, as replication leaves it.
+        // The replica, as replication leaves it: copied while a VM still
+        // writes to its disk (the copy of that file is torn, as a
+        // replica's is; the volume stays present, legal, its size).
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (stop, path) = (stop.clone(), d1.path.clone());
+            std::thread::spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let block = [(n % 251) as u8; 4096];
+                    f.write_all_at(&block, (n % 256) * 4096).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
         for sd in [&site.sd, &site.bk] {
             cp_a(&site.prod().join(sd), &site.replica());
         }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(writer.join().unwrap() > 0, "no write during the copy");
         site
     }
 }
