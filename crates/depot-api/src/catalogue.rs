@@ -608,8 +608,9 @@ verbs! {
         /// Steps 1 and 3 read-only, and what 2, 4 and 5 would do: answered
         /// at once, no job, no journal, nothing written.
         dryRun: Option<bool>,
-        /// This host's sanlock host id in the recovered domains (default:
-        /// the mapping's `hosts.this_host`; failback has none).
+        /// This host's sanlock host id in the recovered domains, 1 to
+        /// 2000 (1000 otherwise; default: the mapping's
+        /// `hosts.this_host`; failback has none).
         hostId: Option<u64>,
         /// The job's id (default: a new one).
         job_id: Option<crate::types::JobId>,
@@ -633,8 +634,9 @@ verbs! {
         /// Steps 1 and 3 read-only, and what 2, 4 and 5 would do: answered
         /// at once, no job, no journal, nothing written.
         dryRun: Option<bool>,
-        /// This host's sanlock host id in the recovered domains (default:
-        /// the mapping's `hosts.this_host`; failback has none).
+        /// This host's sanlock host id in the recovered domains, 1 to
+        /// 2000 (1000 otherwise; default: the mapping's
+        /// `hosts.this_host`; failback has none).
         hostId: Option<u64>,
         /// The job's id (default: a new one).
         job_id: Option<crate::types::JobId>,

@@ -327,6 +327,12 @@ impl Dr {
                      or the failback dropped it)",
                 )
             })?;
+        // Checked now, not when step 4 hands it to sanlock.
+        let host_id = i64::try_from(host_id)
+            .map_err(|e| e.to_string())
+            .and_then(depot_dr::HostId::new)
+            .map_err(|e| jerr(Code::InvalidParameterException, format!("hostId: {e}")))?
+            .get();
         let spec = DrSpec {
             operation: op,
             mapping: p.mapping,

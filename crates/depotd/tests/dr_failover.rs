@@ -593,6 +593,17 @@ async fn bad_requests_are_refused_and_change_nothing() {
     // Failback drops the mapping's this_host: a host id is needed.
     let msg = call_err(&c, "DR.failback", json!({"mapping": site.mapping()}), 9053).await;
     assert!(msg.contains("hostId"), "{msg}");
+    // A host id sanlock does not take: refused before any job.
+    for bad in [0, 2001] {
+        let msg = call_err(
+            &c,
+            "DR.failback",
+            json!({"mapping": site.mapping(), "hostId": bad}),
+            1000,
+        )
+        .await;
+        assert!(msg.contains("hostId"), "{msg}");
+    }
     // A journal this depot cannot read: 9054, nothing done.
     std::fs::write(d.state_dir().join("dr-journal.json"), b"{\"version\": 9}").unwrap();
     let before_j = trees(&d, &site);
