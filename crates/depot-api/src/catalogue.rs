@@ -8,11 +8,11 @@ use serde_json::{Map, Value};
 
 use crate::error::{ApiError, Code};
 use crate::results::{
-    BlockDeviceInfo, ConnectionStatus, DomainInfo, DomainStats, Done, DrPlanReport,
-    FenceNodeResult, FileStat, HostLiveness, HostStats, LeaseInfo, LeaseStatus, OvfBackupAttached,
-    OvfBackupEntity, OvfBackupListing, OvfBackupRestored, OvfEntities, OvfEntityText, OvfStore,
-    PoolInfo, PreparedImage, RepoStats, SpmStatus, TaskId, TaskInfo, TaskStatus, VolumeGroupInfo,
-    VolumeInfo, VolumeSize, WireResult,
+    BlockDeviceInfo, ConnectionStatus, DomainInfo, DomainStats, Done, DrPlanReport, DrStarted,
+    DrStatusReport, FenceNodeResult, FileStat, HostLiveness, HostStats, LeaseInfo, LeaseStatus,
+    OvfBackupAttached, OvfBackupEntity, OvfBackupListing, OvfBackupRestored, OvfEntities,
+    OvfEntityText, OvfStore, PoolInfo, PreparedImage, RepoStats, SpmStatus, TaskId, TaskInfo,
+    TaskStatus, VolumeGroupInfo, VolumeInfo, VolumeSize, WireResult,
 };
 use crate::storage::{
     AllocType, ByteSize, ConnectionList, CopyEndpoint, DiskType, DomainClass, DomainType,
@@ -586,9 +586,65 @@ verbs! {
         /// Plan the failback: the same mapping reversed (default false).
         failback: Option<bool>,
         /// Host ids the admin confirms fenced: they do not refuse the
-        /// fence check (not recorded yet).
+        /// fence check (the plan records nothing; DR.failover does).
         confirmedFenced: Option<Vec<u64>>,
     } -> (DrPlanReport);
+
+    /// depot's own (docs/dr.md): fails over to the mapping's secondaries as a host job in five steps
+    /// (fence check, connections, find the domains, take them over, find
+    /// the VMs), each idempotent and journaled in the state directory: a
+    /// rerun with the same mapping continues at the first unfinished step
+    /// and ends with the same report (DR.status). Progress: 20 per step.
+    /// Refusals, nothing changed: a bad mapping (9040..=9048), a live host
+    /// not confirmed fenced (9049), another run's unfinished journal
+    /// (9050), a job running (9052), an unreadable journal (9054).
+    "DR.failover" => DrFailover {
+        /// The mapping file's text (as DR.plan takes it).
+        mapping: String,
+        /// `toml` (the default) or `ansible`.
+        format: Option<String>,
+        /// Host ids the admin confirms fenced, recorded in the journal.
+        confirmedFenced: Option<Vec<u64>>,
+        /// Steps 1 and 3 read-only, and what 2, 4 and 5 would do: answered
+        /// at once, no job, no journal, nothing written.
+        dryRun: Option<bool>,
+        /// This host's sanlock host id in the recovered domains, 1 to
+        /// 2000 (1000 otherwise; default: the mapping's
+        /// `hosts.this_host`; failback has none).
+        hostId: Option<u64>,
+        /// The job's id (default: a new one).
+        job_id: Option<crate::types::JobId>,
+    } -> (DrStarted);
+
+    /// depot's own (docs/dr.md): fails back: DR.failover with the mapping reversed, refused (9051) while the primary (the site running now) holds domain metadata its copy on the secondary does not, as a host job in five steps
+    /// (fence check, connections, find the domains, take them over, find
+    /// the VMs), each idempotent and journaled in the state directory: a
+    /// rerun with the same mapping continues at the first unfinished step
+    /// and ends with the same report (DR.status). Progress: 20 per step.
+    /// Refusals, nothing changed: a bad mapping (9040..=9048), a live host
+    /// not confirmed fenced (9049), another run's unfinished journal
+    /// (9050), a job running (9052), an unreadable journal (9054).
+    "DR.failback" => DrFailback {
+        /// The mapping file's text (as DR.plan takes it).
+        mapping: String,
+        /// `toml` (the default) or `ansible`.
+        format: Option<String>,
+        /// Host ids the admin confirms fenced, recorded in the journal.
+        confirmedFenced: Option<Vec<u64>>,
+        /// Steps 1 and 3 read-only, and what 2, 4 and 5 would do: answered
+        /// at once, no job, no journal, nothing written.
+        dryRun: Option<bool>,
+        /// This host's sanlock host id in the recovered domains, 1 to
+        /// 2000 (1000 otherwise; default: the mapping's
+        /// `hosts.this_host`; failback has none).
+        hostId: Option<u64>,
+        /// The job's id (default: a new one).
+        job_id: Option<crate::types::JobId>,
+    } -> (DrStarted);
+
+    /// depot's own (docs/dr.md): the DR journal of this host (the run in
+    /// progress or the last one) and, once finished, its report.
+    "DR.status" => DrStatus {} -> (DrStatusReport);
 
     /// Creates a VM or external lease in the domain's `xleases` volume: a
     /// sanlock resource named by the lease id, and its record in the

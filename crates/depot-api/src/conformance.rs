@@ -745,6 +745,24 @@ pub const DIFFERENCES: &[Difference] = &[
         "disaster recovery from a mapping file (docs/dr.md); in oVirt the engine and its \
          Ansible role drive it, VDSM has no verb",
     ),
+    d(
+        "DR.failover",
+        Item::DepotVerb,
+        "disaster recovery from a mapping file (docs/dr.md); in oVirt the engine and its \
+         Ansible role drive it, VDSM has no verb",
+    ),
+    d(
+        "DR.failback",
+        Item::DepotVerb,
+        "disaster recovery from a mapping file (docs/dr.md); in oVirt the engine and its \
+         Ansible role drive it, VDSM has no verb",
+    ),
+    d(
+        "DR.status",
+        Item::DepotVerb,
+        "disaster recovery from a mapping file (docs/dr.md); in oVirt the engine and its \
+         Ansible role drive it, VDSM has no verb",
+    ),
     xleases_tier("Lease.create"),
     xleases_tier("Lease.delete"),
     xleases_tier("Lease.info"),

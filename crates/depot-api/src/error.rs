@@ -328,6 +328,29 @@ codes! {
     /// UUID, address, port or host id, two data centers, a host in both
     /// sites).
     DrMappingInvalid = 9048, "The disaster recovery mapping is invalid";
+    // Disaster recovery: DR.failover and DR.failback (docs/dr.md).
+    /// The fence check refused: a host other than this one may still
+    /// write to the storage (not dead or free in a lockspace), and the
+    /// admin did not confirm it fenced; the message names each host.
+    /// Also when the check cannot be made once this host has joined the
+    /// lockspaces (sanlock enabled, a lockspace not readable).
+    DrFenceRefused = 9049, "Disaster recovery refused: a host may still write to the storage";
+    /// A journal of another run (another mapping, or the other
+    /// direction) is open and unfinished: finish that run first.
+    DrJournalOpen = 9050, "Another disaster recovery run is unfinished";
+    /// Failback: the site failed over to (the primary of the reversed
+    /// mapping) holds domain metadata the other site's copy does not: it
+    /// was not resynced.
+    DrFailbackNotResynced = 9051, "Failback refused: the primary's domain metadata is newer than the secondary's";
+    /// A DR.failover or DR.failback job is running on this host already.
+    DrBusy = 9052, "A disaster recovery job is running already";
+    /// Step 4 cannot be done: the mapping names no recovery pool id, no
+    /// host id is known, no domain was found usable, only backup domains
+    /// could be the master, or a domain is on both sides.
+    DrCannotTakeOver = 9053, "The domains cannot be taken over";
+    /// The journal in the state directory cannot be read (corrupt, or
+    /// written by a newer depot): nothing is done until it is moved away.
+    DrJournalUnreadable = 9054, "The disaster recovery journal cannot be read";
 }
 
 impl fmt::Display for Code {

@@ -37,6 +37,7 @@ scalar! {
     u64 => "uint",
     i64 => "int",
     Uuid => "UUID",
+    serde_json::Value => "object (docs/dr.md)",
 }
 
 impl<T: WireResult> WireResult for Vec<T> {
@@ -418,6 +419,34 @@ object! {
         timestamp: u64,
         /// sanlock's I/O timeout of that host, seconds.
         io_timeout: u32,
+    }
+}
+
+object! {
+    /// `DR.failover` and `DR.failback`'s answer: the job, or the dry run's
+    /// report.
+    DrStarted {
+        /// The job running the steps: poll `Host.getJobs`; its result is
+        /// the report.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        job_id: Option<String>,
+        /// The dry run's report: steps 1 and 3 as read, what 2, 4 and 5
+        /// would do.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dry_run: Option<serde_json::Value>,
+    }
+}
+
+object! {
+    /// `DR.status`: this host's DR journal.
+    DrStatusReport {
+        /// `none` (no journal), `running` (a job runs it),
+        /// `interrupted` (unfinished, no job: rerun with the same
+        /// mapping) or `finished`.
+        state: String,
+        /// The journal (docs/formats.md); once finished, the report.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        journal: Option<serde_json::Value>,
     }
 }
 

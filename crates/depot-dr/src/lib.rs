@@ -6,6 +6,7 @@
 
 mod ansible;
 mod error;
+pub mod journal;
 mod mapping;
 mod toml_format;
 

@@ -171,3 +171,79 @@ fn watch_reports_a_lost_localfs_connection_once() {
     thread::sleep(5 * INTERVAL);
     assert_eq!(rec.events().len(), 1, "{:?}", rec.events());
 }
+
+/// A DR failover's step 2 disconnects a primary that was connected under
+/// another id (the engine's): the watch forgets it all the same, and no
+/// loss is reported for a connection left on purpose.
+#[test]
+fn dr_switch_forgets_the_primary_whatever_its_id() {
+    let repo = tempfile::tempdir().unwrap();
+    let prod = tempfile::tempdir().unwrap();
+    let replica = tempfile::tempdir().unwrap();
+    let (prod, replica) = (
+        prod.path().canonicalize().unwrap(),
+        replica.path().canonicalize().unwrap(),
+    );
+    let rec = Arc::new(Recorder::default());
+    let s = Storage::new(
+        StorageConfig {
+            repository: repo.path().to_path_buf(),
+            io_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(10),
+            qemu_img_timeout: Duration::from_secs(10),
+            monitor_interval: INTERVAL,
+            fsproc_command: Some(HelperCommand::new(env!(
+                "CARGO_BIN_EXE_depot-storage-fsproc"
+            ))),
+            fsproc_helpers_per_mount: 4,
+            sanlock: None,
+        },
+        CommandRunner::new(),
+    )
+    .with_events(Events::new(rec.clone()));
+    let engines = Uuid::new_v4().to_string();
+    let params = vec![ConnectionParams {
+        id: engines.clone(),
+        connection: prod.to_str().unwrap().to_string(),
+        ..Default::default()
+    }];
+    let st = s.connect_storage_server(DomainType::LocalFs, &params);
+    assert_eq!(st[0].status, 0, "{st:?}");
+    assert_eq!(s.watched_connections(), vec![engines.clone()]);
+    let text = format!(
+        "version = 1\n[pool.primary]\nid = \"{}\"\n[pool.secondary]\nid = \"{}\"\n\
+         [[connections]]\nname = \"local\"\ntype = \"LOCALFS\"\ndomains = [\"{}\"]\n\
+         primary = {{ path = \"{}\" }}\nsecondary = {{ path = \"{}\" }}\n",
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        prod.display(),
+        replica.display()
+    );
+    let mapping = depot_dr::parse_toml(&text).unwrap();
+    let done = s.dr_switch_connections(&mapping, false).unwrap();
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert_eq!(
+        (done[0].action.as_str(), done[0].outcome.as_str()),
+        ("disconnect", "ok")
+    );
+    assert_eq!(
+        (done[1].action.as_str(), done[1].outcome.as_str()),
+        ("connect", "ok")
+    );
+    let watched = s.watched_connections();
+    assert_eq!(watched.len(), 1, "{watched:?}");
+    assert!(
+        !watched.contains(&engines),
+        "the primary is still watched: {watched:?}"
+    );
+    thread::sleep(5 * INTERVAL);
+    assert_eq!(
+        rec.events(),
+        vec![],
+        "a loss reported for a primary left on purpose"
+    );
+    // Again: nothing to do, nothing done.
+    let again = s.dr_switch_connections(&mapping, false).unwrap();
+    assert!(again.iter().all(|c| c.action == "none"), "{again:?}");
+}

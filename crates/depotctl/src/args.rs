@@ -261,13 +261,56 @@ pub enum DrCmd {
         /// Plan the failback: the same mapping reversed.
         #[arg(long)]
         failback: bool,
-        /// A host id confirmed fenced (repeat for each); not recorded yet.
+        /// A host id confirmed fenced (repeat for each); the plan
+        /// records nothing.
         #[arg(long, value_name = "HOST_ID")]
         confirm_fenced: Vec<u64>,
         /// Print the plan as JSON, exactly as received.
         #[arg(long)]
         json: bool,
     },
+    /// Fails over to the mapping's secondaries (DR.failover): a host job
+    /// in five steps, each journaled in the daemon's state directory, so
+    /// that a rerun with the same mapping continues where a crash
+    /// stopped it. Shows each step as it starts, then the report.
+    Failover(DrRun),
+    /// Fails back (DR.failback): the mapping reversed; refused while the
+    /// site failed over to holds domain metadata its copy on the other
+    /// site does not (not resynced).
+    Failback(DrRun),
+    /// The last failover or failback of this host (DR.status): its
+    /// journal, or its report once finished.
+    Status {
+        /// Print the status as JSON, exactly as received.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What `dr failover` and `dr failback` take.
+#[derive(Debug, Clone, Args)]
+pub struct DrRun {
+    /// The mapping file.
+    #[arg(long, value_name = "FILE")]
+    pub mapping: PathBuf,
+    /// Its format (default: ansible for a .yml or .yaml file, else toml).
+    #[arg(long, value_enum)]
+    pub format: Option<MappingFormat>,
+    /// Steps 1 and 3 read-only, and what 2, 4 and 5 would do; nothing is
+    /// written, no job started.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// A host id confirmed fenced (repeat for each), recorded in the
+    /// journal.
+    #[arg(long, value_name = "HOST_ID")]
+    pub confirm_fenced: Vec<u64>,
+    /// This host's sanlock host id in the recovered domains (default:
+    /// the mapping's hosts.this_host; a failback needs it).
+    #[arg(long, value_name = "HOST_ID")]
+    pub host_id: Option<u64>,
+    /// Print the report (or the dry run) as JSON, exactly as received.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The OVF_STORE volume a stream goes to or comes from.

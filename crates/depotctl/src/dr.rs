@@ -6,7 +6,7 @@ use depot_client::{ClientError, Endpoint, Options};
 use serde_json::{json, Value};
 use std::path::Path;
 
-use crate::args::{DrCmd, MappingFormat};
+use crate::args::{DrCmd, DrRun, MappingFormat};
 use crate::ovf::table;
 use crate::rpc::Rpc;
 use crate::Failure;
@@ -49,6 +49,308 @@ pub async fn run(
             }
             Ok(())
         }
+        DrCmd::Failover(run) => failover(ep, opts, flow_id, "DR.failover", run).await,
+        DrCmd::Failback(run) => failover(ep, opts, flow_id, "DR.failback", run).await,
+        DrCmd::Status { json } => {
+            let rpc = Rpc::connect(ep, opts, flow_id).await?;
+            let st = rpc.call("DR.status", json!({})).await?;
+            if json {
+                println!("{st}");
+            } else {
+                print!("{}", render_status(&st));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `dr failover` / `dr failback`: the dry run, or the job followed step
+/// by step, then its report.
+async fn failover(
+    ep: &Endpoint,
+    opts: Options,
+    flow_id: Option<&str>,
+    verb: &str,
+    run: DrRun,
+) -> Result<(), Failure> {
+    let mapping_text = std::fs::read_to_string(&run.mapping)
+        .map_err(|e| Failure::Usage(format!("{}: {e}", run.mapping.display())))?;
+    let format = run.format.unwrap_or_else(|| format_of(&run.mapping));
+    let mut params = json!({
+        "mapping": mapping_text,
+        "format": match format {
+            MappingFormat::Toml => "toml",
+            MappingFormat::Ansible => "ansible",
+        },
+        "confirmedFenced": run.confirm_fenced,
+        "dryRun": run.dry_run,
+    });
+    if let Some(id) = run.host_id {
+        params["hostId"] = json!(id);
+    }
+    let rpc = Rpc::connect(ep, opts, flow_id).await?;
+    let started = rpc.call(verb, params).await?;
+    if run.dry_run {
+        if run.json {
+            println!("{}", started["dry_run"]);
+        } else {
+            print!("{}", render_dry_run(&started["dry_run"]));
+        }
+        return Ok(());
+    }
+    let id = started
+        .get("job_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ClientError::Protocol(format!("{verb} returned {started}, not a job id")))?
+        .to_string();
+    let mut shown = None;
+    loop {
+        let jobs = rpc.call("Host.getJobs", json!({"job_ids": [id]})).await?;
+        let job = &jobs[id.as_str()];
+        let status = text(job, "status");
+        let step = job
+            .get("progress")
+            .and_then(Value::as_u64)
+            .map(|p| (p / 20 + 1).min(5));
+        if !run.json && step != shown && matches!(status, "running" | "done") {
+            if let Some(n) = step.filter(|_| status == "running") {
+                eprintln!("step {n} of 5: {}", STEP_NAMES[(n - 1) as usize]);
+            }
+            shown = step;
+        }
+        match status {
+            "done" => {
+                let report = &job["result"];
+                if run.json {
+                    println!("{report}");
+                } else {
+                    print!("{}", render_report(report));
+                }
+                return Ok(());
+            }
+            "failed" | "aborted" => {
+                let e: depot_api::WireError = serde_json::from_value(job["error"].clone())
+                    .map_err(|e| ClientError::Protocol(format!("job error: {e}")))?;
+                return Err(ClientError::Rpc(e).into());
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// The steps' names, as the daemon's journal has them.
+const STEP_NAMES: [&str; 5] = [
+    "fence check",
+    "switch connections",
+    "find domains",
+    "take over",
+    "find VMs",
+];
+
+fn fence_line(f: &Value) -> String {
+    let confirmed: Vec<String> = f
+        .get("confirmed_fenced")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .map(|h| h.to_string())
+        .collect();
+    let mut out = format!("{}: {}", text(f, "verdict"), text(f, "message"));
+    if !confirmed.is_empty() {
+        out.push_str(&format!(" (confirmed fenced: {})", confirmed.join(", ")));
+    }
+    out
+}
+
+fn connection_rows(v: &Value) -> Vec<Vec<String>> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            vec![
+                text(c, "pair").to_string(),
+                text(c, "side").to_string(),
+                text(c, "connection").to_string(),
+                text(c, "action").to_string(),
+                text(c, "outcome").to_string(),
+            ]
+        })
+        .collect()
+}
+
+fn domain_rows(v: &Value) -> Vec<Vec<String>> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            vec![
+                text(d, "sd").to_string(),
+                yes(d, "expected"),
+                yes(d, "backup"),
+                match d.get("problem").and_then(Value::as_str) {
+                    Some(p) => p.to_string(),
+                    None => format!("found at {}", text(d, "path")),
+                },
+            ]
+        })
+        .collect()
+}
+
+/// The dry run: steps 1 and 3 as read, what 2, 4 and 5 would do.
+pub fn render_dry_run(v: &Value) -> String {
+    let mut out = format!(
+        "DR {} dry run: nothing was changed\n\n",
+        text(v, "operation")
+    );
+    out.push_str(&format!(
+        "step 1, fence check: {}\n\n",
+        fence_line(&v["fence"])
+    ));
+    out.push_str("step 2 would do:\n");
+    out.push_str(&table(
+        &["CONNECTION", "SIDE", "WHERE", "ACTION", "OUTCOME"],
+        &connection_rows(&v["connections"]),
+    ));
+    out.push_str("\nstep 3, the domains on the secondary:\n");
+    out.push_str(&table(
+        &["DOMAIN", "LISTED", "BACKUP", "FOUND"],
+        &domain_rows(&v["domains"]),
+    ));
+    for w in v
+        .get("would")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!("{}\n", w.as_str().unwrap_or("")));
+    }
+    for w in v
+        .get("not_resynced")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!("failback refused: {}\n", w.as_str().unwrap_or("")));
+    }
+    out
+}
+
+/// The report (a finished journal): each step, then every VM and
+/// template with its disks.
+pub fn render_report(r: &Value) -> String {
+    let mut out = format!(
+        "DR {} into pool {}: {} of 5 steps done{}\n\n",
+        text(r, "operation"),
+        text(r, "pool"),
+        r.get("steps_done").and_then(Value::as_u64).unwrap_or(0),
+        if r.get("finished").is_some_and(|f| !f.is_null()) {
+            ", finished"
+        } else {
+            ""
+        }
+    );
+    if let Some(f) = r.get("fence").filter(|f| !f.is_null()) {
+        out.push_str(&format!("1 fence check: {}\n", fence_line(f)));
+    }
+    let conns = connection_rows(&r["connections"]);
+    if !conns.is_empty() {
+        out.push_str("2 connections:\n");
+        out.push_str(&table(
+            &["CONNECTION", "SIDE", "WHERE", "ACTION", "OUTCOME"],
+            &conns,
+        ));
+    }
+    let doms = domain_rows(&r["domains"]);
+    if !doms.is_empty() {
+        out.push_str("3 domains:\n");
+        out.push_str(&table(&["DOMAIN", "LISTED", "BACKUP", "FOUND"], &doms));
+    }
+    if let Some(t) = r.get("takeover").filter(|t| !t.is_null()) {
+        out.push_str(&format!(
+            "4 take over: master {} at version {}, host {}\n",
+            text(t, "master"),
+            t.get("master_version").and_then(Value::as_i64).unwrap_or(0),
+            t.get("host_id").and_then(Value::as_u64).unwrap_or(0)
+        ));
+        for a in t
+            .get("actions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out.push_str(&format!("  {}\n", a.as_str().unwrap_or("")));
+        }
+        out.push_str(&format!(
+            "  fence after joining: {}\n",
+            fence_line(&t["fence"])
+        ));
+    }
+    let rows = entity_rows(r);
+    if r.get("steps_done").and_then(Value::as_u64) == Some(5) {
+        out.push_str("5 VMs and templates:\n");
+        if rows.is_empty() {
+            out.push_str("  none found\n");
+        } else {
+            out.push_str(&table(
+                &["NAME", "KIND", "DISKS", "STATE", "OVF COPY"],
+                &rows,
+            ));
+        }
+        for n in r
+            .get("notes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out.push_str(&format!("note: {}\n", n.as_str().unwrap_or("")));
+        }
+    }
+    out
+}
+
+/// Step 5's table: each VM or template, its disks' state, the OVF copy.
+fn entity_rows(r: &Value) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for e in r
+        .get("entities")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let disks: Vec<&Value> = e
+            .get("disks")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .collect();
+        let ok = disks.iter().all(|d| {
+            d.get("present") == Some(&json!(true)) && d.get("complete") == Some(&json!(true))
+        });
+        rows.push(vec![
+            text(e, "name").to_string(),
+            text(e, "kind").to_string(),
+            disks.len().to_string(),
+            if ok {
+                "all present and complete".to_string()
+            } else {
+                disks
+                    .iter()
+                    .filter_map(|d| d.get("problem").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+            text(e, "ovf_copy").to_string(),
+        ]);
+    }
+    rows
+}
+
+/// `dr status`.
+pub fn render_status(st: &Value) -> String {
+    match text(st, "state") {
+        "none" => "no DR failover or failback on this host\n".to_string(),
+        state => format!("state: {state}\n{}", render_report(&st["journal"])),
     }
 }
 
@@ -168,7 +470,7 @@ pub fn render_plan(plan: &Value) -> Result<String, String> {
     {
         out.push_str(&format!("warning: {}\n", w.as_str().unwrap_or("")));
     }
-    out.push_str("\nnothing was changed: DR.failover is not there yet (docs/dr.md)\n");
+    out.push_str("\nnothing was changed (depotctl dr failover --dry-run shows steps 3 to 5 too)\n");
     Ok(out)
 }
 
@@ -213,6 +515,60 @@ fn render_fence(fence: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_renders_each_step_and_every_vm() {
+        let fence = json!({"verdict": "pass (confirmed fenced)", "message": "passes: host 1 confirmed",
+            "hosts": [{"host_id": 1, "status": "live", "confirmed": true}],
+            "confirmed_fenced": [1], "at": 1});
+        let r = json!({
+            "version": 1, "operation": "failover", "pool": "rp", "host_id": 3,
+            "started": 1, "steps_done": 5, "finished": 2, "fence": fence,
+            "connections": [{"pair": "connection 'local'", "side": "primary",
+                "connection": "/srv/a", "action": "disconnect", "outcome": "ok"}],
+            "domains": [{"sd": "sd-1", "expected": true, "backup": false,
+                "path": "/srv/b/sd-1", "metadata": null, "problem": null},
+                {"sd": "sd-2", "expected": true, "backup": true, "path": null,
+                 "metadata": null, "problem": "missing: not in /srv/b"}],
+            "takeover": {"pool": "rp", "master": "sd-1", "master_version": 2, "host_id": 3,
+                "domains": ["sd-1"], "actions": ["joined the lockspaces as host 3"], "fence": fence},
+            "entities": [
+                {"id": "e1", "name": "web", "kind": "VM", "sd": "sd-1",
+                 "ovf_copy": "OVF_STORE i/v of sd-1 (valid, generation 4)",
+                 "disks": [{"image": "i1", "volume": "v1", "present": true, "complete": true,
+                            "legality": "LEGAL", "capacity": 1, "chain": ["v1"], "problem": null}]},
+                {"id": "e2", "name": "db", "kind": "VM", "sd": "sd-1", "ovf_copy": "x",
+                 "disks": [{"image": "i2", "volume": "v2", "present": false, "complete": false,
+                            "legality": null, "capacity": null, "chain": [],
+                            "problem": "missing: no volume"}]}],
+            "notes": ["sd-9: no OVF_STORE read"],
+        });
+        let out = render_report(&r);
+        for want in [
+            "DR failover into pool rp: 5 of 5 steps done, finished",
+            "1 fence check: pass (confirmed fenced): passes: host 1 confirmed (confirmed fenced: 1)",
+            "connection 'local'  primary  /srv/a  disconnect  ok",
+            "sd-2    yes     yes     missing: not in /srv/b",
+            "4 take over: master sd-1 at version 2, host 3",
+            "  joined the lockspaces as host 3",
+            "web   VM    1      all present and complete  OVF_STORE i/v of sd-1 (valid, generation 4)",
+            "db    VM    1      missing: no volume",
+            "note: sd-9: no OVF_STORE read",
+        ] {
+            assert!(out.contains(want), "{want:?} not in:\n{out}");
+        }
+        let st = render_status(&json!({"state": "interrupted", "journal": {
+            "operation": "failover", "pool": "rp", "steps_done": 2, "finished": null}}));
+        assert!(
+            st.starts_with("state: interrupted\nDR failover into pool rp: 2 of 5 steps done\n"),
+            "{st}"
+        );
+        assert!(!st.contains("5 VMs"), "{st}");
+        assert_eq!(
+            render_status(&json!({"state": "none"})),
+            "no DR failover or failback on this host\n"
+        );
+    }
 
     #[test]
     fn the_format_follows_the_extension() {

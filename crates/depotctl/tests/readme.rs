@@ -540,9 +540,13 @@ fn check_promises(w: &Walk, d: &Daemon) {
         link.join("images").join(w.var("img")).join(w.var("vol")),
         "{prepared}"
     );
-    assert_eq!(
-        link.canonicalize().unwrap(),
-        w.domain("depot-data", "sd").canonicalize().unwrap()
+    // The link led to the domain on /tmp/depot-data until the DR failover
+    // at the end left the pool (step 2): then it is gone.
+    assert!(
+        !link.exists()
+            || link.canonicalize().unwrap() == w.domain("depot-data", "sd").canonicalize().unwrap(),
+        "{} leads elsewhere",
+        link.display()
     );
 
     // OVF_STORE.
@@ -679,6 +683,70 @@ fn check_promises(w: &Walk, d: &Daemon) {
         w.out("# exit 1: error 9040").contains("error 9040"),
         "a file that is not a mapping is refused"
     );
+    // The dry run: the domain found on the replica, nothing written.
+    let dry = w.out("# step 3 finds the domain on the replica");
+    for want in [
+        "DR failover dry run: nothing was changed",
+        "step 1, fence check: unchecked",
+        "step 2 would do:",
+        "would be done",
+        "/depot-replica/",
+        "step 4: join the lockspaces",
+    ] {
+        assert!(dry.contains(want), "{want:?} not in the dry run:\n{dry}");
+    }
+    assert!(dry.contains(sd), "{dry}");
+    assert!(
+        w.out("# no DR run yet: the dry run wrote no journal")
+            .contains("no DR failover or failback on this host"),
+        "the dry run left a journal"
+    );
+    // The failover itself: every step, myvm found, its disk (moved
+    // away) missing; the status answers the report.
+    let report = w.out("# steps 1-5; myvm found, its disk missing");
+    for want in [
+        "DR failover into pool ",
+        "5 of 5 steps done, finished",
+        "1 fence check: unchecked",
+        "4 take over: master ",
+        "5 VMs and templates:",
+        "myvm",
+        "missing",
+        "valid, generation 1",
+    ] {
+        assert!(
+            report.contains(want),
+            "{want:?} not in the report:\n{report}"
+        );
+    }
+    let st = w.json("# finished: the report, kept in the state directory");
+    assert_eq!(st["state"], "finished", "{st}");
+    let j = &st["journal"];
+    assert_eq!(j["takeover"]["master"], sd, "{st}");
+    let vm = &j["entities"][0];
+    assert_eq!(vm["name"], "myvm", "{st}");
+    assert_eq!(vm["disks"][0]["volume"], w.var("vol"), "{st}");
+    assert_eq!(vm["disks"][0]["present"], false, "{st}");
+    assert_eq!(
+        domain_md_pool(w, sd),
+        j["pool"].as_str().unwrap(),
+        "the replica's domain is in the recovery pool"
+    );
+}
+
+/// POOL_UUID of the walk-through's domain `sd` on the replica.
+fn domain_md_pool(w: &Walk, sd: &str) -> String {
+    let md = w
+        .data
+        .join("depot-replica")
+        .join(sd)
+        .join("dom_md")
+        .join("metadata");
+    let text = std::fs::read_to_string(&md).unwrap_or_else(|e| panic!("{}: {e}", md.display()));
+    text.lines()
+        .find_map(|l| l.strip_prefix("POOL_UUID="))
+        .unwrap_or("")
+        .to_string()
 }
 
 /// `StorageDomain.getImages` of the walk-through's domain `$name`, asked

@@ -95,7 +95,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // through it from their first check.
     let events = EventBus::new(EVENT_QUEUE);
     let (storage, ovf_backup) = open_storage_and_backup(&config, &events).await;
-    let jobs = open_jobs(&config, &storage).await?;
+    let dr = Arc::new(crate::dr_api::Dr::new(
+        storage.clone(),
+        config.daemon.state_dir.clone(),
+        config.daemon.test_verbs,
+    ));
+    let jobs = open_jobs(&config, &storage, &dr).await?;
     let tasks = open_tasks(&config).await?;
     let forwarder = events.forward_jobs(&jobs);
 
@@ -111,7 +116,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         fencer(&config),
         config.daemon.test_verbs,
     )
-    .with_ovf_backup(ovf_backup);
+    .with_ovf_backup(ovf_backup)
+    .with_dr(dr);
     let shared = Arc::new(listeners(
         &config,
         router,
@@ -293,7 +299,11 @@ fn sanlock_config(section: &SanlockSection) -> Option<SanlockConfig> {
 }
 
 /// The job manager, with the jobs of the last run recovered.
-async fn open_jobs(config: &Config, storage: &Arc<Storage>) -> Result<JobManager, StartError> {
+async fn open_jobs(
+    config: &Config,
+    storage: &Arc<Storage>,
+    dr: &Arc<crate::dr_api::Dr>,
+) -> Result<JobManager, StartError> {
     let state_dir = &config.daemon.state_dir;
     let jobs_config = JobsConfig {
         autodelete: Duration::from_secs_f64(config.jobs.autodelete_delay_s),
@@ -304,6 +314,7 @@ async fn open_jobs(config: &Config, storage: &Arc<Storage>) -> Result<JobManager
     make_dir(&journal_dir, 0o700)?;
     let mut kinds: Vec<Arc<dyn depot_jobs::JobKind>> = vec![Arc::new(SleepJob)];
     kinds.extend(storage_jobs::kinds(storage, journal_dir));
+    kinds.push(Arc::new(crate::dr_api::DrJob(dr.clone())));
     let (jobs, recovery) = JobManager::open(state_dir, jobs_config, kinds).await?;
     tracing::info!(%recovery, "jobs recovered");
     Ok(jobs)

@@ -22,6 +22,7 @@ use crate::storage_api;
 use crate::storage_jobs;
 use crate::task_store::SpmVerb;
 use crate::tasks::{Scope, Tasks};
+use depot_dr::journal::Operation;
 
 /// What an SPM verb's task belongs to: the pool named, or the connected
 /// pool of the domain (none for a domain attached to no pool).
@@ -41,6 +42,9 @@ pub struct Router {
     test_verbs: bool,
     /// The OVF backup providers (`OvfBackup.*`).
     ovf_backup: Arc<depot_ovf_backup::OvfBackup>,
+    /// The DR runs (`DR.failover`, `DR.failback`, `DR.status`); none in
+    /// a router made without a state directory.
+    dr: Option<Arc<dr_api::Dr>>,
 }
 
 impl Router {
@@ -58,7 +62,20 @@ impl Router {
             fencer,
             test_verbs,
             ovf_backup: Arc::new(depot_ovf_backup::OvfBackup::noop()),
+            dr: None,
         }
+    }
+
+    /// The DR runs, shared with their job kind.
+    pub fn with_dr(mut self, dr: Arc<dr_api::Dr>) -> Self {
+        self.dr = Some(dr);
+        self
+    }
+
+    fn dr(&self) -> Result<&Arc<dr_api::Dr>, ApiError> {
+        self.dr
+            .as_ref()
+            .ok_or_else(|| ApiError::new(Code::InternalError, "DR is not set up in this daemon"))
     }
 
     /// The OVF backup providers the `OvfBackup.*` verbs read.
@@ -186,6 +203,31 @@ impl Router {
                 wire(storage_api::host_liveness(storage, p.storagedomainID).await)
             }
             Call::DrPlan(p) => wire(dr_api::plan(storage, p).await),
+            Call::DrFailover(p) => match self.dr() {
+                Ok(dr) => wire(dr.start(&self.jobs, Operation::Failover, p).await),
+                Err(e) => Err(e),
+            },
+            Call::DrFailback(p) => match self.dr() {
+                Ok(dr) => {
+                    let p = params::DrFailover {
+                        mapping: p.mapping,
+                        format: p.format,
+                        confirmedFenced: p.confirmedFenced,
+                        dryRun: p.dryRun,
+                        hostId: p.hostId,
+                        job_id: p.job_id,
+                    };
+                    wire(dr.start(&self.jobs, Operation::Failback, p).await)
+                }
+                Err(e) => Err(e),
+            },
+            Call::DrStatus(_) => match self.dr() {
+                Ok(dr) => {
+                    let dr = dr.clone();
+                    wire(off_runtime(move || dr.status()).await)
+                }
+                Err(e) => Err(e),
+            },
             Call::StoragePoolCreate(p) => wire(storage_api::create_pool(storage, p).await),
             Call::StoragePoolConnect(p) => wire(storage_api::connect_pool(storage, p).await),
             Call::StoragePoolDisconnect(p) => wire(storage_api::disconnect_pool(storage, p).await),

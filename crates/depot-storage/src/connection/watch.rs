@@ -158,6 +158,15 @@ impl Watch {
         self.shared.entries().remove(id);
     }
 
+    /// Forgets every connection watched on `connection` (its spec, as
+    /// watched), whatever its id: a DR failover disconnects a primary
+    /// that the engine connected under an id depot was not told.
+    pub fn forget_connection(&self, connection: &str) {
+        self.shared
+            .entries()
+            .retain(|_, e| e.connection != connection);
+    }
+
     /// The ids watched now, for tests and logs.
     pub fn watched(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.shared.entries().keys().cloned().collect();

@@ -274,7 +274,7 @@ impl Storage {
     }
 
     /// A side as it is now; its step is the caller's.
-    fn side_now(&self, pair: &ConnectionPair, end: &Endpoint) -> SidePlan {
+    pub(super) fn side_now(&self, pair: &ConnectionPair, end: &Endpoint) -> SidePlan {
         let describe = end.describe();
         let (link, mount_point) = match end {
             Endpoint::Iscsi {
@@ -303,7 +303,11 @@ impl Storage {
 
     /// The checked connection of a file side, as connectStorageServer
     /// would make it.
-    fn file_connection(&self, pair: &ConnectionPair, end: &Endpoint) -> Result<Connection, String> {
+    pub(super) fn file_connection(
+        &self,
+        pair: &ConnectionPair,
+        end: &Endpoint,
+    ) -> Result<Connection, String> {
         let vfs_type = match end {
             Endpoint::PosixFs { vfs_type, .. } => Some(vfs_type.clone()),
             _ => None,

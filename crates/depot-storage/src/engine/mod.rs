@@ -39,6 +39,7 @@ mod connections;
 mod copy;
 mod domains;
 pub mod dr;
+mod dr_failover;
 mod leases;
 mod liveness;
 pub mod lvm;
@@ -52,6 +53,7 @@ mod volumes;
 
 pub use copy::{Control, CopyOutcome, DestinationLease, VolRef};
 pub use domains::DomainInfo;
+pub use dr_failover::{fence_record as dr_fence_record, now as dr_now};
 pub use leases::LeaseStatus;
 pub use mailbox::{MailboxConfig, ThinLv};
 pub use ovf::{OvfListing, OvfStoreInfo, Readable, StoreTexts, UploadDone};

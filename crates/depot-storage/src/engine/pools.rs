@@ -248,7 +248,12 @@ impl Storage {
 
     /// Attaches `sd` to `sp`, a pool this host knows (309 otherwise):
     /// `attach`'s work, and `create`'s for the pool's other domains.
-    fn attach_domain(&self, sd: SdUuid, sp: SpUuid, op: &'static str) -> StorageResult<()> {
+    pub(super) fn attach_domain(
+        &self,
+        sd: SdUuid,
+        sp: SpUuid,
+        op: &'static str,
+    ) -> StorageResult<()> {
         if !self.pools.lock().contains_key(&sp) {
             return Err(StorageError::new(
                 Code::StoragePoolUnknown,

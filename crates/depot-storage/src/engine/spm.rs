@@ -600,21 +600,31 @@ impl Storage {
 
     /// VDSM's cluster lock for a forced detach from a pool not connected
     /// here (hsm's `_detachStorageDomainFromOldPools`): the domain's own
-    /// `SDM` lease, under the host id of the pool this host is connected
-    /// to, or VDSM's reserved id 1000 when it is in none. 651 and nothing
+    /// `SDM` lease, under the host id this host holds in the domain's
+    /// lockspace already (a DR failover's step 4 joined it), else that of
+    /// the pool this host is connected to, or VDSM's reserved id 1000
+    /// when it is in none. 651 and nothing
     /// written when another host holds it (a live SPM of that pool: the
     /// pool is not gone after all). `None` with sanlock disabled.
     pub(super) fn take_detach_lease(&self, sd: SdUuid) -> StorageResult<Option<DetachLease>> {
         let Some(client) = self.sanlock_client() else {
             return Ok(None);
         };
-        let host_id = self
-            .pools
-            .lock()
-            .values()
-            .find(|p| p.connected)
-            .and_then(|p| p.host_id)
-            .map_or(RESERVED_HOST_ID, |id| id as u64);
+        // The id this host holds in the domain's lockspace already, if
+        // any (a DR failover joined it before detaching): sanlock refuses
+        // a second id in one lockspace (EINVAL).
+        let held = self
+            .monitor
+            .host_id(sd)
+            .filter(|_| self.monitor.status(sd).is_some_and(|h| h.acquired));
+        let host_id = held.unwrap_or_else(|| {
+            self.pools
+                .lock()
+                .values()
+                .find(|p| p.connected)
+                .and_then(|p| p.host_id)
+                .map_or(RESERVED_HOST_ID, |id| id as u64)
+        });
         let (_, ids) = self.spm_areas(sd)?;
         let ls = lockspace(sd, host_id, &ids);
         // Whether this call joins the lockspace, and so must leave it.

@@ -1,0 +1,719 @@
+//! `DR.failover` and `DR.failback` end to end on LOCALFS (temporary
+//! directories, no root, no sanlock): a primary site with a pool, a data
+//! domain and a backup domain, VMs' disks and an OVF_STORE; the replica
+//! made by copying it (`cp -a`); the dry run changing nothing; the
+//! failover's report listing every VM with its disks present and
+//! complete, the master never the backup domain; a rerun changing
+//! nothing and answering the same report; failback refused while the
+//! primary's metadata was not copied back, and done once it was (the
+//! replica copied while a VM writes to its disk); a `kill -9` between steps, then the rerun ending with the same report; a
+//! different mapping refused while a journal is open.
+
+mod common;
+mod ovf_common;
+mod storage_common;
+#[path = "../../depot-storage/tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use depot_client::Client;
+use ovf_common::*;
+use serde_json::{json, Value};
+use storage_common::*;
+
+const PROD: &str = "5849b030-626e-47cb-ad90-3ce782d831b3";
+const RECOVERY: &str = "a1f2c3d4-0e5f-4a6b-8c7d-9e0f1a2b3c4d";
+
+fn mapping(primary: &Path, secondary: &Path, sd: &str, bk: &str) -> String {
+    format!(
+        r#"
+version = 1
+[pool.primary]
+id = "{PROD}"
+name = "Prod"
+[pool.secondary]
+id = "{RECOVERY}"
+name = "Recovery"
+[hosts]
+this_host = 3
+primary_site = [1, 2]
+secondary_site = [3]
+
+[[connections]]
+name = "local"
+type = "LOCALFS"
+domains = ["{bk}", "{sd}"]
+primary = {{ path = "{}" }}
+secondary = {{ path = "{}" }}
+"#,
+        primary.display(),
+        secondary.display()
+    )
+}
+
+fn cp_a(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+/// The primary site: a pool `Prod` (this host connected as host 1) with
+/// a data domain (its master) and a backup domain, three entities' disks
+/// and an OVF_STORE listing them.
+struct Site {
+    prod: tempfile::TempDir,
+    replica: tempfile::TempDir,
+    sd: String,
+    bk: String,
+    entities: Vec<Entity>,
+}
+
+impl Site {
+    fn prod(&self) -> PathBuf {
+        self.prod.path().canonicalize().unwrap()
+    }
+    fn replica(&self) -> PathBuf {
+        self.replica.path().canonicalize().unwrap()
+    }
+    fn mapping(&self) -> String {
+        mapping(&self.prod(), &self.replica(), &self.sd, &self.bk)
+    }
+
+    async fn new(d: &Daemon) -> Site {
+        let prod = tempfile::tempdir().unwrap();
+        let replica = tempfile::tempdir().unwrap();
+        let root = prod.path().canonicalize().unwrap();
+        let dom = Domain::create(d, LOCALFS, ConnectionSpec::local(&root), 512).await;
+        let c = &dom.c;
+        let bk = new_id();
+        call_ok(
+            c,
+            "StorageDomain.create",
+            create_domain_params(&bk, LOCALFS, &dom.conn.connection, "backup", 512),
+        )
+        .await;
+        call_ok(
+            c,
+            "StorageDomain.setBackup",
+            json!({"storagedomainID": bk, "backup": true}),
+        )
+        .await;
+        // Disks: a template's, a VM's two, a VM's base and its snapshot.
+        let (t, a, b, s) = (new_id(), new_id(), new_id(), new_id());
+        let tpl = dom.create_volume(&t, MIB, "RAW", "DATA", None).await;
+        let d1 = dom.create_volume(&a, MIB, "RAW", "DATA", None).await;
+        let d2 = dom.create_volume(&b, 2 * MIB, "COW", "DATA", None).await;
+        let base = dom.create_volume(&s, MIB, "RAW", "DATA", None).await;
+        let snap = dom
+            .create_volume(&s, MIB, "COW", "DATA", Some(&base.vol))
+            .await;
+        let r = |v: &Vol| (v.img.clone(), v.vol.clone());
+        let refs = |vs: &[&Vol]| vs.iter().map(|v| r(v)).collect::<Vec<_>>();
+        let as_str = |v: &[(String, String)]| {
+            v.iter()
+                .map(|(i, v)| (i.clone(), v.clone()))
+                .collect::<Vec<_>>()
+        };
+        let e = |name: &str, template: bool, vs: &[&Vol]| {
+            let owned = as_str(&refs(vs));
+            let borrowed: Vec<(&str, &str)> = owned
+                .iter()
+                .map(|(i, v)| (i.as_str(), v.as_str()))
+                .collect();
+            Entity::new(name, template, &borrowed, 0)
+        };
+        let entities = vec![
+            e("rhel9-base", true, &[&tpl]),
+            e("web & db", false, &[&d1, &d2]),
+            e("vm-snap", false, &[&base, &snap]),
+        ];
+        let store = dom.create_store().await;
+        let tar = engine_tar(&dom.sd, &entities, &[]);
+        dom.set_description(&store, &dom.store_description(tar.len()))
+            .await;
+        put_ok(&Via::unix(d), &store, &tar).await;
+        call_ok(
+            c,
+            "StoragePool.create",
+            json!({
+                "storagepoolID": PROD, "name": "Prod", "masterSdUUID": dom.sd,
+                "masterVersion": 1, "domainList": [dom.sd, bk],
+            }),
+        )
+        .await;
+        call_ok(
+            c,
+            "StoragePool.connect",
+            json!({
+                "storagepoolID": PROD, "hostID": 1, "scsiKey": PROD,
+                "masterSdUUID": dom.sd, "masterVersion": 1,
+                "domainDict": {dom.sd.clone(): "active", bk.clone(): "active"},
+            }),
+        )
+        .await;
+        let site = Site {
+            sd: dom.sd.clone(),
+            bk,
+            entities,
+            prod,
+            replica,
+        };
+        // The replica, as replication leaves it: copied while a VM still
+        // writes to its disk (the copy of that file is torn, as a
+        // replica's is; the volume stays present, legal, its size).
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (stop, path) = (stop.clone(), d1.path.clone());
+            std::thread::spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let block = [(n % 251) as u8; 4096];
+                    f.write_all_at(&block, (n % 256) * 4096).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
+        for sd in [&site.sd, &site.bk] {
+            cp_a(&site.prod().join(sd), &site.replica());
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(writer.join().unwrap() > 0, "no write during the copy");
+        site
+    }
+}
+
+/// Everything a dry run must leave alone.
+fn trees(d: &Daemon, site: &Site) -> Vec<Tree> {
+    vec![
+        snapshot(&site.prod()),
+        snapshot(&site.replica()),
+        snapshot(&repository(d)),
+        snapshot(&d.state_dir()),
+    ]
+}
+
+/// Everything a refused job must leave alone: the storage, the
+/// repository, the DR journal and report (the job's own record is the
+/// job manager's).
+fn storage_trees(d: &Daemon, site: &Site) -> (Vec<Tree>, Vec<Option<Vec<u8>>>) {
+    let files = ["dr-journal.json", "dr-report.json"]
+        .iter()
+        .map(|f| std::fs::read(d.state_dir().join(f)).ok())
+        .collect();
+    (
+        vec![
+            snapshot(&site.prod()),
+            snapshot(&site.replica()),
+            snapshot(&repository(d)),
+        ],
+        files,
+    )
+}
+
+fn assert_same_storage(
+    before: &(Vec<Tree>, Vec<Option<Vec<u8>>>),
+    after: &(Vec<Tree>, Vec<Option<Vec<u8>>>),
+    what: &str,
+) {
+    assert_same(&before.0, &after.0, what);
+    assert!(
+        before.1 == after.1,
+        "{what}: the DR journal or report changed"
+    );
+}
+
+fn assert_same(before: &[Tree], after: &[Tree], what: &str) {
+    for (b, a) in before.iter().zip(after) {
+        assert_same_tree(b, a, what);
+    }
+}
+
+/// Starts a DR job and waits for it: the job's info at its end.
+async fn run_job(c: &Client, verb: &str, params: Value) -> Value {
+    let started = call_ok(c, verb, params).await;
+    let id = started["job_id"].as_str().expect("a job id").to_string();
+    wait_job(c, &id).await
+}
+
+async fn wait_job(c: &Client, id: &str) -> Value {
+    // Step 4 waits up to 180 s for sanlock's host id (root tier).
+    let deadline = Instant::now() + Duration::from_secs(400);
+    loop {
+        let jobs = call_ok(c, "Host.getJobs", json!({"job_ids": [id]})).await;
+        let job = jobs[id].clone();
+        let status = job["status"].as_str().unwrap_or("").to_string();
+        if !matches!(status.as_str(), "pending" | "running") {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} still {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn done(job: &Value) -> Value {
+    assert_eq!(job["status"], "done", "{job}");
+    assert_eq!(job["progress"], 100, "{job}");
+    job["result"].clone()
+}
+
+/// What a report says of the VMs: sorted, without times or paths.
+fn vms(report: &Value) -> Vec<Value> {
+    let mut out: Vec<Value> = report["entities"]
+        .as_array()
+        .expect("entities")
+        .iter()
+        .map(|e| {
+            json!({
+                "name": e["name"], "kind": e["kind"], "id": e["id"],
+                "sd": e["sd"], "ovf_copy": e["ovf_copy"], "disks": e["disks"],
+            })
+        })
+        .collect();
+    out.sort_by_key(|v| v["name"].as_str().unwrap_or("").to_string());
+    out
+}
+
+fn check_report(report: &Value, site: &Site, op: &str, pool: &str) {
+    assert_eq!(report["version"], 1, "{report}");
+    assert_eq!(report["operation"], op);
+    assert_eq!(report["steps_done"], 5);
+    assert!(report["finished"].is_u64(), "{report}");
+    // No sanlock here: the fence could not be read, and says so.
+    assert_eq!(report["fence"]["verdict"], "unchecked", "{report}");
+    let t = &report["takeover"];
+    assert_eq!(t["pool"], pool);
+    assert_eq!(t["master"], site.sd.as_str(), "never the backup domain");
+    let mut ds: Vec<&str> = t["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    ds.sort();
+    let mut want = vec![site.sd.as_str(), site.bk.as_str()];
+    want.sort();
+    assert_eq!(ds, want);
+    let vms = vms(report);
+    assert_eq!(vms.len(), site.entities.len(), "{report}");
+    for e in &site.entities {
+        let found = vms
+            .iter()
+            .find(|v| v["id"] == e.id.as_str())
+            .unwrap_or_else(|| panic!("{} not in the report: {report}", e.name));
+        assert_eq!(found["name"], e.name.as_str());
+        assert_eq!(found["kind"], if e.template { "TEMPLATE" } else { "VM" });
+        assert!(
+            found["ovf_copy"]
+                .as_str()
+                .unwrap()
+                .contains("valid, generation"),
+            "{found}"
+        );
+        let disks = found["disks"].as_array().unwrap();
+        assert_eq!(disks.len(), e.disks.len(), "{found}");
+        for (disk, (img, vol)) in disks.iter().zip(&e.disks) {
+            assert_eq!(disk["image"], img.as_str());
+            assert_eq!(disk["volume"], vol.as_str());
+            assert_eq!(disk["present"], true, "{disk}");
+            assert_eq!(disk["complete"], true, "{disk}");
+            assert_eq!(disk["legality"], "LEGAL");
+        }
+    }
+    // The snapshot's chain goes down to its base.
+    let snap = vms.iter().find(|v| v["name"] == "vm-snap").unwrap();
+    assert_eq!(snap["disks"][1]["chain"].as_array().unwrap().len(), 2);
+    // The backup domain has no OVF_STORE: a note, not an error.
+    let notes = report["notes"].as_array().unwrap();
+    assert!(
+        notes.iter().any(|n| n.as_str().unwrap().contains(&site.bk)),
+        "{report}"
+    );
+}
+
+fn md(dom: &Path) -> std::collections::BTreeMap<String, String> {
+    domain_md(dom)
+}
+
+#[tokio::test]
+async fn failover_then_failback_on_a_copied_localfs_site() {
+    let d = Daemon::start(CONFIG);
+    let c = d.client().await;
+    let site = Site::new(&d).await;
+    let text = site.mapping();
+
+    // Nothing yet.
+    let st = call_ok(&c, "DR.status", json!({})).await;
+    assert_eq!(st, json!({"state": "none"}));
+
+    // The dry run: steps 1 and 3 read, nothing written anywhere.
+    let before = trees(&d, &site);
+    let dry = call_ok(&c, "DR.failover", json!({"mapping": text, "dryRun": true})).await;
+    assert_same(&before, &trees(&d, &site), "the dry run");
+    assert!(dry.get("job_id").is_none(), "{dry}");
+    let dry = &dry["dry_run"];
+    assert_eq!(dry["operation"], "failover");
+    let found: Vec<&Value> = dry["domains"].as_array().unwrap().iter().collect();
+    assert_eq!(found.len(), 2, "{dry}");
+    for f in &found {
+        assert!(f["problem"].is_null(), "{f}");
+        assert!(
+            f["path"]
+                .as_str()
+                .unwrap()
+                .starts_with(&*site.replica().to_string_lossy()),
+            "{f}"
+        );
+    }
+    let conns = dry["connections"].as_array().unwrap();
+    assert!(
+        conns
+            .iter()
+            .any(|c| c["action"] == "disconnect pool" && c["outcome"] == "would be done"),
+        "{dry}"
+    );
+    assert!(
+        conns
+            .iter()
+            .any(|c| c["side"] == "secondary" && c["action"] == "connect"),
+        "{dry}"
+    );
+    assert!(
+        dry["would"][0].as_str().unwrap().contains(&site.sd),
+        "{dry}"
+    );
+
+    // The failover.
+    let job = run_job(&c, "DR.failover", json!({"mapping": text})).await;
+    let report = done(&job);
+    check_report(&report, &site, "failover", RECOVERY);
+    let st = call_ok(&c, "DR.status", json!({})).await;
+    assert_eq!(st["state"], "finished");
+    assert_eq!(st["journal"], report, "DR.status answers the report");
+    let kept: Value =
+        serde_json::from_slice(&std::fs::read(d.state_dir().join("dr-report.json")).unwrap())
+            .unwrap();
+    assert_eq!(kept, report, "the report kept in the state directory");
+    let dom = site.replica().join(&site.sd);
+    assert_eq!(md(&dom)["POOL_UUID"], RECOVERY);
+    assert_eq!(md(&dom)["ROLE"], "Master");
+    assert_eq!(md(&dom)["MASTER_VERSION"], "2", "the lost pool's + 1");
+    assert_eq!(md(&site.replica().join(&site.bk))["ROLE"], "Regular");
+    assert_eq!(
+        md(&site.prod().join(&site.sd))["POOL_UUID"],
+        PROD,
+        "the primary is not written"
+    );
+    let info = call_ok(
+        &c,
+        "StoragePool.getInfo",
+        json!({"storagepoolID": RECOVERY}),
+    )
+    .await;
+    assert_eq!(info["info"]["master_uuid"], site.sd.as_str(), "{info}");
+
+    // A rerun: nothing to do, the same report, nothing written on the
+    // storage.
+    let storage = [snapshot(&site.prod()), snapshot(&site.replica())];
+    let again = done(&run_job(&c, "DR.failover", json!({"mapping": text})).await);
+    assert_eq!(again, report);
+    assert_same(
+        &storage,
+        &[snapshot(&site.prod()), snapshot(&site.replica())],
+        "a rerun of a finished failover",
+    );
+
+    // Failback before the primary was resynced: its copy still says the
+    // lost pool, refused (9051), nothing changed.
+    let before = storage_trees(&d, &site);
+    let job = run_job(&c, "DR.failback", json!({"mapping": text, "hostId": 1})).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], 9051, "{job}");
+    let msg = job["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&site.sd) && msg.contains(PROD), "{msg}");
+    assert_same_storage(&before, &storage_trees(&d, &site), "a refused failback");
+    // The dry run says it too.
+    let dry = call_ok(
+        &c,
+        "DR.failback",
+        json!({"mapping": text, "dryRun": true, "hostId": 1}),
+    )
+    .await;
+    assert_eq!(
+        dry["dry_run"]["not_resynced"].as_array().unwrap().len(),
+        2,
+        "{dry}"
+    );
+
+    // Resynced (the replica copied back): failback runs.
+    for sd in [&site.sd, &site.bk] {
+        std::fs::remove_dir_all(site.prod().join(sd)).unwrap();
+        cp_a(&site.replica().join(sd), &site.prod());
+    }
+    let back = done(&run_job(&c, "DR.failback", json!({"mapping": text, "hostId": 1})).await);
+    check_report(&back, &site, "failback", PROD);
+    assert_eq!(vms(&back).len(), 3);
+    let dom = site.prod().join(&site.sd);
+    assert_eq!(md(&dom)["POOL_UUID"], PROD);
+    assert_eq!(md(&dom)["MASTER_VERSION"], "3");
+}
+
+/// A crash (kill -9) after step `n`, then a rerun: it continues at the
+/// next step and ends with the report a run without a crash gives.
+async fn crash_after(n: u8, reference: Option<&[Value]>) -> Vec<Value> {
+    let mut d = Daemon::start_with_env(
+        CONFIG,
+        &[("DEPOTD_TEST_DR_PAUSE_AFTER_STEP", &n.to_string())],
+    );
+    let c = d.client().await;
+    let site = Site::new(&d).await;
+    let text = site.mapping();
+    let started = call_ok(&c, "DR.failover", json!({"mapping": text})).await;
+    let id = started["job_id"].as_str().unwrap().to_string();
+    let journal = d.state_dir().join("dr-journal.json");
+    let steps = || -> u64 {
+        std::fs::read(&journal)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|j| j["steps_done"].as_u64())
+            .unwrap_or(0)
+    };
+    wait_until(
+        "the journal shows the step done",
+        Duration::from_secs(60),
+        || steps() >= u64::from(n),
+    );
+    if n == 1 {
+        // One DR job at a time: the same run again while it is held is
+        // refused (9052), nothing started.
+        call_err(&c, "DR.failover", json!({"mapping": text}), 9052).await;
+    }
+    d.crash();
+    assert_eq!(steps(), u64::from(n), "killed right after step {n}");
+    let at_crash: Value = serde_json::from_slice(&std::fs::read(&journal).unwrap()).unwrap();
+    drop(c);
+    // The hook stays set: the rerun starts after step n, never pauses.
+    d.restart();
+    let c = d.client().await;
+    let st = call_ok(&c, "DR.status", json!({})).await;
+    assert_eq!(st["state"], "interrupted", "{st}");
+    assert_eq!(st["journal"]["steps_done"], n);
+    let job = wait_job(&c, &id).await;
+    assert_eq!(job["status"], "failed", "not resumed by itself: {job}");
+
+    // Another mapping while this journal is open: refused (9050), and
+    // nothing written.
+    let other = mapping(&site.prod(), &site.replica(), &site.sd, &new_id());
+    let before = trees(&d, &site);
+    let msg = call_err(&c, "DR.failover", json!({"mapping": other}), 9050).await;
+    assert!(msg.contains(&format!("{n} of 5 steps")), "{msg}");
+    assert_same(&before, &trees(&d, &site), "a refused mapping");
+
+    let report = done(&run_job(&c, "DR.failover", json!({"mapping": text})).await);
+    check_report(&report, &site, "failover", RECOVERY);
+    // The steps done before the crash were not done again: their records
+    // are the ones written then (a step redone would record what it
+    // found the second time: connections already switched, domains
+    // already detached).
+    for (step, key) in [
+        (1, "fence"),
+        (2, "connections"),
+        (3, "domains"),
+        (4, "takeover"),
+    ] {
+        if step <= n {
+            assert_eq!(
+                report[key], at_crash[key],
+                "step {step} redone after the crash"
+            );
+        }
+    }
+    assert_eq!(report["started"], at_crash["started"]);
+    let got = vms(&report);
+    if let Some(want) = reference {
+        // Another site (new ids): compare what does not name them.
+        let strip = |v: &[Value]| -> Vec<Value> {
+            v.iter()
+                .map(|e| {
+                    let disks: Vec<Value> = e["disks"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|d| {
+                            json!({"present": d["present"], "complete": d["complete"],
+                                   "legality": d["legality"], "capacity": d["capacity"],
+                                   "chain": d["chain"].as_array().unwrap().len()})
+                        })
+                        .collect();
+                    json!({"name": e["name"], "kind": e["kind"], "disks": disks})
+                })
+                .collect()
+        };
+        assert_eq!(
+            strip(&got),
+            strip(want),
+            "the same report after a crash after step {n}"
+        );
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_crash_between_steps_then_a_rerun_gives_the_same_report() {
+    let reference = {
+        let d = Daemon::start(CONFIG);
+        let c = d.client().await;
+        let site = Site::new(&d).await;
+        let report = done(&run_job(&c, "DR.failover", json!({"mapping": site.mapping()})).await);
+        check_report(&report, &site, "failover", RECOVERY);
+        vms(&report)
+    };
+    for n in 1..=4 {
+        crash_after(n, Some(&reference)).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_and_change_nothing() {
+    let d = Daemon::start(CONFIG);
+    let c = d.client().await;
+    let site = Site::new(&d).await;
+    let before = trees(&d, &site);
+    // A bad mapping: its code, no job.
+    call_err(&c, "DR.failover", json!({"mapping": "version = 2"}), 9040).await;
+    // Failback drops the mapping's this_host: a host id is needed.
+    let msg = call_err(&c, "DR.failback", json!({"mapping": site.mapping()}), 9053).await;
+    assert!(msg.contains("hostId"), "{msg}");
+    // A host id sanlock does not take: refused before any job.
+    for bad in [0, 2001] {
+        let msg = call_err(
+            &c,
+            "DR.failback",
+            json!({"mapping": site.mapping(), "hostId": bad}),
+            1000,
+        )
+        .await;
+        assert!(msg.contains("hostId"), "{msg}");
+    }
+    // A journal this depot cannot read: 9054, nothing done.
+    std::fs::write(d.state_dir().join("dr-journal.json"), b"{\"version\": 9}").unwrap();
+    let before_j = trees(&d, &site);
+    let msg = call_err(&c, "DR.failover", json!({"mapping": site.mapping()}), 9054).await;
+    assert!(msg.contains("version 9"), "{msg}");
+    call_err(&c, "DR.status", json!({}), 9054).await;
+    assert_same(&before_j, &trees(&d, &site), "an unreadable journal");
+    std::fs::remove_file(d.state_dir().join("dr-journal.json")).unwrap();
+    assert_same(&before, &trees(&d, &site), "refused requests");
+}
+
+/// The fence check with the real sanlock daemon: this host holds id 1 in
+/// the primary domain's lockspace (the pool connected); a mapping that
+/// says this host is 3 and 1 is the lost site's sees host 1 renewing its
+/// lease (as it would see an old site still alive): the failover is
+/// refused naming it (9049), nothing written and no journal; confirmed
+/// fenced, the failover runs, the confirmation recorded in the journal,
+/// and the check made again after this host joined the replica's
+/// lockspace (where the copied lease of host 1 is not dead yet) passes on
+/// the same confirmation.
+#[tokio::test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn a_live_host_refuses_the_failover_unless_confirmed_fenced() {
+    depot_testkit::require_root();
+    use storage_common::sanlock_pool::{pool, pool_connect, until_acquired, SANLOCK_CONFIG};
+    let _sanlock = depot_testkit::sanlock::SanlockDaemon::start().expect("sanlock daemon");
+    let d = Daemon::start(SANLOCK_CONFIG);
+    let p = pool(&d).await;
+    call_ok(&p.c, "StoragePool.connect", pool_connect(&p, 1)).await;
+    until_acquired(&p.c, &p.sd).await;
+    let primary = p.dom.parent().unwrap().to_path_buf();
+    let replica = tempfile::tempdir().unwrap();
+    let replica = replica.keep().canonicalize().unwrap();
+    cp_a(&p.dom, &replica);
+    let text = format!(
+        r#"
+version = 1
+[pool.primary]
+id = "{}"
+[pool.secondary]
+id = "{RECOVERY}"
+[hosts]
+this_host = 3
+primary_site = [1, 2]
+secondary_site = [3]
+
+[[connections]]
+name = "local"
+type = "LOCALFS"
+domains = ["{}"]
+primary = {{ path = "{}" }}
+secondary = {{ path = "{}" }}
+"#,
+        p.sp,
+        p.sd,
+        primary.display(),
+        replica.display()
+    );
+    let journal = d.state_dir().join("dr-journal.json");
+    let before = (
+        snapshot(&primary),
+        snapshot(&replica),
+        snapshot(&repository(&d)),
+    );
+    let job = run_job(&p.c, "DR.failover", json!({"mapping": text})).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], 9049, "{job}");
+    let msg = job["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("host 1 (") && msg.contains("primary site"),
+        "{msg}"
+    );
+    assert!(!journal.exists(), "a refused fence check wrote a journal");
+    assert_same_tree(
+        &before.1,
+        &snapshot(&replica),
+        "a refused failover (replica)",
+    );
+    assert_same_tree(
+        &before.2,
+        &snapshot(&repository(&d)),
+        "a refused failover (repository)",
+    );
+    assert_eq!(domain_md(&p.dom)["POOL_UUID"], p.sp);
+
+    let report = done(
+        &run_job(
+            &p.c,
+            "DR.failover",
+            json!({"mapping": text, "confirmedFenced": [1]}),
+        )
+        .await,
+    );
+    assert_eq!(
+        report["fence"]["verdict"], "pass (confirmed fenced)",
+        "{report}"
+    );
+    assert_eq!(report["fence"]["confirmed_fenced"], json!([1]), "{report}");
+    assert_eq!(report["fence"]["hosts"][0]["host_id"], 1, "{report}");
+    let again = &report["takeover"]["fence"];
+    assert!(
+        matches!(
+            again["verdict"].as_str(),
+            Some("pass" | "pass (confirmed fenced)")
+        ),
+        "{report}"
+    );
+    assert_eq!(report["takeover"]["master"], p.sd.as_str(), "{report}");
+    assert_eq!(domain_md(&replica.join(&p.sd))["POOL_UUID"], RECOVERY);
+    let kept: Value = serde_json::from_slice(&std::fs::read(&journal).unwrap()).unwrap();
+    assert_eq!(kept["fence"]["confirmed_fenced"], json!([1]), "recorded");
+    let _ = std::fs::remove_dir_all(&replica);
+}
