@@ -402,7 +402,6 @@ struct Site {
 /// The primary site on LUN A, daemon `d` its only host (host 1): a block
 /// domain, master of the pool Prod; a qcow2 and a raw volume with data;
 /// an OVF_STORE with two VMs. Left cleanly: the pool disconnected.
-// long: the site as the engine builds it, verb by verb, in one place.
 async fn primary_site(d: &Daemon, a: &Lun) -> Site {
     let mut c = d.client().await;
     c.set_call_timeout(SLOW);
@@ -583,6 +582,17 @@ async fn block_domain_fails_over_to_a_lun_copied_block_for_block() {
     let text = mapping(&site.sd, &a, &b);
     let plan = call_ok(&c, "DR.plan", json!({"mapping": text})).await;
     println!("vm_dr: DR.plan: {plan}");
+    // The dry run reads the replica's VG already (its portal is logged
+    // in): the domain found by its UUID on B, nothing done.
+    let dry = call_ok(&c, "DR.failover", json!({"mapping": text, "dryRun": true})).await;
+    assert!(dry.get("job_id").is_none(), "{dry}");
+    let found = &dry["dry_run"]["domains"];
+    assert_eq!(found.as_array().map(Vec::len), Some(1), "{dry}");
+    assert_eq!(found[0]["path"], format!("VG {}", site.sd), "{dry}");
+    assert!(found[0]["problem"].is_null(), "{dry}");
+    assert_eq!(found[0]["metadata"]["pools"], json!([PROD]), "{dry}");
+    let st = call_ok(&c, "DR.status", json!({})).await;
+    assert_eq!(st, json!({"state": "none"}), "the dry run wrote no journal");
     let t = Instant::now();
     let started = call_ok(&c, "DR.failover", json!({"mapping": text})).await;
     let id = started["job_id"].as_str().expect("a job id").to_string();
