@@ -445,7 +445,7 @@ impl Storage {
 
     /// A block pair's domains: whether this host sees each VG, and on
     /// which side's LUNs its PVs are.
-    fn block_sights(&self, pair: &ConnectionPair) -> Vec<DomainSight> {
+    pub(super) fn block_sights(&self, pair: &ConnectionPair) -> Vec<DomainSight> {
         let maps = self.multipath_wwids();
         let pvs = match &maps {
             Ok(maps) if !maps.is_empty() => {

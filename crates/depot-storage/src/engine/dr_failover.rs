@@ -18,7 +18,7 @@ use depot_dr::journal::{
 use depot_dr::{ConnectionPair, Endpoint, Mapping};
 use sha2::{Digest, Sha256};
 
-use super::dr::{FenceCheck, Link, Verdict};
+use super::dr::{FenceCheck, Link, Seen, Side, Verdict};
 use super::pools::PoolDomainStatus;
 use super::Storage;
 use crate::connection::ConnectionParams;
@@ -325,18 +325,7 @@ impl Storage {
         let mut out = Vec::new();
         for pair in mapping.connections() {
             if pair.connection_type().is_block() {
-                for &sd in pair.domains() {
-                    out.push(DomainRecord {
-                        sd: sd.to_string(),
-                        expected: true,
-                        backup: pair.backup(),
-                        path: None,
-                        metadata: None,
-                        problem: Some(
-                            "a block domain: failover takes over file domains only for now".into(),
-                        ),
-                    });
-                }
+                out.extend(self.find_block(pair));
                 continue;
             }
             let dir = self.side_dir(pair, pair.secondary());
@@ -374,6 +363,63 @@ impl Storage {
             }
         }
         out
+    }
+
+    /// Step 3 for a block pair: each listed domain's VG (named by its
+    /// UUID) among the PVs of this host's multipath maps, used only when
+    /// every PV is on the secondary's LUNs (by WWID): a VG on the
+    /// primary's LUNs, on both sides' or on LUNs the mapping does not name
+    /// is a problem (one UUID twice, or the wrong copy). The metadata is
+    /// read from the VG's tags (the seal and version checked by the
+    /// reader), without the lookup of the other verbs (which activates
+    /// the metadata LV and cleans a crash's leftovers: not read-only).
+    fn find_block(&self, pair: &ConnectionPair) -> Vec<DomainRecord> {
+        self.refresh_lvm_devices();
+        let secondary = self.side_now(pair, pair.secondary());
+        self.block_sights(pair)
+            .into_iter()
+            .map(|sight| {
+                let sd = sight.sd;
+                let vg = crate::block::vg_name(sd);
+                let mut rec = DomainRecord {
+                    sd: sd.to_string(),
+                    expected: true,
+                    backup: pair.backup(),
+                    path: None,
+                    metadata: None,
+                    problem: None,
+                };
+                rec.problem = match sight.seen {
+                    Seen::On(Side::Secondary) => {
+                        match crate::block::read_metadata(&self.lvm, sd)
+                            .and_then(|md| metadata_record(&md))
+                        {
+                            Ok(md) => {
+                                rec.path = Some(format!("VG {vg}"));
+                                rec.metadata = Some(md);
+                                None
+                            }
+                            Err(e) => Some(format!("metadata: {e}")),
+                        }
+                    }
+                    Seen::On(Side::Primary) => Some(format!(
+                        "VG {vg} is on the primary's LUNs, not the secondary's"
+                    )),
+                    Seen::Block(what) => Some(format!(
+                        "{what}: not on the secondary's LUNs alone (one UUID twice, or LUNs \
+                         the mapping does not name)"
+                    )),
+                    Seen::Nowhere if secondary.link != Link::Connected => Some(format!(
+                        "the secondary cannot be read: {} is not connected",
+                        secondary.describe
+                    )),
+                    Seen::Nowhere => Some(format!("missing: no VG {vg} on this host's LUNs")),
+                    Seen::Elsewhere(p) => Some(format!("elsewhere: {}", p.display())),
+                    Seen::Unreadable(why) => Some(format!("unreadable: {why}")),
+                };
+                rec
+            })
+            .collect()
     }
 
     fn find_on(&self, sd: SdUuid, dir: &Result<PathBuf, String>, backup: bool) -> DomainRecord {
