@@ -31,16 +31,7 @@ fn refused(e: MappingError) -> ApiError {
 }
 
 pub async fn plan(storage: &Arc<Storage>, p: params::DrPlan) -> Result<returns::DrPlan, ApiError> {
-    let format = match p.format.as_deref() {
-        None => Format::Toml,
-        Some(f) => Format::parse(f).ok_or_else(|| {
-            ApiError::new(
-                Code::InvalidParams,
-                format!("parameter 'format': {f:?} is neither \"toml\" nor \"ansible\""),
-            )
-        })?,
-    };
-    let mapping = depot_dr::parse(&p.mapping, format).map_err(refused)?;
+    let (mapping, _) = parse_mapping(&p.mapping, p.format.as_deref())?;
     let failback = p.failback.unwrap_or(false);
     let mapping = if failback {
         mapping.reversed()
