@@ -466,7 +466,8 @@ pub struct Wdmd {
 
 /// `wdmd --dump`'s first line: wdmd's CLOCK_MONOTONIC seconds of its
 /// last keepalive of the device and of its last unclean close (0: none),
-/// and the device's fire timeout.
+/// and the device's fire timeout (sanlock 3.8's wdmd does not print it:
+/// then it is the one its log gave when it armed the device).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WdmdStatus {
     pub now: u64,
@@ -487,8 +488,9 @@ impl WdmdStatus {
 }
 
 /// Parses `wdmd --dump`'s `wdmd PID ... now N last_keepalive N
-/// last_closeunclean N ... fire_timeout N` line.
-pub fn parse_wdmd_dump(out: &str) -> Option<WdmdStatus> {
+/// last_closeunclean N ... [fire_timeout N]` line; `fire_timeout` when the
+/// line has none.
+pub fn parse_wdmd_dump(out: &str, fire_timeout: Option<u64>) -> Option<WdmdStatus> {
     let line = out.lines().find(|l| l.starts_with("wdmd "))?;
     let words: Vec<&str> = line.split_whitespace().collect();
     let get = |k: &str| -> Option<u64> {
@@ -499,7 +501,7 @@ pub fn parse_wdmd_dump(out: &str) -> Option<WdmdStatus> {
         now: get("now")?,
         last_keepalive: get("last_keepalive")?,
         last_closeunclean: get("last_closeunclean")?,
-        fire_timeout: get("fire_timeout")?,
+        fire_timeout: get("fire_timeout").or(fire_timeout)?,
     })
 }
 
@@ -566,7 +568,9 @@ impl Wdmd {
             match w.status() {
                 Ok(_) => break,
                 Err(e) if started.elapsed() > READY_WAIT => {
-                    return Err(format!("wdmd not ready: {e}; log: {}", w.log()))
+                    let log = w.log();
+                    let tail = &log[log.len().saturating_sub(2000)..];
+                    return Err(format!("wdmd not ready: {e}; its log's end: {tail}"));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
@@ -575,10 +579,15 @@ impl Wdmd {
         Ok(w)
     }
 
-    /// `wdmd --dump`, parsed.
+    /// `wdmd --dump`, parsed (the fire timeout from its log's `armed with
+    /// fire_timeout N` when the dump has none).
     pub fn status(&self) -> Result<WdmdStatus, String> {
         let out = run("wdmd", &["--dump"], CLI_TIMEOUT)?;
-        parse_wdmd_dump(&out).ok_or_else(|| format!("wdmd --dump: {out}"))
+        let armed = self.log().lines().find_map(|l| {
+            let (_, n) = l.split_once("armed with fire_timeout ")?;
+            n.trim().parse().ok()
+        });
+        parse_wdmd_dump(&out, armed).ok_or_else(|| format!("wdmd --dump: {out}"))
     }
 
     /// `wdmd --dump` as it prints it (the clients, dead ones too).
@@ -851,7 +860,7 @@ mod tests {
         let out = "wdmd 412 socket_gid 0 high_priority 0 now 305 last_keepalive 230 \
                    last_closeunclean 240 allow_scripts 0 kill_script_sec 0 fire_timeout 60\n\
                    client 1 name sanlock_sd:1 pid 500 fd -1 dead 1 ref 1 now 305 renewal 160 expire 240\n";
-        let st = parse_wdmd_dump(out).unwrap();
+        let st = parse_wdmd_dump(out, None).unwrap();
         assert_eq!(
             st,
             WdmdStatus {
@@ -869,7 +878,15 @@ mod tests {
         };
         assert_eq!(petted.fires_at(), None);
         assert_eq!(WdmdStatus::default().fires_at(), None);
-        assert_eq!(parse_wdmd_dump("client 1 name x\n"), None);
+        assert_eq!(parse_wdmd_dump("client 1 name x\n", Some(60)), None);
+        // sanlock 3.8.5's (bookworm) line has no fire_timeout: the one
+        // given, from the log; none given, no status.
+        let old = "wdmd 297 socket_gid 101 high_priority 0 now 66 last_keepalive 65 \
+                   last_closeunclean 0 allow_scripts 0 kill_script_sec 0\n";
+        let st = parse_wdmd_dump(old, Some(60)).unwrap();
+        assert_eq!((st.last_keepalive, st.fire_timeout), (65, 60));
+        assert_eq!(st.fires_at(), None);
+        assert_eq!(parse_wdmd_dump(old, None), None);
     }
 
     #[test]
