@@ -148,6 +148,38 @@ impl Host<'_> {
         self.d.crash();
     }
 
+    /// Waits (120 s at most) until this host's depotd log has lines with
+    /// every one of `words`; those lines.
+    async fn logged(&self, words: &[&str]) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let found = self.log_lines(words);
+            if !found.is_empty() {
+                return found;
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                let related: Vec<String> = self
+                    .d
+                    .log()
+                    .lines()
+                    .filter(|l| {
+                        ["extend", "watermark", "mailbox"]
+                            .iter()
+                            .any(|w| l.contains(w))
+                    })
+                    .map(str::to_owned)
+                    .collect();
+                panic!(
+                    "host {}'s log has no line with {words:?} after 120 s; its lines about \
+                     extends:\n{}",
+                    self.name,
+                    related.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The lines of this host's depotd log that contain every one of `words`.
     fn log_lines(&self, words: &[&str]) -> Vec<String> {
         self.d
@@ -508,18 +540,15 @@ async fn write_on_b_until_extended(
         })
         .await;
         let took = t.elapsed();
-        let spm = a.log_lines(&["SPM: thin volume extended", vol, "host=2"]);
-        assert!(
-            !spm.is_empty(),
-            "A's log has no extend of {vol} for host 2:\n{}",
-            a.d.log()
-        );
-        let asked = b.log_lines(&["volume extended through the mailbox", vol]);
-        assert!(
-            !asked.is_empty(),
-            "B's log has no mailbox extend of {vol}:\n{}",
-            b.d.log()
-        );
+        // The SPM's lvextend resizes the device at once (one kernel); its
+        // log line follows its LV report, and B's its refresh: seconds
+        // later under TCG.
+        let spm = a
+            .logged(&["SPM: thin volume extended", vol, "host=2"])
+            .await;
+        let asked = b
+            .logged(&["volume extended through the mailbox", vol])
+            .await;
         for l in spm.iter().chain(&asked) {
             println!("two hosts: depotd: {}", l.trim());
         }
