@@ -615,20 +615,16 @@ async fn two_hosts_share_iscsi_and_nfs_one_spm_mailbox_and_failover() {
     // volume it prepared (the single-host figure of vm_mailbox).
     let (img_a, vol_a) = thin_volume(&a, &s, &luns).await;
     prepare(&a, &s, &img_a, &vol_a).await;
-    let mut trips = Vec::new();
-    for _ in 0..2 {
-        let from_b = timed_extend(&b, &s, &img, &vol, &luns).await;
-        let from_a = timed_extend(&a, &s, &img_a, &vol_a, &luns).await;
-        trips.push((from_b, from_a));
-    }
-    for (from_b, from_a) in &trips {
-        println!(
-            "mailbox: explicit extend round trip from non-SPM host B {} ms, \
-             from the SPM A itself {} ms",
-            from_b.as_millis(),
-            from_a.as_millis()
-        );
-    }
+    // One pair: under TCG on a loaded machine each takes 13-23 s, and the
+    // binary must stay within the tier's 600 s.
+    let from_b = timed_extend(&b, &s, &img, &vol, &luns).await;
+    let from_a = timed_extend(&a, &s, &img_a, &vol_a, &luns).await;
+    println!(
+        "mailbox: explicit extend round trip from non-SPM host B {} ms, \
+         from the SPM A itself {} ms",
+        from_b.as_millis(),
+        from_a.as_millis()
+    );
     let read = b.run_here(&[
         "qemu-io",
         "-f",
