@@ -202,3 +202,73 @@ impl Drop for VgCleanup {
         let _ = self.0.pvremove(std::slice::from_ref(&self.2));
     }
 }
+
+/// Two hosts on one block domain, each with its own LVM wrapper (its own
+/// cache of the VG's LVs): an image the other host (the SPM) created after
+/// this host cached the list is found by this host's chain lookup (what
+/// `Image.prepare` runs on a non-SPM host right after the SPM's
+/// `Volume.create`), not refused with 268 until the cache ages out.
+#[test]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+fn a_chain_lookup_finds_an_image_another_host_created_after_its_cache() {
+    depot_testkit::require_root();
+    depot_testkit::require_program("lvm");
+    let disk = Loop::new(1 << 30);
+    let repository = tempfile::tempdir().unwrap();
+    let config = "global { activation = 0 } backup { backup = 0 archive = 0 }";
+    let here = Lvm::new(CommandRunner::new(), Duration::from_secs(60)).with_extra_config(config);
+    let spm = Lvm::new(CommandRunner::new(), Duration::from_secs(60)).with_extra_config(config);
+    let sd = new_sd();
+    let md = block_domain(&spm, &disk.dev, sd, "two hosts");
+    let vg = block::vg_name(sd);
+    let cleanup = VgCleanup(spm.clone(), vg.clone(), disk.dev.clone());
+    here.add_devices([disk.dev.clone()]);
+    let d = Domain::Block(BlockDomain {
+        sd,
+        paths: DomainPaths::new(block::ensure_links(repository.path(), sd).unwrap()),
+        lvm: here.clone(),
+        block_size: md.block_size,
+        slot_lock: Arc::new(Mutex::new(())),
+    });
+    let qemu = QemuImg::new(CommandRunner::new());
+    let tools = VolumeTools {
+        qemu: &qemu,
+        timeout: Duration::from_secs(60),
+    };
+    let (img, vol) = (ImgUuid(Uuid::new_v4()), VolUuid(Uuid::new_v4()));
+    // This host looks first: no such image, and its LV list is cached.
+    let e = d.volumes(tools, |v| v.chain(img, vol, false)).unwrap_err();
+    assert_eq!(e.code, Code::ImageDoesNotExistInSD, "{e}");
+    // The SPM creates the volume's LV (as Volume.create tags it).
+    spm.lvcreate(
+        &vg,
+        &vol.to_string(),
+        128 << 20,
+        &[
+            format!("IU_{img}"),
+            format!("PU_{}", Uuid::nil()),
+            "MD_5".to_owned(),
+        ],
+    )
+    .unwrap();
+    // This host finds it at once. The lookup goes on to the volume's
+    // metadata slot, which cannot be read without device-mapper here (the
+    // VM tier's vm_two_hosts prepares such a volume end to end): any
+    // error but "no such image" or "no such volume".
+    let e = d.volumes(tools, |v| v.chain(img, vol, false)).unwrap_err();
+    assert!(
+        !matches!(
+            e.code,
+            Code::ImageDoesNotExistInSD | Code::VolumeDoesNotExist
+        ),
+        "the image another host created is not found: {e}"
+    );
+    // And this host's cached list has it now.
+    let cached = here.lvs(&vg).unwrap();
+    assert!(
+        cached.iter().any(|l| l.name == vol.to_string()),
+        "{cached:?}"
+    );
+    let _ = spm.lvremove(&vg, &[vol.to_string().as_str()]);
+    drop(cleanup);
+}

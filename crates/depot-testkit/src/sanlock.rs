@@ -33,6 +33,9 @@
 //! * Several hosts in one test: [`SanlockHost`], a daemon each in a mount
 //!   namespace of its own (a private tmpfs on `/run/sanlock`), under one
 //!   [`NoDaemon`] lock the test holds.
+//! * With the watchdog, as in production (the VM tier's guest): [`Wdmd`]
+//!   (wdmd on softdog, `soft_noboot=1`) and
+//!   [`SanlockHost::start_watched`] (`-w 1`, no shim).
 //!
 //! Needs root and the Debian packages `sanlock` and `gcc` (and
 //! util-linux's `unshare` and `nsenter` for hosts).
@@ -50,6 +53,11 @@ pub const LOCK_PATH: &str = "/tmp/depot-test-sanlock.lock";
 pub const DIR_PREFIX: &str = "depot-sanlock-";
 /// The daemon's pid file (sanlock's own, fixed).
 pub const PID_FILE: &str = "/run/sanlock/sanlock.pid";
+
+/// The variable naming its harness directory in the environment of every
+/// daemon these fixtures start (with the shim, `LD_PRELOAD` names it too):
+/// how a daemon a killed test left is told from anyone else's.
+const HARNESS_ENV: &str = "DEPOT_SANLOCK_HARNESS";
 
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 const LOCK_WAIT: Duration = Duration::from_secs(1800);
@@ -231,27 +239,56 @@ impl<'l> SanlockHost<'l> {
     /// Starts host `name`'s daemon (a word: it names the harness
     /// directory, `depot-sanlock-<test pid>-<name>`) and waits until it
     /// answers.
-    pub fn start(_lock: &'l NoDaemon, name: &str) -> Result<SanlockHost<'l>, String> {
+    pub fn start(lock: &'l NoDaemon, name: &str) -> Result<SanlockHost<'l>, String> {
         if !SanlockDaemon::available() || !crate::have_program("unshare") {
             return Err(
                 "sanlock, cc or unshare missing: apt-get install -y sanlock gcc util-linux".into(),
             );
         }
+        SanlockHost::launch(lock, name, false)
+    }
+
+    /// Like [`start`](Self::start), the daemon run as in production: with
+    /// the watchdog (`-w 1`, through `wdmd`, which must run: [`Wdmd`])
+    /// and without the shim (where a watchdog device exists, this is a
+    /// real or virtual machine whose root may raise its limits: the VM
+    /// tier's guest, which has no compiler either).
+    pub fn start_watched(
+        lock: &'l NoDaemon,
+        name: &str,
+        _wdmd: &'l Wdmd,
+    ) -> Result<SanlockHost<'l>, String> {
+        if !crate::have_program("sanlock") || !crate::have_program("unshare") {
+            return Err("sanlock or unshare missing: apt-get install -y sanlock util-linux".into());
+        }
+        SanlockHost::launch(lock, name, true)
+    }
+
+    fn launch(_lock: &'l NoDaemon, name: &str, watched: bool) -> Result<SanlockHost<'l>, String> {
         let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{name}", std::process::id()));
-        let so = harness_dir(&dir)?;
+        fresh_dir(&dir)?;
+        let so = if watched { None } else { Some(shim(&dir)?) };
         let (log, log2) = daemon_log(&dir)?;
+        let mut args = DAEMON_ARGS.to_vec();
+        if watched {
+            args[3] = "1"; // -w 1
+        }
         // The mount point, in the root namespace (the tmpfs covers it in
         // the host's only).
         std::fs::create_dir_all("/run/sanlock").map_err(|e| format!("mkdir /run/sanlock: {e}"))?;
         let started = Instant::now();
         // unshare and sh exec: the child's pid is the daemon's.
-        let child = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "--", "sh", "-c"])
             .arg(format!(
                 "mount -t tmpfs -o mode=0755 depot-sanlock-{name} /run/sanlock && exec sanlock {}",
-                DAEMON_ARGS.join(" ")
+                args.join(" ")
             ))
-            .env("LD_PRELOAD", &so)
+            .env(HARNESS_ENV, &dir);
+        if let Some(so) = &so {
+            cmd.env("LD_PRELOAD", so);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -287,8 +324,13 @@ impl<'l> SanlockHost<'l> {
             }
         }
         eprintln!(
-            "sanlock: host {name}'s daemon pid {pid} ready in {:?}",
-            started.elapsed()
+            "sanlock: host {name}'s daemon pid {pid} ready in {:?} ({})",
+            started.elapsed(),
+            if watched {
+                "watchdog on, through wdmd"
+            } else {
+                "no watchdog"
+            }
         );
         Ok(h)
     }
@@ -400,6 +442,175 @@ impl Drop for SanlockHost<'_> {
     }
 }
 
+/// The watchdog multiplexer `wdmd` (Debian's `sanlock` package) on the
+/// softdog module, for sanlock daemons started with
+/// [`SanlockHost::start_watched`]: the watchdog sanlock runs with in
+/// production (VDSM's hosts), for the VM tier's guest. softdog is loaded
+/// with `soft_noboot=1`: when it fires it logs `softdog: Triggered -
+/// Reboot ignored` instead of resetting the machine, because the hosts of
+/// a test share this one kernel and its one watchdog, and a reset would
+/// take the surviving host with the dead one. So a test sees *when* the
+/// dead host would have been reset ([`WdmdStatus::fires_at`]), not the
+/// reset.
+///
+/// wdmd's socket (`/run/wdmd/wdmd.sock`) is shared by every mount
+/// namespace (only `/run/sanlock` is private to a host), so all the
+/// hosts' daemons are its clients. A host whose daemon was killed leaves
+/// a client wdmd keeps testing (its expiry passes, and wdmd stops petting
+/// the device); it also refuses SIGTERM then, so drop kills it (SIGKILL).
+/// Needs root; the test holds [`NoDaemon`].
+pub struct Wdmd {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// `wdmd --dump`'s first line: wdmd's CLOCK_MONOTONIC seconds of its
+/// last keepalive of the device and of its last unclean close (0: none),
+/// and the device's fire timeout (sanlock 3.8's wdmd does not print it:
+/// then it is the one its log gave when it armed the device).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WdmdStatus {
+    pub now: u64,
+    pub last_keepalive: u64,
+    pub last_closeunclean: u64,
+    pub fire_timeout: u64,
+}
+
+impl WdmdStatus {
+    /// When the watchdog fires (CLOCK_MONOTONIC seconds): fire_timeout
+    /// after the last ping, if the last ping was the unclean close (wdmd
+    /// stopped petting because a client's test failed); None while the
+    /// device is petted.
+    pub fn fires_at(&self) -> Option<u64> {
+        (self.last_closeunclean > 0 && self.last_closeunclean >= self.last_keepalive)
+            .then_some(self.last_closeunclean + self.fire_timeout)
+    }
+}
+
+/// Parses `wdmd --dump`'s `wdmd PID ... now N last_keepalive N
+/// last_closeunclean N ... [fire_timeout N]` line; `fire_timeout` when the
+/// line has none.
+pub fn parse_wdmd_dump(out: &str, fire_timeout: Option<u64>) -> Option<WdmdStatus> {
+    let line = out.lines().find(|l| l.starts_with("wdmd "))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let get = |k: &str| -> Option<u64> {
+        let i = words.iter().position(|w| *w == k)?;
+        words.get(i + 1)?.parse().ok()
+    };
+    Some(WdmdStatus {
+        now: get("now")?,
+        last_keepalive: get("last_keepalive")?,
+        last_closeunclean: get("last_closeunclean")?,
+        fire_timeout: get("fire_timeout").or(fire_timeout)?,
+    })
+}
+
+impl Wdmd {
+    /// Loads softdog (`soft_noboot=1`; one loaded without it is an error:
+    /// it would reset the machine), stops a wdmd a killed test left (any
+    /// other running wdmd is an error) and starts `wdmd -D`; ready when
+    /// `wdmd --dump` answers.
+    pub fn start(_lock: &NoDaemon) -> Result<Wdmd, String> {
+        if !crate::have_program("wdmd") {
+            return Err("wdmd missing: apt-get install -y sanlock".into());
+        }
+        for pid in find_processes(|argv| {
+            argv.first()
+                .is_some_and(|a| Path::new(a).file_name().is_some_and(|f| f == "wdmd"))
+        }) {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let ours = environ
+                .split(|&b| b == 0)
+                .any(|v| v.starts_with(HARNESS_ENV.as_bytes()));
+            if !ours {
+                return Err(format!(
+                    "a wdmd not started by these tests runs (pid {pid}): stop it first"
+                ));
+            }
+            eprintln!("sanlock: killing the wdmd pid {pid} a killed test left");
+            signal(pid, "KILL");
+            gone_within(pid, Duration::from_secs(10));
+        }
+        let noboot = "/sys/module/softdog/parameters/soft_noboot";
+        if Path::new("/sys/module/softdog").exists() {
+            let v = std::fs::read_to_string(noboot).unwrap_or_default();
+            if v.trim() != "1" {
+                return Err(format!(
+                    "softdog is loaded with soft_noboot={}: a fired watchdog would reset \
+                     this machine (rmmod softdog first)",
+                    v.trim()
+                ));
+            }
+        } else {
+            run("modprobe", &["softdog", "soft_noboot=1"], CLI_TIMEOUT)?;
+        }
+        let dir = std::env::temp_dir().join(format!("depot-wdmd-{}", std::process::id()));
+        fresh_dir(&dir)?;
+        let (log, log2) = daemon_log(&dir)?;
+        std::fs::create_dir_all("/run/wdmd").map_err(|e| format!("mkdir /run/wdmd: {e}"))?;
+        let child = Command::new("wdmd")
+            .arg("-D")
+            .env(HARNESS_ENV, &dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("wdmd: {e}"))?;
+        let mut w = Wdmd {
+            dir,
+            child: Some(child),
+        };
+        let started = Instant::now();
+        loop {
+            if let Some(Ok(Some(status))) = w.child.as_mut().map(Child::try_wait) {
+                return Err(format!("wdmd exited ({status}); log: {}", w.log()));
+            }
+            match w.status() {
+                Ok(_) => break,
+                Err(e) if started.elapsed() > READY_WAIT => {
+                    let log = w.log();
+                    let tail = &log[log.len().saturating_sub(2000)..];
+                    return Err(format!("wdmd not ready: {e}; its log's end: {tail}"));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+        eprintln!("sanlock: wdmd ready in {:?}", started.elapsed());
+        Ok(w)
+    }
+
+    /// `wdmd --dump`, parsed (the fire timeout from its log's `armed with
+    /// fire_timeout N` when the dump has none).
+    pub fn status(&self) -> Result<WdmdStatus, String> {
+        let out = run("wdmd", &["--dump"], CLI_TIMEOUT)?;
+        let armed = self.log().lines().find_map(|l| {
+            let (_, n) = l.split_once("armed with fire_timeout ")?;
+            n.trim().parse().ok()
+        });
+        parse_wdmd_dump(&out, armed).ok_or_else(|| format!("wdmd --dump: {out}"))
+    }
+
+    /// `wdmd --dump` as it prints it (the clients, dead ones too).
+    pub fn dump(&self) -> String {
+        run("wdmd", &["--dump"], CLI_TIMEOUT).unwrap_or_else(|e| e)
+    }
+
+    /// wdmd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Wdmd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// One host of a lockspace as a daemon sees it (`sanlock client
 /// host_status -D`): `timestamp` is the host's last renewal (its
 /// CLOCK_MONOTONIC seconds, as it wrote it in its delta lease; 0: free),
@@ -458,8 +669,18 @@ const DAEMON_ARGS: [&str; 10] = [
 /// Makes the harness directory `dir` afresh with the shim compiled in it;
 /// the shim's path.
 fn harness_dir(dir: &Path) -> Result<PathBuf, String> {
+    fresh_dir(dir)?;
+    shim(dir)
+}
+
+/// Makes the harness directory `dir` afresh.
+fn fresh_dir(dir: &Path) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    std::fs::create_dir(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))
+}
+
+/// Compiles the shim into `dir`; its path.
+fn shim(dir: &Path) -> Result<PathBuf, String> {
     let src = dir.join("shim.c");
     let so = dir.join("shim.so");
     std::fs::write(&src, SHIM_C).map_err(|e| format!("write {}: {e}", src.display()))?;
@@ -502,7 +723,7 @@ fn stop_leftovers() -> Result<(), String> {
     for pid in daemons {
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
         let ours = environ.split(|&b| b == 0).any(|v| {
-            v.starts_with(b"LD_PRELOAD=")
+            (v.starts_with(b"LD_PRELOAD=") || v.starts_with(HARNESS_ENV.as_bytes()))
                 && v.windows(DIR_PREFIX.len())
                     .any(|w| w == DIR_PREFIX.as_bytes())
         });
@@ -631,6 +852,41 @@ mod tests {
         assert!(status.success(), "{status}");
         // Its directory names this (live) process: left to its test.
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn wdmd_dump_gives_when_the_watchdog_fires() {
+        // sanlock 3.8's `wdmd --dump` after a client's test failed.
+        let out = "wdmd 412 socket_gid 0 high_priority 0 now 305 last_keepalive 230 \
+                   last_closeunclean 240 allow_scripts 0 kill_script_sec 0 fire_timeout 60\n\
+                   client 1 name sanlock_sd:1 pid 500 fd -1 dead 1 ref 1 now 305 renewal 160 expire 240\n";
+        let st = parse_wdmd_dump(out, None).unwrap();
+        assert_eq!(
+            st,
+            WdmdStatus {
+                now: 305,
+                last_keepalive: 230,
+                last_closeunclean: 240,
+                fire_timeout: 60
+            }
+        );
+        assert_eq!(st.fires_at(), Some(300));
+        // Petted after an earlier close: not firing.
+        let petted = WdmdStatus {
+            last_keepalive: 250,
+            ..st.clone()
+        };
+        assert_eq!(petted.fires_at(), None);
+        assert_eq!(WdmdStatus::default().fires_at(), None);
+        assert_eq!(parse_wdmd_dump("client 1 name x\n", Some(60)), None);
+        // sanlock 3.8.5's (bookworm) line has no fire_timeout: the one
+        // given, from the log; none given, no status.
+        let old = "wdmd 297 socket_gid 101 high_priority 0 now 66 last_keepalive 65 \
+                   last_closeunclean 0 allow_scripts 0 kill_script_sec 0\n";
+        let st = parse_wdmd_dump(old, Some(60)).unwrap();
+        assert_eq!((st.last_keepalive, st.fire_timeout), (65, 60));
+        assert_eq!(st.fires_at(), None);
+        assert_eq!(parse_wdmd_dump(old, None), None);
     }
 
     #[test]

@@ -879,6 +879,11 @@ impl VolumeStore for BlockVolumes<'_> {
         Ok(())
     }
 
+    /// From the cached LV list; an image or volume missing from it is
+    /// looked for again in a list read now: another host's SPM may have
+    /// made it since this host cached the list (the engine prepares a
+    /// volume on a host right after the SPM created it), as a lookup of
+    /// one LV does (`Lvm::lv`).
     fn chain(
         &self,
         img: ImgUuid,
@@ -886,7 +891,33 @@ impl VolumeStore for BlockVolumes<'_> {
         allow_illegal: bool,
     ) -> StorageResult<Vec<VolumeInfo>> {
         const OP: &str = "volume chain";
-        let lvs = self.volume_lvs(OP)?;
+        let cached = self.volume_lvs(OP)?;
+        match self.chain_in(&cached, img, leaf, allow_illegal) {
+            Err(e)
+                if matches!(
+                    e.code,
+                    Code::ImageDoesNotExistInSD | Code::VolumeDoesNotExist
+                ) =>
+            {
+                self.lvm.invalidate(&self.vg());
+                let fresh = self.volume_lvs(OP)?;
+                self.chain_in(&fresh, img, leaf, allow_illegal)
+            }
+            other => other,
+        }
+    }
+}
+
+impl BlockVolumes<'_> {
+    /// The chain of `leaf` in the LV list `lvs`, base first.
+    fn chain_in(
+        &self,
+        lvs: &[LvInfo],
+        img: ImgUuid,
+        leaf: VolUuid,
+        allow_illegal: bool,
+    ) -> StorageResult<Vec<VolumeInfo>> {
+        const OP: &str = "volume chain";
         if !lvs.iter().any(|l| lv_image(l) == Some(img)) {
             return Err(StorageError::new(
                 Code::ImageDoesNotExistInSD,
@@ -915,7 +946,7 @@ impl VolumeStore for BlockVolumes<'_> {
                         format!("volume {cur} of image {img}"),
                     )
                 })?;
-            let info = self.info_of(lv, &lvs, OP)?;
+            let info = self.info_of(lv, lvs, OP)?;
             if info.metadata.legality == Legality::Illegal && !allow_illegal {
                 return Err(StorageError::new(
                     Code::PrepareIllegalVolumeError,
