@@ -6,6 +6,8 @@
 //!
 //! A test takes the lock when its body calls `SanlockDaemon::start`,
 //! `NoDaemon::hold` or `SanlockHost::start` (depot_testkit::sanlock).
+//! The VM tier's binaries (`crates/*/tests/vm_*.rs`) are left out: they
+//! run one at a time in the guest under tests/vm/run, never under nextest.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -84,7 +86,10 @@ fn lock_taking_tests(root: &Path) -> BTreeSet<String> {
     rust_files(&root.join("crates"), &mut files);
     let mut finder = Finder::default();
     for f in files {
-        if f.ends_with("tests/sanlock_group.rs") {
+        let vm_tier = f.parent().is_some_and(|d| d.ends_with("tests"))
+            && f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vm_"));
+        if f.ends_with("tests/sanlock_group.rs") || vm_tier {
             continue;
         }
         let src = std::fs::read_to_string(&f).unwrap();
