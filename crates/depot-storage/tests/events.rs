@@ -101,16 +101,11 @@ fn monitor_publishes_each_change_of_state_once() {
     m.shutdown();
 }
 
-#[test]
-fn watch_reports_a_lost_localfs_connection_once() {
-    let repo = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let local = data.path().join("domain");
-    fs::create_dir(&local).unwrap();
-    let rec = Arc::new(Recorder::default());
-    let s = Storage::new(
+/// A storage on the repository `repo` whose events go to `rec`.
+fn watched_storage(repo: &std::path::Path, rec: &Arc<Recorder>) -> Storage {
+    Storage::new(
         StorageConfig {
-            repository: repo.path().to_path_buf(),
+            repository: repo.to_path_buf(),
             io_timeout: Duration::from_secs(10),
             lock_timeout: Duration::from_secs(10),
             qemu_img_timeout: Duration::from_secs(10),
@@ -123,7 +118,17 @@ fn watch_reports_a_lost_localfs_connection_once() {
         },
         CommandRunner::new(),
     )
-    .with_events(Events::new(rec.clone()));
+    .with_events(Events::new(rec.clone()))
+}
+
+#[test]
+fn watch_reports_a_lost_localfs_connection_once() {
+    let repo = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let local = data.path().join("domain");
+    fs::create_dir(&local).unwrap();
+    let rec = Arc::new(Recorder::default());
+    let s = watched_storage(repo.path(), &rec);
     let id = Uuid::new_v4().to_string();
     let params = vec![ConnectionParams {
         id: id.clone(),
@@ -185,22 +190,7 @@ fn dr_switch_forgets_the_primary_whatever_its_id() {
         replica.path().canonicalize().unwrap(),
     );
     let rec = Arc::new(Recorder::default());
-    let s = Storage::new(
-        StorageConfig {
-            repository: repo.path().to_path_buf(),
-            io_timeout: Duration::from_secs(10),
-            lock_timeout: Duration::from_secs(10),
-            qemu_img_timeout: Duration::from_secs(10),
-            monitor_interval: INTERVAL,
-            fsproc_command: Some(HelperCommand::new(env!(
-                "CARGO_BIN_EXE_depot-storage-fsproc"
-            ))),
-            fsproc_helpers_per_mount: 4,
-            sanlock: None,
-        },
-        CommandRunner::new(),
-    )
-    .with_events(Events::new(rec.clone()));
+    let s = watched_storage(repo.path(), &rec);
     let engines = Uuid::new_v4().to_string();
     let params = vec![ConnectionParams {
         id: engines.clone(),

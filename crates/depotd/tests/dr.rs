@@ -33,30 +33,7 @@ impl Site {
 }
 
 fn mapping(primary: &Path, secondary: &Path, sd: &str) -> String {
-    format!(
-        r#"
-version = 1
-[pool.primary]
-id = "5849b030-626e-47cb-ad90-3ce782d831b3"
-name = "Prod"
-[pool.secondary]
-id = "a1f2c3d4-0e5f-4a6b-8c7d-9e0f1a2b3c4d"
-name = "Recovery"
-[hosts]
-this_host = 3
-primary_site = [1, 2]
-secondary_site = [3]
-
-[[connections]]
-name = "local"
-type = "LOCALFS"
-domains = ["{sd}"]
-primary = {{ path = "{}" }}
-secondary = {{ path = "{}" }}
-"#,
-        primary.display(),
-        secondary.display()
-    )
+    dr_mapping::localfs_mapping(dr_mapping::PROD, primary, secondary, &[sd])
 }
 
 async fn connect(c: &Client, conn: &ConnectionSpec, id: &str) {

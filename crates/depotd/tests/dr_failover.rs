@@ -24,34 +24,10 @@ use ovf_common::*;
 use serde_json::{json, Value};
 use storage_common::*;
 
-const PROD: &str = "5849b030-626e-47cb-ad90-3ce782d831b3";
-const RECOVERY: &str = "a1f2c3d4-0e5f-4a6b-8c7d-9e0f1a2b3c4d";
+use storage_common::dr_mapping::{localfs_mapping, PROD, RECOVERY};
 
 fn mapping(primary: &Path, secondary: &Path, sd: &str, bk: &str) -> String {
-    format!(
-        r#"
-version = 1
-[pool.primary]
-id = "{PROD}"
-name = "Prod"
-[pool.secondary]
-id = "{RECOVERY}"
-name = "Recovery"
-[hosts]
-this_host = 3
-primary_site = [1, 2]
-secondary_site = [3]
-
-[[connections]]
-name = "local"
-type = "LOCALFS"
-domains = ["{bk}", "{sd}"]
-primary = {{ path = "{}" }}
-secondary = {{ path = "{}" }}
-"#,
-        primary.display(),
-        secondary.display()
-    )
+    localfs_mapping(PROD, primary, secondary, &[bk, sd])
 }
 
 fn cp_a(from: &Path, to: &Path) {
@@ -638,30 +614,7 @@ async fn a_live_host_refuses_the_failover_unless_confirmed_fenced() {
     let replica = tempfile::tempdir().unwrap();
     let replica = replica.keep().canonicalize().unwrap();
     cp_a(&p.dom, &replica);
-    let text = format!(
-        r#"
-version = 1
-[pool.primary]
-id = "{}"
-[pool.secondary]
-id = "{RECOVERY}"
-[hosts]
-this_host = 3
-primary_site = [1, 2]
-secondary_site = [3]
-
-[[connections]]
-name = "local"
-type = "LOCALFS"
-domains = ["{}"]
-primary = {{ path = "{}" }}
-secondary = {{ path = "{}" }}
-"#,
-        p.sp,
-        p.sd,
-        primary.display(),
-        replica.display()
-    );
+    let text = localfs_mapping(&p.sp, &primary, &replica, &[&p.sd]);
     let journal = d.state_dir().join("dr-journal.json");
     let before = (
         snapshot(&primary),
