@@ -134,7 +134,7 @@ fn floor_round(args: &HostIdsArgs) -> Result<Times, String> {
         .collect::<Result<_, String>>()?;
     let start = Instant::now();
     for ls in &spaces {
-        sanlock.add_lockspace(ls, 0).map_err(|e| e.to_string())?;
+        sanlock.add_lockspace(ls).map_err(|e| e.to_string())?;
     }
     let mut held: Vec<Option<f64>> = vec![None; spaces.len()];
     while held.iter().any(Option::is_none) {

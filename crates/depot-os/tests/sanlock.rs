@@ -87,7 +87,7 @@ fn host_id_is_acquired_seen_and_released_through_the_daemon() {
     )
     .unwrap();
 
-    let s = Sanlock::load(None, Duration::from_secs(30));
+    let s = Sanlock::load(None, Duration::from_secs(30)).with_io_timeout(4);
     assert_eq!(s.library_error(), None);
     let version = s.daemon_version().expect("daemon answers");
     eprintln!("sanlock daemon {version}");
@@ -97,13 +97,13 @@ fn host_id_is_acquired_seen_and_released_through_the_daemon() {
     // io_timeout 4 s instead of the daemon's 10: the delta-lease wait is
     // about 8 s instead of 20, and the daemon records the value (below).
     let t = Instant::now();
-    assert_eq!(s.add_lockspace(&ls, 4).unwrap(), AddOutcome::Started);
+    assert_eq!(s.add_lockspace(&ls).unwrap(), AddOutcome::Started);
     // Async: the call returns long before the delta-lease wait.
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     // The delta-lease wait: sanlock says an add is under way.
     assert_eq!(s.inq_lockspace(&ls).unwrap(), HostIdState::Changing);
     assert!(matches!(
-        s.add_lockspace(&ls, 4).unwrap(),
+        s.add_lockspace(&ls).unwrap(),
         AddOutcome::InProgress | AddOutcome::AlreadyHeld
     ));
     let held = wait_for(Duration::from_secs(90), || {
@@ -111,7 +111,7 @@ fn host_id_is_acquired_seen_and_released_through_the_daemon() {
     });
     assert!(held.is_some(), "not held after 90 s; {}", daemon.log());
     eprintln!("host id acquired in {:?}", t.elapsed());
-    assert_eq!(s.add_lockspace(&ls, 4).unwrap(), AddOutcome::AlreadyHeld);
+    assert_eq!(s.add_lockspace(&ls).unwrap(), AddOutcome::AlreadyHeld);
     let listed = daemon.lockspaces().unwrap();
     assert!(
         listed.iter().any(|l| l.starts_with("depot-os-test:7:")),
@@ -154,7 +154,7 @@ fn a_daemon_that_is_not_running_is_reported_as_unavailable() {
     let e = s.daemon_version().unwrap_err();
     assert!(matches!(e, SanlockError::Unavailable(_)), "{e}");
     let ls = Lockspace::new("x", 1, Area::new("/nonexistent/ids", 0));
-    assert!(s.add_lockspace(&ls, 0).is_err());
+    assert!(s.add_lockspace(&ls).is_err());
 }
 
 /// A paxos lease (the SPM's `SDM` lease of a domain) through the daemon:
@@ -190,7 +190,7 @@ fn a_lease_is_acquired_read_released_and_dropped_with_its_holder() {
     assert!(matches!(e, SanlockError::Call { .. }), "{e}");
 
     let ls = Lockspace::new("lease-test", 3, Area::new(&ids, 0));
-    s.add_lockspace(&ls, 0).unwrap();
+    s.add_lockspace(&ls).unwrap();
     let held = wait_for(Duration::from_secs(90), || {
         (s.inq_lockspace(&ls).unwrap() == HostIdState::Held).then_some(())
     });

@@ -601,7 +601,7 @@ async fn hold_sdm(d: &Daemon, sd: &str, host_id: u64) -> (Sanlock, Lockspace, Re
         .expect("the domain under the repository's mnt");
     let other = Sanlock::load(None, Duration::from_secs(60));
     let ls = Lockspace::new(sd.to_owned(), host_id, Area::new(dom_md.join("ids"), 0));
-    other.add_lockspace(&ls, 0).unwrap();
+    other.add_lockspace(&ls).unwrap();
     common::eventually("the test's host id", Duration::from_secs(180), || async {
         (other.inq_lockspace(&ls).ok()? == HostIdState::Held).then_some(())
     })

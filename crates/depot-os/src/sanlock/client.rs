@@ -337,8 +337,8 @@ impl Sanlock {
         self
     }
 
-    /// The `io_timeout` to pass to [`Sanlock::add_lockspace`] for this
-    /// host's delta leases (0: the daemon's default).
+    /// The `io_timeout` [`Sanlock::add_lockspace`] acquires host ids with
+    /// (0: the daemon's default).
     pub fn io_timeout(&self) -> u32 {
         self.io_timeout
     }
@@ -439,15 +439,12 @@ impl Sanlock {
     /// `SANLK_ADD_ASYNC`, as VDSM's domain monitor does): returns once the
     /// daemon has taken the request; [`Sanlock::inq_lockspace`] tells when
     /// the host id is held (about 20 s with a 10 s `io_timeout`, longer if
-    /// the last owner of the id did not release it). `io_timeout` 0 uses
-    /// the daemon's default.
-    pub fn add_lockspace(
-        &self,
-        ls: &Lockspace,
-        io_timeout: u32,
-    ) -> Result<AddOutcome, SanlockError> {
+    /// the last owner of the id did not release it), with this client's
+    /// [`io_timeout`](Sanlock::io_timeout) (0: the daemon's default).
+    pub fn add_lockspace(&self, ls: &Lockspace) -> Result<AddOutcome, SanlockError> {
         const OP: &str = "add_lockspace";
         let (mut raw, target) = raw_lockspace(OP, ls)?;
+        let io_timeout = self.io_timeout;
         let rv = self.call(OP, &target, move |lib| {
             // SAFETY: a valid, fully initialised sanlk_lockspace.
             unsafe { (lib.add_lockspace_timeout)(&mut *raw, SANLK_ADD_ASYNC, io_timeout) }

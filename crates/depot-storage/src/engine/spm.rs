@@ -472,9 +472,7 @@ impl Storage {
         let ls = lockspace(master, host_id, &ids);
         // The monitor acquires the host id in the background; asking here
         // too is harmless (sanlock answers "in progress" or "held").
-        client
-            .add_lockspace(&ls, client.io_timeout())
-            .map_err(fail)?;
+        client.add_lockspace(&ls).map_err(fail)?;
         let deadline = Instant::now() + HOST_ID_WAIT;
         loop {
             match client.inq_lockspace(&ls).map_err(fail)? {

@@ -125,8 +125,9 @@ impl HostIdKeeper {
     }
 
     fn acquire(&mut self, ls: Lockspace) {
-        // sanlock.io_timeout_s (10 s by default, VDSM's sanlock io_timeout).
-        match self.sanlock.add_lockspace(&ls, self.sanlock.io_timeout()) {
+        // With the client's io_timeout: sanlock.io_timeout_s (10 s by
+        // default, VDSM's sanlock io_timeout).
+        match self.sanlock.add_lockspace(&ls) {
             Ok(outcome) => {
                 tracing::info!(sd = %self.sd, host_id = ls.host_id, ids = %ls.area.path.display(),
                     ?outcome, "acquiring host id");
