@@ -1,8 +1,8 @@
 //! The disaster-recovery verbs (docs/dr.md) but `DR.plan` (dr_plan.rs):
-//! `DR.failover` and `DR.failback` as a host job running the storage's
-//! five steps in order, with the journal file (state directory) written
-//! after each; and `DR.status`. No storage logic here: the steps are
-//! depot-storage's.
+//! `DR.failover` and `DR.failback` as a host job running the five steps
+//! in order (depot-storage's; step 5 weighed against the OVF backup
+//! providers by depot-ovf-backup's `dr`), with the journal file (state
+//! directory) written after each; and `DR.status`. No storage logic here.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +15,7 @@ use depot_dr::journal::{
     mapping_digest, not_resynced, Journal, Operation, JOURNAL_FILE, REPORT_FILE, STEPS,
 };
 use depot_dr::{Format, MappingError};
+use depot_ovf_backup::OvfBackup;
 use depot_storage::engine::Storage;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -42,6 +43,8 @@ pub struct DrSpec {
 /// run at a time. Shared by the verbs and the job kind.
 pub struct Dr {
     storage: Arc<Storage>,
+    /// Step 5 reads the OVF backup providers too.
+    backup: Arc<OvfBackup>,
     dir: PathBuf,
     running: AtomicBool,
     /// Test hook (daemon.test_verbs only): after this step's journal is
@@ -85,12 +88,18 @@ pub(crate) fn parse_mapping(
 
 impl Dr {
     /// `test_hooks`: honour [`PAUSE_ENV`] (daemon.test_verbs).
-    pub fn new(storage: Arc<Storage>, state_dir: PathBuf, test_hooks: bool) -> Dr {
+    pub fn new(
+        storage: Arc<Storage>,
+        backup: Arc<OvfBackup>,
+        state_dir: PathBuf,
+        test_hooks: bool,
+    ) -> Dr {
         let pause_after = test_hooks
             .then(|| std::env::var(PAUSE_ENV).ok()?.parse().ok())
             .flatten();
         Dr {
             storage,
+            backup,
             dir: state_dir,
             running: AtomicBool::new(false),
             pause_after,
@@ -326,9 +335,8 @@ impl Dr {
                         .as_ref()
                         .map(|t| t.domains.clone())
                         .unwrap_or_default();
-                    let (entities, notes) = s.dr_entities(&domains);
-                    j.entities = entities;
-                    j.notes = notes;
+                    (j.entities, j.notes) =
+                        depot_ovf_backup::dr::find_vms(s, &self.backup, &domains);
                     j.finished = Some(depot_storage::engine::dr_now());
                 }
             }
@@ -389,7 +397,11 @@ fn dry_run(s: &Storage, op: Operation, mapping: &depot_dr::Mapping, confirmed: &
             usable.join(", ")
         }
     ));
-    would.push("step 5: read every OVF_STORE of those domains, and each VM's disks".into());
+    would.push(
+        "step 5: read every OVF_STORE of those domains and the backup providers, and each \
+         VM's disks"
+            .into(),
+    );
     let mut resync = Vec::new();
     if op == Operation::Failback {
         let primary = s.dr_side_metadata(mapping, false);

@@ -1,0 +1,255 @@
+//! Step 5 of `DR.failover` and `DR.failback` (docs/dr.md "Failover
+//! steps"): every VM and template of the recovered domains, from their
+//! OVF_STOREs and from the backup providers, with the copy of each OVF
+//! used and why.
+//!
+//! Here and not in depot-storage, which reads the stores and looks at
+//! the disks, because the providers are this crate's (it depends on the
+//! storage, not the reverse). The daemon calls [`find_vms`] and writes
+//! what it answers into the journal.
+//!
+//! Per entity of a recovered domain (its id and the domain of the store
+//! its copies came from), the providers' copies are weighed by the rule
+//! of `OvfBackup.list` ([`crate::report`], depot-ovf-archive's `trust`):
+//! the copy it trusts is used, the OVF_STORE's copy compared with it;
+//! where it trusts none (or no provider holds one, or none is
+//! configured), the domain's OVF_STORE is used as before; an entity only
+//! a provider holds, with no trusted copy, is listed from its newest
+//! copy, saying so.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use depot_api::storage::SdUuid;
+use depot_dr::journal::{CopyRecord, EntityRecord, STORE_COPY};
+use depot_ovf_archive::{sha256_hex, HeldCopy, Provider};
+use depot_storage::engine::DrStoreRead;
+use depot_storage::ovf::OvfEntity;
+use depot_storage::Storage;
+use uuid::Uuid;
+
+use crate::report::EntityReport;
+use crate::{u, OvfBackup};
+
+/// The entity as one domain's OVF_STORE holds it.
+struct InStore<'a> {
+    read: &'a DrStoreRead,
+    ent: &'a OvfEntity,
+    sha256: String,
+}
+
+/// The copy chosen for one entity, before its disks are looked at.
+struct Chosen {
+    sd: SdUuid,
+    ent: OvfEntity,
+    ovf_copy: String,
+    copy: CopyRecord,
+}
+
+/// Step 5: the recovered `domains`' VMs and templates (the stores'
+/// entities in the order read, then those only a provider holds), and
+/// notes (a domain without a store that verifies, a provider that could
+/// not be read, a copy that could not be used).
+pub fn find_vms(
+    storage: &Storage,
+    backup: &OvfBackup,
+    domains: &[String],
+) -> (Vec<EntityRecord>, Vec<String>) {
+    let (reads, mut notes) = storage.dr_store_reads(domains);
+    let recovered: BTreeSet<Uuid> = domains
+        .iter()
+        .filter_map(|d| d.parse::<SdUuid>().ok())
+        .map(|sd| u(sd.0))
+        .collect();
+    let providers: Vec<Arc<dyn Provider>> = backup
+        .providers()
+        .into_iter()
+        .filter(|p| p.name() != "noop")
+        .collect();
+    // Every copy the providers hold of a recovered domain's entities, by
+    // (source domain, entity).
+    let mut held: BTreeMap<(Uuid, Uuid), Vec<HeldCopy>> = BTreeMap::new();
+    for p in &providers {
+        match p.list() {
+            Ok(copies) => {
+                for c in copies
+                    .into_iter()
+                    .filter(|c| recovered.contains(&c.source.sd))
+                {
+                    held.entry((c.source.sd, c.id)).or_default().push(c);
+                }
+            }
+            Err(e) => notes.push(format!("backup provider {}: not read: {e}", p.name())),
+        }
+    }
+    let mut chosen = Vec::new();
+    for read in &reads {
+        for (ent, text) in &read.entities {
+            let copies = held.remove(&(u(read.sd.0), u(ent.id))).unwrap_or_default();
+            let store = InStore {
+                read,
+                ent,
+                sha256: sha256_hex(text.as_bytes()),
+            };
+            chosen.push(choose(&providers, Some(store), copies, &mut notes));
+        }
+    }
+    for (_, copies) in held {
+        chosen.push(choose(&providers, None, copies, &mut notes));
+    }
+    let out = chosen
+        .into_iter()
+        .flatten()
+        .map(|c| storage.dr_entity(c.sd, &c.ent, c.ovf_copy, Some(c.copy)))
+        .collect();
+    (out, notes)
+}
+
+/// The copy of one entity to use: `store`, its OVF_STORE's (None: only
+/// providers hold it), and `copies`, the providers' (of the same source
+/// domain). None (with a note) when nothing usable is left.
+fn choose(
+    providers: &[Arc<dyn Provider>],
+    store: Option<InStore<'_>>,
+    mut copies: Vec<HeldCopy>,
+    notes: &mut Vec<String>,
+) -> Option<Chosen> {
+    let from_store = |store: &InStore<'_>, reason: String| Chosen {
+        sd: store.read.sd,
+        ent: store.ent.clone(),
+        ovf_copy: store.read.copy.clone(),
+        copy: CopyRecord {
+            provider: STORE_COPY.into(),
+            generation: store.read.generation,
+            sha256: store.sha256.clone(),
+            trusted: false,
+            reason,
+            in_store: true,
+            store_differs: None,
+        },
+    };
+    if copies.is_empty() {
+        let store = store?;
+        let reason = if providers.is_empty() {
+            "the domain's OVF_STORE: no backup provider is configured"
+        } else {
+            "the domain's OVF_STORE: no backup provider holds a copy of it from this domain"
+        };
+        return Some(from_store(&store, reason.into()));
+    }
+    // Newest first, as `OvfBackup.show` orders them.
+    copies.sort_by_key(|c| std::cmp::Reverse((c.generation, c.time)));
+    let report = EntityReport::new(copies, false);
+    let (copy, trusted, reason) = match (report.trusted(), &store) {
+        (Some(t), _) => (t, true, report.verdict.reason().to_string()),
+        (None, Some(store)) => {
+            let why = format!(
+                "the domain's OVF_STORE: the providers trust no copy ({})",
+                report.verdict.reason()
+            );
+            return Some(from_store(store, why));
+        }
+        (None, None) => {
+            let Some(newest) = report.copies.iter().find(|c| c.unusable.is_none()) else {
+                notes.push(format!(
+                    "{} ({}): only in the backup providers, and no copy is usable ({})",
+                    report.named().name,
+                    report.named().id,
+                    report.verdict.reason()
+                ));
+                return None;
+            };
+            let why = format!(
+                "the providers trust no copy ({}): the newest copy, not trusted",
+                report.verdict.reason()
+            );
+            (newest, false, why)
+        }
+    };
+    match provider_copy(providers, copy, store.as_ref()) {
+        Ok(ent) => {
+            let store_differs = store.as_ref().filter(|s| s.sha256 != copy.sha256).map(|s| {
+                format!(
+                    "the OVF_STORE {}/{} holds generation {} of it (sha256 {}), not this copy",
+                    s.read.img,
+                    s.read.vol,
+                    gen_text(s.read.generation),
+                    s.sha256
+                )
+            });
+            let sd = store
+                .as_ref()
+                .map(|s| s.read.sd)
+                .unwrap_or_else(|| sd_of(copy));
+            Some(Chosen {
+                sd,
+                ent,
+                ovf_copy: format!(
+                    "{}: generation {} of OVF_STORE {}/{} of {}",
+                    copy.provider,
+                    gen_text(copy.generation),
+                    copy.source.img,
+                    copy.source.vol,
+                    copy.source.sd
+                ),
+                copy: CopyRecord {
+                    provider: copy.provider.clone(),
+                    generation: copy.generation,
+                    sha256: copy.sha256.clone(),
+                    trusted,
+                    reason,
+                    in_store: store.is_some(),
+                    store_differs,
+                },
+            })
+        }
+        Err(why) => {
+            let line = format!(
+                "{} ({}): the copy of {} (generation {}) could not be used: {why}",
+                copy.name,
+                copy.id,
+                copy.provider,
+                gen_text(copy.generation)
+            );
+            notes.push(line.clone());
+            store.map(|s| from_store(&s, format!("the domain's OVF_STORE: {line}")))
+        }
+    }
+}
+
+/// A provider's copy as an entity: its text (the store's when the
+/// store's is the same text, else fetched from the provider) parsed.
+fn provider_copy(
+    providers: &[Arc<dyn Provider>],
+    copy: &HeldCopy,
+    store: Option<&InStore<'_>>,
+) -> Result<OvfEntity, String> {
+    if let Some(s) = store.filter(|s| s.sha256 == copy.sha256) {
+        return Ok(s.ent.clone());
+    }
+    let p = providers
+        .iter()
+        .find(|p| p.name() == copy.provider)
+        .ok_or("its provider is gone")?;
+    let text = p
+        .copies(copy.id)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|c| {
+            c.source == copy.source && c.generation == copy.generation && c.sha256 == copy.sha256
+        })
+        .and_then(|c| c.ovf)
+        .ok_or("the provider no longer holds it")?;
+    let id = depot_api::types::Uuid::from_u128(copy.id.as_u128());
+    depot_storage::ovf::parse_ovf(id, text.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// The domain a provider's copy was taken from (one of the recovered
+/// domains: the copies were filtered by it).
+fn sd_of(c: &HeldCopy) -> SdUuid {
+    SdUuid(depot_api::types::Uuid::from_u128(c.source.sd.as_u128()))
+}
+
+fn gen_text(g: Option<u64>) -> String {
+    g.map_or_else(|| "unknown".into(), |g| g.to_string())
+}
