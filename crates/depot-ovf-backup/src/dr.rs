@@ -253,3 +253,238 @@ fn sd_of(c: &HeldCopy) -> SdUuid {
 fn gen_text(g: Option<u64>) -> String {
     g.map_or_else(|| "unknown".into(), |g| g.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use depot_api::storage::{EntityKind, ImgUuid, VolUuid};
+    use depot_ovf_archive::{ProviderError, Source, UploadRecord};
+
+    const SD: &str = "75f8a1bb-4504-4314-91ca-d9365a30692b";
+    const IMG: &str = "29e57586-9eed-4782-bdda-6ae1b9dbd0d4";
+    const VOL: &str = "f9d62767-1864-4a7b-95aa-32960f75e004";
+    const VM: &str = "3c1e5b7a-8f0d-4e6b-a1c2-9d8e7f6a5b40";
+
+    fn id<T: std::str::FromStr>(s: &str) -> T
+    where
+        T::Err: std::fmt::Debug,
+    {
+        s.parse().unwrap()
+    }
+
+    /// A VM's OVF naming one disk, `<img>/<vol>`.
+    fn ovf(disk: &str) -> String {
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><Section xsi:type="ovf:DiskSection_Type"><Disk ovf:diskId="d" ovf:fileRef="{disk}"/></Section><Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type"><Name>web</Name></Content></ovf:Envelope>"#
+        )
+    }
+
+    fn disk(n: u8) -> String {
+        format!("{IMG}/0000000{n}-1864-4a7b-95aa-32960f75e004")
+    }
+
+    /// The store's read: generation `g`, the VM with `text`.
+    fn read(g: u64, text: &str) -> DrStoreRead {
+        let ent = depot_storage::ovf::parse_ovf(id(VM), text.as_bytes()).unwrap();
+        DrStoreRead {
+            sd: id(SD),
+            img: id::<ImgUuid>(IMG),
+            vol: id::<VolUuid>(VOL),
+            copy: format!("OVF_STORE {IMG}/{VOL} of {SD} (valid, generation {g})"),
+            generation: Some(g),
+            entities: vec![(ent, text.to_string())],
+        }
+    }
+
+    fn in_store<'a>(r: &'a DrStoreRead) -> InStore<'a> {
+        InStore {
+            read: r,
+            ent: &r.entities[0].0,
+            sha256: sha256_hex(r.entities[0].1.as_bytes()),
+        }
+    }
+
+    fn held(provider: &str, g: u64, text: &str) -> HeldCopy {
+        HeldCopy {
+            provider: provider.into(),
+            id: id(VM),
+            name: "web".into(),
+            kind: EntityKind::Vm,
+            generation: Some(g),
+            sha256: sha256_hex(text.as_bytes()),
+            source: Source {
+                sd: id(SD),
+                img: id(IMG),
+                vol: id(VOL),
+            },
+            time: g,
+            ovf: Some(text.into()),
+            unusable: None,
+        }
+    }
+
+    /// A provider holding `copies` (texts served unless `lost`).
+    struct Fake {
+        name: &'static str,
+        copies: Vec<HeldCopy>,
+        lost: bool,
+    }
+
+    impl Provider for Fake {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn record(&self, _: &UploadRecord) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        fn list(&self) -> Result<Vec<HeldCopy>, ProviderError> {
+            Ok(self.copies.clone())
+        }
+        fn copies(&self, _: Uuid) -> Result<Vec<HeldCopy>, ProviderError> {
+            Ok(if self.lost {
+                Vec::new()
+            } else {
+                self.copies.clone()
+            })
+        }
+    }
+
+    fn archive(copies: Vec<HeldCopy>, lost: bool) -> Vec<Arc<dyn Provider>> {
+        vec![Arc::new(Fake {
+            name: "archive",
+            copies,
+            lost,
+        })]
+    }
+
+    /// The copies a provider lists: without texts.
+    fn listed(copies: &[HeldCopy]) -> Vec<HeldCopy> {
+        copies
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                c.ovf = None;
+                c
+            })
+            .collect()
+    }
+
+    #[test]
+    fn without_a_provider_copy_the_store_is_used_and_says_why() {
+        let r = read(1, &ovf(&disk(1)));
+        let mut notes = Vec::new();
+        let c = choose(&[], Some(in_store(&r)), Vec::new(), &mut notes).unwrap();
+        assert_eq!(c.copy.provider, STORE_COPY);
+        assert_eq!(c.copy.generation, Some(1));
+        assert!(!c.copy.trusted && c.copy.in_store && c.copy.store_differs.is_none());
+        assert!(c.copy.reason.ends_with("no backup provider is configured"));
+        assert_eq!(c.ovf_copy, r.copy);
+        let c = choose(
+            &archive(Vec::new(), false),
+            Some(in_store(&r)),
+            Vec::new(),
+            &mut notes,
+        )
+        .unwrap();
+        assert!(c
+            .copy
+            .reason
+            .ends_with("no backup provider holds a copy of it from this domain"));
+        assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
+    fn a_trusted_newer_copy_is_fetched_and_the_store_named_where_it_differs() {
+        let (old, new) = (ovf(&disk(1)), ovf(&disk(2)));
+        let r = read(1, &old);
+        let copies = vec![held("archive", 2, &new)];
+        let mut notes = Vec::new();
+        let c = choose(
+            &archive(copies.clone(), false),
+            Some(in_store(&r)),
+            listed(&copies),
+            &mut notes,
+        )
+        .unwrap();
+        assert_eq!(c.copy.provider, "archive");
+        assert_eq!(c.copy.generation, Some(2));
+        assert!(c.copy.trusted && c.copy.in_store);
+        assert_eq!(c.copy.sha256, sha256_hex(new.as_bytes()));
+        assert_eq!(
+            c.copy.reason,
+            "the only usable copy (generation 2, held by archive)"
+        );
+        let differs = c.copy.store_differs.unwrap();
+        assert!(
+            differs.contains("generation 1") && differs.contains(&sha256_hex(old.as_bytes())),
+            "{differs}"
+        );
+        // The disks are the fetched copy's, not the store's.
+        assert_eq!(c.ent.images[0].1.to_string(), disk(2)[37..]);
+        assert!(
+            c.ovf_copy.starts_with("archive: generation 2 of OVF_STORE"),
+            "{}",
+            c.ovf_copy
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
+    fn no_trusted_copy_the_store_or_else_the_newest_untrusted() {
+        let r = read(1, &ovf(&disk(1)));
+        // One provider keeping two generations: no two providers agree.
+        let copies = vec![
+            held("archive", 2, &ovf(&disk(2))),
+            held("archive", 3, &ovf(&disk(3))),
+        ];
+        let p = archive(copies.clone(), false);
+        let mut notes = Vec::new();
+        let c = choose(&p, Some(in_store(&r)), listed(&copies), &mut notes).unwrap();
+        assert_eq!(c.copy.provider, STORE_COPY);
+        assert!(
+            c.copy.reason.contains("the providers trust no copy"),
+            "{}",
+            c.copy.reason
+        );
+        // Only in the provider: the newest copy, not trusted, listed.
+        let c = choose(&p, None, listed(&copies), &mut notes).unwrap();
+        assert_eq!(
+            (c.copy.provider.as_str(), c.copy.generation),
+            ("archive", Some(3))
+        );
+        assert!(!c.copy.trusted && !c.copy.in_store);
+        assert!(
+            c.copy.reason.ends_with("the newest copy, not trusted"),
+            "{}",
+            c.copy.reason
+        );
+        assert_eq!(c.sd.to_string(), SD);
+        assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
+    fn a_copy_the_provider_no_longer_serves_falls_back_to_the_store_with_a_note() {
+        let r = read(1, &ovf(&disk(1)));
+        let copies = vec![held("archive", 2, &ovf(&disk(2)))];
+        let mut notes = Vec::new();
+        let c = choose(
+            &archive(copies.clone(), true),
+            Some(in_store(&r)),
+            listed(&copies),
+            &mut notes,
+        )
+        .unwrap();
+        assert_eq!(c.copy.provider, STORE_COPY);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("no longer holds it"), "{notes:?}");
+        // Nothing else to list it from: left out, the note says why.
+        assert!(choose(
+            &archive(copies.clone(), true),
+            None,
+            listed(&copies),
+            &mut notes
+        )
+        .is_none());
+        assert_eq!(notes.len(), 2, "{notes:?}");
+    }
+}
