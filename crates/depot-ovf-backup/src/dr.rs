@@ -114,20 +114,6 @@ fn choose(
     mut copies: Vec<HeldCopy>,
     notes: &mut Vec<String>,
 ) -> Option<Chosen> {
-    let from_store = |store: &InStore<'_>, reason: String| Chosen {
-        sd: store.read.sd,
-        ent: store.ent.clone(),
-        ovf_copy: store.read.copy.clone(),
-        copy: CopyRecord {
-            provider: STORE_COPY.into(),
-            generation: store.read.generation,
-            sha256: store.sha256.clone(),
-            trusted: false,
-            reason,
-            in_store: true,
-            store_differs: None,
-        },
-    };
     if copies.is_empty() {
         let store = store?;
         let reason = if providers.is_empty() {
@@ -167,42 +153,7 @@ fn choose(
         }
     };
     match provider_copy(providers, copy, store.as_ref()) {
-        Ok(ent) => {
-            let store_differs = store.as_ref().filter(|s| s.sha256 != copy.sha256).map(|s| {
-                format!(
-                    "the OVF_STORE {}/{} holds generation {} of it (sha256 {}), not this copy",
-                    s.read.img,
-                    s.read.vol,
-                    gen_text(s.read.generation),
-                    s.sha256
-                )
-            });
-            let sd = store
-                .as_ref()
-                .map(|s| s.read.sd)
-                .unwrap_or_else(|| sd_of(copy));
-            Some(Chosen {
-                sd,
-                ent,
-                ovf_copy: format!(
-                    "{}: generation {} of OVF_STORE {}/{} of {}",
-                    copy.provider,
-                    gen_text(copy.generation),
-                    copy.source.img,
-                    copy.source.vol,
-                    copy.source.sd
-                ),
-                copy: CopyRecord {
-                    provider: copy.provider.clone(),
-                    generation: copy.generation,
-                    sha256: copy.sha256.clone(),
-                    trusted,
-                    reason,
-                    in_store: store.is_some(),
-                    store_differs,
-                },
-            })
-        }
+        Ok(ent) => Some(from_provider(copy, ent, trusted, reason, store.as_ref())),
         Err(why) => {
             let line = format!(
                 "{} ({}): the copy of {} (generation {}) could not be used: {why}",
@@ -214,6 +165,65 @@ fn choose(
             notes.push(line.clone());
             store.map(|s| from_store(&s, format!("the domain's OVF_STORE: {line}")))
         }
+    }
+}
+
+/// The OVF_STORE's copy used, for `reason`.
+fn from_store(store: &InStore<'_>, reason: String) -> Chosen {
+    Chosen {
+        sd: store.read.sd,
+        ent: store.ent.clone(),
+        ovf_copy: store.read.copy.clone(),
+        copy: CopyRecord {
+            provider: STORE_COPY.into(),
+            generation: store.read.generation,
+            sha256: store.sha256.clone(),
+            trusted: false,
+            reason,
+            in_store: true,
+            store_differs: None,
+        },
+    }
+}
+
+/// A provider's `copy` used (`ent`, its text parsed), compared with the
+/// OVF_STORE's where the store holds the entity.
+fn from_provider(
+    copy: &HeldCopy,
+    ent: OvfEntity,
+    trusted: bool,
+    reason: String,
+    store: Option<&InStore<'_>>,
+) -> Chosen {
+    let store_differs = store.filter(|s| s.sha256 != copy.sha256).map(|s| {
+        format!(
+            "the OVF_STORE {}/{} holds generation {} of it (sha256 {}), not this copy",
+            s.read.img,
+            s.read.vol,
+            gen_text(s.read.generation),
+            s.sha256
+        )
+    });
+    Chosen {
+        sd: store.map_or_else(|| sd_of(copy), |s| s.read.sd),
+        ent,
+        ovf_copy: format!(
+            "{}: generation {} of OVF_STORE {}/{} of {}",
+            copy.provider,
+            gen_text(copy.generation),
+            copy.source.img,
+            copy.source.vol,
+            copy.source.sd
+        ),
+        copy: CopyRecord {
+            provider: copy.provider.clone(),
+            generation: copy.generation,
+            sha256: copy.sha256.clone(),
+            trusted,
+            reason,
+            in_store: store.is_some(),
+            store_differs,
+        },
     }
 }
 
