@@ -10,9 +10,13 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The journal's format version. A file of another version is refused,
-/// never guessed at.
-pub const JOURNAL_VERSION: u32 = 1;
+/// The journal's format version. Version 2 added each entity's `copy`
+/// (step 5 reads the OVF backup providers too). A version 1 file is read
+/// (its entities without `copy`) and written back as version 2; any other
+/// version is refused, never guessed at.
+pub const JOURNAL_VERSION: u32 = 2;
+/// The oldest version this depot still reads.
+const OLDEST_READ: u32 = 1;
 /// The journal's file name in the state directory.
 pub const JOURNAL_FILE: &str = "dr-journal.json";
 /// The finished run's report, in the state directory.
@@ -144,13 +148,19 @@ impl Journal {
         }
         let v: Versioned =
             serde_json::from_slice(bytes).map_err(|e| format!("not a DR journal ({e})"))?;
-        if v.version != JOURNAL_VERSION {
+        if !(OLDEST_READ..=JOURNAL_VERSION).contains(&v.version) {
             return Err(format!(
-                "DR journal version {}, this depot reads version {JOURNAL_VERSION}",
+                "DR journal version {}, this depot reads versions {OLDEST_READ} to \
+                 {JOURNAL_VERSION}",
                 v.version
             ));
         }
-        serde_json::from_slice(bytes).map_err(|e| format!("DR journal version 1: {e}"))
+        let mut j: Journal = serde_json::from_slice(bytes)
+            .map_err(|e| format!("DR journal version {}: {e}", v.version))?;
+        // Version 1 is version 2 without the entities' `copy` (serde's
+        // default): from now on it is written as version 2.
+        j.version = JOURNAL_VERSION;
+        Ok(j)
     }
 }
 
@@ -250,13 +260,52 @@ pub struct EntityRecord {
     pub name: String,
     /// `VM` or `TEMPLATE`.
     pub kind: String,
-    /// The domain whose OVF_STORE held it.
+    /// The domain whose OVF_STORE held it (for a copy only a provider
+    /// holds: the domain of the store it was taken from), where its disks
+    /// are looked for.
     pub sd: String,
-    /// Which copy of the OVF was used: `OVF_STORE <img>/<vol>` and its
-    /// state (`valid, generation N` or `written by another agent`).
+    /// Which copy of the OVF was used, in a line: `OVF_STORE <img>/<vol>
+    /// of <sd>` and its state (`valid, generation N` or `written by
+    /// another agent`), or the provider's copy (`archive: generation N of
+    /// OVF_STORE <img>/<vol> of <sd>`).
     pub ovf_copy: String,
+    /// The same, typed, with why it was used (version 2; None in a
+    /// version 1 journal).
+    #[serde(default)]
+    pub copy: Option<CopyRecord>,
     pub disks: Vec<DiskRecord>,
 }
+
+/// The copy of an entity's OVF that step 5 used, and why (docs/dr.md
+/// "Failover steps", 5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRecord {
+    /// [`STORE_COPY`] (the domain's own OVF_STORE, as step 5 read it) or
+    /// the backup provider's name (`archive`, `mirror`, `attached`,
+    /// `stores`).
+    pub provider: String,
+    /// The source store's generation (None: a store written by another
+    /// agent).
+    pub generation: Option<u64>,
+    /// Lowercase hex SHA-256 of the OVF text.
+    pub sha256: String,
+    /// Chosen by the providers' trust rule (docs/storage.md, "OVF backup
+    /// providers"); false: the domain's OVF_STORE, or the newest copy,
+    /// because the rule trusts none.
+    pub trusted: bool,
+    /// Why this copy: the rule's reason, or why the OVF_STORE was used.
+    pub reason: String,
+    /// The domain's OVF_STORE holds the entity; false: found only in a
+    /// provider.
+    pub in_store: bool,
+    /// Where the OVF_STORE's copy is not the one used: what the store
+    /// holds instead (its generation and SHA-256). None: the same text,
+    /// or the store does not hold it.
+    pub store_differs: Option<String>,
+}
+
+/// [`CopyRecord::provider`] of the domain's own OVF_STORE read by step 5.
+pub const STORE_COPY: &str = "OVF_STORE";
 
 impl EntityRecord {
     /// Every disk present and complete.
@@ -367,10 +416,36 @@ mod tests {
         assert!(!back.same_run(Operation::Failover, &mapping_digest("y")));
         let newer = String::from_utf8(j.encode())
             .unwrap()
-            .replace("\"version\": 1", "\"version\": 2");
+            .replace("\"version\": 2", "\"version\": 3");
         let e = Journal::decode(newer.as_bytes()).unwrap_err();
-        assert!(e.contains("version 2"), "{e}");
+        assert!(e.contains("version 3"), "{e}");
         assert!(Journal::decode(b"{}").is_err());
         assert!(Journal::decode(b"garbage").is_err());
+    }
+
+    #[test]
+    fn a_version_1_journal_is_read_as_version_2_without_copies() {
+        let mut j = Journal::new(Operation::Failover, mapping_digest("x"), "p".into(), 3, 1);
+        j.steps_done = 5;
+        j.entities.push(EntityRecord {
+            id: "e".into(),
+            name: "web".into(),
+            kind: "VM".into(),
+            sd: "sd".into(),
+            ovf_copy: "OVF_STORE i/v of sd (valid, generation 4)".into(),
+            copy: None,
+            disks: Vec::new(),
+        });
+        // What depot wrote before version 2: no `copy` key at all.
+        let mut v: serde_json::Value = serde_json::from_slice(&j.encode()).unwrap();
+        v["version"] = 1.into();
+        v["entities"][0].as_object_mut().unwrap().remove("copy");
+        let old = serde_json::to_vec(&v).unwrap();
+        let back = Journal::decode(&old).unwrap();
+        assert_eq!(back.version, JOURNAL_VERSION);
+        assert_eq!(back.entities, j.entities);
+        assert!(String::from_utf8(back.encode())
+            .unwrap()
+            .contains("\"version\": 2"));
     }
 }

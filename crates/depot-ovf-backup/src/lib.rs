@@ -8,6 +8,8 @@
 //! * [`report`]: every entity's copies and the copy trusted (`list`,
 //!   `show`); [`restore`]: a copy written back into a store;
 //! * [`attach`]: another archive, written or read beside;
+//! * [`dr`]: the VMs of a disaster recovery's step 5, from the stores and
+//!   the providers;
 //! * `store_tar`: the archives depot writes into a store itself.
 //!
 //! Typed in, typed out: depotd maps the `OvfBackup.*` verbs' parameters
@@ -15,6 +17,7 @@
 //! blocking: callers run it on their own threads.
 
 pub mod attach;
+pub mod dr;
 pub mod providers;
 pub mod recorder;
 pub mod report;

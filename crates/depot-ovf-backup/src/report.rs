@@ -42,7 +42,7 @@ pub struct EntityReport {
 
 impl EntityReport {
     /// `copies` must not be empty.
-    fn new(copies: Vec<HeldCopy>, with_text: bool) -> EntityReport {
+    pub(crate) fn new(copies: Vec<HeldCopy>, with_text: bool) -> EntityReport {
         let verdict = trust::choose(&copies);
         let agrees_with = (0..copies.len())
             .map(|i| {

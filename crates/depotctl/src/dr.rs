@@ -297,6 +297,13 @@ pub fn render_report(r: &Value) -> String {
                 &rows,
             ));
         }
+        let copies = copy_lines(r);
+        if !copies.is_empty() {
+            out.push_str("copies used:\n");
+            for c in copies {
+                out.push_str(&format!("  {c}\n"));
+            }
+        }
         for n in r
             .get("notes")
             .and_then(Value::as_array)
@@ -344,6 +351,49 @@ fn entity_rows(r: &Value) -> Vec<Vec<String>> {
         ]);
     }
     rows
+}
+
+/// Step 5: which copy of each entity's OVF was used and why (a journal
+/// of version 1 has none).
+fn copy_lines(r: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in r
+        .get("entities")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(c) = e.get("copy").filter(|c| c.is_object()) else {
+            continue;
+        };
+        let generation = c
+            .get("generation")
+            .and_then(Value::as_u64)
+            .map_or("unknown".into(), |g| g.to_string());
+        let mut line = format!(
+            "{}: {}, generation {}, sha256 {}{}{}: {}",
+            text(e, "name"),
+            text(c, "provider"),
+            generation,
+            text(c, "sha256"),
+            if c.get("trusted") == Some(&json!(true)) {
+                ", trusted"
+            } else {
+                ""
+            },
+            if c.get("in_store") == Some(&json!(false)) {
+                ", only in the backup providers"
+            } else {
+                ""
+            },
+            text(c, "reason")
+        );
+        if let Some(d) = c.get("store_differs").and_then(Value::as_str) {
+            line.push_str(&format!("; {d}"));
+        }
+        out.push(line);
+    }
+    out
 }
 
 /// `dr status`.
@@ -534,7 +584,10 @@ mod tests {
                 "domains": ["sd-1"], "actions": ["joined the lockspaces as host 3"], "fence": fence},
             "entities": [
                 {"id": "e1", "name": "web", "kind": "VM", "sd": "sd-1",
-                 "ovf_copy": "OVF_STORE i/v of sd-1 (valid, generation 4)",
+                 "ovf_copy": "archive: generation 5 of OVF_STORE i/v of sd-1",
+                 "copy": {"provider": "archive", "generation": 5, "sha256": "ab12",
+                          "trusted": true, "reason": "the only usable copy", "in_store": true,
+                          "store_differs": "the OVF_STORE i/v holds generation 4 of it"},
                  "disks": [{"image": "i1", "volume": "v1", "present": true, "complete": true,
                             "legality": "LEGAL", "capacity": 1, "chain": ["v1"], "problem": null}]},
                 {"id": "e2", "name": "db", "kind": "VM", "sd": "sd-1", "ovf_copy": "x",
@@ -551,7 +604,9 @@ mod tests {
             "sd-2    yes     yes     missing: not in /srv/b",
             "4 take over: master sd-1 at version 2, host 3",
             "  joined the lockspaces as host 3",
-            "web   VM    1      all present and complete  OVF_STORE i/v of sd-1 (valid, generation 4)",
+            "web   VM    1      all present and complete  archive: generation 5 of OVF_STORE i/v of sd-1",
+            "copies used:\n  web: archive, generation 5, sha256 ab12, trusted: the only usable copy; \
+             the OVF_STORE i/v holds generation 4 of it",
             "db    VM    1      missing: no volume",
             "note: sd-9: no OVF_STORE read",
         ] {

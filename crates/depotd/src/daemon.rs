@@ -97,6 +97,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (storage, ovf_backup) = open_storage_and_backup(&config, &events).await;
     let dr = Arc::new(crate::dr_api::Dr::new(
         storage.clone(),
+        ovf_backup.clone(),
         config.daemon.state_dir.clone(),
         config.daemon.test_verbs,
     ));

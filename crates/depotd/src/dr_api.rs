@@ -1,26 +1,21 @@
-//! The disaster-recovery verbs (docs/dr.md): the mapping text from the
-//! wire into depot-dr's typed mapping, the storage's plan on a blocking
-//! thread, and the plan back to the wire; `DR.failover` and
-//! `DR.failback` as a host job running the storage's five steps in order,
-//! with the journal file (state directory) written after each; and
-//! `DR.status`. No storage logic here: the steps are depot-storage's.
+//! The disaster-recovery verbs (docs/dr.md) but `DR.plan` (dr_plan.rs):
+//! `DR.failover` and `DR.failback` as a host job running the five steps
+//! in order (depot-storage's; step 5 weighed against the OVF backup
+//! providers by depot-ovf-backup's `dr`), with the journal file (state
+//! directory) written after each; and `DR.status`. No storage logic here.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use depot_api::catalogue::returns;
-use depot_api::results::{
-    DrConnectionPlan, DrDomainSight, DrFenceCheck, DrFenceDomain, DrLiveHost, DrPlanReport, DrPool,
-    DrSidePlan, DrStarted, DrStatusReport,
-};
+use depot_api::results::{DrStarted, DrStatusReport};
 use depot_api::types::JobType;
 use depot_api::{params, ApiError, Code};
 use depot_dr::journal::{
     mapping_digest, not_resynced, Journal, Operation, JOURNAL_FILE, REPORT_FILE, STEPS,
 };
-use depot_dr::{Format, MappingError, SitePool};
-use depot_storage::engine::dr::{DrPlan, FenceCheck, PairPlan, Seen, Side, SidePlan};
+use depot_dr::{Format, MappingError};
+use depot_ovf_backup::OvfBackup;
 use depot_storage::engine::Storage;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -29,117 +24,6 @@ use serde_json::{json, Value};
 fn refused(e: MappingError) -> ApiError {
     ApiError::new(e.code(), e.to_string())
 }
-
-pub async fn plan(storage: &Arc<Storage>, p: params::DrPlan) -> Result<returns::DrPlan, ApiError> {
-    let (mapping, _) = parse_mapping(&p.mapping, p.format.as_deref())?;
-    let failback = p.failback.unwrap_or(false);
-    let mapping = if failback {
-        mapping.reversed()
-    } else {
-        mapping
-    };
-    let confirmed = p.confirmedFenced.unwrap_or_default();
-    let s = storage.clone();
-    let for_plan = mapping.clone();
-    let plan = tokio::task::spawn_blocking(move || s.dr_plan(&for_plan, &confirmed))
-        .await
-        .map_err(|e| ApiError::new(Code::InternalError, format!("DR.plan panicked: {e}")))?;
-    Ok(report(&mapping, failback, plan))
-}
-
-fn pool(p: &SitePool) -> DrPool {
-    DrPool {
-        id: p.id.map(|id| id.to_string()),
-        name: p.name.clone(),
-    }
-}
-
-fn report(mapping: &depot_dr::Mapping, failback: bool, plan: DrPlan) -> DrPlanReport {
-    DrPlanReport {
-        format: mapping.format().name().into(),
-        failback,
-        warnings: mapping.warnings().to_vec(),
-        primary_pool: pool(mapping.primary_pool()),
-        secondary_pool: pool(mapping.secondary_pool()),
-        connections: plan.pairs.into_iter().map(pair).collect(),
-        fence: fence(plan.fence),
-    }
-}
-
-fn side(s: SidePlan) -> DrSidePlan {
-    DrSidePlan {
-        connection: s.describe,
-        state: s.link.name().into(),
-        detail: match s.link {
-            depot_storage::engine::dr::Link::Unknown(why) => Some(why),
-            _ => None,
-        },
-        action: s.step.name().into(),
-        mount_point: s.mount_point.map(|m| m.display().to_string()),
-    }
-}
-
-fn pair(p: PairPlan) -> DrConnectionPlan {
-    DrConnectionPlan {
-        name: p.name,
-        r#type: p.kind.name().into(),
-        backup: p.backup,
-        primary: side(p.primary),
-        secondary: side(p.secondary),
-        domains: p
-            .domains
-            .into_iter()
-            .map(|d| {
-                let visible = d.seen.visible();
-                let (on, detail) = match d.seen {
-                    Seen::On(Side::Primary) => ("primary", None),
-                    Seen::On(Side::Secondary) => ("secondary", None),
-                    Seen::Block(what) => ("block", Some(what)),
-                    Seen::Elsewhere(dir) => ("elsewhere", Some(dir.display().to_string())),
-                    Seen::Nowhere => ("nowhere", None),
-                    Seen::Unreadable(why) => ("unreadable", Some(why)),
-                };
-                DrDomainSight {
-                    sd_id: d.sd.to_string(),
-                    expected: d.expected,
-                    visible,
-                    on: on.into(),
-                    detail,
-                }
-            })
-            .collect(),
-    }
-}
-
-fn fence(f: FenceCheck) -> DrFenceCheck {
-    DrFenceCheck {
-        verdict: f.verdict.name().into(),
-        message: f.message,
-        live_hosts: f
-            .hosts
-            .into_iter()
-            .map(|h| DrLiveHost {
-                host_id: h.host_id,
-                status: h.status.into(),
-                site: h.site.name().into(),
-                confirmed: h.confirmed,
-                domains: h.domains.iter().map(ToString::to_string).collect(),
-            })
-            .collect(),
-        domains: f
-            .domains
-            .into_iter()
-            .map(|d| DrFenceDomain {
-                sd_id: d.sd.to_string(),
-                checked: d.hosts.is_ok(),
-                this_host: d.this_host,
-                detail: d.hosts.err(),
-            })
-            .collect(),
-    }
-}
-
-// ---- DR.failover, DR.failback, DR.status -------------------------------
 
 /// The job kind's stored name: never rename.
 pub const DR_JOB: &str = "dr_failover";
@@ -159,6 +43,8 @@ pub struct DrSpec {
 /// run at a time. Shared by the verbs and the job kind.
 pub struct Dr {
     storage: Arc<Storage>,
+    /// Step 5 reads the OVF backup providers too.
+    backup: Arc<OvfBackup>,
     dir: PathBuf,
     running: AtomicBool,
     /// Test hook (daemon.test_verbs only): after this step's journal is
@@ -183,7 +69,7 @@ fn jerr(code: Code, detail: impl Into<String>) -> ApiError {
     ApiError::new(code, detail.into())
 }
 
-fn parse_mapping(
+pub(crate) fn parse_mapping(
     text: &str,
     format: Option<&str>,
 ) -> Result<(depot_dr::Mapping, String), ApiError> {
@@ -202,12 +88,18 @@ fn parse_mapping(
 
 impl Dr {
     /// `test_hooks`: honour [`PAUSE_ENV`] (daemon.test_verbs).
-    pub fn new(storage: Arc<Storage>, state_dir: PathBuf, test_hooks: bool) -> Dr {
+    pub fn new(
+        storage: Arc<Storage>,
+        backup: Arc<OvfBackup>,
+        state_dir: PathBuf,
+        test_hooks: bool,
+    ) -> Dr {
         let pause_after = test_hooks
             .then(|| std::env::var(PAUSE_ENV).ok()?.parse().ok())
             .flatten();
         Dr {
             storage,
+            backup,
             dir: state_dir,
             running: AtomicBool::new(false),
             pause_after,
@@ -443,9 +335,8 @@ impl Dr {
                         .as_ref()
                         .map(|t| t.domains.clone())
                         .unwrap_or_default();
-                    let (entities, notes) = s.dr_entities(&domains);
-                    j.entities = entities;
-                    j.notes = notes;
+                    (j.entities, j.notes) =
+                        depot_ovf_backup::dr::find_vms(s, &self.backup, &domains);
                     j.finished = Some(depot_storage::engine::dr_now());
                 }
             }
@@ -506,7 +397,11 @@ fn dry_run(s: &Storage, op: Operation, mapping: &depot_dr::Mapping, confirmed: &
             usable.join(", ")
         }
     ));
-    would.push("step 5: read every OVF_STORE of those domains, and each VM's disks".into());
+    would.push(
+        "step 5: read every OVF_STORE of those domains and the backup providers, and each \
+         VM's disks"
+            .into(),
+    );
     let mut resync = Vec::new();
     if op == Operation::Failback {
         let primary = s.dr_side_metadata(mapping, false);

@@ -9,6 +9,7 @@ pub mod config;
 pub mod conn;
 pub mod daemon;
 pub mod dr_api;
+pub mod dr_plan;
 pub mod events;
 pub mod fencing;
 pub mod jsonrpc;

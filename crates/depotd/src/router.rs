@@ -202,7 +202,7 @@ impl Router {
             Call::StorageDomainGetHostLiveness(p) => {
                 wire(storage_api::host_liveness(storage, p.storagedomainID).await)
             }
-            Call::DrPlan(p) => wire(dr_api::plan(storage, p).await),
+            Call::DrPlan(p) => wire(crate::dr_plan::plan(storage, p).await),
             Call::DrFailover(p) => match self.dr() {
                 Ok(dr) => wire(dr.start(&self.jobs, Operation::Failover, p).await),
                 Err(e) => Err(e),

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::Daemon;
 use depot_client::Client;
+use depot_ovf_archive::archive::{Archive, Limits, Mode};
 use ovf_common::*;
 use serde_json::{json, Value};
 use storage_common::*;
@@ -49,6 +50,12 @@ struct Site {
     sd: String,
     bk: String,
     entities: Vec<Entity>,
+    /// The data domain on the primary, and its OVF_STORE.
+    dom: Domain,
+    store: Vol,
+    /// With `Site::new(d, true)`: a disk no entity of the store uses yet,
+    /// in the replica too (a VM the engine adds after the copy).
+    spare: Option<Vol>,
 }
 
 impl Site {
@@ -63,6 +70,10 @@ impl Site {
     }
 
     async fn new(d: &Daemon) -> Site {
+        Site::with_spare(d, false).await
+    }
+
+    async fn with_spare(d: &Daemon, spare: bool) -> Site {
         let prod = tempfile::tempdir().unwrap();
         let replica = tempfile::tempdir().unwrap();
         let root = prod.path().canonicalize().unwrap();
@@ -90,6 +101,10 @@ impl Site {
         let snap = dom
             .create_volume(&s, MIB, "COW", "DATA", Some(&base.vol))
             .await;
+        let spare = match spare {
+            true => Some(dom.create_volume(&new_id(), MIB, "RAW", "DATA", None).await),
+            false => None,
+        };
         let r = |v: &Vol| (v.img.clone(), v.vol.clone());
         let refs = |vs: &[&Vol]| vs.iter().map(|v| r(v)).collect::<Vec<_>>();
         let as_str = |v: &[(String, String)]| {
@@ -140,6 +155,9 @@ impl Site {
             entities,
             prod,
             replica,
+            dom,
+            store,
+            spare,
         };
         // The replica, as replication leaves it: copied while a VM still
         // writes to its disk (the copy of that file is torn, as a
@@ -251,7 +269,8 @@ fn vms(report: &Value) -> Vec<Value> {
         .map(|e| {
             json!({
                 "name": e["name"], "kind": e["kind"], "id": e["id"],
-                "sd": e["sd"], "ovf_copy": e["ovf_copy"], "disks": e["disks"],
+                "sd": e["sd"], "ovf_copy": e["ovf_copy"], "copy": e["copy"],
+                "disks": e["disks"],
             })
         })
         .collect();
@@ -260,7 +279,7 @@ fn vms(report: &Value) -> Vec<Value> {
 }
 
 fn check_report(report: &Value, site: &Site, op: &str, pool: &str) {
-    assert_eq!(report["version"], 1, "{report}");
+    assert_eq!(report["version"], 2, "{report}");
     assert_eq!(report["operation"], op);
     assert_eq!(report["steps_done"], 5);
     assert!(report["finished"].is_u64(), "{report}");
@@ -295,15 +314,19 @@ fn check_report(report: &Value, site: &Site, op: &str, pool: &str) {
                 .contains("valid, generation"),
             "{found}"
         );
-        let disks = found["disks"].as_array().unwrap();
-        assert_eq!(disks.len(), e.disks.len(), "{found}");
-        for (disk, (img, vol)) in disks.iter().zip(&e.disks) {
-            assert_eq!(disk["image"], img.as_str());
-            assert_eq!(disk["volume"], vol.as_str());
-            assert_eq!(disk["present"], true, "{disk}");
-            assert_eq!(disk["complete"], true, "{disk}");
-            assert_eq!(disk["legality"], "LEGAL");
-        }
+        // No backup provider configured: the domain's OVF_STORE, as
+        // before, and the report says so.
+        assert_eq!(
+            found["copy"],
+            json!({
+                "provider": "OVF_STORE", "generation": 1,
+                "sha256": sha256_hex(e.xml.as_bytes()), "trusted": false,
+                "reason": "the domain's OVF_STORE: no backup provider is configured",
+                "in_store": true, "store_differs": null,
+            }),
+            "{found}"
+        );
+        assert_disks(found, e);
     }
     // The snapshot's chain goes down to its base.
     let snap = vms.iter().find(|v| v["name"] == "vm-snap").unwrap();
@@ -314,6 +337,19 @@ fn check_report(report: &Value, site: &Site, op: &str, pool: &str) {
         notes.iter().any(|n| n.as_str().unwrap().contains(&site.bk)),
         "{report}"
     );
+}
+
+/// Each disk of `e` in the report's entity, present and complete.
+fn assert_disks(found: &Value, e: &Entity) {
+    let disks = found["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), e.disks.len(), "{found}");
+    for (disk, (img, vol)) in disks.iter().zip(&e.disks) {
+        assert_eq!(disk["image"], img.as_str());
+        assert_eq!(disk["volume"], vol.as_str());
+        assert_eq!(disk["present"], true, "{disk}");
+        assert_eq!(disk["complete"], true, "{disk}");
+        assert_eq!(disk["legality"], "LEGAL");
+    }
 }
 
 fn md(dom: &Path) -> std::collections::BTreeMap<String, String> {
@@ -441,6 +477,115 @@ async fn failover_then_failback_on_a_copied_localfs_site() {
     let dom = site.prod().join(&site.sd);
     assert_eq!(md(&dom)["POOL_UUID"], PROD);
     assert_eq!(md(&dom)["MASTER_VERSION"], "3");
+}
+
+/// Step 5 with a backup provider: the host-local archive (keeping one
+/// generation) recorded the primary's OVF_STORE after the replica was
+/// copied: generation 2, where a VM changed and a VM was added, while the
+/// replica's store holds generation 1. The report uses the archive's
+/// copy of every entity (the only one the providers hold: the rule's
+/// reason), says where the replica's store differs, and lists the VM only
+/// the archive holds with its disk checked on the recovered domain.
+#[tokio::test]
+async fn failover_uses_the_archives_newer_copy_and_lists_what_only_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("ovf-archive.db");
+    let config = format!(
+        "{CONFIG}[ovf_backup]\nproviders = [\"archive\"]\narchive_path = {:?}\n\
+         archive_keep_generations = 1\nretry_first_s = 0.1\nretry_max_s = 0.5\n",
+        archive.display().to_string()
+    );
+    let d = Daemon::start(&config);
+    let c = d.client().await;
+    let site = Site::with_spare(&d, true).await;
+    // After the copy, on the primary: "web & db" changed, "late" added
+    // (its disk was in the copy).
+    let mut newer = site.entities.clone();
+    let web = &mut newer[1];
+    web.xml = ovf_xml(&web.id, &web.name, false, &web.disks, 64);
+    let spare = site.spare.as_ref().unwrap();
+    newer.push(Entity::vm("late", &[(&spare.img, &spare.vol)]));
+    let tar = engine_tar(&site.sd, &newer, &[]);
+    // The engine writes a store in a pool as its SPM.
+    start_spm(&c, PROD).await;
+    site.dom
+        .set_description(&site.store, &site.dom.store_description(tar.len()))
+        .await;
+    put_ok(&Via::unix(&d), &site.store, &tar).await;
+    call_ok(&c, "StoragePool.spmStop", json!({"storagepoolID": PROD})).await;
+    let want: Vec<(String, u64, String)> = {
+        let mut v: Vec<_> = newer
+            .iter()
+            .map(|e| (e.id.clone(), 2, sha256_hex(e.xml.as_bytes())))
+            .collect();
+        v.sort();
+        v
+    };
+    wait_until(
+        "the archive holds generation 2 only",
+        Duration::from_secs(30),
+        || {
+            let Ok(a) = Archive::open(&archive, Limits::default(), Mode::ReadOnly) else {
+                return false;
+            };
+            let mut got: Vec<_> = a
+                .list_all()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| (c.id.to_string(), c.generation.unwrap_or(0), c.sha256))
+                .collect();
+            got.sort();
+            got == want
+        },
+    );
+
+    let report = done(&run_job(&c, "DR.failover", json!({"mapping": site.mapping()})).await);
+    assert_eq!(report["version"], 2, "{report}");
+    assert_eq!(report["takeover"]["master"], site.sd.as_str(), "{report}");
+    let vms = vms(&report);
+    assert_eq!(vms.len(), newer.len(), "{report}");
+    for e in &newer {
+        let found = vms
+            .iter()
+            .find(|v| v["id"] == e.id.as_str())
+            .unwrap_or_else(|| panic!("{} not in the report: {report}", e.name));
+        assert_eq!(found["name"], e.name.as_str());
+        assert_eq!(found["sd"], site.sd.as_str(), "{found}");
+        let copy = &found["copy"];
+        assert_eq!(copy["provider"], "archive", "{found}");
+        assert_eq!(copy["generation"], 2, "{found}");
+        assert_eq!(copy["sha256"], sha256_hex(e.xml.as_bytes()), "{found}");
+        assert_eq!(copy["trusted"], true, "{found}");
+        assert_eq!(
+            copy["reason"], "the only usable copy (generation 2, held by archive)",
+            "{found}"
+        );
+        assert!(
+            found["ovf_copy"].as_str().unwrap().starts_with(&format!(
+                "archive: generation 2 of OVF_STORE {}/{}",
+                site.store.img, site.store.vol
+            )),
+            "{found}"
+        );
+        let (in_store, differs) = match e.name.as_str() {
+            "late" => (false, false),
+            "web & db" => (true, true),
+            _ => (true, false),
+        };
+        assert_eq!(copy["in_store"], in_store, "{found}");
+        if differs {
+            let d = copy["store_differs"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{found}"));
+            let old = sha256_hex(site.entities[1].xml.as_bytes());
+            assert!(d.contains("generation 1") && d.contains(&old), "{found}");
+        } else {
+            assert!(copy["store_differs"].is_null(), "{found}");
+        }
+        assert_disks(found, e);
+    }
+    let st = call_ok(&c, "DR.status", json!({})).await;
+    assert_eq!(st["journal"], report, "DR.status answers the report");
 }
 
 /// A crash (kill -9) after step `n`, then a rerun: it continues at the

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use depot_api::storage::{DomainRole, SdUuid, VolUuid};
+use depot_api::storage::{DomainRole, ImgUuid, SdUuid, VolUuid};
 use depot_api::Code;
 use depot_dr::journal::{
-    ConnectionRecord, DiskRecord, DomainRecord, EntityRecord, FenceRecord, FencedHost,
+    ConnectionRecord, CopyRecord, DiskRecord, DomainRecord, EntityRecord, FenceRecord, FencedHost,
     MetadataRecord, TakeoverRecord,
 };
 use depot_dr::{ConnectionPair, Endpoint, Mapping};
@@ -24,7 +24,7 @@ use super::Storage;
 use crate::connection::ConnectionParams;
 use crate::file;
 use crate::metadata::domain::DomainMetadata;
-use crate::ovf::StoreState;
+use crate::ovf::{OvfEntity, StoreState};
 use crate::{StorageError, StorageResult};
 
 /// How long step 4 waits for this host's id in the lockspaces it joined
@@ -32,6 +32,20 @@ use crate::{StorageError, StorageResult};
 /// 2 x its I/O timeout, more after an unclean stop).
 const JOIN_WAIT: Duration = Duration::from_secs(180);
 const JOIN_POLL: Duration = Duration::from_millis(500);
+
+/// One domain's best OVF_STORE as step 5 read it.
+#[derive(Debug, Clone)]
+pub struct DrStoreRead {
+    pub sd: SdUuid,
+    pub img: ImgUuid,
+    pub vol: VolUuid,
+    /// The store in a line: `OVF_STORE <img>/<vol> of <sd> (<state>)`.
+    pub copy: String,
+    /// Its generation (None: written by another agent).
+    pub generation: Option<u64>,
+    /// Each VM and template with its OVF text.
+    pub entities: Vec<(OvfEntity, String)>,
+}
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
@@ -605,61 +619,75 @@ impl Storage {
         }
     }
 
-    /// Step 5, read-only: every VM and template of each domain's best
-    /// OVF_STORE, with each disk looked at. A domain whose stores cannot
-    /// be read gives a note instead.
-    pub fn dr_entities(&self, domains: &[String]) -> (Vec<EntityRecord>, Vec<String>) {
+    /// Step 5's reading of the OVF_STOREs, read-only: each domain's best
+    /// store (the newest that verifies) with every entity's OVF text. A
+    /// domain whose stores cannot be read gives a note instead. The
+    /// backup providers are weighed against these by depot-ovf-backup's
+    /// `dr` module (this crate does not know the providers).
+    pub fn dr_store_reads(&self, domains: &[String]) -> (Vec<DrStoreRead>, Vec<String>) {
         let mut out = Vec::new();
         let mut notes = Vec::new();
         for sd in domains {
             let Ok(sd) = sd.parse::<SdUuid>() else {
                 continue;
             };
-            let listing = match self.ovf_entities(sd) {
-                Ok(l) => l,
+            let read = self
+                .best_ovf_store(sd)
+                .and_then(|st| Ok((self.ovf_store_texts(sd, st.img, st.vol)?, st)));
+            let (texts, store) = match read {
+                Ok(r) => r,
                 Err(e) => {
                     notes.push(format!("{sd}: no OVF_STORE read: {e}"));
                     continue;
                 }
             };
-            let state = match &listing.store.state {
+            let state = match &store.state {
                 StoreState::Valid { trailer } => {
                     format!("valid, generation {}", trailer.generation)
                 }
                 StoreState::Unknown => "written by another agent (no checksum)".into(),
                 StoreState::Torn { reason, .. } => format!("torn: {reason}"),
             };
-            let copy = format!(
-                "OVF_STORE {}/{} of {sd} ({state})",
-                listing.store.img, listing.store.vol
-            );
-            for ent in &listing.contents.entities {
-                out.push(EntityRecord {
-                    id: ent.id.to_string(),
-                    name: ent.name.clone(),
-                    kind: ent.kind.as_str().to_string(),
-                    sd: sd.to_string(),
-                    ovf_copy: copy.clone(),
-                    disks: ent
-                        .images
-                        .iter()
-                        .map(|(img, vol)| self.disk_record(sd, *img, *vol))
-                        .collect(),
-                });
-            }
+            out.push(DrStoreRead {
+                sd,
+                img: store.img,
+                vol: store.vol,
+                copy: format!("OVF_STORE {}/{} of {sd} ({state})", store.img, store.vol),
+                generation: texts.generation,
+                entities: texts.entities,
+            });
         }
         (out, notes)
+    }
+
+    /// One VM or template of step 5, its disks looked at on domain `sd`
+    /// (`ovf_copy`, `copy`: the copy of its OVF used, and why).
+    pub fn dr_entity(
+        &self,
+        sd: SdUuid,
+        ent: &OvfEntity,
+        ovf_copy: String,
+        copy: Option<CopyRecord>,
+    ) -> EntityRecord {
+        EntityRecord {
+            id: ent.id.to_string(),
+            name: ent.name.clone(),
+            kind: ent.kind.as_str().to_string(),
+            sd: sd.to_string(),
+            ovf_copy,
+            copy,
+            disks: ent
+                .images
+                .iter()
+                .map(|(img, vol)| self.disk_record(sd, *img, *vol))
+                .collect(),
+        }
     }
 
     /// One disk: present, legal, its size right (a RAW file as large as
     /// its capacity, a COW one not empty) and its chain complete (every
     /// parent there and legal, down to a base).
-    fn disk_record(
-        &self,
-        sd: SdUuid,
-        img: depot_api::storage::ImgUuid,
-        vol: VolUuid,
-    ) -> DiskRecord {
+    fn disk_record(&self, sd: SdUuid, img: ImgUuid, vol: VolUuid) -> DiskRecord {
         let mut rec = DiskRecord {
             image: img.to_string(),
             volume: vol.to_string(),

@@ -53,7 +53,7 @@ mod volumes;
 
 pub use copy::{Control, CopyOutcome, DestinationLease, VolRef};
 pub use domains::DomainInfo;
-pub use dr_failover::{fence_record as dr_fence_record, now as dr_now};
+pub use dr_failover::{fence_record as dr_fence_record, now as dr_now, DrStoreRead};
 pub use leases::LeaseStatus;
 pub use mailbox::{MailboxConfig, ThinLv};
 pub use ovf::{OvfListing, OvfStoreInfo, Readable, StoreTexts, UploadDone};
