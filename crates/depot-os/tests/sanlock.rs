@@ -137,6 +137,31 @@ fn host_id_is_acquired_seen_and_released_through_the_daemon() {
     );
     assert_eq!(me.io_timeout, 4, "the io_timeout asked for: {me:?}");
 
+    // An asynchronous release: the daemon still lists the lockspace
+    // (answering "held", and EEXIST to an add) until its main loop takes
+    // the removal up, then kills whoever holds a lease in it, one
+    // acquired meanwhile too. Until it is gone the client says so and
+    // sends no add.
+    assert_eq!(s.rem_lockspace(&ls, true).unwrap(), RemOutcome::Released);
+    let state = s.inq_lockspace(&ls).unwrap();
+    assert_ne!(state, HostIdState::Held, "held right after its release");
+    assert_eq!(s.add_lockspace(&ls).unwrap(), AddOutcome::BeingRemoved);
+    let gone = wait_for(Duration::from_secs(60), || {
+        (s.inq_lockspace(&ls).unwrap() == HostIdState::Free).then_some(())
+    });
+    assert!(gone.is_some(), "not released after 60 s; {}", daemon.log());
+    assert!(daemon.lockspaces().unwrap().is_empty());
+
+    // Joined again, then released synchronously.
+    assert_eq!(s.add_lockspace(&ls).unwrap(), AddOutcome::Started);
+    let held = wait_for(Duration::from_secs(90), || {
+        (s.inq_lockspace(&ls).unwrap() == HostIdState::Held).then_some(())
+    });
+    assert!(
+        held.is_some(),
+        "not held again after 90 s; {}",
+        daemon.log()
+    );
     assert_eq!(s.rem_lockspace(&ls, false).unwrap(), RemOutcome::Released);
     assert_eq!(s.inq_lockspace(&ls).unwrap(), HostIdState::Free);
     assert_eq!(s.rem_lockspace(&ls, false).unwrap(), RemOutcome::NotHeld);

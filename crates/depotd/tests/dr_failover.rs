@@ -18,14 +18,17 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{eventually, Daemon};
 use depot_client::Client;
 use depot_ovf_archive::archive::{Archive, Limits, Mode};
+use depot_testkit::sanlock::NoDaemon;
 use ovf_common::*;
 use serde_json::{json, Value};
 use storage_common::*;
 
 use storage_common::dr_mapping::{localfs_mapping, PROD, RECOVERY};
+use storage_common::sanlock_hosts::*;
+use storage_common::sanlock_pool::{join_pool_on, pool, pool_connect, until_acquired};
 
 fn mapping(primary: &Path, secondary: &Path, sd: &str, bk: &str) -> String {
     localfs_mapping(PROD, primary, secondary, &[bk, sd])
@@ -749,7 +752,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
 #[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
 async fn a_live_host_refuses_the_failover_unless_confirmed_fenced() {
     depot_testkit::require_root();
-    use storage_common::sanlock_pool::{pool, pool_connect, until_acquired, SANLOCK_CONFIG};
+    use storage_common::sanlock_pool::SANLOCK_CONFIG;
     let _sanlock = depot_testkit::sanlock::SanlockDaemon::start().expect("sanlock daemon");
     let d = Daemon::start(SANLOCK_CONFIG);
     let p = pool(&d).await;
@@ -813,5 +816,266 @@ async fn a_live_host_refuses_the_failover_unless_confirmed_fenced() {
     assert_eq!(domain_md(&replica.join(&p.sd))["POOL_UUID"], RECOVERY);
     let kept: Value = serde_json::from_slice(&std::fs::read(&journal).unwrap()).unwrap();
     assert_eq!(kept["fence"]["confirmed_fenced"], json!([1]), "recorded");
+    let _ = std::fs::remove_dir_all(&replica);
+}
+
+/// A DR job the fence check refused (9049): its message.
+fn fence_refusal(job: &Value) -> String {
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], 9049, "{job}");
+    job["error"]["message"].as_str().unwrap().to_string()
+}
+
+/// A directory's files but the lockspaces' (`dom_md/ids`: the delta
+/// leases, which the hosts joined renew all the time, by design).
+fn without_ids(root: &Path) -> Tree {
+    let mut t = snapshot(root);
+    t.retain(|p, _| !p.ends_with("dom_md/ids"));
+    t
+}
+
+/// What host `c`'s liveness verb (`StorageDomain.getHostLiveness`, from
+/// its sanlock daemon) says of host `id` in `sd`'s lockspace.
+async fn liveness_of(c: &Client, sd: &str, id: i64) -> Option<String> {
+    let hosts = c
+        .call(
+            "StorageDomain.getHostLiveness",
+            json!({"storagedomainID": sd}),
+        )
+        .await
+        .ok()?;
+    hosts
+        .as_array()?
+        .iter()
+        .find(|h| h["host_id"] == id)
+        .and_then(|h| h["status"].as_str())
+        .map(str::to_owned)
+}
+
+/// Until `c`'s liveness verb says host `id` is live in `sd`'s lockspace
+/// (its daemon saw the lease renewed, not just present).
+async fn until_seen_live(c: &Client, sd: &str, id: i64) {
+    eventually(&format!("host {id} live"), LIVE_WAIT, || async {
+        (liveness_of(c, sd, id).await.as_deref() == Some("live")).then_some(())
+    })
+    .await
+}
+
+/// Issue 17's test with a second host: A (id 3, the secondary site)
+/// fails over a LOCALFS domain whose replica B (id 1, the lost site's
+/// host, its own depotd and sanlock daemon) still uses: B holds its id in
+/// the replica's lockspace and renews it.
+///
+/// 1. Step 1 cannot read that lockspace (A is not in it: `unknown`, it
+///    goes on); step 4 joins it and reads B: refused (9049) naming host
+///    1 and its site, the domain's files unchanged (but its delta
+///    leases), the journal at step 3, no report; confirming another host
+///    changes nothing.
+/// 2. B killed (depotd and sanlock daemon, kill -9): while A's liveness
+///    verb says `fail` the failover is still refused; once it says `dead`
+///    (polled; the time printed against sanlock's floor, host_dead_seconds
+///    after the last renewal A's daemon saw) the failover runs to its end
+///    without any confirmation, the check after joining passing.
+/// 3. Another host of that site (id 2) joins the recovery pool on the
+///    replica: the failback's step 1 (A is in that lockspace now) refuses
+///    naming it, nothing written, no journal; confirmed fenced, the
+///    failback runs and the journal records the confirmation.
+///
+/// One lease expiry for the whole test (about 92 s: io_timeout 4).
+// long: the three cases share one setup and one lease expiry (sanlock's
+// waits are minutes; the sanlock tests run one at a time).
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn a_second_host_on_the_replica_refuses_the_failover_until_dead_or_confirmed_fenced() {
+    depot_testkit::require_root();
+    let lock = NoDaemon::hold().expect("the sanlock lock");
+    // The test's own time, without the wait for the lock.
+    let t0 = Instant::now();
+    let (a, mut b) = tokio::join!(host(&lock, "a", 3), host(&lock, "b", 1));
+    // The lost site: a pool A made on a LOCALFS directory (A holds no id
+    // there); the replica: a copy of its domain, on a directory both
+    // hosts see.
+    let p = pool(&a.d).await;
+    let primary = p.dom.parent().unwrap().to_path_buf();
+    let replica = tempfile::tempdir().unwrap().keep().canonicalize().unwrap();
+    cp_a(&p.dom, &replica);
+    join_pool_on(&b.c, &replica, pool_connect(&p, b.id)).await;
+    until_acquired(&b.c, &p.sd).await;
+    let text = localfs_mapping(&p.sp, &primary, &replica, &[&p.sd]);
+    let journal = a.d.state_dir().join("dr-journal.json");
+    let report_file = a.d.state_dir().join("dr-report.json");
+    eprintln!("setup: {:?}", t0.elapsed());
+
+    // 1. Refused in step 4, once A reads B in the replica's lockspace.
+    let (primary_before, replica_before) = (snapshot(&primary), without_ids(&replica));
+    let job = run_job(&a.c, "DR.failover", json!({"mapping": text})).await;
+    let msg = fence_refusal(&job);
+    assert!(
+        msg.contains("host 1 (") && msg.contains("primary site"),
+        "{msg}"
+    );
+    assert!(!msg.contains("host 3 ("), "this host named: {msg}");
+    let at_refusal = std::fs::read(&journal).expect("steps 1 to 3 in the journal");
+    let j: Value = serde_json::from_slice(&at_refusal).unwrap();
+    assert_eq!(j["steps_done"], 3, "{j}");
+    assert!(j["takeover"].is_null(), "{j}");
+    assert_eq!(
+        j["fence"]["verdict"], "unknown",
+        "step 1 cannot read it: {j}"
+    );
+    assert!(!report_file.exists(), "a report after a refusal");
+    assert_same_tree(&primary_before, &snapshot(&primary), "a refused failover");
+    assert_same_tree(
+        &replica_before,
+        &without_ids(&replica),
+        "a refused failover",
+    );
+    assert_eq!(domain_md(&replica.join(&p.sd))["POOL_UUID"], p.sp);
+    let held = a.lockspaces_of(&p.sd);
+    assert!(
+        held.len() == 1 && held[0].starts_with(&format!("{}:3:", p.sd)),
+        "A joined the replica's lockspace as host 3 in step 4: {held:?}"
+    );
+    // Confirming another host changes nothing.
+    let job = run_job(
+        &a.c,
+        "DR.failover",
+        json!({"mapping": text, "confirmedFenced": [2]}),
+    )
+    .await;
+    assert!(fence_refusal(&job).contains("host 1 ("), "{job}");
+    assert_eq!(
+        std::fs::read(&journal).unwrap(),
+        at_refusal,
+        "a refused step 4 changed the journal"
+    );
+    assert_same_tree(
+        &replica_before,
+        &without_ids(&replica),
+        "a refused failover",
+    );
+    eprintln!("refused while B renews: {:?}", t0.elapsed());
+
+    // 2. B dies. A's daemon saw B renew (`live`), so sanlock counts from
+    // B's last renewal.
+    until_seen_live(&a.c, &p.sd, b.id).await;
+    b.kill();
+    let killed = monotonic();
+    let mut refused_failing = false;
+    let dead_at = loop {
+        let status = liveness_of(&a.c, &p.sd, b.id).await;
+        let now = monotonic();
+        match status.as_deref() {
+            Some("dead") => break now,
+            Some("fail") if !refused_failing => {
+                // Stopped renewing, not dead: it may still write.
+                let job = run_job(&a.c, "DR.failover", json!({"mapping": text})).await;
+                let msg = fence_refusal(&job);
+                assert!(msg.contains("host 1 (fail, primary site)"), "{msg}");
+                refused_failing = true;
+            }
+            Some("live" | "fail") => {}
+            other => panic!("host 1 in A's liveness after the kill: {other:?}"),
+        }
+        assert!(now - killed < 300.0, "host 1 not dead 300 s after the kill");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(refused_failing, "never saw host 1 `fail`");
+    let hs = a.host_status(&p.sd, b.id);
+    let floor = (hs.last_live + host_dead_seconds(hs.io_timeout)) as f64;
+    eprintln!(
+        "B dead by A's liveness verb {:.1} s after the kill; sanlock's floor: A's daemon last saw \
+         B renew at {} (B wrote {}), + host_dead_seconds {} (io_timeout {}) = {:.1} s after the \
+         kill; ratio {:.2}",
+        dead_at - killed,
+        hs.last_live,
+        hs.timestamp,
+        host_dead_seconds(hs.io_timeout),
+        hs.io_timeout,
+        floor - killed,
+        (dead_at - killed) / (floor - killed)
+    );
+    assert!(
+        dead_at >= floor,
+        "dead at {dead_at:.1}, before sanlock's floor {floor} ({hs:?})"
+    );
+    let report = done(&run_job(&a.c, "DR.failover", json!({"mapping": text})).await);
+    assert_eq!(
+        report["fence"], j["fence"],
+        "step 1's record kept: {report}"
+    );
+    let again = &report["takeover"]["fence"];
+    assert_eq!(again["verdict"], "pass", "{report}");
+    assert_eq!(again["confirmed_fenced"], json!([]), "{report}");
+    assert_eq!(report["takeover"]["master"], p.sd.as_str(), "{report}");
+    assert_eq!(domain_md(&replica.join(&p.sd))["POOL_UUID"], RECOVERY);
+    assert_eq!(domain_md(&primary.join(&p.sd))["POOL_UUID"], p.sp);
+    eprintln!("failed over once B was dead: {:?}", t0.elapsed());
+
+    // 3. Host 2 joins the recovery pool on the replica and renews there.
+    let c = host(&lock, "c", 2).await;
+    let connect = json!({"storagepoolID": RECOVERY, "hostID": c.id, "scsiKey": RECOVERY,
+        "masterSdUUID": p.sd, "masterVersion": 2, "domainDict": {p.sd.clone(): "active"}});
+    join_pool_on(&c.c, &replica, connect).await;
+    until_acquired(&c.c, &p.sd).await;
+    until_seen_live(&a.c, &p.sd, c.id).await;
+    // The lost site resynced from the replica, as failback needs.
+    std::fs::remove_dir_all(primary.join(&p.sd)).unwrap();
+    cp_a(&replica.join(&p.sd), &primary);
+    let failback = json!({"mapping": text, "hostId": 3});
+    // What a refused failback must leave: the sites (but the delta
+    // leases renewed on the replica), the repository, the failover's
+    // journal and report.
+    let state = || {
+        (
+            snapshot(&primary),
+            without_ids(&replica),
+            snapshot(&repository(&a.d)),
+            std::fs::read(&journal).unwrap(),
+            std::fs::read(&report_file).unwrap(),
+        )
+    };
+    let before = state();
+    let job = run_job(&a.c, "DR.failback", failback.clone()).await;
+    let msg = fence_refusal(&job);
+    // Host 1 may be named too: A's daemon left and joined this lockspace
+    // again in the takeover (the forced detach releases the host id), so
+    // it sees host 1's stale lease afresh (`unknown`, then `fail`, until
+    // host_dead_seconds after it joined).
+    assert!(msg.contains("host 2 (live, secondary site)"), "{msg}");
+    let after = state();
+    assert_same_tree(&before.0, &after.0, "a refused failback (its secondary)");
+    assert_same_tree(&before.1, &after.1, "a refused failback (its primary)");
+    assert_same_tree(&before.2, &after.2, "a refused failback (repository)");
+    assert!(
+        before.3 == after.3 && before.4 == after.4,
+        "a refused failback wrote a journal or report"
+    );
+    // Confirmed fenced: 2, and 1, whose lease in the resynced copy is
+    // stale (not seen dead by this host's daemon there yet).
+    let mut confirmed = failback;
+    confirmed["confirmedFenced"] = json!([1, 2]);
+    let back = done(&run_job(&a.c, "DR.failback", confirmed).await);
+    assert_eq!(
+        back["fence"]["verdict"], "pass (confirmed fenced)",
+        "{back}"
+    );
+    assert_eq!(back["fence"]["confirmed_fenced"], json!([1, 2]), "{back}");
+    let host2 = back["fence"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host_id"] == 2)
+        .unwrap_or_else(|| panic!("host 2 not in the check: {back}"));
+    assert_eq!(
+        (&host2["status"], &host2["confirmed"]),
+        (&json!("live"), &json!(true)),
+        "{back}"
+    );
+    let kept: Value = serde_json::from_slice(&std::fs::read(&journal).unwrap()).unwrap();
+    assert_eq!(kept["operation"], "failback");
+    assert_eq!(kept["fence"]["confirmed_fenced"], json!([1, 2]), "recorded");
+    assert_eq!(domain_md(&primary.join(&p.sd))["POOL_UUID"], p.sp);
+    eprintln!("wall time: {:?}", t0.elapsed());
     let _ = std::fs::remove_dir_all(&replica);
 }

@@ -30,16 +30,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, Daemon};
+use common::eventually;
 use copy_common::*;
 use depot_client::{Client, Options};
-use depot_testkit::sanlock::{HostStatus, NoDaemon, SanlockHost};
+use depot_testkit::sanlock::NoDaemon;
 use serde_json::{json, Value};
+use storage_common::sanlock_hosts::*;
 use storage_common::sanlock_pool::*;
 use storage_common::*;
 
-/// Until each host sees the other's lease renewed (two renewals of 20 s).
-const LIVE_WAIT: Duration = Duration::from_secs(120);
 /// Time for one spmStart task (its host id wait, then an acquire that
 /// does not wait for a silent holder).
 const SPM_TASK_WAIT: Duration = Duration::from_secs(300);
@@ -47,91 +46,6 @@ const SPM_TASK_WAIT: Duration = Duration::from_secs(300);
 const FAILOVER_WAIT: Duration = Duration::from_secs(420);
 /// What the engine waits between spmStart attempts.
 const RETRY: Duration = Duration::from_secs(2);
-/// sanlock's watchdog fire timeout, part of host_dead_seconds (sanlock's
-/// `calc_host_dead_seconds`: 8 * io_timeout + watchdog_fire_timeout; every
-/// host must use the same, 60 s by default).
-const WATCHDOG_FIRE_TIMEOUT: u64 = 60;
-
-/// One host: its sanlock daemon and the depotd running with it.
-struct Host<'l> {
-    name: &'static str,
-    id: i64,
-    sanlock: SanlockHost<'l>,
-    d: Daemon,
-    c: Client,
-}
-
-async fn host<'l>(lock: &'l NoDaemon, name: &'static str, id: i64) -> Host<'l> {
-    let sanlock = SanlockHost::start(lock, name).expect("sanlock host");
-    let d = Daemon::start_in(&sanlock.ns_prefix(), SANLOCK_CONFIG);
-    let c = d.client().await;
-    let caps = call_ok(&c, "Host.getCapabilities", json!({})).await;
-    assert_eq!(caps["sanlock"]["available"], true, "host {name}: {caps}");
-    Host {
-        name,
-        id,
-        sanlock,
-        d,
-        c,
-    }
-}
-
-impl Host<'_> {
-    /// A new client (after a restart of depotd).
-    async fn reconnect(&mut self) {
-        self.c = self.d.client().await;
-    }
-
-    /// The lockspaces of `sd` this host's daemon holds.
-    fn lockspaces_of(&self, sd: &str) -> Vec<String> {
-        let prefix = format!("{sd}:");
-        self.sanlock
-            .lockspaces()
-            .expect("sanlock client status")
-            .into_iter()
-            .filter(|l| l.starts_with(&prefix))
-            .collect()
-    }
-
-    /// What this host's daemon knows of host `id` in `sd`'s lockspace.
-    fn host_status(&self, sd: &str, id: i64) -> HostStatus {
-        let all = self.sanlock.host_status(sd).expect("host_status");
-        all.iter()
-            .find(|h| h.host_id == id as u64)
-            .cloned()
-            .unwrap_or_else(|| panic!("host {id} not in {}'s host_status: {all:?}", self.name))
-    }
-
-    /// Waits until this host's daemon has seen host `id` renew in `sd`'s
-    /// lockspace twice (a daemon that just joined lists no other host
-    /// until it has read the lockspace; sanlock counts a dead host's wait
-    /// from the last renewal it saw, so a test must not start its clock
-    /// before).
-    async fn seen_renewing(&self, sd: &str, id: i64) {
-        let stamp = || {
-            let all = self.sanlock.host_status(sd).expect("host_status");
-            all.iter()
-                .find(|h| h.host_id == id as u64)
-                .map(|h| h.timestamp)
-        };
-        let first = eventually("the daemon to list the other host", LIVE_WAIT, || async {
-            stamp()
-        })
-        .await;
-        eventually("the other host to renew again", LIVE_WAIT, || async {
-            stamp().filter(|t| *t > first)
-        })
-        .await;
-    }
-
-    /// SIGKILL to its sanlock daemon and to depotd: the whole host dies.
-    /// The daemon first: a daemon that outlives depotd even by a moment
-    /// releases depotd's leases (the process-crash case).
-    fn kill(&mut self) {
-        self.sanlock.kill9();
-        self.d.crash();
-    }
-}
 
 /// Two hosts, A (id 1) and B (id 2), connected to one pool whose master
 /// A created on a LOCALFS directory; both hold their host ids.
@@ -150,13 +64,6 @@ async fn two_hosts(lock: &NoDaemon) -> (Host<'_>, Host<'_>, Pool) {
         );
     }
     (a, b, p)
-}
-
-/// This process's CLOCK_MONOTONIC in seconds: the clock of sanlock's
-/// timestamps (every daemon of the machine shares it).
-fn monotonic() -> f64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
-    t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9
 }
 
 /// SDM.copy_data from `src` to `dst` (generation 0) as job `job`.
@@ -197,16 +104,6 @@ async fn spm_start_until_success(h: &Host<'_>, sp: &str) -> (f64, u32) {
         );
         tokio::time::sleep(RETRY).await;
     }
-}
-
-/// The earliest CLOCK_MONOTONIC second sanlock lets another host take a
-/// lease of host `dead` in `sd`'s lockspace: its last renewal, as host
-/// `seen_by`'s daemon read it, plus host_dead_seconds for its io_timeout.
-fn host_dead_floor(seen_by: &Host<'_>, sd: &str, dead: &Host<'_>) -> (f64, HostStatus) {
-    let hs = seen_by.host_status(sd, dead.id);
-    assert!(hs.timestamp > 0 && hs.io_timeout > 0, "{hs:?}");
-    let floor = hs.timestamp + 8 * hs.io_timeout + WATCHDOG_FIRE_TIMEOUT;
-    (floor as f64, hs)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -387,7 +284,7 @@ async fn spm_failover_waits_for_the_dead_hosts_lease_and_not_for_a_dead_process(
     // sanlock counts from when the survivor's daemon last saw the dead
     // host's lease change (it reads the lockspace at each of its own
     // renewals, every 2 * io_timeout), not from the renewal itself.
-    let seen_floor = (hs.last_live + 8 * hs.io_timeout + WATCHDOG_FIRE_TIMEOUT) as f64 - killed;
+    let seen_floor = (hs.last_live + host_dead_seconds(hs.io_timeout)) as f64 - killed;
     eprintln!(
         "SPM failover: A's daemon last saw B renew at {} (B wrote {}): sanlock's own wait ends \
          {seen_floor:.1} s after the kill; failover / that {:.2}",
@@ -400,7 +297,7 @@ async fn spm_failover_waits_for_the_dead_hosts_lease_and_not_for_a_dead_process(
          attempts failed first); sanlock's floor: B's last renewal at {} + host_dead_seconds \
          {} (io_timeout {}) = {floor_s:.1} s after the kill; ratio {:.2}",
         hs.timestamp,
-        8 * hs.io_timeout + WATCHDOG_FIRE_TIMEOUT,
+        host_dead_seconds(hs.io_timeout),
         hs.io_timeout,
         failover / floor_s
     );

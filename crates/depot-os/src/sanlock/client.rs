@@ -10,7 +10,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libloading::Library;
@@ -304,6 +304,9 @@ pub struct Sanlock {
     /// This process's registration with the daemon, made at the first
     /// lease acquired (resource.rs).
     pub(super) registration: Arc<Registration>,
+    /// The lockspaces this client asked the daemon to leave
+    /// asynchronously that it may still list: see [`Sanlock::rem_lockspace`].
+    removing: Arc<Mutex<Vec<Lockspace>>>,
 }
 
 impl std::fmt::Debug for Sanlock {
@@ -327,6 +330,7 @@ impl Sanlock {
             timeout,
             io_timeout: 0,
             registration: Arc::default(),
+            removing: Arc::default(),
         }
     }
 
@@ -351,6 +355,7 @@ impl Sanlock {
             timeout: Duration::from_secs(1),
             io_timeout: 0,
             registration: Arc::default(),
+            removing: Arc::default(),
         }
     }
 
@@ -441,8 +446,13 @@ impl Sanlock {
     /// the host id is held (about 20 s with a 10 s `io_timeout`, longer if
     /// the last owner of the id did not release it), with this client's
     /// [`io_timeout`](Sanlock::io_timeout) (0: the daemon's default).
+    /// While a removal this client asked for is not finished, no add is
+    /// sent (`BeingRemoved`): see [`Sanlock::rem_lockspace`].
     pub fn add_lockspace(&self, ls: &Lockspace) -> Result<AddOutcome, SanlockError> {
         const OP: &str = "add_lockspace";
+        if self.removal_pending(ls) && self.inq_lockspace(ls)? != HostIdState::Free {
+            return Ok(AddOutcome::BeingRemoved);
+        }
         let (mut raw, target) = raw_lockspace(OP, ls)?;
         let io_timeout = self.io_timeout;
         let rv = self.call(OP, &target, move |lib| {
@@ -459,7 +469,9 @@ impl Sanlock {
     }
 
     /// Whether this host holds `ls.host_id` in the lockspace now
-    /// (`inq_lockspace`, without waiting).
+    /// (`inq_lockspace`, without waiting). A lockspace this client asked
+    /// to leave asynchronously is `Removing` until the daemon no longer
+    /// lists it, even while the daemon still answers "held".
     pub fn inq_lockspace(&self, ls: &Lockspace) -> Result<HostIdState, SanlockError> {
         const OP: &str = "inq_lockspace";
         let (mut raw, target) = raw_lockspace(OP, ls)?;
@@ -467,19 +479,59 @@ impl Sanlock {
             // SAFETY: a valid, fully initialised sanlk_lockspace.
             unsafe { (lib.inq_lockspace)(&mut *raw, 0) }
         })?;
-        match rv {
-            0 => Ok(HostIdState::Held),
-            r if r == -libc::ENOENT => Ok(HostIdState::Free),
-            r if r == -libc::EINPROGRESS => Ok(HostIdState::Changing),
-            r if r == -libc::EAGAIN => Ok(HostIdState::Removing),
-            r => Err(self.error(OP, &target, r)),
+        let state = match rv {
+            0 => HostIdState::Held,
+            r if r == -libc::ENOENT => HostIdState::Free,
+            r if r == -libc::EINPROGRESS => HostIdState::Changing,
+            r if r == -libc::EAGAIN => HostIdState::Removing,
+            r => return Err(self.error(OP, &target, r)),
+        };
+        if !self.removal_pending(ls) {
+            return Ok(state);
         }
+        Ok(match state {
+            HostIdState::Held => HostIdState::Removing,
+            HostIdState::Free => {
+                self.removal_done(ls);
+                HostIdState::Free
+            }
+            other => other,
+        })
+    }
+
+    /// Whether a release of `ls` this client started may not be over.
+    /// By name and host id: the daemon refuses a second lockspace of one
+    /// name whatever its path (a domain reached through another link).
+    fn removal_pending(&self, ls: &Lockspace) -> bool {
+        self.removing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|l| same_lockspace(l, ls))
+    }
+
+    fn removal_done(&self, ls: &Lockspace) {
+        self.removing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l| !same_lockspace(l, ls));
     }
 
     /// Releases `ls.host_id` (`rem_lockspace` with `SANLK_REM_UNUSED`, so a
     /// lockspace whose leases are still held is refused (`Busy`) instead
     /// of sanlock killing their holders; `async_` returns before the
     /// release completes, about 2 s later).
+    ///
+    /// After an asynchronous release the daemon keeps the lockspace in
+    /// its list, answering "held" to `inq_lockspace` and `EEXIST` to
+    /// `add_lockspace`, until its main loop picks the removal up (up to
+    /// a second); it then kills every process holding a lease in it,
+    /// including one acquired in that window. So this client remembers
+    /// the release: until the daemon no longer lists the lockspace,
+    /// [`inq_lockspace`](Sanlock::inq_lockspace) answers `Removing` and
+    /// [`add_lockspace`](Sanlock::add_lockspace) sends nothing and answers
+    /// `BeingRemoved`, and a caller that waits for the host id waits for
+    /// the release to end and adds it again.
     pub fn rem_lockspace(&self, ls: &Lockspace, async_: bool) -> Result<RemOutcome, SanlockError> {
         const OP: &str = "rem_lockspace";
         let (mut raw, target) = raw_lockspace(OP, ls)?;
@@ -488,13 +540,24 @@ impl Sanlock {
             // SAFETY: a valid, fully initialised sanlk_lockspace.
             unsafe { (lib.rem_lockspace)(&mut *raw, flags) }
         })?;
-        match rv {
-            0 => Ok(RemOutcome::Released),
-            r if r == -libc::ENOENT => Ok(RemOutcome::NotHeld),
-            r if r == -libc::EINPROGRESS => Ok(RemOutcome::InProgress),
-            r if r == -libc::EBUSY => Ok(RemOutcome::Busy),
-            r => Err(self.error(OP, &target, r)),
+        let outcome = match rv {
+            0 => RemOutcome::Released,
+            r if r == -libc::ENOENT => RemOutcome::NotHeld,
+            r if r == -libc::EINPROGRESS => RemOutcome::InProgress,
+            r if r == -libc::EBUSY => RemOutcome::Busy,
+            r => return Err(self.error(OP, &target, r)),
+        };
+        let started = matches!(outcome, RemOutcome::Released | RemOutcome::InProgress);
+        if async_ && started {
+            let mut removing = self.removing.lock().unwrap_or_else(|e| e.into_inner());
+            if !removing.iter().any(|l| same_lockspace(l, ls)) {
+                removing.push(ls.clone());
+            }
+        } else if !async_ && outcome != RemOutcome::Busy {
+            // Done (or nothing to do): the daemon lists it no more.
+            self.removal_done(ls);
         }
+        Ok(outcome)
     }
 
     /// The hosts of lockspace `name` the daemon has seen (`host_id` 0: all
@@ -562,6 +625,10 @@ pub(super) unsafe fn take_hosts(p: *mut RawHost, n: c_int, ok: bool) -> Vec<RawH
 
 /// A `sanlk_lockspace` for `ls` (boxed: 1 KiB), and the lockspace as
 /// sanlock's command line writes it, for messages.
+fn same_lockspace(a: &Lockspace, b: &Lockspace) -> bool {
+    a.name == b.name && a.host_id == b.host_id
+}
+
 fn raw_lockspace(
     op: &'static str,
     ls: &Lockspace,

@@ -477,6 +477,12 @@ impl Storage {
         loop {
             match client.inq_lockspace(&ls).map_err(fail)? {
                 HostIdState::Held => break,
+                // A release of it was under way when asked (the add was
+                // not sent): now that it is over, join again.
+                HostIdState::Free if Instant::now() < deadline => {
+                    client.add_lockspace(&ls).map_err(fail)?;
+                    std::thread::sleep(HOST_ID_POLL);
+                }
                 _ if Instant::now() >= deadline => {
                     return Err(StorageError::new(
                         Code::AcquireLockFailure,

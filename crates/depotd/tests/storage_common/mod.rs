@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use crate::common::{eventually, Daemon, WAIT};
 
 pub mod dr_mapping;
+pub mod sanlock_hosts;
 pub mod sanlock_pool;
 
 pub const NFS: i64 = 1;

@@ -122,6 +122,13 @@ pub async fn until_acquired(c: &Client, sd: &str) -> Value {
 /// a shared mount) and the pool as `host_id`.
 pub async fn join_pool(c: &Client, p: &Pool, host_id: i64) {
     let dir = p.dom.parent().expect("the domain's connection");
+    join_pool_on(c, dir, pool_connect(p, host_id)).await;
+}
+
+/// Host `c` connects the LOCALFS directory `dir` and then a pool whose
+/// domains are there (`connect`: `StoragePool.connect`'s parameters):
+/// the pool of another site's copy of the storage, say.
+pub async fn join_pool_on(c: &Client, dir: &Path, connect: Value) {
     let st = call_ok(
         c,
         "StoragePool.connectStorageServer",
@@ -129,7 +136,7 @@ pub async fn join_pool(c: &Client, p: &Pool, host_id: i64) {
     )
     .await;
     assert_eq!(statuses(&st), [0], "{st}");
-    call_ok(c, "StoragePool.connect", pool_connect(p, host_id)).await;
+    call_ok(c, "StoragePool.connect", connect).await;
 }
 
 /// `StoragePool.getSpmStatus` of pool `sp` on host `c`.
