@@ -623,12 +623,14 @@ pub(super) unsafe fn take_hosts(p: *mut RawHost, n: c_int, ok: bool) -> Vec<RawH
     hosts
 }
 
-/// A `sanlk_lockspace` for `ls` (boxed: 1 KiB), and the lockspace as
-/// sanlock's command line writes it, for messages.
+/// Whether `a` and `b` are one lockspace to the daemon: by name and host
+/// id (it refuses a second lockspace of one name whatever its path).
 fn same_lockspace(a: &Lockspace, b: &Lockspace) -> bool {
     a.name == b.name && a.host_id == b.host_id
 }
 
+/// A `sanlk_lockspace` for `ls` (boxed: 1 KiB), and the lockspace as
+/// sanlock's command line writes it, for messages.
 fn raw_lockspace(
     op: &'static str,
     ls: &Lockspace,
