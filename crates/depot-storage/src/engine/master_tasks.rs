@@ -44,10 +44,23 @@ impl Storage {
     /// The task directory of connected pool `sp`'s master domain; `None`
     /// when the master is a block domain (not kept there: module docs).
     /// 309/302 as for any verb on a pool not connected or a master that
-    /// cannot be found. Blocks (the master may be searched for).
+    /// cannot be found. Blocks when the master is not known here yet (it
+    /// is searched for).
+    ///
+    /// A master this host knows is taken as it is, without the check
+    /// [`locate`](Self::locate) makes (one helper call, and with a frozen
+    /// server one more timeout on the verb's answer): a write never goes
+    /// into a domain that was removed all the same, as the directories
+    /// are made one level at a time ([`MasterTasksDir::write`]), never the
+    /// domain's own.
     pub fn master_tasks(&self, sp: SpUuid) -> StorageResult<Option<MasterTasksDir>> {
         let pool = self.connected_pool(sp, "find the master's tasks")?;
-        Ok(match self.locate(pool.master)? {
+        let cached = self.state().domains.get(&pool.master).cloned();
+        let master = match cached {
+            Some(d) => d,
+            None => self.locate(pool.master)?,
+        };
+        Ok(match master {
             Domain::File(d) => Some(MasterTasksDir {
                 master: d.sd,
                 dir: d.paths.root.join(MASTER_DIR).join(TASKS_DIR),
@@ -90,7 +103,9 @@ impl MasterTasksDir {
 
     /// Writes task `id`'s record as `<id>.json` (temporary file, fsync,
     /// rename, directory fsync: a reader on any host sees a whole record
-    /// or none), making `master/tasks` first when the domain has none yet.
+    /// or none), making `master/tasks` first when the domain has none yet
+    /// (`master`, then `tasks`: in a domain directory that is gone, the
+    /// first fails, NotFound, and nothing is written).
     pub fn write(&self, id: Uuid, bytes: &[u8]) -> io::Result<()> {
         let path = self.record(id);
         match self.fs.write_atomic(&path, bytes, 0o660) {
@@ -194,6 +209,15 @@ mod tests {
         d.remove(id).unwrap();
         d.remove(id).unwrap();
         assert!(d.names().unwrap().is_empty());
+    }
+
+    #[test]
+    fn nothing_is_written_into_a_domain_that_is_gone() {
+        let (tmp, d) = dir();
+        std::fs::remove_dir(tmp.path().join(d.master.to_string())).unwrap();
+        let e = d.write(Uuid::new_v4(), b"{}").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        assert!(!tmp.path().join(d.master.to_string()).exists());
     }
 
     #[test]
