@@ -101,8 +101,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         config.daemon.state_dir.clone(),
         config.daemon.test_verbs,
     ));
-    let jobs = open_jobs(&config, &storage, &dr).await?;
     let tasks = open_tasks(&config).await?;
+    let jobs = open_jobs(&config, &storage, &dr, &tasks).await?;
     let forwarder = events.forward_jobs(&jobs);
 
     let (tcp, bound, unix) = bind(&config).await?;
@@ -304,6 +304,7 @@ async fn open_jobs(
     config: &Config,
     storage: &Arc<Storage>,
     dr: &Arc<crate::dr_api::Dr>,
+    tasks: &Arc<Tasks>,
 ) -> Result<JobManager, StartError> {
     let state_dir = &config.daemon.state_dir;
     let jobs_config = JobsConfig {
@@ -314,7 +315,7 @@ async fn open_jobs(
     let journal_dir = state_dir.join("copy-journals");
     make_dir(&journal_dir, 0o700)?;
     let mut kinds: Vec<Arc<dyn depot_jobs::JobKind>> = vec![Arc::new(SleepJob)];
-    kinds.extend(storage_jobs::kinds(storage, journal_dir));
+    kinds.extend(storage_jobs::kinds(storage, journal_dir, tasks.clone()));
     kinds.push(Arc::new(crate::dr_api::DrJob(dr.clone())));
     let (jobs, recovery) = JobManager::open(state_dir, jobs_config, kinds).await?;
     tracing::info!(%recovery, "jobs recovered");

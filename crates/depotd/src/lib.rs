@@ -15,6 +15,7 @@ pub mod fencing;
 pub mod jsonrpc;
 pub mod listen;
 pub mod logging;
+pub mod master_tasks;
 pub mod ovf_backup;
 pub mod pace;
 pub mod pki;

@@ -324,7 +324,7 @@ impl Router {
                 TaskOf::Pool(sp) => Some(sp),
                 TaskOf::Domain(sd) => storage.connected_pool_of(sd),
             };
-            TaskId(tasks.finished(verb, pool))
+            TaskId(tasks.finished(&storage, verb, pool))
         })
         .await
         .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))
@@ -344,7 +344,10 @@ impl Router {
     }
 
     async fn clear_task(&self, p: params::TaskClear) -> Result<returns::TaskClear, ApiError> {
-        self.tasks.clear(&self.jobs, p.taskID).await.map(|()| Done)
+        self.tasks
+            .clear(&self.storage, &self.jobs, p.taskID)
+            .await
+            .map(|()| Done)
     }
 
     async fn update_volume(

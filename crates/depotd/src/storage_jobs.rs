@@ -92,6 +92,8 @@ type Work<S> = fn(&Storage, &Env, S, &Control<'_>) -> Result<Value, ApiError>;
 pub struct Env {
     /// Where raw copies keep their resume journals (the state directory).
     pub journal_dir: PathBuf,
+    /// VDSM's tasks: spmStart loads the master domain's into them.
+    pub tasks: Arc<crate::tasks::Tasks>,
 }
 
 /// One storage job kind: a name, its restart and abort behaviour, and the
@@ -166,8 +168,12 @@ fn outcome_json(o: &CopyOutcome) -> Value {
 }
 
 /// The storage job kinds, for the job manager.
-pub fn kinds(storage: &Arc<Storage>, journal_dir: PathBuf) -> Vec<Arc<dyn JobKind>> {
-    let env = Arc::new(Env { journal_dir });
+pub fn kinds(
+    storage: &Arc<Storage>,
+    journal_dir: PathBuf,
+    tasks: Arc<crate::tasks::Tasks>,
+) -> Vec<Arc<dyn JobKind>> {
+    let env = Arc::new(Env { journal_dir, tasks });
     let s = || storage.clone();
     vec![
         Arc::new(StorageJob::<CopySpec> {
@@ -260,15 +266,20 @@ pub fn kinds(storage: &Arc<Storage>, journal_dir: PathBuf) -> Vec<Arc<dyn JobKin
 
 /// Not resumable: the lease goes with the process that held it, so after
 /// a restart this host is not SPM and the task failed (9001); the engine
-/// starts the SPM again.
+/// starts the SPM again. Once the lease is held, and before this host
+/// reports SPM, the master domain's tasks are loaded (crate::master_tasks:
+/// a new SPM answers for the old one's tasks).
 fn spm_start_kind(storage: &Arc<Storage>, env: Arc<Env>) -> Arc<dyn JobKind> {
     Arc::new(StorageJob::<SpmStartSpec> {
         name: SPM_START,
         abortable: false,
         resumable: false,
         describe: |spec| format!("start SPM of pool {}", spec.sp),
-        work: |storage, _, spec, _| {
-            let lver = storage.spm_start(spec.sp, spec.prev_id, spec.prev_lver)?;
+        work: |storage, env, spec, _| {
+            let lver =
+                storage.spm_start_then(spec.sp, spec.prev_id, spec.prev_lver, &mut || {
+                    env.tasks.load_master(storage, spec.sp);
+                })?;
             Ok(json!({ "lver": lver }))
         },
         storage: storage.clone(),

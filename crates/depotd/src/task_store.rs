@@ -32,8 +32,9 @@ use depot_api::types::Uuid;
 use depot_api::{ApiError, Code};
 use serde::{Deserialize, Serialize};
 
-/// The layout this depot writes.
-const FORMAT: u32 = 2;
+/// The layout this depot writes (here and on the master domain:
+/// crate::master_tasks).
+pub(crate) const FORMAT: u32 = 2;
 /// The oldest layout it still reads: 1 had only the streams' tasks, each
 /// with its volume (a subset of 2).
 const OLDEST_FORMAT: u32 = 1;
@@ -190,30 +191,32 @@ impl TaskRecord {
         }
     }
 
-    fn decode(bytes: &[u8], expected: &str) -> Result<TaskRecord, String> {
+    pub(crate) fn decode(bytes: &[u8], expected: &str) -> Result<TaskRecord, DecodeError> {
+        let bad = |why: String| DecodeError { newer: false, why };
         let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
         match value.get("format").and_then(serde_json::Value::as_u64) {
             Some(f) if (u64::from(OLDEST_FORMAT)..=u64::from(FORMAT)).contains(&f) => {}
             Some(f) if f > u64::from(FORMAT) => {
-                return Err(format!(
-                    "unsupported format {f} (newer than this depotd's {FORMAT})"
-                ))
+                return Err(DecodeError {
+                    newer: true,
+                    why: format!("unsupported format {f} (newer than this depotd's {FORMAT})"),
+                })
             }
-            Some(f) => return Err(format!("unsupported format {f}")),
-            None => return Err("no format field".to_string()),
+            Some(f) => return Err(bad(format!("unsupported format {f}"))),
+            None => return Err(bad("no format field".to_string())),
         }
         let record: TaskRecord =
-            serde_json::from_value(value).map_err(|e| format!("bad task record: {e}"))?;
+            serde_json::from_value(value).map_err(|e| bad(format!("bad task record: {e}")))?;
         if record.id.to_string() != expected.to_ascii_lowercase() {
-            return Err(format!("file holds task {}", record.id));
+            return Err(bad(format!("file holds task {}", record.id)));
         }
         Ok(record)
     }
 
     /// Always in this depot's format (a format 1 record rewritten becomes
     /// a format 2 one: the same fields and `pool`).
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let record = TaskRecord {
             format: FORMAT,
             ..self.clone()
@@ -222,6 +225,24 @@ impl TaskRecord {
         bytes.push(b'\n');
         bytes
     }
+}
+
+/// Why a record file cannot be read: `newer` when a newer depot wrote it
+/// (its format is above [`FORMAT`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{why}")]
+pub struct DecodeError {
+    pub newer: bool,
+    pub why: String,
+}
+
+/// A task recorded by [`TaskStore::record_finished`], and the finished
+/// tasks the bound pushed out for it (their files removed here; their
+/// copies on a master domain are the caller's).
+#[derive(Debug)]
+pub struct Recorded {
+    pub record: TaskRecord,
+    pub pruned: Vec<TaskRecord>,
 }
 
 /// What [`TaskStore::open`] found, for the start-up log.
@@ -410,7 +431,7 @@ impl TaskStore {
     /// is done, and answering an error would make the engine roll back
     /// work that succeeded; such an id is lost by a restart (401), as in
     /// VDSM when persisting a task fails. Blocks.
-    pub fn record_finished(&self, verb: SpmVerb, pool: Option<SpUuid>) -> Uuid {
+    pub fn record_finished(&self, verb: SpmVerb, pool: Option<SpUuid>) -> Recorded {
         let id = Uuid::new_v4();
         let at = now();
         let verb = Verb::from(verb);
@@ -437,11 +458,39 @@ impl TaskStore {
         }
         let gone = {
             let mut tasks = self.lock();
-            tasks.insert(id, record);
+            tasks.insert(id, record.clone());
             self.over_bound(&mut tasks)
         };
         self.remove_files(&gone);
-        id
+        Recorded {
+            record,
+            pruned: gone,
+        }
+    }
+
+    /// Takes in a task another host recorded (a master domain's, at
+    /// spmStart: crate::master_tasks), unless this host knows its id
+    /// already: written here (with an fsync: spmStart is rare), kept as
+    /// given. `None` when it was known; else the finished tasks the bound
+    /// pushed out for it (as [`Recorded::pruned`]). Blocks.
+    pub fn adopt(&self, record: TaskRecord) -> Option<Vec<TaskRecord>> {
+        if self.lock().contains_key(&record.id) {
+            return None;
+        }
+        if let Err(e) = self.write(&record) {
+            tracing::warn!(task = %record.id, error = %e,
+                "cannot record a task loaded from the master domain; it is kept in memory only");
+        }
+        let gone = {
+            let mut tasks = self.lock();
+            if tasks.contains_key(&record.id) {
+                return None;
+            }
+            tasks.insert(record.id, record);
+            self.over_bound(&mut tasks)
+        };
+        self.remove_files(&gone);
+        Some(gone)
     }
 
     fn finish(&self, id: Uuid, outcome: Result<(), &ApiError>) {
@@ -478,6 +527,8 @@ impl TaskStore {
     }
 
     /// Removes the oldest finished tasks over the bound; how many went.
+    /// (At start-up: a master domain's copies of SPM tasks pruned here are
+    /// removed when this host next loads that master, at spmStart.)
     fn prune(&self) -> usize {
         let gone = self.over_bound(&mut self.lock());
         self.remove_files(&gone);
@@ -485,7 +536,7 @@ impl TaskStore {
     }
 
     /// Takes the oldest finished tasks over the bound out of `tasks`.
-    fn over_bound(&self, tasks: &mut HashMap<Uuid, TaskRecord>) -> Vec<Uuid> {
+    fn over_bound(&self, tasks: &mut HashMap<Uuid, TaskRecord>) -> Vec<TaskRecord> {
         let mut finished: Vec<(f64, Uuid)> = tasks
             .values()
             .filter(|r| r.state == State::Finished)
@@ -496,16 +547,16 @@ impl TaskStore {
         }
         finished.sort_by(|a, b| a.0.total_cmp(&b.0));
         let over = finished.len() - self.max_finished;
-        let gone: Vec<Uuid> = finished.into_iter().take(over).map(|(_, id)| id).collect();
-        for id in &gone {
-            tasks.remove(id);
-        }
-        gone
+        finished
+            .into_iter()
+            .take(over)
+            .filter_map(|(_, id)| tasks.remove(&id))
+            .collect()
     }
 
-    fn remove_files(&self, gone: &[Uuid]) {
-        for id in gone {
-            self.remove_file(*id);
+    fn remove_files(&self, gone: &[TaskRecord]) {
+        for r in gone {
+            self.remove_file(r.id);
         }
         if !gone.is_empty() {
             tracing::info!(
@@ -536,10 +587,11 @@ impl TaskStore {
         self.lock().values().cloned().collect()
     }
 
-    /// `Task.clear`: forgets a finished task (401 unknown, 403 running).
-    /// Blocks.
-    pub fn clear(&self, id: Uuid) -> Result<(), ApiError> {
-        {
+    /// `Task.clear`: forgets a finished task (401 unknown, 403 running);
+    /// the record it was (its pool says whether a master domain has a
+    /// copy). Blocks.
+    pub fn clear(&self, id: Uuid) -> Result<TaskRecord, ApiError> {
+        let record = {
             let mut tasks = self.lock();
             match tasks.get(&id) {
                 None => return Err(ApiError::new(Code::UnknownTask, format!("'{id}'"))),
@@ -549,13 +601,11 @@ impl TaskStore {
                         format!("'{id}' is running"),
                     ))
                 }
-                Some(_) => {
-                    tasks.remove(&id);
-                }
+                Some(_) => tasks.remove(&id),
             }
-        }
+        };
         self.remove_file(id);
-        Ok(())
+        record.ok_or_else(|| ApiError::new(Code::UnknownTask, format!("'{id}'")))
     }
 }
 
@@ -599,7 +649,7 @@ fn read_record(path: &Path, stem: &str) -> Result<TaskRecord, String> {
         return Err("not a regular file".to_string());
     }
     let bytes = fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    TaskRecord::decode(&bytes, stem)
+    TaskRecord::decode(&bytes, stem).map_err(|e| e.why)
 }
 
 /// `<name>.corrupt`, or `<name>.corrupt.<n>`: earlier evidence is kept.
@@ -663,10 +713,12 @@ mod tests {
         let v3 = text.replace("\"format\": 2", "\"format\": 3");
         assert!(TaskRecord::decode(v3.as_bytes(), &r.id.to_string())
             .unwrap_err()
+            .why
             .contains("unsupported format 3 (newer than this depotd's 2)"));
         let v0 = text.replace("\"format\": 2", "\"format\": 0");
         assert!(TaskRecord::decode(v0.as_bytes(), &r.id.to_string())
             .unwrap_err()
+            .why
             .contains("unsupported format 0"));
         let s = r.status();
         assert_eq!(s.taskState, "finished");
@@ -793,13 +845,21 @@ mod tests {
             .unwrap();
         let stream_id = stream.id();
         stream.finish(Ok(()));
-        let a = store.record_finished(SpmVerb::CreateVolume, Some(sp));
-        let b = store.record_finished(SpmVerb::CreateLease, None);
+        let a = store
+            .record_finished(SpmVerb::CreateVolume, Some(sp))
+            .record
+            .id;
+        let b = store.record_finished(SpmVerb::CreateLease, None).record.id;
         let text = fs::read_to_string(tasks.join(format!("{a}.json"))).unwrap();
         assert!(text.contains("\"verb\": \"createVolume\""), "{text}");
         assert!(text.contains(&format!("\"pool\": \"{}\"", sp.0)), "{text}");
         // The fourth finished task pushes the oldest (the stream's) out.
         let c = store.record_finished(SpmVerb::DeleteVolume, Some(sp));
+        assert_eq!(
+            c.pruned.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![stream_id]
+        );
+        let c = c.record.id;
         assert!(store.get(stream_id).is_none());
         assert!(!tasks.join(format!("{stream_id}.json")).exists());
         store.clear(b).unwrap();

@@ -7,7 +7,8 @@
 //!   rebuild_leases, StoragePool.switchMaster): their task ids are born
 //!   finished and persisted, with their pool, before the verb answers
 //!   ([`crate::task_store`]), so a restart or a crash keeps them until
-//!   `Task.clear`.
+//!   `Task.clear`; a pool's are written to its master domain too, where a
+//!   new SPM host loads them at spmStart ([`crate::master_tasks`]).
 //! - Image.move and StoragePool.spmStart: the id is a host job's, and its
 //!   status is the job's (depot-jobs persists the job and resumes or fails
 //!   it at a restart), mapped to VDSM's task states.
@@ -31,6 +32,7 @@ use depot_api::storage::SpUuid;
 use depot_api::types::{JobId, JobStatus, Uuid};
 use depot_api::{ApiError, Code};
 use depot_jobs::JobManager;
+use depot_storage::Storage;
 
 use crate::task_store::{SpmVerb, TaskStore};
 
@@ -64,10 +66,27 @@ impl Tasks {
     }
 
     /// Records the task of an SPM verb of `pool` whose work has already
-    /// succeeded, durably; its new id. Blocks: call it from a blocking
-    /// thread.
-    pub fn finished(&self, verb: SpmVerb, pool: Option<SpUuid>) -> Uuid {
-        self.store.record_finished(verb, pool)
+    /// succeeded, on this host and on the pool's master domain (a failure
+    /// there is logged: crate::master_tasks); its new id. After a
+    /// switchMaster, every task of the pool kept here is written to the
+    /// new master. Blocks: call it from a blocking thread.
+    pub fn finished(&self, storage: &Storage, verb: SpmVerb, pool: Option<SpUuid>) -> Uuid {
+        let done = self.store.record_finished(verb, pool);
+        match pool {
+            Some(sp) if verb == SpmVerb::SwitchMaster => {
+                crate::master_tasks::write_all(storage, sp, &self.store)
+            }
+            Some(_) => crate::master_tasks::write(storage, &done.record),
+            None => {}
+        }
+        crate::master_tasks::remove(storage, &done.pruned);
+        done.record.id
+    }
+
+    /// spmStart's step once this host holds the lease of `sp`: the master
+    /// domain's tasks it does not know are taken in. Blocks.
+    pub fn load_master(&self, storage: &Storage, sp: SpUuid) -> crate::master_tasks::Loaded {
+        crate::master_tasks::load(storage, sp, &self.store)
     }
 
     pub fn status(&self, jobs: &JobManager, id: Uuid) -> Result<TaskStatus, ApiError> {
@@ -118,18 +137,29 @@ impl Tasks {
         })
     }
 
-    /// Forgets a finished task: a stored task's file is removed; a host
+    /// Forgets a finished task: a stored task's file is removed (and its
+    /// master domain's copy, on the SPM of its pool); a host
     /// job that is an SPM task (Image.move's, spmStart's) is deleted as
     /// `Host.deleteJob` does, so that it is 401 afterwards as a cleared
     /// VDSM task is. Another job's id (SDM.copy_data, ...: VDSM has no
     /// task for it) is left to `Host.deleteJob`.
-    pub async fn clear(self: &Arc<Self>, jobs: &JobManager, id: Uuid) -> Result<(), ApiError> {
+    pub async fn clear(
+        self: &Arc<Self>,
+        storage: &Arc<Storage>,
+        jobs: &JobManager,
+        id: Uuid,
+    ) -> Result<(), ApiError> {
         if self.store.get(id).is_some() {
-            // The file's removal and its directory's fsync: off the runtime.
-            let me = Arc::clone(self);
-            return tokio::task::spawn_blocking(move || me.store.clear(id))
-                .await
-                .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))?;
+            // The files' removal and their directories' fsyncs: off the
+            // runtime.
+            let (me, storage) = (Arc::clone(self), Arc::clone(storage));
+            return tokio::task::spawn_blocking(move || {
+                let record = me.store.clear(id)?;
+                crate::master_tasks::remove(&storage, &[record]);
+                Ok(())
+            })
+            .await
+            .map_err(|e| ApiError::new(Code::InternalError, e.to_string()))?;
         }
         let unknown = || ApiError::new(Code::UnknownTask, format!("'{id}'"));
         let job = jobs.get(JobId(id)).ok_or_else(unknown)?;

@@ -168,8 +168,8 @@ fn write_md(dom: &Path, changes: &[(&str, &str)]) {
     check_seal(&std::fs::read_to_string(domain_md_path(dom)).unwrap());
 }
 
-/// A switchMaster task runs to `finished`/`success`.
-async fn switch_ok(c: &Client, params: Value) {
+/// A switchMaster task runs to `finished`/`success`; its id.
+async fn switch_ok(c: &Client, params: Value) -> String {
     let task = call_ok(c, "StoragePool.switchMaster", params).await;
     let id = task.as_str().expect("switchMaster answers a task id");
     let end = common::eventually("the switchMaster task to end", WAIT, || async move {
@@ -178,6 +178,7 @@ async fn switch_ok(c: &Client, params: Value) {
     })
     .await;
     assert_eq!(end["taskResult"], "success", "{end}");
+    id.to_string()
 }
 
 /// switchMaster is the SPM's (654 before spmStart), never moves the role
@@ -230,13 +231,26 @@ async fn switch_master_moves_the_master_role() {
     }
     call_ok(&s.c, "StorageDomain.activate", dom_op).await;
 
-    switch_ok(&s.c, s.switch(&s.sd, &s.sd2, 2)).await;
+    let t = switch_ok(&s.c, s.switch(&s.sd, &s.sd2, 2)).await;
     assert_eq!(s.master().await, (s.sd2.clone(), 2));
     assert_eq!(s.role(&s.sd2), ("Master".into(), "2".into(), s.sp.clone()));
     assert_eq!(s.role(&s.sd), ("Regular".into(), "0".into(), s.sp.clone()));
-    // Repeated: succeeds, nothing changes.
+    // The switch's task is on the new master, where the next SPM looks
+    // (docs/storage.md "SPM tasks").
+    let task_on = |sd: &str, t: &str| {
+        s.dom(sd)
+            .join("master")
+            .join("tasks")
+            .join(format!("{t}.json"))
+    };
+    assert!(task_on(&s.sd2, &t).is_file());
+    assert!(!task_on(&s.sd, &t).exists());
+    // Repeated: succeeds, nothing changes but its task, which Task.clear
+    // removes.
     let before = snapshot(&s.root);
-    switch_ok(&s.c, s.switch(&s.sd, &s.sd2, 2)).await;
+    let t = switch_ok(&s.c, s.switch(&s.sd, &s.sd2, 2)).await;
+    assert!(task_on(&s.sd2, &t).is_file());
+    call_ok(&s.c, "Task.clear", json!({"taskID": t})).await;
     assert_same_tree(&before, &snapshot(&s.root), "a repeated switch");
     assert_eq!(s.master().await, (s.sd2.clone(), 2));
     // And the new master is the one to connect with.

@@ -637,3 +637,116 @@ async fn a_pools_tasks_are_listed_by_its_spm_only() {
     assert_eq!(listed(&all), both, "{all}");
     assert_eq!(all[&pooled]["verb"], "createVolume", "{all}");
 }
+
+/// The master domain's copy of a pool's SPM tasks (issue 16), on one host
+/// without sanlock (the two-host case with the real daemon is
+/// two_hosts.rs): the SPM writes each task to `master/tasks/<id>.json`;
+/// a host that does not know a task there (here: this host with its own
+/// record removed, as a host that never saw it) loads it at spmStart, not
+/// before; a running record is recovered failed with 9001, a corrupt one
+/// is moved aside and a newer depot's left alone; Task.clear on the SPM
+/// removes the master's copy.
+#[tokio::test]
+async fn spm_start_loads_the_master_domains_tasks() {
+    let mut o = One::new(CONFIG).await;
+    let master = new_id();
+    call_ok(
+        &o.c,
+        "StorageDomain.create",
+        create_domain_params(&master, LOCALFS, &o.conn.connection, "master", 512),
+    )
+    .await;
+    let master_dir = mount_point(&o.d, LOCALFS, &o.conn.connection).join(&master);
+    let sp = new_id();
+    call_ok(
+        &o.c,
+        "StoragePool.create",
+        json!({"storagepoolID": sp, "name": "tasks", "masterSdUUID": master,
+            "masterVersion": 1, "domainList": [master]}),
+    )
+    .await;
+    let connect = json!({"storagepoolID": sp, "hostID": 1, "scsiKey": sp,
+        "masterSdUUID": master, "masterVersion": 1, "domainDict": {master.clone(): "active"}});
+    call_ok(&o.c, "StoragePool.connect", connect.clone()).await;
+    start_spm(&o.c, &sp).await;
+    let mut p = volume_params(
+        &master,
+        &new_id(),
+        &new_id(),
+        MIB,
+        "RAW",
+        "SPARSE",
+        "p",
+        None,
+    );
+    p["storagepoolID"] = json!(sp);
+    let t = call_ok(&o.c, "Volume.create", p).await;
+    let t = t.as_str().unwrap().to_string();
+    let tasks_dir = master_dir.join("master").join("tasks");
+    let on_master = |id: &str| tasks_dir.join(format!("{id}.json"));
+    let text = std::fs::read_to_string(on_master(&t)).expect("the task on the master");
+    assert_eq!(
+        text,
+        std::fs::read_to_string(o.task_file(&t)).unwrap(),
+        "the master's copy is the host's record"
+    );
+    call_ok(&o.c, "StoragePool.spmStop", json!({"storagepoolID": sp})).await;
+
+    // Another host's view: this host's record of T gone; and files on
+    // the master another SPM left.
+    o.d.stop();
+    std::fs::remove_file(o.task_file(&t)).unwrap();
+    let (running, corrupt, newer) = (new_id(), new_id(), new_id());
+    std::fs::write(
+        on_master(&running),
+        text.replace(&t, &running)
+            .replace("\"state\": \"finished\"", "\"state\": \"running\""),
+    )
+    .unwrap();
+    std::fs::write(on_master(&corrupt), "{\"format\": 2,").unwrap();
+    let newer_text = text
+        .replace(&t, &newer)
+        .replace("\"format\": 2", "\"format\": 3");
+    std::fs::write(on_master(&newer), &newer_text).unwrap();
+    o.d.restart();
+    o.connect().await;
+    call_ok(&o.c, "StoragePool.connect", connect).await;
+    call_err(&o.c, "Task.getStatus", json!({"taskID": t}), 401).await;
+
+    start_spm(&o.c, &sp).await;
+    let all = call_ok(&o.c, "Host.getAllTasksStatuses", json!({})).await;
+    assert_eq!(
+        all[&t],
+        json!({"taskID": t, "taskState": "finished", "taskResult": "success",
+            "code": 0, "message": "1 jobs completed successfully"}),
+        "{all}"
+    );
+    assert_eq!(
+        (
+            &all[&running]["taskResult"],
+            &all[&running]["code"],
+            &all[&running]["taskState"]
+        ),
+        (&json!("cleanFailure"), &json!(9001), &json!("finished")),
+        "{all}"
+    );
+    assert!(
+        all.get(&newer).is_none() && all.get(&corrupt).is_none(),
+        "{all}"
+    );
+    // Taken into this host's store (a restart keeps it).
+    assert!(o.task_file(&t).is_file());
+    let recovered = std::fs::read_to_string(on_master(&running)).unwrap();
+    assert!(recovered.contains("\"code\": 9001"), "{recovered}");
+    assert!(!on_master(&corrupt).exists());
+    assert!(tasks_dir.join(format!("{corrupt}.json.corrupt")).is_file());
+    assert_eq!(
+        std::fs::read_to_string(on_master(&newer)).unwrap(),
+        newer_text
+    );
+
+    call_ok(&o.c, "Task.clear", json!({"taskID": t})).await;
+    assert!(!on_master(&t).exists());
+    assert!(!o.task_file(&t).exists());
+    call_err(&o.c, "Task.getStatus", json!({"taskID": t}), 401).await;
+}

@@ -16,6 +16,8 @@
 //!   performance.md, "SPM failover").
 //! * A frozen SPM that another host replaced changes nothing after it
 //!   thaws.
+//! * A new SPM answers for the old one's tasks: they are on the master
+//!   domain, and spmStart loads them.
 //! * On GlusterFS (each host mounting the volume in its own namespace):
 //!   ids, one SPM, 651 and 654 on the other, and what the SPM writes read
 //!   by the other.
@@ -218,6 +220,89 @@ async fn two_hosts_hold_their_ids_and_only_one_is_spm_and_a_job_runs_once() {
     assert_eq!(loser["error"]["code"], 651, "{loser}");
     assert_same_bytes(&winner.path, &dst.path, size);
     assert_eq!(dst.md()["GEN"], "1", "one copy bumped the generation");
+
+    for h in [&a, &b] {
+        call_ok(
+            &h.c,
+            "StoragePool.disconnect",
+            json!({"storagepoolID": p.sp, "hostID": h.id, "scsiKey": p.sp}),
+        )
+        .await;
+    }
+}
+
+/// A new SPM answers for the old SPM's tasks (issue 16: VDSM keeps them
+/// on the master domain, and spmStart loads them): A, the SPM, creates a
+/// volume, whose task T is born finished and written to the master's
+/// `master/tasks/`; B, not SPM, does not know T. After spmStop on A and
+/// spmStart on B, B lists T and answers it finished/success with its
+/// verb; Task.clear of T on B (the SPM) removes the master's copy too.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(depot_root_tier), ignore = "needs the root tier")]
+async fn a_new_spm_answers_for_the_tasks_of_the_old_one() {
+    depot_testkit::require_root();
+    let lock = NoDaemon::hold().expect("the sanlock lock");
+    let (a, b, p) = two_hosts(&lock).await;
+    start_spm_within(&a.c, &p.sp, SPM_TASK_WAIT).await;
+    let (img, vol) = (new_id(), new_id());
+    let params = volume_params(&p.sd, &img, &vol, MIB, "RAW", "SPARSE", "by A", None);
+    let t = call_ok(&a.c, "Volume.create", params).await;
+    let t = t.as_str().expect("a task id").to_string();
+    let on_master = p.dom.join("master").join("tasks").join(format!("{t}.json"));
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(&on_master).expect("T on the master"))
+            .expect("a JSON record");
+    assert_eq!(
+        (
+            &record["format"],
+            &record["verb"],
+            &record["pool"],
+            &record["state"]
+        ),
+        (
+            &json!(2),
+            &json!("createVolume"),
+            &json!(p.sp),
+            &json!("finished")
+        ),
+        "{record}"
+    );
+    // B is not SPM: its lists are 654, and it never saw T.
+    call_err(&b.c, "Host.getAllTasksStatuses", json!({}), 654).await;
+    call_err(&b.c, "Task.getStatus", json!({"taskID": t}), 401).await;
+
+    call_ok(&a.c, "StoragePool.spmStop", json!({"storagepoolID": p.sp})).await;
+    start_spm_within(&b.c, &p.sp, SPM_TASK_WAIT).await;
+    let success = json!({"taskID": t, "taskState": "finished", "taskResult": "success",
+        "code": 0, "message": "1 jobs completed successfully"});
+    let all = call_ok(&b.c, "Host.getAllTasksStatuses", json!({})).await;
+    assert_eq!(all[&t], success, "{all}");
+    assert_eq!(
+        call_ok(&b.c, "Task.getStatus", json!({"taskID": t})).await,
+        success
+    );
+    let infos = call_ok(&b.c, "Host.getAllTasksInfo", json!({})).await;
+    assert_eq!(
+        infos[&t],
+        json!({"id": t, "verb": "createVolume"}),
+        "{infos}"
+    );
+    // A, no longer SPM, still answers T by id (as VDSM after spmStop).
+    assert_eq!(
+        call_ok(&a.c, "Task.getStatus", json!({"taskID": t})).await,
+        success
+    );
+
+    // Task.clear on the new SPM: gone from its lists and from the master.
+    call_ok(&b.c, "Task.clear", json!({"taskID": t})).await;
+    call_err(&b.c, "Task.getStatus", json!({"taskID": t}), 401).await;
+    let all = call_ok(&b.c, "Host.getAllTasksStatuses", json!({})).await;
+    assert!(all.get(&t).is_none(), "{all}");
+    assert!(
+        !on_master.exists(),
+        "{} is still there",
+        on_master.display()
+    );
 
     for h in [&a, &b] {
         call_ok(

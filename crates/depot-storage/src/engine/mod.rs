@@ -44,6 +44,7 @@ mod leases;
 mod liveness;
 pub mod lvm;
 mod mailbox;
+pub mod master_tasks;
 mod ovf;
 mod pools;
 mod san;

@@ -93,6 +93,22 @@ impl Storage {
     /// unavailable, this host's id was not acquired in time). `prevID`
     /// and `prevLver` are only logged, as in VDSM, where they are obsolete.
     pub fn spm_start(&self, sp: SpUuid, prev_id: i64, prev_lver: i64) -> StorageResult<u64> {
+        self.spm_start_then(sp, prev_id, prev_lver, &mut || {})
+    }
+
+    /// [`spm_start`](Self::spm_start) that runs `on_lease` once this host
+    /// holds the SPM's lease and before it reports SPM (getSpmStatus, the
+    /// task lists): depotd loads the master's tasks there, as VDSM's
+    /// spmStart loads its dumped tasks before it takes the role. It runs
+    /// with no lock of the pools held; it is not run when the lease could
+    /// not be taken.
+    pub fn spm_start_then(
+        &self,
+        sp: SpUuid,
+        prev_id: i64,
+        prev_lver: i64,
+        on_lease: &mut dyn FnMut(),
+    ) -> StorageResult<u64> {
         const OP: &str = "start SPM";
         let pool = self.connected_pool(sp, OP)?;
         let host_id = pool.host_id.and_then(|id| u64::try_from(id).ok());
@@ -127,6 +143,9 @@ impl Storage {
                 )
             })
             .and_then(|id| self.take_spm_lease(pool.master, id));
+        if taken.is_ok() {
+            on_lease();
+        }
         let mut pools = self.pools.lock();
         // A disconnect while the lease was being taken: the pool is no
         // longer this host's to manage.
