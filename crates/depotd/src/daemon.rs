@@ -315,7 +315,11 @@ async fn open_jobs(
     let journal_dir = state_dir.join("copy-journals");
     make_dir(&journal_dir, 0o700)?;
     let mut kinds: Vec<Arc<dyn depot_jobs::JobKind>> = vec![Arc::new(SleepJob)];
-    kinds.extend(storage_jobs::kinds(storage, journal_dir, tasks.clone()));
+    let tasks = tasks.clone();
+    let on_spm_lease: storage_jobs::SpmLeaseHook = Arc::new(move |storage, sp| {
+        tasks.load_master(storage, sp);
+    });
+    kinds.extend(storage_jobs::kinds(storage, journal_dir, on_spm_lease));
     kinds.push(Arc::new(crate::dr_api::DrJob(dr.clone())));
     let (jobs, recovery) = JobManager::open(state_dir, jobs_config, kinds).await?;
     tracing::info!(%recovery, "jobs recovered");

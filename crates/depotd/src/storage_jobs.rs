@@ -92,9 +92,15 @@ type Work<S> = fn(&Storage, &Env, S, &Control<'_>) -> Result<Value, ApiError>;
 pub struct Env {
     /// Where raw copies keep their resume journals (the state directory).
     pub journal_dir: PathBuf,
-    /// VDSM's tasks: spmStart loads the master domain's into them.
-    pub tasks: Arc<crate::tasks::Tasks>,
+    /// What spmStart does once this host holds the SPM lease of a pool,
+    /// before it reports SPM (the daemon loads the master domain's tasks:
+    /// master_tasks.rs). A hook, so that the jobs do not depend on
+    /// the tasks module, which names their kinds.
+    pub on_spm_lease: SpmLeaseHook,
 }
+
+/// See [`Env::on_spm_lease`]. Blocks.
+pub type SpmLeaseHook = Arc<dyn Fn(&Storage, SpUuid) + Send + Sync>;
 
 /// One storage job kind: a name, its restart and abort behaviour, and the
 /// typed work. One `JobKind` implementation serves them all.
@@ -171,9 +177,12 @@ fn outcome_json(o: &CopyOutcome) -> Value {
 pub fn kinds(
     storage: &Arc<Storage>,
     journal_dir: PathBuf,
-    tasks: Arc<crate::tasks::Tasks>,
+    on_spm_lease: SpmLeaseHook,
 ) -> Vec<Arc<dyn JobKind>> {
-    let env = Arc::new(Env { journal_dir, tasks });
+    let env = Arc::new(Env {
+        journal_dir,
+        on_spm_lease,
+    });
     let s = || storage.clone();
     vec![
         Arc::new(StorageJob::<CopySpec> {
@@ -267,7 +276,7 @@ pub fn kinds(
 /// Not resumable: the lease goes with the process that held it, so after
 /// a restart this host is not SPM and the task failed (9001); the engine
 /// starts the SPM again. Once the lease is held, and before this host
-/// reports SPM, the master domain's tasks are loaded (crate::master_tasks:
+/// reports SPM, the master domain's tasks are loaded (master_tasks.rs:
 /// a new SPM answers for the old one's tasks).
 fn spm_start_kind(storage: &Arc<Storage>, env: Arc<Env>) -> Arc<dyn JobKind> {
     Arc::new(StorageJob::<SpmStartSpec> {
@@ -278,7 +287,7 @@ fn spm_start_kind(storage: &Arc<Storage>, env: Arc<Env>) -> Arc<dyn JobKind> {
         work: |storage, env, spec, _| {
             let lver =
                 storage.spm_start_then(spec.sp, spec.prev_id, spec.prev_lver, &mut || {
-                    env.tasks.load_master(storage, spec.sp);
+                    (env.on_spm_lease)(storage, spec.sp);
                 })?;
             Ok(json!({ "lver": lver }))
         },

@@ -33,7 +33,7 @@ use depot_api::{ApiError, Code};
 use serde::{Deserialize, Serialize};
 
 /// The layout this depot writes (here and on the master domain:
-/// crate::master_tasks).
+/// master_tasks.rs).
 pub(crate) const FORMAT: u32 = 2;
 /// The oldest layout it still reads: 1 had only the streams' tasks, each
 /// with its volume (a subset of 2).
@@ -469,7 +469,7 @@ impl TaskStore {
     }
 
     /// Takes in a task another host recorded (a master domain's, at
-    /// spmStart: crate::master_tasks), unless this host knows its id
+    /// spmStart: master_tasks.rs), unless this host knows its id
     /// already: written here (with an fsync: spmStart is rare), kept as
     /// given. `None` when it was known; else the finished tasks the bound
     /// pushed out for it (as [`Recorded::pruned`]). Blocks.
