@@ -905,20 +905,37 @@ fn backup_list_show_restore_attach() {
         ],
     )));
 
-    // Recorded in the archive (asynchronously): then two providers agree.
-    let deadline = Instant::now() + WAIT;
-    let listing = loop {
-        let out = ok(d.ctl(&with(&s, &["backup", "list", "--json"])));
-        let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
-        if v["entities"][0]["copies"]
-            .as_array()
-            .is_some_and(|c| c.len() == 2)
-        {
-            break v;
+    // Each generation written to the store is recorded in the archive
+    // asynchronously: only then do two providers agree on it (and a
+    // restore without a chosen provider takes it).
+    let agreed = |generation: u64| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = ok(d.ctl(&with(&s, &["backup", "list", "--json"])));
+            let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+            let e = &v["entities"][0];
+            let agree = e["copies"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["generation"] == generation
+                        && c["agreesWith"].as_array().is_some_and(|a| a.len() >= 2)
+                })
+            });
+            if e["trustedGeneration"] == generation && agree {
+                break v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "generation {generation} never recorded: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(Instant::now() < deadline, "never recorded: {v}");
-        std::thread::sleep(Duration::from_millis(100));
     };
+    let listing = agreed(1);
+    assert_eq!(
+        listing["entities"][0]["copies"].as_array().map(Vec::len),
+        Some(2),
+        "{listing}"
+    );
     assert_eq!(listing["entities"][0]["id"], vm.as_str(), "{listing}");
     let out = ok(d.ctl(&with(&s, &["backup", "list"])));
     let row = out
@@ -941,6 +958,9 @@ fn backup_list_show_restore_attach() {
         out.contains(&format!("{vm} bk from archive (generation 1")),
         "{out}"
     );
+    // The restore's generation 2 recorded too (CI once restored before
+    // it was: "no two providers agree", stores at 2, archive at 1).
+    agreed(2);
     let out = ok(d.ctl(&with(&s, &["backup", "restore", "--domain", &sd, "--json"])));
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(v["generation"], 3, "{v}");
