@@ -585,19 +585,7 @@ async fn a_pools_tasks_are_listed_by_its_spm_only() {
     call_err(&o.c, "Host.getAllTasksInfo", json!({}), 654).await;
 
     start_spm(&o.c, &sp).await;
-    let mut p = volume_params(
-        &master,
-        &new_id(),
-        &new_id(),
-        MIB,
-        "RAW",
-        "SPARSE",
-        "p",
-        None,
-    );
-    p["storagepoolID"] = json!(sp);
-    let pooled = call_ok(&o.c, "Volume.create", p).await;
-    let pooled = pooled.as_str().unwrap().to_string();
+    let pooled = pooled_volume(&o.c, &master, &sp).await;
     let text = std::fs::read_to_string(o.task_file(&pooled)).unwrap();
     assert!(text.contains(&format!("\"pool\": \"{sp}\"")), "{text}");
     let listed = |all: &serde_json::Value| {
@@ -669,19 +657,7 @@ async fn spm_start_loads_the_master_domains_tasks() {
         "masterSdUUID": master, "masterVersion": 1, "domainDict": {master.clone(): "active"}});
     call_ok(&o.c, "StoragePool.connect", connect.clone()).await;
     start_spm(&o.c, &sp).await;
-    let mut p = volume_params(
-        &master,
-        &new_id(),
-        &new_id(),
-        MIB,
-        "RAW",
-        "SPARSE",
-        "p",
-        None,
-    );
-    p["storagepoolID"] = json!(sp);
-    let t = call_ok(&o.c, "Volume.create", p).await;
-    let t = t.as_str().unwrap().to_string();
+    let t = pooled_volume(&o.c, &master, &sp).await;
     let tasks_dir = master_dir.join("master").join("tasks");
     let on_master = |id: &str| tasks_dir.join(format!("{id}.json"));
     let text = std::fs::read_to_string(on_master(&t)).expect("the task on the master");
@@ -749,4 +725,22 @@ async fn spm_start_loads_the_master_domains_tasks() {
     assert!(!on_master(&t).exists());
     assert!(!o.task_file(&t).exists());
     call_err(&o.c, "Task.getStatus", json!({"taskID": t}), 401).await;
+}
+
+/// A 1 MiB raw volume created on `master` through pool `sp` (an SPM
+/// verb with a pool: its task goes to the master too); its task id.
+async fn pooled_volume(c: &depot_client::Client, master: &str, sp: &str) -> String {
+    let mut p = volume_params(
+        master,
+        &new_id(),
+        &new_id(),
+        MIB,
+        "RAW",
+        "SPARSE",
+        "p",
+        None,
+    );
+    p["storagepoolID"] = json!(sp);
+    let t = call_ok(c, "Volume.create", p).await;
+    t.as_str().unwrap().to_string()
 }
