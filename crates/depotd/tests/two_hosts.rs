@@ -221,14 +221,7 @@ async fn two_hosts_hold_their_ids_and_only_one_is_spm_and_a_job_runs_once() {
     assert_same_bytes(&winner.path, &dst.path, size);
     assert_eq!(dst.md()["GEN"], "1", "one copy bumped the generation");
 
-    for h in [&a, &b] {
-        call_ok(
-            &h.c,
-            "StoragePool.disconnect",
-            json!({"storagepoolID": p.sp, "hostID": h.id, "scsiKey": p.sp}),
-        )
-        .await;
-    }
+    disconnect_pool(&[&a, &b], &p.sp).await;
 }
 
 /// A new SPM answers for the old SPM's tasks (issue 16: VDSM keeps them
@@ -304,14 +297,7 @@ async fn a_new_spm_answers_for_the_tasks_of_the_old_one() {
         on_master.display()
     );
 
-    for h in [&a, &b] {
-        call_ok(
-            &h.c,
-            "StoragePool.disconnect",
-            json!({"storagepoolID": p.sp, "hostID": h.id, "scsiKey": p.sp}),
-        )
-        .await;
-    }
+    disconnect_pool(&[&a, &b], &p.sp).await;
 }
 
 /// The SPM's depotd dies (kill -9) on a live host: sanlock frees its
@@ -390,12 +376,7 @@ async fn spm_failover_waits_for_the_dead_hosts_lease_and_not_for_a_dead_process(
         became_spm >= floor,
         "A became SPM at {became_spm:.1}, before sanlock's floor {floor} ({hs:?})"
     );
-    call_ok(
-        &a.c,
-        "StoragePool.disconnect",
-        json!({"storagepoolID": p.sp, "hostID": a.id, "scsiKey": p.sp}),
-    )
-    .await;
+    disconnect_pool(&[&a], &p.sp).await;
 }
 
 /// A frozen SPM (its sanlock daemon and depotd stopped with SIGSTOP) is
@@ -630,19 +611,24 @@ async fn two_hosts_share_a_glusterfs_domain_and_only_one_is_spm() {
     )
     .await;
 
-    for h in [&a, &b] {
-        call_ok(
-            &h.c,
-            "StoragePool.disconnect",
-            json!({"storagepoolID": sp, "hostID": h.id, "scsiKey": sp}),
-        )
-        .await;
-    }
+    disconnect_pool(&[&a, &b], &sp).await;
     for h in [&a, &b] {
         eventually("the lockspace released", RELEASE_WAIT, || async {
             h.lockspaces_of(&sd).is_empty().then_some(())
         })
         .await;
         disconnect_gluster(h, &conn, &conn_id).await;
+    }
+}
+
+/// Each of `hosts` disconnects pool `sp` (its host id given back).
+async fn disconnect_pool(hosts: &[&Host<'_>], sp: &str) {
+    for h in hosts {
+        call_ok(
+            &h.c,
+            "StoragePool.disconnect",
+            json!({"storagepoolID": sp, "hostID": h.id, "scsiKey": sp}),
+        )
+        .await;
     }
 }
