@@ -588,6 +588,11 @@ verbs! {
         /// Host ids the admin confirms fenced: they do not refuse the
         /// fence check (the plan records nothing; DR.failover does).
         confirmedFenced: Option<Vec<u64>>,
+        /// The recovery pool's id (the pool the domains are taken over
+        /// into), where the mapping names none: an Ansible var file knows
+        /// the data centers by name only. 9048 when the mapping names
+        /// another.
+        recoveryPoolID: Option<SpUuid>,
     } -> (DrPlanReport);
 
     /// depot's own (docs/dr.md): fails over to the mapping's secondaries as a host job in five steps
@@ -612,6 +617,11 @@ verbs! {
         /// 2000 (1000 otherwise; default: the mapping's
         /// `hosts.this_host`; failback has none).
         hostId: Option<u64>,
+        /// The recovery pool's id (the pool the domains are taken over
+        /// into), where the mapping names none: an Ansible var file knows
+        /// the data centers by name only. 9048 when the mapping names
+        /// another.
+        recoveryPoolID: Option<SpUuid>,
         /// The job's id (default: a new one).
         job_id: Option<crate::types::JobId>,
     } -> (DrStarted);
@@ -638,6 +648,11 @@ verbs! {
         /// 2000 (1000 otherwise; default: the mapping's
         /// `hosts.this_host`; failback has none).
         hostId: Option<u64>,
+        /// The recovery pool's id (the pool the domains are taken over
+        /// into), where the mapping names none: an Ansible var file knows
+        /// the data centers by name only. 9048 when the mapping names
+        /// another.
+        recoveryPoolID: Option<SpUuid>,
         /// The job's id (default: a new one).
         job_id: Option<crate::types::JobId>,
     } -> (DrStarted);

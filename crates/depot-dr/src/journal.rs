@@ -7,6 +7,7 @@
 //! file's I/O is the daemon's (written atomically after each step). The
 //! storage code fills the records; it never sees the encoding.
 
+use depot_api::storage::SpUuid;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -52,10 +53,27 @@ impl Operation {
 /// The identity of a run: a rerun with the same operation and mapping
 /// text continues the journal; anything else is another run.
 pub fn mapping_digest(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// The identity of a run given a recovery pool besides its mapping (the
+/// verbs' `recoveryPoolID`): the same text with another pool is another
+/// run. Without one it is [`mapping_digest`], as journals before the
+/// parameter were written.
+pub fn run_digest(text: &str, recovery_pool: Option<SpUuid>) -> String {
+    match recovery_pool {
+        None => mapping_digest(text),
+        Some(sp) => {
+            let mut h = Sha256::new();
+            h.update(text.as_bytes());
+            h.update(format!("\0recoveryPoolID={sp}").as_bytes());
+            hex(&h.finalize())
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The journal: one per run, rewritten whole after each step.
@@ -63,7 +81,8 @@ pub fn mapping_digest(text: &str) -> String {
 pub struct Journal {
     pub version: u32,
     pub operation: Operation,
-    /// [`mapping_digest`] of the mapping's text.
+    /// [`run_digest`] of the mapping's text (and the recovery pool given
+    /// beside it).
     pub mapping_sha256: String,
     /// The recovery pool (the mapping's secondary pool, after reversal
     /// for a failback).
@@ -414,6 +433,17 @@ mod tests {
         assert!(back.same_run(Operation::Failover, &mapping_digest("x")));
         assert!(!back.same_run(Operation::Failback, &mapping_digest("x")));
         assert!(!back.same_run(Operation::Failover, &mapping_digest("y")));
+        // A recovery pool given beside the text: another run, and
+        // another again with another pool; none is the same as the
+        // text's own digest, which stays what it was before the pool.
+        let (a, b): (SpUuid, SpUuid) = (
+            "5e7a1c2b-3d4e-4f50-8a61-b72c83d94e05".parse().unwrap(),
+            "6f8b2d3c-4e5f-4061-9b72-c83d94e05f16".parse().unwrap(),
+        );
+        assert_eq!(run_digest("x", None), mapping_digest("x"));
+        assert!(!back.same_run(Operation::Failover, &run_digest("x", Some(a))));
+        assert_ne!(run_digest("x", Some(a)), run_digest("x", Some(b)));
+        assert_eq!(run_digest("x", Some(a)), run_digest("x", Some(a)));
         let newer = String::from_utf8(j.encode())
             .unwrap()
             .replace("\"version\": 2", "\"version\": 3");

@@ -503,6 +503,23 @@ impl Mapping {
             warnings: self.warnings.clone(),
         }
     }
+
+    /// The mapping with its recovery pool's id given by the caller (the
+    /// verbs' `recoveryPoolID`): an Ansible var file knows the data
+    /// centers by name only, so without it step 4 has no pool to recover
+    /// into. Refused (naming `entry`, the parameter) where it contradicts
+    /// the mapping: another id already named for the recovery pool.
+    pub fn with_recovery_pool(mut self, id: SpUuid, entry: &str) -> Result<Mapping, MappingError> {
+        if let Some(named) = self.secondary_pool.id.filter(|named| *named != id) {
+            let why = format!(
+                "{id} is not the recovery pool the mapping names ({named}): give one of them, \
+                 or the same"
+            );
+            return Err(MappingError::new(entry, Problem::bad("id", why)));
+        }
+        self.secondary_pool.id = Some(id);
+        Ok(self)
+    }
 }
 
 // ---- drafts: what a format read, before the rules ----

@@ -1,5 +1,5 @@
 use super::*;
-use depot_api::storage::SdUuid;
+use depot_api::storage::{SdUuid, SpUuid};
 use depot_api::Code;
 
 const EXAMPLE: &str = include_str!("../../../docs/examples/dr-mapping.toml");
@@ -616,6 +616,37 @@ fn the_ansible_var_file_reads_into_the_same_mapping() {
         m.reversed().connections()[0].primary().connection(),
         "10.35.8.1:/export/path1"
     );
+}
+
+#[test]
+fn a_recovery_pool_id_is_given_where_the_mapping_has_none() {
+    let id: SpUuid = "5e7a1c2b-3d4e-4f50-8a61-b72c83d94e05".parse().unwrap();
+    let m = parse_ansible(ANSIBLE)
+        .unwrap()
+        .with_recovery_pool(id, "recoveryPoolID")
+        .unwrap();
+    assert_eq!(m.secondary_pool().id, Some(id));
+    assert_eq!(
+        m.secondary_pool().name.as_deref(),
+        Some("Recovery"),
+        "the name is kept"
+    );
+    // depot's file names its pools: the same id is fine, another refused.
+    let toml = parse_toml(EXAMPLE).unwrap();
+    let named = toml.secondary_pool().id.unwrap();
+    assert_eq!(
+        toml.clone()
+            .with_recovery_pool(named, "recoveryPoolID")
+            .unwrap(),
+        toml
+    );
+    let e = toml
+        .clone()
+        .with_recovery_pool(id, "recoveryPoolID")
+        .unwrap_err();
+    assert_eq!(e.code(), Code::DrMappingInvalid);
+    assert_eq!(e.entry, "recoveryPoolID");
+    assert!(e.to_string().contains(&named.to_string()), "{e}");
 }
 
 /// The first entry of [`ANSIBLE`] alone, with `change` applied.

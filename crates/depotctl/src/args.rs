@@ -265,6 +265,10 @@ pub enum DrCmd {
         /// records nothing.
         #[arg(long, value_name = "HOST_ID")]
         confirm_fenced: Vec<u64>,
+        /// The recovery pool's id, where the mapping names none (an
+        /// Ansible var file knows the data centers by name only).
+        #[arg(long, value_name = "POOL_UUID")]
+        recovery_pool: Option<String>,
         /// Print the plan as JSON, exactly as received.
         #[arg(long)]
         json: bool,
@@ -308,6 +312,10 @@ pub struct DrRun {
     /// the mapping's hosts.this_host; a failback needs it).
     #[arg(long, value_name = "HOST_ID")]
     pub host_id: Option<u64>,
+    /// The recovery pool's id, where the mapping names none (an
+    /// Ansible var file knows the data centers by name only).
+    #[arg(long, value_name = "POOL_UUID")]
+    pub recovery_pool: Option<String>,
     /// Print the report (or the dry run) as JSON, exactly as received.
     #[arg(long)]
     pub json: bool,

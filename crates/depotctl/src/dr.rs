@@ -23,12 +23,13 @@ pub async fn run(
             format,
             failback,
             confirm_fenced,
+            recovery_pool,
             json,
         } => {
             let text = std::fs::read_to_string(&mapping)
                 .map_err(|e| Failure::Usage(format!("{}: {e}", mapping.display())))?;
             let format = format.unwrap_or_else(|| format_of(&mapping));
-            let params = json!({
+            let mut params = json!({
                 "mapping": text,
                 "format": match format {
                     MappingFormat::Toml => "toml",
@@ -37,6 +38,9 @@ pub async fn run(
                 "failback": failback,
                 "confirmedFenced": confirm_fenced,
             });
+            if let Some(sp) = recovery_pool {
+                params["recoveryPoolID"] = json!(sp);
+            }
             let rpc = Rpc::connect(ep, opts, flow_id).await?;
             let plan = rpc.call("DR.plan", params).await?;
             if json {
@@ -87,6 +91,9 @@ async fn failover(
     });
     if let Some(id) = run.host_id {
         params["hostId"] = json!(id);
+    }
+    if let Some(sp) = run.recovery_pool {
+        params["recoveryPoolID"] = json!(sp);
     }
     let rpc = Rpc::connect(ep, opts, flow_id).await?;
     let started = rpc.call(verb, params).await?;

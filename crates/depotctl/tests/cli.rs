@@ -282,6 +282,51 @@ fn cli_against_a_dev_daemon() {
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v[&id]["status"], "done", "{v}");
 
+    // An Ansible var file (by its extension) names no pool ids:
+    // --recovery-pool gives the recovery pool's.
+    let yml = d.tmp.0.join("dr.yml");
+    std::fs::write(
+        &yml,
+        "dr_import_storages:\n  - dr_domain_type: nfs\n    dr_primary_name: data\n    \
+         dr_primary_dc_name: Prod\n    dr_primary_address: 192.0.2.1\n    \
+         dr_primary_path: /export/data\n    dr_secondary_name: data\n    \
+         dr_secondary_dc_name: Recovery\n    dr_secondary_address: 192.0.2.2\n    \
+         dr_secondary_path: /export/data\n",
+    )
+    .unwrap();
+    let yml = yml.display().to_string();
+    let sp = uuid::Uuid::new_v4().to_string();
+    let r = d.ctl(&with(
+        &s,
+        &[
+            "dr",
+            "plan",
+            "--mapping",
+            &yml,
+            "--recovery-pool",
+            &sp,
+            "--json",
+        ],
+    ));
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["secondary_pool"]["id"], sp.as_str(), "{v}");
+    let r = d.ctl(&with(
+        &s,
+        &[
+            "dr",
+            "failover",
+            "--mapping",
+            &yml,
+            "--recovery-pool",
+            &sp,
+            "--dry-run",
+            "--json",
+        ],
+    ));
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains(&format!("master of {sp}")), "{r:?}");
+
     let r = d.ctl(&with(&s, &["call", "No.such"]));
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(r.stderr.starts_with("error -32601: "), "{r:?}");

@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use depot_api::results::{DrStarted, DrStatusReport};
+use depot_api::storage::SpUuid;
 use depot_api::types::JobType;
 use depot_api::{params, ApiError, Code};
 use depot_dr::journal::{
-    mapping_digest, not_resynced, Journal, Operation, JOURNAL_FILE, REPORT_FILE, STEPS,
+    not_resynced, run_digest, Journal, Operation, JOURNAL_FILE, REPORT_FILE, STEPS,
 };
 use depot_dr::{Format, MappingError};
 use depot_ovf_backup::OvfBackup;
@@ -37,6 +38,9 @@ pub struct DrSpec {
     pub format: String,
     pub confirmed: Vec<u64>,
     pub host_id: u64,
+    /// `recoveryPoolID` (absent in the specs of jobs started before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_pool: Option<SpUuid>,
 }
 
 /// The DR runs of this host: the journal's file and the one job that may
@@ -85,6 +89,33 @@ pub(crate) fn parse_mapping(
     let mapping = depot_dr::parse(text, format).map_err(refused)?;
     Ok((mapping, format.name().to_string()))
 }
+
+/// The mapping a run works with: parsed, reversed for a failback, and
+/// given the caller's `recoveryPoolID` (9048 where the mapping names
+/// another).
+pub(crate) fn run_mapping(
+    text: &str,
+    format: Option<&str>,
+    failback: bool,
+    recovery_pool: Option<SpUuid>,
+) -> Result<(depot_dr::Mapping, String), ApiError> {
+    let (mapping, format) = parse_mapping(text, format)?;
+    let mapping = if failback {
+        mapping.reversed()
+    } else {
+        mapping
+    };
+    let mapping = match recovery_pool {
+        Some(sp) => mapping
+            .with_recovery_pool(sp, RECOVERY_POOL_PARAM)
+            .map_err(refused)?,
+        None => mapping,
+    };
+    Ok((mapping, format))
+}
+
+/// The wire name of the recovery pool's parameter, as refusals name it.
+const RECOVERY_POOL_PARAM: &str = "recoveryPoolID";
 
 impl Dr {
     /// `test_hooks`: honour [`PAUSE_ENV`] (daemon.test_verbs).
@@ -175,11 +206,9 @@ impl Dr {
         op: Operation,
         p: params::DrFailover,
     ) -> Result<DrStarted, ApiError> {
-        let (mapping, format) = parse_mapping(&p.mapping, p.format.as_deref())?;
-        let mapping = match op {
-            Operation::Failover => mapping,
-            Operation::Failback => mapping.reversed(),
-        };
+        let failback = op == Operation::Failback;
+        let (mapping, format) =
+            run_mapping(&p.mapping, p.format.as_deref(), failback, p.recoveryPoolID)?;
         let confirmed = p.confirmedFenced.unwrap_or_default();
         if p.dryRun.unwrap_or(false) {
             let s = self.storage.clone();
@@ -194,7 +223,7 @@ impl Dr {
         if self.running.load(Ordering::SeqCst) {
             return Err(jerr(Code::DrBusy, "a DR job is running on this host"));
         }
-        let digest = mapping_digest(&p.mapping);
+        let digest = run_digest(&p.mapping, p.recoveryPoolID);
         let dr = self.clone();
         let journal = tokio::task::spawn_blocking(move || dr.journal_of(op, &digest))
             .await
@@ -222,6 +251,7 @@ impl Dr {
             format,
             confirmed,
             host_id,
+            recovery_pool: p.recoveryPoolID,
         };
         let id = match p.job_id {
             Some(id) => id,
@@ -266,14 +296,14 @@ impl Dr {
             return Err(jerr(Code::DrBusy, "a DR job is running on this host"));
         }
         let _running = Running(&self.running);
-        let (mapping, _) = parse_mapping(&spec.mapping, Some(&spec.format))?;
         let failback = spec.operation == Operation::Failback;
-        let mapping = if failback {
-            mapping.reversed()
-        } else {
-            mapping
-        };
-        let digest = mapping_digest(&spec.mapping);
+        let (mapping, _) = run_mapping(
+            &spec.mapping,
+            Some(&spec.format),
+            failback,
+            spec.recovery_pool,
+        )?;
+        let digest = run_digest(&spec.mapping, spec.recovery_pool);
         let mut j = match self.journal_of(spec.operation, &digest)? {
             Some(j) => j,
             None => Journal::new(

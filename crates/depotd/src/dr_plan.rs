@@ -14,16 +14,11 @@ use depot_dr::SitePool;
 use depot_storage::engine::dr::{DrPlan, FenceCheck, PairPlan, Seen, Side, SidePlan};
 use depot_storage::engine::Storage;
 
-use crate::dr_api::parse_mapping;
+use crate::dr_api::run_mapping;
 
 pub async fn plan(storage: &Arc<Storage>, p: params::DrPlan) -> Result<returns::DrPlan, ApiError> {
-    let (mapping, _) = parse_mapping(&p.mapping, p.format.as_deref())?;
     let failback = p.failback.unwrap_or(false);
-    let mapping = if failback {
-        mapping.reversed()
-    } else {
-        mapping
-    };
+    let (mapping, _) = run_mapping(&p.mapping, p.format.as_deref(), failback, p.recoveryPoolID)?;
     let confirmed = p.confirmedFenced.unwrap_or_default();
     let s = storage.clone();
     let for_plan = mapping.clone();

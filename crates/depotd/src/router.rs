@@ -215,6 +215,7 @@ impl Router {
                         confirmedFenced: p.confirmedFenced,
                         dryRun: p.dryRun,
                         hostId: p.hostId,
+                        recoveryPoolID: p.recoveryPoolID,
                         job_id: p.job_id,
                     };
                     wire(dr.start(&self.jobs, Operation::Failback, p).await)

@@ -242,6 +242,44 @@ dr_cluster_mappings: []
     assert_eq!(conn["secondary"]["action"], "connect");
     assert_eq!(conn["domains"], json!([]));
     assert_eq!(plan["fence"]["verdict"], "unknown");
+    assert_eq!(plan["secondary_pool"], json!({"name": "Recovery"}));
+    // The file names no pool id: the caller gives the recovery pool's,
+    // and on a failback it is the other site's (the primary's name).
+    let sp = "5e7a1c2b-3d4e-4f50-8a61-b72c83d94e05";
+    let plan = disk
+        .plan(
+            &c,
+            json!({"mapping": text, "format": "ansible", "recoveryPoolID": sp}),
+        )
+        .await;
+    assert_eq!(
+        plan["secondary_pool"],
+        json!({"id": sp, "name": "Recovery"})
+    );
+    assert_eq!(plan["primary_pool"], json!({"name": "Prod"}));
+    let plan = disk
+        .plan(
+            &c,
+            json!({"mapping": text, "format": "ansible", "recoveryPoolID": sp, "failback": true}),
+        )
+        .await;
+    assert_eq!(plan["secondary_pool"], json!({"id": sp, "name": "Prod"}));
+    // The failover's dry run takes the domains over into that pool.
+    let dry = call_ok(
+        &c,
+        "DR.failover",
+        json!({"mapping": text, "format": "ansible", "recoveryPoolID": sp, "dryRun": true}),
+    )
+    .await;
+    let would = dry["dry_run"]["would"][0].as_str().unwrap();
+    assert!(would.contains(&format!("master of {sp}")), "{would}");
+    // Not a UUID: refused as a bad parameter.
+    disk.refused(
+        &c,
+        json!({"mapping": text, "format": "ansible", "recoveryPoolID": "pool-1"}),
+        -32602,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -714,6 +714,22 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let before = trees(&d, &site);
     // A bad mapping: its code, no job.
     call_err(&c, "DR.failover", json!({"mapping": "version = 2"}), 9040).await;
+    // A recovery pool id the mapping contradicts (it names RECOVERY):
+    // 9048 naming the parameter, no job.
+    let other = "5e7a1c2b-3d4e-4f50-8a61-b72c83d94e05";
+    for verb in ["DR.failover", "DR.plan"] {
+        let msg = call_err(
+            &c,
+            verb,
+            json!({"mapping": site.mapping(), "recoveryPoolID": other}),
+            9048,
+        )
+        .await;
+        assert!(
+            msg.contains("recoveryPoolID") && msg.contains(RECOVERY),
+            "{verb}: {msg}"
+        );
+    }
     // Failback drops the mapping's this_host: a host id is needed.
     let msg = call_err(&c, "DR.failback", json!({"mapping": site.mapping()}), 9053).await;
     assert!(msg.contains("hostId"), "{msg}");
