@@ -5,6 +5,7 @@
 //! not for storage: ignored, and named in a warning. docs/dr.md has the
 //! table of keys.
 
+use depot_api::storage::Password;
 use serde_norway::Value;
 
 use crate::error::{MappingError, Problem};
@@ -23,14 +24,13 @@ const ENGINE_SETTINGS: &[&str] = &[
     "dr_storage_domain_type",
 ];
 
-/// Per-site keys that are known and not read (yet): the master flag
-/// (depot reconstructs the master itself), and the CHAP credentials
-/// (failover's login is not there yet).
-const SITE_IGNORED: &[&str] = &["master_domain", "username", "password"];
+/// Per-site keys that are known and not read: the master flag (depot
+/// reconstructs the master itself).
+const SITE_IGNORED: &[&str] = &["master_domain"];
 
 /// Per-site keys that are read.
 const SITE_READ: &[&str] = &[
-    "name", "dc_name", "address", "path", "vfs_type", "port", "target",
+    "name", "dc_name", "address", "path", "vfs_type", "port", "target", "username", "password",
 ];
 
 /// Reads the role's var file.
@@ -236,6 +236,9 @@ fn side(entry: &Value, site: &str) -> Result<Option<DraftEndpoint>, Problem> {
         targets,
         luns: Vec::new(),
         name: text_of(entry, &key("name"))?,
+        username: text_of(entry, &key("username"))?,
+        // A password is taken as written (spaces are a password's own).
+        password: password_of(entry, &key("password"))?,
     };
     let where_ = d.address.is_some() || d.path.is_some() || !d.targets.is_empty();
     // An FCP side is only its name and data center.
@@ -252,6 +255,19 @@ fn text_of(entry: &Value, key: &str) -> Result<Option<String>, Problem> {
         Some(v) => scalar(v)
             .map(|s| (!s.trim().is_empty()).then(|| s.trim().to_string()))
             .ok_or_else(|| Problem::bad(key, "not a single value")),
+    }
+}
+
+/// A password as written; `None` for null, a missing key or an empty
+/// value. The problem never quotes it.
+fn password_of(entry: &Value, key: &str) -> Result<Option<Password>, Problem> {
+    match entry.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match scalar(v) {
+            Some(s) if s.is_empty() => Ok(None),
+            Some(s) => Ok(Some(Password::new(s))),
+            None => Err(Problem::bad(key, "not a single value")),
+        },
     }
 }
 

@@ -13,8 +13,8 @@ mod toml_format;
 pub use ansible::{parse_ansible, STORAGES_KEY};
 pub use error::{MappingError, Problem};
 pub use mapping::{
-    AbsPath, Address, ConnectionPair, ConnectionType, Endpoint, Format, HostId, Hosts, Iqn, LunId,
-    Mapping, SitePool, HOST_ID_MAX, ISCSI_PORT,
+    AbsPath, Address, Chap, ConnectionPair, ConnectionType, Endpoint, Format, HostId, Hosts, Iqn,
+    LunId, Mapping, SitePool, HOST_ID_MAX, ISCSI_PORT,
 };
 pub use toml_format::{parse_toml, VERSION};
 

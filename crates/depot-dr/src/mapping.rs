@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use depot_api::storage::{DomainType, SdUuid, SpUuid};
+use depot_api::storage::{DomainType, Password, SdUuid, SpUuid};
 
 use crate::error::{MappingError, Problem};
 
@@ -289,6 +289,8 @@ pub enum Endpoint {
         port: u16,
         targets: Vec<Iqn>,
         luns: Vec<LunId>,
+        /// The CHAP credentials of the login, if the target wants them.
+        chap: Option<Chap>,
     },
     /// `luns` as for iSCSI.
     Fcp {
@@ -299,7 +301,49 @@ pub enum Endpoint {
     },
 }
 
+/// An iSCSI side's CHAP credentials: both or neither. The password
+/// never prints (`Debug` shows `***`), and no report, journal or message
+/// names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chap {
+    pub username: String,
+    pub password: Password,
+}
+
+/// By the username only (consistent with `Eq`: equal credentials have
+/// equal usernames); the password is not hashed, as it is never printed.
+impl std::hash::Hash for Chap {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.username.hash(state);
+    }
+}
+
 impl Endpoint {
+    /// The same storage, whatever the credentials of its login: what the
+    /// rules against duplicates and self-failover compare.
+    pub fn same_place(&self, other: &Endpoint) -> bool {
+        self.without_chap() == other.without_chap()
+    }
+
+    fn without_chap(&self) -> Endpoint {
+        match self {
+            Endpoint::Iscsi {
+                address,
+                port,
+                targets,
+                luns,
+                ..
+            } => Endpoint::Iscsi {
+                address: address.clone(),
+                port: *port,
+                targets: targets.clone(),
+                luns: luns.clone(),
+                chap: None,
+            },
+            other => other.clone(),
+        }
+    }
+
     pub fn connection_type(&self) -> ConnectionType {
         match self {
             Endpoint::Nfs { .. } => ConnectionType::Nfs,
@@ -344,15 +388,17 @@ impl Endpoint {
                 port,
                 targets,
                 luns,
+                chap,
             } => format!(
-                "{}:{port} {}{}",
+                "{}:{port} {}{}{}",
                 address.in_connection(),
                 targets
                     .iter()
                     .map(Iqn::as_str)
                     .collect::<Vec<_>>()
                     .join(","),
-                describe_luns(luns)
+                describe_luns(luns),
+                if chap.is_some() { " (CHAP)" } else { "" }
             ),
             Endpoint::Fcp { luns } => format!("FCP{}", describe_luns(luns)),
             Endpoint::PosixFs { vfs_type, .. } => format!("{} ({vfs_type})", self.connection()),
@@ -535,6 +581,9 @@ pub(crate) struct DraftEndpoint {
     pub luns: Vec<String>,
     /// The domain's name on this site (Ansible), for the entry's label.
     pub name: Option<String>,
+    /// iSCSI CHAP.
+    pub username: Option<String>,
+    pub password: Option<Password>,
 }
 
 /// One entry as a format read it.
@@ -686,7 +735,7 @@ fn pair(d: &DraftPair, rules: Rules) -> Result<ConnectionPair, MappingError> {
     // An FCP side without LUNs (the Ansible form) is "the SAN this host
     // sees": both sides are alike, the domain's UUID tells them apart.
     let fcp_by_domain = matches!(&primary, Endpoint::Fcp { luns } if luns.is_empty());
-    if primary == secondary && !fcp_by_domain {
+    if primary.same_place(&secondary) && !fcp_by_domain {
         return Err(err(Problem::SecondaryIsPrimary(primary.describe())));
     }
     let mut domains = Vec::with_capacity(d.domains.len());
@@ -742,6 +791,21 @@ fn abs_path(v: &Option<String>, field: &'static str) -> Result<AbsPath, Problem>
     })
 }
 
+/// CHAP: a username and a password, or neither. The problem names the
+/// field that is missing, never the value of the other.
+fn chap(d: &DraftEndpoint) -> Result<Option<Chap>, Problem> {
+    match (&d.username, &d.password) {
+        (None, None) => Ok(None),
+        (Some(u), Some(p)) if !u.trim().is_empty() && !p.expose().is_empty() => Ok(Some(Chap {
+            username: u.trim().to_string(),
+            password: p.clone(),
+        })),
+        (Some(u), _) if u.trim().is_empty() => Err(Problem::Missing("username")),
+        (None, _) => Err(Problem::Missing("username")),
+        (Some(_), _) => Err(Problem::Missing("password")),
+    }
+}
+
 fn luns(d: &DraftEndpoint) -> Result<Vec<LunId>, Problem> {
     let mut out = Vec::new();
     for s in &d.luns {
@@ -757,6 +821,12 @@ fn luns(d: &DraftEndpoint) -> Result<Vec<LunId>, Problem> {
 const NOT_DIRECTORIES: &[&str] = &["/dev", "/proc", "/sys"];
 
 fn endpoint(kind: ConnectionType, d: &DraftEndpoint, rules: Rules) -> Result<Endpoint, Problem> {
+    if kind != ConnectionType::Iscsi && (d.username.is_some() || d.password.is_some()) {
+        return Err(Problem::bad(
+            "username",
+            "only an iSCSI connection logs in with CHAP credentials",
+        ));
+    }
     Ok(match kind {
         ConnectionType::Nfs => Endpoint::Nfs {
             address: address(&d.address)?,
@@ -821,6 +891,7 @@ fn endpoint(kind: ConnectionType, d: &DraftEndpoint, rules: Rules) -> Result<End
                 port,
                 targets,
                 luns,
+                chap: chap(d)?,
             }
         }
         ConnectionType::Fcp => {
@@ -894,13 +965,13 @@ fn check_unique(drafts: &[DraftPair], pairs: &[ConnectionPair]) -> Result<(), Ma
             if block_by_domain {
                 continue;
             }
-            if p.primary == earlier.primary {
+            if p.primary.same_place(&earlier.primary) {
                 return Err(MappingError::new(
                     p.name.clone(),
                     Problem::DuplicatePrimary(earlier.name.clone()),
                 ));
             }
-            if p.secondary == earlier.secondary {
+            if p.secondary.same_place(&earlier.secondary) {
                 return Err(MappingError::new(
                     p.name.clone(),
                     Problem::DuplicateSecondary(earlier.name.clone()),

@@ -345,6 +345,68 @@ luns = ["360014056a2be431c0fd46c4bdce92b66"]"#,
 }
 
 #[test]
+fn iscsi_chap_takes_both_credentials_and_never_prints_the_password() {
+    const T: &str = r#"targets = ["iqn.2017-10.com.example:prod"]
+luns = ["360014056a2be431c0fd46c4bdce92b66"]"#;
+    let m = parse_toml(&iscsi(&format!(
+        "{T}\nusername = \"dr\"\npassword = \"s3cret-of-the-site\""
+    )))
+    .unwrap();
+    let Endpoint::Iscsi {
+        chap: Some(chap), ..
+    } = m.connections()[0].primary()
+    else {
+        panic!("no CHAP: {m:?}");
+    };
+    assert_eq!(chap.username, "dr");
+    assert_eq!(chap.password.expose(), "s3cret-of-the-site");
+    let shown = format!("{m:?} {}", m.connections()[0].primary().describe());
+    assert!(!shown.contains("s3cret"), "{shown}");
+    // One without the other: named, the other's value never quoted.
+    let e = refused(&iscsi(&format!("{T}\nusername = \"dr\"")));
+    assert_eq!(e.problem, Problem::Missing("password"));
+    assert_eq!(e.code(), Code::DrMappingInvalid);
+    let e = refused(&iscsi(&format!("{T}\npassword = \"s3cret-of-the-site\"")));
+    assert_eq!(e.problem, Problem::Missing("username"));
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+    // Not a string: refused without quoting it.
+    let e = refused(&iscsi(&format!(
+        "{T}\nusername = \"dr\"\npassword = 12345678"
+    )));
+    assert_eq!(e.code(), Code::DrMappingUnreadable);
+    assert!(!e.to_string().contains("12345678"), "{e}");
+    // Credentials belong to an iSCSI login only.
+    let e = refused(&small(&nfs(
+        "data",
+        SD1,
+        r#"{ address = "nfs1.example.com", path = "/export/a", username = "u", password = "p" }"#,
+        S,
+    )));
+    assert_eq!(e.code(), Code::DrMappingInvalid);
+    assert!(e.to_string().contains("CHAP"), "{e}");
+    // The same target twice is a duplicate whatever the credentials.
+    let twice = format!(
+        "{}{}",
+        iscsi(&format!("{T}\nusername = \"a\"\npassword = \"x\"")),
+        r#"
+[[connections]]
+name = "san2"
+type = "iSCSI"
+domains = ["0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9"]
+[connections.primary]
+address = "10.0.0.1"
+targets = ["iqn.2017-10.com.example:prod"]
+luns = ["360014056a2be431c0fd46c4bdce92b66"]
+[connections.secondary]
+address = "10.0.0.3"
+targets = ["iqn.2017-07.com.example:dr2"]
+luns = ["36001405961a7f95e6aa461b8dba53053"]
+"#
+    );
+    assert_eq!(refused(&twice).code(), Code::DrDuplicateEntry);
+}
+
+#[test]
 fn refuses_a_localfs_secondary_that_is_not_a_directory_path() {
     for (secondary, why) in [
         (
@@ -591,11 +653,23 @@ fn the_ansible_var_file_reads_into_the_same_mapping() {
         port,
         targets,
         luns,
+        chap,
     } = c[3].secondary()
     else {
         panic!("not iSCSI")
     };
     assert_eq!((address.as_str(), *port), ("10.35.9.10", 3260));
+    let chap = chap.as_ref().expect("the secondary's CHAP credentials");
+    assert_eq!(
+        (chap.username.as_str(), chap.password.expose()),
+        ("chap-user", "chap-secret")
+    );
+    assert!(
+        matches!(c[3].primary(), Endpoint::Iscsi { chap: None, .. }),
+        "the primary has none"
+    );
+    assert!(!format!("{m:?}").contains("chap-secret"));
+    assert!(c[3].secondary().describe().ends_with("(CHAP)"));
     assert_eq!(targets.len(), 2);
     assert!(luns.is_empty(), "found by the domain's VG");
     assert_eq!(c[4].connection_type(), ConnectionType::Fcp);

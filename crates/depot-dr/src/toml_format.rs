@@ -1,6 +1,7 @@
 //! depot's own mapping file (TOML, docs/dr.md "The mapping file"). Every
 //! key is known: an unknown one (a typo) is refused, never skipped.
 
+use depot_api::storage::Password;
 use serde::Deserialize;
 
 use crate::error::{MappingError, Problem};
@@ -69,6 +70,9 @@ struct Side {
     targets: Vec<String>,
     #[serde(default)]
     luns: Vec<String>,
+    /// iSCSI CHAP.
+    username: Option<String>,
+    password: Option<Password>,
 }
 
 impl From<Side> for DraftEndpoint {
@@ -81,14 +85,31 @@ impl From<Side> for DraftEndpoint {
             targets: s.targets,
             luns: s.luns,
             name: None,
+            username: s.username,
+            password: s.password,
         }
+    }
+}
+
+/// A parse error as a message: where and what, never the text around it
+/// (toml's own rendering quotes the line, which may hold a CHAP
+/// password).
+fn syntax(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {}", e.message())
+        }
+        None => e.message().to_string(),
     }
 }
 
 /// Reads depot's mapping file.
 pub fn parse_toml(text: &str) -> Result<Mapping, MappingError> {
     let file: File = toml::from_str(text)
-        .map_err(|e| MappingError::new("file", Problem::Syntax(e.to_string())))?;
+        .map_err(|e| MappingError::new("file", Problem::Syntax(syntax(text, &e))))?;
     if file.version != VERSION {
         return Err(MappingError::new("file", Problem::Version(file.version)));
     }

@@ -9,7 +9,9 @@
 //! its devices removed, so that only B carries the PV (LVM never sees a
 //! duplicate). A fresh depotd (the recovery host, sanlock off) runs
 //! `DR.failover` with an iSCSI mapping (primary: LUN A behind one portal,
-//! secondary: LUN B behind the other portal of the same target): the job
+//! secondary: LUN B behind the other portal of the same target, with the
+//! target's CHAP credentials; the test logs out of that portal and deletes
+//! its node record after the dry run, so depot logs in itself): the job
 //! finds the domain by its UUID on B's VG, takes it over into the recovery
 //! pool with this host SPM, and reports both VMs with their disks present
 //! and complete; the volumes' data reads back on B.
@@ -296,9 +298,33 @@ address = "{}"
 port = {port}
 targets = ["{iqn}"]
 luns = ["{}"]
+username = "{}"
+password = "{}"
 "#,
-        portals[0], a.wwid, portals[1], b.wwid
+        portals[0],
+        a.wwid,
+        portals[1],
+        b.wwid,
+        env("DEPOT_VM_CHAP_USER"),
+        env("DEPOT_VM_CHAP_PASSWORD")
     )
+}
+
+/// Logs out of portal `i` of the target and deletes its node record.
+fn forget_portal(luns: &Luns, i: usize) {
+    let port = env("DEPOT_VM_ISCSI_PORT");
+    let portal = format!(
+        "{}:{port}",
+        env("DEPOT_VM_ISCSI_PORTALS")
+            .split(',')
+            .nth(i)
+            .expect("the portal")
+    );
+    for op in [&["--logout"][..], &["-o", "delete"]] {
+        let mut argv = vec!["iscsiadm", "-m", "node", "-T", &luns.iqn, "-p", &portal];
+        argv.extend_from_slice(op);
+        ok(&argv);
+    }
 }
 
 async fn wait_job(c: &Client, id: &str) -> Value {
@@ -490,13 +516,29 @@ fn check_report(report: &Value, site: &Site) {
     assert_eq!(report["operation"], "failover", "{report}");
     assert_eq!(report["steps_done"], 5, "{report}");
     assert_eq!(report["fence"]["verdict"], "unchecked", "{report}");
-    // Step 2: the primary's portal logged out, the secondary's kept.
+    // Step 2: the primary's portal logged out; the secondary's logged
+    // in by depot with the mapping's CHAP credentials (the test logged
+    // it out and deleted its node record before), never naming them.
     let conns = report["connections"].as_array().expect("connections");
     assert!(
         conns
             .iter()
             .any(|c| c["side"] == "primary" && c["action"] == "disconnect" && c["outcome"] == "ok"),
         "{report}"
+    );
+    assert!(
+        conns.iter().any(|c| c["side"] == "secondary"
+            && c["action"] == "connect"
+            && c["outcome"] == "ok"
+            && c["connection"]
+                .as_str()
+                .is_some_and(|d| d.ends_with("(CHAP)"))),
+        "{report}"
+    );
+    let secret = env("DEPOT_VM_CHAP_PASSWORD");
+    assert!(
+        !report.to_string().contains(&secret),
+        "the CHAP secret in the report"
     );
     // Step 3: found by its UUID, on LUN B's VG, its metadata as the
     // primary left it.
@@ -593,6 +635,9 @@ async fn block_domain_fails_over_to_a_lun_copied_block_for_block() {
     assert_eq!(found[0]["metadata"]["pools"], json!([PROD]), "{dry}");
     let st = call_ok(&c, "DR.status", json!({})).await;
     assert_eq!(st, json!({"state": "none"}), "the dry run wrote no journal");
+    // The replica's portal logged out and its node record (with the
+    // test's CHAP settings) deleted: step 2 logs in with the mapping's.
+    forget_portal(&luns, 1);
     let t = Instant::now();
     let started = call_ok(&c, "DR.failover", json!({"mapping": text})).await;
     let id = started["job_id"].as_str().expect("a job id").to_string();
@@ -602,6 +647,10 @@ async fn block_domain_fails_over_to_a_lun_copied_block_for_block() {
     let report = job["result"].clone();
     println!("vm_dr: report: {report}");
     check_report(&report, &site);
+    assert!(
+        !d.log().contains(&env("DEPOT_VM_CHAP_PASSWORD")),
+        "the CHAP secret in the daemon log"
+    );
     let st = call_ok(&c, "DR.status", json!({})).await;
     assert_eq!(st["state"], "finished", "{st}");
 

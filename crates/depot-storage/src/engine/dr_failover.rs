@@ -304,6 +304,7 @@ impl Storage {
                 address,
                 port,
                 targets,
+                chap,
                 ..
             } => targets
                 .iter()
@@ -312,6 +313,10 @@ impl Storage {
                     connection: address.as_str().to_string(),
                     port: Some(i64::from(*port)),
                     iqn: Some(t.as_str().to_string()),
+                    user: chap.as_ref().map(|c| c.username.clone()),
+                    password: chap
+                        .as_ref()
+                        .map(|c| depot_os::Secret::new(c.password.expose())),
                     ..ConnectionParams::default()
                 })
                 .collect(),
