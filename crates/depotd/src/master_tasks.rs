@@ -129,6 +129,9 @@ pub struct Loaded {
     pub newer: usize,
     /// Moved aside as `<name>.corrupt`.
     pub corrupt: usize,
+    /// Another pool's (a lost pool's, on a domain taken over by disaster
+    /// recovery or reconstructed into a new pool): left where they are.
+    pub other_pool: usize,
     /// Over [`MAX_LOADED`], not looked at.
     pub skipped: usize,
     /// Why the load stopped early (the master did not answer).
@@ -139,8 +142,15 @@ impl std::fmt::Display for Loaded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} loaded, {} interrupted, {} known, {} newer, {} corrupt, {} skipped",
-            self.loaded, self.interrupted, self.known, self.newer, self.corrupt, self.skipped
+            "{} loaded, {} interrupted, {} known, {} newer, {} corrupt, {} of another pool, \
+             {} skipped",
+            self.loaded,
+            self.interrupted,
+            self.known,
+            self.newer,
+            self.corrupt,
+            self.other_pool,
+            self.skipped
         )?;
         if let Some(why) = &self.failed {
             write!(f, "; stopped: {why}")?;
@@ -166,7 +176,8 @@ pub fn load(storage: &Storage, sp: SpUuid, store: &TaskStore) -> Loaded {
 }
 
 /// [`load`] from `dir`. Each `<id>.json` not known here is read (at most
-/// [`MAX_RECORD_BYTES`]) and recovered as VDSM recovers a dumped task: a
+/// [`MAX_RECORD_BYTES`]); one of another pool is left as it is; the rest
+/// are recovered as VDSM recovers a dumped task: a
 /// finished one stays as it is; one still running (depot writes none,
 /// but a newer one might) is finished/cleanFailure 9001, as the work of
 /// a process that is gone. A file that does not parse, is too large or
@@ -222,6 +233,13 @@ pub fn load_from(dir: &MasterTasksDir, sp: SpUuid, store: &TaskStore) -> Loaded 
                 continue;
             }
         };
+        // A task of another pool was never this pool's engine's: after a
+        // disaster recovery the master still holds the lost pool's, and
+        // loading them would list them in the recovery pool.
+        if record.pool.is_some_and(|p| p != sp) {
+            out.other_pool += 1;
+            continue;
+        }
         record.pool = Some(sp);
         let interrupted = record.state == State::Running;
         if interrupted {
@@ -374,13 +392,21 @@ mod tests {
         let plant = |id: Uuid, body: &str| {
             fs::write(f.files.join(format!("{id}.json")), body).unwrap();
         };
-        let (newer, corrupt, big, other, running) = (
+        let (newer, corrupt, big, other, running, lost) = (
+            Uuid::new_v4(),
             Uuid::new_v4(),
             Uuid::new_v4(),
             Uuid::new_v4(),
             Uuid::new_v4(),
             Uuid::new_v4(),
         );
+        // A lost pool's task (the master taken over into pool sp).
+        let lost_pool = SpUuid(Uuid::new_v4());
+        let lost_text = text
+            .replace(&good.id.to_string(), &lost.to_string())
+            .replace(&sp.to_string(), &lost_pool.to_string());
+        assert_ne!(lost_text, text.replace(&good.id.to_string(), &lost.to_string()));
+        plant(lost, &lost_text);
         let newer_text = text
             .replace("\"format\": 2", "\"format\": 3")
             .replace(&good.id.to_string(), &newer.to_string());
@@ -406,8 +432,15 @@ mod tests {
                 interrupted: 1,
                 newer: 1,
                 corrupt: 3,
+                other_pool: 1,
                 ..Loaded::default()
             }
+        );
+        assert!(new.get(lost).is_none(), "another pool's task loaded");
+        assert_eq!(
+            fs::read_to_string(f.files.join(format!("{lost}.json"))).unwrap(),
+            lost_text,
+            "another pool's task is left as it was"
         );
         assert_eq!(
             fs::read_to_string(f.files.join(format!("{newer}.json"))).unwrap(),
