@@ -405,7 +405,10 @@ mod tests {
         let lost_text = text
             .replace(&good.id.to_string(), &lost.to_string())
             .replace(&sp.to_string(), &lost_pool.to_string());
-        assert_ne!(lost_text, text.replace(&good.id.to_string(), &lost.to_string()));
+        assert_ne!(
+            lost_text,
+            text.replace(&good.id.to_string(), &lost.to_string())
+        );
         plant(lost, &lost_text);
         let newer_text = text
             .replace("\"format\": 2", "\"format\": 3")

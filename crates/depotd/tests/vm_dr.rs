@@ -99,23 +99,26 @@ impl Lun {
     }
 }
 
-/// The primary site's LUN made unreachable: unmapped from the LIO target
-/// (both portals share the TPG), its SCSI devices deleted and its map
-/// flushed. Dropping it maps the LUN back and wipes both LUNs' PV labels,
-/// so that the binaries after this one see three clean LUNs and no
-/// duplicate PV.
+/// A site's LUN made unreachable: unmapped from the LIO target (both
+/// portals share the TPG), its SCSI devices deleted and its map flushed.
+/// Dropping it maps the LUN back and wipes both LUNs' PV labels, so that
+/// the binaries after this one see three clean LUNs and no duplicate PV;
+/// [`LostLun::back`] maps it back as it is instead (the wipe is then the
+/// next guard's).
 struct LostLun {
     lost: Lun,
     copy: Lun,
+    wipe: bool,
 }
 
 impl LostLun {
     fn lose(lost: &Lun, copy: &Lun) -> LostLun {
         let paths = lost.paths();
-        assert_eq!(paths.len(), 2, "LUN {} has two paths: {paths:?}", lost.wwid);
+        assert!(!paths.is_empty(), "LUN {} has no path", lost.wwid);
         let guard = LostLun {
             lost: lost.clone(),
             copy: copy.clone(),
+            wipe: true,
         };
         let link = lost.tpg_lun().join(format!("lun{}", lost.index));
         std::fs::remove_file(&link).unwrap_or_else(|e| panic!("unmap {}: {e}", link.display()));
@@ -142,8 +145,9 @@ impl LostLun {
     }
 }
 
-impl Drop for LostLun {
-    fn drop(&mut self) {
+impl LostLun {
+    /// Maps the LUN back into the TPG, its content as it is.
+    fn map_back(&self) {
         let dir = self.lost.tpg_lun();
         if !dir.exists() {
             let _ = std::fs::create_dir(&dir);
@@ -151,6 +155,25 @@ impl Drop for LostLun {
                 self.lost.backstore(),
                 dir.join(format!("lun{}", self.lost.index)),
             );
+        }
+    }
+
+    /// The LUN back, as the site's array would present it again: mapped,
+    /// the sessions rescanned, its multipath map there.
+    fn back(mut self) {
+        self.wipe = false;
+        self.map_back();
+        ok(&["iscsiadm", "-m", "session", "-R"]);
+        let map = format!("/dev/mapper/{}", self.lost.wwid);
+        wait_for("the LUN's map to come back", || Path::new(&map).exists());
+    }
+}
+
+impl Drop for LostLun {
+    fn drop(&mut self) {
+        self.map_back();
+        if !self.wipe {
+            return;
         }
         for lun in [&self.lost, &self.copy] {
             let of = format!("of={}", lun.disk.display());
@@ -264,6 +287,7 @@ fn replicate(from: &Lun, to: &Lun, mib: u64) {
 fn mapping(sd: &str, a: &Lun, b: &Lun) -> String {
     let iqn = env("DEPOT_VM_ISCSI_IQN");
     let port = env("DEPOT_VM_ISCSI_PORT");
+    let (user, password) = (env("DEPOT_VM_CHAP_USER"), env("DEPOT_VM_CHAP_PASSWORD"));
     let portals: Vec<String> = env("DEPOT_VM_ISCSI_PORTALS")
         .split(',')
         .map(str::to_string)
@@ -293,20 +317,17 @@ address = "{}"
 port = {port}
 targets = ["{iqn}"]
 luns = ["{}"]
+username = "{user}"
+password = "{password}"
 [connections.secondary]
 address = "{}"
 port = {port}
 targets = ["{iqn}"]
 luns = ["{}"]
-username = "{}"
-password = "{}"
+username = "{user}"
+password = "{password}"
 "#,
-        portals[0],
-        a.wwid,
-        portals[1],
-        b.wwid,
-        env("DEPOT_VM_CHAP_USER"),
-        env("DEPOT_VM_CHAP_PASSWORD")
+        portals[0], a.wwid, portals[1], b.wwid,
     )
 }
 
@@ -512,8 +533,35 @@ async fn primary_site(d: &Daemon, a: &Lun) -> Site {
     }
 }
 
-fn check_report(report: &Value, site: &Site) {
-    assert_eq!(report["operation"], "failover", "{report}");
+/// What a run's report must say besides the VMs.
+struct Expect {
+    operation: &'static str,
+    /// The pool in the metadata step 3 found (the site's before the run).
+    found_in: &'static str,
+    /// The pool taken over into, its master version and this host's id.
+    pool: &'static str,
+    master_version: u64,
+    host_id: u64,
+}
+
+const FAILOVER: Expect = Expect {
+    operation: "failover",
+    found_in: PROD,
+    pool: RECOVERY,
+    master_version: 2,
+    host_id: 2,
+};
+
+const FAILBACK: Expect = Expect {
+    operation: "failback",
+    found_in: RECOVERY,
+    pool: PROD,
+    master_version: 3,
+    host_id: 1,
+};
+
+fn check_report(report: &Value, site: &Site, x: &Expect) {
+    assert_eq!(report["operation"], x.operation, "{report}");
     assert_eq!(report["steps_done"], 5, "{report}");
     assert_eq!(report["fence"]["verdict"], "unchecked", "{report}");
     // Step 2: the primary's portal logged out; the secondary's logged
@@ -549,14 +597,14 @@ fn check_report(report: &Value, site: &Site) {
     assert!(dom["problem"].is_null(), "{dom}");
     assert_eq!(dom["path"], format!("VG {}", site.sd), "{dom}");
     assert_eq!(dom["metadata"]["role"], "Master", "{dom}");
-    assert_eq!(dom["metadata"]["pools"], json!([PROD]), "{dom}");
-    // Step 4: the recovery pool, this host (2) its SPM, the domain its
-    // master at version 2.
+    assert_eq!(dom["metadata"]["pools"], json!([x.found_in]), "{dom}");
+    // Step 4: the pool recovered into, this host its SPM, the domain its
+    // master at the next version.
     let t = &report["takeover"];
-    assert_eq!(t["pool"], RECOVERY, "{report}");
+    assert_eq!(t["pool"], x.pool, "{report}");
     assert_eq!(t["master"], site.sd.as_str());
-    assert_eq!(t["master_version"], 2);
-    assert_eq!(t["host_id"], 2);
+    assert_eq!(t["master_version"], x.master_version);
+    assert_eq!(t["host_id"], x.host_id);
     // Step 5: both VMs, each disk present and complete, from the store.
     let ents = report["entities"].as_array().expect("entities");
     assert_eq!(ents.len(), site.entities.len(), "{report}");
@@ -604,6 +652,7 @@ async fn block_domain_fails_over_to_a_lun_copied_block_for_block() {
     // 2. The replica: LUN A block for block onto LUN B. 3. LUN A lost.
     let mib = used_mib(&a, &cfg);
     replicate(&a, &b, mib);
+    assert_eq!(a.paths().len(), 2, "LUN A has two paths");
     let lost = LostLun::lose(&a, &b);
     let pvs = ok(&[
         "pvs",
@@ -646,7 +695,7 @@ async fn block_domain_fails_over_to_a_lun_copied_block_for_block() {
     println!("vm_dr: DR.failover done in {} ms", t.elapsed().as_millis());
     let report = job["result"].clone();
     println!("vm_dr: report: {report}");
-    check_report(&report, &site);
+    check_report(&report, &site, &FAILOVER);
     assert!(
         !d.log().contains(&env("DEPOT_VM_CHAP_PASSWORD")),
         "the CHAP secret in the daemon log"
@@ -698,31 +747,130 @@ async fn block_domain_fails_over_to_a_lun_copied_block_for_block() {
     assert_eq!(again["status"], "done", "{again}");
     assert_eq!(again["result"], report, "the rerun's report");
 
-    // Clean up: the SPM role given back, the pool left, the domain
-    // formatted (its VG on B removed).
-    let task = call_ok(
-        &c,
-        "StoragePool.spmStop",
-        json!({"storagepoolID": RECOVERY}),
-    )
-    .await;
+    // The recovery site leaves cleanly (the SPM role given back, the pool
+    // left, the daemon stopped, the VG deactivated), for the failback.
+    leave(&c, RECOVERY, 2).await;
+    drop(c);
+    let mut d = d;
+    d.stop();
+    ok(&["vgchange", "--config", &cfg, "-an", &site.sd]);
+    let mib = used_mib(&b, &cfg);
+    println!("vm_dr: failover part {} s", t0.elapsed().as_secs());
+    failback(&text, &site, lost, (&a, &b), mib).await;
+    println!("vm_dr: {} s in all", t0.elapsed().as_secs());
+}
+
+/// Gives the SPM role of `sp` back and leaves the pool.
+async fn leave(c: &Client, sp: &str, host_id: u64) {
+    let task = call_ok(c, "StoragePool.spmStop", json!({"storagepoolID": sp})).await;
     if let Some(task) = task.as_str() {
-        task_end(&c, task).await;
+        task_end(c, task).await;
     }
     call_ok(
-        &c,
+        c,
         "StoragePool.disconnect",
-        json!({"storagepoolID": RECOVERY, "hostID": 2, "scsiKey": RECOVERY}),
+        json!({"storagepoolID": sp, "hostID": host_id, "scsiKey": sp}),
     )
     .await;
+}
+
+/// The failback to LUN A (docs/dr.md "Failback"), run by a host of the
+/// lost site (id 1). Step 1 reads the domain's metadata on B, the site
+/// running now (where the copy is: the block domain's VG on B's LUN
+/// alone). The job pauses after step 1 (the test hook) and is killed
+/// there, so that the LUNs can be swapped as the arrays would present
+/// them (one LIO TPG serves both portals here: B unmapped, A mapped back
+/// with what the lost site left); the rerun continues at step 2 (B's
+/// portal logged out, A's logged in with the mapping's CHAP credentials)
+/// and refuses in step 3 (9051): A's metadata is not B's. B copied block
+/// for block onto A (the resync), the rerun continues at step 3 and
+/// takes the domain over into Prod (master version 3), the VMs found and
+/// the data read back from A.
+// long: one scenario, its steps in order, each checked where it happens.
+async fn failback(text: &str, site: &Site, lost_a: LostLun, ab: (&Lun, &Lun), mib: u64) {
+    let (a, b) = ab;
+    let mut f = Daemon::start_with_env(DR_CONFIG, &[("DEPOTD_TEST_DR_PAUSE_AFTER_STEP", "1")]);
+    let mut c = f.client().await;
+    c.set_call_timeout(SLOW);
+    let params = json!({"mapping": text, "hostId": 1});
+    let started = call_ok(&c, "DR.failback", params.clone()).await;
+    assert!(started["job_id"].is_string(), "{started}");
+    let journal = f.state_dir().join("dr-journal.json");
+    let read_journal = || -> Value {
+        std::fs::read(&journal)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while read_journal()["steps_done"].as_u64() < Some(1) {
+        assert!(Instant::now() < deadline, "step 1 not done: {}", f.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let j = read_journal();
+    let read_on_b = &j["primary_metadata"];
+    assert_eq!(read_on_b.as_array().map(Vec::len), Some(1), "{j}");
+    assert_eq!(read_on_b[0]["sd"], site.sd.as_str(), "{j}");
+    assert_eq!(
+        read_on_b[0]["pools"],
+        json!([RECOVERY]),
+        "B's metadata: {j}"
+    );
+    drop(c);
+    f.crash();
+
+    // The swap: B gone first, then A back (never both: one PV twice).
+    let lost_b = LostLun::lose(b, a);
+    lost_a.back();
+    f.restart();
+    let mut c = f.client().await;
+    c.set_call_timeout(SLOW);
+    let st = call_ok(&c, "DR.status", json!({})).await;
+    assert_eq!(st["state"], "interrupted", "{st}");
+    let started = call_ok(&c, "DR.failback", params.clone()).await;
+    let job = wait_job(&c, started["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], 9051, "{job}");
+    let why = job["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(why.contains(&site.sd) && why.contains(PROD), "{why}");
+    assert_eq!(read_journal()["steps_done"], 2, "refused in step 3");
+
+    // The resync (B onto A, below the target), then the rerun.
+    replicate(b, a, mib);
+    let started = call_ok(&c, "DR.failback", params).await;
+    let job = wait_job(&c, started["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "done", "{job}\n{}", f.log());
+    let report = job["result"].clone();
+    println!("vm_dr: failback report: {report}");
+    check_report(&report, site, &FAILBACK);
+    let info = call_ok(
+        &c,
+        "StorageDomain.getInfo",
+        json!({"storagedomainID": site.sd}),
+    )
+    .await;
+    assert_eq!(info["pool"], json!([PROD]), "{info}");
+    assert_eq!(info["metadataDevice"], json!(a.wwid), "{info}");
+    qemu_io(&c, PROD, &site.sd, &site.web, "qcow2", "read -P 0x5a 0 4M").await;
+    qemu_io(&c, PROD, &site.sd, &site.db, "raw", "read -P 0xa5 1M 4M").await;
+    assert!(
+        !f.log().contains(&env("DEPOT_VM_CHAP_PASSWORD")),
+        "the CHAP secret in the daemon log"
+    );
+
+    // Clean up: the pool left, the domain formatted (its VG on A
+    // removed); B mapped back and both LUNs wiped by the guard.
+    leave(&c, PROD, 1).await;
     call_ok(
         &c,
         "StorageDomain.format",
         json!({"storagedomainID": site.sd, "autoDetach": true}),
     )
     .await;
-    let mut d = d;
-    d.stop();
-    drop(lost);
-    println!("vm_dr: {} s in all", t0.elapsed().as_secs());
+    drop(c);
+    f.stop();
+    drop(lost_b);
 }

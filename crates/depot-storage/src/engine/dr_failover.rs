@@ -162,14 +162,35 @@ impl Storage {
         }
     }
 
-    /// Failback's check: each listed file domain's metadata on one side
+    /// Failback's check: each listed domain's metadata on one side
     /// (`secondary` false: the primary, the site running now), where it
-    /// can be read now (a connected side, or a LOCALFS directory). A
-    /// domain that cannot be read is left out.
+    /// can be read now: a file domain on a connected side or a LOCALFS
+    /// directory; a block domain whose VG this host sees on that side's
+    /// LUNs alone (by WWID, as step 3 finds it: never a VG on both
+    /// sides', which would be one UUID twice). A domain that cannot be
+    /// read is left out (and so refused when the copies are compared).
     pub fn dr_side_metadata(&self, mapping: &Mapping, secondary: bool) -> Vec<MetadataRecord> {
         let mut out = Vec::new();
+        let want = if secondary {
+            Side::Secondary
+        } else {
+            Side::Primary
+        };
         for pair in mapping.connections() {
             if pair.connection_type().is_block() {
+                self.refresh_lvm_devices();
+                for sight in self.block_sights(pair) {
+                    if sight.seen != Seen::On(want) {
+                        continue;
+                    }
+                    let md = crate::block::read_metadata(&self.lvm, sight.sd)
+                        .and_then(|md| metadata_record(&md));
+                    match md {
+                        Ok(md) => out.push(md),
+                        Err(e) => tracing::warn!(sd = %sight.sd, error = %e,
+                            "DR failback: a block domain's metadata cannot be read"),
+                    }
+                }
                 continue;
             }
             let end = if secondary {
