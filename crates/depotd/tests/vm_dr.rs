@@ -7,7 +7,8 @@
 //! (`dd` with O_DIRECT in the guest, as an array's replication would);
 //! then the primary site is lost: LUN A is unmapped from the LIO target and
 //! its devices removed, so that only B carries the PV (LVM never sees a
-//! duplicate). A fresh depotd (the recovery host, sanlock off) runs
+//! duplicate). A fresh depotd (the recovery host; every host runs its own
+//! sanlock daemon, with the watchdog) runs
 //! `DR.failover` with an iSCSI mapping (primary: LUN A behind one portal,
 //! secondary: LUN B behind the other portal of the same target, with the
 //! target's CHAP credentials; the test logs out of that portal and deletes
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use common::Daemon;
 use depot_client::Client;
+use depot_testkit::sanlock::{NoDaemon, SanlockHost, Wdmd};
 use ovf_common::Entity;
 use serde_json::{json, Value};
 use storage_common::*;
@@ -35,9 +37,13 @@ use support::vm::{env, ok, run, wait_for, Luns};
 
 const ISCSI: i64 = 3;
 const SLOW: Duration = Duration::from_secs(600);
-/// Sanlock off: the fence check with the real daemon is the root tier's
-/// (dr_failover.rs); here it is recorded `unchecked`.
-const DR_CONFIG: &str = "[storage]\nmonitor_interval_s = 0.2\n[sanlock]\nenabled = false\n";
+/// sanlock on: each host runs its own daemon (with the watchdog, through
+/// wdmd on softdog, as vm_two_hosts), so the fence check of step 4 reads
+/// the replica's lockspace for real; io_timeout 4 s keeps each join to
+/// about 10 s. A refusal by a live host is the root tier's
+/// (dr_failover.rs).
+const DR_CONFIG: &str =
+    "[storage]\nmonitor_interval_s = 0.2\n[sanlock]\nenabled = true\nio_timeout_s = 4\n";
 const PROD: &str = "5849b030-626e-47cb-ad90-3ce782d831b3";
 const RECOVERY: &str = "a1f2c3d4-0e5f-4a6b-8c7d-9e0f1a2b3c4d";
 const LIO: &str = "/sys/kernel/config/target";
@@ -515,6 +521,9 @@ async fn primary_site(d: &Daemon, a: &Lun) -> Site {
                "masterVersion": 1, "domainDict": {sd.clone(): "active"}}),
     )
     .await;
+    // Host 1 in the lockspace before it leaves (released, its delta lease
+    // is free on the copy too).
+    storage_common::sanlock_pool::until_acquired(&c, &sd).await;
     // Data in both disks, read back after the failover from LUN B.
     qemu_io(&c, PROD, &sd, &web, "qcow2", "write -P 0x5a 0 4M").await;
     qemu_io(&c, PROD, &sd, &db, "raw", "write -P 0xa5 1M 4M").await;
@@ -563,7 +572,11 @@ const FAILBACK: Expect = Expect {
 fn check_report(report: &Value, site: &Site, x: &Expect) {
     assert_eq!(report["operation"], x.operation, "{report}");
     assert_eq!(report["steps_done"], 5, "{report}");
-    assert_eq!(report["fence"]["verdict"], "unchecked", "{report}");
+    // The fence check: step 1 cannot read a lockspace this host is not
+    // in yet; step 4 reads it after joining, and the other site's host
+    // (which left cleanly) holds no id there.
+    assert_eq!(report["fence"]["verdict"], "unknown", "{report}");
+    assert_eq!(report["takeover"]["fence"]["verdict"], "pass", "{report}");
     // Step 2: the primary's portal logged out; the secondary's logged
     // in by depot with the mapping's CHAP credentials (the test logged
     // it out and deleted its node record before), never naming them.
@@ -640,11 +653,18 @@ async fn block_domain_fails_over_to_a_lun_copied_block_for_block() {
     let luns = Luns::login();
     let (a, b) = (Lun::of(&luns.wwids[0]), Lun::of(&luns.wwids[1]));
     assert_ne!(a.index, b.index);
+    // The sanlock daemons: the lost site's host (id 1, which fails back
+    // later) and the recovery host (id 2).
+    let lock = NoDaemon::hold().expect("the sanlock lock");
+    let wdmd = Wdmd::start(&lock).expect("wdmd on softdog");
+    let lost_site = SanlockHost::start_watched(&lock, "prod", &wdmd).expect("sanlock host");
+    let recovery = SanlockHost::start_watched(&lock, "recovery", &wdmd).expect("sanlock host");
 
     // 1. The primary site, built by its host, which then leaves cleanly.
-    let mut primary = Daemon::start(DR_CONFIG);
+    let mut primary = Daemon::start_in(&lost_site.ns_prefix(), DR_CONFIG);
     let site = primary_site(&primary, &a).await;
     primary.stop();
+    left(&lost_site, &site.sd);
     let cfg = luns.lvm_config();
     ok(&["vgchange", "--config", &cfg, "-an", &site.sd]);
     println!("vm_dr: primary site built in {} s", t0.elapsed().as_secs());
@@ -667,7 +687,7 @@ async fn block_domain_fails_over_to_a_lun_copied_block_for_block() {
     assert!(on_b[0].contains(&b.wwid), "{pvs}");
 
     // 4. The recovery host: a fresh depotd, never connected to Prod.
-    let d = Daemon::start(DR_CONFIG);
+    let d = Daemon::start_in(&recovery.ns_prefix(), DR_CONFIG);
     let mut c = d.client().await;
     c.set_call_timeout(SLOW);
     let text = mapping(&site.sd, &a, &b);
@@ -753,11 +773,25 @@ async fn block_domain_fails_over_to_a_lun_copied_block_for_block() {
     drop(c);
     let mut d = d;
     d.stop();
+    left(&recovery, &site.sd);
     ok(&["vgchange", "--config", &cfg, "-an", &site.sd]);
     let mib = used_mib(&b, &cfg);
     println!("vm_dr: failover part {} s", t0.elapsed().as_secs());
-    failback(&text, &site, lost, (&a, &b), mib).await;
+    failback(&text, &site, &lost_site, lost, (&a, &b), mib).await;
     println!("vm_dr: {} s in all", t0.elapsed().as_secs());
+}
+
+/// Waits until `host`'s sanlock daemon has left `sd`'s lockspace (a pool
+/// disconnect removes it asynchronously; its `ids` LV stays open until
+/// then, and the VG cannot be deactivated).
+fn left(host: &SanlockHost, sd: &str) {
+    let prefix = format!("{sd}:");
+    wait_for("the host's daemon to leave the lockspace", || {
+        host.lockspaces()
+            .expect("sanlock client status")
+            .iter()
+            .all(|l| !l.starts_with(&prefix))
+    });
 }
 
 /// Gives the SPM role of `sp` back and leaves the pool.
@@ -787,9 +821,20 @@ async fn leave(c: &Client, sp: &str, host_id: u64) {
 /// takes the domain over into Prod (master version 3), the VMs found and
 /// the data read back from A.
 // long: one scenario, its steps in order, each checked where it happens.
-async fn failback(text: &str, site: &Site, lost_a: LostLun, ab: (&Lun, &Lun), mib: u64) {
+async fn failback(
+    text: &str,
+    site: &Site,
+    host: &SanlockHost<'_>,
+    lost_a: LostLun,
+    ab: (&Lun, &Lun),
+    mib: u64,
+) {
     let (a, b) = ab;
-    let mut f = Daemon::start_with_env(DR_CONFIG, &[("DEPOTD_TEST_DR_PAUSE_AFTER_STEP", "1")]);
+    let mut f = Daemon::start_in_with_env(
+        &host.ns_prefix(),
+        DR_CONFIG,
+        &[("DEPOTD_TEST_DR_PAUSE_AFTER_STEP", "1")],
+    );
     let mut c = f.client().await;
     c.set_call_timeout(SLOW);
     let params = json!({"mapping": text, "hostId": 1});
@@ -864,6 +909,7 @@ async fn failback(text: &str, site: &Site, lost_a: LostLun, ab: (&Lun, &Lun), mi
     // Clean up: the pool left, the domain formatted (its VG on A
     // removed); B mapped back and both LUNs wiped by the guard.
     leave(&c, PROD, 1).await;
+    left(host, &site.sd);
     call_ok(
         &c,
         "StorageDomain.format",

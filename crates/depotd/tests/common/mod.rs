@@ -56,6 +56,16 @@ impl Daemon {
         Daemon::start_full(&[], extra_config, env)
     }
 
+    /// [`start_in`](Self::start_in) with environment variables (a test
+    /// hook of a host in its own namespace).
+    pub fn start_in_with_env(
+        prefix: &[String],
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        Daemon::start_full(prefix, extra_config, env)
+    }
+
     fn start_full(prefix: &[String], extra_config: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let notify = UnixDatagram::bind(dir.path().join("notify.sock")).expect("notify socket");
