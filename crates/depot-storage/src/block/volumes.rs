@@ -301,8 +301,11 @@ impl BlockVolumes<'_> {
     /// extension"): grows the LV of COW volume `vol` to `size` bytes, but
     /// never beyond its fully allocated size (a request comes from
     /// another host and is trusted no further: it cannot make one LV take
-    /// the VG). Returns the LV's size after; a size already reached is
-    /// answered at once, without an LVM command that changes anything.
+    /// the VG). Returns the LV's size when it had the size already (one
+    /// LV report, nothing changed), else the size it was extended to: a
+    /// lower bound (LVM rounds up to its extent), not read back, as one
+    /// more LVM command is a third of the SPM's part of the round trip
+    /// and the host reads its own device after its refresh anyway.
     /// The sizes are read fresh from the VG: a previous SPM may have
     /// extended the LV since this host's cache was filled (a cached size
     /// would make `lvextend` refuse a size the LV already has). The host
@@ -319,7 +322,7 @@ impl BlockVolumes<'_> {
         self.lvm
             .lvextend(&self.vg(), &lv.name, want)
             .map_err(|e| lvm_err(Code::LogicalVolumeExtendError, OP, e))?;
-        self.lv_size_now(img, vol)
+        Ok(want)
     }
 
     /// Deactivates the image's LVs and removes its links (`Image.teardown`).
