@@ -275,8 +275,14 @@ impl Storage {
                 return Vec::new();
             }
         };
+        let stale = master_fs::master_mounts(&table, self.repository());
+        if !stale.is_empty() {
+            // At start LVM may scan no device yet: the LVs' deactivation
+            // needs their multipath maps.
+            self.refresh_lvm_devices();
+        }
         let mut cleaned = Vec::new();
-        for (sd, target) in master_fs::master_mounts(&table, self.repository()) {
+        for (sd, target) in stale {
             match self.unmount_block_master(sd) {
                 Ok(()) => {
                     tracing::warn!(%sd, target = %target.display(),
