@@ -207,10 +207,10 @@ codes! {
     BlockDeviceActionError = 600, "Error block device action";
     PhysDevInitializationError = 601, "Failed to initialize physical device";
     LogicalVolumeAlreadyExists = 604, "Cannot create logical volume - already exists";
+    InaccessiblePhysDev = 606, "Multipath cannot access physical device(s)";
     /// `StorageDomain.create` of a block domain: `mkfs.ext3` on its
     /// `master` LV failed.
     MkfsError = 608, "Cannot create filesystem on device";
-    InaccessiblePhysDev = 606, "Multipath cannot access physical device(s)";
     LogicalVolumeDoesNotExistError = 610, "Logical volume does not exist";
     CouldNotResizePhysicalVolume = 615, "Could not resize PV";
     LVMCommandError = 621, "LVM command failed";
