@@ -12,8 +12,11 @@
 //!   restarted host is SPM (loaded from the master's file system);
 //! * an LV with an unknown signature (xfs) is refused (368) and left as it
 //!   is; one with no signature (a domain of an older depot) gets its file
-//!   system at spmStart; one `e2fsck -p` cannot fix is refused (367). Each
-//!   refusal leaves this host not SPM, nothing mounted.
+//!   system at spmStart; a broken one (its root inode cleared) that the
+//!   superblock calls clean passes `e2fsck -p` (preen checks only a file
+//!   system not marked clean, as VDSM's `fsck -p` does) and fails to mount
+//!   (368); once marked as having errors, `e2fsck -p` refuses it (367).
+//!   Each refusal leaves this host not SPM, nothing mounted.
 
 mod common;
 mod storage_common;
@@ -212,15 +215,16 @@ async fn block_master_file_system_is_mounted_by_the_spm_only() {
     assert!(d.log().contains("the master LV has no file system"));
     spm_stop(&c, &d, &sp, &sd).await;
     assert_eq!(master_fs_type(&luns, &sd), "ext3");
-    // A file system e2fsck -p will not repair (its root inode cleared).
+    // A file system with its root inode cleared: marked clean, e2fsck -p
+    // does not look at it and the mount fails; marked as having errors,
+    // e2fsck -p checks it and will not repair it.
     master_lv(&luns, &sd, true);
-    ok(&[
-        "debugfs",
-        "-w",
-        "-R",
-        "clri <2>",
-        &format!("/dev/{sd}/master"),
-    ]);
+    let dev = format!("/dev/{sd}/master");
+    ok(&["debugfs", "-w", "-R", "clri <2>", &dev]);
+    master_lv(&luns, &sd, false);
+    spm_start_refused(&c, &d, &sp, &sd, 368).await;
+    master_lv(&luns, &sd, true);
+    ok(&["tune2fs", "-E", "force_fsck", &dev]);
     master_lv(&luns, &sd, false);
     spm_start_refused(&c, &d, &sp, &sd, 367).await;
     assert!(d
