@@ -299,6 +299,10 @@ pub fn create_domain(
             ),
         ));
     }
+    // A master LV made now holds whatever the disk had at its extents (a
+    // former domain's file system, its tasks): its file system is made
+    // whatever blkid finds there.
+    let new_master = missing.iter().any(|(n, _)| *n == master_fs::MASTER_LV);
     for (lv, size) in missing {
         lvm.lvcreate(&name, lv, size, &[])
             .map_err(|e| lvm_err(Code::CannotCreateLogicalVolume, OP, e))?;
@@ -319,7 +323,7 @@ pub fn create_domain(
         md.extra.insert(k, v);
     }
     prepare_special_lvs(lvm, req.sd, block_size, alignment, sanlock)?;
-    make_master_fs(lvm, runner, req.sd)?;
+    make_master_fs(lvm, runner, req.sd, new_master)?;
     let kv = md.to_kv()?;
     let mut add = tags::to_tags(&kv);
     add.push(tags::DOMAIN_TAG.to_owned());
@@ -364,19 +368,25 @@ fn prepare_special_lvs(
     crate::xlease::Xleases::block(xleases, sd, block_size, alignment).format()
 }
 
-/// The ext3 file system of the `master` LV (VDSM's `_createVMSfs`), made
-/// when the LV has no signature at all; one there is kept if it is an
-/// ext file system (a create repeated after a crash), refused otherwise
-/// (608: never written over). The LV is left inactive, as VDSM leaves it:
-/// only the SPM activates and mounts it.
-fn make_master_fs(lvm: &Lvm, runner: &CommandRunner, sd: SdUuid) -> StorageResult<()> {
+/// The ext3 file system of the `master` LV (VDSM's `_createVMSfs`): made
+/// on an LV this create made (`new`), whatever the disk held there; on
+/// one a create cut short made (a repeat after a crash), made when it has
+/// no signature at all, kept if it is an ext file system, refused
+/// otherwise (608: never written over). The LV is left inactive, as VDSM
+/// leaves it: only the SPM activates and mounts it.
+fn make_master_fs(lvm: &Lvm, runner: &CommandRunner, sd: SdUuid, new: bool) -> StorageResult<()> {
     const OP: &str = "create storage domain";
     let name = vg_name(sd);
     let dev = lvm
         .activate(&name, &[master_fs::MASTER_LV])
         .map_err(|e| lvm_err(Code::CannotActivateLogicalVolume, OP, e))?
         .remove(0);
-    let made = master_fs::probe(runner, &dev)
+    let probed = if new {
+        Ok(master_fs::Signature::None)
+    } else {
+        master_fs::probe(runner, &dev)
+    };
+    let made = probed
         .map_err(|e| {
             StorageError::new(Code::MkfsError, OP, format!("probe {}: {e}", dev.display()))
         })
