@@ -279,34 +279,7 @@ pub fn create_domain(
         None => probe_block_size(&pvs),
     };
     let alignment = alignment_for(block_size, req.max_hosts);
-    let existing = lvm
-        .lvs_fresh(&name)
-        .map_err(|e| lvm_err(Code::StorageDomainCreationError, OP, e))?;
-    let missing: Vec<(&str, u64)> = special_lvs(alignment)
-        .into_iter()
-        .filter(|(n, _)| !existing.iter().any(|l| l.name == *n))
-        .collect();
-    let need: u64 = missing
-        .iter()
-        .map(|(_, s)| s.div_ceil(EXTENT_SIZE) * EXTENT_SIZE)
-        .sum();
-    if need > vg.free {
-        return Err(err(
-            Code::VolumeGroupSizeError,
-            format!(
-                "volume group {name} has {} bytes free; the domain's special LVs need {need}",
-                vg.free
-            ),
-        ));
-    }
-    // A master LV made now holds whatever the disk had at its extents (a
-    // former domain's file system, its tasks): its file system is made
-    // whatever blkid finds there.
-    let new_master = missing.iter().any(|(n, _)| *n == master_fs::MASTER_LV);
-    for (lv, size) in missing {
-        lvm.lvcreate(&name, lv, size, &[])
-            .map_err(|e| lvm_err(Code::CannotCreateLogicalVolume, OP, e))?;
-    }
+    let new_master = create_special_lvs(lvm, &vg, alignment)?;
     let mut md = DomainMetadata::new_file(
         req.sd,
         depot_api::storage::DomainType::LocalFs,
@@ -366,6 +339,44 @@ fn prepare_special_lvs(
     )?;
     let xleases = Lvm::lv_path(&name, crate::xlease::XLEASES);
     crate::xlease::Xleases::block(xleases, sd, block_size, alignment).format()
+}
+
+/// The special LVs `vg` lacks, made (those a create cut short made are
+/// kept); whether the `master` LV is one made now. 504 when they do not
+/// fit.
+fn create_special_lvs(lvm: &Lvm, vg: &VgInfo, alignment: u64) -> StorageResult<bool> {
+    const OP: &str = "create storage domain";
+    let name = &vg.name;
+    let existing = lvm
+        .lvs_fresh(name)
+        .map_err(|e| lvm_err(Code::StorageDomainCreationError, OP, e))?;
+    let missing: Vec<(&str, u64)> = special_lvs(alignment)
+        .into_iter()
+        .filter(|(n, _)| !existing.iter().any(|l| l.name == *n))
+        .collect();
+    let need: u64 = missing
+        .iter()
+        .map(|(_, s)| s.div_ceil(EXTENT_SIZE) * EXTENT_SIZE)
+        .sum();
+    if need > vg.free {
+        return Err(StorageError::new(
+            Code::VolumeGroupSizeError,
+            OP,
+            format!(
+                "volume group {name} has {} bytes free; the domain's special LVs need {need}",
+                vg.free
+            ),
+        ));
+    }
+    // A master LV made now holds whatever the disk had at its extents (a
+    // former domain's file system, its tasks): its file system is made
+    // whatever blkid finds there.
+    let new_master = missing.iter().any(|(n, _)| *n == master_fs::MASTER_LV);
+    for (lv, size) in missing {
+        lvm.lvcreate(name, lv, size, &[])
+            .map_err(|e| lvm_err(Code::CannotCreateLogicalVolume, OP, e))?;
+    }
+    Ok(new_master)
 }
 
 /// The ext3 file system of the `master` LV (VDSM's `_createVMSfs`): made
