@@ -119,6 +119,16 @@ codes! {
     StorageDomainFSNotMounted = 360, "Storage domain remote path not mounted";
     StorageDomainNotEmpty = 361, "Storage domain is not empty - requires cleaning";
     StorageDomainAlreadyExists = 365, "Storage domain already exists";
+    /// `spmStop` (and what stops the SPM role): the block master's `master`
+    /// file system could not be unmounted; this host stays the SPM.
+    StorageDomainMasterUnmountError = 366, "Error unmounting master storage domain";
+    /// `spmStart`: `e2fsck -p` left errors on the block master's `master`
+    /// file system (exit code 4 or more); the SPM's lease is given back.
+    BlockStorageDomainMasterFSCKError = 367, "BlockSD master file system FSCK error";
+    /// `spmStart`: the block master's `master` file system could not be
+    /// made (an old domain's), activated or mounted, or its LV holds an
+    /// unknown signature; the SPM's lease is given back.
+    BlockStorageDomainMasterMountError = 368, "BlockSD master file system mount error";
     StorageDomainNotActive = 369, "Storage domain not active";
     StorageDomainLayoutError = 371, "Storage domain layout corrupted";
     StorageDomainTypeError = 372, "Unsupported Storage Domain type";
@@ -198,6 +208,9 @@ codes! {
     PhysDevInitializationError = 601, "Failed to initialize physical device";
     LogicalVolumeAlreadyExists = 604, "Cannot create logical volume - already exists";
     InaccessiblePhysDev = 606, "Multipath cannot access physical device(s)";
+    /// `StorageDomain.create` of a block domain: `mkfs.ext3` on its
+    /// `master` LV failed.
+    MkfsError = 608, "Cannot create filesystem on device";
     LogicalVolumeDoesNotExistError = 610, "Logical volume does not exist";
     CouldNotResizePhysicalVolume = 615, "Could not resize PV";
     LVMCommandError = 621, "LVM command failed";

@@ -20,9 +20,10 @@
 //! move goes on running there after spmStop, and another host could not
 //! answer its progress.
 //!
-//! A pool whose master is a block domain keeps its tasks on the SPM host
-//! only: depot does not mount the master LV (depot_storage's
-//! `engine::master_tasks`).
+//! On a block master the records are in the `master` LV's file system,
+//! which the SPM mounts at spmStart before [`load`] runs and unmounts
+//! when the role ends (depot_storage's `engine::block_master`); a host
+//! that has not mounted it (not the SPM) has no directory to write to.
 
 use depot_api::storage::SpUuid;
 use depot_api::types::Uuid;
@@ -45,12 +46,14 @@ pub const MAX_LOADED: usize = 1000;
 const SUFFIX: &str = ".json";
 
 /// The task directory of `sp`'s master, or why there is none (logged
-/// here at debug for a block master, a warning for a failure).
+/// here at debug for a block master not mounted here, a warning for a
+/// failure).
 fn dir_of(storage: &Storage, sp: SpUuid, what: &str) -> Option<MasterTasksDir> {
     match storage.master_tasks(sp) {
         Ok(Some(dir)) => Some(dir),
         Ok(None) => {
-            tracing::debug!(pool = %sp, what, "block master: SPM tasks are kept on this host only");
+            tracing::debug!(pool = %sp, what,
+                "block master not mounted here (not the SPM): the task is kept on this host only");
             None
         }
         Err(e) => {

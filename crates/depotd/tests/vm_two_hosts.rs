@@ -443,10 +443,10 @@ async fn one_spm(a: &Host<'_>, b: &Host<'_>, s: &Shared) -> i64 {
 }
 
 /// SPM `spm` creates a thin COW volume on the block domain; its image and
-/// volume ids.
-async fn thin_volume(spm: &Host<'_>, s: &Shared, luns: &Luns) -> (String, String) {
+/// volume ids, and the task id of its Volume.create.
+async fn thin_volume(spm: &Host<'_>, s: &Shared, luns: &Luns) -> (String, String, String) {
     let (img, vol) = (new_id(), new_id());
-    call_ok(
+    let task = call_ok(
         &spm.c,
         "Volume.create",
         volume_params(
@@ -462,7 +462,33 @@ async fn thin_volume(spm: &Host<'_>, s: &Shared, luns: &Luns) -> (String, String
     )
     .await;
     assert_eq!(lv_size(&s.block, &vol, luns), GIB);
-    (img, vol)
+    let task = task.as_str().expect("a task id").to_owned();
+    (img, vol, task)
+}
+
+/// Where host `h` mounts the block master's file system as SPM.
+fn master_mount(h: &Host<'_>, s: &Shared) -> String {
+    let repo = h.d.dev_dir().join("repository");
+    let repo = repo.canonicalize().expect("repository");
+    format!("{}/mnt/blockSD/{}/master", repo.display(), s.block)
+}
+
+/// Whether the master file system is mounted in host `h`'s namespace
+/// (read from its sanlock daemon's mount table).
+fn mounted_on(h: &Host<'_>, s: &Shared) -> bool {
+    let table =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", h.sanlock.pid())).unwrap_or_default();
+    let target = master_mount(h, s);
+    table
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+}
+
+/// `/sys/fs/ext4/<dm-N>` of the master LV: there while any namespace of
+/// the one kernel has its file system mounted (the kernel's superblock).
+fn master_superblock(s: &Shared) -> std::path::PathBuf {
+    let dev = std::fs::canonicalize(format!("/dev/{}/master", s.block)).expect("master LV");
+    std::path::Path::new("/sys/fs/ext4").join(dev.file_name().expect("dm name"))
 }
 
 /// Host `h` prepares the image; its path.
@@ -608,12 +634,18 @@ async fn two_hosts_share_iscsi_and_nfs_one_spm_mailbox_and_failover() {
     let lver = one_spm(&a, &b, &s).await;
 
     // The mailbox: B writes a thin volume A created; A extends it.
-    let (img, vol) = thin_volume(&a, &s, &luns).await;
+    let (img, vol, task) = thin_volume(&a, &s, &luns).await;
+    // The SPM's master file system: mounted in A's namespace only (the
+    // superblock is the one kernel's).
+    assert!(mounted_on(&a, &s), "not mounted on A, the SPM");
+    assert!(!mounted_on(&b, &s), "mounted on B, not the SPM");
+    let superblock = master_superblock(&s);
+    assert!(superblock.exists(), "{}", superblock.display());
     let path = prepare(&b, &s, &img, &vol).await;
     let (written, _) = write_on_b_until_extended(&a, &b, &s, &path, &vol).await;
     // The explicit round trip from B, beside the SPM asking itself for a
     // volume it prepared (the single-host figure of vm_mailbox).
-    let (img_a, vol_a) = thin_volume(&a, &s, &luns).await;
+    let (img_a, vol_a, _) = thin_volume(&a, &s, &luns).await;
     prepare(&a, &s, &img_a, &vol_a).await;
     // One pair: under TCG on a loaded machine each takes 13-23 s, and the
     // binary must stay within the tier's 900 s per binary.
@@ -644,6 +676,17 @@ async fn two_hosts_share_iscsi_and_nfs_one_spm_mailbox_and_failover() {
     b.seen_renewing(&s.block, a.id).await;
     a.kill();
     let killed = monotonic();
+    // A's namespace died with its last process, and the kernel unmounted
+    // A's master file system with it: B's e2fsck and mount find it
+    // unmounted. (Another machine's crash would leave its journal to
+    // replay: e2fsck -p on B does that, A being dead by then, sanlock's
+    // wait for its lease and the watchdog's reset.)
+    eventually(
+        "A's master mount to go with its namespace",
+        Duration::from_secs(60),
+        || async { (!superblock.exists()).then_some(()) },
+    )
+    .await;
     let (became_spm, failed) = spm_start_until_success(&b, &s.sp).await;
     let hs = b.host_status(&s.block, a.id);
     assert!(hs.timestamp > 0 && hs.io_timeout > 0, "{hs:?}");
@@ -699,6 +742,18 @@ async fn two_hosts_share_iscsi_and_nfs_one_spm_mailbox_and_failover() {
         spm,
         json!({"spmId": 2, "spmStatus": "SPM", "spmLver": lver + 1})
     );
+    // B mounted the master file system and took A's tasks from it: the
+    // Volume.create A ran is answered by B.
+    assert!(mounted_on(&b, &s), "not mounted on B, the new SPM");
+    let success = json!({"taskID": task, "taskState": "finished", "taskResult": "success",
+        "code": 0, "message": "1 jobs completed successfully"});
+    assert_eq!(
+        call_ok(&b.c, "Task.getStatus", json!({"taskID": task})).await,
+        success
+    );
+    let all = call_ok(&b.c, "Host.getAllTasksStatuses", json!({})).await;
+    assert_eq!(all[&task], success, "{all}");
+
     // B, now the SPM, extends the volume it writes (asking itself).
     let t = timed_extend(&b, &s, &img, &vol, &luns).await;
     println!(
@@ -713,6 +768,12 @@ async fn two_hosts_share_iscsi_and_nfs_one_spm_mailbox_and_failover() {
     )
     .await;
     call_ok(&b.c, "StoragePool.spmStop", json!({"storagepoolID": s.sp})).await;
+    assert!(!mounted_on(&b, &s), "still mounted on B after spmStop");
+    assert!(
+        !superblock.exists(),
+        "{} after spmStop",
+        superblock.display()
+    );
     call_ok(
         &b.c,
         "StoragePool.disconnect",

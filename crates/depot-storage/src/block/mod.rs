@@ -11,8 +11,8 @@
 //!   `leases`, `xleases`, `inbox`, `outbox`, `master`, with VDSM's sizes.
 //!   `ids` and `leases` are formatted by sanlock at create
 //!   (crate::lockspace), and the `xleases` index is formatted with them
-//!   (crate::xlease); the mailbox is not used yet, its LVs are created so
-//!   that the layout is VDSM's.
+//!   (crate::xlease); `inbox` and `outbox` are the SPM mailbox's; `master`
+//!   gets an ext3 file system ([`master_fs`]), mounted by the SPM.
 //! * Volumes are LVs ([`volumes`]).
 //!
 //! On this host a block domain also has a link directory
@@ -21,6 +21,7 @@
 //! under it work like a file domain's (the monitor reads
 //! `dom_md/metadata`, i.e. the metadata LV, with `O_DIRECT`).
 
+pub mod master_fs;
 pub mod slots;
 pub mod tags;
 pub mod volumes;
@@ -31,6 +32,7 @@ use std::str::FromStr;
 
 use depot_api::storage::{DomainClass, SdUuid};
 use depot_api::Code;
+use depot_os::command::CommandRunner;
 use depot_os::lvm::{Lvm, LvmError, PvInfo, VgInfo};
 use depot_os::sanlock::DirectConfig;
 use depot_os::FsStats;
@@ -229,9 +231,11 @@ pub fn exists(lvm: &Lvm, sd: SdUuid) -> bool {
 
 /// `StorageDomain.create` of an ISCSI or FCP domain on the VG `vg_uuid`
 /// made by [`create_vg`]. Idempotent after a crash: special LVs that exist
-/// are kept, and the UNREADY tag is only replaced at the very end.
+/// are kept (the `master` LV's file system too), and the UNREADY tag is
+/// only replaced at the very end.
 pub fn create_domain(
     lvm: &Lvm,
+    runner: &CommandRunner,
     req: &CreateDomain,
     vg_uuid: &str,
     sanlock: Option<&DirectConfig>,
@@ -275,30 +279,7 @@ pub fn create_domain(
         None => probe_block_size(&pvs),
     };
     let alignment = alignment_for(block_size, req.max_hosts);
-    let existing = lvm
-        .lvs_fresh(&name)
-        .map_err(|e| lvm_err(Code::StorageDomainCreationError, OP, e))?;
-    let missing: Vec<(&str, u64)> = special_lvs(alignment)
-        .into_iter()
-        .filter(|(n, _)| !existing.iter().any(|l| l.name == *n))
-        .collect();
-    let need: u64 = missing
-        .iter()
-        .map(|(_, s)| s.div_ceil(EXTENT_SIZE) * EXTENT_SIZE)
-        .sum();
-    if need > vg.free {
-        return Err(err(
-            Code::VolumeGroupSizeError,
-            format!(
-                "volume group {name} has {} bytes free; the domain's special LVs need {need}",
-                vg.free
-            ),
-        ));
-    }
-    for (lv, size) in missing {
-        lvm.lvcreate(&name, lv, size, &[])
-            .map_err(|e| lvm_err(Code::CannotCreateLogicalVolume, OP, e))?;
-    }
+    let new_master = create_special_lvs(lvm, &vg, alignment)?;
     let mut md = DomainMetadata::new_file(
         req.sd,
         depot_api::storage::DomainType::LocalFs,
@@ -315,6 +296,7 @@ pub fn create_domain(
         md.extra.insert(k, v);
     }
     prepare_special_lvs(lvm, req.sd, block_size, alignment, sanlock)?;
+    make_master_fs(lvm, runner, req.sd, new_master)?;
     let kv = md.to_kv()?;
     let mut add = tags::to_tags(&kv);
     add.push(tags::DOMAIN_TAG.to_owned());
@@ -357,6 +339,88 @@ fn prepare_special_lvs(
     )?;
     let xleases = Lvm::lv_path(&name, crate::xlease::XLEASES);
     crate::xlease::Xleases::block(xleases, sd, block_size, alignment).format()
+}
+
+/// The special LVs `vg` lacks, made (those a create cut short made are
+/// kept); whether the `master` LV is one made now. 504 when they do not
+/// fit.
+fn create_special_lvs(lvm: &Lvm, vg: &VgInfo, alignment: u64) -> StorageResult<bool> {
+    const OP: &str = "create storage domain";
+    let name = &vg.name;
+    let existing = lvm
+        .lvs_fresh(name)
+        .map_err(|e| lvm_err(Code::StorageDomainCreationError, OP, e))?;
+    let missing: Vec<(&str, u64)> = special_lvs(alignment)
+        .into_iter()
+        .filter(|(n, _)| !existing.iter().any(|l| l.name == *n))
+        .collect();
+    let need: u64 = missing
+        .iter()
+        .map(|(_, s)| s.div_ceil(EXTENT_SIZE) * EXTENT_SIZE)
+        .sum();
+    if need > vg.free {
+        return Err(StorageError::new(
+            Code::VolumeGroupSizeError,
+            OP,
+            format!(
+                "volume group {name} has {} bytes free; the domain's special LVs need {need}",
+                vg.free
+            ),
+        ));
+    }
+    // A master LV made now holds whatever the disk had at its extents (a
+    // former domain's file system, its tasks): its file system is made
+    // whatever blkid finds there.
+    let new_master = missing.iter().any(|(n, _)| *n == master_fs::MASTER_LV);
+    for (lv, size) in missing {
+        lvm.lvcreate(name, lv, size, &[])
+            .map_err(|e| lvm_err(Code::CannotCreateLogicalVolume, OP, e))?;
+    }
+    Ok(new_master)
+}
+
+/// The ext3 file system of the `master` LV (VDSM's `_createVMSfs`): made
+/// on an LV this create made (`new`), whatever the disk held there; on
+/// one a create cut short made (a repeat after a crash), made when it has
+/// no signature at all, kept if it is an ext file system, refused
+/// otherwise (608: never written over). The LV is left inactive, as VDSM
+/// leaves it: only the SPM activates and mounts it.
+fn make_master_fs(lvm: &Lvm, runner: &CommandRunner, sd: SdUuid, new: bool) -> StorageResult<()> {
+    const OP: &str = "create storage domain";
+    let name = vg_name(sd);
+    let dev = lvm
+        .activate(&name, &[master_fs::MASTER_LV])
+        .map_err(|e| lvm_err(Code::CannotActivateLogicalVolume, OP, e))?
+        .remove(0);
+    let probed = if new {
+        Ok(master_fs::Signature::None)
+    } else {
+        master_fs::probe(runner, &dev)
+    };
+    let made = probed
+        .map_err(|e| {
+            StorageError::new(Code::MkfsError, OP, format!("probe {}: {e}", dev.display()))
+        })
+        .and_then(|sig| match sig {
+            master_fs::Signature::None => master_fs::mkfs(runner, &dev)
+                .map_err(|e| StorageError::new(Code::MkfsError, OP, e.to_string()).caused_by(e)),
+            master_fs::Signature::Ext(t) => {
+                tracing::info!(%sd, fs = %t, "the master LV has its file system already");
+                Ok(())
+            }
+            master_fs::Signature::Other(what) => Err(StorageError::new(
+                Code::MkfsError,
+                OP,
+                format!(
+                    "{} holds {what}, not a file system depot made: not written over",
+                    dev.display()
+                ),
+            )),
+        });
+    if let Err(e) = lvm.deactivate(&name, &[master_fs::MASTER_LV]) {
+        tracing::warn!(%sd, error = %e, "cannot deactivate the master LV after making its file system");
+    }
+    made
 }
 
 /// `PV<n>=pv:<name>,uuid:<uuid>,pestart:<bytes>,pecount:<n>,mapoffset:<n>`,

@@ -52,10 +52,11 @@ pub struct DomainInfo {
 }
 
 impl Storage {
-    /// Cleans crash leftovers in every mount present at start; returns what
-    /// was removed, for the start-up log.
+    /// Cleans crash leftovers in every mount present at start, after the
+    /// block master mounts a depotd that died left (block_master.rs);
+    /// returns what was removed, for the start-up log.
     pub fn recover(&self) -> Vec<String> {
-        let mut removed = Vec::new();
+        let mut removed = self.clean_stale_master_mounts();
         for dir in layout::mount_dirs(&self.config.repository) {
             removed.extend(self.recover_mount(&dir));
         }
@@ -443,7 +444,13 @@ impl Storage {
         let _lock = self.lock_domain(req.sd, true)?;
         self.check_new_domain(&req, OP)?;
         let vg_uuid = req.remote_path.clone();
-        crate::block::create_domain(&self.lvm, &req, &vg_uuid, self.sanlock_direct(req.sd))?;
+        crate::block::create_domain(
+            &self.lvm,
+            &self.block_masters.runner,
+            &req,
+            &vg_uuid,
+            self.sanlock_direct(req.sd),
+        )?;
         self.locate(req.sd).map(|_| ())
     }
 

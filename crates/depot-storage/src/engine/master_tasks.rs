@@ -8,10 +8,15 @@
 //! master's mount helpers ([`MountFs`]), with its deadline, so a frozen
 //! NFS server costs a call its timeout and never a depotd thread.
 //!
-//! File masters only: a block domain's `master` LV is not mounted by depot
-//! (VDSM mounts it as ext3 on the SPM), so a pool with a block master keeps
-//! its tasks on the SPM host alone ([`Storage::master_tasks`] answers
-//! `None`).
+//! On a block master the directory is `tasks` in the `master` LV's ext3
+//! file system, which the SPM mounts at spmStart
+//! (`<repository>/mnt/blockSD/<sd>/master`, engine::block_master) and
+//! unmounts when the role ends: [`Storage::master_tasks`] hands it out
+//! only while this process has it mounted (a host that is not the SPM has
+//! none: only the SPM writes the records, and a new SPM reads them once it
+//! mounted the file system). Its helpers are rooted at the mount point,
+//! and hold no directory of it between calls, so the unmount never finds
+//! them in it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -31,8 +36,9 @@ pub const TASKS_DIR: &str = "tasks";
 /// The suffix of a task record's file.
 const RECORD_SUFFIX: &str = ".json";
 
-/// `<master domain dir>/master/tasks` of a pool with a file master,
-/// reached through the master's mount helpers.
+/// `<master domain dir>/master/tasks` of a pool's master (a file domain's
+/// directory, or a block domain's mounted file system), reached through
+/// the mount's helpers.
 #[derive(Debug, Clone)]
 pub struct MasterTasksDir {
     pub master: SdUuid,
@@ -42,7 +48,8 @@ pub struct MasterTasksDir {
 
 impl Storage {
     /// The task directory of connected pool `sp`'s master domain; `None`
-    /// when the master is a block domain (not kept there: module docs).
+    /// when the master is a block domain whose file system this process
+    /// has not mounted (it is not the SPM: module docs).
     /// 309/302 as for any verb on a pool not connected or a master that
     /// cannot be found. Blocks when the master is not known here yet (it
     /// is searched for).
@@ -66,7 +73,11 @@ impl Storage {
                 dir: d.paths.root.join(MASTER_DIR).join(TASKS_DIR),
                 fs: d.fs,
             }),
-            Domain::Block(_) => None,
+            Domain::Block(d) => self.block_master_mount(d.sd).map(|mount| MasterTasksDir {
+                master: d.sd,
+                dir: mount.join(TASKS_DIR),
+                fs: self.mount_fs(&mount),
+            }),
         })
     }
 }
@@ -78,6 +89,16 @@ impl MasterTasksDir {
             master,
             fs,
             dir: domain_dir.join(MASTER_DIR).join(TASKS_DIR),
+        }
+    }
+
+    /// `tasks` of a block master's file system mounted at `mount`
+    /// (unit tests: a directory standing for it).
+    pub fn in_mount(master: SdUuid, fs: MountFs, mount: &Path) -> MasterTasksDir {
+        MasterTasksDir {
+            master,
+            fs,
+            dir: mount.join(TASKS_DIR),
         }
     }
 
@@ -119,7 +140,12 @@ impl MasterTasksDir {
 
     fn make_dirs(&self) -> io::Result<()> {
         let master = self.dir.parent().unwrap_or(&self.dir);
-        for dir in [master, self.dir.as_path()] {
+        // A block master's `master` is the mount point, the helpers' root:
+        // nothing to make there.
+        for dir in [master, self.dir.as_path()]
+            .into_iter()
+            .filter(|d| *d != self.fs.root())
+        {
             match self.fs.mkdir_synced(dir, 0o755) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
                 _ => {}
@@ -209,6 +235,23 @@ mod tests {
         d.remove(id).unwrap();
         d.remove(id).unwrap();
         assert!(d.names().unwrap().is_empty());
+    }
+
+    #[test]
+    fn in_a_mount_only_tasks_is_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mount = tmp.path().join("master");
+        std::fs::create_dir(&mount).unwrap();
+        let fs = MountFs::in_process(&mount, Duration::from_secs(5));
+        let d = MasterTasksDir::in_mount(SdUuid(Uuid::new_v4()), fs, &mount);
+        let id = Uuid::new_v4();
+        d.write(id, b"{}").unwrap();
+        assert!(mount.join(TASKS_DIR).join(format!("{id}.json")).is_file());
+        assert_eq!(d.names().unwrap(), vec![format!("{id}.json")]);
+        // A mount point that is gone: nothing is made in its place.
+        std::fs::remove_dir_all(&mount).unwrap();
+        assert!(d.write(Uuid::new_v4(), b"{}").is_err());
+        assert!(!mount.exists());
     }
 
     #[test]

@@ -35,6 +35,7 @@ use crate::mount_fs::MountFs;
 use crate::StorageResult;
 use pools::Pools;
 
+mod block_master;
 mod connections;
 mod copy;
 mod domains;
@@ -131,6 +132,8 @@ pub struct Storage {
     lease_domains: volume_leases::LeaseDomains,
     /// The SPM mailbox and thin LV extension (mailbox.rs).
     mailboxes: mailbox::Mailboxes,
+    /// The block masters' file systems this host mounted (block_master.rs).
+    block_masters: block_master::BlockMasters,
 }
 
 /// Longest one LVM command may take. LVM scans every filtered device;
@@ -145,6 +148,7 @@ impl Storage {
             config.repository = real;
         }
         let mounter = Mounter::new(runner.clone());
+        let block_masters = block_master::BlockMasters::new(runner.clone());
         let connector = Connector::new(&config.repository, mounter.clone())
             .with_io_timeout(config.io_timeout)
             .with_helper(config.fsproc_command.clone());
@@ -174,6 +178,7 @@ impl Storage {
             events: Events::none(),
             lease_domains: Default::default(),
             mailboxes: Default::default(),
+            block_masters,
             config,
         }
     }
@@ -260,6 +265,16 @@ impl Storage {
 
     fn mount_key(&self, path: &Path) -> PathBuf {
         let mnt = self.config.repository.join(layout::MNT);
+        // A block master's file system (`blockSD/<sd>/master`): a mount
+        // of its own, and its helpers' root (they never cross a mount).
+        if let Ok(rest) = path.strip_prefix(mnt.join(layout::BLOCK_DIR)) {
+            let mut parts = rest.iter();
+            if let (Some(sd), Some(dir)) = (parts.next(), parts.next()) {
+                if dir == crate::block::master_fs::MOUNT_DIR {
+                    return mnt.join(layout::BLOCK_DIR).join(sd).join(dir);
+                }
+            }
+        }
         let gluster = mnt.join(layout::GLUSTER_DIR);
         for base in [&gluster, &mnt] {
             if let Ok(rest) = path.strip_prefix(base) {
@@ -321,6 +336,9 @@ impl Storage {
 
     pub fn shutdown(&self) {
         self.mailboxes.stop();
+        // The SPM's lease goes with the process: its master file system
+        // must go first (block_master.rs).
+        self.unmount_block_masters();
         self.monitor.shutdown();
         self.watch.stop();
     }

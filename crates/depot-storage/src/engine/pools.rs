@@ -486,6 +486,13 @@ impl Storage {
         // The SPM's lease on the new master before anything is written;
         // the old one given up once the switch is written.
         let taken = self.take_spm_lease_on(sp, new)?;
+        // A block master's file system moves with the role: the new one
+        // mounted before anything is written (depotd copies the tasks
+        // there), the old one unmounted before its lease goes.
+        if let Err(e) = self.mount_block_master(new) {
+            self.finish_spm_lease_move(sp, taken, false, OP);
+            return Err(e);
+        }
         let promoted = if done {
             Ok(())
         } else {
@@ -496,6 +503,11 @@ impl Storage {
             })
             .map(drop)
         };
+        let unmount = if promoted.is_ok() { old } else { new };
+        if let Err(e) = self.unmount_block_master(unmount) {
+            tracing::warn!(pool = %sp, sd = %unmount, error = %e,
+                "a master file system that is no longer the SPM's stays mounted");
+        }
         self.finish_spm_lease_move(sp, taken, promoted.is_ok(), OP);
         promoted?;
         // From here `new` is the master on storage (the higher version

@@ -142,7 +142,20 @@ impl Storage {
                     format!("'{sp}' has no host id"),
                 )
             })
-            .and_then(|id| self.take_spm_lease(pool.master, id));
+            .and_then(|id| self.take_spm_lease(pool.master, id))
+            .and_then(|(lver, lease)| match self.mount_block_master(pool.master) {
+                Ok(()) => Ok((lver, lease)),
+                // The master's file system is the SPM's: no role without
+                // it, and the lease goes back.
+                Err(e) => {
+                    if let Some(res) = &lease {
+                        if let Err(r) = self.release_spm_lease(res, OP) {
+                            tracing::warn!(pool = %sp, error = %r, "cannot release the SPM lease");
+                        }
+                    }
+                    Err(e)
+                }
+            });
         if taken.is_ok() {
             on_lease();
         }
@@ -166,6 +179,7 @@ impl Storage {
                     p.spm = Spm::default();
                 }
                 drop(pools);
+                self.unmount_block_master(pool.master)?;
                 if let Some(res) = lease {
                     self.release_spm_lease(&res, OP)?;
                 }
@@ -205,14 +219,23 @@ impl Storage {
         // stopped (joined: an extend under way finishes) before the lease
         // goes, so no VG change of this host's follows another host's
         // taking the lease.
-        let held = {
+        let (held, master) = {
             let mut pools = self.pools.lock();
             match pools.get_mut(&sp) {
-                Some(p) if p.spm.role == SpmRole::Spm => std::mem::take(&mut p.spm),
+                Some(p) if p.spm.role == SpmRole::Spm => (std::mem::take(&mut p.spm), p.master),
                 _ => return Ok(()),
             }
         };
         self.stop_spm_mailbox(sp);
+        // The master's file system goes before the lease: once the lease
+        // is free another host may mount it. One that will not unmount
+        // keeps the role (and the lease), as VDSM's stopSpm fails.
+        if let Err(e) = self.unmount_block_master(master) {
+            if let Some(p) = self.pools.lock().get_mut(&sp) {
+                p.spm = held;
+            }
+            return Err(e);
+        }
         if let Some(res) = &held.lease {
             if let Err(e) = self.release_spm_lease(res, op) {
                 // Still held: still the SPM (the mailbox restarts).
@@ -428,6 +451,13 @@ impl Storage {
         }
         tracing::error!(pool = %sp, lease = %res.lockspace, why, "SPM lease lost: this host is no longer the SPM");
         self.stop_spm_mailbox(sp);
+        // The lease's lockspace is the master's name.
+        if let Ok(master) = res.lockspace.parse::<SdUuid>() {
+            if let Err(e) = self.unmount_block_master(master) {
+                tracing::error!(pool = %sp, error = %e,
+                    "the master file system stays mounted after the SPM lease was lost");
+            }
+        }
     }
 
     /// The sanlock client when sanlock is enabled (it may still be
