@@ -4,11 +4,11 @@
 //! domain is created, checked (`e2fsck -p`) and mounted at
 //! `<repository>/mnt/blockSD/<sd>/master` by the SPM at spmStart,
 //! unmounted at spmStop. The SPM's task records live in its `tasks`
-//! directory (crate::engine::master_tasks).
+//! directory (the engine's `master_tasks` module).
 //!
 //! Only the commands and what their output means are here (each through
 //! depot-os's command runner: argv, a timeout); when they run is the
-//! engine's (crate::engine::block_master). Every call blocks.
+//! engine's (its `block_master` module). Every call blocks.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
