@@ -820,7 +820,6 @@ async fn leave(c: &Client, sp: &str, host_id: u64) {
 /// for block onto A (the resync), the rerun continues at step 3 and
 /// takes the domain over into Prod (master version 3), the VMs found and
 /// the data read back from A.
-// long: one scenario, its steps in order, each checked where it happens.
 async fn failback(
     text: &str,
     site: &Site,

@@ -176,9 +176,16 @@ impl Storage {
         } else {
             Side::Primary
         };
+        // LVM's device list once, for every block pair.
+        if mapping
+            .connections()
+            .iter()
+            .any(|p| p.connection_type().is_block())
+        {
+            self.refresh_lvm_devices();
+        }
         for pair in mapping.connections() {
             if pair.connection_type().is_block() {
-                self.refresh_lvm_devices();
                 for sight in self.block_sights(pair) {
                     if sight.seen != Seen::On(want) {
                         continue;
